@@ -1,0 +1,541 @@
+// Per-pool append-only segment files holding shard records (shard-record.ts),
+// with group commit, verified reads, a crash-tolerant scan for fsck, and
+// segment compaction. One SegmentStore per cold pool directory.
+//
+// On-disk: <poolDir>/seg-<12-digit number>.cseg, records back to back, no
+// segment header (every record describes itself). The highest-numbered
+// segment is the head that appends go to; it rolls when the next record would
+// take it past segmentSizeBytes. A segment whose tail is not a clean chain of
+// records after a crash is never appended to again (nor truncated: the bad
+// tail could hide bit-rot before durable records): open() starts a new head.
+import { open as fsOpen, readdir, stat, unlink, type FileHandle } from "node:fs/promises";
+import { join } from "node:path";
+import {
+  CorruptShard,
+  decodeShardHeader,
+  decodeShardRecord,
+  recordLengthBytes,
+  SHARD_HEADER_BYTES,
+  type DecodedShardRecord,
+  type ShardHeader,
+} from "./shard-record.js";
+
+export const DEFAULT_SEGMENT_SIZE_BYTES = 256 * 1024 * 1024;
+/** Bytes accepted by append() but not yet durable; beyond it append() waits (backpressure). */
+export const DEFAULT_MAX_PENDING_BYTES = 64 * 1024 * 1024;
+/** Buffers per writev call; libuv clamps at IOV_MAX (1024) anyway. */
+const MAX_IOV = 512;
+const SEGMENT_NAME = /^seg-(\d{12})\.cseg$/;
+
+export interface SegmentLocation {
+  readonly segment: number;
+  readonly offsetBytes: number;
+  readonly lengthBytes: number;
+}
+
+export interface Relocation {
+  readonly from: SegmentLocation;
+  readonly to: SegmentLocation;
+}
+
+export interface SegmentInfo {
+  readonly segment: number;
+  readonly sizeBytes: number;
+  /** The head segment receives appends and cannot be compacted or removed. */
+  readonly head: boolean;
+}
+
+export type ScanEntry =
+  | { readonly kind: "record"; readonly location: SegmentLocation; readonly header: ShardHeader }
+  /** A record whose header parses but whose bytes fail verification; skipped by its declared length. */
+  | { readonly kind: "corrupt"; readonly location: SegmentLocation; readonly reason: string }
+  /** Bytes from offsetBytes to the segment's end that are not a whole record (torn write); the scan moves to the next segment. */
+  | { readonly kind: "torn-tail"; readonly segment: number; readonly offsetBytes: number; readonly lengthBytes: number; readonly reason: string };
+
+export interface SegmentStoreOptions {
+  segmentSizeBytes?: number;
+  maxPendingBytes?: number;
+}
+
+/** The pool directory is missing, not a directory, or failed I/O; the pool must be treated as offline. */
+export class PoolOffline extends Error {
+  override readonly name = "PoolOffline";
+  constructor(
+    readonly poolDir: string,
+    reason: string,
+    options?: { cause?: unknown },
+  ) {
+    super(`pool ${poolDir} is offline: ${reason}`, options);
+  }
+}
+
+/** A location that names no segment in this pool (removed, or never existed). */
+export class ShardNotFound extends Error {
+  override readonly name = "ShardNotFound";
+}
+
+/** Caller bug: bad record bytes, bad location, or an operation on the head / a closed store. */
+export class SegmentStoreMisuse extends Error {
+  override readonly name = "SegmentStoreMisuse";
+}
+
+interface PendingAppend {
+  readonly records: Buffer[];
+  readonly bytes: number;
+  readonly resolve: (locations: SegmentLocation[]) => void;
+  readonly reject: (error: unknown) => void;
+}
+
+const OFFLINE_CODES = new Set(["ENOENT", "ENOTDIR", "EIO", "ENXIO", "ENODEV", "EROFS", "ENOSPC", "EACCES", "EPERM", "ESTALE"]);
+
+function errorCode(error: unknown): string | undefined {
+  return (error as NodeJS.ErrnoException | undefined)?.code;
+}
+
+function segmentFileName(segment: number): string {
+  return `seg-${String(segment).padStart(12, "0")}.cseg`;
+}
+
+async function readExactlyAt(fh: FileHandle, length: number, position: number): Promise<Buffer> {
+  const buffer = Buffer.allocUnsafe(length);
+  let done = 0;
+  while (done < length) {
+    const { bytesRead } = await fh.read(buffer, done, length - done, position + done);
+    if (bytesRead === 0) return buffer.subarray(0, done);
+    done += bytesRead;
+  }
+  return buffer;
+}
+
+async function writeAllAt(fh: FileHandle, buffers: Buffer[], position: number): Promise<void> {
+  let index = 0;
+  let skip = 0; // bytes of buffers[index] already written
+  while (index < buffers.length) {
+    const first = buffers[index]!;
+    const iov = [skip === 0 ? first : first.subarray(skip), ...buffers.slice(index + 1, index + MAX_IOV)];
+    let { bytesWritten } = await fh.writev(iov, position);
+    position += bytesWritten;
+    // Advance over fully written buffers; a partial write resumes mid-buffer.
+    while (bytesWritten > 0) {
+      const remaining = buffers[index]!.length - skip;
+      if (bytesWritten >= remaining) {
+        bytesWritten -= remaining;
+        index++;
+        skip = 0;
+      } else {
+        skip += bytesWritten;
+        bytesWritten = 0;
+      }
+    }
+  }
+}
+
+/**
+ * Walk record headers from the start to find where the clean chain of records
+ * ends. CRCs are not checked: a record with a valid header and bad payload is
+ * kept (scan and read report it), so nothing durable is ever cut off.
+ */
+async function chainEndBytes(fh: FileHandle, sizeBytes: number): Promise<number> {
+  let pos = 0;
+  while (pos + SHARD_HEADER_BYTES <= sizeBytes) {
+    const headerBytes = await readExactlyAt(fh, SHARD_HEADER_BYTES, pos);
+    let header: ShardHeader;
+    try {
+      header = decodeShardHeader(headerBytes);
+    } catch {
+      return pos;
+    }
+    const length = recordLengthBytes(header);
+    if (pos + length > sizeBytes) return pos;
+    pos += length;
+  }
+  return pos;
+}
+
+export class SegmentStore {
+  private readonly sizes: Map<number, number>;
+  private headFh: FileHandle;
+  private head: number;
+  /** Bytes of the head that are durable (fdatasync returned); scan never reads past it. */
+  private headDurableBytes: number;
+  private pending: PendingAppend[] = [];
+  private pendingBytes = 0;
+  private flushing: Promise<void> | undefined;
+  private drainWaiters: Array<() => void> = [];
+  private failure: Error | undefined;
+  private closed = false;
+
+  private constructor(
+    readonly poolDir: string,
+    private readonly segmentSizeBytes: number,
+    private readonly maxPendingBytes: number,
+    head: number,
+    headFh: FileHandle,
+    headSizeBytes: number,
+    sizes: Map<number, number>,
+  ) {
+    this.head = head;
+    this.headFh = headFh;
+    this.headDurableBytes = headSizeBytes;
+    this.sizes = sizes;
+    this.sizes.set(head, headSizeBytes);
+  }
+
+  /** Open (or initialise) the segment store of one pool. PoolOffline if the directory is unusable. */
+  static async open(poolDir: string, options: SegmentStoreOptions = {}): Promise<SegmentStore> {
+    const segmentSizeBytes = options.segmentSizeBytes ?? DEFAULT_SEGMENT_SIZE_BYTES;
+    const maxPendingBytes = options.maxPendingBytes ?? DEFAULT_MAX_PENDING_BYTES;
+    if (!Number.isSafeInteger(segmentSizeBytes) || segmentSizeBytes < SHARD_HEADER_BYTES) {
+      throw new SegmentStoreMisuse(`segmentSizeBytes must be an integer >= ${SHARD_HEADER_BYTES}, got ${segmentSizeBytes}`);
+    }
+    try {
+      const info = await stat(poolDir);
+      if (!info.isDirectory()) throw new PoolOffline(poolDir, "not a directory");
+      const sizes = new Map<number, number>();
+      for (const name of await readdir(poolDir)) {
+        const match = SEGMENT_NAME.exec(name);
+        if (match === null) continue;
+        sizes.set(Number(match[1]), (await stat(join(poolDir, name))).size);
+      }
+      const numbers = [...sizes.keys()].sort((a, b) => a - b);
+      const last = numbers.at(-1);
+      if (last !== undefined) {
+        const fh = await fsOpen(join(poolDir, segmentFileName(last)), "r+");
+        try {
+          const sizeBytes = (await fh.stat()).size;
+          if ((await chainEndBytes(fh, sizeBytes)) === sizeBytes && sizeBytes < segmentSizeBytes) {
+            return new SegmentStore(poolDir, segmentSizeBytes, maxPendingBytes, last, fh, sizeBytes, sizes);
+          }
+        } catch (error) {
+          await fh.close();
+          throw error;
+        }
+        await fh.close();
+      }
+      const head = (last ?? 0) + 1;
+      const fh = await SegmentStore.createSegment(poolDir, head);
+      return new SegmentStore(poolDir, segmentSizeBytes, maxPendingBytes, head, fh, 0, sizes);
+    } catch (error) {
+      if (error instanceof PoolOffline) throw error;
+      const code = errorCode(error);
+      if (code !== undefined && OFFLINE_CODES.has(code)) {
+        throw new PoolOffline(poolDir, `${code} while opening`, { cause: error });
+      }
+      throw error;
+    }
+  }
+
+  private static async createSegment(poolDir: string, segment: number): Promise<FileHandle> {
+    const fh = await fsOpen(join(poolDir, segmentFileName(segment)), "wx+");
+    // The new name must survive a crash before any record in it is acknowledged.
+    await SegmentStore.syncDir(poolDir);
+    return fh;
+  }
+
+  private static async syncDir(poolDir: string): Promise<void> {
+    const dir = await fsOpen(poolDir, "r");
+    try {
+      await dir.sync();
+    } finally {
+      await dir.close();
+    }
+  }
+
+  /**
+   * Append whole shard records (encodeShardRecord output). Resolves, in input
+   * order, with each record's location once all of them are durable.
+   * Concurrent calls share one writev + fdatasync per batch.
+   */
+  async append(records: Buffer[]): Promise<SegmentLocation[]> {
+    this.assertUsable();
+    let bytes = 0;
+    for (const [i, record] of records.entries()) {
+      let header: ShardHeader;
+      try {
+        header = decodeShardHeader(record);
+      } catch (error) {
+        throw new SegmentStoreMisuse(`records[${i}] is not a shard record: ${(error as Error).message}`);
+      }
+      if (recordLengthBytes(header) !== record.length) {
+        throw new SegmentStoreMisuse(`records[${i}] is ${record.length} bytes, its header says ${recordLengthBytes(header)}`);
+      }
+      if (record.length > this.segmentSizeBytes) {
+        throw new SegmentStoreMisuse(`records[${i}] (${record.length} bytes) exceeds the segment size ${this.segmentSizeBytes}`);
+      }
+      bytes += record.length;
+    }
+    if (records.length === 0) return [];
+    while (this.pendingBytes > 0 && this.pendingBytes + bytes > this.maxPendingBytes) {
+      await new Promise<void>((resolve) => this.drainWaiters.push(resolve));
+      this.assertUsable();
+    }
+    const done = new Promise<SegmentLocation[]>((resolve, reject) => {
+      this.pending.push({ records, bytes, resolve, reject });
+    });
+    this.pendingBytes += bytes;
+    this.flushing ??= this.flushLoop();
+    return done;
+  }
+
+  private assertUsable(): void {
+    if (this.closed) throw new SegmentStoreMisuse(`segment store ${this.poolDir} is closed`);
+    if (this.failure !== undefined) {
+      throw new PoolOffline(this.poolDir, `an earlier write failed (${this.failure.message}); reopen the store`, {
+        cause: this.failure,
+      });
+    }
+  }
+
+  private async flushLoop(): Promise<void> {
+    while (this.pending.length > 0) {
+      const batch = this.pending;
+      this.pending = [];
+      try {
+        const locations = await this.writeBatch(batch.flatMap((p) => p.records));
+        let next = 0;
+        for (const p of batch) {
+          p.resolve(locations.slice(next, next + p.records.length));
+          next += p.records.length;
+        }
+      } catch (error) {
+        // After a failed write or fdatasync the file contents are unknown and a
+        // retried fsync can falsely succeed, so the store refuses further writes.
+        this.failure = error as Error;
+        const offline = new PoolOffline(this.poolDir, `write failed: ${(error as Error).message}`, { cause: error });
+        for (const p of this.pending) {
+          this.pendingBytes -= p.bytes;
+          p.reject(offline);
+        }
+        this.pending = [];
+        for (const p of batch) p.reject(offline);
+      }
+      for (const p of batch) this.pendingBytes -= p.bytes;
+      const waiters = this.drainWaiters;
+      this.drainWaiters = [];
+      for (const wake of waiters) wake();
+    }
+    this.flushing = undefined;
+  }
+
+  /** Write records at the head (rolling as needed), fdatasync, and return their locations. */
+  private async writeBatch(records: Buffer[]): Promise<SegmentLocation[]> {
+    const locations: SegmentLocation[] = [];
+    let group: Buffer[] = [];
+    let groupStart = this.headDurableBytes;
+    let end = this.headDurableBytes;
+    for (const record of records) {
+      if (end > 0 && end + record.length > this.segmentSizeBytes) {
+        await this.commitGroup(group, groupStart, end);
+        await this.roll();
+        group = [];
+        groupStart = end = 0;
+      }
+      locations.push({ segment: this.head, offsetBytes: end, lengthBytes: record.length });
+      group.push(record);
+      end += record.length;
+    }
+    await this.commitGroup(group, groupStart, end);
+    return locations;
+  }
+
+  private async commitGroup(group: Buffer[], startBytes: number, endBytes: number): Promise<void> {
+    if (group.length === 0) return;
+    await writeAllAt(this.headFh, group, startBytes);
+    await this.headFh.datasync();
+    this.headDurableBytes = endBytes;
+    this.sizes.set(this.head, endBytes);
+  }
+
+  private async roll(): Promise<void> {
+    const next = this.head + 1;
+    const fh = await SegmentStore.createSegment(this.poolDir, next);
+    await this.headFh.close();
+    this.headFh = fh;
+    this.head = next;
+    this.headDurableBytes = 0;
+    this.sizes.set(next, 0);
+  }
+
+  private async openSegmentForRead(segment: number): Promise<FileHandle> {
+    try {
+      return await fsOpen(join(this.poolDir, segmentFileName(segment)), "r");
+    } catch (error) {
+      if (errorCode(error) === "ENOENT") {
+        const dirExists = await stat(this.poolDir).then(
+          (s) => s.isDirectory(),
+          () => false,
+        );
+        if (!dirExists) throw new PoolOffline(this.poolDir, "directory missing", { cause: error });
+        throw new ShardNotFound(`segment ${segment} does not exist in ${this.poolDir}`);
+      }
+      const code = errorCode(error);
+      if (code !== undefined && OFFLINE_CODES.has(code)) {
+        throw new PoolOffline(this.poolDir, `${code} opening segment ${segment}`, { cause: error });
+      }
+      throw error;
+    }
+  }
+
+  /** Read and verify one record. CorruptShard if its bytes fail verification. */
+  async read(location: SegmentLocation): Promise<DecodedShardRecord> {
+    if (this.closed) throw new SegmentStoreMisuse(`segment store ${this.poolDir} is closed`);
+    const { segment, offsetBytes, lengthBytes } = location;
+    if (
+      !Number.isSafeInteger(segment) ||
+      !Number.isSafeInteger(offsetBytes) ||
+      offsetBytes < 0 ||
+      !Number.isSafeInteger(lengthBytes) ||
+      lengthBytes < SHARD_HEADER_BYTES ||
+      lengthBytes > this.segmentSizeBytes
+    ) {
+      throw new SegmentStoreMisuse(`bad location ${JSON.stringify(location)}`);
+    }
+    const fh = await this.openSegmentForRead(segment);
+    let bytes: Buffer;
+    try {
+      bytes = await readExactlyAt(fh, lengthBytes, offsetBytes);
+    } catch (error) {
+      const code = errorCode(error);
+      if (code !== undefined && OFFLINE_CODES.has(code)) {
+        throw new PoolOffline(this.poolDir, `${code} reading segment ${segment}`, { cause: error });
+      }
+      throw error;
+    } finally {
+      await fh.close();
+    }
+    if (bytes.length !== lengthBytes) {
+      throw new CorruptShard(`segment ${segment} ends ${lengthBytes - bytes.length} bytes before the record at ${offsetBytes} does`);
+    }
+    return decodeShardRecord(bytes);
+  }
+
+  /**
+   * Every record of every segment in segment then offset order, each verified
+   * (CRC included), for rebuilding the index. Torn tails end a segment's scan
+   * cleanly. Appends made after the scan starts may or may not be seen.
+   */
+  async *scan(): AsyncGenerator<ScanEntry> {
+    for (const segment of [...this.sizes.keys()].sort((a, b) => a - b)) {
+      yield* this.scanSegment(segment);
+    }
+  }
+
+  private async *scanSegment(segment: number): AsyncGenerator<ScanEntry> {
+    let fh: FileHandle;
+    try {
+      fh = await this.openSegmentForRead(segment);
+    } catch (error) {
+      if (error instanceof ShardNotFound) return; // removed by compaction since the listing
+      throw error;
+    }
+    try {
+      // The head is read only up to its durable end: bytes beyond are an in-flight batch.
+      const sizeBytes = segment === this.head ? this.headDurableBytes : (await fh.stat()).size;
+      let pos = 0;
+      while (pos < sizeBytes) {
+        const torn = (reason: string): ScanEntry => ({
+          kind: "torn-tail",
+          segment,
+          offsetBytes: pos,
+          lengthBytes: sizeBytes - pos,
+          reason,
+        });
+        if (sizeBytes - pos < SHARD_HEADER_BYTES) {
+          yield torn("partial header");
+          return;
+        }
+        let header: ShardHeader;
+        try {
+          header = decodeShardHeader(await readExactlyAt(fh, SHARD_HEADER_BYTES, pos));
+        } catch (error) {
+          if (!(error instanceof CorruptShard)) throw error;
+          yield torn(error.reason);
+          return;
+        }
+        const lengthBytes = recordLengthBytes(header);
+        if (pos + lengthBytes > sizeBytes) {
+          yield torn(`record of ${lengthBytes} bytes runs ${pos + lengthBytes - sizeBytes} bytes past the end`);
+          return;
+        }
+        const location = { segment, offsetBytes: pos, lengthBytes };
+        try {
+          const decoded = decodeShardRecord(await readExactlyAt(fh, lengthBytes, pos));
+          yield { kind: "record", location, header: decoded.header };
+        } catch (error) {
+          if (!(error instanceof CorruptShard)) throw error;
+          yield { kind: "corrupt", location, reason: error.reason };
+        }
+        pos += lengthBytes;
+      }
+    } finally {
+      await fh.close();
+    }
+  }
+
+  /** Segments with their sizes, oldest first; the last one is the head. */
+  segments(): SegmentInfo[] {
+    return [...this.sizes.entries()]
+      .sort(([a], [b]) => a - b)
+      .map(([segment, sizeBytes]) => ({ segment, sizeBytes, head: segment === this.head }));
+  }
+
+  /**
+   * Copy the given live records of a sealed segment to the head (verified on
+   * the way, durable on return) and return where each went. The caller flips
+   * its index to the new locations and only then calls removeSegment(): old
+   * bytes are freed only after the flip. A live record that fails
+   * verification throws CorruptShard (rebuild it from its stripe first).
+   */
+  async compactSegment(segment: number, live: SegmentLocation[]): Promise<Relocation[]> {
+    this.assertUsable();
+    if (segment === this.head) throw new SegmentStoreMisuse(`segment ${segment} is the head; it cannot be compacted`);
+    if (!this.sizes.has(segment)) throw new ShardNotFound(`segment ${segment} does not exist in ${this.poolDir}`);
+    const relocations: Relocation[] = [];
+    // Batches bounded by maxPendingBytes so compaction holds little memory.
+    let batch: { from: SegmentLocation; record: Buffer }[] = [];
+    let batchBytes = 0;
+    const flush = async () => {
+      if (batch.length === 0) return;
+      const to = await this.append(batch.map((b) => b.record));
+      batch.forEach((b, i) => relocations.push({ from: b.from, to: to[i]! }));
+      batch = [];
+      batchBytes = 0;
+    };
+    for (const from of live) {
+      if (from.segment !== segment) {
+        throw new SegmentStoreMisuse(`live location ${JSON.stringify(from)} is not in segment ${segment}`);
+      }
+      const fh = await this.openSegmentForRead(segment);
+      let record: Buffer;
+      try {
+        record = await readExactlyAt(fh, from.lengthBytes, from.offsetBytes);
+      } finally {
+        await fh.close();
+      }
+      decodeShardRecord(record); // throws CorruptShard: never copy bad bytes as if good
+      if (batchBytes > 0 && batchBytes + record.length > this.maxPendingBytes) await flush();
+      batch.push({ from, record });
+      batchBytes += record.length;
+    }
+    await flush();
+    return relocations;
+  }
+
+  /** Delete a sealed segment (after the index no longer points into it). */
+  async removeSegment(segment: number): Promise<void> {
+    this.assertUsable();
+    if (segment === this.head) throw new SegmentStoreMisuse(`segment ${segment} is the head; it cannot be removed`);
+    if (!this.sizes.has(segment)) throw new ShardNotFound(`segment ${segment} does not exist in ${this.poolDir}`);
+    await unlink(join(this.poolDir, segmentFileName(segment)));
+    this.sizes.delete(segment);
+    await SegmentStore.syncDir(this.poolDir);
+  }
+
+  /** Wait for in-flight appends, then release the head file. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true; // new appends are refused; queued ones still complete
+    while (this.flushing !== undefined) await this.flushing;
+    await this.headFh.close();
+  }
+}
