@@ -1,0 +1,166 @@
+// The `couchestor` command. Volume commands go through a running daemon's
+// admin API when there is one, else straight to the metadata on disk.
+import { parseArgs } from 'node:util';
+import { loadConfig, parseSize } from './config.js';
+import { openManager, readDaemonState, serve } from './daemon.js';
+import type { VolumeRecord } from './dataplane/meta/store.js';
+
+const USAGE = `usage: couchestor <command> [options]
+
+commands:
+  serve                              run the daemon (embedded default: ./couchestor-data)
+  volumes list                       list volumes
+  volumes create NAME SIZE [--tier hot|warm] [--pool POOL] [--read-only]
+  volumes resize NAME SIZE           grow a volume (shrinking is refused)
+  volumes delete NAME                delete a volume and its data
+  pools list                         list pools with usage
+
+common options:
+  --data-dir DIR    data directory (default: $COUCHESTOR_DATA_DIR or ./couchestor-data)
+serve options:
+  --listen HOST     address for NBD and the admin API (default 127.0.0.1)
+  --nbd-port N      NBD TCP port (default 10809; 0 = any free port)
+  --nbd-socket P    NBD Unix socket (default DATA_DIR/nbd.sock)
+  --api-port N      admin API port (default 8081; 0 = any free port)
+SIZE takes bytes or K/M/G/T suffixes (binary): 1G, 512M.`;
+
+class UsageError extends Error {}
+
+async function main(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: {
+      'data-dir': { type: 'string' },
+      listen: { type: 'string' },
+      'nbd-port': { type: 'string' },
+      'nbd-socket': { type: 'string' },
+      'api-port': { type: 'string' },
+      tier: { type: 'string' },
+      pool: { type: 'string' },
+      'read-only': { type: 'boolean' },
+      json: { type: 'boolean' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
+  const [cmd, sub, ...rest] = positionals;
+  if (values.help || !cmd) {
+    process.stdout.write(USAGE + '\n');
+    return cmd || values.help ? 0 : 2;
+  }
+  const dataDir = values['data-dir'] ?? process.env.COUCHESTOR_DATA_DIR ?? 'couchestor-data';
+  switch (cmd) {
+    case 'serve':
+      await serve(dataDir, (cfg) => {
+        if (values.listen) cfg.listenHost = values.listen;
+        if (values['nbd-port'] !== undefined) cfg.nbd.port = port(values['nbd-port']);
+        if (values['nbd-socket']) cfg.nbd.socketPath = values['nbd-socket'];
+        if (values['api-port'] !== undefined) cfg.api.port = port(values['api-port']);
+      });
+      return -1; // keep running
+    case 'volumes':
+      return volumes(dataDir, sub, rest, values);
+    case 'pools':
+      if (sub !== 'list') throw new UsageError('pools: expected "list"');
+      return print(await call(dataDir, 'GET', '/v1/pools', undefined, async (m) => [...m.pools.values()].map((p) => ({ ...p.rec, usedBytes: p.usedBytes, online: p.isOnline() }))), values.json);
+    default:
+      throw new UsageError(`unknown command ${cmd}`);
+  }
+}
+
+function port(text: string): number {
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < 0 || n > 65535) throw new UsageError(`invalid port ${text}`);
+  return n;
+}
+
+type Manager = Awaited<ReturnType<typeof openManager>>;
+
+/** Runs a request against the daemon's API, or `direct` against the metadata when no daemon runs. */
+async function call<T>(dataDir: string, method: string, urlPath: string, body: unknown, direct: (m: Manager) => Promise<T>): Promise<T> {
+  const st = readDaemonState(dataDir);
+  if (st) {
+    const res = await fetch(`http://${st.api.host}:${st.api.port}${urlPath}`, {
+      method,
+      headers: body === undefined ? {} : { 'content-type': 'application/json' },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const text = await res.text();
+    if (!res.ok) {
+      let msg = text;
+      try {
+        msg = (JSON.parse(text) as { message: string }).message;
+      } catch {
+        /* plain text error */
+      }
+      throw new Error(msg);
+    }
+    return (text ? JSON.parse(text) : undefined) as T;
+  }
+  const manager = await openManager(loadConfig(dataDir));
+  try {
+    return await direct(manager);
+  } finally {
+    await manager.close();
+  }
+}
+
+async function volumes(dataDir: string, sub: string | undefined, args: string[], values: Record<string, unknown>): Promise<number> {
+  switch (sub) {
+    case 'list': {
+      const list = await call<VolumeRecord[]>(dataDir, 'GET', '/v1/volumes', undefined, async (m) => m.listVolumes());
+      if (values.json) return print(list, true);
+      process.stdout.write(table(['NAME', 'SIZE_BYTES', 'TIER', 'POOL', 'RO'], list.map((v) => [v.name, String(v.sizeBytes), v.tier, v.poolName, v.readOnly ? 'yes' : 'no'])));
+      return 0;
+    }
+    case 'create': {
+      const [name, size] = args;
+      if (!name || !size) throw new UsageError('volumes create NAME SIZE');
+      const body = {
+        name,
+        sizeBytes: parseSize(size),
+        ...(values.tier ? { tier: values.tier as 'hot' | 'warm' } : {}),
+        ...(values.pool ? { pool: values.pool as string } : {}),
+        ...(values['read-only'] ? { readOnly: true } : {}),
+      };
+      return print(await call(dataDir, 'POST', '/v1/volumes', body, (m) => m.createVolume(body)), values.json);
+    }
+    case 'resize': {
+      const [name, size] = args;
+      if (!name || !size) throw new UsageError('volumes resize NAME SIZE');
+      const sizeBytes = parseSize(size);
+      return print(await call(dataDir, 'PATCH', `/v1/volumes/${encodeURIComponent(name)}`, { sizeBytes }, (m) => m.resizeVolume(name, sizeBytes)), values.json);
+    }
+    case 'delete': {
+      const [name] = args;
+      if (!name) throw new UsageError('volumes delete NAME');
+      await call(dataDir, 'DELETE', `/v1/volumes/${encodeURIComponent(name)}`, undefined, (m) => m.deleteVolume(name));
+      process.stdout.write(`deleted ${name}\n`);
+      return 0;
+    }
+    default:
+      throw new UsageError('volumes: expected list, create, resize or delete');
+  }
+}
+
+function print(value: unknown, _json: unknown): number {
+  process.stdout.write(JSON.stringify(value, null, 2) + '\n');
+  return 0;
+}
+
+function table(head: string[], rows: string[][]): string {
+  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+  const line = (r: string[]) => r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd() + '\n';
+  return line(head) + rows.map(line).join('');
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    if (code >= 0) process.exitCode = code;
+  },
+  (err: Error) => {
+    process.stderr.write(`couchestor: ${err.message}\n`);
+    if (err instanceof UsageError) process.stderr.write(USAGE + '\n');
+    process.exitCode = err instanceof UsageError ? 2 : 1;
+  },
+);

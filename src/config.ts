@@ -1,0 +1,112 @@
+// Daemon configuration: a YAML file in the data directory. With no file, the
+// embedded default is written: one hot pool, six cold pools (enough for the
+// default 4+2 erasure coding), all as directories under the data directory.
+import fs from 'node:fs';
+import path from 'node:path';
+import YAML from 'yaml';
+import { InvalidArgument } from './dataplane/errors.js';
+import { TIERS, type Tier } from './dataplane/meta/store.js';
+import { filesystemFreeBytes } from './dataplane/pools/pool.js';
+
+export interface PoolConfig {
+  name: string;
+  tier: Tier;
+  /** Absolute, or relative to the data directory. */
+  path: string;
+  /** Bytes, or "auto": the filesystem's free space at start-up. */
+  capacity: number | 'auto';
+  labels?: Record<string, string>;
+}
+
+export interface DaemonConfig {
+  dataDir: string;
+  listenHost: string;
+  nbd: { port: number; socketPath: string };
+  api: { port: number };
+  metrics: { port: number };
+  s3: { port: number };
+  pools: PoolConfig[];
+  /** Created at first start when the daemon has no volumes at all. */
+  demoVolume: { name: string; sizeBytes: number } | null;
+  defaultExport: string;
+}
+
+export const CONFIG_FILE = 'couchestor.yaml';
+
+export function embeddedDefault(dataDir: string): DaemonConfig {
+  return {
+    dataDir,
+    listenHost: '127.0.0.1',
+    nbd: { port: 10809, socketPath: 'nbd.sock' },
+    api: { port: 8081 },
+    metrics: { port: 8080 },
+    s3: { port: 9000 },
+    pools: [
+      { name: 'hot-0', tier: 'hot', path: 'pools/hot-0', capacity: 'auto' },
+      ...Array.from({ length: 6 }, (_, i) => ({ name: `cold-${i}`, tier: 'cold' as Tier, path: `pools/cold-${i}`, capacity: 'auto' as const })),
+    ],
+    demoVolume: { name: 'demo', sizeBytes: 1024 ** 3 },
+    defaultExport: 'demo',
+  };
+}
+
+/** Loads dataDir/couchestor.yaml, writing the embedded default first if absent. */
+export function loadConfig(dataDir: string): DaemonConfig {
+  const abs = path.resolve(dataDir);
+  fs.mkdirSync(abs, { recursive: true });
+  const file = path.join(abs, CONFIG_FILE);
+  if (!fs.existsSync(file)) {
+    const def = embeddedDefault(abs);
+    const { dataDir: _omit, ...onDisk } = def;
+    fs.writeFileSync(file, '# CoucheStor daemon configuration (embedded default).\n' + YAML.stringify(onDisk));
+  }
+  const raw = YAML.parse(fs.readFileSync(file, 'utf8')) ?? {};
+  const def = embeddedDefault(abs);
+  const cfg: DaemonConfig = {
+    ...def,
+    ...raw,
+    dataDir: abs,
+    nbd: { ...def.nbd, ...raw.nbd },
+    api: { ...def.api, ...raw.api },
+    metrics: { ...def.metrics, ...raw.metrics },
+    s3: { ...def.s3, ...raw.s3 },
+  };
+  validateConfig(cfg);
+  return cfg;
+}
+
+export function validateConfig(cfg: DaemonConfig): void {
+  const names = new Set<string>();
+  for (const p of cfg.pools) {
+    if (!p.name || names.has(p.name)) throw new InvalidArgument(`config: pool name ${JSON.stringify(p.name)} is missing or duplicated`);
+    names.add(p.name);
+    if (!TIERS.includes(p.tier)) throw new InvalidArgument(`config: pool ${p.name}: tier must be one of ${TIERS.join(', ')}`);
+    if (p.capacity !== 'auto' && !(Number.isSafeInteger(p.capacity) && p.capacity > 0)) {
+      throw new InvalidArgument(`config: pool ${p.name}: capacity must be a positive number of bytes or "auto"`);
+    }
+  }
+  for (const [k, v] of [['nbd.port', cfg.nbd.port], ['api.port', cfg.api.port], ['metrics.port', cfg.metrics.port], ['s3.port', cfg.s3.port]] as const) {
+    if (!Number.isInteger(v) || v < 0 || v > 65535) throw new InvalidArgument(`config: ${k} must be a port number`);
+  }
+}
+
+export function resolvePoolPath(cfg: DaemonConfig, p: PoolConfig): string {
+  return path.resolve(cfg.dataDir, p.path);
+}
+
+export function poolCapacityBytes(cfg: DaemonConfig, p: PoolConfig): number {
+  if (p.capacity !== 'auto') return p.capacity;
+  const dir = resolvePoolPath(cfg, p);
+  fs.mkdirSync(dir, { recursive: true });
+  return filesystemFreeBytes(dir);
+}
+
+/** "1G", "512MiB", "4096", "1.5T" -> bytes (binary units). */
+export function parseSize(text: string): number {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b)?\s*$/i.exec(text);
+  if (!m) throw new InvalidArgument(`cannot parse size ${JSON.stringify(text)} (examples: 4096, 512M, 10G, 1TiB)`);
+  const mult = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4, p: 1024 ** 5 }[m[2]!.toLowerCase() as '' | 'k'];
+  const bytes = Number(m[1]) * mult;
+  if (!Number.isSafeInteger(bytes)) throw new InvalidArgument(`size ${text} is not a whole number of bytes`);
+  return bytes;
+}

@@ -1,0 +1,63 @@
+// The daemon's admin HTTP API (volumes and pools), used by the `couchestor`
+// CLI while a daemon runs. Storage errors map to HTTP statuses here only.
+import Fastify, { type FastifyInstance } from 'fastify';
+import { AlreadyExists, InvalidArgument, NoSpace, NoSuitablePool, NotFound, PoolOffline } from '../dataplane/errors.js';
+import type { VolumeManager } from '../dataplane/volumes/manager.js';
+
+export function httpStatusFor(err: unknown): number {
+  if (err instanceof InvalidArgument) return 400;
+  if (err instanceof NotFound) return 404;
+  if (err instanceof AlreadyExists) return 409;
+  if (err instanceof NoSuitablePool || err instanceof NoSpace) return 507;
+  if (err instanceof PoolOffline) return 503;
+  return 500;
+}
+
+const volumeBody = {
+  type: 'object',
+  required: ['name', 'sizeBytes'],
+  additionalProperties: false,
+  properties: {
+    name: { type: 'string', minLength: 1, maxLength: 128 },
+    sizeBytes: { type: 'integer', minimum: 1 },
+    tier: { type: 'string', enum: ['hot', 'warm'] },
+    pool: { type: 'string' },
+    readOnly: { type: 'boolean' },
+  },
+} as const;
+
+export function buildApi(manager: VolumeManager, app: FastifyInstance = Fastify({ bodyLimit: 64 * 1024 })): FastifyInstance {
+  app.setErrorHandler((err, _req, reply) => {
+    const e = err as Error & { statusCode?: number; validation?: unknown };
+    const status = e.validation ? 400 : (e.statusCode ?? httpStatusFor(err));
+    reply.code(status).send({ error: e.name, message: e.message });
+  });
+  app.get('/v1/pools', async () =>
+    [...manager.pools.values()].map((p) => ({ ...p.rec, usedBytes: p.usedBytes, online: p.isOnline() })),
+  );
+  app.get('/v1/volumes', async () => manager.listVolumes());
+  app.get<{ Params: { name: string } }>('/v1/volumes/:name', async (req) => {
+    const rec = manager.getVolumeRecord(req.params.name);
+    if (!rec) throw new NotFound(`no volume named ${req.params.name}`);
+    return rec;
+  });
+  app.post<{ Body: { name: string; sizeBytes: number; tier?: 'hot' | 'warm'; pool?: string; readOnly?: boolean } }>(
+    '/v1/volumes',
+    { schema: { body: volumeBody } },
+    async (req, reply) => {
+      const rec = await manager.createVolume(req.body);
+      reply.code(201);
+      return rec;
+    },
+  );
+  app.patch<{ Params: { name: string }; Body: { sizeBytes: number } }>(
+    '/v1/volumes/:name',
+    { schema: { body: { type: 'object', required: ['sizeBytes'], additionalProperties: false, properties: { sizeBytes: { type: 'integer', minimum: 1 } } } } },
+    async (req) => manager.resizeVolume(req.params.name, req.body.sizeBytes),
+  );
+  app.delete<{ Params: { name: string } }>('/v1/volumes/:name', async (req, reply) => {
+    await manager.deleteVolume(req.params.name);
+    reply.code(204);
+  });
+  return app;
+}

@@ -1,0 +1,110 @@
+// `couchestor serve`: opens the metadata, registers pools from the config,
+// starts the front ends, and shuts everything down cleanly on SIGTERM.
+import fs from 'node:fs';
+import path from 'node:path';
+import type { FastifyInstance } from 'fastify';
+import { buildApi } from './control/api.js';
+import { loadConfig, poolCapacityBytes, resolvePoolPath, type DaemonConfig } from './config.js';
+import { NbdServer } from './dataplane/nbd/server.js';
+import { VolumeManager } from './dataplane/volumes/manager.js';
+import { log } from './log.js';
+
+export const STATE_FILE = 'daemon.json';
+
+export interface DaemonState {
+  pid: number;
+  nbd: { host: string; port: number; socketPath: string };
+  api: { host: string; port: number };
+}
+
+export function readDaemonState(dataDir: string): DaemonState | null {
+  try {
+    const st = JSON.parse(fs.readFileSync(path.join(dataDir, STATE_FILE), 'utf8')) as DaemonState;
+    process.kill(st.pid, 0);
+    return st;
+  } catch {
+    return null;
+  }
+}
+
+/** Opens the metadata and (re)registers the configured pools. */
+export async function openManager(cfg: DaemonConfig): Promise<VolumeManager> {
+  const manager = VolumeManager.open(cfg.dataDir);
+  for (const p of cfg.pools) {
+    await manager.putPool({
+      name: p.name,
+      tier: p.tier,
+      path: resolvePoolPath(cfg, p),
+      capacityBytes: poolCapacityBytes(cfg, p),
+      labels: { tier: p.tier, ...p.labels },
+    });
+  }
+  return manager;
+}
+
+export class Daemon {
+  private constructor(
+    readonly cfg: DaemonConfig,
+    readonly manager: VolumeManager,
+    readonly nbd: NbdServer,
+    readonly api: FastifyInstance,
+    readonly state: DaemonState,
+  ) {}
+
+  static async start(cfg: DaemonConfig): Promise<Daemon> {
+    const running = readDaemonState(cfg.dataDir);
+    if (running && running.pid !== process.pid) {
+      throw new Error(`another couchestor daemon (pid ${running.pid}) is serving ${cfg.dataDir}`);
+    }
+    const manager = await openManager(cfg);
+    if (cfg.demoVolume && manager.listVolumes().length === 0) {
+      await manager.createVolume({ name: cfg.demoVolume.name, sizeBytes: cfg.demoVolume.sizeBytes });
+      log.info('created demo volume', { name: cfg.demoVolume.name, sizeBytes: cfg.demoVolume.sizeBytes });
+    }
+    const nbd = new NbdServer({ manager, defaultExport: cfg.defaultExport });
+    const tcp = await nbd.listenTcp(cfg.nbd.port, cfg.listenHost);
+    const socketPath = path.resolve(cfg.dataDir, cfg.nbd.socketPath);
+    await nbd.listenUnix(socketPath);
+    const api = buildApi(manager);
+    await api.listen({ port: cfg.api.port, host: cfg.listenHost });
+    const apiAddr = api.server.address();
+    const state: DaemonState = {
+      pid: process.pid,
+      nbd: { host: tcp.address, port: tcp.port, socketPath },
+      api: { host: cfg.listenHost, port: typeof apiAddr === 'object' && apiAddr ? apiAddr.port : cfg.api.port },
+    };
+    fs.writeFileSync(path.join(cfg.dataDir, STATE_FILE), JSON.stringify(state));
+    return new Daemon(cfg, manager, nbd, api, state);
+  }
+
+  async stop(): Promise<void> {
+    await this.nbd.close();
+    await this.api.close();
+    await this.manager.close();
+    fs.rmSync(path.join(this.cfg.dataDir, STATE_FILE), { force: true });
+  }
+}
+
+export async function serve(dataDir: string, overrides: (cfg: DaemonConfig) => void): Promise<void> {
+  const cfg = loadConfig(dataDir);
+  overrides(cfg);
+  const daemon = await Daemon.start(cfg);
+  // One machine-readable line on stdout: tests and scripts wait for it.
+  process.stdout.write(`couchestor ready ${JSON.stringify(daemon.state)}\n`);
+  log.info('serving', { dataDir: cfg.dataDir, nbd: `${daemon.state.nbd.host}:${daemon.state.nbd.port}`, socket: daemon.state.nbd.socketPath, api: daemon.state.api.port });
+  let stopping = false;
+  const stop = (sig: string) => {
+    if (stopping) return;
+    stopping = true;
+    log.info('stopping', { signal: sig });
+    daemon.stop().then(
+      () => process.exit(0),
+      (err) => {
+        log.error('shutdown failed', { err: (err as Error).message });
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+}

@@ -1,0 +1,62 @@
+// Typed errors raised by the storage code. Each front end maps them to its
+// wire codes at one boundary (NBD errno in nbd/errors.ts, S3 XML in s3/).
+
+export class StorageError extends Error {
+  override name = 'StorageError';
+}
+
+/** Request range lies (partly) outside the volume. */
+export class OutOfRange extends StorageError {
+  override name = 'OutOfRange';
+}
+
+/** Pool (or filesystem) has no room for a new allocation. */
+export class NoSpace extends StorageError {
+  override name = 'NoSpace';
+}
+
+/** No pool matches what a volume or stripe needs. */
+export class NoSuitablePool extends StorageError {
+  override name = 'NoSuitablePool';
+}
+
+/** A pool directory is missing or unreadable. */
+export class PoolOffline extends StorageError {
+  override name = 'PoolOffline';
+}
+
+/** Volume / object / pool name not known. */
+export class NotFound extends StorageError {
+  override name = 'NotFound';
+}
+
+export class AlreadyExists extends StorageError {
+  override name = 'AlreadyExists';
+}
+
+/** Invalid argument from a user (bad size, bad name, shrink, ...). */
+export class InvalidArgument extends StorageError {
+  override name = 'InvalidArgument';
+}
+
+export class ReadOnly extends StorageError {
+  override name = 'ReadOnly';
+}
+
+/**
+ * The volume hit an unrecoverable I/O error (e.g. fdatasync failed): the
+ * page cache may have dropped dirty pages, so no later flush can be trusted.
+ * Every further request on the volume fails until an operator intervenes.
+ */
+export class VolumeFailed extends StorageError {
+  override name = 'VolumeFailed';
+}
+
+/** Raised by the erasure-coding layer when more than m shards are lost. */
+export class InsufficientShards extends StorageError {
+  override name = 'InsufficientShards';
+}
+
+export function isErrno(err: unknown, code: string): boolean {
+  return typeof err === 'object' && err !== null && (err as NodeJS.ErrnoException).code === code;
+}

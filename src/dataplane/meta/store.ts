@@ -1,0 +1,114 @@
+// The LMDB index: pools, volumes and the chunk map (volume, chunk) -> state.
+// Every mutation is an LMDB transaction; callers that promise durability
+// await `durable()` which resolves once all earlier writes are synced.
+import { open, type RootDatabase, type Database } from 'lmdb';
+import { mkdirSync } from 'node:fs';
+import path from 'node:path';
+
+export type Tier = 'hot' | 'warm' | 'cold';
+export const TIERS: readonly Tier[] = ['hot', 'warm', 'cold'];
+
+export interface PoolRecord {
+  name: string;
+  path: string;
+  tier: Tier;
+  capacityBytes: number;
+  labels: Record<string, string>;
+}
+
+export interface VolumeRecord {
+  name: string;
+  id: number;
+  sizeBytes: number;
+  chunkSizeBytes: number;
+  /** Tier the volume's chunks are placed on (migration changes it). */
+  tier: Tier;
+  /** Pool holding the volume's hot/warm data file. */
+  poolName: string;
+  readOnly: boolean;
+  createdMs: number;
+}
+
+/** Chunk states in the chunk map. Absent = never written (reads as zeros). */
+export const enum ChunkState {
+  Unallocated = 0,
+  /** Data lives in the volume's file on `pool`. */
+  Allocated = 1,
+  /** Trimmed/zeroed: reads as zeros, but the file region may hold stale bytes. */
+  Discarded = 2,
+}
+
+export interface ChunkEntry {
+  state: ChunkState;
+  pool: string;
+}
+
+export const VOLUME_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
+
+export class MetaStore {
+  private constructor(
+    private readonly root: RootDatabase,
+    readonly pools: Database<PoolRecord, string>,
+    readonly volumes: Database<VolumeRecord, string>,
+    readonly chunks: Database<ChunkEntry, [number, number]>,
+    private readonly counters: Database<number, string>,
+  ) {}
+
+  static open(dataDir: string): MetaStore {
+    const dir = path.join(dataDir, 'meta');
+    mkdirSync(dir, { recursive: true });
+    // overlappingSync off: a resolved commit is already on stable storage,
+    // which is what FLUSH/FUA promise to clients.
+    const root = open({ path: dir, overlappingSync: false, maxDbs: 16, mapSize: 4 * 1024 ** 3 });
+    return new MetaStore(
+      root,
+      root.openDB<PoolRecord, string>({ name: 'pools' }),
+      root.openDB<VolumeRecord, string>({ name: 'volumes' }),
+      root.openDB<ChunkEntry, [number, number]>({ name: 'chunks' }),
+      root.openDB<number, string>({ name: 'counters' }),
+    );
+  }
+
+  /** Resolves once every write issued before the call is durable. */
+  async durable(): Promise<void> {
+    await this.root.flushed;
+  }
+
+  nextVolumeId(): number {
+    return this.root.transactionSync(() => {
+      const id = (this.counters.get('volumeId') ?? 0) + 1;
+      this.counters.putSync('volumeId', id);
+      return id;
+    });
+  }
+
+  listPools(): PoolRecord[] {
+    return [...this.pools.getRange()].map((e) => e.value);
+  }
+
+  listVolumes(): VolumeRecord[] {
+    return [...this.volumes.getRange()].map((e) => e.value);
+  }
+
+  /** Chunk entries of one volume, in chunk order. */
+  *volumeChunks(volumeId: number): Iterable<{ chunkIndex: number; entry: ChunkEntry }> {
+    for (const { key, value } of this.chunks.getRange({ start: [volumeId, 0], end: [volumeId + 1, 0] })) {
+      yield { chunkIndex: key[1], entry: value };
+    }
+  }
+
+  /** Drops a volume record and its whole chunk map in one transaction. */
+  async deleteVolume(rec: VolumeRecord): Promise<void> {
+    await this.root.transaction(() => {
+      for (const key of this.chunks.getKeys({ start: [rec.id, 0], end: [rec.id + 1, 0] })) {
+        this.chunks.remove(key);
+      }
+      this.volumes.remove(rec.name);
+    });
+    await this.durable();
+  }
+
+  async close(): Promise<void> {
+    await this.root.close();
+  }
+}

@@ -1,0 +1,603 @@
+// One NBD client connection: the whole protocol state machine (fixed
+// newstyle handshake, option haggling, transmission) lives here. Storage is
+// reached only through Volume; protocol bytes never leave this file.
+import type { Socket } from 'node:net';
+import { NotFound } from '../errors.js';
+import type { Volume } from '../volumes/volume.js';
+import { nbdErrno } from './errors.js';
+import * as P from './protocol.js';
+import { log } from '../../log.js';
+
+export interface ExportResolver {
+  /** Opens the export; throws NotFound for an unknown name. */
+  resolve(name: string): Volume;
+  list(): { name: string; description: string }[];
+  description(name: string): string;
+}
+
+const enum Phase {
+  ClientFlags,
+  OptionHeader,
+  OptionData,
+  OptionDiscard,
+  RequestHeader,
+  WritePayload,
+  WriteDiscard,
+  Closed,
+}
+
+/** Bounds on work a single client can queue before we stop reading its socket. */
+const MAX_INFLIGHT_REQUESTS = 128;
+const MAX_INFLIGHT_BYTES = 128 * 1024 * 1024;
+const HANDSHAKE_TIMEOUT_MS = 30_000;
+
+const ALLOWED_FLAGS: Record<number, number> = {
+  [P.CMD_READ]: P.CMD_FLAG_DF | P.CMD_FLAG_FUA,
+  [P.CMD_WRITE]: P.CMD_FLAG_FUA,
+  [P.CMD_DISC]: 0,
+  [P.CMD_FLUSH]: P.CMD_FLAG_FUA,
+  [P.CMD_TRIM]: P.CMD_FLAG_FUA,
+  [P.CMD_CACHE]: P.CMD_FLAG_FUA,
+  [P.CMD_WRITE_ZEROES]: P.CMD_FLAG_FUA | P.CMD_FLAG_NO_HOLE | P.CMD_FLAG_FAST_ZERO,
+  [P.CMD_BLOCK_STATUS]: P.CMD_FLAG_REQ_ONE | P.CMD_FLAG_FUA,
+};
+
+export class NbdConnection {
+  private phase = Phase.ClientFlags;
+  private readonly chunks: Buffer[] = [];
+  private queuedBytes = 0;
+  private need = 4;
+  private noZeroes = false;
+  private structured = false;
+  private metaAllocation = false;
+  private volume: Volume | null = null;
+  private exportFlags = 0;
+  // Current option / request being parsed.
+  private optCode = 0;
+  private reqFlags = 0;
+  private reqType = 0;
+  private reqCookie = Buffer.alloc(8);
+  private reqOffset = 0;
+  private reqLength = 0;
+  private discardLeft = 0;
+  private inflight = 0;
+  private inflightBytes = 0;
+  private paused = false;
+  private disconnecting = false;
+  private handshakeTimer: NodeJS.Timeout | null;
+
+  constructor(
+    private readonly socket: Socket,
+    private readonly exports: ExportResolver,
+    private readonly onClose: () => void,
+  ) {
+    socket.setNoDelay?.(true);
+    socket.on('data', (d: Buffer) => this.onData(d));
+    socket.on('error', (err) => log.debug('nbd: socket error', { err: err.message }));
+    socket.on('close', () => {
+      this.phase = Phase.Closed;
+      if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
+      this.onClose();
+    });
+    socket.on('drain', () => this.maybeResume());
+    this.handshakeTimer = setTimeout(() => this.fatal('handshake timed out'), HANDSHAKE_TIMEOUT_MS);
+    const hello = Buffer.alloc(18);
+    hello.writeBigUInt64BE(P.NBDMAGIC, 0);
+    hello.writeBigUInt64BE(P.IHAVEOPT, 8);
+    hello.writeUInt16BE(P.FLAG_FIXED_NEWSTYLE | P.FLAG_NO_ZEROES, 16);
+    socket.write(hello);
+  }
+
+  /** Drops the client after a protocol violation we cannot recover from. */
+  private fatal(reason: string): void {
+    if (this.phase === Phase.Closed) return;
+    log.warn('nbd: closing connection', { reason, remote: this.socket.remoteAddress ?? 'unix' });
+    this.phase = Phase.Closed;
+    this.socket.destroy();
+  }
+
+  // ---- input buffering -------------------------------------------------
+
+  private onData(d: Buffer): void {
+    if (this.phase === Phase.Closed) return;
+    this.chunks.push(d);
+    this.queuedBytes += d.length;
+    this.pump();
+  }
+
+  /** Removes exactly n bytes from the front of the input queue. */
+  private take(n: number): Buffer {
+    const first = this.chunks[0]!;
+    if (first.length === n) {
+      this.chunks.shift();
+      this.queuedBytes -= n;
+      return first;
+    }
+    if (first.length > n) {
+      this.chunks[0] = first.subarray(n);
+      this.queuedBytes -= n;
+      return first.subarray(0, n);
+    }
+    const out = Buffer.allocUnsafe(n);
+    let filled = 0;
+    while (filled < n) {
+      const c = this.chunks[0]!;
+      const k = Math.min(c.length, n - filled);
+      c.copy(out, filled, 0, k);
+      filled += k;
+      if (k === c.length) this.chunks.shift();
+      else this.chunks[0] = c.subarray(k);
+    }
+    this.queuedBytes -= n;
+    return out;
+  }
+
+  private skip(n: number): number {
+    let skipped = 0;
+    while (skipped < n && this.chunks.length > 0) {
+      const c = this.chunks[0]!;
+      const k = Math.min(c.length, n - skipped);
+      if (k === c.length) this.chunks.shift();
+      else this.chunks[0] = c.subarray(k);
+      skipped += k;
+    }
+    this.queuedBytes -= skipped;
+    return skipped;
+  }
+
+  private pump(): void {
+    for (;;) {
+      if (this.phase === Phase.Closed || this.disconnecting) return;
+      if (this.phase === Phase.OptionDiscard || this.phase === Phase.WriteDiscard) {
+        this.discardLeft -= this.skip(this.discardLeft);
+        if (this.discardLeft > 0) return;
+        if (this.phase === Phase.OptionDiscard) {
+          this.replyOptionError(this.optCode, P.REP_ERR_TOO_BIG, 'option data too large');
+          this.setPhase(Phase.OptionHeader, P.OPTION_HEADER_BYTES);
+        } else {
+          this.reply(this.reqCookie, P.EINVAL, 'write payload larger than the maximum block size');
+          this.setPhase(Phase.RequestHeader, P.REQUEST_HEADER_BYTES);
+        }
+        continue;
+      }
+      if (this.paused) return;
+      if (this.queuedBytes < this.need) return;
+      const buf = this.take(this.need);
+      switch (this.phase) {
+        case Phase.ClientFlags:
+          this.onClientFlags(buf.readUInt32BE(0));
+          break;
+        case Phase.OptionHeader:
+          this.onOptionHeader(buf);
+          break;
+        case Phase.OptionData:
+          this.onOption(this.optCode, buf);
+          break;
+        case Phase.RequestHeader:
+          this.onRequestHeader(buf);
+          break;
+        case Phase.WritePayload:
+          this.setPhase(Phase.RequestHeader, P.REQUEST_HEADER_BYTES);
+          this.dispatch(this.reqType, this.reqFlags, this.reqCookie, this.reqOffset, this.reqLength, buf);
+          break;
+      }
+    }
+  }
+
+  private setPhase(phase: Phase, need: number): void {
+    this.phase = phase;
+    this.need = need;
+  }
+
+  // ---- handshake -------------------------------------------------------
+
+  private onClientFlags(flags: number): void {
+    if ((flags & ~(P.FLAG_C_FIXED_NEWSTYLE | P.FLAG_C_NO_ZEROES)) !== 0) {
+      return this.fatal(`unknown client flags 0x${flags.toString(16)}`);
+    }
+    this.noZeroes = (flags & P.FLAG_C_NO_ZEROES) !== 0;
+    this.setPhase(Phase.OptionHeader, P.OPTION_HEADER_BYTES);
+  }
+
+  private onOptionHeader(buf: Buffer): void {
+    if (buf.readBigUInt64BE(0) !== P.IHAVEOPT) return this.fatal('bad option magic');
+    this.optCode = buf.readUInt32BE(8);
+    const len = buf.readUInt32BE(12);
+    if (len > P.MAX_OPTION_BYTES) {
+      if (this.optCode === P.OPT_EXPORT_NAME) return this.fatal('export name too long');
+      this.discardLeft = len;
+      this.phase = Phase.OptionDiscard;
+      return;
+    }
+    if (len === 0) return this.onOption(this.optCode, Buffer.alloc(0));
+    this.setPhase(Phase.OptionData, len);
+  }
+
+  private sendOptionReply(opt: number, type: number, data?: Buffer): void {
+    const h = Buffer.allocUnsafe(20);
+    h.writeBigUInt64BE(P.OPT_REPLY_MAGIC, 0);
+    h.writeUInt32BE(opt, 8);
+    h.writeUInt32BE(type, 12);
+    h.writeUInt32BE(data ? data.length : 0, 16);
+    this.socket.write(data && data.length > 0 ? Buffer.concat([h, data]) : h);
+  }
+
+  private replyOptionError(opt: number, type: number, message: string): void {
+    this.sendOptionReply(opt, type, Buffer.from(message, 'utf8'));
+  }
+
+  private onOption(opt: number, data: Buffer): void {
+    if (this.phase !== Phase.Closed) this.setPhase(Phase.OptionHeader, P.OPTION_HEADER_BYTES);
+    switch (opt) {
+      case P.OPT_EXPORT_NAME:
+        return this.optExportName(data.toString('utf8'));
+      case P.OPT_ABORT:
+        this.sendOptionReply(opt, P.REP_ACK);
+        this.phase = Phase.Closed;
+        this.socket.end();
+        return;
+      case P.OPT_LIST:
+        if (data.length !== 0) return this.replyOptionError(opt, P.REP_ERR_INVALID, 'NBD_OPT_LIST takes no data');
+        for (const e of this.exports.list()) {
+          const name = Buffer.from(e.name, 'utf8');
+          const payload = Buffer.allocUnsafe(4 + name.length);
+          payload.writeUInt32BE(name.length, 0);
+          name.copy(payload, 4);
+          this.sendOptionReply(opt, P.REP_SERVER, payload);
+        }
+        return this.sendOptionReply(opt, P.REP_ACK);
+      case P.OPT_STARTTLS:
+        return this.replyOptionError(opt, P.REP_ERR_UNSUP, 'TLS is not supported by this server');
+      case P.OPT_INFO:
+      case P.OPT_GO:
+        return this.optInfoGo(opt, data);
+      case P.OPT_STRUCTURED_REPLY:
+        if (data.length !== 0) return this.replyOptionError(opt, P.REP_ERR_INVALID, 'NBD_OPT_STRUCTURED_REPLY takes no data');
+        if (this.structured) return this.replyOptionError(opt, P.REP_ERR_INVALID, 'structured replies already negotiated');
+        this.structured = true;
+        return this.sendOptionReply(opt, P.REP_ACK);
+      case P.OPT_LIST_META_CONTEXT:
+      case P.OPT_SET_META_CONTEXT:
+        return this.optMetaContext(opt, data);
+      default:
+        return this.replyOptionError(opt, P.REP_ERR_UNSUP, `option ${opt} is not supported`);
+    }
+  }
+
+  private lookup(name: string): Volume | null {
+    try {
+      return this.exports.resolve(name);
+    } catch (err) {
+      if (!(err instanceof NotFound)) log.warn('nbd: export unavailable', { name, err: (err as Error).message });
+      return null;
+    }
+  }
+
+  private transmissionFlags(vol: Volume): number {
+    let f = P.TF_HAS_FLAGS | P.TF_SEND_FLUSH | P.TF_SEND_FUA | P.TF_CAN_MULTI_CONN | P.TF_SEND_CACHE;
+    if (vol.rec.readOnly) f |= P.TF_READ_ONLY;
+    else f |= P.TF_SEND_TRIM | P.TF_SEND_WRITE_ZEROES | P.TF_SEND_FAST_ZERO;
+    if (this.structured) f |= P.TF_SEND_DF;
+    return f;
+  }
+
+  private optExportName(name: string): void {
+    const vol = this.lookup(name);
+    // NBD_OPT_EXPORT_NAME has no error reply: the spec says to disconnect.
+    if (!vol) return this.fatal(`unknown export ${JSON.stringify(name)}`);
+    const out = Buffer.alloc(this.noZeroes ? 10 : 134);
+    out.writeBigUInt64BE(BigInt(vol.sizeBytes), 0);
+    out.writeUInt16BE(this.transmissionFlags(vol), 8);
+    this.socket.write(out);
+    this.enterTransmission(vol);
+  }
+
+  private optInfoGo(opt: number, data: Buffer): void {
+    if (data.length < 6) return this.replyOptionError(opt, P.REP_ERR_INVALID, 'option data too short');
+    const nameLen = data.readUInt32BE(0);
+    if (nameLen > data.length - 6) return this.replyOptionError(opt, P.REP_ERR_INVALID, 'export name length exceeds option data');
+    const name = data.toString('utf8', 4, 4 + nameLen);
+    const nInfo = data.readUInt16BE(4 + nameLen);
+    if (data.length !== 6 + nameLen + 2 * nInfo) return this.replyOptionError(opt, P.REP_ERR_INVALID, 'information request count does not match option length');
+    const vol = this.lookup(name);
+    if (!vol) return this.replyOptionError(opt, P.REP_ERR_UNKNOWN, `unknown export ${JSON.stringify(name)}`);
+    const wanted = new Set<number>();
+    for (let i = 0; i < nInfo; i++) wanted.add(data.readUInt16BE(6 + nameLen + 2 * i));
+
+    const exp = Buffer.allocUnsafe(12);
+    exp.writeUInt16BE(P.INFO_EXPORT, 0);
+    exp.writeBigUInt64BE(BigInt(vol.sizeBytes), 2);
+    exp.writeUInt16BE(this.transmissionFlags(vol), 10);
+    this.sendOptionReply(opt, P.REP_INFO, exp);
+    // Block sizes are always sent: min 1 means clients that ignore them are fine.
+    const bs = Buffer.allocUnsafe(14);
+    bs.writeUInt16BE(P.INFO_BLOCK_SIZE, 0);
+    bs.writeUInt32BE(P.MIN_BLOCK_BYTES, 2);
+    bs.writeUInt32BE(P.PREFERRED_BLOCK_BYTES, 6);
+    bs.writeUInt32BE(P.MAX_PAYLOAD_BYTES, 10);
+    this.sendOptionReply(opt, P.REP_INFO, bs);
+    if (wanted.has(P.INFO_NAME)) {
+      const n = Buffer.from(vol.name, 'utf8');
+      const b = Buffer.allocUnsafe(2 + n.length);
+      b.writeUInt16BE(P.INFO_NAME, 0);
+      n.copy(b, 2);
+      this.sendOptionReply(opt, P.REP_INFO, b);
+    }
+    if (wanted.has(P.INFO_DESCRIPTION)) {
+      const d = Buffer.from(this.exports.description(vol.name), 'utf8');
+      const b = Buffer.allocUnsafe(2 + d.length);
+      b.writeUInt16BE(P.INFO_DESCRIPTION, 0);
+      d.copy(b, 2);
+      this.sendOptionReply(opt, P.REP_INFO, b);
+    }
+    this.sendOptionReply(opt, P.REP_ACK);
+    if (opt === P.OPT_GO) this.enterTransmission(vol);
+  }
+
+  private optMetaContext(opt: number, data: Buffer): void {
+    const set = opt === P.OPT_SET_META_CONTEXT;
+    if (set && !this.structured) {
+      return this.replyOptionError(opt, P.REP_ERR_INVALID, 'NBD_OPT_SET_META_CONTEXT needs structured replies first');
+    }
+    if (data.length < 8) return this.replyOptionError(opt, P.REP_ERR_INVALID, 'option data too short');
+    const nameLen = data.readUInt32BE(0);
+    if (nameLen > data.length - 8) return this.replyOptionError(opt, P.REP_ERR_INVALID, 'export name length exceeds option data');
+    const name = data.toString('utf8', 4, 4 + nameLen);
+    let pos = 4 + nameLen;
+    const nQueries = data.readUInt32BE(pos);
+    pos += 4;
+    const queries: string[] = [];
+    for (let i = 0; i < nQueries; i++) {
+      if (pos + 4 > data.length) return this.replyOptionError(opt, P.REP_ERR_INVALID, 'query list truncated');
+      const qLen = data.readUInt32BE(pos);
+      pos += 4;
+      if (pos + qLen > data.length) return this.replyOptionError(opt, P.REP_ERR_INVALID, 'query length exceeds option data');
+      queries.push(data.toString('utf8', pos, pos + qLen));
+      pos += qLen;
+    }
+    if (pos !== data.length) return this.replyOptionError(opt, P.REP_ERR_INVALID, 'trailing bytes after queries');
+    if (!this.lookup(name)) return this.replyOptionError(opt, P.REP_ERR_UNKNOWN, `unknown export ${JSON.stringify(name)}`);
+    let matched: boolean;
+    if (set) matched = queries.includes(P.BASE_ALLOCATION);
+    else matched = queries.length === 0 || queries.some((q) => q === P.BASE_ALLOCATION || q === 'base:');
+    if (set) this.metaAllocation = matched;
+    if (matched) {
+      const n = Buffer.from(P.BASE_ALLOCATION, 'utf8');
+      const b = Buffer.allocUnsafe(4 + n.length);
+      b.writeUInt32BE(P.BASE_ALLOCATION_ID, 0);
+      n.copy(b, 4);
+      this.sendOptionReply(opt, P.REP_META_CONTEXT, b);
+    }
+    this.sendOptionReply(opt, P.REP_ACK);
+  }
+
+  private enterTransmission(vol: Volume): void {
+    if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
+    this.handshakeTimer = null;
+    this.volume = vol;
+    this.exportFlags = this.transmissionFlags(vol);
+    this.setPhase(Phase.RequestHeader, P.REQUEST_HEADER_BYTES);
+  }
+
+  // ---- transmission ----------------------------------------------------
+
+  private onRequestHeader(h: Buffer): void {
+    if (h.readUInt32BE(0) !== P.REQUEST_MAGIC) return this.fatal('bad request magic');
+    this.reqFlags = h.readUInt16BE(4);
+    this.reqType = h.readUInt16BE(6);
+    this.reqCookie = Buffer.from(h.subarray(8, 16));
+    const hi = h.readUInt32BE(16);
+    // Offsets >= 2^53 are beyond any export we serve: keep them out of range.
+    this.reqOffset = hi < 0x200000 ? hi * 0x100000000 + h.readUInt32BE(20) : Number.MAX_SAFE_INTEGER;
+    this.reqLength = h.readUInt32BE(24);
+    if (this.reqType === P.CMD_WRITE) {
+      if (this.reqLength > P.MAX_PAYLOAD_BYTES) {
+        // Consume the payload so the stream stays in sync, then refuse.
+        this.discardLeft = this.reqLength;
+        this.phase = Phase.WriteDiscard;
+        return;
+      }
+      if (this.reqLength > 0) return this.setPhase(Phase.WritePayload, this.reqLength);
+    }
+    this.dispatch(this.reqType, this.reqFlags, this.reqCookie, this.reqOffset, this.reqLength, null);
+  }
+
+  private validate(type: number, flags: number, offset: number, length: number): [number, string] | null {
+    const vol = this.volume!;
+    const allowed = ALLOWED_FLAGS[type];
+    if (allowed === undefined) return [P.EINVAL, `unknown command ${type}`];
+    if ((flags & ~allowed) !== 0) return [P.EINVAL, `flags 0x${flags.toString(16)} not valid for command ${type}`];
+    if (type === P.CMD_FLUSH) return null;
+    const isWrite = type === P.CMD_WRITE || type === P.CMD_TRIM || type === P.CMD_WRITE_ZEROES;
+    if (isWrite && vol.rec.readOnly) return [P.EPERM, 'export is read-only'];
+    if (type === P.CMD_BLOCK_STATUS && !(this.structured && this.metaAllocation)) {
+      return [P.EINVAL, 'block status needs structured replies and the base:allocation context'];
+    }
+    if (length === 0) return [P.EINVAL, 'zero-length request'];
+    if ((type === P.CMD_READ || type === P.CMD_CACHE) && length > P.MAX_PAYLOAD_BYTES) {
+      return [P.EINVAL, `request of ${length} bytes exceeds the maximum block size ${P.MAX_PAYLOAD_BYTES}`];
+    }
+    if (offset + length > vol.sizeBytes) {
+      // Same convention as nbdkit: writes past the end are "no space", other commands "invalid".
+      const code = type === P.CMD_WRITE || type === P.CMD_WRITE_ZEROES ? P.ENOSPC : P.EINVAL;
+      return [code, `request ${offset}+${length} is beyond the end of the export (${vol.sizeBytes} bytes)`];
+    }
+    return null;
+  }
+
+  private dispatch(type: number, flags: number, cookie: Buffer, offset: number, length: number, payload: Buffer | null): void {
+    const vol = this.volume!;
+    if (type === P.CMD_DISC) {
+      this.disconnecting = true;
+      this.maybeFinishDisconnect();
+      return;
+    }
+    const invalid = this.validate(type, flags, offset, length);
+    if (invalid) return this.reply(cookie, invalid[0], invalid[1]);
+    const fua = (flags & P.CMD_FLAG_FUA) !== 0;
+    this.begin(payload ? payload.length : length);
+    switch (type) {
+      case P.CMD_READ:
+        return this.doRead(vol, cookie, offset, length);
+      case P.CMD_WRITE:
+        vol.write(offset, payload ?? Buffer.alloc(0), fua, (err) => this.finish(cookie, err, payload ? payload.length : 0));
+        return;
+      case P.CMD_FLUSH:
+        return this.settle(cookie, vol.flush(), 0);
+      case P.CMD_TRIM:
+        return this.settle(cookie, vol.trim(offset, length, fua), 0);
+      case P.CMD_WRITE_ZEROES:
+        return this.settle(
+          cookie,
+          vol.writeZeroes(offset, length, {
+            fua,
+            noHole: (flags & P.CMD_FLAG_NO_HOLE) !== 0,
+            fastZero: (flags & P.CMD_FLAG_FAST_ZERO) !== 0,
+          }),
+          0,
+        );
+      case P.CMD_CACHE: {
+        // Advisory prefetch: read the range so it is warm in the page cache.
+        const scratch = Buffer.allocUnsafe(length);
+        vol.read(offset, length, scratch, 0, (err) => this.finish(cookie, err, length));
+        return;
+      }
+      case P.CMD_BLOCK_STATUS:
+        return this.doBlockStatus(vol, cookie, flags, offset, length);
+    }
+  }
+
+  private doRead(vol: Volume, cookie: Buffer, offset: number, length: number): void {
+    if (this.structured) {
+      const out = Buffer.allocUnsafe(28 + length);
+      out.writeUInt32BE(P.STRUCTURED_REPLY_MAGIC, 0);
+      out.writeUInt16BE(P.REPLY_FLAG_DONE, 4);
+      out.writeUInt16BE(P.REPLY_TYPE_OFFSET_DATA, 6);
+      cookie.copy(out, 8);
+      out.writeUInt32BE(8 + length, 16);
+      writeUInt64(out, offset, 20);
+      vol.read(offset, length, out, 28, (err) => {
+        if (err) return this.finish(cookie, err, length);
+        this.send(out);
+        this.end(length);
+      });
+      return;
+    }
+    const out = Buffer.allocUnsafe(16 + length);
+    out.writeUInt32BE(P.SIMPLE_REPLY_MAGIC, 0);
+    out.writeUInt32BE(0, 4);
+    cookie.copy(out, 8);
+    vol.read(offset, length, out, 16, (err) => {
+      if (err) return this.finish(cookie, err, length);
+      this.send(out);
+      this.end(length);
+    });
+  }
+
+  private doBlockStatus(vol: Volume, cookie: Buffer, flags: number, offset: number, length: number): void {
+    const maxExtents = flags & P.CMD_FLAG_REQ_ONE ? 1 : 1024;
+    const extents = vol.blockStatus(offset, length, maxExtents);
+    const payloadLen = 4 + 8 * extents.length;
+    const out = Buffer.allocUnsafe(20 + payloadLen);
+    out.writeUInt32BE(P.STRUCTURED_REPLY_MAGIC, 0);
+    out.writeUInt16BE(P.REPLY_FLAG_DONE, 4);
+    out.writeUInt16BE(P.REPLY_TYPE_BLOCK_STATUS, 6);
+    cookie.copy(out, 8);
+    out.writeUInt32BE(payloadLen, 16);
+    out.writeUInt32BE(P.BASE_ALLOCATION_ID, 20);
+    let pos = 24;
+    for (const e of extents) {
+      out.writeUInt32BE(e.lengthBytes, pos);
+      out.writeUInt32BE(e.flags, pos + 4);
+      pos += 8;
+    }
+    this.send(out);
+    this.end(length);
+  }
+
+  private settle(cookie: Buffer, p: Promise<void>, bytes: number): void {
+    p.then(
+      () => this.finish(cookie, null, bytes),
+      (err: Error) => this.finish(cookie, err, bytes),
+    );
+  }
+
+  private begin(bytes: number): void {
+    this.inflight++;
+    this.inflightBytes += bytes;
+    if (!this.paused && (this.inflight >= MAX_INFLIGHT_REQUESTS || this.inflightBytes >= MAX_INFLIGHT_BYTES)) {
+      this.paused = true;
+      this.socket.pause();
+    }
+  }
+
+  private finish(cookie: Buffer, err: Error | null, bytes: number): void {
+    if (err) {
+      const code = nbdErrno(err);
+      if (code === P.EIO) log.error('nbd: I/O error', { volume: this.volume?.name, err: err.message });
+      this.reply(cookie, code, err.message);
+    } else {
+      this.reply(cookie, 0, '');
+    }
+    this.end(bytes);
+  }
+
+  private end(bytes: number): void {
+    this.inflight--;
+    this.inflightBytes -= bytes;
+    this.maybeResume();
+    this.maybeFinishDisconnect();
+  }
+
+  private maybeResume(): void {
+    if (!this.paused || this.phase === Phase.Closed) return;
+    if (this.inflight < MAX_INFLIGHT_REQUESTS / 2 && this.inflightBytes < MAX_INFLIGHT_BYTES / 2 && !this.socket.writableNeedDrain) {
+      this.paused = false;
+      this.socket.resume();
+      this.pump();
+    }
+  }
+
+  private maybeFinishDisconnect(): void {
+    if (this.disconnecting && this.inflight === 0 && this.phase !== Phase.Closed) {
+      this.phase = Phase.Closed;
+      this.socket.end();
+    }
+  }
+
+  private send(buf: Buffer): void {
+    if (this.phase === Phase.Closed && this.socket.destroyed) return;
+    if (!this.socket.write(buf) && !this.paused) {
+      // The client is not reading replies: stop reading its requests.
+      this.paused = true;
+      this.socket.pause();
+    }
+  }
+
+  /** Simple reply, or a structured error chunk for reads when negotiated. */
+  private reply(cookie: Buffer, errno: number, message: string): void {
+    if (errno !== 0 && this.structured) {
+      const msg = Buffer.from(message.slice(0, 1024), 'utf8');
+      const out = Buffer.allocUnsafe(26 + msg.length);
+      out.writeUInt32BE(P.STRUCTURED_REPLY_MAGIC, 0);
+      out.writeUInt16BE(P.REPLY_FLAG_DONE, 4);
+      out.writeUInt16BE(P.REPLY_TYPE_ERROR, 6);
+      cookie.copy(out, 8);
+      out.writeUInt32BE(6 + msg.length, 16);
+      out.writeUInt32BE(errno, 20);
+      out.writeUInt16BE(msg.length, 24);
+      msg.copy(out, 26);
+      return this.send(out);
+    }
+    const out = Buffer.allocUnsafe(16);
+    out.writeUInt32BE(P.SIMPLE_REPLY_MAGIC, 0);
+    out.writeUInt32BE(errno, 4);
+    cookie.copy(out, 8);
+    this.send(out);
+  }
+}
+
+function writeUInt64(buf: Buffer, value: number, pos: number): void {
+  buf.writeUInt32BE(Math.floor(value / 0x100000000), pos);
+  buf.writeUInt32BE(value >>> 0, pos + 4);
+}

@@ -1,0 +1,65 @@
+// A pool is a directory on some media with a tier label and a capacity.
+// Capacity is enforced logically (allocated chunks), so a full pool gives a
+// clean NoSpace before the filesystem itself fills.
+import { accessSync, constants, mkdirSync, statfsSync } from 'node:fs';
+import path from 'node:path';
+import { NoSpace, PoolOffline } from '../errors.js';
+import type { PoolRecord } from '../meta/store.js';
+
+export class Pool {
+  usedBytes = 0;
+
+  constructor(readonly rec: PoolRecord) {}
+
+  get name(): string {
+    return this.rec.name;
+  }
+
+  get volumesDir(): string {
+    return path.join(this.rec.path, 'volumes');
+  }
+
+  volumeFile(volumeId: number): string {
+    return path.join(this.volumesDir, `${volumeId}.dat`);
+  }
+
+  /** True when the directory exists and is writable. */
+  isOnline(): boolean {
+    try {
+      accessSync(this.rec.path, constants.W_OK | constants.R_OK);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  assertOnline(): void {
+    if (!this.isOnline()) throw new PoolOffline(`pool ${this.name}: directory ${this.rec.path} is missing or not writable`);
+  }
+
+  ensureDirs(): void {
+    this.assertOnline();
+    mkdirSync(this.volumesDir, { recursive: true });
+  }
+
+  freeBytes(): number {
+    return Math.max(0, this.rec.capacityBytes - this.usedBytes);
+  }
+
+  reserve(lengthBytes: number): void {
+    if (this.usedBytes + lengthBytes > this.rec.capacityBytes) {
+      throw new NoSpace(`pool ${this.name} is full (${this.usedBytes} of ${this.rec.capacityBytes} bytes used)`);
+    }
+    this.usedBytes += lengthBytes;
+  }
+
+  release(lengthBytes: number): void {
+    this.usedBytes = Math.max(0, this.usedBytes - lengthBytes);
+  }
+}
+
+/** Free bytes of the filesystem holding `dir` (used as a default capacity). */
+export function filesystemFreeBytes(dir: string): number {
+  const st = statfsSync(dir);
+  return Number(st.bavail) * Number(st.bsize);
+}

@@ -1,0 +1,182 @@
+// Owns pools and volumes of one daemon: creation, placement, resize, delete,
+// and the cache of open Volume objects shared by every front-end connection.
+import fs from 'node:fs';
+import { AlreadyExists, InvalidArgument, NoSuitablePool, NotFound } from '../errors.js';
+import { ChunkState, MetaStore, VOLUME_NAME_RE, type PoolRecord, type Tier, type VolumeRecord } from '../meta/store.js';
+import { Pool } from '../pools/pool.js';
+import { Volume } from './volume.js';
+
+export const DEFAULT_CHUNK_SIZE_BYTES = 1024 * 1024;
+/** 2^53 guards the `number` arithmetic; real exports stay far below. */
+export const MAX_VOLUME_SIZE_BYTES = 2 ** 50;
+
+export interface CreateVolumeOptions {
+  name: string;
+  sizeBytes: number;
+  tier?: Tier;
+  pool?: string;
+  readOnly?: boolean;
+  chunkSizeBytes?: number;
+}
+
+export class VolumeManager {
+  readonly pools = new Map<string, Pool>();
+  private readonly open = new Map<string, Volume>();
+
+  constructor(readonly meta: MetaStore) {
+    for (const rec of meta.listPools()) this.pools.set(rec.name, new Pool(rec));
+    this.recomputeUsage();
+  }
+
+  static open(dataDir: string): VolumeManager {
+    return new VolumeManager(MetaStore.open(dataDir));
+  }
+
+  private recomputeUsage(): void {
+    for (const p of this.pools.values()) p.usedBytes = 0;
+    for (const v of this.meta.listVolumes()) {
+      for (const { entry } of this.meta.volumeChunks(v.id)) {
+        if (entry.state === ChunkState.Allocated) { const p = this.pools.get(entry.pool); if (p) p.usedBytes += v.chunkSizeBytes; }
+      }
+    }
+  }
+
+  /** Adds or updates a pool definition (directory is created if missing). */
+  async putPool(rec: PoolRecord): Promise<Pool> {
+    fs.mkdirSync(rec.path, { recursive: true });
+    await this.meta.pools.put(rec.name, rec);
+    const existing = this.pools.get(rec.name);
+    const pool = new Pool(rec);
+    if (existing) pool.usedBytes = existing.usedBytes;
+    this.pools.set(rec.name, pool);
+    return pool;
+  }
+
+  listVolumes(): VolumeRecord[] {
+    return this.meta.listVolumes();
+  }
+
+  getVolumeRecord(name: string): VolumeRecord | undefined {
+    return this.meta.volumes.get(name);
+  }
+
+  /** Picks the online pool of `tier` with the most free space that fits. */
+  choosePool(tier: Tier, needBytes: number): Pool {
+    let best: Pool | undefined;
+    for (const p of this.pools.values()) {
+      if (p.rec.tier !== tier || !p.isOnline()) continue;
+      if (!best || p.freeBytes() > best.freeBytes()) best = p;
+    }
+    if (!best) throw new NoSuitablePool(`no online pool with tier=${tier}`);
+    if (best.freeBytes() < Math.min(needBytes, DEFAULT_CHUNK_SIZE_BYTES)) {
+      throw new NoSuitablePool(`no pool with tier=${tier} has room (largest free: ${best.freeBytes()} bytes)`);
+    }
+    return best;
+  }
+
+  async createVolume(opts: CreateVolumeOptions): Promise<VolumeRecord> {
+    if (!VOLUME_NAME_RE.test(opts.name)) {
+      throw new InvalidArgument(`invalid volume name ${JSON.stringify(opts.name)}: use 1-128 of [A-Za-z0-9._-], starting alphanumeric`);
+    }
+    validateSize(opts.sizeBytes);
+    const chunkSizeBytes = opts.chunkSizeBytes ?? DEFAULT_CHUNK_SIZE_BYTES;
+    if (chunkSizeBytes < 4096 || (chunkSizeBytes & (chunkSizeBytes - 1)) !== 0) {
+      throw new InvalidArgument('chunk size must be a power of two >= 4096');
+    }
+    if (this.meta.volumes.get(opts.name)) throw new AlreadyExists(`volume ${opts.name} already exists`);
+    const tier = opts.tier ?? 'hot';
+    if (tier === 'cold') throw new InvalidArgument('volumes are created on hot or warm pools; the control loop moves them to cold');
+    const pool = opts.pool ? this.poolByName(opts.pool) : this.choosePool(tier, opts.sizeBytes);
+    pool.ensureDirs();
+    const rec: VolumeRecord = {
+      name: opts.name,
+      id: this.meta.nextVolumeId(),
+      sizeBytes: opts.sizeBytes,
+      chunkSizeBytes,
+      tier: pool.rec.tier,
+      poolName: pool.name,
+      readOnly: opts.readOnly ?? false,
+      createdMs: Date.now(),
+    };
+    // A stale file from an interrupted delete must not leak old bytes.
+    fs.rmSync(pool.volumeFile(rec.id), { force: true });
+    await this.meta.volumes.put(rec.name, rec);
+    await this.meta.durable();
+    return rec;
+  }
+
+  poolByName(name: string): Pool {
+    const p = this.pools.get(name);
+    if (!p) throw new NotFound(`no pool named ${name}`);
+    return p;
+  }
+
+  /** The shared open Volume for `name`, opening it on first use. */
+  openVolume(name: string): Volume {
+    const cached = this.open.get(name);
+    // A failed volume stays failed (EIO) until the daemon restarts: never reopen it silently.
+    if (cached) return cached;
+    const rec = this.meta.volumes.get(name);
+    if (!rec) throw new NotFound(`no volume named ${name}`);
+    const pool = this.poolByName(rec.poolName);
+    pool.ensureDirs();
+    const fd = fs.openSync(pool.volumeFile(rec.id), fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
+    const states = new Uint8Array(Volume.chunkCount(rec.sizeBytes, rec.chunkSizeBytes));
+    for (const { chunkIndex, entry } of this.meta.volumeChunks(rec.id)) {
+      if (chunkIndex < states.length) states[chunkIndex] = entry.state;
+    }
+    const vol = new Volume(rec, pool, fd, this.meta, states);
+    this.open.set(name, vol);
+    return vol;
+  }
+
+  openVolumes(): Volume[] {
+    return [...this.open.values()];
+  }
+
+  async resizeVolume(name: string, newSizeBytes: number): Promise<VolumeRecord> {
+    validateSize(newSizeBytes);
+    const rec = this.meta.volumes.get(name);
+    if (!rec) throw new NotFound(`no volume named ${name}`);
+    if (newSizeBytes < rec.sizeBytes) {
+      throw new InvalidArgument(`volume ${name} is ${rec.sizeBytes} bytes; shrinking to ${newSizeBytes} would drop data and is refused`);
+    }
+    const next = { ...rec, sizeBytes: newSizeBytes };
+    await this.meta.volumes.put(name, next);
+    await this.meta.durable();
+    this.open.get(name)?.grow(newSizeBytes);
+    return next;
+  }
+
+  async deleteVolume(name: string): Promise<void> {
+    const rec = this.meta.volumes.get(name);
+    if (!rec) throw new NotFound(`no volume named ${name}`);
+    const vol = this.open.get(name);
+    this.open.delete(name);
+    if (vol) await vol.close();
+    let allocated = 0;
+    for (const { entry } of this.meta.volumeChunks(rec.id)) if (entry.state === ChunkState.Allocated) allocated++;
+    // Index first, bytes second: a crash in between leaves an orphan file
+    // (reclaimed on create), never an index entry pointing at freed bytes.
+    await this.meta.deleteVolume(rec);
+    this.pools.get(rec.poolName)?.release(allocated * rec.chunkSizeBytes);
+    const pool = this.pools.get(rec.poolName);
+    if (pool) fs.rmSync(pool.volumeFile(rec.id), { force: true });
+  }
+
+  async close(): Promise<void> {
+    for (const v of this.open.values()) {
+      if (!v.failed) await v.flush().catch(() => undefined);
+      await v.close();
+    }
+    this.open.clear();
+    await this.meta.close();
+  }
+}
+
+function validateSize(sizeBytes: number): void {
+  if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0 || sizeBytes > MAX_VOLUME_SIZE_BYTES) {
+    throw new InvalidArgument(`volume size must be a whole number of bytes between 1 and ${MAX_VOLUME_SIZE_BYTES}`);
+  }
+  if (sizeBytes % 512 !== 0) throw new InvalidArgument('volume size must be a multiple of 512 bytes');
+}
