@@ -52,6 +52,13 @@ export type ScanEntry =
   /** Bytes from offsetBytes to the segment's end that are not a whole record (torn write); the scan moves to the next segment. */
   | { readonly kind: "torn-tail"; readonly segment: number; readonly offsetBytes: number; readonly lengthBytes: number; readonly reason: string };
 
+export interface SegmentStoreStats {
+  /** fdatasync calls that made appends durable (group commits). */
+  readonly commits: number;
+  readonly recordsAppended: number;
+  readonly bytesAppended: number;
+}
+
 export interface SegmentStoreOptions {
   segmentSizeBytes?: number;
   maxPendingBytes?: number;
@@ -164,6 +171,9 @@ export class SegmentStore {
   private drainWaiters: Array<() => void> = [];
   private failure: Error | undefined;
   private closed = false;
+  private commits = 0;
+  private recordsAppended = 0;
+  private bytesAppended = 0;
 
   private constructor(
     readonly poolDir: string,
@@ -342,6 +352,9 @@ export class SegmentStore {
     if (group.length === 0) return;
     await writeAllAt(this.headFh, group, startBytes);
     await this.headFh.datasync();
+    this.commits++;
+    this.recordsAppended += group.length;
+    this.bytesAppended += endBytes - startBytes;
     this.headDurableBytes = endBytes;
     this.sizes.set(this.head, endBytes);
   }
@@ -470,6 +483,11 @@ export class SegmentStore {
     } finally {
       await fh.close();
     }
+  }
+
+  /** Counters since open(), for metrics. */
+  stats(): SegmentStoreStats {
+    return { commits: this.commits, recordsAppended: this.recordsAppended, bytesAppended: this.bytesAppended };
   }
 
   /** Segments with their sizes, oldest first; the last one is the head. */

@@ -1,0 +1,145 @@
+// Reed-Solomon stripe codec: byte-exact reconstruction for every combination
+// of up to m lost shards (4+2, 8+3, 10+4), InsufficientShards beyond m, input
+// checks, and the bounded in-flight queue.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import {
+  decodeStripe,
+  EC_MAX_IN_FLIGHT,
+  EC_MAX_WAITING,
+  EcBusy,
+  EcInputInvalid,
+  encodeStripe,
+  InsufficientShards,
+  reconstruct,
+} from "../src/dataplane/ec/codec.js";
+import { validatePolicy, type ErasureCodingPolicy } from "../src/dataplane/ec/policy.js";
+
+function policy(k: number, m: number, stripeSizeBytes: number): ErasureCodingPolicy {
+  return validatePolicy(`p-${k}-${m}`, { dataShards: k, parityShards: m, stripeSizeBytes }, k + m);
+}
+
+/** Every subset of {0..n-1} with 1..maxSize elements. */
+function* lossPatterns(n: number, maxSize: number): Generator<number[]> {
+  function* choose(start: number, size: number, prefix: number[]): Generator<number[]> {
+    if (size === 0) {
+      yield prefix;
+      return;
+    }
+    for (let i = start; i <= n - size; i++) yield* choose(i + 1, size - 1, [...prefix, i]);
+  }
+  for (let size = 1; size <= maxSize; size++) yield* choose(0, size, []);
+}
+
+function binomialSum(n: number, maxSize: number): number {
+  let total = 0;
+  let c = 1;
+  for (let size = 1; size <= maxSize; size++) {
+    c = (c * (n - size + 1)) / size;
+    total += c;
+  }
+  return total;
+}
+
+async function assertEveryLossPatternRecovers(p: ErasureCodingPolicy): Promise<void> {
+  const k = p.dataShards;
+  const m = p.parityShards;
+  const data = randomBytes(p.stripeSizeBytes);
+  const original = Buffer.from(data);
+  const shards = (await encodeStripe(p, data)).map((s) => Buffer.from(s));
+  assert.equal(shards.length, k + m);
+  for (const s of shards) assert.equal(s.length, p.stripeSizeBytes / k);
+  // Data shards are the stripe split in order, and encoding did not touch the input.
+  assert.ok(Buffer.concat(shards.slice(0, k)).equals(original));
+  assert.ok(data.equals(original));
+  let patterns = 0;
+  for (const lost of lossPatterns(k + m, m)) {
+    const damaged = shards.map((s, i) => (lost.includes(i) ? undefined : s));
+    const rebuilt = await reconstruct(p, damaged);
+    for (let i = 0; i < k + m; i++) {
+      assert.ok(rebuilt[i]!.equals(shards[i]!), `${k}+${m}: lost [${lost}] -> shard ${i} differs`);
+    }
+    const stripe = await decodeStripe(p, damaged);
+    assert.ok(stripe.equals(original), `${k}+${m}: lost [${lost}] -> decoded stripe differs`);
+    patterns++;
+  }
+  assert.equal(patterns, binomialSum(k + m, m));
+}
+
+test("4+2, 1 MiB: all 21 patterns of 1 or 2 lost shards rebuild byte-exact", async () => {
+  await assertEveryLossPatternRecovers(policy(4, 2, 1048576));
+});
+
+test("8+3, 1 MiB: all 231 patterns of 1 to 3 lost shards rebuild byte-exact", async () => {
+  await assertEveryLossPatternRecovers(policy(8, 3, 1048576));
+});
+
+test("10+4, 1000 KiB: all 1470 patterns of 1 to 4 lost shards rebuild byte-exact", async () => {
+  await assertEveryLossPatternRecovers(policy(10, 4, 1024000));
+});
+
+test("more than m lost shards throws InsufficientShards with the counts", async () => {
+  const p = policy(4, 2, 65536);
+  const shards = await encodeStripe(p, randomBytes(65536));
+  for (const lost of [[0, 1, 2], [3, 4, 5], [0, 2, 4, 5]]) {
+    const damaged = shards.map((s, i) => (lost.includes(i) ? undefined : s));
+    await assert.rejects(reconstruct(p, damaged), (error: unknown) => {
+      assert.ok(error instanceof InsufficientShards);
+      assert.equal(error.availableShards, 6 - lost.length);
+      assert.equal(error.requiredShards, 4);
+      return true;
+    });
+    await assert.rejects(decodeStripe(p, damaged), InsufficientShards);
+  }
+});
+
+test("a short stripe is zero-padded and the padding decodes as zeros", async () => {
+  const p = policy(4, 2, 65536);
+  const data = randomBytes(10000);
+  const shards = await encodeStripe(p, data);
+  const decoded = await decodeStripe(p, [undefined, shards[1], undefined, shards[3], shards[4], shards[5]]);
+  assert.equal(decoded.length, 65536);
+  assert.ok(decoded.subarray(0, 10000).equals(data));
+  assert.ok(decoded.subarray(10000).equals(Buffer.alloc(65536 - 10000)));
+});
+
+test("changing one data byte changes every parity shard", async () => {
+  const p = policy(4, 2, 65536);
+  const data = randomBytes(65536);
+  const a = (await encodeStripe(p, Buffer.from(data))).map((s) => Buffer.from(s));
+  data[40000]! ^= 0x01;
+  const b = await encodeStripe(p, data);
+  assert.ok(!a[4]!.equals(b[4]!));
+  assert.ok(!a[5]!.equals(b[5]!));
+  assert.ok(!a[4]!.equals(a[5]!));
+});
+
+test("wrong-shaped input is rejected with EcInputInvalid", async () => {
+  const p = policy(4, 2, 65536);
+  await assert.rejects(encodeStripe(p, Buffer.alloc(65537)), EcInputInvalid);
+  const shards = await encodeStripe(p, randomBytes(65536));
+  await assert.rejects(reconstruct(p, shards.slice(0, 5)), /expected 6 shard slots/);
+  await assert.rejects(reconstruct(p, [shards[0]!.subarray(1), ...shards.slice(1)]), /shard 0 is 16383 bytes/);
+});
+
+test("many concurrent stripes all encode correctly through the bounded in-flight queue", async () => {
+  const p = policy(4, 2, 65536);
+  const stripes = Array.from({ length: 64 }, () => randomBytes(65536));
+  const encoded = await Promise.all(stripes.map((s) => encodeStripe(p, s)));
+  const decoded = await Promise.all(encoded.map((shards) => decodeStripe(p, [undefined, undefined, ...shards.slice(2)])));
+  decoded.forEach((d, i) => assert.ok(d.equals(stripes[i]!), `stripe ${i}`));
+});
+
+test("beyond EC_MAX_IN_FLIGHT + EC_MAX_WAITING concurrent calls, the excess fails fast with EcBusy", async () => {
+  const p = policy(2, 1, 8192);
+  const data = Buffer.alloc(8192, 7);
+  const excess = 5;
+  const results = await Promise.allSettled(
+    Array.from({ length: EC_MAX_IN_FLIGHT + EC_MAX_WAITING + excess }, () => encodeStripe(p, data)),
+  );
+  const busy = results.filter((r) => r.status === "rejected" && r.reason instanceof EcBusy).length;
+  const ok = results.filter((r) => r.status === "fulfilled").length;
+  assert.equal(busy, excess);
+  assert.equal(ok, EC_MAX_IN_FLIGHT + EC_MAX_WAITING);
+});
