@@ -1,0 +1,108 @@
+// Test harness: runs a real `couchestor serve` in a temporary data directory
+// on ephemeral ports, and waits for its machine-readable ready line.
+import { spawn, spawnSync, type ChildProcess, type SpawnSyncReturns } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import readline from 'node:readline';
+
+export const CLI = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../src/cli.js');
+/** nbdsh is a python3 script: make sure it finds Debian's python3 (with the nbd module). */
+export const CLIENT_ENV = { ...process.env, PATH: `/usr/bin:/bin:${process.env.PATH ?? ''}` };
+
+export interface DaemonInfo {
+  pid: number;
+  nbd: { host: string; port: number; socketPath: string };
+  api: { host: string; port: number };
+}
+
+export class TestDaemon {
+  stderr = '';
+  private constructor(
+    readonly dataDir: string,
+    readonly proc: ChildProcess,
+    readonly info: DaemonInfo,
+  ) {}
+
+  /** Starts a daemon; `dataDir` is reused for restart tests. */
+  static async start(opts: { dataDir?: string; config?: string; args?: string[] } = {}): Promise<TestDaemon> {
+    const dataDir = opts.dataDir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-test-'));
+    if (opts.config !== undefined && !fs.existsSync(path.join(dataDir, 'couchestor.yaml'))) {
+      fs.writeFileSync(path.join(dataDir, 'couchestor.yaml'), opts.config);
+    }
+    const proc = spawn(process.execPath, [CLI, 'serve', '--data-dir', dataDir, '--nbd-port', '0', '--api-port', '0', ...(opts.args ?? [])], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stderr = '';
+    proc.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    const info = await new Promise<DaemonInfo>((resolve, reject) => {
+      const rl = readline.createInterface({ input: proc.stdout! });
+      rl.on('line', (line) => {
+        const m = /^couchestor ready (.*)$/.exec(line);
+        if (m) resolve(JSON.parse(m[1]!) as DaemonInfo);
+      });
+      proc.once('exit', (code, sig) => reject(new Error(`daemon exited (${code ?? sig}) before ready:\n${stderr}`)));
+    });
+    const d = new TestDaemon(dataDir, proc, info);
+    proc.stderr!.on('data', (b: Buffer) => (d.stderr += b.toString()));
+    d.stderr = stderr;
+    return d;
+  }
+
+  get uri(): string {
+    return `nbd://127.0.0.1:${this.info.nbd.port}`;
+  }
+
+  exportUri(name: string): string {
+    return `${this.uri}/${encodeURIComponent(name)}`;
+  }
+
+  unixUri(name: string): string {
+    return `nbd+unix:///${encodeURIComponent(name)}?socket=${this.info.nbd.socketPath}`;
+  }
+
+  /** Runs the couchestor CLI against this daemon's data directory. */
+  cli(...args: string[]): SpawnSyncReturns<string> {
+    return spawnSync(process.execPath, [CLI, ...args, '--data-dir', this.dataDir], { encoding: 'utf8' });
+  }
+
+  createVolume(name: string, size: string, ...extra: string[]): void {
+    const r = this.cli('volumes', 'create', name, size, ...extra);
+    if (r.status !== 0) throw new Error(`volumes create failed: ${r.stderr}`);
+  }
+
+  /** SIGKILL: no chance to flush anything. */
+  async kill(): Promise<void> {
+    if (this.proc.exitCode !== null || this.proc.signalCode !== null) return;
+    const exited = new Promise((r) => this.proc.once('exit', r));
+    this.proc.kill('SIGKILL');
+    await exited;
+  }
+
+  /** SIGTERM and wait for a clean exit. */
+  async stop(): Promise<number | null> {
+    if (this.proc.exitCode !== null || this.proc.signalCode !== null) return this.proc.exitCode;
+    const exited = new Promise<number | null>((r) => this.proc.once('exit', (code) => r(code)));
+    this.proc.kill('SIGTERM');
+    return exited;
+  }
+
+  async cleanup(): Promise<void> {
+    await this.kill();
+    fs.rmSync(this.dataDir, { recursive: true, force: true });
+  }
+}
+
+/** Runs a real client; throws with its output when it fails. */
+export function run(cmd: string, args: string[], opts: { input?: string; timeoutMs?: number } = {}): string {
+  const r = spawnSync(cmd, args, { encoding: 'utf8', env: CLIENT_ENV, input: opts.input, timeout: opts.timeoutMs ?? 300_000, maxBuffer: 64 * 1024 * 1024 });
+  if (r.error) throw r.error;
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${r.status}:\n${r.stdout}\n${r.stderr}`);
+  return r.stdout;
+}
+
+/** Runs an nbdsh script (python) and returns its stdout. */
+export function nbdsh(script: string): string {
+  return run('nbdsh', ['-c', script]);
+}
