@@ -59,7 +59,7 @@ export class MetaStore {
     mkdirSync(dir, { recursive: true });
     // overlappingSync off: a resolved commit is already on stable storage,
     // which is what FLUSH/FUA promise to clients.
-    const root = open({ path: dir, overlappingSync: false, maxDbs: 16, mapSize: 4 * 1024 ** 3 });
+    const root = open({ path: dir, overlappingSync: false, maxDbs: 64, mapSize: 4 * 1024 ** 3 });
     return new MetaStore(
       root,
       root.openDB<PoolRecord, string>({ name: 'pools' }),
@@ -72,6 +72,16 @@ export class MetaStore {
   /** Resolves once every write issued before the call is durable. */
   async durable(): Promise<void> {
     await this.root.flushed;
+  }
+
+  /** A named sub-database for another part of the store (objects, stripes, ...). */
+  openDB<V, K extends import('lmdb').Key = string>(name: string): Database<V, K> {
+    return this.root.openDB<V, K>({ name });
+  }
+
+  /** Runs `fn` in one write transaction (all of its puts/removes commit atomically). */
+  transaction<T>(fn: () => T): Promise<T> {
+    return this.root.transaction(fn);
   }
 
   nextVolumeId(): number {
