@@ -1,0 +1,240 @@
+// The Prometheus registry: default process metrics plus CoucheStor's own
+// (prefix couchestor_). Every project metric is read from a MetricsSource at
+// scrape time, so the I/O path only bumps its own plain counters.
+
+import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import type { Tier } from '../../dataplane/meta/store.js';
+
+export type MigrationResult = 'succeeded' | 'failed' | 'aborted';
+export type StripeState = 'healthy' | 'degraded' | 'rebuilding' | 'unrecoverable';
+
+const TIERS: readonly Tier[] = ['hot', 'warm', 'cold'];
+export const MIGRATION_RESULTS: readonly MigrationResult[] = ['succeeded', 'failed', 'aborted'];
+export const STRIPE_STATES: readonly StripeState[] = ['healthy', 'degraded', 'rebuilding', 'unrecoverable'];
+
+/** One volume's I/O counters since the daemon started, and its current rates. */
+export interface VolumeCounters {
+  volume: string;
+  tier: Tier;
+  readOps: number;
+  writeOps: number;
+  readBytes: number;
+  writeBytes: number;
+  /** Operations per second over the heat tracker's window. */
+  readIops: number;
+  writeIops: number;
+}
+
+export interface PoolUsage {
+  pool: string;
+  tier: Tier;
+  capacityBytes: number;
+  usedBytes: number;
+}
+
+export interface MigrationCounters {
+  /** Finished migrations since start, by outcome. */
+  completedTotal: Readonly<Record<MigrationResult, number>>;
+  active: number;
+}
+
+/**
+ * What the metrics read at each scrape. The dataplane (or, over HTTP, a remote
+ * daemon) implements it; every call must be cheap and must not block, since a
+ * scrape makes one call of each per scrape.
+ */
+export interface MetricsSource {
+  volumes(): Iterable<VolumeCounters>;
+  pools(): Iterable<PoolUsage>;
+  migrations(): MigrationCounters;
+  degradedReadsTotal(): number;
+  /** Bytes held in the write journal, not yet destaged. */
+  journalBytes(): number;
+  /** Cold stripes by state; a state left out reads as 0. */
+  stripes(): Readonly<Partial<Record<StripeState, number>>>;
+}
+
+/**
+ * A source, or a function returning the current one: the metrics server can
+ * start before the volume store is open; until then project metrics read 0.
+ */
+export type MetricsSourceRef = MetricsSource | (() => MetricsSource | null);
+
+interface Snapshot {
+  volumes: VolumeCounters[];
+  pools: PoolUsage[];
+  migrations: MigrationCounters;
+  degradedReadsTotal: number;
+  journalBytes: number;
+  stripes: Readonly<Partial<Record<StripeState, number>>>;
+}
+
+const EMPTY_SNAPSHOT: Snapshot = {
+  volumes: [],
+  pools: [],
+  migrations: { completedTotal: { succeeded: 0, failed: 0, aborted: 0 }, active: 0 },
+  degradedReadsTotal: 0,
+  journalBytes: 0,
+  stripes: {},
+};
+
+/**
+ * A Registry that reads the source once per scrape: prom-client calls every
+ * metric's collect() synchronously at the start of metrics(), so all project
+ * metrics of one scrape see the same snapshot.
+ */
+class SnapshotRegistry extends Registry {
+  private current: Snapshot | null = null;
+
+  constructor(private readonly sourceRef: MetricsSourceRef) {
+    super();
+  }
+
+  private take(): Snapshot {
+    const source = typeof this.sourceRef === 'function' ? this.sourceRef() : this.sourceRef;
+    if (source === null) return EMPTY_SNAPSHOT;
+    return {
+      volumes: [...source.volumes()],
+      pools: [...source.pools()],
+      migrations: source.migrations(),
+      degradedReadsTotal: source.degradedReadsTotal(),
+      journalBytes: source.journalBytes(),
+      stripes: source.stripes(),
+    };
+  }
+
+  snapshot(): Snapshot {
+    return this.current ?? this.take();
+  }
+
+  override metrics(): Promise<string> {
+    this.current = this.take();
+    try {
+      return super.metrics();
+    } finally {
+      this.current = null;
+    }
+  }
+}
+
+export function createMetrics(source: MetricsSourceRef): Registry {
+  const registry = new SnapshotRegistry(source);
+  collectDefaultMetrics({ register: registry });
+  const registers = [registry];
+
+  // Counters here mirror totals the dataplane already keeps: each scrape resets
+  // them and sets the current total (prom-client has no counter "set").
+  new Counter({
+    name: 'couchestor_migrations_total',
+    help: 'Finished volume migrations, by result.',
+    labelNames: ['result'],
+    registers,
+    collect() {
+      const { completedTotal } = registry.snapshot().migrations;
+      this.reset();
+      for (const result of MIGRATION_RESULTS) this.inc({ result }, completedTotal[result]);
+    },
+  });
+  new Gauge({
+    name: 'couchestor_active_migrations',
+    help: 'Volume migrations in progress.',
+    registers,
+    collect() {
+      this.set(registry.snapshot().migrations.active);
+    },
+  });
+
+  const volumeCounter = (name: string, help: string, pick: (v: VolumeCounters) => number): void => {
+    new Counter({
+      name,
+      help,
+      labelNames: ['volume'],
+      registers,
+      collect() {
+        this.reset();
+        for (const v of registry.snapshot().volumes) this.inc({ volume: v.volume }, pick(v));
+      },
+    });
+  };
+  volumeCounter('couchestor_volume_read_ops_total', 'Read operations served per volume.', (v) => v.readOps);
+  volumeCounter('couchestor_volume_write_ops_total', 'Write operations served per volume.', (v) => v.writeOps);
+  volumeCounter('couchestor_volume_read_bytes_total', 'Bytes read per volume.', (v) => v.readBytes);
+  volumeCounter('couchestor_volume_write_bytes_total', 'Bytes written per volume.', (v) => v.writeBytes);
+
+  new Gauge({
+    name: 'couchestor_volume_iops',
+    help: 'Current operations per second per volume and direction (the heat measure).',
+    labelNames: ['volume', 'direction'],
+    registers,
+    collect() {
+      this.reset();
+      for (const v of registry.snapshot().volumes) {
+        this.set({ volume: v.volume, direction: 'read' }, v.readIops);
+        this.set({ volume: v.volume, direction: 'write' }, v.writeIops);
+      }
+    },
+  });
+  new Gauge({
+    name: 'couchestor_volume_tier',
+    help: 'Tier a volume is on: 1 for its current tier, 0 for the others.',
+    labelNames: ['volume', 'tier'],
+    registers,
+    collect() {
+      this.reset();
+      for (const v of registry.snapshot().volumes) {
+        for (const tier of TIERS) this.set({ volume: v.volume, tier }, v.tier === tier ? 1 : 0);
+      }
+    },
+  });
+
+  new Gauge({
+    name: 'couchestor_pool_capacity_bytes',
+    help: 'Capacity of each pool.',
+    labelNames: ['pool', 'tier'],
+    registers,
+    collect() {
+      this.reset();
+      for (const p of registry.snapshot().pools) this.set({ pool: p.pool, tier: p.tier }, p.capacityBytes);
+    },
+  });
+  new Gauge({
+    name: 'couchestor_pool_used_bytes',
+    help: 'Bytes used in each pool.',
+    labelNames: ['pool', 'tier'],
+    registers,
+    collect() {
+      this.reset();
+      for (const p of registry.snapshot().pools) this.set({ pool: p.pool, tier: p.tier }, p.usedBytes);
+    },
+  });
+
+  new Counter({
+    name: 'couchestor_degraded_reads_total',
+    help: 'Reads of a cold stripe that needed parity to reconstruct data.',
+    registers,
+    collect() {
+      this.reset();
+      this.inc(registry.snapshot().degradedReadsTotal);
+    },
+  });
+  new Gauge({
+    name: 'couchestor_journal_bytes',
+    help: 'Bytes in the write journal not yet destaged to cold stripes.',
+    registers,
+    collect() {
+      this.set(registry.snapshot().journalBytes);
+    },
+  });
+  new Gauge({
+    name: 'couchestor_stripes',
+    help: 'Cold stripes by state.',
+    labelNames: ['state'],
+    registers,
+    collect() {
+      const stripes = registry.snapshot().stripes;
+      for (const state of STRIPE_STATES) this.set({ state }, stripes[state] ?? 0);
+    },
+  });
+
+  return registry;
+}
