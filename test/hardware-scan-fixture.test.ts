@@ -243,3 +243,30 @@ test('a root without sysfs block class is a HardwareScanError, not an empty repo
     await rm(empty, { recursive: true });
   }
 });
+
+test('NVMe multipath layout: the head disk is reported once with both controllers, per-path disks are skipped', async () => {
+  const sysRoot = fileURLToPath(new URL('../../test/fixtures/sysfs/root-multipath', import.meta.url));
+  const report = await scanHardware({ sysRoot, runSmart: false });
+  assert.deepEqual(report.skipped, [
+    { name: 'nvme0c0n1', reason: 'hidden multipath path device' },
+    { name: 'nvme0c1n1', reason: 'hidden multipath path device' },
+  ]);
+  assert.equal(report.disks.length, 1);
+  const head = disk(report.disks, 'nvme0n1');
+  assert.equal(head.sysfsPath, 'devices/virtual/nvme-subsystem/nvme-subsys0/nvme0n1');
+  assert.equal(head.transport, 'nvme');
+  assert.deepEqual(head.nvme, { controller: 'nvme0', controllers: ['nvme0', 'nvme1'], nsid: 1, metadataBytes: 0, commandSetId: 0 });
+  // Identity comes from the subsystem the head hangs off.
+  assert.equal(head.model, 'SAMSUNG MZWLR3T8HCLS-00A07');
+  assert.equal(head.serial, 'S6CRNA0R500123');
+  assert.equal(head.firmwareRevision, 'MPK7525Q');
+  assert.equal(head.capacityBytes, 1024 * GIB);
+  assert.equal(head.suggestedTier, 'hot');
+  assert.deepEqual(
+    report.nvmeControllers.map((c) => [c.name, c.address, c.namespaces.map((n) => n.name)]),
+    [
+      ['nvme0', '0000:00:04.0', ['nvme0n1']],
+      ['nvme1', '0000:00:05.0', ['nvme0n1']],
+    ],
+  );
+});
