@@ -42,7 +42,14 @@ async function rootMajorMinor(): Promise<string> {
 
 test('real /sys: every whole disk lsblk lists is in the scan with the same size and geometry', async () => {
   const [report, devices] = await Promise.all([scanHardware({ runSmart: false }), lsblk()]);
-  const expected = devices.filter((d) => d.type === 'disk' && Number(d.size) > 0 && !NOT_POOL_CANDIDATES.test(d.name));
+  // Whole disks and md arrays (lsblk -l repeats an md array once per member: dedupe by name).
+  const expected = [
+    ...new Map(
+      devices
+        .filter((d) => (d.type === 'disk' || d.type.startsWith('raid')) && Number(d.size) > 0 && !NOT_POOL_CANDIDATES.test(d.name))
+        .map((d) => [d.name, d]),
+    ).values(),
+  ];
   assert.ok(expected.length > 0, 'lsblk lists at least one disk on this machine');
   assert.deepEqual(
     report.disks.map((d) => d.name).sort(),

@@ -1,11 +1,12 @@
 // Reading sysfs attributes: every attribute is optional (kernels differ in
 // what they expose), so a missing or unreadable one reads as null.
 
-import { readFile, readdir, readlink, realpath } from 'node:fs/promises';
+import { open, readdir, readlink, realpath, type FileHandle } from 'node:fs/promises';
 import { basename, join, relative } from 'node:path';
 
-// sysfs files are at most one page; a larger read means we are not on sysfs.
-const MAX_ATTRIBUTE_BYTES = 64 * 1024;
+// sysfs attributes are at most one page; anything past this bound is not an
+// attribute we read (a --sys-root pointed at a regular tree, say).
+const MAX_ATTRIBUTE_BYTES = 8 * 1024;
 
 function isMissing(err: unknown): boolean {
   const code = (err as NodeJS.ErrnoException | null)?.code;
@@ -25,12 +26,18 @@ function isMissing(err: unknown): boolean {
 }
 
 export async function readBytes(path: string): Promise<Buffer | null> {
+  let handle: FileHandle | undefined;
   try {
-    const buf = await readFile(path);
-    return buf.length > MAX_ATTRIBUTE_BYTES ? buf.subarray(0, MAX_ATTRIBUTE_BYTES) : buf;
+    handle = await open(path, 'r');
+    // sysfs answers a whole attribute in one read; read at most the bound.
+    const buf = Buffer.alloc(MAX_ATTRIBUTE_BYTES);
+    const { bytesRead } = await handle.read(buf, 0, MAX_ATTRIBUTE_BYTES, 0);
+    return buf.subarray(0, bytesRead);
   } catch (err) {
-    if (isMissing(err)) return null;
+    if (isMissing(err) || (err as NodeJS.ErrnoException).code === 'EISDIR') return null;
     throw err;
+  } finally {
+    await handle?.close();
   }
 }
 
