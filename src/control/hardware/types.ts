@@ -1,7 +1,9 @@
 // Shapes of `couchestor hardware scan` output: what the scan found per disk and
 // per NVMe controller, its SMART reading, and the tier it suggests.
 
-export type Tier = 'hot' | 'warm' | 'cold';
+import type { Tier } from '../../dataplane/meta/store.js';
+
+export type { Tier };
 
 /** How the disk is attached, as far as sysfs tells. */
 export type DiskTransport = 'nvme' | 'sata' | 'sas' | 'virtio' | 'other';
