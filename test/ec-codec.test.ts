@@ -115,6 +115,29 @@ test("changing one data byte changes every parity shard", async () => {
   assert.ok(!a[4]!.equals(a[5]!));
 });
 
+test("caller-owned buffers: parity reused across stripes, decode into a buffer holding shards in place", async () => {
+  const p = policy(4, 2, 65536);
+  const parity = Buffer.alloc(2 * 16384);
+  const first = randomBytes(65536);
+  const firstShards = (await encodeStripe(p, first, parity)).map((s) => Buffer.from(s));
+  assert.equal(firstShards.length, 6);
+  const second = randomBytes(65536);
+  const shards = await encodeStripe(p, second, parity);
+  assert.equal(shards[4]!.buffer, parity.buffer);
+  assert.ok(!shards[4]!.equals(firstShards[4]!));
+
+  // A reader that lands surviving data shards straight in the output buffer.
+  const into = Buffer.alloc(65536);
+  shards[1]!.copy(into, 16384);
+  shards[3]!.copy(into, 49152);
+  const inPlace = [undefined, into.subarray(16384, 32768), undefined, into.subarray(49152), shards[4], shards[5]];
+  const result = await decodeStripe(p, inPlace, into);
+  assert.equal(result, into);
+  assert.ok(into.equals(second));
+  await assert.rejects(decodeStripe(p, inPlace, Buffer.alloc(100)), /into is 100 bytes/);
+  await assert.rejects(encodeStripe(p, second, Buffer.alloc(100)), /parityInto is 100 bytes/);
+});
+
 test("wrong-shaped input is rejected with EcInputInvalid", async () => {
   const p = policy(4, 2, 65536);
   await assert.rejects(encodeStripe(p, Buffer.alloc(65537)), EcInputInvalid);

@@ -130,10 +130,12 @@ function shardViews(data: Buffer, parity: Buffer, k: number, m: number, shardByt
  * Encode one stripe. `data` holds up to stripeSizeBytes of chunk data; a
  * shorter buffer is zero-padded (copied). Returns k + m shards of
  * stripeSizeBytes / k bytes each: shards 0..k-1 are views into `data` itself
- * when it is exactly stripeSizeBytes long (no copy), k..k+m-1 views into one
- * fresh parity buffer. Do not modify `data` until the promise settles.
+ * when it is exactly stripeSizeBytes long (no copy), k..k+m-1 views into
+ * `parityInto` (m x shard bytes, reused by the caller to avoid a fresh
+ * allocation per stripe, which costs more than the copy) or a fresh buffer.
+ * Do not modify `data` or `parityInto` until the promise settles.
  */
-export async function encodeStripe(policy: ErasureCodingPolicy, data: Buffer): Promise<Buffer[]> {
+export async function encodeStripe(policy: ErasureCodingPolicy, data: Buffer, parityInto?: Buffer): Promise<Buffer[]> {
   const shardBytes = checkPolicyShape(policy);
   const k = policy.dataShards;
   const m = policy.parityShards;
@@ -145,8 +147,14 @@ export async function encodeStripe(policy: ErasureCodingPolicy, data: Buffer): P
     stripe = Buffer.alloc(policy.stripeSizeBytes);
     data.copy(stripe);
   }
-  // Zeroed rather than allocUnsafe: a parity byte the addon skipped must never leak old heap memory to disk.
-  const parity = Buffer.alloc(shardBytes * m);
+  // allocUnsafe is safe here: the addon writes every byte of every target
+  // shard (each w x w block of a Cauchy bitmatrix is invertible, so each
+  // bit-row has a 1 and dot() copies into every sub-chunk before XORing).
+  // The all-loss-patterns tests would see stale bytes as wrong shards.
+  if (parityInto !== undefined && parityInto.length !== shardBytes * m) {
+    throw new EcInputInvalid(`parityInto is ${parityInto.length} bytes, expected ${shardBytes * m}`);
+  }
+  const parity = parityInto ?? Buffer.allocUnsafe(shardBytes * m);
   const sources = (1 << k) - 1;
   const targets = ((1 << m) - 1) << k;
   await runAddon(k, m, sources, targets, stripe, parity);
@@ -173,19 +181,47 @@ function presentMask(policy: ErasureCodingPolicy, shards: ReadonlyArray<Buffer |
   return mask;
 }
 
+/** True when `shard` already sits at byte `offset` of `target` (the caller read it in place). */
+function inPlace(shard: Buffer, target: Buffer, offset: number): boolean {
+  return shard.buffer === target.buffer && shard.byteOffset === target.byteOffset + offset;
+}
+
 /** Copy present shards into one contiguous data buffer and one parity buffer, as the addon wants them. */
-function gather(policy: ErasureCodingPolicy, shards: ReadonlyArray<Buffer | undefined>, shardBytes: number) {
+function gather(
+  policy: ErasureCodingPolicy,
+  shards: ReadonlyArray<Buffer | undefined>,
+  shardBytes: number,
+  data: Buffer,
+  parity: Buffer,
+): void {
   const k = policy.dataShards;
-  const m = policy.parityShards;
-  const data = Buffer.alloc(shardBytes * k);
-  const parity = Buffer.alloc(shardBytes * m);
-  for (let i = 0; i < k + m; i++) {
+  for (let i = 0; i < shards.length; i++) {
     const shard = shards[i];
     if (shard === undefined) continue;
-    if (i < k) shard.copy(data, i * shardBytes);
-    else shard.copy(parity, (i - k) * shardBytes);
+    const [target, offset] = i < k ? [data, i * shardBytes] : [parity, (i - k) * shardBytes];
+    if (!inPlace(shard, target, offset)) shard.copy(target, offset);
   }
-  return { data, parity };
+}
+
+// Decode needs a parity buffer it never returns. Fresh multi-MiB buffers cost
+// page faults on every call (measured: allocating per stripe halves decode
+// throughput), so a few are kept for reuse, bounded in total bytes.
+const SCRATCH_MAX_BYTES = 64 * 1024 * 1024;
+let scratchBytes = 0;
+const scratch: Buffer[] = [];
+
+function takeScratch(lengthBytes: number): Buffer {
+  const i = scratch.findIndex((b) => b.length === lengthBytes);
+  if (i < 0) return Buffer.allocUnsafe(lengthBytes);
+  const [buffer] = scratch.splice(i, 1);
+  scratchBytes -= lengthBytes;
+  return buffer!;
+}
+
+function returnScratch(buffer: Buffer): void {
+  if (scratchBytes + buffer.length > SCRATCH_MAX_BYTES) return;
+  scratch.push(buffer);
+  scratchBytes += buffer.length;
 }
 
 /**
@@ -205,26 +241,46 @@ export async function reconstruct(
   const sources = presentMask(policy, shards, shardBytes);
   const targets = all & ~sources;
   if (targets === 0) return shards as Buffer[];
-  const { data, parity } = gather(policy, shards, shardBytes);
+  // Unzeroed: present shards are copied over, missing ones are targets the addon writes in full (see encodeStripe).
+  const data = Buffer.allocUnsafe(shardBytes * k);
+  const parity = Buffer.allocUnsafe(shardBytes * m);
+  gather(policy, shards, shardBytes, data, parity);
   await runAddon(k, m, sources, targets, data, parity);
   return shardViews(data, parity, k, m, shardBytes);
 }
 
 /**
- * Degraded read: return the stripe's k x shardBytes data bytes (one buffer),
+ * Degraded read: return the stripe's k x shardBytes data bytes in one buffer,
  * rebuilding only missing data shards (parity is not recomputed). At most m
- * slots may be undefined, otherwise InsufficientShards.
+ * slots may be undefined, otherwise InsufficientShards. The result is `into`
+ * when given (stripeSizeBytes long, e.g. a cache buffer); data shards that
+ * already sit at their place in `into` are not copied. `into` must not
+ * overlap the shards anywhere else.
  */
 export async function decodeStripe(
   policy: ErasureCodingPolicy,
   shards: ReadonlyArray<Buffer | undefined>,
+  into?: Buffer,
 ): Promise<Buffer> {
   const shardBytes = checkPolicyShape(policy);
   const k = policy.dataShards;
+  const m = policy.parityShards;
+  if (into !== undefined && into.length !== shardBytes * k) {
+    throw new EcInputInvalid(`into is ${into.length} bytes, expected ${shardBytes * k}`);
+  }
   const sources = presentMask(policy, shards, shardBytes);
+  const data = into ?? Buffer.allocUnsafe(shardBytes * k);
   const dataTargets = ((1 << k) - 1) & ~sources;
-  if (dataTargets === 0) return Buffer.concat(shards.slice(0, k) as Buffer[], shardBytes * k);
-  const { data, parity } = gather(policy, shards, shardBytes);
-  await runAddon(k, policy.parityShards, sources, dataTargets, data, parity);
+  if (dataTargets === 0) {
+    gather(policy, shards.slice(0, k), shardBytes, data, data);
+    return data;
+  }
+  const parity = takeScratch(shardBytes * m);
+  try {
+    gather(policy, shards, shardBytes, data, parity);
+    await runAddon(k, m, sources, dataTargets, data, parity);
+  } finally {
+    returnScratch(parity);
+  }
   return data;
 }
