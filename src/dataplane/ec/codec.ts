@@ -2,17 +2,25 @@
 // through @ronomon/reed-solomon, off the event loop.
 //
 // Dispatch choice: the addon's own libuv-threadpool async work, NOT a piscina
-// worker pool. Measured 2026-11-27 on this 2-core AMD EPYC (shared machine),
-// 1 MiB stripes, 4+2, encode GB/s of data, 400 stripes:
-//   addon async      in-flight 1: 5.24   in-flight 2: 8.60   in-flight 4: 9.56
-//   piscina (copy)   in-flight 1: 0.65   in-flight 2: 0.82   in-flight 4: 0.88
-//   piscina (SAB)    in-flight 1: 2.29   in-flight 2: 4.38   in-flight 4: 7.32
+// worker pool. `node dist/bench/ec-dispatch.js` on this 2-core AMD EPYC
+// (shared, load ~3.8), 4+2, 1 MiB stripes, encode GB/s, median of 3:
+//   in flight            1      2      4
+//   addon threadpool   8.52   9.12   6.07  (4 is capped to EC_MAX_IN_FLIGHT = 2)
+//   piscina, copied    0.80   1.07   0.90
+//   piscina, SAB       4.74   4.70   4.31
+// so the addon is 1.8-1.9x the best piscina variant and ~10x the default one.
 // Why: the addon has no synchronous entry point, so a piscina worker still
 // queues the same libuv threadpool work and only adds a message hop per stripe
 // (plus a 1.5 MiB structured-clone copy unless buffers are SharedArrayBuffers,
 // which would force every caller to allocate shared memory). A worker pool
 // would also not isolate EC from fs I/O: libuv's threadpool is per process.
-// Reproduce with `node dist/bench/ec-dispatch.js`.
+//
+// Speed vs ISA-L (bench/ec-bench.ts): encode is ~0.15-0.4x of ISA-L per core.
+// The addon is a scalar XOR bitmatrix code built for baseline x86-64; built
+// with CFLAGS=-march=x86-64-v3 (AVX2) it is ~1.5-2x faster and gives identical
+// parity, still ~0.45x. ISA-L uses GFNI/AVX-512 GF(2^8) tables; even ISA-L
+// behind the same threadpool dispatch (prototype) loses about half at one
+// stripe in flight, because the ~15-50 us round trip is as long as the encode.
 //
 // In-flight bound: at most EC_MAX_IN_FLIGHT stripes are queued on the libuv
 // threadpool at once (default min(cores, UV_THREADPOOL_SIZE - 1) = 2 here), so

@@ -1,6 +1,8 @@
 // Cold chunks as Reed-Solomon stripes: k data + m parity shard records, each
 // appended to the segment store of a different cold pool. Reads verify every
 // shard; up to m missing or corrupt shards are repaired inline (degraded read).
+import { statSync } from 'node:fs';
+import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { InsufficientShards, NoSuitablePool } from '../errors.js';
 import type { Pool } from '../pools/pool.js';
@@ -31,6 +33,12 @@ export interface StripeHealth {
   bad: number[];
 }
 
+/** Which chunk a stripe belongs to (for queuing its reconstruction). */
+export interface StripeContext {
+  volumeId: number;
+  chunkIndex: number;
+}
+
 export interface StripeStoreCounters {
   stripesWritten: number;
   healthyReads: number;
@@ -42,8 +50,12 @@ export interface StripeStoreCounters {
 export class StripeStore {
   readonly counters: StripeStoreCounters = { stripesWritten: 0, healthyReads: 0, degradedReads: 0, failedReads: 0, shardsRebuilt: 0 };
   /** Called after a degraded read so reconstruction can be queued. */
-  onDegraded: ((ref: StripeRef, health: StripeHealth) => void) | null = null;
+  onDegraded: ((ref: StripeRef, health: StripeHealth, ctx: StripeContext | undefined) => void) | null = null;
   private readonly stores = new Map<string, Promise<SegmentStore | null>>();
+  /** Inode of each pool directory when its store was opened: a replaced pool gets a fresh store. */
+  private readonly storeIno = new Map<string, number>();
+  private lastDegradedLogMs = 0;
+  private suppressedDegradedLogs = 0;
   private rotation = 0;
 
   constructor(
@@ -58,9 +70,20 @@ export class StripeStore {
   /** The pool's segment store; null while the pool is offline (retried on next use). */
   private store(pool: Pool): Promise<SegmentStore | null> {
     let s = this.stores.get(pool.name);
+    const ino = dirIno(pool.rec.path);
+    if (s && ino !== this.storeIno.get(pool.name)) {
+      // The directory was removed or replaced: the old store's files are gone.
+      const old = s;
+      void old.then((st) => st?.close()).catch(() => undefined);
+      this.stores.delete(pool.name);
+      s = undefined;
+    }
     if (!s) {
+      if (ino !== null) this.storeIno.set(pool.name, ino);
       s = pool.isOnline()
-        ? SegmentStore.open(this.segDir(pool)).catch((err: Error) => {
+        ? mkdir(this.segDir(pool), { recursive: true })
+            .then(() => SegmentStore.open(this.segDir(pool)))
+            .catch((err: Error) => {
             log.warn('stripe store: pool offline', { pool: pool.name, err: err.message });
             this.stores.delete(pool.name);
             return null;
@@ -141,8 +164,8 @@ export class StripeStore {
     return { ...this.policy, dataShards: ref.dataShards, parityShards: ref.parityShards, stripeSizeBytes: ref.stripeSizeBytes };
   }
 
-  /** Reads a stripe's data, decoding from parity when data shards are bad. */
-  async readStripe(ref: StripeRef): Promise<Buffer> {
+  /** Reads a stripe's data, decoding from parity when data shards are bad. `ctx` is passed to onDegraded. */
+  async readStripe(ref: StripeRef, ctx?: StripeContext): Promise<Buffer> {
     const k = ref.dataShards;
     const m = ref.parityShards;
     const shards: (Buffer | undefined)[] = await Promise.all(Array.from({ length: k }, (_, i) => this.readShard(ref, i)));
@@ -162,9 +185,21 @@ export class StripeStore {
     }
     const data = await decodeStripe(this.policyOf(ref), all);
     this.counters.degradedReads++;
-    log.warn('degraded read repaired inline', { badShards: bad, pools: bad.map((i) => ref.shards[i]!.pool) });
-    this.onDegraded?.(ref, { bad });
+    this.logDegraded(bad.map((i) => ref.shards[i]!.pool));
+    this.onDegraded?.(ref, { bad }, ctx);
     return data.subarray(0, ref.dataLengthBytes);
+  }
+
+  /** One event line per second at most: a lost pool makes every read degraded. */
+  private logDegraded(pools: string[]): void {
+    const now = Date.now();
+    if (now - this.lastDegradedLogMs < 1000) {
+      this.suppressedDegradedLogs++;
+      return;
+    }
+    log.warn('degraded read repaired inline', { pools, similarSinceLastLine: this.suppressedDegradedLogs, degradedReadsTotal: this.counters.degradedReads });
+    this.lastDegradedLogMs = now;
+    this.suppressedDegradedLogs = 0;
   }
 
   /** Checks every shard of a stripe (scrub). */
@@ -219,6 +254,14 @@ export class StripeStore {
       await store?.close();
     }
     this.stores.clear();
+  }
+}
+
+function dirIno(dir: string): number | null {
+  try {
+    return statSync(dir).ino;
+  } catch {
+    return null;
   }
 }
 
