@@ -15,6 +15,7 @@ import {
   reconstruct,
 } from "../src/dataplane/ec/codec.js";
 import { validatePolicy, type ErasureCodingPolicy } from "../src/dataplane/ec/policy.js";
+import { InsufficientShards as StorageInsufficientShards } from "../src/dataplane/errors.js";
 
 function policy(k: number, m: number, stripeSizeBytes: number): ErasureCodingPolicy {
   return validatePolicy(`p-${k}-${m}`, { dataShards: k, parityShards: m, stripeSizeBytes }, k + m);
@@ -86,6 +87,7 @@ test("more than m lost shards throws InsufficientShards with the counts", async 
     const damaged = shards.map((s, i) => (lost.includes(i) ? undefined : s));
     await assert.rejects(reconstruct(p, damaged), (error: unknown) => {
       assert.ok(error instanceof InsufficientShards);
+      assert.ok(error instanceof StorageInsufficientShards, "front ends map the shared errors.ts class");
       assert.equal(error.availableShards, 6 - lost.length);
       assert.equal(error.requiredShards, 4);
       return true;

@@ -12,6 +12,7 @@ import {
   validatePolicy,
   type ErasureCodingPolicySpec,
 } from "../src/dataplane/ec/policy.js";
+import { InvalidArgument } from "../src/dataplane/errors.js";
 
 const repoRoot = fileURLToPath(new URL("../../", import.meta.url));
 
@@ -22,6 +23,7 @@ function yamlWith(specLines: string, header = "apiVersion: storage.billyronks.io
 function rejects(fn: () => unknown, field: string, reasonPart: RegExp): void {
   assert.throws(fn, (error: unknown) => {
     assert.ok(error instanceof InvalidPolicy, `expected InvalidPolicy, got ${String(error)}`);
+    assert.ok(error instanceof InvalidArgument, "front ends map the shared errors.ts class");
     assert.equal(error.field, field);
     assert.match(error.reason, reasonPart);
     return true;

@@ -7,6 +7,7 @@ import { randomBytes } from "node:crypto";
 import { appendFile, mkdir, mkdtemp, readdir, readFile, rm, truncate, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { PoolOffline as StoragePoolOffline, StorageError } from "../src/dataplane/errors.js";
 import { CorruptShard, encodeShardRecord, SHARD_HEADER_BYTES } from "../src/dataplane/ec/shard-record.js";
 import {
   PoolOffline,
@@ -192,7 +193,10 @@ test("a corrupted payload byte: read throws CorruptShard, scan reports it and co
     await writeFile(path, bytes);
 
     store = await SegmentStore.open(dir);
-    await assert.rejects(store.read(locations[1]!), (error: unknown) => error instanceof CorruptShard && /CRC32C mismatch/.test(error.message));
+    await assert.rejects(
+      store.read(locations[1]!),
+      (error: unknown) => error instanceof CorruptShard && error instanceof StorageError && /CRC32C mismatch/.test(error.message),
+    );
     assert.ok((await store.read(locations[2]!)).shard.equals(recs[2]!.shard));
     assert.deepEqual(summary(await collect(store)), ["record 1@0 chunk 0", "corrupt 1@4160", "record 1@8320 chunk 2"]);
     // The chain of headers is intact, so appends continue in the same segment.
@@ -254,6 +258,7 @@ test("a missing pool directory is PoolOffline on open and on read", async () => 
   await withPool(async (dir) => {
     await assert.rejects(SegmentStore.open(join(dir, "absent")), (error: unknown) => {
       assert.ok(error instanceof PoolOffline);
+      assert.ok(error instanceof StoragePoolOffline, "front ends map the shared errors.ts class");
       assert.equal(error.poolDir, join(dir, "absent"));
       return true;
     });

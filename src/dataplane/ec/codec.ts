@@ -28,15 +28,16 @@
 // that wait in a FIFO of at most EC_MAX_WAITING, past which EcBusy is thrown.
 import { createRequire } from "node:module";
 import { availableParallelism } from "node:os";
+import { InsufficientShards as StorageInsufficientShards, StorageError } from "../errors.js";
 import type { ErasureCodingPolicy } from "./policy.js";
 
 const require = createRequire(import.meta.url);
 // The addon's package "main" is binding.node, which ESM import cannot load.
 const ReedSolomon = require("@ronomon/reed-solomon") as typeof import("@ronomon/reed-solomon");
 
-/** Fewer than k shards survive: the stripe cannot be decoded. */
-export class InsufficientShards extends Error {
-  override readonly name = "InsufficientShards";
+/** Fewer than k shards survive: the stripe cannot be decoded. Is-a errors.ts InsufficientShards, so front ends map it. */
+export class InsufficientShards extends StorageInsufficientShards {
+  override name = "InsufficientShards";
   constructor(
     readonly availableShards: number,
     readonly requiredShards: number,
@@ -47,12 +48,12 @@ export class InsufficientShards extends Error {
 
 /** A caller passed a stripe or shard of the wrong shape (a programming error, not a media error). */
 export class EcInputInvalid extends Error {
-  override readonly name = "EcInputInvalid";
+  override name = "EcInputInvalid";
 }
 
 /** More than EC_MAX_WAITING callers are already waiting for the EC threadpool slots. */
-export class EcBusy extends Error {
-  override readonly name = "EcBusy";
+export class EcBusy extends StorageError {
+  override name = "EcBusy";
 }
 
 const uvThreadpoolSize = Number(process.env.UV_THREADPOOL_SIZE) || 4;

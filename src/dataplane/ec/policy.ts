@@ -1,6 +1,7 @@
 // ErasureCodingPolicy: the type, its validation and its parsing from a
 // Kubernetes-shaped YAML resource (the same text on a cluster and on one node).
 import { parse as parseYaml } from "yaml";
+import { InvalidArgument } from "../errors.js";
 
 export const EC_API_VERSION = "storage.billyronks.io/v1";
 export const EC_KIND = "ErasureCodingPolicy";
@@ -45,8 +46,8 @@ export interface ErasureCodingPolicySpec {
 }
 
 /** Rejected policy. `field` is the dotted path of the offending field. */
-export class InvalidPolicy extends Error {
-  override readonly name = "InvalidPolicy";
+export class InvalidPolicy extends InvalidArgument {
+  override name = "InvalidPolicy";
   constructor(
     readonly field: string,
     readonly reason: string,

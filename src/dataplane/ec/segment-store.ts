@@ -10,6 +10,7 @@
 // tail could hide bit-rot before durable records): open() starts a new head.
 import { open as fsOpen, readdir, stat, unlink, type FileHandle } from "node:fs/promises";
 import { join } from "node:path";
+import { PoolOffline as StoragePoolOffline, StorageError } from "../errors.js";
 import {
   CorruptShard,
   decodeShardHeader,
@@ -64,9 +65,9 @@ export interface SegmentStoreOptions {
   maxPendingBytes?: number;
 }
 
-/** The pool directory is missing, not a directory, or failed I/O; the pool must be treated as offline. */
-export class PoolOffline extends Error {
-  override readonly name = "PoolOffline";
+/** The pool directory is missing, not a directory, or failed I/O; the pool must be treated as offline. Is-a errors.ts PoolOffline. */
+export class PoolOffline extends StoragePoolOffline {
+  override name = "PoolOffline";
   constructor(
     readonly poolDir: string,
     reason: string,
@@ -77,13 +78,13 @@ export class PoolOffline extends Error {
 }
 
 /** A location that names no segment in this pool (removed, or never existed). */
-export class ShardNotFound extends Error {
-  override readonly name = "ShardNotFound";
+export class ShardNotFound extends StorageError {
+  override name = "ShardNotFound";
 }
 
 /** Caller bug: bad record bytes, bad location, or an operation on the head / a closed store. */
 export class SegmentStoreMisuse extends Error {
-  override readonly name = "SegmentStoreMisuse";
+  override name = "SegmentStoreMisuse";
 }
 
 interface PendingAppend {

@@ -21,6 +21,7 @@
 //  56  8B   reserved, 0
 import { crc32c } from "@node-rs/crc32";
 import { compressSync, uncompressSync } from "lz4-napi";
+import { StorageError } from "../errors.js";
 
 export const SHARD_MAGIC = 0x44485343; // "CSHD" read as u32 LE
 export const SHARD_FORMAT_VERSION = 1;
@@ -63,8 +64,8 @@ export interface DecodedShardRecord {
 }
 
 /** Record bytes that fail magic, version, length or CRC checks. Never returned as data. */
-export class CorruptShard extends Error {
-  override readonly name = "CorruptShard";
+export class CorruptShard extends StorageError {
+  override name = "CorruptShard";
   constructor(readonly reason: string) {
     super(`corrupt shard record: ${reason}`);
   }
@@ -72,7 +73,7 @@ export class CorruptShard extends Error {
 
 /** Invalid fields handed to encodeShardRecord (a caller bug). */
 export class ShardRecordInvalid extends Error {
-  override readonly name = "ShardRecordInvalid";
+  override name = "ShardRecordInvalid";
 }
 
 export function ownerIdFromUuid(uuid: string): Buffer {
