@@ -1,0 +1,66 @@
+// Hit ratio of the L1 policy (adaptive W-TinyLFU) beside LRU (lru-cache) and a plain
+// S3-FIFO on every trace in /work/shared/traces, at 1/5/10/25% of each trace's distinct keys.
+// Run: npx tsc -p tsconfig.json && node dist/bench/cache-hit-ratio.js
+import { LRUCache } from 'lru-cache';
+import { WTinyLfu } from '../src/dataplane/cache/w-tinylfu.js';
+import { S3Fifo } from './cache-s3fifo.js';
+import { loadAllTraces } from './cache-traces.js';
+
+const CAPACITY_FRACTIONS = [0.01, 0.05, 0.1, 0.25];
+
+function ours(keys: Float64Array, capacity: number): number {
+  const cache = new WTinyLfu<number, true>({ maximumWeight: capacity, expectedEntries: capacity });
+  let hits = 0;
+  for (let i = 0; i < keys.length; i++) {
+    const k = keys[i]!;
+    if (cache.get(k) !== undefined) hits++;
+    else cache.set(k, true, 1, false);
+  }
+  return hits / keys.length;
+}
+
+function lru(keys: Float64Array, capacity: number): number {
+  const cache = new LRUCache<number, true>({ max: capacity });
+  let hits = 0;
+  for (let i = 0; i < keys.length; i++) {
+    const k = keys[i]!;
+    if (cache.get(k) !== undefined) hits++;
+    else cache.set(k, true);
+  }
+  return hits / keys.length;
+}
+
+function s3fifo(keys: Float64Array, capacity: number): number {
+  const cache = new S3Fifo<number>(capacity);
+  let hits = 0;
+  for (let i = 0; i < keys.length; i++) if (cache.access(keys[i]!)) hits++;
+  return hits / keys.length;
+}
+
+const pct = (x: number) => (100 * x).toFixed(2).padStart(6);
+const startedMs = Date.now();
+const traces = loadAllTraces();
+console.log('trace               accesses distinct  cap%  capacity |  ours%    lru% s3fifo% | ours/best  verdict');
+let wins = 0;
+let cells = 0;
+const ratios: number[] = [];
+for (const t of traces) {
+  for (const f of CAPACITY_FRACTIONS) {
+    const capacity = Math.max(1, Math.round(t.distinctKeys * f));
+    const o = ours(t.keys, capacity);
+    const l = lru(t.keys, capacity);
+    const s = s3fifo(t.keys, capacity);
+    const best = Math.max(l, s);
+    cells++;
+    if (o >= best) wins++;
+    const ratio = best === 0 ? (o === 0 ? 1 : Infinity) : o / best;
+    ratios.push(ratio);
+    console.log(
+      `${t.name.padEnd(19)} ${String(t.keys.length).padStart(8)} ${String(t.distinctKeys).padStart(8)} ${String(f * 100).padStart(5)} ${String(capacity).padStart(9)} | ${pct(o)} ${pct(l)} ${pct(s)} | ${ratio.toFixed(3).padStart(9)}  ${o >= best ? 'ok' : 'BELOW'}`,
+    );
+  }
+}
+ratios.sort((a, b) => a - b);
+console.log(
+  `ours >= max(lru, s3fifo) in ${wins}/${cells} cells; ours/best min ${ratios[0]!.toFixed(3)} median ${ratios[ratios.length >> 1]!.toFixed(3)}; ${((Date.now() - startedMs) / 1000).toFixed(1)} s`,
+);
