@@ -22,6 +22,7 @@ serve options:
   --nbd-port N      NBD TCP port (default 10809; 0 = any free port)
   --nbd-socket P    NBD Unix socket (default DATA_DIR/nbd.sock)
   --api-port N      admin API port (default 8081; 0 = any free port)
+  --s3-port N       S3 API port (default 9000; 0 = any free port)
 SIZE takes bytes or K/M/G/T suffixes (binary): 1G, 512M.`;
 
 class UsageError extends Error {}
@@ -36,6 +37,7 @@ async function main(argv: string[]): Promise<number> {
       'nbd-port': { type: 'string' },
       'nbd-socket': { type: 'string' },
       'api-port': { type: 'string' },
+      's3-port': { type: 'string' },
       tier: { type: 'string' },
       pool: { type: 'string' },
       'read-only': { type: 'boolean' },
@@ -56,6 +58,7 @@ async function main(argv: string[]): Promise<number> {
         if (values['nbd-port'] !== undefined) cfg.nbd.port = port(values['nbd-port']);
         if (values['nbd-socket']) cfg.nbd.socketPath = values['nbd-socket'];
         if (values['api-port'] !== undefined) cfg.api.port = port(values['api-port']);
+        if (values['s3-port'] !== undefined) cfg.s3.port = port(values['s3-port']);
       });
       return -1; // keep running
     case 'volumes':

@@ -6,6 +6,7 @@ import type { FastifyInstance } from 'fastify';
 import { buildApi } from './control/api.js';
 import { loadConfig, poolCapacityBytes, resolvePoolPath, type DaemonConfig } from './config.js';
 import { NbdServer } from './dataplane/nbd/server.js';
+import { S3Frontend } from './dataplane/s3/frontend.js';
 import { VolumeManager } from './dataplane/volumes/manager.js';
 import { log } from './log.js';
 
@@ -15,6 +16,7 @@ export interface DaemonState {
   pid: number;
   nbd: { host: string; port: number; socketPath: string };
   api: { host: string; port: number };
+  s3: { host: string; port: number };
 }
 
 export function readDaemonState(dataDir: string): DaemonState | null {
@@ -48,6 +50,7 @@ export class Daemon {
     readonly manager: VolumeManager,
     readonly nbd: NbdServer,
     readonly api: FastifyInstance,
+    readonly s3: S3Frontend,
     readonly state: DaemonState,
   ) {}
 
@@ -68,18 +71,22 @@ export class Daemon {
     const api = buildApi(manager);
     await api.listen({ port: cfg.api.port, host: cfg.listenHost });
     const apiAddr = api.server.address();
+    // S3 front end (issue #6): hot buckets on the hot pools, cold buckets through the stripe store.
+    const s3 = await S3Frontend.start({ manager, dataDir: cfg.dataDir, host: cfg.listenHost, port: cfg.s3.port });
     const state: DaemonState = {
       pid: process.pid,
       nbd: { host: tcp.address, port: tcp.port, socketPath },
       api: { host: cfg.listenHost, port: typeof apiAddr === 'object' && apiAddr ? apiAddr.port : cfg.api.port },
+      s3: { host: s3.host, port: s3.port },
     };
     fs.writeFileSync(path.join(cfg.dataDir, STATE_FILE), JSON.stringify(state));
-    return new Daemon(cfg, manager, nbd, api, state);
+    return new Daemon(cfg, manager, nbd, api, s3, state);
   }
 
   async stop(): Promise<void> {
     await this.nbd.close();
     await this.api.close();
+    await this.s3.close();
     await this.manager.close();
     fs.rmSync(path.join(this.cfg.dataDir, STATE_FILE), { force: true });
   }
@@ -91,7 +98,7 @@ export async function serve(dataDir: string, overrides: (cfg: DaemonConfig) => v
   const daemon = await Daemon.start(cfg);
   // One machine-readable line on stdout: tests and scripts wait for it.
   process.stdout.write(`couchestor ready ${JSON.stringify(daemon.state)}\n`);
-  log.info('serving', { dataDir: cfg.dataDir, nbd: `${daemon.state.nbd.host}:${daemon.state.nbd.port}`, socket: daemon.state.nbd.socketPath, api: daemon.state.api.port });
+  log.info('serving', { dataDir: cfg.dataDir, nbd: `${daemon.state.nbd.host}:${daemon.state.nbd.port}`, socket: daemon.state.nbd.socketPath, api: daemon.state.api.port, s3: daemon.state.s3.port });
   let stopping = false;
   const stop = (sig: string) => {
     if (stopping) return;

@@ -60,3 +60,55 @@ export class InsufficientShards extends StorageError {
 export function isErrno(err: unknown, code: string): boolean {
   return typeof err === 'object' && err !== null && (err as NodeJS.ErrnoException).code === code;
 }
+
+// --- object store (src/dataplane/objects) -------------------------------
+// Distinct NotFound subclasses so the S3 boundary can say which thing is missing.
+export class NoSuchBucket extends NotFound {
+  override name = 'NoSuchBucket';
+}
+export class NoSuchObject extends NotFound {
+  override name = 'NoSuchObject';
+}
+export class NoSuchUpload extends NotFound {
+  override name = 'NoSuchUpload';
+}
+
+/** DeleteBucket on a bucket that still holds objects. */
+export class NotEmpty extends StorageError {
+  override name = 'NotEmpty';
+}
+
+/** The bytes received do not match the digest the client declared. */
+export class DigestMismatch extends StorageError {
+  override name = 'DigestMismatch';
+}
+
+/** The body ended before the declared length (client gave up or lied). */
+export class IncompleteBody extends StorageError {
+  override name = 'IncompleteBody';
+}
+
+/** An object or part exceeds its size limit. */
+export class TooLarge extends StorageError {
+  override name = 'TooLarge';
+}
+
+/** Multipart completion: a listed part is missing or its ETag differs. */
+export class InvalidPart extends StorageError {
+  override name = 'InvalidPart';
+}
+
+/** Multipart completion: parts not listed in ascending order. */
+export class InvalidPartOrder extends StorageError {
+  override name = 'InvalidPartOrder';
+}
+
+/** Multipart completion: a part other than the last is below the minimum size. */
+export class PartTooSmall extends StorageError {
+  override name = 'PartTooSmall';
+}
+
+/** Stored bytes fail their checksum: never returned as data. */
+export class Corrupt extends StorageError {
+  override name = 'Corrupt';
+}

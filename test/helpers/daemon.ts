@@ -15,6 +15,7 @@ export interface DaemonInfo {
   pid: number;
   nbd: { host: string; port: number; socketPath: string };
   api: { host: string; port: number };
+  s3: { host: string; port: number };
 }
 
 export class TestDaemon {
@@ -31,7 +32,7 @@ export class TestDaemon {
     if (opts.config !== undefined && !fs.existsSync(path.join(dataDir, 'couchestor.yaml'))) {
       fs.writeFileSync(path.join(dataDir, 'couchestor.yaml'), opts.config);
     }
-    const proc = spawn(process.execPath, [CLI, 'serve', '--data-dir', dataDir, '--nbd-port', '0', '--api-port', '0', ...(opts.args ?? [])], {
+    const proc = spawn(process.execPath, [CLI, 'serve', '--data-dir', dataDir, '--nbd-port', '0', '--api-port', '0', '--s3-port', '0', ...(opts.args ?? [])], {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let stderr = '';
@@ -48,6 +49,11 @@ export class TestDaemon {
     proc.stderr!.on('data', (b: Buffer) => (d.stderr += b.toString()));
     d.stderr = stderr;
     return d;
+  }
+
+  /** Base URL of the daemon's S3 endpoint (path-style). */
+  get s3Endpoint(): string {
+    return `http://127.0.0.1:${this.info.s3.port}`;
   }
 
   get uri(): string {

@@ -1,0 +1,101 @@
+// Cold-tier object bytes: each 1 MiB chunk of a segment becomes one
+// erasure-coded stripe through the StripeStore (src/dataplane/ec/stripe-store.ts).
+// The StripeStore is passed in by the daemon; until it exists, cold buckets
+// are refused at creation (ObjectStore checks `stripes` is present).
+import { IncompleteBody, TooLarge } from '../errors.js';
+import { type ByteObserver, type WriteLimits } from './hot-segments.js';
+
+/** Shapes of ec/stripe-store.ts, restated so this file compiles before it lands. */
+export interface ShardRef {
+  pool: string;
+  segment: number;
+  offsetBytes: number;
+  lengthBytes: number;
+}
+export interface StripeRef {
+  generation: number;
+  dataShards: number;
+  parityShards: number;
+  dataLengthBytes: number;
+  shards: ShardRef[];
+}
+export interface StripeStoreApi {
+  /** Each chunk of a cold object is one stripe of this many data bytes. */
+  readonly policy: { readonly stripeSizeBytes: number };
+  writeStripe(ownerId: Buffer, chunkIndex: number, generation: number, data: Buffer): Promise<StripeRef>;
+  readStripe(ref: StripeRef): Promise<Buffer>;
+  free(ref: StripeRef): void;
+}
+
+export interface ColdSegment {
+  kind: 'cold';
+  /** Owner id given to the stripe store (segment file id, as 16 bytes). */
+  fileId: number;
+  lengthBytes: number;
+  /** Data bytes per stripe (the EC policy's stripe size when written). */
+  chunkBytes: number;
+  stripes: StripeRef[];
+}
+
+function ownerId(fileId: number): Buffer {
+  // 'S3OB' marks object-store stripes; the id is unique per segment forever.
+  const b = Buffer.alloc(16);
+  b.write('S3OB', 0, 'latin1');
+  b.writeBigUInt64BE(BigInt(fileId), 8);
+  return b;
+}
+
+/** Streams `body` into stripes (1 MiB by default); at most one chunk buffer is held per upload. */
+export async function writeColdSegment(stripes: StripeStoreApi, fileId: number, body: AsyncIterable<Buffer>, limits: WriteLimits, observe: ByteObserver): Promise<ColdSegment> {
+  const OBJECT_CHUNK_BYTES = stripes.policy.stripeSizeBytes;
+  const refs: StripeRef[] = [];
+  const owner = ownerId(fileId);
+  let chunk = Buffer.allocUnsafe(OBJECT_CHUNK_BYTES);
+  let fill = 0;
+  let lengthBytes = 0;
+  let ok = false;
+  try {
+    for await (const raw of body) {
+      let piece = raw;
+      if (lengthBytes + piece.length > limits.maxBytes) throw new TooLarge(`object exceeds ${limits.maxBytes} bytes`);
+      if (limits.expectedBytes !== undefined && lengthBytes + piece.length > limits.expectedBytes) {
+        throw new IncompleteBody(`body is longer than the declared ${limits.expectedBytes} bytes`);
+      }
+      observe(piece);
+      lengthBytes += piece.length;
+      while (piece.length > 0) {
+        const take = Math.min(piece.length, OBJECT_CHUNK_BYTES - fill);
+        piece.copy(chunk, fill, 0, take);
+        fill += take;
+        piece = piece.subarray(take);
+        if (fill === OBJECT_CHUNK_BYTES) {
+          refs.push(await stripes.writeStripe(owner, refs.length, 1, chunk));
+          chunk = Buffer.allocUnsafe(OBJECT_CHUNK_BYTES);
+          fill = 0;
+        }
+      }
+    }
+    if (limits.expectedBytes !== undefined && lengthBytes !== limits.expectedBytes) {
+      throw new IncompleteBody(`body ended after ${lengthBytes} of ${limits.expectedBytes} declared bytes`);
+    }
+    if (fill > 0) refs.push(await stripes.writeStripe(owner, refs.length, 1, chunk.subarray(0, fill)));
+    ok = true;
+    return { kind: 'cold', fileId, lengthBytes, chunkBytes: OBJECT_CHUNK_BYTES, stripes: refs };
+  } finally {
+    if (!ok) for (const r of refs) stripes.free(r);
+  }
+}
+
+export async function* readColdSegment(stripes: StripeStoreApi, seg: ColdSegment, offsetBytes: number, lengthBytes: number): AsyncGenerator<Buffer> {
+  const endBytes = offsetBytes + lengthBytes;
+  const chunkBytes = seg.chunkBytes;
+  for (let i = Math.floor(offsetBytes / chunkBytes); i * chunkBytes < endBytes; i++) {
+    const data = await stripes.readStripe(seg.stripes[i]!);
+    const chunkStart = i * chunkBytes;
+    yield data.subarray(Math.max(offsetBytes, chunkStart) - chunkStart, Math.min(endBytes, chunkStart + data.length) - chunkStart);
+  }
+}
+
+export function freeColdSegment(stripes: StripeStoreApi, seg: ColdSegment): void {
+  for (const r of seg.stripes) stripes.free(r);
+}

@@ -1,0 +1,215 @@
+// Hot-tier object bytes: one data file per segment (a whole single-PUT object
+// or one multipart part) on a hot pool, fsynced before the index points at it,
+// with a CRC32C per 1 MiB chunk kept in the index and checked on every read.
+import { crc32c } from '@node-rs/crc32';
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import { Corrupt, IncompleteBody, TooLarge, isErrno } from '../errors.js';
+import type { Pool } from '../pools/pool.js';
+
+export const OBJECT_CHUNK_BYTES = 1024 * 1024;
+/** Fan-out directories per pool so no directory grows past ~n/256 entries. */
+const FANOUT = 256;
+
+export interface HotSegment {
+  kind: 'hot';
+  pool: string;
+  fileId: number;
+  lengthBytes: number;
+  /** CRC32C of each OBJECT_CHUNK_BYTES chunk of the file (the last may be short). */
+  chunkCrc32c: number[];
+}
+
+export interface WriteLimits {
+  /** Refuse (TooLarge) once more bytes than this arrive. */
+  maxBytes: number;
+  /** When known (Content-Length / x-amz-decoded-content-length): fewer bytes = IncompleteBody. */
+  expectedBytes?: number;
+}
+
+/** Called with each piece of the body as it is written (the store feeds its MD5). */
+export type ByteObserver = (piece: Buffer) => void;
+
+export function objectsDir(pool: Pool): string {
+  return path.join(pool.rec.path, 'objects');
+}
+
+export function segmentFile(pool: Pool, fileId: number): string {
+  return path.join(objectsDir(pool), (fileId % FANOUT).toString(16).padStart(2, '0'), `${fileId.toString(16).padStart(12, '0')}.obj`);
+}
+
+/** Creates the fan-out directories once, and makes their entries durable. */
+export function prepareHotPool(pool: Pool): void {
+  const root = objectsDir(pool);
+  fs.mkdirSync(root, { recursive: true });
+  for (let i = 0; i < FANOUT; i++) fs.mkdirSync(path.join(root, i.toString(16).padStart(2, '0')), { recursive: true });
+  fsyncDir(root);
+  fsyncDir(pool.rec.path);
+}
+
+function fsyncDir(dir: string): void {
+  const fd = fs.openSync(dir, 'r');
+  try {
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+async function fsyncDirAsync(dir: string): Promise<void> {
+  const fh = await fsp.open(dir, 'r');
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+/**
+ * Streams `body` into a new segment file and makes it durable (file and its
+ * directory entry). On any failure the file is removed and the pool
+ * reservation returned, so nothing of a failed upload survives.
+ */
+export async function writeHotSegment(pool: Pool, fileId: number, body: AsyncIterable<Buffer>, limits: WriteLimits, observe: ByteObserver): Promise<HotSegment> {
+  const file = segmentFile(pool, fileId);
+  const fh = await fsp.open(file, 'wx', 0o640);
+  let lengthBytes = 0;
+  let reservedBytes = 0;
+  const crcs: number[] = [];
+  let crc = 0;
+  let chunkFill = 0;
+  // Pieces are gathered into ~1 MiB writev batches: fewer syscalls than one
+  // write per socket read, and a bounded amount held in memory.
+  let batch: Buffer[] = [];
+  let batchBytes = 0;
+  let ok = false;
+  try {
+    for await (const raw of body) {
+      let piece = raw;
+      if (piece.length === 0) continue;
+      if (lengthBytes + piece.length > limits.maxBytes) throw new TooLarge(`object exceeds ${limits.maxBytes} bytes`);
+      if (limits.expectedBytes !== undefined && lengthBytes + piece.length > limits.expectedBytes) {
+        throw new IncompleteBody(`body is longer than the declared ${limits.expectedBytes} bytes`);
+      }
+      pool.reserve(piece.length);
+      reservedBytes += piece.length;
+      observe(piece);
+      lengthBytes += piece.length;
+      batch.push(piece);
+      batchBytes += piece.length;
+      // CRC per chunk: split the piece where it crosses a chunk boundary.
+      while (piece.length > 0) {
+        const take = Math.min(piece.length, OBJECT_CHUNK_BYTES - chunkFill);
+        crc = crc32c(take === piece.length ? piece : piece.subarray(0, take), crc);
+        chunkFill += take;
+        piece = piece.subarray(take);
+        if (chunkFill === OBJECT_CHUNK_BYTES) {
+          crcs.push(crc);
+          crc = 0;
+          chunkFill = 0;
+        }
+      }
+      if (batchBytes >= OBJECT_CHUNK_BYTES) {
+        await writeAll(fh, batch, batchBytes);
+        batch = [];
+        batchBytes = 0;
+      }
+    }
+    if (batchBytes > 0) await writeAll(fh, batch, batchBytes);
+    if (chunkFill > 0) crcs.push(crc);
+    if (limits.expectedBytes !== undefined && lengthBytes !== limits.expectedBytes) {
+      throw new IncompleteBody(`body ended after ${lengthBytes} of ${limits.expectedBytes} declared bytes`);
+    }
+    await fh.datasync();
+    await fh.close();
+    await fsyncDirAsync(path.dirname(file));
+    ok = true;
+    return { kind: 'hot', pool: pool.name, fileId, lengthBytes, chunkCrc32c: crcs };
+  } finally {
+    if (!ok) {
+      await fh.close().catch(() => undefined);
+      await fsp.rm(file, { force: true });
+      pool.release(reservedBytes);
+    }
+  }
+}
+
+async function writeAll(fh: fsp.FileHandle, bufs: Buffer[], totalBytes: number): Promise<void> {
+  let left = totalBytes;
+  let list = bufs;
+  while (left > 0) {
+    const { bytesWritten } = await fh.writev(list);
+    left -= bytesWritten;
+    if (left === 0) return;
+    // Short write: drop what was written and retry with the rest.
+    let skip = bytesWritten;
+    const rest: Buffer[] = [];
+    for (const b of list) {
+      if (skip >= b.length) {
+        skip -= b.length;
+        continue;
+      }
+      rest.push(skip > 0 ? b.subarray(skip) : b);
+      skip = 0;
+    }
+    list = rest;
+  }
+}
+
+/**
+ * Yields bytes [offsetBytes, offsetBytes + lengthBytes) of a segment. Whole
+ * chunks are read and CRC-checked before any of their bytes leave, so a
+ * corrupted chunk surfaces as Corrupt, never as wrong data.
+ */
+export async function* readHotSegment(pool: Pool, seg: HotSegment, offsetBytes: number, lengthBytes: number): AsyncGenerator<Buffer> {
+  if (lengthBytes <= 0) return;
+  const file = segmentFile(pool, seg.fileId);
+  let fh: fsp.FileHandle;
+  try {
+    fh = await fsp.open(file, 'r');
+  } catch (err) {
+    if (isErrno(err, 'ENOENT')) throw new Corrupt(`object data file ${file} is missing`);
+    throw err;
+  }
+  try {
+    const endBytes = offsetBytes + lengthBytes;
+    for (let chunk = Math.floor(offsetBytes / OBJECT_CHUNK_BYTES); chunk * OBJECT_CHUNK_BYTES < endBytes; chunk++) {
+      const chunkStart = chunk * OBJECT_CHUNK_BYTES;
+      const chunkLen = Math.min(OBJECT_CHUNK_BYTES, seg.lengthBytes - chunkStart);
+      const buf = Buffer.allocUnsafe(chunkLen);
+      let got = 0;
+      while (got < chunkLen) {
+        const { bytesRead } = await fh.read(buf, got, chunkLen - got, chunkStart + got);
+        if (bytesRead === 0) throw new Corrupt(`object data file ${file} is shorter than its index says`);
+        got += bytesRead;
+      }
+      if (crc32c(buf) !== seg.chunkCrc32c[chunk]) throw new Corrupt(`object data file ${file}: chunk ${chunk} fails its CRC32C`);
+      const from = Math.max(offsetBytes, chunkStart) - chunkStart;
+      const to = Math.min(endBytes, chunkStart + chunkLen) - chunkStart;
+      yield from === 0 && to === chunkLen ? buf : buf.subarray(from, to);
+    }
+  } finally {
+    await fh.close();
+  }
+}
+
+export async function freeHotSegment(pool: Pool, seg: HotSegment): Promise<void> {
+  await fsp.rm(segmentFile(pool, seg.fileId), { force: true });
+  pool.release(seg.lengthBytes);
+}
+
+/** Every segment file id present on a hot pool (startup orphan sweep). */
+export function listHotFileIds(pool: Pool): number[] {
+  const ids: number[] = [];
+  const root = objectsDir(pool);
+  if (!fs.existsSync(root)) return ids;
+  for (const sub of fs.readdirSync(root)) {
+    const dir = path.join(root, sub);
+    for (const name of fs.readdirSync(dir)) {
+      const m = /^([0-9a-f]{12})\.obj$/.exec(name);
+      if (m) ids.push(parseInt(m[1]!, 16));
+    }
+  }
+  return ids;
+}

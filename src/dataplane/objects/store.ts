@@ -1,0 +1,675 @@
+// The object store: buckets, immutable object versions and multipart state in
+// LMDB; bytes in segments (hot: data files, cold: EC stripes). A write makes
+// its bytes durable first, then flips the index in one transaction; replaced
+// bytes are freed after the flip (or after the last reader lets go).
+import { createHash, randomBytes } from 'node:crypto';
+import { Readable } from 'node:stream';
+import type { Database } from 'lmdb';
+import {
+  AlreadyExists,
+  DigestMismatch,
+  InvalidArgument,
+  InvalidPart,
+  InvalidPartOrder,
+  NoSuchBucket,
+  NoSuchObject,
+  NoSuchUpload,
+  NoSuitablePool,
+  NotEmpty,
+  PartTooSmall,
+  TooLarge,
+} from '../errors.js';
+import type { VolumeManager } from '../volumes/manager.js';
+import { log } from '../../log.js';
+import { freeColdSegment, readColdSegment, writeColdSegment, type ColdSegment, type StripeStoreApi } from './cold-segments.js';
+import { freeHotSegment, listHotFileIds, prepareHotPool, readHotSegment, writeHotSegment, type HotSegment, type WriteLimits } from './hot-segments.js';
+
+export type Segment = HotSegment | ColdSegment;
+export type BucketTier = 'hot' | 'cold';
+
+export const MAX_KEY_BYTES = 1024;
+/** S3 limits: single PUT and each part 5 GiB, parts 1..10000, all but the last part >= 5 MiB. */
+export const MAX_PUT_BYTES = 5 * 1024 ** 3;
+export const MAX_OBJECT_BYTES = 5 * 1024 ** 4;
+export const MAX_PART_NUMBER = 10_000;
+export const MIN_PART_BYTES = 5 * 1024 * 1024;
+/** Bound on multipart uploads in flight (each holds index entries and part data). */
+export const MAX_OPEN_UPLOADS = 100_000;
+/** Ids are reserved from LMDB in blocks so a PUT does not pay a sync commit for its id. */
+const ID_BLOCK = 4096;
+
+export interface BucketRecord {
+  name: string;
+  id: number;
+  tier: BucketTier;
+  createdMs: number;
+}
+
+/** Content-* and friends, stored as given and returned verbatim (lowercase names). */
+export type ContentHeaders = Record<string, string>;
+
+export interface ObjectRecord {
+  key: string;
+  versionId: number;
+  sizeBytes: number;
+  /** Hex MD5 for single-part, "hex-N" for multipart (no quotes). */
+  etag: string;
+  lastModifiedMs: number;
+  contentHeaders: ContentHeaders;
+  /** x-amz-meta-* without the prefix, lowercase names. */
+  userMeta: Record<string, string>;
+  segments: Segment[];
+}
+
+export interface UploadRecord {
+  uploadId: string;
+  bucket: string;
+  key: string;
+  initiatedMs: number;
+  contentHeaders: ContentHeaders;
+  userMeta: Record<string, string>;
+}
+
+export interface PartRecord {
+  partNumber: number;
+  etag: string;
+  sizeBytes: number;
+  lastModifiedMs: number;
+  segment: Segment;
+}
+
+export interface PutOptions {
+  contentHeaders: ContentHeaders;
+  userMeta: Record<string, string>;
+  expectedBytes?: number;
+  /** Content-MD5 as raw 16 bytes: mismatch = DigestMismatch, nothing stored. */
+  expectedMd5?: Buffer;
+}
+
+export interface ListOptions {
+  prefix: string;
+  delimiter: string;
+  /** Exclusive: listing starts strictly after this key (or common prefix). */
+  after: string;
+  maxKeys: number;
+}
+
+export interface ListPage {
+  objects: ObjectRecord[];
+  commonPrefixes: string[];
+  isTruncated: boolean;
+  /** The last key or common prefix returned (the next page starts after it). */
+  lastItem: string | undefined;
+}
+
+export interface UploadListOptions {
+  prefix: string;
+  keyMarker: string;
+  uploadIdMarker: string;
+  maxUploads: number;
+}
+
+/** An object pinned for reading: its bytes stay until `release` (or the stream closes). */
+export interface ObjectHandle {
+  rec: ObjectRecord;
+  /** Bytes [offsetBytes, offsetBytes+lengthBytes); the stream's close releases the handle. */
+  read(offsetBytes: number, lengthBytes: number): Readable;
+  release(): void;
+}
+
+const utf8 = (s: string) => Buffer.from(s, 'utf8');
+
+// Index keys are raw byte strings starting with 0x01 (which lmdb's
+// ordered-binary keeps as raw bytes), so LMDB order is UTF-8 byte order,
+// which is S3's listing order.
+function objectKey(bucketId: number, key: string): Buffer {
+  const k = utf8(key);
+  const b = Buffer.allocUnsafe(5 + k.length);
+  b[0] = 1;
+  b.writeUInt32BE(bucketId, 1);
+  k.copy(b, 5);
+  return b;
+}
+
+function bucketStart(bucketId: number): Buffer {
+  const b = Buffer.alloc(5);
+  b[0] = 1;
+  b.writeUInt32BE(bucketId, 1);
+  return b;
+}
+
+function uploadKey(bucketId: number, key: string, uploadId: string): Buffer {
+  return Buffer.concat([objectKey(bucketId, key), Buffer.from([0]), Buffer.from(uploadId, 'latin1')]);
+}
+
+function partKey(uploadId: string, partNumber: number): Buffer {
+  const b = Buffer.allocUnsafe(1 + uploadId.length + 2);
+  b[0] = 1;
+  b.write(uploadId, 1, 'latin1');
+  b.writeUInt16BE(partNumber, 1 + uploadId.length);
+  return b;
+}
+
+/** Smallest byte string greater than every string starting with `prefix`. */
+function prefixEnd(prefix: Buffer): Buffer {
+  const b = Buffer.from(prefix);
+  for (let i = b.length - 1; i >= 0; i--) {
+    if (b[i]! < 0xff) {
+      b[i]!++;
+      return b.subarray(0, i + 1);
+    }
+  }
+  return Buffer.from([0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
+}
+
+function compareUtf8(a: string, b: string): number {
+  return Buffer.compare(utf8(a), utf8(b));
+}
+
+export function validateKey(key: string): void {
+  if (key.length === 0) throw new InvalidArgument('object key is empty');
+  if (Buffer.byteLength(key, 'utf8') > MAX_KEY_BYTES) throw new InvalidArgument(`object key is longer than ${MAX_KEY_BYTES} bytes`);
+  // NUL separates key and upload id in the uploads index.
+  if (key.includes('\u0000')) throw new InvalidArgument('object key contains NUL');
+}
+
+export function multipartEtag(partEtags: string[]): string {
+  const h = createHash('md5');
+  for (const e of partEtags) h.update(Buffer.from(e, 'hex'));
+  return `${h.digest('hex')}-${partEtags.length}`;
+}
+
+export class ObjectStore {
+  private readonly buckets: Database<BucketRecord, string>;
+  private readonly objects: Database<ObjectRecord, Buffer>;
+  private readonly uploads: Database<UploadRecord, Buffer>;
+  private readonly parts: Database<PartRecord, Buffer>;
+  private readonly counters: Database<number, string>;
+  private nextId = 0;
+  private idLimit = 0;
+  private reserving: Promise<void> | null = null;
+  private openUploads = 0;
+  /** versionId -> readers; bounded by the number of open GET streams. */
+  private readonly pins = new Map<number, number>();
+  /** versionId -> segments to free when its last reader closes. */
+  private readonly deferredFree = new Map<number, Segment[]>();
+
+  private constructor(
+    private readonly manager: VolumeManager,
+    private readonly stripes: StripeStoreApi | undefined,
+  ) {
+    const meta = manager.meta;
+    this.buckets = meta.openDB<BucketRecord, string>('s3-buckets');
+    this.objects = meta.openDB<ObjectRecord, Buffer>('s3-objects');
+    this.uploads = meta.openDB<UploadRecord, Buffer>('s3-uploads');
+    this.parts = meta.openDB<PartRecord, Buffer>('s3-parts');
+    this.counters = meta.openDB<number, string>('s3-counters');
+  }
+
+  /**
+   * Opens the object index, accounts its bytes to the pools, and removes
+   * segment files no index entry references (uploads cut short by a crash).
+   */
+  static async open(manager: VolumeManager, stripes?: StripeStoreApi): Promise<ObjectStore> {
+    const store = new ObjectStore(manager, stripes);
+    const referenced = new Set<number>();
+    const account = (seg: Segment) => {
+      if (seg.kind !== 'hot') return;
+      referenced.add(seg.fileId);
+      const p = manager.pools.get(seg.pool);
+      if (p) p.usedBytes += seg.lengthBytes;
+    };
+    for (const { value } of store.objects.getRange()) for (const s of value.segments) account(s);
+    for (const { value } of store.parts.getRange()) account(value.segment);
+    store.openUploads = store.uploads.getCount();
+    let swept = 0;
+    for (const pool of manager.pools.values()) {
+      if (pool.rec.tier !== 'hot' || !pool.isOnline()) continue;
+      prepareHotPool(pool);
+      for (const id of listHotFileIds(pool)) {
+        if (referenced.has(id)) continue;
+        await freeHotSegment(pool, { kind: 'hot', pool: pool.name, fileId: id, lengthBytes: 0, chunkCrc32c: [] });
+        swept++;
+      }
+    }
+    if (swept > 0) log.info('object store: removed unreferenced segment files', { count: swept });
+    store.nextId = store.idLimit = store.counters.get('idLimit') ?? 1;
+    return store;
+  }
+
+  private async allocId(): Promise<number> {
+    while (this.nextId >= this.idLimit) {
+      if (!this.reserving) {
+        const limit = this.idLimit + ID_BLOCK;
+        this.reserving = (async () => {
+          await this.counters.put('idLimit', limit);
+          await this.manager.meta.durable();
+          this.idLimit = limit;
+        })().finally(() => (this.reserving = null));
+      }
+      await this.reserving;
+    }
+    return this.nextId++;
+  }
+
+  // ---- buckets ----------------------------------------------------------
+
+  listBuckets(): BucketRecord[] {
+    return [...this.buckets.getRange()].map((e) => e.value);
+  }
+
+  getBucket(name: string): BucketRecord {
+    const b = this.buckets.get(name);
+    if (!b) throw new NoSuchBucket(`bucket ${name} does not exist`);
+    return b;
+  }
+
+  async createBucket(name: string, tier: BucketTier): Promise<BucketRecord> {
+    if (tier === 'cold' && !this.stripes) throw new NoSuitablePool('cold buckets need the erasure-coded stripe store, which this daemon was started without');
+    const rec = await this.manager.meta.transaction(() => {
+      if (this.buckets.get(name)) throw new AlreadyExists(`bucket ${name} already exists`);
+      const id = (this.counters.get('bucketId') ?? 0) + 1;
+      const r: BucketRecord = { name, id, tier, createdMs: Date.now() };
+      this.counters.put('bucketId', id);
+      this.buckets.put(name, r);
+      return r;
+    });
+    await this.manager.meta.durable();
+    return rec;
+  }
+
+  /** Refused while objects remain; in-flight multipart uploads are aborted with it. */
+  async deleteBucket(name: string): Promise<void> {
+    const freed: Segment[] = [];
+    let aborted = 0;
+    await this.manager.meta.transaction(() => {
+      const b = this.getBucket(name);
+      const start = bucketStart(b.id);
+      const end = prefixEnd(start);
+      for (const _ of this.objects.getKeys({ start, end, limit: 1 })) throw new NotEmpty(`bucket ${name} is not empty`);
+      for (const { key, value } of this.uploads.getRange({ start, end })) {
+        for (const p of this.parts.getRange({ start: partKey(value.uploadId, 0), end: partKey(value.uploadId, 0xffff) })) {
+          freed.push(p.value.segment);
+          this.parts.remove(p.key);
+        }
+        this.uploads.remove(key);
+        aborted++;
+      }
+      this.buckets.remove(name);
+    });
+    await this.manager.meta.durable();
+    this.openUploads -= aborted;
+    await this.freeSegments(freed);
+  }
+
+  // ---- objects ----------------------------------------------------------
+
+  headObject(bucket: string, key: string): ObjectRecord {
+    const b = this.getBucket(bucket);
+    const rec = this.objects.get(objectKey(b.id, key));
+    if (!rec) throw new NoSuchObject(`no object ${key} in bucket ${bucket}`);
+    return rec;
+  }
+
+  /**
+   * Looks the object up and pins its version in the same tick, so an
+   * overwrite that commits later cannot free the bytes under the reader.
+   */
+  openObject(bucket: string, key: string): ObjectHandle {
+    const rec = this.headObject(bucket, key);
+    this.pins.set(rec.versionId, (this.pins.get(rec.versionId) ?? 0) + 1);
+    let released = false;
+    const release = () => {
+      if (released) return;
+      released = true;
+      this.unpin(rec.versionId);
+    };
+    return {
+      rec,
+      release,
+      read: (offsetBytes, lengthBytes) => {
+        if (offsetBytes < 0 || lengthBytes < 0 || offsetBytes + lengthBytes > rec.sizeBytes) throw new InvalidArgument('read range outside the object');
+        const stream = Readable.from(this.readSegments(rec, offsetBytes, lengthBytes), { objectMode: false, highWaterMark: 1024 * 1024 });
+        stream.once('close', release);
+        return stream;
+      },
+    };
+  }
+
+  private unpin(versionId: number): void {
+    const n = (this.pins.get(versionId) ?? 1) - 1;
+    if (n > 0) {
+      this.pins.set(versionId, n);
+      return;
+    }
+    this.pins.delete(versionId);
+    const segs = this.deferredFree.get(versionId);
+    if (segs) {
+      this.deferredFree.delete(versionId);
+      void this.freeSegments(segs);
+    }
+  }
+
+  private async *readSegments(rec: ObjectRecord, offsetBytes: number, lengthBytes: number): AsyncGenerator<Buffer> {
+    let segStart = 0;
+    const end = offsetBytes + lengthBytes;
+    for (const seg of rec.segments) {
+      const segEnd = segStart + seg.lengthBytes;
+      if (segEnd > offsetBytes && segStart < end) {
+        const from = Math.max(offsetBytes, segStart) - segStart;
+        const len = Math.min(end, segEnd) - segStart - from;
+        if (seg.kind === 'hot') {
+          const pool = this.manager.pools.get(seg.pool);
+          if (!pool) throw new NoSuitablePool(`object data is on pool ${seg.pool}, which is not configured`);
+          yield* readHotSegment(pool, seg, from, len);
+        } else {
+          yield* readColdSegment(this.requireStripes(), seg, from, len);
+        }
+      }
+      segStart = segEnd;
+      if (segStart >= end) break;
+    }
+  }
+
+  private requireStripes(): StripeStoreApi {
+    if (!this.stripes) throw new NoSuitablePool('object data is on the cold tier, but the stripe store is not available');
+    return this.stripes;
+  }
+
+  private async writeSegment(bucket: BucketRecord, body: AsyncIterable<Buffer>, limits: WriteLimits, md5: ReturnType<typeof createHash>): Promise<Segment> {
+    const fileId = await this.allocId();
+    const observe = (piece: Buffer) => md5.update(piece);
+    if (bucket.tier === 'cold') return writeColdSegment(this.requireStripes(), fileId, body, limits, observe);
+    const pool = this.manager.choosePool('hot', limits.expectedBytes ?? 0);
+    return writeHotSegment(pool, fileId, body, limits, observe);
+  }
+
+  private async freeSegments(segs: Segment[]): Promise<void> {
+    for (const seg of segs) {
+      try {
+        if (seg.kind === 'hot') {
+          const pool = this.manager.pools.get(seg.pool);
+          if (pool) await freeHotSegment(pool, seg);
+        } else if (this.stripes) {
+          freeColdSegment(this.stripes, seg);
+        }
+      } catch (err) {
+        // A leaked file is swept at the next start; never fail the request for it.
+        log.warn('object store: freeing segment failed', { err: (err as Error).message });
+      }
+    }
+  }
+
+  /** Frees a replaced version now, or when its last reader closes. */
+  private retire(rec: ObjectRecord): Promise<void> {
+    if (this.pins.has(rec.versionId)) {
+      this.deferredFree.set(rec.versionId, rec.segments);
+      return Promise.resolve();
+    }
+    return this.freeSegments(rec.segments);
+  }
+
+  /** Writes a new version durably, then makes it the object's current version in one transaction. */
+  async putObject(bucketName: string, key: string, body: AsyncIterable<Buffer>, opts: PutOptions): Promise<ObjectRecord> {
+    validateKey(key);
+    const bucket = this.getBucket(bucketName);
+    const md5 = createHash('md5');
+    const seg = await this.writeSegment(bucket, body, { maxBytes: MAX_PUT_BYTES, expectedBytes: opts.expectedBytes }, md5);
+    let old: ObjectRecord | undefined;
+    let rec: ObjectRecord;
+    try {
+      const digest = md5.digest();
+      if (opts.expectedMd5 && !digest.equals(opts.expectedMd5)) throw new DigestMismatch('Content-MD5 does not match the bytes received');
+      const versionId = await this.allocId();
+      rec = {
+        key,
+        versionId,
+        sizeBytes: seg.lengthBytes,
+        etag: digest.toString('hex'),
+        lastModifiedMs: Date.now(),
+        contentHeaders: opts.contentHeaders,
+        userMeta: opts.userMeta,
+        segments: [seg],
+      };
+      const built = rec;
+      old = await this.flip(bucket, key, () => built);
+    } catch (err) {
+      await this.freeSegments([seg]);
+      throw err;
+    }
+    if (old) await this.retire(old);
+    return rec;
+  }
+
+  /** One transaction: checks the bucket still exists, runs `build` (which may throw to abort), installs its record. */
+  private async flip(bucket: BucketRecord, key: string, build: () => ObjectRecord): Promise<ObjectRecord | undefined> {
+    const k = objectKey(bucket.id, key);
+    const old = await this.manager.meta.transaction(() => {
+      const b = this.buckets.get(bucket.name);
+      if (!b || b.id !== bucket.id) throw new NoSuchBucket(`bucket ${bucket.name} was deleted during the upload`);
+      const rec = build();
+      const prev = this.objects.get(k);
+      this.objects.put(k, rec);
+      return prev;
+    });
+    await this.manager.meta.durable();
+    return old;
+  }
+
+  /** Returns whether an object was there (S3 answers 204 either way). */
+  async deleteObject(bucketName: string, key: string): Promise<boolean> {
+    const bucket = this.getBucket(bucketName);
+    if (Buffer.byteLength(key) > MAX_KEY_BYTES) return false;
+    const k = objectKey(bucket.id, key);
+    const old = await this.manager.meta.transaction(() => {
+      const prev = this.objects.get(k);
+      if (prev) this.objects.remove(k);
+      return prev;
+    });
+    if (!old) return false;
+    await this.manager.meta.durable();
+    await this.retire(old);
+    return true;
+  }
+
+  list(bucketName: string, opts: ListOptions): ListPage {
+    const bucket = this.getBucket(bucketName);
+    const page: ListPage = { objects: [], commonPrefixes: [], isTruncated: false, lastItem: undefined };
+    if (opts.maxKeys <= 0) return page;
+    const base = bucketStart(bucket.id);
+    const end = opts.prefix ? prefixEnd(objectKey(bucket.id, opts.prefix)) : prefixEnd(base);
+    const afterBuf = utf8(opts.after);
+    let start = compareUtf8(opts.after, opts.prefix) >= 0 ? objectKey(bucket.id, opts.after) : objectKey(bucket.id, opts.prefix);
+    let skipEqual = compareUtf8(opts.after, opts.prefix) >= 0 && opts.after !== '';
+    let count = 0;
+    for (;;) {
+      let reseek: Buffer | null = null;
+      for (const { value } of this.objects.getRange({ start, end })) {
+        if (skipEqual && value.key === opts.after) continue;
+        let cp: string | undefined;
+        if (opts.delimiter) {
+          const i = value.key.indexOf(opts.delimiter, opts.prefix.length);
+          if (i >= 0) cp = value.key.slice(0, i + opts.delimiter.length);
+        }
+        // A group whose prefix sorts at or before the marker was returned on an earlier page.
+        if (cp !== undefined && Buffer.compare(utf8(cp), afterBuf) <= 0 && opts.after !== '') {
+          reseek = prefixEnd(objectKey(bucket.id, cp));
+          break;
+        }
+        if (count >= opts.maxKeys) {
+          page.isTruncated = true;
+          return page;
+        }
+        count++;
+        if (cp !== undefined) {
+          page.commonPrefixes.push(cp);
+          page.lastItem = cp;
+          reseek = prefixEnd(objectKey(bucket.id, cp));
+          break;
+        }
+        page.objects.push(value);
+        page.lastItem = value.key;
+      }
+      if (!reseek) return page;
+      start = reseek;
+      skipEqual = false;
+    }
+  }
+
+  // ---- multipart --------------------------------------------------------
+
+  async createUpload(bucketName: string, key: string, contentHeaders: ContentHeaders, userMeta: Record<string, string>): Promise<UploadRecord> {
+    validateKey(key);
+    const bucket = this.getBucket(bucketName);
+    if (this.openUploads >= MAX_OPEN_UPLOADS) throw new TooLarge(`too many multipart uploads in progress (limit ${MAX_OPEN_UPLOADS})`);
+    const rec: UploadRecord = { uploadId: randomBytes(16).toString('hex'), bucket: bucketName, key, initiatedMs: Date.now(), contentHeaders, userMeta };
+    this.openUploads++;
+    try {
+      await this.uploads.put(uploadKey(bucket.id, key, rec.uploadId), rec);
+      await this.manager.meta.durable();
+    } catch (err) {
+      this.openUploads--;
+      throw err;
+    }
+    return rec;
+  }
+
+  getUpload(bucketName: string, key: string, uploadId: string): UploadRecord {
+    const bucket = this.getBucket(bucketName);
+    const rec = /^[0-9a-f]{32}$/.test(uploadId) ? this.uploads.get(uploadKey(bucket.id, key, uploadId)) : undefined;
+    if (!rec) throw new NoSuchUpload(`no multipart upload ${uploadId} for ${key}`);
+    return rec;
+  }
+
+  async uploadPart(bucketName: string, key: string, uploadId: string, partNumber: number, body: AsyncIterable<Buffer>, opts: { expectedBytes?: number; expectedMd5?: Buffer }): Promise<PartRecord> {
+    if (!Number.isInteger(partNumber) || partNumber < 1 || partNumber > MAX_PART_NUMBER) throw new InvalidArgument(`part number must be an integer between 1 and ${MAX_PART_NUMBER}`);
+    const bucket = this.getBucket(bucketName);
+    this.getUpload(bucketName, key, uploadId);
+    const md5 = createHash('md5');
+    const seg = await this.writeSegment(bucket, body, { maxBytes: MAX_PUT_BYTES, expectedBytes: opts.expectedBytes }, md5);
+    let old: PartRecord | undefined;
+    let rec: PartRecord;
+    try {
+      const digest = md5.digest();
+      if (opts.expectedMd5 && !digest.equals(opts.expectedMd5)) throw new DigestMismatch('Content-MD5 does not match the bytes received');
+      rec = { partNumber, etag: digest.toString('hex'), sizeBytes: seg.lengthBytes, lastModifiedMs: Date.now(), segment: seg };
+      const uk = uploadKey(bucket.id, key, uploadId);
+      const pk = partKey(uploadId, partNumber);
+      old = await this.manager.meta.transaction(() => {
+        if (!this.uploads.get(uk)) throw new NoSuchUpload(`multipart upload ${uploadId} was completed or aborted during the part upload`);
+        const prev = this.parts.get(pk);
+        this.parts.put(pk, rec);
+        return prev;
+      });
+      await this.manager.meta.durable();
+    } catch (err) {
+      await this.freeSegments([seg]);
+      throw err;
+    }
+    if (old) await this.freeSegments([old.segment]);
+    return rec;
+  }
+
+  /**
+   * Stitches the listed parts into one object version (no bytes are copied:
+   * the parts' segments become the object's) and drops the upload, in one
+   * transaction. Parts uploaded but not listed are freed.
+   */
+  async completeUpload(bucketName: string, key: string, uploadId: string, list: { partNumber: number; etag: string }[]): Promise<ObjectRecord> {
+    const bucket = this.getBucket(bucketName);
+    const upload = this.getUpload(bucketName, key, uploadId);
+    if (list.length === 0) throw new InvalidArgument('CompleteMultipartUpload lists no parts');
+    for (let i = 1; i < list.length; i++) {
+      if (list[i]!.partNumber <= list[i - 1]!.partNumber) throw new InvalidPartOrder('parts must be listed in ascending part number order');
+    }
+    const versionId = await this.allocId();
+    const unused: Segment[] = [];
+    let rec!: ObjectRecord;
+    const uk = uploadKey(bucket.id, key, uploadId);
+    const old = await this.flip(bucket, key, () => {
+      if (!this.uploads.get(uk)) throw new NoSuchUpload(`multipart upload ${uploadId} was completed or aborted`);
+      const stored = new Map<number, PartRecord>();
+      for (const { key: pk, value } of this.parts.getRange({ start: partKey(uploadId, 0), end: partKey(uploadId, 0xffff) })) {
+        stored.set(value.partNumber, value);
+        this.parts.remove(pk);
+      }
+      const segments: Segment[] = [];
+      const etags: string[] = [];
+      let sizeBytes = 0;
+      list.forEach((want, i) => {
+        const p = stored.get(want.partNumber);
+        if (!p || p.etag !== want.etag.replace(/"/g, '').toLowerCase()) throw new InvalidPart(`part ${want.partNumber} was not uploaded or its ETag differs`);
+        if (i < list.length - 1 && p.sizeBytes < MIN_PART_BYTES) throw new PartTooSmall(`part ${want.partNumber} is ${p.sizeBytes} bytes; all parts but the last need at least ${MIN_PART_BYTES}`);
+        stored.delete(want.partNumber);
+        segments.push(p.segment);
+        etags.push(p.etag);
+        sizeBytes += p.sizeBytes;
+      });
+      if (sizeBytes > MAX_OBJECT_BYTES) throw new TooLarge(`object would be ${sizeBytes} bytes, over ${MAX_OBJECT_BYTES}`);
+      for (const p of stored.values()) unused.push(p.segment);
+      this.uploads.remove(uk);
+      rec = {
+        key,
+        versionId,
+        sizeBytes,
+        etag: multipartEtag(etags),
+        lastModifiedMs: Date.now(),
+        contentHeaders: upload.contentHeaders,
+        userMeta: upload.userMeta,
+        segments,
+      };
+      return rec;
+    }).catch((err: unknown) => {
+      unused.length = 0;
+      throw err;
+    });
+    this.openUploads--;
+    if (old) await this.retire(old);
+    await this.freeSegments(unused);
+    return rec;
+  }
+
+  async abortUpload(bucketName: string, key: string, uploadId: string): Promise<void> {
+    const bucket = this.getBucket(bucketName);
+    this.getUpload(bucketName, key, uploadId);
+    const freed: Segment[] = [];
+    await this.manager.meta.transaction(() => {
+      const uk = uploadKey(bucket.id, key, uploadId);
+      if (!this.uploads.get(uk)) throw new NoSuchUpload(`multipart upload ${uploadId} was completed or aborted`);
+      for (const { key: pk, value } of this.parts.getRange({ start: partKey(uploadId, 0), end: partKey(uploadId, 0xffff) })) {
+        freed.push(value.segment);
+        this.parts.remove(pk);
+      }
+      this.uploads.remove(uk);
+    });
+    await this.manager.meta.durable();
+    this.openUploads--;
+    await this.freeSegments(freed);
+  }
+
+  listParts(bucketName: string, key: string, uploadId: string, afterPart: number, maxParts: number): { parts: PartRecord[]; isTruncated: boolean } {
+    this.getUpload(bucketName, key, uploadId);
+    const parts: PartRecord[] = [];
+    for (const { value } of this.parts.getRange({ start: partKey(uploadId, afterPart + 1), end: partKey(uploadId, 0xffff) })) {
+      if (parts.length >= maxParts) return { parts, isTruncated: true };
+      parts.push(value);
+    }
+    return { parts, isTruncated: false };
+  }
+
+  listUploads(bucketName: string, opts: UploadListOptions): { uploads: UploadRecord[]; isTruncated: boolean } {
+    const bucket = this.getBucket(bucketName);
+    const uploads: UploadRecord[] = [];
+    const end = opts.prefix ? prefixEnd(objectKey(bucket.id, opts.prefix)) : prefixEnd(bucketStart(bucket.id));
+    let start = objectKey(bucket.id, opts.prefix);
+    if (opts.keyMarker && compareUtf8(opts.keyMarker, opts.prefix) >= 0) {
+      // After the marker key: its later uploads (by id) when an id marker is given, else none of it.
+      start = opts.uploadIdMarker ? uploadKey(bucket.id, opts.keyMarker, opts.uploadIdMarker + '\u0000') : prefixEnd(Buffer.concat([objectKey(bucket.id, opts.keyMarker), Buffer.from([0])]));
+    }
+    for (const { value } of this.uploads.getRange({ start, end })) {
+      if (uploads.length >= opts.maxUploads) return { uploads, isTruncated: true };
+      uploads.push(value);
+    }
+    return { uploads, isTruncated: false };
+  }
+}

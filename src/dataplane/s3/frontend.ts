@@ -1,0 +1,42 @@
+// Starts and stops the S3 front end for the daemon: credentials, the object
+// store over the manager's pools (and the cold tier's stripe store when it
+// runs), and the listening fastify server.
+import type { FastifyInstance } from 'fastify';
+import type { StripeStoreApi } from '../objects/cold-segments.js';
+import { ObjectStore } from '../objects/store.js';
+import type { VolumeManager } from '../volumes/manager.js';
+import { loadCredentials } from './credentials.js';
+import { buildS3Server } from './server.js';
+
+export interface S3FrontendOptions {
+  manager: VolumeManager;
+  dataDir: string;
+  host: string;
+  /** 0 = any free port. */
+  port: number;
+  /** The cold tier's stripe store; without it cold buckets are refused. */
+  stripes?: StripeStoreApi;
+}
+
+export class S3Frontend {
+  private constructor(
+    readonly store: ObjectStore,
+    readonly server: FastifyInstance,
+    readonly host: string,
+    readonly port: number,
+  ) {}
+
+  static async start(opts: S3FrontendOptions): Promise<S3Frontend> {
+    const keys = loadCredentials(opts.dataDir);
+    const store = await ObjectStore.open(opts.manager, opts.stripes);
+    const server = buildS3Server({ store, keys });
+    await server.listen({ port: opts.port, host: opts.host });
+    const addr = server.server.address();
+    return new S3Frontend(store, server, opts.host, typeof addr === 'object' && addr ? addr.port : opts.port);
+  }
+
+  /** Stops accepting requests and waits for in-flight ones (the store has nothing else to flush). */
+  async close(): Promise<void> {
+    await this.server.close();
+  }
+}

@@ -1,0 +1,599 @@
+// The S3 REST front end (path-style): routing, SigV4 on every request, S3
+// headers and XML, streaming bodies both ways. Storage lives behind
+// ObjectStore; every error leaves through toS3Error/errorXml.
+import { randomBytes } from 'node:crypto';
+import type { IncomingMessage } from 'node:http';
+import type { Socket } from 'node:net';
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import { log } from '../../log.js';
+import { MAX_PART_NUMBER, type BucketTier, type ContentHeaders, type ObjectRecord, type ObjectStore } from '../objects/store.js';
+import type { AccessKey } from './credentials.js';
+import { S3Error, errorXml, toS3Error } from './errors.js';
+import { parseQuery, splitTarget, uriDecode, verifiedBody, verifyRequest, awsUriEncode, type PayloadMode } from './sigv4.js';
+import { S3_NS, XML_HEADER, XmlSyntaxError, child, children, parseXml, tag } from './xml.js';
+
+export interface S3ServerOptions {
+  store: ObjectStore;
+  keys: AccessKey[];
+}
+
+/** Request XML bodies (CompleteMultipartUpload with 10000 parts is ~1 MiB). */
+const MAX_XML_BODY_BYTES = 4 * 1024 * 1024;
+const MAX_USER_META_BYTES = 2048;
+const MAX_LIST_KEYS = 1000;
+const MAX_DELETE_OBJECTS = 1000;
+/** A slow 5 GiB single PUT still finishes; a stalled one does not hold a socket forever. */
+const REQUEST_TIMEOUT_MS = 60 * 60 * 1000;
+const BUCKET_NAME_RE = /^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/;
+const CONTENT_HEADERS = ['content-type', 'content-encoding', 'content-disposition', 'content-language', 'cache-control', 'expires'] as const;
+const RESPONSE_OVERRIDES: Record<string, string> = {
+  'response-content-type': 'content-type',
+  'response-content-language': 'content-language',
+  'response-expires': 'expires',
+  'response-cache-control': 'cache-control',
+  'response-content-disposition': 'content-disposition',
+  'response-content-encoding': 'content-encoding',
+};
+/** Bucket subresources we do not implement: answered 501 rather than mistaken for a listing. */
+const UNSUPPORTED_SUBRESOURCES = ['acl', 'policy', 'cors', 'lifecycle', 'tagging', 'website', 'logging', 'notification', 'replication', 'encryption', 'object-lock', 'retention', 'legal-hold', 'torrent', 'requestPayment', 'accelerate', 'analytics', 'inventory', 'metrics', 'intelligent-tiering', 'ownershipControls', 'publicAccessBlock', 'select', 'restore', 'attributes', 'versions'];
+
+interface Ctx {
+  req: FastifyRequest;
+  reply: FastifyReply;
+  raw: IncomingMessage;
+  bucket: string | undefined;
+  key: string | undefined;
+  query: Map<string, string>;
+  payload: PayloadMode;
+  accessKeyId: string;
+}
+
+const etagHeader = (etag: string) => `"${etag}"`;
+const iso = (ms: number) => new Date(ms).toISOString();
+const httpDate = (ms: number) => new Date(ms).toUTCString();
+
+function header(raw: IncomingMessage, name: string): string | undefined {
+  const v = raw.headers[name];
+  return Array.isArray(v) ? v.join(',') : v;
+}
+
+function sendXml(reply: FastifyReply, status: number, body: string): FastifyReply {
+  return reply.code(status).header('content-type', 'application/xml').send(body);
+}
+
+function validateBucketName(name: string): void {
+  if (!BUCKET_NAME_RE.test(name) || name.includes('..') || /^\d+\.\d+\.\d+\.\d+$/.test(name)) {
+    throw new S3Error('InvalidBucketName', 400, 'The specified bucket is not valid.', { BucketName: name });
+  }
+}
+
+function checkKey(key: string): void {
+  if (Buffer.byteLength(key, 'utf8') > 1024) throw new S3Error('KeyTooLongError', 400, 'Your key is too long');
+}
+
+function parseIntParam(v: string | undefined, name: string, dflt: number, max: number): number {
+  if (v === undefined) return dflt;
+  if (!/^\d{1,10}$/.test(v)) throw new S3Error('InvalidArgument', 400, `${name} must be a non-negative integer`, { ArgumentName: name, ArgumentValue: v });
+  return Math.min(Number(v), max);
+}
+
+function contentMd5(raw: IncomingMessage): Buffer | undefined {
+  const v = header(raw, 'content-md5');
+  if (v === undefined) return undefined;
+  const b = Buffer.from(v, 'base64');
+  if (b.length !== 16 || b.toString('base64') !== v.trim()) throw new S3Error('InvalidDigest', 400, 'The Content-MD5 you specified was invalid.');
+  return b;
+}
+
+/** Body length for the store: the decoded length for aws-chunked, else Content-Length. */
+function expectedLength(raw: IncomingMessage, payload: PayloadMode): number | undefined {
+  const v = payload.kind === 'chunked' ? header(raw, 'x-amz-decoded-content-length') : header(raw, 'content-length');
+  if (v === undefined) return undefined;
+  if (!/^\d{1,16}$/.test(v)) throw new S3Error('InvalidArgument', 400, 'bad content length');
+  return Number(v);
+}
+
+function objectHeadersFrom(raw: IncomingMessage): { contentHeaders: ContentHeaders; userMeta: Record<string, string> } {
+  const contentHeaders: ContentHeaders = {};
+  for (const h of CONTENT_HEADERS) {
+    let v = header(raw, h);
+    if (h === 'content-encoding' && v !== undefined) {
+      // aws-chunked is transport framing, not a property of the object.
+      v = v.split(',').map((s) => s.trim()).filter((s) => s && s !== 'aws-chunked').join(',');
+      if (!v) continue;
+    }
+    if (v !== undefined) contentHeaders[h] = v;
+  }
+  const userMeta: Record<string, string> = {};
+  let metaBytes = 0;
+  for (const [name, value] of Object.entries(raw.headers)) {
+    if (!name.startsWith('x-amz-meta-') || value === undefined) continue;
+    const v = Array.isArray(value) ? value.join(',') : value;
+    const n = name.slice(11);
+    userMeta[n] = v;
+    metaBytes += n.length + v.length;
+  }
+  if (metaBytes > MAX_USER_META_BYTES) throw new S3Error('MetadataTooLarge', 400, `Your metadata headers exceed the maximum allowed metadata size (${MAX_USER_META_BYTES} bytes).`);
+  return { contentHeaders, userMeta };
+}
+
+function setObjectHeaders(reply: FastifyReply, rec: ObjectRecord, query: Map<string, string>): void {
+  reply.header('etag', etagHeader(rec.etag));
+  reply.header('last-modified', httpDate(rec.lastModifiedMs));
+  reply.header('accept-ranges', 'bytes');
+  reply.header('content-type', rec.contentHeaders['content-type'] ?? 'binary/octet-stream');
+  for (const [h, v] of Object.entries(rec.contentHeaders)) if (h !== 'content-type') reply.header(h, v);
+  for (const [n, v] of Object.entries(rec.userMeta)) reply.header(`x-amz-meta-${n}`, v);
+  if (rec.segments.length > 1 || rec.etag.includes('-')) reply.header('x-amz-mp-parts-count', String(rec.segments.length));
+  for (const [q, h] of Object.entries(RESPONSE_OVERRIDES)) {
+    const v = query.get(q);
+    if (v !== undefined) reply.header(h, v);
+  }
+}
+
+function etagMatches(list: string, etag: string): boolean {
+  return list.split(',').some((e) => {
+    const t = e.trim().replace(/^W\//, '').replace(/"/g, '');
+    return t === '*' || t === etag;
+  });
+}
+
+/** RFC 7232 as S3 applies it: 412 for If-Match/If-Unmodified-Since, 304 for If-None-Match/If-Modified-Since. */
+function checkPreconditions(get: (h: string) => string | undefined, rec: ObjectRecord, notModifiedStatus: number): void {
+  const lastModifiedS = Math.floor(rec.lastModifiedMs / 1000);
+  const ifMatch = get('if-match');
+  const ifUnmodified = get('if-unmodified-since');
+  const ifNoneMatch = get('if-none-match');
+  const ifModified = get('if-modified-since');
+  if (ifMatch !== undefined) {
+    if (!etagMatches(ifMatch, rec.etag)) throw new S3Error('PreconditionFailed', 412, 'At least one of the pre-conditions you specified did not hold', { Condition: 'If-Match' });
+  } else if (ifUnmodified !== undefined) {
+    const t = Date.parse(ifUnmodified);
+    if (!Number.isNaN(t) && lastModifiedS > Math.floor(t / 1000)) throw new S3Error('PreconditionFailed', 412, 'At least one of the pre-conditions you specified did not hold', { Condition: 'If-Unmodified-Since' });
+  }
+  if (ifNoneMatch !== undefined) {
+    if (etagMatches(ifNoneMatch, rec.etag)) throw new S3Error(notModifiedStatus === 304 ? 'NotModified' : 'PreconditionFailed', notModifiedStatus, notModifiedStatus === 304 ? 'Not Modified' : 'At least one of the pre-conditions you specified did not hold');
+  } else if (ifModified !== undefined) {
+    const t = Date.parse(ifModified);
+    if (!Number.isNaN(t) && lastModifiedS <= Math.floor(t / 1000)) throw new S3Error(notModifiedStatus === 304 ? 'NotModified' : 'PreconditionFailed', notModifiedStatus, notModifiedStatus === 304 ? 'Not Modified' : 'At least one of the pre-conditions you specified did not hold');
+  }
+}
+
+/** `bytes=a-b`, `bytes=a-`, `bytes=-n` against `size`; undefined = whole object (absent or unparseable). */
+function parseRange(v: string | undefined, sizeBytes: number): { start: number; end: number } | undefined {
+  if (v === undefined) return undefined;
+  const m = /^bytes=(\d*)-(\d*)$/.exec(v.trim());
+  if (!m || (m[1] === '' && m[2] === '')) return undefined;
+  const unsatisfiable = () => new S3Error('InvalidRange', 416, 'The requested range is not satisfiable', { RangeRequested: v, ActualObjectSize: String(sizeBytes) });
+  if (m[1] === '') {
+    const n = Number(m[2]);
+    if (n === 0 || sizeBytes === 0) throw unsatisfiable();
+    return { start: Math.max(0, sizeBytes - n), end: sizeBytes - 1 };
+  }
+  const start = Number(m[1]);
+  const end = m[2] === '' ? sizeBytes - 1 : Math.min(Number(m[2]), sizeBytes - 1);
+  if (m[2] !== '' && Number(m[2]) < start) return undefined;
+  if (start >= sizeBytes) throw unsatisfiable();
+  return { start, end };
+}
+
+async function readSmallBody(ctx: Ctx): Promise<Buffer> {
+  const pieces: Buffer[] = [];
+  let total = 0;
+  for await (const p of verifiedBody(ctx.raw, ctx.payload, ctx.raw.headers)) {
+    total += p.length;
+    if (total > MAX_XML_BODY_BYTES) throw new S3Error('MaxMessageLengthExceeded', 400, 'Your request was too big.');
+    pieces.push(p);
+  }
+  const body = Buffer.concat(pieces);
+  const md5 = contentMd5(ctx.raw);
+  if (md5) {
+    const { createHash } = await import('node:crypto');
+    if (!createHash('md5').update(body).digest().equals(md5)) throw new S3Error('BadDigest', 400, 'The Content-MD5 you specified did not match what we received.');
+  }
+  return body;
+}
+
+function parseBodyXml(body: Buffer, rootName: string) {
+  try {
+    const root = parseXml(body.toString('utf8'));
+    if (root.name !== rootName) throw new XmlSyntaxError(`expected <${rootName}>`);
+    return root;
+  } catch (err) {
+    if (err instanceof XmlSyntaxError) throw new S3Error('MalformedXML', 400, 'The XML you provided was not well-formed or did not validate against our published schema.');
+    throw err;
+  }
+}
+
+export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
+  const { store } = opts;
+  const secrets = new Map(opts.keys.map((k) => [k.accessKeyId, k.secretAccessKey]));
+  const ownerId = opts.keys[0]!.accessKeyId;
+  const ownerXml = `<Owner>${tag('ID', ownerId)}${tag('DisplayName', 'couchestor')}</Owner>`;
+
+  const app = Fastify({
+    logger: false,
+    exposeHeadRoutes: false,
+    requestTimeout: REQUEST_TIMEOUT_MS,
+    return503OnClosing: true,
+    // Header overflow and other parse errors never reach a route: answer in S3's words.
+    clientErrorHandler: (err: Error & { code?: string }, socket: Socket) => {
+      if (!socket.writable) return socket.destroy();
+      const tooLarge = err.code === 'HPE_HEADER_OVERFLOW';
+      const s3err = tooLarge
+        ? new S3Error('RequestHeaderSectionTooLarge', 400, 'Your request header section exceeds the maximum allowed size.')
+        : new S3Error('BadRequest', 400, 'The request could not be parsed.');
+      const body = errorXml(s3err, '', randomBytes(8).toString('hex'));
+      socket.end(`HTTP/1.1 400 Bad Request\r\nContent-Type: application/xml\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
+    },
+    frameworkErrors: (err, req, reply) => {
+      sendXml(reply, 400, errorXml(new S3Error('InvalidURI', 400, `Couldn't parse the specified URI. (${err.message})`), req.url, randomBytes(8).toString('hex')));
+    },
+  });
+  app.removeAllContentTypeParsers();
+  // Bodies are streamed by the handlers themselves (objects can be 5 GiB).
+  app.addContentTypeParser('*', (_req, _payload, done) => done(null, undefined));
+
+  app.setErrorHandler((err, req, reply) => {
+    const ctx = (req as FastifyRequest & { s3ctx?: { bucket?: string; key?: string } }).s3ctx ?? {};
+    const s3err = toS3Error(err, ctx);
+    if (s3err.status >= 500) log.error('s3: request failed', { method: req.method, url: req.url, err: (err as Error).message, stack: (err as Error).stack });
+    // A body we did not read: close rather than drain gigabytes for keep-alive.
+    if (!req.raw.complete) reply.header('connection', 'close');
+    if (s3err.status === 304 || req.method === 'HEAD') return reply.code(s3err.status).send();
+    const resource = splitTarget(req.url).rawPath;
+    return sendXml(reply, s3err.status, errorXml(s3err, resource, reply.getHeader('x-amz-request-id') as string));
+  });
+
+  const handler = async (req: FastifyRequest, reply: FastifyReply) => {
+    reply.header('x-amz-request-id', randomBytes(8).toString('hex').toUpperCase());
+    reply.header('server', 'CoucheStor');
+    const raw = req.raw;
+    const { rawPath, rawQuery } = splitTarget(raw.url ?? '/');
+    // Path-style: /bucket/key... The key is everything after the bucket's
+    // slash, decoded once; it is an opaque string and never a file path.
+    const slash = rawPath.indexOf('/', 1);
+    const bucket = rawPath.length > 1 ? uriDecode(slash < 0 ? rawPath.slice(1) : rawPath.slice(1, slash)) : undefined;
+    const key = slash >= 0 && slash < rawPath.length - 1 ? uriDecode(rawPath.slice(slash + 1)) : undefined;
+    (req as FastifyRequest & { s3ctx?: object }).s3ctx = { bucket, key };
+    const auth = verifyRequest({ method: raw.method ?? 'GET', url: raw.url ?? '/', headers: raw.headers }, (id) => secrets.get(id), Date.now());
+    const ctx: Ctx = { req, reply, raw, bucket, key, query: new Map(parseQuery(rawQuery)), payload: auth.payload, accessKeyId: auth.accessKeyId };
+    const method = raw.method;
+    if (bucket === undefined) {
+      if (method === 'GET') return listBuckets(ctx);
+      throw new S3Error('MethodNotAllowed', 405, 'The specified method is not allowed against this resource.');
+    }
+    validateBucketName(bucket);
+    for (const sub of UNSUPPORTED_SUBRESOURCES) {
+      if (ctx.query.has(sub)) throw new S3Error('NotImplemented', 501, `The ${sub} subresource is not implemented.`);
+    }
+    if (key === undefined) {
+      switch (method) {
+        case 'PUT':
+          return createBucket(ctx, bucket);
+        case 'DELETE':
+          await store.deleteBucket(bucket);
+          return reply.code(204).send();
+        case 'HEAD':
+          store.getBucket(bucket);
+          return reply.code(200).header('x-amz-bucket-region', 'us-east-1').send();
+        case 'GET':
+          if (ctx.query.has('location')) {
+            store.getBucket(bucket);
+            return sendXml(reply, 200, `${XML_HEADER}<LocationConstraint xmlns="${S3_NS}"></LocationConstraint>`);
+          }
+          if (ctx.query.has('versioning')) {
+            store.getBucket(bucket);
+            return sendXml(reply, 200, `${XML_HEADER}<VersioningConfiguration xmlns="${S3_NS}"></VersioningConfiguration>`);
+          }
+          if (ctx.query.has('uploads')) return listUploads(ctx, bucket);
+          return listObjects(ctx, bucket);
+        case 'POST':
+          if (ctx.query.has('delete')) return deleteObjects(ctx, bucket);
+          break;
+      }
+      throw new S3Error('MethodNotAllowed', 405, 'The specified method is not allowed against this resource.');
+    }
+    checkKey(key);
+    const uploadId = ctx.query.get('uploadId');
+    switch (method) {
+      case 'GET':
+        if (uploadId !== undefined) return listParts(ctx, bucket, key, uploadId);
+        return getObject(ctx, bucket, key, false);
+      case 'HEAD':
+        return getObject(ctx, bucket, key, true);
+      case 'PUT':
+        if (uploadId !== undefined) return uploadPart(ctx, bucket, key, uploadId);
+        if (header(raw, 'x-amz-copy-source') !== undefined) return copyObject(ctx, bucket, key);
+        return putObject(ctx, bucket, key);
+      case 'DELETE':
+        if (uploadId !== undefined) {
+          await store.abortUpload(bucket, key, uploadId);
+          return reply.code(204).send();
+        }
+        await store.deleteObject(bucket, key);
+        return reply.code(204).send();
+      case 'POST':
+        if (ctx.query.has('uploads')) return createUpload(ctx, bucket, key);
+        if (uploadId !== undefined) return completeUpload(ctx, bucket, key, uploadId);
+        break;
+    }
+    throw new S3Error('MethodNotAllowed', 405, 'The specified method is not allowed against this resource.');
+  };
+  app.route({ method: ['GET', 'HEAD', 'PUT', 'POST', 'DELETE'], url: '/', handler });
+  app.route({ method: ['GET', 'HEAD', 'PUT', 'POST', 'DELETE'], url: '/*', handler });
+
+  // ---- buckets ------------------------------------------------------------
+
+  function listBuckets(ctx: Ctx) {
+    const items = store
+      .listBuckets()
+      .map((b) => `<Bucket>${tag('Name', b.name)}${tag('CreationDate', iso(b.createdMs))}</Bucket>`)
+      .join('');
+    return sendXml(ctx.reply, 200, `${XML_HEADER}<ListAllMyBucketsResult xmlns="${S3_NS}">${ownerXml}<Buckets>${items}</Buckets></ListAllMyBucketsResult>`);
+  }
+
+  async function createBucket(ctx: Ctx, bucket: string) {
+    const body = await readSmallBody(ctx);
+    if (body.length > 0) parseBodyXml(body, 'CreateBucketConfiguration');
+    const tierHeader = header(ctx.raw, 'x-couchestor-tier') ?? 'hot';
+    if (tierHeader !== 'hot' && tierHeader !== 'cold') throw new S3Error('InvalidArgument', 400, 'x-couchestor-tier must be hot or cold', { ArgumentName: 'x-couchestor-tier', ArgumentValue: tierHeader });
+    await store.createBucket(bucket, tierHeader as BucketTier);
+    return ctx.reply.code(200).header('location', `/${bucket}`).send();
+  }
+
+  // ---- listing ------------------------------------------------------------
+
+  function listObjects(ctx: Ctx, bucket: string) {
+    const q = ctx.query;
+    const v2 = q.get('list-type') === '2';
+    if (q.has('list-type') && !v2) throw new S3Error('InvalidArgument', 400, 'list-type must be 2', { ArgumentName: 'list-type' });
+    const encodingType = q.get('encoding-type');
+    if (encodingType !== undefined && encodingType !== 'url') throw new S3Error('InvalidArgument', 400, 'Invalid Encoding Method specified in Request', { ArgumentName: 'encoding-type' });
+    const enc = (s: string) => (encodingType === 'url' ? awsUriEncode(s, true) : s);
+    const prefix = q.get('prefix') ?? '';
+    const delimiter = q.get('delimiter') ?? '';
+    const maxKeys = parseIntParam(q.get('max-keys'), 'max-keys', MAX_LIST_KEYS, MAX_LIST_KEYS);
+    let after: string;
+    const token = q.get('continuation-token');
+    if (v2) {
+      if (token !== undefined) {
+        after = Buffer.from(token, 'base64url').toString('utf8');
+        if (token === '' || Buffer.from(after, 'utf8').toString('base64url') !== token) throw new S3Error('InvalidArgument', 400, 'The continuation token provided is incorrect', { ArgumentName: 'continuation-token' });
+      } else {
+        after = q.get('start-after') ?? '';
+      }
+    } else {
+      after = q.get('marker') ?? '';
+    }
+    const page = store.list(bucket, { prefix, delimiter, after, maxKeys });
+    const fetchOwner = !v2 || q.get('fetch-owner') === 'true';
+    const contents = page.objects
+      .map((o) => `<Contents>${tag('Key', enc(o.key))}${tag('LastModified', iso(o.lastModifiedMs))}${tag('ETag', etagHeader(o.etag))}${tag('Size', o.sizeBytes)}${fetchOwner ? ownerXml : ''}${tag('StorageClass', 'STANDARD')}</Contents>`)
+      .join('');
+    const prefixes = page.commonPrefixes.map((p) => `<CommonPrefixes>${tag('Prefix', enc(p))}</CommonPrefixes>`).join('');
+    let head = `${tag('Name', bucket)}${tag('Prefix', enc(prefix))}`;
+    if (v2) {
+      head += `${tag('KeyCount', page.objects.length + page.commonPrefixes.length)}${tag('MaxKeys', maxKeys)}`;
+      if (delimiter) head += tag('Delimiter', enc(delimiter));
+      head += tag('IsTruncated', page.isTruncated);
+      if (token !== undefined) head += tag('ContinuationToken', token);
+      if (page.isTruncated && page.lastItem !== undefined) head += tag('NextContinuationToken', Buffer.from(page.lastItem, 'utf8').toString('base64url'));
+      if (q.has('start-after')) head += tag('StartAfter', enc(q.get('start-after')!));
+    } else {
+      head += `${tag('Marker', enc(after))}${tag('MaxKeys', maxKeys)}`;
+      if (delimiter) head += tag('Delimiter', enc(delimiter));
+      head += tag('IsTruncated', page.isTruncated);
+      if (page.isTruncated && page.lastItem !== undefined) head += tag('NextMarker', enc(page.lastItem));
+    }
+    if (encodingType) head += tag('EncodingType', encodingType);
+    return sendXml(ctx.reply, 200, `${XML_HEADER}<ListBucketResult xmlns="${S3_NS}">${head}${contents}${prefixes}</ListBucketResult>`);
+  }
+
+  // ---- objects ------------------------------------------------------------
+
+  async function getObject(ctx: Ctx, bucket: string, key: string, headOnly: boolean) {
+    const { reply, raw, query } = ctx;
+    if (query.has('partNumber')) throw new S3Error('NotImplemented', 501, 'GetObject by partNumber is not implemented.');
+    const handle = store.openObject(bucket, key);
+    let handedOff = false;
+    try {
+      const rec = handle.rec;
+      checkPreconditions((h) => header(raw, h), rec, 304);
+      setObjectHeaders(reply, rec, query);
+      const range = parseRange(header(raw, 'range'), rec.sizeBytes);
+      let start = 0;
+      let length = rec.sizeBytes;
+      if (range) {
+        start = range.start;
+        length = range.end - range.start + 1;
+        reply.code(206).header('content-range', `bytes ${range.start}-${range.end}/${rec.sizeBytes}`);
+      } else {
+        reply.code(200);
+      }
+      reply.header('content-length', String(length));
+      if (headOnly || length === 0) return reply.send();
+      const stream = handle.read(start, length);
+      handedOff = true;
+      // Once headers are out, a read failure can only cut the connection short
+      // (the client sees fewer bytes than Content-Length), never wrong bytes.
+      stream.on('error', (err) => log.error('s3: object read failed mid-response', { bucket, key, err: err.message }));
+      return reply.send(stream);
+    } finally {
+      if (!handedOff) handle.release();
+    }
+  }
+
+  async function putObject(ctx: Ctx, bucket: string, key: string) {
+    const { contentHeaders, userMeta } = objectHeadersFrom(ctx.raw);
+    const expectedMd5 = contentMd5(ctx.raw);
+    store.getBucket(bucket);
+    const rec = await store.putObject(bucket, key, verifiedBody(ctx.raw, ctx.payload, ctx.raw.headers), {
+      contentHeaders,
+      userMeta,
+      expectedBytes: expectedLength(ctx.raw, ctx.payload),
+      expectedMd5,
+    });
+    return ctx.reply.code(200).header('etag', etagHeader(rec.etag)).send();
+  }
+
+  /** x-amz-copy-source: [/]bucket/key[?versionId=...], URL-encoded. */
+  function copySource(ctx: Ctx): { bucket: string; key: string } {
+    let src = header(ctx.raw, 'x-amz-copy-source')!;
+    const q = src.indexOf('?');
+    if (q >= 0) src = src.slice(0, q);
+    src = uriDecode(src).replace(/^\//, '');
+    const slash = src.indexOf('/');
+    if (slash <= 0 || slash === src.length - 1) throw new S3Error('InvalidArgument', 400, 'Copy Source must mention the source bucket and key: sourcebucket/sourcekey', { ArgumentName: 'x-amz-copy-source' });
+    return { bucket: src.slice(0, slash), key: src.slice(slash + 1) };
+  }
+
+  function copySourcePreconditions(ctx: Ctx, rec: ObjectRecord): void {
+    checkPreconditions((h) => header(ctx.raw, `x-amz-copy-source-${h}`), rec, 412);
+  }
+
+  async function copyObject(ctx: Ctx, bucket: string, key: string) {
+    const src = copySource(ctx);
+    const directive = header(ctx.raw, 'x-amz-metadata-directive') ?? 'COPY';
+    if (directive !== 'COPY' && directive !== 'REPLACE') throw new S3Error('InvalidArgument', 400, 'Unknown metadata directive.', { ArgumentName: 'x-amz-metadata-directive' });
+    store.getBucket(bucket);
+    const handle = store.openObject(src.bucket, src.key);
+    let handedOff = false;
+    try {
+      const srcRec = handle.rec;
+      copySourcePreconditions(ctx, srcRec);
+      if (src.bucket === bucket && src.key === key && directive === 'COPY') {
+        throw new S3Error('InvalidRequest', 400, "This copy request is illegal because it is trying to copy an object to itself without changing the object's metadata, storage class, website redirect location or encryption attributes.");
+      }
+      const meta = directive === 'REPLACE' ? objectHeadersFrom(ctx.raw) : { contentHeaders: srcRec.contentHeaders, userMeta: srcRec.userMeta };
+      const body = handle.read(0, srcRec.sizeBytes);
+      handedOff = true;
+      const rec = await store.putObject(bucket, key, body, { ...meta, expectedBytes: srcRec.sizeBytes });
+      return sendXml(ctx.reply, 200, `${XML_HEADER}<CopyObjectResult xmlns="${S3_NS}">${tag('LastModified', iso(rec.lastModifiedMs))}${tag('ETag', etagHeader(rec.etag))}</CopyObjectResult>`);
+    } finally {
+      if (!handedOff) handle.release();
+    }
+  }
+
+  async function deleteObjects(ctx: Ctx, bucket: string) {
+    store.getBucket(bucket);
+    const root = parseBodyXml(await readSmallBody(ctx), 'Delete');
+    const quiet = child(root, 'Quiet')?.text.trim() === 'true';
+    const objects = children(root, 'Object');
+    if (objects.length === 0 || objects.length > MAX_DELETE_OBJECTS) throw new S3Error('MalformedXML', 400, `Delete must list 1 to ${MAX_DELETE_OBJECTS} objects.`);
+    let out = '';
+    for (const o of objects) {
+      const k = child(o, 'Key')?.text;
+      if (k === undefined) throw new S3Error('MalformedXML', 400, 'Each Object needs a Key.');
+      try {
+        checkKey(k);
+        await store.deleteObject(bucket, k);
+        if (!quiet) out += `<Deleted>${tag('Key', k)}</Deleted>`;
+      } catch (err) {
+        const e = toS3Error(err, { bucket, key: k });
+        out += `<Error>${tag('Key', k)}${tag('Code', e.code)}${tag('Message', e.message)}</Error>`;
+      }
+    }
+    return sendXml(ctx.reply, 200, `${XML_HEADER}<DeleteResult xmlns="${S3_NS}">${out}</DeleteResult>`);
+  }
+
+  // ---- multipart ----------------------------------------------------------
+
+  async function createUpload(ctx: Ctx, bucket: string, key: string) {
+    const { contentHeaders, userMeta } = objectHeadersFrom(ctx.raw);
+    const up = await store.createUpload(bucket, key, contentHeaders, userMeta);
+    return sendXml(ctx.reply, 200, `${XML_HEADER}<InitiateMultipartUploadResult xmlns="${S3_NS}">${tag('Bucket', bucket)}${tag('Key', key)}${tag('UploadId', up.uploadId)}</InitiateMultipartUploadResult>`);
+  }
+
+  function partNumberOf(ctx: Ctx): number {
+    const v = ctx.query.get('partNumber');
+    if (v === undefined || !/^\d{1,5}$/.test(v) || Number(v) < 1 || Number(v) > MAX_PART_NUMBER) {
+      throw new S3Error('InvalidArgument', 400, `Part number must be an integer between 1 and ${MAX_PART_NUMBER}, inclusive`, { ArgumentName: 'partNumber', ArgumentValue: v ?? '' });
+    }
+    return Number(v);
+  }
+
+  async function uploadPart(ctx: Ctx, bucket: string, key: string, uploadId: string) {
+    const partNumber = partNumberOf(ctx);
+    if (header(ctx.raw, 'x-amz-copy-source') !== undefined) return uploadPartCopy(ctx, bucket, key, uploadId, partNumber);
+    const part = await store.uploadPart(bucket, key, uploadId, partNumber, verifiedBody(ctx.raw, ctx.payload, ctx.raw.headers), {
+      expectedBytes: expectedLength(ctx.raw, ctx.payload),
+      expectedMd5: contentMd5(ctx.raw),
+    });
+    return ctx.reply.code(200).header('etag', etagHeader(part.etag)).send();
+  }
+
+  async function uploadPartCopy(ctx: Ctx, bucket: string, key: string, uploadId: string, partNumber: number) {
+    const src = copySource(ctx);
+    store.getUpload(bucket, key, uploadId);
+    const handle = store.openObject(src.bucket, src.key);
+    let handedOff = false;
+    try {
+      const srcRec = handle.rec;
+      copySourcePreconditions(ctx, srcRec);
+      let start = 0;
+      let length = srcRec.sizeBytes;
+      const r = header(ctx.raw, 'x-amz-copy-source-range');
+      if (r !== undefined) {
+        const m = /^bytes=(\d+)-(\d+)$/.exec(r.trim());
+        if (!m || Number(m[2]) < Number(m[1]) || Number(m[2]) >= srcRec.sizeBytes) throw new S3Error('InvalidArgument', 400, 'The x-amz-copy-source-range value must be of the form bytes=first-last where first and last are the zero-based offsets of the first and last bytes to copy', { ArgumentName: 'x-amz-copy-source-range' });
+        start = Number(m[1]);
+        length = Number(m[2]) - start + 1;
+      }
+      const body = handle.read(start, length);
+      handedOff = true;
+      const part = await store.uploadPart(bucket, key, uploadId, partNumber, body, { expectedBytes: length });
+      return sendXml(ctx.reply, 200, `${XML_HEADER}<CopyPartResult xmlns="${S3_NS}">${tag('LastModified', iso(part.lastModifiedMs))}${tag('ETag', etagHeader(part.etag))}</CopyPartResult>`);
+    } finally {
+      if (!handedOff) handle.release();
+    }
+  }
+
+  async function completeUpload(ctx: Ctx, bucket: string, key: string, uploadId: string) {
+    store.getUpload(bucket, key, uploadId);
+    const root = parseBodyXml(await readSmallBody(ctx), 'CompleteMultipartUpload');
+    const list = children(root, 'Part').map((p) => {
+      const n = child(p, 'PartNumber')?.text.trim();
+      const etag = child(p, 'ETag')?.text.trim();
+      if (!n || !/^\d{1,5}$/.test(n) || etag === undefined) throw new S3Error('MalformedXML', 400, 'Each Part needs a PartNumber and an ETag.');
+      return { partNumber: Number(n), etag };
+    });
+    if (list.length === 0) throw new S3Error('MalformedXML', 400, 'The XML you provided was not well-formed or did not validate against our published schema.');
+    const rec = await store.completeUpload(bucket, key, uploadId, list);
+    const location = `http://${header(ctx.raw, 'host') ?? 'localhost'}/${bucket}/${awsUriEncode(key, true)}`;
+    return sendXml(ctx.reply, 200, `${XML_HEADER}<CompleteMultipartUploadResult xmlns="${S3_NS}">${tag('Location', location)}${tag('Bucket', bucket)}${tag('Key', key)}${tag('ETag', etagHeader(rec.etag))}</CompleteMultipartUploadResult>`);
+  }
+
+  function listParts(ctx: Ctx, bucket: string, key: string, uploadId: string) {
+    const marker = parseIntParam(ctx.query.get('part-number-marker'), 'part-number-marker', 0, MAX_PART_NUMBER);
+    const maxParts = parseIntParam(ctx.query.get('max-parts'), 'max-parts', 1000, 1000);
+    const { parts, isTruncated } = store.listParts(bucket, key, uploadId, marker, maxParts);
+    const items = parts.map((p) => `<Part>${tag('PartNumber', p.partNumber)}${tag('LastModified', iso(p.lastModifiedMs))}${tag('ETag', etagHeader(p.etag))}${tag('Size', p.sizeBytes)}</Part>`).join('');
+    const next = parts.length > 0 ? parts[parts.length - 1]!.partNumber : marker;
+    return sendXml(
+      ctx.reply,
+      200,
+      `${XML_HEADER}<ListPartsResult xmlns="${S3_NS}">${tag('Bucket', bucket)}${tag('Key', key)}${tag('UploadId', uploadId)}<Initiator>${tag('ID', ownerId)}${tag('DisplayName', 'couchestor')}</Initiator>${ownerXml}${tag('StorageClass', 'STANDARD')}${tag('PartNumberMarker', marker)}${tag('NextPartNumberMarker', next)}${tag('MaxParts', maxParts)}${tag('IsTruncated', isTruncated)}${items}</ListPartsResult>`,
+    );
+  }
+
+  function listUploads(ctx: Ctx, bucket: string) {
+    const q = ctx.query;
+    const prefix = q.get('prefix') ?? '';
+    const keyMarker = q.get('key-marker') ?? '';
+    const uploadIdMarker = q.get('upload-id-marker') ?? '';
+    const maxUploads = parseIntParam(q.get('max-uploads'), 'max-uploads', 1000, 1000);
+    const { uploads, isTruncated } = store.listUploads(bucket, { prefix, keyMarker, uploadIdMarker, maxUploads });
+    const items = uploads
+      .map((u) => `<Upload>${tag('Key', u.key)}${tag('UploadId', u.uploadId)}<Initiator>${tag('ID', ownerId)}${tag('DisplayName', 'couchestor')}</Initiator>${ownerXml}${tag('StorageClass', 'STANDARD')}${tag('Initiated', iso(u.initiatedMs))}</Upload>`)
+      .join('');
+    const last = uploads[uploads.length - 1];
+    return sendXml(
+      ctx.reply,
+      200,
+      `${XML_HEADER}<ListMultipartUploadsResult xmlns="${S3_NS}">${tag('Bucket', bucket)}${tag('KeyMarker', keyMarker)}${tag('UploadIdMarker', uploadIdMarker)}${tag('NextKeyMarker', isTruncated && last ? last.key : undefined)}${tag('NextUploadIdMarker', isTruncated && last ? last.uploadId : undefined)}${tag('Prefix', prefix)}${tag('MaxUploads', maxUploads)}${tag('IsTruncated', isTruncated)}${items}</ListMultipartUploadsResult>`,
+    );
+  }
+
+  return app;
+}
