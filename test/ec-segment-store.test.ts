@@ -122,9 +122,9 @@ test("segments roll at the size bound and scan walks all of them in order after 
       }
     });
     assert.deepEqual(store.segments(), [
-      { segment: 1, sizeBytes: 12480, head: false },
-      { segment: 2, sizeBytes: 12480, head: false },
-      { segment: 3, sizeBytes: 4160, head: true },
+      { segment: 1, sizeBytes: 12480, freedBytes: 0, head: false },
+      { segment: 2, sizeBytes: 12480, freedBytes: 0, head: false },
+      { segment: 3, sizeBytes: 4160, freedBytes: 0, head: true },
     ]);
     await store.close();
   });
@@ -212,8 +212,15 @@ test("compaction copies live records to the head; the old segment is removed onl
     const recs = Array.from({ length: 5 }, (_, i) => record(i));
     const locations = await store.append(recs.map((r) => r.bytes)); // 4 in segment 1, 1 in segment 2
     const live: SegmentLocation[] = [locations[1]!, locations[3]!];
+    store.markFree(locations[0]!);
+    store.markFree(locations[2]!);
+    assert.deepEqual(store.segments(), [
+      { segment: 1, sizeBytes: 4 * 4160, freedBytes: 2 * 4160, head: false },
+      { segment: 2, sizeBytes: 4160, freedBytes: 0, head: true },
+    ]);
     await assert.rejects(store.compactSegment(2, []), SegmentStoreMisuse); // the head
-    const relocations = await store.compactSegment(1, live);
+    const { relocations, corrupt } = await store.compactSegment(1, live);
+    assert.deepEqual(corrupt, []);
     assert.deepEqual(relocations.map((r) => r.from), live);
     assert.deepEqual(relocations.map((r) => `${r.to.segment}@${r.to.offsetBytes}`), ["2@4160", "2@8320"]);
     // Until removeSegment, both copies are readable (the index flips in between).
@@ -228,7 +235,26 @@ test("compaction copies live records to the head; the old segment is removed onl
   });
 });
 
-test("compaction refuses to copy a live record that fails its CRC", async () => {
+test("compaction by predicate asks about every valid record and copies only the live ones", async () => {
+  await withPool(async (dir) => {
+    const store = await SegmentStore.open(dir, { segmentSizeBytes: 4 * 4160 });
+    const recs = Array.from({ length: 5 }, (_, i) => record(i));
+    const locations = await store.append(recs.map((r) => r.bytes));
+    const asked: number[] = [];
+    const { relocations, corrupt } = await store.compactSegment(1, async (location, header) => {
+      asked.push(header.chunkIndex);
+      assert.equal(location.segment, 1);
+      return header.chunkIndex % 2 === 0; // the index still references even chunks
+    });
+    assert.deepEqual(asked, [0, 1, 2, 3]);
+    assert.deepEqual(corrupt, []);
+    assert.deepEqual(relocations.map((r) => r.from), [locations[0], locations[2]]);
+    assert.ok((await store.read(relocations[1]!.to)).shard.equals(recs[2]!.shard));
+    await store.close();
+  });
+});
+
+test("compaction never copies a record that fails its CRC; it reports it for rebuilding", async () => {
   await withPool(async (dir) => {
     let store = await SegmentStore.open(dir, { segmentSizeBytes: 2 * 4160 });
     const locations = await store.append([record(0).bytes, record(1).bytes, record(2).bytes]);
@@ -238,7 +264,12 @@ test("compaction refuses to copy a live record that fails its CRC", async () => 
     bytes[SHARD_HEADER_BYTES + 5]! ^= 0x10;
     await writeFile(path, bytes);
     store = await SegmentStore.open(dir, { segmentSizeBytes: 2 * 4160 });
-    await assert.rejects(store.compactSegment(1, [locations[0]!]), CorruptShard);
+    const byList = await store.compactSegment(1, [locations[0]!, locations[1]!]);
+    assert.deepEqual(byList.corrupt, [locations[0]]);
+    assert.deepEqual(byList.relocations.map((r) => r.from), [locations[1]]);
+    const byPredicate = await store.compactSegment(1, () => true);
+    assert.deepEqual(byPredicate.corrupt, [locations[0]]);
+    assert.deepEqual(byPredicate.relocations.map((r) => r.from), [locations[1]]);
     await store.close();
   });
 });

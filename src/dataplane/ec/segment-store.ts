@@ -8,6 +8,8 @@
 // take it past segmentSizeBytes. A segment whose tail is not a clean chain of
 // records after a crash is never appended to again (nor truncated: the bad
 // tail could hide bit-rot before durable records): open() starts a new head.
+// One SegmentStore per directory at a time (not locked here: the caller owns
+// its pools); two would interleave records.
 import { open as fsOpen, readdir, stat, unlink, type FileHandle } from "node:fs/promises";
 import { join } from "node:path";
 import { PoolOffline as StoragePoolOffline, StorageError } from "../errors.js";
@@ -42,8 +44,24 @@ export interface Relocation {
 export interface SegmentInfo {
   readonly segment: number;
   readonly sizeBytes: number;
+  /** Bytes passed to markFree() since open() (not persisted: re-mark after a restart, or compact by predicate). */
+  readonly freedBytes: number;
   /** The head segment receives appends and cannot be compacted or removed. */
   readonly head: boolean;
+}
+
+/** Decides during compaction whether a record is still referenced (e.g. the index's stripe for header.ownerId/chunkIndex points here). */
+export type LivenessCheck = (location: SegmentLocation, header: ShardHeader) => boolean | Promise<boolean>;
+
+export interface CompactionResult {
+  /** Live records now also at `to`; flip the index, then removeSegment(). */
+  readonly relocations: Relocation[];
+  /**
+   * Records that fail verification and so were not copied (for a predicate,
+   * every corrupt record, whose header cannot be trusted to ask). If the index
+   * points at one, rebuild that shard from its stripe before removeSegment().
+   */
+  readonly corrupt: SegmentLocation[];
 }
 
 export type ScanEntry =
@@ -162,6 +180,7 @@ async function chainEndBytes(fh: FileHandle, sizeBytes: number): Promise<number>
 
 export class SegmentStore {
   private readonly sizes: Map<number, number>;
+  private readonly freedBytes = new Map<number, number>();
   private headFh: FileHandle;
   private head: number;
   /** Bytes of the head that are durable (fdatasync returned); scan never reads past it. */
@@ -495,21 +514,39 @@ export class SegmentStore {
   segments(): SegmentInfo[] {
     return [...this.sizes.entries()]
       .sort(([a], [b]) => a - b)
-      .map(([segment, sizeBytes]) => ({ segment, sizeBytes, head: segment === this.head }));
+      .map(([segment, sizeBytes]) => ({
+        segment,
+        sizeBytes,
+        freedBytes: this.freedBytes.get(segment) ?? 0,
+        head: segment === this.head,
+      }));
   }
 
   /**
-   * Copy the given live records of a sealed segment to the head (verified on
-   * the way, durable on return) and return where each went. The caller flips
-   * its index to the new locations and only then calls removeSegment(): old
-   * bytes are freed only after the flip. A live record that fails
-   * verification throws CorruptShard (rebuild it from its stripe first).
+   * Note that the record at `location` is no longer referenced, to choose
+   * segments worth compacting (segments()[i].freedBytes). Its bytes stay
+   * readable until its segment is compacted and removed.
    */
-  async compactSegment(segment: number, live: SegmentLocation[]): Promise<Relocation[]> {
+  markFree(location: SegmentLocation): void {
+    const sizeBytes = this.sizes.get(location.segment);
+    if (sizeBytes === undefined) return; // segment already removed
+    const freed = (this.freedBytes.get(location.segment) ?? 0) + location.lengthBytes;
+    this.freedBytes.set(location.segment, Math.min(freed, sizeBytes));
+  }
+
+  /**
+   * Copy the live records of a sealed segment to the head (verified on the
+   * way, durable on return) and say where each went. `live` is either the
+   * list of live locations in that segment or a LivenessCheck asked for every
+   * valid record. The caller flips its index to the new locations and only
+   * then calls removeSegment(): old bytes are freed only after the flip.
+   */
+  async compactSegment(segment: number, live: SegmentLocation[] | LivenessCheck): Promise<CompactionResult> {
     this.assertUsable();
     if (segment === this.head) throw new SegmentStoreMisuse(`segment ${segment} is the head; it cannot be compacted`);
     if (!this.sizes.has(segment)) throw new ShardNotFound(`segment ${segment} does not exist in ${this.poolDir}`);
     const relocations: Relocation[] = [];
+    const corrupt: SegmentLocation[] = [];
     // Batches bounded by maxPendingBytes so compaction holds little memory.
     let batch: { from: SegmentLocation; record: Buffer }[] = [];
     let batchBytes = 0;
@@ -520,10 +557,7 @@ export class SegmentStore {
       batch = [];
       batchBytes = 0;
     };
-    for (const from of live) {
-      if (from.segment !== segment) {
-        throw new SegmentStoreMisuse(`live location ${JSON.stringify(from)} is not in segment ${segment}`);
-      }
+    const copy = async (from: SegmentLocation) => {
       const fh = await this.openSegmentForRead(segment);
       let record: Buffer;
       try {
@@ -531,13 +565,32 @@ export class SegmentStore {
       } finally {
         await fh.close();
       }
-      decodeShardRecord(record); // throws CorruptShard: never copy bad bytes as if good
+      try {
+        decodeShardRecord(record); // never copy bad bytes as if they were good
+      } catch (error) {
+        if (!(error instanceof CorruptShard)) throw error;
+        corrupt.push(from);
+        return;
+      }
       if (batchBytes > 0 && batchBytes + record.length > this.maxPendingBytes) await flush();
       batch.push({ from, record });
       batchBytes += record.length;
+    };
+    if (Array.isArray(live)) {
+      for (const from of live) {
+        if (from.segment !== segment) {
+          throw new SegmentStoreMisuse(`live location ${JSON.stringify(from)} is not in segment ${segment}`);
+        }
+        await copy(from);
+      }
+    } else {
+      for await (const entry of this.scanSegment(segment)) {
+        if (entry.kind === "corrupt") corrupt.push(entry.location);
+        else if (entry.kind === "record" && (await live(entry.location, entry.header))) await copy(entry.location);
+      }
     }
     await flush();
-    return relocations;
+    return { relocations, corrupt };
   }
 
   /** Delete a sealed segment (after the index no longer points into it). */
@@ -547,6 +600,7 @@ export class SegmentStore {
     if (!this.sizes.has(segment)) throw new ShardNotFound(`segment ${segment} does not exist in ${this.poolDir}`);
     await unlink(join(this.poolDir, segmentFileName(segment)));
     this.sizes.delete(segment);
+    this.freedBytes.delete(segment);
     await SegmentStore.syncDir(this.poolDir);
   }
 
