@@ -10,10 +10,13 @@ const USAGE = `usage: couchestor <command> [options]
 commands:
   serve                              run the daemon (embedded default: ./couchestor-data)
   volumes list                       list volumes
-  volumes create NAME SIZE [--tier hot|warm] [--pool POOL] [--read-only]
+  volumes create NAME SIZE [--tier hot|warm|cold] [--pool POOL] [--read-only]
   volumes resize NAME SIZE           grow a volume (shrinking is refused)
   volumes delete NAME                delete a volume and its data
   pools list                         list pools with usage
+  destage                            merge the cold tier's journal into stripes now (needs a running daemon)
+  scrub                              verify every cold stripe now and rebuild bad ones (needs a running daemon)
+  cold                               cold tier status: policy, journal, stripe states (needs a running daemon)
 
 common options:
   --data-dir DIR    data directory (default: $COUCHESTOR_DATA_DIR or ./couchestor-data)
@@ -66,6 +69,13 @@ async function main(argv: string[]): Promise<number> {
     case 'pools':
       if (sub !== 'list') throw new UsageError('pools: expected "list"');
       return print(await call(dataDir, 'GET', '/v1/pools', undefined, async (m) => [...m.pools.values()].map((p) => ({ ...p.rec, usedBytes: p.usedBytes, online: p.isOnline() }))), values.json);
+    case 'destage':
+    case 'scrub':
+    case 'cold': {
+      if (!readDaemonState(dataDir)) throw new Error('no daemon is running for this data directory');
+      const [method, url] = cmd === 'cold' ? ['GET', '/v1/cold'] : ['POST', `/v1/${cmd}`];
+      return print(await call(dataDir, method!, url!, undefined, async () => undefined), values.json);
+    }
     default:
       throw new UsageError(`unknown command ${cmd}`);
   }
@@ -122,7 +132,7 @@ async function volumes(dataDir: string, sub: string | undefined, args: string[],
       const body = {
         name,
         sizeBytes: parseSize(size),
-        ...(values.tier ? { tier: values.tier as 'hot' | 'warm' } : {}),
+        ...(values.tier ? { tier: values.tier as 'hot' | 'warm' | 'cold' } : {}),
         ...(values.pool ? { pool: values.pool as string } : {}),
         ...(values['read-only'] ? { readOnly: true } : {}),
       };

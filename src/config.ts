@@ -26,6 +26,13 @@ export interface DaemonConfig {
   metrics: { port: number };
   s3: { port: number };
   pools: PoolConfig[];
+  coldTier: {
+    /** ErasureCodingPolicy YAML (relative to the data directory). */
+    ecPolicyFile: string;
+    journalCapacityBytes: number;
+    destageIntervalMs: number;
+    destageThresholdPercent: number;
+  };
   /** Created at first start when the daemon has no volumes at all. */
   demoVolume: { name: string; sizeBytes: number } | null;
   defaultExport: string;
@@ -45,6 +52,12 @@ export function embeddedDefault(dataDir: string): DaemonConfig {
       { name: 'hot-0', tier: 'hot', path: 'pools/hot-0', capacity: 'auto' },
       ...Array.from({ length: 6 }, (_, i) => ({ name: `cold-${i}`, tier: 'cold' as Tier, path: `pools/cold-${i}`, capacity: 'auto' as const })),
     ],
+    coldTier: {
+      ecPolicyFile: 'policies/standard-ec.yaml',
+      journalCapacityBytes: 256 * 1024 * 1024,
+      destageIntervalMs: 5_000,
+      destageThresholdPercent: 50,
+    },
     demoVolume: { name: 'demo', sizeBytes: 1024 ** 3 },
     defaultExport: 'demo',
   };
@@ -59,6 +72,11 @@ export function loadConfig(dataDir: string): DaemonConfig {
     const def = embeddedDefault(abs);
     const { dataDir: _omit, ...onDisk } = def;
     fs.writeFileSync(file, '# CoucheStor daemon configuration (embedded default).\n' + YAML.stringify(onDisk));
+    const ec = path.join(abs, def.coldTier.ecPolicyFile);
+    if (!fs.existsSync(ec)) {
+      fs.mkdirSync(path.dirname(ec), { recursive: true });
+      fs.writeFileSync(ec, DEFAULT_EC_POLICY_YAML);
+    }
   }
   const raw = YAML.parse(fs.readFileSync(file, 'utf8')) ?? {};
   const def = embeddedDefault(abs);
@@ -70,6 +88,7 @@ export function loadConfig(dataDir: string): DaemonConfig {
     api: { ...def.api, ...raw.api },
     metrics: { ...def.metrics, ...raw.metrics },
     s3: { ...def.s3, ...raw.s3 },
+    coldTier: { ...def.coldTier, ...raw.coldTier },
   };
   validateConfig(cfg);
   return cfg;
@@ -89,6 +108,22 @@ export function validateConfig(cfg: DaemonConfig): void {
     if (!Number.isInteger(v) || v < 0 || v > 65535) throw new InvalidArgument(`config: ${k} must be a port number`);
   }
 }
+
+/** The default 4+2 policy written at first start (same as deploy/examples/standard-ec.yaml). */
+export const DEFAULT_EC_POLICY_YAML = `# Cold-tier erasure coding: 4 data + 2 parity shards, 1 MiB stripes.
+apiVersion: storage.billyronks.io/v1
+kind: ErasureCodingPolicy
+metadata:
+  name: standard-ec
+spec:
+  dataShards: 4
+  parityShards: 2
+  stripeSizeBytes: 1048576
+  algorithm: ReedSolomon
+  compression: none
+  scrubbingEnabled: true
+  scrubInterval: 24h
+`;
 
 export function resolvePoolPath(cfg: DaemonConfig, p: PoolConfig): string {
   return path.resolve(cfg.dataDir, p.path);

@@ -9,6 +9,7 @@ import { NbdServer } from './dataplane/nbd/server.js';
 import { S3Frontend } from './dataplane/s3/frontend.js';
 import { VolumeManager } from './dataplane/volumes/manager.js';
 import { log } from './log.js';
+import { parsePolicyYaml } from './dataplane/ec/policy.js';
 
 export const STATE_FILE = 'daemon.json';
 
@@ -41,7 +42,25 @@ export async function openManager(cfg: DaemonConfig): Promise<VolumeManager> {
       labels: { tier: p.tier, ...p.labels },
     });
   }
+  startColdTier(cfg, manager);
   return manager;
+}
+
+/** Starts the erasure-coded tier when the policy file exists and enough cold pools do. */
+function startColdTier(cfg: DaemonConfig, manager: VolumeManager): void {
+  const file = path.resolve(cfg.dataDir, cfg.coldTier.ecPolicyFile);
+  if (!fs.existsSync(file)) {
+    log.warn('cold tier disabled: no erasure-coding policy file', { file });
+    return;
+  }
+  const coldPools = cfg.pools.filter((p) => p.tier === 'cold').length;
+  const policy = parsePolicyYaml(fs.readFileSync(file, 'utf8'), coldPools);
+  manager.startColdTier(policy, {
+    intervalMs: cfg.coldTier.destageIntervalMs,
+    thresholdPercent: cfg.coldTier.destageThresholdPercent,
+    concurrency: 2,
+    journalCapacityBytes: cfg.coldTier.journalCapacityBytes,
+  });
 }
 
 export class Daemon {
@@ -72,7 +91,7 @@ export class Daemon {
     await api.listen({ port: cfg.api.port, host: cfg.listenHost });
     const apiAddr = api.server.address();
     // S3 front end (issue #6): hot buckets on the hot pools, cold buckets through the stripe store.
-    const s3 = await S3Frontend.start({ manager, dataDir: cfg.dataDir, host: cfg.listenHost, port: cfg.s3.port });
+    const s3 = await S3Frontend.start({ manager, dataDir: cfg.dataDir, host: cfg.listenHost, port: cfg.s3.port, stripes: manager.cold?.stripes });
     const state: DaemonState = {
       pid: process.pid,
       nbd: { host: tcp.address, port: tcp.port, socketPath },

@@ -20,7 +20,7 @@ const volumeBody = {
   properties: {
     name: { type: 'string', minLength: 1, maxLength: 128 },
     sizeBytes: { type: 'integer', minimum: 1 },
-    tier: { type: 'string', enum: ['hot', 'warm'] },
+    tier: { type: 'string', enum: ['hot', 'warm', 'cold'] },
     pool: { type: 'string' },
     readOnly: { type: 'boolean' },
   },
@@ -32,6 +32,10 @@ export function buildApi(manager: VolumeManager, app: FastifyInstance = Fastify(
     const status = e.validation ? 400 : (e.statusCode ?? httpStatusFor(err));
     reply.code(status).send({ error: e.name, message: e.message });
   });
+  const requireCold = () => {
+    if (!manager.cold) throw new NotFound('the cold tier is not running');
+    return manager.cold;
+  };
   app.get('/v1/pools', async () =>
     [...manager.pools.values()].map((p) => ({ ...p.rec, usedBytes: p.usedBytes, online: p.isOnline() })),
   );
@@ -41,7 +45,7 @@ export function buildApi(manager: VolumeManager, app: FastifyInstance = Fastify(
     if (!rec) throw new NotFound(`no volume named ${req.params.name}`);
     return rec;
   });
-  app.post<{ Body: { name: string; sizeBytes: number; tier?: 'hot' | 'warm'; pool?: string; readOnly?: boolean } }>(
+  app.post<{ Body: { name: string; sizeBytes: number; tier?: 'hot' | 'warm' | 'cold'; pool?: string; readOnly?: boolean } }>(
     '/v1/volumes',
     { schema: { body: volumeBody } },
     async (req, reply) => {
@@ -55,6 +59,29 @@ export function buildApi(manager: VolumeManager, app: FastifyInstance = Fastify(
     { schema: { body: { type: 'object', required: ['sizeBytes'], additionalProperties: false, properties: { sizeBytes: { type: 'integer', minimum: 1 } } } } },
     async (req) => manager.resizeVolume(req.params.name, req.body.sizeBytes),
   );
+  // Merges every journaled write into stripes now; returns when done.
+  app.post('/v1/destage', async () => {
+    const cold = requireCold();
+    await cold.destager.drain();
+    return { journalBytes: cold.journal.bytesLive, ...cold.stripes.counters };
+  });
+  app.get('/v1/cold', async () => {
+    const cold = requireCold();
+    return {
+      policy: cold.policy,
+      journalBytes: cold.journal.bytesLive,
+      ...cold.stripes.counters,
+      stripes: cold.reconstructor.counts(),
+      unhealthy: cold.reconstructor.unhealthy().slice(0, 100),
+      lastScrub: cold.reconstructor.lastScrub,
+    };
+  });
+  // Verifies every stripe now and rebuilds what is bad; returns when done.
+  app.post('/v1/scrub', async () => {
+    const cold = requireCold();
+    const report = await cold.reconstructor.scrub();
+    return { ...report, stripes: cold.reconstructor.counts() };
+  });
   app.delete<{ Params: { name: string } }>('/v1/volumes/:name', async (req, reply) => {
     await manager.deleteVolume(req.params.name);
     reply.code(204);

@@ -4,6 +4,7 @@
 import { open, type RootDatabase, type Database } from 'lmdb';
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
+import type { StripeRef } from '../ec/stripe-store.js';
 
 export type Tier = 'hot' | 'warm' | 'cold';
 export const TIERS: readonly Tier[] = ['hot', 'warm', 'cold'];
@@ -36,11 +37,16 @@ export const enum ChunkState {
   Allocated = 1,
   /** Trimmed/zeroed: reads as zeros, but the file region may hold stale bytes. */
   Discarded = 2,
+  /** Data lives in an erasure-coded stripe (`stripe`). */
+  Cold = 3,
 }
 
 export interface ChunkEntry {
   state: ChunkState;
   pool: string;
+  stripe?: StripeRef;
+  /** Highest journal sequence merged into this chunk's stripe (replay skips older records). */
+  destagedSeq?: number;
 }
 
 export const VOLUME_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;

@@ -1,10 +1,17 @@
 // Owns pools and volumes of one daemon: creation, placement, resize, delete,
 // and the cache of open Volume objects shared by every front-end connection.
 import fs from 'node:fs';
+import path from 'node:path';
 import { AlreadyExists, InvalidArgument, NoSuitablePool, NotFound } from '../errors.js';
 import { ChunkState, MetaStore, VOLUME_NAME_RE, type PoolRecord, type Tier, type VolumeRecord } from '../meta/store.js';
 import { Pool } from '../pools/pool.js';
-import { Volume } from './volume.js';
+import { Volume, type ColdTier } from './volume.js';
+import { Journal } from '../journal/journal.js';
+import { Destager, type DestagerOptions } from '../journal/destager.js';
+import { StripeStore } from '../ec/stripe-store.js';
+import { Reconstructor } from '../ec/reconstruction.js';
+import type { ErasureCodingPolicy } from '../ec/policy.js';
+import { log } from '../../log.js';
 
 export const DEFAULT_CHUNK_SIZE_BYTES = 1024 * 1024;
 /** 2^53 guards the `number` arithmetic; real exports stay far below. */
@@ -22,6 +29,7 @@ export interface CreateVolumeOptions {
 export class VolumeManager {
   readonly pools = new Map<string, Pool>();
   private readonly open = new Map<string, Volume>();
+  cold: (ColdTier & { destager: Destager; policy: ErasureCodingPolicy; reconstructor: Reconstructor }) | null = null;
 
   constructor(readonly meta: MetaStore) {
     for (const rec of meta.listPools()) this.pools.set(rec.name, new Pool(rec));
@@ -50,6 +58,45 @@ export class VolumeManager {
     if (existing) pool.usedBytes = existing.usedBytes;
     this.pools.set(rec.name, pool);
     return pool;
+  }
+
+  /**
+   * Starts the cold tier: stripe store over the cold pools, the journal on
+   * the first hot pool (replayed now), and the destager.
+   */
+  startColdTier(policy: ErasureCodingPolicy, opts: DestagerOptions & { journalCapacityBytes?: number }): void {
+    const hot = [...this.pools.values()].find((p) => p.rec.tier === 'hot');
+    if (!hot) throw new NoSuitablePool('the journal needs a hot pool');
+    hot.ensureDirs();
+    const stripes = new StripeStore(() => [...this.pools.values()], policy);
+    const ids = new Set(this.meta.listVolumes().map((v) => v.id));
+    const journal = Journal.open({
+      dir: path.join(hot.rec.path, 'journal'),
+      chunkSizeBytes: policy.stripeSizeBytes,
+      capacityBytes: opts.journalCapacityBytes,
+      destagedSeq: (v, c) => this.meta.chunks.get([v, c])?.destagedSeq ?? 0,
+      volumeExists: (id) => ids.has(id),
+    });
+    const destager = new Destager(journal, (id) => this.volumeById(id), opts);
+    const reconstructor = new Reconstructor(stripes, (id) => this.volumeById(id), () => this.allVolumes(), {
+      retryIntervalMs: 10_000,
+      scrubIntervalMs: policy.scrubbingEnabled ? policy.scrubIntervalMs : 0,
+      scrubStripesPerSecond: 200,
+    });
+    this.cold = { journal, stripes, destager, policy, reconstructor };
+    destager.start();
+    reconstructor.start();
+  }
+
+  /** Every volume, opened (cold stripes are only known once a volume is open). */
+  allVolumes(): Volume[] {
+    return this.meta.listVolumes().map((r) => this.openVolume(r.name));
+  }
+
+  volumeById(id: number): Volume | null {
+    for (const v of this.open.values()) if (v.rec.id === id) return v;
+    const rec = this.meta.listVolumes().find((v) => v.id === id);
+    return rec ? this.openVolume(rec.name) : null;
   }
 
   listVolumes(): VolumeRecord[] {
@@ -85,15 +132,21 @@ export class VolumeManager {
     }
     if (this.meta.volumes.get(opts.name)) throw new AlreadyExists(`volume ${opts.name} already exists`);
     const tier = opts.tier ?? 'hot';
-    if (tier === 'cold') throw new InvalidArgument('volumes are created on hot or warm pools; the control loop moves them to cold');
-    const pool = opts.pool ? this.poolByName(opts.pool) : this.choosePool(tier, opts.sizeBytes);
+    if (tier === 'cold') {
+      if (!this.cold) throw new NoSuitablePool('the cold tier is not running (no erasure-coding policy or cold pools)');
+      if (chunkSizeBytes !== this.cold.policy.stripeSizeBytes) {
+        throw new InvalidArgument(`cold volumes use the stripe size ${this.cold.policy.stripeSizeBytes} as chunk size`);
+      }
+    }
+    // Cold volumes keep their journal and (after promotion) file on a hot pool.
+    const pool = opts.pool ? this.poolByName(opts.pool) : this.choosePool(tier === 'cold' ? 'hot' : tier, opts.sizeBytes);
     pool.ensureDirs();
     const rec: VolumeRecord = {
       name: opts.name,
       id: this.meta.nextVolumeId(),
       sizeBytes: opts.sizeBytes,
       chunkSizeBytes,
-      tier: pool.rec.tier,
+      tier: tier === 'cold' ? 'cold' : pool.rec.tier,
       poolName: pool.name,
       readOnly: opts.readOnly ?? false,
       createdMs: Date.now(),
@@ -122,10 +175,12 @@ export class VolumeManager {
     pool.ensureDirs();
     const fd = fs.openSync(pool.volumeFile(rec.id), fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
     const states = new Uint8Array(Volume.chunkCount(rec.sizeBytes, rec.chunkSizeBytes));
+    const vol = new Volume(rec, pool, fd, this.meta, states, this.cold);
     for (const { chunkIndex, entry } of this.meta.volumeChunks(rec.id)) {
-      if (chunkIndex < states.length) states[chunkIndex] = entry.state;
+      if (chunkIndex >= states.length) continue;
+      states[chunkIndex] = entry.state;
+      if (entry.state === ChunkState.Cold && entry.stripe) vol.stripes.set(chunkIndex, entry.stripe);
     }
-    const vol = new Volume(rec, pool, fd, this.meta, states);
     this.open.set(name, vol);
     return vol;
   }
@@ -159,17 +214,28 @@ export class VolumeManager {
     // Index first, bytes second: a crash in between leaves an orphan file
     // (reclaimed on create), never an index entry pointing at freed bytes.
     await this.meta.deleteVolume(rec);
+    this.cold?.journal.dropVolume(rec.id);
+    if (vol) for (const ref of vol.stripes.values()) this.cold?.stripes.free(ref);
     this.pools.get(rec.poolName)?.release(allocated * rec.chunkSizeBytes);
     const pool = this.pools.get(rec.poolName);
     if (pool) fs.rmSync(pool.volumeFile(rec.id), { force: true });
   }
 
   async close(): Promise<void> {
+    if (this.cold) {
+      await this.cold.reconstructor.stop();
+      await this.cold.destager.stop();
+    }
     for (const v of this.open.values()) {
       if (!v.failed) await v.flush().catch(() => undefined);
       await v.close();
     }
     this.open.clear();
+    if (this.cold) {
+      await this.cold.journal.close();
+      await this.cold.stripes.close();
+      log.debug('cold tier closed');
+    }
     await this.meta.close();
   }
 }

@@ -4,8 +4,16 @@
 // volume share this object, so a FLUSH on one covers writes completed on all.
 import fs from 'node:fs';
 import { InvalidArgument, OutOfRange, ReadOnly, VolumeFailed } from '../errors.js';
-import { ChunkState, type MetaStore, type VolumeRecord } from '../meta/store.js';
+import { ChunkState, type ChunkEntry, type MetaStore, type VolumeRecord } from '../meta/store.js';
 import type { Pool } from '../pools/pool.js';
+import type { StripeRef, StripeStore } from '../ec/stripe-store.js';
+import { RecordType, type Journal } from '../journal/journal.js';
+
+/** What a volume needs to keep chunks on the cold tier. */
+export interface ColdTier {
+  journal: Journal;
+  stripes: StripeStore;
+}
 
 export type DoneCb = (err: Error | null) => void;
 
@@ -44,6 +52,9 @@ export class Volume {
   private syncInFlight: Promise<void> | null = null;
   private syncQueued: Promise<void> | null = null;
   private readonly chunkShift: number;
+  /** Stripe of every chunk in state Cold. */
+  readonly stripes = new Map<number, StripeRef>();
+  private readonly destaging = new Set<number>();
 
   constructor(
     public rec: VolumeRecord,
@@ -51,6 +62,7 @@ export class Volume {
     private readonly fd: number,
     private readonly meta: MetaStore,
     chunkState: Uint8Array,
+    private readonly cold: ColdTier | null,
   ) {
     this.chunkState = chunkState;
     this.chunkShift = Math.log2(rec.chunkSizeBytes);
@@ -93,6 +105,10 @@ export class Volume {
     if (bad) return cb(bad);
     this.counters.readOps++;
     this.counters.readBytes += lengthBytes;
+    if (this.stripes.size > 0 || (this.cold && this.cold.journal.hasVolume(this.rec.id))) {
+      this.readMixed(offsetBytes, lengthBytes, dst, dstOffset).then(() => cb(null), cb);
+      return;
+    }
     fs.read(this.fd, dst, dstOffset, lengthBytes, offsetBytes, (err, n) => {
       if (err) return cb(err);
       if (n < lengthBytes) dst.fill(0, dstOffset + n, dstOffset + lengthBytes);
@@ -101,9 +117,45 @@ export class Volume {
     });
   }
 
+  /** Read path when some chunks are on stripes or in the journal: chunk by chunk. */
+  private async readMixed(offsetBytes: number, lengthBytes: number, dst: Buffer, dstOffset: number): Promise<void> {
+    const cs = this.rec.chunkSizeBytes;
+    const end = offsetBytes + lengthBytes;
+    const pieces: Promise<void>[] = [];
+    for (let pos = offsetBytes; pos < end; ) {
+      const c = Math.floor(pos / cs);
+      const pieceEnd = Math.min(end, (c + 1) * cs);
+      pieces.push(this.readPiece(c, pos, pieceEnd, dst, dstOffset + pos - offsetBytes));
+      pos = pieceEnd;
+    }
+    await Promise.all(pieces);
+  }
+
+  /** Base contents (file, stripe or zeros) of [start, end) in chunk c, then journal overlays. */
+  private async readPiece(c: number, start: number, end: number, dst: Buffer, at: number): Promise<void> {
+    // Snapshot state, stripe and overlays together before any await: a
+    // destage finishing meanwhile leaves the old stripe readable.
+    const extents = this.cold?.journal.extents(this.rec.id, c)?.slice();
+    const st = this.chunkState[c];
+    const ref = this.stripes.get(c);
+    const chunkStart = c * this.rec.chunkSizeBytes;
+    if (st === ChunkState.Cold && ref) {
+      const data = await this.cold!.stripes.readStripe(ref, { volumeId: this.rec.id, chunkIndex: c });
+      const from = start - chunkStart;
+      const n = Math.max(0, Math.min(end - start, data.length - from));
+      data.copy(dst, at, from, from + n);
+      if (n < end - start) dst.fill(0, at + n, at + end - start);
+    } else if (st === ChunkState.Allocated) {
+      await readAll(this.fd, dst, at, end - start, start);
+    } else {
+      dst.fill(0, at, at + end - start);
+    }
+    if (extents) applyExtents(extents, start, end, dst, at);
+  }
+
   /** Discarded chunks may still hold stale bytes in the file: hide them. */
   private zeroDiscarded(offsetBytes: number, lengthBytes: number, dst: Buffer, dstOffset: number): void {
-    const first = offsetBytes >>> 0 === offsetBytes ? offsetBytes >>> this.chunkShift : Math.floor(offsetBytes / this.rec.chunkSizeBytes);
+    const first = Math.floor(offsetBytes / this.rec.chunkSizeBytes);
     const last = Math.floor((offsetBytes + lengthBytes - 1) / this.rec.chunkSizeBytes);
     for (let c = first; c <= last; c++) {
       if (this.chunkState[c] !== ChunkState.Discarded) continue;
@@ -119,6 +171,10 @@ export class Volume {
     if (bad) return cb(bad);
     this.counters.writeOps++;
     this.counters.writeBytes += data.length;
+    if (this.rec.tier === 'cold' && this.cold) {
+      this.journalWrite(RecordType.Write, offsetBytes, data.length, data, fua).then(() => cb(null), cb);
+      return;
+    }
     const ready = this.allocate(offsetBytes, data.length);
     if (ready === null) return this.pwrite(offsetBytes, data, fua, cb);
     ready.then(
@@ -127,9 +183,26 @@ export class Volume {
     );
   }
 
+  /** Appends one record per chunk piece (records never span chunks). */
+  private async journalWrite(type: RecordType, offsetBytes: number, lengthBytes: number, data: Buffer | null, fua: boolean): Promise<void> {
+    const journal = this.cold!.journal;
+    const cs = this.rec.chunkSizeBytes;
+    const end = offsetBytes + lengthBytes;
+    const appends: Promise<void>[] = [];
+    for (let pos = offsetBytes; pos < end; ) {
+      const pieceEnd = Math.min(end, (Math.floor(pos / cs) + 1) * cs);
+      const piece = data ? data.subarray(pos - offsetBytes, pieceEnd - offsetBytes) : null;
+      appends.push(journal.append(type, this.rec.id, pos, pieceEnd - pos, piece));
+      pos = pieceEnd;
+    }
+    await Promise.all(appends);
+    if (fua) await this.flush();
+  }
+
   private pwrite(offsetBytes: number, data: Buffer, fua: boolean, cb: DoneCb): void {
-    fs.write(this.fd, data, 0, data.length, offsetBytes, (err) => {
+    fs.write(this.fd, data, 0, data.length, offsetBytes, (err, n) => {
       if (err) return cb(err);
+      if (n !== data.length) return cb(new Error(`short write: ${n} of ${data.length} bytes`));
       if (!fua) return cb(null);
       this.flush().then(() => cb(null), cb);
     });
@@ -158,7 +231,12 @@ export class Volume {
       } catch (err) {
         return Promise.reject(err);
       }
-      if (st === ChunkState.Discarded) {
+      if (st === ChunkState.Cold) {
+        const p = this.promote(c).finally(() => this.preparing.delete(c));
+        p.catch(() => this.pool.release(cs));
+        this.preparing.set(c, p);
+        (waits ??= []).push(p);
+      } else if (st === ChunkState.Discarded) {
         // The region still holds old bytes; zero what this write won't cover
         // before the chunk becomes readable as data again.
         const chunkStart = c * cs;
@@ -194,8 +272,80 @@ export class Volume {
   private setChunk(c: number, state: ChunkState): void {
     this.chunkState[c] = state;
     this.metaDirty = true;
+    const old = this.stripes.get(c);
+    this.stripes.delete(c);
     if (state === ChunkState.Unallocated) void this.meta.chunks.remove([this.rec.id, c]);
     else void this.meta.chunks.put([this.rec.id, c], { state, pool: this.pool.name });
+    if (old) this.cold?.stripes.free(old);
+  }
+
+  /** Copies a Cold chunk (stripe + journal) into the volume file and makes it Allocated. */
+  async promote(c: number): Promise<void> {
+    const cs = this.rec.chunkSizeBytes;
+    const buf = Buffer.allocUnsafe(cs);
+    const upto = this.lastSeq(c);
+    await this.readPiece(c, c * cs, (c + 1) * cs, buf, 0);
+    await writeAll(this.fd, buf, c * cs);
+    await fdatasync(this.fd);
+    this.setChunk(c, ChunkState.Allocated);
+    await this.meta.durable();
+    if (upto > 0) this.cold?.journal.release(this.rec.id, c, upto);
+  }
+
+  private lastSeq(c: number): number {
+    const ext = this.cold?.journal.extents(this.rec.id, c);
+    return ext && ext.length ? ext[ext.length - 1]!.seq : 0;
+  }
+
+  /**
+   * Merges chunk c (file or old stripe, plus journal records) into a new
+   * stripe generation, flips the index in one transaction, then frees the
+   * journal records and the old copy. Also moves Allocated chunks of a cold
+   * volume off the hot pool. No-op when there is nothing to do.
+   */
+  async destageChunk(c: number): Promise<boolean> {
+    const cold = this.cold;
+    if (!cold || this.destaging.has(c) || this.preparing.has(c) || this.failure || this.closed) return false;
+    const st = this.chunkState[c];
+    const upto = this.lastSeq(c);
+    if (upto === 0 && st !== ChunkState.Allocated) return false;
+    this.destaging.add(c);
+    try {
+      const cs = this.rec.chunkSizeBytes;
+      const data = Buffer.allocUnsafe(cs);
+      const oldRef = this.stripes.get(c);
+      await this.readPiece(c, c * cs, (c + 1) * cs, data, 0);
+      let entry: ChunkEntry;
+      if (isZero(data)) {
+        entry = { state: ChunkState.Discarded, pool: this.pool.name, destagedSeq: upto };
+      } else {
+        const ref = await cold.stripes.writeStripe(volumeOwnerId(this.rec.id), c, (oldRef?.generation ?? 0) + 1, data);
+        entry = { state: ChunkState.Cold, pool: '', stripe: ref, destagedSeq: upto };
+      }
+      if (this.closed) return false;
+      await this.meta.chunks.put([this.rec.id, c], entry);
+      await this.meta.durable();
+      if (st === ChunkState.Allocated) this.pool.release(cs);
+      this.chunkState[c] = entry.state;
+      if (entry.stripe) this.stripes.set(c, entry.stripe);
+      else this.stripes.delete(c);
+      if (upto > 0) cold.journal.release(this.rec.id, c, upto);
+      if (oldRef) cold.stripes.free(oldRef);
+      return true;
+    } finally {
+      this.destaging.delete(c);
+    }
+  }
+
+  /** Replaces the stripe of a Cold chunk after reconstruction (same data, new shard places). */
+  async replaceStripe(c: number, expected: StripeRef, next: StripeRef): Promise<boolean> {
+    if (this.stripes.get(c) !== expected) return false; // superseded meanwhile
+    const prev = this.meta.chunks.get([this.rec.id, c]);
+    await this.meta.chunks.put([this.rec.id, c], { ...(prev ?? { state: ChunkState.Cold, pool: '' }), stripe: next });
+    await this.meta.durable();
+    if (this.stripes.get(c) !== expected) return false;
+    this.stripes.set(c, next);
+    return true;
   }
 
   /**
@@ -207,6 +357,7 @@ export class Volume {
     const bad = this.usable(true);
     if (bad) throw bad;
     this.counters.writeOps++;
+    if (this.rec.tier === 'cold' && this.cold) return this.journalWrite(RecordType.Zero, offsetBytes, lengthBytes, null, opts.fua);
     const cs = this.rec.chunkSizeBytes;
     const end = offsetBytes + lengthBytes;
     const work: [number, number][] = [];
@@ -215,7 +366,7 @@ export class Volume {
       const pieceEnd = Math.min(end, (c + 1) * cs);
       const whole = pos === c * cs && pieceEnd === (c + 1) * cs;
       const st = this.chunkState[c];
-      if (st !== ChunkState.Allocated && !opts.noHole && !this.preparing.has(c)) {
+      if ((st === ChunkState.Unallocated || st === ChunkState.Discarded) && !opts.noHole && !this.preparing.has(c)) {
         // Already reads as zeros.
       } else if (whole && !opts.noHole) {
         await this.preparing.get(c);
@@ -238,6 +389,8 @@ export class Volume {
   async trim(offsetBytes: number, lengthBytes: number, fua: boolean): Promise<void> {
     const bad = this.usable(true);
     if (bad) throw bad;
+    // On cold volumes a trim is journaled as zeros: it must not leave old stripe data visible.
+    if (this.rec.tier === 'cold' && this.cold) return this.journalWrite(RecordType.Zero, offsetBytes, lengthBytes, null, fua);
     const cs = this.rec.chunkSizeBytes;
     const first = Math.ceil(offsetBytes / cs);
     const endChunk = Math.floor((offsetBytes + lengthBytes) / cs);
@@ -251,9 +404,13 @@ export class Volume {
   }
 
   private discard(c: number): void {
-    if (this.chunkState[c] !== ChunkState.Allocated) return;
-    this.pool.release(this.rec.chunkSizeBytes);
+    const st = this.chunkState[c];
+    if (st !== ChunkState.Allocated && st !== ChunkState.Cold) return;
+    if (st === ChunkState.Allocated) this.pool.release(this.rec.chunkSizeBytes);
     this.setChunk(c, ChunkState.Discarded);
+    // Journal records older than the discard must not resurface.
+    const upto = this.lastSeq(c);
+    if (upto > 0) this.cold?.journal.release(this.rec.id, c, upto);
   }
 
   /** Extents of base:allocation over the range, merged, in order. */
@@ -264,7 +421,9 @@ export class Volume {
     for (let pos = offsetBytes; pos < end; ) {
       const c = Math.floor(pos / cs);
       const pieceEnd = Math.min(end, (c + 1) * cs);
-      const flags = this.chunkState[c] === ChunkState.Allocated ? 0 : STATE_HOLE | STATE_ZERO;
+      const st = this.chunkState[c];
+      const data = st === ChunkState.Allocated || st === ChunkState.Cold || (this.cold !== null && this.cold.journal.extents(this.rec.id, c) !== undefined);
+      const flags = data ? 0 : STATE_HOLE | STATE_ZERO;
       const prev = out[out.length - 1];
       if (prev && prev.flags === flags && prev.lengthBytes + (pieceEnd - pos) <= 0xffffffff) prev.lengthBytes += pieceEnd - pos;
       else {
@@ -306,8 +465,8 @@ export class Volume {
           this.failure = new VolumeFailed(`volume ${this.name}: fdatasync failed (${err.message}); volume taken offline`);
           return reject(this.failure);
         }
-        if (!metaDirty) return resolve();
-        this.meta.durable().then(resolve, reject);
+        const journal = this.cold && this.cold.journal.hasVolume(this.rec.id) ? this.cold.journal.sync() : null;
+        Promise.all([journal, metaDirty ? this.meta.durable() : null]).then(() => resolve(), reject);
       });
     });
     this.syncInFlight = p.finally(() => {
@@ -339,6 +498,47 @@ export class Volume {
 /** FAST_ZERO could not be honoured without writing data. */
 export class SlowZero extends Error {
   override name = 'SlowZero';
+}
+
+/** 16-byte owner id written into every shard record of a volume's stripes. */
+export function volumeOwnerId(volumeId: number): Buffer {
+  const id = Buffer.alloc(16);
+  id.write('CSVOLUME', 0, 'latin1');
+  id.writeUInt32BE(volumeId, 12);
+  return id;
+}
+
+function isZero(buf: Buffer): boolean {
+  // Compare 8 bytes at a time; chunks are multiples of 4 KiB.
+  const words = new BigUint64Array(buf.buffer, buf.byteOffset, buf.length >>> 3);
+  for (let i = 0; i < words.length; i++) if (words[i] !== 0n) return false;
+  for (let i = words.length << 3; i < buf.length; i++) if (buf[i] !== 0) return false;
+  return true;
+}
+
+/** Overlays journal extents (seq order) onto dst, which holds [start, end) at `at`. */
+function applyExtents(extents: readonly { type: RecordType; offsetBytes: number; lengthBytes: number; data: Buffer | null }[], start: number, end: number, dst: Buffer, at: number): void {
+  for (const e of extents) {
+    const s = Math.max(start, e.offsetBytes);
+    const t = Math.min(end, e.offsetBytes + e.lengthBytes);
+    if (s >= t) continue;
+    if (e.type === RecordType.Write) e.data!.copy(dst, at + s - start, s - e.offsetBytes, t - e.offsetBytes);
+    else dst.fill(0, at + s - start, at + t - start);
+  }
+}
+
+function fdatasync(fd: number): Promise<void> {
+  return new Promise((resolve, reject) => fs.fdatasync(fd, (err) => (err ? reject(err) : resolve())));
+}
+
+function readAll(fd: number, dst: Buffer, at: number, lengthBytes: number, positionBytes: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    fs.read(fd, dst, at, lengthBytes, positionBytes, (err, n) => {
+      if (err) return reject(err);
+      if (n < lengthBytes) dst.fill(0, at + n, at + lengthBytes);
+      resolve();
+    });
+  });
 }
 
 function writeAll(fd: number, buf: Buffer, positionBytes: number): Promise<void> {

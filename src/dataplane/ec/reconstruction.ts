@@ -1,0 +1,165 @@
+// Background repair of cold stripes: stripes found bad by degraded reads or
+// by the scrubber are rebuilt onto cold pools holding no other shard of the
+// stripe, then the index flips to the new shard places.
+import { InsufficientShards, NoSuitablePool } from '../errors.js';
+import { log } from '../../log.js';
+import type { Volume } from '../volumes/volume.js';
+import type { StripeContext, StripeStore } from './stripe-store.js';
+
+export type StripeState = 'Healthy' | 'Degraded' | 'Reconstructing' | 'Failed';
+
+/** Bound on stripes remembered as needing work; beyond it the scrubber finds them again. */
+export const MAX_QUEUED_STRIPES = 100_000;
+
+export interface ReconstructionOptions {
+  /** How often queued stripes are retried (e.g. after "no suitable pool"). */
+  retryIntervalMs: number;
+  /** Scrub every stripe this often (0 = never on a timer). */
+  scrubIntervalMs: number;
+  /** Scrub rate limit. */
+  scrubStripesPerSecond: number;
+}
+
+export class Reconstructor {
+  /** Non-healthy stripes by "volumeId:chunk". */
+  private readonly states = new Map<string, { ctx: StripeContext; state: StripeState; reason: string }>();
+  private running: Promise<void> | null = null;
+  private timers: NodeJS.Timeout[] = [];
+  private scrubbing: Promise<ScrubReport> | null = null;
+  private stopped = false;
+  rebuiltStripes = 0;
+  lastScrub: ScrubReport | null = null;
+
+  constructor(
+    private readonly stripes: StripeStore,
+    private readonly volumeById: (id: number) => Volume | null,
+    private readonly allVolumes: () => Volume[],
+    private readonly opts: ReconstructionOptions,
+  ) {
+    stripes.onDegraded = (_ref, _health, ctx) => {
+      if (ctx) this.enqueue(ctx, 'degraded read');
+    };
+  }
+
+  start(): void {
+    this.timers.push(setInterval(() => void this.process(), this.opts.retryIntervalMs));
+    if (this.opts.scrubIntervalMs > 0) this.timers.push(setInterval(() => void this.scrub(), this.opts.scrubIntervalMs));
+    for (const t of this.timers) t.unref();
+  }
+
+  enqueue(ctx: StripeContext, reason: string): void {
+    const key = `${ctx.volumeId}:${ctx.chunkIndex}`;
+    const cur = this.states.get(key);
+    if (cur && cur.state !== 'Failed') return;
+    if (!cur && this.states.size >= MAX_QUEUED_STRIPES) return;
+    this.states.set(key, { ctx, state: 'Degraded', reason });
+    void this.process();
+  }
+
+  /** Stripe counts by state over every cold chunk of open volumes. */
+  counts(): Record<StripeState, number> {
+    const out: Record<StripeState, number> = { Healthy: 0, Degraded: 0, Reconstructing: 0, Failed: 0 };
+    let cold = 0;
+    for (const v of this.allVolumes()) cold += v.stripes.size;
+    for (const s of this.states.values()) out[s.state]++;
+    out.Healthy = Math.max(0, cold - out.Degraded - out.Reconstructing - out.Failed);
+    return out;
+  }
+
+  unhealthy(): { volumeId: number; chunkIndex: number; state: StripeState; reason: string }[] {
+    return [...this.states.values()].map((s) => ({ ...s.ctx, state: s.state, reason: s.reason }));
+  }
+
+  /** Rebuilds every queued stripe; resolves once a pass that started after the call is done. */
+  process(): Promise<void> {
+    if (this.running) {
+      if (!this.followUp) this.followUp = this.running.then(() => {
+        this.followUp = null;
+        return this.process();
+      });
+      return this.followUp;
+    }
+    this.running = this.pass().finally(() => (this.running = null));
+    return this.running;
+  }
+  private followUp: Promise<void> | null = null;
+
+  private async pass(): Promise<void> {
+    for (const [key, entry] of [...this.states]) {
+      if (this.stopped) return;
+      if (entry.state === 'Failed' && entry.reason.startsWith('unrecoverable')) continue;
+      const vol = this.volumeById(entry.ctx.volumeId);
+      const ref = vol?.stripes.get(entry.ctx.chunkIndex);
+      if (!vol || !ref) {
+        this.states.delete(key); // rewritten or deleted meanwhile
+        continue;
+      }
+      entry.state = 'Reconstructing';
+      try {
+        const next = await this.stripes.rebuild(ref);
+        if (next) {
+          await vol.replaceStripe(entry.ctx.chunkIndex, ref, next);
+          this.rebuiltStripes++;
+          log.info('stripe reconstructed', { volume: vol.name, chunk: entry.ctx.chunkIndex });
+        }
+        this.states.delete(key);
+      } catch (err) {
+        if (err instanceof InsufficientShards) {
+          entry.state = 'Failed';
+          entry.reason = `unrecoverable: ${err.message}`;
+          log.error('stripe cannot be reconstructed', { volume: vol.name, chunk: entry.ctx.chunkIndex, err: err.message });
+        } else {
+          // No pool to rebuild onto (or a pool went away): stays Degraded, retried later.
+          entry.state = 'Degraded';
+          entry.reason = err instanceof NoSuitablePool ? `waiting for a pool: ${err.message}` : (err as Error).message;
+        }
+      }
+    }
+  }
+
+  /** Re-reads and verifies every shard of every cold stripe, rate limited. */
+  scrub(): Promise<ScrubReport> {
+    if (this.scrubbing) return this.scrubbing;
+    this.scrubbing = this.scrubPass().finally(() => (this.scrubbing = null));
+    return this.scrubbing;
+  }
+
+  private async scrubPass(): Promise<ScrubReport> {
+    const started = Date.now();
+    const report: ScrubReport = { stripesChecked: 0, badStripes: 0, durationMs: 0 };
+    const minGapMs = 1000 / Math.max(1, this.opts.scrubStripesPerSecond);
+    let next = Date.now();
+    for (const vol of this.allVolumes()) {
+      for (const [c, ref] of [...vol.stripes]) {
+        if (this.stopped) return report;
+        const wait = next - Date.now();
+        if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+        next = Math.max(Date.now(), next) + minGapMs;
+        const health = await this.stripes.check(ref);
+        report.stripesChecked++;
+        if (health.bad.length > 0) {
+          report.badStripes++;
+          this.enqueue({ volumeId: vol.rec.id, chunkIndex: c }, `scrub: shards ${health.bad.join(',')} bad`);
+        }
+      }
+    }
+    await this.process();
+    report.durationMs = Date.now() - started;
+    this.lastScrub = report;
+    log.info('scrub finished', { ...report });
+    return report;
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    for (const t of this.timers) clearInterval(t);
+    await this.running;
+    await this.scrubbing;
+  }
+}
+
+export interface ScrubReport {
+  stripesChecked: number;
+  badStripes: number;
+  durationMs: number;
+}

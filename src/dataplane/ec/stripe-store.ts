@@ -1,0 +1,289 @@
+// Cold chunks as Reed-Solomon stripes: k data + m parity shard records, each
+// appended to the segment store of a different cold pool. Reads verify every
+// shard; up to m missing or corrupt shards are repaired inline (degraded read).
+import { statSync } from 'node:fs';
+import { mkdir } from 'node:fs/promises';
+import path from 'node:path';
+import { InsufficientShards, NoSuitablePool } from '../errors.js';
+import type { Pool } from '../pools/pool.js';
+import { log } from '../../log.js';
+import { decodeStripe, encodeStripe, reconstruct } from './codec.js';
+import type { ErasureCodingPolicy } from './policy.js';
+import { encodeShardRecord } from './shard-record.js';
+import { SegmentStore, type SegmentLocation } from './segment-store.js';
+
+export interface ShardRef {
+  pool: string;
+  segment: number;
+  offsetBytes: number;
+  lengthBytes: number;
+}
+
+export interface StripeRef {
+  /** Owner (volume/object) id, hex of the 16 bytes in every shard header. */
+  ownerId: string;
+  chunkIndex: number;
+  generation: number;
+  dataShards: number;
+  parityShards: number;
+  stripeSizeBytes: number;
+  dataLengthBytes: number;
+  shards: ShardRef[];
+}
+
+export interface StripeHealth {
+  /** Shard indexes that are missing, unreadable or fail their CRC. */
+  bad: number[];
+}
+
+/** Which chunk a stripe belongs to (for queuing its reconstruction). */
+export interface StripeContext {
+  volumeId: number;
+  chunkIndex: number;
+}
+
+export interface StripeStoreCounters {
+  stripesWritten: number;
+  healthyReads: number;
+  degradedReads: number;
+  failedReads: number;
+  shardsRebuilt: number;
+}
+
+export class StripeStore {
+  readonly counters: StripeStoreCounters = { stripesWritten: 0, healthyReads: 0, degradedReads: 0, failedReads: 0, shardsRebuilt: 0 };
+  /** Called after a degraded read so reconstruction can be queued. */
+  onDegraded: ((ref: StripeRef, health: StripeHealth, ctx: StripeContext | undefined) => void) | null = null;
+  private readonly stores = new Map<string, Promise<SegmentStore | null>>();
+  /** Inode of each pool directory when its store was opened: a replaced pool gets a fresh store. */
+  private readonly storeIno = new Map<string, number>();
+  private lastDegradedLogMs = 0;
+  private suppressedDegradedLogs = 0;
+  private rotation = 0;
+
+  constructor(
+    private readonly pools: () => Pool[],
+    readonly policy: ErasureCodingPolicy,
+  ) {}
+
+  private segDir(pool: Pool): string {
+    return path.join(pool.rec.path, 'segments');
+  }
+
+  /** The pool's segment store; null while the pool is offline (retried on next use). */
+  private store(pool: Pool): Promise<SegmentStore | null> {
+    let s = this.stores.get(pool.name);
+    const ino = dirIno(pool.rec.path);
+    if (s && ino !== this.storeIno.get(pool.name)) {
+      // The directory was removed or replaced: the old store's files are gone.
+      const old = s;
+      void old.then((st) => st?.close()).catch(() => undefined);
+      this.stores.delete(pool.name);
+      s = undefined;
+    }
+    if (!s) {
+      if (ino !== null) this.storeIno.set(pool.name, ino);
+      s = pool.isOnline()
+        ? mkdir(this.segDir(pool), { recursive: true })
+            .then(() => SegmentStore.open(this.segDir(pool)))
+            .catch((err: Error) => {
+            log.warn('stripe store: pool offline', { pool: pool.name, err: err.message });
+            this.stores.delete(pool.name);
+            return null;
+          })
+        : Promise.resolve(null);
+      if (pool.isOnline()) this.stores.set(pool.name, s);
+    }
+    return s;
+  }
+
+  private poolByName(name: string): Pool | undefined {
+    return this.pools().find((p) => p.name === name);
+  }
+
+  /** Online cold pools, rotated so stripes spread evenly. */
+  private placement(count: number, exclude: Set<string>): Pool[] {
+    const online = this.pools().filter((p) => p.rec.tier === 'cold' && p.isOnline() && !exclude.has(p.name));
+    if (online.length < count) {
+      throw new NoSuitablePool(`need ${count} online cold pools for a stripe, have ${online.length}`);
+    }
+    const start = this.rotation++ % online.length;
+    return Array.from({ length: count }, (_, i) => online[(start + i) % online.length]!);
+  }
+
+  private async appendShard(pool: Pool, record: Buffer): Promise<ShardRef> {
+    const store = await this.store(pool);
+    if (!store) throw new NoSuitablePool(`pool ${pool.name} went offline`);
+    const [loc] = await store.append([record]);
+    return { pool: pool.name, ...(loc as SegmentLocation) };
+  }
+
+  /** Encodes and durably writes one stripe; resolves with its reference. */
+  async writeStripe(ownerId: Buffer, chunkIndex: number, generation: number, data: Buffer): Promise<StripeRef> {
+    const p = this.policy;
+    const shards = await encodeStripe(p, data);
+    const pools = this.placement(p.dataShards + p.parityShards, new Set());
+    const refs = await Promise.all(
+      shards.map((shard, i) =>
+        this.appendShard(
+          pools[i]!,
+          encodeShardRecord(
+            { ownerId, chunkIndex, stripeGeneration: generation, shardIndex: i, dataShards: p.dataShards, parityShards: p.parityShards },
+            shard,
+            p.compression,
+          ),
+        ),
+      ),
+    );
+    this.counters.stripesWritten++;
+    return {
+      ownerId: ownerId.toString('hex'),
+      chunkIndex,
+      generation,
+      dataShards: p.dataShards,
+      parityShards: p.parityShards,
+      stripeSizeBytes: p.stripeSizeBytes,
+      dataLengthBytes: data.length,
+      shards: refs,
+    };
+  }
+
+  /** One verified shard, or undefined when it cannot be had. */
+  private async readShard(ref: StripeRef, i: number): Promise<Buffer | undefined> {
+    const s = ref.shards[i]!;
+    const pool = this.poolByName(s.pool);
+    if (!pool || !pool.isOnline()) return undefined;
+    try {
+      const store = await this.store(pool);
+      if (!store) return undefined;
+      const rec = await store.read(s);
+      // A location can outlive its pool (pool replaced, segment reused): a
+      // record is only ours if every identity field matches, not just its CRC.
+      const h = rec.header;
+      if (h.shardIndex !== i || h.stripeGeneration !== ref.generation || h.chunkIndex !== ref.chunkIndex || h.ownerId.toString('hex') !== ref.ownerId) {
+        log.warn('shard location holds another record; treating shard as lost', { pool: s.pool, shard: i, chunk: ref.chunkIndex });
+        return undefined;
+      }
+      return rec.shard;
+    } catch (err) {
+      log.debug('stripe store: shard unreadable', { pool: s.pool, shard: i, err: (err as Error).message });
+      return undefined;
+    }
+  }
+
+  private policyOf(ref: StripeRef): ErasureCodingPolicy {
+    return { ...this.policy, dataShards: ref.dataShards, parityShards: ref.parityShards, stripeSizeBytes: ref.stripeSizeBytes };
+  }
+
+  /** Reads a stripe's data, decoding from parity when data shards are bad. `ctx` is passed to onDegraded. */
+  async readStripe(ref: StripeRef, ctx?: StripeContext): Promise<Buffer> {
+    const k = ref.dataShards;
+    const m = ref.parityShards;
+    const shards: (Buffer | undefined)[] = await Promise.all(Array.from({ length: k }, (_, i) => this.readShard(ref, i)));
+    const bad: number[] = [];
+    shards.forEach((s, i) => s === undefined && bad.push(i));
+    if (bad.length === 0) {
+      this.counters.healthyReads++;
+      return concatData(shards as Buffer[], ref.dataLengthBytes);
+    }
+    const parity = await Promise.all(Array.from({ length: m }, (_, j) => this.readShard(ref, k + j)));
+    parity.forEach((s, j) => s === undefined && bad.push(k + j));
+    const all = [...shards, ...parity];
+    if (bad.length > m) {
+      this.counters.failedReads++;
+      log.error('stripe unreadable: more shards lost than parity can repair', { lost: bad.length, parity: m, pools: bad.map((i) => ref.shards[i]!.pool) });
+      throw new InsufficientShards(`stripe lost ${bad.length} of ${k + m} shards (can repair ${m})`);
+    }
+    const data = await decodeStripe(this.policyOf(ref), all);
+    this.counters.degradedReads++;
+    this.logDegraded(bad.map((i) => ref.shards[i]!.pool));
+    this.onDegraded?.(ref, { bad }, ctx);
+    return data.subarray(0, ref.dataLengthBytes);
+  }
+
+  /** One event line per second at most: a lost pool makes every read degraded. */
+  private logDegraded(pools: string[]): void {
+    const now = Date.now();
+    if (now - this.lastDegradedLogMs < 1000) {
+      this.suppressedDegradedLogs++;
+      return;
+    }
+    log.warn('degraded read repaired inline', { pools, similarSinceLastLine: this.suppressedDegradedLogs, degradedReadsTotal: this.counters.degradedReads });
+    this.lastDegradedLogMs = now;
+    this.suppressedDegradedLogs = 0;
+  }
+
+  /** Checks every shard of a stripe (scrub). */
+  async check(ref: StripeRef): Promise<StripeHealth> {
+    const n = ref.dataShards + ref.parityShards;
+    const shards = await Promise.all(Array.from({ length: n }, (_, i) => this.readShard(ref, i)));
+    const bad: number[] = [];
+    shards.forEach((s, i) => s === undefined && bad.push(i));
+    return { bad };
+  }
+
+  /**
+   * Rebuilds bad shards onto cold pools that hold no other shard of the
+   * stripe. Returns the new reference (same generation), or null when the
+   * stripe is healthy. Throws NoSuitablePool / InsufficientShards.
+   */
+  async rebuild(ref: StripeRef): Promise<StripeRef | null> {
+    const ownerId = Buffer.from(ref.ownerId, 'hex');
+    const chunkIndex = ref.chunkIndex;
+    const n = ref.dataShards + ref.parityShards;
+    const shards = await Promise.all(Array.from({ length: n }, (_, i) => this.readShard(ref, i)));
+    const bad: number[] = [];
+    shards.forEach((s, i) => s === undefined && bad.push(i));
+    if (bad.length === 0) return null;
+    if (bad.length > ref.parityShards) throw new InsufficientShards(`stripe lost ${bad.length} shards, parity ${ref.parityShards}`);
+    const full = await reconstruct(this.policyOf(ref), shards);
+    const keep = new Set(ref.shards.filter((_, i) => !bad.includes(i)).map((s) => s.pool));
+    const targets = this.placement(bad.length, keep);
+    const next = ref.shards.slice();
+    await Promise.all(
+      bad.map(async (i, t) => {
+        const record = encodeShardRecord(
+          { ownerId, chunkIndex, stripeGeneration: ref.generation, shardIndex: i, dataShards: ref.dataShards, parityShards: ref.parityShards },
+          full[i]!,
+          this.policy.compression,
+        );
+        next[i] = await this.appendShard(targets[t]!, record);
+      }),
+    );
+    this.counters.shardsRebuilt += bad.length;
+    return { ...ref, shards: next };
+  }
+
+  /**
+   * Marks a superseded stripe's space as reclaimable. Segment compaction
+   * rewrites live records later; until then the bytes stay where they are,
+   * so readers holding the old reference are safe.
+   */
+  free(_ref: StripeRef): void {}
+
+  async close(): Promise<void> {
+    for (const s of this.stores.values()) {
+      const store = await s;
+      await store?.close();
+    }
+    this.stores.clear();
+  }
+}
+
+function dirIno(dir: string): number | null {
+  try {
+    return statSync(dir).ino;
+  } catch {
+    return null;
+  }
+}
+
+function concatData(shards: Buffer[], lengthBytes: number): Buffer {
+  const out = Buffer.allocUnsafe(lengthBytes);
+  let pos = 0;
+  for (const s of shards) {
+    if (pos >= lengthBytes) break;
+    pos += s.copy(out, pos, 0, Math.min(s.length, lengthBytes - pos));
+  }
+  return out;
+}

@@ -1,0 +1,353 @@
+// The write-ahead journal for cold volumes: writes are appended to journal
+// files on the hot pool and acknowledged; FLUSH/FUA share one fdatasync
+// (group commit). Reads overlay journal extents (newest last) on the stripe
+// until the destager has merged them into a new stripe generation.
+import fs from 'node:fs';
+import path from 'node:path';
+import { crc32c } from '@node-rs/crc32';
+import { NoSpace, VolumeFailed } from '../errors.js';
+import { log } from '../../log.js';
+
+export const JOURNAL_MAGIC = 0x4e524a43; // "CJRN" little-endian
+const VERSION = 1;
+export const JOURNAL_HEADER_BYTES = 40;
+const CRC_OFFSET = 32;
+export const DEFAULT_JOURNAL_FILE_BYTES = 64 * 1024 * 1024;
+export const DEFAULT_JOURNAL_CAPACITY_BYTES = 256 * 1024 * 1024;
+
+export const enum RecordType {
+  Write = 1,
+  Zero = 2,
+}
+
+/** One journaled extent, kept in memory until destaged. */
+export interface JournalExtent {
+  seq: number;
+  type: RecordType;
+  volumeId: number;
+  offsetBytes: number;
+  lengthBytes: number;
+  /** Payload of a Write (null for Zero). */
+  data: Buffer | null;
+  fileNo: number;
+  recordBytes: number;
+}
+
+interface JournalFile {
+  no: number;
+  fd: number;
+  tailBytes: number;
+  /** Bytes of records not yet destaged. */
+  liveBytes: number;
+  dirty: boolean;
+}
+
+const FILE_RE = /^journal-(\d{10})\.log$/;
+
+export class Journal {
+  private readonly files = new Map<number, JournalFile>();
+  private head!: JournalFile;
+  private nextSeq = 1;
+  private liveBytes = 0;
+  /** volumeId -> chunkIndex -> extents in seq order. */
+  private readonly index = new Map<number, Map<number, JournalExtent[]>>();
+  private readonly pendingWrites = new Set<Promise<void>>();
+  private syncInFlight: Promise<void> | null = null;
+  private syncQueued: Promise<void> | null = null;
+  private failure: Error | null = null;
+  private spaceWaiters: (() => void)[] = [];
+  /** Called when live bytes cross the destage threshold. */
+  onPressure: (() => void) | null = null;
+
+  private constructor(
+    readonly dir: string,
+    readonly chunkSizeBytes: number,
+    readonly fileBytes: number,
+    readonly capacityBytes: number,
+  ) {}
+
+  /**
+   * Opens the journal and replays it. `destagedSeq(volumeId, chunk)` tells
+   * which records are already merged into a stripe and must not be replayed.
+   */
+  static open(opts: {
+    dir: string;
+    chunkSizeBytes: number;
+    fileBytes?: number;
+    capacityBytes?: number;
+    destagedSeq: (volumeId: number, chunkIndex: number) => number;
+    volumeExists: (volumeId: number) => boolean;
+  }): Journal {
+    fs.mkdirSync(opts.dir, { recursive: true });
+    const j = new Journal(opts.dir, opts.chunkSizeBytes, opts.fileBytes ?? DEFAULT_JOURNAL_FILE_BYTES, opts.capacityBytes ?? DEFAULT_JOURNAL_CAPACITY_BYTES);
+    const nos = fs
+      .readdirSync(opts.dir)
+      .map((n) => FILE_RE.exec(n))
+      .filter((m): m is RegExpExecArray => m !== null)
+      .map((m) => Number(m[1]))
+      .sort((a, b) => a - b);
+    let replayed = 0;
+    for (const no of nos) {
+      const file = path.join(opts.dir, fileName(no));
+      const fd = fs.openSync(file, 'r+');
+      const f: JournalFile = { no, fd, tailBytes: 0, liveBytes: 0, dirty: false };
+      j.files.set(no, f);
+      const bytes = fs.readFileSync(file);
+      let pos = 0;
+      while (pos + JOURNAL_HEADER_BYTES <= bytes.length) {
+        const rec = parseRecord(bytes, pos);
+        if (!rec) break; // torn or corrupt tail: everything after it was never acknowledged as durable
+        j.nextSeq = Math.max(j.nextSeq, rec.seq + 1);
+        const ext: JournalExtent = { ...rec, fileNo: no };
+        if (opts.volumeExists(rec.volumeId) && rec.seq > opts.destagedSeq(rec.volumeId, Math.floor(rec.offsetBytes / opts.chunkSizeBytes))) {
+          j.insert(ext);
+          f.liveBytes += ext.recordBytes;
+          j.liveBytes += ext.recordBytes;
+          replayed++;
+        }
+        pos += rec.recordBytes;
+      }
+      if (pos < bytes.length) {
+        log.warn('journal: dropping torn tail', { file, offsetBytes: pos, lengthBytes: bytes.length - pos });
+        fs.ftruncateSync(fd, pos);
+      }
+      f.tailBytes = pos;
+    }
+    // Always start a fresh head file: appends never go after a repaired tail.
+    const headNo = (nos.length ? nos[nos.length - 1]! : 0) + 1;
+    j.head = j.createFile(headNo);
+    for (const f of [...j.files.values()]) j.maybeRemove(f);
+    if (replayed > 0) log.info('journal: replayed records', { records: replayed, liveBytes: j.liveBytes });
+    return j;
+  }
+
+  private createFile(no: number): JournalFile {
+    const fd = fs.openSync(path.join(this.dir, fileName(no)), fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_TRUNC, 0o600);
+    const f: JournalFile = { no, fd, tailBytes: 0, liveBytes: 0, dirty: true };
+    this.files.set(no, f);
+    return f;
+  }
+
+  get bytesLive(): number {
+    return this.liveBytes;
+  }
+
+  get failed(): Error | null {
+    return this.failure;
+  }
+
+  /** Extents of one chunk (seq order), or undefined when it has none. */
+  extents(volumeId: number, chunkIndex: number): readonly JournalExtent[] | undefined {
+    return this.index.get(volumeId)?.get(chunkIndex);
+  }
+
+  /** Chunks of a volume with journaled data. */
+  dirtyChunks(volumeId: number): number[] {
+    return [...(this.index.get(volumeId)?.keys() ?? [])];
+  }
+
+  dirtyVolumes(): number[] {
+    return [...this.index.keys()];
+  }
+
+  hasVolume(volumeId: number): boolean {
+    return this.index.has(volumeId);
+  }
+
+  private insert(ext: JournalExtent): void {
+    let chunks = this.index.get(ext.volumeId);
+    if (!chunks) this.index.set(ext.volumeId, (chunks = new Map()));
+    const c = Math.floor(ext.offsetBytes / this.chunkSizeBytes);
+    const list = chunks.get(c);
+    if (list) list.push(ext);
+    else chunks.set(c, [ext]);
+  }
+
+  /**
+   * Appends a record; resolves once written (not yet durable: call sync()).
+   * Extents never cross a chunk boundary: callers split.
+   */
+  async append(type: RecordType, volumeId: number, offsetBytes: number, lengthBytes: number, data: Buffer | null): Promise<void> {
+    if (this.failure) throw this.failure;
+    const recordBytes = JOURNAL_HEADER_BYTES + (data ? data.length : 0);
+    if (recordBytes > this.capacityBytes) throw new NoSpace('record larger than the journal');
+    while (this.liveBytes + recordBytes > this.capacityBytes) {
+      this.onPressure?.();
+      await new Promise<void>((r) => this.spaceWaiters.push(r));
+      if (this.failure) throw this.failure;
+    }
+    if (this.head.tailBytes + recordBytes > this.fileBytes && this.head.tailBytes > 0) {
+      const old = this.head;
+      this.head = this.createFile(old.no + 1);
+      this.maybeRemove(old);
+    }
+    const f = this.head;
+    const seq = this.nextSeq++;
+    const header = Buffer.alloc(JOURNAL_HEADER_BYTES);
+    header.writeUInt32LE(JOURNAL_MAGIC, 0);
+    header.writeUInt8(VERSION, 4);
+    header.writeUInt8(type, 5);
+    header.writeUInt32LE(volumeId, 8);
+    header.writeUInt32LE(lengthBytes, 12);
+    writeU64(header, seq, 16);
+    writeU64(header, offsetBytes, 24);
+    let crc = crc32c(header.subarray(0, CRC_OFFSET));
+    if (data) crc = crc32c(data, crc);
+    header.writeUInt32LE(crc, CRC_OFFSET);
+    const pos = f.tailBytes;
+    f.tailBytes += recordBytes;
+    f.liveBytes += recordBytes;
+    f.dirty = true;
+    this.liveBytes += recordBytes;
+    const ext: JournalExtent = { seq, type, volumeId, offsetBytes, lengthBytes, data, fileNo: f.no, recordBytes };
+    // Visible to reads at once: the data is in memory, and a read racing
+    // with an unacknowledged write may see either version.
+    this.insert(ext);
+    if (this.liveBytes > this.capacityBytes / 2) this.onPressure?.();
+    const w = new Promise<void>((resolve, reject) => {
+      const bufs = data ? [header, data] : [header];
+      fs.writev(f.fd, bufs, pos, (err) => {
+        if (err) {
+          this.fail(err);
+          return reject(this.failure);
+        }
+        resolve();
+      });
+    });
+    this.pendingWrites.add(w);
+    w.then(
+      () => this.pendingWrites.delete(w),
+      () => this.pendingWrites.delete(w),
+    );
+    return w;
+  }
+
+  private fail(err: Error): void {
+    if (!this.failure) {
+      this.failure = new VolumeFailed(`journal I/O failed (${err.message}); cold volumes are offline`);
+      log.error('journal failed', { err: err.message });
+    }
+    for (const w of this.spaceWaiters.splice(0)) w();
+  }
+
+  /** Group commit: every append that resolved before the call is durable afterwards. */
+  sync(): Promise<void> {
+    if (this.failure) return Promise.reject(this.failure);
+    if (this.syncQueued) return this.syncQueued;
+    if (this.syncInFlight) {
+      this.syncQueued = this.syncInFlight.then(
+        () => this.startSync(),
+        () => this.startSync(),
+      );
+      return this.syncQueued;
+    }
+    return this.startSync();
+  }
+
+  private startSync(): Promise<void> {
+    this.syncQueued = null;
+    const writes = [...this.pendingWrites];
+    const p = Promise.all(writes).then(async () => {
+      const dirty = [...this.files.values()].filter((f) => f.dirty);
+      for (const f of dirty) f.dirty = false;
+      await Promise.all(
+        dirty.map(
+          (f) =>
+            new Promise<void>((resolve, reject) =>
+              fs.fdatasync(f.fd, (err) => {
+                if (err) {
+                  this.fail(err);
+                  return reject(this.failure);
+                }
+                resolve();
+              }),
+            ),
+        ),
+      );
+    });
+    const tracked = p.finally(() => {
+      if (this.syncInFlight === tracked) this.syncInFlight = null;
+    });
+    this.syncInFlight = tracked;
+    return p;
+  }
+
+  /** Drops the extents of a chunk with seq <= uptoSeq (they are in a stripe now). */
+  release(volumeId: number, chunkIndex: number, uptoSeq: number): void {
+    const chunks = this.index.get(volumeId);
+    const list = chunks?.get(chunkIndex);
+    if (!chunks || !list) return;
+    const keep: JournalExtent[] = [];
+    for (const e of list) {
+      if (e.seq > uptoSeq) {
+        keep.push(e);
+        continue;
+      }
+      const f = this.files.get(e.fileNo);
+      this.liveBytes -= e.recordBytes;
+      if (f) {
+        f.liveBytes -= e.recordBytes;
+        this.maybeRemove(f);
+      }
+    }
+    if (keep.length) chunks.set(chunkIndex, keep);
+    else chunks.delete(chunkIndex);
+    if (chunks.size === 0) this.index.delete(volumeId);
+    const waiters = this.spaceWaiters.splice(0);
+    for (const w of waiters) w();
+  }
+
+  /** Forgets every extent of a deleted volume. */
+  dropVolume(volumeId: number): void {
+    for (const c of this.dirtyChunks(volumeId)) this.release(volumeId, c, Number.MAX_SAFE_INTEGER);
+  }
+
+  private maybeRemove(f: JournalFile): void {
+    if (f === this.head || f.liveBytes > 0) return;
+    this.files.delete(f.no);
+    fs.close(f.fd, () => undefined);
+    fs.rm(path.join(this.dir, fileName(f.no)), { force: true }, () => undefined);
+  }
+
+  async close(): Promise<void> {
+    await Promise.allSettled([...this.pendingWrites]);
+    for (const f of this.files.values()) fs.closeSync(f.fd);
+    this.files.clear();
+  }
+}
+
+function fileName(no: number): string {
+  return `journal-${String(no).padStart(10, '0')}.log`;
+}
+
+function writeU64(buf: Buffer, v: number, pos: number): void {
+  buf.writeUInt32LE(v >>> 0, pos);
+  buf.writeUInt32LE(Math.floor(v / 0x100000000), pos + 4);
+}
+
+function readU64(buf: Buffer, pos: number): number {
+  return buf.readUInt32LE(pos) + buf.readUInt32LE(pos + 4) * 0x100000000;
+}
+
+/** Parses and verifies one record; null when it is torn or corrupt. */
+function parseRecord(bytes: Buffer, pos: number): Omit<JournalExtent, 'fileNo'> | null {
+  if (bytes.readUInt32LE(pos) !== JOURNAL_MAGIC || bytes.readUInt8(pos + 4) !== VERSION) return null;
+  const type = bytes.readUInt8(pos + 5) as RecordType;
+  if (type !== RecordType.Write && type !== RecordType.Zero) return null;
+  const lengthBytes = bytes.readUInt32LE(pos + 12);
+  const payloadBytes = type === RecordType.Write ? lengthBytes : 0;
+  if (pos + JOURNAL_HEADER_BYTES + payloadBytes > bytes.length) return null;
+  let crc = crc32c(bytes.subarray(pos, pos + CRC_OFFSET));
+  const data = payloadBytes ? Buffer.from(bytes.subarray(pos + JOURNAL_HEADER_BYTES, pos + JOURNAL_HEADER_BYTES + payloadBytes)) : null;
+  if (data) crc = crc32c(data, crc);
+  if (crc !== bytes.readUInt32LE(pos + CRC_OFFSET)) return null;
+  return {
+    seq: readU64(bytes, pos + 16),
+    type,
+    volumeId: bytes.readUInt32LE(pos + 8),
+    offsetBytes: readU64(bytes, pos + 24),
+    lengthBytes,
+    data,
+    recordBytes: JOURNAL_HEADER_BYTES + payloadBytes,
+  };
+}
