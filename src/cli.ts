@@ -4,6 +4,7 @@ import { parseArgs } from 'node:util';
 import { loadConfig, parseSize } from './config.js';
 import { openManager, readDaemonState, serve } from './daemon.js';
 import type { VolumeRecord } from './dataplane/meta/store.js';
+import { runHardwareScanCli } from './control/hardware/index.js';
 
 const USAGE = `usage: couchestor <command> [options]
 
@@ -14,6 +15,8 @@ commands:
   volumes resize NAME SIZE           grow a volume (shrinking is refused)
   volumes delete NAME                delete a volume and its data
   pools list                         list pools with usage
+  hardware scan [--json] [--sys-root DIR] [--no-smart]
+                                     discover NVMe/SAS/SATA drives, SMART, suggested tier
   destage                            merge the cold tier's journal into stripes now (needs a running daemon)
   scrub                              verify every cold stripe now and rebuild bad ones (needs a running daemon)
   cold                               cold tier status: policy, journal, stripe states (needs a running daemon)
@@ -24,7 +27,8 @@ serve options:
   --listen HOST     address for NBD and the admin API (default 127.0.0.1)
   --nbd-port N      NBD TCP port (default 10809; 0 = any free port)
   --nbd-socket P    NBD Unix socket (default DATA_DIR/nbd.sock)
-  --api-port N      admin API port (default 8081; 0 = any free port)
+  --api-port N      admin API, /healthz and /readyz port (default 8081; 0 = any free port)
+  --metrics-port N  Prometheus /metrics port (default 8080; 0 = any free port)
   --s3-port N       S3 API port (default 9000; 0 = any free port)
 SIZE takes bytes or K/M/G/T suffixes (binary): 1G, 512M.`;
 
@@ -34,12 +38,14 @@ async function main(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
     allowPositionals: true,
+    strict: argv[0] !== 'hardware',
     options: {
       'data-dir': { type: 'string' },
       listen: { type: 'string' },
       'nbd-port': { type: 'string' },
       'nbd-socket': { type: 'string' },
       'api-port': { type: 'string' },
+      'metrics-port': { type: 'string' },
       's3-port': { type: 'string' },
       tier: { type: 'string' },
       pool: { type: 'string' },
@@ -49,6 +55,11 @@ async function main(argv: string[]): Promise<number> {
     },
   });
   const [cmd, sub, ...rest] = positionals;
+  // The hardware scanner parses its own flags (--json, --sys-root, --no-smart).
+  if (cmd === 'hardware') {
+    if (sub !== 'scan') throw new UsageError('hardware: expected "scan"');
+    return runHardwareScanCli(argv.slice(argv.indexOf('scan') + 1));
+  }
   if (values.help || !cmd) {
     process.stdout.write(USAGE + '\n');
     return cmd || values.help ? 0 : 2;
@@ -61,6 +72,7 @@ async function main(argv: string[]): Promise<number> {
         if (values['nbd-port'] !== undefined) cfg.nbd.port = port(values['nbd-port']);
         if (values['nbd-socket']) cfg.nbd.socketPath = values['nbd-socket'];
         if (values['api-port'] !== undefined) cfg.api.port = port(values['api-port']);
+        if (values['metrics-port'] !== undefined) cfg.metrics.port = port(values['metrics-port']);
         if (values['s3-port'] !== undefined) cfg.s3.port = port(values['s3-port']);
       });
       return -1; // keep running

@@ -9,6 +9,10 @@ import { NbdServer } from './dataplane/nbd/server.js';
 import { S3Frontend } from './dataplane/s3/frontend.js';
 import { VolumeManager } from './dataplane/volumes/manager.js';
 import { log } from './log.js';
+import { registerHealthRoutes, type RunningHttpServer } from './control/health/index.js';
+import { createMetrics, startMetricsServer } from './control/metrics/index.js';
+import { HeatTracker } from './control/heat.js';
+import { healthChecks, metricsSource } from './control/observe.js';
 import { parsePolicyYaml } from './dataplane/ec/policy.js';
 
 export const STATE_FILE = 'daemon.json';
@@ -18,6 +22,7 @@ export interface DaemonState {
   nbd: { host: string; port: number; socketPath: string };
   api: { host: string; port: number };
   s3: { host: string; port: number };
+  metrics: { host: string; port: number };
 }
 
 export function readDaemonState(dataDir: string): DaemonState | null {
@@ -70,6 +75,8 @@ export class Daemon {
     readonly nbd: NbdServer,
     readonly api: FastifyInstance,
     readonly s3: S3Frontend,
+    readonly metrics: RunningHttpServer,
+    readonly heat: HeatTracker,
     readonly state: DaemonState,
   ) {}
 
@@ -88,6 +95,16 @@ export class Daemon {
     const socketPath = path.resolve(cfg.dataDir, cfg.nbd.socketPath);
     await nbd.listenUnix(socketPath);
     const api = buildApi(manager);
+    // Probes share the admin API's port (8081 by default, as DESIGN.md says).
+    let open = true;
+    registerHealthRoutes(api, healthChecks(manager, () => open));
+    api.addHook('onClose', async () => {
+      open = false;
+    });
+    const heat = new HeatTracker(manager, 60_000, 1_000);
+    heat.start();
+    const noMigrations = { completedTotal: { succeeded: 0, failed: 0, aborted: 0 }, active: 0 };
+    const metrics = await startMetricsServer({ host: cfg.listenHost, port: cfg.metrics.port, registry: createMetrics(metricsSource(manager, heat, () => noMigrations)) });
     await api.listen({ port: cfg.api.port, host: cfg.listenHost });
     const apiAddr = api.server.address();
     // S3 front end (issue #6): hot buckets on the hot pools, cold buckets through the stripe store.
@@ -97,15 +114,18 @@ export class Daemon {
       nbd: { host: tcp.address, port: tcp.port, socketPath },
       api: { host: cfg.listenHost, port: typeof apiAddr === 'object' && apiAddr ? apiAddr.port : cfg.api.port },
       s3: { host: s3.host, port: s3.port },
+      metrics: { host: metrics.host, port: metrics.port },
     };
     fs.writeFileSync(path.join(cfg.dataDir, STATE_FILE), JSON.stringify(state));
-    return new Daemon(cfg, manager, nbd, api, s3, state);
+    return new Daemon(cfg, manager, nbd, api, s3, metrics, heat, state);
   }
 
   async stop(): Promise<void> {
     await this.nbd.close();
     await this.api.close();
     await this.s3.close();
+    await this.metrics.close();
+    this.heat.stop();
     await this.manager.close();
     fs.rmSync(path.join(this.cfg.dataDir, STATE_FILE), { force: true });
   }

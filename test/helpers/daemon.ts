@@ -32,7 +32,7 @@ export class TestDaemon {
     if (opts.config !== undefined && !fs.existsSync(path.join(dataDir, 'couchestor.yaml'))) {
       fs.writeFileSync(path.join(dataDir, 'couchestor.yaml'), opts.config);
     }
-    const proc = spawn(process.execPath, [CLI, 'serve', '--data-dir', dataDir, '--nbd-port', '0', '--api-port', '0', '--s3-port', '0', ...(opts.args ?? [])], {
+    const proc = spawn(process.execPath, [CLI, 'serve', '--data-dir', dataDir, '--nbd-port', '0', '--api-port', '0', '--metrics-port', '0', '--s3-port', '0', ...(opts.args ?? [])], {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let stderr = '';

@@ -1,0 +1,48 @@
+// Health probes and the metrics source of a running daemon, read from the
+// dataplane through its public objects at probe/scrape time.
+import type { HealthChecks } from './health/index.js';
+import type { MetricsSource } from './metrics/index.js';
+import type { HeatTracker } from './heat.js';
+import type { VolumeManager } from '../dataplane/volumes/manager.js';
+
+export interface MigrationStats {
+  completedTotal: { succeeded: number; failed: number; aborted: number };
+  active: number;
+}
+
+export function healthChecks(manager: VolumeManager, isOpen: () => boolean): HealthChecks {
+  return {
+    live: () => {
+      const reasons: string[] = [];
+      if (manager.cold?.journal.failed) reasons.push(manager.cold.journal.failed.message);
+      return { ok: reasons.length === 0, reasons };
+    },
+    ready: () => {
+      const reasons: string[] = [];
+      if (!isOpen()) reasons.push('metadata not open');
+      for (const p of manager.pools.values()) if (!p.isOnline()) reasons.push(`pool ${p.name} missing (${p.rec.path})`);
+      for (const v of manager.openVolumes()) if (v.failed) reasons.push(`volume ${v.name} failed: ${v.failed.message}`);
+      return { ok: reasons.length === 0, reasons };
+    },
+  };
+}
+
+export function metricsSource(manager: VolumeManager, heat: HeatTracker, migrations: () => MigrationStats): MetricsSource {
+  return {
+    *volumes() {
+      for (const v of manager.openVolumes()) {
+        yield { volume: v.name, tier: v.rec.tier, ...v.counters, ...heat.iops(v.name) };
+      }
+    },
+    *pools() {
+      for (const p of manager.pools.values()) yield { pool: p.name, tier: p.rec.tier, capacityBytes: p.rec.capacityBytes, usedBytes: p.usedBytes };
+    },
+    migrations,
+    degradedReadsTotal: () => manager.cold?.stripes.counters.degradedReads ?? 0,
+    journalBytes: () => manager.cold?.journal.bytesLive ?? 0,
+    stripes: () => {
+      const c = manager.cold?.reconstructor.counts();
+      return c ? { healthy: c.Healthy, degraded: c.Degraded, rebuilding: c.Reconstructing, unrecoverable: c.Failed } : {};
+    },
+  };
+}
