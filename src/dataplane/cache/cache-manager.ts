@@ -122,6 +122,7 @@ export class CacheManager {
 
   /** L1, then L2, then L3; an L2 hit is promoted to L1, an L3 hit to L2 and L1. */
   get(key: string): Promise<Buffer | undefined> {
+    if (!this.isOpen) return Promise.reject(new CacheClosedError('get'));
     const cached = this.getCached(key);
     if (cached !== undefined) return Promise.resolve(cached);
     const l3 = this.options.l3;

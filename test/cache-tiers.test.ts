@@ -1,0 +1,224 @@
+// Proves the tier movements (L3 -> L2 + L1 promotion, L1 -> L2 demotion by size), LZ4 in L1,
+// invalidation by prefix and chunk range, typed errors, Prometheus export and scan resistance.
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, test } from 'node:test';
+import { Registry } from 'prom-client';
+import {
+  CacheClosedError,
+  CacheManager,
+  InvalidCacheConfigError,
+  InvalidCacheKeyError,
+  chunkKey,
+  registerCacheMetrics,
+  type L3Backend,
+} from '../src/dataplane/cache/index.js';
+import { WTinyLfu } from '../src/dataplane/cache/w-tinylfu.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'cache-tiers-'));
+after(() => rmSync(dir, { recursive: true, force: true }));
+let n = 0;
+const l2Path = () => join(dir, `t${n++}.l2`);
+
+class MapL3 implements L3Backend {
+  readonly data = new Map<string, Buffer>();
+  calls = 0;
+  failWith: Error | undefined;
+  async get(key: string): Promise<Buffer | undefined> {
+    this.calls++;
+    if (this.failWith) throw this.failWith;
+    return this.data.get(key);
+  }
+}
+
+const random = (len: number, seed: number) => {
+  const b = Buffer.alloc(len);
+  let x = seed | 1;
+  for (let i = 0; i < len; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    b[i] = x & 0xff;
+  }
+  return b;
+};
+
+test('an L3 hit is promoted to L2 and L1; the next read is an L1 hit', async () => {
+  const l3 = new MapL3();
+  l3.data.set('vol/x/0', random(8192, 1));
+  const cm = new CacheManager({ l1CapacityBytes: 1 << 20, l2: { path: l2Path(), capacityBytes: 1 << 20, minEntryBytes: 4096 }, l3 });
+  await cm.open();
+  assert.deepEqual(await cm.get('vol/x/0'), random(8192, 1));
+  let s = cm.stats();
+  assert.equal(s.l3.hits, 1);
+  assert.equal(s.l1.entries, 1);
+  assert.equal(s.l2!.entries, 1);
+  assert.deepEqual(await cm.get('vol/x/0'), random(8192, 1));
+  s = cm.stats();
+  assert.equal(l3.calls, 1);
+  assert.equal(s.l1.hits, 1);
+  assert.equal(await cm.get('vol/x/missing'), undefined);
+  assert.equal(cm.stats().l3.misses, 1);
+  await cm.close();
+});
+
+test('concurrent reads of one key make one L3 call', async () => {
+  const l3 = new MapL3();
+  l3.data.set('k', random(100, 2));
+  const cm = new CacheManager({ l1CapacityBytes: 1 << 16, l2: undefined, l3 });
+  await cm.open();
+  const results = await Promise.all([cm.get('k'), cm.get('k'), cm.get('k')]);
+  for (const r of results) assert.deepEqual(r, random(100, 2));
+  assert.equal(l3.calls, 1);
+  await cm.close();
+});
+
+test('an L3 failure reaches the caller, is counted and caches nothing', async () => {
+  const l3 = new MapL3();
+  l3.data.set('k', random(100, 3));
+  l3.failWith = new Error('InsufficientShards');
+  const cm = new CacheManager({ l1CapacityBytes: 1 << 16, l2: undefined, l3 });
+  await cm.open();
+  await assert.rejects(cm.get('k'), /InsufficientShards/);
+  assert.equal(cm.stats().l3.errors, 1);
+  l3.failWith = undefined;
+  assert.deepEqual(await cm.get('k'), random(100, 3));
+  assert.equal(l3.calls, 2);
+  await cm.close();
+});
+
+test('L1 evictions go to L2 only at or above minEntryBytes', async () => {
+  const cm = new CacheManager({ l1CapacityBytes: 3000, l2: { path: l2Path(), capacityBytes: 1 << 20, minEntryBytes: 1000 } });
+  await cm.open();
+  for (let i = 0; i < 10; i++) cm.put(`big/${i}`, random(1000, i));
+  for (let i = 0; i < 10; i++) cm.put(`small/${i}`, random(999, i));
+  const s = cm.stats();
+  assert.ok(s.l1.evictions >= 17, `${s.l1.evictions} L1 evictions`);
+  const l2Keys = s.l2!.entries;
+  assert.ok(l2Keys >= 8 && l2Keys <= 10, `${l2Keys} entries in L2`);
+  for (let i = 0; i < 8; i++) assert.deepEqual(await cm.get(`big/${i}`), random(1000, i));
+  let smallHits = 0;
+  for (let i = 0; i < 10; i++) if ((await cm.get(`small/${i}`)) !== undefined) smallHits++;
+  assert.ok(smallHits <= 3, `small entries survived L1 eviction: ${smallHits}`);
+  await cm.close();
+});
+
+test('a value larger than all of L1 is kept in L2 and read back', async () => {
+  const cm = new CacheManager({ l1CapacityBytes: 4096, l2: { path: l2Path(), capacityBytes: 1 << 20, minEntryBytes: 0 } });
+  await cm.open();
+  cm.put('huge', random(64 * 1024, 9));
+  assert.equal(cm.stats().l1.entries, 0);
+  assert.deepEqual(await cm.get('huge'), random(64 * 1024, 9));
+  await cm.close();
+});
+
+test('LZ4 shrinks compressible L1 entries above the threshold and returns the exact bytes', async () => {
+  const cm = new CacheManager({ l1CapacityBytes: 1 << 20, l2: undefined, lz4ThresholdBytes: 1024 });
+  await cm.open();
+  const zeros = Buffer.alloc(64 * 1024);
+  zeros.write('header', 0);
+  cm.put('compressible', zeros);
+  const compressedBytes = cm.stats().l1.bytes;
+  assert.ok(compressedBytes < 2048, `64 KiB of zeros took ${compressedBytes} bytes`);
+  assert.deepEqual(await cm.get('compressible'), zeros);
+  cm.put('noise', random(4096, 5));
+  assert.ok(cm.stats().l1.bytes - compressedBytes >= 4096, 'incompressible data is stored raw');
+  assert.deepEqual(await cm.get('noise'), random(4096, 5));
+  cm.put('small', Buffer.alloc(512));
+  assert.ok(cm.stats().l1.bytes - compressedBytes >= 4096 + 512, 'below the threshold is stored raw');
+  await cm.close();
+});
+
+test('invalidatePrefix and invalidateChunkRange remove exactly the matching keys from L1 and L2', async () => {
+  const cm = new CacheManager({ l1CapacityBytes: 8 * 1024, l2: { path: l2Path(), capacityBytes: 1 << 20, minEntryBytes: 0 } });
+  await cm.open();
+  for (let i = 0; i < 600; i++) cm.put(chunkKey('7', i), random(64, i));
+  cm.put(chunkKey('70', 5), random(64, 70));
+  cm.put('obj/b/k', random(64, 71));
+  assert.ok(cm.stats().l2!.entries > 0 && cm.stats().l1.entries > 0);
+  // Narrow range: per-key path.
+  assert.equal(cm.invalidateChunkRange('7', 10, 20), 10);
+  // Wide range: scan path; must not touch volume "70".
+  assert.equal(cm.invalidateChunkRange('7', 100, 1000), 500);
+  for (const i of [9, 20, 99]) assert.deepEqual(await cm.get(chunkKey('7', i)), random(64, i));
+  for (const i of [10, 19, 100, 599]) assert.equal(await cm.get(chunkKey('7', i)), undefined);
+  assert.deepEqual(await cm.get(chunkKey('70', 5)), random(64, 70));
+  assert.equal(cm.invalidatePrefix('vol/7/'), 90);
+  assert.deepEqual(await cm.get(chunkKey('70', 5)), random(64, 70));
+  assert.deepEqual(await cm.get('obj/b/k'), random(64, 71));
+  await cm.close();
+});
+
+test('typed errors: closed cache, bad key, bad configuration', async () => {
+  const cm = new CacheManager({ l1CapacityBytes: 1024, l2: undefined });
+  assert.throws(() => cm.put('k', Buffer.alloc(1)), CacheClosedError);
+  await cm.open();
+  assert.throws(() => cm.put('', Buffer.alloc(1)), InvalidCacheKeyError);
+  assert.throws(() => cm.put('k'.repeat(2000), Buffer.alloc(1)), InvalidCacheKeyError);
+  await cm.close();
+  await assert.rejects(cm.get('k'), CacheClosedError);
+  assert.throws(() => new CacheManager({ l1CapacityBytes: 0, l2: undefined }), InvalidCacheConfigError);
+  assert.throws(
+    () => new CacheManager({ l1CapacityBytes: 1024, l2: { path: l2Path(), capacityBytes: 100, minEntryBytes: 0 } }),
+    InvalidCacheConfigError,
+  );
+});
+
+test('registerCacheMetrics exports per-tier counters named couchestor_cache_*', async () => {
+  const l3 = new MapL3();
+  l3.data.set('a', random(2048, 1));
+  const cm = new CacheManager({ l1CapacityBytes: 1 << 16, l2: { path: l2Path(), capacityBytes: 1 << 20, minEntryBytes: 1024 }, l3 });
+  await cm.open();
+  const registry = new Registry();
+  registerCacheMetrics(cm, registry);
+  await cm.get('a'); // L1 miss, L2 miss, L3 hit
+  await cm.get('a'); // L1 hit
+  await cm.get('b'); // misses everywhere
+  const text = await registry.metrics();
+  assert.match(text, /^couchestor_cache_hits_total\{tier="l1"\} 1$/m);
+  assert.match(text, /^couchestor_cache_hits_total\{tier="l3"\} 1$/m);
+  assert.match(text, /^couchestor_cache_misses_total\{tier="l1"\} 2$/m);
+  assert.match(text, /^couchestor_cache_misses_total\{tier="l2"\} 2$/m);
+  assert.match(text, /^couchestor_cache_misses_total\{tier="l3"\} 1$/m);
+  assert.match(text, /^couchestor_cache_entries\{tier="l2"\} 1$/m);
+  assert.match(text, /^couchestor_cache_bytes\{tier="l2"\} 2048$/m);
+  assert.match(text, /^# TYPE couchestor_cache_evictions_total counter$/m);
+  // Counters follow the cache between scrapes.
+  await cm.get('a');
+  assert.match(await registry.metrics(), /^couchestor_cache_hits_total\{tier="l1"\} 2$/m);
+  await cm.close();
+});
+
+test('W-TinyLFU keeps a hot set through a one-pass scan that flushes an LRU', () => {
+  const capacity = 100;
+  const policy = new WTinyLfu<number, number>({ maximumWeight: capacity, expectedEntries: capacity });
+  const lruOrder: number[] = [];
+  const lruTouch = (k: number) => {
+    const i = lruOrder.indexOf(k);
+    if (i >= 0) lruOrder.splice(i, 1);
+    lruOrder.push(k);
+    if (lruOrder.length > capacity) lruOrder.shift();
+    return i >= 0;
+  };
+  for (let round = 0; round < 20; round++) {
+    for (let k = 0; k < 80; k++) {
+      if (policy.get(k) === undefined) policy.set(k, k, 1, false);
+      lruTouch(k);
+    }
+  }
+  for (let k = 1000; k < 1500; k++) {
+    if (policy.get(k) === undefined) policy.set(k, k, 1, false);
+    lruTouch(k);
+  }
+  let ours = 0;
+  let lru = 0;
+  for (let k = 0; k < 80; k++) {
+    if (policy.peek(k) !== undefined) ours++;
+    if (lruOrder.includes(k)) lru++;
+  }
+  assert.equal(lru, 0);
+  assert.ok(ours >= 70, `only ${ours} of 80 hot keys survived the scan`);
+  assert.ok(policy.weightedSize <= capacity);
+});
