@@ -35,10 +35,14 @@ SIZE takes bytes or K/M/G/T suffixes (binary): 1G, 512M.`;
 class UsageError extends Error {}
 
 async function main(argv: string[]): Promise<number> {
+  // The hardware scanner parses its own flags (--json, --sys-root, --no-smart).
+  if (argv[0] === 'hardware') {
+    if (argv[1] !== 'scan') throw new UsageError('hardware: expected "scan"');
+    return runHardwareScanCli(argv.slice(2));
+  }
   const { values, positionals } = parseArgs({
     args: argv,
     allowPositionals: true,
-    strict: argv[0] !== 'hardware',
     options: {
       'data-dir': { type: 'string' },
       listen: { type: 'string' },
@@ -55,11 +59,6 @@ async function main(argv: string[]): Promise<number> {
     },
   });
   const [cmd, sub, ...rest] = positionals;
-  // The hardware scanner parses its own flags (--json, --sys-root, --no-smart).
-  if (cmd === 'hardware') {
-    if (sub !== 'scan') throw new UsageError('hardware: expected "scan"');
-    return runHardwareScanCli(argv.slice(argv.indexOf('scan') + 1));
-  }
   if (values.help || !cmd) {
     process.stdout.write(USAGE + '\n');
     return cmd || values.help ? 0 : 2;
