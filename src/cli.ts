@@ -5,6 +5,7 @@ import { loadConfig, parseSize } from './config.js';
 import { openManager, readDaemonState, serve } from './daemon.js';
 import type { VolumeRecord } from './dataplane/meta/store.js';
 import { runHardwareScanCli } from './control/hardware/index.js';
+import { fsck } from './dataplane/fsck.js';
 
 const USAGE = `usage: couchestor <command> [options]
 
@@ -17,6 +18,9 @@ commands:
   pools list                         list pools with usage
   hardware scan [--json] [--sys-root DIR] [--no-smart]
                                      discover NVMe/SAS/SATA drives, SMART, suggested tier
+  fsck                               scan every cold pool, check the index against the shard records,
+                                     report stripes by state and orphaned records (daemon stopped; exit 1 if
+                                     any stripe is Degraded or Failed)
   destage                            merge the cold tier's journal into stripes now (needs a running daemon)
   scrub                              verify every cold stripe now and rebuild bad ones (needs a running daemon)
   cold                               cold tier status: policy, journal, stripe states (needs a running daemon)
@@ -80,6 +84,18 @@ async function main(argv: string[]): Promise<number> {
     case 'pools':
       if (sub !== 'list') throw new UsageError('pools: expected "list"');
       return print(await call(dataDir, 'GET', '/v1/pools', undefined, async (m) => [...m.pools.values()].map((p) => ({ ...p.rec, usedBytes: p.usedBytes, online: p.isOnline() }))), values.json);
+    case 'fsck': {
+      if (readDaemonState(dataDir)) throw new Error('stop the daemon first: fsck reads every segment file and must not race with appends');
+      const manager = await openManager(loadConfig(dataDir));
+      try {
+        const report = await fsck(manager, (line) => process.stderr.write(`fsck: ${line}\n`));
+        print(report, true);
+        const clean = report.stripes.Failed === 0 && report.stripes.Degraded === 0;
+        return clean ? 0 : 1;
+      } finally {
+        await manager.close();
+      }
+    }
     case 'destage':
     case 'scrub':
     case 'cold': {

@@ -1,0 +1,132 @@
+// `couchestor fsck`: scans every cold pool's segment files (the shard
+// records are self-describing), checks the index against them, and reports
+// stripes by state plus records no stripe references (orphans: superseded
+// generations, or a stripe half-written when the daemon died).
+import fs from 'node:fs';
+import path from 'node:path';
+import { ChunkState } from './meta/store.js';
+import type { VolumeManager } from './volumes/manager.js';
+import { SegmentStore } from './ec/segment-store.js';
+import type { StripeRef } from './ec/stripe-store.js';
+
+export type FsckStripeState = 'Healthy' | 'Degraded' | 'Failed';
+
+export interface FsckReport {
+  poolsScanned: number;
+  poolsOffline: string[];
+  recordsScanned: number;
+  corruptRecords: number;
+  tornTails: number;
+  stripes: Record<FsckStripeState, number>;
+  /** Index entries pointing at records that are missing or belong to another stripe. */
+  badShards: { volume: string; chunkIndex: number; shardIndex: number; pool: string; reason: string }[];
+  orphanRecords: number;
+  orphanBytes: number;
+  /** Orphans of a generation newer than the index's: a destage interrupted before its index flip. */
+  halfWrittenStripes: number;
+}
+
+/** Keys a record by where it is, so index entries can be matched exactly. */
+function locKey(pool: string, segment: number, offsetBytes: number): string {
+  return `${pool}/${segment}/${offsetBytes}`;
+}
+
+interface ScannedRecord {
+  owner: string;
+  chunkIndex: number;
+  generation: number;
+  shardIndex: number;
+  lengthBytes: number;
+}
+
+const MAX_BAD_SHARDS_LISTED = 1000;
+
+export async function fsck(manager: VolumeManager, progress: (line: string) => void): Promise<FsckReport> {
+  const report: FsckReport = {
+    poolsScanned: 0,
+    poolsOffline: [],
+    recordsScanned: 0,
+    corruptRecords: 0,
+    tornTails: 0,
+    stripes: { Healthy: 0, Degraded: 0, Failed: 0 },
+    badShards: [],
+    orphanRecords: 0,
+    orphanBytes: 0,
+    halfWrittenStripes: 0,
+  };
+  const records = new Map<string, ScannedRecord>();
+  const cold = [...manager.pools.values()].filter((p) => p.rec.tier === 'cold');
+  for (const pool of cold) {
+    const dir = path.join(pool.rec.path, 'segments');
+    if (!pool.isOnline() || !fs.existsSync(dir)) {
+      report.poolsOffline.push(pool.name);
+      progress(`pool ${pool.name}: offline or empty, skipped`);
+      continue;
+    }
+    const store = await SegmentStore.open(dir);
+    let n = 0;
+    let lastReportMs = Date.now();
+    try {
+      for await (const e of store.scan()) {
+        if (e.kind === 'record') {
+          const h = e.header;
+          records.set(locKey(pool.name, e.location.segment, e.location.offsetBytes), {
+            owner: h.ownerId.toString('hex'),
+            chunkIndex: h.chunkIndex,
+            generation: h.stripeGeneration,
+            shardIndex: h.shardIndex,
+            lengthBytes: e.location.lengthBytes,
+          });
+          n++;
+        } else if (e.kind === 'corrupt') report.corruptRecords++;
+        else report.tornTails++;
+        if (Date.now() - lastReportMs > 1000) {
+          progress(`pool ${pool.name}: ${n} records scanned`);
+          lastReportMs = Date.now();
+        }
+      }
+    } finally {
+      await store.close();
+    }
+    report.recordsScanned += n;
+    report.poolsScanned++;
+    progress(`pool ${pool.name}: ${n} records`);
+  }
+
+  const referenced = new Set<string>();
+  const indexedGen = new Map<string, number>();
+  for (const vol of manager.listVolumes()) {
+    for (const { chunkIndex, entry } of manager.meta.volumeChunks(vol.id)) {
+      if (entry.state !== ChunkState.Cold || !entry.stripe) continue;
+      const ref: StripeRef = entry.stripe;
+      indexedGen.set(`${ref.ownerId}/${chunkIndex}`, ref.generation);
+      let bad = 0;
+      ref.shards.forEach((s, i) => {
+        const key = locKey(s.pool, s.segment, s.offsetBytes);
+        const rec = records.get(key);
+        let reason: string | null = null;
+        if (!rec) reason = 'no valid record at this location';
+        else if (rec.owner !== ref.ownerId || rec.chunkIndex !== chunkIndex || rec.generation !== ref.generation || rec.shardIndex !== i) {
+          reason = `location holds another record (chunk ${rec.chunkIndex}, generation ${rec.generation}, shard ${rec.shardIndex})`;
+        }
+        if (reason) {
+          bad++;
+          if (report.badShards.length < MAX_BAD_SHARDS_LISTED) report.badShards.push({ volume: vol.name, chunkIndex, shardIndex: i, pool: s.pool, reason });
+        } else referenced.add(key);
+      });
+      report.stripes[bad === 0 ? 'Healthy' : bad <= ref.parityShards ? 'Degraded' : 'Failed']++;
+    }
+  }
+
+  const halfWritten = new Set<string>();
+  for (const [key, rec] of records) {
+    if (referenced.has(key)) continue;
+    report.orphanRecords++;
+    report.orphanBytes += rec.lengthBytes;
+    const stripeKey = `${rec.owner}/${rec.chunkIndex}`;
+    const gen = indexedGen.get(stripeKey) ?? 0;
+    if (rec.generation > gen) halfWritten.add(`${stripeKey}/${rec.generation}`);
+  }
+  report.halfWrittenStripes = halfWritten.size;
+  return report;
+}
