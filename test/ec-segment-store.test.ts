@@ -274,6 +274,29 @@ test("compaction never copies a record that fails its CRC; it reports it for reb
   });
 });
 
+test("a read-only store scans and reads without creating, writing or sealing anything", async () => {
+  await withPool(async (dir) => {
+    const writer = await SegmentStore.open(dir, { segmentSizeBytes: 2 * 4160 });
+    const recs = [record(0), record(1), record(2)];
+    const locations = await writer.append(recs.map((r) => r.bytes));
+    // A torn tail on the head would make a writable open start a new segment.
+    await appendFile(join(dir, "seg-000000000002.cseg"), Buffer.alloc(100));
+    const before = (await readdir(dir)).sort();
+
+    const reader = await SegmentStore.open(dir, { readOnly: true, segmentSizeBytes: 2 * 4160 });
+    assert.deepEqual(summary(await collect(reader)), ["record 1@0 chunk 0", "record 1@4160 chunk 1", "record 2@0 chunk 2", "torn-tail 2@4160"]);
+    assert.ok((await reader.read(locations[2]!)).shard.equals(recs[2]!.shard));
+    assert.ok(reader.segments().every((s) => !s.head));
+    await assert.rejects(reader.append([record(3).bytes]), /read-only/);
+    await assert.rejects(reader.compactSegment(1, () => true), /read-only/);
+    await assert.rejects(reader.removeSegment(1), /read-only/);
+    await reader.close();
+    assert.deepEqual((await readdir(dir)).sort(), before);
+    assert.equal((await readFile(join(dir, "seg-000000000002.cseg"))).length, 4160 + 100);
+    await writer.close();
+  });
+});
+
 test("appending bytes that are not a whole shard record is refused", async () => {
   await withPool(async (dir) => {
     const store = await SegmentStore.open(dir);

@@ -79,6 +79,12 @@ export interface SegmentStoreStats {
 }
 
 export interface SegmentStoreOptions {
+  /**
+   * For fsck and tools next to a running daemon: never creates, writes or
+   * removes a file (a writable open may start a new head segment), so it
+   * cannot collide with the daemon's appends. append/compact/remove throw.
+   */
+  readOnly?: boolean;
   segmentSizeBytes?: number;
   maxPendingBytes?: number;
 }
@@ -181,7 +187,9 @@ async function chainEndBytes(fh: FileHandle, sizeBytes: number): Promise<number>
 export class SegmentStore {
   private readonly sizes: Map<number, number>;
   private readonly freedBytes = new Map<number, number>();
-  private headFh: FileHandle;
+  /** undefined for a read-only store. */
+  private headFh: FileHandle | undefined;
+  /** -1 for a read-only store: no segment is being appended to. */
   private head: number;
   /** Bytes of the head that are durable (fdatasync returned); scan never reads past it. */
   private headDurableBytes: number;
@@ -200,7 +208,7 @@ export class SegmentStore {
     private readonly segmentSizeBytes: number,
     private readonly maxPendingBytes: number,
     head: number,
-    headFh: FileHandle,
+    headFh: FileHandle | undefined,
     headSizeBytes: number,
     sizes: Map<number, number>,
   ) {
@@ -208,7 +216,7 @@ export class SegmentStore {
     this.headFh = headFh;
     this.headDurableBytes = headSizeBytes;
     this.sizes = sizes;
-    this.sizes.set(head, headSizeBytes);
+    if (headFh !== undefined) this.sizes.set(head, headSizeBytes);
   }
 
   /** Open (or initialise) the segment store of one pool. PoolOffline if the directory is unusable. */
@@ -229,6 +237,9 @@ export class SegmentStore {
       }
       const numbers = [...sizes.keys()].sort((a, b) => a - b);
       const last = numbers.at(-1);
+      if (options.readOnly === true) {
+        return new SegmentStore(poolDir, segmentSizeBytes, maxPendingBytes, -1, undefined, 0, sizes);
+      }
       if (last !== undefined) {
         const fh = await fsOpen(join(poolDir, segmentFileName(last)), "r+");
         try {
@@ -309,6 +320,7 @@ export class SegmentStore {
 
   private assertUsable(): void {
     if (this.closed) throw new SegmentStoreMisuse(`segment store ${this.poolDir} is closed`);
+    if (this.headFh === undefined) throw new SegmentStoreMisuse(`segment store ${this.poolDir} was opened read-only`);
     if (this.failure !== undefined) {
       throw new PoolOffline(this.poolDir, `an earlier write failed (${this.failure.message}); reopen the store`, {
         cause: this.failure,
@@ -370,8 +382,9 @@ export class SegmentStore {
 
   private async commitGroup(group: Buffer[], startBytes: number, endBytes: number): Promise<void> {
     if (group.length === 0) return;
-    await writeAllAt(this.headFh, group, startBytes);
-    await this.headFh.datasync();
+    const fh = this.headFh!; // assertUsable() admitted this write
+    await writeAllAt(fh, group, startBytes);
+    await fh.datasync();
     this.commits++;
     this.recordsAppended += group.length;
     this.bytesAppended += endBytes - startBytes;
@@ -382,7 +395,7 @@ export class SegmentStore {
   private async roll(): Promise<void> {
     const next = this.head + 1;
     const fh = await SegmentStore.createSegment(this.poolDir, next);
-    await this.headFh.close();
+    await this.headFh!.close();
     this.headFh = fh;
     this.head = next;
     this.headDurableBytes = 0;
@@ -609,6 +622,6 @@ export class SegmentStore {
     if (this.closed) return;
     this.closed = true; // new appends are refused; queued ones still complete
     while (this.flushing !== undefined) await this.flushing;
-    await this.headFh.close();
+    await this.headFh?.close();
   }
 }
