@@ -1,0 +1,115 @@
+// S3 test harness: a real daemon, its generated credentials, the Debian aws
+// cli in an isolated HOME, an @aws-sdk/client-s3 client, and an independent
+// SigV4 signer (@smithy/signature-v4, the SDK's own) for hand-made requests.
+import { S3Client } from '@aws-sdk/client-s3';
+import { SignatureV4 } from '@smithy/signature-v4';
+import { spawnSync } from 'node:child_process';
+import { createHash, createHmac, type Hash, type Hmac } from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { TestDaemon } from './daemon.js';
+
+export interface S3Env {
+  daemon: TestDaemon;
+  endpoint: string;
+  accessKeyId: string;
+  secretAccessKey: string;
+  home: string;
+  sdk: S3Client;
+  cleanup(): Promise<void>;
+}
+
+export async function startS3(opts: { dataDir?: string } = {}): Promise<S3Env> {
+  const daemon = await TestDaemon.start({ dataDir: opts.dataDir });
+  const creds = JSON.parse(fs.readFileSync(path.join(daemon.dataDir, 's3-credentials.json'), 'utf8')) as { keys: { accessKeyId: string; secretAccessKey: string }[] };
+  const { accessKeyId, secretAccessKey } = creds.keys[0]!;
+  const home = fs.mkdtempSync(path.join(os.tmpdir(), 's3-home-'));
+  const endpoint = daemon.s3Endpoint;
+  const sdk = sdkClient(endpoint, accessKeyId, secretAccessKey);
+  return {
+    daemon,
+    endpoint,
+    accessKeyId,
+    secretAccessKey,
+    home,
+    sdk,
+    async cleanup() {
+      sdk.destroy();
+      await daemon.cleanup();
+      fs.rmSync(home, { recursive: true, force: true });
+    },
+  };
+}
+
+export function sdkClient(endpoint: string, accessKeyId: string, secretAccessKey: string): S3Client {
+  return new S3Client({ endpoint, region: 'us-east-1', forcePathStyle: true, credentials: { accessKeyId, secretAccessKey }, maxAttempts: 1 });
+}
+
+/** Environment for the aws cli: only our keys, no config or credentials from the real HOME. */
+export function cliEnv(env: S3Env): NodeJS.ProcessEnv {
+  return {
+    PATH: '/usr/bin:/bin',
+    HOME: env.home,
+    AWS_CONFIG_FILE: path.join(env.home, 'config'),
+    AWS_SHARED_CREDENTIALS_FILE: path.join(env.home, 'credentials'),
+    AWS_ACCESS_KEY_ID: env.accessKeyId,
+    AWS_SECRET_ACCESS_KEY: env.secretAccessKey,
+    AWS_DEFAULT_REGION: 'us-east-1',
+    AWS_EC2_METADATA_DISABLED: 'true',
+    AWS_PAGER: '',
+    LANG: 'C.UTF-8',
+  };
+}
+
+export interface CliResult {
+  status: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs `/usr/bin/aws --endpoint-url ... ARGS` (Debian's aws cli v2). */
+export function aws(env: S3Env, args: string[], opts: { cwd?: string; timeoutMs?: number } = {}): CliResult {
+  const r = spawnSync('/usr/bin/aws', ['--endpoint-url', env.endpoint, '--no-cli-pager', ...args], {
+    env: cliEnv(env),
+    encoding: 'utf8',
+    cwd: opts.cwd,
+    timeout: opts.timeoutMs ?? 120_000,
+    maxBuffer: 64 * 1024 * 1024,
+  });
+  if (r.error) throw r.error;
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** Like `aws` but throws unless it exits 0; parses JSON output when there is any. */
+export function awsOk(env: S3Env, args: string[], opts: { cwd?: string; timeoutMs?: number } = {}): any {
+  const r = aws(env, args, opts);
+  if (r.status !== 0) throw new Error(`aws ${args.join(' ')} exited ${r.status}:\n${r.stdout}\n${r.stderr}`);
+  const out = r.stdout.trim();
+  if (out.startsWith('{') || out.startsWith('[')) return JSON.parse(out);
+  return out;
+}
+
+/** SHA-256 / HMAC-SHA256 in the shape @smithy/signature-v4 expects. */
+class NodeSha256 {
+  private h: Hash | Hmac;
+  constructor(secret?: string | Uint8Array) {
+    this.h = secret === undefined ? createHash('sha256') : createHmac('sha256', secret);
+  }
+  update(data: Uint8Array | string): void {
+    this.h.update(data);
+  }
+  async digest(): Promise<Uint8Array> {
+    return new Uint8Array(this.h.digest());
+  }
+  reset(): void {}
+}
+
+export function signer(env: S3Env, secretAccessKey = env.secretAccessKey): SignatureV4 {
+  return new SignatureV4({ service: 's3', region: 'us-east-1', credentials: { accessKeyId: env.accessKeyId, secretAccessKey }, sha256: NodeSha256 as never, uriEscapePath: false, applyChecksum: false });
+}
+
+/** The Code element of an S3 error document. */
+export function errorCode(xml: string): string | undefined {
+  return /<Code>([^<]*)<\/Code>/.exec(xml)?.[1];
+}
