@@ -6,6 +6,7 @@ import { openManager, readDaemonState, serve } from './daemon.js';
 import type { VolumeRecord } from './dataplane/meta/store.js';
 import { runHardwareScanCli } from './control/hardware/index.js';
 import { fsck } from './dataplane/fsck.js';
+import { migrateVolume } from './dataplane/volumes/migration.js';
 
 const USAGE = `usage: couchestor <command> [options]
 
@@ -14,6 +15,8 @@ commands:
   volumes list                       list volumes
   volumes create NAME SIZE [--tier hot|warm|cold] [--pool POOL] [--read-only]
   volumes resize NAME SIZE           grow a volume (shrinking is refused)
+  volumes migrate NAME TIER [--preserve]
+                                     move a volume to hot|warm|cold now, online (--preserve keeps the old copy)
   volumes delete NAME                delete a volume and its data
   pools list                         list pools with usage
   hardware scan [--json] [--sys-root DIR] [--no-smart]
@@ -58,6 +61,7 @@ async function main(argv: string[]): Promise<number> {
       tier: { type: 'string' },
       pool: { type: 'string' },
       'read-only': { type: 'boolean' },
+      preserve: { type: 'boolean' },
       json: { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
@@ -171,6 +175,12 @@ async function volumes(dataDir: string, sub: string | undefined, args: string[],
       const sizeBytes = parseSize(size);
       return print(await call(dataDir, 'PATCH', `/v1/volumes/${encodeURIComponent(name)}`, { sizeBytes }, (m) => m.resizeVolume(name, sizeBytes)), values.json);
     }
+    case 'migrate': {
+      const [name, tier] = args;
+      if (!name || !tier || !['hot', 'warm', 'cold'].includes(tier)) throw new UsageError('volumes migrate NAME hot|warm|cold [--preserve]');
+      const body = { tier: tier as 'hot' | 'warm' | 'cold', preserve: Boolean(values.preserve) };
+      return print(await call(dataDir, 'POST', `/v1/volumes/${encodeURIComponent(name)}/migrate`, body, (m) => migrateVolume(m, name, body.tier, { preserve: body.preserve })), values.json);
+    }
     case 'delete': {
       const [name] = args;
       if (!name) throw new UsageError('volumes delete NAME');
@@ -179,7 +189,7 @@ async function volumes(dataDir: string, sub: string | undefined, args: string[],
       return 0;
     }
     default:
-      throw new UsageError('volumes: expected list, create, resize or delete');
+      throw new UsageError('volumes: expected list, create, resize, migrate or delete');
   }
 }
 

@@ -3,6 +3,8 @@
 import Fastify, { type FastifyInstance } from 'fastify';
 import { AlreadyExists, InvalidArgument, NoSpace, NoSuitablePool, NotFound, PoolOffline } from '../dataplane/errors.js';
 import type { VolumeManager } from '../dataplane/volumes/manager.js';
+import { migrateVolume } from '../dataplane/volumes/migration.js';
+import type { Tier } from '../dataplane/meta/store.js';
 
 export function httpStatusFor(err: unknown): number {
   if (err instanceof InvalidArgument) return 400;
@@ -58,6 +60,12 @@ export function buildApi(manager: VolumeManager, app: FastifyInstance = Fastify(
     '/v1/volumes/:name',
     { schema: { body: { type: 'object', required: ['sizeBytes'], additionalProperties: false, properties: { sizeBytes: { type: 'integer', minimum: 1 } } } } },
     async (req) => manager.resizeVolume(req.params.name, req.body.sizeBytes),
+  );
+  // Moves a volume to another tier now (online); returns when done.
+  app.post<{ Params: { name: string }; Body: { tier: Tier; preserve?: boolean } }>(
+    '/v1/volumes/:name/migrate',
+    { schema: { body: { type: 'object', required: ['tier'], additionalProperties: false, properties: { tier: { type: 'string', enum: ['hot', 'warm', 'cold'] }, preserve: { type: 'boolean' } } } } },
+    async (req) => migrateVolume(manager, req.params.name, req.body.tier, { preserve: req.body.preserve ?? false }),
   );
   // Merges every journaled write into stripes now; returns when done.
   app.post('/v1/destage', async () => {

@@ -63,7 +63,7 @@ export async function fsck(manager: VolumeManager, progress: (line: string) => v
       progress(`pool ${pool.name}: offline or empty, skipped`);
       continue;
     }
-    const store = await SegmentStore.open(dir);
+    const store = await SegmentStore.open(dir, { readOnly: true });
     let n = 0;
     let lastReportMs = Date.now();
     try {

@@ -81,7 +81,7 @@ export class Destager {
       while (next < work.length && !this.stopped) {
         const [vol, c] = work[next++]!;
         try {
-          if (await vol.destageChunk(c)) this.stripesDestaged++;
+          if (await vol.drainJournalChunk(c)) this.stripesDestaged++;
         } catch (err) {
           this.errors++;
           this.lastError = (err as Error).message;

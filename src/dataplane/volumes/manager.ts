@@ -70,12 +70,17 @@ export class VolumeManager {
     hot.ensureDirs();
     const stripes = new StripeStore(() => [...this.pools.values()], policy);
     const ids = new Set(this.meta.listVolumes().map((v) => v.id));
+    let highestDestagedSeq = 0;
+    for (const id of ids) {
+      for (const { entry } of this.meta.volumeChunks(id)) highestDestagedSeq = Math.max(highestDestagedSeq, entry.destagedSeq ?? 0);
+    }
     const journal = Journal.open({
       dir: path.join(hot.rec.path, 'journal'),
       chunkSizeBytes: policy.stripeSizeBytes,
       capacityBytes: opts.journalCapacityBytes,
       destagedSeq: (v, c) => this.meta.chunks.get([v, c])?.destagedSeq ?? 0,
       volumeExists: (id) => ids.has(id),
+      highestDestagedSeq,
     });
     const destager = new Destager(journal, (id) => this.volumeById(id), opts);
     const reconstructor = new Reconstructor(stripes, (id) => this.volumeById(id), () => this.allVolumes(), {

@@ -3,6 +3,7 @@
 // the chunk map in LMDB records which chunks hold data. All connections to a
 // volume share this object, so a FLUSH on one covers writes completed on all.
 import fs from 'node:fs';
+import { crc32c } from '@node-rs/crc32';
 import { InvalidArgument, OutOfRange, ReadOnly, VolumeFailed } from '../errors.js';
 import { ChunkState, type ChunkEntry, type MetaStore, type VolumeRecord } from '../meta/store.js';
 import type { Pool } from '../pools/pool.js';
@@ -54,7 +55,7 @@ export class Volume {
   private readonly chunkShift: number;
   /** Stripe of every chunk in state Cold. */
   readonly stripes = new Map<number, StripeRef>();
-  private readonly destaging = new Set<number>();
+  private readonly destaging = new Map<number, Promise<boolean>>();
 
   constructor(
     public rec: VolumeRecord,
@@ -225,18 +226,19 @@ export class Volume {
         continue;
       }
       const st = this.chunkState[c];
-      if (st === ChunkState.Allocated) continue;
+      // After a cold -> hot switch, journaled bytes must be merged into the file first.
+      const journaled = this.cold !== null && this.cold.journal.extents(this.rec.id, c) !== undefined;
+      if (st === ChunkState.Allocated && !journaled) continue;
+      if (st === ChunkState.Cold || journaled) {
+        (waits ??= []).push(this.ensurePromoted(c));
+        continue;
+      }
       try {
         this.pool.reserve(cs);
       } catch (err) {
         return Promise.reject(err);
       }
-      if (st === ChunkState.Cold) {
-        const p = this.promote(c).finally(() => this.preparing.delete(c));
-        p.catch(() => this.pool.release(cs));
-        this.preparing.set(c, p);
-        (waits ??= []).push(p);
-      } else if (st === ChunkState.Discarded) {
+      if (st === ChunkState.Discarded) {
         // The region still holds old bytes; zero what this write won't cover
         // before the chunk becomes readable as data again.
         const chunkStart = c * cs;
@@ -279,17 +281,71 @@ export class Volume {
     if (old) this.cold?.stripes.free(old);
   }
 
-  /** Copies a Cold chunk (stripe + journal) into the volume file and makes it Allocated. */
-  async promote(c: number): Promise<void> {
+  /**
+   * Copies chunk c (stripe or file, plus journal records) into the volume
+   * file and makes it Allocated. Writes to the chunk wait for it.
+   */
+  ensurePromoted(c: number, verify = false): Promise<void> {
+    const pending = this.preparing.get(c);
+    if (pending) return pending;
+    const p = this.promote(c, verify).finally(() => this.preparing.delete(c));
+    this.preparing.set(c, p);
+    return p;
+  }
+
+  private async promote(c: number, verify: boolean): Promise<void> {
+    await this.destaging.get(c)?.catch(() => undefined);
     const cs = this.rec.chunkSizeBytes;
-    const buf = Buffer.allocUnsafe(cs);
-    const upto = this.lastSeq(c);
-    await this.readPiece(c, c * cs, (c + 1) * cs, buf, 0);
-    await writeAll(this.fd, buf, c * cs);
-    await fdatasync(this.fd);
-    this.setChunk(c, ChunkState.Allocated);
+    const st = this.chunkState[c];
+    if (st !== ChunkState.Allocated) this.pool.reserve(cs);
+    try {
+      const buf = Buffer.allocUnsafe(cs);
+      const upto = this.lastSeq(c);
+      await this.readPiece(c, c * cs, (c + 1) * cs, buf, 0);
+      await writeAll(this.fd, buf, c * cs);
+      await fdatasync(this.fd);
+      if (verify) {
+        const back = Buffer.allocUnsafe(cs);
+        await readAll(this.fd, back, 0, cs, c * cs);
+        if (crc32c(back) !== crc32c(buf)) throw new VerifyFailed(`volume ${this.name} chunk ${c}: file copy does not match its source`);
+      }
+      // SWITCH: one index write; the stripe is released after it (setChunk).
+      this.setChunk(c, ChunkState.Allocated);
+      await this.meta.durable();
+      if (upto > 0) this.cold?.journal.release(this.rec.id, c, upto);
+    } catch (err) {
+      if (st !== ChunkState.Allocated) this.pool.release(cs);
+      throw err;
+    }
+  }
+
+  /** Chunks whose bytes are not (only) in the volume file: on a stripe or in the journal. */
+  chunksOffFile(): number[] {
+    const out: number[] = [];
+    for (let c = 0; c < this.chunkState.length; c++) {
+      if (this.chunkState[c] === ChunkState.Cold || (this.cold && this.cold.journal.extents(this.rec.id, c))) out.push(c);
+    }
+    return out;
+  }
+
+  /** Chunks whose bytes live in the volume file. */
+  chunksOnFile(): number[] {
+    const out: number[] = [];
+    for (let c = 0; c < this.chunkState.length; c++) if (this.chunkState[c] === ChunkState.Allocated) out.push(c);
+    return out;
+  }
+
+  /** Persists a new tier for the volume (writes route by it from now on). */
+  async setTier(tier: VolumeRecord['tier']): Promise<void> {
+    this.rec = { ...this.rec, tier };
+    await this.meta.volumes.put(this.rec.name, this.rec);
     await this.meta.durable();
-    if (upto > 0) this.cold?.journal.release(this.rec.id, c, upto);
+  }
+
+  /** RELEASE after hot -> cold: the file holds no live chunk any more; give its space back. */
+  async releaseFile(): Promise<void> {
+    if (this.chunksOnFile().length > 0) return;
+    await new Promise<void>((resolve, reject) => fs.ftruncate(this.fd, 0, (err) => (err ? reject(err) : resolve())));
   }
 
   private lastSeq(c: number): number {
@@ -303,14 +359,30 @@ export class Volume {
    * journal records and the old copy. Also moves Allocated chunks of a cold
    * volume off the hot pool. No-op when there is nothing to do.
    */
-  async destageChunk(c: number): Promise<boolean> {
+  destageChunk(c: number, verify = false): Promise<boolean> {
     const cold = this.cold;
-    if (!cold || this.destaging.has(c) || this.preparing.has(c) || this.failure || this.closed) return false;
+    if (!cold || this.destaging.has(c) || this.preparing.has(c) || this.failure || this.closed) return Promise.resolve(false);
+    const p = this.destage(cold, c, verify).finally(() => this.destaging.delete(c));
+    this.destaging.set(c, p);
+    return p;
+  }
+
+  /**
+   * Empties chunk c's journal records toward the volume's tier: into a new
+   * stripe for cold volumes, into the file for hot/warm ones (after a
+   * cold -> hot switch).
+   */
+  async drainJournalChunk(c: number): Promise<boolean> {
+    if (this.rec.tier === 'cold') return this.destageChunk(c);
+    await this.ensurePromoted(c);
+    return true;
+  }
+
+  private async destage(cold: ColdTier, c: number, verify: boolean): Promise<boolean> {
     const st = this.chunkState[c];
     const upto = this.lastSeq(c);
     if (upto === 0 && st !== ChunkState.Allocated) return false;
-    this.destaging.add(c);
-    try {
+    {
       const cs = this.rec.chunkSizeBytes;
       const data = Buffer.allocUnsafe(cs);
       const oldRef = this.stripes.get(c);
@@ -320,6 +392,10 @@ export class Volume {
         entry = { state: ChunkState.Discarded, pool: this.pool.name, destagedSeq: upto };
       } else {
         const ref = await cold.stripes.writeStripe(volumeOwnerId(this.rec.id), c, (oldRef?.generation ?? 0) + 1, data);
+        if (verify) {
+          const back = await cold.stripes.readStripe(ref);
+          if (crc32c(back) !== crc32c(data)) throw new VerifyFailed(`volume ${this.name} chunk ${c}: stripe does not match its source`);
+        }
         entry = { state: ChunkState.Cold, pool: '', stripe: ref, destagedSeq: upto };
       }
       if (this.closed) return false;
@@ -332,8 +408,6 @@ export class Volume {
       if (upto > 0) cold.journal.release(this.rec.id, c, upto);
       if (oldRef) cold.stripes.free(oldRef);
       return true;
-    } finally {
-      this.destaging.delete(c);
     }
   }
 
@@ -493,6 +567,11 @@ export class Volume {
     this.closed = true;
     await new Promise<void>((resolve) => fs.close(this.fd, () => resolve()));
   }
+}
+
+/** A migrated copy did not read back equal to its source (nothing was switched). */
+export class VerifyFailed extends Error {
+  override name = 'VerifyFailed';
 }
 
 /** FAST_ZERO could not be honoured without writing data. */

@@ -1,0 +1,118 @@
+// Online migration of one volume between tiers, chunk by chunk:
+// ANALYZE -> COPY -> VERIFY -> SWITCH (one index transaction per chunk) ->
+// RELEASE. The volume serves I/O throughout: once the tier flips, new writes
+// follow it (journal for cold, file for hot), so a chunk written during the
+// copy is carried along by the same mechanism. A failure before a chunk's
+// SWITCH leaves that chunk on its old copy; the volume's tier is reverted.
+import { InvalidArgument, NoSuitablePool, VolumeFailed } from '../errors.js';
+import type { Tier } from '../meta/store.js';
+import type { VolumeManager } from './manager.js';
+import type { Volume } from './volume.js';
+
+export type MigrationPhase = 'Analyze' | 'Copy' | 'Release' | 'Done' | 'Failed' | 'Aborted';
+
+export interface MigrationProgress {
+  volume: string;
+  from: Tier;
+  to: Tier;
+  phase: MigrationPhase;
+  chunksTotal: number;
+  chunksDone: number;
+  bytesCopied: number;
+  startedMs: number;
+  finishedMs?: number;
+  error?: string;
+}
+
+export interface MigrateOptions {
+  /** Preservation mode: RELEASE is skipped, the old copy stays on its pool. */
+  preserve: boolean;
+  signal?: AbortSignal;
+  /** Chunks copied at once. */
+  concurrency?: number;
+  onProgress?: (p: MigrationProgress) => void;
+}
+
+export class MigrationAborted extends Error {
+  override name = 'MigrationAborted';
+}
+
+/** Why a move to `to` cannot start now, or null when it can. */
+export function analyzeMigration(manager: VolumeManager, vol: Volume, to: Tier): string | null {
+  if (vol.failed) return `volume is offline: ${vol.failed.message}`;
+  if (to === 'cold') {
+    const cold = manager.cold;
+    if (!cold) return 'the cold tier is not running';
+    if (vol.rec.chunkSizeBytes !== cold.policy.stripeSizeBytes) return `chunk size ${vol.rec.chunkSizeBytes} differs from the stripe size ${cold.policy.stripeSizeBytes}`;
+    const need = cold.policy.dataShards + cold.policy.parityShards;
+    const online = [...manager.pools.values()].filter((p) => p.rec.tier === 'cold' && p.isOnline()).length;
+    if (online < need) return `needs ${need} online cold pools, ${online} online`;
+    return null;
+  }
+  // Hot and warm data live in the volume's file on its pool.
+  if (vol.pool.rec.tier !== to) return `volume file is on ${vol.pool.rec.tier} pool ${vol.pool.name}; moving files between hot and warm pools is not supported yet`;
+  if (!vol.pool.isOnline()) return `pool ${vol.pool.name} is offline`;
+  const needBytes = vol.chunksOffFile().length * vol.rec.chunkSizeBytes;
+  if (vol.pool.freeBytes() < needBytes) return `pool ${vol.pool.name} has ${vol.pool.freeBytes()} bytes free, needs ${needBytes}`;
+  return null;
+}
+
+export async function migrateVolume(manager: VolumeManager, name: string, to: Tier, opts: MigrateOptions): Promise<MigrationProgress> {
+  const vol = manager.openVolume(name);
+  const from = vol.rec.tier;
+  const progress: MigrationProgress = { volume: name, from, to, phase: 'Analyze', chunksTotal: 0, chunksDone: 0, bytesCopied: 0, startedMs: Date.now() };
+  const report = () => opts.onProgress?.({ ...progress });
+  report();
+  if (from === to) throw new InvalidArgument(`volume ${name} is already ${to}`);
+  const why = analyzeMigration(manager, vol, to);
+  if (why) throw new NoSuitablePool(`cannot migrate ${name} to ${to}: ${why}`);
+
+  progress.phase = 'Copy';
+  await vol.setTier(to);
+  try {
+    // Chunks to move; re-listed until none are left (a write during the
+    // copy may have created new work on the old side).
+    for (let round = 0; round < 16; round++) {
+      const todo = to === 'cold' ? [...vol.chunksOnFile(), ...journaledChunks(manager, vol)] : vol.chunksOffFile();
+      if (todo.length === 0) break;
+      progress.chunksTotal = progress.chunksDone + todo.length;
+      report();
+      let next = 0;
+      const worker = async () => {
+        while (next < todo.length) {
+          if (opts.signal?.aborted) throw new MigrationAborted(`migration of ${name} aborted`);
+          const c = todo[next++]!;
+          // COPY + VERIFY + SWITCH for one chunk.
+          if (to === 'cold') await vol.destageChunk(c, true);
+          else await vol.ensurePromoted(c, true);
+          progress.chunksDone++;
+          progress.bytesCopied += vol.rec.chunkSizeBytes;
+          if (progress.chunksDone % 16 === 0) report();
+        }
+      };
+      await Promise.all(Array.from({ length: opts.concurrency ?? 4 }, worker));
+    }
+    const left = to === 'cold' ? vol.chunksOnFile().length : vol.chunksOffFile().length;
+    if (left > 0) throw new VolumeFailed(`${left} chunks of ${name} could not be moved`);
+    progress.phase = 'Release';
+    report();
+    if (to === 'cold' && !opts.preserve) await vol.releaseFile();
+    progress.phase = 'Done';
+  } catch (err) {
+    // Chunks already switched stay readable where they are; new writes go
+    // back to the old tier's path.
+    await vol.setTier(from).catch(() => undefined);
+    progress.phase = err instanceof MigrationAborted ? 'Aborted' : 'Failed';
+    progress.error = (err as Error).message;
+    progress.finishedMs = Date.now();
+    report();
+    throw err;
+  }
+  progress.finishedMs = Date.now();
+  report();
+  return progress;
+}
+
+function journaledChunks(manager: VolumeManager, vol: Volume): number[] {
+  return manager.cold ? manager.cold.journal.dirtyChunks(vol.rec.id) : [];
+}
