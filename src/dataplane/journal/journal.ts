@@ -77,6 +77,14 @@ export class Journal {
     capacityBytes?: number;
     destagedSeq: (volumeId: number, chunkIndex: number) => number;
     volumeExists: (volumeId: number) => boolean;
+    /**
+     * The highest destagedSeq in the index. New records must be numbered
+     * above it: once every journal file is destaged and removed, the files
+     * alone no longer remember how far the numbering went, and a record
+     * numbered at or below its chunk's destagedSeq would be skipped by the
+     * next replay (a flushed write lost after a crash).
+     */
+    highestDestagedSeq?: number;
   }): Journal {
     fs.mkdirSync(opts.dir, { recursive: true });
     const j = new Journal(opts.dir, opts.chunkSizeBytes, opts.fileBytes ?? DEFAULT_JOURNAL_FILE_BYTES, opts.capacityBytes ?? DEFAULT_JOURNAL_CAPACITY_BYTES);
@@ -86,6 +94,7 @@ export class Journal {
       .filter((m): m is RegExpExecArray => m !== null)
       .map((m) => Number(m[1]))
       .sort((a, b) => a - b);
+    j.nextSeq = Math.max(j.nextSeq, (opts.highestDestagedSeq ?? 0) + 1);
     let replayed = 0;
     for (const no of nos) {
       const file = path.join(opts.dir, fileName(no));
