@@ -135,9 +135,6 @@ export async function serve(dataDir: string, overrides: (cfg: DaemonConfig) => v
   const cfg = loadConfig(dataDir);
   overrides(cfg);
   const daemon = await Daemon.start(cfg);
-  // One machine-readable line on stdout: tests and scripts wait for it.
-  process.stdout.write(`couchestor ready ${JSON.stringify(daemon.state)}\n`);
-  log.info('serving', { dataDir: cfg.dataDir, nbd: `${daemon.state.nbd.host}:${daemon.state.nbd.port}`, socket: daemon.state.nbd.socketPath, api: daemon.state.api.port, s3: daemon.state.s3.port });
   let stopping = false;
   const stop = (sig: string) => {
     if (stopping) return;
@@ -151,6 +148,11 @@ export async function serve(dataDir: string, overrides: (cfg: DaemonConfig) => v
       },
     );
   };
+  // Handlers before the ready line: a SIGTERM sent the moment a supervisor
+  // reads "ready" must still shut down cleanly, not kill the process.
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
+  // One machine-readable line on stdout: tests and scripts wait for it.
+  process.stdout.write(`couchestor ready ${JSON.stringify(daemon.state)}\n`);
+  log.info('serving', { dataDir: cfg.dataDir, nbd: `${daemon.state.nbd.host}:${daemon.state.nbd.port}`, socket: daemon.state.nbd.socketPath, api: daemon.state.api.port, s3: daemon.state.s3.port });
 }
