@@ -7,13 +7,14 @@ import type { VolumeRecord } from './dataplane/meta/store.js';
 import { runHardwareScanCli } from './control/hardware/index.js';
 import { fsck } from './dataplane/fsck.js';
 import { migrateVolume } from './dataplane/volumes/migration.js';
+import type { PolicyStatus } from './control/loop.js';
 
 const USAGE = `usage: couchestor <command> [options]
 
 commands:
   serve                              run the daemon (embedded default: ./couchestor-data)
   volumes list                       list volumes
-  volumes create NAME SIZE [--tier hot|warm|cold] [--pool POOL] [--read-only]
+  volumes create NAME SIZE [--tier hot|warm|cold] [--pool POOL] [--read-only] [--label K=V ...]
   volumes resize NAME SIZE           grow a volume (shrinking is refused)
   volumes migrate NAME TIER [--preserve]
                                      move a volume to hot|warm|cold now, online (--preserve keeps the old copy)
@@ -21,6 +22,8 @@ commands:
   pools list                         list pools with usage
   hardware scan [--json] [--sys-root DIR] [--no-smart]
                                      discover NVMe/SAS/SATA drives, SMART, suggested tier
+  status                             control loop: policies, phase, decisions with reasons, migrations
+  reconcile [--wait]                 run one control-loop pass now (--wait: until its migrations finish)
   fsck                               scan every cold pool, check the index against the shard records,
                                      report stripes by state and orphaned records (daemon stopped; exit 1 if
                                      any stripe is Degraded or Failed)
@@ -36,6 +39,7 @@ serve options:
   --nbd-socket P    NBD Unix socket (default DATA_DIR/nbd.sock)
   --api-port N      admin API, /healthz and /readyz port (default 8081; 0 = any free port)
   --metrics-port N  Prometheus /metrics port (default 8080; 0 = any free port)
+  --preserve        preservation mode: migrations keep the old copy
   --s3-port N       S3 API port (default 9000; 0 = any free port)
 SIZE takes bytes or K/M/G/T suffixes (binary): 1G, 512M.`;
 
@@ -62,6 +66,8 @@ async function main(argv: string[]): Promise<number> {
       pool: { type: 'string' },
       'read-only': { type: 'boolean' },
       preserve: { type: 'boolean' },
+      label: { type: 'string', multiple: true },
+      wait: { type: 'boolean' },
       json: { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
@@ -80,6 +86,7 @@ async function main(argv: string[]): Promise<number> {
         if (values['nbd-socket']) cfg.nbd.socketPath = values['nbd-socket'];
         if (values['api-port'] !== undefined) cfg.api.port = port(values['api-port']);
         if (values['metrics-port'] !== undefined) cfg.metrics.port = port(values['metrics-port']);
+        if (values.preserve) cfg.control.preservationMode = true;
         if (values['s3-port'] !== undefined) cfg.s3.port = port(values['s3-port']);
       });
       return -1; // keep running
@@ -99,6 +106,20 @@ async function main(argv: string[]): Promise<number> {
       } finally {
         await manager.close();
       }
+    }
+    case 'status': {
+      if (!readDaemonState(dataDir)) throw new Error('no daemon is running for this data directory');
+      const st = await call<{ policies: PolicyStatus[] }>(dataDir, 'GET', '/v1/status', undefined, async () => ({ policies: [] }));
+      if (values.json) return print(st, true);
+      process.stdout.write(formatStatus(st.policies));
+      return 0;
+    }
+    case 'reconcile': {
+      if (!readDaemonState(dataDir)) throw new Error('no daemon is running for this data directory');
+      const st = await call<{ policies: PolicyStatus[] }>(dataDir, 'POST', `/v1/reconcile${values.wait ? '?wait=1' : ''}`, undefined, async () => ({ policies: [] }));
+      if (values.json) return print(st, true);
+      process.stdout.write(formatStatus(st.policies));
+      return 0;
     }
     case 'destage':
     case 'scrub':
@@ -166,6 +187,7 @@ async function volumes(dataDir: string, sub: string | undefined, args: string[],
         ...(values.tier ? { tier: values.tier as 'hot' | 'warm' | 'cold' } : {}),
         ...(values.pool ? { pool: values.pool as string } : {}),
         ...(values['read-only'] ? { readOnly: true } : {}),
+        ...(values.label ? { labels: parseLabels(values.label as string[]) } : {}),
       };
       return print(await call(dataDir, 'POST', '/v1/volumes', body, (m) => m.createVolume(body)), values.json);
     }
@@ -191,6 +213,33 @@ async function volumes(dataDir: string, sub: string | undefined, args: string[],
     default:
       throw new UsageError('volumes: expected list, create, resize, migrate or delete');
   }
+}
+
+function formatStatus(policies: PolicyStatus[]): string {
+  if (policies.length === 0) return 'no StoragePolicy loaded\n';
+  let out = '';
+  for (const p of policies) {
+    out += `policy ${p.name}: ${p.phase}${p.reason ? ` (${p.reason})` : ''}  volumes=${p.watchedVolumes} hot=${p.hotVolumes} warm=${p.warmVolumes} cold=${p.coldVolumes}`;
+    out += `  migrations active=${p.activeMigrations} succeeded=${p.totalMigrations.succeeded} failed=${p.totalMigrations.failed}  last pass ${p.lastReconcileTime ?? 'never'}\n`;
+    for (const c of p.conditions) if (c.status === 'False') out += `  condition ${c.type}=False: ${c.message}\n`;
+    if (p.decisions.length) {
+      out += table(
+        ['  VOLUME', 'TIER', 'TARGET', 'IOPS', 'ACTION', 'REASON'],
+        p.decisions.map((d) => ['  ' + d.volume, d.currentTier, d.targetTier ?? '-', d.iops === null ? '-' : String(d.iops), d.action, d.reason]),
+      );
+    }
+  }
+  return out;
+}
+
+function parseLabels(items: string[]): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const item of items) {
+    const i = item.indexOf('=');
+    if (i <= 0) throw new UsageError(`label ${JSON.stringify(item)} must be KEY=VALUE`);
+    out[item.slice(0, i)] = item.slice(i + 1);
+  }
+  return out;
 }
 
 function print(value: unknown, _json: unknown): number {

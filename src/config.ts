@@ -7,6 +7,7 @@ import YAML from 'yaml';
 import { InvalidArgument } from './dataplane/errors.js';
 import { TIERS, type Tier } from './dataplane/meta/store.js';
 import { filesystemFreeBytes } from './dataplane/pools/pool.js';
+import { DEFAULT_STORAGE_POLICY_YAML } from './control/policy.js';
 
 export interface PoolConfig {
   name: string;
@@ -33,6 +34,15 @@ export interface DaemonConfig {
     destageIntervalMs: number;
     destageThresholdPercent: number;
   };
+  control: {
+    /** StoragePolicy (and ErasureCodingPolicy) YAML files, re-read every pass. */
+    policiesDir: string;
+    reconcileIntervalMs: number;
+    /** Keep the old copy after every migration (RELEASE skipped). */
+    preservationMode: boolean;
+    heatSampleIntervalMs: number;
+    heatSource: { type: 'local' } | { type: 'prometheus'; url: string; metrics: 'seed' | 'couchestor' };
+  };
   /** Created at first start when the daemon has no volumes at all. */
   demoVolume: { name: string; sizeBytes: number } | null;
   defaultExport: string;
@@ -58,6 +68,13 @@ export function embeddedDefault(dataDir: string): DaemonConfig {
       destageIntervalMs: 5_000,
       destageThresholdPercent: 50,
     },
+    control: {
+      policiesDir: 'policies',
+      reconcileIntervalMs: 30_000,
+      preservationMode: false,
+      heatSampleIntervalMs: 1_000,
+      heatSource: { type: 'local' },
+    },
     demoVolume: { name: 'demo', sizeBytes: 1024 ** 3 },
     defaultExport: 'demo',
   };
@@ -72,10 +89,10 @@ export function loadConfig(dataDir: string): DaemonConfig {
     const def = embeddedDefault(abs);
     const { dataDir: _omit, ...onDisk } = def;
     fs.writeFileSync(file, '# CoucheStor daemon configuration (embedded default).\n' + YAML.stringify(onDisk));
-    const ec = path.join(abs, def.coldTier.ecPolicyFile);
-    if (!fs.existsSync(ec)) {
-      fs.mkdirSync(path.dirname(ec), { recursive: true });
-      fs.writeFileSync(ec, DEFAULT_EC_POLICY_YAML);
+    const sp = path.join(abs, def.control.policiesDir, 'default-storage-policy.yaml');
+    if (!fs.existsSync(sp)) {
+      fs.mkdirSync(path.dirname(sp), { recursive: true });
+      fs.writeFileSync(sp, DEFAULT_STORAGE_POLICY_YAML);
     }
   }
   const raw = YAML.parse(fs.readFileSync(file, 'utf8')) ?? {};
@@ -89,8 +106,15 @@ export function loadConfig(dataDir: string): DaemonConfig {
     metrics: { ...def.metrics, ...raw.metrics },
     s3: { ...def.s3, ...raw.s3 },
     coldTier: { ...def.coldTier, ...raw.coldTier },
+    control: { ...def.control, ...raw.control },
   };
   validateConfig(cfg);
+  // The erasure-coding policy is part of the embedded default: written when absent.
+  const ec = path.resolve(abs, cfg.coldTier.ecPolicyFile);
+  if (!fs.existsSync(ec)) {
+    fs.mkdirSync(path.dirname(ec), { recursive: true });
+    fs.writeFileSync(ec, DEFAULT_EC_POLICY_YAML);
+  }
   return cfg;
 }
 

@@ -12,6 +12,8 @@ import { log } from './log.js';
 import { registerHealthRoutes, type RunningHttpServer } from './control/health/index.js';
 import { createMetrics, startMetricsServer } from './control/metrics/index.js';
 import { HeatTracker } from './control/heat.js';
+import { ControlLoop } from './control/loop.js';
+import { PrometheusHeat } from './control/prometheus-heat.js';
 import { healthChecks, metricsSource } from './control/observe.js';
 import { parsePolicyYaml } from './dataplane/ec/policy.js';
 
@@ -77,6 +79,7 @@ export class Daemon {
     readonly s3: S3Frontend,
     readonly metrics: RunningHttpServer,
     readonly heat: HeatTracker,
+    readonly loop: ControlLoop,
     readonly state: DaemonState,
   ) {}
 
@@ -94,17 +97,25 @@ export class Daemon {
     const tcp = await nbd.listenTcp(cfg.nbd.port, cfg.listenHost);
     const socketPath = path.resolve(cfg.dataDir, cfg.nbd.socketPath);
     await nbd.listenUnix(socketPath);
-    const api = buildApi(manager);
+    const heat = new HeatTracker(manager, 3_600_000, cfg.control.heatSampleIntervalMs);
+    heat.start();
+    const hs = cfg.control.heatSource;
+    const loop = new ControlLoop(manager, {
+      policiesDir: path.resolve(cfg.dataDir, cfg.control.policiesDir),
+      intervalMs: cfg.control.reconcileIntervalMs,
+      preservationMode: cfg.control.preservationMode,
+      heat: hs.type === 'prometheus' ? new PrometheusHeat(hs.url, hs.metrics) : heat,
+      ecPolicyNames: () => (manager.cold ? [manager.cold.policy.name] : []),
+    });
+    const api = buildApi(manager, loop);
     // Probes share the admin API's port (8081 by default, as DESIGN.md says).
     let open = true;
     registerHealthRoutes(api, healthChecks(manager, () => open));
     api.addHook('onClose', async () => {
       open = false;
     });
-    const heat = new HeatTracker(manager, 60_000, 1_000);
-    heat.start();
-    const noMigrations = { completedTotal: { succeeded: 0, failed: 0, aborted: 0 }, active: 0 };
-    const metrics = await startMetricsServer({ host: cfg.listenHost, port: cfg.metrics.port, registry: createMetrics(metricsSource(manager, heat, () => noMigrations)) });
+    const migrations = () => ({ completedTotal: { ...loop.totals }, active: loop.activeMigrations() });
+    const metrics = await startMetricsServer({ host: cfg.listenHost, port: cfg.metrics.port, registry: createMetrics(metricsSource(manager, heat, migrations)) });
     await api.listen({ port: cfg.api.port, host: cfg.listenHost });
     const apiAddr = api.server.address();
     // S3 front end (issue #6): hot buckets on the hot pools, cold buckets through the stripe store.
@@ -117,10 +128,12 @@ export class Daemon {
       metrics: { host: metrics.host, port: metrics.port },
     };
     fs.writeFileSync(path.join(cfg.dataDir, STATE_FILE), JSON.stringify(state));
-    return new Daemon(cfg, manager, nbd, api, s3, metrics, heat, state);
+    loop.start();
+    return new Daemon(cfg, manager, nbd, api, s3, metrics, heat, loop, state);
   }
 
   async stop(): Promise<void> {
+    await this.loop.stop();
     await this.nbd.close();
     await this.api.close();
     await this.s3.close();

@@ -5,6 +5,7 @@ import { AlreadyExists, InvalidArgument, NoSpace, NoSuitablePool, NotFound, Pool
 import type { VolumeManager } from '../dataplane/volumes/manager.js';
 import { migrateVolume } from '../dataplane/volumes/migration.js';
 import type { Tier } from '../dataplane/meta/store.js';
+import type { ControlLoop } from './loop.js';
 
 export function httpStatusFor(err: unknown): number {
   if (err instanceof InvalidArgument) return 400;
@@ -25,10 +26,11 @@ const volumeBody = {
     tier: { type: 'string', enum: ['hot', 'warm', 'cold'] },
     pool: { type: 'string' },
     readOnly: { type: 'boolean' },
+    labels: { type: 'object', additionalProperties: { type: 'string' } },
   },
 } as const;
 
-export function buildApi(manager: VolumeManager, app: FastifyInstance = Fastify({ bodyLimit: 64 * 1024 })): FastifyInstance {
+export function buildApi(manager: VolumeManager, loop: ControlLoop | null = null, app: FastifyInstance = Fastify({ bodyLimit: 64 * 1024 })): FastifyInstance {
   app.setErrorHandler((err, _req, reply) => {
     const e = err as Error & { statusCode?: number; validation?: unknown };
     const status = e.validation ? 400 : (e.statusCode ?? httpStatusFor(err));
@@ -47,7 +49,7 @@ export function buildApi(manager: VolumeManager, app: FastifyInstance = Fastify(
     if (!rec) throw new NotFound(`no volume named ${req.params.name}`);
     return rec;
   });
-  app.post<{ Body: { name: string; sizeBytes: number; tier?: 'hot' | 'warm' | 'cold'; pool?: string; readOnly?: boolean } }>(
+  app.post<{ Body: { name: string; sizeBytes: number; tier?: 'hot' | 'warm' | 'cold'; pool?: string; readOnly?: boolean; labels?: Record<string, string> } }>(
     '/v1/volumes',
     { schema: { body: volumeBody } },
     async (req, reply) => {
@@ -67,6 +69,14 @@ export function buildApi(manager: VolumeManager, app: FastifyInstance = Fastify(
     { schema: { body: { type: 'object', required: ['tier'], additionalProperties: false, properties: { tier: { type: 'string', enum: ['hot', 'warm', 'cold'] }, preserve: { type: 'boolean' } } } } },
     async (req) => migrateVolume(manager, req.params.name, req.body.tier, { preserve: req.body.preserve ?? false }),
   );
+  app.get('/v1/status', async () => ({ policies: loop?.status() ?? [], activeMigrations: loop?.activeMigrations() ?? 0, totals: loop?.totals }));
+  // Runs one control-loop pass now; with ?wait=1 also waits for the migrations it started.
+  app.post<{ Querystring: { wait?: string } }>('/v1/reconcile', async (req) => {
+    if (!loop) throw new NotFound('the control loop is not running');
+    await loop.reconcile();
+    if (req.query.wait === '1') await loop.settle();
+    return { policies: loop.status() };
+  });
   // Merges every journaled write into stripes now; returns when done.
   app.post('/v1/destage', async () => {
     const cold = requireCold();

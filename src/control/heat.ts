@@ -1,6 +1,7 @@
 // Heat: per-volume read/write IOPS over a sliding window, sampled from the
 // dataplane's own counters (nothing is added to the I/O path).
 import type { VolumeManager } from '../dataplane/volumes/manager.js';
+import type { HeatReading, HeatSource } from './loop.js';
 
 interface Sample {
   atMs: number;
@@ -11,15 +12,40 @@ interface Sample {
 /** Bound on samples kept per volume: the window is divided into this many steps at most. */
 export const MAX_SAMPLES_PER_VOLUME = 3600;
 
-export class HeatTracker {
+export class HeatTracker implements HeatSource {
   private readonly samples = new Map<string, Sample[]>();
   private timer: NodeJS.Timeout | null = null;
 
   constructor(
     private readonly manager: VolumeManager,
-    readonly windowMs: number,
+    /** Longest window kept; older samples are dropped. */
+    readonly retainMs: number,
     readonly sampleIntervalMs: number,
   ) {}
+
+  async refresh(): Promise<void> {
+    this.sample();
+  }
+
+  /**
+   * Time-weighted average IOPS over the window. Unknown (null) until the
+   * samples cover the window (or everything retained), so a volume is not
+   * judged cold just because the daemon has only been up for a minute.
+   */
+  read(volume: string, windowMs: number, nowMs = Date.now()): HeatReading {
+    const list = this.samples.get(volume);
+    if (!list || list.length < 2) return { iops: null, why: 'no samples yet' };
+    const from = nowMs - windowMs;
+    let i = 0;
+    while (i < list.length - 2 && list[i + 1]!.atMs <= from) i++;
+    const a = list[i]!;
+    const b = list[list.length - 1]!;
+    const coveredMs = b.atMs - a.atMs;
+    const full = a.atMs <= from + this.sampleIntervalMs || list.length >= MAX_SAMPLES_PER_VOLUME;
+    if (!full) return { iops: null, why: `heat measured over ${Math.round(coveredMs / 1000)}s of a ${Math.round(windowMs / 1000)}s window` };
+    if (coveredMs <= 0) return { iops: null, why: 'no samples yet' };
+    return { iops: (b.readOps - a.readOps + b.writeOps - a.writeOps) / (coveredMs / 1000) };
+  }
 
   start(): void {
     this.sample();
@@ -38,16 +64,19 @@ export class HeatTracker {
       let list = this.samples.get(v.name);
       if (!list) this.samples.set(v.name, (list = []));
       list.push({ atMs: nowMs, readOps: v.counters.readOps, writeOps: v.counters.writeOps });
-      while (list.length > 2 && (nowMs - list[1]!.atMs > this.windowMs || list.length > MAX_SAMPLES_PER_VOLUME)) list.shift();
+      while (list.length > 2 && (nowMs - list[1]!.atMs > this.retainMs || list.length > MAX_SAMPLES_PER_VOLUME)) list.shift();
     }
     for (const name of this.samples.keys()) if (!live.has(name)) this.samples.delete(name);
   }
 
-  /** Average read and write IOPS over the window (0 until two samples exist). */
-  iops(volume: string): { readIops: number; writeIops: number } {
+  /** Read and write IOPS over the last minute, for metrics (0 until two samples exist). */
+  iops(volume: string, windowMs = 60_000): { readIops: number; writeIops: number } {
     const list = this.samples.get(volume);
     if (!list || list.length < 2) return { readIops: 0, writeIops: 0 };
-    const a = list[0]!;
+    const from = Date.now() - windowMs;
+    let i = 0;
+    while (i < list.length - 2 && list[i + 1]!.atMs <= from) i++;
+    const a = list[i]!;
     const b = list[list.length - 1]!;
     const secs = (b.atMs - a.atMs) / 1000;
     if (secs <= 0) return { readIops: 0, writeIops: 0 };

@@ -28,6 +28,8 @@ export interface VolumeRecord {
   poolName: string;
   readOnly: boolean;
   createdMs: number;
+  /** User labels, matched by StoragePolicy volumeSelector. */
+  labels?: Record<string, string>;
 }
 
 /** Chunk states in the chunk map. Absent = never written (reads as zeros). */

@@ -24,6 +24,7 @@ export interface CreateVolumeOptions {
   pool?: string;
   readOnly?: boolean;
   chunkSizeBytes?: number;
+  labels?: Record<string, string>;
 }
 
 export class VolumeManager {
@@ -155,6 +156,7 @@ export class VolumeManager {
       poolName: pool.name,
       readOnly: opts.readOnly ?? false,
       createdMs: Date.now(),
+      ...(opts.labels ? { labels: opts.labels } : {}),
     };
     // A stale file from an interrupted delete must not leak old bytes.
     fs.rmSync(pool.volumeFile(rec.id), { force: true });

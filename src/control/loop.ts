@@ -1,0 +1,354 @@
+// The control loop: each pass re-reads the StoragePolicies, measures every
+// volume's heat, classifies it, and starts the migrations that are due
+// (cooldown, concurrency limit, dry-run and emergency stop honoured). Every
+// decision, taken or not, keeps a one-line reason for `couchestor status`.
+import fs from 'node:fs';
+import path from 'node:path';
+import type { Database } from 'lmdb';
+import type { Tier } from '../dataplane/meta/store.js';
+import type { VolumeManager } from '../dataplane/volumes/manager.js';
+import { analyzeMigration, migrateVolume, type MigrationProgress } from '../dataplane/volumes/migration.js';
+import { log } from '../log.js';
+import { checkAgainst, matches, parseStoragePolicy, type StoragePolicy } from './policy.js';
+
+export interface HeatReading {
+  /** Read + write operations per second averaged over the window; null when unknown. */
+  iops: number | null;
+  why?: string;
+}
+
+export interface HeatSource {
+  /** Called once per pass before readings are taken (a remote source fetches here). */
+  refresh(windowMs: number, volumes: string[]): Promise<void>;
+  read(volume: string, windowMs: number): HeatReading;
+}
+
+export type Action = 'migrate' | 'would-migrate' | 'stay' | 'cooldown' | 'concurrency-limit' | 'disabled' | 'no-data' | 'blocked' | 'migrating';
+
+export interface Decision {
+  volume: string;
+  currentTier: Tier;
+  targetTier: Tier | null;
+  iops: number | null;
+  action: Action;
+  reason: string;
+}
+
+export interface HistoryEntry {
+  volume: string;
+  from: Tier;
+  to: Tier;
+  result: 'succeeded' | 'failed' | 'aborted';
+  startedAt: string;
+  finishedAt: string;
+  bytesCopied: number;
+  error?: string;
+}
+
+export interface Condition {
+  type: string;
+  status: 'True' | 'False';
+  reason: string;
+  message: string;
+  lastTransitionTime: string;
+}
+
+export interface PolicyStatus {
+  name: string;
+  file: string;
+  phase: 'Active' | 'DryRun' | 'Disabled' | 'Error';
+  reason?: string;
+  watchedVolumes: number;
+  hotVolumes: number;
+  warmVolumes: number;
+  coldVolumes: number;
+  activeMigrations: number;
+  totalMigrations: { succeeded: number; failed: number; aborted: number };
+  migrationHistory: HistoryEntry[];
+  lastReconcileTime: string | null;
+  conditions: Condition[];
+  decisions: Decision[];
+}
+
+/** Bound on migration history kept per policy. */
+export const MAX_HISTORY = 50;
+
+export interface ControlLoopOptions {
+  policiesDir: string;
+  intervalMs: number;
+  /** Preservation mode: migrations keep the old copy (RELEASE skipped). */
+  preservationMode: boolean;
+  heat: HeatSource;
+  /** Names of the ErasureCodingPolicies the daemon knows. */
+  ecPolicyNames: () => string[];
+}
+
+interface PolicyState {
+  status: PolicyStatus;
+  active: Set<string>;
+  lastDecision: Map<string, string>;
+}
+
+export class ControlLoop {
+  private readonly policies = new Map<string, PolicyState>();
+  private readonly lastMigrated: Database<number, string>;
+  private readonly inFlight = new Map<string, Promise<void>>();
+  private timer: NodeJS.Timeout | null = null;
+  private passRunning: Promise<void> | null = null;
+  private stopped = false;
+  readonly totals = { succeeded: 0, failed: 0, aborted: 0 };
+
+  constructor(
+    private readonly manager: VolumeManager,
+    private readonly opts: ControlLoopOptions,
+  ) {
+    this.lastMigrated = manager.meta.openDB<number, string>('control-last-migrated');
+  }
+
+  start(): void {
+    const tick = () => {
+      if (this.stopped) return;
+      this.reconcile()
+        .catch((err) => log.error('control loop pass failed', { err: (err as Error).message }))
+        .finally(() => {
+          if (!this.stopped) this.timer = setTimeout(tick, this.opts.intervalMs);
+        });
+    };
+    this.timer = setTimeout(tick, 0);
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.timer) clearTimeout(this.timer);
+    await this.passRunning;
+    // In-flight migrations finish (they are online and safe to complete).
+    await Promise.allSettled([...this.inFlight.values()]);
+  }
+
+  activeMigrations(): number {
+    return this.inFlight.size;
+  }
+
+  status(): PolicyStatus[] {
+    return [...this.policies.values()].map((p) => ({ ...p.status, activeMigrations: p.active.size }));
+  }
+
+  /** Waits for every migration started so far (tests, shutdown). */
+  async settle(): Promise<void> {
+    await Promise.allSettled([...this.inFlight.values()]);
+  }
+
+  /** One pass; concurrent callers share it. */
+  reconcile(): Promise<void> {
+    if (!this.passRunning) this.passRunning = this.pass().finally(() => (this.passRunning = null));
+    return this.passRunning;
+  }
+
+  private loadPolicies(): { file: string; policy: StoragePolicy | null; error: string | null; name: string }[] {
+    let files: string[] = [];
+    try {
+      files = fs.readdirSync(this.opts.policiesDir).filter((f) => /\.ya?ml$/.test(f)).sort();
+    } catch {
+      return [];
+    }
+    const out: { file: string; policy: StoragePolicy | null; error: string | null; name: string }[] = [];
+    for (const f of files) {
+      const file = path.join(this.opts.policiesDir, f);
+      const text = fs.readFileSync(file, 'utf8');
+      if (!/^kind:\s*StoragePolicy\s*$/m.test(text)) continue; // other kinds (ErasureCodingPolicy) share the directory
+      try {
+        const policy = parseStoragePolicy(text);
+        const pools = [...this.manager.pools.values()].map((p) => ({ name: p.name, labels: p.rec.labels }));
+        checkAgainst(policy, pools, this.opts.ecPolicyNames());
+        out.push({ file, policy, error: null, name: policy.name });
+      } catch (err) {
+        const name = /name:\s*([^\s,}]+)/.exec(text)?.[1] ?? path.basename(f).replace(/\.ya?ml$/, '');
+        out.push({ file, policy: null, error: (err as Error).message, name });
+      }
+    }
+    return out;
+  }
+
+  private state(name: string, file: string): PolicyState {
+    let st = this.policies.get(name);
+    if (!st) {
+      st = {
+        active: new Set(),
+        lastDecision: new Map(),
+        status: {
+          name,
+          file,
+          phase: 'Active',
+          watchedVolumes: 0,
+          hotVolumes: 0,
+          warmVolumes: 0,
+          coldVolumes: 0,
+          activeMigrations: 0,
+          totalMigrations: { succeeded: 0, failed: 0, aborted: 0 },
+          migrationHistory: [],
+          lastReconcileTime: null,
+          conditions: [],
+          decisions: [],
+        },
+      };
+      this.policies.set(name, st);
+    }
+    st.status.file = file;
+    return st;
+  }
+
+  private async pass(): Promise<void> {
+    const loaded = this.loadPolicies();
+    const seen = new Set(loaded.map((l) => l.name));
+    for (const name of [...this.policies.keys()]) if (!seen.has(name) && this.policies.get(name)!.active.size === 0) this.policies.delete(name);
+    const claimed = new Map<string, string>();
+    const now = new Date().toISOString();
+    for (const l of loaded) {
+      const st = this.state(l.name, l.file);
+      st.status.lastReconcileTime = now;
+      if (!l.policy) {
+        st.status.phase = 'Error';
+        st.status.reason = l.error!;
+        setCondition(st.status, 'Valid', 'False', 'InvalidSpec', l.error!);
+        st.status.decisions = [];
+        continue;
+      }
+      setCondition(st.status, 'Valid', 'True', 'SpecValid', 'policy is valid');
+      st.status.reason = undefined;
+      await this.reconcilePolicy(l.policy, st, claimed);
+    }
+  }
+
+  private async reconcilePolicy(p: StoragePolicy, st: PolicyState, claimed: Map<string, string>): Promise<void> {
+    const s = st.status;
+    s.phase = !p.enabled ? 'Disabled' : p.dryRun ? 'DryRun' : 'Active';
+    const vols = this.manager.listVolumes().filter((v) => !p.volumeSelector || matches(p.volumeSelector, { 'couchestor.io/volume': v.name, ...v.labels }));
+    let heatOk = true;
+    try {
+      await this.opts.heat.refresh(p.samplingWindowMs, vols.map((v) => v.name));
+      setCondition(s, 'HeatSourceAvailable', 'True', 'Reading', 'heat readings available');
+    } catch (err) {
+      heatOk = false;
+      const msg = (err as Error).message;
+      if (condition(s, 'HeatSourceAvailable')?.status !== 'False') log.warn('heat source unavailable: no migrations this pass', { policy: p.name, err: msg });
+      setCondition(s, 'HeatSourceAvailable', 'False', 'Unreachable', msg);
+    }
+    s.watchedVolumes = vols.length;
+    s.hotVolumes = vols.filter((v) => v.tier === 'hot').length;
+    s.warmVolumes = vols.filter((v) => v.tier === 'warm').length;
+    s.coldVolumes = vols.filter((v) => v.tier === 'cold').length;
+    const decisions: Decision[] = [];
+    for (const v of vols) {
+      const d = this.decide(p, st, v.name, v.tier, heatOk, claimed);
+      decisions.push(d);
+      const key = `${d.action}:${d.targetTier}`;
+      if (st.lastDecision.get(v.name) !== key) {
+        st.lastDecision.set(v.name, key);
+        log.info('decision', { policy: p.name, volume: d.volume, currentTier: d.currentTier, targetTier: d.targetTier, iops: d.iops, action: d.action, why: d.reason });
+      }
+      if (d.action === 'migrate') this.startMigration(p, st, v.name, d.targetTier!);
+    }
+    s.decisions = decisions;
+  }
+
+  private decide(p: StoragePolicy, st: PolicyState, name: string, tier: Tier, heatOk: boolean, claimed: Map<string, string>): Decision {
+    const base = { volume: name, currentTier: tier };
+    const owner = claimed.get(name);
+    if (owner) return { ...base, targetTier: null, iops: null, action: 'stay', reason: `managed by policy ${owner} (first match wins)` };
+    claimed.set(name, p.name);
+    if (this.inFlight.has(name)) return { ...base, targetTier: null, iops: null, action: 'migrating', reason: 'a migration of this volume is in progress' };
+    if (!heatOk) return { ...base, targetTier: null, iops: null, action: 'no-data', reason: 'heat source unavailable; no migrations until it answers' };
+    const h = this.opts.heat.read(name, p.samplingWindowMs);
+    if (h.iops === null) return { ...base, targetTier: null, iops: null, action: 'no-data', reason: h.why ?? 'no heat reading yet' };
+    const iops = round(h.iops);
+    let target: Tier;
+    let why: string;
+    if (h.iops >= p.highWatermarkIOPS) {
+      target = 'hot';
+      why = `${iops} IOPS >= high watermark ${p.highWatermarkIOPS}`;
+    } else if (h.iops <= p.lowWatermarkIOPS) {
+      target = 'cold';
+      why = `${iops} IOPS <= low watermark ${p.lowWatermarkIOPS}`;
+    } else {
+      target = 'warm';
+      why = `${iops} IOPS between watermarks ${p.lowWatermarkIOPS} and ${p.highWatermarkIOPS}`;
+    }
+    if (target === 'warm' && !p.warmPoolSelector) {
+      return { ...base, targetTier: tier, iops, action: 'stay', reason: `${why}; no warm tier in this policy, stays ${tier}` };
+    }
+    if (target === tier) return { ...base, targetTier: target, iops, action: 'stay', reason: `${why}; already ${tier}` };
+    if (!p.enabled) return { ...base, targetTier: target, iops, action: 'disabled', reason: `${why}; policy disabled (emergency stop): nothing new starts` };
+    const last = this.lastMigrated.get(name);
+    if (last !== undefined && Date.now() - last < p.cooldownPeriodMs) {
+      const leftS = Math.ceil((p.cooldownPeriodMs - (Date.now() - last)) / 1000);
+      return { ...base, targetTier: target, iops, action: 'cooldown', reason: `${why}; in cooldown for ${leftS}s more` };
+    }
+    const vol = this.manager.openVolume(name);
+    const blocked = analyzeMigration(this.manager, vol, target);
+    if (blocked) return { ...base, targetTier: target, iops, action: 'blocked', reason: `${why}; cannot move: ${blocked}` };
+    if (p.dryRun) return { ...base, targetTier: target, iops, action: 'would-migrate', reason: `${why}; dry run: would migrate ${tier} -> ${target}` };
+    if (st.active.size >= p.maxConcurrentMigrations) {
+      return { ...base, targetTier: target, iops, action: 'concurrency-limit', reason: `${why}; ${st.active.size} of ${p.maxConcurrentMigrations} migrations running` };
+    }
+    return { ...base, targetTier: target, iops, action: 'migrate', reason: `${why}; migrating ${tier} -> ${target}` };
+  }
+
+  private startMigration(p: StoragePolicy, st: PolicyState, name: string, to: Tier): void {
+    st.active.add(name);
+    const startedAt = new Date().toISOString();
+    let last: MigrationProgress | null = null;
+    const from = this.manager.getVolumeRecord(name)!.tier;
+    log.info('migration started', { policy: p.name, volume: name, from, to, preservationMode: this.opts.preservationMode });
+    const run = migrateVolume(this.manager, name, to, { preserve: this.opts.preservationMode, onProgress: (pr) => (last = pr) })
+      .then(
+        async (done) => {
+          await this.lastMigrated.put(name, Date.now());
+          this.finish(st, { volume: name, from, to, result: 'succeeded', startedAt, finishedAt: new Date().toISOString(), bytesCopied: done.bytesCopied });
+        },
+        (err: Error) => {
+          // The old copy stays authoritative; a later pass retries.
+          this.finish(st, {
+            volume: name,
+            from,
+            to,
+            result: err.name === 'MigrationAborted' ? 'aborted' : 'failed',
+            startedAt,
+            finishedAt: new Date().toISOString(),
+            bytesCopied: (last as MigrationProgress | null)?.bytesCopied ?? 0,
+            error: err.message,
+          });
+        },
+      )
+      .finally(() => {
+        st.active.delete(name);
+        this.inFlight.delete(name);
+      });
+    this.inFlight.set(name, run);
+  }
+
+  private finish(st: PolicyState, h: HistoryEntry): void {
+    st.status.totalMigrations[h.result]++;
+    this.totals[h.result]++;
+    st.status.migrationHistory.push(h);
+    if (st.status.migrationHistory.length > MAX_HISTORY) st.status.migrationHistory.shift();
+    const fields = { volume: h.volume, from: h.from, to: h.to, result: h.result, bytesCopied: h.bytesCopied, ...(h.error ? { err: h.error } : {}) };
+    if (h.result === 'succeeded') log.info('migration finished', fields);
+    else log.warn('migration did not complete; old copy kept', fields);
+  }
+}
+
+function round(n: number): number {
+  return Math.round(n * 10) / 10;
+}
+
+function condition(s: PolicyStatus, type: string): Condition | undefined {
+  return s.conditions.find((c) => c.type === type);
+}
+
+function setCondition(s: PolicyStatus, type: string, status: 'True' | 'False', reason: string, message: string): void {
+  const cur = condition(s, type);
+  if (cur && cur.status === status && cur.reason === reason && cur.message === message) return;
+  const next = { type, status, reason, message, lastTransitionTime: cur && cur.status === status ? cur.lastTransitionTime : new Date().toISOString() };
+  if (cur) Object.assign(cur, next);
+  else s.conditions.push(next);
+}
