@@ -190,6 +190,9 @@ export class Journal {
       this.head = this.createFile(old.no + 1);
       this.maybeRemove(old);
     }
+    // Held in memory until destaged: never pin a much larger socket buffer
+    // behind a small slice (the journal's bound counts record bytes).
+    if (data && data.buffer.byteLength > 2 * data.length) data = Buffer.from(data);
     const f = this.head;
     const seq = this.nextSeq++;
     const header = Buffer.alloc(JOURNAL_HEADER_BYTES);

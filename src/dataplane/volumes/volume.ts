@@ -56,6 +56,9 @@ export class Volume {
   /** Stripe of every chunk in state Cold. */
   readonly stripes = new Map<number, StripeRef>();
   private readonly destaging = new Map<number, Promise<boolean>>();
+  /** File reads in flight: RELEASE must not truncate under them. */
+  private fileReads = 0;
+  private fileReadsDrained: (() => void) | null = null;
 
   constructor(
     public rec: VolumeRecord,
@@ -110,12 +113,22 @@ export class Volume {
       this.readMixed(offsetBytes, lengthBytes, dst, dstOffset).then(() => cb(null), cb);
       return;
     }
+    this.fileReads++;
     fs.read(this.fd, dst, dstOffset, lengthBytes, offsetBytes, (err, n) => {
+      this.fileReadDone();
       if (err) return cb(err);
       if (n < lengthBytes) dst.fill(0, dstOffset + n, dstOffset + lengthBytes);
       this.zeroDiscarded(offsetBytes, lengthBytes, dst, dstOffset);
       cb(null);
     });
+  }
+
+  private fileReadDone(): void {
+    if (--this.fileReads === 0 && this.fileReadsDrained) {
+      const done = this.fileReadsDrained;
+      this.fileReadsDrained = null;
+      done();
+    }
   }
 
   /** Read path when some chunks are on stripes or in the journal: chunk by chunk. */
@@ -147,7 +160,12 @@ export class Volume {
       data.copy(dst, at, from, from + n);
       if (n < end - start) dst.fill(0, at + n, at + end - start);
     } else if (st === ChunkState.Allocated) {
-      await readAll(this.fd, dst, at, end - start, start);
+      this.fileReads++;
+      try {
+        await readAll(this.fd, dst, at, end - start, start);
+      } finally {
+        this.fileReadDone();
+      }
     } else {
       dst.fill(0, at, at + end - start);
     }
@@ -344,6 +362,9 @@ export class Volume {
 
   /** RELEASE after hot -> cold: the file holds no live chunk any more; give its space back. */
   async releaseFile(): Promise<void> {
+    if (this.chunksOnFile().length > 0) return;
+    // No new file read can start (no chunk is Allocated); wait for the old ones.
+    if (this.fileReads > 0) await new Promise<void>((r) => (this.fileReadsDrained = r));
     if (this.chunksOnFile().length > 0) return;
     await new Promise<void>((resolve, reject) => fs.ftruncate(this.fd, 0, (err) => (err ? reject(err) : resolve())));
   }
