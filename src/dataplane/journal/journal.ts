@@ -7,6 +7,7 @@ import path from 'node:path';
 import { crc32c } from '@node-rs/crc32';
 import { NoSpace, VolumeFailed } from '../errors.js';
 import { log } from '../../log.js';
+import { GroupCommit } from '../group-commit.js';
 
 export const JOURNAL_MAGIC = 0x4e524a43; // "CJRN" little-endian
 const VERSION = 1;
@@ -52,8 +53,7 @@ export class Journal {
   /** volumeId -> chunkIndex -> extents in seq order. */
   private readonly index = new Map<number, Map<number, JournalExtent[]>>();
   private readonly pendingWrites = new Set<Promise<void>>();
-  private syncInFlight: Promise<void> | null = null;
-  private syncQueued: Promise<void> | null = null;
+  private readonly commit = new GroupCommit(() => this.syncOnce());
   private failure: Error | null = null;
   private spaceWaiters: (() => void)[] = [];
   /** Called when live bytes cross the destage threshold. */
@@ -245,43 +245,27 @@ export class Journal {
   /** Group commit: every append that resolved before the call is durable afterwards. */
   sync(): Promise<void> {
     if (this.failure) return Promise.reject(this.failure);
-    if (this.syncQueued) return this.syncQueued;
-    if (this.syncInFlight) {
-      this.syncQueued = this.syncInFlight.then(
-        () => this.startSync(),
-        () => this.startSync(),
-      );
-      return this.syncQueued;
-    }
-    return this.startSync();
+    return this.commit.run();
   }
 
-  private startSync(): Promise<void> {
-    this.syncQueued = null;
-    const writes = [...this.pendingWrites];
-    const p = Promise.all(writes).then(async () => {
-      const dirty = [...this.files.values()].filter((f) => f.dirty);
-      for (const f of dirty) f.dirty = false;
-      await Promise.all(
-        dirty.map(
-          (f) =>
-            new Promise<void>((resolve, reject) =>
-              fs.fdatasync(f.fd, (err) => {
-                if (err) {
-                  this.fail(err);
-                  return reject(this.failure);
-                }
-                resolve();
-              }),
-            ),
-        ),
-      );
-    });
-    const tracked = p.finally(() => {
-      if (this.syncInFlight === tracked) this.syncInFlight = null;
-    });
-    this.syncInFlight = tracked;
-    return p;
+  private async syncOnce(): Promise<void> {
+    await Promise.all([...this.pendingWrites]);
+    const dirty = [...this.files.values()].filter((f) => f.dirty);
+    for (const f of dirty) f.dirty = false;
+    await Promise.all(
+      dirty.map(
+        (f) =>
+          new Promise<void>((resolve, reject) =>
+            fs.fdatasync(f.fd, (err) => {
+              if (err) {
+                this.fail(err);
+                return reject(this.failure);
+              }
+              resolve();
+            }),
+          ),
+      ),
+    );
   }
 
   /** Drops the extents of a chunk with seq <= uptoSeq (they are in a stripe now). */

@@ -9,6 +9,7 @@ import { ChunkState, type ChunkEntry, type MetaStore, type VolumeRecord } from '
 import type { Pool } from '../pools/pool.js';
 import type { StripeRef, StripeStore } from '../ec/stripe-store.js';
 import { RecordType, type Journal } from '../journal/journal.js';
+import { GroupCommit } from '../group-commit.js';
 
 /** What a volume needs to keep chunks on the cold tier. */
 export interface ColdTier {
@@ -50,8 +51,7 @@ export class Volume {
   /** Chunks whose stale region is being zeroed before first use. */
   private readonly preparing = new Map<number, Promise<void>>();
   private metaDirty = false;
-  private syncInFlight: Promise<void> | null = null;
-  private syncQueued: Promise<void> | null = null;
+  private readonly commit = new GroupCommit(() => this.syncOnce());
   private readonly chunkShift: number;
   /** Stripe of every chunk in state Cold. */
   readonly stripes = new Map<number, StripeRef>();
@@ -537,23 +537,14 @@ export class Volume {
   flush(): Promise<void> {
     const bad = this.usable(false);
     if (bad) return Promise.reject(bad);
-    if (this.syncQueued) return this.syncQueued;
-    if (this.syncInFlight) {
-      this.syncQueued = this.syncInFlight.then(
-        () => this.startSync(),
-        () => this.startSync(),
-      );
-      return this.syncQueued;
-    }
-    return this.startSync();
+    return this.commit.run();
   }
 
-  private startSync(): Promise<void> {
-    this.syncQueued = null;
+  private syncOnce(): Promise<void> {
     if (this.failure) return Promise.reject(this.failure);
     const metaDirty = this.metaDirty;
     this.metaDirty = false;
-    const p = new Promise<void>((resolve, reject) => {
+    return new Promise<void>((resolve, reject) => {
       fs.fdatasync(this.fd, (err) => {
         if (err) {
           // Never retry: the kernel may have dropped the dirty pages already.
@@ -564,11 +555,6 @@ export class Volume {
         Promise.all([journal, metaDirty ? this.meta.durable() : null]).then(() => resolve(), reject);
       });
     });
-    this.syncInFlight = p.finally(() => {
-      if (this.syncInFlight === tracked) this.syncInFlight = null;
-    });
-    const tracked = this.syncInFlight;
-    return p;
   }
 
   /** Grows the volume (shrinking is refused: it would drop data). */
