@@ -31,6 +31,10 @@ export function readDaemonState(dataDir: string): DaemonState | null {
   try {
     const st = JSON.parse(fs.readFileSync(path.join(dataDir, STATE_FILE), 'utf8')) as DaemonState;
     process.kill(st.pid, 0);
+    // A killed daemon's pid may linger as a zombie or be reused by another
+    // program: only a live process running `serve` counts.
+    const cmdline = fs.readFileSync(`/proc/${st.pid}/cmdline`, 'utf8');
+    if (!cmdline.includes('serve')) return null;
     return st;
   } catch {
     return null;
