@@ -1,0 +1,175 @@
+// Helpers for cold-tier tests and benches: a daemon with the 4+2 policy and a
+// chosen couchestor.yaml, the cold/destage/scrub CLI as typed JSON, pool and
+// segment-file paths, deterministic data, and byte comparison that names the
+// first differing offset.
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { TestDaemon, run } from './daemon.js';
+import { DEFAULT_EC_POLICY_YAML } from '../../src/config.js';
+
+export const MiB = 1024 * 1024;
+/** The embedded default: six cold pools, cold-0 .. cold-5, for 4+2 stripes. */
+export const COLD_POOLS = 6;
+/** couchestor.yaml that leaves destaging to explicit `couchestor destage` calls. */
+export const MANUAL_DESTAGE_CONFIG = 'demoVolume: null\ncoldTier:\n  destageIntervalMs: 3600000\n';
+
+export type StripeStates = { Healthy: number; Degraded: number; Reconstructing: number; Failed: number };
+
+export interface ColdStatus {
+  journalBytes: number;
+  stripesWritten: number;
+  healthyReads: number;
+  degradedReads: number;
+  failedReads: number;
+  shardsRebuilt: number;
+  stripes: StripeStates;
+  unhealthy: { volumeId: number; chunkIndex: number; state: string; reason: string }[];
+}
+
+export interface ScrubResult {
+  stripesChecked: number;
+  badStripes: number;
+  durationMs: number;
+  stripes: StripeStates;
+}
+
+/**
+ * Starts a daemon in a fresh data directory with `config` as couchestor.yaml.
+ * A config written before first start means the embedded default policy file
+ * is not written either, so the default 4+2 policy is written here.
+ */
+export async function startColdDaemon(config: string = MANUAL_DESTAGE_CONFIG): Promise<TestDaemon> {
+  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-cold-'));
+  fs.mkdirSync(path.join(dataDir, 'policies'));
+  fs.writeFileSync(path.join(dataDir, 'policies', 'standard-ec.yaml'), DEFAULT_EC_POLICY_YAML);
+  return TestDaemon.start({ dataDir, config });
+}
+
+/**
+ * One admin-API call. Tests use the API rather than the couchestor CLI for
+ * status polling: a CLI process costs ~1 s of start-up on a loaded 2-core box.
+ */
+export async function api<T>(d: TestDaemon, method: string, urlPath: string, body?: unknown): Promise<T> {
+  const res = await fetch(`http://${d.info.api.host}:${d.info.api.port}${urlPath}`, {
+    method,
+    headers: body === undefined ? {} : { 'content-type': 'application/json' },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await res.text();
+  assert.ok(res.ok, `${method} ${urlPath}: HTTP ${res.status} ${text}`);
+  return JSON.parse(text) as T;
+}
+
+export function coldStatus(d: TestDaemon): Promise<ColdStatus> {
+  return api<ColdStatus>(d, 'GET', '/v1/cold');
+}
+
+/** Drains the journal into stripes now (same as `couchestor destage`). */
+export async function destage(d: TestDaemon): Promise<void> {
+  await api<unknown>(d, 'POST', '/v1/destage');
+}
+
+/** Verifies every stripe and rebuilds bad ones (same as `couchestor scrub`). */
+export function scrub(d: TestDaemon): Promise<ScrubResult> {
+  return api<ScrubResult>(d, 'POST', '/v1/scrub');
+}
+
+export async function createVolume(d: TestDaemon, name: string, sizeBytes: number, tier: 'hot' | 'warm' | 'cold'): Promise<void> {
+  await api<unknown>(d, 'POST', '/v1/volumes', { name, sizeBytes, tier });
+}
+
+export function coldPoolDir(d: TestDaemon, i: number): string {
+  return path.join(d.dataDir, 'pools', `cold-${i}`);
+}
+
+/** Segment files (shard records) of one cold pool. */
+export function segmentFiles(d: TestDaemon, i: number): string[] {
+  const dir = path.join(coldPoolDir(d, i), 'segments');
+  if (!fs.existsSync(dir)) return [];
+  return fs
+    .readdirSync(dir)
+    .filter((n) => n.endsWith('.cseg'))
+    .sort()
+    .map((n) => path.join(dir, n));
+}
+
+export function segmentBytes(d: TestDaemon, i: number): number {
+  return segmentFiles(d, i).reduce((sum, f) => sum + fs.statSync(f).size, 0);
+}
+
+/** Pool lost: its directory and every shard in it are gone. */
+export function losePool(d: TestDaemon, i: number): void {
+  fs.rmSync(coldPoolDir(d, i), { recursive: true, force: true });
+}
+
+/** Pool replaced by an empty one at the same path. */
+export function replacePool(d: TestDaemon, i: number): void {
+  fs.mkdirSync(coldPoolDir(d, i), { recursive: true });
+}
+
+/** mulberry32: deterministic 32-bit PRNG, so a failing run can be replayed. */
+export function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return (t ^ (t >>> 14)) >>> 0;
+  };
+}
+
+/** Deterministic pseudo-random bytes. */
+export function patternBytes(lengthBytes: number, seed: number): Buffer {
+  const buf = Buffer.alloc(lengthBytes);
+  const next = prng(seed);
+  for (let i = 0; i + 4 <= lengthBytes; i += 4) buf.writeUInt32LE(next(), i);
+  return buf;
+}
+
+/**
+ * XORs `count` random bytes (random offsets, random non-zero masks) of every
+ * segment file of a pool; returns the corrupted offsets per file.
+ */
+export function corruptSegments(d: TestDaemon, pool: number, count: number, seed: number): Map<string, number[]> {
+  const rnd = prng(seed);
+  const out = new Map<string, number[]>();
+  for (const f of segmentFiles(d, pool)) {
+    const sizeBytes = fs.statSync(f).size;
+    if (sizeBytes === 0) continue;
+    const fd = fs.openSync(f, 'r+');
+    const offsets: number[] = [];
+    try {
+      const b = Buffer.alloc(1);
+      for (let n = 0; n < count; n++) {
+        const at = rnd() % sizeBytes;
+        fs.readSync(fd, b, 0, 1, at);
+        b[0] = b[0]! ^ (1 + (rnd() % 255));
+        fs.writeSync(fd, b, 0, 1, at);
+        offsets.push(at);
+      }
+    } finally {
+      fs.closeSync(fd);
+    }
+    out.set(f, offsets);
+  }
+  return out;
+}
+
+/** Whole export through nbdcopy into `file`; returns its bytes. */
+export function readExport(d: TestDaemon, volume: string, file: string): Buffer {
+  fs.rmSync(file, { force: true });
+  run('nbdcopy', [d.exportUri(volume), file]);
+  return fs.readFileSync(file);
+}
+
+/** Asserts equality, naming the first differing offset instead of dumping megabytes. */
+export function assertSameBytes(got: Buffer, want: Buffer, what: string): void {
+  assert.equal(got.length, want.length, `${what}: length`);
+  if (got.equals(want)) return;
+  let i = 0;
+  while (got[i] === want[i]) i++;
+  assert.fail(`${what}: first differing byte at offset ${i} (got ${got[i]}, want ${want[i]})`);
+}
