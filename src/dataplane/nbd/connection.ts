@@ -240,9 +240,12 @@ export class NbdConnection {
         if (data.length !== 0) return this.replyOptionError(opt, P.REP_ERR_INVALID, 'NBD_OPT_LIST takes no data');
         for (const e of this.exports.list()) {
           const name = Buffer.from(e.name, 'utf8');
-          const payload = Buffer.allocUnsafe(4 + name.length);
+          // Bytes after the name are the export's description (libnbd shows them).
+          const description = Buffer.from(e.description, 'utf8');
+          const payload = Buffer.allocUnsafe(4 + name.length + description.length);
           payload.writeUInt32BE(name.length, 0);
           name.copy(payload, 4);
+          description.copy(payload, 4 + name.length);
           this.sendOptionReply(opt, P.REP_SERVER, payload);
         }
         return this.sendOptionReply(opt, P.REP_ACK);

@@ -456,6 +456,7 @@ export class Volume {
     const cs = this.rec.chunkSizeBytes;
     const end = offsetBytes + lengthBytes;
     const work: [number, number][] = [];
+    const discards: number[] = [];
     for (let pos = offsetBytes; pos < end; ) {
       const c = Math.floor(pos / cs);
       const pieceEnd = Math.min(end, (c + 1) * cs);
@@ -464,14 +465,19 @@ export class Volume {
       if ((st === ChunkState.Unallocated || st === ChunkState.Discarded) && !opts.noHole && !this.preparing.has(c)) {
         // Already reads as zeros.
       } else if (whole && !opts.noHole) {
-        await this.preparing.get(c);
-        this.discard(c);
+        discards.push(c);
       } else {
         work.push([pos, pieceEnd]);
       }
       pos = pieceEnd;
     }
+    // Decide FAST_ZERO before changing anything: the NBD spec says a refused
+    // fast zero SHOULD NOT alter the export.
     if (work.length > 0 && opts.fastZero) throw new SlowZero('zeroing this range needs data writes');
+    for (const c of discards) {
+      await this.preparing.get(c);
+      this.discard(c);
+    }
     for (const [s, e] of work) {
       const ready = this.allocate(s, e - s);
       if (ready) await ready;
