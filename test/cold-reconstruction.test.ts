@@ -1,0 +1,139 @@
+// Reconstruction of 4+2 cold stripes: after a lost pool is replaced, a scrub
+// rebuilds every stripe onto it, and those rebuilt shards are real (they
+// carry reads once two other pools are lost). Includes the replaced-pool
+// stale-location regression.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { TestDaemon, run } from './helpers/daemon.js';
+import {
+  MiB,
+  assertSameBytes,
+  coldStatus,
+  corruptSegments,
+  createVolume,
+  destage,
+  losePool,
+  patternBytes,
+  readExport,
+  replacePool,
+  scrub,
+  segmentBytes,
+  startColdDaemon,
+} from './helpers/cold.js';
+
+const VOLUME_BYTES = 24 * MiB;
+const STRIPES = 20;
+const ALL_HEALTHY = { Healthy: STRIPES, Degraded: 0, Reconstructing: 0, Failed: 0 };
+
+async function coldVolumeOnStripes(work: string): Promise<{ d: TestDaemon; model: Buffer }> {
+  const d = await startColdDaemon();
+  await createVolume(d, 'c1', VOLUME_BYTES, 'cold');
+  const model = Buffer.alloc(VOLUME_BYTES);
+  patternBytes(STRIPES * MiB, 0x5eed).copy(model);
+  fs.writeFileSync(path.join(work, 'src.bin'), model);
+  run('nbdcopy', [path.join(work, 'src.bin'), d.exportUri('c1')]);
+  await destage(d);
+  assert.deepEqual((await coldStatus(d)).stripes, ALL_HEALTHY);
+  return { d, model };
+}
+
+test('a replaced pool is rebuilt by scrub to all-Healthy, and its rebuilt shards carry reads after two other pools are lost', async () => {
+  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'cold-rebuild-'));
+  const { d, model } = await coldVolumeOnStripes(work);
+  try {
+    // Six pools, six shards per stripe: every pool holds exactly one record per stripe.
+    const perPoolBytes = segmentBytes(d, 0);
+    assert.ok(perPoolBytes > STRIPES * 256 * 1024, `pool 0 holds ${STRIPES} shard records (${perPoolBytes} bytes)`);
+
+    losePool(d, 3);
+    assertSameBytes(readExport(d, 'c1', path.join(work, 'out.bin')), model, 'pool 3 lost');
+    // No pool to rebuild onto yet (the other five each hold a shard): stripes stay Degraded.
+    let report = await scrub(d);
+    assert.equal(report.badStripes, STRIPES);
+    assert.deepEqual(report.stripes, { Healthy: 0, Degraded: STRIPES, Reconstructing: 0, Failed: 0 });
+
+    replacePool(d, 3);
+    report = await scrub(d);
+    assert.equal(report.badStripes, STRIPES);
+    assert.deepEqual(report.stripes, ALL_HEALTHY);
+    const st = await coldStatus(d);
+    assert.equal(st.shardsRebuilt, STRIPES, 'one shard rebuilt per stripe');
+    assert.equal(segmentBytes(d, 3), perPoolBytes, 'the new pool received one shard record per stripe');
+    assert.equal((await scrub(d)).badStripes, 0);
+
+    // With pools 0 and 5 gone too, every stripe needs its rebuilt shard on pool 3.
+    losePool(d, 0);
+    losePool(d, 5);
+    const degradedBefore = st.degradedReads;
+    assertSameBytes(readExport(d, 'c1', path.join(work, 'out.bin')), model, 'pools 0 and 5 lost after rebuilding pool 3');
+    const after = await coldStatus(d);
+    assert.equal(after.failedReads, 0);
+    assert.ok(after.degradedReads >= degradedBefore + STRIPES, 'the reads were degraded (decoded through the rebuilt shards)');
+  } finally {
+    await d.cleanup();
+    fs.rmSync(work, { recursive: true, force: true });
+  }
+});
+
+// Regression: this exact sequence once returned wrong bytes, because a stale
+// shard location of the replaced pool pointed into its new segment file.
+test('replace cold-2, scrub, corrupt two other pools, read, scrub, restart: byte-exact throughout', async () => {
+  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'cold-rebuild-'));
+  let { d, model } = await coldVolumeOnStripes(work);
+  const dataDir = d.dataDir;
+  const out = path.join(work, 'out.bin');
+  try {
+    losePool(d, 2);
+    assertSameBytes(readExport(d, 'c1', out), model, 'cold-2 lost');
+    replacePool(d, 2);
+    assert.deepEqual((await scrub(d)).stripes, ALL_HEALTHY);
+
+    corruptSegments(d, 0, 300, 1000);
+    corruptSegments(d, 4, 300, 4000);
+    assertSameBytes(readExport(d, 'c1', out), model, 'cold-0 and cold-4 corrupted after cold-2 was rebuilt');
+    assert.equal((await coldStatus(d)).failedReads, 0);
+    assert.deepEqual((await scrub(d)).stripes, ALL_HEALTHY);
+    assertSameBytes(readExport(d, 'c1', out), model, 'after the second scrub');
+
+    assert.equal(await d.stop(), 0);
+    d = await TestDaemon.start({ dataDir });
+    assertSameBytes(readExport(d, 'c1', out), model, 'after restart');
+    const st = await coldStatus(d);
+    assert.equal(st.degradedReads, 0, 'every stripe was healthy again after the scrubs');
+    assert.equal(st.failedReads, 0);
+    assert.equal((await scrub(d)).badStripes, 0);
+  } finally {
+    await d.cleanup();
+    fs.rmSync(work, { recursive: true, force: true });
+  }
+});
+
+// The same hazard with the replacement done by a restart: the daemon
+// recreates the missing pool directory at start-up, so every old location
+// of that pool names a segment file that now holds other records.
+test('a pool lost while the daemon is down is recreated empty at start-up; reads and rebuild stay byte-exact', async () => {
+  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'cold-rebuild-'));
+  let { d, model } = await coldVolumeOnStripes(work);
+  const dataDir = d.dataDir;
+  const out = path.join(work, 'out.bin');
+  try {
+    await d.kill();
+    losePool(d, 1);
+    d = await TestDaemon.start({ dataDir });
+    assertSameBytes(readExport(d, 'c1', out), model, 'cold-1 recreated empty by start-up');
+    assert.deepEqual((await scrub(d)).stripes, ALL_HEALTHY);
+    // Rebuilt records now sit at offsets the old locations also name.
+    await d.kill();
+    d = await TestDaemon.start({ dataDir });
+    losePool(d, 3);
+    losePool(d, 4);
+    assertSameBytes(readExport(d, 'c1', out), model, 'cold-3 and cold-4 lost after cold-1 was rebuilt');
+    assert.equal((await coldStatus(d)).failedReads, 0);
+  } finally {
+    await d.cleanup();
+    fs.rmSync(work, { recursive: true, force: true });
+  }
+});
