@@ -16,6 +16,8 @@ export interface DaemonInfo {
   nbd: { host: string; port: number; socketPath: string };
   api: { host: string; port: number };
   s3: { host: string; port: number };
+  /** Prometheus /metrics endpoint (the ready line always carries it). */
+  metrics: { host: string; port: number };
 }
 
 export class TestDaemon {

@@ -1,0 +1,50 @@
+// Cooldown: after a migration, the opposite classification within
+// cooldownPeriod is reported as 'cooldown' and nothing moves; once the
+// period has passed, the volume moves.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { decisionFor, fioFill, loadJob, policyNamed, policyYaml, reconcile, sleep, startControlDaemon, volume, WINDOW_SETTLE_MS, type FioJob } from './helpers/control-loop.js';
+
+const MiB = 1024 * 1024;
+// Longer than one heat window of load plus a pass, so the hot reading lands inside it.
+const COOLDOWN_MS = 6_000;
+
+test('cooldown: the opposite move waits for cooldownPeriod, then happens', async (t) => {
+  const d = await startControlDaemon({ policies: { 'tiering.yaml': policyYaml('tiering', { cooldownPeriod: `${COOLDOWN_MS / 1000}s` }) } });
+  let load: FioJob | null = null;
+  t.after(async () => {
+    load?.kill();
+    await d.cleanup();
+  });
+  d.createVolume('c1', '16M');
+  fioFill(d.exportUri('c1'), 16 * MiB);
+  await sleep(WINDOW_SETTLE_MS);
+  let p = policyNamed(reconcile(d, true), 'tiering');
+  assert.equal(decisionFor(p, 'c1').action, 'migrate');
+  assert.equal(volume(d, 'c1').tier, 'cold');
+  const migratedAtMs = Date.parse(p.migrationHistory[0]!.finishedAt);
+
+  // Hot again right away: inside the cooldown.
+  load = loadJob(d.exportUri('c1'), 0, 16 * MiB);
+  await sleep(WINDOW_SETTLE_MS);
+  p = policyNamed(reconcile(d, true), 'tiering');
+  assert.ok(Date.now() < migratedAtMs + COOLDOWN_MS, 'this pass ran inside the cooldown');
+  let dec = decisionFor(p, 'c1');
+  assert.equal(dec.action, 'cooldown', dec.reason);
+  assert.equal(dec.targetTier, 'hot');
+  assert.match(dec.reason, /IOPS >= high watermark .*in cooldown for \d+s more/);
+  assert.equal(volume(d, 'c1').tier, 'cold');
+  assert.equal(p.migrationHistory.length, 1);
+  assert.equal(p.activeMigrations, 0);
+
+  // Past the cooldown, with the load still on: it moves back to hot.
+  await sleep(migratedAtMs + COOLDOWN_MS + 100 - Date.now());
+  p = policyNamed(reconcile(d, true), 'tiering');
+  dec = decisionFor(p, 'c1');
+  assert.equal(dec.action, 'migrate', dec.reason);
+  assert.equal(dec.targetTier, 'hot');
+  assert.equal(volume(d, 'c1').tier, 'hot');
+  assert.deepEqual(p.migrationHistory.map((h) => `${h.from}->${h.to}:${h.result}`), ['hot->cold:succeeded', 'cold->hot:succeeded']);
+  const r = await load.stop();
+  assert.equal(r.job.error, 0, r.stderr);
+});
