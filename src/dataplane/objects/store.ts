@@ -441,7 +441,11 @@ export class ObjectStore {
     return rec;
   }
 
-  /** One transaction: checks the bucket still exists, runs `build` (which may throw to abort), installs its record. */
+  /**
+   * One transaction: checks the bucket still exists, runs `build`, installs
+   * its record. `build` may throw to abort, but only before it writes:
+   * lmdb-js keeps writes made before a throw (checked: it does not roll back).
+   */
   private async flip(bucket: BucketRecord, key: string, build: () => ObjectRecord): Promise<ObjectRecord | undefined> {
     const k = objectKey(bucket.id, key);
     const old = await this.manager.meta.transaction(() => {
@@ -587,26 +591,30 @@ export class ObjectStore {
     let rec!: ObjectRecord;
     const uk = uploadKey(bucket.id, key, uploadId);
     const old = await this.flip(bucket, key, () => {
+      // lmdb-js does not roll back a transaction whose callback throws after
+      // writing, so every check happens before the first write.
       if (!this.uploads.get(uk)) throw new NoSuchUpload(`multipart upload ${uploadId} was completed or aborted`);
-      const stored = new Map<number, PartRecord>();
+      const stored = new Map<number, { key: Buffer; part: PartRecord }>();
       for (const { key: pk, value } of this.parts.getRange({ start: partKey(uploadId, 0), end: partKey(uploadId, 0xffff) })) {
-        stored.set(value.partNumber, value);
-        this.parts.remove(pk);
+        stored.set(value.partNumber, { key: Buffer.from(pk), part: value });
       }
       const segments: Segment[] = [];
       const etags: string[] = [];
       let sizeBytes = 0;
       list.forEach((want, i) => {
-        const p = stored.get(want.partNumber);
+        const p = stored.get(want.partNumber)?.part;
         if (!p || p.etag !== want.etag.replace(/"/g, '').toLowerCase()) throw new InvalidPart(`part ${want.partNumber} was not uploaded or its ETag differs`);
         if (i < list.length - 1 && p.sizeBytes < MIN_PART_BYTES) throw new PartTooSmall(`part ${want.partNumber} is ${p.sizeBytes} bytes; all parts but the last need at least ${MIN_PART_BYTES}`);
-        stored.delete(want.partNumber);
         segments.push(p.segment);
         etags.push(p.etag);
         sizeBytes += p.sizeBytes;
       });
       if (sizeBytes > MAX_OBJECT_BYTES) throw new TooLarge(`object would be ${sizeBytes} bytes, over ${MAX_OBJECT_BYTES}`);
-      for (const p of stored.values()) unused.push(p.segment);
+      const listed = new Set(list.map((p) => p.partNumber));
+      for (const [n, { key: pk, part }] of stored) {
+        if (!listed.has(n)) unused.push(part.segment);
+        this.parts.remove(pk);
+      }
       this.uploads.remove(uk);
       rec = {
         key,
