@@ -1,0 +1,68 @@
+// Degraded-read throughput of a 4+2 cold volume beside healthy-read
+// throughput of the same volume, same client, same run: nbdcopy reads the
+// whole export (256 MiB of destaged stripes) to null: with one cold pool
+// directory present (healthy) or moved away (lost: every stripe whose data
+// shard was there is decoded from parity). Runs alternate healthy/degraded,
+// REPEATS each, and print medians and the ratio (target degraded >= 0.7x).
+// Run by hand: `npx tsc -p tsconfig.json && node dist/bench/ec-degraded-read.js`
+// (VOLUME_MIB=64 for a quicker run). About a minute on this 2-core machine.
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { CLIENT_ENV } from '../test/helpers/daemon.js';
+import { MiB, coldPoolDir, coldStatus, createVolume, destage, patternBytes, startColdDaemon } from '../test/helpers/cold.js';
+
+const VOLUME_MIB = Number(process.env.VOLUME_MIB ?? 256);
+const REPEATS = 3;
+const LOST_POOL = 2;
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.floor(sorted.length / 2)]!;
+}
+
+/** One sequential whole-export read; MB/s (1e6 bytes) of volume data. */
+function nbdcopyRead(uri: string): number {
+  const start = process.hrtime.bigint();
+  const r = spawnSync('nbdcopy', [uri, 'null:'], { env: CLIENT_ENV, encoding: 'utf8' });
+  const seconds = Number(process.hrtime.bigint() - start) / 1e9;
+  if (r.status !== 0) throw new Error(`nbdcopy failed: ${r.stderr}`);
+  return (VOLUME_MIB * MiB) / seconds / 1e6;
+}
+
+const d = await startColdDaemon();
+const away = `${coldPoolDir(d, LOST_POOL)}.away`;
+try {
+  await createVolume(d, 'bench', VOLUME_MIB * MiB, 'cold');
+  const src = path.join(d.dataDir, 'src.bin');
+  fs.writeFileSync(src, patternBytes(VOLUME_MIB * MiB, 1));
+  const w = spawnSync('nbdcopy', [src, d.exportUri('bench')], { env: CLIENT_ENV, encoding: 'utf8' });
+  if (w.status !== 0) throw new Error(`nbdcopy write failed: ${w.stderr}`);
+  fs.rmSync(src);
+  await destage(d);
+  const stripes = (await coldStatus(d)).stripes.Healthy;
+  if (stripes !== VOLUME_MIB) throw new Error(`expected ${VOLUME_MIB} stripes, have ${stripes}`);
+
+  const healthy: number[] = [];
+  const degraded: number[] = [];
+  nbdcopyRead(d.exportUri('bench')); // warm the page cache for both kinds of run
+  for (let i = 0; i < REPEATS; i++) {
+    healthy.push(nbdcopyRead(d.exportUri('bench')));
+    // Moving the directory away (and back) loses and restores the pool without rewriting any shard.
+    fs.renameSync(coldPoolDir(d, LOST_POOL), away);
+    const before = (await coldStatus(d)).degradedReads;
+    degraded.push(nbdcopyRead(d.exportUri('bench')));
+    const after = (await coldStatus(d)).degradedReads;
+    if (after - before < stripes / 2) throw new Error(`only ${after - before} degraded reads: the pool loss did not take`);
+    fs.renameSync(away, coldPoolDir(d, LOST_POOL));
+  }
+  const h = median(healthy);
+  const g = median(degraded);
+  console.log(`ec-degraded-read: ${VOLUME_MIB} MiB 4+2 cold volume, nbdcopy -> null:, median of ${REPEATS}`);
+  console.log(`  healthy read (all 6 pools)        ${h.toFixed(1).padStart(8)} MB/s   runs ${healthy.map((v) => v.toFixed(1)).join(' ')}`);
+  console.log(`  degraded read (cold-${LOST_POOL} lost)       ${g.toFixed(1).padStart(8)} MB/s   runs ${degraded.map((v) => v.toFixed(1)).join(' ')}`);
+  console.log(`  ratio degraded / healthy          ${(g / h).toFixed(2).padStart(8)}x   (target >= 0.70x)`);
+} finally {
+  if (fs.existsSync(away)) fs.renameSync(away, coldPoolDir(d, LOST_POOL));
+  await d.cleanup();
+}
