@@ -118,6 +118,11 @@ export interface ObjectHandle {
 }
 
 const utf8 = (s: string) => Buffer.from(s, 'utf8');
+/**
+ * Whole-database scans must say where to start: lmdb-js's default getRange()
+ * and getCount() silently skip keys whose first byte is this low (checked).
+ */
+const ALL_KEYS = { start: Buffer.from([1]) };
 
 // Index keys are raw byte strings starting with 0x01 (which lmdb's
 // ordered-binary keeps as raw bytes), so LMDB order is UTF-8 byte order,
@@ -219,9 +224,9 @@ export class ObjectStore {
       const p = manager.pools.get(seg.pool);
       if (p) p.usedBytes += seg.lengthBytes;
     };
-    for (const { value } of store.objects.getRange()) for (const s of value.segments) account(s);
-    for (const { value } of store.parts.getRange()) account(value.segment);
-    store.openUploads = store.uploads.getCount();
+    for (const { value } of store.objects.getRange(ALL_KEYS)) for (const s of value.segments) account(s);
+    for (const { value } of store.parts.getRange(ALL_KEYS)) account(value.segment);
+    store.openUploads = store.uploads.getKeysCount(ALL_KEYS);
     let swept = 0;
     for (const pool of manager.pools.values()) {
       if (pool.rec.tier !== 'hot' || !pool.isOnline()) continue;
