@@ -1,14 +1,13 @@
-// The L1 replacement policy: size-aware W-TinyLFU (window LRU + segmented-LRU main
-// guarded by a count-min frequency sketch) whose window size adapts by hill climbing.
-//
-// Chosen by measurement over the traces in /work/shared/traces (bench/cache-hit-ratio):
-// the frequency filter wins on scan/loop traces where LRU and S3-FIFO thrash, and the
-// adaptive window recovers LRU's behaviour on recency-skewed traces. Weights are bytes
-// for L1 and 1 for the entry-count simulations in the benchmark.
+// W-TinyLFU as Caffeine does it (window LRU 1%, segmented-LRU main, TinyLFU admission,
+// hill-climbing window): a candidate L1 policy measured in bench/cache-hit-ratio, where it
+// lost to S3-LFU (src/dataplane/cache/s3-lfu.ts) on most traces; kept to show the comparison.
 
-export type PolicyKey = string | number;
-
-export type EvictionListener<K, V> = (key: K, value: V, weight: number) => void;
+import {
+  FrequencySketch,
+  hashKey,
+  type EvictionListener,
+  type PolicyKey,
+} from '../src/dataplane/cache/frequency-sketch.js';
 
 const WINDOW = 0;
 const PROBATION = 1;
@@ -16,15 +15,13 @@ const PROTECTED = 2;
 
 // Caffeine's published tuning: 1% initial window, 80% of main protected, 6.25% hill
 // climbing step decaying by 2% a sample, restarted when the hit ratio moves by 5%.
-const TUNE = (name: string, d: number) => Number(process.env['TUNE_' + name] ?? d);
-const INITIAL_WINDOW_FRACTION = TUNE('IW', 0.01);
-const PROTECTED_FRACTION = TUNE('PF', 0.8);
-const STEP_FRACTION = TUNE('STEP', 0.0625);
-const STEP_DECAY = TUNE('DECAY', 0.98);
-const RESTART_THRESHOLD = TUNE('RT', 0.05);
-const MAX_WINDOW_FRACTION = TUNE('MW', 0.8);
-const SAMPLE_MULT = TUNE('SM', 10);
-const TIE_ADMIT = TUNE("TIE", 0) === 1;
+const INITIAL_WINDOW_FRACTION = 0.01;
+const PROTECTED_FRACTION = 0.8;
+const STEP_FRACTION = 0.0625;
+const STEP_DECAY = 0.98;
+const RESTART_THRESHOLD = 0.05;
+const MAX_WINDOW_FRACTION = 0.8;
+const SAMPLE_MULT = 10;
 // A warm candidate (frequency > 5) that loses to an equally hot victim is still
 // admitted 1 time in 128, so an attacker cannot pin the victim set (Caffeine's defence).
 const WARM_CANDIDATE_FREQUENCY = 5;
@@ -45,107 +42,6 @@ class PolicyNode<K, V> {
     this.queue = WINDOW;
     this.prev = this;
     this.next = this;
-  }
-}
-
-/** FNV-1a over UTF-16 code units, finished with a murmur3 avalanche. */
-export function hashKey(key: PolicyKey): number {
-  let h: number;
-  if (typeof key === 'number') {
-    h = (key | 0) ^ Math.floor(key / 4294967296);
-  } else {
-    h = 0x811c9dc5;
-    for (let i = 0; i < key.length; i++) h = Math.imul(h ^ key.charCodeAt(i), 0x01000193);
-  }
-  h ^= h >>> 16;
-  h = Math.imul(h, 0x85ebca6b);
-  h ^= h >>> 13;
-  h = Math.imul(h, 0xc2b2ae35);
-  h ^= h >>> 16;
-  return h >>> 0;
-}
-
-const SKETCH_DEPTH = 4;
-const SKETCH_SEEDS = [0x97cb3127, 0xb1a3b6b5, 0x4f5e9a1d, 0xd6e8feb3];
-const COUNTER_MAX = 15;
-// Bound on the sketch: 4 rows x 2^22 one-byte counters = 16 MiB at most.
-const SKETCH_MAX_WIDTH = 1 << 22;
-
-/** Count-min sketch of 4-bit saturating counters, halved every 10 x width additions (aging). */
-class FrequencySketch {
-  private counters: Uint8Array;
-  private mask: number;
-  private additions = 0;
-  private sampleSize: number;
-
-  constructor(expectedEntries: number) {
-    const width = FrequencySketch.widthFor(expectedEntries);
-    this.counters = new Uint8Array(width * SKETCH_DEPTH);
-    this.mask = width - 1;
-    this.sampleSize = FrequencySketch.sampleSizeFor(expectedEntries);
-  }
-
-  /** Ages after 10 additions per cached entry (TinyLFU's reset interval W = 10 x C). */
-  static sampleSizeFor(entries: number): number {
-    return 10 * Math.max(16, Math.min(entries, SKETCH_MAX_WIDTH));
-  }
-
-  /** 4 counters per expected entry per row (16 in all), as in Caffeine's 4-bit table. */
-  static widthFor(entries: number): number {
-    let width = 64;
-    while (width < 4 * entries && width < SKETCH_MAX_WIDTH) width <<= 1;
-    return width;
-  }
-
-  get width(): number {
-    return this.mask + 1;
-  }
-
-  /** Grows (and clears) the sketch when the cache holds more entries than it was sized for. */
-  ensureCapacity(entries: number): void {
-    const width = FrequencySketch.widthFor(entries);
-    if (width <= this.width) {
-      this.sampleSize = Math.max(this.sampleSize, FrequencySketch.sampleSizeFor(entries));
-      return;
-    }
-    this.counters = new Uint8Array(width * SKETCH_DEPTH);
-    this.mask = width - 1;
-    this.sampleSize = FrequencySketch.sampleSizeFor(entries);
-    this.additions = 0;
-  }
-
-  frequency(hash: number): number {
-    let min = COUNTER_MAX;
-    const width = this.mask + 1;
-    for (let i = 0; i < SKETCH_DEPTH; i++) {
-      const idx = i * width + ((Math.imul(hash, SKETCH_SEEDS[i]!) >>> 8) & this.mask);
-      const c = this.counters[idx]!;
-      if (c < min) min = c;
-    }
-    return min;
-  }
-
-  /** Conservative update: only the counters at the current minimum are raised. */
-  increment(hash: number): void {
-    const width = this.mask + 1;
-    const c = this.counters;
-    const i0 = (Math.imul(hash, SKETCH_SEEDS[0]!) >>> 8) & this.mask;
-    const i1 = width + ((Math.imul(hash, SKETCH_SEEDS[1]!) >>> 8) & this.mask);
-    const i2 = 2 * width + ((Math.imul(hash, SKETCH_SEEDS[2]!) >>> 8) & this.mask);
-    const i3 = 3 * width + ((Math.imul(hash, SKETCH_SEEDS[3]!) >>> 8) & this.mask);
-    const min = Math.min(c[i0]!, c[i1]!, c[i2]!, c[i3]!);
-    if (min >= COUNTER_MAX) return;
-    if (c[i0] === min) c[i0] = min + 1;
-    if (c[i1] === min) c[i1] = min + 1;
-    if (c[i2] === min) c[i2] = min + 1;
-    if (c[i3] === min) c[i3] = min + 1;
-    if (++this.additions >= this.sampleSize) this.age();
-  }
-
-  private age(): void {
-    const c = this.counters;
-    for (let i = 0; i < c.length; i++) c[i] = c[i]! >>> 1;
-    this.additions = this.additions >>> 1;
   }
 }
 
@@ -170,6 +66,9 @@ export class WTinyLfu<K extends PolicyKey, V> {
   private protectedMax: number;
   // Hill climber state.
   private sampleHits = 0;
+  private sampleCountdown = 640;
+  private lastMissKey: K | undefined = undefined;
+  private lastMissHash = 0;
   private sampleMisses = 0;
   private previousHitRatio = 0;
   private stepWeight: number;
@@ -217,13 +116,19 @@ export class WTinyLfu<K extends PolicyKey, V> {
   get(key: K): V | undefined {
     const node = this.map.get(key);
     if (node === undefined) {
-      this.sketch.increment(hashKey(key));
-      this.recordSample(false);
+      // A fill of this key usually follows a miss: keep its hash for set().
+      const hash = hashKey(key);
+      this.lastMissKey = key;
+      this.lastMissHash = hash;
+      this.sketch.increment(hash);
+      this.sampleMisses++;
+      if (--this.sampleCountdown <= 0) this.climb();
       return undefined;
     }
     this.sketch.increment(node.hash);
     this.onHit(node);
-    this.recordSample(true);
+    this.sampleHits++;
+    if (--this.sampleCountdown <= 0) this.climb();
     return node.value;
   }
 
@@ -245,7 +150,7 @@ export class WTinyLfu<K extends PolicyKey, V> {
       if (countAccess) this.sketch.increment(existing.hash);
       this.onHit(existing);
     } else {
-      const hash = hashKey(key);
+      const hash = key === this.lastMissKey ? this.lastMissHash : hashKey(key);
       const node = new PolicyNode(key, value, weight, hash);
       this.map.set(key, node);
       if (countAccess) this.sketch.increment(hash);
@@ -286,8 +191,15 @@ export class WTinyLfu<K extends PolicyKey, V> {
         this.append(demoted, PROBATION);
       }
     } else {
-      this.unlink(node);
-      this.append(node, node.queue);
+      // Same queue: relink at the MRU end, weights unchanged.
+      const head = this.heads[node.queue]!;
+      if (head.prev === node) return;
+      node.prev.next = node.next;
+      node.next.prev = node.prev;
+      node.prev = head.prev;
+      node.next = head;
+      head.prev.next = node;
+      head.prev = node;
     }
   }
 
@@ -360,7 +272,7 @@ export class WTinyLfu<K extends PolicyKey, V> {
   }
 
   private admitOver(candidateFreq: number, victimFreq: number): boolean {
-    if (candidateFreq > victimFreq || (TIE_ADMIT && candidateFreq === victimFreq)) return true;
+    if (candidateFreq > victimFreq) return true;
     if (candidateFreq <= WARM_CANDIDATE_FREQUENCY) return false;
     let x = this.random;
     x ^= x << 13;
@@ -370,11 +282,11 @@ export class WTinyLfu<K extends PolicyKey, V> {
     return (x & 127) === 0;
   }
 
-  private recordSample(hit: boolean): void {
-    if (hit) this.sampleHits++;
-    else this.sampleMisses++;
+  /** Hill climbing: every 10 x entries accesses, move the window the way that raised the hit ratio. */
+  private climb(): void {
     const sampleCount = this.sampleHits + this.sampleMisses;
-    if (sampleCount < SAMPLE_MULT * Math.max(this.map.size, 64)) return;
+    this.sampleCountdown = SAMPLE_MULT * Math.max(this.map.size, 64);
+    if (sampleCount < this.sampleCountdown) return;
     const hitRatio = this.sampleHits / sampleCount;
     const change = hitRatio - this.previousHitRatio;
     const amount = change >= 0 ? this.stepWeight : -this.stepWeight;

@@ -15,7 +15,7 @@ import {
   registerCacheMetrics,
   type L3Backend,
 } from '../src/dataplane/cache/index.js';
-import { WTinyLfu } from '../src/dataplane/cache/w-tinylfu.js';
+import { S3Lfu } from '../src/dataplane/cache/s3-lfu.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'cache-tiers-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
@@ -191,9 +191,9 @@ test('registerCacheMetrics exports per-tier counters named couchestor_cache_*', 
   await cm.close();
 });
 
-test('W-TinyLFU keeps a hot set through a one-pass scan that flushes an LRU', () => {
+test('the L1 policy keeps a hot set through a one-pass scan that flushes an LRU', () => {
   const capacity = 100;
-  const policy = new WTinyLfu<number, number>({ maximumWeight: capacity, expectedEntries: capacity });
+  const policy = new S3Lfu<number, number>({ maximumWeight: capacity, expectedEntries: capacity });
   const lruOrder: number[] = [];
   const lruTouch = (k: number) => {
     const i = lruOrder.indexOf(k);

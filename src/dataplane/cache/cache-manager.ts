@@ -1,4 +1,4 @@
-// The three-tier read cache: L1 in memory (W-TinyLFU, optional LZ4), L2 an mmap'd file
+// The three-tier read cache: L1 in memory (S3-LFU policy, optional LZ4), L2 an mmap'd file
 // (inclusive of what it holds, filled by L1 demotion and L3 promotion), L3 a backend (cold store).
 //
 // Values are shared, not copied: put() takes ownership of the Buffer it is given and get()
@@ -7,7 +7,7 @@
 import { compressSync, uncompressSync } from 'lz4-napi';
 import { CacheClosedError, InvalidCacheConfigError, InvalidCacheKeyError } from './errors.js';
 import { L2File, L2_MAX_KEY_BYTES, type L2Stats } from './l2-file.js';
-import { WTinyLfu } from './w-tinylfu.js';
+import { S3Lfu } from './s3-lfu.js';
 
 /** The cold tier as the cache sees it. The erasure-coded store implements it. */
 export interface L3Backend {
@@ -75,13 +75,12 @@ interface InflightFetch {
 
 export class CacheManager {
   private readonly options: CacheManagerOptions;
-  private readonly l1: WTinyLfu<string, L1Entry>;
+  private readonly l1: S3Lfu<string, L1Entry>;
   private readonly l2: L2File | undefined;
   private readonly inflight = new Map<string, InflightFetch>();
   private isOpen = false;
   private l1Hits = 0;
   private l1Misses = 0;
-  private l1Bytes = 0;
   private readonly l3Counters = { hits: 0, misses: 0, errors: 0 };
 
   constructor(options: CacheManagerOptions) {
@@ -95,7 +94,7 @@ export class CacheManager {
       throw new InvalidCacheConfigError('l2.minEntryBytes must be >= 0');
     }
     this.options = options;
-    this.l1 = new WTinyLfu<string, L1Entry>({
+    this.l1 = new S3Lfu<string, L1Entry>({
       maximumWeight: options.l1CapacityBytes,
       expectedEntries: Math.max(64, Math.ceil(options.l1CapacityBytes / EXPECTED_ENTRY_BYTES)),
       onEvict: (key, entry) => this.demote(key, entry),
@@ -116,7 +115,6 @@ export class CacheManager {
     for (const f of this.inflight.values()) f.stale = true;
     this.inflight.clear();
     this.l1.clear();
-    this.l1Bytes = 0;
     this.l2?.close();
   }
 
@@ -164,7 +162,6 @@ export class CacheManager {
     this.assertOpen('delete');
     this.markStale(key);
     const entry = this.l1.delete(key);
-    if (entry !== undefined) this.l1Bytes -= weightOf(key, entry);
     const inL2 = this.l2?.delete(key) ?? false;
     return entry !== undefined || inL2;
   }
@@ -209,7 +206,7 @@ export class CacheManager {
         hits: this.l1Hits,
         misses: this.l1Misses,
         evictions: this.l1.evictionCount,
-        bytes: this.l1Bytes,
+        bytes: this.l1.weightedSize,
         entries: this.l1.size,
         capacityBytes: this.options.l1CapacityBytes,
       },
@@ -284,6 +281,7 @@ export class CacheManager {
   }
 
   private markStale(key: string): void {
+    if (this.inflight.size === 0) return;
     const f = this.inflight.get(key);
     if (f !== undefined) {
       f.stale = true;
@@ -301,20 +299,11 @@ export class CacheManager {
   }
 
   private insertL1(key: string, entry: L1Entry, countAccess: boolean): void {
-    const previous = this.l1.peek(key);
-    if (previous !== undefined) this.l1Bytes -= weightOf(key, previous);
-    const weight = weightOf(key, entry);
-    // Account before set(): set() may evict (and the listener subtracts) synchronously.
-    this.l1Bytes += weight;
-    if (!this.l1.set(key, entry, weight, countAccess)) {
-      this.l1Bytes -= weight;
-      // Larger than all of L1: keep it in L2 only.
-      this.demote(key, entry, false);
-    }
+    // Larger than all of L1: keep it in L2 only.
+    if (!this.l1.set(key, entry, weightOf(key, entry), countAccess)) this.demote(key, entry);
   }
 
-  private demote(key: string, entry: L1Entry, wasInL1 = true): void {
-    if (wasInL1) this.l1Bytes -= weightOf(key, entry);
+  private demote(key: string, entry: L1Entry): void {
     const l2 = this.l2;
     if (l2 === undefined || !this.isOpen || entry.rawLengthBytes < this.options.l2!.minEntryBytes) return;
     if (l2.has(key)) return; // inclusive: the copy there holds the same bytes
@@ -332,5 +321,6 @@ function weightOf(key: string, entry: L1Entry): number {
 
 function checkKey(key: string): void {
   if (typeof key !== 'string' || key.length === 0) throw new InvalidCacheKeyError('empty');
-  if (Buffer.byteLength(key, 'utf8') > L2_MAX_KEY_BYTES) throw new InvalidCacheKeyError(`longer than ${L2_MAX_KEY_BYTES} bytes`);
+  // A UTF-16 code unit is at most 3 UTF-8 bytes: short keys need no byte count.
+  if (key.length * 3 > L2_MAX_KEY_BYTES && Buffer.byteLength(key, 'utf8') > L2_MAX_KEY_BYTES) throw new InvalidCacheKeyError(`longer than ${L2_MAX_KEY_BYTES} bytes`);
 }

@@ -46,6 +46,8 @@ export interface L2Entry {
 
 interface RecordRef {
   key: string;
+  /** Unique per record: a header with this seq at offset is this record, not a newer one. */
+  seq: number;
   offset: number;
   recordBytes: number;
   storedBytes: number;
@@ -203,7 +205,7 @@ export class L2File {
     seg.writeUInt32LE(crc32c(seg.subarray(at + 8, at + L2_HEADER_BYTES + keyBytes + stored.length)), at + 4);
     // The magic goes last: a half-written record never looks live.
     seg.writeUInt32LE(RECORD_LIVE, at);
-    const ref: RecordRef = { key, offset, recordBytes, storedBytes: stored.length, keyBytes, live: true };
+    const ref: RecordRef = { key, seq, offset, recordBytes, storedBytes: stored.length, keyBytes, live: true };
     this.index.set(key, ref);
     this.ring.push(ref);
     this.liveBytes += stored.length;
@@ -241,9 +243,12 @@ export class L2File {
     if (seg.readUInt32LE(at) !== RECORD_LIVE) return false;
     if (seg.readUInt32LE(at + 36) !== ref.recordBytes || seg.readUInt32LE(at + 28) !== ref.storedBytes) return false;
     if (seg.readUInt16LE(at + 24) !== ref.keyBytes) return false;
+    if (seg.readUInt32LE(at + 16) !== ref.seq % 4294967296 || seg.readUInt32LE(at + 20) !== Math.floor(ref.seq / 4294967296)) {
+      return false;
+    }
+    // The CRC covers the key bytes too, so a record that passes is this key's record.
     const end = at + L2_HEADER_BYTES + ref.keyBytes + ref.storedBytes;
-    if (crc32c(seg.subarray(at + 8, end)) !== seg.readUInt32LE(at + 4)) return false;
-    return seg.toString('utf8', at + L2_HEADER_BYTES, at + L2_HEADER_BYTES + ref.keyBytes) === ref.key;
+    return crc32c(seg.subarray(at + 8, end)) === seg.readUInt32LE(at + 4);
   }
 
   private segmentEnd(offset: number): number {
@@ -315,9 +320,7 @@ export class L2File {
 
   /** Scans every segment for records of this file; keeps the newest live record per key. */
   private recover(): void {
-    interface Found extends RecordRef {
-      seq: number;
-    }
+    type Found = RecordRef;
     const found: Found[] = [];
     for (let s = 0; s < this.segments.length; s++) {
       const seg = this.segments[s]!;
@@ -356,7 +359,7 @@ export class L2File {
     this.counters.recoveredEntries = this.index.size;
   }
 
-  private parseRecord(seg: Buffer, at: number): (RecordRef & { seq: number }) | undefined {
+  private parseRecord(seg: Buffer, at: number): RecordRef | undefined {
     const magic = seg.readUInt32LE(at);
     if (magic !== RECORD_LIVE && magic !== RECORD_DEAD) return undefined;
     if (!seg.subarray(at + 8, at + 16).equals(this.segments[0]!.subarray(16, 24))) return undefined;

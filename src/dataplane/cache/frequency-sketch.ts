@@ -1,0 +1,142 @@
+// Shared pieces of the L1 replacement policy: key hashing, the TinyLFU frequency sketch
+// (4-bit count-min, blocked, aged) and a bounded ghost list of recently dropped key hashes.
+
+export type PolicyKey = string | number;
+
+export type EvictionListener<K, V> = (key: K, value: V, weight: number) => void;
+
+/** FNV-1a over UTF-16 code units, finished with a murmur3 avalanche. */
+export function hashKey(key: PolicyKey): number {
+  let h: number;
+  if (typeof key === 'number') {
+    h = (key | 0) ^ Math.floor(key / 4294967296);
+  } else {
+    h = 0x811c9dc5;
+    for (let i = 0; i < key.length; i++) h = Math.imul(h ^ key.charCodeAt(i), 0x01000193);
+  }
+  h ^= h >>> 16;
+  h = Math.imul(h, 0x85ebca6b);
+  h ^= h >>> 13;
+  h = Math.imul(h, 0xc2b2ae35);
+  h ^= h >>> 16;
+  return h >>> 0;
+}
+
+const COUNTER_MAX = 15;
+// Bound on the sketch: 2^22 blocks of 16 one-byte counters = 64 MiB at most.
+const SKETCH_MAX_BLOCKS = 1 << 22;
+const BLOCK_COUNTERS = 16;
+
+/**
+ * Count-min sketch of 4 counters per key saturating at 15, halved every 10 x C additions
+ * (TinyLFU's aging). The 4 counters of a key lie in one 16-byte block, as in Caffeine's
+ * block layout, so an access costs one cache miss instead of four.
+ */
+export class FrequencySketch {
+  private counters: Uint8Array;
+  private blockMask: number;
+  private additions = 0;
+  private sampleSize: number;
+
+  constructor(expectedEntries: number) {
+    const blocks = FrequencySketch.blocksFor(expectedEntries);
+    this.counters = new Uint8Array(blocks * BLOCK_COUNTERS);
+    this.blockMask = blocks - 1;
+    this.sampleSize = FrequencySketch.sampleSizeFor(expectedEntries);
+  }
+
+  /** One 16-counter block per expected entry, rounded to a power of two. */
+  static blocksFor(entries: number): number {
+    let blocks = 16;
+    while (blocks < entries && blocks < SKETCH_MAX_BLOCKS) blocks <<= 1;
+    return blocks;
+  }
+
+  static sampleSizeFor(entries: number): number {
+    return 10 * Math.max(16, Math.min(entries, SKETCH_MAX_BLOCKS));
+  }
+
+  /** Grows (and clears) the sketch when the cache holds more entries than it was sized for. */
+  ensureCapacity(entries: number): void {
+    const blocks = FrequencySketch.blocksFor(entries);
+    if (blocks <= this.blockMask + 1) {
+      this.sampleSize = Math.max(this.sampleSize, FrequencySketch.sampleSizeFor(entries));
+      return;
+    }
+    this.counters = new Uint8Array(blocks * BLOCK_COUNTERS);
+    this.blockMask = blocks - 1;
+    this.sampleSize = FrequencySketch.sampleSizeFor(entries);
+    this.additions = 0;
+  }
+
+  frequency(hash: number): number {
+    const base = (hash & this.blockMask) << 4;
+    // The block index uses the low bits of the hash; the slots come from the high bits of a
+    // remix (the low bits of a product depend only on the low bits of its input).
+    const h = Math.imul(hash ^ (hash >>> 16), 0x9e3779b1);
+    const c = this.counters;
+    return Math.min(
+      c[base + (h >>> 30)]!,
+      c[base + 4 + ((h >>> 22) & 3)]!,
+      c[base + 8 + ((h >>> 14) & 3)]!,
+      c[base + 12 + ((h >>> 6) & 3)]!,
+    );
+  }
+
+  /** Conservative update: only the counters at the current minimum are raised. */
+  increment(hash: number): void {
+    const base = (hash & this.blockMask) << 4;
+    const h = Math.imul(hash ^ (hash >>> 16), 0x9e3779b1);
+    const c = this.counters;
+    const i0 = base + (h >>> 30);
+    const i1 = base + 4 + ((h >>> 22) & 3);
+    const i2 = base + 8 + ((h >>> 14) & 3);
+    const i3 = base + 12 + ((h >>> 6) & 3);
+    const c0 = c[i0]!;
+    const c1 = c[i1]!;
+    const c2 = c[i2]!;
+    const c3 = c[i3]!;
+    let min = c0 < c1 ? c0 : c1;
+    if (c2 < min) min = c2;
+    if (c3 < min) min = c3;
+    if (min >= COUNTER_MAX) return;
+    if (c0 === min) c[i0] = min + 1;
+    if (c1 === min) c[i1] = min + 1;
+    if (c2 === min) c[i2] = min + 1;
+    if (c3 === min) c[i3] = min + 1;
+    if (++this.additions >= this.sampleSize) this.age();
+  }
+
+  private age(): void {
+    const c = this.counters;
+    for (let i = 0; i < c.length; i++) c[i] = c[i]! >>> 1;
+    this.additions = this.additions >>> 1;
+  }
+}
+
+
+/** Bounded FIFO set of key hashes (ARC-style ghost list): remembers what was dropped recently. */
+export class GhostList {
+  private readonly ring: Float64Array;
+  private readonly seqs = new Map<number, number>();
+  private next = 0;
+  constructor(readonly capacity: number) {
+    this.ring = new Float64Array(capacity);
+  }
+  get size(): number {
+    return this.seqs.size;
+  }
+  add(hash: number): void {
+    const slot = this.next % this.capacity;
+    if (this.next >= this.capacity) {
+      const old = this.ring[slot]!;
+      if (this.seqs.get(old) === this.next - this.capacity) this.seqs.delete(old);
+    }
+    this.ring[slot] = hash;
+    this.seqs.set(hash, this.next++);
+  }
+  /** True if present; removes it (a ghost hit is consumed). */
+  take(hash: number): boolean {
+    return this.seqs.delete(hash);
+  }
+}
