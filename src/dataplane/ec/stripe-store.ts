@@ -231,6 +231,12 @@ export class StripeStore {
     const ownerId = Buffer.from(ref.ownerId, 'hex');
     const chunkIndex = ref.chunkIndex;
     const n = ref.dataShards + ref.parityShards;
+    // A stripe needs n distinct pools: with fewer online, every stripe has a
+    // shard on an offline pool and no rebuilt shard could be placed. Say so
+    // before reading and decoding: otherwise, after a pool loss with no spare,
+    // each retry re-reads and decodes every degraded stripe only to fail here.
+    const online = this.pools().filter((p) => p.rec.tier === 'cold' && p.isOnline()).length;
+    if (online < n) throw new NoSuitablePool(`need ${n} online cold pools to rebuild a stripe, have ${online}`);
     const shards = await Promise.all(Array.from({ length: n }, (_, i) => this.readShard(ref, i)));
     const bad: number[] = [];
     shards.forEach((s, i) => s === undefined && bad.push(i));
