@@ -2,7 +2,7 @@
 // pass ever has more than one migration running, and all three get moved.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { fioFill, metric, policyNamed, policyYaml, reconcile, scrape, sleep, startControlDaemon, status, volume, WINDOW_SETTLE_MS } from './helpers/control-loop.js';
+import { fioFill, metric, policyNamed, policyYaml, reconcile, scrape, sleep, startControlDaemon, status, volume, WINDOW_SETTLE_MS, createVolume } from './helpers/control-loop.js';
 
 const MiB = 1024 * 1024;
 const VOLUMES = ['m1', 'm2', 'm3'];
@@ -12,7 +12,7 @@ test('maxConcurrentMigrations 1: never more than one active, all three eventuall
   const d = await startControlDaemon({ policies: { 'tiering.yaml': policyYaml('tiering', { maxConcurrentMigrations: 1 }) } });
   t.after(() => d.cleanup());
   for (const v of VOLUMES) {
-    d.createVolume(v, '32M');
+    await createVolume(d, v, 32 * MiB);
     fioFill(d.exportUri(v), 32 * MiB);
   }
   await sleep(WINDOW_SETTLE_MS);
@@ -23,7 +23,7 @@ test('maxConcurrentMigrations 1: never more than one active, all three eventuall
   let maxActive = 0;
   const start = Date.now();
   for (;;) {
-    const p = policyNamed(reconcile(d, false), 'tiering');
+    const p = policyNamed(await reconcile(d, false), 'tiering');
     passes++;
     const active = p.activeMigrations;
     const migrating = p.decisions.filter((x) => x.action === 'migrate' || x.action === 'migrating').length;
@@ -39,8 +39,8 @@ test('maxConcurrentMigrations 1: never more than one active, all three eventuall
   t.diagnostic(`${passes} passes, ${sawLimit} with a volume held back by the limit`);
   assert.equal(maxActive, 1);
   assert.ok(sawLimit >= 1, 'at least one pass held a volume back');
-  for (const v of VOLUMES) assert.equal(volume(d, v).tier, 'cold');
-  const st = status(d);
+  for (const v of VOLUMES) assert.equal((await volume(d, v)).tier, 'cold');
+  const st = await status(d);
   const p = policyNamed(st.policies, 'tiering');
   assert.deepEqual(p.migrationHistory.map((h) => h.result), ['succeeded', 'succeeded', 'succeeded']);
   assert.deepEqual(p.migrationHistory.map((h) => h.volume).sort(), VOLUMES);

@@ -3,7 +3,7 @@
 // period has passed, the volume moves.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { decisionFor, fioFill, loadJob, policyNamed, policyYaml, reconcile, sleep, startControlDaemon, volume, WINDOW_SETTLE_MS, type FioJob } from './helpers/control-loop.js';
+import { decisionFor, fioFill, loadJob, policyNamed, policyYaml, reconcile, sleep, startControlDaemon, volume, WINDOW_SETTLE_MS, type FioJob, createVolume } from './helpers/control-loop.js';
 
 const MiB = 1024 * 1024;
 // Longer than one heat window of load plus a pass, so the hot reading lands inside it.
@@ -16,34 +16,34 @@ test('cooldown: the opposite move waits for cooldownPeriod, then happens', async
     load?.kill();
     await d.cleanup();
   });
-  d.createVolume('c1', '16M');
+  await createVolume(d, 'c1', 16 * MiB);
   fioFill(d.exportUri('c1'), 16 * MiB);
   await sleep(WINDOW_SETTLE_MS);
-  let p = policyNamed(reconcile(d, true), 'tiering');
+  let p = policyNamed(await reconcile(d, true), 'tiering');
   assert.equal(decisionFor(p, 'c1').action, 'migrate');
-  assert.equal(volume(d, 'c1').tier, 'cold');
+  assert.equal((await volume(d, 'c1')).tier, 'cold');
   const migratedAtMs = Date.parse(p.migrationHistory[0]!.finishedAt);
 
   // Hot again right away: inside the cooldown.
   load = loadJob(d.exportUri('c1'), 0, 16 * MiB);
   await sleep(WINDOW_SETTLE_MS);
-  p = policyNamed(reconcile(d, true), 'tiering');
+  p = policyNamed(await reconcile(d, true), 'tiering');
   assert.ok(Date.now() < migratedAtMs + COOLDOWN_MS, 'this pass ran inside the cooldown');
   let dec = decisionFor(p, 'c1');
   assert.equal(dec.action, 'cooldown', dec.reason);
   assert.equal(dec.targetTier, 'hot');
   assert.match(dec.reason, /IOPS >= high watermark .*in cooldown for \d+s more/);
-  assert.equal(volume(d, 'c1').tier, 'cold');
+  assert.equal((await volume(d, 'c1')).tier, 'cold');
   assert.equal(p.migrationHistory.length, 1);
   assert.equal(p.activeMigrations, 0);
 
   // Past the cooldown, with the load still on: it moves back to hot.
   await sleep(migratedAtMs + COOLDOWN_MS + 100 - Date.now());
-  p = policyNamed(reconcile(d, true), 'tiering');
+  p = policyNamed(await reconcile(d, true), 'tiering');
   dec = decisionFor(p, 'c1');
   assert.equal(dec.action, 'migrate', dec.reason);
   assert.equal(dec.targetTier, 'hot');
-  assert.equal(volume(d, 'c1').tier, 'hot');
+  assert.equal((await volume(d, 'c1')).tier, 'hot');
   assert.deepEqual(p.migrationHistory.map((h) => `${h.from}->${h.to}:${h.result}`), ['hot->cold:succeeded', 'cold->hot:succeeded']);
   const r = await load.stop();
   assert.equal(r.job.error, 0, r.stderr);

@@ -3,7 +3,7 @@
 // starts for another misplaced volume.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { decisionFor, fioFill, metric, policyNamed, policyYaml, reconcile, scrape, sleep, startControlDaemon, status, volume, WINDOW_SETTLE_MS, writePolicy } from './helpers/control-loop.js';
+import { decisionFor, fioFill, metric, policyNamed, policyYaml, reconcile, scrape, sleep, startControlDaemon, status, volume, WINDOW_SETTLE_MS, writePolicy, createVolume } from './helpers/control-loop.js';
 
 const MiB = 1024 * 1024;
 // Large enough that the migration takes seconds here (~40 MB/s hot -> cold),
@@ -15,18 +15,18 @@ test('enabled: false mid-migration: in-flight finishes, phase Disabled, no new m
   const spec = { maxConcurrentMigrations: 1 };
   const d = await startControlDaemon({ policies: { 'tiering.yaml': policyYaml('tiering', spec) } });
   t.after(() => d.cleanup());
-  d.createVolume('a-big', `${BIG_BYTES}`);
-  d.createVolume('b-other', '8M');
+  await createVolume(d, 'a-big', BIG_BYTES);
+  await createVolume(d, 'b-other', 8 * MiB);
   fioFill(d.exportUri('a-big'), BIG_BYTES);
   fioFill(d.exportUri('b-other'), 8 * MiB);
   await sleep(WINDOW_SETTLE_MS);
 
-  let p = policyNamed(reconcile(d, false), 'tiering');
+  let p = policyNamed(await reconcile(d, false), 'tiering');
   assert.equal(decisionFor(p, 'a-big').action, 'migrate', decisionFor(p, 'a-big').reason);
   assert.equal(decisionFor(p, 'b-other').action, 'concurrency-limit', decisionFor(p, 'b-other').reason);
 
   writePolicy(d, 'tiering.yaml', policyYaml('tiering', { ...spec, enabled: false }));
-  p = policyNamed(reconcile(d, false), 'tiering');
+  p = policyNamed(await reconcile(d, false), 'tiering');
   assert.equal(p.phase, 'Disabled');
   // Still in flight at the flip: the emergency stop does not abort it.
   assert.equal(p.activeMigrations, 1);
@@ -37,22 +37,22 @@ test('enabled: false mid-migration: in-flight finishes, phase Disabled, no new m
   assert.match(other.reason, /policy disabled \(emergency stop\)/);
 
   // Wait for the in-flight migration; the pass that precedes the wait starts nothing.
-  p = policyNamed(reconcile(d, true), 'tiering');
+  p = policyNamed(await reconcile(d, true), 'tiering');
   assert.equal(p.phase, 'Disabled');
   assert.deepEqual(
     p.migrationHistory.map((h) => `${h.volume}:${h.from}->${h.to}:${h.result}`),
     ['a-big:hot->cold:succeeded'],
   );
   assert.equal(p.migrationHistory[0]!.bytesCopied, BIG_BYTES);
-  assert.equal(volume(d, 'a-big').tier, 'cold');
+  assert.equal((await volume(d, 'a-big')).tier, 'cold');
 
   // Later passes: still nothing for b-other, though it stays misplaced.
-  p = policyNamed(reconcile(d, true), 'tiering');
+  p = policyNamed(await reconcile(d, true), 'tiering');
   const later = decisionFor(p, 'b-other');
   assert.equal(later.action, 'disabled', later.reason);
-  assert.equal(volume(d, 'b-other').tier, 'hot');
+  assert.equal((await volume(d, 'b-other')).tier, 'hot');
   assert.equal(p.activeMigrations, 0);
-  assert.equal(status(d).totals.succeeded, 1);
+  assert.equal((await status(d)).totals.succeeded, 1);
   const m = await scrape(d);
   assert.equal(metric(m, 'couchestor_migrations_total', { result: 'succeeded' }), 1);
   assert.equal(metric(m, 'couchestor_active_migrations'), 0);

@@ -3,7 +3,7 @@
 // keeps working; fixing a file makes it valid on the next pass.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { decisionFor, fioFill, policyNamed, policyYaml, reconcile, sleep, startControlDaemon, volume, WINDOW_SETTLE_MS, writePolicy } from './helpers/control-loop.js';
+import { decisionFor, fioFill, policyNamed, policyYaml, reconcile, sleep, startControlDaemon, volume, WINDOW_SETTLE_MS, writePolicy, createVolume } from './helpers/control-loop.js';
 
 const MiB = 1024 * 1024;
 const only = (v: string) => ({ volumeSelector: { matchLabels: { 'couchestor.io/volume': v } } });
@@ -22,11 +22,11 @@ test('invalid policies: phase Error with the reason; a valid neighbour keeps mig
   for (const i of INVALID) policies[i.file] = policyYaml(i.name, { ...only('good'), ...i.spec });
   const d = await startControlDaemon({ policies });
   t.after(() => d.cleanup());
-  d.createVolume('good', '8M');
+  await createVolume(d, 'good', 8 * MiB);
   fioFill(d.exportUri('good'), 8 * MiB);
   await sleep(WINDOW_SETTLE_MS);
 
-  const all = reconcile(d, true);
+  const all = await reconcile(d, true);
   for (const i of INVALID) {
     const p = policyNamed(all, i.name);
     assert.equal(p.phase, 'Error', i.name);
@@ -41,7 +41,7 @@ test('invalid policies: phase Error with the reason; a valid neighbour keeps mig
   const dec = decisionFor(v, 'good');
   assert.equal(dec.action, 'migrate', dec.reason);
   assert.deepEqual(v.migrationHistory.map((h) => `${h.volume}:${h.from}->${h.to}:${h.result}`), ['good:hot->cold:succeeded']);
-  assert.equal(volume(d, 'good').tier, 'cold');
+  assert.equal((await volume(d, 'good')).tier, 'cold');
 
   // The human-readable status names each broken policy and why.
   const text = d.cli('status');
@@ -51,7 +51,7 @@ test('invalid policies: phase Error with the reason; a valid neighbour keeps mig
 
   // Policies are re-read every pass: a fixed file turns valid.
   writePolicy(d, 'a-low-high.yaml', policyYaml('low-not-below-high', { ...only('nothing-here'), lowWatermarkIOPS: 10 }));
-  const fixed = policyNamed(reconcile(d, false), 'low-not-below-high');
+  const fixed = policyNamed(await reconcile(d, false), 'low-not-below-high');
   assert.equal(fixed.phase, 'Active');
   assert.equal(fixed.reason, undefined);
   assert.equal(fixed.conditions.find((c) => c.type === 'Valid')?.status, 'True');

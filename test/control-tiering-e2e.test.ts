@@ -5,7 +5,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
+import type { PolicyStatus } from '../src/control/loop.js';
 import {
+  cliJson,
   coldStatus,
   decisionFor,
   HIGH_IOPS,
@@ -58,7 +60,8 @@ test('a volume loaded then idle goes hot -> cold (EC) -> hot, a concurrent fio v
   let load = loadJob(uri, LOAD.offsetBytes, LOAD.lengthBytes);
   jobs.push(load);
   await sleep(WINDOW_SETTLE_MS);
-  let p = policyNamed(reconcile(d, true), 'tiering');
+  // This pass through the real CLI (`couchestor reconcile --wait --json`); the rest through its API.
+  let p = policyNamed(cliJson<{ policies: PolicyStatus[] }>(d, 'reconcile', '--wait').policies, 'tiering');
   let dec = decisionFor(p, 'e2e');
   assert.equal(dec.action, 'stay', dec.reason);
   assert.equal(dec.targetTier, 'hot');
@@ -67,12 +70,12 @@ test('a volume loaded then idle goes hot -> cold (EC) -> hot, a concurrent fio v
 
   // Idle (only the verifier's trickle): the next pass moves it to cold.
   await sleep(WINDOW_SETTLE_MS);
-  p = policyNamed(reconcile(d, true), 'tiering');
+  p = policyNamed(await reconcile(d, true), 'tiering');
   dec = decisionFor(p, 'e2e');
   assert.equal(dec.action, 'migrate', dec.reason);
   assert.equal(dec.targetTier, 'cold');
   assert.ok(dec.iops! <= LOW_IOPS, `idle: ${dec.iops} IOPS`);
-  assert.equal(volume(d, 'e2e').tier, 'cold');
+  assert.equal((await volume(d, 'e2e')).tier, 'cold');
   assert.equal(p.migrationHistory.length, 1);
   assert.deepEqual(
     { volume: p.migrationHistory[0]!.volume, from: p.migrationHistory[0]!.from, to: p.migrationHistory[0]!.to, result: p.migrationHistory[0]!.result },
@@ -80,7 +83,7 @@ test('a volume loaded then idle goes hot -> cold (EC) -> hot, a concurrent fio v
   );
   assert.ok(p.migrationHistory[0]!.bytesCopied >= STATIC.lengthBytes, `bytesCopied ${p.migrationHistory[0]!.bytesCopied}`);
   // Erasure coded: the static region alone is 32 full chunks -> 32 stripes.
-  const cold = coldStatus(d);
+  const cold = await coldStatus(d);
   assert.ok(cold.stripes.Healthy >= STATIC.lengthBytes / MiB, `stripes: ${JSON.stringify(cold.stripes)}`);
   assert.equal(cold.stripes.Failed, 0);
   let m = await scrape(d);
@@ -94,14 +97,14 @@ test('a volume loaded then idle goes hot -> cold (EC) -> hot, a concurrent fio v
   load = loadJob(uri, LOAD.offsetBytes, LOAD.lengthBytes);
   jobs.push(load);
   await sleep(WINDOW_SETTLE_MS);
-  p = policyNamed(reconcile(d, true), 'tiering');
+  p = policyNamed(await reconcile(d, true), 'tiering');
   dec = decisionFor(p, 'e2e');
   assert.equal(dec.action, 'migrate', dec.reason);
   assert.equal(dec.targetTier, 'hot');
   assert.ok(load.running, 'load still running during the cold -> hot migration');
   const loadResult = await load.stop();
   assert.equal(loadResult.job.error, 0, loadResult.stderr);
-  assert.equal(volume(d, 'e2e').tier, 'hot');
+  assert.equal((await volume(d, 'e2e')).tier, 'hot');
   assert.deepEqual(
     p.migrationHistory.map((h) => `${h.from}->${h.to}:${h.result}`),
     ['hot->cold:succeeded', 'cold->hot:succeeded'],
@@ -111,7 +114,7 @@ test('a volume loaded then idle goes hot -> cold (EC) -> hot, a concurrent fio v
   assert.equal(metric(m, 'couchestor_migrations_total', { result: 'failed' }), 0);
   assert.equal(metric(m, 'couchestor_volume_tier', { volume: 'e2e', tier: 'hot' }), 1);
   assert.equal(metric(m, 'couchestor_volume_tier', { volume: 'e2e', tier: 'cold' }), 0);
-  assert.equal(status(d).totals.succeeded, 2);
+  assert.equal((await status(d)).totals.succeeded, 2);
 
   // The verifier ran through both migrations without a single bad block.
   assert.ok(verifier.running, 'verifier ran the whole time');

@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { decisionFor, metric, nbdcopyIn, nbdcopyOut, policyNamed, policyYaml, randomFile, reconcile, scrape, sleep, startControlDaemon, volume, WINDOW_SETTLE_MS } from './helpers/control-loop.js';
+import { decisionFor, metric, nbdcopyIn, nbdcopyOut, policyNamed, policyYaml, randomFile, reconcile, scrape, sleep, startControlDaemon, volume, WINDOW_SETTLE_MS, createVolume } from './helpers/control-loop.js';
 
 const MiB = 1024 * 1024;
 // Seconds of copying at ~40 MB/s: the pool is removed well before the end.
@@ -15,21 +15,21 @@ const SIZE_BYTES = 128 * MiB;
 test('cold pool removed mid-migration: fails with the reason, stays hot and byte-exact, retried once the pool is back', async (t) => {
   const d = await startControlDaemon({ policies: { 'tiering.yaml': policyYaml('tiering') } });
   t.after(() => d.cleanup());
-  d.createVolume('vol', `${SIZE_BYTES}`);
+  await createVolume(d, 'vol', SIZE_BYTES);
   const source = path.join(d.dataDir, 'src.bin');
   randomFile(source, SIZE_BYTES);
   nbdcopyIn(source, d.exportUri('vol'));
   const expected = fs.readFileSync(source);
   await sleep(WINDOW_SETTLE_MS);
 
-  let p = policyNamed(reconcile(d, false), 'tiering');
+  let p = policyNamed(await reconcile(d, false), 'tiering');
   assert.equal(decisionFor(p, 'vol').action, 'migrate');
   assert.equal(p.activeMigrations, 1);
   // The pool's directory goes away while chunks are being striped.
   const gone = path.join(d.dataDir, 'pools', 'cold-3');
   fs.rmSync(gone, { recursive: true });
 
-  p = policyNamed(reconcile(d, true), 'tiering');
+  p = policyNamed(await reconcile(d, true), 'tiering');
   assert.equal(p.migrationHistory.length, 1);
   const h = p.migrationHistory[0]!;
   assert.equal(h.result, 'failed', JSON.stringify(h));
@@ -38,7 +38,7 @@ test('cold pool removed mid-migration: fails with the reason, stays hot and byte
   assert.match(h.error ?? '', /cold|pool|shard/i);
   t.diagnostic(`failure recorded: ${h.error}`);
   assert.equal(p.totalMigrations.failed, 1);
-  assert.equal(volume(d, 'vol').tier, 'hot');
+  assert.equal((await volume(d, 'vol')).tier, 'hot');
   let m = await scrape(d);
   assert.equal(metric(m, 'couchestor_migrations_total', { result: 'failed' }), 1);
   assert.equal(metric(m, 'couchestor_volume_tier', { volume: 'vol', tier: 'hot' }), 1);
@@ -50,7 +50,7 @@ test('cold pool removed mid-migration: fails with the reason, stays hot and byte
   // While the pool is missing, the loop does not retry blindly: it says why.
   // (After a heat window: the read-back above made the volume warm.)
   await sleep(WINDOW_SETTLE_MS);
-  p = policyNamed(reconcile(d, true), 'tiering');
+  p = policyNamed(await reconcile(d, true), 'tiering');
   const blocked = decisionFor(p, 'vol');
   assert.equal(blocked.action, 'blocked', blocked.reason);
   assert.match(blocked.reason, /needs 6 online cold pools, 5 online/);
@@ -58,10 +58,10 @@ test('cold pool removed mid-migration: fails with the reason, stays hot and byte
 
   // Pool back (an empty directory, as after replacing a disk): the next pass retries and succeeds.
   fs.mkdirSync(gone);
-  p = policyNamed(reconcile(d, true), 'tiering');
+  p = policyNamed(await reconcile(d, true), 'tiering');
   assert.equal(decisionFor(p, 'vol').action, 'migrate', decisionFor(p, 'vol').reason);
   assert.deepEqual(p.migrationHistory.map((x) => `${x.from}->${x.to}:${x.result}`), ['hot->cold:failed', 'hot->cold:succeeded']);
-  assert.equal(volume(d, 'vol').tier, 'cold');
+  assert.equal((await volume(d, 'vol')).tier, 'cold');
   m = await scrape(d);
   assert.equal(metric(m, 'couchestor_migrations_total', { result: 'succeeded' }), 1);
   assert.equal(metric(m, 'couchestor_volume_tier', { volume: 'vol', tier: 'cold' }), 1);

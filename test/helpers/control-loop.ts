@@ -17,8 +17,11 @@ export const HEAT_SAMPLE_INTERVAL_MS = 200;
  * started): the window plus two samples of slack. The only reason a test sleeps.
  */
 export const WINDOW_SETTLE_MS = WINDOW_MS + 3 * HEAT_SAMPLE_INTERVAL_MS;
-/** Watermarks: the fio load below runs ~1000 IOPS, the verifier ~20. */
-export const HIGH_IOPS = 300;
+/**
+ * Watermarks: the fio load below runs ~500-1000 IOPS even on a cold volume
+ * (whose 4 KiB random reads each read a whole 1 MiB stripe), the verifier ~20.
+ */
+export const HIGH_IOPS = 200;
 export const LOW_IOPS = 50;
 /** rate_iops of the load generator (per direction for randrw). */
 export const LOAD_RATE_IOPS = 500;
@@ -87,19 +90,36 @@ export interface StatusBody {
   totals: { succeeded: number; failed: number; aborted: number };
 }
 
-function cliJson<T>(d: TestDaemon, ...args: string[]): T {
+/**
+ * The admin API the `couchestor` CLI calls (same JSON as its --json output).
+ * Tests call it directly: a CLI process costs a second or two of start-up on
+ * this shared machine, and spawnSync would stall the test's event loop.
+ */
+async function api<T>(d: TestDaemon, method: string, urlPath: string, body?: unknown): Promise<T> {
+  const res = await fetch(`http://127.0.0.1:${d.info.api.port}${urlPath}`, {
+    method,
+    headers: body === undefined ? {} : { 'content-type': 'application/json' },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await res.text();
+  if (!res.ok) throw new Error(`${method} ${urlPath} answered ${res.status}: ${text}`);
+  return (text ? JSON.parse(text) : undefined) as T;
+}
+
+/** `couchestor ... --json` through the real CLI. */
+export function cliJson<T>(d: TestDaemon, ...args: string[]): T {
   const r = d.cli(...args, '--json');
   if (r.status !== 0) throw new Error(`couchestor ${args.join(' ')} exited ${r.status}: ${r.stderr}`);
   return JSON.parse(r.stdout) as T;
 }
 
-export function status(d: TestDaemon): StatusBody {
-  return cliJson<StatusBody>(d, 'status');
+export function status(d: TestDaemon): Promise<StatusBody> {
+  return api<StatusBody>(d, 'GET', '/v1/status');
 }
 
-/** One control-loop pass now; with wait, also until the migrations it started finish. */
-export function reconcile(d: TestDaemon, wait: boolean): PolicyStatus[] {
-  return cliJson<{ policies: PolicyStatus[] }>(d, 'reconcile', ...(wait ? ['--wait'] : [])).policies;
+/** One control-loop pass now (`couchestor reconcile`); with wait, also until the migrations it started finish. */
+export async function reconcile(d: TestDaemon, wait: boolean): Promise<PolicyStatus[]> {
+  return (await api<{ policies: PolicyStatus[] }>(d, 'POST', `/v1/reconcile${wait ? '?wait=1' : ''}`)).policies;
 }
 
 export function policyNamed(policies: PolicyStatus[], name: string): PolicyStatus {
@@ -114,10 +134,13 @@ export function decisionFor(p: PolicyStatus, volume: string): Decision {
   return d;
 }
 
-export function volume(d: TestDaemon, name: string): VolumeRecord {
-  const v = cliJson<VolumeRecord[]>(d, 'volumes', 'list').find((x) => x.name === name);
-  if (!v) throw new Error(`no volume ${name}`);
-  return v;
+/** `couchestor volumes create` through the API. */
+export function createVolume(d: TestDaemon, name: string, sizeBytes: number, extra: { tier?: 'hot' | 'cold'; labels?: Record<string, string> } = {}): Promise<VolumeRecord> {
+  return api<VolumeRecord>(d, 'POST', '/v1/volumes', { name, sizeBytes, ...extra });
+}
+
+export function volume(d: TestDaemon, name: string): Promise<VolumeRecord> {
+  return api<VolumeRecord>(d, 'GET', `/v1/volumes/${encodeURIComponent(name)}`);
 }
 
 export interface ColdStatus {
@@ -127,8 +150,9 @@ export interface ColdStatus {
   stripes: { Healthy: number; Degraded: number; Reconstructing: number; Failed: number };
 }
 
-export function coldStatus(d: TestDaemon): ColdStatus {
-  return cliJson<ColdStatus>(d, 'cold');
+/** `couchestor cold`. */
+export function coldStatus(d: TestDaemon): Promise<ColdStatus> {
+  return api<ColdStatus>(d, 'GET', '/v1/cold');
 }
 
 export async function scrape(d: TestDaemon): Promise<string> {
@@ -147,6 +171,30 @@ export function metric(text: string, name: string, labels: Record<string, string
     if (Object.entries(labels).every(([k, v]) => have[k] === v)) return Number(m[3]);
   }
   return undefined;
+}
+
+/**
+ * Resolves once the daemon's stderr matches `re`. CLI calls are synchronous,
+ * so log lines written meanwhile are only read once the test yields.
+ */
+export function waitForLog(d: TestDaemon, re: RegExp, timeoutMs = 10_000): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const check = () => {
+      const m = re.exec(d.stderr);
+      if (!m) return;
+      clearTimeout(timer);
+      d.proc.stderr!.off('data', onData);
+      resolve(m[0]);
+    };
+    // Runs after TestDaemon's own listener has appended the chunk.
+    const onData = () => setImmediate(check);
+    const timer = setTimeout(() => {
+      d.proc.stderr!.off('data', onData);
+      reject(new Error(`daemon log never matched ${re}:\n${d.stderr}`));
+    }, timeoutMs);
+    d.proc.stderr!.on('data', onData);
+    check();
+  });
 }
 
 /** Waits for a heat window (or a cooldown) to pass: the one thing with no event to wait on. */
@@ -248,11 +296,12 @@ export class FioJob {
 }
 
 /**
- * The load generator: random 4 KiB reads and writes at ~2 x LOAD_RATE_IOPS
- * on [offsetBytes, offsetBytes + lengthBytes), until stopped.
+ * The load generator: random 4 KiB writes and reads (80/20: writes keep the
+ * rate up on a cold volume, where reads are slow) at up to LOAD_RATE_IOPS
+ * each on [offsetBytes, offsetBytes + lengthBytes), until stopped.
  */
 export function loadJob(uri: string, offsetBytes: number, lengthBytes: number): FioJob {
-  return new FioJob('load', uri, ['--rw=randrw', '--bs=4k', '--iodepth=4', `--offset=${offsetBytes}`, `--size=${lengthBytes}`, `--rate_iops=${LOAD_RATE_IOPS}`, '--time_based', '--runtime=600']);
+  return new FioJob('load', uri, ['--rw=randrw', '--rwmixread=20', '--bs=4k', '--iodepth=8', `--offset=${offsetBytes}`, `--size=${lengthBytes}`, `--rate_iops=${LOAD_RATE_IOPS}`, '--time_based', '--runtime=600']);
 }
 
 /**
