@@ -1,39 +1,49 @@
 // Reed-Solomon encode / reconstruct of one stripe (k data + m parity shards)
-// through @ronomon/reed-solomon, off the event loop.
+// through Intel ISA-L (native/ec_isal.c), bounded in flight.
 //
-// Dispatch choice: the addon's own libuv-threadpool async work, NOT a piscina
-// worker pool. `node dist/bench/ec-dispatch.js` on this 2-core AMD EPYC
-// (shared, load ~3.8), 4+2, 1 MiB stripes, encode GB/s, median of 3:
-//   in flight            1      2      4
-//   addon threadpool   8.52   9.12   6.07  (4 is capped to EC_MAX_IN_FLIGHT = 2)
-//   piscina, copied    0.80   1.07   0.90
-//   piscina, SAB       4.74   4.70   4.31
-// so the addon is 1.8-1.9x the best piscina variant and ~10x the default one.
-// Why: the addon has no synchronous entry point, so a piscina worker still
-// queues the same libuv threadpool work and only adds a message hop per stripe
-// (plus a 1.5 MiB structured-clone copy unless buffers are SharedArrayBuffers,
-// which would force every caller to allocate shared memory). A worker pool
-// would also not isolate EC from fs I/O: libuv's threadpool is per process.
+// Why ISA-L and not @ronomon/reed-solomon, which DESIGN.md chose (issue #3
+// asks for encode >= 0.8x ISA-L per core): @@NUMBERS@@
+// ronomon is a portable 64-bit XOR bitmatrix code; ISA-L uses AVX2/AVX-512
+// (GFNI) GF(2^8) kernels. The package stays installed but nothing uses it.
 //
-// Speed vs ISA-L (bench/ec-bench.ts): encode is ~0.15-0.4x of ISA-L per core.
-// The addon is a scalar XOR bitmatrix code built for baseline x86-64; built
-// with CFLAGS=-march=x86-64-v3 (AVX2) it is ~1.5-2x faster and gives identical
-// parity, still ~0.45x. ISA-L uses GFNI/AVX-512 GF(2^8) tables; even ISA-L
-// behind the same threadpool dispatch (prototype) loses about half at one
-// stripe in flight, because the ~15-50 us round trip is as long as the encode.
+// Why synchronous: a 1 MiB stripe is ~45 us of ISA-L on one core, about the
+// cost of one libuv threadpool round trip; behind async dispatch ISA-L fell to
+// ~0.5-0.6x per core (the handoff burns CPU too). So stripes up to
+// EC_SYNC_MAX_STRIPE_BYTES are coded on the calling thread, at most
+// EC_MAX_IN_FLIGHT per event-loop turn; larger ones go to the threadpool.
 //
-// In-flight bound: at most EC_MAX_IN_FLIGHT stripes are queued on the libuv
-// threadpool at once (default min(cores, UV_THREADPOOL_SIZE - 1) = 2 here), so
-// fs, LMDB and DNS work always find a free threadpool thread; callers beyond
-// that wait in a FIFO of at most EC_MAX_WAITING, past which EcBusy is thrown.
+// Format (on disk since this switch; nothing persistent predates it):
+// systematic Cauchy code from gf_gen_cauchy1_matrix, GF(2^8) with polynomial
+// 0x11d: parity shard i (k <= i < k + m) = XOR over data shards j of
+// (1 / (i xor j)) * shard j. Pinned by a reference test in test/ec-codec.test.ts.
 import { createRequire } from "node:module";
+import { existsSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { availableParallelism } from "node:os";
 import { InsufficientShards as StorageInsufficientShards, StorageError } from "../errors.js";
 import type { ErasureCodingPolicy } from "./policy.js";
 
-const require = createRequire(import.meta.url);
-// The addon's package "main" is binding.node, which ESM import cannot load.
-const ReedSolomon = require("@ronomon/reed-solomon") as typeof import("@ronomon/reed-solomon");
+interface IsalAddon {
+  /** GF tables for "from shards sourceIndexes (k of them) produce shards targetIndexes" of the Cauchy code. */
+  tables(k: number, m: number, sourceIndexes: Uint8Array, targetIndexes: Uint8Array): Buffer;
+  /** ec_encode_data over shardBytes of each buffer, on this thread. */
+  code(tables: Buffer, sources: Buffer[], targets: Buffer[], shardBytes: number): void;
+  /** The same on the libuv threadpool; the addon keeps every buffer referenced until `done`. */
+  codeAsync(tables: Buffer, sources: Buffer[], targets: Buffer[], shardBytes: number, done: (error?: Error) => void): void;
+}
+
+/** native/build/Release/ec_isal.node, found from src/ (ts) or dist/src/ (compiled) alike. */
+function loadAddon(): IsalAddon {
+  const relative = join("native", "build", "Release", "ec_isal.node");
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (let up = 0; up < 6; up++, dir = dirname(dir)) {
+    const candidate = join(dir, relative);
+    if (existsSync(candidate)) return createRequire(import.meta.url)(candidate) as IsalAddon;
+  }
+  throw new Error(`${relative} not built: run npm install (node-gyp builds native/, needs libisal-dev)`);
+}
+const isal = loadAddon();
 
 /** Fewer than k shards survive: the stripe cannot be decoded. Is-a errors.ts InsufficientShards, so front ends map it. */
 export class InsufficientShards extends StorageInsufficientShards {
@@ -51,28 +61,43 @@ export class EcInputInvalid extends Error {
   override name = "EcInputInvalid";
 }
 
-/** More than EC_MAX_WAITING callers are already waiting for the EC threadpool slots. */
+/** More than EC_MAX_WAITING callers are already waiting for an EC slot. */
 export class EcBusy extends StorageError {
   override name = "EcBusy";
 }
 
 const uvThreadpoolSize = Number(process.env.UV_THREADPOOL_SIZE) || 4;
+/**
+ * Stripes coded at once: on the threadpool (large stripes) the slots keep
+ * threads free for fs, LMDB and DNS; on the calling thread (the common case)
+ * they bound how many stripes one event-loop turn codes (releaseAfterBurst),
+ * so a burst of callers blocks the loop for at most EC_MAX_IN_FLIGHT stripes
+ * before I/O runs again. Callers beyond that wait in a FIFO of at most
+ * EC_MAX_WAITING, past which EcBusy is thrown.
+ */
 export const EC_MAX_IN_FLIGHT = Math.max(1, Math.min(availableParallelism(), uvThreadpoolSize - 1));
 export const EC_MAX_WAITING = 1024;
+/**
+ * Stripes up to this size are coded synchronously: a 1 MiB stripe is ~45 us of
+ * ISA-L, less than the 15-50 us threadpool round trip would add (measured in
+ * native/README.md). Above it (policies allow up to 64 MiB) the work goes to
+ * the threadpool so one stripe never blocks the event loop for milliseconds.
+ */
+export const EC_SYNC_MAX_STRIPE_BYTES = 4 * 1024 * 1024;
+/** Decode tables cached per (shape, surviving shards, rebuilt shards); <= 2 KiB each at k <= 16, m <= 4. */
+export const EC_DECODE_TABLES_MAX = 1024;
 
 let inFlight = 0;
 const waiting: Array<() => void> = [];
+let heldUntilNextTurn = 0;
+let turnReleaseScheduled = false;
 
-async function acquireSlot(): Promise<void> {
-  if (inFlight < EC_MAX_IN_FLIGHT) {
-    inFlight++;
-    return;
-  }
+function waitForSlot(): Promise<void> {
   if (waiting.length >= EC_MAX_WAITING) {
-    throw new EcBusy(`EC queue full: ${EC_MAX_IN_FLIGHT} in flight and ${EC_MAX_WAITING} waiting`);
+    return Promise.reject(new EcBusy(`EC queue full: ${EC_MAX_IN_FLIGHT} in flight and ${EC_MAX_WAITING} waiting`));
   }
   // The slot is handed over by releaseSlot without decrementing inFlight.
-  await new Promise<void>((resolve) => waiting.push(resolve));
+  return new Promise<void>((resolve) => waiting.push(resolve));
 }
 
 function releaseSlot(): void {
@@ -81,35 +106,54 @@ function releaseSlot(): void {
   else inFlight--;
 }
 
-// At most (16 - 1) x 4 = 60 (k, m) pairs exist, so this cache is bounded by the policy limits.
-const contexts = new Map<number, Buffer>();
-function contextFor(k: number, m: number): Buffer {
-  const key = k * 64 + m;
-  let context = contexts.get(key);
-  if (context === undefined) {
-    context = ReedSolomon.create(k, m);
-    contexts.set(key, context);
-  }
-  return context;
+function releaseHeldSlots(): void {
+  turnReleaseScheduled = false;
+  const held = heldUntilNextTurn;
+  heldUntilNextTurn = 0;
+  for (let i = 0; i < held; i++) releaseSlot();
 }
 
-async function runAddon(
-  k: number,
-  m: number,
-  sources: number,
-  targets: number,
-  data: Buffer,
-  parity: Buffer,
-): Promise<void> {
-  await acquireSlot();
+// A synchronous stripe keeps its slot until the current synchronous burst of
+// calls has ended (a microtask), so callers issued together still count as
+// concurrent. If others are waiting by then, the slot passes to them only on
+// the next event-loop turn: a queue drains EC_MAX_IN_FLIGHT stripes per turn,
+// with I/O callbacks running in between.
+function releaseAfterBurst(): void {
+  if (waiting.length === 0) {
+    inFlight--;
+    return;
+  }
+  heldUntilNextTurn++;
+  if (!turnReleaseScheduled) {
+    turnReleaseScheduled = true;
+    setImmediate(releaseHeldSlots);
+  }
+}
+
+function asInputInvalid(error: unknown): EcInputInvalid {
+  return new EcInputInvalid(`ISA-L rejected arguments: ${(error as Error).message}`);
+}
+
+/** Produce `targets` from `sources` (k shards) with `tables`, in one EC slot. */
+async function runCode(tables: Buffer, sources: Buffer[], targets: Buffer[], shardBytes: number, stripeBytes: number): Promise<void> {
+  if (inFlight < EC_MAX_IN_FLIGHT) inFlight++;
+  else await waitForSlot();
+  if (stripeBytes <= EC_SYNC_MAX_STRIPE_BYTES) {
+    try {
+      isal.code(tables, sources, targets, shardBytes);
+    } catch (error) {
+      throw asInputInvalid(error);
+    } finally {
+      queueMicrotask(releaseAfterBurst);
+    }
+    return;
+  }
   try {
     await new Promise<void>((resolve, reject) => {
       try {
-        ReedSolomon.encode(contextFor(k, m), sources, targets, data, 0, data.length, parity, 0, parity.length, (error) =>
-          error ? reject(error) : resolve(),
-        );
+        isal.codeAsync(tables, sources, targets, shardBytes, (error) => (error ? reject(error) : resolve()));
       } catch (error) {
-        reject(new EcInputInvalid(`reed-solomon rejected arguments: ${(error as Error).message}`));
+        reject(asInputInvalid(error));
       }
     });
   } finally {
@@ -117,12 +161,50 @@ async function runAddon(
   }
 }
 
+function indexes(from: number, count: number): Uint8Array {
+  return Uint8Array.from({ length: count }, (_, i) => from + i);
+}
+
+// At most (16 - 1) x 4 = 60 (k, m) pairs exist, so this cache is bounded by the policy limits.
+const encodeTables = new Map<number, Buffer>();
+function encodeTablesFor(k: number, m: number): Buffer {
+  const key = k * 64 + m;
+  let tables = encodeTables.get(key);
+  if (tables === undefined) {
+    tables = isal.tables(k, m, indexes(0, k), indexes(k, m));
+    encodeTables.set(key, tables);
+  }
+  return tables;
+}
+
+// LRU by Map insertion order: a hit is moved to the end, the first key is evicted at the bound.
+// Building tables is a k x k GF inversion plus ec_init_tables (a few us); a
+// degraded stripe's pattern repeats for every stripe on the same lost pools.
+// The sources are always the first k present shards, so (shape, missing
+// shards, which of them are produced) identifies the tables: a number < 2^42.
+const decodeTables = new Map<number, Buffer>();
+function decodeTablesFor(k: number, m: number, sourceIndexes: number[], missing: number[], dataOnly: boolean): Buffer {
+  let missingMask = 0;
+  for (const i of missing) missingMask |= 1 << i;
+  const key = ((k * 64 + m) * 2 + (dataOnly ? 1 : 0)) * 2 ** 30 + (missingMask >>> 0);
+  let tables = decodeTables.get(key);
+  if (tables !== undefined) {
+    decodeTables.delete(key);
+  } else {
+    const targets = dataOnly ? missing.filter((i) => i < k) : missing;
+    tables = isal.tables(k, m, Uint8Array.from(sourceIndexes), Uint8Array.from(targets));
+    if (decodeTables.size >= EC_DECODE_TABLES_MAX) decodeTables.delete(decodeTables.keys().next().value!);
+  }
+  decodeTables.set(key, tables);
+  return tables;
+}
+
 function checkPolicyShape(policy: ErasureCodingPolicy): number {
   const k = policy.dataShards;
   const m = policy.parityShards;
   const shardBytes = policy.stripeSizeBytes / k;
-  // The addon needs shards in multiples of 8 bytes; validated policies give 4 KiB multiples.
-  if (!Number.isInteger(shardBytes) || shardBytes % 8 !== 0 || k < 1 || m < 1 || k + m > 30) {
+  // ISA-L takes any shard length; validated policies give 4 KiB multiples.
+  if (!Number.isInteger(shardBytes) || shardBytes < 1 || shardBytes > 0x7fffffff || k < 1 || m < 1 || k + m > 30) {
     throw new EcInputInvalid(`policy ${policy.name} has an unusable shape k=${k} m=${m} stripe=${policy.stripeSizeBytes}`);
   }
   return shardBytes;
@@ -156,81 +238,48 @@ export async function encodeStripe(policy: ErasureCodingPolicy, data: Buffer, pa
     stripe = Buffer.alloc(policy.stripeSizeBytes);
     data.copy(stripe);
   }
-  // allocUnsafe is safe here: the addon writes every byte of every target
-  // shard (each w x w block of a Cauchy bitmatrix is invertible, so each
-  // bit-row has a 1 and dot() copies into every sub-chunk before XORing).
-  // The all-loss-patterns tests would see stale bytes as wrong shards.
   if (parityInto !== undefined && parityInto.length !== shardBytes * m) {
     throw new EcInputInvalid(`parityInto is ${parityInto.length} bytes, expected ${shardBytes * m}`);
   }
+  // allocUnsafe is safe: ec_encode_data stores every byte of every target
+  // shard (it never reads them); the all-loss-patterns tests would see stale bytes.
   const parity = parityInto ?? Buffer.allocUnsafe(shardBytes * m);
-  const sources = (1 << k) - 1;
-  const targets = ((1 << m) - 1) << k;
-  await runAddon(k, m, sources, targets, stripe, parity);
-  return shardViews(stripe, parity, k, m, shardBytes);
+  const shards = shardViews(stripe, parity, k, m, shardBytes);
+  await runCode(encodeTablesFor(k, m), shards.slice(0, k), shards.slice(k), shardBytes, policy.stripeSizeBytes);
+  return shards;
 }
 
-function presentMask(policy: ErasureCodingPolicy, shards: ReadonlyArray<Buffer | undefined>, shardBytes: number): number {
-  const total = policy.dataShards + policy.parityShards;
+/** Validate the slots; return the first k present shard indexes (data first) and the missing ones. */
+function survey(
+  policy: ErasureCodingPolicy,
+  shards: ReadonlyArray<Buffer | undefined>,
+  shardBytes: number,
+): { sourceIndexes: number[]; missing: number[] } {
+  const k = policy.dataShards;
+  const total = k + policy.parityShards;
   if (shards.length !== total) {
     throw new EcInputInvalid(`expected ${total} shard slots (k + m), got ${shards.length}`);
   }
-  let mask = 0;
-  let present = 0;
+  const present: number[] = [];
+  const missing: number[] = [];
   for (let i = 0; i < total; i++) {
     const shard = shards[i];
-    if (shard === undefined) continue;
+    if (shard === undefined) {
+      missing.push(i);
+      continue;
+    }
     if (shard.length !== shardBytes) {
       throw new EcInputInvalid(`shard ${i} is ${shard.length} bytes, expected ${shardBytes}`);
     }
-    mask |= 1 << i;
-    present++;
+    present.push(i);
   }
-  if (present < policy.dataShards) throw new InsufficientShards(present, policy.dataShards);
-  return mask;
+  if (present.length < k) throw new InsufficientShards(present.length, k);
+  return { sourceIndexes: present.slice(0, k), missing };
 }
 
 /** True when `shard` already sits at byte `offset` of `target` (the caller read it in place). */
 function inPlace(shard: Buffer, target: Buffer, offset: number): boolean {
   return shard.buffer === target.buffer && shard.byteOffset === target.byteOffset + offset;
-}
-
-/** Copy present shards into one contiguous data buffer and one parity buffer, as the addon wants them. */
-function gather(
-  policy: ErasureCodingPolicy,
-  shards: ReadonlyArray<Buffer | undefined>,
-  shardBytes: number,
-  data: Buffer,
-  parity: Buffer,
-): void {
-  const k = policy.dataShards;
-  for (let i = 0; i < shards.length; i++) {
-    const shard = shards[i];
-    if (shard === undefined) continue;
-    const [target, offset] = i < k ? [data, i * shardBytes] : [parity, (i - k) * shardBytes];
-    if (!inPlace(shard, target, offset)) shard.copy(target, offset);
-  }
-}
-
-// Decode needs a parity buffer it never returns. Fresh multi-MiB buffers cost
-// page faults on every call (measured: allocating per stripe halves decode
-// throughput), so a few are kept for reuse, bounded in total bytes.
-const SCRATCH_MAX_BYTES = 64 * 1024 * 1024;
-let scratchBytes = 0;
-const scratch: Buffer[] = [];
-
-function takeScratch(lengthBytes: number): Buffer {
-  const i = scratch.findIndex((b) => b.length === lengthBytes);
-  if (i < 0) return Buffer.allocUnsafe(lengthBytes);
-  const [buffer] = scratch.splice(i, 1);
-  scratchBytes -= lengthBytes;
-  return buffer!;
-}
-
-function returnScratch(buffer: Buffer): void {
-  if (scratchBytes + buffer.length > SCRATCH_MAX_BYTES) return;
-  scratch.push(buffer);
-  scratchBytes += buffer.length;
 }
 
 /**
@@ -246,16 +295,19 @@ export async function reconstruct(
   const shardBytes = checkPolicyShape(policy);
   const k = policy.dataShards;
   const m = policy.parityShards;
-  const all = (1 << (k + m)) - 1;
-  const sources = presentMask(policy, shards, shardBytes);
-  const targets = all & ~sources;
-  if (targets === 0) return shards as Buffer[];
-  // Unzeroed: present shards are copied over, missing ones are targets the addon writes in full (see encodeStripe).
-  const data = Buffer.allocUnsafe(shardBytes * k);
-  const parity = Buffer.allocUnsafe(shardBytes * m);
-  gather(policy, shards, shardBytes, data, parity);
-  await runAddon(k, m, sources, targets, data, parity);
-  return shardViews(data, parity, k, m, shardBytes);
+  const { sourceIndexes, missing } = survey(policy, shards, shardBytes);
+  if (missing.length === 0) return shards as Buffer[];
+  // Unzeroed: present shards are copied over, missing ones are targets ISA-L writes in full.
+  const out = shardViews(Buffer.allocUnsafe(shardBytes * k), Buffer.allocUnsafe(shardBytes * m), k, m, shardBytes);
+  await runCode(
+    decodeTablesFor(k, m, sourceIndexes, missing, false),
+    sourceIndexes.map((i) => shards[i]!),
+    missing.map((i) => out[i]!),
+    shardBytes,
+    policy.stripeSizeBytes,
+  );
+  for (let i = 0; i < k + m; i++) shards[i]?.copy(out[i]!);
+  return out;
 }
 
 /**
@@ -277,19 +329,22 @@ export async function decodeStripe(
   if (into !== undefined && into.length !== shardBytes * k) {
     throw new EcInputInvalid(`into is ${into.length} bytes, expected ${shardBytes * k}`);
   }
-  const sources = presentMask(policy, shards, shardBytes);
+  const { sourceIndexes, missing } = survey(policy, shards, shardBytes);
   const data = into ?? Buffer.allocUnsafe(shardBytes * k);
-  const dataTargets = ((1 << k) - 1) & ~sources;
-  if (dataTargets === 0) {
-    gather(policy, shards.slice(0, k), shardBytes, data, data);
-    return data;
+  const missingData = missing.filter((i) => i < k);
+  if (missingData.length > 0) {
+    // Lost data shards are produced straight into their place in `data`; no parity scratch.
+    await runCode(
+      decodeTablesFor(k, m, sourceIndexes, missing, true),
+      sourceIndexes.map((i) => shards[i]!),
+      missingData.map((i) => data.subarray(i * shardBytes, (i + 1) * shardBytes)),
+      shardBytes,
+      policy.stripeSizeBytes,
+    );
   }
-  const parity = takeScratch(shardBytes * m);
-  try {
-    gather(policy, shards, shardBytes, data, parity);
-    await runAddon(k, m, sources, dataTargets, data, parity);
-  } finally {
-    returnScratch(parity);
+  for (let i = 0; i < k; i++) {
+    const shard = shards[i];
+    if (shard !== undefined && !inPlace(shard, data, i * shardBytes)) shard.copy(data, i * shardBytes);
   }
   return data;
 }

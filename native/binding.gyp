@@ -1,0 +1,13 @@
+# Builds native/build/Release/ec_isal.node at `npm install` / `npm ci` (root
+# package.json "install" script). Needs Debian libisal-dev and Node headers
+# (npm_config_nodedir=/usr). See README.md.
+{
+  "targets": [
+    {
+      "target_name": "ec_isal",
+      "sources": ["ec_isal.c"],
+      "cflags": ["-O2", "-Wall", "-Wextra"],
+      "libraries": ["-ldl"]
+    }
+  ]
+}
