@@ -1,7 +1,7 @@
 // The S3 REST front end (path-style): routing, SigV4 on every request, S3
 // headers and XML, streaming bodies both ways. Storage lives behind
 // ObjectStore; every error leaves through toS3Error/errorXml.
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
@@ -188,7 +188,6 @@ async function readSmallBody(ctx: Ctx): Promise<Buffer> {
   const body = Buffer.concat(pieces);
   const md5 = contentMd5(ctx.raw);
   if (md5) {
-    const { createHash } = await import('node:crypto');
     if (!createHash('md5').update(body).digest().equals(md5)) throw new S3Error('BadDigest', 400, 'The Content-MD5 you specified did not match what we received.');
   }
   return body;
