@@ -59,11 +59,19 @@ export class HeatTracker implements HeatSource {
 
   sample(nowMs = Date.now()): void {
     const live = new Set<string>();
-    for (const v of this.manager.openVolumes()) {
-      live.add(v.name);
-      let list = this.samples.get(v.name);
-      if (!list) this.samples.set(v.name, (list = []));
-      list.push({ atMs: nowMs, readOps: v.counters.readOps, writeOps: v.counters.writeOps });
+    const open = new Map(this.manager.openVolumes().map((v) => [v.name, v.counters]));
+    // Every volume, not only the open ones: a volume no client has opened
+    // since the daemon started has served 0 ops (its counters start at 0 when
+    // it opens), and must not stay "no data" forever, or an idle volume is
+    // never moved to cold after a restart.
+    for (const rec of this.manager.listVolumes()) {
+      const c = open.get(rec.name) ?? { readOps: 0, writeOps: 0 };
+      live.add(rec.name);
+      let list = this.samples.get(rec.name);
+      // Counters going backwards: a new volume under a deleted one's name.
+      const last = list?.[list.length - 1];
+      if (!list || (last && (c.readOps < last.readOps || c.writeOps < last.writeOps))) this.samples.set(rec.name, (list = []));
+      list.push({ atMs: nowMs, readOps: c.readOps, writeOps: c.writeOps });
       while (list.length > 2 && (nowMs - list[1]!.atMs > this.retainMs || list.length > MAX_SAMPLES_PER_VOLUME)) list.shift();
     }
     for (const name of this.samples.keys()) if (!live.has(name)) this.samples.delete(name);

@@ -1,0 +1,28 @@
+// Heat after a daemon restart: a volume nobody has opened since the restart
+// is idle, not unknown. It gets a reading once a window has passed and an
+// idle hot one is moved to cold, like any other.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createVolume, decisionFor, fioFill, policyNamed, policyYaml, reconcile, sleep, startControlDaemon, volume, WINDOW_SETTLE_MS } from './helpers/control-loop.js';
+
+const MiB = 1024 * 1024;
+
+test('a volume not opened since the restart is measured (0 IOPS) and moved to cold', async (t) => {
+  const policies = { 'tiering.yaml': policyYaml('tiering') };
+  const first = await startControlDaemon({ policies });
+  t.after(() => first.cleanup());
+  await createVolume(first, 'untouched', 8 * MiB);
+  fioFill(first.exportUri('untouched'), 8 * MiB);
+  assert.equal(await first.stop(), 0);
+
+  const d = await startControlDaemon({ policies, dataDir: first.dataDir });
+  t.after(() => d.kill());
+  await sleep(WINDOW_SETTLE_MS);
+  const p = policyNamed(await reconcile(d, true), 'tiering');
+  const dec = decisionFor(p, 'untouched');
+  assert.equal(dec.iops, 0, dec.reason);
+  assert.equal(dec.action, 'migrate', dec.reason);
+  assert.equal(dec.targetTier, 'cold');
+  assert.equal((await volume(d, 'untouched')).tier, 'cold');
+  assert.deepEqual(p.migrationHistory.map((h) => `${h.from}->${h.to}:${h.result}`), ['hot->cold:succeeded']);
+});
