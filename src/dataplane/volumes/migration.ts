@@ -28,10 +28,21 @@ export interface MigrateOptions {
   /** Preservation mode: RELEASE is skipped, the old copy stays on its pool. */
   preserve: boolean;
   signal?: AbortSignal;
-  /** Chunks copied at once. */
+  /** Chunks copied at once (default DEFAULT_MIGRATION_CONCURRENCY). */
   concurrency?: number;
   onProgress?: (p: MigrationProgress) => void;
 }
+
+/**
+ * Chunks copied at once by default. Each chunk's COPY ends in durable writes
+ * (six shard appends + an index flush for cold, an fdatasync for hot), and
+ * the stores group-commit concurrent appends, so more chunks in flight means
+ * fewer syncs per byte: measured on the 2-core dev VM, 256 MiB volume,
+ * hot -> cold 37-50 MiB/s at 4 vs 68-74 at 16 (32: no better), cold -> hot
+ * 58-61 vs 133-161. Bound: 16 x (1 MiB chunk + 1.5 MiB of shards + 1 MiB
+ * read-back) = ~56 MiB transient per migration.
+ */
+export const DEFAULT_MIGRATION_CONCURRENCY = 16;
 
 export class MigrationAborted extends Error {
   override name = 'MigrationAborted';
@@ -90,7 +101,7 @@ export async function migrateVolume(manager: VolumeManager, name: string, to: Ti
           if (progress.chunksDone % 16 === 0) report();
         }
       };
-      await Promise.all(Array.from({ length: opts.concurrency ?? 4 }, worker));
+      await Promise.all(Array.from({ length: opts.concurrency ?? DEFAULT_MIGRATION_CONCURRENCY }, worker));
     }
     const left = to === 'cold' ? vol.chunksOnFile().length : vol.chunksOffFile().length;
     if (left > 0) throw new VolumeFailed(`${left} chunks of ${name} could not be moved`);

@@ -1,0 +1,104 @@
+// Online migration throughput, hot -> cold (4+2 erasure coded, verified) and
+// cold -> hot, of a filled volume under a concurrent fio load over NBD, beside
+// the named peer: a raw copy of the same bytes (dd of the volume file to a
+// file on the same filesystem, conv=fdatasync) under the same load. Median of
+// 3 rounds. Run: node dist/bench/migration-throughput.js [--size-mib N]
+// (default 512: three rounds stay under two minutes on a 2-core machine).
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import readline from 'node:readline';
+import { fileURLToPath } from 'node:url';
+
+const MiB = 1024 * 1024;
+const ROUNDS = 3;
+const CLI = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../src/cli.js');
+const sizeArg = process.argv.indexOf('--size-mib');
+const SIZE_BYTES = (sizeArg > 0 ? Number(process.argv[sizeArg + 1]) : 512) * MiB;
+/** The concurrent load: 4 KiB random reads + writes on the first 64 MiB, capped so it is load, not a second benchmark. */
+const LOAD_BYTES = 64 * MiB;
+const LOAD_RATE_IOPS = 500;
+
+interface Ready {
+  nbd: { port: number };
+  api: { port: number };
+}
+
+async function startDaemon(dataDir: string): Promise<{ proc: ChildProcess; ready: Ready }> {
+  fs.writeFileSync(path.join(dataDir, 'couchestor.yaml'), 'demoVolume: null\ncontrol:\n  reconcileIntervalMs: 3600000\n');
+  const proc = spawn(process.execPath, [CLI, 'serve', '--data-dir', dataDir, '--nbd-port', '0', '--api-port', '0', '--metrics-port', '0', '--s3-port', '0'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const ready = await new Promise<Ready>((resolve, reject) => {
+    readline.createInterface({ input: proc.stdout! }).on('line', (l) => {
+      const m = /^couchestor ready (.*)$/.exec(l);
+      if (m) resolve(JSON.parse(m[1]!) as Ready);
+    });
+    proc.once('exit', (c) => reject(new Error(`daemon exited ${c}`)));
+  });
+  return { proc, ready };
+}
+
+async function api<T>(r: Ready, method: string, url: string, body?: unknown): Promise<T> {
+  const res = await fetch(`http://127.0.0.1:${r.api.port}${url}`, { method, headers: body ? { 'content-type': 'application/json' } : {}, body: body ? JSON.stringify(body) : undefined });
+  const text = await res.text();
+  if (!res.ok) throw new Error(`${method} ${url}: ${res.status} ${text}`);
+  return JSON.parse(text) as T;
+}
+
+function fio(uri: string, args: string[]): ChildProcess {
+  return spawn('fio', ['--name=load', '--ioengine=nbd', `--uri=${uri}`, '--output-format=terse', ...args], { stdio: ['ignore', 'ignore', 'inherit'] });
+}
+
+async function stopFio(p: ChildProcess): Promise<void> {
+  const done = new Promise((r) => p.once('exit', r));
+  p.kill('SIGINT');
+  await done;
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+const mbps = (bytes: number, ms: number) => bytes / MiB / (ms / 1000);
+
+const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-bench-migration-'));
+const { proc, ready } = await startDaemon(dataDir);
+try {
+  const rec = await api<{ id: number; poolName: string }>(ready, 'POST', '/v1/volumes', { name: 'bench', sizeBytes: SIZE_BYTES });
+  const uri = `nbd://127.0.0.1:${ready.nbd.port}/bench`;
+  // fio's default buffers are random: no chunk is all zeros (those would be skipped, not striped).
+  const fill = spawnSync('fio', ['--name=fill', '--ioengine=nbd', `--uri=${uri}`, '--rw=write', '--bs=1M', '--iodepth=4', `--size=${SIZE_BYTES}`, '--output-format=terse'], { stdio: 'ignore' });
+  if (fill.status !== 0) throw new Error('fio fill failed');
+  const volumeFile = path.join(dataDir, 'pools', rec.poolName, 'volumes', `${rec.id}.dat`);
+  const rawTarget = path.join(dataDir, 'raw-copy.dat');
+
+  const raw: number[] = [];
+  const toCold: number[] = [];
+  const toHot: number[] = [];
+  for (let round = 0; round < ROUNDS; round++) {
+    const load = fio(uri, ['--rw=randrw', '--bs=4k', '--iodepth=4', `--size=${LOAD_BYTES}`, `--rate_iops=${LOAD_RATE_IOPS}`, '--time_based', '--runtime=600']);
+    try {
+      // Peer: the same bytes copied once, durably, on the same filesystem.
+      const t0 = performance.now();
+      const dd = spawnSync('dd', [`if=${volumeFile}`, `of=${rawTarget}`, 'bs=1M', `count=${SIZE_BYTES / MiB}`, 'conv=fdatasync'], { stdio: 'ignore' });
+      if (dd.status !== 0) throw new Error('dd failed');
+      raw.push(mbps(SIZE_BYTES, performance.now() - t0));
+      fs.rmSync(rawTarget);
+      for (const [tier, out] of [['cold', toCold], ['hot', toHot]] as const) {
+        const p = await api<{ bytesCopied: number; startedMs: number; finishedMs: number }>(ready, 'POST', '/v1/volumes/bench/migrate', { tier });
+        out.push(mbps(p.bytesCopied, p.finishedMs - p.startedMs));
+      }
+    } finally {
+      await stopFio(load);
+    }
+    console.error(`round ${round + 1}: raw ${raw.at(-1)!.toFixed(0)} MiB/s, hot->cold ${toCold.at(-1)!.toFixed(0)} MiB/s, cold->hot ${toHot.at(-1)!.toFixed(0)} MiB/s`);
+  }
+  const r = median(raw);
+  console.log(`migration throughput, ${SIZE_BYTES / MiB} MiB volume, 4+2 EC, under fio randrw ${2 * LOAD_RATE_IOPS} IOPS, median of ${ROUNDS}`);
+  console.log(`peer  raw copy (dd conv=fdatasync, same fs)  ${r.toFixed(1)} MiB/s`);
+  for (const [name, xs] of [['hot -> cold (encode + verify)', toCold], ['cold -> hot (decode + verify)', toHot]] as const) {
+    const m = median(xs);
+    console.log(`ours  ${name.padEnd(36)}  ${m.toFixed(1)} MiB/s  ratio ${(m / r).toFixed(2)}x (target >= 0.50x)`);
+  }
+} finally {
+  proc.kill('SIGTERM');
+  await new Promise((res) => proc.once('exit', res));
+  fs.rmSync(dataDir, { recursive: true, force: true });
+}
