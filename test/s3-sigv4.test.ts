@@ -283,6 +283,14 @@ describe('sigv4 on the live endpoint', () => {
     assert.equal((await send(env, 'GET', ok.url, ok.headers)).status, 200);
   });
 
+  it('a path with broken percent-encoding is InvalidURI XML', async () => {
+    for (const p of ['/sig/%ZZ', '/sig/%C3%28', '/%E0%A4%A']) {
+      const r = await send(env, 'GET', p, {});
+      assert.equal(r.status, 400, p);
+      assert.equal(errorCode(r.body), 'InvalidURI', p);
+    }
+  });
+
   it('malformed XML bodies are MalformedXML, never a crash', async () => {
     const bodies = ['<Delete><Object><Key>a</Key></Object>', '<Delete><Object><Key>a</Key></Objekt></Delete>', 'not xml at all', '<!DOCTYPE x [<!ENTITY e "boom">]><Delete>&e;</Delete>', '<Wrong/>', ''];
     for (const b of bodies) {
