@@ -60,13 +60,16 @@ const MAX_INFLIGHT_L3 = 4096;
 // L1 sketch sizing: assume 4 KiB blocks until the cache knows better (it grows on demand).
 const EXPECTED_ENTRY_BYTES = 4096;
 
-class L1Entry {
+/** An LZ4-compressed L1 value. Uncompressed values are stored as the Buffer itself, so a hit
+ * costs no extra indirection. */
+class Lz4Value {
   constructor(
     readonly stored: Buffer,
     readonly rawLengthBytes: number,
-    readonly lz4: boolean,
   ) {}
 }
+
+type L1Value = Buffer | Lz4Value;
 
 interface InflightFetch {
   promise: Promise<Buffer | undefined>;
@@ -75,7 +78,7 @@ interface InflightFetch {
 
 export class CacheManager {
   private readonly options: CacheManagerOptions;
-  private readonly l1: S3Lfu<string, L1Entry>;
+  private readonly l1: S3Lfu<string, L1Value>;
   private readonly l2: L2File | undefined;
   private readonly inflight = new Map<string, InflightFetch>();
   private isOpen = false;
@@ -94,7 +97,7 @@ export class CacheManager {
       throw new InvalidCacheConfigError('l2.minEntryBytes must be >= 0');
     }
     this.options = options;
-    this.l1 = new S3Lfu<string, L1Entry>({
+    this.l1 = new S3Lfu<string, L1Value>({
       maximumWeight: options.l1CapacityBytes,
       expectedEntries: Math.max(64, Math.ceil(options.l1CapacityBytes / EXPECTED_ENTRY_BYTES)),
       onEvict: (key, entry) => this.demote(key, entry),
@@ -136,14 +139,14 @@ export class CacheManager {
     const entry = this.l1.get(key);
     if (entry !== undefined) {
       this.l1Hits++;
-      return entry.lz4 ? uncompressSync(entry.stored) : entry.stored;
+      return entry instanceof Lz4Value ? uncompressSync(entry.stored) : entry;
     }
     this.l1Misses++;
     if (this.l2 === undefined) return undefined;
     const l2Entry = this.l2.get(key);
     if (l2Entry === undefined) return undefined;
     // Inclusive: the L2 copy stays valid, so a later L1 eviction need not rewrite it.
-    this.insertL1(key, new L1Entry(l2Entry.stored, l2Entry.rawLengthBytes, l2Entry.lz4), false);
+    this.insertL1(key, l2Entry.lz4 ? new Lz4Value(l2Entry.stored, l2Entry.rawLengthBytes) : l2Entry.stored, false);
     return l2Entry.lz4 ? uncompressSync(l2Entry.stored) : l2Entry.stored;
   }
 
@@ -264,7 +267,7 @@ export class CacheManager {
         if (!fetch.stale && this.isOpen) {
           const entry = this.encode(value);
           if (this.l2 !== undefined && value.length >= this.options.l2!.minEntryBytes) {
-            this.l2.put(key, entry.stored, entry.rawLengthBytes, entry.lz4);
+            this.putL2(this.l2, key, entry);
           }
           this.insertL1(key, entry, false);
         }
@@ -289,34 +292,41 @@ export class CacheManager {
     }
   }
 
-  private encode(value: Buffer): L1Entry {
+  private encode(value: Buffer): L1Value {
     const threshold = this.options.lz4ThresholdBytes;
     if (threshold !== undefined && value.length >= threshold && value.length > 0) {
       const compressed = compressSync(value);
-      if (compressed.length <= value.length - (value.length >>> 3)) return new L1Entry(compressed, value.length, true);
+      if (compressed.length <= value.length - (value.length >>> 3)) return new Lz4Value(compressed, value.length);
     }
-    return new L1Entry(value, value.length, false);
+    return value;
   }
 
-  private insertL1(key: string, entry: L1Entry, countAccess: boolean): void {
+  private insertL1(key: string, entry: L1Value, countAccess: boolean): void {
     // Larger than all of L1: keep it in L2 only.
     if (!this.l1.set(key, entry, weightOf(key, entry), countAccess)) this.demote(key, entry);
   }
 
-  private demote(key: string, entry: L1Entry): void {
+  private demote(key: string, entry: L1Value): void {
     const l2 = this.l2;
-    if (l2 === undefined || !this.isOpen || entry.rawLengthBytes < this.options.l2!.minEntryBytes) return;
+    const rawLengthBytes = entry instanceof Lz4Value ? entry.rawLengthBytes : entry.length;
+    if (l2 === undefined || !this.isOpen || rawLengthBytes < this.options.l2!.minEntryBytes) return;
     if (l2.has(key)) return; // inclusive: the copy there holds the same bytes
-    l2.put(key, entry.stored, entry.rawLengthBytes, entry.lz4);
+    this.putL2(l2, key, entry);
   }
 
-  private assertOpen(operation: string): void {
+  private putL2(l2: L2File, key: string, entry: L1Value): void {
+    if (entry instanceof Lz4Value) l2.put(key, entry.stored, entry.rawLengthBytes, true);
+    else l2.put(key, entry, entry.length, false);
+  }
+
+  private assertOpen(operation: 'get' | 'put' | 'delete' | 'invalidatePrefix' | 'invalidateChunkRange'): void {
     if (!this.isOpen) throw new CacheClosedError(operation);
   }
 }
 
-function weightOf(key: string, entry: L1Entry): number {
-  return entry.stored.length + 2 * key.length + L1_ENTRY_OVERHEAD_BYTES;
+function weightOf(key: string, entry: L1Value): number {
+  const storedBytes = entry instanceof Lz4Value ? entry.stored.length : entry.length;
+  return storedBytes + 2 * key.length + L1_ENTRY_OVERHEAD_BYTES;
 }
 
 function checkKey(key: string): void {

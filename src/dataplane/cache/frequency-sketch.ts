@@ -115,28 +115,56 @@ export class FrequencySketch {
 }
 
 
-/** Bounded FIFO set of key hashes (ARC-style ghost list): remembers what was dropped recently. */
+/**
+ * Ghost list: remembers the hashes of the last `capacity` entries dropped, so a key that
+ * comes back soon is recognised. A direct-mapped table (2 slots per remembered key) with
+ * insertion stamps instead of a Map: no allocation, O(1); a collision forgets the older
+ * ghost, which only costs a little hit ratio, never correctness.
+ */
 export class GhostList {
-  private readonly ring: Float64Array;
-  private readonly seqs = new Map<number, number>();
-  private next = 0;
-  constructor(readonly capacity: number) {
-    this.ring = new Float64Array(capacity);
+  private hashes: Uint32Array;
+  private stamps: Float64Array;
+  private mask: number;
+  private clock = 0;
+  private capacity: number;
+
+  constructor(capacity: number) {
+    this.capacity = capacity;
+    const slots = GhostList.slotsFor(capacity);
+    this.hashes = new Uint32Array(slots);
+    this.stamps = new Float64Array(slots);
+    this.mask = slots - 1;
   }
-  get size(): number {
-    return this.seqs.size;
+
+  private static slotsFor(capacity: number): number {
+    let slots = 64;
+    while (slots < 2 * capacity && slots < 2 * SKETCH_MAX_BLOCKS) slots <<= 1;
+    return slots;
   }
+
+  /** Grows (and forgets) when the cache holds more entries than the ghost was sized for. */
+  ensureCapacity(entries: number): void {
+    if (entries <= this.capacity) return;
+    this.capacity = entries;
+    const slots = GhostList.slotsFor(entries);
+    if (slots <= this.mask + 1) return;
+    this.hashes = new Uint32Array(slots);
+    this.stamps = new Float64Array(slots);
+    this.mask = slots - 1;
+  }
+
   add(hash: number): void {
-    const slot = this.next % this.capacity;
-    if (this.next >= this.capacity) {
-      const old = this.ring[slot]!;
-      if (this.seqs.get(old) === this.next - this.capacity) this.seqs.delete(old);
-    }
-    this.ring[slot] = hash;
-    this.seqs.set(hash, this.next++);
+    const i = hash & this.mask;
+    this.hashes[i] = hash;
+    this.stamps[i] = ++this.clock;
   }
-  /** True if present; removes it (a ghost hit is consumed). */
+
+  /** True if hash was dropped within the last `capacity` drops; a hit is consumed. */
   take(hash: number): boolean {
-    return this.seqs.delete(hash);
+    const i = hash & this.mask;
+    const stamp = this.stamps[i]!;
+    if (stamp === 0 || this.hashes[i] !== hash || this.clock - stamp >= this.capacity) return false;
+    this.stamps[i] = 0;
+    return true;
   }
 }
