@@ -11,8 +11,11 @@ export function hashKey(key: PolicyKey): number {
   if (typeof key === 'number') {
     h = (key | 0) ^ Math.floor(key / 4294967296);
   } else {
-    h = 0x811c9dc5;
-    for (let i = 0; i < key.length; i++) h = Math.imul(h ^ key.charCodeAt(i), 0x01000193);
+    // Keys share long prefixes (`vol/<id>/`) and differ at the end: hash the length and the
+    // last 24 code units only. A collision costs sketch/ghost accuracy, never correctness.
+    const len = key.length;
+    h = Math.imul(0x811c9dc5 ^ len, 0x01000193);
+    for (let i = len > 24 ? len - 24 : 0; i < len; i++) h = Math.imul(h ^ key.charCodeAt(i), 0x01000193);
   }
   h ^= h >>> 16;
   h = Math.imul(h, 0x85ebca6b);
