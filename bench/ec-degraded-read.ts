@@ -8,6 +8,7 @@
 // (VOLUME_MIB=64 for a quicker run). About a minute on this 2-core machine.
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { CLIENT_ENV } from '../test/helpers/daemon.js';
 import { MiB, coldPoolDir, coldStatus, createVolume, destage, patternBytes, startColdDaemon } from '../test/helpers/cold.js';
@@ -62,6 +63,8 @@ try {
   console.log(`  healthy read (all 6 pools)        ${h.toFixed(1).padStart(8)} MB/s   runs ${healthy.map((v) => v.toFixed(1)).join(' ')}`);
   console.log(`  degraded read (cold-${LOST_POOL} lost)       ${g.toFixed(1).padStart(8)} MB/s   runs ${degraded.map((v) => v.toFixed(1)).join(' ')}`);
   console.log(`  ratio degraded / healthy          ${(g / h).toFixed(2).padStart(8)}x   (target >= 0.70x)`);
+  // Both figures share the machine; a busy machine moves them together but adds noise.
+  console.log(`  load average during the run: ${os.loadavg().map((v) => v.toFixed(1)).join(' ')}`);
 } finally {
   if (fs.existsSync(away)) fs.renameSync(away, coldPoolDir(d, LOST_POOL));
   await d.cleanup();

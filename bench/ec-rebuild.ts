@@ -10,6 +10,7 @@
 // (VOLUME_MIB=64 for a quicker run). About a minute on this 2-core machine.
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { CLIENT_ENV } from '../test/helpers/daemon.js';
 import { MiB, coldStatus, createVolume, destage, losePool, patternBytes, replacePool, scrub, segmentBytes, segmentFiles, startColdDaemon } from '../test/helpers/cold.js';
@@ -74,6 +75,8 @@ try {
   console.log(`  rebuild (scrub onto the new pool)  ${r.toFixed(1).padStart(8)} MB/s   runs ${rebuild.map((v) => v.toFixed(1)).join(' ')}`);
   console.log(`  raw copy (dd conv=fsync)           ${c.toFixed(1).padStart(8)} MB/s   runs ${raw.map((v) => v.toFixed(1)).join(' ')}`);
   console.log(`  ratio rebuild / raw copy           ${(r / c).toFixed(2).padStart(8)}x   (target >= 0.70x)`);
+  // Both figures share the machine; a busy machine moves them together but adds noise.
+  console.log(`  load average during the run: ${os.loadavg().map((v) => v.toFixed(1)).join(' ')}`);
 } finally {
   await d.cleanup();
 }
