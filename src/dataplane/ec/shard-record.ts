@@ -24,7 +24,9 @@ import { compressSync, uncompressSync } from "lz4-napi";
 import { StorageError } from "../errors.js";
 
 export const SHARD_MAGIC = 0x44485343; // "CSHD" read as u32 LE
-export const SHARD_FORMAT_VERSION = 1;
+// 2: parity is ISA-L's Cauchy code (version 1 records carried @ronomon parity and must
+// not be decoded with the new matrix).
+export const SHARD_FORMAT_VERSION = 2;
 export const SHARD_HEADER_BYTES = 64;
 /** Bound on one payload: the largest shard a valid policy can produce (64 MiB stripe / 2). */
 export const MAX_SHARD_PAYLOAD_BYTES = 32 * 1024 * 1024;
