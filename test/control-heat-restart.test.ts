@@ -3,6 +3,7 @@
 // idle hot one is moved to cold, like any other.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import type { TestDaemon } from './helpers/daemon.js';
 import { createVolume, decisionFor, fioFill, policyNamed, policyYaml, reconcile, sleep, startControlDaemon, volume, WINDOW_SETTLE_MS } from './helpers/control-loop.js';
 
 const MiB = 1024 * 1024;
@@ -10,13 +11,17 @@ const MiB = 1024 * 1024;
 test('a volume not opened since the restart is measured (0 IOPS) and moved to cold', async (t) => {
   const policies = { 'tiering.yaml': policyYaml('tiering') };
   const first = await startControlDaemon({ policies });
-  t.after(() => first.cleanup());
+  let second: TestDaemon | null = null;
+  // One hook, in order: the second daemon stops before the shared data directory goes.
+  t.after(async () => {
+    await second?.kill();
+    await first.cleanup();
+  });
   await createVolume(first, 'untouched', 8 * MiB);
   fioFill(first.exportUri('untouched'), 8 * MiB);
   assert.equal(await first.stop(), 0);
 
-  const d = await startControlDaemon({ policies, dataDir: first.dataDir });
-  t.after(() => d.kill());
+  const d = (second = await startControlDaemon({ policies, dataDir: first.dataDir }));
   await sleep(WINDOW_SETTLE_MS);
   const p = policyNamed(await reconcile(d, true), 'tiering');
   const dec = decisionFor(p, 'untouched');
