@@ -4,6 +4,7 @@
 import type { Socket } from 'node:net';
 import { NotFound } from '../errors.js';
 import type { Volume } from '../volumes/volume.js';
+import { MIN_POOLED_BYTES, payloadPool } from './buffer-pool.js';
 import { nbdErrno } from './errors.js';
 import * as P from './protocol.js';
 import { log } from '../../log.js';
@@ -30,6 +31,12 @@ const enum Phase {
 const MAX_INFLIGHT_REQUESTS = 128;
 const MAX_INFLIGHT_BYTES = 128 * 1024 * 1024;
 const HANDSHAKE_TIMEOUT_MS = 30_000;
+/**
+ * Replies queued in the socket beyond this mean the client is not reading:
+ * stop reading its requests until they drain. (Any single large read reply
+ * exceeds the stream's highWaterMark, so that is not the signal to use.)
+ */
+const MAX_UNSENT_REPLY_BYTES = 64 * 1024 * 1024;
 
 const ALLOWED_FLAGS: Record<number, number> = {
   [P.CMD_READ]: P.CMD_FLAG_DF | P.CMD_FLAG_FUA,
@@ -105,8 +112,11 @@ export class NbdConnection {
     this.pump();
   }
 
-  /** Removes exactly n bytes from the front of the input queue. */
-  private take(n: number): Buffer {
+  /**
+   * Removes exactly n bytes from the front of the input queue. With `pooled`,
+   * bytes spanning several socket chunks are gathered into a payloadPool buffer.
+   */
+  private take(n: number, pooled = false): Buffer {
     const first = this.chunks[0]!;
     if (first.length === n) {
       this.chunks.shift();
@@ -118,7 +128,7 @@ export class NbdConnection {
       this.queuedBytes -= n;
       return first.subarray(0, n);
     }
-    const out = Buffer.allocUnsafe(n);
+    const out = pooled ? payloadPool.get(n) : Buffer.allocUnsafe(n);
     let filled = 0;
     while (filled < n) {
       const c = this.chunks[0]!;
@@ -162,7 +172,7 @@ export class NbdConnection {
       }
       if (this.paused) return;
       if (this.queuedBytes < this.need) return;
-      const buf = this.take(this.need);
+      const buf = this.take(this.need, this.phase === Phase.WritePayload);
       switch (this.phase) {
         case Phase.ClientFlags:
           this.onClientFlags(buf.readUInt32BE(0));
@@ -436,15 +446,26 @@ export class NbdConnection {
       return;
     }
     const invalid = this.validate(type, flags, offset, length);
-    if (invalid) return this.reply(cookie, invalid[0], invalid[1]);
+    if (invalid) {
+      if (payload) payloadPool.release(payload);
+      return this.reply(cookie, invalid[0], invalid[1]);
+    }
     const fua = (flags & P.CMD_FLAG_FUA) !== 0;
     this.begin(payload ? payload.length : length);
     switch (type) {
       case P.CMD_READ:
         return this.doRead(vol, cookie, offset, length);
-      case P.CMD_WRITE:
-        vol.write(offset, payload ?? Buffer.alloc(0), fua, (err) => this.finish(cookie, err, payload ? payload.length : 0));
+      case P.CMD_WRITE: {
+        const data = payload ?? Buffer.alloc(0);
+        // The cold tier's journal keeps written data in memory until it is
+        // destaged, so only hot/warm writes may hand the buffer back.
+        const recycle = vol.rec.tier !== 'cold';
+        vol.write(offset, data, fua, (err) => {
+          if (recycle) payloadPool.release(data);
+          this.finish(cookie, err, data.length);
+        });
         return;
+      }
       case P.CMD_FLUSH:
         return this.settle(cookie, vol.flush(), 0);
       case P.CMD_TRIM:
@@ -461,8 +482,11 @@ export class NbdConnection {
         );
       case P.CMD_CACHE: {
         // Advisory prefetch: read the range so it is warm in the page cache.
-        const scratch = Buffer.allocUnsafe(length);
-        vol.read(offset, length, scratch, 0, (err) => this.finish(cookie, err, length));
+        const scratch = payloadPool.get(length);
+        vol.read(offset, length, scratch, 0, (err) => {
+          payloadPool.release(scratch);
+          this.finish(cookie, err, length);
+        });
         return;
       }
       case P.CMD_BLOCK_STATUS:
@@ -471,6 +495,7 @@ export class NbdConnection {
   }
 
   private doRead(vol: Volume, cookie: Buffer, offset: number, length: number): void {
+    if (length >= MIN_POOLED_BYTES) return this.doPooledRead(vol, cookie, offset, length);
     if (this.structured) {
       const out = Buffer.allocUnsafe(28 + length);
       out.writeUInt32BE(P.STRUCTURED_REPLY_MAGIC, 0);
@@ -493,6 +518,42 @@ export class NbdConnection {
     vol.read(offset, length, out, 16, (err) => {
       if (err) return this.finish(cookie, err, length);
       this.send(out);
+      this.end(length);
+    });
+  }
+
+  /** Large reads: header and data go out as two buffers; the data buffer is recycled once sent. */
+  private doPooledRead(vol: Volume, cookie: Buffer, offset: number, length: number): void {
+    const data = payloadPool.get(length);
+    vol.read(offset, length, data, 0, (err) => {
+      if (err) {
+        payloadPool.release(data);
+        return this.finish(cookie, err, length);
+      }
+      let header: Buffer;
+      if (this.structured) {
+        header = Buffer.allocUnsafe(28);
+        header.writeUInt32BE(P.STRUCTURED_REPLY_MAGIC, 0);
+        header.writeUInt16BE(P.REPLY_FLAG_DONE, 4);
+        header.writeUInt16BE(P.REPLY_TYPE_OFFSET_DATA, 6);
+        cookie.copy(header, 8);
+        header.writeUInt32BE(8 + length, 16);
+        writeUInt64(header, offset, 20);
+      } else {
+        header = Buffer.allocUnsafe(16);
+        header.writeUInt32BE(P.SIMPLE_REPLY_MAGIC, 0);
+        header.writeUInt32BE(0, 4);
+        cookie.copy(header, 8);
+      }
+      if (this.socket.destroyed) {
+        payloadPool.release(data);
+      } else {
+        // Corked so header and data leave in one writev.
+        this.socket.cork();
+        this.send(header);
+        this.send(data, () => payloadPool.release(data));
+        this.socket.uncork();
+      }
       this.end(length);
     });
   }
@@ -554,7 +615,7 @@ export class NbdConnection {
 
   private maybeResume(): void {
     if (!this.paused || this.phase === Phase.Closed) return;
-    if (this.inflight < MAX_INFLIGHT_REQUESTS / 2 && this.inflightBytes < MAX_INFLIGHT_BYTES / 2 && !this.socket.writableNeedDrain) {
+    if (this.inflight < MAX_INFLIGHT_REQUESTS / 2 && this.inflightBytes < MAX_INFLIGHT_BYTES / 2 && this.socket.writableLength <= MAX_UNSENT_REPLY_BYTES / 2) {
       this.paused = false;
       this.socket.resume();
       this.pump();
@@ -568,9 +629,14 @@ export class NbdConnection {
     }
   }
 
-  private send(buf: Buffer): void {
-    if (this.phase === Phase.Closed && this.socket.destroyed) return;
-    if (!this.socket.write(buf) && !this.paused) {
+  private send(buf: Buffer, sent?: () => void): void {
+    if (this.phase === Phase.Closed && this.socket.destroyed) {
+      sent?.();
+      return;
+    }
+    // The callback runs once the bytes are handed to the kernel, or with an error if the socket dies first.
+    this.socket.write(buf, sent);
+    if (this.socket.writableLength > MAX_UNSENT_REPLY_BYTES && !this.paused) {
       // The client is not reading replies: stop reading its requests.
       this.paused = true;
       this.socket.pause();

@@ -184,7 +184,11 @@ export class Volume {
     }
   }
 
-  /** Writes data at offset; with fua the reply waits until it is durable. */
+  /**
+   * Writes data at offset; with fua the reply waits until it is durable.
+   * Hot/warm volumes do not reference `data` once `cb` has run (the NBD front
+   * end recycles it); cold volumes keep it in the journal until destaged.
+   */
   write(offsetBytes: number, data: Buffer, fua: boolean, cb: DoneCb): void {
     const bad = this.usable(true);
     if (bad) return cb(bad);
