@@ -8,10 +8,10 @@ import path from 'node:path';
 import { TestDaemon, run, nbdsh } from './helpers/daemon.js';
 import { MANUAL_DESTAGE_CONFIG, MiB, assertSameBytes, coldStatus, createVolume, destage, patternBytes, readExport, startColdDaemon } from './helpers/cold.js';
 
-const VOLUME_BYTES = 48 * MiB;
+const VOLUME_BYTES = 32 * MiB;
 /** fio owns this range (its own verify headers); nbdcopy's image leaves it zero. */
-const FIO_OFFSET_BYTES = 32 * MiB;
-const FIO_LENGTH_BYTES = 8 * MiB;
+const FIO_OFFSET_BYTES = 20 * MiB;
+const FIO_LENGTH_BYTES = 6 * MiB;
 
 /** Source image: data with holes, unaligned edges and chunk-crossing runs; fio's range left zero. */
 function sourceImage(): Buffer {
@@ -19,7 +19,7 @@ function sourceImage(): Buffer {
   img.fill(0, 5 * MiB, 7 * MiB); // two whole chunks never written: holes
   img.fill(0, 9 * MiB + 4096, 9 * MiB + 3 * 4096); // a zero run inside a data chunk
   img.fill(0, FIO_OFFSET_BYTES, FIO_OFFSET_BYTES + FIO_LENGTH_BYTES);
-  img.fill(0, 45 * MiB, VOLUME_BYTES); // tail of the volume never written
+  img.fill(0, 29 * MiB, VOLUME_BYTES); // tail of the volume never written
   return img;
 }
 
@@ -67,7 +67,7 @@ test('a 4+2 cold volume reads back byte-exact from the journal, from stripes, an
     // Before destage every byte comes from the journal: no stripe exists yet.
     let st = await coldStatus(d);
     assert.equal(st.stripesWritten, 0);
-    assert.ok(st.journalBytes >= 40 * MiB, `journal holds the writes (${st.journalBytes} bytes)`);
+    assert.ok(st.journalBytes >= 26 * MiB, `journal holds the writes (${st.journalBytes} bytes)`);
     assertReadsBack(d, work, model, 'from the journal');
     assertFioVerifies(d);
     // nbdsh: a read that crosses a chunk boundary, unaligned at both ends.
@@ -79,9 +79,9 @@ test('a 4+2 cold volume reads back byte-exact from the journal, from stripes, an
     assert.equal(cli.status, 0, cli.stderr);
     assert.equal((JSON.parse(d.cli('cold').stdout) as { journalBytes: number }).journalBytes, 0, 'destage drained the journal');
     st = await coldStatus(d);
-    // Chunks 0-4, 7-31 (data), 32-39 (fio) and 40-44: 43 chunks hold data; 5, 6 and 45-47 are holes.
-    assert.equal(st.stripes.Healthy, 43);
-    assert.equal(st.stripesWritten, 43);
+    // Chunks 0-4, 7-19 (data), 20-25 (fio) and 26-28: 27 chunks hold data; 5, 6 and 29-31 are holes.
+    assert.equal(st.stripes.Healthy, 27);
+    assert.equal(st.stripesWritten, 27);
     const healthyBefore = st.healthyReads;
     assertReadsBack(d, work, model, 'from stripes');
     assertFioVerifies(d);
@@ -101,11 +101,11 @@ test('a 4+2 cold volume reads back byte-exact from the journal, from stripes, an
     nbdsh(
       `h.connect_uri(${JSON.stringify(d.exportUri('c1'))})\n` +
         `h.pwrite(open(${JSON.stringify(path.join(work, 'patch.bin'))}, 'rb').read(), ${patchAt})\n` +
-        `h.zero(${64 * 1024}, ${20 * MiB - 4096})\n` +
+        `h.zero(${64 * 1024}, ${16 * MiB - 4096})\n` +
         `h.flush()`,
     );
     patch.copy(model, patchAt);
-    model.fill(0, 20 * MiB - 4096, 20 * MiB - 4096 + 64 * 1024);
+    model.fill(0, 16 * MiB - 4096, 16 * MiB - 4096 + 64 * 1024);
     await d.kill();
     d = await TestDaemon.start({ dataDir });
     st = await coldStatus(d);

@@ -293,13 +293,20 @@ export class Volume {
     }
   }
 
-  private setChunk(c: number, state: ChunkState): void {
+  /**
+   * `absorbedSeq`: journal records of chunk c up to this seq are merged into
+   * (promote) or superseded by (discard) the new state. The entry keeps the
+   * highest such seq as destagedSeq so a replay after a crash skips them:
+   * replayed, they would land on top of newer bytes in the file.
+   */
+  private setChunk(c: number, state: ChunkState, absorbedSeq = 0): void {
     this.chunkState[c] = state;
     this.metaDirty = true;
     const old = this.stripes.get(c);
     this.stripes.delete(c);
+    const destagedSeq = Math.max(this.meta.chunks.get([this.rec.id, c])?.destagedSeq ?? 0, absorbedSeq);
     if (state === ChunkState.Unallocated) void this.meta.chunks.remove([this.rec.id, c]);
-    else void this.meta.chunks.put([this.rec.id, c], { state, pool: this.pool.name });
+    else void this.meta.chunks.put([this.rec.id, c], { state, pool: this.pool.name, ...(destagedSeq > 0 ? { destagedSeq } : {}) });
     if (old) this.cold?.stripes.free(old);
   }
 
@@ -332,7 +339,7 @@ export class Volume {
         if (crc32c(back) !== crc32c(buf)) throw new VerifyFailed(`volume ${this.name} chunk ${c}: file copy does not match its source`);
       }
       // SWITCH: one index write; the stripe is released after it (setChunk).
-      this.setChunk(c, ChunkState.Allocated);
+      this.setChunk(c, ChunkState.Allocated, upto);
       await this.meta.durable();
       if (upto > 0) this.cold?.journal.release(this.rec.id, c, upto);
     } catch (err) {
@@ -512,9 +519,9 @@ export class Volume {
     const st = this.chunkState[c];
     if (st !== ChunkState.Allocated && st !== ChunkState.Cold) return;
     if (st === ChunkState.Allocated) this.pool.release(this.rec.chunkSizeBytes);
-    this.setChunk(c, ChunkState.Discarded);
-    // Journal records older than the discard must not resurface.
+    // Journal records older than the discard must not resurface (nor be replayed after a crash).
     const upto = this.lastSeq(c);
+    this.setChunk(c, ChunkState.Discarded, upto);
     if (upto > 0) this.cold?.journal.release(this.rec.id, c, upto);
   }
 
