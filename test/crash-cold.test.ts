@@ -22,7 +22,7 @@ const BLOCKS = VOLUME_BYTES / BLOCK_BYTES;
 const SOURCE_BYTES = 8 * MiB;
 const OPS_PER_ROUND = 400;
 /** During writes, kill this long (at most) after the client's first acknowledged op. */
-const MAX_KILL_DELAY_MS = 600;
+const MAX_KILL_DELAY_MS = 400;
 // A 4 MiB journal that destages from 1 MiB of live records on, and a 100 ms
 // destage timer: most kill points land while stripes are being written.
 const CONFIG = `demoVolume: null
