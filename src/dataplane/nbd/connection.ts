@@ -72,6 +72,12 @@ export class NbdConnection {
   private paused = false;
   private disconnecting = false;
   private handshakeTimer: NodeJS.Timeout | null;
+  /** Replies written during one event-loop turn leave in one writev (see send). */
+  private replyBatchOpen = false;
+  private readonly closeReplyBatch = (): void => {
+    this.replyBatchOpen = false;
+    this.socket.uncork();
+  };
 
   constructor(
     private readonly socket: Socket,
@@ -633,6 +639,13 @@ export class NbdConnection {
     if (this.phase === Phase.Closed && this.socket.destroyed) {
       sent?.();
       return;
+    }
+    // Completions that land in the same poll phase are corked together and
+    // flushed in the check phase: one writev instead of a syscall per reply.
+    if (!this.replyBatchOpen) {
+      this.replyBatchOpen = true;
+      this.socket.cork();
+      setImmediate(this.closeReplyBatch);
     }
     // The callback runs once the bytes are handed to the kernel, or with an error if the socket dies first.
     this.socket.write(buf, sent);
