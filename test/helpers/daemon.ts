@@ -48,6 +48,11 @@ export class TestDaemon {
       proc.once('exit', (code, sig) => reject(new Error(`daemon exited (${code ?? sig}) before ready:\n${stderr}`)));
     });
     const d = new TestDaemon(dataDir, proc, info);
+    // A test process that dies without running its cleanup (uncaught error,
+    // process.exit) must not leave an orphan daemon behind.
+    const reap = () => proc.kill('SIGKILL');
+    process.once('exit', reap);
+    proc.once('exit', () => process.off('exit', reap));
     proc.stderr!.on('data', (b: Buffer) => (d.stderr += b.toString()));
     d.stderr = stderr;
     return d;
