@@ -182,6 +182,14 @@ for (const structured of [false, true]) {
     assert.equal((await c.command(CMD.FLUSH, FLAG.NO_HOLE, 0, 0)).error, ERRNO.EINVAL);
     // A WRITE with a flag it does not take: its payload must still be consumed.
     assert.equal((await c.command(CMD.WRITE, FLAG.REQ_ONE, 0, 4096, Buffer.alloc(4096, 0xee))).error, ERRNO.EINVAL);
+    // DF exists only with structured replies; with them, one unfragmented chunk comes back.
+    const df = await c.readAt(WITNESS_OFFSET, 4096, FLAG.DF);
+    if (structured) {
+      assert.equal(df.error, 0);
+      assert.ok(df.data.equals(witnessPattern.subarray(0, 4096)));
+    } else {
+      assert.equal(df.error, ERRNO.EINVAL);
+    }
     // BLOCK_STATUS without a negotiated meta context is invalid.
     assert.equal((await c.command(CMD.BLOCK_STATUS, 0, 0, 4096)).error, ERRNO.EINVAL);
     const r = await c.readAt(WITNESS_OFFSET, 4096);

@@ -426,6 +426,8 @@ export class NbdConnection {
     const allowed = ALLOWED_FLAGS[type];
     if (allowed === undefined) return [P.EINVAL, `unknown command ${type}`];
     if ((flags & ~allowed) !== 0) return [P.EINVAL, `flags 0x${flags.toString(16)} not valid for command ${type}`];
+    // DF is only defined (and only advertised) once structured replies are negotiated.
+    if ((flags & P.CMD_FLAG_DF) !== 0 && !this.structured) return [P.EINVAL, 'NBD_CMD_FLAG_DF needs structured replies'];
     if (type === P.CMD_FLUSH) return null;
     const isWrite = type === P.CMD_WRITE || type === P.CMD_TRIM || type === P.CMD_WRITE_ZEROES;
     if (isWrite && vol.rec.readOnly) return [P.EPERM, 'export is read-only'];
