@@ -31,6 +31,8 @@ export interface DaemonConfigOptions {
   reconcileIntervalMs?: number;
   preservationMode?: boolean;
   heatSource?: { type: 'local' } | { type: 'prometheus'; url: string; metrics: 'seed' | 'couchestor' };
+  /** Cold-tier destager period (daemon default 5 s). */
+  destageIntervalMs?: number;
 }
 
 /** couchestor.yaml: embedded pools (hot-0, cold-0..5), no demo volume, fast heat sampling. */
@@ -45,6 +47,7 @@ export function daemonConfig(o: DaemonConfigOptions = {}): string {
       preservationMode: o.preservationMode ?? false,
       heatSource: o.heatSource ?? { type: 'local' },
     },
+    ...(o.destageIntervalMs !== undefined ? { coldTier: { destageIntervalMs: o.destageIntervalMs } } : {}),
   });
 }
 
