@@ -110,12 +110,16 @@ async function timed(concurrency: number, seconds: number, op: (i: number) => Pr
   await Promise.all(
     Array.from({ length: concurrency }, async () => {
       while (process.hrtime.bigint() < endNs) {
-        bytes += await op(next++);
+        // Not `bytes += await ...`: that reads `bytes` before the await and loses other workers' updates.
+        const n = await op(next++);
+        bytes += n;
         ops++;
       }
     }),
   );
-  return { ops, bytes, seconds: Number(process.hrtime.bigint() - start) / 1e9 };
+  const r = { ops, bytes, seconds: Number(process.hrtime.bigint() - start) / 1e9 };
+  if (process.env.S3_BENCH_DEBUG) process.stderr.write(`timed c=${concurrency}: ${JSON.stringify(r)}\n`);
+  return r;
 }
 
 interface Cell {
