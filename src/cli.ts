@@ -24,6 +24,7 @@ commands:
                                      discover NVMe/SAS/SATA drives, SMART, suggested tier
   status                             control loop: policies, phase, decisions with reasons, migrations
   reconcile [--wait]                 run one control-loop pass now (--wait: until its migrations finish)
+  cache stats | drop                 read cache counters per tier; drop every cached stripe
   fsck                               scan every cold pool, check the index against the shard records,
                                      report stripes by state and orphaned records (daemon stopped; exit 1 if
                                      any stripe is Degraded or Failed)
@@ -120,6 +121,11 @@ async function main(argv: string[]): Promise<number> {
       if (values.json) return print(st, true);
       process.stdout.write(formatStatus(st.policies));
       return 0;
+    }
+    case 'cache': {
+      if (sub !== 'stats' && sub !== 'drop') throw new UsageError('cache: expected "stats" or "drop"');
+      if (!readDaemonState(dataDir)) throw new Error('no daemon is running for this data directory');
+      return print(await call(dataDir, sub === 'drop' ? 'POST' : 'GET', sub === 'drop' ? '/v1/cache/drop' : '/v1/cache', undefined, async () => undefined), values.json);
     }
     case 'destage':
     case 'scrub':

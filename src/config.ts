@@ -34,6 +34,8 @@ export interface DaemonConfig {
     destageIntervalMs: number;
     destageThresholdPercent: number;
   };
+  /** Read cache in front of the cold tier; l1CapacityBytes 0 turns it off. */
+  cache: { l1CapacityBytes: number; l2CapacityBytes: number; l2MinEntryBytes: number; lz4ThresholdBytes: number | null };
   control: {
     /** StoragePolicy (and ErasureCodingPolicy) YAML files, re-read every pass. */
     policiesDir: string;
@@ -68,6 +70,7 @@ export function embeddedDefault(dataDir: string): DaemonConfig {
       destageIntervalMs: 5_000,
       destageThresholdPercent: 50,
     },
+    cache: { l1CapacityBytes: 128 * 1024 * 1024, l2CapacityBytes: 64 * 1024 * 1024, l2MinEntryBytes: 64 * 1024, lz4ThresholdBytes: null },
     control: {
       policiesDir: 'policies',
       reconcileIntervalMs: 30_000,
@@ -107,6 +110,7 @@ export function loadConfig(dataDir: string): DaemonConfig {
     s3: { ...def.s3, ...raw.s3 },
     coldTier: { ...def.coldTier, ...raw.coldTier },
     control: { ...def.control, ...raw.control },
+    cache: { ...def.cache, ...raw.cache },
   };
   validateConfig(cfg);
   // The erasure-coding policy is part of the embedded default: written when absent.

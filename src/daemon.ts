@@ -9,6 +9,7 @@ import { NbdServer } from './dataplane/nbd/server.js';
 import { S3Frontend } from './dataplane/s3/frontend.js';
 import { VolumeManager } from './dataplane/volumes/manager.js';
 import { log } from './log.js';
+import { CacheManager, registerCacheMetrics } from './dataplane/cache/index.js';
 import { registerHealthRoutes, type RunningHttpServer } from './control/health/index.js';
 import { createMetrics, startMetricsServer } from './control/metrics/index.js';
 import { HeatTracker } from './control/heat.js';
@@ -57,6 +58,23 @@ export async function openManager(cfg: DaemonConfig): Promise<VolumeManager> {
   return manager;
 }
 
+/** The read cache in front of the cold tier: L1 RAM, L2 an mmap'd file on the hot pool, L3 the stripes. */
+async function startCache(cfg: DaemonConfig, manager: VolumeManager): Promise<CacheManager | null> {
+  const c = cfg.cache;
+  if (!manager.cold || c.l1CapacityBytes <= 0) return null;
+  const hot = [...manager.pools.values()].find((p) => p.rec.tier === 'hot');
+  const cm = new CacheManager({
+    l1CapacityBytes: c.l1CapacityBytes,
+    l2: hot && c.l2CapacityBytes > 0 ? { path: path.join(hot.rec.path, 'cache', 'l2.cache'), capacityBytes: c.l2CapacityBytes, minEntryBytes: c.l2MinEntryBytes } : undefined,
+    l3: manager.cold.stripes.l3,
+    ...(c.lz4ThresholdBytes ? { lz4ThresholdBytes: c.lz4ThresholdBytes } : {}),
+  });
+  if (hot) fs.mkdirSync(path.join(hot.rec.path, 'cache'), { recursive: true });
+  await cm.open();
+  manager.cold.stripes.useCache(cm);
+  return cm;
+}
+
 /** Starts the erasure-coded tier when the policy file exists and enough cold pools do. */
 function startColdTier(cfg: DaemonConfig, manager: VolumeManager): void {
   const file = path.resolve(cfg.dataDir, cfg.coldTier.ecPolicyFile);
@@ -84,6 +102,7 @@ export class Daemon {
     readonly metrics: RunningHttpServer,
     readonly heat: HeatTracker,
     readonly loop: ControlLoop,
+    readonly cache: CacheManager | null,
     readonly state: DaemonState,
   ) {}
 
@@ -101,6 +120,7 @@ export class Daemon {
     const tcp = await nbd.listenTcp(cfg.nbd.port, cfg.listenHost);
     const socketPath = path.resolve(cfg.dataDir, cfg.nbd.socketPath);
     await nbd.listenUnix(socketPath);
+    const cache = await startCache(cfg, manager);
     const heat = new HeatTracker(manager, 3_600_000, cfg.control.heatSampleIntervalMs);
     heat.start();
     const hs = cfg.control.heatSource;
@@ -111,7 +131,7 @@ export class Daemon {
       heat: hs.type === 'prometheus' ? new PrometheusHeat(hs.url, hs.metrics) : heat,
       ecPolicyNames: () => (manager.cold ? [manager.cold.policy.name] : []),
     });
-    const api = buildApi(manager, loop);
+    const api = buildApi(manager, loop, cache);
     // Probes share the admin API's port (8081 by default, as DESIGN.md says).
     let open = true;
     registerHealthRoutes(api, healthChecks(manager, () => open));
@@ -119,7 +139,9 @@ export class Daemon {
       open = false;
     });
     const migrations = () => ({ completedTotal: { ...loop.totals }, active: loop.activeMigrations() });
-    const metrics = await startMetricsServer({ host: cfg.listenHost, port: cfg.metrics.port, registry: createMetrics(metricsSource(manager, heat, migrations)) });
+    const registry = createMetrics(metricsSource(manager, heat, migrations));
+    if (cache) registerCacheMetrics(cache, registry);
+    const metrics = await startMetricsServer({ host: cfg.listenHost, port: cfg.metrics.port, registry });
     await api.listen({ port: cfg.api.port, host: cfg.listenHost });
     const apiAddr = api.server.address();
     // S3 front end (issue #6): hot buckets on the hot pools, cold buckets through the stripe store.
@@ -133,7 +155,7 @@ export class Daemon {
     };
     fs.writeFileSync(path.join(cfg.dataDir, STATE_FILE), JSON.stringify(state));
     loop.start();
-    return new Daemon(cfg, manager, nbd, api, s3, metrics, heat, loop, state);
+    return new Daemon(cfg, manager, nbd, api, s3, metrics, heat, loop, cache, state);
   }
 
   async stop(): Promise<void> {
@@ -144,6 +166,7 @@ export class Daemon {
     await this.metrics.close();
     this.heat.stop();
     await this.manager.close();
+    await this.cache?.close();
     fs.rmSync(path.join(this.cfg.dataDir, STATE_FILE), { force: true });
   }
 }

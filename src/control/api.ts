@@ -6,6 +6,7 @@ import type { VolumeManager } from '../dataplane/volumes/manager.js';
 import { migrateVolume } from '../dataplane/volumes/migration.js';
 import type { Tier } from '../dataplane/meta/store.js';
 import type { ControlLoop } from './loop.js';
+import type { CacheManager } from '../dataplane/cache/index.js';
 
 export function httpStatusFor(err: unknown): number {
   if (err instanceof InvalidArgument) return 400;
@@ -30,7 +31,12 @@ const volumeBody = {
   },
 } as const;
 
-export function buildApi(manager: VolumeManager, loop: ControlLoop | null = null, app: FastifyInstance = Fastify({ bodyLimit: 64 * 1024 })): FastifyInstance {
+export function buildApi(
+  manager: VolumeManager,
+  loop: ControlLoop | null = null,
+  cache: CacheManager | null = null,
+  app: FastifyInstance = Fastify({ bodyLimit: 64 * 1024 }),
+): FastifyInstance {
   app.setErrorHandler((err, _req, reply) => {
     const e = err as Error & { statusCode?: number; validation?: unknown };
     const status = e.validation ? 400 : (e.statusCode ?? httpStatusFor(err));
@@ -69,6 +75,15 @@ export function buildApi(manager: VolumeManager, loop: ControlLoop | null = null
     { schema: { body: { type: 'object', required: ['tier'], additionalProperties: false, properties: { tier: { type: 'string', enum: ['hot', 'warm', 'cold'] }, preserve: { type: 'boolean' } } } } },
     async (req) => migrateVolume(manager, req.params.name, req.body.tier, { preserve: req.body.preserve ?? false }),
   );
+  app.get('/v1/cache', async () => {
+    if (!cache) throw new NotFound('the read cache is off');
+    return cache.stats();
+  });
+  // Drops every cached stripe (L1 and L2), like drop_caches: the next reads go to the shards.
+  app.post('/v1/cache/drop', async () => {
+    if (!cache) throw new NotFound('the read cache is off');
+    return { dropped: cache.invalidatePrefix('stripe/') };
+  });
   app.get('/v1/status', async () => ({ policies: loop?.status() ?? [], activeMigrations: loop?.activeMigrations() ?? 0, totals: loop?.totals }));
   // Runs one control-loop pass now; with ?wait=1 also waits for the migrations it started.
   app.post<{ Querystring: { wait?: string } }>('/v1/reconcile', async (req) => {

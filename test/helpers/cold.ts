@@ -71,6 +71,11 @@ export async function destage(d: TestDaemon): Promise<void> {
   await api<unknown>(d, 'POST', '/v1/destage');
 }
 
+/** Drops every cached stripe (same as `couchestor cache drop`): the next reads go to the shards. */
+export async function dropCache(d: TestDaemon): Promise<number> {
+  return (await api<{ dropped: number }>(d, 'POST', '/v1/cache/drop')).dropped;
+}
+
 /** Verifies every stripe and rebuilds bad ones (same as `couchestor scrub`). */
 export function scrub(d: TestDaemon): Promise<ScrubResult> {
   return api<ScrubResult>(d, 'POST', '/v1/scrub');

@@ -6,6 +6,7 @@ import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { InsufficientShards, NoSuitablePool } from '../errors.js';
 import type { Pool } from '../pools/pool.js';
+import type { CacheManager, L3Backend } from '../cache/index.js';
 import { log } from '../../log.js';
 import { decodeStripe, encodeStripe, reconstruct } from './codec.js';
 import type { ErasureCodingPolicy } from './policy.js';
@@ -60,6 +61,9 @@ export class StripeStore {
   private lastDegradedLogMs = 0;
   private suppressedDegradedLogs = 0;
   private rotation = 0;
+  private cache: CacheManager | null = null;
+  /** Stripes being read through the cache (its L3 backend resolves keys here); bounded by reads in flight. */
+  private readonly pendingReads = new Map<string, { ref: StripeRef; ctx: StripeContext | undefined }>();
 
   constructor(
     private readonly pools: () => Pool[],
@@ -175,8 +179,45 @@ export class StripeStore {
     return { ...this.policy, dataShards: ref.dataShards, parityShards: ref.parityShards, stripeSizeBytes: ref.stripeSizeBytes };
   }
 
-  /** Reads a stripe's data, decoding from parity when data shards are bad. `ctx` is passed to onDegraded. */
+  /**
+   * Puts the three-tier cache in front of stripe reads: L1/L2 hold decoded
+   * stripe data, this store is its L3. Keys name immutable bytes (owner,
+   * chunk, generation and the first shard's place), so no write can make a
+   * cached entry stale, not even across restarts (L2 persists).
+   */
+  useCache(cache: CacheManager): void {
+    this.cache = cache;
+  }
+
+  /** The cache's L3: resolves a key of a stripe being read through the cache. */
+  readonly l3: L3Backend = {
+    get: async (key) => {
+      const p = this.pendingReads.get(key);
+      return p ? this.readStripeUncached(p.ref, p.ctx) : undefined;
+    },
+  };
+
+  static cacheKey(ref: StripeRef): string {
+    const s0 = ref.shards[0]!;
+    return `stripe/${ref.ownerId}/${ref.chunkIndex}/${ref.generation}/${s0.pool}.${s0.segment}.${s0.offsetBytes}`;
+  }
+
+  /** Reads a stripe's data (through the cache when there is one). `ctx` is passed to onDegraded. */
   async readStripe(ref: StripeRef, ctx?: StripeContext): Promise<Buffer> {
+    if (!this.cache) return this.readStripeUncached(ref, ctx);
+    const key = StripeStore.cacheKey(ref);
+    this.pendingReads.set(key, { ref, ctx });
+    try {
+      const data = await this.cache.get(key);
+      if (!data) throw new InsufficientShards(`stripe of chunk ${ref.chunkIndex} could not be read`);
+      return data;
+    } finally {
+      this.pendingReads.delete(key);
+    }
+  }
+
+  /** Reads a stripe's data, decoding from parity when data shards are bad. */
+  private async readStripeUncached(ref: StripeRef, ctx?: StripeContext): Promise<Buffer> {
     const k = ref.dataShards;
     const m = ref.parityShards;
     const shards: (Buffer | undefined)[] = await Promise.all(Array.from({ length: k }, (_, i) => this.readShard(ref, i)));
@@ -211,6 +252,11 @@ export class StripeStore {
     log.warn('degraded read repaired inline', { pools, similarSinceLastLine: this.suppressedDegradedLogs, degradedReadsTotal: this.counters.degradedReads });
     this.lastDegradedLogMs = now;
     this.suppressedDegradedLogs = 0;
+  }
+
+  /** Drops a superseded stripe's cached data (its key is never asked for again). */
+  forget(ref: StripeRef): void {
+    this.cache?.delete(StripeStore.cacheKey(ref));
   }
 
   /** Checks every shard of a stripe (scrub). */
@@ -265,7 +311,9 @@ export class StripeStore {
    * rewrites live records later; until then the bytes stay where they are,
    * so readers holding the old reference are safe.
    */
-  free(_ref: StripeRef): void {}
+  free(ref: StripeRef): void {
+    this.forget(ref);
+  }
 
   async close(): Promise<void> {
     for (const s of this.stores.values()) {
