@@ -21,7 +21,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import { Readable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
-import { startS3, type S3Env } from './helpers/s3-env.js';
+import { signer, startS3, type S3Env } from './helpers/s3-env.js';
 
 const md5hex = (b: Buffer) => createHash('md5').update(b).digest('hex');
 
@@ -63,6 +63,14 @@ describe('s3 with @aws-sdk/client-s3', () => {
     assert.ok((await get({ IfMatch: etag })).equals(data));
     assert.deepEqual(await status(get({ IfMatch: '"0123456789abcdef0123456789abcdef"' })), { status: 412, name: 'PreconditionFailed' });
     assert.equal((await status(get({ IfNoneMatch: etag }))).status, 304);
+    // The 304 itself still carries the version's ETag (RFC 7232 4.1).
+    const u = new URL(env.endpoint);
+    const req = { method: 'GET', protocol: 'http:', hostname: u.hostname, port: Number(u.port), path: '/sdk/cond', query: {}, headers: { host: u.host, 'if-none-match': etag, 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD' } };
+    const signedReq = (await signer(env).sign(req as never)) as unknown as { headers: Record<string, string> };
+    const { host: _host, ...headers } = signedReq.headers;
+    const notModified = await fetch(`${env.endpoint}/sdk/cond`, { headers });
+    assert.equal(notModified.status, 304);
+    assert.equal(notModified.headers.get('etag'), etag);
     assert.ok((await get({ IfNoneMatch: '"other"' })).equals(data));
     assert.equal((await status(get({ IfModifiedSince: new Date(lastModified.getTime() + 60_000) }))).status, 304);
     assert.ok((await get({ IfModifiedSince: new Date(lastModified.getTime() - 60_000) })).equals(data));

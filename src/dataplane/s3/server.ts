@@ -398,6 +398,8 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
     let handedOff = false;
     try {
       const rec = handle.rec;
+      // A 304 still names the version the client has (RFC 7232 4.1).
+      reply.header('etag', etagHeader(rec.etag)).header('last-modified', httpDate(rec.lastModifiedMs));
       checkPreconditions((h) => header(raw, h), rec, 304);
       setObjectHeaders(reply, rec, query);
       const range = parseRange(header(raw, 'range'), rec.sizeBytes);
