@@ -5,7 +5,7 @@
 // copy is carried along by the same mechanism. A failure before a chunk's
 // SWITCH leaves that chunk on its old copy; the volume's tier is reverted.
 import { InvalidArgument, NoSuitablePool, VolumeFailed } from '../errors.js';
-import type { Tier } from '../meta/store.js';
+import { ChunkState, type Tier } from '../meta/store.js';
 import type { VolumeManager } from './manager.js';
 import type { Volume } from './volume.js';
 
@@ -80,6 +80,9 @@ export async function migrateVolume(manager: VolumeManager, name: string, to: Ti
 
   progress.phase = 'Copy';
   await vol.setTier(to);
+  // New writes now follow the target tier; ones already on the file path
+  // must land before their chunks are copied.
+  if (to === 'cold') await vol.drainFileMutations();
   try {
     // Chunks to move; re-listed until none are left (a write during the
     // copy may have created new work on the old side).
@@ -93,6 +96,11 @@ export async function migrateVolume(manager: VolumeManager, name: string, to: Ti
         while (next < todo.length) {
           if (opts.signal?.aborted) throw new MigrationAborted(`migration of ${name} aborted`);
           const c = todo[next++]!;
+          // A client write may have promoted this chunk since the list was
+          // made. Promoting it again would re-copy the whole chunk from the
+          // file onto itself: a read-modify-write that loses any write
+          // landing in the file meanwhile (found by test/migration-under-writes).
+          if (to !== 'cold' && !offFile(manager, vol, c)) continue;
           // COPY + VERIFY + SWITCH for one chunk.
           if (to === 'cold') await vol.destageChunk(c, true);
           else await vol.ensurePromoted(c, true);
@@ -122,6 +130,11 @@ export async function migrateVolume(manager: VolumeManager, name: string, to: Ti
   progress.finishedMs = Date.now();
   report();
   return progress;
+}
+
+/** Chunk c's bytes are (partly) on a stripe or in the journal, not only in the file. */
+function offFile(manager: VolumeManager, vol: Volume, c: number): boolean {
+  return vol.chunkState[c] === ChunkState.Cold || manager.cold?.journal.extents(vol.rec.id, c) !== undefined;
 }
 
 function journaledChunks(manager: VolumeManager, vol: Volume): number[] {
