@@ -80,6 +80,9 @@ export async function migrateVolume(manager: VolumeManager, name: string, to: Ti
 
   progress.phase = 'Copy';
   await vol.setTier(to);
+  // New writes now follow the target tier; ones already on the file path
+  // must land before their chunks are copied.
+  if (to === 'cold') await vol.drainFileMutations();
   try {
     // Chunks to move; re-listed until none are left (a write during the
     // copy may have created new work on the old side).

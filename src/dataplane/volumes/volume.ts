@@ -56,6 +56,9 @@ export class Volume {
   /** Stripe of every chunk in state Cold. */
   readonly stripes = new Map<number, StripeRef>();
   private readonly destaging = new Map<number, Promise<boolean>>();
+  /** Writes/zeroes/trims on the file path in flight (see drainFileMutations). */
+  private fileMutations = 0;
+  private readonly fileMutationsDrained: (() => void)[] = [];
   /** File reads in flight: RELEASE must not truncate under them. */
   private fileReads = 0;
   private fileReadsDrained: (() => void) | null = null;
@@ -198,12 +201,42 @@ export class Volume {
       this.journalWrite(RecordType.Write, offsetBytes, data.length, data, fua).then(() => cb(null), cb);
       return;
     }
+    this.fileMutations++;
+    const done: DoneCb = (err) => {
+      this.fileMutationDone();
+      cb(err);
+    };
     const ready = this.allocate(offsetBytes, data.length);
-    if (ready === null) return this.pwrite(offsetBytes, data, fua, cb);
+    if (ready === null) return this.pwrite(offsetBytes, data, fua, done);
     ready.then(
-      () => this.pwrite(offsetBytes, data, fua, cb),
-      (err: Error) => cb(err),
+      () => this.pwrite(offsetBytes, data, fua, done),
+      (err: Error) => done(err),
     );
+  }
+
+  private fileMutationDone(): void {
+    if (--this.fileMutations === 0) for (const w of this.fileMutationsDrained.splice(0)) w();
+  }
+
+  /**
+   * Resolves once no write, zero or trim that took the file path is in
+   * flight. Called right after a switch to the cold tier: a write queued
+   * before the switch must land in the file before its chunk is destaged,
+   * or the stripe would be built from the bytes it replaced.
+   */
+  drainFileMutations(): Promise<void> {
+    if (this.fileMutations === 0) return Promise.resolve();
+    return new Promise((r) => this.fileMutationsDrained.push(r));
+  }
+
+  /** Runs a file-path mutation, counted for drainFileMutations(). */
+  private async counted<T>(fn: () => Promise<T>): Promise<T> {
+    this.fileMutations++;
+    try {
+      return await fn();
+    } finally {
+      this.fileMutationDone();
+    }
   }
 
   /** Appends one record per chunk piece (records never span chunks). */
@@ -250,8 +283,11 @@ export class Volume {
       const st = this.chunkState[c];
       // After a cold -> hot switch, journaled bytes must be merged into the file first.
       const journaled = this.cold !== null && this.cold.journal.extents(this.rec.id, c) !== undefined;
-      if (st === ChunkState.Allocated && !journaled) continue;
-      if (st === ChunkState.Cold || journaled) {
+      // A destage begun before a switch to hot may still flip this chunk to a
+      // stripe built from older file bytes: wait for it and promote after.
+      const destaging = this.destaging.has(c);
+      if (st === ChunkState.Allocated && !journaled && !destaging) continue;
+      if (st === ChunkState.Cold || journaled || destaging) {
         (waits ??= []).push(this.ensurePromoted(c));
         continue;
       }
@@ -411,6 +447,9 @@ export class Volume {
   }
 
   private async destage(cold: ColdTier, c: number, verify: boolean): Promise<boolean> {
+    // A file write queued before the switch to cold may still be in flight:
+    // the copy must include it (no new file write starts once tier is cold).
+    if (this.chunkState[c] === ChunkState.Allocated) await this.drainFileMutations();
     const st = this.chunkState[c];
     const upto = this.lastSeq(c);
     if (upto === 0 && st !== ChunkState.Allocated) return false;
@@ -464,6 +503,10 @@ export class Volume {
     if (bad) throw bad;
     this.counters.writeOps++;
     if (this.rec.tier === 'cold' && this.cold) return this.journalWrite(RecordType.Zero, offsetBytes, lengthBytes, null, opts.fua);
+    return this.counted(() => this.zeroFile(offsetBytes, lengthBytes, opts));
+  }
+
+  private async zeroFile(offsetBytes: number, lengthBytes: number, opts: { noHole: boolean; fua: boolean; fastZero: boolean }): Promise<void> {
     const cs = this.rec.chunkSizeBytes;
     const end = offsetBytes + lengthBytes;
     const work: [number, number][] = [];
@@ -487,6 +530,7 @@ export class Volume {
     if (work.length > 0 && opts.fastZero) throw new SlowZero('zeroing this range needs data writes');
     for (const c of discards) {
       await this.preparing.get(c);
+      await this.destaging.get(c)?.catch(() => undefined);
       this.discard(c);
     }
     for (const [s, e] of work) {
@@ -503,6 +547,10 @@ export class Volume {
     if (bad) throw bad;
     // On cold volumes a trim is journaled as zeros: it must not leave old stripe data visible.
     if (this.rec.tier === 'cold' && this.cold) return this.journalWrite(RecordType.Zero, offsetBytes, lengthBytes, null, fua);
+    return this.counted(() => this.trimFile(offsetBytes, lengthBytes, fua));
+  }
+
+  private async trimFile(offsetBytes: number, lengthBytes: number, fua: boolean): Promise<void> {
     const cs = this.rec.chunkSizeBytes;
     const first = Math.ceil(offsetBytes / cs);
     const endChunk = Math.floor((offsetBytes + lengthBytes) / cs);
@@ -510,6 +558,7 @@ export class Volume {
     const last = endIsVolumeEnd ? Math.ceil(this.rec.sizeBytes / cs) : endChunk;
     for (let c = first; c < last; c++) {
       await this.preparing.get(c);
+      await this.destaging.get(c)?.catch(() => undefined);
       this.discard(c);
     }
     if (fua) await this.flush();
