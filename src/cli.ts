@@ -98,7 +98,8 @@ async function main(argv: string[]): Promise<number> {
       return print(await call(dataDir, 'GET', '/v1/pools', undefined, async (m) => [...m.pools.values()].map((p) => ({ ...p.rec, usedBytes: p.usedBytes, online: p.isOnline() }))), values.json);
     case 'fsck': {
       if (readDaemonState(dataDir)) throw new Error('stop the daemon first: fsck reads every segment file and must not race with appends');
-      const manager = await openManager(loadConfig(dataDir));
+      // No cold tier: fsck must not replay the journal, destage or rebuild while it looks.
+      const manager = await openManager(loadConfig(dataDir), { coldTier: false });
       try {
         const report = await fsck(manager, (line) => process.stderr.write(`fsck: ${line}\n`));
         print(report, true);

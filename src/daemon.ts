@@ -43,7 +43,7 @@ export function readDaemonState(dataDir: string): DaemonState | null {
 }
 
 /** Opens the metadata and (re)registers the configured pools. */
-export async function openManager(cfg: DaemonConfig): Promise<VolumeManager> {
+export async function openManager(cfg: DaemonConfig, opts: { coldTier: boolean } = { coldTier: true }): Promise<VolumeManager> {
   const manager = VolumeManager.open(cfg.dataDir);
   for (const p of cfg.pools) {
     await manager.putPool({
@@ -54,7 +54,7 @@ export async function openManager(cfg: DaemonConfig): Promise<VolumeManager> {
       labels: { tier: p.tier, ...p.labels },
     });
   }
-  startColdTier(cfg, manager);
+  if (opts.coldTier) startColdTier(cfg, manager);
   return manager;
 }
 

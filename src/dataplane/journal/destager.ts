@@ -85,6 +85,7 @@ export class Destager {
         } catch (err) {
           this.errors++;
           this.lastError = (err as Error).message;
+          this.journal.stalledReason = this.lastError;
           // The journal keeps the data; the next pass retries.
           log.warn('destage failed; will retry', { volume: vol.name, chunk: c, err: (err as Error).message });
         }

@@ -15,6 +15,8 @@ export const JOURNAL_HEADER_BYTES = 40;
 const CRC_OFFSET = 32;
 export const DEFAULT_JOURNAL_FILE_BYTES = 64 * 1024 * 1024;
 export const DEFAULT_JOURNAL_CAPACITY_BYTES = 256 * 1024 * 1024;
+/** How long a write waits for journal space before failing with ENOSPC. */
+export const JOURNAL_FULL_TIMEOUT_MS = 30_000;
 
 export const enum RecordType {
   Write = 1,
@@ -56,6 +58,8 @@ export class Journal {
   private readonly commit = new GroupCommit(() => this.syncOnce());
   private failure: Error | null = null;
   private spaceWaiters: (() => void)[] = [];
+  /** Why destaging last failed (shown in the ENOSPC message of a full journal). */
+  stalledReason: string | null = null;
   /** Called when live bytes cross the destage threshold. */
   onPressure: (() => void) | null = null;
 
@@ -180,9 +184,20 @@ export class Journal {
     if (this.failure) throw this.failure;
     const recordBytes = JOURNAL_HEADER_BYTES + (data ? data.length : 0);
     if (recordBytes > this.capacityBytes) throw new NoSpace('record larger than the journal');
+    const deadlineMs = Date.now() + JOURNAL_FULL_TIMEOUT_MS;
     while (this.liveBytes + recordBytes > this.capacityBytes) {
       this.onPressure?.();
-      await new Promise<void>((r) => this.spaceWaiters.push(r));
+      const leftMs = deadlineMs - Date.now();
+      // Destaging may be impossible (too many cold pools lost): the client gets
+      // ENOSPC after a bound instead of a write that never completes.
+      if (leftMs <= 0) throw new NoSpace(`journal full (${this.liveBytes} of ${this.capacityBytes} bytes) and destaging is not freeing space${this.stalledReason ? `: ${this.stalledReason}` : ''}`);
+      await new Promise<void>((r) => {
+        const timer = setTimeout(r, leftMs);
+        this.spaceWaiters.push(() => {
+          clearTimeout(timer);
+          r();
+        });
+      });
       if (this.failure) throw this.failure;
     }
     if (this.head.tailBytes + recordBytes > this.fileBytes && this.head.tailBytes > 0) {

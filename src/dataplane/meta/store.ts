@@ -87,7 +87,10 @@ export class MetaStore {
     return this.root.openDB<V, K>({ name });
   }
 
-  /** Runs `fn` in one write transaction (all of its puts/removes commit atomically). */
+  /**
+   * Runs `fn` in one write transaction. lmdb-js does NOT roll back writes
+   * made before `fn` throws: do every check first, then write.
+   */
   transaction<T>(fn: () => T): Promise<T> {
     return this.root.transaction(fn);
   }

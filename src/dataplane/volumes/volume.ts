@@ -300,10 +300,14 @@ export class Volume {
         // The region still holds old bytes; zero what this write won't cover
         // before the chunk becomes readable as data again.
         const chunkStart = c * cs;
-        const p = this.zeroRegion(chunkStart, cs, offsetBytes, lengthBytes).then(() => {
-          this.preparing.delete(c);
-          this.setChunk(c, ChunkState.Allocated);
-        });
+        // The zeros must be durable before the index calls the chunk data,
+        // or a power cut could bring back bytes a flushed trim removed.
+        const p = this.zeroRegion(chunkStart, cs, offsetBytes, lengthBytes)
+          .then(() => fdatasync(this.fd))
+          .then(() => {
+            this.preparing.delete(c);
+            this.setChunk(c, ChunkState.Allocated);
+          });
         p.catch(() => {
           this.preparing.delete(c);
           this.pool.release(cs);
@@ -638,6 +642,11 @@ export class Volume {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    // Requests already past usable() may still have I/O queued on this fd:
+    // closing under them would let a reused descriptor receive their bytes.
+    await this.drainFileMutations();
+    if (this.fileReads > 0) await new Promise<void>((r) => (this.fileReadsDrained = r));
+    await Promise.allSettled([...this.preparing.values(), ...this.destaging.values()]);
     await new Promise<void>((resolve) => fs.close(this.fd, () => resolve()));
   }
 }
