@@ -10,6 +10,8 @@ export type StripeState = 'Healthy' | 'Degraded' | 'Reconstructing' | 'Failed';
 
 /** Bound on stripes remembered as needing work; beyond it the scrubber finds them again. */
 export const MAX_QUEUED_STRIPES = 100_000;
+/** Stripes rebuilt at once. */
+export const REBUILD_CONCURRENCY = 4;
 
 export interface ReconstructionOptions {
   /** How often queued stripes are retried (e.g. after "no suitable pool"). */
@@ -43,7 +45,7 @@ export class Reconstructor {
 
   start(): void {
     this.timers.push(setInterval(() => void this.process(), this.opts.retryIntervalMs));
-    if (this.opts.scrubIntervalMs > 0) this.timers.push(setInterval(() => void this.scrub(), this.opts.scrubIntervalMs));
+    if (this.opts.scrubIntervalMs > 0) this.timers.push(setInterval(() => void this.scrub({ rateLimited: true }), this.opts.scrubIntervalMs));
     for (const t of this.timers) t.unref();
   }
 
@@ -85,49 +87,62 @@ export class Reconstructor {
   private followUp: Promise<void> | null = null;
 
   private async pass(): Promise<void> {
-    for (const [key, entry] of [...this.states]) {
-      if (this.stopped) return;
-      if (entry.state === 'Failed' && entry.reason.startsWith('unrecoverable')) continue;
-      const vol = this.volumeById(entry.ctx.volumeId);
-      const ref = vol?.stripes.get(entry.ctx.chunkIndex);
-      if (!vol || !ref) {
-        this.states.delete(key); // rewritten or deleted meanwhile
-        continue;
+    const work = [...this.states].filter(([, e]) => !(e.state === 'Failed' && e.reason.startsWith('unrecoverable')));
+    let next = 0;
+    const worker = async () => {
+      while (next < work.length && !this.stopped) {
+        const [key, entry] = work[next++]!;
+        await this.rebuildOne(key, entry);
       }
-      entry.state = 'Reconstructing';
-      try {
-        const next = await this.stripes.rebuild(ref);
-        if (next) {
-          await vol.replaceStripe(entry.ctx.chunkIndex, ref, next);
-          this.rebuiltStripes++;
-          log.info('stripe reconstructed', { volume: vol.name, chunk: entry.ctx.chunkIndex });
-        }
-        this.states.delete(key);
-      } catch (err) {
-        if (err instanceof InsufficientShards) {
-          entry.state = 'Failed';
-          entry.reason = `unrecoverable: ${err.message}`;
-          log.error('stripe cannot be reconstructed', { volume: vol.name, chunk: entry.ctx.chunkIndex, err: err.message });
-        } else {
-          // No pool to rebuild onto (or a pool went away): stays Degraded, retried later.
-          entry.state = 'Degraded';
-          entry.reason = err instanceof NoSuitablePool ? `waiting for a pool: ${err.message}` : (err as Error).message;
-        }
+    };
+    // Stripes are independent; a few at once keep every pool busy.
+    await Promise.all(Array.from({ length: REBUILD_CONCURRENCY }, worker));
+  }
+
+  private async rebuildOne(key: string, entry: { ctx: StripeContext; state: StripeState; reason: string }): Promise<void> {
+    const vol = this.volumeById(entry.ctx.volumeId);
+    const ref = vol?.stripes.get(entry.ctx.chunkIndex);
+    if (!vol || !ref) {
+      this.states.delete(key); // rewritten or deleted meanwhile
+      return;
+    }
+    entry.state = 'Reconstructing';
+    try {
+      const next = await this.stripes.rebuild(ref);
+      if (next) {
+        await vol.replaceStripe(entry.ctx.chunkIndex, ref, next);
+        this.rebuiltStripes++;
+        log.debug('stripe reconstructed', { volume: vol.name, chunk: entry.ctx.chunkIndex });
+      }
+      this.states.delete(key);
+    } catch (err) {
+      if (err instanceof InsufficientShards) {
+        entry.state = 'Failed';
+        entry.reason = `unrecoverable: ${err.message}`;
+        log.error('stripe cannot be reconstructed', { volume: vol.name, chunk: entry.ctx.chunkIndex, err: err.message });
+      } else {
+        // No pool to rebuild onto (or a pool went away): stays Degraded, retried later.
+        entry.state = 'Degraded';
+        entry.reason = err instanceof NoSuitablePool ? `waiting for a pool: ${err.message}` : (err as Error).message;
       }
     }
   }
 
-  /** Re-reads and verifies every shard of every cold stripe, rate limited. */
-  scrub(): Promise<ScrubReport> {
+  /**
+   * Re-reads and verifies every shard of every cold stripe. The timer's
+   * scrub is rate limited; one an operator asks for (`couchestor scrub`)
+   * runs at full speed.
+   */
+  scrub(opts: { rateLimited: boolean } = { rateLimited: false }): Promise<ScrubReport> {
     if (this.scrubbing) return this.scrubbing;
-    this.scrubbing = this.scrubPass().finally(() => (this.scrubbing = null));
+    this.scrubbing = this.scrubPass(opts.rateLimited).finally(() => (this.scrubbing = null));
     return this.scrubbing;
   }
 
-  private async scrubPass(): Promise<ScrubReport> {
+  private async scrubPass(rateLimited: boolean): Promise<ScrubReport> {
     const started = Date.now();
     const report: ScrubReport = { stripesChecked: 0, badStripes: 0, durationMs: 0 };
-    const minGapMs = 1000 / Math.max(1, this.opts.scrubStripesPerSecond);
+    const minGapMs = rateLimited ? 1000 / Math.max(1, this.opts.scrubStripesPerSecond) : 0;
     let next = Date.now();
     for (const vol of this.allVolumes()) {
       for (const [c, ref] of [...vol.stripes]) {
