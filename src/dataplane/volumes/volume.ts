@@ -433,7 +433,10 @@ export class Volume {
    */
   destageChunk(c: number, verify = false): Promise<boolean> {
     const cold = this.cold;
-    if (!cold || this.destaging.has(c) || this.preparing.has(c) || this.failure || this.closed) return Promise.resolve(false);
+    // Already being destaged (by the destager or a migration): share that run.
+    const running = this.destaging.get(c);
+    if (running) return running;
+    if (!cold || this.preparing.has(c) || this.failure || this.closed) return Promise.resolve(false);
     const p = this.destage(cold, c, verify).finally(() => this.destaging.delete(c));
     this.destaging.set(c, p);
     return p;
