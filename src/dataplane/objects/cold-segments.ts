@@ -1,31 +1,14 @@
 // Cold-tier object bytes: each 1 MiB chunk of a segment becomes one
 // erasure-coded stripe through the StripeStore (src/dataplane/ec/stripe-store.ts).
-// The StripeStore is passed in by the daemon; until it exists, cold buckets
-// are refused at creation (ObjectStore checks `stripes` is present).
+// The StripeStore is passed in by the daemon; without a cold tier, cold
+// buckets are refused at creation (ObjectStore checks `stripes` is present).
 import { IncompleteBody, TooLarge } from '../errors.js';
+import type { StripeRef, StripeStore } from '../ec/stripe-store.js';
 import { type ByteObserver, type WriteLimits } from './hot-segments.js';
 
-/** Shapes of ec/stripe-store.ts, restated so this file compiles before it lands. */
-export interface ShardRef {
-  pool: string;
-  segment: number;
-  offsetBytes: number;
-  lengthBytes: number;
-}
-export interface StripeRef {
-  generation: number;
-  dataShards: number;
-  parityShards: number;
-  dataLengthBytes: number;
-  shards: ShardRef[];
-}
-export interface StripeStoreApi {
-  /** Each chunk of a cold object is one stripe of this many data bytes. */
-  readonly policy: { readonly stripeSizeBytes: number };
-  writeStripe(ownerId: Buffer, chunkIndex: number, generation: number, data: Buffer): Promise<StripeRef>;
-  readStripe(ref: StripeRef): Promise<Buffer>;
-  free(ref: StripeRef): void;
-}
+/** What cold objects need of the stripe store (the daemon passes its StripeStore). */
+export type StripeStoreApi = Pick<StripeStore, 'policy' | 'writeStripe' | 'readStripe' | 'free'>;
+export type { StripeRef };
 
 export interface ColdSegment {
   kind: 'cold';
