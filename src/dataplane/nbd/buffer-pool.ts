@@ -3,8 +3,12 @@
 // mark-compact every few dozen MiB of I/O ("external memory pressure"),
 // which stalls every connection; reusing them keeps the hot path GC-free.
 
-/** Payloads smaller than this come from Node's own small-buffer pool. */
-export const MIN_POOLED_BYTES = 8 * 1024;
+/**
+ * Payloads smaller than this come from Node's own small-buffer pool (which
+ * serves only requests < 4 KiB; a 4 KiB WRITE would otherwise cost a fresh
+ * ArrayBuffer each time).
+ */
+export const MIN_POOLED_BYTES = 4 * 1024;
 /** Bound on idle bytes kept for reuse across all connections. */
 export const MAX_IDLE_POOL_BYTES = 64 * 1024 * 1024;
 

@@ -126,6 +126,28 @@ export class Volume {
     });
   }
 
+  /**
+   * read() done on the calling thread, for the NBD front end's idle fast
+   * path (the rule and its numbers are in nbd/connection.ts). Returns false,
+   * having done nothing, when the range needs the async path (cold tier,
+   * journal overlays, a failed or closed volume); throws what readSync throws.
+   */
+  readSync(offsetBytes: number, lengthBytes: number, dst: Buffer, dstOffset: number): boolean {
+    if (this.usable(false) || this.stripes.size > 0 || (this.cold && this.cold.journal.hasVolume(this.rec.id))) return false;
+    this.counters.readOps++;
+    this.counters.readBytes += lengthBytes;
+    this.fileReads++;
+    let n: number;
+    try {
+      n = fs.readSync(this.fd, dst, dstOffset, lengthBytes, offsetBytes);
+    } finally {
+      this.fileReadDone();
+    }
+    if (n < lengthBytes) dst.fill(0, dstOffset + n, dstOffset + lengthBytes);
+    this.zeroDiscarded(offsetBytes, lengthBytes, dst, dstOffset);
+    return true;
+  }
+
   private fileReadDone(): void {
     if (--this.fileReads === 0 && this.fileReadsDrained) {
       const done = this.fileReadsDrained;
@@ -212,6 +234,39 @@ export class Volume {
       () => this.pwrite(offsetBytes, data, fua, done),
       (err: Error) => done(err),
     );
+  }
+
+  /**
+   * write() without FUA done on the calling thread, for the NBD front end's
+   * idle fast path. Returns false, having done nothing, unless every chunk
+   * touched is already Allocated in the file with nothing pending on it (the
+   * case where allocate() would return null without side effects); throws
+   * what writeSync throws. Counted as a file mutation like write().
+   */
+  writeSync(offsetBytes: number, data: Buffer): boolean {
+    if (this.usable(true) || this.rec.tier === 'cold' || !this.allocatedInFile(offsetBytes, data.length)) return false;
+    this.counters.writeOps++;
+    this.counters.writeBytes += data.length;
+    this.fileMutations++;
+    try {
+      const n = fs.writeSync(this.fd, data, 0, data.length, offsetBytes);
+      if (n !== data.length) throw new Error(`short write: ${n} of ${data.length} bytes`);
+    } finally {
+      this.fileMutationDone();
+    }
+    return true;
+  }
+
+  /** True when allocate() would skip every chunk of the range (see its loop). */
+  private allocatedInFile(offsetBytes: number, lengthBytes: number): boolean {
+    const cs = this.rec.chunkSizeBytes;
+    const first = Math.floor(offsetBytes / cs);
+    const last = Math.floor((offsetBytes + lengthBytes - 1) / cs);
+    for (let c = first; c <= last; c++) {
+      if (this.chunkState[c] !== ChunkState.Allocated || this.preparing.has(c) || this.destaging.has(c)) return false;
+      if (this.cold !== null && this.cold.journal.extents(this.rec.id, c) !== undefined) return false;
+    }
+    return true;
   }
 
   private fileMutationDone(): void {
