@@ -10,7 +10,7 @@ import type { CacheManager, L3Backend } from '../cache/index.js';
 import { log } from '../../log.js';
 import { decodeStripe, encodeStripe, reconstruct } from './codec.js';
 import type { ErasureCodingPolicy } from './policy.js';
-import { encodeShardRecord } from './shard-record.js';
+import { decodeShardHeader, decodeShardRecord, encodeShardRecord, SHARD_HEADER_BYTES } from './shard-record.js';
 import { SegmentStore, type SegmentLocation } from './segment-store.js';
 
 export interface ShardRef {
@@ -37,6 +37,11 @@ export interface StripeHealth {
   bad: number[];
 }
 
+/** Every shard of a stripe as read and verified; undefined where bad (listed in `bad`). */
+export interface InspectedStripe extends StripeHealth {
+  shards: (Buffer | undefined)[];
+}
+
 /** Which chunk a stripe belongs to (for queuing its reconstruction). */
 export interface StripeContext {
   volumeId: number;
@@ -49,6 +54,11 @@ export interface StripeStoreCounters {
   degradedReads: number;
   failedReads: number;
   shardsRebuilt: number;
+}
+
+/** A stripe read back after writing does not match what was written (migration VERIFY). */
+export class VerifyMismatch extends Error {
+  override name = 'VerifyMismatch';
 }
 
 export class StripeStore {
@@ -122,25 +132,27 @@ export class StripeStore {
     return { pool: pool.name, ...(loc as SegmentLocation) };
   }
 
-  /** Encodes and durably writes one stripe; resolves with its reference. */
-  async writeStripe(ownerId: Buffer, chunkIndex: number, generation: number, data: Buffer): Promise<StripeRef> {
+  /**
+   * Encodes and durably writes one stripe; resolves with its reference. With
+   * `verify`, every shard record is read back once durable and must be byte
+   * for byte the record written (so its CRC holds), and each data shard's
+   * stored payload must equal its slice of `data`: the stored stripe is
+   * proven to decode to the source without a decode, a cache fill or a
+   * second CRC pass. VerifyMismatch otherwise.
+   */
+  async writeStripe(ownerId: Buffer, chunkIndex: number, generation: number, data: Buffer, opts: { verify?: boolean } = {}): Promise<StripeRef> {
     const p = this.policy;
     const shards = await encodeStripe(p, data);
     const pools = this.placement(p.dataShards + p.parityShards, new Set());
-    const refs = await Promise.all(
-      shards.map((shard, i) =>
-        this.appendShard(
-          pools[i]!,
-          encodeShardRecord(
-            { ownerId, chunkIndex, stripeGeneration: generation, shardIndex: i, dataShards: p.dataShards, parityShards: p.parityShards },
-            shard,
-            p.compression,
-          ),
-        ),
+    const records = shards.map((shard, i) =>
+      encodeShardRecord(
+        { ownerId, chunkIndex, stripeGeneration: generation, shardIndex: i, dataShards: p.dataShards, parityShards: p.parityShards },
+        shard,
+        p.compression,
       ),
     );
-    this.counters.stripesWritten++;
-    return {
+    const refs = await Promise.all(records.map((record, i) => this.appendShard(pools[i]!, record)));
+    const ref: StripeRef = {
       ownerId: ownerId.toString('hex'),
       chunkIndex,
       generation,
@@ -150,6 +162,32 @@ export class StripeStore {
       dataLengthBytes: data.length,
       shards: refs,
     };
+    if (opts.verify === true) await this.verifyWritten(ref, records, data);
+    this.counters.stripesWritten++;
+    return ref;
+  }
+
+  private async verifyWritten(ref: StripeRef, records: Buffer[], data: Buffer): Promise<void> {
+    const shardBytes = ref.stripeSizeBytes / ref.dataShards;
+    await Promise.all(
+      records.map(async (written, i) => {
+        const s = ref.shards[i]!;
+        const pool = this.poolByName(s.pool);
+        const store = pool ? await this.store(pool) : null;
+        if (!store) throw new VerifyMismatch(`chunk ${ref.chunkIndex}: pool ${s.pool} of shard ${i} went offline before verification`);
+        const stored = await store.readBackMatches(s, written);
+        if (!stored) throw new VerifyMismatch(`chunk ${ref.chunkIndex}: shard ${i} on pool ${s.pool} does not read back as written`);
+        if (i >= ref.dataShards) return; // parity: proven equal to what the encoder produced
+        const from = i * shardBytes;
+        const want = data.subarray(Math.min(from, data.length), Math.min(from + shardBytes, data.length));
+        // Uncompressed records hold the shard itself; a compressed one is decoded (and its CRC checked) once.
+        const payload = decodeShardHeader(stored).compression === 'lz4' ? decodeShardRecord(stored).shard : stored.subarray(SHARD_HEADER_BYTES);
+        const tailIsPadding = payload.subarray(want.length).every((b) => b === 0);
+        if (payload.length !== shardBytes || !payload.subarray(0, want.length).equals(want) || !tailIsPadding) {
+          throw new VerifyMismatch(`chunk ${ref.chunkIndex}: data shard ${i} on pool ${s.pool} does not hold its slice of the source`);
+        }
+      }),
+    );
   }
 
   /** One verified shard, or undefined when it cannot be had. */
@@ -261,19 +299,29 @@ export class StripeStore {
 
   /** Checks every shard of a stripe (scrub). */
   async check(ref: StripeRef): Promise<StripeHealth> {
+    return { bad: (await this.inspect(ref)).bad };
+  }
+
+  /**
+   * Reads and verifies every shard of a stripe (CRC and identity), keeping
+   * the good ones so a rebuild that follows need not read them again.
+   */
+  async inspect(ref: StripeRef): Promise<InspectedStripe> {
     const n = ref.dataShards + ref.parityShards;
     const shards = await Promise.all(Array.from({ length: n }, (_, i) => this.readShard(ref, i)));
     const bad: number[] = [];
     shards.forEach((s, i) => s === undefined && bad.push(i));
-    return { bad };
+    return { bad, shards };
   }
 
   /**
    * Rebuilds bad shards onto cold pools that hold no other shard of the
    * stripe. Returns the new reference (same generation), or null when the
    * stripe is healthy. Throws NoSuitablePool / InsufficientShards.
+   * `inspected`: this stripe's shards as inspect() just read them (verified,
+   * identity checked), so they are not read a second time.
    */
-  async rebuild(ref: StripeRef): Promise<StripeRef | null> {
+  async rebuild(ref: StripeRef, inspected?: InspectedStripe): Promise<StripeRef | null> {
     const ownerId = Buffer.from(ref.ownerId, 'hex');
     const chunkIndex = ref.chunkIndex;
     const n = ref.dataShards + ref.parityShards;
@@ -283,9 +331,8 @@ export class StripeStore {
     // each retry re-reads and decodes every degraded stripe only to fail here.
     const online = this.pools().filter((p) => p.rec.tier === 'cold' && p.isOnline()).length;
     if (online < n) throw new NoSuitablePool(`need ${n} online cold pools to rebuild a stripe, have ${online}`);
-    const shards = await Promise.all(Array.from({ length: n }, (_, i) => this.readShard(ref, i)));
-    const bad: number[] = [];
-    shards.forEach((s, i) => s === undefined && bad.push(i));
+    const { bad, shards } = inspected ?? (await this.inspect(ref));
+    if (shards.length !== n) throw new RangeError(`inspected stripe has ${shards.length} shard slots, expected ${n}`);
     if (bad.length === 0) return null;
     if (bad.length > ref.parityShards) throw new InsufficientShards(`stripe lost ${bad.length} shards, parity ${ref.parityShards}`);
     const full = await reconstruct(this.policyOf(ref), shards);

@@ -524,11 +524,8 @@ export class Volume {
       if (isZero(data)) {
         entry = { state: ChunkState.Discarded, pool: this.pool.name, destagedSeq: upto };
       } else {
-        const ref = await cold.stripes.writeStripe(volumeOwnerId(this.rec.id), c, (oldRef?.generation ?? 0) + 1, data);
-        if (verify) {
-          const back = await cold.stripes.readStripe(ref);
-          if (crc32c(back) !== crc32c(data)) throw new VerifyFailed(`volume ${this.name} chunk ${c}: stripe does not match its source`);
-        }
+        // VERIFY (read-back compare) happens inside writeStripe: no decode, no cache fill.
+        const ref = await cold.stripes.writeStripe(volumeOwnerId(this.rec.id), c, (oldRef?.generation ?? 0) + 1, data, { verify });
         entry = { state: ChunkState.Cold, pool: '', stripe: ref, destagedSeq: upto };
       }
       if (this.closed) return false;
