@@ -50,7 +50,11 @@ export class NbdServer implements ExportResolver {
       return;
     }
     let conn: NbdConnection | null = null;
-    const socket = withOwnReadBuffer(raw, (bytes) => conn!.onSocketRead(bytes, true));
+    const socket = withOwnReadBuffer(
+      raw,
+      (shared) => conn?.nextReadBuffer(shared) ?? shared,
+      (bytes) => conn!.onSocketRead(bytes, true),
+    );
     this.sockets.add(socket);
     conn = new NbdConnection(socket, this, () => this.sockets.delete(socket), socket !== raw);
   }
@@ -89,6 +93,7 @@ export class NbdServer implements ExportResolver {
  * side at 360-390 MB/s with the volume write stubbed out. One buffer serves
  * every connection: libuv hands it to one read at a time and
  * NbdConnection.onSocketRead consumes or copies the bytes before returning.
+ * (Large WRITE payloads bypass it: see NbdConnection.nextReadBuffer.)
  */
 const READ_BUFFER_BYTES = 256 * 1024;
 const sharedReadBuffer = Buffer.allocUnsafeSlow(READ_BUFFER_BYTES);
@@ -101,7 +106,7 @@ const sharedReadBuffer = Buffer.allocUnsafeSlow(READ_BUFFER_BYTES);
  * Falls back to the original socket (and 'data' events) if the handle is not
  * where Node 20 keeps it.
  */
-function withOwnReadBuffer(raw: net.Socket, onBytes: (bytes: Buffer) => void): net.Socket {
+function withOwnReadBuffer(raw: net.Socket, target: (shared: Buffer) => Buffer, onBytes: (bytes: Buffer) => void): net.Socket {
   const holder = raw as unknown as { _handle: unknown };
   const handle = holder._handle;
   if (!handle) {
@@ -115,8 +120,9 @@ function withOwnReadBuffer(raw: net.Socket, onBytes: (bytes: Buffer) => void): n
     readable: true,
     writable: true,
     onread: {
-      buffer: sharedReadBuffer,
-      callback: (bytesRead: number): void => onBytes(sharedReadBuffer.subarray(0, bytesRead)),
+      // Asked before every read: the connection may point it into a WRITE payload.
+      buffer: (): Buffer => target(sharedReadBuffer),
+      callback: (bytesRead: number, buf: Buffer): void => onBytes(buf.subarray(0, bytesRead)),
     },
   };
   // `handle` (and `onread` outside connect()) are accepted by Node 20's Socket but not in @types/node.
