@@ -7,6 +7,7 @@
 #   bash bench/nbd-vs-nbdkit.sh            # quick: 2 s per run (~3 minutes)
 #   RUNTIME=10 bash bench/nbd-vs-nbdkit.sh # the issue's 10 s runs (~13 minutes)
 #   ONLY="write-1m-qd8" bash bench/nbd-vs-nbdkit.sh   # a subset of the jobs
+#   RAW=/tmp/runs.txt bash bench/nbd-vs-nbdkit.sh     # also keep every run's figures
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -122,4 +123,5 @@ for (const k of order) {
   console.log(pad(job, 20) + pad(tr, 11) + pad(ci, 17) + pad(cb, 9) + pad(ni, 13) + pad(nb, 9) + (ci / ni).toFixed(2) + "x");
 }
 ' "$RESULTS"
+[ -n "${RAW:-}" ] && cp "$RESULTS" "$RAW"   # every run's figures: job transport server IOPS MiB/s
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
