@@ -4,7 +4,7 @@
 import { InsufficientShards, NoSuitablePool } from '../errors.js';
 import { log } from '../../log.js';
 import type { Volume } from '../volumes/volume.js';
-import type { InspectedStripe, StripeContext, StripeRef, StripeStore } from './stripe-store.js';
+import { StripeStore, type InspectedStripe, type StripeContext, type StripeRef } from './stripe-store.js';
 
 export type StripeState = 'Healthy' | 'Degraded' | 'Reconstructing' | 'Failed';
 
@@ -163,12 +163,15 @@ export class Reconstructor {
       const todo = [...vol.stripes];
       let i = 0;
       const worker = async () => {
+        // Reused for every stripe this worker checks: nothing keeps a shard past scrubOne.
+        let scratch: Buffer[] | undefined;
         while (i < todo.length && !this.stopped) {
           const [c, ref] = todo[i++]!;
           const wait = next - Date.now();
           next = Math.max(Date.now(), next) + minGapMs;
           if (wait > 0) await new Promise((r) => setTimeout(r, wait));
-          await this.scrubOne(vol, c, ref, report);
+          scratch = StripeStore.scratchFor(ref, scratch);
+          await this.scrubOne(vol, c, ref, report, scratch);
         }
       };
       // The timer's scrub keeps one stripe at a time (it paces itself anyway).
@@ -182,9 +185,13 @@ export class Reconstructor {
     return report;
   }
 
-  /** Verifies one stripe; a bad one is rebuilt at once from the shards just read (not read again). */
-  private async scrubOne(vol: Volume, c: number, ref: StripeRef, report: ScrubReport): Promise<void> {
-    const inspected = await this.stripes.inspect(ref);
+  /**
+   * Verifies one stripe; a bad one is rebuilt at once from the shards just
+   * read (not read again). The shards are views of `scratch`: the rebuild
+   * copies what it needs (reconstruct's output) before this returns.
+   */
+  private async scrubOne(vol: Volume, c: number, ref: StripeRef, report: ScrubReport, scratch: Buffer[]): Promise<void> {
+    const inspected = await this.stripes.inspect(ref, scratch);
     report.stripesChecked++;
     if (inspected.bad.length === 0) return;
     report.badStripes++;
