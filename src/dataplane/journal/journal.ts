@@ -205,9 +205,10 @@ export class Journal {
       this.head = this.createFile(old.no + 1);
       this.maybeRemove(old);
     }
-    // Held in memory until destaged: never pin a much larger socket buffer
-    // behind a small slice (the journal's bound counts record bytes).
-    if (data && data.buffer.byteLength > 2 * data.length) data = Buffer.from(data);
+    // Held in memory until destaged, so the journal owns its own copy: the
+    // caller's buffer (a recycled NBD payload, a slice of a socket buffer)
+    // is free for reuse once the write is acknowledged.
+    if (data) data = Buffer.from(data);
     const f = this.head;
     const seq = this.nextSeq++;
     const header = Buffer.alloc(JOURNAL_HEADER_BYTES);

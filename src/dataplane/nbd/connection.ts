@@ -573,11 +573,10 @@ export class NbdConnection {
             return this.finish(cookie, err, data.length);
           }
         }
-        // The cold tier's journal keeps written data in memory until it is
-        // destaged, so only hot/warm writes may hand the buffer back.
-        const recycle = vol.rec.tier !== 'cold';
+        // Volume.write never keeps `data` past its callback (the journal
+        // copies what it holds), so the buffer always goes back to the pool.
         vol.write(offset, data, fua, (err) => {
-          if (recycle) payloadPool.release(data);
+          payloadPool.release(data);
           this.finish(cookie, err, data.length);
         });
         return;

@@ -56,6 +56,10 @@ export class Volume {
   /** Stripe of every chunk in state Cold. */
   readonly stripes = new Map<number, StripeRef>();
   private readonly destaging = new Map<number, Promise<boolean>>();
+  /** Requests in flight, and the tier-switch gate new requests wait at. */
+  private ops = 0;
+  private readonly opsDrained: (() => void)[] = [];
+  private gate: Promise<void> | null = null;
   /** Writes/zeroes/trims on the file path in flight (see drainFileMutations). */
   private fileMutations = 0;
   private readonly fileMutationsDrained: (() => void)[] = [];
@@ -106,8 +110,84 @@ export class Volume {
     return null;
   }
 
-  /** Reads [offset, offset+length) into dst[0..length). */
+  // ---- the tier-switch gate ---------------------------------------------
+  // A switch of tier (migration) is a brief quiesce point: new requests wait
+  // at the gate, requests in flight and chunk moves finish, the tier flips,
+  // the gate opens. Every request then runs wholly under one tier, which
+  // rules out the races of a write or a chunk move straddling the switch.
+
+  /** Reads [offset, offset+length) into dst[dstOffset..]. */
   read(offsetBytes: number, lengthBytes: number, dst: Buffer, dstOffset: number, cb: DoneCb): void {
+    if (this.gate) {
+      this.gate.then(() => this.read(offsetBytes, lengthBytes, dst, dstOffset, cb));
+      return;
+    }
+    this.ops++;
+    this.readNow(offsetBytes, lengthBytes, dst, dstOffset, (err) => {
+      this.opDone();
+      cb(err);
+    });
+  }
+
+  /**
+   * Writes data at offset; with fua the reply waits until it is durable.
+   * `data` is not referenced after `cb` runs (callers may recycle it).
+   */
+  write(offsetBytes: number, data: Buffer, fua: boolean, cb: DoneCb): void {
+    if (this.gate) {
+      this.gate.then(() => this.write(offsetBytes, data, fua, cb));
+      return;
+    }
+    this.ops++;
+    this.writeNow(offsetBytes, data, fua, (err) => {
+      this.opDone();
+      cb(err);
+    });
+  }
+
+  async writeZeroes(offsetBytes: number, lengthBytes: number, opts: { noHole: boolean; fua: boolean; fastZero: boolean }): Promise<void> {
+    while (this.gate) await this.gate;
+    this.ops++;
+    try {
+      return await this.writeZeroesNow(offsetBytes, lengthBytes, opts);
+    } finally {
+      this.opDone();
+    }
+  }
+
+  async trim(offsetBytes: number, lengthBytes: number, fua: boolean): Promise<void> {
+    while (this.gate) await this.gate;
+    this.ops++;
+    try {
+      return await this.trimNow(offsetBytes, lengthBytes, fua);
+    } finally {
+      this.opDone();
+    }
+  }
+
+  private opDone(): void {
+    if (--this.ops === 0) for (const w of this.opsDrained.splice(0)) w();
+  }
+
+  /** Persists a new tier for the volume at a quiesce point (see the gate above). */
+  async setTier(tier: VolumeRecord['tier']): Promise<void> {
+    while (this.gate) await this.gate;
+    let open!: () => void;
+    this.gate = new Promise<void>((r) => (open = r));
+    try {
+      if (this.ops > 0) await new Promise<void>((r) => this.opsDrained.push(r));
+      await Promise.allSettled([...this.preparing.values(), ...this.destaging.values()]);
+      this.rec = { ...this.rec, tier };
+      await this.meta.volumes.put(this.rec.name, this.rec);
+      await this.meta.durable();
+    } finally {
+      this.gate = null;
+      open();
+    }
+  }
+
+  /** Reads [offset, offset+length) into dst[0..length). */
+  private readNow(offsetBytes: number, lengthBytes: number, dst: Buffer, dstOffset: number, cb: DoneCb): void {
     const bad = this.usable(false);
     if (bad) return cb(bad);
     this.counters.readOps++;
@@ -133,7 +213,7 @@ export class Volume {
    * journal overlays, a failed or closed volume); throws what readSync throws.
    */
   readSync(offsetBytes: number, lengthBytes: number, dst: Buffer, dstOffset: number): boolean {
-    if (this.usable(false) || this.stripes.size > 0 || (this.cold && this.cold.journal.hasVolume(this.rec.id))) return false;
+    if (this.gate || this.usable(false) || this.stripes.size > 0 || (this.cold && this.cold.journal.hasVolume(this.rec.id))) return false;
     this.counters.readOps++;
     this.counters.readBytes += lengthBytes;
     this.fileReads++;
@@ -210,11 +290,10 @@ export class Volume {
   }
 
   /**
-   * Writes data at offset; with fua the reply waits until it is durable.
-   * Hot/warm volumes do not reference `data` once `cb` has run (the NBD front
-   * end recycles it); cold volumes keep it in the journal until destaged.
+   * write() once past the gate; the journal copies what it keeps, so `data`
+   * is never referenced after `cb`.
    */
-  write(offsetBytes: number, data: Buffer, fua: boolean, cb: DoneCb): void {
+  private writeNow(offsetBytes: number, data: Buffer, fua: boolean, cb: DoneCb): void {
     const bad = this.usable(true);
     if (bad) return cb(bad);
     this.counters.writeOps++;
@@ -244,7 +323,7 @@ export class Volume {
    * what writeSync throws. Counted as a file mutation like write().
    */
   writeSync(offsetBytes: number, data: Buffer): boolean {
-    if (this.usable(true) || this.rec.tier === 'cold' || !this.allocatedInFile(offsetBytes, data.length)) return false;
+    if (this.gate || this.usable(true) || this.rec.tier === 'cold' || !this.allocatedInFile(offsetBytes, data.length)) return false;
     this.counters.writeOps++;
     this.counters.writeBytes += data.length;
     this.fileMutations++;
@@ -459,12 +538,6 @@ export class Volume {
     return out;
   }
 
-  /** Persists a new tier for the volume (writes route by it from now on). */
-  async setTier(tier: VolumeRecord['tier']): Promise<void> {
-    this.rec = { ...this.rec, tier };
-    await this.meta.volumes.put(this.rec.name, this.rec);
-    await this.meta.durable();
-  }
 
   /** RELEASE after hot -> cold: the file holds no live chunk any more; give its space back. */
   async releaseFile(): Promise<void> {
@@ -557,7 +630,7 @@ export class Volume {
    * partial chunks get real zeros. With fastZero, fails with `SlowZero`
    * instead of writing zeros.
    */
-  async writeZeroes(offsetBytes: number, lengthBytes: number, opts: { noHole: boolean; fua: boolean; fastZero: boolean }): Promise<void> {
+  private async writeZeroesNow(offsetBytes: number, lengthBytes: number, opts: { noHole: boolean; fua: boolean; fastZero: boolean }): Promise<void> {
     const bad = this.usable(true);
     if (bad) throw bad;
     this.counters.writeOps++;
@@ -601,7 +674,7 @@ export class Volume {
   }
 
   /** Discards whole chunks inside the range; partial chunks are left as they are (TRIM is advisory). */
-  async trim(offsetBytes: number, lengthBytes: number, fua: boolean): Promise<void> {
+  private async trimNow(offsetBytes: number, lengthBytes: number, fua: boolean): Promise<void> {
     const bad = this.usable(true);
     if (bad) throw bad;
     // On cold volumes a trim is journaled as zeros: it must not leave old stripe data visible.
