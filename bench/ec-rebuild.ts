@@ -12,8 +12,7 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { CLIENT_ENV } from '../test/helpers/daemon.js';
-import { MiB, coldStatus, createVolume, destage, losePool, patternBytes, replacePool, scrub, segmentBytes, segmentFiles, startColdDaemon } from '../test/helpers/cold.js';
+import { MiB, coldStatus, fillColdVolume, losePool, replacePool, scrub, segmentBytes, segmentFiles, startColdDaemon } from '../test/helpers/cold.js';
 
 const VOLUME_MIB = Number(process.env.VOLUME_MIB ?? 256);
 const LOST_POOLS = [1, 3, 5];
@@ -40,15 +39,8 @@ function rawCopy(files: string[], dstDir: string): { bytes: number; mbps: number
 
 const d = await startColdDaemon();
 try {
-  await createVolume(d, 'bench', VOLUME_MIB * MiB, 'cold');
-  const src = path.join(d.dataDir, 'src.bin');
-  fs.writeFileSync(src, patternBytes(VOLUME_MIB * MiB, 7));
-  const w = spawnSync('nbdcopy', [src, d.exportUri('bench')], { env: CLIENT_ENV, encoding: 'utf8' });
-  if (w.status !== 0) throw new Error(`nbdcopy write failed: ${w.stderr}`);
-  fs.rmSync(src);
-  await destage(d);
-  const stripes = (await coldStatus(d)).stripes.Healthy;
-  if (stripes !== VOLUME_MIB) throw new Error(`expected ${VOLUME_MIB} stripes, have ${stripes}`);
+  await fillColdVolume(d, 'bench', VOLUME_MIB, 7);
+  const stripes = VOLUME_MIB; // fillColdVolume checked: one stripe per MiB
 
   const rebuild: number[] = [];
   const raw: number[] = [];

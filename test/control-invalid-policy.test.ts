@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { decisionFor, fioFill, policyNamed, policyYaml, reconcile, sleep, startControlDaemon, volume, WINDOW_SETTLE_MS, writePolicy, createVolume } from './helpers/control-loop.js';
 
 const MiB = 1024 * 1024;
-const only = (v: string) => ({ volumeSelector: { matchLabels: { 'couchestor.io/volume': v } } });
+const selectVolume = (v: string) => ({ volumeSelector: { matchLabels: { 'couchestor.io/volume': v } } });
 
 const INVALID: { file: string; name: string; spec: Record<string, unknown>; reason: RegExp }[] = [
   { file: 'a-low-high.yaml', name: 'low-not-below-high', spec: { lowWatermarkIOPS: 300, highWatermarkIOPS: 300 }, reason: /lowWatermarkIOPS \(300\) must be below highWatermarkIOPS \(300\)/ },
@@ -17,9 +17,9 @@ const INVALID: { file: string; name: string; spec: Record<string, unknown>; reas
 ];
 
 test('invalid policies: phase Error with the reason; a valid neighbour keeps migrating', async (t) => {
-  const policies: Record<string, string> = { 'z-valid.yaml': policyYaml('valid', only('good')) };
+  const policies: Record<string, string> = { 'z-valid.yaml': policyYaml('valid', selectVolume('good')) };
   // Every invalid policy would also claim `good` if it were read as valid.
-  for (const i of INVALID) policies[i.file] = policyYaml(i.name, { ...only('good'), ...i.spec });
+  for (const i of INVALID) policies[i.file] = policyYaml(i.name, { ...selectVolume('good'), ...i.spec });
   const d = await startControlDaemon({ policies });
   t.after(() => d.cleanup());
   await createVolume(d, 'good', 8 * MiB);
@@ -50,7 +50,7 @@ test('invalid policies: phase Error with the reason; a valid neighbour keeps mig
   assert.match(text.stdout, /policy unknown-field: Error \(spec\.replicas is not a StoragePolicy field\)/);
 
   // Policies are re-read every pass: a fixed file turns valid.
-  writePolicy(d, 'a-low-high.yaml', policyYaml('low-not-below-high', { ...only('nothing-here'), lowWatermarkIOPS: 10 }));
+  writePolicy(d, 'a-low-high.yaml', policyYaml('low-not-below-high', { ...selectVolume('nothing-here'), lowWatermarkIOPS: 10 }));
   const fixed = policyNamed(await reconcile(d, false), 'low-not-below-high');
   assert.equal(fixed.phase, 'Active');
   assert.equal(fixed.reason, undefined);

@@ -6,7 +6,8 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { TestDaemon, run } from './daemon.js';
+import { spawnSync } from 'node:child_process';
+import { CLIENT_ENV, TestDaemon, run } from './daemon.js';
 import { DEFAULT_EC_POLICY_YAML } from '../../src/config.js';
 
 export const MiB = 1024 * 1024;
@@ -177,4 +178,20 @@ export function assertSameBytes(got: Buffer, want: Buffer, what: string): void {
   let i = 0;
   while (got[i] === want[i]) i++;
   assert.fail(`${what}: first differing byte at offset ${i} (got ${got[i]}, want ${want[i]})`);
+}
+
+/**
+ * Writes `sizeMiB` MiB of seeded pattern into cold volume `name` with nbdcopy
+ * and destages it into exactly one stripe per MiB (used by the EC benchmarks).
+ */
+export async function fillColdVolume(d: TestDaemon, name: string, sizeMiB: number, seed: number): Promise<void> {
+  await createVolume(d, name, sizeMiB * MiB, 'cold');
+  const src = path.join(d.dataDir, 'src.bin');
+  fs.writeFileSync(src, patternBytes(sizeMiB * MiB, seed));
+  const w = spawnSync('nbdcopy', [src, d.exportUri(name)], { env: CLIENT_ENV, encoding: 'utf8' });
+  if (w.status !== 0) throw new Error(`nbdcopy write failed: ${w.stderr}`);
+  fs.rmSync(src);
+  await destage(d);
+  const stripes = (await coldStatus(d)).stripes.Healthy;
+  if (stripes !== sizeMiB) throw new Error(`expected ${sizeMiB} stripes, have ${stripes}`);
 }
