@@ -500,6 +500,13 @@ export class Volume {
     await this.destaging.get(c)?.catch(() => undefined);
     const cs = this.rec.chunkSizeBytes;
     const st = this.chunkState[c];
+    // Already in the file with nothing journaled on top (promoted by a
+    // migration or a write since the caller looked, e.g. a destager pass
+    // listing chunks before a cold -> hot switch): nothing to merge. Copying
+    // the file onto itself anyway is a read-modify-write that puts back the
+    // old bytes of any pwrite in flight (they passed allocate() before this
+    // promote registered, so they do not wait for it).
+    if (st === ChunkState.Allocated && this.lastSeq(c) === 0) return;
     if (st !== ChunkState.Allocated) this.pool.reserve(cs);
     try {
       const buf = Buffer.allocUnsafe(cs);
@@ -577,6 +584,9 @@ export class Volume {
    */
   async drainJournalChunk(c: number): Promise<boolean> {
     if (this.rec.tier === 'cold') return this.destageChunk(c);
+    // The destager's list is made when its pass starts; a migration or a
+    // write may have merged the chunk into the file since.
+    if (this.lastSeq(c) === 0) return false;
     await this.ensurePromoted(c);
     return true;
   }

@@ -1,12 +1,10 @@
-// KNOWN-FAILING REPRODUCER, kept out of `npm test` on purpose (see the issue #4
-// note): back-to-back hot -> cold -> hot cycles under an 8-deep fio randwrite
-// verify job occasionally read back a block's initial fill bytes right after a
-// hot -> cold migration starts that follows a cold -> hot one (about 1 run in 3
-// on the 2-core dev VM). Two causes were found and fixed (file writes in flight
-// at the switch; a destage straddling a switch to hot) and the switch is now a
-// quiesce point, but a third cause is still open. Run it with
-//   npm run repro:migration-under-writes
-// and move it back to a *.test.ts name once it passes every time.
+// Regression test of issue #4's data-integrity bug: back-to-back hot <-> cold
+// cycles under an 8-deep fio randwrite verify job, with a 20 ms destager.
+// Three causes were found with it: a file write in flight at the switch to
+// cold, a destage straddling a switch to hot, and (the last) a destager pass
+// listing journaled chunks before a cold -> hot migration promoted them,
+// then copying each promoted chunk's file onto itself over writes in flight
+// (test/destage-after-promote-keeps-writes forces that race directly).
 // Migrations while a client writes flat out: chunks written during the copy
 // are copied again, the background destager works on the same chunks at the
 // same time, and every migration still completes with the bytes intact.
