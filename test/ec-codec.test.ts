@@ -15,6 +15,7 @@ import {
   encodeStripe,
   InsufficientShards,
   reconstruct,
+  reconstructMissing,
 } from "../src/dataplane/ec/codec.js";
 import { validatePolicy, type ErasureCodingPolicy } from "../src/dataplane/ec/policy.js";
 import { InsufficientShards as StorageInsufficientShards } from "../src/dataplane/errors.js";
@@ -65,6 +66,11 @@ async function assertEveryLossPatternRecovers(p: ErasureCodingPolicy): Promise<v
     }
     const stripe = await decodeStripe(p, damaged);
     assert.ok(stripe.equals(original), `${k}+${m}: lost [${lost}] -> decoded stripe differs`);
+    // The rebuild path: only the lost shards come back, in slot order.
+    const only = await reconstructMissing(p, damaged);
+    assert.deepEqual(only.missing, lost);
+    assert.equal(only.rebuilt.length, lost.length);
+    lost.forEach((i, t) => assert.ok(only.rebuilt[t]!.equals(shards[i]!), `${k}+${m}: lost [${lost}] -> reconstructMissing shard ${i} differs`));
     patterns++;
   }
   assert.equal(patterns, binomialSum(k + m, m));
@@ -95,6 +101,7 @@ test("more than m lost shards throws InsufficientShards with the counts", async 
       return true;
     });
     await assert.rejects(decodeStripe(p, damaged), InsufficientShards);
+    await assert.rejects(reconstructMissing(p, damaged), InsufficientShards);
   }
 });
 

@@ -319,6 +319,37 @@ export async function reconstruct(
 }
 
 /**
+ * Rebuild only the missing shards (undefined slots) of a stripe, for a
+ * reconstruction that writes just those: unlike reconstruct(), the present
+ * shards are neither copied nor returned (on a rebuild after a pool loss that
+ * copy was 1.25 MiB of 1.5 MiB allocated per 4+2 stripe for 256 KiB of output).
+ * Returns one fresh shard per missing slot, in slot order (the order of
+ * `missing`); an empty array when nothing is missing. The present shards may
+ * be reused by the caller once the promise settles.
+ */
+export async function reconstructMissing(
+  policy: ErasureCodingPolicy,
+  shards: ReadonlyArray<Buffer | undefined>,
+): Promise<{ missing: number[]; rebuilt: Buffer[] }> {
+  const shardBytes = checkPolicyShape(policy);
+  const k = policy.dataShards;
+  const m = policy.parityShards;
+  const { sourceIndexes, missing } = survey(policy, shards, shardBytes);
+  if (missing.length === 0) return { missing, rebuilt: [] };
+  // Unzeroed: ISA-L writes every byte of every target.
+  const all = Buffer.allocUnsafe(shardBytes * missing.length);
+  const rebuilt = missing.map((_, t) => all.subarray(t * shardBytes, (t + 1) * shardBytes));
+  await runCode(
+    decodeTablesFor(k, m, sourceIndexes, missing, false),
+    sourceIndexes.map((i) => shards[i]!),
+    rebuilt,
+    shardBytes,
+    policy.stripeSizeBytes,
+  );
+  return { missing, rebuilt };
+}
+
+/**
  * Degraded read: return the stripe's k x shardBytes data bytes in one buffer,
  * rebuilding only missing data shards (parity is not recomputed). At most m
  * slots may be undefined, otherwise InsufficientShards. The result is `into`

@@ -4,7 +4,7 @@
 import { InsufficientShards, NoSuitablePool } from '../errors.js';
 import { log } from '../../log.js';
 import type { Volume } from '../volumes/volume.js';
-import { StripeStore, type InspectedStripe, type StripeContext, type StripeRef } from './stripe-store.js';
+import { StripeStore, type InspectedStripe, type PreparedRebuild, type StripeContext, type StripeRef } from './stripe-store.js';
 
 export type StripeState = 'Healthy' | 'Degraded' | 'Reconstructing' | 'Failed';
 
@@ -21,6 +21,20 @@ export const REBUILD_CONCURRENCY = 4;
  */
 export const SCRUB_CONCURRENCY = 16;
 
+/**
+ * Bytes of rebuilt shard records a scrub holds while they are being written
+ * and flipped in the index (at least one stripe's, whatever its size). The
+ * scan reads on while earlier stripes land, so their appends and index flips
+ * share fdatasyncs instead of each worker waiting for its own.
+ */
+export const MAX_LANDING_BYTES = 64 * 1024 * 1024;
+
+interface QueuedStripe {
+  ctx: StripeContext;
+  state: StripeState;
+  reason: string;
+}
+
 export interface ReconstructionOptions {
   /** How often queued stripes are retried (e.g. after "no suitable pool"). */
   retryIntervalMs: number;
@@ -32,7 +46,7 @@ export interface ReconstructionOptions {
 
 export class Reconstructor {
   /** Non-healthy stripes by "volumeId:chunk". */
-  private readonly states = new Map<string, { ctx: StripeContext; state: StripeState; reason: string }>();
+  private readonly states = new Map<string, QueuedStripe>();
   private running: Promise<void> | null = null;
   private timers: NodeJS.Timeout[] = [];
   private scrubbing: Promise<ScrubReport> | null = null;
@@ -111,35 +125,67 @@ export class Reconstructor {
   /** `inspected`: shards a scrub just read from `inspected.ref`, used only if that is still the chunk's stripe. */
   private async rebuildOne(
     key: string,
-    entry: { ctx: StripeContext; state: StripeState; reason: string },
+    entry: QueuedStripe,
     inspected?: { ref: StripeRef; stripe: InspectedStripe },
   ): Promise<void> {
+    const started = await this.startRebuild(key, entry, inspected);
+    if (started) await started.landed;
+  }
+
+  /**
+   * Decodes a stripe's bad shards (the part that reads `inspected`); resolves
+   * with `landed`, which settles (never rejects) once the rebuilt shards are
+   * durable and the index points at them, or null when there is nothing to
+   * land. Wrapped in an object so the caller can go on before it settles.
+   */
+  private async startRebuild(
+    key: string,
+    entry: QueuedStripe,
+    inspected?: { ref: StripeRef; stripe: InspectedStripe },
+  ): Promise<{ landed: Promise<void>; lengthBytes: number } | null> {
     const vol = this.volumeById(entry.ctx.volumeId);
     const ref = vol?.stripes.get(entry.ctx.chunkIndex);
     if (!vol || !ref) {
       this.states.delete(key); // rewritten or deleted meanwhile
-      return;
+      return null;
     }
-    if (entry.state === 'Reconstructing') return; // a scrub or pass is on it already
+    if (entry.state === 'Reconstructing') return null; // a scrub or pass is on it already
     entry.state = 'Reconstructing';
+    let prepared: PreparedRebuild | null;
     try {
-      const next = await this.stripes.rebuild(ref, inspected?.ref === ref ? inspected.stripe : undefined);
-      if (next) {
-        await vol.replaceStripe(entry.ctx.chunkIndex, ref, next);
-        this.rebuiltStripes++;
-        log.debug('stripe reconstructed', { volume: vol.name, chunk: entry.ctx.chunkIndex });
-      }
+      prepared = await this.stripes.prepareRebuild(ref, inspected?.ref === ref ? inspected.stripe : undefined);
+    } catch (err) {
+      this.rebuildFailed(vol, entry, err);
+      return null;
+    }
+    if (!prepared) {
+      this.states.delete(key);
+      return null;
+    }
+    return { landed: this.land(vol, key, entry, ref, prepared), lengthBytes: prepared.lengthBytes };
+  }
+
+  private async land(vol: Volume, key: string, entry: QueuedStripe, ref: StripeRef, prepared: PreparedRebuild): Promise<void> {
+    try {
+      const next = await this.stripes.landRebuild(ref, prepared);
+      await vol.replaceStripe(entry.ctx.chunkIndex, ref, next);
+      this.rebuiltStripes++;
+      log.debug('stripe reconstructed', { volume: vol.name, chunk: entry.ctx.chunkIndex });
       this.states.delete(key);
     } catch (err) {
-      if (err instanceof InsufficientShards) {
-        entry.state = 'Failed';
-        entry.reason = `unrecoverable: ${err.message}`;
-        log.error('stripe cannot be reconstructed', { volume: vol.name, chunk: entry.ctx.chunkIndex, err: err.message });
-      } else {
-        // No pool to rebuild onto (or a pool went away): stays Degraded, retried later.
-        entry.state = 'Degraded';
-        entry.reason = err instanceof NoSuitablePool ? `waiting for a pool: ${err.message}` : (err as Error).message;
-      }
+      this.rebuildFailed(vol, entry, err);
+    }
+  }
+
+  private rebuildFailed(vol: Volume, entry: QueuedStripe, err: unknown): void {
+    if (err instanceof InsufficientShards) {
+      entry.state = 'Failed';
+      entry.reason = `unrecoverable: ${err.message}`;
+      log.error('stripe cannot be reconstructed', { volume: vol.name, chunk: entry.ctx.chunkIndex, err: (err as Error).message });
+    } else {
+      // No pool to rebuild onto (or a pool went away): stays Degraded, retried later.
+      entry.state = 'Degraded';
+      entry.reason = err instanceof NoSuitablePool ? `waiting for a pool: ${err.message}` : (err as Error).message;
     }
   }
 
@@ -159,6 +205,7 @@ export class Reconstructor {
     const report: ScrubReport = { stripesChecked: 0, badStripes: 0, durationMs: 0 };
     const minGapMs = rateLimited ? 1000 / Math.max(1, this.opts.scrubStripesPerSecond) : 0;
     let next = Date.now();
+    const landing = new Landing(MAX_LANDING_BYTES);
     for (const vol of this.allVolumes()) {
       const todo = [...vol.stripes];
       let i = 0;
@@ -171,13 +218,15 @@ export class Reconstructor {
           next = Math.max(Date.now(), next) + minGapMs;
           if (wait > 0) await new Promise((r) => setTimeout(r, wait));
           scratch = StripeStore.scratchFor(ref, scratch);
-          await this.scrubOne(vol, c, ref, report, scratch);
+          await this.scrubOne(vol, c, ref, report, scratch, landing);
         }
       };
       // The timer's scrub keeps one stripe at a time (it paces itself anyway).
       await Promise.all(Array.from({ length: rateLimited ? 1 : SCRUB_CONCURRENCY }, worker));
-      if (this.stopped) return report;
+      if (this.stopped) break;
     }
+    await landing.drain();
+    if (this.stopped) return report;
     await this.process();
     report.durationMs = Date.now() - started;
     this.lastScrub = report;
@@ -190,7 +239,7 @@ export class Reconstructor {
    * read (not read again). The shards are views of `scratch`: the rebuild
    * copies what it needs (reconstruct's output) before this returns.
    */
-  private async scrubOne(vol: Volume, c: number, ref: StripeRef, report: ScrubReport, scratch: Buffer[]): Promise<void> {
+  private async scrubOne(vol: Volume, c: number, ref: StripeRef, report: ScrubReport, scratch: Buffer[], landing: Landing): Promise<void> {
     const inspected = await this.stripes.inspect(ref, scratch);
     report.stripesChecked++;
     if (inspected.bad.length === 0) return;
@@ -204,7 +253,9 @@ export class Reconstructor {
     const entry = cur ?? { ctx, state: 'Degraded' as StripeState, reason };
     if (entry.state !== 'Reconstructing') entry.reason = reason;
     this.states.set(key, entry);
-    await this.rebuildOne(key, entry, { ref, stripe: inspected });
+    // Decoding copies what it needs out of scratch; the writes land while the scan reads on.
+    const started = await this.startRebuild(key, entry, { ref, stripe: inspected });
+    if (started) await landing.add(started.landed, started.lengthBytes);
   }
 
   async stop(): Promise<void> {
@@ -219,4 +270,30 @@ export interface ScrubReport {
   stripesChecked: number;
   badStripes: number;
   durationMs: number;
+}
+
+/**
+ * Rebuilt stripes being written and flipped, bounded by bytes held: add()
+ * waits while admitting another would exceed the bound (one is always
+ * admitted), drain() waits for all. The promises never reject.
+ */
+class Landing {
+  private readonly inFlight = new Set<Promise<void>>();
+  private bytes = 0;
+
+  constructor(private readonly maxBytes: number) {}
+
+  async add(landed: Promise<void>, lengthBytes: number): Promise<void> {
+    while (this.inFlight.size > 0 && this.bytes + lengthBytes > this.maxBytes) await Promise.race(this.inFlight);
+    this.bytes += lengthBytes;
+    const tracked: Promise<void> = landed.finally(() => {
+      this.bytes -= lengthBytes;
+      this.inFlight.delete(tracked);
+    });
+    this.inFlight.add(tracked);
+  }
+
+  async drain(): Promise<void> {
+    while (this.inFlight.size > 0) await Promise.all(this.inFlight);
+  }
 }

@@ -8,7 +8,7 @@ import { InsufficientShards, NoSuitablePool } from '../errors.js';
 import type { Pool } from '../pools/pool.js';
 import type { CacheManager, L3Backend } from '../cache/index.js';
 import { log } from '../../log.js';
-import { decodeStripe, encodeStripe, reconstruct } from './codec.js';
+import { decodeStripe, encodeStripe, reconstructMissing } from './codec.js';
 import type { ErasureCodingPolicy } from './policy.js';
 import { decodeShardHeader, decodeShardRecord, encodeShardRecord, SHARD_HEADER_BYTES } from './shard-record.js';
 import { SegmentStore, type SegmentLocation } from './segment-store.js';
@@ -40,6 +40,15 @@ export interface StripeHealth {
 /** Every shard of a stripe as read and verified; undefined where bad (listed in `bad`). */
 export interface InspectedStripe extends StripeHealth {
   shards: (Buffer | undefined)[];
+}
+
+/** A stripe's rebuilt shard records, decoded and encoded but not yet written (prepareRebuild). */
+export interface PreparedRebuild {
+  /** Shard indexes rebuilt, ascending; records[t] is shard bad[t]. */
+  bad: number[];
+  records: Buffer[];
+  /** Sum of records' lengths (what landing them holds in memory). */
+  lengthBytes: number;
 }
 
 /** Which chunk a stripe belongs to (for queuing its reconstruction). */
@@ -334,6 +343,17 @@ export class StripeStore {
    * identity checked), so they are not read a second time.
    */
   async rebuild(ref: StripeRef, inspected?: InspectedStripe): Promise<StripeRef | null> {
+    const prepared = await this.prepareRebuild(ref, inspected);
+    return prepared === null ? null : this.landRebuild(ref, prepared);
+  }
+
+  /**
+   * First half of rebuild(): decodes only the bad shards and encodes their
+   * records, in memory. Once this resolves, `inspected`'s buffers (scratch)
+   * are no longer used, so a scan can read its next stripe into them while
+   * landRebuild() writes this one: reading and landing overlap.
+   */
+  async prepareRebuild(ref: StripeRef, inspected?: InspectedStripe): Promise<PreparedRebuild | null> {
     const ownerId = Buffer.from(ref.ownerId, 'hex');
     const chunkIndex = ref.chunkIndex;
     const n = ref.dataShards + ref.parityShards;
@@ -347,18 +367,30 @@ export class StripeStore {
     if (shards.length !== n) throw new RangeError(`inspected stripe has ${shards.length} shard slots, expected ${n}`);
     if (bad.length === 0) return null;
     if (bad.length > ref.parityShards) throw new InsufficientShards(`stripe lost ${bad.length} shards, parity ${ref.parityShards}`);
-    const full = await reconstruct(this.policyOf(ref), shards);
+    // Only the lost rows are decoded; the surviving shards stay where they are.
+    const { missing, rebuilt } = await reconstructMissing(this.policyOf(ref), shards);
+    let lengthBytes = 0;
+    const records = missing.map((i, t) => {
+      const record = encodeShardRecord(
+        { ownerId, chunkIndex, stripeGeneration: ref.generation, shardIndex: i, dataShards: ref.dataShards, parityShards: ref.parityShards },
+        rebuilt[t]!,
+        this.policy.compression,
+      );
+      lengthBytes += record.length;
+      return record;
+    });
+    return { bad: missing, records, lengthBytes };
+  }
+
+  /** Second half of rebuild(): appends the prepared records (durable on return) and returns the new reference. */
+  async landRebuild(ref: StripeRef, prepared: PreparedRebuild): Promise<StripeRef> {
+    const { bad, records } = prepared;
     const keep = new Set(ref.shards.filter((_, i) => !bad.includes(i)).map((s) => s.pool));
     const targets = this.placement(bad.length, keep);
     const next = ref.shards.slice();
     await Promise.all(
       bad.map(async (i, t) => {
-        const record = encodeShardRecord(
-          { ownerId, chunkIndex, stripeGeneration: ref.generation, shardIndex: i, dataShards: ref.dataShards, parityShards: ref.parityShards },
-          full[i]!,
-          this.policy.compression,
-        );
-        next[i] = await this.appendShard(targets[t]!, record);
+        next[i] = await this.appendShard(targets[t]!, records[t]!);
       }),
     );
     this.counters.shardsRebuilt += bad.length;
