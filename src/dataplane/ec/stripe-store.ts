@@ -10,8 +10,8 @@ import type { CacheManager, L3Backend } from '../cache/index.js';
 import { log } from '../../log.js';
 import { decodeStripe, encodeStripe, reconstructMissing } from './codec.js';
 import type { ErasureCodingPolicy } from './policy.js';
-import { decodeShardHeader, decodeShardRecord, encodeShardRecord, SHARD_HEADER_BYTES } from './shard-record.js';
-import { SegmentStore, type SegmentLocation } from './segment-store.js';
+import { decodeShardHeader, decodeShardRecord, encodeShardRecord, SHARD_HEADER_BYTES, type DecodedShardRecord } from './shard-record.js';
+import { SegmentStore, ShardNotFound, type SegmentLocation, type SegmentStoreOptions } from './segment-store.js';
 
 export interface ShardRef {
   pool: string;
@@ -65,6 +65,13 @@ export interface StripeStoreCounters {
   shardsRebuilt: number;
 }
 
+/**
+ * Longest read inspectMany() makes of records stored back to back: 16 of
+ * the default 256 KiB shards; long enough that per-read overhead is noise,
+ * short enough that one read does not hold a threadpool thread for long.
+ */
+export const MAX_RUN_BYTES = 4 * 1024 * 1024 + 16 * SHARD_HEADER_BYTES;
+
 /** A stripe read back after writing does not match what was written (migration VERIFY). */
 export class VerifyMismatch extends Error {
   override name = 'VerifyMismatch';
@@ -83,6 +90,24 @@ export class StripeStore {
   private cache: CacheManager | null = null;
   /** Stripes being read through the cache (its L3 backend resolves keys here); bounded by reads in flight. */
   private readonly pendingReads = new Map<string, { ref: StripeRef; ctx: StripeContext | undefined }>();
+  /** Options for segment stores opened from now on (the daemon sets segmentSizeBytes from its config). */
+  segmentOptions: SegmentStoreOptions = {};
+  /**
+   * Where segment compaction copied a record: "pool/segment/offset" of the
+   * old place -> the copy (same pool). A reader or a free() holding a
+   * reference from before the index flip follows it once the old segment
+   * is gone. Insertion order is age; bounded by MAX_FORWARDED_SHARDS (past
+   * it the oldest are dropped: such a stale reader loses one shard of its
+   * stripe and reads degraded, still correct).
+   */
+  private readonly forwards = new Map<string, ShardRef>();
+  /** Told of shard records no index references any more (segment accounting, compaction.ts). */
+  onShardsDead: ((shards: ShardRef[]) => void) | null = null;
+  private writeEpoch = 0;
+  private nextWriteToken = 0;
+  /** Write sessions in flight -> the epoch each began in; bounded by concurrent writers (destages, rebuilds, uploads). */
+  private readonly writesInFlight = new Map<number, number>();
+  private writeWaiters: (() => void)[] = [];
 
   constructor(
     private readonly pools: () => Pool[],
@@ -108,7 +133,7 @@ export class StripeStore {
       if (ino !== null) this.storeIno.set(pool.name, ino);
       s = pool.isOnline()
         ? mkdir(this.segDir(pool), { recursive: true })
-            .then(() => SegmentStore.open(this.segDir(pool)))
+            .then(() => SegmentStore.open(this.segDir(pool), this.segmentOptions))
             .catch((err: Error) => {
             log.warn('stripe store: pool offline', { pool: pool.name, err: err.message });
             this.stores.delete(pool.name);
@@ -150,6 +175,15 @@ export class StripeStore {
    * second CRC pass. VerifyMismatch otherwise.
    */
   async writeStripe(ownerId: Buffer, chunkIndex: number, generation: number, data: Buffer, opts: { verify?: boolean } = {}): Promise<StripeRef> {
+    const token = this.beginWrite();
+    try {
+      return await this.writeStripeNow(ownerId, chunkIndex, generation, data, opts);
+    } finally {
+      this.endWrite(token);
+    }
+  }
+
+  private async writeStripeNow(ownerId: Buffer, chunkIndex: number, generation: number, data: Buffer, opts: { verify?: boolean }): Promise<StripeRef> {
     const p = this.policy;
     const shards = await encodeStripe(p, data);
     const pools = this.placement(p.dataShards + p.parityShards, new Set());
@@ -207,19 +241,32 @@ export class StripeStore {
     try {
       const store = await this.store(pool);
       if (!store) return undefined;
-      const rec = await store.read(s, into);
-      // A location can outlive its pool (pool replaced, segment reused): a
-      // record is only ours if every identity field matches, not just its CRC.
-      const h = rec.header;
-      if (h.shardIndex !== i || h.stripeGeneration !== ref.generation || h.chunkIndex !== ref.chunkIndex || h.ownerId.toString('hex') !== ref.ownerId) {
-        log.warn('shard location holds another record; treating shard as lost', { pool: s.pool, shard: i, chunk: ref.chunkIndex });
-        return undefined;
+      try {
+        return this.ownShard(ref, i, await store.read(s, into));
+      } catch (err) {
+        // Compacted away since the caller took `ref`: the record was copied first.
+        const moved = err instanceof ShardNotFound ? this.resolve(s) : s;
+        if (moved === s) throw err;
+        return this.ownShard(ref, i, await store.read(moved, into));
       }
-      return rec.shard;
     } catch (err) {
       log.debug('stripe store: shard unreadable', { pool: s.pool, shard: i, err: (err as Error).message });
       return undefined;
     }
+  }
+
+  /**
+   * A verified record's shard if it is shard `i` of `ref`. A location can
+   * outlive its pool (pool replaced, segment reused): a record is only ours
+   * if every identity field matches, not just its CRC.
+   */
+  private ownShard(ref: StripeRef, i: number, rec: DecodedShardRecord): Buffer | undefined {
+    const h = rec.header;
+    if (h.shardIndex !== i || h.stripeGeneration !== ref.generation || h.chunkIndex !== ref.chunkIndex || h.ownerId.toString('hex') !== ref.ownerId) {
+      log.warn('shard location holds another record; treating shard as lost', { pool: ref.shards[i]!.pool, shard: i, chunk: ref.chunkIndex });
+      return undefined;
+    }
+    return rec.shard;
   }
 
   private policyOf(ref: StripeRef): ErasureCodingPolicy {
@@ -314,7 +361,7 @@ export class StripeStore {
   /**
    * Reads and verifies every shard of a stripe (CRC and identity), keeping
    * the good ones so a rebuild that follows need not read them again.
-   * `scratch` (one buffer per shard, from scratchFor()): records are read
+   * `scratch` (one buffer per shard, each at least a record long): records are read
    * into it and the shards returned are views of it, valid until the
    * caller's next use of `scratch`. A scan of many stripes then allocates
    * no read buffers (on the 2-core VM, GC was a quarter of a rebuild).
@@ -327,12 +374,92 @@ export class StripeStore {
     return { bad, shards };
   }
 
-  /** Buffers for inspect() of `ref`'s stripe; `reuse` is returned when it is big enough. */
-  static scratchFor(ref: StripeRef, reuse?: Buffer[]): Buffer[] {
+  /**
+   * inspect() of many stripes at once, for scans (scrub): per pool, records
+   * of `refs` that sit back to back in a segment are read with one read of
+   * at most MAX_RUN_BYTES (on the 2-core VM, one threadpool round trip per
+   * 256 KiB record, each waiting its turn for a CPU, was most of a rebuild's
+   * wall time), then each record is verified on its own (CRC and identity).
+   * A run that fails to read is read again record by record, so a bad spot
+   * costs only its own shards. Shards are views of `scratch` (from
+   * scanScratchBytes(); a bigger buffer is allocated if it is short), valid
+   * until the caller's next use of it.
+   */
+  async inspectMany(refs: StripeRef[], scratch: Buffer): Promise<InspectedStripe[]> {
+    const shards = refs.map((ref) => new Array<Buffer | undefined>(ref.dataShards + ref.parityShards).fill(undefined));
+    interface Item { r: number; i: number; s: ShardRef }
+    interface Run { pool: string; segment: number; offsetBytes: number; lengthBytes: number; at: number; items: Item[] }
+    const byPlace = new Map<string, Item[]>();
+    refs.forEach((ref, r) =>
+      ref.shards.forEach((s, i) => {
+        const place = `${s.pool}\0${s.segment}`;
+        let items = byPlace.get(place);
+        if (items === undefined) byPlace.set(place, (items = []));
+        items.push({ r, i, s });
+      }),
+    );
+    const runs: Run[] = [];
+    let scratchBytes = 0;
+    for (const items of byPlace.values()) {
+      items.sort((a, b) => a.s.offsetBytes - b.s.offsetBytes);
+      let run: Run | undefined;
+      for (const it of items) {
+        if (run !== undefined && run.offsetBytes + run.lengthBytes === it.s.offsetBytes && run.lengthBytes + it.s.lengthBytes <= MAX_RUN_BYTES) {
+          run.items.push(it);
+          run.lengthBytes += it.s.lengthBytes;
+        } else {
+          run = { pool: it.s.pool, segment: it.s.segment, offsetBytes: it.s.offsetBytes, lengthBytes: it.s.lengthBytes, at: 0, items: [it] };
+          runs.push(run);
+        }
+      }
+    }
+    for (const run of runs) {
+      run.at = scratchBytes;
+      scratchBytes += run.lengthBytes;
+    }
+    const buf = scratch.length >= scratchBytes ? scratch : Buffer.allocUnsafe(scratchBytes);
+    await Promise.all(
+      runs.map(async (run) => {
+        const pool = this.poolByName(run.pool);
+        const store = pool !== undefined && pool.isOnline() ? await this.store(pool) : null;
+        if (!store) return; // every shard of the run stays undefined (lost)
+        const into = buf.subarray(run.at, run.at + run.lengthBytes);
+        let bytes: Buffer | undefined;
+        try {
+          bytes = await store.readRun({ segment: run.segment, offsetBytes: run.offsetBytes, lengthBytes: run.lengthBytes }, into);
+        } catch (err) {
+          // The segment is gone (pool lost and replaced): so is every record in it.
+          if (err instanceof ShardNotFound) return;
+          log.debug('stripe store: shard run unreadable, reading its records one by one', { pool: run.pool, segment: run.segment, err: (err as Error).message });
+        }
+        let pos = 0;
+        for (const it of run.items) {
+          const ref = refs[it.r]!;
+          const at = pos;
+          pos += it.s.lengthBytes;
+          if (bytes === undefined) {
+            shards[it.r]![it.i] = await this.readShard(ref, it.i, into.subarray(at, pos));
+            continue;
+          }
+          try {
+            shards[it.r]![it.i] = this.ownShard(ref, it.i, decodeShardRecord(bytes.subarray(at, pos)));
+          } catch (err) {
+            log.debug('stripe store: shard unreadable', { pool: it.s.pool, shard: it.i, err: (err as Error).message });
+          }
+        }
+      }),
+    );
+    return shards.map((s) => {
+      const bad: number[] = [];
+      s.forEach((shard, i) => shard === undefined && bad.push(i));
+      return { bad, shards: s };
+    });
+  }
+
+  /** Bytes of scratch inspectMany() needs for `count` stripes shaped like `ref` (uncompressed records). */
+  static scanScratchBytes(ref: StripeRef, count: number): number {
     const n = ref.dataShards + ref.parityShards;
-    const recordBytes = SHARD_HEADER_BYTES + Math.ceil(ref.stripeSizeBytes / ref.dataShards);
-    if (reuse !== undefined && reuse.length === n && reuse.every((b) => b.length >= recordBytes)) return reuse;
-    return Array.from({ length: n }, () => Buffer.allocUnsafe(recordBytes));
+    return count * n * (SHARD_HEADER_BYTES + Math.ceil(ref.stripeSizeBytes / ref.dataShards));
   }
 
   /**
@@ -384,6 +511,15 @@ export class StripeStore {
 
   /** Second half of rebuild(): appends the prepared records (durable on return) and returns the new reference. */
   async landRebuild(ref: StripeRef, prepared: PreparedRebuild): Promise<StripeRef> {
+    const token = this.beginWrite();
+    try {
+      return await this.landRebuildNow(ref, prepared);
+    } finally {
+      this.endWrite(token);
+    }
+  }
+
+  private async landRebuildNow(ref: StripeRef, prepared: PreparedRebuild): Promise<StripeRef> {
     const { bad, records } = prepared;
     const keep = new Set(ref.shards.filter((_, i) => !bad.includes(i)).map((s) => s.pool));
     const targets = this.placement(bad.length, keep);
@@ -404,6 +540,101 @@ export class StripeStore {
    */
   free(ref: StripeRef): void {
     this.forget(ref);
+    this.onShardsDead?.(ref.shards.map((s) => this.resolve(s)));
+  }
+
+  /**
+   * After a rebuild's index flip was tried (volume replaceStripe): when it
+   * flipped, the replaced shards of `old` are dead; when it did not (the
+   * chunk was rewritten meanwhile), the freshly written shards of `next` are.
+   */
+  releaseReplaced(old: StripeRef, next: StripeRef, flipped: boolean): void {
+    const dead: ShardRef[] = [];
+    old.shards.forEach((s, i) => {
+      const n = next.shards[i]!;
+      if (n.pool !== s.pool || n.segment !== s.segment || n.offsetBytes !== s.offsetBytes) dead.push(flipped ? this.resolve(s) : n);
+    });
+    if (flipped && dead.length > 0) this.forget(old);
+    if (dead.length > 0) this.onShardsDead?.(dead);
+  }
+
+  /**
+   * A write session: from the first shard appended until the caller's index
+   * flip is issued (writeStripe and landRebuild callers issue it as soon as
+   * they resolve; a cold object upload ends its session after its flip, see
+   * objects/cold-segments.ts). Compaction deletes a segment only after every
+   * session that began before it looked has ended (writesSettled): until
+   * then a record it saw as unreferenced may be about to be referenced.
+   */
+  beginWrite(): number {
+    const token = ++this.nextWriteToken;
+    this.writesInFlight.set(token, this.writeEpoch);
+    return token;
+  }
+
+  endWrite(token: number): void {
+    if (!this.writesInFlight.delete(token)) return;
+    const waiters = this.writeWaiters;
+    this.writeWaiters = [];
+    for (const wake of waiters) wake();
+  }
+
+  /**
+   * Resolves true once every write session begun before the call has ended,
+   * false if that takes longer than timeoutMs (or `stop` says so): the
+   * caller then leaves its segment for a later pass.
+   */
+  async writesSettled(timeoutMs: number, stop: () => boolean = () => false): Promise<boolean> {
+    const epoch = ++this.writeEpoch;
+    const deadline = Date.now() + timeoutMs;
+    const older = () => [...this.writesInFlight.values()].some((e) => e < epoch);
+    while (older()) {
+      const leftMs = deadline - Date.now();
+      if (leftMs <= 0 || stop()) return false;
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, Math.min(leftMs, 1000));
+        this.writeWaiters.push(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
+    }
+    return true;
+  }
+
+  /** The shard's current place: `s` unless compaction copied it (possibly more than once). */
+  resolve(s: ShardRef): ShardRef {
+    let at = s;
+    // A copy can itself be compacted later; the chain is short (one hop per compaction of that record).
+    for (let hops = 0; hops < 16; hops++) {
+      const next = this.forwards.get(shardPlace(at));
+      if (next === undefined) return at;
+      at = next;
+    }
+    return at;
+  }
+
+  /** Compaction copied records of `pool` (durable at `to`): readers and frees of old references follow. */
+  addForwards(pool: string, moves: { from: SegmentLocation; to: SegmentLocation }[]): void {
+    for (const { from, to } of moves) {
+      this.forwards.set(shardPlace({ pool, ...from }), { pool, ...to });
+      if (this.forwards.size > MAX_FORWARDED_SHARDS) this.forwards.delete(this.forwards.keys().next().value!);
+    }
+  }
+
+  /** The segment store of a cold pool (opened if need be); null while it is offline or unknown. */
+  async segmentStore(poolName: string): Promise<SegmentStore | null> {
+    const pool = this.poolByName(poolName);
+    return pool === undefined ? null : this.store(pool);
+  }
+
+  /** Sets each cold pool's usedBytes to the bytes of its segment files (appends and compaction change it). */
+  async refreshPoolUsage(): Promise<void> {
+    for (const pool of this.pools()) {
+      if (pool.rec.tier !== 'cold' || !pool.isOnline()) continue;
+      const store = await this.store(pool);
+      if (store) pool.usedBytes = store.segments().reduce((sum, seg) => sum + seg.sizeBytes, 0);
+    }
   }
 
   async close(): Promise<void> {
@@ -413,6 +644,16 @@ export class StripeStore {
     }
     this.stores.clear();
   }
+}
+
+/**
+ * Forwarding entries kept (see StripeStore.forwards): 64 segments' worth of
+ * 256 KiB records in 256 MiB segments, ~10 MiB of map.
+ */
+export const MAX_FORWARDED_SHARDS = 65_536;
+
+function shardPlace(s: ShardRef): string {
+  return `${s.pool}/${s.segment}/${s.offsetBytes}`;
 }
 
 function dirIno(dir: string): number | null {
