@@ -31,6 +31,8 @@ commands:
   destage                            merge the cold tier's journal into stripes now (needs a running daemon)
   scrub                              verify every cold stripe now and rebuild bad ones (needs a running daemon)
   cold                               cold tier status: policy, journal, stripe states (needs a running daemon)
+  compact                            compact cold segment files now: copy live shard records out of mostly-dead
+                                     segments, flip the index, delete the old files (needs a running daemon)
 
 common options:
   --data-dir DIR    data directory (default: $COUCHESTOR_DATA_DIR or ./couchestor-data)
@@ -130,6 +132,7 @@ async function main(argv: string[]): Promise<number> {
     }
     case 'destage':
     case 'scrub':
+    case 'compact':
     case 'cold': {
       if (!readDaemonState(dataDir)) throw new Error('no daemon is running for this data directory');
       const [method, url] = cmd === 'cold' ? ['GET', '/v1/cold'] : ['POST', `/v1/${cmd}`];

@@ -33,6 +33,10 @@ export interface DaemonConfig {
     journalCapacityBytes: number;
     destageIntervalMs: number;
     destageThresholdPercent: number;
+    /** Size at which a cold pool's segment file is sealed and a new one started. */
+    segmentSizeBytes: number;
+    /** Segment compaction (space reclaim), see src/dataplane/ec/compaction.ts; intervalMs 0 = only on request. */
+    compaction: { intervalMs: number; deadFraction: number; maxBytesPerSecond: number };
   };
   /** Read cache in front of the cold tier; l1CapacityBytes 0 turns it off. */
   cache: { l1CapacityBytes: number; l2CapacityBytes: number; l2MinEntryBytes: number; lz4ThresholdBytes: number | null };
@@ -69,6 +73,8 @@ export function embeddedDefault(dataDir: string): DaemonConfig {
       journalCapacityBytes: 256 * 1024 * 1024,
       destageIntervalMs: 5_000,
       destageThresholdPercent: 50,
+      segmentSizeBytes: 256 * 1024 * 1024,
+      compaction: { intervalMs: 30_000, deadFraction: 0.5, maxBytesPerSecond: 64 * 1024 * 1024 },
     },
     cache: { l1CapacityBytes: 128 * 1024 * 1024, l2CapacityBytes: 64 * 1024 * 1024, l2MinEntryBytes: 64 * 1024, lz4ThresholdBytes: null },
     control: {
@@ -108,7 +114,7 @@ export function loadConfig(dataDir: string): DaemonConfig {
     api: { ...def.api, ...raw.api },
     metrics: { ...def.metrics, ...raw.metrics },
     s3: { ...def.s3, ...raw.s3 },
-    coldTier: { ...def.coldTier, ...raw.coldTier },
+    coldTier: { ...def.coldTier, ...raw.coldTier, compaction: { ...def.coldTier.compaction, ...raw.coldTier?.compaction } },
     control: { ...def.control, ...raw.control },
     cache: { ...def.cache, ...raw.cache },
   };
@@ -132,6 +138,11 @@ export function validateConfig(cfg: DaemonConfig): void {
       throw new InvalidArgument(`config: pool ${p.name}: capacity must be a positive number of bytes or "auto"`);
     }
   }
+  const ct = cfg.coldTier;
+  if (!Number.isSafeInteger(ct.segmentSizeBytes) || ct.segmentSizeBytes < 1024 * 1024) throw new InvalidArgument('config: coldTier.segmentSizeBytes must be a whole number of bytes >= 1 MiB');
+  if (!(ct.compaction.deadFraction > 0 && ct.compaction.deadFraction <= 1)) throw new InvalidArgument('config: coldTier.compaction.deadFraction must be in (0, 1]');
+  if (!(Number.isSafeInteger(ct.compaction.intervalMs) && ct.compaction.intervalMs >= 0)) throw new InvalidArgument('config: coldTier.compaction.intervalMs must be a whole number >= 0');
+  if (!(ct.compaction.maxBytesPerSecond > 0)) throw new InvalidArgument('config: coldTier.compaction.maxBytesPerSecond must be > 0');
   for (const [k, v] of [['nbd.port', cfg.nbd.port], ['api.port', cfg.api.port], ['metrics.port', cfg.metrics.port], ['s3.port', cfg.s3.port]] as const) {
     if (!Number.isInteger(v) || v < 0 || v > 65535) throw new InvalidArgument(`config: ${k} must be a port number`);
   }

@@ -3,7 +3,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { FastifyInstance } from 'fastify';
-import { buildApi } from './control/api.js';
+import { buildApi, registerCompactionRoutes } from './control/api.js';
 import { loadConfig, poolCapacityBytes, resolvePoolPath, type DaemonConfig } from './config.js';
 import { NbdServer } from './dataplane/nbd/server.js';
 import { S3Frontend } from './dataplane/s3/frontend.js';
@@ -17,6 +17,7 @@ import { ControlLoop } from './control/loop.js';
 import { PrometheusHeat } from './control/prometheus-heat.js';
 import { healthChecks, metricsSource } from './control/observe.js';
 import { parsePolicyYaml } from './dataplane/ec/policy.js';
+import { SegmentCompactor, registerCompactionMetrics } from './dataplane/ec/compaction.js';
 
 export const STATE_FILE = 'daemon.json';
 
@@ -90,6 +91,20 @@ function startColdTier(cfg: DaemonConfig, manager: VolumeManager): void {
     concurrency: 2,
     journalCapacityBytes: cfg.coldTier.journalCapacityBytes,
   });
+  if (manager.cold) manager.cold.stripes.segmentOptions = { segmentSizeBytes: cfg.coldTier.segmentSizeBytes };
+}
+
+/** Segment compaction (space reclaim) over the cold pools; null without a cold tier. */
+function startCompaction(cfg: DaemonConfig, manager: VolumeManager): SegmentCompactor | null {
+  if (!manager.cold) return null;
+  const c = cfg.coldTier.compaction;
+  const compactor = new SegmentCompactor(manager.cold.stripes, manager.meta, () => manager.openVolumes(), {
+    intervalMs: c.intervalMs,
+    deadFraction: c.deadFraction,
+    maxBytesPerSecond: c.maxBytesPerSecond,
+  });
+  compactor.start();
+  return compactor;
 }
 
 export class Daemon {
@@ -104,6 +119,7 @@ export class Daemon {
     readonly loop: ControlLoop,
     readonly cache: CacheManager | null,
     readonly state: DaemonState,
+    readonly compactor: SegmentCompactor | null,
   ) {}
 
   static async start(cfg: DaemonConfig): Promise<Daemon> {
@@ -131,7 +147,9 @@ export class Daemon {
       heat: hs.type === 'prometheus' ? new PrometheusHeat(hs.url, hs.metrics) : heat,
       ecPolicyNames: () => (manager.cold ? [manager.cold.policy.name] : []),
     });
+    const compactor = startCompaction(cfg, manager);
     const api = buildApi(manager, loop, cache);
+    if (compactor) registerCompactionRoutes(api, compactor);
     // Probes share the admin API's port (8081 by default, as DESIGN.md says).
     let open = true;
     registerHealthRoutes(api, healthChecks(manager, () => open));
@@ -141,6 +159,7 @@ export class Daemon {
     const migrations = () => ({ completedTotal: { ...loop.totals }, active: loop.activeMigrations() });
     const registry = createMetrics(metricsSource(manager, heat, migrations));
     if (cache) registerCacheMetrics(cache, registry);
+    if (compactor) registerCompactionMetrics(compactor, registry);
     const metrics = await startMetricsServer({ host: cfg.listenHost, port: cfg.metrics.port, registry });
     await api.listen({ port: cfg.api.port, host: cfg.listenHost });
     const apiAddr = api.server.address();
@@ -155,7 +174,7 @@ export class Daemon {
     };
     fs.writeFileSync(path.join(cfg.dataDir, STATE_FILE), JSON.stringify(state));
     loop.start();
-    return new Daemon(cfg, manager, nbd, api, s3, metrics, heat, loop, cache, state);
+    return new Daemon(cfg, manager, nbd, api, s3, metrics, heat, loop, cache, state, compactor);
   }
 
   async stop(): Promise<void> {
@@ -165,6 +184,7 @@ export class Daemon {
     await this.s3.close();
     await this.metrics.close();
     this.heat.stop();
+    await this.compactor?.stop(); // before the stripe store closes under it
     await this.manager.close();
     await this.cache?.close();
     fs.rmSync(path.join(this.cfg.dataDir, STATE_FILE), { force: true });

@@ -1,5 +1,6 @@
 // The daemon's admin HTTP API (volumes and pools), used by the `couchestor`
 // CLI while a daemon runs. Storage errors map to HTTP statuses here only.
+import type { SegmentCompactor } from '../dataplane/ec/compaction.js';
 import Fastify, { type FastifyInstance } from 'fastify';
 import { AlreadyExists, InvalidArgument, NoSpace, NoSuitablePool, NotFound, PoolOffline } from '../dataplane/errors.js';
 import type { VolumeManager } from '../dataplane/volumes/manager.js';
@@ -120,4 +121,14 @@ export function buildApi(
     reply.code(204);
   });
   return app;
+}
+
+/**
+ * GET /v1/compaction: segment compaction counters and every cold segment's
+ * size and dead bytes; POST /v1/compact: one pass now, unthrottled, returns
+ * what it reclaimed (`couchestor compact`).
+ */
+export function registerCompactionRoutes(app: FastifyInstance, compactor: SegmentCompactor): void {
+  app.get('/v1/compaction', async () => ({ ...compactor.stats(), segments: await compactor.segments() }));
+  app.post('/v1/compact', async () => ({ ...(await compactor.runOnce({ unthrottled: true })), ...compactor.stats() }));
 }

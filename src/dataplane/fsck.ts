@@ -1,13 +1,17 @@
 // `couchestor fsck`: scans every cold pool's segment files (the shard
 // records are self-describing), checks the index against them, and reports
 // stripes by state plus records no stripe references (orphans: superseded
-// generations, or a stripe half-written when the daemon died).
+// generations, a stripe half-written when the daemon died, or copies and
+// sources of a segment compaction cut short; none is an error: the next
+// compaction pass reclaims them). Volume chunk maps and cold S3 objects and
+// parts are the index.
 import fs from 'node:fs';
 import path from 'node:path';
 import { ChunkState } from './meta/store.js';
 import type { VolumeManager } from './volumes/manager.js';
 import { SegmentStore } from './ec/segment-store.js';
 import type { StripeRef } from './ec/stripe-store.js';
+import { ALL_OBJECT_KEYS, OBJECTS_DB, PARTS_DB, coldStripeRefs } from './objects/cold-segments.js';
 
 export type FsckStripeState = 'Healthy' | 'Degraded' | 'Failed';
 
@@ -95,27 +99,38 @@ export async function fsck(manager: VolumeManager, progress: (line: string) => v
 
   const referenced = new Set<string>();
   const indexedGen = new Map<string, number>();
+  const check = (holder: string, chunkIndex: number, ref: StripeRef) => {
+    const stripeKey = `${ref.ownerId}/${chunkIndex}`;
+    indexedGen.set(stripeKey, Math.max(indexedGen.get(stripeKey) ?? 0, ref.generation));
+    let bad = 0;
+    ref.shards.forEach((s, i) => {
+      const key = locKey(s.pool, s.segment, s.offsetBytes);
+      const rec = records.get(key);
+      let reason: string | null = null;
+      if (!rec) reason = 'no valid record at this location';
+      else if (rec.owner !== ref.ownerId || rec.chunkIndex !== chunkIndex || rec.generation !== ref.generation || rec.shardIndex !== i) {
+        reason = `location holds another record (chunk ${rec.chunkIndex}, generation ${rec.generation}, shard ${rec.shardIndex})`;
+      }
+      if (reason) {
+        bad++;
+        if (report.badShards.length < MAX_BAD_SHARDS_LISTED) report.badShards.push({ volume: holder, chunkIndex, shardIndex: i, pool: s.pool, reason });
+      } else referenced.add(key);
+    });
+    report.stripes[bad === 0 ? 'Healthy' : bad <= ref.parityShards ? 'Degraded' : 'Failed']++;
+  };
   for (const vol of manager.listVolumes()) {
     for (const { chunkIndex, entry } of manager.meta.volumeChunks(vol.id)) {
-      if (entry.state !== ChunkState.Cold || !entry.stripe) continue;
-      const ref: StripeRef = entry.stripe;
-      indexedGen.set(`${ref.ownerId}/${chunkIndex}`, ref.generation);
-      let bad = 0;
-      ref.shards.forEach((s, i) => {
-        const key = locKey(s.pool, s.segment, s.offsetBytes);
-        const rec = records.get(key);
-        let reason: string | null = null;
-        if (!rec) reason = 'no valid record at this location';
-        else if (rec.owner !== ref.ownerId || rec.chunkIndex !== chunkIndex || rec.generation !== ref.generation || rec.shardIndex !== i) {
-          reason = `location holds another record (chunk ${rec.chunkIndex}, generation ${rec.generation}, shard ${rec.shardIndex})`;
-        }
-        if (reason) {
-          bad++;
-          if (report.badShards.length < MAX_BAD_SHARDS_LISTED) report.badShards.push({ volume: vol.name, chunkIndex, shardIndex: i, pool: s.pool, reason });
-        } else referenced.add(key);
-      });
-      report.stripes[bad === 0 ? 'Healthy' : bad <= ref.parityShards ? 'Degraded' : 'Failed']++;
+      if (entry.state === ChunkState.Cold && entry.stripe) check(vol.name, chunkIndex, entry.stripe);
     }
+  }
+  // Cold S3 objects and multipart parts: `volume` names them "s3:<index key, hex>".
+  const objects = manager.meta.openDB<{ segments: { kind: string }[] }, Buffer>(OBJECTS_DB);
+  const parts = manager.meta.openDB<{ segment: { kind: string } }, Buffer>(PARTS_DB);
+  for (const { key, value } of objects.getRange(ALL_OBJECT_KEYS)) {
+    for (const ref of coldStripeRefs(value.segments)) check(`s3:${Buffer.from(key).toString('hex')}`, ref.chunkIndex, ref);
+  }
+  for (const { key, value } of parts.getRange(ALL_OBJECT_KEYS)) {
+    for (const ref of coldStripeRefs([value.segment])) check(`s3:${Buffer.from(key).toString('hex')}`, ref.chunkIndex, ref);
   }
 
   const halfWritten = new Set<string>();

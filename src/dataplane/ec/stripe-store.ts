@@ -622,6 +622,13 @@ export class StripeStore {
     }
   }
 
+  /** Names of the cold pools (online or not). */
+  coldPoolNames(): string[] {
+    return this.pools()
+      .filter((p) => p.rec.tier === 'cold')
+      .map((p) => p.name);
+  }
+
   /** The segment store of a cold pool (opened if need be); null while it is offline or unknown. */
   async segmentStore(poolName: string): Promise<SegmentStore | null> {
     const pool = this.poolByName(poolName);

@@ -60,6 +60,12 @@ export class MetaStore {
     readonly volumes: Database<VolumeRecord, string>,
     readonly chunks: Database<ChunkEntry, [number, number]>,
     private readonly counters: Database<number, string>,
+    /**
+     * Dead (no longer referenced) shard-record bytes per cold segment,
+     * [pool, segment] -> bytes: which segments are worth compacting
+     * (ec/compaction.ts). A hint, recounted from the index at start-up.
+     */
+    readonly segmentDeadBytes: Database<number, [string, number]>,
   ) {}
 
   static open(dataDir: string): MetaStore {
@@ -74,6 +80,7 @@ export class MetaStore {
       root.openDB<VolumeRecord, string>({ name: 'volumes' }),
       root.openDB<ChunkEntry, [number, number]>({ name: 'chunks' }),
       root.openDB<number, string>({ name: 'counters' }),
+      root.openDB<number, [string, number]>({ name: 'segment-dead-bytes' }),
     );
   }
 

@@ -7,7 +7,7 @@ import type { StripeRef, StripeStore } from '../ec/stripe-store.js';
 import { type ByteObserver, type WriteLimits } from './hot-segments.js';
 
 /** What cold objects need of the stripe store (the daemon passes its StripeStore). */
-export type StripeStoreApi = Pick<StripeStore, 'policy' | 'writeStripe' | 'readStripe' | 'free'>;
+export type StripeStoreApi = Pick<StripeStore, 'policy' | 'writeStripe' | 'readStripe' | 'free' | 'beginWrite' | 'endWrite'>;
 export type { StripeRef };
 
 export interface ColdSegment {
@@ -28,8 +28,42 @@ function ownerId(fileId: number): Buffer {
   return b;
 }
 
-/** Streams `body` into stripes (1 MiB by default); at most one chunk buffer is held per upload. */
+/**
+ * The write session (StripeStore.beginWrite) of each segment written but not
+ * yet settled: segment compaction must not delete a segment holding its
+ * stripes before the object index points at them. Bounded by uploads in flight.
+ */
+const sessions = new WeakMap<ColdSegment, { stripes: StripeStoreApi; token: number }>();
+
+/**
+ * The index flip that installs `seg` (or drops it) has been issued: its
+ * stripes are now either referenced or freed. Idempotent.
+ */
+export function settleColdSegment(seg: ColdSegment): void {
+  const s = sessions.get(seg);
+  if (s === undefined) return;
+  sessions.delete(seg);
+  s.stripes.endWrite(s.token);
+}
+
+/**
+ * Streams `body` into stripes (1 MiB by default); at most one chunk buffer is
+ * held per upload. The caller flips its index, then settleColdSegment(), or
+ * frees the segment (freeColdSegment settles it too).
+ */
 export async function writeColdSegment(stripes: StripeStoreApi, fileId: number, body: AsyncIterable<Buffer>, limits: WriteLimits, observe: ByteObserver): Promise<ColdSegment> {
+  const token = stripes.beginWrite();
+  let seg: ColdSegment | undefined;
+  try {
+    seg = await writeStripes(stripes, fileId, body, limits, observe);
+    sessions.set(seg, { stripes, token });
+    return seg;
+  } finally {
+    if (seg === undefined) stripes.endWrite(token);
+  }
+}
+
+async function writeStripes(stripes: StripeStoreApi, fileId: number, body: AsyncIterable<Buffer>, limits: WriteLimits, observe: ByteObserver): Promise<ColdSegment> {
   const OBJECT_CHUNK_BYTES = stripes.policy.stripeSizeBytes;
   const refs: StripeRef[] = [];
   const owner = ownerId(fileId);
@@ -80,5 +114,40 @@ export async function* readColdSegment(stripes: StripeStoreApi, seg: ColdSegment
 }
 
 export function freeColdSegment(stripes: StripeStoreApi, seg: ColdSegment): void {
+  settleColdSegment(seg);
   for (const r of seg.stripes) stripes.free(r);
+}
+
+/** Names of the object-store databases that hold cold stripe references (objects/store.ts opens them too). */
+export const OBJECTS_DB = 's3-objects';
+export const PARTS_DB = 's3-parts';
+/** Whole-database scans start here (object-store keys begin with 0x01; see objects/store.ts). */
+export const ALL_OBJECT_KEYS = { start: Buffer.from([1]) };
+
+/** Every cold stripe reference of an object's or part's segments. */
+export function* coldStripeRefs(segments: readonly { kind: string }[]): Iterable<StripeRef> {
+  for (const seg of segments) if (seg.kind === 'cold') yield* (seg as ColdSegment).stripes;
+}
+
+/**
+ * `segments` with every cold stripe reference replaced by move(ref) where
+ * that returns one (segment compaction); undefined when nothing changed.
+ */
+export function moveColdStripes<S extends { kind: string }>(segments: readonly S[], move: (ref: StripeRef) => StripeRef | null): S[] | undefined {
+  let changed = false;
+  const out = segments.map((seg) => {
+    if (seg.kind !== 'cold') return seg;
+    const cold = seg as unknown as ColdSegment;
+    let moved = false;
+    const refs = cold.stripes.map((r) => {
+      const n = move(r);
+      if (n === null) return r;
+      moved = true;
+      return n;
+    });
+    if (!moved) return seg;
+    changed = true;
+    return { ...cold, stripes: refs } as unknown as S;
+  });
+  return changed ? out : undefined;
 }

@@ -21,7 +21,7 @@ import {
 } from '../errors.js';
 import type { VolumeManager } from '../volumes/manager.js';
 import { log } from '../../log.js';
-import { freeColdSegment, readColdSegment, writeColdSegment, type ColdSegment, type StripeStoreApi } from './cold-segments.js';
+import { freeColdSegment, readColdSegment, settleColdSegment, writeColdSegment, type ColdSegment, type StripeStoreApi } from './cold-segments.js';
 import { freeHotSegment, listHotFileIds, prepareHotPool, readHotSegment, writeHotSegment, type HotSegment, type WriteLimits } from './hot-segments.js';
 
 export type Segment = HotSegment | ColdSegment;
@@ -438,6 +438,7 @@ export class ObjectStore {
       };
       const built = rec;
       old = await this.flip(bucket, key, () => built);
+      if (seg.kind === 'cold') settleColdSegment(seg); // referenced now: compaction may move its stripes
     } catch (err) {
       await this.freeSegments([seg]);
       throw err;
@@ -570,6 +571,7 @@ export class ObjectStore {
         this.parts.put(pk, rec);
         return prev;
       });
+      if (seg.kind === 'cold') settleColdSegment(seg); // referenced now: compaction may move its stripes
       await this.manager.meta.durable();
     } catch (err) {
       await this.freeSegments([seg]);

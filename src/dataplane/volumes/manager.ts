@@ -8,7 +8,7 @@ import { Pool } from '../pools/pool.js';
 import { Volume, type ColdTier } from './volume.js';
 import { Journal } from '../journal/journal.js';
 import { Destager, type DestagerOptions } from '../journal/destager.js';
-import { StripeStore } from '../ec/stripe-store.js';
+import { StripeStore, type StripeRef } from '../ec/stripe-store.js';
 import { Reconstructor } from '../ec/reconstruction.js';
 import type { ErasureCodingPolicy } from '../ec/policy.js';
 import { log } from '../../log.js';
@@ -217,12 +217,17 @@ export class VolumeManager {
     this.open.delete(name);
     if (vol) await vol.close();
     let allocated = 0;
-    for (const { entry } of this.meta.volumeChunks(rec.id)) if (entry.state === ChunkState.Allocated) allocated++;
+    // Stripes from the index, not vol.stripes: a volume not open has them too.
+    const stripes: StripeRef[] = [];
+    for (const { entry } of this.meta.volumeChunks(rec.id)) {
+      if (entry.state === ChunkState.Allocated) allocated++;
+      else if (entry.state === ChunkState.Cold && entry.stripe) stripes.push(entry.stripe);
+    }
     // Index first, bytes second: a crash in between leaves an orphan file
     // (reclaimed on create), never an index entry pointing at freed bytes.
     await this.meta.deleteVolume(rec);
     this.cold?.journal.dropVolume(rec.id);
-    if (vol) for (const ref of vol.stripes.values()) this.cold?.stripes.free(ref);
+    for (const ref of stripes) this.cold?.stripes.free(ref);
     this.pools.get(rec.poolName)?.release(allocated * rec.chunkSizeBytes);
     const pool = this.pools.get(rec.poolName);
     if (pool) fs.rmSync(pool.volumeFile(rec.id), { force: true });

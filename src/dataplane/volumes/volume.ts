@@ -624,13 +624,24 @@ export class Volume {
     }
   }
 
-  /** Replaces the stripe of a Cold chunk after reconstruction (same data, new shard places). */
+  /**
+   * Replaces the stripe of a Cold chunk after reconstruction (same data, new
+   * shard places). The check and the write are one transaction (a put after
+   * a check outside it could land after a destage's flip, or after segment
+   * compaction moved the stripe, and point the index at a stale copy).
+   */
   async replaceStripe(c: number, expected: StripeRef, next: StripeRef): Promise<boolean> {
     if (this.stripes.get(c) !== expected) return false; // superseded meanwhile
-    const prev = this.meta.chunks.get([this.rec.id, c]);
-    await this.meta.chunks.put([this.rec.id, c], { ...(prev ?? { state: ChunkState.Cold, pool: '' }), stripe: next });
-    await this.meta.durable();
-    if (this.stripes.get(c) !== expected) return false;
+    const key: [number, number] = [this.rec.id, c];
+    const flipped = await this.meta.transaction(() => {
+      const prev = this.meta.chunks.get(key);
+      if (prev?.state !== ChunkState.Cold || !sameStripe(prev.stripe, expected)) return false;
+      void this.meta.chunks.put(key, { ...prev, stripe: next });
+      return true;
+    });
+    if (flipped) await this.meta.durable();
+    this.cold?.stripes.releaseReplaced(expected, next, flipped);
+    if (!flipped || this.stripes.get(c) !== expected) return false;
     this.stripes.set(c, next);
     return true;
   }
@@ -797,6 +808,15 @@ export class VerifyFailed extends Error {
 /** FAST_ZERO could not be honoured without writing data. */
 export class SlowZero extends Error {
   override name = 'SlowZero';
+}
+
+/** Same stripe, same shard places (an index entry read back from LMDB is a copy, not the object held in memory). */
+function sameStripe(a: StripeRef | undefined, b: StripeRef): boolean {
+  if (a === undefined || a.ownerId !== b.ownerId || a.chunkIndex !== b.chunkIndex || a.generation !== b.generation || a.shards.length !== b.shards.length) return false;
+  return a.shards.every((s, i) => {
+    const t = b.shards[i]!;
+    return s.pool === t.pool && s.segment === t.segment && s.offsetBytes === t.offsetBytes;
+  });
 }
 
 /** 16-byte owner id written into every shard record of a volume's stripes. */

@@ -1,0 +1,442 @@
+// Space reclaim for the cold tier: dead-byte accounting per segment file
+// (persisted in LMDB) and the background job that compacts segments whose
+// dead fraction is high.
+//
+// Compacting segment S of pool P (DESIGN.md: old bytes are freed only after
+// the index flip; nothing is written over the only good copy):
+//  1. S's live records are found from the index itself (volume chunk map in
+//     LMDB and in memory, cold S3 objects and parts), never from the hints;
+//  2. they are copied to P's head segment, durable (writev + fdatasync), a
+//     batch at a time, throttled;
+//  3. the stripe store learns old place -> copy (readers and free() calls
+//     holding a reference from before the flip follow it);
+//  4. one LMDB transaction per batch rewrites every index entry that has a
+//     shard at a copied place. The rewrite substitutes a place for another
+//     holding the same bytes, so whatever the entry holds when the
+//     transaction runs (it re-reads it there: that is the compare-and-swap),
+//     the result is correct; an entry rewritten meanwhile to a new stripe has
+//     no shard in S and is left alone. Open volumes' in-memory maps follow;
+//  5. S is deleted only once every write session begun before the pass has
+//     ended and a final look at the index (inside a transaction, after every
+//     write queued before it) finds nothing pointing into S.
+// A SIGKILL before 4 commits leaves S referenced and the copies orphans;
+// after it, S unreferenced but present. The start-up recount marks either
+// kind dead, so the next pass reclaims it; fsck reports them as orphans.
+import type { Database } from 'lmdb';
+import { Counter, type Registry } from 'prom-client';
+import { log } from '../../log.js';
+import { ChunkState, type MetaStore } from '../meta/store.js';
+import { ALL_OBJECT_KEYS, OBJECTS_DB, PARTS_DB, coldStripeRefs, moveColdStripes } from '../objects/cold-segments.js';
+import type { SegmentLocation, SegmentStore } from './segment-store.js';
+import type { ShardRef, StripeRef, StripeStore } from './stripe-store.js';
+
+export interface CompactionOptions {
+  /** How often the job looks for segments to compact (0 = only when asked, runOnce). */
+  intervalMs: number;
+  /** A sealed segment is compacted once at least this fraction of its bytes is dead (0 < x <= 1). */
+  deadFraction: number;
+  /** Copy rate limit of the background job; runOnce({ unthrottled }) ignores it. */
+  maxBytesPerSecond: number;
+  /** Live bytes copied (and flipped in one transaction) per batch. */
+  batchBytes: number;
+  /** Longest wait for write sessions begun before a deletion (uploads in flight); past it the segment waits for a later pass. */
+  settleTimeoutMs: number;
+}
+
+export const DEFAULT_COMPACTION_OPTIONS: CompactionOptions = {
+  intervalMs: 30_000,
+  deadFraction: 0.5,
+  maxBytesPerSecond: 64 * 1024 * 1024,
+  batchBytes: 8 * 1024 * 1024,
+  settleTimeoutMs: 60_000,
+};
+
+export interface CompactionStats {
+  segmentsCompacted: number;
+  /** Segment bytes deleted minus live bytes copied out of them. */
+  reclaimedBytesTotal: number;
+  copiedBytesTotal: number;
+  /** Segments left in place by a pass: still referenced, corrupt live records, or writes not settled. */
+  segmentsDeferred: number;
+  passes: number;
+  /** Dead bytes the accounting holds now, over every cold pool. */
+  deadBytes: number;
+}
+
+export interface PassReport {
+  segmentsCompacted: number;
+  reclaimedBytes: number;
+  copiedBytes: number;
+  segmentsDeferred: number;
+}
+
+/** What the job needs of the volumes (the manager's open volumes). */
+export interface OpenVolumeView {
+  readonly rec: { readonly id: number };
+  readonly stripes: Map<number, StripeRef>;
+}
+
+interface ObjectLike {
+  segments: { kind: string }[];
+}
+interface PartLike {
+  segment: { kind: string };
+}
+
+/** An index entry that holds stripe references. */
+type Holder = { kind: 'chunk'; key: [number, number] } | { kind: 'object'; key: Buffer } | { kind: 'part'; key: Buffer };
+
+function segKey(pool: string, segment: number): string {
+  return `${pool}\u0000${segment}`;
+}
+
+export class SegmentCompactor {
+  private readonly opts: CompactionOptions;
+  private readonly objects: Database<ObjectLike, Buffer>;
+  private readonly parts: Database<PartLike, Buffer>;
+  /** Dead bytes per "pool\0segment" (mirror of meta.segmentDeadBytes); bounded by the number of segments. */
+  private readonly dead = new Map<string, number>();
+  private readonly stats_: Omit<CompactionStats, 'deadBytes'> = {
+    segmentsCompacted: 0,
+    reclaimedBytesTotal: 0,
+    copiedBytesTotal: 0,
+    segmentsDeferred: 0,
+    passes: 0,
+  };
+  private timer: NodeJS.Timeout | null = null;
+  private running: Promise<PassReport> | null = null;
+  private stopped = false;
+  private wakeSleep: (() => void) | null = null;
+  private recounted = false;
+
+  constructor(
+    private readonly stripes: StripeStore,
+    private readonly meta: MetaStore,
+    private readonly openVolumes: () => Iterable<OpenVolumeView>,
+    opts: Partial<CompactionOptions> = {},
+  ) {
+    this.opts = { ...DEFAULT_COMPACTION_OPTIONS, ...opts };
+    if (!(this.opts.deadFraction > 0 && this.opts.deadFraction <= 1)) throw new RangeError(`deadFraction must be in (0, 1], got ${this.opts.deadFraction}`);
+    this.objects = meta.openDB<ObjectLike, Buffer>(OBJECTS_DB);
+    this.parts = meta.openDB<PartLike, Buffer>(PARTS_DB);
+    for (const { key, value } of meta.segmentDeadBytes.getRange()) this.dead.set(segKey(key[0], key[1]), value);
+    stripes.onShardsDead = (shards) => this.markDead(shards);
+  }
+
+  /** Starts the background job (a recount first, then a pass every intervalMs). */
+  start(): void {
+    if (this.opts.intervalMs <= 0 || this.timer || this.stopped) return;
+    const tick = () => {
+      this.timer = null;
+      this.runOnce()
+        .catch((err: Error) => log.warn('segment compaction pass failed', { err: err.message }))
+        .finally(() => {
+          if (!this.stopped) this.timer = setTimeout(tick, this.opts.intervalMs);
+        });
+    };
+    this.timer = setTimeout(tick, Math.min(this.opts.intervalMs, 1000));
+  }
+
+  /** Stops the job: a pass in progress ends after its current batch (its copies become orphans, reclaimed later). */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+    this.wakeSleep?.();
+    await this.running?.catch(() => undefined);
+    this.stripes.onShardsDead = null;
+  }
+
+  stats(): CompactionStats {
+    let deadBytes = 0;
+    for (const v of this.dead.values()) deadBytes += v;
+    return { ...this.stats_, deadBytes };
+  }
+
+  /** Per segment of every online cold pool: size, dead bytes (the hint), head. For the admin API. */
+  async segments(): Promise<{ pool: string; segment: number; sizeBytes: number; deadBytes: number; head: boolean }[]> {
+    const out = [];
+    for (const { pool, store } of await this.coldStores()) {
+      for (const s of store.segments()) out.push({ pool, segment: s.segment, sizeBytes: s.sizeBytes, deadBytes: Math.min(s.sizeBytes, this.dead.get(segKey(pool, s.segment)) ?? 0), head: s.head });
+    }
+    return out;
+  }
+
+  /**
+   * One pass: compacts, one segment at a time, every sealed segment over the
+   * dead fraction. Concurrent calls share the pass in progress.
+   */
+  runOnce(opts: { unthrottled?: boolean } = {}): Promise<PassReport> {
+    if (this.running) return this.running;
+    const p = this.pass(opts.unthrottled === true).finally(() => {
+      this.running = null;
+    });
+    this.running = p;
+    return p;
+  }
+
+  private markDead(shards: ShardRef[]): void {
+    for (const s of shards) {
+      const key = segKey(s.pool, s.segment);
+      const bytes = (this.dead.get(key) ?? 0) + s.lengthBytes;
+      this.dead.set(key, bytes);
+      // A hint: not awaited (the start-up recount corrects a lost update).
+      void this.meta.segmentDeadBytes.put([s.pool, s.segment], bytes);
+    }
+  }
+
+  private async coldStores(): Promise<{ pool: string; store: SegmentStore }[]> {
+    const out = [];
+    for (const pool of this.stripes.coldPoolNames()) {
+      const store = await this.stripes.segmentStore(pool);
+      if (store) out.push({ pool, store });
+    }
+    return out;
+  }
+
+  /**
+   * Every stripe reference the index holds, with its holder: the chunk map
+   * as committed, open volumes' maps (a destage's flip lands there after its
+   * commit), cold objects and parts.
+   */
+  private forEachRef(visit: (ref: StripeRef, holder: Holder | null) => void): void {
+    for (const vol of this.meta.listVolumes()) {
+      for (const { chunkIndex, entry } of this.meta.volumeChunks(vol.id)) {
+        if (entry.state === ChunkState.Cold && entry.stripe) visit(entry.stripe, { kind: 'chunk', key: [vol.id, chunkIndex] });
+      }
+    }
+    for (const vol of this.openVolumes()) for (const ref of vol.stripes.values()) visit(ref, null);
+    for (const { key, value } of this.objects.getRange(ALL_OBJECT_KEYS)) {
+      for (const ref of coldStripeRefs(value.segments)) visit(ref, { kind: 'object', key: Buffer.from(key) });
+    }
+    for (const { key, value } of this.parts.getRange(ALL_OBJECT_KEYS)) {
+      for (const ref of coldStripeRefs([value.segment])) visit(ref, { kind: 'part', key: Buffer.from(key) });
+    }
+  }
+
+  /**
+   * Sets every segment's dead bytes to its size minus the bytes the index
+   * references in it: corrects hints lost to a crash and counts orphans
+   * (half-written stripes, copies of an interrupted compaction, uploads cut
+   * short). Records written by sessions in flight count as dead here; the
+   * pass itself never trusts the hint (it asks the index again).
+   */
+  async recount(): Promise<void> {
+    // Each referenced place once: a stripe is usually seen both committed and in an open volume's map.
+    const places = new Map<string, ShardRef>();
+    this.forEachRef((ref) => {
+      for (const s of ref.shards) places.set(`${s.pool}/${s.segment}/${s.offsetBytes}`, s);
+    });
+    const live = new Map<string, number>();
+    for (const s of places.values()) live.set(segKey(s.pool, s.segment), (live.get(segKey(s.pool, s.segment)) ?? 0) + s.lengthBytes);
+    const counted: { pool: string; segment: number; deadBytes: number }[] = [];
+    for (const { pool, store } of await this.coldStores()) {
+      for (const s of store.segments()) counted.push({ pool, segment: s.segment, deadBytes: Math.max(0, s.sizeBytes - (live.get(segKey(pool, s.segment)) ?? 0)) });
+    }
+    this.dead.clear();
+    for (const c of counted) this.dead.set(segKey(c.pool, c.segment), c.deadBytes);
+    await this.meta.transaction(() => {
+      for (const key of this.meta.segmentDeadBytes.getKeys()) void this.meta.segmentDeadBytes.remove(key);
+      for (const c of counted) void this.meta.segmentDeadBytes.put([c.pool, c.segment], c.deadBytes);
+    });
+    this.recounted = true;
+  }
+
+  private async pass(unthrottled: boolean): Promise<PassReport> {
+    const report: PassReport = { segmentsCompacted: 0, reclaimedBytes: 0, copiedBytes: 0, segmentsDeferred: 0 };
+    if (!this.recounted) await this.recount();
+    const candidates: { pool: string; store: SegmentStore; segment: number; sizeBytes: number; deadBytes: number }[] = [];
+    for (const { pool, store } of await this.coldStores()) {
+      for (const s of store.segments()) {
+        if (s.head) continue;
+        const deadBytes = Math.min(s.sizeBytes, this.dead.get(segKey(pool, s.segment)) ?? 0);
+        if (s.sizeBytes === 0 || deadBytes / s.sizeBytes >= this.opts.deadFraction) candidates.push({ pool, store, segment: s.segment, sizeBytes: s.sizeBytes, deadBytes });
+      }
+    }
+    candidates.sort((a, b) => b.deadBytes - a.deadBytes);
+    for (const c of candidates) {
+      if (this.stopped) break;
+      try {
+        const r = await this.compactOne(c.pool, c.store, c.segment, unthrottled);
+        if (r === null) {
+          report.segmentsDeferred++;
+          this.stats_.segmentsDeferred++;
+          continue;
+        }
+        report.segmentsCompacted++;
+        report.copiedBytes += r.copiedBytes;
+        report.reclaimedBytes += r.reclaimedBytes;
+      } catch (err) {
+        report.segmentsDeferred++;
+        this.stats_.segmentsDeferred++;
+        log.warn('segment compaction: segment left in place', { pool: c.pool, segment: c.segment, err: (err as Error).message });
+      }
+    }
+    await this.stripes.refreshPoolUsage();
+    this.stats_.passes++;
+    if (report.segmentsCompacted > 0) log.info('segment compaction pass', { ...report });
+    return report;
+  }
+
+  /** Live places in `segment` of `pool` per the index now: offset -> length. */
+  private liveIn(pool: string, segment: number): { live: Map<number, number>; holders: Map<string, Holder> } {
+    const live = new Map<number, number>();
+    const holders = new Map<string, Holder>();
+    this.forEachRef((ref, holder) => {
+      let hit = false;
+      for (const s of ref.shards) {
+        if (s.pool !== pool || s.segment !== segment) continue;
+        live.set(s.offsetBytes, s.lengthBytes);
+        hit = true;
+      }
+      if (hit && holder) holders.set(holderId(holder), holder);
+    });
+    return { live, holders };
+  }
+
+  /** Compacts one sealed segment; null when it had to stay (see PassReport.segmentsDeferred). */
+  private async compactOne(pool: string, store: SegmentStore, segment: number, unthrottled: boolean): Promise<{ copiedBytes: number; reclaimedBytes: number } | null> {
+    const info = store.segments().find((s) => s.segment === segment);
+    if (!info || info.head) return null;
+    const { live, holders } = this.liveIn(pool, segment);
+    const places = [...live.entries()].sort((a, b) => a[0] - b[0]).map(([offsetBytes, lengthBytes]) => ({ segment, offsetBytes, lengthBytes }));
+    let copiedBytes = 0;
+    let corrupt = 0;
+    const startMs = Date.now();
+    for (let i = 0; i < places.length; ) {
+      if (this.stopped) return null;
+      const batch: SegmentLocation[] = [];
+      let batchBytes = 0;
+      while (i < places.length && (batch.length === 0 || batchBytes + places[i]!.lengthBytes <= this.opts.batchBytes)) {
+        batchBytes += places[i]!.lengthBytes;
+        batch.push(places[i++]!);
+      }
+      const result = await store.compactSegment(segment, batch);
+      corrupt += result.corrupt.length;
+      if (result.relocations.length > 0) {
+        this.stripes.addForwards(pool, result.relocations);
+        await this.flip(pool, segment, result.relocations, holders);
+        for (const r of result.relocations) copiedBytes += r.to.lengthBytes;
+      }
+      if (!unthrottled) await this.throttle(startMs, copiedBytes);
+    }
+    if (corrupt > 0) {
+      // A live record that fails its CRC was not copied: deleting S would
+      // lose that shard. Scrub rebuilds it elsewhere; a later pass then finds S unreferenced.
+      log.warn('segment compaction: live records fail verification; segment kept until they are rebuilt', { pool, segment, corrupt });
+      return null;
+    }
+    // Records of sessions in flight (a destage between its append and its
+    // flip, an upload before its commit) are not in the index yet: wait
+    // for those sessions, then look once more, after every queued write.
+    if (!(await this.stripes.writesSettled(this.opts.settleTimeoutMs, () => this.stopped))) return null;
+    await new Promise((resolve) => setImmediate(resolve)); // let callers issue the flips their resolved writes lead to
+    const stillLive = await this.meta.transaction(() => this.liveIn(pool, segment).live.size);
+    if (stillLive > 0) {
+      log.debug('segment compaction: segment still referenced after the flip; left for a later pass', { pool, segment, places: stillLive });
+      return null;
+    }
+    if (this.stopped) return null;
+    await store.removeSegment(segment);
+    const key = segKey(pool, segment);
+    this.dead.delete(key);
+    void this.meta.segmentDeadBytes.remove([pool, segment]);
+    const reclaimedBytes = Math.max(0, info.sizeBytes - copiedBytes);
+    this.stats_.segmentsCompacted++;
+    this.stats_.reclaimedBytesTotal += reclaimedBytes;
+    this.stats_.copiedBytesTotal += copiedBytes;
+    return { copiedBytes, reclaimedBytes };
+  }
+
+  /**
+   * One transaction: every holder with a shard at a copied place now points
+   * at the copy (see the file comment for why re-reading inside the
+   * transaction makes this a compare-and-swap). Then open volumes' maps.
+   */
+  private async flip(pool: string, segment: number, relocations: { from: SegmentLocation; to: SegmentLocation }[], holders: Map<string, Holder>): Promise<void> {
+    const to = new Map<number, SegmentLocation>();
+    for (const r of relocations) to.set(r.from.offsetBytes, r.to);
+    const move = (ref: StripeRef): StripeRef | null => {
+      let changed = false;
+      const shards = ref.shards.map((s) => {
+        if (s.pool !== pool || s.segment !== segment) return s;
+        const dst = to.get(s.offsetBytes);
+        if (dst === undefined || dst.lengthBytes !== s.lengthBytes) return s;
+        changed = true;
+        return { pool, segment: dst.segment, offsetBytes: dst.offsetBytes, lengthBytes: dst.lengthBytes };
+      });
+      return changed ? { ...ref, shards } : null;
+    };
+    await this.meta.transaction(() => {
+      for (const h of holders.values()) {
+        if (h.kind === 'chunk') {
+          const e = this.meta.chunks.get(h.key);
+          const next = e?.state === ChunkState.Cold && e.stripe ? move(e.stripe) : null;
+          if (e && next) void this.meta.chunks.put(h.key, { ...e, stripe: next });
+        } else if (h.kind === 'object') {
+          const rec = this.objects.get(h.key);
+          const segments = rec ? moveColdStripes(rec.segments, move) : undefined;
+          if (rec && segments) void this.objects.put(h.key, { ...rec, segments });
+        } else {
+          const rec = this.parts.get(h.key);
+          const segments = rec ? moveColdStripes([rec.segment], move) : undefined;
+          if (rec && segments) void this.parts.put(h.key, { ...rec, segment: segments[0]! });
+        }
+      }
+    });
+    await this.meta.durable();
+    // In-memory maps after the commit: a ref there may be newer than the
+    // committed one (its flip still resolving) or the same; either way the
+    // substitution is right. Synchronous, so no destage interleaves.
+    for (const vol of this.openVolumes()) {
+      for (const [c, ref] of vol.stripes) {
+        const next = move(ref);
+        if (next) {
+          vol.stripes.set(c, next);
+          this.stripes.forget(ref);
+        }
+      }
+    }
+  }
+
+  /** Sleeps so the copy rate stays under maxBytesPerSecond; stop() cuts it short. */
+  private async throttle(startMs: number, copiedBytes: number): Promise<void> {
+    const dueMs = startMs + (copiedBytes / this.opts.maxBytesPerSecond) * 1000;
+    const waitMs = dueMs - Date.now();
+    if (waitMs <= 0 || this.stopped) return;
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, waitMs);
+      this.wakeSleep = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+    });
+    this.wakeSleep = null;
+  }
+}
+
+function holderId(h: Holder): string {
+  return h.kind === 'chunk' ? `c/${h.key[0]}/${h.key[1]}` : `${h.kind}/${h.key.toString('hex')}`;
+}
+
+/** couchestor_segment_reclaimed_bytes_total and friends, read from the compactor at scrape time. */
+export function registerCompactionMetrics(compactor: SegmentCompactor, registry: Registry): void {
+  new Counter({
+    name: 'couchestor_segment_reclaimed_bytes_total',
+    help: 'Cold segment bytes given back by compaction (segment files deleted, minus the live records copied out of them).',
+    registers: [registry],
+    collect() {
+      this.reset();
+      this.inc(compactor.stats().reclaimedBytesTotal);
+    },
+  });
+  new Counter({
+    name: 'couchestor_segments_compacted_total',
+    help: 'Cold segment files compacted and deleted.',
+    registers: [registry],
+    collect() {
+      this.reset();
+      this.inc(compactor.stats().segmentsCompacted);
+    },
+  });
+}
