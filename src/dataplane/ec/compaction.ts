@@ -61,6 +61,8 @@ export interface CompactionStats {
   passes: number;
   /** Dead bytes the accounting holds now, over every cold pool. */
   deadBytes: number;
+  /** A pass is in progress. */
+  running: boolean;
 }
 
 export interface PassReport {
@@ -96,7 +98,7 @@ export class SegmentCompactor {
   private readonly parts: Database<PartLike, Buffer>;
   /** Dead bytes per "pool\0segment" (mirror of meta.segmentDeadBytes); bounded by the number of segments. */
   private readonly dead = new Map<string, number>();
-  private readonly stats_: Omit<CompactionStats, 'deadBytes'> = {
+  private readonly stats_: Omit<CompactionStats, 'deadBytes' | 'running'> = {
     segmentsCompacted: 0,
     reclaimedBytesTotal: 0,
     copiedBytesTotal: 0,
@@ -150,7 +152,7 @@ export class SegmentCompactor {
   stats(): CompactionStats {
     let deadBytes = 0;
     for (const v of this.dead.values()) deadBytes += v;
-    return { ...this.stats_, deadBytes };
+    return { ...this.stats_, deadBytes, running: this.running !== null };
   }
 
   /** Per segment of every online cold pool: size, dead bytes (the hint), head. For the admin API. */

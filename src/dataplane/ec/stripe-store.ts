@@ -63,6 +63,8 @@ export interface StripeStoreCounters {
   degradedReads: number;
   failedReads: number;
   shardsRebuilt: number;
+  /** Shard reads that followed a compaction forward (the reader's reference predates the index flip). */
+  forwardedShardReads: number;
 }
 
 /**
@@ -78,7 +80,7 @@ export class VerifyMismatch extends Error {
 }
 
 export class StripeStore {
-  readonly counters: StripeStoreCounters = { stripesWritten: 0, healthyReads: 0, degradedReads: 0, failedReads: 0, shardsRebuilt: 0 };
+  readonly counters: StripeStoreCounters = { stripesWritten: 0, healthyReads: 0, degradedReads: 0, failedReads: 0, shardsRebuilt: 0, forwardedShardReads: 0 };
   /** Called after a degraded read so reconstruction can be queued. */
   onDegraded: ((ref: StripeRef, health: StripeHealth, ctx: StripeContext | undefined) => void) | null = null;
   private readonly stores = new Map<string, Promise<SegmentStore | null>>();
@@ -247,6 +249,7 @@ export class StripeStore {
         // Compacted away since the caller took `ref`: the record was copied first.
         const moved = err instanceof ShardNotFound ? this.resolve(s) : s;
         if (moved === s) throw err;
+        this.counters.forwardedShardReads++;
         return this.ownShard(ref, i, await store.read(moved, into));
       }
     } catch (err) {

@@ -1,0 +1,81 @@
+// Segment compaction with the real stripe store, segment files and LMDB
+// index, in process (so the test can hold a stripe reference across the
+// pass, which no client can): a reference taken before compaction still
+// reads the right bytes after its segment file is deleted, freeing it marks
+// the copy dead (not the deleted source), and the index points at the copies.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { DEFAULT_EC_POLICY_YAML } from '../src/config.js';
+import { SegmentCompactor } from '../src/dataplane/ec/compaction.js';
+import { parsePolicyYaml } from '../src/dataplane/ec/policy.js';
+import { StripeStore, type StripeRef } from '../src/dataplane/ec/stripe-store.js';
+import { ChunkState, MetaStore } from '../src/dataplane/meta/store.js';
+import { Pool } from '../src/dataplane/pools/pool.js';
+import { volumeOwnerId } from '../src/dataplane/volumes/volume.js';
+import { patternBytes } from './helpers/cold.js';
+
+const MiB = 1024 * 1024;
+const VOLUME_ID = 1;
+
+test('a stripe reference from before compaction reads right after its segment is deleted, and freeing it marks the copy dead', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-compaction-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const pools = Array.from({ length: 6 }, (_, i) => {
+    const p = path.join(dir, `cold-${i}`);
+    fs.mkdirSync(p);
+    return new Pool({ name: `cold-${i}`, path: p, tier: 'cold', capacityBytes: 1024 * MiB, labels: {} });
+  });
+  const meta = MetaStore.open(dir);
+  const stripes = new StripeStore(() => pools, parsePolicyYaml(DEFAULT_EC_POLICY_YAML, 6));
+  // Three 256 KiB records per 1 MiB segment: chunks 0-2 fill segment 1 of every pool, 3-5 segment 2.
+  stripes.segmentOptions = { segmentSizeBytes: MiB };
+  t.after(async () => {
+    await stripes.close();
+    await meta.close();
+  });
+  await meta.volumes.put('v', { name: 'v', id: VOLUME_ID, sizeBytes: 8 * MiB, chunkSizeBytes: MiB, tier: 'cold', poolName: 'cold-0', readOnly: false, createdMs: 0 });
+  const data = new Map<number, Buffer>();
+  const refs = new Map<number, StripeRef>();
+  const put = async (c: number, generation: number) => {
+    const bytes = patternBytes(MiB, c * 100 + generation);
+    const ref = await stripes.writeStripe(volumeOwnerId(VOLUME_ID), c, generation, bytes);
+    await meta.chunks.put([VOLUME_ID, c], { state: ChunkState.Cold, pool: '', stripe: ref });
+    const old = refs.get(c);
+    refs.set(c, ref);
+    data.set(c, bytes);
+    if (old) stripes.free(old); // after the flip, as the destager does
+  };
+  for (let c = 0; c < 6; c++) await put(c, 1);
+  const compactor = new SegmentCompactor(stripes, meta, () => [], { intervalMs: 0 });
+  t.after(() => compactor.stop());
+  const stale = refs.get(2)!;
+  assert.deepEqual(new Set(stale.shards.map((s) => s.segment)), new Set([1]), 'chunk 2 starts in segment 1 of every pool');
+  // Rewrite chunks 0 and 1: segment 1 is then two thirds dead, chunk 2 its only live record.
+  await put(0, 2);
+  await put(1, 2);
+  const report = await compactor.runOnce({ unthrottled: true });
+  assert.equal(report.segmentsCompacted, 6, 'segment 1 of each of the six pools');
+  for (const p of pools) assert.equal(fs.existsSync(path.join(p.rec.path, 'segments', 'seg-000000000001.cseg')), false, `${p.name}: segment 1 deleted`);
+  const moved = meta.chunks.get([VOLUME_ID, 2])!.stripe!;
+  assert.ok(moved.shards.every((s) => s.segment !== 1), 'the index points at the copies');
+  assert.equal(moved.generation, stale.generation);
+  // The reference held across the pass: every shard's segment is gone, the bytes are not.
+  const before = stripes.counters.forwardedShardReads;
+  assert.ok((await stripes.readStripe(stale)).equals(data.get(2)!), 'stale reference reads the right bytes');
+  assert.equal(stripes.counters.degradedReads, 0, 'read through the forwards, not repaired from parity');
+  assert.equal(stripes.counters.forwardedShardReads - before, 4, 'the four data shards followed their forwards');
+  assert.ok((await stripes.readStripe(moved)).equals(data.get(2)!), 'the new reference reads the same bytes');
+  // Every other chunk still reads right through the index.
+  for (let c = 0; c < 6; c++) assert.ok((await stripes.readStripe(meta.chunks.get([VOLUME_ID, c])!.stripe!)).equals(data.get(c)!), `chunk ${c}`);
+  // A writer that took `stale` before the pass now frees it: the copies are what died.
+  const deadBefore = new Map((await compactor.segments()).map((s) => [`${s.pool}/${s.segment}`, s.deadBytes]));
+  stripes.free(stale);
+  const deadAfter = new Map((await compactor.segments()).map((s) => [`${s.pool}/${s.segment}`, s.deadBytes]));
+  for (const s of moved.shards) {
+    const k = `${s.pool}/${s.segment}`;
+    assert.equal(deadAfter.get(k)! - deadBefore.get(k)!, s.lengthBytes, `copy on ${k} counted dead`);
+  }
+});
