@@ -248,7 +248,9 @@ export class SegmentCompactor {
     const report: PassReport = { segmentsCompacted: 0, reclaimedBytes: 0, copiedBytes: 0, segmentsDeferred: 0 };
     if (!this.recounted) await this.recount();
     const candidates: { pool: string; store: SegmentStore; segment: number; sizeBytes: number; deadBytes: number }[] = [];
-    for (const { pool, store } of await this.coldStores()) {
+    const stores = await this.coldStores();
+    this.pruneHints(stores);
+    for (const { pool, store } of stores) {
       for (const s of store.segments()) {
         if (s.head) continue;
         const deadBytes = Math.min(s.sizeBytes, this.dead.get(segKey(pool, s.segment)) ?? 0);
@@ -278,6 +280,26 @@ export class SegmentCompactor {
     this.stats_.passes++;
     if (report.segmentsCompacted > 0) log.info('segment compaction pass', { ...report });
     return report;
+  }
+
+  /**
+   * Drops hints of segments that no longer exist in an open pool (a free()
+   * of a reference older than the forwards kept can name a deleted one), so
+   * the map stays bounded by the segments on disk.
+   */
+  private pruneHints(stores: { pool: string; store: SegmentStore }[]): void {
+    const present = new Set<string>();
+    const open = new Set<string>();
+    for (const { pool, store } of stores) {
+      open.add(pool);
+      for (const s of store.segments()) present.add(segKey(pool, s.segment));
+    }
+    for (const key of this.dead.keys()) {
+      const [pool, segment] = key.split('\u0000') as [string, string];
+      if (!open.has(pool) || present.has(key)) continue;
+      this.dead.delete(key);
+      void this.meta.segmentDeadBytes.remove([pool, Number(segment)]);
+    }
   }
 
   /** Live places in `segment` of `pool` per the index now: offset -> length. */

@@ -641,8 +641,15 @@ export class Volume {
     });
     if (flipped) await this.meta.durable();
     this.cold?.stripes.releaseReplaced(expected, next, flipped);
-    if (!flipped || this.stripes.get(c) !== expected) return false;
-    this.stripes.set(c, next);
+    if (!flipped) return false;
+    const cur = this.stripes.get(c);
+    if (cur === expected) this.stripes.set(c, next);
+    else if (cur !== undefined && cur.generation === expected.generation) {
+      // Segment compaction moved this stripe after our commit (same generation,
+      // other places): the committed entry carries both its move and ours.
+      const committed = this.meta.chunks.get(key)?.stripe;
+      if (committed !== undefined && committed.generation === expected.generation) this.stripes.set(c, committed);
+    }
     return true;
   }
 
