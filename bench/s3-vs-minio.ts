@@ -6,6 +6,8 @@
 //   GOPATH=/tmp/s3-work/go GOBIN=/tmp/s3-work/bin go install github.com/minio/minio@latest
 // Run (after `npx tsc -p tsconfig.json`):
 //   MINIO_BIN=/tmp/s3-work/bin/minio node dist/bench/s3-vs-minio.js [secondsPerCell=2]
+// S3_BENCH_ONLY='4MiB c=1' runs only the cells whose label contains it;
+// S3_BENCH_NODE_ARGS='--cpu-prof --cpu-prof-dir=/tmp/x' is passed to the daemon's node.
 // Both servers get the same hand-signed requests (SigV4, UNSIGNED-PAYLOAD)
 // from one lean keep-alive client, so neither pays for the AWS SDK.
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -64,7 +66,8 @@ function request(t: Target, method: string, p: string, body?: Buffer): Promise<n
 
 async function startOurs(): Promise<Target> {
   const dataDir = path.join(WORK, 'couchestor');
-  const proc = spawn(process.execPath, [CLI, 'serve', '--data-dir', dataDir, '--nbd-port', '0', '--api-port', '0', '--s3-port', '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const nodeArgs = process.env.S3_BENCH_NODE_ARGS ? process.env.S3_BENCH_NODE_ARGS.split(' ') : [];
+  const proc = spawn(process.execPath, [...nodeArgs, CLI, 'serve', '--data-dir', dataDir, '--nbd-port', '0', '--api-port', '0', '--metrics-port', '0', '--s3-port', '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
   proc.stderr!.resume();
   const port = await new Promise<number>((resolve, reject) => {
     readline.createInterface({ input: proc.stdout! }).on('line', (l) => {
@@ -171,7 +174,9 @@ async function main(): Promise<void> {
   const targets = [await startOurs(), await startMinio()];
   try {
     for (const t of targets) await request(t, 'PUT', '/bench');
-    const list = cells();
+    // S3_BENCH_ONLY='4MiB c=1' keeps the cells whose label contains it (PUT and GET of a size/concurrency go together).
+    const only = process.env.S3_BENCH_ONLY;
+    const list = cells().filter((c) => only === undefined || c.label.includes(only));
     const results = new Map<string, number[]>();
     for (let round = 0; round < ROUNDS; round++) {
       for (const c of list) {

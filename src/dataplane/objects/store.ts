@@ -22,7 +22,7 @@ import {
 import type { VolumeManager } from '../volumes/manager.js';
 import { log } from '../../log.js';
 import { freeColdSegment, readColdSegment, settleColdSegment, writeColdSegment, type ColdSegment, type StripeStoreApi } from './cold-segments.js';
-import { freeHotSegment, listHotFileIds, prepareHotPool, readHotSegment, writeHotSegment, type HotSegment, type WriteLimits } from './hot-segments.js';
+import { freeHotSegment, listHotFileIds, prepareHotPool, readHotSegment, sendHotSegment, writeHotSegment, type HotSegment, type PieceSink, type WriteLimits } from './hot-segments.js';
 
 export type Segment = HotSegment | ColdSegment;
 export type BucketTier = 'hot' | 'cold';
@@ -114,6 +114,12 @@ export interface ObjectHandle {
   rec: ObjectRecord;
   /** Bytes [offsetBytes, offsetBytes+lengthBytes); the stream's close releases the handle. */
   read(offsetBytes: number, lengthBytes: number): Readable;
+  /**
+   * Bytes [offsetBytes, offsetBytes+lengthBytes) to `sink` piece by piece
+   * (pieces are borrowed, see PieceSink); releases the handle when it settles.
+   * The GET path: pooled read blocks, reads overlapped with socket writes.
+   */
+  send(offsetBytes: number, lengthBytes: number, sink: PieceSink): Promise<void>;
   release(): void;
 }
 
@@ -338,6 +344,14 @@ export class ObjectStore {
         stream.once('close', release);
         return stream;
       },
+      send: async (offsetBytes, lengthBytes, sink) => {
+        try {
+          if (offsetBytes < 0 || lengthBytes < 0 || offsetBytes + lengthBytes > rec.sizeBytes) throw new InvalidArgument('read range outside the object');
+          await this.sendSegments(rec, offsetBytes, lengthBytes, sink);
+        } finally {
+          release();
+        }
+      },
     };
   }
 
@@ -369,6 +383,34 @@ export class ObjectStore {
           yield* readHotSegment(pool, seg, from, len);
         } else {
           yield* readColdSegment(this.requireStripes(), seg, from, len);
+        }
+      }
+      segStart = segEnd;
+      if (segStart >= end) break;
+    }
+  }
+
+  private async sendSegments(rec: ObjectRecord, offsetBytes: number, lengthBytes: number, sink: PieceSink): Promise<void> {
+    let segStart = 0;
+    const end = offsetBytes + lengthBytes;
+    for (const seg of rec.segments) {
+      const segEnd = segStart + seg.lengthBytes;
+      if (segEnd > offsetBytes && segStart < end) {
+        const from = Math.max(offsetBytes, segStart) - segStart;
+        const len = Math.min(end, segEnd) - segStart - from;
+        const isLast = segEnd >= end;
+        if (seg.kind === 'hot') {
+          const pool = this.manager.pools.get(seg.pool);
+          if (!pool) throw new NoSuitablePool(`object data is on pool ${seg.pool}, which is not configured`);
+          await sendHotSegment(pool, seg, from, len, sink, isLast);
+        } else {
+          // Stripe reads hand over their own buffers, so each piece is simply awaited.
+          let pending: Buffer | undefined;
+          for await (const piece of readColdSegment(this.requireStripes(), seg, from, len)) {
+            if (pending) await sink(pending, false);
+            pending = piece;
+          }
+          if (pending) await sink(pending, isLast);
         }
       }
       segStart = segEnd;

@@ -2,10 +2,11 @@
 // headers and XML, streaming bodies both ways. Storage lives behind
 // ObjectStore; every error leaves through toS3Error/errorXml.
 import { createHash, randomBytes } from 'node:crypto';
-import type { IncomingMessage } from 'node:http';
+import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { log } from '../../log.js';
+import type { PieceSink } from '../objects/hot-segments.js';
 import { MAX_PART_NUMBER, type BucketTier, type ContentHeaders, type ObjectRecord, type ObjectStore } from '../objects/store.js';
 import type { AccessKey } from './credentials.js';
 import { S3Error, errorXml, toS3Error } from './errors.js';
@@ -55,6 +56,50 @@ const httpDate = (ms: number) => new Date(ms).toUTCString();
 function header(raw: IncomingMessage, name: string): string | undefined {
   const v = raw.headers[name];
   return Array.isArray(v) ? v.join(',') : v;
+}
+
+/** The client hung up mid-body: routine, not a storage failure. */
+class ClientGone extends Error {
+  override name = 'ClientGone';
+}
+
+/**
+ * Writes an object body straight to the socket as PieceSink: each piece's
+ * promise settles when its bytes were handed to the kernel (the store then
+ * reuses the buffer), the last piece ends the response. The response head
+ * goes out with the first piece, so an error before it is still an S3 error.
+ */
+class ResponseSink {
+  started = false;
+  private readonly res: ServerResponse;
+
+  constructor(private readonly reply: FastifyReply) {
+    this.res = reply.raw;
+  }
+
+  readonly sink: PieceSink = (piece, last) =>
+    new Promise<void>((resolve, reject) => {
+      const res = this.res;
+      if (!this.started) {
+        this.started = true;
+        this.reply.hijack();
+        res.writeHead(this.reply.statusCode, this.reply.getHeaders() as OutgoingHttpHeaders);
+      }
+      let settled = false;
+      // A write to a connection that is already gone never calls back: 'close' settles it.
+      const onClose = () => done(new ClientGone('client connection closed during the response'));
+      const done = (err?: Error | null) => {
+        if (settled) return;
+        settled = true;
+        res.off('close', onClose);
+        // A failed write on the response socket is the connection going away.
+        if (err) reject(err instanceof ClientGone ? err : new ClientGone(`response write failed: ${err.message}`));
+        else resolve();
+      };
+      res.on('close', onClose);
+      if (last) res.end(piece, () => done());
+      else res.write(piece, done);
+    });
 }
 
 function sendXml(reply: FastifyReply, status: number, body: string): FastifyReply {
@@ -414,12 +459,21 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
       }
       reply.header('content-length', String(length));
       if (headOnly || length === 0) return reply.send();
-      const stream = handle.read(start, length);
       handedOff = true;
-      // Once headers are out, a read failure can only cut the connection short
-      // (the client sees fewer bytes than Content-Length), never wrong bytes.
-      stream.on('error', (err) => log.error('s3: object read failed mid-response', { bucket, key, err: err.message }));
-      return reply.send(stream);
+      const out = new ResponseSink(reply);
+      try {
+        await handle.send(start, length, out.sink);
+        // The store marks the final piece; this only guards against a response left open.
+        if (!reply.raw.writableEnded) reply.raw.end();
+      } catch (err) {
+        // Before the first byte went out the error handler still answers in
+        // S3 XML; after it, a failure can only cut the response short (the
+        // client sees fewer bytes than Content-Length), never wrong bytes.
+        if (!out.started) throw err;
+        if (err instanceof ClientGone) log.debug('s3: client left mid-response', { bucket, key });
+        else log.error('s3: object read failed mid-response', { bucket, key, err: (err as Error).message });
+        reply.raw.destroy();
+      }
     } finally {
       if (!handedOff) handle.release();
     }
