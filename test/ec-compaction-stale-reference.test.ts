@@ -68,6 +68,9 @@ test('a stripe reference from before compaction reads right after its segment is
   assert.equal(stripes.counters.degradedReads, 0, 'read through the forwards, not repaired from parity');
   assert.equal(stripes.counters.forwardedShardReads - before, 4, 'the four data shards followed their forwards');
   assert.ok((await stripes.readStripe(moved)).equals(data.get(2)!), 'the new reference reads the same bytes');
+  // A scrub holding the old reference (it reads runs of records per segment) finds the stripe healthy, not lost.
+  const [scanned] = await stripes.inspectMany([stale], Buffer.allocUnsafe(StripeStore.scanScratchBytes(stale, 1)));
+  assert.deepEqual(scanned!.bad, [], 'scrub through the forwards');
   // Every other chunk still reads right through the index.
   for (let c = 0; c < 6; c++) assert.ok((await stripes.readStripe(meta.chunks.get([VOLUME_ID, c])!.stripe!)).equals(data.get(c)!), `chunk ${c}`);
   // A writer that took `stale` before the pass now frees it: the copies are what died.
