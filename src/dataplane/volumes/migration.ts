@@ -40,7 +40,10 @@ export interface MigrateOptions {
  * fewer syncs per byte (at 16, a pool's group commit held ~5 shard records).
  * Measured on the 2-core dev VM, 512 MiB volume, bench/migration-throughput
  * medians, same hour: hot -> cold 103 / 103 MiB/s at 16 vs 161 / 169 at 32;
- * cold -> hot 141 / 150 vs 230 / 241. Bound: 32 x (1 MiB chunk + 1.5 MiB of
+ * cold -> hot 141 / 150 vs 230 / 241. 64 was slower (session 2, interleaved
+ * runs, hot -> cold vs dd: 0.53 / 0.62 / 0.53x at 64, 0.66 / 0.72 / 0.69x at
+ * 32): hot -> cold already writes shards about as fast as the disk takes a
+ * raw copy (1.5x bytes for 4+2). Bound: 32 x (1 MiB chunk + 1.5 MiB of
  * shard records + 1.5 MiB read back by VERIFY) = ~128 MiB transient per
  * migration.
  */
