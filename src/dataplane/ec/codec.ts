@@ -323,22 +323,33 @@ export async function reconstruct(
  * reconstruction that writes just those: unlike reconstruct(), the present
  * shards are neither copied nor returned (on a rebuild after a pool loss that
  * copy was 1.25 MiB of 1.5 MiB allocated per 4+2 stripe for 256 KiB of output).
- * Returns one fresh shard per missing slot, in slot order (the order of
- * `missing`); an empty array when nothing is missing. The present shards may
- * be reused by the caller once the promise settles.
+ * Returns one shard per missing slot, in slot order (the order of
+ * `missing`); an empty array when nothing is missing. The shards are views of
+ * `into` when given (one buffer of at least shardBytes per missing slot, e.g.
+ * a record's payload so the shard is decoded in place), else fresh. The
+ * present shards may be reused by the caller once the promise settles.
  */
 export async function reconstructMissing(
   policy: ErasureCodingPolicy,
   shards: ReadonlyArray<Buffer | undefined>,
+  into?: Buffer[],
 ): Promise<{ missing: number[]; rebuilt: Buffer[] }> {
   const shardBytes = checkPolicyShape(policy);
   const k = policy.dataShards;
   const m = policy.parityShards;
   const { sourceIndexes, missing } = survey(policy, shards, shardBytes);
   if (missing.length === 0) return { missing, rebuilt: [] };
-  // Unzeroed: ISA-L writes every byte of every target.
-  const all = Buffer.allocUnsafe(shardBytes * missing.length);
-  const rebuilt = missing.map((_, t) => all.subarray(t * shardBytes, (t + 1) * shardBytes));
+  let rebuilt: Buffer[];
+  if (into !== undefined) {
+    if (into.length !== missing.length || into.some((b) => b.length < shardBytes)) {
+      throw new EcInputInvalid(`into: need ${missing.length} buffers of >= ${shardBytes} bytes, got ${into.map((b) => b.length).join(",")}`);
+    }
+    rebuilt = into.map((b) => b.subarray(0, shardBytes));
+  } else {
+    // Unzeroed: ISA-L writes every byte of every target.
+    const all = Buffer.allocUnsafe(shardBytes * missing.length);
+    rebuilt = missing.map((_, t) => all.subarray(t * shardBytes, (t + 1) * shardBytes));
+  }
   await runCode(
     decodeTablesFor(k, m, sourceIndexes, missing, false),
     sourceIndexes.map((i) => shards[i]!),

@@ -110,12 +110,16 @@ function recordCrc(header: Buffer, payload: Buffer): number {
 /**
  * Build one record. With compression "lz4" the payload is compressed, but
  * stored raw (flag clear) when LZ4 does not make it smaller: parity and
- * already-compressed data would only grow.
+ * already-compressed data would only grow. With `into` (at least the
+ * record's length) the record is built there and returned as a view of it;
+ * `shard` must then either not overlap `into` or sit exactly at its payload
+ * offset (SHARD_HEADER_BYTES), where it is left in place.
  */
 export function encodeShardRecord(
   fields: ShardRecordFields,
   shard: Buffer,
   compression: ShardCompression = "none",
+  into?: Buffer,
 ): Buffer {
   if (fields.ownerId.length !== 16) {
     throw new ShardRecordInvalid(`ownerId must be 16 bytes, got ${fields.ownerId.length}`);
@@ -137,7 +141,12 @@ export function encodeShardRecord(
       flags |= FLAG_LZ4;
     }
   }
-  const record = Buffer.allocUnsafe(SHARD_HEADER_BYTES + payload.length);
+  // `into` (a caller's recycled buffer, e.g. the rebuild's) saves an allocation;
+  // a shard already sitting at into[SHARD_HEADER_BYTES..] is not copied.
+  const record =
+    into !== undefined && into.length >= SHARD_HEADER_BYTES + payload.length
+      ? into.subarray(0, SHARD_HEADER_BYTES + payload.length)
+      : Buffer.allocUnsafe(SHARD_HEADER_BYTES + payload.length);
   const header = record.subarray(0, SHARD_HEADER_BYTES);
   header.fill(0);
   header.writeUInt32LE(SHARD_MAGIC, 0);
@@ -151,7 +160,8 @@ export function encodeShardRecord(
   header.writeUInt8(fields.parityShards, 42);
   header.writeUInt32LE(payload.length, 44);
   header.writeUInt32LE(shard.length, 48);
-  payload.copy(record, SHARD_HEADER_BYTES);
+  const inPlace = payload.buffer === record.buffer && payload.byteOffset === record.byteOffset + SHARD_HEADER_BYTES;
+  if (!inPlace) payload.copy(record, SHARD_HEADER_BYTES);
   header.writeUInt32LE(recordCrc(header, record.subarray(SHARD_HEADER_BYTES)), CRC_OFFSET);
   return record;
 }

@@ -49,6 +49,8 @@ export interface PreparedRebuild {
   records: Buffer[];
   /** Sum of records' lengths (what landing them holds in memory). */
   lengthBytes: number;
+  /** Buffers (under `records`) from the store's record pool, returned to it by landRebuild(). */
+  pooled: Buffer[];
 }
 
 /** Which chunk a stripe belongs to (for queuing its reconstruction). */
@@ -73,6 +75,8 @@ export interface StripeStoreCounters {
  * short enough that one read does not hold a threadpool thread for long.
  */
 export const MAX_RUN_BYTES = 4 * 1024 * 1024 + 16 * SHARD_HEADER_BYTES;
+/** Bytes of rebuilt-record buffers kept for reuse (StripeStore.recordPool): what a scrub has landing at once. */
+export const MAX_POOLED_RECORD_BYTES = 64 * 1024 * 1024;
 
 /** A stripe read back after writing does not match what was written (migration VERIFY). */
 export class VerifyMismatch extends Error {
@@ -92,6 +96,13 @@ export class StripeStore {
   private cache: CacheManager | null = null;
   /** Stripes being read through the cache (its L3 backend resolves keys here); bounded by reads in flight. */
   private readonly pendingReads = new Map<string, { ref: StripeRef; ctx: StripeContext | undefined }>();
+  /**
+   * Record buffers of landed rebuilds, reused by the next prepareRebuild():
+   * a rebuild then allocates nothing per stripe (fresh 256 KiB buffers drove
+   * V8 into a major GC every ~30 stripes, about a third of a rebuild's CPU).
+   * Bound: MAX_POOLED_RECORD_BYTES; one record length is pooled (the latest).
+   */
+  private recordPool: { recordBytes: number; free: Buffer[] } = { recordBytes: 0, free: [] };
   /** Options for segment stores opened from now on (the daemon sets segmentSizeBytes from its config). */
   segmentOptions: SegmentStoreOptions = {};
   /**
@@ -503,18 +514,51 @@ export class StripeStore {
     if (bad.length === 0) return null;
     if (bad.length > ref.parityShards) throw new InsufficientShards(`stripe lost ${bad.length} shards, parity ${ref.parityShards}`);
     // Only the lost rows are decoded; the surviving shards stay where they are.
-    const { missing, rebuilt } = await reconstructMissing(this.policyOf(ref), shards);
+    // Uncompressed, each is decoded straight into its record's payload.
+    const recordBytes = SHARD_HEADER_BYTES + ref.stripeSizeBytes / ref.dataShards;
+    const inPlace = this.policy.compression === 'none' && Number.isInteger(recordBytes);
+    const pooled = inPlace ? bad.map(() => this.takeRecordBuffer(recordBytes)) : [];
+    let missing: number[];
+    let rebuilt: Buffer[];
+    try {
+      ({ missing, rebuilt } = await reconstructMissing(
+        this.policyOf(ref),
+        shards,
+        inPlace ? pooled.map((b) => b.subarray(SHARD_HEADER_BYTES)) : undefined,
+      ));
+    } catch (err) {
+      this.releaseRecordBuffers(pooled);
+      throw err;
+    }
     let lengthBytes = 0;
     const records = missing.map((i, t) => {
       const record = encodeShardRecord(
         { ownerId, chunkIndex, stripeGeneration: ref.generation, shardIndex: i, dataShards: ref.dataShards, parityShards: ref.parityShards },
         rebuilt[t]!,
         this.policy.compression,
+        pooled[t],
       );
       lengthBytes += record.length;
       return record;
     });
-    return { bad: missing, records, lengthBytes };
+    return { bad: missing, records, lengthBytes, pooled };
+  }
+
+  private takeRecordBuffer(recordBytes: number): Buffer {
+    if (this.recordPool.recordBytes === recordBytes) {
+      const b = this.recordPool.free.pop();
+      if (b !== undefined) return b;
+    }
+    return Buffer.allocUnsafe(recordBytes);
+  }
+
+  /** Call only once nothing reads or writes the buffers any more (their appends settled). */
+  private releaseRecordBuffers(buffers: Buffer[]): void {
+    for (const b of buffers) {
+      if (this.recordPool.recordBytes !== b.length) this.recordPool = { recordBytes: b.length, free: [] };
+      if ((this.recordPool.free.length + 1) * b.length > MAX_POOLED_RECORD_BYTES) return;
+      this.recordPool.free.push(b);
+    }
   }
 
   /** Second half of rebuild(): appends the prepared records (durable on return) and returns the new reference. */
@@ -529,14 +573,21 @@ export class StripeStore {
 
   private async landRebuildNow(ref: StripeRef, prepared: PreparedRebuild): Promise<StripeRef> {
     const { bad, records } = prepared;
-    const keep = new Set(ref.shards.filter((_, i) => !bad.includes(i)).map((s) => s.pool));
-    const targets = this.placement(bad.length, keep);
     const next = ref.shards.slice();
-    await Promise.all(
-      bad.map(async (i, t) => {
-        next[i] = await this.appendShard(targets[t]!, records[t]!);
-      }),
-    );
+    let results: PromiseSettledResult<void>[];
+    try {
+      const keep = new Set(ref.shards.filter((_, i) => !bad.includes(i)).map((s) => s.pool));
+      const targets = this.placement(bad.length, keep);
+      // allSettled: a buffer goes back to the pool only once no append can still be writing it.
+      results = await Promise.allSettled(
+        bad.map(async (i, t) => {
+          next[i] = await this.appendShard(targets[t]!, records[t]!);
+        }),
+      );
+    } finally {
+      this.releaseRecordBuffers(prepared.pooled);
+    }
+    for (const r of results) if (r.status === 'rejected') throw r.reason;
     this.counters.shardsRebuilt += bad.length;
     return { ...ref, shards: next };
   }
