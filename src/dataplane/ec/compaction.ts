@@ -52,12 +52,12 @@ export const DEFAULT_COMPACTION_OPTIONS: CompactionOptions = {
 };
 
 export interface CompactionStats {
-  segmentsCompacted: number;
+  segmentsCompactedTotal: number;
   /** Segment bytes deleted minus live bytes copied out of them. */
   reclaimedBytesTotal: number;
   copiedBytesTotal: number;
   /** Segments left in place by a pass: still referenced, corrupt live records, or writes not settled. */
-  segmentsDeferred: number;
+  segmentsDeferredTotal: number;
   passes: number;
   /** Dead bytes the accounting holds now, over every cold pool. */
   deadBytes: number;
@@ -99,10 +99,10 @@ export class SegmentCompactor {
   /** Dead bytes per "pool\0segment" (mirror of meta.segmentDeadBytes); bounded by the number of segments. */
   private readonly dead = new Map<string, number>();
   private readonly stats_: Omit<CompactionStats, 'deadBytes' | 'running'> = {
-    segmentsCompacted: 0,
+    segmentsCompactedTotal: 0,
     reclaimedBytesTotal: 0,
     copiedBytesTotal: 0,
-    segmentsDeferred: 0,
+    segmentsDeferredTotal: 0,
     passes: 0,
   };
   private timer: NodeJS.Timeout | null = null;
@@ -264,7 +264,7 @@ export class SegmentCompactor {
         const r = await this.compactOne(c.pool, c.store, c.segment, unthrottled);
         if (r === null) {
           report.segmentsDeferred++;
-          this.stats_.segmentsDeferred++;
+          this.stats_.segmentsDeferredTotal++;
           continue;
         }
         report.segmentsCompacted++;
@@ -272,7 +272,7 @@ export class SegmentCompactor {
         report.reclaimedBytes += r.reclaimedBytes;
       } catch (err) {
         report.segmentsDeferred++;
-        this.stats_.segmentsDeferred++;
+        this.stats_.segmentsDeferredTotal++;
         log.warn('segment compaction: segment left in place', { pool: c.pool, segment: c.segment, err: (err as Error).message });
       }
     }
@@ -366,7 +366,7 @@ export class SegmentCompactor {
     this.dead.delete(key);
     void this.meta.segmentDeadBytes.remove([pool, segment]);
     const reclaimedBytes = Math.max(0, info.sizeBytes - copiedBytes);
-    this.stats_.segmentsCompacted++;
+    this.stats_.segmentsCompactedTotal++;
     this.stats_.reclaimedBytesTotal += reclaimedBytes;
     this.stats_.copiedBytesTotal += copiedBytes;
     return { copiedBytes, reclaimedBytes };
@@ -460,7 +460,7 @@ export function registerCompactionMetrics(compactor: SegmentCompactor, registry:
     registers: [registry],
     collect() {
       this.reset();
-      this.inc(compactor.stats().segmentsCompacted);
+      this.inc(compactor.stats().segmentsCompactedTotal);
     },
   });
 }
