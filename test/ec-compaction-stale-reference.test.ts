@@ -2,7 +2,9 @@
 // index, in process (so the test can hold a stripe reference across the
 // pass, which no client can): a reference taken before compaction still
 // reads the right bytes after its segment file is deleted, freeing it marks
-// the copy dead (not the deleted source), and the index points at the copies.
+// the copy dead (not the deleted source), and the index points at the copies;
+// a segment holding a stripe newer than the index (a destage before its
+// flip) is not deleted.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -81,4 +83,51 @@ test('a stripe reference from before compaction reads right after its segment is
     const k = `${s.pool}/${s.segment}`;
     assert.equal(deadAfter.get(k)! - deadBefore.get(k)!, s.lengthBytes, `copy on ${k} counted dead`);
   }
+});
+
+test('a segment holding a stripe newer than the index (a destage not yet flipped) is kept, and compacted once the flip lands', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-compaction-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const pools = Array.from({ length: 6 }, (_, i) => {
+    const p = path.join(dir, `cold-${i}`);
+    fs.mkdirSync(p);
+    return new Pool({ name: `cold-${i}`, path: p, tier: 'cold', capacityBytes: 1024 * MiB, labels: {} });
+  });
+  const meta = MetaStore.open(dir);
+  const stripes = new StripeStore(() => pools, parsePolicyYaml(DEFAULT_EC_POLICY_YAML, 6));
+  stripes.segmentOptions = { segmentSizeBytes: MiB };
+  t.after(async () => {
+    await stripes.close();
+    await meta.close();
+  });
+  await meta.volumes.put('v', { name: 'v', id: VOLUME_ID, sizeBytes: 8 * MiB, chunkSizeBytes: MiB, tier: 'cold', poolName: 'cold-0', readOnly: false, createdMs: 0 });
+  const owner = volumeOwnerId(VOLUME_ID);
+  const committed = new Map<number, StripeRef>();
+  const flip = async (c: number, ref: StripeRef) => {
+    await meta.chunks.put([VOLUME_ID, c], { state: ChunkState.Cold, pool: '', stripe: ref });
+    const old = committed.get(c);
+    committed.set(c, ref);
+    if (old) stripes.free(old);
+  };
+  // Segment 1: chunks 0-2 (generation 1). Segment 2: chunk 0's generation 2, written but
+  // NOT flipped (its session is over: writeStripe returned), and chunks 1-2's generation 2.
+  for (let c = 0; c < 3; c++) await flip(c, await stripes.writeStripe(owner, c, 1, patternBytes(MiB, c)));
+  const pendingData = patternBytes(MiB, 99);
+  const pending = await stripes.writeStripe(owner, 0, 2, pendingData);
+  for (let c = 1; c < 3; c++) await flip(c, await stripes.writeStripe(owner, c, 2, patternBytes(MiB, 10 + c)));
+  // Segment 3 (head): chunks 1-2 rewritten again, so segment 2 is all dead to the index.
+  for (let c = 1; c < 3; c++) await flip(c, await stripes.writeStripe(owner, c, 3, patternBytes(MiB, 20 + c)));
+  assert.ok(pending.shards.every((s) => s.segment === 2));
+  const compactor = new SegmentCompactor(stripes, meta, () => [], { intervalMs: 0 });
+  t.after(() => compactor.stop());
+  const first = await compactor.runOnce({ unthrottled: true });
+  const seg2 = (p: Pool) => path.join(p.rec.path, 'segments', 'seg-000000000002.cseg');
+  for (const p of pools) assert.ok(fs.existsSync(seg2(p)), `${p.name}: segment 2 kept while it holds the unflipped stripe`);
+  assert.ok(first.segmentsDeferred >= 6, `deferred ${first.segmentsDeferred}`);
+  // The flip lands: the next pass copies the stripe out and deletes segment 2.
+  await flip(0, pending);
+  const second = await compactor.runOnce({ unthrottled: true });
+  assert.ok(second.segmentsCompacted >= 6, `compacted ${second.segmentsCompacted}`);
+  for (const p of pools) assert.equal(fs.existsSync(seg2(p)), false, `${p.name}: segment 2 deleted after the flip`);
+  assert.ok((await stripes.readStripe(meta.chunks.get([VOLUME_ID, 0])!.stripe!)).equals(pendingData));
 });

@@ -25,7 +25,7 @@
 import type { Database } from 'lmdb';
 import { Counter, type Registry } from 'prom-client';
 import { log } from '../../log.js';
-import { ChunkState, type MetaStore } from '../meta/store.js';
+import { ChunkState, type ChunkEntry, type MetaStore } from '../meta/store.js';
 import { ALL_OBJECT_KEYS, OBJECTS_DB, PARTS_DB, coldStripeRefs, moveColdStripes } from '../objects/cold-segments.js';
 import type { SegmentLocation, SegmentStore } from './segment-store.js';
 import type { ShardRef, StripeRef, StripeStore } from './stripe-store.js';
@@ -360,6 +360,11 @@ export class SegmentCompactor {
       log.debug('segment compaction: segment still referenced after the flip; left for a later pass', { pool, segment, places: stillLive });
       return null;
     }
+    const pending = await this.newerThanIndex(store, segment);
+    if (pending !== null) {
+      log.info('segment compaction: segment holds a stripe newer than the index; kept for a later pass', { pool, segment, ...pending });
+      return null;
+    }
     if (this.stopped) return null;
     await store.removeSegment(segment);
     const key = segKey(pool, segment);
@@ -370,6 +375,35 @@ export class SegmentCompactor {
     this.stats_.reclaimedBytesTotal += reclaimedBytes;
     this.stats_.copiedBytesTotal += copiedBytes;
     return { copiedBytes, reclaimedBytes };
+  }
+
+  /**
+   * Defence in depth behind writesSettled(): a record of a cold volume's
+   * chunk with a generation above the one its index entry holds can only be
+   * a destage whose flip has not landed (destages number each stripe above
+   * the last), so a segment holding one is not deleted. Returns the first
+   * such record, or null. Records of deleted volumes, of volumes no longer
+   * on the cold tier, of chunks whose entry keeps no generation (trimmed),
+   * and of objects (uploads hold explicit sessions) do not count.
+   */
+  private async newerThanIndex(store: SegmentStore, segment: number): Promise<{ volumeId: number; chunkIndex: number; generation: number } | null> {
+    const coldVolumes = new Set(this.meta.listVolumes().filter((v) => v.tier === 'cold').map((v) => v.id));
+    for await (const { header } of store.headers(segment)) {
+      const owner = header.ownerId;
+      if (owner.toString('latin1', 0, 8) !== 'CSVOLUME') continue;
+      const volumeId = owner.readUInt32BE(12);
+      if (!coldVolumes.has(volumeId)) continue;
+      const entry = this.meta.chunks.get([volumeId, header.chunkIndex]) as (ChunkEntry & { lastGeneration?: number }) | undefined;
+      let indexed: number;
+      if (entry?.state === ChunkState.Cold && entry.stripe) indexed = Math.max(entry.stripe.generation, entry.lastGeneration ?? 0);
+      // In the volume file, on its way to a stripe (a migration to cold): transient.
+      else if (entry?.state === ChunkState.Allocated) indexed = entry.lastGeneration ?? 0;
+      else if (entry?.lastGeneration !== undefined) indexed = entry.lastGeneration;
+      // Trimmed or never written, and no generation kept to compare with: nothing to go by.
+      else continue;
+      if (header.stripeGeneration > indexed) return { volumeId, chunkIndex: header.chunkIndex, generation: header.stripeGeneration };
+    }
+    return null;
   }
 
   /**

@@ -612,6 +612,41 @@ export class SegmentStore {
     }
   }
 
+  /**
+   * The header of every record of a sealed segment, in order, unverified (a
+   * 64-byte read per record, no payload): enough to say whose records a
+   * segment holds. Stops at a torn tail. Segment compaction's last check.
+   */
+  async *headers(segment: number): AsyncGenerator<{ location: SegmentLocation; header: ShardHeader }> {
+    if (!this.sizes.has(segment)) return;
+    let fh: FileHandle;
+    try {
+      fh = await this.openSegmentForRead(segment);
+    } catch (error) {
+      if (error instanceof ShardNotFound) return;
+      throw error;
+    }
+    try {
+      const sizeBytes = segment === this.head ? this.headDurableBytes : (await fh.stat()).size;
+      let pos = 0;
+      while (pos + SHARD_HEADER_BYTES <= sizeBytes) {
+        let header: ShardHeader;
+        try {
+          header = decodeShardHeader(await readExactlyAt(fh, SHARD_HEADER_BYTES, pos));
+        } catch (error) {
+          if (error instanceof CorruptShard) return;
+          throw error;
+        }
+        const lengthBytes = recordLengthBytes(header);
+        if (pos + lengthBytes > sizeBytes) return;
+        yield { location: { segment, offsetBytes: pos, lengthBytes }, header };
+        pos += lengthBytes;
+      }
+    } finally {
+      await fh.close();
+    }
+  }
+
   /** Counters since open(), for metrics. */
   stats(): SegmentStoreStats {
     return { commits: this.commits, recordsAppended: this.recordsAppended, bytesAppended: this.bytesAppended, readHandles: this.readHandles.size };
