@@ -619,9 +619,12 @@ export class StripeStore {
 
   /**
    * A write session: from the first shard appended until the caller's index
-   * flip is issued (writeStripe and landRebuild callers issue it as soon as
-   * they resolve; a cold object upload ends its session after its flip, see
-   * objects/cold-segments.ts). Compaction deletes a segment only after every
+   * flip is issued. writeStripe and landRebuild end theirs when they
+   * resolve, so their callers must issue the flip (LMDB put or transaction)
+   * in the continuation, with no I/O awaited in between (the destager and
+   * replaceStripe do); a cold object upload ends its session after its flip
+   * (objects/cold-segments.ts). Compaction's generation check backs this up
+   * for volume stripes. Compaction deletes a segment only after every
    * session that began before it looked has ended (writesSettled): until
    * then a record it saw as unreferenced may be about to be referenced.
    */
