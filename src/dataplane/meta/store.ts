@@ -49,6 +49,11 @@ export interface ChunkEntry {
   stripe?: StripeRef;
   /** Highest journal sequence merged into this chunk's stripe (replay skips older records). */
   destagedSeq?: number;
+  /**
+   * Highest stripe generation the chunk has had, kept while it is not Cold
+   * (after a promote) so its next stripe is numbered above every older one.
+   */
+  lastGeneration?: number;
 }
 
 export const VOLUME_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;

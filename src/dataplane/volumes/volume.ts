@@ -478,9 +478,18 @@ export class Volume {
     this.metaDirty = true;
     const old = this.stripes.get(c);
     this.stripes.delete(c);
-    const destagedSeq = Math.max(this.meta.chunks.get([this.rec.id, c])?.destagedSeq ?? 0, absorbedSeq);
+    const prev = this.meta.chunks.get([this.rec.id, c]);
+    const destagedSeq = Math.max(prev?.destagedSeq ?? 0, absorbedSeq);
+    const lastGeneration = Math.max(lastGenerationOf(prev), old?.generation ?? 0);
     if (state === ChunkState.Unallocated) void this.meta.chunks.remove([this.rec.id, c]);
-    else void this.meta.chunks.put([this.rec.id, c], { state, pool: this.pool.name, ...(destagedSeq > 0 ? { destagedSeq } : {}) });
+    else {
+      void this.meta.chunks.put([this.rec.id, c], {
+        state,
+        pool: this.pool.name,
+        ...(destagedSeq > 0 ? { destagedSeq } : {}),
+        ...(lastGeneration > 0 ? { lastGeneration } : {}),
+      });
+    }
     if (old) this.cold?.stripes.free(old);
   }
 
@@ -602,16 +611,28 @@ export class Volume {
       const cs = this.rec.chunkSizeBytes;
       const data = Buffer.allocUnsafe(cs);
       const oldRef = this.stripes.get(c);
+      // Above every stripe the chunk ever had, also those before a promote:
+      // (owner, chunk, generation) then names one stripe only, so a shard
+      // record of a superseded stripe is never taken for the live one (and
+      // fsck does not report the live stripe as older than dead records).
+      const lastGeneration = Math.max(lastGenerationOf(this.meta.chunks.get([this.rec.id, c])), oldRef?.generation ?? 0);
       await this.readPiece(c, c * cs, (c + 1) * cs, data, 0);
       let entry: ChunkEntry;
       if (isZero(data)) {
-        entry = { state: ChunkState.Discarded, pool: this.pool.name, destagedSeq: upto };
+        entry = { state: ChunkState.Discarded, pool: this.pool.name, ...(lastGeneration > 0 ? { lastGeneration } : {}) };
       } else {
         // VERIFY (read-back compare) happens inside writeStripe: no decode, no cache fill.
-        const ref = await cold.stripes.writeStripe(volumeOwnerId(this.rec.id), c, (oldRef?.generation ?? 0) + 1, data, { verify });
-        entry = { state: ChunkState.Cold, pool: '', stripe: ref, destagedSeq: upto };
+        const ref = await cold.stripes.writeStripe(volumeOwnerId(this.rec.id), c, lastGeneration + 1, data, { verify });
+        entry = { state: ChunkState.Cold, pool: '', stripe: ref };
       }
       if (this.closed) return false;
+      // Never lower destagedSeq: a promote merged the chunk's journal records
+      // up to it into the file and released them, but the journal files
+      // still hold them (the head file is replayed at every start), and
+      // `upto` is 0 for a chunk destaged from the file: replayed, they would
+      // land on top of everything written since (test destage-after-promote-restart).
+      const destagedSeq = Math.max(this.meta.chunks.get([this.rec.id, c])?.destagedSeq ?? 0, upto);
+      if (destagedSeq > 0) entry.destagedSeq = destagedSeq;
       await this.meta.chunks.put([this.rec.id, c], entry);
       await this.meta.durable();
       if (st === ChunkState.Allocated) this.pool.release(cs);
@@ -824,6 +845,11 @@ function sameStripe(a: StripeRef | undefined, b: StripeRef): boolean {
     const t = b.shards[i]!;
     return s.pool === t.pool && s.segment === t.segment && s.offsetBytes === t.offsetBytes;
   });
+}
+
+/** Highest stripe generation an index entry records (its stripe's, or the one kept after a promote). */
+function lastGenerationOf(entry: ChunkEntry | undefined): number {
+  return Math.max(entry?.lastGeneration ?? 0, entry?.stripe?.generation ?? 0);
 }
 
 /** 16-byte owner id written into every shard record of a volume's stripes. */
