@@ -16,6 +16,7 @@ import {
   InsufficientShards,
   reconstruct,
   reconstructMissing,
+  crc32c,
 } from "../src/dataplane/ec/codec.js";
 import { validatePolicy, type ErasureCodingPolicy } from "../src/dataplane/ec/policy.js";
 import { InsufficientShards as StorageInsufficientShards } from "../src/dataplane/errors.js";
@@ -254,5 +255,19 @@ test("stripes above EC_SYNC_MAX_STRIPE_BYTES go through the threadpool and rebui
     assert.ok((await decodeStripe(p, damaged)).equals(data), `lost [${lost}]: decoded stripe differs`);
     const rebuilt = await reconstruct(p, damaged);
     for (const i of lost) assert.ok(rebuilt[i]!.equals(shards[i]!), `lost [${lost}]: shard ${i} differs`);
+  }
+});
+
+test("crc32c (ISA-L) is the standard CRC32C: check value, and equal to @node-rs/crc32 for any length and chaining", async () => {
+  const { crc32c: reference } = await import("@node-rs/crc32");
+  assert.equal(crc32c(Buffer.from("123456789")), 0xe3069283);
+  for (const lengthBytes of [0, 1, 3, 8, 63, 64, 65, 4095, 262144, 262208]) {
+    const bytes = randomBytes(lengthBytes);
+    const previous = randomBytes(4).readUInt32LE(0);
+    assert.equal(crc32c(bytes), reference(bytes), `${lengthBytes} bytes`);
+    assert.equal(crc32c(bytes, previous), reference(bytes, previous), `${lengthBytes} bytes after 0x${previous.toString(16)}`);
+    // Chained over a split equals one pass over the whole.
+    const cut = lengthBytes >> 1;
+    assert.equal(crc32c(bytes.subarray(cut), crc32c(bytes.subarray(0, cut))), crc32c(bytes));
   }
 });

@@ -19,7 +19,7 @@
 //  48  u32  uncompressed length in bytes (the shard size)
 //  52  u32  CRC32C over header bytes 0..51, then bytes 56..63, then the payload
 //  56  8B   reserved, 0
-import { crc32c } from "@node-rs/crc32";
+import { crc32c } from "./codec.js";
 import { compressSync, uncompressSync } from "lz4-napi";
 import { StorageError } from "../errors.js";
 
