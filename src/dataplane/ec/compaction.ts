@@ -170,6 +170,7 @@ export class SegmentCompactor {
    */
   runOnce(opts: { unthrottled?: boolean } = {}): Promise<PassReport> {
     if (this.running) return this.running;
+    if (this.stopped) return Promise.resolve({ segmentsCompacted: 0, reclaimedBytes: 0, copiedBytes: 0, segmentsDeferred: 0 });
     const p = this.pass(opts.unthrottled === true).finally(() => {
       this.running = null;
     });
