@@ -176,6 +176,7 @@ export class StripeStore {
     const store = await this.store(pool);
     if (!store) throw new NoSuitablePool(`pool ${pool.name} went offline`);
     const [loc] = await store.append([record]);
+    pool.usedBytes += record.length; // compaction passes set it from the segment files (refreshPoolUsage)
     return { pool: pool.name, ...(loc as SegmentLocation) };
   }
 
