@@ -134,6 +134,27 @@ test('deleting a cold volume frees its segments', async (t) => {
   }
 });
 
+test('promoting a cold volume to hot and trimming one free their segments', async (t) => {
+  const d = await startColdDaemon(manualConfig());
+  t.after(() => d.cleanup());
+  const hotData = patternBytes(VOLUME_MIB * MiB, 31);
+  await createVolume(d, 'p', VOLUME_MIB * MiB, 'cold');
+  await createVolume(d, 't', VOLUME_MIB * MiB, 'cold');
+  writeVolume(d, 'p', hotData);
+  writeVolume(d, 't', patternBytes(VOLUME_MIB * MiB, 32));
+  await destage(d);
+  const before = coldSegmentBytes(d);
+  await api<unknown>(d, 'POST', '/v1/volumes/p/migrate', { tier: 'hot' });
+  nbdsh([`h.connect_uri(${JSON.stringify(d.exportUri('t'))})`, `h.trim(${VOLUME_MIB * MiB}, 0)`, 'h.flush()'].join('\n'));
+  await destage(d);
+  const r = await compact(d);
+  const after = coldSegmentBytes(d);
+  t.diagnostic(`cold segment bytes per pool: ${before.join(', ')} -> ${after.join(', ')}; pass ${JSON.stringify(r)}`);
+  for (let i = 0; i < COLD_POOLS; i++) assert.ok(after[i]! <= SEGMENT_BYTES && after[i]! < before[i]!, `cold-${i}: ${before[i]} -> ${after[i]} bytes`);
+  assertSameBytes(readExport(d, 'p', path.join(d.dataDir, 'p.bin')), hotData, 'promoted volume');
+  assertSameBytes(readExport(d, 't', path.join(d.dataDir, 't.bin')), Buffer.alloc(VOLUME_MIB * MiB), 'trimmed volume');
+});
+
 test('compaction racing with reads and overwrites returns the right bytes', async (t) => {
   const d = await startColdDaemon(manualConfig());
   t.after(() => d.cleanup());
