@@ -222,3 +222,35 @@ test('the L1 policy keeps a hot set through a one-pass scan that flushes an LRU'
   assert.ok(ours >= 70, `only ${ours} of 80 hot keys survived the scan`);
   assert.ok(policy.weightedSize <= capacity);
 });
+
+test('the L1 policy switches to LRU where its sampled shadows show LRU winning, and keeps up with it', () => {
+  // Every key is read twice, 400 steps apart (800 other keys touched in between): within an
+  // LRU of 1000 entries (a hit), far beyond the small queue of 100 (S3-LFU alone would miss
+  // each second read).
+  const capacity = 1000;
+  const policy = new S3Lfu<number, number>({ maximumWeight: capacity, expectedEntries: capacity });
+  assert.equal(policy.lruMode, false);
+  const keyCount = 60_000;
+  const gap = 400;
+  let hits = 0;
+  let lateHits = 0;
+  let lateReads = 0;
+  for (let step = 0; step < keyCount + gap; step++) {
+    for (const k of [step, step - gap]) {
+      if (k < 0 || k >= keyCount) continue;
+      const hit = policy.get(k) !== undefined;
+      if (!hit) policy.set(k, k, 1, false);
+      if (hit) hits++;
+      if (step >= keyCount / 2) {
+        lateReads++;
+        if (hit) lateHits++;
+      }
+    }
+  }
+  assert.equal(policy.lruMode, true);
+  assert.ok(policy.modeSwitches >= 1);
+  // An LRU hits every second read: half of all reads.
+  assert.ok(lateHits / lateReads > 0.49, `late hit ratio ${lateHits / lateReads}`);
+  assert.ok(hits > 0.45 * 2 * keyCount, `hit ratio ${hits / (2 * keyCount)}`);
+  assert.ok(policy.weightedSize <= capacity);
+});

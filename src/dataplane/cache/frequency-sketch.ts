@@ -5,17 +5,21 @@ export type PolicyKey = string | number;
 
 export type EvictionListener<K, V> = (key: K, value: V, weight: number) => void;
 
-/** FNV-1a over UTF-16 code units, finished with a murmur3 avalanche. */
+/** FNV-1a over the key's last 16 UTF-16 code units (two per step), finished with a murmur3 avalanche. */
 export function hashKey(key: PolicyKey): number {
   let h: number;
   if (typeof key === 'number') {
     h = (key | 0) ^ Math.floor(key / 4294967296);
   } else {
-    // Keys share long prefixes (`vol/<id>/`) and differ at the end: hash the length and the
-    // last 24 code units only. A collision costs sketch/ghost accuracy, never correctness.
+    // Keys share long prefixes (`stripe/<owner>/...`) and differ at the end (chunk,
+    // generation, shard place): hash the length and the last 16 code units only, two per
+    // multiply. This runs on every L1 miss; a collision costs sketch/ghost accuracy, never
+    // correctness.
     const len = key.length;
     h = Math.imul(0x811c9dc5 ^ len, 0x01000193);
-    for (let i = len > 24 ? len - 24 : 0; i < len; i++) h = Math.imul(h ^ key.charCodeAt(i), 0x01000193);
+    let i = len > 16 ? len - 16 : 0;
+    for (; i + 1 < len; i += 2) h = Math.imul(h ^ (key.charCodeAt(i) | (key.charCodeAt(i + 1) << 16)), 0x01000193);
+    if (i < len) h = Math.imul(h ^ key.charCodeAt(i), 0x01000193);
   }
   h ^= h >>> 16;
   h = Math.imul(h, 0x85ebca6b);
@@ -120,13 +124,13 @@ export class FrequencySketch {
 
 /**
  * Ghost list: remembers the hashes of the last `capacity` entries dropped, so a key that
- * comes back soon is recognised. A direct-mapped table (2 slots per remembered key) with
- * insertion stamps instead of a Map: no allocation, O(1); a collision forgets the older
- * ghost, which only costs a little hit ratio, never correctness.
+ * comes back soon is recognised. A direct-mapped table (2 slots per remembered key) of
+ * (hash, insertion stamp) pairs side by side, so a probe touches one cache line; no
+ * allocation, O(1). A collision forgets the older ghost, which only costs a little hit
+ * ratio, never correctness. Stamps are uint32 and compared modulo 2^32 (capacity < 2^31).
  */
 export class GhostList {
-  private hashes: Uint32Array;
-  private stamps: Float64Array;
+  private table: Uint32Array;
   private mask: number;
   private clock = 0;
   private capacity: number;
@@ -134,8 +138,7 @@ export class GhostList {
   constructor(capacity: number) {
     this.capacity = capacity;
     const slots = GhostList.slotsFor(capacity);
-    this.hashes = new Uint32Array(slots);
-    this.stamps = new Float64Array(slots);
+    this.table = new Uint32Array(2 * slots);
     this.mask = slots - 1;
   }
 
@@ -151,23 +154,27 @@ export class GhostList {
     this.capacity = entries;
     const slots = GhostList.slotsFor(entries);
     if (slots <= this.mask + 1) return;
-    this.hashes = new Uint32Array(slots);
-    this.stamps = new Float64Array(slots);
+    this.table = new Uint32Array(2 * slots);
     this.mask = slots - 1;
   }
 
   add(hash: number): void {
-    const i = hash & this.mask;
-    this.hashes[i] = hash;
-    this.stamps[i] = ++this.clock;
+    const i = (hash & this.mask) << 1;
+    // Stamp 0 means "empty": the clock skips it when it wraps.
+    let clock = (this.clock + 1) >>> 0;
+    if (clock === 0) clock = 1;
+    this.clock = clock;
+    this.table[i] = hash;
+    this.table[i + 1] = clock;
   }
 
   /** True if hash was dropped within the last `capacity` drops; a hit is consumed. */
   take(hash: number): boolean {
-    const i = hash & this.mask;
-    const stamp = this.stamps[i]!;
-    if (stamp === 0 || this.hashes[i] !== hash || this.clock - stamp >= this.capacity) return false;
-    this.stamps[i] = 0;
+    const i = (hash & this.mask) << 1;
+    const t = this.table;
+    const stamp = t[i + 1]!;
+    if (stamp === 0 || t[i] !== hash || ((this.clock - stamp) >>> 0) >= this.capacity) return false;
+    t[i + 1] = 0;
     return true;
   }
 }

@@ -1,10 +1,14 @@
-// The L1 replacement policy, "S3-LFU": S3-FIFO (small FIFO, CLOCK main, ghost of small's
-// evictees) whose one-hit small-queue evictees duel main's CLOCK victim on TinyLFU frequency.
+// The L1 replacement policy, "S3-LFU": S3-FIFO (small FIFO, main, ghost of small's evictees)
+// whose one-hit small-queue evictees duel main's victim on TinyLFU frequency, and which
+// switches to plain LRU while sampled shadow caches show LRU winning on the current workload.
 //
 // Chosen by measurement (bench/cache-hit-ratio, 7 traces x 4 sizes) over LRU, plain S3-FIFO
 // and Caffeine-style W-TinyLFU (bench/cache-wtinylfu.ts). S3-FIFO's quick demotion wins on
-// the web traces; the sketch duel recovers what it loses on loops and mixed workloads. A hit
-// only bumps a counter (no list relinking), which also keeps the hit path cheap.
+// the web traces; the sketch duel recovers what it loses on loops and mixed workloads; no
+// S3-FIFO variant matches LRU on file-system traces (sprite) whose blocks come back a few
+// times at reuse distances between the small queue's and the cache's size, hence the
+// switch. Main is kept in recency order (a hit relinks) with CLOCK counters on top, so the
+// LRU mode needs no other list.
 //
 // Entries live in parallel arrays indexed by slot (as lru-cache does), not in node objects:
 // a hit is Map.get -> slot -> counter and value, one pointer chase fewer, and an insert
@@ -20,6 +24,20 @@ const SMALL_FRACTION = 0.1;
 const FREQ_MAX = 7;
 const PROMOTE_HITS = 1;
 const DUEL_MARGIN = 2;
+
+// Mode switch. Two shadow caches (S3-LFU and LRU, hash keys only, no values) see the accesses
+// of 1 key in SAMPLE_RATE (chosen by hash, as SHARDS does) at 1/SAMPLE_RATE of the capacity;
+// the real cache follows the one with more hits in an exponentially decayed window of about
+// SWITCH_WINDOW_ACCESSES, moving only when the lead exceeds SWITCH_HYSTERESIS_HITS (both in
+// unsampled accesses). Sampling keeps the shadows at >= MIN_SHADOW_ENTRIES, below which a
+// miniature cache stops predicting the full one. Measured on the traces: windows of 1e3/1e4
+// accesses or no hysteresis switch too often and lose on cache2k-orm-busy.
+const MODE_LFU = 0;
+const MODE_LRU = 1;
+const MIN_SHADOW_ENTRIES = 256;
+const MAX_SAMPLE_RATE = 1 << 12;
+const SWITCH_WINDOW_ACCESSES = 100_000;
+const SWITCH_HYSTERESIS_HITS = 20;
 
 export interface S3LfuOptions<K, V> {
   maximumWeight: number;
@@ -55,11 +73,38 @@ export class S3Lfu<K extends PolicyKey, V> {
   private mainWeight = 0;
   private lastMissKey: K | undefined = undefined;
   private lastMissHash = 0;
+  private mode: number;
+  // Shadows exist only on the real cache (a shadow has none).
+  // Keyed by the real keys: a Map call site that saw only strings stays fast (one that saw
+  // strings and numbers measured ~20% slower on the miss path).
+  private readonly shadowLfu: S3Lfu<K, true> | undefined;
+  private readonly shadowLru: S3Lfu<K, true> | undefined;
+  private readonly sampleMask: number;
+  private readonly scoreDecay: number;
+  private readonly hysteresis: number;
+  // Decayed (shadow LRU hits - shadow S3-LFU hits) over sampled lookups.
+  private score = 0;
   evictionCount = 0;
+  modeSwitches = 0;
 
-  constructor(options: S3LfuOptions<K, V>) {
+  /** `shadowMode` is internal: it makes a fixed-mode shadow (no shadows of its own). */
+  constructor(options: S3LfuOptions<K, V>, shadowMode?: number) {
     if (!(options.maximumWeight > 0)) throw new RangeError('maximumWeight must be > 0');
     this.maximumWeight = options.maximumWeight;
+    this.mode = shadowMode ?? MODE_LFU;
+    let sampleRate = 1;
+    while (sampleRate < MAX_SAMPLE_RATE && options.expectedEntries / (2 * sampleRate) >= MIN_SHADOW_ENTRIES) sampleRate *= 2;
+    this.sampleMask = sampleRate - 1;
+    this.scoreDecay = 1 - sampleRate / SWITCH_WINDOW_ACCESSES;
+    this.hysteresis = SWITCH_HYSTERESIS_HITS / sampleRate;
+    if (shadowMode === undefined) {
+      const shadowOptions = {
+        maximumWeight: options.maximumWeight / sampleRate,
+        expectedEntries: Math.max(1, Math.ceil(options.expectedEntries / sampleRate)),
+      };
+      this.shadowLfu = new S3Lfu<K, true>(shadowOptions, MODE_LFU);
+      this.shadowLru = new S3Lfu<K, true>(shadowOptions, MODE_LRU);
+    }
     this.smallMax = Math.max(1, Math.floor(options.maximumWeight * SMALL_FRACTION));
     this.sketch = new FrequencySketch(options.expectedEntries);
     this.ghost = new GhostList(Math.max(64, Math.min(options.expectedEntries, 1 << 20)));
@@ -72,6 +117,11 @@ export class S3Lfu<K extends PolicyKey, V> {
     this.nexts = new Uint32Array(slots);
     this.prevs = new Uint32Array(slots);
     this.resetLists();
+  }
+
+  /** True while the policy runs as plain LRU (the shadows show LRU ahead). */
+  get lruMode(): boolean {
+    return this.mode === MODE_LRU;
   }
 
   get size(): number {
@@ -98,19 +148,70 @@ export class S3Lfu<K extends PolicyKey, V> {
       this.lastMissKey = key;
       this.lastMissHash = hash;
       this.sketch.increment(hash);
+      if ((hash >>> 20 & this.sampleMask) === 0 && this.shadowLfu !== undefined) this.shadowLookup(key, -1);
       return undefined;
     }
-    const f = this.freqs[i]!;
-    // The sketch only needs what the duel compares: misses, and the first hit of an entry
-    // still in small (which decides its promotion). Hits in main are CLOCK's business; keeping
-    // them out of the sketch spares the hit path a cache miss in a table of C x 16 bytes.
-    if (f === 0 && this.queues[i] === SMALL) this.sketch.increment(this.hashes[i]!);
-    if (f < FREQ_MAX) this.freqs[i] = f + 1;
+    this.touch(i);
     return this.valList[i];
   }
 
+  /** A hit: CLOCK counter, recency order in main, the sketch for small's first hits, shadows. */
+  private touch(i: number): void {
+    const f = this.freqs[i]!;
+    const hash = this.hashes[i]!;
+    if (this.queues[i] === SMALL) {
+      // The sketch only needs what the duel compares: misses, and the first hit of an entry
+      // still in small (which decides its promotion). Keeping main's hits out of it spares
+      // the hit path a cache miss in a table of C x 16 bytes.
+      if (f === 0) this.sketch.increment(hash);
+    } else if (this.nexts[i] !== MAIN_HEAD) {
+      // Move to the MRU end of main (typed-array relink, no allocation).
+      const p = this.prevs[i]!;
+      const n = this.nexts[i]!;
+      this.nexts[p] = n;
+      this.prevs[n] = p;
+      const last = this.prevs[MAIN_HEAD]!;
+      this.prevs[i] = last;
+      this.nexts[i] = MAIN_HEAD;
+      this.nexts[last] = i;
+      this.prevs[MAIN_HEAD] = i;
+    }
+    if (f < FREQ_MAX) this.freqs[i] = f + 1;
+    if ((hash >>> 20 & this.sampleMask) === 0 && this.shadowLfu !== undefined) this.shadowLookup(this.keyList[i]!, this.weights[i]!);
+  }
+
+  /**
+   * A sampled lookup: both shadows see it, the score moves, the mode may switch. On a real
+   * hit (weight >= 0) a shadow that misses admits the key at once; after a real miss the
+   * shadows admit it when the real cache does (set()).
+   */
+  private shadowLookup(key: K, weight: number): void {
+    let d = 0;
+    if (this.shadowLru!.get(key) !== undefined) d++;
+    else if (weight >= 0) this.shadowLru!.set(key, true, weight, false);
+    if (this.shadowLfu!.get(key) !== undefined) d--;
+    else if (weight >= 0) this.shadowLfu!.set(key, true, weight, false);
+    const score = this.score * this.scoreDecay + d;
+    this.score = score;
+    const wantLru = this.mode === MODE_LRU ? score > -this.hysteresis : score > this.hysteresis;
+    const mode = wantLru ? MODE_LRU : MODE_LFU;
+    if (mode !== this.mode) {
+      this.mode = mode;
+      this.modeSwitches++;
+    }
+  }
+
+  /** A sampled insertion: a shadow that missed the key caches it, as the real cache does. */
+  private shadowInsert(key: K, weight: number): void {
+    // Right after the shadows' own miss on this key: set() skips its lookup (lastMissKey).
+    this.shadowLru!.set(key, true, weight, false);
+    this.shadowLfu!.set(key, true, weight, false);
+  }
+
   set(key: K, value: V, weight: number, countAccess = true): boolean {
-    const existing = this.map.get(key);
+    // The key of the last get() miss is not in the map (only set() inserts, and it clears
+    // lastMissKey): the read-through insert after a miss skips one Map lookup.
+    const existing = key === this.lastMissKey ? undefined : this.map.get(key);
     if (weight > this.maximumWeight) {
       if (existing !== undefined) {
         this.unlink(existing);
@@ -124,14 +225,18 @@ export class S3Lfu<K extends PolicyKey, V> {
       if (this.queues[existing] === SMALL) this.smallWeight += delta;
       else this.mainWeight += delta;
       this.weights[existing] = weight;
-      if (countAccess) {
-        // Same rule as get(): only a first access in small reaches the sketch.
-        const f = this.freqs[existing]!;
-        if (f === 0 && this.queues[existing] === SMALL) this.sketch.increment(this.hashes[existing]!);
-        if (f < FREQ_MAX) this.freqs[existing] = f + 1;
-      }
+      if (countAccess) this.touch(existing);
     } else {
-      const hash = key === this.lastMissKey ? this.lastMissHash : hashKey(key);
+      // After a get() miss of this key (the usual read-through), that get() already counted
+      // the access in the sketch and the shadows: a second count would double every miss.
+      let hash: number;
+      if (key === this.lastMissKey) {
+        hash = this.lastMissHash;
+        this.lastMissKey = undefined;
+      } else {
+        hash = hashKey(key);
+        if (countAccess) this.sketch.increment(hash);
+      }
       const i = this.allocate();
       this.keyList[i] = key;
       this.valList[i] = value;
@@ -139,8 +244,8 @@ export class S3Lfu<K extends PolicyKey, V> {
       this.hashes[i] = hash;
       this.freqs[i] = 0;
       this.map.set(key, i);
-      if (countAccess) this.sketch.increment(hash);
-      this.append(i, this.ghost.take(hash) ? MAIN : SMALL);
+      this.append(i, this.ghost.take(hash) || this.mode === MODE_LRU ? MAIN : SMALL);
+      if ((hash >>> 20 & this.sampleMask) === 0 && this.shadowLfu !== undefined) this.shadowInsert(key, weight);
       if ((this.map.size & 1023) === 0) {
         this.sketch.ensureCapacity(this.map.size);
         this.ghost.ensureCapacity(this.map.size);
@@ -154,12 +259,23 @@ export class S3Lfu<K extends PolicyKey, V> {
     const i = this.map.get(key);
     if (i === undefined) return undefined;
     const value = this.valList[i];
+    const hash = this.hashes[i]!;
+    // Invalidation is not a policy decision: the shadows forget the key too.
+    if ((hash >>> 20 & this.sampleMask) === 0 && this.shadowLfu !== undefined) {
+      this.shadowLfu.delete(key);
+      this.shadowLru!.delete(key);
+    }
     this.unlink(i);
     this.release(i);
     return value;
   }
 
   clear(): void {
+    this.shadowLfu?.clear();
+    this.shadowLru?.clear();
+    this.score = 0;
+    if (this.shadowLfu !== undefined) this.mode = MODE_LFU;
+    this.lastMissKey = undefined;
     this.map.clear();
     this.keyList = [];
     this.valList = [];
@@ -245,21 +361,38 @@ export class S3Lfu<K extends PolicyKey, V> {
 
   private evict(): void {
     while (this.smallWeight + this.mainWeight > this.maximumWeight) {
-      if (this.smallWeight > this.smallMax || this.nexts[MAIN_HEAD] === MAIN_HEAD) this.evictSmall();
-      else this.evictMain();
+      // LRU mode drains what small still holds, then evicts main's LRU end.
+      if (
+        this.nexts[SMALL_HEAD] !== SMALL_HEAD &&
+        (this.smallWeight > this.smallMax || this.mode === MODE_LRU || this.nexts[MAIN_HEAD] === MAIN_HEAD)
+      ) {
+        this.evictSmall();
+      } else {
+        this.evictMain();
+      }
     }
   }
 
-  /** CLOCK over main: entries with a frequency get it decremented and another lap. Linked, or -1. */
+  /**
+   * Main's LRU end, after CLOCK: entries with a frequency get it decremented and another lap
+   * (in LFU mode only). Linked, or -1.
+   */
   private mainVictim(): number {
     for (;;) {
       const n = this.nexts[MAIN_HEAD]!;
       if (n === MAIN_HEAD) return -1;
       const f = this.freqs[n]!;
-      if (f === 0) return n;
+      if (f === 0 || this.mode === MODE_LRU) return n;
       this.freqs[n] = f - 1;
-      this.unlink(n);
-      this.append(n, MAIN);
+      // Head to tail of the same list: no weight or queue change.
+      const next = this.nexts[n]!;
+      this.nexts[MAIN_HEAD] = next;
+      this.prevs[next] = MAIN_HEAD;
+      const last = this.prevs[MAIN_HEAD]!;
+      this.nexts[last] = n;
+      this.prevs[n] = last;
+      this.nexts[n] = MAIN_HEAD;
+      this.prevs[MAIN_HEAD] = n;
     }
   }
 
@@ -283,9 +416,12 @@ export class S3Lfu<K extends PolicyKey, V> {
       return;
     }
     // One-hit wonder by S3-FIFO's rule; the sketch may still know it as popular.
-    if (this.mainWeight + this.weights[t]! > this.maximumWeight - this.smallMax) {
+    // A candidate rated <= DUEL_MARGIN cannot win (counts are >= 0): skip the CLOCK scan and
+    // the victim's sketch read, which most one-hit evictees would otherwise pay.
+    const candidateFrequency = this.sketch.frequency(this.hashes[t]!);
+    if (candidateFrequency > DUEL_MARGIN && this.mainWeight + this.weights[t]! > this.maximumWeight - this.smallMax) {
       const victim = this.mainVictim();
-      if (victim >= 0 && this.sketch.frequency(this.hashes[t]!) > this.sketch.frequency(this.hashes[victim]!) + DUEL_MARGIN) {
+      if (victim >= 0 && candidateFrequency > this.sketch.frequency(this.hashes[victim]!) + DUEL_MARGIN) {
         this.unlink(victim);
         this.evictSlot(victim);
         this.append(t, MAIN);
