@@ -71,7 +71,16 @@ async function fsyncDirAsync(dir: string): Promise<void> {
  * directory entry). On any failure the file is removed and the pool
  * reservation returned, so nothing of a failed upload survives.
  */
-export async function writeHotSegment(pool: Pool, fileId: number, body: AsyncIterable<Buffer>, limits: WriteLimits, observe: ByteObserver): Promise<HotSegment> {
+export async function writeHotSegment(
+  pool: Pool,
+  fileId: number,
+  body: AsyncIterable<Buffer>,
+  limits: WriteLimits,
+  /** May return a promise: the body is not read further until it settles (backpressure). */
+  observe: (piece: Buffer) => void | Promise<void>,
+  /** Called once the whole body has arrived, before it is made durable. */
+  bodyEnded?: () => void,
+): Promise<HotSegment> {
   const file = segmentFile(pool, fileId);
   const fh = await fsp.open(file, 'wx', 0o640);
   let lengthBytes = 0;
@@ -94,7 +103,7 @@ export async function writeHotSegment(pool: Pool, fileId: number, body: AsyncIte
       }
       pool.reserve(piece.length);
       reservedBytes += piece.length;
-      observe(piece);
+      const observed = observe(piece);
       lengthBytes += piece.length;
       batch.push(piece);
       batchBytes += piece.length;
@@ -115,12 +124,14 @@ export async function writeHotSegment(pool: Pool, fileId: number, body: AsyncIte
         batch = [];
         batchBytes = 0;
       }
+      if (observed) await observed;
     }
-    if (batchBytes > 0) await writeAll(fh, batch, batchBytes);
-    if (chunkFill > 0) crcs.push(crc);
     if (limits.expectedBytes !== undefined && lengthBytes !== limits.expectedBytes) {
       throw new IncompleteBody(`body ended after ${lengthBytes} of ${limits.expectedBytes} declared bytes`);
     }
+    bodyEnded?.();
+    if (batchBytes > 0) await writeAll(fh, batch, batchBytes);
+    if (chunkFill > 0) crcs.push(crc);
     await fh.datasync();
     await fh.close();
     await fsyncDirAsync(path.dirname(file));

@@ -22,6 +22,7 @@ import {
 import type { VolumeManager } from '../volumes/manager.js';
 import { log } from '../../log.js';
 import { freeColdSegment, readColdSegment, settleColdSegment, writeColdSegment, type ColdSegment, type StripeStoreApi } from './cold-segments.js';
+import { OffloadedMd5 } from './md5-offload.js';
 import { freeHotSegment, listHotFileIds, prepareHotPool, readHotSegment, sendHotSegment, writeHotSegment, type HotSegment, type PieceSink, type WriteLimits } from './hot-segments.js';
 
 export type Segment = HotSegment | ColdSegment;
@@ -35,6 +36,12 @@ export const MAX_PART_NUMBER = 10_000;
 export const MIN_PART_BYTES = 5 * 1024 * 1024;
 /** Bound on multipart uploads in flight (each holds index entries and part data). */
 export const MAX_OPEN_UPLOADS = 100_000;
+/**
+ * Bodies at least this long (by their declared length) are MD5'd on the
+ * worker thread (md5-offload.ts); below it the round trip costs more than
+ * hashing on the event loop.
+ */
+const OFFLOAD_MD5_MIN_BYTES = 256 * 1024;
 /** Ids are reserved from LMDB in blocks so a PUT does not pay a sync commit for its id. */
 const ID_BLOCK = 4096;
 
@@ -423,12 +430,37 @@ export class ObjectStore {
     return this.stripes;
   }
 
-  private async writeSegment(bucket: BucketRecord, body: AsyncIterable<Buffer>, limits: WriteLimits, md5: ReturnType<typeof createHash>): Promise<Segment> {
+  /** Writes the body durably; returns where it went and its MD5 (the ETag). */
+  private async writeSegment(bucket: BucketRecord, body: AsyncIterable<Buffer>, limits: WriteLimits): Promise<{ seg: Segment; md5: Buffer }> {
     const fileId = await this.allocId();
-    const observe = (piece: Buffer) => md5.update(piece);
-    if (bucket.tier === 'cold') return writeColdSegment(this.requireStripes(), fileId, body, limits, observe);
-    const pool = this.manager.choosePool('hot', limits.expectedBytes ?? 0);
-    return writeHotSegment(pool, fileId, body, limits, observe);
+    const expected = limits.expectedBytes ?? 0;
+    if (bucket.tier === 'cold' || expected < OFFLOAD_MD5_MIN_BYTES) {
+      const md5 = createHash('md5');
+      const observe = (piece: Buffer) => void md5.update(piece);
+      const seg = bucket.tier === 'cold' ? await writeColdSegment(this.requireStripes(), fileId, body, limits, observe) : await writeHotSegment(this.manager.choosePool('hot', expected), fileId, body, limits, observe);
+      return { seg, md5: md5.digest() };
+    }
+    const pool = this.manager.choosePool('hot', expected);
+    const md5 = new OffloadedMd5();
+    let digest: Promise<Buffer> | undefined;
+    let seg: HotSegment;
+    try {
+      // The digest is asked for as soon as the body has ended, so the
+      // worker's last batch overlaps with the file's fdatasync.
+      seg = await writeHotSegment(pool, fileId, body, limits, (piece) => md5.update(piece), () => {
+        digest = md5.digest();
+        digest.catch(() => undefined);
+      });
+    } catch (err) {
+      if (!digest) md5.drop();
+      throw err;
+    }
+    try {
+      return { seg, md5: await digest! };
+    } catch (err) {
+      await this.freeSegments([seg]);
+      throw err;
+    }
   }
 
   private async freeSegments(segs: Segment[]): Promise<void> {
@@ -460,12 +492,10 @@ export class ObjectStore {
   async putObject(bucketName: string, key: string, body: AsyncIterable<Buffer>, opts: PutOptions): Promise<ObjectRecord> {
     validateKey(key);
     const bucket = this.getBucket(bucketName);
-    const md5 = createHash('md5');
-    const seg = await this.writeSegment(bucket, body, { maxBytes: MAX_PUT_BYTES, expectedBytes: opts.expectedBytes }, md5);
+    const { seg, md5: digest } = await this.writeSegment(bucket, body, { maxBytes: MAX_PUT_BYTES, expectedBytes: opts.expectedBytes });
     let old: ObjectRecord | undefined;
     let rec: ObjectRecord;
     try {
-      const digest = md5.digest();
       if (opts.expectedMd5 && !digest.equals(opts.expectedMd5)) throw new DigestMismatch('Content-MD5 does not match the bytes received');
       const versionId = await this.allocId();
       rec = {
@@ -597,12 +627,10 @@ export class ObjectStore {
     if (!Number.isInteger(partNumber) || partNumber < 1 || partNumber > MAX_PART_NUMBER) throw new InvalidArgument(`part number must be an integer between 1 and ${MAX_PART_NUMBER}`);
     const bucket = this.getBucket(bucketName);
     this.getUpload(bucketName, key, uploadId);
-    const md5 = createHash('md5');
-    const seg = await this.writeSegment(bucket, body, { maxBytes: MAX_PUT_BYTES, expectedBytes: opts.expectedBytes }, md5);
+    const { seg, md5: digest } = await this.writeSegment(bucket, body, { maxBytes: MAX_PUT_BYTES, expectedBytes: opts.expectedBytes });
     let old: PartRecord | undefined;
     let rec: PartRecord;
     try {
-      const digest = md5.digest();
       if (opts.expectedMd5 && !digest.equals(opts.expectedMd5)) throw new DigestMismatch('Content-MD5 does not match the bytes received');
       rec = { partNumber, etag: digest.toString('hex'), sizeBytes: seg.lengthBytes, lastModifiedMs: Date.now(), segment: seg };
       const uk = uploadKey(bucket.id, key, uploadId);
