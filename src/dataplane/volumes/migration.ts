@@ -43,7 +43,11 @@ export interface MigrateOptions {
  * cold -> hot 141 / 150 vs 230 / 241. 64 was slower (session 2, interleaved
  * runs, hot -> cold vs dd: 0.53 / 0.62 / 0.53x at 64, 0.66 / 0.72 / 0.69x at
  * 32): hot -> cold already writes shards about as fast as the disk takes a
- * raw copy (1.5x bytes for 4+2). Bound: 32 x (1 MiB chunk + 1.5 MiB of
+ * raw copy (1.5x bytes for 4+2). UV_THREADPOOL_SIZE=16 was not faster either
+ * (0.57 / 0.63 / 0.66x vs 0.60 / 0.77 / 0.51x at the default 4), and it
+ * cannot be set from inside an ESM entry: Node 20's loader has started the
+ * pool by the time the entry module runs (thread count 11 either way; 23 with
+ * the variable set by the parent). Bound: 32 x (1 MiB chunk + 1.5 MiB of
  * shard records + 1.5 MiB read back by VERIFY) = ~128 MiB transient per
  * migration.
  */
