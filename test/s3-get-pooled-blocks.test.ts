@@ -1,7 +1,9 @@
 // GET bodies go out from pooled 4 MiB read blocks, the next block read while
 // the previous is written: concurrent GETs never see another object's bytes,
 // a client that hangs up mid-body releases the object, and a bad chunk in a
-// later block cuts the response short instead of sending wrong bytes.
+// later block cuts the response short instead of sending wrong bytes. Small
+// objects read alone take the synchronous fast path: exact bytes, and a
+// corrupt one is refused with an error, never served.
 import { CreateBucketCommand, DeleteObjectCommand, GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
@@ -121,5 +123,34 @@ describe('s3 GET from pooled read blocks', () => {
     assert.ok(got.equals(data.subarray(0, got.length)), 'what was sent is the object prefix');
     // An intact range of the same object is still served.
     assert.ok((await getBytes(env, 'rot', `bytes=0-${4 * MiB - 1}`)).equals(data.subarray(0, 4 * MiB)));
+  });
+
+  it('small objects read alone (fast path) are exact whole and ranged; a corrupt one is refused', async () => {
+    const sizes = [1, 4096, 64 * 1024];
+    const objs = sizes.map((n) => ({ key: `small-${n}`, data: randomBytes(n) }));
+    for (const o of objs) await env.sdk.send(new PutObjectCommand({ Bucket: 'blocks', Key: o.key, Body: o.data }));
+    // One at a time, so each GET is the only one in flight.
+    for (const o of objs) {
+      assert.ok((await getBytes(env, o.key)).equals(o.data), o.key);
+      const last = o.data.length - 1;
+      const mid = Math.floor(last / 2);
+      assert.ok((await getBytes(env, o.key, `bytes=${mid}-${last}`)).equals(o.data.subarray(mid)), `${o.key} range`);
+    }
+    const data = randomBytes(4096);
+    const filesBefore = new Set(objFiles(env.daemon.dataDir));
+    await env.sdk.send(new PutObjectCommand({ Bucket: 'blocks', Key: 'small-rot', Body: data }));
+    const file = objFiles(env.daemon.dataDir).find((f) => !filesBefore.has(f))!;
+    const fd = fs.openSync(file, 'r+');
+    fs.writeSync(fd, Buffer.from([data[100]! ^ 0x01]), 0, 1, 100);
+    fs.closeSync(fd);
+    const { res } = await rawGet(env, 'small-rot');
+    const body = await new Promise<Buffer>((resolve) => {
+      const parts: Buffer[] = [];
+      res.on('data', (p: Buffer) => parts.push(p));
+      res.on('end', () => resolve(Buffer.concat(parts)));
+    });
+    assert.equal(res.statusCode, 500, 'a chunk failing its CRC is an error before any byte');
+    assert.match(body.toString('utf8'), /<Code>InternalError<\/Code>/);
+    assert.ok(!body.includes(data.subarray(0, 64)), 'no object bytes in the error');
   });
 });

@@ -207,6 +207,12 @@ export class ObjectStore {
   private idLimit = 0;
   private reserving: Promise<void> | null = null;
   private openUploads = 0;
+  /**
+   * PUT bodies, part uploads and open read handles in flight. At 1 (only
+   * the caller) small reads take hot-segments' fast path (SYNC_MAX_BYTES
+   * says why).
+   */
+  private active = 0;
   /** versionId -> readers; bounded by the number of open GET streams. */
   private readonly pins = new Map<number, number>();
   /** versionId -> segments to free when its last reader closes. */
@@ -336,10 +342,12 @@ export class ObjectStore {
   openObject(bucket: string, key: string): ObjectHandle {
     const rec = this.headObject(bucket, key);
     this.pins.set(rec.versionId, (this.pins.get(rec.versionId) ?? 0) + 1);
+    this.active++;
     let released = false;
     const release = () => {
       if (released) return;
       released = true;
+      this.active--;
       this.unpin(rec.versionId);
     };
     return {
@@ -409,7 +417,7 @@ export class ObjectStore {
         if (seg.kind === 'hot') {
           const pool = this.manager.pools.get(seg.pool);
           if (!pool) throw new NoSuitablePool(`object data is on pool ${seg.pool}, which is not configured`);
-          await sendHotSegment(pool, seg, from, len, sink, isLast);
+          await sendHotSegment(pool, seg, from, len, sink, isLast, this.active === 1);
         } else {
           // Stripe reads hand over their own buffers, so each piece is simply awaited.
           let pending: Buffer | undefined;
@@ -437,7 +445,10 @@ export class ObjectStore {
     if (bucket.tier === 'cold' || expected < OFFLOAD_MD5_MIN_BYTES) {
       const md5 = createHash('md5');
       const observe = (piece: Buffer) => void md5.update(piece);
-      const seg = bucket.tier === 'cold' ? await writeColdSegment(this.requireStripes(), fileId, body, limits, observe) : await writeHotSegment(this.manager.choosePool('hot', expected), fileId, body, limits, observe);
+      const seg =
+        bucket.tier === 'cold'
+          ? await writeColdSegment(this.requireStripes(), fileId, body, limits, observe)
+          : await writeHotSegment(this.manager.choosePool('hot', expected), fileId, body, limits, observe);
       return { seg, md5: md5.digest() };
     }
     const pool = this.manager.choosePool('hot', expected);
@@ -490,6 +501,15 @@ export class ObjectStore {
 
   /** Writes a new version durably, then makes it the object's current version in one transaction. */
   async putObject(bucketName: string, key: string, body: AsyncIterable<Buffer>, opts: PutOptions): Promise<ObjectRecord> {
+    this.active++;
+    try {
+      return await this.putObjectActive(bucketName, key, body, opts);
+    } finally {
+      this.active--;
+    }
+  }
+
+  private async putObjectActive(bucketName: string, key: string, body: AsyncIterable<Buffer>, opts: PutOptions): Promise<ObjectRecord> {
     validateKey(key);
     const bucket = this.getBucket(bucketName);
     const { seg, md5: digest } = await this.writeSegment(bucket, body, { maxBytes: MAX_PUT_BYTES, expectedBytes: opts.expectedBytes });
@@ -624,6 +644,15 @@ export class ObjectStore {
   }
 
   async uploadPart(bucketName: string, key: string, uploadId: string, partNumber: number, body: AsyncIterable<Buffer>, opts: { expectedBytes?: number; expectedMd5?: Buffer }): Promise<PartRecord> {
+    this.active++;
+    try {
+      return await this.uploadPartActive(bucketName, key, uploadId, partNumber, body, opts);
+    } finally {
+      this.active--;
+    }
+  }
+
+  private async uploadPartActive(bucketName: string, key: string, uploadId: string, partNumber: number, body: AsyncIterable<Buffer>, opts: { expectedBytes?: number; expectedMd5?: Buffer }): Promise<PartRecord> {
     if (!Number.isInteger(partNumber) || partNumber < 1 || partNumber > MAX_PART_NUMBER) throw new InvalidArgument(`part number must be an integer between 1 and ${MAX_PART_NUMBER}`);
     const bucket = this.getBucket(bucketName);
     this.getUpload(bucketName, key, uploadId);
