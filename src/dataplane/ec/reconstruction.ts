@@ -169,7 +169,14 @@ export class Reconstructor {
   private async land(vol: Volume, key: string, entry: QueuedStripe, ref: StripeRef, prepared: PreparedRebuild): Promise<void> {
     try {
       const next = await this.stripes.landRebuild(ref, prepared);
-      await vol.replaceStripe(entry.ctx.chunkIndex, ref, next);
+      if (!(await vol.replaceStripe(entry.ctx.chunkIndex, ref, next))) {
+        // The chunk moved on while this landed (rewritten, or its records
+        // relocated): its current stripe may still miss the shard, so the
+        // next pass looks at that one (and drops the entry if it is healthy).
+        entry.state = 'Degraded';
+        entry.reason = 'stripe superseded while its rebuild landed; retried';
+        return;
+      }
       this.rebuiltStripes++;
       log.debug('stripe reconstructed', { volume: vol.name, chunk: entry.ctx.chunkIndex });
       this.states.delete(key);
