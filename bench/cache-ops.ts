@@ -1,4 +1,4 @@
-// Get/put throughput and p50/p99 latency per tier: L1 (CacheManager, W-TinyLFU) beside
+// Get/put throughput and p50/p99 latency per tier: L1 (CacheManager, S3-LFU) beside
 // lru-cache, and L2 (mmap'd file) beside the fallback design: positional fs reads/writes of
 // CRC32C-checked 4 KiB slots in a preallocated file.
 // Ours and the peer alternate round by round in one run (see measure()). 4 KiB values, 10,000 keys.

@@ -100,7 +100,8 @@ export class CacheManager {
     this.l1 = new S3Lfu<string, L1Value>({
       maximumWeight: options.l1CapacityBytes,
       expectedEntries: Math.max(64, Math.ceil(options.l1CapacityBytes / EXPECTED_ENTRY_BYTES)),
-      onEvict: (key, entry) => this.demote(key, entry),
+      // Without L2 an eviction has nowhere to go: no listener call per eviction.
+      ...(options.l2 === undefined ? {} : { onEvict: (key: string, entry: L1Value) => this.demote(key, entry) }),
     });
     this.l2 = options.l2 === undefined ? undefined : new L2File(options.l2.path, options.l2.capacityBytes);
   }

@@ -34,7 +34,7 @@ const DUEL_MARGIN = 2;
 // accesses or no hysteresis switch too often and lose on cache2k-orm-busy.
 const MODE_LFU = 0;
 const MODE_LRU = 1;
-const MIN_SHADOW_ENTRIES = 256;
+const MIN_SHADOW_ENTRIES = 128;
 const MAX_SAMPLE_RATE = 1 << 12;
 const SWITCH_WINDOW_ACCESSES = 100_000;
 const SWITCH_HYSTERESIS_HITS = 20;
