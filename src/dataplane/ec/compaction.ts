@@ -5,7 +5,10 @@
 // Compacting segment S of pool P (DESIGN.md: old bytes are freed only after
 // the index flip; nothing is written over the only good copy):
 //  1. S's live records are found from the index itself (volume chunk map in
-//     LMDB and in memory, cold S3 objects and parts), never from the hints;
+//     LMDB and in memory, cold S3 objects and parts), never from the hints,
+//     plus the records of references readers hold (StripeStore.hold: a GET
+//     of a version overwritten since, a read begun before a destage freed
+//     its stripe), which are copied too but have no index entry to flip;
 //  2. they are copied to P's head segment, durable (writev + fdatasync), a
 //     batch at a time, throttled;
 //  3. the stripe store learns old place -> copy (readers and free() calls
@@ -18,7 +21,8 @@
 //     no shard in S and is left alone. Open volumes' in-memory maps follow;
 //  5. S is deleted only once every write session begun before the pass has
 //     ended and a final look at the index (inside a transaction, after every
-//     write queued before it) finds nothing pointing into S.
+//     write queued before it) finds nothing pointing into S, nor a held
+//     reference whose forwards still lead into it.
 // A SIGKILL before 4 commits leaves S referenced and the copies orphans;
 // after it, S unreferenced but present. The start-up recount marks either
 // kind dead, so the next pass reclaims it; fsck reports them as orphans.
@@ -200,7 +204,11 @@ export class SegmentCompactor {
   /**
    * Every stripe reference the index holds, with its holder: the chunk map
    * as committed, open volumes' maps (a destage's flip lands there after its
-   * commit), cold objects and parts.
+   * commit), cold objects and parts. Then the references
+   * readers hold (StripeStore.hold: a GET of an overwritten version, a read
+   * begun before a destage freed its stripe), each shard where the forwards
+   * lead now: those records are copied like live ones (their readers follow
+   * the forwards), but no index entry is flipped for them.
    */
   private forEachRef(visit: (ref: StripeRef, holder: Holder | null) => void): void {
     for (const vol of this.meta.listVolumes()) {
@@ -215,6 +223,7 @@ export class SegmentCompactor {
     for (const { key, value } of this.parts.getRange(ALL_OBJECT_KEYS)) {
       for (const ref of coldStripeRefs([value.segment])) visit(ref, { kind: 'part', key: Buffer.from(key) });
     }
+    for (const ref of this.stripes.heldRefs()) visit({ ...ref, shards: ref.shards.map((s) => this.stripes.resolve(s)) }, null);
   }
 
   /**
@@ -227,6 +236,7 @@ export class SegmentCompactor {
   async recount(): Promise<void> {
     // Each referenced place once: a stripe is usually seen both committed and in an open volume's map.
     const places = new Map<string, ShardRef>();
+    // Held references count as live: their readers' release frees them (once), and that is when they die.
     this.forEachRef((ref) => {
       for (const s of ref.shards) places.set(`${s.pool}/${s.segment}/${s.offsetBytes}`, s);
     });
@@ -303,7 +313,11 @@ export class SegmentCompactor {
     }
   }
 
-  /** Live places in `segment` of `pool` per the index now: offset -> length. */
+  /**
+   * Places in `segment` of `pool` that must stay readable now: offset ->
+   * length. The index's references, and readers' held ones through the
+   * forwards (so a held record already copied out no longer counts).
+   */
   private liveIn(pool: string, segment: number): { live: Map<number, number>; holders: Map<string, Holder> } {
     const live = new Map<number, number>();
     const holders = new Map<string, Holder>();
@@ -356,6 +370,7 @@ export class SegmentCompactor {
     // for those sessions, then look once more, after every queued write.
     if (!(await this.stripes.writesSettled(this.opts.settleTimeoutMs, () => this.stopped))) return null;
     await new Promise((resolve) => setImmediate(resolve)); // let callers issue the flips their resolved writes lead to
+    // A held reference counts only where it still leads into S (one held after the copy began).
     const stillLive = await this.meta.transaction(() => this.liveIn(pool, segment).live.size);
     if (stillLive > 0) {
       log.debug('segment compaction: segment still referenced after the flip; left for a later pass', { pool, segment, places: stillLive });

@@ -121,6 +121,9 @@ export class StripeStore {
   /** Write sessions in flight -> the epoch each began in; bounded by concurrent writers (destages, rebuilds, uploads). */
   private readonly writesInFlight = new Map<number, number>();
   private writeWaiters: (() => void)[] = [];
+  /** Reader holds (hold()) -> the references held; bounded by reads in flight. */
+  private readonly heldByReaders = new Map<number, readonly StripeRef[]>();
+  private nextHoldToken = 0;
 
   constructor(
     private readonly pools: () => Pool[],
@@ -313,15 +316,21 @@ export class StripeStore {
 
   /** Reads a stripe's data (through the cache when there is one). `ctx` is passed to onDegraded. */
   async readStripe(ref: StripeRef, ctx?: StripeContext): Promise<Buffer> {
-    if (!this.cache) return this.readStripeUncached(ref, ctx);
-    const key = StripeStore.cacheKey(ref);
-    this.pendingReads.set(key, { ref, ctx });
+    // Held from this tick: `ref` may be one a destage has just replaced and freed (see hold()).
+    const release = this.hold([ref]);
     try {
-      const data = await this.cache.get(key);
-      if (!data) throw new InsufficientShards(`stripe of chunk ${ref.chunkIndex} could not be read`);
-      return data;
+      if (!this.cache) return await this.readStripeUncached(ref, ctx);
+      const key = StripeStore.cacheKey(ref);
+      this.pendingReads.set(key, { ref, ctx });
+      try {
+        const data = await this.cache.get(key);
+        if (!data) throw new InsufficientShards(`stripe of chunk ${ref.chunkIndex} could not be read`);
+        return data;
+      } finally {
+        this.pendingReads.delete(key);
+      }
     } finally {
-      this.pendingReads.delete(key);
+      release();
     }
   }
 
@@ -675,6 +684,25 @@ export class StripeStore {
       at = next;
     }
     return at;
+  }
+
+  /**
+   * A reader keeps `refs` readable until it calls the returned release,
+   * whether or not the index still holds them: segment compaction copies
+   * their records (readers then follow the forwards) and keeps a segment
+   * holding one it did not copy. For references that leave the index while
+   * read: a GET of a version overwritten meanwhile, a read that took a
+   * stripe just before a destage freed it. Bounded by readers in flight.
+   */
+  hold(refs: readonly StripeRef[]): () => void {
+    const token = ++this.nextHoldToken;
+    this.heldByReaders.set(token, refs);
+    return () => void this.heldByReaders.delete(token);
+  }
+
+  /** Every reference held by a reader now (hold()). */
+  *heldRefs(): Iterable<StripeRef> {
+    for (const refs of this.heldByReaders.values()) yield* refs;
   }
 
   /** Compaction copied records of `pool` (durable at `to`): readers and frees of old references follow. */

@@ -7,7 +7,7 @@ import type { StripeRef, StripeStore } from '../ec/stripe-store.js';
 import { type ByteObserver, type WriteLimits } from './hot-segments.js';
 
 /** What cold objects need of the stripe store (the daemon passes its StripeStore). */
-export type StripeStoreApi = Pick<StripeStore, 'policy' | 'writeStripe' | 'readStripe' | 'free' | 'beginWrite' | 'endWrite'>;
+export type StripeStoreApi = Pick<StripeStore, 'policy' | 'writeStripe' | 'readStripe' | 'free' | 'beginWrite' | 'endWrite' | 'hold'>;
 export type { StripeRef };
 
 export interface ColdSegment {

@@ -21,7 +21,7 @@ import {
 } from '../errors.js';
 import type { VolumeManager } from '../volumes/manager.js';
 import { log } from '../../log.js';
-import { freeColdSegment, readColdSegment, settleColdSegment, writeColdSegment, type ColdSegment, type StripeStoreApi } from './cold-segments.js';
+import { coldStripeRefs, freeColdSegment, readColdSegment, settleColdSegment, writeColdSegment, type ColdSegment, type StripeStoreApi } from './cold-segments.js';
 import { OffloadedMd5 } from './md5-offload.js';
 import { freeHotSegment, listHotFileIds, prepareHotPool, readHotSegment, sendHotSegment, writeHotSegment, type HotSegment, type PieceSink, type WriteLimits } from './hot-segments.js';
 
@@ -342,12 +342,16 @@ export class ObjectStore {
   openObject(bucket: string, key: string): ObjectHandle {
     const rec = this.headObject(bucket, key);
     this.pins.set(rec.versionId, (this.pins.get(rec.versionId) ?? 0) + 1);
+    // The pin keeps an overwrite from freeing the cold stripes; the hold keeps
+    // segment compaction from deleting them (it copies them, reads follow).
+    const unhold = this.stripes?.hold([...coldStripeRefs(rec.segments)]);
     this.active++;
     let released = false;
     const release = () => {
       if (released) return;
       released = true;
       this.active--;
+      unhold?.();
       this.unpin(rec.versionId);
     };
     return {
