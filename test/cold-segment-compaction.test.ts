@@ -206,61 +206,76 @@ test('SIGKILL during compaction: every flushed byte reads back, fsck is clean, l
   writeVolume(d, 'k', model);
   await destage(d);
   let daemon = d;
-  const rnd = prng(42);
-  const kills = 6;
-  let killedMidPass = 0;
-  for (let i = 0; i < kills; i++) {
-    // Rewrite half the chunks: old segments end up part live, part dead, so passes copy (slowly).
-    const chunks = Array.from({ length: VOLUME_MIB }, (_, c) => c).filter((c) => (c + i) % 2 === 0);
-    for (const c of chunks) patternBytes(MiB, 1000 * i + c).copy(model, c * MiB);
-    const src = path.join(d.dataDir, 'model.bin');
-    fs.writeFileSync(src, model);
-    nbdsh(
-      [
-        `h.connect_uri(${JSON.stringify(daemon.exportUri('k'))})`,
-        `src = open(${JSON.stringify(src)}, 'rb').read()`,
-        `for c in ${JSON.stringify(chunks)}:`,
-        `  h.pwrite(src[c * ${MiB}:(c + 1) * ${MiB}], c * ${MiB})`,
-        'h.flush()',
-      ].join('\n'),
-    ); // FLUSHed: all of it must survive the kill
+  t.after(() => daemon.kill());
+  // On failure: every daemon's stderr of the kill chain (and, with
+  // COUCHESTOR_TEST_KEEP_DIR set, a copy of the data directory) to find out why.
+  const chain: TestDaemon[] = [d];
+  try {
+    await killLoop();
+  } catch (err) {
+    chain.forEach((c, n) => t.diagnostic(`daemon ${n} stderr (last 16 KiB):\n${c.stderr.slice(-16384)}`));
+    const keep = process.env.COUCHESTOR_TEST_KEEP_DIR;
+    if (keep) fs.cpSync(d.dataDir, path.join(keep, `sigkill-${process.pid}-${Date.now()}`), { recursive: true });
+    throw err;
+  }
+  async function killLoop(): Promise<void> {
+    const rnd = prng(42);
+    const kills = 6;
+    let killedMidPass = 0;
+    for (let i = 0; i < kills; i++) {
+      // Rewrite half the chunks: old segments end up part live, part dead, so passes copy (slowly).
+      const chunks = Array.from({ length: VOLUME_MIB }, (_, c) => c).filter((c) => (c + i) % 2 === 0);
+      for (const c of chunks) patternBytes(MiB, 1000 * i + c).copy(model, c * MiB);
+      const src = path.join(d.dataDir, 'model.bin');
+      fs.writeFileSync(src, model);
+      nbdsh(
+        [
+          `h.connect_uri(${JSON.stringify(daemon.exportUri('k'))})`,
+          `src = open(${JSON.stringify(src)}, 'rb').read()`,
+          `for c in ${JSON.stringify(chunks)}:`,
+          `  h.pwrite(src[c * ${MiB}:(c + 1) * ${MiB}], c * ${MiB})`,
+          'h.flush()',
+        ].join('\n'),
+      ); // FLUSHed: all of it must survive the kill
+      await destage(daemon);
+      // A random moment, then the next moment a pass is seen running (polling the API: the daemon has no event stream).
+      await new Promise((r) => setTimeout(r, rnd() % 400));
+      const deadline = Date.now() + 20_000;
+      let running = false;
+      while (!(running = (await api<{ running: boolean }>(daemon, 'GET', '/v1/compaction')).running) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+      await daemon.kill();
+      if (running) killedMidPass++;
+      fsckClean(daemon);
+      daemon = await TestDaemon.start({ dataDir: d.dataDir });
+      chain.push(daemon);
+      assertSameBytes(readExport(daemon, 'k', path.join(d.dataDir, `k-${i}.bin`)), model, `after kill ${i}`);
+    }
+    t.diagnostic(`${killedMidPass} of ${kills} kills landed while a compaction pass ran`);
+    assert.ok(killedMidPass >= kills / 2, `only ${killedMidPass} kills hit a running pass: the test no longer covers a crash mid-compaction`);
+    // The recount at start marks leftovers (copies or sources of the cut pass) dead: one pass takes them.
+    await compact(daemon);
+    const recordBytes = 256 * 1024 + 64;
+    // After a pass every sealed segment is under the 0.5 dead fraction, so sealed bytes < 2 x live; plus the head.
+    for (const [i, bytes] of coldSegmentBytes(daemon).entries()) {
+      assert.ok(bytes <= 2 * VOLUME_MIB * recordBytes + SEGMENT_BYTES, `cold-${i}: ${bytes} bytes after the kills`);
+    }
+    assertSameBytes(readExport(daemon, 'k', path.join(d.dataDir, 'k-final.bin')), model, 'after the final pass');
+    // SIGTERM while a throttled pass copies: the job stops after its batch and the daemon exits cleanly.
+    patternBytes(4 * MiB, 77).copy(model, 0);
+    writeVolume(daemon, 'k', model);
     await destage(daemon);
-    // A random moment, then the next moment a pass is seen running (polling the API: the daemon has no event stream).
-    await new Promise((r) => setTimeout(r, rnd() % 400));
     const deadline = Date.now() + 20_000;
-    let running = false;
-    while (!(running = (await api<{ running: boolean }>(daemon, 'GET', '/v1/compaction')).running) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
-    await daemon.kill();
-    if (running) killedMidPass++;
+    while (!(await api<{ running: boolean }>(daemon, 'GET', '/v1/compaction')).running && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+    const stopStartMs = Date.now();
+    assert.equal(await daemon.stop(), 0);
+    const stopMs = Date.now() - stopStartMs;
+    t.diagnostic(`SIGTERM during a pass: exited in ${stopMs} ms`);
+    assert.ok(stopMs < 10_000, `stop took ${stopMs} ms`);
     fsckClean(daemon);
     daemon = await TestDaemon.start({ dataDir: d.dataDir });
-    assertSameBytes(readExport(daemon, 'k', path.join(d.dataDir, `k-${i}.bin`)), model, `after kill ${i}`);
+    chain.push(daemon);
+    assertSameBytes(readExport(daemon, 'k', path.join(d.dataDir, 'k-term.bin')), model, 'after SIGTERM mid-pass');
   }
-  t.after(() => daemon.kill());
-  t.diagnostic(`${killedMidPass} of ${kills} kills landed while a compaction pass ran`);
-  assert.ok(killedMidPass >= kills / 2, `only ${killedMidPass} kills hit a running pass: the test no longer covers a crash mid-compaction`);
-  // The recount at start marks leftovers (copies or sources of the cut pass) dead: one pass takes them.
-  await compact(daemon);
-  const recordBytes = 256 * 1024 + 64;
-  // After a pass every sealed segment is under the 0.5 dead fraction, so sealed bytes < 2 x live; plus the head.
-  for (const [i, bytes] of coldSegmentBytes(daemon).entries()) {
-    assert.ok(bytes <= 2 * VOLUME_MIB * recordBytes + SEGMENT_BYTES, `cold-${i}: ${bytes} bytes after the kills`);
-  }
-  assertSameBytes(readExport(daemon, 'k', path.join(d.dataDir, 'k-final.bin')), model, 'after the final pass');
-  // SIGTERM while a throttled pass copies: the job stops after its batch and the daemon exits cleanly.
-  patternBytes(4 * MiB, 77).copy(model, 0);
-  writeVolume(daemon, 'k', model);
-  await destage(daemon);
-  const deadline = Date.now() + 20_000;
-  while (!(await api<{ running: boolean }>(daemon, 'GET', '/v1/compaction')).running && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
-  const stopStartMs = Date.now();
-  assert.equal(await daemon.stop(), 0);
-  const stopMs = Date.now() - stopStartMs;
-  t.diagnostic(`SIGTERM during a pass: exited in ${stopMs} ms`);
-  assert.ok(stopMs < 10_000, `stop took ${stopMs} ms`);
-  fsckClean(daemon);
-  daemon = await TestDaemon.start({ dataDir: d.dataDir });
-  assertSameBytes(readExport(daemon, 'k', path.join(d.dataDir, 'k-term.bin')), model, 'after SIGTERM mid-pass');
 });
 
 test('deleting and overwriting cold S3 objects frees their segments; a GET streaming through compaction reads the right bytes', async (t) => {
