@@ -236,7 +236,7 @@ export class SegmentCompactor {
   async recount(): Promise<void> {
     // Each referenced place once: a stripe is usually seen both committed and in an open volume's map.
     const places = new Map<string, ShardRef>();
-    // Held references count as live: their readers' release frees them (once), and that is when they die.
+    // Held references count as live: a pinned S3 version leaving the index is freed (counted dead) when its last reader lets go.
     this.forEachRef((ref) => {
       for (const s of ref.shards) places.set(`${s.pool}/${s.segment}/${s.offsetBytes}`, s);
     });
