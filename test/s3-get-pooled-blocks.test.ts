@@ -11,6 +11,7 @@ import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { INLINE_MAX_BYTES } from '../src/dataplane/objects/store.js';
 import { signer, startS3, type S3Env } from './helpers/s3-env.js';
 
 const MiB = 1024 * 1024;
@@ -126,7 +127,8 @@ describe('s3 GET from pooled read blocks', () => {
   });
 
   it('small objects read alone (fast path) are exact whole and ranged; a corrupt one is refused', async () => {
-    const sizes = [1, 4096, 64 * 1024];
+    // Above INLINE_MAX_BYTES (smaller objects live in the index, not in files).
+    const sizes = [INLINE_MAX_BYTES + 1, 40 * 1024, 64 * 1024];
     const objs = sizes.map((n) => ({ key: `small-${n}`, data: randomBytes(n) }));
     for (const o of objs) await env.sdk.send(new PutObjectCommand({ Bucket: 'blocks', Key: o.key, Body: o.data }));
     // One at a time, so each GET is the only one in flight.
@@ -136,7 +138,7 @@ describe('s3 GET from pooled read blocks', () => {
       const mid = Math.floor(last / 2);
       assert.ok((await getBytes(env, o.key, `bytes=${mid}-${last}`)).equals(o.data.subarray(mid)), `${o.key} range`);
     }
-    const data = randomBytes(4096);
+    const data = randomBytes(INLINE_MAX_BYTES + 4096);
     const filesBefore = new Set(objFiles(env.daemon.dataDir));
     await env.sdk.send(new PutObjectCommand({ Bucket: 'blocks', Key: 'small-rot', Body: data }));
     const file = objFiles(env.daemon.dataDir).find((f) => !filesBefore.has(f))!;

@@ -5,9 +5,12 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 import type { Database } from 'lmdb';
+import { crc32c } from '@node-rs/crc32';
 import {
   AlreadyExists,
+  Corrupt,
   DigestMismatch,
+  IncompleteBody,
   InvalidArgument,
   InvalidPart,
   InvalidPartOrder,
@@ -25,7 +28,20 @@ import { coldStripeRefs, freeColdSegment, readColdSegment, settleColdSegment, wr
 import { OffloadedMd5 } from './md5-offload.js';
 import { freeHotSegment, listHotFileIds, prepareHotPool, readHotSegment, sendHotSegment, writeHotSegment, type HotSegment, type PieceSink, type WriteLimits } from './hot-segments.js';
 
-export type Segment = HotSegment | ColdSegment;
+/**
+ * A small object of a hot bucket kept inside its index record: its bytes
+ * become durable in the same LMDB commit that makes the object visible. A
+ * 4 KiB PUT to a data file paid a file fdatasync and then the index commit
+ * (MinIO likewise inlines small objects into its xl.meta).
+ */
+export interface InlineSegment {
+  kind: 'inline';
+  lengthBytes: number;
+  crc32c: number;
+  bytes: Buffer;
+}
+
+export type Segment = HotSegment | ColdSegment | InlineSegment;
 export type BucketTier = 'hot' | 'cold';
 
 export const MAX_KEY_BYTES = 1024;
@@ -42,6 +58,14 @@ export const MAX_OPEN_UPLOADS = 100_000;
  * hashing on the event loop.
  */
 const OFFLOAD_MD5_MIN_BYTES = 256 * 1024;
+/** Hot-bucket single PUTs up to this size are stored inline (InlineSegment). */
+export const INLINE_MAX_BYTES = 16 * 1024;
+/**
+ * Inline bytes in the index, all objects together: the LMDB map (4 GiB) is
+ * shared with the volumes' chunk map, so past this small PUTs go to data
+ * files again.
+ */
+export const INLINE_CAP_BYTES = 256 * 1024 * 1024;
 /** Ids are reserved from LMDB in blocks so a PUT does not pay a sync commit for its id. */
 const ID_BLOCK = 4096;
 
@@ -180,6 +204,12 @@ function prefixEnd(prefix: Buffer): Buffer {
   return Buffer.from([0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
 }
 
+/** An inline segment's bytes, or Corrupt if they no longer match their CRC32C. */
+function checkedInline(seg: InlineSegment): Buffer {
+  if (crc32c(seg.bytes) !== seg.crc32c || seg.bytes.length !== seg.lengthBytes) throw new Corrupt('inline object bytes fail their CRC32C');
+  return seg.bytes;
+}
+
 function compareUtf8(a: string, b: string): number {
   return Buffer.compare(utf8(a), utf8(b));
 }
@@ -213,6 +243,8 @@ export class ObjectStore {
    * says why).
    */
   private active = 0;
+  /** Sum of InlineSegment lengths in the index (bounded by INLINE_CAP_BYTES). */
+  private inlineBytes = 0;
   /** versionId -> readers; bounded by the number of open GET streams. */
   private readonly pins = new Map<number, number>();
   /** versionId -> segments to free when its last reader closes. */
@@ -238,6 +270,7 @@ export class ObjectStore {
     const store = new ObjectStore(manager, stripes);
     const referenced = new Set<number>();
     const account = (seg: Segment) => {
+      if (seg.kind === 'inline') store.inlineBytes += seg.lengthBytes;
       if (seg.kind !== 'hot') return;
       referenced.add(seg.fileId);
       const p = manager.pools.get(seg.pool);
@@ -396,7 +429,9 @@ export class ObjectStore {
       if (segEnd > offsetBytes && segStart < end) {
         const from = Math.max(offsetBytes, segStart) - segStart;
         const len = Math.min(end, segEnd) - segStart - from;
-        if (seg.kind === 'hot') {
+        if (seg.kind === 'inline') {
+          yield checkedInline(seg).subarray(from, from + len);
+        } else if (seg.kind === 'hot') {
           const pool = this.manager.pools.get(seg.pool);
           if (!pool) throw new NoSuitablePool(`object data is on pool ${seg.pool}, which is not configured`);
           yield* readHotSegment(pool, seg, from, len);
@@ -418,7 +453,9 @@ export class ObjectStore {
         const from = Math.max(offsetBytes, segStart) - segStart;
         const len = Math.min(end, segEnd) - segStart - from;
         const isLast = segEnd >= end;
-        if (seg.kind === 'hot') {
+        if (seg.kind === 'inline') {
+          await sink(checkedInline(seg).subarray(from, from + len), isLast);
+        } else if (seg.kind === 'hot') {
           const pool = this.manager.pools.get(seg.pool);
           if (!pool) throw new NoSuitablePool(`object data is on pool ${seg.pool}, which is not configured`);
           await sendHotSegment(pool, seg, from, len, sink, isLast, this.active === 1);
@@ -481,7 +518,9 @@ export class ObjectStore {
   private async freeSegments(segs: Segment[]): Promise<void> {
     for (const seg of segs) {
       try {
-        if (seg.kind === 'hot') {
+        if (seg.kind === 'inline') {
+          this.inlineBytes -= seg.lengthBytes;
+        } else if (seg.kind === 'hot') {
           const pool = this.manager.pools.get(seg.pool);
           if (pool) await freeHotSegment(pool, seg);
         } else if (this.stripes) {
@@ -516,6 +555,10 @@ export class ObjectStore {
   private async putObjectActive(bucketName: string, key: string, body: AsyncIterable<Buffer>, opts: PutOptions): Promise<ObjectRecord> {
     validateKey(key);
     const bucket = this.getBucket(bucketName);
+    const expected = opts.expectedBytes;
+    if (bucket.tier === 'hot' && expected !== undefined && expected <= INLINE_MAX_BYTES && this.inlineBytes + expected <= INLINE_CAP_BYTES) {
+      return this.putInline(bucket, key, body, expected, opts);
+    }
     const { seg, md5: digest } = await this.writeSegment(bucket, body, { maxBytes: MAX_PUT_BYTES, expectedBytes: opts.expectedBytes });
     let old: ObjectRecord | undefined;
     let rec: ObjectRecord;
@@ -537,6 +580,43 @@ export class ObjectStore {
       if (seg.kind === 'cold') settleColdSegment(seg); // referenced now: compaction may move its stripes
     } catch (err) {
       await this.freeSegments([seg]);
+      throw err;
+    }
+    if (old) await this.retire(old);
+    return rec;
+  }
+
+  /** A small hot object: body in memory, then one index commit makes bytes and key durable and visible together. */
+  private async putInline(bucket: BucketRecord, key: string, body: AsyncIterable<Buffer>, expectedBytes: number, opts: PutOptions): Promise<ObjectRecord> {
+    const pieces: Buffer[] = [];
+    let lengthBytes = 0;
+    for await (const piece of body) {
+      if (lengthBytes + piece.length > expectedBytes) throw new IncompleteBody(`body is longer than the declared ${expectedBytes} bytes`);
+      pieces.push(piece);
+      lengthBytes += piece.length;
+    }
+    if (lengthBytes !== expectedBytes) throw new IncompleteBody(`body ended after ${lengthBytes} of ${expectedBytes} declared bytes`);
+    const bytes = Buffer.concat(pieces, lengthBytes);
+    const digest = createHash('md5').update(bytes).digest();
+    if (opts.expectedMd5 && !digest.equals(opts.expectedMd5)) throw new DigestMismatch('Content-MD5 does not match the bytes received');
+    const seg: InlineSegment = { kind: 'inline', lengthBytes, crc32c: crc32c(bytes), bytes };
+    const rec: ObjectRecord = {
+      key,
+      versionId: await this.allocId(),
+      sizeBytes: lengthBytes,
+      etag: digest.toString('hex'),
+      lastModifiedMs: Date.now(),
+      contentHeaders: opts.contentHeaders,
+      userMeta: opts.userMeta,
+      segments: [seg],
+    };
+    // Counted before the commit so concurrent small PUTs cannot overshoot the cap.
+    this.inlineBytes += lengthBytes;
+    let old: ObjectRecord | undefined;
+    try {
+      old = await this.flip(bucket, key, () => rec);
+    } catch (err) {
+      this.inlineBytes -= lengthBytes;
       throw err;
     }
     if (old) await this.retire(old);
