@@ -4,7 +4,8 @@
 // reads the right bytes after its segment file is deleted, freeing it marks
 // the copy dead (not the deleted source), and the index points at the copies;
 // a segment holding a stripe newer than the index (a destage before its
-// flip) is not deleted.
+// flip) is not deleted; a stripe a reader holds (StripeStore.hold) after the
+// index dropped it is copied out, not deleted under the reader.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -130,4 +131,59 @@ test('a segment holding a stripe newer than the index (a destage not yet flipped
   assert.ok(second.segmentsCompacted >= 6, `compacted ${second.segmentsCompacted}`);
   for (const p of pools) assert.equal(fs.existsSync(seg2(p)), false, `${p.name}: segment 2 deleted after the flip`);
   assert.ok((await stripes.readStripe(meta.chunks.get([VOLUME_ID, 0])!.stripe!)).equals(pendingData));
+});
+
+test('a stripe a reader holds after the index dropped it (StripeStore.hold) is copied out, not lost, when its segment is compacted', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-compaction-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const pools = Array.from({ length: 6 }, (_, i) => {
+    const p = path.join(dir, `cold-${i}`);
+    fs.mkdirSync(p);
+    return new Pool({ name: `cold-${i}`, path: p, tier: 'cold', capacityBytes: 1024 * MiB, labels: {} });
+  });
+  const meta = MetaStore.open(dir);
+  const stripes = new StripeStore(() => pools, parsePolicyYaml(DEFAULT_EC_POLICY_YAML, 6));
+  stripes.segmentOptions = { segmentSizeBytes: MiB };
+  t.after(async () => {
+    await stripes.close();
+    await meta.close();
+  });
+  await meta.volumes.put('v', { name: 'v', id: VOLUME_ID, sizeBytes: 8 * MiB, chunkSizeBytes: MiB, tier: 'cold', poolName: 'cold-0', readOnly: false, createdMs: 0 });
+  const owner = volumeOwnerId(VOLUME_ID);
+  const committed = new Map<number, StripeRef>();
+  const flip = async (c: number, ref: StripeRef) => {
+    await meta.chunks.put([VOLUME_ID, c], { state: ChunkState.Cold, pool: '', stripe: ref });
+    const old = committed.get(c);
+    committed.set(c, ref);
+    if (old) stripes.free(old);
+  };
+  // Segment 1: chunks 0-2, generation 1.
+  for (let c = 0; c < 3; c++) await flip(c, await stripes.writeStripe(owner, c, 1, patternBytes(MiB, c)));
+  const heldRef = committed.get(2)!;
+  const heldData = patternBytes(MiB, 2);
+  // A reader takes chunk 2's stripe (as a GET of a version about to be overwritten does), then every chunk is rewritten: segment 1 is all dead to the index.
+  const release = stripes.hold([heldRef]);
+  for (let c = 0; c < 3; c++) await flip(c, await stripes.writeStripe(owner, c, 2, patternBytes(MiB, 10 + c)));
+  const compactor = new SegmentCompactor(stripes, meta, () => [], { intervalMs: 0, deadFraction: 0.5 });
+  t.after(() => compactor.stop());
+  await compactor.recount(); // what a restart does: only the index (and holds) say what is live
+  const pass = await compactor.runOnce({ unthrottled: true });
+  const seg1 = (p: Pool) => path.join(p.rec.path, 'segments', 'seg-000000000001.cseg');
+  for (const p of pools) assert.equal(fs.existsSync(seg1(p)), false, `${p.name}: segment 1 compacted`);
+  assert.equal(pass.copiedBytes, heldRef.shards.reduce((n, s) => n + s.lengthBytes, 0), 'exactly the held stripe was copied');
+  assert.ok((await stripes.readStripe(heldRef)).equals(heldData), 'the held reference reads its bytes through the forwards');
+  assert.equal(stripes.counters.degradedReads, 0);
+  // While held, the copies count as live; once let go of, nothing references them and the recount says so.
+  const copies = heldRef.shards.map((s) => stripes.resolve(s));
+  assert.ok(copies.every((s, i) => s.segment !== heldRef.shards[i]!.segment), 'the forwards lead to the copies');
+  const deadOf = async () => new Map((await compactor.segments()).map((s) => [`${s.pool}/${s.segment}`, s.deadBytes]));
+  await compactor.recount();
+  const deadHeld = await deadOf();
+  release();
+  await compactor.recount();
+  const deadReleased = await deadOf();
+  for (const s of copies) {
+    const k = `${s.pool}/${s.segment}`;
+    assert.equal(deadReleased.get(k)! - deadHeld.get(k)!, s.lengthBytes, `copy on ${k}: live while held, dead once released`);
+  }
 });
