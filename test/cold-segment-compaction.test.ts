@@ -239,14 +239,15 @@ test('SIGKILL during compaction: every flushed byte reads back, fsck is clean, l
       ); // FLUSHed: all of it must survive the kill
       await destage(daemon);
       // The first moment a pass is seen running (polling the API: the daemon
-      // has no event stream), then a random moment inside it: a throttled
-      // pass takes >= 250 ms per record it copies, so kills land before, in
-      // and after its copies, flips and deletions, not only at its first I/O.
+      // has no event stream), then a random moment in its first 120 ms: a
+      // batch's copy, fdatasync and flip take tens of ms, then the throttle
+      // sleeps >= 250 ms per record copied before the deletion, so kills land
+      // before, in and after the flips, not only at the pass's first I/O.
       const deadline = Date.now() + 20_000;
       let running = false;
       while (!(running = (await api<{ running: boolean }>(daemon, 'GET', '/v1/compaction')).running) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
       if (running) {
-        await new Promise((r) => setTimeout(r, rnd() % 250));
+        await new Promise((r) => setTimeout(r, rnd() % 120));
         running = (await api<{ running: boolean }>(daemon, 'GET', '/v1/compaction')).running;
       }
       await daemon.kill();
