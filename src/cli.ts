@@ -18,6 +18,8 @@ commands:
   volumes resize NAME SIZE           grow a volume (shrinking is refused)
   volumes migrate NAME TIER [--preserve]
                                      move a volume to hot|warm|cold now, online (--preserve keeps the old copy)
+  volumes release NAME               free the old copies preserving migrations kept (stripes; a cold
+                                     volume's old file)
   volumes delete NAME                delete a volume and its data
   pools list                         list pools with usage
   hardware scan [--json] [--sys-root DIR] [--no-smart]
@@ -213,6 +215,11 @@ async function volumes(dataDir: string, sub: string | undefined, args: string[],
       const body = { tier: tier as 'hot' | 'warm' | 'cold', preserve: Boolean(values.preserve) };
       return print(await call(dataDir, 'POST', `/v1/volumes/${encodeURIComponent(name)}/migrate`, body, (m) => migrateVolume(m, name, body.tier, { preserve: body.preserve })), values.json);
     }
+    case 'release': {
+      const [name] = args;
+      if (!name) throw new UsageError('volumes release NAME');
+      return print(await call(dataDir, 'POST', `/v1/volumes/${encodeURIComponent(name)}/release`, undefined, (m) => m.releasePreserved(name)), values.json);
+    }
     case 'delete': {
       const [name] = args;
       if (!name) throw new UsageError('volumes delete NAME');
@@ -221,7 +228,7 @@ async function volumes(dataDir: string, sub: string | undefined, args: string[],
       return 0;
     }
     default:
-      throw new UsageError('volumes: expected list, create, resize, migrate or delete');
+      throw new UsageError('volumes: expected list, create, resize, migrate, release or delete');
   }
 }
 

@@ -76,6 +76,8 @@ export function buildApi(
     { schema: { body: { type: 'object', required: ['tier'], additionalProperties: false, properties: { tier: { type: 'string', enum: ['hot', 'warm', 'cold'] }, preserve: { type: 'boolean' } } } } },
     async (req) => migrateVolume(manager, req.params.name, req.body.tier, { preserve: req.body.preserve ?? false }),
   );
+  // Frees what preserving migrations kept for the volume (old stripes; a cold volume's old file).
+  app.post<{ Params: { name: string } }>('/v1/volumes/:name/release', async (req) => manager.releasePreserved(req.params.name));
   app.get('/v1/cache', async () => {
     if (!cache) throw new NotFound('the read cache is off');
     return cache.stats();

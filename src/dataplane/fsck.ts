@@ -26,6 +26,8 @@ export interface FsckReport {
   badShards: { volume: string; chunkIndex: number; shardIndex: number; pool: string; reason: string }[];
   orphanRecords: number;
   orphanBytes: number;
+  /** Old stripes kept by preserving migrations (counted in `stripes` too, and referenced: not orphans). */
+  preservedStripes: number;
   /** Orphans of a generation newer than the index's: a destage interrupted before its index flip. */
   halfWrittenStripes: number;
 }
@@ -57,6 +59,7 @@ export async function fsck(manager: VolumeManager, progress: (line: string) => v
     orphanRecords: 0,
     orphanBytes: 0,
     halfWrittenStripes: 0,
+    preservedStripes: 0,
   };
   const records = new Map<string, ScannedRecord>();
   const cold = [...manager.pools.values()].filter((p) => p.rec.tier === 'cold');
@@ -121,6 +124,10 @@ export async function fsck(manager: VolumeManager, progress: (line: string) => v
   for (const vol of manager.listVolumes()) {
     for (const { chunkIndex, entry } of manager.meta.volumeChunks(vol.id)) {
       if (entry.state === ChunkState.Cold && entry.stripe) check(vol.name, chunkIndex, entry.stripe);
+      if (entry.preserved) {
+        report.preservedStripes++;
+        check(vol.name, chunkIndex, entry.preserved);
+      }
     }
   }
   // Cold S3 objects and multipart parts: `volume` names them "s3:<index key, hex>".

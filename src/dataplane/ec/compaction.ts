@@ -80,6 +80,8 @@ export interface PassReport {
 export interface OpenVolumeView {
   readonly rec: { readonly id: number };
   readonly stripes: Map<number, StripeRef>;
+  /** Old stripes kept by a preserving migration (Volume.preserved): referenced like live ones. */
+  readonly preserved?: Map<number, StripeRef>;
 }
 
 interface ObjectLike {
@@ -214,9 +216,14 @@ export class SegmentCompactor {
     for (const vol of this.meta.listVolumes()) {
       for (const { chunkIndex, entry } of this.meta.volumeChunks(vol.id)) {
         if (entry.state === ChunkState.Cold && entry.stripe) visit(entry.stripe, { kind: 'chunk', key: [vol.id, chunkIndex] });
+        // Kept by a preserving migration: referenced until `volumes release` (any chunk state).
+        if (entry.preserved) visit(entry.preserved, { kind: 'chunk', key: [vol.id, chunkIndex] });
       }
     }
-    for (const vol of this.openVolumes()) for (const ref of vol.stripes.values()) visit(ref, null);
+    for (const vol of this.openVolumes()) {
+      for (const ref of vol.stripes.values()) visit(ref, null);
+      if (vol.preserved) for (const ref of vol.preserved.values()) visit(ref, null);
+    }
     for (const { key, value } of this.objects.getRange(ALL_OBJECT_KEYS)) {
       for (const ref of coldStripeRefs(value.segments)) visit(ref, { kind: 'object', key: Buffer.from(key) });
     }
@@ -446,7 +453,8 @@ export class SegmentCompactor {
         if (h.kind === 'chunk') {
           const e = this.meta.chunks.get(h.key);
           const next = e?.state === ChunkState.Cold && e.stripe ? move(e.stripe) : null;
-          if (e && next) void this.meta.chunks.put(h.key, { ...e, stripe: next });
+          const nextPreserved = e?.preserved ? move(e.preserved) : null;
+          if (e && (next || nextPreserved)) void this.meta.chunks.put(h.key, { ...e, ...(next ? { stripe: next } : {}), ...(nextPreserved ? { preserved: nextPreserved } : {}) });
         } else if (h.kind === 'object') {
           const rec = this.objects.get(h.key);
           const segments = rec ? moveColdStripes(rec.segments, move) : undefined;
@@ -468,6 +476,15 @@ export class SegmentCompactor {
         if (next) {
           vol.stripes.set(c, next);
           this.stripes.forget(ref);
+        }
+      }
+      if (vol.preserved) {
+        for (const [c, ref] of vol.preserved) {
+          const next = move(ref);
+          if (next) {
+            vol.preserved.set(c, next);
+            this.stripes.forget(ref);
+          }
         }
       }
     }

@@ -54,6 +54,12 @@ export interface ChunkEntry {
    * (after a promote) so its next stripe is numbered above every older one.
    */
   lastGeneration?: number;
+  /**
+   * The stripe a cold -> hot migration in preservation mode kept (its SWITCH
+   * did not free it): still referenced, so compaction and fsck keep it,
+   * until `volumes release` or a volume delete frees it. Any state.
+   */
+  preserved?: StripeRef;
 }
 
 export const VOLUME_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;

@@ -187,6 +187,7 @@ export class VolumeManager {
       if (chunkIndex >= states.length) continue;
       states[chunkIndex] = entry.state;
       if (entry.state === ChunkState.Cold && entry.stripe) vol.stripes.set(chunkIndex, entry.stripe);
+      if (entry.preserved) vol.preserved.set(chunkIndex, entry.preserved);
     }
     this.open.set(name, vol);
     return vol;
@@ -210,6 +211,15 @@ export class VolumeManager {
     return next;
   }
 
+  /**
+   * `volumes release NAME`: frees what preserving migrations kept for the
+   * volume (old stripes; the old file of a cold volume).
+   */
+  async releasePreserved(name: string): Promise<{ volume: string; stripesFreed: number; fileReleased: boolean }> {
+    const vol = this.openVolume(name);
+    return { volume: name, ...(await vol.releasePreserved()) };
+  }
+
   async deleteVolume(name: string): Promise<void> {
     const rec = this.meta.volumes.get(name);
     if (!rec) throw new NotFound(`no volume named ${name}`);
@@ -222,6 +232,8 @@ export class VolumeManager {
     for (const { entry } of this.meta.volumeChunks(rec.id)) {
       if (entry.state === ChunkState.Allocated) allocated++;
       else if (entry.state === ChunkState.Cold && entry.stripe) stripes.push(entry.stripe);
+      // Old copies kept by a preserving migration go with the volume.
+      if (entry.preserved) stripes.push(entry.preserved);
     }
     // Index first, bytes second: a crash in between leaves an orphan file
     // (reclaimed on create), never an index entry pointing at freed bytes.

@@ -88,6 +88,9 @@ export async function migrateVolume(manager: VolumeManager, name: string, to: Ti
   if (why) throw new NoSuitablePool(`cannot migrate ${name} to ${to}: ${why}`);
 
   progress.phase = 'Copy';
+  // Preservation mode for cold -> hot: every SWITCH while this runs (the
+  // copy's, and a client write's promote) keeps the chunk's old stripe.
+  if (to !== 'cold' && opts.preserve) vol.preserveOnSwitch = true;
   await vol.setTier(to);
   // New writes now follow the target tier; ones already on the file path
   // must land before their chunks are copied.
@@ -135,6 +138,8 @@ export async function migrateVolume(manager: VolumeManager, name: string, to: Ti
     progress.finishedMs = Date.now();
     report();
     throw err;
+  } finally {
+    vol.preserveOnSwitch = false;
   }
   progress.finishedMs = Date.now();
   report();

@@ -55,6 +55,14 @@ export class Volume {
   private readonly chunkShift: number;
   /** Stripe of every chunk in state Cold. */
   readonly stripes = new Map<number, StripeRef>();
+  /**
+   * Old stripes kept by a cold -> hot migration in preservation mode (the
+   * index entry's `preserved`), per chunk: at most one per chunk, so bounded
+   * by the chunk count. Freed by releasePreserved() or a volume delete.
+   */
+  readonly preserved = new Map<number, StripeRef>();
+  /** Set by a preserving migration while it runs: a SWITCH keeps the chunk's old stripe. */
+  preserveOnSwitch = false;
   private readonly destaging = new Map<number, Promise<boolean>>();
   /** Requests in flight, and the tier-switch gate new requests wait at. */
   private ops = 0;
@@ -481,16 +489,26 @@ export class Volume {
     const prev = this.meta.chunks.get([this.rec.id, c]);
     const destagedSeq = Math.max(prev?.destagedSeq ?? 0, absorbedSeq);
     const lastGeneration = Math.max(lastGenerationOf(prev), old?.generation ?? 0);
-    if (state === ChunkState.Unallocated) void this.meta.chunks.remove([this.rec.id, c]);
+    // Preservation mode: the stripe being replaced stays referenced from the
+    // entry instead of being freed; one kept before it (an earlier preserving
+    // migration) is superseded by this newer old copy and freed instead.
+    let toFree = old;
+    if (old && this.preserveOnSwitch) {
+      toFree = this.preserved.get(c);
+      this.preserved.set(c, old);
+    }
+    const preserved = this.preserved.get(c);
+    if (state === ChunkState.Unallocated && !preserved) void this.meta.chunks.remove([this.rec.id, c]);
     else {
       void this.meta.chunks.put([this.rec.id, c], {
         state,
         pool: this.pool.name,
         ...(destagedSeq > 0 ? { destagedSeq } : {}),
         ...(lastGeneration > 0 ? { lastGeneration } : {}),
+        ...(preserved ? { preserved } : {}),
       });
     }
-    if (old) this.cold?.stripes.free(old);
+    if (toFree) this.cold?.stripes.free(toFree);
   }
 
   /**
@@ -554,6 +572,44 @@ export class Volume {
     return out;
   }
 
+
+  /**
+   * `volumes release`: frees every stripe kept by a preserving cold -> hot
+   * migration, and for a cold volume the file kept by a preserving hot ->
+   * cold one (truncated only if no chunk is in it). Index first, bytes
+   * second: the entries lose `preserved` in one transaction (read inside it,
+   * so a destage or compaction flip queued before is not undone), then the
+   * stripes are freed.
+   */
+  async releasePreserved(): Promise<{ stripesFreed: number; fileReleased: boolean }> {
+    const chunks = [...this.preserved.keys()];
+    // A promote or destage of one of these chunks in flight writes its entry from the map: let it land first.
+    await Promise.allSettled(chunks.flatMap((c) => [this.preparing.get(c), this.destaging.get(c)]).filter((p) => p !== undefined));
+    const refs: StripeRef[] = [];
+    await this.meta.transaction(() => {
+      for (const c of chunks) {
+        const ref = this.preserved.get(c);
+        if (!ref) continue;
+        this.preserved.delete(c);
+        refs.push(ref);
+        const key: [number, number] = [this.rec.id, c];
+        const e = this.meta.chunks.get(key);
+        if (e?.preserved) {
+          const { preserved: _dropped, ...rest } = e;
+          if (rest.state === ChunkState.Unallocated) void this.meta.chunks.remove(key);
+          else void this.meta.chunks.put(key, rest);
+        }
+      }
+    });
+    await this.meta.durable();
+    for (const ref of refs) this.cold?.stripes.free(ref);
+    let fileReleased = false;
+    if (this.rec.tier === 'cold' && this.chunksOnFile().length === 0) {
+      await this.releaseFile();
+      fileReleased = this.chunksOnFile().length === 0;
+    }
+    return { stripesFreed: refs.length, fileReleased };
+  }
 
   /** RELEASE after hot -> cold: the file holds no live chunk any more; give its space back. */
   async releaseFile(): Promise<void> {
@@ -633,6 +689,11 @@ export class Volume {
       // land on top of everything written since (test destage-after-promote-restart).
       const destagedSeq = Math.max(this.meta.chunks.get([this.rec.id, c])?.destagedSeq ?? 0, upto);
       if (destagedSeq > 0) entry.destagedSeq = destagedSeq;
+      // A stripe kept by a preserving migration stays referenced (read from
+      // the in-memory map right before the put: releasePreserved() may have
+      // freed it while the new stripe was written).
+      const kept = this.preserved.get(c);
+      if (kept) entry.preserved = kept;
       await this.meta.chunks.put([this.rec.id, c], entry);
       await this.meta.durable();
       if (st === ChunkState.Allocated) this.pool.release(cs);
@@ -849,7 +910,7 @@ function sameStripe(a: StripeRef | undefined, b: StripeRef): boolean {
 
 /** Highest stripe generation an index entry records (its stripe's, or the one kept after a promote). */
 function lastGenerationOf(entry: ChunkEntry | undefined): number {
-  return Math.max(entry?.lastGeneration ?? 0, entry?.stripe?.generation ?? 0);
+  return Math.max(entry?.lastGeneration ?? 0, entry?.stripe?.generation ?? 0, entry?.preserved?.generation ?? 0);
 }
 
 /** 16-byte owner id written into every shard record of a volume's stripes. */
