@@ -204,7 +204,12 @@ function prefixEnd(prefix: Buffer): Buffer {
   return Buffer.from([0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
 }
 
-/** An inline segment's bytes, or Corrupt if they no longer match their CRC32C. */
+/**
+ * An inline segment's bytes, or Corrupt if they no longer match their CRC32C.
+ * The bytes are the decoded record's own: lmdb-js decodes embedded buffers
+ * with copyBuffers: true (lmdb/open.js), never as views of its read buffer,
+ * so they stay valid while a socket write still holds them.
+ */
 function checkedInline(seg: InlineSegment): Buffer {
   if (crc32c(seg.bytes) !== seg.crc32c || seg.bytes.length !== seg.lengthBytes) throw new Corrupt('inline object bytes fail their CRC32C');
   return seg.bytes;
