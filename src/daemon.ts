@@ -127,18 +127,35 @@ export class Daemon {
     if (running && running.pid !== process.pid) {
       throw new Error(`another couchestor daemon (pid ${running.pid}) is serving ${cfg.dataDir}`);
     }
+    // What has started so far, undone in reverse order when a later step
+    // fails (a port in use, say): the process then exits with the error
+    // instead of hanging on half-open listeners and timers.
+    const started: Array<() => unknown> = [];
+    try {
+      return await Daemon.startSteps(cfg, started);
+    } catch (err) {
+      for (const undo of started.reverse()) await Promise.resolve().then(undo).catch(() => undefined);
+      throw err;
+    }
+  }
+
+  private static async startSteps(cfg: DaemonConfig, started: Array<() => unknown>): Promise<Daemon> {
     const manager = await openManager(cfg);
+    started.push(() => manager.close());
     if (cfg.demoVolume && manager.listVolumes().length === 0) {
       await manager.createVolume({ name: cfg.demoVolume.name, sizeBytes: cfg.demoVolume.sizeBytes });
       log.info('created demo volume', { name: cfg.demoVolume.name, sizeBytes: cfg.demoVolume.sizeBytes });
     }
     const nbd = new NbdServer({ manager, defaultExport: cfg.defaultExport });
-    const tcp = await nbd.listenTcp(cfg.nbd.port, cfg.listenHost);
+    started.push(() => nbd.close());
+    const tcp = await listening('NBD', cfg.nbd.port, nbd.listenTcp(cfg.nbd.port, cfg.listenHost));
     const socketPath = path.resolve(cfg.dataDir, cfg.nbd.socketPath);
     await nbd.listenUnix(socketPath);
     const cache = await startCache(cfg, manager);
+    if (cache) started.push(() => cache.close());
     const heat = new HeatTracker(manager, 3_600_000, cfg.control.heatSampleIntervalMs);
     heat.start();
+    started.push(() => heat.stop());
     const hs = cfg.control.heatSource;
     const loop = new ControlLoop(manager, {
       policiesDir: path.resolve(cfg.dataDir, cfg.control.policiesDir),
@@ -148,7 +165,9 @@ export class Daemon {
       ecPolicyNames: () => (manager.cold ? [manager.cold.policy.name] : []),
     });
     const compactor = startCompaction(cfg, manager);
+    if (compactor) started.push(() => compactor.stop()); // runs before the manager closes (reverse order)
     const api = buildApi(manager, loop, cache);
+    started.push(() => api.close());
     if (compactor) registerCompactionRoutes(api, compactor);
     // Probes share the admin API's port (8081 by default, as DESIGN.md says).
     let open = true;
@@ -160,11 +179,13 @@ export class Daemon {
     const registry = createMetrics(metricsSource(manager, heat, migrations));
     if (cache) registerCacheMetrics(cache, registry);
     if (compactor) registerCompactionMetrics(compactor, registry);
-    const metrics = await startMetricsServer({ host: cfg.listenHost, port: cfg.metrics.port, registry });
-    await api.listen({ port: cfg.api.port, host: cfg.listenHost });
+    const metrics = await listening('metrics', cfg.metrics.port, startMetricsServer({ host: cfg.listenHost, port: cfg.metrics.port, registry }));
+    started.push(() => metrics.close());
+    await listening('admin API', cfg.api.port, api.listen({ port: cfg.api.port, host: cfg.listenHost }));
     const apiAddr = api.server.address();
     // S3 front end (issue #6): hot buckets on the hot pools, cold buckets through the stripe store.
-    const s3 = await S3Frontend.start({ manager, dataDir: cfg.dataDir, host: cfg.listenHost, port: cfg.s3.port, stripes: manager.cold?.stripes });
+    const s3 = await listening('S3', cfg.s3.port, S3Frontend.start({ manager, dataDir: cfg.dataDir, host: cfg.listenHost, port: cfg.s3.port, stripes: manager.cold?.stripes }));
+    started.push(() => s3.close());
     const state: DaemonState = {
       pid: process.pid,
       nbd: { host: tcp.address, port: tcp.port, socketPath },
@@ -189,6 +210,20 @@ export class Daemon {
     await this.cache?.close();
     fs.rmSync(path.join(this.cfg.dataDir, STATE_FILE), { force: true });
   }
+}
+
+/** Names the listener in a bind failure: "S3 port 9000: listen EADDRINUSE ...". */
+async function listening<T>(what: string, port: number, bound: Promise<T>): Promise<T> {
+  try {
+    return await bound;
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    throw new Error(`cannot listen for ${what} on port ${port}: ${e.code === 'EADDRINUSE' ? 'the port is in use (another daemon? pick another with --' + flagFor(what) + ')' : e.message}`, { cause: err });
+  }
+}
+
+function flagFor(what: string): string {
+  return what === 'admin API' ? 'api-port' : what === 'NBD' ? 'nbd-port' : `${what.toLowerCase()}-port`;
 }
 
 export async function serve(dataDir: string, overrides: (cfg: DaemonConfig) => void): Promise<void> {
