@@ -157,7 +157,15 @@ export class CacheManager {
     checkKey(key);
     this.markStale(key);
     // The L2 copy is now stale; it is rewritten when L1 demotes the new value.
-    this.l2?.delete(key);
+    if (this.l2 !== undefined) this.l2.delete(key);
+    const threshold = this.options.lz4ThresholdBytes;
+    if (threshold === undefined || value.length < threshold || value.length === 0) {
+      // Uncompressed: the weight is known without asking what kind of entry this is. This
+      // is the steady-eviction miss path (get miss, then put): an `instanceof` on a Buffer
+      // walks its prototype chain, and weightOf() would pay it again.
+      if (!this.l1.set(key, value, value.length + 2 * key.length + L1_ENTRY_OVERHEAD_BYTES, true)) this.demote(key, value);
+      return;
+    }
     this.insertL1(key, this.encode(value), true);
   }
 

@@ -115,8 +115,11 @@ export class FrequencySketch {
   }
 
   private age(): void {
-    const c = this.counters;
-    for (let i = 0; i < c.length; i++) c[i] = c[i]! >>> 1;
+    // Halve four counters per step: each byte holds 0..15, so shifting the 32-bit word and
+    // masking each byte's top bit is exactly the per-byte halving, at a quarter of the steps
+    // (this runs every 10 x C additions, i.e. amortised on every miss).
+    const words = new Uint32Array(this.counters.buffer, this.counters.byteOffset, this.counters.length >>> 2);
+    for (let i = 0; i < words.length; i++) words[i] = (words[i]! >>> 1) & 0x7f7f7f7f;
     this.additions = this.additions >>> 1;
   }
 }
