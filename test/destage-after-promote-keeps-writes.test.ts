@@ -8,16 +8,12 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { VolumeManager } from '../src/dataplane/volumes/manager.js';
 import { migrateVolume } from '../src/dataplane/volumes/migration.js';
 import { ChunkState } from '../src/dataplane/meta/store.js';
-import { parsePolicyYaml } from '../src/dataplane/ec/policy.js';
-import { DEFAULT_EC_POLICY_YAML } from '../src/config.js';
-import type { Volume } from '../src/dataplane/volumes/volume.js';
+import { openColdTierManager, readVolume as read, writeVolume as write } from './helpers/volume.js';
 
 const MiB = 1024 * 1024;
 const BLOCK_BYTES = 4096;
-const COLD_POOLS = 6;
 /**
  * Rounds of (client write in flight + late destager call). The loss needs the
  * destager's file read to overtake the pwrite on the libuv pool, so it is a
@@ -25,30 +21,9 @@ const COLD_POOLS = 6;
  */
 const ROUNDS = 200;
 
-async function coldTierManager(dir: string): Promise<VolumeManager> {
-  const m = VolumeManager.open(path.join(dir, 'meta'));
-  const capacityBytes = 1024 * MiB;
-  await m.putPool({ name: 'hot-0', path: path.join(dir, 'hot-0'), tier: 'hot', capacityBytes, labels: { tier: 'hot' } });
-  for (let i = 0; i < COLD_POOLS; i++) {
-    await m.putPool({ name: `cold-${i}`, path: path.join(dir, `cold-${i}`), tier: 'cold', capacityBytes, labels: { tier: 'cold' } });
-  }
-  // An hour: this test calls the destager's entry point itself, at the moment it chooses.
-  m.startColdTier(parsePolicyYaml(DEFAULT_EC_POLICY_YAML, COLD_POOLS), { intervalMs: 3_600_000, thresholdPercent: 90, concurrency: 2 });
-  return m;
-}
-
-function write(vol: Volume, offsetBytes: number, data: Buffer): Promise<void> {
-  return new Promise((resolve, reject) => vol.write(offsetBytes, data, false, (err) => (err ? reject(err) : resolve())));
-}
-
-function read(vol: Volume, offsetBytes: number, lengthBytes: number): Promise<Buffer> {
-  const dst = Buffer.alloc(lengthBytes);
-  return new Promise((resolve, reject) => vol.read(offsetBytes, lengthBytes, dst, 0, (err) => (err ? reject(err) : resolve(dst))));
-}
-
 test('a destager call for a chunk promoted since its pass listed it leaves writes in flight intact', async (t) => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-late-destage-'));
-  const m = await coldTierManager(dir);
+  const m = await openColdTierManager(dir);
   t.after(async () => {
     await m.close();
     fs.rmSync(dir, { recursive: true, force: true });

@@ -8,43 +8,16 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { VolumeManager } from '../src/dataplane/volumes/manager.js';
 import { migrateVolume } from '../src/dataplane/volumes/migration.js';
 import { ChunkState } from '../src/dataplane/meta/store.js';
-import { parsePolicyYaml } from '../src/dataplane/ec/policy.js';
-import { DEFAULT_EC_POLICY_YAML } from '../src/config.js';
-import type { Volume } from '../src/dataplane/volumes/volume.js';
+import { openColdTierManager, readVolume as read, writeVolume as write } from './helpers/volume.js';
 
 const MiB = 1024 * 1024;
 const BLOCK_BYTES = 4096;
-const COLD_POOLS = 6;
-
-async function openManager(dir: string, create: boolean): Promise<VolumeManager> {
-  const m = VolumeManager.open(path.join(dir, 'meta'));
-  if (create) {
-    const capacityBytes = 1024 * MiB;
-    await m.putPool({ name: 'hot-0', path: path.join(dir, 'hot-0'), tier: 'hot', capacityBytes, labels: { tier: 'hot' } });
-    for (let i = 0; i < COLD_POOLS; i++) {
-      await m.putPool({ name: `cold-${i}`, path: path.join(dir, `cold-${i}`), tier: 'cold', capacityBytes, labels: { tier: 'cold' } });
-    }
-  }
-  // Destaging only when the test asks (destager.drain / migration).
-  m.startColdTier(parsePolicyYaml(DEFAULT_EC_POLICY_YAML, COLD_POOLS), { intervalMs: 3_600_000, thresholdPercent: 90, concurrency: 2 });
-  return m;
-}
-
-function write(vol: Volume, offsetBytes: number, data: Buffer): Promise<void> {
-  return new Promise((resolve, reject) => vol.write(offsetBytes, data, false, (err) => (err ? reject(err) : resolve())));
-}
-
-function read(vol: Volume, offsetBytes: number, lengthBytes: number): Promise<Buffer> {
-  const dst = Buffer.alloc(lengthBytes);
-  return new Promise((resolve, reject) => vol.read(offsetBytes, lengthBytes, dst, 0, (err) => (err ? reject(err) : resolve(dst))));
-}
 
 test('cold -> hot -> cold: a restart replays no journal record the promote merged, and stripe generations only grow', async (t) => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-promote-restart-'));
-  let m = await openManager(dir, true);
+  let m = await openColdTierManager(dir, true);
   t.after(async () => {
     await m.close();
     fs.rmSync(dir, { recursive: true, force: true });
@@ -72,7 +45,7 @@ test('cold -> hot -> cold: a restart replays no journal record the promote merge
   assert.ok((await read(vol, 0, BLOCK_BYTES)).equals(Buffer.alloc(BLOCK_BYTES, 0x42)), 'before restart');
 
   await m.close();
-  m = await openManager(dir, false);
+  m = await openColdTierManager(dir, false);
   vol = m.openVolume('v');
   assert.deepEqual(m.cold!.journal.dirtyChunks(vol.rec.id), [], 'no journal record of chunk 0 is live after the restart');
   const back = await read(vol, 0, 2 * BLOCK_BYTES);

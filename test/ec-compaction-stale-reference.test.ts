@@ -6,7 +6,7 @@
 // a segment holding a stripe newer than the index (a destage before its
 // flip) is not deleted; a stripe a reader holds (StripeStore.hold) after the
 // index dropped it is copied out, not deleted under the reader.
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -23,7 +23,13 @@ import { patternBytes } from './helpers/cold.js';
 const MiB = 1024 * 1024;
 const VOLUME_ID = 1;
 
-test('a stripe reference from before compaction reads right after its segment is deleted, and freeing it marks the copy dead', async (t) => {
+/**
+ * Six cold pools, the LMDB index and a stripe store in a fresh directory (all
+ * closed and removed after the test), with volume VOLUME_ID recorded cold.
+ * Three 256 KiB records per 1 MiB segment: chunks 0-2 fill segment 1 of every
+ * pool, 3-5 segment 2.
+ */
+async function openColdStores(t: TestContext): Promise<{ pools: Pool[]; meta: MetaStore; stripes: StripeStore }> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-compaction-'));
   t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
   const pools = Array.from({ length: 6 }, (_, i) => {
@@ -33,13 +39,30 @@ test('a stripe reference from before compaction reads right after its segment is
   });
   const meta = MetaStore.open(dir);
   const stripes = new StripeStore(() => pools, parsePolicyYaml(DEFAULT_EC_POLICY_YAML, 6));
-  // Three 256 KiB records per 1 MiB segment: chunks 0-2 fill segment 1 of every pool, 3-5 segment 2.
   stripes.segmentOptions = { segmentSizeBytes: MiB };
   t.after(async () => {
     await stripes.close();
     await meta.close();
   });
   await meta.volumes.put('v', { name: 'v', id: VOLUME_ID, sizeBytes: 8 * MiB, chunkSizeBytes: MiB, tier: 'cold', poolName: 'cold-0', readOnly: false, createdMs: 0 });
+  return { pools, meta, stripes };
+}
+
+/** What the destager does once a stripe is written: `flip` points chunk c's index record at it, then frees the chunk's previous stripe. */
+function indexFlipper(meta: MetaStore, stripes: StripeStore): { owner: Buffer; committed: Map<number, StripeRef>; flip: (c: number, ref: StripeRef) => Promise<void> } {
+  const owner = volumeOwnerId(VOLUME_ID);
+  const committed = new Map<number, StripeRef>();
+  const flip = async (c: number, ref: StripeRef) => {
+    await meta.chunks.put([VOLUME_ID, c], { state: ChunkState.Cold, pool: '', stripe: ref });
+    const old = committed.get(c);
+    committed.set(c, ref);
+    if (old) stripes.free(old);
+  };
+  return { owner, committed, flip };
+}
+
+test('a stripe reference from before compaction reads right after its segment is deleted, and freeing it marks the copy dead', async (t) => {
+  const { pools, meta, stripes } = await openColdStores(t);
   const data = new Map<number, Buffer>();
   const refs = new Map<number, StripeRef>();
   const put = async (c: number, generation: number) => {
@@ -87,29 +110,8 @@ test('a stripe reference from before compaction reads right after its segment is
 });
 
 test('a segment holding a stripe newer than the index (a destage not yet flipped) is kept, and compacted once the flip lands', async (t) => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-compaction-'));
-  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const pools = Array.from({ length: 6 }, (_, i) => {
-    const p = path.join(dir, `cold-${i}`);
-    fs.mkdirSync(p);
-    return new Pool({ name: `cold-${i}`, path: p, tier: 'cold', capacityBytes: 1024 * MiB, labels: {} });
-  });
-  const meta = MetaStore.open(dir);
-  const stripes = new StripeStore(() => pools, parsePolicyYaml(DEFAULT_EC_POLICY_YAML, 6));
-  stripes.segmentOptions = { segmentSizeBytes: MiB };
-  t.after(async () => {
-    await stripes.close();
-    await meta.close();
-  });
-  await meta.volumes.put('v', { name: 'v', id: VOLUME_ID, sizeBytes: 8 * MiB, chunkSizeBytes: MiB, tier: 'cold', poolName: 'cold-0', readOnly: false, createdMs: 0 });
-  const owner = volumeOwnerId(VOLUME_ID);
-  const committed = new Map<number, StripeRef>();
-  const flip = async (c: number, ref: StripeRef) => {
-    await meta.chunks.put([VOLUME_ID, c], { state: ChunkState.Cold, pool: '', stripe: ref });
-    const old = committed.get(c);
-    committed.set(c, ref);
-    if (old) stripes.free(old);
-  };
+  const { pools, meta, stripes } = await openColdStores(t);
+  const { owner, committed, flip } = indexFlipper(meta, stripes);
   // Segment 1: chunks 0-2 (generation 1). Segment 2: chunk 0's generation 2, written but
   // NOT flipped (its session is over: writeStripe returned), and chunks 1-2's generation 2.
   for (let c = 0; c < 3; c++) await flip(c, await stripes.writeStripe(owner, c, 1, patternBytes(MiB, c)));
@@ -134,29 +136,8 @@ test('a segment holding a stripe newer than the index (a destage not yet flipped
 });
 
 test('a stripe a reader holds after the index dropped it (StripeStore.hold) is copied out, not lost, when its segment is compacted', async (t) => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-compaction-'));
-  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const pools = Array.from({ length: 6 }, (_, i) => {
-    const p = path.join(dir, `cold-${i}`);
-    fs.mkdirSync(p);
-    return new Pool({ name: `cold-${i}`, path: p, tier: 'cold', capacityBytes: 1024 * MiB, labels: {} });
-  });
-  const meta = MetaStore.open(dir);
-  const stripes = new StripeStore(() => pools, parsePolicyYaml(DEFAULT_EC_POLICY_YAML, 6));
-  stripes.segmentOptions = { segmentSizeBytes: MiB };
-  t.after(async () => {
-    await stripes.close();
-    await meta.close();
-  });
-  await meta.volumes.put('v', { name: 'v', id: VOLUME_ID, sizeBytes: 8 * MiB, chunkSizeBytes: MiB, tier: 'cold', poolName: 'cold-0', readOnly: false, createdMs: 0 });
-  const owner = volumeOwnerId(VOLUME_ID);
-  const committed = new Map<number, StripeRef>();
-  const flip = async (c: number, ref: StripeRef) => {
-    await meta.chunks.put([VOLUME_ID, c], { state: ChunkState.Cold, pool: '', stripe: ref });
-    const old = committed.get(c);
-    committed.set(c, ref);
-    if (old) stripes.free(old);
-  };
+  const { pools, meta, stripes } = await openColdStores(t);
+  const { owner, committed, flip } = indexFlipper(meta, stripes);
   // Segment 1: chunks 0-2, generation 1.
   for (let c = 0; c < 3; c++) await flip(c, await stripes.writeStripe(owner, c, 1, patternBytes(MiB, c)));
   const heldRef = committed.get(2)!;

@@ -5,30 +5,20 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
-import { TestDaemon } from './helpers/daemon.js';
-import { CMD, FLAG, RawNbd } from './helpers/nbd-client.js';
+import type { TestDaemon } from './helpers/daemon.js';
+import { CMD, FLAG, RawNbd, nextTurn, startNbdTestDaemon } from './helpers/nbd-client.js';
 
 const MiB = 1024 * 1024;
-const CONFIG = `pools:
-  - { name: hot-0, tier: hot, path: pools/hot-0, capacity: auto }
-${[0, 1, 2, 3, 4, 5].map((i) => `  - { name: cold-${i}, tier: cold, path: pools/cold-${i}, capacity: auto }\n`).join('')}demoVolume: null
-`;
 
 let daemon: TestDaemon;
 
 before(async () => {
-  daemon = await TestDaemon.start({ config: CONFIG });
-  daemon.createVolume('vol', '64M', '--tier', 'hot');
+  daemon = await startNbdTestDaemon();
 });
 
 after(async () => {
   await daemon?.cleanup();
 });
-
-/** Lets the event loop run so the next socket write leaves as its own segment. */
-function nextTurn(): Promise<void> {
-  return new Promise((r) => setImmediate(r));
-}
 
 for (const transport of ['tcp', 'unix'] as const) {
   const connect = (): Promise<RawNbd> => RawNbd.connect(transport === 'tcp' ? { port: daemon.info.nbd.port } : { path: daemon.info.nbd.socketPath });

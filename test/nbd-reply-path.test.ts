@@ -6,20 +6,15 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
-import { TestDaemon } from './helpers/daemon.js';
-import { RawNbd } from './helpers/nbd-client.js';
+import type { TestDaemon } from './helpers/daemon.js';
+import { RawNbd, nextTurn, startNbdTestDaemon } from './helpers/nbd-client.js';
 
 const MiB = 1024 * 1024;
-const CONFIG = `pools:
-  - { name: hot-0, tier: hot, path: pools/hot-0, capacity: auto }
-${[0, 1, 2, 3, 4, 5].map((i) => `  - { name: cold-${i}, tier: cold, path: pools/cold-${i}, capacity: auto }\n`).join('')}demoVolume: null
-`;
 
 let daemon: TestDaemon;
 
 before(async () => {
-  daemon = await TestDaemon.start({ config: CONFIG });
-  daemon.createVolume('vol', '64M', '--tier', 'hot');
+  daemon = await startNbdTestDaemon();
 });
 
 after(async () => {
@@ -32,11 +27,6 @@ async function servedReads(): Promise<number> {
   const line = text.split('\n').find((l) => l.startsWith('couchestor_volume_read_ops_total') && l.includes('"vol"'));
   assert.ok(line, 'no read counter for vol in /metrics');
   return Number(line.slice(line.lastIndexOf(' ') + 1));
-}
-
-/** Lets the event loop run so the next socket write leaves as its own segment. */
-function nextTurn(): Promise<void> {
-  return new Promise((r) => setImmediate(r));
 }
 
 for (const transport of ['tcp', 'unix'] as const) {

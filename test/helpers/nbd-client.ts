@@ -2,6 +2,7 @@
 // tests can send malformed input, pipeline requests and model durability.
 // Written from the NBD protocol document, independent of src/dataplane/nbd.
 import net from 'node:net';
+import { TestDaemon } from './daemon.js';
 
 export const NBDMAGIC = 0x4e42444d41474943n;
 export const IHAVEOPT = 0x49484156454f5054n;
@@ -31,6 +32,22 @@ const REPLY_TYPE_OFFSET_DATA = 1;
 const REPLY_TYPE_OFFSET_HOLE = 2;
 const REPLY_TYPE_BLOCK_STATUS = 5;
 const REPLY_FLAG_DONE = 1;
+
+/** Starts a daemon with one hot pool and the six cold pools the default 4+2 policy needs (no demo volume), serving a 64 MiB hot volume `vol`. */
+export async function startNbdTestDaemon(): Promise<TestDaemon> {
+  const config = `pools:
+  - { name: hot-0, tier: hot, path: pools/hot-0, capacity: auto }
+${[0, 1, 2, 3, 4, 5].map((i) => `  - { name: cold-${i}, tier: cold, path: pools/cold-${i}, capacity: auto }\n`).join('')}demoVolume: null
+`;
+  const daemon = await TestDaemon.start({ config });
+  daemon.createVolume('vol', '64M', '--tier', 'hot');
+  return daemon;
+}
+
+/** Lets the event loop run so the next socket write leaves as its own segment. */
+export function nextTurn(): Promise<void> {
+  return new Promise((r) => setImmediate(r));
+}
 
 export class ConnectionClosed extends Error {
   override name = 'ConnectionClosed';

@@ -1,0 +1,38 @@
+// Helpers for in-process volume tests: a VolumeManager with one hot pool and
+// six cold pools whose destager runs only when the test asks, and promise
+// wrappers around Volume's callback read/write.
+import path from 'node:path';
+import { VolumeManager } from '../../src/dataplane/volumes/manager.js';
+import { parsePolicyYaml } from '../../src/dataplane/ec/policy.js';
+import { DEFAULT_EC_POLICY_YAML } from '../../src/config.js';
+import type { Volume } from '../../src/dataplane/volumes/volume.js';
+
+const MiB = 1024 * 1024;
+/** The default 4+2 policy's pool count: cold-0 .. cold-5. */
+const COLD_POOLS = 6;
+
+/** Opens a VolumeManager in `dir/meta` (adding hot-0 and cold-0..5 when `create`) with the cold tier started and destaging left to explicit destager.drain()/migration calls. */
+export async function openColdTierManager(dir: string, create = true): Promise<VolumeManager> {
+  const m = VolumeManager.open(path.join(dir, 'meta'));
+  if (create) {
+    const capacityBytes = 1024 * MiB;
+    await m.putPool({ name: 'hot-0', path: path.join(dir, 'hot-0'), tier: 'hot', capacityBytes, labels: { tier: 'hot' } });
+    for (let i = 0; i < COLD_POOLS; i++) {
+      await m.putPool({ name: `cold-${i}`, path: path.join(dir, `cold-${i}`), tier: 'cold', capacityBytes, labels: { tier: 'cold' } });
+    }
+  }
+  // An hour: tests call the destager's entry points themselves, at the moment they choose.
+  m.startColdTier(parsePolicyYaml(DEFAULT_EC_POLICY_YAML, COLD_POOLS), { intervalMs: 3_600_000, thresholdPercent: 90, concurrency: 2 });
+  return m;
+}
+
+/** Writes `data` at `offsetBytes` (not FUA) and resolves once the volume acknowledges it. */
+export function writeVolume(vol: Volume, offsetBytes: number, data: Buffer): Promise<void> {
+  return new Promise((resolve, reject) => vol.write(offsetBytes, data, false, (err) => (err ? reject(err) : resolve())));
+}
+
+/** Reads `lengthBytes` at `offsetBytes` into a fresh buffer. */
+export function readVolume(vol: Volume, offsetBytes: number, lengthBytes: number): Promise<Buffer> {
+  const dst = Buffer.alloc(lengthBytes);
+  return new Promise((resolve, reject) => vol.read(offsetBytes, lengthBytes, dst, 0, (err) => (err ? reject(err) : resolve(dst))));
+}
