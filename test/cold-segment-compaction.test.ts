@@ -10,9 +10,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { spawn } from 'node:child_process';
 import os from 'node:os';
-import { CreateBucketCommand, DeleteObjectCommand, GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
+import { DeleteObjectCommand, GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import { DEFAULT_EC_POLICY_YAML } from '../src/config.js';
-import { sdkClient, startS3 } from './helpers/s3-env.js';
+import { createColdBucket, startS3 } from './helpers/s3-env.js';
 import { CLIENT_ENV, TestDaemon, nbdsh, run } from './helpers/daemon.js';
 import { COLD_POOLS, MiB, api, assertSameBytes, createVolume, destage, dropCache, patternBytes, prng, readExport, segmentBytes, startColdDaemon } from './helpers/cold.js';
 
@@ -293,16 +293,7 @@ test('deleting and overwriting cold S3 objects frees their segments; a GET strea
   const env = await startS3({ dataDir });
   t.after(() => env.cleanup());
   const d = env.daemon;
-  const creator = sdkClient(env.endpoint, env.accessKeyId, env.secretAccessKey);
-  creator.middlewareStack.add(
-    (next) => async (args) => {
-      (args.request as { headers: Record<string, string> }).headers['x-couchestor-tier'] = 'cold';
-      return next(args);
-    },
-    { step: 'build' },
-  );
-  await creator.send(new CreateBucketCommand({ Bucket: 'cold' }));
-  creator.destroy();
+  await createColdBucket(env, 'cold');
   const OBJECT_BYTES = 6 * MiB + 12345;
   let want: Buffer = Buffer.alloc(0);
   for (let r = 0; r < 4; r++) {

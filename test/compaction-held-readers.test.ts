@@ -10,9 +10,9 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
-import { CreateBucketCommand, DeleteObjectCommand, GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
+import { DeleteObjectCommand, GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import { DEFAULT_EC_POLICY_YAML } from '../src/config.js';
-import { sdkClient, startS3 } from './helpers/s3-env.js';
+import { createColdBucket, startS3 } from './helpers/s3-env.js';
 import { MiB, api, assertSameBytes, dropCache, patternBytes } from './helpers/cold.js';
 
 /**
@@ -30,16 +30,7 @@ test('a cold GET begun before its object was overwritten reads the old bytes to 
   const env = await startS3({ dataDir });
   t.after(() => env.cleanup());
   const d = env.daemon;
-  const creator = sdkClient(env.endpoint, env.accessKeyId, env.secretAccessKey);
-  creator.middlewareStack.add(
-    (next) => async (args) => {
-      (args.request as { headers: Record<string, string> }).headers['x-couchestor-tier'] = 'cold';
-      return next(args);
-    },
-    { step: 'build' },
-  );
-  await creator.send(new CreateBucketCommand({ Bucket: 'cold' }));
-  creator.destroy();
+  await createColdBucket(env, 'cold');
   // Larger than what the sockets between the daemon and this client buffer,
   // so most of its stripes are still to be read when the GET stalls.
   const OBJECT_BYTES = 32 * MiB;

@@ -1,13 +1,13 @@
 // Cold buckets: objects stored as erasure-coded stripes through the cold
 // tier's StripeStore, read back byte-exact, including after a cold pool
 // loses its shards (degraded reads repaired inline).
-import { CompleteMultipartUploadCommand, CreateBucketCommand, CreateMultipartUploadCommand, GetObjectCommand, PutObjectCommand, UploadPartCommand } from '@aws-sdk/client-s3';
+import { CompleteMultipartUploadCommand, CreateMultipartUploadCommand, GetObjectCommand, PutObjectCommand, UploadPartCommand } from '@aws-sdk/client-s3';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { sdkClient, startS3, type S3Env } from './helpers/s3-env.js';
+import { createColdBucket, startS3, type S3Env } from './helpers/s3-env.js';
 
 function filesUnder(dir: string): string[] {
   if (!fs.existsSync(dir)) return [];
@@ -19,16 +19,7 @@ describe('s3 cold buckets', () => {
   before(async () => {
     env = await startS3();
     // The tier is chosen at bucket creation with x-couchestor-tier (signed like any header).
-    const creator = sdkClient(env.endpoint, env.accessKeyId, env.secretAccessKey);
-    creator.middlewareStack.add(
-      (next) => async (args) => {
-        (args.request as { headers: Record<string, string> }).headers['x-couchestor-tier'] = 'cold';
-        return next(args);
-      },
-      { step: 'build' },
-    );
-    await creator.send(new CreateBucketCommand({ Bucket: 'cold' }));
-    creator.destroy();
+    await createColdBucket(env, 'cold');
   });
   after(async () => {
     await env.cleanup();

@@ -1,7 +1,7 @@
 // S3 test harness: a real daemon, its generated credentials, the Debian aws
 // cli in an isolated HOME, an @aws-sdk/client-s3 client, and an independent
 // SigV4 signer (@smithy/signature-v4, the SDK's own) for hand-made requests.
-import { S3Client } from '@aws-sdk/client-s3';
+import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
 import { SignatureV4 } from '@smithy/signature-v4';
 import { spawnSync } from 'node:child_process';
 import { createHash, createHmac, type Hash, type Hmac } from 'node:crypto';
@@ -44,6 +44,23 @@ export async function startS3(opts: { dataDir?: string } = {}): Promise<S3Env> {
 
 export function sdkClient(endpoint: string, accessKeyId: string, secretAccessKey: string): S3Client {
   return new S3Client({ endpoint, region: 'us-east-1', forcePathStyle: true, credentials: { accessKeyId, secretAccessKey }, maxAttempts: 1 });
+}
+
+/** Creates `bucket` on the cold tier: x-couchestor-tier: cold is added at the build step, so it is signed like any header. */
+export async function createColdBucket(env: S3Env, bucket: string): Promise<void> {
+  const creator = sdkClient(env.endpoint, env.accessKeyId, env.secretAccessKey);
+  creator.middlewareStack.add(
+    (next) => async (args) => {
+      (args.request as { headers: Record<string, string> }).headers['x-couchestor-tier'] = 'cold';
+      return next(args);
+    },
+    { step: 'build' },
+  );
+  try {
+    await creator.send(new CreateBucketCommand({ Bucket: bucket }));
+  } finally {
+    creator.destroy();
+  }
 }
 
 /** Environment for the aws cli: only our keys, no config or credentials from the real HOME. */
