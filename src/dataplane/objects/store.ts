@@ -215,6 +215,26 @@ function checkedInline(seg: InlineSegment): Buffer {
   return seg.bytes;
 }
 
+/**
+ * The segments of `rec` that overlap [offsetBytes, offsetBytes + lengthBytes),
+ * in order, each with the byte range within it to read (`from`, `len`) and
+ * whether it is the last one the range touches.
+ */
+function* overlappingSegments(rec: ObjectRecord, offsetBytes: number, lengthBytes: number): Generator<{ seg: Segment; from: number; len: number; isLast: boolean }> {
+  let segStart = 0;
+  const end = offsetBytes + lengthBytes;
+  for (const seg of rec.segments) {
+    const segEnd = segStart + seg.lengthBytes;
+    if (segEnd > offsetBytes && segStart < end) {
+      const from = Math.max(offsetBytes, segStart) - segStart;
+      const len = Math.min(end, segEnd) - segStart - from;
+      yield { seg, from, len, isLast: segEnd >= end };
+    }
+    segStart = segEnd;
+    if (segStart >= end) break;
+  }
+}
+
 function compareUtf8(a: string, b: string): number {
   return Buffer.compare(utf8(a), utf8(b));
 }
@@ -427,55 +447,36 @@ export class ObjectStore {
   }
 
   private async *readSegments(rec: ObjectRecord, offsetBytes: number, lengthBytes: number): AsyncGenerator<Buffer> {
-    let segStart = 0;
-    const end = offsetBytes + lengthBytes;
-    for (const seg of rec.segments) {
-      const segEnd = segStart + seg.lengthBytes;
-      if (segEnd > offsetBytes && segStart < end) {
-        const from = Math.max(offsetBytes, segStart) - segStart;
-        const len = Math.min(end, segEnd) - segStart - from;
-        if (seg.kind === 'inline') {
-          yield checkedInline(seg).subarray(from, from + len);
-        } else if (seg.kind === 'hot') {
-          const pool = this.manager.pools.get(seg.pool);
-          if (!pool) throw new NoSuitablePool(`object data is on pool ${seg.pool}, which is not configured`);
-          yield* readHotSegment(pool, seg, from, len);
-        } else {
-          yield* readColdSegment(this.requireStripes(), seg, from, len);
-        }
+    for (const { seg, from, len } of overlappingSegments(rec, offsetBytes, lengthBytes)) {
+      if (seg.kind === 'inline') {
+        yield checkedInline(seg).subarray(from, from + len);
+      } else if (seg.kind === 'hot') {
+        const pool = this.manager.pools.get(seg.pool);
+        if (!pool) throw new NoSuitablePool(`object data is on pool ${seg.pool}, which is not configured`);
+        yield* readHotSegment(pool, seg, from, len);
+      } else {
+        yield* readColdSegment(this.requireStripes(), seg, from, len);
       }
-      segStart = segEnd;
-      if (segStart >= end) break;
     }
   }
 
   private async sendSegments(rec: ObjectRecord, offsetBytes: number, lengthBytes: number, sink: PieceSink): Promise<void> {
-    let segStart = 0;
-    const end = offsetBytes + lengthBytes;
-    for (const seg of rec.segments) {
-      const segEnd = segStart + seg.lengthBytes;
-      if (segEnd > offsetBytes && segStart < end) {
-        const from = Math.max(offsetBytes, segStart) - segStart;
-        const len = Math.min(end, segEnd) - segStart - from;
-        const isLast = segEnd >= end;
-        if (seg.kind === 'inline') {
-          await sink(checkedInline(seg).subarray(from, from + len), isLast);
-        } else if (seg.kind === 'hot') {
-          const pool = this.manager.pools.get(seg.pool);
-          if (!pool) throw new NoSuitablePool(`object data is on pool ${seg.pool}, which is not configured`);
-          await sendHotSegment(pool, seg, from, len, sink, isLast, this.active === 1);
-        } else {
-          // Stripe reads hand over their own buffers, so each piece is simply awaited.
-          let pending: Buffer | undefined;
-          for await (const piece of readColdSegment(this.requireStripes(), seg, from, len)) {
-            if (pending) await sink(pending, false);
-            pending = piece;
-          }
-          if (pending) await sink(pending, isLast);
+    for (const { seg, from, len, isLast } of overlappingSegments(rec, offsetBytes, lengthBytes)) {
+      if (seg.kind === 'inline') {
+        await sink(checkedInline(seg).subarray(from, from + len), isLast);
+      } else if (seg.kind === 'hot') {
+        const pool = this.manager.pools.get(seg.pool);
+        if (!pool) throw new NoSuitablePool(`object data is on pool ${seg.pool}, which is not configured`);
+        await sendHotSegment(pool, seg, from, len, sink, isLast, this.active === 1);
+      } else {
+        // Stripe reads hand over their own buffers, so each piece is simply awaited.
+        let pending: Buffer | undefined;
+        for await (const piece of readColdSegment(this.requireStripes(), seg, from, len)) {
+          if (pending) await sink(pending, false);
+          pending = piece;
         }
+        if (pending) await sink(pending, isLast);
       }
-      segStart = segEnd;
-      if (segStart >= end) break;
     }
   }
 
