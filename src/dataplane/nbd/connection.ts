@@ -57,6 +57,16 @@ const SYNC_MAX_BYTES = 64 * 1024;
 /** NBD requests in flight across every connection of the process. */
 let daemonInflight = 0;
 
+/**
+ * QD1 busy-poll window after a direct reply (see NbdConnection.pollForNext);
+ * COUCHESTOR_NBD_POLL_US overrides it, 0 turns polling off.
+ */
+const POLL_AFTER_REPLY_NS = BigInt(Math.round(Number(process.env.COUCHESTOR_NBD_POLL_US ?? 50) * 1000));
+/** Requests one poll loop may serve before the event loop gets its turn. */
+const POLL_MAX_REQUESTS = 16;
+/** Socket reads made by the poll land here (consume copies what it keeps). */
+const pollBuffer = Buffer.allocUnsafeSlow(64 * 1024);
+
 /** WRITE payload remainders at least this large are received in place (nextReadBuffer). */
 const DIRECT_READ_MIN_BYTES = 64 * 1024;
 /** Reads at or above this size go out as header + pooled data buffer (two iovecs). */
@@ -98,6 +108,9 @@ export class NbdConnection {
   /** The first of them, held back in case it is the only one (see flushHeldReply). */
   private heldReply: Buffer | null = null;
   private heldReplySent: (() => void) | undefined = undefined;
+  /** The last socket read caused exactly one reply and it went straight to the socket (see pollForNext). */
+  private lastReplyDirect = false;
+  private polling = false;
   /** The part of `payload` handed out as the next socket read target (see nextReadBuffer). */
   private directTarget: Buffer | null = null;
   /**
@@ -163,7 +176,42 @@ export class NbdConnection {
    * pooled buffer as they arrive).
    */
   onSocketRead(d: Buffer, transient: boolean): void {
+    this.consume(d, transient);
+    if (POLL_AFTER_REPLY_NS > 0n && !this.polling) this.pollForNext();
+  }
+
+  /**
+   * QD1 busy-poll: after a lone reply went straight to the socket and
+   * nothing is in flight anywhere, read the socket fd for up to
+   * POLL_AFTER_REPLY_NS before going back to epoll. A client at queue depth
+   * 1 sends its next request right after our reply; catching it here saves
+   * the wakeup of a halted CPU, which on a VM is an IPI through the
+   * hypervisor and the largest part of a 4k QD1 round trip. Bounded: at
+   * most POLL_MAX_REQUESTS requests are served per event-loop turn, and the
+   * poll ends the moment anything is in flight, so other connections wait
+   * at most one poll window.
+   */
+  private pollForNext(): void {
+    this.polling = true;
+    try {
+      for (let served = 0; served < POLL_MAX_REQUESTS; served++) {
+        if (!this.lastReplyDirect || this.inflight !== 0 || daemonInflight !== 0 || this.chunks.length !== 0 || this.phase !== Phase.RequestHeader || this.paused) return;
+        const fd = socketFd(this.socket);
+        if (fd < 0) return;
+        const target = this.nextReadBuffer(pollBuffer);
+        const n = readWithin(fd, target, POLL_AFTER_REPLY_NS);
+        // Nothing in the window, or EOF/an error: epoll and the stream take over (level-triggered, so they see it too).
+        if (n <= 0) return;
+        this.consume(target.subarray(0, n), true);
+      }
+    } finally {
+      this.polling = false;
+    }
+  }
+
+  private consume(d: Buffer, transient: boolean): void {
     if (this.phase === Phase.Closed) return;
+    this.lastReplyDirect = false;
     if (d.buffer === this.directTarget?.buffer && d.byteOffset === this.directTarget.byteOffset) {
       // The kernel wrote these bytes straight into the WRITE payload.
       this.payloadFilled += d.length;
@@ -825,6 +873,7 @@ export class NbdConnection {
       }
     }
     if (written === buf.length) {
+      this.lastReplyDirect = true;
       sent?.();
       return;
     }
@@ -868,6 +917,19 @@ export class NbdConnection {
     out.writeUInt32BE(errno, 4);
     cookie.copy(out, 8);
     this.send(out);
+  }
+}
+
+/** One non-blocking read of fd, retried until data, EOF or error, or until windowNs has passed (-1). */
+function readWithin(fd: number, target: Buffer, windowNs: bigint): number {
+  const deadline = process.hrtime.bigint() + windowNs;
+  for (;;) {
+    try {
+      return fs.readSync(fd, target, 0, target.length, null);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EAGAIN') return -1;
+    }
+    if (process.hrtime.bigint() >= deadline) return -1;
   }
 }
 
