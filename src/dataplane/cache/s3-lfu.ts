@@ -300,24 +300,12 @@ export class S3Lfu<K extends PolicyKey, V> {
   private grow(): void {
     const slots = this.weights.length * 2;
     if (slots > MAX_SLOTS) throw new RangeError(`L1 policy exceeds ${MAX_SLOTS} entries`);
-    const weights = new Float64Array(slots);
-    weights.set(this.weights);
-    this.weights = weights;
-    const hashes = new Uint32Array(slots);
-    hashes.set(this.hashes);
-    this.hashes = hashes;
-    const freqs = new Uint8Array(slots);
-    freqs.set(this.freqs);
-    this.freqs = freqs;
-    const queues = new Uint8Array(slots);
-    queues.set(this.queues);
-    this.queues = queues;
-    const nexts = new Uint32Array(slots);
-    nexts.set(this.nexts);
-    this.nexts = nexts;
-    const prevs = new Uint32Array(slots);
-    prevs.set(this.prevs);
-    this.prevs = prevs;
+    this.weights = grown(this.weights, new Float64Array(slots));
+    this.hashes = grown(this.hashes, new Uint32Array(slots));
+    this.freqs = grown(this.freqs, new Uint8Array(slots));
+    this.queues = grown(this.queues, new Uint8Array(slots));
+    this.nexts = grown(this.nexts, new Uint32Array(slots));
+    this.prevs = grown(this.prevs, new Uint32Array(slots));
   }
 
   /** Frees an unlinked slot and forgets its key. */
@@ -431,4 +419,10 @@ export class S3Lfu<K extends PolicyKey, V> {
     this.ghost.add(this.hashes[t]!);
     this.evictSlot(t);
   }
+}
+
+/** `into` (a larger array of the same kind) with `from` copied to its start. */
+function grown<T extends Float64Array | Uint32Array | Uint8Array>(from: T, into: T): T {
+  into.set(from);
+  return into;
 }

@@ -153,21 +153,20 @@ export class Volume {
     });
   }
 
-  async writeZeroes(offsetBytes: number, lengthBytes: number, opts: { noHole: boolean; fua: boolean; fastZero: boolean }): Promise<void> {
-    while (this.gate) await this.gate;
-    this.ops++;
-    try {
-      return await this.writeZeroesNow(offsetBytes, lengthBytes, opts);
-    } finally {
-      this.opDone();
-    }
+  writeZeroes(offsetBytes: number, lengthBytes: number, opts: { noHole: boolean; fua: boolean; fastZero: boolean }): Promise<void> {
+    return this.gated(() => this.writeZeroesNow(offsetBytes, lengthBytes, opts));
   }
 
-  async trim(offsetBytes: number, lengthBytes: number, fua: boolean): Promise<void> {
+  trim(offsetBytes: number, lengthBytes: number, fua: boolean): Promise<void> {
+    return this.gated(() => this.trimNow(offsetBytes, lengthBytes, fua));
+  }
+
+  /** Runs an async op as one of `ops`: it waits at the tier-switch gate, and setTier waits for it. */
+  private async gated(op: () => Promise<void>): Promise<void> {
     while (this.gate) await this.gate;
     this.ops++;
     try {
-      return await this.trimNow(offsetBytes, lengthBytes, fua);
+      await op();
     } finally {
       this.opDone();
     }
