@@ -222,6 +222,22 @@ function parseRange(v: string | undefined, sizeBytes: number): { start: number; 
   return { start, end };
 }
 
+/**
+ * GET/HEAD ?partNumber=N: the bytes of the object's N-th part (the parts of a
+ * completed multipart upload are its segments, in order; a single-PUT object
+ * is one part). A part past the last is 416 InvalidPartNumber, as S3 and MinIO
+ * answer. An empty part has no byte range to name: undefined (a 200 of no bytes).
+ */
+function partRange(rec: ObjectRecord, partNumber: number): { start: number; end: number } | undefined {
+  const partsCount = Math.max(1, rec.segments.length);
+  if (partNumber > partsCount) throw new S3Error('InvalidPartNumber', 416, 'The requested partnumber is not satisfiable', { PartNumberRequested: String(partNumber), ActualPartCount: String(partsCount) });
+  if (rec.segments.length === 0) return undefined;
+  let start = 0;
+  for (let i = 0; i < partNumber - 1; i++) start += rec.segments[i]!.lengthBytes;
+  const lengthBytes = rec.segments[partNumber - 1]!.lengthBytes;
+  return lengthBytes === 0 ? undefined : { start, end: start + lengthBytes - 1 };
+}
+
 async function readSmallBody(ctx: Ctx): Promise<Buffer> {
   const pieces: Buffer[] = [];
   let total = 0;
@@ -438,7 +454,10 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
 
   async function getObject(ctx: Ctx, bucket: string, key: string, headOnly: boolean) {
     const { reply, raw, query } = ctx;
-    if (query.has('partNumber')) throw new S3Error('NotImplemented', 501, 'GetObject by partNumber is not implemented.');
+    const partNumber = query.has('partNumber') ? partNumberOf(ctx) : undefined;
+    if (partNumber !== undefined && header(raw, 'range') !== undefined) {
+      throw new S3Error('InvalidRequest', 400, 'Cannot specify both Range header and partNumber query parameter');
+    }
     const handle = store.openObject(bucket, key);
     let handedOff = false;
     try {
@@ -447,7 +466,7 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
       reply.header('etag', etagHeader(rec.etag)).header('last-modified', httpDate(rec.lastModifiedMs));
       checkPreconditions((h) => header(raw, h), rec, 304);
       setObjectHeaders(reply, rec, query);
-      const range = parseRange(header(raw, 'range'), rec.sizeBytes);
+      const range = partNumber === undefined ? parseRange(header(raw, 'range'), rec.sizeBytes) : partRange(rec, partNumber);
       let start = 0;
       let length = rec.sizeBytes;
       if (range) {
