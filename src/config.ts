@@ -25,7 +25,11 @@ export interface DaemonConfig {
   nbd: { port: number; socketPath: string };
   api: { port: number };
   metrics: { port: number };
-  s3: { port: number };
+  /**
+   * domains: names under which buckets are also addressed virtual-host style
+   * (`bucket.<domain>`, as the AWS SDKs do by default); path style always works.
+   */
+  s3: { port: number; domains: string[] };
   pools: PoolConfig[];
   coldTier: {
     /** ErasureCodingPolicy YAML (relative to the data directory). */
@@ -63,7 +67,7 @@ export function embeddedDefault(dataDir: string): DaemonConfig {
     nbd: { port: 10809, socketPath: 'nbd.sock' },
     api: { port: 8081 },
     metrics: { port: 8080 },
-    s3: { port: 9000 },
+    s3: { port: 9000, domains: [] },
     pools: [
       { name: 'hot-0', tier: 'hot', path: 'pools/hot-0', capacity: 'auto' },
       ...Array.from({ length: 6 }, (_, i) => ({ name: `cold-${i}`, tier: 'cold' as Tier, path: `pools/cold-${i}`, capacity: 'auto' as const })),
@@ -128,6 +132,8 @@ export function loadConfig(dataDir: string): DaemonConfig {
   return cfg;
 }
 
+const DOMAIN_RE = /^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/;
+
 export function validateConfig(cfg: DaemonConfig): void {
   const names = new Set<string>();
   for (const p of cfg.pools) {
@@ -143,6 +149,9 @@ export function validateConfig(cfg: DaemonConfig): void {
   if (!(ct.compaction.deadFraction > 0 && ct.compaction.deadFraction <= 1)) throw new InvalidArgument('config: coldTier.compaction.deadFraction must be in (0, 1]');
   if (!(Number.isSafeInteger(ct.compaction.intervalMs) && ct.compaction.intervalMs >= 0)) throw new InvalidArgument('config: coldTier.compaction.intervalMs must be a whole number >= 0');
   if (!(ct.compaction.maxBytesPerSecond > 0)) throw new InvalidArgument('config: coldTier.compaction.maxBytesPerSecond must be > 0');
+  if (!Array.isArray(cfg.s3.domains) || !cfg.s3.domains.every((d) => typeof d === 'string' && DOMAIN_RE.test(d))) {
+    throw new InvalidArgument('config: s3.domains must be a list of lowercase DNS names without a port (e.g. [s3.example.internal])');
+  }
   for (const [k, v] of [['nbd.port', cfg.nbd.port], ['api.port', cfg.api.port], ['metrics.port', cfg.metrics.port], ['s3.port', cfg.s3.port]] as const) {
     if (!Number.isInteger(v) || v < 0 || v > 65535) throw new InvalidArgument(`config: ${k} must be a port number`);
   }

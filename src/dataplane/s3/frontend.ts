@@ -16,6 +16,8 @@ export interface S3FrontendOptions {
   port: number;
   /** The cold tier's stripe store; without it cold buckets are refused. */
   stripes?: StripeStoreApi;
+  /** Virtual-host-style domains (config s3.domains). */
+  domains?: string[];
 }
 
 export class S3Frontend {
@@ -29,7 +31,7 @@ export class S3Frontend {
   static async start(opts: S3FrontendOptions): Promise<S3Frontend> {
     const keys = loadCredentials(opts.dataDir);
     const store = await ObjectStore.open(opts.manager, opts.stripes);
-    const server = buildS3Server({ store, keys });
+    const server = buildS3Server({ store, keys, domains: opts.domains });
     await server.listen({ port: opts.port, host: opts.host });
     const addr = server.server.address();
     return new S3Frontend(store, server, opts.host, typeof addr === 'object' && addr ? addr.port : opts.port);

@@ -16,6 +16,8 @@ import { S3_NS, XML_HEADER, XmlSyntaxError, child, children, parseXml, tag } fro
 export interface S3ServerOptions {
   store: ObjectStore;
   keys: AccessKey[];
+  /** A request whose Host is `<bucket>.<domain>` names its bucket there (virtual-host style). */
+  domains?: string[];
 }
 
 /** Request XML bodies (CompleteMultipartUpload with 10000 parts is ~1 MiB). */
@@ -238,6 +240,21 @@ function partRange(rec: ObjectRecord, partNumber: number): { start: number; end:
   return lengthBytes === 0 ? undefined : { start, end: start + lengthBytes - 1 };
 }
 
+/**
+ * The bucket a virtual-host-style Host header names (`<bucket>.<domain>[:port]`
+ * for one of the configured domains), or undefined for path style: a bare
+ * domain, an IP address, or any other name.
+ */
+function virtualHostBucket(host: string | undefined, domains: readonly string[]): string | undefined {
+  if (host === undefined || domains.length === 0 || host.startsWith('[')) return undefined;
+  const colon = host.lastIndexOf(':');
+  const name = (colon >= 0 ? host.slice(0, colon) : host).toLowerCase();
+  for (const d of domains) {
+    if (name.length > d.length + 1 && name.endsWith(d) && name[name.length - d.length - 1] === '.') return name.slice(0, name.length - d.length - 1);
+  }
+  return undefined;
+}
+
 async function readSmallBody(ctx: Ctx): Promise<Buffer> {
   const pieces: Buffer[] = [];
   let total = 0;
@@ -267,6 +284,7 @@ function parseBodyXml(body: Buffer, rootName: string) {
 
 export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
   const { store } = opts;
+  const domains = opts.domains ?? [];
   const secrets = new Map(opts.keys.map((k) => [k.accessKeyId, k.secretAccessKey]));
   const ownerId = opts.keys[0]!.accessKeyId;
   const ownerXml = `<Owner>${tag('ID', ownerId)}${tag('DisplayName', 'couchestor')}</Owner>`;
@@ -310,11 +328,20 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
     reply.header('server', 'CoucheStor');
     const raw = req.raw;
     const { rawPath, rawQuery } = splitTarget(raw.url ?? '/');
-    // Path-style: /bucket/key... The key is everything after the bucket's
-    // slash, decoded once; it is an opaque string and never a file path.
-    const slash = rawPath.indexOf('/', 1);
-    const bucket = rawPath.length > 1 ? uriDecode(slash < 0 ? rawPath.slice(1) : rawPath.slice(1, slash)) : undefined;
-    const key = slash >= 0 && slash < rawPath.length - 1 ? uriDecode(rawPath.slice(slash + 1)) : undefined;
+    // Virtual-host style (bucket.<domain>/key...) or path style (/bucket/key...).
+    // The key is everything after the bucket, decoded once; it is an opaque
+    // string and never a file path.
+    let bucket: string | undefined;
+    let key: string | undefined;
+    const hostBucket = virtualHostBucket(raw.headers.host, domains);
+    if (hostBucket !== undefined) {
+      bucket = hostBucket;
+      key = rawPath.length > 1 ? uriDecode(rawPath.slice(1)) : undefined;
+    } else {
+      const slash = rawPath.indexOf('/', 1);
+      bucket = rawPath.length > 1 ? uriDecode(slash < 0 ? rawPath.slice(1) : rawPath.slice(1, slash)) : undefined;
+      key = slash >= 0 && slash < rawPath.length - 1 ? uriDecode(rawPath.slice(slash + 1)) : undefined;
+    }
     (req as FastifyRequest & { s3ctx?: object }).s3ctx = { bucket, key };
     const auth = verifyRequest({ method: raw.method ?? 'GET', url: raw.url ?? '/', headers: raw.headers }, (id) => secrets.get(id), Date.now());
     const ctx: Ctx = { req, reply, raw, bucket, key, query: new Map(parseQuery(rawQuery)), payload: auth.payload, accessKeyId: auth.accessKeyId };
