@@ -57,6 +57,8 @@ const L1_ENTRY_OVERHEAD_BYTES = 96;
 const RANGE_SCAN_THRESHOLD = 256;
 // Bound on concurrently tracked L3 fetches; beyond it reads still work but are not deduplicated or promoted.
 const MAX_INFLIGHT_L3 = 4096;
+// Keys up to this many UTF-16 code units cannot exceed L2_MAX_KEY_BYTES (3 UTF-8 bytes per unit at most).
+const SHORT_KEY_MAX_LENGTH = Math.floor(L2_MAX_KEY_BYTES / 3);
 // L1 sketch sizing: assume 4 KiB blocks until the cache knows better (it grows on demand).
 const EXPECTED_ENTRY_BYTES = 4096;
 
@@ -82,6 +84,8 @@ export class CacheManager {
   private readonly l2: L2File | undefined;
   private readonly inflight = new Map<string, InflightFetch>();
   private isOpen = false;
+  /** lz4ThresholdBytes is set: L1 may hold Lz4Value entries. */
+  private readonly lz4: boolean;
   private l1Hits = 0;
   private l1Misses = 0;
   private readonly l3Counters = { hits: 0, misses: 0, errors: 0 };
@@ -97,6 +101,7 @@ export class CacheManager {
       throw new InvalidCacheConfigError('l2.minEntryBytes must be >= 0');
     }
     this.options = options;
+    this.lz4 = options.lz4ThresholdBytes !== undefined;
     this.l1 = new S3Lfu<string, L1Value>({
       maximumWeight: options.l1CapacityBytes,
       expectedEntries: Math.max(64, Math.ceil(options.l1CapacityBytes / EXPECTED_ENTRY_BYTES)),
@@ -140,7 +145,8 @@ export class CacheManager {
     const entry = this.l1.get(key);
     if (entry !== undefined) {
       this.l1Hits++;
-      return entry instanceof Lz4Value ? uncompressSync(entry.stored) : entry;
+      // Without LZ4 every entry is a Buffer: no `instanceof` (a prototype walk on a Buffer).
+      return this.lz4 && entry instanceof Lz4Value ? uncompressSync(entry.stored) : (entry as Buffer);
     }
     this.l1Misses++;
     if (this.l2 === undefined) return undefined;
@@ -154,7 +160,8 @@ export class CacheManager {
   /** Caches value under key (taking ownership of the Buffer), replacing any cached copy. */
   put(key: string, value: Buffer): void {
     this.assertOpen('put');
-    checkKey(key);
+    // A key of 1..341 UTF-16 code units is at most 1023 UTF-8 bytes: valid without counting.
+    if (typeof key !== 'string' || key.length === 0 || key.length > SHORT_KEY_MAX_LENGTH) checkKey(key);
     this.markStale(key);
     // The L2 copy is now stale; it is rewritten when L1 demotes the new value.
     if (this.l2 !== undefined) this.l2.delete(key);

@@ -144,15 +144,30 @@ export class S3Lfu<K extends PolicyKey, V> {
   get(key: K): V | undefined {
     const i = this.map.get(key);
     if (i === undefined) {
-      const hash = hashKey(key);
-      this.lastMissKey = key;
-      this.lastMissHash = hash;
-      this.sketch.increment(hash);
-      if ((hash >>> 20 & this.sampleMask) === 0 && this.shadowLfu !== undefined) this.shadowLookup(key, -1);
+      this.recordMiss(key, hashKey(key));
       return undefined;
     }
     this.touch(i);
     return this.valList[i];
+  }
+
+  /** get() for the real cache feeding its shadows: it already has the key's hash. */
+  private getHashed(key: K, hash: number): V | undefined {
+    const i = this.map.get(key);
+    if (i === undefined) {
+      this.recordMiss(key, hash);
+      return undefined;
+    }
+    this.touch(i);
+    return this.valList[i];
+  }
+
+  /** A miss: the sketch counts it, the shadows see it if sampled, and set() may reuse the hash. */
+  private recordMiss(key: K, hash: number): void {
+    this.lastMissKey = key;
+    this.lastMissHash = hash;
+    this.sketch.increment(hash);
+    if ((hash >>> 20 & this.sampleMask) === 0 && this.shadowLfu !== undefined) this.shadowLookup(key, -1, hash);
   }
 
   /** A hit: CLOCK counter, recency order in main, the sketch for small's first hits, shadows. */
@@ -177,19 +192,20 @@ export class S3Lfu<K extends PolicyKey, V> {
       this.prevs[MAIN_HEAD] = i;
     }
     if (f < FREQ_MAX) this.freqs[i] = f + 1;
-    if ((hash >>> 20 & this.sampleMask) === 0 && this.shadowLfu !== undefined) this.shadowLookup(this.keyList[i]!, this.weights[i]!);
+    if ((hash >>> 20 & this.sampleMask) === 0 && this.shadowLfu !== undefined) this.shadowLookup(this.keyList[i]!, this.weights[i]!, hash);
   }
 
   /**
    * A sampled lookup: both shadows see it, the score moves, the mode may switch. On a real
    * hit (weight >= 0) a shadow that misses admits the key at once; after a real miss the
-   * shadows admit it when the real cache does (set()).
+   * shadows admit it when the real cache does (set()). The shadows are handed the real
+   * cache's hash of the key (the same function of the same key), so they never rehash it.
    */
-  private shadowLookup(key: K, weight: number): void {
+  private shadowLookup(key: K, weight: number, hash: number): void {
     let d = 0;
-    if (this.shadowLru!.get(key) !== undefined) d++;
+    if (this.shadowLru!.getHashed(key, hash) !== undefined) d++;
     else if (weight >= 0) this.shadowLru!.set(key, true, weight, false);
-    if (this.shadowLfu!.get(key) !== undefined) d--;
+    if (this.shadowLfu!.getHashed(key, hash) !== undefined) d--;
     else if (weight >= 0) this.shadowLfu!.set(key, true, weight, false);
     const score = this.score * this.scoreDecay + d;
     this.score = score;
