@@ -55,13 +55,16 @@ const MAIN_HEAD = 1;
 const FIRST_SLOT = 2;
 // Arrays double up to this many slots; the weight bound stops growth long before in practice.
 const MAX_SLOTS = 1 << 26;
+const MIN_INDEX_POSITIONS = 64;
 
 export class S3Lfu<K extends PolicyKey, V> {
   readonly maximumWeight: number;
   private readonly smallMax: number;
   // Key -> slot: linear probing over (slot, hash) pairs, slot 0 = empty (slots 0 and 1 are
   // the list sentinels, never entries), deletion by backward shift (no tombstones, so a
-  // churning cache never degrades). At most half full: sized to twice the slot arrays.
+  // churning cache never degrades). At most half full: it doubles with the entry count (not
+  // with the slot arrays, which are sized for the expected entries), so a hit's probe
+  // touches as small a table as the entries allow.
   private index: Int32Array;
   private indexMask: number;
   private count = 0;
@@ -124,8 +127,8 @@ export class S3Lfu<K extends PolicyKey, V> {
     this.queues = new Uint8Array(slots);
     this.nexts = new Uint32Array(slots);
     this.prevs = new Uint32Array(slots);
-    this.indexMask = indexPositionsFor(slots) - 1;
-    this.index = new Int32Array(2 * (this.indexMask + 1));
+    this.indexMask = MIN_INDEX_POSITIONS - 1;
+    this.index = new Int32Array(2 * MIN_INDEX_POSITIONS);
     this.resetLists();
   }
 
@@ -307,14 +310,15 @@ export class S3Lfu<K extends PolicyKey, V> {
       // the access in the sketch and the shadows: a second count would double every miss.
       if (afterMiss) this.lastMissKey = undefined;
       else if (countAccess) this.sketch.increment(hash);
+      if (2 * (this.count + 1) > this.indexMask + 1) this.growIndex();
       const i = this.allocate();
       this.keyList[i] = key;
       this.valList[i] = value;
       this.weights[i] = weight;
       this.hashes[i] = hash;
       this.freqs[i] = 0;
-      this.indexInsert(i, hash);
       this.count++;
+      this.indexInsert(i, hash);
       this.append(i, this.ghost.take(hash) || this.mode === MODE_LRU ? MAIN : SMALL);
       if ((hash >>> 20 & this.sampleMask) === 0 && this.shadowLfu !== undefined) this.shadowInsert(key, weight);
       if ((this.count & 1023) === 0) {
@@ -378,9 +382,13 @@ export class S3Lfu<K extends PolicyKey, V> {
     this.queues = grown(this.queues, new Uint8Array(slots));
     this.nexts = grown(this.nexts, new Uint32Array(slots));
     this.prevs = grown(this.prevs, new Uint32Array(slots));
-    // Re-index every entry from its stored hash (no key is hashed again).
-    this.indexMask = indexPositionsFor(slots) - 1;
-    this.index = new Int32Array(2 * (this.indexMask + 1));
+  }
+
+  /** Doubles the index and re-inserts every entry from its stored hash (no key is hashed again). */
+  private growIndex(): void {
+    const positions = 2 * (this.indexMask + 1);
+    this.indexMask = positions - 1;
+    this.index = new Int32Array(2 * positions);
     for (let i = FIRST_SLOT; i < this.usedSlots; i++) if (this.keyList[i] !== undefined) this.indexInsert(i, this.hashes[i]!);
   }
 
@@ -496,13 +504,6 @@ export class S3Lfu<K extends PolicyKey, V> {
     this.ghost.add(this.hashes[t]!);
     this.evictSlot(t);
   }
-}
-
-/** Index positions for a slot array of this length: a power of two, at least twice as many. */
-function indexPositionsFor(slots: number): number {
-  let positions = 64;
-  while (positions < 2 * slots) positions *= 2;
-  return positions;
 }
 
 /** `into` (a larger array of the same kind) with `from` copied to its start. */
