@@ -32,6 +32,7 @@ commands:
                                      any stripe is Degraded or Failed)
   destage                            merge the cold tier's journal into stripes now (needs a running daemon)
   scrub                              verify every cold stripe now and rebuild bad ones (needs a running daemon)
+  rebuild <pool>                     rebuild onto a lost/replaced cold pool the shards it no longer holds (needs a running daemon)
   cold                               cold tier status: policy, journal, stripe states (needs a running daemon)
   compact                            compact cold segment files now: copy live shard records out of mostly-dead
                                      segments, flip the index, delete the old files (needs a running daemon)
@@ -131,6 +132,11 @@ async function main(argv: string[]): Promise<number> {
       if (sub !== 'stats' && sub !== 'drop') throw new UsageError('cache: expected "stats" or "drop"');
       if (!readDaemonState(dataDir)) throw new Error('no daemon is running for this data directory');
       return print(await call(dataDir, sub === 'drop' ? 'POST' : 'GET', sub === 'drop' ? '/v1/cache/drop' : '/v1/cache', undefined, async () => undefined), values.json);
+    }
+    case 'rebuild': {
+      if (sub === undefined) throw new UsageError('rebuild: expected a cold pool name');
+      if (!readDaemonState(dataDir)) throw new Error('no daemon is running for this data directory');
+      return print(await call(dataDir, 'POST', '/v1/rebuild', { pool: sub }, async () => undefined), values.json);
     }
     case 'destage':
     case 'scrub':

@@ -1,6 +1,7 @@
 // The daemon's admin HTTP API (volumes and pools), used by the `couchestor`
 // CLI while a daemon runs. Storage errors map to HTTP statuses here only.
 import type { SegmentCompactor } from '../dataplane/ec/compaction.js';
+import { PoolRebuildBusy, UnknownPool } from '../dataplane/ec/reconstruction.js';
 import Fastify, { type FastifyInstance } from 'fastify';
 import { AlreadyExists, InvalidArgument, NoSpace, NoSuitablePool, NotFound, PoolOffline } from '../dataplane/errors.js';
 import type { VolumeManager } from '../dataplane/volumes/manager.js';
@@ -117,6 +118,20 @@ export function buildApi(
     const cold = requireCold();
     const report = await cold.reconstructor.scrub();
     return { ...report, stripes: cold.reconstructor.counts() };
+  });
+  // Rebuilds onto a lost/replaced cold pool the shards it no longer holds (k survivors read per stripe); returns when durable.
+  app.post<{ Body: { pool?: string } }>('/v1/rebuild', async (req, reply) => {
+    const cold = requireCold();
+    const pool = req.body?.pool;
+    if (typeof pool !== 'string' || pool === '') return reply.code(400).send({ error: 'body must be {"pool": "<cold pool name>"}' });
+    try {
+      const report = await cold.reconstructor.rebuildPool(pool);
+      return { ...report, stripes: cold.reconstructor.counts() };
+    } catch (err) {
+      if (err instanceof UnknownPool) return reply.code(404).send({ error: err.message });
+      if (err instanceof PoolRebuildBusy) return reply.code(409).send({ error: err.message });
+      throw err;
+    }
   });
   app.delete<{ Params: { name: string } }>('/v1/volumes/:name', async (req, reply) => {
     await manager.deleteVolume(req.params.name);

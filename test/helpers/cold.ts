@@ -82,6 +82,22 @@ export function scrub(d: TestDaemon): Promise<ScrubResult> {
   return api<ScrubResult>(d, 'POST', '/v1/scrub');
 }
 
+export interface PoolRebuildResult {
+  pool: string;
+  stripesChecked: number;
+  stripesRebuilt: number;
+  bytesLanded: number;
+  slowPathStripes: number;
+  notRebuilt: number;
+  durationMs: number;
+  stripes: StripeStates;
+}
+
+/** Rebuilds onto cold pool `i` the shards it no longer holds (same as `couchestor rebuild cold-<i>`). */
+export function rebuildPool(d: TestDaemon, i: number): Promise<PoolRebuildResult> {
+  return api<PoolRebuildResult>(d, 'POST', '/v1/rebuild', { pool: `cold-${i}` });
+}
+
 export async function createVolume(d: TestDaemon, name: string, sizeBytes: number, tier: 'hot' | 'warm' | 'cold'): Promise<void> {
   await api<unknown>(d, 'POST', '/v1/volumes', { name, sizeBytes, tier });
 }

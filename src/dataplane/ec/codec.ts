@@ -41,6 +41,10 @@ interface IsalAddon {
   codeAsync(tables: Buffer, sources: Buffer[], targets: Buffer[], shardBytes: number, done: (error?: Error) => void): void;
   /** CRC32C of `bytes`, continuing from `previous` (a CRC32C of the bytes before). */
   crc32c(bytes: Uint8Array, previous?: number): number;
+  /** Pool-rebuild kernel on the threadpool: see native/ec_isal.c and rebuildLostShards(). */
+  rebuildAsync(sources: Buffer[], tables: Buffer[], outs: Buffer[], k: number, shardBytes: number, ok: Uint8Array, done: (error?: Error) => void): void;
+  /** sync_file_range(SYNC_FILE_RANGE_WRITE) on the threadpool. */
+  writebackAsync(fd: number, offset: number, length: number, done: (error?: Error) => void): void;
 }
 
 /** native/build/Release/ec_isal.node, found from src/ (ts) or dist/src/ (compiled) alike. */
@@ -410,4 +414,101 @@ export async function decodeStripe(
     if (shard !== undefined && !inPlace(shard, data, i * shardBytes)) shard.copy(data, i * shardBytes);
   }
   return data;
+}
+
+// Tables for "these k sources produce these targets", keyed by shape and both
+// shard masks (71 bits: a string, not a double); same LRU bound as decodeTables.
+const targetTables = new Map<string, Buffer>();
+function targetTablesFor(k: number, m: number, sourceIndexes: readonly number[], targetIndexes: readonly number[]): Buffer {
+  let sourceMask = 0;
+  let targetMask = 0;
+  for (const i of sourceIndexes) sourceMask |= 1 << i;
+  for (const i of targetIndexes) targetMask |= 1 << i;
+  const key = `${k}.${m}.${sourceMask >>> 0}.${targetMask >>> 0}`;
+  let tables = targetTables.get(key);
+  if (tables !== undefined) {
+    targetTables.delete(key);
+  } else {
+    tables = isal.tables(k, m, Uint8Array.from(sourceIndexes), Uint8Array.from(targetIndexes));
+    if (targetTables.size >= EC_DECODE_TABLES_MAX) targetTables.delete(targetTables.keys().next().value!);
+  }
+  targetTables.set(key, tables);
+  return tables;
+}
+
+/**
+ * Produce shards `targetIndexes` of a stripe from exactly k others
+ * (`sourceIndexes`, ascending, with their shards in `sources`), into
+ * `targets` (one buffer of at least shardBytes each). For a pool rebuild that
+ * reads only k survivors and writes only the lost shard: nothing else is
+ * decoded or copied.
+ */
+export async function decodeTargets(
+  policy: ErasureCodingPolicy,
+  sourceIndexes: readonly number[],
+  sources: readonly Buffer[],
+  targetIndexes: readonly number[],
+  targets: readonly Buffer[],
+): Promise<void> {
+  const shardBytes = checkPolicyShape(policy);
+  const k = policy.dataShards;
+  const m = policy.parityShards;
+  if (sourceIndexes.length !== k || sources.length !== k) throw new EcInputInvalid(`need exactly ${k} sources, got ${sources.length}`);
+  if (targetIndexes.length < 1 || targetIndexes.length !== targets.length) throw new EcInputInvalid(`need one target buffer per target index`);
+  for (const [i, s] of sources.entries()) {
+    if (s.length !== shardBytes) throw new EcInputInvalid(`source ${sourceIndexes[i]} is ${s.length} bytes, expected ${shardBytes}`);
+  }
+  for (const t of targets) if (t.length < shardBytes) throw new EcInputInvalid(`target buffer of ${t.length} bytes, need ${shardBytes}`);
+  for (const i of [...sourceIndexes, ...targetIndexes]) {
+    if (!Number.isInteger(i) || i < 0 || i >= k + m) throw new EcInputInvalid(`shard index ${i} out of range for ${k}+${m}`);
+  }
+  if (targetIndexes.some((t) => sourceIndexes.includes(t))) throw new EcInputInvalid(`a target is also a source`);
+  await runCode(
+    targetTablesFor(k, m, sourceIndexes, targetIndexes),
+    sources as Buffer[],
+    targets.map((t) => t.subarray(0, shardBytes)),
+    shardBytes,
+    policy.stripeSizeBytes,
+  );
+}
+
+/**
+ * A pool rebuild's kernel, for `tables.length` stripes of one shape, on the
+ * libuv threadpool (no JS per record, so two groups use both cores): checks
+ * the CRC32C of every whole source record (k per stripe, in stripe order)
+ * into `ok` (1 = good), and for every stripe whose k sources all pass,
+ * decodes its one lost shard (tables from lostShardTables) into the payload
+ * of `outs[s]` (a whole record: header filled by the caller, CRC excluded)
+ * and writes that record's CRC. Stripes with a bad source are left as they
+ * were: the caller must not use their output.
+ */
+export function rebuildLostShards(sources: Buffer[], tables: Buffer[], outs: Buffer[], k: number, shardBytes: number, ok: Uint8Array): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    try {
+      isal.rebuildAsync(sources, tables, outs, k, shardBytes, ok, (error) => (error ? reject(error) : resolve()));
+    } catch (error) {
+      reject(asInputInvalid(error));
+    }
+  });
+}
+
+/** Tables producing shard `target` from shards `sourceIndexes` (k, ascending), cached (LRU). */
+export function lostShardTables(k: number, m: number, sourceIndexes: readonly number[], target: number): Buffer {
+  return targetTablesFor(k, m, sourceIndexes, [target]);
+}
+
+/**
+ * Starts the disk write of `length` bytes at `offset` of an open file
+ * without waiting for it (sync_file_range SYNC_FILE_RANGE_WRITE), so that a
+ * later fdatasync finds the pages already on their way. Not a durability
+ * point: only fdatasync is.
+ */
+export function startWriteback(fd: number, offset: number, length: number): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    try {
+      isal.writebackAsync(fd, offset, length, (error) => (error ? reject(error) : resolve()));
+    } catch (error) {
+      reject(error as Error);
+    }
+  });
 }

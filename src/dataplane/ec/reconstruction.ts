@@ -4,7 +4,8 @@
 import { InsufficientShards, NoSuitablePool } from '../errors.js';
 import { log } from '../../log.js';
 import type { Volume } from '../volumes/volume.js';
-import { StripeStore, type InspectedStripe, type PreparedRebuild, type StripeContext, type StripeRef } from './stripe-store.js';
+import type { SegmentStore } from './segment-store.js';
+import { StripeStore, type InspectedStripe, type LostShardJob, type PreparedRebuild, type StripeContext, type StripeRef } from './stripe-store.js';
 
 export type StripeState = 'Healthy' | 'Degraded' | 'Reconstructing' | 'Failed';
 
@@ -28,6 +29,14 @@ export const SCRUB_GROUPS_AT_ONCE = 2;
  * scan reads on while earlier stripes land, so their appends and index flips
  * share fdatasyncs instead of each worker waiting for its own.
  */
+/**
+ * A pool rebuild works on this many groups of SCRUB_GROUP_STRIPES stripes
+ * at once: while one group's sources are read, another's are checked and
+ * decoded (native kernel, threadpool) and another's rebuilt records are
+ * written, so both cores stay busy. Scratch: 16 MiB per group at 4+2, 1 MiB.
+ */
+export const POOL_REBUILD_GROUPS_AT_ONCE = 3;
+
 export const MAX_LANDING_BYTES = 64 * 1024 * 1024;
 
 interface QueuedStripe {
@@ -123,27 +132,32 @@ export class Reconstructor {
     await Promise.all(Array.from({ length: REBUILD_CONCURRENCY }, worker));
   }
 
-  /** `inspected`: shards a scrub just read from `inspected.ref`, used only if that is still the chunk's stripe. */
+  /**
+   * `inspected`: shards a scrub just read from `inspected.ref`, used only if
+   * that is still the chunk's stripe. Resolves with the bytes of shard
+   * records landed (0 when nothing was rebuilt).
+   */
   private async rebuildOne(
     key: string,
     entry: QueuedStripe,
     inspected?: { ref: StripeRef; stripe: InspectedStripe },
-  ): Promise<void> {
+  ): Promise<number> {
     const started = await this.startRebuild(key, entry, inspected);
-    if (started) await started.landed;
+    if (!started) return 0;
+    return (await started.landed) ? started.lengthBytes : 0;
   }
 
   /**
    * Decodes a stripe's bad shards (the part that reads `inspected`); resolves
-   * with `landed`, which settles (never rejects) once the rebuilt shards are
-   * durable and the index points at them, or null when there is nothing to
-   * land. Wrapped in an object so the caller can go on before it settles.
+   * with `landed`, which settles (never rejects; true if the index flipped)
+   * once the rebuilt shards are durable and the index points at them, or
+   * null when there is nothing to land. Wrapped in an object so the caller can go on before it settles.
    */
   private async startRebuild(
     key: string,
     entry: QueuedStripe,
     inspected?: { ref: StripeRef; stripe: InspectedStripe },
-  ): Promise<{ landed: Promise<void>; lengthBytes: number } | null> {
+  ): Promise<{ landed: Promise<boolean>; lengthBytes: number } | null> {
     const vol = this.volumeById(entry.ctx.volumeId);
     const ref = vol?.stripes.get(entry.ctx.chunkIndex);
     if (!vol || !ref) {
@@ -166,7 +180,7 @@ export class Reconstructor {
     return { landed: this.land(vol, key, entry, ref, prepared), lengthBytes: prepared.lengthBytes };
   }
 
-  private async land(vol: Volume, key: string, entry: QueuedStripe, ref: StripeRef, prepared: PreparedRebuild): Promise<void> {
+  private async land(vol: Volume, key: string, entry: QueuedStripe, ref: StripeRef, prepared: PreparedRebuild): Promise<boolean> {
     try {
       const next = await this.stripes.landRebuild(ref, prepared);
       if (!(await vol.replaceStripe(entry.ctx.chunkIndex, ref, next))) {
@@ -175,13 +189,15 @@ export class Reconstructor {
         // next pass looks at that one (and drops the entry if it is healthy).
         entry.state = 'Degraded';
         entry.reason = 'stripe superseded while its rebuild landed; retried';
-        return;
+        return false;
       }
       this.rebuiltStripes++;
       log.debug('stripe reconstructed', { volume: vol.name, chunk: entry.ctx.chunkIndex });
       this.states.delete(key);
+      return true;
     } catch (err) {
       this.rebuildFailed(vol, entry, err);
+      return false;
     }
   }
 
@@ -270,12 +286,238 @@ export class Reconstructor {
     if (started) await landing.add(started.landed, started.lengthBytes);
   }
 
+  /**
+   * Rebuilds the shards a lost or replaced cold pool no longer holds
+   * (`couchestor rebuild <pool>`, POST /v1/rebuild): for every cold stripe
+   * with a shard on `poolName` that the pool's current store does not hold
+   * (StripeStore.shardPresent), reads k survivors, decodes that shard and
+   * lands it on `poolName` itself (durable, then the index flips). Resolves
+   * once every such stripe is rebuilt (or left Degraded/Failed, counted).
+   * Shards the pool still holds are not verified: that is the scrub's job.
+   * With the pool offline, its stripes are queued and rebuilt onto other
+   * pools (the reconstruction pass). One pool rebuild at a time.
+   */
+  rebuildPool(poolName: string): Promise<PoolRebuildReport> {
+    if (this.poolRebuild) {
+      if (this.poolRebuild.pool === poolName) return this.poolRebuild.done;
+      return Promise.reject(new PoolRebuildBusy(`pool ${this.poolRebuild.pool} is being rebuilt; rebuild ${poolName} after it`));
+    }
+    const done = this.rebuildPoolNow(poolName).finally(() => (this.poolRebuild = null));
+    this.poolRebuild = { pool: poolName, done };
+    return done;
+  }
+  private poolRebuild: { pool: string; done: Promise<PoolRebuildReport> } | null = null;
+
+  private async rebuildPoolNow(poolName: string): Promise<PoolRebuildReport> {
+    const started = Date.now();
+    const report: PoolRebuildReport = { pool: poolName, stripesChecked: 0, stripesRebuilt: 0, bytesLanded: 0, slowPathStripes: 0, notRebuilt: 0, durationMs: 0 };
+    if (!this.stripes.coldPoolNames().includes(poolName)) throw new UnknownPool(`no cold pool named ${poolName}`);
+    const target = await this.stripes.segmentStore(poolName); // a replaced directory gets a fresh store here
+    // Sources: the other online pools in a fixed order, so every stripe reads
+    // the same k pools and each pool's records are read back to back.
+    const sourceRank = new Map<string, number>();
+    for (const name of this.stripes.coldPoolNames().sort()) if (name !== poolName && (await this.stripes.segmentStore(name)) !== null) sourceRank.set(name, sourceRank.size);
+    const landing = new Landing(MAX_LANDING_BYTES);
+    const slow: Promise<number>[] = [];
+    const keys: string[] = []; // every stripe this rebuild took on, to count what is left
+    let window: SyncWindow | null = null;
+    const flushes: Promise<void>[] = [];
+    for (const vol of this.allVolumes()) {
+      // Which shards are gone is decided before anything lands on the pool:
+      // a rebuilt record may reuse the place an old reference names.
+      const jobs: (LostShardJob & { chunkIndex: number; at: number })[] = [];
+      for (const [chunkIndex, ref] of vol.stripes) {
+        const lost = ref.shards.findIndex((sh) => sh.pool === poolName);
+        if (lost < 0) continue;
+        report.stripesChecked++;
+        // Outside every segment the pool's store has: gone, no read needed (the common case).
+        const present = target !== null && target.contains(this.stripes.resolve(ref.shards[lost]!)) && (await this.stripes.shardPresent(ref, lost));
+        if (present) continue;
+        jobs.push({ ref, lost, chunkIndex, at: ref.shards[lost]!.segment * 2 ** 40 + ref.shards[lost]!.offsetBytes });
+      }
+      // Write order on the lost pool is write order on the survivors: their records are back to back.
+      jobs.sort((a, b) => a.at - b.at);
+      let next = 0;
+      const worker = async () => {
+        let scratch: Buffer | undefined;
+        while (next < jobs.length && !this.stopped) {
+          const group: { job: (typeof jobs)[number]; key: string; entry: QueuedStripe }[] = [];
+          while (next < jobs.length && group.length < SCRUB_GROUP_STRIPES) {
+            const job = jobs[next++]!;
+            const ctx = { volumeId: vol.rec.id, chunkIndex: job.chunkIndex };
+            const key = `${ctx.volumeId}:${ctx.chunkIndex}`;
+            const cur = this.states.get(key);
+            if (cur?.state === 'Reconstructing') continue; // a pass has it
+            if (vol.stripes.get(job.chunkIndex) !== job.ref) continue; // rewritten meanwhile: its new stripe is whole
+            const entry: QueuedStripe = cur ?? { ctx, state: 'Degraded', reason: `pool ${poolName} lost` };
+            entry.state = 'Reconstructing';
+            this.states.set(key, entry); // bounded: at most the groups in flight beyond the queue's own entries
+            group.push({ job, key, entry });
+            keys.push(key);
+          }
+          if (group.length === 0) continue;
+          if (target === null) {
+            // Nowhere to land on the pool itself: the pass places these elsewhere.
+            for (const g of group) g.entry.state = 'Degraded';
+            continue;
+          }
+          const scratchBytes = StripeStore.scanScratchBytes(group[0]!.job.ref, group.length);
+          if (scratch === undefined || scratch.length < scratchBytes) scratch = Buffer.allocUnsafe(scratchBytes);
+          let prepared: (PreparedRebuild | null)[];
+          try {
+            prepared = await this.stripes.prepareLostShards(group.map((g) => g.job), sourceRank, scratch);
+          } catch (err) {
+            for (const g of group) this.rebuildFailed(vol, g.entry, err);
+            continue;
+          }
+          const fast: LandingStripe[] = [];
+          prepared.forEach((p, t) => {
+            const g = group[t]!;
+            if (p !== null) {
+              fast.push({ ...g, prepared: p });
+              return;
+            }
+            // A source was missing or bad: read every survivor, decode from the good ones.
+            report.slowPathStripes++;
+            g.entry.state = 'Degraded';
+            g.entry.reason = `pool ${poolName} lost; a survivor failed verification`;
+            slow.push(this.rebuildOne(g.key, g.entry));
+          });
+          if (fast.length === 0) continue;
+          const lengthBytes = fast.reduce((sum, f) => sum + f.prepared.lengthBytes, 0);
+          const w = (window ??= { token: this.stripes.beginWrite(), bytes: 0, writes: [], landed: [] });
+          const written = this.writeLost(vol, poolName, target, w, fast);
+          w.writes.push(written);
+          w.bytes += lengthBytes;
+          if (w.bytes >= REBUILD_SYNC_BYTES) {
+            window = null;
+            flushes.push(this.flushWindow(target, w, report));
+          }
+          // Bounds the record buffers held (they are recycled once written).
+          await landing.add(written, lengthBytes);
+        }
+      };
+      await Promise.all(Array.from({ length: POOL_REBUILD_GROUPS_AT_ONCE }, worker));
+      if (this.stopped) break;
+    }
+    await landing.drain();
+    const last = window as SyncWindow | null;
+    if (last !== null && target !== null) flushes.push(this.flushWindow(target, last, report));
+    await Promise.all(flushes);
+    for (const landedBytes of await Promise.all(slow)) {
+      if (landedBytes === 0) continue;
+      report.stripesRebuilt++;
+      report.bytesLanded += landedBytes;
+    }
+    if (!this.stopped) await this.process(); // stripes superseded while landing, or left for other pools
+    for (const key of keys) if (this.states.has(key)) report.notRebuilt++;
+    report.durationMs = Date.now() - started;
+    log.info('pool rebuild finished', { ...report });
+    return report;
+  }
+
+  /** Writes one group of a pool rebuild (not yet durable) into `w`; never rejects. */
+  private async writeLost(vol: Volume, poolName: string, target: SegmentStore, w: SyncWindow, fast: LandingStripe[]): Promise<void> {
+    try {
+      const next = await this.stripes.landLostShards(poolName, target, fast.map((f) => ({ ref: f.job.ref, prepared: f.prepared })));
+      fast.forEach((f, t) => w.landed.push({ vol, stripe: f, next: next[t]! }));
+    } catch (err) {
+      for (const f of fast) this.rebuildFailed(vol, f.entry, err);
+    }
+  }
+
+  /**
+   * Makes a window's writes durable (one fdatasync), then flips the index of
+   * each stripe in it (compare-and-swap: a stripe rewritten or moved since
+   * it was read is not flipped; the reconstruction pass looks at it again).
+   * The flips are issued together, so lmdb-js commits them in one batch with
+   * one sync. Never rejects.
+   */
+  private async flushWindow(target: SegmentStore, w: SyncWindow, report: PoolRebuildReport): Promise<void> {
+    try {
+      await Promise.all(w.writes);
+      try {
+        await target.sync();
+      } catch (err) {
+        for (const l of w.landed) this.rebuildFailed(l.vol, l.stripe.entry, err);
+        return;
+      }
+      const flips = w.landed.map((l) => l.vol.replaceStripe(l.stripe.job.chunkIndex, l.stripe.job.ref, l.next));
+      this.stripes.endWrite(w.token); // the flips are issued: compaction may look at these segments again
+      const results = await Promise.allSettled(flips);
+      results.forEach((r, t) => {
+        const { vol, stripe } = w.landed[t]!;
+        if (r.status === 'rejected') return this.rebuildFailed(vol, stripe.entry, r.reason);
+        if (!r.value) {
+          stripe.entry.state = 'Degraded';
+          stripe.entry.reason = 'stripe superseded while its rebuild landed; retried';
+          return;
+        }
+        this.rebuiltStripes++;
+        report.stripesRebuilt++;
+        report.bytesLanded += stripe.prepared.lengthBytes;
+        this.states.delete(stripe.key);
+      });
+    } finally {
+      this.stripes.endWrite(w.token);
+    }
+  }
+
   async stop(): Promise<void> {
     this.stopped = true;
     for (const t of this.timers) clearInterval(t);
     await this.running;
     await this.scrubbing;
   }
+}
+
+/**
+ * A pool rebuild makes its writes durable and flips their stripes once per
+ * this many bytes landed (and at its end): one fdatasync and one LMDB commit
+ * per window instead of one per group. Bounds what a crash mid-rebuild
+ * costs (written but unflipped records are dead space, redone by the next
+ * rebuild) and the window's list of flips (one entry per 256 KiB record).
+ */
+export const REBUILD_SYNC_BYTES = 64 * 1024 * 1024;
+
+interface LandingStripe {
+  job: LostShardJob & { chunkIndex: number };
+  key: string;
+  entry: QueuedStripe;
+  prepared: PreparedRebuild;
+}
+
+/** A pool rebuild's writes since its last sync, and the write session that keeps compaction off them. */
+interface SyncWindow {
+  token: number;
+  bytes: number;
+  writes: Promise<void>[];
+  landed: { vol: Volume; stripe: LandingStripe; next: StripeRef }[];
+}
+
+export interface PoolRebuildReport {
+  pool: string;
+  /** Stripes with a shard on the pool. */
+  stripesChecked: number;
+  /** Stripes whose shard was rebuilt (durable, index flipped): onto the pool, or by the slow path wherever a pool was free. */
+  stripesRebuilt: number;
+  /** Bytes of shard records landed for them (the slow path's include any corrupt survivor it rebuilt too). */
+  bytesLanded: number;
+  /** Stripes where a chosen survivor was missing or failed verification, rebuilt from all survivors instead. */
+  slowPathStripes: number;
+  /** Stripes still missing their shard of this pool at the end (Degraded/Failed: see GET /v1/cold). */
+  notRebuilt: number;
+  durationMs: number;
+}
+
+/** A rebuild of another pool is running. */
+export class PoolRebuildBusy extends Error {
+  override name = 'PoolRebuildBusy';
+}
+
+/** The pool named is not a cold pool. */
+export class UnknownPool extends Error {
+  override name = 'UnknownPool';
 }
 
 export interface ScrubReport {
@@ -295,10 +537,10 @@ class Landing {
 
   constructor(private readonly maxBytes: number) {}
 
-  async add(landed: Promise<void>, lengthBytes: number): Promise<void> {
+  async add(landed: Promise<unknown>, lengthBytes: number): Promise<void> {
     while (this.inFlight.size > 0 && this.bytes + lengthBytes > this.maxBytes) await Promise.race(this.inFlight);
     this.bytes += lengthBytes;
-    const tracked: Promise<void> = landed.finally(() => {
+    const tracked: Promise<void> = landed.then(() => undefined).finally(() => {
       this.bytes -= lengthBytes;
       this.inFlight.delete(tracked);
     });

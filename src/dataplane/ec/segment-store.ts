@@ -13,6 +13,7 @@
 import { open as fsOpen, readdir, stat, unlink, type FileHandle } from "node:fs/promises";
 import { join } from "node:path";
 import { PoolOffline as StoragePoolOffline, StorageError } from "../errors.js";
+import { startWriteback } from "./codec.js";
 import {
   CorruptShard,
   decodeShardHeader,
@@ -129,6 +130,8 @@ interface ReadHandle {
 interface PendingAppend {
   readonly records: Buffer[];
   readonly bytes: number;
+  /** Resolve only once durable (fdatasync); false: once written (see append's `durable`). */
+  readonly sync: boolean;
   readonly resolve: (locations: SegmentLocation[]) => void;
   readonly reject: (error: unknown) => void;
 }
@@ -209,6 +212,8 @@ export class SegmentStore {
   private head: number;
   /** Bytes of the head that are durable (fdatasync returned); scan never reads past it. */
   private headDurableBytes: number;
+  /** Bytes of the head written (the next append's offset); above headDurableBytes while unsynced appends wait for sync(). */
+  private headWrittenBytes: number;
   private pending: PendingAppend[] = [];
   private pendingBytes = 0;
   private flushing: Promise<void> | undefined;
@@ -218,6 +223,8 @@ export class SegmentStore {
   private commits = 0;
   private recordsAppended = 0;
   private bytesAppended = 0;
+  /** Writebacks started on the head (unsynced appends); awaited before its handle closes. Bounded by unsynced groups in flight. */
+  private readonly writebacks = new Set<Promise<void>>();
   /** Insertion order is recency (a hit re-inserts); bounded by MAX_CACHED_READ_HANDLES. */
   private readonly readHandles = new Map<number, ReadHandle>();
 
@@ -233,6 +240,7 @@ export class SegmentStore {
     this.head = head;
     this.headFh = headFh;
     this.headDurableBytes = headSizeBytes;
+    this.headWrittenBytes = headSizeBytes;
     this.sizes = sizes;
     if (headFh !== undefined) this.sizes.set(head, headSizeBytes);
   }
@@ -304,8 +312,15 @@ export class SegmentStore {
    * Append whole shard records (encodeShardRecord output). Resolves, in input
    * order, with each record's location once all of them are durable.
    * Concurrent calls share one writev + fdatasync per batch.
+   *
+   * `durable: false` (a pool rebuild's bulk writes): resolves once the
+   * records are written, NOT durable; the caller must not reference them
+   * (flip an index) before a later sync() resolved. A durable append or a
+   * segment roll in between makes them durable too. After a crash such
+   * records may be partly on disk: unreferenced, so dead space, and a torn
+   * tail ends the segment cleanly (open() starts a new head).
    */
-  async append(records: Buffer[]): Promise<SegmentLocation[]> {
+  async append(records: Buffer[], opts: { durable?: boolean } = {}): Promise<SegmentLocation[]> {
     this.assertUsable();
     let bytes = 0;
     for (const [i, record] of records.entries()) {
@@ -329,11 +344,20 @@ export class SegmentStore {
       this.assertUsable();
     }
     const done = new Promise<SegmentLocation[]>((resolve, reject) => {
-      this.pending.push({ records, bytes, resolve, reject });
+      this.pending.push({ records, bytes, sync: opts.durable !== false, resolve, reject });
     });
     this.pendingBytes += bytes;
     this.flushing ??= this.flushLoop();
     return done;
+  }
+
+  /** Resolves once every record appended (written) before the call is durable. */
+  async sync(): Promise<void> {
+    this.assertUsable();
+    await new Promise<SegmentLocation[]>((resolve, reject) => {
+      this.pending.push({ records: [], bytes: 0, sync: true, resolve, reject });
+      this.flushing ??= this.flushLoop();
+    });
   }
 
   private assertUsable(): void {
@@ -351,7 +375,10 @@ export class SegmentStore {
       const batch = this.pending;
       this.pending = [];
       try {
-        const locations = await this.writeBatch(batch.flatMap((p) => p.records));
+        const locations = await this.writeBatch(
+          batch.flatMap((p) => p.records),
+          batch.some((p) => p.sync),
+        );
         let next = 0;
         for (const p of batch) {
           p.resolve(locations.slice(next, next + p.records.length));
@@ -377,15 +404,19 @@ export class SegmentStore {
     this.flushing = undefined;
   }
 
-  /** Write records at the head (rolling as needed), fdatasync, and return their locations. */
-  private async writeBatch(records: Buffer[]): Promise<SegmentLocation[]> {
+  /**
+   * Write records at the head (rolling as needed) and return their
+   * locations; with `sync`, fdatasync so that they and every earlier
+   * unsynced write are durable. A segment is always synced before it rolls.
+   */
+  private async writeBatch(records: Buffer[], sync: boolean): Promise<SegmentLocation[]> {
     const locations: SegmentLocation[] = [];
     let group: Buffer[] = [];
-    let groupStart = this.headDurableBytes;
-    let end = this.headDurableBytes;
+    let groupStart = this.headWrittenBytes;
+    let end = this.headWrittenBytes;
     for (const record of records) {
       if (end > 0 && end + record.length > this.segmentSizeBytes) {
-        await this.commitGroup(group, groupStart, end);
+        await this.commitGroup(group, groupStart, end, true);
         await this.roll();
         group = [];
         groupStart = end = 0;
@@ -394,29 +425,43 @@ export class SegmentStore {
       group.push(record);
       end += record.length;
     }
-    await this.commitGroup(group, groupStart, end);
+    await this.commitGroup(group, groupStart, end, sync);
     return locations;
   }
 
-  private async commitGroup(group: Buffer[], startBytes: number, endBytes: number): Promise<void> {
-    if (group.length === 0) return;
+  private async commitGroup(group: Buffer[], startBytes: number, endBytes: number, sync: boolean): Promise<void> {
     const fh = this.headFh!; // assertUsable() admitted this write
-    await writeAllAt(fh, group, startBytes);
+    if (group.length > 0) {
+      await writeAllAt(fh, group, startBytes);
+      this.headWrittenBytes = endBytes;
+      this.recordsAppended += group.length;
+      this.bytesAppended += endBytes - startBytes;
+      if (!sync) {
+        // Unsynced bulk writes (a pool rebuild): the disk starts on them now,
+        // so the sync that follows waits for little instead of all of them.
+        // A failed writeback is only a lost head start: sync() reports real errors.
+        const started: Promise<void> = startWriteback(fh.fd, startBytes, endBytes - startBytes)
+          .catch(() => undefined)
+          .finally(() => this.writebacks.delete(started));
+        this.writebacks.add(started);
+      }
+    }
+    if (!sync || this.headDurableBytes === this.headWrittenBytes) return;
     await fh.datasync();
     this.commits++;
-    this.recordsAppended += group.length;
-    this.bytesAppended += endBytes - startBytes;
-    this.headDurableBytes = endBytes;
-    this.sizes.set(this.head, endBytes);
+    this.headDurableBytes = this.headWrittenBytes;
+    this.sizes.set(this.head, this.headDurableBytes);
   }
 
   private async roll(): Promise<void> {
     const next = this.head + 1;
     const fh = await SegmentStore.createSegment(this.poolDir, next);
+    await Promise.all(this.writebacks); // they name the old head's descriptor
     await this.headFh!.close();
     this.headFh = fh;
     this.head = next;
     this.headDurableBytes = 0;
+    this.headWrittenBytes = 0;
     this.sizes.set(next, 0);
   }
 
@@ -536,6 +581,18 @@ export class SegmentStore {
    */
   async readRun(run: SegmentLocation, into?: Buffer): Promise<Buffer> {
     return this.readRecordBytes(run, into);
+  }
+
+  /**
+   * Whether `location` lies inside a segment this store has, up to its
+   * durable end. Says nothing about what is there: a replaced pool reuses
+   * segment numbers, so a caller that needs its record checks the header.
+   */
+  contains(location: SegmentLocation): boolean {
+    const sizeBytes = this.sizes.get(location.segment);
+    if (sizeBytes === undefined) return false;
+    const end = location.segment === this.head ? this.headDurableBytes : sizeBytes;
+    return location.offsetBytes >= 0 && location.offsetBytes + location.lengthBytes <= end;
   }
 
   /**
@@ -754,6 +811,7 @@ export class SegmentStore {
     this.closed = true; // new appends are refused; queued ones still complete
     while (this.flushing !== undefined) await this.flushing;
     await Promise.all([...this.readHandles.keys()].map((segment) => this.retireRead(segment)));
+    await Promise.all(this.writebacks);
     await this.headFh?.close();
   }
 }

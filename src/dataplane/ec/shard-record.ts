@@ -167,6 +167,35 @@ export function encodeShardRecord(
 }
 
 /**
+ * Writes the 64-byte header of an uncompressed record of `shardBytes` into
+ * `into` (a whole record buffer) with the CRC field zero: for a caller that
+ * fills the payload and CRC itself (the native pool-rebuild kernel). Same
+ * field checks as encodeShardRecord.
+ */
+export function encodeShardHeader(fields: ShardRecordFields, shardBytes: number, into: Buffer): void {
+  if (fields.ownerId.length !== 16) throw new ShardRecordInvalid(`ownerId must be 16 bytes, got ${fields.ownerId.length}`);
+  checkSafe("chunkIndex", fields.chunkIndex);
+  checkSafe("stripeGeneration", fields.stripeGeneration);
+  checkU8("dataShards", fields.dataShards, 255);
+  checkU8("parityShards", fields.parityShards, 255);
+  checkU8("shardIndex", fields.shardIndex, fields.dataShards + fields.parityShards - 1);
+  if (!Number.isSafeInteger(shardBytes) || shardBytes < 0 || shardBytes > MAX_SHARD_PAYLOAD_BYTES) throw new ShardRecordInvalid(`shard is ${shardBytes} bytes, max ${MAX_SHARD_PAYLOAD_BYTES}`);
+  if (into.length < SHARD_HEADER_BYTES + shardBytes) throw new ShardRecordInvalid(`record buffer of ${into.length} bytes, need ${SHARD_HEADER_BYTES + shardBytes}`);
+  const header = into.subarray(0, SHARD_HEADER_BYTES);
+  header.fill(0);
+  header.writeUInt32LE(SHARD_MAGIC, 0);
+  header.writeUInt16LE(SHARD_FORMAT_VERSION, 4);
+  fields.ownerId.copy(header, 8);
+  header.writeBigUInt64LE(BigInt(fields.chunkIndex), 24);
+  header.writeBigUInt64LE(BigInt(fields.stripeGeneration), 32);
+  header.writeUInt8(fields.shardIndex, 40);
+  header.writeUInt8(fields.dataShards, 41);
+  header.writeUInt8(fields.parityShards, 42);
+  header.writeUInt32LE(shardBytes, 44);
+  header.writeUInt32LE(shardBytes, 48);
+}
+
+/**
  * Parse and sanity-check a header without the payload (the CRC is not
  * verified here). Used by the segment scanner to learn a record's length.
  */

@@ -8,9 +8,9 @@ import { InsufficientShards, NoSuitablePool } from '../errors.js';
 import type { Pool } from '../pools/pool.js';
 import type { CacheManager, L3Backend } from '../cache/index.js';
 import { log } from '../../log.js';
-import { decodeStripe, encodeStripe, reconstructMissing } from './codec.js';
+import { decodeStripe, decodeTargets, encodeStripe, lostShardTables, rebuildLostShards, reconstructMissing } from './codec.js';
 import type { ErasureCodingPolicy } from './policy.js';
-import { decodeShardHeader, decodeShardRecord, encodeShardRecord, SHARD_HEADER_BYTES, type DecodedShardRecord } from './shard-record.js';
+import { decodeShardHeader, decodeShardRecord, encodeShardHeader, encodeShardRecord, SHARD_HEADER_BYTES, type DecodedShardRecord } from './shard-record.js';
 import { SegmentStore, ShardNotFound, type SegmentLocation, type SegmentStoreOptions } from './segment-store.js';
 
 export interface ShardRef {
@@ -51,6 +51,12 @@ export interface PreparedRebuild {
   lengthBytes: number;
   /** Buffers (under `records`) from the store's record pool, returned to it by landRebuild(). */
   pooled: Buffer[];
+}
+
+/** A stripe whose shard `lost` (the only one on the pool being rebuilt) is to be rebuilt (StripeStore.prepareLostShards). */
+export interface LostShardJob {
+  ref: StripeRef;
+  lost: number;
 }
 
 /** Which chunk a stripe belongs to (for queuing its reconstruction). */
@@ -552,6 +558,284 @@ export class StripeStore {
       return record;
     });
     return { bad: missing, records, lengthBytes, pooled };
+  }
+
+  /**
+   * Pool rebuild, read side: for each job (a stripe and the index of its one
+   * shard the lost pool held), reads exactly k surviving shards, ranked by
+   * `sourceRank` (pool name -> rank, lower first; the same pools for every
+   * stripe, so each pool's records are read back to back in reads of up to
+   * MAX_RUN_BYTES), verifies each (CRC and identity: it is decode input),
+   * and decodes only the lost shard, straight into a recycled record buffer.
+   * The other survivors are not read: verifying them is the scrub's job.
+   * Returns, per job, the prepared record, or null when a source was missing
+   * or failed verification (nothing is decoded from it); the caller then
+   * rebuilds that stripe through prepareRebuild(), which reads every survivor
+   * and so uses another one. `scratch`: as for inspectMany(), reused by the
+   * caller once this resolves.
+   */
+  async prepareLostShards(jobs: readonly LostShardJob[], sourceRank: ReadonlyMap<string, number>, scratch: Buffer): Promise<(PreparedRebuild | null)[]> {
+    interface Item { j: number; i: number; s: ShardRef }
+    interface Run { pool: string; segment: number; offsetBytes: number; lengthBytes: number; at: number; items: Item[] }
+    const sources: number[][] = [];
+    const ok: boolean[] = [];
+    const byPlace = new Map<string, Item[]>();
+    jobs.forEach(({ ref, lost }, j) => {
+      const ranked: number[] = [];
+      for (let i = 0; i < ref.shards.length; i++) if (i !== lost && sourceRank.has(ref.shards[i]!.pool)) ranked.push(i);
+      ranked.sort((a, b) => sourceRank.get(ref.shards[a]!.pool)! - sourceRank.get(ref.shards[b]!.pool)!);
+      const chosen = ranked.slice(0, ref.dataShards).sort((a, b) => a - b);
+      sources.push(chosen);
+      ok.push(chosen.length === ref.dataShards);
+      if (!ok[j]) return;
+      for (const i of chosen) {
+        const s = ref.shards[i]!;
+        const place = `${s.pool}\0${s.segment}`;
+        let items = byPlace.get(place);
+        if (items === undefined) byPlace.set(place, (items = []));
+        items.push({ j, i, s });
+      }
+    });
+    const runs: Run[] = [];
+    let scratchBytes = 0;
+    for (const items of byPlace.values()) {
+      items.sort((a, b) => a.s.offsetBytes - b.s.offsetBytes);
+      let run: Run | undefined;
+      for (const it of items) {
+        if (run !== undefined && run.offsetBytes + run.lengthBytes === it.s.offsetBytes && run.lengthBytes + it.s.lengthBytes <= MAX_RUN_BYTES) {
+          run.items.push(it);
+          run.lengthBytes += it.s.lengthBytes;
+        } else {
+          run = { pool: it.s.pool, segment: it.s.segment, offsetBytes: it.s.offsetBytes, lengthBytes: it.s.lengthBytes, at: scratchBytes, items: [it] };
+          runs.push(run);
+        }
+        scratchBytes += it.s.lengthBytes;
+      }
+    }
+    const buf = scratch.length >= scratchBytes ? scratch : Buffer.allocUnsafe(scratchBytes);
+    // Each source's whole record as read (unverified), per job and shard index.
+    const records = jobs.map((job) => new Array<Buffer | undefined>(job.ref.shards.length).fill(undefined));
+    await Promise.all(
+      runs.map(async (run) => {
+        const pool = this.poolByName(run.pool);
+        const store = pool !== undefined && pool.isOnline() ? await this.store(pool) : null;
+        let bytes: Buffer | undefined;
+        if (store) {
+          try {
+            bytes = await store.readRun({ segment: run.segment, offsetBytes: run.offsetBytes, lengthBytes: run.lengthBytes }, buf.subarray(run.at, run.at + run.lengthBytes));
+          } catch (err) {
+            // Compacted away, pool gone, torn: these stripes take the slow path (which follows forwards).
+            log.debug('pool rebuild: source run unreadable', { pool: run.pool, segment: run.segment, err: (err as Error).message });
+          }
+        }
+        let pos = 0;
+        for (const it of run.items) {
+          const at = pos;
+          pos += it.s.lengthBytes;
+          if (bytes === undefined) ok[it.j] = false;
+          else records[it.j]![it.i] = bytes.subarray(at, pos);
+        }
+      }),
+    );
+    const k0 = jobs[0]?.ref.dataShards;
+    const m0 = jobs[0]?.ref.parityShards;
+    const stripe0 = jobs[0]?.ref.stripeSizeBytes;
+    const native = this.policy.compression === 'none' && jobs.every((j) => j.ref.dataShards === k0 && j.ref.parityShards === m0 && j.ref.stripeSizeBytes === stripe0);
+    return native ? this.decodeLostNative(jobs, sources, records, ok) : this.decodeLostJs(jobs, sources, records, ok);
+  }
+
+  /**
+   * prepareLostShards' verify + decode in the native kernel (uncompressed
+   * records of one shape): headers (identity, lengths) are checked here,
+   * CRCs and the decode run on the threadpool with no JS per record.
+   * Measured against decodeLostJs on bench/ec-rebuild: see the commit.
+   */
+  private async decodeLostNative(jobs: readonly LostShardJob[], sources: number[][], records: (Buffer | undefined)[][], ok: boolean[]): Promise<(PreparedRebuild | null)[]> {
+    const ref0 = jobs[0]!.ref;
+    const k = ref0.dataShards;
+    const shardBytes = ref0.stripeSizeBytes / k;
+    const recordBytes = SHARD_HEADER_BYTES + shardBytes;
+    const out: (PreparedRebuild | null)[] = jobs.map(() => null);
+    const srcRecords: Buffer[] = [];
+    const tables: Buffer[] = [];
+    const outs: Buffer[] = [];
+    const which: number[] = []; // job index of each kernel stripe
+    for (const [j, { ref, lost }] of jobs.entries()) {
+      if (!ok[j]) continue;
+      const src = sources[j]!;
+      let good = true;
+      for (const i of src) {
+        const rec = records[j]![i]!;
+        if (!this.headerIsShard(ref, i, rec, shardBytes)) {
+          log.warn('pool rebuild: source shard fails verification; another survivor is used', { pool: ref.shards[i]!.pool, chunk: ref.chunkIndex, shard: i, err: 'header' });
+          good = false;
+          break;
+        }
+      }
+      if (!good) {
+        ok[j] = false;
+        continue;
+      }
+      for (const i of src) srcRecords.push(records[j]![i]!);
+      tables.push(lostShardTables(ref.dataShards, ref.parityShards, src, lost));
+      const record = this.takeRecordBuffer(recordBytes);
+      encodeShardHeader(
+        { ownerId: Buffer.from(ref.ownerId, 'hex'), chunkIndex: ref.chunkIndex, stripeGeneration: ref.generation, shardIndex: lost, dataShards: ref.dataShards, parityShards: ref.parityShards },
+        shardBytes,
+        record,
+      );
+      outs.push(record);
+      which.push(j);
+    }
+    if (which.length === 0) return out;
+    const crcOk = new Uint8Array(srcRecords.length);
+    try {
+      await rebuildLostShards(srcRecords, tables, outs, k, shardBytes, crcOk);
+    } catch (err) {
+      this.releaseRecordBuffers(outs);
+      throw err;
+    }
+    which.forEach((j, t) => {
+      const { ref } = jobs[j]!;
+      const bad = sources[j]!.filter((_, x) => crcOk[t * k + x] !== 1);
+      if (bad.length > 0) {
+        // Nothing was decoded from it: the record goes back, the slow path reads every survivor.
+        for (const i of bad) log.warn('pool rebuild: source shard fails its CRC; another survivor is used', { pool: ref.shards[i]!.pool, chunk: ref.chunkIndex, shard: i });
+        this.releaseRecordBuffers([outs[t]!]);
+        return;
+      }
+      out[j] = { bad: [jobs[j]!.lost], records: [outs[t]!], lengthBytes: recordBytes, pooled: [outs[t]!] };
+    });
+    return out;
+  }
+
+  /** Whether `rec` (unverified) heads an uncompressed record of shard `i` of `ref`, `shardBytes` long. */
+  private headerIsShard(ref: StripeRef, i: number, rec: Buffer, shardBytes: number): boolean {
+    try {
+      const h = decodeShardHeader(rec);
+      return (
+        h.compression === 'none' &&
+        h.payloadLengthBytes === shardBytes &&
+        h.uncompressedLengthBytes === shardBytes &&
+        rec.length === SHARD_HEADER_BYTES + shardBytes &&
+        h.shardIndex === i &&
+        h.stripeGeneration === ref.generation &&
+        h.chunkIndex === ref.chunkIndex &&
+        h.dataShards === ref.dataShards &&
+        h.parityShards === ref.parityShards &&
+        h.ownerId.toString('hex') === ref.ownerId
+      );
+    } catch {
+      return false;
+    }
+  }
+
+  /** prepareLostShards' verify + decode in JS (any record format, e.g. LZ4 payloads). */
+  private async decodeLostJs(jobs: readonly LostShardJob[], sources: number[][], records: (Buffer | undefined)[][], ok: boolean[]): Promise<(PreparedRebuild | null)[]> {
+    const shards = jobs.map((job) => new Array<Buffer | undefined>(job.ref.shards.length).fill(undefined));
+    for (const [j, { ref }] of jobs.entries()) {
+      if (!ok[j]) continue;
+      for (const i of sources[j]!) {
+        let shard: Buffer | undefined;
+        try {
+          shard = this.ownShard(ref, i, decodeShardRecord(records[j]![i]!));
+        } catch (err) {
+          log.warn('pool rebuild: source shard fails verification; another survivor is used', { pool: ref.shards[i]!.pool, chunk: ref.chunkIndex, shard: i, err: (err as Error).message });
+        }
+        if (shard === undefined) {
+          ok[j] = false;
+          break;
+        }
+        shards[j]![i] = shard;
+      }
+    }
+    const out: (PreparedRebuild | null)[] = [];
+    for (const [j, { ref, lost }] of jobs.entries()) {
+      if (!ok[j]) {
+        out.push(null);
+        continue;
+      }
+      const recordBytes = SHARD_HEADER_BYTES + ref.stripeSizeBytes / ref.dataShards;
+      const inPlace = this.policy.compression === 'none' && Number.isInteger(recordBytes);
+      const pooled = inPlace ? [this.takeRecordBuffer(recordBytes)] : [];
+      const target = inPlace ? pooled[0]!.subarray(SHARD_HEADER_BYTES) : Buffer.allocUnsafe(ref.stripeSizeBytes / ref.dataShards);
+      const src = sources[j]!;
+      try {
+        await decodeTargets(this.policyOf(ref), src, src.map((i) => shards[j]![i]!), [lost], [target]);
+      } catch (err) {
+        this.releaseRecordBuffers(pooled);
+        throw err;
+      }
+      const record = encodeShardRecord(
+        { ownerId: Buffer.from(ref.ownerId, 'hex'), chunkIndex: ref.chunkIndex, stripeGeneration: ref.generation, shardIndex: lost, dataShards: ref.dataShards, parityShards: ref.parityShards },
+        target,
+        this.policy.compression,
+        pooled[0],
+      );
+      out.push({ bad: [lost], records: [record], lengthBytes: record.length, pooled });
+    }
+    return out;
+  }
+
+  /**
+   * Pool rebuild, write side: appends every prepared record (one shard per
+   * stripe) to `poolName` in one append (one writev), and returns each
+   * stripe's new reference. The records are written, NOT durable: the
+   * caller holds a write session (beginWrite) and flips the index only after
+   * `store.sync()` resolved (the same store: one opened for a directory
+   * replaced meanwhile would sync nothing of these), so a pool rebuild shares one fdatasync among many
+   * groups (like a copy's single fsync at its end) instead of one per group.
+   * The record buffers are recycled on return.
+   */
+  async landLostShards(poolName: string, store: SegmentStore, items: readonly { ref: StripeRef; prepared: PreparedRebuild }[]): Promise<StripeRef[]> {
+    const token = this.beginWrite();
+    try {
+      const pool = this.poolByName(poolName);
+      if (!pool || !pool.isOnline()) throw new NoSuitablePool(`pool ${poolName} is offline`);
+      for (const { ref, prepared } of items) {
+        if (prepared.bad.length !== 1) throw new RangeError('landLostShards: one rebuilt shard per stripe');
+        if (ref.shards.some((s, i) => i !== prepared.bad[0] && s.pool === poolName)) {
+          throw new NoSuitablePool(`pool ${poolName} holds another shard of chunk ${ref.chunkIndex}`);
+        }
+      }
+      const locs = await store.append(
+        items.map((it) => it.prepared.records[0]!),
+        { durable: false },
+      );
+      let bytes = 0;
+      const next = items.map(({ ref, prepared }, t) => {
+        const shards = ref.shards.slice();
+        shards[prepared.bad[0]!] = { pool: poolName, ...locs[t]! };
+        bytes += prepared.lengthBytes;
+        return { ...ref, shards };
+      });
+      pool.usedBytes += bytes;
+      this.counters.shardsRebuilt += items.length;
+      return next;
+    } finally {
+      // append() settled (resolved or rejected): nothing writes the buffers any more.
+      for (const it of items) this.releaseRecordBuffers(it.prepared.pooled);
+      this.endWrite(token);
+    }
+  }
+
+  /**
+   * Whether shard `i` of `ref` is still held by its pool's current store:
+   * its place lies inside a segment of that store and the record there has
+   * this shard's identity (a replaced pool reuses segment numbers). Reads at
+   * most the 64-byte header; the payload is not verified (scrub's job).
+   */
+  async shardPresent(ref: StripeRef, i: number): Promise<boolean> {
+    const s = this.resolve(ref.shards[i]!);
+    const pool = this.poolByName(s.pool);
+    const store = pool !== undefined && pool.isOnline() ? await this.store(pool) : null;
+    if (!store || !store.contains(s)) return false;
+    try {
+      const h = decodeShardHeader(await store.readRun({ segment: s.segment, offsetBytes: s.offsetBytes, lengthBytes: SHARD_HEADER_BYTES }));
+      return h.shardIndex === i && h.stripeGeneration === ref.generation && h.chunkIndex === ref.chunkIndex && h.ownerId.toString('hex') === ref.ownerId && SHARD_HEADER_BYTES + h.payloadLengthBytes === s.lengthBytes;
+    } catch {
+      return false;
+    }
   }
 
   private takeRecordBuffer(recordBytes: number): Buffer {
