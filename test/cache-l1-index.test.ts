@@ -1,24 +1,36 @@
 // Proves the L1 policy's own key -> slot index (open addressing, backward-shift deletion):
 // lookups, updates, deletes and evictions stay exact under churn, also when many keys share
-// one hash (keys that differ only before their last 16 code units hash alike) and while the
-// index doubles.
+// one home position or one full hash, and while the index doubles.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import fc from 'fast-check';
 import { hashKey } from '../src/dataplane/cache/frequency-sketch.js';
 import { S3Lfu } from '../src/dataplane/cache/s3-lfu.js';
 
-// 40 keys of one length whose last 16 code units are equal: one hash for all of them.
-const SUFFIX = '/same-tail-16cu!';
-const colliding = Array.from({ length: 40 }, (_, i) => `c${String(i).padStart(3, '0')}${SUFFIX}`);
+// 40 keys whose hashes share their low 6 bits: one home position in an index of 64 positions
+// (the index's size while it holds at most 32 entries), so they form one long probe run.
+const colliding: string[] = [];
+for (let i = 0; colliding.length < 40; i++) if ((hashKey(`k/${i}`) & 63) === 0) colliding.push(`k/${i}`);
+// Two keys with one full 32-bit hash (a birthday search), so the index must compare keys.
+const sameHash: string[] = (() => {
+  const seen = new Map<number, string>();
+  for (let i = 0; i < 1_000_000; i++) {
+    const k = `h/${i}`;
+    const other = seen.get(hashKey(k));
+    if (other !== undefined) return [other, k];
+    seen.set(hashKey(k), k);
+  }
+  return [];
+})();
 // 200 ordinary keys.
 const ordinary = Array.from({ length: 200 }, (_, i) => `vol/v${i % 7}/${i}`);
-const allKeys = [...colliding, ...ordinary];
+const allKeys = [...colliding, ...sameHash, ...ordinary];
 
-test('keys that differ only before their last 16 code units share one hash (the index must compare keys)', () => {
-  const h = hashKey(colliding[0]!);
-  for (const k of colliding) assert.equal(hashKey(k), h);
-  assert.notEqual(hashKey(ordinary[0]!), hashKey(ordinary[1]!));
+test('the key sets below collide as intended (one home position; one full hash)', () => {
+  for (const k of colliding) assert.equal(hashKey(k) & 63, 0);
+  assert.equal(sameHash.length, 2);
+  assert.notEqual(sameHash[0], sameHash[1]);
+  assert.equal(hashKey(sameHash[0]!), hashKey(sameHash[1]!));
 });
 
 type Op = { kind: 'get' | 'set' | 'delete'; key: number; value: number };
@@ -69,8 +81,8 @@ test('the slot index agrees with a model of what the policy holds, under churn, 
   );
 });
 
-test('the index survives a long churn with every key of one hash (probe runs across the wrap-around)', () => {
-  // 40 colliding keys, cache of 25: every insert evicts, every probe walks the one run.
+test('the index survives a long churn of keys that share one home position, and of two keys of one hash', () => {
+  // 40 keys of one home position plus the same-hash pair, cache of 25: inserts evict, probes walk one run.
   const model = new Map<string, number>();
   const policy = new S3Lfu<string, number>({
     maximumWeight: 25,
@@ -80,7 +92,8 @@ test('the index survives a long churn with every key of one hash (probe runs acr
   let x = 12345;
   for (let i = 0; i < 20_000; i++) {
     x = (Math.imul(x, 1103515245) + 12345) >>> 0;
-    const key = colliding[x % colliding.length]!;
+    const pick = x % (colliding.length + 2);
+    const key = pick < colliding.length ? colliding[pick]! : sameHash[pick - colliding.length]!;
     if (policy.get(key) === undefined) {
       assert.equal(model.has(key), false);
       policy.set(key, i, 1, false);
@@ -95,5 +108,5 @@ test('the index survives a long churn with every key of one hash (probe runs acr
     }
   }
   assert.equal(policy.size, model.size);
-  for (const key of colliding) assert.equal(policy.peek(key), model.get(key));
+  for (const key of [...colliding, ...sameHash]) assert.equal(policy.peek(key), model.get(key));
 });

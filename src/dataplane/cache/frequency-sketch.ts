@@ -5,19 +5,21 @@ export type PolicyKey = string | number;
 
 export type EvictionListener<K, V> = (key: K, value: V, weight: number) => void;
 
-/** FNV-1a over the key's last 16 UTF-16 code units (two per step), finished with a murmur3 avalanche. */
+/** FNV-1a over the key's UTF-16 code units (two per step), finished with a murmur3 avalanche. */
 export function hashKey(key: PolicyKey): number {
   let h: number;
   if (typeof key === 'number') {
     h = (key | 0) ^ Math.floor(key / 4294967296);
   } else {
-    // Keys share long prefixes (`stripe/<owner>/...`) and differ at the end (chunk,
-    // generation, shard place): hash the length and the last 16 code units only, two per
-    // multiply. This runs on every L1 miss; a collision costs sketch/ghost accuracy, never
+    // The whole key, two code units per multiply. This is the L1 index's hash as well as
+    // the sketch's and the ghost's (it runs on every L1 lookup): keys that hashed alike
+    // would share one probe run of the index, so no part of the key is left out (hashing
+    // only the last 16 code units, as before, made every key with a common 16-unit tail
+    // and length collide). A collision costs probe length and sketch accuracy, never
     // correctness.
     const len = key.length;
     h = Math.imul(0x811c9dc5 ^ len, 0x01000193);
-    let i = len > 16 ? len - 16 : 0;
+    let i = 0;
     for (; i + 1 < len; i += 2) h = Math.imul(h ^ (key.charCodeAt(i) | (key.charCodeAt(i + 1) << 16)), 0x01000193);
     if (i < len) h = Math.imul(h ^ key.charCodeAt(i), 0x01000193);
   }
