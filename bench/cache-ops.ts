@@ -1,7 +1,8 @@
 // Get/put throughput and p50/p99 latency per tier: L1 (CacheManager, S3-LFU) beside
 // lru-cache, and L2 (mmap'd file) beside the fallback design: positional fs reads/writes of
 // CRC32C-checked 4 KiB slots in a preallocated file.
-// Ours and the peer alternate round by round in one run (see measure()). 4 KiB values, 10,000 keys.
+// Ours and the peer alternate round by round in one run (see measure()). 4 KiB values, 10,000 keys;
+// one more miss-path row at the daemon's default L1 size (128 MiB, src/config.ts) over 131,072 keys.
 // Run: npx tsc -p tsconfig.json && node dist/bench/cache-ops.js
 import { closeSync, mkdtempSync, openSync, readSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -32,6 +33,21 @@ const order = new Uint32Array(1 << 20);
   }
 }
 const ORDER_MASK = order.length - 1;
+
+// The daemon's default L1 (128 MiB) of 4 KiB blocks, a quarter of the keys fitting, as above.
+const LARGE_L1_BYTES = 128 * 1024 * 1024;
+const LARGE_KEY_COUNT = 131_072;
+const largeKeys = Array.from({ length: LARGE_KEY_COUNT }, (_, i) => `vol/bench/${i}`);
+const largeOrder = new Uint32Array(1 << 20);
+{
+  let x = 0x2545f491;
+  for (let i = 0; i < largeOrder.length; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    largeOrder[i] = (x >>> 0) % LARGE_KEY_COUNT;
+  }
+}
 
 interface Figure {
   opsPerSec: number;
@@ -175,6 +191,26 @@ try {
     ),
   );
   await cmSmall.close();
+
+  // ---- The same at the daemon's default L1 size: 128 MiB, ~31,000 entries of 131,072 keys.
+  const cmLarge = new CacheManager({ l1CapacityBytes: LARGE_L1_BYTES, l2: undefined });
+  await cmLarge.open();
+  const lruLarge = new LRUCache<string, Buffer>({ maxSize: LARGE_L1_BYTES, sizeCalculation: (v) => v.length + 200 });
+  report(
+    'L1 get+put-on-miss, 128 MiB (~24% fits)',
+    'lru-cache',
+    measure(
+      (i) => {
+      const k = largeKeys[largeOrder[i & ORDER_MASK]!]!;
+      if (cmLarge.getCached(k) === undefined) cmLarge.put(k, values[i & 63]!);
+    },
+      (i) => {
+      const k = largeKeys[largeOrder[i & ORDER_MASK]!]!;
+      if (lruLarge.get(k) === undefined) lruLarge.set(k, values[i & 63]!);
+    },
+    ),
+  );
+  await cmLarge.close();
 
   // ---- L2: the mmap'd ring file beside pread/pwrite of 4 KiB slots in a preallocated file.
   const l2Bytes = 2 * KEY_COUNT * (VALUE_BYTES + 512) + (1 << 20);
