@@ -45,6 +45,11 @@ export const enum ChunkState {
 
 export interface ChunkEntry {
   state: ChunkState;
+  /**
+   * Pool whose volume file holds the chunk when Allocated: usually the
+   * volume's poolName, another hot/warm pool while (or after an interrupted)
+   * move between pools. '' for Cold chunks.
+   */
   pool: string;
   stripe?: StripeRef;
   /** Highest journal sequence merged into this chunk's stripe (replay skips older records). */

@@ -178,14 +178,41 @@ export class VolumeManager {
     if (cached) return cached;
     const rec = this.meta.volumes.get(name);
     if (!rec) throw new NotFound(`no volume named ${name}`);
-    const pool = this.poolByName(rec.poolName);
-    pool.ensureDirs();
-    const fd = fs.openSync(pool.volumeFile(rec.id), fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
     const states = new Uint8Array(Volume.chunkCount(rec.sizeBytes, rec.chunkSizeBytes));
-    const vol = new Volume(rec, pool, fd, this.meta, states, this.cold);
-    for (const { chunkIndex, entry } of this.meta.volumeChunks(rec.id)) {
+    const chunkFile = new Uint8Array(states.length);
+    // The placement pool's file first, then every other pool's file an
+    // Allocated chunk is in (a hot <-> warm move interrupted by a crash or
+    // an abort leaves chunks on both sides).
+    const filePools = [this.poolByName(rec.poolName)];
+    const entries = [...this.meta.volumeChunks(rec.id)];
+    for (const { chunkIndex, entry } of entries) {
       if (chunkIndex >= states.length) continue;
       states[chunkIndex] = entry.state;
+      if (entry.state !== ChunkState.Allocated) continue;
+      let i = filePools.findIndex((p) => p.name === entry.pool);
+      if (i < 0) {
+        filePools.push(this.poolByName(entry.pool));
+        i = filePools.length - 1;
+      }
+      chunkFile[chunkIndex] = i;
+    }
+    const files: { pool: Pool; fd: number }[] = [];
+    try {
+      for (const pool of filePools) {
+        pool.ensureDirs();
+        files.push({ pool, fd: fs.openSync(pool.volumeFile(rec.id), fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600) });
+      }
+    } catch (err) {
+      for (const f of files) fs.closeSync(f.fd);
+      throw err;
+    }
+    if (files.length > 1) {
+      // The control loop sees the volume's tier only: say how to finish.
+      log.warn('volume has chunks on more than one pool (a hot <-> warm move was interrupted); `couchestor volumes migrate` to its tier finishes it', { volume: rec.name, tier: rec.tier, pools: files.map((f) => f.pool.name).join(',') });
+    }
+    const vol = new Volume(rec, files, this.meta, states, chunkFile, this.cold);
+    for (const { chunkIndex, entry } of entries) {
+      if (chunkIndex >= states.length) continue;
       if (entry.state === ChunkState.Cold && entry.stripe) vol.stripes.set(chunkIndex, entry.stripe);
       if (entry.preserved) vol.preserved.set(chunkIndex, entry.preserved);
     }
@@ -217,7 +244,19 @@ export class VolumeManager {
    */
   async releasePreserved(name: string): Promise<{ volume: string; stripesFreed: number; fileReleased: boolean }> {
     const vol = this.openVolume(name);
-    return { volume: name, ...(await vol.releasePreserved()) };
+    const r = await vol.releasePreserved();
+    // Files a preserving hot <-> warm move kept: those of pools the volume
+    // has no chunk in (not open).
+    let filesRemoved = 0;
+    const open = new Set([vol.pool.name, ...vol.poolsInUse().map((p) => p.name)]);
+    for (const p of this.pools.values()) {
+      if (p.rec.tier === 'cold' || open.has(p.name)) continue;
+      const file = p.volumeFile(vol.rec.id);
+      if (!fs.existsSync(file)) continue;
+      fs.rmSync(file, { force: true });
+      filesRemoved++;
+    }
+    return { volume: name, ...r, fileReleased: r.fileReleased || filesRemoved > 0 };
   }
 
   async deleteVolume(name: string): Promise<void> {
@@ -226,11 +265,12 @@ export class VolumeManager {
     const vol = this.open.get(name);
     this.open.delete(name);
     if (vol) await vol.close();
-    let allocated = 0;
+    // Allocated chunks per pool: a volume may have chunks in two pools' files.
+    const allocated = new Map<string, number>();
     // Stripes from the index, not vol.stripes: a volume not open has them too.
     const stripes: StripeRef[] = [];
     for (const { entry } of this.meta.volumeChunks(rec.id)) {
-      if (entry.state === ChunkState.Allocated) allocated++;
+      if (entry.state === ChunkState.Allocated) allocated.set(entry.pool, (allocated.get(entry.pool) ?? 0) + 1);
       else if (entry.state === ChunkState.Cold && entry.stripe) stripes.push(entry.stripe);
       // Old copies kept by a preserving migration go with the volume.
       if (entry.preserved) stripes.push(entry.preserved);
@@ -240,9 +280,9 @@ export class VolumeManager {
     await this.meta.deleteVolume(rec);
     this.cold?.journal.dropVolume(rec.id);
     for (const ref of stripes) this.cold?.stripes.free(ref);
-    this.pools.get(rec.poolName)?.release(allocated * rec.chunkSizeBytes);
-    const pool = this.pools.get(rec.poolName);
-    if (pool) fs.rmSync(pool.volumeFile(rec.id), { force: true });
+    for (const [pool, n] of allocated) this.pools.get(pool)?.release(n * rec.chunkSizeBytes);
+    // Every pool's file: chunks of an interrupted move, or one kept by preservation mode.
+    for (const pool of this.pools.values()) if (pool.rec.tier !== 'cold') fs.rmSync(pool.volumeFile(rec.id), { force: true });
   }
 
   async close(): Promise<void> {

@@ -1,11 +1,16 @@
 // Online migration of one volume between tiers, chunk by chunk:
 // ANALYZE -> COPY -> VERIFY -> SWITCH (one index transaction per chunk) ->
 // RELEASE. The volume serves I/O throughout: once the tier flips, new writes
-// follow it (journal for cold, file for hot), so a chunk written during the
-// copy is carried along by the same mechanism. A failure before a chunk's
-// SWITCH leaves that chunk on its old copy; the volume's tier is reverted.
+// follow it (journal for cold, the target pool's file for hot/warm), so a
+// chunk written during the copy is carried along by the same mechanism. A
+// failure before a chunk's SWITCH leaves that chunk on its old copy; the
+// volume's tier is reverted. Hot <-> warm (and cold -> warm) moves copy each
+// chunk into the target pool's file the way cold -> hot promotes: writes to
+// a chunk wait while it is copied, the index flips per chunk, and RELEASE
+// deletes the old pool's file once no chunk is left in it.
 import { InvalidArgument, NoSuitablePool, VolumeFailed } from '../errors.js';
-import { ChunkState, type Tier } from '../meta/store.js';
+import type { Tier } from '../meta/store.js';
+import type { Pool } from '../pools/pool.js';
 import type { VolumeManager } from './manager.js';
 import type { Volume } from './volume.js';
 
@@ -15,6 +20,8 @@ export interface MigrationProgress {
   volume: string;
   from: Tier;
   to: Tier;
+  /** Pool whose file receives the chunks (hot/warm targets). */
+  toPool?: string;
   phase: MigrationPhase;
   chunksTotal: number;
   chunksDone: number;
@@ -59,6 +66,18 @@ export class MigrationAborted extends Error {
 
 /** Why a move to `to` cannot start now, or null when it can. */
 export function analyzeMigration(manager: VolumeManager, vol: Volume, to: Tier): string | null {
+  const r = planMigration(manager, vol, to);
+  return typeof r === 'string' ? r : null;
+}
+
+/**
+ * ANALYZE: the pool whose file a move to hot/warm fills (null for cold), or
+ * why the move cannot start. The volume's current pool is kept when it is of
+ * the target tier, online and has room (cold -> hot promotes in place);
+ * otherwise the online pool of that tier with the most free space that fits
+ * every chunk to copy.
+ */
+export function planMigration(manager: VolumeManager, vol: Volume, to: Tier): { pool: Pool | null } | string {
   if (vol.failed) return `volume is offline: ${vol.failed.message}`;
   if (to === 'cold') {
     const cold = manager.cold;
@@ -67,15 +86,33 @@ export function analyzeMigration(manager: VolumeManager, vol: Volume, to: Tier):
     const need = cold.policy.dataShards + cold.policy.parityShards;
     const online = [...manager.pools.values()].filter((p) => p.rec.tier === 'cold' && p.isOnline()).length;
     if (online < need) return `needs ${need} online cold pools, ${online} online`;
-    return null;
+    return { pool: null };
   }
-  // Hot and warm data live in the volume's file on its pool.
-  if (vol.pool.rec.tier !== to) return `volume file is on ${vol.pool.rec.tier} pool ${vol.pool.name}; moving files between hot and warm pools is not supported yet`;
-  if (!vol.pool.isOnline()) return `pool ${vol.pool.name} is offline`;
-  const needBytes = vol.chunksOffFile().length * vol.rec.chunkSizeBytes;
-  if (vol.pool.freeBytes() < needBytes) return `pool ${vol.pool.name} has ${vol.pool.freeBytes()} bytes free, needs ${needBytes}`;
-  return null;
+  // Hot and warm data live in a file on a pool of that tier.
+  const cs = vol.rec.chunkSizeBytes;
+  const cur = vol.pool;
+  if (cur.rec.tier === to && cur.isOnline()) {
+    const needBytes = vol.chunksOffFile().length * cs;
+    if (cur.freeBytes() >= needBytes) return { pool: cur };
+  }
+  // Every chunk with data moves into the new pool's file (Allocated ones
+  // already there, after an interrupted move, need no room).
+  const candidates = [...manager.pools.values()].filter((p) => p.rec.tier === to);
+  if (candidates.length === 0) return `no pool with tier=${to}`;
+  const online = candidates.filter((p) => p.isOnline());
+  if (online.length === 0) return `no online pool with tier=${to} (${candidates.map((p) => p.name).join(', ')} offline)`;
+  let best: Pool | null = null;
+  for (const p of online) {
+    if (p.freeBytes() < vol.chunksNotIn(p) * cs) continue;
+    if (!best || p.freeBytes() > best.freeBytes()) best = p;
+  }
+  if (!best) {
+    const largest = online.reduce((a, b) => (b.freeBytes() > a.freeBytes() ? b : a));
+    return `no pool with tier=${to} has room: ${largest.name} has ${largest.freeBytes()} bytes free, needs ${vol.chunksNotIn(largest) * cs}`;
+  }
+  return { pool: best };
 }
+
 
 export async function migrateVolume(manager: VolumeManager, name: string, to: Tier, opts: MigrateOptions): Promise<MigrationProgress> {
   const vol = manager.openVolume(name);
@@ -83,15 +120,22 @@ export async function migrateVolume(manager: VolumeManager, name: string, to: Ti
   const progress: MigrationProgress = { volume: name, from, to, phase: 'Analyze', chunksTotal: 0, chunksDone: 0, bytesCopied: 0, startedMs: Date.now() };
   const report = () => opts.onProgress?.({ ...progress });
   report();
-  if (from === to) throw new InvalidArgument(`volume ${name} is already ${to}`);
-  const why = analyzeMigration(manager, vol, to);
-  if (why) throw new NoSuitablePool(`cannot migrate ${name} to ${to}: ${why}`);
+  // Same tier is allowed only to finish a hot <-> warm move that a crash
+  // interrupted (the record already names the target; chunks are left on
+  // the old pool).
+  if (from === to && (to === 'cold' || vol.chunksOffFile().length === 0)) throw new InvalidArgument(`volume ${name} is already ${to}`);
+  const plan = planMigration(manager, vol, to);
+  if (typeof plan === 'string') throw new NoSuitablePool(`cannot migrate ${name} to ${to}: ${plan}`);
+  const fromPool = vol.pool;
+  if (plan.pool) progress.toPool = plan.pool.name;
 
   progress.phase = 'Copy';
   // Preservation mode for cold -> hot: every SWITCH while this runs (the
   // copy's, and a client write's promote) keeps the chunk's old stripe.
   if (to !== 'cold' && opts.preserve) vol.preserveOnSwitch = true;
-  await vol.setTier(to);
+  // To hot/warm: new chunks are allocated in the target pool's file from
+  // here on, and every chunk elsewhere is copied there.
+  await vol.setTier(to, plan.pool ?? undefined);
   // New writes now follow the target tier; ones already on the file path
   // must land before their chunks are copied.
   if (to === 'cold') await vol.drainFileMutations();
@@ -112,7 +156,7 @@ export async function migrateVolume(manager: VolumeManager, name: string, to: Ti
           // made. Promoting it again would re-copy the whole chunk from the
           // file onto itself: a read-modify-write that loses any write
           // landing in the file meanwhile (found by test/migration-under-writes).
-          if (to !== 'cold' && !offFile(manager, vol, c)) continue;
+          if (to !== 'cold' && !vol.offPlacement(c)) continue;
           // COPY + VERIFY + SWITCH for one chunk.
           if (to === 'cold') await vol.destageChunk(c, true);
           else await vol.ensurePromoted(c, true);
@@ -128,11 +172,14 @@ export async function migrateVolume(manager: VolumeManager, name: string, to: Ti
     progress.phase = 'Release';
     report();
     if (to === 'cold' && !opts.preserve) await vol.releaseFile();
+    // The old pool's file holds no chunk now: delete it (preservation mode
+    // keeps it on disk until `volumes release`).
+    if (to !== 'cold') await vol.releaseOtherFiles(opts.preserve);
     progress.phase = 'Done';
   } catch (err) {
     // Chunks already switched stay readable where they are; new writes go
     // back to the old tier's path.
-    await vol.setTier(from).catch(() => undefined);
+    await vol.setTier(from, fromPool).catch(() => undefined);
     progress.phase = err instanceof MigrationAborted ? 'Aborted' : 'Failed';
     progress.error = (err as Error).message;
     progress.finishedMs = Date.now();
@@ -144,11 +191,6 @@ export async function migrateVolume(manager: VolumeManager, name: string, to: Ti
   progress.finishedMs = Date.now();
   report();
   return progress;
-}
-
-/** Chunk c's bytes are (partly) on a stripe or in the journal, not only in the file. */
-function offFile(manager: VolumeManager, vol: Volume, c: number): boolean {
-  return vol.chunkState[c] === ChunkState.Cold || manager.cold?.journal.extents(vol.rec.id, c) !== undefined;
 }
 
 function journaledChunks(manager: VolumeManager, vol: Volume): number[] {

@@ -1,7 +1,9 @@
 // One open volume: the hot path for block I/O on hot/warm data. Data lives in
-// one sparse file per volume on its pool (chunk i at offset i * chunkSize);
-// the chunk map in LMDB records which chunks hold data. All connections to a
-// volume share this object, so a FLUSH on one covers writes completed on all.
+// a sparse file per volume on its pool (chunk i at offset i * chunkSize); the
+// chunk map in LMDB records which chunks hold data and on which pool's file
+// (a volume between hot and warm pools has chunks in two files). All
+// connections to a volume share this object, so a FLUSH on one covers writes
+// completed on all.
 import fs from 'node:fs';
 import { crc32c } from '@node-rs/crc32';
 import { InvalidArgument, OutOfRange, ReadOnly, VolumeFailed } from '../errors.js';
@@ -32,6 +34,19 @@ export interface VolumeCounters {
   writeBytes: number;
 }
 
+/** One data file of the volume (volumes/<id>.dat on a hot or warm pool). */
+interface VolumeFile {
+  pool: Pool;
+  fd: number;
+}
+
+/**
+ * Data files a volume may have open at once: its placement pool's, plus the
+ * ones an interrupted hot <-> warm move left chunks in. Bounds `files` and
+ * keeps a file index in a byte (chunkFile).
+ */
+export const MAX_VOLUME_FILES = 16;
+
 export const STATE_HOLE = 1;
 export const STATE_ZERO = 2;
 
@@ -52,6 +67,22 @@ export class Volume {
   private readonly preparing = new Map<number, Promise<void>>();
   private metaDirty = false;
   private readonly commit = new GroupCommit(() => this.syncOnce());
+  /**
+   * Open data files; files[allocIdx] is the placement pool's (rec.poolName),
+   * where new chunks are allocated and migrations to hot/warm copy to.
+   */
+  private files: VolumeFile[];
+  private allocIdx = 0;
+  /** Index into `files` of the file holding each Allocated chunk. */
+  private chunkFile: Uint8Array;
+  /**
+   * File writes in flight per chunk, from issue to completion: a chunk copy
+   * (promote, hot <-> warm move) waits for them, since a write that passed
+   * allocate() before the copy registered does not wait for the copy.
+   */
+  private chunkWrites: Int32Array;
+  /** Copies waiting for a chunk's writes in flight to land (at most one list per chunk). */
+  private readonly chunkWritesDrained = new Map<number, (() => void)[]>();
   private readonly chunkShift: number;
   /** Stripe of every chunk in state Cold. */
   readonly stripes = new Map<number, StripeRef>();
@@ -75,21 +106,47 @@ export class Volume {
   private fileReads = 0;
   private fileReadsDrained: (() => void) | null = null;
 
+  /**
+   * `files[0]` is the placement pool's file (rec.poolName); `chunkFile` indexes `files` for
+   * every Allocated chunk (chunks in another pool's file after an interrupted
+   * hot <-> warm move).
+   */
   constructor(
     public rec: VolumeRecord,
-    readonly pool: Pool,
-    private readonly fd: number,
+    files: VolumeFile[],
     private readonly meta: MetaStore,
     chunkState: Uint8Array,
+    chunkFile: Uint8Array,
     private readonly cold: ColdTier | null,
   ) {
+    if (files.length === 0 || files.length > MAX_VOLUME_FILES || files[0]!.pool.name !== rec.poolName) throw new InvalidArgument(`volume ${rec.name}: bad file set`);
+    this.files = files;
     this.chunkState = chunkState;
+    this.chunkFile = chunkFile;
+    this.chunkWrites = new Int32Array(chunkState.length);
     this.chunkShift = Math.log2(rec.chunkSizeBytes);
     if (!Number.isInteger(this.chunkShift)) throw new InvalidArgument('chunk size must be a power of two');
   }
 
   get name(): string {
     return this.rec.name;
+  }
+
+  /** The placement pool: new chunks go to its file, and migrations to hot/warm copy there. */
+  get pool(): Pool {
+    return this.files[this.allocIdx]!.pool;
+  }
+
+  /** Pools whose file holds at least one Allocated chunk (more than one while a hot <-> warm move is under way or was interrupted). */
+  poolsInUse(): Pool[] {
+    const used = new Set<number>();
+    for (let c = 0; c < this.chunkState.length; c++) if (this.chunkState[c] === ChunkState.Allocated) used.add(this.chunkFile[c]!);
+    return [...used].map((i) => this.files[i]!.pool);
+  }
+
+  /** Pool whose file holds Allocated chunk c. */
+  chunkPool(c: number): Pool {
+    return this.files[this.chunkFile[c]!]!.pool;
   }
 
   get sizeBytes(): number {
@@ -176,21 +233,101 @@ export class Volume {
     if (--this.ops === 0) for (const w of this.opsDrained.splice(0)) w();
   }
 
-  /** Persists a new tier for the volume at a quiesce point (see the gate above). */
-  async setTier(tier: VolumeRecord['tier']): Promise<void> {
+  /**
+   * Persists a new tier for the volume at a quiesce point (see the gate
+   * above). With `placement` (a hot or warm pool), new chunks are allocated
+   * in that pool's file from now on and a migration copies chunks there; its
+   * file is created (or, when no chunk is in it, emptied of what an earlier
+   * move left) and its directory entry made durable first.
+   */
+  async setTier(tier: VolumeRecord['tier'], placement?: Pool): Promise<void> {
+    await this.quiesced(async () => {
+      let idx = this.allocIdx;
+      if (placement && placement.name !== this.pool.name) idx = await this.openFile(placement);
+      this.rec = { ...this.rec, tier, poolName: this.files[idx]!.pool.name };
+      this.allocIdx = idx;
+      await this.meta.volumes.put(this.rec.name, this.rec);
+      await this.meta.durable();
+    });
+  }
+
+  /** Runs fn with no request, chunk copy or destage in flight, and new requests held at the gate. */
+  private async quiesced<T>(fn: () => Promise<T>): Promise<T> {
     while (this.gate) await this.gate;
     let open!: () => void;
     this.gate = new Promise<void>((r) => (open = r));
     try {
       if (this.ops > 0) await new Promise<void>((r) => this.opsDrained.push(r));
       await Promise.allSettled([...this.preparing.values(), ...this.destaging.values()]);
-      this.rec = { ...this.rec, tier };
-      await this.meta.volumes.put(this.rec.name, this.rec);
-      await this.meta.durable();
+      return await fn();
     } finally {
       this.gate = null;
       open();
     }
+  }
+
+  /** Index in `files` of pool's file, opening it if needed (see setTier). */
+  private async openFile(pool: Pool): Promise<number> {
+    const have = this.files.findIndex((f) => f.pool.name === pool.name);
+    if (have >= 0) return have;
+    if (this.files.length >= MAX_VOLUME_FILES) throw new InvalidArgument(`volume ${this.name} already has ${this.files.length} data files open`);
+    pool.ensureDirs();
+    // Not open = no chunk is in it: whatever it holds (a file kept by
+    // preservation mode, or left by a crash before RELEASE) is stale, and a
+    // partial write to a fresh chunk must find zeros around it.
+    const fd = fs.openSync(pool.volumeFile(this.rec.id), fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_TRUNC, 0o600);
+    try {
+      // The file's name must survive a crash before the first chunk lands in it.
+      const dir = fs.openSync(pool.volumesDir, fs.constants.O_RDONLY);
+      try {
+        await new Promise<void>((resolve, reject) => fs.fsync(dir, (err) => (err ? reject(err) : resolve())));
+      } finally {
+        fs.closeSync(dir);
+      }
+    } catch (err) {
+      fs.closeSync(fd);
+      throw err;
+    }
+    this.files.push({ pool, fd });
+    return this.files.length - 1;
+  }
+
+  /**
+   * RELEASE after a move between hot/warm pools (or to cold): closes every
+   * data file, other than the placement pool's, that no chunk is in any more,
+   * and unless `keep` (preservation mode) deletes it. At a quiesce point, so
+   * no read or copy is using the file. Returns the pools whose files were
+   * closed.
+   */
+  async releaseOtherFiles(keep: boolean): Promise<Pool[]> {
+    return this.quiesced(async () => {
+      const used = new Set<number>();
+      for (let c = 0; c < this.chunkState.length; c++) if (this.chunkState[c] === ChunkState.Allocated) used.add(this.chunkFile[c]!);
+      const keepIdx = this.files.map((_, i) => i === this.allocIdx || used.has(i));
+      if (keepIdx.every(Boolean)) return [];
+      const remap = new Uint8Array(this.files.length);
+      const next: VolumeFile[] = [];
+      const dropped: VolumeFile[] = [];
+      this.files.forEach((f, i) => {
+        if (keepIdx[i]) {
+          remap[i] = next.length;
+          next.push(f);
+        } else dropped.push(f);
+      });
+      // Only non-Allocated chunks can point at a dropped file; their index is never used.
+      for (let c = 0; c < this.chunkFile.length; c++) this.chunkFile[c] = remap[this.chunkFile[c]!]!;
+      this.allocIdx = remap[this.allocIdx]!;
+      this.files = next;
+      // A FLUSH is not held at the gate: let any fdatasync that took the old
+      // file list finish before its descriptors close (the next sync takes
+      // the new list).
+      await this.commit.run().catch(() => undefined);
+      for (const f of dropped) {
+        await new Promise<void>((resolve) => fs.close(f.fd, () => resolve()));
+        if (!keep) fs.rmSync(f.pool.volumeFile(this.rec.id), { force: true });
+      }
+      return dropped.map((f) => f.pool);
+    });
   }
 
   /** Reads [offset, offset+length) into dst[0..length). */
@@ -199,12 +336,12 @@ export class Volume {
     if (bad) return cb(bad);
     this.counters.readOps++;
     this.counters.readBytes += lengthBytes;
-    if (this.stripes.size > 0 || (this.cold && this.cold.journal.hasVolume(this.rec.id))) {
+    if (this.files.length > 1 || this.stripes.size > 0 || (this.cold && this.cold.journal.hasVolume(this.rec.id))) {
       this.readMixed(offsetBytes, lengthBytes, dst, dstOffset).then(() => cb(null), cb);
       return;
     }
     this.fileReads++;
-    fs.read(this.fd, dst, dstOffset, lengthBytes, offsetBytes, (err, n) => {
+    fs.read(this.files[0]!.fd, dst, dstOffset, lengthBytes, offsetBytes, (err, n) => {
       this.fileReadDone();
       if (err) return cb(err);
       if (n < lengthBytes) dst.fill(0, dstOffset + n, dstOffset + lengthBytes);
@@ -220,13 +357,13 @@ export class Volume {
    * journal overlays, a failed or closed volume); throws what readSync throws.
    */
   readSync(offsetBytes: number, lengthBytes: number, dst: Buffer, dstOffset: number): boolean {
-    if (this.gate || this.usable(false) || this.stripes.size > 0 || (this.cold && this.cold.journal.hasVolume(this.rec.id))) return false;
+    if (this.gate || this.usable(false) || this.files.length > 1 || this.stripes.size > 0 || (this.cold && this.cold.journal.hasVolume(this.rec.id))) return false;
     this.counters.readOps++;
     this.counters.readBytes += lengthBytes;
     this.fileReads++;
     let n: number;
     try {
-      n = fs.readSync(this.fd, dst, dstOffset, lengthBytes, offsetBytes);
+      n = fs.readSync(this.files[0]!.fd, dst, dstOffset, lengthBytes, offsetBytes);
     } finally {
       this.fileReadDone();
     }
@@ -264,6 +401,7 @@ export class Volume {
     const extents = this.cold?.journal.extents(this.rec.id, c)?.slice();
     const st = this.chunkState[c];
     const ref = this.stripes.get(c);
+    const file = this.files[this.chunkFile[c]!]!;
     const chunkStart = c * this.rec.chunkSizeBytes;
     if (st === ChunkState.Cold && ref) {
       const data = await this.cold!.stripes.readStripe(ref, { volumeId: this.rec.id, chunkIndex: c });
@@ -274,7 +412,7 @@ export class Volume {
     } else if (st === ChunkState.Allocated) {
       this.fileReads++;
       try {
-        await readAll(this.fd, dst, at, end - start, start);
+        await readAll(file.fd, dst, at, end - start, start);
       } finally {
         this.fileReadDone();
       }
@@ -314,11 +452,21 @@ export class Volume {
       this.fileMutationDone();
       cb(err);
     };
+    this.writeFile(offsetBytes, data, fua, done);
+  }
+
+  /**
+   * allocate(), again after every wait, until nothing is pending, then the
+   * pwrite in the same turn: a chunk copy (promote, hot <-> warm move) that
+   * registered while this write waited is waited for too, and each chunk's
+   * file is the one it is in when the write is issued.
+   */
+  private writeFile(offsetBytes: number, data: Buffer, fua: boolean, cb: DoneCb): void {
     const ready = this.allocate(offsetBytes, data.length);
-    if (ready === null) return this.pwrite(offsetBytes, data, fua, done);
+    if (ready === null) return this.pwrite(offsetBytes, data, fua, cb);
     ready.then(
-      () => this.pwrite(offsetBytes, data, fua, done),
-      (err: Error) => done(err),
+      () => this.writeFile(offsetBytes, data, fua, cb),
+      (err: Error) => cb(err),
     );
   }
 
@@ -330,12 +478,12 @@ export class Volume {
    * what writeSync throws. Counted as a file mutation like write().
    */
   writeSync(offsetBytes: number, data: Buffer): boolean {
-    if (this.gate || this.usable(true) || this.rec.tier === 'cold' || !this.allocatedInFile(offsetBytes, data.length)) return false;
+    if (this.gate || this.usable(true) || this.rec.tier === 'cold' || this.files.length > 1 || !this.allocatedInFile(offsetBytes, data.length)) return false;
     this.counters.writeOps++;
     this.counters.writeBytes += data.length;
     this.fileMutations++;
     try {
-      const n = fs.writeSync(this.fd, data, 0, data.length, offsetBytes);
+      const n = fs.writeSync(this.files[0]!.fd, data, 0, data.length, offsetBytes);
       if (n !== data.length) throw new Error(`short write: ${n} of ${data.length} bytes`);
     } finally {
       this.fileMutationDone();
@@ -396,12 +544,61 @@ export class Volume {
     if (fua) await this.flush();
   }
 
+  /**
+   * Writes data into the file(s) holding its chunks; counted in chunkWrites
+   * from issue to completion. Called in the turn allocate() returned null.
+   */
   private pwrite(offsetBytes: number, data: Buffer, fua: boolean, cb: DoneCb): void {
-    fs.write(this.fd, data, 0, data.length, offsetBytes, (err, n) => {
-      if (err) return cb(err);
-      if (n !== data.length) return cb(new Error(`short write: ${n} of ${data.length} bytes`));
+    const cs = this.rec.chunkSizeBytes;
+    const first = Math.floor(offsetBytes / cs);
+    const last = Math.floor((offsetBytes + data.length - 1) / cs);
+    for (let c = first; c <= last; c++) this.chunkWrites[c]!++;
+    const landed = () => {
+      for (let c = first; c <= last; c++) if (--this.chunkWrites[c]! === 0) this.chunkWritesIdleNow(c);
+    };
+    const fileIdx = this.chunkFile[first]!;
+    let oneFile = true;
+    for (let c = first + 1; c <= last; c++) if (this.chunkFile[c] !== fileIdx) oneFile = false;
+    if (oneFile) {
+      fs.write(this.files[fileIdx]!.fd, data, 0, data.length, offsetBytes, (err, n) => {
+        landed();
+        if (err) return cb(err);
+        if (n !== data.length) return cb(new Error(`short write: ${n} of ${data.length} bytes`));
+        if (!fua) return cb(null);
+        this.flush().then(() => cb(null), cb);
+      });
+      return;
+    }
+    // Chunks in different files (during or after an interrupted hot <-> warm move): one write per chunk.
+    const pieces: Promise<void>[] = [];
+    for (let c = first; c <= last; c++) {
+      const s = Math.max(offsetBytes, c * cs);
+      const e = Math.min(offsetBytes + data.length, (c + 1) * cs);
+      pieces.push(writeAll(this.files[this.chunkFile[c]!]!.fd, data.subarray(s - offsetBytes, e - offsetBytes), s));
+    }
+    Promise.allSettled(pieces).then((rs) => {
+      landed();
+      const bad = rs.find((r) => r.status === 'rejected');
+      if (bad) return cb((bad as PromiseRejectedResult).reason as Error);
       if (!fua) return cb(null);
       this.flush().then(() => cb(null), cb);
+    });
+  }
+
+  private chunkWritesIdleNow(c: number): void {
+    const waiters = this.chunkWritesDrained.get(c);
+    if (!waiters) return;
+    this.chunkWritesDrained.delete(c);
+    for (const w of waiters) w();
+  }
+
+  /** Resolves once no file write to chunk c is in flight. */
+  private chunkWritesIdle(c: number): Promise<void> | null {
+    if (this.chunkWrites[c] === 0) return null;
+    return new Promise((r) => {
+      const list = this.chunkWritesDrained.get(c);
+      if (list) list.push(r);
+      else this.chunkWritesDrained.set(c, [r]);
     });
   }
 
@@ -441,17 +638,19 @@ export class Volume {
         // The region still holds old bytes; zero what this write won't cover
         // before the chunk becomes readable as data again.
         const chunkStart = c * cs;
+        const fileIdx = this.allocIdx;
+        const file = this.files[fileIdx]!;
         // The zeros must be durable before the index calls the chunk data,
         // or a power cut could bring back bytes a flushed trim removed.
-        const p = this.zeroRegion(chunkStart, cs, offsetBytes, lengthBytes)
-          .then(() => fdatasync(this.fd))
+        const p = this.zeroRegion(file.fd, chunkStart, cs, offsetBytes, lengthBytes)
+          .then(() => fdatasync(file.fd))
           .then(() => {
             this.preparing.delete(c);
-            this.setChunk(c, ChunkState.Allocated);
+            this.setChunk(c, ChunkState.Allocated, 0, fileIdx);
           });
         p.catch(() => {
           this.preparing.delete(c);
-          this.pool.release(cs);
+          file.pool.release(cs);
         });
         this.preparing.set(c, p);
         (waits ??= []).push(p);
@@ -463,14 +662,14 @@ export class Volume {
   }
 
   /** Writes zeros over [chunkStart, chunkStart+cs) minus [skipStart, skipStart+skipLen). */
-  private async zeroRegion(chunkStart: number, cs: number, skipStart: number, skipLen: number): Promise<void> {
+  private async zeroRegion(fd: number, chunkStart: number, cs: number, skipStart: number, skipLen: number): Promise<void> {
     const chunkEnd = chunkStart + cs;
     const skipEnd = skipStart + skipLen;
     const pieces: [number, number][] = [];
     if (skipStart > chunkStart) pieces.push([chunkStart, Math.min(skipStart, chunkEnd)]);
     if (skipEnd < chunkEnd) pieces.push([Math.max(skipEnd, chunkStart), chunkEnd]);
     for (const [s, e] of pieces) {
-      if (e > s) await writeAll(this.fd, zeros(e - s), s);
+      if (e > s) await writeAll(fd, zeros(e - s), s);
     }
   }
 
@@ -480,8 +679,9 @@ export class Volume {
    * highest such seq as destagedSeq so a replay after a crash skips them:
    * replayed, they would land on top of newer bytes in the file.
    */
-  private setChunk(c: number, state: ChunkState, absorbedSeq = 0): void {
+  private setChunk(c: number, state: ChunkState, absorbedSeq = 0, fileIdx = this.allocIdx): void {
     this.chunkState[c] = state;
+    this.chunkFile[c] = fileIdx;
     this.metaDirty = true;
     const old = this.stripes.get(c);
     this.stripes.delete(c);
@@ -501,7 +701,7 @@ export class Volume {
     else {
       void this.meta.chunks.put([this.rec.id, c], {
         state,
-        pool: this.pool.name,
+        pool: this.files[fileIdx]!.pool.name,
         ...(destagedSeq > 0 ? { destagedSeq } : {}),
         ...(lastGeneration > 0 ? { lastGeneration } : {}),
         ...(preserved ? { preserved } : {}),
@@ -522,46 +722,89 @@ export class Volume {
     return p;
   }
 
+  /**
+   * COPY + VERIFY + SWITCH of chunk c into the placement pool's file: from a
+   * stripe and/or journal records (cold -> hot/warm), or from another pool's
+   * file (hot <-> warm). Runs registered in `preparing`, so writes to the
+   * chunk wait for it; the source stays authoritative until the SWITCH.
+   */
   private async promote(c: number, verify: boolean): Promise<void> {
     await this.destaging.get(c)?.catch(() => undefined);
+    // Writes issued before this copy registered (they passed allocate())
+    // must land in the source before it is read: they do not wait for us.
+    await this.chunkWritesIdle(c);
     const cs = this.rec.chunkSizeBytes;
     const st = this.chunkState[c];
+    const srcIdx = this.chunkFile[c]!;
+    const src = this.files[srcIdx]!;
+    const dstIdx = this.allocIdx;
+    const dst = this.files[dstIdx]!;
+    const moving = st === ChunkState.Allocated && srcIdx !== dstIdx;
     // Already in the file with nothing journaled on top (promoted by a
     // migration or a write since the caller looked, e.g. a destager pass
     // listing chunks before a cold -> hot switch): nothing to merge. Copying
     // the file onto itself anyway is a read-modify-write that puts back the
-    // old bytes of any pwrite in flight (they passed allocate() before this
-    // promote registered, so they do not wait for it).
-    if (st === ChunkState.Allocated && this.lastSeq(c) === 0) return;
-    if (st !== ChunkState.Allocated) this.pool.reserve(cs);
+    // old bytes of any pwrite in flight.
+    if (st === ChunkState.Allocated && !moving && this.lastSeq(c) === 0) return;
+    const reserve = st !== ChunkState.Allocated || moving;
+    if (reserve) dst.pool.reserve(cs);
     try {
       const buf = Buffer.allocUnsafe(cs);
       const upto = this.lastSeq(c);
       await this.readPiece(c, c * cs, (c + 1) * cs, buf, 0);
-      await writeAll(this.fd, buf, c * cs);
-      await fdatasync(this.fd);
+      await writeAll(dst.fd, buf, c * cs);
+      // The index must never point at bytes a power cut can take back.
+      await fdatasync(dst.fd);
       if (verify) {
         const back = Buffer.allocUnsafe(cs);
-        await readAll(this.fd, back, 0, cs, c * cs);
+        await readAll(dst.fd, back, 0, cs, c * cs);
         if (crc32c(back) !== crc32c(buf)) throw new VerifyFailed(`volume ${this.name} chunk ${c}: file copy does not match its source`);
       }
+      if (this.closed) throw new VolumeFailed(`volume ${this.name} was closed`);
+      // A trim or zero that discarded the chunk while it was copied wins: a
+      // SWITCH now would bring back the bytes it removed.
+      if (this.chunkState[c] !== st || (st === ChunkState.Allocated && this.files[this.chunkFile[c]!] !== src)) {
+        if (reserve) dst.pool.release(cs);
+        return;
+      }
       // SWITCH: one index write; the stripe is released after it (setChunk).
-      this.setChunk(c, ChunkState.Allocated, upto);
+      this.setChunk(c, ChunkState.Allocated, upto, dstIdx);
+      if (moving) src.pool.release(cs);
       await this.meta.durable();
       if (upto > 0) this.cold?.journal.release(this.rec.id, c, upto);
     } catch (err) {
-      if (st !== ChunkState.Allocated) this.pool.release(cs);
+      if (reserve) dst.pool.release(cs);
       throw err;
     }
   }
 
-  /** Chunks whose bytes are not (only) in the volume file: on a stripe or in the journal. */
+  /**
+   * Chunks not (only) in the placement pool's file: on a stripe, in the
+   * journal, or in another pool's file. A migration to hot/warm copies them.
+   */
   chunksOffFile(): number[] {
     const out: number[] = [];
-    for (let c = 0; c < this.chunkState.length; c++) {
-      if (this.chunkState[c] === ChunkState.Cold || (this.cold && this.cold.journal.extents(this.rec.id, c))) out.push(c);
-    }
+    for (let c = 0; c < this.chunkState.length; c++) if (this.offPlacement(c)) out.push(c);
     return out;
+  }
+
+  /** Chunks with data that a move into `pool`'s file would copy (the room it needs). */
+  chunksNotIn(pool: Pool): number {
+    let n = 0;
+    for (let c = 0; c < this.chunkState.length; c++) {
+      const st = this.chunkState[c];
+      if (st === ChunkState.Cold || (st === ChunkState.Allocated && this.files[this.chunkFile[c]!]!.pool !== pool)) n++;
+      else if (this.cold !== null && this.cold.journal.extents(this.rec.id, c) !== undefined && st !== ChunkState.Allocated) n++;
+    }
+    return n;
+  }
+
+  /** See chunksOffFile. */
+  offPlacement(c: number): boolean {
+    const st = this.chunkState[c];
+    if (st === ChunkState.Cold) return true;
+    if (st === ChunkState.Allocated && this.chunkFile[c] !== this.allocIdx) return true;
+    return this.cold !== null && this.cold.journal.extents(this.rec.id, c) !== undefined;
   }
 
   /** Chunks whose bytes live in the volume file. */
@@ -616,7 +859,9 @@ export class Volume {
     // No new file read can start (no chunk is Allocated); wait for the old ones.
     if (this.fileReads > 0) await new Promise<void>((r) => (this.fileReadsDrained = r));
     if (this.chunksOnFile().length > 0) return;
-    await new Promise<void>((resolve, reject) => fs.ftruncate(this.fd, 0, (err) => (err ? reject(err) : resolve())));
+    await new Promise<void>((resolve, reject) => fs.ftruncate(this.files[this.allocIdx]!.fd, 0, (err) => (err ? reject(err) : resolve())));
+    // Files of other pools (a split hot/warm volume that went cold) go too.
+    await this.releaseOtherFiles(false);
   }
 
   private lastSeq(c: number): number {
@@ -662,6 +907,7 @@ export class Volume {
     const st = this.chunkState[c];
     const upto = this.lastSeq(c);
     if (upto === 0 && st !== ChunkState.Allocated) return false;
+    const srcPool = st === ChunkState.Allocated ? this.chunkPool(c) : null;
     {
       const cs = this.rec.chunkSizeBytes;
       const data = Buffer.allocUnsafe(cs);
@@ -695,7 +941,7 @@ export class Volume {
       if (kept) entry.preserved = kept;
       await this.meta.chunks.put([this.rec.id, c], entry);
       await this.meta.durable();
-      if (st === ChunkState.Allocated) this.pool.release(cs);
+      srcPool?.release(cs);
       this.chunkState[c] = entry.state;
       if (entry.stripe) this.stripes.set(c, entry.stripe);
       else this.stripes.delete(c);
@@ -775,9 +1021,7 @@ export class Volume {
       this.discard(c);
     }
     for (const [s, e] of work) {
-      const ready = this.allocate(s, e - s);
-      if (ready) await ready;
-      await writeAll(this.fd, zeros(e - s), s);
+      await new Promise<void>((resolve, reject) => this.writeFile(s, zeros(e - s), false, (err) => (err ? reject(err) : resolve())));
     }
     if (opts.fua) await this.flush();
   }
@@ -808,7 +1052,7 @@ export class Volume {
   private discard(c: number): void {
     const st = this.chunkState[c];
     if (st !== ChunkState.Allocated && st !== ChunkState.Cold) return;
-    if (st === ChunkState.Allocated) this.pool.release(this.rec.chunkSizeBytes);
+    if (st === ChunkState.Allocated) this.chunkPool(c).release(this.rec.chunkSizeBytes);
     // Journal records older than the discard must not resurface (nor be replayed after a crash).
     const upto = this.lastSeq(c);
     this.setChunk(c, ChunkState.Discarded, upto);
@@ -851,16 +1095,23 @@ export class Volume {
     if (this.failure) return Promise.reject(this.failure);
     const metaDirty = this.metaDirty;
     this.metaDirty = false;
-    return new Promise<void>((resolve, reject) => {
-      fs.fdatasync(this.fd, (err) => {
-        if (err) {
-          // Never retry: the kernel may have dropped the dirty pages already.
-          this.failure = new VolumeFailed(`volume ${this.name}: fdatasync failed (${err.message}); volume taken offline`);
-          return reject(this.failure);
-        }
-        const journal = this.cold && this.cold.journal.hasVolume(this.rec.id) ? this.cold.journal.sync() : null;
-        Promise.all([journal, metaDirty ? this.meta.durable() : null]).then(() => resolve(), reject);
-      });
+    // Every open file: a write may have landed in any of them (hot <-> warm moves).
+    const syncs = this.files.map(
+      (f) =>
+        new Promise<void>((resolve, reject) => {
+          fs.fdatasync(f.fd, (err) => {
+            if (err) {
+              // Never retry: the kernel may have dropped the dirty pages already.
+              this.failure = new VolumeFailed(`volume ${this.name}: fdatasync of its file on pool ${f.pool.name} failed (${err.message}); volume taken offline`);
+              return reject(this.failure);
+            }
+            resolve();
+          });
+        }),
+    );
+    return Promise.all(syncs).then(() => {
+      const journal = this.cold && this.cold.journal.hasVolume(this.rec.id) ? this.cold.journal.sync() : null;
+      return Promise.all([journal, metaDirty ? this.meta.durable() : null]).then(() => undefined);
     });
   }
 
@@ -872,6 +1123,12 @@ export class Volume {
       const next = new Uint8Array(chunks);
       next.set(this.chunkState);
       this.chunkState = next;
+      const files = new Uint8Array(chunks);
+      files.set(this.chunkFile);
+      this.chunkFile = files;
+      const writes = new Int32Array(chunks);
+      writes.set(this.chunkWrites);
+      this.chunkWrites = writes;
     }
     this.rec = { ...this.rec, sizeBytes: newSizeBytes };
   }
@@ -884,7 +1141,7 @@ export class Volume {
     await this.drainFileMutations();
     if (this.fileReads > 0) await new Promise<void>((r) => (this.fileReadsDrained = r));
     await Promise.allSettled([...this.preparing.values(), ...this.destaging.values()]);
-    await new Promise<void>((resolve) => fs.close(this.fd, () => resolve()));
+    for (const f of this.files) await new Promise<void>((resolve) => fs.close(f.fd, () => resolve()));
   }
 }
 
