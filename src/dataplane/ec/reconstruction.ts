@@ -37,6 +37,10 @@ export const SCRUB_GROUPS_AT_ONCE = 2;
  */
 export const POOL_REBUILD_GROUPS_AT_ONCE = 3;
 
+/** Scan scratch buffers kept between scans (the most workers any scan runs) and for how long. */
+export const MAX_SPARE_SCRATCH = Math.max(SCRUB_GROUPS_AT_ONCE, POOL_REBUILD_GROUPS_AT_ONCE);
+export const SCRATCH_KEEP_MS = 60_000;
+
 export const MAX_LANDING_BYTES = 64 * 1024 * 1024;
 
 interface QueuedStripe {
@@ -237,16 +241,19 @@ export class Reconstructor {
       const worker = async () => {
         // Reused for every group this worker checks: nothing keeps a shard past scrubOne.
         let scratch: Buffer | undefined;
-        while (i < todo.length && !this.stopped) {
-          const group = todo.slice(i, i + groupStripes);
-          i += group.length;
-          const wait = next - Date.now();
-          next = Math.max(Date.now(), next) + minGapMs * group.length;
-          if (wait > 0) await new Promise((r) => setTimeout(r, wait));
-          const scratchBytes = StripeStore.scanScratchBytes(group[0]![1], group.length);
-          if (scratch === undefined || scratch.length < scratchBytes) scratch = Buffer.allocUnsafe(scratchBytes);
-          const inspected = await this.stripes.inspectMany(group.map(([, ref]) => ref), scratch);
-          for (const [g, [c, ref]] of group.entries()) await this.scrubOne(vol, c, ref, inspected[g]!, report, landing);
+        try {
+          while (i < todo.length && !this.stopped) {
+            const group = todo.slice(i, i + groupStripes);
+            i += group.length;
+            const wait = next - Date.now();
+            next = Math.max(Date.now(), next) + minGapMs * group.length;
+            if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+            scratch = this.scratchFor(scratch, StripeStore.scanScratchBytes(group[0]![1], group.length));
+            const inspected = await this.stripes.inspectMany(group.map(([, ref]) => ref), scratch);
+            for (const [g, [c, ref]] of group.entries()) await this.scrubOne(vol, c, ref, inspected[g]!, report, landing);
+          }
+        } finally {
+          this.returnScratch(scratch);
         }
       };
       // The timer's scrub keeps one stripe at a time (it paces itself anyway).
@@ -340,61 +347,64 @@ export class Reconstructor {
       let next = 0;
       const worker = async () => {
         let scratch: Buffer | undefined;
-        while (next < jobs.length && !this.stopped) {
-          const group: { job: (typeof jobs)[number]; key: string; entry: QueuedStripe }[] = [];
-          while (next < jobs.length && group.length < SCRUB_GROUP_STRIPES) {
-            const job = jobs[next++]!;
-            const ctx = { volumeId: vol.rec.id, chunkIndex: job.chunkIndex };
-            const key = `${ctx.volumeId}:${ctx.chunkIndex}`;
-            const cur = this.states.get(key);
-            if (cur?.state === 'Reconstructing') continue; // a pass has it
-            if (vol.stripes.get(job.chunkIndex) !== job.ref) continue; // rewritten meanwhile: its new stripe is whole
-            const entry: QueuedStripe = cur ?? { ctx, state: 'Degraded', reason: `pool ${poolName} lost` };
-            entry.state = 'Reconstructing';
-            this.states.set(key, entry); // bounded: at most the groups in flight beyond the queue's own entries
-            group.push({ job, key, entry });
-            keys.push(key);
-          }
-          if (group.length === 0) continue;
-          if (target === null) {
-            // Nowhere to land on the pool itself: the pass places these elsewhere.
-            for (const g of group) g.entry.state = 'Degraded';
-            continue;
-          }
-          const scratchBytes = StripeStore.scanScratchBytes(group[0]!.job.ref, group.length);
-          if (scratch === undefined || scratch.length < scratchBytes) scratch = Buffer.allocUnsafe(scratchBytes);
-          let prepared: (PreparedRebuild | null)[];
-          try {
-            prepared = await this.stripes.prepareLostShards(group.map((g) => g.job), sourceRank, scratch);
-          } catch (err) {
-            for (const g of group) this.rebuildFailed(vol, g.entry, err);
-            continue;
-          }
-          const fast: LandingStripe[] = [];
-          prepared.forEach((p, t) => {
-            const g = group[t]!;
-            if (p !== null) {
-              fast.push({ ...g, prepared: p });
-              return;
+        try {
+          while (next < jobs.length && !this.stopped) {
+            const group: { job: (typeof jobs)[number]; key: string; entry: QueuedStripe }[] = [];
+            while (next < jobs.length && group.length < SCRUB_GROUP_STRIPES) {
+              const job = jobs[next++]!;
+              const ctx = { volumeId: vol.rec.id, chunkIndex: job.chunkIndex };
+              const key = `${ctx.volumeId}:${ctx.chunkIndex}`;
+              const cur = this.states.get(key);
+              if (cur?.state === 'Reconstructing') continue; // a pass has it
+              if (vol.stripes.get(job.chunkIndex) !== job.ref) continue; // rewritten meanwhile: its new stripe is whole
+              const entry: QueuedStripe = cur ?? { ctx, state: 'Degraded', reason: `pool ${poolName} lost` };
+              entry.state = 'Reconstructing';
+              this.states.set(key, entry); // bounded: at most the groups in flight beyond the queue's own entries
+              group.push({ job, key, entry });
+              keys.push(key);
             }
-            // A source was missing or bad: read every survivor, decode from the good ones.
-            report.slowPathStripes++;
-            g.entry.state = 'Degraded';
-            g.entry.reason = `pool ${poolName} lost; a survivor failed verification`;
-            slow.push(this.rebuildOne(g.key, g.entry));
-          });
-          if (fast.length === 0) continue;
-          const lengthBytes = fast.reduce((sum, f) => sum + f.prepared.lengthBytes, 0);
-          const w = (window ??= { token: this.stripes.beginWrite(), bytes: 0, writes: [], landed: [] });
-          const written = this.writeLost(vol, poolName, target, w, fast);
-          w.writes.push(written);
-          w.bytes += lengthBytes;
-          if (w.bytes >= REBUILD_SYNC_BYTES) {
-            window = null;
-            flushes.push(this.flushWindow(target, w, report));
+            if (group.length === 0) continue;
+            if (target === null) {
+              // Nowhere to land on the pool itself: the pass places these elsewhere.
+              for (const g of group) g.entry.state = 'Degraded';
+              continue;
+            }
+            scratch = this.scratchFor(scratch, StripeStore.scanScratchBytes(group[0]!.job.ref, group.length));
+            let prepared: (PreparedRebuild | null)[];
+            try {
+              prepared = await this.stripes.prepareLostShards(group.map((g) => g.job), sourceRank, scratch);
+            } catch (err) {
+              for (const g of group) this.rebuildFailed(vol, g.entry, err);
+              continue;
+            }
+            const fast: LandingStripe[] = [];
+            prepared.forEach((p, t) => {
+              const g = group[t]!;
+              if (p !== null) {
+                fast.push({ ...g, prepared: p });
+                return;
+              }
+              // A source was missing or bad: read every survivor, decode from the good ones.
+              report.slowPathStripes++;
+              g.entry.state = 'Degraded';
+              g.entry.reason = `pool ${poolName} lost; a survivor failed verification`;
+              slow.push(this.rebuildOne(g.key, g.entry));
+            });
+            if (fast.length === 0) continue;
+            const lengthBytes = fast.reduce((sum, f) => sum + f.prepared.lengthBytes, 0);
+            const w = (window ??= { token: this.stripes.beginWrite(), bytes: 0, writes: [], landed: [] });
+            const written = this.writeLost(vol, poolName, target, w, fast);
+            w.writes.push(written);
+            w.bytes += lengthBytes;
+            if (w.bytes >= REBUILD_SYNC_BYTES) {
+              window = null;
+              flushes.push(this.flushWindow(target, w, report));
+            }
+            // Bounds the record buffers held (they are recycled once written).
+            await landing.add(written, lengthBytes);
           }
-          // Bounds the record buffers held (they are recycled once written).
-          await landing.add(written, lengthBytes);
+        } finally {
+          this.returnScratch(scratch);
         }
       };
       await Promise.all(Array.from({ length: POOL_REBUILD_GROUPS_AT_ONCE }, worker));
@@ -463,11 +473,40 @@ export class Reconstructor {
     }
   }
 
+  /**
+   * A read scratch of at least `bytes` for a scan worker: `held` if big
+   * enough, else one kept from an earlier scan, else a new one. Scans reuse
+   * them because every fresh 16-48 MiB buffer counts as external memory and
+   * V8 answered each scan's with a scavenge and a mark-compact (6-37 ms
+   * pauses per pool rebuild on the 2-core VM, `--trace-gc`).
+   */
+  private scratchFor(held: Buffer | undefined, bytes: number): Buffer {
+    if (held !== undefined && held.length >= bytes) return held;
+    this.returnScratch(held);
+    const i = this.spareScratch.findIndex((b) => b.length >= bytes);
+    if (i >= 0) return this.spareScratch.splice(i, 1)[0]!;
+    return Buffer.allocUnsafe(bytes);
+  }
+
+  /** Keeps a worker's scratch for the next scan (bounded), dropped after SCRATCH_KEEP_MS unused. */
+  private returnScratch(b: Buffer | undefined): void {
+    if (b === undefined) return;
+    if (this.spareScratch.length < MAX_SPARE_SCRATCH) this.spareScratch.push(b);
+    clearTimeout(this.scratchTimer);
+    this.scratchTimer = setTimeout(() => (this.spareScratch.length = 0), SCRATCH_KEEP_MS);
+    this.scratchTimer.unref();
+  }
+  private readonly spareScratch: Buffer[] = [];
+  private scratchTimer: NodeJS.Timeout | undefined;
+
   async stop(): Promise<void> {
     this.stopped = true;
     for (const t of this.timers) clearInterval(t);
     await this.running;
     await this.scrubbing;
+    await this.poolRebuild?.done.catch(() => undefined);
+    clearTimeout(this.scratchTimer);
+    this.spareScratch.length = 0;
   }
 }
 
