@@ -27,6 +27,15 @@
  *     caller has filled the rest of its header). A stripe with a failed
  *     source is left untouched. Header fields other than the CRC are the
  *     caller's to check. No JS runs per record.
+ *   rebuildReadAsync(fds: Int32Array(j*k), offsets: Float64Array(j*k), tables: Buffer[j], outs: Buffer[j], k, shardBytes,
+ *                    headers: Buffer(j*k*64), ok: Uint8Array(j*k), callback)
+ *     The same, but the kernel reads each source record itself (pread of
+ *     64 + shardBytes at offsets[i] of fds[i]; the caller keeps the fds open
+ *     until the callback) into a per-call 1-stripe buffer, and checks its CRC
+ *     while it is still in cache: no JS scratch, no JS per read. A short or
+ *     failed read is a failed source. Each source's 64-byte header is copied
+ *     to headers[i*64..] for the caller's identity checks, which must pass
+ *     before an output is used.
  *   writebackAsync(fd, offset, length, callback)
  *     sync_file_range(SYNC_FILE_RANGE_WRITE) on the threadpool: starts the
  *     disk write of a written range without waiting for it, so a later
@@ -43,6 +52,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* ISA-L is dlopen'ed with RTLD_DEEPBIND instead of linked: the node binary
  * exports OpenSSL's curve448 `gf_mul`, which would otherwise interpose on
@@ -478,6 +488,185 @@ static napi_value RebuildAsync(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* ---- rebuildReadAsync ---- */
+
+typedef struct {
+  napi_async_work work;
+  napi_ref callback;
+  napi_ref* refs;
+  size_t ref_count;
+  int stripes;
+  int k;
+  int shard_bytes;
+  int32_t* fds;      /* stripes * k */
+  double* offsets;   /* stripes * k */
+  uint8_t** tables;  /* stripes */
+  uint8_t** outs;    /* stripes */
+  uint8_t* headers;  /* stripes * k * 64 */
+  uint8_t* ok;       /* stripes * k */
+} ReadRebuildJob;
+
+static int pread_full(int fd, uint8_t* into, size_t length, off_t offset) {
+  size_t done = 0;
+  while (done < length) {
+    ssize_t n = pread(fd, into + done, length - done, offset + (off_t)done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return 0; /* error or end of file inside the record */
+    done += (size_t)n;
+  }
+  return 1;
+}
+
+static void read_rebuild_execute(napi_env env, void* data) {
+  (void)env;
+  ReadRebuildJob* job = (ReadRebuildJob*)data;
+  size_t record_bytes = (size_t)RECORD_HEADER_BYTES + (size_t)job->shard_bytes;
+  /* One stripe's sources at a time: each is CRC-checked right after its read, while in cache. */
+  uint8_t* scratch = malloc(record_bytes * (size_t)job->k);
+  for (int s = 0; s < job->stripes; s++) {
+    int all_ok = scratch != NULL;
+    uint8_t* payloads[MAX_SHARDS];
+    for (int i = 0; i < job->k; i++) {
+      int at = s * job->k + i;
+      uint8_t* record = scratch + (size_t)i * record_bytes;
+      int good = scratch != NULL && pread_full(job->fds[at], record, record_bytes, (off_t)job->offsets[at]) &&
+                 record_crc(record, job->shard_bytes) == load_le32(record + RECORD_CRC_OFFSET);
+      if (scratch != NULL) memcpy(job->headers + (size_t)at * RECORD_HEADER_BYTES, record, RECORD_HEADER_BYTES);
+      job->ok[at] = (uint8_t)good;
+      all_ok &= good;
+      payloads[i] = record + RECORD_HEADER_BYTES;
+    }
+    if (!all_ok) continue; /* never decode from a source that failed its read or check */
+    uint8_t* out = job->outs[s];
+    uint8_t* target = out + RECORD_HEADER_BYTES;
+    isal.encode_data(job->shard_bytes, job->k, 1, job->tables[s], payloads, &target);
+    uint32_t crc = record_crc(out, job->shard_bytes);
+    out[RECORD_CRC_OFFSET] = (uint8_t)crc;
+    out[RECORD_CRC_OFFSET + 1] = (uint8_t)(crc >> 8);
+    out[RECORD_CRC_OFFSET + 2] = (uint8_t)(crc >> 16);
+    out[RECORD_CRC_OFFSET + 3] = (uint8_t)(crc >> 24);
+  }
+  free(scratch);
+}
+
+static void free_read_rebuild(napi_env env, ReadRebuildJob* job) {
+  for (size_t i = 0; i < job->ref_count; i++) napi_delete_reference(env, job->refs[i]);
+  if (job->callback != NULL) napi_delete_reference(env, job->callback);
+  if (job->work != NULL) napi_delete_async_work(env, job->work);
+  free(job->refs);
+  free(job->tables);
+  free(job->outs);
+  free(job);
+}
+
+static void read_rebuild_complete(napi_env env, napi_status status, void* data) {
+  ReadRebuildJob* job = (ReadRebuildJob*)data;
+  napi_value callback, global, argv[1];
+  napi_get_reference_value(env, job->callback, &callback);
+  napi_get_global(env, &global);
+  if (status == napi_ok) {
+    napi_get_undefined(env, &argv[0]);
+  } else {
+    napi_value message;
+    napi_create_string_utf8(env, "rebuild async work was cancelled", NAPI_AUTO_LENGTH, &message);
+    napi_create_error(env, NULL, message, &argv[0]);
+  }
+  free_read_rebuild(env, job);
+  napi_call_function(env, global, callback, 1, argv, NULL);
+}
+
+static int get_typed(napi_env env, napi_value value, napi_typedarray_type want, void** data, size_t* length) {
+  bool is_typed = false;
+  napi_typedarray_type type;
+  napi_value arraybuffer;
+  size_t offset;
+  if (napi_is_typedarray(env, value, &is_typed) != napi_ok || !is_typed) return 0;
+  if (napi_get_typedarray_info(env, value, &type, length, data, &arraybuffer, &offset) != napi_ok) return 0;
+  return type == want;
+}
+
+static int keep(napi_env env, ReadRebuildJob* job, napi_value value) {
+  if (napi_create_reference(env, value, 1, &job->refs[job->ref_count]) != napi_ok) return 0;
+  job->ref_count++;
+  return 1;
+}
+
+static napi_value RebuildReadAsync(napi_env env, napi_callback_info info) {
+  size_t argc = 9;
+  napi_value argv[9];
+  CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int32_t k, shard_bytes;
+  uint32_t table_count, out_count;
+  bool a1, a2;
+  void *fds, *offsets;
+  size_t fd_count, offset_count, header_bytes, ok_bytes;
+  uint8_t *headers, *ok;
+  napi_valuetype type;
+  if (argc != 9 || !get_typed(env, argv[0], napi_int32_array, &fds, &fd_count) ||
+      !get_typed(env, argv[1], napi_float64_array, &offsets, &offset_count) || napi_is_array(env, argv[2], &a1) != napi_ok || !a1 ||
+      napi_is_array(env, argv[3], &a2) != napi_ok || !a2 || !get_int(env, argv[4], &k) || !get_int(env, argv[5], &shard_bytes) ||
+      !get_bytes(env, argv[6], &headers, &header_bytes) || !get_bytes(env, argv[7], &ok, &ok_bytes) ||
+      napi_typeof(env, argv[8], &type) != napi_ok || type != napi_function || napi_get_array_length(env, argv[2], &table_count) != napi_ok ||
+      napi_get_array_length(env, argv[3], &out_count) != napi_ok) {
+    return throw_range(env, "rebuildReadAsync(fds: Int32Array, offsets: Float64Array, tables: Buffer[], outs: Buffer[], k, shardBytes, headers: Buffer, ok: Uint8Array, callback)");
+  }
+  size_t sources = (size_t)out_count * (size_t)(k > 0 ? k : 0);
+  if (k < 1 || k >= MAX_SHARDS || shard_bytes < 1 || shard_bytes > 0x7fffffff - RECORD_HEADER_BYTES || out_count < 1 ||
+      table_count != out_count || fd_count != sources || offset_count != sources || ok_bytes < sources ||
+      header_bytes < sources * RECORD_HEADER_BYTES) {
+    return throw_range(env, "rebuildReadAsync: need k fds/offsets, one table and output per stripe, headers and ok sized to match");
+  }
+  for (size_t i = 0; i < sources; i++) {
+    double o = ((double*)offsets)[i];
+    if (((int32_t*)fds)[i] < 0 || !(o >= 0) || o > 9007199254740991.0 || o != (double)(int64_t)o) return throw_range(env, "rebuildReadAsync: bad fd or offset");
+  }
+  ReadRebuildJob* job = calloc(1, sizeof(ReadRebuildJob));
+  if (job == NULL) {
+    napi_throw_error(env, NULL, "rebuildReadAsync: out of memory");
+    return NULL;
+  }
+  job->stripes = (int)out_count;
+  job->k = k;
+  job->shard_bytes = shard_bytes;
+  job->fds = (int32_t*)fds;
+  job->offsets = (double*)offsets;
+  job->headers = headers;
+  job->ok = ok;
+  job->refs = calloc(table_count + out_count + 4, sizeof(napi_ref));
+  job->tables = calloc(table_count, sizeof(uint8_t*));
+  job->outs = calloc(out_count, sizeof(uint8_t*));
+  if (job->refs == NULL || job->tables == NULL || job->outs == NULL) {
+    free_read_rebuild(env, job);
+    napi_throw_error(env, NULL, "rebuildReadAsync: out of memory");
+    return NULL;
+  }
+  size_t record_bytes = (size_t)RECORD_HEADER_BYTES + (size_t)shard_bytes;
+  for (uint32_t i = 0; i < out_count; i++) {
+    napi_value t, o;
+    size_t tl, ol;
+    if (napi_get_element(env, argv[2], i, &t) != napi_ok || !get_bytes(env, t, &job->tables[i], &tl) || tl < 32 * (size_t)k ||
+        napi_get_element(env, argv[3], i, &o) != napi_ok || !get_bytes(env, o, &job->outs[i], &ol) || ol < record_bytes || !keep(env, job, t) ||
+        !keep(env, job, o)) {
+      free_read_rebuild(env, job);
+      return throw_range(env, "rebuildReadAsync: tables[i] and outs[i] must be Buffers of 32*k and 64+shardBytes bytes");
+    }
+  }
+  if (!keep(env, job, argv[0]) || !keep(env, job, argv[1]) || !keep(env, job, argv[6]) || !keep(env, job, argv[7])) {
+    free_read_rebuild(env, job);
+    napi_throw_error(env, NULL, "rebuildReadAsync: cannot reference an argument");
+    return NULL;
+  }
+  napi_value name;
+  if (napi_create_string_utf8(env, "couchestor:ec-rebuild-read", NAPI_AUTO_LENGTH, &name) != napi_ok ||
+      napi_create_async_work(env, NULL, name, read_rebuild_execute, read_rebuild_complete, job, &job->work) != napi_ok ||
+      napi_create_reference(env, argv[8], 1, &job->callback) != napi_ok || napi_queue_async_work(env, job->work) != napi_ok) {
+    free_read_rebuild(env, job);
+    napi_throw_error(env, NULL, "rebuildReadAsync: cannot queue the work");
+    return NULL;
+  }
+  return NULL;
+}
+
 /* ---- writebackAsync ---- */
 
 typedef struct {
@@ -558,6 +747,7 @@ static napi_value Init(napi_env env, napi_value exports) {
       {"crc32c", NULL, Crc32c, NULL, NULL, NULL, napi_enumerable, NULL},
       {"rebuildAsync", NULL, RebuildAsync, NULL, NULL, NULL, napi_enumerable, NULL},
       {"writebackAsync", NULL, WritebackAsync, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"rebuildReadAsync", NULL, RebuildReadAsync, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   CHECK(env, napi_define_properties(env, exports, sizeof(properties) / sizeof(properties[0]), properties));
   return exports;

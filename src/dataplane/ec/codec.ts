@@ -43,6 +43,18 @@ interface IsalAddon {
   crc32c(bytes: Uint8Array, previous?: number): number;
   /** Pool-rebuild kernel on the threadpool: see native/ec_isal.c and rebuildLostShards(). */
   rebuildAsync(sources: Buffer[], tables: Buffer[], outs: Buffer[], k: number, shardBytes: number, ok: Uint8Array, done: (error?: Error) => void): void;
+  /** The same kernel reading its sources itself (pread per record): see native/ec_isal.c and readRebuildLostShards(). */
+  rebuildReadAsync(
+    fds: Int32Array,
+    offsets: Float64Array,
+    tables: Buffer[],
+    outs: Buffer[],
+    k: number,
+    shardBytes: number,
+    headers: Buffer,
+    ok: Uint8Array,
+    done: (error?: Error) => void,
+  ): void;
   /** sync_file_range(SYNC_FILE_RANGE_WRITE) on the threadpool. */
   writebackAsync(fd: number, offset: number, length: number, done: (error?: Error) => void): void;
 }
@@ -486,6 +498,33 @@ export function rebuildLostShards(sources: Buffer[], tables: Buffer[], outs: Buf
   return new Promise<void>((resolve, reject) => {
     try {
       isal.rebuildAsync(sources, tables, outs, k, shardBytes, ok, (error) => (error ? reject(error) : resolve()));
+    } catch (error) {
+      reject(asInputInvalid(error));
+    }
+  });
+}
+
+/**
+ * rebuildLostShards() with the reads in the kernel too: source record s*k+i
+ * (64 + shardBytes bytes) is pread from fds[s*k+i] at offsets[s*k+i] (the
+ * caller keeps those descriptors open until this settles) into a one-stripe
+ * buffer and CRC-checked while still in cache; ok[] says which read and
+ * passed, and each source's header is copied to headers[(s*k+i)*64..] for
+ * the caller's identity checks (which must pass before outs[s] is used).
+ */
+export function readRebuildLostShards(
+  fds: Int32Array,
+  offsets: Float64Array,
+  tables: Buffer[],
+  outs: Buffer[],
+  k: number,
+  shardBytes: number,
+  headers: Buffer,
+  ok: Uint8Array,
+): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    try {
+      isal.rebuildReadAsync(fds, offsets, tables, outs, k, shardBytes, headers, ok, (error) => (error ? reject(error) : resolve()));
     } catch (error) {
       reject(asInputInvalid(error));
     }

@@ -584,6 +584,26 @@ export class SegmentStore {
   }
 
   /**
+   * Keeps `segment`'s read descriptor open until release() (call it exactly
+   * once): for native code that preads records itself (the pool-rebuild
+   * kernel). Same errors as read(): ShardNotFound, PoolOffline.
+   */
+  async pinRead(segment: number): Promise<{ fd: number; release: () => void }> {
+    if (this.closed) throw new SegmentStoreMisuse(`segment store ${this.poolDir} is closed`);
+    if (!Number.isSafeInteger(segment)) throw new SegmentStoreMisuse(`bad segment ${segment}`);
+    const h = await this.acquireRead(segment);
+    let released = false;
+    return {
+      fd: (await h.fh).fd,
+      release: () => {
+        if (released) return;
+        released = true;
+        this.releaseRead(h);
+      },
+    };
+  }
+
+  /**
    * Whether `location` lies inside a segment this store has, up to its
    * durable end. Says nothing about what is there: a replaced pool reuses
    * segment numbers, so a caller that needs its record checks the header.

@@ -8,7 +8,7 @@ import { InsufficientShards, NoSuitablePool } from '../errors.js';
 import type { Pool } from '../pools/pool.js';
 import type { CacheManager, L3Backend } from '../cache/index.js';
 import { log } from '../../log.js';
-import { decodeStripe, decodeTargets, encodeStripe, lostShardTables, rebuildLostShards, reconstructMissing } from './codec.js';
+import { decodeStripe, decodeTargets, encodeStripe, lostShardTables, readRebuildLostShards, rebuildLostShards, reconstructMissing } from './codec.js';
 import type { ErasureCodingPolicy } from './policy.js';
 import { decodeShardHeader, decodeShardRecord, encodeShardHeader, encodeShardRecord, SHARD_HEADER_BYTES, type DecodedShardRecord } from './shard-record.js';
 import { SegmentStore, ShardNotFound, type SegmentLocation, type SegmentStoreOptions } from './segment-store.js';
@@ -81,6 +81,12 @@ export interface StripeStoreCounters {
  * short enough that one read does not hold a threadpool thread for long.
  */
 export const MAX_RUN_BYTES = 4 * 1024 * 1024 + 16 * SHARD_HEADER_BYTES;
+/**
+ * Pool rebuild of uncompressed records: the native kernel reads the sources
+ * itself (pread per record, CRC while in cache) rather than JS reading runs
+ * into scratch first. Measured on bench/ec-rebuild: see the commit message.
+ */
+const REBUILD_KERNEL_READS = true;
 /** Bytes of rebuilt-record buffers kept for reuse (StripeStore.recordPool): what a scrub has landing at once. */
 export const MAX_POOLED_RECORD_BYTES = 64 * 1024 * 1024;
 
@@ -575,6 +581,11 @@ export class StripeStore {
    * caller once this resolves.
    */
   async prepareLostShards(jobs: readonly LostShardJob[], sourceRank: ReadonlyMap<string, number>, scratch: Buffer): Promise<(PreparedRebuild | null)[]> {
+    const k0 = jobs[0]?.ref.dataShards;
+    const m0 = jobs[0]?.ref.parityShards;
+    const stripe0 = jobs[0]?.ref.stripeSizeBytes;
+    const native = this.policy.compression === 'none' && jobs.every((j) => j.ref.dataShards === k0 && j.ref.parityShards === m0 && j.ref.stripeSizeBytes === stripe0);
+    if (native && REBUILD_KERNEL_READS) return this.prepareLostShardsInKernel(jobs, sourceRank);
     interface Item { j: number; i: number; s: ShardRef }
     interface Run { pool: string; segment: number; offsetBytes: number; lengthBytes: number; at: number; items: Item[] }
     const sources: number[][] = [];
@@ -637,11 +648,105 @@ export class StripeStore {
         }
       }),
     );
-    const k0 = jobs[0]?.ref.dataShards;
-    const m0 = jobs[0]?.ref.parityShards;
-    const stripe0 = jobs[0]?.ref.stripeSizeBytes;
-    const native = this.policy.compression === 'none' && jobs.every((j) => j.ref.dataShards === k0 && j.ref.parityShards === m0 && j.ref.stripeSizeBytes === stripe0);
     return native ? this.decodeLostNative(jobs, sources, records, ok) : this.decodeLostJs(jobs, sources, records, ok);
+  }
+
+  /** The k sources of a pool rebuild's stripe: survivors on ranked pools, best rank first; fewer than k if not enough. */
+  private static rebuildSources(ref: StripeRef, lost: number, sourceRank: ReadonlyMap<string, number>): number[] {
+    const ranked: number[] = [];
+    for (let i = 0; i < ref.shards.length; i++) if (i !== lost && sourceRank.has(ref.shards[i]!.pool)) ranked.push(i);
+    ranked.sort((a, b) => sourceRank.get(ref.shards[a]!.pool)! - sourceRank.get(ref.shards[b]!.pool)!);
+    return ranked.slice(0, ref.dataShards).sort((a, b) => a - b);
+  }
+
+  /**
+   * prepareLostShards for uncompressed records of one shape, all in the
+   * native kernel (readRebuildLostShards): it preads each source record,
+   * checks its CRC while in cache and decodes, on the threadpool; here only
+   * the descriptors are pinned and the headers' identities checked (after
+   * the kernel ran: an output whose sources fail any check is discarded,
+   * never written).
+   */
+  private async prepareLostShardsInKernel(jobs: readonly LostShardJob[], sourceRank: ReadonlyMap<string, number>): Promise<(PreparedRebuild | null)[]> {
+    const ref0 = jobs[0]!.ref;
+    const k = ref0.dataShards;
+    const shardBytes = ref0.stripeSizeBytes / k;
+    const recordBytes = SHARD_HEADER_BYTES + shardBytes;
+    const out: (PreparedRebuild | null)[] = jobs.map(() => null);
+    const pins = new Map<string, Promise<{ fd: number; release: () => void } | null>>();
+    const pin = (s: ShardRef) => {
+      const place = `${s.pool}\0${s.segment}`;
+      let p = pins.get(place);
+      if (p === undefined) {
+        const pool = this.poolByName(s.pool);
+        p = (async () => {
+          const store = pool !== undefined && pool.isOnline() ? await this.store(pool) : null;
+          return store ? await store.pinRead(s.segment) : null;
+        })().catch((err: Error) => {
+          // Compacted away (the slow path follows forwards), pool gone: its stripes take the slow path.
+          log.debug('pool rebuild: source segment unreadable', { pool: s.pool, segment: s.segment, err: err.message });
+          return null;
+        });
+        pins.set(place, p);
+      }
+      return p;
+    };
+    const chosen: { j: number; src: number[] }[] = [];
+    for (const [j, { ref, lost }] of jobs.entries()) {
+      const src = StripeStore.rebuildSources(ref, lost, sourceRank);
+      if (src.length === ref.dataShards && src.every((i) => ref.shards[i]!.lengthBytes === recordBytes)) chosen.push({ j, src });
+    }
+    const fdOf = await Promise.all(chosen.map(({ j, src }) => Promise.all(src.map((i) => pin(jobs[j]!.ref.shards[i]!)))));
+    try {
+      const live = chosen.filter((_, c) => fdOf[c]!.every((p) => p !== null));
+      const liveFds = chosen.map((_, c) => fdOf[c]!).filter((f) => f.every((p) => p !== null));
+      if (live.length === 0) return out;
+      const fds = new Int32Array(live.length * k);
+      const offsets = new Float64Array(live.length * k);
+      const tables: Buffer[] = [];
+      const outs: Buffer[] = [];
+      live.forEach(({ j, src }, t) => {
+        const { ref, lost } = jobs[j]!;
+        src.forEach((i, x) => {
+          fds[t * k + x] = liveFds[t]![x]!.fd;
+          offsets[t * k + x] = ref.shards[i]!.offsetBytes;
+        });
+        tables.push(lostShardTables(ref.dataShards, ref.parityShards, src, lost));
+        const record = this.takeRecordBuffer(recordBytes);
+        encodeShardHeader(
+          { ownerId: Buffer.from(ref.ownerId, 'hex'), chunkIndex: ref.chunkIndex, stripeGeneration: ref.generation, shardIndex: lost, dataShards: ref.dataShards, parityShards: ref.parityShards },
+          shardBytes,
+          record,
+        );
+        outs.push(record);
+      });
+      const headers = Buffer.allocUnsafe(live.length * k * SHARD_HEADER_BYTES);
+      const ok = new Uint8Array(live.length * k);
+      try {
+        await readRebuildLostShards(fds, offsets, tables, outs, k, shardBytes, headers, ok);
+      } catch (err) {
+        this.releaseRecordBuffers(outs);
+        throw err;
+      }
+      live.forEach(({ j, src }, t) => {
+        const { ref } = jobs[j]!;
+        let good = true;
+        src.forEach((i, x) => {
+          const at = t * k + x;
+          if (ok[at] === 1 && this.headerIsShard(ref, i, headers.subarray(at * SHARD_HEADER_BYTES, (at + 1) * SHARD_HEADER_BYTES), shardBytes)) return;
+          good = false;
+          log.warn('pool rebuild: source shard fails its read, CRC or identity check; another survivor is used', { pool: ref.shards[i]!.pool, chunk: ref.chunkIndex, shard: i });
+        });
+        if (!good) {
+          this.releaseRecordBuffers([outs[t]!]); // nothing of it is written
+          return;
+        }
+        out[j] = { bad: [jobs[j]!.lost], records: [outs[t]!], lengthBytes: recordBytes, pooled: [outs[t]!] };
+      });
+      return out;
+    } finally {
+      for (const p of pins.values()) void p.then((h) => h?.release());
+    }
   }
 
   /**
@@ -666,7 +771,7 @@ export class StripeStore {
       let good = true;
       for (const i of src) {
         const rec = records[j]![i]!;
-        if (!this.headerIsShard(ref, i, rec, shardBytes)) {
+        if (rec.length !== recordBytes || !this.headerIsShard(ref, i, rec, shardBytes)) {
           log.warn('pool rebuild: source shard fails verification; another survivor is used', { pool: ref.shards[i]!.pool, chunk: ref.chunkIndex, shard: i, err: 'header' });
           good = false;
           break;
@@ -709,7 +814,7 @@ export class StripeStore {
     return out;
   }
 
-  /** Whether `rec` (unverified) heads an uncompressed record of shard `i` of `ref`, `shardBytes` long. */
+  /** Whether `rec` (unverified; at least its header) heads an uncompressed record of shard `i` of `ref`, `shardBytes` long. */
   private headerIsShard(ref: StripeRef, i: number, rec: Buffer, shardBytes: number): boolean {
     try {
       const h = decodeShardHeader(rec);
@@ -717,7 +822,6 @@ export class StripeStore {
         h.compression === 'none' &&
         h.payloadLengthBytes === shardBytes &&
         h.uncompressedLengthBytes === shardBytes &&
-        rec.length === SHARD_HEADER_BYTES + shardBytes &&
         h.shardIndex === i &&
         h.stripeGeneration === ref.generation &&
         h.chunkIndex === ref.chunkIndex &&
