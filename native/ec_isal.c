@@ -17,25 +17,20 @@
  *     crc32c(bytes, previous): ISA-L's crc32_iscsi interleaves three streams of
  *     the SSE4.2 instruction (measured 2.6 GB/s for @node-rs/crc32 on this VM;
  *     see README.md for ISA-L's figure).
- *   rebuildAsync(sources: Buffer[j*k], tables: Buffer[j], outs: Buffer[j], k, shardBytes, ok: Uint8Array(j*k), callback)
- *     A pool rebuild's kernel for j stripes, on the libuv threadpool: checks
- *     the CRC32C of each whole source record (64-byte header + shardBytes of
- *     payload, the shard-record.ts layout: CRC over header bytes 0..51,
- *     56..63, then the payload, stored at 52) into ok[]; for each stripe whose
- *     k sources all pass, decodes one shard (tables: 1 target) into
- *     outs[j][64..] and writes that record's CRC32C at outs[j][52..56] (the
- *     caller has filled the rest of its header). A stripe with a failed
- *     source is left untouched. Header fields other than the CRC are the
- *     caller's to check. No JS runs per record.
  *   rebuildReadAsync(fds: Int32Array(j*k), offsets: Float64Array(j*k), tables: Buffer[j], outs: Buffer[j], k, shardBytes,
  *                    headers: Buffer(j*k*64), ok: Uint8Array(j*k), callback)
- *     The same, but the kernel reads each source record itself (pread of
- *     64 + shardBytes at offsets[i] of fds[i]; the caller keeps the fds open
- *     until the callback) into a per-call 1-stripe buffer, and checks its CRC
- *     while it is still in cache: no JS scratch, no JS per read. A short or
- *     failed read is a failed source. Each source's 64-byte header is copied
- *     to headers[i*64..] for the caller's identity checks, which must pass
- *     before an output is used.
+ *     A pool rebuild's kernel for j stripes, on the libuv threadpool, no JS
+ *     per record: for each stripe, preads its k source records (64-byte
+ *     header + shardBytes of payload at offsets[i] of fds[i]; the caller
+ *     keeps the fds open until the callback) into a one-stripe buffer and
+ *     checks each CRC32C (shard-record.ts layout: over header bytes 0..51,
+ *     56..63, then the payload; stored at 52) while it is still in cache,
+ *     into ok[]; a short or failed read is a failed source. If all k pass,
+ *     decodes one shard (tables: 1 target) into outs[j][64..] and writes that
+ *     record's CRC at outs[j][52..56] (the caller filled the rest of its
+ *     header); otherwise outs[j] is left untouched. Each source's header is
+ *     copied to headers[i*64..] for the caller's identity checks, which must
+ *     pass before an output is used.
  *   writebackAsync(fd, offset, length, callback)
  *     sync_file_range(SYNC_FILE_RANGE_WRITE) on the threadpool: starts the
  *     disk write of a written range without waiting for it, so a later
@@ -323,24 +318,10 @@ static napi_value Crc32c(napi_env env, napi_callback_info info) {
   return result;
 }
 
-/* ---- rebuildAsync ---- */
+/* ---- rebuildReadAsync ---- */
 
 #define RECORD_HEADER_BYTES 64
 #define RECORD_CRC_OFFSET 52
-
-typedef struct {
-  napi_async_work work;
-  napi_ref callback;
-  napi_ref* refs; /* every buffer, kept alive while a worker thread uses it */
-  size_t ref_count;
-  int stripes;
-  int k;
-  int shard_bytes;
-  uint8_t** sources; /* stripes * k whole records */
-  uint8_t** tables;  /* stripes */
-  uint8_t** outs;    /* stripes whole record buffers */
-  uint8_t* ok;       /* stripes * k */
-} RebuildJob;
 
 static uint32_t record_crc(const uint8_t* record, int payload_bytes) {
   uint32_t crc = 0xFFFFFFFFu;
@@ -353,142 +334,6 @@ static uint32_t record_crc(const uint8_t* record, int payload_bytes) {
 static uint32_t load_le32(const uint8_t* p) {
   return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
 }
-
-static void rebuild_execute(napi_env env, void* data) {
-  (void)env;
-  RebuildJob* job = (RebuildJob*)data;
-  for (int s = 0; s < job->stripes; s++) {
-    int all_ok = 1;
-    uint8_t* payloads[MAX_SHARDS];
-    for (int i = 0; i < job->k; i++) {
-      uint8_t* record = job->sources[s * job->k + i];
-      int good = record_crc(record, job->shard_bytes) == load_le32(record + RECORD_CRC_OFFSET);
-      job->ok[s * job->k + i] = (uint8_t)good;
-      all_ok &= good;
-      payloads[i] = record + RECORD_HEADER_BYTES;
-    }
-    if (!all_ok) continue; /* never decode from a source that failed its check */
-    uint8_t* out = job->outs[s];
-    uint8_t* target = out + RECORD_HEADER_BYTES;
-    isal.encode_data(job->shard_bytes, job->k, 1, job->tables[s], payloads, &target);
-    uint32_t crc = record_crc(out, job->shard_bytes);
-    out[RECORD_CRC_OFFSET] = (uint8_t)crc;
-    out[RECORD_CRC_OFFSET + 1] = (uint8_t)(crc >> 8);
-    out[RECORD_CRC_OFFSET + 2] = (uint8_t)(crc >> 16);
-    out[RECORD_CRC_OFFSET + 3] = (uint8_t)(crc >> 24);
-  }
-}
-
-static void free_rebuild(napi_env env, RebuildJob* job) {
-  for (size_t i = 0; i < job->ref_count; i++) napi_delete_reference(env, job->refs[i]);
-  if (job->callback != NULL) napi_delete_reference(env, job->callback);
-  if (job->work != NULL) napi_delete_async_work(env, job->work);
-  free(job->refs);
-  free(job->sources);
-  free(job->tables);
-  free(job->outs);
-  free(job);
-}
-
-static void rebuild_complete(napi_env env, napi_status status, void* data) {
-  RebuildJob* job = (RebuildJob*)data;
-  napi_value callback, global, argv[1];
-  napi_get_reference_value(env, job->callback, &callback);
-  napi_get_global(env, &global);
-  if (status == napi_ok) {
-    napi_get_undefined(env, &argv[0]);
-  } else {
-    napi_value message;
-    napi_create_string_utf8(env, "rebuild async work was cancelled", NAPI_AUTO_LENGTH, &message);
-    napi_create_error(env, NULL, message, &argv[0]);
-  }
-  free_rebuild(env, job);
-  napi_call_function(env, global, callback, 1, argv, NULL);
-}
-
-/* Reads array[i] as a byte buffer of at least min_bytes; keeps a reference. 0 after throwing. */
-static int take_buffer(napi_env env, RebuildJob* job, napi_value array, uint32_t i, size_t min_bytes, uint8_t** out) {
-  napi_value element;
-  size_t length;
-  if (napi_get_element(env, array, i, &element) != napi_ok || !get_bytes(env, element, out, &length)) {
-    throw_range(env, "rebuildAsync: every element must be a Buffer");
-    return 0;
-  }
-  if (length < min_bytes) {
-    throw_range(env, "rebuildAsync: a buffer is shorter than its record / tables");
-    return 0;
-  }
-  if (napi_create_reference(env, element, 1, &job->refs[job->ref_count]) != napi_ok) {
-    napi_throw_error(env, NULL, "rebuildAsync: cannot reference a buffer");
-    return 0;
-  }
-  job->ref_count++;
-  return 1;
-}
-
-static napi_value RebuildAsync(napi_env env, napi_callback_info info) {
-  size_t argc = 7;
-  napi_value argv[7];
-  CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  int32_t k, shard_bytes;
-  uint32_t source_count, table_count, out_count;
-  bool a1, a2, a3;
-  uint8_t* ok;
-  size_t ok_bytes;
-  napi_valuetype type;
-  if (argc != 7 || napi_is_array(env, argv[0], &a1) != napi_ok || !a1 || napi_is_array(env, argv[1], &a2) != napi_ok || !a2 ||
-      napi_is_array(env, argv[2], &a3) != napi_ok || !a3 || !get_int(env, argv[3], &k) || !get_int(env, argv[4], &shard_bytes) ||
-      !get_bytes(env, argv[5], &ok, &ok_bytes) || napi_typeof(env, argv[6], &type) != napi_ok || type != napi_function ||
-      napi_get_array_length(env, argv[0], &source_count) != napi_ok || napi_get_array_length(env, argv[1], &table_count) != napi_ok ||
-      napi_get_array_length(env, argv[2], &out_count) != napi_ok) {
-    return throw_range(env, "rebuildAsync(sources: Buffer[], tables: Buffer[], outs: Buffer[], k, shardBytes, ok: Uint8Array, callback)");
-  }
-  if (k < 1 || k >= MAX_SHARDS || shard_bytes < 1 || shard_bytes > 0x7fffffff - RECORD_HEADER_BYTES || out_count < 1 ||
-      table_count != out_count || source_count != out_count * (uint32_t)k || ok_bytes < source_count) {
-    return throw_range(env, "rebuildAsync: need k sources and one table and output per stripe, ok as long as sources");
-  }
-  RebuildJob* job = calloc(1, sizeof(RebuildJob));
-  if (job == NULL) {
-    napi_throw_error(env, NULL, "rebuildAsync: out of memory");
-    return NULL;
-  }
-  job->stripes = (int)out_count;
-  job->k = k;
-  job->shard_bytes = shard_bytes;
-  job->ok = ok;
-  job->refs = calloc(source_count + table_count + out_count + 1, sizeof(napi_ref));
-  job->sources = calloc(source_count, sizeof(uint8_t*));
-  job->tables = calloc(table_count, sizeof(uint8_t*));
-  job->outs = calloc(out_count, sizeof(uint8_t*));
-  if (job->refs == NULL || job->sources == NULL || job->tables == NULL || job->outs == NULL) {
-    free_rebuild(env, job);
-    napi_throw_error(env, NULL, "rebuildAsync: out of memory");
-    return NULL;
-  }
-  size_t record_bytes = (size_t)RECORD_HEADER_BYTES + (size_t)shard_bytes;
-  for (uint32_t i = 0; i < source_count; i++) {
-    if (!take_buffer(env, job, argv[0], i, record_bytes, &job->sources[i])) return free_rebuild(env, job), NULL;
-  }
-  for (uint32_t i = 0; i < table_count; i++) {
-    if (!take_buffer(env, job, argv[1], i, 32 * (size_t)k, &job->tables[i])) return free_rebuild(env, job), NULL;
-  }
-  for (uint32_t i = 0; i < out_count; i++) {
-    if (!take_buffer(env, job, argv[2], i, record_bytes, &job->outs[i])) return free_rebuild(env, job), NULL;
-  }
-  if (napi_create_reference(env, argv[5], 1, &job->refs[job->ref_count]) != napi_ok) return free_rebuild(env, job), NULL;
-  job->ref_count++;
-  napi_value name;
-  if (napi_create_string_utf8(env, "couchestor:ec-rebuild", NAPI_AUTO_LENGTH, &name) != napi_ok ||
-      napi_create_async_work(env, NULL, name, rebuild_execute, rebuild_complete, job, &job->work) != napi_ok ||
-      napi_create_reference(env, argv[6], 1, &job->callback) != napi_ok || napi_queue_async_work(env, job->work) != napi_ok) {
-    free_rebuild(env, job);
-    napi_throw_error(env, NULL, "rebuildAsync: cannot queue the work");
-    return NULL;
-  }
-  return NULL;
-}
-
-/* ---- rebuildReadAsync ---- */
 
 typedef struct {
   napi_async_work work;
@@ -745,7 +590,6 @@ static napi_value Init(napi_env env, napi_value exports) {
       {"code", NULL, Code, NULL, NULL, NULL, napi_enumerable, NULL},
       {"codeAsync", NULL, CodeAsync, NULL, NULL, NULL, napi_enumerable, NULL},
       {"crc32c", NULL, Crc32c, NULL, NULL, NULL, napi_enumerable, NULL},
-      {"rebuildAsync", NULL, RebuildAsync, NULL, NULL, NULL, napi_enumerable, NULL},
       {"writebackAsync", NULL, WritebackAsync, NULL, NULL, NULL, napi_enumerable, NULL},
       {"rebuildReadAsync", NULL, RebuildReadAsync, NULL, NULL, NULL, napi_enumerable, NULL},
   };

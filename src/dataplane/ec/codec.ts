@@ -41,9 +41,7 @@ interface IsalAddon {
   codeAsync(tables: Buffer, sources: Buffer[], targets: Buffer[], shardBytes: number, done: (error?: Error) => void): void;
   /** CRC32C of `bytes`, continuing from `previous` (a CRC32C of the bytes before). */
   crc32c(bytes: Uint8Array, previous?: number): number;
-  /** Pool-rebuild kernel on the threadpool: see native/ec_isal.c and rebuildLostShards(). */
-  rebuildAsync(sources: Buffer[], tables: Buffer[], outs: Buffer[], k: number, shardBytes: number, ok: Uint8Array, done: (error?: Error) => void): void;
-  /** The same kernel reading its sources itself (pread per record): see native/ec_isal.c and readRebuildLostShards(). */
+  /** Pool-rebuild kernel on the threadpool: see native/ec_isal.c and readRebuildLostShards(). */
   rebuildReadAsync(
     fds: Int32Array,
     offsets: Float64Array,
@@ -486,31 +484,16 @@ export async function decodeTargets(
 
 /**
  * A pool rebuild's kernel, for `tables.length` stripes of one shape, on the
- * libuv threadpool (no JS per record, so two groups use both cores): checks
- * the CRC32C of every whole source record (k per stripe, in stripe order)
- * into `ok` (1 = good), and for every stripe whose k sources all pass,
- * decodes its one lost shard (tables from lostShardTables) into the payload
- * of `outs[s]` (a whole record: header filled by the caller, CRC excluded)
- * and writes that record's CRC. Stripes with a bad source are left as they
- * were: the caller must not use their output.
- */
-export function rebuildLostShards(sources: Buffer[], tables: Buffer[], outs: Buffer[], k: number, shardBytes: number, ok: Uint8Array): Promise<void> {
-  return new Promise<void>((resolve, reject) => {
-    try {
-      isal.rebuildAsync(sources, tables, outs, k, shardBytes, ok, (error) => (error ? reject(error) : resolve()));
-    } catch (error) {
-      reject(asInputInvalid(error));
-    }
-  });
-}
-
-/**
- * rebuildLostShards() with the reads in the kernel too: source record s*k+i
- * (64 + shardBytes bytes) is pread from fds[s*k+i] at offsets[s*k+i] (the
- * caller keeps those descriptors open until this settles) into a one-stripe
- * buffer and CRC-checked while still in cache; ok[] says which read and
- * passed, and each source's header is copied to headers[(s*k+i)*64..] for
- * the caller's identity checks (which must pass before outs[s] is used).
+ * libuv threadpool (no JS per record, so groups in flight use both cores):
+ * source record s*k+i (64 + shardBytes bytes) is pread from fds[s*k+i] at
+ * offsets[s*k+i] (the caller keeps those descriptors open until this
+ * settles) into a one-stripe buffer and its CRC32C checked while still in
+ * cache; ok[] says which read and passed. For every stripe whose k sources
+ * all pass, its one lost shard is decoded (tables from lostShardTables) into
+ * the payload of outs[s] (a whole record, header filled by the caller) and
+ * that record's CRC written. Each source's header is copied to
+ * headers[(s*k+i)*64..] for the caller's identity checks, which must pass
+ * before outs[s] is used; a stripe with a failed source is left untouched.
  */
 export function readRebuildLostShards(
   fds: Int32Array,

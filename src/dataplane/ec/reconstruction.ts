@@ -369,10 +369,10 @@ export class Reconstructor {
               for (const g of group) g.entry.state = 'Degraded';
               continue;
             }
-            scratch = this.scratchFor(scratch, StripeStore.scanScratchBytes(group[0]!.job.ref, group.length));
-            let prepared: (PreparedRebuild | null)[];
+              let prepared: (PreparedRebuild | null)[];
             try {
-              prepared = await this.stripes.prepareLostShards(group.map((g) => g.job), sourceRank, scratch);
+              // Scratch only where the JS path needs it (compressed records): the native kernel reads into its own.
+            prepared = await this.stripes.prepareLostShards(group.map((g) => g.job), sourceRank, (bytes) => (scratch = this.scratchFor(scratch, bytes)));
             } catch (err) {
               for (const g of group) this.rebuildFailed(vol, g.entry, err);
               continue;

@@ -8,7 +8,7 @@ import { InsufficientShards, NoSuitablePool } from '../errors.js';
 import type { Pool } from '../pools/pool.js';
 import type { CacheManager, L3Backend } from '../cache/index.js';
 import { log } from '../../log.js';
-import { decodeStripe, decodeTargets, encodeStripe, lostShardTables, readRebuildLostShards, rebuildLostShards, reconstructMissing } from './codec.js';
+import { decodeStripe, decodeTargets, encodeStripe, lostShardTables, readRebuildLostShards, reconstructMissing } from './codec.js';
 import type { ErasureCodingPolicy } from './policy.js';
 import { decodeShardHeader, decodeShardRecord, encodeShardHeader, encodeShardRecord, SHARD_HEADER_BYTES, type DecodedShardRecord } from './shard-record.js';
 import { SegmentStore, ShardNotFound, type SegmentLocation, type SegmentStoreOptions } from './segment-store.js';
@@ -81,12 +81,6 @@ export interface StripeStoreCounters {
  * short enough that one read does not hold a threadpool thread for long.
  */
 export const MAX_RUN_BYTES = 4 * 1024 * 1024 + 16 * SHARD_HEADER_BYTES;
-/**
- * Pool rebuild of uncompressed records: the native kernel reads the sources
- * itself (pread per record, CRC while in cache) rather than JS reading runs
- * into scratch first. Measured on bench/ec-rebuild: see the commit message.
- */
-const REBUILD_KERNEL_READS = true;
 /** Bytes of rebuilt-record buffers kept for reuse (StripeStore.recordPool): what a scrub has landing at once. */
 export const MAX_POOLED_RECORD_BYTES = 64 * 1024 * 1024;
 
@@ -570,32 +564,35 @@ export class StripeStore {
    * Pool rebuild, read side: for each job (a stripe and the index of its one
    * shard the lost pool held), reads exactly k surviving shards, ranked by
    * `sourceRank` (pool name -> rank, lower first; the same pools for every
-   * stripe, so each pool's records are read back to back in reads of up to
-   * MAX_RUN_BYTES), verifies each (CRC and identity: it is decode input),
-   * and decodes only the lost shard, straight into a recycled record buffer.
-   * The other survivors are not read: verifying them is the scrub's job.
+   * stripe, so each pool's records are read in write order), verifies each
+   * (CRC and identity: it is decode input), and decodes only the lost shard
+   * into a recycled record buffer. The other survivors are not read:
+   * verifying them is the scrub's job. Uncompressed records of one shape
+   * (the usual case) go through the native kernel (prepareLostShardsInKernel);
+   * others are read in runs of up to MAX_RUN_BYTES into `scratch(bytes)` (a
+   * buffer the caller reuses once this resolves) and checked and decoded in JS.
    * Returns, per job, the prepared record, or null when a source was missing
    * or failed verification (nothing is decoded from it); the caller then
    * rebuilds that stripe through prepareRebuild(), which reads every survivor
-   * and so uses another one. `scratch`: as for inspectMany(), reused by the
-   * caller once this resolves.
+   * and so uses another one.
    */
-  async prepareLostShards(jobs: readonly LostShardJob[], sourceRank: ReadonlyMap<string, number>, scratch: Buffer): Promise<(PreparedRebuild | null)[]> {
+  async prepareLostShards(
+    jobs: readonly LostShardJob[],
+    sourceRank: ReadonlyMap<string, number>,
+    scratch: (bytes: number) => Buffer,
+  ): Promise<(PreparedRebuild | null)[]> {
     const k0 = jobs[0]?.ref.dataShards;
     const m0 = jobs[0]?.ref.parityShards;
     const stripe0 = jobs[0]?.ref.stripeSizeBytes;
     const native = this.policy.compression === 'none' && jobs.every((j) => j.ref.dataShards === k0 && j.ref.parityShards === m0 && j.ref.stripeSizeBytes === stripe0);
-    if (native && REBUILD_KERNEL_READS) return this.prepareLostShardsInKernel(jobs, sourceRank);
+    if (native) return this.prepareLostShardsInKernel(jobs, sourceRank);
     interface Item { j: number; i: number; s: ShardRef }
     interface Run { pool: string; segment: number; offsetBytes: number; lengthBytes: number; at: number; items: Item[] }
     const sources: number[][] = [];
     const ok: boolean[] = [];
     const byPlace = new Map<string, Item[]>();
     jobs.forEach(({ ref, lost }, j) => {
-      const ranked: number[] = [];
-      for (let i = 0; i < ref.shards.length; i++) if (i !== lost && sourceRank.has(ref.shards[i]!.pool)) ranked.push(i);
-      ranked.sort((a, b) => sourceRank.get(ref.shards[a]!.pool)! - sourceRank.get(ref.shards[b]!.pool)!);
-      const chosen = ranked.slice(0, ref.dataShards).sort((a, b) => a - b);
+      const chosen = StripeStore.rebuildSources(ref, lost, sourceRank);
       sources.push(chosen);
       ok.push(chosen.length === ref.dataShards);
       if (!ok[j]) return;
@@ -623,7 +620,7 @@ export class StripeStore {
         scratchBytes += it.s.lengthBytes;
       }
     }
-    const buf = scratch.length >= scratchBytes ? scratch : Buffer.allocUnsafe(scratchBytes);
+    const buf = scratch(scratchBytes);
     // Each source's whole record as read (unverified), per job and shard index.
     const records = jobs.map((job) => new Array<Buffer | undefined>(job.ref.shards.length).fill(undefined));
     await Promise.all(
@@ -648,7 +645,7 @@ export class StripeStore {
         }
       }),
     );
-    return native ? this.decodeLostNative(jobs, sources, records, ok) : this.decodeLostJs(jobs, sources, records, ok);
+    return this.decodeLostJs(jobs, sources, records, ok);
   }
 
   /** The k sources of a pool rebuild's stripe: survivors on ranked pools, best rank first; fewer than k if not enough. */
@@ -747,71 +744,6 @@ export class StripeStore {
     } finally {
       for (const p of pins.values()) void p.then((h) => h?.release());
     }
-  }
-
-  /**
-   * prepareLostShards' verify + decode in the native kernel (uncompressed
-   * records of one shape): headers (identity, lengths) are checked here,
-   * CRCs and the decode run on the threadpool with no JS per record.
-   * Measured against decodeLostJs on bench/ec-rebuild: see the commit.
-   */
-  private async decodeLostNative(jobs: readonly LostShardJob[], sources: number[][], records: (Buffer | undefined)[][], ok: boolean[]): Promise<(PreparedRebuild | null)[]> {
-    const ref0 = jobs[0]!.ref;
-    const k = ref0.dataShards;
-    const shardBytes = ref0.stripeSizeBytes / k;
-    const recordBytes = SHARD_HEADER_BYTES + shardBytes;
-    const out: (PreparedRebuild | null)[] = jobs.map(() => null);
-    const srcRecords: Buffer[] = [];
-    const tables: Buffer[] = [];
-    const outs: Buffer[] = [];
-    const which: number[] = []; // job index of each kernel stripe
-    for (const [j, { ref, lost }] of jobs.entries()) {
-      if (!ok[j]) continue;
-      const src = sources[j]!;
-      let good = true;
-      for (const i of src) {
-        const rec = records[j]![i]!;
-        if (rec.length !== recordBytes || !this.headerIsShard(ref, i, rec, shardBytes)) {
-          log.warn('pool rebuild: source shard fails verification; another survivor is used', { pool: ref.shards[i]!.pool, chunk: ref.chunkIndex, shard: i, err: 'header' });
-          good = false;
-          break;
-        }
-      }
-      if (!good) {
-        ok[j] = false;
-        continue;
-      }
-      for (const i of src) srcRecords.push(records[j]![i]!);
-      tables.push(lostShardTables(ref.dataShards, ref.parityShards, src, lost));
-      const record = this.takeRecordBuffer(recordBytes);
-      encodeShardHeader(
-        { ownerId: Buffer.from(ref.ownerId, 'hex'), chunkIndex: ref.chunkIndex, stripeGeneration: ref.generation, shardIndex: lost, dataShards: ref.dataShards, parityShards: ref.parityShards },
-        shardBytes,
-        record,
-      );
-      outs.push(record);
-      which.push(j);
-    }
-    if (which.length === 0) return out;
-    const crcOk = new Uint8Array(srcRecords.length);
-    try {
-      await rebuildLostShards(srcRecords, tables, outs, k, shardBytes, crcOk);
-    } catch (err) {
-      this.releaseRecordBuffers(outs);
-      throw err;
-    }
-    which.forEach((j, t) => {
-      const { ref } = jobs[j]!;
-      const bad = sources[j]!.filter((_, x) => crcOk[t * k + x] !== 1);
-      if (bad.length > 0) {
-        // Nothing was decoded from it: the record goes back, the slow path reads every survivor.
-        for (const i of bad) log.warn('pool rebuild: source shard fails its CRC; another survivor is used', { pool: ref.shards[i]!.pool, chunk: ref.chunkIndex, shard: i });
-        this.releaseRecordBuffers([outs[t]!]);
-        return;
-      }
-      out[j] = { bad: [jobs[j]!.lost], records: [outs[t]!], lengthBytes: recordBytes, pooled: [outs[t]!] };
-    });
-    return out;
   }
 
   /** Whether `rec` (unverified; at least its header) heads an uncompressed record of shard `i` of `ref`, `shardBytes` long. */
