@@ -165,7 +165,7 @@ export class S3Lfu<K extends PolicyKey, V> {
       this.recordMiss(key, hash);
       return undefined;
     }
-    this.touch(i);
+    this.touch(i, hash);
     return this.valList[i];
   }
 
@@ -176,7 +176,7 @@ export class S3Lfu<K extends PolicyKey, V> {
       this.recordMiss(key, hash);
       return undefined;
     }
-    this.touch(i);
+    this.touch(i, hash);
     return this.valList[i];
   }
 
@@ -232,9 +232,9 @@ export class S3Lfu<K extends PolicyKey, V> {
   }
 
   /** A hit: CLOCK counter, recency order in main, the sketch for small's first hits, shadows. */
-  private touch(i: number): void {
+  private touch(i: number, hash: number): void {
+    // hash is the entry's (every caller has just looked it up by it): no load of hashes[i].
     const f = this.freqs[i]!;
-    const hash = this.hashes[i]!;
     if (this.queues[i] === SMALL) {
       // The sketch only needs what the duel compares: misses, and the first hit of an entry
       // still in small (which decides its promotion). Keeping main's hits out of it spares
@@ -304,7 +304,7 @@ export class S3Lfu<K extends PolicyKey, V> {
       if (this.queues[existing] === SMALL) this.smallWeight += delta;
       else this.mainWeight += delta;
       this.weights[existing] = weight;
-      if (countAccess) this.touch(existing);
+      if (countAccess) this.touch(existing, hash);
     } else {
       // After a get() miss of this key (the usual read-through), that get() already counted
       // the access in the sketch and the shadows: a second count would double every miss.
