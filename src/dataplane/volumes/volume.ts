@@ -5,7 +5,6 @@
 // connections to a volume share this object, so a FLUSH on one covers writes
 // completed on all.
 import fs from 'node:fs';
-import { crc32c } from '@node-rs/crc32';
 import { InvalidArgument, OutOfRange, ReadOnly, VolumeFailed } from '../errors.js';
 import { ChunkState, type ChunkEntry, type MetaStore, type VolumeRecord } from '../meta/store.js';
 import type { Pool } from '../pools/pool.js';
@@ -324,7 +323,9 @@ export class Volume {
       await this.commit.run().catch(() => undefined);
       for (const f of dropped) {
         await new Promise<void>((resolve) => fs.close(f.fd, () => resolve()));
-        if (!keep) fs.rmSync(f.pool.volumeFile(this.rec.id), { force: true });
+        // On the threadpool: freeing a large file's extents took ~0.2 s per
+        // 512 MiB here, too long to hold the event loop (and every client).
+        if (!keep) await fs.promises.rm(f.pool.volumeFile(this.rec.id), { force: true });
       }
       return dropped.map((f) => f.pool);
     });
@@ -754,11 +755,14 @@ export class Volume {
       await this.readPiece(c, c * cs, (c + 1) * cs, buf, 0);
       await writeAll(dst.fd, buf, c * cs);
       // The index must never point at bytes a power cut can take back.
-      await fdatasync(dst.fd);
+      await this.syncFile(dst);
       if (verify) {
         const back = Buffer.allocUnsafe(cs);
         await readAll(dst.fd, back, 0, cs, c * cs);
-        if (crc32c(back) !== crc32c(buf)) throw new VerifyFailed(`volume ${this.name} chunk ${c}: file copy does not match its source`);
+        // Byte for byte: stricter than comparing checksums, and a memcmp costs
+        // a tenth of two CRC32C passes on the event loop (12 vs 113 ms per
+        // 512 MiB here), which was a fifth of a hot <-> warm move.
+        if (!back.equals(buf)) throw new VerifyFailed(`volume ${this.name} chunk ${c}: file copy does not match its source`);
       }
       if (this.closed) throw new VolumeFailed(`volume ${this.name} was closed`);
       // A trim or zero that discarded the chunk while it was copied wins: a
@@ -776,6 +780,24 @@ export class Volume {
       if (reserve) dst.pool.release(cs);
       throw err;
     }
+  }
+
+  /**
+   * fdatasync of a chunk copy's target. One per chunk: sharing one sync
+   * among the copies in flight (group commit) measured no faster (in-process
+   * 512 MiB moves, 3 interleaved runs: 645/622 MiB/s per chunk vs 622/605
+   * shared).
+   */
+  private syncFile(f: VolumeFile): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      fs.fdatasync(f.fd, (err) => {
+        if (!err) return resolve();
+        // As in syncOnce: the kernel may have dropped dirty pages of client
+        // writes to this file too, and reports that only once.
+        this.failure ??= new VolumeFailed(`volume ${this.name}: fdatasync of its file on pool ${f.pool.name} failed (${err.message}); volume taken offline`);
+        reject(this.failure);
+      });
+    });
   }
 
   /**
