@@ -254,3 +254,46 @@ test('the L1 policy switches to LRU where its sampled shadows show LRU winning, 
   assert.ok(hits > 0.45 * 2 * keyCount, `hit ratio ${hits / (2 * keyCount)}`);
   assert.ok(policy.weightedSize <= capacity);
 });
+
+test('after a long S3-LFU lead, a short burst in which LRU wins switches the L1 policy to LRU within the burst', () => {
+  const capacity = 1000;
+  const policy = new S3Lfu<number, number>({ maximumWeight: capacity, expectedEntries: capacity });
+  const access = (k: number): boolean => {
+    const hit = policy.get(k) !== undefined;
+    if (!hit) policy.set(k, k, 1, false);
+    return hit;
+  };
+  // Phase 1, 300,000 accesses: 900 hot keys read at random (a fixed LCG), and every 10th access
+  // a key read once (a scan). S3-LFU keeps the hot set in main; an LRU of 1000 loses part of
+  // it to the scan. That long lead is what a burst has to overcome.
+  let x = 12345;
+  let scanKey = 1_000_000;
+  for (let i = 0; i < 300_000; i++) {
+    if (i % 10 === 0) {
+      access(scanKey++);
+    } else {
+      x = (Math.imul(x, 1103515245) + 12345) >>> 0;
+      access((x >>> 8) % 900);
+    }
+  }
+  assert.equal(policy.lruMode, false);
+  // Phase 2, a burst of 8,000 reads: every key read twice, 400 steps apart (as in the test
+  // above): LRU hits every second read, S3-LFU's small queue of 100 misses them. The slow
+  // score alone (100,000-access window) did not switch within the burst at all; the fast one
+  // must, and the burst's last quarter must then run near LRU's 50%.
+  let switchedAt = -1;
+  let reads = 0;
+  let lateHits = 0;
+  for (let step = 0; step < 4000; step++) {
+    for (const k of [2_000_000 + step, 2_000_000 + step - 400]) {
+      if (k < 2_000_000) continue;
+      const hit = access(k);
+      reads++;
+      if (switchedAt < 0 && policy.lruMode) switchedAt = reads;
+      if (reads > 6000 && hit) lateHits++;
+    }
+  }
+  assert.ok(switchedAt > 0 && switchedAt < 4000, `switched to LRU after ${switchedAt} of ${reads} burst reads`);
+  assert.ok(lateHits / (reads - 6000) > 0.45, `late burst hit ratio ${lateHits / (reads - 6000)}`);
+  assert.ok(policy.weightedSize <= capacity);
+});
