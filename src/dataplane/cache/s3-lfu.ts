@@ -49,6 +49,7 @@ const SWITCH_WINDOW_ACCESSES = 100_000;
 const SWITCH_HYSTERESIS_HITS = 5;
 const BURST_WINDOW_ACCESSES = 10_000;
 const BURST_LEAD_HITS = 40;
+const BURST_MIN_SAMPLES = 256;
 
 export interface S3LfuOptions<K, V> {
   maximumWeight: number;
@@ -115,7 +116,9 @@ export class S3Lfu<K extends PolicyKey, V> {
     while (sampleRate < MAX_SAMPLE_RATE && options.expectedEntries / (2 * sampleRate) >= MIN_SHADOW_ENTRIES) sampleRate *= 2;
     this.sampleMask = sampleRate - 1;
     this.scoreDecay = 1 - sampleRate / SWITCH_WINDOW_ACCESSES;
-    this.burstDecay = 1 - sampleRate / BURST_WINDOW_ACCESSES;
+    // At least BURST_MIN_SAMPLES samples per window: at a high sample rate 10,000 accesses hold
+    // too few samples to ever lead by BURST_LEAD_HITS (at R = 4096, 2.4).
+    this.burstDecay = 1 - sampleRate / Math.max(BURST_WINDOW_ACCESSES, BURST_MIN_SAMPLES * sampleRate);
     if (shadowMode === undefined) {
       const shadowOptions = {
         maximumWeight: options.maximumWeight / sampleRate,
