@@ -8,7 +8,9 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { TestDaemon, run } from './helpers/daemon.js';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { CLIENT_ENV, TestDaemon, run } from './helpers/daemon.js';
 import {
   MiB,
   assertSameBytes,
@@ -117,6 +119,48 @@ test('a survivor that fails its CRC during a pool rebuild is not decoded from: a
     await dropCache(d);
     assertSameBytes(readExport(d, 'c1', path.join(work, 'out.bin')), model, 'after rebuilding pool 2 around a corrupt survivor');
     assert.equal((await coldStatus(d)).failedReads, 0);
+  } finally {
+    await d.cleanup();
+    fs.rmSync(work, { recursive: true, force: true });
+  }
+});
+
+test('writes destaged while a pool rebuild runs are not lost: the rebuild flips only stripes it read (CAS), the rest are rewritten whole', async () => {
+  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'cold-pool-rebuild-'));
+  const stripes = 64;
+  const d = await startColdDaemon();
+  try {
+    await createVolume(d, 'c1', stripes * MiB, 'cold');
+    const model = patternBytes(stripes * MiB, 0x7a11);
+    fs.writeFileSync(path.join(work, 'src.bin'), model);
+    run('nbdcopy', [path.join(work, 'src.bin'), d.exportUri('c1')]);
+    await destage(d);
+    losePool(d, 2);
+    replacePool(d, 2);
+    // Overwrite chunks across the volume (first, middle and last groups of the rebuild).
+    const chunks = [0, 17, 33, 63];
+    const lines = [`h.connect_uri(${JSON.stringify(d.exportUri('c1'))})`];
+    for (const c of chunks) {
+      const fresh = patternBytes(MiB, 0x1000 + c);
+      fresh.copy(model, c * MiB);
+      fs.writeFileSync(path.join(work, `chunk-${c}.bin`), fresh);
+      lines.push(`h.pwrite(open(${JSON.stringify(path.join(work, `chunk-${c}.bin`))}, 'rb').read(), ${c * MiB})`);
+    }
+    lines.push('h.flush()');
+    // Journaled first (an nbdsh start-up outlasts a rebuild this size), then the destage of
+    // those chunks and the rebuild are started together: both rewrite the same stripes.
+    await promisify(execFile)('nbdsh', ['-c', lines.join('\n')], { env: CLIENT_ENV });
+    const [report] = await Promise.all([rebuildPool(d, 2), destage(d)]);
+    assert.equal(report.notRebuilt, 0, JSON.stringify(report));
+    assert.deepEqual((await coldStatus(d)).stripes, { Healthy: stripes, Degraded: 0, Reconstructing: 0, Failed: 0 });
+    assert.equal((await scrub(d)).badStripes, 0, 'every shard of every stripe verifies');
+    await dropCache(d);
+    assertSameBytes(readExport(d, 'c1', path.join(work, 'out.bin')), model, 'writes made during the rebuild');
+    // Pools 0 and 5 gone: every stripe (rebuilt or rewritten) reads through its cold-2 shard.
+    losePool(d, 0);
+    losePool(d, 5);
+    await dropCache(d);
+    assertSameBytes(readExport(d, 'c1', path.join(work, 'out.bin')), model, 'pools 0 and 5 lost after the rebuild');
   } finally {
     await d.cleanup();
     fs.rmSync(work, { recursive: true, force: true });

@@ -327,7 +327,6 @@ export class Reconstructor {
     for (const name of this.stripes.coldPoolNames().sort()) if (name !== poolName && (await this.stripes.segmentStore(name)) !== null) sourceRank.set(name, sourceRank.size);
     const landing = new Landing(MAX_LANDING_BYTES);
     const slow: Promise<number>[] = [];
-    const keys: string[] = []; // every stripe this rebuild took on, to count what is left
     let window: SyncWindow | null = null;
     const flushes: Promise<void>[] = [];
     for (const vol of this.allVolumes()) {
@@ -357,12 +356,18 @@ export class Reconstructor {
               const key = `${ctx.volumeId}:${ctx.chunkIndex}`;
               const cur = this.states.get(key);
               if (cur?.state === 'Reconstructing') continue; // a pass has it
-              if (vol.stripes.get(job.chunkIndex) !== job.ref) continue; // rewritten meanwhile: its new stripe is whole
+              const now = vol.stripes.get(job.chunkIndex);
+              if (now === undefined) continue; // gone (trimmed, promoted)
+              if (now !== job.ref) {
+                // Rewritten, or its records moved by compaction, since it was listed: the
+                // queue's pass checks the current stripe in full (and drops it if whole).
+                this.enqueue(ctx, `pool ${poolName} lost; stripe changed while the rebuild ran`);
+                continue;
+              }
               const entry: QueuedStripe = cur ?? { ctx, state: 'Degraded', reason: `pool ${poolName} lost` };
               entry.state = 'Reconstructing';
               this.states.set(key, entry); // bounded: at most the groups in flight beyond the queue's own entries
               group.push({ job, key, entry });
-              keys.push(key);
             }
             if (group.length === 0) continue;
             if (target === null) {
@@ -421,7 +426,10 @@ export class Reconstructor {
       report.bytesLanded += landedBytes;
     }
     if (!this.stopped) await this.process(); // stripes superseded while landing, or left for other pools
-    for (const key of keys) if (this.states.has(key)) report.notRebuilt++;
+    // Left in the queue (bounded by MAX_QUEUED_STRIPES) with a shard on this pool: not rebuilt.
+    for (const { ctx } of this.states.values()) {
+      if (this.volumeById(ctx.volumeId)?.stripes.get(ctx.chunkIndex)?.shards.some((sh) => sh.pool === poolName)) report.notRebuilt++;
+    }
     report.durationMs = Date.now() - started;
     log.info('pool rebuild finished', { ...report });
     return report;
