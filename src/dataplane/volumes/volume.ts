@@ -294,16 +294,17 @@ export class Volume {
   /**
    * RELEASE after a move between hot/warm pools (or to cold): closes every
    * data file, other than the placement pool's, that no chunk is in any more,
-   * and unless `keep` (preservation mode) deletes it. At a quiesce point, so
-   * no read or copy is using the file. Returns the pools whose files were
-   * closed.
+   * and unless `keep` (preservation mode) deletes it. The file list changes
+   * at a quiesce point, so no read or copy still uses a dropped file; the
+   * close and delete come after the gate opens (clients do not wait for
+   * them). Returns the pools whose files were closed.
    */
   async releaseOtherFiles(keep: boolean): Promise<Pool[]> {
-    return this.quiesced(async () => {
+    const dropped = await this.quiesced(async () => {
       const used = new Set<number>();
       for (let c = 0; c < this.chunkState.length; c++) if (this.chunkState[c] === ChunkState.Allocated) used.add(this.chunkFile[c]!);
       const keepIdx = this.files.map((_, i) => i === this.allocIdx || used.has(i));
-      if (keepIdx.every(Boolean)) return [];
+      if (keepIdx.every(Boolean)) return [] as VolumeFile[];
       const remap = new Uint8Array(this.files.length);
       const next: VolumeFile[] = [];
       const dropped: VolumeFile[] = [];
@@ -317,18 +318,20 @@ export class Volume {
       for (let c = 0; c < this.chunkFile.length; c++) this.chunkFile[c] = remap[this.chunkFile[c]!]!;
       this.allocIdx = remap[this.allocIdx]!;
       this.files = next;
-      // A FLUSH is not held at the gate: let any fdatasync that took the old
-      // file list finish before its descriptors close (the next sync takes
-      // the new list).
-      await this.commit.run().catch(() => undefined);
-      for (const f of dropped) {
-        await new Promise<void>((resolve) => fs.close(f.fd, () => resolve()));
-        // On the threadpool: freeing a large file's extents took ~0.2 s per
-        // 512 MiB here, too long to hold the event loop (and every client).
-        if (!keep) await fs.promises.rm(f.pool.volumeFile(this.rec.id), { force: true });
-      }
-      return dropped.map((f) => f.pool);
+      return dropped;
     });
+    if (dropped.length === 0) return [];
+    // A FLUSH is not held at the gate: let any fdatasync that took the old
+    // file list finish before its descriptors close (the next sync takes the
+    // new list).
+    await this.commit.run().catch(() => undefined);
+    for (const f of dropped) {
+      await new Promise<void>((resolve) => fs.close(f.fd, () => resolve()));
+      // On the threadpool: freeing a large file's extents took ~0.2 s per
+      // 512 MiB here, too long to hold the event loop (and every client).
+      if (!keep) await fs.promises.rm(f.pool.volumeFile(this.rec.id), { force: true });
+    }
+    return dropped.map((f) => f.pool);
   }
 
   /** Reads [offset, offset+length) into dst[0..length). */
