@@ -276,7 +276,13 @@ export class ControlLoop {
     if (target === 'warm' && !p.warmPoolSelector) {
       return { ...base, targetTier: tier, iops, action: 'stay', reason: `${why}; no warm tier in this policy, stays ${tier}` };
     }
-    if (target === tier) return { ...base, targetTier: target, iops, action: 'stay', reason: `${why}; already ${tier}` };
+    if (target === tier) {
+      // A move that was interrupted (crash) or aborted leaves chunks outside
+      // the tier's pool file; finishing it is a move to the same tier, under
+      // the same emergency stop, cooldown, dry run and concurrency limit.
+      if (!this.manager.openVolume(name).hasChunksOffPlacement()) return { ...base, targetTier: target, iops, action: 'stay', reason: `${why}; already ${tier}` };
+      why = `${why}; already ${tier}, but an interrupted move left chunks on other pools: finishing it`;
+    }
     if (!p.enabled) return { ...base, targetTier: target, iops, action: 'disabled', reason: `${why}; policy disabled (emergency stop): nothing new starts` };
     const last = this.lastMigrated.get(name);
     if (last !== undefined && Date.now() - last < p.cooldownPeriodMs) {

@@ -207,8 +207,9 @@ export class VolumeManager {
       throw err;
     }
     if (files.length > 1) {
-      // The control loop sees the volume's tier only: say how to finish.
-      log.warn('volume has chunks on more than one pool (a hot <-> warm move was interrupted); `couchestor volumes migrate` to its tier finishes it', { volume: rec.name, tier: rec.tier, pools: files.map((f) => f.pool.name).join(',') });
+      // The control loop finishes it (a move to the volume's own tier) when a
+      // policy manages the volume; by hand, `couchestor volumes migrate`.
+      log.warn('volume has chunks on more than one pool (a hot <-> warm move was interrupted); the control loop, or `couchestor volumes migrate` to its tier, finishes it', { volume: rec.name, tier: rec.tier, pools: files.map((f) => f.pool.name).join(',') });
     }
     const vol = new Volume(rec, files, this.meta, states, chunkFile, this.cold);
     for (const { chunkIndex, entry } of entries) {

@@ -817,6 +817,19 @@ export class Volume {
     return out;
   }
 
+  /**
+   * Whether a move to this volume's own tier has chunks to copy: a hot/warm
+   * volume left split by an interrupted or aborted move (chunks in another
+   * pool's file, in stripes, or journaled). Cheap when there is nothing: one
+   * file, no stripes and no journal mean nothing is off placement.
+   */
+  hasChunksOffPlacement(): boolean {
+    if (this.rec.tier === 'cold') return false;
+    if (this.files.length === 1 && this.stripes.size === 0 && !(this.cold?.journal.hasVolume(this.rec.id) ?? false)) return false;
+    for (let c = 0; c < this.chunkState.length; c++) if (this.offPlacement(c)) return true;
+    return false;
+  }
+
   /** Chunks with data that a move into `pool`'s file would copy (the room it needs). */
   chunksNotIn(pool: Pool): number {
     let n = 0;
