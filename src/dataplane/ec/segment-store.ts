@@ -11,7 +11,7 @@
 // One SegmentStore per directory at a time (not locked here: the caller owns
 // its pools); two would interleave records.
 import { open as fsOpen, readdir, stat, unlink, type FileHandle } from "node:fs/promises";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { PoolOffline as StoragePoolOffline, StorageError } from "../errors.js";
 import { startWriteback } from "./codec.js";
 import {
@@ -96,6 +96,12 @@ export interface SegmentStoreOptions {
   readOnly?: boolean;
   segmentSizeBytes?: number;
   maxPendingBytes?: number;
+  /**
+   * The caller has just created `poolDir` (mkdir): its entry in the parent
+   * directory is made durable with the store's first commit, like a new
+   * segment's name.
+   */
+  createdDir?: boolean;
 }
 
 /** The pool directory is missing, not a directory, or failed I/O; the pool must be treated as offline. Is-a errors.ts PoolOffline. */
@@ -223,6 +229,8 @@ export class SegmentStore {
   private commits = 0;
   private recordsAppended = 0;
   private bytesAppended = 0;
+  /** Directories whose new entries (a created head segment, a created pool directory) the next commit must make durable. */
+  private readonly namesToSync = new Set<string>();
   /** Writebacks started on the head (unsynced appends); awaited before its handle closes. Bounded by unsynced groups in flight. */
   private readonly writebacks = new Set<Promise<void>>();
   /** Insertion order is recency (a hit re-inserts); bounded by MAX_CACHED_READ_HANDLES. */
@@ -281,7 +289,10 @@ export class SegmentStore {
       }
       const head = (last ?? 0) + 1;
       const fh = await SegmentStore.createSegment(poolDir, head);
-      return new SegmentStore(poolDir, segmentSizeBytes, maxPendingBytes, head, fh, 0, sizes);
+      const store = new SegmentStore(poolDir, segmentSizeBytes, maxPendingBytes, head, fh, 0, sizes);
+      store.namesToSync.add(poolDir);
+      if (options.createdDir === true) store.namesToSync.add(dirname(poolDir));
+      return store;
     } catch (error) {
       if (error instanceof PoolOffline) throw error;
       const code = errorCode(error);
@@ -292,11 +303,15 @@ export class SegmentStore {
     }
   }
 
+  /**
+   * The new name must survive a crash before any record in it is
+   * acknowledged: the caller adds poolDir to namesToSync, and the next commit
+   * syncs it beside its fdatasync (not here: a replaced pool's first store
+   * open is on a rebuild's critical path, and nothing in the file counts
+   * before that commit).
+   */
   private static async createSegment(poolDir: string, segment: number): Promise<FileHandle> {
-    const fh = await fsOpen(join(poolDir, segmentFileName(segment)), "wx+");
-    // The new name must survive a crash before any record in it is acknowledged.
-    await SegmentStore.syncDir(poolDir);
-    return fh;
+    return fsOpen(join(poolDir, segmentFileName(segment)), "wx+");
   }
 
   private static async syncDir(poolDir: string): Promise<void> {
@@ -447,7 +462,9 @@ export class SegmentStore {
       }
     }
     if (!sync || this.headDurableBytes === this.headWrittenBytes) return;
-    await fh.datasync();
+    const dirs = [...this.namesToSync];
+    this.namesToSync.clear(); // a failure below fails the store: nothing is acknowledged after it
+    await Promise.all([fh.datasync(), ...dirs.map((dir) => SegmentStore.syncDir(dir))]);
     this.commits++;
     this.headDurableBytes = this.headWrittenBytes;
     this.sizes.set(this.head, this.headDurableBytes);
@@ -456,6 +473,7 @@ export class SegmentStore {
   private async roll(): Promise<void> {
     const next = this.head + 1;
     const fh = await SegmentStore.createSegment(this.poolDir, next);
+    this.namesToSync.add(this.poolDir);
     await Promise.all(this.writebacks); // they name the old head's descriptor
     await this.headFh!.close();
     this.headFh = fh;

@@ -155,7 +155,8 @@ export class StripeStore {
       if (ino !== null) this.storeIno.set(pool.name, ino);
       s = pool.isOnline()
         ? mkdir(this.segDir(pool), { recursive: true })
-            .then(() => SegmentStore.open(this.segDir(pool), this.segmentOptions))
+            // A replaced pool's segments/ directory is new: its name is made durable with the first commit.
+            .then((created) => SegmentStore.open(this.segDir(pool), { ...this.segmentOptions, createdDir: created !== undefined }))
             .catch((err: Error) => {
             log.warn('stripe store: pool offline', { pool: pool.name, err: err.message });
             this.stores.delete(pool.name);
