@@ -97,9 +97,10 @@ export interface SegmentStoreOptions {
   segmentSizeBytes?: number;
   maxPendingBytes?: number;
   /**
-   * The caller has just created `poolDir` (mkdir): its entry in the parent
-   * directory is made durable with the store's first commit, like a new
-   * segment's name.
+   * The caller has just created `poolDir` (mkdir). No longer needed: the
+   * first commit after every writable open syncs `poolDir` and its parent
+   * (a directory or head created by a process that died before its first
+   * commit looks like any existing one).
    */
   createdDir?: boolean;
 }
@@ -279,7 +280,12 @@ export class SegmentStore {
         try {
           const sizeBytes = (await fh.stat()).size;
           if ((await chainEndBytes(fh, sizeBytes)) === sizeBytes && sizeBytes < segmentSizeBytes) {
-            return new SegmentStore(poolDir, segmentSizeBytes, maxPendingBytes, last, fh, sizeBytes, sizes);
+            const store = new SegmentStore(poolDir, segmentSizeBytes, maxPendingBytes, last, fh, sizeBytes, sizes);
+            // An earlier process may have created this head (or segments/ itself) and died
+            // before the commit that would have synced the names: sync them with ours.
+            store.namesToSync.add(poolDir);
+            store.namesToSync.add(dirname(poolDir));
+            return store;
           }
         } catch (error) {
           await fh.close();
@@ -291,7 +297,9 @@ export class SegmentStore {
       const fh = await SegmentStore.createSegment(poolDir, head);
       const store = new SegmentStore(poolDir, segmentSizeBytes, maxPendingBytes, head, fh, 0, sizes);
       store.namesToSync.add(poolDir);
-      if (options.createdDir === true) store.namesToSync.add(dirname(poolDir));
+      // Always, not only with createdDir: segments/ may have been created by a
+      // process that died before its first commit (mkdir then reports nothing new).
+      store.namesToSync.add(dirname(poolDir));
       return store;
     } catch (error) {
       if (error instanceof PoolOffline) throw error;
