@@ -278,14 +278,15 @@ export class SegmentStore {
       if (last !== undefined) {
         const fh = await fsOpen(join(poolDir, segmentFileName(last)), "r+");
         try {
+          // The last segment was the head of an earlier process, which may have died
+          // with unsynced appends (a pool rebuild's) in it, or before the commit that
+          // would have synced its name or segments/'s. From here on its bytes count as
+          // durable (contains(), scan): a stale index reference to a replaced pool can
+          // name a record there without any commit of ours, so make them durable now.
+          await Promise.all([fh.datasync(), SegmentStore.syncDir(poolDir), SegmentStore.syncDir(dirname(poolDir))]);
           const sizeBytes = (await fh.stat()).size;
           if ((await chainEndBytes(fh, sizeBytes)) === sizeBytes && sizeBytes < segmentSizeBytes) {
-            const store = new SegmentStore(poolDir, segmentSizeBytes, maxPendingBytes, last, fh, sizeBytes, sizes);
-            // An earlier process may have created this head (or segments/ itself) and died
-            // before the commit that would have synced the names: sync them with ours.
-            store.namesToSync.add(poolDir);
-            store.namesToSync.add(dirname(poolDir));
-            return store;
+            return new SegmentStore(poolDir, segmentSizeBytes, maxPendingBytes, last, fh, sizeBytes, sizes);
           }
         } catch (error) {
           await fh.close();
