@@ -170,3 +170,35 @@ test('two POST /v1/rebuild of the same pool share one run, another pool is refus
     fs.rmSync(work, { recursive: true, force: true });
   }
 });
+
+test('the rebuilt pool replaced again between its last write and the index flip: no stripe is flipped onto records of the deleted directory', async (t) => {
+  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'review-rebuild-replaced-again-'));
+  const { d, model } = await coldVolume(work, 0x3c0d);
+  try {
+    const fullBytes = segmentBytes(d, 2);
+    losePool(d, 2);
+    replacePool(d, 2);
+    let settled = false;
+    const pending = rebuildPool(d, 2).finally(() => (settled = true));
+    // Every record written; the flips wait for the window's sync (one 64 MiB window
+    // here). Polled: no event tells a test that the last record was written.
+    while (!settled && segmentBytes(d, 2) < fullBytes) await new Promise((r) => setTimeout(r, 1));
+    assert.equal(settled, false, 'the replacement must land between the last write and the flips');
+    // The disk is swapped again: a new empty directory at the same path.
+    losePool(d, 2);
+    replacePool(d, 2);
+    const report = await pending;
+    const scrubbed = await scrub(d);
+    t.diagnostic(`rebuild ${JSON.stringify(report)}; scrub ${JSON.stringify(scrubbed)}`);
+    // What the rebuild reported Healthy must be whole: a full check finds nothing to repair.
+    assert.equal(scrubbed.badStripes, STRIPES - report.stripes.Healthy, 'stripes reported Healthy by the rebuild are missing their cold-2 shard');
+    assert.deepEqual((await coldStatus(d)).stripes, { Healthy: STRIPES, Degraded: 0, Reconstructing: 0, Failed: 0 });
+    losePool(d, 0);
+    losePool(d, 5);
+    await dropCache(d);
+    assertSameBytes(readExport(d, 'c1', path.join(work, 'out.bin')), model, 'after the rebuilt pool was replaced again mid-rebuild');
+  } finally {
+    await d.cleanup();
+    fs.rmSync(work, { recursive: true, force: true });
+  }
+});

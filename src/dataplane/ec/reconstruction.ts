@@ -404,7 +404,7 @@ export class Reconstructor {
             w.bytes += lengthBytes;
             if (w.bytes >= REBUILD_SYNC_BYTES) {
               window = null;
-              flushes.push(this.flushWindow(target, w, report));
+              flushes.push(this.flushWindow(poolName, target, w, report));
             }
             // Bounds the record buffers held (they are recycled once written).
             await landing.add(written, lengthBytes);
@@ -418,7 +418,7 @@ export class Reconstructor {
     }
     await landing.drain();
     const last = window as SyncWindow | null;
-    if (last !== null && target !== null) flushes.push(this.flushWindow(target, last, report));
+    if (last !== null && target !== null) flushes.push(this.flushWindow(poolName, target, last, report));
     await Promise.all(flushes);
     for (const landedBytes of await Promise.all(slow)) {
       if (landedBytes === 0) continue;
@@ -452,11 +452,17 @@ export class Reconstructor {
    * The flips are issued together, so lmdb-js commits them in one batch with
    * one sync. Never rejects.
    */
-  private async flushWindow(target: SegmentStore, w: SyncWindow, report: PoolRebuildReport): Promise<void> {
+  private async flushWindow(poolName: string, target: SegmentStore, w: SyncWindow, report: PoolRebuildReport): Promise<void> {
     try {
       await Promise.all(w.writes);
       try {
         await target.sync();
+        // The pool's directory may have been lost or replaced since these records were
+        // written: the sync then made them durable in an unlinked file (and synced the
+        // new directory by its path). Flip only onto the pool's current store.
+        if ((await this.stripes.segmentStore(poolName)) !== target) {
+          throw new NoSuitablePool(`pool ${poolName} was lost or replaced while its rebuild landed`);
+        }
       } catch (err) {
         for (const l of w.landed) this.rebuildFailed(l.vol, l.stripe.entry, err);
         return;
