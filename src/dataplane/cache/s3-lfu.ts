@@ -22,11 +22,13 @@ import { FrequencySketch, GhostList, hashKey, type EvictionListener, type Policy
 const SMALL = 0;
 const MAIN = 1;
 // Tuned on the traces: small queue 10% (S3-FIFO's), CLOCK counters up to 7 (S3-FIFO: 3),
-// promotion to main after 1 hit in small (S3-FIFO: 2), and a one-hit evictee displaces
-// main's victim only when the sketch rates it more than 2 accesses hotter.
+// promotion to main after 1 hit in small (S3-FIFO: 2; the policy moves to 2 while a third
+// shadow shows it ahead, below), and a one-hit evictee displaces main's victim only when the
+// sketch rates it more than 2 accesses hotter.
 const SMALL_FRACTION = 0.1;
 const FREQ_MAX = 7;
 const PROMOTE_HITS = 1;
+const ALT_PROMOTE_HITS = 2;
 const DUEL_MARGIN = 2;
 
 // Mode switch. Two shadow caches (S3-LFU and LRU, hash keys only, no values) see the accesses
@@ -41,6 +43,13 @@ const DUEL_MARGIN = 2;
 // sampled hits, so a threshold divided by the sample rate (1.25 hits at 1 in 16) flipped the
 // mode on noise. Sampling keeps the shadows at >= MIN_SHADOW_ENTRIES, below which a
 // miniature cache stops predicting the full one. Chosen on the traces (docs/cache.md).
+//
+// Promotion threshold. A third shadow, S3-LFU promoting after ALT_PROMOTE_HITS hits in small,
+// sees the same sampled keys; a third slow score (its hits - the PROMOTE_HITS shadow's, same
+// window and hysteresis as the LRU score) sets how many hits in small the real cache asks of
+// an entry before promoting it (1 or 2). Unlike the LRU switch, this one changes no list and
+// no ordering, only the threshold read when small evicts, so following a noisy score costs
+// almost nothing: the web traces at small sizes want 2 (web07 1%: +194 hits), most cells 1.
 const MODE_LFU = 0;
 const MODE_LRU = 1;
 const MIN_SHADOW_ENTRIES = 128;
@@ -98,20 +107,30 @@ export class S3Lfu<K extends PolicyKey, V> {
   // key comparisons in find() see one key type.
   private readonly shadowLfu: S3Lfu<K, true> | undefined;
   private readonly shadowLru: S3Lfu<K, true> | undefined;
+  private readonly shadowLfuAlt: S3Lfu<K, true> | undefined;
+  // Hits in small that promote an entry to main: PROMOTE_HITS or ALT_PROMOTE_HITS.
+  private promoteHits: number;
   private readonly sampleMask: number;
   private readonly scoreDecay: number;
   private readonly burstDecay: number;
   // Decayed (shadow LRU hits - shadow S3-LFU hits) over sampled lookups: slow and fast.
   private score = 0;
   private burstScore = 0;
+  // Decayed (shadow ALT_PROMOTE_HITS hits - shadow PROMOTE_HITS hits) over sampled lookups.
+  private promoteScore = 0;
   evictionCount = 0;
   modeSwitches = 0;
+  promoteSwitches = 0;
 
-  /** `shadowMode` is internal: it makes a fixed-mode shadow (no shadows of its own). */
-  constructor(options: S3LfuOptions<K, V>, shadowMode?: number) {
+  /**
+   * `shadowMode` and `shadowPromoteHits` are internal: they make a fixed-mode shadow (no
+   * shadows of its own).
+   */
+  constructor(options: S3LfuOptions<K, V>, shadowMode?: number, shadowPromoteHits = PROMOTE_HITS) {
     if (!(options.maximumWeight > 0)) throw new RangeError('maximumWeight must be > 0');
     this.maximumWeight = options.maximumWeight;
     this.mode = shadowMode ?? MODE_LFU;
+    this.promoteHits = shadowPromoteHits;
     let sampleRate = 1;
     while (sampleRate < MAX_SAMPLE_RATE && options.expectedEntries / (2 * sampleRate) >= MIN_SHADOW_ENTRIES) sampleRate *= 2;
     this.sampleMask = sampleRate - 1;
@@ -126,6 +145,7 @@ export class S3Lfu<K extends PolicyKey, V> {
       };
       this.shadowLfu = new S3Lfu<K, true>(shadowOptions, MODE_LFU);
       this.shadowLru = new S3Lfu<K, true>(shadowOptions, MODE_LRU);
+      this.shadowLfuAlt = new S3Lfu<K, true>(shadowOptions, MODE_LFU, ALT_PROMOTE_HITS);
     }
     this.smallMax = Math.max(1, Math.floor(options.maximumWeight * SMALL_FRACTION));
     this.sketch = new FrequencySketch(options.expectedEntries);
@@ -146,6 +166,11 @@ export class S3Lfu<K extends PolicyKey, V> {
   /** True while the policy runs as plain LRU (the shadows show LRU ahead). */
   get lruMode(): boolean {
     return this.mode === MODE_LRU;
+  }
+
+  /** Hits an entry needs in the small queue to be promoted to main (1, or 2 while that wins). */
+  get promotionHits(): number {
+    return this.promoteHits;
   }
 
   get size(): number {
@@ -268,7 +293,8 @@ export class S3Lfu<K extends PolicyKey, V> {
   }
 
   /**
-   * A sampled lookup: both shadows see it, the score moves, the mode may switch. On a real
+   * A sampled lookup: the three shadows see it, the scores move, the mode and the promotion
+   * threshold may switch. On a real
    * hit (weight >= 0) a shadow that misses admits the key at once; after a real miss the
    * shadows admit it when the real cache does (set()). The shadows are handed the real
    * cache's hash of the key (the same function of the same key), so they never rehash it.
@@ -277,8 +303,21 @@ export class S3Lfu<K extends PolicyKey, V> {
     let d = 0;
     if (this.shadowLru!.getHashed(key, hash) !== undefined) d++;
     else if (weight >= 0) this.shadowLru!.set(key, true, weight, false);
-    if (this.shadowLfu!.getHashed(key, hash) !== undefined) d--;
+    let lfuHit = 0;
+    if (this.shadowLfu!.getHashed(key, hash) !== undefined) lfuHit = 1;
     else if (weight >= 0) this.shadowLfu!.set(key, true, weight, false);
+    d -= lfuHit;
+    let altHit = 0;
+    if (this.shadowLfuAlt!.getHashed(key, hash) !== undefined) altHit = 1;
+    else if (weight >= 0) this.shadowLfuAlt!.set(key, true, weight, false);
+    const promoteScore = this.promoteScore * this.scoreDecay + altHit - lfuHit;
+    this.promoteScore = promoteScore;
+    const promoteHits =
+      promoteScore > SWITCH_HYSTERESIS_HITS ? ALT_PROMOTE_HITS : promoteScore < -SWITCH_HYSTERESIS_HITS ? PROMOTE_HITS : this.promoteHits;
+    if (promoteHits !== this.promoteHits) {
+      this.promoteHits = promoteHits;
+      this.promoteSwitches++;
+    }
     const score = this.score * this.scoreDecay + d;
     this.score = score;
     const burst = this.burstScore * this.burstDecay + d;
@@ -325,6 +364,7 @@ export class S3Lfu<K extends PolicyKey, V> {
     // Right after the shadows' own miss on this key: set() skips its lookup (lastMissKey).
     this.shadowLru!.set(key, true, weight, false);
     this.shadowLfu!.set(key, true, weight, false);
+    this.shadowLfuAlt!.set(key, true, weight, false);
   }
 
   set(key: K, value: V, weight: number, countAccess = true): boolean {
@@ -381,6 +421,7 @@ export class S3Lfu<K extends PolicyKey, V> {
     if ((hash >>> 20 & this.sampleMask) === 0 && this.shadowLfu !== undefined) {
       this.shadowLfu.delete(key);
       this.shadowLru!.delete(key);
+      this.shadowLfuAlt!.delete(key);
     }
     this.unlink(i);
     this.release(i);
@@ -390,9 +431,14 @@ export class S3Lfu<K extends PolicyKey, V> {
   clear(): void {
     this.shadowLfu?.clear();
     this.shadowLru?.clear();
+    this.shadowLfuAlt?.clear();
     this.score = 0;
     this.burstScore = 0;
-    if (this.shadowLfu !== undefined) this.mode = MODE_LFU;
+    this.promoteScore = 0;
+    if (this.shadowLfu !== undefined) {
+      this.mode = MODE_LFU;
+      this.promoteHits = PROMOTE_HITS;
+    }
     this.lastMissKey = undefined;
     this.index.fill(0);
     this.count = 0;
@@ -526,7 +572,7 @@ export class S3Lfu<K extends PolicyKey, V> {
       return;
     }
     this.unlink(t);
-    if (this.freqs[t]! >= PROMOTE_HITS) {
+    if (this.freqs[t]! >= this.promoteHits) {
       this.freqs[t] = 0;
       this.append(t, MAIN);
       return;
