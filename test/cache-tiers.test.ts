@@ -1,5 +1,6 @@
 // Proves the tier movements (L3 -> L2 + L1 promotion, L1 -> L2 demotion by size), LZ4 in L1,
-// invalidation by prefix and chunk range, typed errors, Prometheus export and scan resistance.
+// invalidation by prefix and chunk range, typed errors, Prometheus export, scan resistance and
+// the L1 policy's adaptive switches (LRU mode, promotion threshold).
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -295,5 +296,44 @@ test('after a long S3-LFU lead, a short burst in which LRU wins switches the L1 
   }
   assert.ok(switchedAt > 0 && switchedAt < 4000, `switched to LRU after ${switchedAt} of ${reads} burst reads`);
   assert.ok(lateHits / (reads - 6000) > 0.45, `late burst hit ratio ${lateHits / (reads - 6000)}`);
+  assert.ok(policy.weightedSize <= capacity);
+});
+
+test('the L1 policy promotes after 2 hits in small where its third shadow shows that winning (re-reads in quick succession)', () => {
+  const capacity = 1000;
+  const policy = new S3Lfu<number, number>({ maximumWeight: capacity, expectedEntries: capacity });
+  assert.equal(policy.promotionHits, 1);
+  // 950 hot keys read at random (a fixed LCG); every 3rd access reads a new key that is read
+  // once more 5 accesses later and never again. Promoted after 1 hit, every such pair goes to
+  // main and pushes hot keys out of it (measured: 48% of the second half's reads hit); promoted
+  // after 2 hits, pairs leave through small and main keeps the hot set (57%).
+  const accesses = 120_000;
+  let x = 12345;
+  let nextKey = 1_000_000;
+  const pending: { key: number; at: number }[] = [];
+  let lateHits = 0;
+  let lateReads = 0;
+  for (let i = 0; i < accesses; i++) {
+    let k: number;
+    if (pending.length > 0 && pending[0]!.at <= i) {
+      k = pending.shift()!.key;
+    } else if (i % 3 === 0) {
+      k = nextKey++;
+      pending.push({ key: k, at: i + 5 });
+    } else {
+      x = (Math.imul(x, 1103515245) + 12345) >>> 0;
+      k = (x >>> 8) % 950;
+    }
+    const hit = policy.get(k) !== undefined;
+    if (!hit) policy.set(k, k, 1, false);
+    if (i >= accesses / 2) {
+      lateReads++;
+      if (hit) lateHits++;
+    }
+  }
+  assert.equal(policy.lruMode, false);
+  assert.equal(policy.promotionHits, 2);
+  assert.ok(policy.promoteSwitches >= 1);
+  assert.ok(lateHits / lateReads > 0.54, `late hit ratio ${lateHits / lateReads}`);
   assert.ok(policy.weightedSize <= capacity);
 });
