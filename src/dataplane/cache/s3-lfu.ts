@@ -1,6 +1,7 @@
 // The L1 replacement policy, "S3-LFU": S3-FIFO (small FIFO, main, ghost of small's evictees)
 // whose one-hit small-queue evictees duel main's victim on TinyLFU frequency, and which
-// switches to plain LRU while sampled shadow caches show LRU winning on the current workload.
+// switches to plain LRU while sampled shadow caches show LRU winning on the current workload
+// (and from promotion after 1 hit in small to 2 while a third shadow shows that winning).
 //
 // Chosen by measurement (bench/cache-hit-ratio, 7 traces x 4 sizes) over LRU, plain S3-FIFO
 // and Caffeine-style W-TinyLFU (bench/cache-wtinylfu.ts). S3-FIFO's quick demotion wins on
@@ -86,6 +87,10 @@ export class S3Lfu<K extends PolicyKey, V> {
   private indexMask: number;
   private count = 0;
   private readonly sketch: FrequencySketch;
+  // False only in the LRU shadow: a fixed LRU never puts an entry in small, so nothing ever
+  // reads its sketch or fills its ghost; counting and probing would only cost its sampled
+  // misses a sketch increment and a ghost probe.
+  private readonly countsFrequency: boolean;
   private readonly ghost: GhostList;
   private readonly onEvict: EvictionListener<K, V> | undefined;
   private keyList: (K | undefined)[] = [];
@@ -148,7 +153,8 @@ export class S3Lfu<K extends PolicyKey, V> {
       this.shadowLfuAlt = new S3Lfu<K, true>(shadowOptions, MODE_LFU, ALT_PROMOTE_HITS);
     }
     this.smallMax = Math.max(1, Math.floor(options.maximumWeight * SMALL_FRACTION));
-    this.sketch = new FrequencySketch(options.expectedEntries);
+    this.countsFrequency = shadowMode !== MODE_LRU;
+    this.sketch = new FrequencySketch(this.countsFrequency ? options.expectedEntries : 0);
     this.ghost = new GhostList(Math.max(64, Math.min(options.expectedEntries, 1 << 20)));
     this.onEvict = options.onEvict;
     const slots = Math.max(64, Math.min(options.expectedEntries + FIRST_SLOT, 1 << 20));
@@ -263,7 +269,7 @@ export class S3Lfu<K extends PolicyKey, V> {
   private recordMiss(key: K, hash: number): void {
     this.lastMissKey = key;
     this.lastMissHash = hash;
-    this.sketch.increment(hash);
+    if (this.countsFrequency) this.sketch.increment(hash);
     if ((hash >>> 20 & this.sampleMask) === 0 && this.shadowLfu !== undefined) this.shadowLookup(key, -1, hash);
   }
 
@@ -391,7 +397,7 @@ export class S3Lfu<K extends PolicyKey, V> {
       // After a get() miss of this key (the usual read-through), that get() already counted
       // the access in the sketch and the shadows: a second count would double every miss.
       if (afterMiss) this.lastMissKey = undefined;
-      else if (countAccess) this.sketch.increment(hash);
+      else if (countAccess && this.countsFrequency) this.sketch.increment(hash);
       if (2 * (this.count + 1) > this.indexMask + 1) this.growIndex();
       const i = this.allocate();
       this.keyList[i] = key;
@@ -401,10 +407,11 @@ export class S3Lfu<K extends PolicyKey, V> {
       this.freqs[i] = 0;
       this.count++;
       this.indexInsert(i, hash);
-      this.append(i, this.ghost.take(hash) || this.mode === MODE_LRU ? MAIN : SMALL);
+      // The LRU shadow's ghost is always empty (it never evicts from small): no probe.
+      this.append(i, (this.countsFrequency && this.ghost.take(hash)) || this.mode === MODE_LRU ? MAIN : SMALL);
       if ((hash >>> 20 & this.sampleMask) === 0 && this.shadowLfu !== undefined) this.shadowInsert(key, weight);
       if ((this.count & 1023) === 0) {
-        this.sketch.ensureCapacity(this.count);
+        if (this.countsFrequency) this.sketch.ensureCapacity(this.count);
         this.ghost.ensureCapacity(this.count);
       }
     }
