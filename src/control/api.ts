@@ -39,6 +39,17 @@ export function buildApi(
   cache: CacheManager | null = null,
   app: FastifyInstance = Fastify({ bodyLimit: 64 * 1024 }),
 ): FastifyInstance {
+  // A request still running when the daemon shuts down (a migrate, scrub or
+  // rebuild) is answered, but on a keep-alive connection the socket would
+  // then idle until the keep-alive timeout (72 s) before close() returns:
+  // answers sent while closing carry Connection: close.
+  let closing = false;
+  app.addHook('preClose', async () => {
+    closing = true;
+  });
+  app.addHook('onSend', async (_req, reply) => {
+    if (closing) reply.header('connection', 'close');
+  });
   app.setErrorHandler((err, _req, reply) => {
     const e = err as Error & { statusCode?: number; validation?: unknown };
     const status = e.validation ? 400 : (e.statusCode ?? httpStatusFor(err));
