@@ -44,10 +44,54 @@ export const SCRATCH_KEEP_MS = 60_000;
 
 export const MAX_LANDING_BYTES = 64 * 1024 * 1024;
 
+/**
+ * Stripes held by something other than a volume's chunk map (cold S3 objects
+ * and multipart parts: objects/cold-holders.ts), registered with
+ * Reconstructor.addSource. Pool rebuild, scrub and the queue treat their
+ * stripes like volume stripes; the source flips a rebuilt reference.
+ */
+export interface StripeHolderSource {
+  /** Prefixes this source's queue keys (unique among sources). */
+  readonly prefix: string;
+  /** Every stripe the source's index holds now: [holder key, reference]. */
+  list(): Iterable<[string, StripeRef]>;
+  /** How many stripes list() would yield (for counts()). */
+  count(): number;
+  /** The reference the index holds at `key` now; undefined once it is gone. */
+  current(key: string): StripeRef | undefined;
+  /**
+   * Compare-and-swap, in one LMDB transaction, durable when it resolves:
+   * `expected` becomes `next` only if the holder still holds `expected` at
+   * the same places. Calls StripeStore.releaseReplaced either way.
+   */
+  replace(key: string, expected: StripeRef, next: StripeRef): Promise<boolean>;
+  /** The holder key of a stripe a degraded read reported without a volume context, if known. */
+  locate?(ref: StripeRef): string | undefined;
+}
+
+/** Same stripe at the same places (a stripe moved by compaction is not the one expected). */
+export function sameStripeAt(a: StripeRef | undefined, b: StripeRef): boolean {
+  if (a === undefined || a.ownerId !== b.ownerId || a.chunkIndex !== b.chunkIndex || a.generation !== b.generation || a.shards.length !== b.shards.length) return false;
+  return a.shards.every((s, i) => {
+    const t = b.shards[i]!;
+    return s.pool === t.pool && s.segment === t.segment && s.offsetBytes === t.offsetBytes && s.lengthBytes === t.lengthBytes;
+  });
+}
+
 interface QueuedStripe {
+  /** A volume's chunk; unused (volumeId -1) when `holder` is set. */
   ctx: StripeContext;
+  /** A stripe of a registered holder source instead of a volume chunk. */
+  holder?: { source: StripeHolderSource; key: string };
   state: StripeState;
   reason: string;
+}
+
+/** Where a queued stripe lives now and how its rebuilt reference is flipped. */
+interface RebuildTarget {
+  label: string;
+  ref: StripeRef | undefined;
+  replace(expected: StripeRef, next: StripeRef): Promise<boolean>;
 }
 
 export interface ReconstructionOptions {
@@ -68,6 +112,8 @@ export class Reconstructor {
   private stopped = false;
   rebuiltStripes = 0;
   lastScrub: ScrubReport | null = null;
+  /** Holder sources besides the volumes (bounded: one per front end). */
+  private readonly sources = new Set<StripeHolderSource>();
 
   constructor(
     private readonly stripes: StripeStore,
@@ -75,9 +121,39 @@ export class Reconstructor {
     private readonly allVolumes: () => Volume[],
     private readonly opts: ReconstructionOptions,
   ) {
-    stripes.onDegraded = (_ref, _health, ctx) => {
-      if (ctx) this.enqueue(ctx, 'degraded read');
+    stripes.onDegraded = (ref, _health, ctx) => {
+      if (ctx) return this.enqueue(ctx, 'degraded read');
+      for (const source of this.sources) {
+        const key = source.locate?.(ref);
+        if (key !== undefined) return this.enqueueHolder(source, key, 'degraded read');
+      }
     };
+  }
+
+  /** Adds a holder source (the S3 front end's cold objects); returns its removal. */
+  addSource(source: StripeHolderSource): () => void {
+    this.sources.add(source);
+    return () => void this.sources.delete(source);
+  }
+
+  enqueueHolder(source: StripeHolderSource, holderKey: string, reason: string): void {
+    const key = `${source.prefix}:${holderKey}`;
+    const cur = this.states.get(key);
+    if (cur && cur.state !== 'Failed') return;
+    if (!cur && this.states.size >= MAX_QUEUED_STRIPES) return;
+    this.states.set(key, { ctx: { volumeId: -1, chunkIndex: -1 }, holder: { source, key: holderKey }, state: 'Degraded', reason });
+    void this.process();
+  }
+
+  private targetOf(entry: QueuedStripe): RebuildTarget | null {
+    if (entry.holder) {
+      const { source, key } = entry.holder;
+      return { label: `${source.prefix}:${key}`, ref: source.current(key), replace: (expected, next) => source.replace(key, expected, next) };
+    }
+    const vol = this.volumeById(entry.ctx.volumeId);
+    if (!vol) return null;
+    const c = entry.ctx.chunkIndex;
+    return { label: `${vol.name}:${c}`, ref: vol.stripes.get(c), replace: (expected, next) => vol.replaceStripe(c, expected, next) };
   }
 
   start(): void {
@@ -100,13 +176,14 @@ export class Reconstructor {
     const out: Record<StripeState, number> = { Healthy: 0, Degraded: 0, Reconstructing: 0, Failed: 0 };
     let cold = 0;
     for (const v of this.allVolumes()) cold += v.stripes.size;
+    for (const source of this.sources) cold += source.count();
     for (const s of this.states.values()) out[s.state]++;
     out.Healthy = Math.max(0, cold - out.Degraded - out.Reconstructing - out.Failed);
     return out;
   }
 
-  unhealthy(): { volumeId: number; chunkIndex: number; state: StripeState; reason: string }[] {
-    return [...this.states.values()].map((s) => ({ ...s.ctx, state: s.state, reason: s.reason }));
+  unhealthy(): ({ volumeId: number; chunkIndex: number } | { holder: string })[] {
+    return [...this.states.values()].map((s) => ({ ...(s.holder ? { holder: `${s.holder.source.prefix}:${s.holder.key}` } : s.ctx), state: s.state, reason: s.reason }));
   }
 
   /** Rebuilds every queued stripe; resolves once a pass that started after the call is done. */
@@ -163,32 +240,35 @@ export class Reconstructor {
     entry: QueuedStripe,
     inspected?: { ref: StripeRef; stripe: InspectedStripe },
   ): Promise<{ landed: Promise<boolean>; lengthBytes: number } | null> {
-    const vol = this.volumeById(entry.ctx.volumeId);
-    const ref = vol?.stripes.get(entry.ctx.chunkIndex);
-    if (!vol || !ref) {
+    const target = this.targetOf(entry);
+    const ref = target?.ref;
+    if (!target || !ref) {
       this.states.delete(key); // rewritten or deleted meanwhile
       return null;
     }
     if (entry.state === 'Reconstructing') return null; // a scrub or pass is on it already
     entry.state = 'Reconstructing';
     let prepared: PreparedRebuild | null;
+    // A holder source reads its reference afresh from LMDB (a new object each time): compared by value.
+    const same = inspected !== undefined && (inspected.ref === ref || (entry.holder !== undefined && sameStripeAt(inspected.ref, ref)));
     try {
-      prepared = await this.stripes.prepareRebuild(ref, inspected?.ref === ref ? inspected.stripe : undefined);
+      prepared = await this.stripes.prepareRebuild(ref, same ? inspected.stripe : undefined);
     } catch (err) {
-      this.rebuildFailed(vol, entry, err);
+      this.rebuildFailed(target.label, entry, err);
       return null;
     }
     if (!prepared) {
       this.states.delete(key);
       return null;
     }
-    return { landed: this.land(vol, key, entry, ref, prepared), lengthBytes: prepared.lengthBytes };
+    return { landed: this.land(target, key, entry, ref, prepared), lengthBytes: prepared.lengthBytes };
   }
 
-  private async land(vol: Volume, key: string, entry: QueuedStripe, ref: StripeRef, prepared: PreparedRebuild): Promise<boolean> {
+  private async land(target: RebuildTarget, key: string, entry: QueuedStripe, ref: StripeRef, prepared: PreparedRebuild): Promise<boolean> {
     try {
       const next = await this.stripes.landRebuild(ref, prepared);
-      if (!(await vol.replaceStripe(entry.ctx.chunkIndex, ref, next))) {
+      // Issued in this continuation: landRebuild's write session has just ended (StripeStore.beginWrite).
+      if (!(await target.replace(ref, next))) {
         // The chunk moved on while this landed (rewritten, or its records
         // relocated): its current stripe may still miss the shard, so the
         // next pass looks at that one (and drops the entry if it is healthy).
@@ -197,20 +277,20 @@ export class Reconstructor {
         return false;
       }
       this.rebuiltStripes++;
-      log.debug('stripe reconstructed', { volume: vol.name, chunk: entry.ctx.chunkIndex });
+      log.debug('stripe reconstructed', { stripe: target.label });
       this.states.delete(key);
       return true;
     } catch (err) {
-      this.rebuildFailed(vol, entry, err);
+      this.rebuildFailed(target.label, entry, err);
       return false;
     }
   }
 
-  private rebuildFailed(vol: Volume, entry: QueuedStripe, err: unknown): void {
+  private rebuildFailed(label: string, entry: QueuedStripe, err: unknown): void {
     if (err instanceof InsufficientShards) {
       entry.state = 'Failed';
       entry.reason = `unrecoverable: ${err.message}`;
-      log.error('stripe cannot be reconstructed', { volume: vol.name, chunk: entry.ctx.chunkIndex, err: (err as Error).message });
+      log.error('stripe cannot be reconstructed', { stripe: label, err: (err as Error).message });
     } else {
       // No pool to rebuild onto (or a pool went away): stays Degraded, retried later.
       entry.state = 'Degraded';
@@ -235,8 +315,22 @@ export class Reconstructor {
     const minGapMs = rateLimited ? 1000 / Math.max(1, this.opts.scrubStripesPerSecond) : 0;
     let next = Date.now();
     const landing = new Landing(MAX_LANDING_BYTES);
+    // Volumes' chunk maps, then each holder source's stripes (cold S3 objects and parts).
+    const scans: { todo: [number, StripeRef][]; entryFor: (c: number) => { key: string; make: () => Pick<QueuedStripe, 'ctx' | 'holder'> } }[] = [];
     for (const vol of this.allVolumes()) {
-      const todo = [...vol.stripes];
+      scans.push({ todo: [...vol.stripes], entryFor: (c) => ({ key: `${vol.rec.id}:${c}`, make: () => ({ ctx: { volumeId: vol.rec.id, chunkIndex: c } }) }) });
+    }
+    for (const source of this.sources) {
+      const listed = [...source.list()];
+      scans.push({
+        todo: listed.map(([, ref], t) => [t, ref]),
+        entryFor: (t) => {
+          const holderKey = listed[t]![0];
+          return { key: `${source.prefix}:${holderKey}`, make: () => ({ ctx: { volumeId: -1, chunkIndex: -1 }, holder: { source, key: holderKey } }) };
+        },
+      });
+    }
+    for (const { todo, entryFor } of scans) {
       let i = 0;
       const groupStripes = rateLimited ? 1 : SCRUB_GROUP_STRIPES;
       const worker = async () => {
@@ -251,7 +345,7 @@ export class Reconstructor {
             if (wait > 0) await new Promise((r) => setTimeout(r, wait));
             scratch = this.scratchFor(scratch, StripeStore.scanScratchBytes(group[0]![1], group.length));
             const inspected = await this.stripes.inspectMany(group.map(([, ref]) => ref), scratch);
-            for (const [g, [c, ref]] of group.entries()) await this.scrubOne(vol, c, ref, inspected[g]!, report, landing);
+            for (const [g, [c, ref]] of group.entries()) await this.scrubOne(entryFor(c), ref, inspected[g]!, report, landing);
           }
         } finally {
           this.returnScratch(scratch);
@@ -276,17 +370,22 @@ export class Reconstructor {
    * scratch: decoding copies what it needs before this returns, and the
    * rebuilt records land in the background (bounded by `landing`).
    */
-  private async scrubOne(vol: Volume, c: number, ref: StripeRef, inspected: InspectedStripe, report: ScrubReport, landing: Landing): Promise<void> {
+  private async scrubOne(
+    at: { key: string; make: () => Pick<QueuedStripe, 'ctx' | 'holder'> },
+    ref: StripeRef,
+    inspected: InspectedStripe,
+    report: ScrubReport,
+    landing: Landing,
+  ): Promise<void> {
     report.stripesChecked++;
     if (inspected.bad.length === 0) return;
     report.badStripes++;
-    const ctx = { volumeId: vol.rec.id, chunkIndex: c };
     const reason = `scrub: shards ${inspected.bad.join(',')} bad`;
-    const key = `${ctx.volumeId}:${ctx.chunkIndex}`;
+    const key = at.key;
     const cur = this.states.get(key);
     if (!cur && this.states.size >= MAX_QUEUED_STRIPES) return; // the next scrub finds it again
     // Sharing a queued entry object means a pass holding it sees the rebuild under way.
-    const entry = cur ?? { ctx, state: 'Degraded' as StripeState, reason };
+    const entry: QueuedStripe = cur ?? { ...at.make(), state: 'Degraded', reason };
     if (entry.state !== 'Reconstructing') entry.reason = reason;
     this.states.set(key, entry);
     // Decoding copies what it needs out of scratch; the writes land while the scan reads on.
@@ -318,7 +417,7 @@ export class Reconstructor {
 
   private async rebuildPoolNow(poolName: string): Promise<PoolRebuildReport> {
     const started = Date.now();
-    const report: PoolRebuildReport = { pool: poolName, stripesChecked: 0, stripesRebuilt: 0, bytesLanded: 0, slowPathStripes: 0, notRebuilt: 0, durationMs: 0 };
+    const report: PoolRebuildReport = { pool: poolName, stripesChecked: 0, objectStripesChecked: 0, stripesRebuilt: 0, bytesLanded: 0, slowPathStripes: 0, notRebuilt: 0, durationMs: 0 };
     if (!this.stripes.coldPoolNames().includes(poolName)) throw new UnknownPool(`no cold pool named ${poolName}`);
     const target = await this.stripes.segmentStore(poolName); // a replaced directory gets a fresh store here
     // Sources: the other online pools in a fixed order, so every stripe reads
@@ -380,7 +479,7 @@ export class Reconstructor {
               // Scratch only where the JS path needs it (compressed records): the native kernel reads into its own.
             prepared = await this.stripes.prepareLostShards(group.map((g) => g.job), sourceRank, (bytes) => (scratch = this.scratchFor(scratch, bytes)));
             } catch (err) {
-              for (const g of group) this.rebuildFailed(vol, g.entry, err);
+              for (const g of group) this.rebuildFailed(vol.name, g.entry, err);
               continue;
             }
             const fast: LandingStripe[] = [];
@@ -420,6 +519,7 @@ export class Reconstructor {
     const last = window as SyncWindow | null;
     if (last !== null && target !== null) flushes.push(this.flushWindow(poolName, target, last, report));
     await Promise.all(flushes);
+    if (!this.stopped) await this.rebuildHolderStripes(poolName, target, report, slow);
     for (const landedBytes of await Promise.all(slow)) {
       if (landedBytes === 0) continue;
       report.stripesRebuilt++;
@@ -427,12 +527,57 @@ export class Reconstructor {
     }
     if (!this.stopped) await this.process(); // stripes superseded while landing, or left for other pools
     // Left in the queue (bounded by MAX_QUEUED_STRIPES) with a shard on this pool: not rebuilt.
-    for (const { ctx } of this.states.values()) {
-      if (this.volumeById(ctx.volumeId)?.stripes.get(ctx.chunkIndex)?.shards.some((sh) => sh.pool === poolName)) report.notRebuilt++;
+    for (const { ctx, holder } of this.states.values()) {
+      const ref = holder ? holder.source.current(holder.key) : this.volumeById(ctx.volumeId)?.stripes.get(ctx.chunkIndex);
+      if (ref?.shards.some((sh) => sh.pool === poolName)) report.notRebuilt++;
     }
     report.durationMs = Date.now() - started;
     log.info('pool rebuild finished', { ...report });
     return report;
+  }
+
+  /**
+   * The pool rebuild's part for holder sources' stripes (cold S3 objects
+   * and parts): each stripe with a shard on the pool that the pool's store
+   * no longer holds takes the per-stripe path (prepareRebuild reads and
+   * verifies every shard, landRebuild places the rebuilt one on a pool
+   * holding no other shard of it, which is `poolName` once it is back; the
+   * source's CAS flips it). Slower than the volumes' batched fast path,
+   * but objects' stripes are each checked in full. Runs after the volumes'
+   * stripes have landed, so what is gone is decided by reading (identity
+   * and CRC), never by place alone. Results go to `slow`.
+   */
+  private async rebuildHolderStripes(poolName: string, target: SegmentStore | null, report: PoolRebuildReport, slow: Promise<number>[]): Promise<void> {
+    for (const source of this.sources) {
+      const jobs: string[] = [];
+      // Listed up front: no LMDB read transaction stays open across the awaits below.
+      for (const [holderKey, ref] of [...source.list()]) {
+        const lost = ref.shards.findIndex((sh) => sh.pool === poolName);
+        if (lost < 0) continue;
+        report.stripesChecked++;
+        report.objectStripesChecked++;
+        const present = target !== null && target.contains(this.stripes.resolve(ref.shards[lost]!)) && (await this.stripes.shardPresent(ref, lost));
+        if (!present) jobs.push(holderKey);
+      }
+      let next = 0;
+      const worker = async () => {
+        while (next < jobs.length && !this.stopped) {
+          const holderKey = jobs[next++]!;
+          const key = `${source.prefix}:${holderKey}`;
+          const cur = this.states.get(key);
+          if (cur?.state === 'Reconstructing') continue; // a pass or scrub has it
+          if (!cur && this.states.size >= MAX_QUEUED_STRIPES) continue; // counted in notRebuilt only if queued; the next rebuild or scrub finds it
+          const entry: QueuedStripe = cur ?? { ctx: { volumeId: -1, chunkIndex: -1 }, holder: { source, key: holderKey }, state: 'Degraded', reason: `pool ${poolName} lost` };
+          if (entry.state === 'Failed') entry.state = 'Degraded';
+          this.states.set(key, entry);
+          const landed = this.rebuildOne(key, entry);
+          slow.push(landed);
+          await landed; // REBUILD_CONCURRENCY stripes at once: bounds the shards held
+        }
+      };
+      await Promise.all(Array.from({ length: REBUILD_CONCURRENCY }, worker));
+      if (this.stopped) return;
+    }
   }
 
   /** Writes one group of a pool rebuild (not yet durable) into `w`; never rejects. */
@@ -441,7 +586,7 @@ export class Reconstructor {
       const next = await this.stripes.landLostShards(poolName, target, fast.map((f) => ({ ref: f.job.ref, prepared: f.prepared })));
       fast.forEach((f, t) => w.landed.push({ vol, stripe: f, next: next[t]! }));
     } catch (err) {
-      for (const f of fast) this.rebuildFailed(vol, f.entry, err);
+      for (const f of fast) this.rebuildFailed(vol.name, f.entry, err);
     }
   }
 
@@ -464,7 +609,7 @@ export class Reconstructor {
           throw new NoSuitablePool(`pool ${poolName} was lost or replaced while its rebuild landed`);
         }
       } catch (err) {
-        for (const l of w.landed) this.rebuildFailed(l.vol, l.stripe.entry, err);
+        for (const l of w.landed) this.rebuildFailed(l.vol.name, l.stripe.entry, err);
         return;
       }
       const flips = w.landed.map((l) => l.vol.replaceStripe(l.stripe.job.chunkIndex, l.stripe.job.ref, l.next));
@@ -472,7 +617,7 @@ export class Reconstructor {
       const results = await Promise.allSettled(flips);
       results.forEach((r, t) => {
         const { vol, stripe } = w.landed[t]!;
-        if (r.status === 'rejected') return this.rebuildFailed(vol, stripe.entry, r.reason);
+        if (r.status === 'rejected') return this.rebuildFailed(vol.name, stripe.entry, r.reason);
         if (!r.value) {
           stripe.entry.state = 'Degraded';
           stripe.entry.reason = 'stripe superseded while its rebuild landed; retried';
@@ -552,8 +697,10 @@ interface SyncWindow {
 
 export interface PoolRebuildReport {
   pool: string;
-  /** Stripes with a shard on the pool. */
+  /** Stripes with a shard on the pool (volumes' and holder sources'). */
   stripesChecked: number;
+  /** Of stripesChecked, those of holder sources (cold S3 objects and parts): rebuilt by the per-stripe path. */
+  objectStripesChecked: number;
   /** Stripes whose shard was rebuilt (durable, index flipped): onto the pool, or by the slow path wherever a pool was free. */
   stripesRebuilt: number;
   /** Bytes of shard records landed for them (the slow path's include any corrupt survivor it rebuilt too). */

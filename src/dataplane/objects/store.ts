@@ -274,6 +274,8 @@ export class ObjectStore {
   private readonly pins = new Map<number, number>();
   /** versionId -> segments to free when its last reader closes. */
   private readonly deferredFree = new Map<number, Segment[]>();
+  /** Told of each object opened for reading (its index key and segments): the reconstruction's holder source. */
+  onOpenCold: ((indexKey: Buffer, segments: readonly Segment[]) => void) | null = null;
 
   private constructor(
     private readonly manager: VolumeManager,
@@ -399,6 +401,8 @@ export class ObjectStore {
    */
   openObject(bucket: string, key: string): ObjectHandle {
     const rec = this.headObject(bucket, key);
+    // A degraded read of its stripes is then queued under this object (cold-holders.ts).
+    this.onOpenCold?.(objectKey(this.getBucket(bucket).id, key), rec.segments);
     this.pins.set(rec.versionId, (this.pins.get(rec.versionId) ?? 0) + 1);
     // The pin keeps an overwrite from freeing the cold stripes; the hold keeps
     // segment compaction from deleting them (it copies them, reads follow).

@@ -2,6 +2,7 @@
 // store over the manager's pools (and the cold tier's stripe store when it
 // runs), and the listening fastify server.
 import type { FastifyInstance } from 'fastify';
+import { ColdObjectHolders } from '../objects/cold-holders.js';
 import type { StripeStoreApi } from '../objects/cold-segments.js';
 import { ObjectStore } from '../objects/store.js';
 import type { VolumeManager } from '../volumes/manager.js';
@@ -26,19 +27,34 @@ export class S3Frontend {
     readonly server: FastifyInstance,
     readonly host: string,
     readonly port: number,
+    private readonly removeHolders: () => void,
   ) {}
 
   static async start(opts: S3FrontendOptions): Promise<S3Frontend> {
     const keys = loadCredentials(opts.dataDir);
     const store = await ObjectStore.open(opts.manager, opts.stripes);
+    // Cold objects' and parts' stripes join pool rebuild, scrub and the reconstruction queue.
+    let removeHolders = () => {};
+    const cold = opts.manager.cold;
+    if (cold && opts.stripes) {
+      const holders = new ColdObjectHolders(opts.manager.meta, cold.stripes);
+      store.onOpenCold = (indexKey, segments) => holders.noteOpen(indexKey, segments);
+      removeHolders = cold.reconstructor.addSource(holders);
+    }
     const server = buildS3Server({ store, keys, domains: opts.domains });
-    await server.listen({ port: opts.port, host: opts.host });
+    try {
+      await server.listen({ port: opts.port, host: opts.host });
+    } catch (err) {
+      removeHolders();
+      throw err;
+    }
     const addr = server.server.address();
-    return new S3Frontend(store, server, opts.host, typeof addr === 'object' && addr ? addr.port : opts.port);
+    return new S3Frontend(store, server, opts.host, typeof addr === 'object' && addr ? addr.port : opts.port, removeHolders);
   }
 
   /** Stops accepting requests and waits for in-flight ones (the store has nothing else to flush). */
   async close(): Promise<void> {
     await this.server.close();
+    this.removeHolders();
   }
 }
