@@ -75,6 +75,10 @@ test('an object overwritten between a rebuilt stripe landing and its flip keeps 
   // Lose and replace cold-2.
   fs.rmSync(path.join(dir, 'cold-2'), { recursive: true });
   fs.mkdirSync(path.join(dir, 'cold-2'));
+  // A new object first takes the start of the new cold-2 segment: every rebuilt record then
+  // lands at another place than object 0's first stripe had (a record at the very place an old
+  // reference names is not told apart by releaseReplaced, which compares places).
+  await putObject(key(2), patternBytes(1000, 4));
 
   const dead: ShardRef[] = [];
   stripes.onShardsDead = (shards) => dead.push(...shards);
@@ -86,7 +90,7 @@ test('an object overwritten between a rebuilt stripe landing and its flip keeps 
   const racedOwner = objects.get(key(0))!.segments[0]!.stripes[0]!.ownerId;
   stripes.landRebuild = async (ref, prepared) => {
     const next = await land(ref, prepared);
-    if (ref.ownerId === racedOwner && overwritten === null) {
+    if (ref.ownerId === racedOwner && ref.chunkIndex === 0) {
       rebuiltOfRaced = next;
       overwritten = await putObject(key(0), newer);
     }
@@ -94,12 +98,14 @@ test('an object overwritten between a rebuilt stripe landing and its flip keeps 
   };
 
   const report = await rc.rebuildPool('cold-2');
-  assert.equal(report.objectStripesChecked, 2 + 3);
+  // Object 2 has its cold-2 shard: checked, not rebuilt.
+  assert.equal(report.objectStripesChecked, 2 + 3 + 1);
   assert.ok(overwritten !== null && rebuiltOfRaced !== null, 'the overwrite ran between landing and flip');
   // The CAS kept the overwrite: the record is exactly the one the overwrite wrote.
   assert.deepEqual(objects.get(key(0)), overwritten);
   // The rebuilt record on cold-2 nobody references is dead (compaction reclaims it).
   const orphan = (rebuiltOfRaced as StripeRef).shards.find((s) => s.pool === 'cold-2')!;
+  assert.notEqual(orphan.offsetBytes, 0);
   assert.ok(dead.some((d) => d.pool === 'cold-2' && d.segment === orphan.segment && d.offsetBytes === orphan.offsetBytes), 'unflipped rebuilt record marked dead');
   // Object 1 (3 stripes) was flipped onto new cold-2 records; at most object 0's second stripe
   // was rebuilt too, if it landed before the overwrite (then the overwrite freed it).

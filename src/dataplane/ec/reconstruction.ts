@@ -316,21 +316,26 @@ export class Reconstructor {
     let next = Date.now();
     const landing = new Landing(MAX_LANDING_BYTES);
     // Volumes' chunk maps, then each holder source's stripes (cold S3 objects and parts).
-    const scans: { todo: [number, StripeRef][]; entryFor: (c: number) => { key: string; make: () => Pick<QueuedStripe, 'ctx' | 'holder'> } }[] = [];
+    // Each list is taken when its turn comes (as fresh as the scan allows, one list held at a time).
+    type Scan = { todo: [number, StripeRef][]; entryFor: (c: number) => { key: string; make: () => Pick<QueuedStripe, 'ctx' | 'holder'> } };
+    const scans: (() => Scan)[] = [];
     for (const vol of this.allVolumes()) {
-      scans.push({ todo: [...vol.stripes], entryFor: (c) => ({ key: `${vol.rec.id}:${c}`, make: () => ({ ctx: { volumeId: vol.rec.id, chunkIndex: c } }) }) });
+      scans.push(() => ({ todo: [...vol.stripes], entryFor: (c) => ({ key: `${vol.rec.id}:${c}`, make: () => ({ ctx: { volumeId: vol.rec.id, chunkIndex: c } }) }) }));
     }
     for (const source of this.sources) {
-      const listed = [...source.list()];
-      scans.push({
-        todo: listed.map(([, ref], t) => [t, ref]),
-        entryFor: (t) => {
-          const holderKey = listed[t]![0];
-          return { key: `${source.prefix}:${holderKey}`, make: () => ({ ctx: { volumeId: -1, chunkIndex: -1 }, holder: { source, key: holderKey } }) };
-        },
+      scans.push(() => {
+        const listed = [...source.list()];
+        return {
+          todo: listed.map(([, ref], t) => [t, ref]),
+          entryFor: (t) => {
+            const holderKey = listed[t]![0];
+            return { key: `${source.prefix}:${holderKey}`, make: () => ({ ctx: { volumeId: -1, chunkIndex: -1 }, holder: { source, key: holderKey } }) };
+          },
+        };
       });
     }
-    for (const { todo, entryFor } of scans) {
+    for (const scan of scans) {
+      const { todo, entryFor } = scan();
       let i = 0;
       const groupStripes = rateLimited ? 1 : SCRUB_GROUP_STRIPES;
       const worker = async () => {
