@@ -418,36 +418,9 @@ export class StripeStore {
    */
   async inspectMany(refs: StripeRef[], scratch: Buffer): Promise<InspectedStripe[]> {
     const shards = refs.map((ref) => new Array<Buffer | undefined>(ref.dataShards + ref.parityShards).fill(undefined));
-    interface Item { r: number; i: number; s: ShardRef }
-    interface Run { pool: string; segment: number; offsetBytes: number; lengthBytes: number; at: number; items: Item[] }
-    const byPlace = new Map<string, Item[]>();
-    refs.forEach((ref, r) =>
-      ref.shards.forEach((s, i) => {
-        const place = `${s.pool}\0${s.segment}`;
-        let items = byPlace.get(place);
-        if (items === undefined) byPlace.set(place, (items = []));
-        items.push({ r, i, s });
-      }),
-    );
-    const runs: Run[] = [];
-    let scratchBytes = 0;
-    for (const items of byPlace.values()) {
-      items.sort((a, b) => a.s.offsetBytes - b.s.offsetBytes);
-      let run: Run | undefined;
-      for (const it of items) {
-        if (run !== undefined && run.offsetBytes + run.lengthBytes === it.s.offsetBytes && run.lengthBytes + it.s.lengthBytes <= MAX_RUN_BYTES) {
-          run.items.push(it);
-          run.lengthBytes += it.s.lengthBytes;
-        } else {
-          run = { pool: it.s.pool, segment: it.s.segment, offsetBytes: it.s.offsetBytes, lengthBytes: it.s.lengthBytes, at: 0, items: [it] };
-          runs.push(run);
-        }
-      }
-    }
-    for (const run of runs) {
-      run.at = scratchBytes;
-      scratchBytes += run.lengthBytes;
-    }
+    const items: { r: number; i: number; s: ShardRef }[] = [];
+    refs.forEach((ref, r) => ref.shards.forEach((s, i) => items.push({ r, i, s })));
+    const { runs, scratchBytes } = planRuns(items);
     const buf = scratch.length >= scratchBytes ? scratch : Buffer.allocUnsafe(scratchBytes);
     await Promise.all(
       runs.map(async (run) => {
@@ -587,40 +560,17 @@ export class StripeStore {
     const stripe0 = jobs[0]?.ref.stripeSizeBytes;
     const native = this.policy.compression === 'none' && jobs.every((j) => j.ref.dataShards === k0 && j.ref.parityShards === m0 && j.ref.stripeSizeBytes === stripe0);
     if (native) return this.prepareLostShardsInKernel(jobs, sourceRank);
-    interface Item { j: number; i: number; s: ShardRef }
-    interface Run { pool: string; segment: number; offsetBytes: number; lengthBytes: number; at: number; items: Item[] }
     const sources: number[][] = [];
     const ok: boolean[] = [];
-    const byPlace = new Map<string, Item[]>();
+    const items: { j: number; i: number; s: ShardRef }[] = [];
     jobs.forEach(({ ref, lost }, j) => {
       const chosen = StripeStore.rebuildSources(ref, lost, sourceRank);
       sources.push(chosen);
       ok.push(chosen.length === ref.dataShards);
       if (!ok[j]) return;
-      for (const i of chosen) {
-        const s = ref.shards[i]!;
-        const place = `${s.pool}\0${s.segment}`;
-        let items = byPlace.get(place);
-        if (items === undefined) byPlace.set(place, (items = []));
-        items.push({ j, i, s });
-      }
+      for (const i of chosen) items.push({ j, i, s: ref.shards[i]! });
     });
-    const runs: Run[] = [];
-    let scratchBytes = 0;
-    for (const items of byPlace.values()) {
-      items.sort((a, b) => a.s.offsetBytes - b.s.offsetBytes);
-      let run: Run | undefined;
-      for (const it of items) {
-        if (run !== undefined && run.offsetBytes + run.lengthBytes === it.s.offsetBytes && run.lengthBytes + it.s.lengthBytes <= MAX_RUN_BYTES) {
-          run.items.push(it);
-          run.lengthBytes += it.s.lengthBytes;
-        } else {
-          run = { pool: it.s.pool, segment: it.s.segment, offsetBytes: it.s.offsetBytes, lengthBytes: it.s.lengthBytes, at: scratchBytes, items: [it] };
-          runs.push(run);
-        }
-        scratchBytes += it.s.lengthBytes;
-      }
-    }
+    const { runs, scratchBytes } = planRuns(items);
     const buf = scratch(scratchBytes);
     // Each source's whole record as read (unverified), per job and shard index.
     const records = jobs.map((job) => new Array<Buffer | undefined>(job.ref.shards.length).fill(undefined));
@@ -1070,6 +1020,52 @@ export class StripeStore {
  * 256 KiB records in 256 MiB segments, ~10 MiB of map.
  */
 export const MAX_FORWARDED_SHARDS = 65_536;
+
+/** Records read with one read: back to back in one segment of one pool, at most MAX_RUN_BYTES in all. */
+interface ShardRun<T> {
+  pool: string;
+  segment: number;
+  offsetBytes: number;
+  lengthBytes: number;
+  /** Where the run goes in the caller's scratch buffer. */
+  at: number;
+  /** In offset order; each item's record follows the previous one's. */
+  items: T[];
+}
+
+/**
+ * Groups shard records by (pool, segment), sorts each group by offset and
+ * coalesces records that sit back to back into runs of at most
+ * MAX_RUN_BYTES. Runs come group by group (in the order each group first
+ * appears in `items`), and are laid out in that order one after the other
+ * in a scratch buffer of `scratchBytes`.
+ */
+function planRuns<T extends { s: ShardRef }>(items: readonly T[]): { runs: ShardRun<T>[]; scratchBytes: number } {
+  const byPlace = new Map<string, T[]>();
+  for (const it of items) {
+    const place = `${it.s.pool}\0${it.s.segment}`;
+    let group = byPlace.get(place);
+    if (group === undefined) byPlace.set(place, (group = []));
+    group.push(it);
+  }
+  const runs: ShardRun<T>[] = [];
+  let scratchBytes = 0;
+  for (const group of byPlace.values()) {
+    group.sort((a, b) => a.s.offsetBytes - b.s.offsetBytes);
+    let run: ShardRun<T> | undefined;
+    for (const it of group) {
+      if (run !== undefined && run.offsetBytes + run.lengthBytes === it.s.offsetBytes && run.lengthBytes + it.s.lengthBytes <= MAX_RUN_BYTES) {
+        run.items.push(it);
+        run.lengthBytes += it.s.lengthBytes;
+      } else {
+        run = { pool: it.s.pool, segment: it.s.segment, offsetBytes: it.s.offsetBytes, lengthBytes: it.s.lengthBytes, at: scratchBytes, items: [it] };
+        runs.push(run);
+      }
+      scratchBytes += it.s.lengthBytes;
+    }
+  }
+  return { runs, scratchBytes };
+}
 
 function shardPlace(s: ShardRef): string {
   return `${s.pool}/${s.segment}/${s.offsetBytes}`;
