@@ -11,19 +11,18 @@ import path from 'node:path';
 import { TestDaemon, run } from './helpers/daemon.js';
 import {
   MiB,
+  allHealthy,
   api,
-  assertSameBytes,
   coldStatus,
-  createVolume,
   destage,
-  dropCache,
-  losePool,
+  fsck,
+  loseAndReplacePool,
   patternBytes,
-  readExport,
+  readBackWithPoolsLost,
   rebuildPool,
-  replacePool,
   scrub,
   startColdDaemon,
+  writeColdVolume,
 } from './helpers/cold.js';
 
 const STRIPES = 24;
@@ -33,11 +32,8 @@ test('pool rebuild with compaction passes running under it (1 MiB segments): all
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'review-rebuild-compaction-'));
   let d = await startColdDaemon(CONFIG);
   try {
-    await createVolume(d, 'c1', STRIPES * MiB, 'cold');
     const model = patternBytes(STRIPES * MiB, 0xc0a1);
-    fs.writeFileSync(path.join(work, 'src.bin'), model);
-    run('nbdcopy', [path.join(work, 'src.bin'), d.exportUri('c1')]);
-    await destage(d);
+    await writeColdVolume(d, 'c1', model, work);
     // Overwrite every other stripe: their old records become dead, so compaction moves the live ones.
     const half = patternBytes(STRIPES * MiB, 0xc0a2);
     for (let c = 0; c < STRIPES; c += 2) half.copy(model, c * MiB, c * MiB, (c + 1) * MiB);
@@ -45,8 +41,7 @@ test('pool rebuild with compaction passes running under it (1 MiB segments): all
     run('nbdcopy', [path.join(work, 'src2.bin'), d.exportUri('c1')]);
     await destage(d);
 
-    losePool(d, 2);
-    replacePool(d, 2);
+    loseAndReplacePool(d, 2);
     let done = false;
     let passes = 0;
     let compacted = 0;
@@ -66,19 +61,15 @@ test('pool rebuild with compaction passes running under it (1 MiB segments): all
     await scrub(d);
     await api<unknown>(d, 'POST', '/v1/compact');
     assert.equal((await scrub(d)).badStripes, 0, 'every shard verifies after the rebuild and compactions');
-    assert.deepEqual((await coldStatus(d)).stripes, { Healthy: STRIPES, Degraded: 0, Reconstructing: 0, Failed: 0 });
+    assert.deepEqual((await coldStatus(d)).stripes, allHealthy(STRIPES));
 
     await d.kill();
-    const f = d.cli('fsck');
-    const fsck = JSON.parse(f.stdout) as { stripes: { Healthy: number; Degraded: number; Failed: number }; badShards: unknown[]; halfWrittenStripes: number };
-    assert.deepEqual(fsck.stripes, { Healthy: STRIPES, Degraded: 0, Failed: 0 }, f.stdout);
-    assert.deepEqual(fsck.badShards, []);
+    const { report: checked, stdout } = fsck(d);
+    assert.deepEqual(checked.stripes, { Healthy: STRIPES, Degraded: 0, Failed: 0 }, stdout);
+    assert.deepEqual(checked.badShards, []);
     d = await TestDaemon.start({ dataDir: d.dataDir });
-    losePool(d, 0);
-    losePool(d, 5);
-    await dropCache(d);
-    assertSameBytes(readExport(d, 'c1', path.join(work, 'out.bin')), model, 'after a rebuild raced by compaction');
-    assert.equal((await coldStatus(d)).failedReads, 0);
+    const after = await readBackWithPoolsLost(d, [0, 5], 'c1', model, path.join(work, 'out.bin'), 'after a rebuild raced by compaction');
+    assert.equal(after.failedReads, 0);
   } finally {
     await d.cleanup();
     fs.rmSync(work, { recursive: true, force: true });

@@ -9,47 +9,33 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { spawn } from 'node:child_process';
-import { CLIENT_ENV, TestDaemon, run } from './helpers/daemon.js';
+import { CLIENT_ENV, TestDaemon } from './helpers/daemon.js';
 import {
   MiB,
-  assertSameBytes,
+  allHealthy,
   coldStatus,
-  createVolume,
   destage,
-  dropCache,
-  losePool,
+  fsck,
+  loseAndReplacePool,
   patternBytes,
+  postRebuild,
   prng,
-  readExport,
+  readBackWithPoolsLost,
   rebuildPool,
-  replacePool,
+  rebuildPoolAllHealthy,
   scrub,
   segmentBytes,
-  startColdDaemon,
-  type PoolRebuildResult,
+  startWithColdVolume,
+  untilPoolBytes,
 } from './helpers/cold.js';
 
 const STRIPES = 48;
 const VOLUME_BYTES = STRIPES * MiB;
 
-interface FsckReport {
-  stripes: { Healthy: number; Degraded: number; Failed: number };
-  badShards: { pool: string; reason: string }[];
-  halfWrittenStripes: number;
-  orphanRecords: number;
-  tornTails: number;
-  corruptRecords: number;
-}
-
 async function coldVolume(work: string, seed: number): Promise<{ d: TestDaemon; model: Buffer }> {
-  const d = await startColdDaemon();
-  await createVolume(d, 'c1', VOLUME_BYTES, 'cold');
-  const model = patternBytes(VOLUME_BYTES, seed);
-  fs.writeFileSync(path.join(work, 'src.bin'), model);
-  run('nbdcopy', [path.join(work, 'src.bin'), d.exportUri('c1')]);
-  await destage(d);
-  assert.equal((await coldStatus(d)).stripes.Healthy, STRIPES);
-  return { d, model };
+  const started = await startWithColdVolume(work, VOLUME_BYTES, VOLUME_BYTES, seed);
+  assert.equal((await coldStatus(started.d)).stripes.Healthy, STRIPES);
+  return started;
 }
 
 test('SIGKILL during a pool rebuild: fsck finds no half-written or failed stripe, only cold-2 shards missing; the next rebuild completes byte-exact', async (t) => {
@@ -58,8 +44,7 @@ test('SIGKILL during a pool rebuild: fsck finds no half-written or failed stripe
   const rand = prng(0x6b11);
   try {
     const fullBytes = segmentBytes(d, 2);
-    losePool(d, 2);
-    replacePool(d, 2);
+    loseAndReplacePool(d, 2);
     let midRebuildKills = 0;
     for (let round = 0; round < 4; round++) {
       // Kill once the rebuild has written past a round-dependent point on cold-2 (a
@@ -72,45 +57,37 @@ test('SIGKILL during a pool rebuild: fsck finds no half-written or failed stripe
         () => 'finished',
         () => 'killed',
       ).finally(() => (settled = true));
-      // Polls the pool's size (no event tells a test how far a rebuild got).
-      while (!settled && segmentBytes(d, 2) < killAtBytes) await new Promise((r) => setTimeout(r, 1));
+      await untilPoolBytes(d, 2, killAtBytes, () => settled);
       const landedBytes = segmentBytes(d, 2) - startBytes;
       await d.kill();
       const outcome = await pending;
       if (landedBytes > 0 && outcome === 'killed') midRebuildKills++;
       t.diagnostic(`round ${round}: kill at ${landedBytes} bytes written this round (target ${killAtBytes - startBytes}) of ${fullBytes}, rebuild ${outcome}`);
 
-      const f = d.cli('fsck');
-      const fsck = JSON.parse(f.stdout) as FsckReport;
-      assert.equal(fsck.halfWrittenStripes, 0, `round ${round}: ${f.stdout}`);
-      assert.equal(fsck.stripes.Failed, 0, `round ${round}: ${f.stdout}`);
-      assert.equal(fsck.stripes.Healthy + fsck.stripes.Degraded, STRIPES);
-      assert.equal(fsck.corruptRecords, 0, `round ${round}: ${f.stdout}`);
+      const { report: checked, stdout } = fsck(d);
+      assert.equal(checked.halfWrittenStripes, 0, `round ${round}: ${stdout}`);
+      assert.equal(checked.stripes.Failed, 0, `round ${round}: ${stdout}`);
+      assert.equal(checked.stripes.Healthy + checked.stripes.Degraded, STRIPES);
+      assert.equal(checked.corruptRecords, 0, `round ${round}: ${stdout}`);
       // Only the lost pool's shards may be missing: no survivor was touched, no flipped shard is missing.
-      for (const b of fsck.badShards) assert.equal(b.pool, 'cold-2', `round ${round}: ${JSON.stringify(b)}`);
-      assert.equal(fsck.badShards.length, fsck.stripes.Degraded, `round ${round}: one missing shard per degraded stripe`);
+      for (const b of checked.badShards) assert.equal(b.pool, 'cold-2', `round ${round}: ${JSON.stringify(b)}`);
+      assert.equal(checked.badShards.length, checked.stripes.Degraded, `round ${round}: one missing shard per degraded stripe`);
       d = await TestDaemon.start({ dataDir: d.dataDir });
     }
     // Without a real mid-rebuild kill the rounds above prove nothing.
     assert.ok(midRebuildKills >= 1, 'at least one kill landed while the rebuild was writing');
 
-    const report: PoolRebuildResult = await rebuildPool(d, 2);
-    assert.equal(report.notRebuilt, 0, JSON.stringify(report));
-    assert.deepEqual(report.stripes, { Healthy: STRIPES, Degraded: 0, Reconstructing: 0, Failed: 0 });
+    await rebuildPoolAllHealthy(d, 2, STRIPES);
     assert.equal((await scrub(d)).badStripes, 0);
     await d.kill();
-    const f = d.cli('fsck');
-    const fsck = JSON.parse(f.stdout) as FsckReport;
-    assert.deepEqual(fsck.stripes, { Healthy: STRIPES, Degraded: 0, Failed: 0 }, f.stdout);
-    assert.equal(fsck.halfWrittenStripes, 0);
-    t.diagnostic(`final fsck: ${fsck.orphanRecords} orphan records (unflipped rebuild writes of killed rounds), ${fsck.tornTails} torn tails`);
+    const final = fsck(d);
+    assert.deepEqual(final.report.stripes, { Healthy: STRIPES, Degraded: 0, Failed: 0 }, final.stdout);
+    assert.equal(final.report.halfWrittenStripes, 0);
+    t.diagnostic(`final fsck: ${final.report.orphanRecords} orphan records (unflipped rebuild writes of killed rounds), ${final.report.tornTails} torn tails`);
     d = await TestDaemon.start({ dataDir: d.dataDir });
     // k = 4 survivors per stripe with cold-0 and cold-5 gone: the rebuilt cold-2 shards carry every read.
-    losePool(d, 0);
-    losePool(d, 5);
-    await dropCache(d);
-    assertSameBytes(readExport(d, 'c1', path.join(work, 'out.bin')), model, 'after crashes mid-rebuild and a final rebuild');
-    assert.equal((await coldStatus(d)).failedReads, 0);
+    const after = await readBackWithPoolsLost(d, [0, 5], 'c1', model, path.join(work, 'out.bin'), 'after crashes mid-rebuild and a final rebuild');
+    assert.equal(after.failedReads, 0);
   } finally {
     await d.cleanup();
     fs.rmSync(work, { recursive: true, force: true });
@@ -121,15 +98,10 @@ test('two POST /v1/rebuild of the same pool share one run, another pool is refus
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'review-rebuild-race-'));
   const { d, model } = await coldVolume(work, 0x7a3e);
   try {
-    losePool(d, 2);
-    replacePool(d, 2);
+    loseAndReplacePool(d, 2);
     const first = rebuildPool(d, 2);
     const second = rebuildPool(d, 2);
-    const other = fetch(`http://${d.info.api.host}:${d.info.api.port}/v1/rebuild`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ pool: 'cold-3' }),
-    });
+    const other = postRebuild(d, 'cold-3');
     const scrubbed = scrub(d);
     // Overwrite the first 4 KiB of 4 stripes (FLUSHed: acknowledged) while the rebuild runs, then destage them.
     const patch = patternBytes(4096, 0x99);
@@ -158,13 +130,10 @@ test('two POST /v1/rebuild of the same pool share one run, another pool is refus
     await writes;
     // What a racing destage superseded is rebuilt by the queue pass (or this scrub).
     await scrub(d);
-    assert.deepEqual((await coldStatus(d)).stripes, { Healthy: STRIPES, Degraded: 0, Reconstructing: 0, Failed: 0 });
+    assert.deepEqual((await coldStatus(d)).stripes, allHealthy(STRIPES));
     // Two other pools lost: every stripe reads through its cold-2 shard (rebuilt or rewritten).
-    losePool(d, 0);
-    losePool(d, 5);
-    await dropCache(d);
-    assertSameBytes(readExport(d, 'c1', path.join(work, 'out.bin')), model, 'after a rebuild raced by a second POST, a scrub and flushed writes');
-    assert.equal((await coldStatus(d)).failedReads, 0);
+    const after = await readBackWithPoolsLost(d, [0, 5], 'c1', model, path.join(work, 'out.bin'), 'after a rebuild raced by a second POST, a scrub and flushed writes');
+    assert.equal(after.failedReads, 0);
   } finally {
     await d.cleanup();
     fs.rmSync(work, { recursive: true, force: true });
@@ -176,27 +145,21 @@ test('the rebuilt pool replaced again between its last write and the index flip:
   const { d, model } = await coldVolume(work, 0x3c0d);
   try {
     const fullBytes = segmentBytes(d, 2);
-    losePool(d, 2);
-    replacePool(d, 2);
+    loseAndReplacePool(d, 2);
     let settled = false;
     const pending = rebuildPool(d, 2).finally(() => (settled = true));
-    // Every record written; the flips wait for the window's sync (one 64 MiB window
-    // here). Polled: no event tells a test that the last record was written.
-    while (!settled && segmentBytes(d, 2) < fullBytes) await new Promise((r) => setTimeout(r, 1));
+    // Every record written; the flips wait for the window's sync (one 64 MiB window here).
+    await untilPoolBytes(d, 2, fullBytes, () => settled);
     assert.equal(settled, false, 'the replacement must land between the last write and the flips');
     // The disk is swapped again: a new empty directory at the same path.
-    losePool(d, 2);
-    replacePool(d, 2);
+    loseAndReplacePool(d, 2);
     const report = await pending;
     const scrubbed = await scrub(d);
     t.diagnostic(`rebuild ${JSON.stringify(report)}; scrub ${JSON.stringify(scrubbed)}`);
     // What the rebuild reported Healthy must be whole: a full check finds nothing to repair.
     assert.equal(scrubbed.badStripes, STRIPES - report.stripes.Healthy, 'stripes reported Healthy by the rebuild are missing their cold-2 shard');
-    assert.deepEqual((await coldStatus(d)).stripes, { Healthy: STRIPES, Degraded: 0, Reconstructing: 0, Failed: 0 });
-    losePool(d, 0);
-    losePool(d, 5);
-    await dropCache(d);
-    assertSameBytes(readExport(d, 'c1', path.join(work, 'out.bin')), model, 'after the rebuilt pool was replaced again mid-rebuild');
+    assert.deepEqual((await coldStatus(d)).stripes, allHealthy(STRIPES));
+    await readBackWithPoolsLost(d, [0, 5], 'c1', model, path.join(work, 'out.bin'), 'after the rebuilt pool was replaced again mid-rebuild');
   } finally {
     await d.cleanup();
     fs.rmSync(work, { recursive: true, force: true });
@@ -208,36 +171,27 @@ test('SIGTERM during a pool rebuild: a clean exit, fsck finds every stripe Healt
   let { d, model } = await coldVolume(work, 0x7e57);
   try {
     const fullBytes = segmentBytes(d, 2);
-    losePool(d, 2);
-    replacePool(d, 2);
+    loseAndReplacePool(d, 2);
     // Connection: close. A keep-alive connection busy when the API server starts
     // closing holds the daemon's exit for fastify's 72 s keep-alive timeout
     // (reported separately; not what this test is about).
-    const pending = fetch(`http://${d.info.api.host}:${d.info.api.port}/v1/rebuild`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json', connection: 'close' },
-      body: JSON.stringify({ pool: 'cold-2' }),
-    }).then(
+    const pending = postRebuild(d, 'cold-2', { connection: 'close' }).then(
       async (r) => `HTTP ${r.status} ${await r.text()}`,
       (e: Error) => `failed ${e.message}`,
     );
-    while (segmentBytes(d, 2) < fullBytes / 3) await new Promise((r) => setTimeout(r, 1));
+    await untilPoolBytes(d, 2, fullBytes / 3);
     const startedMs = Date.now();
     assert.equal(await d.stop(), 0, d.stderr.slice(-2000));
     t.diagnostic(`SIGTERM at ${segmentBytes(d, 2)} of ${fullBytes} bytes; exit after ${Date.now() - startedMs} ms; rebuild ${await pending}`);
-    const f = d.cli('fsck');
-    const fsck = JSON.parse(f.stdout) as FsckReport;
-    assert.equal(fsck.halfWrittenStripes, 0, f.stdout);
-    assert.equal(fsck.stripes.Failed, 0, f.stdout);
-    assert.equal(fsck.corruptRecords, 0, f.stdout);
-    for (const b of fsck.badShards) assert.equal(b.pool, 'cold-2', JSON.stringify(b));
+    const { report: checked, stdout } = fsck(d);
+    assert.equal(checked.halfWrittenStripes, 0, stdout);
+    assert.equal(checked.stripes.Failed, 0, stdout);
+    assert.equal(checked.corruptRecords, 0, stdout);
+    for (const b of checked.badShards) assert.equal(b.pool, 'cold-2', JSON.stringify(b));
     d = await TestDaemon.start({ dataDir: d.dataDir });
     const report = await rebuildPool(d, 2);
-    assert.deepEqual(report.stripes, { Healthy: STRIPES, Degraded: 0, Reconstructing: 0, Failed: 0 }, JSON.stringify(report));
-    losePool(d, 0);
-    losePool(d, 5);
-    await dropCache(d);
-    assertSameBytes(readExport(d, 'c1', path.join(work, 'out.bin')), model, 'after SIGTERM mid-rebuild and a second rebuild');
+    assert.deepEqual(report.stripes, allHealthy(STRIPES), JSON.stringify(report));
+    await readBackWithPoolsLost(d, [0, 5], 'c1', model, path.join(work, 'out.bin'), 'after SIGTERM mid-rebuild and a second rebuild');
   } finally {
     await d.cleanup();
     fs.rmSync(work, { recursive: true, force: true });

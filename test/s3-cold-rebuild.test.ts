@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { test } from 'node:test';
 import { createColdBucket, startS3, type S3Env } from './helpers/s3-env.js';
-import { MiB, coldStatus, dropCache, losePool, rebuildPool, replacePool, scrub, type PoolRebuildResult } from './helpers/cold.js';
+import { MiB, coldStatus, dropCache, loseAndReplacePool, losePool, rebuildPool, scrub, type PoolRebuildResult } from './helpers/cold.js';
 
 async function get(env: S3Env, key: string): Promise<Buffer> {
   const got = await env.sdk.send(new GetObjectCommand({ Bucket: 'cold', Key: key }));
@@ -41,8 +41,7 @@ test('pool rebuild and scrub cover cold objects and multipart parts; byte-exact 
     for (const [i, p] of pending.entries()) pendingEtags.push((await env.sdk.send(new UploadPartCommand({ Bucket: 'cold', Key: 'pending', UploadId: up.UploadId, PartNumber: i + 1, Body: p }))).ETag!);
     const objectStripes = 3 + 7 + 6;
 
-    losePool(env.daemon, 2);
-    replacePool(env.daemon, 2);
+    loseAndReplacePool(env.daemon, 2);
     const report = (await rebuildPool(env.daemon, 2)) as Report;
     // Each 4+2 stripe has one shard on each of the six pools.
     assert.equal(report.objectStripesChecked, objectStripes, `rebuild ${JSON.stringify(report)}`);
@@ -76,8 +75,7 @@ test('a degraded GET queues its stripes and the queue rebuilds them', async () =
     await createColdBucket(env, 'cold');
     const data = randomBytes(3 * MiB + 5); // 4 stripes
     await env.sdk.send(new PutObjectCommand({ Bucket: 'cold', Key: 'o', Body: data }));
-    losePool(env.daemon, 3);
-    replacePool(env.daemon, 3);
+    loseAndReplacePool(env.daemon, 3);
     const before = await coldStatus(env.daemon);
     await dropCache(env.daemon).catch(() => 0);
     assertSame(await get(env, 'o'), data, 'degraded GET');
@@ -107,8 +105,7 @@ test('an object overwritten while its stripes are rebuilt keeps the new bytes', 
     await createColdBucket(env, 'cold');
     const old = randomBytes(24 * MiB);
     await env.sdk.send(new PutObjectCommand({ Bucket: 'cold', Key: 'o', Body: old }));
-    losePool(env.daemon, 2);
-    replacePool(env.daemon, 2);
+    loseAndReplacePool(env.daemon, 2);
     const fresh = randomBytes(24 * MiB + 3);
     // The overwrite races the rebuild's per-stripe flips (their CAS skips stripes of the replaced version).
     const [report] = await Promise.all([rebuildPool(env.daemon, 2) as Promise<Report>, env.sdk.send(new PutObjectCommand({ Bucket: 'cold', Key: 'o', Body: fresh }))]);

@@ -1,7 +1,7 @@
 // Helpers for cold-tier tests and benches: a daemon with the 4+2 policy and a
-// chosen couchestor.yaml, the cold/destage/scrub CLI as typed JSON, pool and
-// segment-file paths, deterministic data, and byte comparison that names the
-// first differing offset.
+// chosen couchestor.yaml, the cold/destage/scrub/rebuild/fsck calls as typed
+// JSON, pool and segment-file paths, lost and replaced pools, deterministic
+// data, and byte comparison that names the first differing offset.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -98,6 +98,50 @@ export function rebuildPool(d: TestDaemon, i: number): Promise<PoolRebuildResult
   return api<PoolRebuildResult>(d, 'POST', '/v1/rebuild', { pool: `cold-${i}` });
 }
 
+/**
+ * rebuildPool() that asserts the rebuild left nothing behind: no stripe
+ * notRebuilt and all `stripes` Healthy in its report.
+ */
+export async function rebuildPoolAllHealthy(d: TestDaemon, i: number, stripes: number): Promise<PoolRebuildResult> {
+  const report = await rebuildPool(d, i);
+  assert.equal(report.notRebuilt, 0, JSON.stringify(report));
+  assert.deepEqual(report.stripes, allHealthy(stripes), JSON.stringify(report));
+  return report;
+}
+
+/**
+ * POST /v1/rebuild of `pool` as a raw response (no status check, unlike
+ * api()): for refusals, and for requests a test lets fail.
+ */
+export function postRebuild(d: TestDaemon, pool: string, headers: Record<string, string> = {}): Promise<Response> {
+  return fetch(`http://${d.info.api.host}:${d.info.api.port}/v1/rebuild`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', ...headers },
+    body: JSON.stringify({ pool }),
+  });
+}
+
+/** Stripe states with all `stripes` Healthy. */
+export function allHealthy(stripes: number): StripeStates {
+  return { Healthy: stripes, Degraded: 0, Reconstructing: 0, Failed: 0 };
+}
+
+/** What `couchestor fsck --json` prints (the fields tests check). */
+export interface FsckReport {
+  stripes: { Healthy: number; Degraded: number; Failed: number };
+  badShards: { pool: string; reason: string }[];
+  halfWrittenStripes: number;
+  orphanRecords: number;
+  tornTails: number;
+  corruptRecords: number;
+}
+
+/** Offline check of a stopped daemon's data directory; `stdout` is the raw report, for assertion messages. */
+export function fsck(d: TestDaemon): { report: FsckReport; stdout: string } {
+  const f = d.cli('fsck');
+  return { report: JSON.parse(f.stdout) as FsckReport, stdout: f.stdout };
+}
+
 export async function createVolume(d: TestDaemon, name: string, sizeBytes: number, tier: 'hot' | 'warm' | 'cold'): Promise<void> {
   await api<unknown>(d, 'POST', '/v1/volumes', { name, sizeBytes, tier });
 }
@@ -129,6 +173,21 @@ export function losePool(d: TestDaemon, i: number): void {
 /** Pool replaced by an empty one at the same path. */
 export function replacePool(d: TestDaemon, i: number): void {
   fs.mkdirSync(coldPoolDir(d, i), { recursive: true });
+}
+
+/** Pool lost, then replaced by an empty one at the same path (a disk swap). */
+export function loseAndReplacePool(d: TestDaemon, i: number): void {
+  losePool(d, i);
+  replacePool(d, i);
+}
+
+/**
+ * Polls the size of cold pool `i`'s segment files every millisecond until it
+ * reaches `bytes` or `stop()` is true: no event tells a test how far a
+ * rebuild got.
+ */
+export async function untilPoolBytes(d: TestDaemon, i: number, bytes: number, stop: () => boolean = () => false): Promise<void> {
+  while (!stop() && segmentBytes(d, i) < bytes) await new Promise((r) => setTimeout(r, 1));
 }
 
 /** mulberry32: deterministic 32-bit PRNG, so a failing run can be replayed. */
@@ -194,6 +253,49 @@ export function assertSameBytes(got: Buffer, want: Buffer, what: string): void {
   let i = 0;
   while (got[i] === want[i]) i++;
   assert.fail(`${what}: first differing byte at offset ${i} (got ${got[i]}, want ${want[i]})`);
+}
+
+/**
+ * Creates cold volume `name` of `model.length` bytes, writes `model` into it
+ * with nbdcopy (through a file in `work`) and destages it.
+ */
+export async function writeColdVolume(d: TestDaemon, name: string, model: Buffer, work: string): Promise<void> {
+  await createVolume(d, name, model.length, 'cold');
+  const src = path.join(work, 'src.bin');
+  fs.writeFileSync(src, model);
+  run('nbdcopy', [src, d.exportUri(name)]);
+  await destage(d);
+}
+
+/**
+ * Starts a daemon (startColdDaemon()) holding cold volume 'c1' of
+ * `volumeBytes`: its first `patternLengthBytes` are patternBytes(seed), the
+ * rest zero; written and destaged by writeColdVolume(). Returns the daemon
+ * and the volume's expected bytes.
+ */
+export async function startWithColdVolume(work: string, volumeBytes: number, patternLengthBytes: number, seed: number): Promise<{ d: TestDaemon; model: Buffer }> {
+  const d = await startColdDaemon();
+  const model = Buffer.alloc(volumeBytes);
+  patternBytes(patternLengthBytes, seed).copy(model);
+  try {
+    await writeColdVolume(d, 'c1', model, work);
+  } catch (err) {
+    await d.cleanup();
+    throw err;
+  }
+  return { d, model };
+}
+
+/**
+ * Loses cold pools `lost`, drops the read cache (it would serve earlier
+ * reads' data) and asserts that the whole export of `volume` reads back as
+ * `model`. Returns the cold status after the read.
+ */
+export async function readBackWithPoolsLost(d: TestDaemon, lost: readonly number[], volume: string, model: Buffer, outFile: string, what: string): Promise<ColdStatus> {
+  for (const i of lost) losePool(d, i);
+  await dropCache(d);
+  assertSameBytes(readExport(d, volume, outFile), model, what);
+  return coldStatus(d);
 }
 
 /**
