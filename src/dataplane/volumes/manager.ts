@@ -232,11 +232,9 @@ export class VolumeManager {
     if (newSizeBytes < rec.sizeBytes) {
       throw new InvalidArgument(`volume ${name} is ${rec.sizeBytes} bytes; shrinking to ${newSizeBytes} would drop data and is refused`);
     }
-    const next = { ...rec, sizeBytes: newSizeBytes };
-    await this.meta.volumes.put(name, next);
-    await this.meta.durable();
-    this.open.get(name)?.grow(newSizeBytes);
-    return next;
+    // Through the open volume: its record is also rewritten by a tier switch
+    // (setTier), and both must go through its quiesce gate.
+    return this.openVolume(name).resize(newSizeBytes);
   }
 
   /**

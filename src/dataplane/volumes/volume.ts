@@ -1157,7 +1157,25 @@ export class Volume {
     });
   }
 
-  /** Grows the volume (shrinking is refused: it would drop data). */
+  /**
+   * Grows the volume and persists its record at the quiesce gate, like
+   * setTier: both write the whole record, and one computed outside the gate
+   * could land after the other's and undo it (a move starting during a
+   * resize put back the old size, losing flushed writes past it at the next
+   * start: test review-hot-warm-races).
+   */
+  async resize(newSizeBytes: number): Promise<VolumeRecord> {
+    return this.quiesced(async () => {
+      if (newSizeBytes < this.rec.sizeBytes) throw new InvalidArgument(`shrinking volume ${this.name} is not supported`);
+      const next = { ...this.rec, sizeBytes: newSizeBytes };
+      await this.meta.volumes.put(next.name, next);
+      await this.meta.durable();
+      this.grow(newSizeBytes);
+      return this.rec;
+    });
+  }
+
+  /** Grows the volume in memory (shrinking is refused: it would drop data). */
   grow(newSizeBytes: number): void {
     if (newSizeBytes < this.rec.sizeBytes) throw new InvalidArgument(`shrinking volume ${this.name} is not supported`);
     const chunks = Volume.chunkCount(newSizeBytes, this.rec.chunkSizeBytes);
