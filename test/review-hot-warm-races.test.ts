@@ -48,3 +48,40 @@ test('a resize while a move starts is not undone by the move: flushed writes pas
   assert.ok((await readVolume(vol, 8 * MiB, 8 * MiB)).equals(tail), 'flushed writes past the old size are lost after a restart');
   await m.close();
 });
+
+test('a move back to the old pool started while RELEASE deletes its file: the new file survives, and so do the bytes after a restart', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-rv-unlink-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  let m = await openManager(dir, true);
+  const CHUNKS = 8;
+  await m.createVolume({ name: 'v', sizeBytes: CHUNKS * MiB });
+  let vol = m.openVolume('v');
+  const want = crypto.randomBytes(CHUNKS * MiB);
+  await writeVolume(vol, 0, want);
+  await vol.flush();
+  // An operator's `volumes migrate v hot` lands while the control loop's move to warm releases hot-0's file.
+  let started = false;
+  let startBack!: (move: Promise<unknown>) => void;
+  const back = new Promise<unknown>((r) => (startBack = r));
+  const toWarm = migrateVolume(m, 'v', 'warm', {
+    preserve: false,
+    onProgress: (p) => {
+      // Next turn: the first move's RELEASE has taken hot-0's file out of the volume and is syncing before it unlinks it.
+      if (p.phase === 'Release' && !started) {
+        started = true;
+        setImmediate(() => startBack(migrateVolume(m, 'v', 'hot', { preserve: false })));
+      }
+    },
+  });
+  await toWarm;
+  await back;
+  assert.ok(started, 'the second move did not start');
+  assert.equal(vol.rec.tier, 'hot');
+  for (const p of vol.poolsInUse()) assert.ok(fs.existsSync(p.volumeFile(vol.rec.id)), `chunks are in ${p.name}'s file, which is not on disk`);
+  assert.ok((await readVolume(vol, 0, CHUNKS * MiB)).equals(want));
+  await m.close();
+  m = await openManager(dir, false);
+  vol = m.openVolume('v');
+  assert.ok((await readVolume(vol, 0, CHUNKS * MiB)).equals(want), 'bytes lost after a restart');
+  await m.close();
+});

@@ -101,6 +101,12 @@ export class Volume {
   /** Writes/zeroes/trims on the file path in flight (see drainFileMutations). */
   private fileMutations = 0;
   private readonly fileMutationsDrained: (() => void)[] = [];
+  /**
+   * Pools whose file RELEASE took out of `files` and has yet to close and
+   * delete (after the gate opens): openFile waits, or its fresh file at the
+   * same path would be the one deleted. At most MAX_VOLUME_FILES entries.
+   */
+  private readonly unlinking = new Map<string, Promise<void>>();
   /** File reads in flight: RELEASE must not truncate under them. */
   private fileReads = 0;
   private fileReadsDrained: (() => void) | null = null;
@@ -270,6 +276,9 @@ export class Volume {
     const have = this.files.findIndex((f) => f.pool.name === pool.name);
     if (have >= 0) return have;
     if (this.files.length >= MAX_VOLUME_FILES) throw new InvalidArgument(`volume ${this.name} already has ${this.files.length} data files open`);
+    // A RELEASE still deleting this pool's old file would delete the new one
+    // (same path) instead: every chunk copied into it lost at the next start.
+    await this.unlinking.get(pool.name);
     pool.ensureDirs();
     // Not open = no chunk is in it: whatever it holds (a file kept by
     // preservation mode, or left by a crash before RELEASE) is stale, and a
@@ -300,6 +309,8 @@ export class Volume {
    * them). Returns the pools whose files were closed.
    */
   async releaseOtherFiles(keep: boolean): Promise<Pool[]> {
+    let unlinked!: () => void;
+    const gone = new Promise<void>((r) => (unlinked = r));
     const dropped = await this.quiesced(async () => {
       const used = new Set<number>();
       for (let c = 0; c < this.chunkState.length; c++) if (this.chunkState[c] === ChunkState.Allocated) used.add(this.chunkFile[c]!);
@@ -318,18 +329,25 @@ export class Volume {
       for (let c = 0; c < this.chunkFile.length; c++) this.chunkFile[c] = remap[this.chunkFile[c]!]!;
       this.allocIdx = remap[this.allocIdx]!;
       this.files = next;
+      // Set before the gate opens: a setTier queued behind it must see them.
+      for (const f of dropped) this.unlinking.set(f.pool.name, gone);
       return dropped;
     });
     if (dropped.length === 0) return [];
-    // A FLUSH is not held at the gate: let any fdatasync that took the old
-    // file list finish before its descriptors close (the next sync takes the
-    // new list).
-    await this.commit.run().catch(() => undefined);
-    for (const f of dropped) {
-      await new Promise<void>((resolve) => fs.close(f.fd, () => resolve()));
-      // On the threadpool: freeing a large file's extents took ~0.2 s per
-      // 512 MiB here, too long to hold the event loop (and every client).
-      if (!keep) await fs.promises.rm(f.pool.volumeFile(this.rec.id), { force: true });
+    try {
+      // A FLUSH is not held at the gate: let any fdatasync that took the old
+      // file list finish before its descriptors close (the next sync takes the
+      // new list).
+      await this.commit.run().catch(() => undefined);
+      for (const f of dropped) {
+        await new Promise<void>((resolve) => fs.close(f.fd, () => resolve()));
+        // On the threadpool: freeing a large file's extents took ~0.2 s per
+        // 512 MiB here, too long to hold the event loop (and every client).
+        if (!keep) await fs.promises.rm(f.pool.volumeFile(this.rec.id), { force: true });
+      }
+    } finally {
+      for (const f of dropped) if (this.unlinking.get(f.pool.name) === gone) this.unlinking.delete(f.pool.name);
+      unlinked();
     }
     return dropped.map((f) => f.pool);
   }
