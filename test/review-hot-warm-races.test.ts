@@ -85,3 +85,31 @@ test('a move back to the old pool started while RELEASE deletes its file: the ne
   assert.ok((await readVolume(vol, 0, CHUNKS * MiB)).equals(want), 'bytes lost after a restart');
   await m.close();
 });
+
+test('volumes release after an aborted move does not delete a pool file the volume still has open; a later move to that pool survives a restart', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-rv-release-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  let m = await openManager(dir, true);
+  const CHUNKS = 8;
+  await m.createVolume({ name: 'v', sizeBytes: CHUNKS * MiB });
+  let vol = m.openVolume('v');
+  const want = crypto.randomBytes(CHUNKS * MiB);
+  await writeVolume(vol, 0, want);
+  await vol.flush();
+  // Aborted before any chunk moved: warm-0's file was created (setTier) and stays open, empty.
+  const ac = new AbortController();
+  ac.abort();
+  await assert.rejects(migrateVolume(m, 'v', 'warm', { preserve: false, signal: ac.signal }), (err: Error) => err instanceof MigrationAborted);
+  assert.equal(vol.rec.tier, 'hot');
+  // An operator cleans up what the move left.
+  await m.releasePreserved('v');
+  const done = await migrateVolume(m, 'v', 'warm', { preserve: false });
+  assert.equal(done.phase, 'Done');
+  assert.equal(vol.chunkPool(0).name, 'warm-0');
+  assert.ok(fs.existsSync(m.pools.get('warm-0')!.volumeFile(vol.rec.id)), 'the warm-0 file holding every chunk is not on disk');
+  await m.close();
+  m = await openManager(dir, false);
+  vol = m.openVolume('v');
+  assert.ok((await readVolume(vol, 0, CHUNKS * MiB)).equals(want), 'the moved bytes are gone after a restart');
+  await m.close();
+});

@@ -244,17 +244,9 @@ export class VolumeManager {
   async releasePreserved(name: string): Promise<{ volume: string; stripesFreed: number; fileReleased: boolean }> {
     const vol = this.openVolume(name);
     const r = await vol.releasePreserved();
-    // Files a preserving hot <-> warm move kept: those of pools the volume
-    // has no chunk in (not open).
-    let filesRemoved = 0;
-    const open = new Set([vol.pool.name, ...vol.poolsInUse().map((p) => p.name)]);
-    for (const p of this.pools.values()) {
-      if (p.rec.tier === 'cold' || open.has(p.name)) continue;
-      const file = p.volumeFile(vol.rec.id);
-      if (!fs.existsSync(file)) continue;
-      fs.rmSync(file, { force: true });
-      filesRemoved++;
-    }
+    // Files a preserving hot <-> warm move kept: those of pools whose file
+    // the volume does not have open.
+    const filesRemoved = await vol.removeKeptFiles([...this.pools.values()].filter((p) => p.rec.tier !== 'cold'));
     return { volume: name, ...r, fileReleased: r.fileReleased || filesRemoved > 0 };
   }
 

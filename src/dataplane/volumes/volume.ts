@@ -352,6 +352,30 @@ export class Volume {
     return dropped.map((f) => f.pool);
   }
 
+  /**
+   * `volumes release`: deletes this volume's file on each of `pools` that it
+   * does not have open (ones a preserving hot <-> warm move kept). A file
+   * still open may hold no chunk yet still be used: the target of an aborted
+   * move stays open, and a later move to that pool copies into it; deleted,
+   * those chunks would live in an unlinked file and read as zeros after a
+   * restart. At the gate, so no setTier opens one meanwhile. Returns how
+   * many files were deleted.
+   */
+  async removeKeptFiles(pools: readonly Pool[]): Promise<number> {
+    await Promise.all([...this.unlinking.values()]);
+    return this.quiesced(async () => {
+      let removed = 0;
+      for (const p of pools) {
+        if (this.files.some((f) => f.pool.name === p.name)) continue;
+        const file = p.volumeFile(this.rec.id);
+        if (!fs.existsSync(file)) continue;
+        fs.rmSync(file, { force: true });
+        removed++;
+      }
+      return removed;
+    });
+  }
+
   /** Reads [offset, offset+length) into dst[0..length). */
   private readNow(offsetBytes: number, lengthBytes: number, dst: Buffer, dstOffset: number, cb: DoneCb): void {
     const bad = this.usable(false);
