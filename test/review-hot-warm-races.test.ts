@@ -113,3 +113,31 @@ test('volumes release after an aborted move does not delete a pool file the volu
   assert.ok((await readVolume(vol, 0, CHUNKS * MiB)).equals(want), 'the moved bytes are gone after a restart');
   await m.close();
 });
+
+test('the warm pool removed mid-move: the move fails, RELEASE does not delete the hot file, chunks not yet switched keep their bytes', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-rv-gone-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const m = await openManager(dir, true);
+  t.after(() => m.close());
+  const CHUNKS = 16;
+  await m.createVolume({ name: 'v', sizeBytes: CHUNKS * MiB });
+  const vol = m.openVolume('v');
+  const want = crypto.randomBytes(CHUNKS * MiB);
+  await writeVolume(vol, 0, want);
+  await vol.flush();
+  const moving = migrateVolume(m, 'v', 'warm', {
+    preserve: false,
+    concurrency: 1,
+    onProgress: (p) => {
+      // Like migration-target-pool-removed does to a cold pool.
+      if (p.chunksDone >= 2 && fs.existsSync(path.join(dir, 'warm-0'))) fs.rmSync(path.join(dir, 'warm-0'), { recursive: true });
+    },
+  });
+  const outcome = await moving.then((p) => p.phase, (err: Error) => `failed: ${err.message}`);
+  assert.match(outcome, /^failed: .*warm-0/, 'the move finished into a pool that is gone');
+  assert.ok(fs.existsSync(m.pools.get('hot-0')!.volumeFile(vol.rec.id)), 'the hot file was deleted');
+  for (let c = 0; c < CHUNKS; c++) {
+    if (vol.chunkPool(c).name !== 'hot-0') continue;
+    assert.ok((await readVolume(vol, c * MiB, MiB)).equals(want.subarray(c * MiB, (c + 1) * MiB)), `chunk ${c} differs`);
+  }
+});

@@ -5,7 +5,7 @@
 // connections to a volume share this object, so a FLUSH on one covers writes
 // completed on all.
 import fs from 'node:fs';
-import { InvalidArgument, OutOfRange, ReadOnly, VolumeFailed } from '../errors.js';
+import { InvalidArgument, OutOfRange, PoolOffline, ReadOnly, VolumeFailed } from '../errors.js';
 import { ChunkState, type ChunkEntry, type MetaStore, type VolumeRecord } from '../meta/store.js';
 import type { Pool } from '../pools/pool.js';
 import type { StripeRef, StripeStore } from '../ec/stripe-store.js';
@@ -316,6 +316,9 @@ export class Volume {
       for (let c = 0; c < this.chunkState.length; c++) if (this.chunkState[c] === ChunkState.Allocated) used.add(this.chunkFile[c]!);
       const keepIdx = this.files.map((_, i) => i === this.allocIdx || used.has(i));
       if (keepIdx.every(Boolean)) return [] as VolumeFile[];
+      // Never delete a file whose chunks were copied to one that is no longer
+      // on disk (its pool directory removed after the last SWITCH).
+      for (let i = 0; i < this.files.length; i++) if (keepIdx[i]) assertLinked(this.files[i]!);
       const remap = new Uint8Array(this.files.length);
       const next: VolumeFile[] = [];
       const dropped: VolumeFile[] = [];
@@ -810,6 +813,12 @@ export class Volume {
         if (!back.equals(buf)) throw new VerifyFailed(`volume ${this.name} chunk ${c}: file copy does not match its source`);
       }
       if (this.closed) throw new VolumeFailed(`volume ${this.name} was closed`);
+      // The target pool's directory removed mid-move (the pool went away)
+      // leaves our descriptor writable, but the copy would be gone at the
+      // next start, and RELEASE would then delete the source too.
+      // (fstat on the event loop: a microsecond call, where a threadpool
+      // round trip would queue behind the copies' fdatasyncs.)
+      assertLinked(dst);
       // A trim or zero that discarded the chunk while it was copied wins: a
       // SWITCH now would bring back the bytes it removed.
       if (this.chunkState[c] !== st || (st === ChunkState.Allocated && this.files[this.chunkFile[c]!] !== src)) {
@@ -1319,6 +1328,11 @@ function applyExtents(extents: readonly { type: RecordType; offsetBytes: number;
     if (e.type === RecordType.Write) e.data!.copy(dst, at + s - start, s - e.offsetBytes, t - e.offsetBytes);
     else dst.fill(0, at + s - start, at + t - start);
   }
+}
+
+/** Throws PoolOffline when f's file has no name any more (its pool directory was removed). */
+function assertLinked(f: VolumeFile): void {
+  if (fs.fstatSync(f.fd).nlink === 0) throw new PoolOffline(`pool ${f.pool.name}: the volume file is gone (pool directory removed?)`);
 }
 
 function fdatasync(fd: number): Promise<void> {
