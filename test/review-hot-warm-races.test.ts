@@ -141,3 +141,41 @@ test('the warm pool removed mid-move: the move fails, RELEASE does not delete th
     assert.ok((await readVolume(vol, c * MiB, MiB)).equals(want.subarray(c * MiB, (c + 1) * MiB)), `chunk ${c} differs`);
   }
 });
+
+test('a client write that waited for a chunk move which then failed (target full) lands on the old copy instead of failing', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-rv-fullmove-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const m = VolumeManager.open(path.join(dir, 'meta'));
+  t.after(() => m.close());
+  await m.putPool({ name: 'hot-0', path: path.join(dir, 'hot-0'), tier: 'hot', capacityBytes: 1024 * MiB, labels: { tier: 'hot' } });
+  // Room for the 4 chunks to move, but new chunks written once the move starts fill it.
+  await m.putPool({ name: 'warm-0', path: path.join(dir, 'warm-0'), tier: 'warm', capacityBytes: 4 * MiB, labels: { tier: 'warm' } });
+  await m.createVolume({ name: 'v', sizeBytes: 8 * MiB });
+  const vol = m.openVolume('v');
+  const want = crypto.randomBytes(8 * MiB);
+  await writeVolume(vol, 0, want.subarray(0, 4 * MiB));
+  await vol.flush();
+  const writes: Promise<string>[] = [];
+  const outcome = (w: Promise<void>) => w.then(() => 'ok', (err: Error) => `${err.name}: ${err.message}`);
+  const moving = migrateVolume(m, 'v', 'warm', {
+    preserve: false,
+    concurrency: 1,
+    onProgress: (p) => {
+      // Once chunk 0's move is registered (same turn as this report), write into it.
+      if (p.phase === 'Copy' && p.chunksTotal > 0 && writes.length === 4) {
+        queueMicrotask(() => {
+          const data = crypto.randomBytes(4096);
+          data.copy(want, 8192);
+          writes.push(outcome(writeVolume(vol, 8192, data)));
+        });
+      }
+    },
+  });
+  // Queued at the setTier gate: allocated in warm-0 once it opens, filling it.
+  for (let c = 4; c < 8; c++) writes.push(outcome(writeVolume(vol, c * MiB, want.subarray(c * MiB, (c + 1) * MiB))));
+  await assert.rejects(moving, /full/);
+  assert.equal(writes.length, 5, 'the write into the moving chunk was not issued');
+  assert.deepEqual(await Promise.all(writes), ['ok', 'ok', 'ok', 'ok', 'ok'], 'a client write failed because the move of its chunk failed');
+  await vol.flush();
+  assert.ok((await readVolume(vol, 0, 8 * MiB)).equals(want));
+});

@@ -514,7 +514,12 @@ export class Volume {
     const ready = this.allocate(offsetBytes, data.length);
     if (ready === null) return this.pwrite(offsetBytes, data, fua, cb);
     ready.then(
-      () => this.writeFile(offsetBytes, data, fua, cb),
+      () => {
+        // The volume may have failed (a copy's fdatasync) or closed meanwhile.
+        const bad = this.usable(true);
+        if (bad) return cb(bad);
+        this.writeFile(offsetBytes, data, fua, cb);
+      },
       (err: Error) => cb(err),
     );
   }
@@ -662,17 +667,23 @@ export class Volume {
     const last = Math.floor((offsetBytes + lengthBytes - 1) / cs);
     let waits: Promise<void>[] | null = null;
     for (let c = first; c <= last; c++) {
-      const pending = this.preparing.get(c);
-      if (pending) {
-        (waits ??= []).push(pending);
-        continue;
-      }
       const st = this.chunkState[c];
       // After a cold -> hot switch, journaled bytes must be merged into the file first.
       const journaled = this.cold !== null && this.cold.journal.extents(this.rec.id, c) !== undefined;
       // A destage begun before a switch to hot may still flip this chunk to a
       // stripe built from older file bytes: wait for it and promote after.
       const destaging = this.destaging.has(c);
+      const pending = this.preparing.get(c);
+      if (pending) {
+        // A hot <-> warm move of an Allocated chunk that fails (target full,
+        // its pool gone) leaves the chunk in its source file, where this
+        // write then goes: the move's error is not the client's. (Moves only:
+        // the re-run starts no copy of its own for such a chunk, so this
+        // cannot retry forever.)
+        const move = st === ChunkState.Allocated && !journaled && !destaging;
+        (waits ??= []).push(move ? pending.catch(() => undefined) : pending);
+        continue;
+      }
       if (st === ChunkState.Allocated && !journaled && !destaging) continue;
       if (st === ChunkState.Cold || journaled || destaging) {
         (waits ??= []).push(this.ensurePromoted(c));
@@ -1109,7 +1120,8 @@ export class Volume {
     // fast zero SHOULD NOT alter the export.
     if (work.length > 0 && opts.fastZero) throw new SlowZero('zeroing this range needs data writes');
     for (const c of discards) {
-      await this.preparing.get(c);
+      // A copy of the chunk that failed left it as it was: discard that.
+      await this.preparing.get(c)?.catch(() => undefined);
       await this.destaging.get(c)?.catch(() => undefined);
       this.discard(c);
     }
@@ -1135,7 +1147,8 @@ export class Volume {
     const endIsVolumeEnd = offsetBytes + lengthBytes === this.rec.sizeBytes;
     const last = endIsVolumeEnd ? Math.ceil(this.rec.sizeBytes / cs) : endChunk;
     for (let c = first; c < last; c++) {
-      await this.preparing.get(c);
+      // A copy of the chunk that failed left it as it was: discard that.
+      await this.preparing.get(c)?.catch(() => undefined);
       await this.destaging.get(c)?.catch(() => undefined);
       this.discard(c);
     }
