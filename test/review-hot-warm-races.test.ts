@@ -179,3 +179,65 @@ test('a client write that waited for a chunk move which then failed (target full
   await vol.flush();
   assert.ok((await readVolume(vol, 0, 8 * MiB)).equals(want));
 });
+
+test('deleting a volume while it moves: the move stops, the record stays deleted', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-rv-delete-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const m = await openManager(dir, true);
+  t.after(() => m.close());
+  const CHUNKS = 64;
+  await m.createVolume({ name: 'v', sizeBytes: CHUNKS * MiB });
+  const vol = m.openVolume('v');
+  await writeVolume(vol, 0, crypto.randomBytes(CHUNKS * MiB));
+  await vol.flush();
+  let deleting: Promise<void> | null = null;
+  const moving = migrateVolume(m, 'v', 'warm', {
+    preserve: false,
+    concurrency: 4,
+    onProgress: (p) => {
+      if (p.chunksDone >= 16 && !deleting) deleting = m.deleteVolume('v');
+    },
+  });
+  await moving.catch(() => undefined);
+  assert.ok(deleting, 'the delete did not start');
+  await deleting;
+  assert.equal(m.getVolumeRecord('v'), undefined, 'the deleted volume is back in the index');
+  assert.deepEqual(m.listVolumes().map((r) => r.name), []);
+  // Name free again.
+  await m.createVolume({ name: 'v', sizeBytes: MiB });
+});
+
+test('a chunk copy asked for after the volume closed (a move still running while the volume is deleted) does no I/O on the closed descriptors', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-rv-closed-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const m = await openManager(dir, true);
+  t.after(() => m.close());
+  const CHUNKS = 32;
+  await m.createVolume({ name: 'v', sizeBytes: CHUNKS * MiB });
+  const vol = m.openVolume('v');
+  await writeVolume(vol, 0, crypto.randomBytes(CHUNKS * MiB));
+  await vol.flush();
+  // Split: abort once 16 chunks are on warm-0 (progress is reported every 16; the volume goes back to hot-0).
+  const ac = new AbortController();
+  await assert.rejects(
+    migrateVolume(m, 'v', 'warm', { preserve: false, signal: ac.signal, concurrency: 1, onProgress: (p) => { if (p.chunksDone >= 16) ac.abort(); } }),
+    (err: Error) => err instanceof MigrationAborted,
+  );
+  const c = Array.from({ length: CHUNKS }, (_, i) => i).find((i) => vol.offPlacement(i));
+  assert.ok(c !== undefined, 'no chunk left on warm-0');
+  await m.deleteVolume('v');
+  // Whatever opens files next gets the descriptor numbers the volume just closed.
+  // A different byte in each, so a copy from one into another shows.
+  const scratch = Array.from({ length: 8 }, (_, i) => {
+    const file = path.join(dir, `other-${i}`);
+    const pattern = Buffer.alloc(CHUNKS * MiB, 0x50 + i);
+    fs.writeFileSync(file, pattern);
+    return { file, pattern, fd: fs.openSync(file, 'r+') };
+  });
+  try {
+    await assert.rejects(vol.ensurePromoted(c, true), (err: Error) => err.name === "VolumeFailed");
+  } finally {
+    for (const s of scratch) fs.closeSync(s.fd);
+  }
+  for (const s of scratch) assert.ok(fs.readFileSync(s.file).equals(s.pattern), `${s.file} was written by the closed volume's chunk copy`);
+});

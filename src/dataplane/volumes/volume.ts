@@ -259,6 +259,9 @@ export class Volume {
   /** Runs fn with no request, chunk copy or destage in flight, and new requests held at the gate. */
   private async quiesced<T>(fn: () => Promise<T>): Promise<T> {
     while (this.gate) await this.gate;
+    // A closed volume's record and files are no longer its own (a migration
+    // reverting its tier after the volume was deleted would write it back).
+    if (this.closed) throw new VolumeFailed(`volume ${this.name} was closed`);
     let open!: () => void;
     this.gate = new Promise<void>((r) => (open = r));
     try {
@@ -777,6 +780,11 @@ export class Volume {
   ensurePromoted(c: number, verify = false): Promise<void> {
     const pending = this.preparing.get(c);
     if (pending) return pending;
+    // close() waits only for the copies registered when it looked; one
+    // started after (a migration worker's next chunk while the volume is
+    // deleted) would read and write descriptor numbers that another file
+    // may have been given since.
+    if (this.closed) return Promise.reject(new VolumeFailed(`volume ${this.name} was closed`));
     const p = this.promote(c, verify).finally(() => this.preparing.delete(c));
     this.preparing.set(c, p);
     return p;
