@@ -241,3 +241,19 @@ test('a chunk copy asked for after the volume closed (a move still running while
   }
   for (const s of scratch) assert.ok(fs.readFileSync(s.file).equals(s.pattern), `${s.file} was written by the closed volume's chunk copy`);
 });
+
+test('a preserving move whose target file cannot be created fails cleanly: no later SWITCH keeps old copies', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-rv-settier-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const m = await openManager(dir, true);
+  t.after(() => m.close());
+  await m.createVolume({ name: 'v', sizeBytes: 4 * MiB });
+  const vol = m.openVolume('v');
+  // warm-0 is online (its directory is writable) but its volumes/ cannot be made.
+  fs.writeFileSync(path.join(dir, 'warm-0', 'volumes'), 'not a directory');
+  const phases: string[] = [];
+  await assert.rejects(migrateVolume(m, 'v', 'warm', { preserve: true, onProgress: (p) => phases.push(p.phase) }));
+  assert.equal(vol.preserveOnSwitch, false, 'preservation mode stays on after the failed move');
+  assert.equal(vol.rec.tier, 'hot');
+  assert.equal(phases.at(-1), 'Failed');
+});

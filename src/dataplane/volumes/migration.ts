@@ -133,13 +133,15 @@ export async function migrateVolume(manager: VolumeManager, name: string, to: Ti
   // Preservation mode for cold -> hot: every SWITCH while this runs (the
   // copy's, and a client write's promote) keeps the chunk's old stripe.
   if (to !== 'cold' && opts.preserve) vol.preserveOnSwitch = true;
-  // To hot/warm: new chunks are allocated in the target pool's file from
-  // here on, and every chunk elsewhere is copied there.
-  await vol.setTier(to, plan.pool ?? undefined);
-  // New writes now follow the target tier; ones already on the file path
-  // must land before their chunks are copied.
-  if (to === 'cold') await vol.drainFileMutations();
   try {
+    // To hot/warm: new chunks are allocated in the target pool's file from
+    // here on, and every chunk elsewhere is copied there. Inside the try: a
+    // target file that cannot be made (too many files, the pool's volumes/
+    // unusable) must not leave preservation mode on for later SWITCHes.
+    await vol.setTier(to, plan.pool ?? undefined);
+    // New writes now follow the target tier; ones already on the file path
+    // must land before their chunks are copied.
+    if (to === 'cold') await vol.drainFileMutations();
     // Chunks to move; re-listed until none are left (a write during the
     // copy may have created new work on the old side).
     for (let round = 0; round < 16; round++) {
