@@ -7,6 +7,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { MigrationInProgress } from '../src/dataplane/errors.js';
 import { VolumeManager } from '../src/dataplane/volumes/manager.js';
 import { migrateVolume, MigrationAborted } from '../src/dataplane/volumes/migration.js';
 import { readVolume, writeVolume } from './helpers/volume.js';
@@ -49,7 +50,7 @@ test('a resize while a move starts is not undone by the move: flushed writes pas
   await m.close();
 });
 
-test('a move back to the old pool started while RELEASE deletes its file: the new file survives, and so do the bytes after a restart', async (t) => {
+test('a move back to the old pool asked for while RELEASE deletes its file: refused while the first runs, run right after it, the new file survives, and so do the bytes after a restart', async (t) => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-rv-unlink-'));
   t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
   let m = await openManager(dir, true);
@@ -63,6 +64,7 @@ test('a move back to the old pool started while RELEASE deletes its file: the ne
   let started = false;
   let startBack!: (move: Promise<unknown>) => void;
   const back = new Promise<unknown>((r) => (startBack = r));
+  const backOutcome = back.then(() => undefined, (err: unknown) => err);
   const toWarm = migrateVolume(m, 'v', 'warm', {
     preserve: false,
     onProgress: (p) => {
@@ -74,8 +76,12 @@ test('a move back to the old pool started while RELEASE deletes its file: the ne
     },
   });
   await toWarm;
-  await back;
+  // One migration of a volume at a time: the second is refused while the first runs ...
+  assert.ok((await backOutcome) instanceof MigrationInProgress, 'a second move of the volume ran beside the first');
   assert.ok(started, 'the second move did not start');
+  assert.equal(vol.rec.tier, 'warm');
+  // ... and asked again the moment the first returns, it runs (openFile waits for a delete of hot-0's file still pending).
+  await migrateVolume(m, 'v', 'hot', { preserve: false });
   assert.equal(vol.rec.tier, 'hot');
   for (const p of vol.poolsInUse()) assert.ok(fs.existsSync(p.volumeFile(vol.rec.id)), `chunks are in ${p.name}'s file, which is not on disk`);
   assert.ok((await readVolume(vol, 0, CHUNKS * MiB)).equals(want));

@@ -7,7 +7,7 @@ import path from 'node:path';
 import type { Database } from 'lmdb';
 import type { Tier } from '../dataplane/meta/store.js';
 import type { VolumeManager } from '../dataplane/volumes/manager.js';
-import { analyzeMigration, migrateVolume, type MigrationProgress } from '../dataplane/volumes/migration.js';
+import { analyzeMigration, migrateVolume, migrationRunning, type MigrationProgress } from '../dataplane/volumes/migration.js';
 import { log } from '../log.js';
 import { checkAgainst, matches, parseStoragePolicy, type StoragePolicy } from './policy.js';
 
@@ -256,7 +256,7 @@ export class ControlLoop {
     const owner = claimed.get(name);
     if (owner) return { ...base, targetTier: null, iops: null, action: 'stay', reason: `managed by policy ${owner} (first match wins)` };
     claimed.set(name, p.name);
-    if (this.inFlight.has(name)) return { ...base, targetTier: null, iops: null, action: 'migrating', reason: 'a migration of this volume is in progress' };
+    if (this.inFlight.has(name) || migrationRunning(this.manager, name)) return { ...base, targetTier: null, iops: null, action: 'migrating', reason: 'a migration of this volume is in progress' };
     if (!heatOk) return { ...base, targetTier: null, iops: null, action: 'no-data', reason: 'heat source unavailable; no migrations until it answers' };
     const h = this.opts.heat.read(name, p.samplingWindowMs);
     if (h.iops === null) return { ...base, targetTier: null, iops: null, action: 'no-data', reason: h.why ?? 'no heat reading yet' };

@@ -39,6 +39,11 @@ export class InvalidArgument extends StorageError {
   override name = 'InvalidArgument';
 }
 
+/** A migration of this volume is already running (one at a time per volume). */
+export class MigrationInProgress extends StorageError {
+  override name = 'MigrationInProgress';
+}
+
 export class ReadOnly extends StorageError {
   override name = 'ReadOnly';
 }

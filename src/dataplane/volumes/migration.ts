@@ -8,7 +8,7 @@
 // chunk into the target pool's file the way cold -> hot promotes: writes to
 // a chunk wait while it is copied, the index flips per chunk, and RELEASE
 // deletes the old pool's file once no chunk is left in it.
-import { InvalidArgument, NoSuitablePool, VolumeFailed } from '../errors.js';
+import { InvalidArgument, MigrationInProgress, NoSuitablePool, VolumeFailed } from '../errors.js';
 import type { Tier } from '../meta/store.js';
 import type { Pool } from '../pools/pool.js';
 import type { VolumeManager } from './manager.js';
@@ -114,7 +114,33 @@ export function planMigration(manager: VolumeManager, vol: Volume, to: Tier): { 
 }
 
 
+/** Volumes with a migration running, per manager: one migration of a volume at a time. */
+const running = new WeakMap<VolumeManager, Set<string>>();
+
+/** Whether a migration of `name` is running (started by the API, the CLI or the control loop). */
+export function migrationRunning(manager: VolumeManager, name: string): boolean {
+  return running.get(manager)?.has(name) ?? false;
+}
+
+/**
+ * Moves volume `name` to tier `to` online. One migration of a volume at a
+ * time: two at once (the API and the control loop, say) would race each
+ * other's placement and RELEASE, so a second is refused with
+ * MigrationInProgress (409 on the API) until the first ends.
+ */
 export async function migrateVolume(manager: VolumeManager, name: string, to: Tier, opts: MigrateOptions): Promise<MigrationProgress> {
+  let names = running.get(manager);
+  if (names === undefined) running.set(manager, (names = new Set()));
+  if (names.has(name)) throw new MigrationInProgress(`a migration of volume ${name} is already running; wait for it to end`);
+  names.add(name);
+  try {
+    return await migrateVolumeOnce(manager, name, to, opts);
+  } finally {
+    names.delete(name);
+  }
+}
+
+async function migrateVolumeOnce(manager: VolumeManager, name: string, to: Tier, opts: MigrateOptions): Promise<MigrationProgress> {
   const vol = manager.openVolume(name);
   const from = vol.rec.tier;
   const progress: MigrationProgress = { volume: name, from, to, phase: 'Analyze', chunksTotal: 0, chunksDone: 0, bytesCopied: 0, startedMs: Date.now() };
