@@ -121,14 +121,7 @@ export function encodeShardRecord(
   compression: ShardCompression = "none",
   into?: Buffer,
 ): Buffer {
-  if (fields.ownerId.length !== 16) {
-    throw new ShardRecordInvalid(`ownerId must be 16 bytes, got ${fields.ownerId.length}`);
-  }
-  checkSafe("chunkIndex", fields.chunkIndex);
-  checkSafe("stripeGeneration", fields.stripeGeneration);
-  checkU8("dataShards", fields.dataShards, 255);
-  checkU8("parityShards", fields.parityShards, 255);
-  checkU8("shardIndex", fields.shardIndex, fields.dataShards + fields.parityShards - 1);
+  checkFields(fields);
   if (shard.length > MAX_SHARD_PAYLOAD_BYTES) {
     throw new ShardRecordInvalid(`shard is ${shard.length} bytes, max ${MAX_SHARD_PAYLOAD_BYTES}`);
   }
@@ -147,19 +140,7 @@ export function encodeShardRecord(
     into !== undefined && into.length >= SHARD_HEADER_BYTES + payload.length
       ? into.subarray(0, SHARD_HEADER_BYTES + payload.length)
       : Buffer.allocUnsafe(SHARD_HEADER_BYTES + payload.length);
-  const header = record.subarray(0, SHARD_HEADER_BYTES);
-  header.fill(0);
-  header.writeUInt32LE(SHARD_MAGIC, 0);
-  header.writeUInt16LE(SHARD_FORMAT_VERSION, 4);
-  header.writeUInt16LE(flags, 6);
-  fields.ownerId.copy(header, 8);
-  header.writeBigUInt64LE(BigInt(fields.chunkIndex), 24);
-  header.writeBigUInt64LE(BigInt(fields.stripeGeneration), 32);
-  header.writeUInt8(fields.shardIndex, 40);
-  header.writeUInt8(fields.dataShards, 41);
-  header.writeUInt8(fields.parityShards, 42);
-  header.writeUInt32LE(payload.length, 44);
-  header.writeUInt32LE(shard.length, 48);
+  const header = writeHeader(record, fields, flags, payload.length, shard.length);
   const inPlace = payload.buffer === record.buffer && payload.byteOffset === record.byteOffset + SHARD_HEADER_BYTES;
   if (!inPlace) payload.copy(record, SHARD_HEADER_BYTES);
   header.writeUInt32LE(recordCrc(header, record.subarray(SHARD_HEADER_BYTES)), CRC_OFFSET);
@@ -173,26 +154,37 @@ export function encodeShardRecord(
  * field checks as encodeShardRecord.
  */
 export function encodeShardHeader(fields: ShardRecordFields, shardBytes: number, into: Buffer): void {
+  checkFields(fields);
+  if (!Number.isSafeInteger(shardBytes) || shardBytes < 0 || shardBytes > MAX_SHARD_PAYLOAD_BYTES) throw new ShardRecordInvalid(`shard is ${shardBytes} bytes, max ${MAX_SHARD_PAYLOAD_BYTES}`);
+  if (into.length < SHARD_HEADER_BYTES + shardBytes) throw new ShardRecordInvalid(`record buffer of ${into.length} bytes, need ${SHARD_HEADER_BYTES + shardBytes}`);
+  writeHeader(into, fields, 0, shardBytes, shardBytes);
+}
+
+function checkFields(fields: ShardRecordFields): void {
   if (fields.ownerId.length !== 16) throw new ShardRecordInvalid(`ownerId must be 16 bytes, got ${fields.ownerId.length}`);
   checkSafe("chunkIndex", fields.chunkIndex);
   checkSafe("stripeGeneration", fields.stripeGeneration);
   checkU8("dataShards", fields.dataShards, 255);
   checkU8("parityShards", fields.parityShards, 255);
   checkU8("shardIndex", fields.shardIndex, fields.dataShards + fields.parityShards - 1);
-  if (!Number.isSafeInteger(shardBytes) || shardBytes < 0 || shardBytes > MAX_SHARD_PAYLOAD_BYTES) throw new ShardRecordInvalid(`shard is ${shardBytes} bytes, max ${MAX_SHARD_PAYLOAD_BYTES}`);
-  if (into.length < SHARD_HEADER_BYTES + shardBytes) throw new ShardRecordInvalid(`record buffer of ${into.length} bytes, need ${SHARD_HEADER_BYTES + shardBytes}`);
-  const header = into.subarray(0, SHARD_HEADER_BYTES);
+}
+
+/** The 64-byte header at the start of `record`, CRC field zero; returns it. */
+function writeHeader(record: Buffer, fields: ShardRecordFields, flags: number, storedBytes: number, rawBytes: number): Buffer {
+  const header = record.subarray(0, SHARD_HEADER_BYTES);
   header.fill(0);
   header.writeUInt32LE(SHARD_MAGIC, 0);
   header.writeUInt16LE(SHARD_FORMAT_VERSION, 4);
+  header.writeUInt16LE(flags, 6);
   fields.ownerId.copy(header, 8);
   header.writeBigUInt64LE(BigInt(fields.chunkIndex), 24);
   header.writeBigUInt64LE(BigInt(fields.stripeGeneration), 32);
   header.writeUInt8(fields.shardIndex, 40);
   header.writeUInt8(fields.dataShards, 41);
   header.writeUInt8(fields.parityShards, 42);
-  header.writeUInt32LE(shardBytes, 44);
-  header.writeUInt32LE(shardBytes, 48);
+  header.writeUInt32LE(storedBytes, 44);
+  header.writeUInt32LE(rawBytes, 48);
+  return header;
 }
 
 /**
