@@ -5,35 +5,21 @@
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import { HeatTracker } from '../src/control/heat.js';
 import { ControlLoop } from '../src/control/loop.js';
-import { VolumeManager } from '../src/dataplane/volumes/manager.js';
 import { migrateVolume, MigrationAborted } from '../src/dataplane/volumes/migration.js';
 import { HIGH_IOPS, policyYaml, WINDOW_MS } from './helpers/control-loop.js';
-import { readVolume, writeVolume } from './helpers/volume.js';
+import { hotWarmVolume } from './helpers/hot-warm.js';
+import { readVolume } from './helpers/volume.js';
 
 const MiB = 1024 * 1024;
 const CHUNKS = 48;
 
 test('a hot volume left split by an aborted move to warm is brought back whole onto its hot pool by the loop', async (t) => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-finish-move-'));
-  const m = VolumeManager.open(path.join(dir, 'meta'));
-  t.after(async () => {
-    await m.close();
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
-  await m.putPool({ name: 'hot-0', path: path.join(dir, 'hot-0'), tier: 'hot', capacityBytes: 256 * MiB, labels: { tier: 'hot' } });
-  await m.putPool({ name: 'warm-0', path: path.join(dir, 'warm-0'), tier: 'warm', capacityBytes: 256 * MiB, labels: { tier: 'warm' } });
   // The policy names a cold tier too (the cold tier itself is not started: nothing here goes cold).
-  await m.putPool({ name: 'cold-0', path: path.join(dir, 'cold-0'), tier: 'cold', capacityBytes: 256 * MiB, labels: { tier: 'cold' } });
-  await m.createVolume({ name: 'v', sizeBytes: CHUNKS * MiB });
-  const vol = m.openVolume('v');
-  const want = crypto.randomBytes(CHUNKS * MiB);
-  await writeVolume(vol, 0, want);
-  await vol.flush();
+  const { dir, m, vol, want } = await hotWarmVolume(t, CHUNKS, { coldPool: true });
 
   // Abort the move to warm after 16 chunks (progress is reported every 16): the tier reverts to hot, switched chunks stay on warm-0.
   const ac = new AbortController();

@@ -2,11 +2,16 @@
 // pool beside the hot one (and the six cold pools policies select), the
 // migrate/release/pool calls of the admin API, and where a volume's data
 // file lives on each pool.
+import crypto from 'node:crypto';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import YAML from 'yaml';
 import type { MigrationProgress } from '../../src/dataplane/volumes/migration.js';
 import type { VolumeRecord } from '../../src/dataplane/meta/store.js';
+import { VolumeManager } from '../../src/dataplane/volumes/manager.js';
+import type { Volume } from '../../src/dataplane/volumes/volume.js';
+import { writeVolume } from './volume.js';
 import { TestDaemon } from './daemon.js';
 import { HEAT_SAMPLE_INTERVAL_MS } from './control-loop.js';
 
@@ -81,4 +86,31 @@ export function readFileRange(file: string, offsetBytes: number, lengthBytes: nu
     fs.closeSync(fd);
   }
   return buf;
+}
+
+/**
+ * In process: a VolumeManager over a temp dir with pools hot-0 and warm-0 (and
+ * cold-0 when `coldPool`, for policies that name a cold tier), and volume `v`
+ * of `chunks` MiB written with random bytes and flushed. Removed after the test.
+ */
+export async function hotWarmVolume(
+  t: { after(fn: () => unknown): void },
+  chunks: number,
+  opts: { coldPool?: boolean } = {},
+): Promise<{ dir: string; m: VolumeManager; vol: Volume; want: Buffer }> {
+  const MiB = 1024 * 1024;
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-hw-'));
+  const m = VolumeManager.open(path.join(dir, 'meta'));
+  t.after(async () => {
+    await m.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  const tiers = opts.coldPool ? (['hot', 'warm', 'cold'] as const) : (['hot', 'warm'] as const);
+  for (const tier of tiers) await m.putPool({ name: `${tier}-0`, path: path.join(dir, `${tier}-0`), tier, capacityBytes: 256 * MiB, labels: { tier } });
+  await m.createVolume({ name: 'v', sizeBytes: chunks * MiB });
+  const vol = m.openVolume('v');
+  const want = crypto.randomBytes(chunks * MiB);
+  await writeVolume(vol, 0, want);
+  await vol.flush();
+  return { dir, m, vol, want };
 }
