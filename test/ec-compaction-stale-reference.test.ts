@@ -16,9 +16,9 @@ import { SegmentCompactor } from '../src/dataplane/ec/compaction.js';
 import { parsePolicyYaml } from '../src/dataplane/ec/policy.js';
 import { StripeStore, type StripeRef } from '../src/dataplane/ec/stripe-store.js';
 import { ChunkState, MetaStore } from '../src/dataplane/meta/store.js';
-import { Pool } from '../src/dataplane/pools/pool.js';
+import type { Pool } from '../src/dataplane/pools/pool.js';
 import { volumeOwnerId } from '../src/dataplane/volumes/volume.js';
-import { patternBytes } from './helpers/cold.js';
+import { coldPoolsIn, patternBytes } from './helpers/cold.js';
 
 const MiB = 1024 * 1024;
 const VOLUME_ID = 1;
@@ -32,11 +32,7 @@ const VOLUME_ID = 1;
 async function openColdStores(t: TestContext): Promise<{ pools: Pool[]; meta: MetaStore; stripes: StripeStore }> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-compaction-'));
   t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const pools = Array.from({ length: 6 }, (_, i) => {
-    const p = path.join(dir, `cold-${i}`);
-    fs.mkdirSync(p);
-    return new Pool({ name: `cold-${i}`, path: p, tier: 'cold', capacityBytes: 1024 * MiB, labels: {} });
-  });
+  const pools = coldPoolsIn(dir);
   const meta = MetaStore.open(dir);
   const stripes = new StripeStore(() => pools, parsePolicyYaml(DEFAULT_EC_POLICY_YAML, 6));
   stripes.segmentOptions = { segmentSizeBytes: MiB };

@@ -9,6 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { MigrationInProgress } from '../src/dataplane/errors.js';
 import { VolumeManager } from '../src/dataplane/volumes/manager.js';
+import type { Volume } from '../src/dataplane/volumes/volume.js';
 import { migrateVolume, MigrationAborted } from '../src/dataplane/volumes/migration.js';
 import { readVolume, writeVolume } from './helpers/volume.js';
 
@@ -21,6 +22,16 @@ async function openManager(dir: string, create: boolean): Promise<VolumeManager>
     await m.putPool({ name: 'warm-0', path: path.join(dir, 'warm-0'), tier: 'warm', capacityBytes: 1024 * MiB, labels: { tier: 'warm' } });
   }
   return m;
+}
+
+/** Creates volume `v` of `chunks` MiB on `m`, writes random bytes over all of it and flushes. */
+async function writtenVolume(m: VolumeManager, chunks: number): Promise<{ vol: Volume; want: Buffer }> {
+  await m.createVolume({ name: 'v', sizeBytes: chunks * MiB });
+  const vol = m.openVolume('v');
+  const want = crypto.randomBytes(chunks * MiB);
+  await writeVolume(vol, 0, want);
+  await vol.flush();
+  return { vol, want };
 }
 
 test('a resize while a move starts is not undone by the move: flushed writes past the old size survive a restart', async (t) => {
@@ -55,11 +66,9 @@ test('a move back to the old pool asked for while RELEASE deletes its file: refu
   t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
   let m = await openManager(dir, true);
   const CHUNKS = 8;
-  await m.createVolume({ name: 'v', sizeBytes: CHUNKS * MiB });
-  let vol = m.openVolume('v');
-  const want = crypto.randomBytes(CHUNKS * MiB);
-  await writeVolume(vol, 0, want);
-  await vol.flush();
+  const written = await writtenVolume(m, CHUNKS);
+  let vol = written.vol;
+  const want = written.want;
   // An operator's `volumes migrate v hot` lands while the control loop's move to warm releases hot-0's file.
   let started = false;
   let startBack!: (move: Promise<unknown>) => void;
@@ -97,11 +106,9 @@ test('volumes release after an aborted move does not delete a pool file the volu
   t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
   let m = await openManager(dir, true);
   const CHUNKS = 8;
-  await m.createVolume({ name: 'v', sizeBytes: CHUNKS * MiB });
-  let vol = m.openVolume('v');
-  const want = crypto.randomBytes(CHUNKS * MiB);
-  await writeVolume(vol, 0, want);
-  await vol.flush();
+  const written = await writtenVolume(m, CHUNKS);
+  let vol = written.vol;
+  const want = written.want;
   // Aborted before any chunk moved: warm-0's file was created (setTier) and stays open, empty.
   const ac = new AbortController();
   ac.abort();
@@ -126,11 +133,7 @@ test('the warm pool removed mid-move: the move fails, RELEASE does not delete th
   const m = await openManager(dir, true);
   t.after(() => m.close());
   const CHUNKS = 16;
-  await m.createVolume({ name: 'v', sizeBytes: CHUNKS * MiB });
-  const vol = m.openVolume('v');
-  const want = crypto.randomBytes(CHUNKS * MiB);
-  await writeVolume(vol, 0, want);
-  await vol.flush();
+  const { vol, want } = await writtenVolume(m, CHUNKS);
   const moving = migrateVolume(m, 'v', 'warm', {
     preserve: false,
     concurrency: 1,
@@ -192,10 +195,7 @@ test('deleting a volume while it moves: the move stops, the record stays deleted
   const m = await openManager(dir, true);
   t.after(() => m.close());
   const CHUNKS = 64;
-  await m.createVolume({ name: 'v', sizeBytes: CHUNKS * MiB });
-  const vol = m.openVolume('v');
-  await writeVolume(vol, 0, crypto.randomBytes(CHUNKS * MiB));
-  await vol.flush();
+  const { vol } = await writtenVolume(m, CHUNKS);
   let deleting: Promise<void> | null = null;
   const moving = migrateVolume(m, 'v', 'warm', {
     preserve: false,
@@ -219,10 +219,7 @@ test('a chunk copy asked for after the volume closed (a move still running while
   const m = await openManager(dir, true);
   t.after(() => m.close());
   const CHUNKS = 32;
-  await m.createVolume({ name: 'v', sizeBytes: CHUNKS * MiB });
-  const vol = m.openVolume('v');
-  await writeVolume(vol, 0, crypto.randomBytes(CHUNKS * MiB));
-  await vol.flush();
+  const { vol } = await writtenVolume(m, CHUNKS);
   // Split: abort once 16 chunks are on warm-0 (progress is reported every 16; the volume goes back to hot-0).
   const ac = new AbortController();
   await assert.rejects(

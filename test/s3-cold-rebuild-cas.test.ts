@@ -17,8 +17,7 @@ import { StripeStore, type ShardRef, type StripeRef } from '../src/dataplane/ec/
 import { MetaStore } from '../src/dataplane/meta/store.js';
 import { ColdObjectHolders } from '../src/dataplane/objects/cold-holders.js';
 import { OBJECTS_DB, settleColdSegment, writeColdSegment, type ColdSegment } from '../src/dataplane/objects/cold-segments.js';
-import { Pool } from '../src/dataplane/pools/pool.js';
-import { patternBytes } from './helpers/cold.js';
+import { coldPoolsIn, patternBytes } from './helpers/cold.js';
 
 const MiB = 1024 * 1024;
 
@@ -31,11 +30,7 @@ interface Rec {
 async function openColdStores(t: TestContext) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-s3-rebuild-cas-'));
   t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const pools = Array.from({ length: 6 }, (_, i) => {
-    const p = path.join(dir, `cold-${i}`);
-    fs.mkdirSync(p);
-    return new Pool({ name: `cold-${i}`, path: p, tier: 'cold', capacityBytes: 1024 * MiB, labels: {} });
-  });
+  const pools = coldPoolsIn(dir);
   const meta = MetaStore.open(dir);
   const stripes = new StripeStore(() => pools, parsePolicyYaml(DEFAULT_EC_POLICY_YAML, 6));
   const rc = new Reconstructor(stripes, () => null, () => [], { retryIntervalMs: 3_600_000, scrubIntervalMs: 0, scrubStripesPerSecond: 1 });

@@ -9,6 +9,7 @@ import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { CLIENT_ENV, TestDaemon, run } from './daemon.js';
 import { DEFAULT_EC_POLICY_YAML } from '../../src/config.js';
+import { Pool } from '../../src/dataplane/pools/pool.js';
 
 export const MiB = 1024 * 1024;
 /** The embedded default: six cold pools, cold-0 .. cold-5, for 4+2 stripes. */
@@ -312,4 +313,13 @@ export async function fillColdVolume(d: TestDaemon, name: string, sizeMiB: numbe
   await destage(d);
   const stripes = (await coldStatus(d)).stripes.Healthy;
   if (stripes !== sizeMiB) throw new Error(`expected ${sizeMiB} stripes, have ${stripes}`);
+}
+
+/** In process: six cold pools (`cold-0`..`cold-5`, 1 GiB each) as directories under `dir`. */
+export function coldPoolsIn(dir: string): Pool[] {
+  return Array.from({ length: 6 }, (_, i) => {
+    const p = path.join(dir, `cold-${i}`);
+    fs.mkdirSync(p);
+    return new Pool({ name: `cold-${i}`, path: p, tier: 'cold', capacityBytes: 1024 * 1024 * 1024, labels: {} });
+  });
 }
