@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { CacheManager, type L3Backend } from '../src/dataplane/cache/index.js';
+import { L2File, L2_HEADER_BYTES, L2_SUPERBLOCK_BYTES } from '../src/dataplane/cache/l2-file.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'cache-l2-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
@@ -187,4 +188,28 @@ test('the L2 ring evicts the oldest records when it wraps, and the survivors sta
   }
   assert.equal(reopened.stats().l2!.corruptions, 0);
   await reopened.close();
+});
+
+test('an entry the ring evicts without overwriting it (the tail a wrap skips) stays evicted across a restart', () => {
+  // Ring of 8 KiB after the superblock; record sizes (header + 1-byte key + value, 512-aligned) chosen so
+  // that `k` sits in the tail the fifth put skips when it wraps: evicted, never overwritten.
+  const path = join(dir, 'skipped-tail.l2');
+  const value = (recordBytes: number, fill: number) => Buffer.alloc(recordBytes - L2_HEADER_BYTES - 1, fill);
+  const l2 = new L2File(path, L2_SUPERBLOCK_BYTES + 8192);
+  l2.open();
+  l2.put('a', value(3584, 1), 3584 - L2_HEADER_BYTES - 1, false); // 4096..7680
+  l2.put('b', value(3584, 2), 3584 - L2_HEADER_BYTES - 1, false); // 7680..11264
+  l2.put('k', value(512, 3), 512 - L2_HEADER_BYTES - 1, false); // 11264..11776
+  l2.put('c', value(1024, 4), 1024 - L2_HEADER_BYTES - 1, false); // wraps: 4096..5120, evicts a
+  l2.put('d', value(3584, 5), 3584 - L2_HEADER_BYTES - 1, false); // 5120..8704, evicts b
+  l2.put('e', value(4096, 6), 4096 - L2_HEADER_BYTES - 1, false); // skips 8704..12288 (evicts k), wraps: 4096..8192
+  assert.equal(l2.get('k'), undefined, 'k was evicted');
+  l2.close();
+  const again = new L2File(path, L2_SUPERBLOCK_BYTES + 8192);
+  again.open();
+  // Before the fix k came back: its record was still LIVE on disk, so a write or invalidation
+  // of k made while it was evicted (found nothing in L2 to kill) was undone by the restart.
+  assert.equal(again.get('k'), undefined, 'an evicted entry came back after a restart');
+  assert.ok(again.get('e')?.stored.equals(value(4096, 6)), 'the newest entry is recovered');
+  again.close();
 });

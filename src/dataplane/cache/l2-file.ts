@@ -263,9 +263,10 @@ export class L2File {
       this.ringStart++;
       if (ref.live) {
         this.counters.evictions++;
-        ref.live = false;
-        this.index.delete(ref.key);
-        this.liveBytes -= ref.storedBytes;
+        // Marked DEAD on disk too: a record in the tail a wrap skips is not
+        // overwritten, and left LIVE a restart would bring it back after a
+        // later put or invalidation of its key found nothing to kill.
+        this.dropRef(ref, true);
       }
     }
     if (this.ringStart > 1024 && this.ringStart * 2 > this.ring.length) {
