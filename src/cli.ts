@@ -5,7 +5,7 @@ import { loadConfig, parseSize } from './config.js';
 import { openManager, readDaemonState, serve } from './daemon.js';
 import type { VolumeRecord } from './dataplane/meta/store.js';
 import { runHardwareScanCli } from './control/hardware/index.js';
-import { fsck } from './dataplane/fsck.js';
+import { fsck, fsckFoundDamage } from './dataplane/fsck.js';
 import { migrateVolume } from './dataplane/volumes/migration.js';
 import type { PolicyStatus } from './control/loop.js';
 
@@ -28,8 +28,10 @@ commands:
   reconcile [--wait]                 run one control-loop pass now (--wait: until its migrations finish)
   cache stats | drop                 read cache counters per tier; drop every cached stripe
   fsck                               scan every cold pool, check the index against the shard records,
-                                     report stripes by state and orphaned records (daemon stopped; exit 1 if
-                                     any stripe is Degraded or Failed)
+                                     report stripes by state and orphaned records; check every hot/warm
+                                     chunk's pool file (pool exists, file exists and reaches the chunk)
+                                     (daemon stopped; exit 1 if any stripe is Degraded or Failed, or any
+                                     chunk or volume is unreadable)
   destage                            merge the cold tier's journal into stripes now (needs a running daemon)
   scrub                              verify every cold stripe now and rebuild bad ones (needs a running daemon)
   rebuild <pool>                     rebuild onto a lost/replaced cold pool the shards it no longer holds (needs a running daemon)
@@ -108,8 +110,7 @@ async function main(argv: string[]): Promise<number> {
       try {
         const report = await fsck(manager, (line) => process.stderr.write(`fsck: ${line}\n`));
         print(report, true);
-        const clean = report.stripes.Failed === 0 && report.stripes.Degraded === 0;
-        return clean ? 0 : 1;
+        return fsckFoundDamage(report) ? 1 : 0;
       } finally {
         await manager.close();
       }

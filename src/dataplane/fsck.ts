@@ -4,7 +4,9 @@
 // generations, a stripe half-written when the daemon died, or copies and
 // sources of a segment compaction cut short; none is an error: the next
 // compaction pass reclaims them). Volume chunk maps and cold S3 objects and
-// parts are the index.
+// parts are the index. Hot/warm chunks are checked against the pool files the
+// index places them in (up to MAX_VOLUME_FILES per volume since moves between
+// pools): the pool must exist, and its file must exist and reach the chunk.
 import fs from 'node:fs';
 import path from 'node:path';
 import { ChunkState } from './meta/store.js';
@@ -30,6 +32,18 @@ export interface FsckReport {
   preservedStripes: number;
   /** Orphans of a generation newer than the index's: a destage interrupted before its index flip. */
   halfWrittenStripes: number;
+  /** Volumes whose placement pool (the record's poolName) does not exist: the volume cannot be opened. */
+  badVolumes: { volume: string; pool: string; reason: string }[];
+  /** Allocated (hot/warm) chunk entries checked against their pool's volume file. */
+  chunksChecked: number;
+  /** Allocated chunks whose bytes are not where the index says: all of them, `badChunks` lists the first MAX_BAD_CHUNKS_LISTED. */
+  badChunkCount: number;
+  badChunks: { volume: string; chunkIndex: number; pool: string; reason: string }[];
+}
+
+/** Whether the report shows damage (`couchestor fsck` exits 1): lost or unreachable data, not orphans. */
+export function fsckFoundDamage(r: FsckReport): boolean {
+  return r.stripes.Failed > 0 || r.stripes.Degraded > 0 || r.badChunkCount > 0 || r.badVolumes.length > 0;
 }
 
 /** Keys a record by where it is, so index entries can be matched exactly. */
@@ -46,6 +60,7 @@ interface ScannedRecord {
 }
 
 const MAX_BAD_SHARDS_LISTED = 1000;
+const MAX_BAD_CHUNKS_LISTED = 1000;
 
 export async function fsck(manager: VolumeManager, progress: (line: string) => void): Promise<FsckReport> {
   const report: FsckReport = {
@@ -60,7 +75,12 @@ export async function fsck(manager: VolumeManager, progress: (line: string) => v
     orphanBytes: 0,
     halfWrittenStripes: 0,
     preservedStripes: 0,
+    badVolumes: [],
+    chunksChecked: 0,
+    badChunkCount: 0,
+    badChunks: [],
   };
+  checkVolumeFiles(manager, report, progress);
   const records = new Map<string, ScannedRecord>();
   const cold = [...manager.pools.values()].filter((p) => p.rec.tier === 'cold');
   for (const pool of cold) {
@@ -151,4 +171,68 @@ export async function fsck(manager: VolumeManager, progress: (line: string) => v
   }
   report.halfWrittenStripes = halfWritten.size;
   return report;
+}
+
+/** What stat says of one volume file: its length, or why the chunks placed in it cannot be read. */
+type FileCheck = { sizeBytes: number } | { problem: string };
+
+function statVolumeFile(file: string): FileCheck {
+  try {
+    const st = fs.statSync(file);
+    if (!st.isFile()) return { problem: `pool file ${file} is not a regular file` };
+    return { sizeBytes: st.size };
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    return { problem: code === 'ENOENT' ? `pool file ${file} is missing` : `pool file ${file} cannot be read (${(err as Error).message})` };
+  }
+}
+
+/**
+ * Hot/warm chunks: every Allocated entry names the pool whose file holds it
+ * (chunk i at offset i * chunkSize). Reported: a pool that does not exist, a
+ * file that is missing, a file that ends before the chunk's first byte. Not
+ * reported: a file that ends inside the chunk (a thin volume's last chunk
+ * partly written: the rest reads as zeros), files no chunk is in (a move's
+ * RELEASE pending, or kept by preservation mode). Reads the index only:
+ * opening the volumes would create missing files.
+ */
+function checkVolumeFiles(manager: VolumeManager, report: FsckReport, progress: (line: string) => void): void {
+  for (const vol of manager.listVolumes()) {
+    if (!manager.pools.has(vol.poolName)) {
+      const reason = `placement pool ${vol.poolName} does not exist: the volume cannot be opened`;
+      report.badVolumes.push({ volume: vol.name, pool: vol.poolName, reason });
+      progress(`volume ${vol.name}: ${reason}`);
+    }
+    const files = new Map<string, FileCheck>();
+    // Per pool: bad chunks and the first one's reason, for one progress line each.
+    const bad = new Map<string, { count: number; firstChunk: number; reason: string }>();
+    let checked = 0;
+    for (const { chunkIndex, entry } of manager.meta.volumeChunks(vol.id)) {
+      if (entry.state !== ChunkState.Allocated) continue;
+      checked++;
+      let reason: string | null = null;
+      const pool = manager.pools.get(entry.pool);
+      if (!pool) reason = `the index places this chunk on pool ${JSON.stringify(entry.pool)}, which does not exist`;
+      else {
+        let f = files.get(pool.name);
+        if (f === undefined) files.set(pool.name, (f = statVolumeFile(pool.volumeFile(vol.id))));
+        const chunkStartBytes = chunkIndex * vol.chunkSizeBytes;
+        if ('problem' in f) reason = f.problem;
+        else if (f.sizeBytes <= chunkStartBytes) {
+          reason = `pool file ${pool.volumeFile(vol.id)} is ${f.sizeBytes} bytes: it ends before this chunk (bytes ${chunkStartBytes}..${chunkStartBytes + vol.chunkSizeBytes})`;
+        }
+      }
+      if (reason === null) continue;
+      report.badChunkCount++;
+      if (report.badChunks.length < MAX_BAD_CHUNKS_LISTED) report.badChunks.push({ volume: vol.name, chunkIndex, pool: entry.pool, reason });
+      const b = bad.get(entry.pool);
+      if (b) b.count++;
+      else bad.set(entry.pool, { count: 1, firstChunk: chunkIndex, reason });
+    }
+    report.chunksChecked += checked;
+    for (const [pool, b] of bad) {
+      progress(`volume ${vol.name}: ${b.count} chunk(s) on pool ${pool} unreadable, first chunk ${b.firstChunk}: ${b.reason}`);
+    }
+    if (checked > 0 && bad.size === 0) progress(`volume ${vol.name}: ${checked} chunks in ${files.size} pool file(s)`);
+  }
 }

@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { CLIENT_ENV, TestDaemon, run } from './daemon.js';
+import { CLI, CLIENT_ENV, TestDaemon, run } from './daemon.js';
 import { DEFAULT_EC_POLICY_YAML } from '../../src/config.js';
 import { Pool } from '../../src/dataplane/pools/pool.js';
 
@@ -135,12 +135,24 @@ export interface FsckReport {
   orphanRecords: number;
   tornTails: number;
   corruptRecords: number;
+  /** Hot/warm chunks: Allocated entries checked against their pool files, and the unreadable ones. */
+  chunksChecked: number;
+  badChunkCount: number;
+  badChunks: { volume: string; chunkIndex: number; pool: string; reason: string }[];
+  badVolumes: { volume: string; pool: string; reason: string }[];
 }
 
 /** Offline check of a stopped daemon's data directory; `stdout` is the raw report, for assertion messages. */
 export function fsck(d: TestDaemon): { report: FsckReport; stdout: string } {
   const f = d.cli('fsck');
   return { report: JSON.parse(f.stdout) as FsckReport, stdout: f.stdout };
+}
+
+/** `couchestor fsck` on any (stopped) data directory, with its exit status and progress lines (stderr). */
+export function fsckDataDir(dataDir: string): { report: FsckReport; stdout: string; stderr: string; status: number | null } {
+  const f = spawnSync(process.execPath, [CLI, 'fsck', '--data-dir', dataDir], { encoding: 'utf8' });
+  if (f.stdout === '') throw new Error(`fsck printed no report (exit ${f.status}):\n${f.stderr}`);
+  return { report: JSON.parse(f.stdout) as FsckReport, stdout: f.stdout, stderr: f.stderr, status: f.status };
 }
 
 export async function createVolume(d: TestDaemon, name: string, sizeBytes: number, tier: 'hot' | 'warm' | 'cold'): Promise<void> {
