@@ -4,7 +4,8 @@
 // follow it (journal for cold, the target pool's file for hot/warm), so a
 // chunk written during the copy is carried along by the same mechanism. A
 // failure before a chunk's SWITCH leaves that chunk on its old copy; the
-// volume's tier is reverted. Hot <-> warm (and cold -> warm) moves copy each
+// volume's tier is reverted, and the target pool's file closed and deleted
+// unless a chunk was switched into it. Hot <-> warm (and cold -> warm) moves copy each
 // chunk into the target pool's file the way cold -> hot promotes: writes to
 // a chunk wait while it is copied, the index flips per chunk, and RELEASE
 // deletes the old pool's file once no chunk is left in it.
@@ -176,8 +177,12 @@ async function migrateVolumeOnce(manager: VolumeManager, name: string, to: Tier,
       progress.chunksTotal = progress.chunksDone + todo.length;
       report();
       let next = 0;
+      // Once one worker fails the others stop at their next chunk, and the
+      // move waits for their copies in flight: the revert and the close of
+      // the target file below must not run beside a copy this move started.
+      const failed: { err: unknown }[] = [];
       const worker = async () => {
-        while (next < todo.length) {
+        while (next < todo.length && failed.length === 0) {
           if (opts.signal?.aborted) throw new MigrationAborted(`migration of ${name} aborted`);
           const c = todo[next++]!;
           // A client write may have promoted this chunk since the list was
@@ -193,7 +198,10 @@ async function migrateVolumeOnce(manager: VolumeManager, name: string, to: Tier,
           if (progress.chunksDone % 16 === 0) report();
         }
       };
-      await Promise.all(Array.from({ length: opts.concurrency ?? DEFAULT_MIGRATION_CONCURRENCY }, worker));
+      const guarded = () => worker().catch((err: unknown) => void failed.push({ err }));
+      await Promise.all(Array.from({ length: opts.concurrency ?? DEFAULT_MIGRATION_CONCURRENCY }, guarded));
+      // The first failure is the move's error.
+      if (failed.length > 0) throw failed[0]!.err;
     }
     const left = to === 'cold' ? vol.chunksOnFile().length : vol.chunksOffFile().length;
     if (left > 0) throw new VolumeFailed(`${left} chunks of ${name} could not be moved`);
@@ -208,6 +216,12 @@ async function migrateVolumeOnce(manager: VolumeManager, name: string, to: Tier,
     // Chunks already switched stay readable where they are; new writes go
     // back to the old tier's path.
     await vol.setTier(from, fromPool).catch(() => undefined);
+    // The target file stays open only if chunks were switched into it:
+    // otherwise close and delete it, or every aborted move to another pool
+    // would hold one more file open toward the volume's MAX_VOLUME_FILES
+    // until a move succeeded. (Never one the index points a chunk at, nor
+    // the placement pool's; see releaseOtherFiles.)
+    if (to !== 'cold') await vol.releaseOtherFiles(false).catch(() => undefined);
     progress.phase = err instanceof MigrationAborted ? 'Aborted' : 'Failed';
     progress.error = (err as Error).message;
     progress.finishedMs = Date.now();

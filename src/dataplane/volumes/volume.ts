@@ -304,12 +304,15 @@ export class Volume {
   }
 
   /**
-   * RELEASE after a move between hot/warm pools (or to cold): closes every
-   * data file, other than the placement pool's, that no chunk is in any more,
-   * and unless `keep` (preservation mode) deletes it. The file list changes
-   * at a quiesce point, so no read or copy still uses a dropped file; the
-   * close and delete come after the gate opens (clients do not wait for
-   * them). Returns the pools whose files were closed.
+   * RELEASE after a move between hot/warm pools (or to cold), and the end of
+   * an aborted or failed one (its target file, when no chunk was switched
+   * into it): closes every data file, other than the placement pool's, that
+   * no chunk is in any more, and unless `keep` (preservation mode) deletes
+   * it. The file list changes at a quiesce point, so no read, write or copy
+   * still uses a dropped file; a FLUSH, not held at the gate, is waited for
+   * before the descriptors close; the close and delete come after the gate
+   * opens (clients do not wait for them). Returns the pools whose files were
+   * closed.
    */
   async releaseOtherFiles(keep: boolean): Promise<Pool[]> {
     let unlinked!: () => void;
@@ -362,7 +365,8 @@ export class Volume {
    * `volumes release`: deletes this volume's file on each of `pools` that it
    * does not have open (ones a preserving hot <-> warm move kept). A file
    * still open may hold no chunk yet still be used: the target of an aborted
-   * move stays open, and a later move to that pool copies into it; deleted,
+   * move that chunks were switched into (and out of again since, by a trim)
+   * stays open, and a later move to that pool copies into it; deleted,
    * those chunks would live in an unlinked file and read as zeros after a
    * restart. At the gate, so no setTier opens one meanwhile. Returns how
    * many files were deleted.
@@ -844,8 +848,14 @@ export class Volume {
         if (reserve) dst.pool.release(cs);
         return;
       }
+      // By the file, not the index read at the start: RELEASE, or the close
+      // of an aborted move's empty target, may have renumbered `files` since
+      // (a copy the destager registered after their quiesce point). The
+      // file itself stays: it was the placement pool's, or a chunk is in it.
+      const dstNow = this.files.indexOf(dst);
+      if (dstNow < 0) throw new VolumeFailed(`volume ${this.name} chunk ${c}: the copy's target file on pool ${dst.pool.name} was closed under it`);
       // SWITCH: one index write; the stripe is released after it (setChunk).
-      this.setChunk(c, ChunkState.Allocated, upto, dstIdx);
+      this.setChunk(c, ChunkState.Allocated, upto, dstNow);
       if (moving) src.pool.release(cs);
       await this.meta.durable();
       if (upto > 0) this.cold?.journal.release(this.rec.id, c, upto);
