@@ -1,6 +1,7 @@
 // Crash safety of hot <-> warm moves: the daemon is SIGKILLed at random
 // moments while a volume moves between the hot and the warm pool and a client
-// writes, zeroes, trims and flushes through NBD. After each restart every
+// writes, zeroes, trims and flushes through NBD. After each kill fsck finds
+// every chunk in the pool file the index names; after each restart every
 // flushed byte reads back (the chunk map points only at durable copies), and
 // a later migration finishes the move with the old pool's file gone.
 import { test, after } from 'node:test';
@@ -11,6 +12,7 @@ import { TestDaemon } from './helpers/daemon.js';
 import { RawNbd } from './helpers/nbd-client.js';
 import { Model, workload } from './helpers/crash-model.js';
 import { api, migrate, poolUsedBytes, startWarmDaemon, volumeFile, volumeRecord } from './helpers/hot-warm.js';
+import { fsckDataDir } from './helpers/cold.js';
 import type { MigrationProgress } from '../src/dataplane/volumes/migration.js';
 
 const MiB = 1024 * 1024;
@@ -75,6 +77,12 @@ test('SIGKILL at random points of hot <-> warm moves under flushed writes: every
     await Promise.all([running, move]);
     totalAcked += stats.acked;
     totalFlushes += stats.flushes;
+    // Offline, every Allocated chunk is in the pool file the index names
+    // and the file reaches it (a kill mid-move leaves them in two files).
+    const f = fsckDataDir(daemon.dataDir);
+    assert.equal(f.status, 0, `round ${round}: fsck after the kill\n${f.stdout}\n${f.stderr}`);
+    assert.equal(f.report.badChunkCount, 0);
+    assert.ok(f.report.chunksChecked > 0);
 
     daemon = await start(daemon.dataDir);
     if (fs.existsSync(volumeFile(daemon, 'hot-0', id)) && fs.existsSync(volumeFile(daemon, 'warm-0', id))) splitAfterRestart++;
