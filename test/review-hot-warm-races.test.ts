@@ -105,20 +105,29 @@ test('volumes release after an aborted move does not delete a pool file the volu
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-rv-release-'));
   t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
   let m = await openManager(dir, true);
-  const CHUNKS = 8;
+  const CHUNKS = 20;
   const written = await writtenVolume(m, CHUNKS);
   let vol = written.vol;
   const want = written.want;
-  // Aborted before any chunk moved: warm-0's file was created (setTier) and stays open, empty.
+  // Aborted once 16 chunks are on warm-0 (progress is reported every 16), so
+  // the abort keeps warm-0's file open; trimmed, they leave it open and empty.
+  // (An abort before any chunk moved closes and deletes the target's file.)
   const ac = new AbortController();
-  ac.abort();
-  await assert.rejects(migrateVolume(m, 'v', 'warm', { preserve: false, signal: ac.signal }), (err: Error) => err instanceof MigrationAborted);
+  await assert.rejects(
+    migrateVolume(m, 'v', 'warm', { preserve: false, signal: ac.signal, concurrency: 1, onProgress: (p) => p.chunksDone >= 16 && ac.abort() }),
+    (err: Error) => err instanceof MigrationAborted,
+  );
   assert.equal(vol.rec.tier, 'hot');
+  assert.equal(vol.chunkPool(15).name, 'warm-0');
+  await vol.trim(0, 16 * MiB, false);
+  want.fill(0, 0, 16 * MiB);
+  assert.deepEqual(vol.poolsInUse().map((p) => p.name), ['hot-0']);
   // An operator cleans up what the move left.
   await m.releasePreserved('v');
   const done = await migrateVolume(m, 'v', 'warm', { preserve: false });
   assert.equal(done.phase, 'Done');
-  assert.equal(vol.chunkPool(0).name, 'warm-0');
+  assert.equal(done.chunksDone, CHUNKS - 16);
+  assert.equal(vol.chunkPool(CHUNKS - 1).name, 'warm-0');
   assert.ok(fs.existsSync(m.pools.get('warm-0')!.volumeFile(vol.rec.id)), 'the warm-0 file holding every chunk is not on disk');
   await m.close();
   m = await openManager(dir, false);
