@@ -267,6 +267,11 @@ export class Volume {
     try {
       if (this.ops > 0) await new Promise<void>((r) => this.opsDrained.push(r));
       await Promise.allSettled([...this.preparing.values(), ...this.destaging.values()]);
+      // Closed while we waited: close() may already be closing `files`, and
+      // a file list changed now (RELEASE, or an aborted move dropping its
+      // target) would have a descriptor closed twice, the second time
+      // perhaps another file's by then.
+      if (this.closed) throw new VolumeFailed(`volume ${this.name} was closed`);
       return await fn();
     } finally {
       this.gate = null;
