@@ -5,10 +5,10 @@
 // chunk written during the copy is carried along by the same mechanism. A
 // failure before a chunk's SWITCH leaves that chunk on its old copy; the
 // volume's tier is reverted, and the target pool's file closed and deleted
-// unless a chunk was switched into it. Hot <-> warm (and cold -> warm) moves copy each
-// chunk into the target pool's file the way cold -> hot promotes: writes to
-// a chunk wait while it is copied, the index flips per chunk, and RELEASE
-// deletes the old pool's file once no chunk is left in it.
+// unless a chunk was switched into it. Hot <-> warm (and cold -> warm) moves
+// copy each chunk into the target pool's file the way cold -> hot promotes:
+// writes to a chunk wait while it is copied, the index flips per chunk, and
+// RELEASE deletes the old pool's file once no chunk is left in it.
 import { InvalidArgument, MigrationInProgress, NoSuitablePool, VolumeFailed } from '../errors.js';
 import type { Tier } from '../meta/store.js';
 import type { Pool } from '../pools/pool.js';
