@@ -1,7 +1,8 @@
 // `couchestor fsck` checks hot/warm volume files: every Allocated chunk's pool
 // must exist and its file must exist and reach the chunk. Clean on a thin,
 // partly written volume after a move and after an aborted move (chunks in two
-// pools' files); each kind of damage is reported per chunk, exit status 1.
+// pools' files); each kind of damage is reported per chunk (a volume whose
+// placement pool is unknown, per volume), exit status 1.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -43,7 +44,7 @@ function copyDataDir(from: string, to: string): string {
   return to;
 }
 
-test('fsck: a thin, partly written volume is clean after a move and after an aborted move; a missing pool file, a short one and an unknown pool are reported, exit 1', async (t) => {
+test('fsck: a thin, partly written volume is clean after a move and after an aborted move; a missing pool file, a short one, a chunk or volume on an unknown pool are reported, exit 1', async (t) => {
   const d = await startWarmDaemon();
   const scratchDir = fs.mkdtempSync('/tmp/couchestor-fsck-hw-');
   t.after(async () => {
@@ -156,6 +157,25 @@ test('fsck: a thin, partly written volume is clean after a move and after an abo
     assert.equal(f.status, 1, `a chunk on an unknown pool: exit status\n${f.stdout}`);
     assert.equal(f.report.badChunkCount, 1);
     assert.deepEqual(f.report.badChunks, [{ volume: 'v', chunkIndex: 17, pool: 'warm-9', reason: 'the index places this chunk on pool "warm-9", which does not exist' }]);
+    fs.rmSync(dir, { recursive: true });
+  }
+
+  // Damage 4: the volume record's placement pool does not exist (the volume cannot be opened); its chunks are where the index says.
+  {
+    const dir = copyDataDir(d.dataDir, path.join(scratchDir, 'noplacement'));
+    const meta = MetaStore.open(dir);
+    try {
+      const rec = meta.volumes.get('v');
+      assert.ok(rec);
+      await meta.volumes.put('v', { ...rec, poolName: 'warm-9' });
+      await meta.durable();
+    } finally {
+      await meta.close();
+    }
+    const f = fsckDataDir(dir);
+    assert.equal(f.status, 1, `a volume placed on an unknown pool: exit status\n${f.stdout}`);
+    assert.deepEqual(f.report.badVolumes, [{ volume: 'v', pool: 'warm-9', reason: 'placement pool warm-9 does not exist: the volume cannot be opened' }]);
+    assert.equal(f.report.badChunkCount, 0);
     fs.rmSync(dir, { recursive: true });
   }
 });
