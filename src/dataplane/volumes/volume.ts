@@ -249,6 +249,9 @@ export class Volume {
     await this.quiesced(async () => {
       let idx = this.allocIdx;
       if (placement && placement.name !== this.pool.name) idx = await this.openFile(placement);
+      // Closed (deleted) while openFile waited: this put would land after
+      // the delete's and bring the volume record back.
+      if (this.closed) throw new VolumeFailed(`volume ${this.name} was closed`);
       this.rec = { ...this.rec, tier, poolName: this.files[idx]!.pool.name };
       this.allocIdx = idx;
       await this.meta.volumes.put(this.rec.name, this.rec);
@@ -287,6 +290,8 @@ export class Volume {
     // A RELEASE still deleting this pool's old file would delete the new one
     // (same path) instead: every chunk copied into it lost at the next start.
     await this.unlinking.get(pool.name);
+    // A delete may have run meanwhile: a file made now would outlive it.
+    if (this.closed) throw new VolumeFailed(`volume ${this.name} was closed`);
     pool.ensureDirs();
     // Not open = no chunk is in it: whatever it holds (a file kept by
     // preservation mode, or left by a crash before RELEASE) is stale, and a
@@ -300,6 +305,9 @@ export class Volume {
       } finally {
         fs.closeSync(dir);
       }
+      // Closed while the fsync ran: close() has closed the files it saw,
+      // so this descriptor would stay open for good.
+      if (this.closed) throw new VolumeFailed(`volume ${this.name} was closed`);
     } catch (err) {
       fs.closeSync(fd);
       throw err;
