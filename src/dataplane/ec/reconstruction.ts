@@ -48,7 +48,9 @@ export const MAX_LANDING_BYTES = 64 * 1024 * 1024;
  * Stripes held by something other than a volume's chunk map (cold S3 objects
  * and multipart parts: objects/cold-holders.ts), registered with
  * Reconstructor.addSource. Pool rebuild, scrub and the queue treat their
- * stripes like volume stripes; the source flips a rebuilt reference.
+ * stripes like volume stripes; the source flips a rebuilt reference. Its
+ * readers pass a HolderStripeContext { source: prefix, key } with each
+ * stripe read, so a degraded read is queued under that key.
  */
 export interface StripeHolderSource {
   /** Prefixes this source's queue keys (unique among sources). */
@@ -65,8 +67,6 @@ export interface StripeHolderSource {
    * the same places. Calls StripeStore.releaseReplaced either way.
    */
   replace(key: string, expected: StripeRef, next: StripeRef): Promise<boolean>;
-  /** The holder key of a stripe a degraded read reported without a volume context, if known. */
-  locate?(ref: StripeRef): string | undefined;
 }
 
 /** Same stripe at the same places (a stripe moved by compaction is not the one expected). */
@@ -121,12 +121,12 @@ export class Reconstructor {
     private readonly allVolumes: () => Volume[],
     private readonly opts: ReconstructionOptions,
   ) {
-    stripes.onDegraded = (ref, _health, ctx) => {
-      if (ctx) return this.enqueue(ctx, 'degraded read');
-      for (const source of this.sources) {
-        const key = source.locate?.(ref);
-        if (key !== undefined) return this.enqueueHolder(source, key, 'degraded read');
-      }
+    stripes.onDegraded = (_ref, _health, ctx) => {
+      // A read without a context (none in the daemon today) leaves the stripe to the scrub.
+      if (ctx === undefined) return;
+      if ('volumeId' in ctx) return this.enqueue(ctx, 'degraded read');
+      // The reader named the holder (its index key travels with the read): no lookup, nothing to keep.
+      for (const source of this.sources) if (source.prefix === ctx.source) return this.enqueueHolder(source, ctx.key, 'degraded read');
     };
   }
 

@@ -65,6 +65,21 @@ export interface StripeContext {
   chunkIndex: number;
 }
 
+/**
+ * Which holder of a registered source (reconstruction.ts StripeHolderSource)
+ * a stripe read belongs to: the reader names it, so a degraded read is
+ * queued under it without any lookup from stripe to holder.
+ */
+export interface HolderStripeContext {
+  /** The source's prefix (StripeHolderSource.prefix). */
+  source: string;
+  /** The holder key within that source. */
+  key: string;
+}
+
+/** What a reader passes with a stripe read for onDegraded: a volume's chunk or a holder source's key. */
+export type ReadContext = StripeContext | HolderStripeContext;
+
 export interface StripeStoreCounters {
   stripesWritten: number;
   healthyReads: number;
@@ -92,7 +107,7 @@ export class VerifyMismatch extends Error {
 export class StripeStore {
   readonly counters: StripeStoreCounters = { stripesWritten: 0, healthyReads: 0, degradedReads: 0, failedReads: 0, shardsRebuilt: 0, forwardedShardReads: 0 };
   /** Called after a degraded read so reconstruction can be queued. */
-  onDegraded: ((ref: StripeRef, health: StripeHealth, ctx: StripeContext | undefined) => void) | null = null;
+  onDegraded: ((ref: StripeRef, health: StripeHealth, ctx: ReadContext | undefined) => void) | null = null;
   private readonly stores = new Map<string, Promise<SegmentStore | null>>();
   /** Inode of each pool directory when its store was opened: a replaced pool gets a fresh store. */
   private readonly storeIno = new Map<string, number>();
@@ -101,7 +116,7 @@ export class StripeStore {
   private rotation = 0;
   private cache: CacheManager | null = null;
   /** Stripes being read through the cache (its L3 backend resolves keys here); bounded by reads in flight. */
-  private readonly pendingReads = new Map<string, { ref: StripeRef; ctx: StripeContext | undefined }>();
+  private readonly pendingReads = new Map<string, { ref: StripeRef; ctx: ReadContext | undefined }>();
   /**
    * Record buffers of landed rebuilds, reused by the next prepareRebuild():
    * a rebuild then allocates nothing per stripe (fresh 256 KiB buffers drove
@@ -322,7 +337,7 @@ export class StripeStore {
   }
 
   /** Reads a stripe's data (through the cache when there is one). `ctx` is passed to onDegraded. */
-  async readStripe(ref: StripeRef, ctx?: StripeContext): Promise<Buffer> {
+  async readStripe(ref: StripeRef, ctx?: ReadContext): Promise<Buffer> {
     // Held from this tick: `ref` may be one a destage has just replaced and freed (see hold()).
     const release = this.hold([ref]);
     try {
@@ -342,7 +357,7 @@ export class StripeStore {
   }
 
   /** Reads a stripe's data, decoding from parity when data shards are bad. */
-  private async readStripeUncached(ref: StripeRef, ctx?: StripeContext): Promise<Buffer> {
+  private async readStripeUncached(ref: StripeRef, ctx?: ReadContext): Promise<Buffer> {
     const k = ref.dataShards;
     const m = ref.parityShards;
     const shards: (Buffer | undefined)[] = await Promise.all(Array.from({ length: k }, (_, i) => this.readShard(ref, i)));

@@ -6,16 +6,20 @@
 import type { Database } from 'lmdb';
 import type { MetaStore } from '../meta/store.js';
 import { sameStripeAt, type StripeHolderSource } from '../ec/reconstruction.js';
-import type { StripeRef, StripeStore } from '../ec/stripe-store.js';
+import type { HolderStripeContext, StripeRef, StripeStore } from '../ec/stripe-store.js';
 import { ALL_OBJECT_KEYS, OBJECTS_DB, PARTS_DB, moveColdStripes, type ColdSegment } from './cold-segments.js';
 
+/** The source's prefix: queue keys "s3:<holder key>", and what reads name in their context. */
+export const COLD_OBJECT_SOURCE = 's3';
+
 /**
- * Objects opened for reading most recently: owner (segment file id) ->
- * object index key, so a degraded GET's stripe can be queued under its
- * holder (the stripe store only reports the reference). Bounded; an
- * object evicted before its read degrades is found by the next scrub.
+ * What an object's reader passes with each stripe read (ObjectStore): a
+ * degraded read is queued under the object's holder key straight from it,
+ * whenever the object was opened (no window of recent opens to fall out of).
  */
-export const MAX_RECENT_OPENS = 4096;
+export function objectStripeContext(indexKeyHex: string, ref: StripeRef): HolderStripeContext {
+  return { source: COLD_OBJECT_SOURCE, key: `o/${indexKeyHex}/${ref.ownerId}/${ref.chunkIndex}` };
+}
 
 interface RecordWithSegments {
   segments: { kind: string }[];
@@ -30,10 +34,9 @@ interface PartWithSegment {
  * ownerId names the segment (ids are never reused), the chunk its stripe.
  */
 export class ColdObjectHolders implements StripeHolderSource {
-  readonly prefix = 's3';
+  readonly prefix = COLD_OBJECT_SOURCE;
   private readonly objects: Database<RecordWithSegments, Buffer>;
   private readonly parts: Database<PartWithSegment, Buffer>;
-  private readonly recent = new Map<string, string>();
 
   constructor(
     private readonly meta: MetaStore,
@@ -100,32 +103,13 @@ export class ColdObjectHolders implements StripeHolderSource {
     this.stripes.releaseReplaced(expected, next, flipped);
     return flipped;
   }
-
-  /** The holder key of a stripe read by a GET of an object opened recently (see MAX_RECENT_OPENS). */
-  locate(ref: StripeRef): string | undefined {
-    const indexKeyHex = this.recent.get(ref.ownerId);
-    return indexKeyHex === undefined ? undefined : `o/${indexKeyHex}/${ref.ownerId}/${ref.chunkIndex}`;
-  }
-
-  /** An object is about to be read: remember its cold segments' owners (ObjectStore.openObject). */
-  noteOpen(indexKey: Buffer, segments: readonly { kind: string }[]): void {
-    const hex = indexKey.toString('hex');
-    for (const seg of segments) {
-      if (seg.kind !== 'cold') continue;
-      const owner = (seg as ColdSegment).stripes[0]?.ownerId;
-      if (owner === undefined) continue;
-      this.recent.delete(owner); // re-inserted as the newest
-      this.recent.set(owner, hex);
-      if (this.recent.size > MAX_RECENT_OPENS) this.recent.delete(this.recent.keys().next().value!);
-    }
-  }
 }
 
 function* refsOf(kind: 'o' | 'p', indexKey: Buffer, segments: readonly { kind: string }[]): Iterable<[string, StripeRef]> {
   const hex = indexKey.toString('hex');
   for (const seg of segments) {
     if (seg.kind !== 'cold') continue;
-    for (const ref of (seg as ColdSegment).stripes) yield [`${kind}/${hex}/${ref.ownerId}/${ref.chunkIndex}`, ref];
+    for (const ref of (seg as ColdSegment).stripes) yield [kind === 'o' ? objectStripeContext(hex, ref).key : `p/${hex}/${ref.ownerId}/${ref.chunkIndex}`, ref];
   }
 }
 

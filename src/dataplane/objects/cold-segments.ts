@@ -3,7 +3,7 @@
 // The StripeStore is passed in by the daemon; without a cold tier, cold
 // buckets are refused at creation (ObjectStore checks `stripes` is present).
 import { IncompleteBody, TooLarge } from '../errors.js';
-import type { StripeRef, StripeStore } from '../ec/stripe-store.js';
+import type { ReadContext, StripeRef, StripeStore } from '../ec/stripe-store.js';
 import { type ByteObserver, type WriteLimits } from './hot-segments.js';
 
 /** What cold objects need of the stripe store (the daemon passes its StripeStore). */
@@ -103,11 +103,13 @@ async function writeStripes(stripes: StripeStoreApi, fileId: number, body: Async
   }
 }
 
-export async function* readColdSegment(stripes: StripeStoreApi, seg: ColdSegment, offsetBytes: number, lengthBytes: number): AsyncGenerator<Buffer> {
+/** `contextOf` names each stripe's holder for the read (a degraded read is queued under it). */
+export async function* readColdSegment(stripes: StripeStoreApi, seg: ColdSegment, offsetBytes: number, lengthBytes: number, contextOf?: (ref: StripeRef) => ReadContext): AsyncGenerator<Buffer> {
   const endBytes = offsetBytes + lengthBytes;
   const chunkBytes = seg.chunkBytes;
   for (let i = Math.floor(offsetBytes / chunkBytes); i * chunkBytes < endBytes; i++) {
-    const data = await stripes.readStripe(seg.stripes[i]!);
+    const ref = seg.stripes[i]!;
+    const data = await stripes.readStripe(ref, contextOf?.(ref));
     const chunkStart = i * chunkBytes;
     yield data.subarray(Math.max(offsetBytes, chunkStart) - chunkStart, Math.min(endBytes, chunkStart + data.length) - chunkStart);
   }

@@ -24,6 +24,7 @@ import {
 } from '../errors.js';
 import type { VolumeManager } from '../volumes/manager.js';
 import { log } from '../../log.js';
+import { objectStripeContext } from './cold-holders.js';
 import { coldStripeRefs, freeColdSegment, readColdSegment, settleColdSegment, writeColdSegment, type ColdSegment, type StripeStoreApi } from './cold-segments.js';
 import { OffloadedMd5 } from './md5-offload.js';
 import { freeHotSegment, listHotFileIds, prepareHotPool, readHotSegment, sendHotSegment, writeHotSegment, type HotSegment, type PieceSink, type WriteLimits } from './hot-segments.js';
@@ -274,8 +275,6 @@ export class ObjectStore {
   private readonly pins = new Map<number, number>();
   /** versionId -> segments to free when its last reader closes. */
   private readonly deferredFree = new Map<number, Segment[]>();
-  /** Told of each object opened for reading (its index key and segments): the reconstruction's holder source. */
-  onOpenCold: ((indexKey: Buffer, segments: readonly Segment[]) => void) | null = null;
 
   private constructor(
     private readonly manager: VolumeManager,
@@ -401,8 +400,8 @@ export class ObjectStore {
    */
   openObject(bucket: string, key: string): ObjectHandle {
     const rec = this.headObject(bucket, key);
-    // A degraded read of its stripes is then queued under this object (cold-holders.ts).
-    this.onOpenCold?.(objectKey(this.getBucket(bucket).id, key), rec.segments);
+    // Every stripe read names this object's holder key, so a degraded read queues its stripe (cold-holders.ts).
+    const indexKeyHex = objectKey(this.getBucket(bucket).id, key).toString('hex');
     this.pins.set(rec.versionId, (this.pins.get(rec.versionId) ?? 0) + 1);
     // The pin keeps an overwrite from freeing the cold stripes; the hold keeps
     // segment compaction from deleting them (it copies them, reads follow).
@@ -421,14 +420,14 @@ export class ObjectStore {
       release,
       read: (offsetBytes, lengthBytes) => {
         if (offsetBytes < 0 || lengthBytes < 0 || offsetBytes + lengthBytes > rec.sizeBytes) throw new InvalidArgument('read range outside the object');
-        const stream = Readable.from(this.readSegments(rec, offsetBytes, lengthBytes), { objectMode: false, highWaterMark: 1024 * 1024 });
+        const stream = Readable.from(this.readSegments(rec, indexKeyHex, offsetBytes, lengthBytes), { objectMode: false, highWaterMark: 1024 * 1024 });
         stream.once('close', release);
         return stream;
       },
       send: async (offsetBytes, lengthBytes, sink) => {
         try {
           if (offsetBytes < 0 || lengthBytes < 0 || offsetBytes + lengthBytes > rec.sizeBytes) throw new InvalidArgument('read range outside the object');
-          await this.sendSegments(rec, offsetBytes, lengthBytes, sink);
+          await this.sendSegments(rec, indexKeyHex, offsetBytes, lengthBytes, sink);
         } finally {
           release();
         }
@@ -450,7 +449,7 @@ export class ObjectStore {
     }
   }
 
-  private async *readSegments(rec: ObjectRecord, offsetBytes: number, lengthBytes: number): AsyncGenerator<Buffer> {
+  private async *readSegments(rec: ObjectRecord, indexKeyHex: string, offsetBytes: number, lengthBytes: number): AsyncGenerator<Buffer> {
     for (const { seg, from, len } of overlappingSegments(rec, offsetBytes, lengthBytes)) {
       if (seg.kind === 'inline') {
         yield checkedInline(seg).subarray(from, from + len);
@@ -459,12 +458,12 @@ export class ObjectStore {
         if (!pool) throw new NoSuitablePool(`object data is on pool ${seg.pool}, which is not configured`);
         yield* readHotSegment(pool, seg, from, len);
       } else {
-        yield* readColdSegment(this.requireStripes(), seg, from, len);
+        yield* readColdSegment(this.requireStripes(), seg, from, len, (ref) => objectStripeContext(indexKeyHex, ref));
       }
     }
   }
 
-  private async sendSegments(rec: ObjectRecord, offsetBytes: number, lengthBytes: number, sink: PieceSink): Promise<void> {
+  private async sendSegments(rec: ObjectRecord, indexKeyHex: string, offsetBytes: number, lengthBytes: number, sink: PieceSink): Promise<void> {
     for (const { seg, from, len, isLast } of overlappingSegments(rec, offsetBytes, lengthBytes)) {
       if (seg.kind === 'inline') {
         await sink(checkedInline(seg).subarray(from, from + len), isLast);
@@ -475,7 +474,7 @@ export class ObjectStore {
       } else {
         // Stripe reads hand over their own buffers, so each piece is simply awaited.
         let pending: Buffer | undefined;
-        for await (const piece of readColdSegment(this.requireStripes(), seg, from, len)) {
+        for await (const piece of readColdSegment(this.requireStripes(), seg, from, len, (ref) => objectStripeContext(indexKeyHex, ref))) {
           if (pending) await sink(pending, false);
           pending = piece;
         }

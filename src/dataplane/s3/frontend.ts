@@ -38,7 +38,6 @@ export class S3Frontend {
     const cold = opts.manager.cold;
     if (cold && opts.stripes) {
       const holders = new ColdObjectHolders(opts.manager.meta, cold.stripes);
-      store.onOpenCold = (indexKey, segments) => holders.noteOpen(indexKey, segments);
       removeHolders = cold.reconstructor.addSource(holders);
     }
     const server = buildS3Server({ store, keys, domains: opts.domains });
