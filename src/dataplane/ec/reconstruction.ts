@@ -85,6 +85,12 @@ interface QueuedStripe {
   holder?: { source: StripeHolderSource; key: string };
   state: StripeState;
   reason: string;
+  /**
+   * Set while a pool rebuild that took this stripe runs: whichever path lands
+   * it (the rebuild's per-stripe path, or a queue pass it left the stripe to)
+   * counts it in that rebuild's report (land()). Cleared when the rebuild ends.
+   */
+  poolRebuild?: PoolRebuildReport;
 }
 
 /** Where a queued stripe lives now and how its rebuilt reference is flipped. */
@@ -265,6 +271,7 @@ export class Reconstructor {
   }
 
   private async land(target: RebuildTarget, key: string, entry: QueuedStripe, ref: StripeRef, prepared: PreparedRebuild): Promise<boolean> {
+    const forRebuild = entry.poolRebuild;
     try {
       const next = await this.stripes.landRebuild(ref, prepared);
       // Issued in this continuation: landRebuild's write session has just ended (StripeStore.beginWrite).
@@ -277,6 +284,11 @@ export class Reconstructor {
         return false;
       }
       this.rebuiltStripes++;
+      // Read before the await above could have let the rebuild end and clear the tag.
+      if (forRebuild !== undefined) {
+        forRebuild.stripesRebuilt++;
+        forRebuild.bytesLanded += prepared.lengthBytes;
+      }
       log.debug('stripe reconstructed', { stripe: target.label });
       this.states.delete(key);
       return true;
@@ -459,17 +471,23 @@ export class Reconstructor {
               const ctx = { volumeId: vol.rec.id, chunkIndex: job.chunkIndex };
               const key = `${ctx.volumeId}:${ctx.chunkIndex}`;
               const cur = this.states.get(key);
-              if (cur?.state === 'Reconstructing') continue; // a pass has it
+              if (cur?.state === 'Reconstructing') {
+                cur.poolRebuild = report; // a pass has it: counted here once it lands
+                continue;
+              }
               const now = vol.stripes.get(job.chunkIndex);
               if (now === undefined) continue; // gone (trimmed, promoted)
               if (now !== job.ref) {
                 // Rewritten, or its records moved by compaction, since it was listed: the
                 // queue's pass checks the current stripe in full (and drops it if whole).
                 this.enqueue(ctx, `pool ${poolName} lost; stripe changed while the rebuild ran`);
+                const queued = this.states.get(key);
+                if (queued !== undefined) queued.poolRebuild = report;
                 continue;
               }
               const entry: QueuedStripe = cur ?? { ctx, state: 'Degraded', reason: `pool ${poolName} lost` };
               entry.state = 'Reconstructing';
+              entry.poolRebuild = report; // a pass that finishes it (pool offline, flip superseded, slow path) counts it
               this.states.set(key, entry); // bounded: at most the groups in flight beyond the queue's own entries
               group.push({ job, key, entry });
             }
@@ -525,12 +543,9 @@ export class Reconstructor {
     if (last !== null && target !== null) flushes.push(this.flushWindow(poolName, target, last, report));
     await Promise.all(flushes);
     if (!this.stopped) await this.rebuildHolderStripes(poolName, target, report, slow);
-    for (const landedBytes of await Promise.all(slow)) {
-      if (landedBytes === 0) continue;
-      report.stripesRebuilt++;
-      report.bytesLanded += landedBytes;
-    }
-    if (!this.stopped) await this.process(); // stripes superseded while landing, or left for other pools
+    await Promise.all(slow); // counted by land() through the entries' poolRebuild tag
+    if (!this.stopped) await this.process(); // stripes superseded while landing, or left for other pools (counted the same way)
+    for (const entry of this.states.values()) if (entry.poolRebuild === report) delete entry.poolRebuild;
     // Left in the queue (bounded by MAX_QUEUED_STRIPES) with a shard on this pool: not rebuilt.
     for (const { ctx, holder } of this.states.values()) {
       const ref = holder ? holder.source.current(holder.key) : this.volumeById(ctx.volumeId)?.stripes.get(ctx.chunkIndex);
@@ -570,10 +585,14 @@ export class Reconstructor {
           const holderKey = jobs[next++]!;
           const key = `${source.prefix}:${holderKey}`;
           const cur = this.states.get(key);
-          if (cur?.state === 'Reconstructing') continue; // a pass or scrub has it
+          if (cur?.state === 'Reconstructing') {
+            cur.poolRebuild = report; // a pass or scrub has it: counted here once it lands
+            continue;
+          }
           if (!cur && this.states.size >= MAX_QUEUED_STRIPES) continue; // counted in notRebuilt only if queued; the next rebuild or scrub finds it
           const entry: QueuedStripe = cur ?? { ctx: { volumeId: -1, chunkIndex: -1 }, holder: { source, key: holderKey }, state: 'Degraded', reason: `pool ${poolName} lost` };
           if (entry.state === 'Failed') entry.state = 'Degraded';
+          entry.poolRebuild = report;
           this.states.set(key, entry);
           const landed = this.rebuildOne(key, entry);
           slow.push(landed);
@@ -706,7 +725,12 @@ export interface PoolRebuildReport {
   stripesChecked: number;
   /** Of stripesChecked, those of holder sources (cold S3 objects and parts): rebuilt by the per-stripe path. */
   objectStripesChecked: number;
-  /** Stripes whose shard was rebuilt (durable, index flipped): onto the pool, or by the slow path wherever a pool was free. */
+  /**
+   * Stripes whose shard was rebuilt (durable, index flipped) while the
+   * rebuild ran: onto the pool, or by the per-stripe path or the final queue
+   * pass (stripes superseded while landing; with the pool offline, every
+   * stripe) wherever a pool was free.
+   */
   stripesRebuilt: number;
   /** Bytes of shard records landed for them (the slow path's include any corrupt survivor it rebuilt too). */
   bytesLanded: number;
