@@ -31,16 +31,30 @@
 // a change made the rebuild do less work. dd's CPU is printed but not made a
 // ratio: 10-20 ms for 64 MiB, at the 10 ms clock-tick resolution, and its
 // page writeback runs in kernel threads that are not charged to it.
+//
+// A second series does the same with the stripes held by cold S3 objects
+// (16 MiB objects, 1 MiB stripes, the same number of stripes) in a fresh
+// daemon: a pool rebuild takes those through the per-stripe path (every
+// survivor read and checked, the source's CAS flip per stripe) instead of
+// the volumes' batched fast path, and its MB/s is printed beside the
+// volumes' (ratio objects / volumes, same run) and its own raw copy.
 // Run by hand: `npx tsc -p tsconfig.json && node dist/bench/ec-rebuild.js`
-// (VOLUME_MIB=64 for a quicker run). About a minute on this 2-core machine.
+// (VOLUME_MIB=64 for a quicker run; OBJECTS=0 skips the object series).
+// About two minutes on this 2-core machine.
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fillColdVolume, losePool, rebuildPool, replacePool, scrub, segmentBytes, segmentFiles, startColdDaemon } from '../test/helpers/cold.js';
+import { PutObjectCommand } from '@aws-sdk/client-s3';
+import { DEFAULT_EC_POLICY_YAML } from '../src/config.js';
+import type { TestDaemon } from '../test/helpers/daemon.js';
+import { MANUAL_DESTAGE_CONFIG, MiB, fillColdVolume, losePool, patternBytes, rebuildPool, replacePool, scrub, segmentBytes, segmentFiles, startColdDaemon, type PoolRebuildResult } from '../test/helpers/cold.js';
+import { createColdBucket, startS3 } from '../test/helpers/s3-env.js';
 
 const VOLUME_MIB = Number(process.env.VOLUME_MIB ?? 256);
 const LOST_POOLS = [1, 3, 5];
+const OBJECTS = process.env.OBJECTS !== '0';
+const OBJECT_MIB = 16;
 
 function median(values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b);
@@ -73,18 +87,19 @@ function rawCopy(files: string[], dstDir: string): { bytes: number; mbps: number
   return { bytes, mbps: bytes / seconds / 1e6, cpuMs };
 }
 
-const d = await startColdDaemon();
-try {
-  await fillColdVolume(d, 'bench', VOLUME_MIB, 7);
-  const stripes = VOLUME_MIB; // fillColdVolume checked: one stripe per MiB
+interface Series {
+  rebuild: number[];
+  raw: number[];
+  rebuildPerCpu: number[];
+  lines: string[];
+}
 
-  const rebuild: number[] = [];
-  const raw: number[] = [];
-  const rebuildPerCpu: number[] = [];
-  const lines: string[] = [];
+/** Loses and replaces each of LOST_POOLS in turn, times its rebuild beside a raw copy of its records. */
+async function series(d: TestDaemon, stripes: number, complete: (r: PoolRebuildResult & { objectStripesChecked?: number }) => boolean): Promise<Series> {
+  const out: Series = { rebuild: [], raw: [], rebuildPerCpu: [], lines: [] };
   for (const p of LOST_POOLS) {
     const copy = rawCopy(segmentFiles(d, p), path.join(d.dataDir, 'raw-copy'));
-    raw.push(copy.mbps);
+    out.raw.push(copy.mbps);
     losePool(d, p);
     replacePool(d, p);
     const cpuBefore = processCpuMs(d.proc.pid!);
@@ -92,7 +107,7 @@ try {
     const report = await rebuildPool(d, p);
     const seconds = Number(process.hrtime.bigint() - start) / 1e9;
     const cpuMs = processCpuMs(d.proc.pid!) - cpuBefore;
-    if (report.stripesRebuilt !== stripes || report.notRebuilt !== 0 || report.stripes.Healthy !== stripes) {
+    if (!complete(report) || report.notRebuilt !== 0 || report.stripes.Healthy !== stripes) {
       throw new Error(`rebuild of cold-${p} incomplete: ${JSON.stringify(report)}`);
     }
     // Untimed: every shard of every stripe (the rebuilt ones included) must verify.
@@ -100,23 +115,56 @@ try {
     if (check.badStripes !== 0 || check.stripes.Healthy !== stripes) throw new Error(`after rebuilding cold-${p}, scrub found: ${JSON.stringify(check)}`);
     const bytes = segmentBytes(d, p);
     if (bytes !== copy.bytes) throw new Error(`cold-${p}: rebuilt ${bytes} bytes, the raw copy copied ${copy.bytes}: not the same bytes`);
-    rebuild.push(bytes / seconds / 1e6);
-    rebuildPerCpu.push(bytes / 1e6 / (Math.max(cpuMs, 10) / 1000));
-    lines.push(
+    out.rebuild.push(bytes / seconds / 1e6);
+    out.rebuildPerCpu.push(bytes / 1e6 / (Math.max(cpuMs, 10) / 1000));
+    out.lines.push(
       `    cold-${p}: rebuilt ${(bytes / 1e6).toFixed(1)} MB in ${seconds.toFixed(2)} s (rebuild ${report.durationMs} ms, daemon CPU ${cpuMs} ms); ` +
         `raw copy of ${(copy.bytes / 1e6).toFixed(1)} MB at ${copy.mbps.toFixed(1)} MB/s (dd CPU ${copy.cpuMs.toFixed(0)} ms)`,
     );
   }
-  const r = median(rebuild);
-  const c = median(raw);
-  console.log(`ec-rebuild: ${VOLUME_MIB} stripes (4+2, 1 MiB), one pool lost and replaced, median of ${LOST_POOLS.length}`);
-  console.log(lines.join('\n'));
-  console.log(`  rebuild (onto the replaced pool)   ${r.toFixed(1).padStart(8)} MB/s   runs ${rebuild.map((v) => v.toFixed(1)).join(' ')}`);
-  console.log(`  raw copy (dd conv=fsync)           ${c.toFixed(1).padStart(8)} MB/s   runs ${raw.map((v) => v.toFixed(1)).join(' ')}`);
-  console.log(`  ratio rebuild / raw copy           ${(r / c).toFixed(2).padStart(8)}x   (target >= 0.70x)`);
-  console.log(`  rebuild MB per daemon CPU-second   ${median(rebuildPerCpu).toFixed(0).padStart(8)}      runs ${rebuildPerCpu.map((v) => v.toFixed(0)).join(' ')}`);
-  // Both figures share the machine; a busy machine moves them together but adds noise.
-  console.log(`  load average during the run: ${os.loadavg().map((v) => v.toFixed(1)).join(' ')}`);
+  return out;
+}
+
+function print(label: string, s: Series): void {
+  console.log(s.lines.join('\n'));
+  console.log(`  rebuild, ${label.padEnd(26)}${median(s.rebuild).toFixed(1).padStart(8)} MB/s   runs ${s.rebuild.map((v) => v.toFixed(1)).join(' ')}`);
+  console.log(`  raw copy (dd conv=fsync)           ${median(s.raw).toFixed(1).padStart(8)} MB/s   runs ${s.raw.map((v) => v.toFixed(1)).join(' ')}`);
+  console.log(`  ratio rebuild / raw copy           ${(median(s.rebuild) / median(s.raw)).toFixed(2).padStart(8)}x   (target >= 0.70x)`);
+  console.log(`  rebuild MB per daemon CPU-second   ${median(s.rebuildPerCpu).toFixed(0).padStart(8)}      runs ${s.rebuildPerCpu.map((v) => v.toFixed(0)).join(' ')}`);
+}
+
+const stripes = VOLUME_MIB; // one stripe per MiB on both sides
+let volumes: Series;
+const d = await startColdDaemon();
+try {
+  await fillColdVolume(d, 'bench', VOLUME_MIB, 7);
+  volumes = await series(d, stripes, (r) => r.stripesRebuilt === stripes);
 } finally {
   await d.cleanup();
 }
+console.log(`ec-rebuild: ${VOLUME_MIB} stripes (4+2, 1 MiB), one pool lost and replaced, median of ${LOST_POOLS.length}`);
+console.log('  volume stripes (batched fast path: k survivors per stripe, native kernel):');
+print('volume stripes', volumes);
+
+if (OBJECTS) {
+  // Same policy, same stripe count, held by cold S3 objects instead of a volume.
+  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-cold-'));
+  fs.writeFileSync(path.join(dataDir, 'couchestor.yaml'), MANUAL_DESTAGE_CONFIG);
+  fs.mkdirSync(path.join(dataDir, 'policies'));
+  fs.writeFileSync(path.join(dataDir, 'policies', 'standard-ec.yaml'), DEFAULT_EC_POLICY_YAML);
+  const env = await startS3({ dataDir });
+  try {
+    await createColdBucket(env, 'bench');
+    for (let i = 0; i < VOLUME_MIB / OBJECT_MIB; i++) {
+      await env.sdk.send(new PutObjectCommand({ Bucket: 'bench', Key: `o-${i}`, Body: patternBytes(OBJECT_MIB * MiB, 100 + i) }));
+    }
+    const objects = await series(env.daemon, stripes, (r) => r.stripesRebuilt === stripes && r.objectStripesChecked === stripes);
+    console.log(`  object stripes (${VOLUME_MIB / OBJECT_MIB} cold S3 objects of ${OBJECT_MIB} MiB; per-stripe path: every survivor read, CAS flip per stripe):`);
+    print('object stripes', objects);
+    console.log(`  ratio object / volume rebuild      ${(median(objects.rebuild) / median(volumes.rebuild)).toFixed(2).padStart(8)}x   (MB per CPU-second ${(median(objects.rebuildPerCpu) / median(volumes.rebuildPerCpu)).toFixed(2)}x)`);
+  } finally {
+    await env.cleanup();
+  }
+}
+// Both figures share the machine; a busy machine moves them together but adds noise.
+console.log(`  load average during the run: ${os.loadavg().map((v) => v.toFixed(1)).join(' ')}`);
