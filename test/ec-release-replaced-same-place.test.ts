@@ -72,10 +72,11 @@ test('an unflipped rebuilt record at the very place of the stale reference is co
   const dead: string[] = [];
   stripes.onShardsDead = (shards) => dead.push(...shards.map(at));
   let rebuilt: StripeRef | null = null;
-  const land = stripes.landRebuild.bind(stripes);
-  stripes.landRebuild = async (ref, prepared) => {
-    const next = await land(ref, prepared);
-    rebuilt = next;
+  // The pool rebuild lands object stripes through landLostShards (the batched path).
+  const land = stripes.landLostShards.bind(stripes);
+  stripes.landLostShards = async (pool, store, items) => {
+    const next = await land(pool, store, items);
+    rebuilt = next[0]!;
     await putObject(key(0), patternBytes(MiB + 5, 2)); // the overwrite wins the race to the index
     return next;
   };

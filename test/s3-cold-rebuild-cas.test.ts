@@ -81,12 +81,14 @@ test('an object overwritten between a rebuilt stripe landing and its flip keeps 
   const newer = patternBytes(MiB + 3, 3);
   let overwritten: Rec | null = null;
   let rebuiltOfRaced: StripeRef | null = null;
-  const land = stripes.landRebuild.bind(stripes);
+  // The pool rebuild lands object stripes in batches (landLostShards), durable and flipped per window.
+  const land = stripes.landLostShards.bind(stripes);
   const racedOwner = objects.get(key(0))!.segments[0]!.stripes[0]!.ownerId;
-  stripes.landRebuild = async (ref, prepared) => {
-    const next = await land(ref, prepared);
-    if (ref.ownerId === racedOwner && ref.chunkIndex === 0) {
-      rebuiltOfRaced = next;
+  stripes.landLostShards = async (pool, store, items) => {
+    const next = await land(pool, store, items);
+    const t = items.findIndex((it) => it.ref.ownerId === racedOwner && it.ref.chunkIndex === 0);
+    if (t >= 0) {
+      rebuiltOfRaced = next[t]!;
       overwritten = await putObject(key(0), newer);
     }
     return next;

@@ -445,18 +445,24 @@ export class Reconstructor {
     const slow: Promise<number>[] = [];
     let window: SyncWindow | null = null;
     const flushes: Promise<void>[] = [];
-    for (const vol of this.allVolumes()) {
-      // Which shards are gone is decided before anything lands on the pool:
-      // a rebuilt record may reuse the place an old reference names.
-      const jobs: (LostShardJob & { chunkIndex: number; at: number })[] = [];
-      for (const [chunkIndex, ref] of vol.stripes) {
+    // Each volume's chunk map, then each holder source (cold S3 objects and
+    // parts): all take the same batched path, listed one holder at a time.
+    const holders: RebuildHolder[] = [...this.allVolumes().map((vol) => this.volumeHolder(vol)), ...[...this.sources].map((source) => this.sourceHolder(source))];
+    for (const holder of holders) {
+      // Which shards are gone is decided before anything of this holder lands on the pool
+      // (a rebuilt record may reuse the place an old reference names), by reading: a record
+      // another holder's rebuild put at a stale place fails the identity check.
+      const jobs: HolderJob[] = [];
+      // Listed up front: no LMDB read transaction stays open across the awaits below.
+      for (const [key, ref] of [...holder.list()]) {
         const lost = ref.shards.findIndex((sh) => sh.pool === poolName);
         if (lost < 0) continue;
         report.stripesChecked++;
+        if (holder.isSource) report.objectStripesChecked++;
         // Outside every segment the pool's store has: gone, no read needed (the common case).
         const present = target !== null && target.contains(this.stripes.resolve(ref.shards[lost]!)) && (await this.stripes.shardPresent(ref, lost));
         if (present) continue;
-        jobs.push({ ref, lost, chunkIndex, at: ref.shards[lost]!.segment * 2 ** 40 + ref.shards[lost]!.offsetBytes });
+        jobs.push({ ref, lost, key, at: ref.shards[lost]!.segment * 2 ** 40 + ref.shards[lost]!.offsetBytes });
       }
       // Write order on the lost pool is write order on the survivors: their records are back to back.
       jobs.sort((a, b) => a.at - b.at);
@@ -465,27 +471,30 @@ export class Reconstructor {
         let scratch: Buffer | undefined;
         try {
           while (next < jobs.length && !this.stopped) {
-            const group: { job: (typeof jobs)[number]; key: string; entry: QueuedStripe }[] = [];
+            const group: { job: HolderJob; key: string; entry: QueuedStripe }[] = [];
             while (next < jobs.length && group.length < SCRUB_GROUP_STRIPES) {
               const job = jobs[next++]!;
-              const ctx = { volumeId: vol.rec.id, chunkIndex: job.chunkIndex };
-              const key = `${ctx.volumeId}:${ctx.chunkIndex}`;
+              const key = holder.queueKey(job.key);
               const cur = this.states.get(key);
               if (cur?.state === 'Reconstructing') {
                 cur.poolRebuild = report; // a pass has it: counted here once it lands
                 continue;
               }
-              const now = vol.stripes.get(job.chunkIndex);
-              if (now === undefined) continue; // gone (trimmed, promoted)
-              if (now !== job.ref) {
+              const now = holder.current(job.key);
+              if (now === undefined) continue; // gone (trimmed, promoted, deleted)
+              if (!holder.same(now, job.ref)) {
                 // Rewritten, or its records moved by compaction, since it was listed: the
                 // queue's pass checks the current stripe in full (and drops it if whole).
-                this.enqueue(ctx, `pool ${poolName} lost; stripe changed while the rebuild ran`);
+                holder.requeue(job.key, `pool ${poolName} lost; stripe changed while the rebuild ran`);
                 const queued = this.states.get(key);
                 if (queued !== undefined) queued.poolRebuild = report;
                 continue;
               }
-              const entry: QueuedStripe = cur ?? { ctx, state: 'Degraded', reason: `pool ${poolName} lost` };
+              if (!cur && this.states.size >= MAX_QUEUED_STRIPES + POOL_REBUILD_GROUPS_AT_ONCE * SCRUB_GROUP_STRIPES) {
+                report.notRebuilt++; // queue full: the next rebuild or scrub finds it
+                continue;
+              }
+              const entry: QueuedStripe = cur ?? { ...holder.entry(job.key), state: 'Degraded', reason: `pool ${poolName} lost` };
               entry.state = 'Reconstructing';
               entry.poolRebuild = report; // a pass that finishes it (pool offline, flip superseded, slow path) counts it
               this.states.set(key, entry); // bounded: at most the groups in flight beyond the queue's own entries
@@ -497,19 +506,19 @@ export class Reconstructor {
               for (const g of group) g.entry.state = 'Degraded';
               continue;
             }
-              let prepared: (PreparedRebuild | null)[];
+            let prepared: (PreparedRebuild | null)[];
             try {
               // Scratch only where the JS path needs it (compressed records): the native kernel reads into its own.
-            prepared = await this.stripes.prepareLostShards(group.map((g) => g.job), sourceRank, (bytes) => (scratch = this.scratchFor(scratch, bytes)));
+              prepared = await this.stripes.prepareLostShards(group.map((g) => g.job), sourceRank, (bytes) => (scratch = this.scratchFor(scratch, bytes)));
             } catch (err) {
-              for (const g of group) this.rebuildFailed(vol.name, g.entry, err);
+              for (const g of group) this.rebuildFailed(holder.label, g.entry, err);
               continue;
             }
             const fast: LandingStripe[] = [];
             prepared.forEach((p, t) => {
               const g = group[t]!;
               if (p !== null) {
-                fast.push({ ...g, prepared: p });
+                fast.push({ ...g, holder, prepared: p });
                 return;
               }
               // A source was missing or bad: read every survivor, decode from the good ones.
@@ -521,7 +530,7 @@ export class Reconstructor {
             if (fast.length === 0) continue;
             const lengthBytes = fast.reduce((sum, f) => sum + f.prepared.lengthBytes, 0);
             const w = (window ??= { token: this.stripes.beginWrite(), bytes: 0, writes: [], landed: [] });
-            const written = this.writeLost(vol, poolName, target, w, fast);
+            const written = this.writeLost(holder.label, poolName, target, w, fast);
             w.writes.push(written);
             w.bytes += lengthBytes;
             if (w.bytes >= REBUILD_SYNC_BYTES) {
@@ -542,7 +551,6 @@ export class Reconstructor {
     const last = window as SyncWindow | null;
     if (last !== null && target !== null) flushes.push(this.flushWindow(poolName, target, last, report));
     await Promise.all(flushes);
-    if (!this.stopped) await this.rebuildHolderStripes(poolName, target, report, slow);
     await Promise.all(slow); // counted by land() through the entries' poolRebuild tag
     if (!this.stopped) await this.process(); // stripes superseded while landing, or left for other pools (counted the same way)
     for (const entry of this.states.values()) if (entry.poolRebuild === report) delete entry.poolRebuild;
@@ -556,61 +564,51 @@ export class Reconstructor {
     return report;
   }
 
+  /** A volume's chunk map as a pool rebuild sees it (keys are chunk indexes as strings). */
+  private volumeHolder(vol: Volume): RebuildHolder {
+    const ctxOf = (key: string): StripeContext => ({ volumeId: vol.rec.id, chunkIndex: Number(key) });
+    return {
+      label: vol.name,
+      isSource: false,
+      list: () => [...vol.stripes].map(([c, ref]) => [String(c), ref] as [string, StripeRef]),
+      queueKey: (key) => `${vol.rec.id}:${key}`,
+      current: (key) => vol.stripes.get(Number(key)),
+      // The in-memory map keeps a reference object until the chunk's stripe changes.
+      same: (now, listed) => now === listed,
+      requeue: (key, reason) => this.enqueue(ctxOf(key), reason),
+      entry: (key) => ({ ctx: ctxOf(key) }),
+      replace: (key, expected, next) => vol.replaceStripe(Number(key), expected, next),
+    };
+  }
+
   /**
-   * The pool rebuild's part for holder sources' stripes (cold S3 objects
-   * and parts): each stripe with a shard on the pool that the pool's store
-   * no longer holds takes the per-stripe path (prepareRebuild reads and
-   * verifies every shard, landRebuild places the rebuilt one on a pool
-   * holding no other shard of it, which is `poolName` once it is back; the
-   * source's CAS flips it). Slower than the volumes' batched fast path,
-   * but objects' stripes are each checked in full. Runs after the volumes'
-   * stripes have landed, so what is gone is decided by reading (identity
-   * and CRC), never by place alone. Results go to `slow`.
+   * A holder source's stripes (cold S3 objects and parts) as a pool rebuild
+   * sees them: the same batched path as volumes (k survivors read, CRC
+   * checked; a failing one sends the stripe down the per-stripe path), the
+   * source's compare-and-swap flips each stripe.
    */
-  private async rebuildHolderStripes(poolName: string, target: SegmentStore | null, report: PoolRebuildReport, slow: Promise<number>[]): Promise<void> {
-    for (const source of this.sources) {
-      const jobs: string[] = [];
-      // Listed up front: no LMDB read transaction stays open across the awaits below.
-      for (const [holderKey, ref] of [...source.list()]) {
-        const lost = ref.shards.findIndex((sh) => sh.pool === poolName);
-        if (lost < 0) continue;
-        report.stripesChecked++;
-        report.objectStripesChecked++;
-        const present = target !== null && target.contains(this.stripes.resolve(ref.shards[lost]!)) && (await this.stripes.shardPresent(ref, lost));
-        if (!present) jobs.push(holderKey);
-      }
-      let next = 0;
-      const worker = async () => {
-        while (next < jobs.length && !this.stopped) {
-          const holderKey = jobs[next++]!;
-          const key = `${source.prefix}:${holderKey}`;
-          const cur = this.states.get(key);
-          if (cur?.state === 'Reconstructing') {
-            cur.poolRebuild = report; // a pass or scrub has it: counted here once it lands
-            continue;
-          }
-          if (!cur && this.states.size >= MAX_QUEUED_STRIPES) continue; // counted in notRebuilt only if queued; the next rebuild or scrub finds it
-          const entry: QueuedStripe = cur ?? { ctx: { volumeId: -1, chunkIndex: -1 }, holder: { source, key: holderKey }, state: 'Degraded', reason: `pool ${poolName} lost` };
-          if (entry.state === 'Failed') entry.state = 'Degraded';
-          entry.poolRebuild = report;
-          this.states.set(key, entry);
-          const landed = this.rebuildOne(key, entry);
-          slow.push(landed);
-          await landed; // REBUILD_CONCURRENCY stripes at once: bounds the shards held
-        }
-      };
-      await Promise.all(Array.from({ length: REBUILD_CONCURRENCY }, worker));
-      if (this.stopped) return;
-    }
+  private sourceHolder(source: StripeHolderSource): RebuildHolder {
+    return {
+      label: source.prefix,
+      isSource: true,
+      list: () => source.list(),
+      queueKey: (key) => `${source.prefix}:${key}`,
+      current: (key) => source.current(key),
+      // Read afresh from LMDB each time (a new object): compared by value.
+      same: (now, listed) => sameStripeAt(now, listed),
+      requeue: (key, reason) => this.enqueueHolder(source, key, reason),
+      entry: (key) => ({ ctx: { volumeId: -1, chunkIndex: -1 }, holder: { source, key } }),
+      replace: (key, expected, next) => source.replace(key, expected, next),
+    };
   }
 
   /** Writes one group of a pool rebuild (not yet durable) into `w`; never rejects. */
-  private async writeLost(vol: Volume, poolName: string, target: SegmentStore, w: SyncWindow, fast: LandingStripe[]): Promise<void> {
+  private async writeLost(label: string, poolName: string, target: SegmentStore, w: SyncWindow, fast: LandingStripe[]): Promise<void> {
     try {
       const next = await this.stripes.landLostShards(poolName, target, fast.map((f) => ({ ref: f.job.ref, prepared: f.prepared })));
-      fast.forEach((f, t) => w.landed.push({ vol, stripe: f, next: next[t]! }));
+      fast.forEach((f, t) => w.landed.push({ stripe: f, next: next[t]! }));
     } catch (err) {
-      for (const f of fast) this.rebuildFailed(vol.name, f.entry, err);
+      for (const f of fast) this.rebuildFailed(label, f.entry, err);
     }
   }
 
@@ -633,15 +631,15 @@ export class Reconstructor {
           throw new NoSuitablePool(`pool ${poolName} was lost or replaced while its rebuild landed`);
         }
       } catch (err) {
-        for (const l of w.landed) this.rebuildFailed(l.vol.name, l.stripe.entry, err);
+        for (const l of w.landed) this.rebuildFailed(l.stripe.holder.label, l.stripe.entry, err);
         return;
       }
-      const flips = w.landed.map((l) => l.vol.replaceStripe(l.stripe.job.chunkIndex, l.stripe.job.ref, l.next));
+      const flips = w.landed.map((l) => l.stripe.holder.replace(l.stripe.job.key, l.stripe.job.ref, l.next));
       this.stripes.endWrite(w.token); // the flips are issued: compaction may look at these segments again
       const results = await Promise.allSettled(flips);
       results.forEach((r, t) => {
-        const { vol, stripe } = w.landed[t]!;
-        if (r.status === 'rejected') return this.rebuildFailed(vol.name, stripe.entry, r.reason);
+        const { stripe } = w.landed[t]!;
+        if (r.status === 'rejected') return this.rebuildFailed(stripe.holder.label, stripe.entry, r.reason);
         if (!r.value) {
           stripe.entry.state = 'Degraded';
           stripe.entry.reason = 'stripe superseded while its rebuild landed; retried';
@@ -704,10 +702,40 @@ export class Reconstructor {
  */
 export const REBUILD_SYNC_BYTES = 64 * 1024 * 1024;
 
+/**
+ * What a pool rebuild needs of a stripe holder (a volume's chunk map, or a
+ * registered source): its stripes keyed by holder key, the reference it
+ * holds now, and its compare-and-swap flip.
+ */
+interface RebuildHolder {
+  label: string;
+  /** A holder source (counted in objectStripesChecked). */
+  isSource: boolean;
+  list(): Iterable<[string, StripeRef]>;
+  /** The reconstruction queue's key of the holder's stripe `key`. */
+  queueKey(key: string): string;
+  current(key: string): StripeRef | undefined;
+  /** `now` (current) is still the stripe `listed` was. */
+  same(now: StripeRef, listed: StripeRef): boolean;
+  /** Leaves the stripe to the queue's pass. */
+  requeue(key: string, reason: string): void;
+  /** A new queue entry's identity fields. */
+  entry(key: string): Pick<QueuedStripe, 'ctx' | 'holder'>;
+  replace(key: string, expected: StripeRef, next: StripeRef): Promise<boolean>;
+}
+
+interface HolderJob extends LostShardJob {
+  /** The holder's key of the stripe. */
+  key: string;
+  /** Sort key: the lost shard's old place. */
+  at: number;
+}
+
 interface LandingStripe {
-  job: LostShardJob & { chunkIndex: number };
+  job: HolderJob;
   key: string;
   entry: QueuedStripe;
+  holder: RebuildHolder;
   prepared: PreparedRebuild;
 }
 
@@ -716,14 +744,14 @@ interface SyncWindow {
   token: number;
   bytes: number;
   writes: Promise<void>[];
-  landed: { vol: Volume; stripe: LandingStripe; next: StripeRef }[];
+  landed: { stripe: LandingStripe; next: StripeRef }[];
 }
 
 export interface PoolRebuildReport {
   pool: string;
   /** Stripes with a shard on the pool (volumes' and holder sources'). */
   stripesChecked: number;
-  /** Of stripesChecked, those of holder sources (cold S3 objects and parts): rebuilt by the per-stripe path. */
+  /** Of stripesChecked, those of holder sources (cold S3 objects and parts). */
   objectStripesChecked: number;
   /**
    * Stripes whose shard was rebuilt (durable, index flipped) while the
