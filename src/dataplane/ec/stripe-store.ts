@@ -902,6 +902,21 @@ export class StripeStore {
    * After a rebuild's index flip was tried (volume replaceStripe): when it
    * flipped, the replaced shards of `old` are dead; when it did not (the
    * chunk was rewritten meanwhile), the freshly written shards of `next` are.
+   *
+   * A rebuilt shard that landed at the very place `old` names (a replaced
+   * pool's fresh segments reuse the old places) is left out on purpose, not
+   * told apart by identity: if the flip lost to a rewrite or delete, that
+   * writer's free(old) has already counted the place, which is now this
+   * record's (counting it here would count it twice:
+   * test/ec-release-replaced-same-place); if it lost to compaction moving
+   * another shard, the index still names the place with this stripe's
+   * generation and the record serves it (live). What does stay off until
+   * the start-up recount: free() and a flipped release count the place a
+   * stale reference names on a replaced pool, whose bytes there are another
+   * record's or none (over-counted: compaction may run early; it finds live
+   * records from the index, never from these hints); and a volume's
+   * replaceStripe that returns early (its chunk map moved on) never calls
+   * this, so those rebuilt records are not counted (under-counted).
    */
   releaseReplaced(old: StripeRef, next: StripeRef, flipped: boolean): void {
     const dead: ShardRef[] = [];
