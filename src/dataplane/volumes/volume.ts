@@ -109,7 +109,12 @@ export class Volume {
   private readonly unlinking = new Map<string, Promise<void>>();
   /** File reads in flight: RELEASE must not truncate under them. */
   private fileReads = 0;
-  private fileReadsDrained: (() => void) | null = null;
+  /**
+   * Waiters for fileReads to reach 0: close() and releaseFile() (one slot
+   * let the later overwrite the earlier, which then waited for good). One
+   * per caller waiting: close() once, and each RELEASE in progress.
+   */
+  private readonly fileReadsDrained: (() => void)[] = [];
 
   /**
    * `files[0]` is the placement pool's file (rec.poolName); `chunkFile` indexes `files` for
@@ -442,11 +447,7 @@ export class Volume {
   }
 
   private fileReadDone(): void {
-    if (--this.fileReads === 0 && this.fileReadsDrained) {
-      const done = this.fileReadsDrained;
-      this.fileReadsDrained = null;
-      done();
-    }
+    if (--this.fileReads === 0) for (const w of this.fileReadsDrained.splice(0)) w();
   }
 
   /** Read path when some chunks are on stripes or in the journal: chunk by chunk. */
@@ -992,8 +993,10 @@ export class Volume {
   async releaseFile(): Promise<void> {
     if (this.chunksOnFile().length > 0) return;
     // No new file read can start (no chunk is Allocated); wait for the old ones.
-    if (this.fileReads > 0) await new Promise<void>((r) => (this.fileReadsDrained = r));
+    if (this.fileReads > 0) await new Promise<void>((r) => this.fileReadsDrained.push(r));
     if (this.chunksOnFile().length > 0) return;
+    // Closed (deleted) meanwhile: its descriptor may be closed, its number another file's.
+    if (this.closed) throw new VolumeFailed(`volume ${this.name} was closed`);
     await new Promise<void>((resolve, reject) => fs.ftruncate(this.files[this.allocIdx]!.fd, 0, (err) => (err ? reject(err) : resolve())));
     // Files of other pools (a split hot/warm volume that went cold) go too.
     await this.releaseOtherFiles(false);
@@ -1294,7 +1297,7 @@ export class Volume {
     // Requests already past usable() may still have I/O queued on this fd:
     // closing under them would let a reused descriptor receive their bytes.
     await this.drainFileMutations();
-    if (this.fileReads > 0) await new Promise<void>((r) => (this.fileReadsDrained = r));
+    if (this.fileReads > 0) await new Promise<void>((r) => this.fileReadsDrained.push(r));
     await Promise.allSettled([...this.preparing.values(), ...this.destaging.values()]);
     for (const f of this.files) await new Promise<void>((resolve) => fs.close(f.fd, () => resolve()));
   }
