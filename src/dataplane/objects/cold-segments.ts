@@ -123,6 +123,8 @@ export function freeColdSegment(stripes: StripeStoreApi, seg: ColdSegment): void
 /** Names of the object-store databases that hold cold stripe references (objects/store.ts opens them too). */
 export const OBJECTS_DB = 's3-objects';
 export const PARTS_DB = 's3-parts';
+/** Multipart uploads in progress (cold-holders.ts maps a part to the object its upload completes into). */
+export const UPLOADS_DB = 's3-uploads';
 /** Whole-database scans start here (object-store keys begin with 0x01; see objects/store.ts). */
 export const ALL_OBJECT_KEYS = { start: Buffer.from([1]) };
 
