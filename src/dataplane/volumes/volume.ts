@@ -1096,7 +1096,18 @@ export class Volume {
    * compaction moved the stripe, and point the index at a stale copy).
    */
   async replaceStripe(c: number, expected: StripeRef, next: StripeRef): Promise<boolean> {
-    if (this.stripes.get(c) !== expected) return false; // superseded meanwhile
+    if (this.stripes.get(c) !== expected) {
+      // Superseded meanwhile (rewritten, discarded, promoted, moved by
+      // compaction, or the volume deleted): no flip, so the records the
+      // rebuild just wrote are referenced by nothing and are dead, counted
+      // as by a flip that lost below. Never twice: next is this rebuild's
+      // own, and a next shard at the very place `expected` names is left
+      // out (its writer's free(expected) counted that place; see
+      // StripeStore.releaseReplaced). Never a live record: only a flip to
+      // `next` would reference them, and none is made.
+      this.cold?.stripes.releaseReplaced(expected, next, false);
+      return false;
+    }
     const key: [number, number] = [this.rec.id, c];
     const flipped = await this.meta.transaction(() => {
       const prev = this.meta.chunks.get(key);
