@@ -115,6 +115,13 @@ export class Volume {
    * per caller waiting: close() once, and each RELEASE in progress.
    */
   private readonly fileReadsDrained: (() => void)[] = [];
+  /**
+   * RELEASE's ftruncate of the placement file, issued after its gate opened
+   * (a large file's takes a while; clients do not wait for it). A setTier,
+   * which lets copies into that file start, and close(), which closes its
+   * descriptor, wait for it: ordered by the code, not by the threadpool.
+   */
+  private truncating: Promise<void> | null = null;
 
   /**
    * `files[0]` is the placement pool's file (rec.poolName); `chunkFile` indexes `files` for
@@ -252,6 +259,9 @@ export class Volume {
    */
   async setTier(tier: VolumeRecord['tier'], placement?: Pool): Promise<void> {
     await this.quiesced(async () => {
+      // A RELEASE truncating the placement file: a copy into it (a move to
+      // hot/warm) must not be issued before the truncate has landed.
+      while (this.truncating) await this.truncating;
       let idx = this.allocIdx;
       if (placement && placement.name !== this.pool.name) idx = await this.openFile(placement);
       // Closed (deleted) while openFile waited: this put would land after
@@ -989,15 +999,40 @@ export class Volume {
     return { stripesFreed: refs.length, fileReleased };
   }
 
-  /** RELEASE after hot -> cold: the file holds no live chunk any more; give its space back. */
+  /**
+   * RELEASE after hot -> cold (the move's last step, or `volumes release`):
+   * the file holds no live chunk any more; give its space back. Decided at
+   * the quiesce gate (closed volumes refused there): the volume still cold,
+   * no chunk in the file, no request, copy or destage running, no file read
+   * in flight. Only a setTier can then let a copy into the file, and it
+   * waits for the truncate (`truncating`); so does close(). The truncate
+   * itself runs after the gate opens.
+   */
   async releaseFile(): Promise<void> {
     if (this.chunksOnFile().length > 0) return;
-    // No new file read can start (no chunk is Allocated); wait for the old ones.
-    if (this.fileReads > 0) await new Promise<void>((r) => this.fileReadsDrained.push(r));
-    if (this.chunksOnFile().length > 0) return;
-    // Closed (deleted) meanwhile: its descriptor may be closed, its number another file's.
-    if (this.closed) throw new VolumeFailed(`volume ${this.name} was closed`);
-    await new Promise<void>((resolve, reject) => fs.ftruncate(this.files[this.allocIdx]!.fd, 0, (err) => (err ? reject(err) : resolve())));
+    let landed!: () => void;
+    let mine: Promise<void> | null = null;
+    const truncate = await this.quiesced(async () => {
+      // Another RELEASE's truncate (the move's and `volumes release`): one at a time, so `truncating` names the one in flight.
+      while (this.truncating) await this.truncating;
+      // A move to hot/warm flipped the tier since the caller looked: its
+      // copies may be in the file already, not yet switched.
+      if (this.rec.tier !== 'cold' || this.chunksOnFile().length > 0) return null;
+      // Reads of chunks switched out just before (a move to cold's last
+      // destages) must not see the file cut under them.
+      if (this.fileReads > 0) await new Promise<void>((r) => this.fileReadsDrained.push(r));
+      if (this.closed) throw new VolumeFailed(`volume ${this.name} was closed`);
+      const fd = this.files[this.allocIdx]!.fd;
+      this.truncating = mine = new Promise<void>((r) => (landed = r));
+      return fd;
+    });
+    if (truncate === null) return;
+    try {
+      await new Promise<void>((resolve, reject) => fs.ftruncate(truncate, 0, (err) => (err ? reject(err) : resolve())));
+    } finally {
+      if (this.truncating === mine) this.truncating = null;
+      landed();
+    }
     // Files of other pools (a split hot/warm volume that went cold) go too.
     await this.releaseOtherFiles(false);
   }
@@ -1310,6 +1345,8 @@ export class Volume {
     await this.drainFileMutations();
     if (this.fileReads > 0) await new Promise<void>((r) => this.fileReadsDrained.push(r));
     await Promise.allSettled([...this.preparing.values(), ...this.destaging.values()]);
+    // A RELEASE's ftruncate still in flight holds the descriptor number.
+    while (this.truncating) await this.truncating;
     for (const f of this.files) await new Promise<void>((resolve) => fs.close(f.fd, () => resolve()));
   }
 }
