@@ -222,6 +222,13 @@ async function migrateVolumeOnce(manager: VolumeManager, name: string, to: Tier,
     // until a move succeeded. (Never one the index points a chunk at, nor
     // the placement pool's; see releaseOtherFiles.)
     if (to !== 'cold') await vol.releaseOtherFiles(false).catch(() => undefined);
+    // A move to cold: a split volume's file on another pool than the
+    // placement one may hold no chunk now (all of them destaged before the
+    // abort); close it the same way (kept on disk in preservation mode,
+    // for `volumes release`). The placement pool's file stays open even
+    // when empty: new writes are allocated in it again once the tier is
+    // reverted.
+    else await vol.releaseOtherFiles(opts.preserve).catch(() => undefined);
     progress.phase = err instanceof MigrationAborted ? 'Aborted' : 'Failed';
     progress.error = (err as Error).message;
     progress.finishedMs = Date.now();
