@@ -495,7 +495,7 @@ export class Reconstructor {
         let scratch: Buffer | undefined;
         try {
           while (next < jobs.length && !this.stopped) {
-            const group: { job: HolderJob; key: string; entry: QueuedStripe }[] = [];
+            const group: { job: HolderJob; key: string; entry: QueuedStripe; queuedBefore: boolean }[] = [];
             while (next < jobs.length && group.length < SCRUB_GROUP_STRIPES) {
               const job = jobs[next++]!;
               const key = holder.queueKey(job.key);
@@ -522,7 +522,7 @@ export class Reconstructor {
               entry.state = 'Reconstructing';
               entry.poolRebuild = report; // a pass that finishes it (pool offline, flip superseded, slow path) counts it
               this.states.set(key, entry); // bounded: at most the groups in flight beyond the queue's own entries
-              group.push({ job, key, entry });
+              group.push({ job, key, entry, queuedBefore: cur !== undefined });
             }
             if (group.length === 0) continue;
             if (target === null) {
@@ -580,10 +580,12 @@ export class Reconstructor {
     // during the rebuild (the pool it landed on may be back): counted the same way.
     if (!this.stopped) await this.retryWaiting();
     for (const entry of this.states.values()) if (entry.poolRebuild === report) delete entry.poolRebuild;
-    // Left in the queue (bounded by MAX_QUEUED_STRIPES) with a shard on this pool: not rebuilt.
-    for (const { ctx, holder } of this.states.values()) {
+    // Left in the queue (bounded by MAX_QUEUED_STRIPES) with its shard on this pool still gone:
+    // not rebuilt. (One queued for another bad shard has this pool's shard back: not counted.)
+    for (const { ctx, holder } of [...this.states.values()]) {
       const ref = holder ? holder.source.current(holder.key) : this.volumeById(ctx.volumeId)?.stripes.get(ctx.chunkIndex);
-      if (ref?.shards.some((sh) => sh.pool === poolName)) report.notRebuilt++;
+      const i = ref?.shards.findIndex((sh) => sh.pool === poolName) ?? -1;
+      if (ref !== undefined && i >= 0 && !(await this.stripes.shardPresent(ref, i))) report.notRebuilt++;
     }
     report.durationMs = Date.now() - started;
     log.info('pool rebuild finished', { ...report });
@@ -674,6 +676,17 @@ export class Reconstructor {
         this.rebuiltStripes++;
         report.stripesRebuilt++;
         report.bytesLanded += stripe.prepared.lengthBytes;
+        if (stripe.queuedBefore) {
+          // Queued before this rebuild took it (a degraded read, a scrub, another lost pool
+          // waiting for a pool): only this pool's shard was rebuilt, another may still be bad.
+          // The next pass checks the stripe in full and drops it if whole. Deleting it here
+          // left a stripe missing a second lost pool's shard out of the queue, counted Healthy
+          // and never retried (test/review-cold-rebuild-keeps-queued).
+          delete stripe.entry.poolRebuild; // counted here, not again by the pass
+          stripe.entry.state = 'Degraded';
+          stripe.entry.reason = `pool ${poolName} shard rebuilt; the other shards are checked again`;
+          return;
+        }
         this.states.delete(stripe.key);
       });
     } finally {
@@ -761,6 +774,8 @@ interface LandingStripe {
   job: HolderJob;
   key: string;
   entry: QueuedStripe;
+  /** The entry was in the queue before the rebuild took it (it may be there for another shard too). */
+  queuedBefore: boolean;
   holder: RebuildHolder;
   prepared: PreparedRebuild;
 }

@@ -1,0 +1,85 @@
+// A stripe queued for another lost shard (waiting for a pool) stays queued
+// when a pool rebuild lands its shard on the rebuilt pool: the batched path
+// rebuilds only that pool's shard, so the stripe is not whole. Two pools
+// lost (cold-2 replaced, cold-3 gone); a degraded GET queues the object's
+// stripes, which wait for a pool; `rebuild cold-2` lands their cold-2
+// shards; then cold-3 comes back empty and the queue's retry must rebuild
+// the cold-3 shards. In process with the real ObjectStore, stripe store,
+// segment files, LMDB index, ColdObjectHolders and Reconstructor.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { DEFAULT_EC_POLICY_YAML } from '../src/config.js';
+import { parsePolicyYaml } from '../src/dataplane/ec/policy.js';
+import { Reconstructor } from '../src/dataplane/ec/reconstruction.js';
+import { StripeStore } from '../src/dataplane/ec/stripe-store.js';
+import { MetaStore } from '../src/dataplane/meta/store.js';
+import { ColdObjectHolders } from '../src/dataplane/objects/cold-holders.js';
+import type { ColdSegment } from '../src/dataplane/objects/cold-segments.js';
+import { ObjectStore } from '../src/dataplane/objects/store.js';
+import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
+import { coldPoolsIn, patternBytes } from './helpers/cold.js';
+
+const MiB = 1024 * 1024;
+
+async function* bodyOf(bytes: Buffer): AsyncIterable<Buffer> {
+  yield bytes;
+}
+
+async function readAll(store: ObjectStore, key: string): Promise<Buffer> {
+  const h = store.openObject('cold', key);
+  const pieces: Buffer[] = [];
+  for await (const piece of h.read(0, h.rec.sizeBytes)) pieces.push(piece as Buffer);
+  return Buffer.concat(pieces);
+}
+
+test('a pool rebuild that lands one shard of a stripe queued for another lost shard leaves it queued, and the queue rebuilds the other once a pool is back', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-review-cold-keeps-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const pools = coldPoolsIn(dir);
+  const meta = MetaStore.open(dir);
+  const stripes = new StripeStore(() => pools, parsePolicyYaml(DEFAULT_EC_POLICY_YAML, 6));
+  const rc = new Reconstructor(stripes, () => null, () => [], { retryIntervalMs: 3_600_000, scrubIntervalMs: 0, scrubStripesPerSecond: 1 });
+  rc.addSource(new ColdObjectHolders(meta, stripes));
+  const store = await ObjectStore.open({ meta, pools: new Map() } as unknown as VolumeManager, stripes);
+  t.after(async () => {
+    await rc.stop();
+    await stripes.close();
+    await meta.close();
+  });
+  await store.createBucket('cold', 'cold');
+  const bytes = patternBytes(4 * MiB, 1);
+  await store.putObject('cold', 'a', bodyOf(bytes), { contentHeaders: {}, userMeta: {}, expectedBytes: bytes.length });
+
+  // cold-2 replaced by an empty directory, cold-3 gone (offline).
+  fs.rmSync(path.join(dir, 'cold-2'), { recursive: true });
+  fs.mkdirSync(path.join(dir, 'cold-2'));
+  fs.rmSync(path.join(dir, 'cold-3'), { recursive: true });
+  // A degraded GET queues the 4 stripes; each needs 2 pools besides its 4 survivors, only cold-2 is free.
+  assert.ok((await readAll(store, 'a')).equals(bytes));
+  await rc.process();
+  const waiting = rc.unhealthy();
+  assert.equal(waiting.length, 4, JSON.stringify(waiting));
+
+  const report = await rc.rebuildPool('cold-2');
+  assert.equal(report.stripesRebuilt, 4, JSON.stringify(report));
+  assert.equal(report.notRebuilt, 0, JSON.stringify(report));
+  const obj = store.headObject('cold', 'a');
+  for (const ref of (obj.segments[0] as ColdSegment).stripes) {
+    assert.ok(await stripes.shardPresent(ref, ref.shards.findIndex((s) => s.pool === 'cold-2')), 'cold-2 shard rebuilt');
+  }
+  // Their cold-3 shards are still gone: they stay queued (not reported Healthy).
+  assert.equal(rc.unhealthy().length, 4, `still queued for cold-3: ${JSON.stringify(rc.unhealthy())}`);
+  assert.equal(rc.counts().Healthy, 0, JSON.stringify(rc.counts()));
+
+  // cold-3 comes back empty: the queue's retry (the timer's pass) rebuilds the cold-3 shards.
+  fs.mkdirSync(path.join(dir, 'cold-3'));
+  await rc.retryWaiting();
+  assert.equal(rc.unhealthy().length, 0, JSON.stringify(rc.unhealthy()));
+  // Two other pools lost: every stripe still has 4 shards.
+  fs.rmSync(path.join(dir, 'cold-0'), { recursive: true });
+  fs.rmSync(path.join(dir, 'cold-5'), { recursive: true });
+  assert.ok((await readAll(store, 'a')).equals(bytes), 'byte-exact with cold-0 and cold-5 lost');
+});
