@@ -6,7 +6,9 @@
 // to cold (keeps the file), then the release and the move back to hot
 // raced (the release first, the move first, or the release the moment the
 // move has switched the tier and listed its chunks), a client read in flight; every byte reads back, also after a
-// restart.
+// restart. Coverage: no reproducer at the head before releaseFile decided at
+// the quiesce gate; it fails if releasePreserved's tier check is dropped
+// from that head (the release then truncates under the move's copies).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
