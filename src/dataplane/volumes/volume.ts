@@ -993,8 +993,7 @@ export class Volume {
     for (const ref of refs) this.cold?.stripes.free(ref);
     let fileReleased = false;
     if (this.rec.tier === 'cold' && this.chunksOnFile().length === 0) {
-      await this.releaseFile();
-      fileReleased = this.chunksOnFile().length === 0;
+      fileReleased = await this.releaseFile();
     }
     return { stripesFreed: refs.length, fileReleased };
   }
@@ -1006,10 +1005,10 @@ export class Volume {
    * no chunk in the file, no request, copy or destage running, no file read
    * in flight. Only a setTier can then let a copy into the file, and it
    * waits for the truncate (`truncating`); so does close(). The truncate
-   * itself runs after the gate opens.
+   * itself runs after the gate opens. Returns whether it truncated.
    */
-  async releaseFile(): Promise<void> {
-    if (this.chunksOnFile().length > 0) return;
+  async releaseFile(): Promise<boolean> {
+    if (this.chunksOnFile().length > 0) return false;
     let landed!: () => void;
     let mine: Promise<void> | null = null;
     const truncate = await this.quiesced(async () => {
@@ -1026,7 +1025,7 @@ export class Volume {
       this.truncating = mine = new Promise<void>((r) => (landed = r));
       return fd;
     });
-    if (truncate === null) return;
+    if (truncate === null) return false;
     try {
       await new Promise<void>((resolve, reject) => fs.ftruncate(truncate, 0, (err) => (err ? reject(err) : resolve())));
     } finally {
@@ -1035,6 +1034,7 @@ export class Volume {
     }
     // Files of other pools (a split hot/warm volume that went cold) go too.
     await this.releaseOtherFiles(false);
+    return true;
   }
 
   private lastSeq(c: number): number {
