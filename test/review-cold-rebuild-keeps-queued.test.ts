@@ -4,7 +4,8 @@
 // lost (cold-2 replaced, cold-3 gone); a degraded GET queues the object's
 // stripes, which wait for a pool; `rebuild cold-2` lands their cold-2
 // shards; then cold-3 comes back empty and the queue's retry must rebuild
-// the cold-3 shards. In process with the real ObjectStore, stripe store,
+// the cold-3 shards. A second object nobody read has its cold-3 shards on
+// an offline pool too: the rebuild, which sees that pool offline, queues it. In process with the real ObjectStore, stripe store,
 // segment files, LMDB index, ColdObjectHolders and Reconstructor.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -52,6 +53,8 @@ test('a pool rebuild that lands one shard of a stripe queued for another lost sh
   await store.createBucket('cold', 'cold');
   const bytes = patternBytes(4 * MiB, 1);
   await store.putObject('cold', 'a', bodyOf(bytes), { contentHeaders: {}, userMeta: {}, expectedBytes: bytes.length });
+  const unread = patternBytes(3 * MiB, 2);
+  await store.putObject('cold', 'b', bodyOf(unread), { contentHeaders: {}, userMeta: {}, expectedBytes: unread.length });
 
   // cold-2 replaced by an empty directory, cold-3 gone (offline).
   fs.rmSync(path.join(dir, 'cold-2'), { recursive: true });
@@ -64,14 +67,15 @@ test('a pool rebuild that lands one shard of a stripe queued for another lost sh
   assert.equal(waiting.length, 4, JSON.stringify(waiting));
 
   const report = await rc.rebuildPool('cold-2');
-  assert.equal(report.stripesRebuilt, 4, JSON.stringify(report));
+  assert.equal(report.stripesRebuilt, 4 + 3, JSON.stringify(report));
   assert.equal(report.notRebuilt, 0, JSON.stringify(report));
-  const obj = store.headObject('cold', 'a');
-  for (const ref of (obj.segments[0] as ColdSegment).stripes) {
-    assert.ok(await stripes.shardPresent(ref, ref.shards.findIndex((s) => s.pool === 'cold-2')), 'cold-2 shard rebuilt');
+  for (const key of ['a', 'b']) {
+    for (const ref of (store.headObject('cold', key).segments[0] as ColdSegment).stripes) {
+      assert.ok(await stripes.shardPresent(ref, ref.shards.findIndex((s) => s.pool === 'cold-2')), 'cold-2 shard rebuilt');
+    }
   }
-  // Their cold-3 shards are still gone: they stay queued (not reported Healthy).
-  assert.equal(rc.unhealthy().length, 4, `still queued for cold-3: ${JSON.stringify(rc.unhealthy())}`);
+  // Their cold-3 shards are still gone: they stay queued (not reported Healthy), the unread object's too.
+  assert.equal(rc.unhealthy().length, 4 + 3, `still queued for cold-3: ${JSON.stringify(rc.unhealthy())}`);
   assert.equal(rc.counts().Healthy, 0, JSON.stringify(rc.counts()));
 
   // cold-3 comes back empty: the queue's retry (the timer's pass) rebuilds the cold-3 shards.
@@ -82,4 +86,5 @@ test('a pool rebuild that lands one shard of a stripe queued for another lost sh
   fs.rmSync(path.join(dir, 'cold-0'), { recursive: true });
   fs.rmSync(path.join(dir, 'cold-5'), { recursive: true });
   assert.ok((await readAll(store, 'a')).equals(bytes), 'byte-exact with cold-0 and cold-5 lost');
+  assert.ok((await readAll(store, 'b')).equals(unread), 'unread object byte-exact with cold-0 and cold-5 lost');
 });

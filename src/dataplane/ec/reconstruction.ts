@@ -495,7 +495,7 @@ export class Reconstructor {
         let scratch: Buffer | undefined;
         try {
           while (next < jobs.length && !this.stopped) {
-            const group: { job: HolderJob; key: string; entry: QueuedStripe; queuedBefore: boolean }[] = [];
+            const group: { job: HolderJob; key: string; entry: QueuedStripe; keepQueued: boolean }[] = [];
             while (next < jobs.length && group.length < SCRUB_GROUP_STRIPES) {
               const job = jobs[next++]!;
               const key = holder.queueKey(job.key);
@@ -522,7 +522,11 @@ export class Reconstructor {
               entry.state = 'Reconstructing';
               entry.poolRebuild = report; // a pass that finishes it (pool offline, flip superseded, slow path) counts it
               this.states.set(key, entry); // bounded: at most the groups in flight beyond the queue's own entries
-              group.push({ job, key, entry, queuedBefore: cur !== undefined });
+              // Another shard on a pool that is offline now (not a source): that one is gone too.
+              // Kept queued for it while the queue is at most half full: entries the rebuild adds
+              // must not crowd out its own in-flight stripes (beyond it the scrub finds them).
+              const otherLost = job.ref.shards.some((sh, i) => i !== job.lost && !sourceRank.has(sh.pool));
+              group.push({ job, key, entry, keepQueued: cur !== undefined || (otherLost && this.states.size < MAX_QUEUED_STRIPES / 2) });
             }
             if (group.length === 0) continue;
             if (target === null) {
@@ -676,9 +680,10 @@ export class Reconstructor {
         this.rebuiltStripes++;
         report.stripesRebuilt++;
         report.bytesLanded += stripe.prepared.lengthBytes;
-        if (stripe.queuedBefore) {
+        if (stripe.keepQueued) {
           // Queued before this rebuild took it (a degraded read, a scrub, another lost pool
-          // waiting for a pool): only this pool's shard was rebuilt, another may still be bad.
+          // waiting for a pool), or with a shard on another offline pool: only this pool's
+          // shard was rebuilt, another may still be bad.
           // The next pass checks the stripe in full and drops it if whole. Deleting it here
           // left a stripe missing a second lost pool's shard out of the queue, counted Healthy
           // and never retried (test/review-cold-rebuild-keeps-queued).
@@ -774,8 +779,11 @@ interface LandingStripe {
   job: HolderJob;
   key: string;
   entry: QueuedStripe;
-  /** The entry was in the queue before the rebuild took it (it may be there for another shard too). */
-  queuedBefore: boolean;
+  /**
+   * Left queued once flipped: it was queued before the rebuild took it (maybe
+   * for another shard too), or another of its shards is on an offline pool.
+   */
+  keepQueued: boolean;
   holder: RebuildHolder;
   prepared: PreparedRebuild;
 }
