@@ -914,9 +914,13 @@ export class StripeStore {
    * the start-up recount: free() and a flipped release count the place a
    * stale reference names on a replaced pool, whose bytes there are another
    * record's or none (over-counted: compaction may run early; it finds live
-   * records from the index, never from these hints); and a volume's
-   * replaceStripe that returns early (its chunk map moved on) never calls
-   * this, so those rebuilt records are not counted (under-counted).
+   * records from the index, never from these hints); and rebuilt records
+   * whose flip was never tried or threw (under-counted), e.g. a pool rebuild's
+   * window that failed its sync or found the pool lost or replaced, or a
+   * flip transaction that rejected. Every flip that is tried reports here:
+   * Volume.replaceStripe also when its chunk map has already moved on (it
+   * returns early with flipped false: test/volume-replace-stripe-superseded)
+   * and ColdObjectHolders.replace after its compare-and-swap.
    */
   releaseReplaced(old: StripeRef, next: StripeRef, flipped: boolean): void {
     const dead: ShardRef[] = [];
