@@ -182,8 +182,8 @@ test('the rebuilt pool replaced again between its last write and the index flip:
       // Every record of the window written (one 64 MiB window holds them all), nothing flipped yet.
       const segDir = path.join(pool2, 'segments');
       recordsBeforeSwap = fs.readdirSync(segDir).reduce((sum, f) => sum + fs.statSync(path.join(segDir, f)).size, 0);
-      // Logged: the identity check compares the directory's inode number, which a
-      // new directory could reuse.
+      // Logged: the identity check compares inode numbers. The old store's open files
+      // keep the deleted directory's inode allocated, so the new one gets another.
       const before = fs.statSync(pool2).ino;
       swap();
       inodeReused = fs.statSync(pool2).ino === before;
