@@ -40,6 +40,14 @@
 // objects / volumes, same run) and its own raw copy. Object stripes took a
 // per-stripe path (every survivor read) until this series measured it at
 // 0.12-0.14x of the volumes' rate.
+// A third mode (MODE=large-object) rebuilds ONE cold S3 object of LARGE_MIB
+// (64) MiB beside SMALL_OBJECTS objects of the same total size, both with
+// STRIPE_KIB (64) KiB stripes (the policy allows 16 KiB x k and up), so one
+// object holds many stripes cheaply: each stripe's flip rewrites the
+// object's whole index record, so per-stripe flips cost O(stripes^2) bytes
+// written for one object and O(stripes) for many small ones. Printed: the
+// large object's MB/s beside the small objects' (ratio large / small, same
+// run), medians of the three lost pools.
 // Run by hand: `npx tsc -p tsconfig.json && node dist/bench/ec-rebuild.js`
 // (VOLUME_MIB=64 for a quicker run; OBJECTS=0 skips the object series).
 // About two minutes on this 2-core machine.
@@ -133,6 +141,46 @@ function print(label: string, s: Series): void {
   console.log(`  raw copy (dd conv=fsync)           ${median(s.raw).toFixed(1).padStart(8)} MB/s   runs ${s.raw.map((v) => v.toFixed(1)).join(' ')}`);
   console.log(`  ratio rebuild / raw copy           ${(median(s.rebuild) / median(s.raw)).toFixed(2).padStart(8)}x   (target >= 0.70x)`);
   console.log(`  rebuild MB per daemon CPU-second   ${median(s.rebuildPerCpu).toFixed(0).padStart(8)}      runs ${s.rebuildPerCpu.map((v) => v.toFixed(0)).join(' ')}`);
+}
+
+/** Starts a daemon with an S3 front end whose EC policy has `stripeBytes` stripes, and a cold bucket. */
+async function objectDaemon(stripeBytes: number): Promise<Awaited<ReturnType<typeof startS3>>> {
+  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-cold-'));
+  fs.writeFileSync(path.join(dataDir, 'couchestor.yaml'), MANUAL_DESTAGE_CONFIG);
+  fs.mkdirSync(path.join(dataDir, 'policies'));
+  const policy = DEFAULT_EC_POLICY_YAML.replace('stripeSizeBytes: 1048576', `stripeSizeBytes: ${stripeBytes}`);
+  if (!policy.includes(`stripeSizeBytes: ${stripeBytes}`)) throw new Error('default policy has no stripeSizeBytes line to replace');
+  fs.writeFileSync(path.join(dataDir, 'policies', 'standard-ec.yaml'), policy);
+  const env = await startS3({ dataDir });
+  await createColdBucket(env, 'bench');
+  return env;
+}
+
+if (process.env.MODE === 'large-object') {
+  const largeMiB = Number(process.env.LARGE_MIB ?? 64);
+  const stripeBytes = Number(process.env.STRIPE_KIB ?? 64) * 1024;
+  const smallObjects = Number(process.env.SMALL_OBJECTS ?? 64);
+  const stripeCount = (largeMiB * MiB) / stripeBytes;
+  const run = async (objects: number): Promise<Series> => {
+    const env = await objectDaemon(stripeBytes);
+    try {
+      const each = (largeMiB * MiB) / objects;
+      for (let i = 0; i < objects; i++) await env.sdk.send(new PutObjectCommand({ Bucket: 'bench', Key: `o-${i}`, Body: patternBytes(each, 100 + i) }));
+      return await series(env.daemon, stripeCount, (r) => r.stripesRebuilt === stripeCount && r.objectStripesChecked === stripeCount);
+    } finally {
+      await env.cleanup();
+    }
+  };
+  const large = await run(1);
+  const small = await run(smallObjects);
+  console.log(`ec-rebuild large-object: ${largeMiB} MiB in ${stripeCount} stripes of ${stripeBytes / 1024} KiB (4+2), one pool lost and replaced, median of ${LOST_POOLS.length}`);
+  console.log(`  one object of ${largeMiB} MiB (${stripeCount} stripes in one object):`);
+  print('one large object', large);
+  console.log(`  ${smallObjects} objects of ${largeMiB / smallObjects} MiB (${stripeCount / smallObjects} stripes each):`);
+  print('many small objects', small);
+  console.log(`  ratio large / small rebuild        ${(median(large.rebuild) / median(small.rebuild)).toFixed(2).padStart(8)}x   (MB per CPU-second ${(median(large.rebuildPerCpu) / median(small.rebuildPerCpu)).toFixed(2)}x)`);
+  console.log(`  load average during the run: ${os.loadavg().map((v) => v.toFixed(1)).join(' ')}`);
+  process.exit(0);
 }
 
 const stripes = VOLUME_MIB; // one stripe per MiB on both sides
