@@ -67,6 +67,21 @@ export interface StripeHolderSource {
    * the same places. Calls StripeStore.releaseReplaced either way.
    */
   replace(key: string, expected: StripeRef, next: StripeRef): Promise<boolean>;
+  /**
+   * Several replace()s in one LMDB transaction, each flip compared on its
+   * own (same answers as one replace() per flip, in order), each record
+   * written once; durable when it resolves, releaseReplaced called for
+   * each. A pool rebuild flips a window's stripes through it: per-stripe
+   * flips rewrote a large object's whole record once per stripe.
+   */
+  replaceMany?(flips: readonly HolderFlip[]): Promise<boolean[]>;
+}
+
+/** One compare-and-swap of a holder's stripe: `expected` becomes `next` at `key`. */
+export interface HolderFlip {
+  key: string;
+  expected: StripeRef;
+  next: StripeRef;
 }
 
 /** Same stripe at the same places (a stripe moved by compaction is not the one expected). */
@@ -631,7 +646,34 @@ export class Reconstructor {
       requeue: (key, reason) => this.enqueueHolder(source, key, reason),
       entry: (key) => ({ ctx: { volumeId: -1, chunkIndex: -1 }, holder: { source, key } }),
       replace: (key, expected, next) => source.replace(key, expected, next),
+      ...(source.replaceMany ? { replaceMany: (flips: readonly HolderFlip[]) => source.replaceMany!(flips) } : {}),
     };
+  }
+
+  /**
+   * Issues a window's flips, all in this tick: through the holder's
+   * replaceMany where it has one (one transaction for all of that holder's
+   * stripes in the window, each record written once), else one replace()
+   * per stripe. One promise per landed stripe, in order.
+   */
+  private issueFlips(landed: SyncWindow['landed']): Promise<boolean>[] {
+    const out: Promise<boolean>[] = new Array<Promise<boolean>>(landed.length);
+    const batches = new Map<RebuildHolder, number[]>();
+    landed.forEach((l, t) => {
+      const holder = l.stripe.holder;
+      if (holder.replaceMany === undefined) {
+        out[t] = holder.replace(l.stripe.job.key, l.stripe.job.ref, l.next);
+        return;
+      }
+      const batch = batches.get(holder);
+      if (batch) batch.push(t);
+      else batches.set(holder, [t]);
+    });
+    for (const [holder, batch] of batches) {
+      const all = holder.replaceMany!(batch.map((t) => ({ key: landed[t]!.stripe.job.key, expected: landed[t]!.stripe.job.ref, next: landed[t]!.next })));
+      batch.forEach((t, i) => (out[t] = all.then((r) => r[i]!)));
+    }
+    return out;
   }
 
   /** Writes one group of a pool rebuild (not yet durable) into `w`; never rejects. */
@@ -649,7 +691,7 @@ export class Reconstructor {
    * each stripe in it (compare-and-swap: a stripe rewritten or moved since
    * it was read is not flipped; the reconstruction pass looks at it again).
    * The flips are issued together, so lmdb-js commits them in one batch with
-   * one sync. Never rejects.
+   * one sync; a holder source's go in one transaction (issueFlips). Never rejects.
    */
   private async flushWindow(poolName: string, target: SegmentStore, w: SyncWindow, report: PoolRebuildReport): Promise<void> {
     try {
@@ -666,7 +708,7 @@ export class Reconstructor {
         for (const l of w.landed) this.rebuildFailed(l.stripe.holder.label, l.stripe.entry, err);
         return;
       }
-      const flips = w.landed.map((l) => l.stripe.holder.replace(l.stripe.job.key, l.stripe.job.ref, l.next));
+      const flips = this.issueFlips(w.landed);
       this.stripes.endWrite(w.token); // the flips are issued: compaction may look at these segments again
       const results = await Promise.allSettled(flips);
       results.forEach((r, t) => {
@@ -766,6 +808,8 @@ interface RebuildHolder {
   /** A new queue entry's identity fields. */
   entry(key: string): Pick<QueuedStripe, 'ctx' | 'holder'>;
   replace(key: string, expected: StripeRef, next: StripeRef): Promise<boolean>;
+  /** The source's batched flip (StripeHolderSource.replaceMany), where it has one. */
+  replaceMany?(flips: readonly HolderFlip[]): Promise<boolean[]>;
 }
 
 interface HolderJob extends LostShardJob {
