@@ -25,6 +25,20 @@ test('objects of many stripes: one index record write per object per window, eve
   assert.equal(holders.recordWrites - writesBefore, 2, 'one record write per object in the window');
   assert.equal(await missingCold2('a'), 0);
   assert.equal(await missingCold2('b'), 0);
+  // current() (which keeps the last record it decoded) answers the flipped references: the
+  // rebuild read both records through it before the flips.
+  const listed = [...holders.list()];
+  assert.equal(listed.length, 2 * STRIPES_PER_OBJECT + 1);
+  for (const [key, ref] of listed) assert.deepEqual(holders.current(key), ref, key);
+  // And a record changed after current() read it is read afresh (a flip to the next generation
+  // at the same places, releasing nothing, then back).
+  const [key, ref] = listed[0]!;
+  assert.deepEqual(holders.current(key), ref);
+  const bumped = { ...ref, generation: ref.generation + 1 };
+  assert.equal(await holders.replace(key, ref, bumped), true);
+  assert.deepEqual(holders.current(key), bumped, 'current() after a flip');
+  assert.equal(await holders.replace(key, bumped, ref), true);
+  assert.deepEqual(holders.current(key), ref, 'current() after the flip back');
 
   loseTwoMore();
   assert.ok((await readAll(store, 'cold', 'a')).equals(a), 'a byte-exact with cold-0 and cold-5 lost');

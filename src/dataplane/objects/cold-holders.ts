@@ -88,11 +88,37 @@ export class ColdObjectHolders implements StripeHolderSource {
       }
       return undefined;
     };
-    if (h.kind === 'o') return find(this.objects.get(h.indexKey)?.segments);
-    const part = this.parts.get(h.indexKey)?.segment;
+    if (h.kind === 'o') return find(this.readRecord(this.objects, h.indexKey)?.segments);
+    const part = this.readRecord(this.parts, h.indexKey)?.segment;
     // Completed: the part's segment is now its object's.
-    return find(part ? [part] : undefined) ?? (h.objectKey ? find(this.objects.get(h.objectKey)?.segments) : undefined);
+    return find(part ? [part] : undefined) ?? (h.objectKey ? find(this.readRecord(this.objects, h.objectKey)?.segments) : undefined);
   }
+
+  /**
+   * The record at `key` as stored now, decoded once per stored content: a
+   * pool rebuild asks current() once per stripe, and decoding a large
+   * object's whole record each time was O(stripes^2) (bench/ec-rebuild
+   * MODE=large-object, 1024 stripes in one object: 555 of 733 ms of a
+   * rebuild's CPU in msgpack decode). The stored bytes are compared with
+   * the ones last decoded (equal bytes: the same record), so a record
+   * changed meanwhile is always decoded afresh. One entry (bounded); the
+   * cached value's stripe references are frozen (shared between callers,
+   * who only read them).
+   */
+  private readRecord<V>(db: Database<V, Buffer>, key: Buffer): V | undefined {
+    const decoder = (db as unknown as { decoder?: { decode(bytes: Buffer): V } }).decoder;
+    if (decoder === undefined) return db.get(key); // not msgpack-encoded: no cache
+    // A copy of the stored bytes (a memcpy, not a decode), decoded below by the decoder get() uses.
+    const bytes = db.getBinary(key);
+    if (bytes === undefined) return undefined;
+    const last = this.lastRead;
+    if (last !== null && last.db === db && last.key.equals(key) && last.bytes.equals(bytes)) return last.value as V;
+    const value = decoder.decode(bytes);
+    freezeStripes(value);
+    this.lastRead = { db, key: Buffer.from(key), bytes, value };
+    return value;
+  }
+  private lastRead: { db: object; key: Buffer; bytes: Buffer; value: unknown } | null = null;
 
   /** Index record puts issued by flips (replace/replaceMany), for tests: one per record per transaction. */
   recordWrites = 0;
@@ -212,6 +238,19 @@ function edited<R>(cache: Map<string, EditedRecord<R>>, key: Buffer, read: (k: B
   const e = new EditedRecord(key, rec, segments);
   cache.set(hex, e);
   return e;
+}
+
+/** Freezes the stripe references (and their shards) of a decoded object or part record. */
+function freezeStripes(rec: unknown): void {
+  const r = rec as Partial<RecordWithSegments & PartWithSegment> | undefined;
+  for (const seg of [...(r?.segments ?? []), ...(r?.segment ? [r.segment] : [])]) {
+    if (seg.kind !== 'cold') continue;
+    for (const ref of (seg as ColdSegment).stripes) {
+      for (const sh of ref.shards) Object.freeze(sh);
+      Object.freeze(ref.shards);
+      Object.freeze(ref);
+    }
+  }
 }
 
 /** `objectKeyHex`: for a part, the object its upload completes into (unknown: the upload is gone). */
