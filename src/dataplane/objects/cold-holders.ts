@@ -233,7 +233,7 @@ function edited<R>(cache: Map<string, EditedRecord<R>>, key: Buffer, read: (k: B
   if (hit !== undefined) return hit;
   const rec = read(key);
   if (rec === undefined) return undefined; // gone: read again on the next flip naming it (same answer in one transaction)
-  // Copies: the record object read may be shared (lmdb-js caches), and is written back only if changed.
+  // Copies of the cold segments and their stripes arrays: flips edit these in place; the record is written back only if one did.
   const segments = segmentsOf(rec).map((seg) => (seg.kind === 'cold' ? ({ ...seg, stripes: [...(seg as ColdSegment).stripes] } as { kind: string }) : seg));
   const e = new EditedRecord(key, rec, segments);
   cache.set(hex, e);
