@@ -47,10 +47,13 @@ export async function setupFlipBatch(t: TestContext) {
   const manager = { meta, pools: new Map() } as unknown as VolumeManager;
   const store = await ObjectStore.open(manager, stripes);
   t.after(async () => {
-    await rc.stop();
-    await stripes.close();
-    await meta.close();
-    fs.rmSync(dir, { recursive: true, force: true });
+    try {
+      await rc.stop();
+      await stripes.close();
+      await meta.close();
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
   await store.createBucket('cold', 'cold');
   const put = (key: string, bytes: Buffer) => store.putObject('cold', key, bodyOf(bytes), { contentHeaders: {}, userMeta: {}, expectedBytes: bytes.length });
