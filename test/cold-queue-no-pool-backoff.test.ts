@@ -8,44 +8,20 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { DEFAULT_EC_POLICY_YAML } from '../src/config.js';
-import { parsePolicyYaml } from '../src/dataplane/ec/policy.js';
-import { Reconstructor } from '../src/dataplane/ec/reconstruction.js';
-import { StripeStore } from '../src/dataplane/ec/stripe-store.js';
-import { MetaStore } from '../src/dataplane/meta/store.js';
-import { ColdObjectHolders, objectStripeContext } from '../src/dataplane/objects/cold-holders.js';
-import { OBJECTS_DB, settleColdSegment, writeColdSegment, type ColdSegment } from '../src/dataplane/objects/cold-segments.js';
-import { coldPoolsIn, patternBytes } from './helpers/cold.js';
+import { objectStripeContext } from '../src/dataplane/objects/cold-holders.js';
+import { coldObjectIndex, coldStores, MiB, patternBytes } from './helpers/cold.js';
 
-const MiB = 1024 * 1024;
 const STRIPES = 32;
 
 test('stripes with no pool to land on are not rebuilt again by every pass degraded reads start', async (t) => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-queue-backoff-'));
-  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const pools = coldPoolsIn(dir);
-  const meta = MetaStore.open(dir);
-  const stripes = new StripeStore(() => pools, parsePolicyYaml(DEFAULT_EC_POLICY_YAML, 6));
   // The retry timer is never started here: only passes that degraded reads start run.
-  const rc = new Reconstructor(stripes, () => null, () => [], { retryIntervalMs: 3_600_000, scrubIntervalMs: 0, scrubStripesPerSecond: 1 });
-  rc.addSource(new ColdObjectHolders(meta, stripes));
-  t.after(async () => {
-    await rc.stop();
-    await stripes.close();
-    await meta.close();
-  });
-  const objects = meta.openDB<{ key: string; versionId: number; segments: ColdSegment[] }, Buffer>(OBJECTS_DB);
+  const cold = coldStores(t, 'couchestor-queue-backoff-');
+  const { dir, stripes, rc } = cold;
   const indexKey = Buffer.from([1, 0, 0, 0, 1, 0x61]);
   const data = patternBytes(STRIPES * MiB, 9);
-  async function* body() {
-    yield data;
-  }
-  const seg = await writeColdSegment(stripes, 1, body(), { maxBytes: 64 * MiB }, () => undefined);
-  await objects.put(indexKey, { key: indexKey.toString('hex'), versionId: 1, segments: [seg] });
-  await meta.durable();
-  settleColdSegment(seg);
+  // One object (file id 1): its stripes durable, then its index record.
+  const seg = (await coldObjectIndex(cold, { freeReplaced: false }).putObject(indexKey, data)).segments[0]!;
 
   // Two pools lost, none free: every stripe reads degraded and cannot be placed anywhere.
   fs.rmSync(path.join(dir, 'cold-0'), { recursive: true });

@@ -10,58 +10,17 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { DEFAULT_EC_POLICY_YAML } from '../src/config.js';
-import { parsePolicyYaml } from '../src/dataplane/ec/policy.js';
-import { Reconstructor } from '../src/dataplane/ec/reconstruction.js';
-import { StripeStore, type ShardRef, type StripeRef } from '../src/dataplane/ec/stripe-store.js';
-import { MetaStore } from '../src/dataplane/meta/store.js';
-import { ColdObjectHolders } from '../src/dataplane/objects/cold-holders.js';
-import { OBJECTS_DB, freeColdSegment, settleColdSegment, writeColdSegment, type ColdSegment } from '../src/dataplane/objects/cold-segments.js';
-import { coldPoolsIn, patternBytes } from './helpers/cold.js';
-
-const MiB = 1024 * 1024;
-
-interface Rec {
-  key: string;
-  versionId: number;
-  segments: ColdSegment[];
-}
+import type { ShardRef, StripeRef } from '../src/dataplane/ec/stripe-store.js';
+import { coldObjectIndex, coldStores, MiB, patternBytes } from './helpers/cold.js';
 
 const key = (n: number) => Buffer.from([1, 0, 0, 0, 1, 0x61 + n]);
 const at = (s: ShardRef) => `${s.pool}/${s.segment}/${s.offsetBytes}`;
 
 test('an unflipped rebuilt record at the very place of the stale reference is counted dead once', async (t) => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-same-place-'));
-  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const pools = coldPoolsIn(dir);
-  const meta = MetaStore.open(dir);
-  const stripes = new StripeStore(() => pools, parsePolicyYaml(DEFAULT_EC_POLICY_YAML, 6));
-  const rc = new Reconstructor(stripes, () => null, () => [], { retryIntervalMs: 3_600_000, scrubIntervalMs: 0, scrubStripesPerSecond: 1 });
-  rc.addSource(new ColdObjectHolders(meta, stripes));
-  t.after(async () => {
-    await rc.stop();
-    await stripes.close();
-    await meta.close();
-  });
-  const objects = meta.openDB<Rec, Buffer>(OBJECTS_DB);
-  let nextFileId = 1;
-  /** What ObjectStore.putObject does: stripes durable, the index record, then the replaced version's stripes freed. */
-  const putObject = async (indexKey: Buffer, bytes: Buffer): Promise<Rec> => {
-    async function* body() {
-      yield bytes;
-    }
-    const fileId = nextFileId++;
-    const seg = await writeColdSegment(stripes, fileId, body(), { maxBytes: 64 * MiB }, () => undefined);
-    const rec: Rec = { key: indexKey.toString('hex'), versionId: fileId, segments: [seg] };
-    const prev = objects.get(indexKey);
-    await objects.put(indexKey, rec);
-    await meta.durable();
-    settleColdSegment(seg);
-    if (prev) for (const s of prev.segments) freeColdSegment(stripes, s);
-    return rec;
-  };
+  const { dir, meta, stripes, rc } = coldStores(t, 'couchestor-same-place-');
+  // What ObjectStore.putObject does: stripes durable, the index record, then the replaced version's stripes freed.
+  const { objects, putObject } = coldObjectIndex({ meta, stripes }, { freeReplaced: true });
 
   await putObject(key(0), patternBytes(MiB, 1)); // one stripe: its cold-2 shard is cold-2's first record
   const stale = objects.get(key(0))!.segments[0]!.stripes[0]!;

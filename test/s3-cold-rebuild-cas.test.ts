@@ -5,64 +5,20 @@
 // the overwritten object keeps its new record, the rebuilt records are
 // marked dead; an object left alone is flipped and reads with two more
 // pools lost.
-import { test, type TestContext } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { DEFAULT_EC_POLICY_YAML } from '../src/config.js';
-import { parsePolicyYaml } from '../src/dataplane/ec/policy.js';
-import { Reconstructor } from '../src/dataplane/ec/reconstruction.js';
-import { StripeStore, type ShardRef, type StripeRef } from '../src/dataplane/ec/stripe-store.js';
-import { MetaStore } from '../src/dataplane/meta/store.js';
-import { ColdObjectHolders } from '../src/dataplane/objects/cold-holders.js';
-import { OBJECTS_DB, settleColdSegment, writeColdSegment, type ColdSegment } from '../src/dataplane/objects/cold-segments.js';
-import { coldPoolsIn, patternBytes } from './helpers/cold.js';
-
-const MiB = 1024 * 1024;
-
-interface Rec {
-  key: string;
-  versionId: number;
-  segments: ColdSegment[];
-}
-
-async function openColdStores(t: TestContext) {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-s3-rebuild-cas-'));
-  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const pools = coldPoolsIn(dir);
-  const meta = MetaStore.open(dir);
-  const stripes = new StripeStore(() => pools, parsePolicyYaml(DEFAULT_EC_POLICY_YAML, 6));
-  const rc = new Reconstructor(stripes, () => null, () => [], { retryIntervalMs: 3_600_000, scrubIntervalMs: 0, scrubStripesPerSecond: 1 });
-  const holders = new ColdObjectHolders(meta, stripes);
-  rc.addSource(holders);
-  t.after(async () => {
-    await rc.stop();
-    await stripes.close();
-    await meta.close();
-  });
-  const objects = meta.openDB<Rec, Buffer>(OBJECTS_DB);
-  let nextFileId = 1;
-  /** What ObjectStore.putObject does: stripes durable, then the index record. */
-  const putObject = async (indexKey: Buffer, bytes: Buffer): Promise<Rec> => {
-    async function* body() {
-      yield bytes;
-    }
-    const fileId = nextFileId++;
-    const seg = await writeColdSegment(stripes, fileId, body(), { maxBytes: 64 * MiB }, () => undefined);
-    const rec: Rec = { key: indexKey.toString('hex'), versionId: fileId, segments: [seg] };
-    await objects.put(indexKey, rec);
-    await meta.durable();
-    settleColdSegment(seg);
-    return rec;
-  };
-  return { dir, pools, meta, stripes, rc, objects, putObject };
-}
+import type { ShardRef, StripeRef } from '../src/dataplane/ec/stripe-store.js';
+import { coldObjectIndex, coldStores, MiB, patternBytes, type ColdObjectRec as Rec } from './helpers/cold.js';
 
 const key = (n: number) => Buffer.from([1, 0, 0, 0, 1, 0x61 + n]);
 
 test('an object overwritten between a rebuilt stripe landing and its flip keeps its new record', async (t) => {
-  const { dir, stripes, rc, objects, putObject } = await openColdStores(t);
+  const cold = coldStores(t, 'couchestor-s3-rebuild-cas-');
+  const { dir, stripes, rc } = cold;
+  // What ObjectStore.putObject does: stripes durable, then the index record (the replaced version's stripes are not freed here).
+  const { objects, putObject } = coldObjectIndex(cold, { freeReplaced: false });
   const raced = patternBytes(2 * MiB, 1);
   const kept = patternBytes(3 * MiB, 2);
   await putObject(key(0), raced);

@@ -1,7 +1,9 @@
 // Helpers for cold-tier tests and benches: a daemon with the 4+2 policy and a
 // chosen couchestor.yaml, the cold/destage/scrub/rebuild/fsck calls as typed
 // JSON, pool and segment-file paths, lost and replaced pools, deterministic
-// data, and byte comparison that names the first differing offset.
+// data, and byte comparison that names the first differing offset; in
+// process, the cold object store and Reconstructor over temp-dir pools.
+import type { TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -10,6 +12,14 @@ import { spawnSync } from 'node:child_process';
 import { CLI, CLIENT_ENV, TestDaemon, run } from './daemon.js';
 import { DEFAULT_EC_POLICY_YAML } from '../../src/config.js';
 import { Pool } from '../../src/dataplane/pools/pool.js';
+import { parsePolicyYaml } from '../../src/dataplane/ec/policy.js';
+import { Reconstructor } from '../../src/dataplane/ec/reconstruction.js';
+import { StripeStore } from '../../src/dataplane/ec/stripe-store.js';
+import { MetaStore } from '../../src/dataplane/meta/store.js';
+import { ColdObjectHolders } from '../../src/dataplane/objects/cold-holders.js';
+import { OBJECTS_DB, freeColdSegment, settleColdSegment, writeColdSegment, type ColdSegment } from '../../src/dataplane/objects/cold-segments.js';
+import { ObjectStore } from '../../src/dataplane/objects/store.js';
+import type { VolumeManager } from '../../src/dataplane/volumes/manager.js';
 
 export const MiB = 1024 * 1024;
 /** The embedded default: six cold pools, cold-0 .. cold-5, for 4+2 stripes. */
@@ -334,4 +344,85 @@ export function coldPoolsIn(dir: string): Pool[] {
     fs.mkdirSync(p);
     return new Pool({ name: `cold-${i}`, path: p, tier: 'cold', capacityBytes: 1024 * 1024 * 1024, labels: {} });
   });
+}
+
+/**
+ * In process: coldPoolsIn() a fresh temp dir (`prefix` names it), a MetaStore
+ * in it, a StripeStore with the default 4+2 policy, and a Reconstructor with
+ * ColdObjectHolders as its source. The Reconstructor's retry timer is never
+ * started (retryIntervalMs is an hour and start() is not called) and scrub is
+ * off, so only the passes a test starts run. Stopped, closed and removed
+ * after the test.
+ */
+export function coldStores(t: TestContext, prefix: string) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const pools = coldPoolsIn(dir);
+  const meta = MetaStore.open(dir);
+  const stripes = new StripeStore(() => pools, parsePolicyYaml(DEFAULT_EC_POLICY_YAML, 6));
+  const rc = new Reconstructor(stripes, () => null, () => [], { retryIntervalMs: 3_600_000, scrubIntervalMs: 0, scrubStripesPerSecond: 1 });
+  const holders = new ColdObjectHolders(meta, stripes);
+  rc.addSource(holders);
+  t.after(async () => {
+    await rc.stop();
+    await stripes.close();
+    await meta.close();
+  });
+  return { dir, pools, meta, stripes, rc, holders };
+}
+
+/** A cold object's index record as ColdObjectHolders reads it (the fields these tests write). */
+export interface ColdObjectRec {
+  key: string;
+  versionId: number;
+  segments: ColdSegment[];
+}
+
+/**
+ * The objects index of coldStores() written directly, without an
+ * ObjectStore: putObject() does what ObjectStore.putObject does (the stripes
+ * durable, then the index record, file ids 1, 2, ...), and with
+ * `freeReplaced` then frees the replaced version's stripes.
+ */
+export function coldObjectIndex(s: { meta: MetaStore; stripes: StripeStore }, o: { freeReplaced: boolean }) {
+  const { meta, stripes } = s;
+  const objects = meta.openDB<ColdObjectRec, Buffer>(OBJECTS_DB);
+  let nextFileId = 1;
+  const putObject = async (indexKey: Buffer, bytes: Buffer): Promise<ColdObjectRec> => {
+    const fileId = nextFileId++;
+    const seg = await writeColdSegment(stripes, fileId, bodyOf(bytes), { maxBytes: 64 * MiB }, () => undefined);
+    const rec: ColdObjectRec = { key: indexKey.toString('hex'), versionId: fileId, segments: [seg] };
+    const prev = o.freeReplaced ? objects.get(indexKey) : undefined;
+    await objects.put(indexKey, rec);
+    await meta.durable();
+    settleColdSegment(seg);
+    if (prev) for (const seg of prev.segments) freeColdSegment(stripes, seg);
+    return rec;
+  };
+  return { objects, putObject };
+}
+
+/**
+ * coldStores() with a real ObjectStore over it and bucket 'cold' (tier cold)
+ * created. Cold buckets use only the manager's LMDB, so the manager is just
+ * the MetaStore (no hot pools).
+ */
+export async function coldObjectStore(t: TestContext, prefix: string) {
+  const s = coldStores(t, prefix);
+  const store = await ObjectStore.open({ meta: s.meta, pools: new Map() } as unknown as VolumeManager, s.stripes);
+  await store.createBucket('cold', 'cold');
+  return { ...s, store };
+}
+
+/** One buffer as a request body. */
+export async function* bodyOf(bytes: Buffer): AsyncIterable<Buffer> {
+  yield bytes;
+}
+
+/** Every byte of object `key` in `bucket`, read through the store. */
+export async function readObject(store: ObjectStore, bucket: string, key: string): Promise<Buffer> {
+  const h = store.openObject(bucket, key);
+  const pieces: Buffer[] = [];
+  for await (const piece of h.read(0, h.rec.sizeBytes)) pieces.push(piece as Buffer);
+  return Buffer.concat(pieces);
 }
