@@ -7,50 +7,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { DEFAULT_EC_POLICY_YAML } from '../src/config.js';
-import { parsePolicyYaml } from '../src/dataplane/ec/policy.js';
-import { Reconstructor } from '../src/dataplane/ec/reconstruction.js';
-import { StripeStore } from '../src/dataplane/ec/stripe-store.js';
-import { MetaStore } from '../src/dataplane/meta/store.js';
-import { ColdObjectHolders } from '../src/dataplane/objects/cold-holders.js';
 import type { ColdSegment } from '../src/dataplane/objects/cold-segments.js';
-import { ObjectStore } from '../src/dataplane/objects/store.js';
-import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
-import { coldPoolsIn, patternBytes } from './helpers/cold.js';
-
-const MiB = 1024 * 1024;
-
-async function* bodyOf(bytes: Buffer): AsyncIterable<Buffer> {
-  yield bytes;
-}
-
-async function readAll(store: ObjectStore, bucket: string, key: string): Promise<Buffer> {
-  const h = store.openObject(bucket, key);
-  const pieces: Buffer[] = [];
-  for await (const piece of h.read(0, h.rec.sizeBytes)) pieces.push(piece as Buffer);
-  return Buffer.concat(pieces);
-}
+import { bodyOf, coldObjectStore, MiB, patternBytes, readObject as readAll } from './helpers/cold.js';
 
 test('an upload completed between its parts rebuilt records landing and their flip: the object gets the rebuilt shards', async (t) => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-review-cold-complete-'));
-  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const pools = coldPoolsIn(dir);
-  const meta = MetaStore.open(dir);
-  const stripes = new StripeStore(() => pools, parsePolicyYaml(DEFAULT_EC_POLICY_YAML, 6));
-  const rc = new Reconstructor(stripes, () => null, () => [], { retryIntervalMs: 3_600_000, scrubIntervalMs: 0, scrubStripesPerSecond: 1 });
-  rc.addSource(new ColdObjectHolders(meta, stripes));
-  // Cold buckets use only the manager's LMDB (hot pools: none here).
-  const manager = { meta, pools: new Map() } as unknown as VolumeManager;
-  const store = await ObjectStore.open(manager, stripes);
-  t.after(async () => {
-    await rc.stop();
-    await stripes.close();
-    await meta.close();
-  });
+  const { dir, stripes, rc, store } = await coldObjectStore(t, 'couchestor-review-cold-complete-');
 
-  await store.createBucket('cold', 'cold');
   const upload = await store.createUpload('cold', 'mp', {}, {});
   const parts = [patternBytes(5 * MiB, 1), patternBytes(MiB + 7, 2)];
   const listed: { partNumber: number; etag: string }[] = [];

@@ -10,47 +10,15 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { DEFAULT_EC_POLICY_YAML } from '../src/config.js';
-import { parsePolicyYaml } from '../src/dataplane/ec/policy.js';
-import { Reconstructor } from '../src/dataplane/ec/reconstruction.js';
-import { StripeStore } from '../src/dataplane/ec/stripe-store.js';
-import { MetaStore } from '../src/dataplane/meta/store.js';
-import { ColdObjectHolders } from '../src/dataplane/objects/cold-holders.js';
 import type { ColdSegment } from '../src/dataplane/objects/cold-segments.js';
-import { ObjectStore } from '../src/dataplane/objects/store.js';
-import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
-import { coldPoolsIn, patternBytes } from './helpers/cold.js';
+import type { ObjectStore } from '../src/dataplane/objects/store.js';
+import { bodyOf, coldObjectStore, MiB, patternBytes, readObject } from './helpers/cold.js';
 
-const MiB = 1024 * 1024;
-
-async function* bodyOf(bytes: Buffer): AsyncIterable<Buffer> {
-  yield bytes;
-}
-
-async function readAll(store: ObjectStore, key: string): Promise<Buffer> {
-  const h = store.openObject('cold', key);
-  const pieces: Buffer[] = [];
-  for await (const piece of h.read(0, h.rec.sizeBytes)) pieces.push(piece as Buffer);
-  return Buffer.concat(pieces);
-}
+const readAll = (store: ObjectStore, key: string) => readObject(store, 'cold', key);
 
 test('a pool rebuild that lands one shard of a stripe queued for another lost shard leaves it queued, and the queue rebuilds the other once a pool is back', async (t) => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-review-cold-keeps-'));
-  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const pools = coldPoolsIn(dir);
-  const meta = MetaStore.open(dir);
-  const stripes = new StripeStore(() => pools, parsePolicyYaml(DEFAULT_EC_POLICY_YAML, 6));
-  const rc = new Reconstructor(stripes, () => null, () => [], { retryIntervalMs: 3_600_000, scrubIntervalMs: 0, scrubStripesPerSecond: 1 });
-  rc.addSource(new ColdObjectHolders(meta, stripes));
-  const store = await ObjectStore.open({ meta, pools: new Map() } as unknown as VolumeManager, stripes);
-  t.after(async () => {
-    await rc.stop();
-    await stripes.close();
-    await meta.close();
-  });
-  await store.createBucket('cold', 'cold');
+  const { dir, stripes, rc, store } = await coldObjectStore(t, 'couchestor-review-cold-keeps-');
   const bytes = patternBytes(4 * MiB, 1);
   await store.putObject('cold', 'a', bodyOf(bytes), { contentHeaders: {}, userMeta: {}, expectedBytes: bytes.length });
   const unread = patternBytes(3 * MiB, 2);

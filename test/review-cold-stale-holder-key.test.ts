@@ -8,47 +8,14 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { DEFAULT_EC_POLICY_YAML } from '../src/config.js';
-import { parsePolicyYaml } from '../src/dataplane/ec/policy.js';
-import { Reconstructor } from '../src/dataplane/ec/reconstruction.js';
-import { StripeStore } from '../src/dataplane/ec/stripe-store.js';
-import { MetaStore } from '../src/dataplane/meta/store.js';
-import { ColdObjectHolders } from '../src/dataplane/objects/cold-holders.js';
-import { ObjectStore } from '../src/dataplane/objects/store.js';
-import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
-import { coldPoolsIn, patternBytes } from './helpers/cold.js';
+import type { ObjectStore } from '../src/dataplane/objects/store.js';
+import { bodyOf, coldObjectStore, MiB, patternBytes, readObject } from './helpers/cold.js';
 
-const MiB = 1024 * 1024;
-
-async function* bodyOf(bytes: Buffer): AsyncIterable<Buffer> {
-  yield bytes;
-}
-
-async function readAll(store: ObjectStore, key: string): Promise<Buffer> {
-  const h = store.openObject('cold', key);
-  const pieces: Buffer[] = [];
-  for await (const piece of h.read(0, h.rec.sizeBytes)) pieces.push(piece as Buffer);
-  return Buffer.concat(pieces);
-}
+const readAll = (store: ObjectStore, key: string) => readObject(store, 'cold', key);
 
 async function setup(t: TestContext) {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-review-cold-stale-'));
-  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const pools = coldPoolsIn(dir);
-  const meta = MetaStore.open(dir);
-  const stripes = new StripeStore(() => pools, parsePolicyYaml(DEFAULT_EC_POLICY_YAML, 6));
-  const rc = new Reconstructor(stripes, () => null, () => [], { retryIntervalMs: 3_600_000, scrubIntervalMs: 0, scrubStripesPerSecond: 1 });
-  const holders = new ColdObjectHolders(meta, stripes);
-  rc.addSource(holders);
-  const store = await ObjectStore.open({ meta, pools: new Map() } as unknown as VolumeManager, stripes);
-  t.after(async () => {
-    await rc.stop();
-    await stripes.close();
-    await meta.close();
-  });
-  await store.createBucket('cold', 'cold');
+  const { dir, stripes, rc, holders, store } = await coldObjectStore(t, 'couchestor-review-cold-stale-');
   /** Runs `between` once, after the first rebuilt record of the queue landed and before its flip. */
   const onLanded = (between: () => Promise<void>) => {
     const land = stripes.landRebuild.bind(stripes);
