@@ -11,28 +11,13 @@ import os from 'node:os';
 import path from 'node:path';
 import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
 import { migrateVolume, MigrationAborted } from '../src/dataplane/volumes/migration.js';
+import { openVolumeFiles } from './helpers/hot-warm.js';
 import { openColdTierManager, readVolume, writeVolume } from './helpers/volume.js';
 
 const MiB = 1024 * 1024;
 const CHUNKS = 20;
 /** Progress is reported every 16 chunks: with one copy at a time, an abort there stops after exactly 16. */
 const MOVED = 16;
-
-/** Pools whose file of volume `id` this process has open ("(deleted)" marks an unlinked one). */
-function openVolumeFiles(dir: string, id: number): string[] {
-  const out: string[] = [];
-  for (const fd of fs.readdirSync('/proc/self/fd')) {
-    let target: string;
-    try {
-      target = fs.readlinkSync(`/proc/self/fd/${fd}`);
-    } catch {
-      continue; // the descriptor readdir itself used, closed since
-    }
-    const m = new RegExp(`^${dir}/([^/]+)/volumes/${id}\\.dat( \\(deleted\\))?$`).exec(target);
-    if (m) out.push(m[1]! + (m[2] ?? ''));
-  }
-  return out.sort();
-}
 
 async function abortedMove(m: VolumeManager, to: 'warm' | 'cold', preserve: boolean): Promise<void> {
   const ac = new AbortController();

@@ -13,6 +13,7 @@ import path from 'node:path';
 import { VolumeManager } from '../src/dataplane/volumes/manager.js';
 import { MAX_VOLUME_FILES, type Volume } from '../src/dataplane/volumes/volume.js';
 import { migrateVolume, MigrationAborted } from '../src/dataplane/volumes/migration.js';
+import { openVolumeFiles } from './helpers/hot-warm.js';
 import { readVolume, writeVolume } from './helpers/volume.js';
 
 const MiB = 1024 * 1024;
@@ -20,22 +21,6 @@ const CHUNKS = 20;
 /** One more warm pool than a volume may have files open: without the close, the 16th target could not be opened. */
 const WARM_POOLS = MAX_VOLUME_FILES + 2;
 const ABORTED_MOVES = MAX_VOLUME_FILES + 6;
-
-/** This process's descriptors open on volume `id`'s data files under `dir`: pool name per descriptor ("(deleted)" marks an unlinked file). */
-function openVolumeFiles(dir: string, id: number): string[] {
-  const out: string[] = [];
-  for (const fd of fs.readdirSync('/proc/self/fd')) {
-    let target: string;
-    try {
-      target = fs.readlinkSync(`/proc/self/fd/${fd}`);
-    } catch {
-      continue; // the descriptor readdir itself used, closed since
-    }
-    const m = new RegExp(`^${dir}/([^/]+)/volumes/${id}\\.dat( \\(deleted\\))?$`).exec(target);
-    if (m) out.push(m[1]! + (m[2] ?? ''));
-  }
-  return out.sort();
-}
 
 /** Pools with volume `id`'s data file on disk. */
 function filesOnDisk(m: VolumeManager, id: number): string[] {

@@ -5,10 +5,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
-import { VolumeManager } from '../src/dataplane/volumes/manager.js';
 import { migrateVolume } from '../src/dataplane/volumes/migration.js';
+import { hotWarmManager, openDescriptorTargets } from './helpers/hot-warm.js';
 import { writeVolume } from './helpers/volume.js';
 
 const MiB = 1024 * 1024;
@@ -17,28 +15,11 @@ const TRIALS = 40;
 
 /** This process's descriptors open on a data file of volume `id` under `dir`. */
 function openDescriptors(dir: string, id: number): string[] {
-  const out: string[] = [];
-  for (const fd of fs.readdirSync('/proc/self/fd')) {
-    let target: string;
-    try {
-      target = fs.readlinkSync(`/proc/self/fd/${fd}`);
-    } catch {
-      continue; // the descriptor readdir itself used, closed since
-    }
-    if (target.startsWith(dir) && new RegExp(`/volumes/${id}\\.dat( \\(deleted\\))?$`).test(target)) out.push(target);
-  }
-  return out;
+  return openDescriptorTargets().filter((target) => target.startsWith(dir) && new RegExp(`/volumes/${id}\\.dat( \\(deleted\\))?$`).test(target));
 }
 
 test(`a volume deleted while a move to another pool starts stays deleted, with no descriptor left open (${TRIALS} trials)`, async (t) => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-delete-move-start-'));
-  const m = VolumeManager.open(path.join(dir, 'meta'));
-  t.after(async () => {
-    await m.close();
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
-  await m.putPool({ name: 'hot-0', path: path.join(dir, 'hot-0'), tier: 'hot', capacityBytes: 256 * MiB, labels: { tier: 'hot' } });
-  await m.putPool({ name: 'warm-0', path: path.join(dir, 'warm-0'), tier: 'warm', capacityBytes: 256 * MiB, labels: { tier: 'warm' } });
+  const { dir, m } = await hotWarmManager(t, { prefix: 'couchestor-delete-move-start-' });
   const resurrected: string[] = [];
   const leaked: string[] = [];
   const leftOnDisk: string[] = [];

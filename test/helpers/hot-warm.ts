@@ -1,7 +1,8 @@
 // Harness of the hot <-> warm migration tests: a daemon config with a warm
 // pool beside the hot one (and the six cold pools policies select), the
 // migrate/release/pool calls of the admin API, and where a volume's data
-// file lives on each pool.
+// file lives on each pool; in process, a VolumeManager with hot/warm pools
+// and the data files this process holds open.
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -88,18 +89,18 @@ export function readFileRange(file: string, offsetBytes: number, lengthBytes: nu
   return buf;
 }
 
+const MiB = 1024 * 1024;
+
 /**
- * In process: a VolumeManager over a temp dir with pools hot-0 and warm-0 (and
- * cold-0 when `coldPool`, for policies that name a cold tier), and volume `v`
- * of `chunks` MiB written with random bytes and flushed. Removed after the test.
+ * In process: a VolumeManager over a fresh temp dir (`prefix` names it) with
+ * pools hot-0 and warm-0 of 256 MiB (and cold-0 when `coldPool`, for policies
+ * that name a cold tier). Closed and removed after the test.
  */
-export async function hotWarmVolume(
+export async function hotWarmManager(
   t: { after(fn: () => unknown): void },
-  chunks: number,
-  opts: { coldPool?: boolean } = {},
-): Promise<{ dir: string; m: VolumeManager; vol: Volume; want: Buffer }> {
-  const MiB = 1024 * 1024;
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-hw-'));
+  opts: { coldPool?: boolean; prefix?: string } = {},
+): Promise<{ dir: string; m: VolumeManager }> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), opts.prefix ?? 'couchestor-hw-'));
   const m = VolumeManager.open(path.join(dir, 'meta'));
   t.after(async () => {
     await m.close();
@@ -107,10 +108,46 @@ export async function hotWarmVolume(
   });
   const tiers = opts.coldPool ? (['hot', 'warm', 'cold'] as const) : (['hot', 'warm'] as const);
   for (const tier of tiers) await m.putPool({ name: `${tier}-0`, path: path.join(dir, `${tier}-0`), tier, capacityBytes: 256 * MiB, labels: { tier } });
+  return { dir, m };
+}
+
+/**
+ * hotWarmManager() with volume `v` of `chunks` MiB written with random bytes
+ * and flushed.
+ */
+export async function hotWarmVolume(
+  t: { after(fn: () => unknown): void },
+  chunks: number,
+  opts: { coldPool?: boolean } = {},
+): Promise<{ dir: string; m: VolumeManager; vol: Volume; want: Buffer }> {
+  const { dir, m } = await hotWarmManager(t, opts);
   await m.createVolume({ name: 'v', sizeBytes: chunks * MiB });
   const vol = m.openVolume('v');
   const want = crypto.randomBytes(chunks * MiB);
   await writeVolume(vol, 0, want);
   await vol.flush();
   return { dir, m, vol, want };
+}
+
+/** Where each descriptor this process has open points (/proc/self/fd). */
+export function openDescriptorTargets(): string[] {
+  const out: string[] = [];
+  for (const fd of fs.readdirSync('/proc/self/fd')) {
+    try {
+      out.push(fs.readlinkSync(`/proc/self/fd/${fd}`));
+    } catch {
+      // the descriptor readdir itself used, closed since
+    }
+  }
+  return out;
+}
+
+/** Pools whose data file of volume `id` under `dir` this process has open, one per descriptor, sorted ("(deleted)" marks an unlinked file). */
+export function openVolumeFiles(dir: string, id: number): string[] {
+  const out: string[] = [];
+  for (const target of openDescriptorTargets()) {
+    const m = new RegExp(`^${dir}/([^/]+)/volumes/${id}\\.dat( \\(deleted\\))?$`).exec(target);
+    if (m) out.push(m[1]! + (m[2] ?? ''));
+  }
+  return out.sort();
 }
