@@ -16,23 +16,13 @@ import { ColdObjectHolders } from '../../src/dataplane/objects/cold-holders.js';
 import type { ColdSegment } from '../../src/dataplane/objects/cold-segments.js';
 import { ObjectStore } from '../../src/dataplane/objects/store.js';
 import type { VolumeManager } from '../../src/dataplane/volumes/manager.js';
-import { coldPoolsIn, patternBytes } from './cold.js';
+import { bodyOf, coldPoolsIn, patternBytes } from './cold.js';
+export { readObject as readAll } from './cold.js';
 
 const KiB = 1024;
 export const STRIPE_BYTES = 64 * KiB; // 16 KiB shards at 4+2: many stripes per object cheaply
 export const OBJECT_BYTES = 4 * 1024 * KiB; // 64 stripes
 export const STRIPES_PER_OBJECT = OBJECT_BYTES / STRIPE_BYTES;
-
-async function* bodyOf(bytes: Buffer): AsyncIterable<Buffer> {
-  yield bytes;
-}
-
-export async function readAll(store: ObjectStore, bucket: string, key: string): Promise<Buffer> {
-  const h = store.openObject(bucket, key);
-  const pieces: Buffer[] = [];
-  for await (const piece of h.read(0, h.rec.sizeBytes)) pieces.push(piece as Buffer);
-  return Buffer.concat(pieces);
-}
 
 export async function setupFlipBatch(t: TestContext) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-cold-flip-batch-'));
