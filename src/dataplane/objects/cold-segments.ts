@@ -125,8 +125,12 @@ export const OBJECTS_DB = 's3-objects';
 export const PARTS_DB = 's3-parts';
 /** Multipart uploads in progress (cold-holders.ts maps a part to the object its upload completes into). */
 export const UPLOADS_DB = 's3-uploads';
-/** Whole-database scans start here (object-store keys begin with 0x01; see objects/store.ts). */
-export const ALL_OBJECT_KEYS = { start: Buffer.from([1]) };
+/**
+ * Whole-database scans start here (object-store keys begin with 0x01; see
+ * objects/store.ts). Frozen: lmdb-js's getKeys/getKeysCount mark the options
+ * they are given (see ALL_KEYS in objects/store.ts); pass those a copy.
+ */
+export const ALL_OBJECT_KEYS: Readonly<{ start: Buffer }> = Object.freeze({ start: Buffer.from([1]) });
 
 /** Every cold stripe reference of an object's or part's segments. */
 export function* coldStripeRefs(segments: readonly { kind: string }[]): Iterable<StripeRef> {

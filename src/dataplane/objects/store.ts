@@ -159,8 +159,12 @@ const utf8 = (s: string) => Buffer.from(s, 'utf8');
 /**
  * Whole-database scans must say where to start: lmdb-js's default getRange()
  * and getCount() silently skip keys whose first byte is this low (checked).
+ * Frozen: lmdb-js's getKeys/getKeysCount/getCount set fields (values,
+ * onlyCount) on the options object they are given, and a shared range so
+ * marked made every later getRange(ALL_KEYS) in the process a count (the
+ * second ObjectStore.open threw; test/review-flip-reopen). Pass those a copy.
  */
-const ALL_KEYS = { start: Buffer.from([1]) };
+const ALL_KEYS: Readonly<{ start: Buffer }> = Object.freeze({ start: Buffer.from([1]) });
 
 // Index keys are raw byte strings starting with 0x01 (which lmdb's
 // ordered-binary keeps as raw bytes), so LMDB order is UTF-8 byte order,
@@ -304,7 +308,7 @@ export class ObjectStore {
     };
     for (const { value } of store.objects.getRange(ALL_KEYS)) for (const s of value.segments) account(s);
     for (const { value } of store.parts.getRange(ALL_KEYS)) account(value.segment);
-    store.openUploads = store.uploads.getKeysCount(ALL_KEYS);
+    store.openUploads = store.uploads.getKeysCount({ ...ALL_KEYS }); // a copy: it marks its options (ALL_KEYS)
     let swept = 0;
     for (const pool of manager.pools.values()) {
       if (pool.rec.tier !== 'hot' || !pool.isOnline()) continue;
