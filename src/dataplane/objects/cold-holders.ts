@@ -107,6 +107,7 @@ export class ColdObjectHolders implements StripeHolderSource {
    */
   private readRecord<V>(db: Database<V, Buffer>, key: Buffer): V | undefined {
     const decoder = (db as unknown as { decoder?: { decode(bytes: Buffer): V } }).decoder;
+    // lmdb-js 3.x internal (what its get() decodes with), pinned by test/review-flip-decoder; without it, no cache.
     if (decoder === undefined) return db.get(key); // not msgpack-encoded: no cache
     // A copy of the stored bytes (a memcpy, not a decode), decoded below by the decoder get() uses.
     const bytes = db.getBinary(key);
