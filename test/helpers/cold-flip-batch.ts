@@ -1,7 +1,5 @@
 // Shared setup of the cold-rebuild-object-flip-* tests (in process: real
-// ObjectStore, stripe store, segment files, LMDB index and Reconstructor;
-// one per test file: a second MetaStore in one process after the first
-// closed failed its first getRange, an lmdb-js matter outside these tests).
+// ObjectStore, stripe store, segment files, LMDB index and Reconstructor).
 import type { TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
