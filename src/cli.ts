@@ -29,7 +29,9 @@ commands:
   cache stats | drop                 read cache counters per tier; drop every cached stripe
   fsck                               scan every cold pool, check the index against the shard records,
                                      report stripes by state and orphaned records; check every hot/warm
-                                     chunk's pool file (pool exists, file exists and reaches the chunk)
+                                     chunk's pool file (pool exists, file exists and reaches the chunk);
+                                     count hot/warm volume files no chunk is in (kept copies) and list
+                                     those of no volume (orphans; neither is damage, nothing is deleted)
                                      (daemon stopped; exit 1 if any stripe is Degraded or Failed, or any
                                      chunk or volume is unreadable)
   destage                            merge the cold tier's journal into stripes now (needs a running daemon)

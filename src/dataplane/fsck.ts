@@ -7,6 +7,9 @@
 // parts are the index. Hot/warm chunks are checked against the pool files the
 // index places them in (up to MAX_VOLUME_FILES per volume since moves between
 // pools): the pool must exist, and its file must exist and reach the chunk.
+// Each hot/warm pool's volumes/ directory is listed too: a file of a volume
+// that no chunk is in is a copy kept by preservation mode (counted, not
+// damage), a file of no volume in the index is an orphan (listed, not damage).
 import fs from 'node:fs';
 import path from 'node:path';
 import { ChunkState } from './meta/store.js';
@@ -39,9 +42,29 @@ export interface FsckReport {
   /** Allocated chunks whose bytes are not where the index says: all of them, `badChunks` lists the first MAX_BAD_CHUNKS_LISTED. */
   badChunkCount: number;
   badChunks: { volume: string; chunkIndex: number; pool: string; reason: string }[];
+  /**
+   * Volume files (hot/warm pools' volumes/<id>.dat) of an existing volume that
+   * the volume does not use: no Allocated chunk is in it and it is not the
+   * placement pool's, or it is a cold volume's placement file that still has
+   * bytes. Kept by preservation mode (or a move's RELEASE cut short by a
+   * crash: indistinguishable on disk); `volumes release NAME` deletes them
+   * (a cold volume's: truncates), a later move onto that pool empties them.
+   * Not damage and not orphans; not read by the volume.
+   */
+  preservedVolumeFiles: number;
+  preservedVolumeFileBytes: number;
+  /**
+   * Volume files whose id no volume in the index has: a deleted volume whose
+   * unlink a crash lost. Nothing reads them and nothing reclaims them (ids
+   * are never reused); not damage (no data is lost), like orphan records. All
+   * counted, the first MAX_ORPHAN_FILES_LISTED listed.
+   */
+  orphanVolumeFileCount: number;
+  orphanVolumeFileBytes: number;
+  orphanVolumeFiles: { path: string; sizeBytes: number }[];
 }
 
-/** Whether the report shows damage (`couchestor fsck` exits 1): lost or unreachable data, not orphans. */
+/** Whether the report shows damage (`couchestor fsck` exits 1): lost or unreachable data, not orphans nor kept copies. */
 export function fsckFoundDamage(r: FsckReport): boolean {
   return r.stripes.Failed > 0 || r.stripes.Degraded > 0 || r.badChunkCount > 0 || r.badVolumes.length > 0;
 }
@@ -61,6 +84,7 @@ interface ScannedRecord {
 
 const MAX_BAD_SHARDS_LISTED = 1000;
 const MAX_BAD_CHUNKS_LISTED = 1000;
+const MAX_ORPHAN_FILES_LISTED = 1000;
 
 export async function fsck(manager: VolumeManager, progress: (line: string) => void): Promise<FsckReport> {
   const report: FsckReport = {
@@ -79,8 +103,14 @@ export async function fsck(manager: VolumeManager, progress: (line: string) => v
     chunksChecked: 0,
     badChunkCount: 0,
     badChunks: [],
+    preservedVolumeFiles: 0,
+    preservedVolumeFileBytes: 0,
+    orphanVolumeFileCount: 0,
+    orphanVolumeFileBytes: 0,
+    orphanVolumeFiles: [],
   };
   checkVolumeFiles(manager, report, progress);
+  scanVolumeDirs(manager, report, progress);
   const records = new Map<string, ScannedRecord>();
   const cold = [...manager.pools.values()].filter((p) => p.rec.tier === 'cold');
   for (const pool of cold) {
@@ -234,5 +264,59 @@ function checkVolumeFiles(manager: VolumeManager, report: FsckReport, progress: 
       progress(`volume ${vol.name}: ${b.count} chunk(s) on pool ${pool} unreadable, first chunk ${b.firstChunk}: ${b.reason}`);
     }
     if (checked > 0 && bad.size === 0) progress(`volume ${vol.name}: ${checked} chunks in ${files.size} pool file(s)`);
+  }
+}
+
+/** Volume file names a pool's volumes/ directory holds (Pool.volumeFile). */
+const VOLUME_FILE_RE = /^([1-9][0-9]*)\.dat$/;
+
+/**
+ * Lists every hot/warm pool's volumes/ directory and sorts the files no
+ * chunk is in: a known volume's (kept, `preservedVolumeFiles`) or no known
+ * volume's (`orphanVolumeFiles`). Read-only: readdir and stat, no open.
+ * Other names in volumes/ are not ours and are left alone; a pool whose
+ * directory is missing has no files to sort (its chunks, if any, are
+ * reported by checkVolumeFiles).
+ */
+function scanVolumeDirs(manager: VolumeManager, report: FsckReport, progress: (line: string) => void): void {
+  const volumes = new Map(manager.listVolumes().map((v) => [v.id, v]));
+  // Pools (by name) each volume's Allocated chunks are in, from the index.
+  const used = new Map<number, Set<string>>();
+  for (const v of volumes.values()) {
+    const pools = new Set<string>();
+    for (const { entry } of manager.meta.volumeChunks(v.id)) if (entry.state === ChunkState.Allocated) pools.add(entry.pool);
+    used.set(v.id, pools);
+  }
+  for (const pool of manager.pools.values()) {
+    if (pool.rec.tier === 'cold') continue;
+    let names: string[];
+    try {
+      names = fs.readdirSync(pool.volumesDir);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue;
+      throw err;
+    }
+    for (const name of names) {
+      const m = VOLUME_FILE_RE.exec(name);
+      if (!m) continue;
+      const file = path.join(pool.volumesDir, name);
+      const st = fs.lstatSync(file, { throwIfNoEntry: false });
+      if (!st || !st.isFile()) continue;
+      const vol = volumes.get(Number(m[1]));
+      if (!vol) {
+        report.orphanVolumeFileCount++;
+        report.orphanVolumeFileBytes += st.size;
+        if (report.orphanVolumeFiles.length < MAX_ORPHAN_FILES_LISTED) report.orphanVolumeFiles.push({ path: file, sizeBytes: st.size });
+        progress(`pool ${pool.name}: ${file} (${st.size} bytes) belongs to no volume: orphan`);
+        continue;
+      }
+      if (used.get(vol.id)!.has(pool.name)) continue;
+      // The placement pool's file is opened by the volume (and holds new
+      // chunks) whatever is in it; only a cold volume's can be a kept copy.
+      if (pool.name === vol.poolName && (vol.tier !== 'cold' || st.size === 0)) continue;
+      report.preservedVolumeFiles++;
+      report.preservedVolumeFileBytes += st.size;
+      progress(`volume ${vol.name}: pool ${pool.name} file (${st.size} bytes) holds no chunk: kept copy (\`volumes release ${vol.name}\` frees it)`);
+    }
   }
 }
