@@ -1187,7 +1187,10 @@ export class Volume {
       const pieceEnd = Math.min(end, (c + 1) * cs);
       const whole = pos === c * cs && pieceEnd === (c + 1) * cs;
       const st = this.chunkState[c];
-      if ((st === ChunkState.Unallocated || st === ChunkState.Discarded) && !opts.noHole && !this.preparing.has(c)) {
+      // Journal records of a chunk not yet promoted after a cold -> hot
+      // switch overlay it: it reads as their bytes, not as zeros.
+      const journaled = this.cold !== null && this.cold.journal.extents(this.rec.id, c) !== undefined;
+      if ((st === ChunkState.Unallocated || st === ChunkState.Discarded) && !opts.noHole && !this.preparing.has(c) && !journaled) {
         // Already reads as zeros.
       } else if (whole && !opts.noHole) {
         discards.push(c);
@@ -1237,10 +1240,13 @@ export class Volume {
 
   private discard(c: number): void {
     const st = this.chunkState[c];
-    if (st !== ChunkState.Allocated && st !== ChunkState.Cold) return;
+    const upto = this.lastSeq(c);
+    // An Unallocated/Discarded chunk with journal records (a cold -> hot
+    // switch before its promote) holds their bytes: discarded too, as
+    // Discarded so that the entry keeps destagedSeq for the replay.
+    if (st !== ChunkState.Allocated && st !== ChunkState.Cold && upto === 0) return;
     if (st === ChunkState.Allocated) this.chunkPool(c).release(this.rec.chunkSizeBytes);
     // Journal records older than the discard must not resurface (nor be replayed after a crash).
-    const upto = this.lastSeq(c);
     this.setChunk(c, ChunkState.Discarded, upto);
     if (upto > 0) this.cold?.journal.release(this.rec.id, c, upto);
   }
