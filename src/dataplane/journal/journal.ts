@@ -265,11 +265,24 @@ export class Journal {
   }
 
   private async syncOnce(): Promise<void> {
-    await Promise.all([...this.pendingWrites]);
+    // A sync queued behind one that failed: its callers' records may be in
+    // pages the kernel dropped, and the error is reported only once.
+    if (this.failure) throw this.failure;
+    // Writes in flight and dirty flags are taken together: a record appended
+    // after this point sets its file's flag again for the next sync; one
+    // appended before is awaited here, so it lands before the fdatasync.
+    // (Taking the flags after the wait cleared those of records appended
+    // meanwhile whose writev had not landed: the next FLUSH then synced
+    // nothing.)
+    const inFlight = [...this.pendingWrites];
     const dirty = [...this.files.values()].filter((f) => f.dirty);
     for (const f of dirty) f.dirty = false;
+    await Promise.all(inFlight);
+    if (this.failure) throw this.failure;
+    // A file removed meanwhile (every record in it destaged) is closed or
+    // closing: nothing in it is needed any more.
     await Promise.all(
-      dirty.map(
+      dirty.filter((f) => this.files.get(f.no) === f).map(
         (f) =>
           new Promise<void>((resolve, reject) =>
             fs.fdatasync(f.fd, (err) => {

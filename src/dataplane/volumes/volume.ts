@@ -11,6 +11,7 @@ import type { Pool } from '../pools/pool.js';
 import type { StripeRef, StripeStore } from '../ec/stripe-store.js';
 import { RecordType, type Journal } from '../journal/journal.js';
 import { GroupCommit } from '../group-commit.js';
+import { syncNewEntry } from '../dir-sync.js';
 
 /** What a volume needs to keep chunks on the cold tier. */
 export interface ColdTier {
@@ -313,13 +314,10 @@ export class Volume {
     // partial write to a fresh chunk must find zeros around it.
     const fd = fs.openSync(pool.volumeFile(this.rec.id), fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_TRUNC, 0o600);
     try {
-      // The file's name must survive a crash before the first chunk lands in it.
-      const dir = fs.openSync(pool.volumesDir, fs.constants.O_RDONLY);
-      try {
-        await new Promise<void>((resolve, reject) => fs.fsync(dir, (err) => (err ? reject(err) : resolve())));
-      } finally {
-        fs.closeSync(dir);
-      }
+      // The file's name must survive a crash before the first chunk lands in
+      // it (before the SWITCH that names this pool). By path, checked against
+      // a replaced pool directory: dir-sync.ts says why not a held fd.
+      await syncNewEntry(pool.volumeFile(this.rec.id), fd);
       // Closed while the fsync ran: close() has closed the files it saw,
       // so this descriptor would stay open for good.
       if (this.closed) throw new VolumeFailed(`volume ${this.name} was closed`);
@@ -733,8 +731,10 @@ export class Volume {
         const file = this.files[fileIdx]!;
         // The zeros must be durable before the index calls the chunk data,
         // or a power cut could bring back bytes a flushed trim removed.
+        // syncFile: a failed fdatasync takes the volume offline (the error
+        // may be another write's lost pages, reported once per file).
         const p = this.zeroRegion(file.fd, chunkStart, cs, offsetBytes, lengthBytes)
-          .then(() => fdatasync(file.fd))
+          .then(() => this.syncFile(file))
           .then(() => {
             this.preparing.delete(c);
             this.setChunk(c, ChunkState.Allocated, 0, fileIdx);
@@ -1434,10 +1434,6 @@ function applyExtents(extents: readonly { type: RecordType; offsetBytes: number;
 /** Throws PoolOffline when f's file has no name any more (its pool directory was removed). */
 function assertLinked(f: VolumeFile): void {
   if (fs.fstatSync(f.fd).nlink === 0) throw new PoolOffline(`pool ${f.pool.name}: the volume file is gone (pool directory removed?)`);
-}
-
-function fdatasync(fd: number): Promise<void> {
-  return new Promise((resolve, reject) => fs.fdatasync(fd, (err) => (err ? reject(err) : resolve())));
 }
 
 function readAll(fd: number, dst: Buffer, at: number, lengthBytes: number, positionBytes: number): Promise<void> {

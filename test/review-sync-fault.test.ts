@@ -1,0 +1,143 @@
+// Review (group commit under fdatasync faults and in-flight appends): a FLUSH
+// may report success only if every write acknowledged before it was made
+// durable by an fdatasync that started after the write landed, and never
+// once an fdatasync covering it failed (Linux reports a writeback error once
+// per open file, then clears it: a later fdatasync of the same descriptor
+// succeeds although the pages were dropped). The faults are injected in
+// process by wrapping fs.fdatasync / fs.writev, which journal.ts and
+// volume.ts call through the `fs` module object.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { Journal, RecordType } from '../src/dataplane/journal/journal.js';
+import { ChunkState } from '../src/dataplane/meta/store.js';
+import { openColdTierManager, readVolume, writeVolume } from './helpers/volume.js';
+
+const MiB = 1024 * 1024;
+const BLOCK_BYTES = 4096;
+
+type SyncCb = (err: NodeJS.ErrnoException | null) => void;
+type WritevCb = (err: NodeJS.ErrnoException | null, bytes: number, bufs: NodeJS.ArrayBufferView[]) => void;
+
+const realFdatasync = fs.fdatasync;
+const realWritev = fs.writev;
+
+function eio(): NodeJS.ErrnoException {
+  return Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO', errno: -5, syscall: 'fdatasync' });
+}
+
+function openJournal(dir: string): Journal {
+  return Journal.open({ dir, chunkSizeBytes: MiB, destagedSeq: () => 0, volumeExists: () => true });
+}
+
+test('journal: a FLUSH queued behind an fdatasync that fails with EIO fails too, and so does every later one', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-review-sync-fault-'));
+  const j = openJournal(dir);
+  t.after(async () => {
+    fs.fdatasync = realFdatasync;
+    await j.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  // Client A's write, acknowledged (not yet durable).
+  await j.append(RecordType.Write, 1, 0, BLOCK_BYTES, Buffer.alloc(BLOCK_BYTES, 0xa1));
+  // The first fdatasync is held, then fails; later ones behave like Linux
+  // after it reported the error: they succeed.
+  let failFirst!: () => void;
+  const held = new Promise<void>((r) => (failFirst = r));
+  let calls = 0;
+  fs.fdatasync = ((fd: number, cb: SyncCb) => {
+    if (++calls === 1) void held.then(() => cb(eio()));
+    else realFdatasync(fd, cb);
+  }) as typeof fs.fdatasync;
+  // Client B's FLUSH starts the sync that covers A's write ...
+  const flushB = j.sync();
+  // ... and A's FLUSH arrives while it runs: it shares the next sync.
+  const flushA = j.sync();
+  failFirst();
+  await assert.rejects(flushB, /journal I\/O failed/);
+  await assert.rejects(flushA, /journal I\/O failed/, "A's FLUSH reported success although the fdatasync covering its write failed");
+  await assert.rejects(j.sync(), /journal I\/O failed/);
+  await assert.rejects(j.append(RecordType.Write, 1, BLOCK_BYTES, BLOCK_BYTES, Buffer.alloc(BLOCK_BYTES, 1)), /journal I\/O failed/);
+});
+
+test('journal: a FLUSH after an append that landed during another sync issues an fdatasync after that append landed', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-review-sync-order-'));
+  const j = openJournal(dir);
+  t.after(async () => {
+    fs.fdatasync = realFdatasync;
+    fs.writev = realWritev;
+    await j.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  // Event log: which appends had landed when each fdatasync was issued.
+  const landed = new Set<string>();
+  const syncs: string[][] = [];
+  fs.fdatasync = ((fd: number, cb: SyncCb) => {
+    syncs.push([...landed]);
+    realFdatasync(fd, cb);
+  }) as typeof fs.fdatasync;
+  // W1's writev is held in the thread pool (queued behind other work) until released.
+  let releaseW1!: () => void;
+  const w1Held = new Promise<void>((r) => (releaseW1 = r));
+  let writes = 0;
+  fs.writev = ((fd: number, bufs: NodeJS.ArrayBufferView[], pos: number, cb: WritevCb) => {
+    const name = `W${writes++}`;
+    const go = () =>
+      realWritev(fd, bufs, pos, (err, n, b) => {
+        if (!err) landed.add(name);
+        cb(err, n, b);
+      });
+    if (name === 'W1') void w1Held.then(go);
+    else go();
+  }) as typeof fs.writev;
+
+  const w0 = j.append(RecordType.Write, 1, 0, BLOCK_BYTES, Buffer.alloc(BLOCK_BYTES, 0xb0));
+  // A FLUSH for W0 starts while W0 is in flight (it waits for W0 to land) ...
+  const s1 = j.sync();
+  // ... and W1 is appended meanwhile; its writev has not run when S1's fdatasync is issued.
+  const w1 = j.append(RecordType.Write, 1, BLOCK_BYTES, BLOCK_BYTES, Buffer.alloc(BLOCK_BYTES, 0xb1));
+  await w0;
+  await s1;
+  assert.ok(!landed.has('W1'), 'W1 was still held when S1 finished');
+  releaseW1();
+  await w1; // W1 acknowledged
+  const before = syncs.length;
+  await j.sync(); // the FLUSH after W1
+  const after = syncs.slice(before);
+  assert.ok(
+    after.some((seen) => seen.includes('W1')),
+    `the FLUSH after W1 reported success without an fdatasync issued after W1 landed (fdatasyncs, with the appends landed at each: ${JSON.stringify(syncs)})`,
+  );
+});
+
+test('volume: an fdatasync that fails while zeroing a Discarded chunk takes the volume offline; a later FLUSH fails', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-review-sync-zero-'));
+  const m = await openColdTierManager(dir);
+  t.after(async () => {
+    fs.fdatasync = realFdatasync;
+    await m.close().catch(() => undefined);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  await m.createVolume({ name: 'v', sizeBytes: 4 * MiB, tier: 'hot' });
+  const vol = m.openVolume('v');
+  // Chunk 1 written, then trimmed: Discarded, its stale bytes still in the file.
+  await writeVolume(vol, MiB, Buffer.alloc(MiB, 0x11));
+  await vol.trim(MiB, MiB, true);
+  assert.equal(vol.chunkState[1], ChunkState.Discarded);
+  // An acknowledged, not yet flushed write to chunk 0.
+  await writeVolume(vol, 0, Buffer.alloc(BLOCK_BYTES, 0x22));
+  // Its writeback fails: the next fdatasync of the file reports EIO (once).
+  let failed = 0;
+  fs.fdatasync = ((fd: number, cb: SyncCb) => {
+    if (failed++ === 0) return process.nextTick(() => cb(eio()));
+    realFdatasync(fd, cb);
+  }) as typeof fs.fdatasync;
+  // A write into the Discarded chunk zeroes it and syncs the zeros: that fdatasync gets the EIO.
+  await assert.rejects(writeVolume(vol, MiB + BLOCK_BYTES, Buffer.alloc(BLOCK_BYTES, 0x33)));
+  assert.equal(failed, 1, 'the zeroing fdatasync was the one that failed');
+  // The FLUSH for the chunk 0 write must not succeed: its pages may be gone.
+  await assert.rejects(vol.flush(), /fdatasync|offline|failed/i, 'FLUSH reported success after an fdatasync of the file failed');
+  await assert.rejects(readVolume(vol, 0, BLOCK_BYTES));
+});
