@@ -32,7 +32,7 @@ import { log } from '../../log.js';
 import { ChunkState, type ChunkEntry, type MetaStore } from '../meta/store.js';
 import { ALL_OBJECT_KEYS, OBJECTS_DB, PARTS_DB, coldStripeRefs, moveColdStripes } from '../objects/cold-segments.js';
 import type { SegmentLocation, SegmentStore } from './segment-store.js';
-import type { ShardRef, StripeRef, StripeStore } from './stripe-store.js';
+import type { DeadShardOf, ShardRef, StripeRef, StripeStore } from './stripe-store.js';
 
 export interface CompactionOptions {
   /** How often the job looks for segments to compact (0 = only when asked, runOnce). */
@@ -54,6 +54,16 @@ export const DEFAULT_COMPACTION_OPTIONS: CompactionOptions = {
   batchBytes: 8 * 1024 * 1024,
   settleTimeoutMs: 60_000,
 };
+
+/**
+ * Places told dead on a pool whose store may hold stale places, waiting for
+ * their header check (StripeStore.holdsShard). Past it a place is counted
+ * unchecked (over-counted, as before the checks: compaction finds live
+ * records from the index, never from the hints).
+ */
+export const MAX_PENDING_DEAD_CHECKS = 65_536;
+/** Header checks in flight at once (64-byte reads). */
+export const DEAD_CHECKS_AT_ONCE = 16;
 
 export interface CompactionStats {
   segmentsCompactedTotal: number;
@@ -116,6 +126,18 @@ export class SegmentCompactor {
   private stopped = false;
   private wakeSleep: (() => void) | null = null;
   private recounted = false;
+  /**
+   * Dead places on pools whose store may hold stale places, checked before
+   * they are counted: a reference from before a pool was replaced names
+   * another record's bytes there, or none, and counting them (as before)
+   * over-counted the new store's segments until the next start's recount.
+   */
+  private readonly deadChecks: { at: ShardRef; of: DeadShardOf; epoch: number }[] = [];
+  private checking: Promise<void> | null = null;
+  /** Bumped by each recount's index snapshot: a check of a place freed before it is not counted again. */
+  private recountEpoch = 0;
+  /** Places counted without their check because deadChecks was full (MAX_PENDING_DEAD_CHECKS). */
+  uncheckedDeadPlaces = 0;
 
   constructor(
     private readonly stripes: StripeStore,
@@ -128,7 +150,9 @@ export class SegmentCompactor {
     this.objects = meta.openDB<ObjectLike, Buffer>(OBJECTS_DB);
     this.parts = meta.openDB<PartLike, Buffer>(PARTS_DB);
     for (const { key, value } of meta.segmentDeadBytes.getRange()) this.dead.set(segKey(key[0], key[1]), value);
-    stripes.onShardsDead = (shards) => this.markDead(shards);
+    stripes.onShardsDead = (shards, of) => this.markDead(shards, of);
+    stripes.onStoreReplaced = (pool, fresh) => this.resetPool(pool, fresh);
+    stripes.referencesPool = (pool) => this.referencesPool(pool);
   }
 
   /** Starts the background job (a recount first, then a pass every intervalMs). */
@@ -152,7 +176,10 @@ export class SegmentCompactor {
     this.timer = null;
     this.wakeSleep?.();
     await this.running?.catch(() => undefined);
+    await this.deadSettled();
     this.stripes.onShardsDead = null;
+    this.stripes.onStoreReplaced = null;
+    this.stripes.referencesPool = null;
   }
 
   stats(): CompactionStats {
@@ -184,7 +211,83 @@ export class SegmentCompactor {
     return p;
   }
 
-  private markDead(shards: ShardRef[]): void {
+  /**
+   * Counts places no index references any more. One on a pool whose store
+   * was opened empty in this process (lost and replaced) is counted only if
+   * its record is there (StripeStore.holdsShard), so the count equals what
+   * a recount from the index finds: a stale reference's place there holds
+   * another record (live, or counted when that one is freed) or nothing.
+   */
+  private markDead(shards: ShardRef[], of?: readonly DeadShardOf[]): void {
+    const now: ShardRef[] = [];
+    shards.forEach((s, i) => {
+      const o = of?.[i];
+      if (o === undefined || !this.stripes.mayHoldStalePlaces(s.pool)) return void now.push(s);
+      if (this.deadChecks.length >= MAX_PENDING_DEAD_CHECKS) {
+        this.uncheckedDeadPlaces++;
+        return void now.push(s);
+      }
+      this.deadChecks.push({ at: s, of: o, epoch: this.recountEpoch });
+    });
+    this.addDead(now);
+    if (this.deadChecks.length > 0) this.checking ??= this.runDeadChecks();
+  }
+
+  private async runDeadChecks(): Promise<void> {
+    try {
+      while (this.deadChecks.length > 0) {
+        const batch = this.deadChecks.splice(0, DEAD_CHECKS_AT_ONCE);
+        const held = await Promise.all(batch.map((c) => this.stripes.holdsShard(c.at, c.of)));
+        // A recount's snapshot taken since the place was freed already counts it (unreferenced there).
+        // Pool offline (cannot tell): counted as before; if it comes back replaced, resetPool voids it.
+        this.addDead(batch.filter((c, i) => held[i] !== false && c.epoch === this.recountEpoch).map((c) => c.at));
+      }
+    } finally {
+      this.checking = null;
+    }
+  }
+
+  /** Resolves once every place told dead so far is counted, or found to be another record's. */
+  async deadSettled(): Promise<void> {
+    while (this.checking !== null) await this.checking;
+  }
+
+  /**
+   * A pool's store was opened over a replaced or empty directory: its old
+   * segments' hints count another store's bytes. An empty store has no
+   * dead byte; a replaced one that holds records (a copy restored) is
+   * counted again by the next pass's recount.
+   */
+  private resetPool(pool: string, fresh: boolean): void {
+    for (const key of [...this.dead.keys()]) {
+      const [p, segment] = key.split('\u0000') as [string, string];
+      if (p !== pool) continue;
+      this.dead.delete(key);
+      void this.meta.segmentDeadBytes.remove([pool, Number(segment)]);
+    }
+    if (!fresh) this.recounted = false;
+  }
+
+  /**
+   * Whether any reference of the index (or a reader's) names a place on
+   * `pool`: asked when the pool's store is opened empty, so only a pool
+   * that was lost and replaced (not a new one) has its dead places checked.
+   * Stops at the first such reference.
+   */
+  private referencesPool(pool: string): boolean {
+    const found = {};
+    try {
+      this.forEachRef((ref) => {
+        if (ref.shards.some((s) => s.pool === pool)) throw found;
+      });
+    } catch (err) {
+      if (err === found) return true;
+      throw err;
+    }
+    return false;
+  }
+
+  private addDead(shards: ShardRef[]): void {
     for (const s of shards) {
       const key = segKey(s.pool, s.segment);
       const bytes = (this.dead.get(key) ?? 0) + s.lengthBytes;
@@ -241,6 +344,10 @@ export class SegmentCompactor {
    * pass itself never trusts the hint (it asks the index again).
    */
   async recount(): Promise<void> {
+    const stores = await this.coldStores();
+    // From the snapshot to the map's update nothing awaits: a place freed before it is
+    // unreferenced in the snapshot, one freed after is added on top (markDead, the epoch).
+    this.recountEpoch++;
     // Each referenced place once: a stripe is usually seen both committed and in an open volume's map.
     const places = new Map<string, ShardRef>();
     // Held references count as live: a pinned S3 version leaving the index is freed (counted dead) when its last reader lets go.
@@ -250,7 +357,7 @@ export class SegmentCompactor {
     const live = new Map<string, number>();
     for (const s of places.values()) live.set(segKey(s.pool, s.segment), (live.get(segKey(s.pool, s.segment)) ?? 0) + s.lengthBytes);
     const counted: { pool: string; segment: number; deadBytes: number }[] = [];
-    for (const { pool, store } of await this.coldStores()) {
+    for (const { pool, store } of stores) {
       for (const s of store.segments()) counted.push({ pool, segment: s.segment, deadBytes: Math.max(0, s.sizeBytes - (live.get(segKey(pool, s.segment)) ?? 0)) });
     }
     this.dead.clear();

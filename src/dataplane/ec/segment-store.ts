@@ -323,6 +323,13 @@ export class SegmentStore {
     return fsOpen(join(poolDir, segmentFileName(segment)), "wx+");
   }
 
+  /**
+   * By path, not a held fd (see src/dataplane/dir-sync.ts): after a pool
+   * directory is replaced a held fd would sync the removed directory for
+   * good. A store whose directory was replaced is not reused: StripeStore
+   * compares the pool directory's inode on every use and opens a new store,
+   * and a rebuild checks each window's identity before its flips.
+   */
   private static async syncDir(poolDir: string): Promise<void> {
     const dir = await fsOpen(poolDir, "r");
     try {
@@ -640,6 +647,17 @@ export class SegmentStore {
     if (sizeBytes === undefined) return false;
     const end = location.segment === this.head ? this.headDurableBytes : sizeBytes;
     return location.offsetBytes >= 0 && location.offsetBytes + location.lengthBytes <= end;
+  }
+
+  /**
+   * Whether `location` lies inside the bytes written to a segment this
+   * store has, durable or not (contains() stops at the durable end). What
+   * is there is not checked.
+   */
+  written(location: SegmentLocation): boolean {
+    const sizeBytes = location.segment === this.head ? this.headWrittenBytes : this.sizes.get(location.segment);
+    if (sizeBytes === undefined) return false;
+    return location.offsetBytes >= 0 && location.offsetBytes + location.lengthBytes <= sizeBytes;
   }
 
   /**

@@ -59,6 +59,12 @@ export interface LostShardJob {
   lost: number;
 }
 
+/** Which shard of which stripe a place told dead was (StripeStore.onShardsDead). */
+export interface DeadShardOf {
+  ref: StripeRef;
+  index: number;
+}
+
 /** Which chunk a stripe belongs to (for queuing its reconstruction). */
 export interface StripeContext {
   volumeId: number;
@@ -135,8 +141,29 @@ export class StripeStore {
    * stripe and reads degraded, still correct).
    */
   private readonly forwards = new Map<string, ShardRef>();
-  /** Told of shard records no index references any more (segment accounting, compaction.ts). */
-  onShardsDead: ((shards: ShardRef[]) => void) | null = null;
+  /**
+   * Told of shard records no index references any more (segment accounting,
+   * compaction.ts): their places (forwards followed), and for each the
+   * stripe and shard index it was, so a place on a pool whose store may hold
+   * another record there (mayHoldStalePlaces) can be checked (holdsShard).
+   */
+  onShardsDead: ((shards: ShardRef[], of: readonly DeadShardOf[]) => void) | null = null;
+  /**
+   * Told when a pool's segment store is opened over a replaced or empty
+   * directory (before anything uses it): the dead-byte hints of that pool's
+   * old segments name another store's bytes. `fresh`: the store holds no
+   * record (its segments are all new, so every hint of the pool is void).
+   */
+  onStoreReplaced: ((pool: string, fresh: boolean) => void) | null = null;
+  /** Whether the index references places on a pool (compaction.ts; asked when a pool's store is opened empty). */
+  referencesPool: ((pool: string) => boolean) | null = null;
+  /**
+   * Pools whose current store was opened empty in this process while the
+   * index referenced the pool (a pool lost and replaced, not a new one):
+   * those references name places of the store it replaced, which are
+   * another record's or none. Bounded by the cold pools.
+   */
+  private readonly freshStores = new Set<string>();
   private writeEpoch = 0;
   private nextWriteToken = 0;
   /** Write sessions in flight -> the epoch each began in; bounded by concurrent writers (destages, rebuilds, uploads). */
@@ -159,7 +186,8 @@ export class StripeStore {
   private store(pool: Pool): Promise<SegmentStore | null> {
     let s = this.stores.get(pool.name);
     const ino = dirIno(pool.rec.path);
-    if (s && ino !== this.storeIno.get(pool.name)) {
+    const prevIno = this.storeIno.get(pool.name);
+    if (s && ino !== prevIno) {
       // The directory was removed or replaced: the old store's files are gone.
       const old = s;
       void old.then((st) => st?.close()).catch(() => undefined);
@@ -171,7 +199,15 @@ export class StripeStore {
       s = pool.isOnline()
         ? mkdir(this.segDir(pool), { recursive: true })
             // A replaced pool's segments/ directory is new: its name is made durable with the first commit.
-            .then((created) => SegmentStore.open(this.segDir(pool), { ...this.segmentOptions, createdDir: created !== undefined }))
+            .then(async (created) => {
+              const st = await SegmentStore.open(this.segDir(pool), { ...this.segmentOptions, createdDir: created !== undefined });
+              // Told before any caller gets the store: no record of it is counted yet.
+              const fresh = st.segments().every((g) => g.sizeBytes === 0);
+              if (fresh && this.referencesPool?.(pool.name) === true) this.freshStores.add(pool.name);
+              else this.freshStores.delete(pool.name);
+              if (fresh || (prevIno !== undefined && ino !== null && ino !== prevIno)) this.onStoreReplaced?.(pool.name, fresh);
+              return st;
+            })
             .catch((err: Error) => {
             log.warn('stripe store: pool offline', { pool: pool.name, err: err.message });
             this.stores.delete(pool.name);
@@ -895,7 +931,46 @@ export class StripeStore {
    */
   free(ref: StripeRef): void {
     this.forget(ref);
-    this.onShardsDead?.(ref.shards.map((s) => this.resolve(s)));
+    this.onShardsDead?.(
+      ref.shards.map((s) => this.resolve(s)),
+      ref.shards.map((_, index) => ({ ref, index })),
+    );
+  }
+
+  /**
+   * Whether a place told dead may name bytes of a store that is gone: its
+   * pool's store was opened empty in this process while the index named
+   * the pool (replaced), so a reference from before that names another
+   * record's place, or none. Until the next start (its recount).
+   */
+  mayHoldStalePlaces(pool: string): boolean {
+    return this.freshStores.has(pool);
+  }
+
+  /**
+   * Whether `at` (a place of shard `of.index` of `of.ref`, forwards
+   * followed) holds that shard's record in its pool's current store,
+   * written (durable or not) and with its identity in the header. False if
+   * the place lies outside what the store has written, the header names
+   * another record or cannot be read, or the store was replaced while this
+   * looked; undefined (cannot tell) while the pool is offline or unknown.
+   * Reads the 64-byte header.
+   */
+  async holdsShard(at: ShardRef, of: DeadShardOf): Promise<boolean | undefined> {
+    const pool = this.poolByName(at.pool);
+    if (pool === undefined || !pool.isOnline()) return undefined;
+    const opened = this.store(pool);
+    const store = await opened;
+    if (!store) return undefined;
+    if (!store.written(at)) return false;
+    const ref = of.ref;
+    try {
+      const h = decodeShardHeader(await store.readRun({ segment: at.segment, offsetBytes: at.offsetBytes, lengthBytes: SHARD_HEADER_BYTES }));
+      const ours = h.shardIndex === of.index && h.stripeGeneration === ref.generation && h.chunkIndex === ref.chunkIndex && h.ownerId.toString('hex') === ref.ownerId && SHARD_HEADER_BYTES + h.payloadLengthBytes === at.lengthBytes;
+      return ours && this.stores.get(pool.name) === opened;
+    } catch {
+      return false;
+    }
   }
 
   /**
@@ -910,11 +985,11 @@ export class StripeStore {
    * record's (counting it here would count it twice:
    * test/ec-release-replaced-same-place); if it lost to compaction moving
    * another shard, the index still names the place with this stripe's
-   * generation and the record serves it (live). What does stay off until
-   * the start-up recount: free() and a flipped release count the place a
-   * stale reference names on a replaced pool, whose bytes there are another
-   * record's or none (over-counted: compaction may run early; it finds live
-   * records from the index, never from these hints); and rebuilt records
+   * generation and the record serves it (live). A place a stale reference
+   * names on a replaced pool (free() and a flipped release tell it too) holds
+   * another record or none: the accounting counts it only if its header is
+   * this shard's (compaction.ts markDead, holdsShard). What does stay off
+   * until the start-up recount: rebuilt records
    * whose flip was never tried or threw (under-counted), e.g. a pool rebuild's
    * window that failed its sync or found the pool lost or replaced, or a
    * flip transaction that rejected. Every flip that is tried reports here:
@@ -924,12 +999,15 @@ export class StripeStore {
    */
   releaseReplaced(old: StripeRef, next: StripeRef, flipped: boolean): void {
     const dead: ShardRef[] = [];
+    const of: DeadShardOf[] = [];
     old.shards.forEach((s, i) => {
       const n = next.shards[i]!;
-      if (n.pool !== s.pool || n.segment !== s.segment || n.offsetBytes !== s.offsetBytes) dead.push(flipped ? this.resolve(s) : n);
+      if (n.pool === s.pool && n.segment === s.segment && n.offsetBytes === s.offsetBytes) return;
+      dead.push(flipped ? this.resolve(s) : n);
+      of.push({ ref: flipped ? old : next, index: i });
     });
     if (flipped && dead.length > 0) this.forget(old);
-    if (dead.length > 0) this.onShardsDead?.(dead);
+    if (dead.length > 0) this.onShardsDead?.(dead, of);
   }
 
   /**
