@@ -116,6 +116,11 @@ interface QueuedStripe {
   retryAfterMs?: number;
 }
 
+/** The pool-rebuild tag of an entry being replaced, carried to the new one. */
+function tagOf(cur: QueuedStripe | undefined): Pick<QueuedStripe, 'poolRebuild'> {
+  return cur?.poolRebuild !== undefined ? { poolRebuild: cur.poolRebuild } : {};
+}
+
 /** Where a queued stripe lives now and how its rebuilt reference is flipped. */
 interface RebuildTarget {
   label: string;
@@ -130,6 +135,8 @@ export interface ReconstructionOptions {
   scrubIntervalMs: number;
   /** Scrub rate limit. */
   scrubStripesPerSecond: number;
+  /** Bound on the queue (default MAX_QUEUED_STRIPES; tests set a small one rather than fill 100,000 entries). */
+  maxQueuedStripes?: number;
 }
 
 export class Reconstructor {
@@ -143,6 +150,7 @@ export class Reconstructor {
   lastScrub: ScrubReport | null = null;
   /** Holder sources besides the volumes (bounded: one per front end). */
   private readonly sources = new Set<StripeHolderSource>();
+  private readonly maxQueued: number;
 
   constructor(
     private readonly stripes: StripeStore,
@@ -150,6 +158,7 @@ export class Reconstructor {
     private readonly allVolumes: () => Volume[],
     private readonly opts: ReconstructionOptions,
   ) {
+    this.maxQueued = opts.maxQueuedStripes ?? MAX_QUEUED_STRIPES;
     stripes.onDegraded = (_ref, _health, ctx) => {
       // A read without a context (none in the daemon today) leaves the stripe to the scrub.
       if (ctx === undefined) return;
@@ -169,8 +178,9 @@ export class Reconstructor {
     const key = `${source.prefix}:${holderKey}`;
     const cur = this.states.get(key);
     if (cur && cur.state !== 'Failed') return;
-    if (!cur && this.states.size >= MAX_QUEUED_STRIPES) return;
-    this.states.set(key, { ctx: { volumeId: -1, chunkIndex: -1 }, holder: { source, key: holderKey }, state: 'Degraded', reason });
+    if (!cur && this.states.size >= this.maxQueued) return;
+    // A Failed entry a pool rebuild took keeps its tag: that rebuild counts the stripe once.
+    this.states.set(key, { ctx: { volumeId: -1, chunkIndex: -1 }, holder: { source, key: holderKey }, state: 'Degraded', reason, ...tagOf(cur) });
     void this.process();
   }
 
@@ -195,8 +205,8 @@ export class Reconstructor {
     const key = `${ctx.volumeId}:${ctx.chunkIndex}`;
     const cur = this.states.get(key);
     if (cur && cur.state !== 'Failed') return;
-    if (!cur && this.states.size >= MAX_QUEUED_STRIPES) return;
-    this.states.set(key, { ctx, state: 'Degraded', reason });
+    if (!cur && this.states.size >= this.maxQueued) return;
+    this.states.set(key, { ctx, state: 'Degraded', reason, ...tagOf(cur) });
     void this.process();
   }
 
@@ -439,7 +449,7 @@ export class Reconstructor {
     const reason = `scrub: shards ${inspected.bad.join(',')} bad`;
     const key = at.key;
     const cur = this.states.get(key);
-    if (!cur && this.states.size >= MAX_QUEUED_STRIPES) return; // the next scrub finds it again
+    if (!cur && this.states.size >= this.maxQueued) return; // the next scrub finds it again
     // Sharing a queued entry object means a pass holding it sees the rebuild under way.
     const entry: QueuedStripe = cur ?? { ...at.make(), state: 'Degraded', reason };
     if (entry.state !== 'Reconstructing') entry.reason = reason;
@@ -529,7 +539,7 @@ export class Reconstructor {
                 if (queued !== undefined) queued.poolRebuild = report;
                 continue;
               }
-              if (!cur && this.states.size >= MAX_QUEUED_STRIPES + POOL_REBUILD_GROUPS_AT_ONCE * SCRUB_GROUP_STRIPES) {
+              if (!cur && this.states.size >= this.maxQueued + POOL_REBUILD_GROUPS_AT_ONCE * SCRUB_GROUP_STRIPES) {
                 report.notRebuilt++; // queue full: the next rebuild or scrub finds it
                 continue;
               }
@@ -541,7 +551,7 @@ export class Reconstructor {
               // Kept queued for it while the queue is at most half full: entries the rebuild adds
               // must not crowd out its own in-flight stripes (beyond it the scrub finds them).
               const otherLost = job.ref.shards.some((sh, i) => i !== job.lost && !sourceRank.has(sh.pool));
-              group.push({ job, key, entry, keepQueued: cur !== undefined || (otherLost && this.states.size < MAX_QUEUED_STRIPES / 2) });
+              group.push({ job, key, entry, keepQueued: cur !== undefined || (otherLost && this.states.size < this.maxQueued / 2) });
             }
             if (group.length === 0) continue;
             if (target === null) {
@@ -598,10 +608,13 @@ export class Reconstructor {
     // Stripes superseded while landing, or left for other pools, and those that found no pool
     // during the rebuild (the pool it landed on may be back): counted the same way.
     if (!this.stopped) await this.retryWaiting();
-    for (const entry of this.states.values()) if (entry.poolRebuild === report) delete entry.poolRebuild;
-    // Left in the queue (bounded by MAX_QUEUED_STRIPES) with its shard on this pool still gone:
+    // Left in the queue (bounded by maxQueuedStripes) with its shard on this pool still gone:
     // not rebuilt. (One queued for another bad shard has this pool's shard back: not counted.)
-    for (const { ctx, holder } of [...this.states.values()]) {
+    // Only the entries this rebuild took (tagged): a stripe it skipped with the queue full is
+    // counted above, and a degraded read may have queued it since (untagged): not twice.
+    const left = [...this.states.values()].filter((e) => e.poolRebuild === report);
+    for (const entry of left) delete entry.poolRebuild;
+    for (const { ctx, holder } of left) {
       const ref = holder ? holder.source.current(holder.key) : this.volumeById(ctx.volumeId)?.stripes.get(ctx.chunkIndex);
       const i = ref?.shards.findIndex((sh) => sh.pool === poolName) ?? -1;
       if (ref !== undefined && i >= 0 && !(await this.stripes.shardPresent(ref, i))) report.notRebuilt++;
