@@ -7,6 +7,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { Corrupt, IncompleteBody, TooLarge, isErrno } from '../errors.js';
 import type { Pool } from '../pools/pool.js';
+import { syncNewEntry } from '../dir-sync.js';
 
 export const OBJECT_CHUNK_BYTES = 1024 * 1024;
 /** Fan-out directories per pool so no directory grows past ~n/256 entries. */
@@ -48,21 +49,13 @@ export function prepareHotPool(pool: Pool): void {
   fsyncDir(pool.rec.path);
 }
 
+/** By path, like every directory sync here (dir-sync.ts says why not a held fd); at start-up, once. */
 function fsyncDir(dir: string): void {
   const fd = fs.openSync(dir, 'r');
   try {
     fs.fsyncSync(fd);
   } finally {
     fs.closeSync(fd);
-  }
-}
-
-async function fsyncDirAsync(dir: string): Promise<void> {
-  const fh = await fsp.open(dir, 'r');
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
   }
 }
 
@@ -161,8 +154,10 @@ export async function writeHotSegment(
     if (batchBytes > 0) await writeAll(fh, batch, batchBytes);
     if (chunkFill > 0) crcs.push(crc);
     await fh.datasync();
+    // The name too, before the index points at the file (by path, checked
+    // against a replaced pool directory: dir-sync.ts says why not a held fd).
+    await syncNewEntry(file, fh.fd);
     await fh.close();
-    await fsyncDirAsync(path.dirname(file));
     ok = true;
     return { kind: 'hot', pool: pool.name, fileId, lengthBytes, chunkCrc32c: crcs };
   } finally {

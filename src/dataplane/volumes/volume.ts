@@ -11,6 +11,7 @@ import type { Pool } from '../pools/pool.js';
 import type { StripeRef, StripeStore } from '../ec/stripe-store.js';
 import { RecordType, type Journal } from '../journal/journal.js';
 import { GroupCommit } from '../group-commit.js';
+import { syncNewEntry } from '../dir-sync.js';
 
 /** What a volume needs to keep chunks on the cold tier. */
 export interface ColdTier {
@@ -313,13 +314,10 @@ export class Volume {
     // partial write to a fresh chunk must find zeros around it.
     const fd = fs.openSync(pool.volumeFile(this.rec.id), fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_TRUNC, 0o600);
     try {
-      // The file's name must survive a crash before the first chunk lands in it.
-      const dir = fs.openSync(pool.volumesDir, fs.constants.O_RDONLY);
-      try {
-        await new Promise<void>((resolve, reject) => fs.fsync(dir, (err) => (err ? reject(err) : resolve())));
-      } finally {
-        fs.closeSync(dir);
-      }
+      // The file's name must survive a crash before the first chunk lands in
+      // it (before the SWITCH that names this pool). By path, checked against
+      // a replaced pool directory: dir-sync.ts says why not a held fd.
+      await syncNewEntry(pool.volumeFile(this.rec.id), fd);
       // Closed while the fsync ran: close() has closed the files it saw,
       // so this descriptor would stay open for good.
       if (this.closed) throw new VolumeFailed(`volume ${this.name} was closed`);
