@@ -330,13 +330,6 @@ export class SegmentStore {
    * compares the pool directory's inode on every use and opens a new store,
    * and a rebuild checks each window's identity before its flips.
    */
-  /**
-   * By path, not a held fd (see src/dataplane/dir-sync.ts): after a pool
-   * directory is replaced a held fd would sync the removed directory for
-   * good. A store whose directory was replaced is not reused: StripeStore
-   * compares the pool directory's inode on every use and opens a new store,
-   * and a rebuild checks each window's identity before its flips.
-   */
   private static async syncDir(poolDir: string): Promise<void> {
     const dir = await fsOpen(poolDir, "r");
     try {
