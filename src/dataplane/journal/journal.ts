@@ -297,8 +297,14 @@ export class Journal {
     );
   }
 
-  /** Drops the extents of a chunk with seq <= uptoSeq (they are in a stripe now). */
-  release(volumeId: number, chunkIndex: number, uptoSeq: number): void {
+  /**
+   * Drops the extents of a chunk with seq <= uptoSeq (they are in a stripe
+   * now). A caller whose index entry superseding them is not yet durable
+   * passes that durability as `removeAfter`: a journal file left with no
+   * live record is deleted only once it has resolved (deleted first, a
+   * power cut would keep the old entry and lose the records).
+   */
+  release(volumeId: number, chunkIndex: number, uptoSeq: number, removeAfter?: Promise<unknown>): void {
     const chunks = this.index.get(volumeId);
     const list = chunks?.get(chunkIndex);
     if (!chunks || !list) return;
@@ -312,7 +318,8 @@ export class Journal {
       this.liveBytes -= e.recordBytes;
       if (f) {
         f.liveBytes -= e.recordBytes;
-        this.maybeRemove(f);
+        if (removeAfter) removeAfter.then(() => this.maybeRemove(f), () => undefined);
+        else this.maybeRemove(f);
       }
     }
     if (keep.length) chunks.set(chunkIndex, keep);
@@ -328,6 +335,8 @@ export class Journal {
   }
 
   private maybeRemove(f: JournalFile): void {
+    // Not ours any more (removed already, or the journal closed): its descriptor number may be another file's.
+    if (this.files.get(f.no) !== f) return;
     if (f === this.head || f.liveBytes > 0) return;
     this.files.delete(f.no);
     fs.close(f.fd, () => undefined);

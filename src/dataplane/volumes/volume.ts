@@ -1246,9 +1246,11 @@ export class Volume {
     // Discarded so that the entry keeps destagedSeq for the replay.
     if (st !== ChunkState.Allocated && st !== ChunkState.Cold && upto === 0) return;
     if (st === ChunkState.Allocated) this.chunkPool(c).release(this.rec.chunkSizeBytes);
-    // Journal records older than the discard must not resurface (nor be replayed after a crash).
+    // Journal records older than the discard must not resurface (nor be
+    // replayed after a crash): released now for reads, their file deleted
+    // only once the Discarded entry (its destagedSeq) is durable.
     this.setChunk(c, ChunkState.Discarded, upto);
-    if (upto > 0) this.cold?.journal.release(this.rec.id, c, upto);
+    if (upto > 0) this.cold?.journal.release(this.rec.id, c, upto, this.meta.durable());
   }
 
   /** Extents of base:allocation over the range, merged, in order. */
