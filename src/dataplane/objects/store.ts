@@ -70,11 +70,19 @@ export const INLINE_CAP_BYTES = 256 * 1024 * 1024;
 /** Ids are reserved from LMDB in blocks so a PUT does not pay a sync commit for its id. */
 const ID_BLOCK = 4096;
 
+/**
+ * One S3 tag, [key, value], in the order the client gave them. Records
+ * written before tagging existed have no `tags` field: read as none.
+ */
+export type Tag = [key: string, value: string];
+
 export interface BucketRecord {
   name: string;
   id: number;
   tier: BucketTier;
   createdMs: number;
+  /** Absent: no tag set (GetBucketTagging answers NoSuchTagSet); [] is a stored empty set. */
+  tags?: Tag[];
 }
 
 /** Content-* and friends, stored as given and returned verbatim (lowercase names). */
@@ -91,6 +99,8 @@ export interface ObjectRecord {
   /** x-amz-meta-* without the prefix, lowercase names. */
   userMeta: Record<string, string>;
   segments: Segment[];
+  /** Object tags; absent (never written empty) when the object has none. */
+  tags?: Tag[];
 }
 
 export interface UploadRecord {
@@ -100,6 +110,8 @@ export interface UploadRecord {
   initiatedMs: number;
   contentHeaders: ContentHeaders;
   userMeta: Record<string, string>;
+  /** Tags the completed object gets (x-amz-tagging on CreateMultipartUpload). */
+  tags?: Tag[];
 }
 
 export interface PartRecord {
@@ -116,6 +128,13 @@ export interface PutOptions {
   expectedBytes?: number;
   /** Content-MD5 as raw 16 bytes: mismatch = DigestMismatch, nothing stored. */
   expectedMd5?: Buffer;
+  /** The new version's tags (an overwrite never keeps the old version's). */
+  tags?: Tag[];
+}
+
+/** `tags` as a record field: only a non-empty set is stored, so untagged records stay as before. */
+function tagField(tags: Tag[] | undefined): { tags?: Tag[] } {
+  return tags !== undefined && tags.length > 0 ? { tags } : {};
 }
 
 export interface ListOptions {
@@ -389,7 +408,39 @@ export class ObjectStore {
     await this.freeSegments(freed);
   }
 
+  /**
+   * Replaces the bucket's tag set (undefined: removes it). Durable before it
+   * resolves. The record is re-read in the transaction, so a bucket deleted
+   * meanwhile is NoSuchBucket, never re-created.
+   */
+  async setBucketTags(name: string, tags: Tag[] | undefined): Promise<void> {
+    await this.manager.meta.transaction(() => {
+      const { tags: _old, ...rest } = this.getBucket(name);
+      this.buckets.put(name, tags === undefined ? rest : { ...rest, tags });
+    });
+    await this.manager.meta.durable();
+  }
+
   // ---- objects ----------------------------------------------------------
+
+  /**
+   * Replaces the current version's tags (empty: removes them), in place: the
+   * version, its bytes and its pins are untouched. Read and written in one
+   * transaction, so it lands on whichever version is current then (never
+   * re-creates a deleted object) and cannot undo a concurrent stripe flip.
+   */
+  async setObjectTags(bucketName: string, key: string, tags: Tag[]): Promise<void> {
+    const bucket = this.getBucket(bucketName);
+    if (Buffer.byteLength(key) > MAX_KEY_BYTES) throw new NoSuchObject(`no object ${key} in bucket ${bucketName}`);
+    const k = objectKey(bucket.id, key);
+    await this.manager.meta.transaction(() => {
+      const cur = this.objects.get(k);
+      if (!cur) throw new NoSuchObject(`no object ${key} in bucket ${bucketName}`);
+      const { tags: _old, ...rest } = cur;
+      this.objects.put(k, { ...rest, ...tagField(tags) });
+    });
+    await this.manager.meta.durable();
+  }
 
   headObject(bucket: string, key: string): ObjectRecord {
     const b = this.getBucket(bucket);
@@ -587,6 +638,7 @@ export class ObjectStore {
         contentHeaders: opts.contentHeaders,
         userMeta: opts.userMeta,
         segments: [seg],
+        ...tagField(opts.tags),
       };
       const built = rec;
       old = await this.flip(bucket, key, () => built);
@@ -622,6 +674,7 @@ export class ObjectStore {
       contentHeaders: opts.contentHeaders,
       userMeta: opts.userMeta,
       segments: [seg],
+      ...tagField(opts.tags),
     };
     // Counted before the commit so concurrent small PUTs cannot overshoot the cap.
     this.inlineBytes += lengthBytes;
@@ -717,11 +770,11 @@ export class ObjectStore {
 
   // ---- multipart --------------------------------------------------------
 
-  async createUpload(bucketName: string, key: string, contentHeaders: ContentHeaders, userMeta: Record<string, string>): Promise<UploadRecord> {
+  async createUpload(bucketName: string, key: string, contentHeaders: ContentHeaders, userMeta: Record<string, string>, tags?: Tag[]): Promise<UploadRecord> {
     validateKey(key);
     const bucket = this.getBucket(bucketName);
     if (this.openUploads >= MAX_OPEN_UPLOADS) throw new TooLarge(`too many multipart uploads in progress (limit ${MAX_OPEN_UPLOADS})`);
-    const rec: UploadRecord = { uploadId: randomBytes(16).toString('hex'), bucket: bucketName, key, initiatedMs: Date.now(), contentHeaders, userMeta };
+    const rec: UploadRecord = { uploadId: randomBytes(16).toString('hex'), bucket: bucketName, key, initiatedMs: Date.now(), contentHeaders, userMeta, ...tagField(tags) };
     this.openUploads++;
     try {
       await this.uploads.put(uploadKey(bucket.id, key, rec.uploadId), rec);
@@ -828,6 +881,7 @@ export class ObjectStore {
         contentHeaders: upload.contentHeaders,
         userMeta: upload.userMeta,
         segments,
+        ...tagField(upload.tags),
       };
       return rec;
     }).catch((err: unknown) => {

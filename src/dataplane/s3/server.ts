@@ -7,10 +7,12 @@ import type { Socket } from 'node:net';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { log } from '../../log.js';
 import type { PieceSink } from '../objects/hot-segments.js';
-import { MAX_PART_NUMBER, type BucketTier, type ContentHeaders, type ObjectRecord, type ObjectStore } from '../objects/store.js';
+import { MAX_PART_NUMBER, type BucketTier, type ContentHeaders, type ObjectRecord, type ObjectStore, type Tag } from '../objects/store.js';
 import type { AccessKey } from './credentials.js';
 import { S3Error, errorXml, toS3Error } from './errors.js';
 import { parseQuery, splitTarget, uriDecode, verifiedBody, verifyRequest, awsUriEncode, type PayloadMode } from './sigv4.js';
+import { BUCKET_CONFIGS, UNSUPPORTED, aclXml, checkAclBody, checkAclHeaders, refuseConfig } from './subresources.js';
+import { taggingXml, tagsFromHeader, tagsFromXml } from './tagging.js';
 import { S3_NS, XML_HEADER, XmlSyntaxError, child, children, parseXml, tag } from './xml.js';
 
 export interface S3ServerOptions {
@@ -37,8 +39,15 @@ const RESPONSE_OVERRIDES: Record<string, string> = {
   'response-content-disposition': 'content-disposition',
   'response-content-encoding': 'content-encoding',
 };
-/** Bucket subresources we do not implement: answered 501 rather than mistaken for a listing. */
-const UNSUPPORTED_SUBRESOURCES = ['acl', 'policy', 'cors', 'lifecycle', 'tagging', 'website', 'logging', 'notification', 'replication', 'encryption', 'object-lock', 'retention', 'legal-hold', 'torrent', 'requestPayment', 'accelerate', 'analytics', 'inventory', 'metrics', 'intelligent-tiering', 'ownershipControls', 'publicAccessBlock', 'select', 'restore', 'attributes', 'versions'];
+/**
+ * Query parameters that name a subresource: a request carrying one is routed
+ * by it (or refused), never mistaken for a listing, a bucket create or delete.
+ */
+const SUBRESOURCES: readonly string[] = ['tagging', 'acl', 'versions', 'location', 'uploads', 'delete', ...Object.keys(BUCKET_CONFIGS), ...Object.keys(UNSUPPORTED)];
+/** Listings served by listObjects: ListObjects (v1), ListObjectsV2, ListObjectVersions. */
+type ListingKind = 'v1' | 'v2' | 'versions';
+const OWNER_DISPLAY_NAME = 'couchestor';
+const methodNotAllowed = () => new S3Error('MethodNotAllowed', 405, 'The specified method is not allowed against this resource.');
 
 interface Ctx {
   req: FastifyRequest;
@@ -172,6 +181,7 @@ function setObjectHeaders(reply: FastifyReply, rec: ObjectRecord, query: Map<str
   for (const [h, v] of Object.entries(rec.contentHeaders)) if (h !== 'content-type') reply.header(h, v);
   for (const [n, v] of Object.entries(rec.userMeta)) reply.header(`x-amz-meta-${n}`, v);
   if (rec.segments.length > 1 || rec.etag.includes('-')) reply.header('x-amz-mp-parts-count', String(rec.segments.length));
+  if (rec.tags !== undefined && rec.tags.length > 0) reply.header('x-amz-tagging-count', String(rec.tags.length));
   for (const [q, h] of Object.entries(RESPONSE_OVERRIDES)) {
     const v = query.get(q);
     if (v !== undefined) reply.header(h, v);
@@ -287,7 +297,7 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
   const domains = opts.domains ?? [];
   const secrets = new Map(opts.keys.map((k) => [k.accessKeyId, k.secretAccessKey]));
   const ownerId = opts.keys[0]!.accessKeyId;
-  const ownerXml = `<Owner>${tag('ID', ownerId)}${tag('DisplayName', 'couchestor')}</Owner>`;
+  const ownerXml = `<Owner>${tag('ID', ownerId)}${tag('DisplayName', OWNER_DISPLAY_NAME)}</Owner>`;
 
   const app = Fastify({
     logger: false,
@@ -348,13 +358,12 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
     const method = raw.method;
     if (bucket === undefined) {
       if (method === 'GET') return listBuckets(ctx);
-      throw new S3Error('MethodNotAllowed', 405, 'The specified method is not allowed against this resource.');
+      throw methodNotAllowed();
     }
     validateBucketName(bucket);
-    for (const sub of UNSUPPORTED_SUBRESOURCES) {
-      if (ctx.query.has(sub)) throw new S3Error('NotImplemented', 501, `The ${sub} subresource is not implemented.`);
-    }
+    const sub = SUBRESOURCES.find((s) => ctx.query.has(s));
     if (key === undefined) {
+      if (sub !== undefined) return bucketSubresource(ctx, bucket, sub);
       switch (method) {
         case 'PUT':
           return createBucket(ctx, bucket);
@@ -365,23 +374,12 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
           store.getBucket(bucket);
           return reply.code(200).header('x-amz-bucket-region', 'us-east-1').send();
         case 'GET':
-          if (ctx.query.has('location')) {
-            store.getBucket(bucket);
-            return sendXml(reply, 200, `${XML_HEADER}<LocationConstraint xmlns="${S3_NS}"></LocationConstraint>`);
-          }
-          if (ctx.query.has('versioning')) {
-            store.getBucket(bucket);
-            return sendXml(reply, 200, `${XML_HEADER}<VersioningConfiguration xmlns="${S3_NS}"></VersioningConfiguration>`);
-          }
-          if (ctx.query.has('uploads')) return listUploads(ctx, bucket);
-          return listObjects(ctx, bucket);
-        case 'POST':
-          if (ctx.query.has('delete')) return deleteObjects(ctx, bucket);
-          break;
+          return listObjects(ctx, bucket, ctx.query.get('list-type') === '2' ? 'v2' : 'v1');
       }
-      throw new S3Error('MethodNotAllowed', 405, 'The specified method is not allowed against this resource.');
+      throw methodNotAllowed();
     }
     checkKey(key);
+    if (sub !== undefined && sub !== 'uploads') return objectSubresource(ctx, bucket, key, sub);
     const uploadId = ctx.query.get('uploadId');
     switch (method) {
       case 'GET':
@@ -405,10 +403,99 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
         if (uploadId !== undefined) return completeUpload(ctx, bucket, key, uploadId);
         break;
     }
-    throw new S3Error('MethodNotAllowed', 405, 'The specified method is not allowed against this resource.');
+    throw methodNotAllowed();
   };
   app.route({ method: ['GET', 'HEAD', 'PUT', 'POST', 'DELETE'], url: '/', handler });
   app.route({ method: ['GET', 'HEAD', 'PUT', 'POST', 'DELETE'], url: '/*', handler });
+
+  // ---- subresources -------------------------------------------------------
+
+  /** `?<sub>` on a bucket. The bucket is looked up first: a missing one is NoSuchBucket whatever was asked. */
+  async function bucketSubresource(ctx: Ctx, bucket: string, sub: string): Promise<FastifyReply> {
+    const { reply } = ctx;
+    const method = ctx.raw.method;
+    const rec = store.getBucket(bucket);
+    switch (`${method} ${sub}`) {
+      case 'GET location':
+        return sendXml(reply, 200, `${XML_HEADER}<LocationConstraint xmlns="${S3_NS}"></LocationConstraint>`);
+      case 'GET uploads':
+        return listUploads(ctx, bucket);
+      case 'GET versions':
+        return listObjects(ctx, bucket, 'versions');
+      case 'POST delete':
+        return deleteObjects(ctx, bucket);
+      case 'GET tagging':
+        if (rec.tags === undefined) throw new S3Error('NoSuchTagSet', 404, 'The TagSet does not exist', { BucketName: bucket });
+        return sendXml(reply, 200, taggingXml(rec.tags));
+      case 'PUT tagging':
+        await store.setBucketTags(bucket, tagsFromXml(parseBodyXml(await readSmallBody(ctx), 'Tagging'), 'bucket'));
+        return reply.code(204).send();
+      case 'DELETE tagging':
+        await store.setBucketTags(bucket, undefined);
+        return reply.code(204).send();
+      case 'GET acl':
+        return sendXml(reply, 200, aclXml(ownerId, OWNER_DISPLAY_NAME));
+      case 'PUT acl':
+        await putAcl(ctx);
+        return reply.code(200).send();
+    }
+    const cfg = BUCKET_CONFIGS[sub];
+    if (cfg !== undefined) {
+      switch (method) {
+        case 'GET':
+          if ('xml' in cfg.none) return sendXml(reply, 200, cfg.none.xml);
+          throw new S3Error(cfg.none.code, 404, cfg.none.message, { BucketName: bucket });
+        case 'DELETE':
+          if (cfg.deletable) return reply.code(204).send();
+          break;
+        case 'PUT':
+          if (cfg.acceptsDefault === undefined) throw refuseConfig(cfg);
+          if (!cfg.acceptsDefault.isDefault(parseBodyXml(await readSmallBody(ctx), cfg.acceptsDefault.root))) throw refuseConfig(cfg);
+          return reply.code(200).send();
+      }
+    }
+    const refusal = UNSUPPORTED[sub];
+    if (refusal !== undefined) throw refusal();
+    throw methodNotAllowed();
+  }
+
+  /** `?<sub>` on an object: the bucket, then the object, must exist (NoSuchBucket, then NoSuchKey). */
+  async function objectSubresource(ctx: Ctx, bucket: string, key: string, sub: string): Promise<FastifyReply> {
+    const { reply } = ctx;
+    const rec = store.headObject(bucket, key);
+    switch (`${ctx.raw.method} ${sub}`) {
+      case 'GET tagging':
+        return sendXml(reply, 200, taggingXml(rec.tags ?? []));
+      case 'PUT tagging':
+        await store.setObjectTags(bucket, key, tagsFromXml(parseBodyXml(await readSmallBody(ctx), 'Tagging'), 'object'));
+        return reply.code(200).send();
+      case 'DELETE tagging':
+        await store.setObjectTags(bucket, key, []);
+        return reply.code(204).send();
+      case 'GET acl':
+        return sendXml(reply, 200, aclXml(ownerId, OWNER_DISPLAY_NAME));
+      case 'PUT acl':
+        await putAcl(ctx);
+        return reply.code(200).send();
+    }
+    const refusal = UNSUPPORTED[sub];
+    if (refusal !== undefined) throw refusal();
+    throw methodNotAllowed();
+  }
+
+  /** PutBucketAcl/PutObjectAcl: a header or body that means "owner only" is accepted (nothing to store), any grant to others refused. */
+  async function putAcl(ctx: Ctx): Promise<void> {
+    checkAclHeaders(ctx.raw.headers);
+    const body = await readSmallBody(ctx);
+    if (body.length > 0) checkAclBody(parseBodyXml(body, 'AccessControlPolicy'), ownerId);
+    else if (header(ctx.raw, 'x-amz-acl') === undefined) throw new S3Error('MalformedXML', 400, 'The XML you provided was not well-formed or did not validate against our published schema.');
+  }
+
+  /** x-amz-tagging on PutObject/CreateMultipartUpload (absent: no tags). */
+  function tagsOf(ctx: Ctx): Tag[] | undefined {
+    const v = header(ctx.raw, 'x-amz-tagging');
+    return v === undefined ? undefined : tagsFromHeader(v);
+  }
 
   // ---- buckets ------------------------------------------------------------
 
@@ -421,6 +508,7 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
   }
 
   async function createBucket(ctx: Ctx, bucket: string) {
+    checkAclHeaders(ctx.raw.headers);
     const body = await readSmallBody(ctx);
     if (body.length > 0) parseBodyXml(body, 'CreateBucketConfiguration');
     const tierHeader = header(ctx.raw, 'x-couchestor-tier') ?? 'hot';
@@ -431,10 +519,15 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
 
   // ---- listing ------------------------------------------------------------
 
-  function listObjects(ctx: Ctx, bucket: string) {
+  /**
+   * ListObjects, ListObjectsV2 and ListObjectVersions: one walk (store.list)
+   * and three answers. Without versioning every object is one version,
+   * VersionId "null", the latest; a key marker pages like a v1 marker.
+   */
+  function listObjects(ctx: Ctx, bucket: string, kind: ListingKind) {
     const q = ctx.query;
-    const v2 = q.get('list-type') === '2';
-    if (q.has('list-type') && !v2) throw new S3Error('InvalidArgument', 400, 'list-type must be 2', { ArgumentName: 'list-type' });
+    const v2 = kind === 'v2';
+    if (kind === 'v1' && q.has('list-type')) throw new S3Error('InvalidArgument', 400, 'list-type must be 2', { ArgumentName: 'list-type' });
     const encodingType = q.get('encoding-type');
     if (encodingType !== undefined && encodingType !== 'url') throw new S3Error('InvalidArgument', 400, 'Invalid Encoding Method specified in Request', { ArgumentName: 'encoding-type' });
     const enc = (s: string) => (encodingType === 'url' ? awsUriEncode(s, true) : s);
@@ -450,10 +543,31 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
       } else {
         after = q.get('start-after') ?? '';
       }
+    } else if (kind === 'versions') {
+      after = q.get('key-marker') ?? '';
+      const versionIdMarker = q.get('version-id-marker');
+      if (versionIdMarker !== undefined && versionIdMarker !== '') {
+        if (!q.has('key-marker')) throw new S3Error('InvalidArgument', 400, 'A version-id marker cannot be specified without a key marker.', { ArgumentName: 'version-id-marker', ArgumentValue: versionIdMarker });
+        // Only the "null" version exists; after it comes the next key, as after the key marker alone.
+        if (versionIdMarker !== 'null') throw new S3Error('InvalidArgument', 400, 'Invalid version id specified', { ArgumentName: 'version-id-marker', ArgumentValue: versionIdMarker });
+      }
     } else {
       after = q.get('marker') ?? '';
     }
     const page = store.list(bucket, { prefix, delimiter, after, maxKeys });
+    if (kind === 'versions') {
+      const versions = page.objects
+        .map((o) => `<Version>${tag('Key', enc(o.key))}${tag('VersionId', 'null')}${tag('IsLatest', true)}${tag('LastModified', iso(o.lastModifiedMs))}${tag('ETag', etagHeader(o.etag))}${tag('Size', o.sizeBytes)}${ownerXml}${tag('StorageClass', 'STANDARD')}</Version>`)
+        .join('');
+      const prefixes = page.commonPrefixes.map((p) => `<CommonPrefixes>${tag('Prefix', enc(p))}</CommonPrefixes>`).join('');
+      let head = `${tag('Name', bucket)}${tag('Prefix', enc(prefix))}${tag('KeyMarker', enc(after))}${tag('VersionIdMarker', q.get('version-id-marker') ?? '')}`;
+      if (page.isTruncated && page.lastItem !== undefined) head += `${tag('NextKeyMarker', enc(page.lastItem))}${tag('NextVersionIdMarker', 'null')}`;
+      head += tag('MaxKeys', maxKeys);
+      if (delimiter) head += tag('Delimiter', enc(delimiter));
+      head += tag('IsTruncated', page.isTruncated);
+      if (encodingType) head += tag('EncodingType', encodingType);
+      return sendXml(ctx.reply, 200, `${XML_HEADER}<ListVersionsResult xmlns="${S3_NS}">${head}${versions}${prefixes}</ListVersionsResult>`);
+    }
     const fetchOwner = !v2 || q.get('fetch-owner') === 'true';
     const contents = page.objects
       .map((o) => `<Contents>${tag('Key', enc(o.key))}${tag('LastModified', iso(o.lastModifiedMs))}${tag('ETag', etagHeader(o.etag))}${tag('Size', o.sizeBytes)}${fetchOwner ? ownerXml : ''}${tag('StorageClass', 'STANDARD')}</Contents>`)
@@ -529,11 +643,14 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
     const { contentHeaders, userMeta } = objectHeadersFrom(ctx.raw);
     const expectedMd5 = contentMd5(ctx.raw);
     store.getBucket(bucket);
+    checkAclHeaders(ctx.raw.headers);
+    const tags = tagsOf(ctx);
     const rec = await store.putObject(bucket, key, verifiedBody(ctx.raw, ctx.payload, ctx.raw.headers), {
       contentHeaders,
       userMeta,
       expectedBytes: expectedLength(ctx.raw, ctx.payload),
       expectedMd5,
+      tags,
     });
     return ctx.reply.code(200).header('etag', etagHeader(rec.etag)).send();
   }
@@ -557,19 +674,24 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
     const src = copySource(ctx);
     const directive = header(ctx.raw, 'x-amz-metadata-directive') ?? 'COPY';
     if (directive !== 'COPY' && directive !== 'REPLACE') throw new S3Error('InvalidArgument', 400, 'Unknown metadata directive.', { ArgumentName: 'x-amz-metadata-directive' });
+    const tagDirective = header(ctx.raw, 'x-amz-tagging-directive') ?? 'COPY';
+    if (tagDirective !== 'COPY' && tagDirective !== 'REPLACE') throw new S3Error('InvalidArgument', 400, 'Unknown tag directive.', { ArgumentName: 'x-amz-tagging-directive' });
     store.getBucket(bucket);
+    checkAclHeaders(ctx.raw.headers);
+    // REPLACE without x-amz-tagging: the copy has no tags (as S3 and MinIO).
+    const replacedTags = tagDirective === 'REPLACE' ? (tagsOf(ctx) ?? []) : undefined;
     const handle = store.openObject(src.bucket, src.key);
     let handedOff = false;
     try {
       const srcRec = handle.rec;
       copySourcePreconditions(ctx, srcRec);
-      if (src.bucket === bucket && src.key === key && directive === 'COPY') {
+      if (src.bucket === bucket && src.key === key && directive === 'COPY' && tagDirective === 'COPY') {
         throw new S3Error('InvalidRequest', 400, "This copy request is illegal because it is trying to copy an object to itself without changing the object's metadata, storage class, website redirect location or encryption attributes.");
       }
       const meta = directive === 'REPLACE' ? objectHeadersFrom(ctx.raw) : { contentHeaders: srcRec.contentHeaders, userMeta: srcRec.userMeta };
       const body = handle.read(0, srcRec.sizeBytes);
       handedOff = true;
-      const rec = await store.putObject(bucket, key, body, { ...meta, expectedBytes: srcRec.sizeBytes });
+      const rec = await store.putObject(bucket, key, body, { ...meta, expectedBytes: srcRec.sizeBytes, tags: replacedTags ?? srcRec.tags });
       return sendXml(ctx.reply, 200, `${XML_HEADER}<CopyObjectResult xmlns="${S3_NS}">${tag('LastModified', iso(rec.lastModifiedMs))}${tag('ETag', etagHeader(rec.etag))}</CopyObjectResult>`);
     } finally {
       if (!handedOff) handle.release();
@@ -602,7 +724,8 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
 
   async function createUpload(ctx: Ctx, bucket: string, key: string) {
     const { contentHeaders, userMeta } = objectHeadersFrom(ctx.raw);
-    const up = await store.createUpload(bucket, key, contentHeaders, userMeta);
+    checkAclHeaders(ctx.raw.headers);
+    const up = await store.createUpload(bucket, key, contentHeaders, userMeta, tagsOf(ctx));
     return sendXml(ctx.reply, 200, `${XML_HEADER}<InitiateMultipartUploadResult xmlns="${S3_NS}">${tag('Bucket', bucket)}${tag('Key', key)}${tag('UploadId', up.uploadId)}</InitiateMultipartUploadResult>`);
   }
 
