@@ -213,6 +213,16 @@ async function migrateVolumeOnce(manager: VolumeManager, name: string, to: Tier,
     if (to !== 'cold') await vol.releaseOtherFiles(opts.preserve);
     progress.phase = 'Done';
   } catch (err) {
+    // A move to cold that destaged every chunk of the file before it
+    // stopped (those left were journaled): RELEASE the placement file as a
+    // finished move does, before the tier reverts. While the volume is still
+    // cold, client writes go to the journal and no read or copy uses the
+    // file, so the truncate runs with clients served, not held at the gate
+    // (releaseFile checks all of this at its gate, and does nothing if a
+    // chunk is in the file); after the revert new chunks are allocated in
+    // the file again and a truncate would race them. Preservation mode keeps
+    // the file, as a finished move does.
+    if (to === 'cold' && !opts.preserve) await vol.releaseFile().catch(() => false);
     // Chunks already switched stay readable where they are; new writes go
     // back to the old tier's path.
     await vol.setTier(from, fromPool).catch(() => undefined);
@@ -226,8 +236,8 @@ async function migrateVolumeOnce(manager: VolumeManager, name: string, to: Tier,
     // placement one may hold no chunk now (all of them destaged before the
     // abort); close it the same way (kept on disk in preservation mode,
     // for `volumes release`). The placement pool's file stays open even
-    // when empty: new writes are allocated in it again once the tier is
-    // reverted.
+    // when empty (truncated above): new writes are allocated in it again
+    // once the tier is reverted.
     else await vol.releaseOtherFiles(opts.preserve).catch(() => undefined);
     progress.phase = err instanceof MigrationAborted ? 'Aborted' : 'Failed';
     progress.error = (err as Error).message;
