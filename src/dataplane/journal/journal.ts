@@ -8,6 +8,7 @@ import { crc32c } from '@node-rs/crc32';
 import { NoSpace, VolumeFailed } from '../errors.js';
 import { log } from '../../log.js';
 import { GroupCommit } from '../group-commit.js';
+import { syncNewEntry } from '../dir-sync.js';
 
 export const JOURNAL_MAGIC = 0x4e524a43; // "CJRN" little-endian
 const VERSION = 1;
@@ -43,6 +44,12 @@ interface JournalFile {
   /** Bytes of records not yet destaged. */
   liveBytes: number;
   dirty: boolean;
+  /**
+   * Whether the file's directory entry is known durable. fdatasync does not
+   * cover it: a file created since the last sync (at start, at a rotation)
+   * needs its directory synced before a FLUSH counts its records durable.
+   */
+  named: boolean;
 }
 
 const FILE_RE = /^journal-(\d{10})\.log$/;
@@ -103,7 +110,9 @@ export class Journal {
     for (const no of nos) {
       const file = path.join(opts.dir, fileName(no));
       const fd = fs.openSync(file, 'r+');
-      const f: JournalFile = { no, fd, tailBytes: 0, liveBytes: 0, dirty: false };
+      // named: the head created below shares the directory, and its first
+      // sync persists every entry in it, these included.
+      const f: JournalFile = { no, fd, tailBytes: 0, liveBytes: 0, dirty: false, named: true };
       j.files.set(no, f);
       const bytes = fs.readFileSync(file);
       let pos = 0;
@@ -136,7 +145,7 @@ export class Journal {
 
   private createFile(no: number): JournalFile {
     const fd = fs.openSync(path.join(this.dir, fileName(no)), fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_TRUNC, 0o600);
-    const f: JournalFile = { no, fd, tailBytes: 0, liveBytes: 0, dirty: true };
+    const f: JournalFile = { no, fd, tailBytes: 0, liveBytes: 0, dirty: true, named: false };
     this.files.set(no, f);
     return f;
   }
@@ -281,8 +290,9 @@ export class Journal {
     if (this.failure) throw this.failure;
     // A file removed meanwhile (every record in it destaged) is closed or
     // closing: nothing in it is needed any more.
-    await Promise.all(
-      dirty.filter((f) => this.files.get(f.no) === f).map(
+    const live = dirty.filter((f) => this.files.get(f.no) === f);
+    await Promise.all([
+      ...live.map(
         (f) =>
           new Promise<void>((resolve, reject) =>
             fs.fdatasync(f.fd, (err) => {
@@ -294,7 +304,22 @@ export class Journal {
             }),
           ),
       ),
-    );
+      ...live
+        .filter((f) => !f.named)
+        .map((f) =>
+          syncNewEntry(path.join(this.dir, fileName(f.no)), f.fd).then(
+            () => {
+              f.named = true;
+            },
+            (err: Error) => {
+              // Removed meanwhile (all its records destaged): its name is not needed.
+              if (this.files.get(f.no) !== f) return;
+              this.fail(err);
+              throw this.failure;
+            },
+          ),
+        ),
+    ]);
   }
 
   /**
