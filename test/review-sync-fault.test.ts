@@ -5,7 +5,8 @@
 // per open file, then clears it: a later fdatasync of the same descriptor
 // succeeds although the pages were dropped). The faults are injected in
 // process by wrapping fs.fdatasync / fs.writev, which journal.ts and
-// volume.ts call through the `fs` module object.
+// volume.ts call through the `fs` module object. The first three cases
+// failed at 1aa3f92 (fixed in 8dceda5); the fourth is coverage (passed there).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -140,4 +141,38 @@ test('volume: an fdatasync that fails while zeroing a Discarded chunk takes the 
   // The FLUSH for the chunk 0 write must not succeed: its pages may be gone.
   await assert.rejects(vol.flush(), /fdatasync|offline|failed/i, 'FLUSH reported success after an fdatasync of the file failed');
   await assert.rejects(readVolume(vol, 0, BLOCK_BYTES));
+});
+
+test('volume: an fdatasync EIO reaches the FLUSH that started it and every FLUSH queued behind it; later FLUSHes and writes fail (coverage, passed at HEAD)', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-review-sync-volume-'));
+  const m = await openColdTierManager(dir);
+  t.after(async () => {
+    fs.fdatasync = realFdatasync;
+    await m.close().catch(() => undefined);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  await m.createVolume({ name: 'v', sizeBytes: 4 * MiB, tier: 'hot' });
+  const vol = m.openVolume('v');
+  await writeVolume(vol, 0, Buffer.alloc(BLOCK_BYTES, 0x44));
+  let failFirst!: () => void;
+  const held = new Promise<void>((r) => (failFirst = r));
+  let calls = 0;
+  fs.fdatasync = ((fd: number, cb: SyncCb) => {
+    if (++calls === 1) void held.then(() => cb(eio()));
+    else realFdatasync(fd, cb);
+  }) as typeof fs.fdatasync;
+  const first = vol.flush();
+  // Writes acknowledged while the first sync runs, then their FLUSHes: they share the next sync.
+  await writeVolume(vol, BLOCK_BYTES, Buffer.alloc(BLOCK_BYTES, 0x45));
+  const queued = [vol.flush(), vol.flush(), vol.flush()];
+  failFirst();
+  const settled = await Promise.allSettled([first, ...queued]);
+  assert.deepEqual(
+    settled.map((s) => s.status),
+    ['rejected', 'rejected', 'rejected', 'rejected'],
+    'every FLUSH sharing or queued behind the failed sync reports the error',
+  );
+  assert.equal(calls, 1, 'the queued sync did not retry fdatasync on the failed file');
+  await assert.rejects(vol.flush(), /fdatasync/);
+  await assert.rejects(writeVolume(vol, 0, Buffer.alloc(BLOCK_BYTES, 0x46)), /fdatasync/);
 });
