@@ -6,7 +6,7 @@
 // succeeds although the pages were dropped). The faults are injected in
 // process by wrapping fs.fdatasync / fs.writev, which journal.ts and
 // volume.ts call through the `fs` module object. The first three cases
-// failed at 1aa3f92 (fixed in 8dceda5); the fourth is coverage (passed there).
+// failed before 8dceda5 (at ecf0f2d), which fixed them; the fourth is coverage (passed there).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
