@@ -77,7 +77,7 @@ export const UNSUPPORTED: Readonly<Record<string, () => S3Error>> = {
   retention: () => new S3Error('InvalidRequest', 400, 'Bucket is missing ObjectLockConfiguration (object lock is not supported by CoucheStor).'),
   'legal-hold': () => new S3Error('InvalidRequest', 400, 'Bucket is missing ObjectLockConfiguration (object lock is not supported by CoucheStor).'),
   // Nothing is ever archived, so there is nothing to restore (S3 and MinIO: 403 InvalidObjectState).
-  restore: () => new S3Error('InvalidObjectState', 403, 'The operation is not valid for the current state of the object: CoucheStor does not archive objects, so restore is not supported.'),
+  restore: () => new S3Error('InvalidObjectState', 403, 'The operation is not valid for the current state of the object: objects are never archived, so restore is not supported by CoucheStor.'),
 };
 
 // ---- ACL -----------------------------------------------------------------
