@@ -45,6 +45,13 @@ export const SCRATCH_KEEP_MS = 60_000;
 export const MAX_LANDING_BYTES = 64 * 1024 * 1024;
 
 /**
+ * Queued stripes of one holder source a queue pass lands before flipping
+ * them in one transaction (rebuildBatch). Bounds the flips held and how
+ * long compaction waits on the batch's write session.
+ */
+export const QUEUE_FLIP_BATCH_STRIPES = 64;
+
+/**
  * Stripes held by something other than a volume's chunk map (cold S3 objects
  * and multipart parts: objects/cold-holders.ts), registered with
  * Reconstructor.addSource. Pool rebuild, scrub and the queue treat their
@@ -71,7 +78,8 @@ export interface StripeHolderSource {
    * Several replace()s in one LMDB transaction, each flip compared on its
    * own (same answers as one replace() per flip, in order), each record
    * written once; durable when it resolves, releaseReplaced called for
-   * each. A pool rebuild flips a window's stripes through it: per-stripe
+   * each. A pool rebuild flips a window's stripes through it, and a queue
+   * pass each batch of the source's queued stripes (rebuildBatch): per-stripe
    * flips rewrote a large object's whole record once per stripe.
    */
   replaceMany?(flips: readonly HolderFlip[]): Promise<boolean[]>;
@@ -257,15 +265,90 @@ export class Reconstructor {
     const work = [...this.states].filter(
       ([, e]) => e.state !== 'Reconstructing' && !(e.state === 'Failed' && e.reason.startsWith('unrecoverable')) && (retryWaiting || e.retryAfterMs === undefined || e.retryAfterMs <= nowMs),
     );
+    // A holder source with a batched flip gets its stripes landed a batch at a time and
+    // flipped in one transaction per batch (a degraded GET of a large object queues all its
+    // stripes, and one flip each rewrote the object's whole record each time).
+    const single: [string, QueuedStripe][] = [];
+    const batched = new Map<StripeHolderSource, [string, QueuedStripe][]>();
+    for (const w of work) {
+      const source = w[1].holder?.source;
+      if (source?.replaceMany === undefined) {
+        single.push(w);
+        continue;
+      }
+      const list = batched.get(source);
+      if (list) list.push(w);
+      else batched.set(source, [w]);
+    }
     let next = 0;
     const worker = async () => {
-      while (next < work.length && !this.stopped) {
-        const [key, entry] = work[next++]!;
+      while (next < single.length && !this.stopped) {
+        const [key, entry] = single[next++]!;
         await this.rebuildOne(key, entry);
       }
     };
     // Stripes are independent; a few at once keep every pool busy.
     await Promise.all(Array.from({ length: REBUILD_CONCURRENCY }, worker));
+    for (const [source, list] of batched) {
+      for (let i = 0; i < list.length && !this.stopped; i += QUEUE_FLIP_BATCH_STRIPES) await this.rebuildBatch(source, list.slice(i, i + QUEUE_FLIP_BATCH_STRIPES));
+    }
+  }
+
+  /**
+   * Rebuilds queued stripes of one holder source: each landed (durable) as
+   * rebuildOne does, REBUILD_CONCURRENCY at once, then all flipped in one
+   * transaction (replaceMany: each compared on its own, each record written
+   * once). One write session spans the landings until the flips are issued,
+   * as a pool rebuild's window does, so compaction keeps their segments.
+   */
+  private async rebuildBatch(source: StripeHolderSource, batch: [string, QueuedStripe][]): Promise<void> {
+    const token = this.stripes.beginWrite();
+    try {
+      const landed: { key: string; entry: QueuedStripe; ref: StripeRef; next: StripeRef; lengthBytes: number; forRebuild: PoolRebuildReport | undefined }[] = [];
+      let i = 0;
+      const worker = async () => {
+        while (i < batch.length && !this.stopped) {
+          const [key, entry] = batch[i++]!;
+          const started = await this.prepareOne(key, entry);
+          if (started === null) continue;
+          // Read before any await: the pool rebuild that tagged the entry may end meanwhile.
+          const forRebuild = entry.poolRebuild;
+          try {
+            const next = await this.stripes.landRebuild(started.ref, started.prepared);
+            landed.push({ key, entry, ref: started.ref, next, lengthBytes: started.prepared.lengthBytes, forRebuild });
+          } catch (err) {
+            this.rebuildFailed(started.target.label, entry, err);
+          }
+        }
+      };
+      await Promise.all(Array.from({ length: REBUILD_CONCURRENCY }, worker));
+      if (landed.length === 0) return;
+      const flipping = source.replaceMany!(landed.map((l) => ({ key: l.entry.holder!.key, expected: l.ref, next: l.next })));
+      this.stripes.endWrite(token); // the flips are issued
+      let flipped: boolean[];
+      try {
+        flipped = await flipping;
+      } catch (err) {
+        for (const l of landed) this.rebuildFailed(`${source.prefix}:${l.entry.holder!.key}`, l.entry, err);
+        return;
+      }
+      landed.forEach((l, t) => {
+        if (!flipped[t]) {
+          l.entry.state = 'Degraded';
+          l.entry.reason = 'stripe superseded while its rebuild landed; retried';
+          return;
+        }
+        this.rebuiltStripes++;
+        if (l.forRebuild !== undefined) {
+          l.forRebuild.stripesRebuilt++;
+          l.forRebuild.bytesLanded += l.lengthBytes;
+        }
+        log.debug('stripe reconstructed', { stripe: `${source.prefix}:${l.entry.holder!.key}` });
+        this.states.delete(l.key);
+      });
+    } finally {
+      this.stripes.endWrite(token);
+    }
   }
 
   /**
@@ -294,6 +377,18 @@ export class Reconstructor {
     entry: QueuedStripe,
     inspected?: { ref: StripeRef; stripe: InspectedStripe },
   ): Promise<{ landed: Promise<boolean>; lengthBytes: number } | null> {
+    const started = await this.prepareOne(key, entry, inspected);
+    if (started === null) return null;
+    const { target, ref, prepared } = started;
+    return { landed: this.land(target, key, entry, ref, prepared), lengthBytes: prepared.lengthBytes };
+  }
+
+  /** startRebuild's first half: the stripe's bad shards decoded (entry Reconstructing), or null when there is nothing to land. */
+  private async prepareOne(
+    key: string,
+    entry: QueuedStripe,
+    inspected?: { ref: StripeRef; stripe: InspectedStripe },
+  ): Promise<{ target: RebuildTarget; ref: StripeRef; prepared: PreparedRebuild } | null> {
     const target = this.targetOf(entry);
     const ref = target?.ref;
     if (!target || !ref) {
@@ -315,7 +410,7 @@ export class Reconstructor {
       this.states.delete(key);
       return null;
     }
-    return { landed: this.land(target, key, entry, ref, prepared), lengthBytes: prepared.lengthBytes };
+    return { target, ref, prepared };
   }
 
   private async land(target: RebuildTarget, key: string, entry: QueuedStripe, ref: StripeRef, prepared: PreparedRebuild): Promise<boolean> {
