@@ -5,7 +5,7 @@ import { crc32c } from '@node-rs/crc32';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import { Corrupt, IncompleteBody, TooLarge, isErrno } from '../errors.js';
+import { Corrupt, IncompleteBody, PoolOffline, TooLarge, isErrno } from '../errors.js';
 import type { Pool } from '../pools/pool.js';
 import { syncNewEntry } from '../dir-sync.js';
 
@@ -103,7 +103,16 @@ export async function writeHotSegment(
   bodyEnded?: () => void,
 ): Promise<HotSegment> {
   const file = segmentFile(pool, fileId);
-  const fh = await fsp.open(file, 'wx', 0o640);
+  let fh: fsp.FileHandle;
+  try {
+    fh = await fsp.open(file, 'wx', 0o640);
+  } catch (err) {
+    // The fan-out directories are made at start: one missing means the pool
+    // directory was removed or replaced under the daemon (PoolOffline, S3
+    // 503), not an internal error.
+    if (isErrno(err, 'ENOENT') || isErrno(err, 'ENOTDIR')) throw new PoolOffline(`pool ${pool.name}: ${path.dirname(file)} is gone (pool directory removed or replaced?)`, { cause: err });
+    throw err;
+  }
   let lengthBytes = 0;
   let reservedBytes = 0;
   const crcs: number[] = [];
