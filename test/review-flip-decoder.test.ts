@@ -39,4 +39,8 @@ test('the object index database has the msgpack decoder current() uses, and it d
   assert.deepEqual(decoder!.decode(bytes), rec);
   // Decoding leaves the stored copy as it was (current() keeps it to compare).
   assert.ok(bytes.equals(db.getBinary(key)!));
+  // current() compares against lmdb-js's reusable buffer without a copy: a view of its
+  // first `length` bytes (the README's contract) is the stored value.
+  const fast = db.getBinaryFast(key)!;
+  assert.ok(Buffer.from(fast.buffer, fast.byteOffset, fast.length).equals(bytes), 'getBinaryFast: the value is the first `length` bytes');
 });

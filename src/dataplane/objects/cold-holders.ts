@@ -109,11 +109,18 @@ export class ColdObjectHolders implements StripeHolderSource {
     const decoder = (db as unknown as { decoder?: { decode(bytes: Buffer): V } }).decoder;
     // lmdb-js 3.x internal (what its get() decodes with), pinned by test/review-flip-decoder; without it, no cache.
     if (decoder === undefined) return db.get(key); // not msgpack-encoded: no cache
-    // A copy of the stored bytes (a memcpy, not a decode), decoded below by the decoder get() uses.
-    const bytes = db.getBinary(key);
-    if (bytes === undefined) return undefined;
+    // The stored bytes without a copy: lmdb-js's shared read buffer, valid until its next
+    // read, so compared at once and copied only when they are a record not decoded yet.
+    // (getBinary copied the whole record per call: with 1024 stripes of one object, a
+    // rebuild's current() per stripe, O(stripes^2) bytes allocated and copied.)
+    const fast = db.getBinaryFast(key);
+    if (fast === undefined) return undefined;
+    // A reusable buffer's `length` is the value's, its byteLength the whole area (lmdb-js
+    // README): a plain view of the value's bytes, for equals() and the copy.
+    const stored = Buffer.from(fast.buffer, fast.byteOffset, fast.length);
     const last = this.lastRead;
-    if (last !== null && last.db === db && last.key.equals(key) && last.bytes.equals(bytes)) return last.value as V;
+    if (last !== null && last.db === db && last.key.equals(key) && last.bytes.equals(stored)) return last.value as V;
+    const bytes = Buffer.from(stored);
     const value = decoder.decode(bytes);
     freezeStripes(value);
     this.lastRead = { db, key: Buffer.from(key), bytes, value };
