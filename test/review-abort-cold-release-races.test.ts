@@ -2,10 +2,10 @@
 // before the tier reverts). Pins, with the truncate held in flight (fs.ftruncate
 // wrapped): client writes and reads are served meanwhile (the volume is still
 // cold: journal and stripes), the tier does not revert before the truncate has
-// landed, writes after the revert are allocated into the truncated file,
-// a resize or a delete during the truncate neither loses bytes nor leaks the
-// descriptor; and a kill -9 just before or just after the truncate lands
-// loses no flushed byte at the restart.
+// landed, a destage pass meanwhile goes to stripes only, writes after the
+// revert are allocated into the truncated file, a resize or a delete during
+// the truncate neither loses bytes nor leaks the descriptor; and a kill -9
+// just before or just after the truncate lands loses no flushed byte.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
@@ -161,6 +161,10 @@ if (process.argv[2] === 'crash-child') {
     want.copy(grown);
     await within(put(vol, grown, (CHUNKS + 1) * MiB, 4096), 'a write past the old end');
     assert.ok((await within(readVolume(vol, 0, (CHUNKS + 2) * MiB), 'a read')).equals(grown), 'bytes with the truncate in flight');
+    // A destage pass meanwhile takes the journaled chunks to stripes (never the file).
+    await within(m.cold!.destager.kick(), 'a destage pass');
+    for (const c of [1, JOURNALED_CHUNK, 7, CHUNKS + 1]) assert.equal(vol.chunkState[c], ChunkState.Cold, `chunk ${c} destaged`);
+    assert.ok((await within(readVolume(vol, 0, (CHUNKS + 2) * MiB), 'a read')).equals(grown), 'bytes after the destage pass');
     assert.equal(vol.rec.tier, 'cold');
     assert.equal(settled, false, 'the move ended before its truncate landed');
     assert.equal(vol.chunksOnFile().length, 0, 'nothing was allocated in the file while it is being truncated');
