@@ -14,6 +14,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
+import { MigrationInProgress } from '../src/dataplane/errors.js';
 import { ChunkState } from '../src/dataplane/meta/store.js';
 import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
 import type { Volume } from '../src/dataplane/volumes/volume.js';
@@ -133,7 +134,7 @@ async function crashChild(dir: string, point: 'before' | 'after'): Promise<void>
 if (process.argv[2] === 'crash-child') {
   await crashChild(process.argv[3]!, process.argv[4] as 'before' | 'after');
 } else {
-  test('aborted move to cold, truncate held in flight: clients are served from journal/stripes meanwhile, the tier reverts only after it lands, later writes land in the file; byte-exact, also after a restart', async (t) => {
+  test('aborted move to cold, truncate held in flight: clients are served from journal/stripes meanwhile, the tier reverts only after it lands, later writes land in the file, a second move is refused meanwhile and runs after; byte-exact, also after a restart', async (t) => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-review-abort-trunc-'));
     let m: VolumeManager | null = await openColdTierManager(dir);
     const hold = holdTruncate();
@@ -165,6 +166,9 @@ if (process.argv[2] === 'crash-child') {
     await within(m.cold!.destager.kick(), 'a destage pass');
     for (const c of [1, JOURNALED_CHUNK, 7, CHUNKS + 1]) assert.equal(vol.chunkState[c], ChunkState.Cold, `chunk ${c} destaged`);
     assert.ok((await within(readVolume(vol, 0, (CHUNKS + 2) * MiB), 'a read')).equals(grown), 'bytes after the destage pass');
+    // A second move now (the control loop, the API) is refused, not run beside the revert.
+    await assert.rejects(migrateVolume(m, 'v', 'hot', { preserve: false }), (err: Error) => err instanceof MigrationInProgress);
+    await assert.rejects(migrateVolume(m, 'v', 'cold', { preserve: false }), (err: Error) => err instanceof MigrationInProgress);
     assert.equal(vol.rec.tier, 'cold');
     assert.equal(settled, false, 'the move ended before its truncate landed');
     assert.equal(vol.chunksOnFile().length, 0, 'nothing was allocated in the file while it is being truncated');
@@ -193,10 +197,16 @@ if (process.argv[2] === 'crash-child') {
       fs.closeSync(fd);
     }
     assert.ok((await readVolume(vol, 0, (CHUNKS + 2) * MiB)).equals(grown), 'bytes after the revert');
+    // A second move to cold right after, with a write racing it: finishes, releases the file.
+    const racing = put(vol, grown, 4 * MiB + 4096, 4096);
+    await migrateVolume(m, 'v', 'cold', { preserve: false });
+    await racing;
+    assert.equal(fs.statSync(file).size, 0, 'the finished move released the file');
+    assert.ok((await readVolume(vol, 0, (CHUNKS + 2) * MiB)).equals(grown), 'bytes after a second move to cold');
     await m.close();
     m = await openColdTierManager(dir, false);
     const again = m.openVolume('v');
-    assert.equal(again.rec.tier, 'hot');
+    assert.equal(again.rec.tier, 'cold');
     assert.equal(again.rec.sizeBytes, (CHUNKS + 2) * MiB);
     assert.ok((await readVolume(again, 0, (CHUNKS + 2) * MiB)).equals(grown), 'bytes after a restart');
   });
