@@ -7,6 +7,7 @@ import YAML from 'yaml';
 import { InvalidArgument } from './dataplane/errors.js';
 import { TIERS, type Tier } from './dataplane/meta/store.js';
 import { filesystemFreeBytes } from './dataplane/pools/pool.js';
+import { ensureDurableDir } from './dataplane/dir-sync.js';
 import { DEFAULT_STORAGE_POLICY_YAML } from './control/policy.js';
 
 export interface PoolConfig {
@@ -96,7 +97,9 @@ export function embeddedDefault(dataDir: string): DaemonConfig {
 /** Loads dataDir/couchestor.yaml, writing the embedded default first if absent. */
 export function loadConfig(dataDir: string): DaemonConfig {
   const abs = path.resolve(dataDir);
-  fs.mkdirSync(abs, { recursive: true });
+  // Holds the index (meta/) and, by default, the pools: its name must
+  // survive a power cut once anything in it is acknowledged.
+  ensureDurableDir(abs);
   const file = path.join(abs, CONFIG_FILE);
   if (!fs.existsSync(file)) {
     const def = embeddedDefault(abs);
@@ -180,7 +183,7 @@ export function resolvePoolPath(cfg: DaemonConfig, p: PoolConfig): string {
 export function poolCapacityBytes(cfg: DaemonConfig, p: PoolConfig): number {
   if (p.capacity !== 'auto') return p.capacity;
   const dir = resolvePoolPath(cfg, p);
-  fs.mkdirSync(dir, { recursive: true });
+  ensureDurableDir(dir);
   return filesystemFreeBytes(dir);
 }
 

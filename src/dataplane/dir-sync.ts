@@ -1,6 +1,8 @@
-// Makes a just-created file's name durable: fsync of its parent directory,
-// opened by path, then a check that the directory synced is the one the file
-// is linked in (a pool directory replaced meanwhile fails the call).
+// Makes a just-created file's or directory's name durable: fsync of its
+// parent directory, opened by path, then a check that the directory synced is
+// the one the entry is linked in (a pool directory replaced meanwhile fails
+// the call). syncNewEntry for files (async, before an index entry or a FLUSH
+// depends on them), ensureDurableDir for the directories that hold them.
 //
 // By path, not on a directory fd held for the store's lifetime. Node has no
 // openat(): files are created by path, so they land in whatever directory the
@@ -36,20 +38,133 @@ export async function syncNewEntry(file: string, fd: number): Promise<void> {
   }
   try {
     await dir.sync();
-    // After the sync: the directory the path names now is the one synced,
-    // and in it the name leads to our file, so our entry was in the synced
-    // directory (entries do not move between directories but by rename).
-    const synced = fs.fstatSync(dir.fd);
-    const current = fs.statSync(dirPath, { throwIfNoEntry: false });
-    if (!current || current.ino !== synced.ino || current.dev !== synced.dev) {
-      throw new PoolOffline(`directory ${dirPath} was removed or replaced while ${path.basename(file)} was created in it: the new name is not durable`);
-    }
-    const entry = fs.lstatSync(file, { throwIfNoEntry: false });
-    const opened = fs.fstatSync(fd);
-    if (!entry || entry.ino !== opened.ino || entry.dev !== opened.dev) {
-      throw new PoolOffline(`${file} no longer names the file just created (its directory was replaced, or the file removed)`);
-    }
+    assertSyncedEntry(dirPath, dir.fd, file, fs.fstatSync(fd));
   } finally {
     await dir.close();
+  }
+}
+
+/**
+ * After an fsync of `dirFd` (opened by path at `dirPath`): the directory the
+ * path names now is the one synced, and in it `entryPath` leads to `expected`
+ * (the file or directory just created), so the entry was in the synced
+ * directory (entries do not move between directories but by rename). The
+ * stats run on the calling thread: metadata of a directory just opened,
+ * microseconds each.
+ */
+function assertSyncedEntry(dirPath: string, dirFd: number, entryPath: string, expected: fs.Stats): void {
+  const synced = fs.fstatSync(dirFd);
+  const current = fs.statSync(dirPath, { throwIfNoEntry: false });
+  if (!current || current.ino !== synced.ino || current.dev !== synced.dev) {
+    throw new PoolOffline(`directory ${dirPath} was removed or replaced while ${path.basename(entryPath)} was created in it: the new name is not durable`);
+  }
+  const entry = fs.lstatSync(entryPath, { throwIfNoEntry: false });
+  if (!entry || entry.ino !== expected.ino || entry.dev !== expected.dev) {
+    throw new PoolOffline(`${entryPath} no longer names the ${expected.isDirectory() ? 'directory' : 'file'} just created (its directory was replaced, or it was removed)`);
+  }
+}
+
+/**
+ * syncNewEntry on the calling thread, for the few creates made where no
+ * promise can be awaited (VolumeManager.openVolume re-creating a missing
+ * volume file). Blocks the event loop for one directory fsync: once per file
+ * created, never per I/O.
+ */
+export function syncNewEntrySync(file: string, fd: number): void {
+  syncParentOf(file, fs.fstatSync(fd));
+}
+
+/** fsync of `entryPath`'s parent by path, then the identity check; ENOENT/ENOTDIR of the parent = PoolOffline. */
+function syncParentOf(entryPath: string, expected: fs.Stats): void {
+  const dirPath = path.dirname(entryPath);
+  let dirFd: number;
+  try {
+    dirFd = fs.openSync(dirPath, 'r');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') throw new PoolOffline(`directory ${dirPath} is gone: ${path.basename(entryPath)} was made in a removed directory`, { cause: err });
+    throw err;
+  }
+  try {
+    fs.fsyncSync(dirFd);
+    assertSyncedEntry(dirPath, dirFd, entryPath, expected);
+  } finally {
+    fs.closeSync(dirFd);
+  }
+}
+
+/**
+ * Directories (dev:ino:birth time) whose own name this process has made durable, so a
+ * directory that already existed is synced into its parent once per process,
+ * not at every ensureDurableDir. Keyed by inode, not path: a pool directory
+ * replaced under the same path is a new directory, synced again. Bounded:
+ * at the bound the set is cleared, which only costs each directory one more
+ * fsync.
+ */
+const durableDirs = new Set<string>();
+const MAX_DURABLE_DIRS = 4096;
+
+/**
+ * Creates `dir` (and any missing parent) and makes its name durable before
+ * returning: for every directory this call created, its parent is fsynced
+ * (mkdir, like a file create, changes only the parent, and nothing but an
+ * fsync of the parent persists it), by path with the same identity check as
+ * syncNewEntry (PoolOffline if replaced meanwhile). A directory that already
+ * existed is synced into its parent the first time this process sees it: a
+ * previous run may have died between its mkdir and that fsync, leaving the
+ * name in the page cache only. Synchronous (callers are synchronous: Pool.
+ * ensureDirs under openVolume), so at most one fsync per directory level
+ * created, or one per directory per process: never per I/O. Files created in
+ * `dir` still need syncNewEntry: this covers `dir`'s own name only.
+ */
+export function ensureDurableDir(dir: string): void {
+  const abs = path.resolve(dir);
+  // The first directory created (recursive mkdir), or undefined if none was.
+  const first = fs.mkdirSync(abs, { recursive: true });
+  if (first !== undefined) {
+    const created: string[] = [];
+    for (let d = abs; ; d = path.dirname(d)) {
+      created.push(d);
+      if (d === first || d === path.dirname(d)) break;
+    }
+    // Top down: each parent's entry for the next level down.
+    for (const d of created.reverse()) syncParentOf(d, fs.lstatSync(d));
+    remember(fs.statSync(abs, { bigint: true }));
+    return;
+  }
+  const st = fs.statSync(abs, { bigint: true });
+  if (durableDirs.has(dirKey(st))) return;
+  // Through any symlink (a pool directory may be one): the name to persist
+  // is the real directory's, in its real parent.
+  const real = fs.realpathSync(abs);
+  syncParentOf(real, fs.lstatSync(real));
+  remember(st);
+}
+
+/**
+ * Birth time beside the inode: a directory removed and made again at once
+ * (an operator replacing a pool) often gets the freed inode number back.
+ */
+function dirKey(st: fs.BigIntStats): string {
+  return `${st.dev}:${st.ino}:${st.birthtimeNs}`;
+}
+
+function remember(st: fs.BigIntStats): void {
+  if (durableDirs.size >= MAX_DURABLE_DIRS) durableDirs.clear();
+  durableDirs.add(dirKey(st));
+}
+
+/**
+ * fsync of a directory by path, on the calling thread: the names in it made
+ * so far are durable. For start-up work that makes many names in one
+ * directory (hot-segments' fan-out), one sync where ensureDurableDir per
+ * name would sync once each.
+ */
+export function syncDirSync(dir: string): void {
+  const fd = fs.openSync(dir, 'r');
+  try {
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
   }
 }

@@ -8,7 +8,7 @@ import { crc32c } from '@node-rs/crc32';
 import { NoSpace, VolumeFailed } from '../errors.js';
 import { log } from '../../log.js';
 import { GroupCommit } from '../group-commit.js';
-import { syncNewEntry } from '../dir-sync.js';
+import { ensureDurableDir, syncNewEntry } from '../dir-sync.js';
 
 export const JOURNAL_MAGIC = 0x4e524a43; // "CJRN" little-endian
 const VERSION = 1;
@@ -97,7 +97,9 @@ export class Journal {
      */
     highestDestagedSeq?: number;
   }): Journal {
-    fs.mkdirSync(opts.dir, { recursive: true });
+    // The directory's own name: syncNewEntry on each journal file covers
+    // the file's name in it, not the directory's in the pool.
+    ensureDurableDir(opts.dir);
     const j = new Journal(opts.dir, opts.chunkSizeBytes, opts.fileBytes ?? DEFAULT_JOURNAL_FILE_BYTES, opts.capacityBytes ?? DEFAULT_JOURNAL_CAPACITY_BYTES);
     const nos = fs
       .readdirSync(opts.dir)

@@ -2,7 +2,8 @@
 // Every mutation is an LMDB transaction; callers that promise durability
 // await `durable()` which resolves once all earlier writes are synced.
 import { open, type RootDatabase, type Database } from 'lmdb';
-import { mkdirSync } from 'node:fs';
+import { existsSync } from 'node:fs';
+import { ensureDurableDir, syncDirSync } from '../dir-sync.js';
 import path from 'node:path';
 import type { StripeRef } from '../ec/stripe-store.js';
 
@@ -86,10 +87,15 @@ export class MetaStore {
 
   static open(dataDir: string): MetaStore {
     const dir = path.join(dataDir, 'meta');
-    mkdirSync(dir, { recursive: true });
+    ensureDurableDir(dir);
+    const fresh = !existsSync(path.join(dir, 'data.mdb'));
     // overlappingSync off: a resolved commit is already on stable storage,
     // which is what FLUSH/FUA promise to clients.
     const root = open({ path: dir, overlappingSync: false, maxDbs: 64, mapSize: 4 * 1024 ** 3 });
+    // LMDB syncs its data file, never the directory: the name of a data.mdb
+    // it just made is durable only after this (before any commit is
+    // reported durable: none has been issued yet).
+    if (fresh) syncDirSync(dir);
     return new MetaStore(
       root,
       root.openDB<PoolRecord, string>({ name: 'pools' }),

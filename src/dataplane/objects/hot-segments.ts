@@ -7,7 +7,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { Corrupt, IncompleteBody, PoolOffline, TooLarge, isErrno } from '../errors.js';
 import type { Pool } from '../pools/pool.js';
-import { syncNewEntry } from '../dir-sync.js';
+import { ensureDurableDir, syncDirSync, syncNewEntry } from '../dir-sync.js';
 
 export const OBJECT_CHUNK_BYTES = 1024 * 1024;
 /** Fan-out directories per pool so no directory grows past ~n/256 entries. */
@@ -40,23 +40,18 @@ export function segmentFile(pool: Pool, fileId: number): string {
   return path.join(objectsDir(pool), (fileId % FANOUT).toString(16).padStart(2, '0'), `${fileId.toString(16).padStart(12, '0')}.obj`);
 }
 
-/** Creates the fan-out directories once, and makes their entries durable. */
+/**
+ * Creates the fan-out directories once, and makes their entries durable
+ * (objects/ in the pool, each fan-out directory in objects/) before any
+ * segment is written: at start-up, once.
+ */
 export function prepareHotPool(pool: Pool): void {
   const root = objectsDir(pool);
-  fs.mkdirSync(root, { recursive: true });
+  ensureDurableDir(root);
   for (let i = 0; i < FANOUT; i++) fs.mkdirSync(path.join(root, i.toString(16).padStart(2, '0')), { recursive: true });
-  fsyncDir(root);
-  fsyncDir(pool.rec.path);
-}
-
-/** By path, like every directory sync here (dir-sync.ts says why not a held fd); at start-up, once. */
-function fsyncDir(dir: string): void {
-  const fd = fs.openSync(dir, 'r');
-  try {
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
+  // One fsync of objects/ covers every fan-out name made above; a fan-out
+  // directory left by a run that died before this sync is covered too.
+  syncDirSync(root);
 }
 
 /**

@@ -1,10 +1,11 @@
 // A pool is a directory on some media with a tier label and a capacity.
 // Capacity is enforced logically (allocated chunks), so a full pool gives a
 // clean NoSpace before the filesystem itself fills.
-import { accessSync, constants, mkdirSync, statfsSync } from 'node:fs';
+import { accessSync, constants, statfsSync } from 'node:fs';
 import path from 'node:path';
 import { NoSpace, PoolOffline } from '../errors.js';
 import type { PoolRecord } from '../meta/store.js';
+import { ensureDurableDir } from '../dir-sync.js';
 
 export class Pool {
   usedBytes = 0;
@@ -37,9 +38,13 @@ export class Pool {
     if (!this.isOnline()) throw new PoolOffline(`pool ${this.name}: directory ${this.rec.path} is missing or not writable`);
   }
 
+  /**
+   * volumes/ exists and its name is durable (ensureDurableDir: a power cut
+   * must not take the directory, and every volume file in it, with it).
+   */
   ensureDirs(): void {
     this.assertOnline();
-    mkdirSync(this.volumesDir, { recursive: true });
+    ensureDurableDir(this.volumesDir);
   }
 
   freeBytes(): number {

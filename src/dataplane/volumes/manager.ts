@@ -12,6 +12,7 @@ import { StripeStore, type StripeRef } from '../ec/stripe-store.js';
 import { Reconstructor } from '../ec/reconstruction.js';
 import type { ErasureCodingPolicy } from '../ec/policy.js';
 import { log } from '../../log.js';
+import { ensureDurableDir, syncNewEntry, syncNewEntrySync } from '../dir-sync.js';
 
 export const DEFAULT_CHUNK_SIZE_BYTES = 1024 * 1024;
 /** 2^53 guards the `number` arithmetic; real exports stay far below. */
@@ -30,6 +31,12 @@ export interface CreateVolumeOptions {
 export class VolumeManager {
   readonly pools = new Map<string, Pool>();
   private readonly open = new Map<string, Volume>();
+  /**
+   * Names of volumes being created: createVolume awaits its file's directory
+   * sync before the record lands, and a second create of the name meanwhile
+   * must not pass the exists check. One entry per create in flight.
+   */
+  private readonly creating = new Set<string>();
   cold: (ColdTier & { destager: Destager; policy: ErasureCodingPolicy; reconstructor: Reconstructor }) | null = null;
 
   constructor(readonly meta: MetaStore) {
@@ -52,7 +59,7 @@ export class VolumeManager {
 
   /** Adds or updates a pool definition (directory is created if missing). */
   async putPool(rec: PoolRecord): Promise<Pool> {
-    fs.mkdirSync(rec.path, { recursive: true });
+    ensureDurableDir(rec.path);
     await this.meta.pools.put(rec.name, rec);
     const existing = this.pools.get(rec.name);
     const pool = new Pool(rec);
@@ -136,7 +143,7 @@ export class VolumeManager {
     if (chunkSizeBytes < 4096 || (chunkSizeBytes & (chunkSizeBytes - 1)) !== 0) {
       throw new InvalidArgument('chunk size must be a power of two >= 4096');
     }
-    if (this.meta.volumes.get(opts.name)) throw new AlreadyExists(`volume ${opts.name} already exists`);
+    if (this.meta.volumes.get(opts.name) || this.creating.has(opts.name)) throw new AlreadyExists(`volume ${opts.name} already exists`);
     const tier = opts.tier ?? 'hot';
     if (tier === 'cold') {
       if (!this.cold) throw new NoSuitablePool('the cold tier is not running (no erasure-coding policy or cold pools)');
@@ -158,9 +165,25 @@ export class VolumeManager {
       createdMs: Date.now(),
       ...(opts.labels ? { labels: opts.labels } : {}),
     };
-    // A stale file from an interrupted delete must not leak old bytes.
-    fs.rmSync(pool.volumeFile(rec.id), { force: true });
-    await this.meta.volumes.put(rec.name, rec);
+    // A stale file from an interrupted delete must not leak old bytes. The
+    // placement file is made here, its name durable before the record is
+    // (fdatasync does not cover a new name): a FLUSH on the volume, a SWITCH
+    // of a promoted chunk into the file, never depend on a name a power cut
+    // could take, and no FLUSH waits for a directory sync.
+    const file = pool.volumeFile(rec.id);
+    this.creating.add(rec.name);
+    try {
+      fs.rmSync(file, { force: true });
+      const fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_TRUNC, 0o600);
+      try {
+        await syncNewEntry(file, fd);
+      } finally {
+        fs.closeSync(fd);
+      }
+      await this.meta.volumes.put(rec.name, rec);
+    } finally {
+      this.creating.delete(rec.name);
+    }
     await this.meta.durable();
     return rec;
   }
@@ -200,7 +223,7 @@ export class VolumeManager {
     try {
       for (const pool of filePools) {
         pool.ensureDirs();
-        files.push({ pool, fd: fs.openSync(pool.volumeFile(rec.id), fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600) });
+        files.push({ pool, fd: openOrCreate(pool.volumeFile(rec.id)) });
       }
     } catch (err) {
       for (const f of files) fs.closeSync(f.fd);
@@ -293,6 +316,29 @@ export class VolumeManager {
     }
     await this.meta.close();
   }
+}
+
+/**
+ * Opens a volume file, creating it if missing with its name made durable
+ * before anything is written to it (syncNewEntrySync: openVolume is
+ * synchronous). createVolume makes the placement file, so a create here is
+ * rare: a volume made before createVolume did, or a file lost outside the
+ * daemon. One directory fsync per file created, none for a file that exists.
+ */
+function openOrCreate(file: string): number {
+  try {
+    return fs.openSync(file, fs.constants.O_RDWR);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+  }
+  const fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
+  try {
+    syncNewEntrySync(file, fd);
+  } catch (err) {
+    fs.closeSync(fd);
+    throw err;
+  }
+  return fd;
 }
 
 function validateSize(sizeBytes: number): void {
