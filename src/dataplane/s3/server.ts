@@ -44,6 +44,36 @@ const RESPONSE_OVERRIDES: Record<string, string> = {
  * by it (or refused), never mistaken for a listing, a bucket create or delete.
  */
 const SUBRESOURCES: readonly string[] = ['tagging', 'acl', 'versions', 'location', 'uploads', 'delete', ...Object.keys(BUCKET_CONFIGS), ...Object.keys(UNSUPPORTED)];
+/**
+ * What a PUT, POST or DELETE without a subresource (or with ?uploads) may
+ * carry besides it: the multipart parameters, versionId (only "null"
+ * exists), aws-sdk-js v3's x-id, and X-Amz-* (presigned, or headers hoisted
+ * into the query), any case. S3 ignores other names, but then a subresource
+ * in another case or misspelt (?Tagging, ?taging) is a PutObject with the
+ * subresource's body, a DeleteObject, a DeleteBucket or a CreateBucket
+ * (test/review-s3-subresource-routing): such a request is refused instead.
+ */
+const MUTATION_PARAMS: ReadonlySet<string> = new Set(['uploadId', 'partNumber', 'versionId', 'x-id']);
+const isMutation = (method: string | undefined) => method === 'PUT' || method === 'POST' || method === 'DELETE';
+
+/** A query parameter a mutation does not act on: refused rather than ignored (see MUTATION_PARAMS). */
+function checkMutationQuery(method: string | undefined, query: ReadonlyMap<string, string>): void {
+  if (!isMutation(method)) return;
+  for (const name of query.keys()) {
+    if (name === 'uploads' || MUTATION_PARAMS.has(name) || /^x-amz-/i.test(name)) continue;
+    throw new S3Error('InvalidArgument', 400, `CoucheStor does not act on the query parameter ${JSON.stringify(name)} of a ${method}: refused rather than ignored, so that a misspelt subresource never writes or deletes data (subresource names are case-sensitive).`, { ArgumentName: name });
+  }
+}
+
+/**
+ * Without versioning every key has one version, VersionId "null" (as
+ * ListObjectVersions answers): any other id names a version that never
+ * existed, and is refused rather than served, overwritten or deleted as the
+ * current one.
+ */
+function checkVersionId(versionId: string | undefined, argumentName: string): void {
+  if (versionId !== undefined && versionId !== 'null') throw new S3Error('InvalidArgument', 400, 'Invalid version id specified', { ArgumentName: argumentName, ArgumentValue: versionId });
+}
 /** Listings served by listObjects: ListObjects (v1), ListObjectsV2, ListObjectVersions. */
 type ListingKind = 'v1' | 'v2' | 'versions';
 const OWNER_DISPLAY_NAME = 'couchestor';
@@ -362,6 +392,9 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
     }
     validateBucketName(bucket);
     const sub = SUBRESOURCES.find((s) => ctx.query.has(s));
+    // A named subresource routes the request (its handlers never create or delete a
+    // bucket or object); without one, a PUT/POST/DELETE is a create, write or delete.
+    if (sub === undefined || sub === 'uploads') checkMutationQuery(method, ctx.query);
     if (key === undefined) {
       if (sub !== undefined) return bucketSubresource(ctx, bucket, sub);
       switch (method) {
@@ -379,7 +412,10 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
       throw methodNotAllowed();
     }
     checkKey(key);
+    checkVersionId(ctx.query.get('versionId'), 'versionId');
     if (sub !== undefined && sub !== 'uploads') return objectSubresource(ctx, bucket, key, sub);
+    // ?uploads on an object is CreateMultipartUpload (POST) only; never a GET, write or delete of the object.
+    if (sub === 'uploads' && method !== 'POST') throw methodNotAllowed();
     const uploadId = ctx.query.get('uploadId');
     switch (method) {
       case 'GET':
@@ -659,7 +695,10 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
   function copySource(ctx: Ctx): { bucket: string; key: string } {
     let src = header(ctx.raw, 'x-amz-copy-source')!;
     const q = src.indexOf('?');
-    if (q >= 0) src = src.slice(0, q);
+    if (q >= 0) {
+      checkVersionId(new Map(parseQuery(src.slice(q + 1))).get('versionId'), 'x-amz-copy-source');
+      src = src.slice(0, q);
+    }
     src = uriDecode(src).replace(/^\//, '');
     const slash = src.indexOf('/');
     if (slash <= 0 || slash === src.length - 1) throw new S3Error('InvalidArgument', 400, 'Copy Source must mention the source bucket and key: sourcebucket/sourcekey', { ArgumentName: 'x-amz-copy-source' });
