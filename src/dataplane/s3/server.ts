@@ -45,22 +45,24 @@ const RESPONSE_OVERRIDES: Record<string, string> = {
  */
 const SUBRESOURCES: readonly string[] = ['tagging', 'acl', 'versions', 'location', 'uploads', 'delete', ...Object.keys(BUCKET_CONFIGS), ...Object.keys(UNSUPPORTED)];
 /**
- * What a PUT, POST or DELETE without a subresource (or with ?uploads) may
- * carry besides it: the multipart parameters, versionId (only "null"
+ * What a PUT, POST or DELETE on an object without a subresource (or with
+ * ?uploads) may carry: the multipart parameters, versionId (only "null"
  * exists), aws-sdk-js v3's x-id, and X-Amz-* (presigned, or headers hoisted
  * into the query), any case. S3 ignores other names, but then a subresource
  * in another case or misspelt (?Tagging, ?taging) is a PutObject with the
  * subresource's body, a DeleteObject, a DeleteBucket or a CreateBucket
  * (test/review-s3-subresource-routing): such a request is refused instead.
  */
-const MUTATION_PARAMS: ReadonlySet<string> = new Set(['uploadId', 'partNumber', 'versionId', 'x-id']);
+const OBJECT_MUTATION_PARAMS: ReadonlySet<string> = new Set(['uploads', 'uploadId', 'partNumber', 'versionId', 'x-id']);
+/** On a bucket the multipart and version parameters mean nothing: DELETE /bucket?uploadId=... (a key lost by the client) is not a DeleteBucket. */
+const BUCKET_MUTATION_PARAMS: ReadonlySet<string> = new Set(['uploads', 'x-id']);
 const isMutation = (method: string | undefined) => method === 'PUT' || method === 'POST' || method === 'DELETE';
 
-/** A query parameter a mutation does not act on: refused rather than ignored (see MUTATION_PARAMS). */
-function checkMutationQuery(method: string | undefined, query: ReadonlyMap<string, string>): void {
+/** A query parameter a mutation does not act on: refused rather than ignored (see OBJECT_MUTATION_PARAMS). */
+function checkMutationQuery(method: string | undefined, query: ReadonlyMap<string, string>, allowed: ReadonlySet<string>): void {
   if (!isMutation(method)) return;
   for (const name of query.keys()) {
-    if (name === 'uploads' || MUTATION_PARAMS.has(name) || /^x-amz-/i.test(name)) continue;
+    if (allowed.has(name) || /^x-amz-/i.test(name)) continue;
     throw new S3Error('InvalidArgument', 400, `CoucheStor does not act on the query parameter ${JSON.stringify(name)} of a ${method}: refused rather than ignored, so that a misspelt subresource never writes or deletes data (subresource names are case-sensitive).`, { ArgumentName: name });
   }
 }
@@ -394,7 +396,7 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
     const sub = SUBRESOURCES.find((s) => ctx.query.has(s));
     // A named subresource routes the request (its handlers never create or delete a
     // bucket or object); without one, a PUT/POST/DELETE is a create, write or delete.
-    if (sub === undefined || sub === 'uploads') checkMutationQuery(method, ctx.query);
+    if (sub === undefined || sub === 'uploads') checkMutationQuery(method, ctx.query, key === undefined ? BUCKET_MUTATION_PARAMS : OBJECT_MUTATION_PARAMS);
     if (key === undefined) {
       if (sub !== undefined) return bucketSubresource(ctx, bucket, sub);
       switch (method) {
