@@ -38,6 +38,14 @@ export interface VolumeCounters {
 interface VolumeFile {
   pool: Pool;
   fd: number;
+  /**
+   * The file's size when this process opened it (set by the constructor;
+   * files opened later are created empty). Below it, an Unallocated chunk
+   * may hold bytes of a write whose chunk entry a crash lost (the pwrite
+   * landed, the LMDB commit did not): such a chunk reads as zeros, and is
+   * zeroed like a Discarded one before its first allocation.
+   */
+  staleBelowBytes?: number;
 }
 
 /**
@@ -138,6 +146,7 @@ export class Volume {
     private readonly cold: ColdTier | null,
   ) {
     if (files.length === 0 || files.length > MAX_VOLUME_FILES || files[0]!.pool.name !== rec.poolName) throw new InvalidArgument(`volume ${rec.name}: bad file set`);
+    for (const f of files) f.staleBelowBytes = fs.fstatSync(f.fd).size;
     this.files = files;
     this.chunkState = chunkState;
     this.chunkFile = chunkFile;
@@ -500,12 +509,17 @@ export class Volume {
     if (extents) applyExtents(extents, start, end, dst, at);
   }
 
-  /** Discarded chunks may still hold stale bytes in the file: hide them. */
+  /**
+   * Discarded chunks may still hold stale bytes in the file, and so may
+   * Unallocated ones after a crash (see staleBelowBytes): hide them, as
+   * readPiece does, so a range reads the same on every path.
+   */
   private zeroDiscarded(offsetBytes: number, lengthBytes: number, dst: Buffer, dstOffset: number): void {
     const first = Math.floor(offsetBytes / this.rec.chunkSizeBytes);
     const last = Math.floor((offsetBytes + lengthBytes - 1) / this.rec.chunkSizeBytes);
     for (let c = first; c <= last; c++) {
-      if (this.chunkState[c] !== ChunkState.Discarded) continue;
+      const st = this.chunkState[c];
+      if (st !== ChunkState.Discarded && st !== ChunkState.Unallocated) continue;
       const start = Math.max(offsetBytes, c * this.rec.chunkSizeBytes);
       const end = Math.min(offsetBytes + lengthBytes, (c + 1) * this.rec.chunkSizeBytes);
       dst.fill(0, dstOffset + start - offsetBytes, dstOffset + end - offsetBytes);
@@ -723,18 +737,24 @@ export class Volume {
       } catch (err) {
         return Promise.reject(err);
       }
-      if (st === ChunkState.Discarded) {
-        // The region still holds old bytes; zero what this write won't cover
-        // before the chunk becomes readable as data again.
+      const fileIdx = this.allocIdx;
+      const file = this.files[fileIdx]!;
+      // Below the size the file had when this process opened it, a chunk
+      // never allocated may still hold a write whose entry a crash lost.
+      const maybeStale = st === ChunkState.Unallocated && c * cs < (file.staleBelowBytes ?? 0);
+      if (st === ChunkState.Discarded || maybeStale) {
+        // The region still holds old bytes (or may); zero what this write
+        // won't cover before the chunk becomes readable as data again.
         const chunkStart = c * cs;
-        const fileIdx = this.allocIdx;
-        const file = this.files[fileIdx]!;
         // The zeros must be durable before the index calls the chunk data,
         // or a power cut could bring back bytes a flushed trim removed.
         // syncFile: a failed fdatasync takes the volume offline (the error
         // may be another write's lost pages, reported once per file).
-        const p = this.zeroRegion(file.fd, chunkStart, cs, offsetBytes, lengthBytes)
-          .then(() => this.syncFile(file))
+        // A maybe-stale chunk is checked first: almost always a hole, and
+        // reading it cost a quarter of zeroing and syncing it (0.4 vs 1.4 ms
+        // on top of a first 4 KiB write to a 1 MiB chunk, in process).
+        const p = (maybeStale ? regionHoldsData(file.fd, chunkStart, cs) : Promise.resolve(true))
+          .then((holdsData) => (holdsData ? this.zeroRegion(file.fd, chunkStart, cs, offsetBytes, lengthBytes).then(() => this.syncFile(file)) : undefined))
           .then(() => {
             this.preparing.delete(c);
             this.setChunk(c, ChunkState.Allocated, 0, fileIdx);
@@ -1436,6 +1456,18 @@ function applyExtents(extents: readonly { type: RecordType; offsetBytes: number;
 /** Throws PoolOffline when f's file has no name any more (its pool directory was removed). */
 function assertLinked(f: VolumeFile): void {
   if (fs.fstatSync(f.fd).nlink === 0) throw new PoolOffline(`pool ${f.pool.name}: the volume file is gone (pool directory removed?)`);
+}
+
+/** Whether [positionBytes, +lengthBytes) of the file holds any non-zero byte. */
+async function regionHoldsData(fd: number, positionBytes: number, lengthBytes: number): Promise<boolean> {
+  const buf = takeCopyBuffer(lengthBytes);
+  try {
+    await readAll(fd, buf, 0, lengthBytes, positionBytes);
+    // memcmp against the shared zeros: a BigInt word loop (isZero) cost ~1 ms per MiB here.
+    return !buf.equals(zeros(lengthBytes));
+  } finally {
+    giveCopyBuffer(buf);
+  }
 }
 
 function readAll(fd: number, dst: Buffer, at: number, lengthBytes: number, positionBytes: number): Promise<void> {
