@@ -339,9 +339,11 @@ export class Reconstructor {
           return;
         }
         this.rebuiltStripes++;
-        if (l.forRebuild !== undefined) {
-          l.forRebuild.stripesRebuilt++;
-          l.forRebuild.bytesLanded += l.lengthBytes;
+        // As land(): a pool rebuild may have tagged the stripe while the batch landed.
+        const counted = l.entry.poolRebuild ?? l.forRebuild;
+        if (counted !== undefined) {
+          counted.stripesRebuilt++;
+          counted.bytesLanded += l.lengthBytes;
         }
         log.debug('stripe reconstructed', { stripe: `${source.prefix}:${l.entry.holder!.key}` });
         this.states.delete(l.key);
@@ -427,10 +429,13 @@ export class Reconstructor {
         return false;
       }
       this.rebuiltStripes++;
-      // Read before the await above could have let the rebuild end and clear the tag.
-      if (forRebuild !== undefined) {
-        forRebuild.stripesRebuilt++;
-        forRebuild.bytesLanded += prepared.lengthBytes;
+      // The tag now, else the one read before landing: a pool rebuild that checks the stripe
+      // while it lands tags it then (and leaves it to this path), and one that has ended since
+      // (a scrub's landing outlives it) has cleared its tag.
+      const counted = entry.poolRebuild ?? forRebuild;
+      if (counted !== undefined) {
+        counted.stripesRebuilt++;
+        counted.bytesLanded += prepared.lengthBytes;
       }
       log.debug('stripe reconstructed', { stripe: target.label });
       this.states.delete(key);
