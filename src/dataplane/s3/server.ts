@@ -24,6 +24,13 @@ export interface S3ServerOptions {
 
 /** Request XML bodies (CompleteMultipartUpload with 10000 parts is ~1 MiB). */
 const MAX_XML_BODY_BYTES = 4 * 1024 * 1024;
+/**
+ * Tagging, ACL, bucket-configuration and CreateBucket bodies: the largest valid one (50
+ * bucket tags of 128 + 256 characters written as character references,
+ * ~200 KB; 100 ACL grants, ~30 KB) fits. The parser runs on the event loop:
+ * four 4 MiB bodies of empty <Tag/> held every other client 1-1.8 s.
+ */
+const MAX_SUBRESOURCE_BODY_BYTES = 256 * 1024;
 const MAX_USER_META_BYTES = 2048;
 const MAX_LIST_KEYS = 1000;
 const MAX_DELETE_OBJECTS = 1000;
@@ -297,12 +304,12 @@ function virtualHostBucket(host: string | undefined, domains: readonly string[])
   return undefined;
 }
 
-async function readSmallBody(ctx: Ctx): Promise<Buffer> {
+async function readSmallBody(ctx: Ctx, maxBytes = MAX_XML_BODY_BYTES): Promise<Buffer> {
   const pieces: Buffer[] = [];
   let total = 0;
   for await (const p of verifiedBody(ctx.raw, ctx.payload, ctx.raw.headers)) {
     total += p.length;
-    if (total > MAX_XML_BODY_BYTES) throw new S3Error('MaxMessageLengthExceeded', 400, 'Your request was too big.');
+    if (total > maxBytes) throw new S3Error('MaxMessageLengthExceeded', 400, 'Your request was too big.');
     pieces.push(p);
   }
   const body = Buffer.concat(pieces);
@@ -466,7 +473,7 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
         if (rec.tags === undefined) throw new S3Error('NoSuchTagSet', 404, 'The TagSet does not exist', { BucketName: bucket });
         return sendXml(reply, 200, taggingXml(rec.tags));
       case 'PUT tagging':
-        await store.setBucketTags(bucket, tagsFromXml(parseBodyXml(await readSmallBody(ctx), 'Tagging'), 'bucket'));
+        await store.setBucketTags(bucket, tagsFromXml(parseBodyXml(await readSmallBody(ctx, MAX_SUBRESOURCE_BODY_BYTES), 'Tagging'), 'bucket'));
         return reply.code(204).send();
       case 'DELETE tagging':
         await store.setBucketTags(bucket, undefined);
@@ -488,7 +495,7 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
           break;
         case 'PUT':
           if (cfg.acceptsDefault === undefined) throw refuseConfig(cfg);
-          if (!cfg.acceptsDefault.isDefault(parseBodyXml(await readSmallBody(ctx), cfg.acceptsDefault.root))) throw refuseConfig(cfg);
+          if (!cfg.acceptsDefault.isDefault(parseBodyXml(await readSmallBody(ctx, MAX_SUBRESOURCE_BODY_BYTES), cfg.acceptsDefault.root))) throw refuseConfig(cfg);
           return reply.code(200).send();
       }
     }
@@ -505,7 +512,7 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
       case 'GET tagging':
         return sendXml(reply, 200, taggingXml(rec.tags ?? []));
       case 'PUT tagging':
-        await store.setObjectTags(bucket, key, tagsFromXml(parseBodyXml(await readSmallBody(ctx), 'Tagging'), 'object'));
+        await store.setObjectTags(bucket, key, tagsFromXml(parseBodyXml(await readSmallBody(ctx, MAX_SUBRESOURCE_BODY_BYTES), 'Tagging'), 'object'));
         return reply.code(200).send();
       case 'DELETE tagging':
         await store.setObjectTags(bucket, key, []);
@@ -524,7 +531,7 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
   /** PutBucketAcl/PutObjectAcl: a header or body that means "owner only" is accepted (nothing to store), any grant to others refused. */
   async function putAcl(ctx: Ctx): Promise<void> {
     checkAclHeaders(ctx.raw.headers);
-    const body = await readSmallBody(ctx);
+    const body = await readSmallBody(ctx, MAX_SUBRESOURCE_BODY_BYTES);
     if (body.length > 0) checkAclBody(parseBodyXml(body, 'AccessControlPolicy'), ownerId);
     else if (header(ctx.raw, 'x-amz-acl') === undefined) throw new S3Error('MalformedXML', 400, 'The XML you provided was not well-formed or did not validate against our published schema.');
   }
@@ -547,7 +554,7 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
 
   async function createBucket(ctx: Ctx, bucket: string) {
     checkAclHeaders(ctx.raw.headers);
-    const body = await readSmallBody(ctx);
+    const body = await readSmallBody(ctx, MAX_SUBRESOURCE_BODY_BYTES);
     if (body.length > 0) parseBodyXml(body, 'CreateBucketConfiguration');
     const tierHeader = header(ctx.raw, 'x-couchestor-tier') ?? 'hot';
     if (tierHeader !== 'hot' && tierHeader !== 'cold') throw new S3Error('InvalidArgument', 400, 'x-couchestor-tier must be hot or cold', { ArgumentName: 'x-couchestor-tier', ArgumentValue: tierHeader });
