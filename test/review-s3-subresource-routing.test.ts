@@ -102,6 +102,16 @@ describe('review: S3 subresource routing never writes or deletes on a query it d
     assert.ok(c.status >= 400 && c.status < 500, `copy of another version: ${c.status} ${c.body}`);
     assert.match(await bodyOf('copy'), /status 404/);
     assert.equal(await bodyOf('k'), ORIGINAL);
+    // DeleteObjects naming another version of the key: an Error entry for it, the object kept.
+    const other = await raw(env, 'POST', `/${B}`, [['delete', '']], `<Delete><Object><Key>k</Key><VersionId>3HL4kqtJlcpXroDTDmJ</VersionId></Object></Delete>`);
+    assert.equal(other.status, 200, other.body);
+    assert.match(other.body, /<Error><Key>k<\/Key><VersionId>3HL4kqtJlcpXroDTDmJ<\/VersionId><Code>InvalidArgument<\/Code>/);
+    assert.doesNotMatch(other.body, /<Deleted>/);
+    assert.equal(await bodyOf('k'), ORIGINAL, 'DeleteObjects with another VersionId deleted the object');
+    // The null version is the object.
+    const nullVersion = await raw(env, 'POST', `/${B}`, [['delete', '']], `<Delete><Object><Key>k</Key><VersionId>null</VersionId></Object></Delete>`);
+    assert.match(nullVersion.body, /<Deleted><Key>k<\/Key><VersionId>null<\/VersionId><\/Deleted>/);
+    assert.match(await bodyOf('k'), /status 404/);
   });
 
   it('bucket: DELETE/PUT with a mis-cased or misspelt subresource neither deletes an empty bucket nor creates one', async () => {
