@@ -756,13 +756,16 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
     for (const o of objects) {
       const k = child(o, 'Key')?.text;
       if (k === undefined) throw new S3Error('MalformedXML', 400, 'Each Object needs a Key.');
+      // Echoed as given, as S3 does; only "null" (the one version there is) is deleted.
+      const versionId = child(o, 'VersionId')?.text;
       try {
         checkKey(k);
+        checkVersionId(versionId, 'VersionId');
         await store.deleteObject(bucket, k);
-        if (!quiet) out += `<Deleted>${tag('Key', k)}</Deleted>`;
+        if (!quiet) out += `<Deleted>${tag('Key', k)}${tag('VersionId', versionId)}</Deleted>`;
       } catch (err) {
         const e = toS3Error(err, { bucket, key: k });
-        out += `<Error>${tag('Key', k)}${tag('Code', e.code)}${tag('Message', e.message)}</Error>`;
+        out += `<Error>${tag('Key', k)}${tag('VersionId', versionId)}${tag('Code', e.code)}${tag('Message', e.message)}</Error>`;
       }
     }
     return sendXml(ctx.reply, 200, `${XML_HEADER}<DeleteResult xmlns="${S3_NS}">${out}</DeleteResult>`);
