@@ -20,6 +20,8 @@ import { Pool } from '../src/dataplane/pools/pool.js';
 import { prepareHotPool } from '../src/dataplane/objects/hot-segments.js';
 import { writeVolume } from './helpers/volume.js';
 import { ensureDurableDir } from '../src/dataplane/dir-sync.js';
+import { SegmentStore } from '../src/dataplane/ec/segment-store.js';
+import { encodeShardRecord } from '../src/dataplane/ec/shard-record.js';
 
 const MiB = 1024 * 1024;
 
@@ -235,4 +237,25 @@ test('ensureDurableDir: a directory that existed is synced into its parent once 
     { kind: 'dirsync', path: real },
     { kind: 'dirsync', path: path.join(real, 'a') },
   ]);
+});
+
+test('cold segments: a pool directory made while the daemon runs (a replaced cold pool) is synced into its parent before the first shard record is acknowledged', async (t) => {
+  const root = tempRoot(t, 'dirsync-segments');
+  fs.mkdirSync(path.join(root, 'pools'));
+  const rec = recordEvents(root);
+  let store: SegmentStore | null = null;
+  t.after(async () => {
+    rec.restore();
+    await store?.close();
+  });
+  // The operator's mkdir of the replacement pool, then the store's segments/.
+  const segDir = path.join(root, 'pools', 'cold-2', 'segments');
+  fs.mkdirSync(segDir, { recursive: true });
+  store = await SegmentStore.open(segDir, { createdDir: true });
+  const record = encodeShardRecord({ ownerId: Buffer.alloc(16, 7), chunkIndex: 1, stripeGeneration: 1, shardIndex: 0, dataShards: 4, parityShards: 2 }, Buffer.alloc(4096, 1));
+  await store.append([record]);
+  rec.mark('append ok');
+  const created = rec.events.filter((e) => e.kind === 'create').map((e) => e.path);
+  assert.ok(created.includes(path.join(root, 'pools', 'cold-2')) && created.includes(segDir), `log: ${JSON.stringify(created)}`);
+  assert.deepEqual(unsyncedBefore(rec.events, 'append ok'), []);
 });

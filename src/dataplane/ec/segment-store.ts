@@ -301,6 +301,11 @@ export class SegmentStore {
       // Always, not only with createdDir: segments/ may have been created by a
       // process that died before its first commit (mkdir then reports nothing new).
       store.namesToSync.add(dirname(poolDir));
+      // And the pool directory's own name: at start-up putPool made it durable
+      // (dir-sync.ts ensureDurableDir), but a pool directory an operator
+      // replaced while the daemon runs (before `couchestor rebuild`) was
+      // never synced into its parent, and a rebuild's shards land in it.
+      store.namesToSync.add(dirname(dirname(poolDir)));
       return store;
     } catch (error) {
       if (error instanceof PoolOffline) throw error;
