@@ -6,7 +6,9 @@
 // succeeds although the pages were dropped). The faults are injected in
 // process by wrapping fs.fdatasync / fs.writev, which journal.ts and
 // volume.ts call through the `fs` module object. The first three cases
-// failed before 8dceda5 (at ecf0f2d), which fixed them; the fourth is coverage (passed there).
+// failed before 8dceda5 (at ecf0f2d), which fixed them; the fourth is
+// coverage (passed there); the fifth and sixth (an fdatasync that succeeds
+// beside one of the same file that failed) failed at a4ccea6.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -175,4 +177,72 @@ test('volume: an fdatasync EIO reaches the FLUSH that started it and every FLUSH
   assert.equal(calls, 1, 'the queued sync did not retry fdatasync on the failed file');
   await assert.rejects(vol.flush(), /fdatasync/);
   await assert.rejects(writeVolume(vol, 0, Buffer.alloc(BLOCK_BYTES, 0x46)), /fdatasync/);
+});
+
+test('volume: a FLUSH whose fdatasync ran beside one that failed on the same file fails (the kernel reports the error to one of them only)', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-review-sync-beside-'));
+  const m = await openColdTierManager(dir);
+  t.after(async () => {
+    fs.fdatasync = realFdatasync;
+    await m.close().catch(() => undefined);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  await m.createVolume({ name: 'v', sizeBytes: 4 * MiB, tier: 'hot' });
+  const vol = m.openVolume('v');
+  await writeVolume(vol, MiB, Buffer.alloc(MiB, 0x11));
+  await vol.trim(MiB, MiB, true);
+  assert.equal(vol.chunkState[1], ChunkState.Discarded);
+  // An acknowledged write whose writeback will fail.
+  await writeVolume(vol, 0, Buffer.alloc(BLOCK_BYTES, 0x22));
+  // The FLUSH's fdatasync is slow and, when it returns, succeeds: the EIO
+  // went to the other fdatasync of the file, issued while it ran.
+  let releaseFlushSync!: () => void;
+  const flushSyncHeld = new Promise<void>((r) => (releaseFlushSync = r));
+  let calls = 0;
+  fs.fdatasync = ((fd: number, cb: SyncCb) => {
+    const n = ++calls;
+    if (n === 1) void flushSyncHeld.then(() => realFdatasync(fd, cb));
+    else if (n === 2) process.nextTick(() => cb(eio()));
+    else realFdatasync(fd, cb);
+  }) as typeof fs.fdatasync;
+  const flush = vol.flush();
+  // A write into the Discarded chunk zeroes it and syncs the file: that fdatasync gets the EIO.
+  await assert.rejects(writeVolume(vol, MiB + BLOCK_BYTES, Buffer.alloc(BLOCK_BYTES, 0x33)));
+  assert.equal(calls, 2);
+  releaseFlushSync();
+  await assert.rejects(flush, /fdatasync|offline/i, "the FLUSH reported success although the file's writeback failed while it ran");
+});
+
+test("volume: a chunk's zeroing sync that ran beside a failed FLUSH sync does not make the chunk data", async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-review-sync-beside2-'));
+  const m = await openColdTierManager(dir);
+  t.after(async () => {
+    fs.fdatasync = realFdatasync;
+    await m.close().catch(() => undefined);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  await m.createVolume({ name: 'v', sizeBytes: 4 * MiB, tier: 'hot' });
+  const vol = m.openVolume('v');
+  await writeVolume(vol, MiB, Buffer.alloc(MiB, 0x11));
+  await vol.trim(MiB, MiB, true);
+  await writeVolume(vol, 0, Buffer.alloc(BLOCK_BYTES, 0x22));
+  let releaseZeroSync!: () => void;
+  const zeroSyncHeld = new Promise<void>((r) => (releaseZeroSync = r));
+  let zeroSyncIssued!: () => void;
+  const issued = new Promise<void>((r) => (zeroSyncIssued = r));
+  let calls = 0;
+  fs.fdatasync = ((fd: number, cb: SyncCb) => {
+    const n = ++calls;
+    if (n === 1) {
+      zeroSyncIssued();
+      void zeroSyncHeld.then(() => realFdatasync(fd, cb));
+    } else if (n === 2) process.nextTick(() => cb(eio()));
+    else realFdatasync(fd, cb);
+  }) as typeof fs.fdatasync;
+  const write = writeVolume(vol, MiB + BLOCK_BYTES, Buffer.alloc(BLOCK_BYTES, 0x33));
+  await issued; // the zeroing's fdatasync runs ...
+  await assert.rejects(vol.flush(), /fdatasync/); // ... when the FLUSH's gets the EIO
+  releaseZeroSync();
+  await assert.rejects(write, /fdatasync|offline/i, 'the write into the zeroed chunk was acknowledged after the file failed');
+  assert.equal(vol.chunkState[1], ChunkState.Discarded, 'the chunk became data although the sync of its zeros may have lost them');
 });

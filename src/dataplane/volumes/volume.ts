@@ -922,7 +922,10 @@ export class Volume {
   private syncFile(f: VolumeFile): Promise<void> {
     return new Promise<void>((resolve, reject) => {
       fs.fdatasync(f.fd, (err) => {
-        if (!err) return resolve();
+        // Success, but another fdatasync of the volume's files failed
+        // meanwhile: the kernel reports a writeback error to one caller
+        // only, so this one's "success" may cover pages it dropped.
+        if (!err) return this.failure ? reject(this.failure) : resolve();
         // As in syncOnce: the kernel may have dropped dirty pages of client
         // writes to this file too, and reports that only once.
         this.failure ??= new VolumeFailed(`volume ${this.name}: fdatasync of its file on pool ${f.pool.name} failed (${err.message}); volume taken offline`);
@@ -1324,6 +1327,10 @@ export class Volume {
         }),
     );
     return Promise.all(syncs).then(() => {
+      // Every fdatasync succeeded, but one beside them (a chunk copy's, a
+      // zeroing's) failed on a file they synced: the error went to that
+      // caller only, and these may have synced without the dropped pages.
+      if (this.failure) throw this.failure;
       const journal = this.cold && this.cold.journal.hasVolume(this.rec.id) ? this.cold.journal.sync() : null;
       return Promise.all([journal, metaDirty ? this.meta.durable() : null]).then(() => undefined);
     });
