@@ -108,6 +108,11 @@ function segKey(pool: string, segment: number): string {
   return `${pool}\u0000${segment}`;
 }
 
+/** A record's place: pool, segment, offset. */
+function placeKey(s: ShardRef): string {
+  return `${s.pool}\u0000${s.segment}\u0000${s.offsetBytes}`;
+}
+
 export class SegmentCompactor {
   private readonly opts: CompactionOptions;
   private readonly objects: Database<ObjectLike, Buffer>;
@@ -138,6 +143,16 @@ export class SegmentCompactor {
   private recountEpoch = 0;
   /** Places counted without their check because deadChecks was full (MAX_PENDING_DEAD_CHECKS). */
   uncheckedDeadPlaces = 0;
+  /**
+   * Checked places that held nothing yet (beyond their store's written end),
+   * by place: a rebuild of that very stripe may still land its record there
+   * and lose its flip (StripeStore.onLostFlipAtSamePlace), which re-checks
+   * the place. Usually another record fills it, or nothing: dropped oldest
+   * first past MAX_PENDING_DEAD_CHECKS (then not counted, as before).
+   */
+  private readonly parkedChecks = new Map<string, { at: ShardRef; of: DeadShardOf; epoch: number }>();
+  /** Places of lost flips no parked check named yet (its check may be in flight); bounded as parkedChecks. */
+  private readonly lostFlipPlaces = new Set<string>();
 
   constructor(
     private readonly stripes: StripeStore,
@@ -151,6 +166,7 @@ export class SegmentCompactor {
     this.parts = meta.openDB<PartLike, Buffer>(PARTS_DB);
     for (const { key, value } of meta.segmentDeadBytes.getRange()) this.dead.set(segKey(key[0], key[1]), value);
     stripes.onShardsDead = (shards, of) => this.markDead(shards, of);
+    stripes.onLostFlipAtSamePlace = (shards) => this.lostFlipAt(shards);
     stripes.onStoreReplaced = (pool, fresh) => this.resetPool(pool, fresh);
     stripes.referencesPool = (pool) => this.referencesPool(pool);
   }
@@ -178,6 +194,7 @@ export class SegmentCompactor {
     await this.running?.catch(() => undefined);
     await this.deadSettled();
     this.stripes.onShardsDead = null;
+    this.stripes.onLostFlipAtSamePlace = null;
     this.stripes.onStoreReplaced = null;
     this.stripes.referencesPool = null;
   }
@@ -238,13 +255,44 @@ export class SegmentCompactor {
       while (this.deadChecks.length > 0) {
         const batch = this.deadChecks.splice(0, DEAD_CHECKS_AT_ONCE);
         const held = await Promise.all(batch.map((c) => this.stripes.holdsShard(c.at, c.of)));
+        batch.forEach((c, i) => {
+          if (held[i] !== 'unwritten') return;
+          const key = placeKey(c.at);
+          // A rebuilt record of this stripe landed there since and lost its flip: look again.
+          if (this.lostFlipPlaces.delete(key)) return void this.deadChecks.push(c);
+          this.parkedChecks.delete(key);
+          this.parkedChecks.set(key, c);
+          if (this.parkedChecks.size > MAX_PENDING_DEAD_CHECKS) this.parkedChecks.delete(this.parkedChecks.keys().next().value!);
+        });
         // A recount's snapshot taken since the place was freed already counts it (unreferenced there).
         // Pool offline (cannot tell): counted as before; if it comes back replaced, resetPool voids it.
-        this.addDead(batch.filter((c, i) => held[i] !== false && c.epoch === this.recountEpoch).map((c) => c.at));
+        this.addDead(batch.filter((c, i) => held[i] !== false && held[i] !== 'unwritten' && c.epoch === this.recountEpoch).map((c) => c.at));
       }
     } finally {
       this.checking = null;
     }
+  }
+
+  /**
+   * Rebuilt records whose flip lost, at the place the reference they
+   * replaced names (StripeStore.releaseReplaced): live if the flip lost to
+   * compaction moving another shard, so never counted from here; but a
+   * free() of that reference whose check found the place empty (parked) is
+   * checked again, and counted now that the record is there.
+   */
+  private lostFlipAt(shards: ShardRef[]): void {
+    for (const s of shards) {
+      const key = placeKey(s);
+      const parked = this.parkedChecks.get(key);
+      if (parked !== undefined) {
+        this.parkedChecks.delete(key);
+        this.deadChecks.push(parked);
+        continue;
+      }
+      this.lostFlipPlaces.add(key);
+      if (this.lostFlipPlaces.size > MAX_PENDING_DEAD_CHECKS) this.lostFlipPlaces.delete(this.lostFlipPlaces.values().next().value!);
+    }
+    if (this.deadChecks.length > 0) this.checking ??= this.runDeadChecks();
   }
 
   /** Resolves once every place told dead so far is counted, or found to be another record's. */
@@ -259,6 +307,9 @@ export class SegmentCompactor {
    * counted again by the next pass's recount.
    */
   private resetPool(pool: string, fresh: boolean): void {
+    // Places of the store replaced: void (bounded maps, walked only on a replacement).
+    for (const [key, c] of this.parkedChecks) if (c.at.pool === pool) this.parkedChecks.delete(key);
+    for (const key of this.lostFlipPlaces) if (key.startsWith(`${pool}\u0000`)) this.lostFlipPlaces.delete(key);
     for (const key of [...this.dead.keys()]) {
       const [p, segment] = key.split('\u0000') as [string, string];
       if (p !== pool) continue;

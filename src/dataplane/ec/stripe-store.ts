@@ -149,6 +149,14 @@ export class StripeStore {
    */
   onShardsDead: ((shards: ShardRef[], of: readonly DeadShardOf[]) => void) | null = null;
   /**
+   * Told of rebuilt records whose flip lost and that sit at the very place
+   * the reference they replaced names, on a pool whose store may hold stale
+   * places (releaseReplaced): not told dead (live if the flip lost to
+   * compaction moving another shard), but a free() of that reference may
+   * have been checked while the place held nothing yet (compaction.ts).
+   */
+  onLostFlipAtSamePlace: ((shards: ShardRef[], of: readonly DeadShardOf[]) => void) | null = null;
+  /**
    * Told when a pool's segment store is opened over a replaced or empty
    * directory (before anything uses it): the dead-byte hints of that pool's
    * old segments name another store's bytes. `fresh`: the store holds no
@@ -954,15 +962,16 @@ export class StripeStore {
    * the place lies outside what the store has written, the header names
    * another record or cannot be read, or the store was replaced while this
    * looked; undefined (cannot tell) while the pool is offline or unknown.
-   * Reads the 64-byte header.
+   * Reads the 64-byte header. 'unwritten': false because the place lies
+   * beyond what the store has written (a record may land there later).
    */
-  async holdsShard(at: ShardRef, of: DeadShardOf): Promise<boolean | undefined> {
+  async holdsShard(at: ShardRef, of: DeadShardOf): Promise<boolean | 'unwritten' | undefined> {
     const pool = this.poolByName(at.pool);
     if (pool === undefined || !pool.isOnline()) return undefined;
     const opened = this.store(pool);
     const store = await opened;
     if (!store) return undefined;
-    if (!store.written(at)) return false;
+    if (!store.written(at)) return this.stores.get(pool.name) === opened ? 'unwritten' : false;
     const ref = of.ref;
     try {
       const h = decodeShardHeader(await store.readRun({ segment: at.segment, offsetBytes: at.offsetBytes, lengthBytes: SHARD_HEADER_BYTES }));
@@ -985,7 +994,11 @@ export class StripeStore {
    * record's (counting it here would count it twice:
    * test/ec-release-replaced-same-place); if it lost to compaction moving
    * another shard, the index still names the place with this stripe's
-   * generation and the record serves it (live). A place a stale reference
+   * generation and the record serves it (live). On a pool whose store may
+   * hold stale places, that free()'s header check may have found the place
+   * empty (the record landed after it): such a place is handed to
+   * onLostFlipAtSamePlace, which counts it only for a free() that found it
+   * so (test/review-dead-accounting-same-place). A place a stale reference
    * names on a replaced pool (free() and a flipped release tell it too) holds
    * another record or none: the accounting counts it only if its header is
    * this shard's (compaction.ts markDead, holdsShard). What does stay off
@@ -1000,14 +1013,23 @@ export class StripeStore {
   releaseReplaced(old: StripeRef, next: StripeRef, flipped: boolean): void {
     const dead: ShardRef[] = [];
     const of: DeadShardOf[] = [];
+    const samePlace: ShardRef[] = [];
+    const samePlaceOf: DeadShardOf[] = [];
     old.shards.forEach((s, i) => {
       const n = next.shards[i]!;
-      if (n.pool === s.pool && n.segment === s.segment && n.offsetBytes === s.offsetBytes) return;
+      if (n.pool === s.pool && n.segment === s.segment && n.offsetBytes === s.offsetBytes) {
+        if (!flipped && this.mayHoldStalePlaces(n.pool)) {
+          samePlace.push(n);
+          samePlaceOf.push({ ref: next, index: i });
+        }
+        return;
+      }
       dead.push(flipped ? this.resolve(s) : n);
       of.push({ ref: flipped ? old : next, index: i });
     });
     if (flipped && dead.length > 0) this.forget(old);
     if (dead.length > 0) this.onShardsDead?.(dead, of);
+    if (samePlace.length > 0) this.onLostFlipAtSamePlace?.(samePlace, samePlaceOf);
   }
 
   /**
