@@ -47,13 +47,10 @@ async function openColdTier(dir: string) {
   return { meta, stripes, rc, compactor, store, close, perSegment };
 }
 
-// Known bug (found by this review, not fixed): at 354a35e^ this passes; since 354a35e the
-// free's header check runs while the place holds nothing yet, so o0's two rebuilt records
-// (524416 bytes on cold-2) are never counted dead until the next start's recount. Under-count
-// only (compaction finds live records from the index). Telling the same place again on a
-// lost flip is not a fix: a flip lost to compaction moving another shard leaves that place
-// live. Runs as a todo so CI stays green while it fails; drop `todo` once fixed.
-test('an object deleted while a rebuild lands its records at the places its stale references name: running dead bytes equal a fresh recount', { todo: 'under-count since 354a35e: free() checked before the rebuilt record landed' }, async (t) => {
+// Passes at 354a35e^; failed from 354a35e until the fix after 2ea9cfe: the free's header
+// check ran while the place held nothing yet, so o0's two rebuilt records (524416 bytes on
+// cold-2) were never counted dead until the next start's recount (under-count only).
+test('an object deleted while a rebuild lands its records at the places its stale references name: running dead bytes equal a fresh recount', async (t) => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-review-dead-same-place-'));
   t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
   let tier = await openColdTier(dir);
