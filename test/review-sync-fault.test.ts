@@ -8,7 +8,9 @@
 // volume.ts call through the `fs` module object. The first three cases
 // failed before 8dceda5 (at ecf0f2d), which fixed them; the fourth is
 // coverage (passed there); the fifth and sixth (an fdatasync that succeeds
-// beside one of the same file that failed) failed at a4ccea6.
+// beside one of the same file that failed) failed at a4ccea6; the seventh
+// and eighth (a failed index commit: lmdb-js rejects only that commit's
+// waiters) failed at a29860d.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -245,4 +247,45 @@ test("volume: a chunk's zeroing sync that ran beside a failed FLUSH sync does no
   releaseZeroSync();
   await assert.rejects(write, /fdatasync|offline/i, 'the write into the zeroed chunk was acknowledged after the file failed');
   assert.equal(vol.chunkState[1], ChunkState.Discarded, 'the chunk became data although the sync of its zeros may have lost them');
+});
+
+/** Makes the index's next durable() see a failed LMDB commit (what lmdb-js's `flushed` does when a commit fails), once. */
+function failNextIndexCommit(meta: object): void {
+  const root = (meta as { root: { flushed: PromiseLike<unknown> } }).root;
+  const real = root.flushed;
+  root.flushed = {
+    then(ok, bad) {
+      root.flushed = real;
+      return Promise.reject(Object.assign(new Error('MDB_PANIC: commit failed (injected)'), { code: 'EIO' })).then(ok, bad);
+    },
+  };
+}
+
+test('volume: a FLUSH after one whose index commit failed fails too (the chunk entries it covered were never made durable)', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-review-sync-meta-'));
+  const m = await openColdTierManager(dir);
+  t.after(async () => {
+    await m.close().catch(() => undefined);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  await m.createVolume({ name: 'v', sizeBytes: 4 * MiB, tier: 'hot' });
+  const vol = m.openVolume('v');
+  // A write to a fresh chunk: its data is in the file, its chunk entry in the index commit.
+  await writeVolume(vol, 2 * MiB, Buffer.alloc(BLOCK_BYTES, 0x55));
+  failNextIndexCommit(m.meta);
+  await assert.rejects(vol.flush(), /commit failed/);
+  await assert.rejects(vol.flush(), /commit failed|offline|failed/i, 'a later FLUSH reported the write durable although the commit of its chunk entry failed');
+});
+
+test('index: durable() after a failed commit keeps failing', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-review-sync-meta2-'));
+  const m = await openColdTierManager(dir);
+  t.after(async () => {
+    await m.close().catch(() => undefined);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  await m.createVolume({ name: 'v', sizeBytes: 4 * MiB, tier: 'hot' });
+  failNextIndexCommit(m.meta);
+  await assert.rejects(m.meta.durable(), /commit failed/);
+  await assert.rejects(m.meta.durable(), /commit failed/, 'durable() resolved after a commit failed: its writes are not on disk');
 });

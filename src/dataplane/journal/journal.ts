@@ -332,6 +332,8 @@ export class Journal {
    * power cut would keep the old entry and lose the records).
    */
   release(volumeId: number, chunkIndex: number, uptoSeq: number, removeAfter?: Promise<unknown>): void {
+    // Its failure is the caller's to report; here it only keeps the files.
+    removeAfter?.then(undefined, () => undefined);
     const chunks = this.index.get(volumeId);
     const list = chunks?.get(chunkIndex);
     if (!chunks || !list) return;

@@ -106,9 +106,24 @@ export class MetaStore {
     );
   }
 
-  /** Resolves once every write issued before the call is durable. */
+  /** Set once a commit failed (see durable). */
+  private commitFailure: Error | null = null;
+
+  /**
+   * Resolves once every write issued before the call is durable. After a
+   * failed commit it always rejects: lmdb-js rejects only the callers
+   * waiting on that commit, and a later call with nothing new to commit
+   * resolves at once although the failed writes are not on disk (and the
+   * callers' in-memory state no longer matches the index: restart).
+   */
   async durable(): Promise<void> {
-    await this.root.flushed;
+    if (this.commitFailure) throw this.commitFailure;
+    try {
+      await this.root.flushed;
+    } catch (err) {
+      this.commitFailure ??= err as Error;
+      throw this.commitFailure;
+    }
   }
 
   /** A named sub-database for another part of the store (objects, stripes, ...). */

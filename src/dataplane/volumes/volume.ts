@@ -1332,7 +1332,15 @@ export class Volume {
       // caller only, and these may have synced without the dropped pages.
       if (this.failure) throw this.failure;
       const journal = this.cold && this.cold.journal.hasVolume(this.rec.id) ? this.cold.journal.sync() : null;
-      return Promise.all([journal, metaDirty ? this.meta.durable() : null]).then(() => undefined);
+      return Promise.all([journal, metaDirty ? this.meta.durable() : null]).then(
+        () => undefined,
+        (err: Error) => {
+          // As for fdatasync: never retried. metaDirty is spent, so the next
+          // FLUSH would not even ask again for the entries that failed.
+          this.failure ??= new VolumeFailed(`volume ${this.name}: making its chunk map or journal durable failed (${err.message}); volume taken offline`);
+          throw this.failure;
+        },
+      );
     });
   }
 
