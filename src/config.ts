@@ -7,7 +7,7 @@ import YAML from 'yaml';
 import { InvalidArgument } from './dataplane/errors.js';
 import { TIERS, type Tier } from './dataplane/meta/store.js';
 import { filesystemFreeBytes } from './dataplane/pools/pool.js';
-import { ensureDurableDir } from './dataplane/dir-sync.js';
+import { ensureDurableDir, writeFileDurableSync } from './dataplane/dir-sync.js';
 import { DEFAULT_STORAGE_POLICY_YAML } from './control/policy.js';
 
 export interface PoolConfig {
@@ -104,11 +104,11 @@ export function loadConfig(dataDir: string): DaemonConfig {
   if (!fs.existsSync(file)) {
     const def = embeddedDefault(abs);
     const { dataDir: _omit, ...onDisk } = def;
-    fs.writeFileSync(file, '# CoucheStor daemon configuration (embedded default).\n' + YAML.stringify(onDisk));
+    writeFileDurableSync(file, '# CoucheStor daemon configuration (embedded default).\n' + YAML.stringify(onDisk));
     const sp = path.join(abs, def.control.policiesDir, 'default-storage-policy.yaml');
     if (!fs.existsSync(sp)) {
-      fs.mkdirSync(path.dirname(sp), { recursive: true });
-      fs.writeFileSync(sp, DEFAULT_STORAGE_POLICY_YAML);
+      ensureDurableDir(path.dirname(sp));
+      writeFileDurableSync(sp, DEFAULT_STORAGE_POLICY_YAML);
     }
   }
   const raw = YAML.parse(fs.readFileSync(file, 'utf8')) ?? {};
@@ -129,8 +129,8 @@ export function loadConfig(dataDir: string): DaemonConfig {
   // The erasure-coding policy is part of the embedded default: written when absent.
   const ec = path.resolve(abs, cfg.coldTier.ecPolicyFile);
   if (!fs.existsSync(ec)) {
-    fs.mkdirSync(path.dirname(ec), { recursive: true });
-    fs.writeFileSync(ec, DEFAULT_EC_POLICY_YAML);
+    ensureDurableDir(path.dirname(ec));
+    writeFileDurableSync(ec, DEFAULT_EC_POLICY_YAML);
   }
   return cfg;
 }

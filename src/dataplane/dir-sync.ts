@@ -168,3 +168,34 @@ export function syncDirSync(dir: string): void {
     fs.closeSync(fd);
   }
 }
+
+/**
+ * Creates `file` holding `data`, all or nothing, and durable on return: the
+ * bytes go to a temporary name and are fsynced, then link() publishes them
+ * under `file` (failing with EEXIST, like O_EXCL, if another process got
+ * there first: then false, and the other's file stands) and the directory
+ * is fsynced. For the files a first start
+ * writes once and a later start trusts (the S3 key pair, the embedded
+ * configuration): a power cut can leave no file, never an empty or partial
+ * one under the real name, and a key printed to the operator is on disk.
+ */
+export function writeFileDurableSync(file: string, data: string, mode = 0o644): boolean {
+  const tmp = `${file}.tmp-${process.pid}`;
+  const fd = fs.openSync(tmp, 'w', mode);
+  try {
+    fs.writeFileSync(fd, data);
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+  try {
+    fs.linkSync(tmp, file);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST') return false;
+    throw err;
+  } finally {
+    fs.unlinkSync(tmp);
+  }
+  syncParentOf(file, fs.lstatSync(file));
+  return true;
+}

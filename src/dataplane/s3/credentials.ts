@@ -5,6 +5,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { InvalidArgument } from '../errors.js';
 import { log } from '../../log.js';
+import { writeFileDurableSync } from '../dir-sync.js';
 
 export const CREDENTIALS_FILE = 's3-credentials.json';
 
@@ -26,10 +27,13 @@ export function loadCredentials(dataDir: string): AccessKey[] {
   const file = path.join(dataDir, CREDENTIALS_FILE);
   if (!fs.existsSync(file)) {
     const key = generate();
-    // wx: two daemons racing on first start must not overwrite each other's key.
-    fs.writeFileSync(file, JSON.stringify({ keys: [key] }, null, 2) + '\n', { mode: 0o600, flag: 'wx' });
-    process.stderr.write(`couchestor: generated S3 access key (stored in ${file}):\n  AWS_ACCESS_KEY_ID=${key.accessKeyId}\n  AWS_SECRET_ACCESS_KEY=${key.secretAccessKey}\n`);
-    log.info('s3: generated access key', { file, accessKeyId: key.accessKeyId });
+    // Durable before the key is printed (a client configured with it must not
+    // meet a new key after a power cut), and created exclusively: two daemons
+    // racing on first start must not overwrite each other's key.
+    if (writeFileDurableSync(file, JSON.stringify({ keys: [key] }, null, 2) + '\n', 0o600)) {
+      process.stderr.write(`couchestor: generated S3 access key (stored in ${file}):\n  AWS_ACCESS_KEY_ID=${key.accessKeyId}\n  AWS_SECRET_ACCESS_KEY=${key.secretAccessKey}\n`);
+      log.info('s3: generated access key', { file, accessKeyId: key.accessKeyId });
+    }
   }
   const parsed = JSON.parse(fs.readFileSync(file, 'utf8')) as { keys?: AccessKey[] };
   const keys = parsed.keys ?? [];
