@@ -15,11 +15,14 @@ export function healthChecks(manager: VolumeManager, isOpen: () => boolean): Hea
     live: () => {
       const reasons: string[] = [];
       if (manager.cold?.journal.failed) reasons.push(manager.cold.journal.failed.message);
+      // Latched until restart (MetaStore.durable): a restart is the way back.
+      if (manager.meta.failed) reasons.push(manager.meta.failed.message);
       return { ok: reasons.length === 0, reasons };
     },
     ready: () => {
       const reasons: string[] = [];
       if (!isOpen()) reasons.push('metadata not open');
+      if (manager.meta.failed) reasons.push(manager.meta.failed.message);
       for (const p of manager.pools.values()) if (!p.isOnline()) reasons.push(`pool ${p.name} missing (${p.rec.path})`);
       for (const v of manager.openVolumes()) if (v.failed) reasons.push(`volume ${v.name} failed: ${v.failed.message}`);
       return { ok: reasons.length === 0, reasons };

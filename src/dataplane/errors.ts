@@ -57,6 +57,15 @@ export class VolumeFailed extends StorageError {
   override name = 'VolumeFailed';
 }
 
+/**
+ * An index (LMDB) commit failed: its writes never reached disk, and the
+ * in-memory state of their callers no longer matches the index. Latched by
+ * MetaStore.durable() until the daemon restarts (the only way back).
+ */
+export class MetadataFailed extends StorageError {
+  override name = 'MetadataFailed';
+}
+
 /** Raised by the erasure-coding layer when more than m shards are lost. */
 export class InsufficientShards extends StorageError {
   override name = 'InsufficientShards';

@@ -4,6 +4,7 @@
 import { open, type RootDatabase, type Database } from 'lmdb';
 import { existsSync } from 'node:fs';
 import { ensureDurableDir, syncDirSync } from '../dir-sync.js';
+import { MetadataFailed } from '../errors.js';
 import path from 'node:path';
 import type { StripeRef } from '../ec/stripe-store.js';
 
@@ -121,9 +122,16 @@ export class MetaStore {
     try {
       await this.root.flushed;
     } catch (err) {
-      this.commitFailure ??= err as Error;
+      // Typed, and saying what to do: S3 answers it 503 (not "try again"),
+      // the health probes report it (see `failed`).
+      this.commitFailure ??= new MetadataFailed(`metadata index commit failed (${(err as Error).message}); restart the daemon`);
       throw this.commitFailure;
     }
+  }
+
+  /** The latched commit failure (see durable), or null. */
+  get failed(): Error | null {
+    return this.commitFailure;
   }
 
   /** A named sub-database for another part of the store (objects, stripes, ...). */
