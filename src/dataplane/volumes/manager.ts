@@ -181,6 +181,11 @@ export class VolumeManager {
         fs.closeSync(fd);
       }
       await this.meta.volumes.put(rec.name, rec);
+    } catch (err) {
+      // No record: the file would be an orphan for good (ids are never
+      // reused, so no later create reclaims it).
+      fs.rmSync(file, { force: true });
+      throw err;
     } finally {
       this.creating.delete(rec.name);
     }
