@@ -2,7 +2,7 @@
 // and the cache of open Volume objects shared by every front-end connection.
 import fs from 'node:fs';
 import path from 'node:path';
-import { AlreadyExists, InvalidArgument, NoSuitablePool, NotFound } from '../errors.js';
+import { AlreadyExists, InvalidArgument, NoSuitablePool, NotFound, PoolOffline } from '../errors.js';
 import { ChunkState, MetaStore, VOLUME_NAME_RE, type PoolRecord, type Tier, type VolumeRecord } from '../meta/store.js';
 import { Pool } from '../pools/pool.js';
 import { Volume, type ColdTier } from './volume.js';
@@ -226,9 +226,14 @@ export class VolumeManager {
     }
     const files: { pool: Pool; fd: number }[] = [];
     try {
-      for (const pool of filePools) {
+      for (let i = 0; i < filePools.length; i++) {
+        const pool = filePools[i]!;
         pool.ensureDirs();
-        files.push({ pool, fd: openOrCreate(pool.volumeFile(rec.id)) });
+        // A file the index has chunks in is never made again empty: its
+        // chunks would read as zeros, no error (pool disk replaced, file
+        // removed by hand). Only one no chunk is in yet may be created.
+        const holdsChunks = i > 0 || entries.some(({ chunkIndex, entry }) => chunkIndex < states.length && entry.state === ChunkState.Allocated && entry.pool === pool.name);
+        files.push({ pool, fd: openOrCreate(pool.volumeFile(rec.id), holdsChunks ? `volume ${rec.name} has chunks in it on pool ${pool.name}` : null) });
       }
     } catch (err) {
       for (const f of files) fs.closeSync(f.fd);
@@ -327,14 +332,16 @@ export class VolumeManager {
  * Opens a volume file, creating it if missing with its name made durable
  * before anything is written to it (syncNewEntrySync: openVolume is
  * synchronous). createVolume makes the placement file, so a create here is
- * rare: a volume made before createVolume did, or a file lost outside the
- * daemon. One directory fsync per file created, none for a file that exists.
+ * rare: a volume made before createVolume did. A missing file the index
+ * has chunks in (`holdsChunks` says which) is PoolOffline, never made again
+ * empty. One directory fsync per file created, none for a file that exists.
  */
-function openOrCreate(file: string): number {
+function openOrCreate(file: string, holdsChunks: string | null): number {
   try {
     return fs.openSync(file, fs.constants.O_RDWR);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    if (holdsChunks) throw new PoolOffline(`volume file ${file} is missing but ${holdsChunks} (disk replaced or file removed outside the daemon?): not made again empty`, { cause: err });
   }
   const fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
   try {
