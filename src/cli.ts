@@ -6,6 +6,7 @@ import { openManager, readDaemonState, serve } from './daemon.js';
 import type { VolumeRecord } from './dataplane/meta/store.js';
 import { runHardwareScanCli } from './control/hardware/index.js';
 import { fsck, fsckFoundDamage } from './dataplane/fsck.js';
+import { salvageJournalDir } from './dataplane/journal/journal.js';
 import { migrateVolume } from './dataplane/volumes/migration.js';
 import type { PolicyStatus } from './control/loop.js';
 
@@ -34,6 +35,10 @@ commands:
                                      those of no volume (orphans; neither is damage, nothing is deleted)
                                      (daemon stopped; exit 1 if any stripe is Degraded or Failed, or any
                                      chunk or volume is unreadable)
+  journal salvage                    drop the cold journal's damaged records that intact records follow (fsck
+                                     lists them; the daemon refuses to start while there are any): keeps
+                                     every intact record, prints what it dropped (those writes are lost)
+                                     (daemon stopped)
   destage                            merge the cold tier's journal into stripes now (needs a running daemon)
   scrub                              verify every cold stripe now and rebuild bad ones (needs a running daemon)
   rebuild <pool>                     rebuild onto a lost/replaced cold pool the shards it no longer holds (needs a running daemon)
@@ -113,6 +118,26 @@ async function main(argv: string[]): Promise<number> {
         const report = await fsck(manager, (line) => process.stderr.write(`fsck: ${line}\n`));
         print(report, true);
         return fsckFoundDamage(report) ? 1 : 0;
+      } finally {
+        await manager.close();
+      }
+    }
+    case 'journal': {
+      if (sub !== 'salvage') throw new UsageError('journal: expected "salvage"');
+      if (readDaemonState(dataDir)) throw new Error('stop the daemon first: journal salvage rewrites journal files the daemon appends to');
+      // No cold tier: opening the journal is what refuses.
+      const manager = await openManager(loadConfig(dataDir), { coldTier: false });
+      try {
+        const dir = manager.journalDir();
+        if (!dir) throw new Error('no hot pool: there is no journal');
+        const r = salvageJournalDir(dir);
+        for (const d of r.dropped) {
+          const what = d.claimed ? ` (header, unverified: volume ${d.claimed.volumeId}, offset ${d.claimed.offsetBytes}, ${d.claimed.lengthBytes} bytes, seq ${d.claimed.seq})` : '';
+          process.stderr.write(`journal salvage: dropped ${d.lengthBytes} damaged bytes at offset ${d.offsetBytes} of ${d.file}${what}: that write is lost\n`);
+        }
+        if (r.dropped.length === 0) process.stderr.write('journal salvage: no damaged record, nothing changed\n');
+        print(r, true);
+        return 0;
       } finally {
         await manager.close();
       }

@@ -55,7 +55,15 @@ export async function openManager(cfg: DaemonConfig, opts: { coldTier: boolean }
       labels: { tier: p.tier, ...p.labels },
     });
   }
-  if (opts.coldTier) startColdTier(cfg, manager);
+  if (opts.coldTier) {
+    try {
+      startColdTier(cfg, manager);
+    } catch (err) {
+      // A journal that refuses to open (JournalCorrupt): the process exits with the message, the index closed.
+      await manager.close().catch(() => undefined);
+      throw err;
+    }
+  }
   return manager;
 }
 

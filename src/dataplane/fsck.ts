@@ -17,6 +17,7 @@ import type { VolumeManager } from './volumes/manager.js';
 import { SegmentStore } from './ec/segment-store.js';
 import type { StripeRef } from './ec/stripe-store.js';
 import { ALL_OBJECT_KEYS, OBJECTS_DB, PARTS_DB, coldStripeRefs } from './objects/cold-segments.js';
+import { checkJournalDir, type JournalFileDamage } from './journal/journal.js';
 
 export type FsckStripeState = 'Healthy' | 'Degraded' | 'Failed';
 
@@ -62,11 +63,17 @@ export interface FsckReport {
   orphanVolumeFileCount: number;
   orphanVolumeFileBytes: number;
   orphanVolumeFiles: { path: string; sizeBytes: number }[];
+  /**
+   * The cold tier's journal: damaged records with intact records after them
+   * (not a torn tail; the daemon refuses to start until `couchestor journal
+   * salvage`). A torn tail is not damage (its writes were never flushed).
+   */
+  journal: { filesScanned: number; recordsScanned: number; tornTails: number; damaged: JournalFileDamage[] };
 }
 
 /** Whether the report shows damage (`couchestor fsck` exits 1): lost or unreachable data, not orphans nor kept copies. */
 export function fsckFoundDamage(r: FsckReport): boolean {
-  return r.stripes.Failed > 0 || r.stripes.Degraded > 0 || r.badChunkCount > 0 || r.badVolumes.length > 0;
+  return r.stripes.Failed > 0 || r.stripes.Degraded > 0 || r.badChunkCount > 0 || r.badVolumes.length > 0 || r.journal.damaged.length > 0;
 }
 
 /** Keys a record by where it is, so index entries can be matched exactly. */
@@ -108,7 +115,15 @@ export async function fsck(manager: VolumeManager, progress: (line: string) => v
     orphanVolumeFileCount: 0,
     orphanVolumeFileBytes: 0,
     orphanVolumeFiles: [],
+    journal: { filesScanned: 0, recordsScanned: 0, tornTails: 0, damaged: [] },
   };
+  const journalDir = manager.journalDir();
+  if (journalDir) {
+    report.journal = checkJournalDir(journalDir);
+    for (const d of report.journal.damaged) {
+      progress(`journal ${d.file}: damaged record at byte offset ${d.offsetBytes} (${d.lengthBytes} bytes), ${d.intactRecordsAfter} intact record(s) after it; \`couchestor journal salvage\` drops it`);
+    }
+  }
   checkVolumeFiles(manager, report, progress);
   scanVolumeDirs(manager, report, progress);
   const records = new Map<string, ScannedRecord>();

@@ -5,10 +5,10 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { crc32c } from '@node-rs/crc32';
-import { NoSpace, VolumeFailed } from '../errors.js';
+import { NoSpace, StorageError, VolumeFailed } from '../errors.js';
 import { log } from '../../log.js';
 import { GroupCommit } from '../group-commit.js';
-import { ensureDurableDir, syncNewEntry } from '../dir-sync.js';
+import { ensureDurableDir, syncDirSync, syncNewEntry } from '../dir-sync.js';
 
 export const JOURNAL_MAGIC = 0x4e524a43; // "CJRN" little-endian
 const VERSION = 1;
@@ -109,18 +109,24 @@ export class Journal {
       .sort((a, b) => a - b);
     j.nextSeq = Math.max(j.nextSeq, (opts.highestDestagedSeq ?? 0) + 1);
     let replayed = 0;
+    // Torn tails are cut only once every file has been scanned: a refusal
+    // (mid-file damage in any file) must leave every file as it found it.
+    const tornTails: { file: string; fd: number; offsetBytes: number; lengthBytes: number }[] = [];
     for (const no of nos) {
       const file = path.join(opts.dir, fileName(no));
+      const bytes = fs.readFileSync(file);
+      const scan = scanJournalBytes(bytes);
+      if (scan.damaged.length > 0) {
+        for (const f of j.files.values()) fs.closeSync(f.fd);
+        j.files.clear();
+        throw JournalCorrupt.of(file, scan);
+      }
       const fd = fs.openSync(file, 'r+');
       // named: the head created below shares the directory, and its first
       // sync persists every entry in it, these included.
-      const f: JournalFile = { no, fd, tailBytes: 0, liveBytes: 0, dirty: false, named: true };
+      const f: JournalFile = { no, fd, tailBytes: scan.endBytes, liveBytes: 0, dirty: false, named: true };
       j.files.set(no, f);
-      const bytes = fs.readFileSync(file);
-      let pos = 0;
-      while (pos + JOURNAL_HEADER_BYTES <= bytes.length) {
-        const rec = parseRecord(bytes, pos);
-        if (!rec) break; // torn or corrupt tail: everything after it was never acknowledged as durable
+      for (const { rec } of scan.records) {
         j.nextSeq = Math.max(j.nextSeq, rec.seq + 1);
         const ext: JournalExtent = { ...rec, fileNo: no };
         if (opts.volumeExists(rec.volumeId) && rec.seq > opts.destagedSeq(rec.volumeId, Math.floor(rec.offsetBytes / opts.chunkSizeBytes))) {
@@ -129,13 +135,14 @@ export class Journal {
           j.liveBytes += ext.recordBytes;
           replayed++;
         }
-        pos += rec.recordBytes;
       }
-      if (pos < bytes.length) {
-        log.warn('journal: dropping torn tail', { file, offsetBytes: pos, lengthBytes: bytes.length - pos });
-        fs.ftruncateSync(fd, pos);
-      }
-      f.tailBytes = pos;
+      if (scan.endBytes < bytes.length) tornTails.push({ file, fd, offsetBytes: scan.endBytes, lengthBytes: bytes.length - scan.endBytes });
+    }
+    for (const t of tornTails) {
+      // No intact record after it (scanJournalBytes looked): the last
+      // appends, cut by a crash before any FLUSH covered them.
+      log.warn('journal: dropping torn tail', { file: t.file, offsetBytes: t.offsetBytes, lengthBytes: t.lengthBytes });
+      fs.ftruncateSync(t.fd, t.offsetBytes);
     }
     // Always start a fresh head file: appends never go after a repaired tail.
     const headNo = (nos.length ? nos[nos.length - 1]! : 0) + 1;
@@ -413,4 +420,175 @@ function parseRecord(bytes: Buffer, pos: number): Omit<JournalExtent, 'fileNo'> 
     data,
     recordBytes: JOURNAL_HEADER_BYTES + payloadBytes,
   };
+}
+
+/** Where a journal file's bytes fail to parse, up to the next intact record. */
+export interface JournalDamage {
+  offsetBytes: number;
+  lengthBytes: number;
+}
+
+export interface JournalScan {
+  /** Intact records in file order (each verified by its CRC). */
+  records: { posBytes: number; rec: Omit<JournalExtent, 'fileNo'> }[];
+  /** Damaged ranges with an intact record after them: not a torn tail. */
+  damaged: JournalDamage[];
+  /** Where the intact records end; bytes after it are a torn tail (nothing intact follows). */
+  endBytes: number;
+}
+
+/**
+ * Splits a journal file into intact records, damaged ranges and a torn tail.
+ * A record that fails to parse ends the file (a torn tail: the last appends,
+ * cut by a crash, never acknowledged as durable) only when no intact record
+ * follows it; otherwise it is damage in the middle (media corruption), and
+ * the records after it may be flushed writes.
+ */
+export function scanJournalBytes(bytes: Buffer): JournalScan {
+  const records: JournalScan['records'] = [];
+  const damaged: JournalDamage[] = [];
+  let pos = 0;
+  let lastSeq = 0;
+  while (pos + JOURNAL_HEADER_BYTES <= bytes.length) {
+    const rec = parseRecord(bytes, pos);
+    if (rec) {
+      records.push({ posBytes: pos, rec });
+      lastSeq = Math.max(lastSeq, rec.seq);
+      pos += rec.recordBytes;
+      continue;
+    }
+    const next = nextIntactRecord(bytes, pos + 1, lastSeq);
+    if (next < 0) break;
+    damaged.push({ offsetBytes: pos, lengthBytes: next - pos });
+    pos = next;
+  }
+  return { records, damaged, endBytes: pos };
+}
+
+const MAGIC_BYTES = (() => {
+  const b = Buffer.alloc(4);
+  b.writeUInt32LE(JOURNAL_MAGIC, 0);
+  return b;
+})();
+
+/**
+ * The offset of the next record from `fromBytes` on that verifies, or -1.
+ * Appends number records in file order, so a real successor has a higher
+ * seq than the last intact record before the damage (a record image inside
+ * some payload almost never does).
+ */
+function nextIntactRecord(bytes: Buffer, fromBytes: number, afterSeq: number): number {
+  for (let at = bytes.indexOf(MAGIC_BYTES, fromBytes); at >= 0 && at + JOURNAL_HEADER_BYTES <= bytes.length; at = bytes.indexOf(MAGIC_BYTES, at + 1)) {
+    const rec = parseRecord(bytes, at);
+    if (rec && rec.seq > afterSeq) return at;
+  }
+  return -1;
+}
+
+/**
+ * The journal holds a damaged record with intact records after it. Replaying
+ * around it would serve older bytes for its range; truncating would destroy
+ * the records after it. The journal refuses to open until an operator runs
+ * `couchestor journal salvage` (daemon stopped).
+ */
+export class JournalCorrupt extends StorageError {
+  override name = 'JournalCorrupt';
+  constructor(
+    readonly file: string,
+    readonly offsetBytes: number,
+    readonly damagedRanges: number,
+    readonly intactRecordsAfter: number,
+  ) {
+    super(
+      `journal file ${file} has a damaged record at byte offset ${offsetBytes}` +
+        (damagedRanges > 1 ? ` (and ${damagedRanges - 1} more damaged range(s))` : '') +
+        ` with ${intactRecordsAfter} intact record(s) after it: this is not a torn tail, and replaying around it would read older data. ` +
+        'Nothing was changed. With the daemon stopped, run `couchestor fsck` to list the damaged journal records, then ' +
+        '`couchestor journal salvage` (same --data-dir) to drop them (their writes are lost) and keep every intact record.',
+    );
+  }
+
+  static of(file: string, scan: JournalScan): JournalCorrupt {
+    const first = scan.damaged[0]!;
+    return new JournalCorrupt(file, first.offsetBytes, scan.damaged.length, scan.records.filter((r) => r.posBytes > first.offsetBytes).length);
+  }
+}
+
+export interface JournalFileDamage {
+  file: string;
+  offsetBytes: number;
+  lengthBytes: number;
+  /** Intact records after this range in the same file. */
+  intactRecordsAfter: number;
+  /** What the damaged bytes' header claims, when its magic is there (unverified: the CRC failed). */
+  claimed?: { volumeId: number; offsetBytes: number; lengthBytes: number; seq: number };
+}
+
+function journalFileNames(dir: string): string[] {
+  if (!fs.existsSync(dir)) return [];
+  return fs
+    .readdirSync(dir)
+    .filter((n) => FILE_RE.test(n))
+    .sort();
+}
+
+function damageOf(file: string, bytes: Buffer, scan: JournalScan): JournalFileDamage[] {
+  return scan.damaged.map((d) => {
+    const out: JournalFileDamage = { file, offsetBytes: d.offsetBytes, lengthBytes: d.lengthBytes, intactRecordsAfter: scan.records.filter((r) => r.posBytes > d.offsetBytes).length };
+    if (bytes.readUInt32LE(d.offsetBytes) === JOURNAL_MAGIC) {
+      out.claimed = { volumeId: bytes.readUInt32LE(d.offsetBytes + 8), offsetBytes: readU64(bytes, d.offsetBytes + 24), lengthBytes: bytes.readUInt32LE(d.offsetBytes + 12), seq: readU64(bytes, d.offsetBytes + 16) };
+    }
+    return out;
+  });
+}
+
+/** Read-only check of a journal directory (fsck): damaged ranges that are not a torn tail. Changes nothing. */
+export function checkJournalDir(dir: string): { filesScanned: number; recordsScanned: number; tornTails: number; damaged: JournalFileDamage[] } {
+  const out = { filesScanned: 0, recordsScanned: 0, tornTails: 0, damaged: [] as JournalFileDamage[] };
+  for (const name of journalFileNames(dir)) {
+    const file = path.join(dir, name);
+    const bytes = fs.readFileSync(file);
+    const scan = scanJournalBytes(bytes);
+    out.filesScanned++;
+    out.recordsScanned += scan.records.length;
+    if (scan.endBytes < bytes.length) out.tornTails++;
+    out.damaged.push(...damageOf(file, bytes, scan));
+  }
+  return out;
+}
+
+/**
+ * Operator salvage (daemon stopped): each journal file with damage in the
+ * middle is rewritten with its intact records only, in their order and with
+ * their seqs (replay order and the destagedSeq comparison are unchanged),
+ * through a temporary file that is fsynced and renamed over the original,
+ * then the directory is fsynced. The damaged records' writes are lost: their
+ * ranges read what the stripe (or an older journal record) holds. Returns
+ * what was dropped.
+ */
+export function salvageJournalDir(dir: string): { filesRewritten: number; recordsKept: number; dropped: JournalFileDamage[] } {
+  const out = { filesRewritten: 0, recordsKept: 0, dropped: [] as JournalFileDamage[] };
+  for (const name of journalFileNames(dir)) {
+    const file = path.join(dir, name);
+    const bytes = fs.readFileSync(file);
+    const scan = scanJournalBytes(bytes);
+    if (scan.damaged.length === 0) continue;
+    out.dropped.push(...damageOf(file, bytes, scan));
+    const kept = Buffer.concat(scan.records.map(({ posBytes, rec }) => bytes.subarray(posBytes, posBytes + rec.recordBytes)));
+    // Not matching FILE_RE: a crash before the rename leaves the original
+    // in place and this file ignored (a second salvage overwrites it).
+    const tmp = `${file}.salvage`;
+    const fd = fs.openSync(tmp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC, 0o600);
+    try {
+      for (let done = 0; done < kept.length; ) done += fs.writeSync(fd, kept, done, kept.length - done, done);
+      fs.fsyncSync(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+    fs.renameSync(tmp, file);
+    syncDirSync(dir);
+    out.filesRewritten++;
+    out.recordsKept += scan.records.length;
+  }
+  return out;
 }

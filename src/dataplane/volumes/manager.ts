@@ -68,6 +68,12 @@ export class VolumeManager {
     return pool;
   }
 
+  /** The cold tier's journal directory (on the first hot pool), or null without a hot pool. */
+  journalDir(): string | null {
+    const hot = [...this.pools.values()].find((p) => p.rec.tier === 'hot');
+    return hot ? path.join(hot.rec.path, 'journal') : null;
+  }
+
   /**
    * Starts the cold tier: stripe store over the cold pools, the journal on
    * the first hot pool (replayed now), and the destager.
@@ -83,7 +89,7 @@ export class VolumeManager {
       for (const { entry } of this.meta.volumeChunks(id)) highestDestagedSeq = Math.max(highestDestagedSeq, entry.destagedSeq ?? 0);
     }
     const journal = Journal.open({
-      dir: path.join(hot.rec.path, 'journal'),
+      dir: this.journalDir()!,
       chunkSizeBytes: policy.stripeSizeBytes,
       capacityBytes: opts.journalCapacityBytes,
       destagedSeq: (v, c) => this.meta.chunks.get([v, c])?.destagedSeq ?? 0,
