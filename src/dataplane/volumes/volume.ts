@@ -12,6 +12,7 @@ import type { StripeRef, StripeStore } from '../ec/stripe-store.js';
 import { RecordType, type Journal } from '../journal/journal.js';
 import { GroupCommit } from '../group-commit.js';
 import { syncNewEntry } from '../dir-sync.js';
+import { log } from '../../log.js';
 
 /** What a volume needs to keep chunks on the cold tier. */
 export interface ColdTier {
@@ -809,17 +810,33 @@ export class Volume {
       this.preserved.set(c, old);
     }
     const preserved = this.preserved.get(c);
-    if (state === ChunkState.Unallocated && !preserved) void this.meta.chunks.remove([this.rec.id, c]);
+    if (state === ChunkState.Unallocated && !preserved) this.indexWrite(this.meta.chunks.remove([this.rec.id, c]));
     else {
-      void this.meta.chunks.put([this.rec.id, c], {
-        state,
-        pool: this.files[fileIdx]!.pool.name,
-        ...(destagedSeq > 0 ? { destagedSeq } : {}),
-        ...(lastGeneration > 0 ? { lastGeneration } : {}),
-        ...(preserved ? { preserved } : {}),
-      });
+      this.indexWrite(
+        this.meta.chunks.put([this.rec.id, c], {
+          state,
+          pool: this.files[fileIdx]!.pool.name,
+          ...(destagedSeq > 0 ? { destagedSeq } : {}),
+          ...(lastGeneration > 0 ? { lastGeneration } : {}),
+          ...(preserved ? { preserved } : {}),
+        }),
+      );
     }
     if (toFree) this.cold?.stripes.free(toFree);
+  }
+
+  /**
+   * A chunk-map write nobody awaits (the next FLUSH asks meta.durable()).
+   * Left unhandled, its failure crashed the daemon (an unhandled rejection);
+   * it takes the volume offline instead, as a failed durable() does: the
+   * in-memory chunk map no longer matches the index, so the next FLUSH (and
+   * every later one) fails rather than report the chunk's writes durable.
+   */
+  private indexWrite(p: Promise<unknown>): void {
+    p.then(undefined, (err: Error) => {
+      this.failure ??= new VolumeFailed(`volume ${this.name}: writing its chunk map failed (${err.message}); volume taken offline`);
+      log.error('volume: chunk map write failed; volume taken offline', { volume: this.name, err: err.message });
+    });
   }
 
   /**
