@@ -443,6 +443,13 @@ export interface JournalScan {
  * cut by a crash, never acknowledged as durable) only when no intact record
  * follows it; otherwise it is damage in the middle (media corruption), and
  * the records after it may be flushed writes.
+ * Known ambiguity: appends run concurrently (a write split at a chunk
+ * boundary, several clients), so a crash can also leave a record cut or never
+ * written (zeros) with a later one intact. Then none of them was flushed (a
+ * FLUSH waits for every earlier append's writev before its fdatasync), and
+ * cutting there would be correct, but the file alone cannot tell that from
+ * media damage to flushed records, so it is refused too: the operator's
+ * salvage then drops only the cut write.
  */
 export function scanJournalBytes(bytes: Buffer): JournalScan {
   const records: JournalScan['records'] = [];
@@ -504,7 +511,9 @@ export class JournalCorrupt extends StorageError {
         (damagedRanges > 1 ? ` (and ${damagedRanges - 1} more damaged range(s))` : '') +
         ` with ${intactRecordsAfter} intact record(s) after it: this is not a torn tail, and replaying around it would read older data. ` +
         'Nothing was changed. With the daemon stopped, run `couchestor fsck` to list the damaged journal records, then ' +
-        '`couchestor journal salvage` (same --data-dir) to drop them (their writes are lost) and keep every intact record.',
+        '`couchestor journal salvage` (same --data-dir) to drop them (their writes are lost) and keep every intact record. ' +
+        '(Right after a crash or power cut while writes were in flight, zeroed or partly written damaged bytes can also be a write the crash cut, ' +
+        'never flushed: salvage then drops only that write.)',
     );
   }
 
