@@ -2,7 +2,10 @@
 // a torn tail: the journal refuses to open (JournalCorrupt, nothing changed on
 // disk) instead of truncating the flushed records after it, `couchestor fsck`
 // reports it, and `couchestor journal salvage` drops only the damaged record.
-// A torn tail (the last appends, cut by a crash) is still cut at open.
+// A torn tail (the last appends, cut by a crash) is still cut at open, and so
+// is a write a crash cut in the middle (appends run concurrently): what tells
+// the two apart is the sync marker each group commit appends (a later marker
+// covering the damaged write: it was flushed).
 // First case: the review's (rev5) test as found; it failed at 321cf3a (the
 // file was truncated to 0 bytes and records 2 and 3 were gone).
 import { test } from 'node:test';
@@ -36,7 +39,8 @@ test('a record damaged in the middle of a journal file does not destroy the flus
   await j.close();
   const file = path.join(dir, fs.readdirSync(dir).filter((n) => n.endsWith('.log')).sort()[0]!);
   const sizeBytes = fs.statSync(file).size;
-  assert.equal(sizeBytes, 3 * (JOURNAL_HEADER_BYTES + BLOCK_BYTES));
+  // Three records and the sync marker of the one sync.
+  assert.equal(sizeBytes, 3 * (JOURNAL_HEADER_BYTES + BLOCK_BYTES) + JOURNAL_HEADER_BYTES);
   // One flipped bit in the first record's payload.
   const fd = fs.openSync(file, 'r+');
   const b = Buffer.alloc(1);
@@ -98,21 +102,76 @@ function replayedBlocks(j: Journal): Map<number, number> {
   return out;
 }
 
-test('a torn tail (the last record cut, or its CRC failing with nothing intact after it) is still cut at open', async (t) => {
+test('a torn tail (the last write, no sync marker after it, damaged and cut short) is still cut at open', async (t) => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-journal-torn-'));
   t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const [file] = await writeJournal(dir, 3);
+  const j0 = openJournal(dir);
+  for (let i = 0; i < 2; i++) await j0.append(RecordType.Write, 1, i * BLOCK_BYTES, BLOCK_BYTES, Buffer.alloc(BLOCK_BYTES, 0x10 + i));
+  await j0.sync();
+  // Never flushed: the crash cuts it.
+  await j0.append(RecordType.Write, 1, 2 * BLOCK_BYTES, BLOCK_BYTES, Buffer.alloc(BLOCK_BYTES, 0x12));
+  await j0.close();
+  const [file] = journalFiles(dir);
+  const flushedEndBytes = 2 * RECORD_BYTES + JOURNAL_HEADER_BYTES;
+  assert.equal(fs.statSync(file!).size, flushedEndBytes + RECORD_BYTES);
   // The last record's payload damaged and half a header of a fourth record after it.
-  flipBit(file!, 2 * RECORD_BYTES + JOURNAL_HEADER_BYTES + 7);
+  flipBit(file!, flushedEndBytes + JOURNAL_HEADER_BYTES + 7);
   fs.appendFileSync(file!, Buffer.alloc(JOURNAL_HEADER_BYTES / 2, 0x43));
   assert.equal(checkJournalDir(dir).damaged.length, 0, 'a torn tail is not damage');
   const j = openJournal(dir);
   t.after(() => j.close());
-  assert.equal(fs.statSync(file!).size, 2 * RECORD_BYTES, 'the torn tail is cut where the intact records end');
+  assert.equal(fs.statSync(file!).size, flushedEndBytes, 'the torn tail is cut where the intact records end');
   assert.deepEqual([...replayedBlocks(j)], [
     [0, 0x10],
     [1, 0x11],
   ]);
+});
+
+test('a write a crash cut in the middle (never written, an unflushed one after it intact, no marker after) is cut at open, not refused', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-journal-cut-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const j0 = openJournal(dir);
+  for (let i = 0; i < 2; i++) await j0.append(RecordType.Write, 1, i * BLOCK_BYTES, BLOCK_BYTES, Buffer.alloc(BLOCK_BYTES, 0x10 + i));
+  await j0.sync();
+  // Two appends in flight at the crash: the first's writev never ran (zeros), the second's landed.
+  await j0.append(RecordType.Write, 1, 2 * BLOCK_BYTES, BLOCK_BYTES, Buffer.alloc(BLOCK_BYTES, 0x12));
+  await j0.append(RecordType.Write, 1, 3 * BLOCK_BYTES, BLOCK_BYTES, Buffer.alloc(BLOCK_BYTES, 0x13));
+  await j0.close();
+  const [file] = journalFiles(dir);
+  const flushedEndBytes = 2 * RECORD_BYTES + JOURNAL_HEADER_BYTES;
+  const fd = fs.openSync(file!, 'r+');
+  fs.writeSync(fd, Buffer.alloc(RECORD_BYTES), 0, RECORD_BYTES, flushedEndBytes);
+  fs.closeSync(fd);
+  const check = checkJournalDir(dir);
+  assert.equal(check.damaged.length, 0, 'a crash cut is not damage');
+  assert.equal(check.tornTails, 1);
+  // Before sync markers this was refused (JournalCorrupt): a restart after a crash under load needed an operator.
+  const j = openJournal(dir);
+  t.after(() => j.close());
+  assert.equal(fs.statSync(file!).size, flushedEndBytes, 'cut where the cut write starts (the unflushed one after it goes too)');
+  assert.deepEqual([...replayedBlocks(j)], [
+    [0, 0x10],
+    [1, 0x11],
+  ]);
+});
+
+test('damage to flushed writes a later sync marker covers is refused, also as the last record of a file or of an older file', async (t) => {
+  // The last record of the only file: its sync marker follows it.
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-journal-lastflushed-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const [file] = await writeJournal(dir, 3);
+  flipBit(file!, 2 * RECORD_BYTES + JOURNAL_HEADER_BYTES + 7);
+  assert.throws(() => openJournal(dir), (err: unknown) => err instanceof JournalCorrupt && err.offsetBytes === 2 * RECORD_BYTES);
+  // The tail of an older file (three records per file), covered by the marker in the newer one.
+  const dir2 = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-journal-oldtail-'));
+  t.after(() => fs.rmSync(dir2, { recursive: true, force: true }));
+  const files = await writeJournal(dir2, 6, 3 * RECORD_BYTES);
+  assert.equal(files.length, 2);
+  flipBit(files[0]!, 2 * RECORD_BYTES + JOURNAL_HEADER_BYTES + 9);
+  const before = fs.readFileSync(files[0]!);
+  assert.throws(() => openJournal(dir2, 3 * RECORD_BYTES), (err: unknown) => err instanceof JournalCorrupt && err.file === files[0] && err.offsetBytes === 2 * RECORD_BYTES);
+  assert.ok(fs.readFileSync(files[0]!).equals(before), 'the older file was cut as a torn tail');
+  assert.deepEqual(checkJournalDir(dir2).damaged.map((d) => [d.file, d.offsetBytes]), [[files[0], 2 * RECORD_BYTES]]);
 });
 
 test('a damaged middle record: the journal refuses to open with JournalCorrupt naming file, offset, intact records after it and the salvage command, and changes no byte of any file', async (t) => {
@@ -168,7 +227,8 @@ test('salvage drops only the damaged record (bit flip, zeroed header, a lost pag
       damage,
     );
     assert.equal(r.recordsKept, 3);
-    assert.equal(fs.statSync(file!).size, 3 * RECORD_BYTES, damage);
+    // Three records and the sync marker.
+    assert.equal(fs.statSync(file!).size, 3 * RECORD_BYTES + JOURNAL_HEADER_BYTES, damage);
     assert.deepEqual(fs.readdirSync(dir).filter((n) => n.includes('salvage')), [], 'the temporary file is renamed over');
     assert.equal(checkJournalDir(dir).damaged.length, 0);
     assert.equal(salvageJournalDir(dir).filesRewritten, 0, 'a second salvage changes nothing');
@@ -233,12 +293,15 @@ test('real daemon: a torn tail is cut and it starts; a damaged middle record sto
   const journalDir = path.join(dataDir, 'pools', 'hot-0', 'journal');
   const [file] = journalFiles(journalDir);
   assert.ok(file, 'no journal file with records');
-  assert.equal(fs.statSync(file).size, 3 * RECORD_BYTES);
+  // Three records; the first two FLUSHes' sync markers rode on the next
+  // write, the last one's is written alone shortly after (or lost with the kill).
+  const sizeBytes = fs.statSync(file).size;
+  assert.ok([3 * RECORD_BYTES + 2 * JOURNAL_HEADER_BYTES, 3 * (RECORD_BYTES + JOURNAL_HEADER_BYTES)].includes(sizeBytes), `journal file of ${sizeBytes} bytes`);
 
   // A torn tail: half a record after the three. The daemon starts and cuts it.
   fs.appendFileSync(file, Buffer.alloc(RECORD_BYTES / 2, 0x5a));
   d = await TestDaemon.start({ dataDir });
-  assert.equal(fs.statSync(file).size, 3 * RECORD_BYTES, 'the torn tail was not cut');
+  assert.equal(fs.statSync(file).size, sizeBytes, 'the torn tail was not cut');
   for (const i of [0, 1, 2]) assert.deepEqual(readBlock(d, 'c1', i), [0x10 + i], `block ${i} after the torn tail`);
   await d.kill();
 

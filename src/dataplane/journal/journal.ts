@@ -14,6 +14,16 @@ export const JOURNAL_MAGIC = 0x4e524a43; // "CJRN" little-endian
 const VERSION = 1;
 export const JOURNAL_HEADER_BYTES = 40;
 const CRC_OFFSET = 32;
+/**
+ * A sync marker: a header-only record appended after each group commit,
+ * claiming that every write record numbered up to its seq field is durable.
+ * Not an extent (never replayed); what lets a scan after a crash tell a write
+ * the crash cut (no later marker covers it: never flushed, cut like a torn
+ * tail) from damage to a flushed one (a later marker covers it: refused).
+ */
+const MARKER_TYPE = 3;
+/** How long a sync marker waits for an append to ride on before it is written alone. */
+const MARKER_DELAY_MS = 50;
 export const DEFAULT_JOURNAL_FILE_BYTES = 64 * 1024 * 1024;
 export const DEFAULT_JOURNAL_CAPACITY_BYTES = 256 * 1024 * 1024;
 /** How long a write waits for journal space before failing with ENOSPC. */
@@ -50,6 +60,15 @@ interface JournalFile {
    * needs its directory synced before a FLUSH counts its records durable.
    */
   named: boolean;
+  /** A sync marker's writev in flight: the descriptor is closed only after it (its number could be reused). */
+  markerWrite: Promise<void> | null;
+  /**
+   * Releases of records in this file whose superseding index entry is not
+   * durable yet (release's removeAfter pending): the file stays until none
+   * is, whichever release takes its live bytes to zero (a failed one keeps
+   * it for good, as the records may still be needed after a restart).
+   */
+  removeHolds: number;
 }
 
 const FILE_RE = /^journal-(\d{10})\.log$/;
@@ -58,6 +77,12 @@ export class Journal {
   private readonly files = new Map<number, JournalFile>();
   private head!: JournalFile;
   private nextSeq = 1;
+  /** The highest write seq the last sync marker claimed durable. */
+  private markedSeq = 0;
+  /** A marker not written yet: it rides on the next append's writev, or the timer writes it alone. */
+  private pendingMarker: Buffer | null = null;
+  private markerTimer: NodeJS.Timeout | null = null;
+  private closed = false;
   private liveBytes = 0;
   /** volumeId -> chunkIndex -> extents in seq order. */
   private readonly index = new Map<number, Map<number, JournalExtent[]>>();
@@ -112,21 +137,24 @@ export class Journal {
     // Torn tails are cut only once every file has been scanned: a refusal
     // (mid-file damage in any file) must leave every file as it found it.
     const tornTails: { file: string; fd: number; offsetBytes: number; lengthBytes: number }[] = [];
-    for (const no of nos) {
-      const file = path.join(opts.dir, fileName(no));
-      const bytes = fs.readFileSync(file);
-      const scan = scanJournalBytes(bytes);
-      if (scan.damaged.length > 0) {
-        for (const f of j.files.values()) fs.closeSync(f.fd);
-        j.files.clear();
-        throw JournalCorrupt.of(file, scan);
-      }
+    const files = nos.map((no) => path.join(opts.dir, fileName(no)));
+    const scans = files.map((file) => scanJournalBytes(fs.readFileSync(file)));
+    const verdicts = judgeJournal(scans);
+    const refused = verdicts.findIndex((v) => v.damaged.length > 0);
+    if (refused >= 0) throw JournalCorrupt.of(files[refused]!, scans[refused]!, verdicts[refused]!);
+    for (const [i, no] of nos.entries()) {
+      const file = files[i]!;
+      const scan = scans[i]!;
+      const endBytes = verdicts[i]!.cutAtBytes ?? scan.endBytes;
       const fd = fs.openSync(file, 'r+');
       // named: the head created below shares the directory, and its first
       // sync persists every entry in it, these included.
-      const f: JournalFile = { no, fd, tailBytes: scan.endBytes, liveBytes: 0, dirty: false, named: true };
+      const f: JournalFile = { no, fd, tailBytes: endBytes, liveBytes: 0, dirty: false, named: true, markerWrite: null, removeHolds: 0 };
       j.files.set(no, f);
-      for (const { rec } of scan.records) {
+      for (const m of scan.markers) if (m.posBytes < endBytes) j.markedSeq = Math.max(j.markedSeq, m.syncedSeq);
+      for (const { posBytes, rec } of scan.records) {
+        // After a crash cut: writes never flushed, dropped with the cut.
+        if (posBytes >= endBytes) break;
         j.nextSeq = Math.max(j.nextSeq, rec.seq + 1);
         const ext: JournalExtent = { ...rec, fileNo: no };
         if (opts.volumeExists(rec.volumeId) && rec.seq > opts.destagedSeq(rec.volumeId, Math.floor(rec.offsetBytes / opts.chunkSizeBytes))) {
@@ -136,11 +164,12 @@ export class Journal {
           replayed++;
         }
       }
-      if (scan.endBytes < bytes.length) tornTails.push({ file, fd, offsetBytes: scan.endBytes, lengthBytes: bytes.length - scan.endBytes });
+      if (endBytes < scan.lengthBytes) tornTails.push({ file, fd, offsetBytes: endBytes, lengthBytes: scan.lengthBytes - endBytes });
     }
     for (const t of tornTails) {
-      // No intact record after it (scanJournalBytes looked): the last
-      // appends, cut by a crash before any FLUSH covered them.
+      // No sync marker after it covers its writes (judgeJournal looked): the
+      // last appends, or ones in flight beside them, cut by a crash before
+      // any FLUSH covered them.
       log.warn('journal: dropping torn tail', { file: t.file, offsetBytes: t.offsetBytes, lengthBytes: t.lengthBytes });
       fs.ftruncateSync(t.fd, t.offsetBytes);
     }
@@ -154,7 +183,7 @@ export class Journal {
 
   private createFile(no: number): JournalFile {
     const fd = fs.openSync(path.join(this.dir, fileName(no)), fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_TRUNC, 0o600);
-    const f: JournalFile = { no, fd, tailBytes: 0, liveBytes: 0, dirty: true, named: false };
+    const f: JournalFile = { no, fd, tailBytes: 0, liveBytes: 0, dirty: true, named: false, markerWrite: null, removeHolds: 0 };
     this.files.set(no, f);
     return f;
   }
@@ -240,8 +269,10 @@ export class Journal {
     let crc = crc32c(header.subarray(0, CRC_OFFSET));
     if (data) crc = crc32c(data, crc);
     header.writeUInt32LE(crc, CRC_OFFSET);
-    const pos = f.tailBytes;
-    f.tailBytes += recordBytes;
+    // The last sync's marker, if not written yet, goes in the same writev, ahead of this record.
+    const marker = this.takePendingMarker();
+    const pos = f.tailBytes + (marker ? JOURNAL_HEADER_BYTES : 0);
+    f.tailBytes = pos + recordBytes;
     f.liveBytes += recordBytes;
     f.dirty = true;
     this.liveBytes += recordBytes;
@@ -252,7 +283,8 @@ export class Journal {
     if (this.liveBytes > this.capacityBytes / 2) this.onPressure?.();
     const w = new Promise<void>((resolve, reject) => {
       const bufs = data ? [header, data] : [header];
-      fs.writev(f.fd, bufs, pos, (err) => {
+      if (marker) bufs.unshift(marker);
+      fs.writev(f.fd, bufs, marker ? pos - JOURNAL_HEADER_BYTES : pos, (err) => {
         if (err) {
           this.fail(err);
           return reject(this.failure);
@@ -293,6 +325,8 @@ export class Journal {
     // meanwhile whose writev had not landed: the next FLUSH then synced
     // nothing.)
     const inFlight = [...this.pendingWrites];
+    // Every write numbered up to here is awaited or landed, in a file flagged dirty.
+    const uptoSeq = this.nextSeq - 1;
     const dirty = [...this.files.values()].filter((f) => f.dirty);
     for (const f of dirty) f.dirty = false;
     await Promise.all(inFlight);
@@ -329,6 +363,78 @@ export class Journal {
           ),
         ),
     ]);
+    if (uptoSeq > this.markedSeq) this.markSynced(uptoSeq);
+  }
+
+  /**
+   * Records that writes up to `syncedSeq` are durable, in a sync marker
+   * written with the next append (no syscall of its own under load: a
+   * separate write per FLUSH measured ~11% fewer qd1 append+sync rounds) or,
+   * if none comes within MARKER_DELAY_MS, by itself, or at close. Not
+   * awaited and not flagged dirty (no FLUSH waits for it, none syncs it by
+   * itself): it becomes durable with the next sync or by writeback. Losing it
+   * in a crash only makes a later scan judge damage to those writes a crash
+   * cut, which takes media damage at the same instant (a double fault) to
+   * matter.
+   */
+  private markSynced(syncedSeq: number): void {
+    if (this.closed) return;
+    this.markedSeq = syncedSeq;
+    const header = Buffer.alloc(JOURNAL_HEADER_BYTES);
+    header.writeUInt32LE(JOURNAL_MAGIC, 0);
+    header.writeUInt8(VERSION, 4);
+    header.writeUInt8(MARKER_TYPE, 5);
+    writeU64(header, syncedSeq, 16);
+    header.writeUInt32LE(crc32c(header.subarray(0, CRC_OFFSET)), CRC_OFFSET);
+    this.pendingMarker = header;
+    if (!this.markerTimer) {
+      this.markerTimer = setTimeout(() => {
+        this.markerTimer = null;
+        this.writePendingMarker();
+      }, MARKER_DELAY_MS);
+      this.markerTimer.unref();
+    }
+  }
+
+  private takePendingMarker(): Buffer | null {
+    const m = this.pendingMarker;
+    this.pendingMarker = null;
+    return m;
+  }
+
+  /**
+   * Writes the pending marker alone, at the head's tail. Always into the
+   * head file, even a full one (40 bytes past its target size): a rotation
+   * is for writes.
+   */
+  private writePendingMarker(): void {
+    // Closed: its descriptors' numbers may be other files' now.
+    if (this.closed) return;
+    const header = this.takePendingMarker();
+    if (!header) return;
+    const f = this.head;
+    const pos = f.tailBytes;
+    f.tailBytes += JOURNAL_HEADER_BYTES;
+    const prev = f.markerWrite;
+    const w = new Promise<void>((resolve, reject) => {
+      fs.write(f.fd, header, 0, JOURNAL_HEADER_BYTES, pos, (err) => {
+        if (err) {
+          this.fail(err);
+          return reject(this.failure);
+        }
+        resolve();
+      });
+    });
+    const settled = Promise.all([prev, w]).then(
+      () => undefined,
+      () => undefined,
+    );
+    f.markerWrite = settled;
+    this.pendingWrites.add(w);
+    w.then(
+      () => this.pendingWrites.delete(w),
+      () => this.pendingWrites.delete(w),
+    );
   }
 
   /**
@@ -354,8 +460,16 @@ export class Journal {
       this.liveBytes -= e.recordBytes;
       if (f) {
         f.liveBytes -= e.recordBytes;
-        if (removeAfter) removeAfter.then(() => this.maybeRemove(f), () => undefined);
-        else this.maybeRemove(f);
+        if (removeAfter) {
+          f.removeHolds++;
+          removeAfter.then(
+            () => {
+              f.removeHolds--;
+              this.maybeRemove(f);
+            },
+            () => undefined,
+          );
+        } else this.maybeRemove(f);
       }
     }
     if (keep.length) chunks.set(chunkIndex, keep);
@@ -373,13 +487,22 @@ export class Journal {
   private maybeRemove(f: JournalFile): void {
     // Not ours any more (removed already, or the journal closed): its descriptor number may be another file's.
     if (this.files.get(f.no) !== f) return;
-    if (f === this.head || f.liveBytes > 0) return;
+    if (f === this.head || f.liveBytes > 0 || f.removeHolds > 0) return;
     this.files.delete(f.no);
-    fs.close(f.fd, () => undefined);
-    fs.rm(path.join(this.dir, fileName(f.no)), { force: true }, () => undefined);
+    const remove = () => {
+      fs.close(f.fd, () => undefined);
+      fs.rm(path.join(this.dir, fileName(f.no)), { force: true }, () => undefined);
+    };
+    if (f.markerWrite) void f.markerWrite.then(remove);
+    else remove();
   }
 
   async close(): Promise<void> {
+    if (this.markerTimer) clearTimeout(this.markerTimer);
+    this.markerTimer = null;
+    // A clean stop leaves the last sync's marker behind.
+    this.writePendingMarker();
+    this.closed = true;
     await Promise.allSettled([...this.pendingWrites]);
     for (const f of this.files.values()) fs.closeSync(f.fd);
     this.files.clear();
@@ -399,9 +522,19 @@ function readU64(buf: Buffer, pos: number): number {
   return buf.readUInt32LE(pos) + buf.readUInt32LE(pos + 4) * 0x100000000;
 }
 
-/** Parses and verifies one record; null when it is torn or corrupt. */
-function parseRecord(bytes: Buffer, pos: number): Omit<JournalExtent, 'fileNo'> | null {
+/** A sync marker found by a scan: every write numbered up to syncedSeq was durable when it was written. */
+interface SyncMarker {
+  posBytes: number;
+  syncedSeq: number;
+}
+
+/** Parses and verifies one write record or sync marker; null when it is torn or corrupt. */
+function parseItem(bytes: Buffer, pos: number): Omit<JournalExtent, 'fileNo'> | SyncMarker | null {
   if (bytes.readUInt32LE(pos) !== JOURNAL_MAGIC || bytes.readUInt8(pos + 4) !== VERSION) return null;
+  if (bytes.readUInt8(pos + 5) === MARKER_TYPE) {
+    if (crc32c(bytes.subarray(pos, pos + CRC_OFFSET)) !== bytes.readUInt32LE(pos + CRC_OFFSET)) return null;
+    return { posBytes: pos, syncedSeq: readU64(bytes, pos + 16) };
+  }
   const type = bytes.readUInt8(pos + 5) as RecordType;
   if (type !== RecordType.Write && type !== RecordType.Zero) return null;
   const lengthBytes = bytes.readUInt32LE(pos + 12);
@@ -429,12 +562,15 @@ export interface JournalDamage {
 }
 
 export interface JournalScan {
-  /** Intact records in file order (each verified by its CRC). */
+  /** Intact write records in file order (each verified by its CRC). */
   records: { posBytes: number; rec: Omit<JournalExtent, 'fileNo'> }[];
-  /** Damaged ranges with an intact record after them: not a torn tail. */
+  /** Intact sync markers in file order. */
+  markers: SyncMarker[];
+  /** Ranges that fail to parse with an intact record or marker after them (judgeJournal says what they are). */
   damaged: JournalDamage[];
-  /** Where the intact records end; bytes after it are a torn tail (nothing intact follows). */
+  /** Where the intact records end; bytes after it are a torn tail (nothing intact follows in this file). */
   endBytes: number;
+  lengthBytes: number;
 }
 
 /**
@@ -453,23 +589,29 @@ export interface JournalScan {
  */
 export function scanJournalBytes(bytes: Buffer): JournalScan {
   const records: JournalScan['records'] = [];
+  const markers: SyncMarker[] = [];
   const damaged: JournalDamage[] = [];
   let pos = 0;
   let lastSeq = 0;
   while (pos + JOURNAL_HEADER_BYTES <= bytes.length) {
-    const rec = parseRecord(bytes, pos);
-    if (rec) {
-      records.push({ posBytes: pos, rec });
-      lastSeq = Math.max(lastSeq, rec.seq);
-      pos += rec.recordBytes;
+    const item = parseItem(bytes, pos);
+    if (item && 'syncedSeq' in item) {
+      markers.push(item);
+      pos += JOURNAL_HEADER_BYTES;
       continue;
     }
-    const next = nextIntactRecord(bytes, pos + 1, lastSeq);
+    if (item) {
+      records.push({ posBytes: pos, rec: item });
+      lastSeq = Math.max(lastSeq, item.seq);
+      pos += item.recordBytes;
+      continue;
+    }
+    const next = nextIntactItem(bytes, pos + 1, lastSeq);
     if (next < 0) break;
     damaged.push({ offsetBytes: pos, lengthBytes: next - pos });
     pos = next;
   }
-  return { records, damaged, endBytes: pos };
+  return { records, markers, damaged, endBytes: pos, lengthBytes: bytes.length };
 }
 
 const MAGIC_BYTES = (() => {
@@ -479,17 +621,75 @@ const MAGIC_BYTES = (() => {
 })();
 
 /**
- * The offset of the next record from `fromBytes` on that verifies, or -1.
- * Appends number records in file order, so a real successor has a higher
- * seq than the last intact record before the damage (a record image inside
- * some payload almost never does).
+ * The offset of the next write record or sync marker from `fromBytes` on
+ * that verifies and numbers above `afterSeq`, or -1. Appends number records
+ * in file order, so a real successor has a higher seq than the last intact
+ * record before the damage (a record image inside some payload almost never
+ * does); a marker claiming no more than that says nothing of the damage.
  */
-function nextIntactRecord(bytes: Buffer, fromBytes: number, afterSeq: number): number {
+function nextIntactItem(bytes: Buffer, fromBytes: number, afterSeq: number): number {
   for (let at = bytes.indexOf(MAGIC_BYTES, fromBytes); at >= 0 && at + JOURNAL_HEADER_BYTES <= bytes.length; at = bytes.indexOf(MAGIC_BYTES, at + 1)) {
-    const rec = parseRecord(bytes, at);
-    if (rec && rec.seq > afterSeq) return at;
+    const item = parseItem(bytes, at);
+    if (item && ('syncedSeq' in item ? item.syncedSeq : item.seq) > afterSeq) return at;
   }
   return -1;
+}
+
+/** What a journal file's problems are, judged against the whole journal (judgeJournal). */
+export interface JournalFileVerdict {
+  /** Damage a later sync marker covers: flushed writes are in it. The journal refuses to open. */
+  damaged: JournalDamage[];
+  /**
+   * Where the file is cut, or null: a torn tail, or damage in the middle
+   * that no later marker covers (writes in flight when a crash cut them; the
+   * intact records after it in this file were not flushed either).
+   */
+  cutAtBytes: number | null;
+}
+
+/**
+ * Judges every problem of every journal file (scans in file order). A range
+ * that fails to parse holds the writes numbered between the last intact
+ * write before it (P, across files) and the first after it (N). None (N =
+ * P + 1, e.g. a lost sync marker): harmless, passed over. Otherwise, if a
+ * sync marker after it claims a write above P durable, that write was
+ * flushed, and the bytes are damaged, not cut: refused (salvage decides).
+ * If none does, no FLUSH covered them (a sync awaits every earlier append's
+ * writev and its marker follows it), so they are a crash's cut: the file is
+ * cut there, as a torn tail always was. Journals written before markers
+ * existed have none, so their damage is judged a cut, as it then was. A
+ * damaged first record of the oldest file has no P (earlier files are
+ * destaged and gone): P = 0, so any later marker refuses it.
+ */
+export function judgeJournal(scans: JournalScan[]): JournalFileVerdict[] {
+  // Per file, the highest claim of the markers in later files, and the first write seq after it.
+  const laterClaim = new Array<number>(scans.length + 1).fill(0);
+  const laterFirstSeq = new Array<number>(scans.length + 1).fill(Infinity);
+  for (let i = scans.length - 1; i >= 0; i--) {
+    laterClaim[i] = Math.max(laterClaim[i + 1]!, ...scans[i]!.markers.map((m) => m.syncedSeq));
+    laterFirstSeq[i] = scans[i]!.records[0]?.rec.seq ?? laterFirstSeq[i + 1]!;
+  }
+  let lastSeq = 0;
+  return scans.map((scan, i) => {
+    const verdict: JournalFileVerdict = { damaged: [], cutAtBytes: null };
+    const problems = [...scan.damaged];
+    if (scan.endBytes < scan.lengthBytes) problems.push({ offsetBytes: scan.endBytes, lengthBytes: scan.lengthBytes - scan.endBytes });
+    for (const d of problems) {
+      let p = lastSeq;
+      for (const r of scan.records) if (r.posBytes < d.offsetBytes) p = Math.max(p, r.rec.seq);
+      const n = scan.records.find((r) => r.posBytes > d.offsetBytes)?.rec.seq ?? laterFirstSeq[i + 1]!;
+      if (n === p + 1) continue;
+      const claim = Math.max(laterClaim[i + 1]!, ...scan.markers.filter((m) => m.posBytes > d.offsetBytes).map((m) => m.syncedSeq));
+      if (claim > p) {
+        verdict.damaged.push(d);
+        continue;
+      }
+      verdict.cutAtBytes = d.offsetBytes;
+      break;
+    }
+    for (const r of scan.records) if (verdict.cutAtBytes === null || r.posBytes < verdict.cutAtBytes) lastSeq = Math.max(lastSeq, r.rec.seq);
+    return verdict;
+  });
 }
 
 /**
@@ -517,9 +717,9 @@ export class JournalCorrupt extends StorageError {
     );
   }
 
-  static of(file: string, scan: JournalScan): JournalCorrupt {
-    const first = scan.damaged[0]!;
-    return new JournalCorrupt(file, first.offsetBytes, scan.damaged.length, scan.records.filter((r) => r.posBytes > first.offsetBytes).length);
+  static of(file: string, scan: JournalScan, verdict: JournalFileVerdict): JournalCorrupt {
+    const first = verdict.damaged[0]!;
+    return new JournalCorrupt(file, first.offsetBytes, verdict.damaged.length, scan.records.filter((r) => r.posBytes > first.offsetBytes).length);
   }
 }
 
@@ -541,8 +741,8 @@ function journalFileNames(dir: string): string[] {
     .sort();
 }
 
-function damageOf(file: string, bytes: Buffer, scan: JournalScan): JournalFileDamage[] {
-  return scan.damaged.map((d) => {
+function damageOf(file: string, bytes: Buffer, scan: JournalScan, verdict: JournalFileVerdict): JournalFileDamage[] {
+  return verdict.damaged.map((d) => {
     const out: JournalFileDamage = { file, offsetBytes: d.offsetBytes, lengthBytes: d.lengthBytes, intactRecordsAfter: scan.records.filter((r) => r.posBytes > d.offsetBytes).length };
     if (bytes.readUInt32LE(d.offsetBytes) === JOURNAL_MAGIC) {
       out.claimed = { volumeId: bytes.readUInt32LE(d.offsetBytes + 8), offsetBytes: readU64(bytes, d.offsetBytes + 24), lengthBytes: bytes.readUInt32LE(d.offsetBytes + 12), seq: readU64(bytes, d.offsetBytes + 16) };
@@ -551,24 +751,37 @@ function damageOf(file: string, bytes: Buffer, scan: JournalScan): JournalFileDa
   });
 }
 
-/** Read-only check of a journal directory (fsck): damaged ranges that are not a torn tail. Changes nothing. */
-export function checkJournalDir(dir: string): { filesScanned: number; recordsScanned: number; tornTails: number; damaged: JournalFileDamage[] } {
-  const out = { filesScanned: 0, recordsScanned: 0, tornTails: 0, damaged: [] as JournalFileDamage[] };
-  for (const name of journalFileNames(dir)) {
+/** Every journal file of `dir` in order, read and scanned, with judgeJournal's verdicts. */
+function readJournalDir(dir: string): { file: string; bytes: Buffer; scan: JournalScan; verdict: JournalFileVerdict }[] {
+  const files = journalFileNames(dir).map((name) => {
     const file = path.join(dir, name);
     const bytes = fs.readFileSync(file);
-    const scan = scanJournalBytes(bytes);
+    return { file, bytes, scan: scanJournalBytes(bytes) };
+  });
+  const verdicts = judgeJournal(files.map((f) => f.scan));
+  return files.map((f, i) => ({ ...f, verdict: verdicts[i]! }));
+}
+
+/**
+ * Read-only check of a journal directory (fsck): damage that holds flushed
+ * writes (what makes the journal refuse to open), and the files a start
+ * would cut (torn tails and crash cuts). Changes nothing.
+ */
+export function checkJournalDir(dir: string): { filesScanned: number; recordsScanned: number; tornTails: number; damaged: JournalFileDamage[] } {
+  const out = { filesScanned: 0, recordsScanned: 0, tornTails: 0, damaged: [] as JournalFileDamage[] };
+  for (const { file, bytes, scan, verdict } of readJournalDir(dir)) {
     out.filesScanned++;
     out.recordsScanned += scan.records.length;
-    if (scan.endBytes < bytes.length) out.tornTails++;
-    out.damaged.push(...damageOf(file, bytes, scan));
+    if (verdict.cutAtBytes !== null || scan.endBytes < bytes.length) out.tornTails++;
+    out.damaged.push(...damageOf(file, bytes, scan, verdict));
   }
   return out;
 }
 
 /**
- * Operator salvage (daemon stopped): each journal file with damage in the
- * middle is rewritten with its intact records only, in their order and with
+ * Operator salvage (daemon stopped): each journal file with damage that
+ * holds flushed writes is rewritten with its intact records (and sync
+ * markers) only, in their order and with
  * their seqs (replay order and the destagedSeq comparison are unchanged),
  * through a temporary file that is fsynced and renamed over the original,
  * then the directory is fsynced. The damaged records' writes are lost: their
@@ -577,13 +790,14 @@ export function checkJournalDir(dir: string): { filesScanned: number; recordsSca
  */
 export function salvageJournalDir(dir: string): { filesRewritten: number; recordsKept: number; dropped: JournalFileDamage[] } {
   const out = { filesRewritten: 0, recordsKept: 0, dropped: [] as JournalFileDamage[] };
-  for (const name of journalFileNames(dir)) {
-    const file = path.join(dir, name);
-    const bytes = fs.readFileSync(file);
-    const scan = scanJournalBytes(bytes);
-    if (scan.damaged.length === 0) continue;
-    out.dropped.push(...damageOf(file, bytes, scan));
-    const kept = Buffer.concat(scan.records.map(({ posBytes, rec }) => bytes.subarray(posBytes, posBytes + rec.recordBytes)));
+  for (const { file, bytes, scan, verdict } of readJournalDir(dir)) {
+    if (verdict.damaged.length === 0) continue;
+    out.dropped.push(...damageOf(file, bytes, scan, verdict));
+    const items = [
+      ...scan.records.map(({ posBytes, rec }) => ({ posBytes, bytes: rec.recordBytes })),
+      ...scan.markers.map(({ posBytes }) => ({ posBytes, bytes: JOURNAL_HEADER_BYTES })),
+    ].sort((a, b) => a.posBytes - b.posBytes);
+    const kept = Buffer.concat(items.map((it) => bytes.subarray(it.posBytes, it.posBytes + it.bytes)));
     // Not matching FILE_RE: a crash before the rename leaves the original
     // in place and this file ignored (a second salvage overwrites it).
     const tmp = `${file}.salvage`;
