@@ -63,6 +63,14 @@ interface JournalFile {
   /** A sync marker's writev in flight: the descriptor is closed only after it (its number could be reused). */
   markerWrite: Promise<void> | null;
   /**
+   * The highest claim of the sync markers in this file (0: none). The marker
+   * covering a file's last records often sits in the next file; removing a
+   * file that holds one first re-writes the claim into the head, or an older
+   * file's flushed records would lose their cover and damage to them would
+   * be judged a crash cut (and truncated).
+   */
+  markerClaim: number;
+  /**
    * Releases of records in this file whose superseding index entry is not
    * durable yet (release's removeAfter pending): the file stays until none
    * is, whichever release takes its live bytes to zero (a failed one keeps
@@ -149,9 +157,10 @@ export class Journal {
       const fd = fs.openSync(file, 'r+');
       // named: the head created below shares the directory, and its first
       // sync persists every entry in it, these included.
-      const f: JournalFile = { no, fd, tailBytes: endBytes, liveBytes: 0, dirty: false, named: true, markerWrite: null, removeHolds: 0 };
+      const f: JournalFile = { no, fd, tailBytes: endBytes, liveBytes: 0, dirty: false, named: true, markerWrite: null, markerClaim: 0, removeHolds: 0 };
       j.files.set(no, f);
-      for (const m of scan.markers) if (m.posBytes < endBytes) j.markedSeq = Math.max(j.markedSeq, m.syncedSeq);
+      for (const m of scan.markers) if (m.posBytes < endBytes) f.markerClaim = Math.max(f.markerClaim, m.syncedSeq);
+      j.markedSeq = Math.max(j.markedSeq, f.markerClaim);
       for (const { posBytes, rec } of scan.records) {
         // After a crash cut: writes never flushed, dropped with the cut.
         if (posBytes >= endBytes) break;
@@ -183,7 +192,7 @@ export class Journal {
 
   private createFile(no: number): JournalFile {
     const fd = fs.openSync(path.join(this.dir, fileName(no)), fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_TRUNC, 0o600);
-    const f: JournalFile = { no, fd, tailBytes: 0, liveBytes: 0, dirty: true, named: false, markerWrite: null, removeHolds: 0 };
+    const f: JournalFile = { no, fd, tailBytes: 0, liveBytes: 0, dirty: true, named: false, markerWrite: null, markerClaim: 0, removeHolds: 0 };
     this.files.set(no, f);
     return f;
   }
@@ -271,6 +280,7 @@ export class Journal {
     header.writeUInt32LE(crc, CRC_OFFSET);
     // The last sync's marker, if not written yet, goes in the same writev, ahead of this record.
     const marker = this.takePendingMarker();
+    if (marker) f.markerClaim = Math.max(f.markerClaim, readU64(marker, 16));
     const pos = f.tailBytes + (marker ? JOURNAL_HEADER_BYTES : 0);
     f.tailBytes = pos + recordBytes;
     f.liveBytes += recordBytes;
@@ -380,13 +390,7 @@ export class Journal {
   private markSynced(syncedSeq: number): void {
     if (this.closed) return;
     this.markedSeq = syncedSeq;
-    const header = Buffer.alloc(JOURNAL_HEADER_BYTES);
-    header.writeUInt32LE(JOURNAL_MAGIC, 0);
-    header.writeUInt8(VERSION, 4);
-    header.writeUInt8(MARKER_TYPE, 5);
-    writeU64(header, syncedSeq, 16);
-    header.writeUInt32LE(crc32c(header.subarray(0, CRC_OFFSET)), CRC_OFFSET);
-    this.pendingMarker = header;
+    this.pendingMarker = markerRecord(syncedSeq);
     if (!this.markerTimer) {
       this.markerTimer = setTimeout(() => {
         this.markerTimer = null;
@@ -412,7 +416,13 @@ export class Journal {
     if (this.closed) return;
     const header = this.takePendingMarker();
     if (!header) return;
+    this.writeMarker(header);
+  }
+
+  /** Writes a marker alone at the head's tail; resolves (never rejects) once it has landed or failed. */
+  private writeMarker(header: Buffer): Promise<void> {
     const f = this.head;
+    f.markerClaim = Math.max(f.markerClaim, readU64(header, 16));
     const pos = f.tailBytes;
     f.tailBytes += JOURNAL_HEADER_BYTES;
     const prev = f.markerWrite;
@@ -435,6 +445,7 @@ export class Journal {
       () => this.pendingWrites.delete(w),
       () => this.pendingWrites.delete(w),
     );
+    return settled;
   }
 
   /**
@@ -487,13 +498,26 @@ export class Journal {
   private maybeRemove(f: JournalFile): void {
     // Not ours any more (removed already, or the journal closed): its descriptor number may be another file's.
     if (this.files.get(f.no) !== f) return;
+    // Closing: no new write may start on a descriptor about to be closed; the next open removes it.
+    if (this.closed) return;
     if (f === this.head || f.liveBytes > 0 || f.removeHolds > 0) return;
     this.files.delete(f.no);
     const remove = () => {
       fs.close(f.fd, () => undefined);
       fs.rm(path.join(this.dir, fileName(f.no)), { force: true }, () => undefined);
     };
-    if (f.markerWrite) void f.markerWrite.then(remove);
+    const before: Promise<unknown>[] = [];
+    if (f.markerWrite) before.push(f.markerWrite);
+    // Its markers may be all that covers an older file's flushed records
+    // (the marker for a file's last records rides on the next file's first
+    // append): the claim is written into the head, landed before the file
+    // goes. The pending marker, if any, claims markedSeq too: this one
+    // replaces it.
+    if (f.markerClaim > 0) {
+      this.takePendingMarker();
+      before.push(this.writeMarker(markerRecord(this.markedSeq)));
+    }
+    if (before.length) void Promise.all(before).then(remove);
     else remove();
   }
 
@@ -520,6 +544,17 @@ function writeU64(buf: Buffer, v: number, pos: number): void {
 
 function readU64(buf: Buffer, pos: number): number {
   return buf.readUInt32LE(pos) + buf.readUInt32LE(pos + 4) * 0x100000000;
+}
+
+/** A sync marker record claiming every write numbered up to `syncedSeq` durable. */
+function markerRecord(syncedSeq: number): Buffer {
+  const header = Buffer.alloc(JOURNAL_HEADER_BYTES);
+  header.writeUInt32LE(JOURNAL_MAGIC, 0);
+  header.writeUInt8(VERSION, 4);
+  header.writeUInt8(MARKER_TYPE, 5);
+  writeU64(header, syncedSeq, 16);
+  header.writeUInt32LE(crc32c(header.subarray(0, CRC_OFFSET)), CRC_OFFSET);
+  return header;
 }
 
 /** A sync marker found by a scan: every write numbered up to syncedSeq was durable when it was written. */
