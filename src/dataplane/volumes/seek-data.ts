@@ -1,0 +1,38 @@
+// lseek(SEEK_DATA) through native/fs_seek.c: where a file's next data extent
+// starts, so a volume can skip reading a chunk that is a hole.
+
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+interface FsSeekAddon {
+  firstDataOffsetAsync(fd: number, offsetBytes: number, done: (error: NodeJS.ErrnoException | null, dataOffsetBytes: number) => void): void;
+}
+
+/** native/build/Release/fs_seek.node, found from src/ (ts) or dist/src/ (compiled) alike. */
+function loadAddon(): FsSeekAddon {
+  const relative = join('native', 'build', 'Release', 'fs_seek.node');
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (let up = 0; up < 6; up++, dir = dirname(dir)) {
+    const candidate = join(dir, relative);
+    if (existsSync(candidate)) return createRequire(import.meta.url)(candidate) as FsSeekAddon;
+  }
+  throw new Error(`${relative} not built: run npm install (node-gyp builds native/)`);
+}
+const addon = loadAddon();
+
+/**
+ * lseek(fd, offsetBytes, SEEK_DATA) on the libuv threadpool (ext4/xfs take the
+ * inode lock for it, which a concurrent buffered write holds): the start of
+ * the first data extent at or after offsetBytes, or -1 if there is none
+ * (ENXIO: only holes up to end of file, or offsetBytes at or past it). A file
+ * system without hole tracking reports offsetBytes itself (all data), so a
+ * caller treating "< end of range" as "may hold bytes" stays correct there.
+ * Rejects with the errno (code set) on any other failure.
+ */
+export function firstDataOffset(fd: number, offsetBytes: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    addon.firstDataOffsetAsync(fd, offsetBytes, (error, dataOffsetBytes) => (error ? reject(error) : resolve(dataOffsetBytes)));
+  });
+}
