@@ -162,9 +162,11 @@ export class Journal {
       for (const m of scan.markers) if (m.posBytes < endBytes) f.markerClaim = Math.max(f.markerClaim, m.syncedSeq);
       j.markedSeq = Math.max(j.markedSeq, f.markerClaim);
       for (const { posBytes, rec } of scan.records) {
-        // After a crash cut: writes never flushed, dropped with the cut.
-        if (posBytes >= endBytes) break;
+        // Numbered past dropped records too: were one to come back (a cut
+        // lost), it must never share a seq with a newer write.
         j.nextSeq = Math.max(j.nextSeq, rec.seq + 1);
+        // After a crash cut: writes never flushed, dropped with the cut.
+        if (posBytes >= endBytes) continue;
         const ext: JournalExtent = { ...rec, fileNo: no };
         if (opts.volumeExists(rec.volumeId) && rec.seq > opts.destagedSeq(rec.volumeId, Math.floor(rec.offsetBytes / opts.chunkSizeBytes))) {
           j.insert(ext);
@@ -181,6 +183,10 @@ export class Journal {
       // any FLUSH covered them.
       log.warn('journal: dropping torn tail', { file: t.file, offsetBytes: t.offsetBytes, lengthBytes: t.lengthBytes });
       fs.ftruncateSync(t.fd, t.offsetBytes);
+      // Durable before any new write: a cut lost in a power cut would bring
+      // back never-flushed records behind damage that later sync markers
+      // (claiming newer writes) then make the next open refuse.
+      fs.fdatasyncSync(t.fd);
     }
     // Always start a fresh head file: appends never go after a repaired tail.
     const headNo = (nos.length ? nos[nos.length - 1]! : 0) + 1;
