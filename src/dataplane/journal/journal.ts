@@ -183,14 +183,25 @@ export class Journal {
       // any FLUSH covered them.
       log.warn('journal: dropping torn tail', { file: t.file, offsetBytes: t.offsetBytes, lengthBytes: t.lengthBytes });
       fs.ftruncateSync(t.fd, t.offsetBytes);
-      // Durable before any new write: a cut lost in a power cut would bring
-      // back never-flushed records behind damage that later sync markers
-      // (claiming newer writes) then make the next open refuse.
-      fs.fdatasyncSync(t.fd);
     }
+    // Every record kept, and every cut, durable before any new write: a cut
+    // lost in a power cut would bring back never-flushed records behind
+    // damage that later sync markers (claiming newer writes) then make the
+    // next open refuse; and the head's first marker below claims them all.
+    for (const f of j.files.values()) fs.fdatasyncSync(f.fd);
     // Always start a fresh head file: appends never go after a repaired tail.
     const headNo = (nos.length ? nos[nos.length - 1]! : 0) + 1;
     j.head = j.createFile(headNo);
+    // Its first item: a marker claiming every seq numbered so far (all in
+    // older files, synced above, in stripes, or cut). A damaged range in
+    // this file then has a lower bound for the seqs it holds even once the
+    // older files are removed (judgeJournal), so a crash cut of a first
+    // write after this start is not taken for damage to flushed ones when a
+    // FLUSH racing it claims an older seq.
+    if (j.nextSeq - 1 > 0) {
+      j.markedSeq = Math.max(j.markedSeq, j.nextSeq - 1);
+      void j.writeMarker(markerRecord(j.markedSeq));
+    }
     for (const f of [...j.files.values()]) j.maybeRemove(f);
     if (replayed > 0) log.info('journal: replayed records', { records: replayed, liveBytes: j.liveBytes });
     return j;
@@ -718,6 +729,10 @@ export function judgeJournal(scans: JournalScan[]): JournalFileVerdict[] {
     for (const d of problems) {
       let p = lastSeq;
       for (const r of scan.records) if (r.posBytes < d.offsetBytes) p = Math.max(p, r.rec.seq);
+      // A marker before the range was written after every write it claims:
+      // none of them is in the range (a lower bound for P when the writes
+      // before it are in files removed since).
+      for (const m of scan.markers) if (m.posBytes < d.offsetBytes) p = Math.max(p, m.syncedSeq);
       const n = scan.records.find((r) => r.posBytes > d.offsetBytes)?.rec.seq ?? laterFirstSeq[i + 1]!;
       if (n === p + 1) continue;
       const claim = Math.max(laterClaim[i + 1]!, ...scan.markers.filter((m) => m.posBytes > d.offsetBytes).map((m) => m.syncedSeq));
@@ -729,6 +744,7 @@ export function judgeJournal(scans: JournalScan[]): JournalFileVerdict[] {
       break;
     }
     for (const r of scan.records) if (verdict.cutAtBytes === null || r.posBytes < verdict.cutAtBytes) lastSeq = Math.max(lastSeq, r.rec.seq);
+    for (const m of scan.markers) if (verdict.cutAtBytes === null || m.posBytes < verdict.cutAtBytes) lastSeq = Math.max(lastSeq, m.syncedSeq);
     return verdict;
   });
 }
