@@ -161,14 +161,18 @@ export class Journal {
       j.files.set(no, f);
       for (const m of scan.markers) if (m.posBytes < endBytes) f.markerClaim = Math.max(f.markerClaim, m.syncedSeq);
       j.markedSeq = Math.max(j.markedSeq, f.markerClaim);
+      // Read again only if a record is replayed (the scan kept no payload).
+      let bytes: Buffer | null = null;
       for (const { posBytes, rec } of scan.records) {
         // Numbered past dropped records too: were one to come back (a cut
         // lost), it must never share a seq with a newer write.
         j.nextSeq = Math.max(j.nextSeq, rec.seq + 1);
         // After a crash cut: writes never flushed, dropped with the cut.
         if (posBytes >= endBytes) continue;
-        const ext: JournalExtent = { ...rec, fileNo: no };
         if (opts.volumeExists(rec.volumeId) && rec.seq > opts.destagedSeq(rec.volumeId, Math.floor(rec.offsetBytes / opts.chunkSizeBytes))) {
+          bytes ??= fs.readFileSync(file);
+          const data = rec.type === RecordType.Write ? Buffer.from(bytes.subarray(posBytes + JOURNAL_HEADER_BYTES, posBytes + rec.recordBytes)) : null;
+          const ext: JournalExtent = { ...rec, data, fileNo: no };
           j.insert(ext);
           f.liveBytes += ext.recordBytes;
           j.liveBytes += ext.recordBytes;
@@ -593,16 +597,18 @@ function parseItem(bytes: Buffer, pos: number): Omit<JournalExtent, 'fileNo'> | 
   const payloadBytes = type === RecordType.Write ? lengthBytes : 0;
   if (pos + JOURNAL_HEADER_BYTES + payloadBytes > bytes.length) return null;
   let crc = crc32c(bytes.subarray(pos, pos + CRC_OFFSET));
-  const data = payloadBytes ? Buffer.from(bytes.subarray(pos + JOURNAL_HEADER_BYTES, pos + JOURNAL_HEADER_BYTES + payloadBytes)) : null;
-  if (data) crc = crc32c(data, crc);
+  if (payloadBytes) crc = crc32c(bytes.subarray(pos + JOURNAL_HEADER_BYTES, pos + JOURNAL_HEADER_BYTES + payloadBytes), crc);
   if (crc !== bytes.readUInt32LE(pos + CRC_OFFSET)) return null;
+  // No payload copy here: a scan of every file is held at once by
+  // Journal.open (judgeJournal needs them all); open copies the payloads it
+  // replays from a second read of each file.
   return {
     seq: readU64(bytes, pos + 16),
     type,
     volumeId: bytes.readUInt32LE(pos + 8),
     offsetBytes: readU64(bytes, pos + 24),
     lengthBytes,
-    data,
+    data: null,
     recordBytes: JOURNAL_HEADER_BYTES + payloadBytes,
   };
 }
@@ -614,7 +620,7 @@ export interface JournalDamage {
 }
 
 export interface JournalScan {
-  /** Intact write records in file order (each verified by its CRC). */
+  /** Intact write records in file order (each verified by its CRC; data is always null: the payload stays in the file). */
   records: { posBytes: number; rec: Omit<JournalExtent, 'fileNo'> }[];
   /** Intact sync markers in file order. */
   markers: SyncMarker[];
