@@ -2,10 +2,10 @@
 // FUA, some followed by FLUSH) while the daemon is SIGKILLed at random
 // moments; after each restart every flushed byte must be there, and every
 // other byte must hold a value some unflushed request could have left.
-import { test, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
-import { TestDaemon } from './helpers/daemon.js';
+import { crashDaemons, killDuringWrites } from './helpers/daemon.js';
 import { CMD, ConnectionClosed, RawNbd } from './helpers/nbd-client.js';
 import { Model, workload } from './helpers/crash-model.js';
 
@@ -15,21 +15,12 @@ const ROUNDS = 6;
 const WORKERS = 8;
 const MAX_OP_BYTES = 2 * MiB;
 
-const daemons: TestDaemon[] = [];
-after(async () => {
-  for (const d of daemons) await d.cleanup();
-});
+const start = crashDaemons();
 
 async function readAll(c: RawNbd): Promise<Buffer> {
   const r = await c.readAt(0, VOLUME_BYTES);
   assert.equal(r.error, 0);
   return r.data;
-}
-
-async function start(dataDir?: string): Promise<TestDaemon> {
-  const d = await TestDaemon.start(dataDir ? { dataDir } : {});
-  daemons.push(d);
-  return d;
 }
 
 test('SIGKILL during random writes loses only unflushed data', async () => {
@@ -108,22 +99,17 @@ test('an unflushed write lost in a crash never reappears when its chunk is writt
   // One write at a time: each chunk record then waits behind the previous
   // metadata commit while its bytes are already written, and a kill at any
   // moment likely catches acknowledged writes whose record is not committed.
-  let acked = 0;
-  let enoughAcked: () => void = () => undefined;
-  const someAcked = new Promise<void>((r) => (enoughAcked = r));
-  const writer = (async () => {
-    for (let i = 0; i < CHUNKS; i++) {
-      assert.equal((await c.writeAt(spot(i), pattern(i))).error, 0);
-      if (++acked === 20) enoughAcked();
-    }
-  })().then(
-    () => null,
-    (err: unknown) => err,
-  );
-  await someAcked;
-  await new Promise((r) => setTimeout(r, crypto.randomInt(0, 300)));
-  await daemon.kill();
-  const stopped = await writer;
+  const {
+    acked,
+    stopped: [stopped],
+  } = await killDuringWrites(daemon, [
+    async (ack) => {
+      for (let i = 0; i < CHUNKS; i++) {
+        assert.equal((await c.writeAt(spot(i), pattern(i))).error, 0);
+        ack();
+      }
+    },
+  ]);
   assert.ok(stopped === null || stopped instanceof ConnectionClosed, String(stopped));
   assert.ok(acked >= 20 && acked < CHUNKS, `${acked} writes were acknowledged before the kill`);
 

@@ -4,13 +4,13 @@
 // every chunk in the pool file the index names; after each restart every
 // flushed byte reads back (the chunk map points only at durable copies), and
 // a later migration finishes the move with the old pool's file gone.
-import { test, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
-import { TestDaemon } from './helpers/daemon.js';
+import { crashDaemons } from './helpers/daemon.js';
 import { RawNbd } from './helpers/nbd-client.js';
-import { Model, workload } from './helpers/crash-model.js';
+import { Model, readVolume, workload } from './helpers/crash-model.js';
 import { api, migrate, poolUsedBytes, startWarmDaemon, volumeFile, volumeRecord } from './helpers/hot-warm.js';
 import { fsckDataDir } from './helpers/cold.js';
 import type { MigrationProgress } from '../src/dataplane/volumes/migration.js';
@@ -19,26 +19,8 @@ const MiB = 1024 * 1024;
 const VOLUME_BYTES = 64 * MiB;
 const ROUNDS = 8;
 
-const daemons: TestDaemon[] = [];
-after(async () => {
-  for (const d of daemons) await d.cleanup();
-});
-
-async function start(dataDir?: string): Promise<TestDaemon> {
-  const d = await startWarmDaemon(dataDir ? { dataDir } : {});
-  daemons.push(d);
-  return d;
-}
-
-async function readAll(c: RawNbd): Promise<Buffer> {
-  const out = Buffer.alloc(VOLUME_BYTES);
-  for (let at = 0; at < VOLUME_BYTES; at += 8 * MiB) {
-    const r = await c.readAt(at, 8 * MiB);
-    assert.equal(r.error, 0);
-    r.data.copy(out, at);
-  }
-  return out;
-}
+const start = crashDaemons(startWarmDaemon);
+const readAll = (c: RawNbd) => readVolume(c, VOLUME_BYTES);
 
 test('SIGKILL at random points of hot <-> warm moves under flushed writes: every flushed byte survives, a later move finishes', async (t) => {
   let daemon = await start();

@@ -12,12 +12,12 @@
 // fixed in ecf0f2d in 2 runs of the code before it (that window, between the
 // tier switch and one chunk's promote, is narrow under random ops; the
 // in-process review-zero-journaled-hot pins it).
-import { test, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
-import { TestDaemon } from './helpers/daemon.js';
+import { crashDaemons } from './helpers/daemon.js';
 import { RawNbd } from './helpers/nbd-client.js';
-import { Model, workload } from './helpers/crash-model.js';
+import { Model, readVolume, workload } from './helpers/crash-model.js';
 import { api, startWarmDaemon, volumeRecord } from './helpers/hot-warm.js';
 import type { MigrationProgress } from '../src/dataplane/volumes/migration.js';
 
@@ -25,26 +25,8 @@ const MiB = 1024 * 1024;
 const VOLUME_BYTES = 24 * MiB;
 const ROUNDS = 8;
 
-const daemons: TestDaemon[] = [];
-after(async () => {
-  for (const d of daemons) await d.cleanup();
-});
-
-async function start(dataDir?: string): Promise<TestDaemon> {
-  const d = await startWarmDaemon(dataDir ? { dataDir } : {});
-  daemons.push(d);
-  return d;
-}
-
-async function readAll(c: RawNbd): Promise<Buffer> {
-  const out = Buffer.alloc(VOLUME_BYTES);
-  for (let at = 0; at < VOLUME_BYTES; at += 8 * MiB) {
-    const r = await c.readAt(at, 8 * MiB);
-    assert.equal(r.error, 0);
-    r.data.copy(out, at);
-  }
-  return out;
-}
+const start = crashDaemons(startWarmDaemon);
+const readAll = (c: RawNbd) => readVolume(c, VOLUME_BYTES);
 
 test('SIGKILL at random points of hot <-> cold moves under writes, zeroes and trims: every flushed byte survives; with no kill, every acknowledged one', async (t) => {
   let daemon = await start();

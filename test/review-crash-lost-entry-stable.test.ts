@@ -10,10 +10,9 @@
 // elsewhere in its chunk (half the chunks), after a move to warm, and after
 // a move back to hot. Failed 3 of 3 runs before the fix (1-5 of 1024
 // chunks changed after the move); fails with only the read side of the fix.
-import { test, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import crypto from 'node:crypto';
-import { TestDaemon } from './helpers/daemon.js';
+import { crashDaemons, killDuringWrites } from './helpers/daemon.js';
 import { ConnectionClosed, RawNbd } from './helpers/nbd-client.js';
 import { migrate, startWarmDaemon } from './helpers/hot-warm.js';
 
@@ -21,16 +20,7 @@ const MiB = 1024 * 1024;
 const CHUNKS = 1024;
 const WRITE_BYTES = 4096;
 
-const daemons: TestDaemon[] = [];
-after(async () => {
-  for (const d of daemons) await d.cleanup();
-});
-
-async function start(dataDir?: string): Promise<TestDaemon> {
-  const d = await startWarmDaemon(dataDir ? { dataDir } : {});
-  daemons.push(d);
-  return d;
-}
+const start = crashDaemons(startWarmDaemon);
 
 test('after a crash, what an unflushed write left in a fresh chunk reads the same after a write elsewhere in the chunk and after moves to warm and back', async (t) => {
   let daemon = await start();
@@ -39,28 +29,20 @@ test('after a crash, what an unflushed write left in a fresh chunk reads the sam
   await c.handshake('fresh');
   const spot = (i: number) => i * MiB + 64 * 1024;
   const pattern = (i: number) => Buffer.alloc(WRITE_BYTES, (i % 250) + 1);
-  let acked = 0;
-  let enoughAcked: () => void = () => undefined;
-  const someAcked = new Promise<void>((r) => (enoughAcked = r));
   // WRITERS loops over disjoint chunks, one write at a time each: each
   // chunk entry waits behind earlier metadata commits while its bytes are
   // already written, so a kill likely catches several such chunks.
   const WRITERS = 4;
-  const writers = Array.from({ length: WRITERS }, (_, w) =>
-    (async () => {
+  const { acked, stopped: writers } = await killDuringWrites(
+    daemon,
+    Array.from({ length: WRITERS }, (_, w) => async (ack: () => void) => {
       for (let i = w; i < CHUNKS; i += WRITERS) {
         assert.equal((await c.writeAt(spot(i), pattern(i))).error, 0);
-        if (++acked === 20) enoughAcked();
+        ack();
       }
-    })().then(
-      () => null,
-      (err: unknown) => err,
-    ),
+    }),
   );
-  await someAcked;
-  await new Promise((r) => setTimeout(r, crypto.randomInt(0, 300)));
-  await daemon.kill();
-  for (const stopped of await Promise.all(writers)) assert.ok(stopped === null || stopped instanceof ConnectionClosed, String(stopped));
+  for (const stopped of writers) assert.ok(stopped === null || stopped instanceof ConnectionClosed, String(stopped));
 
   daemon = await start(daemon.dataDir);
   const v = await RawNbd.connect({ port: daemon.info.nbd.port });

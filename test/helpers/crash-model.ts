@@ -193,3 +193,14 @@ export async function workload(c: RawNbd, model: Model, stats: WorkloadStats, op
   }
 }
 
+
+/** Reads a whole volume back in 8 MiB reads. */
+export async function readVolume(c: RawNbd, volumeBytes: number): Promise<Buffer> {
+  const out = Buffer.alloc(volumeBytes);
+  for (let at = 0; at < volumeBytes; at += 8 * MiB) {
+    const r = await c.readAt(at, 8 * MiB);
+    assert.equal(r.error, 0);
+    r.data.copy(out, at);
+  }
+  return out;
+}

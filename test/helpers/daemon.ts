@@ -1,11 +1,13 @@
 // Test harness: runs a real `couchestor serve` in a temporary data directory
 // on ephemeral ports, and waits for its machine-readable ready line.
+import crypto from 'node:crypto';
 import { spawn, spawnSync, type ChildProcess, type SpawnSyncReturns } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import readline from 'node:readline';
+import { after } from 'node:test';
 
 export const CLI = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../src/cli.js');
 /** nbdsh is a python3 script: make sure it finds Debian's python3 (with the nbd module). */
@@ -118,4 +120,48 @@ export function run(cmd: string, args: string[], opts: { input?: string; timeout
 /** Runs an nbdsh script (python) and returns its stdout. */
 export function nbdsh(script: string): string {
   return run('nbdsh', ['-c', script]);
+}
+
+/**
+ * Crash tests start a daemon, SIGKILL it and start it again on the same data
+ * directory. Returns the start function (`launch` defaults to a plain
+ * TestDaemon.start); every daemon it starts is cleaned up after the file's tests.
+ */
+export function crashDaemons(launch: (opts: { dataDir?: string }) => Promise<TestDaemon> = (opts) => TestDaemon.start(opts)): (dataDir?: string) => Promise<TestDaemon> {
+  const daemons: TestDaemon[] = [];
+  after(async () => {
+    for (const d of daemons) await d.cleanup();
+  });
+  return async (dataDir?: string) => {
+    const d = await launch(dataDir ? { dataDir } : {});
+    daemons.push(d);
+    return d;
+  };
+}
+
+/**
+ * Runs `loops` (each calls `ack()` after every acknowledged write) until
+ * `ackedBeforeKill` writes were acknowledged, waits a random 0-300 ms so the
+ * kill lands at varied points, SIGKILLs the daemon and waits for the loops.
+ * Returns the writes acknowledged before the kill and each loop's outcome
+ * (null when it finished, else what it threw).
+ */
+export async function killDuringWrites(daemon: TestDaemon, loops: ((ack: () => void) => Promise<void>)[], ackedBeforeKill = 20): Promise<{ acked: number; stopped: unknown[] }> {
+  let acked = 0;
+  let enoughAcked: () => void = () => undefined;
+  const someAcked = new Promise<void>((r) => (enoughAcked = r));
+  const ack = () => {
+    if (++acked === ackedBeforeKill) enoughAcked();
+  };
+  const running = loops.map((loop) =>
+    loop(ack).then(
+      () => null,
+      (err: unknown) => err,
+    ),
+  );
+  await someAcked;
+  await new Promise((r) => setTimeout(r, crypto.randomInt(0, 300)));
+  await daemon.kill();
+  const stopped = await Promise.all(running);
+  return { acked, stopped };
 }
