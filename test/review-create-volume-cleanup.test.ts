@@ -11,10 +11,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { VolumeManager } from '../src/dataplane/volumes/manager.js';
 import { AlreadyExists } from '../src/dataplane/errors.js';
+import { tempManager } from './helpers/volume.js';
 
 const MiB = 1024 * 1024;
 
@@ -25,14 +25,8 @@ async function openManager(dir: string): Promise<VolumeManager> {
 }
 
 test('a create whose directory sync fails leaves no volume file and frees the name', async (t) => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-review-create-cleanup-'));
-  const m = await openManager(dir);
   const realOpen = fs.promises.open;
-  t.after(async () => {
-    fs.promises.open = realOpen;
-    await m.close().catch(() => undefined);
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
+  const { dir, m } = await tempManager(t, 'couchestor-review-create-cleanup-', openManager, () => (fs.promises.open = realOpen));
   const volumesDir = path.join(dir, 'hot-0', 'volumes');
   const filesBefore = fs.existsSync(volumesDir) ? fs.readdirSync(volumesDir) : [];
   // The next sync of volumes/ fails with EIO (once).
@@ -63,12 +57,7 @@ test('a create whose directory sync fails leaves no volume file and frees the na
 });
 
 test('two creates of one name racing: one wins, the other is AlreadyExists; a delete racing a create leaves record and file together', async (t) => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-review-create-race-'));
-  const m = await openManager(dir);
-  t.after(async () => {
-    await m.close().catch(() => undefined);
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
+  const { dir, m } = await tempManager(t, 'couchestor-review-create-race-', openManager);
   const results = await Promise.allSettled([m.createVolume({ name: 'r', sizeBytes: 4 * MiB }), m.createVolume({ name: 'r', sizeBytes: 8 * MiB })]);
   const won = results.filter((r) => r.status === 'fulfilled');
   const lost = results.filter((r) => r.status === 'rejected');

@@ -10,34 +10,16 @@
 // probes ok, 500 InternalError).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { VolumeManager } from '../src/dataplane/volumes/manager.js';
 import { healthChecks } from '../src/control/observe.js';
 import { toS3Error } from '../src/dataplane/s3/errors.js';
+import { failNextIndexCommit, tempManager } from './helpers/volume.js';
 
 const MiB = 1024 * 1024;
 
-/** Makes the index's next durable() see a failed LMDB commit (what lmdb-js's `flushed` does when a commit fails), once. */
-function failNextIndexCommit(meta: object): void {
-  const root = (meta as { root: { flushed: PromiseLike<unknown> } }).root;
-  const real = root.flushed;
-  root.flushed = {
-    then(ok, bad) {
-      root.flushed = real;
-      return Promise.reject(Object.assign(new Error('MDB_PANIC: commit failed (injected)'), { code: 'EIO' })).then(ok, bad);
-    },
-  };
-}
-
 test('a latched index commit failure fails /healthz and /readyz and answers S3 503 ServiceUnavailable', async (t) => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-review-meta-latch-'));
-  const m = VolumeManager.open(path.join(dir, 'data'));
-  t.after(async () => {
-    await m.close().catch(() => undefined);
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
+  const { dir, m } = await tempManager(t, 'couchestor-review-meta-latch-', async (d) => VolumeManager.open(path.join(d, 'data')));
   await m.putPool({ name: 'hot-0', path: path.join(dir, 'hot-0'), tier: 'hot', capacityBytes: 64 * MiB, labels: { tier: 'hot' } });
   await m.createVolume({ name: 'v', sizeBytes: 4 * MiB });
   m.openVolume('v');

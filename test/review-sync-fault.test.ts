@@ -11,14 +11,14 @@
 // beside one of the same file that failed) failed at a4ccea6; the seventh
 // and eighth (a failed index commit: lmdb-js rejects only that commit's
 // waiters) failed at a29860d.
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Journal, RecordType } from '../src/dataplane/journal/journal.js';
 import { ChunkState } from '../src/dataplane/meta/store.js';
-import { openColdTierManager, readVolume, writeVolume } from './helpers/volume.js';
+import { failNextIndexCommit, openColdTierManager, readVolume, tempManager, writeVolume } from './helpers/volume.js';
 
 const MiB = 1024 * 1024;
 const BLOCK_BYTES = 4096;
@@ -33,22 +33,33 @@ function eio(): NodeJS.ErrnoException {
   return Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO', errno: -5, syscall: 'fdatasync' });
 }
 
-function openJournal(dir: string): Journal {
-  return Journal.open({ dir, chunkSizeBytes: MiB, destagedSeq: () => 0, volumeExists: () => true });
+/** Puts back the fs functions a test wrapped. */
+function restoreFs(): void {
+  fs.fdatasync = realFdatasync;
+  fs.writev = realWritev;
 }
 
-test('journal: a FLUSH queued behind an fdatasync that fails with EIO fails too, and so does every later one', async (t) => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-review-sync-fault-'));
-  const j = openJournal(dir);
+/** A journal in a fresh temp dir; when the test ends fs is restored, the journal closed and the dir removed. */
+function tempJournal(t: TestContext, prefix: string): Journal {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  const j = Journal.open({ dir, chunkSizeBytes: MiB, destagedSeq: () => 0, volumeExists: () => true });
   t.after(async () => {
-    fs.fdatasync = realFdatasync;
+    restoreFs();
     await j.close();
     fs.rmSync(dir, { recursive: true, force: true });
   });
-  // Client A's write, acknowledged (not yet durable).
-  await j.append(RecordType.Write, 1, 0, BLOCK_BYTES, Buffer.alloc(BLOCK_BYTES, 0xa1));
-  // The first fdatasync is held, then fails; later ones behave like Linux
-  // after it reported the error: they succeed.
+  return j;
+}
+
+/** A 4 MiB hot volume 'v' in a fresh cold-tier manager (see tempManager: fs is restored when the test ends). */
+async function hotVolume(t: TestContext, prefix: string) {
+  const { m } = await tempManager(t, prefix, openColdTierManager, restoreFs);
+  await m.createVolume({ name: 'v', sizeBytes: 4 * MiB, tier: 'hot' });
+  return { m, vol: m.openVolume('v') };
+}
+
+/** The first fdatasync is held until failFirst(), then fails with EIO; later ones run. */
+function holdFirstFdatasyncThenFail(): { failFirst: () => void; calls: () => number } {
   let failFirst!: () => void;
   const held = new Promise<void>((r) => (failFirst = r));
   let calls = 0;
@@ -56,6 +67,16 @@ test('journal: a FLUSH queued behind an fdatasync that fails with EIO fails too,
     if (++calls === 1) void held.then(() => cb(eio()));
     else realFdatasync(fd, cb);
   }) as typeof fs.fdatasync;
+  return { failFirst, calls: () => calls };
+}
+
+test('journal: a FLUSH queued behind an fdatasync that fails with EIO fails too, and so does every later one', async (t) => {
+  const j = tempJournal(t, 'couchestor-review-sync-fault-');
+  // Client A's write, acknowledged (not yet durable).
+  await j.append(RecordType.Write, 1, 0, BLOCK_BYTES, Buffer.alloc(BLOCK_BYTES, 0xa1));
+  // The first fdatasync is held, then fails; later ones behave like Linux
+  // after it reported the error: they succeed.
+  const { failFirst, calls } = holdFirstFdatasyncThenFail();
   // Client B's FLUSH starts the sync that covers A's write ...
   const flushB = j.sync();
   // ... and A's FLUSH arrives while it runs: it shares the next sync.
@@ -68,14 +89,7 @@ test('journal: a FLUSH queued behind an fdatasync that fails with EIO fails too,
 });
 
 test('journal: a FLUSH after an append that landed during another sync issues an fdatasync after that append landed', async (t) => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-review-sync-order-'));
-  const j = openJournal(dir);
-  t.after(async () => {
-    fs.fdatasync = realFdatasync;
-    fs.writev = realWritev;
-    await j.close();
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
+  const j = tempJournal(t, 'couchestor-review-sync-order-');
   // Event log: which appends had landed when each fdatasync was issued.
   const landed = new Set<string>();
   const syncs: string[][] = [];
@@ -118,15 +132,7 @@ test('journal: a FLUSH after an append that landed during another sync issues an
 });
 
 test('volume: an fdatasync that fails while zeroing a Discarded chunk takes the volume offline; a later FLUSH fails', async (t) => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-review-sync-zero-'));
-  const m = await openColdTierManager(dir);
-  t.after(async () => {
-    fs.fdatasync = realFdatasync;
-    await m.close().catch(() => undefined);
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
-  await m.createVolume({ name: 'v', sizeBytes: 4 * MiB, tier: 'hot' });
-  const vol = m.openVolume('v');
+  const { vol } = await hotVolume(t, 'couchestor-review-sync-zero-');
   // Chunk 1 written, then trimmed: Discarded, its stale bytes still in the file.
   await writeVolume(vol, MiB, Buffer.alloc(MiB, 0x11));
   await vol.trim(MiB, MiB, true);
@@ -148,23 +154,9 @@ test('volume: an fdatasync that fails while zeroing a Discarded chunk takes the 
 });
 
 test('volume: an fdatasync EIO reaches the FLUSH that started it and every FLUSH queued behind it; later FLUSHes and writes fail (coverage, passed at HEAD)', async (t) => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-review-sync-volume-'));
-  const m = await openColdTierManager(dir);
-  t.after(async () => {
-    fs.fdatasync = realFdatasync;
-    await m.close().catch(() => undefined);
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
-  await m.createVolume({ name: 'v', sizeBytes: 4 * MiB, tier: 'hot' });
-  const vol = m.openVolume('v');
+  const { vol } = await hotVolume(t, 'couchestor-review-sync-volume-');
   await writeVolume(vol, 0, Buffer.alloc(BLOCK_BYTES, 0x44));
-  let failFirst!: () => void;
-  const held = new Promise<void>((r) => (failFirst = r));
-  let calls = 0;
-  fs.fdatasync = ((fd: number, cb: SyncCb) => {
-    if (++calls === 1) void held.then(() => cb(eio()));
-    else realFdatasync(fd, cb);
-  }) as typeof fs.fdatasync;
+  const { failFirst, calls } = holdFirstFdatasyncThenFail();
   const first = vol.flush();
   // Writes acknowledged while the first sync runs, then their FLUSHes: they share the next sync.
   await writeVolume(vol, BLOCK_BYTES, Buffer.alloc(BLOCK_BYTES, 0x45));
@@ -176,21 +168,13 @@ test('volume: an fdatasync EIO reaches the FLUSH that started it and every FLUSH
     ['rejected', 'rejected', 'rejected', 'rejected'],
     'every FLUSH sharing or queued behind the failed sync reports the error',
   );
-  assert.equal(calls, 1, 'the queued sync did not retry fdatasync on the failed file');
+  assert.equal(calls(), 1, 'the queued sync did not retry fdatasync on the failed file');
   await assert.rejects(vol.flush(), /fdatasync/);
   await assert.rejects(writeVolume(vol, 0, Buffer.alloc(BLOCK_BYTES, 0x46)), /fdatasync/);
 });
 
 test('volume: a FLUSH whose fdatasync ran beside one that failed on the same file fails (the kernel reports the error to one of them only)', async (t) => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-review-sync-beside-'));
-  const m = await openColdTierManager(dir);
-  t.after(async () => {
-    fs.fdatasync = realFdatasync;
-    await m.close().catch(() => undefined);
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
-  await m.createVolume({ name: 'v', sizeBytes: 4 * MiB, tier: 'hot' });
-  const vol = m.openVolume('v');
+  const { vol } = await hotVolume(t, 'couchestor-review-sync-beside-');
   await writeVolume(vol, MiB, Buffer.alloc(MiB, 0x11));
   await vol.trim(MiB, MiB, true);
   assert.equal(vol.chunkState[1], ChunkState.Discarded);
@@ -216,15 +200,7 @@ test('volume: a FLUSH whose fdatasync ran beside one that failed on the same fil
 });
 
 test("volume: a chunk's zeroing sync that ran beside a failed FLUSH sync does not make the chunk data", async (t) => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-review-sync-beside2-'));
-  const m = await openColdTierManager(dir);
-  t.after(async () => {
-    fs.fdatasync = realFdatasync;
-    await m.close().catch(() => undefined);
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
-  await m.createVolume({ name: 'v', sizeBytes: 4 * MiB, tier: 'hot' });
-  const vol = m.openVolume('v');
+  const { vol } = await hotVolume(t, 'couchestor-review-sync-beside2-');
   await writeVolume(vol, MiB, Buffer.alloc(MiB, 0x11));
   await vol.trim(MiB, MiB, true);
   await writeVolume(vol, 0, Buffer.alloc(BLOCK_BYTES, 0x22));
@@ -249,27 +225,8 @@ test("volume: a chunk's zeroing sync that ran beside a failed FLUSH sync does no
   assert.equal(vol.chunkState[1], ChunkState.Discarded, 'the chunk became data although the sync of its zeros may have lost them');
 });
 
-/** Makes the index's next durable() see a failed LMDB commit (what lmdb-js's `flushed` does when a commit fails), once. */
-function failNextIndexCommit(meta: object): void {
-  const root = (meta as { root: { flushed: PromiseLike<unknown> } }).root;
-  const real = root.flushed;
-  root.flushed = {
-    then(ok, bad) {
-      root.flushed = real;
-      return Promise.reject(Object.assign(new Error('MDB_PANIC: commit failed (injected)'), { code: 'EIO' })).then(ok, bad);
-    },
-  };
-}
-
 test('volume: a FLUSH after one whose index commit failed fails too (the chunk entries it covered were never made durable)', async (t) => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-review-sync-meta-'));
-  const m = await openColdTierManager(dir);
-  t.after(async () => {
-    await m.close().catch(() => undefined);
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
-  await m.createVolume({ name: 'v', sizeBytes: 4 * MiB, tier: 'hot' });
-  const vol = m.openVolume('v');
+  const { m, vol } = await hotVolume(t, 'couchestor-review-sync-meta-');
   // A write to a fresh chunk: its data is in the file, its chunk entry in the index commit.
   await writeVolume(vol, 2 * MiB, Buffer.alloc(BLOCK_BYTES, 0x55));
   failNextIndexCommit(m.meta);
@@ -278,12 +235,7 @@ test('volume: a FLUSH after one whose index commit failed fails too (the chunk e
 });
 
 test('index: durable() after a failed commit keeps failing', async (t) => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-review-sync-meta2-'));
-  const m = await openColdTierManager(dir);
-  t.after(async () => {
-    await m.close().catch(() => undefined);
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
+  const { m } = await tempManager(t, 'couchestor-review-sync-meta2-', openColdTierManager);
   await m.createVolume({ name: 'v', sizeBytes: 4 * MiB, tier: 'hot' });
   failNextIndexCommit(m.meta);
   await assert.rejects(m.meta.durable(), /commit failed/);

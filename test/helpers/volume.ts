@@ -1,7 +1,11 @@
 // Helpers for in-process volume tests: a VolumeManager with one hot pool and
 // six cold pools whose destager runs only when the test asks, and promise
-// wrappers around Volume's callback read/write.
+// wrappers around Volume's callback read/write; the temp-dir fixture and the
+// index-commit fault the fault-injection tests share.
+import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
+import type { TestContext } from 'node:test';
 import { VolumeManager } from '../../src/dataplane/volumes/manager.js';
 import { parsePolicyYaml } from '../../src/dataplane/ec/policy.js';
 import { DEFAULT_EC_POLICY_YAML } from '../../src/config.js';
@@ -35,4 +39,33 @@ export function writeVolume(vol: Volume, offsetBytes: number, data: Buffer): Pro
 export function readVolume(vol: Volume, offsetBytes: number, lengthBytes: number): Promise<Buffer> {
   const dst = Buffer.alloc(lengthBytes);
   return new Promise((resolve, reject) => vol.read(offsetBytes, lengthBytes, dst, 0, (err) => (err ? reject(err) : resolve(dst))));
+}
+
+/**
+ * Opens a manager (`open`) in a fresh temp dir named `prefix`...; when test
+ * `t` ends, `restore` runs first (it puts back the fs functions the test
+ * wrapped, so the close does not run into an injected fault), then the
+ * manager is closed (a close that fails is ignored) and the dir removed.
+ */
+export async function tempManager<M extends { close(): Promise<unknown> }>(t: TestContext, prefix: string, open: (dir: string) => Promise<M>, restore: () => void = () => undefined): Promise<{ dir: string; m: M }> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  const m = await open(dir);
+  t.after(async () => {
+    restore();
+    await m.close().catch(() => undefined);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  return { dir, m };
+}
+
+/** Makes the index's next durable() see a failed LMDB commit (what lmdb-js's `flushed` does when a commit fails), once. */
+export function failNextIndexCommit(meta: object): void {
+  const root = (meta as { root: { flushed: PromiseLike<unknown> } }).root;
+  const real = root.flushed;
+  root.flushed = {
+    then(ok, bad) {
+      root.flushed = real;
+      return Promise.reject(Object.assign(new Error('MDB_PANIC: commit failed (injected)'), { code: 'EIO' })).then(ok, bad);
+    },
+  };
 }
