@@ -15,7 +15,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { ChunkState, type ChunkEntry } from '../src/dataplane/meta/store.js';
 import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
-import { openColdTierManager, readVolume, writeVolume } from './helpers/volume.js';
+import { durableBetweenPutAndRm, oldJournalFile, openColdTierManager, readVolume, watchRm, writeVolume } from './helpers/volume.js';
 
 const MiB = 1024 * 1024;
 const BLOCK_BYTES = 4096;
@@ -46,10 +46,7 @@ for (const op of ['trim', 'zero'] as const) {
       await m.close();
       m = await openColdTierManager(dir, false);
       vol = m.openVolume('v');
-      const journalDir = m.cold!.journal.dir;
-      const files = fs.readdirSync(journalDir).sort();
-      assert.equal(files.length, 2, `journal files: ${files.join(',')}`);
-      const oldFile = path.join(journalDir, files[0]!);
+      const oldFile = oldJournalFile(m);
       assert.notEqual(m.cold!.journal.extents(vol.rec.id, 0), undefined);
       await vol.setTier('hot');
 
@@ -67,18 +64,7 @@ for (const op of ['trim', 'zero'] as const) {
         await realDurable();
         events.push(`durable-done#${i}`);
       };
-      let removed!: () => void;
-      const oldFileRemoved = new Promise<void>((r) => (removed = r));
-      fs.rm = ((p: fs.PathLike, opts: fs.RmOptions, cb: fs.NoParamCallback) => {
-        if (String(p) === oldFile) {
-          events.push('rm-journal-file');
-          return realRm(p, opts, (err) => {
-            removed();
-            cb(err);
-          });
-        }
-        return realRm(p, opts, cb);
-      }) as typeof fs.rm;
+      const oldFileRemoved = watchRm(oldFile, events);
 
       if (op === 'trim') await vol.trim(0, MiB, true);
       else await vol.writeZeroes(0, MiB, { noHole: false, fua: true, fastZero: false });
@@ -86,10 +72,8 @@ for (const op of ['trim', 'zero'] as const) {
       assert.equal(vol.chunkState[0], ChunkState.Discarded);
       assert.ok((await readVolume(vol, 0, MiB)).equals(Buffer.alloc(MiB)), 'the discarded chunk reads as zeros');
 
-      const put = events.indexOf('put-discarded');
-      const rm = events.indexOf('rm-journal-file');
+      const { put, rm, durableBetween } = durableBetweenPutAndRm(events);
       assert.ok(put >= 0 && rm >= 0, `events: ${events.join(' ')}`);
-      const durableBetween = events.slice(put + 1, rm).some((e, i, between) => e.startsWith('durable-start') && between.slice(i + 1).includes(e.replace('start', 'done')));
       assert.ok(durableBetween, `the journal file was deleted before the Discarded entry was durable: ${events.join(' ')}`);
     });
   }

@@ -23,7 +23,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { ChunkState, type ChunkEntry } from '../src/dataplane/meta/store.js';
 import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
-import { openColdTierManager, readVolume, writeVolume } from './helpers/volume.js';
+import { durableBetweenPutAndRm, oldJournalFile, openColdTierManager, readVolume, watchRm, writeVolume } from './helpers/volume.js';
 
 const MiB = 1024 * 1024;
 const BLOCK_BYTES = 4096;
@@ -48,10 +48,7 @@ test('a journal file shared by a discarded chunk and a promoted one is deleted o
   await m.close();
   m = await openColdTierManager(dir, false);
   vol = m.openVolume('v');
-  const journalDir = m.cold!.journal.dir;
-  const files = fs.readdirSync(journalDir).sort();
-  assert.equal(files.length, 2, `journal files: ${files.join(',')}`);
-  const oldFile = path.join(journalDir, files[0]!);
+  const oldFile = oldJournalFile(m);
   assert.notEqual(m.cold!.journal.extents(vol.rec.id, 0), undefined);
   assert.notEqual(m.cold!.journal.extents(vol.rec.id, 1), undefined);
   await vol.setTier('hot');
@@ -86,18 +83,7 @@ test('a journal file shared by a discarded chunk and a promoted one is deleted o
     } else await p;
     events.push(`durable-done#${i}`);
   };
-  let removed!: () => void;
-  const oldFileRemoved = new Promise<void>((r) => (removed = r));
-  fs.rm = ((p: fs.PathLike, opts: fs.RmOptions, cb: fs.NoParamCallback) => {
-    if (String(p) === oldFile) {
-      events.push('rm-journal-file');
-      return realRm(p, opts, (err) => {
-        removed();
-        cb(err);
-      });
-    }
-    return realRm(p, opts, cb);
-  }) as typeof fs.rm;
+  const oldFileRemoved = watchRm(oldFile, events);
 
   const promote = vol.ensurePromoted(1);
   await promoteWaiting;
@@ -111,9 +97,7 @@ test('a journal file shared by a discarded chunk and a promoted one is deleted o
   want1.fill(0x6b, 0, BLOCK_BYTES);
   assert.ok((await readVolume(vol, MiB, MiB)).equals(want1), 'the promoted chunk reads its journaled write');
 
-  const put = events.indexOf('put-discarded');
-  const rm = events.indexOf('rm-journal-file');
+  const { put, rm, durableBetween } = durableBetweenPutAndRm(events);
   assert.ok(put >= 0 && rm >= 0, `events: ${events.join(' ')}`);
-  const durableBetween = events.slice(put + 1, rm).some((e, i, between) => e.startsWith('durable-start') && between.slice(i + 1).includes(e.replace('start', 'done')));
   assert.ok(durableBetween, `the journal file was deleted before the Discarded entry of chunk 0 was durable (a power cut then loses chunk 0's FLUSHed write): ${events.join(' ')}`);
 });

@@ -1,11 +1,13 @@
 // Helpers for in-process volume tests: a VolumeManager with one hot pool and
 // six cold pools whose destager runs only when the test asks, and promise
 // wrappers around Volume's callback read/write; the temp-dir fixture and the
-// index-commit fault the fault-injection tests share.
+// index-commit fault the fault-injection tests share; the journal-file
+// removal watch of the discard-ordering tests.
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { TestContext } from 'node:test';
+import assert from 'node:assert/strict';
 import { VolumeManager } from '../../src/dataplane/volumes/manager.js';
 import { parsePolicyYaml } from '../../src/dataplane/ec/policy.js';
 import { DEFAULT_EC_POLICY_YAML } from '../../src/config.js';
@@ -68,4 +70,46 @@ export function failNextIndexCommit(meta: object): void {
       return Promise.reject(Object.assign(new Error('MDB_PANIC: commit failed (injected)'), { code: 'EIO' })).then(ok, bad);
     },
   };
+}
+
+/** The cold tier's older journal file, right after a restart started a fresh head file (exactly two files). */
+export function oldJournalFile(m: VolumeManager): string {
+  const journalDir = m.cold!.journal.dir;
+  const files = fs.readdirSync(journalDir).sort();
+  assert.equal(files.length, 2, `journal files: ${files.join(',')}`);
+  return path.join(journalDir, files[0]!);
+}
+
+/**
+ * Wraps fs.rm: an rm of `file` logs 'rm-journal-file' into `events`, and the
+ * returned promise resolves once that rm finished. The test puts fs.rm back
+ * when it ends.
+ */
+export function watchRm(file: string, events: string[]): Promise<void> {
+  const realRm = fs.rm;
+  let removed!: () => void;
+  const fileRemoved = new Promise<void>((r) => (removed = r));
+  fs.rm = ((p: fs.PathLike, opts: fs.RmOptions, cb: fs.NoParamCallback) => {
+    if (String(p) === file) {
+      events.push('rm-journal-file');
+      return realRm(p, opts, (err) => {
+        removed();
+        cb(err);
+      });
+    }
+    return realRm(p, opts, cb);
+  }) as typeof fs.rm;
+  return fileRemoved;
+}
+
+/**
+ * Reads an event log of 'put-discarded', 'durable-start#i' / 'durable-done#i'
+ * and 'rm-journal-file': where the put and the rm are, and whether a
+ * durable() both started and finished between them.
+ */
+export function durableBetweenPutAndRm(events: string[]): { put: number; rm: number; durableBetween: boolean } {
+  const put = events.indexOf('put-discarded');
+  const rm = events.indexOf('rm-journal-file');
+  const durableBetween = events.slice(put + 1, rm).some((e, i, between) => e.startsWith('durable-start') && between.slice(i + 1).includes(e.replace('start', 'done')));
+  return { put, rm, durableBetween };
 }
