@@ -10,7 +10,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { DEFAULT_EC_POLICY_YAML } from '../src/config.js';
 import { SegmentCompactor } from '../src/dataplane/ec/compaction.js';
@@ -20,40 +19,15 @@ import { StripeStore } from '../src/dataplane/ec/stripe-store.js';
 import { MetaStore } from '../src/dataplane/meta/store.js';
 import { ColdObjectHolders } from '../src/dataplane/objects/cold-holders.js';
 import { ObjectStore } from '../src/dataplane/objects/store.js';
-import { Pool } from '../src/dataplane/pools/pool.js';
 import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
-import { bodyOf, MiB, patternBytes, readObject } from './helpers/cold.js';
-
-async function openColdTier(dir: string) {
-  const pools = Array.from({ length: 6 }, (_, i) => {
-    const p = path.join(dir, `cold-${i}`);
-    fs.mkdirSync(p, { recursive: true });
-    return new Pool({ name: `cold-${i}`, path: p, tier: 'cold', capacityBytes: 1024 * MiB, labels: {} });
-  });
-  const meta = MetaStore.open(dir);
-  const stripes = new StripeStore(() => pools, parsePolicyYaml(DEFAULT_EC_POLICY_YAML, 6));
-  const rc = new Reconstructor(stripes, () => null, () => [], { retryIntervalMs: 3_600_000, scrubIntervalMs: 0, scrubStripesPerSecond: 1 });
-  rc.addSource(new ColdObjectHolders(meta, stripes));
-  const compactor = new SegmentCompactor(stripes, meta, () => [], { intervalMs: 0 });
-  const store = await ObjectStore.open({ meta, pools: new Map() } as unknown as VolumeManager, stripes);
-  await compactor.recount();
-  const close = async () => {
-    await rc.stop();
-    await compactor.stop();
-    await stripes.close();
-    await meta.close();
-  };
-  const perSegment = async () => (await compactor.segments()).map(({ pool, segment, sizeBytes, deadBytes }) => ({ pool, segment, sizeBytes, deadBytes }));
-  return { meta, stripes, rc, compactor, store, close, perSegment };
-}
+import { bodyOf, coldPoolsIn, MiB, openColdTierAt, patternBytes, readObject, tempDir } from './helpers/cold.js';
 
 // Passes at 354a35e^; failed from 354a35e until the fix after 2ea9cfe: the free's header
 // check ran while the place held nothing yet, so o0's two rebuilt records (524416 bytes on
 // cold-2) were never counted dead until the next start's recount (under-count only).
 test('an object deleted while a rebuild lands its records at the places its stale references name: running dead bytes equal a fresh recount', async (t) => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-review-dead-same-place-'));
-  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
-  let tier = await openColdTier(dir);
+  const dir = tempDir(t, 'couchestor-review-dead-same-place-');
+  let tier = await openColdTierAt(dir);
   t.after(() => tier.close());
   await tier.store.createBucket('cold', 'cold');
   const models = new Map<string, Buffer>();
@@ -89,21 +63,16 @@ test('an object deleted while a rebuild lands its records at the places its stal
   await compactor.deadSettled();
   const running = await tier.perSegment();
   await tier.close();
-  tier = await openColdTier(dir);
+  tier = await openColdTierAt(dir);
   assert.deepEqual(running, await tier.perSegment(), 'running accounting equals a fresh recount, segment by segment');
   for (const [key, bytes] of models) assert.ok((await readObject(tier.store, 'cold', key)).equals(bytes), key);
 });
 
 test('a rebuild flip lost to compaction moving another shard, its record at the place the reference names: live, never counted dead; running dead bytes equal a fresh recount', async (t) => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-review-dead-same-place-live-'));
-  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const dir = tempDir(t, 'couchestor-review-dead-same-place-live-');
   const KiB = 1024;
   const stripeBytes = 64 * KiB;
-  const pools = Array.from({ length: 6 }, (_, i) => {
-    const p = path.join(dir, `cold-${i}`);
-    fs.mkdirSync(p, { recursive: true });
-    return new Pool({ name: `cold-${i}`, path: p, tier: 'cold', capacityBytes: 1024 * MiB, labels: {} });
-  });
+  const pools = coldPoolsIn(dir, true);
   const meta = MetaStore.open(dir);
   const policy = DEFAULT_EC_POLICY_YAML.replace('stripeSizeBytes: 1048576', `stripeSizeBytes: ${stripeBytes}`);
   assert.notEqual(policy, DEFAULT_EC_POLICY_YAML);
@@ -187,7 +156,7 @@ test('a rebuild flip lost to compaction moving another shard, its record at the 
   const running = (await compactor.segments()).map(({ pool, segment, sizeBytes, deadBytes }) => ({ pool, segment, sizeBytes, deadBytes }));
   await close();
   // A fresh start over the same data: its recount is the reference.
-  const tier = await openColdTier(dir);
+  const tier = await openColdTierAt(dir);
   t.after(() => tier.close());
   // cold-2 only: the other pools' segment 1 was copied but kept (the rebuild's write session
   // was open), and its copied-away records stay out of the running hints until a pass deletes

@@ -12,6 +12,7 @@ import { spawnSync } from 'node:child_process';
 import { CLI, CLIENT_ENV, TestDaemon, run } from './daemon.js';
 import { DEFAULT_EC_POLICY_YAML } from '../../src/config.js';
 import { Pool } from '../../src/dataplane/pools/pool.js';
+import { SegmentCompactor } from '../../src/dataplane/ec/compaction.js';
 import { parsePolicyYaml } from '../../src/dataplane/ec/policy.js';
 import { Reconstructor } from '../../src/dataplane/ec/reconstruction.js';
 import { StripeStore } from '../../src/dataplane/ec/stripe-store.js';
@@ -337,11 +338,11 @@ export async function fillColdVolume(d: TestDaemon, name: string, sizeMiB: numbe
   if (stripes !== sizeMiB) throw new Error(`expected ${sizeMiB} stripes, have ${stripes}`);
 }
 
-/** In process: six cold pools (`cold-0`..`cold-5`, 1 GiB each) as directories under `dir`. */
-export function coldPoolsIn(dir: string): Pool[] {
+/** In process: six cold pools (`cold-0`..`cold-5`, 1 GiB each) as directories under `dir` (with `reopen`, kept when they exist). */
+export function coldPoolsIn(dir: string, reopen = false): Pool[] {
   return Array.from({ length: 6 }, (_, i) => {
     const p = path.join(dir, `cold-${i}`);
-    fs.mkdirSync(p);
+    fs.mkdirSync(p, { recursive: reopen });
     return new Pool({ name: `cold-${i}`, path: p, tier: 'cold', capacityBytes: 1024 * 1024 * 1024, labels: {} });
   });
 }
@@ -355,8 +356,7 @@ export function coldPoolsIn(dir: string): Pool[] {
  * after the test.
  */
 export function coldStores(t: TestContext, prefix: string) {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
-  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const dir = tempDir(t, prefix);
   const pools = coldPoolsIn(dir);
   const meta = MetaStore.open(dir);
   const stripes = new StripeStore(() => pools, parsePolicyYaml(DEFAULT_EC_POLICY_YAML, 6));
@@ -369,6 +369,42 @@ export function coldStores(t: TestContext, prefix: string) {
     await meta.close();
   });
   return { dir, pools, meta, stripes, rc, holders };
+}
+
+/** One segment's dead-byte accounting as compaction sees it. */
+export type SegmentDead = { pool: string; segment: number; sizeBytes: number; deadBytes: number };
+
+/**
+ * In process: the daemon's cold tier over `dir` (pools cold-0..5 under it,
+ * made when missing), as a start builds it, recount included: MetaStore,
+ * StripeStore (4+2), Reconstructor over ColdObjectHolders (no timers),
+ * SegmentCompactor (no timer) and ObjectStore. Open it again over the same
+ * dir for a restart; close() it yourself.
+ */
+export async function openColdTierAt(dir: string) {
+  const pools = coldPoolsIn(dir, true);
+  const meta = MetaStore.open(dir);
+  const stripes = new StripeStore(() => pools, parsePolicyYaml(DEFAULT_EC_POLICY_YAML, 6));
+  const rc = new Reconstructor(stripes, () => null, () => [], { retryIntervalMs: 3_600_000, scrubIntervalMs: 0, scrubStripesPerSecond: 1 });
+  rc.addSource(new ColdObjectHolders(meta, stripes));
+  const compactor = new SegmentCompactor(stripes, meta, () => [], { intervalMs: 0 });
+  const store = await ObjectStore.open({ meta, pools: new Map() } as unknown as VolumeManager, stripes);
+  await compactor.recount(); // a start's recount (the first pass does it)
+  const close = async () => {
+    await rc.stop();
+    await compactor.stop();
+    await stripes.close();
+    await meta.close();
+  };
+  const perSegment = async (): Promise<SegmentDead[]> => (await compactor.segments()).map(({ pool, segment, sizeBytes, deadBytes }) => ({ pool, segment, sizeBytes, deadBytes }));
+  return { meta, stripes, rc, compactor, store, close, perSegment };
+}
+
+/** A fresh temp dir (`prefix` names it), removed after test `t`. */
+export function tempDir(t: TestContext, prefix: string): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  return dir;
 }
 
 /** A cold object's index record as ColdObjectHolders reads it (the fields these tests write). */
