@@ -6,21 +6,13 @@
 // byte-exact with two other pools lost.
 import { GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
 import { test } from 'node:test';
 import { MiB, fsck, loseAndReplacePool, losePool, patternBytes, prng, rebuildPool, segmentBytes, untilPoolBytes } from './helpers/cold.js';
-import { createColdBucket, startS3, type S3Env } from './helpers/s3-env.js';
+import { createColdBucket, restartS3, startS3 } from './helpers/s3-env.js';
 
 const OBJECTS = 3;
 const OBJECT_BYTES = 16 * MiB; // 16 stripes each
 const STRIPES = OBJECTS * (OBJECT_BYTES / MiB);
-
-/** A SIGKILLed daemon's environment, restarted on the same data directory (the old one's cleanup would delete it). */
-async function restart(env: S3Env): Promise<S3Env> {
-  env.sdk.destroy();
-  fs.rmSync(env.home, { recursive: true, force: true });
-  return startS3({ dataDir: env.daemon.dataDir });
-}
 
 test('SIGKILL during a pool rebuild of cold object stripes: fsck clean but for the lost pool, the next rebuild completes byte-exact', async (t) => {
   let env = await startS3();
@@ -57,7 +49,7 @@ test('SIGKILL during a pool rebuild of cold object stripes: fsck clean but for t
       // Only the lost pool's shards may be missing: no survivor touched, no flipped shard missing.
       for (const b of checked.badShards) assert.equal(b.pool, 'cold-2', `round ${round}: ${JSON.stringify(b)}`);
       assert.equal(checked.badShards.length, checked.stripes.Degraded, `round ${round}: one missing shard per degraded stripe`);
-      env = await restart(env);
+      env = await restartS3(env);
     }
     assert.ok(midRebuildKills >= 1, 'at least one kill landed while the rebuild was writing');
 

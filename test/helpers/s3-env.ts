@@ -42,6 +42,13 @@ export async function startS3(opts: { dataDir?: string } = {}): Promise<S3Env> {
   };
 }
 
+/** A SIGKILLed daemon's environment, restarted on the same data directory (the old one's cleanup would delete it). */
+export async function restartS3(env: S3Env): Promise<S3Env> {
+  env.sdk.destroy();
+  fs.rmSync(env.home, { recursive: true, force: true });
+  return startS3({ dataDir: env.daemon.dataDir });
+}
+
 export function sdkClient(endpoint: string, accessKeyId: string, secretAccessKey: string): S3Client {
   return new S3Client({ endpoint, region: 'us-east-1', forcePathStyle: true, credentials: { accessKeyId, secretAccessKey }, maxAttempts: 1 });
 }
