@@ -23,6 +23,7 @@ import {
   salvageJournalDir,
 } from '../src/dataplane/journal/journal.js';
 import { CLI, TestDaemon, nbdsh } from './helpers/daemon.js';
+import { crashCutJournal, flipBit, journalFiles } from './helpers/journal.js';
 import { MANUAL_DESTAGE_CONFIG, createVolume, startColdDaemon } from './helpers/cold.js';
 
 const MiB = 1024 * 1024;
@@ -66,25 +67,7 @@ async function writeJournal(dir: string, records: number, fileBytes = 64 * MiB):
   for (let i = 0; i < records; i++) await j.append(RecordType.Write, 1, i * BLOCK_BYTES, BLOCK_BYTES, Buffer.alloc(BLOCK_BYTES, 0x10 + i));
   await j.sync();
   await j.close();
-  return journalFiles(dir);
-}
-
-function journalFiles(dir: string): string[] {
-  return fs
-    .readdirSync(dir)
-    .filter((n) => /^journal-\d{10}\.log$/.test(n))
-    .sort()
-    .map((n) => path.join(dir, n))
-    .filter((f) => fs.statSync(f).size > 0);
-}
-
-function flipBit(file: string, atBytes: number): void {
-  const fd = fs.openSync(file, 'r+');
-  const b = Buffer.alloc(1);
-  fs.readSync(fd, b, 0, 1, atBytes);
-  b[0] ^= 0x01;
-  fs.writeSync(fd, b, 0, 1, atBytes);
-  fs.closeSync(fd);
+  return journalFiles(dir, { nonEmpty: true });
 }
 
 function openJournal(dir: string, fileBytes = 64 * MiB): Journal {
@@ -111,7 +94,7 @@ test('a torn tail (the last write, no sync marker after it, damaged and cut shor
   // Never flushed: the crash cuts it.
   await j0.append(RecordType.Write, 1, 2 * BLOCK_BYTES, BLOCK_BYTES, Buffer.alloc(BLOCK_BYTES, 0x12));
   await j0.close();
-  const [file] = journalFiles(dir);
+  const [file] = journalFiles(dir, { nonEmpty: true });
   const flushedEndBytes = 2 * RECORD_BYTES + JOURNAL_HEADER_BYTES;
   assert.equal(fs.statSync(file!).size, flushedEndBytes + RECORD_BYTES);
   // The last record's payload damaged and half a header of a fourth record after it.
@@ -130,18 +113,9 @@ test('a torn tail (the last write, no sync marker after it, damaged and cut shor
 test('a write a crash cut in the middle (never written, an unflushed one after it intact, no marker after) is cut at open, not refused', async (t) => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-journal-cut-'));
   t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const j0 = openJournal(dir);
-  for (let i = 0; i < 2; i++) await j0.append(RecordType.Write, 1, i * BLOCK_BYTES, BLOCK_BYTES, Buffer.alloc(BLOCK_BYTES, 0x10 + i));
-  await j0.sync();
   // Two appends in flight at the crash: the first's writev never ran (zeros), the second's landed.
-  await j0.append(RecordType.Write, 1, 2 * BLOCK_BYTES, BLOCK_BYTES, Buffer.alloc(BLOCK_BYTES, 0x12));
-  await j0.append(RecordType.Write, 1, 3 * BLOCK_BYTES, BLOCK_BYTES, Buffer.alloc(BLOCK_BYTES, 0x13));
-  await j0.close();
-  const [file] = journalFiles(dir);
+  const file = await crashCutJournal(openJournal(dir));
   const flushedEndBytes = 2 * RECORD_BYTES + JOURNAL_HEADER_BYTES;
-  const fd = fs.openSync(file!, 'r+');
-  fs.writeSync(fd, Buffer.alloc(RECORD_BYTES), 0, RECORD_BYTES, flushedEndBytes);
-  fs.closeSync(fd);
   const check = checkJournalDir(dir);
   assert.equal(check.damaged.length, 0, 'a crash cut is not damage');
   assert.equal(check.tornTails, 1);

@@ -12,18 +12,11 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Journal, JOURNAL_HEADER_BYTES, RecordType, checkJournalDir } from '../src/dataplane/journal/journal.js';
+import { journalFiles } from './helpers/journal.js';
 
 const MiB = 1024 * 1024;
 const BLOCK_BYTES = 4096;
 const RECORD_BYTES = JOURNAL_HEADER_BYTES + BLOCK_BYTES;
-
-function journalFiles(dir: string): string[] {
-  return fs
-    .readdirSync(dir)
-    .filter((n) => /^journal-\d{10}\.log$/.test(n))
-    .sort()
-    .map((n) => path.join(dir, n));
-}
 
 test('a crash cut of the first write after a restart (older files destaged and removed, a FLUSH racing it) is cut, not refused', async (t) => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-review-cut-after-restart-'));

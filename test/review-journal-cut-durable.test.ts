@@ -11,35 +11,21 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { Journal, JOURNAL_HEADER_BYTES, RecordType } from '../src/dataplane/journal/journal.js';
+import { Journal, RecordType } from '../src/dataplane/journal/journal.js';
+import { crashCutJournal } from './helpers/journal.js';
 
 const MiB = 1024 * 1024;
 const BLOCK_BYTES = 4096;
-const RECORD_BYTES = JOURNAL_HEADER_BYTES + BLOCK_BYTES;
 
 function openJournal(dir: string): Journal {
   return Journal.open({ dir, chunkSizeBytes: MiB, destagedSeq: () => 0, volumeExists: () => true });
 }
 
-/** Seqs 1-2 flushed, seq 3 never written (zeros), seq 4 landed: a crash cut in the middle. Returns the file. */
-async function crashCutJournal(dir: string): Promise<string> {
-  const j0 = openJournal(dir);
-  for (let i = 0; i < 2; i++) await j0.append(RecordType.Write, 1, i * BLOCK_BYTES, BLOCK_BYTES, Buffer.alloc(BLOCK_BYTES, 0x10 + i));
-  await j0.sync();
-  await j0.append(RecordType.Write, 1, 2 * BLOCK_BYTES, BLOCK_BYTES, Buffer.alloc(BLOCK_BYTES, 0x12));
-  await j0.append(RecordType.Write, 1, 3 * BLOCK_BYTES, BLOCK_BYTES, Buffer.alloc(BLOCK_BYTES, 0x13));
-  await j0.close();
-  const file = path.join(dir, fs.readdirSync(dir).filter((n) => /^journal-\d{10}\.log$/.test(n)).sort()[0]!);
-  const fd = fs.openSync(file, 'r+');
-  fs.writeSync(fd, Buffer.alloc(RECORD_BYTES), 0, RECORD_BYTES, 2 * RECORD_BYTES + JOURNAL_HEADER_BYTES);
-  fs.closeSync(fd);
-  return file;
-}
 
 test('a crash cut made at open is synced before open returns', async (t) => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-review-cut-durable-'));
   t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const file = await crashCutJournal(dir);
+  const file = await crashCutJournal(openJournal(dir));
   const events: string[] = [];
   const name = (fd: number) => {
     try {
@@ -77,7 +63,7 @@ test('a crash cut made at open is synced before open returns', async (t) => {
 test('writes after a crash cut are numbered above every record the cut dropped', async (t) => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-review-cut-seq-'));
   t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
-  await crashCutJournal(dir);
+  await crashCutJournal(openJournal(dir));
   const j = openJournal(dir);
   t.after(() => j.close());
   assert.deepEqual((j.extents(1, 0) ?? []).map((e) => e.seq), [1, 2], 'the cut did not drop seqs 3 and 4');

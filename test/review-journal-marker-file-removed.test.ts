@@ -10,6 +10,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Journal, JournalCorrupt, JOURNAL_HEADER_BYTES, RecordType } from '../src/dataplane/journal/journal.js';
+import { flipBit, journalFiles } from './helpers/journal.js';
 
 const MiB = 1024 * 1024;
 const BLOCK_BYTES = 4096;
@@ -17,29 +18,12 @@ const RECORD_BYTES = JOURNAL_HEADER_BYTES + BLOCK_BYTES;
 /** Three records per file. */
 const FILE_BYTES = 3 * RECORD_BYTES;
 
-function journalFiles(dir: string): string[] {
-  return fs
-    .readdirSync(dir)
-    .filter((n) => /^journal-\d{10}\.log$/.test(n))
-    .sort()
-    .map((n) => path.join(dir, n));
-}
-
 /** fs.rm of a removed journal file runs in the background (no event says when): waits for it, bounded. */
 async function waitGone(file: string): Promise<void> {
   for (const deadlineMs = Date.now() + 5000; fs.existsSync(file); ) {
     assert.ok(Date.now() < deadlineMs, `${file} was not removed`);
     await new Promise((r) => setTimeout(r, 5));
   }
-}
-
-function flipBit(file: string, atBytes: number): void {
-  const fd = fs.openSync(file, 'r+');
-  const b = Buffer.alloc(1);
-  fs.readSync(fd, b, 0, 1, atBytes);
-  b[0] ^= 0x01;
-  fs.writeSync(fd, b, 0, 1, atBytes);
-  fs.closeSync(fd);
 }
 
 /**
