@@ -19,11 +19,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 import { ChunkState, type ChunkEntry } from '../src/dataplane/meta/store.js';
 import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
-import { durableBetweenPutAndRm, oldJournalFile, openColdTierManager, readVolume, watchRm, writeVolume } from './helpers/volume.js';
+import { durableBetweenPutAndRm, oldJournalFile, openColdTierManager, readVolume, tempDirClosing, watchRm, writeVolume } from './helpers/volume.js';
 
 const MiB = 1024 * 1024;
 const BLOCK_BYTES = 4096;
@@ -31,13 +29,8 @@ const BLOCK_BYTES = 4096;
 const realRm = fs.rm;
 
 test('a journal file shared by a discarded chunk and a promoted one is deleted only after the Discarded entry is durable', async (t) => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-review-discard-shared-'));
+  const dir = tempDirClosing(t, 'couchestor-review-discard-shared-', () => m, () => (fs.rm = realRm));
   let m: VolumeManager = await openColdTierManager(dir);
-  t.after(async () => {
-    fs.rm = realRm;
-    await m.close().catch(() => undefined);
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
   await m.createVolume({ name: 'v', sizeBytes: 4 * MiB, tier: 'cold' });
   let vol = m.openVolume('v');
   // Flushed writes to chunks 0 and 1, both only in the journal.

@@ -7,11 +7,8 @@
 // journaled bytes the acknowledged zero replaced, and so would a replay.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 import { ChunkState } from '../src/dataplane/meta/store.js';
-import { openColdTierManager, readVolume, writeVolume } from './helpers/volume.js';
+import { openColdTierManager, readVolume, tempDirClosing, writeVolume } from './helpers/volume.js';
 
 const MiB = 1024 * 1024;
 const BLOCK_BYTES = 4096;
@@ -26,12 +23,8 @@ const cases = [
 
 for (const c of cases) {
   test(`after a cold -> hot switch, ${c.name} reads as zeros, also after a restart`, async (t) => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-review-zero-journaled-'));
+    const dir = tempDirClosing(t, 'couchestor-review-zero-journaled-', () => m);
     let m = await openColdTierManager(dir);
-    t.after(async () => {
-      await m.close().catch(() => undefined);
-      fs.rmSync(dir, { recursive: true, force: true });
-    });
     await m.createVolume({ name: 'v', sizeBytes: 4 * MiB, tier: 'cold' });
     let vol = m.openVolume('v');
     if (c.discardFirst) {

@@ -60,6 +60,24 @@ export async function tempManager<M extends { close(): Promise<unknown> }>(t: Te
   return { dir, m };
 }
 
+/**
+ * For tests that reopen their manager: a fresh temp dir named `prefix`...;
+ * when test `t` ends, `restore` runs first, then the manager `current()`
+ * returns then is closed (a close that fails, or no manager yet, is ignored)
+ * and the dir removed.
+ */
+export function tempDirClosing(t: TestContext, prefix: string, current: () => { close(): Promise<unknown> }, restore: () => void = () => undefined): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  t.after(async () => {
+    restore();
+    await Promise.resolve()
+      .then(() => current().close())
+      .catch(() => undefined);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  return dir;
+}
+
 /** Makes the index's next durable() see a failed LMDB commit (what lmdb-js's `flushed` does when a commit fails), once. */
 export function failNextIndexCommit(meta: object): void {
   const root = (meta as { root: { flushed: PromiseLike<unknown> } }).root;
