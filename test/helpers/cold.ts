@@ -160,6 +160,22 @@ export function fsck(d: TestDaemon): { report: FsckReport; stdout: string } {
 }
 
 /** `couchestor fsck` on any (stopped) data directory, with its exit status and progress lines (stderr). */
+/**
+ * After a crash with pool `lostPool` lost: offline fsck finds no half-written,
+ * failed or corrupt stripe, all `stripes` Healthy or Degraded, and only the
+ * lost pool's shards missing, one per degraded stripe. `what` starts each message.
+ */
+export function assertFsckOnlyPoolLost(d: TestDaemon, stripes: number, lostPool: string, what: string): void {
+  const { report: checked, stdout } = fsck(d);
+  assert.equal(checked.halfWrittenStripes, 0, `${what}: ${stdout}`);
+  assert.equal(checked.stripes.Failed, 0, `${what}: ${stdout}`);
+  assert.equal(checked.stripes.Healthy + checked.stripes.Degraded, stripes, `${what}: ${stdout}`);
+  assert.equal(checked.corruptRecords, 0, `${what}: ${stdout}`);
+  // Only the lost pool's shards may be missing: no survivor touched, no flipped shard missing.
+  for (const b of checked.badShards) assert.equal(b.pool, lostPool, `${what}: ${JSON.stringify(b)}`);
+  assert.equal(checked.badShards.length, checked.stripes.Degraded, `${what}: one missing shard per degraded stripe`);
+}
+
 export function fsckDataDir(dataDir: string): { report: FsckReport; stdout: string; stderr: string; status: number | null } {
   const f = spawnSync(process.execPath, [CLI, 'fsck', '--data-dir', dataDir], { encoding: 'utf8' });
   if (f.stdout === '') throw new Error(`fsck printed no report (exit ${f.status}):\n${f.stderr}`);
