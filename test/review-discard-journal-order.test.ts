@@ -13,7 +13,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { ChunkState, type ChunkEntry } from '../src/dataplane/meta/store.js';
 import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
-import { durableBetweenPutAndRm, oldJournalFile, openColdTierManager, readVolume, tempDirClosing, watchRm, writeVolume } from './helpers/volume.js';
+import { durableBetweenPutAndRm, oldJournalFile, openColdTierManager, readVolume, restartManager, tempDirClosing, watchRm, writeVolume } from './helpers/volume.js';
 
 const MiB = 1024 * 1024;
 const BLOCK_BYTES = 4096;
@@ -36,9 +36,7 @@ for (const op of ['trim', 'zero'] as const) {
       await writeVolume(vol, 0, Buffer.alloc(BLOCK_BYTES, 0x5a));
       await vol.flush();
       // Restart: the journal starts a fresh head file, so the old one holds only this record.
-      await m.close();
-      m = await openColdTierManager(dir, false);
-      vol = m.openVolume('v');
+      ({ m, vol } = await restartManager(m, dir, 'v'));
       const oldFile = oldJournalFile(m);
       assert.notEqual(m.cold!.journal.extents(vol.rec.id, 0), undefined);
       await vol.setTier('hot');

@@ -8,7 +8,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ChunkState } from '../src/dataplane/meta/store.js';
-import { openColdTierManager, readVolume, tempDirClosing, writeVolume } from './helpers/volume.js';
+import { openColdTierManager, readVolume, restartManager, tempDirClosing, writeVolume } from './helpers/volume.js';
 
 const MiB = 1024 * 1024;
 const BLOCK_BYTES = 4096;
@@ -53,9 +53,7 @@ for (const c of cases) {
     assert.ok((await readVolume(vol, MiB, MiB)).equals(expected), 'the acknowledged zero reads back');
 
     // Restart: the journal is replayed; the zero must still win.
-    await m.close();
-    m = await openColdTierManager(dir, false);
-    vol = m.openVolume('v');
+    ({ m, vol } = await restartManager(m, dir, 'v'));
     assert.ok((await readVolume(vol, MiB, MiB)).equals(expected), 'the flushed zero reads back after a restart');
   });
 }

@@ -32,6 +32,13 @@ export async function openColdTierManager(dir: string, create = true): Promise<V
   return m;
 }
 
+/** A restart in process: closes `m`, opens the manager over `dir` again (its journal starts a fresh head file) and opens volume `name`. */
+export async function restartManager(m: VolumeManager, dir: string, name: string): Promise<{ m: VolumeManager; vol: Volume }> {
+  await m.close();
+  const again = await openColdTierManager(dir, false);
+  return { m: again, vol: again.openVolume(name) };
+}
+
 /** Writes `data` at `offsetBytes` (not FUA) and resolves once the volume acknowledges it. */
 export function writeVolume(vol: Volume, offsetBytes: number, data: Buffer): Promise<void> {
   return new Promise((resolve, reject) => vol.write(offsetBytes, data, false, (err) => (err ? reject(err) : resolve())));
