@@ -478,11 +478,6 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
       case 'DELETE tagging':
         await store.setBucketTags(bucket, undefined);
         return reply.code(204).send();
-      case 'GET acl':
-        return sendXml(reply, 200, aclXml(ownerId, OWNER_DISPLAY_NAME));
-      case 'PUT acl':
-        await putAcl(ctx);
-        return reply.code(200).send();
     }
     const cfg = BUCKET_CONFIGS[sub];
     if (cfg !== undefined) {
@@ -499,9 +494,7 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
           return reply.code(200).send();
       }
     }
-    const refusal = UNSUPPORTED[sub];
-    if (refusal !== undefined) throw refusal();
-    throw methodNotAllowed();
+    return sharedSubresource(ctx, sub);
   }
 
   /** `?<sub>` on an object: the bucket, then the object, must exist (NoSuchBucket, then NoSuchKey). */
@@ -517,6 +510,14 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
       case 'DELETE tagging':
         await store.setObjectTags(bucket, key, []);
         return reply.code(204).send();
+    }
+    return sharedSubresource(ctx, sub);
+  }
+
+  /** What buckets and objects answer alike, once the caller has found its resource: the owner-only ACL, else a refusal. */
+  async function sharedSubresource(ctx: Ctx, sub: string): Promise<FastifyReply> {
+    const { reply } = ctx;
+    switch (`${ctx.raw.method} ${sub}`) {
       case 'GET acl':
         return sendXml(reply, 200, aclXml(ownerId, OWNER_DISPLAY_NAME));
       case 'PUT acl':
