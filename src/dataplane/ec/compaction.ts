@@ -168,7 +168,8 @@ export class SegmentCompactor {
     stripes.onShardsDead = (shards, of) => this.markDead(shards, of);
     stripes.onLostFlipAtSamePlace = (shards) => this.lostFlipAt(shards);
     stripes.onStoreReplaced = (pool, fresh) => this.resetPool(pool, fresh);
-    stripes.referencesPool = (pool) => this.referencesPool(pool);
+    // Pool marks (a replaced pool told from a new one at O(1)): a no-op if the manager attached it already.
+    stripes.useIndex(meta);
   }
 
   /** Starts the background job (a recount first, then a pass every intervalMs). */
@@ -196,7 +197,6 @@ export class SegmentCompactor {
     this.stripes.onShardsDead = null;
     this.stripes.onLostFlipAtSamePlace = null;
     this.stripes.onStoreReplaced = null;
-    this.stripes.referencesPool = null;
   }
 
   stats(): CompactionStats {
@@ -230,7 +230,8 @@ export class SegmentCompactor {
 
   /**
    * Counts places no index references any more. One on a pool whose store
-   * was opened empty in this process (lost and replaced) is counted only if
+   * was opened empty in this process while marked written (lost and
+   * replaced, or emptied: StripeStore.mayHoldStalePlaces) is counted only if
    * its record is there (StripeStore.holdsShard), so the count equals what
    * a recount from the index finds: a stale reference's place there holds
    * another record (live, or counted when that one is freed) or nothing.
@@ -317,25 +318,6 @@ export class SegmentCompactor {
       void this.meta.segmentDeadBytes.remove([pool, Number(segment)]);
     }
     if (!fresh) this.recounted = false;
-  }
-
-  /**
-   * Whether any reference of the index (or a reader's) names a place on
-   * `pool`: asked when the pool's store is opened empty, so only a pool
-   * that was lost and replaced (not a new one) has its dead places checked.
-   * Stops at the first such reference.
-   */
-  private referencesPool(pool: string): boolean {
-    const found = {};
-    try {
-      this.forEachRef((ref) => {
-        if (ref.shards.some((s) => s.pool === pool)) throw found;
-      });
-    } catch (err) {
-      if (err === found) return true;
-      throw err;
-    }
-    return false;
   }
 
   private addDead(shards: ShardRef[]): void {

@@ -5,7 +5,10 @@ import { statSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { InsufficientShards, NoSuitablePool } from '../errors.js';
+import type { Database } from 'lmdb';
 import type { Pool } from '../pools/pool.js';
+import type { MetaStore } from '../meta/store.js';
+import { OBJECTS_DB, PARTS_DB } from '../objects/cold-segments.js';
 import type { CacheManager, L3Backend } from '../cache/index.js';
 import { log } from '../../log.js';
 import { decodeStripe, decodeTargets, encodeStripe, lostShardTables, readRebuildLostShards, reconstructMissing } from './codec.js';
@@ -105,6 +108,27 @@ export const MAX_RUN_BYTES = 4 * 1024 * 1024 + 16 * SHARD_HEADER_BYTES;
 /** Bytes of rebuilt-record buffers kept for reuse (StripeStore.recordPool): what a scrub has landing at once. */
 export const MAX_POOLED_RECORD_BYTES = 64 * 1024 * 1024;
 
+/**
+ * LMDB sub-database of the index: a mark (key poolMarkKey(name)) for every
+ * pool a stripe store attached to the index (StripeStore.useIndex) has
+ * appended a shard record to, made durable before that append (so before
+ * any index entry can name the pool), never removed. A pool whose store opens empty is a new pool if
+ * its name is absent, and one that may have been lost and replaced if it is
+ * present: an O(1) look-up at start instead of a scan of the whole index.
+ */
+export const POOLS_WRITTEN_DB = 'cold-pools-written';
+/**
+ * Key present once the marks cover every pool the index may reference: set
+ * by the first useIndex over an index with no reference at all, or after
+ * marking every pool known then (an index written before the marks
+ * existed). Never a mark's key (those all start "pool:").
+ */
+const MARKS_COMPLETE_KEY = 'complete';
+/** POOLS_WRITTEN_DB's key for `pool`'s mark. */
+export function poolMarkKey(pool: string): string {
+  return `pool:${pool}`;
+}
+
 /** A stripe read back after writing does not match what was written (migration VERIFY). */
 export class VerifyMismatch extends Error {
   override name = 'VerifyMismatch';
@@ -163,13 +187,18 @@ export class StripeStore {
    * record (its segments are all new, so every hint of the pool is void).
    */
   onStoreReplaced: ((pool: string, fresh: boolean) => void) | null = null;
-  /** Whether the index references places on a pool (compaction.ts; asked when a pool's store is opened empty). */
-  referencesPool: ((pool: string) => boolean) | null = null;
+  /** POOLS_WRITTEN_DB once the index is attached (useIndex); null: no marks kept, no store judged replaced. */
+  private poolsWritten: Database<number, string> | null = null;
+  /** Pools whose mark is durable (a cache of POOLS_WRITTEN_DB); bounded by the cold pools. */
+  private readonly markedPools = new Set<string>();
+  /** Marks being committed, per pool (the first appends to a pool share one); bounded by the cold pools. */
+  private readonly marking = new Map<string, Promise<void>>();
   /**
    * Pools whose current store was opened empty in this process while the
-   * index referenced the pool (a pool lost and replaced, not a new one):
-   * those references name places of the store it replaced, which are
-   * another record's or none. Bounded by the cold pools.
+   * pool was marked written (POOLS_WRITTEN_DB: the index may name places
+   * on it; a pool lost and replaced, not a new one): those references name
+   * places of the store it replaced, which are another record's or none.
+   * Bounded by the cold pools.
    */
   private readonly freshStores = new Set<string>();
   private writeEpoch = 0;
@@ -211,7 +240,8 @@ export class StripeStore {
               const st = await SegmentStore.open(this.segDir(pool), { ...this.segmentOptions, createdDir: created !== undefined });
               // Told before any caller gets the store: no record of it is counted yet.
               const fresh = st.segments().every((g) => g.sizeBytes === 0);
-              if (fresh && this.referencesPool?.(pool.name) === true) this.freshStores.add(pool.name);
+              // O(1): no index entry can name a pool without its mark (markWritten precedes every append).
+              if (fresh && this.poolMarked(pool.name)) this.freshStores.add(pool.name);
               else this.freshStores.delete(pool.name);
               if (fresh || (prevIno !== undefined && ino !== null && ino !== prevIno)) this.onStoreReplaced?.(pool.name, fresh);
               return st;
@@ -241,7 +271,75 @@ export class StripeStore {
     return Array.from({ length: count }, (_, i) => online[(start + i) % online.length]!);
   }
 
+  /**
+   * Attaches the index: from now on every pool is marked in
+   * POOLS_WRITTEN_DB before a shard record is appended to it, and a store
+   * that opens empty is judged replaced by its mark (mayHoldStalePlaces).
+   * Call before the first stripe is written (the manager does, at creation;
+   * SegmentCompactor too if nobody did). A store that writes without it
+   * keeps no marks, and a later start then takes a pool of its for new.
+   *
+   * The first call over an index made before the marks existed (no
+   * MARKS_COMPLETE_KEY) marks every pool the index knows (its pools table)
+   * and every pool configured now: a superset of the pools any reference
+   * can name, in one synchronous transaction (O(pools), once). Over an index
+   * holding no reference at all it marks nothing.
+   */
+  useIndex(meta: MetaStore): void {
+    if (this.poolsWritten !== null) return;
+    const db = meta.openDB<number, string>(POOLS_WRITTEN_DB);
+    if (db.get(MARKS_COMPLETE_KEY) === undefined) {
+      const nonEmpty = (keys: Iterable<unknown>) => {
+        for (const _ of keys) return true;
+        return false;
+      };
+      // Where references live: the chunk map (volumes), cold objects and their multipart parts. Any key
+      // at all: the object store's start below every key (lmdb-js's default start skips its 0x01 keys).
+      const mayReference =
+        nonEmpty(meta.chunks.getKeys({ limit: 1 })) ||
+        nonEmpty(meta.openDB<unknown, Buffer>(OBJECTS_DB).getKeys({ start: Buffer.from([0]), limit: 1 })) ||
+        nonEmpty(meta.openDB<unknown, Buffer>(PARTS_DB).getKeys({ start: Buffer.from([0]), limit: 1 }));
+      const names = mayReference ? new Set([...meta.listPools().map((p) => p.name), ...this.pools().map((p) => p.name)]) : new Set<string>();
+      db.transactionSync(() => {
+        for (const name of names) void db.put(poolMarkKey(name), 1);
+        void db.put(MARKS_COMPLETE_KEY, 1);
+      });
+      if (names.size > 0) log.info('stripe store: marked the pools of an index written before pool marks', { pools: [...names].sort() });
+    }
+    this.poolsWritten = db;
+  }
+
+  /** Whether `pool` is marked written (POOLS_WRITTEN_DB); false without the index. */
+  private poolMarked(pool: string): boolean {
+    if (this.markedPools.has(pool)) return true;
+    if (this.poolsWritten?.get(poolMarkKey(pool)) === undefined) return false;
+    this.markedPools.add(pool);
+    return true;
+  }
+
+  /**
+   * Resolves once `pool`'s mark is durable (at once if it was): awaited
+   * before every append to the pool, so an index entry naming a place on it
+   * (flipped only after the append) is never committed without the mark.
+   * Rejects if the commit fails (the append is then not made).
+   */
+  private markWritten(pool: string): Promise<void> | undefined {
+    const db = this.poolsWritten;
+    if (db === null || this.poolMarked(pool)) return undefined;
+    let p = this.marking.get(pool);
+    if (p === undefined) {
+      // Committed durably when it resolves (MetaStore: overlappingSync off); LMDB commits in order.
+      p = db
+        .put(poolMarkKey(pool), 1)
+        .then(() => void this.markedPools.add(pool))
+        .finally(() => this.marking.delete(pool));
+      this.marking.set(pool, p);
+    }
+    return p;
+  }
+
   private async appendShard(pool: Pool, record: Buffer): Promise<ShardRef> {
+    await this.markWritten(pool.name);
     const store = await this.store(pool);
     if (!store) throw new NoSuitablePool(`pool ${pool.name} went offline`);
     const [loc] = await store.append([record]);
@@ -844,6 +942,7 @@ export class StripeStore {
           throw new NoSuitablePool(`pool ${poolName} holds another shard of chunk ${ref.chunkIndex}`);
         }
       }
+      await this.markWritten(poolName);
       const locs = await store.append(
         items.map((it) => it.prepared.records[0]!),
         { durable: false },
@@ -947,9 +1046,11 @@ export class StripeStore {
 
   /**
    * Whether a place told dead may name bytes of a store that is gone: its
-   * pool's store was opened empty in this process while the index named
-   * the pool (replaced), so a reference from before that names another
-   * record's place, or none. Until the next start (its recount).
+   * pool's store was opened empty in this process while the pool was marked
+   * written (POOLS_WRITTEN_DB: lost and replaced, or emptied; never a new
+   * pool), so a reference from before that names another record's place,
+   * or none. Until the next start (its recount). True for an emptied pool
+   * too: its frees are then header-checked, which counts them exactly.
    */
   mayHoldStalePlaces(pool: string): boolean {
     return this.freshStores.has(pool);

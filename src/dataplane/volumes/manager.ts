@@ -83,6 +83,7 @@ export class VolumeManager {
     if (!hot) throw new NoSuitablePool('the journal needs a hot pool');
     hot.ensureDirs();
     const stripes = new StripeStore(() => [...this.pools.values()], policy);
+    stripes.useIndex(this.meta); // pool marks, before any stripe is written (stripe-store.ts POOLS_WRITTEN_DB)
     const ids = new Set(this.meta.listVolumes().map((v) => v.id));
     let highestDestagedSeq = 0;
     for (const id of ids) {

@@ -1,0 +1,165 @@
+// Start-up event-loop blocking when a cold pool's store opens empty (a new
+// cold pool) over an index of 100,000 cold stripes: this build vs a peer
+// build (the previous commit compiled apart), medians of alternated runs.
+//
+//   node dist/bench/cold-fresh-pool-open.js <peer dist dir> [runs=3] [stripes=100000]
+//
+// Each run is a child process per build: six cold pools, one real 4+2 stripe
+// written through the build's StripeStore (with its SegmentCompactor, as the
+// daemon wires them), then `stripes` cold chunk entries naming that stripe's
+// places put straight into the LMDB chunk map; everything closed and opened
+// again with a seventh, new and empty pool cold-6. Timed, with
+// perf_hooks.monitorEventLoopDelay (1 ms resolution) armed around each open:
+// the store open of the new pool cold-6 (the case measured), of the written
+// pool cold-0 (the named peer: no index look-up) and of cold-1 after its
+// directory was replaced by an empty one (the lost pool the look-up exists
+// for; must report mayHoldStalePlaces true in both builds).
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+
+const MiB = 1024 * 1024;
+
+interface OpenFigure {
+  /** Longest event-loop delay seen while the open ran, ms. */
+  maxDelayMs: number;
+  /** Wall time of the open, ms. */
+  wallMs: number;
+}
+interface ChildResult {
+  fresh: OpenFigure;
+  written: OpenFigure;
+  lost: OpenFigure;
+  freshMayHoldStale: boolean;
+  lostMayHoldStale: boolean;
+}
+
+interface Stripes {
+  writeStripe(ownerId: Buffer, chunkIndex: number, generation: number, data: Buffer): Promise<{ shards: unknown[] }>;
+  segmentStore(pool: string): Promise<unknown>;
+  mayHoldStalePlaces(pool: string): boolean;
+  close(): Promise<void>;
+}
+interface Meta {
+  volumes: { put(k: string, v: unknown): Promise<boolean> };
+  chunks: { put(k: [number, number], v: unknown): Promise<boolean> };
+  transaction<T>(fn: () => T): Promise<T>;
+  durable(): Promise<void>;
+  close(): Promise<void>;
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)]!;
+}
+
+async function child(distDir: string, stripeCount: number): Promise<void> {
+  const mod = async <T>(rel: string): Promise<T> => (await import(pathToFileURL(path.join(distDir, rel)).href)) as T;
+  const { StripeStore } = await mod<{ StripeStore: new (pools: () => unknown[], policy: unknown) => Stripes }>('src/dataplane/ec/stripe-store.js');
+  const { SegmentCompactor } = await mod<{ SegmentCompactor: new (s: Stripes, m: Meta, v: () => unknown[], o: unknown) => { stop(): Promise<void> } }>('src/dataplane/ec/compaction.js');
+  const { MetaStore } = await mod<{ MetaStore: { open(dir: string): Meta } }>('src/dataplane/meta/store.js');
+  const { Pool } = await mod<{ Pool: new (rec: unknown) => unknown }>('src/dataplane/pools/pool.js');
+  const { parsePolicyYaml } = await mod<{ parsePolicyYaml(y: string, pools: number): unknown }>('src/dataplane/ec/policy.js');
+  const { DEFAULT_EC_POLICY_YAML: POLICY_YAML } = await mod<{ DEFAULT_EC_POLICY_YAML: string }>('src/config.js');
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-bench-fresh-pool-'));
+  const poolsOf = (n: number) =>
+    Array.from({ length: n }, (_, i) => {
+      const p = path.join(dir, `cold-${i}`);
+      fs.mkdirSync(p, { recursive: true });
+      return new Pool({ name: `cold-${i}`, path: p, tier: 'cold', capacityBytes: 1024 * MiB, labels: {} });
+    });
+  try {
+    // The index: one real stripe, and stripeCount chunk entries naming its places.
+    let pools = poolsOf(6);
+    let meta = MetaStore.open(dir);
+    let stripes = new StripeStore(() => pools, parsePolicyYaml(POLICY_YAML, 6));
+    let compactor = new SegmentCompactor(stripes, meta, () => [], { intervalMs: 0 });
+    const ref = await stripes.writeStripe(Buffer.alloc(16, 1), 0, 1, Buffer.alloc(MiB, 0x5a));
+    await meta.volumes.put('v', { name: 'v', id: 1, sizeBytes: stripeCount * MiB, chunkSizeBytes: MiB, tier: 'cold', poolName: '', readOnly: false, createdMs: 0 });
+    await meta.transaction(() => {
+      for (let i = 0; i < stripeCount; i++) void meta.chunks.put([1, i], { state: 3, pool: '', stripe: { ...ref, chunkIndex: i } });
+    });
+    await meta.durable();
+    await compactor.stop();
+    await stripes.close();
+    await meta.close();
+
+    // The restart, with the new pool cold-6 and cold-1 lost and replaced (empty directory).
+    fs.rmSync(path.join(dir, 'cold-1'), { recursive: true });
+    pools = poolsOf(7);
+    meta = MetaStore.open(dir);
+    stripes = new StripeStore(() => pools, parsePolicyYaml(POLICY_YAML, 6));
+    compactor = new SegmentCompactor(stripes, meta, () => [], { intervalMs: 0 });
+    const timed = async (pool: string): Promise<OpenFigure> => {
+      const h = monitorEventLoopDelay({ resolution: 1 });
+      h.enable();
+      const t0 = process.hrtime.bigint();
+      await stripes.segmentStore(pool);
+      const wallMs = Number(process.hrtime.bigint() - t0) / 1e6;
+      // Let the histogram's timer fire once after the open: a block is recorded when the loop comes back.
+      await new Promise((r) => setTimeout(r, 5));
+      h.disable();
+      return { maxDelayMs: h.max / 1e6, wallMs };
+    };
+    const written = await timed('cold-0');
+    const fresh = await timed('cold-6');
+    const lost = await timed('cold-1');
+    const result: ChildResult = { fresh, written, lost, freshMayHoldStale: stripes.mayHoldStalePlaces('cold-6'), lostMayHoldStale: stripes.mayHoldStalePlaces('cold-1') };
+    await compactor.stop();
+    await stripes.close();
+    await meta.close();
+    process.stdout.write(`${JSON.stringify(result)}\n`);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+function runChild(distDir: string, stripeCount: number): ChildResult {
+  const r = spawnSync(process.execPath, [fileURLToPath(import.meta.url), '--child', distDir, String(stripeCount)], { encoding: 'utf8', timeout: 110_000 });
+  if (r.status !== 0) throw new Error(`bench child (${distDir}) failed: ${r.stderr}`);
+  const res = JSON.parse(r.stdout.trim().split('\n').at(-1)!) as ChildResult;
+  // The lost pool must be told apart from a new one by both builds, or the figure is meaningless.
+  if (!res.lostMayHoldStale || res.freshMayHoldStale) throw new Error(`${distDir}: lost cold-1 / new cold-6 judged wrongly: ${r.stdout}`);
+  return res;
+}
+
+if (process.argv[2] === '--child') {
+  await child(process.argv[3]!, Number(process.argv[4]));
+} else {
+  const peer = process.argv[2];
+  const runs = Number(process.argv[3] ?? 3);
+  const stripeCount = Number(process.argv[4] ?? 100_000);
+  if (!peer) throw new Error('usage: cold-fresh-pool-open.js <peer dist dir> [runs] [stripes]');
+  const ours = fileURLToPath(new URL('..', import.meta.url));
+  const o: ChildResult[] = [];
+  const p: ChildResult[] = [];
+  for (let r = 0; r < runs; r++) {
+    // Alternate which build goes first so drift in load hits both alike.
+    if (r % 2 === 0) {
+      o.push(runChild(ours, stripeCount));
+      p.push(runChild(peer, stripeCount));
+    } else {
+      p.push(runChild(peer, stripeCount));
+      o.push(runChild(ours, stripeCount));
+    }
+    const f = (x: ChildResult) => `new pool max delay ${x.fresh.maxDelayMs.toFixed(1)} ms (open ${x.fresh.wallMs.toFixed(1)} ms), written pool ${x.written.maxDelayMs.toFixed(1)} ms, lost pool ${x.lost.maxDelayMs.toFixed(1)} ms`;
+    console.log(`run ${r + 1}: ours: ${f(o[r]!)}\n       peer: ${f(p[r]!)}`);
+  }
+  const m = (xs: ChildResult[], pick: (x: ChildResult) => number) => median(xs.map(pick));
+  const rows: [string, (x: ChildResult) => number][] = [
+    ['new pool open, max event-loop delay ms', (x) => x.fresh.maxDelayMs],
+    ['new pool open, wall ms', (x) => x.fresh.wallMs],
+    ['written pool open (peer op), max delay ms', (x) => x.written.maxDelayMs],
+    ['lost pool open, max delay ms', (x) => x.lost.maxDelayMs],
+  ];
+  console.log(`${stripeCount} cold stripes in the index, median of ${runs} runs:`);
+  for (const [name, pick] of rows) {
+    const a = m(o, pick);
+    const b = m(p, pick);
+    console.log(`  ${name.padEnd(44)} ours ${a.toFixed(1).padStart(8)}   peer ${b.toFixed(1).padStart(8)}   ours/peer ${(a / b).toFixed(3)}`);
+  }
+  console.log(`  load ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}`);
+}
