@@ -1,7 +1,10 @@
 // Helpers for in-process journal tests: listing a journal directory's files,
-// damaging a byte of one, and the crash cut (a flushed pair, then an append
-// that never landed before one that did) several cases start from.
+// damaging a byte of one, the crash cut (a flushed pair, then an append
+// that never landed before one that did) several cases start from, and a
+// tiny real file system that fills up.
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { JOURNAL_HEADER_BYTES, RecordType, type Journal } from '../../src/dataplane/journal/journal.js';
 
@@ -45,4 +48,43 @@ export async function crashCutJournal(j0: Journal): Promise<string> {
   fs.writeSync(fd, Buffer.alloc(RECORD_BYTES), 0, RECORD_BYTES, 2 * RECORD_BYTES + JOURNAL_HEADER_BYTES);
   fs.closeSync(fd);
   return file;
+}
+
+/**
+ * A tmpfs of `sizeBytes` mounted on a fresh directory (root only), unmounted
+ * and removed after the test: a real file system that fills up, for writes
+ * that land only in part.
+ */
+export function tinyFileSystem(t: { after(fn: () => void): void }, sizeBytes: number, prefix: string): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  try {
+    execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${sizeBytes},mode=0700`, 'tmpfs', dir], { stdio: 'pipe' });
+  } catch (err) {
+    fs.rmdirSync(dir);
+    throw new Error(`mounting a ${sizeBytes}-byte tmpfs on ${dir} failed (the test needs root with CAP_SYS_ADMIN): ${(err as Error).message}`);
+  }
+  t.after(() => {
+    execFileSync('umount', [dir], { stdio: 'pipe' });
+    fs.rmdirSync(dir);
+  });
+  return dir;
+}
+
+/** Fills the file system holding `dir` with a file of whole pages until ENOSPC; returns the bytes written. */
+export function fillFileSystem(dir: string): number {
+  const fd = fs.openSync(path.join(dir, 'filler'), 'w');
+  const page = Buffer.alloc(4096, 0xee);
+  let bytes = 0;
+  try {
+    for (;;) {
+      try {
+        bytes += fs.writeSync(fd, page, 0, page.length, bytes);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'ENOSPC') return bytes;
+        throw err;
+      }
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
 }

@@ -315,12 +315,12 @@ export class Journal {
     const w = new Promise<void>((resolve, reject) => {
       const bufs = data ? [header, data] : [header];
       if (marker) bufs.unshift(marker);
-      fs.writev(f.fd, bufs, marker ? pos - JOURNAL_HEADER_BYTES : pos, (err) => {
-        if (err) {
-          this.fail(err);
-          return reject(this.failure);
-        }
-        resolve();
+      const startBytes = marker ? pos - JOURNAL_HEADER_BYTES : pos;
+      const totalBytes = marker ? recordBytes + JOURNAL_HEADER_BYTES : recordBytes;
+      fs.writev(f.fd, bufs, startBytes, (err, writtenBytes) => {
+        if (!err && writtenBytes === totalBytes) return resolve();
+        // A short count is no landed record: finish it, or fail as an error would.
+        this.settleWrite(f, bufs, startBytes, totalBytes, err, writtenBytes, resolve, reject);
       });
     });
     this.pendingWrites.add(w);
@@ -331,9 +331,46 @@ export class Journal {
     return w;
   }
 
+  /**
+   * The slow path of a journal write whose first writev failed or came back
+   * short. libuv's write loop reports a partial count as success when an
+   * error (ENOSPC part-way) stops it after some bytes landed, and a file
+   * system may split a write: the rest is written from where it stopped, so
+   * a record is only ever reported landed once all of its bytes are. An
+   * error, or a write that makes no progress, fails the journal exactly as
+   * a failed writev does (the record may be torn in the file; whatever waits
+   * on it, a FLUSH included, fails with it).
+   */
+  private settleWrite(
+    f: JournalFile,
+    bufs: Buffer[],
+    startBytes: number,
+    totalBytes: number,
+    err: Error | null,
+    writtenBytes: number,
+    resolve: () => void,
+    reject: (err: Error) => void,
+  ): void {
+    const failWith = (cause: Error) => {
+      this.fail(cause);
+      reject(this.failure!);
+    };
+    if (err) return failWith(writtenBytes > 0 ? new JournalShortWrite(fileName(f.no), startBytes, writtenBytes, totalBytes, err) : err);
+    if (writtenBytes >= totalBytes) return resolve();
+    if (writtenBytes <= 0) return failWith(new JournalShortWrite(fileName(f.no), startBytes, writtenBytes, totalBytes, null));
+    const done = writtenBytes;
+    const rest = buffersAfter(bufs, done);
+    fs.writev(f.fd, rest, startBytes + done, (err2, n) => {
+      // Reported against the whole write: the error names how much of it landed.
+      if (err2) return failWith(new JournalShortWrite(fileName(f.no), startBytes, done, totalBytes, err2));
+      if (n <= 0) return failWith(new JournalShortWrite(fileName(f.no), startBytes, done, totalBytes, null));
+      this.settleWrite(f, bufs, startBytes, totalBytes, null, done + n, resolve, reject);
+    });
+  }
+
   private fail(err: Error): void {
     if (!this.failure) {
-      this.failure = new VolumeFailed(`journal I/O failed (${err.message}); cold volumes are offline`);
+      this.failure = new VolumeFailed(`journal I/O failed (${err.message}); cold volumes are offline`, { cause: err });
       log.error('journal failed', { err: err.message });
     }
     for (const w of this.spaceWaiters.splice(0)) w();
@@ -448,12 +485,10 @@ export class Journal {
     f.tailBytes += JOURNAL_HEADER_BYTES;
     const prev = f.markerWrite;
     const w = new Promise<void>((resolve, reject) => {
-      fs.write(f.fd, header, 0, JOURNAL_HEADER_BYTES, pos, (err) => {
-        if (err) {
-          this.fail(err);
-          return reject(this.failure);
-        }
-        resolve();
+      const bufs = [header];
+      fs.writev(f.fd, bufs, pos, (err, writtenBytes) => {
+        if (!err && writtenBytes === JOURNAL_HEADER_BYTES) return resolve();
+        this.settleWrite(f, bufs, pos, JOURNAL_HEADER_BYTES, err, writtenBytes, resolve, reject);
       });
     });
     const settled = Promise.all([prev, w]).then(
@@ -538,7 +573,9 @@ export class Journal {
       this.takePendingMarker();
       before.push(this.writeMarker(markerRecord(this.markedSeq)));
     }
-    if (before.length) void Promise.all(before).then(remove);
+    // A claim that failed to land keeps the file (the journal has failed:
+    // the next open judges with every marker still on disk).
+    if (before.length) void Promise.all(before).then(() => (this.failure ? undefined : remove()));
     else remove();
   }
 
@@ -551,6 +588,42 @@ export class Journal {
     await Promise.allSettled([...this.pendingWrites]);
     for (const f of this.files.values()) fs.closeSync(f.fd);
     this.files.clear();
+  }
+}
+
+/** `bufs` without their first `skipBytes` bytes (views, no copies). */
+function buffersAfter(bufs: Buffer[], skipBytes: number): Buffer[] {
+  const out: Buffer[] = [];
+  for (const b of bufs) {
+    if (skipBytes >= b.length) {
+      skipBytes -= b.length;
+      continue;
+    }
+    out.push(skipBytes > 0 ? b.subarray(skipBytes) : b);
+    skipBytes = 0;
+  }
+  return out;
+}
+
+/**
+ * A journal write that landed only in part: `writtenBytes` of `expectedBytes`
+ * at `offsetBytes` of `file`, then `cause` (the error that stopped the rest,
+ * e.g. ENOSPC) or no progress at all. Fails the journal like any write error.
+ */
+export class JournalShortWrite extends StorageError {
+  override name = 'JournalShortWrite';
+  constructor(
+    readonly file: string,
+    readonly offsetBytes: number,
+    readonly writtenBytes: number,
+    readonly expectedBytes: number,
+    cause: Error | null,
+  ) {
+    super(
+      `short write to journal file ${file}: ${writtenBytes} of ${expectedBytes} bytes landed at byte offset ${offsetBytes}, ` +
+        (cause ? `then ${cause.message}` : 'then the write made no progress'),
+      cause ? { cause } : undefined,
+    );
   }
 }
 
@@ -866,7 +939,12 @@ export function salvageJournalDir(dir: string): { filesRewritten: number; record
     const tmp = `${file}.salvage`;
     const fd = fs.openSync(tmp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC, 0o600);
     try {
-      for (let done = 0; done < kept.length; ) done += fs.writeSync(fd, kept, done, kept.length - done, done);
+      for (let done = 0; done < kept.length; ) {
+        const n = fs.writeSync(fd, kept, done, kept.length - done, done);
+        // A write that makes no progress would loop for ever.
+        if (n <= 0) throw new JournalShortWrite(path.basename(tmp), 0, done, kept.length, null);
+        done += n;
+      }
       fs.fsyncSync(fd);
     } finally {
       fs.closeSync(fd);
