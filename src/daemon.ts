@@ -150,6 +150,8 @@ export class Daemon {
   private static async startSteps(cfg: DaemonConfig, started: Array<() => unknown>): Promise<Daemon> {
     const manager = await openManager(cfg);
     started.push(() => manager.close());
+    // Before any front end serves: a RELEASE a kill cut short (not fsck, which must not change anything).
+    await manager.finishInterruptedReleases();
     if (cfg.demoVolume && manager.listVolumes().length === 0) {
       await manager.createVolume({ name: cfg.demoVolume.name, sizeBytes: cfg.demoVolume.sizeBytes });
       log.info('created demo volume', { name: cfg.demoVolume.name, sizeBytes: cfg.demoVolume.sizeBytes });

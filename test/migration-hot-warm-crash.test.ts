@@ -84,11 +84,10 @@ test('SIGKILL at random points of hot <-> warm moves under flushed writes: every
   t.diagnostic(`${killsMidMove}/${ROUNDS} kills mid-move, ${splitAfterRestart} restarts found the volume split, ${totalAcked} ops acked, ${totalFlushes} flushes`);
 
   // Finish on the warm pool: the hot pool's file goes, the bytes stay. (A
-  // volume already warm goes to hot first, so the last move is real. That
-  // includes a warm volume whose hot file a kill between SWITCH and RELEASE
-  // left behind: the daemon cannot tell it from a copy preservation mode
-  // kept, so it stays until a release or the next move, and a move to the
-  // tier the volume is already on is refused.)
+  // volume already warm goes to hot first, so the last move is real: a move
+  // to the tier the volume is already on is refused. A hot file a kill
+  // between SWITCH and RELEASE left is gone by then: the restart finished
+  // that RELEASE, test migration-release-after-kill.)
   const cur = await volumeRecord(daemon, 'mv');
   if (cur.tier === 'warm') await migrate(daemon, 'mv', 'hot');
   const done = await migrate(daemon, 'mv', 'warm');

@@ -5,8 +5,9 @@
 // to cold interrupted), a cold volume with chunks promoted into a new pool's
 // file (a move to hot aborted after some SWITCHes), a hot volume whose chunks
 // are still all in stripes (a move to hot interrupted at once). Counted as
-// kept: a cold volume's destaged-but-not-truncated file (RELEASE cut short)
-// and the old pool's file of a preserving warm -> hot move. fsck changes no
+// a leftover: a cold volume's destaged-but-not-truncated file (RELEASE cut
+// short; its record does not list it as kept); as kept: the old pool's file
+// of a preserving warm -> hot move. fsck changes no
 // file (name, size, inode, mtime) and no index entry.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -100,7 +101,8 @@ test('fsck: files of live volumes mid-move (split hot/warm, cold with chunks in 
     await vol.setTier('hot', hot);
     assert.equal(vol.chunksOnFile().length, 0);
   }
-  // Kept, 1: a cold volume whose chunks all went to stripes, RELEASE not run.
+  // Left over: a cold volume whose chunks all went to stripes, RELEASE not
+  // run, and no preserving move recorded the file as kept (keptFilePools).
   {
     const { vol, want } = await written(m, 'coldkept');
     models.set('coldkept', want);
@@ -108,7 +110,7 @@ test('fsck: files of live volumes mid-move (split hot/warm, cold with chunks in 
     for (let c = 0; c < CHUNKS; c++) await vol.destageChunk(c, true);
     assert.equal(vol.chunksOnFile().length, 0);
   }
-  // Kept, 2: warm -> hot in preservation mode keeps warm-0's file.
+  // Kept: warm -> hot in preservation mode keeps warm-0's file.
   {
     const { want } = await written(m, 'preswarm');
     models.set('preswarm', want);
@@ -124,11 +126,15 @@ test('fsck: files of live volumes mid-move (split hot/warm, cold with chunks in 
   assert.deepEqual(r.badVolumes, []);
   assert.equal(r.orphanVolumeFileCount, 0, lines.join('\n'));
   const kept = lines.filter((l) => /kept copy/.test(l)).sort();
-  assert.equal(kept.length, 2, kept.join('\n'));
-  assert.match(kept[0]!, /^volume coldkept: pool hot-0 file \(4194304 bytes\)/);
-  assert.match(kept[1]!, /^volume preswarm: pool warm-0 file \(4194304 bytes\)/);
-  assert.equal(r.preservedVolumeFiles, 2);
-  assert.equal(r.preservedVolumeFileBytes, 2 * CHUNKS * MiB);
+  assert.equal(kept.length, 1, kept.join('\n'));
+  assert.match(kept[0]!, /^volume preswarm: pool warm-0 file \(4194304 bytes\)/);
+  assert.equal(r.preservedVolumeFiles, 1);
+  assert.equal(r.preservedVolumeFileBytes, CHUNKS * MiB);
+  const leftovers = lines.filter((l) => /left by a RELEASE cut short/.test(l));
+  assert.equal(leftovers.length, 1, lines.join('\n'));
+  assert.match(leftovers[0]!, /^volume coldkept: pool hot-0 file \(4194304 bytes\) holds no chunk and is not kept/);
+  assert.equal(r.leftoverVolumeFiles, 1);
+  assert.equal(r.leftoverVolumeFileBytes, CHUNKS * MiB);
   assert.deepEqual(volumeDirs(dir), filesBefore, 'fsck changed a volume file');
   assert.equal(JSON.stringify(m.listVolumes().map((v) => [v, [...m.meta.volumeChunks(v.id)]])), indexBefore, 'fsck changed the index');
   for (const [name, want] of models) assert.ok((await readVolume(m.openVolume(name), 0, CHUNKS * MiB)).equals(want), `${name} reads back`);

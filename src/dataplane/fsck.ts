@@ -8,8 +8,11 @@
 // index places them in (up to MAX_VOLUME_FILES per volume since moves between
 // pools): the pool must exist, and its file must exist and reach the chunk.
 // Each hot/warm pool's volumes/ directory is listed too: a file of a volume
-// that no chunk is in is a copy kept by preservation mode (counted, not
-// damage), a file of no volume in the index is an orphan (listed, not damage).
+// that no chunk is in is a copy kept by preservation mode when the volume
+// record says so (or has no say: an older record), else a leftover of a
+// RELEASE a kill cut short, which the next daemon start finishes (both
+// counted, not damage); a file of no volume in the index is an orphan
+// (listed, not damage).
 import fs from 'node:fs';
 import path from 'node:path';
 import { ChunkState } from './meta/store.js';
@@ -45,15 +48,24 @@ export interface FsckReport {
   badChunks: { volume: string; chunkIndex: number; pool: string; reason: string }[];
   /**
    * Volume files (hot/warm pools' volumes/<id>.dat) of an existing volume that
-   * the volume does not use: no Allocated chunk is in it and it is not the
+   * the volume does not use (no Allocated chunk is in it and it is not the
    * placement pool's, or it is a cold volume's placement file that still has
-   * bytes. Kept by preservation mode (or a move's RELEASE cut short by a
-   * crash: indistinguishable on disk); `volumes release NAME` deletes them
-   * (a cold volume's: truncates), a later move onto that pool empties them.
-   * Not damage and not orphans; not read by the volume.
+   * bytes) and that its record lists as kept by preservation mode
+   * (keptFilePools), or whose record predates that list (an older daemon's
+   * kept copy and a RELEASE it left are indistinguishable: counted here).
+   * `volumes release NAME` deletes them (a cold volume's: truncates), a later
+   * move onto that pool empties them. Not damage and not orphans; not read
+   * by the volume.
    */
   preservedVolumeFiles: number;
   preservedVolumeFileBytes: number;
+  /**
+   * Such files the record does not list as kept: a move's RELEASE that a
+   * kill cut short (after its last SWITCH). The next daemon start deletes
+   * them (a cold volume's: truncates). Not damage (no chunk is in them).
+   */
+  leftoverVolumeFiles: number;
+  leftoverVolumeFileBytes: number;
   /**
    * Volume files whose id no volume in the index has: a deleted volume whose
    * unlink a crash lost. Nothing reads them and nothing reclaims them (ids
@@ -112,6 +124,8 @@ export async function fsck(manager: VolumeManager, progress: (line: string) => v
     badChunks: [],
     preservedVolumeFiles: 0,
     preservedVolumeFileBytes: 0,
+    leftoverVolumeFiles: 0,
+    leftoverVolumeFileBytes: 0,
     orphanVolumeFileCount: 0,
     orphanVolumeFileBytes: 0,
     orphanVolumeFiles: [],
@@ -237,8 +251,8 @@ function statVolumeFile(file: string): FileCheck {
  * (chunk i at offset i * chunkSize). Reported: a pool that does not exist, a
  * file that is missing, a file that ends before the chunk's first byte. Not
  * reported: a file that ends inside the chunk (a thin volume's last chunk
- * partly written: the rest reads as zeros), files no chunk is in (a move's
- * RELEASE pending, or kept by preservation mode). Reads the index only:
+ * partly written: the rest reads as zeros), files no chunk is in (sorted by
+ * scanVolumeDirs). Reads the index only:
  * opening the volumes would create missing files.
  */
 function checkVolumeFiles(manager: VolumeManager, report: FsckReport, progress: (line: string) => void): void {
@@ -287,8 +301,9 @@ const VOLUME_FILE_RE = /^([1-9][0-9]*)\.dat$/;
 
 /**
  * Lists every hot/warm pool's volumes/ directory and sorts the files no
- * chunk is in: a known volume's (kept, `preservedVolumeFiles`) or no known
- * volume's (`orphanVolumeFiles`). Read-only: readdir and stat, no open.
+ * chunk is in: a known volume's, kept (`preservedVolumeFiles`) or left by a
+ * RELEASE cut short (`leftoverVolumeFiles`), or no known volume's
+ * (`orphanVolumeFiles`). Read-only: readdir and stat, no open.
  * Other names in volumes/ are not ours and are left alone; a pool whose
  * directory is missing has no files to sort (its chunks, if any, are
  * reported by checkVolumeFiles).
@@ -329,6 +344,12 @@ function scanVolumeDirs(manager: VolumeManager, report: FsckReport, progress: (l
       // The placement pool's file is opened by the volume (and holds new
       // chunks) whatever is in it; only a cold volume's can be a kept copy.
       if (pool.name === vol.poolName && (vol.tier !== 'cold' || st.size === 0)) continue;
+      if (vol.keptFilePools !== undefined && !vol.keptFilePools.includes(pool.name)) {
+        report.leftoverVolumeFiles++;
+        report.leftoverVolumeFileBytes += st.size;
+        progress(`volume ${vol.name}: pool ${pool.name} file (${st.size} bytes) holds no chunk and is not kept: left by a RELEASE cut short (the next daemon start frees it)`);
+        continue;
+      }
       report.preservedVolumeFiles++;
       report.preservedVolumeFileBytes += st.size;
       progress(`volume ${vol.name}: pool ${pool.name} file (${st.size} bytes) holds no chunk: kept copy (\`volumes release ${vol.name}\` frees it)`);

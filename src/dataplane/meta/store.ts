@@ -32,6 +32,21 @@ export interface VolumeRecord {
   createdMs: number;
   /** User labels, matched by StoragePolicy volumeSelector. */
   labels?: Record<string, string>;
+  /**
+   * Hot/warm pools whose file of this volume preservation mode keeps on
+   * purpose once no chunk is in it (a preserving move's source; for a cold
+   * volume, its placement pool when a preserving move to cold kept the
+   * file's bytes). Written in the tier switch's commit, before any chunk
+   * moves, so a restart can tell such a copy from a file a kill left between
+   * the last SWITCH and RELEASE: a file no chunk is in, other than a hot/warm
+   * volume's placement file, whose pool is not listed here is such a
+   * leftover, and the next daemon start finishes its RELEASE (volumes/
+   * manager.ts finishInterruptedReleases). Absent: a record written before
+   * this field existed; then nothing is known, every such file counts as
+   * kept (the old behaviour: freed by `volumes release` or the next move),
+   * and the volume's next move or `volumes release` writes the list.
+   */
+  keptFilePools?: string[];
 }
 
 /** Chunk states in the chunk map. Absent = never written (reads as zeros). */

@@ -171,6 +171,8 @@ export class VolumeManager {
       readOnly: opts.readOnly ?? false,
       createdMs: Date.now(),
       ...(opts.labels ? { labels: opts.labels } : {}),
+      // A new volume keeps no file on purpose (see keptFilePools).
+      keptFilePools: [],
     };
     // A stale file from an interrupted delete must not leak old bytes. The
     // placement file is made here, its name durable before the record is
@@ -288,6 +290,46 @@ export class VolumeManager {
     // the volume does not have open.
     const filesRemoved = await vol.removeKeptFiles([...this.pools.values()].filter((p) => p.rec.tier !== 'cold'));
     return { volume: name, ...r, fileReleased: r.fileReleased || filesRemoved > 0 };
+  }
+
+  /**
+   * At daemon start, before any front end serves: finishes every RELEASE a
+   * kill cut short between a move's last SWITCH and its RELEASE. From the
+   * index only: a volume's file on a hot/warm pool that no Allocated chunk
+   * is in, that is not a hot/warm volume's placement file and whose pool the
+   * record does not list in keptFilePools is deleted; a cold volume's
+   * placement file with bytes and no chunk in it, not listed, is truncated
+   * (Volume.releaseFile, which checks all of it again at its gate). Both
+   * through the opened volume's quiesce gate. Records without the list
+   * (written before it existed) are left alone: their files may be copies an
+   * older daemon kept. A volume that cannot be opened is logged and skipped
+   * (its files stay; the next start tries again).
+   */
+  async finishInterruptedReleases(): Promise<{ filesRemoved: number; filesTruncated: number }> {
+    let filesRemoved = 0;
+    let filesTruncated = 0;
+    for (const rec of this.meta.listVolumes()) {
+      if (rec.keptFilePools === undefined) continue;
+      const kept = new Set(rec.keptFilePools);
+      const inUse = new Set<string>();
+      for (const { entry } of this.meta.volumeChunks(rec.id)) if (entry.state === ChunkState.Allocated) inUse.add(entry.pool);
+      const leftovers = [...this.pools.values()].filter(
+        (p) => p.rec.tier !== 'cold' && p.name !== rec.poolName && !inUse.has(p.name) && !kept.has(p.name) && fs.existsSync(p.volumeFile(rec.id)),
+      );
+      const placement = this.pools.get(rec.poolName);
+      const coldFile =
+        rec.tier === 'cold' && inUse.size === 0 && !kept.has(rec.poolName) && placement !== undefined && (fs.statSync(placement.volumeFile(rec.id), { throwIfNoEntry: false })?.size ?? 0) > 0;
+      if (leftovers.length === 0 && !coldFile) continue;
+      try {
+        const vol = this.openVolume(rec.name);
+        if (leftovers.length > 0) filesRemoved += await vol.removeLeftoverFiles(leftovers);
+        if (coldFile && (await vol.releaseFile())) filesTruncated++;
+        log.info('finished a RELEASE a kill had cut short', { volume: rec.name, removed: leftovers.map((p) => p.name).join(','), truncated: coldFile ? rec.poolName : '' });
+      } catch (err) {
+        log.warn('cannot finish an interrupted RELEASE; the files stay until the next start or `volumes release`', { volume: rec.name, err: (err as Error).message });
+      }
+    }
+    return { filesRemoved, filesTruncated };
   }
 
   async deleteVolume(name: string): Promise<void> {

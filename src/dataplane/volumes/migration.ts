@@ -9,6 +9,7 @@
 // copy each chunk into the target pool's file the way cold -> hot promotes:
 // writes to a chunk wait while it is copied, the index flips per chunk, and
 // RELEASE deletes the old pool's file once no chunk is left in it.
+import fs from 'node:fs';
 import { InvalidArgument, MigrationInProgress, NoSuitablePool, VolumeFailed } from '../errors.js';
 import type { Tier } from '../meta/store.js';
 import type { Pool } from '../pools/pool.js';
@@ -63,6 +64,21 @@ export const DEFAULT_MIGRATION_CONCURRENCY = 32;
 
 export class MigrationAborted extends Error {
   override name = 'MigrationAborted';
+}
+
+/**
+ * Crash-test hook (test/migration-release-after-kill): with
+ * COUCHESTOR_TEST_PAUSE_BEFORE_RELEASE=1 in the daemon's environment, a
+ * move whose every SWITCH is durable prints `couchestor paused before-release
+ * {"volume":...}` on stdout and waits for good, so the test SIGKILLs it at
+ * exactly that point (random kill times land in this window about never).
+ * Read once at start; unset, it costs one boolean test per move.
+ */
+const PAUSE_BEFORE_RELEASE = process.env.COUCHESTOR_TEST_PAUSE_BEFORE_RELEASE === '1';
+
+function pauseForKill(volume: string): Promise<never> {
+  process.stdout.write(`couchestor paused before-release ${JSON.stringify({ volume })}\n`);
+  return new Promise<never>(() => undefined);
 }
 
 /** Why a move to `to` cannot start now, or null when it can. */
@@ -155,6 +171,20 @@ async function migrateVolumeOnce(manager: VolumeManager, name: string, to: Tier,
   if (typeof plan === 'string') throw new NoSuitablePool(`cannot migrate ${name} to ${to}: ${plan}`);
   const fromPool = vol.pool;
   if (plan.pool) progress.toPool = plan.pool.name;
+  // What this move keeps on purpose, in the tier switch's commit (see
+  // VolumeRecord.keptFilePools): its sources are the files it empties (every
+  // open file but the target's; for a move to cold, the placement file too).
+  // Preserving, they are kept; otherwise RELEASE frees them, and a restart
+  // after a kill before RELEASE finishes it. Files kept by earlier moves stay
+  // kept; the target's file (emptied by setTier if not open) never is.
+  const targetPool = plan.pool?.name;
+  const keptBefore = (vol.rec.keptFilePools ?? legacyKeptFilePools(manager, vol)).filter((p) => p !== targetPool);
+  const sources = vol.openFilePools().filter((p) => p !== targetPool);
+  const keptIfDone = opts.preserve ? [...keptBefore, ...sources] : keptBefore.filter((p) => !sources.includes(p));
+  // After a failure: the sources as they were before (a non-preserving move
+  // that failed releases nothing of them it would not also release done),
+  // those a preserving one closed kept.
+  const keptIfFailed = opts.preserve ? keptIfDone : keptBefore;
 
   progress.phase = 'Copy';
   // Preservation mode for cold -> hot: every SWITCH while this runs (the
@@ -165,7 +195,7 @@ async function migrateVolumeOnce(manager: VolumeManager, name: string, to: Tier,
     // here on, and every chunk elsewhere is copied there. Inside the try: a
     // target file that cannot be made (too many files, the pool's volumes/
     // unusable) must not leave preservation mode on for later SWITCHes.
-    await vol.setTier(to, plan.pool ?? undefined);
+    await vol.setTier(to, plan.pool ?? undefined, keptIfDone);
     // New writes now follow the target tier; ones already on the file path
     // must land before their chunks are copied.
     if (to === 'cold') await vol.drainFileMutations();
@@ -207,6 +237,7 @@ async function migrateVolumeOnce(manager: VolumeManager, name: string, to: Tier,
     if (left > 0) throw new VolumeFailed(`${left} chunks of ${name} could not be moved`);
     progress.phase = 'Release';
     report();
+    if (PAUSE_BEFORE_RELEASE) await pauseForKill(name);
     if (to === 'cold' && !opts.preserve) await vol.releaseFile();
     // The old pool's file holds no chunk now: delete it (preservation mode
     // keeps it on disk until `volumes release`).
@@ -225,7 +256,7 @@ async function migrateVolumeOnce(manager: VolumeManager, name: string, to: Tier,
     if (to === 'cold' && !opts.preserve) await vol.releaseFile().catch(() => false);
     // Chunks already switched stay readable where they are; new writes go
     // back to the old tier's path.
-    await vol.setTier(from, fromPool).catch(() => undefined);
+    await vol.setTier(from, fromPool, keptIfFailed).catch(() => undefined);
     // The target file stays open only if chunks were switched into it:
     // otherwise close and delete it, or every aborted move to another pool
     // would hold one more file open toward the volume's MAX_VOLUME_FILES
@@ -250,6 +281,19 @@ async function migrateVolumeOnce(manager: VolumeManager, name: string, to: Tier,
   progress.finishedMs = Date.now();
   report();
   return progress;
+}
+
+/**
+ * keptFilePools for a record written before the field: every file fsck
+ * counted as kept then (the volume's file on a hot/warm pool it does not
+ * have open; a cold volume's placement file with bytes and no chunk in it),
+ * since nothing tells an older daemon's preserved copy from a leftover.
+ */
+function legacyKeptFilePools(manager: VolumeManager, vol: Volume): string[] {
+  const open = new Set(vol.openFilePools());
+  const kept = [...manager.pools.values()].filter((p) => p.rec.tier !== 'cold' && !open.has(p.name) && fs.existsSync(p.volumeFile(vol.rec.id))).map((p) => p.name);
+  if (vol.rec.tier === 'cold' && vol.chunksOnFile().length === 0 && (fs.statSync(vol.pool.volumeFile(vol.rec.id), { throwIfNoEntry: false })?.size ?? 0) > 0) kept.push(vol.pool.name);
+  return kept;
 }
 
 function journaledChunks(manager: VolumeManager, vol: Volume): number[] {

@@ -269,17 +269,26 @@ export class Volume {
    * file is created (or, when no chunk is in it, emptied of what an earlier
    * move left) and its directory entry made durable first.
    */
-  async setTier(tier: VolumeRecord['tier'], placement?: Pool): Promise<void> {
+  async setTier(tier: VolumeRecord['tier'], placement?: Pool, keptFilePools?: readonly string[]): Promise<void> {
     await this.quiesced(async () => {
       // A RELEASE truncating the placement file: a copy into it (a move to
       // hot/warm) must not be issued before the truncate has landed.
       while (this.truncating) await this.truncating;
       let idx = this.allocIdx;
+      const fresh = placement !== undefined && placement.name !== this.pool.name && !this.files.some((f) => f.pool.name === placement.name);
       if (placement && placement.name !== this.pool.name) idx = await this.openFile(placement);
       // Closed (deleted) while openFile waited: this put would land after
       // the delete's and bring the volume record back.
       if (this.closed) throw new VolumeFailed(`volume ${this.name} was closed`);
-      this.rec = { ...this.rec, tier, poolName: this.files[idx]!.pool.name };
+      const poolName = this.files[idx]!.pool.name;
+      // In the same record (one commit) as the tier: which files no chunk is
+      // in are kept on purpose (see VolumeRecord.keptFilePools). Never a hot/
+      // warm volume's placement file (it is live), nor one openFile has just
+      // emptied; an absent list (an old record) stays absent unless given.
+      const kept = keptFilePools ?? this.rec.keptFilePools;
+      const next: VolumeRecord = { ...this.rec, tier, poolName };
+      if (kept !== undefined) next.keptFilePools = [...new Set(kept)].filter((p) => !((tier !== 'cold' || fresh) && p === poolName)).sort();
+      this.rec = next;
       this.allocIdx = idx;
       await this.meta.volumes.put(this.rec.name, this.rec);
       await this.meta.durable();
@@ -409,8 +418,36 @@ export class Volume {
    * many files were deleted.
    */
   async removeKeptFiles(pools: readonly Pool[]): Promise<number> {
+    return this.removeClosedFiles(pools, true);
+  }
+
+  /**
+   * A restart finishing a RELEASE a kill cut short (manager.ts
+   * finishInterruptedReleases): deletes this volume's file on each of
+   * `pools` that it does not have open, as removeKeptFiles does, but leaves
+   * the record alone (the caller passes only pools it does not list as kept).
+   */
+  async removeLeftoverFiles(pools: readonly Pool[]): Promise<number> {
+    return this.removeClosedFiles(pools, false);
+  }
+
+  /** Pools whose file of this volume is open (the placement pool's among them), for a migration's record of what it keeps. */
+  openFilePools(): string[] {
+    return this.files.map((f) => f.pool.name);
+  }
+
+  private async removeClosedFiles(pools: readonly Pool[], clearKept: boolean): Promise<number> {
     await Promise.all([...this.unlinking.values()]);
     return this.quiesced(async () => {
+      if (clearKept && (this.rec.keptFilePools === undefined || this.rec.keptFilePools.length > 0)) {
+        // Index first: after `volumes release` no file is kept on purpose,
+        // so one a crash leaves before its delete below is a leftover the
+        // next start deletes (an old record without the list gets one too).
+        const next: VolumeRecord = { ...this.rec, keptFilePools: [] };
+        await this.meta.volumes.put(next.name, next);
+        await this.meta.durable();
+        this.rec = next;
+      }
       let removed = 0;
       for (const p of pools) {
         if (this.files.some((f) => f.pool.name === p.name)) continue;
