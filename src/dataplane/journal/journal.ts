@@ -90,7 +90,18 @@ export class Journal {
   /** A marker not written yet: it rides on the next append's writev, or the timer writes it alone. */
   private pendingMarker: Buffer | null = null;
   private markerTimer: NodeJS.Timeout | null = null;
+  /** Set once close() starts: no append is taken any more (a sync still is, and close waits for it). */
+  private closing = false;
+  /** Set once close() has let every sync finish: no sync is taken, no marker queued. */
   private closed = false;
+  /**
+   * The promise of the latest sync() call. GroupCommit settles its promises
+   * in call order (a queued sync starts after the running one), so waiting
+   * for the latest waits for all of them (close: a sync still running must
+   * land its marker, and no fdatasync may run on a closed descriptor).
+   */
+  private lastSync: Promise<void> | null = null;
+  private closeDone: Promise<void> | null = null;
   private liveBytes = 0;
   /** volumeId -> chunkIndex -> extents in seq order. */
   private readonly index = new Map<number, Map<number, JournalExtent[]>>();
@@ -259,6 +270,7 @@ export class Journal {
    */
   async append(type: RecordType, volumeId: number, offsetBytes: number, lengthBytes: number, data: Buffer | null): Promise<void> {
     if (this.failure) throw this.failure;
+    if (this.closing) throw new JournalClosed();
     const recordBytes = JOURNAL_HEADER_BYTES + (data ? data.length : 0);
     if (recordBytes > this.capacityBytes) throw new NoSpace('record larger than the journal');
     const deadlineMs = Date.now() + JOURNAL_FULL_TIMEOUT_MS;
@@ -276,6 +288,7 @@ export class Journal {
         });
       });
       if (this.failure) throw this.failure;
+      if (this.closing) throw new JournalClosed();
     }
     if (this.head.tailBytes + recordBytes > this.fileBytes && this.head.tailBytes > 0) {
       const old = this.head;
@@ -379,7 +392,11 @@ export class Journal {
   /** Group commit: every append that resolved before the call is durable afterwards. */
   sync(): Promise<void> {
     if (this.failure) return Promise.reject(this.failure);
-    return this.commit.run();
+    // Closed: its descriptors are gone (their numbers may be other files').
+    if (this.closed) return Promise.reject(new JournalClosed());
+    const p = this.commit.run();
+    this.lastSync = p;
+    return p;
   }
 
   private async syncOnce(): Promise<void> {
@@ -579,17 +596,57 @@ export class Journal {
     else remove();
   }
 
-  async close(): Promise<void> {
+  /**
+   * Stops the journal: no append is taken from the call on; syncs already
+   * asked for (and any asked for while they run) finish first, so a FLUSH
+   * racing the stop is answered by a real fdatasync, never one on a closed
+   * (or reused) descriptor, and its marker is written. A clean stop then
+   * leaves the last sync's marker behind, made durable: were it lost (or
+   * never written), damage to those flushed records before the next start
+   * would be judged a crash cut and the records dropped at open.
+   */
+  close(): Promise<void> {
+    // A second call waits for the first.
+    this.closeDone ??= this.closeOnce();
+    return this.closeDone;
+  }
+
+  private async closeOnce(): Promise<void> {
+    this.closing = true;
+    // Appends waiting for journal space: refused now (JournalClosed), not after their 30 s bound.
+    for (const w of this.spaceWaiters.splice(0)) w();
+    for (let s = this.lastSync; s; s = this.lastSync === s ? null : this.lastSync) await s.then(noop, noop);
+    this.lastSync = null;
     if (this.markerTimer) clearTimeout(this.markerTimer);
     this.markerTimer = null;
-    // A clean stop leaves the last sync's marker behind.
-    this.writePendingMarker();
+    const marker = this.failure ? null : this.takePendingMarker();
+    const head = this.head;
+    const markerWrite = marker ? this.writeMarker(marker) : null;
     this.closed = true;
     await Promise.allSettled([...this.pendingWrites]);
+    if (markerWrite && !this.failure && this.files.get(head.no) === head) await this.syncClosingMarker(head);
     for (const f of this.files.values()) fs.closeSync(f.fd);
     this.files.clear();
   }
+
+  /**
+   * fdatasync of the head after close's marker (and its name, if no sync has
+   * made it durable yet). A failure is logged and latched, not thrown: every
+   * write a FLUSH covered was made durable by that FLUSH's own sync; only
+   * the marker's cover may be lost.
+   */
+  private async syncClosingMarker(f: JournalFile): Promise<void> {
+    try {
+      await new Promise<void>((resolve, reject) => fs.fdatasync(f.fd, (err) => (err ? reject(err) : resolve())));
+      if (!f.named) await syncNewEntry(path.join(this.dir, fileName(f.no)), f.fd);
+    } catch (err) {
+      this.fail(err as Error);
+      log.error('journal: the sync marker written at close may not be durable', { err: (err as Error).message });
+    }
+  }
 }
+
+function noop(): void {}
 
 /** `bufs` without their first `skipBytes` bytes (views, no copies). */
 function buffersAfter(bufs: Buffer[], skipBytes: number): Buffer[] {
@@ -624,6 +681,14 @@ export class JournalShortWrite extends StorageError {
         (cause ? `then ${cause.message}` : 'then the write made no progress'),
       cause ? { cause } : undefined,
     );
+  }
+}
+
+/** The journal is closed (or closing): it takes no more appends, and once closed no syncs. */
+export class JournalClosed extends StorageError {
+  override name = 'JournalClosed';
+  constructor() {
+    super('the journal is closed');
   }
 }
 
