@@ -1,9 +1,11 @@
-/* N-API binding of lseek(SEEK_DATA) for src/dataplane/volumes/seek-data.ts:
- * lets a volume tell a never-written (hole) chunk from one that may hold bytes
- * without reading it. Node has no lseek binding. Separate from ec_isal.c so the
- * volume path does not depend on ISA-L being loadable.
+/* N-API binding of lseek(SEEK_DATA) and fallocate(PUNCH_HOLE) for
+ * src/dataplane/volumes/seek-data.ts: lets a volume tell a never-written
+ * (hole) chunk from one that may hold bytes without reading it, and give back
+ * the disk space of file ranges no chunk uses any more. Node has neither
+ * binding. Separate from ec_isal.c so the volume path does not depend on
+ * ISA-L being loadable.
  *
- * Export:
+ * Exports:
  *   firstDataOffsetAsync(fd, offset, callback(error, dataOffset))
  *     On the libuv threadpool (ext4 and xfs take the inode lock for SEEK_DATA,
  *     which a concurrent buffered write on the same file holds, so this must
@@ -13,27 +15,48 @@
  *     or -1 when the kernel answers ENXIO (no data at or after offset; offset
  *     at or past end of file). Any other errno is an Error with `code` set to
  *     the errno name (EBADF, EINVAL, ...).
+ *   punchHoleAsync(fd, offset, length, callback(error))
+ *     On the libuv threadpool (it frees extents, and takes the inode lock):
+ *     fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset,
+ *     length): [offset, offset + length) reads as zeros afterwards and its
+ *     blocks are freed; the file's size is unchanged. Errors as above, with
+ *     EOPNOTSUPP when the file system cannot punch holes (the caller carries
+ *     on without).
  */
-#define _GNU_SOURCE /* SEEK_DATA */
+#define _GNU_SOURCE /* SEEK_DATA, fallocate */
 #include <errno.h>
+#include <fcntl.h>
+#include <linux/falloc.h>
 #include <node_api.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+typedef enum { JOB_SEEK_DATA, JOB_PUNCH_HOLE } JobKind;
+
 typedef struct {
   napi_async_work work;
   napi_ref callback;
+  JobKind kind;
   int fd;
   int64_t offset;
-  int64_t result; /* data offset, or -1 for ENXIO */
-  int error;      /* errno other than ENXIO, 0 on success */
+  int64_t length; /* JOB_PUNCH_HOLE only */
+  int64_t result; /* JOB_SEEK_DATA: data offset, or -1 for ENXIO */
+  int error;      /* errno (other than ENXIO for a seek), 0 on success */
 } SeekJob;
 
 static void seek_execute(napi_env env, void* data) {
   (void)env;
   SeekJob* job = (SeekJob*)data;
+  if (job->kind == JOB_PUNCH_HOLE) {
+    int rc;
+    do {
+      rc = fallocate(job->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)job->offset, (off_t)job->length);
+    } while (rc != 0 && errno == EINTR);
+    if (rc != 0) job->error = errno;
+    return;
+  }
   off_t at = lseek(job->fd, (off_t)job->offset, SEEK_DATA);
   if (at >= 0) {
     job->result = (int64_t)at;
@@ -51,7 +74,13 @@ static const char* errno_code(int error) {
     case EIO: return "EIO";
     case EOVERFLOW: return "EOVERFLOW";
     case ESPIPE: return "ESPIPE";
-    default: return "ESEEK";
+    case EOPNOTSUPP: return "EOPNOTSUPP";
+    case EPERM: return "EPERM";
+    case ENODEV: return "ENODEV";
+    case EFBIG: return "EFBIG";
+    case ENOSPC: return "ENOSPC";
+    case ETXTBSY: return "ETXTBSY";
+    default: return "EFSOP";
   }
 }
 
@@ -62,10 +91,11 @@ static void seek_complete(napi_env env, napi_status status, void* data) {
   napi_get_global(env, &global);
   if (status == napi_ok && job->error == 0) {
     napi_get_null(env, &argv[0]);
-    napi_create_int64(env, job->result, &argv[1]);
+    if (job->kind == JOB_PUNCH_HOLE) napi_get_undefined(env, &argv[1]);
+    else napi_create_int64(env, job->result, &argv[1]);
   } else {
     napi_value message, code;
-    napi_create_string_utf8(env, status == napi_ok ? strerror(job->error) : "lseek cancelled", NAPI_AUTO_LENGTH, &message);
+    napi_create_string_utf8(env, status == napi_ok ? strerror(job->error) : "cancelled", NAPI_AUTO_LENGTH, &message);
     napi_create_string_utf8(env, status == napi_ok ? errno_code(job->error) : "ECANCELED", NAPI_AUTO_LENGTH, &code);
     napi_create_error(env, code, message, &argv[0]);
     napi_get_undefined(env, &argv[1]);
@@ -74,6 +104,19 @@ static void seek_complete(napi_env env, napi_status status, void* data) {
   napi_delete_async_work(env, job->work);
   free(job);
   napi_call_function(env, global, callback, 2, argv, NULL);
+}
+
+/* Queues `job` (fields set but work and callback) on the threadpool; on failure frees it and throws. */
+static void queue_job(napi_env env, SeekJob* job, napi_value callback, const char* what) {
+  napi_value name;
+  if (napi_create_string_utf8(env, what, NAPI_AUTO_LENGTH, &name) != napi_ok ||
+      napi_create_async_work(env, NULL, name, seek_execute, seek_complete, job, &job->work) != napi_ok ||
+      napi_create_reference(env, callback, 1, &job->callback) != napi_ok || napi_queue_async_work(env, job->work) != napi_ok) {
+    if (job->callback != NULL) napi_delete_reference(env, job->callback);
+    if (job->work != NULL) napi_delete_async_work(env, job->work);
+    free(job);
+    napi_throw_error(env, NULL, "fs_seek: cannot queue the work");
+  }
 }
 
 static napi_value FirstDataOffsetAsync(napi_env env, napi_callback_info info) {
@@ -96,24 +139,46 @@ static napi_value FirstDataOffsetAsync(napi_env env, napi_callback_info info) {
     napi_throw_error(env, NULL, "firstDataOffsetAsync: out of memory");
     return NULL;
   }
+  job->kind = JOB_SEEK_DATA;
   job->fd = fd;
   job->offset = offset;
-  napi_value name;
-  if (napi_create_string_utf8(env, "couchestor:seek-data", NAPI_AUTO_LENGTH, &name) != napi_ok ||
-      napi_create_async_work(env, NULL, name, seek_execute, seek_complete, job, &job->work) != napi_ok ||
-      napi_create_reference(env, argv[2], 1, &job->callback) != napi_ok || napi_queue_async_work(env, job->work) != napi_ok) {
-    if (job->callback != NULL) napi_delete_reference(env, job->callback);
-    if (job->work != NULL) napi_delete_async_work(env, job->work);
-    free(job);
-    napi_throw_error(env, NULL, "firstDataOffsetAsync: cannot queue the work");
+  queue_job(env, job, argv[2], "couchestor:seek-data");
+  return NULL;
+}
+
+static napi_value PunchHoleAsync(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) {
+    napi_throw_error(env, NULL, "punchHoleAsync: cannot read arguments");
     return NULL;
   }
+  int32_t fd;
+  int64_t offset, length;
+  napi_valuetype type;
+  if (argc != 4 || napi_get_value_int32(env, argv[0], &fd) != napi_ok || napi_get_value_int64(env, argv[1], &offset) != napi_ok ||
+      napi_get_value_int64(env, argv[2], &length) != napi_ok || napi_typeof(env, argv[3], &type) != napi_ok || type != napi_function || fd < 0 ||
+      offset < 0 || length <= 0 || offset > INT64_MAX - length) {
+    napi_throw_range_error(env, "ERR_FS_SEEK_ARGUMENT", "punchHoleAsync(fd >= 0, offset >= 0, length > 0, callback)");
+    return NULL;
+  }
+  SeekJob* job = calloc(1, sizeof(SeekJob));
+  if (job == NULL) {
+    napi_throw_error(env, NULL, "punchHoleAsync: out of memory");
+    return NULL;
+  }
+  job->kind = JOB_PUNCH_HOLE;
+  job->fd = fd;
+  job->offset = offset;
+  job->length = length;
+  queue_job(env, job, argv[3], "couchestor:punch-hole");
   return NULL;
 }
 
 static napi_value Init(napi_env env, napi_value exports) {
   napi_property_descriptor properties[] = {
       {"firstDataOffsetAsync", NULL, FirstDataOffsetAsync, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"punchHoleAsync", NULL, PunchHoleAsync, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   if (napi_define_properties(env, exports, sizeof(properties) / sizeof(properties[0]), properties) != napi_ok) {
     napi_throw_error(env, NULL, "fs_seek: cannot define exports");

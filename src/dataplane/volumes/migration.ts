@@ -253,7 +253,10 @@ async function migrateVolumeOnce(manager: VolumeManager, name: string, to: Tier,
     // chunk is in the file); after the revert new chunks are allocated in
     // the file again and a truncate would race them. Preservation mode keeps
     // the file, as a finished move does.
-    if (to === 'cold' && !opts.preserve) await vol.releaseFile().catch(() => false);
+    // With chunks still in the file (releaseFile did nothing), the ranges of
+    // those already destaged are freed instead (hole punch), also while the
+    // volume is still cold: see punchDeadRanges for why none can be needed.
+    if (to === 'cold' && !opts.preserve && !(await vol.releaseFile().catch(() => false))) await vol.punchDeadRanges().catch(() => undefined);
     // Chunks already switched stay readable where they are; new writes go
     // back to the old tier's path.
     await vol.setTier(from, fromPool, keptIfFailed).catch(() => undefined);

@@ -13,7 +13,7 @@ import { RecordType, type Journal } from '../journal/journal.js';
 import { GroupCommit } from '../group-commit.js';
 import { syncNewEntry } from '../dir-sync.js';
 import { log } from '../../log.js';
-import { firstDataOffset } from './seek-data.js';
+import { firstDataOffset, punchHole } from './seek-data.js';
 
 /** What a volume needs to keep chunks on the cold tier. */
 export interface ColdTier {
@@ -127,7 +127,8 @@ export class Volume {
    */
   private readonly fileReadsDrained: (() => void)[] = [];
   /**
-   * RELEASE's ftruncate of the placement file, issued after its gate opened
+   * RELEASE's ftruncate of the placement file, or the hole punches of an
+   * aborted move to cold (punchDeadRanges), issued after its gate opened
    * (a large file's takes a while; clients do not wait for it). A setTier,
    * which lets copies into that file start, and close(), which closes its
    * descriptor, wait for it: ordered by the code, not by the threadpool.
@@ -394,6 +395,10 @@ export class Volume {
       // file list finish before its descriptors close (the next sync takes the
       // new list).
       await this.commit.run().catch(() => undefined);
+      // A RELEASE's truncate or hole punch still running may be on one of
+      // these descriptors: closed under it, the number could name another
+      // file by the time the call is issued.
+      while (this.truncating) await this.truncating;
       for (const f of dropped) {
         await new Promise<void>((resolve) => fs.close(f.fd, () => resolve()));
         // On the threadpool: freeing a large file's extents took ~0.2 s per
@@ -1114,6 +1119,83 @@ export class Volume {
     // Files of other pools (a split hot/warm volume that went cold) go too.
     await this.releaseOtherFiles(false);
     return true;
+  }
+
+  /**
+   * After a move to cold stopped with chunks left in the file(s) (so
+   * releaseFile could not truncate): frees the blocks of every chunk range
+   * no chunk's bytes are in any more, with fallocate(PUNCH_HOLE), before the
+   * tier reverts. Called by the migration only when not preserving (a kept
+   * file is never punched: none of the record's keptFilePools either).
+   *
+   * Which ranges are dead, and why nothing can need them: chosen at the
+   * quiesce gate (no request, copy or destage in flight) while the volume is
+   * cold, they are the ranges of chunks whose state is Cold (bytes in a
+   * stripe) or Discarded (reads as zeros), in every open file. Those states
+   * are set in memory only after their index entry is durable (destage), or
+   * were made durable by the switch to cold (a discard before it; the
+   * durable() below makes sure), so after a crash the index never sends a
+   * read to such a range either. While the volume is cold, no path reads or
+   * writes a Cold or Discarded chunk's range in a file: reads take the
+   * stripe or zeros (a whole-file read of a single-file volume zero-fills
+   * Discarded chunks), writes go to the journal, a destage reads the stripe;
+   * only an Allocated chunk's range is read (never punched). A chunk comes
+   * back into a file only by a promote or a first write, both after a
+   * switch to hot/warm (setTier), which waits for this punch (`truncating`),
+   * and both write the whole chunk (a promote its bytes, a Discarded chunk's
+   * first write zeros) before the index points at it. close() and
+   * releaseOtherFiles wait for it too, so a descriptor is never closed
+   * under it. Clients are not held: the punches run after the gate opens.
+   *
+   * Returns what it punched; `supported` false when the file system cannot
+   * punch holes (EOPNOTSUPP: nothing freed, nothing else changes). Another
+   * error stops it (logged, thrown): the space stays used, as without it.
+   */
+  async punchDeadRanges(): Promise<{ rangesPunched: number; bytesPunched: number; supported: boolean }> {
+    let landed!: () => void;
+    let mine: Promise<void> | null = null;
+    const cs = this.rec.chunkSizeBytes;
+    const plan = await this.quiesced(async () => {
+      while (this.truncating) await this.truncating;
+      if (this.rec.tier !== 'cold') return null;
+      const kept = new Set(this.rec.keptFilePools ?? []);
+      const ranges: { fd: number; pool: string; offsetBytes: number; lengthBytes: number }[] = [];
+      for (const f of this.files) {
+        if (kept.has(f.pool.name)) continue;
+        for (let c = 0; c < this.chunkState.length; c++) {
+          const st = this.chunkState[c];
+          if (st !== ChunkState.Cold && st !== ChunkState.Discarded) continue;
+          const last = ranges[ranges.length - 1];
+          if (last !== undefined && last.fd === f.fd && last.offsetBytes + last.lengthBytes === c * cs) last.lengthBytes += cs;
+          else ranges.push({ fd: f.fd, pool: f.pool.name, offsetBytes: c * cs, lengthBytes: cs });
+        }
+      }
+      if (ranges.length === 0) return null;
+      this.truncating = mine = new Promise<void>((r) => (landed = r));
+      return ranges;
+    });
+    if (plan === null) return { rangesPunched: 0, bytesPunched: 0, supported: true };
+    let rangesPunched = 0;
+    let bytesPunched = 0;
+    try {
+      // Every Cold/Discarded state above is in the durable index before a byte goes.
+      await this.meta.durable();
+      for (const r of plan) {
+        if (!(await punchHole(r.fd, r.offsetBytes, r.lengthBytes))) {
+          log.info('volume: the file system cannot punch holes; stale ranges keep their space until the file is released', { volume: this.name, pool: r.pool });
+          return { rangesPunched, bytesPunched, supported: false };
+        }
+        rangesPunched++;
+        bytesPunched += r.lengthBytes;
+      }
+    } catch (err) {
+      log.warn('volume: punching dead ranges failed; their space stays used until the file is released', { volume: this.name, err: (err as Error).message });
+      throw err;
+    } finally {
+      if (this.truncating === mine) this.truncating = null;
+      landed();
+    }
+    return { rangesPunched, bytesPunched, supported: true };
   }
 
   private lastSeq(c: number): number {
