@@ -307,7 +307,6 @@ describe('s3 subresources with the aws cli', () => {
       ['GET', '/sub', 'metrics', 'NotImplemented', 501],
       ['GET', '/sub', 'intelligent-tiering', 'NotImplemented', 501],
       ['POST', '/sub/u', 'select', 'NotImplemented', 501],
-      ['GET', '/sub/u', 'attributes', 'NotImplemented', 501],
     ] as [string, string, string, string, number][]) {
       const r = await raw(env, method, p, { [sub]: '' });
       assert.deepEqual([r.status, errorCode(r.body)], [httpStatus, code], sub);

@@ -99,6 +99,12 @@ export interface ObjectRecord {
   /** x-amz-meta-* without the prefix, lowercase names. */
   userMeta: Record<string, string>;
   segments: Segment[];
+  /**
+   * A completed multipart upload's part numbers as the client listed them, one
+   * per segment (GetObjectAttributes ObjectParts). Absent on single PUTs and
+   * copies, and on multipart records written before the numbers were kept.
+   */
+  partNumbers?: number[];
   /** Object tags; absent (never written empty) when the object has none. */
   tags?: Tag[];
 }
@@ -881,6 +887,7 @@ export class ObjectStore {
         contentHeaders: upload.contentHeaders,
         userMeta: upload.userMeta,
         segments,
+        partNumbers: list.map((p) => p.partNumber),
         ...tagField(upload.tags),
       };
       return rec;

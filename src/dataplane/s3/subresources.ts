@@ -72,7 +72,8 @@ export const UNSUPPORTED: Readonly<Record<string, () => S3Error>> = {
   'intelligent-tiering': () => new S3Error('NotImplemented', 501, 'Intelligent-Tiering configurations are not supported by CoucheStor (it tiers by its own storage policies).'),
   torrent: () => new S3Error('NotImplemented', 501, 'BitTorrent downloads are not supported by CoucheStor.'),
   select: () => new S3Error('NotImplemented', 501, 'S3 Select (SelectObjectContent) is not supported by CoucheStor.'),
-  attributes: () => new S3Error('NotImplemented', 501, 'GetObjectAttributes is not supported by CoucheStor; use HeadObject.'),
+  // GetObjectAttributes is a GET on an object (server.ts); any other method, or a bucket, is not a resource it has.
+  attributes: () => new S3Error('MethodNotAllowed', 405, 'The specified method is not allowed against this resource: ?attributes is GetObjectAttributes, a GET on an object.'),
   // S3 and MinIO answer these for a bucket without object lock, which is every CoucheStor bucket.
   retention: () => new S3Error('InvalidRequest', 400, 'Bucket is missing ObjectLockConfiguration (object lock is not supported by CoucheStor).'),
   'legal-hold': () => new S3Error('InvalidRequest', 400, 'Bucket is missing ObjectLockConfiguration (object lock is not supported by CoucheStor).'),

@@ -1,0 +1,187 @@
+// GetObjectAttributes (GET /bucket/key?attributes) driven by the real aws cli:
+// ETag, ObjectSize, StorageClass, a multipart object's parts with their upload
+// part numbers and paging, no invented checksum, versionId "null" only.
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import http from 'node:http';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { aws, awsOk, errorCode, signer, startS3, type S3Env } from './helpers/s3-env.js';
+
+const md5 = (b: Buffer) => createHash('md5').update(b).digest();
+const ALL = ['--object-attributes', 'ETag', 'Checksum', 'ObjectParts', 'StorageClass', 'ObjectSize'];
+type PartsOut = { TotalPartsCount?: number; PartNumberMarker?: number | string; NextPartNumberMarker?: number | string; MaxParts?: number; IsTruncated?: boolean; Parts?: { PartNumber: number; Size: number }[] };
+
+/** The cli's S3 error code and the last HTTP status of a failing call (from --debug). */
+function awsFail(env: S3Env, args: string[]): { code: string | undefined; httpStatus: number | undefined; message: string } {
+  const r = aws(env, [...args, '--debug']);
+  assert.notEqual(r.status, 0, `aws ${args.join(' ')} succeeded:\n${r.stdout}`);
+  const m = /An error occurred \(([A-Za-z]+)\) when calling the \w+ operation: (.*)/.exec(r.stderr);
+  const statuses = [...r.stderr.matchAll(/HTTP\/1\.1" (\d{3}) /g)];
+  return { code: m?.[1], message: m?.[2] ?? '', httpStatus: statuses.length > 0 ? Number(statuses[statuses.length - 1]![1]) : undefined };
+}
+
+/** A hand-signed request on its own connection: methods the cli has no command for. */
+async function raw(env: S3Env, method: string, pathname: string, query: Record<string, string>, body = ''): Promise<{ status: number; body: string }> {
+  const u = new URL(env.endpoint);
+  const req = { method, protocol: 'http:', hostname: u.hostname, port: Number(u.port), path: pathname, query, headers: { host: u.host, 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD', 'content-length': String(Buffer.byteLength(body)) } };
+  const s = (await signer(env).sign(req as never)) as unknown as { headers: Record<string, string> };
+  const qs = new URLSearchParams(query).toString();
+  return new Promise((resolve, reject) => {
+    const r = http.request({ host: u.hostname, port: u.port, method, path: `${pathname}${qs ? `?${qs}` : ''}`, headers: s.headers, agent: false }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (d: Buffer) => chunks.push(d));
+      res.on('end', () => resolve({ status: res.statusCode!, body: Buffer.concat(chunks).toString('utf8') }));
+    });
+    r.on('error', reject);
+    r.end(body);
+  });
+}
+
+const partPairs = (p: PartsOut) => (p.Parts ?? []).map((x) => [x.PartNumber, x.Size]);
+
+describe('GetObjectAttributes with the aws cli', () => {
+  let env: S3Env;
+  let dataDir: string;
+  let work: string;
+  const single = randomBytes(3000);
+  const part1 = randomBytes(5 * 1024 * 1024);
+  const part3 = randomBytes(1234);
+  let multipartEtag: string;
+
+  const attrs = (key: string, ...extra: string[]) => awsOk(env, ['s3api', 'get-object-attributes', '--bucket', 'attr', '--key', key, ...ALL, ...extra]);
+
+  before(async () => {
+    dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 's3-attr-data-'));
+    env = await startS3({ dataDir });
+    work = fs.mkdtempSync(path.join(os.tmpdir(), 's3-attr-'));
+    awsOk(env, ['s3api', 'create-bucket', '--bucket', 'attr']);
+    fs.writeFileSync(path.join(work, 'single'), single);
+    awsOk(env, ['s3api', 'put-object', '--bucket', 'attr', '--key', 'single', '--body', path.join(work, 'single')]);
+    // Parts 1 and 3 completed, part 2 uploaded and left out: the answer must name the numbers the client used.
+    const uploadId = awsOk(env, ['s3api', 'create-multipart-upload', '--bucket', 'attr', '--key', 'mp']).UploadId as string;
+    const etags: Record<number, string> = {};
+    for (const [n, bytes] of [[1, part1], [2, randomBytes(100)], [3, part3]] as [number, Buffer][]) {
+      const f = path.join(work, `part${n}`);
+      fs.writeFileSync(f, bytes);
+      etags[n] = awsOk(env, ['s3api', 'upload-part', '--bucket', 'attr', '--key', 'mp', '--upload-id', uploadId, '--part-number', String(n), '--body', f]).ETag;
+    }
+    awsOk(env, ['s3api', 'complete-multipart-upload', '--bucket', 'attr', '--key', 'mp', '--upload-id', uploadId, '--multipart-upload', JSON.stringify({ Parts: [1, 3].map((n) => ({ PartNumber: n, ETag: etags[n] })) })]);
+    multipartEtag = `${createHash('md5').update(Buffer.concat([md5(part1), md5(part3)])).digest('hex')}-2`;
+  });
+  after(async () => {
+    await env.cleanup();
+    fs.rmSync(work, { recursive: true, force: true });
+  });
+
+  it('a single-PUT object: unquoted ETag, size, STANDARD, Last-Modified; no ObjectParts and no Checksum', () => {
+    const a = attrs('single');
+    assert.equal(a.ETag, md5(single).toString('hex'));
+    assert.equal(a.ObjectSize, single.length);
+    assert.equal(a.StorageClass, 'STANDARD');
+    assert.equal(a.ObjectParts, undefined);
+    assert.equal(a.Checksum, undefined);
+    const head = awsOk(env, ['s3api', 'head-object', '--bucket', 'attr', '--key', 'single']);
+    assert.equal(a.LastModified, head.LastModified);
+    // Only what was asked for.
+    const sizeOnly = awsOk(env, ['s3api', 'get-object-attributes', '--bucket', 'attr', '--key', 'single', '--object-attributes', 'ObjectSize']);
+    assert.deepEqual(Object.keys(sizeOnly).sort(), ['LastModified', 'ObjectSize']);
+  });
+
+  it('an object uploaded with a CRC32 checksum: the checksum was verified but is not kept, so none is answered', () => {
+    fs.writeFileSync(path.join(work, 'summed'), 'checksummed bytes');
+    const put = awsOk(env, ['s3api', 'put-object', '--bucket', 'attr', '--key', 'summed', '--body', path.join(work, 'summed'), '--checksum-algorithm', 'CRC32']);
+    assert.ok(put.ETag);
+    const a = attrs('summed');
+    assert.equal(a.ObjectSize, 'checksummed bytes'.length);
+    assert.equal(a.Checksum, undefined);
+  });
+
+  it('a multipart object completed from parts 1 and 3: part count, the client part numbers and sizes, the multipart ETag', () => {
+    const a = attrs('mp');
+    assert.equal(a.ETag, multipartEtag);
+    assert.equal(a.ObjectSize, part1.length + part3.length);
+    assert.equal(a.Checksum, undefined);
+    const p = a.ObjectParts as PartsOut;
+    assert.equal(p.TotalPartsCount, 2);
+    assert.deepEqual(partPairs(p), [[1, part1.length], [3, part3.length]]);
+    assert.equal(p.IsTruncated, false);
+    assert.equal(p.MaxParts, 1000);
+    assert.equal(Number(p.PartNumberMarker), 0);
+    assert.equal(Number(p.NextPartNumberMarker), 3);
+    // GetObject ?partNumber=2 is the second part (the parts in order), the bytes of part 3.
+    const out = path.join(work, 'second');
+    awsOk(env, ['s3api', 'get-object', '--bucket', 'attr', '--key', 'mp', '--part-number', '2', out]);
+    assert.ok(fs.readFileSync(out).equals(part3));
+  });
+
+  it('ObjectParts pages with --max-parts and --part-number-marker', () => {
+    const first = attrs('mp', '--max-parts', '1').ObjectParts as PartsOut;
+    assert.deepEqual(partPairs(first), [[1, part1.length]]);
+    assert.equal(first.IsTruncated, true);
+    assert.equal(first.MaxParts, 1);
+    assert.equal(Number(first.NextPartNumberMarker), 1);
+    assert.equal(first.TotalPartsCount, 2);
+    const second = attrs('mp', '--max-parts', '1', '--part-number-marker', String(first.NextPartNumberMarker)).ObjectParts as PartsOut;
+    assert.deepEqual(partPairs(second), [[3, part3.length]]);
+    assert.equal(second.IsTruncated, false);
+    assert.equal(Number(second.PartNumberMarker), 1);
+    assert.equal(Number(second.NextPartNumberMarker), 3);
+    // A marker between the numbers starts after it; past the last there is nothing left.
+    assert.deepEqual(partPairs(attrs('mp', '--part-number-marker', '2').ObjectParts), [[3, part3.length]]);
+    const past = attrs('mp', '--part-number-marker', '3').ObjectParts as PartsOut;
+    assert.deepEqual(partPairs(past), []);
+    assert.equal(past.IsTruncated, false);
+    assert.equal(past.TotalPartsCount, 2);
+  });
+
+  it('an `aws s3 cp` multipart upload (8 MiB parts) reports parts 1..3 with their sizes', () => {
+    const whole = randomBytes(20 * 1024 * 1024 + 11);
+    fs.writeFileSync(path.join(work, 'big'), whole);
+    awsOk(env, ['s3', 'cp', '--only-show-errors', path.join(work, 'big'), 's3://attr/big']);
+    const a = attrs('big');
+    const mib8 = 8 * 1024 * 1024;
+    assert.equal(a.ObjectSize, whole.length);
+    assert.equal(a.ObjectParts.TotalPartsCount, 3);
+    assert.deepEqual(partPairs(a.ObjectParts), [[1, mib8], [2, mib8], [3, whole.length - 2 * mib8]]);
+    assert.match(a.ETag, /^[0-9a-f]{32}-3$/);
+  });
+
+  it('refusals: unknown attribute, missing key or bucket, a version other than null; versionId null is the object', async () => {
+    const bad = awsFail(env, ['s3api', 'get-object-attributes', '--bucket', 'attr', '--key', 'single', '--object-attributes', 'ETag', 'Owner']);
+    assert.deepEqual([bad.code, bad.httpStatus], ['InvalidArgument', 400]);
+    assert.match(bad.message, /Invalid attribute name/);
+    const noKey = awsFail(env, ['s3api', 'get-object-attributes', '--bucket', 'attr', '--key', 'nope', ...ALL]);
+    assert.deepEqual([noKey.code, noKey.httpStatus], ['NoSuchKey', 404]);
+    const noBucket = awsFail(env, ['s3api', 'get-object-attributes', '--bucket', 'no-such-bucket', '--key', 'single', ...ALL]);
+    assert.deepEqual([noBucket.code, noBucket.httpStatus], ['NoSuchBucket', 404]);
+    const version = awsFail(env, ['s3api', 'get-object-attributes', '--bucket', 'attr', '--key', 'single', '--version-id', '3HL4kqtJlcpXroDTDmJ+rmSpXd3dIbrHY', ...ALL]);
+    assert.deepEqual([version.code, version.httpStatus], ['InvalidArgument', 400]);
+    assert.equal(attrs('single', '--version-id', 'null').ObjectSize, single.length);
+    const badMax = awsFail(env, ['s3api', 'get-object-attributes', '--bucket', 'attr', '--key', 'mp', '--max-parts', '-1', ...ALL]);
+    assert.deepEqual([badMax.code, badMax.httpStatus], ['InvalidArgument', 400]);
+    // No header at all (the cli always sends one): InvalidArgument, not an object GET.
+    const none = await raw(env, 'GET', '/attr/single', { attributes: '' });
+    assert.deepEqual([none.status, errorCode(none.body)], [400, 'InvalidArgument']);
+    // ?attributes never writes, deletes or lists.
+    for (const [method, p] of [['PUT', '/attr/single'], ['DELETE', '/attr/single'], ['POST', '/attr/single'], ['GET', '/attr'], ['PUT', '/attr'], ['DELETE', '/attr']]) {
+      const r = await raw(env, method!, p!, { attributes: '' }, method === 'PUT' ? 'not the object' : '');
+      assert.deepEqual([r.status, errorCode(r.body)], [405, 'MethodNotAllowed'], `${method} ${p}`);
+    }
+    assert.equal(attrs('single').ETag, md5(single).toString('hex'));
+    assert.equal(awsOk(env, ['s3api', 'head-bucket', '--bucket', 'attr']), '');
+  });
+
+  it('the part numbers are in the index: the same answer after a SIGKILL and restart', async () => {
+    const before = attrs('mp');
+    await env.daemon.kill();
+    env.sdk.destroy();
+    fs.rmSync(env.home, { recursive: true, force: true });
+    env = await startS3({ dataDir });
+    const after = attrs('mp');
+    assert.deepEqual(partPairs(after.ObjectParts), [[1, part1.length], [3, part3.length]]);
+    assert.deepEqual({ ...after, LastModified: undefined }, { ...before, LastModified: undefined });
+  });
+});
