@@ -2,13 +2,24 @@
 // trace in /work/shared/traces, at 1/5/10/25% of each trace's distinct keys; a Caffeine-style
 // W-TinyLFU column shows the other candidate that was measured and not chosen.
 // Run: npx tsc -p tsconfig.json && node dist/bench/cache-hit-ratio.js
+// COUCHESTOR_CACHE_FRACTIONS=0.02,0.07,0.15 runs other capacities instead: a policy change
+// tuned to the four standard sizes should also hold between them (docs/cache.md).
 import { LRUCache } from 'lru-cache';
 import { S3Lfu } from '../src/dataplane/cache/s3-lfu.js';
 import { WTinyLfu } from './cache-wtinylfu.js';
 import { S3Fifo } from './cache-s3fifo.js';
 import { loadAllTraces } from './cache-traces.js';
 
-const CAPACITY_FRACTIONS = [0.01, 0.05, 0.1, 0.25];
+const CAPACITY_FRACTIONS = parseFractions(process.env['COUCHESTOR_CACHE_FRACTIONS']) ?? [0.01, 0.05, 0.1, 0.25];
+
+function parseFractions(text: string | undefined): number[] | undefined {
+  if (text === undefined || text.trim() === '') return undefined;
+  const fractions = text.split(',').map(Number);
+  for (const f of fractions) {
+    if (!(f > 0 && f <= 1)) throw new RangeError(`COUCHESTOR_CACHE_FRACTIONS: ${text} (each must be in (0, 1])`);
+  }
+  return fractions;
+}
 
 function ours(keys: Float64Array, capacity: number): number {
   const cache = new S3Lfu<number, true>({ maximumWeight: capacity, expectedEntries: capacity });
@@ -70,7 +81,7 @@ for (const t of traces) {
     const ratio = best === 0 ? (o === 0 ? 1 : Infinity) : o / best;
     ratios.push(ratio);
     console.log(
-      `${t.name.padEnd(19)} ${String(t.keys.length).padStart(8)} ${String(t.distinctKeys).padStart(8)} ${String(f * 100).padStart(5)} ${String(capacity).padStart(9)} | ${pct(o)} ${pct(l)} ${pct(s)} | ${ratio.toFixed(3).padStart(9)}  ${(o >= best ? 'ok' : 'BELOW').padEnd(7)} | ${pct(w)}`,
+      `${t.name.padEnd(19)} ${String(t.keys.length).padStart(8)} ${String(t.distinctKeys).padStart(8)} ${String(+(f * 100).toFixed(2)).padStart(5)} ${String(capacity).padStart(9)} | ${pct(o)} ${pct(l)} ${pct(s)} | ${ratio.toFixed(3).padStart(9)}  ${(o >= best ? 'ok' : 'BELOW').padEnd(7)} | ${pct(w)}`,
     );
   }
 }
