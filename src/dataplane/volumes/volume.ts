@@ -454,10 +454,15 @@ export class Volume {
         this.rec = next;
       }
       let removed = 0;
+      // By inode too, not only by pool name: a pool renamed in the
+      // configuration keeps its old record, and a link reaches the same
+      // directory, so another name may lead to a file that is open and live.
+      const open = this.files.map((f) => fs.fstatSync(f.fd));
       for (const p of pools) {
         if (this.files.some((f) => f.pool.name === p.name)) continue;
         const file = p.volumeFile(this.rec.id);
-        if (!fs.existsSync(file)) continue;
+        const st = fs.statSync(file, { throwIfNoEntry: false });
+        if (st === undefined || open.some((o) => o.dev === st.dev && o.ino === st.ino)) continue;
         fs.rmSync(file, { force: true });
         removed++;
       }

@@ -1,0 +1,51 @@
+// finishInterruptedReleases (run at every daemon start) and `volumes release`
+// delete a volume's file on pools the volume does not have open, by path. A
+// pool renamed in the configuration keeps its old record in the index (pool
+// records are never removed), so two pool names then name one directory;
+// the volume's live file, open under the old name, must not be deleted as a
+// "leftover" of the new one: every flushed byte must survive the restart.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
+import { openColdTierManager, readVolume, restartManager, tempDirClosing, writeVolume } from './helpers/volume.js';
+
+const MiB = 1024 * 1024;
+
+for (const how of ['renamed (same path)', 'a symlink to the same directory'] as const) {
+  test(`a start with a hot pool ${how} beside the old one keeps every volume's live file`, async (t) => {
+    let m: VolumeManager | null = null;
+    const dir = tempDirClosing(t, 'couchestor-pool-alias-', () => m!);
+    m = await openColdTierManager(dir);
+    await m.createVolume({ name: 'v', sizeBytes: 4 * MiB, pool: 'hot-0' });
+    let vol = m.openVolume('v');
+    const want = crypto.randomBytes(4 * MiB);
+    await writeVolume(vol, 0, want);
+    await vol.flush();
+    const hot = m.pools.get('hot-0')!;
+    const file = hot.volumeFile(vol.rec.id);
+    assert.deepEqual(m.meta.volumes.get('v')!.keptFilePools, []);
+
+    // The next start, as openManager registers the configured pools: the
+    // operator renamed hot-0 (or reached its directory through a link).
+    await m.close();
+    m = await openColdTierManager(dir, false);
+    let aliasPath = hot.rec.path;
+    if (how !== 'renamed (same path)') {
+      aliasPath = path.join(dir, 'hot-link');
+      fs.symlinkSync(hot.rec.path, aliasPath);
+    }
+    await m.putPool({ name: 'hot-a', path: aliasPath, tier: 'hot', capacityBytes: 1024 * MiB, labels: { tier: 'hot' } });
+    const r = await m.finishInterruptedReleases();
+    assert.ok(fs.existsSync(file), `the volume's live file was deleted as a leftover (${JSON.stringify(r)})`);
+    assert.deepEqual(r, { filesRemoved: 0, filesTruncated: 0 });
+    // `volumes release` goes through the same delete.
+    await m.releasePreserved('v');
+    assert.ok(fs.existsSync(file), 'the volume\'s live file was deleted by `volumes release`');
+
+    ({ m, vol } = await restartManager(m, dir, 'v'));
+    assert.ok((await readVolume(vol, 0, 4 * MiB)).equals(want), 'flushed data reads back after the restart');
+  });
+}
