@@ -29,6 +29,10 @@ import { MANUAL_DESTAGE_CONFIG, createVolume, startColdDaemon } from './helpers/
 const MiB = 1024 * 1024;
 const BLOCK_BYTES = 4096;
 const RECORD_BYTES = JOURNAL_HEADER_BYTES + BLOCK_BYTES;
+/** A file made by a rotation starts with a seq fence, one header long. */
+const FENCE_BYTES = JOURNAL_HEADER_BYTES;
+/** A file size that holds three records, after the fence too. */
+const THREE_RECORDS_FILE_BYTES = FENCE_BYTES + 3 * RECORD_BYTES;
 
 test('a record damaged in the middle of a journal file does not destroy the flushed records after it', async (t) => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-review-journal-corrupt-'));
@@ -139,11 +143,11 @@ test('damage to flushed writes a later sync marker covers is refused, also as th
   // The tail of an older file (three records per file), covered by the marker in the newer one.
   const dir2 = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-journal-oldtail-'));
   t.after(() => fs.rmSync(dir2, { recursive: true, force: true }));
-  const files = await writeJournal(dir2, 6, 3 * RECORD_BYTES);
+  const files = await writeJournal(dir2, 6, THREE_RECORDS_FILE_BYTES);
   assert.equal(files.length, 2);
   flipBit(files[0]!, 2 * RECORD_BYTES + JOURNAL_HEADER_BYTES + 9);
   const before = fs.readFileSync(files[0]!);
-  assert.throws(() => openJournal(dir2, 3 * RECORD_BYTES), (err: unknown) => err instanceof JournalCorrupt && err.file === files[0] && err.offsetBytes === 2 * RECORD_BYTES);
+  assert.throws(() => openJournal(dir2, THREE_RECORDS_FILE_BYTES), (err: unknown) => err instanceof JournalCorrupt && err.file === files[0] && err.offsetBytes === 2 * RECORD_BYTES);
   assert.ok(fs.readFileSync(files[0]!).equals(before), 'the older file was cut as a torn tail');
   assert.deepEqual(checkJournalDir(dir2).damaged.map((d) => [d.file, d.offsetBytes]), [[files[0], 2 * RECORD_BYTES]]);
 });
@@ -152,21 +156,22 @@ test('a damaged middle record: the journal refuses to open with JournalCorrupt n
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-journal-mid-'));
   t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
   // Three records per file: record 4 (block 4) is the middle of the second file.
-  const files = await writeJournal(dir, 6, 3 * RECORD_BYTES);
+  const files = await writeJournal(dir, 6, THREE_RECORDS_FILE_BYTES);
   assert.equal(files.length, 2);
   // The first file also has a torn tail: the refusal must not cut it either.
   fs.appendFileSync(files[0]!, Buffer.alloc(10, 0x55));
-  flipBit(files[1]!, RECORD_BYTES + JOURNAL_HEADER_BYTES + 4000);
+  const damagedAtBytes = FENCE_BYTES + RECORD_BYTES;
+  flipBit(files[1]!, damagedAtBytes + JOURNAL_HEADER_BYTES + 4000);
   const before = files.map((f) => fs.readFileSync(f));
   const namesBefore = fs.readdirSync(dir).sort();
   assert.throws(
-    () => openJournal(dir, 3 * RECORD_BYTES),
+    () => openJournal(dir, THREE_RECORDS_FILE_BYTES),
     (err: unknown) => {
       assert.ok(err instanceof JournalCorrupt, `expected JournalCorrupt, got ${String(err)}`);
       assert.equal(err.file, files[1]);
-      assert.equal(err.offsetBytes, RECORD_BYTES);
+      assert.equal(err.offsetBytes, damagedAtBytes);
       assert.equal(err.intactRecordsAfter, 1);
-      assert.match(err.message, new RegExp(`journal file ${files[1]!.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} has a damaged record at byte offset ${RECORD_BYTES} with 1 intact record\\(s\\) after it`));
+      assert.match(err.message, new RegExp(`journal file ${files[1]!.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} has a damaged record at byte offset ${damagedAtBytes} with 1 intact record\\(s\\) after it`));
       assert.match(err.message, /couchestor journal salvage/);
       assert.match(err.message, /couchestor fsck/);
       return true;
@@ -177,7 +182,7 @@ test('a damaged middle record: the journal refuses to open with JournalCorrupt n
   const check = checkJournalDir(dir);
   assert.deepEqual(
     check.damaged.map((d) => [d.file, d.offsetBytes, d.lengthBytes, d.intactRecordsAfter, d.claimed?.seq]),
-    [[files[1], RECORD_BYTES, RECORD_BYTES, 1, 5]],
+    [[files[1], damagedAtBytes, RECORD_BYTES, 1, 5]],
   );
   assert.equal(check.tornTails, 1);
 });

@@ -22,6 +22,18 @@ const CRC_OFFSET = 32;
  * tail) from damage to a flushed one (a later marker covers it: refused).
  */
 const MARKER_TYPE = 3;
+/**
+ * A seq fence: a header-only record, the first item of a file made by a
+ * rotation, saying every write record after it in the file numbers above
+ * its seq field. Claims nothing durable. It gives a damaged range at the
+ * start of a file whose older files are all destaged and removed a lower
+ * bound (P) for the seqs it can hold: without it P is 0, and a marker from
+ * a sync older than the cut write, landed after it, makes the open refuse
+ * a plain crash cut. Written synchronously at the rotation, so any later
+ * item of the file was issued after it. Older builds read it as a 40-byte
+ * damaged range (passed over when the previous file is still there).
+ */
+const FENCE_TYPE = 4;
 /** How long a sync marker waits for an append to ride on before it is written alone. */
 const MARKER_DELAY_MS = 50;
 export const DEFAULT_JOURNAL_FILE_BYTES = 64 * 1024 * 1024;
@@ -213,9 +225,16 @@ export class Journal {
     // older files are removed (judgeJournal), so a crash cut of a first
     // write after this start is not taken for damage to flushed ones when a
     // FLUSH racing it claims an older seq.
+    // Written synchronously: a first append's writev is only issued after
+    // it, so no record of this file lands without it.
     if (j.nextSeq - 1 > 0) {
       j.markedSeq = Math.max(j.markedSeq, j.nextSeq - 1);
-      void j.writeMarker(markerRecord(j.markedSeq));
+      j.head.markerClaim = j.markedSeq;
+      try {
+        j.writeItemSync(j.head, markerRecord(j.markedSeq));
+      } catch {
+        // Latched (j.failed): the daemon starts with cold volumes offline and says why, as for any journal write error.
+      }
     }
     for (const f of [...j.files.values()]) j.maybeRemove(f);
     if (replayed > 0) log.info('journal: replayed records', { records: replayed, liveBytes: j.liveBytes });
@@ -227,6 +246,29 @@ export class Journal {
     const f: JournalFile = { no, fd, tailBytes: 0, liveBytes: 0, dirty: true, named: false, markerWrite: null, markerClaim: 0, removeHolds: 0 };
     this.files.set(no, f);
     return f;
+  }
+
+  /**
+   * Writes a header-only item (a fence, or open's first marker) at the
+   * file's tail before anything else can be issued to the file, so no later
+   * item of the file lands without it (a crash kills the process, not the
+   * page cache). A failure or short count fails the journal, as any journal
+   * write does, and throws it.
+   */
+  private writeItemSync(f: JournalFile, item: Buffer): void {
+    const pos = f.tailBytes;
+    f.tailBytes += item.length;
+    let writtenBytes = 0;
+    try {
+      writtenBytes = fs.writeSync(f.fd, item, 0, item.length, pos);
+    } catch (err) {
+      this.fail(err as Error);
+      throw this.failure;
+    }
+    if (writtenBytes !== item.length) {
+      this.fail(new JournalShortWrite(fileName(f.no), pos, writtenBytes, item.length, null));
+      throw this.failure;
+    }
   }
 
   get bytesLive(): number {
@@ -293,6 +335,10 @@ export class Journal {
     if (this.head.tailBytes + recordBytes > this.fileBytes && this.head.tailBytes > 0) {
       const old = this.head;
       this.head = this.createFile(old.no + 1);
+      // The file's first item, before any other (maybeRemove may write a
+      // claim marker into it): every record of the file numbers above every
+      // seq handed out so far.
+      this.writeItemSync(this.head, seqRecord(FENCE_TYPE, this.nextSeq - 1));
       this.maybeRemove(old);
     }
     // Held in memory until destaged, so the journal owns its own copy: the
@@ -707,11 +753,16 @@ function readU64(buf: Buffer, pos: number): number {
 
 /** A sync marker record claiming every write numbered up to `syncedSeq` durable. */
 function markerRecord(syncedSeq: number): Buffer {
+  return seqRecord(MARKER_TYPE, syncedSeq);
+}
+
+/** A header-only item (sync marker or seq fence) carrying one seq. */
+function seqRecord(type: typeof MARKER_TYPE | typeof FENCE_TYPE, seq: number): Buffer {
   const header = Buffer.alloc(JOURNAL_HEADER_BYTES);
   header.writeUInt32LE(JOURNAL_MAGIC, 0);
   header.writeUInt8(VERSION, 4);
-  header.writeUInt8(MARKER_TYPE, 5);
-  writeU64(header, syncedSeq, 16);
+  header.writeUInt8(type, 5);
+  writeU64(header, seq, 16);
   header.writeUInt32LE(crc32c(header.subarray(0, CRC_OFFSET)), CRC_OFFSET);
   return header;
 }
@@ -722,12 +773,20 @@ interface SyncMarker {
   syncedSeq: number;
 }
 
+/** A seq fence found by a scan: every write record after it in its file numbers above fenceSeq. */
+interface SeqFence {
+  posBytes: number;
+  fenceSeq: number;
+}
+
 /** Parses and verifies one write record or sync marker; null when it is torn or corrupt. */
-function parseItem(bytes: Buffer, pos: number): Omit<JournalExtent, 'fileNo'> | SyncMarker | null {
+function parseItem(bytes: Buffer, pos: number): Omit<JournalExtent, 'fileNo'> | SyncMarker | SeqFence | null {
   if (bytes.readUInt32LE(pos) !== JOURNAL_MAGIC || bytes.readUInt8(pos + 4) !== VERSION) return null;
-  if (bytes.readUInt8(pos + 5) === MARKER_TYPE) {
+  const itemType = bytes.readUInt8(pos + 5);
+  if (itemType === MARKER_TYPE || itemType === FENCE_TYPE) {
     if (crc32c(bytes.subarray(pos, pos + CRC_OFFSET)) !== bytes.readUInt32LE(pos + CRC_OFFSET)) return null;
-    return { posBytes: pos, syncedSeq: readU64(bytes, pos + 16) };
+    const seq = readU64(bytes, pos + 16);
+    return itemType === MARKER_TYPE ? { posBytes: pos, syncedSeq: seq } : { posBytes: pos, fenceSeq: seq };
   }
   const type = bytes.readUInt8(pos + 5) as RecordType;
   if (type !== RecordType.Write && type !== RecordType.Zero) return null;
@@ -762,6 +821,8 @@ export interface JournalScan {
   records: { posBytes: number; rec: Omit<JournalExtent, 'fileNo'> }[];
   /** Intact sync markers in file order. */
   markers: SyncMarker[];
+  /** Intact seq fences in file order (a rotation's first item). */
+  fences: SeqFence[];
   /** Ranges that fail to parse with an intact record or marker after them (judgeJournal says what they are). */
   damaged: JournalDamage[];
   /** Where the intact records end; bytes after it are a torn tail (nothing intact follows in this file). */
@@ -786,6 +847,7 @@ export interface JournalScan {
 export function scanJournalBytes(bytes: Buffer): JournalScan {
   const records: JournalScan['records'] = [];
   const markers: SyncMarker[] = [];
+  const fences: SeqFence[] = [];
   const damaged: JournalDamage[] = [];
   let pos = 0;
   let lastSeq = 0;
@@ -793,6 +855,12 @@ export function scanJournalBytes(bytes: Buffer): JournalScan {
     const item = parseItem(bytes, pos);
     if (item && 'syncedSeq' in item) {
       markers.push(item);
+      pos += JOURNAL_HEADER_BYTES;
+      continue;
+    }
+    if (item && 'fenceSeq' in item) {
+      fences.push(item);
+      lastSeq = Math.max(lastSeq, item.fenceSeq);
       pos += JOURNAL_HEADER_BYTES;
       continue;
     }
@@ -807,7 +875,7 @@ export function scanJournalBytes(bytes: Buffer): JournalScan {
     damaged.push({ offsetBytes: pos, lengthBytes: next - pos });
     pos = next;
   }
-  return { records, markers, damaged, endBytes: pos, lengthBytes: bytes.length };
+  return { records, markers, fences, damaged, endBytes: pos, lengthBytes: bytes.length };
 }
 
 const MAGIC_BYTES = (() => {
@@ -826,7 +894,7 @@ const MAGIC_BYTES = (() => {
 function nextIntactItem(bytes: Buffer, fromBytes: number, afterSeq: number): number {
   for (let at = bytes.indexOf(MAGIC_BYTES, fromBytes); at >= 0 && at + JOURNAL_HEADER_BYTES <= bytes.length; at = bytes.indexOf(MAGIC_BYTES, at + 1)) {
     const item = parseItem(bytes, at);
-    if (item && ('syncedSeq' in item ? item.syncedSeq : item.seq) > afterSeq) return at;
+    if (item && ('syncedSeq' in item ? item.syncedSeq : 'fenceSeq' in item ? item.fenceSeq : item.seq) > afterSeq) return at;
   }
   return -1;
 }
@@ -853,9 +921,11 @@ export interface JournalFileVerdict {
  * If none does, no FLUSH covered them (a sync awaits every earlier append's
  * writev and its marker follows it), so they are a crash's cut: the file is
  * cut there, as a torn tail always was. Journals written before markers
- * existed have none, so their damage is judged a cut, as it then was. A
- * damaged first record of the oldest file has no P (earlier files are
- * destaged and gone): P = 0, so any later marker refuses it.
+ * existed have none, so their damage is judged a cut, as it then was. When
+ * the earlier files are destaged and gone, the file's first item bounds P:
+ * a rotation's seq fence, or the marker written at open. Files without
+ * either (written before fences existed) have P = 0 there, so any later
+ * marker refuses a damaged first record.
  */
 export function judgeJournal(scans: JournalScan[]): JournalFileVerdict[] {
   // Per file, the highest claim of the markers in later files, and the first write seq after it.
@@ -877,6 +947,8 @@ export function judgeJournal(scans: JournalScan[]): JournalFileVerdict[] {
       // none of them is in the range (a lower bound for P when the writes
       // before it are in files removed since).
       for (const m of scan.markers) if (m.posBytes < d.offsetBytes) p = Math.max(p, m.syncedSeq);
+      // Likewise a fence: every write after it numbers above its seq.
+      for (const fe of scan.fences) if (fe.posBytes < d.offsetBytes) p = Math.max(p, fe.fenceSeq);
       const n = scan.records.find((r) => r.posBytes > d.offsetBytes)?.rec.seq ?? laterFirstSeq[i + 1]!;
       if (n === p + 1) continue;
       const claim = Math.max(laterClaim[i + 1]!, ...scan.markers.filter((m) => m.posBytes > d.offsetBytes).map((m) => m.syncedSeq));
@@ -889,6 +961,7 @@ export function judgeJournal(scans: JournalScan[]): JournalFileVerdict[] {
     }
     for (const r of scan.records) if (verdict.cutAtBytes === null || r.posBytes < verdict.cutAtBytes) lastSeq = Math.max(lastSeq, r.rec.seq);
     for (const m of scan.markers) if (verdict.cutAtBytes === null || m.posBytes < verdict.cutAtBytes) lastSeq = Math.max(lastSeq, m.syncedSeq);
+    for (const fe of scan.fences) if (verdict.cutAtBytes === null || fe.posBytes < verdict.cutAtBytes) lastSeq = Math.max(lastSeq, fe.fenceSeq);
     return verdict;
   });
 }
@@ -997,6 +1070,7 @@ export function salvageJournalDir(dir: string): { filesRewritten: number; record
     const items = [
       ...scan.records.map(({ posBytes, rec }) => ({ posBytes, bytes: rec.recordBytes })),
       ...scan.markers.map(({ posBytes }) => ({ posBytes, bytes: JOURNAL_HEADER_BYTES })),
+      ...scan.fences.map(({ posBytes }) => ({ posBytes, bytes: JOURNAL_HEADER_BYTES })),
     ].sort((a, b) => a.posBytes - b.posBytes);
     const kept = Buffer.concat(items.map((it) => bytes.subarray(it.posBytes, it.posBytes + it.bytes)));
     // Not matching FILE_RE: a crash before the rename leaves the original

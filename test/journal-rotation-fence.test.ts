@@ -1,0 +1,81 @@
+// The seq fence a rotation writes first into a new journal file: a crash
+// that cuts the new file's first write, after the older files were all
+// destaged and removed, while the marker of an older sync landed after it,
+// is a plain crash cut (no FLUSH covered the write): the next open cuts it.
+// Without the fence the cut range had no lower bound for its seqs (P = 0),
+// the older marker "covered" it, and the daemon refused to start until an
+// operator ran salvage. Damage to a flushed first write is still refused.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { Journal, JournalCorrupt, JOURNAL_HEADER_BYTES, RecordType, checkJournalDir, scanJournalBytes } from '../src/dataplane/journal/journal.js';
+import { flipBit, journalFiles } from './helpers/journal.js';
+
+const MiB = 1024 * 1024;
+const BLOCK_BYTES = 4096;
+const RECORD_BYTES = JOURNAL_HEADER_BYTES + BLOCK_BYTES;
+
+/** Write 1 (seq 1) is destaged: the stripe holds chunk 0 up to seq 1. */
+function openJournal(dir: string): Journal {
+  return Journal.open({ dir, chunkSizeBytes: MiB, fileBytes: 2 * BLOCK_BYTES, destagedSeq: () => 1, volumeExists: () => true, highestDestagedSeq: 1 });
+}
+
+function tempDir(t: { after(fn: () => void): void }, prefix: string): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+/**
+ * Write 1 in file 1, then write 2, which rotates into file 2; `flushSecond`
+ * says whether a FLUSH covers write 2 too (else only write 1's sync, taken
+ * before write 2 was numbered, whose marker then lands after write 2).
+ * Write 1 is released (destaged) and file 1 removed. Returns file 2 and
+ * where write 2 sits in it.
+ */
+async function rotatedJournal(dir: string, flushSecond: boolean): Promise<{ file: string; secondAtBytes: number }> {
+  const j = Journal.open({ dir, chunkSizeBytes: MiB, fileBytes: 2 * BLOCK_BYTES, destagedSeq: () => 0, volumeExists: () => true });
+  await j.append(RecordType.Write, 1, 0, BLOCK_BYTES, Buffer.alloc(BLOCK_BYTES, 0x31));
+  const first = j.sync(); // numbers up to seq 1 only: it starts before write 2 is numbered
+  const second = j.append(RecordType.Write, 1, BLOCK_BYTES, BLOCK_BYTES, Buffer.alloc(BLOCK_BYTES, 0x32));
+  await Promise.all([first, second]);
+  if (flushSecond) await j.sync();
+  j.release(1, 0, 1);
+  await j.close(); // the pending marker is written alone, after write 2
+  // File 1's removal (decided by the release above) is asynchronous: made
+  // here too, so the test does not race it.
+  fs.rmSync(path.join(dir, 'journal-0000000001.log'), { force: true });
+  const file2 = path.join(dir, 'journal-0000000002.log');
+  assert.deepEqual(journalFiles(dir), [file2]);
+  const scan = scanJournalBytes(fs.readFileSync(file2));
+  const rec = scan.records.find((r) => r.rec.seq === 2);
+  assert.ok(rec, 'write 2 is not in file 2');
+  const claim = Math.max(0, ...scan.markers.filter((m) => m.posBytes > rec.posBytes).map((m) => m.syncedSeq));
+  assert.equal(claim, flushSecond ? 2 : 1, 'the markers after write 2 are not as planned');
+  return { file: file2, secondAtBytes: rec.posBytes };
+}
+
+test('a crash cut of the first write of a rotated file, with the older files gone and an older sync marker after it, is cut at open', async (t) => {
+  const dir = tempDir(t, 'couchestor-journal-fence-cut-');
+  const { file, secondAtBytes } = await rotatedJournal(dir, false);
+  // The crash: write 2's writev never landed (zeros), the marker after it did.
+  const fd = fs.openSync(file, 'r+');
+  fs.writeSync(fd, Buffer.alloc(RECORD_BYTES), 0, RECORD_BYTES, secondAtBytes);
+  fs.closeSync(fd);
+  assert.deepEqual(checkJournalDir(dir).damaged, [], 'fsck reports a plain crash cut as damage to flushed writes');
+  const j = openJournal(dir);
+  t.after(() => j.close());
+  assert.equal(j.extents(1, 0), undefined, 'the cut write was replayed');
+  assert.equal(fs.statSync(file).size, secondAtBytes, 'file 2 was not cut where write 2 began');
+  assert.equal(j.failed, null);
+});
+
+test('damage to the flushed first write of a rotated file, with the older files gone, is still refused at open', async (t) => {
+  const dir = tempDir(t, 'couchestor-journal-fence-flushed-');
+  const { file, secondAtBytes } = await rotatedJournal(dir, true);
+  flipBit(file, secondAtBytes + JOURNAL_HEADER_BYTES + 7);
+  assert.equal(checkJournalDir(dir).damaged.length, 1);
+  assert.throws(() => openJournal(dir), JournalCorrupt);
+});
