@@ -11,7 +11,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Journal, JournalCorrupt, JOURNAL_HEADER_BYTES, RecordType, checkJournalDir, scanJournalBytes } from '../src/dataplane/journal/journal.js';
-import { flipBit, journalFiles } from './helpers/journal.js';
+import { VolumeFailed } from '../src/dataplane/errors.js';
+import { fillFileSystem, flipBit, journalFiles, tinyFileSystem } from './helpers/journal.js';
 
 const MiB = 1024 * 1024;
 const BLOCK_BYTES = 4096;
@@ -78,4 +79,17 @@ test('damage to the flushed first write of a rotated file, with the older files 
   flipBit(file, secondAtBytes + JOURNAL_HEADER_BYTES + 7);
   assert.equal(checkJournalDir(dir).damaged.length, 1);
   assert.throws(() => openJournal(dir), JournalCorrupt);
+});
+
+test('a fence that cannot be written (the file system full at a rotation) fails the append and every FLUSH after it', async (t) => {
+  const mnt = tinyFileSystem(t, 16 * BLOCK_BYTES, 'couchestor-journal-fence-full-');
+  const j = Journal.open({ dir: path.join(mnt, 'journal'), chunkSizeBytes: MiB, fileBytes: 2 * BLOCK_BYTES, destagedSeq: () => 0, volumeExists: () => true });
+  await j.append(RecordType.Write, 1, 0, BLOCK_BYTES, Buffer.alloc(BLOCK_BYTES, 0x41));
+  await j.sync();
+  fillFileSystem(mnt);
+  // Write 2 rotates into a new file, whose fence finds no room.
+  await assert.rejects(j.append(RecordType.Write, 1, BLOCK_BYTES, BLOCK_BYTES, Buffer.alloc(BLOCK_BYTES, 0x42)), (err: unknown) => err instanceof VolumeFailed && /ENOSPC/.test(err.message));
+  await assert.rejects(j.sync(), VolumeFailed);
+  await j.close();
+  assert.equal(fs.statSync(path.join(mnt, 'journal', 'journal-0000000002.log')).size, 0, 'the new file holds bytes of a write that failed');
 });

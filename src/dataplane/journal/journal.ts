@@ -258,15 +258,16 @@ export class Journal {
   private writeItemSync(f: JournalFile, item: Buffer): void {
     const pos = f.tailBytes;
     f.tailBytes += item.length;
-    let writtenBytes = 0;
+    let doneBytes = 0;
     try {
-      writtenBytes = fs.writeSync(f.fd, item, 0, item.length, pos);
+      // A short count is finished from where it stopped (see settleWrite).
+      while (doneBytes < item.length) {
+        const n = fs.writeSync(f.fd, item, doneBytes, item.length - doneBytes, pos + doneBytes);
+        if (n <= 0) throw new JournalShortWrite(fileName(f.no), pos, doneBytes, item.length, null);
+        doneBytes += n;
+      }
     } catch (err) {
-      this.fail(err as Error);
-      throw this.failure;
-    }
-    if (writtenBytes !== item.length) {
-      this.fail(new JournalShortWrite(fileName(f.no), pos, writtenBytes, item.length, null));
+      this.fail(doneBytes > 0 && !(err instanceof JournalShortWrite) ? new JournalShortWrite(fileName(f.no), pos, doneBytes, item.length, err as Error) : (err as Error));
       throw this.failure;
     }
   }
