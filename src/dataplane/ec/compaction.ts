@@ -26,7 +26,7 @@
 // A SIGKILL before 4 commits leaves S referenced and the copies orphans;
 // after it, S unreferenced but present. The start-up recount marks either
 // kind dead, so the next pass reclaims it; fsck reports them as orphans.
-import type { Database } from 'lmdb';
+import type { Database, Key, Transaction } from 'lmdb';
 import { Counter, type Registry } from 'prom-client';
 import { log } from '../../log.js';
 import { ChunkState, type ChunkEntry, type MetaStore } from '../meta/store.js';
@@ -45,6 +45,8 @@ export interface CompactionOptions {
   batchBytes: number;
   /** Longest wait for write sessions begun before a deletion (uploads in flight); past it the segment waits for a later pass. */
   settleTimeoutMs: number;
+  /** Index entries the recount reads between two yields to the event loop (it reads a snapshot, so I/O goes on meanwhile). */
+  recountSliceEntries: number;
 }
 
 export const DEFAULT_COMPACTION_OPTIONS: CompactionOptions = {
@@ -53,6 +55,9 @@ export const DEFAULT_COMPACTION_OPTIONS: CompactionOptions = {
   maxBytesPerSecond: 64 * 1024 * 1024,
   batchBytes: 8 * 1024 * 1024,
   settleTimeoutMs: 60_000,
+  // 100,000 entries took ~2 s in ~100 slices at load 7 (bench/cold-fresh-pool-open): ~20 ms a slice there;
+  // 256 a slice measured no lower worst-case delay (the rest is the collector and the load).
+  recountSliceEntries: 1024,
 };
 
 /**
@@ -113,6 +118,21 @@ function placeKey(s: ShardRef): string {
   return `${s.pool}\u0000${s.segment}\u0000${s.offsetBytes}`;
 }
 
+/** The references of one chunk-map entry (forEachRef). */
+function visitChunk(volumeId: number, chunkIndex: number, entry: ChunkEntry, visit: (ref: StripeRef, holder: Holder | null) => void): void {
+  if (entry.state === ChunkState.Cold && entry.stripe) visit(entry.stripe, { kind: 'chunk', key: [volumeId, chunkIndex] });
+  // Kept by a preserving migration: referenced until `volumes release` (any chunk state).
+  if (entry.preserved) visit(entry.preserved, { kind: 'chunk', key: [volumeId, chunkIndex] });
+}
+
+function visitObject(key: Key, value: ObjectLike, visit: (ref: StripeRef, holder: Holder | null) => void): void {
+  for (const ref of coldStripeRefs(value.segments)) visit(ref, { kind: 'object', key: Buffer.from(key as Buffer) });
+}
+
+function visitPart(key: Key, value: PartLike, visit: (ref: StripeRef, holder: Holder | null) => void): void {
+  for (const ref of coldStripeRefs([value.segment])) visit(ref, { kind: 'part', key: Buffer.from(key as Buffer) });
+}
+
 export class SegmentCompactor {
   private readonly opts: CompactionOptions;
   private readonly objects: Database<ObjectLike, Buffer>;
@@ -153,6 +173,15 @@ export class SegmentCompactor {
   private readonly parkedChecks = new Map<string, { at: ShardRef; of: DeadShardOf; epoch: number }>();
   /** Places of lost flips no parked check named yet (its check may be in flight); bounded as parkedChecks. */
   private readonly lostFlipPlaces = new Set<string>();
+  /** The recount in progress (concurrent calls share it). */
+  private recounting: Promise<void> | null = null;
+  /**
+   * While a recount reads its snapshot: dead bytes told since its instant,
+   * per segment (added on top of what it counts), and the pools whose store
+   * was replaced meanwhile (what it counted for them is stale). Bounded by
+   * the segments and the cold pools.
+   */
+  private sinceRecount: { dead: Map<string, number>; replaced: Set<string> } | null = null;
 
   constructor(
     private readonly stripes: StripeStore,
@@ -162,6 +191,7 @@ export class SegmentCompactor {
   ) {
     this.opts = { ...DEFAULT_COMPACTION_OPTIONS, ...opts };
     if (!(this.opts.deadFraction > 0 && this.opts.deadFraction <= 1)) throw new RangeError(`deadFraction must be in (0, 1], got ${this.opts.deadFraction}`);
+    if (!(Number.isInteger(this.opts.recountSliceEntries) && this.opts.recountSliceEntries >= 1)) throw new RangeError(`recountSliceEntries must be a positive integer, got ${this.opts.recountSliceEntries}`);
     this.objects = meta.openDB<ObjectLike, Buffer>(OBJECTS_DB);
     this.parts = meta.openDB<PartLike, Buffer>(PARTS_DB);
     for (const { key, value } of meta.segmentDeadBytes.getRange()) this.dead.set(segKey(key[0], key[1]), value);
@@ -193,6 +223,8 @@ export class SegmentCompactor {
     this.timer = null;
     this.wakeSleep?.();
     await this.running?.catch(() => undefined);
+    // A recount called directly (not from a pass) holds a read snapshot until it ends.
+    await this.recounting?.catch(() => undefined);
     await this.deadSettled();
     this.stripes.onShardsDead = null;
     this.stripes.onLostFlipAtSamePlace = null;
@@ -308,6 +340,7 @@ export class SegmentCompactor {
    * counted again by the next pass's recount.
    */
   private resetPool(pool: string, fresh: boolean): void {
+    this.sinceRecount?.replaced.add(pool);
     // Places of the store replaced: void (bounded maps, walked only on a replacement).
     for (const [key, c] of this.parkedChecks) if (c.at.pool === pool) this.parkedChecks.delete(key);
     for (const key of this.lostFlipPlaces) if (key.startsWith(`${pool}\u0000`)) this.lostFlipPlaces.delete(key);
@@ -321,8 +354,10 @@ export class SegmentCompactor {
   }
 
   private addDead(shards: ShardRef[]): void {
+    const since = this.sinceRecount?.dead;
     for (const s of shards) {
       const key = segKey(s.pool, s.segment);
+      since?.set(key, (since.get(key) ?? 0) + s.lengthBytes);
       const bytes = (this.dead.get(key) ?? 0) + s.lengthBytes;
       this.dead.set(key, bytes);
       // A hint: not awaited (the start-up recount corrects a lost update).
@@ -350,23 +385,50 @@ export class SegmentCompactor {
    */
   private forEachRef(visit: (ref: StripeRef, holder: Holder | null) => void): void {
     for (const vol of this.meta.listVolumes()) {
-      for (const { chunkIndex, entry } of this.meta.volumeChunks(vol.id)) {
-        if (entry.state === ChunkState.Cold && entry.stripe) visit(entry.stripe, { kind: 'chunk', key: [vol.id, chunkIndex] });
-        // Kept by a preserving migration: referenced until `volumes release` (any chunk state).
-        if (entry.preserved) visit(entry.preserved, { kind: 'chunk', key: [vol.id, chunkIndex] });
-      }
+      for (const { chunkIndex, entry } of this.meta.volumeChunks(vol.id)) visitChunk(vol.id, chunkIndex, entry, visit);
     }
+    for (const { key, value } of this.objects.getRange(ALL_OBJECT_KEYS)) visitObject(key, value, visit);
+    for (const { key, value } of this.parts.getRange(ALL_OBJECT_KEYS)) visitPart(key, value, visit);
+    this.forEachMemoryRef(visit);
+  }
+
+  /** The references held in memory only: open volumes' maps and readers' holds (see forEachRef). */
+  private forEachMemoryRef(visit: (ref: StripeRef, holder: Holder | null) => void): void {
     for (const vol of this.openVolumes()) {
       for (const ref of vol.stripes.values()) visit(ref, null);
       if (vol.preserved) for (const ref of vol.preserved.values()) visit(ref, null);
     }
-    for (const { key, value } of this.objects.getRange(ALL_OBJECT_KEYS)) {
-      for (const ref of coldStripeRefs(value.segments)) visit(ref, { kind: 'object', key: Buffer.from(key) });
-    }
-    for (const { key, value } of this.parts.getRange(ALL_OBJECT_KEYS)) {
-      for (const ref of coldStripeRefs([value.segment])) visit(ref, { kind: 'part', key: Buffer.from(key) });
-    }
     for (const ref of this.stripes.heldRefs()) visit({ ...ref, shards: ref.shards.map((s) => this.stripes.resolve(s)) }, null);
+  }
+
+  /**
+   * forEachRef's index part read from the read snapshot `txn`, yielding to
+   * the event loop every recountSliceEntries entries (each slice a fresh
+   * range from the last key read: no cursor is held across a yield).
+   */
+  private async forEachIndexRefSliced(txn: Transaction, visit: (ref: StripeRef) => void): Promise<void> {
+    const slice = this.opts.recountSliceEntries;
+    let sinceYield = 0;
+    const scan = async <K extends Key, V>(db: Database<V, K>, start: K, end: K | undefined, each: (key: K, value: V) => void): Promise<void> => {
+      let from = start;
+      let exclusiveStart = false;
+      for (;;) {
+        const batch = [...db.getRange({ start: from, ...(end !== undefined ? { end } : {}), exclusiveStart, limit: slice, transaction: txn })];
+        for (const { key, value } of batch) each(key, value);
+        sinceYield += batch.length;
+        if (sinceYield >= slice) {
+          sinceYield = 0;
+          await new Promise<void>((resolve) => setImmediate(resolve));
+        }
+        if (batch.length < slice) return;
+        from = batch[batch.length - 1]!.key;
+        exclusiveStart = true;
+      }
+    };
+    const volumeIds = [...this.meta.volumes.getRange({ transaction: txn })].map((e) => e.value.id);
+    for (const id of volumeIds) await scan(this.meta.chunks, [id, 0], [id + 1, 0], (key, entry) => visitChunk(id, key[1], entry, visit));
+    await scan(this.objects, ALL_OBJECT_KEYS.start, undefined, (key, value) => visitObject(key, value, visit));
+    await scan(this.parts, ALL_OBJECT_KEYS.start, undefined, (key, value) => visitPart(key, value, visit));
   }
 
   /**
@@ -375,31 +437,75 @@ export class SegmentCompactor {
    * (half-written stripes, copies of an interrupted compaction, uploads cut
    * short). Records written by sessions in flight count as dead here; the
    * pass itself never trusts the hint (it asks the index again).
+   *
+   * Everything is taken at one instant, with nothing awaited between: the
+   * epoch, the segments' sizes, the references held in memory and an LMDB
+   * read snapshot. The index is then read from that snapshot in slices
+   * (forEachIndexRefSliced: the event loop is never held for the whole
+   * index, at start or later). A place freed before the instant is
+   * unreferenced in the snapshot; one freed after is told to addDead, which
+   * adds it on top (sinceRecount; the dead checks' epoch likewise), and a
+   * record appended after it lies past the sizes taken. A pool whose store
+   * is replaced meanwhile keeps its running figures, and the next pass
+   * recounts.
    */
-  async recount(): Promise<void> {
-    const stores = await this.coldStores();
-    // From the snapshot to the map's update nothing awaits: a place freed before it is
-    // unreferenced in the snapshot, one freed after is added on top (markDead, the epoch).
-    this.recountEpoch++;
-    // Each referenced place once: a stripe is usually seen both committed and in an open volume's map.
-    const places = new Map<string, ShardRef>();
-    // Held references count as live: a pinned S3 version leaving the index is freed (counted dead) when its last reader lets go.
-    this.forEachRef((ref) => {
-      for (const s of ref.shards) places.set(`${s.pool}/${s.segment}/${s.offsetBytes}`, s);
+  recount(): Promise<void> {
+    this.recounting ??= this.recountNow().finally(() => {
+      this.recounting = null;
     });
+    return this.recounting;
+  }
+
+  private async recountNow(): Promise<void> {
+    const stores = await this.coldStores();
+    this.recountEpoch++;
+    const sizes = stores.flatMap(({ pool, store }) => store.segments().map((s) => ({ pool, segment: s.segment, sizeBytes: s.sizeBytes })));
+    // Each referenced place once (a stripe is usually seen both committed and in an open volume's map),
+    // summed per segment as it is found: the work stays in the slices. Offsets by segment, not a
+    // string per place: fewer allocations, shorter collector pauses (bench/cold-fresh-pool-open).
+    const offsets = new Map<string, Set<number>>();
     const live = new Map<string, number>();
-    for (const s of places.values()) live.set(segKey(s.pool, s.segment), (live.get(segKey(s.pool, s.segment)) ?? 0) + s.lengthBytes);
-    const counted: { pool: string; segment: number; deadBytes: number }[] = [];
-    for (const { pool, store } of stores) {
-      for (const s of store.segments()) counted.push({ pool, segment: s.segment, deadBytes: Math.max(0, s.sizeBytes - (live.get(segKey(pool, s.segment)) ?? 0)) });
+    const visit = (ref: StripeRef) => {
+      for (const s of ref.shards) {
+        const key = segKey(s.pool, s.segment);
+        let seen = offsets.get(key);
+        if (seen === undefined) offsets.set(key, (seen = new Set()));
+        if (seen.has(s.offsetBytes)) continue;
+        seen.add(s.offsetBytes);
+        live.set(key, (live.get(key) ?? 0) + s.lengthBytes);
+      }
+    };
+    // Held references count as live: a pinned S3 version leaving the index is freed (counted dead) when its last reader lets go.
+    this.forEachMemoryRef(visit);
+    const since = { dead: new Map<string, number>(), replaced: new Set<string>() };
+    this.sinceRecount = since;
+    const txn = this.objects.useReadTransaction();
+    try {
+      await this.forEachIndexRefSliced(txn, visit);
+    } finally {
+      txn.done();
+      this.sinceRecount = null;
     }
+    const next = new Map<string, number>();
+    for (const z of sizes) {
+      if (since.replaced.has(z.pool)) continue;
+      const key = segKey(z.pool, z.segment);
+      next.set(key, Math.max(0, z.sizeBytes - (live.get(key) ?? 0)) + (since.dead.get(key) ?? 0));
+    }
+    // Segments begun since the instant: only what was told dead since.
+    for (const [key, bytes] of since.dead) if (!next.has(key)) next.set(key, bytes);
+    // A replaced pool: its running figures (reset, then told since), not what the snapshot made of the old store.
+    for (const [key, bytes] of this.dead) if (since.replaced.has(key.split('\u0000')[0]!)) next.set(key, bytes);
     this.dead.clear();
-    for (const c of counted) this.dead.set(segKey(c.pool, c.segment), c.deadBytes);
+    for (const [key, bytes] of next) this.dead.set(key, bytes);
     await this.meta.transaction(() => {
       for (const key of this.meta.segmentDeadBytes.getKeys()) void this.meta.segmentDeadBytes.remove(key);
-      for (const c of counted) void this.meta.segmentDeadBytes.put([c.pool, c.segment], c.deadBytes);
+      for (const [key, bytes] of next) {
+        const [pool, segment] = key.split('\u0000') as [string, string];
+        void this.meta.segmentDeadBytes.put([pool, Number(segment)], bytes);
+      }
     });
-    this.recounted = true;
+    this.recounted = since.replaced.size === 0;
   }
 
   private async pass(unthrottled: boolean): Promise<PassReport> {
