@@ -4,12 +4,14 @@
 // records are never removed), so two pool names then name one directory;
 // the volume's live file, open under the old name, must not be deleted as a
 // "leftover" of the new one: every flushed byte must survive the restart.
+// Nor a copy preservation mode kept under the old name.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
+import { migrateVolume } from '../src/dataplane/volumes/migration.js';
 import { openColdTierManager, readVolume, restartManager, tempDirClosing, writeVolume } from './helpers/volume.js';
 
 const MiB = 1024 * 1024;
@@ -49,3 +51,27 @@ for (const how of ['renamed (same path)', 'a symlink to the same directory'] as 
     assert.ok((await readVolume(vol, 0, 4 * MiB)).equals(want), 'flushed data reads back after the restart');
   });
 }
+
+test("a start with a pool renamed beside the old one keeps a copy preservation mode kept on it", async (t) => {
+  let m: VolumeManager | null = null;
+  const dir = tempDirClosing(t, 'couchestor-pool-alias-kept-', () => m!);
+  m = await openColdTierManager(dir);
+  await m.putPool({ name: 'warm-0', path: path.join(dir, 'warm-0'), tier: 'warm', capacityBytes: 1024 * MiB, labels: { tier: 'warm' } });
+  await m.createVolume({ name: 'v', sizeBytes: 4 * MiB, pool: 'hot-0' });
+  const vol = m.openVolume('v');
+  const want = crypto.randomBytes(4 * MiB);
+  await writeVolume(vol, 0, want);
+  await vol.flush();
+  await migrateVolume(m, 'v', 'warm', { preserve: true });
+  const hot = m.pools.get('hot-0')!;
+  const kept = hot.volumeFile(vol.rec.id);
+  assert.deepEqual(m.meta.volumes.get('v')!.keptFilePools, ['hot-0']);
+  assert.ok(fs.readFileSync(kept).equals(want));
+
+  await m.close();
+  m = await openColdTierManager(dir, false);
+  await m.putPool({ name: 'hot-a', path: hot.rec.path, tier: 'hot', capacityBytes: 1024 * MiB, labels: { tier: 'hot' } });
+  await m.finishInterruptedReleases();
+  assert.ok(fs.existsSync(kept), 'the copy preservation mode kept was deleted as a leftover of the renamed pool');
+  assert.ok(fs.readFileSync(kept).equals(want));
+});

@@ -313,9 +313,17 @@ export class VolumeManager {
       const kept = new Set(rec.keptFilePools);
       const inUse = new Set<string>();
       for (const { entry } of this.meta.volumeChunks(rec.id)) if (entry.state === ChunkState.Allocated) inUse.add(entry.pool);
-      const leftovers = [...this.pools.values()].filter(
-        (p) => p.rec.tier !== 'cold' && p.name !== rec.poolName && !inUse.has(p.name) && !kept.has(p.name) && fs.existsSync(p.volumeFile(rec.id)),
-      );
+      // A kept file reached through another pool name (a pool renamed in the
+      // configuration keeps its old record; a link) is still the kept copy.
+      const keptFiles = [...kept].flatMap((n) => {
+        const st = this.pools.get(n) && fs.statSync(this.pools.get(n)!.volumeFile(rec.id), { throwIfNoEntry: false });
+        return st ? [st] : [];
+      });
+      const leftovers = [...this.pools.values()].filter((p) => {
+        if (p.rec.tier === 'cold' || p.name === rec.poolName || inUse.has(p.name) || kept.has(p.name)) return false;
+        const st = fs.statSync(p.volumeFile(rec.id), { throwIfNoEntry: false });
+        return st !== undefined && !keptFiles.some((k) => k.dev === st.dev && k.ino === st.ino);
+      });
       const placement = this.pools.get(rec.poolName);
       const coldFile =
         rec.tier === 'cold' && inUse.size === 0 && !kept.has(rec.poolName) && placement !== undefined && (fs.statSync(placement.volumeFile(rec.id), { throwIfNoEntry: false })?.size ?? 0) > 0;
