@@ -139,3 +139,16 @@ test('an index written before pool marks existed whose only references are in th
   tier = openAt(dir, SIX);
   assert.equal(await judged(tier, 'cold-3'), true, 'cold-3 is named by the chunk map: replaced');
 });
+
+test("a new pool whose store is first opened by a write is judged new: its mark, made for that write, is not taken for an earlier store's", async (t) => {
+  const dir = tempDir(t, 'couchestor-pool-marks-');
+  const tier = openAt(dir, SIX);
+  t.after(() => tier.close());
+  // No store opened before: the stripe's appends open all six.
+  await tier.stripes.writeStripe(Buffer.alloc(16, 5), 0, 1, patternBytes(MiB, 6));
+  assert.deepEqual(
+    SIX.filter((p) => tier.stripes.mayHoldStalePlaces(p)),
+    [],
+    'no pool judged replaced (its frees would wait for header checks, and the dead bytes lag behind compaction)',
+  );
+});

@@ -321,7 +321,9 @@ export class StripeStore {
    * Resolves once `pool`'s mark is durable (at once if it was): awaited
    * before every append to the pool, so an index entry naming a place on it
    * (flipped only after the append) is never committed without the mark.
-   * Rejects if the commit fails (the append is then not made).
+   * Rejects if the commit fails (the append is then not made). Call it with
+   * the store to append to already open: its opening judges it from the
+   * marks made before it (store()).
    */
   private markWritten(pool: string): Promise<void> | undefined {
     const db = this.poolsWritten;
@@ -339,9 +341,11 @@ export class StripeStore {
   }
 
   private async appendShard(pool: Pool, record: Buffer): Promise<ShardRef> {
-    await this.markWritten(pool.name);
     const store = await this.store(pool);
     if (!store) throw new NoSuitablePool(`pool ${pool.name} went offline`);
+    // After the store is opened (and judged from the marks as they were): marked first, a new
+    // pool's first store would be taken for a replaced one (test/cold-pool-marks).
+    await this.markWritten(pool.name);
     const [loc] = await store.append([record]);
     pool.usedBytes += record.length; // compaction passes set it from the segment files (refreshPoolUsage)
     return { pool: pool.name, ...(loc as SegmentLocation) };
