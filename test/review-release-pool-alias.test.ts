@@ -75,3 +75,25 @@ test("a start with a pool renamed beside the old one keeps a copy preservation m
   assert.ok(fs.existsSync(kept), 'the copy preservation mode kept was deleted as a leftover of the renamed pool');
   assert.ok(fs.readFileSync(kept).equals(want));
 });
+
+test('a move onto a pool whose directory is the placement pool\'s (renamed and labelled warm) fails and loses nothing', async (t) => {
+  let m: VolumeManager | null = null;
+  const dir = tempDirClosing(t, 'couchestor-pool-alias-move-', () => m!);
+  m = await openColdTierManager(dir);
+  await m.createVolume({ name: 'v', sizeBytes: 4 * MiB, pool: 'hot-0' });
+  let vol = m.openVolume('v');
+  const want = crypto.randomBytes(4 * MiB);
+  await writeVolume(vol, 0, want);
+  await vol.flush();
+  const hotPath = m.pools.get('hot-0')!.rec.path;
+  await m.close();
+  m = await openColdTierManager(dir, false);
+  await m.putPool({ name: 'warm-x', path: hotPath, tier: 'warm', capacityBytes: 1024 * MiB, labels: { tier: 'warm' } });
+  vol = m.openVolume('v');
+  // The move's target file is the volume's own placement file: opening it
+  // as a fresh target (O_TRUNC) would empty it under every chunk.
+  await assert.rejects(migrateVolume(m, 'v', 'warm', { preserve: false }), /same file|same directory/);
+  assert.ok((await readVolume(vol, 0, 4 * MiB)).equals(want), 'the volume reads back after the refused move');
+  ({ m, vol } = await restartManager(m, dir, 'v'));
+  assert.ok((await readVolume(vol, 0, 4 * MiB)).equals(want), 'and after a restart');
+});

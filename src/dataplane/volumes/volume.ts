@@ -330,6 +330,15 @@ export class Volume {
     // A delete may have run meanwhile: a file made now would outlive it.
     if (this.closed) throw new VolumeFailed(`volume ${this.name} was closed`);
     pool.ensureDirs();
+    // Two pool names for one directory (a pool renamed or relabelled in the
+    // configuration keeps its old record; a link): the "new" file is one we
+    // have open, and the O_TRUNC below would empty it under its chunks.
+    const existing = fs.statSync(pool.volumeFile(this.rec.id), { throwIfNoEntry: false });
+    const same = existing && this.files.find((f) => {
+      const st = fs.fstatSync(f.fd);
+      return st.dev === existing.dev && st.ino === existing.ino;
+    });
+    if (same) throw new InvalidArgument(`volume ${this.name}: pool ${pool.name}'s file is the same file as pool ${same.pool.name}'s (the two pools name the same directory)`);
     // Not open = no chunk is in it: whatever it holds (a file kept by
     // preservation mode, or left by a crash before RELEASE) is stale, and a
     // partial write to a fresh chunk must find zeros around it.
