@@ -2,7 +2,6 @@
 // headers and XML, streaming bodies both ways. Storage lives behind
 // ObjectStore; every error leaves through toS3Error/errorXml.
 import { createHash, randomBytes } from 'node:crypto';
-import { StringDecoder } from 'node:string_decoder';
 import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
@@ -386,7 +385,15 @@ async function readXmlBody(ctx: Ctx, spec: XmlBodySpec): Promise<XmlElement> {
   }
   const expectedMd5 = contentMd5(ctx.raw);
   const md5 = expectedMd5 ? createHash('md5') : undefined;
-  const decoder = new StringDecoder('utf8');
+  // Fatal: bytes that are not UTF-8 refuse the body; replaced by U+FFFD they would name another key.
+  const decoder = new TextDecoder('utf-8', { fatal: true });
+  const decode = (bytes?: Uint8Array) => {
+    try {
+      return bytes === undefined ? decoder.decode() : decoder.decode(bytes, { stream: true });
+    } catch {
+      throw new XmlSyntaxError('the body is not UTF-8');
+    }
+  };
   const parser = new XmlPushParser({
     maxElements: spec.maxElements,
     onElement: (name, depth) => {
@@ -408,7 +415,7 @@ async function readXmlBody(ctx: Ctx, spec: XmlBodySpec): Promise<XmlElement> {
       // An aws-chunked chunk can be larger than a slice: cut it (the decoder keeps split characters whole).
       for (let off = 0; off < piece.length; off += XML_PARSE_SLICE_BYTES) {
         const slice = piece.subarray(off, off + XML_PARSE_SLICE_BYTES);
-        parser.feed(decoder.write(slice));
+        parser.feed(decode(slice));
         sinceYieldBytes += slice.length;
         if (sinceYieldBytes >= XML_PARSE_SLICE_BYTES) {
           sinceYieldBytes = 0;
@@ -421,7 +428,7 @@ async function readXmlBody(ctx: Ctx, spec: XmlBodySpec): Promise<XmlElement> {
   }
   try {
     if (refusal !== undefined) throw refusal;
-    parser.feed(decoder.end());
+    parser.feed(decode());
     if (md5 && !md5.digest().equals(expectedMd5!)) throw new S3Error('BadDigest', 400, 'The Content-MD5 you specified did not match what we received.');
     return parser.end();
   } catch (err) {
@@ -922,10 +929,13 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
     const quiet = child(root, 'Quiet')?.text.trim() === 'true';
     const objects = children(root, 'Object');
     if (objects.length === 0 || objects.length > MAX_DELETE_OBJECTS) throw tooMany();
+    // The whole body is judged before the first delete: a refusal deletes nothing. Two Keys (or VersionIds) in one Object name no one key.
+    for (const o of objects) {
+      if (children(o, 'Key').length !== 1 || children(o, 'VersionId').length > 1) throw new S3Error('MalformedXML', 400, 'Each Object needs one Key (and at most one VersionId).');
+    }
     let out = '';
     for (const o of objects) {
-      const k = child(o, 'Key')?.text;
-      if (k === undefined) throw new S3Error('MalformedXML', 400, 'Each Object needs a Key.');
+      const k = child(o, 'Key')!.text;
       // Echoed as given, as S3 does; only "null" (the one version there is) is deleted.
       const versionId = child(o, 'VersionId')?.text;
       try {

@@ -43,7 +43,8 @@ function decodeRef(ent: string): string {
     const digits = ent.slice(hex ? 2 : 1);
     if (!(hex ? /^[0-9A-Fa-f]{1,6}$/ : /^[0-9]{1,7}$/).test(digits)) throw new XmlSyntaxError(`bad character reference &${ent};`);
     const code = parseInt(digits, hex ? 16 : 10);
-    if (code > 0x10ffff) throw new XmlSyntaxError(`bad character reference &${ent};`);
+    // A surrogate is no character (XML's Char excludes it): as a lone UTF-16 unit it would be stored and looked up as U+FFFD, another key.
+    if (code > 0x10ffff || (code >= 0xd800 && code <= 0xdfff)) throw new XmlSyntaxError(`bad character reference &${ent};`);
     return String.fromCodePoint(code);
   }
   const v = ENTITIES[ent];
@@ -269,9 +270,13 @@ export function children(el: XmlElement, name: string): XmlElement[] {
   return el.children.filter((c) => c.name === name);
 }
 
-/** Escapes text for an XML element; characters XML 1.0 cannot carry become references. */
+/**
+ * Escapes text for an XML element; characters XML 1.0 cannot carry become
+ * references, and so does CR, which every XML parser reads back as LF (a key
+ * ending in CR would reach the client as another key).
+ */
 export function esc(s: string): string {
-  return s.replace(/[<>&"'\u0000-\u0008\u000b\u000c\u000e-\u001f]/g, (c) => {
+  return s.replace(/[<>&"'\u0000-\u0008\u000b-\u001f]/g, (c) => {
     switch (c) {
       case '<':
         return '&lt;';
