@@ -37,9 +37,14 @@ function median(xs: number[]): number {
 
 const data = Buffer.alloc(BLOCK_BYTES, 0x5a);
 
-/** One segment of a row: ops/s. */
-async function segment(j: JournalLike, qd: number, sync: boolean): Promise<number> {
+/**
+ * One segment of a row: ops/s, and the process's CPU time (user + system,
+ * thread pool included) per op in µs, which other work on the machine moves
+ * less than it moves throughput.
+ */
+async function segment(j: JournalLike, qd: number, sync: boolean): Promise<[number, number]> {
   let n = 0;
+  const cpu0 = process.cpuUsage();
   const t0 = process.hrtime.bigint();
   const end = t0 + BigInt(SEGMENT_MS) * 1_000_000n;
   const batch: Promise<void>[] = new Array(qd);
@@ -50,8 +55,9 @@ async function segment(j: JournalLike, qd: number, sync: boolean): Promise<numbe
     n += qd;
   }
   const opsPerS = n / (Number(process.hrtime.bigint() - t0) / 1e9);
+  const cpu = process.cpuUsage(cpu0);
   j.release(1, 0, Number.MAX_SAFE_INTEGER);
-  return opsPerS;
+  return [opsPerS, (cpu.user + cpu.system) / n];
 }
 
 const peerPath = process.argv[2];
@@ -65,14 +71,20 @@ try {
   const journals = builds.map((b, i) => b.Journal.open({ dir: dirs[i]!, chunkSizeBytes: 1 << 20, destagedSeq: () => 0, volumeExists: () => true }));
   for (const [qd, sync] of [[1, true], [QD, true], [QD, false]] as const) {
     const ops: number[][] = [[], []];
+    const cpuUs: number[][] = [[], []];
     for (let s = 0; s < segments; s++) {
       const order = s % 2 === 0 ? [0, 1] : [1, 0];
-      for (const b of order) ops[b]!.push(await segment(journals[b]!, qd, sync));
+      for (const b of order) {
+        const [opsPerS, cpuUsPerOp] = await segment(journals[b]!, qd, sync);
+        ops[b]!.push(opsPerS);
+        cpuUs[b]!.push(cpuUsPerOp);
+      }
     }
+    const cpuPairRatio = median(cpuUs[0]!.map((x, i) => x / cpuUs[1]![i]!));
     const [o, p] = ops.map(median) as [number, number];
     // Each pair ran back to back: the median of the pairs' ratios is less exposed to load drift than the ratio of medians.
     const pairRatio = median(ops[0]!.map((x, i) => x / ops[1]![i]!));
-    console.log(`qd${qd} append${qd > 1 ? 's' : ''} 4 KiB${sync ? ' + one sync' : ', no sync'}: ours ${o.toFixed(0)} ops/s   peer ${p.toFixed(0)} ops/s   ours/peer ${(o / p).toFixed(3)}, median pair ratio ${pairRatio.toFixed(3)}   (${segments} alternated ${SEGMENT_MS} ms segments each)`);
+    console.log(`qd${qd} append${qd > 1 ? 's' : ''} 4 KiB${sync ? ' + one sync' : ', no sync'}: ours ${o.toFixed(0)} ops/s   peer ${p.toFixed(0)} ops/s   ours/peer ${(o / p).toFixed(3)}, median pair ratio ${pairRatio.toFixed(3)}; CPU µs/op ours ${median(cpuUs[0]!).toFixed(1)} peer ${median(cpuUs[1]!).toFixed(1)}, median pair ratio ${cpuPairRatio.toFixed(3)}   (${segments} alternated ${SEGMENT_MS} ms segments each)`);
   }
   for (const j of journals) await j.close();
 } finally {
