@@ -64,7 +64,9 @@ export function tinyFileSystem(t: { after(fn: () => void): void }, sizeBytes: nu
     throw new Error(`mounting a ${sizeBytes}-byte tmpfs on ${dir} failed (the test needs root with CAP_SYS_ADMIN): ${(err as Error).message}`);
   }
   t.after(() => {
-    execFileSync('umount', [dir], { stdio: 'pipe' });
+    // Lazy: a test that failed before closing its journal still holds
+    // descriptors on it; the mount goes now and its memory when they close.
+    execFileSync('umount', ['--lazy', dir], { stdio: 'pipe' });
     fs.rmdirSync(dir);
   });
   return dir;
