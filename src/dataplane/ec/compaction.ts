@@ -493,7 +493,8 @@ export class SegmentCompactor {
       next.set(key, Math.max(0, z.sizeBytes - (live.get(key) ?? 0)) + (since.dead.get(key) ?? 0));
     }
     // Segments begun since the instant: only what was told dead since.
-    for (const [key, bytes] of since.dead) if (!next.has(key)) next.set(key, bytes);
+    // Not a replaced pool's: told before its replacement, they name the old store's segments (the new one reuses their numbers).
+    for (const [key, bytes] of since.dead) if (!next.has(key) && !since.replaced.has(key.split('\u0000')[0]!)) next.set(key, bytes);
     // A replaced pool: its running figures (reset, then told since), not what the snapshot made of the old store.
     for (const [key, bytes] of this.dead) if (since.replaced.has(key.split('\u0000')[0]!)) next.set(key, bytes);
     this.dead.clear();
