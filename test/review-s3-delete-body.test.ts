@@ -129,6 +129,69 @@ describe('review: a DeleteObjects body deletes exactly what it names', () => {
     for (const k of bare) assert.equal(await exists(k), true, JSON.stringify(k));
   });
 
+  it('a body in one-byte aws-chunked chunks costs the daemon about its size in memory, not a string node per chunk', async (t) => {
+    await put('tiny-chunks');
+    const chunks = 4_000_000;
+    const head = Buffer.from('<Delete><Object><Key>tiny-chunks</Key></Object>');
+    const tail = Buffer.from('</Delete>');
+    const wire = (data: Buffer) => Buffer.concat([Buffer.from(`${data.length.toString(16)}\r\n`), data, Buffer.from('\r\n')]);
+    // Whitespace inside the root, one byte a chunk: fed one by one, each was appended to the root's text (a rope node of ~30 bytes per byte).
+    const spaceRun = Buffer.alloc(6 * 65536);
+    for (let i = 0; i < 65536; i++) spaceRun.write('1\r\n \r\n', i * 6, 'latin1');
+    const runs = Math.ceil(chunks / 65536);
+    const decodedBytes = head.length + runs * 65536 + tail.length;
+    const u = new URL(env.endpoint);
+    const headers: Record<string, string> = {
+      host: u.host,
+      'x-amz-content-sha256': 'STREAMING-UNSIGNED-PAYLOAD-TRAILER',
+      'content-encoding': 'aws-chunked',
+      'x-amz-decoded-content-length': String(decodedBytes),
+    };
+    const query = { delete: '' };
+    const s = (await signer(env).sign({ method: 'POST', protocol: 'http:', hostname: u.hostname, port: Number(u.port), path: `/${B}`, query, headers } as never)) as unknown as { headers: Record<string, string> };
+    const heapUsedBytes = async () => {
+      const { host, port } = env.daemon.info.metrics;
+      const text = await new Promise<string>((resolve, reject) => {
+        http.get({ host, port, path: '/metrics', agent: false }, (res) => {
+          let t = '';
+          res.on('data', (d: Buffer) => (t += d.toString()));
+          res.on('end', () => resolve(t));
+        }).on('error', reject);
+      });
+      return Number(/^nodejs_heap_size_used_bytes (\S+)$/m.exec(text)![1]);
+    };
+    const baseline = await heapUsedBytes();
+    let peak = baseline;
+    let sending = true;
+    const sampler = (async () => {
+      while (sending) {
+        peak = Math.max(peak, await heapUsedBytes());
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    })();
+    const answer = await new Promise<Answer>((resolve, reject) => {
+      const r = http.request({ host: u.hostname, port: u.port, method: 'POST', path: `/${B}?delete`, headers: { ...s.headers, 'transfer-encoding': 'chunked' }, agent: false }, (res) => {
+        let t = '';
+        res.on('data', (d: Buffer) => (t += d.toString()));
+        res.on('end', () => resolve({ status: res.statusCode!, body: t }));
+      });
+      r.on('error', reject);
+      const writes = [wire(head), ...Array.from({ length: runs }, () => spaceRun), Buffer.concat([wire(tail), Buffer.from('0\r\n\r\n')])];
+      const more = () => {
+        while (writes.length > 1) if (!r.write(writes.shift())) return void r.once('drain', more);
+        r.end(writes.shift());
+      };
+      more();
+    });
+    sending = false;
+    await sampler;
+    const growthMiB = (peak - baseline) / 1048576;
+    t.diagnostic(`heap used ${(baseline / 1048576).toFixed(0)} MiB before, peak ${(peak / 1048576).toFixed(0)} MiB while the body was parsed`);
+    assert.equal(answer.status, 200, answer.body);
+    assert.equal(await exists('tiny-chunks'), false);
+    assert.ok(growthMiB < 48, `the daemon's heap grew ${growthMiB.toFixed(0)} MiB for a ${(decodedBytes / 1048576).toFixed(1)} MiB body`);
+  });
+
   it('a wrong Content-MD5, or a client that hangs up mid-body, deletes nothing; the daemon serves on', async () => {
     await put('md5-kept');
     const body = Buffer.from(`<Delete><Object><Key>md5-kept</Key></Object>${' '.repeat(100_000)}</Delete>`);
