@@ -2,8 +2,9 @@
 // write loop returns a partial count as success when ENOSPC (or any error)
 // stops it after some bytes landed; a file system may also split a write.
 // The journal finishes the write or fails it (and the FLUSH behind it) like
-// any write error. Proved on a real tmpfs that fills up (root), and through
-// fs.writev itself for a split write that the retry completes.
+// any write error. Proved on a real tmpfs that fills up (or, where none can
+// be mounted, under RLIMIT_FSIZE: see tinyFileSystem), and through fs.writev
+// itself for a split write that the retry completes.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -11,7 +12,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { Journal, JournalShortWrite, JOURNAL_HEADER_BYTES, RecordType, scanJournalBytes } from '../src/dataplane/journal/journal.js';
 import { VolumeFailed } from '../src/dataplane/errors.js';
-import { fillFileSystem, journalFiles, tinyFileSystem } from './helpers/journal.js';
+import { journalFiles, tinyFileSystem } from './helpers/journal.js';
 
 const MiB = 1024 * 1024;
 const BLOCK_BYTES = 4096;
@@ -44,12 +45,12 @@ function block(i: number): Buffer {
 }
 
 /** Asserts that `err` is the journal's latched failure caused by a short write. */
-function assertShortWriteFailure(err: unknown, what: string): JournalShortWrite {
+function assertShortWriteFailure(err: unknown, what: string, fullErrorCode: string): JournalShortWrite {
   assert.ok(err instanceof VolumeFailed, `${what}: expected VolumeFailed, got ${String(err)}`);
   const cause = (err as Error).cause;
   assert.ok(cause instanceof JournalShortWrite, `${what}: the failure's cause is not a JournalShortWrite: ${String(cause)}`);
   assert.ok(cause.writtenBytes > 0 && cause.writtenBytes < cause.expectedBytes, `${what}: not a partial write: ${cause.message}`);
-  assert.match(cause.message, /ENOSPC/, `${what}: the message does not name what stopped the write`);
+  assert.ok(cause.message.includes(fullErrorCode), `${what}: the message does not name what stopped the write (${fullErrorCode}): ${cause.message}`);
   return cause;
 }
 
@@ -58,8 +59,8 @@ test('an append that lands only in part on a full file system fails with its FLU
   // plus the previous sync's marker riding in its writev), so the 16th
   // write crosses the last page: 2,936 of its bytes land, then ENOSPC.
   holdMarkerTimer(t);
-  const mnt = tinyFileSystem(t, 16 * PAGE_BYTES, 'couchestor-journal-short-write-');
-  const dir = path.join(mnt, 'journal');
+  const tiny = await tinyFileSystem(t, 16 * PAGE_BYTES, 'couchestor-journal-short-write-');
+  const dir = path.join(tiny.dir, 'journal');
   const j = openJournal(dir);
   const acked: number[] = [];
   let failedAt = -1;
@@ -75,7 +76,9 @@ test('an append that lands only in part on a full file system fails with its FLU
     }
   }
   assert.ok(failedAt > 0, 'the file system never filled up');
-  const cause = assertShortWriteFailure(failure, `write ${failedAt}`);
+  const cause = assertShortWriteFailure(failure, `write ${failedAt}`, tiny.fullErrorCode);
+  assert.equal(failedAt, 15, 'the file system filled up elsewhere than planned');
+  assert.equal(cause.writtenBytes, 2936);
   // The latch: nothing after it is reported durable either.
   await assert.rejects(j.sync(), VolumeFailed, 'a FLUSH after the short write succeeded');
   await assert.rejects(j.append(RecordType.Write, 1, 0, BLOCK_BYTES, block(0)), VolumeFailed);
@@ -103,18 +106,18 @@ test('an append that lands only in part on a full file system fails with its FLU
 
 test('a sync marker written alone that lands only in part fails the journal', async (t) => {
   holdMarkerTimer(t);
-  const mnt = tinyFileSystem(t, 16 * PAGE_BYTES, 'couchestor-journal-short-marker-');
-  const dir = path.join(mnt, 'journal');
+  const tiny = await tinyFileSystem(t, 16 * PAGE_BYTES, 'couchestor-journal-short-marker-');
+  const dir = path.join(tiny.dir, 'journal');
   const j = openJournal(dir);
   // One record ending 20 bytes before the first page's end: the marker of
   // the sync below, written alone at close, straddles that page boundary.
   const payloadBytes = PAGE_BYTES - 20 - JOURNAL_HEADER_BYTES;
   await j.append(RecordType.Write, 1, 0, payloadBytes, Buffer.alloc(payloadBytes, 0x42));
   await j.sync();
-  const fillerBytes = fillFileSystem(mnt);
-  assert.ok(fillerBytes > 0 && fillerBytes < 16 * PAGE_BYTES, `filler wrote ${fillerBytes} bytes`);
+  const [file] = journalFiles(dir, { nonEmpty: true });
+  tiny.fill(file!);
   await j.close();
-  const cause = assertShortWriteFailure(j.failed, 'the marker written at close');
+  const cause = assertShortWriteFailure(j.failed, 'the marker written at close', tiny.fullErrorCode);
   assert.equal(cause.writtenBytes, 20);
   assert.equal(cause.expectedBytes, JOURNAL_HEADER_BYTES);
   assert.equal(cause.offsetBytes, PAGE_BYTES - 20);

@@ -1,8 +1,10 @@
 // Helpers for in-process journal tests: listing a journal directory's files,
 // damaging a byte of one, the crash cut (a flushed pair, then an append
 // that never landed before one that did) several cases start from, and a
-// tiny real file system that fills up.
-import { execFileSync } from 'node:child_process';
+// tiny real file system that fills up (a tmpfs, mounted here or in a user
+// namespace; where neither can be had, a file-size limit standing for it).
+import assert from 'node:assert/strict';
+import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -50,30 +52,74 @@ export async function crashCutJournal(j0: Journal): Promise<string> {
   return file;
 }
 
-/**
- * A tmpfs of `sizeBytes` mounted on a fresh directory (root only), unmounted
- * and removed after the test: a real file system that fills up, for writes
- * that land only in part.
- */
-export function tinyFileSystem(t: { after(fn: () => void): void }, sizeBytes: number, prefix: string): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
-  try {
-    execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${sizeBytes},mode=0700`, 'tmpfs', dir], { stdio: 'pipe' });
-  } catch (err) {
-    fs.rmdirSync(dir);
-    throw new Error(`mounting a ${sizeBytes}-byte tmpfs on ${dir} failed (the test needs root with CAP_SYS_ADMIN): ${(err as Error).message}`);
-  }
-  t.after(() => {
-    // Lazy: a test that failed before closing its journal still holds
-    // descriptors on it; the mount goes now and its memory when they close.
-    execFileSync('umount', ['--lazy', dir], { stdio: 'pipe' });
-    fs.rmdirSync(dir);
-  });
-  return dir;
+/** What a test needs of its node:test context to get a full file system. */
+export interface FullFileSystemContext {
+  after(fn: () => void | Promise<void>): void;
+  diagnostic(message: string): void;
 }
 
-/** Fills the file system holding `dir` with a file of whole pages until ENOSPC; returns the bytes written. */
-export function fillFileSystem(dir: string): number {
+/**
+ * How a test gets a file system that fills up:
+ * - `mount`: a tmpfs mounted here (root with CAP_SYS_ADMIN);
+ * - `userns`: a tmpfs mounted by a child process in a user + mount
+ *   namespace of its own (no privilege needed where the kernel allows user
+ *   namespaces), reached through `/proc/<child>/root`: the same real tmpfs,
+ *   and ENOSPC, for the test's own in-process file calls;
+ * - `fsize`: no file system can be mounted at all (a container without
+ *   CAP_SYS_ADMIN that also forbids user namespaces): a plain directory, and
+ *   the test process's RLIMIT_FSIZE soft limit stands for the full disk. A
+ *   write crossing it lands in part and the next fails with EFBIG (Node
+ *   ignores SIGXFSZ), which drives the journal's short-write path exactly as
+ *   ENOSPC does. The limit holds for every regular file the process writes,
+ *   so these tests write nothing big beside the journal while it is low.
+ * The first that works is taken; COUCHESTOR_TEST_FULL_FS=mount|userns|fsize
+ * forces one (and fails if it cannot be had), to prove each path runs.
+ */
+export type FullFileSystemKind = 'mount' | 'userns' | 'fsize';
+
+export interface TinyFileSystem {
+  /** The directory the test writes in (on the tmpfs, or under the limit). */
+  dir: string;
+  kind: FullFileSystemKind;
+  /** The error a write that finds no room fails with: ENOSPC, or EFBIG under `fsize`. */
+  fullErrorCode: 'ENOSPC' | 'EFBIG';
+  /**
+   * Leaves no room to grow: on a tmpfs a filler file takes every free page,
+   * so a file grows only into the rest of its last page; under `fsize` the
+   * limit drops to that same bound for `growingFile` (the one file the
+   * test writes next; 0 if it does not exist yet).
+   */
+  fill(growingFile: string): void;
+}
+
+const TMPFS_MAGIC = 0x01021994;
+const KINDS: readonly FullFileSystemKind[] = ['mount', 'userns', 'fsize'];
+
+/**
+ * A file system of `sizeBytes` that fills up (see FullFileSystemKind),
+ * removed after the test: for writes that land only in part.
+ */
+export async function tinyFileSystem(t: FullFileSystemContext, sizeBytes: number, prefix: string): Promise<TinyFileSystem> {
+  const forced = process.env.COUCHESTOR_TEST_FULL_FS;
+  if (forced !== undefined && forced !== '' && !KINDS.includes(forced as FullFileSystemKind)) {
+    throw new Error(`COUCHESTOR_TEST_FULL_FS=${forced}: expected one of ${KINDS.join(', ')}`);
+  }
+  const kinds = forced ? [forced as FullFileSystemKind] : KINDS;
+  const refusals: string[] = [];
+  for (const kind of kinds) {
+    try {
+      const tiny = kind === 'mount' ? mountTmpfs(t, sizeBytes, prefix) : kind === 'userns' ? await namespaceTmpfs(t, sizeBytes, prefix) : fileSizeLimit(t, sizeBytes, prefix);
+      t.diagnostic(`full file system: ${kind}${refusals.length ? ` (${refusals.join('; ')})` : ''}`);
+      return tiny;
+    } catch (err) {
+      refusals.push(`${kind} refused: ${(err as Error).message.split('\n')[0]}`);
+    }
+  }
+  throw new Error(`no file system that fills up could be had: ${refusals.join('; ')}`);
+}
+
+/** Fills a tmpfs with whole pages until ENOSPC; returns the bytes written. */
+function fillTmpfs(dir: string): number {
   const fd = fs.openSync(path.join(dir, 'filler'), 'w');
   const page = Buffer.alloc(4096, 0xee);
   let bytes = 0;
@@ -89,4 +135,113 @@ export function fillFileSystem(dir: string): number {
   } finally {
     fs.closeSync(fd);
   }
+}
+
+/** The tmpfs at `dir` really is one of `sizeBytes`, else throws. */
+function assertTmpfs(dir: string, sizeBytes: number): void {
+  const st = fs.statfsSync(dir);
+  if (st.type !== TMPFS_MAGIC || st.blocks * st.bsize !== sizeBytes) {
+    throw new Error(`${dir} is not a ${sizeBytes}-byte tmpfs (type 0x${st.type.toString(16)}, ${st.blocks * st.bsize} bytes)`);
+  }
+}
+
+function tmpfsHandle(kind: 'mount' | 'userns', dir: string): TinyFileSystem {
+  return {
+    dir,
+    kind,
+    fullErrorCode: 'ENOSPC',
+    fill: () => {
+      const fillerBytes = fillTmpfs(dir);
+      assert.ok(fillerBytes > 0, `the tmpfs at ${dir} had no room left to fill`);
+    },
+  };
+}
+
+function mountTmpfs(t: FullFileSystemContext, sizeBytes: number, prefix: string): TinyFileSystem {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  try {
+    execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${sizeBytes},mode=0700`, 'tmpfs', dir], { stdio: 'pipe' });
+  } catch (err) {
+    fs.rmdirSync(dir);
+    throw new Error(`mount -t tmpfs failed (needs CAP_SYS_ADMIN): ${(err as Error).message}`);
+  }
+  t.after(() => {
+    // Lazy: a test that failed before closing its journal still holds
+    // descriptors on it; the mount goes now and its memory when they close.
+    execFileSync('umount', ['--lazy', dir], { stdio: 'pipe' });
+    fs.rmdirSync(dir);
+  });
+  assertTmpfs(dir, sizeBytes);
+  return tmpfsHandle('mount', dir);
+}
+
+async function namespaceTmpfs(t: FullFileSystemContext, sizeBytes: number, prefix: string): Promise<TinyFileSystem> {
+  const mountPoint = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  // The child mounts, says so, then holds the namespace (and so the mount)
+  // until its stdin closes: at the test's end, or when this process dies.
+  const child = spawn('unshare', ['--user', '--map-root-user', '--mount', 'sh', '-c', 'mount -t tmpfs -o "size=$1,mode=0700" tmpfs "$0" && echo mounted && exec cat', mountPoint, String(sizeBytes)], {
+    stdio: ['pipe', 'pipe', 'pipe'],
+  });
+  const exited = new Promise<void>((resolve) => child.once('close', () => resolve()));
+  const release = async () => {
+    child.stdin.end();
+    await exited;
+    // The mount lived in the child's namespace only: here the directory is empty.
+    fs.rmdirSync(mountPoint);
+  };
+  try {
+    await new Promise<void>((resolve, reject) => {
+      let out = '';
+      let errText = '';
+      child.stdout.on('data', (d: Buffer) => {
+        out += d.toString();
+        if (out.includes('mounted\n')) resolve();
+      });
+      child.stderr.on('data', (d: Buffer) => (errText += d.toString()));
+      child.once('error', reject);
+      child.once('close', (code) => reject(new Error(`unshare --user --mount exited ${code}: ${errText.trim()}`)));
+    });
+    const dir = path.join(`/proc/${child.pid}/root`, mountPoint);
+    assertTmpfs(dir, sizeBytes);
+    t.after(release);
+    return tmpfsHandle('userns', dir);
+  } catch (err) {
+    await release();
+    throw err;
+  }
+}
+
+/** The soft RLIMIT_FSIZE of this process, as prlimit prints it ("unlimited" or bytes). */
+function softFileSizeLimit(): string {
+  return execFileSync('prlimit', ['--pid', String(process.pid), '--fsize', '--output=SOFT', '--noheadings', '--raw'], { encoding: 'utf8' }).trim();
+}
+
+function setSoftFileSizeLimit(limit: string): void {
+  execFileSync('prlimit', ['--pid', String(process.pid), `--fsize=${limit}:`], { stdio: 'pipe' });
+}
+
+function fileSizeLimit(t: FullFileSystemContext, sizeBytes: number, prefix: string): TinyFileSystem {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  const before = softFileSizeLimit();
+  try {
+    setSoftFileSizeLimit(String(sizeBytes));
+    if (softFileSizeLimit() !== String(sizeBytes)) throw new Error(`the soft RLIMIT_FSIZE did not take ${sizeBytes}`);
+  } catch (err) {
+    fs.rmSync(dir, { recursive: true, force: true });
+    throw err;
+  }
+  t.after(() => {
+    setSoftFileSizeLimit(before);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  return {
+    dir,
+    kind: 'fsize',
+    fullErrorCode: 'EFBIG',
+    fill: (growingFile) => {
+      // As on a full tmpfs: the rest of the file's last page, no more.
+      const sizeNow = fs.existsSync(growingFile) ? fs.statSync(growingFile).size : 0;
+      setSoftFileSizeLimit(String(Math.ceil(sizeNow / 4096) * 4096));
+    },
+  };
 }
