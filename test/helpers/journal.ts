@@ -221,6 +221,12 @@ function setSoftFileSizeLimit(limit: string): void {
 }
 
 function fileSizeLimit(t: FullFileSystemContext, sizeBytes: number, prefix: string): TinyFileSystem {
+  // The limit would cut this process's own output where that goes to a
+  // regular file (a test file run alone with its output redirected); under
+  // node --test it goes through a pipe, which the limit does not touch.
+  for (const fd of [1, 2]) {
+    if (fs.fstatSync(fd).isFile()) throw new Error(`fd ${fd} is a regular file, which RLIMIT_FSIZE would cut: run the test under node --test`);
+  }
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
   const before = softFileSizeLimit();
   try {
