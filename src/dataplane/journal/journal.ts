@@ -820,7 +820,7 @@ export interface JournalDamage {
 export interface JournalScan {
   /** Intact write records in file order (each verified by its CRC; data is always null: the payload stays in the file). */
   records: { posBytes: number; rec: Omit<JournalExtent, 'fileNo'> }[];
-  /** Intact sync markers in file order. */
+  /** Intact sync markers in file order (those inside a damaged range or a torn tail too: their claims stand). */
   markers: SyncMarker[];
   /** Intact seq fences in file order (a rotation's first item). */
   fences: SeqFence[];
@@ -871,7 +871,7 @@ export function scanJournalBytes(bytes: Buffer): JournalScan {
       pos += item.recordBytes;
       continue;
     }
-    const next = nextIntactItem(bytes, pos + 1, lastSeq);
+    const next = nextIntactItem(bytes, pos + 1, lastSeq, markers);
     if (next < 0) break;
     damaged.push({ offsetBytes: pos, lengthBytes: next - pos });
     pos = next;
@@ -891,11 +891,18 @@ const MAGIC_BYTES = (() => {
  * in file order, so a real successor has a higher seq than the last intact
  * record before the damage (a record image inside some payload almost never
  * does); a marker claiming no more than that says nothing of the damage.
+ * It still claims the writes it covers, in older files or earlier in this
+ * one (the marker of a sync that finished after a write now cut rides on a
+ * later write), so each one passed over is added to `passedMarkers`: left
+ * out, damage to a flushed write it alone covered was judged a crash cut.
+ * (One that is an image inside torn bytes can only make judgeJournal refuse
+ * more, never cut more.)
  */
-function nextIntactItem(bytes: Buffer, fromBytes: number, afterSeq: number): number {
+function nextIntactItem(bytes: Buffer, fromBytes: number, afterSeq: number, passedMarkers: SyncMarker[]): number {
   for (let at = bytes.indexOf(MAGIC_BYTES, fromBytes); at >= 0 && at + JOURNAL_HEADER_BYTES <= bytes.length; at = bytes.indexOf(MAGIC_BYTES, at + 1)) {
     const item = parseItem(bytes, at);
     if (item && ('syncedSeq' in item ? item.syncedSeq : 'fenceSeq' in item ? item.fenceSeq : item.seq) > afterSeq) return at;
+    if (item && 'syncedSeq' in item) passedMarkers.push(item);
   }
   return -1;
 }
