@@ -102,6 +102,22 @@ describe('review: a DeleteObjects body deletes exactly what it names', () => {
     assert.equal(await exists('c\uFFFD\uFFFD\uFFFD'), true, 'an encoded surrogate deleted a key of U+FFFDs');
   });
 
+  it('a body declaring another encoding than UTF-8 is refused, never read as UTF-8 (other characters, another key)', async () => {
+    await put('\u00e9');
+    await put('\u00c3\u00a9');
+    // The client means the key Ã© (bytes c3 a9 in ISO-8859-1); read as UTF-8 they are é.
+    for (const decl of ['ISO-8859-1', "iso-8859-1' standalone='yes"]) {
+      const body = Buffer.from(`<?xml version="1.0" encoding='${decl}'?><Delete><Object><Key>\u00c3\u00a9</Key></Object></Delete>`, 'latin1');
+      const r = await postDelete(env, B, body);
+      assert.deepEqual([r.status, errorCode(r.body)], [400, 'MalformedXML'], `${decl}: ${r.body}`);
+    }
+    assert.equal(await exists('\u00e9'), true, 'a latin-1 body deleted the key é');
+    assert.equal(await exists('\u00c3\u00a9'), true);
+    const utf8 = await postDelete(env, B, Buffer.from(`<?xml version="1.0" encoding="UTF-8"?><Delete><Object><Key>\u00e9</Key></Object></Delete>`));
+    assert.equal(utf8.status, 200, utf8.body);
+    assert.equal(await exists('\u00e9'), false);
+  });
+
   it('a 4-byte character cut by the 16 KiB parse slice, and keys with spaces and newlines at their ends, are deleted exactly', async () => {
     // The emoji's bytes straddle offset 16384 of the body (the server parses 16 KiB slices).
     const pad = 'k'.repeat(1000);
