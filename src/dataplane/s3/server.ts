@@ -115,6 +115,17 @@ function checkMutationQuery(method: string | undefined, query: ReadonlyMap<strin
 function checkVersionId(versionId: string | undefined, argumentName: string): void {
   if (versionId !== undefined && versionId !== 'null') throw new S3Error('InvalidArgument', 400, 'Invalid version id specified', { ArgumentName: argumentName, ArgumentValue: versionId });
 }
+/**
+ * Conditional writes and deletes (S3 since 2024: If-None-Match / If-Match on
+ * PutObject and CompleteMultipartUpload, If-Match on DeleteObject): CoucheStor
+ * does not evaluate them, and ignored they would overwrite or delete
+ * unconditionally (If-None-Match: * is a create-only write), so they are refused.
+ */
+const CONDITIONAL_WRITE_HEADERS = ['if-match', 'if-none-match', 'x-amz-if-match-last-modified-time', 'x-amz-if-match-size'] as const;
+function refuseConditionalWrite(raw: IncomingMessage, operation: string): void {
+  const h = CONDITIONAL_WRITE_HEADERS.find((n) => raw.headers[n] !== undefined);
+  if (h !== undefined) throw new S3Error('NotImplemented', 501, `Conditional requests (${h} on ${operation}) are not supported by CoucheStor; nothing was written or deleted.`);
+}
 /** Listings served by listObjects: ListObjects (v1), ListObjectsV2, ListObjectVersions. */
 type ListingKind = 'v1' | 'v2' | 'versions';
 const OWNER_DISPLAY_NAME = 'couchestor';
@@ -557,18 +568,26 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
         return getObject(ctx, bucket, key, true);
       case 'PUT':
         if (uploadId !== undefined) return uploadPart(ctx, bucket, key, uploadId);
-        if (header(raw, 'x-amz-copy-source') !== undefined) return copyObject(ctx, bucket, key);
+        if (header(raw, 'x-amz-copy-source') !== undefined) {
+          refuseConditionalWrite(raw, 'CopyObject');
+          return copyObject(ctx, bucket, key);
+        }
+        refuseConditionalWrite(raw, 'PutObject');
         return putObject(ctx, bucket, key);
       case 'DELETE':
         if (uploadId !== undefined) {
           await store.abortUpload(bucket, key, uploadId);
           return reply.code(204).send();
         }
+        refuseConditionalWrite(raw, 'DeleteObject');
         await store.deleteObject(bucket, key);
         return reply.code(204).send();
       case 'POST':
         if (ctx.query.has('uploads')) return createUpload(ctx, bucket, key);
-        if (uploadId !== undefined) return completeUpload(ctx, bucket, key, uploadId);
+        if (uploadId !== undefined) {
+          refuseConditionalWrite(raw, 'CompleteMultipartUpload');
+          return completeUpload(ctx, bucket, key, uploadId);
+        }
         break;
     }
     throw methodNotAllowed();
