@@ -26,6 +26,7 @@
 // A SIGKILL before 4 commits leaves S referenced and the copies orphans;
 // after it, S unreferenced but present. The start-up recount marks either
 // kind dead, so the next pass reclaims it; fsck reports them as orphans.
+import { statSync } from 'node:fs';
 import type { Database, Key, Transaction } from 'lmdb';
 import { Counter, type Registry } from 'prom-client';
 import { log } from '../../log.js';
@@ -515,7 +516,13 @@ export class SegmentCompactor {
     const candidates: { pool: string; store: SegmentStore; segment: number; sizeBytes: number; deadBytes: number }[] = [];
     const stores = await this.coldStores();
     this.pruneHints(stores);
+    const aliased = this.aliasedPools(stores.map((s) => s.pool));
     for (const { pool, store } of stores) {
+      const others = aliased.get(pool);
+      if (others !== undefined && this.referencesAnyPool(new Set(others))) {
+        log.warn('segment compaction: the index names records of this pool directory under another pool name (renamed in the configuration?); not compacted', { pool, others });
+        continue;
+      }
       for (const s of store.segments()) {
         if (s.head) continue;
         const deadBytes = Math.min(s.sizeBytes, this.dead.get(segKey(pool, s.segment)) ?? 0);
@@ -545,6 +552,63 @@ export class SegmentCompactor {
     this.stats_.passes++;
     if (report.segmentsCompacted > 0) log.info('segment compaction pass', { ...report });
     return report;
+  }
+
+  /**
+   * Cold pools whose directory is also that of another pool record of the
+   * index (pool records are never removed), with those records' names: a
+   * pool renamed in the configuration, or one directory named twice. The
+   * index names the records there under the other name, which nothing
+   * resolves, so every one of them looks unreferenced: compacting would
+   * delete shards the index still names (renamed back, they are gone;
+   * test/review-compaction-renamed-pool). Such a pool is not compacted while
+   * a reference names one of the others (referencesAnyPool).
+   */
+  private aliasedPools(pools: readonly string[]): Map<string, string[]> {
+    const dirOf = (dir: string): string | null => {
+      try {
+        const st = statSync(dir);
+        return `${st.dev}:${st.ino}`;
+      } catch {
+        return null; // gone or unreadable: aliases nothing
+      }
+    };
+    const byDir = new Map<string, string[]>();
+    const dirOfPool = new Map<string, string>();
+    for (const rec of this.meta.listPools()) {
+      const d = dirOf(rec.path);
+      if (d === null) continue;
+      dirOfPool.set(rec.name, d);
+      const names = byDir.get(d);
+      if (names === undefined) byDir.set(d, [rec.name]);
+      else names.push(rec.name);
+    }
+    const out = new Map<string, string[]>();
+    for (const pool of pools) {
+      const d = dirOfPool.get(pool);
+      const others = d === undefined ? [] : byDir.get(d)!.filter((name) => name !== pool);
+      if (others.length > 0) out.set(pool, others);
+    }
+    return out;
+  }
+
+  /**
+   * Whether any reference (forEachRef) names a place on one of `pools`;
+   * stops at the first. Asked only for pools that alias a compacted one
+   * (aliasedPools): a name no longer configured gets no new reference, so
+   * the answer only goes from true to false.
+   */
+  private referencesAnyPool(pools: ReadonlySet<string>): boolean {
+    const found = {};
+    try {
+      this.forEachRef((ref) => {
+        if (ref.shards.some((s) => pools.has(s.pool))) throw found;
+      });
+    } catch (err) {
+      if (err === found) return true;
+      throw err;
+    }
+    return false;
   }
 
   /**
