@@ -23,15 +23,20 @@ const CRC_OFFSET = 32;
  */
 const MARKER_TYPE = 3;
 /**
- * A seq fence: a header-only record, the first item of a file made by a
- * rotation, saying every write record after it in the file numbers above
- * its seq field. Claims nothing durable. It gives a damaged range at the
- * start of a file whose older files are all destaged and removed a lower
- * bound (P) for the seqs it can hold: without it P is 0, and a marker from
- * a sync older than the cut write, landed after it, makes the open refuse
- * a plain crash cut. Written synchronously at the rotation, so any later
- * item of the file was issued after it. Older builds read it as a 40-byte
- * damaged range (passed over when the previous file is still there).
+ * A seq fence: the first item of a file made by a rotation, saying every
+ * write record after it in the file numbers above its fence seq. It gives a
+ * damaged range at the start of a file whose older files are all destaged
+ * and removed a lower bound (P) for the seqs it can hold: without it P is
+ * 0, and a marker from a sync older than the cut write, landed after it,
+ * makes the open refuse a plain crash cut. Written synchronously at the
+ * rotation, so any later item of the file was issued after it.
+ * Written as a sync marker (type 3) claiming the last sync's seq (true),
+ * the fence seq in its offset field (bytes 24-31, zero in every other
+ * marker): builds from before fences parse it as a plain marker. A type of
+ * its own (4, what f99b0d4 wrote, still read) is a damaged range to them,
+ * and in a file whose older files are gone, with no marker after it (a
+ * crash before the last FLUSH's marker landed), they cut the whole file,
+ * flushed writes included.
  */
 const FENCE_TYPE = 4;
 /** How long a sync marker waits for an append to ride on before it is written alone. */
@@ -339,7 +344,8 @@ export class Journal {
       // The file's first item, before any other (maybeRemove may write a
       // claim marker into it): every record of the file numbers above every
       // seq handed out so far.
-      this.writeItemSync(this.head, seqRecord(FENCE_TYPE, this.nextSeq - 1));
+      this.head.markerClaim = this.markedSeq;
+      this.writeItemSync(this.head, seqRecord(MARKER_TYPE, this.markedSeq, this.nextSeq - 1));
       this.maybeRemove(old);
     }
     // Held in memory until destaged, so the journal owns its own copy: the
@@ -757,13 +763,14 @@ function markerRecord(syncedSeq: number): Buffer {
   return seqRecord(MARKER_TYPE, syncedSeq);
 }
 
-/** A header-only item (sync marker or seq fence) carrying one seq. */
-function seqRecord(type: typeof MARKER_TYPE | typeof FENCE_TYPE, seq: number): Buffer {
+/** A header-only item: a sync marker claiming `seq`, with a seq fence when `fenceSeq` is given. */
+function seqRecord(type: typeof MARKER_TYPE, seq: number, fenceSeq = 0): Buffer {
   const header = Buffer.alloc(JOURNAL_HEADER_BYTES);
   header.writeUInt32LE(JOURNAL_MAGIC, 0);
   header.writeUInt8(VERSION, 4);
   header.writeUInt8(type, 5);
   writeU64(header, seq, 16);
+  writeU64(header, fenceSeq, 24);
   header.writeUInt32LE(crc32c(header.subarray(0, CRC_OFFSET)), CRC_OFFSET);
   return header;
 }
@@ -772,6 +779,8 @@ function seqRecord(type: typeof MARKER_TYPE | typeof FENCE_TYPE, seq: number): B
 interface SyncMarker {
   posBytes: number;
   syncedSeq: number;
+  /** A rotation's seq fence carried in the marker (0: none). */
+  fenceSeq?: number;
 }
 
 /** A seq fence found by a scan: every write record after it in its file numbers above fenceSeq. */
@@ -787,7 +796,9 @@ function parseItem(bytes: Buffer, pos: number): Omit<JournalExtent, 'fileNo'> | 
   if (itemType === MARKER_TYPE || itemType === FENCE_TYPE) {
     if (crc32c(bytes.subarray(pos, pos + CRC_OFFSET)) !== bytes.readUInt32LE(pos + CRC_OFFSET)) return null;
     const seq = readU64(bytes, pos + 16);
-    return itemType === MARKER_TYPE ? { posBytes: pos, syncedSeq: seq } : { posBytes: pos, fenceSeq: seq };
+    if (itemType === FENCE_TYPE) return { posBytes: pos, fenceSeq: seq };
+    const fenceSeq = readU64(bytes, pos + 24);
+    return fenceSeq > 0 ? { posBytes: pos, syncedSeq: seq, fenceSeq } : { posBytes: pos, syncedSeq: seq };
   }
   const type = bytes.readUInt8(pos + 5) as RecordType;
   if (type !== RecordType.Write && type !== RecordType.Zero) return null;
@@ -856,6 +867,10 @@ export function scanJournalBytes(bytes: Buffer): JournalScan {
     const item = parseItem(bytes, pos);
     if (item && 'syncedSeq' in item) {
       markers.push(item);
+      if (item.fenceSeq) {
+        fences.push({ posBytes: pos, fenceSeq: item.fenceSeq });
+        lastSeq = Math.max(lastSeq, item.fenceSeq);
+      }
       pos += JOURNAL_HEADER_BYTES;
       continue;
     }
@@ -1078,7 +1093,8 @@ export function salvageJournalDir(dir: string): { filesRewritten: number; record
     const items = [
       ...scan.records.map(({ posBytes, rec }) => ({ posBytes, bytes: rec.recordBytes })),
       ...scan.markers.map(({ posBytes }) => ({ posBytes, bytes: JOURNAL_HEADER_BYTES })),
-      ...scan.fences.map(({ posBytes }) => ({ posBytes, bytes: JOURNAL_HEADER_BYTES })),
+      // A fence carried in a marker is kept with the marker.
+      ...scan.fences.filter((fe) => !scan.markers.some((m) => m.posBytes === fe.posBytes)).map(({ posBytes }) => ({ posBytes, bytes: JOURNAL_HEADER_BYTES })),
     ].sort((a, b) => a.posBytes - b.posBytes);
     const kept = Buffer.concat(items.map((it) => bytes.subarray(it.posBytes, it.posBytes + it.bytes)));
     // Not matching FILE_RE: a crash before the rename leaves the original
