@@ -103,3 +103,32 @@ test('a rotated file with its older files removed and the last FLUSH\'s marker n
   t.after(() => j2.close());
   assert.deepEqual(j2.extents(1, 2)?.map((e) => [e.seq, e.data![0]]), [[3, 0x33]]);
 });
+
+test('salvage of a rotated file keeps its fence once, and the file opens with its intact writes', async (t) => {
+  const dir = tempDir(t, 'couchestor-rv-fence-salvage-');
+  const j = Journal.open({ dir, chunkSizeBytes: MiB, fileBytes: 3 * RECORD_BYTES, destagedSeq: () => 0, volumeExists: () => true });
+  for (let i = 0; i < 5; i++) {
+    await j.append(RecordType.Write, 1, i * BLOCK_BYTES, BLOCK_BYTES, Buffer.alloc(BLOCK_BYTES, i + 1));
+    await j.sync();
+  }
+  await j.close();
+  const file2 = path.join(dir, 'journal-0000000002.log');
+  const before = scanJournalBytes(fs.readFileSync(file2));
+  const fenceSeq = Math.max(...scanJournalBytes(fs.readFileSync(path.join(dir, 'journal-0000000001.log'))).records.map((r) => r.rec.seq));
+  assert.deepEqual(before.fences.map((fe) => [fe.posBytes, fe.fenceSeq]), [[0, fenceSeq]]);
+  const damagedSeq = before.records[0]!;
+  assert.equal(damagedSeq.rec.seq, fenceSeq + 1);
+  const fd = fs.openSync(file2, 'r+');
+  fs.writeSync(fd, Buffer.from([0xee]), 0, 1, damagedSeq.posBytes + JOURNAL_HEADER_BYTES + 9);
+  fs.closeSync(fd);
+  const { salvageJournalDir } = await import('../src/dataplane/journal/journal.js');
+  const out = salvageJournalDir(dir);
+  assert.equal(out.dropped.length, 1);
+  const after = scanJournalBytes(fs.readFileSync(file2));
+  assert.deepEqual(after.damaged, []);
+  assert.deepEqual(after.fences.map((fe) => [fe.posBytes, fe.fenceSeq]), [[0, fenceSeq]], 'the fence was not kept once, first');
+  assert.equal(after.lengthBytes, before.lengthBytes - RECORD_BYTES, 'salvage kept more or less than every intact item');
+  const j2 = Journal.open({ dir, chunkSizeBytes: MiB, destagedSeq: () => 0, volumeExists: () => true });
+  t.after(() => j2.close());
+  assert.deepEqual(j2.extents(1, 0)?.map((e) => e.seq), [1, 2, 3, 4, 5].filter((s) => s !== fenceSeq + 1));
+});
