@@ -147,6 +147,20 @@ export function validateConfig(cfg: DaemonConfig): void {
       throw new InvalidArgument(`config: pool ${p.name}: capacity must be a positive number of bytes or "auto"`);
     }
   }
+  // Two pools on one directory (or one inside the other) would each take the other's files
+  // for their own: the index names shards and volume files by pool name, so a file seen
+  // under the second name looks unreferenced to compaction and to a RELEASE. Links to one
+  // directory are caught at start by refuseAliasedPools().
+  const dirs = cfg.pools.map((p) => ({ name: p.name, dir: resolvePoolPath(cfg, p) }));
+  for (let i = 0; i < dirs.length; i++) {
+    for (let j = i + 1; j < dirs.length; j++) {
+      const a = dirs[i]!;
+      const b = dirs[j]!;
+      if (isSameOrInside(a.dir, b.dir) || isSameOrInside(b.dir, a.dir)) {
+        throw new InvalidArgument(`config: pools ${a.name} (${a.dir}) and ${b.name} (${b.dir}) share a directory: give each pool its own`);
+      }
+    }
+  }
   const ct = cfg.coldTier;
   if (!Number.isSafeInteger(ct.segmentSizeBytes) || ct.segmentSizeBytes < 1024 * 1024) throw new InvalidArgument('config: coldTier.segmentSizeBytes must be a whole number of bytes >= 1 MiB');
   if (!(ct.compaction.deadFraction > 0 && ct.compaction.deadFraction <= 1)) throw new InvalidArgument('config: coldTier.compaction.deadFraction must be in (0, 1]');
@@ -178,6 +192,34 @@ spec:
 
 export function resolvePoolPath(cfg: DaemonConfig, p: PoolConfig): string {
   return path.resolve(cfg.dataDir, p.path);
+}
+
+function isSameOrInside(dir: string, parent: string): boolean {
+  const rel = path.relative(parent, dir);
+  return rel === '' || (!rel.startsWith('..') && !path.isAbsolute(rel));
+}
+
+/**
+ * The configured pools' existing directories are distinct directories, links resolved (by
+ * device and inode): validateConfig() compares the paths as written. A missing directory is
+ * an offline pool, reported where it is used.
+ */
+export function refuseAliasedPools(cfg: DaemonConfig): void {
+  const seen = new Map<string, string>();
+  for (const p of cfg.pools) {
+    let st: fs.Stats;
+    try {
+      st = fs.statSync(resolvePoolPath(cfg, p));
+    } catch {
+      continue;
+    }
+    const id = `${st.dev}:${st.ino}`;
+    const other = seen.get(id);
+    if (other !== undefined) {
+      throw new InvalidArgument(`config: pools ${other} and ${p.name} are the same directory (${resolvePoolPath(cfg, p)}, through a link): give each pool its own`);
+    }
+    seen.set(id, p.name);
+  }
 }
 
 export function poolCapacityBytes(cfg: DaemonConfig, p: PoolConfig): number {

@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { buildApi, registerCompactionRoutes } from './control/api.js';
-import { loadConfig, poolCapacityBytes, resolvePoolPath, type DaemonConfig } from './config.js';
+import { loadConfig, poolCapacityBytes, refuseAliasedPools, resolvePoolPath, type DaemonConfig } from './config.js';
 import { NbdServer } from './dataplane/nbd/server.js';
 import { S3Frontend } from './dataplane/s3/frontend.js';
 import { VolumeManager } from './dataplane/volumes/manager.js';
@@ -45,6 +45,7 @@ export function readDaemonState(dataDir: string): DaemonState | null {
 
 /** Opens the metadata and (re)registers the configured pools. */
 export async function openManager(cfg: DaemonConfig, opts: { coldTier: boolean } = { coldTier: true }): Promise<VolumeManager> {
+  refuseAliasedPools(cfg);
   const manager = VolumeManager.open(cfg.dataDir);
   for (const p of cfg.pools) {
     await manager.putPool({
