@@ -7,27 +7,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
-import { Journal, JournalClosed, JournalCorrupt, JOURNAL_HEADER_BYTES, RecordType, scanJournalBytes } from '../src/dataplane/journal/journal.js';
-import { flipBit, journalFiles } from './helpers/journal.js';
-
-const MiB = 1024 * 1024;
-const BLOCK_BYTES = 4096;
-
-function openJournal(dir: string): Journal {
-  return Journal.open({ dir, chunkSizeBytes: MiB, destagedSeq: () => 0, volumeExists: () => true });
-}
-
-function tempDir(t: { after(fn: () => void): void }, prefix: string): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
-  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
+import { JournalClosed, JournalCorrupt, JOURNAL_HEADER_BYTES, RecordType, scanJournalBytes } from '../src/dataplane/journal/journal.js';
+import { tempDir } from './helpers/cold.js';
+import { BLOCK_BYTES, flipBit, journalFiles, openTestJournal } from './helpers/journal.js';
 
 test('close waits for a running sync, writes its marker, and damage to the write it flushed is refused at the next open', async (t) => {
   const dir = tempDir(t, 'couchestor-journal-close-sync-');
-  const j = openJournal(dir);
+  const j = openTestJournal(dir);
   await j.append(RecordType.Write, 1, 0, BLOCK_BYTES, Buffer.alloc(BLOCK_BYTES, 0x10));
   await j.sync();
   await j.append(RecordType.Write, 1, BLOCK_BYTES, BLOCK_BYTES, Buffer.alloc(BLOCK_BYTES, 0x11));
@@ -52,12 +38,12 @@ test('close waits for a running sync, writes its marker, and damage to the write
   // Media damage to the flushed write while the daemon is stopped: the next
   // open must refuse (salvage is the operator's call), not cut it silently.
   flipBit(file!, second.posBytes + JOURNAL_HEADER_BYTES + 100);
-  assert.throws(() => openJournal(dir), JournalCorrupt);
+  assert.throws(() => openTestJournal(dir), JournalCorrupt);
 });
 
 test('a sync asked for while close waits for another is waited for too, and its marker is the one left behind', async (t) => {
   const dir = tempDir(t, 'couchestor-journal-close-sync2-');
-  const j = openJournal(dir);
+  const j = openTestJournal(dir);
   await j.append(RecordType.Write, 1, 0, BLOCK_BYTES, Buffer.alloc(BLOCK_BYTES, 0x20));
   const first = j.sync();
   const a2 = j.append(RecordType.Write, 1, BLOCK_BYTES, BLOCK_BYTES, Buffer.alloc(BLOCK_BYTES, 0x21));

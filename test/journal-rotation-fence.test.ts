@@ -8,25 +8,15 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { Journal, JournalCorrupt, JOURNAL_HEADER_BYTES, RecordType, checkJournalDir, scanJournalBytes } from '../src/dataplane/journal/journal.js';
+import { JournalCorrupt, JOURNAL_HEADER_BYTES, RecordType, checkJournalDir, scanJournalBytes, type Journal } from '../src/dataplane/journal/journal.js';
 import { VolumeFailed } from '../src/dataplane/errors.js';
-import { flipBit, journalFiles, tinyFileSystem } from './helpers/journal.js';
-
-const MiB = 1024 * 1024;
-const BLOCK_BYTES = 4096;
-const RECORD_BYTES = JOURNAL_HEADER_BYTES + BLOCK_BYTES;
+import { tempDir } from './helpers/cold.js';
+import { BLOCK_BYTES, RECORD_BYTES, flipBit, journalFiles, openTestJournal, tinyFileSystem } from './helpers/journal.js';
 
 /** Write 1 (seq 1) is destaged: the stripe holds chunk 0 up to seq 1. */
 function openJournal(dir: string): Journal {
-  return Journal.open({ dir, chunkSizeBytes: MiB, fileBytes: 2 * BLOCK_BYTES, destagedSeq: () => 1, volumeExists: () => true, highestDestagedSeq: 1 });
-}
-
-function tempDir(t: { after(fn: () => void): void }, prefix: string): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
-  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
-  return dir;
+  return openTestJournal(dir, { fileBytes: 2 * BLOCK_BYTES, destagedSeq: () => 1, highestDestagedSeq: 1 });
 }
 
 /**
@@ -37,7 +27,7 @@ function tempDir(t: { after(fn: () => void): void }, prefix: string): string {
  * where write 2 sits in it.
  */
 async function rotatedJournal(dir: string, flushSecond: boolean): Promise<{ file: string; secondAtBytes: number }> {
-  const j = Journal.open({ dir, chunkSizeBytes: MiB, fileBytes: 2 * BLOCK_BYTES, destagedSeq: () => 0, volumeExists: () => true });
+  const j = openTestJournal(dir, { fileBytes: 2 * BLOCK_BYTES });
   await j.append(RecordType.Write, 1, 0, BLOCK_BYTES, Buffer.alloc(BLOCK_BYTES, 0x31));
   const first = j.sync(); // numbers up to seq 1 only: it starts before write 2 is numbered
   const second = j.append(RecordType.Write, 1, BLOCK_BYTES, BLOCK_BYTES, Buffer.alloc(BLOCK_BYTES, 0x32));
@@ -84,7 +74,7 @@ test('damage to the flushed first write of a rotated file, with the older files 
 test('a fence that cannot be written (the file system full at a rotation) fails the append and every FLUSH after it', async (t) => {
   const tiny = await tinyFileSystem(t, 16 * BLOCK_BYTES, 'couchestor-journal-fence-full-');
   const dir = path.join(tiny.dir, 'journal');
-  const j = Journal.open({ dir, chunkSizeBytes: MiB, fileBytes: 2 * BLOCK_BYTES, destagedSeq: () => 0, volumeExists: () => true });
+  const j = openTestJournal(dir, { fileBytes: 2 * BLOCK_BYTES });
   await j.append(RecordType.Write, 1, 0, BLOCK_BYTES, Buffer.alloc(BLOCK_BYTES, 0x41));
   await j.sync();
   const file2 = path.join(dir, 'journal-0000000002.log');

@@ -8,14 +8,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { Journal, JournalShortWrite, JOURNAL_HEADER_BYTES, RecordType, scanJournalBytes } from '../src/dataplane/journal/journal.js';
+import { JournalShortWrite, JOURNAL_HEADER_BYTES, RecordType, scanJournalBytes } from '../src/dataplane/journal/journal.js';
 import { VolumeFailed } from '../src/dataplane/errors.js';
-import { journalFiles, tinyFileSystem } from './helpers/journal.js';
+import { tempDir } from './helpers/cold.js';
+import { BLOCK_BYTES, block, journalFiles, openTestJournal, tinyFileSystem } from './helpers/journal.js';
 
-const MiB = 1024 * 1024;
-const BLOCK_BYTES = 4096;
 const PAGE_BYTES = 4096;
 
 /**
@@ -27,21 +25,6 @@ const PAGE_BYTES = 4096;
  */
 function holdMarkerTimer(t: { mock: { timers: { enable(o: { apis: 'setTimeout'[] }): void } } }): void {
   t.mock.timers.enable({ apis: ['setTimeout'] });
-}
-
-function openJournal(dir: string): Journal {
-  return Journal.open({ dir, chunkSizeBytes: MiB, destagedSeq: () => 0, volumeExists: () => true });
-}
-
-function tempDir(t: { after(fn: () => void): void }, prefix: string): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
-  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
-
-/** Block i of volume 1 as the test writes it: every byte i + 1. */
-function block(i: number): Buffer {
-  return Buffer.alloc(BLOCK_BYTES, (i + 1) & 0xff);
 }
 
 /** Asserts that `err` is the journal's latched failure caused by a short write. */
@@ -61,7 +44,7 @@ test('an append that lands only in part on a full file system fails with its FLU
   holdMarkerTimer(t);
   const tiny = await tinyFileSystem(t, 16 * PAGE_BYTES, 'couchestor-journal-short-write-');
   const dir = path.join(tiny.dir, 'journal');
-  const j = openJournal(dir);
+  const j = openTestJournal(dir);
   const acked: number[] = [];
   let failedAt = -1;
   let failure: unknown = null;
@@ -96,7 +79,7 @@ test('an append that lands only in part on a full file system fails with its FLU
   // byte for byte, the one that failed does not.
   const copy = tempDir(t, 'couchestor-journal-short-write-copy-');
   fs.cpSync(dir, copy, { recursive: true });
-  const j2 = openJournal(copy);
+  const j2 = openTestJournal(copy);
   t.after(() => j2.close());
   const replayed = new Map((j2.extents(1, 0) ?? []).map((e) => [e.offsetBytes / BLOCK_BYTES, e.data!]));
   for (const i of acked) assert.deepEqual(replayed.get(i), block(i), `acknowledged (FLUSHed) write ${i} did not replay intact`);
@@ -108,7 +91,7 @@ test('a sync marker written alone that lands only in part fails the journal', as
   holdMarkerTimer(t);
   const tiny = await tinyFileSystem(t, 16 * PAGE_BYTES, 'couchestor-journal-short-marker-');
   const dir = path.join(tiny.dir, 'journal');
-  const j = openJournal(dir);
+  const j = openTestJournal(dir);
   // One record ending 20 bytes before the first page's end: the marker of
   // the sync below, written alone at close, straddles that page boundary.
   const payloadBytes = PAGE_BYTES - 20 - JOURNAL_HEADER_BYTES;
@@ -126,7 +109,7 @@ test('a sync marker written alone that lands only in part fails the journal', as
 test('an append whose writev the file system splits is finished by the journal and replays intact', async (t) => {
   holdMarkerTimer(t);
   const dir = tempDir(t, 'couchestor-journal-split-write-');
-  const j = openJournal(dir);
+  const j = openTestJournal(dir);
   await j.append(RecordType.Write, 1, 0, BLOCK_BYTES, block(0));
   await j.sync();
   // The next writev the journal issues lands its first 1,000 bytes only,
@@ -150,7 +133,7 @@ test('an append whose writev the file system splits is finished by the journal a
   assert.deepEqual(splits, [{ askedBytes: JOURNAL_HEADER_BYTES * 2 + BLOCK_BYTES, writtenBytes: 1000 }], 'the split was not exercised as planned');
   assert.equal(j.failed, null);
   await j.close();
-  const j2 = openJournal(dir);
+  const j2 = openTestJournal(dir);
   t.after(() => j2.close());
   const replayed = (j2.extents(1, 0) ?? []).map((e) => ({ offsetBytes: e.offsetBytes, data: e.data }));
   assert.deepEqual(replayed, [

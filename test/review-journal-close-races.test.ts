@@ -6,23 +6,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
-import { Journal, JournalClosed, JOURNAL_HEADER_BYTES, RecordType, checkJournalDir, scanJournalBytes } from '../src/dataplane/journal/journal.js';
-import { journalFiles } from './helpers/journal.js';
-
-const MiB = 1024 * 1024;
-const BLOCK_BYTES = 4096;
-const RECORD_BYTES = JOURNAL_HEADER_BYTES + BLOCK_BYTES;
-
-function block(i: number): Buffer {
-  return Buffer.alloc(BLOCK_BYTES, i + 1);
-}
+import { JournalClosed, RecordType, checkJournalDir, scanJournalBytes } from '../src/dataplane/journal/journal.js';
+import { tempDir } from './helpers/cold.js';
+import { BLOCK_BYTES, MiB, RECORD_BYTES, block, journalFiles, openTestJournal } from './helpers/journal.js';
 
 test('close racing appends, rotations, syncs and a release settles everything, and every resolved write reopens', { timeout: 20_000 }, async (t) => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-rv-close-races-'));
-  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const j = Journal.open({ dir, chunkSizeBytes: MiB, fileBytes: 3 * RECORD_BYTES, destagedSeq: () => 0, volumeExists: () => true });
+  const dir = tempDir(t, 'couchestor-rv-close-races-');
+  const j = openTestJournal(dir, { fileBytes: 3 * RECORD_BYTES });
   // Seqs 1-10 in chunk 0, flushed: destaged below (released while close waits).
   for (let i = 0; i < 10; i++) await j.append(RecordType.Write, 1, i * BLOCK_BYTES, BLOCK_BYTES, block(i));
   await j.sync();
@@ -53,7 +43,7 @@ test('close racing appends, rotations, syncs and a release settles everything, a
   const scans = files.map((f) => scanJournalBytes(fs.readFileSync(f)));
   assert.equal(Math.max(...scans.flatMap((s) => s.markers.map((m) => m.syncedSeq))), 20, 'no marker claims the last FLUSH');
   assert.deepEqual(checkJournalDir(dir), { filesScanned: journalFiles(dir).length, recordsScanned: scans.reduce((n, s) => n + s.records.length, 0), tornTails: 0, damaged: [] });
-  const j2 = Journal.open({ dir, chunkSizeBytes: MiB, destagedSeq: (_v, c) => (c === 0 ? 10 : 0), volumeExists: () => true, highestDestagedSeq: 10 });
+  const j2 = openTestJournal(dir, { destagedSeq: (_v, c) => (c === 0 ? 10 : 0), highestDestagedSeq: 10 });
   t.after(() => j2.close());
   assert.equal(j2.extents(1, 0), undefined);
   assert.deepEqual(

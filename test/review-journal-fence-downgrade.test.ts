@@ -10,21 +10,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { crc32c } from '@node-rs/crc32';
-import { Journal, JOURNAL_HEADER_BYTES, JOURNAL_MAGIC, RecordType, scanJournalBytes } from '../src/dataplane/journal/journal.js';
-import { journalFiles } from './helpers/journal.js';
-
-const MiB = 1024 * 1024;
-const BLOCK_BYTES = 4096;
-const RECORD_BYTES = JOURNAL_HEADER_BYTES + BLOCK_BYTES;
-
-function tempDir(t: { after(fn: () => void): void }, prefix: string): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
-  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
+import { JOURNAL_HEADER_BYTES, JOURNAL_MAGIC, RecordType, scanJournalBytes } from '../src/dataplane/journal/journal.js';
+import { tempDir } from './helpers/cold.js';
+import { BLOCK_BYTES, MiB, RECORD_BYTES, block, journalFiles, openTestJournal } from './helpers/journal.js';
 
 /**
  * The items of a journal file as a build from before the fence parses them
@@ -50,10 +40,10 @@ function preFenceItems(bytes: Buffer): { items: { posBytes: number; type: number
 
 test('every journal file this build writes, rotated ones included, parses whole for a build from before the fence', async (t) => {
   const dir = tempDir(t, 'couchestor-rv-fence-downgrade-');
-  const j = Journal.open({ dir, chunkSizeBytes: MiB, fileBytes: 2 * RECORD_BYTES, destagedSeq: () => 0, volumeExists: () => true });
+  const j = openTestJournal(dir, { fileBytes: 2 * RECORD_BYTES });
   let flushed = 0;
   for (let i = 0; i < 12; i++) {
-    await j.append(RecordType.Write, 1, i * BLOCK_BYTES, BLOCK_BYTES, Buffer.alloc(BLOCK_BYTES, i + 1));
+    await j.append(RecordType.Write, 1, i * BLOCK_BYTES, BLOCK_BYTES, block(i));
     if (i % 3 === 1) {
       await j.sync();
       flushed = i + 1;
@@ -83,7 +73,7 @@ test('every journal file this build writes, rotated ones included, parses whole 
 
 test('a rotated file with its older files removed and the last FLUSH\'s marker not landed replays its flushed writes', async (t) => {
   const live = tempDir(t, 'couchestor-rv-fence-downgrade-live-');
-  const j = Journal.open({ dir: live, chunkSizeBytes: MiB, fileBytes: 2 * RECORD_BYTES, destagedSeq: () => 0, volumeExists: () => true });
+  const j = openTestJournal(live, { fileBytes: 2 * RECORD_BYTES });
   t.after(() => j.close());
   await j.append(RecordType.Write, 1, 0, BLOCK_BYTES, Buffer.alloc(BLOCK_BYTES, 0x31));
   await j.sync();
@@ -99,16 +89,16 @@ test('a rotated file with its older files removed and the last FLUSH\'s marker n
   assert.deepEqual(scan.records.map((r) => r.rec.seq), [3]);
   assert.equal(scan.markers.filter((m) => m.posBytes > scan.records[0]!.posBytes).length, 0);
   assert.equal(preFenceItems(bytes).unparsedAtBytes, null, 'a pre-fence build would judge the fence damage and cut the flushed write');
-  const j2 = Journal.open({ dir, chunkSizeBytes: MiB, destagedSeq: (_v, c) => (c === 0 ? 2 : 0), volumeExists: () => true, highestDestagedSeq: 2 });
+  const j2 = openTestJournal(dir, { destagedSeq: (_v, c) => (c === 0 ? 2 : 0), highestDestagedSeq: 2 });
   t.after(() => j2.close());
   assert.deepEqual(j2.extents(1, 2)?.map((e) => [e.seq, e.data![0]]), [[3, 0x33]]);
 });
 
 test('salvage of a rotated file keeps its fence once, and the file opens with its intact writes', async (t) => {
   const dir = tempDir(t, 'couchestor-rv-fence-salvage-');
-  const j = Journal.open({ dir, chunkSizeBytes: MiB, fileBytes: 3 * RECORD_BYTES, destagedSeq: () => 0, volumeExists: () => true });
+  const j = openTestJournal(dir, { fileBytes: 3 * RECORD_BYTES });
   for (let i = 0; i < 5; i++) {
-    await j.append(RecordType.Write, 1, i * BLOCK_BYTES, BLOCK_BYTES, Buffer.alloc(BLOCK_BYTES, i + 1));
+    await j.append(RecordType.Write, 1, i * BLOCK_BYTES, BLOCK_BYTES, block(i));
     await j.sync();
   }
   await j.close();
@@ -128,7 +118,7 @@ test('salvage of a rotated file keeps its fence once, and the file opens with it
   assert.deepEqual(after.damaged, []);
   assert.deepEqual(after.fences.map((fe) => [fe.posBytes, fe.fenceSeq]), [[0, fenceSeq]], 'the fence was not kept once, first');
   assert.equal(after.lengthBytes, before.lengthBytes - RECORD_BYTES, 'salvage kept more or less than every intact item');
-  const j2 = Journal.open({ dir, chunkSizeBytes: MiB, destagedSeq: () => 0, volumeExists: () => true });
+  const j2 = openTestJournal(dir);
   t.after(() => j2.close());
   assert.deepEqual(j2.extents(1, 0)?.map((e) => e.seq), [1, 2, 3, 4, 5].filter((s) => s !== fenceSeq + 1));
 });

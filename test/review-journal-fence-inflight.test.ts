@@ -6,28 +6,14 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { Journal, JOURNAL_HEADER_BYTES, RecordType, checkJournalDir, scanJournalBytes } from '../src/dataplane/journal/journal.js';
-import { journalFiles } from './helpers/journal.js';
-
-const MiB = 1024 * 1024;
-const BLOCK_BYTES = 4096;
-const RECORD_BYTES = JOURNAL_HEADER_BYTES + BLOCK_BYTES;
-
-function tempDir(t: { after(fn: () => void): void }, prefix: string): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
-  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
-
-function block(i: number): Buffer {
-  return Buffer.alloc(BLOCK_BYTES, (i * 7 + 1) & 0xff);
-}
+import { JOURNAL_HEADER_BYTES, RecordType, checkJournalDir, scanJournalBytes } from '../src/dataplane/journal/journal.js';
+import { tempDir } from './helpers/cold.js';
+import { BLOCK_BYTES, RECORD_BYTES, block, journalFiles, openTestJournal } from './helpers/journal.js';
 
 test('every rotated file starts with a fence above every seq in older files, below every seq in it, with 64 appends in flight', async (t) => {
   const dir = tempDir(t, 'couchestor-rv-fence-inflight-');
-  const j = Journal.open({ dir, chunkSizeBytes: MiB, fileBytes: 3 * RECORD_BYTES, destagedSeq: () => 0, volumeExists: () => true });
+  const j = openTestJournal(dir, { fileBytes: 3 * RECORD_BYTES });
   const appends: Promise<void>[] = [];
   // None awaited before the next is numbered: each rotation happens with the older file's writevs still in flight.
   for (let i = 0; i < 64; i++) {
@@ -63,7 +49,7 @@ test('every rotated file starts with a fence above every seq in older files, bel
 for (const splitAtBytes of [20, 40, 60, 80, 1000, RECORD_BYTES]) {
   test(`a writev (marker + header + payload) split after ${splitAtBytes} bytes is finished in place while other appends land`, async (t) => {
     const dir = tempDir(t, 'couchestor-rv-split-');
-    const open = () => Journal.open({ dir, chunkSizeBytes: MiB, destagedSeq: () => 0, volumeExists: () => true });
+    const open = () => openTestJournal(dir);
     const j = open();
     await j.append(RecordType.Write, 1, 0, BLOCK_BYTES, block(0));
     await j.sync(); // its marker rides on the next append

@@ -13,12 +13,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { Journal, JournalCorrupt, JOURNAL_HEADER_BYTES, RecordType, checkJournalDir, scanJournalBytes } from '../src/dataplane/journal/journal.js';
-import { journalFiles } from './helpers/journal.js';
+import { JournalCorrupt, JOURNAL_HEADER_BYTES, RecordType, checkJournalDir, scanJournalBytes, type Journal } from '../src/dataplane/journal/journal.js';
+import { tempDir } from './helpers/cold.js';
+import { journalFiles, openTestJournal } from './helpers/journal.js';
 
-const MiB = 1024 * 1024;
 const PAYLOAD_BYTES = 64;
 const RUNS = 150;
 
@@ -43,7 +42,7 @@ function payload(seq: number): Buffer {
 async function run(seed: number, root: string): Promise<string> {
   const rnd = prng(seed);
   const live = fs.mkdtempSync(path.join(root, 'live-'));
-  const j = Journal.open({ dir: live, chunkSizeBytes: MiB, fileBytes: 2 + Math.floor(rnd() * 4) * (JOURNAL_HEADER_BYTES + PAYLOAD_BYTES), destagedSeq: () => 0, volumeExists: () => true });
+  const j = openTestJournal(live, { fileBytes: 2 + Math.floor(rnd() * 4) * (JOURNAL_HEADER_BYTES + PAYLOAD_BYTES) });
   const resolved = new Set<number>();
   const flushed = new Set<number>();
   const appends: Promise<void>[] = [];
@@ -138,7 +137,7 @@ async function run(seed: number, root: string): Promise<string> {
   const fsck = checkJournalDir(dir);
   let j2: Journal;
   try {
-    j2 = Journal.open({ dir, chunkSizeBytes: MiB, destagedSeq: () => destagedUpto, volumeExists: () => true, highestDestagedSeq: destagedUpto });
+    j2 = openTestJournal(dir, { destagedSeq: () => destagedUpto, highestDestagedSeq: destagedUpto });
   } catch (err) {
     assert.ok(err instanceof JournalCorrupt, `seed ${seed}: open threw ${String(err)}`);
     assert.ok(damagedSeq > 0, `seed ${seed}: a crash with no damage was refused (${err.message})`);
@@ -157,8 +156,7 @@ async function run(seed: number, root: string): Promise<string> {
 }
 
 test(`${RUNS} random crash images: flushed writes replay, damage to claimed writes is refused`, { timeout: 120_000 }, async (t) => {
-  const root = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-rv-judge-random-'));
-  t.after(() => fs.rmSync(root, { recursive: true, force: true }));
+  const root = tempDir(t, 'couchestor-rv-judge-random-');
   const outcomes: Record<string, number> = {};
   for (let seed = 1; seed <= RUNS; seed++) {
     const o = await run(seed, root);

@@ -5,28 +5,15 @@
 // so damage to a flushed write it alone covered (in an older file, or
 // earlier in the same file) was judged a crash cut and the write silently
 // dropped at open.
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { Journal, JournalCorrupt, JOURNAL_HEADER_BYTES, RecordType, checkJournalDir, scanJournalBytes } from '../src/dataplane/journal/journal.js';
-import { flipBit, journalFiles } from './helpers/journal.js';
+import { JournalCorrupt, JOURNAL_HEADER_BYTES, RecordType, checkJournalDir, scanJournalBytes } from '../src/dataplane/journal/journal.js';
+import { tempDir } from './helpers/cold.js';
+import { BLOCK_BYTES, MiB, RECORD_BYTES, flipBit, journalFiles, openTestJournal } from './helpers/journal.js';
 
-const MiB = 1024 * 1024;
-const BLOCK_BYTES = 4096;
-const RECORD_BYTES = JOURNAL_HEADER_BYTES + BLOCK_BYTES;
-
-function tempDir(t: { after(fn: () => void): void }, prefix: string): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
-  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
-
-function reopen(dir: string): Journal {
-  return Journal.open({ dir, chunkSizeBytes: MiB, destagedSeq: () => 0, volumeExists: () => true });
-}
-
+/** Seq's block: every byte 0x40 + seq (the replayed bytes are checked against it). */
 function block(seq: number): Buffer {
   return Buffer.alloc(BLOCK_BYTES, 0x40 + seq);
 }
@@ -45,9 +32,9 @@ function zero(file: string, atBytes: number, lengthBytes: number): void {
  * file (fence 3). The files' bytes are copied while every writev has landed
  * (what a process crash leaves in the page cache) into a fresh directory.
  */
-async function crashImage(t: { after(fn: () => void | Promise<void>): void }, rotateAtFour: boolean): Promise<{ dir: string; posOf: (seq: number) => { file: string; posBytes: number }; markerAt: { file: string; posBytes: number } }> {
+async function crashImage(t: TestContext, rotateAtFour: boolean): Promise<{ dir: string; posOf: (seq: number) => { file: string; posBytes: number }; markerAt: { file: string; posBytes: number } }> {
   const live = tempDir(t, 'couchestor-rv-swallow-live-');
-  const j = Journal.open({ dir: live, chunkSizeBytes: MiB, fileBytes: rotateAtFour ? 3 * RECORD_BYTES : 64 * MiB, destagedSeq: () => 0, volumeExists: () => true });
+  const j = openTestJournal(live, { fileBytes: rotateAtFour ? 3 * RECORD_BYTES : 64 * MiB });
   t.after(() => j.close());
   await j.append(RecordType.Write, 1, 0, BLOCK_BYTES, block(1));
   await j.append(RecordType.Write, 1, BLOCK_BYTES, BLOCK_BYTES, block(2));
@@ -85,7 +72,7 @@ for (const rotateAtFour of [true, false]) {
     // Media damage in flushed write 2's payload.
     flipBit(posOf(2).file, posOf(2).posBytes + JOURNAL_HEADER_BYTES + 100);
     assert.equal(checkJournalDir(dir).damaged.length, 1, 'fsck does not report the damage to the flushed write');
-    assert.throws(() => reopen(dir), JournalCorrupt);
+    assert.throws(() => openTestJournal(dir), JournalCorrupt);
   });
 
   test(`the marker is cover also when the crash tore the write it rode on (${where})`, async (t) => {
@@ -95,14 +82,14 @@ for (const rotateAtFour of [true, false]) {
     zero(posOf(5).file, posOf(5).posBytes + 1000, RECORD_BYTES - 1000);
     flipBit(posOf(2).file, posOf(2).posBytes + JOURNAL_HEADER_BYTES + 100);
     assert.equal(checkJournalDir(dir).damaged.length, 1, 'fsck does not report the damage to the flushed write');
-    assert.throws(() => reopen(dir), JournalCorrupt);
+    assert.throws(() => openTestJournal(dir), JournalCorrupt);
   });
 
   test(`the same crash cut with no damage opens, keeps writes 1-3 and cuts at write 4 (${where})`, async (t) => {
     const { dir, posOf } = await crashImage(t, rotateAtFour);
     zero(posOf(4).file, posOf(4).posBytes, RECORD_BYTES);
     assert.deepEqual(checkJournalDir(dir).damaged, []);
-    const j = reopen(dir);
+    const j = openTestJournal(dir);
     t.after(() => j.close());
     assert.equal(j.failed, null);
     assert.deepEqual(

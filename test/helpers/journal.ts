@@ -2,16 +2,34 @@
 // damaging a byte of one, the crash cut (a flushed pair, then an append
 // that never landed before one that did) several cases start from, and a
 // tiny real file system that fills up (a tmpfs, mounted here or in a user
-// namespace; where neither can be had, a file-size limit standing for it).
+// namespace; where neither can be had, a file-size limit standing for it),
+// and the journal most of those tests open.
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { JOURNAL_HEADER_BYTES, RecordType, type Journal } from '../../src/dataplane/journal/journal.js';
+import { Journal, JOURNAL_HEADER_BYTES, RecordType } from '../../src/dataplane/journal/journal.js';
 
-const BLOCK_BYTES = 4096;
-const RECORD_BYTES = JOURNAL_HEADER_BYTES + BLOCK_BYTES;
+export const MiB = 1024 * 1024;
+/** The write size the journal tests use (one 4 KiB block). */
+export const BLOCK_BYTES = 4096;
+/** One BLOCK_BYTES write as it lies in a journal file: header, then payload. */
+export const RECORD_BYTES = JOURNAL_HEADER_BYTES + BLOCK_BYTES;
+
+/** Block i of a test volume: every byte i + 1 (mod 256). */
+export function block(i: number): Buffer {
+  return Buffer.alloc(BLOCK_BYTES, (i + 1) & 0xff);
+}
+
+/**
+ * Opens (and replays) a journal on `dir` as the journal tests do: 1 MiB
+ * chunks, nothing destaged, every volume present; `opts` overrides any of it
+ * (fileBytes to rotate early, destagedSeq/highestDestagedSeq after a destage).
+ */
+export function openTestJournal(dir: string, opts: Partial<Parameters<typeof Journal.open>[0]> = {}): Journal {
+  return Journal.open({ dir, chunkSizeBytes: MiB, destagedSeq: () => 0, volumeExists: () => true, ...opts });
+}
 
 /** The journal files in `dir`, oldest first (with `nonEmpty`, only those holding bytes). */
 export function journalFiles(dir: string, opts: { nonEmpty?: boolean } = {}): string[] {
