@@ -4,43 +4,22 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
-import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { HeadObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
-import { awsOk, errorCode, signer, startS3, type S3Env } from './helpers/s3-env.js';
-
-interface Answer {
-  /** -1: no answer (the connection was cut). */
-  status: number;
-  body: string;
-}
+import { awsOk, errorCode, rawRequest, scrapeMetrics, signedChunkedBody, signer, startS3, type RawAnswer, type S3Env } from './helpers/s3-env.js';
 
 /** A signed POST ?delete on its own connection; `cutAfterBytes` sends that much of the body and hangs up. */
-async function postDelete(env: S3Env, bucket: string, body: Buffer, opts: { headers?: Record<string, string>; cutAfterBytes?: number } = {}): Promise<Answer> {
+async function postDelete(env: S3Env, bucket: string, body: Buffer, opts: { headers?: Record<string, string>; cutAfterBytes?: number } = {}): Promise<RawAnswer> {
   const u = new URL(env.endpoint);
   const headers: Record<string, string> = { host: u.host, 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD', 'content-length': String(body.length), ...opts.headers };
   const query = { delete: '' };
   const s = (await signer(env).sign({ method: 'POST', protocol: 'http:', hostname: u.hostname, port: Number(u.port), path: `/${bucket}`, query, headers } as never)) as unknown as { headers: Record<string, string> };
-  return new Promise((resolve) => {
-    let answered = false;
-    const r = http.request({ host: u.hostname, port: u.port, method: 'POST', path: `/${bucket}?delete`, headers: s.headers, agent: false }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (d: Buffer) => chunks.push(d));
-      res.on('end', () => {
-        answered = true;
-        resolve({ status: res.statusCode!, body: Buffer.concat(chunks).toString('utf8') });
-      });
-    });
-    r.on('error', () => {
-      if (!answered) resolve({ status: -1, body: '' });
-    });
+  return rawRequest(env, 'POST', `/${bucket}?delete`, s.headers, (r, unanswered) => {
     if (opts.cutAfterBytes !== undefined) {
       r.write(body.subarray(0, opts.cutAfterBytes), () => setImmediate(() => r.destroy()));
-      r.on('close', () => {
-        if (!answered) resolve({ status: -1, body: '' });
-      });
+      r.on('close', unanswered);
     } else {
       r.end(body);
     }
@@ -167,14 +146,7 @@ describe('review: a DeleteObjects body deletes exactly what it names', () => {
     const s = (await signer(env).sign({ method: 'POST', protocol: 'http:', hostname: u.hostname, port: Number(u.port), path: `/${B}`, query, headers } as never)) as unknown as { headers: Record<string, string> };
     let lagMaxMs = 0;
     const heapUsedBytes = async () => {
-      const { host, port } = env.daemon.info.metrics;
-      const text = await new Promise<string>((resolve, reject) => {
-        http.get({ host, port, path: '/metrics', agent: false }, (res) => {
-          let t = '';
-          res.on('data', (d: Buffer) => (t += d.toString()));
-          res.on('end', () => resolve(t));
-        }).on('error', reject);
-      });
+      const text = await scrapeMetrics(env);
       lagMaxMs = Math.max(lagMaxMs, Number(/^nodejs_eventloop_lag_max_seconds (\S+)$/m.exec(text)![1]) * 1000);
       return Number(/^nodejs_heap_size_used_bytes (\S+)$/m.exec(text)![1]);
     };
@@ -189,13 +161,7 @@ describe('review: a DeleteObjects body deletes exactly what it names', () => {
         await new Promise((r) => setTimeout(r, 50));
       }
     })();
-    const answer = await new Promise<Answer>((resolve, reject) => {
-      const r = http.request({ host: u.hostname, port: u.port, method: 'POST', path: `/${B}?delete`, headers: { ...s.headers, 'transfer-encoding': 'chunked' }, agent: false }, (res) => {
-        let t = '';
-        res.on('data', (d: Buffer) => (t += d.toString()));
-        res.on('end', () => resolve({ status: res.statusCode!, body: t }));
-      });
-      r.on('error', reject);
+    const answer = await rawRequest(env, 'POST', `/${B}?delete`, { ...s.headers, 'transfer-encoding': 'chunked' }, (r) => {
       const writes = [wire(head), ...Array.from({ length: runs }, () => spaceRun), Buffer.concat([wire(tail), Buffer.from('0\r\n\r\n')])];
       const more = () => {
         while (writes.length > 1) if (!r.write(writes.shift())) return void r.once('drain', more);
@@ -215,9 +181,8 @@ describe('review: a DeleteObjects body deletes exactly what it names', () => {
 
   it('a signed aws-chunked body (STREAMING-AWS4-HMAC-SHA256-PAYLOAD) with one bad chunk signature deletes nothing, even the last chunk', async () => {
     await put('signed-kept');
-    const sha256hex = (b: Buffer | string) => createHash('sha256').update(b).digest('hex');
     const data = [Buffer.from('<Delete><Object><Key>signed-kept</Key></Object>'), Buffer.from('</Delete>')];
-    const send = async (corruptChunk: number): Promise<Answer> => {
+    const send = async (corruptChunk: number): Promise<RawAnswer> => {
       const date = new Date();
       const u = new URL(env.endpoint);
       const headers: Record<string, string> = {
@@ -228,27 +193,8 @@ describe('review: a DeleteObjects body deletes exactly what it names', () => {
       };
       const query = { delete: '' };
       const s = (await signer(env).sign({ method: 'POST', protocol: 'http:', hostname: u.hostname, port: Number(u.port), path: `/${B}`, query, headers } as never, { signingDate: date })) as unknown as { headers: Record<string, string> };
-      const amzDate = s.headers['x-amz-date']!;
-      const scope = `${amzDate.slice(0, 8)}/us-east-1/s3/aws4_request`;
-      let prev = /Signature=([0-9a-f]{64})/.exec(s.headers.authorization!)![1]!;
-      const parts: Buffer[] = [];
-      for (const [i, chunk] of [...data, Buffer.alloc(0)].entries()) {
-        const sts = `AWS4-HMAC-SHA256-PAYLOAD\n${amzDate}\n${scope}\n${prev}\n${sha256hex('')}\n${sha256hex(chunk)}`;
-        let sig = await signer(env).sign(sts, { signingDate: date });
-        if (i === corruptChunk) sig = sig.slice(0, -1) + (sig.endsWith('0') ? '1' : '0');
-        parts.push(Buffer.from(`${chunk.length.toString(16)};chunk-signature=${sig}\r\n`), chunk, Buffer.from('\r\n'));
-        prev = sig;
-      }
-      const body = Buffer.concat(parts);
-      return new Promise((resolve, reject) => {
-        const r = http.request({ host: u.hostname, port: u.port, method: 'POST', path: `/${B}?delete`, headers: { ...s.headers, 'content-length': String(body.length) }, agent: false }, (res) => {
-          let t = '';
-          res.on('data', (d: Buffer) => (t += d.toString()));
-          res.on('end', () => resolve({ status: res.statusCode!, body: t }));
-        });
-        r.on('error', reject);
-        r.end(body);
-      });
+      const body = await signedChunkedBody(env, s.headers, date, data, corruptChunk);
+      return rawRequest(env, 'POST', `/${B}?delete`, { ...s.headers, 'content-length': String(body.length) }, (r) => r.end(body));
     };
     for (const corrupt of [0, 1, 2]) {
       const r = await send(corrupt);

@@ -9,7 +9,7 @@ import { after, before, describe, it } from 'node:test';
 import { crc32 } from '@node-rs/crc32';
 import { S3Error } from '../src/dataplane/s3/errors.js';
 import { verifiedBody, verifyRequest } from '../src/dataplane/s3/sigv4.js';
-import { errorCode, signer, startS3, type S3Env } from './helpers/s3-env.js';
+import { errorCode, signedChunkedBody, signer, startS3, type S3Env } from './helpers/s3-env.js';
 
 const AKID = 'AKIAIOSFODNN7EXAMPLE';
 const SECRET = 'wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY';
@@ -223,18 +223,7 @@ describe('sigv4 on the live endpoint', () => {
         'x-amz-decoded-content-length': String(decodedLength),
       };
       const s = await signed(env, 'PUT', `/sig/${key}`, {}, headers, { date });
-      const amzDate = s.headers['x-amz-date']!;
-      const scope = `${amzDate.slice(0, 8)}/us-east-1/s3/aws4_request`;
-      let prev = /Signature=([0-9a-f]{64})/.exec(s.headers.authorization!)![1]!;
-      const parts: Buffer[] = [];
-      for (const [i, chunk] of [...data, Buffer.alloc(0)].entries()) {
-        const sts = `AWS4-HMAC-SHA256-PAYLOAD\n${amzDate}\n${scope}\n${prev}\n${sha256hex('')}\n${sha256hex(chunk)}`;
-        let sig = await signer(env).sign(sts, { signingDate: date });
-        if (i === corruptChunk) sig = sig.slice(0, -1) + (sig.endsWith('0') ? '1' : '0');
-        parts.push(Buffer.from(`${chunk.length.toString(16)};chunk-signature=${sig}\r\n`), chunk, Buffer.from('\r\n'));
-        prev = sig;
-      }
-      const body = Buffer.concat(parts);
+      const body = await signedChunkedBody(env, s.headers, date, data, corruptChunk);
       return send(env, 'PUT', s.url, { ...s.headers, 'content-length': String(body.length) }, body);
     };
     const ok = await build('chunked-good', -1);

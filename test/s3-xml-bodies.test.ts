@@ -6,12 +6,11 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
-import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { CreateMultipartUploadCommand, GetObjectCommand, ListPartsCommand, PutObjectCommand } from '@aws-sdk/client-s3';
-import { aws, awsOk, errorCode, signer, startS3, type S3Env } from './helpers/s3-env.js';
+import { aws, awsOk, errorCode, rawRequest, scrapeMetrics, signer, startS3, type RawAnswer, type S3Env } from './helpers/s3-env.js';
 
 /** The bounds server.ts derives (1000 objects x 8 KiB, 10000 parts x 512 B, + 4 KiB): the test pins them. */
 const MAX_DELETE_BODY_BYTES = 1000 * 8 * 1024 + 4096;
@@ -19,32 +18,14 @@ const MAX_COMPLETE_BODY_BYTES = 10_000 * 512 + 4096;
 const NS = 'xmlns="http://s3.amazonaws.com/doc/2006-03-01/"';
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
 
-interface Answer {
-  /** -1: the connection ended before an answer (a refused body's upload cut short). */
-  status: number;
-  body: string;
-}
-
 /** A signed request on its own connection, body in 64 KiB writes as a client streams it. */
-async function raw(env: S3Env, method: string, pathname: string, query: Record<string, string>, body: Buffer, opts: { chunked?: boolean } = {}): Promise<Answer> {
+async function raw(env: S3Env, method: string, pathname: string, query: Record<string, string>, body: Buffer, opts: { chunked?: boolean } = {}): Promise<RawAnswer> {
   const u = new URL(env.endpoint);
   const headers: Record<string, string> = { host: u.host, 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD' };
   if (!opts.chunked) headers['content-length'] = String(body.length);
   const s = (await signer(env).sign({ method, protocol: 'http:', hostname: u.hostname, port: Number(u.port), path: pathname, query, headers } as never)) as unknown as { headers: Record<string, string> };
   const qs = new URLSearchParams(query).toString();
-  return new Promise((resolve) => {
-    let answered = false;
-    const r = http.request({ host: u.hostname, port: u.port, method, path: `${pathname}${qs ? `?${qs}` : ''}`, headers: s.headers, agent: false }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (d: Buffer) => chunks.push(d));
-      res.on('end', () => {
-        answered = true;
-        resolve({ status: res.statusCode!, body: Buffer.concat(chunks).toString('utf8') });
-      });
-    });
-    r.on('error', () => {
-      if (!answered) resolve({ status: -1, body: '' });
-    });
+  return rawRequest(env, method, `${pathname}${qs ? `?${qs}` : ''}`, s.headers, (r) => {
     let off = 0;
     const writeMore = () => {
       while (off < body.length) {
@@ -60,14 +41,7 @@ async function raw(env: S3Env, method: string, pathname: string, query: Record<s
 
 /** The daemon's event-loop delay maximum since the previous scrape (prom-client resets it per scrape), in ms. */
 async function lagMaxMs(env: S3Env): Promise<number> {
-  const { host, port } = env.daemon.info.metrics;
-  const text = await new Promise<string>((resolve, reject) => {
-    http.get({ host, port, path: '/metrics', agent: false }, (res) => {
-      let t = '';
-      res.on('data', (d: Buffer) => (t += d.toString()));
-      res.on('end', () => resolve(t));
-    }).on('error', reject);
-  });
+  const text = await scrapeMetrics(env);
   const m = /^nodejs_eventloop_lag_max_seconds (\S+)$/m.exec(text);
   assert.ok(m, 'the daemon exports nodejs_eventloop_lag_max_seconds');
   return Number(m[1]) * 1000;

@@ -6,6 +6,7 @@ import { SignatureV4 } from '@smithy/signature-v4';
 import { spawnSync } from 'node:child_process';
 import { createHash, createHmac, type Hash, type Hmac } from 'node:crypto';
 import fs from 'node:fs';
+import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { TestDaemon } from './daemon.js';
@@ -136,4 +137,70 @@ export function signer(env: S3Env, secretAccessKey = env.secretAccessKey): Signa
 /** The Code element of an S3 error document. */
 export function errorCode(xml: string): string | undefined {
   return /<Code>([^<]*)<\/Code>/.exec(xml)?.[1];
+}
+
+/** The daemon's /metrics text (Prometheus exposition), scraped once. */
+export function scrapeMetrics(env: S3Env): Promise<string> {
+  const { host, port } = env.daemon.info.metrics;
+  return new Promise<string>((resolve, reject) => {
+    http.get({ host, port, path: '/metrics', agent: false }, (res) => {
+      let t = '';
+      res.on('data', (d: Buffer) => (t += d.toString()));
+      res.on('end', () => resolve(t));
+    }).on('error', reject);
+  });
+}
+
+/** A hand-made request's answer. status -1: none (the connection failed or was cut first). */
+export interface RawAnswer {
+  status: number;
+  body: string;
+}
+
+/**
+ * Sends a request on its own connection (`headers` already signed) and
+ * collects the answer. `send(r, unanswered)` writes the body and ends or
+ * cuts the request; `unanswered` resolves status -1 unless an answer came.
+ */
+export function rawRequest(env: S3Env, method: string, pathWithQuery: string, headers: Record<string, string>, send: (r: http.ClientRequest, unanswered: () => void) => void): Promise<RawAnswer> {
+  const u = new URL(env.endpoint);
+  return new Promise((resolve) => {
+    let answered = false;
+    const unanswered = () => {
+      if (!answered) resolve({ status: -1, body: '' });
+    };
+    const r = http.request({ host: u.hostname, port: u.port, method, path: pathWithQuery, headers, agent: false }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (d: Buffer) => chunks.push(d));
+      res.on('end', () => {
+        answered = true;
+        resolve({ status: res.statusCode!, body: Buffer.concat(chunks).toString('utf8') });
+      });
+    });
+    r.on('error', unanswered);
+    send(r, unanswered);
+  });
+}
+
+/**
+ * The aws-chunked body (STREAMING-AWS4-HMAC-SHA256-PAYLOAD) of `data` and
+ * the final empty chunk, each chunk's signature chained from the seed
+ * request's (`seedHeaders`: the headers signed at `date`, with x-amz-date and
+ * authorization). `corruptChunk` (an index, the final chunk included) gets
+ * one wrong hex digit; -1: none.
+ */
+export async function signedChunkedBody(env: S3Env, seedHeaders: Record<string, string>, date: Date, data: Buffer[], corruptChunk = -1): Promise<Buffer> {
+  const sha256hex = (b: Buffer | string) => createHash('sha256').update(b).digest('hex');
+  const amzDate = seedHeaders['x-amz-date']!;
+  const scope = `${amzDate.slice(0, 8)}/us-east-1/s3/aws4_request`;
+  let prev = /Signature=([0-9a-f]{64})/.exec(seedHeaders.authorization!)![1]!;
+  const parts: Buffer[] = [];
+  for (const [i, chunk] of [...data, Buffer.alloc(0)].entries()) {
+    const sts = `AWS4-HMAC-SHA256-PAYLOAD\n${amzDate}\n${scope}\n${prev}\n${sha256hex('')}\n${sha256hex(chunk)}`;
+    let sig = await signer(env).sign(sts, { signingDate: date });
+    if (i === corruptChunk) sig = sig.slice(0, -1) + (sig.endsWith('0') ? '1' : '0');
+    parts.push(Buffer.from(`${chunk.length.toString(16)};chunk-signature=${sig}\r\n`), chunk, Buffer.from('\r\n'));
+    prev = sig;
+  }
+  return Buffer.concat(parts);
 }
