@@ -673,18 +673,21 @@ export class Journal {
     if (this.markerTimer) clearTimeout(this.markerTimer);
     this.markerTimer = null;
     const marker = this.failure ? null : this.takePendingMarker();
-    const head = this.head;
-    const markerWrite = marker ? this.writeMarker(marker) : null;
+    if (marker) void this.writeMarker(marker);
     this.closed = true;
     await Promise.allSettled([...this.pendingWrites]);
-    if (markerWrite && !this.failure && this.files.get(head.no) === head) await this.syncClosingMarker(head);
+    // Every open file, not only the head after close's own marker: the last
+    // sync's marker may already have been written by the 50 ms timer or on an
+    // append's writev (into the head, or into a file rotation has since left),
+    // and nothing has fdatasynced it. One fdatasync per file, once per stop.
+    if (!this.failure) for (const f of [...this.files.values()]) await this.syncClosingMarker(f);
     for (const f of this.files.values()) fs.closeSync(f.fd);
     this.files.clear();
   }
 
   /**
-   * fdatasync of the head after close's marker (and its name, if no sync has
-   * made it durable yet). A failure is logged and latched, not thrown: every
+   * fdatasync of a file at close, after its markers (and its name, if no sync
+   * has made it durable yet). A failure is logged and latched, not thrown: every
    * write a FLUSH covered was made durable by that FLUSH's own sync; only
    * the marker's cover may be lost.
    */
