@@ -4,41 +4,14 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
-import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { aws, awsOk, errorCode, signer, startS3, type S3Env } from './helpers/s3-env.js';
+import { awsFail, awsOk, errorCode, signedRequest, startS3, type S3Env } from './helpers/s3-env.js';
 
 const md5 = (b: Buffer) => createHash('md5').update(b).digest();
 const ALL = ['--object-attributes', 'ETag', 'Checksum', 'ObjectParts', 'StorageClass', 'ObjectSize'];
 type PartsOut = { TotalPartsCount?: number; PartNumberMarker?: number | string; NextPartNumberMarker?: number | string; MaxParts?: number; IsTruncated?: boolean; Parts?: { PartNumber: number; Size: number }[] };
-
-/** The cli's S3 error code and the last HTTP status of a failing call (from --debug). */
-function awsFail(env: S3Env, args: string[]): { code: string | undefined; httpStatus: number | undefined; message: string } {
-  const r = aws(env, [...args, '--debug']);
-  assert.notEqual(r.status, 0, `aws ${args.join(' ')} succeeded:\n${r.stdout}`);
-  const m = /An error occurred \(([A-Za-z]+)\) when calling the \w+ operation: (.*)/.exec(r.stderr);
-  const statuses = [...r.stderr.matchAll(/HTTP\/1\.1" (\d{3}) /g)];
-  return { code: m?.[1], message: m?.[2] ?? '', httpStatus: statuses.length > 0 ? Number(statuses[statuses.length - 1]![1]) : undefined };
-}
-
-/** A hand-signed request on its own connection: methods the cli has no command for. */
-async function raw(env: S3Env, method: string, pathname: string, query: Record<string, string>, body = ''): Promise<{ status: number; body: string }> {
-  const u = new URL(env.endpoint);
-  const req = { method, protocol: 'http:', hostname: u.hostname, port: Number(u.port), path: pathname, query, headers: { host: u.host, 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD', 'content-length': String(Buffer.byteLength(body)) } };
-  const s = (await signer(env).sign(req as never)) as unknown as { headers: Record<string, string> };
-  const qs = new URLSearchParams(query).toString();
-  return new Promise((resolve, reject) => {
-    const r = http.request({ host: u.hostname, port: u.port, method, path: `${pathname}${qs ? `?${qs}` : ''}`, headers: s.headers, agent: false }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (d: Buffer) => chunks.push(d));
-      res.on('end', () => resolve({ status: res.statusCode!, body: Buffer.concat(chunks).toString('utf8') }));
-    });
-    r.on('error', reject);
-    r.end(body);
-  });
-}
 
 const partPairs = (p: PartsOut) => (p.Parts ?? []).map((x) => [x.PartNumber, x.Size]);
 
@@ -163,11 +136,11 @@ describe('GetObjectAttributes with the aws cli', () => {
     const badMax = awsFail(env, ['s3api', 'get-object-attributes', '--bucket', 'attr', '--key', 'mp', '--max-parts', '-1', ...ALL]);
     assert.deepEqual([badMax.code, badMax.httpStatus], ['InvalidArgument', 400]);
     // No header at all (the cli always sends one): InvalidArgument, not an object GET.
-    const none = await raw(env, 'GET', '/attr/single', { attributes: '' });
+    const none = await signedRequest(env, 'GET', '/attr/single', { attributes: '' });
     assert.deepEqual([none.status, errorCode(none.body)], [400, 'InvalidArgument']);
     // ?attributes never writes, deletes or lists.
     for (const [method, p] of [['PUT', '/attr/single'], ['DELETE', '/attr/single'], ['POST', '/attr/single'], ['GET', '/attr'], ['PUT', '/attr'], ['DELETE', '/attr']]) {
-      const r = await raw(env, method!, p!, { attributes: '' }, method === 'PUT' ? 'not the object' : '');
+      const r = await signedRequest(env, method!, p!, { attributes: '' }, method === 'PUT' ? 'not the object' : '');
       assert.deepEqual([r.status, errorCode(r.body)], [405, 'MethodNotAllowed'], `${method} ${p}`);
     }
     assert.equal(attrs('single').ETag, md5(single).toString('hex'));

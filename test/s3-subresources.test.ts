@@ -6,56 +6,16 @@
 // see src/dataplane/s3/subresources.ts). One daemon for the file.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { aws, awsOk, errorCode, signer, startS3, type S3Env } from './helpers/s3-env.js';
-
-interface Refusal {
-  exit: number | null;
-  /** S3 error code the cli printed. */
-  code: string | undefined;
-  message: string;
-  /** HTTP status of the (last) response, from the cli's --debug log. */
-  httpStatus: number | undefined;
-}
-
-/** Runs a call expected to fail; returns the S3 code, message and HTTP status the cli saw. */
-function awsFail(env: S3Env, args: string[]): Refusal {
-  const r = aws(env, [...args, '--debug']);
-  assert.notEqual(r.status, 0, `aws ${args.join(' ')} succeeded:\n${r.stdout}`);
-  const m = /An error occurred \(([A-Za-z]+)\) when calling the \w+ operation: (.*)/.exec(r.stderr);
-  const statuses = [...r.stderr.matchAll(/HTTP\/1\.1" (\d{3}) /g)];
-  return { exit: r.status, code: m?.[1], message: m?.[2] ?? '', httpStatus: statuses.length > 0 ? Number(statuses[statuses.length - 1]![1]) : undefined };
-}
-
-/**
- * A hand-signed request, on a connection of its own (a pooled one can meet
- * the server's keep-alive close between calls): bodies the cli never sends,
- * and the many status checks that need no cli start-up each.
- */
-async function raw(env: S3Env, method: string, pathname: string, query: Record<string, string>, body = '', headers: Record<string, string> = {}): Promise<{ status: number; body: string }> {
-  const u = new URL(env.endpoint);
-  const req = { method, protocol: 'http:', hostname: u.hostname, port: Number(u.port), path: pathname, query, headers: { host: u.host, 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD', 'content-length': String(Buffer.byteLength(body)), ...headers } };
-  const s = (await signer(env).sign(req as never)) as unknown as { headers: Record<string, string> };
-  const qs = new URLSearchParams(query).toString().replace(/\+/g, '%20');
-  return new Promise((resolve, reject) => {
-    const r = http.request({ host: u.hostname, port: u.port, method, path: `${pathname}${qs ? `?${qs}` : ''}`, headers: s.headers, agent: false }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (d: Buffer) => chunks.push(d));
-      res.on('end', () => resolve({ status: res.statusCode!, body: Buffer.concat(chunks).toString('utf8') }));
-    });
-    r.on('error', reject);
-    r.end(body);
-  });
-}
+import { aws, awsFail, awsOk, errorCode, signedRequest, startS3, type S3Env } from './helpers/s3-env.js';
 
 const tagsXml = (tags: [string, string][]) => `<Tagging><TagSet>${tags.map(([k, v]) => `<Tag><Key>${k}</Key><Value>${v}</Value></Tag>`).join('')}</TagSet></Tagging>`;
 
 /** [key, value] pairs of a GetObjectTagging answer (the test's keys need no unescaping). */
 async function rawTags(env: S3Env, bucket: string, key: string): Promise<[string, string][]> {
-  const r = await raw(env, 'GET', `/${bucket}/${key}`, { tagging: '' });
+  const r = await signedRequest(env, 'GET', `/${bucket}/${key}`, { tagging: '' });
   assert.equal(r.status, 200, r.body);
   return [...r.body.matchAll(/<Tag><Key>([^<]*)<\/Key><Value>([^<]*)<\/Value><\/Tag>/g)].map((m) => [m[1]!, m[2]!]);
 }
@@ -154,7 +114,7 @@ describe('s3 subresources with the aws cli', () => {
       [[['', '1']], /TagKey/],
       [[['a', 'semi;colon']], /TagValue/],
     ] as [[string, string][], RegExp][]) {
-      const r = await raw(env, 'PUT', '/sub/lim', { tagging: '' }, tagsXml(ts));
+      const r = await signedRequest(env, 'PUT', '/sub/lim', { tagging: '' }, tagsXml(ts));
       assert.deepEqual([r.status, errorCode(r.body)], [400, 'InvalidTag'], JSON.stringify(ts));
       assert.match(r.body, msg);
     }
@@ -171,11 +131,11 @@ describe('s3 subresources with the aws cli', () => {
   it('bad XML bodies get MalformedXML and leave the tags as they were', async () => {
     put('xml', '--tagging', 'keep=1');
     for (const doc of ['<Tagging><TagSet><Tag><Key>a</Key>', '<Other/>', '<Tagging/>', 'not xml']) {
-      const r = await raw(env, 'PUT', '/sub/xml', { tagging: '' }, doc);
+      const r = await signedRequest(env, 'PUT', '/sub/xml', { tagging: '' }, doc);
       assert.equal(r.status, 400, doc);
       assert.equal(errorCode(r.body), 'MalformedXML', doc);
     }
-    const acl = await raw(env, 'PUT', '/sub', { acl: '' }, '<AccessControlPolicy><Owner>');
+    const acl = await signedRequest(env, 'PUT', '/sub', { acl: '' }, '<AccessControlPolicy><Owner>');
     assert.deepEqual([acl.status, errorCode(acl.body)], [400, 'MalformedXML']);
     assert.deepEqual(tagsOf('xml'), [['keep', '1']]);
   });
@@ -216,7 +176,7 @@ describe('s3 subresources with the aws cli', () => {
       ['/sub', { acl: '' }, otherUser, {}],
       ['/sub/acl', { acl: '' }, '', {}], // neither a canned ACL nor a policy
     ] as [string, Record<string, string>, string, Record<string, string>][]) {
-      const r = await raw(env, 'PUT', p, q, b, h);
+      const r = await signedRequest(env, 'PUT', p, q, b, h);
       assert.equal(r.status, b === '' && h['x-amz-acl'] === undefined ? 400 : 501, `${p} ${b} ${JSON.stringify(h)}`);
     }
     put('acl-private', '--acl', 'private');
@@ -245,12 +205,12 @@ describe('s3 subresources with the aws cli', () => {
     }
     for (const cmd of ['delete-bucket-policy', 'delete-bucket-cors', 'delete-public-access-block']) awsOk(env, ['s3api', cmd, '--bucket', 'sub']);
     for (const sub of ['policy', 'cors', 'lifecycle', 'encryption', 'website', 'replication', 'ownershipControls', 'publicAccessBlock', 'tagging']) {
-      assert.equal((await raw(env, 'DELETE', '/sub', { [sub]: '' })).status, 204, sub);
+      assert.equal((await signedRequest(env, 'DELETE', '/sub', { [sub]: '' })).status, 204, sub);
     }
     // A DELETE with a subresource S3 has no DELETE for is refused, never taken for DeleteBucket.
     awsOk(env, ['s3api', 'create-bucket', '--bucket', 'empty-one']);
     for (const sub of ['acl', 'notification', 'logging', 'versioning', 'object-lock', 'uploads', 'location']) {
-      const r = await raw(env, 'DELETE', '/empty-one', { [sub]: '' });
+      const r = await signedRequest(env, 'DELETE', '/empty-one', { [sub]: '' });
       assert.deepEqual([r.status, errorCode(r.body)], [405, 'MethodNotAllowed'], sub);
     }
     awsOk(env, ['s3api', 'head-bucket', '--bucket', 'empty-one']);
@@ -278,7 +238,7 @@ describe('s3 subresources with the aws cli', () => {
       ['notification', /does not support bucket event notifications/],
     ] as [string, RegExp][]) {
       const enabling = sub === 'requestPayment' ? '<RequestPaymentConfiguration><Payer>Requester</Payer></RequestPaymentConfiguration>' : sub === 'accelerate' ? '<AccelerateConfiguration><Status>Enabled</Status></AccelerateConfiguration>' : '<NotificationConfiguration><QueueConfiguration/></NotificationConfiguration>';
-      const r = await raw(env, 'PUT', '/sub', { [sub]: '' }, enabling);
+      const r = await signedRequest(env, 'PUT', '/sub', { [sub]: '' }, enabling);
       assert.deepEqual([r.status, errorCode(r.body)], [501, 'NotImplemented'], sub);
       assert.match(r.body, msg);
     }
@@ -308,7 +268,7 @@ describe('s3 subresources with the aws cli', () => {
       ['GET', '/sub', 'intelligent-tiering', 'NotImplemented', 501],
       ['POST', '/sub/u', 'select', 'NotImplemented', 501],
     ] as [string, string, string, string, number][]) {
-      const r = await raw(env, method, p, { [sub]: '' });
+      const r = await signedRequest(env, method, p, { [sub]: '' });
       assert.deepEqual([r.status, errorCode(r.body)], [httpStatus, code], sub);
       assert.match(r.body, /not supported by CoucheStor/, sub);
     }
@@ -317,7 +277,7 @@ describe('s3 subresources with the aws cli', () => {
       assert.deepEqual([r.code, r.httpStatus], ['NoSuchBucket', 404], args[0]);
     }
     for (const [method, sub] of [['GET', 'acl'], ['GET', 'analytics'], ['PUT', 'policy'], ['DELETE', 'tagging'], ['GET', 'cors']]) {
-      const r = await raw(env, method!, '/no-such-bucket', { [sub!]: '' });
+      const r = await signedRequest(env, method!, '/no-such-bucket', { [sub!]: '' });
       assert.deepEqual([r.status, errorCode(r.body)], [404, 'NoSuchBucket'], `${method} ${sub}`);
     }
     for (const args of [['get-object-tagging'], ['put-object-tagging', '--tagging', '{"TagSet":[]}']]) {
@@ -325,7 +285,7 @@ describe('s3 subresources with the aws cli', () => {
       assert.deepEqual([r.code, r.httpStatus], ['NoSuchKey', 404], args[0]);
     }
     for (const [method, sub] of [['DELETE', 'tagging'], ['GET', 'acl'], ['PUT', 'acl']]) {
-      const r = await raw(env, method!, '/sub/no-such-key', { [sub!]: '' }, '', { 'x-amz-acl': 'private' });
+      const r = await signedRequest(env, method!, '/sub/no-such-key', { [sub!]: '' }, '', { 'x-amz-acl': 'private' });
       assert.deepEqual([r.status, errorCode(r.body)], [404, 'NoSuchKey'], `${method} ${sub}`);
     }
   });

@@ -3,6 +3,7 @@
 // SigV4 signer (@smithy/signature-v4, the SDK's own) for hand-made requests.
 import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
 import { SignatureV4 } from '@smithy/signature-v4';
+import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { createHash, createHmac, type Hash, type Hmac } from 'node:crypto';
 import fs from 'node:fs';
@@ -115,6 +116,25 @@ export function awsOk(env: S3Env, args: string[], opts: { cwd?: string; timeoutM
   return out;
 }
 
+/** What the aws cli saw of a call that failed. */
+export interface Refusal {
+  exit: number | null;
+  /** S3 error code the cli printed. */
+  code: string | undefined;
+  message: string;
+  /** HTTP status of the (last) response, from the cli's --debug log. */
+  httpStatus: number | undefined;
+}
+
+/** Runs a call expected to fail; returns the S3 code, message and HTTP status the cli saw. */
+export function awsFail(env: S3Env, args: string[]): Refusal {
+  const r = aws(env, [...args, '--debug']);
+  assert.notEqual(r.status, 0, `aws ${args.join(' ')} succeeded:\n${r.stdout}`);
+  const m = /An error occurred \(([A-Za-z]+)\) when calling the \w+ operation: (.*)/.exec(r.stderr);
+  const statuses = [...r.stderr.matchAll(/HTTP\/1\.1" (\d{3}) /g)];
+  return { exit: r.status, code: m?.[1], message: m?.[2] ?? '', httpStatus: statuses.length > 0 ? Number(statuses[statuses.length - 1]![1]) : undefined };
+}
+
 /** SHA-256 / HMAC-SHA256 in the shape @smithy/signature-v4 expects. */
 class NodeSha256 {
   private h: Hash | Hmac;
@@ -203,4 +223,25 @@ export async function signedChunkedBody(env: S3Env, seedHeaders: Record<string, 
     prev = sig;
   }
   return Buffer.concat(parts);
+}
+
+/**
+ * A hand-signed request (UNSIGNED-PAYLOAD, a string body), on a connection
+ * of its own (a pooled one can meet the server's keep-alive close between
+ * calls): bodies and methods the cli never sends. Rejects if the connection fails.
+ */
+export async function signedRequest(env: S3Env, method: string, pathname: string, query: Record<string, string>, body = '', headers: Record<string, string> = {}): Promise<RawAnswer> {
+  const u = new URL(env.endpoint);
+  const req = { method, protocol: 'http:', hostname: u.hostname, port: Number(u.port), path: pathname, query, headers: { host: u.host, 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD', 'content-length': String(Buffer.byteLength(body)), ...headers } };
+  const s = (await signer(env).sign(req as never)) as unknown as { headers: Record<string, string> };
+  const qs = new URLSearchParams(query).toString().replace(/\+/g, '%20');
+  return new Promise((resolve, reject) => {
+    const r = http.request({ host: u.hostname, port: u.port, method, path: `${pathname}${qs ? `?${qs}` : ''}`, headers: s.headers, agent: false }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (d: Buffer) => chunks.push(d));
+      res.on('end', () => resolve({ status: res.statusCode!, body: Buffer.concat(chunks).toString('utf8') }));
+    });
+    r.on('error', reject);
+    r.end(body);
+  });
 }
