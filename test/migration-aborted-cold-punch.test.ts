@@ -14,7 +14,7 @@ import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
 import { migrateVolume, MigrationAborted } from '../src/dataplane/volumes/migration.js';
 import { readFileRange } from './helpers/hot-warm.js';
 import { firstDataOffset } from '../src/dataplane/volumes/seek-data.js';
-import { openColdTierManager, readVolume, restartManager, tempDirClosing, writeVolume } from './helpers/volume.js';
+import { openColdTierManager, raceBlockWrites, readVolume, restartManager, tempDirClosing, writeVolume } from './helpers/volume.js';
 
 const MiB = 1024 * 1024;
 const CHUNKS = 24;
@@ -57,17 +57,13 @@ for (const preserve of [false, true]) {
     // the file (punched ranges included) once it is hot again.
     let settled = false;
     let racing: Promise<number> | null = null;
-    const raceWrites = async (): Promise<number> => {
-      let n = 0;
-      for (; !settled || n < 8; n++) {
-        const block = crypto.randomBytes(4096);
-        const c = RACED_CHUNKS[crypto.randomInt(0, RACED_CHUNKS.length)]!;
-        const at = c * MiB + crypto.randomInt(0, MiB / 4096) * 4096;
-        block.copy(want, at);
-        await writeVolume(vol, at, block);
-      }
-      return n;
-    };
+    const raceWrites = () =>
+      raceBlockWrites(
+        vol,
+        want,
+        () => RACED_CHUNKS[crypto.randomInt(0, RACED_CHUNKS.length)]! * MiB + crypto.randomInt(0, MiB / 4096) * 4096,
+        () => settled,
+      );
     const ac = new AbortController();
     await assert.rejects(
       migrateVolume(m, 'v', 'cold', {

@@ -13,7 +13,7 @@ import { ChunkState } from '../src/dataplane/meta/store.js';
 import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
 import { migrateVolume, MigrationAborted } from '../src/dataplane/volumes/migration.js';
 import { openVolumeFiles } from './helpers/hot-warm.js';
-import { openColdTierManager, readVolume, writeVolume } from './helpers/volume.js';
+import { openColdTierManager, raceBlockWrites, readVolume, writeVolume } from './helpers/volume.js';
 
 const MiB = 1024 * 1024;
 const CHUNKS = 24;
@@ -49,16 +49,7 @@ for (const preserve of [false, true]) {
     // the truncate cuts.
     let settled = false;
     let racing: Promise<number> | null = null;
-    const raceWrites = async (): Promise<number> => {
-      let n = 0;
-      for (; !settled || n < 8; n++) {
-        const block = crypto.randomBytes(4096);
-        const at = crypto.randomInt(0, (CHUNKS * MiB) / 4096) * 4096;
-        block.copy(want, at);
-        await writeVolume(vol, at, block);
-      }
-      return n;
-    };
+    const raceWrites = () => raceBlockWrites(vol, want, () => crypto.randomInt(0, (CHUNKS * MiB) / 4096) * 4096, () => settled);
     const ac = new AbortController();
     const moved = migrateVolume(m, 'v', 'cold', {
         preserve,

@@ -7,12 +7,11 @@
 // Nor a copy preservation mode kept under the old name.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
 import { migrateVolume } from '../src/dataplane/volumes/migration.js';
-import { openColdTierManager, readVolume, restartManager, tempDirClosing, writeVolume } from './helpers/volume.js';
+import { flushedRandomVolume, openColdTierManager, readVolume, restartManager, tempDirClosing } from './helpers/volume.js';
 
 const MiB = 1024 * 1024;
 
@@ -21,11 +20,9 @@ for (const how of ['renamed (same path)', 'a symlink to the same directory'] as 
     let m: VolumeManager | null = null;
     const dir = tempDirClosing(t, 'couchestor-pool-alias-', () => m!);
     m = await openColdTierManager(dir);
-    await m.createVolume({ name: 'v', sizeBytes: 4 * MiB, pool: 'hot-0' });
-    let vol = m.openVolume('v');
-    const want = crypto.randomBytes(4 * MiB);
-    await writeVolume(vol, 0, want);
-    await vol.flush();
+    const written = await flushedRandomVolume(m, 'v', 4 * MiB);
+    let vol = written.vol;
+    const want = written.want;
     const hot = m.pools.get('hot-0')!;
     const file = hot.volumeFile(vol.rec.id);
     assert.deepEqual(m.meta.volumes.get('v')!.keptFilePools, []);
@@ -57,11 +54,7 @@ test("a start with a pool renamed beside the old one keeps a copy preservation m
   const dir = tempDirClosing(t, 'couchestor-pool-alias-kept-', () => m!);
   m = await openColdTierManager(dir);
   await m.putPool({ name: 'warm-0', path: path.join(dir, 'warm-0'), tier: 'warm', capacityBytes: 1024 * MiB, labels: { tier: 'warm' } });
-  await m.createVolume({ name: 'v', sizeBytes: 4 * MiB, pool: 'hot-0' });
-  const vol = m.openVolume('v');
-  const want = crypto.randomBytes(4 * MiB);
-  await writeVolume(vol, 0, want);
-  await vol.flush();
+  const { vol, want } = await flushedRandomVolume(m, 'v', 4 * MiB);
   await migrateVolume(m, 'v', 'warm', { preserve: true });
   const hot = m.pools.get('hot-0')!;
   const kept = hot.volumeFile(vol.rec.id);
@@ -80,11 +73,9 @@ test('a move onto a pool whose directory is the placement pool\'s (renamed and l
   let m: VolumeManager | null = null;
   const dir = tempDirClosing(t, 'couchestor-pool-alias-move-', () => m!);
   m = await openColdTierManager(dir);
-  await m.createVolume({ name: 'v', sizeBytes: 4 * MiB, pool: 'hot-0' });
-  let vol = m.openVolume('v');
-  const want = crypto.randomBytes(4 * MiB);
-  await writeVolume(vol, 0, want);
-  await vol.flush();
+  const written = await flushedRandomVolume(m, 'v', 4 * MiB);
+  let vol = written.vol;
+  const want = written.want;
   const hotPath = m.pools.get('hot-0')!.rec.path;
   await m.close();
   m = await openColdTierManager(dir, false);

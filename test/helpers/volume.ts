@@ -1,8 +1,10 @@
 // Helpers for in-process volume tests: a VolumeManager with one hot pool and
 // six cold pools whose destager runs only when the test asks, and promise
-// wrappers around Volume's callback read/write; the temp-dir fixture and the
+// wrappers around Volume's callback read/write (a flushed random volume, a
+// client's racing block writes); the temp-dir fixture and the
 // index-commit fault the fault-injection tests share; the journal-file
 // removal watch of the discard-ordering tests.
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -48,6 +50,35 @@ export function writeVolume(vol: Volume, offsetBytes: number, data: Buffer): Pro
 export function readVolume(vol: Volume, offsetBytes: number, lengthBytes: number): Promise<Buffer> {
   const dst = Buffer.alloc(lengthBytes);
   return new Promise((resolve, reject) => vol.read(offsetBytes, lengthBytes, dst, 0, (err) => (err ? reject(err) : resolve(dst))));
+}
+
+/**
+ * Creates volume `name` of `sizeBytes` on hot-0, writes random bytes over
+ * all of it and flushes; returns the open volume and the bytes it must read back.
+ */
+export async function flushedRandomVolume(m: VolumeManager, name: string, sizeBytes: number): Promise<{ vol: Volume; want: Buffer }> {
+  await m.createVolume({ name, sizeBytes, pool: 'hot-0' });
+  const vol = m.openVolume(name);
+  const want = crypto.randomBytes(sizeBytes);
+  await writeVolume(vol, 0, want);
+  await vol.flush();
+  return { vol, want };
+}
+
+/**
+ * A client racing something: random 4 KiB blocks written to `vol` at
+ * `pickAtBytes()`, each copied into `want` (what the volume must read back),
+ * until `settled()` and at least 8 writes. Resolves to the number written.
+ */
+export async function raceBlockWrites(vol: Volume, want: Buffer, pickAtBytes: () => number, settled: () => boolean): Promise<number> {
+  let n = 0;
+  for (; !settled() || n < 8; n++) {
+    const block = crypto.randomBytes(4096);
+    const at = pickAtBytes();
+    block.copy(want, at);
+    await writeVolume(vol, at, block);
+  }
+  return n;
 }
 
 /**
