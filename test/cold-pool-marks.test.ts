@@ -50,6 +50,14 @@ function replaceDir(dir: string, pool: string): void {
   fs.mkdirSync(path.join(dir, pool));
 }
 
+/** Closes `tier` and leaves its index as a build from before pool marks did: no marks, no completion key. */
+async function closeAsPreMarksIndex(tier: ReturnType<typeof openAt>, dir: string): Promise<void> {
+  await tier.close();
+  const old = MetaStore.open(dir);
+  await old.openDB<number, string>(POOLS_WRITTEN_DB).clearAsync();
+  await old.close();
+}
+
 const SIX = ['cold-0', 'cold-1', 'cold-2', 'cold-3', 'cold-4', 'cold-5'];
 
 test('a pool added to an existing index, written, then lost while the daemon is down is judged replaced at the next start; a pool never written is judged new', async (t) => {
@@ -107,11 +115,7 @@ test('an index written before pool marks existed (upgrade): a pool lost while do
   // The daemon records every configured pool in the pools table (VolumeManager.putPool).
   for (const name of SIX) await tier.meta.pools.put(name, { name, path: path.join(dir, name), tier: 'cold', capacityBytes: 1024 * MiB, labels: {} });
   await coldObjectIndex(tier, { freeReplaced: false }).putObject(Buffer.from([1, 1]), patternBytes(2 * MiB, 4));
-  await tier.close();
-  // The index as an older build left it: no marks, no completion key.
-  const old = MetaStore.open(dir);
-  await old.openDB<number, string>(POOLS_WRITTEN_DB).clearAsync();
-  await old.close();
+  await closeAsPreMarksIndex(tier, dir);
   // Upgrade start with cold-2 not configured (its disk out), cold-5 lost and replaced.
   replaceDir(dir, 'cold-5');
   tier = openAt(dir, SIX.filter((p) => p !== 'cold-2'));
@@ -131,10 +135,7 @@ test('an index written before pool marks existed whose only references are in th
   const ref = await tier.stripes.writeStripe(Buffer.alloc(16, 9), 0, 1, patternBytes(MiB, 5));
   await tier.meta.chunks.put([1, 0], { state: ChunkState.Cold, pool: '', stripe: ref });
   await tier.meta.durable();
-  await tier.close();
-  const old = MetaStore.open(dir);
-  await old.openDB<number, string>(POOLS_WRITTEN_DB).clearAsync();
-  await old.close();
+  await closeAsPreMarksIndex(tier, dir);
   replaceDir(dir, 'cold-3');
   tier = openAt(dir, SIX);
   assert.equal(await judged(tier, 'cold-3'), true, 'cold-3 is named by the chunk map: replaced');
