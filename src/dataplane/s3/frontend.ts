@@ -5,9 +5,21 @@ import type { FastifyInstance } from 'fastify';
 import { ColdObjectHolders } from '../objects/cold-holders.js';
 import type { StripeStoreApi } from '../objects/cold-segments.js';
 import { ObjectStore } from '../objects/store.js';
+import { InvalidArgument } from '../errors.js';
 import type { VolumeManager } from '../volumes/manager.js';
 import { loadCredentials } from './credentials.js';
 import { buildS3Server } from './server.js';
+
+/**
+ * COUCHESTOR_S3_BODY_IDLE_TIMEOUT_MS: how long a request body may stall before
+ * RequestTimeout (default 20 s, as S3). Refused at start when not a positive integer.
+ */
+function bodyIdleTimeoutFromEnv(): number | undefined {
+  const v = process.env.COUCHESTOR_S3_BODY_IDLE_TIMEOUT_MS;
+  if (v === undefined || v === '') return undefined;
+  if (!/^\d{1,9}$/.test(v) || Number(v) === 0) throw new InvalidArgument(`COUCHESTOR_S3_BODY_IDLE_TIMEOUT_MS must be a positive whole number of milliseconds, not ${JSON.stringify(v)}`);
+  return Number(v);
+}
 
 export interface S3FrontendOptions {
   manager: VolumeManager;
@@ -40,7 +52,7 @@ export class S3Frontend {
       const holders = new ColdObjectHolders(opts.manager.meta, cold.stripes);
       removeHolders = cold.reconstructor.addSource(holders);
     }
-    const server = buildS3Server({ store, keys, domains: opts.domains });
+    const server = buildS3Server({ store, keys, domains: opts.domains, bodyIdleTimeoutMs: bodyIdleTimeoutFromEnv() });
     try {
       await server.listen({ port: opts.port, host: opts.host });
     } catch (err) {

@@ -11,7 +11,7 @@ import type { PieceSink } from '../objects/hot-segments.js';
 import { MAX_PART_NUMBER, type BucketTier, type ContentHeaders, type ObjectRecord, type ObjectStore, type Tag } from '../objects/store.js';
 import type { AccessKey } from './credentials.js';
 import { S3Error, errorXml, toS3Error } from './errors.js';
-import { parseQuery, splitTarget, uriDecode, verifiedBody, verifyRequest, awsUriEncode, type PayloadMode } from './sigv4.js';
+import { hasBodyChecksum, idleBounded, parseQuery, splitTarget, uriDecode, verifiedBody, verifyRequest, awsUriEncode, type PayloadMode } from './sigv4.js';
 import { BUCKET_CONFIGS, UNSUPPORTED, aclXml, checkAclBody, checkAclHeaders, refuseConfig } from './subresources.js';
 import { taggingXml, tagsFromHeader, tagsFromXml } from './tagging.js';
 import { S3_NS, XML_HEADER, XmlLimitError, XmlPushParser, XmlSyntaxError, child, children, parseXml, tag, type XmlElement } from './xml.js';
@@ -21,7 +21,16 @@ export interface S3ServerOptions {
   keys: AccessKey[];
   /** A request whose Host is `<bucket>.<domain>` names its bucket there (virtual-host style). */
   domains?: string[];
+  /** A body read that waits this long without a byte fails with RequestTimeout (default DEFAULT_BODY_IDLE_TIMEOUT_MS). */
+  bodyIdleTimeoutMs?: number;
 }
+
+/**
+ * S3 closes a connection idle for about 20 s mid-request (RequestTimeout). A
+ * stalled body otherwise holds its socket, its parse state (up to 8 MiB of a
+ * DeleteObjects body) or its half-written segment for REQUEST_TIMEOUT_MS.
+ */
+export const DEFAULT_BODY_IDLE_TIMEOUT_MS = 20_000;
 
 const MAX_DELETE_OBJECTS = 1000;
 /**
@@ -145,6 +154,12 @@ interface Ctx {
   query: Map<string, string>;
   payload: PayloadMode;
   accessKeyId: string;
+  bodyIdleTimeoutMs: number;
+}
+
+/** The request body, decoded and verified for its payload mode, failing when the client stalls. */
+function requestBody(ctx: Ctx): AsyncGenerator<Buffer> {
+  return verifiedBody(idleBounded(ctx.raw, ctx.bodyIdleTimeoutMs), ctx.payload, ctx.raw.headers);
 }
 
 const etagHeader = (etag: string) => `"${etag}"`;
@@ -355,7 +370,7 @@ function virtualHostBucket(host: string | undefined, domains: readonly string[])
 async function readSmallBody(ctx: Ctx, maxBytes: number): Promise<Buffer> {
   const pieces: Buffer[] = [];
   let total = 0;
-  for await (const p of verifiedBody(ctx.raw, ctx.payload, ctx.raw.headers)) {
+  for await (const p of requestBody(ctx)) {
     total += p.length;
     if (total > maxBytes) throw tooBig(maxBytes);
     pieces.push(p);
@@ -424,7 +439,7 @@ async function readXmlBody(ctx: Ctx, spec: XmlBodySpec): Promise<XmlElement> {
   const slice = Buffer.allocUnsafe(XML_PARSE_SLICE_BYTES);
   let sliceBytes = 0;
   let piecesSinceTurn = 0;
-  for await (const piece of verifiedBody(ctx.raw, ctx.payload, ctx.raw.headers)) {
+  for await (const piece of requestBody(ctx)) {
     totalBytes += piece.length;
     if (refusal !== undefined) {
       if (totalBytes > drainLimitBytes) break;
@@ -479,6 +494,7 @@ function parseBodyXml(body: Buffer, rootName: string) {
 export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
   const { store } = opts;
   const domains = opts.domains ?? [];
+  const bodyIdleTimeoutMs = opts.bodyIdleTimeoutMs ?? DEFAULT_BODY_IDLE_TIMEOUT_MS;
   const secrets = new Map(opts.keys.map((k) => [k.accessKeyId, k.secretAccessKey]));
   const ownerId = opts.keys[0]!.accessKeyId;
   const ownerXml = `<Owner>${tag('ID', ownerId)}${tag('DisplayName', OWNER_DISPLAY_NAME)}</Owner>`;
@@ -538,7 +554,7 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
     }
     (req as FastifyRequest & { s3ctx?: object }).s3ctx = { bucket, key };
     const auth = verifyRequest({ method: raw.method ?? 'GET', url: raw.url ?? '/', headers: raw.headers }, (id) => secrets.get(id), Date.now());
-    const ctx: Ctx = { req, reply, raw, bucket, key, query: new Map(parseQuery(rawQuery)), payload: auth.payload, accessKeyId: auth.accessKeyId };
+    const ctx: Ctx = { req, reply, raw, bucket, key, query: new Map(parseQuery(rawQuery)), payload: auth.payload, accessKeyId: auth.accessKeyId, bodyIdleTimeoutMs };
     const method = raw.method;
     if (bucket === undefined) {
       if (method === 'GET') return listBuckets(ctx);
@@ -892,7 +908,7 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
     store.getBucket(bucket);
     checkAclHeaders(ctx.raw.headers);
     const tags = tagsOf(ctx);
-    const rec = await store.putObject(bucket, key, verifiedBody(ctx.raw, ctx.payload, ctx.raw.headers), {
+    const rec = await store.putObject(bucket, key, requestBody(ctx), {
       contentHeaders,
       userMeta,
       expectedBytes: expectedLength(ctx.raw, ctx.payload),
@@ -950,6 +966,10 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
 
   async function deleteObjects(ctx: Ctx, bucket: string) {
     store.getBucket(bucket);
+    // S3 requires Content-MD5 or an x-amz-checksum-* for DeleteObjects whatever the
+    // payload mode: an UNSIGNED-PAYLOAD body otherwise has nothing checking that
+    // the keys deleted are the keys the client sent.
+    if (!hasBodyChecksum(ctx.raw.headers)) throw new S3Error('InvalidRequest', 400, 'Missing required header for this request: Content-MD5');
     const tooMany = () => new S3Error('MalformedXML', 400, `Delete must list 1 to ${MAX_DELETE_OBJECTS} objects.`);
     let listed = 0;
     const root = await readXmlBody(ctx, {
@@ -1009,7 +1029,7 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
   async function uploadPart(ctx: Ctx, bucket: string, key: string, uploadId: string) {
     const partNumber = partNumberOf(ctx);
     if (header(ctx.raw, 'x-amz-copy-source') !== undefined) return uploadPartCopy(ctx, bucket, key, uploadId, partNumber);
-    const part = await store.uploadPart(bucket, key, uploadId, partNumber, verifiedBody(ctx.raw, ctx.payload, ctx.raw.headers), {
+    const part = await store.uploadPart(bucket, key, uploadId, partNumber, requestBody(ctx), {
       expectedBytes: expectedLength(ctx.raw, ctx.payload),
       expectedMd5: contentMd5(ctx.raw),
     });

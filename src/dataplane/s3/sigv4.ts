@@ -286,12 +286,22 @@ export async function* verifiedBody(source: AsyncIterable<Buffer>, payload: Payl
   const trailerSum = trailerAlgo ? new Checksum(trailerAlgo) : undefined;
 
   if (payload.kind === 'chunked') {
+    // x-amz-decoded-content-length is what the client says the decoded body is: a
+    // body longer or shorter than that is cut or padded somewhere, refused as S3 does
+    // (for every body: XML ones too, not only those the store counts).
+    const declared = headerValue(headers, 'x-amz-decoded-content-length');
+    if (declared !== undefined && !/^\d{1,16}$/.test(declared)) throw new S3Error('InvalidArgument', 400, 'x-amz-decoded-content-length must be a number of bytes');
+    const declaredBytes = declared === undefined ? undefined : Number(declared);
+    let decodedBytes = 0;
     const trailers = new Map<string, string>();
     for await (const piece of decodeChunked(source, payload.signing, payload.trailer, trailers)) {
+      decodedBytes += piece.length;
+      if (declaredBytes !== undefined && decodedBytes > declaredBytes) throw incompleteBody(declaredBytes, `more than ${declaredBytes}`);
       headerSum?.sum.update(piece);
       trailerSum?.update(piece);
       yield piece;
     }
+    if (declaredBytes !== undefined && decodedBytes !== declaredBytes) throw incompleteBody(declaredBytes, String(decodedBytes));
     if (trailerSum) {
       const v = trailers.get(`x-amz-checksum-${trailerSum.algo}`);
       if (v === undefined) throw new S3Error('InvalidRequest', 400, `the trailer ${trailerName} announced in x-amz-trailer was not sent`);
@@ -309,6 +319,70 @@ export async function* verifiedBody(source: AsyncIterable<Buffer>, payload: Payl
     }
   }
   if (headerSum) checkChecksum(headerSum.sum, headerSum.expected);
+}
+
+const incompleteBody = (declaredBytes: number, got: string) =>
+  new S3Error('IncompleteBody', 400, `You did not provide the number of bytes specified by the x-amz-decoded-content-length HTTP header (${declaredBytes} declared, ${got} decoded).`);
+
+/**
+ * Whether the request carries an integrity check of its body that S3 accepts
+ * where one is required (DeleteObjects): Content-MD5, an x-amz-checksum-*
+ * header, or a checksum announced as a trailer (x-amz-trailer).
+ */
+export function hasBodyChecksum(headers: IncomingHttpHeaders): boolean {
+  if (headerValue(headers, 'content-md5') !== undefined) return true;
+  if ([...CHECKSUM_ALGOS, 'crc64nvme'].some((a) => headerValue(headers, `x-amz-checksum-${a}`) !== undefined)) return true;
+  return /^x-amz-checksum-[a-z0-9]+$/.test(headerValue(headers, 'x-amz-trailer')?.trim().toLowerCase() ?? '');
+}
+
+/** No body byte arrived for the idle timeout while the request waited for one. */
+export const requestTimeout = () =>
+  new S3Error('RequestTimeout', 400, 'Your socket connection to the server was not read from or written to within the timeout period. Idle connections will be closed.');
+
+/**
+ * `source` with an idle bound: each wait for the next piece fails with
+ * RequestTimeout after `idleMs` without a byte. Only the waits count: time the
+ * consumer spends between pieces (a store write, a parse slice) is not the
+ * client's, so a slow-but-steady upload is never cut, a stalled one is.
+ * After a timeout the pending read is abandoned (its rejection, when the
+ * connection closes, is swallowed); the caller answers and closes.
+ */
+export async function* idleBounded(source: AsyncIterable<Buffer>, idleMs: number): AsyncGenerator<Buffer> {
+  const it = source[Symbol.asyncIterator]();
+  let abandoned = false;
+  let finished = false;
+  try {
+    for (;;) {
+      const next = it.next();
+      let timer: NodeJS.Timeout | undefined;
+      const idle = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(requestTimeout()), idleMs);
+      });
+      let r: IteratorResult<Buffer>;
+      try {
+        r = await Promise.race([next, idle]);
+      } catch (err) {
+        if (err instanceof S3Error && err.code === 'RequestTimeout') {
+          abandoned = true;
+          next.catch(() => {});
+        }
+        throw err;
+      } finally {
+        clearTimeout(timer);
+      }
+      if (r.done) {
+        finished = true;
+        return;
+      }
+      yield r.value;
+    }
+  } finally {
+    // As a for-await would on an early exit; a read still pending queues the
+    // return behind it, so it is not awaited then (the socket close settles both).
+    const ret = finished ? undefined : it.return?.();
+    if (abandoned) ret?.catch(() => {});
+    else await ret;
+  }
 }
 
 const malformed = (why: string) => new S3Error('InvalidRequest', 400, `malformed aws-chunked body: ${why}`);
