@@ -8,11 +8,9 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import { Journal, JOURNAL_HEADER_BYTES, RecordType } from '../src/dataplane/journal/journal.js';
+import { JOURNAL_HEADER_BYTES, RecordType, type Journal } from '../src/dataplane/journal/journal.js';
 import { tempDir } from './helpers/cold.js';
-
-const MiB = 1024 * 1024;
-const BLOCK_BYTES = 4096;
+import { BLOCK_BYTES, openTestJournal } from './helpers/journal.js';
 
 const realFdatasync = fs.fdatasync;
 const realWritev = fs.writev;
@@ -61,12 +59,18 @@ function syncedAfterLastWrite(events: Trace['events'], fd: number): boolean {
   return lastWrite >= 0 && lastSync > lastWrite;
 }
 
-test('a marker the 50 ms timer wrote is fdatasynced by close', async (t) => {
-  const dir = tempDir(t, 'couchestor-journal-close-timer-marker-');
+/** A fresh journal in `prefix`, traced from its open, with one write (every byte `fill`) flushed: that sync's marker is pending. */
+async function flushedUnderTrace(t: TestContext, prefix: string, fill: number): Promise<{ j: Journal; trace: Trace }> {
+  const dir = tempDir(t, prefix);
   const trace = traceFs(t);
-  const j = Journal.open({ dir, chunkSizeBytes: MiB, destagedSeq: () => 0, volumeExists: () => true });
-  await j.append(RecordType.Write, 1, 0, BLOCK_BYTES, Buffer.alloc(BLOCK_BYTES, 0x21));
+  const j = openTestJournal(dir);
+  await j.append(RecordType.Write, 1, 0, BLOCK_BYTES, Buffer.alloc(BLOCK_BYTES, fill));
   await j.sync();
+  return { j, trace };
+}
+
+test('a marker the 50 ms timer wrote is fdatasynced by close', async (t) => {
+  const { j, trace } = await flushedUnderTrace(t, 'couchestor-journal-close-timer-marker-', 0x21);
   // No append follows: the timer writes the marker alone. Its timer is unref'd (it must not
   // hold a daemon open): a ref'd handle keeps this test's event loop alive until it fires.
   const keepAlive = setInterval(() => undefined, 1000);
@@ -77,11 +81,7 @@ test('a marker the 50 ms timer wrote is fdatasynced by close', async (t) => {
 });
 
 test('a marker that rode on an append is fdatasynced by close', async (t) => {
-  const dir = tempDir(t, 'couchestor-journal-close-ridden-marker-');
-  const trace = traceFs(t);
-  const j = Journal.open({ dir, chunkSizeBytes: MiB, destagedSeq: () => 0, volumeExists: () => true });
-  await j.append(RecordType.Write, 1, 0, BLOCK_BYTES, Buffer.alloc(BLOCK_BYTES, 0x31));
-  await j.sync();
+  const { j, trace } = await flushedUnderTrace(t, 'couchestor-journal-close-ridden-marker-', 0x31);
   // The next append carries the pending marker in its writev (before the timer fires).
   await j.append(RecordType.Write, 1, BLOCK_BYTES, BLOCK_BYTES, Buffer.alloc(BLOCK_BYTES, 0x32));
   const carrier = trace.events.filter((e) => e.op === 'writev').at(-1)!;

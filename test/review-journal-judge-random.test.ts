@@ -15,22 +15,16 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { JournalCorrupt, JOURNAL_HEADER_BYTES, RecordType, checkJournalDir, scanJournalBytes, type Journal } from '../src/dataplane/journal/journal.js';
-import { tempDir } from './helpers/cold.js';
+import { prng, tempDir } from './helpers/cold.js';
 import { journalFiles, openTestJournal } from './helpers/journal.js';
 
 const PAYLOAD_BYTES = 64;
 const RUNS = 150;
 
-/** A small deterministic PRNG (mulberry32), so a failing run can be replayed by its seed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let x = a;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
+/** A float in [0, 1) from the seeded mulberry32 of helpers/cold.ts, so a failing run can be replayed by its seed. */
+function uniform(seed: number): () => number {
+  const next = prng(seed);
+  return () => next() / 4294967296;
 }
 
 function payload(seq: number): Buffer {
@@ -40,7 +34,7 @@ function payload(seq: number): Buffer {
 }
 
 async function run(seed: number, root: string): Promise<string> {
-  const rnd = prng(seed);
+  const rnd = uniform(seed);
   const live = fs.mkdtempSync(path.join(root, 'live-'));
   const j = openTestJournal(live, { fileBytes: 2 + Math.floor(rnd() * 4) * (JOURNAL_HEADER_BYTES + PAYLOAD_BYTES) });
   const resolved = new Set<number>();
