@@ -643,10 +643,19 @@ export class Journal {
       this.takePendingMarker();
       before.push(this.writeMarker(markerRecord(this.markedSeq)));
     }
+    // Writes still running (an append whose records were released before
+    // its writev, or a short write's retry, landed) and the sync running now
+    // (it took this file as dirty before it went): the descriptor closes
+    // after them, never under one. Closed under a write, the rest of a record
+    // fails with EBADF, or with the number reused lands in another file;
+    // under an fdatasync, the sync fails the journal (EBADF), or with the
+    // number reused takes another file's writeback error, which Linux
+    // reports once.
+    const writesSettled = Promise.allSettled([...this.pendingWrites, ...(this.lastSync ? [this.lastSync] : [])]);
     // A claim that failed to land keeps the file (the journal has failed:
     // the next open judges with every marker still on disk).
-    if (before.length) void Promise.all(before).then(() => (this.failure ? undefined : remove()));
-    else remove();
+    if (before.length) void Promise.all([...before, writesSettled]).then(() => (this.failure ? undefined : remove()));
+    else void writesSettled.then(remove);
   }
 
   /**
