@@ -310,33 +310,42 @@ export class VolumeManager {
     let filesTruncated = 0;
     for (const rec of this.meta.listVolumes()) {
       if (rec.keptFilePools === undefined) continue;
-      const kept = new Set(rec.keptFilePools);
-      const inUse = new Set<string>();
-      for (const { entry } of this.meta.volumeChunks(rec.id)) if (entry.state === ChunkState.Allocated) inUse.add(entry.pool);
-      // A kept file reached through another pool name (a pool renamed in the
-      // configuration keeps its old record; a link) is still the kept copy.
-      const keptFiles = [...kept].flatMap((n) => {
-        const st = this.pools.get(n) && fs.statSync(this.pools.get(n)!.volumeFile(rec.id), { throwIfNoEntry: false });
-        return st ? [st] : [];
-      });
-      const leftovers = [...this.pools.values()].filter((p) => {
-        if (p.rec.tier === 'cold' || p.name === rec.poolName || inUse.has(p.name) || kept.has(p.name)) return false;
-        const st = fs.statSync(p.volumeFile(rec.id), { throwIfNoEntry: false });
-        return st !== undefined && !keptFiles.some((k) => k.dev === st.dev && k.ino === st.ino);
-      });
-      const placement = this.pools.get(rec.poolName);
-      const coldFile =
-        rec.tier === 'cold' && inUse.size === 0 && !kept.has(rec.poolName) && placement !== undefined && (fs.statSync(placement.volumeFile(rec.id), { throwIfNoEntry: false })?.size ?? 0) > 0;
-      if (leftovers.length === 0 && !coldFile) continue;
       try {
-        const vol = this.openVolume(rec.name);
-        if (leftovers.length > 0) filesRemoved += await vol.removeLeftoverFiles(leftovers);
-        if (coldFile && (await vol.releaseFile())) filesTruncated++;
-        log.info('finished a RELEASE a kill had cut short', { volume: rec.name, removed: leftovers.map((p) => p.name).join(','), truncated: coldFile ? rec.poolName : '' });
+        const r = await this.finishInterruptedRelease(rec, rec.keptFilePools);
+        filesRemoved += r.filesRemoved;
+        filesTruncated += r.filesTruncated;
       } catch (err) {
+        // A pool directory that cannot be read (EIO, EACCES) must not stop the daemon's start.
         log.warn('cannot finish an interrupted RELEASE; the files stay until the next start or `volumes release`', { volume: rec.name, err: (err as Error).message });
       }
     }
+    return { filesRemoved, filesTruncated };
+  }
+
+  /** finishInterruptedReleases() for one volume whose record lists keptFilePools. */
+  private async finishInterruptedRelease(rec: VolumeRecord, keptFilePools: string[]): Promise<{ filesRemoved: number; filesTruncated: number }> {
+    const kept = new Set(keptFilePools);
+    const inUse = new Set<string>();
+    for (const { entry } of this.meta.volumeChunks(rec.id)) if (entry.state === ChunkState.Allocated) inUse.add(entry.pool);
+    // A kept file reached through another pool name (a pool renamed in the
+    // configuration keeps its old record; a link) is still the kept copy.
+    const keptFiles = [...kept].flatMap((n) => {
+      const st = this.pools.get(n) && fs.statSync(this.pools.get(n)!.volumeFile(rec.id), { throwIfNoEntry: false });
+      return st ? [st] : [];
+    });
+    const leftovers = [...this.pools.values()].filter((p) => {
+      if (p.rec.tier === 'cold' || p.name === rec.poolName || inUse.has(p.name) || kept.has(p.name)) return false;
+      const st = fs.statSync(p.volumeFile(rec.id), { throwIfNoEntry: false });
+      return st !== undefined && !keptFiles.some((k) => k.dev === st.dev && k.ino === st.ino);
+    });
+    const placement = this.pools.get(rec.poolName);
+    const coldFile =
+      rec.tier === 'cold' && inUse.size === 0 && !kept.has(rec.poolName) && placement !== undefined && (fs.statSync(placement.volumeFile(rec.id), { throwIfNoEntry: false })?.size ?? 0) > 0;
+    if (leftovers.length === 0 && !coldFile) return { filesRemoved: 0, filesTruncated: 0 };
+    const vol = this.openVolume(rec.name);
+    const filesRemoved = leftovers.length > 0 ? await vol.removeLeftoverFiles(leftovers) : 0;
+    const filesTruncated = coldFile && (await vol.releaseFile()) ? 1 : 0;
+    log.info('finished a RELEASE a kill had cut short', { volume: rec.name, removed: leftovers.map((p) => p.name).join(','), truncated: coldFile ? rec.poolName : '' });
     return { filesRemoved, filesTruncated };
   }
 
