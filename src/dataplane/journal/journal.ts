@@ -653,8 +653,9 @@ export class Journal {
     // reports once.
     const writesSettled = Promise.allSettled([...this.pendingWrites, ...(this.lastSync ? [this.lastSync] : [])]);
     // A claim that failed to land keeps the file (the journal has failed:
-    // the next open judges with every marker still on disk).
-    if (before.length) void Promise.all([...before, writesSettled]).then(() => (this.failure ? undefined : remove()));
+    // the next open judges with every marker still on disk), but not its
+    // descriptor: the file is out of `files`, so close() never closes it.
+    if (before.length) void Promise.all([...before, writesSettled]).then(() => (this.failure ? fs.close(f.fd, () => undefined) : remove()));
     else void writesSettled.then(remove);
   }
 
