@@ -13,7 +13,7 @@ import { awsOk, errorCode, rawRequest, scrapeMetrics, signedChunkedBody, signer,
 /** A signed POST ?delete on its own connection; `cutAfterBytes` sends that much of the body and hangs up. */
 async function postDelete(env: S3Env, bucket: string, body: Buffer, opts: { headers?: Record<string, string>; cutAfterBytes?: number } = {}): Promise<RawAnswer> {
   const u = new URL(env.endpoint);
-  const headers: Record<string, string> = { host: u.host, 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD', 'content-length': String(body.length), ...opts.headers };
+  const headers: Record<string, string> = { host: u.host, 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD', 'content-length': String(body.length), 'content-md5': createHash('md5').update(body).digest('base64'), ...opts.headers };
   const query = { delete: '' };
   const s = (await signer(env).sign({ method: 'POST', protocol: 'http:', hostname: u.hostname, port: Number(u.port), path: `/${bucket}`, query, headers } as never)) as unknown as { headers: Record<string, string> };
   return rawRequest(env, 'POST', `/${bucket}?delete`, s.headers, (r, unanswered) => {
@@ -142,6 +142,9 @@ describe('review: a DeleteObjects body deletes exactly what it names', () => {
       'content-encoding': 'aws-chunked',
       'x-amz-decoded-content-length': String(decodedBytes),
     };
+    const decodedMd5 = createHash('md5').update(head);
+    for (let i = 0; i < runs; i++) decodedMd5.update(Buffer.alloc(65536, ' '));
+    headers['content-md5'] = decodedMd5.update(tail).digest('base64');
     const query = { delete: '' };
     const s = (await signer(env).sign({ method: 'POST', protocol: 'http:', hostname: u.hostname, port: Number(u.port), path: `/${B}`, query, headers } as never)) as unknown as { headers: Record<string, string> };
     let lagMaxMs = 0;
@@ -190,6 +193,7 @@ describe('review: a DeleteObjects body deletes exactly what it names', () => {
         'x-amz-content-sha256': 'STREAMING-AWS4-HMAC-SHA256-PAYLOAD',
         'content-encoding': 'aws-chunked',
         'x-amz-decoded-content-length': String(data.reduce((n, b) => n + b.length, 0)),
+        'content-md5': createHash('md5').update(Buffer.concat(data)).digest('base64'),
       };
       const query = { delete: '' };
       const s = (await signer(env).sign({ method: 'POST', protocol: 'http:', hostname: u.hostname, port: Number(u.port), path: `/${B}`, query, headers } as never, { signingDate: date })) as unknown as { headers: Record<string, string> };

@@ -23,7 +23,7 @@ async function raw(env: S3Env, method: string, pathname: string, query: [string,
   const u = new URL(env.endpoint);
   const q: Record<string, string> = Object.fromEntries(query);
   const bodyBytes = Buffer.isBuffer(body) ? body : Buffer.from(body);
-  const req = { method, protocol: 'http:', hostname: u.hostname, port: Number(u.port), path: pathname, query: q, headers: { host: u.host, 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD', 'content-length': String(bodyBytes.length), ...headers } };
+  const req = { method, protocol: 'http:', hostname: u.hostname, port: Number(u.port), path: pathname, query: q, headers: { host: u.host, 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD', 'content-length': String(bodyBytes.length), ...(q.delete !== undefined ? { 'content-md5': createHash('md5').update(bodyBytes).digest('base64') } : {}), ...headers } };
   const s = (await signer(env).sign(req as never)) as unknown as { headers: Record<string, string> };
   const qs = query.map(([k, v]) => (v === '' ? encodeURIComponent(k) : `${encodeURIComponent(k)}=${encodeURIComponent(v)}`)).join('&');
   return send(u, method, `${pathname}${qs ? `?${qs}` : ''}`, s.headers, bodyBytes);

@@ -284,7 +284,7 @@ describe('sigv4 on the live endpoint', () => {
     const bodies = ['<Delete><Object><Key>a</Key></Object>', '<Delete><Object><Key>a</Key></Objekt></Delete>', 'not xml at all', '<!DOCTYPE x [<!ENTITY e "boom">]><Delete>&e;</Delete>', '<Wrong/>', ''];
     for (const b of bodies) {
       const body = Buffer.from(b);
-      const s = await signed(env, 'POST', '/sig', { delete: '' }, { 'x-amz-content-sha256': sha256hex(body), 'content-length': String(body.length) });
+      const s = await signed(env, 'POST', '/sig', { delete: '' }, { 'x-amz-content-sha256': sha256hex(body), 'content-length': String(body.length), 'content-md5': createHash('md5').update(body).digest('base64') });
       const r = await send(env, 'POST', s.url, s.headers, body);
       assert.equal(r.status, 400, b);
       assert.equal(errorCode(r.body), 'MalformedXML', b);

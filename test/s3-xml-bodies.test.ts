@@ -4,7 +4,7 @@
 // the daemon's event-loop delay (its /metrics, perf_hooks.monitorEventLoopDelay
 // through prom-client) is measured while one is parsed and a second client reads.
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -21,7 +21,7 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
 /** A signed request on its own connection, body in 64 KiB writes as a client streams it. */
 async function raw(env: S3Env, method: string, pathname: string, query: Record<string, string>, body: Buffer, opts: { chunked?: boolean } = {}): Promise<RawAnswer> {
   const u = new URL(env.endpoint);
-  const headers: Record<string, string> = { host: u.host, 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD' };
+  const headers: Record<string, string> = { host: u.host, 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD', 'content-md5': createHash('md5').update(body).digest('base64') };
   if (!opts.chunked) headers['content-length'] = String(body.length);
   const s = (await signer(env).sign({ method, protocol: 'http:', hostname: u.hostname, port: Number(u.port), path: pathname, query, headers } as never)) as unknown as { headers: Record<string, string> };
   const qs = new URLSearchParams(query).toString();
