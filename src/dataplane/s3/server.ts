@@ -969,7 +969,7 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
     // S3 requires Content-MD5 or an x-amz-checksum-* for DeleteObjects whatever the
     // payload mode: an UNSIGNED-PAYLOAD body otherwise has nothing checking that
     // the keys deleted are the keys the client sent.
-    if (!hasBodyChecksum(ctx.raw.headers)) throw new S3Error('InvalidRequest', 400, 'Missing required header for this request: Content-MD5');
+    if (!hasBodyChecksum(ctx.raw.headers, ctx.payload)) throw new S3Error('InvalidRequest', 400, 'Missing required header for this request: Content-MD5');
     const tooMany = () => new S3Error('MalformedXML', 400, `Delete must list 1 to ${MAX_DELETE_OBJECTS} objects.`);
     let listed = 0;
     const root = await readXmlBody(ctx, {

@@ -326,13 +326,18 @@ const incompleteBody = (declaredBytes: number, got: string) =>
 
 /**
  * Whether the request carries an integrity check of its body that S3 accepts
- * where one is required (DeleteObjects): Content-MD5, an x-amz-checksum-*
- * header, or a checksum announced as a trailer (x-amz-trailer).
+ * where one is required (DeleteObjects) and that verifiedBody verifies:
+ * Content-MD5, an x-amz-checksum-<algo> header of an algorithm computed here,
+ * or such a checksum announced as a trailer of an aws-chunked body with
+ * trailers. A header naming anything else (crc64nvme, an unknown algorithm, a
+ * trailer on a body that cannot carry one) is checked by nobody, so it does not count.
  */
-export function hasBodyChecksum(headers: IncomingHttpHeaders): boolean {
+export function hasBodyChecksum(headers: IncomingHttpHeaders, payload: PayloadMode): boolean {
   if (headerValue(headers, 'content-md5') !== undefined) return true;
-  if ([...CHECKSUM_ALGOS, 'crc64nvme'].some((a) => headerValue(headers, `x-amz-checksum-${a}`) !== undefined)) return true;
-  return /^x-amz-checksum-[a-z0-9]+$/.test(headerValue(headers, 'x-amz-trailer')?.trim().toLowerCase() ?? '');
+  if (CHECKSUM_ALGOS.some((a) => headerValue(headers, `x-amz-checksum-${a}`) !== undefined)) return true;
+  if (payload.kind !== 'chunked' || !payload.trailer) return false;
+  const trailerName = headerValue(headers, 'x-amz-trailer')?.trim().toLowerCase();
+  return CHECKSUM_ALGOS.some((a) => trailerName === `x-amz-checksum-${a}`);
 }
 
 /** No body byte arrived for the idle timeout while the request waited for one. */
