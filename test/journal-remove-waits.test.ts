@@ -11,11 +11,10 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { Journal, JOURNAL_HEADER_BYTES, RecordType } from '../src/dataplane/journal/journal.js';
 import { tempDir } from './helpers/cold.js';
-import { block, BLOCK_BYTES, MiB, openTestJournal, RECORD_BYTES } from './helpers/journal.js';
+import { block, BLOCK_BYTES, MiB, observeCloses, openTestJournal, RECORD_BYTES } from './helpers/journal.js';
 
 const realWritev = fs.writev;
 const realFdatasync = fs.fdatasync;
-const realClose = fs.close;
 
 type Op = { op: 'writev-done' | 'fdatasync-done' | 'close'; fd: number; err?: string };
 
@@ -27,7 +26,7 @@ interface Observed {
   closeOf(fd: number): Promise<void>;
 }
 
-/** Records completed writev/fdatasync calls and close calls, in order; restored when the test ends. */
+/** Records completed writev/fdatasync calls and close calls (close and closeSync), in order; restored when the test ends. */
 function observeFs(t: TestContext): Observed {
   const ops: Op[] = [];
   let markerWaiters: (() => void)[] = [];
@@ -48,15 +47,13 @@ function observeFs(t: TestContext): Observed {
       cb(err);
     })) as typeof fs.fdatasync;
   const closeWaiters = new Map<number, () => void>();
-  fs.close = ((fd: number, cb?: (err: NodeJS.ErrnoException | null) => void) => {
+  observeCloses(t, (fd) => {
     ops.push({ op: 'close', fd });
     closeWaiters.get(fd)?.();
-    realClose(fd, cb ?? (() => undefined));
-  }) as typeof fs.close;
+  });
   t.after(() => {
     fs.writev = realWritev;
     fs.fdatasync = realFdatasync;
-    fs.close = realClose;
   });
   return {
     ops,
@@ -101,6 +98,8 @@ test('a file whose records are destaged during a FLUSH is closed after that FLUS
   const { ops } = observeFs(t);
   const j = openJournal(dir);
   t.after(() => j.close());
+  // Open closes a directory descriptor whose number a journal file may reuse: observe from here.
+  ops.length = 0;
   await j.append(RecordType.Write, 1, 0, BLOCK_BYTES, block(1));
   const sync = holdNext('fdatasync', () => true);
   const flush = j.sync();
@@ -128,6 +127,8 @@ test('a file whose records are destaged before their writev lands is closed afte
   const { ops, nextLoneMarker, closeOf } = observeFs(t);
   const j = openJournal(dir);
   t.after(() => j.close());
+  // Open closes a directory descriptor whose number a journal file may reuse: observe from here.
+  ops.length = 0;
   await j.append(RecordType.Write, 1, 0, BLOCK_BYTES, block(1));
   await j.sync();
   // Write 2 goes to a second file (rotation); its writev is held.

@@ -9,11 +9,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { RecordType } from '../src/dataplane/journal/journal.js';
 import { tempDir } from './helpers/cold.js';
-import { block, BLOCK_BYTES, MiB, openTestJournal, RECORD_BYTES } from './helpers/journal.js';
+import { block, BLOCK_BYTES, MiB, observeCloses, openTestJournal, RECORD_BYTES } from './helpers/journal.js';
 
 const realFdatasync = fs.fdatasync;
-const realClose = fs.close;
-const realCloseSync = fs.closeSync;
 
 type Op = { op: 'fdatasync' | 'close'; fd: number; err?: string };
 
@@ -38,18 +36,9 @@ test('close during a deferred removal: the removed file is closed once, by the r
       } else run();
     }) as typeof fs.fdatasync;
   });
-  fs.close = ((fd: number, cb?: (err: NodeJS.ErrnoException | null) => void) => {
-    ops.push({ op: 'close', fd });
-    realClose(fd, cb ?? (() => undefined));
-  }) as typeof fs.close;
-  fs.closeSync = ((fd: number) => {
-    ops.push({ op: 'close', fd });
-    realCloseSync(fd);
-  }) as typeof fs.closeSync;
+  observeCloses(t, (fd) => ops.push({ op: 'close', fd }));
   t.after(() => {
     fs.fdatasync = realFdatasync;
-    fs.close = realClose;
-    fs.closeSync = realCloseSync;
   });
   const j = openTestJournal(dir, { fileBytes: 2 * RECORD_BYTES - 1 });
   // Open's directory descriptor is closed before file 1 reuses its number: observe from here.

@@ -10,27 +10,16 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { RecordType } from '../src/dataplane/journal/journal.js';
 import { tempDir } from './helpers/cold.js';
-import { block, BLOCK_BYTES, MiB, openTestJournal, RECORD_BYTES } from './helpers/journal.js';
+import { block, BLOCK_BYTES, MiB, observeCloses, openTestJournal, RECORD_BYTES } from './helpers/journal.js';
 
 const realFdatasync = fs.fdatasync;
-const realClose = fs.close;
-const realCloseSync = fs.closeSync;
 
 test('a file removed while a failing sync runs is kept on disk and its descriptor is closed', async (t) => {
   const dir = tempDir(t, 'couchestor-review-remove-fd-failure-');
   const closed: number[] = [];
-  fs.close = ((fd: number, cb?: (err: NodeJS.ErrnoException | null) => void) => {
-    closed.push(fd);
-    realClose(fd, cb ?? (() => undefined));
-  }) as typeof fs.close;
-  fs.closeSync = ((fd: number) => {
-    closed.push(fd);
-    realCloseSync(fd);
-  }) as typeof fs.closeSync;
+  observeCloses(t, (fd) => closed.push(fd));
   t.after(() => {
     fs.fdatasync = realFdatasync;
-    fs.close = realClose;
-    fs.closeSync = realCloseSync;
   });
   // One record per file.
   const j = openTestJournal(dir, { fileBytes: 2 * RECORD_BYTES - 1 });

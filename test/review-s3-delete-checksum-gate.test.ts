@@ -2,8 +2,8 @@
 // must carry an integrity check the daemon actually verifies, not merely a header naming one.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { HeadObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
-import { awsOk, errorCode, rawRequest, signer, startS3, type RawAnswer, type S3Env } from './helpers/s3-env.js';
+import { PutObjectCommand } from '@aws-sdk/client-s3';
+import { awsOk, errorCode, objectExists, rawRequest, signer, startS3, type RawAnswer, type S3Env } from './helpers/s3-env.js';
 
 const deleteXml = (keys: string[]) => Buffer.from(`<Delete>${keys.map((k) => `<Object><Key>${k}</Key></Object>`).join('')}</Delete>`);
 
@@ -15,16 +15,6 @@ async function unsigned(env: S3Env, method: string, pathname: string, query: Rec
   const s = (await signer(env).sign(req as never, { signingDate: new Date() })) as unknown as { headers: Record<string, string> };
   const qs = new URLSearchParams(query).toString().replace(/\+/g, '%20');
   return rawRequest(env, method, qs ? `${pathname}?${qs}` : pathname, s.headers, (r) => r.end(body));
-}
-
-async function exists(env: S3Env, bucket: string, key: string): Promise<boolean> {
-  try {
-    await env.sdk.send(new HeadObjectCommand({ Bucket: bucket, Key: key }));
-    return true;
-  } catch (err) {
-    if ((err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode === 404) return false;
-    throw err;
-  }
 }
 
 describe('DeleteObjects: only a checksum the daemon verifies satisfies the integrity requirement', () => {
@@ -51,7 +41,7 @@ describe('DeleteObjects: only a checksum the daemon verifies satisfies the integ
       const r = await unsigned(env, 'POST', `/${B}`, { delete: '' }, deleteXml([key]), headers);
       assert.equal(r.status, 400, `status ${r.status}: ${r.body}`);
       assert.equal(errorCode(r.body), 'InvalidRequest');
-      assert.equal(await exists(env, B, key), true, 'the refused request deleted nothing');
+      assert.equal(await objectExists(env, B, key), true, 'the refused request deleted nothing');
     });
   }
 
@@ -62,7 +52,7 @@ describe('DeleteObjects: only a checksum the daemon verifies satisfies the integ
     const out = await env.sdk.send(new DeleteObjectsCommand({ Bucket: B, Delete: { Objects: [{ Key: 'gone-1' }] } }));
     assert.equal(out.Deleted?.length, 1);
     awsOk(env, ['s3api', 'delete-objects', '--bucket', B, '--delete', '{"Objects":[{"Key":"gone-2"}]}']);
-    assert.equal(await exists(env, B, 'gone-1'), false);
-    assert.equal(await exists(env, B, 'gone-2'), false);
+    assert.equal(await objectExists(env, B, 'gone-1'), false);
+    assert.equal(await objectExists(env, B, 'gone-2'), false);
   });
 });

@@ -10,8 +10,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { crc32 } from '@node-rs/crc32';
-import { GetObjectCommand, GetObjectTaggingCommand, HeadObjectCommand, PutObjectCommand, CreateMultipartUploadCommand, ListPartsCommand, AbortMultipartUploadCommand } from '@aws-sdk/client-s3';
-import { awsOk, errorCode, rawRequest, signedChunkedBody, signer, startS3, type RawAnswer, type S3Env } from './helpers/s3-env.js';
+import { GetObjectCommand, GetObjectTaggingCommand, PutObjectCommand, CreateMultipartUploadCommand, ListPartsCommand, AbortMultipartUploadCommand } from '@aws-sdk/client-s3';
+import { awsOk, errorCode, objectExists, rawRequest, signedChunkedBody, signer, startS3, type RawAnswer, type S3Env } from './helpers/s3-env.js';
 
 const md5b64 = (b: Buffer) => createHash('md5').update(b).digest('base64');
 const deleteXml = (keys: string[]) => Buffer.from(`<Delete>${keys.map((k) => `<Object><Key>${k}</Key></Object>`).join('')}</Delete>`);
@@ -42,16 +42,6 @@ async function chunked(env: S3Env, method: string, pathname: string, query: Reco
   const s = await sign(env, method, pathname, query, { 'x-amz-content-sha256': 'STREAMING-AWS4-HMAC-SHA256-PAYLOAD', 'content-encoding': 'aws-chunked', 'x-amz-decoded-content-length': String(declaredBytes ?? decodedBytes), ...headers }, date);
   const body = await signedChunkedBody(env, s.headers, date, data);
   return rawRequest(env, method, s.url, { ...s.headers, 'content-length': String(body.length) }, (r) => r.end(body));
-}
-
-async function exists(env: S3Env, bucket: string, key: string): Promise<boolean> {
-  try {
-    await env.sdk.send(new HeadObjectCommand({ Bucket: bucket, Key: key }));
-    return true;
-  } catch (err) {
-    if ((err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode === 404) return false;
-    throw err;
-  }
 }
 
 async function putSmall(env: S3Env, bucket: string, key: string, body = 'x'): Promise<void> {
@@ -88,13 +78,13 @@ describe('S3 request bodies: integrity headers, decoded length, idle timeout', (
     assert.equal(r.status, 400, r.body);
     assert.equal(errorCode(r.body), 'InvalidRequest');
     assert.match(r.body, /Missing required header for this request: Content-MD5/);
-    assert.equal(await exists(env, B, 'keep-1'), true, 'the refused request deleted nothing');
+    assert.equal(await objectExists(env, B, 'keep-1'), true, 'the refused request deleted nothing');
     // A SHA-256-signed body without them is refused too (S3 requires one for every DeleteObjects).
     const sha = await sign(env, 'POST', `/${B}`, { delete: '' }, { 'x-amz-content-sha256': createHash('sha256').update(body).digest('hex'), 'content-length': String(body.length) });
     const signedAnswer = await rawRequest(env, 'POST', sha.url, sha.headers, (q) => q.end(body));
     assert.equal(signedAnswer.status, 400, signedAnswer.body);
     assert.equal(errorCode(signedAnswer.body), 'InvalidRequest');
-    assert.equal(await exists(env, B, 'keep-1'), true);
+    assert.equal(await objectExists(env, B, 'keep-1'), true);
   });
 
   it('DeleteObjects with Content-MD5, or with an x-amz-checksum-crc32 header, deletes; a wrong one deletes nothing', async () => {
@@ -104,21 +94,21 @@ describe('S3 request bodies: integrity headers, decoded length, idle timeout', (
     const wrongMd5 = await unsigned(env, 'POST', `/${B}`, { delete: '' }, md5Body, { 'content-md5': md5b64(Buffer.from('other')) });
     assert.equal(wrongMd5.status, 400, wrongMd5.body);
     assert.equal(errorCode(wrongMd5.body), 'BadDigest');
-    assert.equal(await exists(env, B, 'md5-1'), true);
+    assert.equal(await objectExists(env, B, 'md5-1'), true);
     const ok = await unsigned(env, 'POST', `/${B}`, { delete: '' }, md5Body, { 'content-md5': md5b64(md5Body) });
     assert.equal(ok.status, 200, ok.body);
     assert.match(ok.body, /<Deleted><Key>md5-1<\/Key>/);
-    assert.equal(await exists(env, B, 'md5-1'), false);
+    assert.equal(await objectExists(env, B, 'md5-1'), false);
 
     const crcBody = deleteXml(['crc-1']);
     const crc = Buffer.alloc(4);
     crc.writeUInt32BE(crc32(crcBody) >>> 0);
     const wrongCrc = await unsigned(env, 'POST', `/${B}`, { delete: '' }, crcBody, { 'x-amz-checksum-crc32': 'AAAAAA==' });
     assert.equal(errorCode(wrongCrc.body), 'BadDigest', wrongCrc.body);
-    assert.equal(await exists(env, B, 'crc-1'), true);
+    assert.equal(await objectExists(env, B, 'crc-1'), true);
     const crcOk = await unsigned(env, 'POST', `/${B}`, { delete: '' }, crcBody, { 'x-amz-checksum-crc32': crc.toString('base64') });
     assert.equal(crcOk.status, 200, crcOk.body);
-    assert.equal(await exists(env, B, 'crc-1'), false);
+    assert.equal(await objectExists(env, B, 'crc-1'), false);
   });
 
   it('aws s3api delete-objects (the cli sends its own Content-MD5 or checksum) still deletes', async () => {
@@ -128,8 +118,8 @@ describe('S3 request bodies: integrity headers, decoded length, idle timeout', (
     fs.writeFileSync(file, JSON.stringify({ Objects: [{ Key: 'cli-1' }, { Key: 'cli-2' }] }));
     const out = awsOk(env, ['s3api', 'delete-objects', '--bucket', B, '--delete', `file://${file}`]);
     assert.deepEqual(out.Deleted.map((d: { Key: string }) => d.Key).sort(), ['cli-1', 'cli-2']);
-    assert.equal(await exists(env, B, 'cli-1'), false);
-    assert.equal(await exists(env, B, 'cli-2'), false);
+    assert.equal(await objectExists(env, B, 'cli-1'), false);
+    assert.equal(await objectExists(env, B, 'cli-2'), false);
   });
 
   it('an aws-chunked DeleteObjects whose decoded length differs from x-amz-decoded-content-length is IncompleteBody and deletes nothing', async () => {
@@ -141,11 +131,11 @@ describe('S3 request bodies: integrity headers, decoded length, idle timeout', (
       const r = await chunked(env, 'POST', `/${B}`, { delete: '' }, halves, declared, md5);
       assert.equal(r.status, 400, `declared ${declared} of ${body.length}: ${r.body}`);
       assert.equal(errorCode(r.body), 'IncompleteBody', r.body);
-      assert.equal(await exists(env, B, 'len-1'), true, `declared ${declared}: nothing deleted`);
+      assert.equal(await objectExists(env, B, 'len-1'), true, `declared ${declared}: nothing deleted`);
     }
     const ok = await chunked(env, 'POST', `/${B}`, { delete: '' }, halves, body.length, md5);
     assert.equal(ok.status, 200, ok.body);
-    assert.equal(await exists(env, B, 'len-1'), false);
+    assert.equal(await objectExists(env, B, 'len-1'), false);
   });
 
   it('aws-chunked PutObject, UploadPart and PutObjectTagging with a wrong decoded length are IncompleteBody and write nothing', async () => {
@@ -154,7 +144,7 @@ describe('S3 request bodies: integrity headers, decoded length, idle timeout', (
     for (const declared of [n + 1, n - 1]) {
       const put = await chunked(env, 'PUT', `/${B}/put-len`, {}, data, declared);
       assert.equal(errorCode(put.body), 'IncompleteBody', `PutObject declared ${declared}: ${put.body}`);
-      assert.equal(await exists(env, B, 'put-len'), false);
+      assert.equal(await objectExists(env, B, 'put-len'), false);
     }
     const good = await chunked(env, 'PUT', `/${B}/put-len`, {}, data);
     assert.equal(good.status, 200, good.body);
@@ -223,7 +213,7 @@ describe('S3 request bodies: integrity headers, decoded length, idle timeout', (
     assert.match(r.text, /not read from or written to within the timeout period/);
     assert.match(r.text, /\r\nconnection: close\r\n/i);
     assert.ok(r.closedAfterMs >= IDLE_MS * 0.9, `closed after ${r.closedAfterMs.toFixed(0)} ms, before the ${IDLE_MS} ms idle timeout`);
-    assert.equal(await exists(env, B, 'stalled'), false, 'nothing of the stalled upload is visible');
+    assert.equal(await objectExists(env, B, 'stalled'), false, 'nothing of the stalled upload is visible');
   });
 
   it('a DeleteObjects body that stalls mid-XML fails with RequestTimeout and deletes nothing', async () => {
@@ -232,7 +222,7 @@ describe('S3 request bodies: integrity headers, decoded length, idle timeout', (
     const s = await sign(env, 'POST', `/${B}`, { delete: '' }, { 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD', 'content-length': String(body.length), 'content-md5': md5b64(body) });
     const r = await stall(s.headers, 'POST', s.url, body.subarray(0, body.length - 5)).closed;
     assert.equal(errorCode(r.text), 'RequestTimeout', r.text);
-    assert.equal(await exists(env, B, 'del-stall'), true);
+    assert.equal(await objectExists(env, B, 'del-stall'), true);
   });
 
   it('a slow but steady upload (a piece every third of the idle timeout, twice the timeout in all) is not cut', async () => {

@@ -269,3 +269,24 @@ function fileSizeLimit(t: FullFileSystemContext, sizeBytes: number, prefix: stri
     },
   };
 }
+
+/**
+ * Calls onClose(fd) for every fs.close / fs.closeSync (which journal.ts calls through the
+ * `fs` module object) until the test ends, then puts both back.
+ */
+export function observeCloses(t: { after(fn: () => void): void }, onClose: (fd: number) => void): void {
+  const realClose = fs.close;
+  const realCloseSync = fs.closeSync;
+  fs.close = ((fd: number, cb?: (err: NodeJS.ErrnoException | null) => void) => {
+    onClose(fd);
+    realClose(fd, cb ?? (() => undefined));
+  }) as typeof fs.close;
+  fs.closeSync = ((fd: number) => {
+    onClose(fd);
+    realCloseSync(fd);
+  }) as typeof fs.closeSync;
+  t.after(() => {
+    fs.close = realClose;
+    fs.closeSync = realCloseSync;
+  });
+}

@@ -1,7 +1,7 @@
 // S3 test harness: a real daemon, its generated credentials, the Debian aws
 // cli in an isolated HOME, an @aws-sdk/client-s3 client, and an independent
 // SigV4 signer (@smithy/signature-v4, the SDK's own) for hand-made requests.
-import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
+import { CreateBucketCommand, HeadObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { SignatureV4 } from '@smithy/signature-v4';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -244,4 +244,15 @@ export async function signedRequest(env: S3Env, method: string, pathname: string
     r.on('error', reject);
     r.end(body);
   });
+}
+
+/** Whether bucket/key exists (HeadObject through the SDK: 404 is false, any other error throws). */
+export async function objectExists(env: S3Env, bucket: string, key: string): Promise<boolean> {
+  try {
+    await env.sdk.send(new HeadObjectCommand({ Bucket: bucket, Key: key }));
+    return true;
+  } catch (err) {
+    if ((err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode === 404) return false;
+    throw err;
+  }
 }
