@@ -95,7 +95,7 @@ async function settle(j: Journal): Promise<void> {
 
 test('a file whose records are destaged during a FLUSH is closed after that FLUSH\'s fdatasync, which succeeds', async (t) => {
   const dir = tempDir(t, 'couchestor-journal-remove-sync-');
-  const { ops } = observeFs(t);
+  const { ops, closeOf } = observeFs(t);
   const j = openJournal(dir);
   t.after(() => j.close());
   // Open closes a directory descriptor whose number a journal file may reuse: observe from here.
@@ -109,10 +109,12 @@ test('a file whose records are destaged during a FLUSH is closed after that FLUS
   j.release(1, 0, Number.MAX_SAFE_INTEGER);
   await settle(j);
   const closedUnderSync = ops.some((o) => o.op === 'close' && o.fd === fd);
+  const closedNow = closeOf(fd);
   sync.release();
   assert.equal(closedUnderSync, false, 'the file was closed under the running fdatasync');
   await flush;
-  await settle(j);
+  // The removal fdatasyncs the file before it closes it (journal-power-loss): waited for by its close, not by turns.
+  await closedNow;
   const syncDone = ops.findIndex((o) => o.op === 'fdatasync-done' && o.fd === fd);
   const closed = ops.findIndex((o) => o.op === 'close' && o.fd === fd);
   assert.ok(syncDone >= 0 && closed > syncDone, `fdatasync then close: ${JSON.stringify(ops)}`);
@@ -148,7 +150,8 @@ test('a file whose records are destaged before their writev lands is closed afte
   write.release();
   assert.equal(closedUnderWrite, false, 'the file was closed under the running writev');
   await appended;
-  await settle(j);
+  // The removal fdatasyncs the file before it closes it (journal-power-loss): waited for by its close, not by turns.
+  await closedNow;
   const landed = ops.findIndex((o) => o.op === 'writev-done' && o.fd === fd && o.err === undefined);
   const closed = ops.findIndex((o) => o.op === 'close' && o.fd === fd);
   assert.ok(landed >= 0 && closed > landed, `writev then close: ${JSON.stringify(ops)}`);

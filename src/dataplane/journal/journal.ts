@@ -123,6 +123,11 @@ export class Journal {
   /** volumeId -> chunkIndex -> extents in seq order. */
   private readonly index = new Map<number, Map<number, JournalExtent[]>>();
   private readonly pendingWrites = new Set<Promise<void>>();
+  /**
+   * Files out of `files` (every record destaged) whose removal has not yet
+   * fdatasynced them: syncs still take them when dirty (syncOnce).
+   */
+  private readonly removing = new Set<JournalFile>();
   private readonly commit = new GroupCommit(() => this.syncOnce());
   private failure: Error | null = null;
   private spaceWaiters: (() => void)[] = [];
@@ -255,10 +260,16 @@ export class Journal {
 
   /**
    * Writes a header-only item (a fence, or open's first marker) at the
-   * file's tail before anything else can be issued to the file, so no later
-   * item of the file lands without it (a crash kills the process, not the
-   * page cache). A failure or short count fails the journal, as any journal
-   * write does, and throws it.
+   * file's tail before anything else can be issued to the file, and
+   * fdatasyncs it, so no later item of the file lands without it: not after
+   * a SIGKILL (the page cache keeps the order) and not after a power cut
+   * (writeback keeps none). Lost to a power cut, with the older files it
+   * bounds destaged and their unlinks durable (a directory fsync or the file
+   * system's own commit), the seqs a damaged range at the file's start can
+   * hold had no bound, and any later marker (the next rotation's fence
+   * claims the last sync) made the open refuse a pure power cut. One
+   * fdatasync per file created (measured 0.3 ms here). A failure or short
+   * count fails the journal, as any journal write does, and throws it.
    */
   private writeItemSync(f: JournalFile, item: Buffer): void {
     const pos = f.tailBytes;
@@ -273,6 +284,12 @@ export class Journal {
       }
     } catch (err) {
       this.fail(doneBytes > 0 && !(err instanceof JournalShortWrite) ? new JournalShortWrite(fileName(f.no), pos, doneBytes, item.length, err as Error) : (err as Error));
+      throw this.failure;
+    }
+    try {
+      fs.fdatasyncSync(f.fd);
+    } catch (err) {
+      this.fail(err as Error);
       throw this.failure;
     }
   }
@@ -465,13 +482,16 @@ export class Journal {
     const inFlight = [...this.pendingWrites];
     // Every write numbered up to here is awaited or landed, in a file flagged dirty.
     const uptoSeq = this.nextSeq - 1;
-    const dirty = [...this.files.values()].filter((f) => f.dirty);
+    // Files being removed too: a marker of this sync claims their records,
+    // so they are durable before it, or a power cut that undoes their unlink
+    // leaves them torn under the claim (the open refuses; see maybeRemove).
+    const dirty = [...this.files.values(), ...this.removing].filter((f) => f.dirty);
     for (const f of dirty) f.dirty = false;
     await Promise.all(inFlight);
     if (this.failure) throw this.failure;
-    // A file removed meanwhile (every record in it destaged) is closed or
-    // closing: nothing in it is needed any more.
-    const live = dirty.filter((f) => this.files.get(f.no) === f);
+    // A file whose removal's own fdatasync has run meanwhile is durable and
+    // closing: nothing more is needed of it.
+    const live = dirty.filter((f) => this.files.get(f.no) === f || this.removing.has(f));
     await Promise.all([
       ...live.map(
         (f) =>
@@ -628,10 +648,28 @@ export class Journal {
     if (this.closed) return;
     if (f === this.head || f.liveBytes > 0 || f.removeHolds > 0) return;
     this.files.delete(f.no);
-    const remove = () => {
-      fs.close(f.fd, () => undefined);
-      fs.rm(path.join(this.dir, fileName(f.no)), { force: true }, () => undefined);
+    this.removing.add(f);
+    // Leaves `removing` (no sync takes it any more) and is closed after the
+    // syncs that took it, never under one (see writesSettled below).
+    const closeAfterSyncs = (removeFile: boolean) => {
+      this.removing.delete(f);
+      const lastSync = this.lastSync;
+      void Promise.allSettled(lastSync ? [lastSync] : []).then(() => {
+        fs.close(f.fd, () => undefined);
+        if (removeFile) fs.rm(path.join(this.dir, fileName(f.no)), { force: true }, () => undefined);
+      });
     };
+    // fdatasync first: the unlink is durable only at the next directory
+    // sync, and a power cut before it brings the file back with whatever of
+    // its bytes writeback had reached (torn, when its records were all
+    // destaged before any FLUSH synced it), while later sync markers claim
+    // those records (they are in stripes): the open judged the torn bytes
+    // damage to flushed writes and refused to start.
+    const remove = () =>
+      fs.fdatasync(f.fd, (err) => {
+        if (err) log.warn('journal: fdatasync of a destaged file before its removal failed', { file: fileName(f.no), err: err.message });
+        closeAfterSyncs(true);
+      });
     const before: Promise<unknown>[] = [];
     if (f.markerWrite) before.push(f.markerWrite);
     // Its markers may be all that covers an older file's flushed records
@@ -655,7 +693,7 @@ export class Journal {
     // A claim that failed to land keeps the file (the journal has failed:
     // the next open judges with every marker still on disk), but not its
     // descriptor: the file is out of `files`, so close() never closes it.
-    if (before.length) void Promise.all([...before, writesSettled]).then(() => (this.failure ? fs.close(f.fd, () => undefined) : remove()));
+    if (before.length) void Promise.all([...before, writesSettled]).then(() => (this.failure ? closeAfterSyncs(false) : remove()));
     else void writesSettled.then(remove);
   }
 
