@@ -107,6 +107,15 @@ interface PartLike {
   segment: { kind: string };
 }
 
+/** What a recount in progress is told (SegmentCompactor.sinceRecount). */
+interface SinceRecount {
+  /** Places told dead since the instant, at most MAX_PENDING_DEAD_CHECKS. */
+  freed: { key: string; offsetBytes: number; lengthBytes: number }[];
+  /** Bytes told dead past that bound, per segment: added unchecked. */
+  overflowBytes: Map<string, number>;
+  replaced: Set<string>;
+}
+
 /** An index entry that holds stripe references. */
 type Holder = { kind: 'chunk'; key: [number, number] } | { kind: 'object'; key: Buffer } | { kind: 'part'; key: Buffer };
 
@@ -177,12 +186,12 @@ export class SegmentCompactor {
   /** The recount in progress (concurrent calls share it). */
   private recounting: Promise<void> | null = null;
   /**
-   * While a recount reads its snapshot: dead bytes told since its instant,
-   * per segment (added on top of what it counts), and the pools whose store
-   * was replaced meanwhile (what it counted for them is stale). Bounded by
-   * the segments and the cold pools.
+   * While a recount reads the index: places told dead since its instant
+   * (recountNow says which are added on top of what it counts), and the
+   * pools whose store was replaced meanwhile (what it counted for them is
+   * stale). Bounded: MAX_PENDING_DEAD_CHECKS places, then bytes per segment.
    */
-  private sinceRecount: { dead: Map<string, number>; replaced: Set<string> } | null = null;
+  private sinceRecount: SinceRecount | null = null;
 
   constructor(
     private readonly stripes: StripeStore,
@@ -355,10 +364,13 @@ export class SegmentCompactor {
   }
 
   private addDead(shards: ShardRef[]): void {
-    const since = this.sinceRecount?.dead;
+    const since = this.sinceRecount;
     for (const s of shards) {
       const key = segKey(s.pool, s.segment);
-      since?.set(key, (since.get(key) ?? 0) + s.lengthBytes);
+      if (since !== null) {
+        if (since.freed.length < MAX_PENDING_DEAD_CHECKS) since.freed.push({ key, offsetBytes: s.offsetBytes, lengthBytes: s.lengthBytes });
+        else since.overflowBytes.set(key, (since.overflowBytes.get(key) ?? 0) + s.lengthBytes);
+      }
       const bytes = (this.dead.get(key) ?? 0) + s.lengthBytes;
       this.dead.set(key, bytes);
       // A hint: not awaited (the start-up recount corrects a lost update).
@@ -403,18 +415,32 @@ export class SegmentCompactor {
   }
 
   /**
-   * forEachRef's index part read from the read snapshot `txn`, yielding to
-   * the event loop every recountSliceEntries entries (each slice a fresh
-   * range from the last key read: no cursor is held across a yield).
+   * forEachRef's index part read in slices of recountSliceEntries entries,
+   * yielding to the event loop between two (each slice a fresh range from
+   * the last key read: no cursor is held across a yield). From one read
+   * snapshot `txn` (the index at one instant; LMDB reuses no page freed
+   * while it is held, so commits meanwhile grow the file and slow down), or
+   * with `'per-slice'` from a snapshot opened for each slice and released
+   * before the yield: an entry changed between two slices is then read as
+   * it was when its slice ran, and one whose reference moved from a key not
+   * read yet to one read already (an upload's parts becoming its object) is
+   * missed. Only callers that tolerate that use it (the recount's hints;
+   * liveIn's first look, behind the final look from one snapshot).
    */
-  private async forEachIndexRefSliced(txn: Transaction, visit: (ref: StripeRef) => void): Promise<void> {
+  private async forEachIndexRefSliced(snapshot: Transaction | 'per-slice', visit: (ref: StripeRef, holder: Holder | null) => void): Promise<void> {
     const slice = this.opts.recountSliceEntries;
     let sinceYield = 0;
     const scan = async <K extends Key, V>(db: Database<V, K>, start: K, end: K | undefined, each: (key: K, value: V) => void): Promise<void> => {
       let from = start;
       let exclusiveStart = false;
       for (;;) {
-        const batch = [...db.getRange({ start: from, ...(end !== undefined ? { end } : {}), exclusiveStart, limit: slice, transaction: txn })];
+        const txn = snapshot === 'per-slice' ? this.objects.useReadTransaction() : snapshot;
+        let batch: { key: K; value: V }[];
+        try {
+          batch = [...db.getRange({ start: from, ...(end !== undefined ? { end } : {}), exclusiveStart, limit: slice, transaction: txn })];
+        } finally {
+          if (snapshot === 'per-slice') txn.done();
+        }
         for (const { key, value } of batch) each(key, value);
         sinceYield += batch.length;
         if (sinceYield >= slice) {
@@ -426,7 +452,7 @@ export class SegmentCompactor {
         exclusiveStart = true;
       }
     };
-    const volumeIds = [...this.meta.volumes.getRange({ transaction: txn })].map((e) => e.value.id);
+    const volumeIds = [...this.meta.volumes.getRange(snapshot === 'per-slice' ? {} : { transaction: snapshot })].map((e) => e.value.id);
     for (const id of volumeIds) await scan(this.meta.chunks, [id, 0], [id + 1, 0], (key, entry) => visitChunk(id, key[1], entry, visit));
     await scan(this.objects, ALL_OBJECT_KEYS.start, undefined, (key, value) => visitObject(key, value, visit));
     await scan(this.parts, ALL_OBJECT_KEYS.start, undefined, (key, value) => visitPart(key, value, visit));
@@ -439,16 +465,27 @@ export class SegmentCompactor {
    * short). Records written by sessions in flight count as dead here; the
    * pass itself never trusts the hint (it asks the index again).
    *
-   * Everything is taken at one instant, with nothing awaited between: the
-   * epoch, the segments' sizes, the references held in memory and an LMDB
-   * read snapshot. The index is then read from that snapshot in slices
-   * (forEachIndexRefSliced: the event loop is never held for the whole
-   * index, at start or later). A place freed before the instant is
-   * unreferenced in the snapshot; one freed after is told to addDead, which
-   * adds it on top (sinceRecount; the dead checks' epoch likewise), and a
-   * record appended after it lies past the sizes taken. A pool whose store
-   * is replaced meanwhile keeps its running figures, and the next pass
-   * recounts.
+   * Taken at one instant, with nothing awaited between: the epoch, the
+   * segments' sizes and the references held in memory. The index is then
+   * read in slices (forEachIndexRefSliced), each from a read snapshot of its
+   * own, released before the yield: neither the event loop nor LMDB's freed
+   * pages are held for the whole index (one snapshot held across the scan
+   * made commits meanwhile reuse no page and run ~21x slower). What the
+   * slices can see differ from the instant in, and how each is kept right:
+   *  - a record appended after the instant lies past the sizes taken: its
+   *    references are not counted live (they would lower that segment's
+   *    dead bytes by bytes the sizes do not hold);
+   *  - a place freed after the instant is told to addDead (sinceRecount; the
+   *    dead checks' epoch likewise). It is added on top only if the count
+   *    has it live (a slice, or memory at the instant, saw it referenced) or
+   *    it lies past the sizes; one whose holder a slice read only after the
+   *    free is already counted dead by size minus live, once;
+   *  - a reference that moved between slices from a key not read yet to one
+   *    read already (an upload's parts becoming its object) is not seen: its
+   *    place counts dead though live. That over-counts a hint, never data:
+   *    the pass asks the index again before copying or deleting anything.
+   * A pool whose store is replaced meanwhile keeps its running figures, and
+   * the next pass recounts.
    */
   recount(): Promise<void> {
     this.recounting ??= this.recountNow().finally(() => {
@@ -461,6 +498,7 @@ export class SegmentCompactor {
     const stores = await this.coldStores();
     this.recountEpoch++;
     const sizes = stores.flatMap(({ pool, store }) => store.segments().map((s) => ({ pool, segment: s.segment, sizeBytes: s.sizeBytes })));
+    const sizeOf = new Map(sizes.map((z) => [segKey(z.pool, z.segment), z.sizeBytes]));
     // Each referenced place once (a stripe is usually seen both committed and in an open volume's map),
     // summed per segment as it is found: the work stays in the slices. Offsets by segment, not a
     // string per place: fewer allocations, shorter collector pauses (bench/cold-fresh-pool-open).
@@ -469,6 +507,9 @@ export class SegmentCompactor {
     const visit = (ref: StripeRef) => {
       for (const s of ref.shards) {
         const key = segKey(s.pool, s.segment);
+        const sizeBytes = sizeOf.get(key);
+        // Appended after the instant (a later slice sees its commit): not in the sizes taken.
+        if (sizeBytes === undefined || s.offsetBytes + s.lengthBytes > sizeBytes) continue;
         let seen = offsets.get(key);
         if (seen === undefined) offsets.set(key, (seen = new Set()));
         if (seen.has(s.offsetBytes)) continue;
@@ -478,24 +519,29 @@ export class SegmentCompactor {
     };
     // Held references count as live: a pinned S3 version leaving the index is freed (counted dead) when its last reader lets go.
     this.forEachMemoryRef(visit);
-    const since = { dead: new Map<string, number>(), replaced: new Set<string>() };
+    const since: SinceRecount = { freed: [], overflowBytes: new Map(), replaced: new Set() };
     this.sinceRecount = since;
-    const txn = this.objects.useReadTransaction();
     try {
-      await this.forEachIndexRefSliced(txn, visit);
+      await this.forEachIndexRefSliced('per-slice', visit);
     } finally {
-      txn.done();
       this.sinceRecount = null;
+    }
+    // Told dead since the instant, per segment: see the method comment for which places count.
+    const sinceDead = new Map(since.overflowBytes);
+    for (const f of since.freed) {
+      const sizeBytes = sizeOf.get(f.key);
+      const counted = sizeBytes !== undefined && f.offsetBytes + f.lengthBytes <= sizeBytes && offsets.get(f.key)?.has(f.offsetBytes) !== true;
+      if (!counted) sinceDead.set(f.key, (sinceDead.get(f.key) ?? 0) + f.lengthBytes);
     }
     const next = new Map<string, number>();
     for (const z of sizes) {
       if (since.replaced.has(z.pool)) continue;
       const key = segKey(z.pool, z.segment);
-      next.set(key, Math.max(0, z.sizeBytes - (live.get(key) ?? 0)) + (since.dead.get(key) ?? 0));
+      next.set(key, Math.max(0, z.sizeBytes - (live.get(key) ?? 0)) + (sinceDead.get(key) ?? 0));
     }
     // Segments begun since the instant: only what was told dead since.
     // Not a replaced pool's: told before its replacement, they name the old store's segments (the new one reuses their numbers).
-    for (const [key, bytes] of since.dead) if (!next.has(key) && !since.replaced.has(key.split('\u0000')[0]!)) next.set(key, bytes);
+    for (const [key, bytes] of sinceDead) if (!next.has(key) && !since.replaced.has(key.split('\u0000')[0]!)) next.set(key, bytes);
     // A replaced pool: its running figures (reset, then told since), not what the snapshot made of the old store.
     for (const [key, bytes] of this.dead) if (since.replaced.has(key.split('\u0000')[0]!)) next.set(key, bytes);
     this.dead.clear();
@@ -507,7 +553,8 @@ export class SegmentCompactor {
         void this.meta.segmentDeadBytes.put([pool, Number(segment)], bytes);
       }
     });
-    this.recounted = since.replaced.size === 0;
+    // Past the bound of places kept, frees were added unchecked (maybe twice): the next pass counts again.
+    this.recounted = since.replaced.size === 0 && since.overflowBytes.size === 0;
   }
 
   private async pass(unthrottled: boolean): Promise<PassReport> {
@@ -632,14 +679,17 @@ export class SegmentCompactor {
   }
 
   /**
-   * Places in `segment` of `pool` that must stay readable now: offset ->
-   * length. The index's references, and readers' held ones through the
-   * forwards (so a held record already copied out no longer counts).
+   * Places in `segment` of `pool` that must stay readable: offset ->
+   * length, with the index entries holding them. The index's references
+   * read in slices (forEachIndexRefSliced, from `snapshot`), then the ones
+   * held in memory (open volumes' maps, readers' holds through the forwards,
+   * so a held record already copied out no longer counts) as they are once
+   * the index is read.
    */
-  private liveIn(pool: string, segment: number): { live: Map<number, number>; holders: Map<string, Holder> } {
+  private async liveIn(pool: string, segment: number, snapshot: Transaction | 'per-slice'): Promise<{ live: Map<number, number>; holders: Map<string, Holder> }> {
     const live = new Map<number, number>();
     const holders = new Map<string, Holder>();
-    this.forEachRef((ref, holder) => {
+    const visit = (ref: StripeRef, holder: Holder | null) => {
       let hit = false;
       for (const s of ref.shards) {
         if (s.pool !== pool || s.segment !== segment) continue;
@@ -647,15 +697,44 @@ export class SegmentCompactor {
         hit = true;
       }
       if (hit && holder) holders.set(holderId(holder), holder);
-    });
+    };
+    await this.forEachIndexRefSliced(snapshot, visit);
+    this.forEachMemoryRef(visit);
     return { live, holders };
+  }
+
+  /**
+   * The look that allows deleting `segment`: the number of places in it
+   * still referenced, by the index at one instant after every write queued
+   * before the call has committed, or in memory then or once the index is
+   * read. The instant is one read snapshot (a write transaction around the
+   * whole scan held the event loop and every writer ~1 s per 100,000
+   * entries); it is read in slices, so the snapshot is held that long, not
+   * the loop. One snapshot, not one per slice: a reference moving between
+   * two keys while slices ran would be missed, and this look is what keeps
+   * a live shard's segment on disk.
+   */
+  private async referencedNow(pool: string, segment: number): Promise<number> {
+    await this.meta.transaction(() => undefined); // commits every write queued before it (LMDB runs them in order)
+    const txn = this.objects.useReadTransaction();
+    try {
+      let places = 0;
+      // Memory at the snapshot's instant, then (liveIn) once the index is read.
+      this.forEachMemoryRef((ref) => {
+        for (const s of ref.shards) if (s.pool === pool && s.segment === segment) places++;
+      });
+      return places + (await this.liveIn(pool, segment, txn)).live.size;
+    } finally {
+      txn.done();
+    }
   }
 
   /** Compacts one sealed segment; null when it had to stay (see PassReport.segmentsDeferred). */
   private async compactOne(pool: string, store: SegmentStore, segment: number, unthrottled: boolean): Promise<{ copiedBytes: number; reclaimedBytes: number } | null> {
     const info = store.segments().find((s) => s.segment === segment);
     if (!info || info.head) return null;
-    const { live, holders } = this.liveIn(pool, segment);
+    // Per-slice snapshots: a reference missed here is not copied nor flipped, and the final look (referencedNow) keeps the segment.
+    const { live, holders } = await this.liveIn(pool, segment, 'per-slice');
     const places = [...live.entries()].sort((a, b) => a[0] - b[0]).map(([offsetBytes, lengthBytes]) => ({ segment, offsetBytes, lengthBytes }));
     let copiedBytes = 0;
     let corrupt = 0;
@@ -689,7 +768,7 @@ export class SegmentCompactor {
     if (!(await this.stripes.writesSettled(this.opts.settleTimeoutMs, () => this.stopped))) return null;
     await new Promise((resolve) => setImmediate(resolve)); // let callers issue the flips their resolved writes lead to
     // A held reference counts only where it still leads into S (one held after the copy began).
-    const stillLive = await this.meta.transaction(() => this.liveIn(pool, segment).live.size);
+    const stillLive = await this.referencedNow(pool, segment);
     if (stillLive > 0) {
       log.debug('segment compaction: segment still referenced after the flip; left for a later pass', { pool, segment, places: stillLive });
       return null;
