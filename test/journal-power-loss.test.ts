@@ -112,8 +112,9 @@ interface Coverage {
   statesLosingCreates: number;
   statesUndoingUnlinks: number;
   statesWithDestagedChunks: number;
-  rotations: number;
-  removals: number;
+  /** Journal files created (open's head and rotations) and unlinked (destaged), over every generation's log. */
+  filesCreated: number;
+  filesRemoved: number;
   tornTailsCut: number;
 }
 
@@ -337,8 +338,8 @@ class Run {
 
   countFiles(model: DirModel): void {
     for (const o of model.ops) {
-      if (o.k === 'create') this.cov.rotations++;
-      if (o.k === 'unlink') this.cov.removals++;
+      if (o.k === 'create') this.cov.filesCreated++;
+      if (o.k === 'unlink') this.cov.filesRemoved++;
     }
   }
 }
@@ -363,7 +364,7 @@ function carryOver(prev: Oracle, cut: number, j: Journal, openedAt: number): Ora
 test('power cuts at random instants of a journal workload: every flushed write is replayed with its bytes, no open refuses', async (t) => {
   t.mock.timers.enable({ apis: ['setTimeout'] });
   const plfs = PowerLossFs.install(t);
-  const cov: Coverage = { crashStates: 0, statesWithFlushedWrites: 0, flushedWritesChecked: 0, statesLosingWrites: 0, statesTearingWrites: 0, statesLosingCreates: 0, statesUndoingUnlinks: 0, statesWithDestagedChunks: 0, rotations: 0, removals: 0, tornTailsCut: 0 };
+  const cov: Coverage = { crashStates: 0, statesWithFlushedWrites: 0, flushedWritesChecked: 0, statesLosingWrites: 0, statesTearingWrites: 0, statesLosingCreates: 0, statesUndoingUnlinks: 0, statesWithDestagedChunks: 0, filesCreated: 0, filesRemoved: 0, tornTailsCut: 0 };
   const started = Date.now();
   for (const seed of SEEDS) {
     const root = tempDir(t, `couchestor-journal-power-loss-${seed}-`);
@@ -418,5 +419,5 @@ test('power cuts at random instants of a journal workload: every flushed write i
   assert.equal(cov.crashStates, SEEDS.length * STATES_PER_GENERATION * 2);
   assert.ok(cov.statesWithFlushedWrites >= cov.crashStates / 2, `only ${cov.statesWithFlushedWrites} states had flushed writes to check`);
   assert.ok(cov.statesLosingWrites > 0 && cov.statesTearingWrites > 0 && cov.statesLosingCreates > 0 && cov.statesUndoingUnlinks > 0, `coverage: ${JSON.stringify(cov)}`);
-  assert.ok(cov.statesWithDestagedChunks > 0 && cov.removals > 0 && cov.tornTailsCut > 0, `coverage: ${JSON.stringify(cov)}`);
+  assert.ok(cov.statesWithDestagedChunks > 0 && cov.filesRemoved > 0 && cov.tornTailsCut > 0, `coverage: ${JSON.stringify(cov)}`);
 });
