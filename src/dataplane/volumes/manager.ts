@@ -322,25 +322,34 @@ export class VolumeManager {
     return { filesRemoved, filesTruncated };
   }
 
-  /** finishInterruptedReleases() for one volume whose record lists keptFilePools. */
+  /**
+   * finishInterruptedReleases() for one volume whose record lists
+   * keptFilePools. The files are looked at first and the chunk map read only
+   * when one could be a leftover: usually none is, and reading every chunk
+   * entry of every volume held the event loop ~0.6-0.9 s per 100,000
+   * entries at each start (bench/cold-maintenance-stalls).
+   */
   private async finishInterruptedRelease(rec: VolumeRecord, keptFilePools: string[]): Promise<{ filesRemoved: number; filesTruncated: number }> {
     const kept = new Set(keptFilePools);
-    const inUse = new Set<string>();
-    for (const { entry } of this.meta.volumeChunks(rec.id)) if (entry.state === ChunkState.Allocated) inUse.add(entry.pool);
     // A kept file reached through another pool name (a pool renamed in the
     // configuration keeps its old record; a link) is still the kept copy.
     const keptFiles = [...kept].flatMap((n) => {
       const st = this.pools.get(n) && fs.statSync(this.pools.get(n)!.volumeFile(rec.id), { throwIfNoEntry: false });
       return st ? [st] : [];
     });
-    const leftovers = [...this.pools.values()].filter((p) => {
-      if (p.rec.tier === 'cold' || p.name === rec.poolName || inUse.has(p.name) || kept.has(p.name)) return false;
+    // Leftovers unless a chunk is in them (known from the chunk map, below).
+    const candidates = [...this.pools.values()].filter((p) => {
+      if (p.rec.tier === 'cold' || p.name === rec.poolName || kept.has(p.name)) return false;
       const st = fs.statSync(p.volumeFile(rec.id), { throwIfNoEntry: false });
       return st !== undefined && !keptFiles.some((k) => k.dev === st.dev && k.ino === st.ino);
     });
     const placement = this.pools.get(rec.poolName);
-    const coldFile =
-      rec.tier === 'cold' && inUse.size === 0 && !kept.has(rec.poolName) && placement !== undefined && (fs.statSync(placement.volumeFile(rec.id), { throwIfNoEntry: false })?.size ?? 0) > 0;
+    const coldFileCandidate = rec.tier === 'cold' && !kept.has(rec.poolName) && placement !== undefined && (fs.statSync(placement.volumeFile(rec.id), { throwIfNoEntry: false })?.size ?? 0) > 0;
+    if (candidates.length === 0 && !coldFileCandidate) return { filesRemoved: 0, filesTruncated: 0 };
+    const inUse = new Set<string>();
+    for (const { entry } of this.meta.volumeChunks(rec.id)) if (entry.state === ChunkState.Allocated) inUse.add(entry.pool);
+    const leftovers = candidates.filter((p) => !inUse.has(p.name));
+    const coldFile = coldFileCandidate && inUse.size === 0;
     if (leftovers.length === 0 && !coldFile) return { filesRemoved: 0, filesTruncated: 0 };
     const vol = this.openVolume(rec.name);
     const filesRemoved = leftovers.length > 0 ? await vol.removeLeftoverFiles(leftovers) : 0;
