@@ -116,6 +116,8 @@ interface Coverage {
   filesCreated: number;
   filesRemoved: number;
   tornTailsCut: number;
+  /** Opens right after a SIGKILL (page cache kept), checked like a crash state. */
+  restartsAfterKill: number;
 }
 
 class Run {
@@ -142,13 +144,22 @@ class Run {
     });
   }
 
-  /** A random workload on `j`: `steps` actions interleaved with completions of queued file calls, then everything settled. */
-  async workload(j: Journal, oracle: Oracle, steps: number): Promise<void> {
+  /**
+   * A random workload on `j`: `steps` actions interleaved with completions of queued file calls,
+   * then everything settled; or, at step `killAtStep`, a SIGKILL of the journal (plfs.kill) and
+   * true returned.
+   */
+  async workload(j: Journal, oracle: Oracle, steps: number, killAtStep = Infinity): Promise<boolean> {
     const { plfs, rng } = this;
     const errors: Error[] = [];
     const deferred: { key: string; entry: IndexEntry; resolve: () => void }[] = [];
     let appends = 0;
     for (let step = 0; step < steps; step++) {
+      if (step === killAtStep) {
+        // Between turns: no reaction of the dead journal is pending.
+        plfs.kill();
+        return true;
+      }
       const r = rng();
       if (r < 0.4 && plfs.runOne(rng)) {
         // a queued call completed
@@ -185,6 +196,7 @@ class Run {
     this.t.mock.timers.tick(MARKER_DELAY_MS);
     await plfs.drain(rng);
     if (errors.length) throw new Error(`journal call failed during the workload: ${errors[0]!.message}`, { cause: errors[0] });
+    return false;
   }
 
   private append(j: Journal, oracle: Oracle, errors: Error[]): void {
@@ -268,7 +280,7 @@ class Run {
   }
 
   /** The durability contract on the replayed journal over the stripes durable at `cut`. */
-  check(j: Journal, oracle: Oracle, cut: number, where: string): void {
+  check(j: Journal, oracle: Oracle, cut: number, where: string, countAs: 'crashState' | 'restart' = 'crashState'): void {
     for (const v of j.dirtyVolumes()) assert.ok(VOLUMES.includes(v), `${where}: replayed an extent of volume ${v}, never written`);
     let flushedHere = 0;
     let destaged = false;
@@ -310,6 +322,10 @@ class Run {
           }
         }
       }
+    }
+    if (countAs === 'restart') {
+      this.cov.restartsAfterKill++;
+      return;
     }
     this.cov.crashStates++;
     this.cov.flushedWritesChecked += flushedHere;
@@ -364,12 +380,16 @@ function carryOver(prev: Oracle, cut: number, j: Journal, openedAt: number): Ora
 test('power cuts at random instants of a journal workload: every flushed write is replayed with its bytes, no open refuses', async (t) => {
   t.mock.timers.enable({ apis: ['setTimeout'] });
   const plfs = PowerLossFs.install(t);
-  const cov: Coverage = { crashStates: 0, statesWithFlushedWrites: 0, flushedWritesChecked: 0, statesLosingWrites: 0, statesTearingWrites: 0, statesLosingCreates: 0, statesUndoingUnlinks: 0, statesWithDestagedChunks: 0, filesCreated: 0, filesRemoved: 0, tornTailsCut: 0 };
+  const cov: Coverage = { crashStates: 0, statesWithFlushedWrites: 0, flushedWritesChecked: 0, statesLosingWrites: 0, statesTearingWrites: 0, statesLosingCreates: 0, statesUndoingUnlinks: 0, statesWithDestagedChunks: 0, filesCreated: 0, filesRemoved: 0, tornTailsCut: 0, restartsAfterKill: 0 };
   const started = Date.now();
   for (const seed of SEEDS) {
     const root = tempDir(t, `couchestor-journal-power-loss-${seed}-`);
     const run = new Run(t, plfs, seed, root, cov);
     try {
+      // Odd seeds: generation 1 ends in a SIGKILL, and generation 2 is the restart on its page
+      // cache (what it never synced still volatile). Even seeds: generation 2 runs on one of
+      // generation 1's crash states.
+      const sigkill = seed % 2 === 1;
       // Generation 1: an empty journal directory.
       const dir1 = path.join(root, 'gen1');
       fs.mkdirSync(dir1);
@@ -377,32 +397,39 @@ test('power cuts at random instants of a journal workload: every flushed write i
       const start1 = plfs.clock;
       const oracle1 = new Oracle();
       const j1 = run.open(dir1, oracle1, start1);
-      await run.workload(j1, oracle1, 400);
-      await plfs.pumpUntil(j1.close(), run.rng);
+      const killed = await run.workload(j1, oracle1, 400, sigkill ? 60 + Math.floor(run.rng() * 300) : Infinity);
+      if (!killed) await plfs.pumpUntil(j1.close(), run.rng);
       const end1 = plfs.clock;
-      run.countFiles(m1);
       const cuts1 = run.cuts(start1, end1, STATES_PER_GENERATION);
-      let gen2: ReturnType<Run['crashAndOpen']> | null = null;
-      let gen2Cut = 0;
+      let gen2: { j: Journal; model: DirModel; dir: string; openedAt: number } | null = null;
+      let gen2Cut = end1;
       for (const [i, cut] of cuts1.entries()) {
         const s = run.crashAndOpen(m1, oracle1, cut, 1);
         // The middle cut carries on: a second generation runs (and crashes) on the journal opened there.
-        if (i === cuts1.length >> 1) {
+        if (!sigkill && i === cuts1.length >> 1) {
           gen2 = s;
           gen2Cut = cut;
         } else await run.close(s.j, s.model, s.dir);
       }
-      m1.untrack();
-      // Generation 2: on a crash state (torn tails cut at its open), more writes, more power cuts, its open included.
+      // Cuts during generation 2's open count too (its truncations and syncs are in the log).
+      let openStart = plfs.clock;
+      if (sigkill) {
+        // The restart: the same directory, the same log (nothing the dead journal left unsynced is durable yet).
+        const j = run.open(dir1, oracle1, end1);
+        const openedAt = plfs.mark();
+        run.check(j, oracle1, end1, `POWER_LOSS_SEED=${seed} restart after a SIGKILL at clock ${end1}`, 'restart');
+        gen2 = { j, model: m1, dir: dir1, openedAt };
+      } else {
+        run.countFiles(m1);
+        m1.untrack();
+        openStart = gen2!.model.ops[0]?.issue ?? gen2!.openedAt;
+      }
       const g = gen2!;
       const oracle2 = carryOver(oracle1, gen2Cut, g.j, g.openedAt);
-      const start2 = g.openedAt;
-      // Cuts during the open itself count too (its truncations and syncs are in the log).
-      const openStart = g.model.ops[0]?.issue ?? start2;
       await run.workload(g.j, oracle2, 250);
       await plfs.pumpUntil(g.j.close(), run.rng);
       run.countFiles(g.model);
-      for (const cut of run.cuts(Math.min(openStart, start2), plfs.clock, STATES_PER_GENERATION)) {
+      for (const cut of run.cuts(Math.min(openStart, g.openedAt), plfs.clock, STATES_PER_GENERATION)) {
         const s = run.crashAndOpen(g.model, oracle2, cut, 2);
         await run.close(s.j, s.model, s.dir);
       }
@@ -420,4 +447,5 @@ test('power cuts at random instants of a journal workload: every flushed write i
   assert.ok(cov.statesWithFlushedWrites >= cov.crashStates / 2, `only ${cov.statesWithFlushedWrites} states had flushed writes to check`);
   assert.ok(cov.statesLosingWrites > 0 && cov.statesTearingWrites > 0 && cov.statesLosingCreates > 0 && cov.statesUndoingUnlinks > 0, `coverage: ${JSON.stringify(cov)}`);
   assert.ok(cov.statesWithDestagedChunks > 0 && cov.filesRemoved > 0 && cov.tornTailsCut > 0, `coverage: ${JSON.stringify(cov)}`);
+  assert.equal(cov.restartsAfterKill, SEEDS.filter((s) => s % 2 === 1).length);
 });

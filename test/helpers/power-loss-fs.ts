@@ -216,6 +216,8 @@ interface TrackedFd {
 
 interface Queued {
   run(): void;
+  /** What the call does in the kernel, without telling the caller: run at a SIGKILL (kill). Unset: the call is dropped. */
+  effect?: () => void;
 }
 
 /** A directory handle as dir-sync.ts uses it (fd, sync, close), its calls queued like the others. */
@@ -234,6 +236,8 @@ export class PowerLossFs {
   private readonly models = new Map<string, DirModel>();
   private readonly fds = new Map<number, TrackedFd>();
   private queue: Queued[] = [];
+  /** Descriptors of a killed process: kept open (their numbers are never reused) and every call on them swallowed. */
+  private readonly deadFds = new Set<number>();
 
   static install(t: { after(fn: () => void): void }): PowerLossFs {
     const p = new PowerLossFs();
@@ -265,6 +269,22 @@ export class PowerLossFs {
   untrack(m: DirModel): void {
     this.models.delete(m.dir);
     for (const [fd, t] of this.fds) if (t.model === m) this.fds.delete(fd);
+  }
+
+  /**
+   * SIGKILL of the process using the tracked directories: the writes and unlinks it had
+   * issued complete in the kernel (the page cache keeps them; nothing is made durable), its
+   * syncs, closes and opens in flight are dropped, and no callback reaches it; its descriptors
+   * are dead from now on. Call it between turns (no promise reaction of the dead process
+   * pending), then open the directory again: the model's log goes on, so a later crash state
+   * still loses what the dead process never synced.
+   */
+  kill(): void {
+    const queued = this.queue;
+    this.queue = [];
+    for (const q of queued) q.effect?.();
+    for (const fd of this.fds.keys()) this.deadFds.add(fd);
+    this.fds.clear();
   }
 
   /** Completes one queued call, chosen by `rng`; false when none is queued. */
@@ -343,8 +363,11 @@ export class PowerLossFs {
         unlinkSync: real.unlinkSync,
       });
       fs.promises.open = real.promisesOpen;
+      for (const fd of this.deadFds) real.closeSync(fd);
+      this.deadFds.clear();
     });
-    const enqueue = (run: () => void) => this.queue.push({ run });
+    const enqueue = (run: () => void, effect?: () => void) => this.queue.push({ run, ...(effect ? { effect } : {}) });
+    const dead = (fd: number) => this.deadFds.has(fd);
     const barrier = (tf: TrackedFd): Barrier => {
       const b: Barrier = { target: tf.target, issue: this.tick() };
       tf.model.barriers.push(b);
@@ -381,11 +404,13 @@ export class PowerLossFs {
     }) as typeof fs.openSync;
 
     fs.closeSync = ((fd: number) => {
+      if (dead(fd)) return;
       this.fds.delete(fd);
       real.closeSync(fd);
     }) as typeof fs.closeSync;
 
     fs.close = ((fd: number, cb?: (err: NodeJS.ErrnoException | null) => void) => {
+      if (dead(fd)) return;
       if (!this.fds.has(fd)) return real.close(fd, cb ?? (() => undefined));
       enqueue(() => {
         this.fds.delete(fd);
@@ -400,6 +425,7 @@ export class PowerLossFs {
     }) as typeof fs.close;
 
     fs.writeSync = ((fd: number, buffer: NodeJS.ArrayBufferView, offset?: number, length?: number, position?: number) => {
+      if (dead(fd)) return length ?? buffer.byteLength;
       const tf = this.fds.get(fd);
       if (!tf) return (real.writeSync as (...a: unknown[]) => number)(fd, buffer, offset, length, position);
       if (typeof tf.target !== 'number' || !Buffer.isBuffer(buffer) || typeof offset !== 'number' || typeof length !== 'number' || typeof position !== 'number') {
@@ -412,27 +438,32 @@ export class PowerLossFs {
     }) as typeof fs.writeSync;
 
     fs.writev = ((fd: number, bufs: NodeJS.ArrayBufferView[], pos: number, cb: (err: NodeJS.ErrnoException | null, n: number, b: NodeJS.ArrayBufferView[]) => void) => {
+      if (dead(fd)) return;
       const tf = this.fds.get(fd);
       if (!tf) return real.writev(fd, bufs, pos, cb);
       if (typeof tf.target !== 'number' || typeof pos !== 'number') throw new Error('power-loss fs: only writev(fd, bufs, position, cb) on a file is modelled');
       // The bytes as issued: from now on they may be in a crash state, in whole or in part.
       const op: Op = { k: 'write', ino: tf.target, posBytes: pos, data: Buffer.concat(bufs.map((b) => Buffer.from(b.buffer, b.byteOffset, b.byteLength))), issue: this.tick() };
       tf.model.ops.push(op);
-      enqueue(() => {
-        let n = 0;
-        let err: NodeJS.ErrnoException | null = null;
+      let n = 0;
+      let err: NodeJS.ErrnoException | null = null;
+      const effect = () => {
         try {
           n = fs.writevSync(fd, bufs, pos);
         } catch (e) {
           err = e as NodeJS.ErrnoException;
         }
         op.complete = this.tick();
+      };
+      enqueue(() => {
+        effect();
         cb(err, n, bufs);
-      });
+      }, effect);
     }) as typeof fs.writev;
 
     const queuedSync = (realFn: typeof fs.fdatasync) =>
       ((fd: number, cb: (err: NodeJS.ErrnoException | null) => void) => {
+        if (dead(fd)) return;
         const tf = this.fds.get(fd);
         if (!tf) return realFn(fd, cb);
         const b = barrier(tf);
@@ -446,6 +477,7 @@ export class PowerLossFs {
 
     const syncSync = (realFn: typeof fs.fdatasyncSync) =>
       ((fd: number) => {
+        if (dead(fd)) return;
         const tf = this.fds.get(fd);
         if (!tf) return realFn(fd);
         const b = barrier(tf);
@@ -455,6 +487,7 @@ export class PowerLossFs {
     fs.fsyncSync = syncSync(real.fsyncSync);
 
     fs.ftruncateSync = ((fd: number, len?: number) => {
+      if (dead(fd)) return;
       const tf = this.fds.get(fd);
       real.ftruncateSync(fd, len);
       if (!tf) return;
@@ -473,8 +506,8 @@ export class PowerLossFs {
       const ino = m.current.get(name);
       const op: Op | null = ino === undefined ? null : { k: 'unlink', name, ino, issue: this.tick() };
       if (op) m.ops.push(op);
-      enqueue(() => {
-        let err: NodeJS.ErrnoException | null = null;
+      let err: NodeJS.ErrnoException | null = null;
+      const effect = () => {
         try {
           // Not fs.rmSync: it unlinks through fs.unlinkSync, which would log the unlink twice.
           try {
@@ -487,8 +520,11 @@ export class PowerLossFs {
           err = e as NodeJS.ErrnoException;
         }
         if (op) op.complete = this.tick();
+      };
+      enqueue(() => {
+        effect();
         callback(err);
-      });
+      }, effect);
     }) as typeof fs.rm;
 
     fs.unlinkSync = ((p: fs.PathLike) => {
