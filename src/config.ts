@@ -29,8 +29,12 @@ export interface DaemonConfig {
   /**
    * domains: names under which buckets are also addressed virtual-host style
    * (`bucket.<domain>`, as the AWS SDKs do by default); path style always works.
+   * bodyIdleTimeoutMs: a request body that sends no byte this long fails with
+   * RequestTimeout (S3 closes such a connection after about 20 s).
+   * sendIdleTimeoutMs: a response the client stops reading (no byte accepted
+   * this long) is cut and its connection closed (nginx's send_timeout, 60 s).
    */
-  s3: { port: number; domains: string[] };
+  s3: { port: number; domains: string[]; bodyIdleTimeoutMs: number; sendIdleTimeoutMs: number };
   pools: PoolConfig[];
   coldTier: {
     /** ErasureCodingPolicy YAML (relative to the data directory). */
@@ -68,7 +72,7 @@ export function embeddedDefault(dataDir: string): DaemonConfig {
     nbd: { port: 10809, socketPath: 'nbd.sock' },
     api: { port: 8081 },
     metrics: { port: 8080 },
-    s3: { port: 9000, domains: [] },
+    s3: { port: 9000, domains: [], bodyIdleTimeoutMs: 20_000, sendIdleTimeoutMs: 60_000 },
     pools: [
       { name: 'hot-0', tier: 'hot', path: 'pools/hot-0', capacity: 'auto' },
       ...Array.from({ length: 6 }, (_, i) => ({ name: `cold-${i}`, tier: 'cold' as Tier, path: `pools/cold-${i}`, capacity: 'auto' as const })),
@@ -135,6 +139,8 @@ export function loadConfig(dataDir: string): DaemonConfig {
   return cfg;
 }
 
+/** The S3 front end's whole-request bound (1 h); an idle timeout is at most that. */
+const MAX_S3_IDLE_TIMEOUT_MS = 60 * 60 * 1000;
 const DOMAIN_RE = /^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/;
 
 export function validateConfig(cfg: DaemonConfig): void {
@@ -168,6 +174,10 @@ export function validateConfig(cfg: DaemonConfig): void {
   if (!(ct.compaction.maxBytesPerSecond > 0)) throw new InvalidArgument('config: coldTier.compaction.maxBytesPerSecond must be > 0');
   if (!Array.isArray(cfg.s3.domains) || !cfg.s3.domains.every((d) => typeof d === 'string' && DOMAIN_RE.test(d))) {
     throw new InvalidArgument('config: s3.domains must be a list of lowercase DNS names without a port (e.g. [s3.example.internal])');
+  }
+  for (const [k, v] of [['s3.bodyIdleTimeoutMs', cfg.s3.bodyIdleTimeoutMs], ['s3.sendIdleTimeoutMs', cfg.s3.sendIdleTimeoutMs]] as const) {
+    // Above the 1 h request timeout an idle bound would never fire first.
+    if (!Number.isSafeInteger(v) || v < 1 || v > MAX_S3_IDLE_TIMEOUT_MS) throw new InvalidArgument(`config: ${k} must be a whole number of milliseconds from 1 to ${MAX_S3_IDLE_TIMEOUT_MS}`);
   }
   for (const [k, v] of [['nbd.port', cfg.nbd.port], ['api.port', cfg.api.port], ['metrics.port', cfg.metrics.port], ['s3.port', cfg.s3.port]] as const) {
     if (!Number.isInteger(v) || v < 0 || v > 65535) throw new InvalidArgument(`config: ${k} must be a port number`);

@@ -195,7 +195,7 @@ export class Daemon {
     await listening('admin API', cfg.api.port, api.listen({ port: cfg.api.port, host: cfg.listenHost }));
     const apiAddr = api.server.address();
     // S3 front end (issue #6): hot buckets on the hot pools, cold buckets through the stripe store.
-    const s3 = await listening('S3', cfg.s3.port, S3Frontend.start({ manager, dataDir: cfg.dataDir, host: cfg.listenHost, port: cfg.s3.port, stripes: manager.cold?.stripes, domains: cfg.s3.domains }));
+    const s3 = await listening('S3', cfg.s3.port, S3Frontend.start({ manager, dataDir: cfg.dataDir, host: cfg.listenHost, port: cfg.s3.port, stripes: manager.cold?.stripes, domains: cfg.s3.domains, bodyIdleTimeoutMs: cfg.s3.bodyIdleTimeoutMs, sendIdleTimeoutMs: cfg.s3.sendIdleTimeoutMs, registry }));
     started.push(() => s3.close());
     const state: DaemonState = {
       pid: process.pid,

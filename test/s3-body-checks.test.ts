@@ -11,7 +11,7 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { crc32 } from '@node-rs/crc32';
 import { GetObjectCommand, GetObjectTaggingCommand, PutObjectCommand, CreateMultipartUploadCommand, ListPartsCommand, AbortMultipartUploadCommand } from '@aws-sdk/client-s3';
-import { awsOk, errorCode, objectExists, rawRequest, signedChunkedBody, signer, startS3, type RawAnswer, type S3Env } from './helpers/s3-env.js';
+import { awsOk, errorCode, objectExists, rawRequest, scrapeMetrics, signedChunkedBody, signer, startS3, type RawAnswer, type S3Env } from './helpers/s3-env.js';
 
 const md5b64 = (b: Buffer) => createHash('md5').update(b).digest('base64');
 const deleteXml = (keys: string[]) => Buffer.from(`<Delete>${keys.map((k) => `<Object><Key>${k}</Key></Object>`).join('')}</Delete>`);
@@ -48,7 +48,7 @@ async function putSmall(env: S3Env, bucket: string, key: string, body = 'x'): Pr
   await env.sdk.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: body }));
 }
 
-/** The idle timeout the test daemon runs with (COUCHESTOR_S3_BODY_IDLE_TIMEOUT_MS). */
+/** The idle timeout the test daemon runs with (s3.bodyIdleTimeoutMs in its couchestor.yaml). */
 const IDLE_MS = 2000;
 
 describe('S3 request bodies: integrity headers, decoded length, idle timeout', () => {
@@ -56,13 +56,7 @@ describe('S3 request bodies: integrity headers, decoded length, idle timeout', (
   let work: string;
   const B = 'body-checks';
   before(async () => {
-    // The spawned daemon inherits the environment: a short idle timeout for this daemon only.
-    process.env.COUCHESTOR_S3_BODY_IDLE_TIMEOUT_MS = String(IDLE_MS);
-    try {
-      env = await startS3();
-    } finally {
-      delete process.env.COUCHESTOR_S3_BODY_IDLE_TIMEOUT_MS;
-    }
+    env = await startS3({ config: `s3: {bodyIdleTimeoutMs: ${IDLE_MS}}\n` });
     work = fs.mkdtempSync(path.join(os.tmpdir(), 's3-body-checks-'));
     awsOk(env, ['s3api', 'create-bucket', '--bucket', B]);
   });
@@ -198,6 +192,8 @@ describe('S3 request bodies: integrity headers, decoded length, idle timeout', (
   }
 
   it('a PutObject body that stalls fails with RequestTimeout 400 and a closed connection; nothing is stored, other clients are served meanwhile', async () => {
+    const requestTimeouts = async () => Number(/^couchestor_s3_idle_timeouts_total\{direction="request"\} (\S+)$/m.exec(await scrapeMetrics(env))?.[1] ?? NaN);
+    const timeoutsBefore = await requestTimeouts();
     const declaredBytes = 1024 * 1024;
     const s = await sign(env, 'PUT', `/${B}/stalled`, {}, { 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD', 'content-length': String(declaredBytes) });
     const stalled = stall(s.headers, 'PUT', s.url, Buffer.alloc(1000, 'z'));
@@ -214,6 +210,8 @@ describe('S3 request bodies: integrity headers, decoded length, idle timeout', (
     assert.match(r.text, /\r\nconnection: close\r\n/i);
     assert.ok(r.closedAfterMs >= IDLE_MS * 0.9, `closed after ${r.closedAfterMs.toFixed(0)} ms, before the ${IDLE_MS} ms idle timeout`);
     assert.equal(await objectExists(env, B, 'stalled'), false, 'nothing of the stalled upload is visible');
+    assert.equal(await requestTimeouts(), timeoutsBefore + 1, 'couchestor_s3_idle_timeouts_total{direction="request"} counted it');
+    assert.match(env.daemon.stderr, /WARN s3: request body stalled: RequestTimeout, connection closed method=PUT url=\/body-checks\/stalled idleMs=2000/);
   });
 
   it('a DeleteObjects body that stalls mid-XML fails with RequestTimeout and deletes nothing', async () => {

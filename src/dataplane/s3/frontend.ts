@@ -1,24 +1,32 @@
 // Starts and stops the S3 front end for the daemon: credentials, the object
 // store over the manager's pools (and the cold tier's stripe store when it
-// runs), and the listening fastify server.
+// runs), the listening fastify server, and its couchestor_s3_* metrics.
 import type { FastifyInstance } from 'fastify';
+import { Counter, type Registry } from 'prom-client';
+import { log } from '../../log.js';
 import { ColdObjectHolders } from '../objects/cold-holders.js';
 import type { StripeStoreApi } from '../objects/cold-segments.js';
 import { ObjectStore } from '../objects/store.js';
-import { InvalidArgument } from '../errors.js';
 import type { VolumeManager } from '../volumes/manager.js';
 import { loadCredentials } from './credentials.js';
-import { buildS3Server } from './server.js';
+import { buildS3Server, type S3ServerStats } from './server.js';
 
-/**
- * COUCHESTOR_S3_BODY_IDLE_TIMEOUT_MS: how long a request body may stall before
- * RequestTimeout (default 20 s, as S3). Refused at start when not a positive integer.
- */
-function bodyIdleTimeoutFromEnv(): number | undefined {
-  const v = process.env.COUCHESTOR_S3_BODY_IDLE_TIMEOUT_MS;
-  if (v === undefined || v === '') return undefined;
-  if (!/^\d{1,9}$/.test(v) || Number(v) === 0) throw new InvalidArgument(`COUCHESTOR_S3_BODY_IDLE_TIMEOUT_MS must be a positive whole number of milliseconds, not ${JSON.stringify(v)}`);
-  return Number(v);
+/** Read by the daemon of session 6 only; settings live in couchestor.yaml (s3.bodyIdleTimeoutMs). */
+const RETIRED_BODY_IDLE_ENV = 'COUCHESTOR_S3_BODY_IDLE_TIMEOUT_MS';
+
+function registerS3Metrics(stats: S3ServerStats, registry: Registry): void {
+  // The server keeps plain totals; each scrape sets them (the registry.ts pattern).
+  new Counter({
+    name: 'couchestor_s3_idle_timeouts_total',
+    help: 'S3 connections closed because the client went idle: direction="request" (a request body stalled, RequestTimeout), direction="response" (the client stopped reading a response).',
+    labelNames: ['direction'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      this.inc({ direction: 'request' }, stats.requestIdleTimeouts);
+      this.inc({ direction: 'response' }, stats.responseIdleTimeouts);
+    },
+  });
 }
 
 export interface S3FrontendOptions {
@@ -31,6 +39,11 @@ export interface S3FrontendOptions {
   stripes?: StripeStoreApi;
   /** Virtual-host-style domains (config s3.domains). */
   domains?: string[];
+  /** config s3.bodyIdleTimeoutMs / s3.sendIdleTimeoutMs (server defaults when absent). */
+  bodyIdleTimeoutMs?: number;
+  sendIdleTimeoutMs?: number;
+  /** The daemon's Prometheus registry: couchestor_s3_* metrics are registered on it. */
+  registry?: Registry;
 }
 
 export class S3Frontend {
@@ -52,7 +65,12 @@ export class S3Frontend {
       const holders = new ColdObjectHolders(opts.manager.meta, cold.stripes);
       removeHolders = cold.reconstructor.addSource(holders);
     }
-    const server = buildS3Server({ store, keys, domains: opts.domains, bodyIdleTimeoutMs: bodyIdleTimeoutFromEnv() });
+    if (process.env[RETIRED_BODY_IDLE_ENV] !== undefined) {
+      log.warn(`s3: ${RETIRED_BODY_IDLE_ENV} is no longer read: set s3.bodyIdleTimeoutMs in couchestor.yaml`, { bodyIdleTimeoutMs: opts.bodyIdleTimeoutMs });
+    }
+    const stats: S3ServerStats = { requestIdleTimeouts: 0, responseIdleTimeouts: 0 };
+    if (opts.registry) registerS3Metrics(stats, opts.registry);
+    const server = buildS3Server({ store, keys, domains: opts.domains, bodyIdleTimeoutMs: opts.bodyIdleTimeoutMs, sendIdleTimeoutMs: opts.sendIdleTimeoutMs, stats });
     try {
       await server.listen({ port: opts.port, host: opts.host });
     } catch (err) {

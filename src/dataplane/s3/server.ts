@@ -23,6 +23,18 @@ export interface S3ServerOptions {
   domains?: string[];
   /** A body read that waits this long without a byte fails with RequestTimeout (default DEFAULT_BODY_IDLE_TIMEOUT_MS). */
   bodyIdleTimeoutMs?: number;
+  /** A response the client accepts no byte of for this long is cut (default DEFAULT_SEND_IDLE_TIMEOUT_MS). */
+  sendIdleTimeoutMs?: number;
+  /** Totals the server counts into (the frontend exports them as metrics). */
+  stats?: S3ServerStats;
+}
+
+/** Connections the server closed because their client went idle. */
+export interface S3ServerStats {
+  /** Request bodies that stalled (RequestTimeout). */
+  requestIdleTimeouts: number;
+  /** Responses the client stopped reading. */
+  responseIdleTimeouts: number;
 }
 
 /**
@@ -31,6 +43,12 @@ export interface S3ServerOptions {
  * DeleteObjects body) or its half-written segment for REQUEST_TIMEOUT_MS.
  */
 export const DEFAULT_BODY_IDLE_TIMEOUT_MS = 20_000;
+/**
+ * A client that stops reading a GET response holds its socket, the object
+ * version it pinned and a 4 MiB read block until the 1 h request timeout;
+ * nginx's send_timeout (60 s of no progress) is the model.
+ */
+export const DEFAULT_SEND_IDLE_TIMEOUT_MS = 60_000;
 
 const MAX_DELETE_OBJECTS = 1000;
 /**
@@ -155,6 +173,8 @@ interface Ctx {
   payload: PayloadMode;
   accessKeyId: string;
   bodyIdleTimeoutMs: number;
+  sendIdleTimeoutMs: number;
+  stats: S3ServerStats;
 }
 
 /** The request body, decoded and verified for its payload mode, failing when the client stalls. */
@@ -185,9 +205,54 @@ class ClientGone extends Error {
 class ResponseSink {
   started = false;
   private readonly res: ServerResponse;
+  /** Checks a write in flight every sendIdleTimeoutMs (refreshed, one timer per response). */
+  private idleTimer: NodeJS.Timeout | undefined;
+  private writing = false;
+  private queuedBytesAtCheck = -1;
+  sentBytes = 0;
 
-  constructor(private readonly reply: FastifyReply) {
+  /** `onIdle` runs once if the client accepted no byte for sendIdleTimeoutMs; the connection is then destroyed. */
+  constructor(
+    private readonly reply: FastifyReply,
+    private readonly sendIdleTimeoutMs: number,
+    private readonly onIdle: (sentBytes: number) => void,
+  ) {
     this.res = reply.raw;
+  }
+
+  /**
+   * Progress is a piece's write completing, or the socket's libuv write queue
+   * shrinking: a 4 MiB piece to a slow (56 KiB/s) but reading client takes
+   * over a minute to complete, and must not count as idle. writeQueueSize is
+   * the stream handle's own count (net.Socket reads it too); when a handle
+   * has none, only completed writes count.
+   */
+  private queuedBytes(): number {
+    const handle = (this.res.socket as (Socket & { _handle?: { writeQueueSize?: number } }) | null)?._handle;
+    return handle?.writeQueueSize ?? -1;
+  }
+
+  private checkIdle = () => {
+    // Between pieces the daemon is reading the next one: not the client's time.
+    if (!this.writing) return;
+    const queued = this.queuedBytes();
+    if (queued >= 0 && queued !== this.queuedBytesAtCheck) {
+      this.queuedBytesAtCheck = queued;
+      this.idleTimer?.refresh();
+      return;
+    }
+    this.onIdle(this.sentBytes);
+    this.res.destroy(new ClientGone(`the client read nothing of the response for ${this.sendIdleTimeoutMs} ms`));
+  };
+
+  private armIdle(): void {
+    this.queuedBytesAtCheck = this.queuedBytes();
+    if (this.idleTimer === undefined) {
+      this.idleTimer = setTimeout(this.checkIdle, this.sendIdleTimeoutMs).unref();
+      this.res.once('close', () => clearTimeout(this.idleTimer));
+    } else {
+      this.idleTimer.refresh();
+    }
   }
 
   readonly sink: PieceSink = (piece, last) =>
@@ -204,12 +269,17 @@ class ResponseSink {
       const done = (err?: Error | null) => {
         if (settled) return;
         settled = true;
+        this.writing = false;
         res.off('close', onClose);
         // A failed write on the response socket is the connection going away.
-        if (err) reject(err instanceof ClientGone ? err : new ClientGone(`response write failed: ${err.message}`));
-        else resolve();
+        if (err) return reject(err instanceof ClientGone ? err : new ClientGone(`response write failed: ${err.message}`));
+        this.sentBytes += piece.length;
+        if (last) clearTimeout(this.idleTimer);
+        resolve();
       };
       res.on('close', onClose);
+      this.writing = true;
+      this.armIdle();
       if (last) res.end(piece, () => done());
       else res.write(piece, done);
     });
@@ -495,6 +565,8 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
   const { store } = opts;
   const domains = opts.domains ?? [];
   const bodyIdleTimeoutMs = opts.bodyIdleTimeoutMs ?? DEFAULT_BODY_IDLE_TIMEOUT_MS;
+  const sendIdleTimeoutMs = opts.sendIdleTimeoutMs ?? DEFAULT_SEND_IDLE_TIMEOUT_MS;
+  const stats = opts.stats ?? { requestIdleTimeouts: 0, responseIdleTimeouts: 0 };
   const secrets = new Map(opts.keys.map((k) => [k.accessKeyId, k.secretAccessKey]));
   const ownerId = opts.keys[0]!.accessKeyId;
   const ownerXml = `<Owner>${tag('ID', ownerId)}${tag('DisplayName', OWNER_DISPLAY_NAME)}</Owner>`;
@@ -526,6 +598,10 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
     const ctx = (req as FastifyRequest & { s3ctx?: { bucket?: string; key?: string } }).s3ctx ?? {};
     const s3err = toS3Error(err, ctx);
     if (s3err.status >= 500) log.error('s3: request failed', { method: req.method, url: req.url, err: (err as Error).message, stack: (err as Error).stack });
+    if (s3err.code === 'RequestTimeout') {
+      stats.requestIdleTimeouts++;
+      log.warn('s3: request body stalled: RequestTimeout, connection closed', { method: req.method, url: req.url, idleMs: bodyIdleTimeoutMs });
+    }
     // A body we did not read: close rather than drain gigabytes for keep-alive.
     if (!req.raw.complete) reply.header('connection', 'close');
     if (s3err.status === 304 || req.method === 'HEAD') return reply.code(s3err.status).send();
@@ -554,7 +630,7 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
     }
     (req as FastifyRequest & { s3ctx?: object }).s3ctx = { bucket, key };
     const auth = verifyRequest({ method: raw.method ?? 'GET', url: raw.url ?? '/', headers: raw.headers }, (id) => secrets.get(id), Date.now());
-    const ctx: Ctx = { req, reply, raw, bucket, key, query: new Map(parseQuery(rawQuery)), payload: auth.payload, accessKeyId: auth.accessKeyId, bodyIdleTimeoutMs };
+    const ctx: Ctx = { req, reply, raw, bucket, key, query: new Map(parseQuery(rawQuery)), payload: auth.payload, accessKeyId: auth.accessKeyId, bodyIdleTimeoutMs, sendIdleTimeoutMs, stats };
     const method = raw.method;
     if (bucket === undefined) {
       if (method === 'GET') return listBuckets(ctx);
@@ -883,7 +959,10 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
       reply.header('content-length', String(length));
       if (headOnly || length === 0) return reply.send();
       handedOff = true;
-      const out = new ResponseSink(reply);
+      const out = new ResponseSink(reply, ctx.sendIdleTimeoutMs, (sentBytes) => {
+        ctx.stats.responseIdleTimeouts++;
+        log.warn('s3: client stopped reading a response: connection closed', { bucket, key, idleMs: ctx.sendIdleTimeoutMs, sentBytes, responseBytes: length });
+      });
       try {
         await handle.send(start, length, out.sink);
         // The store marks the final piece; this only guards against a response left open.
@@ -893,7 +972,7 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
         // S3 XML; after it, a failure can only cut the response short (the
         // client sees fewer bytes than Content-Length), never wrong bytes.
         if (!out.started) throw err;
-        if (err instanceof ClientGone) log.debug('s3: client left mid-response', { bucket, key });
+        if (err instanceof ClientGone) log.debug('s3: client left mid-response', { bucket, key, why: err.message });
         else log.error('s3: object read failed mid-response', { bucket, key, err: (err as Error).message });
         reply.raw.destroy();
       }
