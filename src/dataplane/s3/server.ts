@@ -11,7 +11,7 @@ import type { PieceSink } from '../objects/hot-segments.js';
 import { MAX_PART_NUMBER, type BucketTier, type ContentHeaders, type ObjectRecord, type ObjectStore, type Tag } from '../objects/store.js';
 import type { AccessKey } from './credentials.js';
 import { S3Error, errorXml, toS3Error } from './errors.js';
-import { hasBodyChecksum, idleBounded, parseQuery, splitTarget, uriDecode, verifiedBody, verifyRequest, awsUriEncode, type PayloadMode } from './sigv4.js';
+import { hasBodyChecksum, idleBounded, missingDecodedLength, parseQuery, splitTarget, uriDecode, verifiedBody, verifyRequest, awsUriEncode, type PayloadMode } from './sigv4.js';
 import { BUCKET_CONFIGS, UNSUPPORTED, aclXml, checkAclBody, checkAclHeaders, refuseConfig } from './subresources.js';
 import { taggingXml, tagsFromHeader, tagsFromXml } from './tagging.js';
 import { S3_NS, XML_HEADER, XmlLimitError, XmlPushParser, XmlSyntaxError, child, children, parseXml, tag, type XmlElement } from './xml.js';
@@ -630,6 +630,9 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
     }
     (req as FastifyRequest & { s3ctx?: object }).s3ctx = { bucket, key };
     const auth = verifyRequest({ method: raw.method ?? 'GET', url: raw.url ?? '/', headers: raw.headers }, (id) => secrets.get(id), Date.now());
+    // An aws-chunked body's wire length is not the object's: without the decoded
+    // length nothing bounds or checks what the body decodes to (S3: 411, MinIO too).
+    if (auth.payload.kind === 'chunked' && header(raw, 'x-amz-decoded-content-length') === undefined) throw missingDecodedLength();
     const ctx: Ctx = { req, reply, raw, bucket, key, query: new Map(parseQuery(rawQuery)), payload: auth.payload, accessKeyId: auth.accessKeyId, bodyIdleTimeoutMs, sendIdleTimeoutMs, stats };
     const method = raw.method;
     if (bucket === undefined) {

@@ -290,18 +290,19 @@ export async function* verifiedBody(source: AsyncIterable<Buffer>, payload: Payl
     // body longer or shorter than that is cut or padded somewhere, refused as S3 does
     // (for every body: XML ones too, not only those the store counts).
     const declared = headerValue(headers, 'x-amz-decoded-content-length');
-    if (declared !== undefined && !/^\d{1,16}$/.test(declared)) throw new S3Error('InvalidArgument', 400, 'x-amz-decoded-content-length must be a number of bytes');
-    const declaredBytes = declared === undefined ? undefined : Number(declared);
+    if (declared === undefined) throw missingDecodedLength();
+    if (!/^\d{1,16}$/.test(declared)) throw new S3Error('InvalidArgument', 400, 'x-amz-decoded-content-length must be a number of bytes');
+    const declaredBytes = Number(declared);
     let decodedBytes = 0;
     const trailers = new Map<string, string>();
     for await (const piece of decodeChunked(source, payload.signing, payload.trailer, trailers)) {
       decodedBytes += piece.length;
-      if (declaredBytes !== undefined && decodedBytes > declaredBytes) throw incompleteBody(declaredBytes, `more than ${declaredBytes}`);
+      if (decodedBytes > declaredBytes) throw incompleteBody(declaredBytes, `more than ${declaredBytes}`);
       headerSum?.sum.update(piece);
       trailerSum?.update(piece);
       yield piece;
     }
-    if (declaredBytes !== undefined && decodedBytes !== declaredBytes) throw incompleteBody(declaredBytes, String(decodedBytes));
+    if (decodedBytes !== declaredBytes) throw incompleteBody(declaredBytes, String(decodedBytes));
     if (trailerSum) {
       const v = trailers.get(`x-amz-checksum-${trailerSum.algo}`);
       if (v === undefined) throw new S3Error('InvalidRequest', 400, `the trailer ${trailerName} announced in x-amz-trailer was not sent`);
@@ -320,6 +321,10 @@ export async function* verifiedBody(source: AsyncIterable<Buffer>, payload: Payl
   }
   if (headerSum) checkChecksum(headerSum.sum, headerSum.expected);
 }
+
+/** An aws-chunked body without x-amz-decoded-content-length (S3 and MinIO: 411 MissingContentLength). */
+export const missingDecodedLength = () =>
+  new S3Error('MissingContentLength', 411, 'You must provide the Content-Length HTTP header: an aws-chunked body needs x-amz-decoded-content-length, the length of the data it carries.');
 
 const incompleteBody = (declaredBytes: number, got: string) =>
   new S3Error('IncompleteBody', 400, `You did not provide the number of bytes specified by the x-amz-decoded-content-length HTTP header (${declaredBytes} declared, ${got} decoded).`);
