@@ -1,6 +1,7 @@
 // GetObjectAttributes (GET /bucket/key?attributes) driven by the real aws cli:
-// ETag, ObjectSize, StorageClass, a multipart object's parts with their upload
-// part numbers and paging, no invented checksum, versionId "null" only.
+// ETag, ObjectSize, StorageClass, a multipart object's parts numbered as
+// GetObject ?partNumber reads them (by position) and paging, no invented
+// checksum, versionId "null" only.
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
@@ -33,7 +34,7 @@ describe('GetObjectAttributes with the aws cli', () => {
     awsOk(env, ['s3api', 'create-bucket', '--bucket', 'attr']);
     fs.writeFileSync(path.join(work, 'single'), single);
     awsOk(env, ['s3api', 'put-object', '--bucket', 'attr', '--key', 'single', '--body', path.join(work, 'single')]);
-    // Parts 1 and 3 completed, part 2 uploaded and left out: the answer must name the numbers the client used.
+    // Parts 1 and 3 completed, part 2 uploaded and left out: the answer numbers them 1 and 2, the numbers GetObject reads them by.
     const uploadId = awsOk(env, ['s3api', 'create-multipart-upload', '--bucket', 'attr', '--key', 'mp']).UploadId as string;
     const etags: Record<number, string> = {};
     for (const [n, bytes] of [[1, part1], [2, randomBytes(100)], [3, part3]] as [number, Buffer][]) {
@@ -72,18 +73,18 @@ describe('GetObjectAttributes with the aws cli', () => {
     assert.equal(a.Checksum, undefined);
   });
 
-  it('a multipart object completed from parts 1 and 3: part count, the client part numbers and sizes, the multipart ETag', () => {
+  it('a multipart object completed from parts 1 and 3: part count, parts numbered 1 and 2 (what get-object --part-number reads) with their sizes, the multipart ETag', () => {
     const a = attrs('mp');
     assert.equal(a.ETag, multipartEtag);
     assert.equal(a.ObjectSize, part1.length + part3.length);
     assert.equal(a.Checksum, undefined);
     const p = a.ObjectParts as PartsOut;
     assert.equal(p.TotalPartsCount, 2);
-    assert.deepEqual(partPairs(p), [[1, part1.length], [3, part3.length]]);
+    assert.deepEqual(partPairs(p), [[1, part1.length], [2, part3.length]]);
     assert.equal(p.IsTruncated, false);
     assert.equal(p.MaxParts, 1000);
     assert.equal(Number(p.PartNumberMarker), 0);
-    assert.equal(Number(p.NextPartNumberMarker), 3);
+    assert.equal(Number(p.NextPartNumberMarker), 2);
     // GetObject ?partNumber=2 is the second part (the parts in order), the bytes of part 3.
     const out = path.join(work, 'second');
     awsOk(env, ['s3api', 'get-object', '--bucket', 'attr', '--key', 'mp', '--part-number', '2', out]);
@@ -98,12 +99,12 @@ describe('GetObjectAttributes with the aws cli', () => {
     assert.equal(Number(first.NextPartNumberMarker), 1);
     assert.equal(first.TotalPartsCount, 2);
     const second = attrs('mp', '--max-parts', '1', '--part-number-marker', String(first.NextPartNumberMarker)).ObjectParts as PartsOut;
-    assert.deepEqual(partPairs(second), [[3, part3.length]]);
+    assert.deepEqual(partPairs(second), [[2, part3.length]]);
     assert.equal(second.IsTruncated, false);
     assert.equal(Number(second.PartNumberMarker), 1);
-    assert.equal(Number(second.NextPartNumberMarker), 3);
-    // A marker between the numbers starts after it; past the last there is nothing left.
-    assert.deepEqual(partPairs(attrs('mp', '--part-number-marker', '2').ObjectParts), [[3, part3.length]]);
+    assert.equal(Number(second.NextPartNumberMarker), 2);
+    // At or past the last there is nothing left.
+    assert.deepEqual(partPairs(attrs('mp', '--part-number-marker', '2').ObjectParts), []);
     const past = attrs('mp', '--part-number-marker', '3').ObjectParts as PartsOut;
     assert.deepEqual(partPairs(past), []);
     assert.equal(past.IsTruncated, false);
@@ -120,6 +121,39 @@ describe('GetObjectAttributes with the aws cli', () => {
     assert.equal(a.ObjectParts.TotalPartsCount, 3);
     assert.deepEqual(partPairs(a.ObjectParts), [[1, mib8], [2, mib8], [3, whole.length - 2 * mib8]]);
     assert.match(a.ETag, /^[0-9a-f]{32}-3$/);
+  });
+
+  it('parts uploaded as 1, 3 and 7: get-object and head-object --part-number 1..3 read them in order, as get-object-attributes numbers them; 4 is InvalidPartNumber', () => {
+    const sizes = [5 * 1024 * 1024, 5 * 1024 * 1024 + 17, 4321];
+    const bytes = sizes.map((n) => randomBytes(n));
+    const uploadId = awsOk(env, ['s3api', 'create-multipart-upload', '--bucket', 'attr', '--key', 'sparse']).UploadId as string;
+    const parts = [1, 3, 7].map((partNumber, i) => {
+      const f = path.join(work, `sparse-${partNumber}`);
+      fs.writeFileSync(f, bytes[i]!);
+      return { PartNumber: partNumber, ETag: awsOk(env, ['s3api', 'upload-part', '--bucket', 'attr', '--key', 'sparse', '--upload-id', uploadId, '--part-number', String(partNumber), '--body', f]).ETag as string };
+    });
+    awsOk(env, ['s3api', 'complete-multipart-upload', '--bucket', 'attr', '--key', 'sparse', '--upload-id', uploadId, '--multipart-upload', JSON.stringify({ Parts: parts })]);
+    const listed = attrs('sparse').ObjectParts as PartsOut;
+    assert.equal(listed.TotalPartsCount, 3);
+    assert.deepEqual(partPairs(listed), sizes.map((n, i) => [i + 1, n]));
+    let offset = 0;
+    for (const [i, p] of (listed.Parts ?? []).entries()) {
+      const out = path.join(work, `sparse-get-${p.PartNumber}`);
+      const got = awsOk(env, ['s3api', 'get-object', '--bucket', 'attr', '--key', 'sparse', '--part-number', String(p.PartNumber), out]);
+      assert.ok(fs.readFileSync(out).equals(bytes[i]!), `get-object --part-number ${p.PartNumber} is the part listed as ${p.PartNumber}`);
+      assert.equal(got.ContentLength, p.Size);
+      assert.equal(got.PartsCount, 3);
+      assert.equal(got.ContentRange, `bytes ${offset}-${offset + p.Size - 1}/${sizes.reduce((a, b) => a + b, 0)}`);
+      const head = awsOk(env, ['s3api', 'head-object', '--bucket', 'attr', '--key', 'sparse', '--part-number', String(p.PartNumber)]);
+      // (This cli's HeadObject output has no ContentRange.)
+      assert.deepEqual([head.ContentLength, head.PartsCount, head.ETag], [p.Size, 3, got.ETag]);
+      offset += p.Size;
+    }
+    // The uploaded number 7 names no fourth part: refused, never another part's bytes.
+    for (const n of ['4', '7']) {
+      const past = awsFail(env, ['s3api', 'get-object', '--bucket', 'attr', '--key', 'sparse', '--part-number', n, path.join(work, 'past')]);
+      assert.deepEqual([past.code, past.httpStatus], ['InvalidPartNumber', 416], `--part-number ${n}`);
+    }
   });
 
   it('refusals: unknown attribute, missing key or bucket, a version other than null; versionId null is the object', async () => {
@@ -147,14 +181,14 @@ describe('GetObjectAttributes with the aws cli', () => {
     assert.equal(awsOk(env, ['s3api', 'head-bucket', '--bucket', 'attr']), '');
   });
 
-  it('the part numbers are in the index: the same answer after a SIGKILL and restart', async () => {
+  it('the parts are in the index: the same answer after a SIGKILL and restart', async () => {
     const before = attrs('mp');
     await env.daemon.kill();
     env.sdk.destroy();
     fs.rmSync(env.home, { recursive: true, force: true });
     env = await startS3({ dataDir });
     const after = attrs('mp');
-    assert.deepEqual(partPairs(after.ObjectParts), [[1, part1.length], [3, part3.length]]);
+    assert.deepEqual(partPairs(after.ObjectParts), [[1, part1.length], [2, part3.length]]);
     assert.deepEqual({ ...after, LastModified: undefined }, { ...before, LastModified: undefined });
   });
 });

@@ -409,8 +409,12 @@ function parseRange(v: string | undefined, sizeBytes: number): { start: number; 
 /**
  * GET/HEAD ?partNumber=N: the bytes of the object's N-th part (the parts of a
  * completed multipart upload are its segments, in order; a single-PUT object
- * is one part). A part past the last is 416 InvalidPartNumber, as S3 and MinIO
- * answer. An empty part has no byte range to name: undefined (a 200 of no bytes).
+ * is one part). N is the position, not the number the part was uploaded
+ * under: parts uploaded as 1, 3, 7 are read as 1, 2, 3, as MinIO does and as
+ * AWS's own multipart downloader (aws-sdk-java-v2 MultipartDownloaderSubscriber)
+ * assumes, asking for 1..x-amz-mp-parts-count; GetObjectAttributes numbers
+ * them the same way. A part past the last is 416 InvalidPartNumber, as S3 and
+ * MinIO answer. An empty part has no byte range to name: undefined (a 200 of no bytes).
  */
 function partRange(rec: ObjectRecord, partNumber: number): { start: number; end: number } | undefined {
   const partsCount = Math.max(1, rec.segments.length);
@@ -786,8 +790,7 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
    * verified on upload but not kept, and the daemon's own CRC32Cs are per
    * stored chunk, not the object checksum S3 means. ObjectParts only for a
    * completed multipart upload (S3 omits it for a single PUT): its part
-   * count, and each part's number and size when the record kept the numbers
-   * (records from before they were kept answer the count alone).
+   * count, and each part's position (its partNumber for GetObject) and size.
    * StorageClass is STANDARD, as the listings say. Preconditions as
    * HeadObject (304/412).
    */
@@ -808,16 +811,16 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
     let body = '';
     if (wanted.has('ETag')) body += tag('ETag', rec.etag);
     if (wanted.has('ObjectParts') && rec.etag.includes('-')) {
-      let parts = `${tag('PartsCount', rec.segments.length)}`;
-      const numbers = rec.partNumbers;
-      if (numbers !== undefined && numbers.length === rec.segments.length) {
-        let first = 0;
-        while (first < numbers.length && numbers[first]! <= marker) first++;
-        const end = Math.min(numbers.length, first + maxParts);
-        parts += `${tag('PartNumberMarker', marker)}${tag('MaxParts', maxParts)}${tag('IsTruncated', end < numbers.length)}`;
-        if (end > first) parts += tag('NextPartNumberMarker', numbers[end - 1]!);
-        for (let i = first; i < end; i++) parts += `<Part>${tag('PartNumber', numbers[i]!)}${tag('Size', rec.segments[i]!.lengthBytes)}</Part>`;
-      }
+      // Parts are numbered by position, 1..PartsCount, whatever numbers the upload
+      // used (1, 3, 7 are parts 1, 2, 3): the number GetObject/HeadObject ?partNumber
+      // takes (partRange). S3 lists parts only for uploads with per-part checksums,
+      // which it requires to be numbered 1..N consecutively, so the two never differ there.
+      const count = rec.segments.length;
+      const first = Math.min(marker, count);
+      const end = Math.min(count, first + maxParts);
+      let parts = `${tag('PartsCount', count)}${tag('PartNumberMarker', marker)}${tag('MaxParts', maxParts)}${tag('IsTruncated', end < count)}`;
+      if (end > first) parts += tag('NextPartNumberMarker', end);
+      for (let i = first; i < end; i++) parts += `<Part>${tag('PartNumber', i + 1)}${tag('Size', rec.segments[i]!.lengthBytes)}</Part>`;
       body += `<ObjectParts>${parts}</ObjectParts>`;
     }
     if (wanted.has('StorageClass')) body += tag('StorageClass', 'STANDARD');
