@@ -14,7 +14,8 @@
 //    puts of 4 KiB issued one after another while it runs (their wall time
 //    and data.mdb's growth: a read snapshot held across the recount keeps
 //    LMDB from reusing freed pages), then the same 800 puts alone (peer);
-//  - compaction: one unthrottled pass (segments compacted must be > 0);
+//  - compaction: one unthrottled pass (segments compacted must be > 0), with
+//    800 puts issued as it starts (their wall time and data.mdb's growth);
 //  - startColdTier: VolumeManager.startColdTier over the same index;
 //  - finishInterruptedReleases: the start's clean-up (every volume's chunk
 //    map read, its files stat'ed).
@@ -46,6 +47,9 @@ interface ChildResult {
   putsAloneMs: number;
   mdbGrowthAloneBytes: number;
   compaction: Figure;
+  /** 800 sequential puts issued as the pass starts: wall ms, data.mdb growth bytes. */
+  putsDuringCompactionMs: number;
+  mdbGrowthDuringCompactionBytes: number;
   segmentsCompacted: number;
   startColdTier: Figure;
   finishReleases: Figure;
@@ -174,10 +178,18 @@ async function child(distDir: string, entries: number): Promise<void> {
     // Its own wall time, not the puts' (they may outlast it).
     recount.wallMs = recountMs;
     const alone = await puts(2);
-    const pass = { segmentsCompacted: 0 };
+    const pass = { segmentsCompacted: 0, wallMs: 0 };
+    let duringPass = { ms: 0, growthBytes: 0 };
     const compaction = await timed(async () => {
-      pass.segmentsCompacted = (await compactor.runOnce({ unthrottled: true })).segmentsCompacted;
+      const t0 = process.hrtime.bigint();
+      const r = compactor.runOnce({ unthrottled: true }).then((report) => {
+        pass.segmentsCompacted = report.segmentsCompacted;
+        pass.wallMs = Number(process.hrtime.bigint() - t0) / 1e6;
+      });
+      duringPass = await puts(3);
+      await r;
     });
+    compaction.wallMs = pass.wallMs;
     await compactor.stop();
     await stripes.close();
     await meta.close();
@@ -195,6 +207,8 @@ async function child(distDir: string, entries: number): Promise<void> {
       putsAloneMs: alone.ms,
       mdbGrowthAloneBytes: alone.growthBytes,
       compaction,
+      putsDuringCompactionMs: duringPass.ms,
+      mdbGrowthDuringCompactionBytes: duringPass.growthBytes,
       segmentsCompacted: pass.segmentsCompacted,
       startColdTier,
       finishReleases,
@@ -243,6 +257,8 @@ if (process.argv[2] === '--child') {
     ['  data.mdb growth during them, KiB', (x) => x.mdbGrowthAloneBytes / 1024],
     ['compaction pass, max delay ms', (x) => x.compaction.maxDelayMs],
     ['compaction pass, wall ms', (x) => x.compaction.wallMs],
+    [`${PUTS} puts as the pass starts, ms`, (x) => x.putsDuringCompactionMs],
+    ['  data.mdb growth during them, KiB', (x) => x.mdbGrowthDuringCompactionBytes / 1024],
     ['startColdTier, max delay ms', (x) => x.startColdTier.maxDelayMs],
     ['startColdTier, wall ms', (x) => x.startColdTier.wallMs],
     ['finishInterruptedReleases, max delay ms', (x) => x.finishReleases.maxDelayMs],

@@ -20,9 +20,10 @@
 //     the result is correct; an entry rewritten meanwhile to a new stripe has
 //     no shard in S and is left alone. Open volumes' in-memory maps follow;
 //  5. S is deleted only once every write session begun before the pass has
-//     ended and a final look at the index (inside a transaction, after every
-//     write queued before it) finds nothing pointing into S, nor a held
-//     reference whose forwards still lead into it.
+//     ended and a final look at the index (one read snapshot taken after
+//     every write queued before it has committed, read in slices) finds
+//     nothing pointing into S, nor a held reference (at the snapshot or
+//     after the scan) whose forwards still lead into it.
 // A SIGKILL before 4 commits leaves S referenced and the copies orphans;
 // after it, S unreferenced but present. The start-up recount marks either
 // kind dead, so the next pass reclaims it; fsck reports them as orphans.
@@ -46,7 +47,7 @@ export interface CompactionOptions {
   batchBytes: number;
   /** Longest wait for write sessions begun before a deletion (uploads in flight); past it the segment waits for a later pass. */
   settleTimeoutMs: number;
-  /** Index entries the recount reads between two yields to the event loop (it reads a snapshot, so I/O goes on meanwhile). */
+  /** Index entries a scan of the index (the recount, a compaction's looks at a segment) reads between two yields to the event loop. */
   recountSliceEntries: number;
 }
 
