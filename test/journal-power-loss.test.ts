@@ -1,8 +1,16 @@
 // Power cuts at random instants of a random journal workload (appends of many sizes over
 // overlapping ranges of three volumes, FLUSHes, rotations, destage releases and file removals),
-// through the model of helpers/power-loss-fs.ts: each crash state keeps the durable images plus
-// any subset of the unsynced writes (torn at 512 B or 4 KiB) and directory changes. The journal
-// opened on it, as the daemon opens it, must keep the durability contract (DESIGN.md, Write path).
+// through the model of helpers/power-loss-fs.ts: each crash state keeps the durable images plus,
+// per 512 B or 4 KiB sector, the page cache as of some instant (writes land in any order and tear
+// at sector boundaries), and any subset of the directory changes not fsynced. The journal opened
+// on it, as the daemon opens it, must keep the durability contract (DESIGN.md, Write path): every
+// write a completed FLUSH covered is replayed with its bytes (or a later replayed write covers
+// it, or the stripe the index durable at the cut names holds it), every replayed extent is an
+// append exactly as issued, and neither fsck nor the open refuses (a power cut is not damage).
+// Two generations per seed: the second runs on a crash state of the first (even seeds) or
+// restarts after a SIGKILL of it (odd seeds), and is cut in turn, during its open too.
+// Not modelled: the index (LMDB) and the stripes (a test oracle, durable when the test says),
+// media damage, I/O errors and short writes, the journal directory's own name.
 //
 // Reproduce a failure: POWER_LOSS_SEED=<seed printed> node --test <this file>; with
 // POWER_LOSS_KEEP=<path prefix> a crash state fsck calls damaged is copied there, beside the model's log.
@@ -24,7 +32,7 @@ const FILE_BYTES = 48 * 1024;
 /** journal.ts's MARKER_DELAY_MS: how long a sync marker waits for an append to ride on. */
 const MARKER_DELAY_MS = 50;
 const SEEDS = process.env.POWER_LOSS_SEED ? [Number(process.env.POWER_LOSS_SEED)] : Array.from({ length: Number(process.env.POWER_LOSS_SEEDS ?? 30) }, (_, i) => Number(process.env.POWER_LOSS_FIRST_SEED ?? 1000) + i);
-/** Crash states per generation per seed (two generations: the second runs on one of the first's crash states). */
+/** Crash states per generation per seed. */
 const STATES_PER_GENERATION = Number(process.env.POWER_LOSS_STATES ?? 16);
 
 /** One append as the client issued it. */
@@ -37,7 +45,7 @@ interface Write {
   data: Buffer | null;
   /** Clock value once the append resolved (the client saw it complete); Infinity before. */
   resolvedAt: number;
-  /** Flushed in an earlier generation, before the power cut that generation ended with. */
+  /** Flushed in an earlier generation, before the power cut (or SIGKILL) that generation ended with. */
   flushedEarlier: boolean;
   /** A crash state after this instant must not hold it (an earlier generation's write its open dropped). */
   allowedUntil: number;
@@ -154,6 +162,11 @@ class Run {
     const errors: Error[] = [];
     const deferred: { key: string; entry: IndexEntry; resolve: () => void }[] = [];
     let appends = 0;
+    // FLUSH-heavy, or a bulk writer that rarely flushes (new files then go long unsynced).
+    const syncShare = rng() < 0.5 ? 0.1 : 0.02;
+    const tSync = 0.7 + syncShare;
+    const tRelease = tSync + 0.08;
+    const tResolve = tRelease + 0.06;
     for (let step = 0; step < steps; step++) {
       if (step === killAtStep) {
         // Between turns: no reaction of the dead journal is pending.
@@ -166,16 +179,16 @@ class Run {
       } else if (r < 0.7 && appends < 160) {
         appends++;
         this.append(j, oracle, errors);
-      } else if (r < 0.8) {
+      } else if (r < tSync) {
         const s: SyncCall = { callAt: plfs.mark(), resolvedAt: Infinity };
         oracle.syncs.push(s);
         j.sync().then(
           () => (s.resolvedAt = plfs.mark()),
           (err: Error) => errors.push(err),
         );
-      } else if (r < 0.88) {
+      } else if (r < tRelease) {
         this.release(j, oracle, deferred);
-      } else if (r < 0.94) {
+      } else if (r < tResolve) {
         const d = deferred.splice(Math.floor(rng() * deferred.length), 1)[0];
         if (d) {
           d.entry.durableAt = plfs.mark();
@@ -333,6 +346,18 @@ class Run {
     if (destaged) this.cov.statesWithDestagedChunks++;
   }
 
+  /** The model's log, everything kept, is the directory as it is now (the page cache's view): the log misses nothing. */
+  checkModel(model: DirModel, now: number): void {
+    const dir = path.join(this.root, 'page-cache-view');
+    fs.mkdirSync(dir);
+    // Its own generator: the check leaves the run's random choices as they were.
+    model.crashState(now, seededRandom(this.seed), dir, 'keep');
+    const names = fs.readdirSync(dir).sort();
+    assert.deepEqual(names, fs.readdirSync(model.dir).sort(), `POWER_LOSS_SEED=${this.seed}: the model's names differ from the directory's`);
+    for (const n of names) assert.ok(fs.readFileSync(path.join(dir, n)).equals(fs.readFileSync(path.join(model.dir, n))), `POWER_LOSS_SEED=${this.seed}: the model's ${n} differs from the file`);
+    fs.rmSync(dir, { recursive: true });
+  }
+
   private noteCoverage(s: CrashStateStats): void {
     if (s.writesLost > 0 || s.zeroExtended > 0) this.cov.statesLosingWrites++;
     if (s.writesTorn > 0) this.cov.statesTearingWrites++;
@@ -347,9 +372,17 @@ class Run {
     fs.rmSync(dir, { recursive: true, force: true });
   }
 
-  /** Random cuts in [from, to], sorted (the last one is where the next generation starts). */
-  cuts(from: number, to: number, n: number): number[] {
-    return Array.from({ length: n }, () => from + Math.floor(this.rng() * (to - from + 1))).sort((a, b) => a - b);
+  /**
+   * Cuts in [from, to], sorted: half uniform, half shortly after a journal file was created
+   * (a rotation, an open's head), where a new file's first items are not synced yet.
+   */
+  cuts(model: DirModel, from: number, to: number, n: number): number[] {
+    const creates = model.ops.filter((o) => o.k === 'create' && o.issue >= from && o.issue < to);
+    return Array.from({ length: n }, (_, i) => {
+      if (i % 2 === 0 || creates.length === 0) return from + Math.floor(this.rng() * (to - from + 1));
+      const c = creates[Math.floor(this.rng() * creates.length)]!;
+      return Math.min(to, c.issue + 1 + Math.floor(this.rng() * 40));
+    }).sort((a, b) => a - b);
   }
 
   countFiles(model: DirModel): void {
@@ -400,7 +433,8 @@ test('power cuts at random instants of a journal workload: every flushed write i
       const killed = await run.workload(j1, oracle1, 400, sigkill ? 60 + Math.floor(run.rng() * 300) : Infinity);
       if (!killed) await plfs.pumpUntil(j1.close(), run.rng);
       const end1 = plfs.clock;
-      const cuts1 = run.cuts(start1, end1, STATES_PER_GENERATION);
+      run.checkModel(m1, end1);
+      const cuts1 = run.cuts(m1, start1, end1, STATES_PER_GENERATION);
       let gen2: { j: Journal; model: DirModel; dir: string; openedAt: number } | null = null;
       let gen2Cut = end1;
       for (const [i, cut] of cuts1.entries()) {
@@ -428,8 +462,9 @@ test('power cuts at random instants of a journal workload: every flushed write i
       const oracle2 = carryOver(oracle1, gen2Cut, g.j, g.openedAt);
       await run.workload(g.j, oracle2, 250);
       await plfs.pumpUntil(g.j.close(), run.rng);
+      run.checkModel(g.model, plfs.clock);
       run.countFiles(g.model);
-      for (const cut of run.cuts(Math.min(openStart, g.openedAt), plfs.clock, STATES_PER_GENERATION)) {
+      for (const cut of run.cuts(g.model, Math.min(openStart, g.openedAt), plfs.clock, STATES_PER_GENERATION)) {
         const s = run.crashAndOpen(g.model, oracle2, cut, 2);
         await run.close(s.j, s.model, s.dir);
       }

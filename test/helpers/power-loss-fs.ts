@@ -1,7 +1,8 @@
 // A model of what a power cut keeps of a directory, for in-process crash-consistency tests of
 // the journal: every call journal.ts and dir-sync.ts make through the `fs` module object on a
 // tracked directory is logged (writes, truncates, creates, unlinks, fsync/fdatasync), and any
-// instant of that log can be turned into a crash state (durable images + any subset of the rest).
+// instant of that log can be turned into a crash state (DirModel.crashState: durable images, the
+// rest kept or lost per sector and per directory change).
 //
 // Why at the syscall layer: SIGKILL keeps the page cache, so only a model can lose what a
 // power cut loses; the test VM has no device-mapper (dm-log-writes, dm-flakey). The real
@@ -100,11 +101,12 @@ export class DirModel {
    * boundaries, but a sector never holds a later write without an earlier one that had
    * completed before it was issued (the disk writes the sector from the page, which holds both).
    */
-  crashState(cut: number, rng: () => number, into: string): CrashStateStats {
+  crashState(cut: number, rng: () => number, into: string, forceMode?: 'lose' | 'keep' | 'mixed'): CrashStateStats {
     const sectorBytes = rng() < 0.5 ? 512 : 4096;
-    // One style per state: everything volatile lost, everything kept, or each sector and directory change on its own.
+    // One style per state: everything volatile lost, everything kept (the page cache's view:
+    // what the test checks the model against), or each sector and directory change on its own.
     const style = rng();
-    const mode: 'lose' | 'keep' | 'mixed' = style < 0.15 ? 'lose' : style < 0.3 ? 'keep' : 'mixed';
+    const mode: 'lose' | 'keep' | 'mixed' = forceMode ?? (style < 0.15 ? 'lose' : style < 0.3 ? 'keep' : 'mixed');
     const dirKeepP = mode === 'lose' ? 0 : mode === 'keep' ? 1 : rng();
     const stats: CrashStateStats = { sectorBytes, volatileWrites: 0, writesKept: 0, writesTorn: 0, writesLost: 0, zeroExtended: 0, volatileDirOps: 0, createsLost: 0, unlinksUndone: 0, files: 0 };
     // Per target, the latest issue of a barrier completed before the cut: a change is durable iff it completed before that.
