@@ -224,8 +224,10 @@ class ResponseSink {
    * Progress is a piece's write completing, or the socket's libuv write queue
    * shrinking: a 4 MiB piece to a slow (56 KiB/s) but reading client takes
    * over a minute to complete, and must not count as idle. writeQueueSize is
-   * the stream handle's own count (net.Socket reads it too); when a handle
-   * has none, only completed writes count.
+   * libuv's count of bytes queued on the stream handle (an internal of
+   * net.Socket, shrinking as the kernel takes bytes: checked by
+   * s3-response-idle-timeout's slow reader); when a handle has none, only
+   * completed writes count.
    */
   private queuedBytes(): number {
     const handle = (this.res.socket as (Socket & { _handle?: { writeQueueSize?: number } }) | null)?._handle;
