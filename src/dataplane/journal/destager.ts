@@ -1,5 +1,5 @@
 // Moves journaled writes of cold volumes into new stripe generations: on an
-// interval, and early when the journal passes its threshold.
+// interval (lazily, see tick()), and early when the journal passes its threshold.
 import { log } from '../../log.js';
 import type { Journal } from './journal.js';
 import type { Volume } from '../volumes/volume.js';
@@ -12,10 +12,28 @@ export interface DestagerOptions {
   concurrency: number;
 }
 
+/**
+ * Every this many intervals a timer pass destages every dirty chunk even
+ * while writes keep coming and none is ripe: journaled data reaches its
+ * stripe within a bounded time (60 s at the default 5 s interval) whatever
+ * the load, and tests with short intervals still see destages under writes.
+ */
+export const FULL_PASS_EVERY_INTERVALS = 12;
+
+/** Which chunks a pass destages. */
+type PassScope = 'all' | 'ripe';
+
 export class Destager {
   private timer: NodeJS.Timeout | null = null;
   private running: Promise<void> | null = null;
   private again = false;
+  /** The scope of the pass scheduled after the running one ('all' wins). */
+  private againScope: PassScope = 'ripe';
+  /** Highest journal seq seen by the last timer tick: none newer means the journal was idle since. */
+  private lastTickSeq = 0;
+  private ticksSinceFullPass = 0;
+  /** Timer ticks that found nothing worth destaging yet (deferred), for tests and metrics. */
+  ticksDeferred = 0;
   private stopped = false;
   stripesDestaged = 0;
   errors = 0;
@@ -32,25 +50,84 @@ export class Destager {
   }
 
   start(): void {
-    this.timer = setInterval(() => this.kick(), this.opts.intervalMs);
+    this.timer = setInterval(() => void this.tick(), this.opts.intervalMs);
     this.timer.unref();
   }
 
-  /** Starts a pass (or schedules one more after the current pass). */
-  kick(): Promise<void> {
+  /**
+   * The interval's pass, lazy: rewriting a whole 1 MiB stripe (k+m shards,
+   * an encode, an index flip) for a few 4 KiB records is most of the cost of
+   * a small cold write, and it competes with the client for the CPUs and
+   * the disk. So while writes keep coming, a tick destages only ripe chunks
+   * (journaled bytes >= one chunk: the rewrite costs no more than the data);
+   * the rest wait, merging more records per rewrite, until the journal is
+   * idle for a whole interval, or passes its threshold (kick() from
+   * onPressure, unchanged: the journal stays bounded and a full journal
+   * still fails writes with ENOSPC after JOURNAL_FULL_TIMEOUT_MS), or
+   * FULL_PASS_EVERY_INTERVALS ticks have gone by. Chunks of volumes no
+   * longer cold (records left by a cold -> hot/warm move) are always taken.
+   * Called by the interval timer (and by tests, to step it); resolves when
+   * the pass it started (if any) ends.
+   */
+  tick(): Promise<void> {
+    let maxSeq = 0;
+    for (const id of this.journal.dirtyVolumes()) {
+      for (const c of this.journal.dirtyChunks(id)) {
+        const ext = this.journal.extents(id, c);
+        if (ext && ext.length) maxSeq = Math.max(maxSeq, ext[ext.length - 1]!.seq);
+      }
+    }
+    // Released chunks only lower the maximum: a higher one is a new record.
+    const idle = maxSeq <= this.lastTickSeq;
+    this.lastTickSeq = maxSeq;
+    if (maxSeq === 0) return Promise.resolve();
+    const full = idle || ++this.ticksSinceFullPass >= FULL_PASS_EVERY_INTERVALS;
+    if (!full && this.collect('ripe').length === 0) {
+      this.ticksDeferred++;
+      return Promise.resolve();
+    }
+    return this.kick(full ? 'all' : 'ripe');
+  }
+
+  /**
+   * Starts a pass (or schedules one more after the current pass). Without a
+   * scope (the threshold, drain(), `couchestor destage`): every dirty chunk.
+   */
+  kick(scope: PassScope = 'all'): Promise<void> {
     if (this.stopped) return Promise.resolve();
     if (this.running) {
+      if (!this.again || scope === 'all') this.againScope = scope;
       this.again = true;
       return this.running;
     }
-    this.running = this.pass().finally(() => {
+    if (scope === 'all') this.ticksSinceFullPass = 0;
+    this.running = this.pass(scope).finally(() => {
       this.running = null;
       if (this.again && !this.stopped) {
         this.again = false;
-        void this.kick();
+        void this.kick(this.againScope);
       }
     });
     return this.running;
+  }
+
+  /** Chunks to destage: every dirty one, or only ripe ones (see tick()). */
+  private collect(scope: PassScope): [Volume, number][] {
+    const work: [Volume, number][] = [];
+    for (const id of this.journal.dirtyVolumes()) {
+      const vol = this.volumeById(id);
+      if (!vol) continue;
+      const every = scope === 'all' || vol.rec.tier !== 'cold';
+      for (const c of this.journal.dirtyChunks(id)) {
+        if (!every) {
+          let bytes = 0;
+          for (const e of this.journal.extents(id, c) ?? []) bytes += e.lengthBytes;
+          if (bytes < vol.rec.chunkSizeBytes) continue;
+        }
+        work.push([vol, c]);
+      }
+    }
+    return work;
   }
 
   /**
@@ -69,13 +146,8 @@ export class Destager {
     }
   }
 
-  private async pass(): Promise<void> {
-    const work: [Volume, number][] = [];
-    for (const id of this.journal.dirtyVolumes()) {
-      const vol = this.volumeById(id);
-      if (!vol) continue;
-      for (const c of this.journal.dirtyChunks(id)) work.push([vol, c]);
-    }
+  private async pass(scope: PassScope): Promise<void> {
+    const work = this.collect(scope);
     let next = 0;
     const worker = async () => {
       while (next < work.length && !this.stopped) {
