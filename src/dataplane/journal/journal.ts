@@ -521,6 +521,10 @@ export class Journal {
           ),
         ),
     ]);
+    // Failed meanwhile (a removal's fdatasync of a file this sync took may
+    // have had the writeback error this one's, on the same descriptor, was
+    // then spared): no marker may claim what may be lost.
+    if (this.failure) throw this.failure;
     if (uptoSeq > this.markedSeq) this.markSynced(uptoSeq);
   }
 
@@ -665,10 +669,15 @@ export class Journal {
     // destaged before any FLUSH synced it), while later sync markers claim
     // those records (they are in stripes): the open judged the torn bytes
     // damage to flushed writes and refused to start.
+    // A failure fails the journal, as any journal fdatasync's does: the
+    // kernel may have dropped the pages it could not write (reporting it
+    // once), so the file may come back torn as above, and no later marker
+    // may claim it. The file is kept (the next open judges it with every
+    // marker on disk), its descriptor closed.
     const remove = () =>
       fs.fdatasync(f.fd, (err) => {
-        if (err) log.warn('journal: fdatasync of a destaged file before its removal failed', { file: fileName(f.no), err: err.message });
-        closeAfterSyncs(true);
+        if (err) this.fail(err);
+        closeAfterSyncs(!err);
       });
     const before: Promise<unknown>[] = [];
     if (f.markerWrite) before.push(f.markerWrite);
