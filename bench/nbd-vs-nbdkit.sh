@@ -4,10 +4,19 @@
 # same filesystem, pre-filled identically), over a Unix socket and TCP.
 # Prints, per job and transport, the median of REPS runs and the ratio.
 #
-#   bash bench/nbd-vs-nbdkit.sh            # quick: 2 s per run (~3 minutes)
-#   RUNTIME=10 bash bench/nbd-vs-nbdkit.sh # the issue's 10 s runs (~13 minutes)
+#   bash bench/nbd-vs-nbdkit.sh            # quick: 2 s per run (~6 minutes)
+#   RUNTIME=10 bash bench/nbd-vs-nbdkit.sh # the issue's 10 s runs (~25 minutes)
 #   ONLY="write-1m-qd8" bash bench/nbd-vs-nbdkit.sh   # a subset of the jobs
 #   RAW=/tmp/runs.txt bash bench/nbd-vs-nbdkit.sh     # also keep every run's figures
+#   TRANSPORTS=unix ONLY="cold-randwrite-4k-qd1-fsync1" bash bench/nbd-vs-nbdkit.sh
+#   DIST=.me-dist bash bench/nbd-vs-nbdkit.sh          # a private build directory
+#
+# Jobs named cold-* run against a second export of the same size on the cold
+# tier (writes go to the journal; filled like the first, then destaged), and
+# start with an empty journal: each run waits for the previous one's journal
+# to be destaged (`couchestor destage`) outside its timing, on both servers'
+# turns, so no run is charged the previous one's destaging. Destaging during
+# a run is charged to it. -fsyncN: a FLUSH after every N writes (fio --fsync).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,12 +24,14 @@ RUNTIME=${RUNTIME:-2}          # seconds per fio run (time_based)
 REPS=${REPS:-3}                # repetitions; the median is reported
 SIZE_MIB=${SIZE_MIB:-512}      # export size
 WORK=${WORK:-/tmp/nbd-work/bench}
+DIST=${DIST:-dist}
+read -r -a TRS <<< "${TRANSPORTS:-unix tcp}"
 export PATH="/usr/bin:/bin:$PATH"   # Debian's python3 / libnbd, not pyenv's
 
 command -v fio >/dev/null && command -v nbdkit >/dev/null && command -v nbdcopy >/dev/null || {
   echo "needs fio, nbdkit and nbdcopy (apt-get install fio nbdkit libnbd-bin)" >&2; exit 1; }
 
-npx tsc -p tsconfig.json >/dev/null || true   # emits even with others' type errors
+[ -n "${NO_BUILD:-}" ] || npx tsc -p tsconfig.json --outDir "$DIST" >/dev/null || true   # emits even with others' type errors; NO_BUILD=1 runs DIST as it is
 rm -rf "$WORK"
 mkdir -p "$WORK"
 PIDS=()
@@ -42,7 +53,7 @@ mkdir -p "$DATA"
   for i in 0 1 2 3 4 5; do echo "  - { name: cold-$i, tier: cold, path: pools/cold-$i, capacity: auto }"; done
   echo "demoVolume: null"
 } > "$DATA/couchestor.yaml"
-node dist/src/cli.js serve --data-dir "$DATA" --nbd-port 0 --api-port 0 --metrics-port 0 --s3-port 0 \
+node "$DIST/src/cli.js" serve --data-dir "$DATA" --nbd-port 0 --api-port 0 --metrics-port 0 --s3-port 0 \
   > "$WORK/couchestor.out" 2> "$WORK/couchestor.err" &
 PIDS+=($!)
 for _ in $(seq 100); do grep -q '^couchestor ready' "$WORK/couchestor.out" 2>/dev/null && break; sleep 0.1; done
@@ -50,7 +61,12 @@ READY=$(grep '^couchestor ready' "$WORK/couchestor.out" | sed 's/^couchestor rea
 [ -n "$READY" ] || { cat "$WORK/couchestor.err" >&2; exit 1; }
 CS_PORT=$(node -e 'console.log(JSON.parse(process.argv[1]).nbd.port)' "$READY")
 CS_SOCK=$(node -e 'console.log(JSON.parse(process.argv[1]).nbd.socketPath)' "$READY")
-node dist/src/cli.js volumes create bench "${SIZE_MIB}M" --data-dir "$DATA" >/dev/null
+node "$DIST/src/cli.js" volumes create bench "${SIZE_MIB}M" --data-dir "$DATA" >/dev/null
+
+read -r -a JOBS <<< "${ONLY:-randread-4k-qd1 randread-4k-qd32 randwrite-4k-qd1 randwrite-4k-qd32 read-1m-qd8 write-1m-qd8 randwrite-4k-qd1-fsync1 randwrite-4k-qd32-fsync8 cold-randwrite-4k-qd1-fsync1 cold-randwrite-4k-qd32-fsync8 cold-randwrite-4k-qd32}"
+COLD=0
+for job in "${JOBS[@]}"; do case "$job" in cold-*) COLD=1 ;; esac; done
+[ "$COLD" = 1 ] && node "$DIST/src/cli.js" volumes create bench-cold "${SIZE_MIB}M" --tier cold --data-dir "$DATA" >/dev/null
 
 # --- nbdkit file: a sparse file of the same size on the same filesystem -------
 NK_IMG="$WORK/nbdkit.img"
@@ -64,6 +80,8 @@ for _ in $(seq 100); do [ -S "$NK_SOCK" ] && break; sleep 0.1; done
 declare -A URI
 URI[couchestor,tcp]="nbd://127.0.0.1:$CS_PORT/bench"
 URI[couchestor,unix]="nbd+unix:///bench?socket=$CS_SOCK"
+URI[couchestor-cold,tcp]="nbd://127.0.0.1:$CS_PORT/bench-cold"
+URI[couchestor-cold,unix]="nbd+unix:///bench-cold?socket=$CS_SOCK"
 URI[nbdkit,tcp]="nbd://127.0.0.1:$NK_PORT/"
 URI[nbdkit,unix]="nbd+unix:///?socket=$NK_SOCK"
 
@@ -71,11 +89,14 @@ URI[nbdkit,unix]="nbd+unix:///?socket=$NK_SOCK"
 head -c "$((SIZE_MIB * 1024 * 1024))" /dev/urandom > "$WORK/fill.img"
 nbdcopy --flush "$WORK/fill.img" "${URI[couchestor,unix]}"
 nbdcopy --flush "$WORK/fill.img" "${URI[nbdkit,unix]}"
+if [ "$COLD" = 1 ]; then
+  nbdcopy --flush "$WORK/fill.img" "${URI[couchestor-cold,unix]}"
+  node "$DIST/src/cli.js" destage --data-dir "$DATA" >/dev/null
+fi
 rm -f "$WORK/fill.img"
 
 # job name -> fio arguments
 # ONLY="randread-4k-qd1 write-1m-qd8" runs a subset (e.g. while iterating on one path).
-read -r -a JOBS <<< "${ONLY:-randread-4k-qd1 randread-4k-qd32 randwrite-4k-qd1 randwrite-4k-qd32 read-1m-qd8 write-1m-qd8}"
 declare -A ARGS
 ARGS[randread-4k-qd1]="--rw=randread --bs=4k --iodepth=1"
 ARGS[randread-4k-qd32]="--rw=randread --bs=4k --iodepth=32"
@@ -83,6 +104,9 @@ ARGS[randwrite-4k-qd1]="--rw=randwrite --bs=4k --iodepth=1"
 ARGS[randwrite-4k-qd32]="--rw=randwrite --bs=4k --iodepth=32"
 ARGS[read-1m-qd8]="--rw=read --bs=1m --iodepth=8"
 ARGS[write-1m-qd8]="--rw=write --bs=1m --iodepth=8"
+ARGS[randwrite-4k-qd1-fsync1]="--rw=randwrite --bs=4k --iodepth=1 --fsync=1"
+ARGS[randwrite-4k-qd32-fsync8]="--rw=randwrite --bs=4k --iodepth=32 --fsync=8"
+for j in randwrite-4k-qd1-fsync1 randwrite-4k-qd32-fsync8 randwrite-4k-qd32; do ARGS[cold-$j]=${ARGS[$j]}; done
 
 RESULTS="$WORK/results.txt"
 : > "$RESULTS"
@@ -90,10 +114,15 @@ echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)  runtime ${RUNTIME}s x ${REP
 # Interleaved (rep, job, transport, server) so both servers see the same background load.
 for rep in $(seq "$REPS"); do
   for job in "${JOBS[@]}"; do
-    for tr in unix tcp; do
+    for tr in "${TRS[@]}"; do
       for srv in couchestor nbdkit; do
+        uri=${URI[$srv,$tr]}
+        case "$job" in cold-*)
+          node "$DIST/src/cli.js" destage --data-dir "$DATA" >/dev/null
+          [ "$srv" = couchestor ] && uri=${URI[couchestor-cold,$tr]} ;;
+        esac
         # shellcheck disable=SC2086
-        out=$(fio --name="$job" --ioengine=nbd --uri="${URI[$srv,$tr]}" ${ARGS[$job]} \
+        out=$(fio --name="$job" --ioengine=nbd --uri="$uri" ${ARGS[$job]} \
           --size="${SIZE_MIB}M" --runtime="$RUNTIME" --time_based --ramp_time=0 \
           --randrepeat=0 --norandommap --output-format=json 2>/dev/null)
         node -e '
@@ -113,14 +142,14 @@ const med = (a) => { const s = [...a].sort((x, y) => x - y); return s[Math.floor
 const key = (r) => r[0] + " " + r[1];
 const order = [...new Set(rows.map(key))];
 const pad = (s, n) => String(s).padEnd(n);
-console.log(pad("job", 20) + pad("transport", 11) + pad("couchestor IOPS", 17) + pad("MB/s", 9) + pad("nbdkit IOPS", 13) + pad("MB/s", 9) + "ratio");
+console.log(pad("job", 32) + pad("transport", 11) + pad("couchestor IOPS", 17) + pad("MB/s", 9) + pad("nbdkit IOPS", 13) + pad("MB/s", 9) + "ratio");
 for (const k of order) {
   const cs = rows.filter((r) => key(r) === k && r[2] === "couchestor");
   const nk = rows.filter((r) => key(r) === k && r[2] === "nbdkit");
   const ci = med(cs.map((r) => +r[3])), cb = med(cs.map((r) => +r[4]));
   const ni = med(nk.map((r) => +r[3])), nb = med(nk.map((r) => +r[4]));
   const [job, tr] = k.split(" ");
-  console.log(pad(job, 20) + pad(tr, 11) + pad(ci, 17) + pad(cb, 9) + pad(ni, 13) + pad(nb, 9) + (ci / ni).toFixed(2) + "x");
+  console.log(pad(job, 32) + pad(tr, 11) + pad(ci, 17) + pad(cb, 9) + pad(ni, 13) + pad(nb, 9) + (ci / ni).toFixed(2) + "x");
 }
 ' "$RESULTS"
 [ -n "${RAW:-}" ] && cp "$RESULTS" "$RAW"   # every run's figures: job transport server IOPS MiB/s
