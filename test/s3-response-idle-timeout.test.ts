@@ -10,13 +10,19 @@ import { CreateBucketCommand, GetObjectCommand, PutObjectCommand } from '@aws-sd
 import { scrapeMetrics, signer, startS3, type S3Env } from './helpers/s3-env.js';
 
 /** The daemon's s3.sendIdleTimeoutMs. */
-const SEND_IDLE_MS = 1500;
+const SEND_IDLE_MS = 2000;
 /**
  * Far more than loopback's socket buffers (tcp_wmem + tcp_rmem, up to ~10 MiB)
  * plus the daemon's 4 MiB read block: a client that stops reading leaves the
  * daemon a write it cannot finish.
  */
 const OBJECT_BYTES = 48 * 1024 * 1024;
+/**
+ * The slow reader's object: past the socket buffers by several 4 MiB pieces,
+ * each of which, read 1 MiB per burst, completes only after longer than the
+ * timeout; progress inside a piece is what keeps the connection.
+ */
+const SLOW_OBJECT_BYTES = 24 * 1024 * 1024;
 
 const responseTimeouts = (metrics: string) => Number(/^couchestor_s3_idle_timeouts_total\{direction="response"\} (\S+)$/m.exec(metrics)?.[1] ?? NaN);
 
@@ -24,12 +30,14 @@ describe('S3 responses: a client that stops reading is cut after s3.sendIdleTime
   let env: S3Env;
   const B = 'send-idle';
   const data = randomBytes(OBJECT_BYTES);
+  const slowData = randomBytes(SLOW_OBJECT_BYTES);
 
   before(async () => {
     env = await startS3({ config: `s3: {sendIdleTimeoutMs: ${SEND_IDLE_MS}}\n` });
     await env.sdk.send(new CreateBucketCommand({ Bucket: B }));
     await env.sdk.send(new PutObjectCommand({ Bucket: B, Key: 'big', Body: data }));
     await env.sdk.send(new PutObjectCommand({ Bucket: B, Key: 'small', Body: 'served' }));
+    await env.sdk.send(new PutObjectCommand({ Bucket: B, Key: 'slow', Body: slowData }));
   });
   after(async () => {
     await env.cleanup();
@@ -64,7 +72,7 @@ describe('S3 responses: a client that stops reading is cut after s3.sendIdleTime
 
   it('a socket that stops reading mid-body is closed by the daemon, logged and counted; other clients are served meanwhile', async () => {
     const before = responseTimeouts(await scrapeMetrics(env));
-    const cut = /WARN s3: client stopped reading a response: connection closed bucket=send-idle key=big idleMs=1500 sentBytes=\d+ responseBytes=50331648/;
+    const cut = /WARN s3: client stopped reading a response: connection closed bucket=send-idle key=big idleMs=2000 sentBytes=\d+ responseBytes=50331648/;
     assert.doesNotMatch(env.daemon.stderr, cut);
     // Upper bound only: without the timeout the daemon holds the socket for its 1 h request timeout.
     const logged = daemonLogs(cut, 20 * SEND_IDLE_MS);
@@ -96,9 +104,9 @@ describe('S3 responses: a client that stops reading is cut after s3.sendIdleTime
     assert.equal(responseTimeouts(await scrapeMetrics(env)) - before, 1, 'couchestor_s3_idle_timeouts_total{direction="response"} counted it once');
   });
 
-  it('a client that reads in bursts with pauses shorter than the timeout gets the whole object, and nothing is counted', async () => {
+  it('a client that reads 1 MiB bursts with pauses shorter than the timeout gets the whole object (a 4 MiB write takes longer than the timeout), and nothing is counted', async () => {
     const before = responseTimeouts(await scrapeMetrics(env));
-    const sock = await rawGet('big');
+    const sock = await rawGet('slow');
     const chunks: Buffer[] = [];
     let receivedBytes = 0;
     let headBytes = -1;
@@ -113,12 +121,12 @@ describe('S3 responses: a client that stops reading is cut after s3.sendIdleTime
           const end = Buffer.concat(chunks).indexOf('\r\n\r\n');
           if (end >= 0) headBytes = end + 4;
         }
-        if (headBytes >= 0 && receivedBytes - headBytes >= OBJECT_BYTES) return resolve();
-        // After each ~4 MiB read, stop reading for 0.6 of the timeout (the client's own pacing, not a synchronisation).
-        if (receivedBytes > (pauses + 1) * 4 * 1024 * 1024) {
+        if (headBytes >= 0 && receivedBytes - headBytes >= SLOW_OBJECT_BYTES) return resolve();
+        // After each ~1 MiB read, stop reading for 0.3 of the timeout (the client's own pacing, not a synchronisation).
+        if (receivedBytes > (pauses + 1) * 1024 * 1024) {
           pauses++;
           sock.pause();
-          setTimeout(() => sock.resume(), SEND_IDLE_MS * 0.6);
+          setTimeout(() => sock.resume(), SEND_IDLE_MS * 0.3);
         }
       });
     });
@@ -127,9 +135,9 @@ describe('S3 responses: a client that stops reading is cut after s3.sendIdleTime
     sock.destroy();
     const raw = Buffer.concat(chunks);
     const headEnd = raw.indexOf('\r\n\r\n');
-    assert.match(raw.toString('latin1', 0, headEnd), /^HTTP\/1\.1 200[^]*content-length: 50331648/i);
-    assert.ok(raw.subarray(headEnd + 4).equals(data), 'the slow reader got every byte');
-    assert.ok(pauses >= 5, `the reader paused ${pauses} times`);
-    assert.equal(responseTimeouts(await scrapeMetrics(env)) - before, 0);
+    assert.match(raw.toString('latin1', 0, headEnd), /^HTTP\/1\.1 200[^]*content-length: 25165824/i);
+    assert.ok(raw.subarray(headEnd + 4).equals(slowData), 'the slow reader got every byte');
+    assert.ok(pauses >= 20, `the reader paused ${pauses} times`);
+    assert.equal(responseTimeouts(await scrapeMetrics(env)) - before, 0, env.daemon.stderr.split('\n').filter((l) => l.includes('WARN')).join('\n'));
   });
 });
