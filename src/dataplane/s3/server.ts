@@ -238,7 +238,8 @@ class ResponseSink {
     // Between pieces the daemon is reading the next one: not the client's time.
     if (!this.writing) return;
     const queued = this.queuedBytes();
-    if (queued >= 0 && queued !== this.queuedBytesAtCheck) {
+    // Nothing queued: the kernel took every byte and the write's callback is on its way (not the client's time).
+    if (queued === 0 || (queued > 0 && queued !== this.queuedBytesAtCheck)) {
       this.queuedBytesAtCheck = queued;
       this.idleTimer?.refresh();
       return;
@@ -281,9 +282,10 @@ class ResponseSink {
       };
       res.on('close', onClose);
       this.writing = true;
-      this.armIdle();
       if (last) res.end(piece, () => done());
       else res.write(piece, done);
+      // After the write is queued, so that the first check compares against this piece's bytes.
+      if (this.writing) this.armIdle();
     });
 }
 
