@@ -63,7 +63,8 @@ export class Destager {
    * the rest wait, merging more records per rewrite, until the journal is
    * idle for a whole interval, or passes its threshold (kick() from
    * onPressure, unchanged: the journal stays bounded and a full journal
-   * still fails writes with ENOSPC after JOURNAL_FULL_TIMEOUT_MS), or
+   * still fails writes with ENOSPC after JOURNAL_FULL_TIMEOUT_MS), or the
+   * journal files its live records span pass that threshold, or
    * FULL_PASS_EVERY_INTERVALS ticks have gone by. Chunks of volumes no
    * longer cold (records left by a cold -> hot/warm move) are always taken.
    * Called by the interval timer (and by tests, to step it); resolves when
@@ -71,17 +72,33 @@ export class Destager {
    */
   tick(): Promise<void> {
     let maxSeq = 0;
+    // Journal files spanned by live records (extents are in seq order, files
+    // numbered in write order): a file is removed only once every record in
+    // it is destaged.
+    let minFileNo = Infinity;
+    let maxFileNo = 0;
     for (const id of this.journal.dirtyVolumes()) {
       for (const c of this.journal.dirtyChunks(id)) {
         const ext = this.journal.extents(id, c);
-        if (ext && ext.length) maxSeq = Math.max(maxSeq, ext[ext.length - 1]!.seq);
+        if (!ext || !ext.length) continue;
+        maxSeq = Math.max(maxSeq, ext[ext.length - 1]!.seq);
+        minFileNo = Math.min(minFileNo, ext[0]!.fileNo);
+        maxFileNo = Math.max(maxFileNo, ext[ext.length - 1]!.fileNo);
       }
     }
     // Released chunks only lower the maximum: a higher one is a new record.
     const idle = maxSeq <= this.lastTickSeq;
     this.lastTickSeq = maxSeq;
     if (maxSeq === 0) return Promise.resolve();
-    const full = idle || ++this.ticksSinceFullPass >= FULL_PASS_EVERY_INTERVALS;
+    // The threshold counts live record bytes; ripe chunks destaged every
+    // tick keep those low while a few deferred small records keep every
+    // file they landed in on disk (a file system's metadata beside its
+    // data): the full files behind the newest are judged by the same
+    // threshold, or 12 intervals of writes could stay on the hot pool
+    // (test review-destager-pinned-files).
+    const pinnedBytes = (maxFileNo - minFileNo) * this.journal.fileBytes;
+    const pinned = pinnedBytes >= (this.journal.capacityBytes * this.opts.thresholdPercent) / 100;
+    const full = idle || pinned || ++this.ticksSinceFullPass >= FULL_PASS_EVERY_INTERVALS;
     if (!full && this.collect('ripe').length === 0) {
       this.ticksDeferred++;
       return Promise.resolve();
