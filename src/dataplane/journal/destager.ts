@@ -137,8 +137,12 @@ export class Destager {
       const every = scope === 'all' || vol.rec.tier !== 'cold';
       for (const c of this.journal.dirtyChunks(id)) {
         if (!every) {
+          // Journal bytes, headers too: every extent is held in memory and
+          // overlaid on each read of the chunk, so one-byte writes (NBD
+          // allows them) ripen after ~26k records, not a million (test
+          // review-destager-tiny-records).
           let bytes = 0;
-          for (const e of this.journal.extents(id, c) ?? []) bytes += e.lengthBytes;
+          for (const e of this.journal.extents(id, c) ?? []) bytes += e.recordBytes;
           if (bytes < vol.rec.chunkSizeBytes) continue;
         }
         work.push([vol, c]);
