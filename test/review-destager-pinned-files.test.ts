@@ -53,11 +53,14 @@ test('ripe chunks streaming beside a few small writes: the journal files kept on
   };
   const boundBytes = JOURNAL_CAPACITY_BYTES + journal.fileBytes;
   let mostPinned = 0;
+  let newestFileNo = 0;
   for (let i = 1; i < FULL_PASS_EVERY_INTERVALS; i++) {
     // A small write to chunk 0 (a file system's metadata), then whole chunks 1..N (its data).
     await put(((i * 7) % 256) * BLOCK_BYTES, crypto.randomBytes(BLOCK_BYTES));
     for (let c = 1; c <= RIPE_CHUNKS_PER_TICK; c++) await put(c * MiB, crypto.randomBytes(MiB));
     assert.ok(journal.bytesLive < (JOURNAL_CAPACITY_BYTES * 50) / 100, 'premise: the threshold is not passed');
+    const last = journal.extents(id, RIPE_CHUNKS_PER_TICK)!;
+    newestFileNo = last[last.length - 1]!.fileNo;
     await d.tick();
     mostPinned = Math.max(mostPinned, pinnedFiles());
     assert.ok(
@@ -65,7 +68,8 @@ test('ripe chunks streaming beside a few small writes: the journal files kept on
       `after tick ${i}: ${pinnedFiles()} journal files of ${journal.fileBytes / MiB} MiB kept on disk for ${journal.bytesLive} live bytes (capacity ${JOURNAL_CAPACITY_BYTES / MiB} MiB)`,
     );
   }
-  // Premise: the files did rotate (the test wrote several files' worth).
+  // Premise: the files did rotate (the test wrote several files' worth), and the ripe chunks went every tick.
+  assert.ok(newestFileNo >= 4, `journal files rotated up to no ${newestFileNo}`);
   assert.ok(d.stripesDestaged >= RIPE_CHUNKS_PER_TICK * (FULL_PASS_EVERY_INTERVALS - 1));
   assert.deepEqual(await readVolume(vol, 0, want.length), want);
   await d.drain();
