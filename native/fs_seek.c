@@ -1,8 +1,9 @@
 /* N-API binding of lseek(SEEK_DATA) and fallocate(PUNCH_HOLE) for
- * src/dataplane/volumes/seek-data.ts: lets a volume tell a never-written
- * (hole) chunk from one that may hold bytes without reading it, and give back
- * the disk space of file ranges no chunk uses any more. Node has neither
- * binding. Separate from ec_isal.c so the volume path does not depend on
+ * src/dataplane/volumes/seek-data.ts, and of getsockopt(TCP_INFO)'s
+ * bytes-acked count for src/dataplane/s3/server.ts. The first two let a
+ * volume tell a never-written (hole) chunk from one that may hold bytes
+ * without reading it, and give back the disk space of file ranges no chunk
+ * uses any more. Node has none of the three bindings. Separate from ec_isal.c so the volume path does not depend on
  * ISA-L being loadable.
  *
  * Exports:
@@ -22,15 +23,31 @@
  *     blocks are freed; the file's size is unchanged. Errors as above, with
  *     EOPNOTSUPP when the file system cannot punch holes (the caller carries
  *     on without).
+ *   tcpBytesAcked(fd) -> number
+ *     Synchronous (one getsockopt, no lock held long, about a microsecond):
+ *     tcpi_bytes_acked of getsockopt(fd, IPPROTO_TCP, TCP_INFO), the bytes the
+ *     peer of TCP socket fd has acknowledged since the connection began (RFC
+ *     4898 tcpEStatsAppHCThruOctetsAcked, Linux >= 4.1). It only grows, so a
+ *     change between two calls is the client taking bytes; a stalled client
+ *     (zero window) leaves it unchanged. Exact up to 2^53 bytes (a JS number).
+ *     -1 when the kernel's tcp_info is too old to carry the field. Any errno
+ *     (EBADF closed fd, ENOTSOCK, EOPNOTSUPP/ENOPROTOOPT not TCP) throws an
+ *     Error with `code` set to the errno name. Used by the S3 send idle check
+ *     (src/dataplane/s3/server.ts ResponseSink) in place of reading
+ *     /proc/net/tcp, which formats every socket on the node per call.
  */
 #define _GNU_SOURCE /* SEEK_DATA, fallocate */
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/falloc.h>
+#include <linux/tcp.h> /* struct tcp_info with tcpi_bytes_acked (glibc's may lack it) */
+#include <netinet/in.h> /* IPPROTO_TCP */
+#include <stddef.h>
 #include <node_api.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 typedef enum { JOB_SEEK_DATA, JOB_PUNCH_HOLE } JobKind;
@@ -80,6 +97,8 @@ static const char* errno_code(int error) {
     case EFBIG: return "EFBIG";
     case ENOSPC: return "ENOSPC";
     case ETXTBSY: return "ETXTBSY";
+    case ENOTSOCK: return "ENOTSOCK";
+    case ENOPROTOOPT: return "ENOPROTOOPT";
     default: return "EFSOP";
   }
 }
@@ -175,10 +194,38 @@ static napi_value PunchHoleAsync(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+static napi_value TcpBytesAcked(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  int32_t fd;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 1 || napi_get_value_int32(env, argv[0], &fd) != napi_ok || fd < 0) {
+    napi_throw_range_error(env, "ERR_FS_SEEK_ARGUMENT", "tcpBytesAcked(fd >= 0)");
+    return NULL;
+  }
+  struct tcp_info tcp;
+  socklen_t length = sizeof(tcp);
+  memset(&tcp, 0, sizeof(tcp));
+  if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &tcp, &length) != 0) {
+    int error = errno;
+    napi_value message, code, exception;
+    napi_create_string_utf8(env, strerror(error), NAPI_AUTO_LENGTH, &message);
+    napi_create_string_utf8(env, errno_code(error), NAPI_AUTO_LENGTH, &code);
+    napi_create_error(env, code, message, &exception);
+    napi_throw(env, exception);
+    return NULL;
+  }
+  napi_value result;
+  /* A kernel before 4.1 fills a shorter struct: the field is not there. */
+  if (length < offsetof(struct tcp_info, tcpi_bytes_acked) + sizeof(tcp.tcpi_bytes_acked)) napi_create_double(env, -1, &result);
+  else napi_create_double(env, (double)tcp.tcpi_bytes_acked, &result);
+  return result;
+}
+
 static napi_value Init(napi_env env, napi_value exports) {
   napi_property_descriptor properties[] = {
       {"firstDataOffsetAsync", NULL, FirstDataOffsetAsync, NULL, NULL, NULL, napi_enumerable, NULL},
       {"punchHoleAsync", NULL, PunchHoleAsync, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"tcpBytesAcked", NULL, TcpBytesAcked, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   if (napi_define_properties(env, exports, sizeof(properties) / sizeof(properties[0]), properties) != napi_ok) {
     napi_throw_error(env, NULL, "fs_seek: cannot define exports");

@@ -2,7 +2,10 @@
 // headers and XML, streaming bodies both ways. Storage lives behind
 // ObjectStore; every error leaves through toS3Error/errorXml.
 import { createHash, randomBytes } from 'node:crypto';
-import fs from 'node:fs';
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
@@ -198,40 +201,48 @@ class ClientGone extends Error {
 }
 
 /**
- * Bytes the kernel holds for the socket with inode `inode` that the client has
- * not acknowledged (tx_queue in /proc/net/tcp, or tcp6 for an IPv6 socket), or
- * -1 when it cannot be read (not Linux, socket gone). The libuv write queue
- * alone cannot tell a slow reader from a stalled one: the kernel takes bytes
- * from it only once a third of the send buffer (autotuned up to tcp_wmem's
- * 4 MiB) is free, so a client reading steadily at under ~23 KiB/s left it
- * unchanged for the 60 s timeout and was cut. Acknowledgements move this count
- * as the client reads; a stalled client's stays put. Asynchronous: the kernel
- * walks its whole TCP hash table for the file (6-9 ms measured), on the
- * threadpool rather than the event loop; read once per check of a write in flight.
+ * tcpBytesAcked of native/fs_seek.c (getsockopt TCP_INFO's tcpi_bytes_acked:
+ * the bytes the client acknowledged on the connection so far, only growing),
+ * or undefined when the addon is not built or predates the function: the send
+ * idle check then falls back to the libuv write queue alone. Loaded here with
+ * its own guard rather than through volumes/seek-data.ts, which throws when
+ * the addon is missing: serving S3 must not depend on it.
  */
-async function kernelUnackedBytes(inode: number, ipv6: boolean): Promise<number> {
-  let text: string;
-  try {
-    text = await fs.promises.readFile(ipv6 ? '/proc/net/tcp6' : '/proc/net/tcp', 'latin1');
-  } catch {
-    return -1;
+const tcpBytesAckedNative: ((fd: number) => number) | undefined = (() => {
+  const relative = join('native', 'build', 'Release', 'fs_seek.node');
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (let up = 0; up < 6; up++, dir = dirname(dir)) {
+    const candidate = join(dir, relative);
+    if (!existsSync(candidate)) continue;
+    try {
+      const addon = createRequire(import.meta.url)(candidate) as { tcpBytesAcked?: unknown };
+      return typeof addon.tcpBytesAcked === 'function' ? (addon.tcpBytesAcked as (fd: number) => number) : undefined;
+    } catch {
+      return undefined;
+    }
   }
-  const want = String(inode);
-  // `sl local rem st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode ...`
-  for (const line of text.split('\n')) {
-    const f = line.trim().split(/\s+/);
-    if (f[9] === want) return parseInt(f[4]!.split(':')[0]!, 16);
-  }
-  return -1;
-}
+  return undefined;
+})();
 
-/** The socket's inode (its line in /proc/net/tcp), -1 without a descriptor. */
-function socketInode(socket: Socket | null): number {
-  const fd = (socket as (Socket & { _handle?: { fd?: number } }) | null)?._handle?.fd;
+/**
+ * Bytes the client of `socket` has acknowledged since the connection began, or
+ * -1 when that cannot be known (no addon, not Linux >= 4.1, no descriptor,
+ * socket closed). The libuv write queue alone cannot tell a slow reader from a
+ * stalled one: the kernel takes bytes from it only once a third of the send
+ * buffer (autotuned up to tcp_wmem's 4 MiB) is free, so a client reading
+ * steadily at under ~23 KiB/s left it unchanged for the 60 s timeout and was
+ * cut. This count grows as the client reads; a stalled client's (zero window)
+ * stays put. One getsockopt on the event loop (~0.8 us measured), where
+ * /proc/net/tcp cost ~4 ms per read and formatted every TCP socket of the node.
+ */
+function socketAckedBytes(socket: Socket | null): number {
+  if (tcpBytesAckedNative === undefined) return -1;
+  const fd = (socket as (Socket & { _handle?: { fd?: number } | null }) | null)?._handle?.fd;
   if (fd === undefined || fd < 0) return -1;
   try {
-    return fs.fstatSync(fd).ino;
+    return tcpBytesAckedNative(fd);
   } catch {
+    // EBADF / ENOTSOCK / EOPNOTSUPP: closed under us or not TCP; the libuv queue decides.
     return -1;
   }
 }
@@ -249,12 +260,8 @@ class ResponseSink {
   private idleTimer: NodeJS.Timeout | undefined;
   private writing = false;
   private queuedBytesAtCheck = -1;
-  /** The kernel's unacknowledged bytes at the last check of this piece (kernelUnackedBytes), -1 before one. */
-  private unackedBytesAtCheck = -1;
-  /** Counts pieces written: a kernel sample arriving after its piece completed is dropped. */
-  private pieceSerial = 0;
-  /** The socket's inode, read at the first check (-1: none). */
-  private inode: number | undefined;
+  /** The client's acknowledged bytes (socketAckedBytes) when the piece was queued or at the last check; -1: unknown. */
+  private ackedBytesAtCheck = -1;
   sentBytes = 0;
 
   /** `onIdle` runs once if the client accepted no byte for sendIdleTimeoutMs; the connection is then destroyed. */
@@ -268,7 +275,7 @@ class ResponseSink {
 
   /**
    * Progress is a piece's write completing, the socket's libuv write queue
-   * shrinking, or the kernel's unacknowledged bytes changing (kernelUnackedBytes):
+   * shrinking, or the client acknowledging bytes (socketAckedBytes):
    * a 4 MiB piece to a slow (56 KiB/s) but reading client takes over a minute
    * to complete, and must not count as idle. writeQueueSize is
    * libuv's count of bytes queued on the stream handle (an internal of
@@ -288,32 +295,22 @@ class ResponseSink {
     // Nothing queued: the kernel took every byte and the write's callback is on its way (not the client's time).
     const libuvProgress = queued === 0 || (queued > 0 && queued !== this.queuedBytesAtCheck);
     this.queuedBytesAtCheck = queued;
-    // The kernel's own send queue too, sampled at every check of a write in flight, so that a
-    // stalled client is still cut one period after its last progress.
-    if (this.inode === undefined) this.inode = socketInode(this.res.socket);
-    const piece = this.pieceSerial;
-    const inode = this.inode;
-    const sample = inode < 0 ? Promise.resolve(-1) : kernelUnackedBytes(inode, this.res.socket?.remoteFamily === 'IPv6');
-    void sample.then((unacked) => {
-      // The piece completed (a later check judges the next one) or the connection is gone meanwhile.
-      if (!this.writing || piece !== this.pieceSerial || this.res.destroyed) return;
-      const kernelProgress = unacked >= 0 && this.unackedBytesAtCheck >= 0 && unacked !== this.unackedBytesAtCheck;
-      // No sample yet for this piece: one more period to take one (-1: none to be had, the libuv queue decides).
-      const kernelFirstLook = unacked >= 0 && this.unackedBytesAtCheck < 0;
-      this.unackedBytesAtCheck = unacked;
-      if (libuvProgress || kernelProgress || kernelFirstLook) {
-        this.idleTimer?.refresh();
-        return;
-      }
-      this.onIdle(this.sentBytes);
-      this.res.destroy(new ClientGone(`the client read nothing of the response for ${this.sendIdleTimeoutMs} ms`));
-    });
+    // Sampled when the piece was queued too (armIdle), so the first check already has a base:
+    // a stalled client is cut one period after its piece was queued, two at most after its last progress.
+    const acked = socketAckedBytes(this.res.socket);
+    const kernelProgress = acked >= 0 && this.ackedBytesAtCheck >= 0 && acked !== this.ackedBytesAtCheck;
+    this.ackedBytesAtCheck = acked;
+    if (libuvProgress || kernelProgress) {
+      this.idleTimer?.refresh();
+      return;
+    }
+    this.onIdle(this.sentBytes);
+    this.res.destroy(new ClientGone(`the client read nothing of the response for ${this.sendIdleTimeoutMs} ms`));
   };
 
   private armIdle(): void {
-    this.pieceSerial++;
     this.queuedBytesAtCheck = this.queuedBytes();
-    this.unackedBytesAtCheck = -1;
+    this.ackedBytesAtCheck = socketAckedBytes(this.res.socket);
     if (this.idleTimer === undefined) {
       this.idleTimer = setTimeout(this.checkIdle, this.sendIdleTimeoutMs).unref();
       this.res.once('close', () => clearTimeout(this.idleTimer));
