@@ -24,13 +24,10 @@
 // systematic Cauchy code from gf_gen_cauchy1_matrix, GF(2^8) with polynomial
 // 0x11d: parity shard i (k <= i < k + m) = XOR over data shards j of
 // (1 / (i xor j)) * shard j. Pinned by a reference test in test/ec-codec.test.ts.
-import { createRequire } from "node:module";
-import { existsSync } from "node:fs";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { availableParallelism } from "node:os";
 import { InsufficientShards as StorageInsufficientShards, StorageError } from "../errors.js";
 import type { ErasureCodingPolicy } from "./policy.js";
+import { loadNativeAddon } from "../../native-addon.js";
 
 interface IsalAddon {
   /** GF tables for "from shards sourceIndexes (k of them) produce shards targetIndexes" of the Cauchy code. */
@@ -57,17 +54,8 @@ interface IsalAddon {
   writebackAsync(fd: number, offset: number, length: number, done: (error?: Error) => void): void;
 }
 
-/** native/build/Release/ec_isal.node, found from src/ (ts) or dist/src/ (compiled) alike. */
-function loadAddon(): IsalAddon {
-  const relative = join("native", "build", "Release", "ec_isal.node");
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (let up = 0; up < 6; up++, dir = dirname(dir)) {
-    const candidate = join(dir, relative);
-    if (existsSync(candidate)) return createRequire(import.meta.url)(candidate) as IsalAddon;
-  }
-  throw new Error(`${relative} not built: run npm install (node-gyp builds native/, needs libisal-dev)`);
-}
-const isal = loadAddon();
+/** native/build/Release/ec_isal.node (see src/native-addon.ts). */
+const isal = loadNativeAddon<IsalAddon>('ec_isal', 'needs libisal-dev');
 
 /**
  * CRC32C (Castagnoli), chained like @node-rs/crc32's crc32c(bytes, previous)

@@ -2,15 +2,13 @@
 // headers and XML, streaming bodies both ways. Storage lives behind
 // ObjectStore; every error leaves through toS3Error/errorXml.
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { log } from '../../log.js';
+import { nativeAddonPath } from '../../native-addon.js';
 import type { PieceSink } from '../objects/hot-segments.js';
 import { MAX_PART_NUMBER, type BucketTier, type ContentHeaders, type ObjectRecord, type ObjectStore, type Tag } from '../objects/store.js';
 import type { AccessKey } from './credentials.js';
@@ -209,19 +207,14 @@ class ClientGone extends Error {
  * the addon is missing: serving S3 must not depend on it.
  */
 const tcpBytesAckedNative: ((fd: number) => number) | undefined = (() => {
-  const relative = join('native', 'build', 'Release', 'fs_seek.node');
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (let up = 0; up < 6; up++, dir = dirname(dir)) {
-    const candidate = join(dir, relative);
-    if (!existsSync(candidate)) continue;
-    try {
-      const addon = createRequire(import.meta.url)(candidate) as { tcpBytesAcked?: unknown };
-      return typeof addon.tcpBytesAcked === 'function' ? (addon.tcpBytesAcked as (fd: number) => number) : undefined;
-    } catch {
-      return undefined;
-    }
+  const found = nativeAddonPath('fs_seek');
+  if (found === null) return undefined;
+  try {
+    const addon = createRequire(import.meta.url)(found) as { tcpBytesAcked?: unknown };
+    return typeof addon.tcpBytesAcked === 'function' ? (addon.tcpBytesAcked as (fd: number) => number) : undefined;
+  } catch {
+    return undefined;
   }
-  return undefined;
 })();
 
 /**

@@ -2,27 +2,15 @@
 // a file's next data extent starts, so a volume can skip reading a chunk that
 // is a hole; and freeing the blocks of file ranges no chunk uses any more.
 
-import { existsSync } from 'node:fs';
-import { createRequire } from 'node:module';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { loadNativeAddon } from '../../native-addon.js';
 
 interface FsSeekAddon {
   firstDataOffsetAsync(fd: number, offsetBytes: number, done: (error: NodeJS.ErrnoException | null, dataOffsetBytes: number) => void): void;
   punchHoleAsync(fd: number, offsetBytes: number, lengthBytes: number, done: (error: NodeJS.ErrnoException | null) => void): void;
 }
 
-/** native/build/Release/fs_seek.node, found from src/ (ts) or dist/src/ (compiled) alike. */
-function loadAddon(): FsSeekAddon {
-  const relative = join('native', 'build', 'Release', 'fs_seek.node');
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (let up = 0; up < 6; up++, dir = dirname(dir)) {
-    const candidate = join(dir, relative);
-    if (existsSync(candidate)) return createRequire(import.meta.url)(candidate) as FsSeekAddon;
-  }
-  throw new Error(`${relative} not built: run npm install (node-gyp builds native/)`);
-}
-const addon = loadAddon();
+/** native/build/Release/fs_seek.node (see src/native-addon.ts). */
+const addon = loadNativeAddon<FsSeekAddon>('fs_seek');
 
 /**
  * lseek(fd, offsetBytes, SEEK_DATA) on the libuv threadpool (ext4/xfs take the
