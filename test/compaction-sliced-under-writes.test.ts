@@ -13,38 +13,21 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { SegmentCompactor } from '../src/dataplane/ec/compaction.js';
 import type { StripeRef } from '../src/dataplane/ec/stripe-store.js';
 import { ChunkState } from '../src/dataplane/meta/store.js';
 import { ALL_OBJECT_KEYS, OBJECTS_DB, PARTS_DB, coldStripeRefs } from '../src/dataplane/objects/cold-segments.js';
-import { ObjectStore } from '../src/dataplane/objects/store.js';
+import type { ObjectStore } from '../src/dataplane/objects/store.js';
 import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
 import type { Volume } from '../src/dataplane/volumes/volume.js';
 import { bodyOf, MiB, readObject } from './helpers/cold.js';
-import { openColdTierManager, readVolume, writeVolume } from './helpers/volume.js';
+import { openCompactionTier, readVolume, writeVolume } from './helpers/volume.js';
 
 const VOLUME_CHUNKS = 12;
 /** Rounds of concurrent work; compaction passes run back to back until the last one ends. */
 const ROUNDS = 10;
 
 /** The cold tier and its compactor over `dir`; `before` may wrap the databases the compactor opens. */
-async function openTier(dir: string, create: boolean, before: (m: VolumeManager) => void = () => undefined) {
-  const m = await openColdTierManager(dir, create);
-  const openDB = m.meta.openDB;
-  before(m); // seen by the compactor only: restored before the object store opens its databases
-  // Before any segment store opens: 1 MiB segments (3 shard records each), so most are sealed and compactable.
-  m.cold!.stripes.segmentOptions = { segmentSizeBytes: MiB };
-  const compactor = new SegmentCompactor(m.cold!.stripes, m.meta, () => m.openVolumes(), { intervalMs: 0, deadFraction: 0.01, recountSliceEntries: 1 });
-  m.meta.openDB = openDB;
-  const store = await ObjectStore.open(m, m.cold!.stripes);
-  let closed: Promise<void> | null = null;
-  const close = () =>
-    (closed ??= (async () => {
-      await compactor.stop();
-      await m.close();
-    })());
-  return { m, compactor, store, close };
-}
+const openTier = openCompactionTier;
 
 async function put(store: ObjectStore, models: Map<string, Buffer>, key: string, lengthBytes: number): Promise<void> {
   const bytes = crypto.randomBytes(lengthBytes);

@@ -14,13 +14,12 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { SegmentCompactor } from '../src/dataplane/ec/compaction.js';
 import type { StripeRef } from '../src/dataplane/ec/stripe-store.js';
 import { ALL_OBJECT_KEYS, OBJECTS_DB, PARTS_DB, coldStripeRefs } from '../src/dataplane/objects/cold-segments.js';
-import { ObjectStore } from '../src/dataplane/objects/store.js';
+import type { ObjectStore } from '../src/dataplane/objects/store.js';
 import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
 import { MiB, readObject } from './helpers/cold.js';
-import { openColdTierManager } from './helpers/volume.js';
+import { openCompactionTier } from './helpers/volume.js';
 
 /** Index padding read by every scan (object records of a bucket id no bucket has, holding no stripe): the window the completion commits in. */
 const PADDING_OBJECTS = 20_000;
@@ -33,34 +32,23 @@ const PART_BYTES = 6 * MiB + 513;
 
 type Hooks = { objects: (() => void) | null; parts: (() => void) | null };
 
-async function openTier(dir: string, create: boolean, hooks: Hooks) {
-  const m = await openColdTierManager(dir, create);
-  const realOpenDB = m.meta.openDB;
-  const open = realOpenDB.bind(m.meta);
-  // Seen by the compactor only: restored before the object store opens its databases.
-  m.meta.openDB = ((name: string) => {
-    const db = open(name);
-    const hook = name === OBJECTS_DB ? () => hooks.objects?.() : name === PARTS_DB ? () => hooks.parts?.() : null;
-    if (hook === null) return db;
-    return new Proxy(db, {
-      get(target, prop) {
-        const v = Reflect.get(target, prop, target) as unknown;
-        if (prop === 'getRange') return (...args: unknown[]) => (hook(), (v as (...a: unknown[]) => unknown).apply(target, args));
-        return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
-      },
-    });
-  }) as typeof m.meta.openDB;
-  m.cold!.stripes.segmentOptions = { segmentSizeBytes: MiB };
-  const compactor = new SegmentCompactor(m.cold!.stripes, m.meta, () => m.openVolumes(), { intervalMs: 0, deadFraction: 0.01, recountSliceEntries: 1 });
-  m.meta.openDB = realOpenDB;
-  const store = await ObjectStore.open(m, m.cold!.stripes);
-  let closed: Promise<void> | null = null;
-  const close = () =>
-    (closed ??= (async () => {
-      await compactor.stop();
-      await m.close();
-    })());
-  return { m, compactor, store, close };
+/** The cold tier and its compactor over `dir`; the compactor's objects and parts databases call `hooks` before each getRange. */
+function openTier(dir: string, create: boolean, hooks: Hooks) {
+  return openCompactionTier(dir, create, (m) => {
+    const open = m.meta.openDB.bind(m.meta);
+    m.meta.openDB = ((name: string) => {
+      const db = open(name);
+      const hook = name === OBJECTS_DB ? () => hooks.objects?.() : name === PARTS_DB ? () => hooks.parts?.() : null;
+      if (hook === null) return db;
+      return new Proxy(db, {
+        get(target, prop) {
+          const v = Reflect.get(target, prop, target) as unknown;
+          if (prop === 'getRange') return (...args: unknown[]) => (hook(), (v as (...a: unknown[]) => unknown).apply(target, args));
+          return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+        },
+      });
+    }) as typeof m.meta.openDB;
+  });
 }
 
 test('a multipart completion committing while the FINAL look reads its snapshot (part scanned after the objects) keeps the segment; nothing live is deleted', { timeout: 600_000 }, async (t) => {

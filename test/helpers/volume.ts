@@ -3,7 +3,8 @@
 // wrappers around Volume's callback read/write (a flushed random volume, a
 // client's racing block writes); the temp-dir fixture and the
 // index-commit fault the fault-injection tests share; the journal-file
-// removal watch of the discard-ordering tests.
+// removal watch of the discard-ordering tests; the cold tier with a
+// compactor and object store that the sliced-compaction tests open.
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -11,6 +12,8 @@ import path from 'node:path';
 import type { TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { VolumeManager } from '../../src/dataplane/volumes/manager.js';
+import { SegmentCompactor } from '../../src/dataplane/ec/compaction.js';
+import { ObjectStore } from '../../src/dataplane/objects/store.js';
 import { parsePolicyYaml } from '../../src/dataplane/ec/policy.js';
 import { DEFAULT_EC_POLICY_YAML } from '../../src/config.js';
 import type { Volume } from '../../src/dataplane/volumes/volume.js';
@@ -32,6 +35,31 @@ export async function openColdTierManager(dir: string, create = true): Promise<V
   // An hour: tests call the destager's entry points themselves, at the moment they choose.
   m.startColdTier(parsePolicyYaml(DEFAULT_EC_POLICY_YAML, COLD_POOLS), { intervalMs: 3_600_000, thresholdPercent: 90, concurrency: 2 });
   return m;
+}
+
+/**
+ * The cold tier of openColdTierManager with 1 MiB segments (3 shard records
+ * each, so most are sealed and compactable), a SegmentCompactor reading one
+ * index entry a slice (no timer), and the ObjectStore. `wrapIndex` may
+ * replace `m.meta.openDB` to observe the databases the compactor opens; the
+ * real one is restored before the object store opens its own.
+ */
+export async function openCompactionTier(dir: string, create: boolean, wrapIndex: (m: VolumeManager) => void = () => undefined) {
+  const m = await openColdTierManager(dir, create);
+  const openDB = m.meta.openDB;
+  wrapIndex(m);
+  // Before any segment store opens.
+  m.cold!.stripes.segmentOptions = { segmentSizeBytes: MiB };
+  const compactor = new SegmentCompactor(m.cold!.stripes, m.meta, () => m.openVolumes(), { intervalMs: 0, deadFraction: 0.01, recountSliceEntries: 1 });
+  m.meta.openDB = openDB;
+  const store = await ObjectStore.open(m, m.cold!.stripes);
+  let closed: Promise<void> | null = null;
+  const close = () =>
+    (closed ??= (async () => {
+      await compactor.stop();
+      await m.close();
+    })());
+  return { m, compactor, store, close };
 }
 
 /** A restart in process: closes `m`, opens the manager over `dir` again (its journal starts a fresh head file) and opens volume `name`. */
