@@ -132,7 +132,20 @@ export class Destager {
   private collect(scope: PassScope): [Volume, number][] {
     const work: [Volume, number][] = [];
     for (const id of this.journal.dirtyVolumes()) {
-      const vol = this.volumeById(id);
+      let vol: Volume | null;
+      try {
+        vol = this.volumeById(id);
+      } catch (err) {
+        // A volume that cannot be opened (its pool offline, a file unreadable)
+        // keeps its records in the journal for a later pass; the other
+        // volumes' chunks still go. Thrown from here it ended the pass, and
+        // from the interval timer the daemon (an uncaught exception).
+        this.errors++;
+        this.lastError = `volume id ${id} cannot be opened: ${(err as Error).message}`;
+        this.journal.stalledReason = this.lastError;
+        log.warn('destage skipped a volume that cannot be opened; will retry', { volumeId: id, err: (err as Error).message });
+        continue;
+      }
       if (!vol) continue;
       const every = scope === 'all' || vol.rec.tier !== 'cold';
       for (const c of this.journal.dirtyChunks(id)) {
