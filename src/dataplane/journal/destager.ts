@@ -181,6 +181,7 @@ export class Destager {
   }
 
   private async pass(scope: PassScope): Promise<void> {
+    const errorsBefore = this.errors;
     const work = this.collect(scope);
     let next = 0;
     const worker = async () => {
@@ -198,6 +199,11 @@ export class Destager {
       }
     };
     await Promise.all(Array.from({ length: this.opts.concurrency }, worker));
+    // A full pass took every dirty chunk of every volume: none skipped or
+    // failed means nothing is stalled now, and a full journal's ENOSPC must
+    // not name an old cause (a pool that is back). A ripe pass leaves chunks
+    // out, so it says nothing of those (review-destager-stale-reason).
+    if (scope === 'all' && !this.stopped && this.errors === errorsBefore) this.journal.stalledReason = null;
   }
 
   async stop(): Promise<void> {
