@@ -204,9 +204,32 @@ export class Reconstructor {
   }
 
   start(): void {
-    this.timers.push(setInterval(() => void this.retryWaiting(), this.opts.retryIntervalMs));
-    if (this.opts.scrubIntervalMs > 0) this.timers.push(setInterval(() => void this.scrub({ rateLimited: true }), this.opts.scrubIntervalMs));
+    this.timers.push(setInterval(() => void this.onTimer('retry', () => this.retryWaiting()), this.opts.retryIntervalMs));
+    if (this.opts.scrubIntervalMs > 0) this.timers.push(setInterval(() => void this.scrubOnTimer(), this.opts.scrubIntervalMs));
     for (const t of this.timers) t.unref();
+  }
+
+  /** Scheduled passes that failed (logged; the next interval tries again). */
+  timerFailures = 0;
+
+  /**
+   * The scrub timer's pass. A failure, such as a volume that cannot be
+   * opened because its pool is offline (allVolumes opens every volume), is
+   * logged and retried at the next interval. From the timer a rejection was
+   * unhandled, and that ends the daemon.
+   */
+  scrubOnTimer(): Promise<void> {
+    return this.onTimer('scrub', () => this.scrub({ rateLimited: true }));
+  }
+
+  private onTimer(what: 'scrub' | 'retry', run: () => Promise<unknown>): Promise<void> {
+    return run().then(
+      () => undefined,
+      (err: unknown) => {
+        this.timerFailures++;
+        log.warn(`scheduled ${what} pass failed; will retry next interval`, { err: (err as Error).message });
+      },
+    );
   }
 
   enqueue(ctx: StripeContext, reason: string): void {
