@@ -20,7 +20,7 @@ import type { ObjectStore } from '../src/dataplane/objects/store.js';
 import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
 import type { Volume } from '../src/dataplane/volumes/volume.js';
 import { bodyOf, MiB, readObject } from './helpers/cold.js';
-import { openCompactionTier, readVolume, writeVolume } from './helpers/volume.js';
+import { observeIndexRanges, openCompactionTier, readVolume, writeVolume, type IndexRangeHooks } from './helpers/volume.js';
 
 const VOLUME_CHUNKS = 12;
 /** Rounds of concurrent work; compaction passes run back to back until the last one ends. */
@@ -165,23 +165,8 @@ test('a multipart completion landing between the slices of the first look (parts
 async function movedReferenceCase(t: TestContext): Promise<boolean> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-compaction-moved-ref-'));
   // The compactor's objects and parts databases, observed (the real LMDB databases behind them).
-  let onObjectsRange: (() => void) | null = null;
-  let onPartsRange: (() => void) | null = null;
-  const observe = (m: VolumeManager) => {
-    const realOpen = m.meta.openDB.bind(m.meta);
-    m.meta.openDB = ((name: string) => {
-      const db = realOpen(name);
-      const hook = name === OBJECTS_DB ? () => onObjectsRange?.() : name === PARTS_DB ? () => onPartsRange?.() : null;
-      if (hook === null) return db;
-      return new Proxy(db, {
-        get(target, prop) {
-          const v = Reflect.get(target, prop, target) as unknown;
-          if (prop === 'getRange') return (...args: unknown[]) => (hook(), (v as (...a: unknown[]) => unknown).apply(target, args));
-          return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
-        },
-      });
-    }) as typeof m.meta.openDB;
-  };
+  const ranges: IndexRangeHooks = { objects: null, parts: null };
+  const observe = observeIndexRanges(ranges);
   let tier = await openTier(dir, true, observe);
   t.after(async () => {
     await tier.close();
@@ -215,15 +200,15 @@ async function movedReferenceCase(t: TestContext): Promise<boolean> {
   let completion: Promise<unknown> | null = null;
   let completed = false;
   let completedBeforePartsScan: boolean | null = null;
-  onObjectsRange = () => {
-    onObjectsRange = null;
+  ranges.objects = () => {
+    ranges.objects = null;
     completion = store.completeUpload('cold', 'a-mp', upload.uploadId, listed).then(() => (completed = true));
   };
-  onPartsRange = () => {
+  ranges.parts = () => {
     if (completion !== null && completedBeforePartsScan === null) completedBeforePartsScan = completed;
   };
   const first = await tier.compactor.runOnce({ unthrottled: true });
-  onPartsRange = null;
+  ranges.parts = null;
   await completion;
   const models = new Map([['a-mp', Buffer.concat(parts)]]);
   if (completedBeforePartsScan !== true) {

@@ -8,9 +8,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
-import path from 'node:path';
 import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
-import { openColdTierManager, readVolume, tempDirClosing, writeVolume } from './helpers/volume.js';
+import { coldVolumeOnHot1, openColdTierManager, readVolume, tempDirClosing, writeVolume } from './helpers/volume.js';
 
 const MiB = 1024 * 1024;
 
@@ -18,9 +17,7 @@ test('a volume that cannot be opened is skipped by destaging, logged, and taken 
   let m: VolumeManager | null = null;
   const dir = tempDirClosing(t, 'couchestor-destager-unopenable-', () => m!);
   m = await openColdTierManager(dir);
-  const hot1 = path.join(dir, 'hot-1');
-  await m.putPool({ name: 'hot-1', path: hot1, tier: 'hot', capacityBytes: 1024 * MiB, labels: { tier: 'hot' } });
-  await m.createVolume({ name: 'a', sizeBytes: 2 * MiB, tier: 'cold', pool: 'hot-1' });
+  const hot1 = await coldVolumeOnHot1(m, dir, 'a');
   await m.createVolume({ name: 'b', sizeBytes: 2 * MiB, tier: 'cold', pool: 'hot-0' });
   const want = { a: crypto.randomBytes(2 * MiB), b: crypto.randomBytes(2 * MiB) };
   for (const name of ['a', 'b'] as const) {

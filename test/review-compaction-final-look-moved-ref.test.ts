@@ -19,7 +19,7 @@ import { ALL_OBJECT_KEYS, OBJECTS_DB, PARTS_DB, coldStripeRefs } from '../src/da
 import type { ObjectStore } from '../src/dataplane/objects/store.js';
 import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
 import { MiB, readObject } from './helpers/cold.js';
-import { openCompactionTier } from './helpers/volume.js';
+import { observeIndexRanges, openCompactionTier, type IndexRangeHooks } from './helpers/volume.js';
 
 /** Index padding read by every scan (object records of a bucket id no bucket has, holding no stripe): the window the completion commits in. */
 const PADDING_OBJECTS = 20_000;
@@ -30,25 +30,10 @@ const ATTEMPTS = 3;
 const PAUSE_AFTER_BYTES = 5 * MiB;
 const PART_BYTES = 6 * MiB + 513;
 
-type Hooks = { objects: (() => void) | null; parts: (() => void) | null };
 
 /** The cold tier and its compactor over `dir`; the compactor's objects and parts databases call `hooks` before each getRange. */
-function openTier(dir: string, create: boolean, hooks: Hooks) {
-  return openCompactionTier(dir, create, (m) => {
-    const open = m.meta.openDB.bind(m.meta);
-    m.meta.openDB = ((name: string) => {
-      const db = open(name);
-      const hook = name === OBJECTS_DB ? () => hooks.objects?.() : name === PARTS_DB ? () => hooks.parts?.() : null;
-      if (hook === null) return db;
-      return new Proxy(db, {
-        get(target, prop) {
-          const v = Reflect.get(target, prop, target) as unknown;
-          if (prop === 'getRange') return (...args: unknown[]) => (hook(), (v as (...a: unknown[]) => unknown).apply(target, args));
-          return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
-        },
-      });
-    }) as typeof m.meta.openDB;
-  });
+function openTier(dir: string, create: boolean, hooks: IndexRangeHooks) {
+  return openCompactionTier(dir, create, observeIndexRanges(hooks));
 }
 
 test('a multipart completion committing while the FINAL look reads its snapshot (part scanned after the objects) keeps the segment; nothing live is deleted', { timeout: 600_000 }, async (t) => {
@@ -62,7 +47,7 @@ test('a multipart completion committing while the FINAL look reads its snapshot 
 /** One attempt; false when the timing missed the window (nothing proven about the final look, but every assertion on the data still ran). */
 async function attemptRace(t: TestContext): Promise<boolean> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-review-final-look-'));
-  const hooks: Hooks = { objects: null, parts: null };
+  const hooks: IndexRangeHooks = { objects: null, parts: null };
   let tier = await openTier(dir, true, hooks);
   t.after(async () => {
     await tier.close();

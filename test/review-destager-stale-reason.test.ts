@@ -5,19 +5,14 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
-import path from 'node:path';
 import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
-import { openColdTierManager, tempDirClosing, writeVolume } from './helpers/volume.js';
-
-const MiB = 1024 * 1024;
+import { coldVolumeOnHot1, openColdTierManager, tempDirClosing, writeVolume } from './helpers/volume.js';
 
 test('a full pass that skips and fails nothing clears the stalled reason a pool outage left', async (t) => {
   let m: VolumeManager | null = null;
   const dir = tempDirClosing(t, 'couchestor-destager-stale-reason-', () => m!);
   m = await openColdTierManager(dir);
-  const hot1 = path.join(dir, 'hot-1');
-  await m.putPool({ name: 'hot-1', path: hot1, tier: 'hot', capacityBytes: 1024 * MiB, labels: { tier: 'hot' } });
-  await m.createVolume({ name: 'a', sizeBytes: 2 * MiB, tier: 'cold', pool: 'hot-1' });
+  const hot1 = await coldVolumeOnHot1(m, dir, 'a');
   await writeVolume(m.openVolume('a'), 0, crypto.randomBytes(4096));
   const id = m.meta.volumes.get('a')!.id;
   // A restart: a's record is replayed, a is not open.

@@ -14,6 +14,7 @@ import assert from 'node:assert/strict';
 import { VolumeManager } from '../../src/dataplane/volumes/manager.js';
 import { SegmentCompactor } from '../../src/dataplane/ec/compaction.js';
 import { ObjectStore } from '../../src/dataplane/objects/store.js';
+import { OBJECTS_DB, PARTS_DB } from '../../src/dataplane/objects/cold-segments.js';
 import { parsePolicyYaml } from '../../src/dataplane/ec/policy.js';
 import { DEFAULT_EC_POLICY_YAML } from '../../src/config.js';
 import type { Volume } from '../../src/dataplane/volumes/volume.js';
@@ -60,6 +61,40 @@ export async function openCompactionTier(dir: string, create: boolean, wrapIndex
       await m.close();
     })());
   return { m, compactor, store, close };
+}
+
+/** Called before each getRange of the compactor's objects / parts database (null: none). */
+export type IndexRangeHooks = { objects: (() => void) | null; parts: (() => void) | null };
+
+/**
+ * An openCompactionTier `wrapIndex` that calls `hooks` before each getRange
+ * of the compactor's objects and parts databases (the real LMDB databases
+ * behind a Proxy): what the sliced-compaction tests time their races by.
+ */
+export function observeIndexRanges(hooks: IndexRangeHooks): (m: VolumeManager) => void {
+  return (m) => {
+    const open = m.meta.openDB.bind(m.meta);
+    m.meta.openDB = ((name: string) => {
+      const db = open(name);
+      const hook = name === OBJECTS_DB ? () => hooks.objects?.() : name === PARTS_DB ? () => hooks.parts?.() : null;
+      if (hook === null) return db;
+      return new Proxy(db, {
+        get(target, prop) {
+          const v = Reflect.get(target, prop, target) as unknown;
+          if (prop === 'getRange') return (...args: unknown[]) => (hook(), (v as (...a: unknown[]) => unknown).apply(target, args));
+          return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+        },
+      });
+    }) as typeof m.meta.openDB;
+  };
+}
+
+/** Adds pool hot-1 (in `dir`) and creates cold volume `name` placed on it, so the tests can take that pool away alone; returns hot-1's path. */
+export async function coldVolumeOnHot1(m: VolumeManager, dir: string, name: string, sizeBytes = 2 * MiB): Promise<string> {
+  const hot1 = path.join(dir, 'hot-1');
+  await m.putPool({ name: 'hot-1', path: hot1, tier: 'hot', capacityBytes: 1024 * MiB, labels: { tier: 'hot' } });
+  await m.createVolume({ name, sizeBytes, tier: 'cold', pool: 'hot-1' });
+  return hot1;
 }
 
 /** A restart in process: closes `m`, opens the manager over `dir` again (its journal starts a fresh head file) and opens volume `name`. */
