@@ -253,7 +253,15 @@ export class VolumeManager {
       // policy manages the volume; by hand, `couchestor volumes migrate`.
       log.warn('volume has chunks on more than one pool (a hot <-> warm move was interrupted); the control loop, or `couchestor volumes migrate` to its tier, finishes it', { volume: rec.name, tier: rec.tier, pools: files.map((f) => f.pool.name).join(',') });
     }
-    const vol = new Volume(rec, files, this.meta, states, chunkFile, this.cold);
+    let vol: Volume;
+    try {
+      vol = new Volume(rec, files, this.meta, states, chunkFile, this.cold);
+    } catch (err) {
+      // The constructor fstat()s each file (EIO on a failing disk): without
+      // this the descriptors leaked on every retry (the destager's, each tick).
+      for (const f of files) fs.closeSync(f.fd);
+      throw err;
+    }
     for (const { chunkIndex, entry } of entries) {
       if (chunkIndex >= states.length) continue;
       if (entry.state === ChunkState.Cold && entry.stripe) vol.stripes.set(chunkIndex, entry.stripe);
