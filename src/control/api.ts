@@ -120,6 +120,8 @@ export function buildApi(
       journalBytes: cold.journal.bytesLive,
       ...cold.stripes.counters,
       stripes: cold.reconstructor.counts(),
+      // Volumes whose stripes the counts leave out: they cannot be opened (pool offline, EIO).
+      unavailableVolumes: manager.unavailableVolumes(),
       unhealthy: cold.reconstructor.unhealthy().slice(0, 100),
       lastScrub: cold.reconstructor.lastScrub,
     };
@@ -128,7 +130,7 @@ export function buildApi(
   app.post('/v1/scrub', async () => {
     const cold = requireCold();
     const report = await cold.reconstructor.scrub();
-    return { ...report, stripes: cold.reconstructor.counts() };
+    return { ...report, stripes: cold.reconstructor.counts(), unavailableVolumes: manager.unavailableVolumes() };
   });
   // Rebuilds onto a lost/replaced cold pool the shards it no longer holds (k survivors read per stripe); returns when durable.
   app.post<{ Body: { pool?: string } }>('/v1/rebuild', async (req, reply) => {
@@ -137,7 +139,7 @@ export function buildApi(
     if (typeof pool !== 'string' || pool === '') return reply.code(400).send({ error: 'body must be {"pool": "<cold pool name>"}' });
     try {
       const report = await cold.reconstructor.rebuildPool(pool);
-      return { ...report, stripes: cold.reconstructor.counts() };
+      return { ...report, stripes: cold.reconstructor.counts(), unavailableVolumes: manager.unavailableVolumes() };
     } catch (err) {
       if (err instanceof UnknownPool) return reply.code(404).send({ error: err.message });
       if (err instanceof PoolRebuildBusy) return reply.code(409).send({ error: err.message });

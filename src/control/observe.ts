@@ -47,5 +47,6 @@ export function metricsSource(manager: VolumeManager, heat: HeatTracker, migrati
       const c = manager.cold?.reconstructor.counts();
       return c ? { healthy: c.Healthy, degraded: c.Degraded, rebuilding: c.Reconstructing, unrecoverable: c.Failed } : {};
     },
+    unavailableVolumes: () => manager.unavailableVolumes(),
   };
 }

@@ -52,6 +52,12 @@ export interface MetricsSource {
   journalBytes(): number;
   /** Cold stripes by state; a state left out reads as 0. */
   stripes(): Readonly<Partial<Record<StripeState, number>>>;
+  /**
+   * Volumes that cannot be opened now (their pool offline, a file failing
+   * with EIO), with the pool: read after stripes(), which tries every volume.
+   * Optional: a source without it reports none.
+   */
+  unavailableVolumes?(): Iterable<{ volume: string; pool: string }>;
 }
 
 /**
@@ -67,6 +73,7 @@ interface Snapshot {
   degradedReadsTotal: number;
   journalBytes: number;
   stripes: Readonly<Partial<Record<StripeState, number>>>;
+  unavailableVolumes: { volume: string; pool: string }[];
 }
 
 const EMPTY_SNAPSHOT: Snapshot = {
@@ -76,6 +83,7 @@ const EMPTY_SNAPSHOT: Snapshot = {
   degradedReadsTotal: 0,
   journalBytes: 0,
   stripes: {},
+  unavailableVolumes: [],
 };
 
 /**
@@ -100,6 +108,7 @@ class SnapshotRegistry extends Registry {
       degradedReadsTotal: source.degradedReadsTotal(),
       journalBytes: source.journalBytes(),
       stripes: source.stripes(),
+      unavailableVolumes: [...(source.unavailableVolumes?.() ?? [])],
     };
   }
 
@@ -233,6 +242,17 @@ export function createMetrics(source: MetricsSourceRef): Registry {
     collect() {
       const stripes = registry.snapshot().stripes;
       for (const state of STRIPE_STATES) this.set({ state }, stripes[state] ?? 0);
+    },
+  });
+
+  new Gauge({
+    name: 'couchestor_volume_unavailable',
+    help: 'Volumes that cannot be opened (their pool offline, a file failing with EIO): 1 per volume, labelled with the pool it failed on. Their I/O and stripe figures are missing from the other metrics until they open.',
+    labelNames: ['volume', 'pool'],
+    registers,
+    collect() {
+      this.reset();
+      for (const u of registry.snapshot().unavailableVolumes) this.set({ volume: u.volume, pool: u.pool }, 1);
     },
   });
 

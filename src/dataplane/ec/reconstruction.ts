@@ -4,6 +4,7 @@
 import { InsufficientShards, NoSuitablePool } from '../errors.js';
 import { log } from '../../log.js';
 import type { Volume } from '../volumes/volume.js';
+import type { UnavailableVolume, VolumeListing } from '../volumes/manager.js';
 import type { SegmentStore } from './segment-store.js';
 import { StripeStore, type InspectedStripe, type LostShardJob, type PreparedRebuild, type StripeContext, type StripeRef } from './stripe-store.js';
 
@@ -165,6 +166,12 @@ export class Reconstructor {
     private readonly volumeById: (id: number) => Volume | null,
     private readonly allVolumes: () => Volume[],
     private readonly opts: ReconstructionOptions,
+    /**
+     * The volumes that open and those that cannot (their pool offline): the
+     * stripe counts and the scrub go on without the latter. Default: every
+     * volume of allVolumes, none unavailable.
+     */
+    private readonly availableVolumes: () => VolumeListing = () => ({ volumes: allVolumes(), unavailable: [] }),
   ) {
     this.maxQueued = opts.maxQueuedStripes ?? MAX_QUEUED_STRIPES;
     stripes.onDegraded = (_ref, _health, ctx) => {
@@ -241,11 +248,16 @@ export class Reconstructor {
     void this.process();
   }
 
-  /** Stripe counts by state over every cold chunk of open volumes. */
+  /**
+   * Stripe counts by state over every cold chunk of the volumes that open. A
+   * volume that cannot be opened (its pool offline) is left out, not fatal:
+   * the metrics scrape and the API call read the others' figures, and name
+   * it from VolumeManager.unavailableVolumes().
+   */
   counts(): Record<StripeState, number> {
     const out: Record<StripeState, number> = { Healthy: 0, Degraded: 0, Reconstructing: 0, Failed: 0 };
     let cold = 0;
-    for (const v of this.allVolumes()) cold += v.stripes.size;
+    for (const v of this.availableVolumes().volumes) cold += v.stripes.size;
     for (const source of this.sources) cold += source.count();
     for (const s of this.states.values()) out[s.state]++;
     out.Healthy = Math.max(0, cold - out.Degraded - out.Reconstructing - out.Failed);

@@ -13,10 +13,24 @@ import { Reconstructor } from '../ec/reconstruction.js';
 import type { ErasureCodingPolicy } from '../ec/policy.js';
 import { log } from '../../log.js';
 import { ensureDurableDir, syncNewEntry, syncNewEntrySync } from '../dir-sync.js';
+import { deadRangesMayHoldSpace, punchAfterInterruptedMove } from './migration.js';
 
 export const DEFAULT_CHUNK_SIZE_BYTES = 1024 * 1024;
 /** 2^53 guards the `number` arithmetic; real exports stay far below. */
 export const MAX_VOLUME_SIZE_BYTES = 2 ** 50;
+
+/** A volume that could not be opened: the pool it failed on and the error. */
+export interface UnavailableVolume {
+  volume: string;
+  pool: string;
+  error: string;
+}
+
+/** The volumes that opened, and those that did not. */
+export interface VolumeListing {
+  volumes: Volume[];
+  unavailable: UnavailableVolume[];
+}
 
 export interface CreateVolumeOptions {
   name: string;
@@ -37,6 +51,8 @@ export class VolumeManager {
    * must not pass the exists check. One entry per create in flight.
    */
   private readonly creating = new Set<string>();
+  /** Volumes whose last open failed, by name (at most one entry per volume; cleared by an open or a delete). */
+  private readonly unopenable = new Map<string, UnavailableVolume>();
   cold: (ColdTier & { destager: Destager; policy: ErasureCodingPolicy; reconstructor: Reconstructor }) | null = null;
 
   constructor(readonly meta: MetaStore) {
@@ -98,11 +114,17 @@ export class VolumeManager {
       highestDestagedSeq,
     });
     const destager = new Destager(journal, (id) => this.volumeById(id), opts);
-    const reconstructor = new Reconstructor(stripes, (id) => this.volumeById(id), () => this.allVolumes(), {
-      retryIntervalMs: 10_000,
-      scrubIntervalMs: policy.scrubbingEnabled ? policy.scrubIntervalMs : 0,
-      scrubStripesPerSecond: 200,
-    });
+    const reconstructor = new Reconstructor(
+      stripes,
+      (id) => this.volumeById(id),
+      () => this.allVolumes(),
+      {
+        retryIntervalMs: 10_000,
+        scrubIntervalMs: policy.scrubbingEnabled ? policy.scrubIntervalMs : 0,
+        scrubStripesPerSecond: 200,
+      },
+      () => this.availableVolumes(),
+    );
     this.cold = { journal, stripes, destager, policy, reconstructor };
     destager.start();
     reconstructor.start();
@@ -215,6 +237,44 @@ export class VolumeManager {
     if (cached) return cached;
     const rec = this.meta.volumes.get(name);
     if (!rec) throw new NotFound(`no volume named ${name}`);
+    const at = { pool: rec.poolName };
+    try {
+      const vol = this.openRecord(rec, at);
+      this.unopenable.delete(name);
+      return vol;
+    } catch (err) {
+      this.unopenable.set(name, { volume: name, pool: at.pool, error: (err as Error).message });
+      throw err;
+    }
+  }
+
+  /**
+   * Every volume that opens, and for each one that does not (its pool
+   * offline, a file failing with EIO) what failed: what the scrub, the
+   * stripe counts and the metrics go on with, so one volume that cannot be
+   * opened costs only its own figures.
+   */
+  availableVolumes(): VolumeListing {
+    const volumes: Volume[] = [];
+    const unavailable: UnavailableVolume[] = [];
+    for (const r of this.meta.listVolumes()) {
+      try {
+        volumes.push(this.openVolume(r.name));
+      } catch (err) {
+        unavailable.push(this.unopenable.get(r.name) ?? { volume: r.name, pool: r.poolName, error: (err as Error).message });
+      }
+    }
+    return { volumes, unavailable };
+  }
+
+  /** Volumes whose last open failed (and that no open has succeeded for since), with the pool and error. */
+  unavailableVolumes(): UnavailableVolume[] {
+    return [...this.unopenable.values()];
+  }
+
+  /** openVolume's work; `at.pool` names the pool being opened when it throws. */
+  private openRecord(rec: VolumeRecord, at: { pool: string }): Volume {
+    const name = rec.name;
     const states = new Uint8Array(Volume.chunkCount(rec.sizeBytes, rec.chunkSizeBytes));
     const chunkFile = new Uint8Array(states.length);
     // The placement pool's file first, then every other pool's file an
@@ -228,6 +288,7 @@ export class VolumeManager {
       if (entry.state !== ChunkState.Allocated) continue;
       let i = filePools.findIndex((p) => p.name === entry.pool);
       if (i < 0) {
+        at.pool = entry.pool;
         filePools.push(this.poolByName(entry.pool));
         i = filePools.length - 1;
       }
@@ -237,6 +298,7 @@ export class VolumeManager {
     try {
       for (let i = 0; i < filePools.length; i++) {
         const pool = filePools[i]!;
+        at.pool = pool.name;
         pool.ensureDirs();
         // A file the index has chunks in is never made again empty: its
         // chunks would read as zeros, no error (pool disk replaced, file
@@ -253,6 +315,8 @@ export class VolumeManager {
       // policy manages the volume; by hand, `couchestor volumes migrate`.
       log.warn('volume has chunks on more than one pool (a hot <-> warm move was interrupted); the control loop, or `couchestor volumes migrate` to its tier, finishes it', { volume: rec.name, tier: rec.tier, pools: files.map((f) => f.pool.name).join(',') });
     }
+    // The constructor's fstat of each file cannot say which failed: the placement pool is named.
+    at.pool = rec.poolName;
     let vol: Volume;
     try {
       vol = new Volume(rec, files, this.meta, states, chunkFile, this.cold);
@@ -313,21 +377,23 @@ export class VolumeManager {
    * older daemon kept. A volume that cannot be opened is logged and skipped
    * (its files stay; the next start tries again).
    */
-  async finishInterruptedReleases(): Promise<{ filesRemoved: number; filesTruncated: number }> {
+  async finishInterruptedReleases(): Promise<{ filesRemoved: number; filesTruncated: number; bytesPunched: number }> {
     let filesRemoved = 0;
     let filesTruncated = 0;
+    let bytesPunched = 0;
     for (const rec of this.meta.listVolumes()) {
       if (rec.keptFilePools === undefined) continue;
       try {
         const r = await this.finishInterruptedRelease(rec, rec.keptFilePools);
         filesRemoved += r.filesRemoved;
         filesTruncated += r.filesTruncated;
+        bytesPunched += r.bytesPunched;
       } catch (err) {
         // A pool directory that cannot be read (EIO, EACCES) must not stop the daemon's start.
         log.warn('cannot finish an interrupted RELEASE; the files stay until the next start or `volumes release`', { volume: rec.name, err: (err as Error).message });
       }
     }
-    return { filesRemoved, filesTruncated };
+    return { filesRemoved, filesTruncated, bytesPunched };
   }
 
   /**
@@ -337,7 +403,7 @@ export class VolumeManager {
    * entry of every volume held the event loop ~0.6-0.9 s per 100,000
    * entries at each start (bench/cold-maintenance-stalls).
    */
-  private async finishInterruptedRelease(rec: VolumeRecord, keptFilePools: string[]): Promise<{ filesRemoved: number; filesTruncated: number }> {
+  private async finishInterruptedRelease(rec: VolumeRecord, keptFilePools: string[]): Promise<{ filesRemoved: number; filesTruncated: number; bytesPunched: number }> {
     const kept = new Set(keptFilePools);
     // A kept file reached through another pool name (a pool renamed in the
     // configuration keeps its old record; a link) is still the kept copy.
@@ -353,17 +419,21 @@ export class VolumeManager {
     });
     const placement = this.pools.get(rec.poolName);
     const coldFileCandidate = rec.tier === 'cold' && !kept.has(rec.poolName) && placement !== undefined && (fs.statSync(placement.volumeFile(rec.id), { throwIfNoEntry: false })?.size ?? 0) > 0;
-    if (candidates.length === 0 && !coldFileCandidate) return { filesRemoved: 0, filesTruncated: 0 };
-    const inUse = new Set<string>();
-    for (const { entry } of this.meta.volumeChunks(rec.id)) if (entry.state === ChunkState.Allocated) inUse.add(entry.pool);
+    if (candidates.length === 0 && !coldFileCandidate) return { filesRemoved: 0, filesTruncated: 0, bytesPunched: 0 };
+    // Allocated chunks per pool.
+    const inUse = new Map<string, number>();
+    for (const { entry } of this.meta.volumeChunks(rec.id)) if (entry.state === ChunkState.Allocated) inUse.set(entry.pool, (inUse.get(entry.pool) ?? 0) + 1);
     const leftovers = candidates.filter((p) => !inUse.has(p.name));
     const coldFile = coldFileCandidate && inUse.size === 0;
-    if (leftovers.length === 0 && !coldFile) return { filesRemoved: 0, filesTruncated: 0 };
+    // A cold volume with chunks still in a file whose destaged ranges hold blocks: a kill before a move's hole punch (migration.ts).
+    const punch = inUse.size > 0 && deadRangesMayHoldSpace(this, rec, inUse);
+    if (leftovers.length === 0 && !coldFile && !punch) return { filesRemoved: 0, filesTruncated: 0, bytesPunched: 0 };
     const vol = this.openVolume(rec.name);
     const filesRemoved = leftovers.length > 0 ? await vol.removeLeftoverFiles(leftovers) : 0;
     const filesTruncated = coldFile && (await vol.releaseFile()) ? 1 : 0;
-    log.info('finished a RELEASE a kill had cut short', { volume: rec.name, removed: leftovers.map((p) => p.name).join(','), truncated: coldFile ? rec.poolName : '' });
-    return { filesRemoved, filesTruncated };
+    const bytesPunched = punch ? await punchAfterInterruptedMove(this, vol) : 0;
+    if (leftovers.length > 0 || coldFile) log.info('finished a RELEASE a kill had cut short', { volume: rec.name, removed: leftovers.map((p) => p.name).join(','), truncated: coldFile ? rec.poolName : '' });
+    return { filesRemoved, filesTruncated, bytesPunched };
   }
 
   async deleteVolume(name: string): Promise<void> {
@@ -371,6 +441,7 @@ export class VolumeManager {
     if (!rec) throw new NotFound(`no volume named ${name}`);
     const vol = this.open.get(name);
     this.open.delete(name);
+    this.unopenable.delete(name);
     if (vol) await vol.close();
     // Allocated chunks per pool: a volume may have chunks in two pools' files.
     const allocated = new Map<string, number>();
