@@ -94,16 +94,19 @@ export class VolumeManager {
    * Starts the cold tier: stripe store over the cold pools, the journal on
    * the first hot pool (replayed now), and the destager.
    */
-  startColdTier(policy: ErasureCodingPolicy, opts: DestagerOptions & { journalCapacityBytes?: number }): void {
+  startColdTier(policy: ErasureCodingPolicy, opts: DestagerOptions & { journalCapacityBytes?: number; highestDestagedSeq?: number }): void {
     const hot = [...this.pools.values()].find((p) => p.rec.tier === 'hot');
     if (!hot) throw new NoSuitablePool('the journal needs a hot pool');
     hot.ensureDirs();
     const stripes = new StripeStore(() => [...this.pools.values()], policy);
     stripes.useIndex(this.meta); // pool marks, before any stripe is written (stripe-store.ts POOLS_WRITTEN_DB)
     const ids = new Set(this.meta.listVolumes().map((v) => v.id));
-    let highestDestagedSeq = 0;
-    for (const id of ids) {
-      for (const { entry } of this.meta.volumeChunks(id)) highestDestagedSeq = Math.max(highestDestagedSeq, entry.destagedSeq ?? 0);
+    // The daemon scans for it beforehand in slices (daemon.ts highestDestagedSeqSliced): this loop blocks ~0.85 s per 100,000 entries.
+    let highestDestagedSeq = opts.highestDestagedSeq ?? 0;
+    if (opts.highestDestagedSeq === undefined) {
+      for (const id of ids) {
+        for (const { entry } of this.meta.volumeChunks(id)) highestDestagedSeq = Math.max(highestDestagedSeq, entry.destagedSeq ?? 0);
+      }
     }
     const journal = Journal.open({
       dir: this.journalDir()!,
