@@ -215,7 +215,7 @@ test('a record written before keptFilePools: a file no chunk is in stays kept at
   await m.meta.volumes.put('v', legacy);
   ({ m, vol } = await restartManager(m, dir, 'v'));
   assert.equal(m.meta.volumes.get('v')!.keptFilePools, undefined);
-  assert.deepEqual(await m.finishInterruptedReleases(), { filesRemoved: 0, filesTruncated: 0 });
+  assert.deepEqual(await m.finishInterruptedReleases(), { filesRemoved: 0, filesTruncated: 0, bytesPunched: 0 });
   assert.equal(fs.statSync(hotFile).size, 4 * MiB, "the old record's file was released");
   const lines: string[] = [];
   const r = await fsck(m, (l) => lines.push(l));
@@ -228,7 +228,7 @@ test('a record written before keptFilePools: a file no chunk is in stays kept at
   await migrateVolume(m, 'v', 'cold', { preserve: false });
   assert.deepEqual(m.meta.volumes.get('v')!.keptFilePools, ['hot-0']);
   assert.equal(fs.statSync(m.pools.get('warm-0')!.volumeFile(id)).size, 0);
-  assert.deepEqual(await m.finishInterruptedReleases(), { filesRemoved: 0, filesTruncated: 0 });
+  assert.deepEqual(await m.finishInterruptedReleases(), { filesRemoved: 0, filesTruncated: 0, bytesPunched: 0 });
   assert.equal(fs.statSync(hotFile).size, 4 * MiB);
   assert.ok((await readVolume(vol, 0, 4 * MiB)).equals(want));
 });

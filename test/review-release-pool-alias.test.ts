@@ -39,7 +39,7 @@ for (const how of ['renamed (same path)', 'a symlink to the same directory'] as 
     await m.putPool({ name: 'hot-a', path: aliasPath, tier: 'hot', capacityBytes: 1024 * MiB, labels: { tier: 'hot' } });
     const r = await m.finishInterruptedReleases();
     assert.ok(fs.existsSync(file), `the volume's live file was deleted as a leftover (${JSON.stringify(r)})`);
-    assert.deepEqual(r, { filesRemoved: 0, filesTruncated: 0 });
+    assert.deepEqual(r, { filesRemoved: 0, filesTruncated: 0, bytesPunched: 0 });
     // `volumes release` goes through the same delete.
     await m.releasePreserved('v');
     assert.ok(fs.existsSync(file), 'the volume\'s live file was deleted by `volumes release`');

@@ -218,12 +218,14 @@ export class Reconstructor {
 
   /** Scheduled passes that failed (logged; the next interval tries again). */
   timerFailures = 0;
+  /** Volumes scrub passes skipped because they could not be opened (one per volume per pass). */
+  scrubVolumesSkipped = 0;
 
   /**
-   * The scrub timer's pass. A failure, such as a volume that cannot be
-   * opened because its pool is offline (allVolumes opens every volume), is
-   * logged and retried at the next interval. From the timer a rejection was
-   * unhandled, and that ends the daemon.
+   * The scrub timer's pass. A failure is logged and retried at the next
+   * interval: from the timer a rejection was unhandled, and that ends the
+   * daemon. (A volume that cannot be opened, its pool offline, no longer
+   * fails the pass: it is skipped and named in the report.)
    */
   scrubOnTimer(): Promise<void> {
     return this.onTimer('scrub', () => this.scrub({ rateLimited: true }));
@@ -507,7 +509,7 @@ export class Reconstructor {
 
   private async scrubPass(rateLimited: boolean): Promise<ScrubReport> {
     const started = Date.now();
-    const report: ScrubReport = { stripesChecked: 0, badStripes: 0, durationMs: 0 };
+    const report: ScrubReport = { stripesChecked: 0, badStripes: 0, durationMs: 0, volumesSkipped: [] };
     const minGapMs = rateLimited ? 1000 / Math.max(1, this.opts.scrubStripesPerSecond) : 0;
     let next = Date.now();
     const landing = new Landing(MAX_LANDING_BYTES);
@@ -515,7 +517,16 @@ export class Reconstructor {
     // Each list is taken when its turn comes (as fresh as the scan allows, one list held at a time).
     type Scan = { todo: [number, StripeRef][]; entryFor: (c: number) => { key: string; make: () => Pick<QueuedStripe, 'ctx' | 'holder'> } };
     const scans: (() => Scan)[] = [];
-    for (const vol of this.allVolumes()) {
+    // A volume that cannot be opened (its pool offline) is skipped and named
+    // in the report: the others are still scrubbed. Thrown from here it ended
+    // the whole pass, every interval, until the pool came back.
+    const listing = this.availableVolumes();
+    report.volumesSkipped = listing.unavailable;
+    this.scrubVolumesSkipped += listing.unavailable.length;
+    if (listing.unavailable.length > 0) {
+      log.warn('scrub skips volumes that cannot be opened; the next scrub tries them again', { volumes: listing.unavailable.map((u) => `${u.volume}@${u.pool}: ${u.error}`).join('; ') });
+    }
+    for (const vol of listing.volumes) {
       scans.push(() => ({ todo: [...vol.stripes], entryFor: (c) => ({ key: `${vol.rec.id}:${c}`, make: () => ({ ctx: { volumeId: vol.rec.id, chunkIndex: c } }) }) }));
     }
     for (const source of this.sources) {
@@ -561,7 +572,7 @@ export class Reconstructor {
     await this.process();
     report.durationMs = Date.now() - started;
     this.lastScrub = report;
-    log.info('scrub finished', { ...report });
+    log.info('scrub finished', { stripesChecked: report.stripesChecked, badStripes: report.badStripes, durationMs: report.durationMs, volumesSkipped: report.volumesSkipped.length });
     return report;
   }
 
@@ -1024,6 +1035,8 @@ export interface ScrubReport {
   stripesChecked: number;
   badStripes: number;
   durationMs: number;
+  /** Volumes the pass could not open (pool offline, EIO), with the pool: their stripes were not checked. */
+  volumesSkipped: UnavailableVolume[];
 }
 
 /**

@@ -11,7 +11,8 @@
 // RELEASE deletes the old pool's file once no chunk is left in it.
 import fs from 'node:fs';
 import { InvalidArgument, MigrationInProgress, NoSuitablePool, VolumeFailed } from '../errors.js';
-import type { Tier } from '../meta/store.js';
+import { log } from '../../log.js';
+import type { Tier, VolumeRecord } from '../meta/store.js';
 import type { Pool } from '../pools/pool.js';
 import type { VolumeManager } from './manager.js';
 import type { Volume } from './volume.js';
@@ -31,6 +32,10 @@ export interface MigrationProgress {
   startedMs: number;
   finishedMs?: number;
   error?: string;
+  /** An aborted move to cold: bytes of dead chunk ranges it freed by hole punching (see Volume.punchDeadRanges). */
+  bytesPunched?: number;
+  /** Set when the file system refused the punch (EOPNOTSUPP): those ranges keep their space until the file is released. */
+  punchUnsupported?: boolean;
 }
 
 export interface MigrateOptions {
@@ -75,10 +80,79 @@ export class MigrationAborted extends Error {
  * Read once at start; unset, it costs one boolean test per move.
  */
 const PAUSE_BEFORE_RELEASE = process.env.COUCHESTOR_TEST_PAUSE_BEFORE_RELEASE === '1';
+/**
+ * The same for an aborted move to cold (test/migration-punch-after-kill):
+ * with COUCHESTOR_TEST_PAUSE_BEFORE_PUNCH=1, once its destages are durable
+ * and releaseFile found chunks left in the file, the move prints
+ * `couchestor paused before-punch {"volume":...}` and waits for good.
+ */
+const PAUSE_BEFORE_PUNCH = process.env.COUCHESTOR_TEST_PAUSE_BEFORE_PUNCH === '1';
 
-function pauseForKill(volume: string): Promise<never> {
-  process.stdout.write(`couchestor paused before-release ${JSON.stringify({ volume })}\n`);
+function pauseForKill(volume: string, point: 'before-release' | 'before-punch' = 'before-release'): Promise<never> {
+  process.stdout.write(`couchestor paused ${point} ${JSON.stringify({ volume })}\n`);
   return new Promise<never>(() => undefined);
+}
+
+/** Hole punches of dead chunk ranges (aborted moves to cold, and their finish at start), per manager. */
+export interface PunchCounters {
+  rangesPunched: number;
+  bytesPunched: number;
+  /** Punch attempts the file system refused (EOPNOTSUPP); each is logged once by Volume.punchDeadRanges. */
+  punchesUnsupported: number;
+}
+
+const punchCounters = new WeakMap<VolumeManager, PunchCounters>();
+
+/** A copy of `manager`'s punch counters since it opened. */
+export function migrationPunchCounters(manager: VolumeManager): PunchCounters {
+  return { ...(punchCounters.get(manager) ?? { rangesPunched: 0, bytesPunched: 0, punchesUnsupported: 0 }) };
+}
+
+/** Volume.punchDeadRanges, counted. Throws what it throws (an I/O error other than EOPNOTSUPP). */
+async function punchCounted(manager: VolumeManager, vol: Volume): Promise<{ bytesPunched: number; supported: boolean }> {
+  const r = await vol.punchDeadRanges();
+  let c = punchCounters.get(manager);
+  if (c === undefined) punchCounters.set(manager, (c = { rangesPunched: 0, bytesPunched: 0, punchesUnsupported: 0 }));
+  c.rangesPunched += r.rangesPunched;
+  c.bytesPunched += r.bytesPunched;
+  if (!r.supported) c.punchesUnsupported++;
+  return r;
+}
+
+/**
+ * At start (VolumeManager.finishInterruptedReleases), for a cold volume that
+ * still has chunks in a file: whether a file of it, not kept, holds at least
+ * one chunk's worth of blocks more than its Allocated chunks need. That is
+ * what a kill leaves between a move to cold's destages and its RELEASE or
+ * hole punch (mid-COPY, or an abort before punchDeadRanges): the destaged
+ * chunks' ranges still hold their old bytes. From st_blocks only, so a
+ * start after the punch (or with none needed) opens nothing. The one chunk
+ * of slack covers the file system's own metadata blocks.
+ */
+export function deadRangesMayHoldSpace(manager: VolumeManager, rec: VolumeRecord, allocatedByPool: ReadonlyMap<string, number>): boolean {
+  if (rec.tier !== 'cold') return false;
+  const kept = new Set(rec.keptFilePools ?? []);
+  for (const [poolName, chunks] of allocatedByPool) {
+    const pool = manager.pools.get(poolName);
+    if (pool === undefined || kept.has(poolName)) continue;
+    const st = fs.statSync(pool.volumeFile(rec.id), { throwIfNoEntry: false });
+    if (st !== undefined && st.blocks * 512 >= (chunks + 1) * rec.chunkSizeBytes) return true;
+  }
+  return false;
+}
+
+/**
+ * Finishes the hole punch a kill cut short (see deadRangesMayHoldSpace):
+ * the same Volume.punchDeadRanges the aborted move runs, safe for any cold
+ * volume (it punches only Cold and Discarded chunks' ranges, never a kept
+ * file's) and idempotent (a range already a hole stays one). Returns the
+ * bytes punched; 0 where the file system cannot punch (counted, logged once
+ * by punchDeadRanges; the space stays used, the data is unchanged).
+ */
+export async function punchAfterInterruptedMove(manager: VolumeManager, vol: Volume): Promise<number> {
+  const r = await punchCounted(manager, vol);
+  log.info('freed the dead chunk ranges of a move to cold a kill had cut short', { volume: vol.name, bytesPunched: r.bytesPunched, supported: r.supported });
+  return r.bytesPunched;
 }
 
 /** Why a move to `to` cannot start now, or null when it can. */
@@ -256,7 +330,17 @@ async function migrateVolumeOnce(manager: VolumeManager, name: string, to: Tier,
     // With chunks still in the file (releaseFile did nothing), the ranges of
     // those already destaged are freed instead (hole punch), also while the
     // volume is still cold: see punchDeadRanges for why none can be needed.
-    if (to === 'cold' && !opts.preserve && !(await vol.releaseFile().catch(() => false))) await vol.punchDeadRanges().catch(() => undefined);
+    // A kill from here until the punch has landed leaves the ranges for the
+    // next start (punchAfterInterruptedMove). A file system that cannot
+    // punch (EOPNOTSUPP) changes nothing but the space: counted, reported.
+    if (to === 'cold' && !opts.preserve && !(await vol.releaseFile().catch(() => false))) {
+      if (PAUSE_BEFORE_PUNCH) await pauseForKill(name, 'before-punch');
+      const punched = await punchCounted(manager, vol).catch(() => null);
+      if (punched !== null) {
+        progress.bytesPunched = punched.bytesPunched;
+        if (!punched.supported) progress.punchUnsupported = true;
+      }
+    }
     // Chunks already switched stay readable where they are; new writes go
     // back to the old tier's path.
     await vol.setTier(from, fromPool, keptIfFailed).catch(() => undefined);
