@@ -128,6 +128,13 @@ export class Journal {
    * fdatasynced them: syncs still take them when dirty (syncOnce).
    */
   private readonly removing = new Set<JournalFile>();
+  /**
+   * Removals not finished (descriptor closed and, unless kept, the file
+   * unlinked): close() waits for them, so an open of the same directory
+   * after close() resolves never has a file vanish under it. One per
+   * journal file at most (bounded like `files`).
+   */
+  private readonly removals = new Set<Promise<void>>();
   private readonly commit = new GroupCommit(() => this.syncOnce());
   private failure: Error | null = null;
   private spaceWaiters: (() => void)[] = [];
@@ -573,6 +580,9 @@ export class Journal {
 
   /** Writes a marker alone at the head's tail; resolves (never rejects) once it has landed or failed. */
   private writeMarker(header: Buffer): Promise<void> {
+    // A failed journal writes nothing more: a marker would claim writes whose
+    // pages the kernel may have dropped (the 50 ms timer, a removal's claim).
+    if (this.failure) return Promise.resolve();
     const f = this.head;
     f.markerClaim = Math.max(f.markerClaim, readU64(header, 16));
     const pos = f.tailBytes;
@@ -650,17 +660,29 @@ export class Journal {
     if (this.files.get(f.no) !== f) return;
     // Closing: no new write may start on a descriptor about to be closed; the next open removes it.
     if (this.closed) return;
+    // Failed: nothing more is written (no claim marker into the head, no
+    // unlink). The kernel may have dropped pages it could not write, so the
+    // next open must judge every file still there with every marker on disk;
+    // the file stays in `files`, so close() closes its descriptor.
+    if (this.failure) return;
     if (f === this.head || f.liveBytes > 0 || f.removeHolds > 0) return;
     this.files.delete(f.no);
     this.removing.add(f);
+    let removed!: () => void;
+    const removal = new Promise<void>((resolve) => (removed = resolve));
+    this.removals.add(removal);
+    void removal.then(() => this.removals.delete(removal));
     // Leaves `removing` (no sync takes it any more) and is closed after the
     // syncs that took it, never under one (see writesSettled below).
     const closeAfterSyncs = (removeFile: boolean) => {
       this.removing.delete(f);
       const lastSync = this.lastSync;
       void Promise.allSettled(lastSync ? [lastSync] : []).then(() => {
-        fs.close(f.fd, () => undefined);
-        if (removeFile) fs.rm(path.join(this.dir, fileName(f.no)), { force: true }, () => undefined);
+        fs.close(f.fd, () => {
+          if (!removeFile) return removed();
+          // Failed unlink: the next open finds every record in it destaged (or judges it).
+          fs.rm(path.join(this.dir, fileName(f.no)), { force: true }, () => removed());
+        });
       });
     };
     // fdatasync first: the unlink is durable only at the next directory
@@ -674,11 +696,15 @@ export class Journal {
     // once), so the file may come back torn as above, and no later marker
     // may claim it. The file is kept (the next open judges it with every
     // marker on disk), its descriptor closed.
-    const remove = () =>
+    const remove = () => {
+      // Failed since the removal began (another file's write or sync): the
+      // file is kept, as above, and only its descriptor closed.
+      if (this.failure) return closeAfterSyncs(false);
       fs.fdatasync(f.fd, (err) => {
         if (err) this.fail(err);
-        closeAfterSyncs(!err);
+        closeAfterSyncs(!err && !this.failure);
       });
+    };
     const before: Promise<unknown>[] = [];
     if (f.markerWrite) before.push(f.markerWrite);
     // Its markers may be all that covers an older file's flushed records
@@ -740,6 +766,10 @@ export class Journal {
     if (!this.failure) for (const f of [...this.files.values()]) await this.syncClosingMarker(f);
     for (const f of this.files.values()) fs.closeSync(f.fd);
     this.files.clear();
+    // Removals begun before `closed` (maybeRemove starts none after): their
+    // fdatasync, close and unlink end before close() resolves. None waits on
+    // close: each waits only for writes and syncs settled above.
+    await Promise.all([...this.removals]);
   }
 
   /**
