@@ -23,7 +23,7 @@ export interface HeatSource {
   read(volume: string, windowMs: number): HeatReading;
 }
 
-export type Action = 'migrate' | 'would-migrate' | 'stay' | 'cooldown' | 'concurrency-limit' | 'disabled' | 'no-data' | 'blocked' | 'migrating';
+export type Action = 'migrate' | 'would-migrate' | 'stay' | 'cooldown' | 'concurrency-limit' | 'disabled' | 'no-data' | 'blocked' | 'migrating' | 'unavailable';
 
 export interface Decision {
   volume: string;
@@ -97,6 +97,10 @@ export class ControlLoop {
   private passRunning: Promise<void> | null = null;
   private stopped = false;
   readonly totals = { succeeded: 0, failed: 0, aborted: 0 };
+  /** Volumes passes skipped because they could not be opened (one per volume per pass). */
+  volumesSkipped = 0;
+  /** This pass's volumes that could not be opened, by name (cleared each pass; at most one per volume). */
+  private skippedThisPass = new Map<string, string>();
 
   constructor(
     private readonly manager: VolumeManager,
@@ -198,6 +202,19 @@ export class ControlLoop {
   }
 
   private async pass(): Promise<void> {
+    this.skippedThisPass = new Map();
+    try {
+      await this.policiesPass();
+    } finally {
+      // One line a pass, however many policies (and decide() calls) met the volume.
+      if (this.skippedThisPass.size > 0) {
+        this.volumesSkipped += this.skippedThisPass.size;
+        log.warn('control loop skipped volumes that cannot be opened; next pass tries again', { volumes: [...this.skippedThisPass].map(([v, e]) => `${v}: ${e}`).join('; ') });
+      }
+    }
+  }
+
+  private async policiesPass(): Promise<void> {
     const loaded = this.loadPolicies();
     const seen = new Set(loaded.map((l) => l.name));
     for (const name of [...this.policies.keys()]) if (!seen.has(name) && this.policies.get(name)!.active.size === 0) this.policies.delete(name);
@@ -239,7 +256,18 @@ export class ControlLoop {
     s.coldVolumes = vols.filter((v) => v.tier === 'cold').length;
     const decisions: Decision[] = [];
     for (const v of vols) {
-      const d = this.decide(p, st, v.name, v.tier, heatOk, claimed);
+      let d: Decision;
+      try {
+        d = this.decide(p, st, v.name, v.tier, heatOk, claimed);
+      } catch (err) {
+        // A volume that cannot be opened (its pool offline, a file failing
+        // with EIO) gets no move this pass; the later volumes still get their
+        // decisions (thrown from here it ended the pass at this volume).
+        const u = this.manager.unavailableVolumes().find((x) => x.volume === v.name);
+        const why = u ? `cannot be opened on pool ${u.pool}: ${u.error}` : `cannot be opened: ${(err as Error).message}`;
+        this.skippedThisPass.set(v.name, why);
+        d = { volume: v.name, currentTier: v.tier, targetTier: null, iops: null, action: 'unavailable', reason: `${why}; no migration until it opens` };
+      }
       decisions.push(d);
       const key = `${d.action}:${d.targetTier}`;
       if (st.lastDecision.get(v.name) !== key) {
