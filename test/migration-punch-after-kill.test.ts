@@ -3,90 +3,31 @@
 // kill left holding their old bytes, so their blocks come back; the live
 // chunks' bytes stay on disk and every byte of the volume reads back against
 // the model, before and after a later write + destage. A second start finds
-// nothing to punch. The move runs in a child process (this file, with
-// MIGRATION_PUNCH_CHILD set) paused at exactly that point by
-// COUCHESTOR_TEST_PAUSE_BEFORE_PUNCH (see migration.ts) and killed there.
+// nothing to punch. The move runs in a child process (helpers/punch-kill-child)
+// paused at exactly that point by COUCHESTOR_TEST_PAUSE_BEFORE_PUNCH (see
+// migration.ts) and killed there.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { ChunkState } from '../src/dataplane/meta/store.js';
 import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
-import { migrateVolume, migrationPunchCounters, MigrationAborted } from '../src/dataplane/volumes/migration.js';
+import { migrationPunchCounters } from '../src/dataplane/volumes/migration.js';
 import { firstDataOffset } from '../src/dataplane/volumes/seek-data.js';
 import { readFileRange } from './helpers/hot-warm.js';
+import { PUNCH_KILL_CHUNKS, PUNCH_KILL_DESTAGED, PUNCH_KILL_TRIMMED, runPunchKillChild } from './helpers/punch-kill-child.js';
 import { openColdTierManager, readVolume, writeVolume } from './helpers/volume.js';
 
 const MiB = 1024 * 1024;
-const CHUNKS = 24;
-/** Trimmed (Discarded) before the move: its stale bytes are a dead range too. */
-const TRIMMED = 2;
-/** With one copy at a time the abort (at the progress report after 16 chunks) stops after exactly these. */
-const DESTAGED = Array.from({ length: CHUNKS }, (_, c) => c).filter((c) => c !== TRIMMED).slice(0, 16);
+const CHUNKS = PUNCH_KILL_CHUNKS;
+const TRIMMED = PUNCH_KILL_TRIMMED;
+const DESTAGED = PUNCH_KILL_DESTAGED;
 const DEAD = [...DESTAGED, TRIMMED].sort((a, b) => a - b);
 const LIVE = Array.from({ length: CHUNKS }, (_, c) => c).filter((c) => !DEAD.includes(c));
 /** st_blocks counts 512-byte units. */
 const BLOCKS_PER_CHUNK = MiB / 512;
-const CHILD_DIR = process.env.MIGRATION_PUNCH_CHILD;
-
-/** Child: writes the model (dir/want.bin) to a fresh volume, trims one chunk, flushes, and aborts a move to cold after 16 chunks; pauses before the punch. */
-async function child(dir: string): Promise<void> {
-  const want = fs.readFileSync(path.join(dir, 'want.bin'));
-  const m = await openColdTierManager(dir);
-  await m.createVolume({ name: 'v', sizeBytes: CHUNKS * MiB, pool: 'hot-0' });
-  const vol = m.openVolume('v');
-  await writeVolume(vol, 0, want);
-  await vol.trim(TRIMMED * MiB, MiB, false);
-  await vol.flush();
-  process.stdout.write(`couchestor flushed ${JSON.stringify({ file: m.pools.get('hot-0')!.volumeFile(vol.rec.id) })}\n`);
-  const ac = new AbortController();
-  await migrateVolume(m, 'v', 'cold', {
-    preserve: false,
-    signal: ac.signal,
-    concurrency: 1,
-    onProgress: (p) => {
-      if (p.chunksDone >= 16) ac.abort();
-    },
-  }).catch((err: unknown) => {
-    // The pause never returns: reaching here means the move ended without it.
-    process.stderr.write(`the move ended instead of pausing: ${(err as Error).message}\n`);
-    process.exit(3);
-  });
-  process.exit(4);
-}
-
-/** Runs the child until it prints the pause line, then SIGKILLs it; resolves with the volume file's path. */
-function runChildUntilPausedThenKill(dir: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const proc = spawn(process.execPath, [fileURLToPath(import.meta.url)], {
-      env: { ...process.env, MIGRATION_PUNCH_CHILD: dir, COUCHESTOR_TEST_PAUSE_BEFORE_PUNCH: '1' },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let out = '';
-    let err = '';
-    let file: string | null = null;
-    let killed = false;
-    proc.stderr.on('data', (b: Buffer) => (err += b.toString()));
-    proc.stdout.on('data', (b: Buffer) => {
-      out += b.toString();
-      const f = /^couchestor flushed (.*)$/m.exec(out);
-      if (f) file = (JSON.parse(f[1]!) as { file: string }).file;
-      if (!killed && /^couchestor paused before-punch \{"volume":"v"\}$/m.test(out)) {
-        killed = true;
-        proc.kill('SIGKILL');
-      }
-    });
-    proc.once('error', reject);
-    proc.once('exit', (code, sig) => {
-      if (killed && sig === 'SIGKILL' && file !== null) resolve(file);
-      else reject(new Error(`child exited (${code ?? sig}) without pausing before the punch\nstdout:\n${out}\nstderr:\n${err}`));
-    });
-  });
-}
 
 async function holes(file: string, chunks: number[]): Promise<number[]> {
   const fd = fs.openSync(file, 'r');
@@ -102,66 +43,60 @@ async function holes(file: string, chunks: number[]): Promise<number[]> {
   }
 }
 
-if (CHILD_DIR !== undefined) {
-  await child(CHILD_DIR);
-} else {
-  test('SIGKILL between an aborted move to cold\'s destages and its punch: the next start punches the dead ranges (st_blocks drops by them), data unchanged; a second start punches nothing', async (t) => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-punch-after-kill-'));
-    let m: VolumeManager | null = null;
-    t.after(async () => {
-      await m?.close().catch(() => undefined);
-      fs.rmSync(dir, { recursive: true, force: true });
-    });
-    const want = crypto.randomBytes(CHUNKS * MiB);
-    fs.writeFileSync(path.join(dir, 'want.bin'), want);
-    want.fill(0, TRIMMED * MiB, (TRIMMED + 1) * MiB);
-
-    const file = await runChildUntilPausedThenKill(dir);
-    // As the kill left it: whole, every dead range still holding its bytes.
-    const before = fs.statSync(file);
-    assert.equal(before.size, CHUNKS * MiB);
-    assert.ok(before.blocks >= CHUNKS * BLOCKS_PER_CHUNK, `the file holds ${before.blocks} blocks after the kill`);
-    assert.deepEqual(await holes(file, DEAD), [], 'a dead range was punched before the kill');
-
-    m = await openColdTierManager(dir, false);
-    const r = await m.finishInterruptedReleases();
-    const vol = m.openVolume('v');
-    // The kill left the record as the move wrote it: cold, the destaged chunks in stripes, the rest in the file.
-    assert.equal(vol.rec.tier, 'cold');
-    assert.deepEqual([...vol.stripes.keys()].sort((a, b) => a - b), DESTAGED);
-    assert.deepEqual(vol.chunksOnFile(), LIVE);
-    assert.equal(vol.chunkState[TRIMMED], ChunkState.Discarded);
-
-    assert.equal(r.bytesPunched, DEAD.length * MiB, `start-up punched ${r.bytesPunched} bytes`);
-    assert.deepEqual(migrationPunchCounters(m), { rangesPunched: 1, bytesPunched: DEAD.length * MiB, punchesUnsupported: 0 });
-    const after = fs.statSync(file);
-    assert.equal(after.size, before.size, 'the punch changed the file size');
-    const freed = before.blocks - after.blocks;
-    assert.ok(freed >= DEAD.length * BLOCKS_PER_CHUNK, `only ${freed} blocks freed for ${DEAD.length} dead chunks`);
-    assert.ok(after.blocks >= LIVE.length * BLOCKS_PER_CHUNK, `${after.blocks} blocks left for ${LIVE.length} live chunks`);
-    assert.deepEqual(await holes(file, DEAD), DEAD, 'not every dead range is a hole');
-    // The live chunks' bytes on disk, and every byte through the volume.
-    for (const c of LIVE) assert.ok(readFileRange(file, c * MiB, MiB).equals(want.subarray(c * MiB, (c + 1) * MiB)), `live chunk ${c}'s bytes on disk`);
-    assert.ok((await readVolume(vol, 0, CHUNKS * MiB)).equals(want), 'the volume reads back after the start-up punch');
-
-    // A second start: st_blocks shows nothing dead holds space; nothing punched.
-    await m.close();
-    m = await openColdTierManager(dir, false);
-    const again = await m.finishInterruptedReleases();
-    assert.equal(again.bytesPunched, 0);
-    assert.deepEqual(migrationPunchCounters(m), { rangesPunched: 0, bytesPunched: 0, punchesUnsupported: 0 });
-    const vol2 = m.openVolume('v');
-    assert.ok((await readVolume(vol2, 0, CHUNKS * MiB)).equals(want), 'the volume reads back after a second restart');
-
-    // Writes into a punched destaged chunk, the trimmed one and a live one (journal, then destaged) read back.
-    for (const c of [DESTAGED[3]!, TRIMMED, LIVE[0]!]) {
-      const block = crypto.randomBytes(8192);
-      block.copy(want, c * MiB + 4096);
-      await writeVolume(vol2, c * MiB + 4096, block);
-    }
-    await vol2.flush();
-    await m.cold!.destager.drain();
-    assert.ok((await readVolume(vol2, 0, CHUNKS * MiB)).equals(want), 'the volume reads back after writes and a destage');
-    t.diagnostic(`kill left ${before.blocks} blocks; start-up punch freed ${freed} (${DEAD.length} dead chunks = ${DEAD.length * BLOCKS_PER_CHUNK})`);
+test('SIGKILL between an aborted move to cold\'s destages and its punch: the next start punches the dead ranges (st_blocks drops by them), data unchanged; a second start punches nothing', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-punch-after-kill-'));
+  let m: VolumeManager | null = null;
+  t.after(async () => {
+    await m?.close().catch(() => undefined);
+    fs.rmSync(dir, { recursive: true, force: true });
   });
-}
+  const want = crypto.randomBytes(CHUNKS * MiB);
+  const file = await runPunchKillChild(dir, want);
+  want.fill(0, TRIMMED * MiB, (TRIMMED + 1) * MiB);
+  // As the kill left it: whole, every dead range still holding its bytes.
+  const before = fs.statSync(file);
+  assert.equal(before.size, CHUNKS * MiB);
+  assert.ok(before.blocks >= CHUNKS * BLOCKS_PER_CHUNK, `the file holds ${before.blocks} blocks after the kill`);
+  assert.deepEqual(await holes(file, DEAD), [], 'a dead range was punched before the kill');
+
+  m = await openColdTierManager(dir, false);
+  const r = await m.finishInterruptedReleases();
+  const vol = m.openVolume('v');
+  // The kill left the record as the move wrote it: cold, the destaged chunks in stripes, the rest in the file.
+  assert.equal(vol.rec.tier, 'cold');
+  assert.deepEqual([...vol.stripes.keys()].sort((a, b) => a - b), DESTAGED);
+  assert.deepEqual(vol.chunksOnFile(), LIVE);
+  assert.equal(vol.chunkState[TRIMMED], ChunkState.Discarded);
+
+  assert.equal(r.bytesPunched, DEAD.length * MiB, `start-up punched ${r.bytesPunched} bytes`);
+  assert.deepEqual(migrationPunchCounters(m), { rangesPunched: 1, bytesPunched: DEAD.length * MiB, punchesUnsupported: 0 });
+  const after = fs.statSync(file);
+  assert.equal(after.size, before.size, 'the punch changed the file size');
+  const freed = before.blocks - after.blocks;
+  assert.ok(freed >= DEAD.length * BLOCKS_PER_CHUNK, `only ${freed} blocks freed for ${DEAD.length} dead chunks`);
+  assert.ok(after.blocks >= LIVE.length * BLOCKS_PER_CHUNK, `${after.blocks} blocks left for ${LIVE.length} live chunks`);
+  assert.deepEqual(await holes(file, DEAD), DEAD, 'not every dead range is a hole');
+  // The live chunks' bytes on disk, and every byte through the volume.
+  for (const c of LIVE) assert.ok(readFileRange(file, c * MiB, MiB).equals(want.subarray(c * MiB, (c + 1) * MiB)), `live chunk ${c}'s bytes on disk`);
+  assert.ok((await readVolume(vol, 0, CHUNKS * MiB)).equals(want), 'the volume reads back after the start-up punch');
+
+  // A second start: st_blocks shows nothing dead holds space; nothing punched.
+  await m.close();
+  m = await openColdTierManager(dir, false);
+  const again = await m.finishInterruptedReleases();
+  assert.equal(again.bytesPunched, 0);
+  assert.deepEqual(migrationPunchCounters(m), { rangesPunched: 0, bytesPunched: 0, punchesUnsupported: 0 });
+  const vol2 = m.openVolume('v');
+  assert.ok((await readVolume(vol2, 0, CHUNKS * MiB)).equals(want), 'the volume reads back after a second restart');
+
+  // Writes into a punched destaged chunk, the trimmed one and a live one (journal, then destaged) read back.
+  for (const c of [DESTAGED[3]!, TRIMMED, LIVE[0]!]) {
+    const block = crypto.randomBytes(8192);
+    block.copy(want, c * MiB + 4096);
+    await writeVolume(vol2, c * MiB + 4096, block);
+  }
+  await vol2.flush();
+  await m.cold!.destager.drain();
+  assert.ok((await readVolume(vol2, 0, CHUNKS * MiB)).equals(want), 'the volume reads back after writes and a destage');
+  t.diagnostic(`kill left ${before.blocks} blocks; start-up punch freed ${freed} (${DEAD.length} dead chunks = ${DEAD.length * BLOCKS_PER_CHUNK})`);
+});

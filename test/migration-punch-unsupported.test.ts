@@ -1,0 +1,157 @@
+// A hot pool on a file system that cannot punch holes: ramfs, a real one in
+// this kernel whose fallocate answers EOPNOTSUPP (vfat is not built in, and
+// no loop device is needed). Mounted over the pool's volumes/ directory
+// (statfs of the pool directory stays the disk's, so the pool has room). An
+// aborted move to cold still ends as Aborted, reports and counts the refused
+// punch, logs it once, frees nothing and changes no byte; a later move to
+// cold completes (RELEASE truncates, which ramfs can) and every byte reads
+// back from the stripes. And a kill before the abort's punch
+// (helpers/punch-kill-child): the next start tries the punch, is refused,
+// counts and logs it once, and starts; the data reads back unchanged.
+// Needs root (mount); the mounts are removed after.
+import { test, type TestContext } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
+import { migrateVolume, migrationPunchCounters, MigrationAborted, type MigrationProgress } from '../src/dataplane/volumes/migration.js';
+import { readFileRange } from './helpers/hot-warm.js';
+import { PUNCH_KILL_CHUNKS, PUNCH_KILL_TRIMMED, runPunchKillChild } from './helpers/punch-kill-child.js';
+import { openColdTierManager, readVolume, writeVolume } from './helpers/volume.js';
+
+const MiB = 1024 * 1024;
+const CHUNKS = 24;
+const TRIMMED = 2;
+const MOVED = 16;
+const BLOCKS_PER_CHUNK = MiB / 512;
+const NO_PUNCH_LOG = /the file system cannot punch holes/;
+
+function run(cmd: string, args: string[]): void {
+  const r = spawnSync(cmd, args, { encoding: 'utf8' });
+  assert.equal(r.status, 0, `${cmd} ${args.join(' ')}: ${r.error?.message ?? ''}${r.stderr}`);
+}
+
+/** Lines written to stderr (the logger's sink) while `fn` runs. */
+async function stderrLines<T>(fn: () => Promise<T>): Promise<{ value: T; lines: string[] }> {
+  const lines: string[] = [];
+  const real = process.stderr.write.bind(process.stderr);
+  process.stderr.write = ((chunk: string | Uint8Array, ...rest: unknown[]) => {
+    lines.push(...chunk.toString().split('\n').filter((l) => l !== ''));
+    return (real as (c: string | Uint8Array, ...r: unknown[]) => boolean)(chunk, ...rest);
+  }) as typeof process.stderr.write;
+  try {
+    return { value: await fn(), lines };
+  } finally {
+    process.stderr.write = real;
+  }
+}
+
+/** A temp dir whose hot-0/volumes is a fresh ramfs mount; closes `current()`, unmounts and removes it all when `t` ends. */
+function ramfsHotPoolDir(t: TestContext, prefix: string, current: () => VolumeManager | null): { dir: string; volumesDir: string } {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  const volumesDir = path.join(dir, 'hot-0', 'volumes');
+  let mounted = false;
+  t.after(async () => {
+    await current()?.close().catch(() => undefined);
+    if (mounted) run('umount', [volumesDir]);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  fs.mkdirSync(volumesDir, { recursive: true });
+  run('mount', ['-t', 'ramfs', '-o', 'mode=0755', 'couchestor-test-ramfs', volumesDir]);
+  mounted = true;
+  return { dir, volumesDir };
+}
+
+test('hot pool on ramfs (fallocate PUNCH_HOLE answers EOPNOTSUPP): an aborted move to cold ends Aborted, counts and logs the refused punch once, changes no byte; the next move to cold completes', async (t) => {
+  let m: VolumeManager | null = null;
+  const { dir, volumesDir } = ramfsHotPoolDir(t, 'couchestor-punch-unsupported-', () => m);
+
+  m = await openColdTierManager(dir);
+  await m.createVolume({ name: 'v', sizeBytes: CHUNKS * MiB, pool: 'hot-0' });
+  const vol = m.openVolume('v');
+  const file = m.pools.get('hot-0')!.volumeFile(vol.rec.id);
+  assert.equal(path.dirname(file), volumesDir, 'the volume file is not on the ramfs mount');
+  const want = crypto.randomBytes(CHUNKS * MiB);
+  await writeVolume(vol, 0, want);
+  await vol.trim(TRIMMED * MiB, MiB, false);
+  want.fill(0, TRIMMED * MiB, (TRIMMED + 1) * MiB);
+  await vol.flush();
+  const before = fs.statSync(file);
+  assert.ok(before.blocks >= CHUNKS * BLOCKS_PER_CHUNK, `the file holds ${before.blocks} blocks before the move`);
+  const fileBefore = fs.readFileSync(file);
+
+  const ac = new AbortController();
+  let last: MigrationProgress | null = null;
+  const { lines } = await stderrLines(() =>
+    assert.rejects(
+      migrateVolume(m!, 'v', 'cold', {
+        preserve: false,
+        signal: ac.signal,
+        concurrency: 1,
+        onProgress: (p) => {
+          last = p;
+          if (p.chunksDone >= MOVED) ac.abort();
+        },
+      }),
+      (err: Error) => err instanceof MigrationAborted,
+    ),
+  );
+  const aborted = last as MigrationProgress | null;
+  assert.equal(aborted?.phase, 'Aborted');
+  assert.equal(aborted?.punchUnsupported, true, 'the refused punch is not reported');
+  assert.equal(aborted?.bytesPunched, 0);
+  assert.deepEqual(migrationPunchCounters(m), { rangesPunched: 0, bytesPunched: 0, punchesUnsupported: 1 });
+  assert.equal(lines.filter((l) => NO_PUNCH_LOG.test(l)).length, 1, `not logged exactly once:\n${lines.join('\n')}`);
+  assert.equal(vol.rec.tier, 'hot');
+  assert.equal(vol.stripes.size, MOVED, 'chunks destaged before the abort');
+  assert.ok(vol.chunksOnFile().length > 0, 'chunks were left in the file (else RELEASE truncates, no punch)');
+
+  // Nothing freed, no byte of the file changed (the dead ranges keep their old bytes), every byte reads back.
+  const after = fs.statSync(file);
+  assert.equal(after.size, before.size);
+  assert.equal(after.blocks, before.blocks, 'blocks changed on a file system that cannot punch');
+  assert.ok(readFileRange(file, 0, CHUNKS * MiB).equals(fileBefore), 'the file\'s bytes changed');
+  assert.ok((await readVolume(vol, 0, CHUNKS * MiB)).equals(want), 'the volume reads back after the aborted move');
+
+  // Writes after the revert (into a destaged chunk and the trimmed one) and a full move to cold.
+  for (const c of [5, TRIMMED]) {
+    const block = crypto.randomBytes(8192);
+    block.copy(want, c * MiB + 4096);
+    await writeVolume(vol, c * MiB + 4096, block);
+  }
+  await vol.flush();
+  const done = await migrateVolume(m, 'v', 'cold', { preserve: false });
+  assert.equal(done.phase, 'Done');
+  assert.equal(done.punchUnsupported, undefined, 'a finished move truncates, it does not punch');
+  assert.equal(vol.rec.tier, 'cold');
+  assert.deepEqual(vol.chunksOnFile(), []);
+  assert.equal(fs.statSync(file).size, 0, 'RELEASE did not truncate the file');
+  assert.ok((await readVolume(vol, 0, CHUNKS * MiB)).equals(want), 'the volume reads back from cold');
+  assert.deepEqual(migrationPunchCounters(m), { rangesPunched: 0, bytesPunched: 0, punchesUnsupported: 1 });
+  t.diagnostic(`ramfs: punch refused once, ${after.blocks} blocks kept after the abort; the finished move truncated the file`);
+});
+
+test('hot pool on ramfs, killed between an aborted move to cold\'s destages and its punch: the next start is refused the punch, counts and logs it once, starts; the data reads back', async (t) => {
+  let m: VolumeManager | null = null;
+  const { dir } = ramfsHotPoolDir(t, 'couchestor-punch-unsupported-kill-', () => m);
+  const want = crypto.randomBytes(PUNCH_KILL_CHUNKS * MiB);
+  const file = await runPunchKillChild(dir, want);
+  want.fill(0, PUNCH_KILL_TRIMMED * MiB, (PUNCH_KILL_TRIMMED + 1) * MiB);
+  const before = fs.statSync(file);
+  const fileBefore = fs.readFileSync(file);
+
+  m = await openColdTierManager(dir, false);
+  const { value: r, lines } = await stderrLines(() => m!.finishInterruptedReleases());
+  assert.deepEqual(r, { filesRemoved: 0, filesTruncated: 0, bytesPunched: 0 });
+  assert.deepEqual(migrationPunchCounters(m), { rangesPunched: 0, bytesPunched: 0, punchesUnsupported: 1 });
+  assert.equal(lines.filter((l) => NO_PUNCH_LOG.test(l)).length, 1, `not logged exactly once:\n${lines.join('\n')}`);
+  const vol = m.openVolume('v');
+  assert.equal(vol.rec.tier, 'cold');
+  assert.ok(vol.chunksOnFile().length > 0);
+  assert.equal(fs.statSync(file).blocks, before.blocks);
+  assert.ok(fs.readFileSync(file).equals(fileBefore), 'the file\'s bytes changed');
+  assert.ok((await readVolume(vol, 0, PUNCH_KILL_CHUNKS * MiB)).equals(want), 'the volume reads back after the refused start-up punch');
+});
