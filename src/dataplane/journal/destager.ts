@@ -20,6 +20,13 @@ export interface DestagerOptions {
  */
 export const FULL_PASS_EVERY_INTERVALS = 12;
 
+/**
+ * While the same volumes stay unopenable, the line naming them is logged at
+ * most this often (a pass runs every interval, 5 s by default); a change in
+ * which volumes are skipped is logged at once.
+ */
+export const SKIPPED_LOG_INTERVAL_MS = 60_000;
+
 /** Which chunks a pass destages. */
 type PassScope = 'all' | 'ripe';
 
@@ -37,7 +44,17 @@ export class Destager {
   private stopped = false;
   stripesDestaged = 0;
   errors = 0;
+  /** Volumes passes skipped because they could not be opened (one per volume per pass; also in errors). */
+  volumesSkipped = 0;
   private lastError: string | null = null;
+  /**
+   * Dirty volumes the last collect() could not open, id -> why (rebuilt by
+   * each collect: at most one entry per dirty volume). Their records stay in
+   * the journal; tick() leaves the files only they pin out of its count.
+   */
+  private skipped = new Map<number, string>();
+  /** What the last "skipped" line named, and when (SKIPPED_LOG_INTERVAL_MS). */
+  private skippedLogged = { ids: '', atMs: 0 };
 
   constructor(
     private readonly journal: Journal,
@@ -78,10 +95,17 @@ export class Destager {
     let minFileNo = Infinity;
     let maxFileNo = 0;
     for (const id of this.journal.dirtyVolumes()) {
+      // Files only a volume the last pass could not open pins are left out
+      // of the pinned count: no pass can free them until it opens, and a
+      // full pass every tick would only take the other volumes' small
+      // records early (test offline-volume-destager-pinned). The ripe pass
+      // below still tries to open it, every tick.
+      const unopenable = this.skipped.has(id);
       for (const c of this.journal.dirtyChunks(id)) {
         const ext = this.journal.extents(id, c);
         if (!ext || !ext.length) continue;
         maxSeq = Math.max(maxSeq, ext[ext.length - 1]!.seq);
+        if (unopenable) continue;
         minFileNo = Math.min(minFileNo, ext[0]!.fileNo);
         maxFileNo = Math.max(maxFileNo, ext[ext.length - 1]!.fileNo);
       }
@@ -96,7 +120,7 @@ export class Destager {
     // data): the full files behind the newest are judged by the same
     // threshold, or 12 intervals of writes could stay on the hot pool
     // (test review-destager-pinned-files).
-    const pinnedBytes = (maxFileNo - minFileNo) * this.journal.fileBytes;
+    const pinnedBytes = minFileNo === Infinity ? 0 : (maxFileNo - minFileNo) * this.journal.fileBytes;
     const pinned = pinnedBytes >= (this.journal.capacityBytes * this.opts.thresholdPercent) / 100;
     const full = idle || pinned || ++this.ticksSinceFullPass >= FULL_PASS_EVERY_INTERVALS;
     if (!full && this.collect('ripe').length === 0) {
@@ -128,9 +152,14 @@ export class Destager {
     return this.running;
   }
 
-  /** Chunks to destage: every dirty one, or only ripe ones (see tick()). */
+  /**
+   * Chunks to destage: every dirty one, or only ripe ones (see tick()).
+   * Rebuilds `skipped`; counting and logging them is the pass's (tick()
+   * also calls this to look, and a tick must log once).
+   */
   private collect(scope: PassScope): [Volume, number][] {
     const work: [Volume, number][] = [];
+    const skipped = new Map<number, string>();
     for (const id of this.journal.dirtyVolumes()) {
       let vol: Volume | null;
       try {
@@ -140,10 +169,7 @@ export class Destager {
         // keeps its records in the journal for a later pass; the other
         // volumes' chunks still go. Thrown from here it ended the pass, and
         // from the interval timer the daemon (an uncaught exception).
-        this.errors++;
-        this.lastError = `volume id ${id} cannot be opened: ${(err as Error).message}`;
-        this.journal.stalledReason = this.lastError;
-        log.warn('destage skipped a volume that cannot be opened; will retry', { volumeId: id, err: (err as Error).message });
+        skipped.set(id, `volume id ${id} cannot be opened: ${(err as Error).message}`);
         continue;
       }
       if (!vol) continue;
@@ -161,7 +187,23 @@ export class Destager {
         work.push([vol, c]);
       }
     }
+    this.skipped = skipped;
     return work;
+  }
+
+  /** A pass's account of the volumes its collect() could not open: counted, the reason kept, one log line (rate limited). */
+  private noteSkipped(): void {
+    if (this.skipped.size === 0) return;
+    this.errors += this.skipped.size;
+    this.volumesSkipped += this.skipped.size;
+    const reasons = [...this.skipped.values()];
+    this.lastError = reasons.join('; ');
+    this.journal.stalledReason = this.lastError;
+    const ids = [...this.skipped.keys()].join(',');
+    const nowMs = Date.now();
+    if (ids === this.skippedLogged.ids && nowMs - this.skippedLogged.atMs < SKIPPED_LOG_INTERVAL_MS) return;
+    this.skippedLogged = { ids, atMs: nowMs };
+    log.warn('destage skipped volumes that cannot be opened; their records stay in the journal, later passes retry', { volumeIds: ids, err: this.lastError });
   }
 
   /**
@@ -183,6 +225,7 @@ export class Destager {
   private async pass(scope: PassScope): Promise<void> {
     const errorsBefore = this.errors;
     const work = this.collect(scope);
+    this.noteSkipped();
     let next = 0;
     const worker = async () => {
       while (next < work.length && !this.stopped) {
