@@ -193,7 +193,11 @@ export class Destager {
 
   /** A pass's account of the volumes its collect() could not open: counted, the reason kept, one log line (rate limited). */
   private noteSkipped(): void {
-    if (this.skipped.size === 0) return;
+    if (this.skipped.size === 0) {
+      // Every volume opened: the next outage is logged at once, even within the minute.
+      this.skippedLogged = { ids: '', atMs: 0 };
+      return;
+    }
     this.errors += this.skipped.size;
     this.volumesSkipped += this.skipped.size;
     const reasons = [...this.skipped.values()];
