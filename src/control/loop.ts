@@ -263,8 +263,11 @@ export class ControlLoop {
         // A volume that cannot be opened (its pool offline, a file failing
         // with EIO) gets no move this pass; the later volumes still get their
         // decisions (thrown from here it ended the pass at this volume).
+        // Only an open that failed (the manager records it, with the pool);
+        // any other error still ends the pass, as before.
         const u = this.manager.unavailableVolumes().find((x) => x.volume === v.name);
-        const why = u ? `cannot be opened on pool ${u.pool}: ${u.error}` : `cannot be opened: ${(err as Error).message}`;
+        if (!u) throw err;
+        const why = `cannot be opened on pool ${u.pool}: ${u.error}`;
         this.skippedThisPass.set(v.name, why);
         d = { volume: v.name, currentTier: v.tier, targetTier: null, iops: null, action: 'unavailable', reason: `${why}; no migration until it opens` };
       }
