@@ -1,7 +1,8 @@
 // One volume that cannot be opened (its hot pool's directory gone, as when a
 // disk drops out) must not take /metrics or the cold-tier API calls down
 // with it: the other volumes' stripe figures still come out, and the
-// unopenable volume is named with its pool (a gauge; an entry in the answer).
+// unopenable volume is named with its pool (a gauge; an entry in the answer;
+// the scrub's list of volumes it skipped).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
@@ -15,7 +16,7 @@ import { coldVolumeOnHot1, openColdTierManager, tempDirClosing, writeVolume } fr
 
 const MiB = 1024 * 1024;
 
-test('with one volume unopenable, /metrics and GET /v1/cold report the others and name it with its pool', async (t) => {
+test('with one volume unopenable, /metrics, GET /v1/cold and POST /v1/scrub report the others and name it with its pool', async (t) => {
   let m: VolumeManager | null = null;
   const dir = tempDirClosing(t, 'couchestor-offline-metrics-', () => m!);
   m = await openColdTierManager(dir);
@@ -46,6 +47,13 @@ test('with one volume unopenable, /metrics and GET /v1/cold report the others an
   assert.equal(body.unavailableVolumes[0]!.volume, 'a');
   assert.equal(body.unavailableVolumes[0]!.pool, 'hot-1');
   assert.match(body.unavailableVolumes[0]!.error, /hot-1/);
+  // POST /v1/scrub (`couchestor scrub`): b is scrubbed, a named as skipped.
+  const scrub = await app.inject({ method: 'POST', url: '/v1/scrub' });
+  assert.equal(scrub.statusCode, 200, scrub.body);
+  const scrubbed = scrub.json() as { stripesChecked: number; volumesSkipped: { volume: string; pool: string }[]; unavailableVolumes: { volume: string; pool: string }[] };
+  assert.equal(scrubbed.stripesChecked, 2);
+  assert.deepEqual(scrubbed.volumesSkipped.map((u) => `${u.volume}@${u.pool}`), ['a@hot-1']);
+  assert.deepEqual(scrubbed.unavailableVolumes.map((u) => `${u.volume}@${u.pool}`), ['a@hot-1']);
 
   // hot-1 is back: a opens again, its stripes count and the gauge is gone.
   fs.renameSync(`${hot1}.gone`, hot1);
