@@ -4,6 +4,7 @@
 // until the destager has merged them into a new stripe generation.
 import fs from 'node:fs';
 import path from 'node:path';
+import { randomBytes } from 'node:crypto';
 import { crc32c } from '@node-rs/crc32';
 import { NoSpace, StorageError, VolumeFailed } from '../errors.js';
 import { log } from '../../log.js';
@@ -14,6 +15,19 @@ export const JOURNAL_MAGIC = 0x4e524a43; // "CJRN" little-endian
 const VERSION = 1;
 export const JOURNAL_HEADER_BYTES = 40;
 const CRC_OFFSET = 32;
+/**
+ * Bytes 36-39 of every item: its file's nonce, random per file (never 0),
+ * the same in every item of the file. A scan resynchronising after damage
+ * searches the following bytes for the next item, and those bytes may be a
+ * client's payload holding byte-exact images of journal items (a guest
+ * writing a journal file: a VM image of another CoucheStor node, a backup of
+ * a hot pool); such an image carries another file's nonce (or none) and is
+ * not taken for an item. The file's nonce is read from its first item (never
+ * inside a payload; see scanJournalBytes). Outside the CRC, and files before
+ * this have zeros there: builds without it parse these items unchanged (a
+ * downgrade replays them), and their files (nonce 0) open as before.
+ */
+const NONCE_OFFSET = 36;
 /**
  * A sync marker: a header-only record appended after each group commit,
  * claiming that every write record numbered up to its seq field is durable.
@@ -67,6 +81,8 @@ export interface JournalExtent {
 interface JournalFile {
   no: number;
   fd: number;
+  /** Stamped into every item written to the file (NONCE_OFFSET); 0 in files written before nonces. */
+  nonce: number;
   tailBytes: number;
   /** Bytes of records not yet destaged. */
   liveBytes: number;
@@ -197,7 +213,7 @@ export class Journal {
       const fd = fs.openSync(file, 'r+');
       // named: the head created below shares the directory, and its first
       // sync persists every entry in it, these included.
-      const f: JournalFile = { no, fd, tailBytes: endBytes, liveBytes: 0, dirty: false, named: true, markerWrite: null, markerClaim: 0, removeHolds: 0 };
+      const f: JournalFile = { no, fd, nonce: scan.nonce, tailBytes: endBytes, liveBytes: 0, dirty: false, named: true, markerWrite: null, markerClaim: 0, removeHolds: 0 };
       j.files.set(no, f);
       for (const m of scan.markers) if (m.posBytes < endBytes) f.markerClaim = Math.max(f.markerClaim, m.syncedSeq);
       j.markedSeq = Math.max(j.markedSeq, f.markerClaim);
@@ -260,7 +276,7 @@ export class Journal {
 
   private createFile(no: number): JournalFile {
     const fd = fs.openSync(path.join(this.dir, fileName(no)), fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_TRUNC, 0o600);
-    const f: JournalFile = { no, fd, tailBytes: 0, liveBytes: 0, dirty: true, named: false, markerWrite: null, markerClaim: 0, removeHolds: 0 };
+    const f: JournalFile = { no, fd, nonce: newFileNonce(), tailBytes: 0, liveBytes: 0, dirty: true, named: false, markerWrite: null, markerClaim: 0, removeHolds: 0 };
     this.files.set(no, f);
     return f;
   }
@@ -279,6 +295,7 @@ export class Journal {
    * count fails the journal, as any journal write does, and throws it.
    */
   private writeItemSync(f: JournalFile, item: Buffer): void {
+    item.writeUInt32LE(f.nonce, NONCE_OFFSET);
     const pos = f.tailBytes;
     f.tailBytes += item.length;
     let doneBytes = 0;
@@ -386,12 +403,16 @@ export class Journal {
     header.writeUInt32LE(lengthBytes, 12);
     writeU64(header, seq, 16);
     writeU64(header, offsetBytes, 24);
+    header.writeUInt32LE(f.nonce, NONCE_OFFSET);
     let crc = crc32c(header.subarray(0, CRC_OFFSET));
     if (data) crc = crc32c(data, crc);
     header.writeUInt32LE(crc, CRC_OFFSET);
     // The last sync's marker, if not written yet, goes in the same writev, ahead of this record.
     const marker = this.takePendingMarker();
-    if (marker) f.markerClaim = Math.max(f.markerClaim, readU64(marker, 16));
+    if (marker) {
+      marker.writeUInt32LE(f.nonce, NONCE_OFFSET);
+      f.markerClaim = Math.max(f.markerClaim, readU64(marker, 16));
+    }
     const pos = f.tailBytes + (marker ? JOURNAL_HEADER_BYTES : 0);
     f.tailBytes = pos + recordBytes;
     f.liveBytes += recordBytes;
@@ -584,6 +605,7 @@ export class Journal {
     // pages the kernel may have dropped (the 50 ms timer, a removal's claim).
     if (this.failure) return Promise.resolve();
     const f = this.head;
+    header.writeUInt32LE(f.nonce, NONCE_OFFSET);
     f.markerClaim = Math.max(f.markerClaim, readU64(header, 16));
     const pos = f.tailBytes;
     f.tailBytes += JOURNAL_HEADER_BYTES;
@@ -835,6 +857,11 @@ export class JournalClosed extends StorageError {
   }
 }
 
+/** A file's nonce: random, never 0 (the nonce of files written before nonces). */
+function newFileNonce(): number {
+  return randomBytes(4).readUInt32LE(0) || 1;
+}
+
 function fileName(no: number): string {
   return `journal-${String(no).padStart(10, '0')}.log`;
 }
@@ -879,9 +906,14 @@ interface SeqFence {
   fenceSeq: number;
 }
 
-/** Parses and verifies one write record or sync marker; null when it is torn or corrupt. */
-function parseItem(bytes: Buffer, pos: number): Omit<JournalExtent, 'fileNo'> | SyncMarker | SeqFence | null {
+/**
+ * Parses and verifies one write record or sync marker of a file whose nonce
+ * is `nonce` (null: any, for its first item); null when it is torn, corrupt,
+ * or another file's (an image inside a payload).
+ */
+function parseItem(bytes: Buffer, pos: number, nonce: number | null): Omit<JournalExtent, 'fileNo'> | SyncMarker | SeqFence | null {
   if (bytes.readUInt32LE(pos) !== JOURNAL_MAGIC || bytes.readUInt8(pos + 4) !== VERSION) return null;
+  if (nonce !== null && bytes.readUInt32LE(pos + NONCE_OFFSET) !== nonce) return null;
   const itemType = bytes.readUInt8(pos + 5);
   if (itemType === MARKER_TYPE || itemType === FENCE_TYPE) {
     if (crc32c(bytes.subarray(pos, pos + CRC_OFFSET)) !== bytes.readUInt32LE(pos + CRC_OFFSET)) return null;
@@ -930,6 +962,33 @@ export interface JournalScan {
   /** Where the intact records end; bytes after it are a torn tail (nothing intact follows in this file). */
   endBytes: number;
   lengthBytes: number;
+  /** The file's nonce (fileNonce), 0 when none could be told (or the file predates nonces). */
+  nonce: number;
+}
+
+/**
+ * The nonce of a file's items. Its first item is never inside a payload: its
+ * nonce is the file's (0 in files written before nonces: their items, and
+ * images carrying no nonce, are taken as before). When the first item is
+ * damaged, the first item found after it is taken only if the items from it
+ * parse back to back, with its nonce, to the file's exact end: an image
+ * inside a payload reaches the end only if it is in the file's last record and
+ * ends exactly where that payload does. null: none does; no item of the file
+ * is taken (the whole file is one problem range for judgeJournal).
+ */
+function fileNonce(bytes: Buffer): number | null {
+  if (bytes.length < JOURNAL_HEADER_BYTES) return 0;
+  if (parseItem(bytes, 0, null)) return bytes.readUInt32LE(NONCE_OFFSET);
+  for (let at = bytes.indexOf(MAGIC_BYTES, 1); at >= 0 && at + JOURNAL_HEADER_BYTES <= bytes.length; at = bytes.indexOf(MAGIC_BYTES, at + 1)) {
+    if (!parseItem(bytes, at, null)) continue;
+    const nonce = bytes.readUInt32LE(at + NONCE_OFFSET);
+    let pos = at;
+    for (let item = parseItem(bytes, pos, nonce); item; item = pos + JOURNAL_HEADER_BYTES <= bytes.length ? parseItem(bytes, pos, nonce) : null) {
+      pos += 'recordBytes' in item ? item.recordBytes : JOURNAL_HEADER_BYTES;
+    }
+    if (pos === bytes.length) return nonce;
+  }
+  return null;
 }
 
 /**
@@ -951,10 +1010,12 @@ export function scanJournalBytes(bytes: Buffer): JournalScan {
   const markers: SyncMarker[] = [];
   const fences: SeqFence[] = [];
   const damaged: JournalDamage[] = [];
+  const nonce = fileNonce(bytes);
+  if (nonce === null) return { records, markers, fences, damaged, endBytes: 0, lengthBytes: bytes.length, nonce: 0 };
   let pos = 0;
   let lastSeq = 0;
   while (pos + JOURNAL_HEADER_BYTES <= bytes.length) {
-    const item = parseItem(bytes, pos);
+    const item = parseItem(bytes, pos, nonce);
     if (item && 'syncedSeq' in item) {
       markers.push(item);
       if (item.fenceSeq) {
@@ -976,12 +1037,12 @@ export function scanJournalBytes(bytes: Buffer): JournalScan {
       pos += item.recordBytes;
       continue;
     }
-    const next = nextIntactItem(bytes, pos + 1, lastSeq, markers);
+    const next = nextIntactItem(bytes, pos + 1, lastSeq, markers, nonce);
     if (next < 0) break;
     damaged.push({ offsetBytes: pos, lengthBytes: next - pos });
     pos = next;
   }
-  return { records, markers, fences, damaged, endBytes: pos, lengthBytes: bytes.length };
+  return { records, markers, fences, damaged, endBytes: pos, lengthBytes: bytes.length, nonce };
 }
 
 const MAGIC_BYTES = (() => {
@@ -992,10 +1053,12 @@ const MAGIC_BYTES = (() => {
 
 /**
  * The offset of the next write record or sync marker from `fromBytes` on
- * that verifies and numbers above `afterSeq`, or -1. Appends number records
+ * that verifies, carries the file's `nonce` and numbers above `afterSeq`, or
+ * -1. The search runs through bytes that may be a payload: an image of an
+ * item inside it (another node's journal, a build before nonces) carries
+ * another nonce and is passed over (NONCE_OFFSET). Appends number records
  * in file order, so a real successor has a higher seq than the last intact
- * record before the damage (a record image inside some payload almost never
- * does); a marker claiming no more than that says nothing of the damage.
+ * record before the damage; a marker claiming no more than that says nothing of the damage.
  * It still claims the writes it covers, in older files or earlier in this
  * one (the marker of a sync that finished after a write now cut rides on a
  * later write), so each one passed over is added to `passedMarkers`: left
@@ -1003,9 +1066,9 @@ const MAGIC_BYTES = (() => {
  * (One that is an image inside torn bytes can only make judgeJournal refuse
  * more, never cut more.)
  */
-function nextIntactItem(bytes: Buffer, fromBytes: number, afterSeq: number, passedMarkers: SyncMarker[]): number {
+function nextIntactItem(bytes: Buffer, fromBytes: number, afterSeq: number, passedMarkers: SyncMarker[], nonce: number): number {
   for (let at = bytes.indexOf(MAGIC_BYTES, fromBytes); at >= 0 && at + JOURNAL_HEADER_BYTES <= bytes.length; at = bytes.indexOf(MAGIC_BYTES, at + 1)) {
-    const item = parseItem(bytes, at);
+    const item = parseItem(bytes, at, nonce);
     if (item && ('syncedSeq' in item ? item.syncedSeq : 'fenceSeq' in item ? item.fenceSeq : item.seq) > afterSeq) return at;
     if (item && 'syncedSeq' in item) passedMarkers.push(item);
   }
