@@ -17,6 +17,11 @@
 //  - compaction: one unthrottled pass (segments compacted must be > 0), with
 //    800 puts issued as it starts (their wall time and data.mdb's growth);
 //  - startColdTier: VolumeManager.startColdTier over the same index;
+//  - daemon cold-tier start: what daemon.ts openManager does for it (a
+//    build with highestDestagedSeqSliced reads the index in slices first and
+//    hands the figure over; one without calls startColdTier alone);
+//  - VolumeManager.open: the manager's constructor (recomputeUsage reads
+//    every chunk entry), for scale: another start-up stall, not sliced;
 //  - finishInterruptedReleases: the start's clean-up (every volume's chunk
 //    map read, its files stat'ed).
 import { spawnSync } from 'node:child_process';
@@ -53,6 +58,8 @@ interface ChildResult {
   segmentsCompacted: number;
   startColdTier: Figure;
   finishReleases: Figure;
+  daemonColdStart: Figure;
+  managerOpen: Figure;
 }
 
 interface Ref {
@@ -117,6 +124,7 @@ async function child(distDir: string, entries: number): Promise<void> {
       };
     };
   }>('src/dataplane/volumes/manager.js');
+  const daemon = await mod<{ highestDestagedSeqSliced?: (m: unknown) => Promise<number> }>('src/daemon.js');
   const { Pool } = await mod<{ Pool: new (rec: unknown) => unknown }>('src/dataplane/pools/pool.js');
   const { parsePolicyYaml } = await mod<{ parsePolicyYaml(y: string, pools: number): unknown }>('src/dataplane/ec/policy.js');
   const { DEFAULT_EC_POLICY_YAML } = await mod<{ DEFAULT_EC_POLICY_YAML: string }>('src/config.js');
@@ -194,12 +202,25 @@ async function child(distDir: string, entries: number): Promise<void> {
     await stripes.close();
     await meta.close();
 
-    const manager = VolumeManager.open(dir);
+    let manager!: ReturnType<typeof VolumeManager.open>;
+    const managerOpen = await timed(() => (manager = VolumeManager.open(dir)));
     await manager.putPool(hotRec);
     for (const r of poolRecs) await manager.putPool(r);
-    const startColdTier = await timed(() => manager.startColdTier(parsePolicyYaml(DEFAULT_EC_POLICY_YAML, 6), { intervalMs: 3_600_000, thresholdPercent: 100, concurrency: 1 }));
+    const coldOpts = { intervalMs: 3_600_000, thresholdPercent: 100, concurrency: 1 };
+    const startColdTier = await timed(() => manager.startColdTier(parsePolicyYaml(DEFAULT_EC_POLICY_YAML, 6), coldOpts));
     const finishReleases = await timed(() => manager.finishInterruptedReleases());
     await manager.close();
+    // The daemon's way, on a manager of its own (startColdTier runs once per manager).
+    const again = VolumeManager.open(dir);
+    await again.putPool(hotRec);
+    for (const r of poolRecs) await again.putPool(r);
+    const sliced = daemon.highestDestagedSeqSliced;
+    const daemonColdStart = await timed(async () => {
+      const policy = parsePolicyYaml(DEFAULT_EC_POLICY_YAML, 6);
+      if (sliced === undefined) return again.startColdTier(policy, coldOpts);
+      again.startColdTier(policy, { ...coldOpts, highestDestagedSeq: await sliced(again) });
+    });
+    await again.close();
     const result: ChildResult = {
       recount,
       putsDuringRecountMs: during.ms,
@@ -212,6 +233,8 @@ async function child(distDir: string, entries: number): Promise<void> {
       segmentsCompacted: pass.segmentsCompacted,
       startColdTier,
       finishReleases,
+      daemonColdStart,
+      managerOpen,
     };
     process.stdout.write(`${JSON.stringify(result)}\n`);
   } finally {
@@ -263,6 +286,10 @@ if (process.argv[2] === '--child') {
     ['startColdTier, wall ms', (x) => x.startColdTier.wallMs],
     ['finishInterruptedReleases, max delay ms', (x) => x.finishReleases.maxDelayMs],
     ['finishInterruptedReleases, wall ms', (x) => x.finishReleases.wallMs],
+    ['daemon cold-tier start, max delay ms', (x) => x.daemonColdStart.maxDelayMs],
+    ['daemon cold-tier start, wall ms', (x) => x.daemonColdStart.wallMs],
+    ['VolumeManager.open, max delay ms', (x) => x.managerOpen.maxDelayMs],
+    ['VolumeManager.open, wall ms', (x) => x.managerOpen.wallMs],
   ];
   console.log(`${entries} chunk entries in the index, median of ${runs} runs:`);
   for (const [name, pick] of rows) {
