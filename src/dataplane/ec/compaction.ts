@@ -716,7 +716,15 @@ export class SegmentCompactor {
    * a live shard's segment on disk.
    */
   private async referencedNow(pool: string, segment: number): Promise<number> {
-    await this.meta.transaction(() => undefined); // commits every write queued before it (LMDB runs them in order)
+    // The barrier: resolves once every write queued before it has committed (lmdb-js runs transaction
+    // callbacks in the order queued, after the single puts queued before them, and resolves each once its
+    // batch has committed, resetting its read transaction first), so the snapshot below holds them. It is
+    // what keeps a rebuild's flip: the rebuilt record lies in a segment the first look saw unreferenced
+    // (not copied), the flip is queued as its write session ends (compactOne's setImmediate lets it be),
+    // and the generation check (newerThanIndex) does not catch it (same generation). A flip queued after
+    // the barrier cannot name this segment unless the index already did at the snapshot (its
+    // compare-and-swap fails once a flip here moved the stripe). test/compaction-final-look-rebuild-flip.
+    await this.meta.transaction(() => undefined);
     const txn = this.objects.useReadTransaction();
     try {
       let places = 0;
