@@ -1,5 +1,6 @@
 // Power cuts at random instants of a random journal workload (appends of many sizes over
-// overlapping ranges of three volumes, FLUSHes, rotations, destage releases and file removals),
+// overlapping ranges of three volumes, a fifth of their payloads holding a byte-exact image of a
+// journal record or sync marker of another file or an older build, FLUSHes, rotations, destage releases and file removals),
 // through the model of helpers/power-loss-fs.ts: each crash state keeps the durable images plus,
 // per 512 B or 4 KiB sector, the page cache as of some instant (writes land in any order and tear
 // at sector boundaries), and any subset of the directory changes not fsynced. The journal opened
@@ -19,7 +20,8 @@ import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { checkJournalDir, Journal, RecordType } from '../src/dataplane/journal/journal.js';
+import { crc32c } from '@node-rs/crc32';
+import { checkJournalDir, Journal, JOURNAL_HEADER_BYTES, JOURNAL_MAGIC, RecordType } from '../src/dataplane/journal/journal.js';
 import { tempDir } from './helpers/cold.js';
 import { openTestJournal } from './helpers/journal.js';
 import { PowerLossFs, seededRandom, type CrashStateStats, type DirModel } from './helpers/power-loss-fs.js';
@@ -225,6 +227,9 @@ class Run {
     const offsetBytes = chunk * CHUNK_BYTES + within;
     const type = rng() < 0.1 ? RecordType.Zero : RecordType.Write;
     const data = type === RecordType.Write ? Buffer.from(Array.from({ length: lengthBytes }, () => Math.floor(rng() * 256))) : null;
+    // Some payloads hold an image of a journal item (a guest writing a journal file): a torn
+    // write around it must not make the scan take the image for an item.
+    if (data && data.length >= JOURNAL_HEADER_BYTES + 8 && rng() < 0.2) this.embedItemImage(data, oracle);
     const p = j.append(type, volumeId, offsetBytes, lengthBytes, data);
     // append numbers and indexes the record before its first await (no wait for space here).
     const seq = j.extents(volumeId, chunk)!.at(-1)!.seq;
@@ -234,6 +239,35 @@ class Run {
       () => (w.resolvedAt = this.plfs.mark()),
       (err: Error) => errors.push(err),
     );
+  }
+
+  /**
+   * Writes into `data` a byte-exact image of a journal item, verifying as one: a Write record of
+   * a volume written here numbered just above every seq so far (what a resync after a torn or
+   * damaged item would take: replayed, it is an extent never appended), or a sync marker
+   * claiming those (taken, it makes the open refuse a plain power cut). Its nonce (header bytes
+   * 36-39) is another file's (random) or none (a build before nonces).
+   */
+  private embedItemImage(data: Buffer, oracle: Oracle): void {
+    const { rng } = this;
+    const seq = Math.max(0, ...oracle.writes.keys()) + 1 + Math.floor(rng() * 3);
+    const marker = rng() < 0.3;
+    const payloadBytes = marker ? 0 : Math.floor(rng() * Math.min(64, data.length - JOURNAL_HEADER_BYTES + 1));
+    const at = Math.floor(rng() * (data.length - JOURNAL_HEADER_BYTES - payloadBytes + 1));
+    const h = data.subarray(at, at + JOURNAL_HEADER_BYTES);
+    h.fill(0);
+    h.writeUInt32LE(JOURNAL_MAGIC, 0);
+    h.writeUInt8(1, 4);
+    h.writeUInt8(marker ? 3 : RecordType.Write, 5);
+    if (!marker) {
+      h.writeUInt32LE(VOLUMES[Math.floor(rng() * VOLUMES.length)]!, 8);
+      h.writeUInt32LE(payloadBytes, 12);
+      h.writeUInt32LE(Math.floor(rng() * CHUNKS_PER_VOLUME) * CHUNK_BYTES, 24);
+    }
+    h.writeUInt32LE(seq, 16);
+    h.writeUInt32LE(rng() < 0.5 ? 0 : 1 + Math.floor(rng() * 0xfffffffe), 36);
+    const payload = data.subarray(at + JOURNAL_HEADER_BYTES, at + JOURNAL_HEADER_BYTES + payloadBytes);
+    h.writeUInt32LE(crc32c(payload, crc32c(h.subarray(0, 32))), 32);
   }
 
   /** A destage: the chunk's stripe takes its extents up to a seq, then the journal releases them (index durable first, or later through removeAfter). */
