@@ -13,7 +13,7 @@ import { Reconstructor } from '../ec/reconstruction.js';
 import type { ErasureCodingPolicy } from '../ec/policy.js';
 import { log } from '../../log.js';
 import { ensureDurableDir, syncNewEntry, syncNewEntrySync } from '../dir-sync.js';
-import { deadRangesMayHoldSpace, punchAfterInterruptedMove } from './migration.js';
+import { deadRangesHoldData, punchAfterInterruptedMove } from './migration.js';
 
 export const DEFAULT_CHUNK_SIZE_BYTES = 1024 * 1024;
 /** 2^53 guards the `number` arithmetic; real exports stay far below. */
@@ -423,13 +423,18 @@ export class VolumeManager {
     const placement = this.pools.get(rec.poolName);
     const coldFileCandidate = rec.tier === 'cold' && !kept.has(rec.poolName) && placement !== undefined && (fs.statSync(placement.volumeFile(rec.id), { throwIfNoEntry: false })?.size ?? 0) > 0;
     if (candidates.length === 0 && !coldFileCandidate) return { filesRemoved: 0, filesTruncated: 0, bytesPunched: 0 };
-    // Allocated chunks per pool.
+    // Allocated chunks per pool; a cold volume's dead chunks (Cold, Discarded: in key order, ascending) for the punch below.
     const inUse = new Map<string, number>();
-    for (const { entry } of this.meta.volumeChunks(rec.id)) if (entry.state === ChunkState.Allocated) inUse.set(entry.pool, (inUse.get(entry.pool) ?? 0) + 1);
+    const dead: number[] = [];
+    const chunkCount = Volume.chunkCount(rec.sizeBytes, rec.chunkSizeBytes);
+    for (const { chunkIndex, entry } of this.meta.volumeChunks(rec.id)) {
+      if (entry.state === ChunkState.Allocated) inUse.set(entry.pool, (inUse.get(entry.pool) ?? 0) + 1);
+      else if (rec.tier === 'cold' && chunkIndex < chunkCount && (entry.state === ChunkState.Cold || entry.state === ChunkState.Discarded)) dead.push(chunkIndex);
+    }
     const leftovers = candidates.filter((p) => !inUse.has(p.name));
     const coldFile = coldFileCandidate && inUse.size === 0;
-    // A cold volume with chunks still in a file whose destaged ranges hold blocks: a kill before a move's hole punch (migration.ts).
-    const punch = inUse.size > 0 && deadRangesMayHoldSpace(this, rec, inUse);
+    // A cold volume with chunks still in a file whose destaged ranges hold data: a kill before a move's hole punch (migration.ts).
+    const punch = inUse.size > 0 && (await deadRangesHoldData(this, rec, inUse, dead));
     if (leftovers.length === 0 && !coldFile && !punch) return { filesRemoved: 0, filesTruncated: 0, bytesPunched: 0 };
     const vol = this.openVolume(rec.name);
     const filesRemoved = leftovers.length > 0 ? await vol.removeLeftoverFiles(leftovers) : 0;

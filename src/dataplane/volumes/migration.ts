@@ -16,6 +16,7 @@ import type { Tier, VolumeRecord } from '../meta/store.js';
 import type { Pool } from '../pools/pool.js';
 import type { VolumeManager } from './manager.js';
 import type { Volume } from './volume.js';
+import { firstDataOffset } from './seek-data.js';
 
 export type MigrationPhase = 'Analyze' | 'Copy' | 'Release' | 'Done' | 'Failed' | 'Aborted';
 
@@ -121,28 +122,60 @@ async function punchCounted(manager: VolumeManager, vol: Volume): Promise<{ byte
 
 /**
  * At start (VolumeManager.finishInterruptedReleases), for a cold volume that
- * still has chunks in a file: whether a file of it, not kept, holds at least
- * one chunk's worth of blocks more than its Allocated chunks need. That is
- * what a kill leaves between a move to cold's destages and its RELEASE or
- * hole punch (mid-COPY, or an abort before punchDeadRanges): the destaged
- * chunks' ranges still hold their old bytes. From st_blocks only, so a
- * start after the punch (or with none needed) opens nothing. The one chunk
- * of slack covers the file system's own metadata blocks.
+ * still has chunks in a file: whether a dead chunk range (`deadChunks`: the
+ * Cold and Discarded chunks, in ascending order) of a file the volume opens
+ * (its placement pool's, and each pool's with Allocated chunks), not kept,
+ * holds a data extent. That is what a kill leaves between a move to cold's
+ * destages and its RELEASE or hole punch (mid-COPY, or an abort before
+ * punchDeadRanges): the destaged chunks' ranges still hold their old bytes.
+ * Asked of the file itself (lseek SEEK_DATA, at most one per data extent:
+ * each answer skips the ranges before it), not st_blocks: live chunks
+ * written sparsely hid a dead range's blocks (the start punched nothing),
+ * and blocks outside every dead range (an Unallocated chunk holding a write
+ * whose entry a crash lost) made every later start punch the same holes
+ * again (test/review-migration-punch-startup). A start after the punch
+ * opens no volume. A file system without hole tracking answers "data"
+ * (the punch is then tried, and refused or done, as before).
  */
-export function deadRangesMayHoldSpace(manager: VolumeManager, rec: VolumeRecord, allocatedByPool: ReadonlyMap<string, number>): boolean {
-  if (rec.tier !== 'cold') return false;
+export async function deadRangesHoldData(manager: VolumeManager, rec: VolumeRecord, allocatedByPool: ReadonlyMap<string, number>, deadChunks: readonly number[]): Promise<boolean> {
+  if (rec.tier !== 'cold' || deadChunks.length === 0) return false;
+  const cs = rec.chunkSizeBytes;
+  // Adjacent dead chunks as one range [start, end) in bytes.
+  const ranges: { start: number; end: number }[] = [];
+  const ascending = deadChunks.every((c, i) => i === 0 || c > deadChunks[i - 1]!);
+  for (const c of ascending ? deadChunks : [...deadChunks].sort((a, b) => a - b)) {
+    const last = ranges[ranges.length - 1];
+    if (last !== undefined && last.end === c * cs) last.end += cs;
+    else ranges.push({ start: c * cs, end: (c + 1) * cs });
+  }
   const kept = new Set(rec.keptFilePools ?? []);
-  for (const [poolName, chunks] of allocatedByPool) {
+  for (const poolName of new Set([rec.poolName, ...allocatedByPool.keys()])) {
     const pool = manager.pools.get(poolName);
     if (pool === undefined || kept.has(poolName)) continue;
-    const st = fs.statSync(pool.volumeFile(rec.id), { throwIfNoEntry: false });
-    if (st !== undefined && st.blocks * 512 >= (chunks + 1) * rec.chunkSizeBytes) return true;
+    let fd: number;
+    try {
+      fd = fs.openSync(pool.volumeFile(rec.id), 'r');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue;
+      throw err;
+    }
+    try {
+      let i = 0;
+      while (i < ranges.length) {
+        const dataAt = await firstDataOffset(fd, ranges[i]!.start);
+        if (dataAt === -1) break; // only holes from there to the end of the file
+        while (i < ranges.length && ranges[i]!.end <= dataAt) i++;
+        if (i < ranges.length && ranges[i]!.start <= dataAt) return true;
+      }
+    } finally {
+      fs.closeSync(fd);
+    }
   }
   return false;
 }
 
 /**
- * Finishes the hole punch a kill cut short (see deadRangesMayHoldSpace):
+ * Finishes the hole punch a kill cut short (see deadRangesHoldData):
  * the same Volume.punchDeadRanges the aborted move runs, safe for any cold
  * volume (it punches only Cold and Discarded chunks' ranges, never a kept
  * file's) and idempotent (a range already a hole stays one). Returns the
@@ -151,7 +184,8 @@ export function deadRangesMayHoldSpace(manager: VolumeManager, rec: VolumeRecord
  */
 export async function punchAfterInterruptedMove(manager: VolumeManager, vol: Volume): Promise<number> {
   const r = await punchCounted(manager, vol);
-  log.info('freed the dead chunk ranges of a move to cold a kill had cut short', { volume: vol.name, bytesPunched: r.bytesPunched, supported: r.supported });
+  // A refused punch (EOPNOTSUPP) freed nothing: punchDeadRanges logged that.
+  if (r.supported) log.info('freed the dead chunk ranges of a move to cold a kill had cut short', { volume: vol.name, bytesPunched: r.bytesPunched });
   return r.bytesPunched;
 }
 
