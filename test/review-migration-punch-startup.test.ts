@@ -39,6 +39,8 @@ interface Shape {
   sparse: number[];
   /** Unallocated chunks whose file range gets bytes behind the index's back (a write whose entry a crash lost). */
   stale: number[];
+  /** Kill the child (itself, SIGKILL) right after the 16th chunk's destage, mid-COPY, instead of aborting the move; with `preserve`, a preserving move. */
+  midCopy?: { preserve: boolean };
 }
 
 async function child(dir: string): Promise<void> {
@@ -58,11 +60,15 @@ async function child(dir: string): Promise<void> {
   process.stdout.write(`couchestor flushed ${JSON.stringify({ file })}\n`);
   const ac = new AbortController();
   await migrateVolume(m, 'v', 'cold', {
-    preserve: false,
+    preserve: shape.midCopy?.preserve ?? false,
     signal: ac.signal,
     concurrency: 1,
     onProgress: (p) => {
-      if (p.chunksDone >= MOVED) ac.abort();
+      if (p.chunksDone < MOVED) return;
+      if (shape.midCopy === undefined) return ac.abort();
+      // Synchronous, from the copy loop: the 16 destages are durable (destage awaits it), the 17th not started.
+      process.stdout.write('couchestor killing mid-copy\n');
+      process.kill(process.pid, 'SIGKILL');
     },
   }).catch((err: unknown) => {
     process.stderr.write(`the move ended instead of pausing: ${(err as Error).message}\n`);
@@ -89,6 +95,7 @@ function runChild(dir: string, shape: Shape, want: Buffer): Promise<string> {
       out += b.toString();
       const f = /^couchestor flushed (.*)$/m.exec(out);
       if (f) file = (JSON.parse(f[1]!) as { file: string }).file;
+      if (!killed && /^couchestor killing mid-copy$/m.test(out)) killed = true;
       if (!killed && /^couchestor paused before-punch \{"volume":"v"\}$/m.test(out)) {
         killed = true;
         proc.kill('SIGKILL');
@@ -211,4 +218,52 @@ if (childDir !== undefined) {
     }
     for (const c of live) assert.ok(readFileRange(file, c * MiB, MiB).equals(want.subarray(c * MiB, (c + 1) * MiB)), `live chunk ${c}'s bytes on disk`);
   });
+}
+
+if (childDir === undefined) {
+  for (const preserve of [false, true]) {
+    test(`killed mid-COPY of a ${preserve ? 'preserving' : 'plain'} move to cold: the next start ${preserve ? 'punches nothing of the kept file' : 'punches the destaged chunks\' ranges'}, the data reads back`, async (t) => {
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-review-punch-midcopy-'));
+      let m: VolumeManager | null = null;
+      t.after(async () => {
+        await m?.close().catch(() => undefined);
+        fs.rmSync(dir, { recursive: true, force: true });
+      });
+      const shape: Shape = { chunks: 24, full: Array.from({ length: 24 }, (_, c) => c), sparse: [], stale: [], midCopy: { preserve } };
+      const want = model(shape);
+      const file = await runChild(dir, shape, want);
+      const dead = shape.full.slice(0, MOVED);
+      const live = shape.full.slice(MOVED);
+      const before = fs.readFileSync(file);
+      assert.ok(before.equals(want), 'the file as the kill left it');
+
+      m = await openColdTierManager(dir, false);
+      const r = await m.finishInterruptedReleases();
+      const vol = m.openVolume('v');
+      assert.equal(vol.rec.tier, 'cold', 'the record as the move wrote it');
+      assert.deepEqual(vol.rec.keptFilePools, preserve ? ['hot-0'] : []);
+      assert.deepEqual([...vol.stripes.keys()].sort((a, b) => a - b), dead);
+      assert.deepEqual(vol.chunksOnFile(), live);
+      if (preserve) {
+        assert.equal(r.bytesPunched, 0, 'the kept file was punched');
+        assert.deepEqual(await holes(file, dead), []);
+        assert.ok(fs.readFileSync(file).equals(before), 'a byte of the kept file changed');
+      } else {
+        assert.equal(r.bytesPunched, dead.length * MiB);
+        assert.deepEqual(await holes(file, dead), dead);
+        for (const c of live) assert.ok(readFileRange(file, c * MiB, MiB).equals(want.subarray(c * MiB, (c + 1) * MiB)), `live chunk ${c}'s bytes on disk`);
+      }
+      assert.ok((await readVolume(vol, 0, shape.chunks * MiB)).equals(want), 'the volume reads back after the start');
+      // Writes into a punched (destaged) chunk and a live one go to the journal; destaged, they read back.
+      for (const c of [dead[3]!, live[0]!]) {
+        const block = crypto.randomBytes(8192);
+        block.copy(want, c * MiB + 4096);
+        await writeVolume(vol, c * MiB + 4096, block);
+      }
+      await vol.flush();
+      await m.cold!.destager.drain();
+      assert.ok((await readVolume(vol, 0, shape.chunks * MiB)).equals(want), 'the volume reads back after writes and a destage');
+      if (preserve) assert.ok(fs.readFileSync(file).equals(before), 'a byte of the kept file changed');
+    });
+  }
 }
