@@ -265,7 +265,7 @@ export class ControlLoop {
         // decisions (thrown from here it ended the pass at this volume).
         // Only an open that failed (the manager records it, with the pool);
         // any other error still ends the pass, as before.
-        const u = this.manager.unavailableVolumes().find((x) => x.volume === v.name);
+        const u = this.manager.openFailure(v.name);
         if (!u) throw err;
         const why = `cannot be opened on pool ${u.pool}: ${u.error}`;
         this.skippedThisPass.set(v.name, why);

@@ -18,6 +18,8 @@ import { deadRangesHoldData, punchAfterInterruptedMove } from './migration.js';
 export const DEFAULT_CHUNK_SIZE_BYTES = 1024 * 1024;
 /** 2^53 guards the `number` arithmetic; real exports stay far below. */
 export const MAX_VOLUME_SIZE_BYTES = 2 ** 50;
+/** A recorded open failure older than this is tried again before unavailableVolumes() reports it. */
+export const UNAVAILABLE_RECHECK_MS = 1_000;
 
 /** A volume that could not be opened: the pool it failed on and the error. */
 export interface UnavailableVolume {
@@ -51,8 +53,8 @@ export class VolumeManager {
    * must not pass the exists check. One entry per create in flight.
    */
   private readonly creating = new Set<string>();
-  /** Volumes whose last open failed, by name (at most one entry per volume; cleared by an open or a delete). */
-  private readonly unopenable = new Map<string, UnavailableVolume>();
+  /** Volumes whose last open failed, by name, and when (at most one entry per volume; cleared by an open or a delete). */
+  private readonly unopenable = new Map<string, { entry: UnavailableVolume; atMs: number }>();
   cold: (ColdTier & { destager: Destager; policy: ErasureCodingPolicy; reconstructor: Reconstructor }) | null = null;
 
   constructor(readonly meta: MetaStore) {
@@ -246,7 +248,7 @@ export class VolumeManager {
       this.unopenable.delete(name);
       return vol;
     } catch (err) {
-      this.unopenable.set(name, { volume: name, pool: at.pool, error: (err as Error).message });
+      this.unopenable.set(name, { entry: { volume: name, pool: at.pool, error: (err as Error).message }, atMs: Date.now() });
       throw err;
     }
   }
@@ -264,15 +266,39 @@ export class VolumeManager {
       try {
         volumes.push(this.openVolume(r.name));
       } catch (err) {
-        unavailable.push(this.unopenable.get(r.name) ?? { volume: r.name, pool: r.poolName, error: (err as Error).message });
+        unavailable.push(this.unopenable.get(r.name)?.entry ?? { volume: r.name, pool: r.poolName, error: (err as Error).message });
       }
     }
     return { volumes, unavailable };
   }
 
-  /** Volumes whose last open failed (and that no open has succeeded for since), with the pool and error. */
+  /**
+   * Volumes that cannot be opened, with the pool and error. A failure
+   * recorded more than UNAVAILABLE_RECHECK_MS ago is tried again first:
+   * nothing else may have (a daemon without a cold tier has no stripe counts
+   * to open every volume), and a volume whose pool is back must not stay
+   * reported unavailable.
+   */
   unavailableVolumes(): UnavailableVolume[] {
-    return [...this.unopenable.values()];
+    const nowMs = Date.now();
+    for (const [name, u] of [...this.unopenable]) {
+      if (nowMs - u.atMs < UNAVAILABLE_RECHECK_MS) continue;
+      if (!this.meta.volumes.get(name)) {
+        this.unopenable.delete(name);
+        continue;
+      }
+      try {
+        this.openVolume(name);
+      } catch {
+        // Recorded again, with this failure.
+      }
+    }
+    return [...this.unopenable.values()].map((u) => u.entry);
+  }
+
+  /** The recorded failure of the last open of `name`, if it failed (no new attempt). */
+  openFailure(name: string): UnavailableVolume | undefined {
+    return this.unopenable.get(name)?.entry;
   }
 
   /** openVolume's work; `at.pool` names the pool being opened when it throws. */
