@@ -43,6 +43,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { once } from 'node:events';
+import { fileURLToPath } from 'node:url';
 import type { Transaction } from 'lmdb';
 import { OBJECTS_DB } from '../src/dataplane/objects/cold-segments.js';
 import type { ShardRef, StripeRef } from '../src/dataplane/ec/stripe-store.js';
@@ -67,8 +68,9 @@ async function holdWriterLock(metaDir: string): Promise<{ release: () => Promise
     "env.transactionSync(() => { process.stdout.write('locked\\n'); fs.readSync(0, Buffer.alloc(1), 0, 1, null); });",
     'await env.close();',
   ].join('\n');
-  // cwd: the repository, so that 'lmdb' resolves from its node_modules.
-  const child: ChildProcess = spawn(process.execPath, ['--input-type=module', '-e', script, metaDir], { cwd: process.cwd(), stdio: ['pipe', 'pipe', 'inherit'] });
+  // cwd: this test's directory (inside the repository, whichever build dir), so that 'lmdb' resolves from its node_modules.
+  const cwd = path.dirname(fileURLToPath(import.meta.url));
+  const child: ChildProcess = spawn(process.execPath, ['--input-type=module', '-e', script, metaDir], { cwd, stdio: ['pipe', 'pipe', 'inherit'] });
   let out = '';
   await new Promise<void>((resolve, reject) => {
     child.stdout!.on('data', (b: Buffer) => {
