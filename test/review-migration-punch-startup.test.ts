@@ -222,7 +222,7 @@ if (childDir !== undefined) {
 
 if (childDir === undefined) {
   for (const preserve of [false, true]) {
-    test(`killed mid-COPY of a ${preserve ? 'preserving' : 'plain'} move to cold: the next start ${preserve ? 'punches nothing of the kept file' : 'punches the destaged chunks\' ranges'}, the data reads back`, async (t) => {
+    test(`killed mid-COPY of a ${preserve ? 'preserving' : 'plain'} move to cold: the next start ${preserve ? 'punches nothing of the kept file' : 'punches the destaged chunks\' ranges'}, the data reads back; a move to cold finishes it`, async (t) => {
       const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-review-punch-midcopy-'));
       let m: VolumeManager | null = null;
       t.after(async () => {
@@ -264,6 +264,20 @@ if (childDir === undefined) {
       await m.cold!.destager.drain();
       assert.ok((await readVolume(vol, 0, shape.chunks * MiB)).equals(want), 'the volume reads back after writes and a destage');
       if (preserve) assert.ok(fs.readFileSync(file).equals(before), 'a byte of the kept file changed');
+
+      // The interrupted move is finished by moving to cold again (the record already says cold): every
+      // chunk in stripes; plain, RELEASE truncates the file; preserving, the kept file stays as it was.
+      const done = await migrateVolume(m, 'v', 'cold', { preserve });
+      assert.equal(done.phase, 'Done');
+      assert.deepEqual(vol.chunksOnFile(), []);
+      assert.deepEqual(vol.rec.keptFilePools, preserve ? ['hot-0'] : []);
+      if (preserve) assert.ok(fs.readFileSync(file).equals(before), 'a byte of the kept file changed by the finished move');
+      else assert.equal(fs.statSync(file).size, 0, 'RELEASE did not truncate the file');
+      assert.ok((await readVolume(vol, 0, shape.chunks * MiB)).equals(want), 'the volume reads back from cold');
+      await m.close();
+      m = await openColdTierManager(dir, false);
+      assert.deepEqual(await m.finishInterruptedReleases(), { filesRemoved: 0, filesTruncated: 0, bytesPunched: 0 });
+      assert.ok((await readVolume(m.openVolume('v'), 0, shape.chunks * MiB)).equals(want), 'the volume reads back after a restart');
     });
   }
 }

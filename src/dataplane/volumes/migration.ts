@@ -271,10 +271,11 @@ async function migrateVolumeOnce(manager: VolumeManager, name: string, to: Tier,
   const progress: MigrationProgress = { volume: name, from, to, phase: 'Analyze', chunksTotal: 0, chunksDone: 0, bytesCopied: 0, startedMs: Date.now() };
   const report = () => opts.onProgress?.({ ...progress });
   report();
-  // Same tier is allowed only to finish a hot <-> warm move that a crash
-  // interrupted (the record already names the target; chunks are left on
-  // the old pool).
-  if (from === to && (to === 'cold' || vol.chunksOffFile().length === 0)) throw new InvalidArgument(`volume ${name} is already ${to}`);
+  // Same tier is allowed only to finish a move that a crash interrupted (the
+  // record already names the target): a hot <-> warm one (chunks left on the
+  // old pool), or a move to cold killed mid-COPY (chunks left in the file;
+  // nothing else moves them: the destager takes only journaled chunks).
+  if (from === to && (to === 'cold' ? vol.chunksOnFile().length === 0 : vol.chunksOffFile().length === 0)) throw new InvalidArgument(`volume ${name} is already ${to}`);
   const plan = planMigration(manager, vol, to);
   if (typeof plan === 'string') throw new NoSuitablePool(`cannot migrate ${name} to ${to}: ${plan}`);
   const fromPool = vol.pool;
