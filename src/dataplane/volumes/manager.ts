@@ -310,6 +310,11 @@ export class VolumeManager {
     // Allocated chunk is in (a hot <-> warm move interrupted by a crash or
     // an abort leaves chunks on both sides).
     const filePools = [this.poolByName(rec.poolName)];
+    // An offline placement pool fails the open before the read of every
+    // chunk entry (~1.4 ms per 1,000): while the pool is out the destager
+    // tries again every tick, the scrape, the scrub and the control loop
+    // each time, all on the event loop (review-offline-failed-open-cost).
+    filePools[0]!.assertOnline();
     const entries = [...this.meta.volumeChunks(rec.id)];
     for (const { chunkIndex, entry } of entries) {
       if (chunkIndex >= states.length) continue;
