@@ -89,32 +89,17 @@ async function startCache(cfg: DaemonConfig, manager: VolumeManager): Promise<Ca
 export const START_SCAN_SLICE_ENTRIES = 1024;
 
 /**
- * The highest destagedSeq of any chunk entry of a listed volume: what
- * VolumeManager.startColdTier's own loop computes (the journal numbers new
- * records above it), read in slices of `sliceEntries` with a yield to the
- * event loop between two (each slice a fresh range from the last key read,
- * so no cursor or read snapshot is held across a yield). That loop blocked
- * the event loop ~0.85 s per 100,000 entries (bench/cold-maintenance-stalls).
- * Slices from different snapshots give the same answer as one: it runs
- * before the cold tier starts, when nothing writes a chunk entry (no
- * destager, no front end yet: openManager's caller listens only after).
+ * VolumeManager.highestDestagedSeqSlices with a yield to the event loop between
+ * two slices: read in one go it blocked ~0.85 s per 100,000 entries
+ * (bench/cold-maintenance-stalls). Runs before the cold tier starts, when
+ * nothing in this process writes a chunk entry (no destager, no front end:
+ * openManager's caller listens only after).
  */
 export async function highestDestagedSeqSliced(manager: VolumeManager, sliceEntries = START_SCAN_SLICE_ENTRIES): Promise<number> {
   let highest = 0;
-  for (const vol of manager.meta.listVolumes()) {
-    let from: [number, number] = [vol.id, 0];
-    let exclusiveStart = false;
-    for (;;) {
-      let read = 0;
-      for (const { key, value } of manager.meta.chunks.getRange({ start: from, end: [vol.id + 1, 0], exclusiveStart, limit: sliceEntries })) {
-        highest = Math.max(highest, value.destagedSeq ?? 0);
-        from = key;
-        read++;
-      }
-      if (read < sliceEntries) break;
-      exclusiveStart = true;
-      await new Promise<void>((resolve) => setImmediate(resolve));
-    }
+  for (const h of manager.highestDestagedSeqSlices(sliceEntries)) {
+    highest = h;
+    await new Promise<void>((resolve) => setImmediate(resolve));
   }
   return highest;
 }
