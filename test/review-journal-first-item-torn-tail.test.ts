@@ -7,9 +7,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import { checkJournalDir, JournalCorrupt, JOURNAL_HEADER_BYTES, RecordType, salvageJournalDir, scanJournalBytes, type Journal } from '../src/dataplane/journal/journal.js';
+import { crc32c } from '@node-rs/crc32';
+import { checkJournalDir, JournalCorrupt, JOURNAL_HEADER_BYTES, JOURNAL_MAGIC, RecordType, salvageJournalDir, scanJournalBytes, type Journal } from '../src/dataplane/journal/journal.js';
 import { tempDir } from './helpers/cold.js';
-import { block, BLOCK_BYTES, flipBit, journalFiles, openTestJournal, RECORD_BYTES } from './helpers/journal.js';
+import { block, BLOCK_BYTES, flipBit, journalFiles, MiB, openTestJournal, RECORD_BYTES } from './helpers/journal.js';
 
 /** Every replayed extent of volume 1 (chunk 0), as [seq, first byte]. */
 function replayed(j: Journal): [number, number][] {
@@ -118,3 +119,54 @@ test('a damaged first item with a torn tail: finding the nonce is linear in the 
   assert.equal(scan.records.length, 8000);
   assert.ok(tookMs < 3000, `scan took ${tookMs.toFixed(0)} ms`);
 });
+
+/** Where the image's record would write (volume 1, chunk 3): no real write here touches it. */
+const IMAGE_OFFSET_BYTES = 3 * MiB;
+
+/** A verifying Write record image numbered 1 (volume 1, 64 bytes of 0xee at 3 MiB) with another file's nonce. */
+function seqOneImage(): Buffer {
+  const b = Buffer.alloc(JOURNAL_HEADER_BYTES + 64, 0xee);
+  b.fill(0, 0, JOURNAL_HEADER_BYTES);
+  b.writeUInt32LE(JOURNAL_MAGIC, 0);
+  b.writeUInt8(1, 4);
+  b.writeUInt8(RecordType.Write, 5);
+  b.writeUInt32LE(1, 8);
+  b.writeUInt32LE(64, 12);
+  b.writeUInt32LE(1, 16);
+  b.writeUInt32LE(IMAGE_OFFSET_BYTES, 24);
+  b.writeUInt32LE(crc32c(b.subarray(JOURNAL_HEADER_BYTES), crc32c(b.subarray(0, 32))), 32);
+  b.writeUInt32LE(0x5eed5eed, 36);
+  return b;
+}
+
+for (const [name, lost] of [
+  ['its header never landed (zeros)', { atBytes: 0, lengthBytes: JOURNAL_HEADER_BYTES }],
+  ['its header landed, its first payload block did not', { atBytes: JOURNAL_HEADER_BYTES, lengthBytes: BLOCK_BYTES }],
+] as const) {
+  test(`a new journal's first write torn by a crash before any FLUSH (${name}), carrying an image numbered 1, and a torn tail: nothing replayed, never the image`, async (t) => {
+    const dir = tempDir(t, 'couchestor-review-journal-first-torn-image-');
+    const j = openTestJournal(dir);
+    // Write 1: two blocks, the image in the second (its sector landed).
+    const payload = Buffer.alloc(2 * BLOCK_BYTES, 0x22);
+    seqOneImage().copy(payload, BLOCK_BYTES + 100);
+    await j.append(RecordType.Write, 1, 0, 2 * BLOCK_BYTES, payload);
+    await j.append(RecordType.Write, 1, 2 * BLOCK_BYTES, BLOCK_BYTES, block(2));
+    await j.append(RecordType.Write, 1, 3 * BLOCK_BYTES, BLOCK_BYTES, block(3));
+    await j.close();
+    const [file] = journalFiles(dir);
+    assert.equal(scanJournalBytes(fs.readFileSync(file!)).records.length, 3);
+    // The power cut: part of write 1 never landed, write 2 did, write 3 only in part.
+    const fd = fs.openSync(file!, 'r+');
+    fs.writeSync(fd, Buffer.alloc(lost.lengthBytes), 0, lost.lengthBytes, lost.atBytes);
+    fs.closeSync(fd);
+    tearRecord(file!, 3);
+    assert.deepEqual(checkJournalDir(dir).damaged, [], 'a pure crash: nothing flushed is damaged');
+    const j2 = openTestJournal(dir);
+    try {
+      assert.deepEqual(j2.dirtyChunks(1), [], 'no write replayed (none was flushed), the image least of all');
+      assert.equal(fs.statSync(file!).size, 0);
+    } finally {
+      await j2.close();
+    }
+  });
+}
