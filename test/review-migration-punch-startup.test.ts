@@ -77,8 +77,13 @@ async function child(dir: string): Promise<void> {
   process.exit(4);
 }
 
-/** Runs the child over `dir` until it pauses before the punch, SIGKILLs it; resolves with the volume file's path. */
-function runChild(dir: string, shape: Shape, want: Buffer): Promise<string> {
+/**
+ * Runs the child over `dir` until it pauses before the punch, SIGKILLs it;
+ * resolves with the volume file's path. With `holdMs`, the kill waits that
+ * long after the pause line: the child must still be there (the pause holds
+ * it for good), else this rejects with its exit code.
+ */
+function runChild(dir: string, shape: Shape, want: Buffer, holdMs = 0): Promise<string> {
   fs.writeFileSync(path.join(dir, 'shape.json'), JSON.stringify(shape));
   fs.writeFileSync(path.join(dir, 'want.bin'), want);
   return new Promise((resolve, reject) => {
@@ -98,13 +103,15 @@ function runChild(dir: string, shape: Shape, want: Buffer): Promise<string> {
       if (!killed && /^couchestor killing mid-copy$/m.test(out)) killed = true;
       if (!killed && /^couchestor paused before-punch \{"volume":"v"\}$/m.test(out)) {
         killed = true;
-        proc.kill('SIGKILL');
+        // No event tells "still running": a bounded wait, then the kill (a child that ended meanwhile has exitCode set).
+        if (holdMs === 0) proc.kill('SIGKILL');
+        else setTimeout(() => proc.exitCode === null && proc.kill('SIGKILL'), holdMs);
       }
     });
     proc.once('error', reject);
     proc.once('exit', (code, sig) => {
       if (killed && sig === 'SIGKILL' && file !== null) resolve(file);
-      else reject(new Error(`child exited (${code ?? sig}) without pausing before the punch\nstdout:\n${out}\nstderr:\n${err}`));
+      else reject(new Error(`child exited (${code ?? sig}) ${killed ? 'after the pause line, before the kill' : 'without pausing before the punch'}\nstdout:\n${out}\nstderr:\n${err}`));
     });
   });
 }
@@ -280,4 +287,16 @@ if (childDir === undefined) {
       assert.ok((await readVolume(m.openVolume('v'), 0, shape.chunks * MiB)).equals(want), 'the volume reads back after a restart');
     });
   }
+}
+
+if (childDir === undefined) {
+  test('the pause before the punch holds a process with nothing else pending until it is killed (no exit 13, unsettled top-level await)', async (t) => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-review-punch-pause-'));
+    t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+    const shape: Shape = { chunks: 24, full: Array.from({ length: 24 }, (_, c) => c), sparse: [], stale: [] };
+    // Without a handle of its own the child ended about a millisecond after the pause line
+    // (helpers/punch-kill-child lost that race to its SIGKILL about 1 run in 10 under load).
+    const file = await runChild(dir, shape, model(shape), 1000);
+    assert.equal(fs.statSync(file).size, shape.chunks * MiB);
+  });
 }

@@ -91,6 +91,10 @@ const PAUSE_BEFORE_PUNCH = process.env.COUCHESTOR_TEST_PAUSE_BEFORE_PUNCH === '1
 
 function pauseForKill(volume: string, point: 'before-release' | 'before-punch' = 'before-release'): Promise<never> {
   process.stdout.write(`couchestor paused ${point} ${JSON.stringify({ volume })}\n`);
+  // A promise holds no handle: a process with nothing else pending (a bare
+  // manager, test/helpers/punch-kill-child) would end at once, exit code 13
+  // (unsettled top-level await), racing the test's SIGKILL. The timer holds it.
+  setInterval(() => undefined, 60_000);
   return new Promise<never>(() => undefined);
 }
 
