@@ -525,18 +525,17 @@ export class VolumeManager {
     // An open while the awaits above ran (a destager tick, a scrape, the
     // control loop) still found the record: it cached the volume (a new
     // volume of this name would then get the deleted one's file) or
-    // recorded its failure again (reported unavailable for good).
+    // recorded its failure again (reported unavailable for good). Taken out
+    // here, closed last: its close waits for its I/O, the frees below must not.
     this.unopenable.delete(name);
-    const late = this.open.get(name);
-    if (late?.rec.id === rec.id) {
-      this.open.delete(name);
-      await late.close();
-    }
+    const late = this.open.get(name)?.rec.id === rec.id ? this.open.get(name)! : null;
+    if (late) this.open.delete(name);
     this.cold?.journal.dropVolume(rec.id);
     for (const ref of stripes) this.cold?.stripes.free(ref);
     for (const [pool, n] of allocated) this.pools.get(pool)?.release(n * rec.chunkSizeBytes);
     // Every pool's file: chunks of an interrupted move, or one kept by preservation mode.
     for (const pool of this.pools.values()) if (pool.rec.tier !== 'cold') fs.rmSync(pool.volumeFile(rec.id), { force: true });
+    if (late) await late.close();
   }
 
   async close(): Promise<void> {
