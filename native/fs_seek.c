@@ -1,9 +1,10 @@
 /* N-API binding of lseek(SEEK_DATA) and fallocate(PUNCH_HOLE) for
- * src/dataplane/volumes/seek-data.ts, and of getsockopt(TCP_INFO)'s
- * bytes-acked count for src/dataplane/s3/server.ts. The first two let a
+ * src/dataplane/volumes/seek-data.ts, of getsockopt(TCP_INFO)'s
+ * bytes-acked count for src/dataplane/s3/server.ts, and of fcntl OFD locks
+ * for src/data-dir-lock.ts. The first two let a
  * volume tell a never-written (hole) chunk from one that may hold bytes
  * without reading it, and give back the disk space of file ranges no chunk
- * uses any more. Node has none of the three bindings. Separate from ec_isal.c so the volume path does not depend on
+ * uses any more. Node has none of these bindings. Separate from ec_isal.c so the volume path does not depend on
  * ISA-L being loadable.
  *
  * Exports:
@@ -35,8 +36,28 @@
  *     Error with `code` set to the errno name. Used by the S3 send idle check
  *     (src/dataplane/s3/server.ts ResponseSink) in place of reading
  *     /proc/net/tcp, which formats every socket on the node per call.
+ *   lockFileExclusive(fd) -> boolean
+ *     Synchronous (one fcntl, never waits): takes an open-file-description
+ *     write lock (F_OFD_SETLK, F_WRLCK, the whole file) on fd, which must be
+ *     open for writing. true when taken (or already held through this same
+ *     open file description), false when another open file description holds
+ *     a conflicting lock (EAGAIN/EACCES), in this process or any other. The
+ *     lock lasts until the last descriptor of that open file description
+ *     closes, so the kernel drops it when the process dies however it dies
+ *     (SIGKILL included): no stale lock. Unlike classic POSIX (F_SETLK)
+ *     locks, closing another descriptor of the same file does not drop it,
+ *     and two opens in one process conflict. Used by src/data-dir-lock.ts
+ *     (one process at a time on a data directory). Other errno (EINVAL: a
+ *     kernel before 3.15 without OFD locks, ENOLCK, EBADF) throws an Error
+ *     with `code` set to the errno name.
+ *   lockFileHeld(fd) -> boolean
+ *     Synchronous: F_OFD_GETLK for a whole-file write lock on fd (any access
+ *     mode): true when another open file description holds a lock on the
+ *     file that would conflict, false when none does. Takes nothing: the CLI
+ *     asks whether a daemon is starting without racing its start. Errors as
+ *     lockFileExclusive.
  */
-#define _GNU_SOURCE /* SEEK_DATA, fallocate */
+#define _GNU_SOURCE /* SEEK_DATA, fallocate, F_OFD_SETLK */
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/falloc.h>
@@ -99,6 +120,7 @@ static const char* errno_code(int error) {
     case ETXTBSY: return "ETXTBSY";
     case ENOTSOCK: return "ENOTSOCK";
     case ENOPROTOOPT: return "ENOPROTOOPT";
+    case ENOLCK: return "ENOLCK";
     default: return "EFSOP";
   }
 }
@@ -221,11 +243,78 @@ static napi_value TcpBytesAcked(napi_env env, napi_callback_info info) {
   return result;
 }
 
+/* Throws an Error for errno `error` with `code` set to its name. */
+static void throw_errno(napi_env env, int error) {
+  napi_value message, code, exception;
+  napi_create_string_utf8(env, strerror(error), NAPI_AUTO_LENGTH, &message);
+  napi_create_string_utf8(env, errno_code(error), NAPI_AUTO_LENGTH, &code);
+  napi_create_error(env, code, message, &exception);
+  napi_throw(env, exception);
+}
+
+/* Reads the single fd argument of the lock functions; throws and returns -1 on a bad one. */
+static int32_t lock_fd_argument(napi_env env, napi_callback_info info, const char* usage) {
+  size_t argc = 1;
+  napi_value argv[1];
+  int32_t fd;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 1 || napi_get_value_int32(env, argv[0], &fd) != napi_ok || fd < 0) {
+    napi_throw_range_error(env, "ERR_FS_SEEK_ARGUMENT", usage);
+    return -1;
+  }
+  return fd;
+}
+
+static napi_value LockFileExclusive(napi_env env, napi_callback_info info) {
+  int32_t fd = lock_fd_argument(env, info, "lockFileExclusive(fd >= 0)");
+  if (fd < 0) return NULL;
+  struct flock lock;
+  memset(&lock, 0, sizeof(lock));
+  lock.l_type = F_WRLCK;
+  lock.l_whence = SEEK_SET; /* l_start 0, l_len 0: the whole file, however long it grows */
+  int rc;
+  do {
+    rc = fcntl(fd, F_OFD_SETLK, &lock);
+  } while (rc != 0 && errno == EINTR);
+  napi_value result;
+  if (rc == 0) {
+    napi_get_boolean(env, true, &result);
+    return result;
+  }
+  if (errno == EAGAIN || errno == EACCES) {
+    napi_get_boolean(env, false, &result);
+    return result;
+  }
+  throw_errno(env, errno);
+  return NULL;
+}
+
+static napi_value LockFileHeld(napi_env env, napi_callback_info info) {
+  int32_t fd = lock_fd_argument(env, info, "lockFileHeld(fd >= 0)");
+  if (fd < 0) return NULL;
+  struct flock lock;
+  memset(&lock, 0, sizeof(lock));
+  lock.l_type = F_WRLCK;
+  lock.l_whence = SEEK_SET;
+  int rc;
+  do {
+    rc = fcntl(fd, F_OFD_GETLK, &lock);
+  } while (rc != 0 && errno == EINTR);
+  if (rc != 0) {
+    throw_errno(env, errno);
+    return NULL;
+  }
+  napi_value result;
+  napi_get_boolean(env, lock.l_type != F_UNLCK, &result);
+  return result;
+}
+
 static napi_value Init(napi_env env, napi_value exports) {
   napi_property_descriptor properties[] = {
       {"firstDataOffsetAsync", NULL, FirstDataOffsetAsync, NULL, NULL, NULL, napi_enumerable, NULL},
       {"punchHoleAsync", NULL, PunchHoleAsync, NULL, NULL, NULL, napi_enumerable, NULL},
       {"tcpBytesAcked", NULL, TcpBytesAcked, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"lockFileExclusive", NULL, LockFileExclusive, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"lockFileHeld", NULL, LockFileHeld, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   if (napi_define_properties(env, exports, sizeof(properties) / sizeof(properties[0]), properties) != napi_ok) {
     napi_throw_error(env, NULL, "fs_seek: cannot define exports");

@@ -1,5 +1,6 @@
 // The `couchestor` command. Volume commands go through a running daemon's
 // admin API when there is one, else straight to the metadata on disk.
+import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { loadConfig, parseSize } from './config.js';
 import { openManager, readDaemonState, serve } from './daemon.js';
@@ -9,6 +10,7 @@ import { fsck, fsckFoundDamage } from './dataplane/fsck.js';
 import { salvageJournalDir } from './dataplane/journal/journal.js';
 import { migrateVolume } from './dataplane/volumes/migration.js';
 import type { PolicyStatus } from './control/loop.js';
+import { DataDirLock, DataDirLocked, readLockHolder } from './data-dir-lock.js';
 
 const USAGE = `usage: couchestor <command> [options]
 
@@ -109,24 +111,33 @@ async function main(argv: string[]): Promise<number> {
       return volumes(dataDir, sub, rest, values);
     case 'pools':
       if (sub !== 'list') throw new UsageError('pools: expected "list"');
-      return print(await call(dataDir, 'GET', '/v1/pools', undefined, async (m) => [...m.pools.values()].map((p) => ({ ...p.rec, usedBytes: p.usedBytes, online: p.isOnline() }))), values.json);
+      return print(await call(dataDir, 'GET', '/v1/pools', undefined, async (m) => [...m.pools.values()].map((p) => ({ ...p.rec, usedBytes: p.usedBytes, online: p.isOnline() })), 'pools list'), values.json);
     case 'fsck': {
       if (readDaemonState(dataDir)) throw new Error('stop the daemon first: fsck reads every segment file and must not race with appends');
+      const lock = lockOffline(dataDir, 'fsck', 'fsck reads every segment file and must not race with appends');
       // No cold tier: fsck must not replay the journal, destage or rebuild while it looks.
-      const manager = await openManager(loadConfig(dataDir), { coldTier: false });
+      const manager = await openManager(loadConfig(dataDir), { coldTier: false }).catch((err: unknown) => {
+        lock.release();
+        throw err;
+      });
       try {
         const report = await fsck(manager, (line) => process.stderr.write(`fsck: ${line}\n`));
         print(report, true);
         return fsckFoundDamage(report) ? 1 : 0;
       } finally {
         await manager.close();
+        lock.release();
       }
     }
     case 'journal': {
       if (sub !== 'salvage') throw new UsageError('journal: expected "salvage"');
       if (readDaemonState(dataDir)) throw new Error('stop the daemon first: journal salvage rewrites journal files the daemon appends to');
+      const lock = lockOffline(dataDir, 'journal salvage', 'journal salvage rewrites journal files the daemon appends to');
       // No cold tier: opening the journal is what refuses.
-      const manager = await openManager(loadConfig(dataDir), { coldTier: false });
+      const manager = await openManager(loadConfig(dataDir), { coldTier: false }).catch((err: unknown) => {
+        lock.release();
+        throw err;
+      });
       try {
         const dir = manager.journalDir();
         if (!dir) throw new Error('no hot pool: there is no journal');
@@ -140,39 +151,40 @@ async function main(argv: string[]): Promise<number> {
         return 0;
       } finally {
         await manager.close();
+        lock.release();
       }
     }
     case 'status': {
-      if (!readDaemonState(dataDir)) throw new Error('no daemon is running for this data directory');
-      const st = await call<{ policies: PolicyStatus[] }>(dataDir, 'GET', '/v1/status', undefined, async () => ({ policies: [] }));
+      requireDaemon(dataDir);
+      const st = await call<{ policies: PolicyStatus[] }>(dataDir, 'GET', '/v1/status', undefined, null, 'status');
       if (values.json) return print(st, true);
       process.stdout.write(formatStatus(st.policies));
       return 0;
     }
     case 'reconcile': {
-      if (!readDaemonState(dataDir)) throw new Error('no daemon is running for this data directory');
-      const st = await call<{ policies: PolicyStatus[] }>(dataDir, 'POST', `/v1/reconcile${values.wait ? '?wait=1' : ''}`, undefined, async () => ({ policies: [] }));
+      requireDaemon(dataDir);
+      const st = await call<{ policies: PolicyStatus[] }>(dataDir, 'POST', `/v1/reconcile${values.wait ? '?wait=1' : ''}`, undefined, null, 'reconcile');
       if (values.json) return print(st, true);
       process.stdout.write(formatStatus(st.policies));
       return 0;
     }
     case 'cache': {
       if (sub !== 'stats' && sub !== 'drop') throw new UsageError('cache: expected "stats" or "drop"');
-      if (!readDaemonState(dataDir)) throw new Error('no daemon is running for this data directory');
-      return print(await call(dataDir, sub === 'drop' ? 'POST' : 'GET', sub === 'drop' ? '/v1/cache/drop' : '/v1/cache', undefined, async () => undefined), values.json);
+      requireDaemon(dataDir);
+      return print(await call(dataDir, sub === 'drop' ? 'POST' : 'GET', sub === 'drop' ? '/v1/cache/drop' : '/v1/cache', undefined, null, `cache ${sub}`), values.json);
     }
     case 'rebuild': {
       if (sub === undefined) throw new UsageError('rebuild: expected a cold pool name');
-      if (!readDaemonState(dataDir)) throw new Error('no daemon is running for this data directory');
-      return print(await call(dataDir, 'POST', '/v1/rebuild', { pool: sub }, async () => undefined), values.json);
+      requireDaemon(dataDir);
+      return print(await call(dataDir, 'POST', '/v1/rebuild', { pool: sub }, null, 'rebuild'), values.json);
     }
     case 'destage':
     case 'scrub':
     case 'compact':
     case 'cold': {
-      if (!readDaemonState(dataDir)) throw new Error('no daemon is running for this data directory');
+      requireDaemon(dataDir);
       const [method, url] = cmd === 'cold' ? ['GET', '/v1/cold'] : ['POST', `/v1/${cmd}`];
-      return print(await call(dataDir, method!, url!, undefined, async () => undefined), values.json);
+      return print(await call(dataDir, method!, url!, undefined, null, cmd), values.json);
     }
     default:
       throw new UsageError(`unknown command ${cmd}`);
@@ -187,9 +199,54 @@ function port(text: string): number {
 
 type Manager = Awaited<ReturnType<typeof openManager>>;
 
-/** Runs a request against the daemon's API, or `direct` against the metadata when no daemon runs. */
-async function call<T>(dataDir: string, method: string, urlPath: string, body: unknown, direct: (m: Manager) => Promise<T>): Promise<T> {
-  const st = readDaemonState(dataDir);
+const STARTING_ADVICE = 'it is starting or stopping: its API is not up (daemon.json not written), try again once it is ready';
+
+/**
+ * Takes the data directory's lock (src/data-dir-lock.ts) for an offline
+ * command, or throws DataDirLocked naming the holder: a daemon still starting
+ * (daemon.json not written yet, but the index and journal already open) or
+ * another offline command. `why` says what racing it would break.
+ */
+function lockOffline(dataDir: string, role: string, why?: string): DataDirLock {
+  const because = why ? ` (${why})` : '';
+  return DataDirLock.acquire(dataDir, role, (holder) => (holder === 'serve' ? STARTING_ADVICE : 'wait for it to finish') + because);
+}
+
+/**
+ * For the commands that only talk to a daemon: throws unless one serves
+ * `dataDir`. When none answers yet but the lock is held, says who holds it
+ * (a daemon starting) rather than "no daemon". Takes no lock: probing with a
+ * lock could make a daemon starting at that moment refuse to start.
+ */
+function requireDaemon(dataDir: string): void {
+  if (readDaemonState(dataDir)) return;
+  if (DataDirLock.isHeld(dataDir)) {
+    const holder = readLockHolder(dataDir);
+    throw new DataDirLocked(path.resolve(dataDir), holder.pid, holder.role, holder.role === 'serve' ? STARTING_ADVICE : 'no daemon is running for this data directory');
+  }
+  throw new Error('no daemon is running for this data directory');
+}
+
+/**
+ * Runs a request against the daemon's API, or `direct` against the metadata
+ * when no daemon runs, under the data directory's lock (`role`: the command,
+ * written into the lock file for the message a refused process prints). A
+ * daemon still starting holds the lock: the command is refused, nothing opened.
+ * `direct` null: the command needs a daemon (never opens the directory itself).
+ */
+async function call<T>(dataDir: string, method: string, urlPath: string, body: unknown, direct: ((m: Manager) => Promise<T>) | null, role: string): Promise<T> {
+  let st = readDaemonState(dataDir);
+  let lock: DataDirLock | null = null;
+  if (!st && direct === null) requireDaemon(dataDir); // throws: no daemon serves
+  if (!st) {
+    try {
+      lock = lockOffline(dataDir, role);
+    } catch (err) {
+      // The daemon may have become ready between the two looks: then its API serves the command.
+      st = err instanceof DataDirLocked ? readDaemonState(dataDir) : null;
+      if (!st || st.pid !== (err as DataDirLocked).holderPid) throw err;
+    }
+  }
   if (st) {
     const res = await fetch(`http://${st.api.host}:${st.api.port}${urlPath}`, {
       method,
@@ -208,18 +265,22 @@ async function call<T>(dataDir: string, method: string, urlPath: string, body: u
     }
     return (text ? JSON.parse(text) : undefined) as T;
   }
-  const manager = await openManager(loadConfig(dataDir));
   try {
-    return await direct(manager);
+    const manager = await openManager(loadConfig(dataDir));
+    try {
+      return await direct!(manager);
+    } finally {
+      await manager.close();
+    }
   } finally {
-    await manager.close();
+    lock?.release();
   }
 }
 
 async function volumes(dataDir: string, sub: string | undefined, args: string[], values: Record<string, unknown>): Promise<number> {
   switch (sub) {
     case 'list': {
-      const list = await call<VolumeRecord[]>(dataDir, 'GET', '/v1/volumes', undefined, async (m) => m.listVolumes());
+      const list = await call<VolumeRecord[]>(dataDir, 'GET', '/v1/volumes', undefined, async (m) => m.listVolumes(), 'volumes list');
       if (values.json) return print(list, true);
       process.stdout.write(table(['NAME', 'SIZE_BYTES', 'TIER', 'POOL', 'RO'], list.map((v) => [v.name, String(v.sizeBytes), v.tier, v.poolName, v.readOnly ? 'yes' : 'no'])));
       return 0;
@@ -235,29 +296,29 @@ async function volumes(dataDir: string, sub: string | undefined, args: string[],
         ...(values['read-only'] ? { readOnly: true } : {}),
         ...(values.label ? { labels: parseLabels(values.label as string[]) } : {}),
       };
-      return print(await call(dataDir, 'POST', '/v1/volumes', body, (m) => m.createVolume(body)), values.json);
+      return print(await call(dataDir, 'POST', '/v1/volumes', body, (m) => m.createVolume(body), 'volumes create'), values.json);
     }
     case 'resize': {
       const [name, size] = args;
       if (!name || !size) throw new UsageError('volumes resize NAME SIZE');
       const sizeBytes = parseSize(size);
-      return print(await call(dataDir, 'PATCH', `/v1/volumes/${encodeURIComponent(name)}`, { sizeBytes }, (m) => m.resizeVolume(name, sizeBytes)), values.json);
+      return print(await call(dataDir, 'PATCH', `/v1/volumes/${encodeURIComponent(name)}`, { sizeBytes }, (m) => m.resizeVolume(name, sizeBytes), 'volumes resize'), values.json);
     }
     case 'migrate': {
       const [name, tier] = args;
       if (!name || !tier || !['hot', 'warm', 'cold'].includes(tier)) throw new UsageError('volumes migrate NAME hot|warm|cold [--preserve]');
       const body = { tier: tier as 'hot' | 'warm' | 'cold', preserve: Boolean(values.preserve) };
-      return print(await call(dataDir, 'POST', `/v1/volumes/${encodeURIComponent(name)}/migrate`, body, (m) => migrateVolume(m, name, body.tier, { preserve: body.preserve })), values.json);
+      return print(await call(dataDir, 'POST', `/v1/volumes/${encodeURIComponent(name)}/migrate`, body, (m) => migrateVolume(m, name, body.tier, { preserve: body.preserve }), 'volumes migrate'), values.json);
     }
     case 'release': {
       const [name] = args;
       if (!name) throw new UsageError('volumes release NAME');
-      return print(await call(dataDir, 'POST', `/v1/volumes/${encodeURIComponent(name)}/release`, undefined, (m) => m.releasePreserved(name)), values.json);
+      return print(await call(dataDir, 'POST', `/v1/volumes/${encodeURIComponent(name)}/release`, undefined, (m) => m.releasePreserved(name), 'volumes release'), values.json);
     }
     case 'delete': {
       const [name] = args;
       if (!name) throw new UsageError('volumes delete NAME');
-      await call(dataDir, 'DELETE', `/v1/volumes/${encodeURIComponent(name)}`, undefined, (m) => m.deleteVolume(name));
+      await call(dataDir, 'DELETE', `/v1/volumes/${encodeURIComponent(name)}`, undefined, (m) => m.deleteVolume(name), 'volumes delete');
       process.stdout.write(`deleted ${name}\n`);
       return 0;
     }

@@ -18,6 +18,7 @@ import { PrometheusHeat } from './control/prometheus-heat.js';
 import { healthChecks, metricsSource } from './control/observe.js';
 import { parsePolicyYaml } from './dataplane/ec/policy.js';
 import { SegmentCompactor, registerCompactionMetrics } from './dataplane/ec/compaction.js';
+import { DataDirLock } from './data-dir-lock.js';
 
 export const STATE_FILE = 'daemon.json';
 
@@ -150,28 +151,36 @@ export class Daemon {
     readonly cache: CacheManager | null,
     readonly state: DaemonState,
     readonly compactor: SegmentCompactor | null,
+    private readonly lock: DataDirLock,
   ) {}
 
-  static async start(cfg: DaemonConfig): Promise<Daemon> {
-    const running = readDaemonState(cfg.dataDir);
-    if (running && running.pid !== process.pid) {
-      throw new Error(`another couchestor daemon (pid ${running.pid}) is serving ${cfg.dataDir}`);
-    }
+  /**
+   * Starts serving cfg.dataDir. First of all takes the data directory's lock
+   * (src/data-dir-lock.ts; `lock` when the caller took it already, as serve
+   * does before loadConfig): a second daemon or an offline CLI command on the
+   * directory is refused (DataDirLocked, naming this pid) before it opens
+   * the index or the journal, also while this start is still replaying.
+   * The daemon holds the lock until stop() or its death.
+   */
+  static async start(cfg: DaemonConfig, opts: { lock?: DataDirLock } = {}): Promise<Daemon> {
+    const lock = opts.lock ?? DataDirLock.acquire(cfg.dataDir, 'serve', SERVE_LOCKED_ADVICE);
     // What has started so far, undone in reverse order when a later step
     // fails (a port in use, say): the process then exits with the error
-    // instead of hanging on half-open listeners and timers.
-    const started: Array<() => unknown> = [];
+    // instead of hanging on half-open listeners and timers. The lock is
+    // dropped last, once the index and journal are closed.
+    const started: Array<() => unknown> = [() => lock.release()];
     try {
-      return await Daemon.startSteps(cfg, started);
+      return await Daemon.startSteps(cfg, started, lock);
     } catch (err) {
       for (const undo of started.reverse()) await Promise.resolve().then(undo).catch(() => undefined);
       throw err;
     }
   }
 
-  private static async startSteps(cfg: DaemonConfig, started: Array<() => unknown>): Promise<Daemon> {
+  private static async startSteps(cfg: DaemonConfig, started: Array<() => unknown>, lock: DataDirLock): Promise<Daemon> {
     const manager = await openManager(cfg);
     started.push(() => manager.close());
+    if (PAUSE_START_AFTER_OPEN) await pauseStart('after-open');
     // Before any front end serves: a RELEASE a kill cut short (not fsck, which must not change anything).
     await manager.finishInterruptedReleases();
     if (cfg.demoVolume && manager.listVolumes().length === 0) {
@@ -227,7 +236,7 @@ export class Daemon {
     };
     fs.writeFileSync(path.join(cfg.dataDir, STATE_FILE), JSON.stringify(state));
     loop.start();
-    return new Daemon(cfg, manager, nbd, api, s3, metrics, heat, loop, cache, state, compactor);
+    return new Daemon(cfg, manager, nbd, api, s3, metrics, heat, loop, cache, state, compactor, lock);
   }
 
   async stop(): Promise<void> {
@@ -241,7 +250,26 @@ export class Daemon {
     await this.manager.close();
     await this.cache?.close();
     fs.rmSync(path.join(this.cfg.dataDir, STATE_FILE), { force: true });
+    this.lock.release(); // last: nothing of this daemon touches the directory any more
   }
+}
+
+const SERVE_LOCKED_ADVICE = 'one process at a time may open a data directory (a second daemon would replay and destage the same journal): stop it first, or serve another --data-dir';
+
+/**
+ * Test hook: with COUCHESTOR_TEST_PAUSE_START=after-open in the daemon's
+ * environment, a start stops for good once the index is open and the journal
+ * replayed (the destager running), before any listener and before daemon.json
+ * is written: the window a CLI cannot see through daemon.json. It prints
+ * `couchestor paused start-after-open {"pid":N}` and waits for a signal.
+ */
+const PAUSE_START_AFTER_OPEN = process.env.COUCHESTOR_TEST_PAUSE_START === 'after-open';
+
+function pauseStart(point: string): Promise<never> {
+  process.stdout.write(`couchestor paused start-${point} ${JSON.stringify({ pid: process.pid })}\n`);
+  // A bare promise holds no handle: the process would end (exit 13). The timer holds it.
+  setInterval(() => undefined, 60_000);
+  return new Promise<never>(() => undefined);
 }
 
 /** Names the listener in a bind failure: "S3 port 9000: listen EADDRINUSE ...". */
@@ -259,9 +287,18 @@ function flagFor(what: string): string {
 }
 
 export async function serve(dataDir: string, overrides: (cfg: DaemonConfig) => void): Promise<void> {
-  const cfg = loadConfig(dataDir);
-  overrides(cfg);
-  const daemon = await Daemon.start(cfg);
+  // Before loadConfig, which may write the default configuration: a refused
+  // second daemon changes nothing in the directory.
+  const lock = DataDirLock.acquire(dataDir, 'serve', SERVE_LOCKED_ADVICE);
+  let cfg: DaemonConfig;
+  try {
+    cfg = loadConfig(dataDir);
+    overrides(cfg);
+  } catch (err) {
+    lock.release();
+    throw err;
+  }
+  const daemon = await Daemon.start(cfg, { lock });
   let stopping = false;
   const stop = (sig: string) => {
     if (stopping) return;
