@@ -24,42 +24,47 @@ function tearRecord(file: string, seq: number): number {
   return rec.posBytes;
 }
 
-test("a rotated file's damaged fence and a torn last append: the flushed writes after the fence are replayed, only the torn one cut", async (t) => {
-  const dir = tempDir(t, 'couchestor-review-journal-first-torn-');
-  // Three 4 KiB records per file: the fourth write rotates.
-  const j = openTestJournal(dir, { fileBytes: 3 * RECORD_BYTES + 100 });
-  for (let i = 0; i < 3; i++) await j.append(RecordType.Write, 1, i * BLOCK_BYTES, BLOCK_BYTES, block(i));
-  await j.sync();
-  await j.append(RecordType.Write, 1, 3 * BLOCK_BYTES, BLOCK_BYTES, block(3));
-  await j.append(RecordType.Write, 1, 4 * BLOCK_BYTES, BLOCK_BYTES, block(4));
-  // FLUSH: writes 1-5 acknowledged durable.
-  await j.sync();
-  await j.append(RecordType.Write, 1, 5 * BLOCK_BYTES, BLOCK_BYTES, block(5));
-  await j.close();
-  const files = journalFiles(dir);
-  assert.equal(files.length, 2);
-  const file2 = files[1]!;
-  const scan = scanJournalBytes(fs.readFileSync(file2));
-  assert.equal(scan.fences[0]?.posBytes, 0, "the rotation's fence is file 2's first item");
-  assert.deepEqual(
-    scan.records.map((r) => r.rec.seq),
-    [4, 5, 6],
-  );
-  // A crash tore write 6 (never flushed), and the fence's bytes are damaged at rest.
-  const write6At = tearRecord(file2, 6);
-  flipBit(file2, 20);
-  const fsck = checkJournalDir(dir);
-  assert.deepEqual(fsck.damaged, [], 'fsck: nothing flushed is damaged (the fence held no write)');
-  assert.equal(fsck.tornTails, 1);
-  // Before: file 2 cut to 0 bytes, writes 4 and 5 (flushed) gone, no refusal.
-  const j2 = openTestJournal(dir);
-  try {
-    assert.deepEqual(replayed(j2), [1, 2, 3, 4, 5].map((seq) => [seq, seq]), 'every flushed write is replayed');
-    assert.equal(fs.statSync(file2).size, write6At, 'only the torn write is cut');
-  } finally {
-    await j2.close();
-  }
-});
+for (const [what, damagedAtBytes] of [
+  ['its seq', 20],
+  ['its magic', 0],
+] as const) {
+  test(`a rotated file's fence damaged (${what}) and a torn last append: the flushed writes after the fence are replayed, only the torn one cut`, async (t) => {
+    const dir = tempDir(t, 'couchestor-review-journal-first-torn-');
+    // Three 4 KiB records per file: the fourth write rotates.
+    const j = openTestJournal(dir, { fileBytes: 3 * RECORD_BYTES + 100 });
+    for (let i = 0; i < 3; i++) await j.append(RecordType.Write, 1, i * BLOCK_BYTES, BLOCK_BYTES, block(i));
+    await j.sync();
+    await j.append(RecordType.Write, 1, 3 * BLOCK_BYTES, BLOCK_BYTES, block(3));
+    await j.append(RecordType.Write, 1, 4 * BLOCK_BYTES, BLOCK_BYTES, block(4));
+    // FLUSH: writes 1-5 acknowledged durable.
+    await j.sync();
+    await j.append(RecordType.Write, 1, 5 * BLOCK_BYTES, BLOCK_BYTES, block(5));
+    await j.close();
+    const files = journalFiles(dir);
+    assert.equal(files.length, 2);
+    const file2 = files[1]!;
+    const scan = scanJournalBytes(fs.readFileSync(file2));
+    assert.equal(scan.fences[0]?.posBytes, 0, "the rotation's fence is file 2's first item");
+    assert.deepEqual(
+      scan.records.map((r) => r.rec.seq),
+      [4, 5, 6],
+    );
+    // A crash tore write 6 (never flushed), and the fence's bytes are damaged at rest.
+    const write6At = tearRecord(file2, 6);
+    flipBit(file2, damagedAtBytes);
+    const fsck = checkJournalDir(dir);
+    assert.deepEqual(fsck.damaged, [], 'fsck: nothing flushed is damaged (the fence held no write)');
+    assert.equal(fsck.tornTails, 1);
+    // Before: file 2 cut to 0 bytes, writes 4 and 5 (flushed) gone, no refusal.
+    const j2 = openTestJournal(dir);
+    try {
+      assert.deepEqual(replayed(j2), [1, 2, 3, 4, 5].map((seq) => [seq, seq]), 'every flushed write is replayed');
+      assert.equal(fs.statSync(file2).size, write6At, 'only the torn write is cut');
+    } finally {
+      await j2.close();
+    }
+  });
+}
 
 test('the only file: its first item damaged and its last append torn: the open refuses (flushed writes after the damage), salvage keeps them', async (t) => {
   const dir = tempDir(t, 'couchestor-review-journal-first-torn-one-');
@@ -109,7 +114,8 @@ test('a damaged first item with a torn tail: finding the nonce is linear in the 
   const [file] = journalFiles(dir);
   const bytes = fs.readFileSync(file!);
   const nonce = scanJournalBytes(bytes).nonce;
-  bytes[20]! ^= 1;
+  // Its magic: the header no longer says where the item ends, and the chain search runs.
+  bytes[0]! ^= 1;
   const torn = bytes.subarray(0, bytes.length - 10);
   const startMs = performance.now();
   const scan = scanJournalBytes(torn);

@@ -979,13 +979,17 @@ export interface JournalScan {
  *   end only if it is in the file's last record and ends exactly where that
  *   payload does;
  * - else (a torn tail too: a crash cut the last append), when the first
- *   item's header reads as zeros (never written: every item of a file lands
- *   after its first, a FLUSH waits for it, so nothing in the file was
- *   flushed), none; otherwise the first chain's: the first item that
- *   verifies after the damaged one. Taking none there made the whole file
- *   one problem range whose own sync markers judgeJournal never saw: in the
- *   last file it was cut to nothing, flushed writes included, with no
- *   refusal, and salvage emptied it.
+ *   item's header reads as zeros (never written) or is intact (it said
+ *   where it ends and nothing verifies there: its payload torn), none: a
+ *   crash tore the first item (a new journal's first write: a file's other
+ *   first items are written and fdatasynced alone), and every item lands
+ *   after it is issued and a FLUSH waits for it, so nothing in the file was
+ *   flushed; the first chain may be an image inside its payload. Otherwise
+ *   (media damage to its magic or type) the first chain's: the first item
+ *   that verifies after the damaged one. Taking none there made the whole
+ *   file one problem range whose own sync markers judgeJournal never saw:
+ *   in the last file it was cut to nothing, flushed writes included, with
+ *   no refusal, and salvage emptied it.
  * Linear: a chain that falls short is walked once, and the search goes on
  * from where it stopped (an item inside it is on it, or inside one of its
  * payloads: an image). Walking each candidate's chain to the end was
@@ -1014,7 +1018,10 @@ function fileNonce(bytes: Buffer): number | null {
     // pos > at: the candidate itself parsed.
     at = bytes.indexOf(MAGIC_BYTES, pos);
   }
-  if (bytes.subarray(0, JOURNAL_HEADER_BYTES).every((b) => b === 0)) return null;
+  // Its header intact but nothing verifying where it ends: a crash tore it
+  // (a new journal's first write), and an image inside its payload is the
+  // first chain. Never written (zeros): likewise torn.
+  if (claimedEnd !== null || bytes.subarray(0, JOURNAL_HEADER_BYTES).every((b) => b === 0)) return null;
   return firstChainNonce;
 }
 
