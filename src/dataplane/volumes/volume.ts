@@ -48,6 +48,24 @@ interface VolumeFile {
    * zeroed like a Discarded one before its first allocation.
    */
   staleBelowBytes?: number;
+  /**
+   * Mutations of the file (client writes and zeroes, chunk zeroing and
+   * copies, truncates, hole punches), counted as each completes, failed ones
+   * too (a failed write may have changed some of the range). Starts at 1: a
+   * file is dirty when opened (a previous process's writes may be in the page
+   * cache only; a fresh file's O_TRUNC).
+   */
+  mutations: number;
+  /**
+   * `mutations` as read just before the last fdatasync of the file that
+   * succeeded: everything counted up to it had completed before that sync
+   * began, so it is durable. Equal to `mutations`: nothing landed since, and
+   * a FLUSH skips the file's fdatasync (a cold volume's writes go to the
+   * journal, so its file is clean: that sync was one of two per FLUSH).
+   * A failed sync never advances it; it sets the volume's failure instead,
+   * which every later FLUSH reports (fsyncgate: never retried).
+   */
+  syncedMutations: number;
 }
 
 /**
@@ -142,15 +160,14 @@ export class Volume {
    */
   constructor(
     public rec: VolumeRecord,
-    files: VolumeFile[],
+    files: { pool: Pool; fd: number }[],
     private readonly meta: MetaStore,
     chunkState: Uint8Array,
     chunkFile: Uint8Array,
     private readonly cold: ColdTier | null,
   ) {
     if (files.length === 0 || files.length > MAX_VOLUME_FILES || files[0]!.pool.name !== rec.poolName) throw new InvalidArgument(`volume ${rec.name}: bad file set`);
-    for (const f of files) f.staleBelowBytes = fs.fstatSync(f.fd).size;
-    this.files = files;
+    this.files = files.map((f) => ({ pool: f.pool, fd: f.fd, staleBelowBytes: fs.fstatSync(f.fd).size, mutations: 1, syncedMutations: 0 }));
     this.chunkState = chunkState;
     this.chunkFile = chunkFile;
     this.chunkWrites = new Int32Array(chunkState.length);
@@ -355,7 +372,7 @@ export class Volume {
       fs.closeSync(fd);
       throw err;
     }
-    this.files.push({ pool, fd });
+    this.files.push({ pool, fd, mutations: 1, syncedMutations: 0 });
     return this.files.length - 1;
   }
 
@@ -637,10 +654,12 @@ export class Volume {
     this.counters.writeOps++;
     this.counters.writeBytes += data.length;
     this.fileMutations++;
+    const file = this.files[0]!;
     try {
-      const n = fs.writeSync(this.files[0]!.fd, data, 0, data.length, offsetBytes);
+      const n = fs.writeSync(file.fd, data, 0, data.length, offsetBytes);
       if (n !== data.length) throw new Error(`short write: ${n} of ${data.length} bytes`);
     } finally {
+      file.mutations++;
       this.fileMutationDone();
     }
     return true;
@@ -715,7 +734,10 @@ export class Volume {
     let oneFile = true;
     for (let c = first + 1; c <= last; c++) if (this.chunkFile[c] !== fileIdx) oneFile = false;
     if (oneFile) {
-      fs.write(this.files[fileIdx]!.fd, data, 0, data.length, offsetBytes, (err, n) => {
+      const file = this.files[fileIdx]!;
+      fs.write(file.fd, data, 0, data.length, offsetBytes, (err, n) => {
+        // Before the callback: a FLUSH it leads to must see the file dirty.
+        file.mutations++;
         landed();
         if (err) return cb(err);
         if (n !== data.length) return cb(new Error(`short write: ${n} of ${data.length} bytes`));
@@ -729,7 +751,7 @@ export class Volume {
     for (let c = first; c <= last; c++) {
       const s = Math.max(offsetBytes, c * cs);
       const e = Math.min(offsetBytes + data.length, (c + 1) * cs);
-      pieces.push(writeAll(this.files[this.chunkFile[c]!]!.fd, data.subarray(s - offsetBytes, e - offsetBytes), s));
+      pieces.push(writeAll(this.files[this.chunkFile[c]!]!, data.subarray(s - offsetBytes, e - offsetBytes), s));
     }
     Promise.allSettled(pieces).then((rs) => {
       landed();
@@ -817,7 +839,7 @@ export class Volume {
         // must find zeros there, not the bytes a flushed TRIM removed (test
         // review-discarded-rewrite-order).
         const p = (maybeStale ? regionHoldsData(file.fd, chunkStart, cs) : Promise.resolve(true))
-          .then((holdsData) => (holdsData ? this.zeroRegion(file.fd, chunkStart, cs).then(() => this.syncFile(file)) : undefined))
+          .then((holdsData) => (holdsData ? this.zeroRegion(file, chunkStart, cs).then(() => this.syncFile(file)) : undefined))
           .then(() => {
             this.preparing.delete(c);
             this.setChunk(c, ChunkState.Allocated, 0, fileIdx);
@@ -839,8 +861,8 @@ export class Volume {
    * Writes zeros over the whole chunk [chunkStart, chunkStart+cs), the range
    * the caller is about to write included (see allocate: never skipped).
    */
-  private async zeroRegion(fd: number, chunkStart: number, cs: number): Promise<void> {
-    await writeAll(fd, zeros(cs), chunkStart);
+  private async zeroRegion(file: VolumeFile, chunkStart: number, cs: number): Promise<void> {
+    await writeAll(file, zeros(cs), chunkStart);
   }
 
   /**
@@ -944,7 +966,7 @@ export class Volume {
     try {
       const upto = this.lastSeq(c);
       await this.readPiece(c, c * cs, (c + 1) * cs, buf, 0);
-      await writeAll(dst.fd, buf, c * cs);
+      await writeAll(dst, buf, c * cs);
       // The index must never point at bytes a power cut can take back.
       await this.syncFile(dst);
       if (back) {
@@ -1119,13 +1141,18 @@ export class Volume {
       // destages) must not see the file cut under them.
       if (this.fileReads > 0) await new Promise<void>((r) => this.fileReadsDrained.push(r));
       if (this.closed) throw new VolumeFailed(`volume ${this.name} was closed`);
-      const fd = this.files[this.allocIdx]!.fd;
+      const file = this.files[this.allocIdx]!;
       this.truncating = mine = new Promise<void>((r) => (landed = r));
-      return fd;
+      return file;
     });
     if (truncate === null) return false;
     try {
-      await new Promise<void>((resolve, reject) => fs.ftruncate(truncate, 0, (err) => (err ? reject(err) : resolve())));
+      await new Promise<void>((resolve, reject) =>
+        fs.ftruncate(truncate.fd, 0, (err) => {
+          truncate.mutations++;
+          return err ? reject(err) : resolve();
+        }),
+      );
     } finally {
       if (this.truncating === mine) this.truncating = null;
       landed();
@@ -1173,15 +1200,15 @@ export class Volume {
       while (this.truncating) await this.truncating;
       if (this.rec.tier !== 'cold') return null;
       const kept = new Set(this.rec.keptFilePools ?? []);
-      const ranges: { fd: number; pool: string; offsetBytes: number; lengthBytes: number }[] = [];
+      const ranges: { file: VolumeFile; offsetBytes: number; lengthBytes: number }[] = [];
       for (const f of this.files) {
         if (kept.has(f.pool.name)) continue;
         for (let c = 0; c < this.chunkState.length; c++) {
           const st = this.chunkState[c];
           if (st !== ChunkState.Cold && st !== ChunkState.Discarded) continue;
           const last = ranges[ranges.length - 1];
-          if (last !== undefined && last.fd === f.fd && last.offsetBytes + last.lengthBytes === c * cs) last.lengthBytes += cs;
-          else ranges.push({ fd: f.fd, pool: f.pool.name, offsetBytes: c * cs, lengthBytes: cs });
+          if (last !== undefined && last.file === f && last.offsetBytes + last.lengthBytes === c * cs) last.lengthBytes += cs;
+          else ranges.push({ file: f, offsetBytes: c * cs, lengthBytes: cs });
         }
       }
       if (ranges.length === 0) return null;
@@ -1195,8 +1222,10 @@ export class Volume {
       // Every Cold/Discarded state above is in the durable index before a byte goes.
       await this.meta.durable();
       for (const r of plan) {
-        if (!(await punchHole(r.fd, r.offsetBytes, r.lengthBytes))) {
-          log.info('volume: the file system cannot punch holes; stale ranges keep their space until the file is released', { volume: this.name, pool: r.pool });
+        // Counted whatever the outcome: a punch that failed part way may have freed some blocks.
+        const punched = await punchHole(r.file.fd, r.offsetBytes, r.lengthBytes).finally(() => r.file.mutations++);
+        if (!punched) {
+          log.info('volume: the file system cannot punch holes; stale ranges keep their space until the file is released', { volume: this.name, pool: r.file.pool.name });
           return { rangesPunched, bytesPunched, supported: false };
         }
         rangesPunched++;
@@ -1464,9 +1493,16 @@ export class Volume {
     if (this.failure) return Promise.reject(this.failure);
     const metaDirty = this.metaDirty;
     this.metaDirty = false;
-    // Every open file: a write may have landed in any of them (hot <-> warm moves).
-    const syncs = this.files.map(
-      (f) =>
+    // Every open file a mutation landed in since its last successful sync: a
+    // write may have landed in any of them (hot <-> warm moves). A clean one
+    // is skipped: everything that completed in it is durable already.
+    const syncs: Promise<void>[] = [];
+    for (const f of this.files) {
+      // Read before the sync is issued: mutations completing from here on
+      // may or may not be covered by it, so they leave the file dirty.
+      const upto = f.mutations;
+      if (upto === f.syncedMutations) continue;
+      syncs.push(
         new Promise<void>((resolve, reject) => {
           fs.fdatasync(f.fd, (err) => {
             if (err) {
@@ -1474,10 +1510,12 @@ export class Volume {
               this.failure = new VolumeFailed(`volume ${this.name}: fdatasync of its file on pool ${f.pool.name} failed (${err.message}); volume taken offline`);
               return reject(this.failure);
             }
+            f.syncedMutations = Math.max(f.syncedMutations, upto);
             resolve();
           });
         }),
-    );
+      );
+    }
     return Promise.all(syncs).then(() => {
       // Every fdatasync succeeded, but one beside them (a chunk copy's, a
       // zeroing's) failed on a file they synced: the error went to that
@@ -1654,9 +1692,11 @@ function readAll(fd: number, dst: Buffer, at: number, lengthBytes: number, posit
   });
 }
 
-function writeAll(fd: number, buf: Buffer, positionBytes: number): Promise<void> {
+/** Writes buf at positionBytes of the file; counted in its `mutations` when it completes, even failed. */
+function writeAll(file: VolumeFile, buf: Buffer, positionBytes: number): Promise<void> {
   return new Promise((resolve, reject) => {
-    fs.write(fd, buf, 0, buf.length, positionBytes, (err, n) => {
+    fs.write(file.fd, buf, 0, buf.length, positionBytes, (err, n) => {
+      file.mutations++;
       if (err) return reject(err);
       if (n !== buf.length) return reject(new Error(`short write: ${n} of ${buf.length}`));
       resolve();
