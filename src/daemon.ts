@@ -18,7 +18,7 @@ import { PrometheusHeat } from './control/prometheus-heat.js';
 import { healthChecks, metricsSource } from './control/observe.js';
 import { parsePolicyYaml } from './dataplane/ec/policy.js';
 import { SegmentCompactor, registerCompactionMetrics } from './dataplane/ec/compaction.js';
-import { DataDirLock } from './data-dir-lock.js';
+import { DataDirLock, readLockHolder } from './data-dir-lock.js';
 
 export const STATE_FILE = 'daemon.json';
 
@@ -31,17 +31,24 @@ export interface DaemonState {
 }
 
 export function readDaemonState(dataDir: string): DaemonState | null {
+  let st: DaemonState;
   try {
-    const st = JSON.parse(fs.readFileSync(path.join(dataDir, STATE_FILE), 'utf8')) as DaemonState;
+    st = JSON.parse(fs.readFileSync(path.join(dataDir, STATE_FILE), 'utf8')) as DaemonState;
     process.kill(st.pid, 0);
     // A killed daemon's pid may linger as a zombie or be reused by another
     // program: only a live process running `serve` counts.
     const cmdline = fs.readFileSync(`/proc/${st.pid}/cmdline`, 'utf8');
     if (!cmdline.includes('serve')) return null;
-    return st;
   } catch {
     return null;
   }
+  // A live `serve` with that pid is not enough: a killed daemon's pid may now be
+  // another directory's daemon (whose API would take this directory's commands).
+  // The daemon of this directory is the one holding its lock, as `serve`.
+  // (Outside the try: a missing lock addon is an error, not "no daemon".)
+  if (!DataDirLock.isHeld(dataDir)) return null;
+  const holder = readLockHolder(dataDir);
+  return holder.pid === st.pid && holder.role === 'serve' ? st : null;
 }
 
 /** Opens the metadata and (re)registers the configured pools. */
@@ -170,6 +177,11 @@ export class Daemon {
     // dropped last, once the index and journal are closed.
     const started: Array<() => unknown> = [() => lock.release()];
     try {
+      // Holding the lock, no other daemon can own a daemon.json here: it is a
+      // killed one's. Gone before anything opens, or a CLI would take it for
+      // this daemon when the pid is the same (a container restart, a reboot)
+      // and send commands to the API it names while this start replays.
+      fs.rmSync(path.join(cfg.dataDir, STATE_FILE), { force: true });
       return await Daemon.startSteps(cfg, started, lock);
     } catch (err) {
       for (const undo of started.reverse()) await Promise.resolve().then(undo).catch(() => undefined);

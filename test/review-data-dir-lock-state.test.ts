@@ -1,0 +1,97 @@
+// Review of the data-directory lock (src/data-dir-lock.ts) against daemon.json:
+// a daemon.json left by a killed daemon whose pid now belongs to another live
+// `serve` (another data directory's daemon, or the same directory's daemon
+// restarted with the same pid, as in a container or after a reboot) must not
+// send the CLI to the API it names. The lock says which daemon owns the directory.
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import readline from 'node:readline';
+import { pathToFileURL } from 'node:url';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { CLI, TestDaemon, type DaemonInfo } from './helpers/daemon.js';
+
+const dirs: string[] = [];
+const spawned: ChildProcess[] = [];
+after(() => {
+  for (const p of spawned) if (p.exitCode === null && p.signalCode === null) p.kill('SIGKILL');
+  for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
+});
+
+function tempDir(): string {
+  const d = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-rvlock-'));
+  dirs.push(d);
+  return d;
+}
+
+function cli(dataDir: string, ...args: string[]) {
+  return spawnSync(process.execPath, [CLI, ...args, '--data-dir', dataDir], { encoding: 'utf8' });
+}
+
+function volumeNames(r: ReturnType<typeof cli>): string[] {
+  assert.equal(r.status, 0, r.stderr);
+  return (JSON.parse(r.stdout) as { name: string }[]).map((v) => v.name).sort();
+}
+
+/** daemon.json as a daemon that served `dataDir` would have left it, naming `pid` and `api`. */
+function staleState(dataDir: string, pid: number, info: DaemonInfo): void {
+  fs.writeFileSync(path.join(dataDir, 'daemon.json'), JSON.stringify({ ...info, pid }));
+}
+
+test("a stale daemon.json whose pid is now another directory's daemon: offline commands run offline, never against that daemon's API", async () => {
+  const other = await TestDaemon.start({ dataDir: tempDir(), config: 'demoVolume: null\n' });
+  spawned.push(other.proc);
+  const dataDir = tempDir();
+  fs.writeFileSync(path.join(dataDir, 'couchestor.yaml'), 'demoVolume: null\n');
+  // This directory's daemon was SIGKILLed; its pid (and ports) now belong to `other`.
+  staleState(dataDir, other.info.pid, other.info);
+
+  const created = cli(dataDir, 'volumes', 'create', 'mine', '1M');
+  assert.equal(created.status, 0, created.stderr);
+  assert.deepEqual(volumeNames(other.cli('volumes', 'list', '--json')), [], "the other directory's daemon got no volume");
+  const f = cli(dataDir, 'fsck');
+  assert.doesNotMatch(f.stderr, /stop the daemon first/, 'no daemon serves this directory');
+  await other.stop();
+  assert.deepEqual(volumeNames(cli(dataDir, 'volumes', 'list', '--json')), ['mine'], 'the volume is in this directory');
+});
+
+test('a daemon restarted with the same pid as the killed one (daemon.json left behind): while it starts, commands are refused as starting, not sent to the old API', async () => {
+  const other = await TestDaemon.start({ dataDir: tempDir(), config: 'demoVolume: null\n' });
+  spawned.push(other.proc);
+  const dataDir = tempDir();
+  fs.writeFileSync(path.join(dataDir, 'couchestor.yaml'), 'demoVolume: null\n');
+  // The previous incarnation had this very pid: the launcher writes its daemon.json with its own
+  // pid (naming an API that is someone else's now) and then runs `serve` in the same process.
+  const launcher = path.join(tempDir(), 'same-pid-serve.mjs');
+  fs.writeFileSync(
+    launcher,
+    `import fs from 'node:fs';\n` +
+      `fs.writeFileSync(${JSON.stringify(path.join(dataDir, 'daemon.json'))}, JSON.stringify({ ...${JSON.stringify(other.info)}, pid: process.pid }));\n` +
+      `await import(${JSON.stringify(pathToFileURL(CLI).href)});\n`,
+  );
+  const proc = spawn(process.execPath, [launcher, 'serve', '--data-dir', dataDir, '--nbd-port', '0', '--api-port', '0', '--metrics-port', '0', '--s3-port', '0'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, COUCHESTOR_TEST_PAUSE_START: 'after-open' },
+  });
+  spawned.push(proc);
+  let stderr = '';
+  proc.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));
+  const paused = await new Promise<boolean>((resolve) => {
+    readline.createInterface({ input: proc.stdout! }).on('line', (line) => {
+      if (line.startsWith('couchestor paused start-after-open ')) resolve(true);
+    });
+    proc.once('close', () => resolve(false));
+  });
+  assert.ok(paused, `the daemon reached its paused start: ${stderr}`);
+
+  const r = cli(dataDir, 'volumes', 'create', 'mine', '1M');
+  assert.equal(r.status, 1, `refused while the daemon starts: ${r.stdout}${r.stderr}`);
+  assert.match(r.stderr, new RegExp(`in use by the couchestor daemon \\(pid ${proc.pid}\\): it is starting`));
+  const s = cli(dataDir, 'status');
+  assert.equal(s.status, 1);
+  assert.match(s.stderr, /it is starting/);
+  assert.deepEqual(volumeNames(other.cli('volumes', 'list', '--json')), [], "the old API's new owner got no volume");
+  await other.stop();
+});
