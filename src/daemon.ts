@@ -30,25 +30,67 @@ export interface DaemonState {
   metrics: { host: string; port: number };
 }
 
+/**
+ * The daemon serving `dataDir` as its daemon.json names it, or null. Only a
+ * live `serve` that owns the directory counts: the holder of its lock, or
+ * (lock not held) a process with its index open, a daemon of a version before
+ * the lock, which never takes it.
+ */
 export function readDaemonState(dataDir: string): DaemonState | null {
-  let st: DaemonState;
+  const st = readStateFile(dataDir);
+  if (!st) return null;
+  // A live `serve` with that pid is not enough: a killed daemon's pid may now be
+  // another directory's daemon (whose API would take this directory's commands).
+  // (A missing lock addon throws: an error, not "no daemon".)
+  if (DataDirLock.isHeld(dataDir)) {
+    const holder = readLockHolder(dataDir);
+    return holder.pid === st.pid && holder.role === 'serve' ? st : null;
+  }
+  // Descriptors not readable (another user's process): trusted, as before the lock.
+  return hasIndexOpen(st.pid, dataDir) === false ? null : st;
+}
+
+/** daemon.json when the pid it names is a live process running `serve` (of whatever directory). */
+function readStateFile(dataDir: string): DaemonState | null {
   try {
-    st = JSON.parse(fs.readFileSync(path.join(dataDir, STATE_FILE), 'utf8')) as DaemonState;
+    const st = JSON.parse(fs.readFileSync(path.join(dataDir, STATE_FILE), 'utf8')) as DaemonState;
     process.kill(st.pid, 0);
     // A killed daemon's pid may linger as a zombie or be reused by another
     // program: only a live process running `serve` counts.
     const cmdline = fs.readFileSync(`/proc/${st.pid}/cmdline`, 'utf8');
-    if (!cmdline.includes('serve')) return null;
+    return cmdline.includes('serve') ? st : null;
   } catch {
     return null;
   }
-  // A live `serve` with that pid is not enough: a killed daemon's pid may now be
-  // another directory's daemon (whose API would take this directory's commands).
-  // The daemon of this directory is the one holding its lock, as `serve`.
-  // (Outside the try: a missing lock addon is an error, not "no daemon".)
-  if (!DataDirLock.isHeld(dataDir)) return null;
-  const holder = readLockHolder(dataDir);
-  return holder.pid === st.pid && holder.role === 'serve' ? st : null;
+}
+
+/**
+ * Whether process `pid` has `dataDir`'s index (meta/data.mdb, the same inode)
+ * open, as every daemon serving it has, whatever its version; null when its
+ * descriptors cannot be listed (another user's process).
+ */
+function hasIndexOpen(pid: number, dataDir: string): boolean | null {
+  let index: fs.Stats;
+  try {
+    index = fs.statSync(path.join(dataDir, 'meta', 'data.mdb'));
+  } catch {
+    return false; // no index: nothing has it open
+  }
+  let fds: string[];
+  try {
+    fds = fs.readdirSync(`/proc/${pid}/fd`);
+  } catch {
+    return null;
+  }
+  for (const fd of fds) {
+    try {
+      const st = fs.statSync(`/proc/${pid}/fd/${fd}`);
+      if (st.ino === index.ino && st.dev === index.dev) return true;
+    } catch {
+      /* closed meanwhile */
+    }
+  }
+  return false;
 }
 
 /** Opens the metadata and (re)registers the configured pools. */
@@ -177,6 +219,13 @@ export class Daemon {
     // dropped last, once the index and journal are closed.
     const started: Array<() => unknown> = [() => lock.release()];
     try {
+      // A daemon of a version before the lock never takes it: while one still
+      // serves (daemon.json naming a live serve with this index open; when its
+      // descriptors cannot be read, refused as before the lock), do not start.
+      const lockless = readStateFile(cfg.dataDir);
+      if (lockless && lockless.pid !== process.pid && hasIndexOpen(lockless.pid, cfg.dataDir) !== false) {
+        throw new Error(`another couchestor daemon (pid ${lockless.pid}) serves ${cfg.dataDir} without the data-directory lock (a version before it): stop it first`);
+      }
       // Holding the lock, no other daemon can own a daemon.json here: it is a
       // killed one's. Gone before anything opens, or a CLI would take it for
       // this daemon when the pid is the same (a container restart, a reboot)

@@ -95,3 +95,35 @@ test('a daemon restarted with the same pid as the killed one (daemon.json left b
   assert.deepEqual(volumeNames(other.cli('volumes', 'list', '--json')), [], "the old API's new owner got no volume");
   await other.stop();
 });
+
+test('a daemon of a version before the lock (daemon.json, index open, no lock): serve, fsck and journal salvage still refuse, as the daemon.json check did', async () => {
+  const dataDir = tempDir();
+  fs.writeFileSync(path.join(dataDir, 'couchestor.yaml'), 'demoVolume: null\n');
+  assert.equal(cli(dataDir, 'volumes', 'create', 'v1', '1M').status, 0);
+  // Stands in for that daemon: a live `serve` with this directory's index open and no lock taken.
+  const index = path.join(dataDir, 'meta', 'data.mdb');
+  const old = spawn(process.execPath, ['-e', "require('fs').openSync(process.argv[1], 'r'); console.log('open'); setInterval(() => {}, 60000);", index, 'serve'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  spawned.push(old);
+  await new Promise<void>((resolve, reject) => {
+    readline.createInterface({ input: old.stdout! }).on('line', (line) => line === 'open' && resolve());
+    old.once('exit', (code) => reject(new Error(`stand-in exited ${code}`)));
+  });
+  fs.writeFileSync(path.join(dataDir, 'daemon.json'), JSON.stringify({ pid: old.pid, api: { host: '127.0.0.1', port: 1 } }));
+
+  for (const args of [['fsck'], ['journal', 'salvage']]) {
+    const r = cli(dataDir, ...args);
+    assert.equal(r.status, 1, args.join(' '));
+    assert.match(r.stderr, /stop the daemon first/, args.join(' '));
+  }
+  const s = spawnSync(process.execPath, [CLI, 'serve', '--data-dir', dataDir, '--nbd-port', '0', '--api-port', '0', '--metrics-port', '0', '--s3-port', '0'], { encoding: 'utf8', timeout: 60_000 });
+  assert.equal(s.status, 1, `the second daemon must not start: ${s.stdout}`);
+  assert.match(s.stderr, new RegExp(`another couchestor daemon \\(pid ${old.pid}\\) serves .* without the data-directory lock`));
+
+  const gone = new Promise((r) => old.once('exit', r));
+  old.kill('SIGKILL');
+  await gone;
+  const d = await TestDaemon.start({ dataDir }); // its daemon.json is stale now: no refusal
+  spawned.push(d.proc);
+  assert.deepEqual(volumeNames(d.cli('volumes', 'list', '--json')), ['v1']);
+  await d.stop();
+});
