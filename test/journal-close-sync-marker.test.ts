@@ -7,7 +7,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import { JournalClosed, JournalCorrupt, JOURNAL_HEADER_BYTES, RecordType, scanJournalBytes } from '../src/dataplane/journal/journal.js';
+import { JournalClosed, JournalCorrupt, JOURNAL_HEADER_BYTES, RecordType, scanJournalFile } from '../src/dataplane/journal/journal.js';
 import { tempDir } from './helpers/cold.js';
 import { BLOCK_BYTES, flipBit, journalFiles, openTestJournal } from './helpers/journal.js';
 
@@ -27,7 +27,7 @@ test('close waits for a running sync, writes its marker, and damage to the write
   await assert.rejects(j.sync(), JournalClosed);
 
   const [file] = journalFiles(dir);
-  const scan = scanJournalBytes(fs.readFileSync(file!));
+  const scan = scanJournalFile(file!);
   const second = scan.records.find((r) => r.rec.seq === 2);
   assert.ok(second, 'write 2 is not in the file');
   assert.ok(
@@ -53,7 +53,7 @@ test('a sync asked for while close waits for another is waited for too, and its 
   const second = j.sync();
   await Promise.all([a2, first, second, closed]);
   const [file] = journalFiles(dir);
-  const scan = scanJournalBytes(fs.readFileSync(file!));
+  const scan = scanJournalFile(file!);
   const claim = Math.max(0, ...scan.markers.map((m) => m.syncedSeq));
   assert.equal(claim, 2, `the markers left behind claim up to seq ${claim}, not the second sync's write`);
 });

@@ -10,10 +10,11 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import path from 'node:path';
 import { crc32c } from '@node-rs/crc32';
-import { JournalCorrupt, JOURNAL_HEADER_BYTES, JOURNAL_MAGIC, RecordType, salvageJournalDir, scanJournalBytes, type Journal } from '../src/dataplane/journal/journal.js';
+import { JournalCorrupt, JOURNAL_HEADER_BYTES, JOURNAL_MAGIC, RecordType, salvageJournalDir, scanJournalBytes, scanJournalFile, type Journal } from '../src/dataplane/journal/journal.js';
 import { tempDir } from './helpers/cold.js';
-import { BLOCK_BYTES, flipBit, journalFiles, MiB, openTestJournal } from './helpers/journal.js';
+import { BLOCK_BYTES, flipBit, journalFiles, MiB, nameNonce, openTestJournal } from './helpers/journal.js';
 
 const IMAGE_PAYLOAD_BYTES = 1024;
 /** What the images would write: never in a replayed extent. */
@@ -30,8 +31,9 @@ async function otherNodeImage(t: TestContext): Promise<Buffer> {
   await other.append(RecordType.Write, 1, 0, BLOCK_BYTES, Buffer.alloc(BLOCK_BYTES, 1));
   await other.append(RecordType.Write, 1, IMAGE_OFFSET_BYTES, IMAGE_PAYLOAD_BYTES, Buffer.alloc(IMAGE_PAYLOAD_BYTES, EVIL));
   await other.close();
-  const bytes = fs.readFileSync(journalFiles(dir)[0]!);
-  const rec = scanJournalBytes(bytes).records.find((r) => r.rec.seq === 2)!;
+  const file = journalFiles(dir)[0]!;
+  const bytes = fs.readFileSync(file);
+  const rec = scanJournalBytes(bytes, nameNonce(file)).records.find((r) => r.rec.seq === 2)!;
   return Buffer.from(bytes.subarray(rec.posBytes, rec.posBytes + rec.rec.recordBytes));
 }
 
@@ -78,7 +80,7 @@ for (const [name, makeImage] of [
     // close writes the last FLUSH's marker: every write here is claimed durable.
     await j.close();
     const [file] = journalFiles(dir);
-    const write2 = scanJournalBytes(fs.readFileSync(file!)).records.find((r) => r.rec.seq === 2)!;
+    const write2 = scanJournalFile(file!).records.find((r) => r.rec.seq === 2)!;
     // Media damage to write 2's header (its seq): its CRC fails.
     flipBit(file!, write2.posBytes + 16);
     // Without nonces: the image (seq 2, right after write 1) passed for write 2, the open
@@ -107,7 +109,7 @@ for (const [name, makeImage] of [
     await j.append(RecordType.Write, 1, MiB, 2 * BLOCK_BYTES, carrier(image));
     await j.close();
     const [file] = journalFiles(dir);
-    const write2 = scanJournalBytes(fs.readFileSync(file!)).records.find((r) => r.rec.seq === 2)!;
+    const write2 = scanJournalFile(file!).records.find((r) => r.rec.seq === 2)!;
     // The power cut: write 2 (never flushed) landed up to just past the image, the rest never did.
     fs.truncateSync(file!, write2.posBytes + JOURNAL_HEADER_BYTES + IMAGE_AT_BYTES + image.length + 7);
     const j2 = openTestJournal(dir);
@@ -118,7 +120,7 @@ for (const [name, makeImage] of [
   });
 }
 
-test('a file whose first item is damaged: its nonce is taken from the chain of items reaching its end, and its real records are all found', async (t) => {
+test("a file whose first item is damaged: its nonce is its name's, and its real records are all found, never the image", async (t) => {
   const dir = tempDir(t, 'couchestor-journal-images-first-');
   const image = await otherNodeImage(t);
   const j0 = openTestJournal(dir);
@@ -132,13 +134,14 @@ test('a file whose first item is damaged: its nonce is taken from the chain of i
   await j.sync();
   await j.close();
   const file = journalFiles(dir).at(-1)!;
-  const scan = scanJournalBytes(fs.readFileSync(file));
+  const scan = scanJournalFile(file);
   assert.equal(scan.markers[0]?.posBytes, 0, "the open's marker is the file's first item");
   assert.notEqual(scan.nonce, 0);
+  assert.equal(scan.nonce, nameNonce(file), "the items carry the name's nonce");
   // Media damage to that first item.
   flipBit(file, 20);
-  const damaged = scanJournalBytes(fs.readFileSync(file));
-  assert.equal(damaged.nonce, scan.nonce, 'the nonce is the one of the chain that reaches the end of the file');
+  const damaged = scanJournalFile(file);
+  assert.equal(damaged.nonce, scan.nonce, "the nonce is still the name's");
   assert.deepEqual(
     damaged.records.map((r) => r.rec.seq),
     scan.records.map((r) => r.rec.seq),
@@ -155,14 +158,18 @@ test('a journal written before nonces (zeros at bytes 36-39 of every item) still
   await j0.append(RecordType.Write, 1, MiB, BLOCK_BYTES, Buffer.alloc(BLOCK_BYTES, 0x11));
   await j0.sync();
   await j0.close();
-  // Made into what the previous build wrote: the nonce is outside the CRC, so zeroing it is all.
-  const [file1] = journalFiles(dir);
-  const bytes = fs.readFileSync(file1!);
-  const scan = scanJournalBytes(bytes);
+  // Made into what the previous build wrote: named without a nonce, and zeros where items carry
+  // it (outside the CRC, so zeroing it is all).
+  const [named] = journalFiles(dir);
+  const file1 = path.join(dir, 'journal-0000000001.log');
+  fs.renameSync(named!, file1);
+  const bytes = fs.readFileSync(file1);
+  const scan = scanJournalBytes(bytes, nameNonce(named!));
   for (const pos of [...scan.records.map((r) => r.posBytes), ...scan.markers.map((m) => m.posBytes)]) bytes.fill(0, pos + 36, pos + 40);
-  fs.writeFileSync(file1!, bytes);
-  assert.equal(scanJournalBytes(bytes).nonce, 0);
-  assert.equal(scanJournalBytes(bytes).records.length, 2);
+  fs.writeFileSync(file1, bytes);
+  assert.equal(nameNonce(file1), null, 'named as before nonces');
+  assert.equal(scanJournalFile(file1).nonce, 0);
+  assert.equal(scanJournalFile(file1).records.length, 2);
   const j = openTestJournal(dir);
   assert.deepEqual(replayed(j), [
     [1, 0, 0x10],
@@ -172,12 +179,34 @@ test('a journal written before nonces (zeros at bytes 36-39 of every item) still
   await j.sync();
   await j.close();
   const head = journalFiles(dir).at(-1)!;
-  assert.notEqual(scanJournalBytes(fs.readFileSync(head)).nonce, 0, 'a file this build makes carries a nonce');
+  assert.notEqual(scanJournalFile(head).nonce, 0, 'a file this build makes carries a nonce');
+  assert.equal(scanJournalFile(head).nonce, nameNonce(head), 'in its name');
+  assert.ok(fs.existsSync(file1), 'the file named before nonces keeps its name');
   const j2 = openTestJournal(dir);
   t.after(() => j2.close());
   assert.deepEqual(replayed(j2), [
     [1, 0, 0x10],
     [2, MiB, 0x11],
     [3, 2 * MiB, 0x12],
+  ]);
+});
+
+test('a journal file named before nonces whose items carry one (the build between nonces in items and in names) opens and replays', async (t) => {
+  const dir = tempDir(t, 'couchestor-journal-images-legacy-name-');
+  const j0 = openTestJournal(dir);
+  await j0.append(RecordType.Write, 1, 0, BLOCK_BYTES, Buffer.alloc(BLOCK_BYTES, 0x10));
+  await j0.append(RecordType.Write, 1, MiB, BLOCK_BYTES, Buffer.alloc(BLOCK_BYTES, 0x11));
+  await j0.sync();
+  await j0.close();
+  const [named] = journalFiles(dir);
+  const nonce = nameNonce(named!);
+  const file1 = path.join(dir, 'journal-0000000001.log');
+  fs.renameSync(named!, file1);
+  assert.equal(scanJournalFile(file1).nonce, nonce, "its first item's nonce");
+  const j = openTestJournal(dir);
+  t.after(() => j.close());
+  assert.deepEqual(replayed(j), [
+    [1, 0, 0x10],
+    [2, MiB, 0x11],
   ]);
 });

@@ -9,10 +9,10 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { JournalCorrupt, JOURNAL_HEADER_BYTES, RecordType, checkJournalDir, scanJournalBytes, type Journal } from '../src/dataplane/journal/journal.js';
+import { JournalCorrupt, JOURNAL_HEADER_BYTES, RecordType, checkJournalDir, scanJournalFile, type Journal } from '../src/dataplane/journal/journal.js';
 import { VolumeFailed } from '../src/dataplane/errors.js';
 import { tempDir } from './helpers/cold.js';
-import { BLOCK_BYTES, RECORD_BYTES, flipBit, journalFiles, openTestJournal, tinyFileSystem } from './helpers/journal.js';
+import { BLOCK_BYTES, RECORD_BYTES, flipBit, journalFiles, openTestJournal, tinyFileSystem, journalFile } from './helpers/journal.js';
 
 /** Write 1 (seq 1) is destaged: the stripe holds chunk 0 up to seq 1. */
 function openJournal(dir: string): Journal {
@@ -37,10 +37,10 @@ async function rotatedJournal(dir: string, flushSecond: boolean): Promise<{ file
   await j.close(); // the pending marker is written alone, after write 2
   // File 1's removal (decided by the release above) is asynchronous: made
   // here too, so the test does not race it.
-  fs.rmSync(path.join(dir, 'journal-0000000001.log'), { force: true });
-  const file2 = path.join(dir, 'journal-0000000002.log');
+  const file2 = journalFile(dir, 2);
+  for (const f of journalFiles(dir)) if (f !== file2) fs.rmSync(f, { force: true });
   assert.deepEqual(journalFiles(dir), [file2]);
-  const scan = scanJournalBytes(fs.readFileSync(file2));
+  const scan = scanJournalFile(file2);
   const rec = scan.records.find((r) => r.rec.seq === 2);
   assert.ok(rec, 'write 2 is not in file 2');
   const claim = Math.max(0, ...scan.markers.filter((m) => m.posBytes > rec.posBytes).map((m) => m.syncedSeq));
@@ -77,11 +77,12 @@ test('a fence that cannot be written (the file system full at a rotation) fails 
   const j = openTestJournal(dir, { fileBytes: 2 * BLOCK_BYTES });
   await j.append(RecordType.Write, 1, 0, BLOCK_BYTES, Buffer.alloc(BLOCK_BYTES, 0x41));
   await j.sync();
-  const file2 = path.join(dir, 'journal-0000000002.log');
-  tiny.fill(file2);
+  // File 2 does not exist yet (its name carries the nonce it is made with): no room for it to grow.
+  tiny.fill(path.join(dir, 'file-2-not-made-yet'));
   // Write 2 rotates into a new file, whose fence finds no room.
   await assert.rejects(j.append(RecordType.Write, 1, BLOCK_BYTES, BLOCK_BYTES, Buffer.alloc(BLOCK_BYTES, 0x42)), (err: unknown) => err instanceof VolumeFailed && err.message.includes(tiny.fullErrorCode));
   await assert.rejects(j.sync(), VolumeFailed);
   await j.close();
+  const file2 = journalFile(dir, 2);
   assert.equal(fs.statSync(file2).size, 0, 'the new file holds bytes of a write that failed');
 });

@@ -12,7 +12,7 @@ import path from 'node:path';
 import { JournalShortWrite, JOURNAL_HEADER_BYTES, RecordType, scanJournalBytes } from '../src/dataplane/journal/journal.js';
 import { VolumeFailed } from '../src/dataplane/errors.js';
 import { tempDir } from './helpers/cold.js';
-import { BLOCK_BYTES, block, journalFiles, openTestJournal, tinyFileSystem } from './helpers/journal.js';
+import { BLOCK_BYTES, block, journalFiles, openTestJournal, tinyFileSystem, nameNonce } from './helpers/journal.js';
 
 const PAGE_BYTES = 4096;
 
@@ -70,7 +70,7 @@ test('an append that lands only in part on a full file system fails with its FLU
   // Precondition: the failed write really landed in part (a torn record at the tail), not at all.
   const [file] = journalFiles(dir, { nonEmpty: true });
   const bytes = fs.readFileSync(file!);
-  const scan = scanJournalBytes(bytes);
+  const scan = scanJournalBytes(bytes, nameNonce(file!));
   assert.equal(scan.records.length, acked.length, 'the file holds a different number of intact records than were acknowledged');
   assert.equal(bytes.length, cause.offsetBytes + cause.writtenBytes, 'the file ends elsewhere than where the short write stopped');
   assert.ok(bytes.length > scan.endBytes + JOURNAL_HEADER_BYTES, `no torn record after the acknowledged ones (file ${bytes.length} bytes, intact up to ${scan.endBytes})`);

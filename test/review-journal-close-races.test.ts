@@ -6,7 +6,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import { JournalClosed, RecordType, checkJournalDir, scanJournalBytes } from '../src/dataplane/journal/journal.js';
+import { JournalClosed, RecordType, checkJournalDir, scanJournalFile } from '../src/dataplane/journal/journal.js';
 import { tempDir } from './helpers/cold.js';
 import { BLOCK_BYTES, MiB, RECORD_BYTES, block, journalFiles, openTestJournal } from './helpers/journal.js';
 
@@ -40,7 +40,7 @@ test('close racing appends, rotations, syncs and a release settles everything, a
   await assert.rejects(j.sync(), JournalClosed);
   // The last sync's marker claims every write: it is in the files, after every record.
   const files = journalFiles(dir, { nonEmpty: true });
-  const scans = files.map((f) => scanJournalBytes(fs.readFileSync(f)));
+  const scans = files.map((f) => scanJournalFile(f));
   assert.equal(Math.max(...scans.flatMap((s) => s.markers.map((m) => m.syncedSeq))), 20, 'no marker claims the last FLUSH');
   assert.deepEqual(checkJournalDir(dir), { filesScanned: journalFiles(dir).length, recordsScanned: scans.reduce((n, s) => n + s.records.length, 0), tornTails: 0, damaged: [] });
   const j2 = openTestJournal(dir, { destagedSeq: (_v, c) => (c === 0 ? 10 : 0), highestDestagedSeq: 10 });

@@ -12,9 +12,9 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { crc32c } from '@node-rs/crc32';
-import { JOURNAL_HEADER_BYTES, JOURNAL_MAGIC, RecordType, scanJournalBytes } from '../src/dataplane/journal/journal.js';
+import { JOURNAL_HEADER_BYTES, JOURNAL_MAGIC, RecordType, scanJournalBytes, scanJournalFile } from '../src/dataplane/journal/journal.js';
 import { tempDir } from './helpers/cold.js';
-import { BLOCK_BYTES, MiB, RECORD_BYTES, block, journalFiles, openTestJournal } from './helpers/journal.js';
+import { BLOCK_BYTES, MiB, RECORD_BYTES, block, journalFiles, openTestJournal, nameNonce, journalFile } from './helpers/journal.js';
 
 /**
  * The items of a journal file as a build from before the fence parses them
@@ -58,7 +58,7 @@ test('every journal file this build writes, rotated ones included, parses whole 
     const bytes = fs.readFileSync(f);
     const old = preFenceItems(bytes);
     assert.equal(old.unparsedAtBytes, null, `${path.basename(f)}: a pre-fence build cannot parse the bytes at ${old.unparsedAtBytes}`);
-    const scan = scanJournalBytes(bytes);
+    const scan = scanJournalBytes(bytes, nameNonce(f));
     if (i > 0) {
       // This build still reads the fence from it.
       assert.deepEqual(scan.fences.map((fe) => [fe.posBytes, fe.fenceSeq]), [[0, highestBefore]]);
@@ -81,11 +81,11 @@ test('a rotated file with its older files removed and the last FLUSH\'s marker n
   await j.append(RecordType.Write, 1, 2 * MiB, BLOCK_BYTES, Buffer.alloc(BLOCK_BYTES, 0x33)); // seq 3 begins file 2
   await j.sync(); // acknowledged; its marker waits for an append or 50 ms
   const dir = tempDir(t, 'couchestor-rv-fence-downgrade-crash-');
-  const file2 = path.join(live, 'journal-0000000002.log');
+  const file2 = journalFile(live, 2);
   fs.copyFileSync(file2, path.join(dir, path.basename(file2)));
   // File 1 (seqs 1 and 2, destaged) is gone; file 2 holds the fence and seq 3, no marker after it.
   const bytes = fs.readFileSync(path.join(dir, path.basename(file2)));
-  const scan = scanJournalBytes(bytes);
+  const scan = scanJournalBytes(bytes, nameNonce(file2));
   assert.deepEqual(scan.records.map((r) => r.rec.seq), [3]);
   assert.equal(scan.markers.filter((m) => m.posBytes > scan.records[0]!.posBytes).length, 0);
   assert.equal(preFenceItems(bytes).unparsedAtBytes, null, 'a pre-fence build would judge the fence damage and cut the flushed write');
@@ -102,9 +102,9 @@ test('salvage of a rotated file keeps its fence once, and the file opens with it
     await j.sync();
   }
   await j.close();
-  const file2 = path.join(dir, 'journal-0000000002.log');
-  const before = scanJournalBytes(fs.readFileSync(file2));
-  const fenceSeq = Math.max(...scanJournalBytes(fs.readFileSync(path.join(dir, 'journal-0000000001.log'))).records.map((r) => r.rec.seq));
+  const file2 = journalFile(dir, 2);
+  const before = scanJournalFile(file2);
+  const fenceSeq = Math.max(...scanJournalFile(journalFile(dir, 1)).records.map((r) => r.rec.seq));
   assert.deepEqual(before.fences.map((fe) => [fe.posBytes, fe.fenceSeq]), [[0, fenceSeq]]);
   const damagedSeq = before.records[0]!;
   assert.equal(damagedSeq.rec.seq, fenceSeq + 1);
@@ -114,7 +114,7 @@ test('salvage of a rotated file keeps its fence once, and the file opens with it
   const { salvageJournalDir } = await import('../src/dataplane/journal/journal.js');
   const out = salvageJournalDir(dir);
   assert.equal(out.dropped.length, 1);
-  const after = scanJournalBytes(fs.readFileSync(file2));
+  const after = scanJournalFile(file2);
   assert.deepEqual(after.damaged, []);
   assert.deepEqual(after.fences.map((fe) => [fe.posBytes, fe.fenceSeq]), [[0, fenceSeq]], 'the fence was not kept once, first');
   assert.equal(after.lengthBytes, before.lengthBytes - RECORD_BYTES, 'salvage kept more or less than every intact item');

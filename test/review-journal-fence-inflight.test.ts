@@ -7,7 +7,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { JOURNAL_HEADER_BYTES, RecordType, checkJournalDir, scanJournalBytes } from '../src/dataplane/journal/journal.js';
+import { JOURNAL_HEADER_BYTES, RecordType, checkJournalDir, scanJournalFile } from '../src/dataplane/journal/journal.js';
 import { tempDir } from './helpers/cold.js';
 import { BLOCK_BYTES, RECORD_BYTES, block, journalFiles, openTestJournal } from './helpers/journal.js';
 
@@ -28,7 +28,7 @@ test('every rotated file starts with a fence above every seq in older files, bel
   let highestBefore = 0;
   const seen = new Set<number>();
   for (const [i, f] of files.entries()) {
-    const scan = scanJournalBytes(fs.readFileSync(f));
+    const scan = scanJournalFile(f);
     assert.deepEqual(scan.damaged, []);
     assert.equal(scan.endBytes, scan.lengthBytes);
     if (i > 0) {

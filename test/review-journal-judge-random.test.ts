@@ -14,7 +14,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { JournalCorrupt, JOURNAL_HEADER_BYTES, RecordType, checkJournalDir, scanJournalBytes, type Journal } from '../src/dataplane/journal/journal.js';
+import { JournalCorrupt, JOURNAL_HEADER_BYTES, RecordType, checkJournalDir, scanJournalFile, type Journal } from '../src/dataplane/journal/journal.js';
 import { prng, tempDir } from './helpers/cold.js';
 import { journalFiles, openTestJournal } from './helpers/journal.js';
 
@@ -91,11 +91,11 @@ async function run(seed: number, root: string): Promise<string> {
   assert.equal(j.failed, null, `seed ${seed}: the live journal failed`);
 
   const files = journalFiles(dir);
-  const maxClaim = () => Math.max(0, ...files.flatMap((f) => scanJournalBytes(fs.readFileSync(f)).markers.map((m) => m.syncedSeq)));
+  const maxClaim = () => Math.max(0, ...files.flatMap((f) => scanJournalFile(f).markers.map((m) => m.syncedSeq)));
   const claimBefore = maxClaim();
   // Writes no FLUSH covered and no marker claims: some cut whole, some torn part-way.
   for (const f of files) {
-    const scan = scanJournalBytes(fs.readFileSync(f));
+    const scan = scanJournalFile(f);
     const fd = fs.openSync(f, 'r+');
     for (const { posBytes, rec } of scan.records) {
       if (flushedAtCrash.has(rec.seq) || rec.seq <= claimBefore) continue;
@@ -113,7 +113,7 @@ async function run(seed: number, root: string): Promise<string> {
   // Media damage, at times: one bit of one intact write.
   let damagedSeq = 0;
   if (rnd() < 0.5) {
-    const intact = files.flatMap((f) => scanJournalBytes(fs.readFileSync(f)).records.map((r) => ({ f, ...r })));
+    const intact = files.flatMap((f) => scanJournalFile(f).records.map((r) => ({ f, ...r })));
     if (intact.length) {
       const victim = intact[Math.floor(rnd() * intact.length)]!;
       const at = victim.posBytes + JOURNAL_HEADER_BYTES + Math.floor(rnd() * PAYLOAD_BYTES);

@@ -7,9 +7,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { crc32c } from '@node-rs/crc32';
-import { checkJournalDir, JOURNAL_HEADER_BYTES, RecordType, scanJournalBytes } from '../src/dataplane/journal/journal.js';
+import { checkJournalDir, JOURNAL_HEADER_BYTES, RecordType } from '../src/dataplane/journal/journal.js';
 import { tempDir } from './helpers/cold.js';
-import { BLOCK_BYTES, journalFiles, openTestJournal } from './helpers/journal.js';
+import { BLOCK_BYTES, journalFiles, openTestJournal, nameNonce } from './helpers/journal.js';
 
 const PAIRS = 140_000;
 
@@ -39,7 +39,7 @@ test(`a journal file of ${PAIRS} zero writes each flushed on its own (a marker a
   await j.close();
   const [file] = journalFiles(dir);
   const real = fs.readFileSync(file!);
-  const nonce = scanJournalBytes(real).nonce;
+  const nonce = nameNonce(file!)!;
   const pair = (i: number) => [item(RecordType.Zero, i + 1, (i % 256) * BLOCK_BYTES, BLOCK_BYTES, nonce), item(3, i + 1, 0, 0, nonce)];
   assert.deepEqual(Buffer.concat([...pair(0), ...pair(1)]), real, 'the pairs below are byte for byte what the journal writes');
   // Continued to PAIRS pairs (a real run takes ~1.4 ms a pair here: 3 minutes), then a torn last write.

@@ -9,7 +9,7 @@ import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { JournalCorrupt, JOURNAL_HEADER_BYTES, RecordType, checkJournalDir, scanJournalBytes } from '../src/dataplane/journal/journal.js';
+import { JournalCorrupt, JOURNAL_HEADER_BYTES, RecordType, checkJournalDir, scanJournalFile } from '../src/dataplane/journal/journal.js';
 import { tempDir } from './helpers/cold.js';
 import { BLOCK_BYTES, MiB, RECORD_BYTES, flipBit, journalFiles, openTestJournal } from './helpers/journal.js';
 
@@ -49,7 +49,7 @@ async function crashImage(t: TestContext, rotateAtFour: boolean): Promise<{ dir:
   const where = new Map<number, { file: string; posBytes: number }>();
   let markerAt: { file: string; posBytes: number } | null = null;
   for (const f of journalFiles(dir)) {
-    const scan = scanJournalBytes(fs.readFileSync(f));
+    const scan = scanJournalFile(f);
     for (const r of scan.records) where.set(r.rec.seq, { file: f, posBytes: r.posBytes });
     for (const m of scan.markers) if (m.syncedSeq === 2) markerAt = { file: f, posBytes: m.posBytes };
     if (rotateAtFour && scan.records[0]?.rec.seq === 4) assert.deepEqual(scan.fences.map((fe) => fe.fenceSeq), [3], 'the rotated file does not start with fence 3');

@@ -9,7 +9,7 @@ import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { Journal, JOURNAL_HEADER_BYTES, RecordType } from '../../src/dataplane/journal/journal.js';
+import { Journal, JOURNAL_HEADER_BYTES, parseJournalFileName, RecordType } from '../../src/dataplane/journal/journal.js';
 
 export const MiB = 1024 * 1024;
 /** The write size the journal tests use (one 4 KiB block). */
@@ -35,10 +35,27 @@ export function openTestJournal(dir: string, opts: Partial<Parameters<typeof Jou
 export function journalFiles(dir: string, opts: { nonEmpty?: boolean } = {}): string[] {
   const files = fs
     .readdirSync(dir)
-    .filter((n) => /^journal-\d{10}\.log$/.test(n))
-    .sort()
-    .map((n) => path.join(dir, n));
+    .flatMap((n) => {
+      const parsed = parseJournalFileName(n);
+      return parsed ? [{ n, no: parsed.no }] : [];
+    })
+    .sort((a, b) => a.no - b.no)
+    .map(({ n }) => path.join(dir, n));
   return opts.nonEmpty ? files.filter((f) => fs.statSync(f).size > 0) : files;
+}
+
+/** Journal file number `no` of `dir` (its name carries its nonce, so it is found by number); fails the test if there is none. */
+export function journalFile(dir: string, no: number): string {
+  const file = journalFiles(dir).find((f) => parseJournalFileName(path.basename(f))!.no === no);
+  assert.ok(file, `no journal file numbered ${no} in ${dir}: ${fs.readdirSync(dir).join(',')}`);
+  return file;
+}
+
+/** The nonce a journal file's name carries (null: named before nonces). */
+export function nameNonce(file: string): number | null {
+  const parsed = parseJournalFileName(path.basename(file));
+  assert.ok(parsed, `${file} is not a journal file's name`);
+  return parsed.nonce;
 }
 
 /** Flips the low bit of the byte at `atBytes` of `file` (media damage at rest). */

@@ -22,10 +22,15 @@ const CRC_OFFSET = 32;
  * client's payload holding byte-exact images of journal items (a guest
  * writing a journal file: a VM image of another CoucheStor node, a backup of
  * a hot pool); such an image carries another file's nonce (or none) and is
- * not taken for an item. The file's nonce is read from its first item (never
- * inside a payload; see scanJournalBytes). Outside the CRC, and files before
- * this have zeros there: builds without it parse these items unchanged (a
- * downgrade replays them), and their files (nonce 0) open as before.
+ * not taken for an item. The file's nonce is in its name
+ * (journal-<no>-<nonce hex>.log, fileName), chosen at its creation and made
+ * durable with the name by the directory sync every new file gets
+ * (syncNewEntry): a scan knows it without reading any item, so damage to the
+ * file's first items (or a torn first write whose payload holds an image)
+ * never leaves it guessing. Outside the CRC, and files before this have
+ * zeros there: builds without it parse these items unchanged (a downgrade
+ * replays them, once it is told the new names), and files named before
+ * (journal-<no>.log) open as before (scanJournalBytes, nonce null).
  */
 const NONCE_OFFSET = 36;
 /**
@@ -80,8 +85,14 @@ export interface JournalExtent {
 
 interface JournalFile {
   no: number;
+  /** Its name in the directory (fileName, or a name from before nonces); never changes. */
+  name: string;
   fd: number;
-  /** Stamped into every item written to the file (NONCE_OFFSET); 0 in files written before nonces. */
+  /**
+   * Stamped into every item written to the file (NONCE_OFFSET): the one in
+   * its name. A file found at open is never written to (a fresh head is
+   * made), and one named before nonces has 0 here.
+   */
   nonce: number;
   tailBytes: number;
   /** Bytes of records not yet destaged. */
@@ -112,7 +123,34 @@ interface JournalFile {
   removeHolds: number;
 }
 
-const FILE_RE = /^journal-(\d{10})\.log$/;
+/** A journal file's name: its number, and its nonce in hex (absent in files named before nonces). */
+const FILE_RE = /^journal-(\d{10})(?:-([0-9a-f]{8}))?\.log$/;
+
+/** What a journal file's name says: its number and nonce (null: named before nonces), or null when it is not a journal file's name. */
+export function parseJournalFileName(name: string): { no: number; nonce: number | null } | null {
+  const m = FILE_RE.exec(name);
+  if (!m) return null;
+  return { no: Number(m[1]), nonce: m[2] === undefined ? null : parseInt(m[2], 16) };
+}
+
+/**
+ * The journal files of `dir` (names), by number. Two files with one number
+ * (only by hand: a number is never reused, a name never changes) are
+ * refused: which one holds the journal's records cannot be told.
+ */
+function journalFileEntries(dir: string): { name: string; no: number; nonce: number | null }[] {
+  const entries = fs
+    .readdirSync(dir)
+    .flatMap((name) => {
+      const parsed = parseJournalFileName(name);
+      return parsed ? [{ name, ...parsed }] : [];
+    })
+    .sort((a, b) => a.no - b.no);
+  for (let i = 1; i < entries.length; i++) {
+    if (entries[i]!.no === entries[i - 1]!.no) throw new JournalDuplicateFile(dir, entries[i - 1]!.name, entries[i]!.name);
+  }
+  return entries;
+}
 
 export class Journal {
   private readonly files = new Map<number, JournalFile>();
@@ -190,19 +228,15 @@ export class Journal {
     // the file's name in it, not the directory's in the pool.
     ensureDurableDir(opts.dir);
     const j = new Journal(opts.dir, opts.chunkSizeBytes, opts.fileBytes ?? DEFAULT_JOURNAL_FILE_BYTES, opts.capacityBytes ?? DEFAULT_JOURNAL_CAPACITY_BYTES);
-    const nos = fs
-      .readdirSync(opts.dir)
-      .map((n) => FILE_RE.exec(n))
-      .filter((m): m is RegExpExecArray => m !== null)
-      .map((m) => Number(m[1]))
-      .sort((a, b) => a - b);
+    const entries = journalFileEntries(opts.dir);
+    const nos = entries.map((e) => e.no);
     j.nextSeq = Math.max(j.nextSeq, (opts.highestDestagedSeq ?? 0) + 1);
     let replayed = 0;
     // Torn tails are cut only once every file has been scanned: a refusal
     // (mid-file damage in any file) must leave every file as it found it.
     const tornTails: { file: string; fd: number; offsetBytes: number; lengthBytes: number }[] = [];
-    const files = nos.map((no) => path.join(opts.dir, fileName(no)));
-    const scans = files.map((file) => scanJournalBytes(fs.readFileSync(file)));
+    const files = entries.map((e) => path.join(opts.dir, e.name));
+    const scans = files.map((file, i) => scanJournalBytes(fs.readFileSync(file), entries[i]!.nonce));
     const verdicts = judgeJournal(scans);
     const refused = verdicts.findIndex((v) => v.damaged.length > 0);
     if (refused >= 0) throw JournalCorrupt.of(files[refused]!, scans[refused]!, verdicts[refused]!);
@@ -213,7 +247,7 @@ export class Journal {
       const fd = fs.openSync(file, 'r+');
       // named: the head created below shares the directory, and its first
       // sync persists every entry in it, these included.
-      const f: JournalFile = { no, fd, nonce: scan.nonce, tailBytes: endBytes, liveBytes: 0, dirty: false, named: true, markerWrite: null, markerClaim: 0, removeHolds: 0 };
+      const f: JournalFile = { no, name: entries[i]!.name, fd, nonce: scan.nonce ?? 0, tailBytes: endBytes, liveBytes: 0, dirty: false, named: true, markerWrite: null, markerClaim: 0, removeHolds: 0 };
       j.files.set(no, f);
       for (const m of scan.markers) if (m.posBytes < endBytes) f.markerClaim = Math.max(f.markerClaim, m.syncedSeq);
       j.markedSeq = Math.max(j.markedSeq, f.markerClaim);
@@ -275,8 +309,13 @@ export class Journal {
   }
 
   private createFile(no: number): JournalFile {
-    const fd = fs.openSync(path.join(this.dir, fileName(no)), fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_TRUNC, 0o600);
-    const f: JournalFile = { no, fd, nonce: newFileNonce(), tailBytes: 0, liveBytes: 0, dirty: true, named: false, markerWrite: null, markerClaim: 0, removeHolds: 0 };
+    // The nonce is chosen here and named in the file's name: the directory
+    // sync that makes the name durable (syncNewEntry, before any FLUSH
+    // counts the file's records) makes its nonce durable with it.
+    const nonce = newFileNonce();
+    const name = fileName(no, nonce);
+    const fd = fs.openSync(path.join(this.dir, name), fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_TRUNC, 0o600);
+    const f: JournalFile = { no, name, fd, nonce, tailBytes: 0, liveBytes: 0, dirty: true, named: false, markerWrite: null, markerClaim: 0, removeHolds: 0 };
     this.files.set(no, f);
     return f;
   }
@@ -303,11 +342,11 @@ export class Journal {
       // A short count is finished from where it stopped (see settleWrite).
       while (doneBytes < item.length) {
         const n = fs.writeSync(f.fd, item, doneBytes, item.length - doneBytes, pos + doneBytes);
-        if (n <= 0) throw new JournalShortWrite(fileName(f.no), pos, doneBytes, item.length, null);
+        if (n <= 0) throw new JournalShortWrite(f.name, pos, doneBytes, item.length, null);
         doneBytes += n;
       }
     } catch (err) {
-      this.fail(doneBytes > 0 && !(err instanceof JournalShortWrite) ? new JournalShortWrite(fileName(f.no), pos, doneBytes, item.length, err as Error) : (err as Error));
+      this.fail(doneBytes > 0 && !(err instanceof JournalShortWrite) ? new JournalShortWrite(f.name, pos, doneBytes, item.length, err as Error) : (err as Error));
       throw this.failure;
     }
     try {
@@ -466,15 +505,15 @@ export class Journal {
       this.fail(cause);
       reject(this.failure!);
     };
-    if (err) return failWith(writtenBytes > 0 ? new JournalShortWrite(fileName(f.no), startBytes, writtenBytes, totalBytes, err) : err);
+    if (err) return failWith(writtenBytes > 0 ? new JournalShortWrite(f.name, startBytes, writtenBytes, totalBytes, err) : err);
     if (writtenBytes >= totalBytes) return resolve();
-    if (writtenBytes <= 0) return failWith(new JournalShortWrite(fileName(f.no), startBytes, writtenBytes, totalBytes, null));
+    if (writtenBytes <= 0) return failWith(new JournalShortWrite(f.name, startBytes, writtenBytes, totalBytes, null));
     const done = writtenBytes;
     const rest = buffersAfter(bufs, done);
     fs.writev(f.fd, rest, startBytes + done, (err2, n) => {
       // Reported against the whole write: the error names how much of it landed.
-      if (err2) return failWith(new JournalShortWrite(fileName(f.no), startBytes, done, totalBytes, err2));
-      if (n <= 0) return failWith(new JournalShortWrite(fileName(f.no), startBytes, done, totalBytes, null));
+      if (err2) return failWith(new JournalShortWrite(f.name, startBytes, done, totalBytes, err2));
+      if (n <= 0) return failWith(new JournalShortWrite(f.name, startBytes, done, totalBytes, null));
       this.settleWrite(f, bufs, startBytes, totalBytes, null, done + n, resolve, reject);
     });
   }
@@ -536,7 +575,7 @@ export class Journal {
       ...live
         .filter((f) => !f.named)
         .map((f) =>
-          syncNewEntry(path.join(this.dir, fileName(f.no)), f.fd).then(
+          syncNewEntry(path.join(this.dir, f.name), f.fd).then(
             () => {
               f.named = true;
             },
@@ -703,7 +742,7 @@ export class Journal {
         fs.close(f.fd, () => {
           if (!removeFile) return removed();
           // Failed unlink: the next open finds every record in it destaged (or judges it).
-          fs.rm(path.join(this.dir, fileName(f.no)), { force: true }, () => removed());
+          fs.rm(path.join(this.dir, f.name), { force: true }, () => removed());
         });
       });
     };
@@ -803,7 +842,7 @@ export class Journal {
   private async syncClosingMarker(f: JournalFile): Promise<void> {
     try {
       await new Promise<void>((resolve, reject) => fs.fdatasync(f.fd, (err) => (err ? reject(err) : resolve())));
-      if (!f.named) await syncNewEntry(path.join(this.dir, fileName(f.no)), f.fd);
+      if (!f.named) await syncNewEntry(path.join(this.dir, f.name), f.fd);
     } catch (err) {
       this.fail(err as Error);
       log.error('journal: the sync marker written at close may not be durable', { err: (err as Error).message });
@@ -862,8 +901,25 @@ function newFileNonce(): number {
   return randomBytes(4).readUInt32LE(0) || 1;
 }
 
-function fileName(no: number): string {
-  return `journal-${String(no).padStart(10, '0')}.log`;
+/** The name of journal file `no` whose nonce is `nonce` (FILE_RE). */
+function fileName(no: number, nonce: number): string {
+  return `journal-${String(no).padStart(10, '0')}-${nonce.toString(16).padStart(8, '0')}.log`;
+}
+
+/**
+ * Two journal files with one number (only by hand: a number is never
+ * reused, a name never changes): which holds the journal's records cannot
+ * be told, so neither is opened, and nothing is changed.
+ */
+export class JournalDuplicateFile extends StorageError {
+  override name = 'JournalDuplicateFile';
+  constructor(
+    readonly dir: string,
+    readonly first: string,
+    readonly second: string,
+  ) {
+    super(`journal directory ${dir} holds two files numbered alike (${first} and ${second}); nothing was changed: move the one that is not this journal's away`);
+  }
 }
 
 function writeU64(buf: Buffer, v: number, pos: number): void {
@@ -908,7 +964,7 @@ interface SeqFence {
 
 /**
  * Parses and verifies one write record or sync marker of a file whose nonce
- * is `nonce` (null: any, for its first item); null when it is torn, corrupt,
+ * is `nonce` (null: any); null when it is torn, corrupt,
  * or another file's (an image inside a payload).
  */
 function parseItem(bytes: Buffer, pos: number, nonce: number | null): Omit<JournalExtent, 'fileNo'> | SyncMarker | SeqFence | null {
@@ -962,75 +1018,24 @@ export interface JournalScan {
   /** Where the intact records end; bytes after it are a torn tail (nothing intact follows in this file). */
   endBytes: number;
   lengthBytes: number;
-  /** The file's nonce (fileNonce), 0 when none could be told (or the file predates nonces). */
-  nonce: number;
+  /**
+   * The nonce the file's items were taken with: its name's; in a file named
+   * before nonces, its first item's, or null (its first item damaged: any
+   * nonce taken, as builds before nonces did).
+   */
+  nonce: number | null;
 }
 
 /**
- * The nonce of a file's items. Its first item is never inside a payload: its
- * nonce is the file's (0 in files written before nonces: their items, and
- * images carrying no nonce, are taken as before). When the first item is
- * damaged:
- * - if its header still says where it ends (magic and type intact: a bit
- *   flip elsewhere in it, or a crash tore its payload) and an item verifies
- *   there, that item's nonce: the file's second item, never inside a payload;
- * - else the first item found after it whose items parse back to back, with
- *   its nonce, to the file's exact end: an image inside a payload reaches the
- *   end only if it is in the file's last record and ends exactly where that
- *   payload does;
- * - else (a torn tail too: a crash cut the last append), when the first
- *   item's header reads as zeros (never written) or is intact (it said
- *   where it ends and nothing verifies there: its payload torn), none: a
- *   crash tore the first item (a new journal's first write: a file's other
- *   first items are written and fdatasynced alone), and every item lands
- *   after it is issued and a FLUSH waits for it, so nothing in the file was
- *   flushed; the first chain may be an image inside its payload. Otherwise
- *   (media damage to its magic or type) the first chain's: the first item
- *   that verifies after the damaged one. Taking none there made the whole
- *   file one problem range whose own sync markers judgeJournal never saw:
- *   in the last file it was cut to nothing, flushed writes included, with
- *   no refusal, and salvage emptied it.
- * Linear: a chain that falls short is walked once, and the search goes on
- * from where it stopped (an item inside it is on it, or inside one of its
- * payloads: an image). Walking each candidate's chain to the end was
- * quadratic in the file's items (8,000 items: 12-22 s; a 64 MiB file: days).
- * null: no item of the file is taken (the whole file is one problem range
- * for judgeJournal).
+ * The nonce to take items with in a file named before nonces (its name
+ * carries none): its first item's when that verifies (0 in files of builds
+ * before nonces; a build between nonces in items and nonces in names wrote
+ * random ones there, under these names), else null: any, as builds before
+ * nonces took them (an image inside a payload there can still pass for an
+ * item: those files go once destaged, and no file is named so any more).
  */
-function fileNonce(bytes: Buffer): number | null {
-  if (bytes.length < JOURNAL_HEADER_BYTES) return 0;
-  if (parseItem(bytes, 0, null)) return bytes.readUInt32LE(NONCE_OFFSET);
-  const claimedEnd = claimedItemEnd(bytes, 0);
-  if (claimedEnd !== null && claimedEnd + JOURNAL_HEADER_BYTES <= bytes.length && parseItem(bytes, claimedEnd, null)) return bytes.readUInt32LE(claimedEnd + NONCE_OFFSET);
-  let firstChainNonce: number | null = null;
-  for (let at = bytes.indexOf(MAGIC_BYTES, 1); at >= 0 && at + JOURNAL_HEADER_BYTES <= bytes.length; ) {
-    if (!parseItem(bytes, at, null)) {
-      at = bytes.indexOf(MAGIC_BYTES, at + 1);
-      continue;
-    }
-    const nonce = bytes.readUInt32LE(at + NONCE_OFFSET);
-    let pos = at;
-    for (let item = parseItem(bytes, pos, nonce); item; item = pos + JOURNAL_HEADER_BYTES <= bytes.length ? parseItem(bytes, pos, nonce) : null) {
-      pos += 'recordBytes' in item ? item.recordBytes : JOURNAL_HEADER_BYTES;
-    }
-    if (pos === bytes.length) return nonce;
-    firstChainNonce ??= nonce;
-    // pos > at: the candidate itself parsed.
-    at = bytes.indexOf(MAGIC_BYTES, pos);
-  }
-  // Its header intact but nothing verifying where it ends: a crash tore it
-  // (a new journal's first write), and an image inside its payload is the
-  // first chain. Never written (zeros): likewise torn.
-  if (claimedEnd !== null || bytes.subarray(0, JOURNAL_HEADER_BYTES).every((b) => b === 0)) return null;
-  return firstChainNonce;
-}
-
-/** Where the item at `pos` ends by its own header (magic, version and type intact, CRC unchecked), or null. */
-function claimedItemEnd(bytes: Buffer, pos: number): number | null {
-  if (bytes.readUInt32LE(pos) !== JOURNAL_MAGIC || bytes.readUInt8(pos + 4) !== VERSION) return null;
-  const type = bytes.readUInt8(pos + 5);
-  if (type === MARKER_TYPE || type === FENCE_TYPE || type === RecordType.Zero) return pos + JOURNAL_HEADER_BYTES;
-  if (type === RecordType.Write) return pos + JOURNAL_HEADER_BYTES + bytes.readUInt32LE(pos + 12);
+function legacyFileNonce(bytes: Buffer): number | null {
+  if (bytes.length >= JOURNAL_HEADER_BYTES && parseItem(bytes, 0, null)) return bytes.readUInt32LE(NONCE_OFFSET);
   return null;
 }
 
@@ -1047,14 +1052,16 @@ function claimedItemEnd(bytes: Buffer, pos: number): number | null {
  * cutting there would be correct, but the file alone cannot tell that from
  * media damage to flushed records, so it is refused too: the operator's
  * salvage then drops only the cut write.
+ * `nameNonce` is the nonce the file's name carries (parseJournalFileName;
+ * null: named before nonces, see legacyFileNonce): only items carrying it
+ * are taken, wherever the damage is, the first item included.
  */
-export function scanJournalBytes(bytes: Buffer): JournalScan {
+export function scanJournalBytes(bytes: Buffer, nameNonce: number | null): JournalScan {
   const records: JournalScan['records'] = [];
   const markers: SyncMarker[] = [];
   const fences: SeqFence[] = [];
   const damaged: JournalDamage[] = [];
-  const nonce = fileNonce(bytes);
-  if (nonce === null) return { records, markers, fences, damaged, endBytes: 0, lengthBytes: bytes.length, nonce: 0 };
+  const nonce = nameNonce ?? legacyFileNonce(bytes);
   let pos = 0;
   let lastSeq = 0;
   while (pos + JOURNAL_HEADER_BYTES <= bytes.length) {
@@ -1109,7 +1116,7 @@ const MAGIC_BYTES = (() => {
  * (One that is an image inside torn bytes can only make judgeJournal refuse
  * more, never cut more.)
  */
-function nextIntactItem(bytes: Buffer, fromBytes: number, afterSeq: number, passedMarkers: SyncMarker[], nonce: number): number {
+function nextIntactItem(bytes: Buffer, fromBytes: number, afterSeq: number, passedMarkers: SyncMarker[], nonce: number | null): number {
   for (let at = bytes.indexOf(MAGIC_BYTES, fromBytes); at >= 0 && at + JOURNAL_HEADER_BYTES <= bytes.length; at = bytes.indexOf(MAGIC_BYTES, at + 1)) {
     const item = parseItem(bytes, at, nonce);
     if (item && ('syncedSeq' in item ? item.syncedSeq : 'fenceSeq' in item ? item.fenceSeq : item.seq) > afterSeq) return at;
@@ -1233,12 +1240,11 @@ export interface JournalFileDamage {
   claimed?: { volumeId: number; offsetBytes: number; lengthBytes: number; seq: number };
 }
 
-function journalFileNames(dir: string): string[] {
-  if (!fs.existsSync(dir)) return [];
-  return fs
-    .readdirSync(dir)
-    .filter((n) => FILE_RE.test(n))
-    .sort();
+/** Scans one journal file by path, with the nonce its name says (scanJournalBytes). */
+export function scanJournalFile(file: string): JournalScan {
+  const parsed = parseJournalFileName(path.basename(file));
+  if (!parsed) throw new StorageError(`${file} is not named as a journal file`);
+  return scanJournalBytes(fs.readFileSync(file), parsed.nonce);
 }
 
 function damageOf(file: string, bytes: Buffer, scan: JournalScan, verdict: JournalFileVerdict): JournalFileDamage[] {
@@ -1253,10 +1259,11 @@ function damageOf(file: string, bytes: Buffer, scan: JournalScan, verdict: Journ
 
 /** Every journal file of `dir` in order, read and scanned, with judgeJournal's verdicts. */
 function readJournalDir(dir: string): { file: string; bytes: Buffer; scan: JournalScan; verdict: JournalFileVerdict }[] {
-  const files = journalFileNames(dir).map((name) => {
+  if (!fs.existsSync(dir)) return [];
+  const files = journalFileEntries(dir).map(({ name, nonce }) => {
     const file = path.join(dir, name);
     const bytes = fs.readFileSync(file);
-    return { file, bytes, scan: scanJournalBytes(bytes) };
+    return { file, bytes, scan: scanJournalBytes(bytes, nonce) };
   });
   const verdicts = judgeJournal(files.map((f) => f.scan));
   return files.map((f, i) => ({ ...f, verdict: verdicts[i]! }));
