@@ -3,7 +3,7 @@
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { loadConfig, parseSize } from './config.js';
-import { openManager, readDaemonState, serve } from './daemon.js';
+import { openManager, poolDirs, readDaemonState, serve } from './daemon.js';
 import type { VolumeRecord } from './dataplane/meta/store.js';
 import { runHardwareScanCli } from './control/hardware/index.js';
 import { fsck, fsckFoundDamage } from './dataplane/fsck.js';
@@ -116,7 +116,7 @@ async function main(argv: string[]): Promise<number> {
       if (readDaemonState(dataDir)) throw new Error('stop the daemon first: fsck reads every segment file and must not race with appends');
       const lock = lockOffline(dataDir, 'fsck', 'fsck reads every segment file and must not race with appends');
       // No cold tier: fsck must not replay the journal, destage or rebuild while it looks.
-      const manager = await openManager(loadConfig(dataDir), { coldTier: false }).catch((err: unknown) => {
+      const manager = await openLocked(dataDir, lock, 'fsck', { coldTier: false }).catch((err: unknown) => {
         lock.release();
         throw err;
       });
@@ -134,7 +134,7 @@ async function main(argv: string[]): Promise<number> {
       if (readDaemonState(dataDir)) throw new Error('stop the daemon first: journal salvage rewrites journal files the daemon appends to');
       const lock = lockOffline(dataDir, 'journal salvage', 'journal salvage rewrites journal files the daemon appends to');
       // No cold tier: opening the journal is what refuses.
-      const manager = await openManager(loadConfig(dataDir), { coldTier: false }).catch((err: unknown) => {
+      const manager = await openLocked(dataDir, lock, 'journal salvage', { coldTier: false }).catch((err: unknown) => {
         lock.release();
         throw err;
       });
@@ -212,6 +212,13 @@ function lockOffline(dataDir: string, role: string, why?: string): DataDirLock {
   return DataDirLock.acquire(dataDir, role, (holder) => (holder === 'serve' ? STARTING_ADVICE : 'wait for it to finish') + because);
 }
 
+/** Opens the directory's manager under `lock`, having locked the pools its configuration names as well. */
+async function openLocked(dataDir: string, lock: DataDirLock, role: string, opts: { coldTier: boolean }): Promise<Manager> {
+  const cfg = loadConfig(dataDir);
+  lock.lockPools(poolDirs(cfg), role);
+  return openManager(cfg, opts);
+}
+
 /**
  * For the commands that only talk to a daemon: throws unless one serves
  * `dataDir`. When none answers yet but the lock is held, says who holds it
@@ -266,7 +273,7 @@ async function call<T>(dataDir: string, method: string, urlPath: string, body: u
     return (text ? JSON.parse(text) : undefined) as T;
   }
   try {
-    const manager = await openManager(loadConfig(dataDir));
+    const manager = await openLocked(dataDir, lock!, role, { coldTier: true });
     try {
       return await direct!(manager);
     } finally {

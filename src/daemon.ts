@@ -93,6 +93,11 @@ function hasIndexOpen(pid: number, dataDir: string): boolean | null {
   return false;
 }
 
+/** The configured pools' directories (for DataDirLock.lockPools, before openManager). */
+export function poolDirs(cfg: DaemonConfig): string[] {
+  return cfg.pools.map((p) => resolvePoolPath(cfg, p));
+}
+
 /** Opens the metadata and (re)registers the configured pools. */
 export async function openManager(cfg: DaemonConfig, opts: { coldTier: boolean } = { coldTier: true }): Promise<VolumeManager> {
   refuseAliasedPools(cfg);
@@ -219,6 +224,8 @@ export class Daemon {
     // dropped last, once the index and journal are closed.
     const started: Array<() => unknown> = [() => lock.release()];
     try {
+      // Pools may lie outside the data directory: each is locked too, before anything opens.
+      lock.lockPools(poolDirs(cfg), 'serve');
       // A daemon of a version before the lock never takes it: while one still
       // serves (daemon.json naming a live serve with this index open; when its
       // descriptors cannot be read, refused as before the lock), do not start.

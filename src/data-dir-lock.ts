@@ -1,5 +1,7 @@
 // One process at a time on a data directory: an exclusive fcntl OFD lock on
-// DATA_DIR/couchestor.lock, taken first by `serve` and by every offline CLI path.
+// DATA_DIR/couchestor.lock, taken first by `serve` and by every offline CLI path,
+// and on POOL/couchestor.lock of each pool it names (lockPools: a pool may lie
+// outside the data directory, and two data directories must not share one).
 //
 // Why: daemon.json is only written once a daemon is fully started, so it
 // cannot tell a CLI (or a second `serve`) that a daemon is busy opening the
@@ -56,7 +58,7 @@ export class DataDirLockUnavailable extends Error {
   override name = 'DataDirLockUnavailable';
 }
 
-/** Another process holds the data directory's lock. */
+/** Another process holds the data directory's lock (or the lock of one of its pool directories). */
 export class DataDirLocked extends Error {
   override name = 'DataDirLocked';
   constructor(
@@ -66,10 +68,15 @@ export class DataDirLocked extends Error {
     /** `serve` or the CLI command; null when unknown. */
     readonly holderRole: string | null,
     advice: string,
+    /** What `dataDir` is: the data directory, or a pool directory its configuration names. */
+    what: 'data directory' | 'pool directory' = 'data directory',
   ) {
-    super(`data directory ${dataDir} is in use by ${describeHolder(holderPid, holderRole)}: ${advice}`);
+    super(`${what} ${dataDir} is in use by ${describeHolder(holderPid, holderRole)}: ${advice}`);
   }
 }
+
+/** Why a pool directory's lock is refused: the holder serves another data directory (its own holds this one's lock). */
+const POOL_LOCKED_ADVICE = 'a pool belongs to one data directory, and this one\'s configuration (couchestor.yaml) names a pool another data directory uses: give each data directory its own pools';
 
 export function describeHolder(pid: number | null, role: string | null): string {
   const who = role === 'serve' ? 'the couchestor daemon' : role ? `couchestor ${role}` : 'another couchestor process';
@@ -88,6 +95,9 @@ export function readLockHolder(dataDir: string): { pid: number | null; role: str
 }
 
 export class DataDirLock {
+  /** Descriptors of the pool directories' locks (lockPools), released with this one. */
+  private poolFds: number[] = [];
+
   private constructor(
     readonly dataDir: string,
     private fd: number | null,
@@ -99,31 +109,48 @@ export class DataDirLock {
    * Never waits.
    */
   static acquire(dataDir: string, role: LockRole, advice: string | ((holderRole: string | null) => string) = 'stop it first'): DataDirLock {
-    const native = lockAddon();
     const dir = path.resolve(dataDir);
+    lockAddon(); // before creating anything: no addon, nothing opens
     ensureDurableDir(dir); // as loadConfig would: the directory's name must survive a power cut
-    // O_RDWR without O_TRUNC: the holder's pid stays readable until we own the lock. (libuv opens
-    // with O_CLOEXEC: a child the daemon spawns does not inherit the descriptor, so it cannot keep the lock.)
-    const fd = fs.openSync(path.join(dir, LOCK_FILE), fs.constants.O_RDWR | fs.constants.O_CREAT, 0o644);
-    let taken = false;
-    try {
-      taken = native.lockFileExclusive(fd);
-    } finally {
-      if (!taken) fs.closeSync(fd);
+    return new DataDirLock(dir, lockDirectory(dir, role, advice, 'data directory'));
+  }
+
+  /**
+   * Also takes the lock of each directory of `poolDirs` (POOL/couchestor.lock),
+   * held until release(). A pool may lie outside the data directory (an
+   * absolute path in couchestor.yaml), where this lock does not reach: two
+   * data directories naming one pool would share its journal, volume files,
+   * objects and segments. A missing pool directory is created first, as
+   * openManager (putPool) would a moment later: a first start must hold its
+   * pools' locks too. A directory already covered (the data directory itself,
+   * or a pool named twice through a link, which refuseAliasedPools reports) is
+   * locked once; one that cannot be created, opened or locked (read-only or
+   * failing disk) is skipped, for openManager to report or run without.
+   * Throws DataDirLocked naming the pool and its holder; the pool locks taken
+   * so far stay until release(), as the data directory's does.
+   */
+  lockPools(poolDirs: readonly string[], role: LockRole): void {
+    if (this.fd === null) throw new Error('DataDirLock.lockPools: the data directory lock is released');
+    const seen = new Set<string>([inodeKey(this.dataDir)!]);
+    for (const pool of poolDirs) {
+      const dir = path.resolve(pool);
+      try {
+        ensureDurableDir(dir);
+      } catch {
+        continue;
+      }
+      const key = inodeKey(dir);
+      if (key === null || seen.has(key)) continue;
+      seen.add(key);
+      try {
+        this.poolFds.push(lockDirectory(dir, role, POOL_LOCKED_ADVICE, 'pool directory'));
+      } catch (err) {
+        // A pool whose lock file cannot be opened or locked (its disk remounted read-only,
+        // failing: EROFS, EIO, EACCES) is one nothing can write, through this lock or
+        // another daemon's: the daemon starts without it, as without an offline pool.
+        if (err instanceof DataDirLocked || err instanceof DataDirLockUnavailable) throw err;
+      }
     }
-    if (!taken) {
-      const holder = readLockHolder(dir);
-      throw new DataDirLocked(dir, holder.pid, holder.role, typeof advice === 'string' ? advice : advice(holder.role));
-    }
-    try {
-      const text = `${process.pid} ${role}\n`;
-      fs.ftruncateSync(fd, 0);
-      fs.writeSync(fd, text, 0);
-    } catch (err) {
-      fs.closeSync(fd); // drops the lock
-      throw err;
-    }
-    return new DataDirLock(dir, fd);
   }
 
   /** True when some open file description holds `dataDir`'s lock (this process's included). Takes nothing. */
@@ -152,6 +179,48 @@ export class DataDirLock {
     if (this.fd === null) return;
     const fd = this.fd;
     this.fd = null;
+    for (const poolFd of this.poolFds.splice(0)) fs.closeSync(poolFd);
     fs.closeSync(fd);
   }
+}
+
+/** `dev:ino` of directory `dir`; null when it is missing or not a directory. */
+function inodeKey(dir: string): string | null {
+  try {
+    const st = fs.statSync(dir);
+    return st.isDirectory() ? `${st.dev}:${st.ino}` : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Takes the lock of existing directory `dir` (DIR/couchestor.lock, created if
+ * missing) and returns its descriptor, or throws DataDirLocked naming the
+ * holder. Writes `PID ROLE` once the lock is ours, never before.
+ */
+function lockDirectory(dir: string, role: LockRole, advice: string | ((holderRole: string | null) => string), what: 'data directory' | 'pool directory'): number {
+  const native = lockAddon();
+  // O_RDWR without O_TRUNC: the holder's pid stays readable until we own the lock. (libuv opens
+  // with O_CLOEXEC: a child the daemon spawns does not inherit the descriptor, so it cannot keep the lock.)
+  const fd = fs.openSync(path.join(dir, LOCK_FILE), fs.constants.O_RDWR | fs.constants.O_CREAT, 0o644);
+  let taken = false;
+  try {
+    taken = native.lockFileExclusive(fd);
+  } finally {
+    if (!taken) fs.closeSync(fd);
+  }
+  if (!taken) {
+    const holder = readLockHolder(dir);
+    throw new DataDirLocked(dir, holder.pid, holder.role, typeof advice === 'string' ? advice : advice(holder.role), what);
+  }
+  try {
+    const text = `${process.pid} ${role}\n`;
+    fs.ftruncateSync(fd, 0);
+    fs.writeSync(fd, text, 0);
+  } catch (err) {
+    fs.closeSync(fd); // drops the lock
+    throw err;
+  }
+  return fd;
 }

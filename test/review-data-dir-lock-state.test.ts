@@ -127,3 +127,28 @@ test('a daemon of a version before the lock (daemon.json, index open, no lock): 
   assert.deepEqual(volumeNames(d.cli('volumes', 'list', '--json')), ['v1']);
   await d.stop();
 });
+
+test('two data directories naming one pool directory (an absolute path): the second serve and offline commands are refused while the first holds the pool', async () => {
+  const shared = path.join(tempDir(), 'hot');
+  const config = `demoVolume: null\npools:\n  - { name: hot-0, tier: hot, path: ${JSON.stringify(shared)}, capacity: auto }\n` + Array.from({ length: 6 }, (_, i) => `  - { name: cold-${i}, tier: cold, path: pools/cold-${i}, capacity: auto }\n`).join('');
+  const first = await TestDaemon.start({ dataDir: tempDir(), config });
+  spawned.push(first.proc);
+  first.createVolume('v1', '1M');
+  const second = tempDir();
+  fs.writeFileSync(path.join(second, 'couchestor.yaml'), config);
+  const inUse = new RegExp(`pool directory ${shared.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} is in use by the couchestor daemon \\(pid ${first.info.pid}\\)`);
+
+  const s = spawnSync(process.execPath, [CLI, 'serve', '--data-dir', second, '--nbd-port', '0', '--api-port', '0', '--metrics-port', '0', '--s3-port', '0'], { encoding: 'utf8', timeout: 60_000 });
+  assert.equal(s.status, 1, `the second daemon must not start on the shared pool: ${s.stdout}`);
+  assert.match(s.stderr, inUse);
+  for (const args of [['volumes', 'create', 'v2', '1M'], ['fsck']]) {
+    const r = cli(second, ...args);
+    assert.equal(r.status, 1, `${args.join(' ')}: ${r.stdout}${r.stderr}`);
+    assert.match(r.stderr, inUse, args.join(' '));
+  }
+  assert.equal(fs.existsSync(path.join(second, 'meta')), false, 'the refused processes opened no index');
+  assert.deepEqual(volumeNames(first.cli('volumes', 'list', '--json')), ['v1']);
+  await first.stop();
+  const r = cli(second, 'volumes', 'list', '--json');
+  assert.equal(r.status, 0, `the pool is free once the first daemon stopped: ${r.stderr}`);
+});
