@@ -18,7 +18,7 @@ import { PrometheusHeat } from './control/prometheus-heat.js';
 import { healthChecks, metricsSource } from './control/observe.js';
 import { parsePolicyYaml } from './dataplane/ec/policy.js';
 import { SegmentCompactor, registerCompactionMetrics } from './dataplane/ec/compaction.js';
-import { DataDirLock, readLockHolder } from './data-dir-lock.js';
+import { DataDirLock, DataDirLocked, readLockHolder } from './data-dir-lock.js';
 
 export const STATE_FILE = 'daemon.json';
 
@@ -231,7 +231,7 @@ export class Daemon {
       // descriptors cannot be read, refused as before the lock), do not start.
       const lockless = readStateFile(cfg.dataDir);
       if (lockless && lockless.pid !== process.pid && hasIndexOpen(lockless.pid, cfg.dataDir) !== false) {
-        throw new Error(`another couchestor daemon (pid ${lockless.pid}) serves ${cfg.dataDir} without the data-directory lock (a version before it): stop it first`);
+        throw new DataDirLocked(cfg.dataDir, lockless.pid, 'serve', 'it is a version before the data-directory lock and serves without taking it: stop it first');
       }
       // Holding the lock, no other daemon can own a daemon.json here: it is a
       // killed one's. Gone before anything opens, or a CLI would take it for

@@ -117,7 +117,7 @@ test('a daemon of a version before the lock (daemon.json, index open, no lock): 
   }
   const s = spawnSync(process.execPath, [CLI, 'serve', '--data-dir', dataDir, '--nbd-port', '0', '--api-port', '0', '--metrics-port', '0', '--s3-port', '0'], { encoding: 'utf8', timeout: 60_000 });
   assert.equal(s.status, 1, `the second daemon must not start: ${s.stdout}`);
-  assert.match(s.stderr, new RegExp(`another couchestor daemon \\(pid ${old.pid}\\) serves .* without the data-directory lock`));
+  assert.match(s.stderr, new RegExp(`data directory ${dataDir} is in use by the couchestor daemon \\(pid ${old.pid}\\): it is a version before the data-directory lock`));
 
   const gone = new Promise((r) => old.once('exit', r));
   old.kill('SIGKILL');
