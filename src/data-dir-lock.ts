@@ -145,9 +145,10 @@ export class DataDirLock {
       try {
         this.poolFds.push(lockDirectory(dir, role, POOL_LOCKED_ADVICE, 'pool directory'));
       } catch (err) {
-        // A pool whose lock file cannot be opened or locked (its disk remounted read-only,
-        // failing: EROFS, EIO, EACCES) is one nothing can write, through this lock or
-        // another daemon's: the daemon starts without it, as without an offline pool.
+        // A pool whose lock file cannot be opened (its disk remounted read-only or failing:
+        // EROFS, EIO) must not stop the start: the daemon runs without that pool, as
+        // without an offline one, and nothing writes it anyway. One on a filesystem
+        // without OFD locks (EINVAL, ENOLCK) goes unguarded, as before pool locks.
         if (err instanceof DataDirLocked || err instanceof DataDirLockUnavailable) throw err;
       }
     }
