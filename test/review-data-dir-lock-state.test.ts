@@ -2,7 +2,9 @@
 // a daemon.json left by a killed daemon whose pid now belongs to another live
 // `serve` (another data directory's daemon, or the same directory's daemon
 // restarted with the same pid, as in a container or after a reboot) must not
-// send the CLI to the API it names. The lock says which daemon owns the directory.
+// send the CLI to the API it names. The lock says which daemon owns the directory;
+// a daemon of a version before the lock (which never takes it) still blocks a
+// start, fsck and salvage; and a pool outside the data directory is locked too.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
