@@ -1033,10 +1033,22 @@ export interface JournalScan {
  * random ones there, under these names), else null: any, as builds before
  * nonces took them (an image inside a payload there can still pass for an
  * item: those files go once destaged, and no file is named so any more).
+ * The nonce is outside the CRC, so the first item verifies with a bit of it
+ * flipped: when the item right after it (where its verified length ends,
+ * never inside a payload) verifies with another nonce, one of the two is
+ * damaged there and which cannot be told, so null too. Taking the first's
+ * made every later item "another file's": the flushed writes after it a
+ * torn tail its own (rejected) markers no longer claimed, cut at open with
+ * no refusal, where builds before nonces, which never read those bytes,
+ * replayed them.
  */
 function legacyFileNonce(bytes: Buffer): number | null {
-  if (bytes.length >= JOURNAL_HEADER_BYTES && parseItem(bytes, 0, null)) return bytes.readUInt32LE(NONCE_OFFSET);
-  return null;
+  const first = bytes.length >= JOURNAL_HEADER_BYTES ? parseItem(bytes, 0, null) : null;
+  if (!first) return null;
+  const nonce = bytes.readUInt32LE(NONCE_OFFSET);
+  const secondAt = 'recordBytes' in first ? first.recordBytes : JOURNAL_HEADER_BYTES;
+  if (secondAt + JOURNAL_HEADER_BYTES <= bytes.length && parseItem(bytes, secondAt, null) && bytes.readUInt32LE(secondAt + NONCE_OFFSET) !== nonce) return null;
+  return nonce;
 }
 
 /**
