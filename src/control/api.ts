@@ -124,6 +124,8 @@ export function buildApi(
       unavailableVolumes: manager.unavailableVolumes(),
       unhealthy: cold.reconstructor.unhealthy().slice(0, 100),
       lastScrub: cold.reconstructor.lastScrub,
+      // Pools whose last rebuild skipped volumes that could not be opened: not fully rebuilt yet.
+      incompleteRebuilds: cold.reconstructor.incompleteRebuilds(),
     };
   });
   // Verifies every stripe now and rebuilds what is bad; returns when done.
@@ -133,6 +135,7 @@ export function buildApi(
     return { ...report, stripes: cold.reconstructor.counts(), unavailableVolumes: manager.unavailableVolumes() };
   });
   // Rebuilds onto a lost/replaced cold pool the shards it no longer holds (k survivors read per stripe); returns when durable.
+  // 200 with complete: false and volumesSkipped when volumes that cannot be opened were skipped (the others are rebuilt).
   app.post<{ Body: { pool?: string } }>('/v1/rebuild', async (req, reply) => {
     const cold = requireCold();
     const pool = req.body?.pool;

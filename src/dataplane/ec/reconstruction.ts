@@ -5,6 +5,7 @@ import { InsufficientShards, NoSuitablePool } from '../errors.js';
 import { log } from '../../log.js';
 import type { Volume } from '../volumes/volume.js';
 import type { UnavailableVolume, VolumeListing } from '../volumes/manager.js';
+import { ChunkState, type MetaStore, type VolumeRecord } from '../meta/store.js';
 import type { SegmentStore } from './segment-store.js';
 import { StripeStore, type InspectedStripe, type LostShardJob, type PreparedRebuild, type StripeContext, type StripeRef } from './stripe-store.js';
 
@@ -172,6 +173,12 @@ export class Reconstructor {
      * volume of allVolumes, none unavailable.
      */
     private readonly availableVolumes: () => VolumeListing = () => ({ volumes: allVolumes(), unavailable: [] }),
+    /**
+     * The index: the scrub reads the chunk map of a volume that cannot be
+     * opened from it, to verify that volume's stripes (read-only). Null:
+     * such a volume's stripes are not looked at.
+     */
+    private readonly index: MetaStore | null = null,
   ) {
     this.maxQueued = opts.maxQueuedStripes ?? MAX_QUEUED_STRIPES;
     stripes.onDegraded = (_ref, _health, ctx) => {
@@ -211,7 +218,7 @@ export class Reconstructor {
   }
 
   start(): void {
-    this.timers.push(setInterval(() => void this.onTimer('retry', () => this.retryWaiting()), this.opts.retryIntervalMs));
+    this.timers.push(setInterval(() => void this.retryOnTimer(), this.opts.retryIntervalMs));
     if (this.opts.scrubIntervalMs > 0) this.timers.push(setInterval(() => void this.scrubOnTimer(), this.opts.scrubIntervalMs));
     for (const t of this.timers) t.unref();
   }
@@ -229,6 +236,19 @@ export class Reconstructor {
    */
   scrubOnTimer(): Promise<void> {
     return this.onTimer('scrub', () => this.scrub({ rateLimited: true }));
+  }
+
+  /**
+   * The retry timer's pass: the stripes waiting for a pool (or for their
+   * volume to open), then, for each pool whose last rebuild skipped volumes
+   * that could not be opened, a rebuild of those of them that open now
+   * (retrySkippedVolumes). Failures are logged and retried next interval.
+   */
+  retryOnTimer(): Promise<void> {
+    return this.onTimer('retry', async () => {
+      await this.retryWaiting();
+      await this.retrySkippedVolumes();
+    });
   }
 
   private onTimer(what: 'scrub' | 'retry', run: () => Promise<unknown>): Promise<void> {
@@ -428,7 +448,20 @@ export class Reconstructor {
     entry: QueuedStripe,
     inspected?: { ref: StripeRef; stripe: InspectedStripe },
   ): Promise<{ target: RebuildTarget; ref: StripeRef; prepared: PreparedRebuild } | null> {
-    const target = this.targetOf(entry);
+    let target: RebuildTarget | null;
+    try {
+      target = this.targetOf(entry);
+    } catch (err) {
+      // Its volume cannot be opened now (its hot pool offline): the stripe waits for it as one
+      // waits for a pool, retried by the timer. Thrown from here it failed the whole pass, and
+      // with it a pool rebuild's final pass (503) and every later pass.
+      if (entry.state !== 'Reconstructing') {
+        entry.state = 'Degraded';
+        entry.reason = `waiting for its volume to open: ${(err as Error).message}`;
+        entry.retryAfterMs = Date.now() + this.opts.retryIntervalMs;
+      }
+      return null;
+    }
     const ref = target?.ref;
     if (!target || !ref) {
       this.states.delete(key); // rewritten or deleted meanwhile
@@ -509,13 +542,15 @@ export class Reconstructor {
 
   private async scrubPass(rateLimited: boolean): Promise<ScrubReport> {
     const started = Date.now();
-    const report: ScrubReport = { stripesChecked: 0, badStripes: 0, durationMs: 0, volumesSkipped: [] };
+    const report: ScrubReport = { stripesChecked: 0, badStripes: 0, durationMs: 0, volumesSkipped: [], skippedStripesChecked: 0, skippedBadStripes: 0, skippedDamage: [] };
     const minGapMs = rateLimited ? 1000 / Math.max(1, this.opts.scrubStripesPerSecond) : 0;
     let next = Date.now();
     const landing = new Landing(MAX_LANDING_BYTES);
     // Volumes' chunk maps, then each holder source's stripes (cold S3 objects and parts).
     // Each list is taken when its turn comes (as fresh as the scan allows, one list held at a time).
-    type Scan = { todo: [number, StripeRef][]; entryFor: (c: number) => { key: string; make: () => Pick<QueuedStripe, 'ctx' | 'holder'> } };
+    // `readOnly`: a volume that cannot be opened, its stripes listed from the index: verified and
+    // damage reported, nothing queued or rebuilt (the flip goes through the open volume).
+    type Scan = { todo: [number, StripeRef][]; entryFor: (c: number) => { key: string; make: () => Pick<QueuedStripe, 'ctx' | 'holder'> }; readOnly?: VolumeRecord };
     const scans: (() => Scan)[] = [];
     // A volume that cannot be opened (its pool offline) is skipped and named
     // in the report: the others are still scrubbed. Thrown from here it ended
@@ -528,6 +563,12 @@ export class Reconstructor {
     }
     for (const vol of listing.volumes) {
       scans.push(() => ({ todo: [...vol.stripes], entryFor: (c) => ({ key: `${vol.rec.id}:${c}`, make: () => ({ ctx: { volumeId: vol.rec.id, chunkIndex: c } }) }) }));
+    }
+    for (const u of listing.unavailable) {
+      const rec = this.index?.volumes.get(u.volume);
+      if (rec === undefined) continue;
+      const entryFor = (c: number) => ({ key: `${rec.id}:${c}`, make: () => ({ ctx: { volumeId: rec.id, chunkIndex: c } }) });
+      scans.push(() => ({ todo: this.indexStripes(rec), entryFor, readOnly: rec }));
     }
     for (const source of this.sources) {
       scans.push(() => {
@@ -542,7 +583,7 @@ export class Reconstructor {
       });
     }
     for (const scan of scans) {
-      const { todo, entryFor } = scan();
+      const { todo, entryFor, readOnly } = scan();
       let i = 0;
       const groupStripes = rateLimited ? 1 : SCRUB_GROUP_STRIPES;
       const worker = async () => {
@@ -557,7 +598,10 @@ export class Reconstructor {
             if (wait > 0) await new Promise((r) => setTimeout(r, wait));
             scratch = this.scratchFor(scratch, StripeStore.scanScratchBytes(group[0]![1], group.length));
             const inspected = await this.stripes.inspectMany(group.map(([, ref]) => ref), scratch);
-            for (const [g, [c, ref]] of group.entries()) await this.scrubOne(entryFor(c), ref, inspected[g]!, report, landing);
+            for (const [g, [c, ref]] of group.entries()) {
+              if (readOnly !== undefined) await this.scrubUnopened(readOnly, c, ref, inspected[g]!, report);
+              else await this.scrubOne(entryFor(c), ref, inspected[g]!, report, landing);
+            }
           }
         } finally {
           this.returnScratch(scratch);
@@ -572,8 +616,53 @@ export class Reconstructor {
     await this.process();
     report.durationMs = Date.now() - started;
     this.lastScrub = report;
-    log.info('scrub finished', { stripesChecked: report.stripesChecked, badStripes: report.badStripes, durationMs: report.durationMs, volumesSkipped: report.volumesSkipped.length });
+    if (report.skippedBadStripes > 0) {
+      log.warn('scrub found damaged stripes of volumes that cannot be opened; not repaired until they open (the next scrub or a pool rebuild then does)', {
+        stripes: report.skippedBadStripes,
+        first: report.skippedDamage.map((d) => `${d.volume}:${d.chunkIndex} shards ${d.badShards.join(',')}`).join('; '),
+      });
+    }
+    log.info('scrub finished', { stripesChecked: report.stripesChecked, badStripes: report.badStripes, durationMs: report.durationMs, volumesSkipped: report.volumesSkipped.length, skippedStripesChecked: report.skippedStripesChecked, skippedBadStripes: report.skippedBadStripes });
     return report;
+  }
+
+  /**
+   * The Cold chunks of a volume that cannot be opened, with their stripes, as
+   * its chunk map in the index holds them now (what opening it would load:
+   * VolumeManager.openRecord). Nothing writes that map while the volume is
+   * closed but compaction (same bytes at another place: reads follow it) and
+   * a delete.
+   */
+  private indexStripes(rec: VolumeRecord): [number, StripeRef][] {
+    const chunks = Math.ceil(rec.sizeBytes / rec.chunkSizeBytes);
+    const out: [number, StripeRef][] = [];
+    for (const { chunkIndex, entry } of this.index!.volumeChunks(rec.id)) {
+      if (chunkIndex < chunks && entry.state === ChunkState.Cold && entry.stripe !== undefined) out.push([chunkIndex, entry.stripe]);
+    }
+    return out;
+  }
+
+  /**
+   * Counts one inspected stripe of a volume that cannot be opened; a bad one
+   * is reported, not queued (its flip needs the open volume, and a queued
+   * entry would wait on it anyway). Counted bad only if the index still
+   * holds that stripe: one deleted meanwhile is not damage, and one moved by
+   * compaction (or rewritten: the volume opened meanwhile) is read again at
+   * its current place.
+   */
+  private async scrubUnopened(rec: VolumeRecord, c: number, ref: StripeRef, inspected: InspectedStripe, report: ScrubReport): Promise<void> {
+    report.skippedStripesChecked++;
+    if (inspected.bad.length === 0) return;
+    let bad = inspected.bad;
+    const now = this.index!.chunks.get([rec.id, c]);
+    const cur = now?.state === ChunkState.Cold ? now.stripe : undefined;
+    if (cur === undefined) return;
+    if (!sameStripeAt(cur, ref)) {
+      bad = (await this.stripes.inspectMany([cur], Buffer.allocUnsafe(StripeStore.scanScratchBytes(cur, 1))))[0]!.bad;
+      if (bad.length === 0) return;
+    }
+    report.skippedBadStripes++;
+    if (report.skippedDamage.length < MAX_REPORTED_SKIPPED_DAMAGE) report.skippedDamage.push({ volume: rec.name, chunkIndex: c, badShards: [...bad] });
   }
 
   /**
@@ -615,21 +704,91 @@ export class Reconstructor {
    * Shards the pool still holds are not verified: that is the scrub's job.
    * With the pool offline, its stripes are queued and rebuilt onto other
    * pools (the reconstruction pass). One pool rebuild at a time.
+   *
+   * A volume that cannot be opened (its hot pool offline) is skipped, named
+   * in volumesSkipped and logged; the others are rebuilt, and the report
+   * says complete: false. Its stripes need the open volume: the flip goes
+   * through Volume.replaceStripe, which keeps the in-memory chunk map in
+   * step with the index (a flip made in the index alone, then the volume
+   * opened with the old reference, would have its next destage overwrite
+   * the rebuilt stripe and free the old one). The skipped volumes are tried
+   * again by the retry timer (retrySkippedVolumes) and by the next call.
    */
   rebuildPool(poolName: string): Promise<PoolRebuildReport> {
-    if (this.poolRebuild) {
-      if (this.poolRebuild.pool === poolName) return this.poolRebuild.done;
-      return Promise.reject(new PoolRebuildBusy(`pool ${this.poolRebuild.pool} is being rebuilt; rebuild ${poolName} after it`));
+    return this.startPoolRebuild(poolName, null);
+  }
+  private poolRebuild: { pool: string; only: Set<string> | null; done: Promise<PoolRebuildReport> } | null = null;
+  /**
+   * Per cold pool, the volumes its last rebuild could not open (and has not
+   * rebuilt since): the pool is not fully rebuilt while an entry is here.
+   * Bounded by cold pools x volumes; an entry goes once its volumes are
+   * rebuilt or deleted.
+   */
+  private readonly skippedByRebuild = new Map<string, Set<string>>();
+
+  /** Pools whose last rebuild skipped volumes that could not be opened (not fully rebuilt), with those volumes. */
+  incompleteRebuilds(): { pool: string; volumesSkipped: string[] }[] {
+    return [...this.skippedByRebuild].map(([pool, names]) => ({ pool, volumesSkipped: [...names].sort() }));
+  }
+
+  /** `only`: the volumes to rebuild (a retry of those a rebuild skipped: no holder source); null: the whole pool. */
+  private startPoolRebuild(poolName: string, only: Set<string> | null): Promise<PoolRebuildReport> {
+    const running = this.poolRebuild;
+    if (running) {
+      if (running.pool !== poolName) return Promise.reject(new PoolRebuildBusy(`pool ${running.pool} is being rebuilt; rebuild ${poolName} after it`));
+      // A whole-pool call during a retry of some volumes gets a whole-pool rebuild after it.
+      if (running.only === null || only !== null) return running.done;
+      return running.done.then(
+        () => this.startPoolRebuild(poolName, null),
+        () => this.startPoolRebuild(poolName, null),
+      );
     }
-    const done = this.rebuildPoolNow(poolName).finally(() => (this.poolRebuild = null));
-    this.poolRebuild = { pool: poolName, done };
+    const done = this.rebuildPoolNow(poolName, only).finally(() => (this.poolRebuild = null));
+    this.poolRebuild = { pool: poolName, only, done };
     return done;
   }
-  private poolRebuild: { pool: string; done: Promise<PoolRebuildReport> } | null = null;
 
-  private async rebuildPoolNow(poolName: string): Promise<PoolRebuildReport> {
+  /**
+   * For each pool whose last rebuild skipped volumes that could not be
+   * opened: rebuilds the pool's shards of those that open now (the retry
+   * timer calls it; tests call it at the moment they choose). A pool with
+   * none open yet waits; its entry goes once every volume it names is
+   * rebuilt or deleted. Nothing while another pool rebuild runs (next interval).
+   */
+  async retrySkippedVolumes(): Promise<PoolRebuildReport[]> {
+    const reports: PoolRebuildReport[] = [];
+    if (this.skippedByRebuild.size === 0 || this.poolRebuild !== null) return reports;
+    const listing = this.availableVolumes();
+    const opened = new Set(listing.volumes.map((v) => v.name));
+    const unopened = new Set(listing.unavailable.map((u) => u.volume));
+    for (const [pool, names] of [...this.skippedByRebuild]) {
+      if (this.stopped || this.poolRebuild !== null) break;
+      const known = new Set([...names].filter((n) => opened.has(n) || unopened.has(n)));
+      if (known.size === 0 || !this.stripes.coldPoolNames().includes(pool)) {
+        this.skippedByRebuild.delete(pool); // deleted volumes, or a pool no longer configured
+        continue;
+      }
+      if (![...known].some((n) => opened.has(n))) continue;
+      reports.push(await this.startPoolRebuild(pool, known));
+    }
+    return reports;
+  }
+
+  private async rebuildPoolNow(poolName: string, only: Set<string> | null): Promise<PoolRebuildReport> {
     const started = Date.now();
-    const report: PoolRebuildReport = { pool: poolName, stripesChecked: 0, objectStripesChecked: 0, stripesRebuilt: 0, bytesLanded: 0, slowPathStripes: 0, notRebuilt: 0, durationMs: 0 };
+    const report: PoolRebuildReport = {
+      pool: poolName,
+      complete: false,
+      retryOfSkipped: only !== null,
+      volumesSkipped: [],
+      stripesChecked: 0,
+      objectStripesChecked: 0,
+      stripesRebuilt: 0,
+      bytesLanded: 0,
+      slowPathStripes: 0,
+      notRebuilt: 0,
+      durationMs: 0,
+    };
     if (!this.stripes.coldPoolNames().includes(poolName)) throw new UnknownPool(`no cold pool named ${poolName}`);
     const target = await this.stripes.segmentStore(poolName); // a replaced directory gets a fresh store here
     // Sources: the other online pools in a fixed order, so every stripe reads
@@ -642,7 +801,18 @@ export class Reconstructor {
     const flushes: Promise<void>[] = [];
     // Each volume's chunk map, then each holder source (cold S3 objects and
     // parts): all take the same batched path, listed one holder at a time.
-    const holders: RebuildHolder[] = [...this.allVolumes().map((vol) => this.volumeHolder(vol)), ...[...this.sources].map((source) => this.sourceHolder(source))];
+    // A volume that cannot be opened is skipped (named, logged once), not fatal: one offline
+    // hot pool must not hold back every other volume's redundancy.
+    const listing = this.availableVolumes();
+    const volumes = only === null ? listing.volumes : listing.volumes.filter((v) => only.has(v.name));
+    report.volumesSkipped = only === null ? listing.unavailable : listing.unavailable.filter((u) => only.has(u.volume));
+    if (report.volumesSkipped.length > 0) {
+      log.warn('pool rebuild skips volumes that cannot be opened; the pool stays not fully rebuilt until they open (retried every retry interval, or rebuild again)', {
+        pool: poolName,
+        volumes: report.volumesSkipped.map((u) => `${u.volume}@${u.pool}: ${u.error}`).join('; '),
+      });
+    }
+    const holders: RebuildHolder[] = [...volumes.map((vol) => this.volumeHolder(vol)), ...(only === null ? [...this.sources].map((source) => this.sourceHolder(source)) : [])];
     for (const holder of holders) {
       // Which shards are gone is decided before anything of this holder lands on the pool
       // (a rebuilt record may reuse the place an old reference names), by reading: a record
@@ -761,9 +931,22 @@ export class Reconstructor {
     const left = [...this.states.values()].filter((e) => e.poolRebuild === report);
     for (const entry of left) delete entry.poolRebuild;
     for (const { ctx, holder } of left) {
-      const ref = holder ? holder.source.current(holder.key) : this.volumeById(ctx.volumeId)?.stripes.get(ctx.chunkIndex);
+      let ref: StripeRef | undefined;
+      try {
+        ref = holder ? holder.source.current(holder.key) : this.volumeById(ctx.volumeId)?.stripes.get(ctx.chunkIndex);
+      } catch {
+        report.notRebuilt++; // its volume stopped opening meanwhile: not looked at, not rebuilt
+        continue;
+      }
       const i = ref?.shards.findIndex((sh) => sh.pool === poolName) ?? -1;
       if (ref !== undefined && i >= 0 && !(await this.stripes.shardPresent(ref, i))) report.notRebuilt++;
+    }
+    report.complete = !this.stopped && report.volumesSkipped.length === 0 && report.notRebuilt === 0;
+    if (!this.stopped) {
+      // What is left skipped: a whole-pool rebuild's skips replace the last; a retry keeps those still closed.
+      const skipped = new Set(report.volumesSkipped.map((u) => u.volume));
+      if (skipped.size > 0) this.skippedByRebuild.set(poolName, skipped);
+      else this.skippedByRebuild.delete(poolName);
     }
     report.durationMs = Date.now() - started;
     log.info('pool rebuild finished', { ...report });
@@ -1001,6 +1184,18 @@ interface SyncWindow {
 
 export interface PoolRebuildReport {
   pool: string;
+  /**
+   * Every stripe with a shard on the pool was looked at and none is left
+   * missing it: no volume skipped, notRebuilt 0, not stopped. False while a
+   * volume that could not be opened was skipped (volumesSkipped). For a
+   * retryOfSkipped rebuild: of the volumes the pool's last rebuild skipped
+   * (the others were looked at by that one).
+   */
+  complete: boolean;
+  /** A retry timer's rebuild of only the volumes an earlier rebuild of the pool skipped (no holder source). */
+  retryOfSkipped: boolean;
+  /** Volumes that could not be opened (pool offline, EIO), with the pool: their stripes were not looked at. */
+  volumesSkipped: UnavailableVolume[];
   /** Stripes with a shard on the pool (volumes' and holder sources'). */
   stripesChecked: number;
   /** Of stripesChecked, those of holder sources (cold S3 objects and parts). */
@@ -1032,12 +1227,26 @@ export class UnknownPool extends Error {
 }
 
 export interface ScrubReport {
+  /** Stripes of the volumes that opened (and of holder sources). */
   stripesChecked: number;
+  /** Of those, stripes found bad (queued and rebuilt). */
   badStripes: number;
   durationMs: number;
-  /** Volumes the pass could not open (pool offline, EIO), with the pool: their stripes were not checked. */
+  /**
+   * Volumes the pass could not open (pool offline, EIO), with the pool: their
+   * stripes were verified from the index (skipped*) but nothing of theirs was repaired.
+   */
   volumesSkipped: UnavailableVolume[];
+  /** Stripes of volumesSkipped, listed from the index and verified (read-only). */
+  skippedStripesChecked: number;
+  /** Of those, stripes with a missing or bad shard: not repaired until the volume opens. */
+  skippedBadStripes: number;
+  /** The first MAX_REPORTED_SKIPPED_DAMAGE of them. */
+  skippedDamage: { volume: string; chunkIndex: number; badShards: number[] }[];
 }
+
+/** Damaged stripes of unopenable volumes a scrub report names (the count has them all). */
+export const MAX_REPORTED_SKIPPED_DAMAGE = 100;
 
 /**
  * Rebuilt stripes being written and flipped, bounded by bytes held: add()

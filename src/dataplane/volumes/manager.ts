@@ -156,6 +156,7 @@ export class VolumeManager {
         scrubStripesPerSecond: 200,
       },
       () => this.availableVolumes(),
+      this.meta,
     );
     this.cold = { journal, stripes, destager, policy, reconstructor };
     destager.start();
