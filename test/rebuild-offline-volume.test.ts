@@ -23,8 +23,9 @@ const LOST = 'cold-2';
 
 /**
  * Volumes a (journal and file on hot-1) and b (hot-0), two stripes each,
- * destaged; a restart (neither open); then hot-1's directory is gone and
- * cold-2 is lost and replaced by an empty directory.
+ * destaged, and h, a hot volume on hot-1 (no stripe); a restart (none
+ * open); then hot-1's directory is gone and cold-2 is lost and replaced by
+ * an empty directory.
  */
 async function setUp(t: TestContext, prefix: string): Promise<{ m: VolumeManager; hot1: string; want: Map<string, Buffer>; lostShardOfA: number[] }> {
   let m: VolumeManager | null = null;
@@ -32,12 +33,14 @@ async function setUp(t: TestContext, prefix: string): Promise<{ m: VolumeManager
   m = await openColdTierManager(dir);
   const hot1 = await coldVolumeOnHot1(m, dir, 'a');
   await m.createVolume({ name: 'b', sizeBytes: 2 * MiB, tier: 'cold', pool: 'hot-0' });
+  await m.createVolume({ name: 'h', sizeBytes: 2 * MiB, tier: 'hot', pool: 'hot-1' });
   const want = new Map<string, Buffer>();
-  for (const name of ['a', 'b']) {
+  for (const name of ['a', 'b', 'h']) {
     want.set(name, crypto.randomBytes(2 * MiB));
     await writeVolume(m.openVolume(name), 0, want.get(name)!);
   }
   await m.cold!.destager.drain();
+  await m.openVolume('h').flush();
   await m.close();
   m = await openColdTierManager(dir, false);
   fs.renameSync(hot1, `${hot1}.gone`);
@@ -65,7 +68,9 @@ test('a pool rebuild with one volume unopenable rebuilds the others, names it, a
   assert.equal(res.statusCode, 200, res.body);
   const report = res.json() as PoolRebuildReport;
   assert.equal(report.complete, false, 'a volume was skipped: the pool is not fully rebuilt');
-  assert.deepEqual(report.volumesSkipped.map((u) => `${u.volume}@${u.pool}`), ['a@hot-1']);
+  // h cannot be opened either, but has no stripe (from the index): nothing of it is held back.
+  assert.deepEqual(report.volumesSkipped.map((u) => `${u.volume}@${u.pool}:${u.stripes}`), ['a@hot-1:2']);
+  assert.equal(report.stripesSkipped, 2);
   assert.match(report.volumesSkipped[0]!.error, /hot-1/);
   assert.equal(report.stripesChecked, 2, "b's two stripes were looked at");
   assert.equal(report.stripesRebuilt, 2, "b's two cold-2 shards were rebuilt");
@@ -78,7 +83,7 @@ test('a pool rebuild with one volume unopenable rebuilds the others, names it, a
   const scrubbed = (await app.inject({ method: 'POST', url: '/v1/scrub' })).json() as ScrubReport;
   assert.equal(scrubbed.stripesChecked, 2);
   assert.equal(scrubbed.badStripes, 0, "every shard of b's stripes verifies");
-  assert.deepEqual(scrubbed.volumesSkipped.map((u) => u.volume), ['a']);
+  assert.deepEqual(scrubbed.volumesSkipped.map((u) => u.volume).sort(), ['a', 'h']);
   assert.equal(scrubbed.skippedStripesChecked, 2, "a's two stripes were read from the index and verified");
   assert.equal(scrubbed.skippedBadStripes, 2);
   assert.deepEqual(
@@ -123,6 +128,7 @@ test('with the unopenable volume back, the next rebuild call rebuilds it and rep
   const second = await r.rebuildPool(LOST);
   assert.equal(second.complete, true, JSON.stringify(second));
   assert.deepEqual(second.volumesSkipped, []);
+  assert.equal(second.stripesSkipped, 0);
   assert.equal(second.retryOfSkipped, false);
   assert.equal(second.stripesChecked, 4, "a's and b's stripes were looked at");
   assert.equal(second.stripesRebuilt, 2, "only a's shards were missing (b's were rebuilt by the first call)");
@@ -157,5 +163,34 @@ test('a stripe queued for a volume that cannot be opened waits for it: the pass 
   const whole = await r.scrub({ rateLimited: false });
   assert.equal(whole.stripesChecked, 4);
   assert.equal(whole.badStripes, 0);
+  await assertReadsBack(m, want);
+});
+
+test('a volume that cannot be opened but has no stripe on the pool does not hold the rebuild back: complete', async (t) => {
+  let m: VolumeManager | null = null;
+  const dir = tempDirClosing(t, 'couchestor-rebuild-offline-hot-', () => m!);
+  m = await openColdTierManager(dir);
+  const hot1 = path.join(dir, 'hot-1');
+  await m.putPool({ name: 'hot-1', path: hot1, tier: 'hot', capacityBytes: 1024 * MiB, labels: { tier: 'hot' } });
+  await m.createVolume({ name: 'h', sizeBytes: 2 * MiB, tier: 'hot', pool: 'hot-1' });
+  await m.createVolume({ name: 'b', sizeBytes: 2 * MiB, tier: 'cold', pool: 'hot-0' });
+  const want = new Map([['b', crypto.randomBytes(2 * MiB)]]);
+  await writeVolume(m.openVolume('b'), 0, want.get('b')!);
+  await m.cold!.destager.drain();
+  await m.close();
+  m = await openColdTierManager(dir, false);
+  fs.renameSync(hot1, `${hot1}.gone`);
+  fs.rmSync(path.join(dir, LOST), { recursive: true });
+  fs.mkdirSync(path.join(dir, LOST));
+
+  const report = await m.cold!.reconstructor.rebuildPool(LOST);
+  assert.equal(report.complete, true, JSON.stringify(report));
+  assert.deepEqual(report.volumesSkipped, []);
+  assert.equal(report.stripesRebuilt, 2);
+  assert.deepEqual(m.cold!.reconstructor.incompleteRebuilds(), []);
+  const whole = await m.cold!.reconstructor.scrub({ rateLimited: false });
+  assert.equal(whole.stripesChecked, 2);
+  assert.equal(whole.badStripes, 0);
+  assert.equal(whole.skippedStripesChecked, 0, 'h has no stripe to verify');
   await assertReadsBack(m, want);
 });

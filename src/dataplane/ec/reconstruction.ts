@@ -705,9 +705,10 @@ export class Reconstructor {
    * With the pool offline, its stripes are queued and rebuilt onto other
    * pools (the reconstruction pass). One pool rebuild at a time.
    *
-   * A volume that cannot be opened (its hot pool offline) is skipped, named
-   * in volumesSkipped and logged; the others are rebuilt, and the report
-   * says complete: false. Its stripes need the open volume: the flip goes
+   * A volume that cannot be opened (its hot pool offline) and whose chunk
+   * map in the index has stripes on the pool is skipped, named in
+   * volumesSkipped with that count and logged; the others are rebuilt, and
+   * the report says complete: false. Its stripes need the open volume: the flip goes
    * through Volume.replaceStripe, which keeps the in-memory chunk map in
    * step with the index (a flip made in the index alone, then the volume
    * opened with the old reference, would have its next destage overwrite
@@ -781,6 +782,7 @@ export class Reconstructor {
       complete: false,
       retryOfSkipped: only !== null,
       volumesSkipped: [],
+      stripesSkipped: 0,
       stripesChecked: 0,
       objectStripesChecked: 0,
       stripesRebuilt: 0,
@@ -805,11 +807,21 @@ export class Reconstructor {
     // hot pool must not hold back every other volume's redundancy.
     const listing = this.availableVolumes();
     const volumes = only === null ? listing.volumes : listing.volumes.filter((v) => only.has(v.name));
-    report.volumesSkipped = only === null ? listing.unavailable : listing.unavailable.filter((u) => only.has(u.volume));
+    for (const u of only === null ? listing.unavailable : listing.unavailable.filter((x) => only.has(x.volume))) {
+      // Its chunk map in the index says whether it has anything on the pool: a closed volume
+      // lands no new stripe, so one with none (a hot volume, say) holds nothing back. Deleted
+      // meanwhile: nothing either. Without the index: not known, skipped.
+      const rec = this.index?.volumes.get(u.volume);
+      const stripes = this.index === null ? null : rec === undefined ? 0 : this.indexStripes(rec).filter(([, ref]) => ref.shards.some((sh) => sh.pool === poolName)).length;
+      if (stripes === 0) continue;
+      report.volumesSkipped.push({ ...u, stripes });
+      report.stripesSkipped += stripes ?? 0;
+    }
     if (report.volumesSkipped.length > 0) {
       log.warn('pool rebuild skips volumes that cannot be opened; the pool stays not fully rebuilt until they open (retried every retry interval, or rebuild again)', {
         pool: poolName,
-        volumes: report.volumesSkipped.map((u) => `${u.volume}@${u.pool}: ${u.error}`).join('; '),
+        stripes: report.stripesSkipped,
+        volumes: report.volumesSkipped.map((u) => `${u.volume}@${u.pool} (${u.stripes ?? 'unknown'} stripes): ${u.error}`).join('; '),
       });
     }
     const holders: RebuildHolder[] = [...volumes.map((vol) => this.volumeHolder(vol)), ...(only === null ? [...this.sources].map((source) => this.sourceHolder(source)) : [])];
@@ -1194,8 +1206,14 @@ export interface PoolRebuildReport {
   complete: boolean;
   /** A retry timer's rebuild of only the volumes an earlier rebuild of the pool skipped (no holder source). */
   retryOfSkipped: boolean;
-  /** Volumes that could not be opened (pool offline, EIO), with the pool: their stripes were not looked at. */
-  volumesSkipped: UnavailableVolume[];
+  /**
+   * Volumes with stripes on the pool that could not be opened (pool offline,
+   * EIO), with the pool: their stripes were not looked at. `stripes`: how
+   * many have a shard on the pool, from the index (null: no index to read).
+   */
+  volumesSkipped: (UnavailableVolume & { stripes: number | null })[];
+  /** Sum of volumesSkipped's stripes. */
+  stripesSkipped: number;
   /** Stripes with a shard on the pool (volumes' and holder sources'). */
   stripesChecked: number;
   /** Of stripesChecked, those of holder sources (cold S3 objects and parts). */
