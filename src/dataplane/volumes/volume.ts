@@ -66,6 +66,12 @@ interface VolumeFile {
    * which every later FLUSH reports (fsyncgate: never retried).
    */
   syncedMutations: number;
+  /**
+   * fdatasyncs of the file issued and not yet returned (FLUSH's, chunk
+   * copies'), each settling as its call returns: see syncFd. Bounded by the
+   * copies in flight plus one FLUSH.
+   */
+  syncing: Set<Promise<void>>;
 }
 
 /**
@@ -167,7 +173,7 @@ export class Volume {
     private readonly cold: ColdTier | null,
   ) {
     if (files.length === 0 || files.length > MAX_VOLUME_FILES || files[0]!.pool.name !== rec.poolName) throw new InvalidArgument(`volume ${rec.name}: bad file set`);
-    this.files = files.map((f) => ({ pool: f.pool, fd: f.fd, staleBelowBytes: fs.fstatSync(f.fd).size, mutations: 1, syncedMutations: 0 }));
+    this.files = files.map((f) => ({ pool: f.pool, fd: f.fd, staleBelowBytes: fs.fstatSync(f.fd).size, mutations: 1, syncedMutations: 0, syncing: new Set() }));
     this.chunkState = chunkState;
     this.chunkFile = chunkFile;
     this.chunkWrites = new Int32Array(chunkState.length);
@@ -372,7 +378,7 @@ export class Volume {
       fs.closeSync(fd);
       throw err;
     }
-    this.files.push({ pool, fd, mutations: 1, syncedMutations: 0 });
+    this.files.push({ pool, fd, mutations: 1, syncedMutations: 0, syncing: new Set() });
     return this.files.length - 1;
   }
 
@@ -1017,17 +1023,51 @@ export class Volume {
    * shared).
    */
   private syncFile(f: VolumeFile): Promise<void> {
+    return this.syncFd(f);
+  }
+
+  /**
+   * fdatasync of one of the volume's files. A failure takes the volume
+   * offline (never retried: the kernel may have dropped dirty pages of client
+   * writes to this file too, and reports that only once). A success counts
+   * only once every other fdatasync of the file that was still running when
+   * this one returned has returned too, and none failed: overlapping calls on
+   * one open file share its writeback error, which the kernel reports to one
+   * of them only (errseq, once per open file), so a call that returned 0 may
+   * have waited for pages whose write failed (a FLUSH beside a chunk copy's
+   * sync; two copies into one move target). Without this a FLUSH resolved,
+   * or a copy SWITCHed its chunk to bytes never written, before the other's
+   * EIO arrived (test review-volume-flush-overlapping-sync-error).
+   */
+  private syncFd(f: VolumeFile): Promise<void> {
+    let returned!: () => void;
+    const mine = new Promise<void>((r) => (returned = r));
+    f.syncing.add(mine);
+    const done = () => {
+      f.syncing.delete(mine);
+      returned();
+    };
     return new Promise<void>((resolve, reject) => {
-      fs.fdatasync(f.fd, (err) => {
-        // Success, but another fdatasync of the volume's files failed
-        // meanwhile: the kernel reports a writeback error to one caller
-        // only, so this one's "success" may cover pages it dropped.
-        if (!err) return this.failure ? reject(this.failure) : resolve();
-        // As in syncOnce: the kernel may have dropped dirty pages of client
-        // writes to this file too, and reports that only once.
-        this.failure ??= new VolumeFailed(`volume ${this.name}: fdatasync of its file on pool ${f.pool.name} failed (${err.message}); volume taken offline`);
-        reject(this.failure);
-      });
+      const onReturn = (err: NodeJS.ErrnoException | null) => {
+        done();
+        if (err) {
+          this.failure ??= new VolumeFailed(`volume ${this.name}: fdatasync of its file on pool ${f.pool.name} failed (${err.message}); volume taken offline`);
+          return reject(this.failure);
+        }
+        // Success, but another fdatasync of the volume's files failed (or
+        // fails, for one still running on this file): this one's "success"
+        // may cover pages the kernel dropped.
+        const settle = () => (this.failure ? reject(this.failure) : resolve());
+        if (f.syncing.size === 0) return settle();
+        void Promise.all(f.syncing).then(settle);
+      };
+      // A call that throws before issuing anything (a bad argument) leaves no waiter behind.
+      try {
+        fs.fdatasync(f.fd, onReturn);
+      } catch (err) {
+        done();
+        throw err;
+      }
     });
   }
 
@@ -1502,17 +1542,10 @@ export class Volume {
       // may or may not be covered by it, so they leave the file dirty.
       const upto = f.mutations;
       if (upto === f.syncedMutations) continue;
+      // Never retried on failure (syncFd): the kernel may have dropped the dirty pages already.
       syncs.push(
-        new Promise<void>((resolve, reject) => {
-          fs.fdatasync(f.fd, (err) => {
-            if (err) {
-              // Never retry: the kernel may have dropped the dirty pages already.
-              this.failure = new VolumeFailed(`volume ${this.name}: fdatasync of its file on pool ${f.pool.name} failed (${err.message}); volume taken offline`);
-              return reject(this.failure);
-            }
-            f.syncedMutations = Math.max(f.syncedMutations, upto);
-            resolve();
-          });
+        this.syncFd(f).then(() => {
+          f.syncedMutations = Math.max(f.syncedMutations, upto);
         }),
       );
     }
