@@ -720,16 +720,23 @@ export class Reconstructor {
   }
   private poolRebuild: { pool: string; only: Set<string> | null; done: Promise<PoolRebuildReport> } | null = null;
   /**
-   * Per cold pool, the volumes its last rebuild could not open (and has not
-   * rebuilt since): the pool is not fully rebuilt while an entry is here.
-   * Bounded by cold pools x volumes; an entry goes once its volumes are
-   * rebuilt or deleted.
+   * Per cold pool whose last rebuild was not complete: the volumes it could
+   * not open (and has not rebuilt since), and the stripes it left not
+   * rebuilt (notRebuilt: queue full, unrecoverable, ...). The pool is not
+   * fully rebuilt while an entry is here. Bounded by cold pools x volumes.
+   * The volumes go once rebuilt or deleted (the retry timer); notRebuilt
+   * only with a whole-pool rebuild that leaves none: a retry of the skipped
+   * volumes looks at nothing else, so it must not clear them.
    */
-  private readonly skippedByRebuild = new Map<string, Set<string>>();
+  private readonly skippedByRebuild = new Map<string, { volumes: Set<string>; notRebuilt: number }>();
 
-  /** Pools whose last rebuild skipped volumes that could not be opened (not fully rebuilt), with those volumes. */
-  incompleteRebuilds(): { pool: string; volumesSkipped: string[] }[] {
-    return [...this.skippedByRebuild].map(([pool, names]) => ({ pool, volumesSkipped: [...names].sort() }));
+  /**
+   * Pools not fully rebuilt: their last rebuild skipped volumes that could not
+   * be opened (volumesSkipped, retried by the timer) or left stripes not
+   * rebuilt (notRebuilt: rebuild the pool again).
+   */
+  incompleteRebuilds(): { pool: string; volumesSkipped: string[]; notRebuilt: number }[] {
+    return [...this.skippedByRebuild].map(([pool, e]) => ({ pool, volumesSkipped: [...e.volumes].sort(), notRebuilt: e.notRebuilt }));
   }
 
   /** `only`: the volumes to rebuild (a retry of those a rebuild skipped: no holder source); null: the whole pool. */
@@ -762,11 +769,17 @@ export class Reconstructor {
     const listing = this.availableVolumes();
     const opened = new Set(listing.volumes.map((v) => v.name));
     const unopened = new Set(listing.unavailable.map((u) => u.volume));
-    for (const [pool, names] of [...this.skippedByRebuild]) {
+    for (const [pool, entry] of [...this.skippedByRebuild]) {
       if (this.stopped || this.poolRebuild !== null) break;
-      const known = new Set([...names].filter((n) => opened.has(n) || unopened.has(n)));
-      if (known.size === 0 || !this.stripes.coldPoolNames().includes(pool)) {
-        this.skippedByRebuild.delete(pool); // deleted volumes, or a pool no longer configured
+      if (!this.stripes.coldPoolNames().includes(pool)) {
+        this.skippedByRebuild.delete(pool); // a pool no longer configured
+        continue;
+      }
+      const known = new Set([...entry.volumes].filter((n) => opened.has(n) || unopened.has(n)));
+      if (known.size === 0) {
+        // Deleted volumes: nothing to retry. Stripes left not rebuilt keep the pool listed.
+        if (entry.notRebuilt === 0) this.skippedByRebuild.delete(pool);
+        else entry.volumes = known;
         continue;
       }
       if (![...known].some((n) => opened.has(n))) continue;
@@ -953,11 +966,14 @@ export class Reconstructor {
       const i = ref?.shards.findIndex((sh) => sh.pool === poolName) ?? -1;
       if (ref !== undefined && i >= 0 && !(await this.stripes.shardPresent(ref, i))) report.notRebuilt++;
     }
-    report.complete = !this.stopped && report.volumesSkipped.length === 0 && report.notRebuilt === 0;
+    // A retry of skipped volumes looked at nothing else: stripes the last whole-pool rebuild
+    // left not rebuilt are still missing their shard as far as it knows (counted on).
+    const carried = only === null ? 0 : (this.skippedByRebuild.get(poolName)?.notRebuilt ?? 0);
+    report.complete = !this.stopped && report.volumesSkipped.length === 0 && report.notRebuilt === 0 && carried === 0;
     if (!this.stopped) {
-      // What is left skipped: a whole-pool rebuild's skips replace the last; a retry keeps those still closed.
-      const skipped = new Set(report.volumesSkipped.map((u) => u.volume));
-      if (skipped.size > 0) this.skippedByRebuild.set(poolName, skipped);
+      // What is left: a whole-pool rebuild's replaces the last; a retry keeps the volumes still closed.
+      const left = { volumes: new Set(report.volumesSkipped.map((u) => u.volume)), notRebuilt: carried + report.notRebuilt };
+      if (left.volumes.size > 0 || left.notRebuilt > 0) this.skippedByRebuild.set(poolName, left);
       else this.skippedByRebuild.delete(poolName);
     }
     report.durationMs = Date.now() - started;
@@ -1201,7 +1217,8 @@ export interface PoolRebuildReport {
    * missing it: no volume skipped, notRebuilt 0, not stopped. False while a
    * volume that could not be opened was skipped (volumesSkipped). For a
    * retryOfSkipped rebuild: of the volumes the pool's last rebuild skipped
-   * (the others were looked at by that one).
+   * (the others were looked at by that one), and false while stripes that
+   * rebuild left not rebuilt are outstanding (incompleteRebuilds' notRebuilt).
    */
   complete: boolean;
   /** A retry timer's rebuild of only the volumes an earlier rebuild of the pool skipped (no holder source). */
