@@ -43,7 +43,8 @@ commands:
                                      (daemon stopped)
   destage                            merge the cold tier's journal into stripes now (needs a running daemon)
   scrub                              verify every cold stripe now and rebuild bad ones (needs a running daemon)
-  rebuild <pool>                     rebuild onto a lost/replaced cold pool the shards it no longer holds (needs a running daemon)
+  rebuild <pool>                     rebuild onto a lost/replaced cold pool the shards it no longer holds (needs a
+                                     running daemon); exits 3 when the pool is not fully rebuilt (complete: false)
   cold                               cold tier status: policy, journal, stripe states (needs a running daemon)
   compact                            compact cold segment files now: copy live shard records out of mostly-dead
                                      segments, flip the index, delete the old files (needs a running daemon)
@@ -176,7 +177,19 @@ async function main(argv: string[]): Promise<number> {
     case 'rebuild': {
       if (sub === undefined) throw new UsageError('rebuild: expected a cold pool name');
       requireDaemon(dataDir);
-      return print(await call(dataDir, 'POST', '/v1/rebuild', { pool: sub }, null, 'rebuild'), values.json);
+      const report = await call<{ complete?: boolean; notRebuilt?: number; volumesSkipped?: { volume: string; pool: string; stripes: number | null }[] }>(dataDir, 'POST', '/v1/rebuild', { pool: sub }, null, 'rebuild');
+      print(report, values.json);
+      // A pool not fully rebuilt must not look like success to a script: exit 3 (1 is a failed call).
+      if (report.complete === false) {
+        const skipped = (report.volumesSkipped ?? []).map((u) => `${u.volume} (on ${u.pool}, ${u.stripes ?? 'unknown'} stripes)`);
+        const why = [
+          ...(skipped.length > 0 ? [`volumes that cannot be opened were skipped: ${skipped.join(', ')}`] : []),
+          ...((report.notRebuilt ?? 0) > 0 ? [`${report.notRebuilt} stripes were not rebuilt`] : []),
+        ];
+        process.stderr.write(`couchestor: pool ${sub} is not fully rebuilt${why.length > 0 ? `: ${why.join('; ')}` : ''}. Skipped volumes are retried once they open; rebuild again after fixing the cause (couchestor cold lists incompleteRebuilds)\n`);
+        return 3;
+      }
+      return 0;
     }
     case 'destage':
     case 'scrub':
