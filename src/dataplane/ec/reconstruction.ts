@@ -726,9 +726,11 @@ export class Reconstructor {
    * fully rebuilt while an entry is here. Bounded by cold pools x volumes.
    * The volumes go once rebuilt or deleted (the retry timer); notRebuilt
    * only with a whole-pool rebuild that leaves none: a retry of the skipped
-   * volumes looks at nothing else, so it must not clear them.
+   * volumes looks at nothing else, so it must not clear them. `store`: the
+   * pool's segment store that rebuild landed on; another one now (the pool
+   * replaced or lost again since) makes the retry a whole-pool rebuild.
    */
-  private readonly skippedByRebuild = new Map<string, { volumes: Set<string>; notRebuilt: number }>();
+  private readonly skippedByRebuild = new Map<string, { volumes: Set<string>; notRebuilt: number; store: SegmentStore | null }>();
 
   /**
    * Pools not fully rebuilt: their last rebuild skipped volumes that could not
@@ -788,7 +790,8 @@ export class Reconstructor {
     return reports;
   }
 
-  private async rebuildPoolNow(poolName: string, only: Set<string> | null): Promise<PoolRebuildReport> {
+  private async rebuildPoolNow(poolName: string, onlyAsked: Set<string> | null): Promise<PoolRebuildReport> {
+    let only = onlyAsked;
     const started = Date.now();
     const report: PoolRebuildReport = {
       pool: poolName,
@@ -806,6 +809,11 @@ export class Reconstructor {
     };
     if (!this.stripes.coldPoolNames().includes(poolName)) throw new UnknownPool(`no cold pool named ${poolName}`);
     const target = await this.stripes.segmentStore(poolName); // a replaced directory gets a fresh store here
+    // A retry of the volumes the last rebuild skipped, with the pool replaced (or lost) again
+    // since: every other volume's shards there may be gone again, and a retry looks at those
+    // volumes alone (it answered complete and dropped the pool). The whole pool instead.
+    if (only !== null && this.skippedByRebuild.get(poolName)?.store !== target) only = null;
+    report.retryOfSkipped = only !== null;
     // Sources: the other online pools in a fixed order, so every stripe reads
     // the same k pools and each pool's records are read back to back.
     const sourceRank = new Map<string, number>();
@@ -972,7 +980,7 @@ export class Reconstructor {
     report.complete = !this.stopped && report.volumesSkipped.length === 0 && report.notRebuilt === 0 && carried === 0;
     if (!this.stopped) {
       // What is left: a whole-pool rebuild's replaces the last; a retry keeps the volumes still closed.
-      const left = { volumes: new Set(report.volumesSkipped.map((u) => u.volume)), notRebuilt: carried + report.notRebuilt };
+      const left = { volumes: new Set(report.volumesSkipped.map((u) => u.volume)), notRebuilt: carried + report.notRebuilt, store: target };
       if (left.volumes.size > 0 || left.notRebuilt > 0) this.skippedByRebuild.set(poolName, left);
       else this.skippedByRebuild.delete(poolName);
     }
@@ -1221,7 +1229,11 @@ export interface PoolRebuildReport {
    * rebuild left not rebuilt are outstanding (incompleteRebuilds' notRebuilt).
    */
   complete: boolean;
-  /** A retry timer's rebuild of only the volumes an earlier rebuild of the pool skipped (no holder source). */
+  /**
+   * A retry timer's rebuild of only the volumes an earlier rebuild of the pool
+   * skipped (no holder source). False for a retry that found the pool replaced
+   * again since: that one rebuilds the whole pool.
+   */
   retryOfSkipped: boolean;
   /**
    * Volumes with stripes on the pool that could not be opened (pool offline,
