@@ -1,6 +1,7 @@
 // Power cuts at random instants of a random journal workload (appends of many sizes over
 // overlapping ranges of three volumes, a fifth of their payloads holding a byte-exact image of a
-// journal record or sync marker of another file or an older build, FLUSHes, rotations, destage releases and file removals),
+// journal record or sync marker of another file or an older build, FLUSHes, rotations, destage releases and file removals,
+// the first two of them recycled: renamed to spares and reused by later rotations, their old items past the new end),
 // through the model of helpers/power-loss-fs.ts: each crash state keeps the durable images plus,
 // per 512 B or 4 KiB sector, the page cache as of some instant (writes land in any order and tear
 // at sector boundaries), and any subset of the directory changes not fsynced. The journal opened
@@ -121,10 +122,15 @@ interface Coverage {
   statesTearingWrites: number;
   statesLosingCreates: number;
   statesUndoingUnlinks: number;
+  /** States that undid a rename not yet made durable (a file made a spare, or a spare taken by a rotation). */
+  statesUndoingRenames: number;
   statesWithDestagedChunks: number;
   /** Journal files created (open's head and rotations) and unlinked (destaged), over every generation's log. */
   filesCreated: number;
   filesRemoved: number;
+  /** Renames to a spare name (a destaged file kept) and from one (a rotation reusing it). */
+  filesRecycled: number;
+  sparesReused: number;
   tornTailsCut: number;
   /** Opens right after a SIGKILL (page cache kept), checked like a crash state. */
   restartsAfterKill: number;
@@ -318,7 +324,7 @@ class Run {
     try {
       j = this.open(dir, oracle, cut);
     } catch (err) {
-      throw new Error(`${where}: the journal refused to open after a pure power cut (${stats.writesLost} writes lost, ${stats.writesTorn} torn, ${stats.createsLost} creates lost, ${stats.unlinksUndone} unlinks undone): ${(err as Error).message}`, { cause: err });
+      throw new Error(`${where}: the journal refused to open after a pure power cut (${stats.writesLost} writes lost, ${stats.writesTorn} torn, ${stats.createsLost} creates lost, ${stats.unlinksUndone} unlinks undone, ${stats.renamesUndone} renames undone): ${(err as Error).message}`, { cause: err });
     }
     const openedAt = this.plfs.mark();
     if (fsck.tornTails > 0) this.cov.tornTailsCut++;
@@ -397,6 +403,7 @@ class Run {
     if (s.writesTorn > 0) this.cov.statesTearingWrites++;
     if (s.createsLost > 0) this.cov.statesLosingCreates++;
     if (s.unlinksUndone > 0) this.cov.statesUndoingUnlinks++;
+    if (s.renamesUndone > 0) this.cov.statesUndoingRenames++;
   }
 
   async close(j: Journal, model: DirModel, dir: string): Promise<void> {
@@ -407,11 +414,12 @@ class Run {
   }
 
   /**
-   * Cuts in [from, to], sorted: half uniform, half shortly after a journal file was created
-   * (a rotation, an open's head), where a new file's first items are not synced yet.
+   * Cuts in [from, to], sorted: half uniform, half shortly after a journal file was created or
+   * renamed (a rotation, an open's head, a spare made or reused), where a new file's first items
+   * and the rename are not synced yet.
    */
   cuts(model: DirModel, from: number, to: number, n: number): number[] {
-    const creates = model.ops.filter((o) => o.k === 'create' && o.issue >= from && o.issue < to);
+    const creates = model.ops.filter((o) => (o.k === 'create' || o.k === 'rename') && o.issue >= from && o.issue < to);
     return Array.from({ length: n }, (_, i) => {
       if (i % 2 === 0 || creates.length === 0) return from + Math.floor(this.rng() * (to - from + 1));
       const c = creates[Math.floor(this.rng() * creates.length)]!;
@@ -423,6 +431,8 @@ class Run {
     for (const o of model.ops) {
       if (o.k === 'create') this.cov.filesCreated++;
       if (o.k === 'unlink') this.cov.filesRemoved++;
+      if (o.k === 'rename' && o.to.startsWith('journal-spare-')) this.cov.filesRecycled++;
+      if (o.k === 'rename' && o.from.startsWith('journal-spare-')) this.cov.sparesReused++;
     }
   }
 }
@@ -447,7 +457,7 @@ function carryOver(prev: Oracle, cut: number, j: Journal, openedAt: number): Ora
 test('power cuts at random instants of a journal workload: every flushed write is replayed with its bytes, no open refuses', async (t) => {
   t.mock.timers.enable({ apis: ['setTimeout'] });
   const plfs = PowerLossFs.install(t);
-  const cov: Coverage = { crashStates: 0, statesWithFlushedWrites: 0, flushedWritesChecked: 0, statesLosingWrites: 0, statesTearingWrites: 0, statesLosingCreates: 0, statesUndoingUnlinks: 0, statesWithDestagedChunks: 0, filesCreated: 0, filesRemoved: 0, tornTailsCut: 0, restartsAfterKill: 0 };
+  const cov: Coverage = { crashStates: 0, statesWithFlushedWrites: 0, flushedWritesChecked: 0, statesLosingWrites: 0, statesTearingWrites: 0, statesLosingCreates: 0, statesUndoingUnlinks: 0, statesUndoingRenames: 0, statesWithDestagedChunks: 0, filesCreated: 0, filesRemoved: 0, filesRecycled: 0, sparesReused: 0, tornTailsCut: 0, restartsAfterKill: 0 };
   const started = Date.now();
   for (const seed of SEEDS) {
     const root = tempDir(t, `couchestor-journal-power-loss-${seed}-`);
@@ -516,5 +526,6 @@ test('power cuts at random instants of a journal workload: every flushed write i
   assert.ok(cov.statesWithFlushedWrites >= cov.crashStates / 2, `only ${cov.statesWithFlushedWrites} states had flushed writes to check`);
   assert.ok(cov.statesLosingWrites > 0 && cov.statesTearingWrites > 0 && cov.statesLosingCreates > 0 && cov.statesUndoingUnlinks > 0, `coverage: ${JSON.stringify(cov)}`);
   assert.ok(cov.statesWithDestagedChunks > 0 && cov.filesRemoved > 0 && cov.tornTailsCut > 0, `coverage: ${JSON.stringify(cov)}`);
+  assert.ok(cov.filesRecycled > 0 && cov.sparesReused > 0 && cov.statesUndoingRenames > 0, `recycling coverage: ${JSON.stringify(cov)}`);
   assert.equal(cov.restartsAfterKill, SEEDS.filter((s) => s % 2 === 1).length);
 });

@@ -18,7 +18,8 @@ type Op = { op: 'fdatasync' | 'close'; fd: number; err?: string };
 test('close during a deferred removal: the removed file is closed once, by the removal, and never synced after', async (t) => {
   const dir = tempDir(t, 'couchestor-review-close-during-remove-');
   const ops: Op[] = [];
-  let holdNextSync = false;
+  /** The inode whose next fdatasync is held (file 2's): a sync after a rotation also takes the file it left (its end marker). */
+  let holdIno = -1;
   let releaseSync!: () => void;
   let heldFd = -1;
   const held = new Promise<void>((started) => {
@@ -28,8 +29,8 @@ test('close during a deferred removal: the removed file is closed once, by the r
           ops.push({ op: 'fdatasync', fd, ...(err ? { err: err.code } : {}) });
           cb(err);
         });
-      if (holdNextSync) {
-        holdNextSync = false;
+      if (holdIno !== -1 && fs.fstatSync(fd).ino === holdIno) {
+        holdIno = -1;
         heldFd = fd;
         releaseSync = run;
         started();
@@ -48,7 +49,7 @@ test('close during a deferred removal: the removed file is closed once, by the r
   // Write 2 rotates into file 2 and carries the first sync's marker (its removal writes a claim).
   await j.append(RecordType.Write, 1, MiB, BLOCK_BYTES, block(2));
   const file2 = fs.readdirSync(dir).sort().at(-1)!;
-  holdNextSync = true;
+  holdIno = fs.statSync(path.join(dir, file2)).ino;
   const flush = j.sync();
   await held;
   // Write 3 rotates to file 3; a destage releases write 2: file 2's removal waits on the held sync.

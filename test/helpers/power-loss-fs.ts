@@ -1,6 +1,6 @@
 // A model of what a power cut keeps of a directory, for in-process crash-consistency tests of
 // the journal: every call journal.ts and dir-sync.ts make through the `fs` module object on a
-// tracked directory is logged (writes, truncates, creates, unlinks, fsync/fdatasync), and any
+// tracked directory is logged (writes, truncates, creates, unlinks, renames, fsync/fdatasync), and any
 // instant of that log can be turned into a crash state (DirModel.crashState: durable images, the
 // rest kept or lost per sector and per directory change).
 //
@@ -61,6 +61,8 @@ export interface CrashStateStats {
   volatileDirOps: number;
   createsLost: number;
   unlinksUndone: number;
+  /** Renames not made durable (no directory sync since) that this state undid, each as a whole. */
+  renamesUndone: number;
   files: number;
 }
 
@@ -94,7 +96,9 @@ export class DirModel {
   /**
    * The crash state at `cut` (every change issued before it), written into `into` (an empty
    * directory). Durable changes are all applied. Directory changes not made durable are each
-   * kept or lost on their own. File data not made durable is decided per sector (512 B or
+   * kept or lost on their own; a rename as a whole (the new name and the old one gone,
+   * or the old name as it was), and one whose source an undone earlier change left elsewhere
+   * is not applied. File data not made durable is decided per sector (512 B or
    * 4 KiB): a sector holds the page cache's content as of some instant up to the cut (the
    * writes to it that completed by then, in completion order, and any write in flight then,
    * or not), each sector its own instant: writes land in any order and tear at sector
@@ -108,7 +112,7 @@ export class DirModel {
     const style = rng();
     const mode: 'lose' | 'keep' | 'mixed' = forceMode ?? (style < 0.15 ? 'lose' : style < 0.3 ? 'keep' : 'mixed');
     const dirKeepP = mode === 'lose' ? 0 : mode === 'keep' ? 1 : rng();
-    const stats: CrashStateStats = { sectorBytes, volatileWrites: 0, writesKept: 0, writesTorn: 0, writesLost: 0, zeroExtended: 0, volatileDirOps: 0, createsLost: 0, unlinksUndone: 0, files: 0 };
+    const stats: CrashStateStats = { sectorBytes, volatileWrites: 0, writesKept: 0, writesTorn: 0, writesLost: 0, zeroExtended: 0, volatileDirOps: 0, createsLost: 0, unlinksUndone: 0, renamesUndone: 0, files: 0 };
     // Per target, the latest issue of a barrier completed before the cut: a change is durable iff it completed before that.
     const durableBefore = new Map<Target, number>();
     for (const b of this.barriers) {
@@ -126,6 +130,7 @@ export class DirModel {
         apply = rng() < dirKeepP;
         if (!apply && o.k === 'create') stats.createsLost++;
         if (!apply && o.k === 'unlink') stats.unlinksUndone++;
+        if (!apply && o.k === 'rename') stats.renamesUndone++;
       }
       if (!apply) continue;
       if (o.k === 'create') names.set(o.name, o.ino);
