@@ -147,6 +147,12 @@ interface JournalFile {
    * it for good, as the records may still be needed after a restart).
    */
   removeHolds: number;
+  /**
+   * fdatasyncs of the file issued and not yet returned (a group sync's, its
+   * removal's), each settling as its call returns: see fdatasyncFile. At
+   * most two (syncs run one at a time, a file is removed once).
+   */
+  syncing: Set<Promise<void>>;
 }
 
 /** A journal file's name: its number, and its nonce in hex (absent in files named before nonces). */
@@ -282,7 +288,7 @@ export class Journal {
       const fd = fs.openSync(file, 'r+');
       // named: the head created below shares the directory, and its first
       // sync persists every entry in it, these included.
-      const f: JournalFile = { no, name: entries[i]!.name, fd, nonce: scan.nonce ?? 0, tailBytes: endBytes, liveBytes: 0, dirty: false, named: true, markerWrite: null, markerClaim: 0, removeHolds: 0 };
+      const f: JournalFile = { no, name: entries[i]!.name, fd, nonce: scan.nonce ?? 0, tailBytes: endBytes, liveBytes: 0, dirty: false, named: true, markerWrite: null, markerClaim: 0, removeHolds: 0, syncing: new Set() };
       j.files.set(no, f);
       for (const m of scan.markers) if (m.posBytes < endBytes) f.markerClaim = Math.max(f.markerClaim, m.syncedSeq);
       j.markedSeq = Math.max(j.markedSeq, f.markerClaim);
@@ -376,7 +382,7 @@ export class Journal {
     const nonce = newFileNonce();
     const name = fileName(no, nonce);
     const fd = this.takeSpare(name) ?? fs.openSync(path.join(this.dir, name), fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_TRUNC, 0o600);
-    const f: JournalFile = { no, name, fd, nonce, tailBytes: 0, liveBytes: 0, dirty: true, named: false, markerWrite: null, markerClaim: 0, removeHolds: 0 };
+    const f: JournalFile = { no, name, fd, nonce, tailBytes: 0, liveBytes: 0, dirty: true, named: false, markerWrite: null, markerClaim: 0, removeHolds: 0, syncing: new Set() };
     this.files.set(no, f);
     return f;
   }
@@ -620,6 +626,42 @@ export class Journal {
     for (const w of this.spaceWaiters.splice(0)) w();
   }
 
+  /**
+   * fdatasync of journal file `f` (a group sync's, a removal's): `done` gets
+   * the error, or null only once every other fdatasync of `f` still running
+   * when this one returned has returned too, and the journal has not failed
+   * (done then gets the failure). Overlapping calls on one open file share
+   * its writeback error, which Linux reports to one of them only (errseq,
+   * once per open file): a FLUSH's call that returned 0 beside a removal's
+   * that took the EIO wrote its marker (acknowledged, its pages maybe
+   * dropped), and a removal whose call returned 0 beside a FLUSH's EIO
+   * unlinked (or recycled) a file that may come back torn. As volume.ts's
+   * syncFd (84312ba). A failure fails the journal before the call counts as
+   * returned, so a waiting success sees it.
+   */
+  private fdatasyncFile(f: JournalFile, done: (err: Error | null) => void): void {
+    let returned!: () => void;
+    const mine = new Promise<void>((r) => (returned = r));
+    f.syncing.add(mine);
+    const onReturn = (err: NodeJS.ErrnoException | null) => {
+      if (err) this.fail(err);
+      f.syncing.delete(mine);
+      returned();
+      if (err) return done(this.failure);
+      const settle = () => done(this.failure);
+      if (f.syncing.size === 0) return settle();
+      void Promise.all(f.syncing).then(settle);
+    };
+    try {
+      fs.fdatasync(f.fd, onReturn);
+    } catch (err) {
+      // Thrown before anything was issued (a bad argument): no waiter is left behind.
+      f.syncing.delete(mine);
+      returned();
+      throw err;
+    }
+  }
+
   /** Group commit: every append that resolved before the call is durable afterwards. */
   sync(): Promise<void> {
     if (this.failure) return Promise.reject(this.failure);
@@ -657,13 +699,8 @@ export class Journal {
       ...live.map(
         (f) =>
           new Promise<void>((resolve, reject) =>
-            fs.fdatasync(f.fd, (err) => {
-              if (err) {
-                this.fail(err);
-                return reject(this.failure);
-              }
-              resolve();
-            }),
+            // A success counts once the removal's overlapping fdatasync of the file (if any) returned without error.
+            this.fdatasyncFile(f, (err) => (err ? reject(err) : resolve())),
           ),
       ),
       ...live
@@ -866,10 +903,8 @@ export class Journal {
       // Failed since the removal began (another file's write or sync): the
       // file is kept, as above, and only its descriptor closed.
       if (this.failure) return closeAfterSyncs(false);
-      fs.fdatasync(f.fd, (err) => {
-        if (err) this.fail(err);
-        closeAfterSyncs(!err && !this.failure);
-      });
+      // Counts once a group sync's overlapping fdatasync of the file (if any) returned without error.
+      this.fdatasyncFile(f, (err) => closeAfterSyncs(!err && !this.failure));
     };
     const before: Promise<unknown>[] = [];
     if (f.markerWrite) before.push(f.markerWrite);
