@@ -21,6 +21,7 @@ import { migrateVolume, migrationPunchCounters, MigrationAborted, type Migration
 import { readFileRange } from './helpers/hot-warm.js';
 import { PUNCH_KILL_CHUNKS, PUNCH_KILL_TRIMMED, runPunchKillChild } from './helpers/punch-kill-child.js';
 import { openColdTierManager, readVolume, writeVolume } from './helpers/volume.js';
+import { stderrLines } from './helpers/stderr.js';
 
 const MiB = 1024 * 1024;
 const CHUNKS = 24;
@@ -32,21 +33,6 @@ const NO_PUNCH_LOG = /the file system cannot punch holes/;
 function run(cmd: string, args: string[]): void {
   const r = spawnSync(cmd, args, { encoding: 'utf8' });
   assert.equal(r.status, 0, `${cmd} ${args.join(' ')}: ${r.error?.message ?? ''}${r.stderr}`);
-}
-
-/** Lines written to stderr (the logger's sink) while `fn` runs. */
-async function stderrLines<T>(fn: () => Promise<T>): Promise<{ value: T; lines: string[] }> {
-  const lines: string[] = [];
-  const real = process.stderr.write.bind(process.stderr);
-  process.stderr.write = ((chunk: string | Uint8Array, ...rest: unknown[]) => {
-    lines.push(...chunk.toString().split('\n').filter((l) => l !== ''));
-    return (real as (c: string | Uint8Array, ...r: unknown[]) => boolean)(chunk, ...rest);
-  }) as typeof process.stderr.write;
-  try {
-    return { value: await fn(), lines };
-  } finally {
-    process.stderr.write = real;
-  }
 }
 
 /** A temp dir whose hot-0/volumes is a fresh ramfs mount; closes `current()`, unmounts and removes it all when `t` ends. */

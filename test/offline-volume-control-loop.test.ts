@@ -12,25 +12,11 @@ import { ControlLoop } from '../src/control/loop.js';
 import { HeatTracker } from '../src/control/heat.js';
 import { policyYaml } from './helpers/control-loop.js';
 import { coldVolumeOnHot1, openColdTierManager, tempDirClosing } from './helpers/volume.js';
+import { stderrLines } from './helpers/stderr.js';
 
 const MiB = 1024 * 1024;
 const WINDOW_MS = 2_000;
 const SAMPLE_INTERVAL_MS = 1_000;
-
-/** Runs `fn`, returning the lines written to stderr meanwhile (the logger's sink) beside its result. */
-async function stderrLines<T>(fn: () => Promise<T>): Promise<{ lines: string[]; result: T }> {
-  const real = process.stderr.write;
-  const lines: string[] = [];
-  process.stderr.write = ((chunk: string | Uint8Array, ...rest: unknown[]) => {
-    lines.push(String(chunk));
-    return (real as (...a: unknown[]) => boolean).call(process.stderr, chunk, ...rest);
-  }) as typeof process.stderr.write;
-  try {
-    return { lines, result: await fn() };
-  } finally {
-    process.stderr.write = real;
-  }
-}
 
 test('a control-loop pass skips a volume that cannot be opened and decides for the volumes after it', async (t) => {
   let m: VolumeManager | null = null;

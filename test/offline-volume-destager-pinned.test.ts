@@ -6,7 +6,11 @@
 // rewrite each, the laziness of 57e4bfc gone), and each tick logged the
 // volume twice (once looking for ripe chunks, once in the pass). Now the
 // files only it pins are left out, the line is logged once (then rate
-// limited), the reason still names the pool, and nothing is lost.
+// limited), the reason still names the pool, and nothing is lost. Once the
+// pool is back that must end at once (the review of f7a5748): its old record
+// is destaged within two ticks (the first opens it, the next counts its file
+// as pinned) under writes that never let the journal go idle, not after the
+// 12-interval full pass.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
@@ -15,6 +19,8 @@ import path from 'node:path';
 import { VolumeManager } from '../src/dataplane/volumes/manager.js';
 import { parsePolicyYaml } from '../src/dataplane/ec/policy.js';
 import { DEFAULT_EC_POLICY_YAML } from '../src/config.js';
+import type { TestContext } from 'node:test';
+import { stderrLines } from './helpers/stderr.js';
 import { coldVolumeOnHot1, readVolume, tempDirClosing, writeVolume } from './helpers/volume.js';
 
 const MiB = 1024 * 1024;
@@ -36,25 +42,15 @@ async function openManager(dir: string, create: boolean): Promise<VolumeManager>
   return m;
 }
 
-/** Runs `fn`, returning the lines written to stderr meanwhile (the logger's sink). */
-async function stderrLines(fn: () => Promise<void>): Promise<string[]> {
-  const real = process.stderr.write;
-  const lines: string[] = [];
-  process.stderr.write = ((chunk: string | Uint8Array, ...rest: unknown[]) => {
-    lines.push(String(chunk));
-    return (real as (...a: unknown[]) => boolean).call(process.stderr, chunk, ...rest);
-  }) as typeof process.stderr.write;
-  try {
-    await fn();
-  } finally {
-    process.stderr.write = real;
-  }
-  return lines;
-}
-
-test('an unopenable volume pinning an old journal file does not make every tick a full pass, and is logged once', async (t) => {
+/**
+ * Volume a (on hot-1) has a record in the journal file before a restart, b
+ * small writes in the new one; hot-1 is renamed away and the destager ticked
+ * TICKS times, a write to b before each: checks a's record stays, the reason
+ * names hot-1, b's small records wait (no full pass forced), one log line.
+ */
+async function pinnedByUnopenable(t: TestContext, prefix: string) {
   let m: VolumeManager | null = null;
-  const dir = tempDirClosing(t, 'couchestor-offline-destager-', () => m!);
+  const dir = tempDirClosing(t, prefix, () => m!);
   m = await openManager(dir, true);
   const hot1 = await coldVolumeOnHot1(m, dir, 'a');
   await m.createVolume({ name: 'b', sizeBytes: 2 * MiB, tier: 'cold', pool: 'hot-0' });
@@ -78,7 +74,7 @@ test('an unopenable volume pinning an old journal file does not make every tick 
   for (let i = 1; i <= TICKS; i++) {
     // A small write to b (not ripe: it waits for more, or for an idle interval).
     await put('b', i * BLOCK_BYTES);
-    lines.push(...(await stderrLines(() => d.tick())));
+    lines.push(...(await stderrLines(() => d.tick())).lines);
     assert.deepEqual(journal.dirtyChunks(ids.a), [0], `tick ${i}: a's record stays in the journal`);
     assert.match(journal.stalledReason ?? '', /cannot be opened.*hot-1/, `tick ${i}: the reason names the pool`);
     // The first tick may not know yet that a cannot be opened (one full pass); none after it is forced.
@@ -89,10 +85,31 @@ test('an unopenable volume pinning an old journal file does not make every tick 
   assert.equal(skipLines.length, 1, `one line for ${TICKS} ticks:\n${skipLines.join('')}`);
   assert.ok(d.volumesSkipped >= 1);
 
+  return { m, journal, d, hot1, ids, want, put };
+}
+
+test('an unopenable volume pinning an old journal file does not make every tick a full pass, and is logged once', async (t) => {
+  const { m, journal, d, hot1, want } = await pinnedByUnopenable(t, 'couchestor-offline-destager-');
   // hot-1 is back: everything is destaged and reads back.
   fs.renameSync(`${hot1}.gone`, hot1);
   await d.drain();
   assert.equal(journal.bytesLive, 0);
   assert.equal(journal.stalledReason, null, 'a full pass with nothing skipped clears the reason');
+  for (const name of ['a', 'b'] as const) assert.ok((await readVolume(m.openVolume(name), 0, 2 * MiB)).equals(want[name]), `${name} reads back`);
+});
+
+test('once its pool is back, an unopenable volume pinning an old journal file is destaged within two ticks under writes', async (t) => {
+  const { m, journal, d, hot1, ids, want, put } = await pinnedByUnopenable(t, 'couchestor-rvoff-destager-back-');
+  // hot-1 is back: writes to b keep coming (never idle); a's old record must not wait for the 12-interval pass.
+  fs.renameSync(`${hot1}.gone`, hot1);
+  let ticksUntilA = 0;
+  for (let i = 1; i <= 6 && journal.dirtyChunks(ids.a).length > 0; i++) {
+    await put('b', (TICKS + i) * BLOCK_BYTES);
+    await d.tick();
+    ticksUntilA = i;
+  }
+  assert.deepEqual(journal.dirtyChunks(ids.a), [], "a's record is destaged once hot-1 is back");
+  assert.ok(ticksUntilA <= 2, `ticks: ${ticksUntilA}`);
+  await d.drain();
   for (const name of ['a', 'b'] as const) assert.ok((await readVolume(m.openVolume(name), 0, 2 * MiB)).equals(want[name]), `${name} reads back`);
 });

@@ -25,6 +25,7 @@ import { migrateVolume, migrationPunchCounters } from '../src/dataplane/volumes/
 import { firstDataOffset } from '../src/dataplane/volumes/seek-data.js';
 import { readFileRange } from './helpers/hot-warm.js';
 import { openColdTierManager, readVolume, writeVolume } from './helpers/volume.js';
+import { stderrLines } from './helpers/stderr.js';
 
 const MiB = 1024 * 1024;
 const SPARSE_BYTES = 4096;
@@ -128,21 +129,6 @@ async function holes(file: string, chunks: number[]): Promise<number[]> {
     return out;
   } finally {
     fs.closeSync(fd);
-  }
-}
-
-/** Lines written to stderr (the logger's sink) while `fn` runs. */
-async function stderrLines<T>(fn: () => Promise<T>): Promise<{ value: T; lines: string[] }> {
-  const lines: string[] = [];
-  const real = process.stderr.write.bind(process.stderr);
-  process.stderr.write = ((chunk: string | Uint8Array, ...rest: unknown[]) => {
-    lines.push(...chunk.toString().split('\n').filter((l) => l !== ''));
-    return (real as (c: string | Uint8Array, ...r: unknown[]) => boolean)(chunk, ...rest);
-  }) as typeof process.stderr.write;
-  try {
-    return { value: await fn(), lines };
-  } finally {
-    process.stderr.write = real;
   }
 }
 
