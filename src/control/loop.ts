@@ -311,8 +311,16 @@ export class ControlLoop {
       // A move that was interrupted (crash) or aborted leaves chunks outside
       // the tier's pool file; finishing it is a move to the same tier, under
       // the same emergency stop, cooldown, dry run and concurrency limit.
-      if (!this.manager.openVolume(name).hasChunksOffPlacement()) return { ...base, targetTier: target, iops, action: 'stay', reason: `${why}; already ${tier}` };
-      why = `${why}; already ${tier}, but an interrupted move left chunks on other pools: finishing it`;
+      // A move to cold flips the record to cold before its copy, so one killed
+      // mid-COPY leaves a cold volume with chunks still in its hot file
+      // (hasChunksOffPlacement is false for cold): nothing else moves them
+      // (the destager takes only journaled chunks), so the loop finishes it.
+      const vol = this.manager.openVolume(name);
+      if (tier === 'cold' ? vol.chunksOnFile().length === 0 : !vol.hasChunksOffPlacement()) return { ...base, targetTier: target, iops, action: 'stay', reason: `${why}; already ${tier}` };
+      why =
+        tier === 'cold'
+          ? `${why}; already cold, but an interrupted move left ${vol.chunksOnFile().length} chunks in its file: finishing it`
+          : `${why}; already ${tier}, but an interrupted move left chunks on other pools: finishing it`;
     }
     if (!p.enabled) return { ...base, targetTier: target, iops, action: 'disabled', reason: `${why}; policy disabled (emergency stop): nothing new starts` };
     const last = this.lastMigrated.get(name);
