@@ -1228,8 +1228,10 @@ export class Volume {
    * releaseOtherFiles wait for it too, so a descriptor is never closed
    * under it. Clients are not held: the punches run after the gate opens.
    *
-   * Returns what it punched; `supported` false when the file system cannot
-   * punch holes (EOPNOTSUPP: nothing freed, nothing else changes). Another
+   * Returns what it punched: only chunks whose range still held data
+   * (dataRuns), so a range already a hole is not counted again; `supported`
+   * false when the file system cannot punch holes (EOPNOTSUPP: nothing
+   * freed, nothing else changes). Another
    * error stops it (logged, thrown): the space stays used, as without it.
    */
   async punchDeadRanges(): Promise<{ rangesPunched: number; bytesPunched: number; supported: boolean }> {
@@ -1261,15 +1263,17 @@ export class Volume {
     try {
       // Every Cold/Discarded state above is in the durable index before a byte goes.
       await this.meta.durable();
-      for (const r of plan) {
-        // Counted whatever the outcome: a punch that failed part way may have freed some blocks.
-        const punched = await punchHole(r.file.fd, r.offsetBytes, r.lengthBytes).finally(() => r.file.mutations++);
-        if (!punched) {
-          log.info('volume: the file system cannot punch holes; stale ranges keep their space until the file is released', { volume: this.name, pool: r.file.pool.name });
-          return { rangesPunched, bytesPunched, supported: false };
+      for (const planned of plan) {
+        for (const r of await this.dataRuns(planned, cs)) {
+          // Counted whatever the outcome: a punch that failed part way may have freed some blocks.
+          const punched = await punchHole(r.file.fd, r.offsetBytes, r.lengthBytes).finally(() => r.file.mutations++);
+          if (!punched) {
+            log.info('volume: the file system cannot punch holes; stale ranges keep their space until the file is released', { volume: this.name, pool: r.file.pool.name });
+            return { rangesPunched, bytesPunched, supported: false };
+          }
+          rangesPunched++;
+          bytesPunched += r.lengthBytes;
         }
-        rangesPunched++;
-        bytesPunched += r.lengthBytes;
       }
     } catch (err) {
       log.warn('volume: punching dead ranges failed; their space stays used until the file is released', { volume: this.name, err: (err as Error).message });
@@ -1279,6 +1283,33 @@ export class Volume {
       landed();
     }
     return { rangesPunched, bytesPunched, supported: true };
+  }
+
+  /**
+   * The chunks of a dead range (chunk-aligned, whole chunks) that still hold
+   * a data extent, adjacent ones merged: what punchDeadRanges punches and
+   * counts. A range already a hole (a second abort in a row, a punch a kill
+   * cut short and a start finished) frees nothing, so it is neither punched
+   * again nor counted (before, two aborts reported twice the bytes freed).
+   * lseek SEEK_DATA, at most one per chunk holding data: each answer skips
+   * the holes before it. A file system without hole tracking answers "data"
+   * everywhere: every chunk is punched (or refused) and counted, as before.
+   */
+  private async dataRuns(r: { file: VolumeFile; offsetBytes: number; lengthBytes: number }, chunkSizeBytes: number): Promise<{ file: VolumeFile; offsetBytes: number; lengthBytes: number }[]> {
+    const out: { file: VolumeFile; offsetBytes: number; lengthBytes: number }[] = [];
+    const end = r.offsetBytes + r.lengthBytes;
+    let pos = r.offsetBytes;
+    while (pos < end) {
+      const dataAt = await firstDataOffset(r.file.fd, pos);
+      if (dataAt === -1 || dataAt >= end) break; // holes only, up to the range's end
+      // The chunk holding dataAt (ranges are chunk-aligned, so it starts at or after pos).
+      const chunkStart = Math.max(pos, dataAt - ((dataAt - r.offsetBytes) % chunkSizeBytes));
+      const last = out[out.length - 1];
+      if (last !== undefined && last.offsetBytes + last.lengthBytes === chunkStart) last.lengthBytes += chunkSizeBytes;
+      else out.push({ file: r.file, offsetBytes: chunkStart, lengthBytes: chunkSizeBytes });
+      pos = chunkStart + chunkSizeBytes;
+    }
+    return out;
   }
 
   private lastSeq(c: number): number {
