@@ -48,5 +48,6 @@ export function metricsSource(manager: VolumeManager, heat: HeatTracker, migrati
       return c ? { healthy: c.Healthy, degraded: c.Degraded, rebuilding: c.Reconstructing, unrecoverable: c.Failed } : {};
     },
     unavailableVolumes: () => manager.unavailableVolumes(),
+    incompleteRebuilds: () => manager.cold?.reconstructor.incompleteRebuilds() ?? [],
   };
 }

@@ -58,6 +58,19 @@ export interface MetricsSource {
    * Optional: a source without it reports none.
    */
   unavailableVolumes?(): Iterable<{ volume: string; pool: string }>;
+  /**
+   * Cold pools not fully rebuilt (Reconstructor.incompleteRebuilds: kept in
+   * the index, so listed again after a restart). Optional: without it the
+   * rebuild gauges have no series (nothing known, so no 0 either).
+   */
+  incompleteRebuilds?(): Iterable<IncompleteRebuild>;
+}
+
+/** A cold pool whose last rebuild skipped volumes or left stripes not rebuilt. */
+export interface IncompleteRebuild {
+  pool: string;
+  volumesSkipped: readonly string[];
+  notRebuilt: number;
 }
 
 /**
@@ -74,6 +87,8 @@ interface Snapshot {
   journalBytes: number;
   stripes: Readonly<Partial<Record<StripeState, number>>>;
   unavailableVolumes: { volume: string; pool: string }[];
+  /** Null: the source does not report rebuilds (no series at all, not 0s). */
+  incompleteRebuilds: IncompleteRebuild[] | null;
 }
 
 const EMPTY_SNAPSHOT: Snapshot = {
@@ -84,6 +99,7 @@ const EMPTY_SNAPSHOT: Snapshot = {
   journalBytes: 0,
   stripes: {},
   unavailableVolumes: [],
+  incompleteRebuilds: null,
 };
 
 /**
@@ -109,6 +125,7 @@ class SnapshotRegistry extends Registry {
       journalBytes: source.journalBytes(),
       stripes: source.stripes(),
       unavailableVolumes: [...(source.unavailableVolumes?.() ?? [])],
+      incompleteRebuilds: source.incompleteRebuilds ? [...source.incompleteRebuilds()] : null,
     };
   }
 
@@ -255,6 +272,32 @@ export function createMetrics(source: MetricsSourceRef): Registry {
       for (const u of registry.snapshot().unavailableVolumes) this.set({ volume: u.volume, pool: u.pool }, 1);
     },
   });
+
+  // Every cold pool has a series, 0 unless listed, so an alert can tell "rebuilt" from "no
+  // data"; a listed pool no longer configured keeps its series while it is listed. A source
+  // that does not report rebuilds (or none open yet) gives no series: 0 would claim "rebuilt".
+  const rebuildGauge = (name: string, help: string, pick: (r: IncompleteRebuild) => number): void => {
+    new Gauge({
+      name,
+      help,
+      labelNames: ['pool'],
+      registers,
+      collect() {
+        this.reset();
+        const snap = registry.snapshot();
+        if (snap.incompleteRebuilds === null) return;
+        for (const p of snap.pools) if (p.tier === 'cold') this.set({ pool: p.pool }, 0);
+        for (const r of snap.incompleteRebuilds) this.set({ pool: r.pool }, pick(r));
+      },
+    });
+  };
+  rebuildGauge(
+    'couchestor_rebuild_incomplete',
+    "Cold pools not fully rebuilt: 1 per pool whose last rebuild skipped volumes that could not be opened or left stripes not rebuilt (GET /v1/cold incompleteRebuilds; kept across restarts). 0 for the other cold pools.",
+    () => 1,
+  );
+  rebuildGauge('couchestor_rebuild_volumes_skipped', 'Volumes the last rebuild of the pool could not open and has not rebuilt since (retried once they open).', (r) => r.volumesSkipped.length);
+  rebuildGauge('couchestor_rebuild_stripes_not_rebuilt', 'Stripes the last whole-pool rebuild of the pool left not rebuilt (rebuild the pool again).', (r) => r.notRebuilt);
 
   return registry;
 }

@@ -181,6 +181,7 @@ export class Reconstructor {
     private readonly index: MetaStore | null = null,
   ) {
     this.maxQueued = opts.maxQueuedStripes ?? MAX_QUEUED_STRIPES;
+    this.loadIncompleteRebuilds();
     stripes.onDegraded = (_ref, _health, ctx) => {
       // A read without a context (none in the daemon today) leaves the stripe to the scrub.
       if (ctx === undefined) return;
@@ -741,6 +742,42 @@ export class Reconstructor {
     return [...this.skippedByRebuild].map(([pool, e]) => ({ pool, volumesSkipped: [...e.volumes].sort(), notRebuilt: e.notRebuilt }));
   }
 
+  /**
+   * The entries a daemon before this one left in the index: after a restart
+   * the pool is still listed and the retry timer still retries its skipped
+   * volumes. Their store is unknown (null, never the pool's current one):
+   * the pool may have been replaced while the daemon was down, so the first
+   * retry rebuilds the whole pool (what a retry does when the store changed).
+   * Bounded like the map: one record per cold pool.
+   */
+  private loadIncompleteRebuilds(): void {
+    if (this.index === null) return;
+    for (const { key, value } of this.index.incompleteRebuilds.getRange()) {
+      this.skippedByRebuild.set(key, { volumes: new Set(value.volumesSkipped), notRebuilt: value.notRebuilt, store: null });
+    }
+  }
+
+  /**
+   * Sets (or, null, clears) a pool's entry: in memory, then in the index
+   * (committed, synced, before this resolves). Every change of the list goes
+   * through here so the two agree. A failed write is logged and the memory
+   * list kept: the rebuild itself is done; only a restart could lose the entry.
+   */
+  private async setIncomplete(pool: string, entry: { volumes: Set<string>; notRebuilt: number; store: SegmentStore | null } | null): Promise<void> {
+    if (entry === null) this.skippedByRebuild.delete(pool);
+    else this.skippedByRebuild.set(pool, entry);
+    if (this.index === null) return;
+    try {
+      if (entry === null) await this.index.incompleteRebuilds.remove(pool);
+      else await this.index.incompleteRebuilds.put(pool, { volumesSkipped: [...entry.volumes].sort(), notRebuilt: entry.notRebuilt });
+    } catch (err) {
+      this.incompleteWriteFailures++;
+      log.warn('could not record the incomplete rebuild list in the index; a restart may forget it', { pool, err: (err as Error).message });
+    }
+  }
+  /** Writes of incompleteRebuilds to the index that failed (logged). */
+  incompleteWriteFailures = 0;
+
   /** `only`: the volumes to rebuild (a retry of those a rebuild skipped: no holder source); null: the whole pool. */
   private startPoolRebuild(poolName: string, only: Set<string> | null): Promise<PoolRebuildReport> {
     const running = this.poolRebuild;
@@ -774,14 +811,13 @@ export class Reconstructor {
     for (const [pool, entry] of [...this.skippedByRebuild]) {
       if (this.stopped || this.poolRebuild !== null) break;
       if (!this.stripes.coldPoolNames().includes(pool)) {
-        this.skippedByRebuild.delete(pool); // a pool no longer configured
+        await this.setIncomplete(pool, null); // a pool no longer configured
         continue;
       }
       const known = new Set([...entry.volumes].filter((n) => opened.has(n) || unopened.has(n)));
       if (known.size === 0) {
         // Deleted volumes: nothing to retry. Stripes left not rebuilt keep the pool listed.
-        if (entry.notRebuilt === 0) this.skippedByRebuild.delete(pool);
-        else entry.volumes = known;
+        await this.setIncomplete(pool, entry.notRebuilt === 0 ? null : { ...entry, volumes: known });
         continue;
       }
       if (![...known].some((n) => opened.has(n))) continue;
@@ -981,8 +1017,7 @@ export class Reconstructor {
     if (!this.stopped) {
       // What is left: a whole-pool rebuild's replaces the last; a retry keeps the volumes still closed.
       const left = { volumes: new Set(report.volumesSkipped.map((u) => u.volume)), notRebuilt: carried + report.notRebuilt, store: target };
-      if (left.volumes.size > 0 || left.notRebuilt > 0) this.skippedByRebuild.set(poolName, left);
-      else this.skippedByRebuild.delete(poolName);
+      await this.setIncomplete(poolName, left.volumes.size > 0 || left.notRebuilt > 0 ? left : null);
     }
     report.durationMs = Date.now() - started;
     log.info('pool rebuild finished', { ...report });

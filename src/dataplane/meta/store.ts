@@ -84,6 +84,16 @@ export interface ChunkEntry {
   preserved?: StripeRef;
 }
 
+/**
+ * A cold pool whose last rebuild was not complete (ec/reconstruction.ts
+ * incompleteRebuilds), kept across restarts: the volumes it could not open
+ * and the stripes it left not rebuilt. Gone once the pool is fully rebuilt.
+ */
+export interface IncompleteRebuildRecord {
+  volumesSkipped: string[];
+  notRebuilt: number;
+}
+
 export const VOLUME_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 
 export class MetaStore {
@@ -99,6 +109,8 @@ export class MetaStore {
      * (ec/compaction.ts). A hint, recounted from the index at start-up.
      */
     readonly segmentDeadBytes: Database<number, [string, number]>,
+    /** Cold pools not fully rebuilt, pool name -> record (Reconstructor writes, loads at start). */
+    readonly incompleteRebuilds: Database<IncompleteRebuildRecord, string>,
   ) {}
 
   static open(dataDir: string): MetaStore {
@@ -119,6 +131,7 @@ export class MetaStore {
       root.openDB<ChunkEntry, [number, number]>({ name: 'chunks' }),
       root.openDB<number, string>({ name: 'counters' }),
       root.openDB<number, [string, number]>({ name: 'segment-dead-bytes' }),
+      root.openDB<IncompleteRebuildRecord, string>({ name: 'rebuild-incomplete' }),
     );
   }
 
