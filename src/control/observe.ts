@@ -48,6 +48,9 @@ export function metricsSource(manager: VolumeManager, heat: HeatTracker, migrati
       return c ? { healthy: c.Healthy, degraded: c.Degraded, rebuilding: c.Reconstructing, unrecoverable: c.Failed } : {};
     },
     unavailableVolumes: () => manager.unavailableVolumes(),
-    incompleteRebuilds: () => manager.cold?.reconstructor.incompleteRebuilds() ?? [],
+    // Without a cold tier (no policy file, say) the index still holds the last list: [] would
+    // read 0 (rebuilt) for every cold pool it names.
+    incompleteRebuilds: () =>
+      manager.cold?.reconstructor.incompleteRebuilds() ?? [...manager.meta.incompleteRebuilds.getRange()].map(({ key, value }) => ({ pool: key, ...value })),
   };
 }

@@ -149,6 +149,13 @@ export interface ReconstructionOptions {
   maxQueuedStripes?: number;
 }
 
+/**
+ * The store of an incompleteRebuilds entry loaded from the index: unknown, so
+ * unequal to every store and to null (a pool offline at the retry), and the
+ * retry rebuilds the whole pool.
+ */
+const STORE_UNKNOWN = Symbol('store unknown');
+
 export class Reconstructor {
   /** Non-healthy stripes by "volumeId:chunk". */
   private readonly states = new Map<string, QueuedStripe>();
@@ -731,7 +738,7 @@ export class Reconstructor {
    * pool's segment store that rebuild landed on; another one now (the pool
    * replaced or lost again since) makes the retry a whole-pool rebuild.
    */
-  private readonly skippedByRebuild = new Map<string, { volumes: Set<string>; notRebuilt: number; store: SegmentStore | null }>();
+  private readonly skippedByRebuild = new Map<string, { volumes: Set<string>; notRebuilt: number; store: SegmentStore | null | typeof STORE_UNKNOWN }>();
 
   /**
    * Pools not fully rebuilt: their last rebuild skipped volumes that could not
@@ -745,15 +752,16 @@ export class Reconstructor {
   /**
    * The entries a daemon before this one left in the index: after a restart
    * the pool is still listed and the retry timer still retries its skipped
-   * volumes. Their store is unknown (null, never the pool's current one):
-   * the pool may have been replaced while the daemon was down, so the first
-   * retry rebuilds the whole pool (what a retry does when the store changed).
+   * volumes. Their store is unknown (STORE_UNKNOWN, never the pool's current
+   * one; not null, which is what segmentStore answers for a pool offline now):
+   * the pool may have been replaced (or lost) while the daemon was down, so the
+   * first retry rebuilds the whole pool (what a retry does when the store changed).
    * Bounded like the map: one record per cold pool.
    */
   private loadIncompleteRebuilds(): void {
     if (this.index === null) return;
     for (const { key, value } of this.index.incompleteRebuilds.getRange()) {
-      this.skippedByRebuild.set(key, { volumes: new Set(value.volumesSkipped), notRebuilt: value.notRebuilt, store: null });
+      this.skippedByRebuild.set(key, { volumes: new Set(value.volumesSkipped), notRebuilt: value.notRebuilt, store: STORE_UNKNOWN });
     }
   }
 
@@ -763,7 +771,7 @@ export class Reconstructor {
    * through here so the two agree. A failed write is logged and the memory
    * list kept: the rebuild itself is done; only a restart could lose the entry.
    */
-  private async setIncomplete(pool: string, entry: { volumes: Set<string>; notRebuilt: number; store: SegmentStore | null } | null): Promise<void> {
+  private async setIncomplete(pool: string, entry: { volumes: Set<string>; notRebuilt: number; store: SegmentStore | null | typeof STORE_UNKNOWN } | null): Promise<void> {
     if (entry === null) this.skippedByRebuild.delete(pool);
     else this.skippedByRebuild.set(pool, entry);
     if (this.index === null) return;
