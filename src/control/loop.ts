@@ -343,8 +343,9 @@ export class ControlLoop {
     const startedAt = new Date().toISOString();
     let last: MigrationProgress | null = null;
     const from = this.manager.getVolumeRecord(name)!.tier;
-    log.info('migration started', { policy: p.name, volume: name, from, to, preservationMode: this.opts.preservationMode });
-    const run = migrateVolume(this.manager, name, to, { preserve: this.opts.preservationMode, onProgress: (pr) => (last = pr) })
+    const preserve = this.preserveFor(name, to);
+    log.info('migration started', { policy: p.name, volume: name, from, to, preservationMode: preserve });
+    const run = migrateVolume(this.manager, name, to, { preserve, onProgress: (pr) => (last = pr) })
       .then(
         async (done) => {
           await this.lastMigrated.put(name, Date.now());
@@ -369,6 +370,23 @@ export class ControlLoop {
         this.inFlight.delete(name);
       });
     this.inFlight.set(name, run);
+  }
+
+  /**
+   * Preservation mode of a move the loop starts: the loop's own, except for
+   * finishing a move to cold a kill cut mid-COPY (the record already cold),
+   * which keeps that move's mode as its tier switch recorded it: preserving
+   * when keptFilePools lists a pool whose file is still open (the hot file it
+   * was emptying). Else a preserving move (`migrate --preserve` beside a loop
+   * without it, or a restart without --preserve) had the file it was asked
+   * to keep truncated, and a plain one (whose destaged ranges a restart has
+   * punched) had its file kept, with holes, as a "preserved copy".
+   */
+  private preserveFor(name: string, to: Tier): boolean {
+    const rec = this.manager.getVolumeRecord(name);
+    if (to !== 'cold' || rec?.tier !== 'cold' || rec.keptFilePools === undefined) return this.opts.preservationMode;
+    const kept = rec.keptFilePools;
+    return this.manager.openVolume(name).openFilePools().some((p) => kept.includes(p));
   }
 
   private finish(st: PolicyState, h: HistoryEntry): void {
