@@ -1026,6 +1026,14 @@ export class Reconstructor {
       // What is left: a whole-pool rebuild's replaces the last; a retry keeps the volumes still closed.
       const left = { volumes: new Set(report.volumesSkipped.map((u) => u.volume)), notRebuilt: carried + report.notRebuilt, store: target };
       await this.setIncomplete(poolName, left.volumes.size > 0 || left.notRebuilt > 0 ? left : null);
+    } else if (only === null) {
+      // Cut by a stop (close: stop() waits for this, the index still open): the pool is not fully
+      // rebuilt, and without an entry it read as rebuilt after the restart. How many stripes are
+      // left is not known (holders not reached were not listed): at least one, until a whole-pool
+      // rebuild recounts. A retry cut keeps its entry as it was.
+      const was = this.skippedByRebuild.get(poolName);
+      const volumes = new Set([...(was?.volumes ?? []), ...report.volumesSkipped.map((u) => u.volume)]);
+      await this.setIncomplete(poolName, { volumes, notRebuilt: Math.max(1, (was?.notRebuilt ?? 0) + report.notRebuilt), store: target });
     }
     report.durationMs = Date.now() - started;
     log.info('pool rebuild finished', { ...report });

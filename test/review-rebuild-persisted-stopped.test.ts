@@ -1,0 +1,46 @@
+// Review of 5a54bd3: a whole-pool rebuild cut by a daemon stop (close: the
+// reconstructor stops, the rebuild answers complete: false) must leave the
+// pool listed after the restart. The list is "pools not fully rebuilt"; the
+// stop skipped the write of the entry, so a pool with no entry before read
+// as rebuilt (GET /v1/cold, couchestor_rebuild_incomplete 0) after the
+// restart, its lost shards not rebuilt. In process: real manager, stripe
+// store, segment files, LMDB index and Reconstructor.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
+import { openColdTierManager, tempDirClosing, writeVolume } from './helpers/volume.js';
+
+const MiB = 1024 * 1024;
+const LOST = 'cold-2';
+
+test('a whole-pool rebuild cut by a stop leaves the pool listed after the restart', async (t) => {
+  let m: VolumeManager | null = null;
+  const dir = tempDirClosing(t, 'couchestor-review-rebuild-persisted-stopped-', () => m!);
+  m = await openColdTierManager(dir);
+  await m.createVolume({ name: 'b', sizeBytes: 4 * MiB, tier: 'cold', pool: 'hot-0' });
+  await writeVolume(m.openVolume('b'), 0, crypto.randomBytes(4 * MiB));
+  await m.cold!.destager.drain();
+  await m.close();
+  m = await openColdTierManager(dir, false);
+  fs.rmSync(path.join(dir, LOST), { recursive: true });
+  fs.mkdirSync(path.join(dir, LOST));
+  // The stop lands while the rebuild runs (before its first stripe: it is stopped at once).
+  const rebuilding = m.cold!.reconstructor.rebuildPool(LOST);
+  await m.close();
+  const cut = await rebuilding;
+  assert.equal(cut.complete, false, 'the stop cut it');
+  assert.ok(cut.stripesRebuilt < 4, JSON.stringify(cut));
+  m = await openColdTierManager(dir, false);
+  const listed = m.cold!.reconstructor.incompleteRebuilds();
+  assert.equal(listed.length, 1, `cold-2 still listed as not fully rebuilt after the restart: ${JSON.stringify(listed)}`);
+  assert.equal(listed[0]!.pool, LOST);
+  assert.ok(listed[0]!.notRebuilt > 0, JSON.stringify(listed));
+  // And a whole-pool rebuild now completes it and clears the entry.
+  const again = await m.cold!.reconstructor.rebuildPool(LOST);
+  assert.equal(again.complete, true, JSON.stringify(again));
+  assert.deepEqual(m.cold!.reconstructor.incompleteRebuilds(), []);
+  assert.equal(m.meta.incompleteRebuilds.get(LOST), undefined);
+});
