@@ -56,6 +56,12 @@ function snapshot(dir: string): Map<string, string> {
       if (st.isDirectory()) {
         out.set(p, `dir ${st.mtimeNs}`);
         walk(p);
+      } else if (name === 'lock.mdb') {
+        // LMDB's reader table: shared memory the process holding the index (the held
+        // daemon itself) updates as its own read transactions come and go, so only its
+        // presence and size are compared (CI saw its bytes change with nothing refused
+        // touching the index: the refused commands never open it).
+        out.set(p, `lmdb-lock ${st.size}`);
       } else if (st.isFile()) {
         out.set(p, `file ${st.size} ${st.mtimeNs} ${crypto.createHash('sha256').update(fs.readFileSync(p)).digest('hex')}`);
       } else out.set(p, `other ${st.mtimeNs}`);
