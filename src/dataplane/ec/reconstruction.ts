@@ -825,7 +825,8 @@ export class Reconstructor {
       const known = new Set([...entry.volumes].filter((n) => opened.has(n) || unopened.has(n)));
       if (known.size === 0) {
         // Deleted volumes: nothing to retry. Stripes left not rebuilt keep the pool listed.
-        await this.setIncomplete(pool, entry.notRebuilt === 0 ? null : { ...entry, volumes: known });
+        // Written only when it changes: every retry interval would commit (and sync) the same record.
+        if (entry.volumes.size > 0 || entry.notRebuilt === 0) await this.setIncomplete(pool, entry.notRebuilt === 0 ? null : { ...entry, volumes: known });
         continue;
       }
       if (![...known].some((n) => opened.has(n))) continue;
