@@ -5,126 +5,71 @@
 // asked for the hot file to be kept: the finish must not truncate it. A plain
 // one's destaged ranges were punched at the restart: the finish must not keep
 // that file, holes and all, as a "preserved copy" because the loop preserves.
-// The move runs in a child process (this file, with REVIEW_COLD_FINISH_CHILD_DIR)
+// The move runs in a child process (helpers/cold-move-kill-child)
 // that SIGKILLs itself after 16 of 24 chunks.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
-import { migrateVolume } from '../src/dataplane/volumes/migration.js';
 import { ControlLoop } from '../src/control/loop.js';
 import { HeatTracker } from '../src/control/heat.js';
 import { policyYaml } from './helpers/control-loop.js';
-import { openColdTierManager, readVolume, writeVolume } from './helpers/volume.js';
+import { COLD_MOVE_KILL_CHUNKS as CHUNKS, COLD_MOVE_KILL_MOVED as MOVED, runColdMoveKillChild } from './helpers/cold-move-kill-child.js';
+import { openColdTierManager, readVolume } from './helpers/volume.js';
 
 const MiB = 1024 * 1024;
-const CHUNKS = 24;
-/** Progress is reported every 16 chunks: with one copy at a time the kill comes after exactly 16. */
-const MOVED = 16;
 const WINDOW_MS = 2_000;
 const SAMPLE_INTERVAL_MS = 1_000;
 
-async function child(dir: string): Promise<void> {
-  const preserve = fs.readFileSync(path.join(dir, 'preserve'), 'utf8') === 'true';
-  const want = fs.readFileSync(path.join(dir, 'want.bin'));
-  const m = await openColdTierManager(dir);
-  await m.createVolume({ name: 'v', sizeBytes: CHUNKS * MiB, pool: 'hot-0' });
-  const vol = m.openVolume('v');
-  await writeVolume(vol, 0, want);
-  await vol.flush();
-  process.stdout.write(`couchestor flushed ${JSON.stringify({ file: m.pools.get('hot-0')!.volumeFile(vol.rec.id) })}\n`);
-  await migrateVolume(m, 'v', 'cold', {
-    preserve,
-    concurrency: 1,
-    onProgress: (p) => {
-      if (p.chunksDone < MOVED) return;
-      process.stdout.write('couchestor killing mid-copy\n');
-      process.kill(process.pid, 'SIGKILL');
-    },
-  }).catch((err: unknown) => {
-    process.stderr.write(`the move ended instead of being killed: ${(err as Error).message}\n`);
-    process.exit(3);
+for (const movePreserved of [true, false]) {
+  const loopPreserves = !movePreserved;
+  test(`a ${movePreserved ? 'preserving' : 'plain'} move to cold killed mid-COPY, finished by a loop ${loopPreserves ? 'in' : 'without'} preservation mode, keeps the move's own mode`, async (t) => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-review-cold-finish-'));
+    let m: VolumeManager | null = null;
+    let loop: ControlLoop | null = null;
+    t.after(async () => {
+      loop?.stop();
+      await m?.close().catch(() => undefined);
+      fs.rmSync(dir, { recursive: true, force: true });
+    });
+    const want = crypto.randomBytes(CHUNKS * MiB);
+    const file = await runColdMoveKillChild(dir, want, movePreserved);
+
+    // The restart as the daemon does it: open, then finish interrupted releases (a plain move's punch).
+    m = await openColdTierManager(dir, false);
+    const mgr = m;
+    await mgr.finishInterruptedReleases();
+    const vol = mgr.openVolume('v');
+    assert.equal(vol.rec.tier, 'cold');
+    assert.equal(vol.chunksOnFile().length, CHUNKS - MOVED);
+    assert.deepEqual(vol.rec.keptFilePools, movePreserved ? ['hot-0'] : [], 'the mode the move recorded');
+    const before = fs.readFileSync(file);
+    // A preserving move's file is whole; a plain one's destaged chunks were punched at the restart.
+    assert.equal(before.subarray(0, MOVED * MiB).equals(want.subarray(0, MOVED * MiB)), movePreserved);
+
+    const policiesDir = path.join(dir, 'policies');
+    fs.mkdirSync(policiesDir);
+    fs.writeFileSync(path.join(policiesDir, 'p.yaml'), policyYaml('p', { ecPolicyRef: mgr.cold!.policy.name, samplingWindow: `${WINDOW_MS / 1000}s`, dryRun: false }));
+    const heat = new HeatTracker(mgr, 60_000, SAMPLE_INTERVAL_MS);
+    heat.sample(Date.now() - WINDOW_MS - SAMPLE_INTERVAL_MS);
+    loop = new ControlLoop(mgr, { policiesDir, intervalMs: 3_600_000, preservationMode: loopPreserves, heat, ecPolicyNames: () => [mgr.cold!.policy.name] });
+    await loop.reconcile();
+    await loop.settle();
+    const hist = loop.status()[0]!.migrationHistory.find((h) => h.volume === 'v');
+    assert.ok(hist, JSON.stringify(loop.status()[0]));
+    assert.equal(hist.result, 'succeeded', hist.error);
+    assert.deepEqual(vol.chunksOnFile(), [], 'chunks left in the hot file');
+    assert.ok((await readVolume(vol, 0, CHUNKS * MiB)).equals(want), 'the volume reads back from cold');
+
+    if (movePreserved) {
+      assert.deepEqual(vol.rec.keptFilePools, ['hot-0'], 'the file the preserving move kept is no longer kept');
+      assert.ok(fs.existsSync(file) && fs.readFileSync(file).equals(want), 'the kept file was truncated or changed');
+    } else {
+      assert.deepEqual(vol.rec.keptFilePools, [], 'a file with 16 punched chunks is kept as a preserved copy');
+      assert.equal(fs.existsSync(file) ? fs.statSync(file).size : 0, 0, 'the plain move\'s file was not released');
+    }
   });
-  process.exit(4);
-}
-
-function runChild(dir: string, want: Buffer, preserve: boolean): Promise<string> {
-  fs.writeFileSync(path.join(dir, 'want.bin'), want);
-  fs.writeFileSync(path.join(dir, 'preserve'), String(preserve));
-  return new Promise((resolve, reject) => {
-    const proc = spawn(process.execPath, [fileURLToPath(import.meta.url)], {
-      env: { ...process.env, REVIEW_COLD_FINISH_CHILD_DIR: dir },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let out = '';
-    let err = '';
-    proc.stdout.on('data', (b: Buffer) => (out += b.toString()));
-    proc.stderr.on('data', (b: Buffer) => (err += b.toString()));
-    proc.once('error', reject);
-    proc.once('exit', (code, sig) => {
-      const f = /^couchestor flushed (.*)$/m.exec(out);
-      if (sig === 'SIGKILL' && /^couchestor killing mid-copy$/m.test(out) && f) resolve((JSON.parse(f[1]!) as { file: string }).file);
-      else reject(new Error(`child exited (${code ?? sig}) without killing itself mid-copy\nstdout:\n${out}\nstderr:\n${err}`));
-    });
-  });
-}
-
-const childDir = process.env.REVIEW_COLD_FINISH_CHILD_DIR;
-if (childDir !== undefined) {
-  await child(childDir);
-} else {
-  for (const movePreserved of [true, false]) {
-    const loopPreserves = !movePreserved;
-    test(`a ${movePreserved ? 'preserving' : 'plain'} move to cold killed mid-COPY, finished by a loop ${loopPreserves ? 'in' : 'without'} preservation mode, keeps the move's own mode`, async (t) => {
-      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-review-cold-finish-'));
-      let m: VolumeManager | null = null;
-      let loop: ControlLoop | null = null;
-      t.after(async () => {
-        loop?.stop();
-        await m?.close().catch(() => undefined);
-        fs.rmSync(dir, { recursive: true, force: true });
-      });
-      const want = crypto.randomBytes(CHUNKS * MiB);
-      const file = await runChild(dir, want, movePreserved);
-
-      // The restart as the daemon does it: open, then finish interrupted releases (a plain move's punch).
-      m = await openColdTierManager(dir, false);
-      const mgr = m;
-      await mgr.finishInterruptedReleases();
-      const vol = mgr.openVolume('v');
-      assert.equal(vol.rec.tier, 'cold');
-      assert.equal(vol.chunksOnFile().length, CHUNKS - MOVED);
-      assert.deepEqual(vol.rec.keptFilePools, movePreserved ? ['hot-0'] : [], 'the mode the move recorded');
-      const before = fs.readFileSync(file);
-      // A preserving move's file is whole; a plain one's destaged chunks were punched at the restart.
-      assert.equal(before.subarray(0, MOVED * MiB).equals(want.subarray(0, MOVED * MiB)), movePreserved);
-
-      const policiesDir = path.join(dir, 'policies');
-      fs.mkdirSync(policiesDir);
-      fs.writeFileSync(path.join(policiesDir, 'p.yaml'), policyYaml('p', { ecPolicyRef: mgr.cold!.policy.name, samplingWindow: `${WINDOW_MS / 1000}s`, dryRun: false }));
-      const heat = new HeatTracker(mgr, 60_000, SAMPLE_INTERVAL_MS);
-      heat.sample(Date.now() - WINDOW_MS - SAMPLE_INTERVAL_MS);
-      loop = new ControlLoop(mgr, { policiesDir, intervalMs: 3_600_000, preservationMode: loopPreserves, heat, ecPolicyNames: () => [mgr.cold!.policy.name] });
-      await loop.reconcile();
-      await loop.settle();
-      const hist = loop.status()[0]!.migrationHistory.find((h) => h.volume === 'v');
-      assert.ok(hist, JSON.stringify(loop.status()[0]));
-      assert.equal(hist.result, 'succeeded', hist.error);
-      assert.deepEqual(vol.chunksOnFile(), [], 'chunks left in the hot file');
-      assert.ok((await readVolume(vol, 0, CHUNKS * MiB)).equals(want), 'the volume reads back from cold');
-
-      if (movePreserved) {
-        assert.deepEqual(vol.rec.keptFilePools, ['hot-0'], 'the file the preserving move kept is no longer kept');
-        assert.ok(fs.existsSync(file) && fs.readFileSync(file).equals(want), 'the kept file was truncated or changed');
-      } else {
-        assert.deepEqual(vol.rec.keptFilePools, [], 'a file with 16 punched chunks is kept as a preserved copy');
-        assert.equal(fs.existsSync(file) ? fs.statSync(file).size : 0, 0, 'the plain move\'s file was not released');
-      }
-    });
-  }
 }

@@ -1,0 +1,67 @@
+// A move to cold killed mid-COPY, for test/control-finish-cold-move and its
+// review: this module, run as a child process, writes the model (dir/want.bin)
+// to a fresh 24-chunk volume on hot-0, flushes, and moves it to cold (plain or
+// preserving, dir/preserve) one chunk at a time, SIGKILLing itself at the
+// progress report after 16 chunks: the record says cold (the tier flips before
+// the copy) while the last 8 chunks are still in the hot file.
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { migrateVolume } from '../../src/dataplane/volumes/migration.js';
+import { openColdTierManager, writeVolume } from './volume.js';
+
+const MiB = 1024 * 1024;
+export const COLD_MOVE_KILL_CHUNKS = 24;
+/** The move reports progress every 16 chunks: with one copy at a time the kill comes after exactly 16. */
+export const COLD_MOVE_KILL_MOVED = 16;
+
+async function child(dir: string): Promise<void> {
+  const preserve = fs.readFileSync(path.join(dir, 'preserve'), 'utf8') === 'true';
+  const want = fs.readFileSync(path.join(dir, 'want.bin'));
+  const m = await openColdTierManager(dir);
+  await m.createVolume({ name: 'v', sizeBytes: COLD_MOVE_KILL_CHUNKS * MiB, pool: 'hot-0' });
+  const vol = m.openVolume('v');
+  await writeVolume(vol, 0, want);
+  await vol.flush();
+  process.stdout.write(`couchestor flushed ${JSON.stringify({ file: m.pools.get('hot-0')!.volumeFile(vol.rec.id) })}\n`);
+  await migrateVolume(m, 'v', 'cold', {
+    preserve,
+    concurrency: 1,
+    onProgress: (p) => {
+      if (p.chunksDone < COLD_MOVE_KILL_MOVED) return;
+      // Synchronous, from the copy loop: the 16 destages are durable (destage awaits it), the 17th not started.
+      process.stdout.write('couchestor killing mid-copy\n');
+      process.kill(process.pid, 'SIGKILL');
+    },
+  }).catch((err: unknown) => {
+    process.stderr.write(`the move ended instead of being killed: ${(err as Error).message}\n`);
+    process.exit(3);
+  });
+  process.exit(4);
+}
+
+/** Runs the child over `dir` until it kills itself mid-COPY; resolves with the hot file's path. */
+export function runColdMoveKillChild(dir: string, want: Buffer, preserve: boolean): Promise<string> {
+  fs.writeFileSync(path.join(dir, 'want.bin'), want);
+  fs.writeFileSync(path.join(dir, 'preserve'), String(preserve));
+  return new Promise((resolve, reject) => {
+    const proc = spawn(process.execPath, [fileURLToPath(import.meta.url)], {
+      env: { ...process.env, COLD_MOVE_KILL_CHILD_DIR: dir },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    let err = '';
+    proc.stdout.on('data', (b: Buffer) => (out += b.toString()));
+    proc.stderr.on('data', (b: Buffer) => (err += b.toString()));
+    proc.once('error', reject);
+    proc.once('exit', (code, sig) => {
+      const f = /^couchestor flushed (.*)$/m.exec(out);
+      if (sig === 'SIGKILL' && /^couchestor killing mid-copy$/m.test(out) && f) resolve((JSON.parse(f[1]!) as { file: string }).file);
+      else reject(new Error(`child exited (${code ?? sig}) without killing itself mid-copy\nstdout:\n${out}\nstderr:\n${err}`));
+    });
+  });
+}
+
+const childDir = process.env.COLD_MOVE_KILL_CHILD_DIR;
+if (childDir !== undefined && process.argv[1] === fileURLToPath(import.meta.url)) await child(childDir);
