@@ -5,14 +5,13 @@
 // the scrub's list of volumes it skipped).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import crypto from 'node:crypto';
 import fs from 'node:fs';
 import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
 import { createMetrics } from '../src/control/metrics/index.js';
 import { metricsSource } from '../src/control/observe.js';
 import { HeatTracker } from '../src/control/heat.js';
 import { buildApi } from '../src/control/api.js';
-import { coldVolumeOnHot1, openColdTierManager, tempDirClosing, writeVolume } from './helpers/volume.js';
+import { coldPairWithHot1Offline, openColdTierManager, tempDirClosing } from './helpers/volume.js';
 
 const MiB = 1024 * 1024;
 
@@ -20,14 +19,10 @@ test('with one volume unopenable, /metrics, GET /v1/cold and POST /v1/scrub repo
   let m: VolumeManager | null = null;
   const dir = tempDirClosing(t, 'couchestor-offline-metrics-', () => m!);
   m = await openColdTierManager(dir);
-  const hot1 = await coldVolumeOnHot1(m, dir, 'a');
-  await m.createVolume({ name: 'b', sizeBytes: 2 * MiB, tier: 'cold', pool: 'hot-0' });
-  for (const name of ['a', 'b']) await writeVolume(m.openVolume(name), 0, crypto.randomBytes(2 * MiB));
-  await m.cold!.destager.drain();
-  // A restart (neither volume open), then hot-1 drops out.
-  await m.close();
-  m = await openColdTierManager(dir, false);
-  fs.renameSync(hot1, `${hot1}.gone`);
+  // a on hot-1, b on hot-0, destaged; a restart (neither volume open), then hot-1 drops out.
+  const pair = await coldPairWithHot1Offline(m, dir);
+  m = pair.m;
+  const hot1 = pair.hot1;
   const mgr = m;
 
   const registry = createMetrics(metricsSource(mgr, new HeatTracker(mgr, 60_000, 1_000), () => ({ completedTotal: { succeeded: 0, failed: 0, aborted: 0 }, active: 0 })));

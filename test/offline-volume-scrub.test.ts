@@ -5,10 +5,9 @@
 // volume, every interval, until the pool came back: nothing was scrubbed.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import crypto from 'node:crypto';
 import fs from 'node:fs';
 import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
-import { coldVolumeOnHot1, openColdTierManager, tempDirClosing, writeVolume } from './helpers/volume.js';
+import { coldPairWithHot1Offline, openColdTierManager, tempDirClosing } from './helpers/volume.js';
 
 const MiB = 1024 * 1024;
 
@@ -16,14 +15,10 @@ test('a scrub with one volume unopenable scrubs the others, names the skipped on
   let m: VolumeManager | null = null;
   const dir = tempDirClosing(t, 'couchestor-offline-scrub-', () => m!);
   m = await openColdTierManager(dir);
-  const hot1 = await coldVolumeOnHot1(m, dir, 'a');
-  await m.createVolume({ name: 'b', sizeBytes: 2 * MiB, tier: 'cold', pool: 'hot-0' });
-  for (const name of ['a', 'b']) await writeVolume(m.openVolume(name), 0, crypto.randomBytes(2 * MiB));
-  await m.cold!.destager.drain();
-  // A restart (neither volume open), then hot-1 drops out.
-  await m.close();
-  m = await openColdTierManager(dir, false);
-  fs.renameSync(hot1, `${hot1}.gone`);
+  // a on hot-1, b on hot-0, destaged; a restart (neither volume open), then hot-1 drops out.
+  const pair = await coldPairWithHot1Offline(m, dir);
+  m = pair.m;
+  const hot1 = pair.hot1;
   const r = m.cold!.reconstructor;
 
   const report = await r.scrub({ rateLimited: false });

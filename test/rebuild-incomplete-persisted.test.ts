@@ -8,7 +8,6 @@
 // Reconstructor, API and metrics registry.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
@@ -16,7 +15,7 @@ import { buildApi } from '../src/control/api.js';
 import { createMetrics } from '../src/control/metrics/index.js';
 import { metricsSource } from '../src/control/observe.js';
 import { HeatTracker } from '../src/control/heat.js';
-import { coldVolumeOnHot1, openColdTierManager, readVolume, tempDirClosing, writeVolume } from './helpers/volume.js';
+import { coldPairWithHot1Offline, openColdTierManager, readVolume, tempDirClosing } from './helpers/volume.js';
 
 const MiB = 1024 * 1024;
 const LOST = 'cold-2';
@@ -52,18 +51,10 @@ test('an incomplete cold-pool rebuild is still listed (API, gauge, index) after 
   const dir = tempDirClosing(t, 'couchestor-rebuild-incomplete-persisted-', () => m!);
   m = await openColdTierManager(dir);
   // a: a cold volume on hot-1 (the pool that goes offline); b: on hot-0. Two stripes each.
-  const hot1 = await coldVolumeOnHot1(m, dir, 'a');
-  await m.createVolume({ name: 'b', sizeBytes: 2 * MiB, tier: 'cold', pool: 'hot-0' });
-  const want = new Map<string, Buffer>();
-  for (const name of ['a', 'b']) {
-    want.set(name, crypto.randomBytes(2 * MiB));
-    await writeVolume(m.openVolume(name), 0, want.get(name)!);
-  }
-  await m.cold!.destager.drain();
-  await m.close();
-  m = await openColdTierManager(dir, false);
   // hot-1 drops out; cold-2 is lost and replaced by an empty directory.
-  fs.renameSync(hot1, `${hot1}.gone`);
+  const pair = await coldPairWithHot1Offline(m, dir);
+  m = pair.m;
+  const { hot1, want } = pair;
   fs.rmSync(path.join(dir, LOST), { recursive: true });
   fs.mkdirSync(path.join(dir, LOST));
   assert.equal(await gauge(m, 'couchestor_rebuild_incomplete'), 0, 'a cold pool not listed reads 0');

@@ -6,12 +6,11 @@
 // else, so it must not drop the pool or answer complete: true.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
 import { SHARD_HEADER_BYTES } from '../src/dataplane/ec/shard-record.js';
-import { coldVolumeOnHot1, openColdTierManager, tempDirClosing, writeVolume } from './helpers/volume.js';
+import { coldPairWithHot1Offline, openColdTierManager, tempDirClosing } from './helpers/volume.js';
 
 const MiB = 1024 * 1024;
 const LOST = 'cold-2';
@@ -20,13 +19,9 @@ test('a retry of the skipped volumes does not report the pool complete while a s
   let m: VolumeManager | null = null;
   const dir = tempDirClosing(t, 'couchestor-review-rebuild-incomplete-', () => m!);
   m = await openColdTierManager(dir);
-  const hot1 = await coldVolumeOnHot1(m, dir, 'a');
-  await m.createVolume({ name: 'b', sizeBytes: 2 * MiB, tier: 'cold', pool: 'hot-0' });
-  for (const name of ['a', 'b']) await writeVolume(m.openVolume(name), 0, crypto.randomBytes(2 * MiB));
-  await m.cold!.destager.drain();
-  await m.close();
-  m = await openColdTierManager(dir, false);
-  fs.renameSync(hot1, `${hot1}.gone`);
+  const pair = await coldPairWithHot1Offline(m, dir);
+  m = pair.m;
+  const hot1 = pair.hot1;
   fs.rmSync(path.join(dir, LOST), { recursive: true });
   fs.mkdirSync(path.join(dir, LOST));
   // b's stripe 0 loses two more shards (a flipped payload byte each, on pools other than

@@ -7,11 +7,10 @@
 // files, LMDB index and Reconstructor.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
-import { coldVolumeOnHot1, openColdTierManager, readVolume, tempDirClosing, writeVolume } from './helpers/volume.js';
+import { coldPairWithHot1Offline, openColdTierManager, readVolume, tempDirClosing } from './helpers/volume.js';
 
 const MiB = 1024 * 1024;
 const LOST = 'cold-2';
@@ -25,17 +24,9 @@ test('a pool replaced again after a rebuild that skipped a volume: the retry reb
   let m: VolumeManager | null = null;
   const dir = tempDirClosing(t, 'couchestor-review-rebuild-again-', () => m!);
   m = await openColdTierManager(dir);
-  const hot1 = await coldVolumeOnHot1(m, dir, 'a');
-  await m.createVolume({ name: 'b', sizeBytes: 2 * MiB, tier: 'cold', pool: 'hot-0' });
-  const want = new Map<string, Buffer>();
-  for (const name of ['a', 'b']) {
-    want.set(name, crypto.randomBytes(2 * MiB));
-    await writeVolume(m.openVolume(name), 0, want.get(name)!);
-  }
-  await m.cold!.destager.drain();
-  await m.close();
-  m = await openColdTierManager(dir, false);
-  fs.renameSync(hot1, `${hot1}.gone`);
+  const pair = await coldPairWithHot1Offline(m, dir);
+  m = pair.m;
+  const { hot1, want } = pair;
   loseAndReplace(dir);
   const r = m.cold!.reconstructor;
 

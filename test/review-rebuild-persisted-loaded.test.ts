@@ -6,14 +6,13 @@
 // stripe store, segment files, LMDB index, Reconstructor and metrics registry.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { VolumeManager } from '../src/dataplane/volumes/manager.js';
 import { createMetrics } from '../src/control/metrics/index.js';
 import { metricsSource } from '../src/control/observe.js';
 import { HeatTracker } from '../src/control/heat.js';
-import { coldVolumeOnHot1, openColdTierManager, tempDirClosing, writeVolume } from './helpers/volume.js';
+import { coldPairWithHot1Offline, openColdTierManager, tempDirClosing } from './helpers/volume.js';
 
 const MiB = 1024 * 1024;
 const LOST = 'cold-2';
@@ -24,14 +23,7 @@ const LOST = 'cold-2';
  * rebuilt. Returns the open manager and hot-1's path (renamed to .gone).
  */
 async function incompleteRebuild(dir: string): Promise<{ m: VolumeManager; hot1: string }> {
-  let m = await openColdTierManager(dir);
-  const hot1 = await coldVolumeOnHot1(m, dir, 'a');
-  await m.createVolume({ name: 'b', sizeBytes: 2 * MiB, tier: 'cold', pool: 'hot-0' });
-  for (const name of ['a', 'b']) await writeVolume(m.openVolume(name), 0, crypto.randomBytes(2 * MiB));
-  await m.cold!.destager.drain();
-  await m.close();
-  m = await openColdTierManager(dir, false);
-  fs.renameSync(hot1, `${hot1}.gone`);
+  const { m, hot1 } = await coldPairWithHot1Offline(await openColdTierManager(dir), dir);
   fs.rmSync(path.join(dir, LOST), { recursive: true });
   fs.mkdirSync(path.join(dir, LOST));
   const first = await m.cold!.reconstructor.rebuildPool(LOST);

@@ -97,6 +97,27 @@ export async function coldVolumeOnHot1(m: VolumeManager, dir: string, name: stri
   return hot1;
 }
 
+/**
+ * Cold volumes a (on hot-1, coldVolumeOnHot1) and b (on hot-0), 2 MiB of random
+ * bytes each, destaged; then a restart (`m` closed, the manager opened again
+ * with neither volume open) and hot-1 renamed away to `${hot1}.gone`, as when
+ * its disk drops out. Returns the new manager, hot-1's path and the bytes.
+ */
+export async function coldPairWithHot1Offline(m: VolumeManager, dir: string): Promise<{ m: VolumeManager; hot1: string; want: Map<string, Buffer> }> {
+  const hot1 = await coldVolumeOnHot1(m, dir, 'a');
+  await m.createVolume({ name: 'b', sizeBytes: 2 * MiB, tier: 'cold', pool: 'hot-0' });
+  const want = new Map<string, Buffer>();
+  for (const name of ['a', 'b']) {
+    want.set(name, crypto.randomBytes(2 * MiB));
+    await writeVolume(m.openVolume(name), 0, want.get(name)!);
+  }
+  await m.cold!.destager.drain();
+  await m.close();
+  const again = await openColdTierManager(dir, false);
+  fs.renameSync(hot1, `${hot1}.gone`);
+  return { m: again, hot1, want };
+}
+
 /** A restart in process: closes `m`, opens the manager over `dir` again (its journal starts a fresh head file) and opens volume `name`. */
 export async function restartManager(m: VolumeManager, dir: string, name: string): Promise<{ m: VolumeManager; vol: Volume }> {
   await m.close();
