@@ -2,6 +2,7 @@
 // volume's heat, classifies it, and starts the migrations that are due
 // (cooldown, concurrency limit, dry-run and emergency stop honoured). Every
 // decision, taken or not, keeps a one-line reason for `couchestor status`.
+// A move that failed is retried after a backoff (per volume, in memory).
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Database } from 'lmdb';
@@ -23,7 +24,7 @@ export interface HeatSource {
   read(volume: string, windowMs: number): HeatReading;
 }
 
-export type Action = 'migrate' | 'would-migrate' | 'stay' | 'cooldown' | 'concurrency-limit' | 'disabled' | 'no-data' | 'blocked' | 'migrating' | 'unavailable';
+export type Action = 'migrate' | 'would-migrate' | 'stay' | 'cooldown' | 'retry-backoff' | 'concurrency-limit' | 'disabled' | 'no-data' | 'blocked' | 'migrating' | 'unavailable';
 
 export interface Decision {
   volume: string;
@@ -73,6 +74,29 @@ export interface PolicyStatus {
 /** Bound on migration history kept per policy. */
 export const MAX_HISTORY = 50;
 
+/** A volume's last failed moves in a row (ControlLoop.failures). */
+interface FailureBackoff {
+  /** Failed moves in a row since the last success (or the last pass that found the move blocked). */
+  failures: number;
+  failedAtMs: number;
+  /** No new move of the volume starts before this. */
+  retryAtMs: number;
+  backoffMs: number;
+  error: string;
+}
+
+/**
+ * Wait before retrying a volume's move after its `failures`-th failure in a
+ * row: twice the pass interval, doubling per failure, at most the policy's
+ * cooldown (but never less than one pass: a cooldown shorter than the
+ * interval must not make a failing move retry every pass again).
+ */
+export function retryBackoffMs(failures: number, intervalMs: number, cooldownPeriodMs: number): number {
+  const capMs = Math.max(intervalMs, cooldownPeriodMs);
+  // 2^failures overflows nothing below 2^1023; the cap is reached long before.
+  return Math.min(capMs, intervalMs * 2 ** Math.min(failures, 40));
+}
+
 export interface ControlLoopOptions {
   policiesDir: string;
   intervalMs: number;
@@ -93,6 +117,15 @@ export class ControlLoop {
   private readonly policies = new Map<string, PolicyState>();
   private readonly lastMigrated: Database<number, string>;
   private readonly inFlight = new Map<string, Promise<void>>();
+  /**
+   * Volumes whose last move failed, with when to retry (bounded: at most one
+   * entry per volume, dropped on success and when the volume is gone). In
+   * memory on purpose: a restart is the kind of change (a pool remounted, a
+   * disk replaced, a new build) worth one retry at once, and a failure costs
+   * no durable write. A failed move changed nothing (the old copy stays
+   * authoritative), so forgetting the backoff loses no data, only one retry.
+   */
+  private readonly failures = new Map<string, FailureBackoff>();
   private timer: NodeJS.Timeout | null = null;
   private passRunning: Promise<void> | null = null;
   private stopped = false;
@@ -216,6 +249,10 @@ export class ControlLoop {
 
   private async policiesPass(): Promise<void> {
     const loaded = this.loadPolicies();
+    if (this.failures.size > 0) {
+      const names = new Set(this.manager.listVolumes().map((v) => v.name));
+      for (const name of [...this.failures.keys()]) if (!names.has(name)) this.failures.delete(name);
+    }
     const seen = new Set(loaded.map((l) => l.name));
     for (const name of [...this.policies.keys()]) if (!seen.has(name) && this.policies.get(name)!.active.size === 0) this.policies.delete(name);
     const claimed = new Map<string, string>();
@@ -330,7 +367,24 @@ export class ControlLoop {
     }
     const vol = this.manager.openVolume(name);
     const blocked = analyzeMigration(this.manager, vol, target);
-    if (blocked) return { ...base, targetTier: target, iops, action: 'blocked', reason: `${why}; cannot move: ${blocked}` };
+    if (blocked) {
+      // ANALYZE now names what is wrong (a cold pool missing, no room): once
+      // it passes again something changed (the pool is back), which is worth
+      // a retry at once rather than the rest of a backoff.
+      this.failures.delete(name);
+      return { ...base, targetTier: target, iops, action: 'blocked', reason: `${why}; cannot move: ${blocked}` };
+    }
+    const failed = this.failures.get(name);
+    if (failed !== undefined && Date.now() < failed.retryAtMs) {
+      const inS = seconds(failed.retryAtMs - Date.now());
+      return {
+        ...base,
+        targetTier: target,
+        iops,
+        action: 'retry-backoff',
+        reason: `${why}; last move failed at ${new Date(failed.failedAtMs).toISOString()} (${failed.failures} in a row), retry in ${inS} (backoff ${seconds(failed.backoffMs)}): ${failed.error}`,
+      };
+    }
     if (p.dryRun) return { ...base, targetTier: target, iops, action: 'would-migrate', reason: `${why}; dry run: would migrate ${tier} -> ${target}` };
     if (st.active.size >= p.maxConcurrentMigrations) {
       return { ...base, targetTier: target, iops, action: 'concurrency-limit', reason: `${why}; ${st.active.size} of ${p.maxConcurrentMigrations} migrations running` };
@@ -348,21 +402,35 @@ export class ControlLoop {
     const run = migrateVolume(this.manager, name, to, { preserve, onProgress: (pr) => (last = pr) })
       .then(
         async (done) => {
+          this.failures.delete(name);
           await this.lastMigrated.put(name, Date.now());
           this.finish(st, { volume: name, from, to, result: 'succeeded', startedAt, finishedAt: new Date().toISOString(), bytesCopied: done.bytesCopied });
         },
         (err: Error) => {
-          // The old copy stays authoritative; a later pass retries.
+          // The old copy stays authoritative; a later pass retries, after a
+          // backoff when the move failed: a target that keeps failing (a
+          // pool's volumes/ unusable, a read error) must not be copied to,
+          // and logged, every pass. Not after an abort: an abort is asked
+          // for (the loop itself never aborts a move; the emergency stop
+          // lets moves finish and starts none), it says nothing of whether
+          // the move can succeed.
+          const aborted = err.name === 'MigrationAborted';
+          if (!aborted) {
+            const failures = (this.failures.get(name)?.failures ?? 0) + 1;
+            const backoffMs = retryBackoffMs(failures, this.opts.intervalMs, p.cooldownPeriodMs);
+            const now = Date.now();
+            this.failures.set(name, { failures, failedAtMs: now, retryAtMs: now + backoffMs, backoffMs, error: err.message });
+          }
           this.finish(st, {
             volume: name,
             from,
             to,
-            result: err.name === 'MigrationAborted' ? 'aborted' : 'failed',
+            result: aborted ? 'aborted' : 'failed',
             startedAt,
             finishedAt: new Date().toISOString(),
             bytesCopied: (last as MigrationProgress | null)?.bytesCopied ?? 0,
             error: err.message,
-          });
+          }, aborted ? undefined : this.failures.get(name)?.backoffMs);
         },
       )
       .finally(() => {
@@ -374,30 +442,41 @@ export class ControlLoop {
 
   /**
    * Preservation mode of a move the loop starts: the loop's own, except for
-   * finishing a move to cold a kill cut mid-COPY (the record already cold),
-   * which keeps that move's mode as its tier switch recorded it: preserving
-   * when keptFilePools lists a pool whose file is still open (the hot file it
-   * was emptying). Else a preserving move (`migrate --preserve` beside a loop
-   * without it, or a restart without --preserve) had the file it was asked
-   * to keep truncated, and a plain one (whose destaged ranges a restart has
-   * punched) had its file kept, with holes, as a "preserved copy".
+   * finishing a move a kill cut mid-COPY (the record already names the
+   * target tier: a move to cold with chunks left in the hot file, a hot <->
+   * warm one with chunks left on the old pool), which keeps that move's mode
+   * as its tier switch recorded it, durably, before the first chunk was
+   * copied: preserving when keptFilePools lists a pool whose file is still
+   * open (the source file it was emptying; never the target's, which
+   * setTier leaves out). Else a preserving move (`migrate --preserve` beside
+   * a loop without it, or a restart without --preserve) had the file it was
+   * asked to keep truncated (cold) or deleted (hot <-> warm), and a plain one
+   * (whose destaged ranges a restart has punched) had its file kept, with
+   * holes, as a "preserved copy". A record written before keptFilePools
+   * existed says nothing: the loop's own mode.
    */
   private preserveFor(name: string, to: Tier): boolean {
     const rec = this.manager.getVolumeRecord(name);
-    if (to !== 'cold' || rec?.tier !== 'cold' || rec.keptFilePools === undefined) return this.opts.preservationMode;
+    if (rec === undefined || rec.tier !== to || rec.keptFilePools === undefined) return this.opts.preservationMode;
     const kept = rec.keptFilePools;
     return this.manager.openVolume(name).openFilePools().some((p) => kept.includes(p));
   }
 
-  private finish(st: PolicyState, h: HistoryEntry): void {
+  private finish(st: PolicyState, h: HistoryEntry, retryInMs?: number): void {
     st.status.totalMigrations[h.result]++;
     this.totals[h.result]++;
     st.status.migrationHistory.push(h);
     if (st.status.migrationHistory.length > MAX_HISTORY) st.status.migrationHistory.shift();
-    const fields = { volume: h.volume, from: h.from, to: h.to, result: h.result, bytesCopied: h.bytesCopied, ...(h.error ? { err: h.error } : {}) };
+    const fields = { volume: h.volume, from: h.from, to: h.to, result: h.result, bytesCopied: h.bytesCopied, ...(h.error ? { err: h.error } : {}), ...(retryInMs !== undefined ? { retryInMs } : {}) };
     if (h.result === 'succeeded') log.info('migration finished', fields);
     else log.warn('migration did not complete; old copy kept', fields);
   }
+}
+
+/** A duration for a decision's reason: tenths below 10 s, whole seconds above. */
+function seconds(ms: number): string {
+  const s = Math.max(0, ms) / 1000;
+  return s < 10 ? `${(Math.ceil(s * 10) / 10).toFixed(1)}s` : `${Math.ceil(s)}s`;
 }
 
 function round(n: number): number {

@@ -1,9 +1,11 @@
-// A move to cold killed mid-COPY, for test/control-finish-cold-move and its
-// review: this module, run as a child process, writes the model (dir/want.bin)
-// to a fresh 24-chunk volume on hot-0, flushes, and moves it to cold (plain or
-// preserving, dir/preserve) one chunk at a time, SIGKILLing itself at the
-// progress report after 16 chunks: the record says cold (the tier flips before
-// the copy) while the last 8 chunks are still in the hot file.
+// A move killed mid-COPY, for test/control-finish-cold-move, its review and
+// test/control-finish-warm-move-mode: this module, run as a child process,
+// writes the model (dir/want.bin) to a fresh 24-chunk volume on hot-0,
+// flushes, and moves it to cold, or to warm (pool warm-0, added first), plain
+// or preserving (dir/move: {"to", "preserve"}), one chunk at a time,
+// SIGKILLing itself at the progress report after 16 chunks: the record names
+// the target tier (the tier flips before the copy) while the last 8 chunks
+// are still in the hot file.
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -16,21 +18,24 @@ export const COLD_MOVE_KILL_CHUNKS = 24;
 /** The move reports progress every 16 chunks: with one copy at a time the kill comes after exactly 16. */
 export const COLD_MOVE_KILL_MOVED = 16;
 
+export type KilledMoveTarget = 'cold' | 'warm';
+
 async function child(dir: string): Promise<void> {
-  const preserve = fs.readFileSync(path.join(dir, 'preserve'), 'utf8') === 'true';
+  const { to, preserve } = JSON.parse(fs.readFileSync(path.join(dir, 'move'), 'utf8')) as { to: KilledMoveTarget; preserve: boolean };
   const want = fs.readFileSync(path.join(dir, 'want.bin'));
   const m = await openColdTierManager(dir);
+  if (to === 'warm') await m.putPool({ name: 'warm-0', path: path.join(dir, 'warm-0'), tier: 'warm', capacityBytes: 1024 * MiB, labels: { tier: 'warm' } });
   await m.createVolume({ name: 'v', sizeBytes: COLD_MOVE_KILL_CHUNKS * MiB, pool: 'hot-0' });
   const vol = m.openVolume('v');
   await writeVolume(vol, 0, want);
   await vol.flush();
   process.stdout.write(`couchestor flushed ${JSON.stringify({ file: m.pools.get('hot-0')!.volumeFile(vol.rec.id) })}\n`);
-  await migrateVolume(m, 'v', 'cold', {
+  await migrateVolume(m, 'v', to, {
     preserve,
     concurrency: 1,
     onProgress: (p) => {
       if (p.chunksDone < COLD_MOVE_KILL_MOVED) return;
-      // Synchronous, from the copy loop: the 16 destages are durable (destage awaits it), the 17th not started.
+      // Synchronous, from the copy loop: the 16th chunk's copy has ended, the 17th not started.
       process.stdout.write('couchestor killing mid-copy\n');
       process.kill(process.pid, 'SIGKILL');
     },
@@ -41,10 +46,10 @@ async function child(dir: string): Promise<void> {
   process.exit(4);
 }
 
-/** Runs the child over `dir` until it kills itself mid-COPY; resolves with the hot file's path. */
-export function runColdMoveKillChild(dir: string, want: Buffer, preserve: boolean): Promise<string> {
+/** Runs the child over `dir` until it kills itself mid-COPY of a move to `to`; resolves with the hot file's path. */
+export function runColdMoveKillChild(dir: string, want: Buffer, preserve: boolean, to: KilledMoveTarget = 'cold'): Promise<string> {
   fs.writeFileSync(path.join(dir, 'want.bin'), want);
-  fs.writeFileSync(path.join(dir, 'preserve'), String(preserve));
+  fs.writeFileSync(path.join(dir, 'move'), JSON.stringify({ to, preserve }));
   return new Promise((resolve, reject) => {
     const proc = spawn(process.execPath, [fileURLToPath(import.meta.url)], {
       env: { ...process.env, COLD_MOVE_KILL_CHILD_DIR: dir },
