@@ -44,8 +44,8 @@ test('a record damaged in the middle of a journal file does not destroy the flus
   await j.close();
   const file = path.join(dir, fs.readdirSync(dir).filter((n) => n.endsWith('.log')).sort()[0]!);
   const sizeBytes = fs.statSync(file).size;
-  // Three records and the sync marker of the one sync.
-  assert.equal(sizeBytes, 3 * (JOURNAL_HEADER_BYTES + BLOCK_BYTES) + JOURNAL_HEADER_BYTES);
+  // Three records, the sync marker of the one sync and the end marker of the clean close.
+  assert.equal(sizeBytes, 3 * (JOURNAL_HEADER_BYTES + BLOCK_BYTES) + 2 * JOURNAL_HEADER_BYTES);
   // One flipped bit in the first record's payload.
   const fd = fs.openSync(file, 'r+');
   const b = Buffer.alloc(1);
@@ -100,7 +100,8 @@ test('a torn tail (the last write, no sync marker after it, damaged and cut shor
   await j0.close();
   const [file] = journalFiles(dir, { nonEmpty: true });
   const flushedEndBytes = 2 * RECORD_BYTES + JOURNAL_HEADER_BYTES;
-  assert.equal(fs.statSync(file!).size, flushedEndBytes + RECORD_BYTES);
+  // The unflushed record, then the end marker of the clean close (it claims the sync's seq only).
+  assert.equal(fs.statSync(file!).size, flushedEndBytes + RECORD_BYTES + JOURNAL_HEADER_BYTES);
   // The last record's payload damaged and half a header of a fourth record after it.
   flipBit(file!, flushedEndBytes + JOURNAL_HEADER_BYTES + 7);
   fs.appendFileSync(file!, Buffer.alloc(JOURNAL_HEADER_BYTES / 2, 0x43));
@@ -208,8 +209,8 @@ test('salvage drops only the damaged record (bit flip, zeroed header, a lost pag
       damage,
     );
     assert.equal(r.recordsKept, 3);
-    // Three records and the sync marker.
-    assert.equal(fs.statSync(file!).size, 3 * RECORD_BYTES + JOURNAL_HEADER_BYTES, damage);
+    // Three records, the sync marker and the clean close's end marker.
+    assert.equal(fs.statSync(file!).size, 3 * RECORD_BYTES + 2 * JOURNAL_HEADER_BYTES, damage);
     assert.deepEqual(fs.readdirSync(dir).filter((n) => n.includes('salvage')), [], 'the temporary file is renamed over');
     assert.equal(checkJournalDir(dir).damaged.length, 0);
     assert.equal(salvageJournalDir(dir).filesRewritten, 0, 'a second salvage changes nothing');

@@ -14,11 +14,12 @@ import { BLOCK_BYTES, journalFiles, openTestJournal, nameNonce } from './helpers
 const PAIRS = 140_000;
 
 /** A header-only item (Zero record or sync marker) as the journal writes it. */
-function item(type: number, seq: number, offsetBytes: number, lengthBytes: number, nonce: number): Buffer {
+function item(type: number, seq: number, offsetBytes: number, lengthBytes: number, nonce: number, endsFile = false): Buffer {
   const h = Buffer.alloc(JOURNAL_HEADER_BYTES);
   h.writeUInt32LE(0x4e524a43, 0);
   h.writeUInt8(1, 4);
   h.writeUInt8(type, 5);
+  if (endsFile) h.writeUInt8(1, 6);
   h.writeUInt32LE(type === RecordType.Zero ? 1 : 0, 8);
   h.writeUInt32LE(lengthBytes, 12);
   h.writeUInt32LE(seq, 16);
@@ -41,7 +42,8 @@ test(`a journal file of ${PAIRS} zero writes each flushed on its own (a marker a
   const real = fs.readFileSync(file!);
   const nonce = nameNonce(file!)!;
   const pair = (i: number) => [item(RecordType.Zero, i + 1, (i % 256) * BLOCK_BYTES, BLOCK_BYTES, nonce), item(3, i + 1, 0, 0, nonce)];
-  assert.deepEqual(Buffer.concat([...pair(0), ...pair(1)]), real, 'the pairs below are byte for byte what the journal writes');
+  // Then the end marker a clean close leaves (claiming the last sync), not part of the pattern.
+  assert.deepEqual(Buffer.concat([...pair(0), ...pair(1), item(3, 2, 0, 0, nonce, true)]), real, 'the pairs below are byte for byte what the journal writes');
   // Continued to PAIRS pairs (a real run takes ~1.4 ms a pair here: 3 minutes), then a torn last write.
   const bytes = Buffer.concat([...Array.from({ length: PAIRS }, (_, i) => pair(i)).flat(), item(RecordType.Zero, PAIRS + 1, 0, BLOCK_BYTES, nonce).subarray(0, 20)]);
   fs.writeFileSync(file!, bytes);

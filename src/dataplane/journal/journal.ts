@@ -60,7 +60,8 @@ const MARKER_TYPE = 3;
 const FENCE_TYPE = 4;
 /**
  * Byte 6 of a sync marker that ends its file: written by the rotation that
- * leaves the file, at its tail, after every record of it. A recycled file
+ * leaves the file, at its tail, after every record of it, and by a clean
+ * close at the head's tail (writeCloseEnd). A recycled file
  * (JOURNAL_SPARE_FILES) holds the items of the file it was past its new
  * end: they carry the old nonce and are no items, but without this end
  * they were a torn tail, and once the files after it are destaged and gone
@@ -514,9 +515,7 @@ export class Journal {
       // Its end, after every record of it (those in flight included: their
       // positions are below its tail): a sync after the rotation fdatasyncs it
       // (dirty), before any marker claims a seq of the next file.
-      const end = markerRecord(this.markedSeq);
-      end.writeUInt8(1, END_FLAG_OFFSET);
-      end.writeUInt32LE(crc32c(end.subarray(0, CRC_OFFSET)), CRC_OFFSET);
+      const end = endRecord(this.markedSeq);
       old.markerClaim = Math.max(old.markerClaim, this.markedSeq);
       old.dirty = true;
       this.writeItemSync(old, end, false);
@@ -989,6 +988,7 @@ export class Journal {
     if (marker) void this.writeMarker(marker);
     this.closed = true;
     await Promise.allSettled([...this.pendingWrites]);
+    if (!this.failure) this.writeCloseEnd();
     // Every open file, not only the head after close's own marker: the last
     // sync's marker may already have been written by the 50 ms timer or on an
     // append's writev (into the head, or into a file rotation has since left),
@@ -1000,6 +1000,31 @@ export class Journal {
     // fdatasync, close and unlink end before close() resolves. None waits on
     // close: each waits only for writes and syncs settled above.
     await Promise.all([...this.removals]);
+  }
+
+  /**
+   * Ends the head at its tail, after every item of it (appends and markers
+   * have all landed: close waits for them), as a rotation ends the file it
+   * leaves, so the next open and fsck see a clean end, not a torn tail: a
+   * head reused from a spare holds the old file's bytes past its tail, and
+   * without an end they were cut at every open and counted by fsck as a
+   * torn tail after a clean stop. The next open never appends after it (it
+   * starts a fresh head). Durable with the fdatasync close gives every open
+   * file (syncClosingMarker). It claims markedSeq, true already, so were a
+   * power cut to land it without records before it (writeback keeps no
+   * order), it covers none of them: the scan cuts them as a crash's torn
+   * tail, which they are (a stop that did not complete). A failure is
+   * latched and logged, not thrown, as syncClosingMarker's: no flushed write
+   * depends on the end, only the clean verdict does.
+   */
+  private writeCloseEnd(): void {
+    const f = this.head;
+    f.markerClaim = Math.max(f.markerClaim, this.markedSeq);
+    try {
+      this.writeItemSync(f, endRecord(this.markedSeq), false);
+    } catch (err) {
+      log.error('journal: the end marker written at close failed; the next start will cut the head file as a torn tail', { file: f.name, err: (err as Error).message });
+    }
   }
 
   /**
@@ -1118,6 +1143,14 @@ function readU64(buf: Buffer, pos: number): number {
 /** A sync marker record claiming every write numbered up to `syncedSeq` durable. */
 function markerRecord(syncedSeq: number): Buffer {
   return seqRecord(MARKER_TYPE, syncedSeq);
+}
+
+/** A sync marker that ends its file (END_FLAG_OFFSET), claiming `syncedSeq`: a rotation's, or a clean close's in the head. */
+function endRecord(syncedSeq: number): Buffer {
+  const end = markerRecord(syncedSeq);
+  end.writeUInt8(1, END_FLAG_OFFSET);
+  end.writeUInt32LE(crc32c(end.subarray(0, CRC_OFFSET)), CRC_OFFSET);
+  return end;
 }
 
 /** A header-only item: a sync marker claiming `seq`, with a seq fence when `fenceSeq` is given. */
