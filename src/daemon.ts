@@ -18,6 +18,7 @@ import { PrometheusHeat } from './control/prometheus-heat.js';
 import { healthChecks, metricsSource } from './control/observe.js';
 import { parsePolicyYaml } from './dataplane/ec/policy.js';
 import { SegmentCompactor, registerCompactionMetrics } from './dataplane/ec/compaction.js';
+import { forgetRemovedPoolRebuilds } from './dataplane/ec/reconstruction.js';
 import { DataDirLock, DataDirLocked, readLockHolder } from './data-dir-lock.js';
 
 export const STATE_FILE = 'daemon.json';
@@ -111,6 +112,10 @@ export async function openManager(cfg: DaemonConfig, opts: { coldTier: boolean }
       labels: { tier: p.tier, ...p.labels },
     });
   }
+  manager.configuredPools = new Set(cfg.pools.map((p) => p.name));
+  // A cold pool removed from the configuration is never rebuilt again: its incomplete-rebuild
+  // record (and gauge series) would stay forever. Dropped before the cold tier loads the list.
+  await forgetRemovedPoolRebuilds(manager.meta, cfg.pools.filter((p) => p.tier === 'cold').map((p) => p.name));
   if (opts.coldTier) {
     try {
       await startConfiguredColdTier(cfg, manager);

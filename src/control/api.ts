@@ -126,6 +126,8 @@ export function buildApi(
       lastScrub: cold.reconstructor.lastScrub,
       // Pools whose last rebuild skipped volumes that could not be opened: not fully rebuilt yet.
       incompleteRebuilds: cold.reconstructor.incompleteRebuilds(),
+      // The pool rebuild running now (the list above changes only when it ends), and an operator's queued behind the timer's.
+      rebuilding: cold.reconstructor.rebuildRunning(),
     };
   });
   // Verifies every stripe now and rebuilds what is bad; returns when done.

@@ -4,6 +4,7 @@ import type { HealthChecks } from './health/index.js';
 import type { MetricsSource } from './metrics/index.js';
 import type { HeatTracker } from './heat.js';
 import type { VolumeManager } from '../dataplane/volumes/manager.js';
+import { listedIncomplete } from '../dataplane/ec/reconstruction.js';
 
 export interface MigrationStats {
   completedTotal: { succeeded: number; failed: number; aborted: number };
@@ -38,7 +39,7 @@ export function metricsSource(manager: VolumeManager, heat: HeatTracker, migrati
       }
     },
     *pools() {
-      for (const p of manager.pools.values()) yield { pool: p.name, tier: p.rec.tier, capacityBytes: p.rec.capacityBytes, usedBytes: p.usedBytes };
+      for (const p of manager.pools.values()) yield { pool: p.name, tier: p.rec.tier, capacityBytes: p.rec.capacityBytes, usedBytes: p.usedBytes, configured: manager.configuredPools?.has(p.name) ?? true };
     },
     migrations,
     degradedReadsTotal: () => manager.cold?.stripes.counters.degradedReads ?? 0,
@@ -51,6 +52,6 @@ export function metricsSource(manager: VolumeManager, heat: HeatTracker, migrati
     // Without a cold tier (no policy file, say) the index still holds the last list: [] would
     // read 0 (rebuilt) for every cold pool it names.
     incompleteRebuilds: () =>
-      manager.cold?.reconstructor.incompleteRebuilds() ?? [...manager.meta.incompleteRebuilds.getRange()].map(({ key, value }) => ({ pool: key, ...value })),
+      manager.cold?.reconstructor.incompleteRebuilds() ?? [...manager.meta.incompleteRebuilds.getRange()].map(({ key, value }) => listedIncomplete(key, value)),
   };
 }

@@ -30,6 +30,8 @@ export interface PoolUsage {
   tier: Tier;
   capacityBytes: number;
   usedBytes: number;
+  /** False: the pool's record is in the index but the configuration no longer names it (no rebuild gauge series). Absent: configured. */
+  configured?: boolean;
 }
 
 export interface MigrationCounters {
@@ -273,9 +275,10 @@ export function createMetrics(source: MetricsSourceRef): Registry {
     },
   });
 
-  // Every cold pool has a series, 0 unless listed, so an alert can tell "rebuilt" from "no
-  // data"; a listed pool no longer configured keeps its series while it is listed. A source
-  // that does not report rebuilds (or none open yet) gives no series: 0 would claim "rebuilt".
+  // Every configured cold pool has a series, 0 unless listed, so an alert can tell "rebuilt"
+  // from "no data"; a pool removed from the configuration has none (the daemon drops its
+  // entry at start: forgetRemovedPoolRebuilds). A source that does not report rebuilds (or
+  // none open yet) gives no series: 0 would claim "rebuilt".
   const rebuildGauge = (name: string, help: string, pick: (r: IncompleteRebuild) => number): void => {
     new Gauge({
       name,
@@ -286,7 +289,7 @@ export function createMetrics(source: MetricsSourceRef): Registry {
         this.reset();
         const snap = registry.snapshot();
         if (snap.incompleteRebuilds === null) return;
-        for (const p of snap.pools) if (p.tier === 'cold') this.set({ pool: p.pool }, 0);
+        for (const p of snap.pools) if (p.tier === 'cold' && p.configured !== false) this.set({ pool: p.pool }, 0);
         for (const r of snap.incompleteRebuilds) this.set({ pool: r.pool }, pick(r));
       },
     });

@@ -5,7 +5,7 @@ import { InsufficientShards, NoSuitablePool } from '../errors.js';
 import { log } from '../../log.js';
 import type { Volume } from '../volumes/volume.js';
 import type { UnavailableVolume, VolumeListing } from '../volumes/manager.js';
-import { ChunkState, type MetaStore, type VolumeRecord } from '../meta/store.js';
+import { ChunkState, type IncompleteRebuildRecord, type MetaStore, type VolumeRecord } from '../meta/store.js';
 import type { SegmentStore } from './segment-store.js';
 import { StripeStore, type InspectedStripe, type LostShardJob, type PreparedRebuild, type StripeContext, type StripeRef } from './stripe-store.js';
 
@@ -155,6 +155,57 @@ export interface ReconstructionOptions {
  * retry rebuilds the whole pool.
  */
 const STORE_UNKNOWN = Symbol('store unknown');
+
+/** A pool's entry in incompleteRebuilds (Reconstructor.skippedByRebuild). */
+interface IncompleteEntry {
+  volumes: Set<string>;
+  notRebuilt: number;
+  store: SegmentStore | null | typeof STORE_UNKNOWN;
+  /**
+   * A whole-pool rebuild of the pool was cut (a stop, a crash seen at start
+   * through its 'running' record, a failure): which stripes it left is not
+   * known, so the retry timer rebuilds the whole pool once it is online.
+   */
+  interrupted?: boolean;
+}
+
+/** A pool as GET /v1/cold incompleteRebuilds and the rebuild gauges list it. */
+export interface ListedIncompleteRebuild {
+  pool: string;
+  volumesSkipped: string[];
+  notRebuilt: number;
+  /** Present (true) only when a whole-pool rebuild was cut: notRebuilt is then a lower bound. */
+  interrupted?: true;
+}
+
+/**
+ * An index record as listed. One still 'running' was written by a whole-pool
+ * rebuild that never finished: the daemon that wrote it died during it (a
+ * running daemon lists its own rebuild from memory, not from this record), so
+ * it reads as interrupted, at least one stripe not rebuilt.
+ */
+export function listedIncomplete(pool: string, rec: IncompleteRebuildRecord): ListedIncompleteRebuild {
+  const volumesSkipped = [...rec.volumesSkipped].sort();
+  if (rec.state === undefined) return { pool, volumesSkipped, notRebuilt: rec.notRebuilt };
+  return { pool, volumesSkipped, notRebuilt: Math.max(1, rec.notRebuilt), interrupted: true };
+}
+
+/**
+ * Drops the index's incomplete-rebuild records of pools that are no longer
+ * configured cold pools (removed from the configuration, or made another
+ * tier): nothing will rebuild them, and they would be listed, with a gauge
+ * series, forever. The daemon calls it at start, before the cold tier loads
+ * the list. Returns the pools dropped (logged).
+ */
+export async function forgetRemovedPoolRebuilds(meta: MetaStore, configuredColdPools: Iterable<string>): Promise<string[]> {
+  const keep = new Set(configuredColdPools);
+  const gone = [...meta.incompleteRebuilds.getKeys()].filter((pool) => !keep.has(pool));
+  for (const pool of gone) {
+    await meta.incompleteRebuilds.remove(pool);
+    log.warn('dropped the incomplete-rebuild record of a pool no longer configured as a cold pool', { pool });
+  }
+  return gone;
+}
 
 export class Reconstructor {
   /** Non-healthy stripes by "volumeId:chunk". */
@@ -724,9 +775,22 @@ export class Reconstructor {
    * again by the retry timer (retrySkippedVolumes) and by the next call.
    */
   rebuildPool(poolName: string): Promise<PoolRebuildReport> {
-    return this.startPoolRebuild(poolName, null);
+    return this.startPoolRebuild(poolName, null, 'operator');
   }
-  private poolRebuild: { pool: string; only: Set<string> | null; done: Promise<PoolRebuildReport> } | null = null;
+  private poolRebuild: { pool: string; only: Set<string> | null; startedBy: RebuildStarter; done: Promise<PoolRebuildReport> } | null = null;
+  /**
+   * An operator's rebuild (API) of another pool that arrived while the retry
+   * timer's rebuild ran: it starts when that one ends, and the timer starts
+   * nothing before it. One slot: a further request for yet another pool is
+   * refused (PoolRebuildBusy), as one is while an operator's rebuild runs.
+   */
+  private nextRebuild: { pool: string; done: Promise<PoolRebuildReport> } | null = null;
+
+  /** The pool rebuild running now, and the operator's rebuild queued behind it (null: none). */
+  rebuildRunning(): { pool: string; wholePool: boolean; startedBy: RebuildStarter; queued: string | null } | null {
+    const r = this.poolRebuild;
+    return r === null ? null : { pool: r.pool, wholePool: r.only === null, startedBy: r.startedBy, queued: this.nextRebuild?.pool ?? null };
+  }
   /**
    * Per cold pool whose last rebuild was not complete: the volumes it could
    * not open (and has not rebuilt since), and the stripes it left not
@@ -738,15 +802,18 @@ export class Reconstructor {
    * pool's segment store that rebuild landed on; another one now (the pool
    * replaced or lost again since) makes the retry a whole-pool rebuild.
    */
-  private readonly skippedByRebuild = new Map<string, { volumes: Set<string>; notRebuilt: number; store: SegmentStore | null | typeof STORE_UNKNOWN }>();
+  private readonly skippedByRebuild = new Map<string, IncompleteEntry>();
 
   /**
    * Pools not fully rebuilt: their last rebuild skipped volumes that could not
    * be opened (volumesSkipped, retried by the timer) or left stripes not
-   * rebuilt (notRebuilt: rebuild the pool again).
+   * rebuilt (notRebuilt: rebuild the pool again), or was cut (interrupted:
+   * the timer rebuilds the whole pool). A rebuild running now changes nothing
+   * here until it ends (rebuildRunning() names it): the list is what the last
+   * finished (or cut) rebuild left.
    */
-  incompleteRebuilds(): { pool: string; volumesSkipped: string[]; notRebuilt: number }[] {
-    return [...this.skippedByRebuild].map(([pool, e]) => ({ pool, volumesSkipped: [...e.volumes].sort(), notRebuilt: e.notRebuilt }));
+  incompleteRebuilds(): ListedIncompleteRebuild[] {
+    return [...this.skippedByRebuild].map(([pool, e]) => ({ pool, volumesSkipped: [...e.volumes].sort(), notRebuilt: e.notRebuilt, ...(e.interrupted ? { interrupted: true as const } : {}) }));
   }
 
   /**
@@ -761,7 +828,9 @@ export class Reconstructor {
   private loadIncompleteRebuilds(): void {
     if (this.index === null) return;
     for (const { key, value } of this.index.incompleteRebuilds.getRange()) {
-      this.skippedByRebuild.set(key, { volumes: new Set(value.volumesSkipped), notRebuilt: value.notRebuilt, store: STORE_UNKNOWN });
+      // 'running': the daemon before this one died during a whole-pool rebuild of the pool.
+      const listed = listedIncomplete(key, value);
+      this.skippedByRebuild.set(key, { volumes: new Set(listed.volumesSkipped), notRebuilt: listed.notRebuilt, store: STORE_UNKNOWN, ...(listed.interrupted ? { interrupted: true } : {}) });
     }
   }
 
@@ -771,13 +840,13 @@ export class Reconstructor {
    * through here so the two agree. A failed write is logged and the memory
    * list kept: the rebuild itself is done; only a restart could lose the entry.
    */
-  private async setIncomplete(pool: string, entry: { volumes: Set<string>; notRebuilt: number; store: SegmentStore | null | typeof STORE_UNKNOWN } | null): Promise<void> {
+  private async setIncomplete(pool: string, entry: IncompleteEntry | null): Promise<void> {
     if (entry === null) this.skippedByRebuild.delete(pool);
     else this.skippedByRebuild.set(pool, entry);
     if (this.index === null) return;
     try {
       if (entry === null) await this.index.incompleteRebuilds.remove(pool);
-      else await this.index.incompleteRebuilds.put(pool, { volumesSkipped: [...entry.volumes].sort(), notRebuilt: entry.notRebuilt });
+      else await this.index.incompleteRebuilds.put(pool, { volumesSkipped: [...entry.volumes].sort(), notRebuilt: entry.notRebuilt, ...(entry.interrupted ? { state: 'interrupted' as const } : {}) });
     } catch (err) {
       this.incompleteWriteFailures++;
       log.warn('could not record the incomplete rebuild list in the index; a restart may forget it', { pool, err: (err as Error).message });
@@ -786,20 +855,81 @@ export class Reconstructor {
   /** Writes of incompleteRebuilds to the index that failed (logged). */
   incompleteWriteFailures = 0;
 
-  /** `only`: the volumes to rebuild (a retry of those a rebuild skipped: no holder source); null: the whole pool. */
-  private startPoolRebuild(poolName: string, only: Set<string> | null): Promise<PoolRebuildReport> {
+  /**
+   * Before a whole-pool rebuild lands anything: the pool's record says a
+   * rebuild is running (one small synced commit), keeping what was listed.
+   * A hard crash before the rebuild's end leaves it, and the next start lists
+   * the pool as interrupted (the pool's lost shards may be only partly
+   * rebuilt; without it a pool with no entry read as rebuilt). Index only:
+   * the list in memory, and so the API and the gauges, keep meaning "what
+   * the last finished rebuild left" while this one runs. Its end replaces
+   * the record (setIncomplete). A failed write is logged and counted.
+   */
+  private async markRunning(pool: string): Promise<boolean> {
+    if (this.index === null) return false;
+    const was = this.skippedByRebuild.get(pool);
+    try {
+      await this.index.incompleteRebuilds.put(pool, { volumesSkipped: [...(was?.volumes ?? [])].sort(), notRebuilt: was?.notRebuilt ?? 0, state: 'running' });
+      return true;
+    } catch (err) {
+      this.incompleteWriteFailures++;
+      log.warn('could not record in the index that a pool rebuild is running; a crash during it may leave the pool unlisted', { pool, err: (err as Error).message });
+      return false;
+    }
+  }
+
+  /**
+   * `only`: the volumes to rebuild (a retry of those a rebuild skipped: no holder source); null: the whole pool.
+   * One pool rebuild at a time (each reads k survivors per stripe at full speed). An operator's
+   * rebuild of another pool while one of theirs runs is refused (PoolRebuildBusy: they asked for
+   * both). While the retry timer's runs, it waits for it instead (queued, one slot): the operator
+   * did not start the timer's and could not know, and a 409 would make them poll for a gap the
+   * timer may fill again at its next interval. The timer's run is not cut short: what it lands is
+   * redundancy restored too, and it rebuilds only what is missing.
+   */
+  private startPoolRebuild(poolName: string, only: Set<string> | null, startedBy: RebuildStarter): Promise<PoolRebuildReport> {
     const running = this.poolRebuild;
+    const queued = this.nextRebuild;
+    if (running === null && queued !== null && startedBy === 'operator') {
+      // Between the timer's run ending and the queued request starting (a few microtasks).
+      if (queued.pool === poolName) return queued.done;
+      return Promise.reject(new PoolRebuildBusy(`pool ${queued.pool} is about to be rebuilt; rebuild ${poolName} after it`));
+    }
     if (running) {
-      if (running.pool !== poolName) return Promise.reject(new PoolRebuildBusy(`pool ${running.pool} is being rebuilt; rebuild ${poolName} after it`));
+      if (running.pool !== poolName) {
+        if (startedBy === 'operator' && running.startedBy === 'timer') {
+          if (queued === null) return this.queueAfterTimer(running.done, poolName);
+          if (queued.pool === poolName) return queued.done;
+          return Promise.reject(new PoolRebuildBusy(`pool ${running.pool} is being rebuilt by the retry timer and ${queued.pool} is queued after it; rebuild ${poolName} after them`));
+        }
+        return Promise.reject(new PoolRebuildBusy(`pool ${running.pool} is being rebuilt; rebuild ${poolName} after it`));
+      }
       // A whole-pool call during a retry of some volumes gets a whole-pool rebuild after it.
       if (running.only === null || only !== null) return running.done;
       return running.done.then(
-        () => this.startPoolRebuild(poolName, null),
-        () => this.startPoolRebuild(poolName, null),
+        () => this.startPoolRebuild(poolName, null, startedBy),
+        () => this.startPoolRebuild(poolName, null, startedBy),
       );
     }
     const done = this.rebuildPoolNow(poolName, only).finally(() => (this.poolRebuild = null));
-    this.poolRebuild = { pool: poolName, only, done };
+    this.poolRebuild = { pool: poolName, only, startedBy, done };
+    return done;
+  }
+
+  /** An operator's whole-pool rebuild of `poolName`, started once the timer's run (`timerRun`) ends. */
+  private queueAfterTimer(timerRun: Promise<PoolRebuildReport>, poolName: string): Promise<PoolRebuildReport> {
+    const done = timerRun
+      .then(
+        () => undefined,
+        () => undefined, // the timer's failure is the timer's (logged there); this request still runs
+      )
+      .then(() => {
+        this.nextRebuild = null;
+        if (this.stopped) throw new PoolRebuildBusy(`the daemon is stopping; pool ${poolName} was not rebuilt`);
+        return this.startPoolRebuild(poolName, null, 'operator');
+      });
+    this.nextRebuild = { pool: poolName, done };
+    log.info('pool rebuild queued behind the retry timer\'s rebuild', { pool: poolName, running: this.poolRebuild?.pool });
     return done;
   }
 
@@ -812,14 +942,23 @@ export class Reconstructor {
    */
   async retrySkippedVolumes(): Promise<PoolRebuildReport[]> {
     const reports: PoolRebuildReport[] = [];
-    if (this.skippedByRebuild.size === 0 || this.poolRebuild !== null) return reports;
+    // An operator's rebuild queued behind the timer's goes first.
+    const busy = () => this.poolRebuild !== null || this.nextRebuild !== null;
+    if (this.skippedByRebuild.size === 0 || busy()) return reports;
     const listing = this.availableVolumes();
     const opened = new Set(listing.volumes.map((v) => v.name));
     const unopened = new Set(listing.unavailable.map((u) => u.volume));
     for (const [pool, entry] of [...this.skippedByRebuild]) {
-      if (this.stopped || this.poolRebuild !== null) break;
+      if (this.stopped || busy()) break;
       if (!this.stripes.coldPoolNames().includes(pool)) {
         await this.setIncomplete(pool, null); // a pool no longer configured
+        continue;
+      }
+      if (entry.interrupted === true) {
+        // A whole-pool rebuild was cut: which stripes still lack their shard there is not known.
+        // Rebuilt whole once the pool is online (offline: it waits, listed).
+        if ((await this.stripes.segmentStore(pool)) === null || this.stopped || busy()) continue;
+        reports.push(await this.startPoolRebuild(pool, null, 'timer'));
         continue;
       }
       const known = new Set([...entry.volumes].filter((n) => opened.has(n) || unopened.has(n)));
@@ -830,12 +969,30 @@ export class Reconstructor {
         continue;
       }
       if (![...known].some((n) => opened.has(n))) continue;
-      reports.push(await this.startPoolRebuild(pool, known));
+      reports.push(await this.startPoolRebuild(pool, known, 'timer'));
     }
     return reports;
   }
 
+  /**
+   * A whole-pool rebuild that fails after marking itself running (a pool going
+   * offline mid-way, an index error) is recorded as interrupted: its record
+   * said running, and the pool is not known to be fully rebuilt.
+   */
   private async rebuildPoolNow(poolName: string, onlyAsked: Set<string> | null): Promise<PoolRebuildReport> {
+    const run = { markedRunning: false };
+    try {
+      return await this.rebuildPoolRun(poolName, onlyAsked, run);
+    } catch (err) {
+      if (run.markedRunning) {
+        const was = this.skippedByRebuild.get(poolName);
+        await this.setIncomplete(poolName, { volumes: new Set(was?.volumes ?? []), notRebuilt: Math.max(1, was?.notRebuilt ?? 0), store: STORE_UNKNOWN, interrupted: true });
+      }
+      throw err;
+    }
+  }
+
+  private async rebuildPoolRun(poolName: string, onlyAsked: Set<string> | null, run: { markedRunning: boolean }): Promise<PoolRebuildReport> {
     let only = onlyAsked;
     const started = Date.now();
     const report: PoolRebuildReport = {
@@ -859,6 +1016,8 @@ export class Reconstructor {
     // volumes alone (it answered complete and dropped the pool). The whole pool instead.
     if (only !== null && this.skippedByRebuild.get(poolName)?.store !== target) only = null;
     report.retryOfSkipped = only !== null;
+    // A retry of skipped volumes has its entry already: a crash during it leaves the pool listed.
+    if (only === null) run.markedRunning = await this.markRunning(poolName);
     // Sources: the other online pools in a fixed order, so every stripe reads
     // the same k pools and each pool's records are read back to back.
     const sourceRank = new Map<string, number>();
@@ -1034,7 +1193,7 @@ export class Reconstructor {
       // rebuild recounts. A retry cut keeps its entry as it was.
       const was = this.skippedByRebuild.get(poolName);
       const volumes = new Set([...(was?.volumes ?? []), ...report.volumesSkipped.map((u) => u.volume)]);
-      await this.setIncomplete(poolName, { volumes, notRebuilt: Math.max(1, (was?.notRebuilt ?? 0) + report.notRebuilt), store: target });
+      await this.setIncomplete(poolName, { volumes, notRebuilt: Math.max(1, (was?.notRebuilt ?? 0) + report.notRebuilt), store: target, interrupted: true });
     }
     report.durationMs = Date.now() - started;
     log.info('pool rebuild finished', { ...report });
@@ -1203,6 +1362,7 @@ export class Reconstructor {
     await this.running;
     await this.scrubbing;
     await this.poolRebuild?.done.catch(() => undefined);
+    await this.nextRebuild?.done.catch(() => undefined); // refuses to start once stopped
     clearTimeout(this.scratchTimer);
     this.spareScratch.length = 0;
   }
@@ -1316,6 +1476,9 @@ export interface PoolRebuildReport {
 }
 
 /** A rebuild of another pool is running. */
+/** Who started a pool rebuild: an operator (POST /v1/rebuild, `couchestor rebuild`) or the retry timer. */
+export type RebuildStarter = 'operator' | 'timer';
+
 export class PoolRebuildBusy extends Error {
   override name = 'PoolRebuildBusy';
 }

@@ -92,6 +92,16 @@ export interface ChunkEntry {
 export interface IncompleteRebuildRecord {
   volumesSkipped: string[];
   notRebuilt: number;
+  /**
+   * Absent: the last rebuild finished and left the above. 'running': a
+   * whole-pool rebuild started (written before it lands anything) and has not
+   * finished; the fields are what was listed before it. A daemon that finds
+   * it at start died during that rebuild: the pool is listed as
+   * 'interrupted'. 'interrupted': a whole-pool rebuild was cut (stop, crash,
+   * failure); how many stripes it left is not known (notRebuilt at least 1)
+   * and the retry timer rebuilds the whole pool.
+   */
+  state?: 'running' | 'interrupted';
 }
 
 export const VOLUME_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;

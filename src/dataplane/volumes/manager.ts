@@ -46,6 +46,8 @@ export interface CreateVolumeOptions {
 
 export class VolumeManager {
   readonly pools = new Map<string, Pool>();
+  /** The pools the daemon's configuration names (set at start, daemon.ts openManager); null: not known, every pool record counts. Records of others stay in the index. */
+  configuredPools: ReadonlySet<string> | null = null;
   private readonly open = new Map<string, Volume>();
   /**
    * Names of volumes being created: createVolume awaits its file's directory
