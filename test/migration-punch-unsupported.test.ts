@@ -7,7 +7,10 @@
 // cold completes (RELEASE truncates, which ramfs can) and every byte reads
 // back from the stripes. And a kill before the abort's punch
 // (helpers/punch-kill-child): the next start tries the punch, is refused,
-// counts and logs it once, and starts; the data reads back unchanged.
+// counts and logs it once (with what the operator can do), and starts; the
+// data reads back unchanged. A later start does not try (or log) it again
+// for the same file, and does not even open the volume; the same bytes in a
+// new file (another inode: the file restored, the pool moved) are tried again.
 // Needs root (mount); the mounts are removed after.
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
@@ -29,6 +32,8 @@ const TRIMMED = 2;
 const MOVED = 16;
 const BLOCKS_PER_CHUNK = MiB / 512;
 const NO_PUNCH_LOG = /the file system cannot punch holes/;
+/** What the operator can do, in the same line. */
+const NO_PUNCH_ADVICE = /couchestor volumes migrate v cold.*file system that punches holes/;
 
 function run(cmd: string, args: string[]): void {
   const r = spawnSync(cmd, args, { encoding: 'utf8' });
@@ -120,7 +125,7 @@ test('hot pool on ramfs (fallocate PUNCH_HOLE answers EOPNOTSUPP): an aborted mo
   t.diagnostic(`ramfs: punch refused once, ${after.blocks} blocks kept after the abort; the finished move truncated the file`);
 });
 
-test('hot pool on ramfs, killed between an aborted move to cold\'s destages and its punch: the next start is refused the punch, counts and logs it once, starts; the data reads back', async (t) => {
+test('hot pool on ramfs, killed between an aborted move to cold\'s destages and its punch: the next start is refused the punch, counts and logs it once, starts; later starts do not retry the same file; the data reads back', async (t) => {
   let m: VolumeManager | null = null;
   const { dir } = ramfsHotPoolDir(t, 'couchestor-punch-unsupported-kill-', () => m);
   const want = crypto.randomBytes(PUNCH_KILL_CHUNKS * MiB);
@@ -134,10 +139,35 @@ test('hot pool on ramfs, killed between an aborted move to cold\'s destages and 
   assert.deepEqual(r, { filesRemoved: 0, filesTruncated: 0, bytesPunched: 0 });
   assert.deepEqual(migrationPunchCounters(m), { rangesPunched: 0, bytesPunched: 0, punchesUnsupported: 1 });
   assert.equal(lines.filter((l) => NO_PUNCH_LOG.test(l)).length, 1, `not logged exactly once:\n${lines.join('\n')}`);
-  const vol = m.openVolume('v');
+  assert.ok(lines.some((l) => NO_PUNCH_LOG.test(l) && NO_PUNCH_ADVICE.test(l)), `the log line does not say what the operator can do:\n${lines.join('\n')}`);
+  let vol = m.openVolume('v');
   assert.equal(vol.rec.tier, 'cold');
   assert.ok(vol.chunksOnFile().length > 0);
   assert.equal(fs.statSync(file).blocks, before.blocks);
   assert.ok(fs.readFileSync(file).equals(fileBefore), 'the file\'s bytes changed');
   assert.ok((await readVolume(vol, 0, PUNCH_KILL_CHUNKS * MiB)).equals(want), 'the volume reads back after the refused start-up punch');
+
+  // Later starts, same file on the same file system: not tried, not logged, the volume not even opened.
+  for (let start = 2; start <= 3; start++) {
+    await m.close();
+    m = await openColdTierManager(dir, false);
+    const { value: again, lines: againLines } = await stderrLines(() => m!.finishInterruptedReleases());
+    assert.deepEqual(again, { filesRemoved: 0, filesTruncated: 0, bytesPunched: 0 });
+    assert.deepEqual(migrationPunchCounters(m), { rangesPunched: 0, bytesPunched: 0, punchesUnsupported: 0 }, `start ${start} tried the refused punch again`);
+    assert.deepEqual(againLines.filter((l) => NO_PUNCH_LOG.test(l)), [], `start ${start} logged the refused punch again`);
+    assert.deepEqual(m.openVolumes().map((v) => v.name), [], `start ${start} opened the volume`);
+  }
+
+  // Something changed: the same bytes in a new file (a restore, the pool moved): tried again, refused, logged once.
+  await m.close();
+  m = null;
+  fs.copyFileSync(file, `${file}.copy`);
+  fs.renameSync(`${file}.copy`, file);
+  m = await openColdTierManager(dir, false);
+  const { lines: newFileLines } = await stderrLines(() => m!.finishInterruptedReleases());
+  assert.deepEqual(migrationPunchCounters(m), { rangesPunched: 0, bytesPunched: 0, punchesUnsupported: 1 }, 'a new file was not tried');
+  assert.equal(newFileLines.filter((l) => NO_PUNCH_LOG.test(l)).length, 1, `not logged exactly once:\n${newFileLines.join('\n')}`);
+  vol = m.openVolume('v');
+  assert.ok(fs.readFileSync(file).equals(fileBefore), 'the file\'s bytes changed');
+  assert.ok((await readVolume(vol, 0, PUNCH_KILL_CHUNKS * MiB)).equals(want), 'the volume reads back after the restarts');
 });

@@ -10,6 +10,7 @@
 // writes to a chunk wait while it is copied, the index flips per chunk, and
 // RELEASE deletes the old pool's file once no chunk is left in it.
 import fs from 'node:fs';
+import type { Database } from 'lmdb';
 import { InvalidArgument, MigrationInProgress, NoSuitablePool, VolumeFailed } from '../errors.js';
 import { log } from '../../log.js';
 import type { Tier, VolumeRecord } from '../meta/store.js';
@@ -102,8 +103,85 @@ function pauseForKill(volume: string, point: 'before-release' | 'before-punch' =
 export interface PunchCounters {
   rangesPunched: number;
   bytesPunched: number;
-  /** Punch attempts the file system refused (EOPNOTSUPP); each is logged once by Volume.punchDeadRanges. */
+  /** Punch attempts the file system refused (EOPNOTSUPP); a file's first is logged (punchCounted). */
   punchesUnsupported: number;
+}
+
+/**
+ * A volume file whose file system refused a hole punch (EOPNOTSUPP), in the
+ * index's `punch-refused` database under `<volumeId>/<pool>`: the file's
+ * identity then. The start-up punch of an interrupted move to cold
+ * (deadRangesHoldData) skips a file listed with the same device and inode:
+ * the same file on the same file system is refused again, so retrying it
+ * (and logging it) at every start only repeats what the operator was told
+ * once. A different identity (the file released and made again, the pool
+ * moved to another file system, a remount) is tried again. The data is
+ * correct either way: the dead ranges are only unreclaimed space, freed when
+ * the file is released. Bounded: one entry per volume file refused; a
+ * successful punch of the volume drops its entries, and each new entry drops
+ * those of volumes that no longer exist.
+ */
+interface PunchRefusal {
+  dev: number;
+  ino: number;
+  refusedAtMs: number;
+}
+
+const PUNCH_REFUSED_DB = 'punch-refused';
+const refusalDbs = new WeakMap<VolumeManager, Database<PunchRefusal, string>>();
+
+function punchRefusals(manager: VolumeManager): Database<PunchRefusal, string> {
+  let db = refusalDbs.get(manager);
+  if (db === undefined) refusalDbs.set(manager, (db = manager.meta.openDB<PunchRefusal, string>(PUNCH_REFUSED_DB)));
+  return db;
+}
+
+function refusalKey(volumeId: number, pool: string): string {
+  return `${volumeId}/${pool}`;
+}
+
+/** Whether `fd` (volume `volumeId`'s file on `pool`) is the very file a punch was refused on before. */
+function punchRefusedBefore(manager: VolumeManager, volumeId: number, pool: string, fd: number): boolean {
+  const r = punchRefusals(manager).get(refusalKey(volumeId, pool));
+  if (r === undefined) return false;
+  const st = fs.fstatSync(fd);
+  return st.dev === r.dev && st.ino === r.ino;
+}
+
+/**
+ * Remembers (and logs, once per file) a refused punch; see PunchRefusal.
+ * A file already listed with the same identity is not logged again (a
+ * second aborted move to cold of the volume still reports punchUnsupported
+ * and counts it).
+ */
+async function recordPunchRefusal(manager: VolumeManager, vol: Volume, pool: string): Promise<void> {
+  const file = manager.pools.get(pool)?.volumeFile(vol.rec.id);
+  const st = file === undefined ? undefined : fs.statSync(file, { throwIfNoEntry: false });
+  const db = punchRefusals(manager);
+  const key = refusalKey(vol.rec.id, pool);
+  const before = db.get(key);
+  if (st !== undefined && before !== undefined && before.dev === st.dev && before.ino === st.ino) return;
+  log.warn(
+    'volume: the file system cannot punch holes (fallocate PUNCH_HOLE: EOPNOTSUPP); the ranges this move to cold already destaged keep their disk space, the data is unaffected. ' +
+      `The space comes back when the file is released: finish the move (\`couchestor volumes migrate ${vol.name} cold\`, whose RELEASE truncates the file), ` +
+      "or put the pool's volumes/ on a file system that punches holes (ext4, xfs, btrfs). Later starts do not retry this file while it stays the same file on the same file system",
+    { volume: vol.name, pool, file },
+  );
+  if (st === undefined) return;
+  const live = new Set(manager.meta.listVolumes().map((r) => r.id));
+  await db.transaction(() => {
+    for (const k of db.getKeys()) if (!live.has(Number(k.split('/')[0]))) db.remove(k);
+    db.put(key, { dev: st.dev, ino: st.ino, refusedAtMs: Date.now() });
+  });
+}
+
+/** Drops `vol`'s refusal entries after a punch of it worked (its files' file systems punch now). */
+async function forgetPunchRefusals(manager: VolumeManager, vol: Volume): Promise<void> {
+  const db = punchRefusals(manager);
+  for (const pool of vol.openFilePools()) {
+    const key = refusalKey(vol.rec.id, pool);
+    if (db.get(key) !== undefined) await db.remove(key);
+  }
 }
 
 const punchCounters = new WeakMap<VolumeManager, PunchCounters>();
@@ -113,7 +191,11 @@ export function migrationPunchCounters(manager: VolumeManager): PunchCounters {
   return { ...(punchCounters.get(manager) ?? { rangesPunched: 0, bytesPunched: 0, punchesUnsupported: 0 }) };
 }
 
-/** Volume.punchDeadRanges, counted. Throws what it throws (an I/O error other than EOPNOTSUPP). */
+/**
+ * Volume.punchDeadRanges, counted; a refusal (EOPNOTSUPP) logged once per
+ * file and remembered (see PunchRefusal). Throws what it throws (an I/O error
+ * other than EOPNOTSUPP).
+ */
 async function punchCounted(manager: VolumeManager, vol: Volume): Promise<{ bytesPunched: number; supported: boolean }> {
   const r = await vol.punchDeadRanges();
   let c = punchCounters.get(manager);
@@ -121,6 +203,9 @@ async function punchCounted(manager: VolumeManager, vol: Volume): Promise<{ byte
   c.rangesPunched += r.rangesPunched;
   c.bytesPunched += r.bytesPunched;
   if (!r.supported) c.punchesUnsupported++;
+  // Remembering is best effort: an index write that fails costs one more attempt at the next start.
+  if (!r.supported && r.refusedPool !== undefined) await recordPunchRefusal(manager, vol, r.refusedPool).catch((err: unknown) => log.warn('cannot record a refused hole punch; the next start tries it again', { volume: vol.name, err: (err as Error).message }));
+  else if (r.supported && r.rangesPunched > 0) await forgetPunchRefusals(manager, vol).catch(() => undefined);
   return r;
 }
 
@@ -139,7 +224,10 @@ async function punchCounted(manager: VolumeManager, vol: Volume): Promise<{ byte
  * whose entry a crash lost) made every later start punch the same holes
  * again (test/review-migration-punch-startup). A start after the punch
  * opens no volume. A file system without hole tracking answers "data"
- * (the punch is then tried, and refused or done, as before).
+ * (the punch is then tried, and refused or done, as before). A file a punch
+ * was refused on before (the same file: PunchRefusal) is not asked: the
+ * same file system refuses again, and each start would open the volume and
+ * log it again.
  */
 export async function deadRangesHoldData(manager: VolumeManager, rec: VolumeRecord, allocatedByPool: ReadonlyMap<string, number>, deadChunks: readonly number[]): Promise<boolean> {
   if (rec.tier !== 'cold' || deadChunks.length === 0) return false;
@@ -164,6 +252,7 @@ export async function deadRangesHoldData(manager: VolumeManager, rec: VolumeReco
       throw err;
     }
     try {
+      if (punchRefusedBefore(manager, rec.id, poolName, fd)) continue;
       let i = 0;
       while (i < ranges.length) {
         const dataAt = await firstDataOffset(fd, ranges[i]!.start);
@@ -188,7 +277,7 @@ export async function deadRangesHoldData(manager: VolumeManager, rec: VolumeReco
  */
 export async function punchAfterInterruptedMove(manager: VolumeManager, vol: Volume): Promise<number> {
   const r = await punchCounted(manager, vol);
-  // A refused punch (EOPNOTSUPP) freed nothing: punchDeadRanges logged that.
+  // A refused punch (EOPNOTSUPP) freed nothing: punchCounted logged that (once per file).
   if (r.supported) log.info('freed the dead chunk ranges of a move to cold a kill had cut short', { volume: vol.name, bytesPunched: r.bytesPunched });
   return r.bytesPunched;
 }

@@ -1231,10 +1231,11 @@ export class Volume {
    * Returns what it punched: only chunks whose range still held data
    * (dataRuns), so a range already a hole is not counted again; `supported`
    * false when the file system cannot punch holes (EOPNOTSUPP: nothing
-   * freed, nothing else changes). Another
+   * freed, nothing else changes), with the pool whose file refused (the
+   * caller logs it and remembers it: migration.ts punchCounted). Another
    * error stops it (logged, thrown): the space stays used, as without it.
    */
-  async punchDeadRanges(): Promise<{ rangesPunched: number; bytesPunched: number; supported: boolean }> {
+  async punchDeadRanges(): Promise<{ rangesPunched: number; bytesPunched: number; supported: boolean; refusedPool?: string }> {
     let landed!: () => void;
     let mine: Promise<void> | null = null;
     const cs = this.rec.chunkSizeBytes;
@@ -1267,10 +1268,7 @@ export class Volume {
         for (const r of await this.dataRuns(planned, cs)) {
           // Counted whatever the outcome: a punch that failed part way may have freed some blocks.
           const punched = await punchHole(r.file.fd, r.offsetBytes, r.lengthBytes).finally(() => r.file.mutations++);
-          if (!punched) {
-            log.info('volume: the file system cannot punch holes; stale ranges keep their space until the file is released', { volume: this.name, pool: r.file.pool.name });
-            return { rangesPunched, bytesPunched, supported: false };
-          }
+          if (!punched) return { rangesPunched, bytesPunched, supported: false, refusedPool: r.file.pool.name };
           rangesPunched++;
           bytesPunched += r.lengthBytes;
         }
