@@ -2,13 +2,14 @@
 // vs a peer build (the same operations before a change, compiled apart),
 // medians of alternated runs.
 //
-//   node dist/bench/cold-maintenance-stalls.js <peer dist dir> [runs=3] [entries=100000]
+//   node dist/bench/cold-maintenance-stalls.js <peer dist dir> [runs=3] [entries=100000] [sealedPerPool=1]
 //
 // Each run is a child process per build. The index: `entries` cold chunk
 // entries of one volume naming places in segments that do not exist (the
 // scans read them all, nothing else does), plus 4 real 4+2 stripes in 1 MiB
-// segments, indexed as a second cold volume, two of them freed: each pool's
-// sealed segment two thirds dead (6 segments compacted a pass). Timed with perf_hooks.monitorEventLoopDelay
+// segments, indexed as a second cold volume, two of every three freed: each
+// pool's sealed segments two thirds dead (sealedPerPool per pool, so 6 x
+// sealedPerPool segments compacted a pass: 6 by default, 30 with 5). Timed with perf_hooks.monitorEventLoopDelay
 // (1 ms resolution) armed around each operation, beside its wall time:
 //  - recount: the compactor's recount (a start's first pass), with 800 LMDB
 //    puts of 4 KiB issued one after another while it runs (their wall time
@@ -34,8 +35,8 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 const MiB = 1024 * 1024;
 const PUTS = 800;
 const PUT_VALUE_BYTES = 4096;
-/** Real stripes: with 1 MiB segments, one sealed segment per pool (6 compacted a pass), the fourth stripe in the head. */
-const STRIPES = 4;
+/** Stripes (one shard per pool) a 1 MiB segment holds before it is sealed. */
+const STRIPES_PER_SEGMENT = 3;
 
 interface Figure {
   /** Longest event-loop delay seen while the operation ran, ms. */
@@ -109,7 +110,9 @@ async function timed(what: () => Promise<unknown> | unknown): Promise<Figure> {
   return { maxDelayMs: h.max / 1e6, wallMs };
 }
 
-async function child(distDir: string, entries: number): Promise<void> {
+async function child(distDir: string, entries: number, sealedPerPool: number): Promise<void> {
+  // Real stripes: with 1 MiB segments, `sealedPerPool` sealed segments per pool, the last stripe in the head.
+  const STRIPES = STRIPES_PER_SEGMENT * sealedPerPool + 1;
   const mod = async <T>(rel: string): Promise<T> => (await import(pathToFileURL(path.join(distDir, rel)).href)) as T;
   const { StripeStore } = await mod<{ StripeStore: new (pools: () => unknown[], policy: unknown) => Stripes }>('src/dataplane/ec/stripe-store.js');
   const { SegmentCompactor } = await mod<{ SegmentCompactor: new (s: Stripes, m: Meta, v: () => unknown[], o: unknown) => Compactor }>('src/dataplane/ec/compaction.js');
@@ -156,8 +159,9 @@ async function child(distDir: string, entries: number): Promise<void> {
       real.push(ref);
       await meta.chunks.put([2, c], { state: 3, pool: '', stripe: ref });
     }
-    // Shards 0..2 of each pool fill its first segment (sealed); the 4th opens the next. Two of the first three freed.
-    for (const c of [0, 2]) {
+    // Shards 0..2 of each pool fill its first segment (sealed), 3..5 the next...; the last opens the head. Two of every three freed.
+    for (let c = 0; c < STRIPES - 1; c++) {
+      if (c % STRIPES_PER_SEGMENT === 1) continue;
       await meta.chunks.remove([2, c]);
       stripes.free(real[c]!);
     }
@@ -242,8 +246,8 @@ async function child(distDir: string, entries: number): Promise<void> {
   }
 }
 
-function runChild(distDir: string, entries: number): ChildResult {
-  const r = spawnSync(process.execPath, [fileURLToPath(import.meta.url), '--child', distDir, String(entries)], { encoding: 'utf8', timeout: 110_000 });
+function runChild(distDir: string, entries: number, sealedPerPool: number): ChildResult {
+  const r = spawnSync(process.execPath, [fileURLToPath(import.meta.url), '--child', distDir, String(entries), String(sealedPerPool)], { encoding: 'utf8', timeout: 110_000 });
   if (r.status !== 0) throw new Error(`bench child (${distDir}) failed: ${r.stderr}`);
   const res = JSON.parse(r.stdout.trim().split('\n').at(-1)!) as ChildResult;
   if (res.segmentsCompacted === 0) throw new Error(`${distDir}: the pass compacted nothing, the figure is meaningless: ${r.stdout}`);
@@ -251,11 +255,13 @@ function runChild(distDir: string, entries: number): ChildResult {
 }
 
 if (process.argv[2] === '--child') {
-  await child(process.argv[3]!, Number(process.argv[4]));
+  await child(process.argv[3]!, Number(process.argv[4]), Number(process.argv[5] ?? 1));
 } else {
   const peer = process.argv[2];
   const runs = Number(process.argv[3] ?? 3);
   const entries = Number(process.argv[4] ?? 100_000);
+  const sealedPerPool = Number(process.argv[5] ?? 1);
+  if (!(Number.isInteger(sealedPerPool) && sealedPerPool >= 1)) throw new Error(`sealedPerPool must be a positive integer, got ${process.argv[5]}`);
   if (!peer) throw new Error('usage: cold-maintenance-stalls.js <peer dist dir> [runs] [entries]');
   const ours = fileURLToPath(new URL('..', import.meta.url));
   const o: ChildResult[] = [];
@@ -263,11 +269,11 @@ if (process.argv[2] === '--child') {
   for (let r = 0; r < runs; r++) {
     // Alternate which build goes first so drift in load hits both alike.
     if (r % 2 === 0) {
-      o.push(runChild(ours, entries));
-      p.push(runChild(peer, entries));
+      o.push(runChild(ours, entries, sealedPerPool));
+      p.push(runChild(peer, entries, sealedPerPool));
     } else {
-      p.push(runChild(peer, entries));
-      o.push(runChild(ours, entries));
+      p.push(runChild(peer, entries, sealedPerPool));
+      o.push(runChild(ours, entries, sealedPerPool));
     }
     console.log(`run ${r + 1}: ours ${JSON.stringify(o[r])}\n       peer ${JSON.stringify(p[r])}`);
   }
@@ -291,7 +297,7 @@ if (process.argv[2] === '--child') {
     ['VolumeManager.open, max delay ms', (x) => x.managerOpen.maxDelayMs],
     ['VolumeManager.open, wall ms', (x) => x.managerOpen.wallMs],
   ];
-  console.log(`${entries} chunk entries in the index, median of ${runs} runs:`);
+  console.log(`${entries} chunk entries in the index, ${6 * sealedPerPool} segments to compact, median of ${runs} runs:`);
   for (const [name, pick] of rows) {
     const a = median(o.map(pick));
     const b = median(p.map(pick));
