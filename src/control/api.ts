@@ -146,8 +146,9 @@ export function buildApi(
       const report = await cold.reconstructor.rebuildPool(pool);
       return { ...report, stripes: cold.reconstructor.counts(), unavailableVolumes: manager.unavailableVolumes() };
     } catch (err) {
-      if (err instanceof UnknownPool) return reply.code(404).send({ error: err.message });
-      if (err instanceof PoolRebuildBusy) return reply.code(409).send({ error: err.message });
+      // `message` is what the couchestor command prints for a failed call.
+      if (err instanceof UnknownPool) return reply.code(404).send({ error: err.name, message: err.message });
+      if (err instanceof PoolRebuildBusy) return reply.code(409).send({ error: err.name, message: err.message });
       throw err;
     }
   });
