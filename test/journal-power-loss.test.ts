@@ -10,7 +10,11 @@
 // it, or the stripe the index durable at the cut names holds it), every replayed extent is an
 // append exactly as issued, and neither fsck nor the open refuses (a power cut is not damage).
 // Two generations per seed: the second runs on a crash state of the first (even seeds) or
-// restarts after a SIGKILL of it (odd seeds), and is cut in turn, during its open too.
+// restarts after a SIGKILL of it (odd seeds), and is cut in turn, during its open too. A third
+// is a clean restart: the second closed (a completed close counts as a FLUSH of every write
+// that landed), fsck on it must find no torn tail, the directory is reopened and written, and
+// cut anywhere from the close's start through the reopen and its first writes: a cut after the
+// close completed and before the reopen began must show no torn tail either.
 // Not modelled: the index (LMDB) and the stripes (a test oracle, durable when the test says),
 // media damage, I/O errors and short writes, the journal directory's own name.
 //
@@ -22,7 +26,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { crc32c } from '@node-rs/crc32';
-import { checkJournalDir, Journal, JOURNAL_HEADER_BYTES, JOURNAL_MAGIC, RecordType } from '../src/dataplane/journal/journal.js';
+import { checkJournalDir, Journal, JOURNAL_HEADER_BYTES, JOURNAL_MAGIC, RecordType, scanJournalFile } from '../src/dataplane/journal/journal.js';
 import { tempDir } from './helpers/cold.js';
 import { openTestJournal } from './helpers/journal.js';
 import { PowerLossFs, seededRandom, type CrashStateStats, type DirModel } from './helpers/power-loss-fs.js';
@@ -134,6 +138,12 @@ interface Coverage {
   tornTailsCut: number;
   /** Opens right after a SIGKILL (page cache kept), checked like a crash state. */
   restartsAfterKill: number;
+  /** Clean closes (generation 2's) whose head held a spare's old bytes past its end marker: the case the end marker is for. */
+  cleanClosesOverSpareBytes: number;
+  /** Crash states cut after a clean close completed and before the reopen (no torn tail allowed). */
+  statesAfterCleanClose: number;
+  /** Crash states cut during the clean close, or during the reopen and its first writes. */
+  statesAroundCleanRestart: number;
 }
 
 class Run {
@@ -304,8 +314,11 @@ class Run {
     }
   }
 
-  /** Materialises the crash state of `model` at `cut`, checks it, and returns the journal opened on it (with its own model). */
-  crashAndOpen(model: DirModel, oracle: Oracle, cut: number, gen: number): { j: Journal; model: DirModel; dir: string; stats: CrashStateStats; openedAt: number } {
+  /**
+   * Materialises the crash state of `model` at `cut`, checks it, and returns the journal opened on it (with its own model).
+   * `clean`: the cut falls after a clean close completed and before anything reopened the directory.
+   */
+  crashAndOpen(model: DirModel, oracle: Oracle, cut: number, gen: number, clean = false): { j: Journal; model: DirModel; dir: string; stats: CrashStateStats; openedAt: number } {
     const k = this.stateNo++;
     const where = `POWER_LOSS_SEED=${this.seed} generation ${gen}, crash state ${k} at clock ${cut}`;
     const dir = path.join(this.root, `state-${gen}-${k}`);
@@ -319,6 +332,8 @@ class Run {
       fs.writeFileSync(`${process.env.POWER_LOSS_KEEP}-${this.seed}-${k}.ops`, model.ops.map((o) => JSON.stringify({ ...o, data: 'data' in o ? o.data.length : undefined, head: 'data' in o ? o.data.subarray(0, 24).toString('hex') : undefined })).join('\n') + '\n' + model.barriers.map((b) => JSON.stringify(b)).join('\n') + `\ncut ${cut}\n`);
     }
     assert.deepEqual(fsck.damaged, [], `${where}: fsck calls a pure power cut damage (files ${files.join(', ')})`);
+    // Everything was fdatasynced by the close: only undone directory changes (unlinks of destaged files) can differ.
+    if (clean) assert.equal(fsck.tornTails, 0, `${where}: fsck reports a torn tail after a clean close (files ${files.join(', ')})`);
     const next = this.plfs.track(dir);
     let j: Journal;
     try {
@@ -333,7 +348,7 @@ class Run {
   }
 
   /** The durability contract on the replayed journal over the stripes durable at `cut`. */
-  check(j: Journal, oracle: Oracle, cut: number, where: string, countAs: 'crashState' | 'restart' = 'crashState'): void {
+  check(j: Journal, oracle: Oracle, cut: number, where: string, countAs: 'crashState' | 'restart' | 'cleanRestart' = 'crashState'): void {
     for (const v of j.dirtyVolumes()) assert.ok(VOLUMES.includes(v), `${where}: replayed an extent of volume ${v}, never written`);
     let flushedHere = 0;
     let destaged = false;
@@ -376,10 +391,8 @@ class Run {
         }
       }
     }
-    if (countAs === 'restart') {
-      this.cov.restartsAfterKill++;
-      return;
-    }
+    if (countAs === 'restart') this.cov.restartsAfterKill++;
+    if (countAs !== 'crashState') return;
     this.cov.crashStates++;
     this.cov.flushedWritesChecked += flushedHere;
     if (flushedHere > 0) this.cov.statesWithFlushedWrites++;
@@ -457,7 +470,7 @@ function carryOver(prev: Oracle, cut: number, j: Journal, openedAt: number): Ora
 test('power cuts at random instants of a journal workload: every flushed write is replayed with its bytes, no open refuses', async (t) => {
   t.mock.timers.enable({ apis: ['setTimeout'] });
   const plfs = PowerLossFs.install(t);
-  const cov: Coverage = { crashStates: 0, statesWithFlushedWrites: 0, flushedWritesChecked: 0, statesLosingWrites: 0, statesTearingWrites: 0, statesLosingCreates: 0, statesUndoingUnlinks: 0, statesUndoingRenames: 0, statesWithDestagedChunks: 0, filesCreated: 0, filesRemoved: 0, filesRecycled: 0, sparesReused: 0, tornTailsCut: 0, restartsAfterKill: 0 };
+  const cov: Coverage = { crashStates: 0, statesWithFlushedWrites: 0, flushedWritesChecked: 0, statesLosingWrites: 0, statesTearingWrites: 0, statesLosingCreates: 0, statesUndoingUnlinks: 0, statesUndoingRenames: 0, statesWithDestagedChunks: 0, filesCreated: 0, filesRemoved: 0, filesRecycled: 0, sparesReused: 0, tornTailsCut: 0, restartsAfterKill: 0, cleanClosesOverSpareBytes: 0, statesAfterCleanClose: 0, statesAroundCleanRestart: 0 };
   const started = Date.now();
   for (const seed of SEEDS) {
     const root = tempDir(t, `couchestor-journal-power-loss-${seed}-`);
@@ -505,11 +518,37 @@ test('power cuts at random instants of a journal workload: every flushed write i
       const g = gen2!;
       const oracle2 = carryOver(oracle1, gen2Cut, g.j, g.openedAt);
       await run.workload(g.j, oracle2, 250);
-      await plfs.pumpUntil(g.j.close(), run.rng);
+      const closeCall = await cleanClose(plfs, run, g.j, oracle2);
+      const closedAt = plfs.clock;
+      run.checkModel(g.model, closedAt);
+      for (const cut of run.cuts(g.model, Math.min(openStart, g.openedAt), closedAt, STATES_PER_GENERATION)) {
+        const s = run.crashAndOpen(g.model, oracle2, cut, 2, cut >= closeCall.resolvedAt);
+        await run.close(s.j, s.model, s.dir);
+      }
+      // Generation 3: the clean restart of generation 2's directory, on the same log.
+      const [head] = fs.readdirSync(g.dir).filter((n) => n.startsWith('journal-') && !n.startsWith('journal-spare-')).sort().slice(-1);
+      const headScan = scanJournalFile(path.join(g.dir, head!));
+      assert.ok(headScan.ended, `POWER_LOSS_SEED=${seed}: the clean close left no end marker in ${head}`);
+      if (headScan.endBytes < headScan.lengthBytes) cov.cleanClosesOverSpareBytes++;
+      const fsckClean = checkJournalDir(g.dir);
+      assert.deepEqual([fsckClean.tornTails, fsckClean.damaged], [0, []], `POWER_LOSS_SEED=${seed}: fsck after a clean close`);
+      const reopenAt = plfs.mark();
+      const j3 = run.open(g.dir, oracle2, reopenAt);
+      run.check(j3, oracle2, reopenAt, `POWER_LOSS_SEED=${seed} clean restart at clock ${reopenAt}`, 'cleanRestart');
+      await run.workload(j3, oracle2, 40);
+      const firstWritesAt = plfs.clock;
+      await run.workload(j3, oracle2, 120);
+      await cleanClose(plfs, run, j3, oracle2);
       run.checkModel(g.model, plfs.clock);
       run.countFiles(g.model);
-      for (const cut of run.cuts(g.model, Math.min(openStart, g.openedAt), plfs.clock, STATES_PER_GENERATION)) {
-        const s = run.crashAndOpen(g.model, oracle2, cut, 2);
+      // Half over the close, the window after it and the reopen with its first writes; half anywhere after the close began.
+      const around = Array.from({ length: STATES_PER_GENERATION >> 1 }, () => closeCall.callAt + Math.floor(run.rng() * (firstWritesAt - closeCall.callAt + 1)));
+      const cuts3 = [...around, ...run.cuts(g.model, closeCall.callAt, plfs.clock, STATES_PER_GENERATION - around.length)].sort((a, b) => a - b);
+      for (const cut of cuts3) {
+        const clean = cut >= closeCall.resolvedAt && cut < reopenAt;
+        if (clean) cov.statesAfterCleanClose++;
+        else if (cut <= firstWritesAt) cov.statesAroundCleanRestart++;
+        const s = run.crashAndOpen(g.model, oracle2, cut, 3, clean);
         await run.close(s.j, s.model, s.dir);
       }
       g.model.untrack();
@@ -522,10 +561,24 @@ test('power cuts at random instants of a journal workload: every flushed write i
   // The run proves something only if the states it checked lost and tore writes with flushed ones at stake
   // (over the default seeds; one seed alone, to reproduce a failure, need not cover every kind).
   if (SEEDS.length < 4) return;
-  assert.equal(cov.crashStates, SEEDS.length * STATES_PER_GENERATION * 2);
+  assert.equal(cov.crashStates, SEEDS.length * STATES_PER_GENERATION * 3);
   assert.ok(cov.statesWithFlushedWrites >= cov.crashStates / 2, `only ${cov.statesWithFlushedWrites} states had flushed writes to check`);
   assert.ok(cov.statesLosingWrites > 0 && cov.statesTearingWrites > 0 && cov.statesLosingCreates > 0 && cov.statesUndoingUnlinks > 0, `coverage: ${JSON.stringify(cov)}`);
   assert.ok(cov.statesWithDestagedChunks > 0 && cov.filesRemoved > 0 && cov.tornTailsCut > 0, `coverage: ${JSON.stringify(cov)}`);
   assert.ok(cov.filesRecycled > 0 && cov.sparesReused > 0 && cov.statesUndoingRenames > 0, `recycling coverage: ${JSON.stringify(cov)}`);
   assert.equal(cov.restartsAfterKill, SEEDS.filter((s) => s % 2 === 1).length);
+  assert.ok(cov.cleanClosesOverSpareBytes > 0 && cov.statesAfterCleanClose > 0 && cov.statesAroundCleanRestart > 0, `clean restart coverage: ${JSON.stringify(cov)}`);
 });
+
+/**
+ * Closes `j` cleanly, recorded in `oracle` as a sync: every write that landed before the call is
+ * durable once close() resolves (it fdatasyncs every open file, after the head's end marker).
+ */
+async function cleanClose(plfs: PowerLossFs, run: Run, j: Journal, oracle: Oracle): Promise<SyncCall> {
+  const s: SyncCall = { callAt: plfs.mark(), resolvedAt: Infinity };
+  oracle.syncs.push(s);
+  await plfs.pumpUntil(j.close(), run.rng);
+  s.resolvedAt = plfs.mark();
+  await plfs.drain(run.rng);
+  return s;
+}

@@ -86,7 +86,11 @@ export const JOURNAL_FULL_TIMEOUT_MS = 30_000;
  * a spare to the next number with a fresh nonce and overwrites it from
  * offset 0: a 4 KiB write + fdatasync into blocks the file already has
  * commits no size or extent change (measured 3-4x faster than an append's).
- * Spares are not in `files`: no live bytes, no capacity, never scanned.
+ * Spares are not in `files` (no live bytes, never scanned) but they are in
+ * the capacity: live bytes + spare bytes <= capacityBytes at all times, so
+ * the hot pool holds no more than the operator configured. A file is kept
+ * as a spare only if it fits, and an append that would not fit beside the
+ * spares unlinks them first (oldest first) rather than wait for a destage.
  */
 export const JOURNAL_SPARE_FILES = 2;
 /** A spare's name: the number of the file it was (numbers are never reused, so names never clash); not FILE_RE, so no scan reads it. */
@@ -194,6 +198,9 @@ export class Journal {
    * with `recycling` (renames not yet durable) counted against the bound.
    */
   private readonly spares: string[] = [];
+  /** Sizes of `spares` (name -> bytes, as stat'ed when made or adopted); their sum is spareBytes. */
+  private readonly spareSizes = new Map<string, number>();
+  private spareBytes = 0;
   private recycling = 0;
   private head!: JournalFile;
   private nextSeq = 1;
@@ -347,6 +354,8 @@ export class Journal {
       }
     }
     for (const f of [...j.files.values()]) j.maybeRemove(f);
+    // The spares adopted beside what was replayed must fit in the capacity (a smaller one configured since, say).
+    j.dropSparesFor(0);
     if (replayed > 0) log.info('journal: replayed records', { records: replayed, liveBytes: j.liveBytes });
     return j;
   }
@@ -368,12 +377,52 @@ export class Journal {
     if (names.length === 0) return;
     for (const extra of names.splice(JOURNAL_SPARE_FILES)) fs.rmSync(path.join(this.dir, extra), { force: true });
     syncDirSync(this.dir);
-    this.spares.push(...names);
+    for (const name of names) this.addSpare(name, fs.statSync(path.join(this.dir, name)).size);
+  }
+
+  private addSpare(name: string, sizeBytes: number): void {
+    this.spares.push(name);
+    this.spareSizes.set(name, sizeBytes);
+    this.spareBytes += sizeBytes;
+  }
+
+  /** The oldest spare, out of the list (its name), or undefined. */
+  private shiftSpare(): string | undefined {
+    const name = this.spares.shift();
+    if (name === undefined) return undefined;
+    this.spareBytes -= this.spareSizes.get(name) ?? 0;
+    this.spareSizes.delete(name);
+    return name;
+  }
+
+  /**
+   * Unlinks spares, oldest first, until live bytes + `needBytes` + spare
+   * bytes fit in the capacity (or none is left). Synchronous, so the bytes
+   * are gone before the write they make room for is counted; reached only
+   * by a journal within a spare's size of full. No directory sync: a spare
+   * whose unlink a power cut undoes is adopted (or removed) by the next
+   * open, and it holds no record anyone needs.
+   */
+  private dropSparesFor(needBytes: number): void {
+    while (this.spares.length > 0 && this.liveBytes + needBytes + this.spareBytes > this.capacityBytes) {
+      const name = this.shiftSpare()!;
+      try {
+        fs.unlinkSync(path.join(this.dir, name));
+      } catch (err) {
+        // Gone already is what was wanted; anything else leaves a file the next open adopts or removes.
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') log.warn('journal: a spare file could not be removed', { spare: name, err: (err as Error).message });
+      }
+    }
   }
 
   /** Spare files kept for reuse (names), oldest first. */
   get spareFiles(): readonly string[] {
     return this.spares;
+  }
+
+  /** Bytes of the spare files (counted in capacityBytes beside bytesLive). */
+  get bytesSpare(): number {
+    return this.spareBytes;
   }
 
   private createFile(no: number): JournalFile {
@@ -399,7 +448,7 @@ export class Journal {
    * file is a spare again, holding only records no FLUSH covered.
    */
   private takeSpare(name: string): number | null {
-    const spare = this.spares.shift();
+    const spare = this.shiftSpare();
     if (spare === undefined) return null;
     const to = path.join(this.dir, name);
     try {
@@ -510,6 +559,11 @@ export class Journal {
       if (this.failure) throw this.failure;
       if (this.closing) throw new JournalClosed();
     }
+    // Spares are in the capacity, but never hold a write back: they go
+    // first. After the wait (a file recycled during it was checked against
+    // the live bytes without this record), with nothing awaited before the
+    // record is counted.
+    if (this.liveBytes + recordBytes + this.spareBytes > this.capacityBytes) this.dropSparesFor(recordBytes);
     if (this.head.tailBytes + recordBytes > this.fileBytes && this.head.tailBytes > 0) {
       const old = this.head;
       // Its end, after every record of it (those in flight included: their
@@ -867,7 +921,8 @@ export class Journal {
     // syncs that took it, never under one (see writesSettled below).
     // Kept as a spare rather than unlinked while fewer than the bound are
     // (a small file, the head of a short run cut at open, is not worth it).
-    const recycle = this.spares.length + this.recycling < JOURNAL_SPARE_FILES && f.tailBytes >= this.fileBytes / 2;
+    // It must fit in the capacity beside the live bytes and the spares (its size is at least its tail; recycleFile checks again with its real size).
+    const recycle = this.spares.length + this.recycling < JOURNAL_SPARE_FILES && f.tailBytes >= this.fileBytes / 2 && this.liveBytes + this.spareBytes + f.tailBytes <= this.capacityBytes;
     if (recycle) this.recycling++;
     const closeAfterSyncs = (removeFile: boolean) => {
       this.removing.delete(f);
@@ -958,7 +1013,15 @@ export class Journal {
     }
     // Closed meanwhile: the next open adopts it.
     if (this.closed || this.failure) return;
-    this.spares.push(path.basename(to));
+    // Appends meanwhile may have left it no room in the capacity.
+    let sizeBytes: number;
+    try {
+      sizeBytes = fs.statSync(to).size;
+    } catch {
+      return;
+    }
+    if (this.liveBytes + this.spareBytes + sizeBytes > this.capacityBytes) return new Promise<void>((resolve) => fs.rm(to, { force: true }, () => resolve()));
+    this.addSpare(path.basename(to), sizeBytes);
   }
 
   /**
