@@ -123,6 +123,21 @@ test('hot pool on ramfs (fallocate PUNCH_HOLE answers EOPNOTSUPP): an aborted mo
   assert.ok((await readVolume(vol, 0, CHUNKS * MiB)).equals(want), 'the volume reads back from cold');
   assert.deepEqual(migrationPunchCounters(m), { rangesPunched: 0, bytesPunched: 0, punchesUnsupported: 1 });
   t.diagnostic(`ramfs: punch refused once, ${after.blocks} blocks kept after the abort; the finished move truncated the file`);
+
+  // The remembered refusals stay bounded: v's entry goes once v is deleted and another file is refused.
+  const refused = () => [...m!.meta.openDB<unknown, string>('punch-refused').getKeys()].sort();
+  assert.deepEqual(refused(), [`${vol.rec.id}/hot-0`]);
+  await m.deleteVolume('v');
+  await m.createVolume({ name: 'w', sizeBytes: CHUNKS * MiB, pool: 'hot-0' });
+  const w = m.openVolume('w');
+  await writeVolume(w, 0, crypto.randomBytes(CHUNKS * MiB));
+  await w.flush();
+  const acW = new AbortController();
+  await assert.rejects(
+    migrateVolume(m, 'w', 'cold', { preserve: false, signal: acW.signal, concurrency: 1, onProgress: (p) => p.chunksDone >= MOVED && acW.abort() }),
+    (err: Error) => err instanceof MigrationAborted,
+  );
+  assert.deepEqual(refused(), [`${w.rec.id}/hot-0`], 'a deleted volume\'s refusal was kept');
 });
 
 test('hot pool on ramfs, killed between an aborted move to cold\'s destages and its punch: the next start is refused the punch, counts and logs it once, starts; later starts do not retry the same file; the data reads back', async (t) => {

@@ -168,9 +168,11 @@ async function recordPunchRefusal(manager: VolumeManager, vol: Volume, pool: str
     { volume: vol.name, pool, file },
   );
   if (st === undefined) return;
+  // Entries of volumes deleted since (listed before the writes: no removal under a live iterator).
   const live = new Set(manager.meta.listVolumes().map((r) => r.id));
+  const gone = [...db.getKeys()].filter((k) => !live.has(Number(k.split('/')[0])));
   await db.transaction(() => {
-    for (const k of db.getKeys()) if (!live.has(Number(k.split('/')[0]))) db.remove(k);
+    for (const k of gone) db.remove(k);
     db.put(key, { dev: st.dev, ino: st.ino, refusedAtMs: Date.now() });
   });
 }
