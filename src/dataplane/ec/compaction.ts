@@ -3,7 +3,11 @@
 // dead fraction is high.
 //
 // Compacting segment S of pool P (DESIGN.md: old bytes are freed only after
-// the index flip; nothing is written over the only good copy):
+// the index flip; nothing is written over the only good copy). A pass takes
+// its segments in groups (at most segmentsPerScan segments, groupCopyBytes
+// live bytes): steps 1 and 5 read the index once for a whole group, not
+// once per segment, so a pass over S segments reads it about 2*S/group
+// times instead of 2*S; steps 2-4 run one segment after another.
 //  1. S's live records are found from the index itself (volume chunk map in
 //     LMDB and in memory, cold S3 objects and parts), never from the hints,
 //     plus the records of references readers hold (StripeStore.hold: a GET
@@ -49,6 +53,18 @@ export interface CompactionOptions {
   settleTimeoutMs: number;
   /** Index entries a scan of the index (the recount, a compaction's looks at a segment) reads between two yields to the event loop. */
   recountSliceEntries: number;
+  /**
+   * Segments one scan of the index looks at (a group shares its first look
+   * and its final look). Bounds the memory of a group: one map entry per
+   * live record of its segments, one per index entry holding them.
+   */
+  segmentsPerScan: number;
+  /**
+   * Live bytes a group copies before its segments are deleted (at least one
+   * segment's, whatever it holds): the disk space held twice at once.
+   * One segment at a time held at most that segment's live bytes.
+   */
+  groupCopyBytes: number;
 }
 
 export const DEFAULT_COMPACTION_OPTIONS: CompactionOptions = {
@@ -60,6 +76,9 @@ export const DEFAULT_COMPACTION_OPTIONS: CompactionOptions = {
   // 100,000 entries took ~2 s in ~100 slices at load 7 (bench/cold-fresh-pool-open): ~20 ms a slice there;
   // 256 a slice measured no lower worst-case delay (the rest is the collector and the load).
   recountSliceEntries: 1024,
+  segmentsPerScan: 64,
+  // One default segment (256 MiB): compacting one segment at a time held up to its live bytes (< half of it at deadFraction 0.5).
+  groupCopyBytes: 256 * 1024 * 1024,
 };
 
 /**
@@ -115,6 +134,22 @@ interface SinceRecount {
   /** Bytes told dead past that bound, per segment: added unchecked. */
   overflowBytes: Map<string, number>;
   replaced: Set<string>;
+}
+
+/** A sealed segment a pass compacts. */
+interface Candidate {
+  pool: string;
+  store: SegmentStore;
+  segment: number;
+  sizeBytes: number;
+  /** Its dead-byte hint when the pass began. */
+  deadBytes: number;
+}
+
+/** What a look at the index found in one segment: live places (offset -> length) and the entries holding them (by holderId). */
+interface SegmentLook {
+  live: Map<number, number>;
+  holders: Map<string, Holder>;
 }
 
 /** An index entry that holds stripe references. */
@@ -203,6 +238,8 @@ export class SegmentCompactor {
     this.opts = { ...DEFAULT_COMPACTION_OPTIONS, ...opts };
     if (!(this.opts.deadFraction > 0 && this.opts.deadFraction <= 1)) throw new RangeError(`deadFraction must be in (0, 1], got ${this.opts.deadFraction}`);
     if (!(Number.isInteger(this.opts.recountSliceEntries) && this.opts.recountSliceEntries >= 1)) throw new RangeError(`recountSliceEntries must be a positive integer, got ${this.opts.recountSliceEntries}`);
+    if (!(Number.isInteger(this.opts.segmentsPerScan) && this.opts.segmentsPerScan >= 1)) throw new RangeError(`segmentsPerScan must be a positive integer, got ${this.opts.segmentsPerScan}`);
+    if (!(this.opts.groupCopyBytes >= 0)) throw new RangeError(`groupCopyBytes must be >= 0, got ${this.opts.groupCopyBytes}`);
     this.objects = meta.openDB<ObjectLike, Buffer>(OBJECTS_DB);
     this.parts = meta.openDB<PartLike, Buffer>(PARTS_DB);
     for (const { key, value } of meta.segmentDeadBytes.getRange()) this.dead.set(segKey(key[0], key[1]), value);
@@ -561,7 +598,7 @@ export class SegmentCompactor {
   private async pass(unthrottled: boolean): Promise<PassReport> {
     const report: PassReport = { segmentsCompacted: 0, reclaimedBytes: 0, copiedBytes: 0, segmentsDeferred: 0 };
     if (!this.recounted) await this.recount();
-    const candidates: { pool: string; store: SegmentStore; segment: number; sizeBytes: number; deadBytes: number }[] = [];
+    const candidates: Candidate[] = [];
     const stores = await this.coldStores();
     this.pruneHints(stores);
     const aliased = this.aliasedPools(stores.map((s) => s.pool));
@@ -578,23 +615,20 @@ export class SegmentCompactor {
       }
     }
     candidates.sort((a, b) => b.deadBytes - a.deadBytes);
-    for (const c of candidates) {
-      if (this.stopped) break;
-      try {
-        const r = await this.compactOne(c.pool, c.store, c.segment, unthrottled);
-        if (r === null) {
-          report.segmentsDeferred++;
-          this.stats_.segmentsDeferredTotal++;
-          continue;
-        }
-        report.segmentsCompacted++;
-        report.copiedBytes += r.copiedBytes;
-        report.reclaimedBytes += r.reclaimedBytes;
-      } catch (err) {
-        report.segmentsDeferred++;
-        this.stats_.segmentsDeferredTotal++;
-        log.warn('segment compaction: segment left in place', { pool: c.pool, segment: c.segment, err: (err as Error).message });
+    // Groups in that order: up to segmentsPerScan segments whose live bytes, as the hints tell, fit
+    // groupCopyBytes (at least one); compactGroup checks the bound again with the live bytes it finds.
+    let queue = candidates;
+    while (queue.length > 0 && !this.stopped) {
+      let n = 0;
+      let estimatedLiveBytes = 0;
+      while (n < queue.length && n < this.opts.segmentsPerScan) {
+        const liveBytes = queue[n]!.sizeBytes - queue[n]!.deadBytes;
+        if (n > 0 && estimatedLiveBytes + liveBytes > this.opts.groupCopyBytes) break;
+        estimatedLiveBytes += liveBytes;
+        n++;
       }
+      const later = await this.compactGroup(queue.slice(0, n), unthrottled, report);
+      queue = [...later, ...queue.slice(n)];
     }
     await this.stripes.refreshPoolUsage();
     this.stats_.passes++;
@@ -680,70 +714,196 @@ export class SegmentCompactor {
   }
 
   /**
-   * Places in `segment` of `pool` that must stay readable: offset ->
-   * length, with the index entries holding them. The index's references
-   * read in slices (forEachIndexRefSliced, from `snapshot`), then the ones
-   * held in memory (open volumes' maps, readers' holds through the forwards,
-   * so a held record already copied out no longer counts) as they are once
-   * the index is read.
+   * Places in each of `targets` (segments, by pool) that must stay readable:
+   * offset -> length, with the index entries holding them, per segment
+   * (segKey). The index's references read in slices (forEachIndexRefSliced,
+   * from `snapshot`), once for every target, then the ones held in memory
+   * (open volumes' maps, readers' holds through the forwards, so a held
+   * record already copied out no longer counts) as they are once the index
+   * is read.
    */
-  private async liveIn(pool: string, segment: number, snapshot: Transaction | 'per-slice'): Promise<{ live: Map<number, number>; holders: Map<string, Holder> }> {
-    const live = new Map<number, number>();
-    const holders = new Map<string, Holder>();
+  private async liveIn(targets: readonly { pool: string; segment: number }[], snapshot: Transaction | 'per-slice'): Promise<Map<string, SegmentLook>> {
+    const looks = new Map<string, SegmentLook>();
+    for (const t of targets) looks.set(segKey(t.pool, t.segment), { live: new Map(), holders: new Map() });
+    const byPool = bySegment(targets, looks);
     const visit = (ref: StripeRef, holder: Holder | null) => {
-      let hit = false;
+      let hit: SegmentLook | undefined;
+      let hits: SegmentLook[] | undefined;
       for (const s of ref.shards) {
-        if (s.pool !== pool || s.segment !== segment) continue;
-        live.set(s.offsetBytes, s.lengthBytes);
-        hit = true;
+        const look = byPool.get(s.pool)?.get(s.segment);
+        if (look === undefined) continue;
+        look.live.set(s.offsetBytes, s.lengthBytes);
+        if (hit === undefined) hit = look;
+        else if (look !== hit) (hits ??= []).push(look);
       }
-      if (hit && holder) holders.set(holderId(holder), holder);
+      if (hit === undefined || !holder) return;
+      const id = holderId(holder);
+      hit.holders.set(id, holder);
+      if (hits) for (const look of hits) look.holders.set(id, holder);
     };
     await this.forEachIndexRefSliced(snapshot, visit);
     this.forEachMemoryRef(visit);
-    return { live, holders };
+    return looks;
   }
 
   /**
-   * The look that allows deleting `segment`: the number of places in it
-   * still referenced, by the index at one instant after every write queued
-   * before the call has committed, or in memory then or once the index is
-   * read. The instant is one read snapshot (a write transaction around the
-   * whole scan held the event loop and every writer ~1 s per 100,000
-   * entries); it is read in slices, so the snapshot is held that long, not
-   * the loop. One snapshot, not one per slice: a reference moving between
-   * two keys while slices ran would be missed, and this look is what keeps
-   * a live shard's segment on disk.
+   * The look that allows deleting each of `targets`: the number of places
+   * in it still referenced (by segKey), by the index at one instant after
+   * every write queued before the call has committed, or in memory then or
+   * once the index is read. The instant is one read snapshot (a write
+   * transaction around the whole scan held the event loop and every writer
+   * ~1 s per 100,000 entries); it is read in slices, so the snapshot is held
+   * that long, not the loop. One snapshot, not one per slice: a reference
+   * moving between two keys while slices ran would be missed, and this look
+   * is what keeps a live shard's segment on disk. One look for a group:
+   * each target's copies and flips are done before it is called, and the
+   * instant is later than any look of its own would have been.
    */
-  private async referencedNow(pool: string, segment: number): Promise<number> {
+  private async referencedNow(targets: readonly { pool: string; segment: number }[]): Promise<Map<string, number>> {
     // The barrier: resolves once every write queued before it has committed (lmdb-js runs transaction
     // callbacks in the order queued, after the single puts queued before them, and resolves each once its
     // batch has committed, resetting its read transaction first), so the snapshot below holds them. It is
     // what keeps a rebuild's flip: the rebuilt record lies in a segment the first look saw unreferenced
-    // (not copied), the flip is queued as its write session ends (compactOne's setImmediate lets it be),
+    // (not copied), the flip is queued as its write session ends (compactGroup's setImmediate lets it be),
     // and the generation check (newerThanIndex) does not catch it (same generation). A flip queued after
     // the barrier cannot name this segment unless the index already did at the snapshot (its
     // compare-and-swap fails once a flip here moved the stripe). test/compaction-final-look-rebuild-flip.
     await this.meta.transaction(() => undefined);
     const txn = this.objects.useReadTransaction();
     try {
-      let places = 0;
+      const counts = new Map<string, { places: number }>();
+      for (const t of targets) counts.set(segKey(t.pool, t.segment), { places: 0 });
+      const byPool = bySegment(targets, counts);
       // Memory at the snapshot's instant, then (liveIn) once the index is read.
       this.forEachMemoryRef((ref) => {
-        for (const s of ref.shards) if (s.pool === pool && s.segment === segment) places++;
+        for (const s of ref.shards) {
+          const count = byPool.get(s.pool)?.get(s.segment);
+          if (count !== undefined) count.places++;
+        }
       });
-      return places + (await this.liveIn(pool, segment, txn)).live.size;
+      const places = new Map<string, number>();
+      for (const [key, look] of await this.liveIn(targets, txn)) places.set(key, counts.get(key)!.places + look.live.size);
+      return places;
     } finally {
       txn.done();
     }
   }
 
-  /** Compacts one sealed segment; null when it had to stay (see PassReport.segmentsDeferred). */
-  private async compactOne(pool: string, store: SegmentStore, segment: number, unthrottled: boolean): Promise<{ copiedBytes: number; reclaimedBytes: number } | null> {
+  /**
+   * Compacts a group of sealed segments (pass() picks them): one first look
+   * for all, then each one's live records copied and flipped, one segment
+   * after another, then one final look for every segment copied, and each
+   * one found unreferenced is deleted. Returns the members it did not get
+   * to (past groupCopyBytes once their live bytes are known): the pass puts
+   * them in a later group. Counts into `report`.
+   */
+  private async compactGroup(group: readonly Candidate[], unthrottled: boolean, report: PassReport): Promise<Candidate[]> {
+    const defer = (c: Candidate, err?: Error) => {
+      report.segmentsDeferred++;
+      this.stats_.segmentsDeferredTotal++;
+      if (err) log.warn('segment compaction: segment left in place', { pool: c.pool, segment: c.segment, err: err.message });
+    };
+    let looks: Map<string, SegmentLook>;
+    try {
+      // Per-slice snapshots: a reference missed here is not copied nor flipped, and the final look (referencedNow) keeps the segment.
+      looks = await this.liveIn(group, 'per-slice');
+    } catch (err) {
+      for (const c of group) defer(c, err as Error);
+      return [];
+    }
+    const copied: { c: Candidate; sizeBytes: number; copiedBytes: number }[] = [];
+    const later: Candidate[] = [];
+    let groupLiveBytes = 0;
+    let attempted = 0;
+    for (const c of group) {
+      if (this.stopped) break;
+      const look = looks.get(segKey(c.pool, c.segment))!;
+      let liveBytes = 0;
+      for (const lengthBytes of look.live.values()) liveBytes += lengthBytes;
+      // The first always goes (progress); the others while the group's copies stay under the bound.
+      if (attempted > 0 && groupLiveBytes + liveBytes > this.opts.groupCopyBytes) {
+        later.push(c);
+        continue;
+      }
+      attempted++;
+      groupLiveBytes += liveBytes;
+      try {
+        const r = await this.copyOut(c, look, unthrottled);
+        if (r === null) defer(c);
+        else copied.push({ c, ...r });
+      } catch (err) {
+        defer(c, err as Error);
+      }
+    }
+    if (copied.length === 0) return later;
+    if (this.stopped) {
+      // Their copies become orphans (the next start's recount counts them dead).
+      for (const { c } of copied) defer(c);
+      return later;
+    }
+    // Records of sessions in flight (a destage between its append and its
+    // flip, an upload before its commit) are not in the index yet: wait
+    // for those sessions, then look once more, after every queued write.
+    let stillLive: Map<string, number>;
+    try {
+      if (!(await this.stripes.writesSettled(this.opts.settleTimeoutMs, () => this.stopped))) {
+        for (const { c } of copied) defer(c);
+        return later;
+      }
+      await new Promise((resolve) => setImmediate(resolve)); // let callers issue the flips their resolved writes lead to
+      // A held reference counts only where it still leads into a segment (one held after the copy began).
+      stillLive = await this.referencedNow(copied.map(({ c }) => c));
+    } catch (err) {
+      for (const { c } of copied) defer(c, err as Error);
+      return later;
+    }
+    for (const { c, sizeBytes, copiedBytes } of copied) {
+      try {
+        const places = stillLive.get(segKey(c.pool, c.segment))!;
+        if (places > 0) {
+          log.debug('segment compaction: segment still referenced after the flip; left for a later pass', { pool: c.pool, segment: c.segment, places });
+          defer(c);
+          continue;
+        }
+        const pending = await this.newerThanIndex(c.store, c.segment);
+        if (pending !== null) {
+          log.info('segment compaction: segment holds a stripe newer than the index; kept for a later pass', { pool: c.pool, segment: c.segment, ...pending });
+          defer(c);
+          continue;
+        }
+        if (this.stopped) {
+          defer(c);
+          continue;
+        }
+        await c.store.removeSegment(c.segment);
+        const key = segKey(c.pool, c.segment);
+        this.dead.delete(key);
+        void this.meta.segmentDeadBytes.remove([c.pool, c.segment]);
+        const reclaimedBytes = Math.max(0, sizeBytes - copiedBytes);
+        this.stats_.segmentsCompactedTotal++;
+        this.stats_.reclaimedBytesTotal += reclaimedBytes;
+        this.stats_.copiedBytesTotal += copiedBytes;
+        report.segmentsCompacted++;
+        report.copiedBytes += copiedBytes;
+        report.reclaimedBytes += reclaimedBytes;
+      } catch (err) {
+        defer(c, err as Error);
+      }
+    }
+    return later;
+  }
+
+  /**
+   * Copies one sealed segment's live records (its first look) to its pool's
+   * head and flips the index to the copies, a batch at a time, throttled.
+   * Null when it has to stay (gone, the head, stopped, or a live record
+   * fails verification).
+   */
+  private async copyOut(c: Candidate, look: SegmentLook, unthrottled: boolean): Promise<{ sizeBytes: number; copiedBytes: number } | null> {
+    const { pool, store, segment } = c;
     const info = store.segments().find((s) => s.segment === segment);
     if (!info || info.head) return null;
-    // Per-slice snapshots: a reference missed here is not copied nor flipped, and the final look (referencedNow) keeps the segment.
-    const { live, holders } = await this.liveIn(pool, segment, 'per-slice');
+    const { live, holders } = look;
     const places = [...live.entries()].sort((a, b) => a[0] - b[0]).map(([offsetBytes, lengthBytes]) => ({ segment, offsetBytes, lengthBytes }));
     let copiedBytes = 0;
     let corrupt = 0;
@@ -771,32 +931,7 @@ export class SegmentCompactor {
       log.warn('segment compaction: live records fail verification; segment kept until they are rebuilt', { pool, segment, corrupt });
       return null;
     }
-    // Records of sessions in flight (a destage between its append and its
-    // flip, an upload before its commit) are not in the index yet: wait
-    // for those sessions, then look once more, after every queued write.
-    if (!(await this.stripes.writesSettled(this.opts.settleTimeoutMs, () => this.stopped))) return null;
-    await new Promise((resolve) => setImmediate(resolve)); // let callers issue the flips their resolved writes lead to
-    // A held reference counts only where it still leads into S (one held after the copy began).
-    const stillLive = await this.referencedNow(pool, segment);
-    if (stillLive > 0) {
-      log.debug('segment compaction: segment still referenced after the flip; left for a later pass', { pool, segment, places: stillLive });
-      return null;
-    }
-    const pending = await this.newerThanIndex(store, segment);
-    if (pending !== null) {
-      log.info('segment compaction: segment holds a stripe newer than the index; kept for a later pass', { pool, segment, ...pending });
-      return null;
-    }
-    if (this.stopped) return null;
-    await store.removeSegment(segment);
-    const key = segKey(pool, segment);
-    this.dead.delete(key);
-    void this.meta.segmentDeadBytes.remove([pool, segment]);
-    const reclaimedBytes = Math.max(0, info.sizeBytes - copiedBytes);
-    this.stats_.segmentsCompactedTotal++;
-    this.stats_.reclaimedBytesTotal += reclaimedBytes;
-    this.stats_.copiedBytesTotal += copiedBytes;
-    return { copiedBytes, reclaimedBytes };
+    return { sizeBytes: info.sizeBytes, copiedBytes };
   }
 
   /**
@@ -903,6 +1038,20 @@ export class SegmentCompactor {
     });
     this.wakeSleep = null;
   }
+}
+
+/**
+ * `bySegKey`'s values by pool, then segment number, for `targets`: what a
+ * visit of every shard of every reference looks up (no string built per shard).
+ */
+function bySegment<T>(targets: readonly { pool: string; segment: number }[], bySegKey: Map<string, T>): Map<string, Map<number, T>> {
+  const out = new Map<string, Map<number, T>>();
+  for (const t of targets) {
+    let segs = out.get(t.pool);
+    if (segs === undefined) out.set(t.pool, (segs = new Map()));
+    segs.set(t.segment, bySegKey.get(segKey(t.pool, t.segment))!);
+  }
+  return out;
 }
 
 function holderId(h: Holder): string {
