@@ -78,7 +78,9 @@ export interface FsckReport {
   /**
    * The cold tier's journal: damaged records with intact records after them
    * (not a torn tail; the daemon refuses to start until `couchestor journal
-   * salvage`). A torn tail is not damage (its writes were never flushed).
+   * salvage`). A torn tail is not damage (its writes were never flushed);
+   * a clean stop ends the last file with an end marker and leaves none, so
+   * one means the daemon did not stop cleanly (crash, SIGKILL, power cut).
    */
   journal: { filesScanned: number; recordsScanned: number; tornTails: number; damaged: JournalFileDamage[] };
 }
@@ -136,6 +138,9 @@ export async function fsck(manager: VolumeManager, progress: (line: string) => v
     report.journal = checkJournalDir(journalDir);
     for (const d of report.journal.damaged) {
       progress(`journal ${d.file}: damaged record at byte offset ${d.offsetBytes} (${d.lengthBytes} bytes), ${d.intactRecordsAfter} intact record(s) after it; \`couchestor journal salvage\` drops it`);
+    }
+    if (report.journal.tornTails > 0) {
+      progress(`journal: ${report.journal.tornTails} file(s) with a torn tail: the daemon did not stop cleanly; the next start cuts it, dropping only writes no FLUSH covered`);
     }
   }
   checkVolumeFiles(manager, report, progress);
