@@ -93,7 +93,7 @@ interface FailureBackoff {
  */
 export function retryBackoffMs(failures: number, intervalMs: number, cooldownPeriodMs: number): number {
   const capMs = Math.max(intervalMs, cooldownPeriodMs);
-  // 2^failures overflows nothing below 2^1023; the cap is reached long before.
+  // The exponent is bounded so the product stays finite; the cap is reached long before.
   return Math.min(capMs, intervalMs * 2 ** Math.min(failures, 40));
 }
 
