@@ -888,6 +888,9 @@ export class Reconstructor {
    * redundancy restored too, and it rebuilds only what is missing.
    */
   private startPoolRebuild(poolName: string, only: Set<string> | null, startedBy: RebuildStarter): Promise<PoolRebuildReport> {
+    // stop() waits for the run it sees: one started after (a request that waited for a retry of
+    // its pool) would run on after stop() returned, under an index and stores being closed.
+    if (this.stopped) return Promise.reject(new PoolRebuildBusy(`the daemon is stopping; pool ${poolName} was not rebuilt`));
     const running = this.poolRebuild;
     const queued = this.nextRebuild;
     if (running === null && queued !== null && startedBy === 'operator') {
@@ -906,10 +909,13 @@ export class Reconstructor {
       }
       // A whole-pool call during a retry of some volumes gets a whole-pool rebuild after it.
       if (running.only === null || only !== null) return running.done;
-      return running.done.then(
-        () => this.startPoolRebuild(poolName, null, startedBy),
-        () => this.startPoolRebuild(poolName, null, startedBy),
-      );
+      // Accepted to wait: if an operator's rebuild of another pool was queued meanwhile, it goes
+      // first (asked first) and this one after it; refusing it then would fail a request already waited on.
+      const again = (): Promise<PoolRebuildReport> => {
+        const ahead = this.poolRebuild === null ? this.nextRebuild : null;
+        return ahead !== null && ahead.pool !== poolName ? ahead.done.then(again, again) : this.startPoolRebuild(poolName, null, startedBy);
+      };
+      return running.done.then(again, again);
     }
     const done = this.rebuildPoolNow(poolName, only).finally(() => (this.poolRebuild = null));
     this.poolRebuild = { pool: poolName, only, startedBy, done };
