@@ -526,12 +526,7 @@ test('power cuts at random instants of a journal workload: every flushed write i
         await run.close(s.j, s.model, s.dir);
       }
       // Generation 3: the clean restart of generation 2's directory, on the same log.
-      const [head] = fs.readdirSync(g.dir).filter((n) => n.startsWith('journal-') && !n.startsWith('journal-spare-')).sort().slice(-1);
-      const headScan = scanJournalFile(path.join(g.dir, head!));
-      assert.ok(headScan.ended, `POWER_LOSS_SEED=${seed}: the clean close left no end marker in ${head}`);
-      if (headScan.endBytes < headScan.lengthBytes) cov.cleanClosesOverSpareBytes++;
-      const fsckClean = checkJournalDir(g.dir);
-      assert.deepEqual([fsckClean.tornTails, fsckClean.damaged], [0, []], `POWER_LOSS_SEED=${seed}: fsck after a clean close`);
+      checkCleanClose(g.dir, seed, cov);
       const reopenAt = plfs.mark();
       const j3 = run.open(g.dir, oracle2, reopenAt);
       run.check(j3, oracle2, reopenAt, `POWER_LOSS_SEED=${seed} clean restart at clock ${reopenAt}`, 'cleanRestart');
@@ -539,6 +534,7 @@ test('power cuts at random instants of a journal workload: every flushed write i
       const firstWritesAt = plfs.clock;
       await run.workload(j3, oracle2, 120);
       await cleanClose(plfs, run, j3, oracle2);
+      checkCleanClose(g.dir, seed, cov);
       run.checkModel(g.model, plfs.clock);
       run.countFiles(g.model);
       // Half over the close, the window after it and the reopen with its first writes; half anywhere after the close began.
@@ -569,6 +565,16 @@ test('power cuts at random instants of a journal workload: every flushed write i
   assert.equal(cov.restartsAfterKill, SEEDS.filter((s) => s % 2 === 1).length);
   assert.ok(cov.cleanClosesOverSpareBytes > 0 && cov.statesAfterCleanClose > 0 && cov.statesAroundCleanRestart > 0, `clean restart coverage: ${JSON.stringify(cov)}`);
 });
+
+/** After a clean close of the journal on `dir` (the page cache's view, all of it fdatasynced): the head has its end, fsck finds nothing. */
+function checkCleanClose(dir: string, seed: number, cov: Coverage): void {
+  const [head] = fs.readdirSync(dir).filter((n) => n.startsWith('journal-') && !n.startsWith('journal-spare-')).sort().slice(-1);
+  const headScan = scanJournalFile(path.join(dir, head!));
+  assert.ok(headScan.ended, `POWER_LOSS_SEED=${seed}: the clean close left no end marker in ${head}`);
+  if (headScan.endBytes < headScan.lengthBytes) cov.cleanClosesOverSpareBytes++;
+  const fsck = checkJournalDir(dir);
+  assert.deepEqual([fsck.tornTails, fsck.damaged], [0, []], `POWER_LOSS_SEED=${seed}: fsck after a clean close`);
+}
 
 /**
  * Closes `j` cleanly, recorded in `oracle` as a sync: every write that landed before the call is
