@@ -74,8 +74,15 @@ export interface PolicyStatus {
 /** Bound on migration history kept per policy. */
 export const MAX_HISTORY = 50;
 
-/** A volume's last failed moves in a row (ControlLoop.failures). */
+/**
+ * A volume's last failed moves in a row (ControlLoop.failures): of this
+ * volume (its id: a volume deleted and made again under the same name
+ * between two passes is another volume) to this tier (a move to another
+ * tier, when the heat changes, has not failed and is not held back).
+ */
 interface FailureBackoff {
+  volumeId: number;
+  target: Tier;
   /** Failed moves in a row since the last success (or the last pass that found the move blocked). */
   failures: number;
   failedAtMs: number;
@@ -250,8 +257,9 @@ export class ControlLoop {
   private async policiesPass(): Promise<void> {
     const loaded = this.loadPolicies();
     if (this.failures.size > 0) {
-      const names = new Set(this.manager.listVolumes().map((v) => v.name));
-      for (const name of [...this.failures.keys()]) if (!names.has(name)) this.failures.delete(name);
+      // Gone, or another volume of the same name (deleted and made again since).
+      const ids = new Map(this.manager.listVolumes().map((v) => [v.name, v.id]));
+      for (const [name, f] of [...this.failures]) if (ids.get(name) !== f.volumeId) this.failures.delete(name);
     }
     const seen = new Set(loaded.map((l) => l.name));
     for (const name of [...this.policies.keys()]) if (!seen.has(name) && this.policies.get(name)!.active.size === 0) this.policies.delete(name);
@@ -375,7 +383,7 @@ export class ControlLoop {
       return { ...base, targetTier: target, iops, action: 'blocked', reason: `${why}; cannot move: ${blocked}` };
     }
     const failed = this.failures.get(name);
-    if (failed !== undefined && Date.now() < failed.retryAtMs) {
+    if (failed !== undefined && failed.volumeId === vol.rec.id && failed.target === target && Date.now() < failed.retryAtMs) {
       const inS = seconds(failed.retryAtMs - Date.now());
       return {
         ...base,
@@ -396,7 +404,8 @@ export class ControlLoop {
     st.active.add(name);
     const startedAt = new Date().toISOString();
     let last: MigrationProgress | null = null;
-    const from = this.manager.getVolumeRecord(name)!.tier;
+    const rec = this.manager.getVolumeRecord(name)!;
+    const from = rec.tier;
     const preserve = this.preserveFor(name, to);
     log.info('migration started', { policy: p.name, volume: name, from, to, preservationMode: preserve });
     const run = migrateVolume(this.manager, name, to, { preserve, onProgress: (pr) => (last = pr) })
@@ -416,10 +425,11 @@ export class ControlLoop {
           // the move can succeed.
           const aborted = err.name === 'MigrationAborted';
           if (!aborted) {
-            const failures = (this.failures.get(name)?.failures ?? 0) + 1;
+            const prev = this.failures.get(name);
+            const failures = (prev !== undefined && prev.volumeId === rec.id && prev.target === to ? prev.failures : 0) + 1;
             const backoffMs = retryBackoffMs(failures, this.opts.intervalMs, p.cooldownPeriodMs);
             const now = Date.now();
-            this.failures.set(name, { failures, failedAtMs: now, retryAtMs: now + backoffMs, backoffMs, error: err.message });
+            this.failures.set(name, { volumeId: rec.id, target: to, failures, failedAtMs: now, retryAtMs: now + backoffMs, backoffMs, error: err.message });
           }
           this.finish(st, {
             volume: name,
