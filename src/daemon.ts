@@ -113,8 +113,9 @@ export async function openManager(cfg: DaemonConfig, opts: { coldTier: boolean }
     });
   }
   manager.configuredPools = new Set(cfg.pools.map((p) => p.name));
-  // A cold pool removed from the configuration is never rebuilt again: its incomplete-rebuild
-  // record (and gauge series) would stay forever. Dropped before the cold tier loads the list.
+  // A pool made another tier is never rebuilt again: its incomplete-rebuild record (and gauge
+  // series) would stay forever. Dropped before the cold tier loads the list. (One only taken out
+  // of the configuration stays a cold pool in the index: kept.)
   await forgetRemovedPoolRebuilds(manager.meta, cfg.pools.filter((p) => p.tier === 'cold').map((p) => p.name));
   if (opts.coldTier) {
     try {

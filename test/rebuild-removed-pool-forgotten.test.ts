@@ -1,9 +1,11 @@
-// A cold pool removed from the daemon's configuration loses its
+// A cold pool made another tier in the daemon's configuration loses its
 // incomplete-rebuild entry and its rebuild gauge series at the next start:
-// nothing rebuilds a pool the configuration no longer names, so the entry
+// nothing rebuilds a pool that is no longer a cold pool, so the entry
 // (GET /v1/cold incompleteRebuilds, the index record) and the series
-// (couchestor_rebuild_* {pool}) stayed forever, the pool's record being kept
-// in the index. A configured pool's entry is kept. Real daemon processes.
+// (couchestor_rebuild_* {pool}) stayed forever. A configured cold pool's
+// entry is kept. (A cold pool only taken out of the configuration stays a
+// cold pool in the index, and keeps its entry: review-rebuild-removed-pool-kept.)
+// Real daemon processes.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -42,7 +44,7 @@ async function recordsIn(dataDir: string): Promise<string[]> {
   }
 }
 
-test("a cold pool removed from the configuration: its incomplete-rebuild entry and gauge series are gone after the restart; a configured pool's stay", async (t) => {
+test("a cold pool made another tier: its incomplete-rebuild entry and gauge series are gone after the restart; a configured pool's stay", async (t) => {
   let d = await startColdDaemon(poolsConfig(7));
   t.after(() => d.cleanup());
   assert.deepEqual(await listed(d), []);
@@ -61,12 +63,12 @@ test("a cold pool removed from the configuration: its incomplete-rebuild entry a
   assert.equal(before.get('couchestor_rebuild_stripes_not_rebuilt{cold-6}'), 3);
   await d.stop();
 
-  // cold-6 removed from the configuration (six cold pools left: the 4+2 tier still starts).
-  fs.writeFileSync(`${d.dataDir}/couchestor.yaml`, poolsConfig(6));
+  // cold-6 made a warm pool (six cold pools left: the 4+2 tier still starts).
+  fs.writeFileSync(`${d.dataDir}/couchestor.yaml`, poolsConfig(6) + '  - { name: cold-6, tier: warm, path: pools/cold-6, capacity: auto }\n');
   d = await TestDaemon.start({ dataDir: d.dataDir });
   assert.deepEqual(await listed(d), [{ pool: 'cold-1', volumesSkipped: [], notRebuilt: 2 }], "cold-6's entry is gone, cold-1's kept");
   const after = await rebuildSeries(d);
-  for (const g of GAUGES) assert.equal(after.has(`${g}{cold-6}`), false, `no ${g} series for the removed pool`);
+  for (const g of GAUGES) assert.equal(after.has(`${g}{cold-6}`), false, `no ${g} series for the pool no longer cold`);
   assert.equal(after.get('couchestor_rebuild_incomplete{cold-1}'), 1);
   assert.equal(after.get('couchestor_rebuild_incomplete{cold-0}'), 0, 'a configured cold pool still has its 0');
   assert.match(d.stderr, /dropped the incomplete-rebuild record of a pool no longer configured/);

@@ -276,8 +276,8 @@ export function createMetrics(source: MetricsSourceRef): Registry {
   });
 
   // Every configured cold pool has a series, 0 unless listed, so an alert can tell "rebuilt"
-  // from "no data"; a pool removed from the configuration has none (the daemon drops its
-  // entry at start: forgetRemovedPoolRebuilds). A source that does not report rebuilds (or
+  // from "no data"; a pool taken out of the configuration has none unless listed (made another
+  // tier, its entry is dropped at start: forgetRemovedPoolRebuilds). A source that does not report rebuilds (or
   // none open yet) gives no series: 0 would claim "rebuilt".
   const rebuildGauge = (name: string, help: string, pick: (r: IncompleteRebuild) => number): void => {
     new Gauge({

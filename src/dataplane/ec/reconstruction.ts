@@ -192,13 +192,18 @@ export function listedIncomplete(pool: string, rec: IncompleteRebuildRecord): Li
 
 /**
  * Drops the index's incomplete-rebuild records of pools that are no longer
- * configured cold pools (removed from the configuration, or made another
- * tier): nothing will rebuild them, and they would be listed, with a gauge
- * series, forever. The daemon calls it at start, before the cold tier loads
- * the list. Returns the pools dropped (logged).
+ * cold pools (made another tier, or with no pool record): nothing will
+ * rebuild them, and they would be listed, with a gauge series, forever. The
+ * daemon calls it at start, before the cold tier loads the list. A cold pool
+ * only taken out of the configuration keeps its record: its pool record stays
+ * in the index, a cold pool to reads, placement, rebuilds and the retry timer,
+ * and its stripes still name it (an offline or renamed disk): its last rebuild
+ * is still not complete until a rebuild of it completes. Returns the pools
+ * dropped (logged).
  */
 export async function forgetRemovedPoolRebuilds(meta: MetaStore, configuredColdPools: Iterable<string>): Promise<string[]> {
   const keep = new Set(configuredColdPools);
+  for (const p of meta.listPools()) if (p.tier === 'cold') keep.add(p.name);
   const gone = [...meta.incompleteRebuilds.getKeys()].filter((pool) => !keep.has(pool));
   for (const pool of gone) {
     await meta.incompleteRebuilds.remove(pool);
