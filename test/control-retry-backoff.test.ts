@@ -4,11 +4,14 @@
 // interval up to the policy's cooldown, and a success clears it (the next
 // failure waits the first step again). The failure is real: the warm pool's
 // volumes/ is a regular file, so the move cannot create its target file.
+// The loop's clock is the test's: the backoff elapses when the test steps the
+// clock, not while it sleeps, so a loaded machine cannot stretch a pass past
+// a backoff; the heat readings are timed by their own samples, not by when
+// a pass reads them.
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { test } from 'node:test';
 import { HeatTracker } from '../src/control/heat.js';
 import { ControlLoop, type Decision, type HeatSource } from '../src/control/loop.js';
@@ -28,17 +31,22 @@ test('a failing move is retried after a backoff (2x the pass interval, doubling,
   fs.writeFileSync(path.join(policiesDir, 'p.yaml'), policyYaml('p', { warmPoolSelector: { matchLabels: { tier: 'warm' } }, cooldownPeriod: `${COOLDOWN_MS / 1000}s` }));
   // The real tracker, a fresh one per reading (heatAt), so each pass sees exactly the load just made.
   let tracker = new HeatTracker(m, 10 * WINDOW_MS, 100);
-  const heat: HeatSource = { refresh: () => tracker.refresh(), read: (volume, windowMs) => tracker.read(volume, windowMs) };
+  // Read as of the reading's last sample, and no sample per pass (refresh): each pass sees the
+  // load made over exactly the window, however long the reads or the passes took (a loaded machine).
+  let readAtMs = Date.now();
+  const heat: HeatSource = { refresh: async () => undefined, read: (volume, windowMs) => tracker.read(volume, windowMs, readAtMs) };
   // Passes run only when the test calls reconcile(); intervalMs sets the backoff's first step.
-  const loop = new ControlLoop(m, { policiesDir, intervalMs: INTERVAL_MS, preservationMode: false, heat, ecPolicyNames: () => ['standard-ec'] });
+  let clockMs = Date.now();
+  const loop = new ControlLoop(m, { policiesDir, intervalMs: INTERVAL_MS, preservationMode: false, heat, ecPolicyNames: () => ['standard-ec'], clock: () => clockMs });
   t.after(() => loop.stop());
 
   // `iops` read ops spread over the policy's window, as the heat tracker sees them.
   const heatAt = async (iops: number) => {
     tracker = new HeatTracker(m, 10 * WINDOW_MS, 100);
-    tracker.sample(Date.now() - WINDOW_MS - 1);
+    readAtMs = Date.now();
+    tracker.sample(readAtMs - WINDOW_MS - 1);
     for (let i = 0; i < Math.ceil((iops * WINDOW_MS) / 1000); i++) await readVolume(vol, crypto.randomInt(0, (CHUNKS * MiB) / 4096) * 4096, 4096);
-    tracker.sample();
+    tracker.sample(readAtMs);
   };
   const warm = () => heatAt((LOW_IOPS + HIGH_IOPS) / 2);
   const hot = () => heatAt(HIGH_IOPS * 2);
@@ -66,8 +74,7 @@ test('a failing move is retried after a backoff (2x the pass interval, doubling,
   };
 
   breakPool('warm-0');
-  // Each step: the move fails; until its backoff has passed, passes only report it. The
-  // sleeps are the backoff itself elapsing (nothing signals "time has passed").
+  // Each step: the move fails; until its backoff has passed, passes only report it.
   const steps = [
     { failures: 1, backoffMs: 2 * INTERVAL_MS },
     { failures: 2, backoffMs: 4 * INTERVAL_MS },
@@ -79,18 +86,18 @@ test('a failing move is retried after a backoff (2x the pass interval, doubling,
     assert.equal(d.action, 'migrate', d.reason);
     assert.equal(history().length, s.failures);
     assert.equal(history()[s.failures - 1], 'hot->warm:failed');
-    const failedAt = Date.now();
-    // Two more passes inside the backoff: no copy starts, nothing new in the history.
-    // (The reading just made stays between the watermarks for these: no new load, so the passes take milliseconds.)
-    for (let i = 0; i < 2; i++) {
+    // Passes inside the backoff (at its start and 1 ms before its end): no copy starts, nothing new in the history.
+    for (const atMs of [0, s.backoffMs - 1]) {
+      const savedMs = clockMs;
+      clockMs += atMs;
       const again = await pass();
-      if (Date.now() - failedAt >= s.backoffMs) assert.fail(`the passes took longer than the ${s.backoffMs} ms backoff: machine too slow for this check`);
+      clockMs = savedMs;
       backoff(again, s.failures, (s.backoffMs / 1000).toFixed(1));
       assert.ok(again.reason.includes(loop.status()[0]!.migrationHistory.at(-1)!.error!), again.reason);
       assert.equal(history().length, s.failures, 'a move started during its backoff');
     }
     assert.equal(loop.totals.failed, s.failures);
-    await sleep(s.backoffMs + 50 - (Date.now() - failedAt));
+    clockMs += s.backoffMs;
   }
   assert.equal(vol.rec.tier, 'hot');
 
@@ -100,9 +107,8 @@ test('a failing move is retried after a backoff (2x the pass interval, doubling,
   assert.equal(d.action, 'migrate', d.reason);
   assert.equal(history().at(-1), 'hot->warm:failed');
   repairPool('warm-0');
-  const failedAt = Date.now();
   backoff(await pass(), 4, (COOLDOWN_MS / 1000).toFixed(1));
-  await sleep(COOLDOWN_MS + 50 - (Date.now() - failedAt));
+  clockMs += COOLDOWN_MS;
   await warm();
   d = await pass();
   assert.equal(d.action, 'migrate', d.reason);
@@ -110,14 +116,22 @@ test('a failing move is retried after a backoff (2x the pass interval, doubling,
   assert.equal(vol.rec.tier, 'warm');
   assert.ok((await readVolume(vol, 0, CHUNKS * MiB)).equals(want), 'bytes differ after the move');
 
-  // A success clears the backoff: the next failure (back to hot, hot-0's volumes/ broken) waits the first step again.
-  breakPool('hot-0');
-  await sleep(COOLDOWN_MS + 50); // the success's cooldown
+  // A success clears the backoff: back to hot (a success too), then the next failed move to
+  // warm (warm-0's volumes/ broken again) waits the first step again, not the 5th failure's.
   await hot();
   d = await pass();
+  assert.equal(d.action, 'cooldown', d.reason);
+  clockMs += COOLDOWN_MS; // the success's cooldown
+  d = await pass();
   assert.equal(d.action, 'migrate', d.reason);
-  assert.equal(history().at(-1), 'warm->hot:failed');
+  assert.equal(history().at(-1), 'warm->hot:succeeded');
+  breakPool('warm-0');
+  clockMs += COOLDOWN_MS;
+  await warm();
+  d = await pass();
+  assert.equal(d.action, 'migrate', d.reason);
+  assert.equal(history().at(-1), 'hot->warm:failed');
   backoff(await pass(), 1, (2 * INTERVAL_MS / 1000).toFixed(1));
-  assert.equal(vol.rec.tier, 'warm');
+  assert.equal(vol.rec.tier, 'hot');
   assert.ok((await readVolume(vol, 0, CHUNKS * MiB)).equals(want), 'bytes differ after the failed moves');
 });

@@ -46,15 +46,19 @@ async function setup(t: TestContext) {
   );
   // The real tracker, a fresh one per reading, so each pass sees exactly the load just made.
   let tracker = new HeatTracker(m, 10 * WINDOW_MS, 100);
-  const heat: HeatSource = { refresh: () => tracker.refresh(), read: (volume, windowMs) => tracker.read(volume, windowMs) };
+  // Read as of the reading's last sample, and no sample per pass (refresh): each pass sees the
+  // load made over exactly the window, however long the reads or the passes took (a loaded machine).
+  let readAtMs = Date.now();
+  const heat: HeatSource = { refresh: async () => undefined, read: (volume, windowMs) => tracker.read(volume, windowMs, readAtMs) };
   loop = new ControlLoop(m, { policiesDir, intervalMs: 3_600_000, preservationMode: false, heat, ecPolicyNames: () => [m.cold!.policy.name] });
   const l = loop;
   const heatAt = async (iops: number) => {
     tracker = new HeatTracker(m, 10 * WINDOW_MS, 100);
-    tracker.sample(Date.now() - WINDOW_MS - 1);
+    readAtMs = Date.now();
+    tracker.sample(readAtMs - WINDOW_MS - 1);
     const vol = m.openVolume('v');
     for (let i = 0; i < Math.ceil((iops * WINDOW_MS) / 1000); i++) await readVolume(vol, crypto.randomInt(0, (CHUNKS * MiB) / 4096) * 4096, 4096);
-    tracker.sample();
+    tracker.sample(readAtMs);
   };
   const pass = async (): Promise<Decision> => {
     await l.reconcile();

@@ -112,6 +112,12 @@ export interface ControlLoopOptions {
   heat: HeatSource;
   /** Names of the ErasureCodingPolicies the daemon knows. */
   ecPolicyNames: () => string[];
+  /**
+   * Wall clock (ms) the cooldown and the retry backoff are measured on;
+   * default Date.now. Tests pass their own to step over a backoff without
+   * sleeping (a loaded machine cannot then stretch a pass past one).
+   */
+  clock?: () => number;
 }
 
 interface PolicyState {
@@ -142,10 +148,13 @@ export class ControlLoop {
   /** This pass's volumes that could not be opened, by name (cleared each pass; at most one per volume). */
   private skippedThisPass = new Map<string, string>();
 
+  private readonly now: () => number;
+
   constructor(
     private readonly manager: VolumeManager,
     private readonly opts: ControlLoopOptions,
   ) {
+    this.now = opts.clock ?? Date.now;
     this.lastMigrated = manager.meta.openDB<number, string>('control-last-migrated');
   }
 
@@ -369,8 +378,9 @@ export class ControlLoop {
     }
     if (!p.enabled) return { ...base, targetTier: target, iops, action: 'disabled', reason: `${why}; policy disabled (emergency stop): nothing new starts` };
     const last = this.lastMigrated.get(name);
-    if (last !== undefined && Date.now() - last < p.cooldownPeriodMs) {
-      const leftS = Math.ceil((p.cooldownPeriodMs - (Date.now() - last)) / 1000);
+    const nowMs = this.now();
+    if (last !== undefined && nowMs - last < p.cooldownPeriodMs) {
+      const leftS = Math.ceil((p.cooldownPeriodMs - (nowMs - last)) / 1000);
       return { ...base, targetTier: target, iops, action: 'cooldown', reason: `${why}; in cooldown for ${leftS}s more` };
     }
     const vol = this.manager.openVolume(name);
@@ -383,8 +393,8 @@ export class ControlLoop {
       return { ...base, targetTier: target, iops, action: 'blocked', reason: `${why}; cannot move: ${blocked}` };
     }
     const failed = this.failures.get(name);
-    if (failed !== undefined && failed.volumeId === vol.rec.id && failed.target === target && Date.now() < failed.retryAtMs) {
-      const inS = seconds(failed.retryAtMs - Date.now());
+    if (failed !== undefined && failed.volumeId === vol.rec.id && failed.target === target && nowMs < failed.retryAtMs) {
+      const inS = seconds(failed.retryAtMs - nowMs);
       return {
         ...base,
         targetTier: target,
@@ -412,7 +422,7 @@ export class ControlLoop {
       .then(
         async (done) => {
           this.failures.delete(name);
-          await this.lastMigrated.put(name, Date.now());
+          await this.lastMigrated.put(name, this.now());
           this.finish(st, { volume: name, from, to, result: 'succeeded', startedAt, finishedAt: new Date().toISOString(), bytesCopied: done.bytesCopied });
         },
         (err: Error) => {
@@ -428,7 +438,7 @@ export class ControlLoop {
             const prev = this.failures.get(name);
             const failures = (prev !== undefined && prev.volumeId === rec.id && prev.target === to ? prev.failures : 0) + 1;
             const backoffMs = retryBackoffMs(failures, this.opts.intervalMs, p.cooldownPeriodMs);
-            const now = Date.now();
+            const now = this.now();
             this.failures.set(name, { volumeId: rec.id, target: to, failures, failedAtMs: now, retryAtMs: now + backoffMs, backoffMs, error: err.message });
           }
           this.finish(st, {
