@@ -12,7 +12,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { SegmentCompactor, type CompactionOptions } from '../src/dataplane/ec/compaction.js';
+import { DEFAULT_COMPACTION_OPTIONS, SegmentCompactor, type CompactionOptions } from '../src/dataplane/ec/compaction.js';
 import type { StripeRef } from '../src/dataplane/ec/stripe-store.js';
 import { ALL_OBJECT_KEYS, OBJECTS_DB, PARTS_DB, coldStripeRefs } from '../src/dataplane/objects/cold-segments.js';
 import type { ObjectStore } from '../src/dataplane/objects/store.js';
@@ -202,13 +202,44 @@ async function countingTier(t: TestContext, sealedPerPool: number, opts: Partial
   }
   await compactor.deadSettled();
   await compactor.recount();
-  return { tier, compactor, scans, models };
+  // Bytes copied out of segments not deleted yet (held twice on disk), and the most at once.
+  const copies = { outstandingBytes: 0, maxOutstandingBytes: 0, maxSegmentBytes: 0 };
+  const perSegment = new Map<string, number>();
+  for (let i = 0; i < COLD_POOLS; i++) {
+    const pool = `cold-${i}`;
+    const seg = (await m.cold!.stripes.segmentStore(pool))!;
+    const compactSegment = seg.compactSegment.bind(seg);
+    seg.compactSegment = async (segment, places, ...rest) => {
+      const result = await compactSegment(segment, places, ...rest);
+      let bytes = 0;
+      for (const r of result.relocations) bytes += r.to.lengthBytes;
+      const key = `${pool}/${segment}`;
+      perSegment.set(key, (perSegment.get(key) ?? 0) + bytes);
+      copies.maxSegmentBytes = Math.max(copies.maxSegmentBytes, perSegment.get(key)!);
+      copies.outstandingBytes += bytes;
+      copies.maxOutstandingBytes = Math.max(copies.maxOutstandingBytes, copies.outstandingBytes);
+      return result;
+    };
+    const removeSegment = seg.removeSegment.bind(seg);
+    seg.removeSegment = async (segment) => {
+      await removeSegment(segment);
+      copies.outstandingBytes -= perSegment.get(`${pool}/${segment}`) ?? 0;
+    };
+  }
+  return { tier, compactor, scans, models, copies };
+}
+
+/** Tells the compactor every live shard of `keys` is dead (as a free() would): the hints then say their segments hold nothing live. */
+function inflateHints(tier: Tier, keys: string[]): void {
+  const shards = [];
+  for (const key of keys) for (const ref of coldStripeRefs(tier.store.headObject('cold', key).segments)) shards.push(...ref.shards);
+  tier.m.cold!.stripes.onShardsDead!(shards, []);
 }
 
 test('a pass reads the index twice per group of segments, not twice per segment; segmentsPerScan and groupCopyBytes bound a group', { timeout: 300_000 }, async (t) => {
   const sealedPerPool = 3;
   const segments = COLD_POOLS * sealedPerPool;
-  const cases: { name: string; opts: Partial<CompactionOptions>; scans: number }[] = [
+  const cases: { name: string; opts: Partial<CompactionOptions>; scans: number; wrongHints?: boolean }[] = [
     // One group: one first look, one final look.
     { name: 'defaults', opts: {}, scans: 2 },
     // Groups of 4 segments: ceil(18 / 4) = 5 groups.
@@ -217,14 +248,23 @@ test('a pass reads the index twice per group of segments, not twice per segment;
     { name: 'groupCopyBytes 1 MiB', opts: { groupCopyBytes: MiB }, scans: 2 * Math.ceil(segments / 3) },
     // No room for a second segment: one a group, as before the groups (two looks per segment).
     { name: 'groupCopyBytes 0', opts: { groupCopyBytes: 0 }, scans: 2 * segments },
+    // Hints saying every segment is all dead pick one group of 18; the live bytes the first look finds
+    // (one 262,208-byte record a segment) let one segment a group through: 300,000 bytes hold one, not two.
+    { name: 'groupCopyBytes 300,000, hints wrong', opts: { groupCopyBytes: 300_000 }, scans: 2 * segments, wrongHints: true },
   ];
   for (const c of cases) {
-    const { tier, compactor, scans, models } = await countingTier(t, sealedPerPool, c.opts);
+    const { tier, compactor, scans, models, copies } = await countingTier(t, sealedPerPool, c.opts);
+    if (c.wrongHints) inflateHints(tier, [...models.keys()].filter((k) => k.startsWith('live-')));
     scans.objects = 0;
     const report = await compactor.runOnce({ unthrottled: true });
     t.diagnostic(`${c.name}: ${scans.objects} scans of the objects database, pass ${JSON.stringify(report)}`);
     assert.deepEqual({ compacted: report.segmentsCompacted, deferred: report.segmentsDeferred }, { compacted: segments, deferred: 0 }, `${c.name}: every sealed segment compacted`);
     assert.equal(scans.objects, c.scans, `${c.name}: scans of the index in the pass`);
+    const boundBytes = Math.max(c.opts.groupCopyBytes ?? DEFAULT_COMPACTION_OPTIONS.groupCopyBytes, copies.maxSegmentBytes);
+    t.diagnostic(`${c.name}: at most ${copies.maxOutstandingBytes} bytes copied out of segments not deleted yet (bound ${boundBytes})`);
+    assert.ok(copies.maxSegmentBytes > 0, `${c.name}: live records were copied`);
+    assert.ok(copies.maxOutstandingBytes <= boundBytes, `${c.name}: copies held before their segments' deletes stay within groupCopyBytes (or one segment's)`);
+    assert.equal(copies.outstandingBytes, 0, `${c.name}: every segment copied from is deleted`);
     await assertAllThere(tier.m, tier.store, models, c.name);
     await compactor.stop();
     await tier.close();
