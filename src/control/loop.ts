@@ -473,13 +473,19 @@ export class ControlLoop {
    * asked to keep truncated (cold) or deleted (hot <-> warm), and a plain one
    * (whose destaged ranges a restart has punched) had its file kept, with
    * holes, as a "preserved copy". A record written before keptFilePools
-   * existed says nothing: the loop's own mode.
+   * existed says nothing: the loop's own mode. Nor does one of a move from
+   * cold to hot/warm (only Cold chunks left off placement, no other pool's
+   * file in use): such a move empties stripes, not files, so the list never
+   * names its source; reading it as "plain" made a preserving loop free the
+   * old stripes it keeps (test/review-control-finish-from-cold-mode).
    */
   private preserveFor(name: string, to: Tier): boolean {
     const rec = this.manager.getVolumeRecord(name);
     if (rec === undefined || rec.tier !== to || rec.keptFilePools === undefined) return this.opts.preservationMode;
+    const vol = this.manager.openVolume(name);
+    if (to !== 'cold' && vol.poolsInUse().every((p) => p.name === rec.poolName)) return this.opts.preservationMode;
     const kept = rec.keptFilePools;
-    return this.manager.openVolume(name).openFilePools().some((p) => kept.includes(p));
+    return vol.openFilePools().some((p) => kept.includes(p));
   }
 
   private finish(st: PolicyState, h: HistoryEntry, retryInMs?: number): void {
