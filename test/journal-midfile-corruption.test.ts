@@ -42,7 +42,7 @@ test('a record damaged in the middle of a journal file does not destroy the flus
   for (let i = 0; i < 3; i++) await j.append(RecordType.Write, 1, i * BLOCK_BYTES, BLOCK_BYTES, Buffer.alloc(BLOCK_BYTES, 0x10 + i));
   await j.sync();
   await j.close();
-  const file = path.join(dir, fs.readdirSync(dir).filter((n) => n.endsWith('.log')).sort()[0]!);
+  const file = journalFiles(dir)[0]!;
   const sizeBytes = fs.statSync(file).size;
   // Three records, the sync marker of the one sync and the end marker of the clean close.
   assert.equal(sizeBytes, 3 * (JOURNAL_HEADER_BYTES + BLOCK_BYTES) + 2 * JOURNAL_HEADER_BYTES);

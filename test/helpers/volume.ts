@@ -15,6 +15,7 @@ import { VolumeManager } from '../../src/dataplane/volumes/manager.js';
 import { SegmentCompactor } from '../../src/dataplane/ec/compaction.js';
 import { ObjectStore } from '../../src/dataplane/objects/store.js';
 import { OBJECTS_DB, PARTS_DB } from '../../src/dataplane/objects/cold-segments.js';
+import { parseJournalFileName } from '../../src/dataplane/journal/journal.js';
 import { parsePolicyYaml } from '../../src/dataplane/ec/policy.js';
 import { DEFAULT_EC_POLICY_YAML } from '../../src/config.js';
 import type { Volume } from '../../src/dataplane/volumes/volume.js';
@@ -215,7 +216,8 @@ export function failNextIndexCommit(meta: object): void {
 /** The cold tier's older journal file, right after a restart started a fresh head file (exactly two files). */
 export function oldJournalFile(m: VolumeManager): string {
   const journalDir = m.cold!.journal.dir;
-  const files = fs.readdirSync(journalDir).sort();
+  // Journal files only (parseJournalFileName: not the downgrade guard directory).
+  const files = fs.readdirSync(journalDir).filter((n) => parseJournalFileName(n) !== null).sort();
   assert.equal(files.length, 2, `journal files: ${files.join(',')}`);
   return path.join(journalDir, files[0]!);
 }

@@ -163,11 +163,44 @@ interface JournalFile {
 /** A journal file's name: its number, and its nonce in hex (absent in files named before nonces). */
 const FILE_RE = /^journal-(\d{10})(?:-([0-9a-f]{8}))?\.log$/;
 
+/**
+ * A directory named as journal file 0 (no file takes 0: numbering starts at
+ * 1, in every build), made by every open before anything else in the
+ * journal directory. Builds before nonces in names (7e96923) do not see the
+ * files named since: rolled back onto them, they would start without
+ * replaying their writes. They list this entry as their first journal file
+ * and, reading it, fail with EISDIR before they create, cut or remove
+ * anything in the journal (checked against 7e96923~1 and every earlier
+ * journal.ts: each reads all files before changing one), and their start
+ * exits with it: the rollback fails loudly. This build never lists it
+ * (parseJournalFileName). README: what to do before going back.
+ */
+export const JOURNAL_DOWNGRADE_GUARD = 'journal-0000000000.log';
+
 /** What a journal file's name says: its number and nonce (null: named before nonces), or null when it is not a journal file's name. */
 export function parseJournalFileName(name: string): { no: number; nonce: number | null } | null {
+  if (name === JOURNAL_DOWNGRADE_GUARD) return null;
   const m = FILE_RE.exec(name);
   if (!m) return null;
   return { no: Number(m[1]), nonce: m[2] === undefined ? null : parseInt(m[2], 16) };
+}
+
+/**
+ * Makes the downgrade guard (JOURNAL_DOWNGRADE_GUARD) in `dir` if it is not
+ * there, durable (directory fsync) before this open makes any file with a
+ * new name. An entry of that name that is not a directory is refused: no
+ * build writes one, so it is not this journal's.
+ */
+function ensureDowngradeGuard(dir: string): void {
+  const guard = path.join(dir, JOURNAL_DOWNGRADE_GUARD);
+  try {
+    fs.mkdirSync(guard, 0o700);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    if (!fs.statSync(guard).isDirectory()) throw new StorageError(`${guard} is not a directory: no build writes a journal file numbered 0; move it away (nothing was changed)`);
+    return;
+  }
+  syncDirSync(dir);
 }
 
 /**
@@ -275,6 +308,7 @@ export class Journal {
     // The directory's own name: syncNewEntry on each journal file covers
     // the file's name in it, not the directory's in the pool.
     ensureDurableDir(opts.dir);
+    ensureDowngradeGuard(opts.dir);
     const j = new Journal(opts.dir, opts.chunkSizeBytes, opts.fileBytes ?? DEFAULT_JOURNAL_FILE_BYTES, opts.capacityBytes ?? DEFAULT_JOURNAL_CAPACITY_BYTES);
     const entries = journalFileEntries(opts.dir);
     j.adoptSpares();
