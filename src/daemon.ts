@@ -316,6 +316,10 @@ export class Daemon {
   async stop(): Promise<void> {
     await this.loop.stop();
     await this.nbd.close();
+    // Pool rebuilds stop before the admin API closes: closing waits for in-flight requests, and a
+    // rebuild request (one queued behind the retry timer's run) would run to its end, starting a
+    // whole-pool rebuild during the stop. Cut, the run is recorded (interrupted); the queued one is refused.
+    await this.manager.cold?.reconstructor.stop();
     await this.api.close();
     await this.s3.close();
     await this.metrics.close();
