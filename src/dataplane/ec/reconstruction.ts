@@ -906,6 +906,8 @@ export class Reconstructor {
     if (running) {
       if (running.pool !== poolName) {
         if (startedBy === 'operator' && running.startedBy === 'timer') {
+          // Not a cold pool: its 404 now, not after the timer's run, and no slot held meanwhile.
+          if (!this.stripes.coldPoolNames().includes(poolName)) return Promise.reject(new UnknownPool(`no cold pool named ${poolName}`));
           if (queued === null) return this.queueAfterTimer(running.done, poolName);
           if (queued.pool === poolName) return queued.done;
           return Promise.reject(new PoolRebuildBusy(`pool ${running.pool} is being rebuilt by the retry timer and ${queued.pool} is queued after it; rebuild ${poolName} after them`));
