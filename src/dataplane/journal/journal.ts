@@ -484,14 +484,27 @@ export class Journal {
   private takeSpare(name: string): number | null {
     const spare = this.shiftSpare();
     if (spare === undefined) return null;
+    const from = path.join(this.dir, spare);
     const to = path.join(this.dir, name);
+    // Opened before the rename: an open that fails (EMFILE) leaves the spare
+    // under its own name. Renamed first, it was left under the new number,
+    // out of `files`, and the retried rotation made a second file with that
+    // number: the next open refused the journal (JournalDuplicateFile).
+    let fd: number;
     try {
-      fs.renameSync(path.join(this.dir, spare), to);
+      fd = fs.openSync(from, fs.constants.O_RDWR);
     } catch (err) {
       log.warn('journal: a spare file could not be reused; creating a new file', { spare, err: (err as Error).message });
       return null;
     }
-    return fs.openSync(to, fs.constants.O_RDWR);
+    try {
+      fs.renameSync(from, to);
+    } catch (err) {
+      fs.closeSync(fd);
+      log.warn('journal: a spare file could not be reused; creating a new file', { spare, err: (err as Error).message });
+      return null;
+    }
+    return fd;
   }
 
   /**
@@ -600,6 +613,12 @@ export class Journal {
     if (this.liveBytes + recordBytes + this.spareBytes > this.capacityBytes) this.dropSparesFor(recordBytes);
     if (this.head.tailBytes + recordBytes > this.fileBytes && this.head.tailBytes > 0) {
       const old = this.head;
+      // The new file first: a create that throws (EMFILE, no inode left)
+      // fails this append only, and leaves the head without an end. Ended
+      // first, the head stayed the head: a smaller record (and every sync
+      // marker) then went after its end, where no scan reads (flushed writes
+      // lost at the next open).
+      const next = this.createFile(old.no + 1);
       // Its end, after every record of it (those in flight included: their
       // positions are below its tail): a sync after the rotation fdatasyncs it
       // (dirty), before any marker claims a seq of the next file.
@@ -607,7 +626,7 @@ export class Journal {
       old.markerClaim = Math.max(old.markerClaim, this.markedSeq);
       old.dirty = true;
       this.writeItemSync(old, end, false);
-      this.head = this.createFile(old.no + 1);
+      this.head = next;
       // The file's first item, before any other (maybeRemove may write a
       // claim marker into it): every record of the file numbers above every
       // seq handed out so far.
