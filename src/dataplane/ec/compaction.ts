@@ -228,6 +228,15 @@ export class SegmentCompactor {
    * stale). Bounded: MAX_PENDING_DEAD_CHECKS places, then bytes per segment.
    */
   private sinceRecount: SinceRecount | null = null;
+  /**
+   * While a group's segments are copied (compactGroup): its first look, by
+   * pool then segment. A place counted dead since (addDead) leaves its live
+   * map, so it is not copied: the look was taken before the group's first
+   * copy, and a copy of a freed record is referenced by nothing and told
+   * dead to no one (its bytes counted live until a restart's recount).
+   * Bounded by the group's live records.
+   */
+  private groupLook: Map<string, Map<number, SegmentLook>> | null = null;
 
   constructor(
     private readonly stripes: StripeStore,
@@ -405,6 +414,7 @@ export class SegmentCompactor {
     const since = this.sinceRecount;
     for (const s of shards) {
       const key = segKey(s.pool, s.segment);
+      this.groupLook?.get(s.pool)?.get(s.segment)?.live.delete(s.offsetBytes);
       if (since !== null) {
         if (since.freed.length < MAX_PENDING_DEAD_CHECKS) since.freed.push({ key, offsetBytes: s.offsetBytes, lengthBytes: s.lengthBytes });
         else since.overflowBytes.set(key, (since.overflowBytes.get(key) ?? 0) + s.lengthBytes);
@@ -815,25 +825,30 @@ export class SegmentCompactor {
     const later: Candidate[] = [];
     let groupLiveBytes = 0;
     let attempted = 0;
-    for (const c of group) {
-      if (this.stopped) break;
-      const look = looks.get(segKey(c.pool, c.segment))!;
-      let liveBytes = 0;
-      for (const lengthBytes of look.live.values()) liveBytes += lengthBytes;
-      // The first always goes (progress); the others while the group's copies stay under the bound.
-      if (attempted > 0 && groupLiveBytes + liveBytes > this.opts.groupCopyBytes) {
-        later.push(c);
-        continue;
+    this.groupLook = bySegment(group, looks);
+    try {
+      for (const c of group) {
+        if (this.stopped) break;
+        const look = looks.get(segKey(c.pool, c.segment))!;
+        let liveBytes = 0;
+        for (const lengthBytes of look.live.values()) liveBytes += lengthBytes;
+        // The first always goes (progress); the others while the group's copies stay under the bound.
+        if (attempted > 0 && groupLiveBytes + liveBytes > this.opts.groupCopyBytes) {
+          later.push(c);
+          continue;
+        }
+        attempted++;
+        groupLiveBytes += liveBytes;
+        try {
+          const r = await this.copyOut(c, look, unthrottled);
+          if (r === null) defer(c);
+          else copied.push({ c, ...r });
+        } catch (err) {
+          defer(c, err as Error);
+        }
       }
-      attempted++;
-      groupLiveBytes += liveBytes;
-      try {
-        const r = await this.copyOut(c, look, unthrottled);
-        if (r === null) defer(c);
-        else copied.push({ c, ...r });
-      } catch (err) {
-        defer(c, err as Error);
-      }
+    } finally {
+      this.groupLook = null;
     }
     if (copied.length === 0) return later;
     if (this.stopped) {
@@ -913,9 +928,14 @@ export class SegmentCompactor {
       const batch: SegmentLocation[] = [];
       let batchBytes = 0;
       while (i < places.length && (batch.length === 0 || batchBytes + places[i]!.lengthBytes <= this.opts.batchBytes)) {
-        batchBytes += places[i]!.lengthBytes;
-        batch.push(places[i++]!);
+        const place = places[i++]!;
+        // Counted dead since the group's first look (groupLook): not copied. Still referenced after all
+        // (a reader's hold, a second holder): the final look finds it in S and keeps S.
+        if (!live.has(place.offsetBytes)) continue;
+        batchBytes += place.lengthBytes;
+        batch.push(place);
       }
+      if (batch.length === 0) break; // every place left was dead
       const result = await store.compactSegment(segment, batch);
       corrupt += result.corrupt.length;
       if (result.relocations.length > 0) {
