@@ -6,7 +6,9 @@
 // not inherit the deleted one's backoff. Passes run only when the test calls
 // reconcile() (an hour's interval: a 2 h backoff), so nothing here is timed.
 // Also the author's claim no test covered: a pass that finds the move
-// blocked clears the backoff (fails with that clear removed).
+// blocked clears the backoff (fails with that clear removed). And a failed
+// move an operator has since done by hand (a pass saw the volume on that
+// tier) no longer holds back the next move there (up to 24 h before).
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -17,6 +19,7 @@ import { HeatTracker } from '../src/control/heat.js';
 import { ControlLoop, type Decision, type HeatSource } from '../src/control/loop.js';
 import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
 import { HIGH_IOPS, LOW_IOPS, policyYaml, WINDOW_MS } from './helpers/control-loop.js';
+import { migrateVolume } from '../src/dataplane/volumes/migration.js';
 import { openColdTierManager, readVolume, writeVolume } from './helpers/volume.js';
 
 const MiB = 1024 * 1024;
@@ -151,6 +154,24 @@ test('a pass that finds the move blocked clears its backoff: once it can start a
   repairWarm();
   d = await pass();
   assert.equal(d.action, 'migrate', `the backoff outlived a blocked pass: ${d.reason}`);
+  assert.deepEqual(history(), ['hot->warm:failed', 'hot->warm:succeeded']);
+  assert.ok((await readVolume(vol, 0, CHUNKS * MiB)).equals(want));
+});
+
+test('a failed move done since by an operator migrate (a pass saw the volume on that tier) no longer holds back the next move there', async (t) => {
+  const { m, make, heatAt, pass, history, repairWarm } = await setup(t);
+  const { vol, want } = await make();
+  await heatAt((LOW_IOPS + HIGH_IOPS) / 2);
+  assert.equal((await pass()).action, 'migrate');
+  assert.equal((await pass()).action, 'retry-backoff');
+  // The operator repairs the pool and moves the volume by hand; a pass sees it warm.
+  repairWarm();
+  await migrateVolume(m, 'v', 'warm', { preserve: false });
+  assert.equal((await pass()).action, 'stay');
+  // And back to hot by hand (to look at something, say); the heat still says warm.
+  await migrateVolume(m, 'v', 'hot', { preserve: false });
+  const d = await pass();
+  assert.equal(d.action, 'migrate', `a move an operator has since done still holds back the loop: ${d.reason}`);
   assert.deepEqual(history(), ['hot->warm:failed', 'hot->warm:succeeded']);
   assert.ok((await readVolume(vol, 0, CHUNKS * MiB)).equals(want));
 });

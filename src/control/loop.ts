@@ -370,7 +370,12 @@ export class ControlLoop {
       // (hasChunksOffPlacement is false for cold): nothing else moves them
       // (the destager takes only journaled chunks), so the loop finishes it.
       const vol = this.manager.openVolume(name);
-      if (tier === 'cold' ? vol.chunksOnFile().length === 0 : !vol.hasChunksOffPlacement()) return { ...base, targetTier: target, iops, action: 'stay', reason: `${why}; already ${tier}` };
+      if (tier === 'cold' ? vol.chunksOnFile().length === 0 : !vol.hasChunksOffPlacement()) {
+        // Where a failed move would have put it (a `migrate` from the CLI or
+        // the API did it): that failure says nothing of the next move here.
+        if (this.failures.get(name)?.target === tier) this.failures.delete(name);
+        return { ...base, targetTier: target, iops, action: 'stay', reason: `${why}; already ${tier}` };
+      }
       why =
         tier === 'cold'
           ? `${why}; already cold, but an interrupted move left ${vol.chunksOnFile().length} chunks in its file: finishing it`
