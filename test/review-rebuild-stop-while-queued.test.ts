@@ -16,7 +16,7 @@ import { TestDaemon } from './helpers/daemon.js';
 import { MiB, api, loseAndReplacePool, postRebuild, scrub, startWithColdVolume } from './helpers/cold.js';
 
 /** Enough stripes that the timer's rebuild of a replaced pool lasts a few hundred ms at least. */
-const STRIPES = 160;
+const STRIPES = 256;
 const TIMER_WAIT_MS = 60_000;
 
 interface ColdListing {
