@@ -43,6 +43,18 @@ test('a spare dropped for a write\'s room is not unlinked on the event loop; clo
   const spareBytes = j.bytesSpare;
   // Before: fs.unlinkSync on the append that needed the spare's room.
   t.mock.method(fs, 'unlinkSync', (p: fs.PathLike) => assert.fail(`unlinkSync(${String(p)}) on the event loop`));
+  // The drop file's removal reports 100 ms late (a slow unlink): close() must still wait for it.
+  const realRm = fs.rm;
+  let dropRemoved = false;
+  t.mock.method(fs, 'rm', (p: fs.PathLike, opts: fs.RmOptions, cb: (err: NodeJS.ErrnoException | null) => void) =>
+    realRm(p, opts, (err) => {
+      if (!path.basename(String(p)).startsWith('journal-drop-')) return cb(err);
+      setTimeout(() => {
+        dropRemoved = true;
+        cb(err);
+      }, 100);
+    }),
+  );
   const writes: Promise<void>[] = [];
   let i = 0;
   while (j.spareFiles.length > 0) {
@@ -58,7 +70,8 @@ test('a spare dropped for a write\'s room is not unlinked on the event loop; clo
   await j.sync();
   await j.close();
   t.mock.restoreAll();
-  assert.deepEqual(named(dir, 'journal-drop-'), [], 'close() returned before the dropped spare was unlinked');
+  assert.ok(dropRemoved, 'close() returned before the dropped spare\'s removal did');
+  assert.deepEqual(named(dir, 'journal-drop-'), []);
   const j2 = openTestJournal(dir, { fileBytes: 64 * FILE_BYTES, capacityBytes: CAPACITY_BYTES, destagedSeq: () => DESTAGED_SEQ, highestDestagedSeq: DESTAGED_SEQ });
   assert.equal(j2.extents(1, 0)?.length, i, 'every write replays');
   await j2.close();

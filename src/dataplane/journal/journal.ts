@@ -457,9 +457,10 @@ export class Journal {
         if ((err as NodeJS.ErrnoException).code !== 'ENOENT') log.warn('journal: a spare file could not be removed', { spare: name, err: (err as Error).message });
         continue;
       }
+      // fs.rm as every removal here (the power-loss model logs it).
       const unlinked = new Promise<void>((resolve) =>
-        fs.unlink(dropped, (err) => {
-          if (err && err.code !== 'ENOENT') log.warn('journal: a spare file could not be removed', { spare: name, err: err.message });
+        fs.rm(dropped, { force: true }, (err) => {
+          if (err) log.warn('journal: a spare file could not be removed', { spare: name, err: err.message });
           resolve();
         }),
       );
