@@ -1028,6 +1028,8 @@ export class Reconstructor {
     // since: every other volume's shards there may be gone again, and a retry looks at those
     // volumes alone (it answered complete and dropped the pool). The whole pool instead.
     if (only !== null && this.skippedByRebuild.get(poolName)?.store !== target) only = null;
+    // Upgraded: GET /v1/cold (rebuilding) says so, and a whole-pool request asked from now on shares this run.
+    if (only === null && onlyAsked !== null && this.poolRebuild?.pool === poolName) this.poolRebuild.only = null;
     report.retryOfSkipped = only !== null;
     // A retry of skipped volumes has its entry already: a crash during it leaves the pool listed.
     if (only === null) run.markedRunning = await this.markRunning(poolName);
