@@ -5,12 +5,11 @@
 // for 16 MiB freed).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import crypto from 'node:crypto';
 import fs from 'node:fs';
 import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
 import { migrateVolume, MigrationAborted, migrationPunchCounters, type MigrationProgress } from '../src/dataplane/volumes/migration.js';
 import { firstDataOffset } from '../src/dataplane/volumes/seek-data.js';
-import { openColdTierManager, readVolume, tempDirClosing, writeVolume } from './helpers/volume.js';
+import { flushedRandomVolume, openColdTierManager, readVolume, tempDirClosing } from './helpers/volume.js';
 
 const MiB = 1024 * 1024;
 const CHUNKS = 48;
@@ -37,12 +36,8 @@ test('aborted moves to cold in a row count only the dead ranges that still held 
   const dir = tempDirClosing(t, 'couchestor-punch-count-', () => m!);
   m = await openColdTierManager(dir);
   const mgr = m;
-  await mgr.createVolume({ name: 'v', sizeBytes: CHUNKS * MiB, pool: 'hot-0' });
-  const vol = mgr.openVolume('v');
+  const { vol, want } = await flushedRandomVolume(mgr, 'v', CHUNKS * MiB);
   const file = mgr.pools.get('hot-0')!.volumeFile(vol.rec.id);
-  const want = crypto.randomBytes(CHUNKS * MiB);
-  await writeVolume(vol, 0, want);
-  await vol.flush();
   const range = (from: number, to: number) => Array.from({ length: to - from }, (_, i) => from + i);
 
   /** A move to cold aborted once `stopAt` says so; resolves with its last progress report. */

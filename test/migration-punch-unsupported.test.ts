@@ -12,17 +12,16 @@
 // for the same file, and does not even open the volume; the same bytes in a
 // new file (another inode: the file restored, the pool moved) are tried again.
 // Needs root (mount); the mounts are removed after.
-import { test, type TestContext } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
 import { migrateVolume, migrationPunchCounters, MigrationAborted, type MigrationProgress } from '../src/dataplane/volumes/migration.js';
 import { readFileRange } from './helpers/hot-warm.js';
 import { PUNCH_KILL_CHUNKS, PUNCH_KILL_TRIMMED, runPunchKillChild } from './helpers/punch-kill-child.js';
+import { ramfsHotPoolDir } from './helpers/ramfs-hot-pool.js';
 import { openColdTierManager, readVolume, writeVolume } from './helpers/volume.js';
 import { stderrLines } from './helpers/stderr.js';
 
@@ -34,27 +33,6 @@ const BLOCKS_PER_CHUNK = MiB / 512;
 const NO_PUNCH_LOG = /the file system cannot punch holes/;
 /** What the operator can do, in the same line. */
 const NO_PUNCH_ADVICE = /couchestor volumes migrate v cold.*file system that punches holes/;
-
-function run(cmd: string, args: string[]): void {
-  const r = spawnSync(cmd, args, { encoding: 'utf8' });
-  assert.equal(r.status, 0, `${cmd} ${args.join(' ')}: ${r.error?.message ?? ''}${r.stderr}`);
-}
-
-/** A temp dir whose hot-0/volumes is a fresh ramfs mount; closes `current()`, unmounts and removes it all when `t` ends. */
-function ramfsHotPoolDir(t: TestContext, prefix: string, current: () => VolumeManager | null): { dir: string; volumesDir: string } {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
-  const volumesDir = path.join(dir, 'hot-0', 'volumes');
-  let mounted = false;
-  t.after(async () => {
-    await current()?.close().catch(() => undefined);
-    if (mounted) run('umount', [volumesDir]);
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
-  fs.mkdirSync(volumesDir, { recursive: true });
-  run('mount', ['-t', 'ramfs', '-o', 'mode=0755', 'couchestor-test-ramfs', volumesDir]);
-  mounted = true;
-  return { dir, volumesDir };
-}
 
 test('hot pool on ramfs (fallocate PUNCH_HOLE answers EOPNOTSUPP): an aborted move to cold ends Aborted, counts and logs the refused punch once, changes no byte; the next move to cold completes', async (t) => {
   let m: VolumeManager | null = null;

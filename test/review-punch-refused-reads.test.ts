@@ -7,36 +7,19 @@
 // answers EOPNOTSUPP); needs root (mount).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
 import { migrateVolume, migrationPunchCounters } from '../src/dataplane/volumes/migration.js';
 import { PUNCH_KILL_CHUNKS as CHUNKS, PUNCH_KILL_TRIMMED as TRIMMED, runPunchKillChild } from './helpers/punch-kill-child.js';
+import { ramfsHotPoolDir } from './helpers/ramfs-hot-pool.js';
 import { openColdTierManager, readVolume, writeVolume } from './helpers/volume.js';
 
 const MiB = 1024 * 1024;
 
-function run(cmd: string, args: string[]): void {
-  const r = spawnSync(cmd, args, { encoding: 'utf8' });
-  assert.equal(r.status, 0, `${cmd} ${args.join(' ')}: ${r.error?.message ?? ''}${r.stderr}`);
-}
-
 test('ramfs hot pool, the start-up punch refused then skipped: the unpunched dead ranges never read as data, back to hot and to cold again', async (t) => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-review-punch-reads-'));
-  const volumesDir = path.join(dir, 'hot-0', 'volumes');
   let m: VolumeManager | null = null;
-  let mounted = false;
-  t.after(async () => {
-    await m?.close().catch(() => undefined);
-    if (mounted) run('umount', [volumesDir]);
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
-  fs.mkdirSync(volumesDir, { recursive: true });
-  run('mount', ['-t', 'ramfs', '-o', 'mode=0755', 'couchestor-review-ramfs', volumesDir]);
-  mounted = true;
+  const { dir } = ramfsHotPoolDir(t, 'couchestor-review-punch-reads-', () => m);
 
   const want = crypto.randomBytes(CHUNKS * MiB);
   const file = await runPunchKillChild(dir, want);

@@ -6,48 +6,27 @@
 // PUNCH_HOLE answers EOPNOTSUPP); needs root (mount).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
 import { migrateVolume, migrationPunchCounters, MigrationAborted, type MigrationProgress } from '../src/dataplane/volumes/migration.js';
 import { stderrLines } from './helpers/stderr.js';
-import { openColdTierManager, readVolume, writeVolume } from './helpers/volume.js';
+import { ramfsHotPoolDir } from './helpers/ramfs-hot-pool.js';
+import { flushedRandomVolume, openColdTierManager, readVolume, writeVolume } from './helpers/volume.js';
 
 const MiB = 1024 * 1024;
 const CHUNKS = 24;
 const MOVED = 16;
 const NO_PUNCH_LOG = /the file system cannot punch holes/;
 
-function run(cmd: string, args: string[]): void {
-  const r = spawnSync(cmd, args, { encoding: 'utf8' });
-  assert.equal(r.status, 0, `${cmd} ${args.join(' ')}: ${r.error?.message ?? ''}${r.stderr}`);
-}
-
 test('ramfs hot pool: a second aborted move to cold of the same file reports and counts the refused punch but does not log it again', async (t) => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-review-punch-abort2-'));
-  const volumesDir = path.join(dir, 'hot-0', 'volumes');
   let m: VolumeManager | null = null;
-  let mounted = false;
-  t.after(async () => {
-    await m?.close().catch(() => undefined);
-    if (mounted) run('umount', [volumesDir]);
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
-  fs.mkdirSync(volumesDir, { recursive: true });
-  run('mount', ['-t', 'ramfs', '-o', 'mode=0755', 'couchestor-review-ramfs', volumesDir]);
-  mounted = true;
+  const { dir } = ramfsHotPoolDir(t, 'couchestor-review-punch-abort2-', () => m);
 
   m = await openColdTierManager(dir);
   const mgr = m;
-  await mgr.createVolume({ name: 'v', sizeBytes: CHUNKS * MiB, pool: 'hot-0' });
-  const vol = mgr.openVolume('v');
+  const { vol, want } = await flushedRandomVolume(mgr, 'v', CHUNKS * MiB);
   const file = mgr.pools.get('hot-0')!.volumeFile(vol.rec.id);
-  const want = crypto.randomBytes(CHUNKS * MiB);
-  await writeVolume(vol, 0, want);
-  await vol.flush();
 
   // Aborted at the first progress report with `atChunks` copied (0: before any: the chunks a
   // first move destaged are still Cold, so the punch has dead ranges either way).
