@@ -10,14 +10,12 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
 import { ControlLoop, type HeatSource } from '../src/control/loop.js';
 import { HeatTracker } from '../src/control/heat.js';
 import { HIGH_IOPS, LOW_IOPS, policyYaml } from './helpers/control-loop.js';
-import { COLD_MOVE_KILL_CHUNKS as CHUNKS, runColdMoveKillChild } from './helpers/cold-move-kill-child.js';
-import { openColdTierManager, readVolume } from './helpers/volume.js';
+import { COLD_MOVE_KILL_CHUNKS as CHUNKS, restartAfterKilledMove } from './helpers/cold-move-kill-child.js';
+import { readVolume } from './helpers/volume.js';
 
 const MiB = 1024 * 1024;
 const WINDOW_MS = 2_000;
@@ -26,22 +24,10 @@ const SAMPLE_INTERVAL_MS = 100;
 for (const movePreserved of [true, false]) {
   const loopPreserves = !movePreserved;
   test(`a ${movePreserved ? 'preserving' : 'plain'} hot -> warm move killed mid-COPY, finished by a loop ${loopPreserves ? 'in' : 'without'} preservation mode, keeps the move's own mode`, async (t) => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-finish-warm-mode-'));
-    let m: VolumeManager | null = null;
     let loop: ControlLoop | null = null;
-    t.after(async () => {
-      await loop?.stop();
-      await m?.close().catch(() => undefined);
-      fs.rmSync(dir, { recursive: true, force: true });
-    });
     const want = crypto.randomBytes(CHUNKS * MiB);
-    const hotFile = await runColdMoveKillChild(dir, want, movePreserved, 'warm');
-
     // The restart as the daemon does it: open, then finish interrupted releases (nothing to do here).
-    m = await openColdTierManager(dir, false);
-    const mgr = m;
-    await mgr.finishInterruptedReleases();
-    const vol = mgr.openVolume('v');
+    const { dir, hotFile, m: mgr, vol } = await restartAfterKilledMove(t, 'couchestor-finish-warm-mode-', want, movePreserved, 'warm', () => loop);
     assert.equal(vol.rec.tier, 'warm');
     assert.equal(vol.rec.poolName, 'warm-0');
     const left = vol.chunksOffFile().length;

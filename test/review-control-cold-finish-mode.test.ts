@@ -11,14 +11,12 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
 import { ControlLoop } from '../src/control/loop.js';
 import { HeatTracker } from '../src/control/heat.js';
 import { policyYaml } from './helpers/control-loop.js';
-import { COLD_MOVE_KILL_CHUNKS as CHUNKS, COLD_MOVE_KILL_MOVED as MOVED, runColdMoveKillChild } from './helpers/cold-move-kill-child.js';
-import { openColdTierManager, readVolume } from './helpers/volume.js';
+import { COLD_MOVE_KILL_CHUNKS as CHUNKS, COLD_MOVE_KILL_MOVED as MOVED, restartAfterKilledMove } from './helpers/cold-move-kill-child.js';
+import { readVolume } from './helpers/volume.js';
 
 const MiB = 1024 * 1024;
 const WINDOW_MS = 2_000;
@@ -27,22 +25,10 @@ const SAMPLE_INTERVAL_MS = 1_000;
 for (const movePreserved of [true, false]) {
   const loopPreserves = !movePreserved;
   test(`a ${movePreserved ? 'preserving' : 'plain'} move to cold killed mid-COPY, finished by a loop ${loopPreserves ? 'in' : 'without'} preservation mode, keeps the move's own mode`, async (t) => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-review-cold-finish-'));
-    let m: VolumeManager | null = null;
     let loop: ControlLoop | null = null;
-    t.after(async () => {
-      loop?.stop();
-      await m?.close().catch(() => undefined);
-      fs.rmSync(dir, { recursive: true, force: true });
-    });
     const want = crypto.randomBytes(CHUNKS * MiB);
-    const file = await runColdMoveKillChild(dir, want, movePreserved);
-
     // The restart as the daemon does it: open, then finish interrupted releases (a plain move's punch).
-    m = await openColdTierManager(dir, false);
-    const mgr = m;
-    await mgr.finishInterruptedReleases();
-    const vol = mgr.openVolume('v');
+    const { dir, hotFile: file, m: mgr, vol } = await restartAfterKilledMove(t, 'couchestor-review-cold-finish-', want, movePreserved, 'cold', () => loop);
     assert.equal(vol.rec.tier, 'cold');
     assert.equal(vol.chunksOnFile().length, CHUNKS - MOVED);
     assert.deepEqual(vol.rec.keptFilePools, movePreserved ? ['hot-0'] : [], 'the mode the move recorded');
