@@ -9,38 +9,18 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 import { DEFAULT_COMPACTION_OPTIONS, SegmentCompactor, type CompactionOptions } from '../src/dataplane/ec/compaction.js';
 import type { StripeRef } from '../src/dataplane/ec/stripe-store.js';
 import { ALL_OBJECT_KEYS, OBJECTS_DB, PARTS_DB, coldStripeRefs } from '../src/dataplane/objects/cold-segments.js';
 import type { ObjectStore } from '../src/dataplane/objects/store.js';
 import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
 import { bodyOf, MiB, readObject } from './helpers/cold.js';
+import { compactionTempDir, putModel as put } from './helpers/compaction-tier.js';
 import { openCompactionTier } from './helpers/volume.js';
 
 const COLD_POOLS = 6;
 
 type Tier = Awaited<ReturnType<typeof openCompactionTier>>;
-
-function tempDir(): string {
-  return fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-compaction-grouped-'));
-}
-
-/** After the test: `close` (the tier's daemon parts, which write into `dir`), then `dir` removed. */
-function cleanUp(t: TestContext, dir: string, close: () => Promise<unknown>): void {
-  t.after(async () => {
-    await close();
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
-}
-
-async function put(store: ObjectStore, models: Map<string, Buffer>, key: string, lengthBytes: number): Promise<void> {
-  const bytes = crypto.randomBytes(lengthBytes);
-  await store.putObject('cold', key, bodyOf(bytes), { contentHeaders: {}, userMeta: {}, expectedBytes: bytes.length });
-  models.set(key, bytes);
-}
 
 /** Sealed segments (with bytes) per pool, from the compactor's listing. */
 async function sealedSegments(tier: Tier): Promise<Map<string, number[]>> {
@@ -70,9 +50,8 @@ async function assertAllThere(m: VolumeManager, store: ObjectStore, models: Map<
 }
 
 test('a reference to segment B moving keys (multipart completion) while segment A of the same group is copied keeps B; every byte reads back, and the next pass compacts B', { timeout: 300_000 }, async (t) => {
-  const dir = tempDir();
+  const dir = compactionTempDir(t, 'couchestor-compaction-grouped-', () => tier.close());
   let tier = await openCompactionTier(dir, true);
-  cleanUp(t, dir, () => tier.close());
   const { m, store, compactor } = tier;
   await store.createBucket('cold', 'cold');
   const models = new Map<string, Buffer>();
@@ -157,7 +136,10 @@ test('a reference to segment B moving keys (multipart completion) while segment 
  * on from the last key read, exclusiveStart).
  */
 async function countingTier(t: TestContext, sealedPerPool: number, opts: Partial<CompactionOptions>) {
-  const dir = tempDir();
+  const dir = compactionTempDir(t, 'couchestor-compaction-grouped-', async () => {
+    await compactor.stop();
+    await tier.close();
+  });
   const tier = await openCompactionTier(dir, true);
   // The helper's compactor gives way to one with `opts`, whose objects database (the real one) counts scans.
   await tier.compactor.stop();
@@ -182,10 +164,6 @@ async function countingTier(t: TestContext, sealedPerPool: number, opts: Partial
   }) as typeof m.meta.openDB;
   const compactor = new SegmentCompactor(m.cold!.stripes, m.meta, () => m.openVolumes(), { intervalMs: 0, deadFraction: 0.01, recountSliceEntries: 4, ...opts });
   m.meta.openDB = openDB;
-  cleanUp(t, dir, async () => {
-    await compactor.stop();
-    await tier.close();
-  });
   await store.createBucket('cold', 'cold');
   const models = new Map<string, Buffer>();
   for (let s = 0; s < sealedPerPool; s++) {
@@ -272,9 +250,8 @@ test('a pass reads the index twice per group of segments, not twice per segment;
 });
 
 test('segmentsPerScan and groupCopyBytes are validated', async (t) => {
-  const dir = tempDir();
+  const dir = compactionTempDir(t, 'couchestor-compaction-grouped-', () => tier.close());
   const tier = await openCompactionTier(dir, true);
-  cleanUp(t, dir, () => tier.close());
   const make = (opts: Partial<CompactionOptions>) => new SegmentCompactor(tier.m.cold!.stripes, tier.m.meta, () => [], { intervalMs: 0, ...opts });
   assert.throws(() => make({ segmentsPerScan: 0 }), RangeError);
   assert.throws(() => make({ segmentsPerScan: 1.5 }), RangeError);

@@ -11,14 +11,12 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 import type { StripeRef } from '../src/dataplane/ec/stripe-store.js';
 import { ALL_OBJECT_KEYS, OBJECTS_DB, PARTS_DB, coldStripeRefs } from '../src/dataplane/objects/cold-segments.js';
 import type { ObjectStore } from '../src/dataplane/objects/store.js';
 import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
 import { MiB, readObject } from './helpers/cold.js';
+import { compactionTempDir } from './helpers/compaction-tier.js';
 import { observeIndexRanges, openCompactionTier, type IndexRangeHooks } from './helpers/volume.js';
 
 /** Index padding read by every scan (object records of a bucket id no bucket has, holding no stripe): the window the completion commits in. */
@@ -46,13 +44,9 @@ test('a multipart completion committing while the FINAL look reads its snapshot 
 
 /** One attempt; false when the timing missed the window (nothing proven about the final look, but every assertion on the data still ran). */
 async function attemptRace(t: TestContext): Promise<boolean> {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-review-final-look-'));
+  const dir = compactionTempDir(t, 'couchestor-review-final-look-', () => tier.close());
   const hooks: IndexRangeHooks = { objects: null, parts: null };
   let tier = await openTier(dir, true, hooks);
-  t.after(async () => {
-    await tier.close();
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
   const { m, store, compactor } = tier;
   await store.createBucket('cold', 'cold');
   const objects = m.meta.openDB<{ segments: unknown[] }, Buffer>(OBJECTS_DB);

@@ -7,25 +7,16 @@
 // segments), ObjectStore, SegmentCompactor, LMDB.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import crypto from 'node:crypto';
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 import { SegmentCompactor } from '../src/dataplane/ec/compaction.js';
 import type { StripeRef } from '../src/dataplane/ec/stripe-store.js';
 import { ALL_OBJECT_KEYS, OBJECTS_DB, coldStripeRefs } from '../src/dataplane/objects/cold-segments.js';
 import type { ObjectStore } from '../src/dataplane/objects/store.js';
 import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
-import { bodyOf, MiB, readObject } from './helpers/cold.js';
+import { MiB, readObject } from './helpers/cold.js';
+import { compactionTempDir, putModel as put } from './helpers/compaction-tier.js';
 import { openCompactionTier } from './helpers/volume.js';
 
 const COLD_POOLS = 6;
-
-async function put(store: ObjectStore, models: Map<string, Buffer>, key: string): Promise<void> {
-  const bytes = crypto.randomBytes(MiB);
-  await store.putObject('cold', key, bodyOf(bytes), { contentHeaders: {}, userMeta: {}, expectedBytes: bytes.length });
-  models.set(key, bytes);
-}
 
 async function assertAllThere(m: VolumeManager, store: ObjectStore, models: Map<string, Buffer>, when: string): Promise<void> {
   for (const [key, want] of models) assert.ok((await readObject(store, 'cold', key)).equals(want), `${when}: ${key} reads back byte-exact`);
@@ -42,19 +33,15 @@ async function assertAllThere(m: VolumeManager, store: ObjectStore, models: Map<
 }
 
 test('a member whose copy fails half way (first batch flipped) is kept; the members flipped before it and copied after it are deleted; nothing reads degraded', { timeout: 120_000 }, async (t) => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-review-group-copy-fails-'));
+  const dir = compactionTempDir(t, 'couchestor-review-group-copy-fails-', () => tier.close());
   let tier = await openCompactionTier(dir, true);
-  t.after(async () => {
-    await tier.close();
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
   await tier.compactor.stop();
   const { m, store } = tier;
   await store.createBucket('cold', 'cold');
   const models = new Map<string, Buffer>();
   // Each object is one record on each cold pool; 3 fill a 1 MiB segment.
   // Segment B of each pool: y1, d1, d2 (2/3 dead: compacted first). Segment A: x1, x2, d3 (1/3 dead: two live records).
-  for (const key of ['y1', 'd1', 'd2', 'x1', 'x2', 'd3', 'tail']) await put(store, models, key);
+  for (const key of ['y1', 'd1', 'd2', 'x1', 'x2', 'd3', 'tail']) await put(store, models, key, MiB);
   for (const key of ['d1', 'd2', 'd3']) {
     assert.equal(await store.deleteObject('cold', key), true);
     models.delete(key);

@@ -7,29 +7,15 @@
 // VolumeManager's cold tier (1 MiB segments), ObjectStore, SegmentCompactor.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import crypto from 'node:crypto';
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
-import type { ObjectStore } from '../src/dataplane/objects/store.js';
-import { bodyOf, MiB, readObject } from './helpers/cold.js';
+import { MiB, readObject } from './helpers/cold.js';
+import { compactionTempDir, putModel as put } from './helpers/compaction-tier.js';
 import { openCompactionTier } from './helpers/volume.js';
 
 const COLD_POOLS = 6;
 
-async function put(store: ObjectStore, models: Map<string, Buffer>, key: string, lengthBytes: number): Promise<void> {
-  const bytes = crypto.randomBytes(lengthBytes);
-  await store.putObject('cold', key, bodyOf(bytes), { contentHeaders: {}, userMeta: {}, expectedBytes: bytes.length });
-  models.set(key, bytes);
-}
-
 test('a record freed after the group first look, before its segment is copied, is not copied (no unreferenced copy the hints never count)', { timeout: 120_000 }, async (t) => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-review-group-stale-'));
+  const dir = compactionTempDir(t, 'couchestor-review-group-stale-', () => tier.close());
   const tier = await openCompactionTier(dir, true);
-  t.after(async () => {
-    await tier.close();
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
   const { m, store, compactor } = tier;
   await store.createBucket('cold', 'cold');
   const models = new Map<string, Buffer>();
