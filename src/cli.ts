@@ -1,5 +1,6 @@
 // The `couchestor` command. Volume commands go through a running daemon's
 // admin API when there is one, else straight to the metadata on disk.
+import http from 'node:http';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { loadConfig, parseSize } from './config.js';
@@ -268,13 +269,9 @@ async function call<T>(dataDir: string, method: string, urlPath: string, body: u
     }
   }
   if (st) {
-    const res = await fetch(`http://${st.api.host}:${st.api.port}${urlPath}`, {
-      method,
-      headers: body === undefined ? {} : { 'content-type': 'application/json' },
-      body: body === undefined ? undefined : JSON.stringify(body),
-    });
-    const text = await res.text();
-    if (!res.ok) {
+    const res = await apiRequest(st.api.host, st.api.port, method, urlPath, body);
+    const text = res.text;
+    if (res.status < 200 || res.status > 299) {
       let msg = text;
       try {
         msg = (JSON.parse(text) as { message: string }).message;
@@ -295,6 +292,36 @@ async function call<T>(dataDir: string, method: string, urlPath: string, body: u
   } finally {
     lock?.release();
   }
+}
+
+/**
+ * One request to the daemon's admin API, with no client-side time limit.
+ * Not fetch(): its HTTP client (undici) gives up after 300 s without
+ * response headers, and the API answers a migrate, rebuild, scrub, destage
+ * or `reconcile --wait` only when the work is done: a large volume's move
+ * (or a pool's rebuild) outlasted it, and the command failed with "fetch
+ * failed" while the daemon carried on. A daemon that dies closes the socket
+ * (an error here); Ctrl-C stops a wait the operator no longer wants.
+ */
+function apiRequest(host: string, port: number, method: string, urlPath: string, body: unknown): Promise<{ status: number; text: string }> {
+  const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
+  return new Promise((resolve, reject) => {
+    const req = http.request(
+      { host, port, method, path: urlPath, headers: payload === undefined ? {} : { 'content-type': 'application/json', 'content-length': payload.length } },
+      (res) => {
+        const parts: Buffer[] = [];
+        res.on('data', (b: Buffer) => parts.push(b));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, text: Buffer.concat(parts).toString('utf8') }));
+        res.on('error', reject);
+        // A daemon killed mid-answer: the promise is settled once, by 'end' when the answer was whole.
+        res.on('close', () => {
+          if (!res.complete) reject(new Error(`the daemon closed the connection before its answer to ${method} ${urlPath} was complete`));
+        });
+      },
+    );
+    req.on('error', reject);
+    req.end(payload);
+  });
 }
 
 async function volumes(dataDir: string, sub: string | undefined, args: string[], values: Record<string, unknown>): Promise<number> {
