@@ -27,6 +27,7 @@ import {
   startWithColdVolume,
   untilPoolBytes,
 } from './helpers/cold.js';
+import { poolGauge, type ListedRebuild } from './helpers/rebuild.js';
 
 const STRIPES = 32;
 const LOST = 2;
@@ -35,21 +36,9 @@ const ATTEMPTS = 5;
 /** The daemon's retry interval is 10 s: its first pass after the restart, with room for a loaded box. */
 const TIMER_WAIT_MS = 60_000;
 
-interface Listed {
-  pool: string;
-  volumesSkipped: string[];
-  notRebuilt: number;
-  interrupted?: true;
-}
 interface ColdListing {
-  incompleteRebuilds: Listed[];
+  incompleteRebuilds: ListedRebuild[];
   rebuilding: { pool: string; wholePool: boolean; startedBy: string; queued: string | null } | null;
-}
-
-async function gaugeOf(d: TestDaemon, name: string, pool: string): Promise<number | undefined> {
-  const text = await (await fetch(`http://${d.info.metrics.host}:${d.info.metrics.port}/metrics`)).text();
-  const line = text.split('\n').find((l) => l.startsWith(`${name}{pool="${pool}"} `));
-  return line === undefined ? undefined : Number(line.split(' ')[1]);
 }
 
 test('SIGKILL during a whole-pool rebuild of a pool with no entry: listed after the restart, and the retry timer rebuilds the whole pool', async (t) => {
@@ -89,9 +78,9 @@ test('SIGKILL during a whole-pool rebuild of a pool with no entry: listed after 
   // After the restart: listed (API and gauge), before the timer's first pass (10 s after start).
   const listing = await api<ColdListing>(d, 'GET', '/v1/cold');
   assert.deepEqual(listing.incompleteRebuilds, [{ pool: `cold-${LOST}`, volumesSkipped: [], notRebuilt: 1, interrupted: true }], 'the pool is listed after the restart');
-  assert.equal(await gaugeOf(d, 'couchestor_rebuild_incomplete', `cold-${LOST}`), 1);
-  assert.equal(await gaugeOf(d, 'couchestor_rebuild_stripes_not_rebuilt', `cold-${LOST}`), 1, 'at least one: how many is not known');
-  assert.equal(await gaugeOf(d, 'couchestor_rebuild_incomplete', 'cold-0'), 0);
+  assert.equal(await poolGauge(d, 'couchestor_rebuild_incomplete', `cold-${LOST}`), 1);
+  assert.equal(await poolGauge(d, 'couchestor_rebuild_stripes_not_rebuilt', `cold-${LOST}`), 1, 'at least one: how many is not known');
+  assert.equal(await poolGauge(d, 'couchestor_rebuild_incomplete', 'cold-0'), 0);
 
   // No rebuild is asked for: the retry timer rebuilds the whole pool. Polled through the API
   // (no event crosses the process boundary), bounded.
@@ -102,7 +91,7 @@ test('SIGKILL during a whole-pool rebuild of a pool with no entry: listed after 
     await new Promise((r) => setTimeout(r, 250));
     now = await api<ColdListing>(d, 'GET', '/v1/cold');
   }
-  assert.equal(await gaugeOf(d, 'couchestor_rebuild_incomplete', `cold-${LOST}`), 0);
+  assert.equal(await poolGauge(d, 'couchestor_rebuild_incomplete', `cold-${LOST}`), 0);
   const status = await coldStatus(d);
   assert.ok(status.shardsRebuilt >= degraded, `the timer's rebuild rebuilt the ${degraded} missing shards: ${JSON.stringify(status)}`);
 

@@ -9,13 +9,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import path from 'node:path';
 import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
 import { buildApi } from '../src/control/api.js';
 import { createMetrics } from '../src/control/metrics/index.js';
 import { metricsSource } from '../src/control/observe.js';
 import { HeatTracker } from '../src/control/heat.js';
 import { coldPairWithHot1Offline, openColdTierManager, readVolume, tempDirClosing } from './helpers/volume.js';
+import { replacePoolDir } from './helpers/rebuild.js';
 
 const MiB = 1024 * 1024;
 const LOST = 'cold-2';
@@ -55,8 +55,7 @@ test('an incomplete cold-pool rebuild is still listed (API, gauge, index) after 
   const pair = await coldPairWithHot1Offline(m, dir);
   m = pair.m;
   const { hot1, want } = pair;
-  fs.rmSync(path.join(dir, LOST), { recursive: true });
-  fs.mkdirSync(path.join(dir, LOST));
+  replacePoolDir(dir, LOST);
   assert.equal(await gauge(m, 'couchestor_rebuild_incomplete'), 0, 'a cold pool not listed reads 0');
 
   const first = await m.cold!.reconstructor.rebuildPool(LOST);

@@ -17,6 +17,7 @@ import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
 import type { PoolRebuildReport, ScrubReport } from '../src/dataplane/ec/reconstruction.js';
 import { buildApi } from '../src/control/api.js';
 import { coldVolumeOnHot1, openColdTierManager, readVolume, tempDirClosing, writeVolume } from './helpers/volume.js';
+import { replacePoolDir } from './helpers/rebuild.js';
 
 const MiB = 1024 * 1024;
 const LOST = 'cold-2';
@@ -44,8 +45,7 @@ async function setUp(t: TestContext, prefix: string): Promise<{ m: VolumeManager
   await m.close();
   m = await openColdTierManager(dir, false);
   fs.renameSync(hot1, `${hot1}.gone`);
-  fs.rmSync(path.join(dir, LOST), { recursive: true });
-  fs.mkdirSync(path.join(dir, LOST));
+  replacePoolDir(dir, LOST);
   // Where a's stripes had their cold-2 shard (what the scrub must report missing).
   const aId = m.meta.volumes.get('a')!.id;
   const lostShardOfA = [...m.meta.volumeChunks(aId)].map(({ entry }) => entry.stripe!.shards.findIndex((s) => s.pool === LOST));
@@ -180,8 +180,7 @@ test('a volume that cannot be opened but has no stripe on the pool does not hold
   await m.close();
   m = await openColdTierManager(dir, false);
   fs.renameSync(hot1, `${hot1}.gone`);
-  fs.rmSync(path.join(dir, LOST), { recursive: true });
-  fs.mkdirSync(path.join(dir, LOST));
+  replacePoolDir(dir, LOST);
 
   const report = await m.cold!.reconstructor.rebuildPool(LOST);
   assert.equal(report.complete, true, JSON.stringify(report));

@@ -8,33 +8,20 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import path from 'node:path';
-import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
 import { PoolRebuildBusy, type PoolRebuildReport } from '../src/dataplane/ec/reconstruction.js';
 import { buildApi } from '../src/control/api.js';
-import { coldPairWithHot1Offline, openColdTierManager, readVolume, tempDirClosing } from './helpers/volume.js';
-
-function losePool(dir: string, pool: string): void {
-  fs.rmSync(path.join(dir, pool), { recursive: true });
-  fs.mkdirSync(path.join(dir, pool));
-}
+import { readVolume } from './helpers/volume.js';
+import { pairWithSkippedRebuild, replacePoolDir } from './helpers/rebuild.js';
 
 test("an operator's rebuild of another pool waits for the retry timer's rebuild, then runs; a third pool is refused", async (t) => {
-  let m: VolumeManager | null = null;
-  const dir = tempDirClosing(t, 'couchestor-rebuild-queued-behind-timer-', () => m!);
-  m = await openColdTierManager(dir);
   // a on hot-1 (offline), b on hot-0: two stripes each. cold-2 is lost; its rebuild skips a.
-  const pair = await coldPairWithHot1Offline(m, dir);
-  m = pair.m;
-  const r = m.cold!.reconstructor;
-  losePool(dir, 'cold-2');
-  const first = await r.rebuildPool('cold-2');
+  const { dir, m, r, hot1, want, first } = await pairWithSkippedRebuild(t, 'couchestor-rebuild-queued-behind-timer-');
   assert.equal(first.complete, false);
   assert.deepEqual(first.volumesSkipped.map((u) => u.volume), ['a']);
 
   // hot-1 is back, and cold-3 is lost too (4+2: two shards per stripe still missing at most).
-  fs.renameSync(`${pair.hot1}.gone`, pair.hot1);
-  losePool(dir, 'cold-3');
+  fs.renameSync(`${hot1}.gone`, hot1);
+  replacePoolDir(dir, 'cold-3');
 
   // The retry timer's step for skipped volumes starts its rebuild of cold-2 (a's stripes).
   const order: string[] = [];
@@ -72,5 +59,5 @@ test("an operator's rebuild of another pool waits for the retry timer's rebuild,
   const whole = await r.scrub({ rateLimited: false });
   assert.equal(whole.stripesChecked, 4);
   assert.equal(whole.badStripes, 0);
-  for (const [name, bytes] of pair.want) assert.ok((await readVolume(m.openVolume(name), 0, bytes.length)).equals(bytes), `volume ${name} reads back`);
+  for (const [name, bytes] of want) assert.ok((await readVolume(m.openVolume(name), 0, bytes.length)).equals(bytes), `volume ${name} reads back`);
 });

@@ -11,6 +11,7 @@ import path from 'node:path';
 import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
 import { SHARD_HEADER_BYTES } from '../src/dataplane/ec/shard-record.js';
 import { coldPairWithHot1Offline, openColdTierManager, tempDirClosing } from './helpers/volume.js';
+import { replacePoolDir } from './helpers/rebuild.js';
 
 const MiB = 1024 * 1024;
 const LOST = 'cold-2';
@@ -22,8 +23,7 @@ test('a retry of the skipped volumes does not report the pool complete while a s
   const pair = await coldPairWithHot1Offline(m, dir);
   m = pair.m;
   const hot1 = pair.hot1;
-  fs.rmSync(path.join(dir, LOST), { recursive: true });
-  fs.mkdirSync(path.join(dir, LOST));
+  replacePoolDir(dir, LOST);
   // b's stripe 0 loses two more shards (a flipped payload byte each, on pools other than
   // cold-2): 3 good of 4+2, its cold-2 shard cannot be rebuilt.
   const bId = m.meta.volumes.get('b')!.id;

@@ -8,35 +8,22 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import path from 'node:path';
-import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
-import { coldPairWithHot1Offline, openColdTierManager, readVolume, tempDirClosing } from './helpers/volume.js';
+import { readVolume } from './helpers/volume.js';
+import { pairWithSkippedRebuild, replacePoolDir } from './helpers/rebuild.js';
 
 const MiB = 1024 * 1024;
 const LOST = 'cold-2';
 
-function loseAndReplace(dir: string): void {
-  fs.rmSync(path.join(dir, LOST), { recursive: true });
-  fs.mkdirSync(path.join(dir, LOST));
-}
-
 test('a pool replaced again after a rebuild that skipped a volume: the retry rebuilds the whole pool, not the skipped volume alone', async (t) => {
-  let m: VolumeManager | null = null;
-  const dir = tempDirClosing(t, 'couchestor-review-rebuild-again-', () => m!);
-  m = await openColdTierManager(dir);
-  const pair = await coldPairWithHot1Offline(m, dir);
-  m = pair.m;
-  const { hot1, want } = pair;
-  loseAndReplace(dir);
-  const r = m.cold!.reconstructor;
+  // LOST is cold-2: lost, replaced and rebuilt by the helper.
+  const { dir, m, r, hot1, want, first } = await pairWithSkippedRebuild(t, 'couchestor-review-rebuild-again-');
 
-  const first = await r.rebuildPool(LOST);
   assert.equal(first.complete, false);
   assert.deepEqual(first.volumesSkipped.map((u) => u.volume), ['a']);
   assert.equal(first.stripesRebuilt, 2, "b's two shards rebuilt");
 
   // The new disk fails too and is replaced: b's rebuilt shards are gone again. Then hot-1 is back.
-  loseAndReplace(dir);
+  replacePoolDir(dir, LOST);
   fs.renameSync(`${hot1}.gone`, hot1);
   const retries = await r.retrySkippedVolumes();
   assert.equal(retries.length, 1);

@@ -13,6 +13,7 @@ import { createMetrics } from '../src/control/metrics/index.js';
 import { metricsSource } from '../src/control/observe.js';
 import { HeatTracker } from '../src/control/heat.js';
 import { coldPairWithHot1Offline, openColdTierManager, tempDirClosing } from './helpers/volume.js';
+import { replacePoolDir } from './helpers/rebuild.js';
 
 const MiB = 1024 * 1024;
 const LOST = 'cold-2';
@@ -24,8 +25,7 @@ const LOST = 'cold-2';
  */
 async function incompleteRebuild(dir: string): Promise<{ m: VolumeManager; hot1: string }> {
   const { m, hot1 } = await coldPairWithHot1Offline(await openColdTierManager(dir), dir);
-  fs.rmSync(path.join(dir, LOST), { recursive: true });
-  fs.mkdirSync(path.join(dir, LOST));
+  replacePoolDir(dir, LOST);
   const first = await m.cold!.reconstructor.rebuildPool(LOST);
   assert.equal(first.complete, false);
   assert.deepEqual(first.volumesSkipped.map((u) => u.volume), ['a']);

@@ -11,9 +11,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
-import path from 'node:path';
 import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
 import { openColdTierManager, tempDirClosing, writeVolume } from './helpers/volume.js';
+import { replacePoolDir } from './helpers/rebuild.js';
 
 const MiB = 1024 * 1024;
 const LOST = 'cold-2';
@@ -27,8 +27,7 @@ test('a whole-pool rebuild cut by a stop leaves the pool listed after the restar
   await m.cold!.destager.drain();
   await m.close();
   m = await openColdTierManager(dir, false);
-  fs.rmSync(path.join(dir, LOST), { recursive: true });
-  fs.mkdirSync(path.join(dir, LOST));
+  replacePoolDir(dir, LOST);
   // The stop lands while the rebuild runs (before its first stripe: it is stopped at once).
   const rebuilding = m.cold!.reconstructor.rebuildPool(LOST);
   await m.close();

@@ -7,23 +7,14 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import path from 'node:path';
-import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
 import { UnknownPool } from '../src/dataplane/ec/reconstruction.js';
 import { buildApi } from '../src/control/api.js';
-import { coldPairWithHot1Offline, openColdTierManager, tempDirClosing } from './helpers/volume.js';
+import { pairWithSkippedRebuild } from './helpers/rebuild.js';
 
 test("a rebuild of a pool that does not exist, asked while the timer's rebuild runs, is refused at once and takes no waiting slot", async (t) => {
-  let m: VolumeManager | null = null;
-  const dir = tempDirClosing(t, 'couchestor-review-rebuild-queue-unknown-', () => m!);
-  m = await openColdTierManager(dir);
-  const pair = await coldPairWithHot1Offline(m, dir);
-  m = pair.m;
-  const r = m.cold!.reconstructor;
-  fs.rmSync(path.join(dir, 'cold-2'), { recursive: true });
-  fs.mkdirSync(path.join(dir, 'cold-2'));
-  assert.deepEqual((await r.rebuildPool('cold-2')).volumesSkipped.map((u) => u.volume), ['a']);
-  fs.renameSync(`${pair.hot1}.gone`, pair.hot1);
+  const { m, r, hot1, first } = await pairWithSkippedRebuild(t, 'couchestor-review-rebuild-queue-unknown-');
+  assert.deepEqual(first.volumesSkipped.map((u) => u.volume), ['a']);
+  fs.renameSync(`${hot1}.gone`, hot1);
 
   const timerRun = r.retrySkippedVolumes();
   assert.equal(r.rebuildRunning()?.startedBy, 'timer');

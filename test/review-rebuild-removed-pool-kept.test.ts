@@ -16,6 +16,7 @@ import path from 'node:path';
 import { MetaStore } from '../src/dataplane/meta/store.js';
 import { TestDaemon } from './helpers/daemon.js';
 import { MANUAL_DESTAGE_CONFIG, MiB, api, assertSameBytes, coldStatus, dropCache, losePool, patternBytes, readExport, scrub, startColdDaemon, writeColdVolume } from './helpers/cold.js';
+import { poolGauge, type ListedRebuild } from './helpers/rebuild.js';
 
 const STRIPES = 8;
 
@@ -23,19 +24,6 @@ const poolsConfig = (cold: number) =>
   MANUAL_DESTAGE_CONFIG +
   'pools:\n  - { name: hot-0, tier: hot, path: pools/hot-0, capacity: auto }\n' +
   Array.from({ length: cold }, (_, i) => `  - { name: cold-${i}, tier: cold, path: pools/cold-${i}, capacity: auto }\n`).join('');
-
-interface Listed {
-  pool: string;
-  volumesSkipped: string[];
-  notRebuilt: number;
-  interrupted?: true;
-}
-
-async function gaugeOf(d: TestDaemon, name: string, pool: string): Promise<number | undefined> {
-  const text = await (await fetch(`http://${d.info.metrics.host}:${d.info.metrics.port}/metrics`)).text();
-  const line = text.split('\n').find((l) => l.startsWith(`${name}{pool="${pool}"} `));
-  return line === undefined ? undefined : Number(line.split(' ')[1]);
-}
 
 test('a cold pool taken out of the configuration whose rebuild was cut stays listed until a rebuild of it completes', async (t) => {
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'review-rebuild-removed-kept-'));
@@ -58,17 +46,17 @@ test('a cold pool taken out of the configuration whose rebuild was cut stays lis
   fs.writeFileSync(path.join(d.dataDir, 'couchestor.yaml'), poolsConfig(6));
 
   d = await TestDaemon.start({ dataDir: d.dataDir });
-  const listed = (await api<{ incompleteRebuilds: Listed[] }>(d, 'GET', '/v1/cold')).incompleteRebuilds;
+  const listed = (await api<{ incompleteRebuilds: ListedRebuild[] }>(d, 'GET', '/v1/cold')).incompleteRebuilds;
   assert.deepEqual(listed, [{ pool: 'cold-6', volumesSkipped: [], notRebuilt: 1, interrupted: true }], 'cold-6 is still not fully rebuilt: listed');
-  assert.equal(await gaugeOf(d, 'couchestor_rebuild_incomplete', 'cold-6'), 1);
+  assert.equal(await poolGauge(d, 'couchestor_rebuild_incomplete', 'cold-6'), 1);
 
   // It is still a cold pool of the daemon: a rebuild of it is accepted, finds the stripes that
   // still name it, and places their shards on the other pools (it is offline).
   const report = await api<{ complete: boolean; stripesChecked: number; notRebuilt: number }>(d, 'POST', '/v1/rebuild', { pool: 'cold-6' });
   assert.ok(report.stripesChecked > 0, `stripes still had their shard on cold-6: ${JSON.stringify(report)}`);
   assert.equal(report.complete, true, JSON.stringify(report));
-  assert.deepEqual((await api<{ incompleteRebuilds: Listed[] }>(d, 'GET', '/v1/cold')).incompleteRebuilds, [], 'cleared by the completed rebuild');
-  assert.equal(await gaugeOf(d, 'couchestor_rebuild_incomplete', 'cold-6'), undefined, 'no series once it is not listed (not configured)');
+  assert.deepEqual((await api<{ incompleteRebuilds: ListedRebuild[] }>(d, 'GET', '/v1/cold')).incompleteRebuilds, [], 'cleared by the completed rebuild');
+  assert.equal(await poolGauge(d, 'couchestor_rebuild_incomplete', 'cold-6'), undefined, 'no series once it is not listed (not configured)');
   const checked = await scrub(d);
   assert.equal(checked.stripesChecked, STRIPES);
   assert.equal(checked.badStripes, 0);

@@ -7,26 +7,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import path from 'node:path';
-import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
 import { PoolRebuildBusy } from '../src/dataplane/ec/reconstruction.js';
-import { coldPairWithHot1Offline, openColdTierManager, tempDirClosing } from './helpers/volume.js';
-
-function losePool(dir: string, pool: string): void {
-  fs.rmSync(path.join(dir, pool), { recursive: true });
-  fs.mkdirSync(path.join(dir, pool));
-}
+import { pairWithSkippedRebuild } from './helpers/rebuild.js';
 
 test("a stop while a whole-pool rebuild waits for the timer's retry of its pool: nothing starts after stop() returns", async (t) => {
-  let m: VolumeManager | null = null;
-  const dir = tempDirClosing(t, 'couchestor-review-rebuild-stop-waiting-', () => m!);
-  m = await openColdTierManager(dir);
-  const pair = await coldPairWithHot1Offline(m, dir);
-  m = pair.m;
-  const r = m.cold!.reconstructor;
-  losePool(dir, 'cold-2');
-  assert.deepEqual((await r.rebuildPool('cold-2')).volumesSkipped.map((u) => u.volume), ['a']);
-  fs.renameSync(`${pair.hot1}.gone`, pair.hot1);
+  const { r, hot1, first } = await pairWithSkippedRebuild(t, 'couchestor-review-rebuild-stop-waiting-');
+  assert.deepEqual(first.volumesSkipped.map((u) => u.volume), ['a']);
+  fs.renameSync(`${hot1}.gone`, hot1);
 
   // The timer's retry of a on cold-2 runs; the operator asks cold-2 whole (waits for it).
   const timerRun = r.retrySkippedVolumes();

@@ -8,10 +8,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import path from 'node:path';
 import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
 import type { IncompleteRebuildRecord } from '../src/dataplane/meta/store.js';
 import { coldPairWithHot1Offline, openColdTierManager, readVolume, tempDirClosing } from './helpers/volume.js';
+import { replacePoolDir } from './helpers/rebuild.js';
 
 const LOST = 'cold-2';
 
@@ -20,8 +20,7 @@ test("a timer retry upgraded to a whole-pool rebuild says so, and an operator's 
   const dir = tempDirClosing(t, 'couchestor-review-rebuild-upgraded-', () => m!);
   const pair = await coldPairWithHot1Offline(await openColdTierManager(dir), dir);
   m = pair.m;
-  fs.rmSync(path.join(dir, LOST), { recursive: true });
-  fs.mkdirSync(path.join(dir, LOST));
+  replacePoolDir(dir, LOST);
   assert.deepEqual((await m.cold!.reconstructor.rebuildPool(LOST)).volumesSkipped.map((u) => u.volume), ['a']);
   // A restart: the loaded entry's store is unknown, so its first retry is a whole-pool rebuild.
   await m.close();

@@ -8,31 +8,18 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import path from 'node:path';
-import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
 import type { PoolRebuildReport } from '../src/dataplane/ec/reconstruction.js';
-import { coldPairWithHot1Offline, openColdTierManager, readVolume, tempDirClosing } from './helpers/volume.js';
-
-function losePool(dir: string, pool: string): void {
-  fs.rmSync(path.join(dir, pool), { recursive: true });
-  fs.mkdirSync(path.join(dir, pool));
-}
+import { readVolume } from './helpers/volume.js';
+import { pairWithSkippedRebuild, replacePoolDir } from './helpers/rebuild.js';
 
 test("a whole-pool rebuild waiting for the timer's retry of its pool runs after an operator rebuild queued meanwhile, not refused", async (t) => {
-  let m: VolumeManager | null = null;
-  const dir = tempDirClosing(t, 'couchestor-review-rebuild-waiting-', () => m!);
-  m = await openColdTierManager(dir);
   // a on hot-1 (offline), b on hot-0: two stripes each. cold-2 is lost; its rebuild skips a.
-  const pair = await coldPairWithHot1Offline(m, dir);
-  m = pair.m;
-  const r = m.cold!.reconstructor;
-  losePool(dir, 'cold-2');
-  const first = await r.rebuildPool('cold-2');
+  const { dir, m, r, hot1, want, first } = await pairWithSkippedRebuild(t, 'couchestor-review-rebuild-waiting-');
   assert.deepEqual(first.volumesSkipped.map((u) => u.volume), ['a']);
 
   // hot-1 is back, cold-3 lost too. The timer's pass starts its retry of a on cold-2.
-  fs.renameSync(`${pair.hot1}.gone`, pair.hot1);
-  losePool(dir, 'cold-3');
+  fs.renameSync(`${hot1}.gone`, hot1);
+  replacePoolDir(dir, 'cold-3');
   const order: string[] = [];
   const timerRun = r.retrySkippedVolumes().then((reports) => (order.push('timer cold-2 retry'), reports));
   assert.deepEqual(r.rebuildRunning(), { pool: 'cold-2', wholePool: false, startedBy: 'timer', queued: null });
@@ -60,5 +47,5 @@ test("a whole-pool rebuild waiting for the timer's retry of its pool runs after 
   const whole = await r.scrub({ rateLimited: false });
   assert.equal(whole.stripesChecked, 4);
   assert.equal(whole.badStripes, 0);
-  for (const [name, bytes] of pair.want) assert.ok((await readVolume(m.openVolume(name), 0, bytes.length)).equals(bytes), `volume ${name} reads back`);
+  for (const [name, bytes] of want) assert.ok((await readVolume(m.openVolume(name), 0, bytes.length)).equals(bytes), `volume ${name} reads back`);
 });

@@ -1,0 +1,52 @@
+// Setup the cold-pool rebuild tests share: a cold pool lost and replaced by an
+// empty directory (in process), the a/b pair whose rebuild of cold-2 skipped a,
+// and one per-pool gauge of a daemon's /metrics.
+import fs from 'node:fs';
+import path from 'node:path';
+import type { TestContext } from 'node:test';
+import type { VolumeManager } from '../../src/dataplane/volumes/manager.js';
+import type { PoolRebuildReport, Reconstructor } from '../../src/dataplane/ec/reconstruction.js';
+import type { TestDaemon } from './daemon.js';
+import { coldPairWithHot1Offline, openColdTierManager, tempDirClosing } from './volume.js';
+
+/** In process: cold pool `pool` (a directory under `dir`) lost with every shard in it, and replaced by an empty one at the same path. */
+export function replacePoolDir(dir: string, pool: string): void {
+  fs.rmSync(path.join(dir, pool), { recursive: true });
+  fs.mkdirSync(path.join(dir, pool));
+}
+
+/**
+ * coldPairWithHot1Offline in a temp dir named `prefix`... (its manager closed
+ * and the dir removed when `t` ends), then cold-2 lost and replaced, and a
+ * whole-pool rebuild of cold-2 run: `first` is its report (it skips a: hot-1
+ * is offline, at `${hot1}.gone`). The callers assert on it.
+ */
+export async function pairWithSkippedRebuild(
+  t: TestContext,
+  prefix: string,
+): Promise<{ dir: string; m: VolumeManager; r: Reconstructor; hot1: string; want: Map<string, Buffer>; first: PoolRebuildReport }> {
+  let m: VolumeManager | null = null;
+  const dir = tempDirClosing(t, prefix, () => m!);
+  m = await openColdTierManager(dir);
+  const pair = await coldPairWithHot1Offline(m, dir);
+  m = pair.m;
+  replacePoolDir(dir, 'cold-2');
+  const r = m.cold!.reconstructor;
+  const first = await r.rebuildPool('cold-2');
+  return { dir, m, r, hot1: pair.hot1, want: pair.want, first };
+}
+
+/** A pool GET /v1/cold lists in incompleteRebuilds (the fields these tests compare). */
+export interface ListedRebuild {
+  pool: string;
+  volumesSkipped: string[];
+  notRebuilt: number;
+  interrupted?: true;
+}
+
+/** The value of `name{pool="<pool>"}` in one scrape of daemon `d`'s /metrics (undefined: no such series). */
+export async function poolGauge(d: TestDaemon, name: string, pool: string): Promise<number | undefined> {
+  const text = await (await fetch(`http://${d.info.metrics.host}:${d.info.metrics.port}/metrics`)).text();
+  const line = text.split('\n').find((l) => l.startsWith(`${name}{pool="${pool}"} `));
+  return line === undefined ? undefined : Number(line.split(' ')[1]);
+}
