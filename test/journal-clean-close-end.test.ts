@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { JOURNAL_SPARE_FILES, RecordType, checkJournalDir, scanJournalFile, type Journal } from '../src/dataplane/journal/journal.js';
 import { tempDir } from './helpers/cold.js';
-import { BLOCK_BYTES, RECORD_BYTES, block, journalFiles, openTestJournal } from './helpers/journal.js';
+import { BLOCK_BYTES, RECORD_BYTES, block, journalFiles, openTestJournal, sparedJournal } from './helpers/journal.js';
 
 /** Seqs the first run wrote and destaged (blocks 0-19 of volume 1). */
 const DESTAGED_SEQ = 20;
@@ -18,18 +18,6 @@ const DESTAGED_SEQ = 20;
 function open(dir: string): Journal {
   // Files of six records: the spares the first run leaves are larger than what a short run writes over them.
   return openTestJournal(dir, { fileBytes: 6 * RECORD_BYTES, destagedSeq: () => DESTAGED_SEQ, highestDestagedSeq: DESTAGED_SEQ });
-}
-
-/** A first run whose files are all destaged: two of them are spares now. */
-async function sparedJournal(dir: string): Promise<void> {
-  const j0 = openTestJournal(dir, { fileBytes: 6 * RECORD_BYTES });
-  for (let i = 0; i < DESTAGED_SEQ; i++) {
-    await j0.append(RecordType.Write, 1, i * BLOCK_BYTES, BLOCK_BYTES, block(i));
-    await j0.sync();
-  }
-  j0.release(1, 0, DESTAGED_SEQ);
-  await j0.close();
-  assert.equal(fs.readdirSync(dir).filter((n) => n.startsWith('journal-spare-')).length, JOURNAL_SPARE_FILES);
 }
 
 /** Writes blocks `from`..`to - 1` (flushed each), then block `to` unflushed: what a stop finds. */
@@ -56,7 +44,7 @@ function replayedBlocks(j: Journal): number[] {
 
 test('a clean close after writing into a head reused from a spare: fsck finds no torn tail, the next open cuts nothing and replays every record', async (t) => {
   const dir = tempDir(t, 'couchestor-journal-clean-close-');
-  await sparedJournal(dir);
+  await sparedJournal(dir, DESTAGED_SEQ, { fileBytes: 6 * RECORD_BYTES });
   const j1 = open(dir);
   assert.equal(j1.spareFiles.length, JOURNAL_SPARE_FILES - 1, "the open's head took a spare");
   await writeRun(j1, 20, 22);
@@ -78,7 +66,7 @@ test('a clean close after writing into a head reused from a spare: fsck finds no
 
 test('clean stops and starts, three times over, with writes between: no torn tail at any start, every record replayed', async (t) => {
   const dir = tempDir(t, 'couchestor-journal-clean-restarts-');
-  await sparedJournal(dir);
+  await sparedJournal(dir, DESTAGED_SEQ, { fileBytes: 6 * RECORD_BYTES });
   let next = 20;
   for (let round = 0; round < 3; round++) {
     const j = open(dir);
@@ -96,7 +84,7 @@ test('clean stops and starts, three times over, with writes between: no torn tai
 
 test('a stop without close (a SIGKILL: every write landed, no end marker) is still reported as a torn tail and cut at the next open', async (t) => {
   const dir = tempDir(t, 'couchestor-journal-killed-');
-  await sparedJournal(dir);
+  await sparedJournal(dir, DESTAGED_SEQ, { fileBytes: 6 * RECORD_BYTES });
   const killed = open(dir);
   await writeRun(killed, 20, 22);
   // Not closed: what the page cache holds after a SIGKILL (the appends' writevs all returned).

@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { JOURNAL_SPARE_FILES, RecordType, type Journal } from '../src/dataplane/journal/journal.js';
 import { tempDir } from './helpers/cold.js';
-import { BLOCK_BYTES, RECORD_BYTES, block, openTestJournal } from './helpers/journal.js';
+import { BLOCK_BYTES, RECORD_BYTES, block, openTestJournal, sparedJournal } from './helpers/journal.js';
 
 /** Files of six records at most (a fence and markers take the rest of the sixth). */
 const FILE_BYTES = 6 * RECORD_BYTES;
@@ -33,21 +33,9 @@ function open(dir: string, capacityBytes = CAPACITY_BYTES): Journal {
   return openTestJournal(dir, { fileBytes: 64 * FILE_BYTES, capacityBytes, destagedSeq: () => DESTAGED_SEQ, highestDestagedSeq: DESTAGED_SEQ });
 }
 
-/** A first run whose files are all destaged: two of them are spares now. */
-async function sparedJournal(dir: string): Promise<void> {
-  const j0 = openTestJournal(dir, { fileBytes: FILE_BYTES, capacityBytes: CAPACITY_BYTES });
-  for (let i = 0; i < DESTAGED_SEQ; i++) {
-    await j0.append(RecordType.Write, 1, i * BLOCK_BYTES, BLOCK_BYTES, block(i));
-    await j0.sync();
-  }
-  j0.release(1, 0, DESTAGED_SEQ);
-  await j0.close();
-  assert.equal(fs.readdirSync(dir).filter((n) => n.startsWith('journal-spare-')).length, JOURNAL_SPARE_FILES);
-}
-
 test('live bytes + spare bytes never exceed the capacity: writes that need a spare\'s room unlink it, and every write fits without waiting', async (t) => {
   const dir = tempDir(t, 'couchestor-journal-spares-capacity-');
-  await sparedJournal(dir);
+  await sparedJournal(dir, DESTAGED_SEQ, { fileBytes: FILE_BYTES, capacityBytes: CAPACITY_BYTES });
   const j = open(dir);
   t.after(() => j.close());
   assert.equal(j.spareFiles.length, JOURNAL_SPARE_FILES - 1, "the open's head took a spare");
@@ -70,7 +58,7 @@ test('live bytes + spare bytes never exceed the capacity: writes that need a spa
 
 test('an open whose adopted spares do not fit in the capacity (a smaller one configured since) drops them', async (t) => {
   const dir = tempDir(t, 'couchestor-journal-spares-shrunk-');
-  await sparedJournal(dir);
+  await sparedJournal(dir, DESTAGED_SEQ, { fileBytes: FILE_BYTES, capacityBytes: CAPACITY_BYTES });
   const capacityBytes = 2 * RECORD_BYTES;
   assert.ok(spareBytesOnDisk(dir) > capacityBytes);
   const j = open(dir, capacityBytes);

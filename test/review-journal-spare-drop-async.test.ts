@@ -9,9 +9,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { JOURNAL_SPARE_FILES, RecordType, checkJournalDir } from '../src/dataplane/journal/journal.js';
+import { RecordType, checkJournalDir } from '../src/dataplane/journal/journal.js';
 import { tempDir } from './helpers/cold.js';
-import { BLOCK_BYTES, RECORD_BYTES, block, openTestJournal } from './helpers/journal.js';
+import { BLOCK_BYTES, RECORD_BYTES, block, openTestJournal, sparedJournal } from './helpers/journal.js';
 
 const FILE_BYTES = 6 * RECORD_BYTES;
 const CAPACITY_BYTES = 4 * FILE_BYTES;
@@ -22,21 +22,9 @@ function named(dir: string, prefix: string): string[] {
   return fs.readdirSync(dir).filter((n) => n.startsWith(prefix));
 }
 
-/** A first run whose files are all destaged: JOURNAL_SPARE_FILES of them are spares now. */
-async function sparedJournal(dir: string): Promise<void> {
-  const j0 = openTestJournal(dir, { fileBytes: FILE_BYTES, capacityBytes: CAPACITY_BYTES });
-  for (let i = 0; i < DESTAGED_SEQ; i++) {
-    await j0.append(RecordType.Write, 1, i * BLOCK_BYTES, BLOCK_BYTES, block(i));
-    await j0.sync();
-  }
-  j0.release(1, 0, DESTAGED_SEQ);
-  await j0.close();
-  assert.equal(named(dir, 'journal-spare-').length, JOURNAL_SPARE_FILES);
-}
-
 test('a spare dropped for a write\'s room is not unlinked on the event loop; close waits for its unlink', async (t) => {
   const dir = tempDir(t, 'couchestor-journal-spare-drop-');
-  await sparedJournal(dir);
+  await sparedJournal(dir, DESTAGED_SEQ, { fileBytes: FILE_BYTES, capacityBytes: CAPACITY_BYTES });
   // Files far larger than the spares: no rotation takes the one the open's head left.
   const j = openTestJournal(dir, { fileBytes: 64 * FILE_BYTES, capacityBytes: CAPACITY_BYTES, destagedSeq: () => DESTAGED_SEQ, highestDestagedSeq: DESTAGED_SEQ });
   assert.equal(j.spareFiles.length, 1);
@@ -79,7 +67,7 @@ test('a spare dropped for a write\'s room is not unlinked on the event loop; clo
 
 test('a drop file a stop or crash left (renamed, not yet unlinked) is removed at the next open, never adopted or scanned', async (t) => {
   const dir = tempDir(t, 'couchestor-journal-spare-drop-left-');
-  await sparedJournal(dir);
+  await sparedJournal(dir, DESTAGED_SEQ, { fileBytes: FILE_BYTES, capacityBytes: CAPACITY_BYTES });
   const [spare] = named(dir, 'journal-spare-').sort();
   const left = path.join(dir, spare!.replace('journal-spare-', 'journal-drop-'));
   // What a crash between the rename and the unlink leaves.

@@ -3,13 +3,14 @@
 // that never landed before one that did) several cases start from, and a
 // tiny real file system that fills up (a tmpfs, mounted here or in a user
 // namespace; where neither can be had, a file-size limit standing for it),
-// and the journal most of those tests open.
+// and the journal most of those tests open; the spare tests' first run
+// (every file destaged, the spares kept).
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { Journal, JOURNAL_HEADER_BYTES, parseJournalFileName, RecordType } from '../../src/dataplane/journal/journal.js';
+import { Journal, JOURNAL_HEADER_BYTES, JOURNAL_SPARE_FILES, parseJournalFileName, RecordType } from '../../src/dataplane/journal/journal.js';
 
 export const MiB = 1024 * 1024;
 /** The write size the journal tests use (one 4 KiB block). */
@@ -29,6 +30,23 @@ export function block(i: number): Buffer {
  */
 export function openTestJournal(dir: string, opts: Partial<Parameters<typeof Journal.open>[0]> = {}): Journal {
   return Journal.open({ dir, chunkSizeBytes: MiB, destagedSeq: () => 0, volumeExists: () => true, ...opts });
+}
+
+/**
+ * The spare tests' first run: blocks 0..destagedSeq-1 of volume 1, each
+ * appended and synced, into files of `opts` (openTestJournal's), all
+ * released and the journal closed: JOURNAL_SPARE_FILES of its files are
+ * spares now (asserted).
+ */
+export async function sparedJournal(dir: string, destagedSeq: number, opts: Partial<Parameters<typeof Journal.open>[0]>): Promise<void> {
+  const j0 = openTestJournal(dir, opts);
+  for (let i = 0; i < destagedSeq; i++) {
+    await j0.append(RecordType.Write, 1, i * BLOCK_BYTES, BLOCK_BYTES, block(i));
+    await j0.sync();
+  }
+  j0.release(1, 0, destagedSeq);
+  await j0.close();
+  assert.equal(fs.readdirSync(dir).filter((n) => n.startsWith('journal-spare-')).length, JOURNAL_SPARE_FILES);
 }
 
 /** The journal files in `dir`, oldest first (with `nonEmpty`, only those holding bytes). */
