@@ -5,6 +5,7 @@
 // COUCHESTOR_TEST_PAUSE_BEFORE_PUNCH set (migration.ts), where the parent
 // SIGKILLs it. The parent may mount anything over dir/hot-0/volumes first.
 import { spawn } from 'node:child_process';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -44,12 +45,20 @@ async function child(dir: string): Promise<void> {
 }
 
 /**
- * Writes `want` (the volume's bytes before the trim) to dir/want.bin, runs
+ * Writes random bytes (the volume's before the trim) to dir/want.bin, runs
  * the child over `dir` until it prints the pause line, SIGKILLs it there;
- * resolves with the volume file's path.
+ * resolves with the volume file's path and what the volume must read back
+ * (those bytes, the trimmed chunk zeros).
  */
-export function runPunchKillChild(dir: string, want: Buffer): Promise<string> {
+export async function runPunchKillChild(dir: string): Promise<{ file: string; want: Buffer }> {
+  const want = crypto.randomBytes(PUNCH_KILL_CHUNKS * MiB);
   fs.writeFileSync(path.join(dir, 'want.bin'), want);
+  const file = await killChildBeforePunch(dir);
+  want.fill(0, PUNCH_KILL_TRIMMED * MiB, (PUNCH_KILL_TRIMMED + 1) * MiB);
+  return { file, want };
+}
+
+function killChildBeforePunch(dir: string): Promise<string> {
   return new Promise((resolve, reject) => {
     const proc = spawn(process.execPath, [fileURLToPath(import.meta.url)], {
       env: { ...process.env, PUNCH_KILL_CHILD_DIR: dir, COUCHESTOR_TEST_PAUSE_BEFORE_PUNCH: '1' },
