@@ -271,15 +271,7 @@ async function call<T>(dataDir: string, method: string, urlPath: string, body: u
   if (st) {
     const res = await apiRequest(st.api.host, st.api.port, method, urlPath, body);
     const text = res.text;
-    if (res.status < 200 || res.status > 299) {
-      let msg = text;
-      try {
-        msg = (JSON.parse(text) as { message: string }).message;
-      } catch {
-        /* plain text error */
-      }
-      throw new Error(msg);
-    }
+    if (res.status < 200 || res.status > 299) throw new Error(apiErrorMessage(method, urlPath, res.status, text));
     return (text ? JSON.parse(text) : undefined) as T;
   }
   try {
@@ -306,22 +298,51 @@ async function call<T>(dataDir: string, method: string, urlPath: string, body: u
 function apiRequest(host: string, port: number, method: string, urlPath: string, body: unknown): Promise<{ status: number; text: string }> {
   const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
   return new Promise((resolve, reject) => {
+    // Settled once: a connection cut mid-answer reports both res 'error' (aborted) and res 'close'.
+    let settled = false;
+    const fail = (what: string) => {
+      if (settled) return;
+      settled = true;
+      reject(new Error(`the daemon (API ${host}:${port}) gave no answer to ${method} ${urlPath}: ${what}`));
+    };
+    const cut = 'it closed the connection before its answer was complete (stopped or crashed?)';
     const req = http.request(
       { host, port, method, path: urlPath, headers: payload === undefined ? {} : { 'content-type': 'application/json', 'content-length': payload.length } },
       (res) => {
         const parts: Buffer[] = [];
         res.on('data', (b: Buffer) => parts.push(b));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, text: Buffer.concat(parts).toString('utf8') }));
-        res.on('error', reject);
-        // A daemon killed mid-answer: the promise is settled once, by 'end' when the answer was whole.
+        res.on('end', () => {
+          if (settled) return;
+          settled = true;
+          resolve({ status: res.statusCode ?? 0, text: Buffer.concat(parts).toString('utf8') });
+        });
+        res.on('error', () => fail(cut));
         res.on('close', () => {
-          if (!res.complete) reject(new Error(`the daemon closed the connection before its answer to ${method} ${urlPath} was complete`));
+          if (!res.complete) fail(cut);
         });
       },
     );
-    req.on('error', reject);
+    // Before any answer: refused (a daemon stopping), or "socket hang up" (it died holding the request).
+    req.on('error', (err: NodeJS.ErrnoException) => fail(err.code === 'ECONNRESET' ? cut : err.message));
     req.end(payload);
   });
+}
+
+/**
+ * What a failed call prints: the API's `message` (its error handler always
+ * sends one), else its `error` (POST /v1/rebuild's 400 carries only that), else
+ * the plain-text body, else the status: never an empty "couchestor: ".
+ */
+function apiErrorMessage(method: string, urlPath: string, status: number, text: string): string {
+  let msg = text;
+  try {
+    const j = JSON.parse(text) as { message?: unknown; error?: unknown } | null;
+    const m = typeof j?.message === 'string' && j.message !== '' ? j.message : j?.error;
+    if (typeof m === 'string' && m !== '') msg = m;
+  } catch {
+    /* plain text error */
+  }
+  return msg.trim() !== '' ? msg : `the daemon answered ${method} ${urlPath} with HTTP ${status} and no message`;
 }
 
 async function volumes(dataDir: string, sub: string | undefined, args: string[], values: Record<string, unknown>): Promise<number> {

@@ -8,12 +8,53 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { STATE_FILE } from '../src/daemon.js';
 import { CLI, TestDaemon } from './helpers/daemon.js';
 
-/** How long the daemon is held: longer than undici's timers need to fire a 1 ms timeout (they tick every second). */
+/** How long the daemon is held once the request reached it: longer than undici's timers need to fire a 1 ms timeout (they tick every second). */
 const HOLD_MS = 3_000;
+
+/**
+ * Puts a byte relay in front of the daemon's API (daemon.json's API port
+ * rewritten: the lock and pid stay the daemon's, so the command still takes
+ * it for the live daemon) and resolves `requestSeen` when the command's
+ * request reaches it. The hold and the kill start there, not at the spawn: on
+ * a loaded machine the command can take seconds to start, and a request sent
+ * after the daemon was resumed (or killed) would test nothing (or fail).
+ */
+async function relayApi(d: TestDaemon): Promise<{ requestSeen: Promise<void>; close: () => void }> {
+  let seen!: () => void;
+  const requestSeen = new Promise<void>((r) => (seen = r));
+  const sockets = new Set<net.Socket>();
+  const relay = net.createServer((client) => {
+    const up = net.connect(d.info.api.port, d.info.api.host);
+    for (const s of [client, up]) {
+      sockets.add(s);
+      s.on('close', () => sockets.delete(s));
+    }
+    client.once('data', () => seen());
+    client.pipe(up);
+    up.pipe(client);
+    // The daemon killed with the request unread resets: the command sees its side closed, as without the relay.
+    up.on('error', () => client.destroy());
+    client.on('error', () => up.destroy());
+  });
+  await new Promise<void>((r) => relay.listen(0, '127.0.0.1', r));
+  const stateFile = path.join(d.dataDir, STATE_FILE);
+  const state = JSON.parse(fs.readFileSync(stateFile, 'utf8')) as { api: { host: string; port: number } };
+  state.api = { host: '127.0.0.1', port: (relay.address() as net.AddressInfo).port };
+  fs.writeFileSync(stateFile, JSON.stringify(state));
+  return {
+    requestSeen,
+    close: () => {
+      for (const s of sockets) s.destroy();
+      relay.close();
+    },
+  };
+}
 
 /** A preload that replaces fetch's global dispatcher with one whose header and body timeouts are 1 ms. */
 function writeShortTimeoutPreload(dir: string): string {
@@ -46,16 +87,21 @@ test('a command whose answer comes late (daemon busy past any client timeout) st
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-cli-late-'));
   t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
   const preload = writeShortTimeoutPreload(dir);
+  const relay = await relayApi(d);
+  t.after(() => relay.close());
 
   d.proc.kill('SIGSTOP');
   let resumed = false;
-  const cont = setTimeout(() => {
-    resumed = true;
-    d.proc.kill('SIGCONT');
-  }, HOLD_MS);
+  let cont: NodeJS.Timeout | undefined;
   t.after(() => {
     clearTimeout(cont);
     d.proc.kill('SIGCONT');
+  });
+  void relay.requestSeen.then(() => {
+    cont = setTimeout(() => {
+      resumed = true;
+      d.proc.kill('SIGCONT');
+    }, HOLD_MS);
   });
   const r = await runCli(preload, ['volumes', 'list', '--json', '--data-dir', d.dataDir]);
   assert.ok(resumed, `the command returned before the daemon was resumed (${r.ms} ms): ${r.stderr}`);
@@ -74,11 +120,14 @@ test('a daemon killed before it answers makes the command fail with a message, n
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-cli-killed-'));
   t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
   const preload = writeShortTimeoutPreload(dir);
+  const relay = await relayApi(d);
+  t.after(() => relay.close());
 
   d.proc.kill('SIGSTOP');
-  const kill = setTimeout(() => void d.kill(), HOLD_MS);
-  t.after(() => clearTimeout(kill));
+  // Stopped, the daemon cannot answer before the kill.
+  void relay.requestSeen.then(() => d.kill());
   const r = await runCli(preload, ['volumes', 'list', '--data-dir', d.dataDir]);
-  assert.notEqual(r.code, 0);
-  assert.match(r.stderr, /ECONNRESET|socket hang up|closed the connection/);
+  assert.equal(r.code, 1, r.stderr);
+  // The message names the call and what happened (before: "socket hang up", the call unnamed).
+  assert.match(r.stderr, /GET \/v1\/volumes: it closed the connection before its answer was complete/);
 });
