@@ -10,41 +10,14 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
-import { buildApi } from '../src/control/api.js';
-import { createMetrics } from '../src/control/metrics/index.js';
-import { metricsSource } from '../src/control/observe.js';
-import { HeatTracker } from '../src/control/heat.js';
 import { coldPairWithHot1Offline, openColdTierManager, readVolume, tempDirClosing } from './helpers/volume.js';
-import { replacePoolDir } from './helpers/rebuild.js';
+import { listedByApi, managerPoolGauge, replacePoolDir, type ListedRebuild as Listed } from './helpers/rebuild.js';
 
 const MiB = 1024 * 1024;
 const LOST = 'cold-2';
 
-interface Listed {
-  pool: string;
-  volumesSkipped: string[];
-  notRebuilt: number;
-}
-
-/** GET /v1/cold's incompleteRebuilds, through the real API. */
-async function listedByApi(m: VolumeManager): Promise<Listed[]> {
-  const app = buildApi(m);
-  try {
-    const res = await app.inject({ method: 'GET', url: '/v1/cold' });
-    assert.equal(res.statusCode, 200, res.body);
-    return (res.json() as { incompleteRebuilds: Listed[] }).incompleteRebuilds;
-  } finally {
-    await app.close();
-  }
-}
-
 /** The value of `name{pool="LOST"}` in one /metrics scrape of the real registry (undefined: no series). */
-async function gauge(m: VolumeManager, name: string): Promise<number | undefined> {
-  const registry = createMetrics(metricsSource(m, new HeatTracker(m, 60_000, 1_000), () => ({ completedTotal: { succeeded: 0, failed: 0, aborted: 0 }, active: 0 })));
-  const text = await registry.metrics();
-  const line = text.split('\n').find((l) => l.startsWith(`${name}{pool="${LOST}"} `));
-  return line === undefined ? undefined : Number(line.split(' ')[1]);
-}
+const gauge = (m: VolumeManager, name: string) => managerPoolGauge(m, name, LOST);
 
 test('an incomplete cold-pool rebuild is still listed (API, gauge, index) after a restart, and the retry completes it once the hot pool is back', async (t) => {
   let m: VolumeManager | null = null;

@@ -1,11 +1,16 @@
 // Setup the cold-pool rebuild tests share: a cold pool lost and replaced by an
 // empty directory (in process), the a/b pair whose rebuild of cold-2 skipped a,
-// and one per-pool gauge of a daemon's /metrics.
+// and the listing and per-pool gauges read through the API and /metrics.
+import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { TestContext } from 'node:test';
 import type { VolumeManager } from '../../src/dataplane/volumes/manager.js';
 import type { PoolRebuildReport, Reconstructor } from '../../src/dataplane/ec/reconstruction.js';
+import { buildApi } from '../../src/control/api.js';
+import { createMetrics } from '../../src/control/metrics/index.js';
+import { metricsSource } from '../../src/control/observe.js';
+import { HeatTracker } from '../../src/control/heat.js';
 import type { TestDaemon } from './daemon.js';
 import { coldPairWithHot1Offline, openColdTierManager, tempDirClosing } from './volume.js';
 
@@ -47,6 +52,26 @@ export interface ListedRebuild {
 /** The value of `name{pool="<pool>"}` in one scrape of daemon `d`'s /metrics (undefined: no such series). */
 export async function poolGauge(d: TestDaemon, name: string, pool: string): Promise<number | undefined> {
   const text = await (await fetch(`http://${d.info.metrics.host}:${d.info.metrics.port}/metrics`)).text();
+  const line = text.split('\n').find((l) => l.startsWith(`${name}{pool="${pool}"} `));
+  return line === undefined ? undefined : Number(line.split(' ')[1]);
+}
+
+/** In process: GET /v1/cold's incompleteRebuilds through the real API. */
+export async function listedByApi(m: VolumeManager): Promise<ListedRebuild[]> {
+  const app = buildApi(m);
+  try {
+    const res = await app.inject({ method: 'GET', url: '/v1/cold' });
+    assert.equal(res.statusCode, 200, res.body);
+    return (res.json() as { incompleteRebuilds: ListedRebuild[] }).incompleteRebuilds;
+  } finally {
+    await app.close();
+  }
+}
+
+/** In process: the value of `name{pool="<pool>"}` in one scrape of the real metrics registry over `m` (undefined: no such series). */
+export async function managerPoolGauge(m: VolumeManager, name: string, pool: string): Promise<number | undefined> {
+  const registry = createMetrics(metricsSource(m, new HeatTracker(m, 60_000, 1_000), () => ({ completedTotal: { succeeded: 0, failed: 0, aborted: 0 }, active: 0 })));
+  const text = await registry.metrics();
   const line = text.split('\n').find((l) => l.startsWith(`${name}{pool="${pool}"} `));
   return line === undefined ? undefined : Number(line.split(' ')[1]);
 }
