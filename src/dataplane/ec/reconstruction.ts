@@ -990,13 +990,15 @@ export class Reconstructor {
   /**
    * A whole-pool rebuild that fails after marking itself running (a pool going
    * offline mid-way, an index error) is recorded as interrupted: its record
-   * said running, and the pool is not known to be fully rebuilt.
+   * said running, and the pool is not known to be fully rebuilt. What the run
+   * had in flight settles first (run.settle).
    */
   private async rebuildPoolNow(poolName: string, onlyAsked: Set<string> | null): Promise<PoolRebuildReport> {
-    const run = { markedRunning: false };
+    const run: RebuildRun = { markedRunning: false, settle: null };
     try {
       return await this.rebuildPoolRun(poolName, onlyAsked, run);
     } catch (err) {
+      await run.settle?.();
       if (run.markedRunning) {
         const was = this.skippedByRebuild.get(poolName);
         await this.setIncomplete(poolName, { volumes: new Set(was?.volumes ?? []), notRebuilt: Math.max(1, was?.notRebuilt ?? 0), store: STORE_UNKNOWN, interrupted: true });
@@ -1005,7 +1007,7 @@ export class Reconstructor {
     }
   }
 
-  private async rebuildPoolRun(poolName: string, onlyAsked: Set<string> | null, run: { markedRunning: boolean }): Promise<PoolRebuildReport> {
+  private async rebuildPoolRun(poolName: string, onlyAsked: Set<string> | null, run: RebuildRun): Promise<PoolRebuildReport> {
     let only = onlyAsked;
     const started = Date.now();
     const report: PoolRebuildReport = {
@@ -1041,6 +1043,25 @@ export class Reconstructor {
     const slow: Promise<number>[] = [];
     let window: SyncWindow | null = null;
     const flushes: Promise<void>[] = [];
+    let workers: Promise<void>[] = [];
+    // A run that throws part way (an index read failing): its workers, writes, flushes and
+    // slow-path stripes settle, its last window (written, never synced) ends without flips, and
+    // the stripes it took go back to the queue (Degraded). Left Reconstructing, neither a pass nor
+    // a later pool rebuild took them again ("a pass has it"): the timer's whole-pool rebuild
+    // counted them not rebuilt every time, and the window's write session stayed open.
+    run.settle = async () => {
+      await Promise.allSettled(workers);
+      await landing.drain();
+      const last = window as SyncWindow | null;
+      window = null;
+      if (last !== null) {
+        this.stripes.endWrite(last.token);
+        const err = new Error(`pool ${poolName} rebuild failed before these shards were synced`);
+        for (const l of last.landed) this.rebuildFailed(l.stripe.holder.label, l.stripe.entry, err);
+      }
+      await Promise.allSettled([...flushes, ...slow]);
+      for (const e of this.states.values()) if (e.poolRebuild === report) delete e.poolRebuild;
+    };
     // Each volume's chunk map, then each holder source (cold S3 objects and
     // parts): all take the same batched path, listed one holder at a time.
     // A volume that cannot be opened is skipped (named, logged once), not fatal: one offline
@@ -1086,9 +1107,12 @@ export class Reconstructor {
       let next = 0;
       const worker = async () => {
         let scratch: Buffer | undefined;
+        // The group being taken (entries set Reconstructing, not handed on yet): a throw there returns them.
+        let taking: { entry: QueuedStripe }[] | null = null;
         try {
           while (next < jobs.length && !this.stopped) {
             const group: { job: HolderJob; key: string; entry: QueuedStripe; keepQueued: boolean }[] = [];
+            taking = group;
             while (next < jobs.length && group.length < SCRUB_GROUP_STRIPES) {
               const job = jobs[next++]!;
               const key = holder.queueKey(job.key);
@@ -1121,6 +1145,7 @@ export class Reconstructor {
               const otherLost = job.ref.shards.some((sh, i) => i !== job.lost && !sourceRank.has(sh.pool));
               group.push({ job, key, entry, keepQueued: cur !== undefined || (otherLost && this.states.size < this.maxQueued / 2) });
             }
+            taking = null;
             if (group.length === 0) continue;
             if (target === null) {
               // Nowhere to land on the pool itself: the pass places these elsewhere.
@@ -1161,11 +1186,15 @@ export class Reconstructor {
             // Bounds the record buffers held (they are recycled once written).
             await landing.add(written, lengthBytes);
           }
+        } catch (err) {
+          for (const g of taking ?? []) this.rebuildFailed(holder.label, g.entry, err);
+          throw err;
         } finally {
           this.returnScratch(scratch);
         }
       };
-      await Promise.all(Array.from({ length: POOL_REBUILD_GROUPS_AT_ONCE }, worker));
+      workers = Array.from({ length: POOL_REBUILD_GROUPS_AT_ONCE }, worker);
+      await Promise.all(workers);
       if (this.stopped) break;
     }
     await landing.drain();
@@ -1524,6 +1553,14 @@ export interface ScrubReport {
 
 /** Damaged stripes of unopenable volumes a scrub report names (the count has them all). */
 export const MAX_REPORTED_SKIPPED_DAMAGE = 100;
+
+/** One pool rebuild run, as rebuildPoolNow sees it if the run throws. */
+interface RebuildRun {
+  /** Its record was marked running: a failure marks it interrupted. */
+  markedRunning: boolean;
+  /** Waits for what the run has in flight and returns the stripes it took to the queue (set once it has any). */
+  settle: (() => Promise<void>) | null;
+}
 
 /**
  * Rebuilt stripes being written and flipped, bounded by bytes held: add()
