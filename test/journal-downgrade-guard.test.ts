@@ -11,7 +11,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { JOURNAL_DOWNGRADE_GUARD, RecordType, checkJournalDir, salvageJournalDir } from '../src/dataplane/journal/journal.js';
+import { JOURNAL_DOWNGRADE_GUARD, JOURNAL_DOWNGRADE_GUARD_LABEL, RecordType, checkJournalDir, salvageJournalDir } from '../src/dataplane/journal/journal.js';
 import { tempDir } from './helpers/cold.js';
 import { BLOCK_BYTES, block, journalFiles, openTestJournal } from './helpers/journal.js';
 
@@ -47,4 +47,20 @@ test('an entry named as the guard that is not a directory (no build writes one) 
   const before = fs.readdirSync(dir).sort();
   assert.throws(() => openTestJournal(dir), /is not a directory/);
   assert.deepEqual(fs.readdirSync(dir).sort(), before, 'the refusal created a file');
+});
+
+test('the guard is not empty: it holds an empty file whose name says what it is (copy tools that skip empty directories keep it), added to a guard made before', async (t) => {
+  const dir = tempDir(t, 'couchestor-journal-guard-label-');
+  const guard = path.join(dir, JOURNAL_DOWNGRADE_GUARD);
+  await openTestJournal(dir).close();
+  assert.deepEqual(fs.readdirSync(guard), [JOURNAL_DOWNGRADE_GUARD_LABEL]);
+  assert.match(JOURNAL_DOWNGRADE_GUARD_LABEL, /NOT-A-JOURNAL-FILE.*README/);
+  const label = path.join(guard, JOURNAL_DOWNGRADE_GUARD_LABEL);
+  assert.equal(fs.statSync(label).size, 0, 'empty: an open asks a full file system for no data block');
+  // A guard an earlier build of this series left empty gets its label at the next open.
+  fs.rmSync(label);
+  await openTestJournal(dir).close();
+  assert.deepEqual(fs.readdirSync(guard), [JOURNAL_DOWNGRADE_GUARD_LABEL]);
+  // An older build still fails on it (a directory, whatever it holds).
+  assert.throws(() => fs.readFileSync(guard), { code: 'EISDIR' });
 });

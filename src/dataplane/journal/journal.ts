@@ -201,15 +201,33 @@ export function parseJournalFileName(name: string): { no: number; nonce: number 
  */
 function ensureDowngradeGuard(dir: string): void {
   const guard = path.join(dir, JOURNAL_DOWNGRADE_GUARD);
+  let made = true;
   try {
     fs.mkdirSync(guard, 0o700);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
     if (!fs.statSync(guard).isDirectory()) throw new StorageError(`${guard} is not a directory: no build writes a journal file numbered 0; move it away (nothing was changed)`);
-    return;
+    made = false;
   }
-  syncDirSync(dir);
+  // Not empty, and saying why it is there: an empty directory named like a
+  // log file looks like junk to an operator, and backup or copy tools that
+  // skip empty directories would drop it. The guard is the directory; this
+  // empty file is only its label, by its name (empty: no data block, so a
+  // full file system is not asked for room by an open), made best-effort:
+  // without it the guard works the same.
+  const label = path.join(guard, JOURNAL_DOWNGRADE_GUARD_LABEL);
+  if (!fs.existsSync(label)) {
+    try {
+      fs.closeSync(fs.openSync(label, 'a', 0o600));
+    } catch (err) {
+      log.warn('journal: the rollback guard directory could not be labelled', { label, err: (err as Error).message });
+    }
+  }
+  if (made) syncDirSync(dir);
 }
+
+/** The empty file in the guard directory that says what the directory is (README, "Going back"). */
+export const JOURNAL_DOWNGRADE_GUARD_LABEL = 'NOT-A-JOURNAL-FILE-keeps-builds-before-2026-11-off-this-journal-see-README-going-back';
 
 /**
  * The journal files of `dir` (names), by number. Two files with one number
