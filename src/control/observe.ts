@@ -5,6 +5,7 @@ import type { MetricsSource } from './metrics/index.js';
 import type { HeatTracker } from './heat.js';
 import type { VolumeManager } from '../dataplane/volumes/manager.js';
 import { listedIncomplete } from '../dataplane/ec/reconstruction.js';
+import { damagedIndexRecords } from '../dataplane/objects/cold-holders.js';
 
 export interface MigrationStats {
   completedTotal: { succeeded: number; failed: number; aborted: number };
@@ -49,6 +50,8 @@ export function metricsSource(manager: VolumeManager, heat: HeatTracker, migrati
       return c ? { healthy: c.Healthy, degraded: c.Degraded, rebuilding: c.Reconstructing, unrecoverable: c.Failed } : {};
     },
     unavailableVolumes: () => manager.unavailableVolumes(),
+    // Found by stripes()' count of the object stripes (read before this in a scrape).
+    damagedIndexRecords: () => damagedIndexRecords(manager.meta),
     // Without a cold tier (no policy file, say) the index still holds the last list: [] would
     // read 0 (rebuilt) for every cold pool it names.
     incompleteRebuilds: () =>

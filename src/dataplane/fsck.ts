@@ -20,6 +20,7 @@ import type { VolumeManager } from './volumes/manager.js';
 import { SegmentStore } from './ec/segment-store.js';
 import type { StripeRef } from './ec/stripe-store.js';
 import { ALL_OBJECT_KEYS, OBJECTS_DB, PARTS_DB, coldStripeRefs } from './objects/cold-segments.js';
+import { describeIndexKey, recordDamage } from './objects/cold-holders.js';
 import { checkJournalDir, type JournalFileDamage } from './journal/journal.js';
 
 export type FsckStripeState = 'Healthy' | 'Degraded' | 'Failed';
@@ -83,11 +84,20 @@ export interface FsckReport {
    * one means the daemon did not stop cleanly (crash, SIGKILL, power cut).
    */
   journal: { filesScanned: number; recordsScanned: number; tornTails: number; damaged: JournalFileDamage[] };
+  /**
+   * S3 object and part records of a shape their stripes cannot be read from
+   * (cold-holders.ts recordDamage): "bucket/key" (a part: its upload and
+   * number) and what is wrong; the first MAX_BAD_SHARDS_LISTED, all counted
+   * in damagedRecordCount. Damage: the stripes they held are not checked
+   * (their shard records count as orphans) and the object cannot be read.
+   */
+  damagedRecordCount: number;
+  damagedRecords: { db: 'objects' | 'parts'; record: string; problem: string }[];
 }
 
 /** Whether the report shows damage (`couchestor fsck` exits 1): lost or unreachable data, not orphans nor kept copies. */
 export function fsckFoundDamage(r: FsckReport): boolean {
-  return r.stripes.Failed > 0 || r.stripes.Degraded > 0 || r.badChunkCount > 0 || r.badVolumes.length > 0 || r.journal.damaged.length > 0;
+  return r.stripes.Failed > 0 || r.stripes.Degraded > 0 || r.badChunkCount > 0 || r.badVolumes.length > 0 || r.journal.damaged.length > 0 || r.damagedRecordCount > 0;
 }
 
 /** Keys a record by where it is, so index entries can be matched exactly. */
@@ -132,6 +142,8 @@ export async function fsck(manager: VolumeManager, progress: (line: string) => v
     orphanVolumeFileBytes: 0,
     orphanVolumeFiles: [],
     journal: { filesScanned: 0, recordsScanned: 0, tornTails: 0, damaged: [] },
+    damagedRecordCount: 0,
+    damagedRecords: [],
   };
   const journalDir = manager.journalDir();
   if (journalDir) {
@@ -217,10 +229,21 @@ export async function fsck(manager: VolumeManager, progress: (line: string) => v
   // Cold S3 objects and multipart parts: `volume` names them "s3:<index key, hex>".
   const objects = manager.meta.openDB<{ segments: { kind: string }[] }, Buffer>(OBJECTS_DB);
   const parts = manager.meta.openDB<{ segment: { kind: string } }, Buffer>(PARTS_DB);
+  // A damaged record is reported and skipped: one must not stop the check of every other.
+  const damaged = (db: 'objects' | 'parts', key: Buffer, problem: string | null): boolean => {
+    if (problem === null) return false;
+    report.damagedRecordCount++;
+    const record = describeIndexKey(manager.meta, db, key);
+    if (report.damagedRecords.length < MAX_BAD_SHARDS_LISTED) report.damagedRecords.push({ db, record, problem });
+    progress(`damaged S3 index record (${db}) ${record}: ${problem}`);
+    return true;
+  };
   for (const { key, value } of objects.getRange(ALL_OBJECT_KEYS)) {
+    if (damaged('objects', Buffer.from(key), recordDamage(value, 'segments'))) continue;
     for (const ref of coldStripeRefs(value.segments)) check(`s3:${Buffer.from(key).toString('hex')}`, ref.chunkIndex, ref);
   }
   for (const { key, value } of parts.getRange(ALL_OBJECT_KEYS)) {
+    if (damaged('parts', Buffer.from(key), recordDamage(value, 'segment'))) continue;
     for (const ref of coldStripeRefs([value.segment])) check(`s3:${Buffer.from(key).toString('hex')}`, ref.chunkIndex, ref);
   }
 

@@ -61,6 +61,12 @@ export interface MetricsSource {
    */
   unavailableVolumes?(): Iterable<{ volume: string; pool: string }>;
   /**
+   * Index records skipped as damaged (S3 object and part records whose
+   * shape their stripes cannot be read from), by database: read after
+   * stripes(), whose count finds them. Optional; null: not known (no series).
+   */
+  damagedIndexRecords?(): { objects: number; parts: number } | null;
+  /**
    * Cold pools not fully rebuilt (Reconstructor.incompleteRebuilds: kept in
    * the index, so listed again after a restart). Optional: without it the
    * rebuild gauges have no series (nothing known, so no 0 either).
@@ -89,6 +95,7 @@ interface Snapshot {
   journalBytes: number;
   stripes: Readonly<Partial<Record<StripeState, number>>>;
   unavailableVolumes: { volume: string; pool: string }[];
+  damagedIndexRecords: { objects: number; parts: number } | null;
   /** Null: the source does not report rebuilds (no series at all, not 0s). */
   incompleteRebuilds: IncompleteRebuild[] | null;
 }
@@ -101,6 +108,7 @@ const EMPTY_SNAPSHOT: Snapshot = {
   journalBytes: 0,
   stripes: {},
   unavailableVolumes: [],
+  damagedIndexRecords: null,
   incompleteRebuilds: null,
 };
 
@@ -127,6 +135,7 @@ class SnapshotRegistry extends Registry {
       journalBytes: source.journalBytes(),
       stripes: source.stripes(),
       unavailableVolumes: [...(source.unavailableVolumes?.() ?? [])],
+      damagedIndexRecords: source.damagedIndexRecords?.() ?? null,
       incompleteRebuilds: source.incompleteRebuilds ? [...source.incompleteRebuilds()] : null,
     };
   }
@@ -272,6 +281,18 @@ export function createMetrics(source: MetricsSourceRef): Registry {
     collect() {
       this.reset();
       for (const u of registry.snapshot().unavailableVolumes) this.set({ volume: u.volume, pool: u.pool }, 1);
+    },
+  });
+
+  new Gauge({
+    name: 'couchestor_index_damaged_records',
+    help: 'Index records skipped as damaged, by database (objects, parts: S3 records whose stripes cannot be read from them). Their stripes are missing from couchestor_stripes; the log names each once, couchestor fsck lists them all. No series: no S3 front end.',
+    labelNames: ['db'],
+    registers,
+    collect() {
+      this.reset();
+      const d = registry.snapshot().damagedIndexRecords;
+      if (d !== null) for (const db of ['objects', 'parts'] as const) this.set({ db }, d[db]);
     },
   });
 

@@ -2,8 +2,10 @@
 // (pool rebuild, scrub, reconstruction queue): lists the stripes of cold
 // objects and multipart parts, and flips stripe references with a
 // compare-and-swap per stripe inside one LMDB transaction per batch, each
-// record written once per batch.
+// record written once per batch. Also owns the check of a stored object or
+// part record's shape and the report of damaged ones (count(): metrics, API).
 import type { Database } from 'lmdb';
+import { log } from '../../log.js';
 import type { MetaStore } from '../meta/store.js';
 import { sameStripeAt, type HolderFlip, type StripeHolderSource } from '../ec/reconstruction.js';
 import type { HolderStripeContext, StripeRef, StripeStore } from '../ec/stripe-store.js';
@@ -53,28 +55,84 @@ export class ColdObjectHolders implements StripeHolderSource {
     this.objects = meta.openDB<RecordWithSegments, Buffer>(OBJECTS_DB);
     this.parts = meta.openDB<PartWithSegment, Buffer>(PARTS_DB);
     this.uploads = meta.openDB<{ uploadId: string }, Buffer>(UPLOADS_DB);
+    holdersOf.set(meta, this);
   }
 
-  *list(): Iterable<[string, StripeRef]> {
-    for (const { key, value } of this.objects.getRange(ALL_OBJECT_KEYS)) yield* refsOf('o', Buffer.from(key), value.segments);
+  /**
+   * Every cold stripe of the objects and parts, with its holder key. A
+   * damaged record (see recordDamage) throws DamagedIndexRecord, naming it:
+   * the pool rebuild and the scrub list through here, and skipping a record
+   * whose stripes may be on the lost pool would let a rebuild answer
+   * complete with them not rebuilt. `onDamaged` given: the record is skipped
+   * and reported to it instead (the counting paths: count()).
+   */
+  *list(onDamaged?: (d: DamagedRecord) => void): Iterable<[string, StripeRef]> {
+    const damaged = (db: DamagedRecord['db'], key: Buffer, problem: string): void => {
+      const d: DamagedRecord = { db, key, problem };
+      if (onDamaged === undefined) throw new DamagedIndexRecord(d, this.describe(d));
+      onDamaged(d);
+    };
+    for (const { key, value } of this.objects.getRange(ALL_OBJECT_KEYS)) {
+      const k = Buffer.from(key);
+      const problem = recordDamage(value, 'segments');
+      if (problem !== null) damaged('objects', k, problem);
+      else yield* refsOf('o', k, value.segments);
+    }
     // Upload id -> the object index key its upload completes into (bounded by the open uploads).
     const objectOf = new Map<string, string>();
     for (const { key, value } of this.uploads.getRange(ALL_OBJECT_KEYS)) {
       // An upload's key is the object's index key, a 0 byte, then the upload id (objects/store.ts uploadKey).
       const k = Buffer.from(key);
+      // Damaged: its parts are listed without the object they complete into (as for an upload gone).
+      if (typeof (value as { uploadId?: unknown } | undefined)?.uploadId !== 'string') continue;
       objectOf.set(value.uploadId, k.subarray(0, k.length - 1 - Buffer.byteLength(value.uploadId, 'latin1')).toString('hex'));
     }
     for (const { key, value } of this.parts.getRange(ALL_OBJECT_KEYS)) {
       const k = Buffer.from(key);
+      const problem = recordDamage(value, 'segment');
+      if (problem !== null) {
+        damaged('parts', k, problem);
+        continue;
+      }
       // A part's key is 1, the upload id, then the part number as 2 bytes (objects/store.ts partKey).
       yield* refsOf('p', k, [value.segment], objectOf.get(k.subarray(1, k.length - 2).toString('latin1')));
     }
   }
 
+  /**
+   * The number of cold object and part stripes, for the metrics scrape and
+   * GET /v1/cold: a damaged record is skipped (one bad record must not blank
+   * every figure of the node), counted in damaged() and named in the log the
+   * first time this process sees it (one line per scan at most).
+   */
   count(): number {
     let n = 0;
-    for (const _ of this.list()) n++;
+    const found: DamagedRecord[] = [];
+    for (const _ of this.list((d) => found.push(d))) n++;
+    const counts = { objects: 0, parts: 0 };
+    for (const d of found) counts[d.db]++;
+    this.damaged_ = counts;
+    // Named once per record per process (bounded: past MAX_DAMAGED_LOGGED, no more names; the gauge still counts them).
+    const fresh = found.filter((d) => !loggedDamage.has(damageId(d))).slice(0, Math.max(0, MAX_DAMAGED_LOGGED - loggedDamage.size));
+    if (fresh.length > 0) {
+      for (const d of fresh) loggedDamage.add(damageId(d));
+      log.error('damaged S3 index records skipped by the stripe count (metrics, GET /v1/cold); the pool rebuild and the scrub stop on them; fsck lists them all', {
+        records: fresh.slice(0, MAX_DAMAGED_NAMED).map((d) => `${d.db} ${this.describe(d)}: ${d.problem}`).join('; '),
+        ...(fresh.length > MAX_DAMAGED_NAMED ? { notNamed: fresh.length - MAX_DAMAGED_NAMED } : {}),
+      });
+    }
     return n;
+  }
+
+  /** Damaged object and part records found by the last count() (null: none has run). */
+  damaged(): { objects: number; parts: number } | null {
+    return this.damaged_;
+  }
+  private damaged_: { objects: number; parts: number } | null = null;
+
+  /** "bucket/key" of a damaged record, from its index key (the bucket's name looked up; the record itself may be unreadable). */
+  describe(d: DamagedRecord): string {
+    return describeIndexKey(this.meta, d.db, d.key);
   }
 
   current(key: string): StripeRef | undefined {
@@ -259,6 +317,95 @@ function freezeStripes(rec: unknown): void {
       Object.freeze(ref);
     }
   }
+}
+
+/** The holder source of each index (the S3 front end makes one): the metrics read its damaged() through it. */
+const holdersOf = new WeakMap<MetaStore, ColdObjectHolders>();
+
+/** Damaged object and part records the last stripe count of this index found (null: no count ran, no S3 front end). */
+export function damagedIndexRecords(meta: MetaStore): { objects: number; parts: number } | null {
+  return holdersOf.get(meta)?.damaged() ?? null;
+}
+
+/** A damaged object or part record: which database, its index key, what is wrong. */
+export interface DamagedRecord {
+  db: 'objects' | 'parts';
+  key: Buffer;
+  problem: string;
+}
+
+/** A stored object or part record that does not have the shape its stripes are read from. A TypeError, as reading it threw before. */
+export class DamagedIndexRecord extends TypeError {
+  override name = 'DamagedIndexRecord';
+  constructor(
+    readonly record: DamagedRecord,
+    described: string,
+  ) {
+    super(`damaged S3 index record (${record.db}) ${described}: ${record.problem}`);
+  }
+}
+
+/** Records named in the log per process, and per log line: bounded (the gauge counts every one). */
+const MAX_DAMAGED_LOGGED = 1024;
+const MAX_DAMAGED_NAMED = 16;
+const loggedDamage = new Set<string>();
+const damageId = (d: DamagedRecord): string => `${d.db}/${d.key.toString('hex')}/${d.problem}`;
+
+/**
+ * What is wrong with a stored object record (`field` 'segments': a list of
+ * segments) or part record ('segment': one), as far as its cold stripes are
+ * concerned, or null: each segment an object with a string kind, a cold
+ * one's stripes a list of references each with a string ownerId, an integer
+ * chunkIndex and a list of shards. A record of another shape made every
+ * reader of the whole database throw (TypeError: not iterable).
+ */
+export function recordDamage(value: unknown, field: 'segments' | 'segment'): string | null {
+  if (typeof value !== 'object' || value === null) return `the record is ${value === null ? 'null' : typeof value}, not an object`;
+  const raw = (value as Record<string, unknown>)[field];
+  if (field === 'segments' && !Array.isArray(raw)) return `segments is ${describeValue(raw)}, not a list`;
+  const segments = field === 'segments' ? (raw as unknown[]) : [raw];
+  for (const [i, seg] of segments.entries()) {
+    const at = field === 'segments' ? `segments[${i}]` : 'segment';
+    if (typeof seg !== 'object' || seg === null) return `${at} is ${describeValue(seg)}, not an object`;
+    const kind = (seg as { kind?: unknown }).kind;
+    if (kind !== 'cold' && kind !== 'hot' && kind !== 'inline') return `${at}.kind is ${describeValue(kind)}`;
+    if (kind !== 'cold') continue;
+    const stripes = (seg as { stripes?: unknown }).stripes;
+    if (!Array.isArray(stripes)) return `${at}.stripes is ${describeValue(stripes)}, not a list`;
+    for (const [j, ref] of stripes.entries()) {
+      const r = ref as { ownerId?: unknown; chunkIndex?: unknown; shards?: unknown } | null;
+      if (typeof r !== 'object' || r === null || typeof r.ownerId !== 'string' || !Number.isInteger(r.chunkIndex) || !Array.isArray(r.shards)) {
+        return `${at}.stripes[${j}] is not a stripe reference`;
+      }
+    }
+  }
+  return null;
+}
+
+function describeValue(v: unknown): string {
+  if (v === undefined) return 'missing';
+  const text = JSON.stringify(v) ?? String(v);
+  return text.length > 40 ? `${text.slice(0, 40)}...` : text;
+}
+
+/**
+ * "bucket/key" of an object-store index key: an object's is 1, the bucket
+ * id (4 bytes), the key (objects/store.ts objectKey); a part's is 1, the
+ * upload id, the part number (2 bytes). Reads only the buckets database.
+ */
+export function describeIndexKey(meta: MetaStore, db: 'objects' | 'parts', key: Buffer): string {
+  if (db === 'parts') return `upload ${JSON.stringify(key.subarray(1, Math.max(1, key.length - 2)).toString('latin1'))} part ${key.length >= 3 ? key.readUInt16BE(key.length - 2) : '?'}`;
+  if (key.length < 5) return `index key ${key.toString('hex')}`;
+  const id = key.readUInt32BE(1);
+  let bucket = `bucket#${id}`;
+  try {
+    for (const { value } of meta.openDB<{ name?: unknown; id?: unknown }, string>('s3-buckets').getRange()) {
+      if (value?.id === id && typeof value.name === 'string') bucket = value.name;
+    }
+  } catch {
+    // The name is for the message only.
+  }
+  return `${bucket}/${key.subarray(5).toString('utf8')}`;
 }
 
 /** `objectKeyHex`: for a part, the object its upload completes into (unknown: the upload is gone). */

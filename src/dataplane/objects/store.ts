@@ -24,7 +24,7 @@ import {
 } from '../errors.js';
 import type { VolumeManager } from '../volumes/manager.js';
 import { log } from '../../log.js';
-import { objectStripeContext } from './cold-holders.js';
+import { objectStripeContext, recordDamage } from './cold-holders.js';
 import { coldStripeRefs, freeColdSegment, readColdSegment, settleColdSegment, writeColdSegment, type ColdSegment, type StripeStoreApi } from './cold-segments.js';
 import { OffloadedMd5 } from './md5-offload.js';
 import { freeHotSegment, listHotFileIds, prepareHotPool, readHotSegment, sendHotSegment, writeHotSegment, type HotSegment, type PieceSink, type WriteLimits } from './hot-segments.js';
@@ -331,13 +331,24 @@ export class ObjectStore {
       const p = manager.pools.get(seg.pool);
       if (p) p.usedBytes += seg.lengthBytes;
     };
-    for (const { value } of store.objects.getRange(ALL_KEYS)) for (const s of value.segments) account(s);
-    for (const { value } of store.parts.getRange(ALL_KEYS)) account(value.segment);
+    // A damaged record (cold-holders.ts recordDamage) is skipped, not fatal (the S3 front end
+    // serves every other object), and turns the sweep off: a hot file it may name must be kept.
+    let damaged = 0;
+    for (const { value } of store.objects.getRange(ALL_KEYS)) {
+      if (recordDamage(value, 'segments') !== null) damaged++;
+      else for (const s of value.segments) account(s);
+    }
+    for (const { value } of store.parts.getRange(ALL_KEYS)) {
+      if (recordDamage(value, 'segment') !== null) damaged++;
+      else account(value.segment);
+    }
     store.openUploads = store.uploads.getKeysCount({ ...ALL_KEYS }); // a copy: it marks its options (ALL_KEYS)
     let swept = 0;
+    if (damaged > 0) log.error('object store: damaged index records; unreferenced segment files are kept (not swept) while one is there, `couchestor fsck` names them', { records: damaged });
     for (const pool of manager.pools.values()) {
       if (pool.rec.tier !== 'hot' || !pool.isOnline()) continue;
       prepareHotPool(pool);
+      if (damaged > 0) continue;
       for (const id of listHotFileIds(pool)) {
         if (referenced.has(id)) continue;
         await freeHotSegment(pool, { kind: 'hot', pool: pool.name, fileId: id, lengthBytes: 0, chunkCrc32c: [] });
@@ -452,6 +463,9 @@ export class ObjectStore {
     const b = this.getBucket(bucket);
     const rec = this.objects.get(objectKey(b.id, key));
     if (!rec) throw new NoSuchObject(`no object ${key} in bucket ${bucket}`);
+    // A damaged record answers what it is (S3 InternalError "stored data is damaged: ..."), not a TypeError's "try again".
+    const damage = recordDamage(rec, 'segments');
+    if (damage !== null) throw new Corrupt(`the index record of ${bucket}/${key} is damaged (${damage}); \`couchestor fsck\` lists such records`);
     return rec;
   }
 
