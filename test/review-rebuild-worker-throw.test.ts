@@ -5,8 +5,8 @@
 // wrong and asks LMDB for a zero-length key, which throws. The listing does
 // not touch that field, so the throw comes from the worker, in the middle of
 // a group: the stripes it had already taken (set Reconstructing) go back to
-// the queue, the other workers' groups land and are settled, every write
-// session ends, the pool is listed interrupted, and once the record is gone
+// the queue, the other workers' groups land and are kept (synced, flipped),
+// every write session ends, the pool is listed interrupted, and once the record is gone
 // the timer's whole-pool rebuild completes with every stripe's shard back.
 // In process: real manager, stripe store, segment files, LMDB index,
 // ObjectStore, Reconstructor.
@@ -54,11 +54,20 @@ test('a rebuild worker that throws mid-group returns the stripes it took; nothin
   replacePoolDir(dir, LOST);
   await assert.rejects(r.rebuildPool(LOST), /Zero length key/, "the worker's current() throws on the damaged part");
   assert.equal(r.rebuildRunning(), null);
-  // The stripes taken before the throw (0-7) and those of the other workers' groups (landed,
-  // never synced): all back in the queue, none left Reconstructing (a later rebuild skips those).
+  // The stripes the worker had taken before the throw (0-7): back in the queue, none left
+  // Reconstructing (a later rebuild skips those). The other workers' group (the other 16) landed,
+  // and is kept: synced and flipped, its shards present (review-rebuild-failure-keeps-landed).
   const states = r.counts();
   assert.equal(states.Reconstructing, 0, JSON.stringify(states));
-  assert.equal(states.Degraded, STRIPES, JSON.stringify(states));
+  assert.equal(states.Degraded, COPIED + 1, JSON.stringify(states));
+  const present = async () => {
+    let n = 0;
+    for (const ref of (store.headObject('cold', 'a').segments as ColdSegment[]).flatMap((s) => s.stripes)) {
+      if (await m!.cold!.stripes.shardPresent(ref, ref.shards.findIndex((s) => s.pool === LOST))) n++;
+    }
+    return n;
+  };
+  assert.equal(await present(), STRIPES - (COPIED + 1), "the other workers' stripes are kept");
   // Every write session ended (one left open holds back compaction of the segments it wrote).
   assert.equal(await m.cold!.stripes.writesSettled(2_000), true, 'no write session left open');
   assert.deepEqual(m.meta.incompleteRebuilds.get(LOST), { volumesSkipped: [], notRebuilt: 1, state: 'interrupted' });
@@ -70,14 +79,11 @@ test('a rebuild worker that throws mid-group returns the stripes it took; nothin
   assert.equal(reports[0]!.retryOfSkipped, false, 'a whole-pool rebuild');
   assert.equal(reports[0]!.stripesChecked, STRIPES, JSON.stringify(reports[0]));
   assert.equal(reports[0]!.notRebuilt, 0, JSON.stringify(reports[0]));
+  assert.equal(reports[0]!.stripesRebuilt, COPIED + 1, 'the rest only: the failed run kept what it landed');
   assert.equal(reports[0]!.complete, true, JSON.stringify(reports[0]));
   assert.equal(m.meta.incompleteRebuilds.get(LOST), undefined);
   assert.equal(r.counts().Reconstructing, 0);
-  let present = 0;
-  for (const ref of (store.headObject('cold', 'a').segments as ColdSegment[]).flatMap((s) => s.stripes)) {
-    if (await m.cold!.stripes.shardPresent(ref, ref.shards.findIndex((s) => s.pool === LOST))) present++;
-  }
-  assert.equal(present, STRIPES, `every stripe's ${LOST} shard is back`);
+  assert.equal(await present(), STRIPES, `every stripe's ${LOST} shard is back`);
   const whole = await r.scrub({ rateLimited: false });
   assert.equal(whole.badStripes, 0);
   for (const p of ['cold-0', 'cold-5']) fs.renameSync(path.join(dir, p), path.join(dir, `${p}.gone`));

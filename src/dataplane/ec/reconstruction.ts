@@ -1045,20 +1045,20 @@ export class Reconstructor {
     const flushes: Promise<void>[] = [];
     let workers: Promise<void>[] = [];
     // A run that throws part way (an index read failing): its workers, writes, flushes and
-    // slow-path stripes settle, its last window (written, never synced) ends without flips, and
-    // the stripes it took go back to the queue (Degraded). Left Reconstructing, neither a pass nor
-    // a later pool rebuild took them again ("a pass has it"): the timer's whole-pool rebuild
-    // counted them not rebuilt every time, and the window's write session stayed open.
+    // slow-path stripes settle, and its last window is flushed as at a normal end (synced, then
+    // flipped; flushWindow never rejects: a failed sync or flip leaves its stripes Degraded).
+    // Stripes it took and did not land go back to the queue (Degraded). Left Reconstructing,
+    // neither a pass nor a later pool rebuild took them again ("a pass has it"): the timer's
+    // whole-pool rebuild counted them not rebuilt every time, and the window's write session
+    // stayed open. Ended without flips instead, the window's records were dead space no running
+    // count knew of, and with the fault still there each retry (every retryIntervalMs) landed the
+    // same stripes again: the pool grew by a window per retry (review-rebuild-failure-keeps-landed).
     run.settle = async () => {
       await Promise.allSettled(workers);
       await landing.drain();
       const last = window as SyncWindow | null;
       window = null;
-      if (last !== null) {
-        this.stripes.endWrite(last.token);
-        const err = new Error(`pool ${poolName} rebuild failed before these shards were synced`);
-        for (const l of last.landed) this.rebuildFailed(l.stripe.holder.label, l.stripe.entry, err);
-      }
+      if (last !== null && target !== null) flushes.push(this.flushWindow(poolName, target, last, report));
       await Promise.allSettled([...flushes, ...slow]);
       for (const e of this.states.values()) if (e.poolRebuild === report) delete e.poolRebuild;
     };
@@ -1199,6 +1199,7 @@ export class Reconstructor {
     }
     await landing.drain();
     const last = window as SyncWindow | null;
+    window = null; // handed on: a throw after this must not have settle() flush it again
     if (last !== null && target !== null) flushes.push(this.flushWindow(poolName, target, last, report));
     await Promise.all(flushes);
     await Promise.all(slow); // counted by land() through the entries' poolRebuild tag
