@@ -5,14 +5,15 @@
 // "objects"} 1) and GET /v1/cold, names the record in its log once (not once
 // per scrape), lists and serves the other objects (aws-cli and the SDK), and
 // answers a GET of the damaged key with a 500-class S3 error while it keeps
-// serving; offline fsck names the record and exits 1. Before the fix /metrics
+// serving; offline fsck names the record and exits 1; a DELETE of the damaged
+// key answers 204 and frees nothing the record names. Before the fix /metrics
 // answered 500 and GET /v1/cold 500 (TypeError: not iterable), fsck threw.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
-import { GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
+import { DeleteObjectCommand, GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import { MetaStore } from '../src/dataplane/meta/store.js';
 import { OBJECTS_DB } from '../src/dataplane/objects/cold-segments.js';
 import { api, fsckDataDir } from './helpers/cold.js';
@@ -118,4 +119,13 @@ test('a damaged object record is skipped and counted by /metrics and GET /v1/col
   assert.equal(env.daemon.proc.exitCode, null, 'the daemon is still running');
   assert.ok((await body(env, KEPT[0]!)).equals(want.get(KEPT[0]!)!), 'still serving after the failed GET');
   assert.equal((await scrape(env)).status, 200);
+
+  // The client deletes the damaged key: 204, nothing it names is freed (no crash on its
+  // segments), and the gauge goes back to 0.
+  await env.sdk.send(new DeleteObjectCommand({ Bucket: BUCKET, Key: VICTIM }));
+  const cleared = await scrape(env);
+  assert.equal(series(cleared.text, 'couchestor_index_damaged_records{db="objects"}'), 0);
+  assert.equal(series(cleared.text, 'couchestor_stripes{state="healthy"}'), healthyBefore - victimStripes);
+  assert.match(env.daemon.stderr, /replaced a damaged index record without freeing what it names/);
+  assert.equal(env.daemon.proc.exitCode, null);
 });

@@ -619,6 +619,13 @@ export class ObjectStore {
 
   /** Frees a replaced version now, or when its last reader closes. */
   private retire(rec: ObjectRecord): Promise<void> {
+    // A damaged record (deleted or overwritten by the client) frees nothing: what it names
+    // cannot be trusted. Its files and stripes are left for fsck (orphans) and compaction.
+    const damage = recordDamage(rec, 'segments');
+    if (damage !== null) {
+      log.warn('object store: replaced a damaged index record without freeing what it names', { key: rec.key, damage });
+      return Promise.resolve();
+    }
     if (this.pins.has(rec.versionId)) {
       this.deferredFree.set(rec.versionId, rec.segments);
       return Promise.resolve();
