@@ -214,11 +214,13 @@ function ensureDowngradeGuard(dir: string): void {
   // skip empty directories would drop it. The guard is the directory; this
   // empty file is only its label, by its name (empty: no data block, so a
   // full file system is not asked for room by an open), made best-effort:
-  // without it the guard works the same.
+  // without it the guard works the same. Synced into the guard like every
+  // entry made here (once, when made), so a power cut does not take it back.
   const label = path.join(guard, JOURNAL_DOWNGRADE_GUARD_LABEL);
   if (!fs.existsSync(label)) {
     try {
       fs.closeSync(fs.openSync(label, 'a', 0o600));
+      syncDirSync(guard);
     } catch (err) {
       log.warn('journal: the rollback guard directory could not be labelled', { label, err: (err as Error).message });
     }
