@@ -37,6 +37,7 @@ import { Counter, type Registry } from 'prom-client';
 import { log } from '../../log.js';
 import { ChunkState, type ChunkEntry, type MetaStore } from '../meta/store.js';
 import { ALL_OBJECT_KEYS, OBJECTS_DB, PARTS_DB, coldStripeRefs, moveColdStripes } from '../objects/cold-segments.js';
+import { DamagedIndexRecord, describeIndexKey, recordDamage } from '../objects/cold-holders.js';
 import type { SegmentLocation, SegmentStore } from './segment-store.js';
 import type { DeadShardOf, ShardRef, StripeRef, StripeStore } from './stripe-store.js';
 
@@ -99,6 +100,8 @@ export interface CompactionStats {
   /** Segments left in place by a pass: still referenced, corrupt live records, or writes not settled. */
   segmentsDeferredTotal: number;
   passes: number;
+  /** Passes refused because an S3 index record is damaged (CompactionRefused): nothing copied or deleted by them. */
+  passesRefusedDamagedRecord: number;
   /** Dead bytes the accounting holds now, over every cold pool. */
   deadBytes: number;
   /** A pass is in progress. */
@@ -171,12 +174,42 @@ function visitChunk(volumeId: number, chunkIndex: number, entry: ChunkEntry, vis
   if (entry.preserved) visit(entry.preserved, { kind: 'chunk', key: [volumeId, chunkIndex] });
 }
 
-function visitObject(key: Key, value: ObjectLike, visit: (ref: StripeRef, holder: Holder | null) => void): void {
-  for (const ref of coldStripeRefs(value.segments)) visit(ref, { kind: 'object', key: Buffer.from(key as Buffer) });
+/**
+ * The references of one object record. A damaged record (recordDamage: a
+ * segment kind garbled, segments not a list...) throws DamagedIndexRecord:
+ * read as it is, its cold stripes look unreferenced (coldStripeRefs skips a
+ * kind it does not know) and compaction would delete them; every scan that
+ * decides what is live (the looks, the recount, forEachRef) goes through here.
+ */
+function visitObject(meta: MetaStore, key: Key, value: ObjectLike, visit: (ref: StripeRef, holder: Holder | null) => void): void {
+  const k = Buffer.from(key as Buffer);
+  const problem = recordDamage(value, 'segments');
+  if (problem !== null) throw damagedRecord(meta, 'objects', k, problem);
+  for (const ref of coldStripeRefs(value.segments)) visit(ref, { kind: 'object', key: k });
 }
 
-function visitPart(key: Key, value: PartLike, visit: (ref: StripeRef, holder: Holder | null) => void): void {
-  for (const ref of coldStripeRefs([value.segment])) visit(ref, { kind: 'part', key: Buffer.from(key as Buffer) });
+/** The references of one part record; a damaged one throws (see visitObject). */
+function visitPart(meta: MetaStore, key: Key, value: PartLike, visit: (ref: StripeRef, holder: Holder | null) => void): void {
+  const k = Buffer.from(key as Buffer);
+  const problem = recordDamage(value, 'segment');
+  if (problem !== null) throw damagedRecord(meta, 'parts', k, problem);
+  for (const ref of coldStripeRefs([value.segment])) visit(ref, { kind: 'part', key: k });
+}
+
+function damagedRecord(meta: MetaStore, db: 'objects' | 'parts', key: Buffer, problem: string): DamagedIndexRecord {
+  return new DamagedIndexRecord({ db, key, problem }, describeIndexKey(meta, db, key));
+}
+
+/**
+ * A compaction pass refused because an S3 index record is damaged: what it
+ * references cannot be told, so no segment is copied or deleted until the
+ * record is repaired or removed (fsck names it).
+ */
+export class CompactionRefused extends Error {
+  override name = 'CompactionRefused';
+  constructor(readonly damaged: DamagedIndexRecord) {
+    super(`segment compaction refused: ${damaged.message}; no segment is compacted until the record is repaired or removed (fsck lists damaged records)`);
+  }
 }
 
 export class SegmentCompactor {
@@ -191,6 +224,7 @@ export class SegmentCompactor {
     copiedBytesTotal: 0,
     segmentsDeferredTotal: 0,
     passes: 0,
+    passesRefusedDamagedRecord: 0,
   };
   private timer: NodeJS.Timeout | null = null;
   private running: Promise<PassReport> | null = null;
@@ -448,8 +482,8 @@ export class SegmentCompactor {
     for (const vol of this.meta.listVolumes()) {
       for (const { chunkIndex, entry } of this.meta.volumeChunks(vol.id)) visitChunk(vol.id, chunkIndex, entry, visit);
     }
-    for (const { key, value } of this.objects.getRange(ALL_OBJECT_KEYS)) visitObject(key, value, visit);
-    for (const { key, value } of this.parts.getRange(ALL_OBJECT_KEYS)) visitPart(key, value, visit);
+    for (const { key, value } of this.objects.getRange(ALL_OBJECT_KEYS)) visitObject(this.meta, key, value, visit);
+    for (const { key, value } of this.parts.getRange(ALL_OBJECT_KEYS)) visitPart(this.meta, key, value, visit);
     this.forEachMemoryRef(visit);
   }
 
@@ -502,8 +536,8 @@ export class SegmentCompactor {
     };
     const volumeIds = [...this.meta.volumes.getRange(snapshot === 'per-slice' ? {} : { transaction: snapshot })].map((e) => e.value.id);
     for (const id of volumeIds) await scan(this.meta.chunks, [id, 0], [id + 1, 0], (key, entry) => visitChunk(id, key[1], entry, visit));
-    await scan(this.objects, ALL_OBJECT_KEYS.start, undefined, (key, value) => visitObject(key, value, visit));
-    await scan(this.parts, ALL_OBJECT_KEYS.start, undefined, (key, value) => visitPart(key, value, visit));
+    await scan(this.objects, ALL_OBJECT_KEYS.start, undefined, (key, value) => visitObject(this.meta, key, value, visit));
+    await scan(this.parts, ALL_OBJECT_KEYS.start, undefined, (key, value) => visitPart(this.meta, key, value, visit));
   }
 
   /**
@@ -605,7 +639,30 @@ export class SegmentCompactor {
     this.recounted = since.replaced.size === 0 && since.overflowBytes.size === 0;
   }
 
+  /**
+   * One pass. A damaged S3 index record (DamagedIndexRecord from any scan
+   * of the index: the recount, referencesAnyPool, a group's looks) ends it
+   * as CompactionRefused, logged naming the record: a group whose look
+   * threw copied or deleted nothing, and the ones before it had their final
+   * look before the record was met. Every later pass refuses the same way
+   * while the record stays damaged (its scans meet it again): the segments
+   * it may reference cannot be told apart from dead ones.
+   */
   private async pass(unthrottled: boolean): Promise<PassReport> {
+    try {
+      return await this.passNow(unthrottled);
+    } catch (err) {
+      if (!(err instanceof DamagedIndexRecord)) throw err;
+      this.stats_.passesRefusedDamagedRecord++;
+      // The hints may come from a recount that did not finish: count again once the record is repaired.
+      this.recounted = false;
+      const refused = new CompactionRefused(err);
+      log.error('segment compaction refused: a damaged S3 index record; no segment deleted', { err: refused.message });
+      throw refused;
+    }
+  }
+
+  private async passNow(unthrottled: boolean): Promise<PassReport> {
     const report: PassReport = { segmentsCompacted: 0, reclaimedBytes: 0, copiedBytes: 0, segmentsDeferred: 0 };
     if (!this.recounted) await this.recount();
     const candidates: Candidate[] = [];
@@ -819,6 +876,7 @@ export class SegmentCompactor {
       looks = await this.liveIn(group, 'per-slice');
     } catch (err) {
       for (const c of group) defer(c, err as Error);
+      if (err instanceof DamagedIndexRecord) throw err; // the pass ends (pass(): CompactionRefused)
       return [];
     }
     const copied: { c: Candidate; sizeBytes: number; copiedBytes: number }[] = [];
@@ -870,6 +928,7 @@ export class SegmentCompactor {
       stillLive = await this.referencedNow(copied.map(({ c }) => c));
     } catch (err) {
       for (const { c } of copied) defer(c, err as Error);
+      if (err instanceof DamagedIndexRecord) throw err; // nothing deleted; the pass ends (pass(): CompactionRefused)
       return later;
     }
     for (const { c, sizeBytes, copiedBytes } of copied) {

@@ -1,0 +1,115 @@
+// Segment compaction with a damaged S3 object record in the index (one cold
+// segment's kind garbled to 'c0ld' through LMDB while the daemon is stopped;
+// read as it is, the record's stripes look unreferenced): a real daemon's
+// POST /v1/compact refuses, naming the record, and deletes no segment file;
+// every other object reads back; once the record is restored, offline fsck
+// finds every stripe Healthy and the next pass compacts. Before the fix the
+// pass reclaimed the segments and fsck found the victim's stripes Failed.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { DeleteObjectCommand, GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
+import { DEFAULT_EC_POLICY_YAML } from '../src/config.js';
+import { MetaStore } from '../src/dataplane/meta/store.js';
+import { OBJECTS_DB } from '../src/dataplane/objects/cold-segments.js';
+import { COLD_POOLS, MiB, api, fsck, patternBytes, segmentFiles } from './helpers/cold.js';
+import { createColdBucket, startS3, type S3Env } from './helpers/s3-env.js';
+
+const OBJECTS = 24;
+const VICTIM = 'o1';
+const CONFIG = `demoVolume: null\ncoldTier:\n  destageIntervalMs: 3600000\n  segmentSizeBytes: ${MiB}\n  compaction:\n    intervalMs: 0\n`;
+
+async function get(env: S3Env, key: string): Promise<Buffer> {
+  const got = await env.sdk.send(new GetObjectCommand({ Bucket: 'cold', Key: key }));
+  return Buffer.from(await got.Body!.transformToByteArray());
+}
+
+function allSegmentFiles(env: S3Env): string[] {
+  return Array.from({ length: COLD_POOLS }, (_, i) => segmentFiles(env.daemon, i)).flat();
+}
+
+type Rec = { key: string; segments: { kind: string; stripes?: unknown[] }[] };
+
+/** Rewrites the victim's record with the daemon stopped: `edit` gets the stored value, returns the one to store. */
+async function rewriteVictim(dataDir: string, edit: (v: Rec) => unknown): Promise<Rec> {
+  const meta = MetaStore.open(dataDir);
+  try {
+    const objects = meta.openDB<Rec, Buffer>(OBJECTS_DB);
+    const hit = [...objects.getRange({ start: Buffer.from([1]) })].find((e) => e.value.key === VICTIM);
+    assert.ok(hit, 'the victim record is in the index');
+    await objects.put(Buffer.from(hit.key), edit(structuredClone(hit.value)) as Rec);
+    return hit.value;
+  } finally {
+    await meta.close();
+  }
+}
+
+test("compaction with an object record whose segment kind is damaged deletes no segment, names the record, and every stripe is Healthy once it is restored", async (t) => {
+  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'compaction-damaged-record-'));
+  fs.mkdirSync(path.join(dataDir, 'policies'));
+  fs.writeFileSync(path.join(dataDir, 'policies', 'standard-ec.yaml'), DEFAULT_EC_POLICY_YAML);
+  fs.writeFileSync(path.join(dataDir, 'couchestor.yaml'), CONFIG);
+  let env = await startS3({ dataDir });
+  t.after(() => env.cleanup());
+  await createColdBucket(env, 'cold');
+  const model = new Map<string, Buffer>();
+  for (let i = 0; i < OBJECTS; i++) {
+    const bytes = patternBytes(MiB, 0x0c00 + i);
+    await env.sdk.send(new PutObjectCommand({ Bucket: 'cold', Key: `o${i}`, Body: bytes }));
+    model.set(`o${i}`, bytes);
+  }
+  // Every other object deleted: their records are dead, so their segments are compaction candidates.
+  for (let i = 0; i < OBJECTS; i += 2) {
+    await env.sdk.send(new DeleteObjectCommand({ Bucket: 'cold', Key: `o${i}` }));
+    model.delete(`o${i}`);
+  }
+  assert.ok(model.has(VICTIM));
+
+  assert.equal(await env.daemon.stop(), 0);
+  const original = await rewriteVictim(dataDir, (v) => {
+    const cold = v.segments.filter((s) => s.kind === 'cold');
+    assert.ok(cold.length > 0 && cold.every((s) => (s.stripes?.length ?? 0) > 0), `the victim has cold stripes: ${JSON.stringify(v.segments).slice(0, 200)}`);
+    for (const s of cold) s.kind = 'c0ld';
+    return v;
+  });
+  const victimStripes = original.segments.reduce((n, s) => n + (s.kind === 'cold' ? s.stripes!.length : 0), 0);
+  env.sdk.destroy();
+  fs.rmSync(env.home, { recursive: true, force: true });
+  env = await startS3({ dataDir });
+  const filesBefore = allSegmentFiles(env);
+  assert.ok(filesBefore.length > 0);
+
+  // Twice: the second pass refuses as well while the record is damaged (no recount result lets it through).
+  for (let pass = 1; pass <= 2; pass++) {
+    const res = await fetch(`http://${env.daemon.info.api.host}:${env.daemon.info.api.port}/v1/compact`, { method: 'POST' });
+    const body = (await res.json()) as { error?: string; message?: string };
+    assert.equal(res.status, 500, JSON.stringify(body));
+    assert.equal(body.error, 'CompactionRefused', JSON.stringify(body));
+    assert.match(body.message ?? '', /cold\/o1: segments\[\d+\]\.kind is "c0ld"/, 'names the record and what is wrong');
+    assert.deepEqual(allSegmentFiles(env), filesBefore, `pass ${pass}: no segment file deleted`);
+  }
+  const stats = await api<{ segmentsCompactedTotal: number; passesRefusedDamagedRecord: number }>(env.daemon, 'GET', '/v1/compaction');
+  assert.equal(stats.segmentsCompactedTotal, 0);
+  assert.equal(stats.passesRefusedDamagedRecord, 2);
+  assert.ok(env.daemon.stderr.includes('segment compaction refused'), 'logged');
+  for (const [key, bytes] of model) if (key !== VICTIM) assert.ok((await get(env, key)).equals(bytes), `${key} byte-exact`);
+
+  // Restored: every stripe (the victim's included) is whole on disk.
+  assert.equal(await env.daemon.stop(), 0);
+  await rewriteVictim(dataDir, () => original);
+  const { report, stdout } = fsck(env.daemon);
+  assert.equal(report.stripes.Failed, 0, stdout);
+  assert.equal(report.stripes.Degraded, 0, stdout);
+  assert.deepEqual(report.badShards, [], stdout);
+  assert.ok(report.stripes.Healthy >= victimStripes + (model.size - 1), stdout);
+
+  // And compaction goes on: the next pass reclaims the dead segments, every object (the victim too) reads back.
+  env.sdk.destroy();
+  fs.rmSync(env.home, { recursive: true, force: true });
+  env = await startS3({ dataDir });
+  const r = await api<{ segmentsCompacted: number }>(env.daemon, 'POST', '/v1/compact');
+  assert.ok(r.segmentsCompacted > 0, JSON.stringify(r));
+  for (const [key, bytes] of model) assert.ok((await get(env, key)).equals(bytes), `${key} byte-exact after the pass`);
+});
