@@ -61,11 +61,25 @@ export const QUEUE_FLIP_BATCH_STRIPES = 64;
  * readers pass a HolderStripeContext { source: prefix, key } with each
  * stripe read, so a degraded read is queued under that key.
  */
+/** A holder source's record whose stripes cannot be read: its database, its index key, what is wrong. */
+export interface DamagedHolderRecord {
+  db: string;
+  key: Buffer;
+  problem: string;
+}
+
 export interface StripeHolderSource {
   /** Prefixes this source's queue keys (unique among sources). */
   readonly prefix: string;
-  /** Every stripe the source's index holds now: [holder key, reference]. */
-  list(): Iterable<[string, StripeRef]>;
+  /**
+   * Every stripe the source's index holds now: [holder key, reference]. A
+   * record whose stripes cannot be read (damaged) throws, unless `onDamaged`
+   * is given: then it is skipped and reported to it (the scrub; the pool
+   * rebuild lists strictly, so it never answers complete past one).
+   */
+  list(onDamaged?: (d: DamagedHolderRecord) => void): Iterable<[string, StripeRef]>;
+  /** A damaged record's name for a report or a log line ("bucket/key"). */
+  describe?(d: DamagedHolderRecord): string;
   /** How many stripes list() would yield (for counts()). */
   count(): number;
   /** The reference the index holds at `key` now; undefined once it is gone. */
@@ -606,7 +620,7 @@ export class Reconstructor {
 
   private async scrubPass(rateLimited: boolean): Promise<ScrubReport> {
     const started = Date.now();
-    const report: ScrubReport = { stripesChecked: 0, badStripes: 0, durationMs: 0, volumesSkipped: [], skippedStripesChecked: 0, skippedBadStripes: 0, skippedDamage: [] };
+    const report: ScrubReport = { stripesChecked: 0, badStripes: 0, durationMs: 0, volumesSkipped: [], skippedStripesChecked: 0, skippedBadStripes: 0, skippedDamage: [], damagedRecords: 0, damagedRecordNames: [] };
     const minGapMs = rateLimited ? 1000 / Math.max(1, this.opts.scrubStripesPerSecond) : 0;
     let next = Date.now();
     const landing = new Landing(MAX_LANDING_BYTES);
@@ -636,7 +650,14 @@ export class Reconstructor {
     }
     for (const source of this.sources) {
       scans.push(() => {
-        const listed = [...source.list()];
+        // A damaged record (its stripes unreadable) is skipped, counted and named, and every
+        // other stripe still checked: thrown, it ended the whole pass, every interval, until repaired.
+        const listed = [
+          ...source.list((d) => {
+            report.damagedRecords++;
+            if (report.damagedRecordNames.length < MAX_REPORTED_DAMAGED_RECORDS) report.damagedRecordNames.push(`${source.prefix} ${d.db} ${source.describe?.(d) ?? d.key.toString('hex')}: ${d.problem}`);
+          }),
+        ];
         return {
           todo: listed.map(([, ref], t) => [t, ref]),
           entryFor: (t) => {
@@ -686,7 +707,13 @@ export class Reconstructor {
         first: report.skippedDamage.map((d) => `${d.volume}:${d.chunkIndex} shards ${d.badShards.join(',')}`).join('; '),
       });
     }
-    log.info('scrub finished', { stripesChecked: report.stripesChecked, badStripes: report.badStripes, durationMs: report.durationMs, volumesSkipped: report.volumesSkipped.length, skippedStripesChecked: report.skippedStripesChecked, skippedBadStripes: report.skippedBadStripes });
+    if (report.damagedRecords > 0) {
+      log.error('scrub skipped damaged index records: their stripes were not checked (fsck lists them all)', {
+        records: report.damagedRecords,
+        first: report.damagedRecordNames.join('; '),
+      });
+    }
+    log.info('scrub finished', { damagedRecords: report.damagedRecords, stripesChecked: report.stripesChecked, badStripes: report.badStripes, durationMs: report.durationMs, volumesSkipped: report.volumesSkipped.length, skippedStripesChecked: report.skippedStripesChecked, skippedBadStripes: report.skippedBadStripes });
     return report;
   }
 
@@ -1550,7 +1577,14 @@ export interface ScrubReport {
   skippedBadStripes: number;
   /** The first MAX_REPORTED_SKIPPED_DAMAGE of them. */
   skippedDamage: { volume: string; chunkIndex: number; badShards: number[] }[];
+  /** Holder source records (S3 objects, parts) too damaged to list their stripes: skipped, their stripes not checked. */
+  damagedRecords: number;
+  /** The first MAX_REPORTED_DAMAGED_RECORDS of them: "source db bucket/key: problem". */
+  damagedRecordNames: string[];
 }
+
+/** Damaged records a scrub report names (the count has them all). */
+export const MAX_REPORTED_DAMAGED_RECORDS = 100;
 
 /** Damaged stripes of unopenable volumes a scrub report names (the count has them all). */
 export const MAX_REPORTED_SKIPPED_DAMAGE = 100;
