@@ -93,7 +93,9 @@ test("compaction with an object record whose segment kind is damaged deletes no 
   const stats = await api<{ segmentsCompactedTotal: number; passesRefusedDamagedRecord: number }>(env.daemon, 'GET', '/v1/compaction');
   assert.equal(stats.segmentsCompactedTotal, 0);
   assert.equal(stats.passesRefusedDamagedRecord, 2);
-  assert.ok(env.daemon.stderr.includes('segment compaction refused'), 'logged');
+  const logged = env.daemon.stderr.split('\n').filter((l) => l.includes('segment compaction refused'));
+  assert.equal(logged.length, 1, `one error line for two refusals on the same record:\n${env.daemon.stderr}`);
+  assert.match(logged[0]!, /ERROR .* db=objects record=cold\/o1 problem=segments\[\d+\]\.kind is "c0ld"/, 'names the record');
   for (const [key, bytes] of model) if (key !== VICTIM) assert.ok((await get(env, key)).equals(bytes), `${key} byte-exact`);
 
   // Restored: every stripe (the victim's included) is whole on disk.

@@ -299,7 +299,9 @@ export class SegmentCompactor {
     const tick = () => {
       this.timer = null;
       this.runOnce()
-        .catch((err: Error) => log.warn('segment compaction pass failed', { err: err.message }))
+        .catch((err: Error) => {
+          if (!(err instanceof CompactionRefused)) log.warn('segment compaction pass failed', { err: err.message }); // a refusal: logged by pass()
+        })
         .finally(() => {
           if (!this.stopped) this.timer = setTimeout(tick, this.opts.intervalMs);
         });
@@ -650,17 +652,27 @@ export class SegmentCompactor {
    */
   private async pass(unthrottled: boolean): Promise<PassReport> {
     try {
-      return await this.passNow(unthrottled);
+      const report = await this.passNow(unthrottled);
+      this.refusedFor = null;
+      return report;
     } catch (err) {
       if (!(err instanceof DamagedIndexRecord)) throw err;
       this.stats_.passesRefusedDamagedRecord++;
       // The hints may come from a recount that did not finish: count again once the record is repaired.
       this.recounted = false;
-      const refused = new CompactionRefused(err);
-      log.error('segment compaction refused: a damaged S3 index record; no segment deleted', { err: refused.message });
-      throw refused;
+      const d = err.record;
+      const id = `${d.db}/${d.key.toString('hex')}/${d.problem}`;
+      // One error line per record refused on (the timer refuses every intervalMs): later ones at debug.
+      const fields = { db: d.db, record: describeIndexKey(this.meta, d.db, d.key), problem: d.problem, refusedPasses: this.stats_.passesRefusedDamagedRecord };
+      const what = 'segment compaction refused: a damaged S3 index record; no segment is copied or deleted until it is repaired or removed (fsck lists damaged records)';
+      if (this.refusedFor !== id) log.error(what, fields);
+      else log.debug(what, fields);
+      this.refusedFor = id;
+      throw new CompactionRefused(err);
     }
   }
+  /** The damaged record the last pass refused on (null: it was not refused), so the log names it once, not every pass. */
+  private refusedFor: string | null = null;
 
   private async passNow(unthrottled: boolean): Promise<PassReport> {
     const report: PassReport = { segmentsCompacted: 0, reclaimedBytes: 0, copiedBytes: 0, segmentsDeferred: 0 };
