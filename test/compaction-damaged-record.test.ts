@@ -10,10 +10,10 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { DeleteObjectCommand, GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
+import { CompleteMultipartUploadCommand, CreateMultipartUploadCommand, DeleteObjectCommand, GetObjectCommand, PutObjectCommand, UploadPartCommand } from '@aws-sdk/client-s3';
 import { DEFAULT_EC_POLICY_YAML } from '../src/config.js';
 import { MetaStore } from '../src/dataplane/meta/store.js';
-import { OBJECTS_DB } from '../src/dataplane/objects/cold-segments.js';
+import { OBJECTS_DB, PARTS_DB } from '../src/dataplane/objects/cold-segments.js';
 import { COLD_POOLS, MiB, api, fsck, patternBytes, segmentFiles } from './helpers/cold.js';
 import { createColdBucket, startS3, type S3Env } from './helpers/s3-env.js';
 
@@ -114,4 +114,59 @@ test("compaction with an object record whose segment kind is damaged deletes no 
   const r = await api<{ segmentsCompacted: number }>(env.daemon, 'POST', '/v1/compact');
   assert.ok(r.segmentsCompacted > 0, JSON.stringify(r));
   for (const [key, bytes] of model) assert.ok((await get(env, key)).equals(bytes), `${key} byte-exact after the pass`);
+});
+
+test('compaction with a multipart part record whose segment kind is damaged deletes no segment; restored, the upload completes and reads back', async (t) => {
+  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'compaction-damaged-part-'));
+  fs.mkdirSync(path.join(dataDir, 'policies'));
+  fs.writeFileSync(path.join(dataDir, 'policies', 'standard-ec.yaml'), DEFAULT_EC_POLICY_YAML);
+  fs.writeFileSync(path.join(dataDir, 'couchestor.yaml'), CONFIG);
+  let env = await startS3({ dataDir });
+  t.after(() => env.cleanup());
+  await createColdBucket(env, 'cold');
+  const partBytes = patternBytes(MiB, 0x0d00);
+  const { UploadId } = await env.sdk.send(new CreateMultipartUploadCommand({ Bucket: 'cold', Key: 'mp' }));
+  const { ETag } = await env.sdk.send(new UploadPartCommand({ Bucket: 'cold', Key: 'mp', UploadId, PartNumber: 1, Body: partBytes }));
+  // Dead space around the part's stripes: objects written, then deleted.
+  for (let i = 0; i < 12; i++) await env.sdk.send(new PutObjectCommand({ Bucket: 'cold', Key: `d${i}`, Body: patternBytes(MiB, 0x0e00 + i) }));
+  for (let i = 0; i < 12; i++) await env.sdk.send(new DeleteObjectCommand({ Bucket: 'cold', Key: `d${i}` }));
+
+  assert.equal(await env.daemon.stop(), 0);
+  type Part = { segment: { kind: string; stripes?: unknown[] } };
+  const rewritePart = async (edit: (v: Part) => Part): Promise<Part> => {
+    const meta = MetaStore.open(dataDir);
+    try {
+      const parts = meta.openDB<Part, Buffer>(PARTS_DB);
+      const all = [...parts.getRange({ start: Buffer.from([1]) })];
+      assert.equal(all.length, 1, 'one part record');
+      await parts.put(Buffer.from(all[0]!.key), edit(structuredClone(all[0]!.value)));
+      return all[0]!.value;
+    } finally {
+      await meta.close();
+    }
+  };
+  const original = await rewritePart((v) => {
+    assert.equal(v.segment.kind, 'cold', 'the part is on the cold tier');
+    return { ...v, segment: { ...v.segment, kind: 'c0ld' } };
+  });
+  env.sdk.destroy();
+  fs.rmSync(env.home, { recursive: true, force: true });
+  env = await startS3({ dataDir });
+  const filesBefore = allSegmentFiles(env);
+  const res = await fetch(`http://${env.daemon.info.api.host}:${env.daemon.info.api.port}/v1/compact`, { method: 'POST' });
+  const body = (await res.json()) as { error?: string; message?: string };
+  assert.equal(res.status, 500, JSON.stringify(body));
+  assert.equal(body.error, 'CompactionRefused');
+  assert.match(body.message ?? '', new RegExp(`upload "${UploadId}" part 1: segment\\.kind is "c0ld"`), body.message);
+  assert.deepEqual(allSegmentFiles(env), filesBefore, 'no segment file deleted');
+
+  assert.equal(await env.daemon.stop(), 0);
+  await rewritePart(() => original);
+  const { report, stdout } = fsck(env.daemon);
+  assert.equal(report.stripes.Failed + report.stripes.Degraded, 0, stdout);
+  env.sdk.destroy();
+  fs.rmSync(env.home, { recursive: true, force: true });
+  env = await startS3({ dataDir });
+  await env.sdk.send(new CompleteMultipartUploadCommand({ Bucket: 'cold', Key: 'mp', UploadId, MultipartUpload: { Parts: [{ PartNumber: 1, ETag }] } }));
+  assert.ok((await get(env, 'mp')).equals(partBytes), 'the completed upload reads back byte-exact');
 });
