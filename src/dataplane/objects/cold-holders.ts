@@ -115,9 +115,11 @@ export class ColdObjectHolders implements StripeHolderSource {
     // Named once per record per process (bounded: past MAX_DAMAGED_LOGGED, no more names; the gauge still counts them).
     const fresh = found.filter((d) => !loggedDamage.has(damageId(d))).slice(0, Math.max(0, MAX_DAMAGED_LOGGED - loggedDamage.size));
     if (fresh.length > 0) {
-      for (const d of fresh) loggedDamage.add(damageId(d));
+      // Only those this line names are marked: the rest are named by the next counts.
+      const named = fresh.slice(0, MAX_DAMAGED_NAMED);
+      for (const d of named) loggedDamage.add(damageId(d));
       log.error('damaged S3 index records skipped by the stripe count (metrics, GET /v1/cold); the pool rebuild and the scrub stop on them; fsck lists them all', {
-        records: fresh.slice(0, MAX_DAMAGED_NAMED).map((d) => `${d.db} ${this.describe(d)}: ${d.problem}`).join('; '),
+        records: named.map((d) => `${d.db} ${this.describe(d)}: ${d.problem}`).join('; '),
         ...(fresh.length > MAX_DAMAGED_NAMED ? { notNamed: fresh.length - MAX_DAMAGED_NAMED } : {}),
       });
     }
@@ -354,10 +356,15 @@ const damageId = (d: DamagedRecord): string => `${d.db}/${d.key.toString('hex')}
 /**
  * What is wrong with a stored object record (`field` 'segments': a list of
  * segments) or part record ('segment': one), as far as its cold stripes are
- * concerned, or null: each segment an object with a string kind, a cold
- * one's stripes a list of references each with a string ownerId, an integer
- * chunkIndex and a list of shards. A record of another shape made every
- * reader of the whole database throw (TypeError: not iterable).
+ * concerned, or null: each segment an object with a string kind, a hot
+ * or inline one's lengthBytes a number (the open's accounting), a hot one's
+ * pool a string, its fileId an integer and its chunkCrc32c a list (what the
+ * start-up sweep keeps files by), an inline one's bytes binary (a segment
+ * relabelled as another of the three kinds fails these), a cold one's
+ * stripes a list of references each with a string ownerId, an integer
+ * chunkIndex and a list of shards.
+ * A record of another shape made every reader of the whole database throw
+ * (TypeError: not iterable).
  */
 export function recordDamage(value: unknown, field: 'segments' | 'segment'): string | null {
   if (typeof value !== 'object' || value === null) return `the record is ${value === null ? 'null' : typeof value}, not an object`;
@@ -369,6 +376,18 @@ export function recordDamage(value: unknown, field: 'segments' | 'segment'): str
     if (typeof seg !== 'object' || seg === null) return `${at} is ${describeValue(seg)}, not an object`;
     const kind = (seg as { kind?: unknown }).kind;
     if (kind !== 'cold' && kind !== 'hot' && kind !== 'inline') return `${at}.kind is ${describeValue(kind)}`;
+    // What ObjectStore.open accounts and sweeps by: a hot segment's fileId that is not an
+    // integer names no file, and the start-up sweep deleted the file it did name.
+    const f = seg as { pool?: unknown; fileId?: unknown; lengthBytes?: unknown; chunkCrc32c?: unknown };
+    if (kind !== 'cold' && (typeof f.lengthBytes !== 'number' || !(f.lengthBytes >= 0))) return `${at}.lengthBytes is ${describeValue(f.lengthBytes)}`;
+    if (kind === 'hot') {
+      if (typeof f.pool !== 'string') return `${at}.pool is ${describeValue(f.pool)}`;
+      if (!Number.isSafeInteger(f.fileId) || (f.fileId as number) < 0) return `${at}.fileId is ${describeValue(f.fileId)}`;
+      if (!Array.isArray(f.chunkCrc32c)) return `${at}.chunkCrc32c is ${describeValue(f.chunkCrc32c)}, not a list`;
+    }
+    // A cold segment whose kind reads "hot" (no pool, no chunkCrc32c: above) or "inline" (no
+    // bytes) must not pass: its stripes would look unreferenced to compaction.
+    if (kind === 'inline' && !((seg as { bytes?: unknown }).bytes instanceof Uint8Array)) return `${at}.bytes is ${describeValue((seg as { bytes?: unknown }).bytes)}, not bytes`;
     if (kind !== 'cold') continue;
     const stripes = (seg as { stripes?: unknown }).stripes;
     if (!Array.isArray(stripes)) return `${at}.stripes is ${describeValue(stripes)}, not a list`;
