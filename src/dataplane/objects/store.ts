@@ -887,6 +887,10 @@ export class ObjectStore {
       list.forEach((want, i) => {
         const p = stored.get(want.partNumber)?.part;
         if (!p || p.etag !== want.etag.replace(/"/g, '').toLowerCase()) throw new InvalidPart(`part ${want.partNumber} was not uploaded or its ETag differs`);
+        // A damaged part record (cold-holders.ts recordDamage) must not become an object the
+        // client was told exists and every GET refuses: refused, nothing changed.
+        const damage = recordDamage(p, 'segment');
+        if (damage !== null) throw new Corrupt(`the index record of part ${want.partNumber} of upload ${uploadId} (${bucketName}/${key}) is damaged (${damage}); \`couchestor fsck\` lists such records`);
         if (i < list.length - 1 && p.sizeBytes < MIN_PART_BYTES) throw new PartTooSmall(`part ${want.partNumber} is ${p.sizeBytes} bytes; all parts but the last need at least ${MIN_PART_BYTES}`);
         segments.push(p.segment);
         etags.push(p.etag);
