@@ -203,6 +203,25 @@ function objectKey(bucketId: number, key: string): Buffer {
   return b;
 }
 
+/**
+ * An object record as a listing reads it. A damaged one (cold-holders.ts
+ * recordDamage; its value not a record, or its key or listed fields gone) is
+ * listed under the key its index key holds, with neutral fields, so one bad
+ * record does not make its whole bucket unlistable (500) and the client can
+ * see and DELETE it (GET answers the damage).
+ */
+function listed(indexKey: Buffer | Uint8Array, value: unknown): ObjectRecord {
+  const r = (typeof value === 'object' && value !== null ? value : {}) as Partial<ObjectRecord>;
+  if (typeof r.key === 'string' && Number.isFinite(r.lastModifiedMs) && Number.isFinite(r.sizeBytes) && typeof r.etag === 'string') return r as ObjectRecord;
+  return {
+    ...r,
+    key: typeof r.key === 'string' ? r.key : Buffer.from(indexKey).subarray(5).toString('utf8'),
+    lastModifiedMs: Number.isFinite(r.lastModifiedMs) ? r.lastModifiedMs! : 0,
+    sizeBytes: Number.isFinite(r.sizeBytes) ? r.sizeBytes! : 0,
+    etag: typeof r.etag === 'string' ? r.etag : '',
+  } as ObjectRecord;
+}
+
 function bucketStart(bucketId: number): Buffer {
   const b = Buffer.alloc(5);
   b[0] = 1;
@@ -462,7 +481,8 @@ export class ObjectStore {
   headObject(bucket: string, key: string): ObjectRecord {
     const b = this.getBucket(bucket);
     const rec = this.objects.get(objectKey(b.id, key));
-    if (!rec) throw new NoSuchObject(`no object ${key} in bucket ${bucket}`);
+    // undefined, not falsy: a record damaged into null is there (listed, deletable), and damaged.
+    if (rec === undefined) throw new NoSuchObject(`no object ${key} in bucket ${bucket}`);
     // A damaged record answers what it is (S3 InternalError "stored data is damaged: ..."), not a TypeError's "try again".
     const damage = recordDamage(rec, 'segments');
     if (damage !== null) throw new Corrupt(`the index record of ${bucket}/${key} is damaged (${damage}); \`couchestor fsck\` lists such records`);
@@ -623,7 +643,7 @@ export class ObjectStore {
     // cannot be trusted. Its files and stripes are left for fsck (orphans) and compaction.
     const damage = recordDamage(rec, 'segments');
     if (damage !== null) {
-      log.warn('object store: replaced a damaged index record without freeing what it names', { key: rec.key, damage });
+      log.warn('object store: replaced a damaged index record without freeing what it names', { key: (rec as Partial<ObjectRecord> | null)?.key, damage });
       return Promise.resolve();
     }
     if (this.pins.has(rec.versionId)) {
@@ -742,10 +762,11 @@ export class ObjectStore {
     const k = objectKey(bucket.id, key);
     const old = await this.manager.meta.transaction(() => {
       const prev = this.objects.get(k);
-      if (prev) this.objects.remove(k);
+      // A record damaged into null (or 0, "") is removed too: the client's only way to clear it.
+      if (prev !== undefined) this.objects.remove(k);
       return prev;
     });
-    if (!old) return false;
+    if (old === undefined) return false;
     await this.manager.meta.durable();
     await this.retire(old);
     return true;
@@ -763,7 +784,8 @@ export class ObjectStore {
     let count = 0;
     for (;;) {
       let reseek: Buffer | null = null;
-      for (const { value } of this.objects.getRange({ start, end })) {
+      for (const { key: indexKey, value: stored } of this.objects.getRange({ start, end })) {
+        const value = listed(indexKey, stored);
         if (skipEqual && value.key === opts.after) continue;
         let cp: string | undefined;
         if (opts.delimiter) {
