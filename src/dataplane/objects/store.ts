@@ -901,18 +901,22 @@ export class ObjectStore {
       if (!this.uploads.get(uk)) throw new NoSuchUpload(`multipart upload ${uploadId} was completed or aborted`);
       const stored = new Map<number, { key: Buffer; part: PartRecord }>();
       for (const { key: pk, value } of this.parts.getRange({ start: partKey(uploadId, 0), end: partKey(uploadId, 0xffff) })) {
-        stored.set(value.partNumber, { key: Buffer.from(pk), part: value });
+        // Numbered by its index key: a damaged record (null, say) is still that part.
+        const k = Buffer.from(pk);
+        stored.set(k.readUInt16BE(k.length - 2), { key: k, part: value });
       }
+      // A damaged part record (cold-holders.ts recordDamage) must not become an object the
+      // client was told exists and every GET refuses: refused, nothing changed.
+      const damagedPart = (n: number, p: unknown): never => {
+        throw new Corrupt(`the index record of part ${n} of upload ${uploadId} (${bucketName}/${key}) is damaged (${recordDamage(p, 'segment')}); \`couchestor fsck\` lists such records`);
+      };
       const segments: Segment[] = [];
       const etags: string[] = [];
       let sizeBytes = 0;
       list.forEach((want, i) => {
         const p = stored.get(want.partNumber)?.part;
+        if (p !== undefined && recordDamage(p, 'segment') !== null) damagedPart(want.partNumber, p);
         if (!p || p.etag !== want.etag.replace(/"/g, '').toLowerCase()) throw new InvalidPart(`part ${want.partNumber} was not uploaded or its ETag differs`);
-        // A damaged part record (cold-holders.ts recordDamage) must not become an object the
-        // client was told exists and every GET refuses: refused, nothing changed.
-        const damage = recordDamage(p, 'segment');
-        if (damage !== null) throw new Corrupt(`the index record of part ${want.partNumber} of upload ${uploadId} (${bucketName}/${key}) is damaged (${damage}); \`couchestor fsck\` lists such records`);
         if (i < list.length - 1 && p.sizeBytes < MIN_PART_BYTES) throw new PartTooSmall(`part ${want.partNumber} is ${p.sizeBytes} bytes; all parts but the last need at least ${MIN_PART_BYTES}`);
         segments.push(p.segment);
         etags.push(p.etag);
@@ -921,7 +925,7 @@ export class ObjectStore {
       if (sizeBytes > MAX_OBJECT_BYTES) throw new TooLarge(`object would be ${sizeBytes} bytes, over ${MAX_OBJECT_BYTES}`);
       const listed = new Set(list.map((p) => p.partNumber));
       for (const [n, { key: pk, part }] of stored) {
-        if (!listed.has(n)) unused.push(part.segment);
+        if (!listed.has(n) && recordDamage(part, 'segment') === null) unused.push(part.segment); // a damaged one frees nothing it names
         this.parts.remove(pk);
       }
       this.uploads.remove(uk);
@@ -956,7 +960,10 @@ export class ObjectStore {
       const uk = uploadKey(bucket.id, key, uploadId);
       if (!this.uploads.get(uk)) throw new NoSuchUpload(`multipart upload ${uploadId} was completed or aborted`);
       for (const { key: pk, value } of this.parts.getRange({ start: partKey(uploadId, 0), end: partKey(uploadId, 0xffff) })) {
-        freed.push(value.segment);
+        // A damaged part record is dropped and frees nothing it names (as retire() for an object):
+        // reading it threw here, after lmdb-js had kept the removals before it.
+        if (recordDamage(value, 'segment') === null) freed.push(value.segment);
+        else log.warn('object store: dropped a damaged part record without freeing what it names', { uploadId, damage: recordDamage(value, 'segment') });
         this.parts.remove(pk);
       }
       this.uploads.remove(uk);
