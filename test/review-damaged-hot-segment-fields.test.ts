@@ -14,7 +14,8 @@ import path from 'node:path';
 import { CreateBucketCommand, GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import { MetaStore } from '../src/dataplane/meta/store.js';
 import { OBJECTS_DB } from '../src/dataplane/objects/cold-segments.js';
-import { recordDamage } from '../src/dataplane/objects/cold-holders.js';
+import os from 'node:os';
+import { ColdObjectHolders, DamagedIndexRecord, recordDamage } from '../src/dataplane/objects/cold-holders.js';
 import { startS3, type S3Env } from './helpers/s3-env.js';
 
 const MiB = 1024 * 1024;
@@ -45,6 +46,27 @@ test('recordDamage: a hot segment without an integer fileId, a string pool or a 
   assert.equal(recordDamage({ segments: [cold] }, 'segments'), null);
   assert.notEqual(recordDamage({ segments: [{ ...cold, kind: 'hot' }] }, 'segments'), null, 'cold relabelled hot');
   assert.notEqual(recordDamage({ segment: { ...cold, kind: 'inline' } }, 'segment'), null, 'cold relabelled inline');
+});
+
+test("the strict list (pool rebuild) is not stopped by a hot segment's damaged fileId (it hides no cold stripe), still by a cold segment relabelled hot; count() counts both", async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-review-damaged-hot-list-'));
+  const meta = MetaStore.open(dir);
+  t.after(async () => {
+    await meta.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  const objects = meta.openDB<unknown, Buffer>(OBJECTS_DB);
+  const key = (k: string) => Buffer.concat([Buffer.from([1, 0, 0, 0, 9]), Buffer.from(k)]);
+  const ref = { ownerId: 'ab', chunkIndex: 0, generation: 1, dataShards: 4, parityShards: 2, stripeSizeBytes: 1, dataLengthBytes: 1, shards: [] };
+  const cold = { kind: 'cold', fileId: 3, lengthBytes: 1, chunkBytes: 1, stripes: [ref] };
+  await objects.put(key('cold'), { key: 'cold', segments: [cold] });
+  await objects.put(key('hot'), { key: 'hot', segments: [{ kind: 'hot', pool: 'hot-0', fileId: '#4', lengthBytes: 1, chunkCrc32c: [0] }] });
+  const holders = new ColdObjectHolders(meta, { releaseReplaced: () => undefined });
+  assert.deepEqual([...holders.list()].map(([, r]) => r.ownerId), ['ab'], 'the cold stripe listed, the hot record no stop');
+  assert.equal(holders.count(), 1);
+  assert.deepEqual(holders.damaged(), { objects: 1, parts: 0 }, 'counted as damaged all the same');
+  await objects.put(key('relabelled'), { key: 'relabelled', segments: [{ ...cold, kind: 'hot' }] });
+  assert.throws(() => [...holders.list()], DamagedIndexRecord);
 });
 
 test('a hot object record whose fileId is damaged: the restart sweeps no hot file, GET answers the damage', async (t) => {

@@ -75,7 +75,9 @@ export class ColdObjectHolders implements StripeHolderSource {
     for (const { key, value } of this.objects.getRange(ALL_OBJECT_KEYS)) {
       const k = Buffer.from(key);
       const problem = recordDamage(value, 'segments');
-      if (problem !== null) damaged('objects', k, problem);
+      // Strict (pool rebuild): only damage that can hide cold stripes stops it; a hot segment's
+      // bad fileId or length cannot, and must not stop the rebuild of a lost cold pool.
+      if (problem !== null && (onDamaged !== undefined || recordDamage(value, 'segments', 'stripes') !== null)) damaged('objects', k, problem);
       else yield* refsOf('o', k, value.segments);
     }
     // Upload id -> the object index key its upload completes into (bounded by the open uploads).
@@ -90,7 +92,7 @@ export class ColdObjectHolders implements StripeHolderSource {
     for (const { key, value } of this.parts.getRange(ALL_OBJECT_KEYS)) {
       const k = Buffer.from(key);
       const problem = recordDamage(value, 'segment');
-      if (problem !== null) {
+      if (problem !== null && (onDamaged !== undefined || recordDamage(value, 'segment', 'stripes') !== null)) {
         damaged('parts', k, problem);
         continue;
       }
@@ -362,11 +364,12 @@ const damageId = (d: DamagedRecord): string => `${d.db}/${d.key.toString('hex')}
  * start-up sweep keeps files by), an inline one's bytes binary (a segment
  * relabelled as another of the three kinds fails these), a cold one's
  * stripes a list of references each with a string ownerId, an integer
- * chunkIndex and a list of shards.
+ * chunkIndex and a list of shards. `scope` 'stripes': only what can hide
+ * cold stripes (a hot or inline segment's fileId or length cannot).
  * A record of another shape made every reader of the whole database throw
  * (TypeError: not iterable).
  */
-export function recordDamage(value: unknown, field: 'segments' | 'segment'): string | null {
+export function recordDamage(value: unknown, field: 'segments' | 'segment', scope: 'all' | 'stripes' = 'all'): string | null {
   if (typeof value !== 'object' || value === null) return `the record is ${value === null ? 'null' : typeof value}, not an object`;
   const raw = (value as Record<string, unknown>)[field];
   if (field === 'segments' && !Array.isArray(raw)) return `segments is ${describeValue(raw)}, not a list`;
@@ -379,10 +382,10 @@ export function recordDamage(value: unknown, field: 'segments' | 'segment'): str
     // What ObjectStore.open accounts and sweeps by: a hot segment's fileId that is not an
     // integer names no file, and the start-up sweep deleted the file it did name.
     const f = seg as { pool?: unknown; fileId?: unknown; lengthBytes?: unknown; chunkCrc32c?: unknown };
-    if (kind !== 'cold' && (typeof f.lengthBytes !== 'number' || !(f.lengthBytes >= 0))) return `${at}.lengthBytes is ${describeValue(f.lengthBytes)}`;
+    if (scope === 'all' && kind !== 'cold' && (typeof f.lengthBytes !== 'number' || !(f.lengthBytes >= 0))) return `${at}.lengthBytes is ${describeValue(f.lengthBytes)}`;
     if (kind === 'hot') {
       if (typeof f.pool !== 'string') return `${at}.pool is ${describeValue(f.pool)}`;
-      if (!Number.isSafeInteger(f.fileId) || (f.fileId as number) < 0) return `${at}.fileId is ${describeValue(f.fileId)}`;
+      if (scope === 'all' && (!Number.isSafeInteger(f.fileId) || (f.fileId as number) < 0)) return `${at}.fileId is ${describeValue(f.fileId)}`;
       if (!Array.isArray(f.chunkCrc32c)) return `${at}.chunkCrc32c is ${describeValue(f.chunkCrc32c)}, not a list`;
     }
     // A cold segment whose kind reads "hot" (no pool, no chunkCrc32c: above) or "inline" (no
