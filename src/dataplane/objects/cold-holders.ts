@@ -120,7 +120,7 @@ export class ColdObjectHolders implements StripeHolderSource {
       // Only those this line names are marked: the rest are named by the next counts.
       const named = fresh.slice(0, MAX_DAMAGED_NAMED);
       for (const d of named) loggedDamage.add(damageId(d));
-      log.error('damaged S3 index records skipped by the stripe count (metrics, GET /v1/cold); the pool rebuild and the scrub stop on them; fsck lists them all', {
+      log.error('damaged S3 index records skipped by the stripe count (metrics, GET /v1/cold) and the scrub; compaction stops on them, the pool rebuild on those that can hide cold stripes; fsck lists them all', {
         records: named.map((d) => `${d.db} ${this.describe(d)}: ${d.problem}`).join('; '),
         ...(fresh.length > MAX_DAMAGED_NAMED ? { notNamed: fresh.length - MAX_DAMAGED_NAMED } : {}),
       });

@@ -210,7 +210,7 @@ function objectKey(bucketId: number, key: string): Buffer {
  * record does not make its whole bucket unlistable (500) and the client can
  * see and DELETE it (GET answers the damage).
  */
-function listed(indexKey: Buffer | Uint8Array, value: unknown): ObjectRecord {
+function asListed(indexKey: Buffer | Uint8Array, value: unknown): ObjectRecord {
   const r = (typeof value === 'object' && value !== null ? value : {}) as Partial<ObjectRecord>;
   if (typeof r.key === 'string' && Number.isFinite(r.lastModifiedMs) && Number.isFinite(r.sizeBytes) && typeof r.etag === 'string') return r as ObjectRecord;
   return {
@@ -785,7 +785,7 @@ export class ObjectStore {
     for (;;) {
       let reseek: Buffer | null = null;
       for (const { key: indexKey, value: stored } of this.objects.getRange({ start, end })) {
-        const value = listed(indexKey, stored);
+        const value = asListed(indexKey, stored);
         if (skipEqual && value.key === opts.after) continue;
         let cp: string | undefined;
         if (opts.delimiter) {
