@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { CompleteMultipartUploadCommand, CreateMultipartUploadCommand, DeleteObjectCommand, GetObjectCommand, PutObjectCommand, UploadPartCommand } from '@aws-sdk/client-s3';
+import { CompleteMultipartUploadCommand, CreateBucketCommand, CreateMultipartUploadCommand, DeleteObjectCommand, GetObjectCommand, PutObjectCommand, UploadPartCommand } from '@aws-sdk/client-s3';
 import { DEFAULT_EC_POLICY_YAML } from '../src/config.js';
 import { MetaStore } from '../src/dataplane/meta/store.js';
 import { OBJECTS_DB, PARTS_DB } from '../src/dataplane/objects/cold-segments.js';
@@ -169,4 +169,46 @@ test('compaction with a multipart part record whose segment kind is damaged dele
   env = await startS3({ dataDir });
   await env.sdk.send(new CompleteMultipartUploadCommand({ Bucket: 'cold', Key: 'mp', UploadId, MultipartUpload: { Parts: [{ PartNumber: 1, ETag }] } }));
   assert.ok((await get(env, 'mp')).equals(partBytes), 'the completed upload reads back byte-exact');
+});
+
+test('a hot-bucket record whose damage names no cold stripe (a hot segment fileId) does not stop compaction: the pass compacts and every cold object reads back', async (t) => {
+  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'compaction-damaged-hot-'));
+  fs.mkdirSync(path.join(dataDir, 'policies'));
+  fs.writeFileSync(path.join(dataDir, 'policies', 'standard-ec.yaml'), DEFAULT_EC_POLICY_YAML);
+  fs.writeFileSync(path.join(dataDir, 'couchestor.yaml'), CONFIG);
+  let env = await startS3({ dataDir });
+  t.after(() => env.cleanup());
+  await createColdBucket(env, 'cold');
+  await env.sdk.send(new CreateBucketCommand({ Bucket: 'hotb' }));
+  await env.sdk.send(new PutObjectCommand({ Bucket: 'hotb', Key: 'h', Body: patternBytes(64 * 1024, 0x0f00) }));
+  const model = new Map<string, Buffer>();
+  for (let i = 0; i < 12; i++) {
+    const bytes = patternBytes(MiB, 0x1000 + i);
+    await env.sdk.send(new PutObjectCommand({ Bucket: 'cold', Key: `o${i}`, Body: bytes }));
+    if (i % 2 === 0) await env.sdk.send(new DeleteObjectCommand({ Bucket: 'cold', Key: `o${i}` }));
+    else model.set(`o${i}`, bytes);
+  }
+
+  assert.equal(await env.daemon.stop(), 0);
+  const meta = MetaStore.open(dataDir);
+  try {
+    type HotRec = { key: string; segments: { kind: string; fileId?: unknown }[] };
+    const objects = meta.openDB<HotRec, Buffer>(OBJECTS_DB);
+    const hit = [...objects.getRange({ start: Buffer.from([1]) })].find((e) => e.value.key === 'h');
+    assert.ok(hit && hit.value.segments[0]?.kind === 'hot', 'the hot object has a hot segment');
+    const v = structuredClone(hit.value);
+    v.segments[0]!.fileId = '#3';
+    await objects.put(Buffer.from(hit.key), v);
+  } finally {
+    await meta.close();
+  }
+  env.sdk.destroy();
+  fs.rmSync(env.home, { recursive: true, force: true });
+  env = await startS3({ dataDir });
+  const r = await api<{ segmentsCompacted: number }>(env.daemon, 'POST', '/v1/compact');
+  assert.ok(r.segmentsCompacted > 0, `the pass compacts: ${JSON.stringify(r)}`);
+  for (const [key, bytes] of model) assert.ok((await get(env, key)).equals(bytes), `${key} byte-exact after the pass`);
+  assert.equal(await env.daemon.stop(), 0);
+  const { report, stdout } = fsck(env.daemon);
+  assert.equal(report.stripes.Failed + report.stripes.Degraded, 0, stdout);
 });

@@ -175,15 +175,19 @@ function visitChunk(volumeId: number, chunkIndex: number, entry: ChunkEntry, vis
 }
 
 /**
- * The references of one object record. A damaged record (recordDamage: a
- * segment kind garbled, segments not a list...) throws DamagedIndexRecord:
+ * The references of one object record. A record damaged where it could
+ * name cold stripes (recordDamage scope 'stripes': a segment kind garbled,
+ * segments not a list, a stripe reference unreadable) throws DamagedIndexRecord:
  * read as it is, its cold stripes look unreferenced (coldStripeRefs skips a
  * kind it does not know) and compaction would delete them; every scan that
  * decides what is live (the looks, the recount, forEachRef) goes through here.
  */
 function visitObject(meta: MetaStore, key: Key, value: ObjectLike, visit: (ref: StripeRef, holder: Holder | null) => void): void {
   const k = Buffer.from(key as Buffer);
-  const problem = recordDamage(value, 'segments');
+  // Damage that can hide cold stripes only ('stripes', as the pool rebuild's
+  // listing): a hot segment's damaged fileId or length names no stripe, and
+  // refusing on it stopped compaction node-wide for a record in a hot bucket.
+  const problem = recordDamage(value, 'segments', 'stripes');
   if (problem !== null) throw damagedRecord(meta, 'objects', k, problem);
   for (const ref of coldStripeRefs(value.segments)) visit(ref, { kind: 'object', key: k });
 }
@@ -191,7 +195,7 @@ function visitObject(meta: MetaStore, key: Key, value: ObjectLike, visit: (ref: 
 /** The references of one part record; a damaged one throws (see visitObject). */
 function visitPart(meta: MetaStore, key: Key, value: PartLike, visit: (ref: StripeRef, holder: Holder | null) => void): void {
   const k = Buffer.from(key as Buffer);
-  const problem = recordDamage(value, 'segment');
+  const problem = recordDamage(value, 'segment', 'stripes');
   if (problem !== null) throw damagedRecord(meta, 'parts', k, problem);
   for (const ref of coldStripeRefs([value.segment])) visit(ref, { kind: 'part', key: k });
 }
