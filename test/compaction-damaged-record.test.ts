@@ -7,15 +7,12 @@
 // pass reclaimed the segments and fsck found the victim's stripes Failed.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 import { CompleteMultipartUploadCommand, CreateBucketCommand, CreateMultipartUploadCommand, DeleteObjectCommand, GetObjectCommand, PutObjectCommand, UploadPartCommand } from '@aws-sdk/client-s3';
-import { DEFAULT_EC_POLICY_YAML } from '../src/config.js';
 import { MetaStore } from '../src/dataplane/meta/store.js';
 import { OBJECTS_DB, PARTS_DB } from '../src/dataplane/objects/cold-segments.js';
 import { COLD_POOLS, MiB, api, fsck, patternBytes, segmentFiles } from './helpers/cold.js';
-import { createColdBucket, startS3, type S3Env } from './helpers/s3-env.js';
+import { rewriteRecord, startEcS3 } from './helpers/damaged-record.js';
+import { createColdBucket, restartS3, type S3Env } from './helpers/s3-env.js';
 
 const OBJECTS = 24;
 const VICTIM = 'o1';
@@ -33,25 +30,14 @@ function allSegmentFiles(env: S3Env): string[] {
 type Rec = { key: string; segments: { kind: string; stripes?: unknown[] }[] };
 
 /** Rewrites the victim's record with the daemon stopped: `edit` gets the stored value, returns the one to store. */
-async function rewriteVictim(dataDir: string, edit: (v: Rec) => unknown): Promise<Rec> {
-  const meta = MetaStore.open(dataDir);
-  try {
-    const objects = meta.openDB<Rec, Buffer>(OBJECTS_DB);
-    const hit = [...objects.getRange({ start: Buffer.from([1]) })].find((e) => e.value.key === VICTIM);
-    assert.ok(hit, 'the victim record is in the index');
-    await objects.put(Buffer.from(hit.key), edit(structuredClone(hit.value)) as Rec);
-    return hit.value;
-  } finally {
-    await meta.close();
-  }
+function rewriteVictim(dataDir: string, edit: (v: Rec) => unknown): Promise<Rec> {
+  return rewriteRecord<Rec>(dataDir, OBJECTS_DB, (v) => v.key === VICTIM, edit, 'the victim record');
 }
 
 test("compaction with an object record whose segment kind is damaged deletes no segment, names the record, and every stripe is Healthy once it is restored", async (t) => {
-  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'compaction-damaged-record-'));
-  fs.mkdirSync(path.join(dataDir, 'policies'));
-  fs.writeFileSync(path.join(dataDir, 'policies', 'standard-ec.yaml'), DEFAULT_EC_POLICY_YAML);
-  fs.writeFileSync(path.join(dataDir, 'couchestor.yaml'), CONFIG);
-  let env = await startS3({ dataDir });
+  const started = await startEcS3('compaction-damaged-record-', CONFIG);
+  const dataDir = started.dataDir;
+  let env = started.env;
   t.after(() => env.cleanup());
   await createColdBucket(env, 'cold');
   const model = new Map<string, Buffer>();
@@ -75,9 +61,7 @@ test("compaction with an object record whose segment kind is damaged deletes no 
     return v;
   });
   const victimStripes = original.segments.reduce((n, s) => n + (s.kind === 'cold' ? s.stripes!.length : 0), 0);
-  env.sdk.destroy();
-  fs.rmSync(env.home, { recursive: true, force: true });
-  env = await startS3({ dataDir });
+  env = await restartS3(env);
   const filesBefore = allSegmentFiles(env);
   assert.ok(filesBefore.length > 0);
 
@@ -108,20 +92,16 @@ test("compaction with an object record whose segment kind is damaged deletes no 
   assert.ok(report.stripes.Healthy >= victimStripes + (model.size - 1), stdout);
 
   // And compaction goes on: the next pass reclaims the dead segments, every object (the victim too) reads back.
-  env.sdk.destroy();
-  fs.rmSync(env.home, { recursive: true, force: true });
-  env = await startS3({ dataDir });
+  env = await restartS3(env);
   const r = await api<{ segmentsCompacted: number }>(env.daemon, 'POST', '/v1/compact');
   assert.ok(r.segmentsCompacted > 0, JSON.stringify(r));
   for (const [key, bytes] of model) assert.ok((await get(env, key)).equals(bytes), `${key} byte-exact after the pass`);
 });
 
 test('compaction with a multipart part record whose segment kind is damaged deletes no segment; restored, the upload completes and reads back', async (t) => {
-  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'compaction-damaged-part-'));
-  fs.mkdirSync(path.join(dataDir, 'policies'));
-  fs.writeFileSync(path.join(dataDir, 'policies', 'standard-ec.yaml'), DEFAULT_EC_POLICY_YAML);
-  fs.writeFileSync(path.join(dataDir, 'couchestor.yaml'), CONFIG);
-  let env = await startS3({ dataDir });
+  const started = await startEcS3('compaction-damaged-part-', CONFIG);
+  const dataDir = started.dataDir;
+  let env = started.env;
   t.after(() => env.cleanup());
   await createColdBucket(env, 'cold');
   const partBytes = patternBytes(MiB, 0x0d00);
@@ -149,9 +129,7 @@ test('compaction with a multipart part record whose segment kind is damaged dele
     assert.equal(v.segment.kind, 'cold', 'the part is on the cold tier');
     return { ...v, segment: { ...v.segment, kind: 'c0ld' } };
   });
-  env.sdk.destroy();
-  fs.rmSync(env.home, { recursive: true, force: true });
-  env = await startS3({ dataDir });
+  env = await restartS3(env);
   const filesBefore = allSegmentFiles(env);
   const res = await fetch(`http://${env.daemon.info.api.host}:${env.daemon.info.api.port}/v1/compact`, { method: 'POST' });
   const body = (await res.json()) as { error?: string; message?: string };
@@ -164,19 +142,15 @@ test('compaction with a multipart part record whose segment kind is damaged dele
   await rewritePart(() => original);
   const { report, stdout } = fsck(env.daemon);
   assert.equal(report.stripes.Failed + report.stripes.Degraded, 0, stdout);
-  env.sdk.destroy();
-  fs.rmSync(env.home, { recursive: true, force: true });
-  env = await startS3({ dataDir });
+  env = await restartS3(env);
   await env.sdk.send(new CompleteMultipartUploadCommand({ Bucket: 'cold', Key: 'mp', UploadId, MultipartUpload: { Parts: [{ PartNumber: 1, ETag }] } }));
   assert.ok((await get(env, 'mp')).equals(partBytes), 'the completed upload reads back byte-exact');
 });
 
 test('a hot-bucket record whose damage names no cold stripe (a hot segment fileId) does not stop compaction: the pass compacts and every cold object reads back', async (t) => {
-  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'compaction-damaged-hot-'));
-  fs.mkdirSync(path.join(dataDir, 'policies'));
-  fs.writeFileSync(path.join(dataDir, 'policies', 'standard-ec.yaml'), DEFAULT_EC_POLICY_YAML);
-  fs.writeFileSync(path.join(dataDir, 'couchestor.yaml'), CONFIG);
-  let env = await startS3({ dataDir });
+  const started = await startEcS3('compaction-damaged-hot-', CONFIG);
+  const dataDir = started.dataDir;
+  let env = started.env;
   t.after(() => env.cleanup());
   await createColdBucket(env, 'cold');
   await env.sdk.send(new CreateBucketCommand({ Bucket: 'hotb' }));
@@ -190,21 +164,13 @@ test('a hot-bucket record whose damage names no cold stripe (a hot segment fileI
   }
 
   assert.equal(await env.daemon.stop(), 0);
-  const meta = MetaStore.open(dataDir);
-  try {
-    type HotRec = { key: string; segments: { kind: string; fileId?: unknown }[] };
-    const objects = meta.openDB<HotRec, Buffer>(OBJECTS_DB);
-    const hit = [...objects.getRange({ start: Buffer.from([1]) })].find((e) => e.value.key === 'h');
-    assert.ok(hit && hit.value.segments[0]?.kind === 'hot', 'the hot object has a hot segment');
-    const v = structuredClone(hit.value);
+  type HotRec = { key: string; segments: { kind: string; fileId?: unknown }[] };
+  await rewriteRecord<HotRec>(dataDir, OBJECTS_DB, (v) => v.key === 'h', (v) => {
+    assert.ok(v.segments[0]?.kind === 'hot', 'the hot object has a hot segment');
     v.segments[0]!.fileId = '#3';
-    await objects.put(Buffer.from(hit.key), v);
-  } finally {
-    await meta.close();
-  }
-  env.sdk.destroy();
-  fs.rmSync(env.home, { recursive: true, force: true });
-  env = await startS3({ dataDir });
+    return v;
+  }, 'the hot object record');
+  env = await restartS3(env);
   const r = await api<{ segmentsCompacted: number }>(env.daemon, 'POST', '/v1/compact');
   assert.ok(r.segmentsCompacted > 0, `the pass compacts: ${JSON.stringify(r)}`);
   for (const [key, bytes] of model) assert.ok((await get(env, key)).equals(bytes), `${key} byte-exact after the pass`);

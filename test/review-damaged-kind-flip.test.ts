@@ -9,15 +9,11 @@
 // is rewritten through LMDB while it is stopped.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 import { DeleteObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
-import { DEFAULT_EC_POLICY_YAML } from '../src/config.js';
-import { MetaStore } from '../src/dataplane/meta/store.js';
 import { OBJECTS_DB } from '../src/dataplane/objects/cold-segments.js';
 import { COLD_POOLS, MiB, fsck, patternBytes, segmentFiles } from './helpers/cold.js';
-import { createColdBucket, startS3, type S3Env } from './helpers/s3-env.js';
+import { rewriteRecord, startEcS3 } from './helpers/damaged-record.js';
+import { createColdBucket, restartS3, type S3Env } from './helpers/s3-env.js';
 
 const OBJECTS = 12;
 const VICTIM = 'o1';
@@ -29,25 +25,14 @@ function allSegmentFiles(env: S3Env): string[] {
   return Array.from({ length: COLD_POOLS }, (_, i) => segmentFiles(env.daemon, i)).flat();
 }
 
-async function rewriteVictim(dataDir: string, edit: (v: Rec) => unknown): Promise<Rec> {
-  const meta = MetaStore.open(dataDir);
-  try {
-    const objects = meta.openDB<Rec, Buffer>(OBJECTS_DB);
-    const hit = [...objects.getRange({ start: Buffer.from([1]) })].find((e) => e.value.key === VICTIM);
-    assert.ok(hit, 'the victim record is in the index');
-    await objects.put(Buffer.from(hit.key), edit(structuredClone(hit.value)) as Rec);
-    return hit.value;
-  } finally {
-    await meta.close();
-  }
+function rewriteVictim(dataDir: string, edit: (v: Rec) => unknown): Promise<Rec> {
+  return rewriteRecord<Rec>(dataDir, OBJECTS_DB, (v) => v.key === VICTIM, edit, 'the victim record');
 }
 
 test('compaction deletes no segment of a cold object whose segment kind reads "hot" or "inline"', async (t) => {
-  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'review-damaged-kind-flip-'));
-  fs.mkdirSync(path.join(dataDir, 'policies'));
-  fs.writeFileSync(path.join(dataDir, 'policies', 'standard-ec.yaml'), DEFAULT_EC_POLICY_YAML);
-  fs.writeFileSync(path.join(dataDir, 'couchestor.yaml'), CONFIG);
-  let env = await startS3({ dataDir });
+  const started = await startEcS3('review-damaged-kind-flip-', CONFIG);
+  const dataDir = started.dataDir;
+  let env = started.env;
   t.after(() => env.cleanup());
   await createColdBucket(env, 'cold');
   for (let i = 0; i < OBJECTS; i++) await env.sdk.send(new PutObjectCommand({ Bucket: 'cold', Key: `o${i}`, Body: patternBytes(MiB, 0x0d00 + i) }));
@@ -62,9 +47,7 @@ test('compaction deletes no segment of a cold object whose segment kind reads "h
       return { ...base, segments: base.segments.map((s) => (s.kind === 'cold' ? { ...s, kind } : s)) };
     });
     original ??= was;
-    env.sdk.destroy();
-    fs.rmSync(env.home, { recursive: true, force: true });
-    env = await startS3({ dataDir });
+    env = await restartS3(env);
     const filesBefore = allSegmentFiles(env);
     const res = await fetch(`http://${env.daemon.info.api.host}:${env.daemon.info.api.port}/v1/compact`, { method: 'POST' });
     const body = (await res.json()) as { error?: string; message?: string; segmentsCompacted?: number };
