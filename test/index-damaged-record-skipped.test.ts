@@ -11,13 +11,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
-import fs from 'node:fs';
 import http from 'node:http';
 import { DeleteObjectCommand, GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
-import { MetaStore } from '../src/dataplane/meta/store.js';
 import { OBJECTS_DB } from '../src/dataplane/objects/cold-segments.js';
 import { api, fsckDataDir } from './helpers/cold.js';
-import { awsOk, createColdBucket, startS3, type S3Env } from './helpers/s3-env.js';
+import { killAndRemove, rewriteRecord } from './helpers/damaged-record.js';
+import { awsOk, createColdBucket, restartS3, startS3, type S3Env } from './helpers/s3-env.js';
 
 const MiB = 1024 * 1024;
 const BUCKET = 'dmg';
@@ -50,12 +49,7 @@ async function body(env: S3Env, key: string): Promise<Buffer> {
 test('a damaged object record is skipped and counted by /metrics and GET /v1/cold, named by the log and fsck; the other objects list and read back', async (t) => {
   let env = await startS3();
   const dataDir = env.daemon.dataDir;
-  t.after(async () => {
-    env.sdk.destroy();
-    await env.daemon.kill();
-    fs.rmSync(dataDir, { recursive: true, force: true });
-    fs.rmSync(env.home, { recursive: true, force: true });
-  });
+  t.after(() => killAndRemove(env, dataDir));
   await createColdBucket(env, BUCKET);
   const want = new Map<string, Buffer>();
   for (const key of [...KEPT, VICTIM]) {
@@ -70,14 +64,12 @@ test('a damaged object record is skipped and counted by /metrics and GET /v1/col
 
   // The damage, written through LMDB with the daemon stopped.
   assert.equal(await env.daemon.stop(), 0);
-  const meta = MetaStore.open(dataDir);
-  const objects = meta.openDB<{ key: string; segments: unknown }, Buffer>(OBJECTS_DB);
-  const hit = [...objects.getRange({ start: Buffer.from([1]) })].find((e) => e.value.key === VICTIM);
-  assert.ok(hit, 'the victim record is in the index');
-  const victimStripes = (hit.value.segments as { kind: string; stripes?: unknown[] }[]).reduce((n, s) => n + (s.kind === 'cold' ? s.stripes!.length : 0), 0);
-  assert.ok(victimStripes > 0, 'the victim has cold stripes');
-  await objects.put(Buffer.from(hit.key), { ...hit.value, segments: 7 });
-  await meta.close();
+  let victimStripes = 0;
+  await rewriteRecord<{ key: string; segments: unknown }>(dataDir, OBJECTS_DB, (v) => v.key === VICTIM, (v) => {
+    victimStripes = (v.segments as { kind: string; stripes?: unknown[] }[]).reduce((n, s) => n + (s.kind === 'cold' ? s.stripes!.length : 0), 0);
+    assert.ok(victimStripes > 0, 'the victim has cold stripes');
+    return { ...v, segments: 7 };
+  }, 'the victim record');
 
   // Offline fsck names the record (bucket/key, what is wrong) and says damage found.
   const f = fsckDataDir(dataDir);
@@ -86,9 +78,7 @@ test('a damaged object record is skipped and counted by /metrics and GET /v1/col
   assert.equal(f.status, 1, 'fsck exits 1 on a damaged record');
 
   // Restarted on the damaged index.
-  env.sdk.destroy();
-  fs.rmSync(env.home, { recursive: true, force: true });
-  env = await startS3({ dataDir });
+  env = await restartS3(env);
 
   for (let i = 0; i < 3; i++) {
     const after = await scrape(env);

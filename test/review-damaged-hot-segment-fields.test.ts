@@ -8,26 +8,18 @@
 // InternalError naming it), not a TypeError's "try again".
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { CreateBucketCommand, GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
+import { GetObjectCommand } from '@aws-sdk/client-s3';
 import { MetaStore } from '../src/dataplane/meta/store.js';
 import { OBJECTS_DB } from '../src/dataplane/objects/cold-segments.js';
 import os from 'node:os';
 import { ColdObjectHolders, DamagedIndexRecord, recordDamage } from '../src/dataplane/objects/cold-holders.js';
-import { startS3, type S3Env } from './helpers/s3-env.js';
+import { hotFiles, killAndRemove, putKeptAndVictim, rewriteRecord } from './helpers/damaged-record.js';
+import { restartS3, startS3, type S3Env } from './helpers/s3-env.js';
 
 const MiB = 1024 * 1024;
 const BUCKET = 'hotfields';
-
-/** Every hot object file of the data directory's hot-0 pool, path -> bytes. */
-function hotFiles(dataDir: string): Map<string, Buffer> {
-  const root = path.join(dataDir, 'pools', 'hot-0', 'objects');
-  const out = new Map<string, Buffer>();
-  for (const fan of fs.readdirSync(root)) for (const f of fs.readdirSync(path.join(root, fan))) out.set(path.join(fan, f), fs.readFileSync(path.join(root, fan, f)));
-  return out;
-}
 
 test('recordDamage: a hot segment without an integer fileId, a string pool or a numeric length, an inline one without bytes, a cold one relabelled hot or inline are damaged; every segment a writer makes is not', () => {
   const hot = { kind: 'hot', pool: 'hot-0', fileId: 12, lengthBytes: 5, chunkCrc32c: [1] };
@@ -72,32 +64,20 @@ test("the strict list (pool rebuild) is not stopped by a hot segment's damaged f
 test('a hot object record whose fileId is damaged: the restart sweeps no hot file, GET answers the damage', async (t) => {
   let env: S3Env = await startS3();
   const dataDir = env.daemon.dataDir;
-  t.after(async () => {
-    env.sdk.destroy();
-    await env.daemon.kill();
-    fs.rmSync(dataDir, { recursive: true, force: true });
-    fs.rmSync(env.home, { recursive: true, force: true });
-  });
-  await env.sdk.send(new CreateBucketCommand({ Bucket: BUCKET }));
-  const kept = crypto.randomBytes(MiB);
-  await env.sdk.send(new PutObjectCommand({ Bucket: BUCKET, Key: 'kept', Body: kept }));
-  await env.sdk.send(new PutObjectCommand({ Bucket: BUCKET, Key: 'victim', Body: crypto.randomBytes(MiB) }));
+  t.after(() => killAndRemove(env, dataDir));
+  const kept = await putKeptAndVictim(env, BUCKET, MiB);
   assert.equal(await env.daemon.stop(), 0);
   const before = hotFiles(dataDir);
   assert.equal(before.size, 2, 'one hot file per object');
 
-  const meta = MetaStore.open(dataDir);
-  const objects = meta.openDB<{ key: string; segments: { kind: string; fileId?: unknown }[] }, Buffer>(OBJECTS_DB);
-  const hit = [...objects.getRange({ start: Buffer.from([1]) })].find((e) => e.value.key === 'victim');
-  assert.ok(hit);
-  assert.equal(hit.value.segments[0]!.kind, 'hot');
-  // Damaged: the segment's fileId is no longer a number (its kind is intact).
-  await objects.put(Buffer.from(hit.key), { ...hit.value, segments: [{ ...hit.value.segments[0]!, fileId: `#${String(hit.value.segments[0]!.fileId)}` }] });
-  await meta.close();
+  type Rec = { key: string; segments: { kind: string; fileId?: unknown }[] };
+  await rewriteRecord<Rec>(dataDir, OBJECTS_DB, (v) => v.key === 'victim', (v) => {
+    assert.equal(v.segments[0]!.kind, 'hot');
+    // Damaged: the segment's fileId is no longer a number (its kind is intact).
+    return { ...v, segments: [{ ...v.segments[0]!, fileId: `#${String(v.segments[0]!.fileId)}` }] };
+  });
 
-  env.sdk.destroy();
-  fs.rmSync(env.home, { recursive: true, force: true });
-  env = await startS3({ dataDir });
+  env = await restartS3(env);
   const after = hotFiles(dataDir);
   assert.deepEqual([...after.keys()].sort(), [...before.keys()].sort(), 'no hot file swept');
   for (const [f, bytes] of before) assert.ok(after.get(f)!.equals(bytes), `${f} unchanged`);

@@ -1,5 +1,7 @@
-// Damaged-index-record test setup: an S3 daemon with the EC policy and a config in its own data dir, one LMDB record rewritten with the daemon stopped.
+// Damaged-index-record test setup: S3 daemons (EC policy + config in a temp data dir, or a hot victim beside a kept object), one LMDB record rewritten with the daemon stopped, teardown.
+import { CreateBucketCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -31,4 +33,29 @@ export async function rewriteRecord<V>(dataDir: string, db: string, pick: (v: V)
   } finally {
     await meta.close();
   }
+}
+
+/** Teardown for a test that restarts on its data dir: the live daemon killed, its data dir and aws HOME removed. */
+export async function killAndRemove(env: S3Env, dataDir: string): Promise<void> {
+  env.sdk.destroy();
+  await env.daemon.kill();
+  fs.rmSync(dataDir, { recursive: true, force: true });
+  fs.rmSync(env.home, { recursive: true, force: true });
+}
+
+/** Creates hot `bucket` with two objects of `lengthBytes` random bytes, 'kept' and 'victim'; returns kept's bytes. */
+export async function putKeptAndVictim(env: S3Env, bucket: string, lengthBytes: number): Promise<Buffer> {
+  await env.sdk.send(new CreateBucketCommand({ Bucket: bucket }));
+  const kept = crypto.randomBytes(lengthBytes);
+  await env.sdk.send(new PutObjectCommand({ Bucket: bucket, Key: 'kept', Body: kept }));
+  await env.sdk.send(new PutObjectCommand({ Bucket: bucket, Key: 'victim', Body: crypto.randomBytes(lengthBytes) }));
+  return kept;
+}
+
+/** Every hot object file of the data directory's hot-0 pool, path -> bytes. */
+export function hotFiles(dataDir: string): Map<string, Buffer> {
+  const root = path.join(dataDir, 'pools', 'hot-0', 'objects');
+  const out = new Map<string, Buffer>();
+  for (const fan of fs.readdirSync(root)) for (const f of fs.readdirSync(path.join(root, fan))) out.set(path.join(fan, f), fs.readFileSync(path.join(root, fan, f)));
+  return out;
 }
