@@ -7,27 +7,18 @@
 // naming bucket/key. Before the fix count() threw (not iterable).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
-import { MetaStore } from '../src/dataplane/meta/store.js';
 import { ColdObjectHolders, DamagedIndexRecord } from '../src/dataplane/objects/cold-holders.js';
 import { OBJECTS_DB, PARTS_DB } from '../src/dataplane/objects/cold-segments.js';
+import { objectKey, putColdBucket9, tempMeta } from './helpers/damaged-record.js';
 import { stderrLines } from './helpers/stderr.js';
 
 const ref = (ownerId: string, chunkIndex: number) => ({ ownerId, chunkIndex, generation: 1, dataShards: 4, parityShards: 2, shards: [] });
 const cold = (ownerId: string, stripes: number) => ({ kind: 'cold', fileId: 1, lengthBytes: 1, chunkBytes: 1, stripes: Array.from({ length: stripes }, (_, i) => ref(ownerId, i)) });
-const objectKey = (bucketId: number, key: string) => Buffer.concat([Buffer.from([1, 0, 0, 0, bucketId]), Buffer.from(key)]);
 const partKey = (uploadId: string, part: number) => Buffer.concat([Buffer.from([1]), Buffer.from(uploadId, 'latin1'), Buffer.from([0, part])]);
 
 test('damaged object and part records are skipped and counted by count(), named once in the log, and named by the strict list()', async (t) => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-damaged-part-'));
-  const meta = MetaStore.open(dir);
-  t.after(async () => {
-    await meta.close();
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
-  await meta.openDB<unknown, string>('s3-buckets').put('bkt', { name: 'bkt', id: 9, tier: 'cold', createdMs: 0 });
+  const meta = tempMeta(t, 'couchestor-damaged-part-');
+  await putColdBucket9(meta);
   const objects = meta.openDB<unknown, Buffer>(OBJECTS_DB);
   const parts = meta.openDB<unknown, Buffer>(PARTS_DB);
   await objects.put(objectKey(9, 'good'), { key: 'good', versionId: 1, segments: [cold('a', 2)] });

@@ -6,25 +6,16 @@
 // each later count names the next ones, and each record exactly once.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
-import { MetaStore } from '../src/dataplane/meta/store.js';
 import { ColdObjectHolders } from '../src/dataplane/objects/cold-holders.js';
 import { OBJECTS_DB } from '../src/dataplane/objects/cold-segments.js';
+import { objectKey, putColdBucket9, tempMeta } from './helpers/damaged-record.js';
 import { stderrLines } from './helpers/stderr.js';
 
 const DAMAGED = 20;
-const objectKey = (bucketId: number, key: string) => Buffer.concat([Buffer.from([1, 0, 0, 0, bucketId]), Buffer.from(key)]);
 
 test('more damaged records than one log line names: later counts name the rest, each record once', async (t) => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-review-damaged-log-'));
-  const meta = MetaStore.open(dir);
-  t.after(async () => {
-    await meta.close();
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
-  await meta.openDB<unknown, string>('s3-buckets').put('bkt', { name: 'bkt', id: 9, tier: 'cold', createdMs: 0 });
+  const meta = tempMeta(t, 'couchestor-review-damaged-log-');
+  await putColdBucket9(meta);
   const objects = meta.openDB<unknown, Buffer>(OBJECTS_DB);
   const names = Array.from({ length: DAMAGED }, (_, i) => `bad-${String(i).padStart(2, '0')}`);
   for (const [i, key] of names.entries()) await objects.put(objectKey(9, key), { key, versionId: i, segments: 7 });

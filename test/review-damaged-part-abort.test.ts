@@ -10,29 +10,16 @@
 // (Corrupt). Real LMDB index and ObjectStore; records written through LMDB.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
-import { MetaStore } from '../src/dataplane/meta/store.js';
-import { ObjectStore } from '../src/dataplane/objects/store.js';
 import { PARTS_DB } from '../src/dataplane/objects/cold-segments.js';
 import { Corrupt, NoSuchUpload } from '../src/dataplane/errors.js';
-import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
+import { partKey, storeWithHotBucket, tempMeta } from './helpers/damaged-record.js';
 
-const partKey = (uploadId: string, part: number) => Buffer.concat([Buffer.from([1]), Buffer.from(uploadId, 'latin1'), Buffer.from([part >> 8, part & 0xff])]);
 /** A well-formed part on a pool this index has none of (nothing to free). */
 const goodPart = (n: number) => ({ partNumber: n, etag: `e${n}`, sizeBytes: 5 * 1024 * 1024, lastModifiedMs: 1, segment: { kind: 'hot', pool: 'gone', fileId: 100 + n, lengthBytes: 5 * 1024 * 1024, chunkCrc32c: [0] } });
 
 test('a part record damaged into null: abort drops the upload and every part; complete refuses naming it, or completes without it', async (t) => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-review-damaged-part-abort-'));
-  const meta = MetaStore.open(dir);
-  t.after(async () => {
-    await meta.close();
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
-  const manager = { meta, pools: new Map() } as unknown as VolumeManager;
-  const store = await ObjectStore.open(manager);
-  await store.createBucket('b', 'hot');
+  const meta = tempMeta(t, 'couchestor-review-damaged-part-abort-');
+  const store = await storeWithHotBucket(meta);
   const parts = meta.openDB<unknown, Buffer>(PARTS_DB);
   const partsOf = (uploadId: string) => [...parts.getRange({ start: partKey(uploadId, 0), end: partKey(uploadId, 0xffff) })].length;
 

@@ -7,28 +7,14 @@
 // A real LMDB index and ObjectStore; the part record is damaged through LMDB.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
-import { MetaStore } from '../src/dataplane/meta/store.js';
-import { ObjectStore } from '../src/dataplane/objects/store.js';
 import { PARTS_DB } from '../src/dataplane/objects/cold-segments.js';
 import { Corrupt, NoSuchObject } from '../src/dataplane/errors.js';
-import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
+import { partKey, storeWithHotBucket, tempMeta } from './helpers/damaged-record.js';
 
-/** A part's index key: 1, the upload id, the part number as 2 bytes (objects/store.ts partKey). */
-const partKey = (uploadId: string, part: number) => Buffer.concat([Buffer.from([1]), Buffer.from(uploadId, 'latin1'), Buffer.from([part >> 8, part & 0xff])]);
 
 test('CompleteMultipartUpload with a damaged part record refuses (Corrupt) and leaves the upload, its parts and the key as they were', async (t) => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-review-damaged-part-complete-'));
-  const meta = MetaStore.open(dir);
-  t.after(async () => {
-    await meta.close();
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
-  const manager = { meta, pools: new Map() } as unknown as VolumeManager;
-  const store = await ObjectStore.open(manager);
-  await store.createBucket('b', 'hot');
+  const meta = tempMeta(t, 'couchestor-review-damaged-part-complete-');
+  const store = await storeWithHotBucket(meta);
   const upload = await store.createUpload('b', 'k', {}, {});
   const parts = meta.openDB<unknown, Buffer>(PARTS_DB);
   // Part 1 damaged: its segment's kind unreadable (a hot segment otherwise).

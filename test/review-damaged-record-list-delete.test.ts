@@ -10,27 +10,15 @@
 // index and ObjectStore; the record is written through LMDB.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
-import { MetaStore } from '../src/dataplane/meta/store.js';
-import { ObjectStore } from '../src/dataplane/objects/store.js';
 import { OBJECTS_DB } from '../src/dataplane/objects/cold-segments.js';
 import { Corrupt } from '../src/dataplane/errors.js';
-import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
+import { storeWithHotBucket, tempMeta } from './helpers/damaged-record.js';
 
 const DAMAGED: unknown[] = [null, 7, 'x', { segments: 7 }, { key: 3, lastModifiedMs: 'y', sizeBytes: null, etag: 4, segments: [{ kind: 'c0ld' }] }];
 
 test('a record damaged past its segments lists under its index key (with and without a delimiter) and DELETE removes it', async (t) => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-review-damaged-list-'));
-  const meta = MetaStore.open(dir);
-  t.after(async () => {
-    await meta.close();
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
-  const manager = { meta, pools: new Map() } as unknown as VolumeManager;
-  const store = await ObjectStore.open(manager);
-  await store.createBucket('b', 'hot');
+  const meta = tempMeta(t, 'couchestor-review-damaged-list-');
+  const store = await storeWithHotBucket(meta);
   const id = store.listBuckets()[0]!.id;
   const indexKey = Buffer.concat([Buffer.from([1, id >>> 24, (id >>> 16) & 0xff, (id >>> 8) & 0xff, id & 0xff]), Buffer.from('dir/bad')]);
   const objects = meta.openDB<unknown, Buffer>(OBJECTS_DB);

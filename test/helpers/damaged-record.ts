@@ -1,4 +1,5 @@
-// Damaged-index-record test setup: S3 daemons (EC policy + config in a temp data dir, or a hot victim beside a kept object), one LMDB record rewritten with the daemon stopped, teardown.
+// Damaged-index-record test setup: S3 daemons (EC policy + config in a temp data dir, or a hot victim beside a kept object), one LMDB record rewritten with the daemon stopped,
+// teardown; and daemon-less: a temp MetaStore, an ObjectStore on it, index keys and bucket records written through LMDB.
 import { CreateBucketCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
@@ -6,7 +7,10 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { DEFAULT_EC_POLICY_YAML } from '../../src/config.js';
+import type { TestContext } from 'node:test';
 import { MetaStore } from '../../src/dataplane/meta/store.js';
+import { ObjectStore } from '../../src/dataplane/objects/store.js';
+import type { VolumeManager } from '../../src/dataplane/volumes/manager.js';
 import { startS3, type S3Env } from './s3-env.js';
 
 /** A new temp data dir (`prefix`) holding the standard EC policy and `config` as couchestor.yaml, and a daemon started on it. */
@@ -58,4 +62,34 @@ export function hotFiles(dataDir: string): Map<string, Buffer> {
   const out = new Map<string, Buffer>();
   for (const fan of fs.readdirSync(root)) for (const f of fs.readdirSync(path.join(root, fan))) out.set(path.join(fan, f), fs.readFileSync(path.join(root, fan, f)));
   return out;
+}
+
+/** A MetaStore in a new temp dir (`prefix`), closed and removed after the test. */
+export function tempMeta(t: TestContext, prefix: string): MetaStore {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  const meta = MetaStore.open(dir);
+  t.after(async () => {
+    await meta.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  return meta;
+}
+
+/** A real ObjectStore over `meta` with no pools (nothing to free), holding hot bucket 'b'. */
+export async function storeWithHotBucket(meta: MetaStore): Promise<ObjectStore> {
+  const manager = { meta, pools: new Map() } as unknown as VolumeManager;
+  const store = await ObjectStore.open(manager);
+  await store.createBucket('b', 'hot');
+  return store;
+}
+
+/** A part's index key: 1, the upload id, the part number as 2 bytes (objects/store.ts partKey). */
+export const partKey = (uploadId: string, part: number) => Buffer.concat([Buffer.from([1]), Buffer.from(uploadId, 'latin1'), Buffer.from([part >> 8, part & 0xff])]);
+
+/** An object's index key in bucket `bucketId` (< 256): 1, the id as 4 bytes, the key. */
+export const objectKey = (bucketId: number, key: string) => Buffer.concat([Buffer.from([1, 0, 0, 0, bucketId]), Buffer.from(key)]);
+
+/** Cold bucket record 'bkt' with id 9, written through LMDB. */
+export async function putColdBucket9(meta: MetaStore): Promise<void> {
+  await meta.openDB<unknown, string>('s3-buckets').put('bkt', { name: 'bkt', id: 9, tier: 'cold', createdMs: 0 });
 }
