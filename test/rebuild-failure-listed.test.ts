@@ -15,16 +15,12 @@
 // store, segment files, LMDB index, Reconstructor, API and metrics registry.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
-import { ColdObjectHolders } from '../src/dataplane/objects/cold-holders.js';
-import { OBJECTS_DB } from '../src/dataplane/objects/cold-segments.js';
-import { openColdTierManager, readVolume, tempDirClosing, writeVolume } from './helpers/volume.js';
-import { listedByApi, managerPoolGauge, replacePoolDir, type ListedRebuild } from './helpers/rebuild.js';
+import { openColdTierManager, readVolume, tempDirClosing } from './helpers/volume.js';
+import { coldVolumeWithObjectSource, listedByApi, managerPoolGauge, poolBytes, putDamagedObjectRecord, replacePoolDir, type ListedRebuild } from './helpers/rebuild.js';
 
-const MiB = 1024 * 1024;
 const LOST = 'cold-2';
 /** 1 MiB chunks: one 4+2 stripe each, so 32 shards of 256 KiB on every pool. */
 const STRIPES = 32;
@@ -32,33 +28,20 @@ const STRIPES = 32;
 /** The value of `couchestor_rebuild_incomplete{pool="LOST"}` in one scrape of the real registry. */
 const incompleteGauge = (m: VolumeManager) => managerPoolGauge(m, 'couchestor_rebuild_incomplete', LOST);
 
-/** Bytes in the pool's segment files: what the rebuild has landed there. */
-function poolBytes(dir: string): number {
-  const segDir = path.join(dir, LOST, 'segments');
-  return fs.readdirSync(segDir).reduce((sum, f) => sum + fs.statSync(path.join(segDir, f)).size, 0);
-}
-
 test('a whole-pool rebuild that fails part way is listed interrupted, and the retry timer rebuilds the whole pool once the fault is gone', async (t) => {
   let m: VolumeManager | null = null;
   const dir = tempDirClosing(t, 'couchestor-rebuild-failure-listed-', () => m!);
   m = await openColdTierManager(dir);
-  await m.createVolume({ name: 'c', sizeBytes: STRIPES * MiB, tier: 'cold', pool: 'hot-0' });
-  const want = crypto.randomBytes(STRIPES * MiB);
-  await writeVolume(m.openVolume('c'), 0, want);
-  await m.cold!.destager.drain();
+  const want = await coldVolumeWithObjectSource(t, m, STRIPES);
   const r = m.cold!.reconstructor;
-  // Cold S3 objects' stripes join the rebuild, as the daemon's S3 front end registers them.
-  t.after(r.addSource(new ColdObjectHolders(m.meta, m.cold!.stripes)));
 
   // The fault: an object record whose segments are not a list (bucket id 9, key "bad").
-  const objects = m.meta.openDB<unknown, Buffer>(OBJECTS_DB);
-  const badKey = Buffer.from([1, 0, 0, 0, 9, ...Buffer.from('bad')]);
   assert.equal(await incompleteGauge(m), 0, 'not listed before');
-  await objects.put(badKey, { key: 'bad', versionId: 1, segments: 7 });
+  const removeDamaged = await putDamagedObjectRecord(m);
 
   replacePoolDir(dir, LOST);
   await assert.rejects(r.rebuildPool(LOST), TypeError, 'the listing of the object stripes throws on the damaged record');
-  assert.ok(poolBytes(dir) > 0, "the volume's shards had landed on the pool before it failed");
+  assert.ok(poolBytes(dir, LOST) > 0, "the volume's shards had landed on the pool before it failed");
   assert.equal(r.rebuildRunning(), null);
 
   // Listed interrupted: the index record, the list. (The record stays damaged here: the
@@ -68,7 +51,7 @@ test('a whole-pool rebuild that fails part way is listed interrupted, and the re
   assert.deepEqual(r.incompleteRebuilds(), [interrupted]);
 
   // The fault removed: still listed (GET /v1/cold, the gauge) until a rebuild ends; nothing rebuilt it yet.
-  await objects.remove(badKey);
+  await removeDamaged();
   assert.deepEqual(await listedByApi(m), [interrupted]);
   assert.equal(await incompleteGauge(m), 1);
 

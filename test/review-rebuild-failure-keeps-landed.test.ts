@@ -12,44 +12,28 @@
 // store, segment files, LMDB index, Reconstructor.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
-import { ColdObjectHolders } from '../src/dataplane/objects/cold-holders.js';
-import { OBJECTS_DB } from '../src/dataplane/objects/cold-segments.js';
-import { openColdTierManager, readVolume, tempDirClosing, writeVolume } from './helpers/volume.js';
-import { replacePoolDir } from './helpers/rebuild.js';
+import { openColdTierManager, readVolume, tempDirClosing } from './helpers/volume.js';
+import { coldVolumeWithObjectSource, poolBytes, putDamagedObjectRecord, replacePoolDir } from './helpers/rebuild.js';
 
-const MiB = 1024 * 1024;
 const LOST = 'cold-2';
 /** 1 MiB chunks: one 4+2 stripe each, so 32 shards of 256 KiB on every pool. */
 const STRIPES = 32;
 const RETRIES = 3;
 
-/** Bytes in the pool's segment files. */
-function poolBytes(dir: string): number {
-  const segDir = path.join(dir, LOST, 'segments');
-  return fs.readdirSync(segDir).reduce((sum, f) => sum + fs.statSync(path.join(segDir, f)).size, 0);
-}
-
 test('a pool rebuild that fails after its shards landed keeps them (synced, flipped); retries with the fault still there land nothing again', async (t) => {
   let m: VolumeManager | null = null;
   const dir = tempDirClosing(t, 'couchestor-review-rebuild-failure-keeps-', () => m!);
   m = await openColdTierManager(dir);
-  await m.createVolume({ name: 'c', sizeBytes: STRIPES * MiB, tier: 'cold', pool: 'hot-0' });
-  const want = crypto.randomBytes(STRIPES * MiB);
-  await writeVolume(m.openVolume('c'), 0, want);
-  await m.cold!.destager.drain();
+  const want = await coldVolumeWithObjectSource(t, m, STRIPES);
   const r = m.cold!.reconstructor;
-  t.after(r.addSource(new ColdObjectHolders(m.meta, m.cold!.stripes)));
-  const objects = m.meta.openDB<unknown, Buffer>(OBJECTS_DB);
-  const badKey = Buffer.from([1, 0, 0, 0, 9, ...Buffer.from('bad')]);
-  await objects.put(badKey, { key: 'bad', versionId: 1, segments: 7 });
+  const removeDamaged = await putDamagedObjectRecord(m);
 
   replacePoolDir(dir, LOST);
   await assert.rejects(r.rebuildPool(LOST), TypeError, 'the listing of the object stripes throws on the damaged record');
-  const afterFailure = poolBytes(dir);
+  const afterFailure = poolBytes(dir, LOST);
   assert.ok(afterFailure >= STRIPES * 256 * 1024, `the volume's shards landed (${afterFailure} bytes)`);
   // What it landed is kept: durable (inside the store's durable end) and named by the index.
   const present = async () => {
@@ -65,12 +49,12 @@ test('a pool rebuild that fails after its shards landed keeps them (synced, flip
   // The fault stays: each retry of the interrupted pool throws again, and lands nothing again.
   for (let i = 0; i < RETRIES; i++) {
     await assert.rejects(r.retrySkippedVolumes(), TypeError);
-    assert.equal(poolBytes(dir), afterFailure, `retry ${i + 1} landed the same shards again`);
+    assert.equal(poolBytes(dir, LOST), afterFailure, `retry ${i + 1} landed the same shards again`);
   }
   assert.equal(m.meta.incompleteRebuilds.get(LOST)?.state, 'interrupted', 'still listed: the object stripes are not known rebuilt');
 
   // The fault removed: the next retry completes, and the volume reads back with two more pools lost.
-  await objects.remove(badKey);
+  await removeDamaged();
   const reports = await r.retrySkippedVolumes();
   assert.equal(reports.length, 1);
   assert.equal(reports[0]!.complete, true, JSON.stringify(reports[0]));

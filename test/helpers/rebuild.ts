@@ -1,7 +1,9 @@
 // Setup the cold-pool rebuild tests share: a cold pool lost and replaced by an
 // empty directory (in process), the a/b pair whose rebuild of cold-2 skipped a,
-// and the listing and per-pool gauges read through the API and /metrics.
+// the listing and per-pool gauges read through the API and /metrics, and a cold volume
+// rebuilt beside S3 object stripes, with a damaged object record as the rebuild's fault.
 import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { TestContext } from 'node:test';
@@ -11,8 +13,10 @@ import { buildApi } from '../../src/control/api.js';
 import { createMetrics } from '../../src/control/metrics/index.js';
 import { metricsSource } from '../../src/control/observe.js';
 import { HeatTracker } from '../../src/control/heat.js';
+import { ColdObjectHolders } from '../../src/dataplane/objects/cold-holders.js';
+import { OBJECTS_DB } from '../../src/dataplane/objects/cold-segments.js';
 import type { TestDaemon } from './daemon.js';
-import { coldPairWithHot1Offline, openColdTierManager, tempDirClosing } from './volume.js';
+import { coldPairWithHot1Offline, openColdTierManager, tempDirClosing, writeVolume } from './volume.js';
 
 /** In process: cold pool `pool` (a directory under `dir`) lost with every shard in it, and replaced by an empty one at the same path. */
 export function replacePoolDir(dir: string, pool: string): void {
@@ -74,4 +78,35 @@ export async function managerPoolGauge(m: VolumeManager, name: string, pool: str
   const text = await registry.metrics();
   const line = text.split('\n').find((l) => l.startsWith(`${name}{pool="${pool}"} `));
   return line === undefined ? undefined : Number(line.split(' ')[1]);
+}
+
+/**
+ * Cold volume 'c' of `stripes` 1 MiB stripes (one 4+2 stripe a chunk) written with random bytes and destaged; cold
+ * S3 objects' stripes join the rebuild, as the daemon's S3 front end registers them. Returns the bytes written.
+ */
+export async function coldVolumeWithObjectSource(t: TestContext, m: VolumeManager, stripes: number): Promise<Buffer> {
+  const MiB = 1024 * 1024;
+  await m.createVolume({ name: 'c', sizeBytes: stripes * MiB, tier: 'cold', pool: 'hot-0' });
+  const want = crypto.randomBytes(stripes * MiB);
+  await writeVolume(m.openVolume('c'), 0, want);
+  await m.cold!.destager.drain();
+  t.after(m.cold!.reconstructor.addSource(new ColdObjectHolders(m.meta, m.cold!.stripes)));
+  return want;
+}
+
+/**
+ * The fault: an S3 object record whose segments are not a list (bucket id 9, key "bad"), written through LMDB; the
+ * rebuild's listing of the object stripes throws on it. Returns what removes it.
+ */
+export async function putDamagedObjectRecord(m: VolumeManager): Promise<() => Promise<boolean>> {
+  const objects = m.meta.openDB<unknown, Buffer>(OBJECTS_DB);
+  const badKey = Buffer.from([1, 0, 0, 0, 9, ...Buffer.from('bad')]);
+  await objects.put(badKey, { key: 'bad', versionId: 1, segments: 7 });
+  return () => objects.remove(badKey);
+}
+
+/** Bytes in cold pool `pool`'s segment files (a directory under `dir`): what a rebuild has landed there. */
+export function poolBytes(dir: string, pool: string): number {
+  const segDir = path.join(dir, pool, 'segments');
+  return fs.readdirSync(segDir).reduce((sum, f) => sum + fs.statSync(path.join(segDir, f)).size, 0);
 }
