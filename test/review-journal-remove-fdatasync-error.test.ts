@@ -11,7 +11,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { RecordType } from '../src/dataplane/journal/journal.js';
 import { tempDir } from './helpers/cold.js';
-import { block, BLOCK_BYTES, journalFiles, MiB, observeCloses, openTestJournal, RECORD_BYTES } from './helpers/journal.js';
+import { block, BLOCK_BYTES, holdFdatasyncs, journalFiles, MiB, observeCloses, openTestJournal, RECORD_BYTES } from './helpers/journal.js';
 
 const realFdatasync = fs.fdatasync;
 
@@ -63,19 +63,7 @@ test("a FLUSH whose fdatasync of a file being removed succeeds after the removal
   await j.append(RecordType.Write, 1, 0, BLOCK_BYTES, block(1));
   await j.append(RecordType.Write, 1, MiB, BLOCK_BYTES, block(2));
   // Every fdatasync from here is held, and completed by the test.
-  const held: { fd: number; cb: (err: NodeJS.ErrnoException | null) => void }[] = [];
-  let heldChanged: () => void = () => undefined;
-  const heldCount = (n: number) =>
-    new Promise<void>((r) => {
-      heldChanged = () => {
-        if (held.length >= n) r();
-      };
-      heldChanged();
-    });
-  fs.fdatasync = ((fd: number, cb: (err: NodeJS.ErrnoException | null) => void) => {
-    held.push({ fd, cb });
-    heldChanged();
-  }) as typeof fs.fdatasync;
+  const { held, heldCount } = holdFdatasyncs();
   // File 1's removal issues its fdatasync (held)...
   j.release(1, 0, Number.MAX_SAFE_INTEGER);
   await heldCount(1);

@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { RecordType } from '../src/dataplane/journal/journal.js';
 import { tempDir } from './helpers/cold.js';
-import { block, BLOCK_BYTES, journalFiles, MiB, openTestJournal, RECORD_BYTES } from './helpers/journal.js';
+import { block, BLOCK_BYTES, holdFdatasyncs, journalFiles, MiB, openTestJournal, RECORD_BYTES } from './helpers/journal.js';
 
 const realFdatasync = fs.fdatasync;
 const realOpen = fs.promises.open;
@@ -24,19 +24,7 @@ test("a FLUSH whose fdatasync of a file being removed returns 0 before the remov
   await j.append(RecordType.Write, 1, 0, BLOCK_BYTES, block(1));
   // Rotates into file 2: file 1 is no longer the head and can be removed.
   await j.append(RecordType.Write, 1, MiB, BLOCK_BYTES, block(2));
-  const held: { fd: number; cb: (err: NodeJS.ErrnoException | null) => void }[] = [];
-  let heldChanged: () => void = () => undefined;
-  const heldCount = (n: number) =>
-    new Promise<void>((r) => {
-      heldChanged = () => {
-        if (held.length >= n) r();
-      };
-      heldChanged();
-    });
-  fs.fdatasync = ((fd: number, cb: (err: NodeJS.ErrnoException | null) => void) => {
-    held.push({ fd, cb });
-    heldChanged();
-  }) as typeof fs.fdatasync;
+  const { held, heldCount } = holdFdatasyncs();
   // The FLUSH's directory sync (syncNewEntry: open, sync, close of the directory) is observed.
   let dirSyncDone!: () => void;
   const dirSyncClosed = new Promise<void>((r) => (dirSyncDone = r));
@@ -84,19 +72,7 @@ test("a removal whose fdatasync returns 0 before an overlapping FLUSH's returns 
   await j.append(RecordType.Write, 1, 0, BLOCK_BYTES, block(1));
   await j.append(RecordType.Write, 1, MiB, BLOCK_BYTES, block(2));
   const file1 = journalFiles(dir)[0]!;
-  const held: { fd: number; cb: (err: NodeJS.ErrnoException | null) => void }[] = [];
-  let heldChanged: () => void = () => undefined;
-  const heldCount = (n: number) =>
-    new Promise<void>((r) => {
-      heldChanged = () => {
-        if (held.length >= n) r();
-      };
-      heldChanged();
-    });
-  fs.fdatasync = ((fd: number, cb: (err: NodeJS.ErrnoException | null) => void) => {
-    held.push({ fd, cb });
-    heldChanged();
-  }) as typeof fs.fdatasync;
+  const { held, heldCount } = holdFdatasyncs();
   j.release(1, 0, Number.MAX_SAFE_INTEGER);
   await heldCount(1);
   const removalSync = held[0]!;

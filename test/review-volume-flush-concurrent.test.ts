@@ -14,6 +14,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { ChunkState } from '../src/dataplane/meta/store.js';
+import { prng } from './helpers/cold.js';
 import { openColdTierManager, readVolume, writeVolume } from './helpers/volume.js';
 
 const MiB = 1024 * 1024;
@@ -23,16 +24,10 @@ const MAX_IN_FLIGHT = 16;
 
 type Sync = { file: string; issuedAt: number; doneAt: number | null };
 
-/** Deterministic PRNG (mulberry32): a failure names its seed. */
+/** Deterministic PRNG in [0, 1) (helpers/cold.ts prng, mulberry32): a failure names its seed. */
 function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const next = prng(seed);
+  return () => next() / 4294967296;
 }
 
 test('concurrent writes, zeroes, chunk moves and FLUSHes: every FLUSH is preceded by a covering fdatasync of each file changed before it', async (t) => {

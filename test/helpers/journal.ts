@@ -4,7 +4,7 @@
 // tiny real file system that fills up (a tmpfs, mounted here or in a user
 // namespace; where neither can be had, a file-size limit standing for it),
 // and the journal most of those tests open; the spare tests' first run
-// (every file destaged, the spares kept).
+// (every file destaged, the spares kept); fdatasyncs held for the test to complete.
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
@@ -324,4 +324,32 @@ export function observeCloses(t: { after(fn: () => void): void }, onClose: (fd: 
     fs.close = realClose;
     fs.closeSync = realCloseSync;
   });
+}
+
+/** An fdatasync the test holds: its descriptor, and the callback that completes it. */
+export interface HeldFdatasync {
+  fd: number;
+  cb: (err: NodeJS.ErrnoException | null) => void;
+}
+
+/**
+ * From here on every fs.fdatasync is held (not issued) and listed in `held`
+ * for the test to complete in the order it chooses; `heldCount(n)` resolves
+ * once n are held. The caller restores fs.fdatasync (it saved the real one).
+ */
+export function holdFdatasyncs(): { held: HeldFdatasync[]; heldCount: (n: number) => Promise<void> } {
+  const held: HeldFdatasync[] = [];
+  let heldChanged: () => void = () => undefined;
+  const heldCount = (n: number) =>
+    new Promise<void>((r) => {
+      heldChanged = () => {
+        if (held.length >= n) r();
+      };
+      heldChanged();
+    });
+  fs.fdatasync = ((fd: number, cb: (err: NodeJS.ErrnoException | null) => void) => {
+    held.push({ fd, cb });
+    heldChanged();
+  }) as typeof fs.fdatasync;
+  return { held, heldCount };
 }
