@@ -1144,12 +1144,28 @@ export class Journal {
     if (marker) void this.writeMarker(marker);
     this.closed = true;
     await Promise.allSettled([...this.pendingWrites]);
-    if (!this.failure) this.writeCloseEnd();
+    // A journal failed before the stop writes nothing more and syncs nothing
+    // more (its records may be torn). One failed only by close's own end
+    // (media damage under the head's tail) still syncs every file: the
+    // records before the end landed, and the stop must make them durable
+    // whatever happened to the end (once skipped: a landed, unflushed write
+    // was then lost to a power cut after the stop).
+    const syncAtClose = !this.failure;
+    const endErr = syncAtClose ? this.writeCloseEnd() : null;
     // Every open file, not only the head after close's own marker: the last
     // sync's marker may already have been written by the 50 ms timer or on an
     // append's writev (into the head, or into a file rotation has since left),
     // and nothing has fdatasynced it. One fdatasync per file, once per stop.
-    if (!this.failure) for (const f of [...this.files.values()]) await this.syncClosingMarker(f);
+    let allSynced = syncAtClose;
+    if (syncAtClose) for (const f of [...this.files.values()]) allSynced = (await this.syncClosingMarker(f)) && allSynced;
+    if (endErr) {
+      log.error(
+        allSynced
+          ? 'journal: closed without its end marker (its write failed); every journal file was fdatasynced, so no landed write is lost; the next start finds no end, as after a crash'
+          : 'journal: closed without its end marker (its write failed), and an fdatasync at close failed too (logged above): a landed write not flushed may not be durable; the next start finds no end, as after a crash',
+        { file: this.head.name, err: endErr.message },
+      );
+    }
     for (const f of this.files.values()) fs.closeSync(f.fd);
     this.files.clear();
     // Removals begun before `closed` (maybeRemove starts none after): their
@@ -1171,15 +1187,18 @@ export class Journal {
    * order), it covers none of them: the scan cuts them as a crash's torn
    * tail, which they are (a stop that did not complete). A failure is
    * latched and logged, not thrown, as syncClosingMarker's: no flushed write
-   * depends on the end, only the clean verdict does.
+   * depends on the end, only the clean verdict does. Returns the failure
+   * (null: the end landed), for close to report once its syncs are done.
    */
-  private writeCloseEnd(): void {
+  private writeCloseEnd(): Error | null {
     const f = this.head;
     f.markerClaim = Math.max(f.markerClaim, this.markedSeq);
     try {
       this.writeItemSync(f, endRecord(this.markedSeq), false);
+      return null;
     } catch (err) {
       log.error('journal: the end marker written at close failed; the next start will cut the head file as a torn tail', { file: f.name, err: (err as Error).message });
+      return err as Error;
     }
   }
 
@@ -1187,15 +1206,17 @@ export class Journal {
    * fdatasync of a file at close, after its markers (and its name, if no sync
    * has made it durable yet). A failure is logged and latched, not thrown: every
    * write a FLUSH covered was made durable by that FLUSH's own sync; only
-   * the marker's cover may be lost.
+   * the marker's cover may be lost. Returns whether it succeeded.
    */
-  private async syncClosingMarker(f: JournalFile): Promise<void> {
+  private async syncClosingMarker(f: JournalFile): Promise<boolean> {
     try {
       await new Promise<void>((resolve, reject) => fs.fdatasync(f.fd, (err) => (err ? reject(err) : resolve())));
       if (!f.named) await syncNewEntry(path.join(this.dir, f.name), f.fd);
+      return true;
     } catch (err) {
       this.fail(err as Error);
       log.error('journal: the sync marker written at close may not be durable', { err: (err as Error).message });
+      return false;
     }
   }
 }
