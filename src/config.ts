@@ -115,7 +115,7 @@ export function loadConfig(dataDir: string): DaemonConfig {
       writeFileDurableSync(sp, DEFAULT_STORAGE_POLICY_YAML);
     }
   }
-  const raw = YAML.parse(fs.readFileSync(file, 'utf8')) ?? {};
+  const raw = readConfigFile(file);
   const def = embeddedDefault(abs);
   const cfg: DaemonConfig = {
     ...def,
@@ -129,7 +129,10 @@ export function loadConfig(dataDir: string): DaemonConfig {
     control: { ...def.control, ...raw.control },
     cache: { ...def.cache, ...raw.cache },
   };
-  validateConfig(cfg);
+  if (cfg.control.heatSource?.type === 'prometheus' && (cfg.control.heatSource as { metrics?: unknown }).metrics === undefined) {
+    cfg.control.heatSource = { ...cfg.control.heatSource, metrics: 'seed' };
+  }
+  validateConfig(cfg, file);
   // The erasure-coding policy is part of the embedded default: written when absent.
   const ec = path.resolve(abs, cfg.coldTier.ecPolicyFile);
   if (!fs.existsSync(ec)) {
@@ -143,14 +146,88 @@ export function loadConfig(dataDir: string): DaemonConfig {
 const MAX_S3_IDLE_TIMEOUT_MS = 60 * 60 * 1000;
 const DOMAIN_RE = /^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/;
 
-export function validateConfig(cfg: DaemonConfig): void {
+/** setTimeout/setInterval's largest delay: a longer one fires after 1 ms (TimeoutOverflowWarning), every time. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/**
+ * Reads and parses couchestor.yaml: a YAML mapping whose sections and
+ * settings are all known ones. A misspelt name (`cntrol:`, `reconcileInterval:`)
+ * would otherwise be ignored and its default used without a word; the error
+ * names the file and the setting.
+ */
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- checked key by key here, value by value in validateConfig
+function readConfigFile(file: string): Record<string, any> {
+  let raw: unknown;
+  try {
+    raw = YAML.parse(fs.readFileSync(file, 'utf8'));
+  } catch (err) {
+    throw new InvalidArgument(`${file}: not valid YAML: ${(err as Error).message.split('\n')[0]}`);
+  }
+  if (raw === null || raw === undefined) return {};
+  if (!isMapping(raw)) throw new InvalidArgument(`${file}: must be a YAML mapping of settings, got ${describe(raw)}`);
+  const def = embeddedDefault('/');
+  const { dataDir: _d, ...topLevel } = def;
+  const known = (where: string, value: unknown, allowed: readonly string[]): void => {
+    if (value === undefined || value === null) return;
+    if (!isMapping(value)) throw new InvalidArgument(`${file}: ${where} must be a mapping, got ${describe(value)}`);
+    for (const k of Object.keys(value)) {
+      if (!allowed.includes(k)) throw new InvalidArgument(`${file}: ${where ? `${where}.` : ''}${k} is not a setting (known: ${allowed.join(', ')})`);
+    }
+  };
+  known('', raw, Object.keys(topLevel));
+  for (const section of ['nbd', 'api', 'metrics', 's3', 'coldTier', 'cache', 'control'] as const) known(section, raw[section], Object.keys(def[section]));
+  const coldTier = raw.coldTier as Record<string, unknown> | null | undefined;
+  known('coldTier.compaction', coldTier?.compaction, Object.keys(def.coldTier.compaction));
+  const control = raw.control as Record<string, unknown> | null | undefined;
+  known('control.heatSource', control?.heatSource, ['type', 'url', 'metrics']);
+  if (raw.demoVolume !== null) known('demoVolume', raw.demoVolume, ['name', 'sizeBytes']);
+  if (raw.pools !== undefined) {
+    if (!Array.isArray(raw.pools)) throw new InvalidArgument(`${file}: pools must be a list of pools, got ${describe(raw.pools)}`);
+    raw.pools.forEach((p, i) => known(`pools[${i}]`, p ?? {}, ['name', 'tier', 'path', 'capacity', 'labels']));
+  }
+  return raw;
+}
+
+function isMapping(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function describe(v: unknown): string {
+  return v === undefined ? 'nothing' : JSON.stringify(v);
+}
+
+/**
+ * Validates every setting; an error names it and the value given, prefixed
+ * with `where` (the file, from loadConfig).
+ */
+export function validateConfig(cfg: DaemonConfig, where = 'config'): void {
+  const fail = (msg: string): never => {
+    throw new InvalidArgument(`${where}: ${msg}`);
+  };
+  const int = (key: string, v: unknown, min: number, max: number, unit: string, note = ''): void => {
+    if (!Number.isSafeInteger(v) || (v as number) < min || (v as number) > max) {
+      const range = max === Number.MAX_SAFE_INTEGER ? `>= ${min}` : `from ${min} to ${max}`;
+      fail(`${key} must be a whole number of ${unit} ${range}${note ? ` (${note})` : ''}, got ${describe(v)}`);
+    }
+  };
+  const str = (key: string, v: unknown): void => {
+    if (typeof v !== 'string' || v === '') fail(`${key} must be a non-empty string, got ${describe(v)}`);
+  };
+  if (typeof cfg.listenHost !== 'string' || cfg.listenHost === '') fail(`listenHost must be a host name or address, got ${describe(cfg.listenHost)}`);
+  str('nbd.socketPath', cfg.nbd.socketPath);
+  if (!Array.isArray(cfg.pools)) fail(`pools must be a list of pools, got ${describe(cfg.pools)}`);
   const names = new Set<string>();
-  for (const p of cfg.pools) {
-    if (!p.name || names.has(p.name)) throw new InvalidArgument(`config: pool name ${JSON.stringify(p.name)} is missing or duplicated`);
+  for (const [i, p] of cfg.pools.entries()) {
+    if (!isMapping(p)) fail(`pools[${i}] must be a mapping (name, tier, path, capacity, labels), got ${describe(p)}`);
+    if (typeof p.name !== 'string' || !p.name || names.has(p.name)) fail(`pool name ${JSON.stringify(p.name)} is missing or duplicated`);
     names.add(p.name);
-    if (!TIERS.includes(p.tier)) throw new InvalidArgument(`config: pool ${p.name}: tier must be one of ${TIERS.join(', ')}`);
+    if (!TIERS.includes(p.tier)) fail(`pool ${p.name}: tier must be one of ${TIERS.join(', ')}, got ${describe(p.tier)}`);
+    if (typeof p.path !== 'string' || p.path === '') fail(`pool ${p.name}: path must be a directory path, got ${describe(p.path)}`);
     if (p.capacity !== 'auto' && !(Number.isSafeInteger(p.capacity) && p.capacity > 0)) {
-      throw new InvalidArgument(`config: pool ${p.name}: capacity must be a positive number of bytes or "auto"`);
+      fail(`pool ${p.name}: capacity must be a positive number of bytes or "auto", got ${describe(p.capacity)}`);
+    }
+    if (p.labels !== undefined && p.labels !== null && !(isMapping(p.labels) && Object.values(p.labels).every((v) => typeof v === 'string'))) {
+      fail(`pool ${p.name}: labels must be a mapping of label -> string value, got ${describe(p.labels)}`);
     }
   }
   // Two pools on one directory (or one inside the other) would each take the other's files
@@ -163,26 +240,62 @@ export function validateConfig(cfg: DaemonConfig): void {
       const a = dirs[i]!;
       const b = dirs[j]!;
       if (isSameOrInside(a.dir, b.dir) || isSameOrInside(b.dir, a.dir)) {
-        throw new InvalidArgument(`config: pools ${a.name} (${a.dir}) and ${b.name} (${b.dir}) share a directory: give each pool its own`);
+        fail(`pools ${a.name} (${a.dir}) and ${b.name} (${b.dir}) share a directory: give each pool its own`);
       }
     }
   }
   const ct = cfg.coldTier;
-  if (!Number.isSafeInteger(ct.segmentSizeBytes) || ct.segmentSizeBytes < 1024 * 1024) throw new InvalidArgument('config: coldTier.segmentSizeBytes must be a whole number of bytes >= 1 MiB');
-  if (!(ct.compaction.deadFraction > 0 && ct.compaction.deadFraction <= 1)) throw new InvalidArgument('config: coldTier.compaction.deadFraction must be in (0, 1]');
-  if (!(Number.isSafeInteger(ct.compaction.intervalMs) && ct.compaction.intervalMs >= 0)) throw new InvalidArgument('config: coldTier.compaction.intervalMs must be a whole number >= 0');
-  if (!(ct.compaction.maxBytesPerSecond > 0)) throw new InvalidArgument('config: coldTier.compaction.maxBytesPerSecond must be > 0');
+  str('coldTier.ecPolicyFile', ct.ecPolicyFile);
+  if (!Number.isSafeInteger(ct.segmentSizeBytes) || ct.segmentSizeBytes < 1024 * 1024) fail(`coldTier.segmentSizeBytes must be a whole number of bytes >= 1 MiB, got ${describe(ct.segmentSizeBytes)}`);
+  // Below a few chunk records every write would wait on the destager (a record larger than the journal is refused).
+  int('coldTier.journalCapacityBytes', ct.journalCapacityBytes, MIN_JOURNAL_CAPACITY_BYTES, Number.MAX_SAFE_INTEGER, 'bytes');
+  int('coldTier.destageIntervalMs', ct.destageIntervalMs, 10, MAX_TIMER_MS, 'milliseconds');
+  if (typeof ct.destageThresholdPercent !== 'number' || !(ct.destageThresholdPercent > 0 && ct.destageThresholdPercent <= 100)) {
+    fail(`coldTier.destageThresholdPercent must be a percentage in (0, 100], got ${describe(ct.destageThresholdPercent)}`);
+  }
+  if (typeof ct.compaction.deadFraction !== 'number' || !(ct.compaction.deadFraction > 0 && ct.compaction.deadFraction <= 1)) fail(`coldTier.compaction.deadFraction must be in (0, 1], got ${describe(ct.compaction.deadFraction)}`);
+  int('coldTier.compaction.intervalMs', ct.compaction.intervalMs, 0, MAX_TIMER_MS, 'milliseconds', '0: on request only');
+  if (typeof ct.compaction.maxBytesPerSecond !== 'number' || !(ct.compaction.maxBytesPerSecond > 0) || !Number.isFinite(ct.compaction.maxBytesPerSecond)) {
+    fail(`coldTier.compaction.maxBytesPerSecond must be a number > 0, got ${describe(ct.compaction.maxBytesPerSecond)}`);
+  }
+  const c = cfg.cache;
+  int('cache.l1CapacityBytes', c.l1CapacityBytes, 0, Number.MAX_SAFE_INTEGER, 'bytes', '0: no cache');
+  int('cache.l2CapacityBytes', c.l2CapacityBytes, 0, Number.MAX_SAFE_INTEGER, 'bytes', '0: no L2');
+  int('cache.l2MinEntryBytes', c.l2MinEntryBytes, 0, Number.MAX_SAFE_INTEGER, 'bytes');
+  if (c.lz4ThresholdBytes !== null) int('cache.lz4ThresholdBytes', c.lz4ThresholdBytes, 0, Number.MAX_SAFE_INTEGER, 'bytes', 'or null: no compression');
+  const ctl = cfg.control;
+  str('control.policiesDir', ctl.policiesDir);
+  // 0 (or a string, which the timer reads as 1 ms) would run passes back to back.
+  int('control.reconcileIntervalMs', ctl.reconcileIntervalMs, 100, MAX_TIMER_MS, 'milliseconds');
+  int('control.heatSampleIntervalMs', ctl.heatSampleIntervalMs, 10, 3_600_000, 'milliseconds');
+  if (typeof ctl.preservationMode !== 'boolean') fail(`control.preservationMode must be true or false, got ${describe(ctl.preservationMode)}`);
+  const hs = ctl.heatSource as { type?: unknown; url?: unknown; metrics?: unknown } | null;
+  if (!isMapping(hs) || (hs.type !== 'local' && hs.type !== 'prometheus')) fail(`control.heatSource.type must be local or prometheus, got ${describe(hs?.type)}`);
+  if (hs!.type === 'local' && (hs!.url !== undefined || hs!.metrics !== undefined)) fail('control.heatSource: url and metrics are settings of type prometheus, not local');
+  if (hs!.type === 'prometheus') {
+    if (typeof hs!.url !== 'string' || !/^https?:\/\/[^\s/]+/.test(hs!.url)) fail(`control.heatSource.url must be the Prometheus server's http(s) URL, got ${describe(hs!.url)}`);
+    if (hs!.metrics !== 'seed' && hs!.metrics !== 'couchestor') fail(`control.heatSource.metrics must be seed or couchestor, got ${describe(hs!.metrics)}`);
+  }
+  if (cfg.demoVolume !== null) {
+    if (!isMapping(cfg.demoVolume)) fail(`demoVolume must be null or a mapping (name, sizeBytes), got ${describe(cfg.demoVolume)}`);
+    str('demoVolume.name', cfg.demoVolume.name);
+    int('demoVolume.sizeBytes', cfg.demoVolume.sizeBytes, 1, Number.MAX_SAFE_INTEGER, 'bytes');
+  }
+  if (typeof cfg.defaultExport !== 'string') fail(`defaultExport must be a volume name, got ${describe(cfg.defaultExport)}`);
   if (!Array.isArray(cfg.s3.domains) || !cfg.s3.domains.every((d) => typeof d === 'string' && DOMAIN_RE.test(d))) {
-    throw new InvalidArgument('config: s3.domains must be a list of lowercase DNS names without a port (e.g. [s3.example.internal])');
+    fail(`s3.domains must be a list of lowercase DNS names without a port (e.g. [s3.example.internal]), got ${describe(cfg.s3.domains)}`);
   }
   for (const [k, v] of [['s3.bodyIdleTimeoutMs', cfg.s3.bodyIdleTimeoutMs], ['s3.sendIdleTimeoutMs', cfg.s3.sendIdleTimeoutMs]] as const) {
     // Above the 1 h request timeout an idle bound would never fire first.
-    if (!Number.isSafeInteger(v) || v < 1 || v > MAX_S3_IDLE_TIMEOUT_MS) throw new InvalidArgument(`config: ${k} must be a whole number of milliseconds from 1 to ${MAX_S3_IDLE_TIMEOUT_MS}`);
+    if (!Number.isSafeInteger(v) || v < 1 || v > MAX_S3_IDLE_TIMEOUT_MS) fail(`${k} must be a whole number of milliseconds from 1 to ${MAX_S3_IDLE_TIMEOUT_MS}, got ${describe(v)}`);
   }
   for (const [k, v] of [['nbd.port', cfg.nbd.port], ['api.port', cfg.api.port], ['metrics.port', cfg.metrics.port], ['s3.port', cfg.s3.port]] as const) {
-    if (!Number.isInteger(v) || v < 0 || v > 65535) throw new InvalidArgument(`config: ${k} must be a port number`);
+    if (!Number.isInteger(v) || v < 0 || v > 65535) fail(`${k} must be a port number, got ${describe(v)}`);
   }
 }
+
+/** The smallest coldTier.journalCapacityBytes: a few 1 MiB chunk records. */
+export const MIN_JOURNAL_CAPACITY_BYTES = 4 * 1024 * 1024;
 
 /** The default 4+2 policy written at first start (same as deploy/examples/standard-ec.yaml). */
 export const DEFAULT_EC_POLICY_YAML = `# Cold-tier erasure coding: 4 data + 2 parity shards, 1 MiB stripes.
