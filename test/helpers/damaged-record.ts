@@ -1,7 +1,8 @@
 // Damaged-index-record test setup: S3 daemons (EC policy + config in a temp data dir, or a hot victim beside a kept object), one LMDB record rewritten with the daemon stopped,
-// teardown; and daemon-less: a temp MetaStore, an ObjectStore on it, index keys and bucket records written through LMDB.
+// teardown, the record's stored bytes, `couchestor fsck` flags run on the data dir; and daemon-less: a temp MetaStore, an ObjectStore on it, index keys and bucket records written through LMDB.
 import { CreateBucketCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -11,6 +12,7 @@ import type { TestContext } from 'node:test';
 import { MetaStore } from '../../src/dataplane/meta/store.js';
 import { ObjectStore } from '../../src/dataplane/objects/store.js';
 import type { VolumeManager } from '../../src/dataplane/volumes/manager.js';
+import { CLI } from './daemon.js';
 import { startS3, type S3Env } from './s3-env.js';
 
 /** A new temp data dir (`prefix`) holding the standard EC policy and `config` as couchestor.yaml, and a daemon started on it. */
@@ -92,4 +94,25 @@ export const objectKey = (bucketId: number, key: string) => Buffer.concat([Buffe
 /** Cold bucket record 'bkt' with id 9, written through LMDB. */
 export async function putColdBucket9(meta: MetaStore): Promise<void> {
   await meta.openDB<unknown, string>('s3-buckets').put('bkt', { name: 'bkt', id: 9, tier: 'cold', createdMs: 0 });
+}
+
+/** The stored (msgpack) bytes and decoded value of the first record of `db` that `pick` accepts (the daemon must be stopped). */
+export async function readRecord<V>(dataDir: string, db: string, pick: (v: V) => boolean, what = 'the record'): Promise<{ key: Buffer; value: V; raw: Buffer }> {
+  const meta = MetaStore.open(dataDir);
+  try {
+    const records = meta.openDB<V, Buffer>(db);
+    const hit = [...records.getRange({ start: Buffer.from([1]) })].find((e) => pick(e.value));
+    assert.ok(hit, `${what} is in the index`);
+    const key = Buffer.from(hit.key);
+    return { key, value: hit.value, raw: Buffer.from(records.getBinary(key)!) };
+  } finally {
+    await meta.close();
+  }
+}
+
+/** `couchestor fsck --quarantine-damaged` (or other fsck flags) through the real CLI on a stopped data dir. */
+export function fsckCli(dataDir: string, ...flags: string[]): { status: number | null; stdout: string; stderr: string } {
+  const r = spawnSync(process.execPath, [CLI, 'fsck', ...flags, '--data-dir', dataDir], { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 });
+  if (r.error) throw r.error;
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }

@@ -431,7 +431,7 @@ export class ObjectStore {
       for (const _ of this.objects.getKeys({ start, end, limit: 1 })) throw new NotEmpty(`bucket ${name} is not empty`);
       for (const { key, value } of this.uploads.getRange({ start, end })) {
         for (const p of this.parts.getRange({ start: partKey(value.uploadId, 0), end: partKey(value.uploadId, 0xffff) })) {
-          freed.push(p.value.segment);
+          if (recordDamage(p.value, 'segment') === null) freed.push(p.value.segment); // a damaged one frees nothing it names
           this.parts.remove(p.key);
         }
         this.uploads.remove(key);
@@ -875,7 +875,12 @@ export class ObjectStore {
       await this.freeSegments([seg]);
       throw err;
     }
-    if (old) await this.freeSegments([old.segment]);
+    // A damaged part record (cold-holders.ts recordDamage) overwritten frees nothing it names, as
+    // retire() for an object: its fields cannot be trusted (a fileId may name another object's file).
+    // Its file and stripes are left for the start-up sweep and the recount (dead once unreferenced).
+    if (old !== undefined && recordDamage(old, 'segment') !== null) {
+      log.warn('object store: replaced a damaged part record without freeing what it names', { uploadId, partNumber, damage: recordDamage(old, 'segment') });
+    } else if (old) await this.freeSegments([old.segment]);
     return rec;
   }
 
