@@ -1,5 +1,5 @@
 // A model of what a power cut keeps of a directory, for in-process crash-consistency tests of
-// the journal: every call journal.ts and dir-sync.ts make through the `fs` module object on a
+// the journal and of volume files: every call journal.ts, volume.ts and dir-sync.ts make through the `fs` module object on a
 // tracked directory is logged (writes, truncates, creates, unlinks, renames, fsync/fdatasync), and any
 // instant of that log can be turned into a crash state (DirModel.crashState: durable images, the
 // rest kept or lost per sector and per directory change).
@@ -318,6 +318,25 @@ export class PowerLossFs {
     return p;
   }
 
+  /**
+   * pumpUntil for code that also waits on I/O outside the model (the LMDB
+   * index of a volume): while nothing is queued, turns pass until the other
+   * I/O queues a modelled call or `p` settles.
+   */
+  async pumpBeside<T>(p: Promise<T>, rng: () => number): Promise<T> {
+    let settled = false;
+    p.then(
+      () => (settled = true),
+      () => (settled = true),
+    );
+    await turn();
+    while (!settled) {
+      this.runOne(rng);
+      await turn();
+    }
+    return p;
+  }
+
   /** Completes every queued call (and those they queue) in random order. */
   async drain(rng: () => number): Promise<void> {
     await turn();
@@ -343,6 +362,7 @@ export class PowerLossFs {
       close: fs.close,
       writeSync: fs.writeSync,
       writev: fs.writev,
+      write: fs.write,
       fdatasync: fs.fdatasync,
       fdatasyncSync: fs.fdatasyncSync,
       fsync: fs.fsync,
@@ -360,6 +380,7 @@ export class PowerLossFs {
         close: real.close,
         writeSync: real.writeSync,
         writev: real.writev,
+        write: real.write,
         fdatasync: real.fdatasync,
         fdatasyncSync: real.fdatasyncSync,
         fsync: real.fsync,
@@ -467,6 +488,33 @@ export class PowerLossFs {
         cb(err, n, bufs);
       }, effect);
     }) as typeof fs.writev;
+
+    // The volume data path's form (volume.ts pwrite/writeAll): fs.write(fd, buffer, offset, length, position, cb).
+    fs.write = ((fd: number, buffer: NodeJS.ArrayBufferView, ...rest: unknown[]) => {
+      if (dead(fd)) return;
+      const tf = this.fds.get(fd);
+      if (!tf) return (real.write as (...a: unknown[]) => void)(fd, buffer, ...rest);
+      const [offset, length, pos, cb] = rest as [number, number, number, (err: NodeJS.ErrnoException | null, n: number, b: NodeJS.ArrayBufferView) => void];
+      if (typeof tf.target !== 'number' || !Buffer.isBuffer(buffer) || typeof offset !== 'number' || typeof length !== 'number' || typeof pos !== 'number' || typeof cb !== 'function') {
+        throw new Error('power-loss fs: only write(fd, buffer, offset, length, position, cb) on a file is modelled');
+      }
+      const op: Op = { k: 'write', ino: tf.target, posBytes: pos, data: Buffer.from(buffer.subarray(offset, offset + length)), issue: this.tick() };
+      tf.model.ops.push(op);
+      let n = 0;
+      let err: NodeJS.ErrnoException | null = null;
+      const effect = () => {
+        try {
+          n = real.writeSync(fd, buffer, offset, length, pos);
+        } catch (e) {
+          err = e as NodeJS.ErrnoException;
+        }
+        op.complete = this.tick();
+      };
+      enqueue(() => {
+        effect();
+        cb(err, n, buffer);
+      }, effect);
+    }) as typeof fs.write;
 
     const queuedSync = (realFn: typeof fs.fdatasync) =>
       ((fd: number, cb: (err: NodeJS.ErrnoException | null) => void) => {

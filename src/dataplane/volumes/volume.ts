@@ -371,6 +371,16 @@ export class Volume {
       // it (before the SWITCH that names this pool). By path, checked against
       // a replaced pool directory: dir-sync.ts says why not a held fd.
       await syncNewEntry(pool.volumeFile(this.rec.id), fd);
+      // The emptying too, before the record naming this pool: a chunk
+      // allocated in the file from then on is not zeroed first (the file is
+      // not stale: staleBelowBytes), and its entry is durable at its commit,
+      // before any FLUSH syncs the file. A power cut undoing the O_TRUNC
+      // would have that chunk read the old bytes around its write (a kept
+      // file's, a leftover's, or a write an earlier crash lost the entry of:
+      // test volume-power-loss-hot-warm). Every time, not only when the file
+      // had bytes: a truncate by an earlier process (killed, the page cache
+      // kept) may be undurable too. One fdatasync per file opened, never per I/O.
+      await new Promise<void>((resolve, reject) => fs.fdatasync(fd, (err) => (err ? reject(err) : resolve())));
       // Closed while the fsync ran: close() has closed the files it saw,
       // so this descriptor would stay open for good.
       if (this.closed) throw new VolumeFailed(`volume ${this.name} was closed`);
