@@ -115,6 +115,7 @@ couchestor_pool_used_bytes{pool="hot-0",tier="hot"} 68719476736
 couchestor_pool_used_bytes{pool="cold-0",tier="cold"} 0
 couchestor_degraded_reads_total 9
 couchestor_journal_bytes 1052672
+couchestor_journal_spare_bytes 0
 couchestor_stripes{state="healthy"} 120
 couchestor_stripes{state="degraded"} 3
 couchestor_stripes{state="rebuilding"} 0
@@ -133,6 +134,7 @@ const COUCHESTOR_TYPES: Record<string, 'counter' | 'gauge'> = {
   couchestor_pool_used_bytes: 'gauge',
   couchestor_degraded_reads_total: 'counter',
   couchestor_journal_bytes: 'gauge',
+  couchestor_journal_spare_bytes: 'gauge',
   couchestor_stripes: 'gauge',
 };
 
@@ -239,6 +241,7 @@ test('before the store is open (source ref returns null) project metrics read ze
       'couchestor_active_migrations 0',
       'couchestor_degraded_reads_total 0',
       'couchestor_journal_bytes 0',
+      'couchestor_journal_spare_bytes 0',
       'couchestor_stripes{state="healthy"} 0',
       'couchestor_stripes{state="degraded"} 0',
       'couchestor_stripes{state="rebuilding"} 0',

@@ -45,6 +45,7 @@ export function metricsSource(manager: VolumeManager, heat: HeatTracker, migrati
     migrations,
     degradedReadsTotal: () => manager.cold?.stripes.counters.degradedReads ?? 0,
     journalBytes: () => manager.cold?.journal.bytesLive ?? 0,
+    journalSpareBytes: () => manager.cold?.journal.bytesSpare ?? 0,
     stripes: () => {
       const c = manager.cold?.reconstructor.counts();
       return c ? { healthy: c.Healthy, degraded: c.Degraded, rebuilding: c.Reconstructing, unrecoverable: c.Failed } : {};

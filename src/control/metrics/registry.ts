@@ -52,6 +52,11 @@ export interface MetricsSource {
   degradedReadsTotal(): number;
   /** Bytes held in the write journal, not yet destaged. */
   journalBytes(): number;
+  /**
+   * Bytes of the journal's spare files (Journal.bytesSpare: kept for reuse,
+   * counted in its capacity). Optional: without it, 0 (as journalBytes without a cold tier).
+   */
+  journalSpareBytes?(): number;
   /** Cold stripes by state; a state left out reads as 0. */
   stripes(): Readonly<Partial<Record<StripeState, number>>>;
   /**
@@ -93,6 +98,7 @@ interface Snapshot {
   migrations: MigrationCounters;
   degradedReadsTotal: number;
   journalBytes: number;
+  journalSpareBytes: number;
   stripes: Readonly<Partial<Record<StripeState, number>>>;
   unavailableVolumes: { volume: string; pool: string }[];
   damagedIndexRecords: { objects: number; parts: number } | null;
@@ -106,6 +112,7 @@ const EMPTY_SNAPSHOT: Snapshot = {
   migrations: { completedTotal: { succeeded: 0, failed: 0, aborted: 0 }, active: 0 },
   degradedReadsTotal: 0,
   journalBytes: 0,
+  journalSpareBytes: 0,
   stripes: {},
   unavailableVolumes: [],
   damagedIndexRecords: null,
@@ -133,6 +140,7 @@ class SnapshotRegistry extends Registry {
       migrations: source.migrations(),
       degradedReadsTotal: source.degradedReadsTotal(),
       journalBytes: source.journalBytes(),
+      journalSpareBytes: source.journalSpareBytes?.() ?? 0,
       stripes: source.stripes(),
       unavailableVolumes: [...(source.unavailableVolumes?.() ?? [])],
       damagedIndexRecords: source.damagedIndexRecords?.() ?? null,
@@ -260,6 +268,14 @@ export function createMetrics(source: MetricsSourceRef): Registry {
     registers,
     collect() {
       this.set(registry.snapshot().journalBytes);
+    },
+  });
+  new Gauge({
+    name: 'couchestor_journal_spare_bytes',
+    help: 'Bytes of the write journal\'s spare files: destaged files kept for reuse instead of new ones. They count in the journal capacity (live + spare <= capacity) and are dropped first when a write needs their room.',
+    registers,
+    collect() {
+      this.set(registry.snapshot().journalSpareBytes);
     },
   });
   new Gauge({
