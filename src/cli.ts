@@ -8,6 +8,7 @@ import { openManager, poolDirs, readDaemonState, serve } from './daemon.js';
 import type { VolumeRecord } from './dataplane/meta/store.js';
 import { runHardwareScanCli } from './control/hardware/index.js';
 import { fsck, fsckFoundDamage } from './dataplane/fsck.js';
+import { listQuarantine, quarantineDamagedRecords } from './dataplane/objects/quarantine.js';
 import { salvageJournalDir } from './dataplane/journal/journal.js';
 import { migrateVolume } from './dataplane/volumes/migration.js';
 import type { PolicyStatus } from './control/loop.js';
@@ -37,7 +38,13 @@ commands:
                                      count hot/warm volume files no chunk is in (kept copies) and list
                                      those of no volume (orphans; neither is damage, nothing is deleted)
                                      (daemon stopped; exit 1 if any stripe is Degraded or Failed, or any
-                                     chunk or volume is unreadable)
+                                     chunk or volume is unreadable, or an S3 index record is damaged)
+  fsck --quarantine-damaged          first move every damaged S3 index record fsck reports into the
+                                     s3-quarantine database (raw bytes kept; prints each), then fsck.
+                                     Gives up what those records named (already unreadable): the next
+                                     start sweeps their hot files, compaction reclaims their stripes
+                                     (daemon stopped)
+  fsck --list-quarantine             print the quarantined records, raw bytes in base64 (daemon stopped)
   journal salvage                    drop the cold journal's damaged records that intact records follow (fsck
                                      lists them; the daemon refuses to start while there are any): keeps
                                      every intact record, prints what it dropped (those writes are lost)
@@ -88,6 +95,8 @@ async function main(argv: string[]): Promise<number> {
       label: { type: 'string', multiple: true },
       wait: { type: 'boolean' },
       json: { type: 'boolean' },
+      'quarantine-damaged': { type: 'boolean' },
+      'list-quarantine': { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -115,14 +124,29 @@ async function main(argv: string[]): Promise<number> {
       if (sub !== 'list') throw new UsageError('pools: expected "list"');
       return print(await call(dataDir, 'GET', '/v1/pools', undefined, async (m) => [...m.pools.values()].map((p) => ({ ...p.rec, usedBytes: p.usedBytes, online: p.isOnline() })), 'pools list'), values.json);
     case 'fsck': {
-      if (readDaemonState(dataDir)) throw new Error('stop the daemon first: fsck reads every segment file and must not race with appends');
-      const lock = lockOffline(dataDir, 'fsck', 'fsck reads every segment file and must not race with appends');
+      if (values['quarantine-damaged'] && values['list-quarantine']) throw new UsageError('fsck: --quarantine-damaged and --list-quarantine do not go together');
+      const role = values['quarantine-damaged'] ? 'fsck --quarantine-damaged' : values['list-quarantine'] ? 'fsck --list-quarantine' : 'fsck';
+      // The quarantine rewrites the S3 index the daemon serves from and caches; the listing reads it under the same rule.
+      const why = values['quarantine-damaged'] ? 'it moves records out of the S3 index the daemon serves from' : 'fsck reads every segment file and must not race with appends';
+      if (readDaemonState(dataDir)) throw new Error(`stop the daemon first: ${why}`);
+      const lock = lockOffline(dataDir, role, why);
       // No cold tier: fsck must not replay the journal, destage or rebuild while it looks.
-      const manager = await openLocked(dataDir, lock, 'fsck', { coldTier: false }).catch((err: unknown) => {
+      const manager = await openLocked(dataDir, lock, role, { coldTier: false }).catch((err: unknown) => {
         lock.release();
         throw err;
       });
       try {
+        if (values['list-quarantine']) {
+          print([...listQuarantine(manager.meta)].map((q) => ({ ...q, key: q.key.toString('hex'), quarantinedAt: new Date(q.quarantinedMs).toISOString(), raw: q.raw.toString('base64') })), true);
+          return 0;
+        }
+        if (values['quarantine-damaged']) {
+          const moved = await quarantineDamagedRecords(manager.meta, (q) => {
+            process.stderr.write(`fsck: quarantined damaged S3 index record (${q.db.replace(/^s3-/, '')}) ${q.record}: ${q.problem} (raw ${q.raw.length} bytes kept; what it named is given up)\n`);
+          });
+          if (moved.length === 0) process.stderr.write('fsck: no damaged S3 index record: nothing quarantined, nothing changed\n');
+          else process.stderr.write(`fsck: ${moved.length} record(s) quarantined; the next daemon start frees what they named (hot files swept, cold stripes counted dead for compaction)\n`);
+        }
         const report = await fsck(manager, (line) => process.stderr.write(`fsck: ${line}\n`));
         print(report, true);
         return fsckFoundDamage(report) ? 1 : 0;

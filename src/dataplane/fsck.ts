@@ -21,6 +21,7 @@ import { SegmentStore } from './ec/segment-store.js';
 import type { StripeRef } from './ec/stripe-store.js';
 import { ALL_OBJECT_KEYS, OBJECTS_DB, PARTS_DB, coldStripeRefs } from './objects/cold-segments.js';
 import { describeIndexKey, recordDamage } from './objects/cold-holders.js';
+import { listQuarantine } from './objects/quarantine.js';
 import { checkJournalDir, type JournalFileDamage } from './journal/journal.js';
 
 export type FsckStripeState = 'Healthy' | 'Degraded' | 'Failed';
@@ -93,6 +94,15 @@ export interface FsckReport {
    */
   damagedRecordCount: number;
   damagedRecords: { db: 'objects' | 'parts'; record: string; problem: string }[];
+  /**
+   * Damaged records `couchestor fsck --quarantine-damaged` moved out of the
+   * index (objects/quarantine.ts): not damage (no longer in the index; what
+   * they named was given up), all counted, the first MAX_BAD_SHARDS_LISTED
+   * listed with their raw record's length (the raw bytes stay in the
+   * s3-quarantine database).
+   */
+  quarantinedRecordCount: number;
+  quarantinedRecords: { db: string; record: string; problem: string; quarantinedAt: string; rawBytes: number }[];
 }
 
 /** Whether the report shows damage (`couchestor fsck` exits 1): lost or unreachable data, not orphans nor kept copies. */
@@ -144,6 +154,8 @@ export async function fsck(manager: VolumeManager, progress: (line: string) => v
     journal: { filesScanned: 0, recordsScanned: 0, tornTails: 0, damaged: [] },
     damagedRecordCount: 0,
     damagedRecords: [],
+    quarantinedRecordCount: 0,
+    quarantinedRecords: [],
   };
   const journalDir = manager.journalDir();
   if (journalDir) {
@@ -246,6 +258,13 @@ export async function fsck(manager: VolumeManager, progress: (line: string) => v
     if (damaged('parts', Buffer.from(key), recordDamage(value, 'segment'))) continue;
     for (const ref of coldStripeRefs([value.segment])) check(`s3:${Buffer.from(key).toString('hex')}`, ref.chunkIndex, ref);
   }
+  for (const q of listQuarantine(manager.meta)) {
+    report.quarantinedRecordCount++;
+    if (report.quarantinedRecords.length < MAX_BAD_SHARDS_LISTED) {
+      report.quarantinedRecords.push({ db: q.db, record: q.record, problem: q.problem, quarantinedAt: new Date(q.quarantinedMs).toISOString(), rawBytes: q.raw.length });
+    }
+  }
+  if (report.quarantinedRecordCount > 0) progress(`${report.quarantinedRecordCount} quarantined S3 index record(s) (raw bytes kept in the s3-quarantine database; not damage)`);
 
   const halfWritten = new Set<string>();
   for (const [key, rec] of records) {

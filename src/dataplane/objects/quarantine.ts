@@ -1,0 +1,89 @@
+// `couchestor fsck --quarantine-damaged`: moves damaged S3 index records
+// (cold-holders.ts recordDamage, what fsck reports) out of the live object
+// and part databases into the quarantine database, raw bytes kept. Offline
+// only (the CLI holds the data directory's lock, no daemon runs).
+//
+// While a damaged record is live, compaction refuses every pass node-wide
+// (it cannot tell which cold stripes the record holds) and the start-up
+// sweep of unreferenced hot files is off (it cannot tell which file the
+// record names). Quarantined, the record is no longer in the index: what it
+// named becomes unreferenced, so the next start's recount counts its cold
+// stripes dead (compaction reclaims them) and the start-up sweep deletes its
+// hot file. That data was already unreadable (GET answered 500); the raw
+// record is kept so an operator can still salvage by hand what it names
+// before those run.
+import type { Database } from 'lmdb';
+import type { MetaStore } from '../meta/store.js';
+import { ALL_OBJECT_KEYS, OBJECTS_DB, PARTS_DB } from './cold-segments.js';
+import { describeIndexKey, recordDamage } from './cold-holders.js';
+
+/** The quarantine database: "<db>/<index key hex>/<quarantinedMs>" -> QuarantinedRecord. */
+export const QUARANTINE_DB = 's3-quarantine';
+
+export interface QuarantinedRecord {
+  /** The live database the record was in (s3-objects or s3-parts). */
+  db: typeof OBJECTS_DB | typeof PARTS_DB;
+  /** Its index key there. */
+  key: Buffer;
+  /** "bucket/key" (a part: its upload and number), as fsck named it. */
+  record: string;
+  /** What recordDamage found wrong. */
+  problem: string;
+  quarantinedMs: number;
+  /** The stored bytes, exactly as they were (msgpack, as lmdb-js wrote them). */
+  raw: Buffer;
+}
+
+const SOURCES = [
+  { db: OBJECTS_DB, kind: 'objects', field: 'segments' },
+  { db: PARTS_DB, kind: 'parts', field: 'segment' },
+] as const;
+
+/**
+ * Moves every damaged object and part record into the quarantine, one LMDB
+ * transaction per record (a record is in exactly one of the two databases at
+ * every commit; a crash part-way leaves the rest live, and a second run moves
+ * them), each durable before `moved` is told of it. Returns what it moved.
+ * The caller holds the data directory offline: nothing else writes meanwhile.
+ */
+export async function quarantineDamagedRecords(meta: MetaStore, moved: (q: QuarantinedRecord) => void = () => undefined): Promise<QuarantinedRecord[]> {
+  const quarantine = meta.openDB<QuarantinedRecord, string>(QUARANTINE_DB);
+  const out: QuarantinedRecord[] = [];
+  for (const src of SOURCES) {
+    const live = meta.openDB<unknown, Buffer>(src.db);
+    // Keys first (a snapshot), then one transaction each: no write under an open range read.
+    const damaged: Buffer[] = [];
+    for (const { key, value } of live.getRange(ALL_OBJECT_KEYS)) if (recordDamage(value, src.field) !== null) damaged.push(Buffer.from(key));
+    for (const key of damaged) {
+      const q = await meta.transaction(() => moveOne(meta, live, quarantine, src, key));
+      if (q === null) continue;
+      await meta.durable();
+      out.push(q);
+      moved(q);
+    }
+  }
+  return out;
+}
+
+function moveOne(meta: MetaStore, live: Database<unknown, Buffer>, quarantine: Database<QuarantinedRecord, string>, src: (typeof SOURCES)[number], key: Buffer): QuarantinedRecord | null {
+  // Read again inside the transaction: moved only if still there and still damaged.
+  const raw = live.getBinary(key);
+  if (raw === undefined) return null;
+  const problem = recordDamage(live.get(key), src.field);
+  if (problem === null) return null;
+  const quarantinedMs = Date.now();
+  const q: QuarantinedRecord = { db: src.db, key, record: describeIndexKey(meta, src.kind, key), problem, quarantinedMs, raw: Buffer.from(raw) };
+  void quarantine.put(`${src.db}/${key.toString('hex')}/${quarantinedMs}`, q);
+  void live.remove(key);
+  return q;
+}
+
+/** Every quarantined record, in key order (database, index key, time). */
+export function* listQuarantine(meta: MetaStore): Iterable<QuarantinedRecord> {
+  for (const { value } of meta.openDB<QuarantinedRecord, string>(QUARANTINE_DB).getRange()) yield value;
+}
+
+/** The number of quarantined records. */
+export function quarantineCount(meta: MetaStore): number {
+  return meta.openDB<QuarantinedRecord, string>(QUARANTINE_DB).getKeysCount();
+}
