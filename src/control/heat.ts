@@ -9,22 +9,35 @@ interface Sample {
   writeOps: number;
 }
 
-/** Bound on samples kept per volume: the window is divided into this many steps at most. */
+/**
+ * Bound on samples kept per volume: the window is divided into about this
+ * many steps at most. Past it the older samples are thinned (every other one
+ * dropped), never the oldest: a reading always covers the whole window asked
+ * for, more coarsely, not the last MAX samples of it (with 1 s samples that
+ * read a 24 h samplingWindow over the last hour).
+ */
 export const MAX_SAMPLES_PER_VOLUME = 3600;
 
 export class HeatTracker implements HeatSource {
   private readonly samples = new Map<string, Sample[]>();
   private timer: NodeJS.Timeout | null = null;
 
+  /** Longest window kept; older samples are dropped. Grows to the longest window a pass asks for. */
+  retainMs: number;
+
   constructor(
     private readonly manager: VolumeManager,
-    /** Longest window kept; older samples are dropped. */
-    readonly retainMs: number,
+    retainMs: number,
     readonly sampleIntervalMs: number,
-  ) {}
+  ) {
+    this.retainMs = retainMs;
+  }
 
-  async refresh(): Promise<void> {
-    this.sample();
+  async refresh(windowMs?: number, _volumes?: string[], nowMs = Date.now()): Promise<void> {
+    // A policy's samplingWindow longer than what is kept would never be
+    // covered: keep that much from now on (the reading is unknown until then).
+    if (windowMs !== undefined && windowMs > this.retainMs) this.retainMs = windowMs;
+    this.sample(nowMs);
   }
 
   /**
@@ -41,7 +54,9 @@ export class HeatTracker implements HeatSource {
     const a = list[i]!;
     const b = list[list.length - 1]!;
     const coveredMs = b.atMs - a.atMs;
-    const full = a.atMs <= from + this.sampleIntervalMs || list.length >= MAX_SAMPLES_PER_VOLUME;
+    // The samples reach back to the window's start (within one sample interval;
+    // thinned samples keep the oldest, so the count never cuts the window short).
+    const full = a.atMs <= from + this.sampleIntervalMs;
     if (!full) return { iops: null, why: `heat measured over ${Math.round(coveredMs / 1000)}s of a ${Math.round(windowMs / 1000)}s window` };
     if (coveredMs <= 0) return { iops: null, why: 'no samples yet' };
     return { iops: (b.readOps - a.readOps + b.writeOps - a.writeOps) / (coveredMs / 1000) };
@@ -72,7 +87,8 @@ export class HeatTracker implements HeatSource {
       const last = list?.[list.length - 1];
       if (!list || (last && (c.readOps < last.readOps || c.writeOps < last.writeOps))) this.samples.set(rec.name, (list = []));
       list.push({ atMs: nowMs, readOps: c.readOps, writeOps: c.writeOps });
-      while (list.length > 2 && (nowMs - list[1]!.atMs > this.retainMs || list.length > MAX_SAMPLES_PER_VOLUME)) list.shift();
+      while (list.length > 2 && nowMs - list[1]!.atMs > this.retainMs) list.shift();
+      if (list.length > MAX_SAMPLES_PER_VOLUME) this.samples.set(rec.name, thin(list));
     }
     for (const name of this.samples.keys()) if (!live.has(name)) this.samples.delete(name);
   }
@@ -90,4 +106,18 @@ export class HeatTracker implements HeatSource {
     if (secs <= 0) return { readIops: 0, writeIops: 0 };
     return { readIops: (b.readOps - a.readOps) / secs, writeIops: (b.writeOps - a.writeOps) / secs };
   }
+}
+
+/**
+ * Halves the older half of `list` (every other sample dropped), keeping the
+ * first (the window's start) and the newer half whole: short windows keep
+ * their resolution, long ones lose it gradually. Counters only grow, so a
+ * rate between any two kept samples stays exact.
+ */
+function thin(list: Sample[]): Sample[] {
+  const half = Math.floor(list.length / 2);
+  const out: Sample[] = [];
+  for (let i = 0; i < half; i += 2) out.push(list[i]!);
+  for (let i = half; i < list.length; i++) out.push(list[i]!);
+  return out;
 }
