@@ -10,7 +10,8 @@ import type { Tier } from '../dataplane/meta/store.js';
 import type { VolumeManager } from '../dataplane/volumes/manager.js';
 import { analyzeMigration, migrateVolume, migrationRunning, type MigrationProgress } from '../dataplane/volumes/migration.js';
 import { log } from '../log.js';
-import { checkAgainst, matches, parseStoragePolicy, type StoragePolicy } from './policy.js';
+import YAML from 'yaml';
+import { checkAgainst, matches, parseStoragePolicy, POLICY_KIND, type StoragePolicy } from './policy.js';
 
 export interface HeatReading {
   /** Read + write operations per second averaged over the window; null when unknown. */
@@ -120,6 +121,24 @@ export interface ControlLoopOptions {
   clock?: () => number;
 }
 
+interface LoadedPolicy {
+  /** Status key: the policy's name, or `file:PATH` for a file that is no policy of its own. */
+  key: string;
+  file: string;
+  policy: StoragePolicy | null;
+  error: string | null;
+  name: string;
+}
+
+/** The file's YAML, or that it is not YAML (parseStoragePolicy then says why). */
+function parseDocument(text: string): { ok: true; doc: unknown } | { ok: false } {
+  try {
+    return { ok: true, doc: YAML.parse(text) };
+  } catch {
+    return { ok: false };
+  }
+}
+
 interface PolicyState {
   status: PolicyStatus;
   active: Set<string>;
@@ -197,33 +216,59 @@ export class ControlLoop {
     return this.passRunning;
   }
 
-  private loadPolicies(): { file: string; policy: StoragePolicy | null; error: string | null; name: string }[] {
+  /**
+   * The StoragePolicy files of the policies directory, each parsed and
+   * checked. One that cannot be read (a dangling link, a file removed between
+   * the listing and the read) or names a policy an earlier file (by file
+   * name) already names is an Error entry of its own: it affects nothing else,
+   * and the pass goes on with the others.
+   */
+  private loadPolicies(): LoadedPolicy[] {
     let files: string[] = [];
     try {
       files = fs.readdirSync(this.opts.policiesDir).filter((f) => /\.ya?ml$/.test(f)).sort();
     } catch {
       return [];
     }
-    const out: { file: string; policy: StoragePolicy | null; error: string | null; name: string }[] = [];
+    const out: LoadedPolicy[] = [];
+    const byName = new Map<string, string>();
     for (const f of files) {
       const file = path.join(this.opts.policiesDir, f);
-      const text = fs.readFileSync(file, 'utf8');
-      if (!/^kind:\s*StoragePolicy\s*$/m.test(text)) continue; // other kinds (ErasureCodingPolicy) share the directory
+      const fallbackName = path.basename(f).replace(/\.ya?ml$/, '');
+      let text: string;
+      try {
+        text = fs.readFileSync(file, 'utf8');
+      } catch (err) {
+        out.push({ key: `file:${file}`, file, policy: null, error: `cannot read ${file}: ${(err as Error).message}`, name: fallbackName });
+        continue;
+      }
+      const parsed = parseDocument(text);
+      // Other kinds (ErasureCodingPolicy) share the directory. A file YAML cannot
+      // parse is a StoragePolicy when a kind line says so (its error is reported).
+      if (parsed.ok ? (parsed.doc as { kind?: unknown } | null)?.kind !== POLICY_KIND : !/^kind:\s*["']?StoragePolicy["']?\s*(#.*)?$/m.test(text)) continue;
+      const docName = parsed.ok ? (parsed.doc as { metadata?: { name?: unknown } } | null)?.metadata?.name : undefined;
+      const name = typeof docName === 'string' && docName !== '' ? docName : fallbackName;
+      const first = byName.get(name);
+      if (first !== undefined) {
+        out.push({ key: `file:${file}`, file, policy: null, error: `metadata.name ${name} is already the name of the StoragePolicy in ${first}: give each policy its own name (this file is ignored)`, name });
+        continue;
+      }
+      byName.set(name, file);
       try {
         const policy = parseStoragePolicy(text);
         const pools = [...this.manager.pools.values()].map((p) => ({ name: p.name, labels: p.rec.labels }));
         checkAgainst(policy, pools, this.opts.ecPolicyNames());
-        out.push({ file, policy, error: null, name: policy.name });
+        out.push({ key: name, file, policy, error: null, name });
       } catch (err) {
-        const name = /name:\s*([^\s,}]+)/.exec(text)?.[1] ?? path.basename(f).replace(/\.ya?ml$/, '');
-        out.push({ file, policy: null, error: (err as Error).message, name });
+        out.push({ key: name, file, policy: null, error: (err as Error).message, name });
       }
     }
     return out;
   }
 
-  private state(name: string, file: string): PolicyState {
-    let st = this.policies.get(name);
+  /** The status kept for `key`: a policy's name, or `file:PATH` for a file that is no policy of its own (unreadable, duplicate name). */
+  private state(key: string, name: string, file: string): PolicyState {
+    let st = this.policies.get(key);
     if (!st) {
       st = {
         active: new Set(),
@@ -244,8 +289,9 @@ export class ControlLoop {
           decisions: [],
         },
       };
-      this.policies.set(name, st);
+      this.policies.set(key, st);
     }
+    st.status.name = name;
     st.status.file = file;
     return st;
   }
@@ -270,12 +316,12 @@ export class ControlLoop {
       const ids = new Map(this.manager.listVolumes().map((v) => [v.name, v.id]));
       for (const [name, f] of [...this.failures]) if (ids.get(name) !== f.volumeId) this.failures.delete(name);
     }
-    const seen = new Set(loaded.map((l) => l.name));
-    for (const name of [...this.policies.keys()]) if (!seen.has(name) && this.policies.get(name)!.active.size === 0) this.policies.delete(name);
+    const seen = new Set(loaded.map((l) => l.key));
+    for (const key of [...this.policies.keys()]) if (!seen.has(key) && this.policies.get(key)!.active.size === 0) this.policies.delete(key);
     const claimed = new Map<string, string>();
     const now = new Date().toISOString();
     for (const l of loaded) {
-      const st = this.state(l.name, l.file);
+      const st = this.state(l.key, l.name, l.file);
       st.status.lastReconcileTime = now;
       if (!l.policy) {
         st.status.phase = 'Error';
