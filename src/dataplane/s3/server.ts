@@ -9,8 +9,9 @@ import type { Socket } from 'node:net';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { log } from '../../log.js';
 import { nativeAddonPath } from '../../native-addon.js';
+import { recordDamage } from '../objects/cold-holders.js';
 import type { PieceSink } from '../objects/hot-segments.js';
-import { MAX_PART_NUMBER, type BucketTier, type ContentHeaders, type ObjectRecord, type ObjectStore, type Tag } from '../objects/store.js';
+import { MAX_PART_NUMBER, type BucketTier, type ContentHeaders, type ObjectRecord, type ObjectStore, type PartRecord, type Tag } from '../objects/store.js';
 import type { AccessKey } from './credentials.js';
 import { S3Error, errorXml, toS3Error } from './errors.js';
 import { hasBodyChecksum, idleBounded, missingDecodedLength, parseQuery, splitTarget, uriDecode, verifiedBody, verifyRequest, awsUriEncode, type PayloadMode } from './sigv4.js';
@@ -465,6 +466,21 @@ function parseRange(v: string | undefined, sizeBytes: number): { start: number; 
 }
 
 /**
+ * parseRange for a GET/HEAD: an unsatisfiable range's 416 carries a
+ * Content-Range of an asterisk and the object's current length (RFC 9110
+ * 14.4 and 15.5.17, as S3 answers), so the client can ask again within it;
+ * the error handler keeps the headers set on the reply.
+ */
+function rangeOrUnsatisfiable(reply: FastifyReply, v: string | undefined, sizeBytes: number): { start: number; end: number } | undefined {
+  try {
+    return parseRange(v, sizeBytes);
+  } catch (err) {
+    if (err instanceof S3Error && err.code === 'InvalidRange') reply.header('content-range', `bytes */${sizeBytes}`);
+    throw err;
+  }
+}
+
+/**
  * GET/HEAD ?partNumber=N: the bytes of the object's N-th part (the parts of a
  * completed multipart upload are its segments, in order; a single-PUT object
  * is one part). N is the position, not the number the part was uploaded
@@ -483,6 +499,17 @@ function partRange(rec: ObjectRecord, partNumber: number): { start: number; end:
   const lengthBytes = rec.segments[partNumber - 1]!.lengthBytes;
   return lengthBytes === 0 ? undefined : { start, end: start + lengthBytes - 1 };
 }
+
+/** What a damaged part record's damage is (see partDamage), or null for one ListParts can list. */
+function partDamage(p: unknown): string | null {
+  const segment = recordDamage(p, 'segment');
+  if (segment !== null) return segment;
+  const r = p as Partial<PartRecord>;
+  for (const f of ['partNumber', 'sizeBytes', 'lastModifiedMs'] as const) if (!Number.isFinite(r[f])) return `${f} is ${JSON.stringify(r[f]) ?? 'undefined'}`;
+  if (typeof r.etag !== 'string') return `etag is ${JSON.stringify(r.etag) ?? 'undefined'}`;
+  return null;
+}
+const listablePart = (p: PartRecord): boolean => partDamage(p) === null;
 
 /**
  * The bucket a virtual-host-style Host header names (`<bucket>.<domain>[:port]`
@@ -1010,7 +1037,7 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
       reply.header('etag', etagHeader(rec.etag)).header('last-modified', httpDate(rec.lastModifiedMs));
       checkPreconditions((h) => header(raw, h), rec, 304);
       setObjectHeaders(reply, rec, query);
-      const range = partNumber === undefined ? parseRange(header(raw, 'range'), rec.sizeBytes) : partRange(rec, partNumber);
+      const range = partNumber === undefined ? rangeOrUnsatisfiable(reply, header(raw, 'range'), rec.sizeBytes) : partRange(rec, partNumber);
       let start = 0;
       let length = rec.sizeBytes;
       if (range) {
@@ -1228,10 +1255,43 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
     return sendXml(ctx.reply, 200, `${XML_HEADER}<CompleteMultipartUploadResult xmlns="${S3_NS}">${tag('Location', location)}${tag('Bucket', bucket)}${tag('Key', key)}${tag('ETag', etagHeader(rec.etag))}</CompleteMultipartUploadResult>`);
   }
 
+  /**
+   * ListParts. A part record that is damaged (recordDamage, or a listed field
+   * unreadable: null, say) is left out of the answer rather than failing it:
+   * one bad record must not hide the upload's other parts (500, as before),
+   * and a part left out is one a resuming client uploads again, which
+   * replaces the damaged record, while AbortMultipartUpload clears it
+   * (CompleteMultipartUpload naming it refuses, Corrupt). The damage is said:
+   * the x-couchestor-damaged-parts header counts the records left out of this
+   * page's range and the log names the upload and each damage. The store's
+   * page counts damaged records against max-parts, so it is read again, twice
+   * as long each time, until it holds max-parts intact parts or the upload's
+   * end: a page is never empty and truncated (a client paging by
+   * NextPartNumberMarker would ask for it forever).
+   */
   function listParts(ctx: Ctx, bucket: string, key: string, uploadId: string) {
     const marker = parseIntParam(ctx.query.get('part-number-marker'), 'part-number-marker', 0, MAX_PART_NUMBER);
     const maxParts = parseIntParam(ctx.query.get('max-parts'), 'max-parts', 1000, 1000);
-    const { parts, isTruncated } = store.listParts(bucket, key, uploadId, marker, maxParts);
+    let limit = maxParts;
+    let page = store.listParts(bucket, key, uploadId, marker, limit);
+    let intact = page.parts.filter(listablePart);
+    while (page.isTruncated && intact.length < maxParts) {
+      limit *= 2;
+      page = store.listParts(bucket, key, uploadId, marker, limit);
+      intact = page.parts.filter(listablePart);
+    }
+    const parts = intact.slice(0, maxParts);
+    const isTruncated = intact.length > maxParts || page.isTruncated;
+    const damaged = page.parts.filter((p) => !listablePart(p));
+    if (damaged.length > 0) {
+      ctx.reply.header('x-couchestor-damaged-parts', String(damaged.length));
+      log.error('s3: ListParts left out damaged part records (`couchestor fsck` lists them; upload the part again or abort the upload)', {
+        bucket,
+        key,
+        uploadId,
+        damage: damaged.map((p) => partDamage(p)),
+      });
+    }
     const items = parts.map((p) => `<Part>${tag('PartNumber', p.partNumber)}${tag('LastModified', iso(p.lastModifiedMs))}${tag('ETag', etagHeader(p.etag))}${tag('Size', p.sizeBytes)}</Part>`).join('');
     const next = parts.length > 0 ? parts[parts.length - 1]!.partNumber : marker;
     return sendXml(
