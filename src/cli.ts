@@ -144,8 +144,8 @@ async function main(argv: string[]): Promise<number> {
           const moved = await quarantineDamagedRecords(manager.meta, (q) => {
             process.stderr.write(`fsck: quarantined damaged S3 index record (${q.db.replace(/^s3-/, '')}) ${q.record}: ${q.problem} (raw ${q.raw.length} bytes kept; what it named is given up)\n`);
           });
-          if (moved.length === 0) process.stderr.write('fsck: no damaged S3 index record: nothing quarantined, nothing changed\n');
-          else process.stderr.write(`fsck: ${moved.length} record(s) quarantined; the next daemon start frees what they named (hot files swept, cold stripes counted dead for compaction)\n`);
+          if (moved === 0) process.stderr.write('fsck: no damaged S3 index record: nothing quarantined, nothing changed\n');
+          else process.stderr.write(`fsck: ${moved} record(s) quarantined; the next daemon start frees what they named (hot files swept, cold stripes counted dead for compaction)\n`);
         }
         const report = await fsck(manager, (line) => process.stderr.write(`fsck: ${line}\n`));
         print(report, true);

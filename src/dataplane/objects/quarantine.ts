@@ -39,30 +39,45 @@ const SOURCES = [
   { db: PARTS_DB, kind: 'parts', field: 'segment' },
 ] as const;
 
+/** Damaged keys collected by one range read before they are moved (bounds the memory of a run). */
+const KEYS_PER_SCAN = 1024;
+
 /**
  * Moves every damaged object and part record into the quarantine, one LMDB
  * transaction per record (a record is in exactly one of the two databases at
  * every commit; a crash part-way leaves the rest live, and a second run moves
- * them), each durable before `moved` is told of it. Returns what it moved.
+ * them), each durable before `moved` is told of it. Returns how many it moved.
  * The caller holds the data directory offline: nothing else writes meanwhile.
  */
-export async function quarantineDamagedRecords(meta: MetaStore, moved: (q: QuarantinedRecord) => void = () => undefined): Promise<QuarantinedRecord[]> {
+export async function quarantineDamagedRecords(meta: MetaStore, moved: (q: QuarantinedRecord) => void = () => undefined): Promise<number> {
   const quarantine = meta.openDB<QuarantinedRecord, string>(QUARANTINE_DB);
-  const out: QuarantinedRecord[] = [];
+  let n = 0;
   for (const src of SOURCES) {
     const live = meta.openDB<unknown, Buffer>(src.db);
-    // Keys first (a snapshot), then one transaction each: no write under an open range read.
-    const damaged: Buffer[] = [];
-    for (const { key, value } of live.getRange(ALL_OBJECT_KEYS)) if (recordDamage(value, src.field) !== null) damaged.push(Buffer.from(key));
-    for (const key of damaged) {
-      const q = await meta.transaction(() => moveOne(meta, live, quarantine, src, key));
-      if (q === null) continue;
-      await meta.durable();
-      out.push(q);
-      moved(q);
+    // Keys first (up to KEYS_PER_SCAN), then one transaction each: no write under an open range read.
+    let start = ALL_OBJECT_KEYS.start;
+    for (;;) {
+      const damaged: Buffer[] = [];
+      let next: Buffer | null = null;
+      for (const { key, value } of live.getRange({ start })) {
+        if (damaged.length === KEYS_PER_SCAN) {
+          next = Buffer.from(key);
+          break;
+        }
+        if (recordDamage(value, src.field) !== null) damaged.push(Buffer.from(key));
+      }
+      for (const key of damaged) {
+        const q = await meta.transaction(() => moveOne(meta, live, quarantine, src, key));
+        if (q === null) continue;
+        await meta.durable();
+        n++;
+        moved(q);
+      }
+      if (next === null) break;
+      start = next;
     }
   }
-  return out;
+  return n;
 }
 
 function moveOne(meta: MetaStore, live: Database<unknown, Buffer>, quarantine: Database<QuarantinedRecord, string>, src: (typeof SOURCES)[number], key: Buffer): QuarantinedRecord | null {
