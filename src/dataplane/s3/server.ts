@@ -500,7 +500,7 @@ function partRange(rec: ObjectRecord, partNumber: number): { start: number; end:
   return lengthBytes === 0 ? undefined : { start, end: start + lengthBytes - 1 };
 }
 
-/** What a damaged part record's damage is (see partDamage), or null for one ListParts can list. */
+/** What is wrong with a part record ListParts cannot list (recordDamage, or a field it answers unreadable), or null. */
 function partDamage(p: unknown): string | null {
   const segment = recordDamage(p, 'segment');
   if (segment !== null) return segment;
@@ -1262,8 +1262,8 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
    * and a part left out is one a resuming client uploads again, which
    * replaces the damaged record, while AbortMultipartUpload clears it
    * (CompleteMultipartUpload naming it refuses, Corrupt). The damage is said:
-   * the x-couchestor-damaged-parts header counts the records left out of this
-   * page's range and the log names the upload and each damage. The store's
+   * the x-couchestor-damaged-parts header counts the damaged records read for
+   * this page and the log names the upload and each damage. The store's
    * page counts damaged records against max-parts, so it is read again, twice
    * as long each time, until it holds max-parts intact parts or the upload's
    * end: a page is never empty and truncated (a client paging by
@@ -1289,7 +1289,7 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
         bucket,
         key,
         uploadId,
-        damage: damaged.map((p) => partDamage(p)),
+        damaged: damaged.map((p) => `part ${Number.isFinite((p as Partial<PartRecord> | null)?.partNumber) ? p.partNumber : '?'}: ${partDamage(p)}`),
       });
     }
     const items = parts.map((p) => `<Part>${tag('PartNumber', p.partNumber)}${tag('LastModified', iso(p.lastModifiedMs))}${tag('ETag', etagHeader(p.etag))}${tag('Size', p.sizeBytes)}</Part>`).join('');
