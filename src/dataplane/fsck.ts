@@ -12,7 +12,9 @@
 // record says so (or has no say: an older record), else a leftover of a
 // RELEASE a kill cut short, which the next daemon start finishes (both
 // counted, not damage); a file of no volume in the index is an orphan
-// (listed, not damage).
+// (listed, not damage). Damaged S3 object and part records are reported
+// (damage); those `--quarantine-damaged` moved out (objects/quarantine.ts)
+// are counted, not damage.
 import fs from 'node:fs';
 import path from 'node:path';
 import { ChunkState } from './meta/store.js';
