@@ -165,6 +165,9 @@ class SnapshotRegistry extends Registry {
 export function createMetrics(source: MetricsSourceRef): Registry {
   const registry = new SnapshotRegistry(source);
   collectDefaultMetrics({ register: registry });
+  // prom-client's gauges named like counters fail `promtool check metrics` ("non-counter metrics
+  // should not have _total suffix"); each is the sum of its labelled nodejs_active_* gauge.
+  for (const name of ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total']) registry.removeSingleMetric(name);
   const registers = [registry];
 
   // Counters here mirror totals the dataplane already keeps: each scrape resets
