@@ -895,7 +895,11 @@ export class Reconstructor {
    * rebuilt; without it a pool with no entry read as rebuilt). Index only:
    * the list in memory, and so the API and the gauges, keep meaning "what
    * the last finished rebuild left" while this one runs. Its end replaces
-   * the record (setIncomplete). A failed write is logged and counted.
+   * the record (setIncomplete). A failed write is counted and fails the
+   * rebuild before it lands anything (PoolRebuildNotRecorded): carried on
+   * without it, a crash during the run left the pool unlisted, read as
+   * rebuilt while its lost shards were only partly back. The timer retries a
+   * listed pool next interval; an operator gets the error.
    */
   private async markRunning(pool: string): Promise<boolean> {
     if (this.index === null) return false;
@@ -905,8 +909,9 @@ export class Reconstructor {
       return true;
     } catch (err) {
       this.incompleteWriteFailures++;
-      log.warn('could not record in the index that a pool rebuild is running; a crash during it may leave the pool unlisted', { pool, err: (err as Error).message });
-      return false;
+      const cause = err as Error;
+      log.error('pool rebuild not started: could not record in the index that it is running (a crash during it would leave the pool unlisted); nothing written to the pool', { pool, err: cause.message });
+      throw new PoolRebuildNotRecorded(`rebuild of pool ${pool} not started: recording it as running in the index failed (${cause.message}); nothing was written to the pool, rebuild again once the index takes writes`, { cause });
     }
   }
 
@@ -1558,6 +1563,11 @@ export class PoolRebuildBusy extends Error {
 /** The pool named is not a cold pool. */
 export class UnknownPool extends Error {
   override name = 'UnknownPool';
+}
+
+/** A whole-pool rebuild could not record in the index that it runs: it lands nothing (the message names the pool and the cause). */
+export class PoolRebuildNotRecorded extends Error {
+  override name = 'PoolRebuildNotRecorded';
 }
 
 export interface ScrubReport {
