@@ -15,6 +15,9 @@ function isMissing(err: unknown): boolean {
   return (
     code === 'ENOENT' ||
     code === 'ENOTDIR' ||
+    // A link loop or an absurd path (a broken or hand-made tree): that entry unreadable, not the scan.
+    code === 'ELOOP' ||
+    code === 'ENAMETOOLONG' ||
     code === 'EIO' ||
     code === 'EINVAL' ||
     code === 'ENXIO' ||
