@@ -11,7 +11,7 @@ import { log } from '../../log.js';
 import { nativeAddonPath } from '../../native-addon.js';
 import { recordDamage } from '../objects/cold-holders.js';
 import type { PieceSink } from '../objects/hot-segments.js';
-import { MAX_PART_NUMBER, type BucketTier, type ContentHeaders, type ObjectRecord, type ObjectStore, type PartRecord, type Tag } from '../objects/store.js';
+import { MAX_PART_NUMBER, type BucketTier, type ContentHeaders, type ObjectRecord, type ObjectStore, type PartRecord, type Tag, type UploadRecord } from '../objects/store.js';
 import type { AccessKey } from './credentials.js';
 import { S3Error, errorXml, toS3Error } from './errors.js';
 import { hasBodyChecksum, idleBounded, missingDecodedLength, parseQuery, splitTarget, uriDecode, verifiedBody, verifyRequest, awsUriEncode, type PayloadMode } from './sigv4.js';
@@ -1301,22 +1301,71 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
     );
   }
 
+  /**
+   * ListMultipartUploads: by key, then upload id, from key-marker /
+   * upload-id-marker. With a delimiter, the uploads of the keys that share
+   * the part of the key up to the delimiter after the prefix are rolled up
+   * into one CommonPrefixes entry, counted once against max-uploads (as
+   * ListObjects); a key marker that is such a prefix (a truncated page's
+   * NextKeyMarker) skips it. encoding-type=url encodes the keys and prefixes
+   * as ListObjects does. Keys sharing a prefix are adjacent in the store's
+   * order, so one walk (store pages of 1000) rolls them up.
+   */
   function listUploads(ctx: Ctx, bucket: string) {
     const q = ctx.query;
     const prefix = q.get('prefix') ?? '';
+    const delimiter = q.get('delimiter') ?? '';
+    const encodingType = q.get('encoding-type');
+    if (encodingType !== undefined && encodingType !== 'url') throw new S3Error('InvalidArgument', 400, 'Invalid Encoding Method specified in Request', { ArgumentName: 'encoding-type' });
+    const enc = (s: string) => (encodingType === 'url' ? awsUriEncode(s, true) : s);
     const keyMarker = q.get('key-marker') ?? '';
     const uploadIdMarker = q.get('upload-id-marker') ?? '';
     const maxUploads = parseIntParam(q.get('max-uploads'), 'max-uploads', 1000, 1000);
-    const { uploads, isTruncated } = store.listUploads(bucket, { prefix, keyMarker, uploadIdMarker, maxUploads });
+    const rollUp = (key: string): string | undefined => {
+      if (delimiter === '' || !key.startsWith(prefix)) return undefined;
+      const i = key.indexOf(delimiter, prefix.length);
+      return i < 0 ? undefined : key.slice(0, i + delimiter.length);
+    };
+    const uploads: UploadRecord[] = [];
+    const prefixes: string[] = [];
+    let isTruncated = false;
+    let next: { key: string; uploadId?: string } | undefined;
+    // The prefix being skipped: the one last listed, or the key marker when it is one.
+    let skipped = rollUp(keyMarker) === keyMarker ? keyMarker : undefined;
+    let cursor = { keyMarker, uploadIdMarker };
+    walk: for (;;) {
+      const page = store.listUploads(bucket, { prefix, ...cursor, maxUploads: MAX_LIST_KEYS });
+      for (const u of page.uploads) {
+        const common = rollUp(u.key);
+        if (common !== undefined && common === skipped) continue;
+        if (uploads.length + prefixes.length >= maxUploads) {
+          isTruncated = true;
+          break walk;
+        }
+        if (common !== undefined) {
+          prefixes.push(common);
+          skipped = common;
+          next = { key: common };
+        } else {
+          uploads.push(u);
+          next = { key: u.key, uploadId: u.uploadId };
+        }
+      }
+      const last = page.uploads[page.uploads.length - 1];
+      if (!page.isTruncated || last === undefined) break;
+      cursor = { keyMarker: last.key, uploadIdMarker: last.uploadId };
+    }
     const items = uploads
-      .map((u) => `<Upload>${tag('Key', u.key)}${tag('UploadId', u.uploadId)}<Initiator>${tag('ID', ownerId)}${tag('DisplayName', 'couchestor')}</Initiator>${ownerXml}${tag('StorageClass', 'STANDARD')}${tag('Initiated', iso(u.initiatedMs))}</Upload>`)
+      .map((u) => `<Upload>${tag('Key', enc(u.key))}${tag('UploadId', u.uploadId)}<Initiator>${tag('ID', ownerId)}${tag('DisplayName', 'couchestor')}</Initiator>${ownerXml}${tag('StorageClass', 'STANDARD')}${tag('Initiated', iso(u.initiatedMs))}</Upload>`)
       .join('');
-    const last = uploads[uploads.length - 1];
-    return sendXml(
-      ctx.reply,
-      200,
-      `${XML_HEADER}<ListMultipartUploadsResult xmlns="${S3_NS}">${tag('Bucket', bucket)}${tag('KeyMarker', keyMarker)}${tag('UploadIdMarker', uploadIdMarker)}${tag('NextKeyMarker', isTruncated && last ? last.key : undefined)}${tag('NextUploadIdMarker', isTruncated && last ? last.uploadId : undefined)}${tag('Prefix', prefix)}${tag('MaxUploads', maxUploads)}${tag('IsTruncated', isTruncated)}${items}</ListMultipartUploadsResult>`,
-    );
+    const commonPrefixes = prefixes.map((p) => `<CommonPrefixes>${tag('Prefix', enc(p))}</CommonPrefixes>`).join('');
+    let head = `${tag('Bucket', bucket)}${tag('KeyMarker', enc(keyMarker))}${tag('UploadIdMarker', uploadIdMarker)}`;
+    if (isTruncated && next !== undefined) head += `${tag('NextKeyMarker', enc(next.key))}${tag('NextUploadIdMarker', next.uploadId ?? '')}`;
+    head += tag('Prefix', enc(prefix));
+    if (delimiter) head += tag('Delimiter', enc(delimiter));
+    head += `${tag('MaxUploads', maxUploads)}${tag('IsTruncated', isTruncated)}`;
+    if (encodingType) head += tag('EncodingType', encodingType);
+    return sendXml(ctx.reply, 200, `${XML_HEADER}<ListMultipartUploadsResult xmlns="${S3_NS}">${head}${items}${commonPrefixes}</ListMultipartUploadsResult>`);
   }
 
   return app;
