@@ -14,6 +14,7 @@ import { VolumeManager } from '../src/dataplane/volumes/manager.js';
 import { ChunkState } from '../src/dataplane/meta/store.js';
 import { PowerLossFs, seededRandom } from './helpers/power-loss-fs.js';
 import { readVolume, writeVolume } from './helpers/volume.js';
+import { Model, type OpKind } from './helpers/crash-model.js';
 
 const MiB = 1024 * 1024;
 
@@ -100,4 +101,155 @@ test('a move back into a pool whose file a preserving move kept: the file is emp
     }
   }
   assert.equal(checked, states);
+});
+
+/** A client request of the random run, with the clock values the model's cuts are compared with. */
+interface ClientOp {
+  kind: OpKind;
+  offsetBytes: number;
+  lengthBytes: number;
+  value: Buffer | null;
+  fua: boolean;
+  ackAt: number;
+}
+
+test('random writes, zeroes, trims, FUA and FLUSH on a volume split over a hot and a warm file, chunks moved between them: every crash state keeps every flushed byte', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-vol-plfs-rand-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const seed = Number(process.env.COUCHESTOR_PLFS_SEED ?? 11);
+  const rng = seededRandom(seed);
+  const m = await openManager(dir, true);
+  const hot = m.pools.get('hot-0')!;
+  const warm = m.pools.get('warm-0')!;
+  const cs = 64 * 1024;
+  const chunks = 8;
+  const volumeBytes = chunks * cs;
+  await m.createVolume({ name: 'v', sizeBytes: volumeBytes, pool: 'hot-0', chunkSizeBytes: cs });
+  const id = m.getVolumeRecord('v')!.id;
+  warm.ensureDirs();
+  const plfs = PowerLossFs.install(t);
+  const models = [hot, warm].map((p) => ({ pool: p, model: plfs.track(path.dirname(p.volumeFile(id))), file: p.volumeFile(id) }));
+  const vol = m.openVolume('v');
+  const ops: ClientOp[] = [];
+  const flushes: { issueAt: number; doneAt: number }[] = [];
+  const snapshots: { cut: number; meta: string }[] = [];
+  const metaDir = path.join(dir, 'data', 'meta');
+  /** What the run did, with the clock at each step (in a failure's message). */
+  const history: { at: number; what: string }[] = [];
+  const rand = (n: number) => Math.floor(rng() * n);
+  const range = (): [number, number] => {
+    // Whole chunks a third of the time (a trim or zero that discards them), else any sectors.
+    if (rng() < 0.33) {
+      const n = 1 + rand(2);
+      return [cs * rand(chunks - n + 1), n * cs];
+    }
+    const len = 512 * (1 + rand(rng() < 0.3 ? (2 * cs) / 512 : 16));
+    return [512 * rand((volumeBytes - len) / 512 + 1), len];
+  };
+  // Requests in flight together (1-4 per round, on ranges that do not overlap), their
+  // calls completed in a seeded random order; the index is copied between rounds.
+  const busy: [number, number][] = [];
+  const overlaps = ([o, l]: [number, number]) => busy.some(([bo, bl]) => o < bo + bl && bo < o + l);
+  async function one(pick: number): Promise<void> {
+    if (pick < 10) {
+      const issueAt = plfs.mark();
+      await vol.flush();
+      flushes.push({ issueAt, doneAt: plfs.mark() });
+      history.push({ at: issueAt, what: `${issueAt}-${plfs.clock}: flush` });
+    } else if (pick < 16) {
+      // A chunk move (COPY, fdatasync, SWITCH) of a chunk off the placement file, or a tier switch between the two pools.
+      const off = vol.chunksOffFile();
+      const from = plfs.clock;
+      if (off.length > 0 && pick < 14) {
+        const c = off[rand(off.length)]!;
+        await vol.ensurePromoted(c, true);
+        history.push({ at: from, what: `${from}-${plfs.clock}: chunk ${c} moved to ${vol.pool.name}` });
+      } else {
+        await vol.setTier(vol.pool === hot ? 'warm' : 'hot', vol.pool === hot ? warm : hot);
+        history.push({ at: from, what: `${from}-${plfs.clock}: placement ${vol.pool.name}` });
+      }
+    } else {
+      let r = range();
+      for (let k = 0; k < 20 && overlaps(r); k++) r = range();
+      if (overlaps(r)) return;
+      busy.push(r);
+      const [offsetBytes, lengthBytes] = r;
+      const fua = rand(5) === 0;
+      const kind: OpKind = pick < 70 ? 'write' : pick < 85 ? 'zero' : 'trim';
+      // Recorded at issue (the model's order); acknowledged later.
+      const op: ClientOp = { kind, offsetBytes, lengthBytes, value: kind === 'write' ? crypto.randomBytes(lengthBytes) : null, fua, ackAt: Infinity };
+      ops.push(op);
+      const no = ops.length - 1;
+      if (kind === 'write') await new Promise<void>((res, rej) => vol.write(offsetBytes, op.value!, fua, (err) => (err ? rej(err) : res())));
+      else if (kind === 'zero') await vol.writeZeroes(offsetBytes, lengthBytes, { noHole: rand(2) === 0, fua, fastZero: false });
+      else await vol.trim(offsetBytes, lengthBytes, fua);
+      const ackAt = plfs.mark();
+      // TRIM is advisory: what it left is what reads back now.
+      if (kind === 'trim') op.value = await readVolume(vol, offsetBytes, lengthBytes);
+      op.ackAt = ackAt;
+      busy.splice(busy.indexOf(r), 1);
+      history.push({ at: ackAt, what: `op #${no} acked ${ackAt}: ${kind}${fua ? ' FUA' : ''} ${offsetBytes}+${lengthBytes} (chunks ${Math.floor(offsetBytes / cs)}-${Math.floor((offsetBytes + lengthBytes - 1) / cs)})` });
+    }
+  }
+  for (let round = 0; round < 120; round++) {
+    const n = 1 + rand(4);
+    await plfs.pumpBeside(Promise.all(Array.from({ length: n }, () => one(rand(100)))), rng);
+    if (rand(5) === 0) {
+      // A cut here: the index as committed (a commit is durable), copied while nothing writes it.
+      await m.meta.durable();
+      const snap = path.join(dir, `meta-${snapshots.length}`);
+      fs.cpSync(metaDir, snap, { recursive: true });
+      snapshots.push({ cut: plfs.clock, meta: snap });
+    }
+  }
+  // Three crash states per cut, each pool's file as its model kept it.
+  const states: { cut: number; meta: string; images: Buffer[] }[] = [];
+  const lost = { writes: 0, torn: 0 };
+  for (const s of snapshots) {
+    for (let k = 0; k < 3; k++) {
+      const images = models.map(({ model, file }) => {
+        const into = fs.mkdtempSync(path.join(dir, 'state-'));
+        const cs = model.crashState(s.cut, rng, into, k === 0 ? 'lose' : undefined);
+        lost.writes += cs.writesLost;
+        lost.torn += cs.writesTorn;
+        const f = path.join(into, path.basename(file));
+        const img = fs.existsSync(f) ? fs.readFileSync(f) : null;
+        fs.rmSync(into, { recursive: true });
+        return img;
+      });
+      states.push({ cut: s.cut, meta: s.meta, images: images as Buffer[] });
+    }
+  }
+  await plfs.pumpBeside(m.close(), rng);
+  for (const { model } of models) model.untrack();
+  let checked = 0;
+  for (const st of states) {
+    fs.rmSync(metaDir, { recursive: true });
+    fs.cpSync(st.meta, metaDir, { recursive: true });
+    models.forEach(({ file }, i) => {
+      const img = st.images[i];
+      if (img === null || img === undefined) fs.rmSync(file, { force: true });
+      else fs.writeFileSync(file, img);
+    });
+    // What the client knows at the cut: durable = FUA acknowledged, or acknowledged before a FLUSH that answered.
+    const expect = new Model(volumeBytes);
+    for (const o of ops) {
+      if (o.ackAt >= st.cut) continue;
+      const e = expect.begin(o.kind, o.offsetBytes, o.lengthBytes, o.value);
+      e.done = true;
+      if ((o.fua && o.ackAt < st.cut) || flushes.some((f) => f.issueAt > o.ackAt && f.doneAt < st.cut)) expect.makeDurable(e);
+    }
+    const m2 = await openManager(dir, false);
+    try {
+      const got = await readVolume(m2.openVolume('v'), 0, volumeBytes);
+      assert.deepEqual(expect.violations(got), [], `seed ${seed}, cut ${st.cut}, after:\n${history.filter((h) => h.at < st.cut).slice(-30).map((h) => h.what).join('\n')}`);
+      checked++;
+    } finally {
+      await m2.close();
+    }
+  }
+  // Coverage: what the run did and what its crash states lost.
+  const moves = history.filter((h) => h.what.includes(' moved to ')).length;
+  const placements = history.filter((h) => h.what.includes('placement')).length;
+  assert.ok(checked >= 30 && moves >= 5 && placements >= 2 && flushes.length >= 10 && lost.writes > 0 && lost.torn > 0, JSON.stringify({ checked, moves, placements, flushes: flushes.length, ...lost }));
 });

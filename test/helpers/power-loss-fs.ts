@@ -194,9 +194,11 @@ export class DirModel {
             kept++;
             place(at, piece);
           } else if (end > content.length && rng() < 0.3) {
-            // The size change without the data (a file system that extends before it writes): zeros.
+            // The size change without the data (a file system that extends before it writes): zeros
+            // past the old end only; the bytes below it keep what they held (a durable write's).
             stats.zeroExtended++;
-            place(at, Buffer.alloc(piece.length));
+            const from = Math.max(at, content.length);
+            place(from, Buffer.alloc(end - from));
           }
           at = end;
         }
