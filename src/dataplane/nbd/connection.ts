@@ -400,7 +400,7 @@ export class NbdConnection {
   }
 
   private replyOptionError(opt: number, type: number, message: string): void {
-    this.sendOptionReply(opt, type, Buffer.from(message, 'utf8'));
+    this.sendOptionReply(opt, type, wireString(message));
   }
 
   private onOption(opt: number, data: Buffer): void {
@@ -448,7 +448,7 @@ export class NbdConnection {
     try {
       return this.exports.resolve(name);
     } catch (err) {
-      if (!(err instanceof NotFound)) log.warn('nbd: export unavailable', { name, err: (err as Error).message });
+      if (!(err instanceof NotFound)) log.warn('nbd: export unavailable', { name: quoteName(name), err: (err as Error).message });
       return null;
     }
   }
@@ -464,7 +464,7 @@ export class NbdConnection {
   private optExportName(name: string): void {
     const vol = this.lookup(name);
     // NBD_OPT_EXPORT_NAME has no error reply: the spec says to disconnect.
-    if (!vol) return this.fatal(`unknown export ${JSON.stringify(name)}`);
+    if (!vol) return this.fatal(`unknown export ${quoteName(name)}`);
     const out = Buffer.alloc(this.noZeroes ? 10 : 134);
     out.writeBigUInt64BE(BigInt(vol.sizeBytes), 0);
     out.writeUInt16BE(this.transmissionFlags(vol), 8);
@@ -480,7 +480,7 @@ export class NbdConnection {
     const nInfo = data.readUInt16BE(4 + nameLen);
     if (data.length !== 6 + nameLen + 2 * nInfo) return this.replyOptionError(opt, P.REP_ERR_INVALID, 'information request count does not match option length');
     const vol = this.lookup(name);
-    if (!vol) return this.replyOptionError(opt, P.REP_ERR_UNKNOWN, `unknown export ${JSON.stringify(name)}`);
+    if (!vol) return this.replyOptionError(opt, P.REP_ERR_UNKNOWN, `unknown export ${quoteName(name)}`);
     const wanted = new Set<number>();
     for (let i = 0; i < nInfo; i++) wanted.add(data.readUInt16BE(6 + nameLen + 2 * i));
 
@@ -536,7 +536,7 @@ export class NbdConnection {
       pos += qLen;
     }
     if (pos !== data.length) return this.replyOptionError(opt, P.REP_ERR_INVALID, 'trailing bytes after queries');
-    if (!this.lookup(name)) return this.replyOptionError(opt, P.REP_ERR_UNKNOWN, `unknown export ${JSON.stringify(name)}`);
+    if (!this.lookup(name)) return this.replyOptionError(opt, P.REP_ERR_UNKNOWN, `unknown export ${quoteName(name)}`);
     let matched: boolean;
     if (set) matched = queries.includes(P.BASE_ALLOCATION);
     else matched = queries.length === 0 || queries.some((q) => q === P.BASE_ALLOCATION || q === 'base:');
@@ -900,7 +900,7 @@ export class NbdConnection {
   /** Simple reply, or a structured error chunk for reads when negotiated. */
   private reply(cookie: Buffer, errno: number, message: string): void {
     if (errno !== 0 && this.structured) {
-      const msg = Buffer.from(message.slice(0, 1024), 'utf8');
+      const msg = wireString(message);
       const out = Buffer.allocUnsafe(26 + msg.length);
       out.writeUInt32BE(P.STRUCTURED_REPLY_MAGIC, 0);
       out.writeUInt16BE(P.REPLY_FLAG_DONE, 4);
@@ -937,6 +937,26 @@ function readWithin(fd: number, target: Buffer, windowNs: bigint): number {
 function socketFd(socket: Socket): number {
   const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
   return typeof fd === 'number' ? fd : -1;
+}
+
+/**
+ * A message as a wire string: UTF-8, cut to MAX_STRING_BYTES at a character
+ * boundary. Messages can quote client input (export names up to the 64 KiB
+ * option limit); libnbd drops the connection on a longer string.
+ */
+function wireString(message: string): Buffer {
+  const b = Buffer.from(message, 'utf8');
+  if (b.length <= P.MAX_STRING_BYTES) return b;
+  let end = P.MAX_STRING_BYTES;
+  while (end > 0 && (b[end]! & 0xc0) === 0x80) end--; // back off to the start of a character
+  return b.subarray(0, end);
+}
+
+/** An export name for messages and logs: quoted, and shortened (names can be 64 KiB of client input). */
+const MAX_QUOTED_NAME_CHARS = 128;
+function quoteName(name: string): string {
+  if (name.length <= MAX_QUOTED_NAME_CHARS) return JSON.stringify(name);
+  return `${JSON.stringify(name.slice(0, MAX_QUOTED_NAME_CHARS))}... (${name.length} characters)`;
 }
 
 function writeUInt64(buf: Buffer, value: number, pos: number): void {

@@ -103,6 +103,9 @@ export const MIN_BLOCK_BYTES = 1;
 export const PREFERRED_BLOCK_BYTES = 4096;
 export const MAX_PAYLOAD_BYTES = 32 * 1024 * 1024;
 
+/** proto.md "Conventions": every string on the wire (names, error messages) MUST fit in this. */
+export const MAX_STRING_BYTES = 4096;
+
 export const REQUEST_HEADER_BYTES = 28;
 export const OPTION_HEADER_BYTES = 16;
 /** Options carry names and small lists; larger data is refused (ERR_TOO_BIG). */
