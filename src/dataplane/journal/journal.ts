@@ -406,12 +406,15 @@ export class Journal {
     // write after this start is not taken for damage to flushed ones when a
     // FLUSH racing it claims an older seq.
     // Written synchronously: a first append's writev is only issued after
-    // it, so no record of this file lands without it.
+    // it, so no record of this file lands without it. It carries a seq
+    // fence too, as a rotation's first item does: a head reused from a spare
+    // whose fresh nonce equals the old one (2^-32) then still takes none of
+    // the old records past its tail (scanJournalBytes).
     if (j.nextSeq - 1 > 0) {
       j.markedSeq = Math.max(j.markedSeq, j.nextSeq - 1);
       j.head.markerClaim = j.markedSeq;
       try {
-        j.writeItemSync(j.head, markerRecord(j.markedSeq));
+        j.writeItemSync(j.head, seqRecord(MARKER_TYPE, j.markedSeq, j.nextSeq - 1));
       } catch {
         // Latched (j.failed): the daemon starts with cold volumes offline and says why, as for any journal write error.
       }
@@ -1476,14 +1479,25 @@ export function scanJournalBytes(bytes: Buffer, nameNonce: number | null): Journ
   const nonce = nameNonce ?? legacyFileNonce(bytes);
   let pos = 0;
   let lastSeq = 0;
+  // The highest seq fence so far in this file: every write record after it numbers above it.
+  let fenceSeq = 0;
   let ended = false;
   while (pos + JOURNAL_HEADER_BYTES <= bytes.length) {
-    const item = parseItem(bytes, pos, nonce);
+    let item = parseItem(bytes, pos, nonce);
+    // A write record numbered at or below the file's fence is no item of
+    // this file: the old bytes of a recycled file whose fresh nonce is the
+    // old one (a 2^-32 chance per reuse), the new tail landing on an old
+    // record's start. Taken, the old records were scanned, counted and
+    // judged as this file's (an old end marker after them even read as a
+    // clean stop). Passed over, they are a torn tail (or, with a real item
+    // after them, a damaged range) as under any other nonce.
+    if (item && 'seq' in item && item.seq <= fenceSeq) item = null;
     if (item && 'syncedSeq' in item) {
       markers.push(item);
       if (item.fenceSeq) {
         fences.push({ posBytes: pos, fenceSeq: item.fenceSeq });
         lastSeq = Math.max(lastSeq, item.fenceSeq);
+        fenceSeq = Math.max(fenceSeq, item.fenceSeq);
       }
       pos += JOURNAL_HEADER_BYTES;
       if (item.endsFile) {
@@ -1495,6 +1509,7 @@ export function scanJournalBytes(bytes: Buffer, nameNonce: number | null): Journ
     if (item && 'fenceSeq' in item) {
       fences.push(item);
       lastSeq = Math.max(lastSeq, item.fenceSeq);
+      fenceSeq = Math.max(fenceSeq, item.fenceSeq);
       pos += JOURNAL_HEADER_BYTES;
       continue;
     }
