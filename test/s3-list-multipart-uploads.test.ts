@@ -3,6 +3,7 @@
 // every upload under every "directory" was listed, no CommonPrefixes, and
 // keys came back unencoded whatever the client asked for.
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 import { awsOk, startS3, type S3Env } from './helpers/s3-env.js';
 
@@ -62,6 +63,17 @@ describe('s3 ListMultipartUploads: delimiter, paging, encoding-type', () => {
     const paginated = list('--page-size', '2');
     assert.deepEqual(paginated.Uploads?.map((u) => u.Key), keys);
     assert.deepEqual(new Set(paginated.Uploads?.map((u) => u.UploadId)), new Set([...ids.values()].flat()));
+  });
+
+  it('max-uploads 0 and max-parts 0 ask for nothing: nothing, not truncated (as max-keys 0)', () => {
+    const none = list('--max-uploads', '0', '--no-paginate');
+    assert.deepEqual([none.Uploads, none.IsTruncated, none.NextKeyMarker], [undefined, false, undefined]);
+    const uploadId = ids.get('c')![0]!;
+    const body = `${env.home}/one-part`;
+    fs.writeFileSync(body, 'part');
+    awsOk(env, ['s3api', 'upload-part', '--bucket', B, '--key', 'c', '--upload-id', uploadId, '--part-number', '1', '--body', body]);
+    const parts = awsOk(env, ['s3api', 'list-parts', '--bucket', B, '--key', 'c', '--upload-id', uploadId, '--max-parts', '0', '--no-paginate']);
+    assert.deepEqual([parts.Parts, parts.IsTruncated], [undefined, false]);
   });
 
   it('encoding-type=url encodes keys and common prefixes (the cli does not decode this call)', () => {

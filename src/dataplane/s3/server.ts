@@ -1281,7 +1281,8 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
       intact = page.parts.filter(listablePart);
     }
     const parts = intact.slice(0, maxParts);
-    const isTruncated = intact.length > maxParts || page.isTruncated;
+    // max-parts 0 asks for nothing and gets it, not a page a client would ask again for ever (as max-keys 0).
+    const isTruncated = maxParts > 0 && (intact.length > maxParts || page.isTruncated);
     const damaged = page.parts.filter((p) => !listablePart(p));
     if (damaged.length > 0) {
       ctx.reply.header('x-couchestor-damaged-parts', String(damaged.length));
@@ -1339,7 +1340,8 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
         const common = rollUp(u.key);
         if (common !== undefined && common === skipped) continue;
         if (uploads.length + prefixes.length >= maxUploads) {
-          isTruncated = true;
+          // max-uploads 0 asks for nothing and gets it, not truncated (as max-keys 0).
+          isTruncated = maxUploads > 0;
           break walk;
         }
         if (common !== undefined) {
