@@ -3,7 +3,7 @@
 // custom resource (group storage.billyronks.io/v1); on one machine it is a
 // YAML file in the policies directory.
 import YAML from 'yaml';
-import { parseDurationMs } from '../dataplane/ec/policy.js';
+import { InvalidPolicy, parseDurationMs } from '../dataplane/ec/policy.js';
 
 export const POLICY_API_VERSION = 'storage.billyronks.io/v1';
 export const POLICY_KIND = 'StoragePolicy';
@@ -53,6 +53,12 @@ function selector(v: unknown, field: string, required: boolean): LabelSelector |
     if (required) throw new InvalidStoragePolicy(`spec.${field} is required`);
     return null;
   }
+  // matchExpressions (or a misspelt key) ignored would make the selector match more than it says.
+  if (typeof v === 'object' && !Array.isArray(v)) {
+    for (const k of Object.keys(v)) {
+      if (k !== 'matchLabels') throw new InvalidStoragePolicy(`spec.${field}.${k} is not supported: a selector here has matchLabels only`);
+    }
+  }
   const ml = (v as { matchLabels?: unknown }).matchLabels;
   if (typeof v !== 'object' || ml === null || typeof ml !== 'object' || Array.isArray(ml)) {
     throw new InvalidStoragePolicy(`spec.${field}.matchLabels must be a map of label -> value`);
@@ -70,13 +76,24 @@ function nonNegative(v: unknown, field: string): number {
   return v;
 }
 
-function duration(v: unknown, field: string, fallback: string): number {
+function duration(v: unknown, field: string, fallback: string, minMs = 0): number {
+  let ms: number;
   try {
-    return parseDurationMs(v === undefined ? fallback : String(v), field);
+    ms = parseDurationMs(v === undefined ? fallback : String(v), field);
   } catch (err) {
-    throw new InvalidStoragePolicy(`spec.${field}: ${(err as Error).message}`);
+    // The parser is the ErasureCodingPolicy's: its message names that kind; this is a StoragePolicy.
+    throw new InvalidStoragePolicy(`spec.${field}: ${err instanceof InvalidPolicy ? err.reason : (err as Error).message}`);
   }
+  if (ms < minMs) throw new InvalidStoragePolicy(`spec.${field} must be at least ${minMs / 1000}s, got ${JSON.stringify(v)}`);
+  return ms;
 }
+
+/**
+ * Shortest samplingWindow: heat is an average between two samples of the
+ * volume's counters, so a window of 0 (or below the sampling interval) never
+ * has a reading and the policy would leave every volume at "no-data" for good.
+ */
+export const MIN_SAMPLING_WINDOW_MS = 1000;
 
 /** Parses one StoragePolicy document (schema checks only; see checkAgainst for pool/EC checks). */
 export function parseStoragePolicy(text: string): StoragePolicy {
@@ -108,7 +125,7 @@ export function parseStoragePolicy(text: string): StoragePolicy {
     name,
     highWatermarkIOPS: high,
     lowWatermarkIOPS: low,
-    samplingWindowMs: duration(spec.samplingWindow, 'samplingWindow', '1h'),
+    samplingWindowMs: duration(spec.samplingWindow, 'samplingWindow', '1h', MIN_SAMPLING_WINDOW_MS),
     cooldownPeriodMs: duration(spec.cooldownPeriod, 'cooldownPeriod', '24h'),
     hotPoolSelector: selector(spec.hotPoolSelector, 'hotPoolSelector', true)!,
     warmPoolSelector: selector(spec.warmPoolSelector, 'warmPoolSelector', false),
