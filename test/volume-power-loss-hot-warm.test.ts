@@ -3,7 +3,11 @@
 // durable, the rest kept or lost per sector and per directory change). The
 // index (LMDB, overlappingSync off) is durable at each commit, so a crash
 // state pairs the index as committed with the pool directory as the model
-// says it survived.
+// says it survived. Two cases: the emptying of a pool file a move re-enters
+// (a fixed bug), and a seeded random run of concurrent requests, chunk moves,
+// tier switches and RELEASEs over a volume split between two pool files
+// (COUCHESTOR_PLFS_SEED picks the seed), each crash state checked with
+// helpers/crash-model's Model.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
@@ -156,11 +160,18 @@ test('random writes, zeroes, trims, FUA and FLUSH on a volume split over a hot a
       await vol.flush();
       flushes.push({ issueAt, doneAt: plfs.mark() });
       history.push({ at: issueAt, what: `${issueAt}-${plfs.clock}: flush` });
-    } else if (pick < 16) {
+    } else if (pick < 17) {
       // A chunk move (COPY, fdatasync, SWITCH) of a chunk off the placement file, or a tier switch between the two pools.
       const off = vol.chunksOffFile();
       const from = plfs.clock;
-      if (off.length > 0 && pick < 14) {
+      if (pick === 13 || pick === 14) {
+        // The rest of a move (every chunk off placement copied), then its RELEASE: the files no
+        // chunk is in closed, deleted unless kept (preservation mode).
+        for (const c of off) await vol.ensurePromoted(c, true);
+        const keep = rand(2) === 0;
+        const closed = await vol.releaseOtherFiles(keep);
+        history.push({ at: from, what: `${from}-${plfs.clock}: release${keep ? ' (kept)' : ''} ${closed.map((p) => p.name).join(',')}` });
+      } else if (off.length > 0 && pick < 13) {
         const c = off[rand(off.length)]!;
         await vol.ensurePromoted(c, true);
         history.push({ at: from, what: `${from}-${plfs.clock}: chunk ${c} moved to ${vol.pool.name}` });
@@ -251,5 +262,45 @@ test('random writes, zeroes, trims, FUA and FLUSH on a volume split over a hot a
   // Coverage: what the run did and what its crash states lost.
   const moves = history.filter((h) => h.what.includes(' moved to ')).length;
   const placements = history.filter((h) => h.what.includes('placement')).length;
-  assert.ok(checked >= 30 && moves >= 5 && placements >= 2 && flushes.length >= 10 && lost.writes > 0 && lost.torn > 0, JSON.stringify({ checked, moves, placements, flushes: flushes.length, ...lost }));
+  const releases = history.filter((h) => /release.* \S+-0/.test(h.what)).length;
+  assert.ok(checked >= 30 && moves + releases >= 3 && placements >= 2 && releases >= 1 && flushes.length >= 10 && lost.writes > 0 && lost.torn > 0, JSON.stringify({ checked, moves, placements, releases, flushes: flushes.length, ...lost }));
+});
+
+test('a volume created, written and flushed: every crash state after the FLUSH has the volume with its bytes (the new file name, its size and data all durable)', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-vol-plfs-create-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const m = await openManager(dir, true);
+  const hot = m.pools.get('hot-0')!;
+  hot.ensureDirs();
+  const plfs = PowerLossFs.install(t);
+  const model = plfs.track(path.join(hot.rec.path, 'volumes'));
+  const rng = seededRandom(3);
+  await plfs.pumpBeside(m.createVolume({ name: 'v', sizeBytes: 4 * MiB, pool: 'hot-0' }), rng);
+  const vol = m.openVolume('v');
+  const want = crypto.randomBytes(3 * MiB + 4096);
+  await plfs.pumpBeside(writeVolume(vol, 4096, want), rng);
+  await plfs.pumpBeside(vol.flush(), rng);
+  const cut = plfs.mark();
+  const file = hot.volumeFile(vol.rec.id);
+  const images: Buffer[] = [];
+  for (let s = 0; s < 12; s++) {
+    const into = fs.mkdtempSync(path.join(dir, 'state-'));
+    model.crashState(cut, rng, into, s === 0 ? 'lose' : undefined);
+    const f = path.join(into, path.basename(file));
+    assert.ok(fs.existsSync(f), 'the new volume file is in the crash state');
+    images.push(fs.readFileSync(f));
+    fs.rmSync(into, { recursive: true });
+  }
+  await plfs.pumpBeside(m.close(), rng);
+  model.untrack();
+  for (const image of images) {
+    fs.writeFileSync(file, image);
+    const m2 = await openManager(dir, false);
+    try {
+      const got = await readVolume(m2.openVolume('v'), 0, 4 * MiB);
+      assert.ok(got.subarray(0, 4096).equals(Buffer.alloc(4096)) && got.subarray(4096, 4096 + want.length).equals(want) && got.subarray(4096 + want.length).equals(Buffer.alloc(4 * MiB - 4096 - want.length)), 'the flushed bytes read back');
+    } finally {
+      await m2.close();
+    }
+  }
 });

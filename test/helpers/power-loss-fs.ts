@@ -374,6 +374,7 @@ export class PowerLossFs {
       renameSync: fs.renameSync,
       unlinkSync: fs.unlinkSync,
       promisesOpen: fs.promises.open,
+      promisesRm: fs.promises.rm,
     };
     t.after(() => {
       Object.assign(fs, {
@@ -393,6 +394,7 @@ export class PowerLossFs {
         unlinkSync: real.unlinkSync,
       });
       fs.promises.open = real.promisesOpen;
+      fs.promises.rm = real.promisesRm;
       for (const fd of this.deadFds) real.closeSync(fd);
       this.deadFds.clear();
     });
@@ -583,6 +585,12 @@ export class PowerLossFs {
         callback(err);
       }, effect);
     }) as typeof fs.rm;
+
+    // fs.promises.rm (a volume RELEASE's delete) on a tracked file: fs.rm's model, as a promise.
+    fs.promises.rm = ((p: fs.PathLike, opts?: fs.RmOptions) => {
+      if (!this.modelOfFile(path.resolve(String(p)))) return real.promisesRm(p, opts);
+      return new Promise<void>((resolve, reject) => fs.rm(p, opts ?? {}, (err) => (err ? reject(err) : resolve())));
+    }) as typeof fs.promises.rm;
 
     fs.unlinkSync = ((p: fs.PathLike) => {
       real.unlinkSync(p);
