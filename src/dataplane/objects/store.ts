@@ -229,6 +229,9 @@ function bucketStart(bucketId: number): Buffer {
   return b;
 }
 
+/** An upload id's length: 16 random bytes in hex (createUpload); getUpload refuses any other. */
+const UPLOAD_ID_CHARS = 32;
+
 function uploadKey(bucketId: number, key: string, uploadId: string): Buffer {
   return Buffer.concat([objectKey(bucketId, key), Buffer.from([0]), Buffer.from(uploadId, 'latin1')]);
 }
@@ -429,8 +432,12 @@ export class ObjectStore {
       const start = bucketStart(b.id);
       const end = prefixEnd(start);
       for (const _ of this.objects.getKeys({ start, end, limit: 1 })) throw new NotEmpty(`bucket ${name} is not empty`);
-      for (const { key, value } of this.uploads.getRange({ start, end })) {
-        for (const p of this.parts.getRange({ start: partKey(value.uploadId, 0), end: partKey(value.uploadId, 0xffff) })) {
+      for (const key of this.uploads.getKeys({ start, end })) {
+        // The upload id from the index key (uploadKey: it ends with the id), not the record: an
+        // upload record damaged into null threw here mid-transaction (lmdb-js keeps the removals
+        // before it), and a damaged one's parts must go with it.
+        const uploadId = Buffer.from(key).subarray(-UPLOAD_ID_CHARS).toString('latin1');
+        for (const p of this.parts.getRange({ start: partKey(uploadId, 0), end: partKey(uploadId, 0xffff) })) {
           if (recordDamage(p.value, 'segment') === null) freed.push(p.value.segment); // a damaged one frees nothing it names
           this.parts.remove(p.key);
         }
