@@ -317,6 +317,16 @@ export class ControlLoop {
       for (const [name, f] of [...this.failures]) if (ids.get(name) !== f.volumeId) this.failures.delete(name);
     }
     const seen = new Set(loaded.map((l) => l.key));
+    // A policy renamed in its file (metadata.name edited) is the same policy: its state (the
+    // moves it started, its history) takes the new name, so its maxConcurrentMigrations still
+    // counts the moves running. As a new policy it started that many more beside them.
+    for (const l of loaded) {
+      if (this.policies.has(l.key)) continue;
+      const old = [...this.policies].find(([key, st]) => !seen.has(key) && st.status.file === l.file);
+      if (old === undefined) continue;
+      this.policies.delete(old[0]);
+      this.policies.set(l.key, old[1]);
+    }
     for (const key of [...this.policies.keys()]) if (!seen.has(key) && this.policies.get(key)!.active.size === 0) this.policies.delete(key);
     const claimed = new Map<string, string>();
     const now = new Date().toISOString();
