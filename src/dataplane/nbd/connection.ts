@@ -127,6 +127,9 @@ export class NbdConnection {
   private paused = false;
   private disconnecting = false;
   private handshakeTimer: NodeJS.Timeout | null;
+  /** Resolves when the socket has closed (see shutdown). */
+  readonly closed: Promise<void>;
+  private resolveClosed: () => void = () => undefined;
   /** Replies written during one event-loop turn leave in one writev (see send). */
   private replyBatchOpen = false;
   private readonly closeReplyBatch = (): void => {
@@ -144,7 +147,9 @@ export class NbdConnection {
     socket.setNoDelay?.(true);
     if (!ownReadBuffer) socket.on('data', (d: Buffer) => this.onSocketRead(d, false));
     socket.on('error', (err) => log.debug('nbd: socket error', { err: err.message }));
+    this.closed = new Promise((r) => (this.resolveClosed = r));
     socket.on('close', () => {
+      this.resolveClosed();
       this.phase = Phase.Closed;
       if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
       this.onClose();
@@ -156,6 +161,26 @@ export class NbdConnection {
     hello.writeBigUInt64BE(P.IHAVEOPT, 8);
     hello.writeUInt16BE(P.FLAG_FIXED_NEWSTYLE | P.FLAG_NO_ZEROES, 16);
     socket.write(hello);
+  }
+
+  /**
+   * Daemon shutdown. proto.md: the server SHOULD let in-flight requests be
+   * served before it disconnects. So: no further request is read, those in
+   * flight complete and send their replies, then the connection is closed
+   * (as after NBD_CMD_DISC). A client still haggling is dropped at once.
+   * The caller bounds the wait (NbdServer.close).
+   */
+  shutdown(): Promise<void> {
+    if (this.phase === Phase.Closed || !this.volume) {
+      this.fatal('server shutting down');
+      return this.closed;
+    }
+    this.disconnecting = true;
+    // Keep reading (input is dropped, see consume) so the client's close is seen and 'close' fires.
+    this.paused = false;
+    this.socket.resume();
+    this.maybeFinishDisconnect();
+    return this.closed;
   }
 
   /** Drops the client after a protocol violation we cannot recover from. */
@@ -210,7 +235,8 @@ export class NbdConnection {
   }
 
   private consume(d: Buffer, transient: boolean): void {
-    if (this.phase === Phase.Closed) return;
+    // After NBD_CMD_DISC or a shutdown no request is served: drop input rather than queue it.
+    if (this.phase === Phase.Closed || this.disconnecting) return;
     this.lastReplyDirect = false;
     if (d.buffer === this.directTarget?.buffer && d.byteOffset === this.directTarget.byteOffset) {
       // The kernel wrote these bytes straight into the WRITE payload.

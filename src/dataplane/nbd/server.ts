@@ -11,6 +11,8 @@ import { log } from '../../log.js';
 export const DEFAULT_NBD_PORT = 10809;
 /** Bound on concurrent client connections; further ones are refused. */
 export const MAX_CONNECTIONS = 1024;
+/** Bound on how long a shutdown waits for in-flight requests to be answered. */
+const SHUTDOWN_GRACE_MS = 10_000;
 
 export interface NbdServerOptions {
   manager: VolumeManager;
@@ -21,6 +23,7 @@ export interface NbdServerOptions {
 export class NbdServer implements ExportResolver {
   private readonly servers: net.Server[] = [];
   private readonly sockets = new Set<net.Socket>();
+  private readonly connections = new Set<NbdConnection>();
 
   constructor(private readonly opts: NbdServerOptions) {}
 
@@ -56,7 +59,16 @@ export class NbdServer implements ExportResolver {
       (bytes) => conn!.onSocketRead(bytes, true),
     );
     this.sockets.add(socket);
-    conn = new NbdConnection(socket, this, () => this.sockets.delete(socket), socket !== raw);
+    conn = new NbdConnection(
+      socket,
+      this,
+      () => {
+        this.sockets.delete(socket);
+        this.connections.delete(conn!);
+      },
+      socket !== raw,
+    );
+    this.connections.add(conn);
   }
 
   async listenTcp(port = DEFAULT_NBD_PORT, host = '127.0.0.1'): Promise<AddressInfo> {
@@ -80,9 +92,19 @@ export class NbdServer implements ExportResolver {
     this.servers.push(srv);
   }
 
+  /**
+   * Stops accepting, lets every connection finish the requests it has in
+   * flight and send their replies (NbdConnection.shutdown), then drops what
+   * is left after SHUTDOWN_GRACE_MS (a client not reading its replies).
+   */
   async close(): Promise<void> {
+    const listenersClosed = Promise.all(this.servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
+    let timer: NodeJS.Timeout | undefined;
+    const grace = new Promise<void>((r) => (timer = setTimeout(r, SHUTDOWN_GRACE_MS)));
+    await Promise.race([Promise.all([...this.connections].map((c) => c.shutdown())), grace]);
+    clearTimeout(timer);
     for (const s of this.sockets) s.destroy();
-    await Promise.all(this.servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
+    await listenersClosed;
   }
 }
 
