@@ -101,12 +101,17 @@ export function buildApi(
   });
   app.get('/v1/status', async () => ({ policies: loop?.status() ?? [], activeMigrations: loop?.activeMigrations() ?? 0, totals: loop?.totals }));
   // Runs one control-loop pass now; with ?wait=1 also waits for the migrations it started.
-  app.post<{ Querystring: { wait?: string } }>('/v1/reconcile', async (req) => {
-    if (!loop) throw new NotFound('the control loop is not running');
-    await loop.reconcile();
-    if (req.query.wait === '1') await loop.settle();
-    return { policies: loop.status() };
-  });
+  // wait is 0 or 1: another value (wait=true) was answered at once, not waiting, as if 0: a 400 now.
+  app.post<{ Querystring: { wait?: '0' | '1' } }>(
+    '/v1/reconcile',
+    { schema: { querystring: { type: 'object', additionalProperties: false, properties: { wait: { type: 'string', enum: ['0', '1'] } } } } },
+    async (req) => {
+      if (!loop) throw new NotFound('the control loop is not running');
+      await loop.reconcile();
+      if (req.query.wait === '1') await loop.settle();
+      return { policies: loop.status() };
+    },
+  );
   // Merges every journaled write into stripes now; returns when done.
   app.post('/v1/destage', async () => {
     const cold = requireCold();
