@@ -1144,17 +1144,27 @@ export class Journal {
     if (this.markerTimer) clearTimeout(this.markerTimer);
     this.markerTimer = null;
     const marker = this.failure ? null : this.takePendingMarker();
-    if (marker) void this.writeMarker(marker);
     this.closed = true;
     await Promise.allSettled([...this.pendingWrites]);
     // A journal failed before the stop writes nothing more and syncs nothing
-    // more (its records may be torn). One failed only by close's own end
-    // (media damage under the head's tail) still syncs every file: the
-    // records before the end landed, and the stop must make them durable
-    // whatever happened to the end (once skipped: a landed, unflushed write
-    // was then lost to a power cut after the stop).
+    // more (its records may be torn). One failed only by close's own writes
+    // (the last sync's marker, then the end: no room or media damage under
+    // the head's tail) still syncs every file: the records before them
+    // landed, and the stop must make them durable whatever happened to the
+    // marker or the end (once skipped: a landed, unflushed write was then
+    // lost to a power cut after the stop). Close's marker is written once
+    // the appends in flight have settled, so a failure is known to be its
+    // own (it claims only writes a sync covered already: written later is
+    // as true). A failed marker gets no end after it: the end would follow
+    // bytes that may be a partial item, a damaged range the end's claim
+    // could make the next open refuse; with no end, they are a torn tail.
     const syncAtClose = !this.failure;
-    const endErr = syncAtClose ? this.writeCloseEnd() : null;
+    let endErr: Error | null = null;
+    if (syncAtClose && marker) {
+      await this.writeMarker(marker);
+      endErr = this.failure;
+    }
+    if (syncAtClose && endErr === null) endErr = this.writeCloseEnd();
     // Every open file, not only the head after close's own marker: the last
     // sync's marker may already have been written by the 50 ms timer or on an
     // append's writev (into the head, or into a file rotation has since left),
@@ -1164,8 +1174,8 @@ export class Journal {
     if (endErr) {
       log.error(
         allSynced
-          ? 'journal: closed without its end marker (its write failed); every journal file was fdatasynced, so no landed write is lost; the next start finds no end, as after a crash'
-          : 'journal: closed without its end marker (its write failed), and an fdatasync at close failed too (logged above): a landed write not flushed may not be durable; the next start finds no end, as after a crash',
+          ? 'journal: closed without its end marker (a write at close failed); every journal file was fdatasynced, so no landed write is lost; the next start finds no end, as after a crash'
+          : 'journal: closed without its end marker (a write at close failed), and an fdatasync at close failed too (logged above): a landed write not flushed may not be durable; the next start finds no end, as after a crash',
         { file: this.head.name, err: endErr.message },
       );
     }
