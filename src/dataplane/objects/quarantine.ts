@@ -59,12 +59,15 @@ export async function quarantineDamagedRecords(meta: MetaStore, moved: (q: Quara
     for (;;) {
       const damaged: Buffer[] = [];
       let next: Buffer | null = null;
-      for (const { key, value } of live.getRange({ start })) {
+      // Keys, each record decoded on its own (readStoredRecord): a range read of the values threw
+      // at a record whose bytes do not decode, and the run died before moving anything.
+      for (const key of live.getKeys({ start })) {
+        const k = Buffer.from(key);
         if (damaged.length === KEYS_PER_SCAN) {
-          next = Buffer.from(key);
+          next = k;
           break;
         }
-        if (recordDamage(value, src.field) !== null) damaged.push(Buffer.from(key));
+        if (readStoredRecord(live, k, src.field).problem !== null) damaged.push(k);
       }
       for (const key of damaged) {
         const q = await meta.transaction(() => moveOne(meta, live, quarantine, src, key));
@@ -84,13 +87,30 @@ function moveOne(meta: MetaStore, live: Database<unknown, Buffer>, quarantine: D
   // Read again inside the transaction: moved only if still there and still damaged.
   const raw = live.getBinary(key);
   if (raw === undefined) return null;
-  const problem = recordDamage(live.get(key), src.field);
+  const problem = readStoredRecord(live, key, src.field).problem;
   if (problem === null) return null;
   const quarantinedMs = Date.now();
   const q: QuarantinedRecord = { db: src.db, key, record: describeIndexKey(meta, src.kind, key), problem, quarantinedMs, raw: Buffer.from(raw) };
   void quarantine.put(`${src.db}/${key.toString('hex')}/${quarantinedMs}`, q);
   void live.remove(key);
   return q;
+}
+
+/**
+ * The object or part record stored at `key` and what is wrong with it
+ * (recordDamage), or, when its stored bytes do not decode at all (msgpack
+ * cut short or garbled: a torn or corrupted LMDB value), that. A range read
+ * of the values throws at such a record, so fsck and the quarantine read
+ * keys and decode each record here on its own.
+ */
+export function readStoredRecord<V>(db: Database<V, Buffer>, key: Buffer, field: 'segments' | 'segment'): { value: V | undefined; problem: string | null } {
+  let value: V | undefined;
+  try {
+    value = db.get(key);
+  } catch (err) {
+    return { value: undefined, problem: `the stored bytes do not decode (${(err as Error).message})` };
+  }
+  return { value, problem: recordDamage(value, field) };
 }
 
 /** Every quarantined record, in key order (database, index key, time). */
