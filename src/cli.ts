@@ -105,6 +105,11 @@ async function main(argv: string[]): Promise<number> {
     process.stdout.write(USAGE + '\n');
     return cmd || values.help ? 0 : 2;
   }
+  // fsck's flags: silently ignored elsewhere, `serve --quarantine-damaged` started the daemon and
+  // `journal salvage --quarantine-damaged` dropped journal records, the operator none the wiser.
+  for (const flag of ['quarantine-damaged', 'list-quarantine'] as const) {
+    if (values[flag] && cmd !== 'fsck') throw new UsageError(`--${flag} goes with fsck only (couchestor fsck --${flag})`);
+  }
   const dataDir = values['data-dir'] ?? process.env.COUCHESTOR_DATA_DIR ?? 'couchestor-data';
   switch (cmd) {
     case 'serve':
