@@ -208,7 +208,21 @@ export class VolumeManager {
       throw new InvalidArgument('chunk size must be a power of two >= 4096');
     }
     if (this.meta.volumes.get(opts.name) || this.creating.has(opts.name)) throw new AlreadyExists(`volume ${opts.name} already exists`);
-    const tier = opts.tier ?? 'hot';
+    const named = opts.pool !== undefined ? this.poolByName(opts.pool) : undefined;
+    // --pool names where the volume's file lives: a pool of the volume's tier (with
+    // no tier asked, the tier is the pool's). A cold volume is striped over every
+    // cold pool; its --pool names the hot pool of its file (after a promotion).
+    const tier = opts.tier ?? (named?.rec.tier === 'cold' ? undefined : named?.rec.tier) ?? 'hot';
+    if (named && named.rec.tier !== (tier === 'cold' ? 'hot' : tier)) {
+      const asked = opts.tier === undefined ? 'no tier was asked' : `tier ${tier} was asked`;
+      throw new InvalidArgument(
+        named.rec.tier === 'cold'
+          ? `pool ${named.name} is a cold pool and ${asked}: a cold volume is striped over every cold pool, not placed on one; create it with tier cold and no pool (or a hot pool for its file after a promotion)`
+          : tier === 'cold'
+            ? `pool ${named.name} is a ${named.rec.tier} pool and tier cold was asked: a cold volume's pool is the hot pool of its file (after a promotion); name a hot pool or none`
+            : `pool ${named.name} is a ${named.rec.tier} pool and ${asked}: name a ${tier} pool, or leave the pool out`,
+      );
+    }
     if (tier === 'cold') {
       if (!this.cold) throw new NoSuitablePool('the cold tier is not running (no erasure-coding policy or cold pools)');
       if (chunkSizeBytes !== this.cold.policy.stripeSizeBytes) {
@@ -216,14 +230,14 @@ export class VolumeManager {
       }
     }
     // Cold volumes keep their journal and (after promotion) file on a hot pool.
-    const pool = opts.pool ? this.poolByName(opts.pool) : this.choosePool(tier === 'cold' ? 'hot' : tier, opts.sizeBytes);
+    const pool = named ?? this.choosePool(tier === 'cold' ? 'hot' : tier, opts.sizeBytes);
     pool.ensureDirs();
     const rec: VolumeRecord = {
       name: opts.name,
       id: this.meta.nextVolumeId(),
       sizeBytes: opts.sizeBytes,
       chunkSizeBytes,
-      tier: tier === 'cold' ? 'cold' : pool.rec.tier,
+      tier,
       poolName: pool.name,
       readOnly: opts.readOnly ?? false,
       createdMs: Date.now(),
