@@ -985,12 +985,17 @@ export class ObjectStore {
     await this.freeSegments(freed);
   }
 
-  listParts(bucketName: string, key: string, uploadId: string, afterPart: number, maxParts: number): { parts: PartRecord[]; isTruncated: boolean } {
+  /**
+   * The part records after `afterPart`, each numbered by its index key: a
+   * damaged record (null, say; cold-holders.ts recordDamage) is still that
+   * part and is returned as stored, for the caller to judge.
+   */
+  listParts(bucketName: string, key: string, uploadId: string, afterPart: number, maxParts: number): { parts: { partNumber: number; record: unknown }[]; isTruncated: boolean } {
     this.getUpload(bucketName, key, uploadId);
-    const parts: PartRecord[] = [];
-    for (const { value } of this.parts.getRange({ start: partKey(uploadId, afterPart + 1), end: partKey(uploadId, 0xffff) })) {
+    const parts: { partNumber: number; record: unknown }[] = [];
+    for (const { key: pk, value } of this.parts.getRange({ start: partKey(uploadId, afterPart + 1), end: partKey(uploadId, 0xffff) })) {
       if (parts.length >= maxParts) return { parts, isTruncated: true };
-      parts.push(value);
+      parts.push({ partNumber: Buffer.from(pk).readUInt16BE(pk.length - 2), record: value });
     }
     return { parts, isTruncated: false };
   }

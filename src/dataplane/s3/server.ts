@@ -509,7 +509,11 @@ function partDamage(p: unknown): string | null {
   if (typeof r.etag !== 'string') return `etag is ${JSON.stringify(r.etag) ?? 'undefined'}`;
   return null;
 }
-const listablePart = (p: PartRecord): boolean => partDamage(p) === null;
+/**
+ * The ETag ListParts gives a part whose record is damaged: not hex, so never
+ * a stored part's, and CompleteMultipartUpload refuses it (refuseDamagedParts).
+ */
+const DAMAGED_PART_ETAG = 'damaged-part-record';
 
 /**
  * The bucket a virtual-host-style Host header names (`<bucket>.<domain>[:port]`
@@ -1232,6 +1236,25 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
     }
   }
 
+  /**
+   * A CompleteMultipartUpload naming a part whose record is damaged (as
+   * ListParts lists it: DAMAGED_PART_ETAG) is InvalidPart naming the damage,
+   * whatever ETag it gives, so no object is built from or around it; 400, not
+   * the store's 500 (Corrupt), which clients retry for nothing. One read of
+   * the upload's part records (at most MAX_PART_NUMBER), as the store's
+   * completion does; a part uploaded again meanwhile is no longer damaged and
+   * the store compares its ETag.
+   */
+  function refuseDamagedParts(bucket: string, key: string, uploadId: string, list: { partNumber: number; etag: string }[]): void {
+    const named = new Set(list.map((p) => p.partNumber));
+    for (const { partNumber, record } of store.listParts(bucket, key, uploadId, 0, MAX_PART_NUMBER).parts) {
+      const damage = named.has(partNumber) ? partDamage(record) : null;
+      if (damage !== null) {
+        throw new S3Error('InvalidPart', 400, `Part ${partNumber} cannot be used: its stored record is damaged (${damage}). Upload part ${partNumber} again or abort the upload.`, { UploadId: uploadId, PartNumber: String(partNumber) });
+      }
+    }
+  }
+
   async function completeUpload(ctx: Ctx, bucket: string, key: string, uploadId: string) {
     store.getUpload(bucket, key, uploadId);
     let listed = 0;
@@ -1250,51 +1273,57 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
       return { partNumber: Number(n), etag };
     });
     if (list.length === 0) throw new S3Error('MalformedXML', 400, MALFORMED_XML);
+    refuseDamagedParts(bucket, key, uploadId, list);
     const rec = await store.completeUpload(bucket, key, uploadId, list);
     const location = `http://${header(ctx.raw, 'host') ?? 'localhost'}/${bucket}/${awsUriEncode(key, true)}`;
     return sendXml(ctx.reply, 200, `${XML_HEADER}<CompleteMultipartUploadResult xmlns="${S3_NS}">${tag('Location', location)}${tag('Bucket', bucket)}${tag('Key', key)}${tag('ETag', etagHeader(rec.etag))}</CompleteMultipartUploadResult>`);
   }
 
   /**
-   * ListParts. A part record that is damaged (recordDamage, or a listed field
-   * unreadable: null, say) is left out of the answer rather than failing it:
-   * one bad record must not hide the upload's other parts (500, as before),
-   * and a part left out is one a resuming client uploads again, which
-   * replaces the damaged record, while AbortMultipartUpload clears it
-   * (CompleteMultipartUpload naming it refuses, Corrupt). The damage is said:
-   * the x-couchestor-damaged-parts header counts the damaged records read for
-   * this page and the log names the upload and each damage. The store's
-   * page counts damaged records against max-parts, so it is read again, twice
-   * as long each time, until it holds max-parts intact parts or the upload's
-   * end: a page is never empty and truncated (a client paging by
-   * NextPartNumberMarker would ask for it forever).
+   * ListParts. A damaged part record (partDamage: recordDamage, or a field
+   * ListParts answers unreadable, e.g. the record is null) is listed under
+   * the part number its index key holds, with DAMAGED_PART_ETAG, which
+   * CompleteMultipartUpload always refuses (InvalidPart naming the damage).
+   * Left out instead, a client completing with the parts it listed (S3 allows
+   * gaps in part numbers) would get an object silently missing that part;
+   * failing the whole listing (500) would hide the upload's other parts. The
+   * damage is also said by x-couchestor-damaged-parts (the damaged parts on
+   * this page) and an error log line. Uploading the part again replaces the
+   * record; AbortMultipartUpload or `couchestor fsck --quarantine-damaged`
+   * clears it. A page is the store's page: max-parts records, damaged or not.
    */
   function listParts(ctx: Ctx, bucket: string, key: string, uploadId: string) {
     const marker = parseIntParam(ctx.query.get('part-number-marker'), 'part-number-marker', 0, MAX_PART_NUMBER);
     const maxParts = parseIntParam(ctx.query.get('max-parts'), 'max-parts', 1000, 1000);
-    let limit = maxParts;
-    let page = store.listParts(bucket, key, uploadId, marker, limit);
-    let intact = page.parts.filter(listablePart);
-    while (page.isTruncated && intact.length < maxParts) {
-      limit *= 2;
-      page = store.listParts(bucket, key, uploadId, marker, limit);
-      intact = page.parts.filter(listablePart);
-    }
-    const parts = intact.slice(0, maxParts);
-    // max-parts 0 asks for nothing and gets it, not a page a client would ask again for ever (as max-keys 0).
-    const isTruncated = maxParts > 0 && (intact.length > maxParts || page.isTruncated);
-    const damaged = page.parts.filter((p) => !listablePart(p));
+    const page = store.listParts(bucket, key, uploadId, marker, maxParts);
+    const damaged: string[] = [];
+    let initiatedMs: number | undefined;
+    const items = page.parts
+      .map(({ partNumber, record }) => {
+        const damage = partDamage(record);
+        if (damage === null) {
+          const p = record as PartRecord;
+          return `<Part>${tag('PartNumber', partNumber)}${tag('LastModified', iso(p.lastModifiedMs))}${tag('ETag', etagHeader(p.etag))}${tag('Size', p.sizeBytes)}</Part>`;
+        }
+        damaged.push(`part ${partNumber}: ${damage}`);
+        const r = (typeof record === 'object' && record !== null ? record : {}) as Partial<PartRecord>;
+        initiatedMs ??= store.getUpload(bucket, key, uploadId).initiatedMs;
+        const lastModifiedMs = Number.isFinite(r.lastModifiedMs) ? r.lastModifiedMs! : initiatedMs;
+        return `<Part>${tag('PartNumber', partNumber)}${tag('LastModified', iso(lastModifiedMs))}${tag('ETag', `"${DAMAGED_PART_ETAG}"`)}${tag('Size', Number.isFinite(r.sizeBytes) ? r.sizeBytes! : 0)}</Part>`;
+      })
+      .join('');
     if (damaged.length > 0) {
       ctx.reply.header('x-couchestor-damaged-parts', String(damaged.length));
-      log.error('s3: ListParts left out damaged part records (`couchestor fsck` lists them; upload the part again or abort the upload)', {
+      log.error(`s3: ListParts listed damaged part records with ETag "${DAMAGED_PART_ETAG}", which CompleteMultipartUpload refuses (\`couchestor fsck\` lists them; upload the part again or abort the upload)`, {
         bucket,
         key,
         uploadId,
-        damaged: damaged.map((p) => `part ${Number.isFinite((p as Partial<PartRecord> | null)?.partNumber) ? p.partNumber : '?'}: ${partDamage(p)}`),
+        damaged,
       });
     }
-    const items = parts.map((p) => `<Part>${tag('PartNumber', p.partNumber)}${tag('LastModified', iso(p.lastModifiedMs))}${tag('ETag', etagHeader(p.etag))}${tag('Size', p.sizeBytes)}</Part>`).join('');
-    const next = parts.length > 0 ? parts[parts.length - 1]!.partNumber : marker;
+    // max-parts 0 asks for nothing and gets it, not a page a client would ask again for ever (as max-keys 0).
+    const isTruncated = maxParts > 0 && page.isTruncated;
+    const next = page.parts.length > 0 ? page.parts[page.parts.length - 1]!.partNumber : marker;
     return sendXml(
       ctx.reply,
       200,
