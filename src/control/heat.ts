@@ -10,11 +10,11 @@ interface Sample {
 }
 
 /**
- * Bound on samples kept per volume: the window is divided into about this
- * many steps at most. Past it the older samples are thinned (every other one
- * dropped), never the oldest: a reading always covers the whole window asked
- * for, more coarsely, not the last MAX samples of it (with 1 s samples that
- * read a 24 h samplingWindow over the last hour).
+ * Bound on samples kept per volume. Past it the list is thinned (thin()) so
+ * that samples are spaced in proportion to their age: a reading over any
+ * window starts within a small fraction of the window before its start, for
+ * a 1 min and a 7 d window alike, and the oldest sample (the retention's
+ * start) is kept.
  */
 export const MAX_SAMPLES_PER_VOLUME = 3600;
 
@@ -42,22 +42,29 @@ export class HeatTracker implements HeatSource {
 
   /**
    * Time-weighted average IOPS over the window. Unknown (null) until the
-   * samples cover the window (or everything retained), so a volume is not
-   * judged cold just because the daemon has only been up for a minute.
+   * samples cover the window, so a volume is not judged cold just because
+   * the daemon has only been up for a minute (samples are kept in memory: a
+   * restart starts every window again).
    */
   read(volume: string, windowMs: number, nowMs = Date.now()): HeatReading {
     const list = this.samples.get(volume);
     if (!list || list.length < 2) return { iops: null, why: 'no samples yet' };
     const from = nowMs - windowMs;
-    let i = 0;
-    while (i < list.length - 2 && list[i + 1]!.atMs <= from) i++;
-    const a = list[i]!;
     const b = list[list.length - 1]!;
-    const coveredMs = b.atMs - a.atMs;
     // The samples reach back to the window's start (within one sample interval;
-    // thinned samples keep the oldest, so the count never cuts the window short).
-    const full = a.atMs <= from + this.sampleIntervalMs;
-    if (!full) return { iops: null, why: `heat measured over ${Math.round(coveredMs / 1000)}s of a ${Math.round(windowMs / 1000)}s window` };
+    // thinning keeps the oldest sample, so the count never cuts the window short).
+    if (list[0]!.atMs > from + this.sampleIntervalMs) {
+      return { iops: null, why: `heat measured over ${Math.round((b.atMs - list[0]!.atMs) / 1000)}s of a ${Math.round(windowMs / 1000)}s window` };
+    }
+    // From the first sample inside the window (the one before the newest at the
+    // latest): a thinned list may hold none close before the window's start, and
+    // one far before it would count the ops of that span too. Thinned samples
+    // are spaced in proportion to their age (thin()), so this one is at most a
+    // small fraction of the window after its start.
+    let i = 0;
+    while (i < list.length - 2 && list[i]!.atMs < from) i++;
+    const a = list[i]!;
+    const coveredMs = b.atMs - a.atMs;
     if (coveredMs <= 0) return { iops: null, why: 'no samples yet' };
     return { iops: (b.readOps - a.readOps + b.writeOps - a.writeOps) / (coveredMs / 1000) };
   }
@@ -88,7 +95,7 @@ export class HeatTracker implements HeatSource {
       if (!list || (last && (c.readOps < last.readOps || c.writeOps < last.writeOps))) this.samples.set(rec.name, (list = []));
       list.push({ atMs: nowMs, readOps: c.readOps, writeOps: c.writeOps });
       while (list.length > 2 && nowMs - list[1]!.atMs > this.retainMs) list.shift();
-      if (list.length > MAX_SAMPLES_PER_VOLUME) this.samples.set(rec.name, thin(list));
+      if (list.length > MAX_SAMPLES_PER_VOLUME) this.samples.set(rec.name, thin(list, nowMs));
     }
     for (const name of this.samples.keys()) if (!live.has(name)) this.samples.delete(name);
   }
@@ -109,15 +116,31 @@ export class HeatTracker implements HeatSource {
 }
 
 /**
- * Halves the older half of `list` (every other sample dropped), keeping the
- * first (the window's start) and the newer half whole: short windows keep
- * their resolution, long ones lose it gradually. Counters only grow, so a
- * rate between any two kept samples stays exact.
+ * Thins `list` to at most 3/4 of MAX_SAMPLES_PER_VOLUME samples, spaced by
+ * age: walking from the newest, a sample is dropped only when the next older
+ * one is within `relGap` x (its age) of the last kept one, so kept neighbours
+ * at age A are at most relGap x A apart (or as far as they already were).
+ * A window of length W then starts at most about relGap x W early: its
+ * reading (a rate between two kept samples, exact since counters only grow)
+ * is diluted by that fraction at most. The newest and oldest samples stay;
+ * samples younger than sampleInterval / relGap all stay. relGap starts at
+ * 1/1024 and doubles until the result fits (1/256 for 7 d of 1 s samples).
+ *
+ * (Halving the older half at each thinning, as 5c57729 did, decayed the old
+ * end geometrically: after a day of 1 s samples one sample was left hours
+ * before the next, and a 6 h window read from it, about a day back.)
  */
-function thin(list: Sample[]): Sample[] {
-  const half = Math.floor(list.length / 2);
-  const out: Sample[] = [];
-  for (let i = 0; i < half; i += 2) out.push(list[i]!);
-  for (let i = half; i < list.length; i++) out.push(list[i]!);
-  return out;
+function thin(list: Sample[], nowMs: number): Sample[] {
+  const target = Math.floor((MAX_SAMPLES_PER_VOLUME * 3) / 4);
+  for (let relGap = 1 / 1024; ; relGap *= 2) {
+    let kept = list[list.length - 1]!;
+    const out: Sample[] = [kept];
+    for (let i = list.length - 2; i > 0; i--) {
+      if (kept.atMs - list[i - 1]!.atMs <= relGap * (nowMs - kept.atMs)) continue;
+      kept = list[i]!;
+      out.push(kept);
+    }
+    out.push(list[0]!);
+    if (out.length <= target || relGap >= 1) return out.reverse();
+  }
 }
