@@ -363,6 +363,16 @@ export class Journal {
       j.files.set(no, f);
       for (const m of scan.markers) if (m.posBytes < endBytes) f.markerClaim = Math.max(f.markerClaim, m.syncedSeq);
       j.markedSeq = Math.max(j.markedSeq, f.markerClaim);
+      // Numbered above every claim and fence kept too: they outlive the
+      // records they speak of (a head holding only markers once its records'
+      // files are removed and, their volume deleted or moved off the cold
+      // tier, the index holds no destagedSeq of them). Numbered under them,
+      // the new run's records were claimed durable by the old markers: no
+      // FLUSH wrote a marker (none claimed more than markedSeq) and damage
+      // to a flushed record was judged a crash cut, the intact flushed
+      // records after it dropped with it.
+      j.nextSeq = Math.max(j.nextSeq, f.markerClaim + 1);
+      for (const fe of scan.fences) if (fe.posBytes < endBytes) j.nextSeq = Math.max(j.nextSeq, fe.fenceSeq + 1);
       // Read again only if a record is replayed (the scan kept no payload).
       let bytes: Buffer | null = null;
       for (const { posBytes, rec } of scan.records) {
