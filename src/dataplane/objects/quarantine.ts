@@ -12,12 +12,18 @@
 // hot file. That data was already unreadable (GET answered 500); the raw
 // record is kept so an operator can still salvage by hand what it names
 // before those run.
+import { createHash } from 'node:crypto';
 import type { Database } from 'lmdb';
 import type { MetaStore } from '../meta/store.js';
 import { ALL_OBJECT_KEYS, OBJECTS_DB, PARTS_DB } from './cold-segments.js';
 import { describeIndexKey, recordDamage } from './cold-holders.js';
 
-/** The quarantine database: "<db>/<index key hex>/<quarantinedMs>" -> QuarantinedRecord. */
+/**
+ * The quarantine database: "<db>/<SHA-256 of the index key, hex>/<quarantinedMs>"
+ * -> QuarantinedRecord (the whole index key is in the record). Not the key
+ * itself in hex: an S3 key past ~980 bytes made that longer than LMDB's
+ * 1978-byte key limit, the put threw and the run died on that record.
+ */
 export const QUARANTINE_DB = 's3-quarantine';
 
 export interface QuarantinedRecord {
@@ -91,7 +97,7 @@ function moveOne(meta: MetaStore, live: Database<unknown, Buffer>, quarantine: D
   if (problem === null) return null;
   const quarantinedMs = Date.now();
   const q: QuarantinedRecord = { db: src.db, key, record: describeIndexKey(meta, src.kind, key), problem, quarantinedMs, raw: Buffer.from(raw) };
-  void quarantine.put(`${src.db}/${key.toString('hex')}/${quarantinedMs}`, q);
+  void quarantine.put(`${src.db}/${createHash('sha256').update(key).digest('hex')}/${quarantinedMs}`, q);
   void live.remove(key);
   return q;
 }
@@ -113,7 +119,7 @@ export function readStoredRecord<V>(db: Database<V, Buffer>, key: Buffer, field:
   return { value, problem: recordDamage(value, field) };
 }
 
-/** Every quarantined record, in key order (database, index key, time). */
+/** Every quarantined record, in key order (database, index key's hash, time). */
 export function* listQuarantine(meta: MetaStore): Iterable<QuarantinedRecord> {
   for (const { value } of meta.openDB<QuarantinedRecord, string>(QUARANTINE_DB).getRange()) yield value;
 }
