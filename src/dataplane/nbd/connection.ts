@@ -652,7 +652,10 @@ export class NbdConnection {
       return this.reply(cookie, invalid[0], invalid[1]);
     }
     const fua = (flags & P.CMD_FLAG_FUA) !== 0;
-    this.begin(payload ? payload.length : length);
+    // Counted against MAX_INFLIGHT_BYTES: the buffers the request holds
+    // (WRITE payload, READ and CACHE data), not the range TRIM, WRITE_ZEROES
+    // or BLOCK_STATUS cover. Each path ends with the same count.
+    this.begin(payload ? payload.length : type === P.CMD_READ || type === P.CMD_CACHE ? length : 0);
     switch (type) {
       case P.CMD_READ:
         return this.doRead(vol, cookie, offset, length);
@@ -800,7 +803,7 @@ export class NbdConnection {
       pos += 8;
     }
     this.send(out);
-    this.end(length);
+    this.end(0);
   }
 
   private settle(cookie: Buffer, p: Promise<void>, bytes: number): void {
