@@ -107,12 +107,18 @@ function moveOne(meta: MetaStore, live: Database<unknown, Buffer>, quarantine: D
  * (recordDamage), or, when its stored bytes do not decode at all (msgpack
  * cut short or garbled: a torn or corrupted LMDB value), that. A range read
  * of the values throws at such a record, so fsck and the quarantine read
- * keys and decode each record here on its own.
+ * keys and decode each record here on its own. Only the decode is caught:
+ * an error reading the bytes from LMDB is no finding about the record and
+ * is thrown (a good record must never be quarantined on it).
  */
 export function readStoredRecord<V>(db: Database<V, Buffer>, key: Buffer, field: 'segments' | 'segment'): { value: V | undefined; problem: string | null } {
+  const raw = db.getBinary(key);
+  if (raw === undefined) return { value: undefined, problem: recordDamage(undefined, field) };
+  // lmdb-js 3.x internal, what its get() decodes with (pinned by test/review-flip-decoder).
+  const decoder = (db as unknown as { decoder?: { decode(bytes: Buffer): V } }).decoder;
   let value: V | undefined;
   try {
-    value = db.get(key);
+    value = decoder !== undefined ? decoder.decode(raw) : db.get(key);
   } catch (err) {
     return { value: undefined, problem: `the stored bytes do not decode (${(err as Error).message})` };
   }
