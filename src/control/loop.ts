@@ -309,6 +309,42 @@ export class ControlLoop {
     }
   }
 
+  /**
+   * Which kept state (running moves, history, decisions) each loaded entry
+   * takes, re-keyed under its key: first the state of its key that comes
+   * from its file (nothing changed); then the state of its file (metadata.name
+   * edited: the same policy, so its maxConcurrentMigrations still counts the
+   * moves it started, also when another file took the old name in the same
+   * edit or two files swapped names); then the state of its key (the file
+   * renamed, the name kept). A state nothing takes is dropped, or kept while
+   * its moves run (under another key if its own is taken).
+   */
+  private matchStates(loaded: LoadedPolicy[]): void {
+    const free = new Map(this.policies);
+    const taken = new Map<string, PolicyState>();
+    const take = (l: LoadedPolicy, key: string): void => {
+      taken.set(l.key, free.get(key)!);
+      free.delete(key);
+    };
+    for (const l of loaded) if (free.get(l.key)?.status.file === l.file) take(l, l.key);
+    for (const l of loaded) {
+      if (taken.has(l.key)) continue;
+      const ofFile = [...free].find(([, st]) => st.status.file === l.file);
+      if (ofFile !== undefined) take(l, ofFile[0]);
+    }
+    for (const l of loaded) if (!taken.has(l.key) && free.has(l.key)) take(l, l.key);
+    for (const [key, st] of free) {
+      if (st.active.size > 0 && !taken.has(key)) continue;
+      this.policies.delete(key);
+      if (st.active.size > 0) this.policies.set(`gone:${st.status.file}:${key}`, st);
+    }
+    for (const [key, st] of taken) {
+      if (this.policies.get(key) === st) continue;
+      for (const [k, v] of this.policies) if (v === st) this.policies.delete(k);
+    }
+    for (const [key, st] of taken) if (this.policies.get(key) !== st) this.policies.set(key, st);
+  }
+
   private async policiesPass(): Promise<void> {
     const loaded = this.loadPolicies();
     if (this.failures.size > 0) {
@@ -316,18 +352,7 @@ export class ControlLoop {
       const ids = new Map(this.manager.listVolumes().map((v) => [v.name, v.id]));
       for (const [name, f] of [...this.failures]) if (ids.get(name) !== f.volumeId) this.failures.delete(name);
     }
-    const seen = new Set(loaded.map((l) => l.key));
-    // A policy renamed in its file (metadata.name edited) is the same policy: its state (the
-    // moves it started, its history) takes the new name, so its maxConcurrentMigrations still
-    // counts the moves running. As a new policy it started that many more beside them.
-    for (const l of loaded) {
-      if (this.policies.has(l.key)) continue;
-      const old = [...this.policies].find(([key, st]) => !seen.has(key) && st.status.file === l.file);
-      if (old === undefined) continue;
-      this.policies.delete(old[0]);
-      this.policies.set(l.key, old[1]);
-    }
-    for (const key of [...this.policies.keys()]) if (!seen.has(key) && this.policies.get(key)!.active.size === 0) this.policies.delete(key);
+    this.matchStates(loaded);
     const claimed = new Map<string, string>();
     const now = new Date().toISOString();
     for (const l of loaded) {
