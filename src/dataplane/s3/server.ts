@@ -515,6 +515,26 @@ function partDamage(p: unknown): string | null {
  */
 const DAMAGED_PART_ETAG = 'damaged-part-record';
 
+/** Store page length right after a seek past a rolled-up prefix (listUploads): most such seeks land on another prefix. */
+const UPLOADS_AFTER_SEEK = 16;
+
+/**
+ * ListMultipartUploads markers that start a store walk at the first upload
+ * of a key after every key starting with `p`: the key `p` with its last code
+ * point plus one (code point order is UTF-8 byte order, the store's), and an
+ * upload id marker below every upload id (the store lists that key's uploads
+ * with ids after it). Undefined when there is no such key (`p` ends in
+ * U+10FFFF or a lone surrogate): the caller reads past the prefix instead.
+ */
+function pastPrefix(p: string): { keyMarker: string; uploadIdMarker: string } | undefined {
+  if (p === '') return undefined;
+  let at = p.length - 1;
+  if (at > 0 && /[\udc00-\udfff]/.test(p[at]!) && /[\ud800-\udbff]/.test(p[at - 1]!)) at--; // a pair: one code point
+  const last = p.codePointAt(at)!;
+  if (last === 0x10ffff || (last >= 0xd800 && last <= 0xdfff)) return undefined;
+  return { keyMarker: p.slice(0, at) + String.fromCodePoint(last === 0xd7ff ? 0xe000 : last + 1), uploadIdMarker: '\u0000' };
+}
+
 /**
  * The bucket a virtual-host-style Host header names (`<bucket>.<domain>[:port]`
  * for one of the configured domains), or undefined for path style: a bare
@@ -1362,12 +1382,20 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
     let next: { key: string; uploadId?: string } | undefined;
     // The prefix being skipped: the one last listed, or the key marker when it is one.
     let skipped = rollUp(keyMarker) === keyMarker ? keyMarker : undefined;
-    let cursor = { keyMarker, uploadIdMarker };
+    // A rolled-up prefix is passed by a seek, not by reading its uploads (up to
+    // MAX_OPEN_UPLOADS of them): store pages start at UPLOADS_AFTER_SEEK after
+    // a seek and double up to MAX_LIST_KEYS while no prefix ends them, so a
+    // page reads at most about (max-uploads * UPLOADS_AFTER_SEEK + 2 * max-uploads
+    // + MAX_LIST_KEYS) records, however many uploads the prefixes hold.
+    const firstPage = Math.min(maxUploads + 1, MAX_LIST_KEYS);
+    let cursor = (skipped !== undefined ? pastPrefix(skipped) : undefined) ?? { keyMarker, uploadIdMarker };
+    let pageUploads = skipped !== undefined ? Math.min(firstPage, UPLOADS_AFTER_SEEK) : firstPage;
     walk: for (;;) {
-      const page = store.listUploads(bucket, { prefix, ...cursor, maxUploads: MAX_LIST_KEYS });
+      const page = store.listUploads(bucket, { prefix, ...cursor, maxUploads: pageUploads });
+      let seek: { keyMarker: string; uploadIdMarker: string } | undefined;
       for (const u of page.uploads) {
         const common = rollUp(u.key);
-        if (common !== undefined && common === skipped) continue;
+        if (common !== undefined && common === skipped) continue; // only a prefix pastPrefix cannot seek past
         if (uploads.length + prefixes.length >= maxUploads) {
           // max-uploads 0 asks for nothing and gets it, not truncated (as max-keys 0).
           isTruncated = maxUploads > 0;
@@ -1377,14 +1405,22 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
           prefixes.push(common);
           skipped = common;
           next = { key: common };
+          seek = pastPrefix(common);
+          if (seek !== undefined) break;
         } else {
           uploads.push(u);
           next = { key: u.key, uploadId: u.uploadId };
         }
       }
+      if (seek !== undefined) {
+        cursor = seek;
+        pageUploads = Math.min(firstPage, UPLOADS_AFTER_SEEK);
+        continue;
+      }
       const last = page.uploads[page.uploads.length - 1];
       if (!page.isTruncated || last === undefined) break;
       cursor = { keyMarker: last.key, uploadIdMarker: last.uploadId };
+      pageUploads = Math.min(pageUploads * 2, MAX_LIST_KEYS);
     }
     const items = uploads
       .map((u) => `<Upload>${tag('Key', enc(u.key))}${tag('UploadId', u.uploadId)}<Initiator>${tag('ID', ownerId)}${tag('DisplayName', 'couchestor')}</Initiator>${ownerXml}${tag('StorageClass', 'STANDARD')}${tag('Initiated', iso(u.initiatedMs))}</Upload>`)
