@@ -559,12 +559,17 @@ test('power cuts at random instants of a journal workload: every flushed write i
   // (over the default seeds; one seed alone, to reproduce a failure, need not cover every kind).
   if (SEEDS.length < 4) return;
   assert.equal(cov.crashStates, SEEDS.length * STATES_PER_GENERATION * 3);
-  assert.ok(cov.statesWithFlushedWrites >= cov.crashStates / 2, `only ${cov.statesWithFlushedWrites} states had flushed writes to check`);
-  assert.ok(cov.statesLosingWrites > 0 && cov.statesTearingWrites > 0 && cov.statesLosingCreates > 0 && cov.statesUndoingUnlinks > 0, `coverage: ${JSON.stringify(cov)}`);
-  assert.ok(cov.statesWithDestagedChunks > 0 && cov.filesRemoved > 0 && cov.tornTailsCut > 0, `coverage: ${JSON.stringify(cov)}`);
-  assert.ok(cov.filesRecycled > 0 && cov.sparesReused > 0 && cov.statesUndoingRenames > 0, `recycling coverage: ${JSON.stringify(cov)}`);
   assert.equal(cov.restartsAfterKill, SEEDS.filter((s) => s % 2 === 1).length);
-  assert.ok(cov.cleanClosesOverSpareBytes > 0 && cov.statesAfterCleanClose > 0 && cov.statesAroundCleanRestart > 0, `clean restart coverage: ${JSON.stringify(cov)}`);
+  // What the seeds happened to exercise: held to it over the default seeds. Another range (a bug
+  // hunt) passes or fails on what it checked; a kind it missed is said, not failed (seeds 55000-55029
+  // had no clean close over a spare's old bytes, and every flushed write checked was replayed).
+  const defaultSeeds = process.env.POWER_LOSS_SEEDS === undefined && process.env.POWER_LOSS_FIRST_SEED === undefined;
+  const covered = (ok: boolean, what: string) => (defaultSeeds ? assert.ok(ok, `${what}: ${JSON.stringify(cov)}`) : ok || t.diagnostic(`not covered by these seeds: ${what}`));
+  covered(cov.statesWithFlushedWrites >= cov.crashStates / 2, `only ${cov.statesWithFlushedWrites} states had flushed writes to check`);
+  covered(cov.statesLosingWrites > 0 && cov.statesTearingWrites > 0 && cov.statesLosingCreates > 0 && cov.statesUndoingUnlinks > 0, 'coverage');
+  covered(cov.statesWithDestagedChunks > 0 && cov.filesRemoved > 0 && cov.tornTailsCut > 0, 'coverage');
+  covered(cov.filesRecycled > 0 && cov.sparesReused > 0 && cov.statesUndoingRenames > 0, 'recycling coverage');
+  covered(cov.cleanClosesOverSpareBytes > 0 && cov.statesAfterCleanClose > 0 && cov.statesAroundCleanRestart > 0, 'clean restart coverage');
 });
 
 /** After a clean close of the journal on `dir` (the page cache's view, all of it fdatasynced): the head has its end, fsck finds nothing. */
