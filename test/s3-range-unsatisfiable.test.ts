@@ -38,13 +38,13 @@ describe('s3 ranges: unsatisfiable ones say the object length', () => {
     await env.cleanup();
   });
 
-  it('416 with Content-Range bytes */SIZE on GET and HEAD: start at or past the end, bytes=-0, any range of an empty object', () => {
+  it('416 with Content-Range bytes */SIZE on GET and HEAD: start at or past the end, bytes=-0, a start-end range of an empty object (a suffix one is 200: review-s3-range-empty-cold)', () => {
     for (const [key, range, size] of [
       ['hundred', 'bytes=100-', 100],
       ['hundred', 'bytes=200-300', 100],
       ['hundred', 'bytes=-0', 100],
       ['empty', 'bytes=0-', 0],
-      ['empty', 'bytes=-5', 0],
+      ['empty', 'bytes=-0', 0],
     ] as const) {
       for (const op of ['get-object', 'head-object'] as const) {
         const r = ranged(env, op, key, range);

@@ -455,7 +455,12 @@ function parseRange(v: string | undefined, sizeBytes: number): { start: number; 
   const unsatisfiable = () => new S3Error('InvalidRange', 416, 'The requested range is not satisfiable', { RangeRequested: v, ActualObjectSize: String(sizeBytes) });
   if (m[1] === '') {
     const n = Number(m[2]);
-    if (n === 0 || sizeBytes === 0) throw unsatisfiable();
+    if (n === 0) throw unsatisfiable();
+    // A non-zero suffix is satisfiable (RFC 9110 14.1.1) and is the whole
+    // representation when that is shorter: of an empty object, nothing. No
+    // 206 can say "no bytes", so S3 answers 200 with the empty body, which
+    // tail readers (Trino's readTail, arrow object_store) rely on.
+    if (sizeBytes === 0) return undefined;
     return { start: Math.max(0, sizeBytes - n), end: sizeBytes - 1 };
   }
   const start = Number(m[1]);
