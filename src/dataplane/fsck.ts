@@ -21,9 +21,8 @@ import { ChunkState } from './meta/store.js';
 import type { VolumeManager } from './volumes/manager.js';
 import { SegmentStore } from './ec/segment-store.js';
 import type { StripeRef } from './ec/stripe-store.js';
-import { ALL_OBJECT_KEYS, OBJECTS_DB, PARTS_DB, coldStripeRefs } from './objects/cold-segments.js';
-import { describeIndexKey } from './objects/cold-holders.js';
-import { listQuarantine, readStoredRecord } from './objects/quarantine.js';
+import { ALL_OBJECT_KEYS, OBJECTS_DB, PARTS_DB, UPLOADS_DB, coldStripeRefs } from './objects/cold-segments.js';
+import { describeRecord, listQuarantine, readStoredRecord, readUploadDamage } from './objects/quarantine.js';
 import { checkJournalDir, type JournalFileDamage } from './journal/journal.js';
 
 export type FsckStripeState = 'Healthy' | 'Degraded' | 'Failed';
@@ -93,9 +92,11 @@ export interface FsckReport {
    * number) and what is wrong; the first MAX_BAD_SHARDS_LISTED, all counted
    * in damagedRecordCount. Damage: the stripes they held are not checked
    * (their shard records count as orphans) and the object cannot be read.
+   * Also multipart upload records damaged (quarantine.ts uploadDamage:
+   * "bucket/key upload ID"): the upload cannot be listed, completed or aborted.
    */
   damagedRecordCount: number;
-  damagedRecords: { db: 'objects' | 'parts'; record: string; problem: string }[];
+  damagedRecords: { db: 'objects' | 'parts' | 'uploads'; record: string; problem: string }[];
   /**
    * Damaged records `couchestor fsck --quarantine-damaged` moved out of the
    * index (objects/quarantine.ts): not damage (no longer in the index; what
@@ -244,10 +245,10 @@ export async function fsck(manager: VolumeManager, progress: (line: string) => v
   const objects = manager.meta.openDB<{ segments: { kind: string }[] }, Buffer>(OBJECTS_DB);
   const parts = manager.meta.openDB<{ segment: { kind: string } }, Buffer>(PARTS_DB);
   // A damaged record is reported and skipped: one must not stop the check of every other.
-  const damaged = (db: 'objects' | 'parts', key: Buffer, problem: string | null): boolean => {
+  const damaged = (db: 'objects' | 'parts' | 'uploads', key: Buffer, problem: string | null): boolean => {
     if (problem === null) return false;
     report.damagedRecordCount++;
-    const record = describeIndexKey(manager.meta, db, key);
+    const record = describeRecord(manager.meta, `s3-${db}`, key);
     if (report.damagedRecords.length < MAX_BAD_SHARDS_LISTED) report.damagedRecords.push({ db, record, problem });
     progress(`damaged S3 index record (${db}) ${record}: ${problem}`);
     return true;
@@ -265,6 +266,12 @@ export async function fsck(manager: VolumeManager, progress: (line: string) => v
     const { value, problem } = readStoredRecord(parts, k, 'segment');
     if (damaged('parts', k, problem)) continue;
     for (const ref of coldStripeRefs([value!.segment])) check(`s3:${k.toString('hex')}`, ref.chunkIndex, ref);
+  }
+  // Multipart upload records (quarantine.ts uploadDamage): one damaged made its bucket's ListMultipartUploads 500.
+  const uploads = manager.meta.openDB<unknown, Buffer>(UPLOADS_DB);
+  for (const key of uploads.getKeys({ ...ALL_OBJECT_KEYS })) {
+    const k = Buffer.from(key);
+    damaged('uploads', k, readUploadDamage(uploads, k));
   }
   for (const q of listQuarantine(manager.meta)) {
     report.quarantinedRecordCount++;

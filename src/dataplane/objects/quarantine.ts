@@ -1,6 +1,7 @@
 // `couchestor fsck --quarantine-damaged`: moves damaged S3 index records
-// (cold-holders.ts recordDamage, what fsck reports) out of the live object
-// and part databases into the quarantine database, raw bytes kept. Offline
+// (cold-holders.ts recordDamage, uploadDamage here: what fsck reports) out of
+// the live object, part and upload databases into the quarantine database,
+// raw bytes kept. Offline
 // only (the CLI holds the data directory's lock, no daemon runs).
 //
 // While a damaged record is live, compaction refuses every pass node-wide
@@ -15,7 +16,7 @@
 import { createHash } from 'node:crypto';
 import type { Database } from 'lmdb';
 import type { MetaStore } from '../meta/store.js';
-import { ALL_OBJECT_KEYS, OBJECTS_DB, PARTS_DB } from './cold-segments.js';
+import { ALL_OBJECT_KEYS, OBJECTS_DB, PARTS_DB, UPLOADS_DB } from './cold-segments.js';
 import { describeIndexKey, recordDamage } from './cold-holders.js';
 
 /**
@@ -27,8 +28,8 @@ import { describeIndexKey, recordDamage } from './cold-holders.js';
 export const QUARANTINE_DB = 's3-quarantine';
 
 export interface QuarantinedRecord {
-  /** The live database the record was in (s3-objects or s3-parts). */
-  db: typeof OBJECTS_DB | typeof PARTS_DB;
+  /** The live database the record was in (s3-objects, s3-parts or s3-uploads). */
+  db: typeof OBJECTS_DB | typeof PARTS_DB | typeof UPLOADS_DB;
   /** Its index key there. */
   key: Buffer;
   /** "bucket/key" (a part: its upload and number), as fsck named it. */
@@ -40,20 +41,32 @@ export interface QuarantinedRecord {
   raw: Buffer;
 }
 
-const SOURCES = [
-  { db: OBJECTS_DB, kind: 'objects', field: 'segments' },
-  { db: PARTS_DB, kind: 'parts', field: 'segment' },
-] as const;
+/** A live database the quarantine scans: what is wrong with the record at a key (null: nothing). */
+interface Source {
+  db: QuarantinedRecord['db'];
+  damage(live: Database<unknown, Buffer>, key: Buffer): string | null;
+}
+
+const SOURCES: readonly Source[] = [
+  // Uploads first: a damaged one takes its parts with it (moveOne).
+  { db: UPLOADS_DB, damage: (live, key) => readUploadDamage(live, key) },
+  { db: OBJECTS_DB, damage: (live, key) => readStoredRecord(live, key, 'segments').problem },
+  { db: PARTS_DB, damage: (live, key) => readStoredRecord(live, key, 'segment').problem },
+];
 
 /** Damaged keys collected by one range read before they are moved (bounds the memory of a run). */
 const KEYS_PER_SCAN = 1024;
 
 /**
- * Moves every damaged object and part record into the quarantine, one LMDB
- * transaction per record (a record is in exactly one of the two databases at
- * every commit; a crash part-way leaves the rest live, and a second run moves
- * them), each durable before `moved` is told of it. Returns how many it moved.
- * The caller holds the data directory offline: nothing else writes meanwhile.
+ * Moves every damaged upload, object and part record into the quarantine,
+ * one LMDB transaction per record (a record is in exactly one of the two
+ * databases at every commit; a crash part-way leaves the rest live, and a
+ * second run moves them), each durable before `moved` is told of it. A
+ * damaged upload record (uploadDamage) takes every part record of its upload
+ * with it in its transaction: no S3 call reaches a part whose upload record
+ * is gone, and left live such a part would hold its data for ever. Returns
+ * how many records it moved. The caller holds the data directory offline:
+ * nothing else writes meanwhile.
  */
 export async function quarantineDamagedRecords(meta: MetaStore, moved: (q: QuarantinedRecord) => void = () => undefined): Promise<number> {
   const quarantine = meta.openDB<QuarantinedRecord, string>(QUARANTINE_DB);
@@ -73,14 +86,14 @@ export async function quarantineDamagedRecords(meta: MetaStore, moved: (q: Quara
           next = k;
           break;
         }
-        if (readStoredRecord(live, k, src.field).problem !== null) damaged.push(k);
+        if (src.damage(live, k) !== null) damaged.push(k);
       }
       for (const key of damaged) {
-        const q = await meta.transaction(() => moveOne(meta, live, quarantine, src, key));
-        if (q === null) continue;
+        const qs = await meta.transaction(() => moveOne(meta, live, quarantine, src, key));
+        if (qs.length === 0) continue;
         await meta.durable();
-        n++;
-        moved(q);
+        n += qs.length;
+        for (const q of qs) moved(q);
       }
       if (next === null) break;
       start = next;
@@ -89,17 +102,80 @@ export async function quarantineDamagedRecords(meta: MetaStore, moved: (q: Quara
   return n;
 }
 
-function moveOne(meta: MetaStore, live: Database<unknown, Buffer>, quarantine: Database<QuarantinedRecord, string>, src: (typeof SOURCES)[number], key: Buffer): QuarantinedRecord | null {
+function moveOne(meta: MetaStore, live: Database<unknown, Buffer>, quarantine: Database<QuarantinedRecord, string>, src: Source, key: Buffer): QuarantinedRecord[] {
   // Read again inside the transaction: moved only if still there and still damaged.
   const raw = live.getBinary(key);
-  if (raw === undefined) return null;
-  const problem = readStoredRecord(live, key, src.field).problem;
-  if (problem === null) return null;
+  if (raw === undefined) return [];
+  const problem = src.damage(live, key);
+  if (problem === null) return [];
   const quarantinedMs = Date.now();
-  const q: QuarantinedRecord = { db: src.db, key, record: describeIndexKey(meta, src.kind, key), problem, quarantinedMs, raw: Buffer.from(raw) };
-  void quarantine.put(`${src.db}/${createHash('sha256').update(key).digest('hex')}/${quarantinedMs}`, q);
-  void live.remove(key);
-  return q;
+  const put = (db: QuarantinedRecord['db'], from: Database<unknown, Buffer>, k: Buffer, bytes: Buffer, why: string): QuarantinedRecord => {
+    const q: QuarantinedRecord = { db, key: k, record: describeRecord(meta, db, k), problem: why, quarantinedMs, raw: Buffer.from(bytes) };
+    void quarantine.put(`${db}/${createHash('sha256').update(k).digest('hex')}/${quarantinedMs}`, q);
+    void from.remove(k);
+    return q;
+  };
+  const out = [put(src.db, live, key, raw, problem)];
+  if (src.db === UPLOADS_DB) {
+    // Its parts (their keys: 1, the upload id, the part number; the id from the upload's key).
+    const parts = meta.openDB<unknown, Buffer>(PARTS_DB);
+    const prefix = Buffer.concat([Buffer.from([1]), Buffer.from(uploadIdOfKey(key), 'latin1')]);
+    const keys = [...parts.getKeys({ start: Buffer.concat([prefix, Buffer.from([0, 0])]), end: Buffer.concat([prefix, Buffer.from([0xff, 0xff])]) })].map((k) => Buffer.from(k));
+    for (const k of keys) out.push(put(PARTS_DB, parts, k, parts.getBinary(k)!, `its upload's record is damaged (${problem}): no S3 call reaches the part`));
+  }
+  return out;
+}
+
+/** An upload id's length (objects/store.ts createUpload: 16 random bytes in hex); an upload's key ends with it. */
+const UPLOAD_ID_CHARS = 32;
+
+/** The upload id an upload record's index key ends with (objects/store.ts uploadKey: the object's key, 0, the id). */
+function uploadIdOfKey(key: Buffer): string {
+  return key.length > UPLOAD_ID_CHARS ? key.subarray(key.length - UPLOAD_ID_CHARS).toString('latin1') : '';
+}
+
+/**
+ * What is wrong with a stored multipart upload record at `key`, or null:
+ * an object whose uploadId is the one its key ends with and whose key is a
+ * string (what ListMultipartUploads, AbortMultipartUpload and the holders'
+ * part-to-object map read). One damaged into null answered every
+ * ListMultipartUploads of its bucket 500 and AbortMultipartUpload
+ * NoSuchUpload, its parts held for ever; fsck said nothing.
+ */
+export function uploadDamage(value: unknown, key: Buffer): string | null {
+  if (typeof value !== 'object' || value === null) return `the record is ${value === null ? 'null' : typeof value}, not an object`;
+  const v = value as { uploadId?: unknown; key?: unknown };
+  const id = uploadIdOfKey(key);
+  if (v.uploadId !== id) return `uploadId is ${describeValue(v.uploadId)}, not its index key's ${JSON.stringify(id)}`;
+  if (typeof v.key !== 'string') return `key is ${describeValue(v.key)}`;
+  return null;
+}
+
+/** uploadDamage of the upload record stored at `key`, or that its bytes do not decode (as readStoredRecord). */
+export function readUploadDamage(db: Database<unknown, Buffer>, key: Buffer): string | null {
+  const raw = db.getBinary(key);
+  if (raw === undefined) return null;
+  const decoder = (db as unknown as { decoder?: { decode(bytes: Buffer): unknown } }).decoder;
+  let value: unknown;
+  try {
+    value = decoder !== undefined ? decoder.decode(raw) : db.get(key);
+  } catch (err) {
+    return `the stored bytes do not decode (${(err as Error).message})`;
+  }
+  return uploadDamage(value, key);
+}
+
+/** "bucket/key" of an object, "upload ID part N" of a part, "bucket/key upload ID" of an upload (from the index key). */
+export function describeRecord(meta: MetaStore, db: QuarantinedRecord['db'], key: Buffer): string {
+  if (db !== UPLOADS_DB) return describeIndexKey(meta, db === OBJECTS_DB ? 'objects' : 'parts', key);
+  const id = uploadIdOfKey(key);
+  return `${describeIndexKey(meta, 'objects', key.subarray(0, Math.max(0, key.length - UPLOAD_ID_CHARS - 1)))} upload ${JSON.stringify(id)}`;
+}
+
+function describeValue(v: unknown): string {
+  if (v === undefined) return 'missing';
+  const text = JSON.stringify(v) ?? String(v);
+  return text.length > 40 ? `${text.slice(0, 40)}...` : text;
 }
 
 /**
