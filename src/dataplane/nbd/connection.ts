@@ -66,6 +66,8 @@ const POLL_AFTER_REPLY_NS = BigInt(Math.round(Number(process.env.COUCHESTOR_NBD_
 const POLL_MAX_REQUESTS = 16;
 /** Socket reads made by the poll land here (consume copies what it keeps). */
 const pollBuffer = Buffer.allocUnsafeSlow(64 * 1024);
+/** Bound on reads of leftover input before a disconnect's close (see closeAfterFinish). */
+const MAX_DRAIN_READS = 64;
 
 /** WRITE payload remainders at least this large are received in place (nextReadBuffer). */
 const DIRECT_READ_MIN_BYTES = 64 * 1024;
@@ -854,8 +856,34 @@ export class NbdConnection {
   private maybeFinishDisconnect(): void {
     if (this.disconnecting && this.inflight === 0 && this.phase !== Phase.Closed) {
       this.phase = Phase.Closed;
-      this.socket.end();
+      // Once every reply is handed to the kernel and our FIN queued, the
+      // connection is closed: not left half-open waiting for the client to
+      // close its end. An idle libnbd handle reads the socket only inside a
+      // call, so it never would, and a daemon stop then waited out its whole
+      // grace period (test review-nbd-shutdown-idle).
+      this.socket.end(() => this.closeAfterFinish());
     }
+  }
+
+  /**
+   * Closes the fd after our FIN. Input still unread at close(2) makes the
+   * kernel reset the connection and drop what is left in the send queue
+   * (replies the client has not received yet), so whatever the client sent
+   * meanwhile is read and dropped first.
+   */
+  private closeAfterFinish(): void {
+    if (this.socket.destroyed) return;
+    const fd = socketFd(this.socket);
+    for (let i = 0; fd >= 0 && i < MAX_DRAIN_READS; i++) {
+      let n: number;
+      try {
+        n = fs.readSync(fd, pollBuffer, 0, pollBuffer.length, null);
+      } catch {
+        break; // EAGAIN: nothing left to read (or the socket is gone)
+      }
+      if (n <= 0) break;
+    }
+    this.socket.destroy();
   }
 
   private send(buf: Buffer, sent?: () => void): void {
