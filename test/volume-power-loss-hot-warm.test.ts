@@ -7,7 +7,10 @@
 // (a fixed bug), and a seeded random run of concurrent requests, chunk moves,
 // tier switches and RELEASEs over a volume split between two pool files
 // (COUCHESTOR_PLFS_SEED picks the seed), each crash state checked with
-// helpers/crash-model's Model.
+// helpers/crash-model's Model, then written one sector a chunk (the rest of
+// each chunk must read as before). Cuts are taken between rounds and inside
+// them (right at a FLUSH's or FUA's answer, after any modelled call: mid-move,
+// mid-RELEASE), the index as a read sees it at that instant.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
@@ -15,7 +18,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { VolumeManager } from '../src/dataplane/volumes/manager.js';
-import { ChunkState } from '../src/dataplane/meta/store.js';
+import { ChunkState, MetaStore, type ChunkEntry, type VolumeRecord } from '../src/dataplane/meta/store.js';
 import { PowerLossFs, seededRandom } from './helpers/power-loss-fs.js';
 import { readVolume, writeVolume } from './helpers/volume.js';
 import { Model, type OpKind } from './helpers/crash-model.js';
@@ -114,7 +117,39 @@ interface ClientOp {
   lengthBytes: number;
   value: Buffer | null;
   fua: boolean;
+  /** Clock at issue (before the volume saw it) and at acknowledgement (Infinity until then). */
+  issueAt: number;
   ackAt: number;
+}
+
+/**
+ * The index as committed at one instant: the volume's record and chunk map as
+ * a read sees them (lmdb-js reads see committed transactions only, and with
+ * overlappingSync off a commit is visible only once durable). Taken
+ * synchronously, so at any instant of the run: right after a FLUSH or FUA
+ * answered, after any modelled call completed (mid-move, mid-RELEASE), and
+ * between rounds.
+ */
+interface IndexSnapshot {
+  cut: number;
+  why: string;
+  rec: VolumeRecord;
+  chunks: [number, ChunkEntry][];
+}
+
+/** Writes a snapshot's record and chunk map into the index under dataDir (the rest of the index as it is). */
+async function restoreIndex(dataDir: string, id: number, snap: IndexSnapshot): Promise<void> {
+  const meta = MetaStore.open(dataDir);
+  try {
+    await meta.transaction(() => {
+      for (const { chunkIndex } of [...meta.volumeChunks(id)]) void meta.chunks.remove([id, chunkIndex]);
+      for (const [c, e] of snap.chunks) void meta.chunks.put([id, c], e);
+      void meta.volumes.put(snap.rec.name, snap.rec);
+    });
+    await meta.durable();
+  } finally {
+    await meta.close();
+  }
 }
 
 test('random writes, zeroes, trims, FUA and FLUSH on a volume split over a hot and a warm file, chunks moved between them: every crash state keeps every flushed byte', async (t) => {
@@ -122,6 +157,8 @@ test('random writes, zeroes, trims, FUA and FLUSH on a volume split over a hot a
   t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
   const seed = Number(process.env.COUCHESTOR_PLFS_SEED ?? 11);
   const rng = seededRandom(seed);
+  // The cuts' own draws: the run (requests, moves, completion order) stays that of `seed` alone.
+  const cutRng = seededRandom(seed + 0x5eed);
   const m = await openManager(dir, true);
   const hot = m.pools.get('hot-0')!;
   const warm = m.pools.get('warm-0')!;
@@ -136,7 +173,12 @@ test('random writes, zeroes, trims, FUA and FLUSH on a volume split over a hot a
   const vol = m.openVolume('v');
   const ops: ClientOp[] = [];
   const flushes: { issueAt: number; doneAt: number }[] = [];
-  const snapshots: { cut: number; meta: string }[] = [];
+  const snapshots: IndexSnapshot[] = [];
+  /** A cut now: the instant and the index as committed at it. */
+  const snap = (why: string) => {
+    const cut = plfs.mark();
+    snapshots.push({ cut, why, rec: m.meta.volumes.get('v')!, chunks: [...m.meta.volumeChunks(id)].map(({ chunkIndex, entry }) => [chunkIndex, entry]) });
+  };
   const metaDir = path.join(dir, 'data', 'meta');
   /** What the run did, with the clock at each step (in a failure's message). */
   const history: { at: number; what: string }[] = [];
@@ -159,6 +201,8 @@ test('random writes, zeroes, trims, FUA and FLUSH on a volume split over a hot a
       const issueAt = plfs.mark();
       await vol.flush();
       flushes.push({ issueAt, doneAt: plfs.mark() });
+      // Right at the answer: what the FLUSH promised must be in the index already.
+      if (cutRng() < 0.3) snap('flush answered');
       history.push({ at: issueAt, what: `${issueAt}-${plfs.clock}: flush` });
     } else if (pick < 17) {
       // A chunk move (COPY, fdatasync, SWITCH) of a chunk off the placement file, or a tier switch between the two pools.
@@ -188,33 +232,35 @@ test('random writes, zeroes, trims, FUA and FLUSH on a volume split over a hot a
       const fua = rand(5) === 0;
       const kind: OpKind = pick < 70 ? 'write' : pick < 85 ? 'zero' : 'trim';
       // Recorded at issue (the model's order); acknowledged later.
-      const op: ClientOp = { kind, offsetBytes, lengthBytes, value: kind === 'write' ? crypto.randomBytes(lengthBytes) : null, fua, ackAt: Infinity };
+      const op: ClientOp = { kind, offsetBytes, lengthBytes, value: kind === 'write' ? crypto.randomBytes(lengthBytes) : null, fua, issueAt: plfs.mark(), ackAt: Infinity };
       ops.push(op);
       const no = ops.length - 1;
       if (kind === 'write') await new Promise<void>((res, rej) => vol.write(offsetBytes, op.value!, fua, (err) => (err ? rej(err) : res())));
       else if (kind === 'zero') await vol.writeZeroes(offsetBytes, lengthBytes, { noHole: rand(2) === 0, fua, fastZero: false });
       else await vol.trim(offsetBytes, lengthBytes, fua);
-      const ackAt = plfs.mark();
+      const ackAt = (op.ackAt = plfs.mark());
+      if (fua && cutRng() < 0.3) snap('FUA answered');
       // TRIM is advisory: what it left is what reads back now.
       if (kind === 'trim') op.value = await readVolume(vol, offsetBytes, lengthBytes);
-      op.ackAt = ackAt;
       busy.splice(busy.indexOf(r), 1);
       history.push({ at: ackAt, what: `op #${no} acked ${ackAt}: ${kind}${fua ? ' FUA' : ''} ${offsetBytes}+${lengthBytes} (chunks ${Math.floor(offsetBytes / cs)}-${Math.floor((offsetBytes + lengthBytes - 1) / cs)})` });
     }
   }
   for (let round = 0; round < 120; round++) {
     const n = 1 + rand(4);
-    await plfs.pumpBeside(Promise.all(Array.from({ length: n }, () => one(rand(100)))), rng);
+    // Cuts inside the round too: after any modelled call (a copy's write or
+    // fdatasync, a RELEASE's delete, a file's O_TRUNC sync...), requests in flight.
+    await plfs.pumpBeside(Promise.all(Array.from({ length: n }, () => one(rand(100)))), rng, () => {
+      if (cutRng() < 0.02) snap('mid-round');
+    });
     if (rand(5) === 0) {
-      // A cut here: the index as committed (a commit is durable), copied while nothing writes it.
+      // A cut between rounds: nothing in flight, every commit landed.
       await m.meta.durable();
-      const snap = path.join(dir, `meta-${snapshots.length}`);
-      fs.cpSync(metaDir, snap, { recursive: true });
-      snapshots.push({ cut: plfs.clock, meta: snap });
+      snap('between rounds');
     }
   }
   // Three crash states per cut, each pool's file as its model kept it.
-  const states: { cut: number; meta: string; images: Buffer[] }[] = [];
+  const states: { snap: IndexSnapshot; images: Buffer[] }[] = [];
   const lost = { writes: 0, torn: 0 };
   for (const s of snapshots) {
     for (let k = 0; k < 3; k++) {
@@ -228,15 +274,22 @@ test('random writes, zeroes, trims, FUA and FLUSH on a volume split over a hot a
         fs.rmSync(into, { recursive: true });
         return img;
       });
-      states.push({ cut: s.cut, meta: s.meta, images: images as Buffer[] });
+      states.push({ snap: s, images: images as Buffer[] });
     }
   }
   await plfs.pumpBeside(m.close(), rng);
   for (const { model } of models) model.untrack();
+  // The index as the run left it; each state puts its snapshot's record and chunk map into a copy.
+  const finalMeta = path.join(dir, 'meta-final');
+  fs.cpSync(metaDir, finalMeta, { recursive: true });
   let checked = 0;
+  const why = new Map<string, number>();
   for (const st of states) {
+    const cut = st.snap.cut;
+    why.set(st.snap.why, (why.get(st.snap.why) ?? 0) + 1);
     fs.rmSync(metaDir, { recursive: true });
-    fs.cpSync(st.meta, metaDir, { recursive: true });
+    fs.cpSync(finalMeta, metaDir, { recursive: true });
+    await restoreIndex(path.join(dir, 'data'), id, st.snap);
     models.forEach(({ file }, i) => {
       const img = st.images[i];
       if (img === null || img === undefined) fs.rmSync(file, { force: true });
@@ -244,16 +297,32 @@ test('random writes, zeroes, trims, FUA and FLUSH on a volume split over a hot a
     });
     // What the client knows at the cut: durable = FUA acknowledged, or acknowledged before a FLUSH that answered.
     const expect = new Model(volumeBytes);
+    // Requests issued before the cut and not answered by it may have landed in part or not at all.
     for (const o of ops) {
-      if (o.ackAt >= st.cut) continue;
+      if (o.issueAt >= cut) continue;
       const e = expect.begin(o.kind, o.offsetBytes, o.lengthBytes, o.value);
-      e.done = true;
-      if ((o.fua && o.ackAt < st.cut) || flushes.some((f) => f.issueAt > o.ackAt && f.doneAt < st.cut)) expect.makeDurable(e);
+      e.done = o.ackAt < cut;
+      if ((o.fua && o.ackAt < cut) || flushes.some((f) => f.issueAt > o.ackAt && f.doneAt < cut)) expect.makeDurable(e);
     }
+    const where = () => `seed ${seed}, cut ${cut} (${st.snap.why}), after:\n${history.filter((h) => h.at < cut).slice(-30).map((h) => h.what).join('\n')}`;
     const m2 = await openManager(dir, false);
     try {
-      const got = await readVolume(m2.openVolume('v'), 0, volumeBytes);
-      assert.deepEqual(expect.violations(got), [], `seed ${seed}, cut ${st.cut}, after:\n${history.filter((h) => h.at < st.cut).slice(-30).map((h) => h.what).join('\n')}`);
+      const v2 = m2.openVolume('v');
+      const got = await readVolume(v2, 0, volumeBytes);
+      assert.deepEqual(expect.violations(got), [], where());
+      // Then one sector written into each chunk: the rest of the chunk must
+      // read as before (a chunk first allocated now over bytes a lost entry or
+      // an undone truncate left must be zeroed first).
+      for (let c = 0; c < chunks; c++) {
+        const at = c * cs + 512 * Math.floor(cutRng() * (cs / 512));
+        const b = crypto.randomBytes(512);
+        await writeVolume(v2, at, b);
+        b.copy(got, at);
+      }
+      const again = await readVolume(v2, 0, volumeBytes);
+      for (let at = 0; at < volumeBytes; at += 512) {
+        if (!again.subarray(at, at + 512).equals(got.subarray(at, at + 512))) assert.fail(`a sector write after the crash changed byte ${at} (chunk ${Math.floor(at / cs)}) beside it: ${where()}`);
+      }
       checked++;
     } finally {
       await m2.close();
@@ -263,7 +332,8 @@ test('random writes, zeroes, trims, FUA and FLUSH on a volume split over a hot a
   const moves = history.filter((h) => h.what.includes(' moved to ')).length;
   const placements = history.filter((h) => h.what.includes('placement')).length;
   const releases = history.filter((h) => /release.* \S+-0/.test(h.what)).length;
-  assert.ok(checked >= 30 && moves + releases >= 3 && placements >= 2 && releases >= 1 && flushes.length >= 10 && lost.writes > 0 && lost.torn > 0, JSON.stringify({ checked, moves, placements, releases, flushes: flushes.length, ...lost }));
+  t.diagnostic(JSON.stringify({ seed, checked, cuts: Object.fromEntries(why), moves, placements, releases, flushes: flushes.length, ...lost }));
+  assert.ok(checked >= 30 && (why.get('mid-round') ?? 0) >= 10 && (why.get('flush answered') ?? 0) >= 3 && moves + releases >= 3 && placements >= 2 && releases >= 1 && flushes.length >= 10 && lost.writes > 0 && lost.torn > 0, JSON.stringify({ checked, cuts: Object.fromEntries(why), moves, placements, releases, flushes: flushes.length, ...lost }));
 });
 
 test('a volume created, written and flushed: every crash state after the FLUSH has the volume with its bytes (the new file name, its size and data all durable)', async (t) => {

@@ -323,9 +323,11 @@ export class PowerLossFs {
   /**
    * pumpUntil for code that also waits on I/O outside the model (the LMDB
    * index of a volume): while nothing is queued, turns pass until the other
-   * I/O queues a modelled call or `p` settles.
+   * I/O queues a modelled call or `p` settles. `between`, if given, runs
+   * after each completed call, before the next turn (no promise reaction of
+   * the caller has run yet): a test takes its crash-state cuts there.
    */
-  async pumpBeside<T>(p: Promise<T>, rng: () => number): Promise<T> {
+  async pumpBeside<T>(p: Promise<T>, rng: () => number, between?: () => void): Promise<T> {
     let settled = false;
     p.then(
       () => (settled = true),
@@ -333,7 +335,7 @@ export class PowerLossFs {
     );
     await turn();
     while (!settled) {
-      this.runOne(rng);
+      if (this.runOne(rng)) between?.();
       await turn();
     }
     return p;
@@ -370,6 +372,7 @@ export class PowerLossFs {
       fsync: fs.fsync,
       fsyncSync: fs.fsyncSync,
       ftruncateSync: fs.ftruncateSync,
+      ftruncate: fs.ftruncate,
       rm: fs.rm,
       renameSync: fs.renameSync,
       unlinkSync: fs.unlinkSync,
@@ -389,6 +392,7 @@ export class PowerLossFs {
         fsync: real.fsync,
         fsyncSync: real.fsyncSync,
         ftruncateSync: real.ftruncateSync,
+        ftruncate: real.ftruncate,
         rm: real.rm,
         renameSync: real.renameSync,
         unlinkSync: real.unlinkSync,
@@ -554,6 +558,31 @@ export class PowerLossFs {
       const at = this.tick();
       tf.model.ops.push({ k: 'trunc', ino: tf.target, lengthBytes: len ?? 0, issue: at, complete: at });
     }) as typeof fs.ftruncateSync;
+
+    // A RELEASE's truncate (volume.ts releaseFile): fs.ftruncate(fd, len, cb), queued like a write.
+    fs.ftruncate = ((fd: number, len: number | ((err: NodeJS.ErrnoException | null) => void), cb?: (err: NodeJS.ErrnoException | null) => void) => {
+      if (dead(fd)) return;
+      const callback = typeof len === 'function' ? len : cb!;
+      const lengthBytes = typeof len === 'number' ? len : 0;
+      const tf = this.fds.get(fd);
+      if (!tf) return real.ftruncate(fd, lengthBytes, callback);
+      if (typeof tf.target !== 'number') throw new Error('power-loss fs: ftruncate of a directory');
+      const op: Op = { k: 'trunc', ino: tf.target, lengthBytes, issue: this.tick() };
+      tf.model.ops.push(op);
+      let err: NodeJS.ErrnoException | null = null;
+      const effect = () => {
+        try {
+          real.ftruncateSync(fd, lengthBytes);
+        } catch (e) {
+          err = e as NodeJS.ErrnoException;
+        }
+        op.complete = this.tick();
+      };
+      enqueue(() => {
+        effect();
+        callback(err);
+      }, effect);
+    }) as typeof fs.ftruncate;
 
     fs.rm = ((p: fs.PathLike, opts: fs.RmOptions | ((err: NodeJS.ErrnoException | null) => void), cb?: (err: NodeJS.ErrnoException | null) => void) => {
       const callback = typeof opts === 'function' ? opts : cb!;
