@@ -94,23 +94,51 @@ function hasIndexOpen(pid: number, dataDir: string): boolean | null {
   return false;
 }
 
-/** The configured pools' directories (for DataDirLock.lockPools, before openManager). */
+/**
+ * The configured pools' existing directories (for DataDirLock.lockPools, before
+ * openManager). A missing one is not created here: openManager creates (and
+ * locks) a new pool's, and leaves a known pool's missing directory missing.
+ */
 export function poolDirs(cfg: DaemonConfig): string[] {
-  return cfg.pools.map((p) => resolvePoolPath(cfg, p));
+  return cfg.pools.map((p) => resolvePoolPath(cfg, p)).filter((dir) => fs.existsSync(dir));
 }
 
 /** Opens the metadata and (re)registers the configured pools. */
 export async function openManager(cfg: DaemonConfig, opts: { coldTier: boolean } = { coldTier: true }): Promise<VolumeManager> {
   refuseAliasedPools(cfg);
   const manager = VolumeManager.open(cfg.dataDir);
-  for (const p of cfg.pools) {
-    await manager.putPool({
-      name: p.name,
-      tier: p.tier,
-      path: resolvePoolPath(cfg, p),
-      capacityBytes: poolCapacityBytes(cfg, p),
-      labels: { tier: p.tier, ...p.labels },
-    });
+  const created: string[] = [];
+  try {
+    for (const p of cfg.pools) {
+      const dir = resolvePoolPath(cfg, p);
+      const known = manager.pools.get(p.name);
+      if (!fs.existsSync(dir)) {
+        // A pool the index knows at this path whose directory is gone: its disk is not
+        // mounted, or died. Made again, an empty directory (on whatever filesystem holds
+        // the mount point) would pass for the pool: ready, written to, its shards and
+        // volume files silently missing. Left offline: /readyz and pools list say so,
+        // placement avoids it; a replaced disk is mounted (or the directory made) and rebuilt.
+        if (known !== undefined && path.resolve(known.rec.path) === dir) {
+          const replaced = p.tier === 'cold' ? `make the directory and run \`couchestor rebuild ${p.name}\`` : 'make the directory (the volume files it held are lost: their volumes stay unavailable)';
+          log.warn(`pool directory missing: the pool is offline (not made again); mount its disk; for a replaced disk, ${replaced}`, { pool: p.name, path: dir });
+          continue;
+        }
+        created.push(dir);
+      }
+      await manager.putPool({
+        name: p.name,
+        tier: p.tier,
+        path: dir,
+        capacityBytes: poolCapacityBytes(cfg, p),
+        labels: { tier: p.tier, ...p.labels },
+      });
+    }
+    // A new pool's directory, made just now: locked as the existing ones were (poolDirs), before anything uses it.
+    const lock = DataDirLock.heldFor(cfg.dataDir);
+    if (lock && created.length > 0) lock.lockPools(created, lock.role);
+  } catch (err) {
+    await manager.close().catch(() => undefined);
+    throw err;
   }
   manager.configuredPools = new Set(cfg.pools.map((p) => p.name));
   // A pool made another tier is never rebuilt again: its incomplete-rebuild record (and gauge

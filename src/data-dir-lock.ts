@@ -98,10 +98,20 @@ export class DataDirLock {
   /** Descriptors of the pool directories' locks (lockPools), released with this one. */
   private poolFds: number[] = [];
 
+  /** The locks this process holds, by data directory (heldFor). */
+  private static readonly heldHere = new Map<string, DataDirLock>();
+
   private constructor(
     readonly dataDir: string,
     private fd: number | null,
+    readonly role: LockRole,
   ) {}
+
+  /** The lock of `dataDir` this process holds, or null (openManager locks the pool directories it creates with it). */
+  static heldFor(dataDir: string): DataDirLock | null {
+    const lock = DataDirLock.heldHere.get(path.resolve(dataDir));
+    return lock?.held ? lock : null;
+  }
 
   /**
    * Takes the lock of `dataDir` (created if missing) or throws DataDirLocked
@@ -112,7 +122,9 @@ export class DataDirLock {
     const dir = path.resolve(dataDir);
     lockAddon(); // before creating anything: no addon, nothing opens
     ensureDurableDir(dir); // as loadConfig would: the directory's name must survive a power cut
-    return new DataDirLock(dir, lockDirectory(dir, role, advice, 'data directory'));
+    const lock = new DataDirLock(dir, lockDirectory(dir, role, advice, 'data directory'), role);
+    DataDirLock.heldHere.set(dir, lock);
+    return lock;
   }
 
   /**
@@ -120,9 +132,9 @@ export class DataDirLock {
    * held until release(). A pool may lie outside the data directory (an
    * absolute path in couchestor.yaml), where this lock does not reach: two
    * data directories naming one pool would share its journal, volume files,
-   * objects and segments. A missing pool directory is created first, as
-   * openManager (putPool) would a moment later: a first start must hold its
-   * pools' locks too. A directory already covered (the data directory itself,
+   * objects and segments. A missing pool directory is created first (callers
+   * pass existing ones: poolDirs(); openManager locks those it creates, a new
+   * pool's, through heldFor()). A directory already covered (the data directory itself,
    * or a pool named twice through a link, which refuseAliasedPools reports) is
    * locked once; one that cannot be created, opened or locked (read-only or
    * failing disk) is skipped, for openManager to report or run without.
@@ -180,6 +192,7 @@ export class DataDirLock {
     if (this.fd === null) return;
     const fd = this.fd;
     this.fd = null;
+    if (DataDirLock.heldHere.get(this.dataDir) === this) DataDirLock.heldHere.delete(this.dataDir);
     for (const poolFd of this.poolFds.splice(0)) fs.closeSync(poolFd);
     fs.closeSync(fd);
   }

@@ -14,6 +14,7 @@ import {
   assertSameBytes,
   coldStatus,
   corruptSegments,
+  loseAndReplacePool,
   losePool,
   readBackWithPoolsLost,
   readExport,
@@ -106,19 +107,21 @@ test('replace cold-2, scrub, corrupt two other pools, read, scrub, restart: byte
   }
 });
 
-// The same hazard with the replacement done by a restart: the daemon
-// recreates the missing pool directory at start-up, so every old location
-// of that pool names a segment file that now holds other records.
-test('a pool lost while the daemon is down is recreated empty at start-up; reads and rebuild stay byte-exact', async () => {
+// The same hazard with the replacement done across a restart: the disk is
+// swapped while the daemon is down and the operator makes the pool's empty
+// directory before the start (a missing one is left offline, never made
+// again), so every old location of that pool names a segment file that now
+// holds other records.
+test('a pool lost while the daemon is down and replaced by an empty directory before start-up: reads and rebuild stay byte-exact', async () => {
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'cold-rebuild-'));
   let { d, model } = await coldVolumeOnStripes(work);
   const dataDir = d.dataDir;
   const out = path.join(work, 'out.bin');
   try {
     await d.kill();
-    losePool(d, 1);
+    loseAndReplacePool(d, 1);
     d = await TestDaemon.start({ dataDir });
-    assertSameBytes(readExport(d, 'c1', out), model, 'cold-1 recreated empty by start-up');
+    assertSameBytes(readExport(d, 'c1', out), model, 'cold-1 replaced empty before start-up');
     assert.deepEqual((await scrub(d)).stripes, ALL_HEALTHY);
     // Rebuilt records now sit at offsets the old locations also name.
     await d.kill();

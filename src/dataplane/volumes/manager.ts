@@ -131,6 +131,8 @@ export class VolumeManager {
   startColdTier(policy: ErasureCodingPolicy, opts: DestagerOptions & { journalCapacityBytes?: number; highestDestagedSeq?: number }): void {
     const hot = [...this.pools.values()].find((p) => p.rec.tier === 'hot');
     if (!hot) throw new NoSuitablePool('the journal needs a hot pool');
+    // Its journal holds acknowledged writes not yet destaged: no start without it (openManager leaves a known pool's missing directory missing).
+    if (!hot.isOnline()) throw new PoolOffline(`pool ${hot.name} holds the cold tier's journal, and its directory ${hot.rec.path} is missing or not writable: mount its disk; a replaced disk's journal is lost (make the directory to start with an empty one)`);
     hot.ensureDirs();
     const stripes = new StripeStore(() => [...this.pools.values()], policy);
     stripes.useIndex(this.meta); // pool marks, before any stripe is written (stripe-store.ts POOLS_WRITTEN_DB)
