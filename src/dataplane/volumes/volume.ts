@@ -72,6 +72,18 @@ interface VolumeFile {
    * copies in flight plus one FLUSH.
    */
   syncing: Set<Promise<void>>;
+  /**
+   * Set while a RELEASE's ftruncate of the file (releaseFile) may not be
+   * durable: the `mutations` value counting it. A power cut can undo it and
+   * bring back the bytes it cut off, so the page cache's "hole here" (a
+   * fresh chunk's, staleBelowBytes' check) holds only once a sync covered
+   * it: allocate syncs the file first (shrinkDurable; once, at the first
+   * allocation of a fresh chunk after the truncate, unless a FLUSH synced
+   * the file since).
+   */
+  shrunkAt?: number;
+  /** shrinkDurable's fdatasync in flight, shared by the chunks allocated meanwhile. */
+  shrinkSync?: Promise<void>;
 }
 
 /**
@@ -838,7 +850,10 @@ export class Volume {
       // Below the size the file had when this process opened it, a chunk
       // never allocated may still hold a write whose entry a crash lost.
       const maybeStale = st === ChunkState.Unallocated && c * cs < (file.staleBelowBytes ?? 0);
-      if (st === ChunkState.Discarded || maybeStale) {
+      // A fresh chunk where a shrink of the file may be undone by a power
+      // cut (shrunkAt): the old bytes would come back around the write.
+      const shrunk = st === ChunkState.Unallocated && file.shrunkAt !== undefined;
+      if (st === ChunkState.Discarded || maybeStale || shrunk) {
         // The region still holds old bytes (or may); zero it before the
         // chunk becomes readable as data again.
         const chunkStart = c * cs;
@@ -854,8 +869,11 @@ export class Volume {
         // pwrite is (that waits for a FLUSH), so a power cut between them
         // must find zeros there, not the bytes a flushed TRIM removed (test
         // review-discarded-rewrite-order).
-        const p = (maybeStale ? regionHoldsData(file.fd, chunkStart, cs) : Promise.resolve(true))
-          .then((holdsData) => (holdsData ? this.zeroRegion(file, chunkStart, cs).then(() => this.syncFile(file)) : undefined))
+        // A region the page cache says is a hole (or zeros) after a shrink
+        // is one on disk only once the shrink is durable (shrinkDurable:
+        // test review-release-truncate-power-cut).
+        const p = (st === ChunkState.Discarded ? Promise.resolve(true) : maybeStale ? regionHoldsData(file.fd, chunkStart, cs) : Promise.resolve(false))
+          .then((holdsData) => (holdsData ? this.zeroRegion(file, chunkStart, cs).then(() => this.syncFile(file)) : this.shrinkDurable(file)))
           .then(() => {
             this.preparing.delete(c);
             this.setChunk(c, ChunkState.Allocated, 0, fileIdx);
@@ -871,6 +889,25 @@ export class Volume {
       }
     }
     return waits ? Promise.all(waits).then(() => undefined) : null;
+  }
+
+  /**
+   * Makes a shrink of the file (shrunkAt) durable: one fdatasync, shared by
+   * the chunks first allocated while it runs, unless a sync issued after the
+   * shrink (a FLUSH's) already succeeded.
+   */
+  private shrinkDurable(file: VolumeFile): Promise<void> | undefined {
+    const at = file.shrunkAt;
+    if (at === undefined) return undefined;
+    if (file.syncedMutations >= at) {
+      file.shrunkAt = undefined;
+      return undefined;
+    }
+    return (file.shrinkSync ??= this.syncFile(file)
+      .then(() => {
+        if (file.shrunkAt === at) file.shrunkAt = undefined;
+      })
+      .finally(() => (file.shrinkSync = undefined)));
   }
 
   /**
@@ -1200,6 +1237,9 @@ export class Volume {
       await new Promise<void>((resolve, reject) =>
         fs.ftruncate(truncate.fd, 0, (err) => {
           truncate.mutations++;
+          // Not synced here (a RELEASE of a file that stays cold needs no
+          // sync): a chunk first allocated in it later syncs it first.
+          truncate.shrunkAt = truncate.mutations;
           return err ? reject(err) : resolve();
         }),
       );
