@@ -9,7 +9,8 @@ import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import readline from 'node:readline';
 import { CLIENT_ENV, run, TestDaemon } from './helpers/daemon.js';
-import { startNbdTestDaemon } from './helpers/nbd-client.js';
+import crypto from 'node:crypto';
+import { RawNbd, startNbdTestDaemon } from './helpers/nbd-client.js';
 import { createVolume } from './helpers/cold.js';
 
 const MiB = 1024 * 1024;
@@ -91,4 +92,28 @@ test('SIGTERM while clients stream FUA writes to a hot and a cold volume: every 
     assert.ok(results[i]!.acked.length >= 40);
     assert.equal(run('nbdsh', ['-c', checker(again.exportUri(v.name), v.name, results[i]!.acked)]).trim(), '[]', `${v.name}: acknowledged FUA writes lost`);
   });
+});
+
+test('SIGTERM twice while a FLUSH is in flight: the second is ignored, the FLUSH is answered, the daemon exits 0', async () => {
+  const d = await startNbdTestDaemon();
+  daemons.push(d);
+  const c = await RawNbd.connect({ port: d.info.nbd.port });
+  await c.handshake('vol', { structured: true });
+  const data = crypto.randomBytes(4 * MiB);
+  for (let off = 0; off < 48 * MiB; off += data.length) assert.equal((await c.writeAt(off, data)).error, 0);
+  const flush = c.flush();
+  // The READ's reply proves the FLUSH ahead of it was read and started.
+  assert.equal((await c.readAt(0, 4096)).error, 0);
+  const first = d.stop();
+  const second = d.stop();
+  assert.equal(await flush.then((x) => `error ${x.error}`, (err: Error) => err.name), 'error 0');
+  await c.closed;
+  assert.deepEqual(await Promise.all([first, second]), [0, 0]);
+  // Nothing was lost: the flushed bytes are there after a restart.
+  const again = await TestDaemon.start({ dataDir: d.dataDir });
+  daemons.push(again);
+  const r = await RawNbd.connect({ port: again.info.nbd.port });
+  await r.handshake('vol', { structured: true });
+  assert.ok((await r.readAt(44 * MiB, 4 * MiB)).data.equals(data));
+  r.socket.destroy();
 });
