@@ -40,7 +40,7 @@ export function metricsSource(manager: VolumeManager, heat: HeatTracker, migrati
       }
     },
     *pools() {
-      for (const p of manager.pools.values()) yield { pool: p.name, tier: p.rec.tier, capacityBytes: p.rec.capacityBytes, usedBytes: p.usedBytes, configured: manager.configuredPools?.has(p.name) ?? true };
+      for (const p of manager.pools.values()) yield { pool: p.name, tier: p.rec.tier, capacityBytes: p.rec.capacityBytes, usedBytes: p.usedBytes, configured: manager.configuredPools?.has(p.name) ?? true, online: p.isOnline() };
     },
     migrations,
     degradedReadsTotal: () => manager.cold?.stripes.counters.degradedReads ?? 0,

@@ -32,6 +32,8 @@ export interface PoolUsage {
   usedBytes: number;
   /** False: the pool's record is in the index but the configuration no longer names it (no rebuild gauge series). Absent: configured. */
   configured?: boolean;
+  /** Pool.isOnline(), the check /readyz makes (directory there, readable and writable). Absent: not known (no couchestor_pool_online series). */
+  online?: boolean;
 }
 
 export interface MigrationCounters {
@@ -253,6 +255,16 @@ export function createMetrics(source: MetricsSourceRef): Registry {
     collect() {
       this.reset();
       for (const p of registry.snapshot().pools) this.set({ pool: p.pool, tier: p.tier }, p.usedBytes);
+    },
+  });
+  new Gauge({
+    name: 'couchestor_pool_online',
+    help: 'Whether each pool is online: 1 when its directory is there, readable and writable (the check /readyz makes), 0 when it is missing (disk not mounted or dead; /readyz answers 503 naming it). Follows the directory at runtime, no restart needed.',
+    labelNames: ['pool', 'tier'],
+    registers,
+    collect() {
+      this.reset();
+      for (const p of registry.snapshot().pools) if (p.online !== undefined) this.set({ pool: p.pool, tier: p.tier }, p.online ? 1 : 0);
     },
   });
 
