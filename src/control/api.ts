@@ -3,7 +3,7 @@
 import type { SegmentCompactor } from '../dataplane/ec/compaction.js';
 import { PoolRebuildBusy, UnknownPool } from '../dataplane/ec/reconstruction.js';
 import Fastify, { type FastifyInstance } from 'fastify';
-import { AlreadyExists, InvalidArgument, MigrationInProgress, NoSpace, NoSuitablePool, NotFound, PoolOffline } from '../dataplane/errors.js';
+import { AlreadyExists, DestageStalled, InvalidArgument, MigrationInProgress, NoSpace, NoSuitablePool, NotFound, PoolOffline } from '../dataplane/errors.js';
 import type { VolumeManager } from '../dataplane/volumes/manager.js';
 import { migrateVolume } from '../dataplane/volumes/migration.js';
 import type { Tier } from '../dataplane/meta/store.js';
@@ -15,7 +15,8 @@ export function httpStatusFor(err: unknown): number {
   if (err instanceof NotFound) return 404;
   if (err instanceof AlreadyExists || err instanceof MigrationInProgress) return 409;
   if (err instanceof NoSuitablePool || err instanceof NoSpace) return 507;
-  if (err instanceof PoolOffline) return 503;
+  // Temporary: the pools are back (mounted) or the cause is fixed, and the call succeeds; a destage's records wait in the journal.
+  if (err instanceof PoolOffline || err instanceof DestageStalled) return 503;
   return 500;
 }
 

@@ -25,6 +25,16 @@ export class PoolOffline extends StorageError {
   override name = 'PoolOffline';
 }
 
+/**
+ * A destage (drain: `couchestor destage`) made no progress: every chunk left
+ * failed or its volume could not be opened (too few online cold pools for a
+ * stripe, a pool failing). The records stay in the journal and later passes
+ * retry; the message names the cause.
+ */
+export class DestageStalled extends StorageError {
+  override name = 'DestageStalled';
+}
+
 /** Volume / object / pool name not known. */
 export class NotFound extends StorageError {
   override name = 'NotFound';

@@ -1,6 +1,7 @@
 // Moves journaled writes of cold volumes into new stripe generations: on an
 // interval (lazily, see tick()), and early when the journal passes its threshold.
 import { log } from '../../log.js';
+import { DestageStalled } from '../errors.js';
 import type { Journal } from './journal.js';
 import type { Volume } from '../volumes/volume.js';
 
@@ -212,7 +213,7 @@ export class Destager {
 
   /**
    * Destages until the journal holds nothing (used by `couchestor destage`
-   * and tests). Throws when a whole pass makes no progress.
+   * and tests). Throws DestageStalled when a whole pass makes no progress.
    */
   async drain(): Promise<void> {
     while (this.journal.dirtyVolumes().length > 0) {
@@ -221,7 +222,7 @@ export class Destager {
       this.lastError = null;
       await this.kick();
       if (this.stripesDestaged === before && this.journal.dirtyVolumes().length > 0) {
-        throw new Error(`destage made no progress: ${this.lastError ?? 'nothing destageable'}`);
+        throw new DestageStalled(`destage made no progress: ${this.lastError ?? 'nothing destageable'}`);
       }
     }
   }
