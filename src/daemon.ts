@@ -20,6 +20,8 @@ import { parsePolicyYaml } from './dataplane/ec/policy.js';
 import { SegmentCompactor, registerCompactionMetrics } from './dataplane/ec/compaction.js';
 import { forgetRemovedPoolRebuilds } from './dataplane/ec/reconstruction.js';
 import { DataDirLock, DataDirLocked, readLockHolder } from './data-dir-lock.js';
+import { prepareHotPool } from './dataplane/objects/hot-segments.js';
+import type { Pool } from './dataplane/pools/pool.js';
 
 export const STATE_FILE = 'daemon.json';
 
@@ -103,6 +105,38 @@ export function poolDirs(cfg: DaemonConfig): string[] {
   return cfg.pools.map((p) => resolvePoolPath(cfg, p)).filter((dir) => fs.existsSync(dir));
 }
 
+/**
+ * A known pool left offline at start (its directory missing) is used again once
+ * the directory is back, mounted or made for a replaced disk, without a restart.
+ * Before its first use it gets what the start gives a pool present then: its
+ * lock (lockPools: a second data directory naming it is kept out, and one that
+ * took it meanwhile keeps it offline here) and, for a hot pool, the S3 objects/
+ * fan-out (prepareHotPool; without it every PUT placed there answered 503).
+ * Pool.isOnline is the one gate every use passes (placement, the stripe store,
+ * volume opens, /readyz): wrapped on this instance until the pool is adopted.
+ */
+function adoptWhenBack(pool: Pool, dataDir: string): void {
+  const online = pool.isOnline.bind(pool);
+  let locked = false;
+  let refusedLogged = false;
+  pool.isOnline = () => {
+    if (!online()) return false;
+    try {
+      const lock = DataDirLock.heldFor(dataDir);
+      if (lock && !locked) lock.lockPools([pool.rec.path], lock.role);
+      locked = true;
+      if (pool.rec.tier === 'hot') prepareHotPool(pool);
+    } catch (err) {
+      if (!refusedLogged) log.error('pool directory back, but the pool stays offline', { pool: pool.name, path: pool.rec.path, err: (err as Error).message });
+      refusedLogged = true;
+      return false;
+    }
+    delete (pool as { isOnline?: unknown }).isOnline; // the class's method again
+    log.info('pool directory back: the pool is online again', { pool: pool.name, path: pool.rec.path });
+    return true;
+  };
+}
+
 /** Opens the metadata and (re)registers the configured pools. */
 export async function openManager(cfg: DaemonConfig, opts: { coldTier: boolean } = { coldTier: true }): Promise<VolumeManager> {
   refuseAliasedPools(cfg);
@@ -121,6 +155,7 @@ export async function openManager(cfg: DaemonConfig, opts: { coldTier: boolean }
         if (known !== undefined && path.resolve(known.rec.path) === dir) {
           const replaced = p.tier === 'cold' ? `make the directory and run \`couchestor rebuild ${p.name}\`` : 'make the directory (the volume files it held are lost: their volumes stay unavailable)';
           log.warn(`pool directory missing: the pool is offline (not made again); mount its disk; for a replaced disk, ${replaced}`, { pool: p.name, path: dir });
+          adoptWhenBack(known, cfg.dataDir);
           continue;
         }
         created.push(dir);
