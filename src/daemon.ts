@@ -158,6 +158,17 @@ export async function openManager(cfg: DaemonConfig, opts: { coldTier: boolean }
           adoptWhenBack(known, cfg.dataDir);
           continue;
         }
+        if (known !== undefined) {
+          // A known pool given a new path (moved to another disk, or mistyped) that is not
+          // there: made empty, it would lose what the pool holds just the same (the cold
+          // tier's journal, its shards, its volume files). Registered at the new path,
+          // offline: the old directory is never used again by mistake.
+          const old = path.resolve(known.rec.path);
+          log.warn(`pool directory missing at the pool's new path: the pool is offline (not made); move its contents from ${old} to ${dir} (or mount its disk there), or give it back its old path`, { pool: p.name, path: dir });
+          const moved = await manager.putPool({ ...known.rec, tier: p.tier, path: dir, ...(p.capacity === 'auto' ? {} : { capacityBytes: p.capacity }), labels: { tier: p.tier, ...p.labels } }, { makeDir: false });
+          adoptWhenBack(moved, cfg.dataDir);
+          continue;
+        }
         created.push(dir);
       }
       await manager.putPool({
