@@ -7,11 +7,12 @@
 // S3); CompleteMultipartUpload threw too (reading 'partNumber'), even for a
 // list that did not name the damaged part. Now a damaged part is dropped
 // with its upload, freeing nothing it names, and one the list names refuses
-// (Corrupt). Real LMDB index and ObjectStore; records written through LMDB.
+// (DamagedPartRecord, an InvalidPart: S3 400; was Corrupt, a 500). Real LMDB index and ObjectStore; records written through LMDB.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { PARTS_DB } from '../src/dataplane/objects/cold-segments.js';
-import { Corrupt, NoSuchUpload } from '../src/dataplane/errors.js';
+import { NoSuchUpload } from '../src/dataplane/errors.js';
+import { DamagedPartRecord } from '../src/dataplane/objects/store.js';
 import { partKey, storeWithHotBucket, tempMeta } from './helpers/damaged-record.js';
 
 /** A well-formed part on a pool this index has none of (nothing to free). */
@@ -36,7 +37,7 @@ test('a part record damaged into null: abort drops the upload and every part; co
   const c = await store.createUpload('b', 'k', {}, {});
   await parts.put(partKey(c.uploadId, 1), goodPart(1));
   await parts.put(partKey(c.uploadId, 2), null);
-  await assert.rejects(store.completeUpload('b', 'k', c.uploadId, [{ partNumber: 1, etag: 'e1' }, { partNumber: 2, etag: 'e2' }]), Corrupt);
+  await assert.rejects(store.completeUpload('b', 'k', c.uploadId, [{ partNumber: 1, etag: 'e1' }, { partNumber: 2, etag: 'e2' }]), DamagedPartRecord);
   assert.equal(store.getUpload('b', 'k', c.uploadId).uploadId, c.uploadId);
   assert.equal(partsOf(c.uploadId), 2);
 

@@ -13,11 +13,10 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { open } from 'lmdb';
 import { MetaStore } from '../src/dataplane/meta/store.js';
 import { OBJECTS_DB } from '../src/dataplane/objects/cold-segments.js';
 import { QUARANTINE_DB, type QuarantinedRecord } from '../src/dataplane/objects/quarantine.js';
-import { fsckCli, hotFiles, killAndRemove, putKeptAndVictim, readRecord } from './helpers/damaged-record.js';
+import { fsckCli, hotFiles, killAndRemove, putKeptAndVictim, putRawValue, readRecord } from './helpers/damaged-record.js';
 import { aws, awsFail, restartS3, startS3, type S3Env } from './helpers/s3-env.js';
 
 function awsGet(env: S3Env, key: string): Buffer {
@@ -27,16 +26,6 @@ function awsGet(env: S3Env, key: string): Buffer {
   const bytes = fs.readFileSync(file);
   fs.rmSync(file);
   return bytes;
-}
-
-/** Stores `bytes` as the raw value of `key` in `db` (no encoding), the daemon stopped. */
-async function putRawValue(dataDir: string, db: string, key: Buffer, bytes: Buffer): Promise<void> {
-  const root = open({ path: path.join(dataDir, 'meta'), maxDbs: 64, mapSize: 4 * 1024 ** 3 });
-  try {
-    await root.openDB<Buffer, Buffer>({ name: db, encoding: 'binary' }).put(key, bytes);
-  } finally {
-    await root.close();
-  }
 }
 
 test('a record whose bytes no longer decode: fsck reports it (exit 1), --quarantine-damaged moves it raw, the daemon then serves the others', async (t) => {

@@ -1,5 +1,5 @@
 // Damaged-index-record test setup: S3 daemons (EC policy + config in a temp data dir, or a hot victim beside a kept object), one LMDB record rewritten with the daemon stopped,
-// teardown, the record's stored bytes, `couchestor fsck` flags run on the data dir; and daemon-less: a temp MetaStore, an ObjectStore on it, index keys and bucket records written through LMDB.
+// teardown, the record's stored bytes, a record's bytes torn (no longer decoding), `couchestor fsck` flags run on the data dir; and daemon-less: a temp MetaStore, an ObjectStore on it, index keys and bucket records written through LMDB.
 import { CreateBucketCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -12,6 +12,7 @@ import type { TestContext } from 'node:test';
 import { MetaStore } from '../../src/dataplane/meta/store.js';
 import { ObjectStore } from '../../src/dataplane/objects/store.js';
 import type { VolumeManager } from '../../src/dataplane/volumes/manager.js';
+import { open } from 'lmdb';
 import { CLI } from './daemon.js';
 import { startS3, type S3Env } from './s3-env.js';
 
@@ -115,4 +116,25 @@ export function fsckCli(dataDir: string, ...flags: string[]): { status: number |
   const r = spawnSync(process.execPath, [CLI, 'fsck', ...flags, '--data-dir', dataDir], { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 });
   if (r.error) throw r.error;
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** Stores `bytes` as the raw value of `key` in `db` (no encoding), the daemon stopped. */
+export async function putRawValue(dataDir: string, db: string, key: Buffer, bytes: Buffer): Promise<void> {
+  const root = open({ path: path.join(dataDir, 'meta'), maxDbs: 64, mapSize: 4 * 1024 ** 3 });
+  try {
+    await root.openDB<Buffer, Buffer>({ name: db, encoding: 'binary' }).put(key, bytes);
+  } finally {
+    await root.close();
+  }
+}
+
+/**
+ * Tears the first record of `db` that `pick` accepts (the daemon stopped): its stored msgpack bytes cut to
+ * their first half, so they no longer decode (a torn LMDB value). Returns its index key and the torn bytes.
+ */
+export async function tearRecord<V>(dataDir: string, db: string, pick: (v: V) => boolean, what = 'the record'): Promise<{ key: Buffer; torn: Buffer }> {
+  const rec = await readRecord<V>(dataDir, db, pick, what);
+  const torn = rec.raw.subarray(0, rec.raw.length >> 1);
+  await putRawValue(dataDir, db, rec.key, torn);
+  return { key: rec.key, torn };
 }

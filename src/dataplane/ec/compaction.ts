@@ -37,7 +37,7 @@ import { Counter, type Registry } from 'prom-client';
 import { log } from '../../log.js';
 import { ChunkState, type ChunkEntry, type MetaStore } from '../meta/store.js';
 import { ALL_OBJECT_KEYS, OBJECTS_DB, PARTS_DB, coldStripeRefs, moveColdStripes } from '../objects/cold-segments.js';
-import { DamagedIndexRecord, describeIndexKey, recordDamage } from '../objects/cold-holders.js';
+import { DamagedIndexRecord, describeIndexKey, openIndexDB, recordDamage } from '../objects/cold-holders.js';
 import type { SegmentLocation, SegmentStore } from './segment-store.js';
 import type { DeadShardOf, ShardRef, StripeRef, StripeStore } from './stripe-store.js';
 
@@ -287,8 +287,9 @@ export class SegmentCompactor {
     if (!(Number.isInteger(this.opts.recountSliceEntries) && this.opts.recountSliceEntries >= 1)) throw new RangeError(`recountSliceEntries must be a positive integer, got ${this.opts.recountSliceEntries}`);
     if (!(Number.isInteger(this.opts.segmentsPerScan) && this.opts.segmentsPerScan >= 1)) throw new RangeError(`segmentsPerScan must be a positive integer, got ${this.opts.segmentsPerScan}`);
     if (!(this.opts.groupCopyBytes >= 0)) throw new RangeError(`groupCopyBytes must be >= 0, got ${this.opts.groupCopyBytes}`);
-    this.objects = meta.openDB<ObjectLike, Buffer>(OBJECTS_DB);
-    this.parts = meta.openDB<PartLike, Buffer>(PARTS_DB);
+    // A record whose bytes do not decode reads as damage (openIndexDB) and refuses the pass like any that can hide stripes.
+    this.objects = openIndexDB<ObjectLike>(meta, OBJECTS_DB);
+    this.parts = openIndexDB<PartLike>(meta, PARTS_DB);
     for (const { key, value } of meta.segmentDeadBytes.getRange()) this.dead.set(segKey(key[0], key[1]), value);
     stripes.onShardsDead = (shards, of) => this.markDead(shards, of);
     stripes.onLostFlipAtSamePlace = (shards) => this.lostFlipAt(shards);

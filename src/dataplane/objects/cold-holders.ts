@@ -52,9 +52,9 @@ export class ColdObjectHolders implements StripeHolderSource {
     private readonly meta: MetaStore,
     private readonly stripes: Pick<StripeStore, 'releaseReplaced'>,
   ) {
-    this.objects = meta.openDB<RecordWithSegments, Buffer>(OBJECTS_DB);
-    this.parts = meta.openDB<PartWithSegment, Buffer>(PARTS_DB);
-    this.uploads = meta.openDB<{ uploadId: string }, Buffer>(UPLOADS_DB);
+    this.objects = openIndexDB<RecordWithSegments>(meta, OBJECTS_DB);
+    this.parts = openIndexDB<PartWithSegment>(meta, PARTS_DB);
+    this.uploads = openIndexDB<{ uploadId: string }>(meta, UPLOADS_DB);
     holdersOf.set(meta, this);
   }
 
@@ -114,17 +114,7 @@ export class ColdObjectHolders implements StripeHolderSource {
     const counts = { objects: 0, parts: 0 };
     for (const d of found) counts[d.db]++;
     this.damaged_ = counts;
-    // Named once per record per process (bounded: past MAX_DAMAGED_LOGGED, no more names; the gauge still counts them).
-    const fresh = found.filter((d) => !loggedDamage.has(damageId(d))).slice(0, Math.max(0, MAX_DAMAGED_LOGGED - loggedDamage.size));
-    if (fresh.length > 0) {
-      // Only those this line names are marked: the rest are named by the next counts.
-      const named = fresh.slice(0, MAX_DAMAGED_NAMED);
-      for (const d of named) loggedDamage.add(damageId(d));
-      log.error('damaged S3 index records skipped by the stripe count (metrics, GET /v1/cold) and the scrub; compaction stops on them, the pool rebuild on those that can hide cold stripes; fsck lists them all', {
-        records: named.map((d) => `${d.db} ${this.describe(d)}: ${d.problem}`).join('; '),
-        ...(fresh.length > MAX_DAMAGED_NAMED ? { notNamed: fresh.length - MAX_DAMAGED_NAMED } : {}),
-      });
-    }
+    logDamagedRecords(this.meta, found);
     return n;
   }
 
@@ -323,6 +313,43 @@ function freezeStripes(rec: unknown): void {
   }
 }
 
+/**
+ * What a handle of openIndexDB reads where the stored bytes do not decode
+ * (msgpack cut short or garbled: a torn or corrupted LMDB value), in place
+ * of the record: recordDamage and quarantine.ts uploadDamage name it as
+ * damage, and in every scope (what it held, cold stripes included, is
+ * unknown). Never written back: every writer checks the damage first.
+ */
+export class UndecodableRecord {
+  constructor(readonly problem: string) {}
+}
+
+/**
+ * A handle on an S3 index database (objects, parts, uploads) whose reads
+ * give an UndecodableRecord for a value that does not decode, instead of
+ * throwing: a range read threw at such a record, so one torn value stopped
+ * the daemon's start ("cannot listen for S3 on port 0: Unexpected end of
+ * buffer reading string"), every listing of its bucket and every count.
+ * Only this handle's decoder is wrapped (lmdb-js gives each openDB its own),
+ * and only the decode is caught: an LMDB read error still throws.
+ */
+export function openIndexDB<V>(meta: MetaStore, name: string): Database<V, Buffer> {
+  const db = meta.openDB<V, Buffer>(name);
+  // lmdb-js 3.x internal, what get() and getRange() decode with (pinned by test/review-flip-decoder).
+  const decoder = (db as unknown as { decoder?: { decode(bytes: Buffer, options?: unknown): unknown } }).decoder;
+  if (decoder !== undefined) {
+    const decode = decoder.decode.bind(decoder);
+    decoder.decode = (bytes: Buffer, options?: unknown): unknown => {
+      try {
+        return decode(bytes, options);
+      } catch (err) {
+        return new UndecodableRecord(`the stored bytes do not decode (${(err as Error).message})`);
+      }
+    };
+  }
+  return db;
+}
+
 /** The holder source of each index (the S3 front end makes one): the metrics read its damaged() through it. */
 const holdersOf = new WeakMap<MetaStore, ColdObjectHolders>();
 
@@ -356,6 +383,23 @@ const loggedDamage = new Set<string>();
 const damageId = (d: DamagedRecord): string => `${d.db}/${d.key.toString('hex')}/${d.problem}`;
 
 /**
+ * Names damaged records in the log, each once per process (the start-up
+ * scan and every count report here): bounded, past MAX_DAMAGED_LOGGED no
+ * more names (the gauge still counts them), MAX_DAMAGED_NAMED per line.
+ */
+export function logDamagedRecords(meta: MetaStore, found: readonly DamagedRecord[]): void {
+  const fresh = found.filter((d) => !loggedDamage.has(damageId(d))).slice(0, Math.max(0, MAX_DAMAGED_LOGGED - loggedDamage.size));
+  if (fresh.length === 0) return;
+  // Only those this line names are marked: the rest are named by the next counts.
+  const named = fresh.slice(0, MAX_DAMAGED_NAMED);
+  for (const d of named) loggedDamage.add(damageId(d));
+  log.error('damaged S3 index records skipped by the stripe count (metrics, GET /v1/cold) and the scrub; compaction stops on them, the pool rebuild on those that can hide cold stripes; `couchestor fsck` lists them all, `couchestor fsck --quarantine-damaged` (daemon stopped) moves them out', {
+    records: named.map((d) => `${d.db} ${describeIndexKey(meta, d.db, d.key)}: ${d.problem}`).join('; '),
+    ...(fresh.length > MAX_DAMAGED_NAMED ? { notNamed: fresh.length - MAX_DAMAGED_NAMED } : {}),
+  });
+}
+
+/**
  * What is wrong with a stored object record (`field` 'segments': a list of
  * segments) or part record ('segment': one), as far as its cold stripes are
  * concerned, or null: each segment an object with a string kind, a hot
@@ -370,6 +414,8 @@ const damageId = (d: DamagedRecord): string => `${d.db}/${d.key.toString('hex')}
  * (TypeError: not iterable).
  */
 export function recordDamage(value: unknown, field: 'segments' | 'segment', scope: 'all' | 'stripes' = 'all'): string | null {
+  // Whatever it held is unknown, cold stripes included: damage in every scope.
+  if (value instanceof UndecodableRecord) return value.problem;
   if (typeof value !== 'object' || value === null) return `the record is ${value === null ? 'null' : typeof value}, not an object`;
   const raw = (value as Record<string, unknown>)[field];
   if (field === 'segments' && !Array.isArray(raw)) return `segments is ${describeValue(raw)}, not a list`;

@@ -17,7 +17,7 @@ import { createHash } from 'node:crypto';
 import type { Database } from 'lmdb';
 import type { MetaStore } from '../meta/store.js';
 import { ALL_OBJECT_KEYS, OBJECTS_DB, PARTS_DB, UPLOADS_DB } from './cold-segments.js';
-import { describeIndexKey, recordDamage } from './cold-holders.js';
+import { UndecodableRecord, describeIndexKey, recordDamage } from './cold-holders.js';
 
 /**
  * The quarantine database: "<db>/<SHA-256 of the index key, hex>/<quarantinedMs>"
@@ -143,6 +143,7 @@ function uploadIdOfKey(key: Buffer): string {
  * NoSuchUpload, its parts held for ever; fsck said nothing.
  */
 export function uploadDamage(value: unknown, key: Buffer): string | null {
+  if (value instanceof UndecodableRecord) return value.problem;
   if (typeof value !== 'object' || value === null) return `the record is ${value === null ? 'null' : typeof value}, not an object`;
   const v = value as { uploadId?: unknown; key?: unknown };
   const id = uploadIdOfKey(key);

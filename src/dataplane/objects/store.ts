@@ -24,8 +24,9 @@ import {
 } from '../errors.js';
 import type { VolumeManager } from '../volumes/manager.js';
 import { log } from '../../log.js';
-import { objectStripeContext, recordDamage } from './cold-holders.js';
-import { coldStripeRefs, freeColdSegment, readColdSegment, settleColdSegment, writeColdSegment, type ColdSegment, type StripeStoreApi } from './cold-segments.js';
+import { logDamagedRecords, objectStripeContext, openIndexDB, recordDamage, type DamagedRecord } from './cold-holders.js';
+import { uploadDamage } from './quarantine.js';
+import { OBJECTS_DB, PARTS_DB, UPLOADS_DB, coldStripeRefs, freeColdSegment, readColdSegment, settleColdSegment, writeColdSegment, type ColdSegment, type StripeStoreApi } from './cold-segments.js';
 import { OffloadedMd5 } from './md5-offload.js';
 import { freeHotSegment, listHotFileIds, prepareHotPool, readHotSegment, sendHotSegment, writeHotSegment, type HotSegment, type PieceSink, type WriteLimits } from './hot-segments.js';
 
@@ -118,6 +119,42 @@ export interface UploadRecord {
   userMeta: Record<string, string>;
   /** Tags the completed object gets (x-amz-tagging on CreateMultipartUpload). */
   tags?: Tag[];
+}
+
+/**
+ * An upload as ListMultipartUploads lists it. `damage`: its record is
+ * damaged (quarantine.ts uploadDamage, or its bytes do not decode); key and
+ * uploadId are then its index key's, the other fields neutral (initiatedMs 0).
+ */
+export type ListedUpload = UploadRecord & { damage?: string };
+
+/**
+ * A CompleteMultipartUpload names a part whose record is damaged (partDamage):
+ * InvalidPart (S3 400) naming the damage, never the 500 a client retries.
+ */
+export class DamagedPartRecord extends InvalidPart {
+  override name = 'DamagedPartRecord';
+  constructor(
+    readonly uploadId: string,
+    readonly partNumber: number,
+    readonly damage: string,
+  ) {
+    super(`Part ${partNumber} cannot be used: its stored record is damaged (${damage}). Upload part ${partNumber} again or abort the upload.`);
+  }
+}
+
+/**
+ * What is wrong with a stored part record as multipart reads it (ListParts,
+ * CompleteMultipartUpload), or null: recordDamage (its segment), or a field
+ * those answer or sum unreadable (a record damaged into null, say).
+ */
+export function partDamage(p: unknown): string | null {
+  const segment = recordDamage(p, 'segment');
+  if (segment !== null) return segment;
+  const r = p as Partial<PartRecord>;
+  for (const f of ['partNumber', 'sizeBytes', 'lastModifiedMs'] as const) if (!Number.isFinite(r[f])) return `${f} is ${JSON.stringify(r[f]) ?? 'undefined'}`;
+  if (typeof r.etag !== 'string') return `etag is ${JSON.stringify(r.etag) ?? 'undefined'}`;
+  return null;
 }
 
 export interface PartRecord {
@@ -229,6 +266,9 @@ function bucketStart(bucketId: number): Buffer {
   return b;
 }
 
+/** Damaged records ObjectStore.open names in the log (bounds its list; the stripe counts name the others). */
+const DAMAGED_NAMED_AT_OPEN = 16;
+
 /** An upload id's length: 16 random bytes in hex (createUpload); getUpload refuses any other. */
 const UPLOAD_ID_CHARS = 32;
 
@@ -333,9 +373,10 @@ export class ObjectStore {
   ) {
     const meta = manager.meta;
     this.buckets = meta.openDB<BucketRecord, string>('s3-buckets');
-    this.objects = meta.openDB<ObjectRecord, Buffer>('s3-objects');
-    this.uploads = meta.openDB<UploadRecord, Buffer>('s3-uploads');
-    this.parts = meta.openDB<PartRecord, Buffer>('s3-parts');
+    // A record whose bytes do not decode reads as an UndecodableRecord (openIndexDB), damage like any other.
+    this.objects = openIndexDB<ObjectRecord>(meta, OBJECTS_DB);
+    this.uploads = openIndexDB<UploadRecord>(meta, UPLOADS_DB);
+    this.parts = openIndexDB<PartRecord>(meta, PARTS_DB);
     this.counters = meta.openDB<number, string>('s3-counters');
   }
 
@@ -356,17 +397,25 @@ export class ObjectStore {
     // A damaged record (cold-holders.ts recordDamage) is skipped, not fatal (the S3 front end
     // serves every other object), and turns the sweep off: a hot file it may name must be kept.
     let damaged = 0;
-    for (const { value } of store.objects.getRange(ALL_KEYS)) {
-      if (recordDamage(value, 'segments') !== null) damaged++;
+    // The first few named in the log now (the rest by the stripe counts), whether or not anything scrapes the metrics.
+    const named: DamagedRecord[] = [];
+    const found = (db: DamagedRecord['db'], key: Buffer | Uint8Array, problem: string) => {
+      if (damaged++ < DAMAGED_NAMED_AT_OPEN) named.push({ db, key: Buffer.from(key), problem });
+    };
+    for (const { key, value } of store.objects.getRange(ALL_KEYS)) {
+      const problem = recordDamage(value, 'segments');
+      if (problem !== null) found('objects', key, problem);
       else for (const s of value.segments) account(s);
     }
-    for (const { value } of store.parts.getRange(ALL_KEYS)) {
-      if (recordDamage(value, 'segment') !== null) damaged++;
+    for (const { key, value } of store.parts.getRange(ALL_KEYS)) {
+      const problem = recordDamage(value, 'segment');
+      if (problem !== null) found('parts', key, problem);
       else account(value.segment);
     }
+    logDamagedRecords(manager.meta, named);
     store.openUploads = store.uploads.getKeysCount({ ...ALL_KEYS }); // a copy: it marks its options (ALL_KEYS)
     let swept = 0;
-    if (damaged > 0) log.error('object store: damaged index records; unreferenced segment files are kept (not swept) while one is there, `couchestor fsck` names them', { records: damaged });
+    if (damaged > 0) log.error('object store: damaged index records; unreferenced segment files are kept (not swept) while one is there, `couchestor fsck` names them and `couchestor fsck --quarantine-damaged` (daemon stopped) moves them out', { records: damaged });
     for (const pool of manager.pools.values()) {
       if (pool.rec.tier !== 'hot' || !pool.isOnline()) continue;
       prepareHotPool(pool);
@@ -479,6 +528,9 @@ export class ObjectStore {
     await this.manager.meta.transaction(() => {
       const cur = this.objects.get(k);
       if (!cur) throw new NoSuchObject(`no object ${key} in bucket ${bucketName}`);
+      // Rewritten, a damaged record would lose what is left of it (an undecodable one, its stored bytes).
+      const damage = recordDamage(cur, 'segments');
+      if (damage !== null) throw new Corrupt(`the index record of ${bucketName}/${key} is damaged (${damage}); \`couchestor fsck\` lists such records`);
       const { tags: _old, ...rest } = cur;
       this.objects.put(k, { ...rest, ...tagField(tags) });
     });
@@ -842,10 +894,23 @@ export class ObjectStore {
     return rec;
   }
 
-  getUpload(bucketName: string, key: string, uploadId: string): UploadRecord {
+  /**
+   * The upload's record. A damaged one (quarantine.ts uploadDamage: null,
+   * another uploadId, bytes that do not decode) is NoSuchUpload naming the
+   * damage: its content headers and metadata cannot be trusted, so no part
+   * is added to it and no object built from it; AbortMultipartUpload
+   * (`damaged` 'allow') removes it with its parts.
+   */
+  getUpload(bucketName: string, key: string, uploadId: string, damaged: 'refuse' | 'allow' = 'refuse'): UploadRecord {
     const bucket = this.getBucket(bucketName);
-    const rec = /^[0-9a-f]{32}$/.test(uploadId) ? this.uploads.get(uploadKey(bucket.id, key, uploadId)) : undefined;
-    if (!rec) throw new NoSuchUpload(`no multipart upload ${uploadId} for ${key}`);
+    const uk = /^[0-9a-f]{32}$/.test(uploadId) ? uploadKey(bucket.id, key, uploadId) : undefined;
+    const rec = uk !== undefined ? this.uploads.get(uk) : undefined;
+    // undefined, not falsy: a record damaged into null is there, and damaged.
+    if (rec === undefined) throw new NoSuchUpload(`no multipart upload ${uploadId} for ${key}`);
+    const damage = uploadDamage(rec, uk!);
+    if (damage !== null && damaged === 'refuse') {
+      throw new NoSuchUpload(`the record of multipart upload ${uploadId} of ${bucketName}/${key} is damaged (${damage}); AbortMultipartUpload removes it, \`couchestor fsck\` lists such records`);
+    }
     return rec;
   }
 
@@ -917,17 +982,15 @@ export class ObjectStore {
         const k = Buffer.from(pk);
         stored.set(k.readUInt16BE(k.length - 2), { key: k, part: value });
       }
-      // A damaged part record (cold-holders.ts recordDamage) must not become an object the
-      // client was told exists and every GET refuses: refused, nothing changed.
-      const damagedPart = (n: number, p: unknown): never => {
-        throw new Corrupt(`the index record of part ${n} of upload ${uploadId} (${bucketName}/${key}) is damaged (${recordDamage(p, 'segment')}); \`couchestor fsck\` lists such records`);
-      };
+      // A damaged part record (partDamage) must not become an object the client was told
+      // exists and every GET refuses: refused (400 InvalidPart, not a 500), nothing changed.
       const segments: Segment[] = [];
       const etags: string[] = [];
       let sizeBytes = 0;
       list.forEach((want, i) => {
         const p = stored.get(want.partNumber)?.part;
-        if (p !== undefined && recordDamage(p, 'segment') !== null) damagedPart(want.partNumber, p);
+        const damage = p !== undefined ? partDamage(p) : null;
+        if (damage !== null) throw new DamagedPartRecord(uploadId, want.partNumber, damage);
         if (!p || p.etag !== want.etag.replace(/"/g, '').toLowerCase()) throw new InvalidPart(`part ${want.partNumber} was not uploaded or its ETag differs`);
         if (i < list.length - 1 && p.sizeBytes < MIN_PART_BYTES) throw new PartTooSmall(`part ${want.partNumber} is ${p.sizeBytes} bytes; all parts but the last need at least ${MIN_PART_BYTES}`);
         segments.push(p.segment);
@@ -966,11 +1029,15 @@ export class ObjectStore {
 
   async abortUpload(bucketName: string, key: string, uploadId: string): Promise<void> {
     const bucket = this.getBucket(bucketName);
-    this.getUpload(bucketName, key, uploadId);
+    // A damaged upload record is removed with its parts too: the client's one way to clear it.
+    this.getUpload(bucketName, key, uploadId, 'allow');
     const freed: Segment[] = [];
     await this.manager.meta.transaction(() => {
       const uk = uploadKey(bucket.id, key, uploadId);
-      if (!this.uploads.get(uk)) throw new NoSuchUpload(`multipart upload ${uploadId} was completed or aborted`);
+      const upload = this.uploads.get(uk);
+      if (upload === undefined) throw new NoSuchUpload(`multipart upload ${uploadId} was completed or aborted`);
+      const damage = uploadDamage(upload, uk);
+      if (damage !== null) log.warn('object store: aborted a multipart upload whose record is damaged', { bucket: bucketName, key, uploadId, damage });
       for (const { key: pk, value } of this.parts.getRange({ start: partKey(uploadId, 0), end: partKey(uploadId, 0xffff) })) {
         // A damaged part record is dropped and frees nothing it names (as retire() for an object):
         // reading it threw here, after lmdb-js had kept the removals before it.
@@ -1000,18 +1067,30 @@ export class ObjectStore {
     return { parts, isTruncated: false };
   }
 
-  listUploads(bucketName: string, opts: UploadListOptions): { uploads: UploadRecord[]; isTruncated: boolean } {
+  /**
+   * Uploads in key, then upload id order. A damaged record (ListedUpload
+   * `damage`) is listed under the key and upload id its index key holds, so
+   * a listing walk (markers) passes it and a client can abort it.
+   */
+  listUploads(bucketName: string, opts: UploadListOptions): { uploads: ListedUpload[]; isTruncated: boolean } {
     const bucket = this.getBucket(bucketName);
-    const uploads: UploadRecord[] = [];
+    const uploads: ListedUpload[] = [];
     const end = opts.prefix ? prefixEnd(objectKey(bucket.id, opts.prefix)) : prefixEnd(bucketStart(bucket.id));
     let start = objectKey(bucket.id, opts.prefix);
     if (opts.keyMarker && compareUtf8(opts.keyMarker, opts.prefix) >= 0) {
       // After the marker key: its later uploads (by id) when an id marker is given, else none of it.
       start = opts.uploadIdMarker ? uploadKey(bucket.id, opts.keyMarker, opts.uploadIdMarker + '\u0000') : prefixEnd(Buffer.concat([objectKey(bucket.id, opts.keyMarker), Buffer.from([0])]));
     }
-    for (const { value } of this.uploads.getRange({ start, end })) {
+    for (const { key: k, value } of this.uploads.getRange({ start, end })) {
       if (uploads.length >= opts.maxUploads) return { uploads, isTruncated: true };
-      uploads.push(value);
+      const indexKey = Buffer.from(k);
+      const damage = uploadDamage(value, indexKey);
+      if (damage === null) uploads.push(value);
+      else {
+        // uploadKey: the object's index key (1, bucket id, key), 0, the upload id.
+        const keyOf = indexKey.subarray(5, Math.max(5, indexKey.length - 1 - UPLOAD_ID_CHARS)).toString('utf8');
+        uploads.push({ uploadId: indexKey.subarray(-UPLOAD_ID_CHARS).toString('latin1'), bucket: bucketName, key: keyOf, initiatedMs: 0, contentHeaders: {}, userMeta: {}, damage });
+      }
     }
     return { uploads, isTruncated: false };
   }

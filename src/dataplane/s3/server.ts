@@ -9,9 +9,8 @@ import type { Socket } from 'node:net';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { log } from '../../log.js';
 import { nativeAddonPath } from '../../native-addon.js';
-import { recordDamage } from '../objects/cold-holders.js';
 import type { PieceSink } from '../objects/hot-segments.js';
-import { MAX_PART_NUMBER, type BucketTier, type ContentHeaders, type ObjectRecord, type ObjectStore, type PartRecord, type Tag, type UploadRecord } from '../objects/store.js';
+import { MAX_PART_NUMBER, partDamage, type BucketTier, type ContentHeaders, type ListedUpload, type ObjectRecord, type ObjectStore, type PartRecord, type Tag } from '../objects/store.js';
 import type { AccessKey } from './credentials.js';
 import { S3Error, errorXml, toS3Error } from './errors.js';
 import { hasBodyChecksum, idleBounded, missingDecodedLength, parseQuery, splitTarget, uriDecode, verifiedBody, verifyRequest, awsUriEncode, type PayloadMode } from './sigv4.js';
@@ -505,18 +504,9 @@ function partRange(rec: ObjectRecord, partNumber: number): { start: number; end:
   return lengthBytes === 0 ? undefined : { start, end: start + lengthBytes - 1 };
 }
 
-/** What is wrong with a part record ListParts cannot list (recordDamage, or a field it answers unreadable), or null. */
-function partDamage(p: unknown): string | null {
-  const segment = recordDamage(p, 'segment');
-  if (segment !== null) return segment;
-  const r = p as Partial<PartRecord>;
-  for (const f of ['partNumber', 'sizeBytes', 'lastModifiedMs'] as const) if (!Number.isFinite(r[f])) return `${f} is ${JSON.stringify(r[f]) ?? 'undefined'}`;
-  if (typeof r.etag !== 'string') return `etag is ${JSON.stringify(r.etag) ?? 'undefined'}`;
-  return null;
-}
 /**
  * The ETag ListParts gives a part whose record is damaged: not hex, so never
- * a stored part's, and CompleteMultipartUpload refuses it (refuseDamagedParts).
+ * a stored part's, and CompleteMultipartUpload refuses it (store.ts DamagedPartRecord).
  */
 const DAMAGED_PART_ETAG = 'damaged-part-record';
 
@@ -1261,25 +1251,6 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
     }
   }
 
-  /**
-   * A CompleteMultipartUpload naming a part whose record is damaged (as
-   * ListParts lists it: DAMAGED_PART_ETAG) is InvalidPart naming the damage,
-   * whatever ETag it gives, so no object is built from or around it; 400, not
-   * the store's 500 (Corrupt), which clients retry for nothing. One read of
-   * the upload's part records (at most MAX_PART_NUMBER), as the store's
-   * completion does; a part uploaded again meanwhile is no longer damaged and
-   * the store compares its ETag.
-   */
-  function refuseDamagedParts(bucket: string, key: string, uploadId: string, list: { partNumber: number; etag: string }[]): void {
-    const named = new Set(list.map((p) => p.partNumber));
-    for (const { partNumber, record } of store.listParts(bucket, key, uploadId, 0, MAX_PART_NUMBER).parts) {
-      const damage = named.has(partNumber) ? partDamage(record) : null;
-      if (damage !== null) {
-        throw new S3Error('InvalidPart', 400, `Part ${partNumber} cannot be used: its stored record is damaged (${damage}). Upload part ${partNumber} again or abort the upload.`, { UploadId: uploadId, PartNumber: String(partNumber) });
-      }
-    }
-  }
-
   async function completeUpload(ctx: Ctx, bucket: string, key: string, uploadId: string) {
     store.getUpload(bucket, key, uploadId);
     let listed = 0;
@@ -1298,7 +1269,8 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
       return { partNumber: Number(n), etag };
     });
     if (list.length === 0) throw new S3Error('MalformedXML', 400, MALFORMED_XML);
-    refuseDamagedParts(bucket, key, uploadId, list);
+    // A part whose record is damaged (ListParts lists it with DAMAGED_PART_ETAG) is refused by the
+    // store, whatever ETag is given: 400 InvalidPart naming the damage (store.ts DamagedPartRecord).
     const rec = await store.completeUpload(bucket, key, uploadId, list);
     const location = `http://${header(ctx.raw, 'host') ?? 'localhost'}/${bucket}/${awsUriEncode(key, true)}`;
     return sendXml(ctx.reply, 200, `${XML_HEADER}<CompleteMultipartUploadResult xmlns="${S3_NS}">${tag('Location', location)}${tag('Bucket', bucket)}${tag('Key', key)}${tag('ETag', etagHeader(rec.etag))}</CompleteMultipartUploadResult>`);
@@ -1381,7 +1353,7 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
       const i = key.indexOf(delimiter, prefix.length);
       return i < 0 ? undefined : key.slice(0, i + delimiter.length);
     };
-    const uploads: UploadRecord[] = [];
+    const uploads: ListedUpload[] = [];
     const prefixes: string[] = [];
     let isTruncated = false;
     let next: { key: string; uploadId?: string } | undefined;
@@ -1426,6 +1398,14 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
       if (!page.isTruncated || last === undefined) break;
       cursor = { keyMarker: last.key, uploadIdMarker: last.uploadId };
       pageUploads = Math.min(pageUploads * 2, MAX_LIST_KEYS);
+    }
+    const damaged = uploads.filter((u) => u.damage !== undefined);
+    if (damaged.length > 0) {
+      ctx.reply.header('x-couchestor-damaged-uploads', String(damaged.length));
+      log.error('s3: ListMultipartUploads listed multipart uploads whose record is damaged, under the key and upload id of their index key (Initiated 1970-01-01); AbortMultipartUpload removes one with its parts, `couchestor fsck --quarantine-damaged` (daemon stopped) moves them out', {
+        bucket,
+        damaged: damaged.map((u) => `${u.key} upload ${u.uploadId}: ${u.damage}`),
+      });
     }
     const items = uploads
       .map((u) => `<Upload>${tag('Key', enc(u.key))}${tag('UploadId', u.uploadId)}<Initiator>${tag('ID', ownerId)}${tag('DisplayName', 'couchestor')}</Initiator>${ownerXml}${tag('StorageClass', 'STANDARD')}${tag('Initiated', iso(u.initiatedMs))}</Upload>`)
