@@ -90,8 +90,13 @@ export async function coldVolumeWithObjectSource(t: TestContext, m: VolumeManage
   const want = crypto.randomBytes(stripes * MiB);
   await writeVolume(m.openVolume('c'), 0, want);
   await m.cold!.destager.drain();
-  t.after(m.cold!.reconstructor.addSource(new ColdObjectHolders(m.meta, m.cold!.stripes)));
+  addObjectSource(t, m);
   return want;
+}
+
+/** Registers cold S3 objects' stripes with `m`'s rebuilds, as the daemon's S3 front end does (again after a restart in process); removed when `t` ends. */
+export function addObjectSource(t: TestContext, m: VolumeManager): void {
+  t.after(m.cold!.reconstructor.addSource(new ColdObjectHolders(m.meta, m.cold!.stripes)));
 }
 
 /**
@@ -109,4 +114,19 @@ export async function putDamagedObjectRecord(m: VolumeManager): Promise<() => Pr
 export function poolBytes(dir: string, pool: string): number {
   const segDir = path.join(dir, pool, 'segments');
   return fs.readdirSync(segDir).reduce((sum, f) => sum + fs.statSync(path.join(segDir, f)).size, 0);
+}
+
+/** Stripes of volumes `names` (open in `m`) whose shard on cold pool `pool` is there (header identity read back), of how many. */
+export async function shardsPresentOn(m: VolumeManager, pool: string, names: string[]): Promise<{ present: number; stripes: number }> {
+  let present = 0;
+  let stripes = 0;
+  for (const name of names) {
+    for (const [, ref] of m.openVolume(name).stripes) {
+      const i = ref.shards.findIndex((s) => s.pool === pool);
+      assert.ok(i >= 0, `${name}: every stripe has a shard on ${pool} (4+2 over 6 pools)`);
+      stripes++;
+      if (await m.cold!.stripes.shardPresent(ref, i)) present++;
+    }
+  }
+  return { present, stripes };
 }

@@ -15,6 +15,8 @@ export type StripeState = 'Healthy' | 'Degraded' | 'Reconstructing' | 'Failed';
 export const MAX_QUEUED_STRIPES = 100_000;
 /** Stripes rebuilt at once. */
 export const REBUILD_CONCURRENCY = 4;
+/** Distinct errors of one pool's retries logged (Reconstructor.logRetryFailure); later ones are only counted. */
+const MAX_RETRY_ERRORS_LOGGED = 8;
 /**
  * An unthrottled (operator) scrub reads stripes in groups of this many (each
  * pool's records of a group in one read where they sit back to back, see
@@ -320,12 +322,21 @@ export class Reconstructor {
    * The retry timer's pass: the stripes waiting for a pool (or for their
    * volume to open), then, for each pool whose last rebuild skipped volumes
    * that could not be opened, a rebuild of those of them that open now
-   * (retrySkippedVolumes). Failures are logged and retried next interval.
+   * (retryPools). Failures are logged and retried next interval; neither step
+   * holds back the other, nor one pool's failure the other pools.
    */
   retryOnTimer(): Promise<void> {
     return this.onTimer('retry', async () => {
-      await this.retryWaiting();
-      await this.retrySkippedVolumes();
+      // Each step on its own: a failed queue pass must not hold back the pools' retries.
+      const waiting = await this.retryWaiting().then(
+        () => null,
+        (err: unknown) => err,
+      );
+      // A pool whose retry throws is logged (once per distinct error) and counted in
+      // retryPools, and the other pools are still retried: not a failure of the pass.
+      const { failures } = await this.retryPools();
+      this.timerFailures += failures.length;
+      if (waiting !== null) throw waiting;
     });
   }
 
@@ -419,15 +430,47 @@ export class Reconstructor {
     const worker = async () => {
       while (next < single.length && !this.stopped) {
         const [key, entry] = single[next++]!;
-        await this.rebuildOne(key, entry);
+        try {
+          await this.rebuildOne(key, entry);
+        } catch (err) {
+          // One stripe's throw must not end the pass for every stripe after it (nor the batches).
+          this.stripeFailed(key, [entry], err);
+        }
       }
     };
     // Stripes are independent; a few at once keep every pool busy.
     await Promise.all(Array.from({ length: REBUILD_CONCURRENCY }, worker));
     for (const [source, list] of batched) {
-      for (let i = 0; i < list.length && !this.stopped; i += QUEUE_FLIP_BATCH_STRIPES) await this.rebuildBatch(source, list.slice(i, i + QUEUE_FLIP_BATCH_STRIPES));
+      for (let i = 0; i < list.length && !this.stopped; i += QUEUE_FLIP_BATCH_STRIPES) {
+        const batch = list.slice(i, i + QUEUE_FLIP_BATCH_STRIPES);
+        try {
+          await this.rebuildBatch(source, batch);
+        } catch (err) {
+          this.stripeFailed(`${source.prefix}:${batch[0]![0]}`, batch.map(([, e]) => e), err);
+        }
+      }
     }
   }
+
+  /**
+   * A queue pass's rebuild of `entries` (one stripe, or a batch of one holder
+   * source) threw where no path of its own catches: they go back to Degraded,
+   * retried by the next pass, and the pass goes on. Logged when the error is
+   * new for the stripe (its reason), not at every retry interval.
+   */
+  private stripeFailed(label: string, entries: QueuedStripe[], err: unknown): void {
+    let fresh = false;
+    for (const entry of entries) {
+      if (entry.state === 'Failed' && entry.reason.startsWith('unrecoverable')) continue;
+      const before = entry.reason;
+      this.rebuildFailed(label, entry, err);
+      if (entry.reason !== before) fresh = true;
+    }
+    this.stripeFailures++;
+    if (fresh) log.warn('stripe rebuild failed; left Degraded and retried by the next pass (the other queued stripes go on)', { stripe: label, stripes: entries.length, err: err instanceof Error ? err.message : String(err) });
+  }
+  /** Queue rebuilds (a stripe, or a batch) that threw outside their own error paths (stripeFailed). */
+  stripeFailures = 0;
 
   /**
    * Rebuilds queued stripes of one holder source: each landed (durable) as
@@ -458,7 +501,13 @@ export class Reconstructor {
       };
       await Promise.all(Array.from({ length: REBUILD_CONCURRENCY }, worker));
       if (landed.length === 0) return;
-      const flipping = source.replaceMany!(landed.map((l) => ({ key: l.entry.holder!.key, expected: l.ref, next: l.next })));
+      // Issued before the write session ends; a synchronous throw counts as a failed flip (below).
+      let flipping: Promise<boolean[]>;
+      try {
+        flipping = source.replaceMany!(landed.map((l) => ({ key: l.entry.holder!.key, expected: l.ref, next: l.next })));
+      } catch (err) {
+        flipping = Promise.reject(err);
+      }
       this.stripes.endWrite(token); // the flips are issued
       let flipped: boolean[];
       try {
@@ -910,7 +959,8 @@ export class Reconstructor {
     } catch (err) {
       this.incompleteWriteFailures++;
       const cause = err as Error;
-      log.error('pool rebuild not started: could not record in the index that it is running (a crash during it would leave the pool unlisted); nothing written to the pool', { pool, err: cause.message });
+      // The timer's retry logs it once per distinct error (logRetryFailure), not every interval.
+      if (this.poolRebuild?.startedBy !== 'timer') log.error('pool rebuild not started: could not record in the index that it is running (a crash during it would leave the pool unlisted); nothing written to the pool', { pool, err: cause.message });
       throw new PoolRebuildNotRecorded(`rebuild of pool ${pool} not started: recording it as running in the index failed (${cause.message}); nothing was written to the pool, rebuild again once the index takes writes`, { cause });
     }
   }
@@ -984,39 +1034,92 @@ export class Reconstructor {
    * timer calls it; tests call it at the moment they choose). A pool with
    * none open yet waits; its entry goes once every volume it names is
    * rebuilt or deleted. Nothing while another pool rebuild runs (next interval).
+   * A pool whose retry throws holds back no other (retryPools): every listed
+   * pool is tried, then the first such error is thrown. The timer's pass
+   * (retryOnTimer) logs and counts them instead.
    */
   async retrySkippedVolumes(): Promise<PoolRebuildReport[]> {
+    const { reports, failures } = await this.retryPools();
+    // Every listed pool was tried first: one that throws holds back no other.
+    if (failures.length > 0) throw failures[0]!.err;
+    return reports;
+  }
+
+  /**
+   * retrySkippedVolumes' pass: each listed pool on its own. A pool whose retry
+   * throws (a damaged S3 object record the whole-pool rebuild stops on, its
+   * running record not written: PoolRebuildNotRecorded) stays listed, is
+   * counted (poolRetryFailures) and logged once per distinct error, and the
+   * pass goes on to the next pool. Before, the first throw ended the pass: a
+   * pool that always threw kept every pool after it unrebuilt, silently.
+   */
+  private async retryPools(): Promise<{ reports: PoolRebuildReport[]; failures: { pool: string; err: unknown }[] }> {
     const reports: PoolRebuildReport[] = [];
+    const failures: { pool: string; err: unknown }[] = [];
     // An operator's rebuild queued behind the timer's goes first.
     const busy = () => this.poolRebuild !== null || this.nextRebuild !== null;
-    if (this.skippedByRebuild.size === 0 || busy()) return reports;
+    if (this.skippedByRebuild.size === 0 || busy()) return { reports, failures };
     const listing = this.availableVolumes();
     const opened = new Set(listing.volumes.map((v) => v.name));
     const unopened = new Set(listing.unavailable.map((u) => u.volume));
     for (const [pool, entry] of [...this.skippedByRebuild]) {
       if (this.stopped || busy()) break;
-      if (!this.stripes.coldPoolNames().includes(pool)) {
-        await this.setIncomplete(pool, null); // a pool no longer configured
-        continue;
+      try {
+        const report = await this.retryPool(pool, entry, opened, unopened, busy);
+        if (report !== null) {
+          reports.push(report);
+          this.retryErrorsLogged.delete(pool);
+        }
+      } catch (err) {
+        this.poolRetryFailures++;
+        failures.push({ pool, err });
+        this.logRetryFailure(pool, err);
       }
-      if (entry.interrupted === true) {
-        // A whole-pool rebuild was cut: which stripes still lack their shard there is not known.
-        // Rebuilt whole once the pool is online (offline: it waits, listed).
-        if ((await this.stripes.segmentStore(pool)) === null || this.stopped || busy()) continue;
-        reports.push(await this.startPoolRebuild(pool, null, 'timer'));
-        continue;
-      }
-      const known = new Set([...entry.volumes].filter((n) => opened.has(n) || unopened.has(n)));
-      if (known.size === 0) {
-        // Deleted volumes: nothing to retry. Stripes left not rebuilt keep the pool listed.
-        // Written only when it changes: every retry interval would commit (and sync) the same record.
-        if (entry.volumes.size > 0 || entry.notRebuilt === 0) await this.setIncomplete(pool, entry.notRebuilt === 0 ? null : { ...entry, volumes: known });
-        continue;
-      }
-      if (![...known].some((n) => opened.has(n))) continue;
-      reports.push(await this.startPoolRebuild(pool, known, 'timer'));
     }
-    return reports;
+    for (const pool of this.retryErrorsLogged.keys()) if (!this.skippedByRebuild.has(pool)) this.retryErrorsLogged.delete(pool);
+    return { reports, failures };
+  }
+
+  /** One listed pool's step of retryPools: the report of the rebuild it ran, or null (none run). */
+  private async retryPool(pool: string, entry: IncompleteEntry, opened: Set<string>, unopened: Set<string>, busy: () => boolean): Promise<PoolRebuildReport | null> {
+    if (!this.stripes.coldPoolNames().includes(pool)) {
+      await this.setIncomplete(pool, null); // a pool no longer configured
+      return null;
+    }
+    if (entry.interrupted === true) {
+      // A whole-pool rebuild was cut: which stripes still lack their shard there is not known.
+      // Rebuilt whole once the pool is online (offline: it waits, listed).
+      if ((await this.stripes.segmentStore(pool)) === null || this.stopped || busy()) return null;
+      return this.startPoolRebuild(pool, null, 'timer');
+    }
+    const known = new Set([...entry.volumes].filter((n) => opened.has(n) || unopened.has(n)));
+    if (known.size === 0) {
+      // Deleted volumes: nothing to retry. Stripes left not rebuilt keep the pool listed.
+      // Written only when it changes: every retry interval would commit (and sync) the same record.
+      if (entry.volumes.size > 0 || entry.notRebuilt === 0) await this.setIncomplete(pool, entry.notRebuilt === 0 ? null : { ...entry, volumes: known });
+      return null;
+    }
+    if (![...known].some((n) => opened.has(n))) return null;
+    return this.startPoolRebuild(pool, known, 'timer');
+  }
+
+  /** Pool retries (retryPools) that threw: the pool stays listed and is retried next interval. */
+  poolRetryFailures = 0;
+  /** Per listed pool, the errors its retries threw that were logged (cleared when a retry of it ends, or it leaves the list). */
+  private readonly retryErrorsLogged = new Map<string, Set<string>>();
+
+  /**
+   * Logs a pool retry's failure the first time that error is seen for that
+   * pool: every retry interval (10 s) would log the same line for as long as
+   * the fault stays. (markRunning leaves the timer's PoolRebuildNotRecorded to this.)
+   */
+  private logRetryFailure(pool: string, err: unknown): void {
+    const message = err instanceof Error ? err.message : String(err);
+    let seen = this.retryErrorsLogged.get(pool);
+    if (seen === undefined) this.retryErrorsLogged.set(pool, (seen = new Set()));
+    if (seen.has(message) || seen.size >= MAX_RETRY_ERRORS_LOGGED) return;
+    seen.add(message);
+    log.error('retry of an incompletely rebuilt pool failed; the pool stays listed and is retried every retry interval (logged once per distinct error); the other pools are retried', { pool, err: message });
   }
 
   /**
