@@ -47,8 +47,19 @@ test('a hot pool missing at start and made again (replaced disk) while the daemo
   assert.equal(fs.existsSync(hot1), false);
   assert.equal(await readyStatus(env.daemon), 503);
 
-  // The operator makes its directory on the new disk (README), the daemon running.
+  // The operator makes its directory on the new disk (README), the daemon running;
+  // another data directory holds it first: it stays offline here, said once.
   fs.mkdirSync(hot1);
+  const otherHolder = fs.mkdtempSync(path.join(path.dirname(dataDir), 'review-pool-back-holder-'));
+  t.after(() => fs.rmSync(otherHolder, { recursive: true, force: true }));
+  const holder = DataDirLock.acquire(otherHolder, 'test');
+  try {
+    holder.lockPools([hot1], 'test');
+    assert.equal(await readyStatus(env.daemon), 503, 'a returned pool another process holds stays offline');
+    assert.match(env.daemon.stderr, /pool directory back, but the pool stays offline.*pool=hot-1/);
+  } finally {
+    holder.release();
+  }
   assert.equal(await readyStatus(env.daemon), 200);
   assert.ok(DataDirLock.isHeld(hot1), 'the returned pool is locked by the daemon, as one present at start');
   // A second data directory naming the same pool is refused, as it would be for a pool present at start.
