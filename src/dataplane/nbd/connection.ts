@@ -487,12 +487,24 @@ export class NbdConnection {
     }
   }
 
-  private lookup(name: string): Volume | null {
+  /**
+   * The export's volume, or the error message for the client: a name with no
+   * volume is "unknown export", a volume that cannot be opened (its pool
+   * offline, its file failing) is "not available" with the cause, so the
+   * client's side says why and not that the export does not exist. Both are
+   * NBD_REP_ERR_UNKNOWN, which proto.md defines as "the requested export is
+   * not available"; the other codes make libnbd say something false
+   * (ERR_POLICY "server policy prevents", ERR_SHUTDOWN "server is shutting
+   * down") or, ERR_UNSUP to NBD_OPT_GO, fall back to NBD_OPT_EXPORT_NAME.
+   */
+  private lookup(name: string): Volume | string {
     try {
       return this.exports.resolve(name);
     } catch (err) {
-      if (!(err instanceof NotFound)) log.warn('nbd: export unavailable', { name: quoteName(name), err: (err as Error).message });
-      return null;
+      if (err instanceof NotFound) return `unknown export ${quoteName(name)}`;
+      const why = (err as Error).message;
+      log.warn('nbd: export unavailable', { name: quoteName(name), err: why });
+      return `export ${quoteName(name)} is not available: ${why}`;
     }
   }
 
@@ -507,7 +519,7 @@ export class NbdConnection {
   private optExportName(name: string): void {
     const vol = this.lookup(name);
     // NBD_OPT_EXPORT_NAME has no error reply: the spec says to disconnect.
-    if (!vol) return this.fatal(`unknown export ${quoteName(name)}`);
+    if (typeof vol === 'string') return this.fatal(vol);
     const out = Buffer.alloc(this.noZeroes ? 10 : 134);
     out.writeBigUInt64BE(BigInt(vol.sizeBytes), 0);
     out.writeUInt16BE(this.transmissionFlags(vol), 8);
@@ -523,7 +535,7 @@ export class NbdConnection {
     const nInfo = data.readUInt16BE(4 + nameLen);
     if (data.length !== 6 + nameLen + 2 * nInfo) return this.replyOptionError(opt, P.REP_ERR_INVALID, 'information request count does not match option length');
     const vol = this.lookup(name);
-    if (!vol) return this.replyOptionError(opt, P.REP_ERR_UNKNOWN, `unknown export ${quoteName(name)}`);
+    if (typeof vol === 'string') return this.replyOptionError(opt, P.REP_ERR_UNKNOWN, vol);
     const wanted = new Set<number>();
     for (let i = 0; i < nInfo; i++) wanted.add(data.readUInt16BE(6 + nameLen + 2 * i));
 
@@ -579,7 +591,8 @@ export class NbdConnection {
       pos += qLen;
     }
     if (pos !== data.length) return this.replyOptionError(opt, P.REP_ERR_INVALID, 'trailing bytes after queries');
-    if (!this.lookup(name)) return this.replyOptionError(opt, P.REP_ERR_UNKNOWN, `unknown export ${quoteName(name)}`);
+    const vol = this.lookup(name);
+    if (typeof vol === 'string') return this.replyOptionError(opt, P.REP_ERR_UNKNOWN, vol);
     let matched: boolean;
     if (set) matched = queries.includes(P.BASE_ALLOCATION);
     else matched = queries.length === 0 || queries.some((q) => q === P.BASE_ALLOCATION || q === 'base:');
