@@ -922,8 +922,11 @@ export class Reconstructor {
    * list kept: the rebuild itself is done; only a restart could lose the entry.
    */
   private async setIncomplete(pool: string, entry: IncompleteEntry | null): Promise<void> {
-    if (entry === null) this.skippedByRebuild.delete(pool);
-    else this.skippedByRebuild.set(pool, entry);
+    if (entry === null) {
+      this.skippedByRebuild.delete(pool);
+      // Its retries' logged errors go with it: listed again later, the same fault is logged again.
+      this.retryErrorsLogged.delete(pool);
+    } else this.skippedByRebuild.set(pool, entry);
     if (this.index === null) return;
     try {
       if (entry === null) await this.index.incompleteRebuilds.remove(pool);
@@ -1076,7 +1079,6 @@ export class Reconstructor {
         this.logRetryFailure(pool, err);
       }
     }
-    for (const pool of this.retryErrorsLogged.keys()) if (!this.skippedByRebuild.has(pool)) this.retryErrorsLogged.delete(pool);
     return { reports, failures };
   }
 
@@ -1105,7 +1107,12 @@ export class Reconstructor {
 
   /** Pool retries (retryPools) that threw: the pool stays listed and is retried next interval. */
   poolRetryFailures = 0;
-  /** Per listed pool, the errors its retries threw that were logged (cleared when a retry of it ends, or it leaves the list). */
+  /**
+   * Per listed pool, the errors its retries threw that were logged: cleared when a retry of it
+   * ends, and when it leaves the list (setIncomplete, whoever's rebuild emptied it). Cleared
+   * only by a pass over a non-empty list, a pool whose leaving emptied the list kept them, and
+   * the same fault when it was listed again was never logged (review-rebuild-retry-log-cleared).
+   */
   private readonly retryErrorsLogged = new Map<string, Set<string>>();
 
   /**
