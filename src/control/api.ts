@@ -3,7 +3,7 @@
 import type { SegmentCompactor } from '../dataplane/ec/compaction.js';
 import { PoolRebuildBusy, UnknownPool } from '../dataplane/ec/reconstruction.js';
 import Fastify, { type FastifyInstance } from 'fastify';
-import { AlreadyExists, DestageStalled, InvalidArgument, MigrationInProgress, NoSpace, NoSuitablePool, NotFound, PoolOffline } from '../dataplane/errors.js';
+import { AlreadyExists, DestageStalled, InvalidArgument, MigrationInProgress, NoSpace, NoSuitablePool, NotFound, PoolOffline, TooFewOnlinePools } from '../dataplane/errors.js';
 import type { VolumeManager } from '../dataplane/volumes/manager.js';
 import { migrateVolume } from '../dataplane/volumes/migration.js';
 import type { Tier } from '../dataplane/meta/store.js';
@@ -14,6 +14,8 @@ export function httpStatusFor(err: unknown): number {
   if (err instanceof InvalidArgument) return 400;
   if (err instanceof NotFound) return 404;
   if (err instanceof AlreadyExists || err instanceof MigrationInProgress) return 409;
+  // Before NoSuitablePool (its base class): too few pools online is an availability problem, not "no space".
+  if (err instanceof TooFewOnlinePools) return 503;
   if (err instanceof NoSuitablePool || err instanceof NoSpace) return 507;
   // Temporary: the pools are back (mounted) or the cause is fixed, and the call succeeds; a destage's records wait in the journal.
   if (err instanceof PoolOffline || err instanceof DestageStalled) return 503;

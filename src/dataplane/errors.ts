@@ -20,6 +20,16 @@ export class NoSuitablePool extends StorageError {
   override name = 'NoSuitablePool';
 }
 
+/**
+ * Too few pools of a tier are online for what is asked (a stripe needs
+ * data+parity distinct cold pools): a NoSuitablePool whose cause is
+ * availability, not space. It passes once the pools are back (mounted), so
+ * the API answers 503, not NoSuitablePool's 507.
+ */
+export class TooFewOnlinePools extends NoSuitablePool {
+  override name = 'TooFewOnlinePools';
+}
+
 /** A pool directory is missing or unreadable. */
 export class PoolOffline extends StorageError {
   override name = 'PoolOffline';

@@ -4,7 +4,7 @@
 import { statSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
-import { InsufficientShards, NoSuitablePool } from '../errors.js';
+import { InsufficientShards, NoSuitablePool, TooFewOnlinePools } from '../errors.js';
 import type { Database } from 'lmdb';
 import type { Pool } from '../pools/pool.js';
 import type { MetaStore } from '../meta/store.js';
@@ -265,7 +265,7 @@ export class StripeStore {
   private placement(count: number, exclude: Set<string>): Pool[] {
     const online = this.pools().filter((p) => p.rec.tier === 'cold' && p.isOnline() && !exclude.has(p.name));
     if (online.length < count) {
-      throw new NoSuitablePool(`need ${count} online cold pools for a stripe, have ${online.length}`);
+      throw new TooFewOnlinePools(`need ${count} online cold pools for a stripe, have ${online.length}`);
     }
     const start = this.rotation++ % online.length;
     return Array.from({ length: count }, (_, i) => online[(start + i) % online.length]!);
@@ -659,7 +659,7 @@ export class StripeStore {
     // before reading and decoding: otherwise, after a pool loss with no spare,
     // each retry re-reads and decodes every degraded stripe only to fail here.
     const online = this.pools().filter((p) => p.rec.tier === 'cold' && p.isOnline()).length;
-    if (online < n) throw new NoSuitablePool(`need ${n} online cold pools to rebuild a stripe, have ${online}`);
+    if (online < n) throw new TooFewOnlinePools(`need ${n} online cold pools to rebuild a stripe, have ${online}`);
     const { bad, shards } = inspected ?? (await this.inspect(ref));
     if (shards.length !== n) throw new RangeError(`inspected stripe has ${shards.length} shard slots, expected ${n}`);
     if (bad.length === 0) return null;

@@ -11,7 +11,7 @@
 // RELEASE deletes the old pool's file once no chunk is left in it.
 import fs from 'node:fs';
 import type { Database } from 'lmdb';
-import { InvalidArgument, MigrationInProgress, NoSuitablePool, VolumeFailed } from '../errors.js';
+import { InvalidArgument, MigrationInProgress, NoSuitablePool, TooFewOnlinePools, VolumeFailed } from '../errors.js';
 import { log } from '../../log.js';
 import type { Tier, VolumeRecord } from '../meta/store.js';
 import type { Pool } from '../pools/pool.js';
@@ -287,17 +287,19 @@ export async function punchAfterInterruptedMove(manager: VolumeManager, vol: Vol
 /** Why a move to `to` cannot start now, or null when it can. */
 export function analyzeMigration(manager: VolumeManager, vol: Volume, to: Tier): string | null {
   const r = planMigration(manager, vol, to);
+  if (r instanceof TooFewOnlinePools) return r.message;
   return typeof r === 'string' ? r : null;
 }
 
 /**
  * ANALYZE: the pool whose file a move to hot/warm fills (null for cold), or
- * why the move cannot start. The volume's current pool is kept when it is of
- * the target tier, online and has room (cold -> hot promotes in place);
- * otherwise the online pool of that tier with the most free space that fits
- * every chunk to copy.
+ * why the move cannot start (a TooFewOnlinePools when too few cold pools are
+ * online: that passes once they are back). The volume's current pool is kept
+ * when it is of the target tier, online and has room (cold -> hot promotes in
+ * place); otherwise the online pool of that tier with the most free space
+ * that fits every chunk to copy.
  */
-export function planMigration(manager: VolumeManager, vol: Volume, to: Tier): { pool: Pool | null } | string {
+export function planMigration(manager: VolumeManager, vol: Volume, to: Tier): { pool: Pool | null } | string | TooFewOnlinePools {
   if (vol.failed) return `volume is offline: ${vol.failed.message}`;
   if (to === 'cold') {
     const cold = manager.cold;
@@ -305,7 +307,7 @@ export function planMigration(manager: VolumeManager, vol: Volume, to: Tier): { 
     if (vol.rec.chunkSizeBytes !== cold.policy.stripeSizeBytes) return `chunk size ${vol.rec.chunkSizeBytes} differs from the stripe size ${cold.policy.stripeSizeBytes}`;
     const need = cold.policy.dataShards + cold.policy.parityShards;
     const online = [...manager.pools.values()].filter((p) => p.rec.tier === 'cold' && p.isOnline()).length;
-    if (online < need) return `needs ${need} online cold pools, ${online} online`;
+    if (online < need) return new TooFewOnlinePools(`needs ${need} online cold pools, ${online} online`);
     return { pool: null };
   }
   // Hot and warm data live in a file on a pool of that tier.
@@ -372,6 +374,7 @@ async function migrateVolumeOnce(manager: VolumeManager, name: string, to: Tier,
   // nothing else moves them: the destager takes only journaled chunks).
   if (from === to && (to === 'cold' ? vol.chunksOnFile().length === 0 : vol.chunksOffFile().length === 0)) throw new InvalidArgument(`volume ${name} is already ${to}`);
   const plan = planMigration(manager, vol, to);
+  if (plan instanceof TooFewOnlinePools) throw new TooFewOnlinePools(`cannot migrate ${name} to ${to}: ${plan.message}`);
   if (typeof plan === 'string') throw new NoSuitablePool(`cannot migrate ${name} to ${to}: ${plan}`);
   const fromPool = vol.pool;
   if (plan.pool) progress.toPool = plan.pool.name;
