@@ -203,18 +203,29 @@ export class ColdObjectHolders implements StripeHolderSource {
    */
   async replaceMany(flips: readonly HolderFlip[]): Promise<boolean[]> {
     // Issued in this tick: the caller's write session (landRebuild) has just ended.
+    // A record damaged where its stripes are (recordDamage 'stripes'; its bytes not decoding, say) is
+    // not flipped, and named: read as a record it threw a bare TypeError ("reading 'map'") that failed
+    // every flip of the batch, the good records' too. Nothing is written to it (its bytes stay as they are).
+    const damaged = new Map<string, DamagedRecord>();
+    const checked = <R>(db: Database<R, Buffer>, name: DamagedRecord['db'], field: 'segments' | 'segment') => (k: Buffer): R | undefined => {
+      const rec = db.get(k);
+      const problem = rec === undefined ? null : recordDamage(rec, field, 'stripes');
+      if (problem === null) return rec;
+      damaged.set(`${name}/${k.toString('hex')}`, { db: name, key: Buffer.from(k), problem });
+      return undefined;
+    };
     const flipped = await this.meta.transaction(() => {
       const objects = new Map<string, EditedRecord<RecordWithSegments>>();
       const parts = new Map<string, EditedRecord<PartWithSegment>>();
       const inObject = (objectKey: Buffer, f: HolderFlip): boolean => {
-        const e = edited(objects, objectKey, (k) => this.objects.get(k), (rec) => rec.segments);
+        const e = edited(objects, objectKey, checked(this.objects, 'objects', 'segments'), (rec) => rec.segments);
         return e !== undefined && e.flip(f.expected, f.next);
       };
       const results = flips.map((f) => {
         const h = parseKey(f.key);
         if (h === null) return false;
         if (h.kind === 'o') return inObject(h.indexKey, f);
-        const part = edited(parts, h.indexKey, (k) => this.parts.get(k), (rec) => [rec.segment]);
+        const part = edited(parts, h.indexKey, checked(this.parts, 'parts', 'segment'), (rec) => [rec.segment]);
         if (part !== undefined && part.flip(f.expected, f.next)) return true;
         // The upload completed since the part was listed: its segment (ownerIds are never
         // reused) is the object's now, and the flip still compares the whole reference.
@@ -232,6 +243,11 @@ export class ColdObjectHolders implements StripeHolderSource {
       }
       return results;
     });
+    if (damaged.size > 0) {
+      log.error('stripe flips not made: the S3 index record holding them is damaged where its stripes are (nothing written to it); `couchestor fsck` lists such records', {
+        records: [...damaged.values()].map((d) => `${d.db} ${this.describe(d)}: ${d.problem}`).join('; '),
+      });
+    }
     if (flipped.some(Boolean)) await this.meta.durable();
     flips.forEach((f, i) => this.stripes.releaseReplaced(f.expected, f.next, flipped[i]!));
     return flipped;
