@@ -26,6 +26,7 @@ class CounterBoard implements MetricsSource {
   active = 0;
   degraded = 0;
   journal = 0;
+  reconFailures = { poolRetryFailures: 0, timerFailures: 0 };
   stripeCounts: Partial<Record<StripeState, number>> = {};
 
   addVolume(volume: string, tier: VolumeCounters['tier']): void {
@@ -62,6 +63,9 @@ class CounterBoard implements MetricsSource {
   stripes() {
     return this.stripeCounts;
   }
+  reconstructionFailures() {
+    return this.reconFailures;
+  }
 }
 
 function loadedBoard(): CounterBoard {
@@ -83,6 +87,7 @@ function loadedBoard(): CounterBoard {
   board.active = 2;
   board.degraded = 9;
   board.journal = 1_052_672;
+  board.reconFailures = { poolRetryFailures: 2, timerFailures: 3 };
   board.stripeCounts = { healthy: 120, degraded: 3 };
   return board;
 }
@@ -114,6 +119,8 @@ couchestor_pool_capacity_bytes{pool="cold-0",tier="cold"} 4000000000000
 couchestor_pool_used_bytes{pool="hot-0",tier="hot"} 68719476736
 couchestor_pool_used_bytes{pool="cold-0",tier="cold"} 0
 couchestor_degraded_reads_total 9
+couchestor_rebuild_retry_failures_total 2
+couchestor_reconstruction_timer_failures_total 3
 couchestor_journal_bytes 1052672
 couchestor_journal_spare_bytes 0
 couchestor_stripes{state="healthy"} 120
@@ -133,6 +140,8 @@ const COUCHESTOR_TYPES: Record<string, 'counter' | 'gauge'> = {
   couchestor_pool_capacity_bytes: 'gauge',
   couchestor_pool_used_bytes: 'gauge',
   couchestor_degraded_reads_total: 'counter',
+  couchestor_rebuild_retry_failures_total: 'counter',
+  couchestor_reconstruction_timer_failures_total: 'counter',
   couchestor_journal_bytes: 'gauge',
   couchestor_journal_spare_bytes: 'gauge',
   couchestor_stripes: 'gauge',
@@ -240,6 +249,8 @@ test('before the store is open (source ref returns null) project metrics read ze
       'couchestor_migrations_total{result="aborted"} 0',
       'couchestor_active_migrations 0',
       'couchestor_degraded_reads_total 0',
+      'couchestor_rebuild_retry_failures_total 0',
+      'couchestor_reconstruction_timer_failures_total 0',
       'couchestor_journal_bytes 0',
       'couchestor_journal_spare_bytes 0',
       'couchestor_stripes{state="healthy"} 0',

@@ -57,5 +57,9 @@ export function metricsSource(manager: VolumeManager, heat: HeatTracker, migrati
     // read 0 (rebuilt) for every cold pool it names.
     incompleteRebuilds: () =>
       manager.cold?.reconstructor.incompleteRebuilds() ?? [...manager.meta.incompleteRebuilds.getRange()].map(({ key, value }) => listedIncomplete(key, value)),
+    reconstructionFailures: () => {
+      const r = manager.cold?.reconstructor;
+      return { poolRetryFailures: r?.poolRetryFailures ?? 0, timerFailures: r?.timerFailures ?? 0 };
+    },
   };
 }

@@ -79,6 +79,19 @@ export interface MetricsSource {
    * rebuild gauges have no series (nothing known, so no 0 either).
    */
   incompleteRebuilds?(): Iterable<IncompleteRebuild>;
+  /**
+   * The reconstructor's failure counts since start (Reconstructor.poolRetryFailures,
+   * timerFailures). Optional: without it (or without a cold tier), 0.
+   */
+  reconstructionFailures?(): ReconstructionFailures;
+}
+
+/** Failures the reconstructor counted since start: logged, retried next interval. */
+export interface ReconstructionFailures {
+  /** A listed pool's rebuild retry that threw (the pool stays listed). */
+  poolRetryFailures: number;
+  /** Scheduled scrub/retry passes that failed, and each failing pool of a retry pass. */
+  timerFailures: number;
 }
 
 /** A cold pool whose last rebuild skipped volumes or left stripes not rebuilt. */
@@ -106,6 +119,7 @@ interface Snapshot {
   damagedIndexRecords: { objects: number; parts: number } | null;
   /** Null: the source does not report rebuilds (no series at all, not 0s). */
   incompleteRebuilds: IncompleteRebuild[] | null;
+  reconstructionFailures: ReconstructionFailures;
 }
 
 const EMPTY_SNAPSHOT: Snapshot = {
@@ -119,6 +133,7 @@ const EMPTY_SNAPSHOT: Snapshot = {
   unavailableVolumes: [],
   damagedIndexRecords: null,
   incompleteRebuilds: null,
+  reconstructionFailures: { poolRetryFailures: 0, timerFailures: 0 },
 };
 
 /**
@@ -147,6 +162,7 @@ class SnapshotRegistry extends Registry {
       unavailableVolumes: [...(source.unavailableVolumes?.() ?? [])],
       damagedIndexRecords: source.damagedIndexRecords?.() ?? null,
       incompleteRebuilds: source.incompleteRebuilds ? [...source.incompleteRebuilds()] : null,
+      reconstructionFailures: source.reconstructionFailures?.() ?? EMPTY_SNAPSHOT.reconstructionFailures,
     };
   }
 
@@ -275,6 +291,24 @@ export function createMetrics(source: MetricsSourceRef): Registry {
     collect() {
       this.reset();
       this.inc(registry.snapshot().degradedReadsTotal);
+    },
+  });
+  new Counter({
+    name: 'couchestor_rebuild_retry_failures_total',
+    help: "Retries of a cold pool's rebuild that failed: the rebuild of the volumes its last rebuild skipped (couchestor_rebuild_incomplete), run by the retry timer. The pool stays listed and is retried next interval; the daemon log names each distinct error once per pool.",
+    registers,
+    collect() {
+      this.reset();
+      this.inc(registry.snapshot().reconstructionFailures.poolRetryFailures);
+    },
+  });
+  new Counter({
+    name: 'couchestor_reconstruction_timer_failures_total',
+    help: "Failures in the reconstructor's scheduled passes: a scrub or retry pass that failed as a whole, and each pool whose rebuild retry failed in a retry pass. Logged; the next interval tries again.",
+    registers,
+    collect() {
+      this.reset();
+      this.inc(registry.snapshot().reconstructionFailures.timerFailures);
     },
   });
   new Gauge({
