@@ -11,8 +11,9 @@
 // (retryOnTimer) is run at the moment the test chooses.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
 import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
-import { openColdTierManager, readVolume, tempDirClosing } from './helpers/volume.js';
+import { coldPairWithHot1Offline, openColdTierManager, readVolume, tempDirClosing } from './helpers/volume.js';
 import { coldVolumeWithObjectSource, putDamagedObjectRecord, replacePoolDir, shardsPresentOn, type ListedRebuild } from './helpers/rebuild.js';
 import { stderrLines } from './helpers/stderr.js';
 
@@ -63,4 +64,50 @@ test("a pool listed again after an operator's rebuild emptied the list has its r
   assert.deepEqual(r.incompleteRebuilds(), []);
   assert.deepEqual(await shardsPresentOn(m, POOL, ['c']), { present: STRIPES, stripes: STRIPES });
   assert.ok((await readVolume(m.openVolume('c'), 0, want.length)).equals(want), 'c reads back byte-exact');
+});
+
+test("a pool's retry failing again after an operator's rebuild of it finished is logged again, though the pool never left the list", async (t) => {
+  let m: VolumeManager | null = null;
+  const dir = tempDirClosing(t, 'couchestor-review-retry-log-cleared-op-', () => m!);
+  m = await openColdTierManager(dir);
+  // a (journal on hot-1, offline now: a cannot be opened) and b; c beside the S3 object source.
+  const pair = await coldPairWithHot1Offline(m, dir);
+  m = pair.m;
+  const want = new Map(pair.want);
+  want.set('c', await coldVolumeWithObjectSource(t, m, STRIPES));
+  const r = m.cold!.reconstructor;
+  const failedLines = async (): Promise<string[]> => {
+    const { lines } = await stderrLines(() => r.retryOnTimer());
+    return lines.filter((l) => l.includes(FAILED_LINE) && l.includes(`pool=${POOL}`));
+  };
+
+  // cold-1 lost; its rebuild stops on the damaged object record: listed interrupted, the timer's retry fails (logged).
+  let removeDamaged = await putDamagedObjectRecord(m);
+  replacePoolDir(dir, POOL);
+  await assert.rejects(r.rebuildPool(POOL));
+  assert.equal((await failedLines()).length, 1, "the timer's failing retry is logged");
+
+  // The fault removed; the operator's rebuild of cold-1 finishes, skipping a: cold-1 stays listed (not interrupted).
+  await removeDamaged();
+  const fixed = await r.rebuildPool(POOL);
+  assert.deepEqual(fixed.volumesSkipped.map((u) => u.volume), ['a'], JSON.stringify(fixed));
+  assert.deepEqual(r.incompleteRebuilds(), [{ pool: POOL, volumesSkipped: ['a'], notRebuilt: 0 }]);
+
+  // Later the fault is back, cold-1 is lost again and hot-1 is back: the retry (of a, made whole-pool: the store
+  // changed) stops on the same record. The fault went away and came back: its failure is news.
+  removeDamaged = await putDamagedObjectRecord(m);
+  replacePoolDir(dir, POOL);
+  fs.renameSync(`${pair.hot1}.gone`, pair.hot1);
+  const failuresBefore = r.poolRetryFailures;
+  const again = await failedLines();
+  assert.equal(r.poolRetryFailures - failuresBefore, 1, 'the retry failed');
+  assert.equal(again.length, 1, 'logged (it was silent: the error was remembered from before the rebuild that got past it)');
+  assert.equal((await failedLines()).length, 0, 'and once: not at every interval');
+
+  // The fault removed: the timer's next pass rebuilds cold-1 whole; every volume reads back.
+  await removeDamaged();
+  await r.retryOnTimer();
+  assert.deepEqual(r.incompleteRebuilds(), []);
+  assert.deepEqual(await shardsPresentOn(m, POOL, ['a', 'b', 'c']), { present: 2 + 2 + STRIPES, stripes: 2 + 2 + STRIPES });
+  for (const [name, bytes] of want) assert.ok((await readVolume(m.openVolume(name), 0, bytes.length)).equals(bytes), `${name} reads back byte-exact`);
 });

@@ -1069,10 +1069,7 @@ export class Reconstructor {
       if (this.stopped || busy()) break;
       try {
         const report = await this.retryPool(pool, entry, opened, unopened, busy);
-        if (report !== null) {
-          reports.push(report);
-          this.retryErrorsLogged.delete(pool);
-        }
+        if (report !== null) reports.push(report);
       } catch (err) {
         this.poolRetryFailures++;
         failures.push({ pool, err });
@@ -1108,10 +1105,11 @@ export class Reconstructor {
   /** Pool retries (retryPools) that threw: the pool stays listed and is retried next interval. */
   poolRetryFailures = 0;
   /**
-   * Per listed pool, the errors its retries threw that were logged: cleared when a retry of it
-   * ends, and when it leaves the list (setIncomplete, whoever's rebuild emptied it). Cleared
-   * only by a pass over a non-empty list, a pool whose leaving emptied the list kept them, and
-   * the same fault when it was listed again was never logged (review-rebuild-retry-log-cleared).
+   * Per listed pool, the errors its retries threw that were logged: cleared when a rebuild of it
+   * finishes (the timer's or an operator's: it got past the fault) and when it leaves the list
+   * (setIncomplete). Cleared only by the timer's own runs and by a pass over a non-empty list,
+   * the same fault back later (after an operator's rebuild got past it, or emptied the list) was
+   * never logged again: the pool stayed listed, silently (review-rebuild-retry-log-cleared).
    */
   private readonly retryErrorsLogged = new Map<string, Set<string>>();
 
@@ -1382,6 +1380,8 @@ export class Reconstructor {
       const volumes = new Set([...(was?.volumes ?? []), ...report.volumesSkipped.map((u) => u.volume)]);
       await this.setIncomplete(poolName, { volumes, notRebuilt: Math.max(1, (was?.notRebuilt ?? 0) + report.notRebuilt), store: target, interrupted: true });
     }
+    // Whoever started it, the run got past what failed the pool's earlier retries: the same fault back is logged again.
+    this.retryErrorsLogged.delete(poolName);
     report.durationMs = Date.now() - started;
     log.info('pool rebuild finished', { ...report });
     return report;
