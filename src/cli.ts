@@ -1,11 +1,13 @@
 // The `couchestor` command. Volume commands go through a running daemon's
 // admin API when there is one, else straight to the metadata on disk.
+import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { loadConfig, parseSize } from './config.js';
 import { openManager, poolDirs, readDaemonState, serve } from './daemon.js';
-import type { VolumeRecord } from './dataplane/meta/store.js';
+import type { PoolRecord, VolumeRecord } from './dataplane/meta/store.js';
+import { SegmentStore } from './dataplane/ec/segment-store.js';
 import { runHardwareScanCli } from './control/hardware/index.js';
 import { fsck, fsckFoundDamage } from './dataplane/fsck.js';
 import { listQuarantine, quarantineDamagedRecords } from './dataplane/objects/quarantine.js';
@@ -38,7 +40,8 @@ commands:
                                      count hot/warm volume files no chunk is in (kept copies) and list
                                      those of no volume (orphans; neither is damage, nothing is deleted)
                                      (daemon stopped; exit 1 if any stripe is Degraded or Failed, or any
-                                     chunk or volume is unreadable, or an S3 index record is damaged)
+                                     chunk or volume is unreadable, or an S3 index record is damaged, or
+                                     a known pool's directory is missing or unreadable, or the journal's is)
   fsck --quarantine-damaged          first move every damaged S3 index record fsck reports into the
                                      s3-quarantine database (raw bytes kept; prints each), then fsck.
                                      Gives up what those records named (already unreadable): the next
@@ -127,7 +130,7 @@ async function main(argv: string[]): Promise<number> {
       return volumes(dataDir, sub, rest, values);
     case 'pools':
       if (sub !== 'list') throw new UsageError('pools: expected "list"');
-      return print(await call(dataDir, 'GET', '/v1/pools', undefined, async (m) => [...m.pools.values()].map((p) => ({ ...p.rec, usedBytes: p.usedBytes, online: p.isOnline() })), 'pools list'), values.json);
+      return print(await call(dataDir, 'GET', '/v1/pools', undefined, offlinePoolsList, 'pools list'), values.json);
     case 'fsck': {
       if (values['quarantine-damaged'] && values['list-quarantine']) throw new UsageError('fsck: --quarantine-damaged and --list-quarantine do not go together');
       const role = values['quarantine-damaged'] ? 'fsck --quarantine-damaged' : values['list-quarantine'] ? 'fsck --list-quarantine' : 'fsck';
@@ -304,7 +307,11 @@ async function call<T>(dataDir: string, method: string, urlPath: string, body: u
     return (text ? JSON.parse(text) : undefined) as T;
   }
   try {
-    const manager = await openLocked(dataDir, lock!, role, { coldTier: true });
+    // A read (pools list, volumes list) opens no cold tier: it answers from the index and the
+    // pool directories, and must work in the state it diagnoses (the journal's hot pool missing:
+    // the cold tier refuses to open, and `pools list` is what tells the operator which disk to mount).
+    // A write still opens it, and is refused there with that message.
+    const manager = await openLocked(dataDir, lock!, role, { coldTier: method !== 'GET' });
     try {
       return await direct!(manager);
     } finally {
@@ -313,6 +320,41 @@ async function call<T>(dataDir: string, method: string, urlPath: string, body: u
   } finally {
     lock?.release();
   }
+}
+
+/**
+ * `pools list` with the daemon stopped (no cold tier opened: see call()).
+ * A cold pool's usage is counted from its segment files, as the daemon's
+ * compaction pass does (refreshPoolUsage): the index holds no total, and the
+ * in-memory figure is 0 without the cold tier. Unknown (null) for a pool
+ * whose directory is missing; each offline pool is named on stderr with
+ * what to do.
+ */
+async function offlinePoolsList(m: Manager): Promise<(PoolRecord & { usedBytes: number | null; online: boolean })[]> {
+  const out: (PoolRecord & { usedBytes: number | null; online: boolean })[] = [];
+  const journalPool = [...m.pools.values()].find((p) => p.rec.tier === 'hot');
+  for (const p of m.pools.values()) {
+    const online = p.isOnline();
+    let usedBytes: number | null = p.usedBytes;
+    if (!online) {
+      const holds = p === journalPool ? "it holds the cold tier's journal (writes not yet destaged): the daemon does not start without it" : p.rec.tier === 'cold' ? 'its shards read degraded (or not at all) until it is back' : 'the volume files on it cannot be opened until it is back';
+      process.stderr.write(`couchestor: pool ${p.name} (${p.rec.tier}) is offline: its directory ${p.rec.path} is missing or not writable; ${holds}. Mount its disk\n`);
+      if (p.rec.tier === 'cold') usedBytes = null;
+    } else if (p.rec.tier === 'cold') {
+      const dir = path.join(p.rec.path, 'segments');
+      usedBytes = 0;
+      if (fs.existsSync(dir)) {
+        const store = await SegmentStore.open(dir, { readOnly: true });
+        try {
+          usedBytes = store.segments().reduce((sum, seg) => sum + seg.sizeBytes, 0);
+        } finally {
+          await store.close();
+        }
+      }
+    }
+    out.push({ ...p.rec, usedBytes, online });
+  }
+  return out;
 }
 
 /**

@@ -14,7 +14,10 @@
 // counted, not damage); a file of no volume in the index is an orphan
 // (listed, not damage). Damaged S3 object and part records are reported
 // (damage); those `--quarantine-damaged` moved out (objects/quarantine.ts)
-// are counted, not damage.
+// are counted, not damage. Every pool the index knows must have a readable
+// directory (a disk not mounted: damage, named with what it holds; the
+// journal's pool is why `serve` refuses to start), and the journal's pool
+// its journal/ directory once cold volumes exist.
 import fs from 'node:fs';
 import path from 'node:path';
 import { ChunkState } from './meta/store.js';
@@ -85,7 +88,27 @@ export interface FsckReport {
    * a clean stop ends the last file with an end marker and leaves none, so
    * one means the daemon did not stop cleanly (crash, SIGKILL, power cut).
    */
-  journal: { filesScanned: number; recordsScanned: number; tornTails: number; damaged: JournalFileDamage[] };
+  journal: {
+    filesScanned: number;
+    recordsScanned: number;
+    tornTails: number;
+    damaged: JournalFileDamage[];
+    /**
+     * Why the journal could not be scanned, else null: its pool (the first
+     * hot pool) is unreachable (also in unreachablePools), or the pool is
+     * there but its journal/ directory is not while cold volumes exist
+     * (their writes not yet destaged are gone from it: a replaced or wiped
+     * disk; `serve` would start with an empty journal). Damage.
+     */
+    problem: string | null;
+  };
+  /**
+   * Pools the index knows whose directory is missing, not a directory, or
+   * not readable (a disk not mounted, or dead): what is on them cannot be
+   * read, and they are not scanned. `holds` says what that means (the
+   * journal's pool: `serve` refuses to start). Damage until it is back.
+   */
+  unreachablePools: { pool: string; tier: string; path: string; problem: string; holds: string }[];
   /**
    * S3 object and part records of a shape their stripes cannot be read from
    * (cold-holders.ts recordDamage): "bucket/key" (a part: its upload and
@@ -110,7 +133,16 @@ export interface FsckReport {
 
 /** Whether the report shows damage (`couchestor fsck` exits 1): lost or unreachable data, not orphans nor kept copies. */
 export function fsckFoundDamage(r: FsckReport): boolean {
-  return r.stripes.Failed > 0 || r.stripes.Degraded > 0 || r.badChunkCount > 0 || r.badVolumes.length > 0 || r.journal.damaged.length > 0 || r.damagedRecordCount > 0;
+  return (
+    r.stripes.Failed > 0 ||
+    r.stripes.Degraded > 0 ||
+    r.badChunkCount > 0 ||
+    r.badVolumes.length > 0 ||
+    r.journal.damaged.length > 0 ||
+    r.journal.problem !== null ||
+    r.unreachablePools.length > 0 ||
+    r.damagedRecordCount > 0
+  );
 }
 
 /** Keys a record by where it is, so index entries can be matched exactly. */
@@ -154,15 +186,24 @@ export async function fsck(manager: VolumeManager, progress: (line: string) => v
     orphanVolumeFileCount: 0,
     orphanVolumeFileBytes: 0,
     orphanVolumeFiles: [],
-    journal: { filesScanned: 0, recordsScanned: 0, tornTails: 0, damaged: [] },
+    journal: { filesScanned: 0, recordsScanned: 0, tornTails: 0, damaged: [], problem: null },
+    unreachablePools: [],
     damagedRecordCount: 0,
     damagedRecords: [],
     quarantinedRecordCount: 0,
     quarantinedRecords: [],
   };
+  const unreachable = checkPoolDirs(manager, report, progress);
+  const journalPool = [...manager.pools.values()].find((p) => p.rec.tier === 'hot');
   const journalDir = manager.journalDir();
-  if (journalDir) {
-    report.journal = checkJournalDir(journalDir);
+  if (journalPool && unreachable.has(journalPool.name)) {
+    report.journal.problem = `its pool ${journalPool.name} is unreachable (${unreachable.get(journalPool.name)}): not scanned`;
+  } else if (journalDir && !fs.existsSync(journalDir) && manager.listVolumes().some((v) => v.tier === 'cold')) {
+    // A daemon with a cold tier makes it at start; cold volumes write through it.
+    report.journal.problem = `directory ${journalDir} is missing on pool ${journalPool!.name}, and cold volumes write through it: their writes not yet destaged are gone if its disk was replaced or wiped (is the right disk mounted?); serve would start with an empty journal`;
+    progress(`journal: ${report.journal.problem}`);
+  } else if (journalDir) {
+    report.journal = { ...checkJournalDir(journalDir), problem: null };
     for (const d of report.journal.damaged) {
       progress(`journal ${d.file}: damaged record at byte offset ${d.offsetBytes} (${d.lengthBytes} bytes), ${d.intactRecordsAfter} intact record(s) after it; \`couchestor journal salvage\` drops it`);
     }
@@ -176,7 +217,7 @@ export async function fsck(manager: VolumeManager, progress: (line: string) => v
   const cold = [...manager.pools.values()].filter((p) => p.rec.tier === 'cold');
   for (const pool of cold) {
     const dir = path.join(pool.rec.path, 'segments');
-    if (!pool.isOnline() || !fs.existsSync(dir)) {
+    if (unreachable.has(pool.name) || !pool.isOnline() || !fs.existsSync(dir)) {
       report.poolsOffline.push(pool.name);
       progress(`pool ${pool.name}: offline or empty, skipped`);
       continue;
@@ -292,6 +333,44 @@ export async function fsck(manager: VolumeManager, progress: (line: string) => v
   }
   report.halfWrittenStripes = halfWritten.size;
   return report;
+}
+
+/**
+ * Every pool the index knows: its directory must be a directory fsck can
+ * read (readdir). One that is not is reported with what it holds; returns
+ * their names and problems. Read-only (stat, access): nothing is made.
+ */
+function checkPoolDirs(manager: VolumeManager, report: FsckReport, progress: (line: string) => void): Map<string, string> {
+  const out = new Map<string, string>();
+  const journalPool = [...manager.pools.values()].find((p) => p.rec.tier === 'hot');
+  for (const pool of manager.pools.values()) {
+    const dir = pool.rec.path;
+    let problem: string | null = null;
+    try {
+      if (!fs.statSync(dir).isDirectory()) problem = 'not a directory';
+      else fs.accessSync(dir, fs.constants.R_OK | fs.constants.X_OK);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      problem = code === 'ENOENT' ? 'directory missing' : `directory not readable (${(err as Error).message})`;
+    }
+    if (problem === null) continue;
+    out.set(pool.name, problem);
+    const volumes = manager
+      .listVolumes()
+      .filter((v) => v.poolName === pool.name || [...manager.meta.volumeChunks(v.id)].some(({ entry }) => entry.state === ChunkState.Allocated && entry.pool === pool.name))
+      .map((v) => v.name);
+    // Volumes placed on it or with chunks in its files (the hot/warm data of those is unreachable).
+    const files = volumes.length > 0 ? `the volume files of ${volumes.join(', ')}` : 'no volume file the index knows of';
+    const holds =
+      pool === journalPool
+        ? `the cold tier's journal: its acknowledged writes not yet destaged are unreachable until its disk is mounted (serve refuses to start); and ${files}`
+        : pool.rec.tier === 'cold'
+          ? `shards of cold stripes: they read degraded (or not at all) until its disk is mounted (a replaced disk: make the directory and run \`couchestor rebuild ${pool.name}\`)`
+          : `${files}, until its disk is mounted`;
+    report.unreachablePools.push({ pool: pool.name, tier: pool.rec.tier, path: dir, problem, holds });
+    progress(`pool ${pool.name} (${pool.rec.tier}) at ${dir}: ${problem}; it holds ${holds}`);
+  }
+  return out;
 }
 
 /** What stat says of one volume file: its length, or why the chunks placed in it cannot be read. */
