@@ -56,13 +56,17 @@ export class HeatTracker implements HeatSource {
     if (list[0]!.atMs > from + this.sampleIntervalMs) {
       return { iops: null, why: `heat measured over ${Math.round((b.atMs - list[0]!.atMs) / 1000)}s of a ${Math.round(windowMs / 1000)}s window` };
     }
-    // From the first sample inside the window (the one before the newest at the
-    // latest): a thinned list may hold none close before the window's start, and
-    // one far before it would count the ops of that span too. Thinned samples
-    // are spaced in proportion to their age (thin()), so this one is at most a
-    // small fraction of the window after its start.
+    // From the first sample inside the window when it is close to the window's
+    // start (within one sample interval, or 1/256 of the window: thinned samples
+    // are spaced in proportion to their age, thin()); otherwise from the last
+    // one at or before the start. Not from a far earlier one, which would count
+    // the ops of that span too, and not from a far later one: with samples
+    // sparser than the window (a long sample interval, or one sample taken just
+    // before the window and the next ones now) the first sample inside is at
+    // the window's end, and a reading from it covers almost nothing.
     let i = 0;
-    while (i < list.length - 2 && list[i]!.atMs < from) i++;
+    while (i < list.length - 2 && list[i + 1]!.atMs <= from) i++;
+    if (list[i]!.atMs < from && i + 1 < list.length - 1 && list[i + 1]!.atMs - from <= Math.max(this.sampleIntervalMs, windowMs / 256)) i++;
     const a = list[i]!;
     const coveredMs = b.atMs - a.atMs;
     if (coveredMs <= 0) return { iops: null, why: 'no samples yet' };
