@@ -82,12 +82,14 @@ export class ColdObjectHolders implements StripeHolderSource {
     }
     // Upload id -> the object index key its upload completes into (bounded by the open uploads).
     const objectOf = new Map<string, string>();
-    for (const { key, value } of this.uploads.getRange(ALL_OBJECT_KEYS)) {
-      // An upload's key is the object's index key, a 0 byte, then the upload id (objects/store.ts uploadKey).
+    for (const key of this.uploads.getKeys({ ...ALL_OBJECT_KEYS })) {
+      // An upload's key is the object's index key, a 0 byte, then the upload id (objects/store.ts
+      // uploadKey: 32 characters). Both from the key, never the record: one damaged into another
+      // live upload's id named its own object for that upload's parts, and once that upload
+      // completed, current() of its parts' keys answered "gone" (test/review-holders-upload-damaged-id).
       const k = Buffer.from(key);
-      // Damaged: its parts are listed without the object they complete into (as for an upload gone).
-      if (typeof (value as { uploadId?: unknown } | undefined)?.uploadId !== 'string') continue;
-      objectOf.set(value.uploadId, k.subarray(0, k.length - 1 - Buffer.byteLength(value.uploadId, 'latin1')).toString('hex'));
+      if (k.length <= UPLOAD_ID_CHARS + 1) continue;
+      objectOf.set(k.subarray(k.length - UPLOAD_ID_CHARS).toString('latin1'), k.subarray(0, k.length - 1 - UPLOAD_ID_CHARS).toString('hex'));
     }
     for (const { key, value } of this.parts.getRange(ALL_OBJECT_KEYS)) {
       const k = Buffer.from(key);
@@ -365,6 +367,9 @@ export function openIndexDB<V>(meta: MetaStore, name: string): Database<V, Buffe
   }
   return db;
 }
+
+/** An upload id's length (objects/store.ts createUpload: 16 random bytes in hex); an upload's index key ends with it. */
+const UPLOAD_ID_CHARS = 32;
 
 /** The holder source of each index (the S3 front end makes one): the metrics read its damaged() through it. */
 const holdersOf = new WeakMap<MetaStore, ColdObjectHolders>();
