@@ -41,7 +41,8 @@ commands:
                                      those of no volume (orphans; neither is damage, nothing is deleted)
                                      (daemon stopped; exit 1 if any stripe is Degraded or Failed, or any
                                      chunk or volume is unreadable, or an S3 index record is damaged, or
-                                     a known pool's directory is missing or unreadable, or the journal's is)
+                                     a known pool's directory is missing or unreadable, or the journal's is;
+                                     one the configuration no longer names that nothing is on is listed only)
   fsck --quarantine-damaged          first move every damaged S3 index record fsck reports into the
                                      s3-quarantine database (raw bytes kept; prints each), then fsck.
                                      Gives up what those records named (already unreadable): the next

@@ -17,7 +17,9 @@
 // are counted, not damage. Every pool the index knows must have a readable
 // directory (a disk not mounted: damage, named with what it holds; the
 // journal's pool is why `serve` refuses to start), and the journal's pool
-// its journal/ directory once cold volumes exist.
+// its journal/ directory once cold volumes exist. One taken out of the
+// configuration that nothing the index knows is on any more is listed
+// (retiredPools), not damage: the index keeps every pool's record.
 import fs from 'node:fs';
 import path from 'node:path';
 import { ChunkState } from './meta/store.js';
@@ -110,6 +112,15 @@ export interface FsckReport {
    */
   unreachablePools: { pool: string; tier: string; path: string; problem: string; holds: string }[];
   /**
+   * Pools whose directory is missing or unreadable too, but that the
+   * configuration no longer names and that nothing the index knows is on:
+   * no volume placed on it or with chunks in it, no stripe shard, no S3 hot
+   * segment, not the journal's pool (a dead cold pool taken out of
+   * couchestor.yaml and rebuilt away; the index keeps every pool's record).
+   * Not damage.
+   */
+  retiredPools: { pool: string; tier: string; path: string; problem: string }[];
+  /**
    * S3 object and part records of a shape their stripes cannot be read from
    * (cold-holders.ts recordDamage): "bucket/key" (a part: its upload and
    * number) and what is wrong; the first MAX_BAD_SHARDS_LISTED, all counted
@@ -188,12 +199,16 @@ export async function fsck(manager: VolumeManager, progress: (line: string) => v
     orphanVolumeFiles: [],
     journal: { filesScanned: 0, recordsScanned: 0, tornTails: 0, damaged: [], problem: null },
     unreachablePools: [],
+    retiredPools: [],
     damagedRecordCount: 0,
     damagedRecords: [],
     quarantinedRecordCount: 0,
     quarantinedRecords: [],
   };
-  const unreachable = checkPoolDirs(manager, report, progress);
+  // Pools something the index knows is on (volumes, stripe shards, S3 hot segments): an unreachable
+  // one the configuration no longer names is damage only if it is in here (or holds the journal).
+  const inUse = new Set<string>();
+  const unreachable = checkPoolDirs(manager, report, progress, inUse);
   const journalPool = [...manager.pools.values()].find((p) => p.rec.tier === 'hot');
   const journalDir = manager.journalDir();
   if (journalPool && unreachable.has(journalPool.name)) {
@@ -259,6 +274,7 @@ export async function fsck(manager: VolumeManager, progress: (line: string) => v
     indexedGen.set(stripeKey, Math.max(indexedGen.get(stripeKey) ?? 0, ref.generation));
     let bad = 0;
     ref.shards.forEach((s, i) => {
+      inUse.add(s.pool);
       const key = locKey(s.pool, s.segment, s.offsetBytes);
       const rec = records.get(key);
       let reason: string | null = null;
@@ -300,12 +316,15 @@ export async function fsck(manager: VolumeManager, progress: (line: string) => v
     const k = Buffer.from(key);
     const { value, problem } = readStoredRecord(objects, k, 'segments');
     if (damaged('objects', k, problem)) continue;
+    for (const seg of value!.segments as { kind: string; pool?: string }[]) if (seg.kind === 'hot' && seg.pool) inUse.add(seg.pool);
     for (const ref of coldStripeRefs(value!.segments)) check(`s3:${k.toString('hex')}`, ref.chunkIndex, ref);
   }
   for (const key of parts.getKeys({ ...ALL_OBJECT_KEYS })) {
     const k = Buffer.from(key);
     const { value, problem } = readStoredRecord(parts, k, 'segment');
     if (damaged('parts', k, problem)) continue;
+    const seg = value!.segment as { kind: string; pool?: string };
+    if (seg.kind === 'hot' && seg.pool) inUse.add(seg.pool);
     for (const ref of coldStripeRefs([value!.segment])) check(`s3:${k.toString('hex')}`, ref.chunkIndex, ref);
   }
   // Multipart upload records (quarantine.ts uploadDamage): one damaged made its bucket's ListMultipartUploads 500.
@@ -332,6 +351,17 @@ export async function fsck(manager: VolumeManager, progress: (line: string) => v
     if (rec.generation > gen) halfWritten.add(`${stripeKey}/${rec.generation}`);
   }
   report.halfWrittenStripes = halfWritten.size;
+  const journalPoolName = [...manager.pools.values()].find((p) => p.rec.tier === 'hot')?.name;
+  const retired = (u: FsckReport['unreachablePools'][number]) => u.pool !== journalPoolName && manager.configuredPools !== null && !manager.configuredPools.has(u.pool) && !inUse.has(u.pool);
+  for (const u of report.unreachablePools) {
+    if (retired(u)) {
+      report.retiredPools.push({ pool: u.pool, tier: u.tier, path: u.path, problem: u.problem });
+      progress(`pool ${u.pool} (${u.tier}) at ${u.path}: ${u.problem}; the configuration no longer names it and nothing the index knows is on it: not damage`);
+    } else if (u.pool !== journalPoolName && manager.configuredPools !== null && !manager.configuredPools.has(u.pool)) {
+      progress(`pool ${u.pool} (${u.tier}) at ${u.path}: ${u.problem} (the configuration no longer names it); it holds ${u.holds}`);
+    }
+  }
+  report.unreachablePools = report.unreachablePools.filter((u) => !retired(u));
   return report;
 }
 
@@ -340,7 +370,7 @@ export async function fsck(manager: VolumeManager, progress: (line: string) => v
  * read (readdir). One that is not is reported with what it holds; returns
  * their names and problems. Read-only (stat, access): nothing is made.
  */
-function checkPoolDirs(manager: VolumeManager, report: FsckReport, progress: (line: string) => void): Map<string, string> {
+function checkPoolDirs(manager: VolumeManager, report: FsckReport, progress: (line: string) => void, inUse: Set<string>): Map<string, string> {
   const out = new Map<string, string>();
   const journalPool = [...manager.pools.values()].find((p) => p.rec.tier === 'hot');
   for (const pool of manager.pools.values()) {
@@ -359,6 +389,7 @@ function checkPoolDirs(manager: VolumeManager, report: FsckReport, progress: (li
       .listVolumes()
       .filter((v) => v.poolName === pool.name || [...manager.meta.volumeChunks(v.id)].some(({ entry }) => entry.state === ChunkState.Allocated && entry.pool === pool.name))
       .map((v) => v.name);
+    if (volumes.length > 0) inUse.add(pool.name);
     // Volumes placed on it or with chunks in its files (the hot/warm data of those is unreachable).
     const files = volumes.length > 0 ? `the volume files of ${volumes.join(', ')}` : 'no volume file the index knows of';
     const holds =
@@ -368,7 +399,8 @@ function checkPoolDirs(manager: VolumeManager, report: FsckReport, progress: (li
           ? `shards of cold stripes: they read degraded (or not at all) until its disk is mounted (a replaced disk: make the directory and run \`couchestor rebuild ${pool.name}\`)`
           : `${files}, until its disk is mounted`;
     report.unreachablePools.push({ pool: pool.name, tier: pool.rec.tier, path: dir, problem, holds });
-    progress(`pool ${pool.name} (${pool.rec.tier}) at ${dir}: ${problem}; it holds ${holds}`);
+    // One the configuration no longer names is told at the end, once what is on it is known (retiredPools).
+    if (pool === journalPool || manager.configuredPools === null || manager.configuredPools.has(pool.name)) progress(`pool ${pool.name} (${pool.rec.tier}) at ${dir}: ${problem}; it holds ${holds}`);
   }
   return out;
 }
