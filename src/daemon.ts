@@ -141,6 +141,8 @@ function adoptWhenBack(pool: Pool, dataDir: string): void {
 export async function openManager(cfg: DaemonConfig, opts: { coldTier: boolean } = { coldTier: true }): Promise<VolumeManager> {
   refuseAliasedPools(cfg);
   const manager = VolumeManager.open(cfg.dataDir);
+  // The hot pool holding the cold tier's journal (manager.journalDir): the first hot pool the index knows.
+  const journalPool = [...manager.pools.values()].find((p) => p.rec.tier === 'hot')?.name;
   const created: string[] = [];
   try {
     for (const p of cfg.pools) {
@@ -153,7 +155,12 @@ export async function openManager(cfg: DaemonConfig, opts: { coldTier: boolean }
         // volume files silently missing. Left offline: /readyz and pools list say so,
         // placement avoids it; a replaced disk is mounted (or the directory made) and rebuilt.
         if (known !== undefined && path.resolve(known.rec.path) === dir) {
-          const replaced = p.tier === 'cold' ? `make the directory and run \`couchestor rebuild ${p.name}\`` : 'make the directory (the volume files it held are lost: their volumes stay unavailable)';
+          const replaced =
+            p.tier === 'cold'
+              ? `make the directory and run \`couchestor rebuild ${p.name}\``
+              : p.name === journalPool
+                ? "make the directory and an empty journal/ in it (the cold tier's journal it held is lost: the acknowledged writes to cold volumes not yet destaged; serve refuses to start until journal/ is there; and the volume files it held: their volumes stay unavailable)"
+                : 'make the directory (the volume files it held are lost: their volumes stay unavailable)';
           log.warn(`pool directory missing: the pool is offline (not made again); mount its disk; for a replaced disk, ${replaced}`, { pool: p.name, path: dir });
           adoptWhenBack(known, cfg.dataDir);
           continue;

@@ -121,6 +121,8 @@ export class MetaStore {
     readonly segmentDeadBytes: Database<number, [string, number]>,
     /** Cold pools not fully rebuilt, pool name -> record (Reconstructor writes, loads at start). */
     readonly incompleteRebuilds: Database<IncompleteRebuildRecord, string>,
+    /** Hot pool name -> the cold tier's journal directory made on it (journalMadeOn). */
+    private readonly journalDirs: Database<string, string>,
   ) {}
 
   static open(dataDir: string): MetaStore {
@@ -142,7 +144,23 @@ export class MetaStore {
       root.openDB<number, string>({ name: 'counters' }),
       root.openDB<number, [string, number]>({ name: 'segment-dead-bytes' }),
       root.openDB<IncompleteRebuildRecord, string>({ name: 'rebuild-incomplete' }),
+      root.openDB<string, string>({ name: 'journal-dirs' }),
     );
+  }
+
+  /**
+   * Whether the cold tier's journal directory was ever made on hot pool
+   * `pool` (markJournalMade), or, with no pool, on any: its directory missing
+   * later is a lost journal (a wiped or wrong disk), not a first start.
+   */
+  journalMadeOn(pool?: string): boolean {
+    return pool === undefined ? this.journalDirs.getKeysCount() > 0 : this.journalDirs.get(pool) !== undefined;
+  }
+
+  /** Records, durably before it returns, that the journal directory `dir` exists on hot pool `pool`. */
+  markJournalMade(pool: string, dir: string): void {
+    if (this.journalDirs.get(pool) === dir) return;
+    this.journalDirs.putSync(pool, dir);
   }
 
   /** Set once a commit failed (see durable). */

@@ -136,7 +136,9 @@ export class VolumeManager {
     const hot = [...this.pools.values()].find((p) => p.rec.tier === 'hot');
     if (!hot) throw new NoSuitablePool('the journal needs a hot pool');
     // Its journal holds acknowledged writes not yet destaged: no start without it (openManager leaves a known pool's missing directory missing).
-    if (!hot.isOnline()) throw new PoolOffline(`pool ${hot.name} holds the cold tier's journal, and its directory ${hot.rec.path} is missing or not writable: mount its disk; a replaced disk's journal is lost (make the directory to start with an empty one)`);
+    if (!hot.isOnline()) throw new PoolOffline(`pool ${hot.name} holds the cold tier's journal, and its directory ${hot.rec.path} is missing or not writable: mount its disk; a replaced disk's journal is lost (make the directory, and an empty journal/ in it, to start with an empty one)`);
+    const journalDir = this.journalDir()!;
+    const journalExisted = fs.existsSync(journalDir);
     hot.ensureDirs();
     const stripes = new StripeStore(() => [...this.pools.values()], policy);
     stripes.useIndex(this.meta); // pool marks, before any stripe is written (stripe-store.ts POOLS_WRITTEN_DB)
@@ -145,14 +147,17 @@ export class VolumeManager {
     // read here in one go, the slices block ~0.85 s per 100,000 entries.
     let highestDestagedSeq = opts.highestDestagedSeq ?? 0;
     if (opts.highestDestagedSeq === undefined) for (const h of this.highestDestagedSeqSlices(Number.MAX_SAFE_INTEGER)) highestDestagedSeq = h;
+    if (!journalExisted) this.refuseLostJournal(hot.name, journalDir, highestDestagedSeq);
     const journal = Journal.open({
-      dir: this.journalDir()!,
+      dir: journalDir,
       chunkSizeBytes: policy.stripeSizeBytes,
       capacityBytes: opts.journalCapacityBytes,
       destagedSeq: (v, c) => this.meta.chunks.get([v, c])?.destagedSeq ?? 0,
       volumeExists: (id) => ids.has(id),
       highestDestagedSeq,
     });
+    // Its directory exists now: missing at a later start, it is a lost journal (refuseLostJournal).
+    this.meta.markJournalMade(hot.name, journalDir);
     const destager = new Destager(journal, (id) => this.volumeById(id), opts);
     const reconstructor = new Reconstructor(
       stripes,
@@ -169,6 +174,26 @@ export class VolumeManager {
     this.cold = { journal, stripes, destager, policy, reconstructor };
     destager.start();
     reconstructor.start();
+  }
+
+  /**
+   * Throws when the journal directory `dir`, missing, existed before: made
+   * empty, the acknowledged writes to cold volumes it held and that were not
+   * yet destaged would be dropped without a word (the volumes read their old
+   * bytes). A wiped disk, or the wrong one, mounted at the hot pool's path
+   * looks like this. "Existed before" is the index's record that it was made
+   * on this pool (MetaStore.markJournalMade, written at each start once it
+   * exists), not a guess from the directory's contents: there are none.
+   * An index from a build before that record, with no record of any journal,
+   * had one if a cold volume exists or a destaged seq is recorded. A first
+   * start, and the operator's empty journal/ (the loss accepted), go on.
+   */
+  private refuseLostJournal(pool: string, dir: string, highestDestagedSeq: number): void {
+    const existed = this.meta.journalMadeOn(pool) || (!this.meta.journalMadeOn() && (highestDestagedSeq > 0 || this.meta.listVolumes().some((v) => v.tier === 'cold')));
+    if (!existed) return;
+    throw new PoolOffline(
+      `the cold tier's journal directory ${dir} on pool ${pool} is missing, but the journal was there before: it holds the acknowledged writes to cold volumes not yet destaged, and an empty journal would drop them (is a wiped or the wrong disk mounted at ${path.dirname(dir)}?). Mount or restore the disk that holds it and start again; or, accepting the loss of those writes (their volumes read their older bytes), make an empty directory ${dir}: serve then starts with an empty journal`,
+    );
   }
 
   /** Every volume, opened (cold stripes are only known once a volume is open). */
