@@ -14,8 +14,8 @@
 // counted, not damage); a file of no volume in the index is an orphan
 // (listed, not damage). Damaged S3 object and part records are reported
 // (damage); those `--quarantine-damaged` moved out (objects/quarantine.ts)
-// are counted, not damage. Every pool the index knows must have a readable
-// directory (a disk not mounted: damage, named with what it holds; the
+// are counted, not damage. Every pool the index knows must have a readable,
+// writable directory (a disk not mounted: damage, named with what it holds; the
 // journal's pool is why `serve` refuses to start), and the journal's pool
 // its journal/ directory once cold volumes exist. One taken out of the
 // configuration that nothing the index knows is on any more is listed
@@ -105,9 +105,10 @@ export interface FsckReport {
     problem: string | null;
   };
   /**
-   * Pools the index knows whose directory is missing, not a directory, or
-   * not readable (a disk not mounted, or dead): what is on them cannot be
-   * read, and they are not scanned. `holds` says what that means (the
+   * Pools the index knows whose directory is missing, not a directory, not
+   * readable, or not writable (a disk not mounted, dead, or remounted
+   * read-only: the daemon takes such a pool offline): what is on them cannot
+   * be read, and they are not scanned. `holds` says what that means (the
    * journal's pool: `serve` refuses to start). Damage until it is back.
    */
   unreachablePools: { pool: string; tier: string; path: string; problem: string; holds: string }[];
@@ -367,8 +368,9 @@ export async function fsck(manager: VolumeManager, progress: (line: string) => v
 
 /**
  * Every pool the index knows: its directory must be a directory fsck can
- * read (readdir). One that is not is reported with what it holds; returns
- * their names and problems. Read-only (stat, access): nothing is made.
+ * read (readdir), and write, as the daemon's Pool.isOnline asks. One that is
+ * not is reported with what it holds; returns their names and problems.
+ * Read-only (stat, access): nothing is made.
  */
 function checkPoolDirs(manager: VolumeManager, report: FsckReport, progress: (line: string) => void, inUse: Set<string>): Map<string, string> {
   const out = new Map<string, string>();
@@ -383,6 +385,9 @@ function checkPoolDirs(manager: VolumeManager, report: FsckReport, progress: (li
       const code = (err as NodeJS.ErrnoException).code;
       problem = code === 'ENOENT' ? 'directory missing' : `directory not readable (${(err as Error).message})`;
     }
+    // The daemon takes a pool it cannot write offline (Pool.isOnline: a file system remounted
+    // read-only after a disk error): its volumes do not open, and the journal's stops serve.
+    if (problem === null && !pool.isOnline()) problem = 'directory not writable (a read-only file system?): the daemon takes the pool offline';
     if (problem === null) continue;
     out.set(pool.name, problem);
     const volumes = manager
