@@ -141,8 +141,8 @@ function adoptWhenBack(pool: Pool, dataDir: string): void {
 export async function openManager(cfg: DaemonConfig, opts: { coldTier: boolean } = { coldTier: true }): Promise<VolumeManager> {
   refuseAliasedPools(cfg);
   const manager = VolumeManager.open(cfg.dataDir);
-  // The hot pool holding the cold tier's journal (manager.journalDir): the first hot pool the index knows.
-  const journalPool = [...manager.pools.values()].find((p) => p.rec.tier === 'hot')?.name;
+  // The hot pool holding the cold tier's journal (manager.journalPool).
+  const journalPool = manager.journalPool()?.name;
   const created: string[] = [];
   try {
     for (const p of cfg.pools) {

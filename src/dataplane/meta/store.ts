@@ -157,6 +157,11 @@ export class MetaStore {
     return pool === undefined ? this.journalDirs.getKeysCount() > 0 : this.journalDirs.get(pool) !== undefined;
   }
 
+  /** The pools a journal directory was made on (markJournalMade), by name. */
+  journalPools(): string[] {
+    return [...this.journalDirs.getKeys()];
+  }
+
   /** Records, durably before it returns, that the journal directory `dir` exists on hot pool `pool`. */
   markJournalMade(pool: string, dir: string): void {
     if (this.journalDirs.get(pool) === dir) return;

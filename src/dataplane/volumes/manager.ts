@@ -122,10 +122,26 @@ export class VolumeManager {
     yield highest;
   }
 
-  /** The cold tier's journal directory (on the first hot pool), or null without a hot pool. */
+  /** The cold tier's journal directory (on journalPool()), or null without a hot pool. */
   journalDir(): string | null {
-    const hot = [...this.pools.values()].find((p) => p.rec.tier === 'hot');
+    const hot = this.journalPool();
     return hot ? path.join(hot.rec.path, 'journal') : null;
+  }
+
+  /**
+   * The hot pool holding the cold tier's journal: the one the index records
+   * it was made on (MetaStore.markJournalMade), while that pool is known and
+   * hot; else (a first start, an index from before that record) the first
+   * hot pool. Not simply the first: the pool map is the index's pools in name
+   * order, then new configured ones; a hot pool listed first in couchestor.yaml
+   * but sorting after another, or one added whose name sorts first, moved the
+   * journal at the next start to an empty one on the other pool, the
+   * acknowledged writes not yet destaged dropped without a word.
+   */
+  journalPool(): Pool | undefined {
+    const recorded = new Set(this.meta.journalPools());
+    const hot = [...this.pools.values()].filter((p) => p.rec.tier === 'hot');
+    return hot.find((p) => recorded.has(p.name)) ?? hot[0];
   }
 
   /**
@@ -133,7 +149,7 @@ export class VolumeManager {
    * the first hot pool (replayed now), and the destager.
    */
   startColdTier(policy: ErasureCodingPolicy, opts: DestagerOptions & { journalCapacityBytes?: number; highestDestagedSeq?: number }): void {
-    const hot = [...this.pools.values()].find((p) => p.rec.tier === 'hot');
+    const hot = this.journalPool();
     if (!hot) throw new NoSuitablePool('the journal needs a hot pool');
     // Its journal holds acknowledged writes not yet destaged: no start without it (openManager leaves a known pool's missing directory missing).
     if (!hot.isOnline()) throw new PoolOffline(`pool ${hot.name} holds the cold tier's journal, and its directory ${hot.rec.path} is missing or not writable: mount its disk; a replaced disk's journal is lost (make the directory, and an empty journal/ in it, to start with an empty one)`);

@@ -1,0 +1,54 @@
+// Review of 99c34f9 (r13, session 10): the cold tier's journal lived on "the
+// first hot pool" of the manager's pool map. At a first start that map is the
+// configured pools in couchestor.yaml's order; at every later start it is the
+// index's pools in name order. With two hot pools listed "hot-z" then "hot-a",
+// the first start made the journal on hot-z, the next on hot-a: empty, and
+// refuseLostJournal did not refuse (a journal had been made, on another pool).
+// The acknowledged, flushed writes still in hot-z's journal were dropped
+// without a word: the cold volume read its older bytes. Now the journal stays
+// on the pool the index records it was made on.
+// Real daemon processes, nbdcopy.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { TestDaemon, run } from './helpers/daemon.js';
+import { MANUAL_DESTAGE_CONFIG, MiB, assertSameBytes, coldStatus, dropCache, patternBytes, readExport, writeColdVolume, startColdDaemon } from './helpers/cold.js';
+
+const HOT_Z_FIRST_CONFIG =
+  MANUAL_DESTAGE_CONFIG +
+  'pools:\n  - { name: hot-z, tier: hot, path: pools/hot-z, capacity: auto }\n  - { name: hot-a, tier: hot, path: pools/hot-a, capacity: auto }\n' +
+  Array.from({ length: 6 }, (_, i) => `  - { name: cold-${i}, tier: cold, path: pools/cold-${i}, capacity: auto }\n`).join('');
+
+test('two hot pools, the first listed sorting last: the journal stays on it across restarts and its writes read back', async (t) => {
+  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'review-journal-pool-order-'));
+  let d = await startColdDaemon(HOT_Z_FIRST_CONFIG);
+  t.after(async () => {
+    await d.cleanup();
+    fs.rmSync(work, { recursive: true, force: true });
+  });
+  const dataDir = d.dataDir;
+  const model = Buffer.alloc(4 * MiB);
+  patternBytes(2 * MiB, 0x5b1).copy(model);
+  await writeColdVolume(d, 'c1', model, work); // destaged
+  // 1 MiB of acknowledged, flushed writes left in the journal (no destage asked).
+  const more = patternBytes(1 * MiB, 0x5b2);
+  fs.writeFileSync(path.join(work, 'more.bin'), more);
+  run('nbdcopy', [path.join(work, 'more.bin'), d.exportUri('c1')]);
+  more.copy(model, 0);
+  assert.ok((await coldStatus(d)).journalBytes >= MiB, 'the writes wait in the journal');
+  assert.equal(await d.stop(), 0);
+  const hotZJournal = path.join(dataDir, 'pools', 'hot-z', 'journal');
+  const hotAJournal = path.join(dataDir, 'pools', 'hot-a', 'journal');
+  assert.ok(fs.existsSync(hotZJournal), 'the first start made the journal on hot-z, the first hot pool listed');
+
+  for (let start = 1; start <= 2; start++) {
+    d = await TestDaemon.start({ dataDir });
+    assert.ok((await coldStatus(d)).journalBytes >= MiB, `start ${start}: hot-z's journal replayed`);
+    assert.equal(fs.existsSync(hotAJournal), false, `start ${start}: no second journal made on hot-a`);
+    await dropCache(d);
+    assertSameBytes(readExport(d, 'c1', path.join(work, `out${start}.bin`)), model, `c1 after restart ${start}`);
+    assert.equal(await d.stop(), 0);
+  }
+});
