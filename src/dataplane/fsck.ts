@@ -17,7 +17,7 @@
 // are counted, not damage. Every pool the index knows must have a readable,
 // writable directory (a disk not mounted: damage, named with what it holds; the
 // journal's pool is why `serve` refuses to start), and the journal's pool
-// its journal/ directory once cold volumes exist. One taken out of the
+// its journal/ directory once one was made there (serve's rule). One taken out of the
 // configuration that nothing the index knows is on any more is listed
 // (retiredPools), not damage: the index keeps every pool's record.
 import fs from 'node:fs';
@@ -98,9 +98,9 @@ export interface FsckReport {
     /**
      * Why the journal could not be scanned, else null: its pool (the first
      * hot pool) is unreachable (also in unreachablePools), or the pool is
-     * there but its journal/ directory is not while cold volumes exist
-     * (their writes not yet destaged are gone from it: a replaced or wiped
-     * disk; `serve` would start with an empty journal). Damage.
+     * there but its journal/ directory, made there before (the index's
+     * record, serve's rule), is not (writes not yet destaged are gone from
+     * it: a replaced or wiped disk; `serve` refuses to start). Damage.
      */
     problem: string | null;
   };
@@ -214,9 +214,9 @@ export async function fsck(manager: VolumeManager, progress: (line: string) => v
   const journalDir = manager.journalDir();
   if (journalPool && unreachable.has(journalPool.name)) {
     report.journal.problem = `its pool ${journalPool.name} is unreachable (${unreachable.get(journalPool.name)}): not scanned`;
-  } else if (journalDir && !fs.existsSync(journalDir) && manager.listVolumes().some((v) => v.tier === 'cold')) {
-    // A daemon with a cold tier makes it at start; cold volumes write through it.
-    report.journal.problem = `directory ${journalDir} is missing on pool ${journalPool!.name}, and cold volumes write through it: their writes not yet destaged are gone if its disk was replaced or wiped (is the right disk mounted?); serve would start with an empty journal`;
+  } else if (journalDir && !fs.existsSync(journalDir) && journalExisted(manager, journalPool!.name)) {
+    // serve's rule (VolumeManager.refuseLostJournal): made there before, so missing now is a lost journal.
+    report.journal.problem = `directory ${journalDir} is missing on pool ${journalPool!.name}, and cold volumes write through it: it was there before, and its acknowledged writes not yet destaged are gone if its disk was replaced or wiped (is the right disk mounted?); serve refuses to start (an empty journal/ made there accepts the loss)`;
     progress(`journal: ${report.journal.problem}`);
   } else if (journalDir) {
     report.journal = { ...checkJournalDir(journalDir), problem: null };
@@ -364,6 +364,17 @@ export async function fsck(manager: VolumeManager, progress: (line: string) => v
   }
   report.unreachablePools = report.unreachablePools.filter((u) => !retired(u));
   return report;
+}
+
+/**
+ * Whether the cold tier's journal directory was made on `pool` before, by
+ * serve's rule (VolumeManager.refuseLostJournal): the index records it
+ * (markJournalMade, every start with a cold tier), or, an index from before
+ * that record with none, a cold volume exists. Missing then, serve refuses
+ * to start, whether or not a cold volume exists (S3 writes go through it too).
+ */
+function journalExisted(manager: VolumeManager, pool: string): boolean {
+  return manager.meta.journalMadeOn(pool) || (!manager.meta.journalMadeOn() && manager.listVolumes().some((v) => v.tier === 'cold'));
 }
 
 /**
