@@ -1,0 +1,48 @@
+// Review finding (r11, session 10), seen reviewing 1117d8c (offline `pools
+// list` counts a cold pool's usage from its segment files): the running
+// daemon's own figure for a cold pool is 0 after a restart. usedBytes of a
+// cold pool is only ever added to (appends) or set by a compaction pass
+// (StripeStore.refreshPoolUsage); nothing sets it at start, so GET /v1/pools,
+// `couchestor pools list` and couchestor_pool_used_bytes read 0 for every
+// cold pool until the first compaction pass (coldTier.compaction.intervalMs,
+// 30 s; never with 0), while the same command with the daemon stopped says
+// the real figure. `todo`: the fix is at the cold tier's start (daemon.ts /
+// stripe-store.ts), outside r11's files. Drop the `todo` with the fix.
+// Real daemon processes.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { TestDaemon } from './helpers/daemon.js';
+import { MiB, api, startWithColdVolume } from './helpers/cold.js';
+
+interface PoolRow {
+  name: string;
+  tier: string;
+  path: string;
+  usedBytes: number | null;
+}
+
+function segmentBytes(poolDir: string): number {
+  const dir = path.join(poolDir, 'segments');
+  return fs.readdirSync(dir).reduce((sum, n) => sum + fs.statSync(path.join(dir, n)).size, 0);
+}
+
+test('a cold pool\'s usedBytes after a restart is its segment files\' bytes, as before the restart and as offline `pools list` says', { todo: 'cold pool usage is 0 after a restart until a compaction pass (daemon.ts / stripe-store.ts): not fixed by r11' }, async (t) => {
+  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'review-cold-usage-'));
+  let { d } = await startWithColdVolume(work, 8 * MiB, 8 * MiB, 0x3f5);
+  t.after(async () => {
+    await d.cleanup();
+    fs.rmSync(work, { recursive: true, force: true });
+  });
+  const cold = (rows: PoolRow[]) => rows.filter((p) => p.tier === 'cold');
+  const before = cold(await api<PoolRow[]>(d, 'GET', '/v1/pools'));
+  for (const p of before) assert.equal(p.usedBytes, segmentBytes(p.path), `${p.name} before the restart`);
+  assert.equal(await d.stop(), 0);
+  const offline = cold(JSON.parse(d.cli('pools', 'list', '--json').stdout) as PoolRow[]);
+  for (const p of offline) assert.equal(p.usedBytes, segmentBytes(p.path), `${p.name} offline`);
+  d = await TestDaemon.start({ dataDir: d.dataDir });
+  const after = cold(await api<PoolRow[]>(d, 'GET', '/v1/pools'));
+  for (const p of after) assert.equal(p.usedBytes, segmentBytes(p.path), `${p.name} after the restart`);
+});
