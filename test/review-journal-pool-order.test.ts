@@ -52,3 +52,40 @@ test('two hot pools, the first listed sorting last: the journal stays on it acro
     assert.equal(await d.stop(), 0);
   }
 });
+
+test('the journal pool made a warm pool, a new hot pool added: the journal stays where its writes are and they read back', async (t) => {
+  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'review-journal-pool-tier-'));
+  let d = await startColdDaemon();
+  t.after(async () => {
+    await d.cleanup();
+    fs.rmSync(work, { recursive: true, force: true });
+  });
+  const dataDir = d.dataDir;
+  const model = Buffer.alloc(4 * MiB);
+  patternBytes(2 * MiB, 0x5b3).copy(model);
+  await writeColdVolume(d, 'c1', model, work);
+  const more = patternBytes(1 * MiB, 0x5b4);
+  fs.writeFileSync(path.join(work, 'more.bin'), more);
+  run('nbdcopy', [path.join(work, 'more.bin'), d.exportUri('c1')]);
+  more.copy(model, 0);
+  assert.ok((await coldStatus(d)).journalBytes >= MiB, 'the writes wait in the journal');
+  assert.equal(await d.stop(), 0);
+
+  // hot-0 (the journal's pool) becomes a warm pool; a new hot pool hot-1 is added.
+  const yamlPath = path.join(dataDir, 'couchestor.yaml');
+  const yaml = fs.readFileSync(yamlPath, 'utf8');
+  assert.doesNotMatch(yaml, /pools:/, 'the default pools (hot-0, cold-0..5)');
+  fs.writeFileSync(
+    yamlPath,
+    yaml +
+      'pools:\n  - { name: hot-0, tier: warm, path: pools/hot-0, capacity: auto }\n  - { name: hot-1, tier: hot, path: pools/hot-1, capacity: auto }\n' +
+      Array.from({ length: 6 }, (_, i) => `  - { name: cold-${i}, tier: cold, path: pools/cold-${i}, capacity: auto }\n`).join(''),
+  );
+  d = await TestDaemon.start({ dataDir });
+  assert.ok((await coldStatus(d)).journalBytes >= MiB, "hot-0's journal replayed");
+  assert.equal(fs.existsSync(path.join(dataDir, 'pools', 'hot-1', 'journal')), false, 'no second, empty journal on hot-1');
+  await dropCache(d);
+  assertSameBytes(readExport(d, 'c1', path.join(work, 'out.bin')), model, 'c1 after hot-0 became warm');
+  assert.equal(await d.stop(), 0);
+  assert.match(d.stderr, /the cold tier's journal stays on pool hot-0, now a warm pool/);
+});

@@ -129,19 +129,21 @@ export class VolumeManager {
   }
 
   /**
-   * The hot pool holding the cold tier's journal: the one the index records
-   * it was made on (MetaStore.markJournalMade), while that pool is known and
-   * hot; else (a first start, an index from before that record) the first
-   * hot pool. Not simply the first: the pool map is the index's pools in name
-   * order, then new configured ones; a hot pool listed first in couchestor.yaml
-   * but sorting after another, or one added whose name sorts first, moved the
-   * journal at the next start to an empty one on the other pool, the
-   * acknowledged writes not yet destaged dropped without a word.
+   * The pool holding the cold tier's journal: the one the index records it
+   * was made on (MetaStore.markJournalMade), while that pool is known; else
+   * (a first start, an index from before that record) the first hot pool.
+   * Not simply the first: the pool map is the index's pools in name order,
+   * then new configured ones; a hot pool listed first in couchestor.yaml but
+   * sorting after another, or one added whose name sorts first, or the
+   * journal's pool made another tier, moved the journal at the next start to
+   * an empty one on another pool, the acknowledged writes not yet destaged
+   * dropped without a word. Its pool made another tier keeps it (nothing
+   * moves a journal's records; startColdTier warns).
    */
   journalPool(): Pool | undefined {
     const recorded = new Set(this.meta.journalPools());
-    const hot = [...this.pools.values()].filter((p) => p.rec.tier === 'hot');
-    return hot.find((p) => recorded.has(p.name)) ?? hot[0];
+    const pools = [...this.pools.values()];
+    return pools.find((p) => p.rec.tier === 'hot' && recorded.has(p.name)) ?? pools.find((p) => recorded.has(p.name)) ?? pools.find((p) => p.rec.tier === 'hot');
   }
 
   /**
@@ -151,6 +153,7 @@ export class VolumeManager {
   startColdTier(policy: ErasureCodingPolicy, opts: DestagerOptions & { journalCapacityBytes?: number; highestDestagedSeq?: number }): void {
     const hot = this.journalPool();
     if (!hot) throw new NoSuitablePool('the journal needs a hot pool');
+    if (hot.rec.tier !== 'hot') log.warn(`the cold tier's journal stays on pool ${hot.name}, now a ${hot.rec.tier} pool: it holds the acknowledged writes to cold volumes not yet destaged, and nothing moves them to another pool`, { pool: hot.name, path: this.journalDir() });
     // Its journal holds acknowledged writes not yet destaged: no start without it (openManager leaves a known pool's missing directory missing).
     if (!hot.isOnline()) throw new PoolOffline(`pool ${hot.name} holds the cold tier's journal, and its directory ${hot.rec.path} is missing or not writable: mount its disk; a replaced disk's journal is lost (make the directory, and an empty journal/ in it, to start with an empty one)`);
     const journalDir = this.journalDir()!;
