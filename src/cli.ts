@@ -339,7 +339,9 @@ async function offlinePoolsList(m: Manager): Promise<(PoolRecord & { usedBytes: 
     let usedBytes: number | null = p.usedBytes;
     if (!online) {
       const holds = p === journalPool ? "it holds the cold tier's journal (writes not yet destaged): the daemon does not start without it" : p.rec.tier === 'cold' ? 'its shards read degraded (or not at all) until it is back' : 'the volume files on it cannot be opened until it is back';
-      process.stderr.write(`couchestor: pool ${p.name} (${p.rec.tier}) is offline: its directory ${p.rec.path} is missing or not writable; ${holds}. Mount its disk\n`);
+      // One the configuration no longer names (a retired pool: the index keeps every pool's record) may be gone for good.
+      const advice = p !== journalPool && m.configuredPools !== null && !m.configuredPools.has(p.name) ? ' (the configuration no longer names it: `couchestor fsck` says whether anything is still on it)' : '. Mount its disk';
+      process.stderr.write(`couchestor: pool ${p.name} (${p.rec.tier}) is offline: its directory ${p.rec.path} is missing or not writable; ${holds}${advice}\n`);
       if (p.rec.tier === 'cold') usedBytes = null;
     } else if (p.rec.tier === 'cold') {
       const dir = path.join(p.rec.path, 'segments');

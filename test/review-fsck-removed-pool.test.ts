@@ -98,6 +98,11 @@ test('a warm pool taken out of the configuration: missing and empty is not damag
   const r = JSON.parse(removed.stdout) as FsckOut;
   assert.deepEqual(r.unreachablePools, []);
   assert.deepEqual(r.retiredPools.map((p) => p.pool), ['warm-0']);
+  // pools list names it offline, without telling to mount a disk the configuration dropped.
+  const listed = d.cli('pools', 'list');
+  assert.equal(listed.status, 0);
+  assert.match(listed.stderr, /pool warm-0 \(warm\) is offline: .*\(the configuration no longer names it: `couchestor fsck` says whether anything is still on it\)\n/);
+  assert.doesNotMatch(listed.stderr, /Mount its disk/);
 
   // A volume placed on it (made while it was there): damage, configured or not.
   fs.renameSync(`${warm0}.unmounted`, warm0);
