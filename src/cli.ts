@@ -333,7 +333,7 @@ async function call<T>(dataDir: string, method: string, urlPath: string, body: u
  */
 async function offlinePoolsList(m: Manager): Promise<(PoolRecord & { usedBytes: number | null; online: boolean })[]> {
   const out: (PoolRecord & { usedBytes: number | null; online: boolean })[] = [];
-  const journalPool = [...m.pools.values()].find((p) => p.rec.tier === 'hot');
+  const journalPool = m.journalPool();
   for (const p of m.pools.values()) {
     const online = p.isOnline();
     let usedBytes: number | null = p.usedBytes;

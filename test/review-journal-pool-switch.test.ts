@@ -9,10 +9,8 @@
 // without a word: the cold volume reads its older bytes. Worse, with two hot
 // pools listed out of name order in couchestor.yaml from the first start
 // (hot-b, hot-a), a plain restart moves the journal (test 2).
-// Both are `todo` (they fail today): the fix is in manager.ts (journalDir:
-// the pool the index records the journal was made on, markJournalMade; and
-// refuseLostJournal: a journal made on another pool is a lost journal too),
-// which r11 may not edit. Drop the `todo` with the fix.
+// Fixed by 2f2bda7 (VolumeManager.journalPool: the pool the index records
+// the journal was made on); both failed before it.
 // Real daemon processes, nbdcopy.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -22,7 +20,7 @@ import path from 'node:path';
 import { TestDaemon, run } from './helpers/daemon.js';
 import { MANUAL_DESTAGE_CONFIG, MiB, assertSameBytes, coldStatus, createVolume, dropCache, patternBytes, readExport, startColdDaemon, startWithColdVolume } from './helpers/cold.js';
 
-test('a hot pool added whose name sorts first: the journaled writes still read back after two restarts', { todo: 'journal pool switch on a new hot pool (manager.ts journalDir / refuseLostJournal): not fixed by r11 (files of h13)' }, async (t) => {
+test('a hot pool added whose name sorts first: the journaled writes still read back after two restarts', async (t) => {
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'review-journal-switch-'));
   let { d, model } = await startWithColdVolume(work, 8 * MiB, 4 * MiB, 0x3f1);
   t.after(async () => {
@@ -56,7 +54,7 @@ test('a hot pool added whose name sorts first: the journaled writes still read b
   }
 });
 
-test('two hot pools listed out of name order from the first start: the journaled writes still read back after a restart', { todo: 'journal pool switch (manager.ts journalDir / refuseLostJournal): not fixed by r11 (files of h13)' }, async (t) => {
+test('two hot pools listed out of name order from the first start: the journaled writes still read back after a restart', async (t) => {
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'review-journal-switch-'));
   const config =
     MANUAL_DESTAGE_CONFIG +

@@ -96,8 +96,8 @@ export interface FsckReport {
     tornTails: number;
     damaged: JournalFileDamage[];
     /**
-     * Why the journal could not be scanned, else null: its pool (the first
-     * hot pool) is unreachable (also in unreachablePools), or the pool is
+     * Why the journal could not be scanned, else null: its pool
+     * (VolumeManager.journalPool) is unreachable (also in unreachablePools), or the pool is
      * there but its journal/ directory, made there before (the index's
      * record, serve's rule), is not (writes not yet destaged are gone from
      * it: a replaced or wiped disk; `serve` refuses to start). Damage.
@@ -210,7 +210,7 @@ export async function fsck(manager: VolumeManager, progress: (line: string) => v
   // one the configuration no longer names is damage only if it is in here (or holds the journal).
   const inUse = new Set<string>();
   const unreachable = checkPoolDirs(manager, report, progress, inUse);
-  const journalPool = [...manager.pools.values()].find((p) => p.rec.tier === 'hot');
+  const journalPool = manager.journalPool();
   const journalDir = manager.journalDir();
   if (journalPool && unreachable.has(journalPool.name)) {
     report.journal.problem = `its pool ${journalPool.name} is unreachable (${unreachable.get(journalPool.name)}): not scanned`;
@@ -352,7 +352,7 @@ export async function fsck(manager: VolumeManager, progress: (line: string) => v
     if (rec.generation > gen) halfWritten.add(`${stripeKey}/${rec.generation}`);
   }
   report.halfWrittenStripes = halfWritten.size;
-  const journalPoolName = [...manager.pools.values()].find((p) => p.rec.tier === 'hot')?.name;
+  const journalPoolName = manager.journalPool()?.name;
   const retired = (u: FsckReport['unreachablePools'][number]) => u.pool !== journalPoolName && manager.configuredPools !== null && !manager.configuredPools.has(u.pool) && !inUse.has(u.pool);
   for (const u of report.unreachablePools) {
     if (retired(u)) {
@@ -385,7 +385,7 @@ function journalExisted(manager: VolumeManager, pool: string): boolean {
  */
 function checkPoolDirs(manager: VolumeManager, report: FsckReport, progress: (line: string) => void, inUse: Set<string>): Map<string, string> {
   const out = new Map<string, string>();
-  const journalPool = [...manager.pools.values()].find((p) => p.rec.tier === 'hot');
+  const journalPool = manager.journalPool();
   for (const pool of manager.pools.values()) {
     const dir = pool.rec.path;
     let problem: string | null = null;
