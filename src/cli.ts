@@ -7,7 +7,7 @@ import { parseArgs } from 'node:util';
 import { loadConfig, parseSize } from './config.js';
 import { openManager, poolDirs, readDaemonState, serve } from './daemon.js';
 import type { PoolRecord, VolumeRecord } from './dataplane/meta/store.js';
-import { SegmentStore } from './dataplane/ec/segment-store.js';
+import { segmentFilesBytes } from './dataplane/ec/segment-store.js';
 import { runHardwareScanCli } from './control/hardware/index.js';
 import { fsck, fsckFoundDamage } from './dataplane/fsck.js';
 import { listQuarantine, quarantineDamagedRecords } from './dataplane/objects/quarantine.js';
@@ -325,9 +325,9 @@ async function call<T>(dataDir: string, method: string, urlPath: string, body: u
 
 /**
  * `pools list` with the daemon stopped (no cold tier opened: see call()).
- * A cold pool's usage is counted from its segment files, as the daemon's
- * compaction pass does (refreshPoolUsage): the index holds no total, and the
- * in-memory figure is 0 without the cold tier. Unknown (null) for a pool
+ * A cold pool's usage is counted from its segment files (segmentFilesBytes),
+ * as the daemon does at start: the index holds no total, and the in-memory
+ * figure is 0 without the cold tier. Unknown (null) for a pool
  * whose directory is missing; each offline pool is named on stderr with
  * what to do.
  */
@@ -344,16 +344,7 @@ async function offlinePoolsList(m: Manager): Promise<(PoolRecord & { usedBytes: 
       process.stderr.write(`couchestor: pool ${p.name} (${p.rec.tier}) is offline: its directory ${p.rec.path} is missing or not writable; ${holds}${advice}\n`);
       if (p.rec.tier === 'cold') usedBytes = null;
     } else if (p.rec.tier === 'cold') {
-      const dir = path.join(p.rec.path, 'segments');
-      usedBytes = 0;
-      if (fs.existsSync(dir)) {
-        const store = await SegmentStore.open(dir, { readOnly: true });
-        try {
-          usedBytes = store.segments().reduce((sum, seg) => sum + seg.sizeBytes, 0);
-        } finally {
-          await store.close();
-        }
-      }
+      usedBytes = await segmentFilesBytes(path.join(p.rec.path, 'segments'));
     }
     out.push({ ...p.rec, usedBytes, online });
   }

@@ -18,6 +18,7 @@ import { PrometheusHeat } from './control/prometheus-heat.js';
 import { healthChecks, metricsSource } from './control/observe.js';
 import { parsePolicyYaml } from './dataplane/ec/policy.js';
 import { SegmentCompactor, registerCompactionMetrics } from './dataplane/ec/compaction.js';
+import { segmentFilesBytes } from './dataplane/ec/segment-store.js';
 import { forgetRemovedPoolRebuilds } from './dataplane/ec/reconstruction.js';
 import { DataDirLock, DataDirLocked, readLockHolder } from './data-dir-lock.js';
 import { prepareHotPool } from './dataplane/objects/hot-segments.js';
@@ -199,6 +200,7 @@ export async function openManager(cfg: DaemonConfig, opts: { coldTier: boolean }
   // of the configuration stays a cold pool in the index: kept.)
   await forgetRemovedPoolRebuilds(manager.meta, cfg.pools.filter((p) => p.tier === 'cold').map((p) => p.name));
   if (opts.coldTier) {
+    await countColdPoolUsage(manager);
     try {
       await startConfiguredColdTier(cfg, manager);
     } catch (err) {
@@ -244,6 +246,25 @@ export async function highestDestagedSeqSliced(manager: VolumeManager, sliceEntr
     await new Promise<void>((resolve) => setImmediate(resolve));
   }
   return highest;
+}
+
+/**
+ * Sets each online cold pool's usedBytes to its segment files' bytes (one
+ * stat per file, async): the index holds no total, appends only add to it and
+ * compaction passes set it (StripeStore.refreshPoolUsage), so without this it
+ * read 0 after a restart until the first pass (never with compaction off).
+ * Before the cold tier starts, when nothing appends. Offline `pools list`
+ * counts the same way (segmentFilesBytes).
+ */
+export async function countColdPoolUsage(manager: VolumeManager): Promise<void> {
+  for (const pool of manager.pools.values()) {
+    if (pool.rec.tier !== 'cold' || !pool.isOnline()) continue;
+    try {
+      pool.usedBytes = await segmentFilesBytes(path.join(pool.rec.path, 'segments'));
+    } catch (err) {
+      log.warn('cold pool usage not counted at start (set by the next compaction pass)', { pool: pool.name, err: String(err) });
+    }
+  }
 }
 
 /** Starts the erasure-coded tier when the policy file exists and enough cold pools do (openManager's last step). */

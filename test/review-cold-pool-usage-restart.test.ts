@@ -1,13 +1,8 @@
 // Review finding (r11, session 10), seen reviewing 1117d8c (offline `pools
 // list` counts a cold pool's usage from its segment files): the running
-// daemon's own figure for a cold pool is 0 after a restart. usedBytes of a
-// cold pool is only ever added to (appends) or set by a compaction pass
-// (StripeStore.refreshPoolUsage); nothing sets it at start, so GET /v1/pools,
-// `couchestor pools list` and couchestor_pool_used_bytes read 0 for every
-// cold pool until the first compaction pass (coldTier.compaction.intervalMs,
-// 30 s; never with 0), while the same command with the daemon stopped says
-// the real figure. `todo`: the fix is at the cold tier's start (daemon.ts /
-// stripe-store.ts), outside r11's files. Drop the `todo` with the fix.
+// daemon's own figure for a cold pool was 0 after a restart until the first
+// compaction pass (never with compaction off). Fixed: openManager counts it
+// at start (daemon.ts countColdPoolUsage, shared with offline `pools list`).
 // Real daemon processes.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -29,7 +24,7 @@ function segmentBytes(poolDir: string): number {
   return fs.readdirSync(dir).reduce((sum, n) => sum + fs.statSync(path.join(dir, n)).size, 0);
 }
 
-test('a cold pool\'s usedBytes after a restart is its segment files\' bytes, as before the restart and as offline `pools list` says', { todo: 'cold pool usage is 0 after a restart until a compaction pass (daemon.ts / stripe-store.ts): not fixed by r11' }, async (t) => {
+test('a cold pool\'s usedBytes after a restart is its segment files\' bytes, as before the restart and as offline `pools list` says', async (t) => {
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'review-cold-usage-'));
   let { d } = await startWithColdVolume(work, 8 * MiB, 8 * MiB, 0x3f5);
   t.after(async () => {

@@ -189,6 +189,30 @@ async function writeAllAt(fh: FileHandle, buffers: Buffer[], position: number): 
 }
 
 /**
+ * The bytes of a pool's segment files (`segmentsDir` = the pool's segments/),
+ * one stat per file, 64 at a time; 0 when the directory is not there (a file
+ * gone between the listing and its stat counts 0). A cold
+ * pool's usedBytes: set from this by the daemon at the cold tier's start and
+ * by offline `pools list` (compaction passes set it from an open store's
+ * segments(), the same sizes).
+ */
+export async function segmentFilesBytes(segmentsDir: string): Promise<number> {
+  let names: string[];
+  try {
+    names = (await readdir(segmentsDir)).filter((n) => SEGMENT_NAME.test(n));
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "ENOENT") return 0;
+    throw error;
+  }
+  let total = 0;
+  for (let i = 0; i < names.length; i += 64) {
+    const sizes = await Promise.all(names.slice(i, i + 64).map((n) => stat(join(segmentsDir, n)).then((st) => st.size, (error: NodeJS.ErrnoException) => (error.code === "ENOENT" ? 0 : Promise.reject(error)))));
+    for (const size of sizes) total += size;
+  }
+  return total;
+}
+
+/**
  * Walk record headers from the start to find where the clean chain of records
  * ends. CRCs are not checked: a record with a valid header and bad payload is
  * kept (scan and read report it), so nothing durable is ever cut off.
