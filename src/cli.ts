@@ -176,6 +176,15 @@ async function main(argv: string[]): Promise<number> {
       try {
         const dir = manager.journalDir();
         if (!dir) throw new Error('no hot pool: there is no journal');
+        if (!fs.existsSync(dir)) {
+          const pool = manager.journalPool()!;
+          if (!pool.isOnline()) throw new Error(`pool ${pool.name} holds the cold tier's journal, and its directory ${pool.rec.path} is missing or not writable: nothing to salvage; serve refuses to start without it. Mount its disk`);
+          // serve's own rule and words (VolumeManager.refuseLostJournal): throws if it was there before.
+          let highest = 0;
+          for (const h of manager.highestDestagedSeqSlices(Number.MAX_SAFE_INTEGER)) highest = h;
+          manager['refuseLostJournal'](pool.name, dir, highest);
+          throw new Error(`the cold tier's journal directory ${dir} does not exist yet: nothing to salvage (serve makes it at its first start with a cold tier)`);
+        }
         const r = salvageJournalDir(dir);
         for (const d of r.dropped) {
           const what = d.claimed ? ` (header, unverified: volume ${d.claimed.volumeId}, offset ${d.claimed.offsetBytes}, ${d.claimed.lengthBytes} bytes, seq ${d.claimed.seq})` : '';

@@ -85,13 +85,14 @@ test('journal/ missing on an online hot pool: serve refuses and changes nothing;
   assert.equal(fs.existsSync(journal), false, 'no empty journal made');
   assert.deepEqual(tree(hot0), hotBefore, 'the hot pool unchanged');
   assert.deepEqual(tree(away), journalBefore, 'the journal unchanged');
-  // Offline, fsck names the missing directory; journal salvage makes nothing.
+  // Offline, fsck names the missing directory.
   const f = fsckDataDir(dataDir);
   assert.equal(f.status, 1);
   assert.match((f.report as unknown as { journal: { problem: string | null } }).journal.problem ?? '', new RegExp(`directory ${journal.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')} is missing on pool hot-0`));
+  // journal salvage says so too (serve's words), exits 1 and makes nothing (journal-salvage-missing-dir.test.ts).
   const salvage = d.cli('journal', 'salvage');
-  assert.equal(salvage.status, 0, salvage.stderr);
-  assert.match(salvage.stderr, /no damaged record, nothing changed/);
+  assert.equal(salvage.status, 1, salvage.stderr);
+  assert.match(salvage.stderr, REFUSAL(journal));
   assert.equal(fs.existsSync(journal), false, 'journal salvage makes no journal');
   // Refused again: nothing recorded by the refused start, or fsck, made it look new.
   assert.match((await refusedStart(dataDir)).message, REFUSAL(journal));
