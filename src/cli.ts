@@ -182,7 +182,7 @@ async function main(argv: string[]): Promise<number> {
           // serve's own rule and words (VolumeManager.refuseLostJournal): throws if it was there before.
           let highest = 0;
           for (const h of manager.highestDestagedSeqSlices(Number.MAX_SAFE_INTEGER)) highest = h;
-          manager['refuseLostJournal'](pool.name, dir, highest);
+          manager.refuseLostJournal(pool.name, dir, highest);
           throw new Error(`the cold tier's journal directory ${dir} does not exist yet: nothing to salvage (serve makes it at its first start with a cold tier)`);
         }
         const r = salvageJournalDir(dir);

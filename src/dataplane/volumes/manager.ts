@@ -207,7 +207,7 @@ export class VolumeManager {
    * had one if a cold volume exists or a destaged seq is recorded. A first
    * start, and the operator's empty journal/ (the loss accepted), go on.
    */
-  private refuseLostJournal(pool: string, dir: string, highestDestagedSeq: number): void {
+  refuseLostJournal(pool: string, dir: string, highestDestagedSeq: number): void {
     const existed = this.meta.journalMadeOn(pool) || (!this.meta.journalMadeOn() && (highestDestagedSeq > 0 || this.meta.listVolumes().some((v) => v.tier === 'cold')));
     if (!existed) return;
     throw new PoolOffline(
