@@ -473,19 +473,16 @@ export class PowerLossFs {
       return n;
     }) as typeof fs.writeSync;
 
-    fs.writev = ((fd: number, bufs: NodeJS.ArrayBufferView[], pos: number, cb: (err: NodeJS.ErrnoException | null, n: number, b: NodeJS.ArrayBufferView[]) => void) => {
-      if (dead(fd)) return;
-      const tf = this.fds.get(fd);
-      if (!tf) return real.writev(fd, bufs, pos, cb);
-      if (typeof tf.target !== 'number' || typeof pos !== 'number') throw new Error('power-loss fs: only writev(fd, bufs, position, cb) on a file is modelled');
-      // The bytes as issued: from now on they may be in a crash state, in whole or in part.
-      const op: Op = { k: 'write', ino: tf.target, posBytes: pos, data: Buffer.concat(bufs.map((b) => Buffer.from(b.buffer, b.byteOffset, b.byteLength))), issue: this.tick() };
-      tf.model.ops.push(op);
+    // An asynchronous write of `data` at `pos`, done by `write` when the queue runs it (or its effect alone).
+    // The bytes as issued: from now on they may be in a crash state, in whole or in part.
+    const queuedWrite = (model: DirModel, ino: number, pos: number, data: Buffer, write: () => number, cb: (err: NodeJS.ErrnoException | null, n: number) => void) => {
+      const op: Op = { k: 'write', ino, posBytes: pos, data, issue: this.tick() };
+      model.ops.push(op);
       let n = 0;
       let err: NodeJS.ErrnoException | null = null;
       const effect = () => {
         try {
-          n = fs.writevSync(fd, bufs, pos);
+          n = write();
         } catch (e) {
           err = e as NodeJS.ErrnoException;
         }
@@ -493,8 +490,17 @@ export class PowerLossFs {
       };
       enqueue(() => {
         effect();
-        cb(err, n, bufs);
+        cb(err, n);
       }, effect);
+    };
+
+    fs.writev = ((fd: number, bufs: NodeJS.ArrayBufferView[], pos: number, cb: (err: NodeJS.ErrnoException | null, n: number, b: NodeJS.ArrayBufferView[]) => void) => {
+      if (dead(fd)) return;
+      const tf = this.fds.get(fd);
+      if (!tf) return real.writev(fd, bufs, pos, cb);
+      if (typeof tf.target !== 'number' || typeof pos !== 'number') throw new Error('power-loss fs: only writev(fd, bufs, position, cb) on a file is modelled');
+      const data = Buffer.concat(bufs.map((b) => Buffer.from(b.buffer, b.byteOffset, b.byteLength)));
+      queuedWrite(tf.model, tf.target, pos, data, () => fs.writevSync(fd, bufs, pos), (err, n) => cb(err, n, bufs));
     }) as typeof fs.writev;
 
     // The volume data path's form (volume.ts pwrite/writeAll): fs.write(fd, buffer, offset, length, position, cb).
@@ -506,22 +512,8 @@ export class PowerLossFs {
       if (typeof tf.target !== 'number' || !Buffer.isBuffer(buffer) || typeof offset !== 'number' || typeof length !== 'number' || typeof pos !== 'number' || typeof cb !== 'function') {
         throw new Error('power-loss fs: only write(fd, buffer, offset, length, position, cb) on a file is modelled');
       }
-      const op: Op = { k: 'write', ino: tf.target, posBytes: pos, data: Buffer.from(buffer.subarray(offset, offset + length)), issue: this.tick() };
-      tf.model.ops.push(op);
-      let n = 0;
-      let err: NodeJS.ErrnoException | null = null;
-      const effect = () => {
-        try {
-          n = real.writeSync(fd, buffer, offset, length, pos);
-        } catch (e) {
-          err = e as NodeJS.ErrnoException;
-        }
-        op.complete = this.tick();
-      };
-      enqueue(() => {
-        effect();
-        cb(err, n, buffer);
-      }, effect);
+      const data = Buffer.from(buffer.subarray(offset, offset + length));
+      queuedWrite(tf.model, tf.target, pos, data, () => real.writeSync(fd, buffer, offset, length, pos), (err, n) => cb(err, n, buffer));
     }) as typeof fs.write;
 
     const queuedSync = (realFn: typeof fs.fdatasync) =>
