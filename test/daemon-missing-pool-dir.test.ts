@@ -12,7 +12,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { CLIENT_ENV, TestDaemon, run } from './helpers/daemon.js';
-import { MiB, assertSameBytes, coldStatus, destage, dropCache, patternBytes, readExport, scrub, startWithColdVolume } from './helpers/cold.js';
+import { MiB, assertSameBytes, coldStatus, destage, dropCache, patternBytes, readExport, scrub } from './helpers/cold.js';
+import { coldVolumeWithWork, poolsYaml, startOrError, writeJournaled } from './helpers/missing-pool.js';
 import { startWarmDaemon } from './helpers/hot-warm.js';
 import { DataDirLock } from '../src/data-dir-lock.js';
 
@@ -35,8 +36,7 @@ test('a known pool whose directory is gone stays offline and missing; a new pool
   fs.renameSync(path.join(pools, 'cold-3'), path.join(d.dataDir, 'cold-3-unmounted'));
   // And the operator adds a warm pool to the configuration.
   const cfgFile = path.join(d.dataDir, 'couchestor.yaml');
-  const pool = (name: string, tier: string) => `  - { name: ${name}, tier: ${tier}, path: pools/${name}, capacity: auto }\n`;
-  fs.writeFileSync(cfgFile, CONFIG + 'pools:\n' + pool('hot-0', 'hot') + pool('warm-0', 'warm') + [0, 1, 2, 3, 4, 5].map((i) => pool(`cold-${i}`, 'cold')).join(''));
+  fs.writeFileSync(cfgFile, CONFIG + poolsYaml(['hot-0', 'hot'], ['warm-0', 'warm']));
   d = await TestDaemon.start({ dataDir: d.dataDir });
 
   assert.equal(fs.existsSync(path.join(pools, 'cold-3')), false, 'the missing pool directory is not made again');
@@ -60,17 +60,13 @@ async function metrics(d: TestDaemon): Promise<string> {
 }
 
 test('a cold pool missing at start: reads degraded but byte-exact, destage waits for it, picked up again when it is back', async (t) => {
-  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'missing-pool-cold-'));
-  let { d, model } = await startWithColdVolume(work, 8 * MiB, 4 * MiB, 0x3c2);
-  t.after(async () => {
-    await d.cleanup();
-    fs.rmSync(work, { recursive: true, force: true });
-  });
-  const dataDir = d.dataDir;
+  const fx = await coldVolumeWithWork(t, 'missing-pool-cold-', 8 * MiB, 4 * MiB, 0x3c2);
+  const { work, dataDir, model } = fx;
+  let d = fx.d;
   const cold2 = path.join(dataDir, 'pools', 'cold-2');
   assert.equal(await d.stop(), 0);
   fs.renameSync(cold2, `${cold2}.unmounted`);
-  d = await TestDaemon.start({ dataDir });
+  d = await fx.restart();
 
   assert.equal(fs.existsSync(cold2), false, 'not made again');
   const ready = await api<{ reasons: string[] }>(d, '/readyz');
@@ -152,34 +148,24 @@ test('a warm pool missing at start: its volume fails to export (offline), no emp
 });
 
 test('the hot pool holding the journal missing at start: serve refuses, names it, makes nothing; back, journaled writes read back', async (t) => {
-  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'missing-pool-hot-'));
-  let { d, model } = await startWithColdVolume(work, 8 * MiB, 4 * MiB, 0x3c5);
-  t.after(async () => {
-    await d.cleanup();
-    fs.rmSync(work, { recursive: true, force: true });
-  });
-  const dataDir = d.dataDir;
+  const fx = await coldVolumeWithWork(t, 'missing-pool-hot-', 8 * MiB, 4 * MiB, 0x3c5);
+  const { work, dataDir, model } = fx;
+  let d = fx.d;
   // Acknowledged writes still in the journal only (manual destage, none asked).
-  const more = patternBytes(2 * MiB, 0x3c6);
-  fs.writeFileSync(path.join(work, 'more.bin'), more);
-  run('nbdcopy', [path.join(work, 'more.bin'), d.exportUri('c1')]);
-  more.copy(model, 0);
+  writeJournaled(d, work, model, 2 * MiB, 0x3c6);
   assert.ok((await coldStatus(d)).journalBytes > 0, 'writes wait in the journal');
   assert.equal(await d.stop(), 0);
   const hot0 = path.join(dataDir, 'pools', 'hot-0');
   fs.renameSync(hot0, `${hot0}.unmounted`);
 
-  const started = await TestDaemon.start({ dataDir }).then(
-    (wrongly) => wrongly,
-    (err: Error) => err,
-  );
+  const started = await startOrError(dataDir);
   if (started instanceof TestDaemon) await started.cleanup(); // so the test ends (its own assertion fails below)
   assert.ok(started instanceof Error, 'serve refuses to start without the journal');
   assert.match(started.message, /pool hot-0 holds the cold tier's journal, and its directory .*hot-0 is missing or not writable: mount its disk/);
   assert.equal(fs.existsSync(hot0), false, 'not made again (an empty journal would drop the acknowledged writes)');
 
   fs.renameSync(`${hot0}.unmounted`, hot0);
-  d = await TestDaemon.start({ dataDir });
+  d = await fx.restart();
   await dropCache(d);
   assertSameBytes(readExport(d, 'c1', path.join(work, 'out.bin')), model, 'c1 with its journal back');
 });

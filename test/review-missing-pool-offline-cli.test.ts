@@ -10,11 +10,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { TestDaemon, run } from './helpers/daemon.js';
 import { startWarmDaemon } from './helpers/hot-warm.js';
-import { MiB, assertSameBytes, coldStatus, dropCache, patternBytes, readExport, startWithColdVolume } from './helpers/cold.js';
+import { MiB, assertSameBytes, coldStatus, dropCache, readExport } from './helpers/cold.js';
+import { coldVolumeWithWork, writeJournaled } from './helpers/missing-pool.js';
 
 interface PoolRow {
   name: string;
@@ -35,18 +34,11 @@ function segmentBytes(poolDir: string): number {
 }
 
 test('journal pool missing, daemon stopped: pools list and volumes list work and show it offline; fsck exits 1 naming it; back: clean, serve reads the journaled writes', async (t) => {
-  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'missing-pool-cli-'));
-  let { d, model } = await startWithColdVolume(work, 8 * MiB, 4 * MiB, 0x3d1);
-  t.after(async () => {
-    await d.cleanup();
-    fs.rmSync(work, { recursive: true, force: true });
-  });
-  const dataDir = d.dataDir;
+  const fx = await coldVolumeWithWork(t, 'missing-pool-cli-', 8 * MiB, 4 * MiB, 0x3d1);
+  const { work, dataDir, model } = fx;
+  let d = fx.d;
   // Acknowledged writes in the journal only (destage is manual in this configuration).
-  const more = patternBytes(2 * MiB, 0x3d2);
-  fs.writeFileSync(path.join(work, 'more.bin'), more);
-  run('nbdcopy', [path.join(work, 'more.bin'), d.exportUri('c1')]);
-  more.copy(model, 0);
+  writeJournaled(d, work, model, 2 * MiB, 0x3d2);
   assert.ok((await coldStatus(d)).journalBytes > 0, 'writes wait in the journal');
   assert.equal(await d.stop(), 0);
   const hot0 = path.join(dataDir, 'pools', 'hot-0');
@@ -94,18 +86,13 @@ test('journal pool missing, daemon stopped: pools list and volumes list work and
   assert.deepEqual(clean.unreachablePools, []);
   assert.equal(clean.journal.problem, null);
   assert.ok(clean.journal.filesScanned > 0, 'the journal is scanned');
-  d = await TestDaemon.start({ dataDir });
+  d = await fx.restart();
   await dropCache(d);
   assertSameBytes(readExport(d, 'c1', path.join(work, 'out.bin')), model, 'c1 with its journal back');
 });
 
 test('fsck: the journal directory missing on an online journal pool (cold volumes exist) exits 1 naming it', async (t) => {
-  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'missing-pool-cli-'));
-  const { d } = await startWithColdVolume(work, 4 * MiB, 1 * MiB, 0x3d3);
-  t.after(async () => {
-    await d.cleanup();
-    fs.rmSync(work, { recursive: true, force: true });
-  });
+  const { d } = await coldVolumeWithWork(t, 'missing-pool-cli-', 4 * MiB, 1 * MiB, 0x3d3);
   assert.equal(await d.stop(), 0);
   assert.equal(d.cli('fsck').status, 0, 'clean to begin with');
 

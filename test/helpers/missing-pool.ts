@@ -1,0 +1,99 @@
+// Missing-pool / journal-pool test setup: a cold daemon (with volume c1, or a configuration of its own) beside a
+// temp work dir, every daemon started on its data dir removed after the test; acknowledged writes left in the
+// cold tier's journal; `pools:` YAML for the six default cold pools after the hot/warm ones a test lists; a start
+// that may be refused.
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import type { TestContext } from 'node:test';
+import { TestDaemon, run } from './daemon.js';
+import { patternBytes, startColdDaemon, startWithColdVolume } from './cold.js';
+
+export interface DaemonWork {
+  /** A temp directory for the test's files (nbdcopy sources, exports read back). */
+  work: string;
+  dataDir: string;
+  /** The daemon first started. */
+  d: TestDaemon;
+  /** Starts a daemon again on `dataDir`; it is killed after the test like the first. */
+  restart(): Promise<TestDaemon>;
+}
+
+/**
+ * A temp work dir (`prefix`) and the daemon `start` gives. After the test (once `beforeRemove`, if given, has run):
+ * every daemon from it or `restart` killed, the data dir and the work dir removed.
+ */
+export async function daemonWithWork(t: TestContext, prefix: string, start: (work: string) => Promise<TestDaemon>, beforeRemove?: () => void): Promise<DaemonWork> {
+  const work = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  let d: TestDaemon;
+  try {
+    d = await start(work);
+  } catch (err) {
+    fs.rmSync(work, { recursive: true, force: true });
+    throw err;
+  }
+  const daemons = [d];
+  t.after(async () => {
+    beforeRemove?.();
+    for (const x of daemons) await x.kill();
+    fs.rmSync(d.dataDir, { recursive: true, force: true });
+    fs.rmSync(work, { recursive: true, force: true });
+  });
+  return {
+    work,
+    dataDir: d.dataDir,
+    d,
+    async restart() {
+      const next = await TestDaemon.start({ dataDir: d.dataDir });
+      daemons.push(next);
+      return next;
+    },
+  };
+}
+
+/** daemonWithWork on startWithColdVolume: cold volume c1 of `volumeBytes`, its first `patternLengthBytes` written (`seed`) and destaged; `model` is its bytes. */
+export async function coldVolumeWithWork(t: TestContext, prefix: string, volumeBytes: number, patternLengthBytes: number, seed: number, beforeRemove?: () => void): Promise<DaemonWork & { model: Buffer }> {
+  let model: Buffer = Buffer.alloc(0);
+  const fx = await daemonWithWork(
+    t,
+    prefix,
+    async (work) => {
+      const started = await startWithColdVolume(work, volumeBytes, patternLengthBytes, seed);
+      model = started.model;
+      return started.d;
+    },
+    beforeRemove,
+  );
+  return { ...fx, model };
+}
+
+/** daemonWithWork on startColdDaemon(`config`) (the manual-destage configuration by default). */
+export function coldDaemonWithWork(t: TestContext, prefix: string, config?: string): Promise<DaemonWork> {
+  return daemonWithWork(t, prefix, () => startColdDaemon(config));
+}
+
+/**
+ * Writes `lengthBytes` of pattern `seed` at offset 0 of c1 through nbdcopy (acknowledged and flushed; with destage
+ * manual they stay in the journal) and into `model`. Returns the bytes written.
+ */
+export function writeJournaled(d: TestDaemon, work: string, model: Buffer, lengthBytes: number, seed: number): Buffer {
+  const more = patternBytes(lengthBytes, seed);
+  fs.writeFileSync(path.join(work, 'more.bin'), more);
+  run('nbdcopy', [path.join(work, 'more.bin'), d.exportUri('c1')]);
+  more.copy(model, 0);
+  return more;
+}
+
+/** A couchestor.yaml `pools:` section: `lead` ([name, tier, path?], path pools/NAME by default), then cold-0..cold-5. */
+export function poolsYaml(...lead: [name: string, tier: string, dir?: string][]): string {
+  const pool = (name: string, tier: string, dir = `pools/${name}`) => `  - { name: ${name}, tier: ${tier}, path: ${dir}, capacity: auto }\n`;
+  return 'pools:\n' + lead.map(([name, tier, dir]) => pool(name, tier, dir)).join('') + Array.from({ length: 6 }, (_, i) => pool(`cold-${i}`, 'cold')).join('');
+}
+
+/** Starts serve on `dataDir`: the daemon, or the error it exited with before ready (a refused start). */
+export function startOrError(dataDir: string): Promise<TestDaemon | Error> {
+  return TestDaemon.start({ dataDir }).then(
+    (wrongly) => wrongly,
+    (err: Error) => err,
+  );
+}
