@@ -9,27 +9,15 @@
 // (sample(nowMs)), so two hours of 1 s samples take no two hours.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import path from 'node:path';
-import { VolumeManager } from '../src/dataplane/volumes/manager.js';
-import { HeatTracker, MAX_SAMPLES_PER_VOLUME } from '../src/control/heat.js';
-import { readVolume, tempManager } from './helpers/volume.js';
+import { MAX_SAMPLES_PER_VOLUME } from '../src/control/heat.js';
+import { heatTrackedVolume, readVolume } from './helpers/volume.js';
 
-const MiB = 1024 * 1024;
 const HOUR_MS = 3_600_000;
 const SAMPLE_MS = 1000;
 
-async function hotManager(dir: string): Promise<VolumeManager> {
-  const m = VolumeManager.open(path.join(dir, 'meta'));
-  await m.putPool({ name: 'hot-0', path: path.join(dir, 'hot-0'), tier: 'hot', capacityBytes: 64 * MiB, labels: { tier: 'hot' } });
-  return m;
-}
-
 test('a 2 h samplingWindow reads the whole 2 h, and a 24 h one is unknown after 2 h, however many samples', async (t) => {
-  const { m } = await tempManager(t, 'heat-long-window-', hotManager);
-  await m.createVolume({ name: 'v', sizeBytes: MiB });
-  const vol = m.openVolume('v');
   // Retention starts at an hour, as the daemon's; the loop's first pass asks for 2 h.
-  const heat = new HeatTracker(m, HOUR_MS, SAMPLE_MS);
+  const { vol, heat } = await heatTrackedVolume(t, 'heat-long-window-', HOUR_MS, SAMPLE_MS);
   const start = Date.now() - 3 * HOUR_MS;
   await heat.refresh(2 * HOUR_MS, ['v'], start);
   let reads = 0;

@@ -9,26 +9,14 @@
 // times are given explicitly (sample(nowMs)), so 25 h take seconds.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import path from 'node:path';
-import { VolumeManager } from '../src/dataplane/volumes/manager.js';
-import { HeatTracker, MAX_SAMPLES_PER_VOLUME } from '../src/control/heat.js';
-import { readVolume, tempManager } from './helpers/volume.js';
+import { MAX_SAMPLES_PER_VOLUME } from '../src/control/heat.js';
+import { heatTrackedVolume, readVolume } from './helpers/volume.js';
 
-const MiB = 1024 * 1024;
 const HOUR_MS = 3_600_000;
 const SAMPLE_MS = 1000;
 
-async function hotManager(dir: string): Promise<VolumeManager> {
-  const m = VolumeManager.open(path.join(dir, 'meta'));
-  await m.putPool({ name: 'hot-0', path: path.join(dir, 'hot-0'), tier: 'hot', capacityBytes: 64 * MiB, labels: { tier: 'hot' } });
-  return m;
-}
-
 test('thinned samples read every window over its own length: 6 h, 24 h and 1 h readings after 25 h with a day kept', async (t) => {
-  const { m } = await tempManager(t, 'review-heat-thinned-', hotManager);
-  await m.createVolume({ name: 'v', sizeBytes: MiB });
-  const vol = m.openVolume('v');
-  const heat = new HeatTracker(m, HOUR_MS, SAMPLE_MS);
+  const { vol, heat } = await heatTrackedVolume(t, 'review-heat-thinned-', HOUR_MS, SAMPLE_MS);
   const total = (25 * HOUR_MS) / SAMPLE_MS;
   const busyFrom = total - (6 * HOUR_MS) / SAMPLE_MS;
   const start = Date.now() - 26 * HOUR_MS;

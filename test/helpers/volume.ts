@@ -12,6 +12,7 @@ import path from 'node:path';
 import type { TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { VolumeManager } from '../../src/dataplane/volumes/manager.js';
+import { HeatTracker } from '../../src/control/heat.js';
 import { SegmentCompactor } from '../../src/dataplane/ec/compaction.js';
 import { ObjectStore } from '../../src/dataplane/objects/store.js';
 import { OBJECTS_DB, PARTS_DB } from '../../src/dataplane/objects/cold-segments.js';
@@ -181,6 +182,21 @@ export async function tempManager<M extends { close(): Promise<unknown> }>(t: Te
     fs.rmSync(dir, { recursive: true, force: true });
   });
   return { dir, m };
+}
+
+/**
+ * In a temp dir named `prefix` (as tempManager): a manager with one hot pool (hot-0, 64 MiB) and no cold tier, its
+ * 1 MiB volume v open, and a HeatTracker over it (retention `retentionMs`, a sample every `sampleMs`) for the test to
+ * drive with explicit sample times.
+ */
+export async function heatTrackedVolume(t: TestContext, prefix: string, retentionMs: number, sampleMs: number): Promise<{ m: VolumeManager; vol: Volume; heat: HeatTracker }> {
+  const { m } = await tempManager(t, prefix, async (dir) => {
+    const opened = VolumeManager.open(path.join(dir, 'meta'));
+    await opened.putPool({ name: 'hot-0', path: path.join(dir, 'hot-0'), tier: 'hot', capacityBytes: 64 * MiB, labels: { tier: 'hot' } });
+    return opened;
+  });
+  await m.createVolume({ name: 'v', sizeBytes: MiB });
+  return { m, vol: m.openVolume('v'), heat: new HeatTracker(m, retentionMs, sampleMs) };
 }
 
 /**
