@@ -14,8 +14,8 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
-import { coldPairWithHot1Offline, openColdTierManager, readVolume, tempDirClosing } from './helpers/volume.js';
-import { addObjectSource, coldVolumeWithObjectSource, putDamagedObjectRecord, replacePoolDir, shardsPresentOn, type ListedRebuild } from './helpers/rebuild.js';
+import { openColdTierManager, readVolume, tempDirClosing } from './helpers/volume.js';
+import { addObjectSource, coldTrioWithObjectSource, putDamagedObjectRecord, replacePoolDir, shardsPresentOn, type ListedRebuild } from './helpers/rebuild.js';
 import { stderrLines } from './helpers/stderr.js';
 
 /** Listed first (interrupted), its retry always throws. */
@@ -32,11 +32,9 @@ test("a pool whose retry always throws does not starve the timer's retry of the 
   const dir = tempDirClosing(t, 'couchestor-rebuild-retry-independent-', () => m!);
   m = await openColdTierManager(dir);
   // a (journal on hot-1) and b; hot-1 back for now. c beside the S3 object source.
-  const pair = await coldPairWithHot1Offline(m, dir);
+  const pair = await coldTrioWithObjectSource(t, m, dir, STRIPES, { hot1Back: true });
   m = pair.m;
-  fs.renameSync(`${pair.hot1}.gone`, pair.hot1);
-  const want = new Map(pair.want);
-  want.set('c', await coldVolumeWithObjectSource(t, m, STRIPES));
+  const want = pair.want;
 
   // cold-1 lost: its rebuild lands every volume's shard, then throws on the damaged object record: listed interrupted.
   await putDamagedObjectRecord(m);

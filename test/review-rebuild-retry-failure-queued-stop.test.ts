@@ -16,8 +16,8 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
 import type { Reconstructor } from '../src/dataplane/ec/reconstruction.js';
-import { coldPairWithHot1Offline, openColdTierManager, readVolume, tempDirClosing } from './helpers/volume.js';
-import { addObjectSource, coldVolumeWithObjectSource, putDamagedObjectRecord, replacePoolDir, shardsPresentOn, type ListedRebuild } from './helpers/rebuild.js';
+import { openColdTierManager, readVolume, tempDirClosing } from './helpers/volume.js';
+import { addObjectSource, coldTrioWithObjectSource, putDamagedObjectRecord, replacePoolDir, shardsPresentOn, type ListedRebuild } from './helpers/rebuild.js';
 
 const FAILING = 'cold-1';
 const WAITING = 'cold-2';
@@ -34,11 +34,9 @@ async function listedPair(t: TestContext, prefix: string): Promise<{ dir: string
   let m: VolumeManager | null = null;
   const dir = tempDirClosing(t, prefix, () => m!);
   m = await openColdTierManager(dir);
-  const pair = await coldPairWithHot1Offline(m, dir);
+  const pair = await coldTrioWithObjectSource(t, m, dir, STRIPES, { hot1Back: true });
   m = pair.m;
-  fs.renameSync(`${pair.hot1}.gone`, pair.hot1);
-  const want = new Map(pair.want);
-  want.set('c', await coldVolumeWithObjectSource(t, m, STRIPES));
+  const want = pair.want;
   const removeDamaged = await putDamagedObjectRecord(m);
   replacePoolDir(dir, FAILING);
   await assert.rejects(m.cold!.reconstructor.rebuildPool(FAILING));

@@ -13,8 +13,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
-import { coldPairWithHot1Offline, openColdTierManager, readVolume, tempDirClosing } from './helpers/volume.js';
-import { coldVolumeWithObjectSource, putDamagedObjectRecord, replacePoolDir, shardsPresentOn, type ListedRebuild } from './helpers/rebuild.js';
+import { openColdTierManager, readVolume, tempDirClosing } from './helpers/volume.js';
+import { coldTrioWithObjectSource, coldVolumeWithObjectSource, putDamagedObjectRecord, replacePoolDir, shardsPresentOn, type ListedRebuild } from './helpers/rebuild.js';
 import { stderrLines } from './helpers/stderr.js';
 
 const POOL = 'cold-1';
@@ -71,10 +71,9 @@ test("a pool's retry failing again after an operator's rebuild of it finished is
   const dir = tempDirClosing(t, 'couchestor-review-retry-log-cleared-op-', () => m!);
   m = await openColdTierManager(dir);
   // a (journal on hot-1, offline now: a cannot be opened) and b; c beside the S3 object source.
-  const pair = await coldPairWithHot1Offline(m, dir);
+  const pair = await coldTrioWithObjectSource(t, m, dir, STRIPES, { hot1Back: false });
   m = pair.m;
-  const want = new Map(pair.want);
-  want.set('c', await coldVolumeWithObjectSource(t, m, STRIPES));
+  const want = pair.want;
   const r = m.cold!.reconstructor;
   const failedLines = async (): Promise<string[]> => {
     const { lines } = await stderrLines(() => r.retryOnTimer());

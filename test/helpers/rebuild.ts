@@ -94,6 +94,25 @@ export async function coldVolumeWithObjectSource(t: TestContext, m: VolumeManage
   return want;
 }
 
+/**
+ * coldPairWithHot1Offline's a and b from `m` over `dir` (restarted: use the `m` returned), hot-1 back at its path when
+ * `hot1Back` (else offline, at `${hot1}.gone`), then c (`stripes` stripes) beside the S3 object source. `want` holds all three.
+ */
+export async function coldTrioWithObjectSource(
+  t: TestContext,
+  m0: VolumeManager,
+  dir: string,
+  stripes: number,
+  opts: { hot1Back: boolean },
+): Promise<{ m: VolumeManager; hot1: string; want: Map<string, Buffer> }> {
+  const pair = await coldPairWithHot1Offline(m0, dir);
+  const m = pair.m;
+  if (opts.hot1Back) fs.renameSync(`${pair.hot1}.gone`, pair.hot1);
+  const want = new Map(pair.want);
+  want.set('c', await coldVolumeWithObjectSource(t, m, stripes));
+  return { m, hot1: pair.hot1, want };
+}
+
 /** Registers cold S3 objects' stripes with `m`'s rebuilds, as the daemon's S3 front end does (again after a restart in process); removed when `t` ends. */
 export function addObjectSource(t: TestContext, m: VolumeManager): void {
   t.after(m.cold!.reconstructor.addSource(new ColdObjectHolders(m.meta, m.cold!.stripes)));
