@@ -11,18 +11,15 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { open } from 'lmdb';
-import { TestDaemon, run } from './helpers/daemon.js';
-import { MiB, assertSameBytes, coldStatus, dropCache, fsckDataDir, patternBytes, readExport, startWithColdVolume } from './helpers/cold.js';
+import { TestDaemon } from './helpers/daemon.js';
+import { MiB, assertSameBytes, coldStatus, dropCache, fsckDataDir, readExport } from './helpers/cold.js';
+import { coldVolumeWithWork, startOrError, writeJournaled } from './helpers/missing-pool.js';
 
 /** Starts serve on `dataDir`, which must refuse: returns its error (the daemon's exit and stderr). */
 async function refusedStart(dataDir: string): Promise<Error> {
-  const started = await TestDaemon.start({ dataDir }).then(
-    (wrongly) => wrongly,
-    (err: Error) => err,
-  );
+  const started = await startOrError(dataDir);
   if (started instanceof TestDaemon) {
     await started.stop(); // so the test ends (its own assertion fails below); the data dir is kept
     assert.fail('serve started without its journal directory');
@@ -57,19 +54,12 @@ const REFUSAL = (dir: string) =>
   );
 
 test('journal/ missing on an online hot pool: serve refuses and changes nothing; back, the journaled writes read back; an empty journal/ starts', async (t) => {
-  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'missing-journal-dir-'));
-  let { d, model } = await startWithColdVolume(work, 8 * MiB, 4 * MiB, 0x4a1);
-  t.after(async () => {
-    await d.cleanup();
-    fs.rmSync(work, { recursive: true, force: true });
-  });
-  const dataDir = d.dataDir;
+  const fx = await coldVolumeWithWork(t, 'missing-journal-dir-', 8 * MiB, 4 * MiB, 0x4a1);
+  const { work, dataDir, model } = fx;
+  let d = fx.d;
   const destaged = Buffer.from(model);
   // 1 MiB of acknowledged, flushed writes still only in the journal (manual destage, none asked).
-  const more = patternBytes(1 * MiB, 0x4a2);
-  fs.writeFileSync(path.join(work, 'more.bin'), more);
-  run('nbdcopy', [path.join(work, 'more.bin'), d.exportUri('c1')]);
-  more.copy(model, 0);
+  writeJournaled(d, work, model, 1 * MiB, 0x4a2);
   assert.ok((await coldStatus(d)).journalBytes >= MiB, 'the writes wait in the journal');
   assert.equal(await d.stop(), 0);
 
@@ -99,7 +89,7 @@ test('journal/ missing on an online hot pool: serve refuses and changes nothing;
 
   // The disk is back: the journaled writes read back byte-exact.
   fs.renameSync(away, journal);
-  d = await TestDaemon.start({ dataDir });
+  d = await fx.restart();
   await dropCache(d);
   assertSameBytes(readExport(d, 'c1', path.join(work, 'out.bin')), model, 'c1 with its journal back');
   assert.ok((await coldStatus(d)).journalBytes >= MiB, 'replayed, not yet destaged');
@@ -108,20 +98,16 @@ test('journal/ missing on an online hot pool: serve refuses and changes nothing;
   // The way out accepting the loss: an empty journal/ made by the operator.
   fs.renameSync(journal, away);
   fs.mkdirSync(journal);
-  d = await TestDaemon.start({ dataDir });
+  d = await fx.restart();
   assert.equal((await coldStatus(d)).journalBytes, 0, 'an empty journal');
   await dropCache(d);
   assertSameBytes(readExport(d, 'c1', path.join(work, 'out2.bin')), destaged, 'c1 without its journal: the destaged bytes');
 });
 
 test('journal/ missing: an index from before the journal record refuses when a cold volume exists; a fresh data dir starts and records it', async (t) => {
-  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'missing-journal-dir-old-'));
-  let { d } = await startWithColdVolume(work, 4 * MiB, 1 * MiB, 0x4a3);
-  t.after(async () => {
-    await d.cleanup();
-    fs.rmSync(work, { recursive: true, force: true });
-  });
-  const dataDir = d.dataDir;
+  const fx = await coldVolumeWithWork(t, 'missing-journal-dir-old-', 4 * MiB, 1 * MiB, 0x4a3);
+  const dataDir = fx.dataDir;
+  let d = fx.d;
   assert.equal(await d.stop(), 0);
   await forgetJournalRecord(dataDir);
   const journal = path.join(dataDir, 'pools', 'hot-0', 'journal');
@@ -129,7 +115,7 @@ test('journal/ missing: an index from before the journal record refuses when a c
   assert.match((await refusedStart(dataDir)).message, REFUSAL(journal));
   assert.equal(fs.existsSync(journal), false, 'no empty journal made');
   fs.mkdirSync(journal);
-  d = await TestDaemon.start({ dataDir });
+  d = await fx.restart();
   assert.equal(await d.stop(), 0);
 
   // A brand-new data dir with no configuration (`npm start`): starts, makes its journal and

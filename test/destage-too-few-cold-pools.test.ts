@@ -7,18 +7,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { run } from './helpers/daemon.js';
-import { MiB, coldPoolDir, coldStatus, createVolume, startColdDaemon } from './helpers/cold.js';
+import { MiB, coldPoolDir, coldStatus, createVolume } from './helpers/cold.js';
+import { coldDaemonWithWork } from './helpers/missing-pool.js';
 
 test('destage with 5 of 6 cold pools online: 503 DestageStalled with the cause, printed by the CLI; destages once the pool is back', async (t) => {
-  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'destage-few-pools-'));
-  const d = await startColdDaemon();
-  t.after(async () => {
-    await d.cleanup();
-    fs.rmSync(work, { recursive: true, force: true });
-  });
+  const { d, work } = await coldDaemonWithWork(t, 'destage-few-pools-');
   await createVolume(d, 'c1', 8 * MiB, 'cold');
   await createVolume(d, 'h1', 4 * MiB, 'hot');
   const src = path.join(work, 'src.bin');

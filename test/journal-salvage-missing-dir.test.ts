@@ -8,17 +8,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { MiB, startWithColdVolume } from './helpers/cold.js';
+import { MiB } from './helpers/cold.js';
+import { coldVolumeWithWork } from './helpers/missing-pool.js';
 
 test('journal salvage: a missing journal directory (or its pool) is an error naming it and what to do, not "nothing changed"', async (t) => {
-  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'salvage-missing-journal-'));
-  const { d } = await startWithColdVolume(work, 4 * MiB, 4 * MiB, 0x5a1);
-  t.after(async () => {
-    await d.cleanup();
-    fs.rmSync(work, { recursive: true, force: true });
-  });
+  const { d, work } = await coldVolumeWithWork(t, 'salvage-missing-journal-', 4 * MiB, 4 * MiB, 0x5a1);
   assert.equal(await d.stop(), 0);
   const hot0 = path.join(d.dataDir, 'pools', 'hot-0');
   const journal = path.join(hot0, 'journal');

@@ -7,10 +7,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { TestDaemon } from './helpers/daemon.js';
-import { MiB, api, startWithColdVolume } from './helpers/cold.js';
+import { MiB, api } from './helpers/cold.js';
+import { coldVolumeWithWork } from './helpers/missing-pool.js';
 
 interface PoolRow {
   name: string;
@@ -25,19 +24,15 @@ function segmentBytes(poolDir: string): number {
 }
 
 test('a cold pool\'s usedBytes after a restart is its segment files\' bytes, as before the restart and as offline `pools list` says', async (t) => {
-  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'review-cold-usage-'));
-  let { d } = await startWithColdVolume(work, 8 * MiB, 8 * MiB, 0x3f5);
-  t.after(async () => {
-    await d.cleanup();
-    fs.rmSync(work, { recursive: true, force: true });
-  });
+  const fx = await coldVolumeWithWork(t, 'review-cold-usage-', 8 * MiB, 8 * MiB, 0x3f5);
+  let d = fx.d;
   const cold = (rows: PoolRow[]) => rows.filter((p) => p.tier === 'cold');
   const before = cold(await api<PoolRow[]>(d, 'GET', '/v1/pools'));
   for (const p of before) assert.equal(p.usedBytes, segmentBytes(p.path), `${p.name} before the restart`);
   assert.equal(await d.stop(), 0);
   const offline = cold(JSON.parse(d.cli('pools', 'list', '--json').stdout) as PoolRow[]);
   for (const p of offline) assert.equal(p.usedBytes, segmentBytes(p.path), `${p.name} offline`);
-  d = await TestDaemon.start({ dataDir: d.dataDir });
+  d = await fx.restart();
   const after = cold(await api<PoolRow[]>(d, 'GET', '/v1/pools'));
   for (const p of after) assert.equal(p.usedBytes, segmentBytes(p.path), `${p.name} after the restart`);
 });

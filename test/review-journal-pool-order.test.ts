@@ -11,32 +11,21 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { TestDaemon, run } from './helpers/daemon.js';
-import { MANUAL_DESTAGE_CONFIG, MiB, assertSameBytes, coldStatus, dropCache, patternBytes, readExport, writeColdVolume, startColdDaemon } from './helpers/cold.js';
+import { MANUAL_DESTAGE_CONFIG, MiB, assertSameBytes, coldStatus, dropCache, patternBytes, readExport, writeColdVolume } from './helpers/cold.js';
+import { coldDaemonWithWork, poolsYaml, writeJournaled } from './helpers/missing-pool.js';
 
-const HOT_Z_FIRST_CONFIG =
-  MANUAL_DESTAGE_CONFIG +
-  'pools:\n  - { name: hot-z, tier: hot, path: pools/hot-z, capacity: auto }\n  - { name: hot-a, tier: hot, path: pools/hot-a, capacity: auto }\n' +
-  Array.from({ length: 6 }, (_, i) => `  - { name: cold-${i}, tier: cold, path: pools/cold-${i}, capacity: auto }\n`).join('');
+const HOT_Z_FIRST_CONFIG = MANUAL_DESTAGE_CONFIG + poolsYaml(['hot-z', 'hot'], ['hot-a', 'hot']);
 
 test('two hot pools, the first listed sorting last: the journal stays on it across restarts and its writes read back', async (t) => {
-  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'review-journal-pool-order-'));
-  let d = await startColdDaemon(HOT_Z_FIRST_CONFIG);
-  t.after(async () => {
-    await d.cleanup();
-    fs.rmSync(work, { recursive: true, force: true });
-  });
-  const dataDir = d.dataDir;
+  const fx = await coldDaemonWithWork(t, 'review-journal-pool-order-', HOT_Z_FIRST_CONFIG);
+  const { work, dataDir } = fx;
+  let d = fx.d;
   const model = Buffer.alloc(4 * MiB);
   patternBytes(2 * MiB, 0x5b1).copy(model);
   await writeColdVolume(d, 'c1', model, work); // destaged
   // 1 MiB of acknowledged, flushed writes left in the journal (no destage asked).
-  const more = patternBytes(1 * MiB, 0x5b2);
-  fs.writeFileSync(path.join(work, 'more.bin'), more);
-  run('nbdcopy', [path.join(work, 'more.bin'), d.exportUri('c1')]);
-  more.copy(model, 0);
+  writeJournaled(d, work, model, 1 * MiB, 0x5b2);
   assert.ok((await coldStatus(d)).journalBytes >= MiB, 'the writes wait in the journal');
   assert.equal(await d.stop(), 0);
   const hotZJournal = path.join(dataDir, 'pools', 'hot-z', 'journal');
@@ -44,7 +33,7 @@ test('two hot pools, the first listed sorting last: the journal stays on it acro
   assert.ok(fs.existsSync(hotZJournal), 'the first start made the journal on hot-z, the first hot pool listed');
 
   for (let start = 1; start <= 2; start++) {
-    d = await TestDaemon.start({ dataDir });
+    d = await fx.restart();
     assert.ok((await coldStatus(d)).journalBytes >= MiB, `start ${start}: hot-z's journal replayed`);
     assert.equal(fs.existsSync(hotAJournal), false, `start ${start}: no second journal made on hot-a`);
     await dropCache(d);
@@ -54,20 +43,13 @@ test('two hot pools, the first listed sorting last: the journal stays on it acro
 });
 
 test('the journal pool made a warm pool, a new hot pool added: the journal stays where its writes are and they read back', async (t) => {
-  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'review-journal-pool-tier-'));
-  let d = await startColdDaemon();
-  t.after(async () => {
-    await d.cleanup();
-    fs.rmSync(work, { recursive: true, force: true });
-  });
-  const dataDir = d.dataDir;
+  const fx = await coldDaemonWithWork(t, 'review-journal-pool-tier-');
+  const { work, dataDir } = fx;
+  let d = fx.d;
   const model = Buffer.alloc(4 * MiB);
   patternBytes(2 * MiB, 0x5b3).copy(model);
   await writeColdVolume(d, 'c1', model, work);
-  const more = patternBytes(1 * MiB, 0x5b4);
-  fs.writeFileSync(path.join(work, 'more.bin'), more);
-  run('nbdcopy', [path.join(work, 'more.bin'), d.exportUri('c1')]);
-  more.copy(model, 0);
+  writeJournaled(d, work, model, 1 * MiB, 0x5b4);
   assert.ok((await coldStatus(d)).journalBytes >= MiB, 'the writes wait in the journal');
   assert.equal(await d.stop(), 0);
 
@@ -75,13 +57,8 @@ test('the journal pool made a warm pool, a new hot pool added: the journal stays
   const yamlPath = path.join(dataDir, 'couchestor.yaml');
   const yaml = fs.readFileSync(yamlPath, 'utf8');
   assert.doesNotMatch(yaml, /pools:/, 'the default pools (hot-0, cold-0..5)');
-  fs.writeFileSync(
-    yamlPath,
-    yaml +
-      'pools:\n  - { name: hot-0, tier: warm, path: pools/hot-0, capacity: auto }\n  - { name: hot-1, tier: hot, path: pools/hot-1, capacity: auto }\n' +
-      Array.from({ length: 6 }, (_, i) => `  - { name: cold-${i}, tier: cold, path: pools/cold-${i}, capacity: auto }\n`).join(''),
-  );
-  d = await TestDaemon.start({ dataDir });
+  fs.writeFileSync(yamlPath, yaml + poolsYaml(['hot-0', 'warm'], ['hot-1', 'hot']));
+  d = await fx.restart();
   assert.ok((await coldStatus(d)).journalBytes >= MiB, "hot-0's journal replayed");
   assert.equal(fs.existsSync(path.join(dataDir, 'pools', 'hot-1', 'journal')), false, 'no second, empty journal on hot-1');
   await dropCache(d);

@@ -15,23 +15,16 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { TestDaemon, run } from './helpers/daemon.js';
-import { MANUAL_DESTAGE_CONFIG, MiB, assertSameBytes, coldStatus, createVolume, dropCache, patternBytes, readExport, startColdDaemon, startWithColdVolume } from './helpers/cold.js';
+import { run } from './helpers/daemon.js';
+import { MANUAL_DESTAGE_CONFIG, MiB, assertSameBytes, coldStatus, createVolume, dropCache, patternBytes, readExport } from './helpers/cold.js';
+import { coldDaemonWithWork, coldVolumeWithWork, poolsYaml, writeJournaled } from './helpers/missing-pool.js';
 
 test('a hot pool added whose name sorts first: the journaled writes still read back after two restarts', async (t) => {
-  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'review-journal-switch-'));
-  let { d, model } = await startWithColdVolume(work, 8 * MiB, 4 * MiB, 0x3f1);
-  t.after(async () => {
-    await d.cleanup();
-    fs.rmSync(work, { recursive: true, force: true });
-  });
-  const dataDir = d.dataDir;
-  const more = patternBytes(2 * MiB, 0x3f2);
-  fs.writeFileSync(path.join(work, 'more.bin'), more);
-  run('nbdcopy', [path.join(work, 'more.bin'), d.exportUri('c1')]);
-  more.copy(model, 0);
+  const fx = await coldVolumeWithWork(t, 'review-journal-switch-', 8 * MiB, 4 * MiB, 0x3f1);
+  const { work, dataDir, model } = fx;
+  let d = fx.d;
+  writeJournaled(d, work, model, 2 * MiB, 0x3f2);
   assert.ok((await coldStatus(d)).journalBytes > 0, 'writes wait in the journal');
   assert.equal(await d.stop(), 0);
 
@@ -39,15 +32,10 @@ test('a hot pool added whose name sorts first: the journaled writes still read b
   const yamlPath = path.join(dataDir, 'couchestor.yaml');
   const yaml = fs.readFileSync(yamlPath, 'utf8');
   assert.doesNotMatch(yaml, /pools:/, 'the default pools (hot-0, cold-0..5)');
-  fs.writeFileSync(
-    yamlPath,
-    yaml +
-      'pools:\n  - { name: a-hot, tier: hot, path: pools/a-hot, capacity: auto }\n  - { name: hot-0, tier: hot, path: pools/hot-0, capacity: auto }\n' +
-      Array.from({ length: 6 }, (_, i) => `  - { name: cold-${i}, tier: cold, path: pools/cold-${i}, capacity: auto }\n`).join(''),
-  );
+  fs.writeFileSync(yamlPath, yaml + poolsYaml(['a-hot', 'hot'], ['hot-0', 'hot']));
 
   for (let start = 1; start <= 2; start++) {
-    d = await TestDaemon.start({ dataDir });
+    d = await fx.restart();
     await dropCache(d);
     assertSameBytes(readExport(d, 'c1', path.join(work, 'out.bin')), model, `c1 after start ${start} with a-hot added`);
     assert.equal(await d.stop(), 0);
@@ -55,16 +43,9 @@ test('a hot pool added whose name sorts first: the journaled writes still read b
 });
 
 test('two hot pools listed out of name order from the first start: the journaled writes still read back after a restart', async (t) => {
-  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'review-journal-switch-'));
-  const config =
-    MANUAL_DESTAGE_CONFIG +
-    'pools:\n  - { name: hot-b, tier: hot, path: pools/hot-b, capacity: auto }\n  - { name: hot-a, tier: hot, path: pools/hot-a, capacity: auto }\n' +
-    Array.from({ length: 6 }, (_, i) => `  - { name: cold-${i}, tier: cold, path: pools/cold-${i}, capacity: auto }\n`).join('');
-  let d = await startColdDaemon(config);
-  t.after(async () => {
-    await d.cleanup();
-    fs.rmSync(work, { recursive: true, force: true });
-  });
+  const fx = await coldDaemonWithWork(t, 'review-journal-switch-', MANUAL_DESTAGE_CONFIG + poolsYaml(['hot-b', 'hot'], ['hot-a', 'hot']));
+  const { work } = fx;
+  let d = fx.d;
   const model = Buffer.alloc(4 * MiB);
   patternBytes(4 * MiB, 0x3f3).copy(model);
   await createVolume(d, 'c1', 4 * MiB, 'cold');
@@ -72,7 +53,7 @@ test('two hot pools listed out of name order from the first start: the journaled
   run('nbdcopy', [path.join(work, 'in.bin'), d.exportUri('c1')]);
   assert.ok((await coldStatus(d)).journalBytes > 0, 'writes wait in the journal');
   assert.equal(await d.stop(), 0);
-  d = await TestDaemon.start({ dataDir: d.dataDir });
+  d = await fx.restart();
   await dropCache(d);
   assertSameBytes(readExport(d, 'c1', path.join(work, 'out.bin')), model, 'c1 after a restart');
 });

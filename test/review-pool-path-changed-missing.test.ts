@@ -7,23 +7,16 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { TestDaemon, run } from './helpers/daemon.js';
-import { MiB, assertSameBytes, coldStatus, dropCache, patternBytes, readExport, startWithColdVolume } from './helpers/cold.js';
+import { TestDaemon } from './helpers/daemon.js';
+import { MiB, assertSameBytes, coldStatus, dropCache, readExport } from './helpers/cold.js';
+import { coldVolumeWithWork, poolsYaml, startOrError, writeJournaled } from './helpers/missing-pool.js';
 
 test('the journal hot pool given a new path whose directory is missing: serve refuses, makes nothing; moved there, the journaled writes read back', async (t) => {
-  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'review-pool-path-'));
-  let { d, model } = await startWithColdVolume(work, 8 * MiB, 4 * MiB, 0x7a1);
-  t.after(async () => {
-    await d.cleanup();
-    fs.rmSync(work, { recursive: true, force: true });
-  });
-  const dataDir = d.dataDir;
-  const more = patternBytes(2 * MiB, 0x7a2);
-  fs.writeFileSync(path.join(work, 'more.bin'), more);
-  run('nbdcopy', [path.join(work, 'more.bin'), d.exportUri('c1')]);
-  more.copy(model, 0);
+  const fx = await coldVolumeWithWork(t, 'review-pool-path-', 8 * MiB, 4 * MiB, 0x7a1);
+  const { work, dataDir, model } = fx;
+  let d = fx.d;
+  const more = writeJournaled(d, work, model, 2 * MiB, 0x7a2);
   assert.ok((await coldStatus(d)).journalBytes > 0, 'acknowledged writes wait in the journal');
   assert.equal(await d.stop(), 0);
 
@@ -31,14 +24,10 @@ test('the journal hot pool given a new path whose directory is missing: serve re
   const cfgFile = path.join(dataDir, 'couchestor.yaml');
   const cfg = fs.readFileSync(cfgFile, 'utf8');
   assert.doesNotMatch(cfg, /^pools:/m, 'the embedded default pools');
-  const pool = (name: string, tier: string, dir = `pools/${name}`) => `  - { name: ${name}, tier: ${tier}, path: ${dir}, capacity: auto }\n`;
-  fs.writeFileSync(cfgFile, cfg + 'pools:\n' + pool('hot-0', 'hot', 'pools/hot-0-newdisk') + [0, 1, 2, 3, 4, 5].map((i) => pool(`cold-${i}`, 'cold')).join(''));
+  fs.writeFileSync(cfgFile, cfg + poolsYaml(['hot-0', 'hot', 'pools/hot-0-newdisk']));
   const moved = path.join(dataDir, 'pools', 'hot-0-newdisk');
 
-  const started = await TestDaemon.start({ dataDir }).then(
-    (wrongly) => wrongly,
-    (err: Error) => err,
-  );
+  const started = await startOrError(dataDir);
   if (started instanceof TestDaemon) {
     // Before the fix: it started on an empty journal. Show what that cost before failing.
     await dropCache(started);
@@ -52,7 +41,7 @@ test('the journal hot pool given a new path whose directory is missing: serve re
 
   // Its contents moved to the new path: the journal's writes read back.
   fs.renameSync(path.join(dataDir, 'pools', 'hot-0'), moved);
-  d = await TestDaemon.start({ dataDir });
+  d = await fx.restart();
   await dropCache(d);
   assertSameBytes(readExport(d, 'c1', path.join(work, 'out.bin')), model, 'c1 with hot-0 at its new path');
 });

@@ -8,10 +8,10 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { TestDaemon, run } from './helpers/daemon.js';
-import { MiB, assertSameBytes, coldStatus, dropCache, patternBytes, readExport, startWithColdVolume } from './helpers/cold.js';
+import { TestDaemon } from './helpers/daemon.js';
+import { MiB, assertSameBytes, coldStatus, dropCache, readExport } from './helpers/cold.js';
+import { coldVolumeWithWork, startOrError, writeJournaled } from './helpers/missing-pool.js';
 
 interface FsckOut {
   unreachablePools: { pool: string; tier: string; path: string; problem: string; holds: string }[];
@@ -19,19 +19,14 @@ interface FsckOut {
 }
 
 test('journal pool read-only, daemon stopped: serve refuses; fsck exits 1 naming it (not clean); writable again: clean, serve reads the journaled writes', async (t) => {
-  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'review-ro-journal-'));
-  let { d, model } = await startWithColdVolume(work, 8 * MiB, 4 * MiB, 0x3e1);
-  const hot0 = path.join(d.dataDir, 'pools', 'hot-0');
   let mounted = false;
-  t.after(async () => {
+  const fx = await coldVolumeWithWork(t, 'review-ro-journal-', 8 * MiB, 4 * MiB, 0x3e1, () => {
     if (mounted) execFileSync('umount', [hot0]);
-    await d.cleanup();
-    fs.rmSync(work, { recursive: true, force: true });
   });
-  const more = patternBytes(2 * MiB, 0x3e2);
-  fs.writeFileSync(path.join(work, 'more.bin'), more);
-  run('nbdcopy', [path.join(work, 'more.bin'), d.exportUri('c1')]);
-  more.copy(model, 0);
+  const { work, model } = fx;
+  let d = fx.d;
+  const hot0 = path.join(d.dataDir, 'pools', 'hot-0');
+  writeJournaled(d, work, model, 2 * MiB, 0x3e2);
   assert.ok((await coldStatus(d)).journalBytes > 0, 'writes wait in the journal');
   assert.equal(await d.stop(), 0);
   const dataDir = d.dataDir;
@@ -41,10 +36,7 @@ test('journal pool read-only, daemon stopped: serve refuses; fsck exits 1 naming
   execFileSync('mount', ['-o', 'remount,bind,ro', hot0]);
   assert.throws(() => fs.writeFileSync(path.join(hot0, 'probe'), 'x'), /EROFS/, 'the test made hot-0 read-only');
 
-  const started = await TestDaemon.start({ dataDir }).then(
-    (wrongly) => wrongly,
-    (err: Error) => err,
-  );
+  const started = await startOrError(dataDir);
   if (started instanceof TestDaemon) await started.cleanup();
   assert.ok(started instanceof Error, 'serve refuses to start with the journal pool read-only');
 
@@ -59,7 +51,7 @@ test('journal pool read-only, daemon stopped: serve refuses; fsck exits 1 naming
   mounted = false;
   const good = d.cli('fsck');
   assert.equal(good.status, 0, `${good.stdout}\n${good.stderr}`);
-  d = await TestDaemon.start({ dataDir });
+  d = await fx.restart();
   await dropCache(d);
   assertSameBytes(readExport(d, 'c1', path.join(work, 'out.bin')), model, 'c1 with its journal writable again');
 });
