@@ -11,19 +11,14 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { OBJECTS_DB, PARTS_DB } from '../src/dataplane/objects/cold-segments.js';
-import { killAndRemove, readRecord, rewriteRecord } from './helpers/damaged-record.js';
-import { aws, awsOk, restartS3, startS3, type S3Env } from './helpers/s3-env.js';
+import { awsDownload, readRecord, rewriteRecord, s3ForTest } from './helpers/damaged-record.js';
+import { aws, awsOk, type S3Env } from './helpers/s3-env.js';
 
 const MiB = 1024 * 1024;
 type Seg = { kind: string; pool?: string; fileId?: unknown; lengthBytes?: unknown; chunkCrc32c?: unknown };
 
 function awsGet(env: S3Env, key: string): Buffer {
-  const file = path.join(env.home, 'got');
-  const r = aws(env, ['s3', 'cp', `s3://hot/${key}`, file]);
-  assert.equal(r.status, 0, `aws s3 cp ${key}: ${r.stderr}`);
-  const bytes = fs.readFileSync(file);
-  fs.rmSync(file);
-  return bytes;
+  return awsDownload(env, (file) => ['s3', 'cp', `s3://hot/${key}`, file], `aws s3 cp ${key}`);
 }
 
 function bodyFile(env: S3Env, name: string, bytes: Buffer): string {
@@ -33,9 +28,9 @@ function bodyFile(env: S3Env, name: string, bytes: Buffer): string {
 }
 
 test("re-uploading a damaged multipart part frees nothing the damaged record names: another object's file it names survives", async (t) => {
-  let env = await startS3();
-  const dataDir = env.daemon.dataDir;
-  t.after(() => killAndRemove(env, dataDir));
+  const s3 = await s3ForTest(t);
+  let { env } = s3;
+  const { dataDir } = s3;
   awsOk(env, ['s3api', 'create-bucket', '--bucket', 'hot']);
   const kept = crypto.randomBytes(MiB);
   awsOk(env, ['s3api', 'put-object', '--bucket', 'hot', '--key', 'kept', '--body', bodyFile(env, 'kept', kept)]);
@@ -48,7 +43,7 @@ test("re-uploading a damaged multipart part frees nothing the damaged record nam
   assert.equal(keptSeg.kind, 'hot');
   // The part's segment damaged (its length garbled) and naming kept's file.
   await rewriteRecord<{ segment: Seg }>(dataDir, PARTS_DB, () => true, (v) => ({ ...v, segment: { ...keptSeg, lengthBytes: 'garbled' } }), 'the part record');
-  env = await restartS3(env);
+  env = await s3.restart();
 
   const again = crypto.randomBytes(MiB);
   awsOk(env, ['s3api', 'upload-part', '--bucket', 'hot', '--key', 'mp', '--upload-id', UploadId, '--part-number', '1', '--body', bodyFile(env, 'p1b', again)]);
@@ -65,6 +60,6 @@ test("re-uploading a damaged multipart part frees nothing the damaged record nam
   assert.ok(awsGet(env, 'mp').equals(again));
   // And after a restart (the start-up sweep is on again: no damaged record left), kept still reads back.
   assert.equal(await env.daemon.stop(), 0);
-  env = await restartS3(env);
+  env = await s3.restart();
   assert.ok(awsGet(env, 'kept').equals(kept));
 });

@@ -18,8 +18,8 @@ import { MetaStore } from '../src/dataplane/meta/store.js';
 import { OBJECTS_DB, PARTS_DB, UPLOADS_DB } from '../src/dataplane/objects/cold-segments.js';
 import { QUARANTINE_DB, type QuarantinedRecord } from '../src/dataplane/objects/quarantine.js';
 import { COLD_POOLS, MiB, api, patternBytes, segmentBytes } from './helpers/cold.js';
-import { fsckCli, hotFiles, killAndRemove, putKeptAndVictim, readRecord, rewriteRecord, startEcS3 } from './helpers/damaged-record.js';
-import { aws, awsFail, awsOk, createColdBucket, restartS3, scrapeMetrics, startS3, type S3Env } from './helpers/s3-env.js';
+import { awsDownload, fsckCli, hotFiles, killAndRemove, readRecord, rewriteRecord, s3WithKeptAndVictim, startEcS3 } from './helpers/damaged-record.js';
+import { aws, awsFail, awsOk, createColdBucket, restartS3, scrapeMetrics, type S3Env } from './helpers/s3-env.js';
 
 const CONFIG = `demoVolume: null\ncoldTier:\n  destageIntervalMs: 3600000\n  segmentSizeBytes: ${MiB}\n  compaction:\n    intervalMs: 0\n`;
 const VICTIM = 'victim';
@@ -51,12 +51,7 @@ function gauge(text: string, db: string): number | undefined {
 
 /** The object through `aws s3 cp` to a file in the env's HOME. */
 function awsGet(env: S3Env, bucket: string, key: string): Buffer {
-  const file = path.join(env.home, 'got');
-  const r = aws(env, ['s3', 'cp', `s3://${bucket}/${key}`, file]);
-  assert.equal(r.status, 0, `aws s3 cp ${key}: ${r.stderr}`);
-  const bytes = fs.readFileSync(file);
-  fs.rmSync(file);
-  return bytes;
+  return awsDownload(env, (file) => ['s3', 'cp', `s3://${bucket}/${key}`, file], `aws s3 cp ${key}`);
 }
 
 test('fsck --quarantine-damaged moves a damaged cold record out of the index: fsck exits 0, compaction passes and reclaims its segments, the others read back, the raw bytes are kept', async (t) => {
@@ -147,10 +142,9 @@ test('fsck --quarantine-damaged moves a damaged cold record out of the index: fs
 });
 
 test('fsck --quarantine-damaged refuses with the daemon up; with no damage it says so and changes nothing', async (t) => {
-  let env = await startS3();
-  const dataDir = env.daemon.dataDir;
-  t.after(() => killAndRemove(env, dataDir));
-  const kept = await putKeptAndVictim(env, 'hot', 256 * 1024);
+  const s3 = await s3WithKeptAndVictim(t);
+  let { env } = s3;
+  const { dataDir, kept } = s3;
   const up = fsckCli(dataDir, '--quarantine-damaged');
   assert.notEqual(up.status, 0);
   assert.match(up.stderr, /stop the daemon first: it moves records out of the S3 index the daemon serves from/, up.stderr);
@@ -167,16 +161,15 @@ test('fsck --quarantine-damaged refuses with the daemon up; with no damage it sa
   assert.equal((JSON.parse(q.stdout) as { quarantinedRecordCount: number }).quarantinedRecordCount, 0);
   assert.deepEqual(hotFiles(dataDir), filesBefore);
   assert.ok((await readRecord<Rec>(dataDir, OBJECTS_DB, (v) => v.key === 'kept')).raw.equals(raw.raw), 'the record unchanged');
-  env = await restartS3(env);
+  env = await s3.restart();
   assert.ok(awsGet(env, 'hot', 'kept').equals(kept));
   assert.equal(awsGet(env, 'hot', 'victim').length, 256 * 1024);
 });
 
 test("a quarantined damaged hot record's file is swept at the next start (the sweep is back on); the kept object reads back", async (t) => {
-  let env = await startS3();
-  const dataDir = env.daemon.dataDir;
-  t.after(() => killAndRemove(env, dataDir));
-  const kept = await putKeptAndVictim(env, 'hot', 256 * 1024);
+  const s3 = await s3WithKeptAndVictim(t);
+  let { env } = s3;
+  const { dataDir, kept } = s3;
   assert.equal(await env.daemon.stop(), 0);
   const filesBefore = hotFiles(dataDir);
   assert.equal(filesBefore.size, 2);
@@ -186,14 +179,14 @@ test("a quarantined damaged hot record's file is swept at the next start (the sw
     return v;
   });
   // Damaged and live: a start keeps every file (the sweep is off).
-  env = await restartS3(env);
+  env = await s3.restart();
   assert.equal(await env.daemon.stop(), 0);
   assert.equal(hotFiles(dataDir).size, 2, 'both files kept while the damaged record is live');
 
   const q = fsckCli(dataDir, '--quarantine-damaged');
   assert.equal(q.status, 0, q.stderr);
   assert.match(q.stderr, /quarantined damaged S3 index record \(objects\) hot\/victim: segments\[0\]\.lengthBytes is "lost"/);
-  env = await restartS3(env);
+  env = await s3.restart();
   const filesAfter = hotFiles(dataDir);
   assert.equal(filesAfter.size, 1, 'the victim file swept');
   assert.ok(awsGet(env, 'hot', 'kept').equals(kept));
@@ -201,10 +194,9 @@ test("a quarantined damaged hot record's file is swept at the next start (the sw
 });
 
 test('a damaged part whose upload record is gone (unreachable through S3) is quarantined; fsck exits 0 and its file is swept at the next start', async (t) => {
-  let env = await startS3();
-  const dataDir = env.daemon.dataDir;
-  t.after(() => killAndRemove(env, dataDir));
-  const kept = await putKeptAndVictim(env, 'hot', 256 * 1024);
+  const s3 = await s3WithKeptAndVictim(t);
+  let { env } = s3;
+  const { dataDir, kept } = s3;
   const { UploadId } = awsOkJson(env, ['s3api', 'create-multipart-upload', '--bucket', 'hot', '--key', 'mp']);
   const partFile = path.join(env.home, 'p1');
   fs.writeFileSync(partFile, Buffer.alloc(256 * 1024, 7));
@@ -227,7 +219,7 @@ test('a damaged part whose upload record is gone (unreachable through S3) is qua
   assert.equal(q.status, 0, q.stderr);
   assert.match(q.stderr, new RegExp(`quarantined damaged S3 index record \\(parts\\) upload "${UploadId}" part 1: segment is null`));
   assert.equal(fsckDataDir(dataDir).status, 0);
-  env = await restartS3(env);
+  env = await s3.restart();
   assert.equal(hotFiles(dataDir).size, 2, "the part's file swept");
   assert.ok(awsGet(env, 'hot', 'kept').equals(kept));
 });

@@ -14,23 +14,17 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { MetaStore } from '../src/dataplane/meta/store.js';
 import { UPLOADS_DB } from '../src/dataplane/objects/cold-segments.js';
-import { fsckCli, hotFiles, killAndRemove, putKeptAndVictim } from './helpers/damaged-record.js';
-import { aws, awsOk, restartS3, startS3, type S3Env } from './helpers/s3-env.js';
+import { awsDownload, fsckCli, hotFiles, s3WithKeptAndVictim } from './helpers/damaged-record.js';
+import { aws, awsOk, type S3Env } from './helpers/s3-env.js';
 
 function awsGet(env: S3Env, key: string): Buffer {
-  const file = path.join(env.home, 'got');
-  const r = aws(env, ['s3api', 'get-object', '--bucket', 'hot', '--key', key, file]);
-  assert.equal(r.status, 0, `get-object ${key}: ${r.stderr}`);
-  const bytes = fs.readFileSync(file);
-  fs.rmSync(file);
-  return bytes;
+  return awsDownload(env, (file) => ['s3api', 'get-object', '--bucket', 'hot', '--key', key, file], `get-object ${key}`);
 }
 
 test('a damaged upload record: fsck reports it, --quarantine-damaged moves it with its parts, the bucket lists its uploads again and their files are swept', async (t) => {
-  let env = await startS3();
-  const dataDir = env.daemon.dataDir;
-  t.after(() => killAndRemove(env, dataDir));
-  const kept = await putKeptAndVictim(env, 'hot', 256 * 1024);
+  const s3 = await s3WithKeptAndVictim(t);
+  let { env } = s3;
+  const { dataDir, kept } = s3;
   awsOk(env, ['s3api', 'delete-object', '--bucket', 'hot', '--key', 'victim']);
   const partBytes = crypto.randomBytes(256 * 1024);
   const partFile = path.join(env.home, 'p');
@@ -66,7 +60,7 @@ test('a damaged upload record: fsck reports it, --quarantine-damaged moves it wi
   assert.match(q.stderr, /fsck: 3 record\(s\) quarantined/);
   assert.equal((JSON.parse(q.stdout) as { damagedRecordCount: number }).damagedRecordCount, 0);
 
-  env = await restartS3(env);
+  env = await s3.restart();
   assert.equal(hotFiles(dataDir).size, 2, "z's two part files swept; kept's and a's part's kept");
   const listed = awsOk(env, ['s3api', 'list-multipart-uploads', '--bucket', 'hot']) as { Uploads: { Key: string; UploadId: string }[] };
   assert.deepEqual(listed.Uploads.map((u) => [u.Key, u.UploadId]), [['a', ids.get('a')]]);

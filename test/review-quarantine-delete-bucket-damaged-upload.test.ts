@@ -14,13 +14,13 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { MetaStore } from '../src/dataplane/meta/store.js';
 import { PARTS_DB, UPLOADS_DB } from '../src/dataplane/objects/cold-segments.js';
-import { fsckCli, hotFiles, killAndRemove } from './helpers/damaged-record.js';
-import { aws, awsFail, awsOk, restartS3, startS3 } from './helpers/s3-env.js';
+import { fsckCli, hotFiles, s3ForTest } from './helpers/damaged-record.js';
+import { aws, awsFail, awsOk } from './helpers/s3-env.js';
 
 test('DeleteBucket with an open upload whose upload record is damaged into null drops every upload and part, and the bucket', async (t) => {
-  let env = await startS3();
-  const dataDir = env.daemon.dataDir;
-  t.after(() => killAndRemove(env, dataDir));
+  const s3 = await s3ForTest(t);
+  let { env } = s3;
+  const { dataDir } = s3;
   awsOk(env, ['s3api', 'create-bucket', '--bucket', 'hot']);
   const partFile = path.join(env.home, 'p');
   fs.writeFileSync(partFile, Buffer.alloc(256 * 1024, 9));
@@ -43,7 +43,7 @@ test('DeleteBucket with an open upload whose upload record is damaged into null 
   } finally {
     await meta.close();
   }
-  env = await restartS3(env);
+  env = await s3.restart();
   const r = aws(env, ['s3api', 'delete-bucket', '--bucket', 'hot']);
   assert.equal(r.status, 0, `delete-bucket: ${r.stderr}`);
   assert.equal(awsFail(env, ['s3api', 'head-bucket', '--bucket', 'hot']).httpStatus, 404, 'the bucket is gone');
@@ -58,7 +58,7 @@ test('DeleteBucket with an open upload whose upload record is damaged into null 
   assert.equal(hotFiles(dataDir).size, 0, "both parts' files freed by the delete (their records were good)");
   assert.equal(fsckCli(dataDir).status, 0);
   // And a restart on it serves.
-  env = await restartS3(env);
+  env = await s3.restart();
   assert.equal(hotFiles(dataDir).size, 0);
   awsOk(env, ['s3api', 'create-bucket', '--bucket', 'hot']);
 });

@@ -12,24 +12,19 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { OBJECTS_DB } from '../src/dataplane/objects/cold-segments.js';
-import { fsckCli, hotFiles, killAndRemove, readRecord, rewriteRecord } from './helpers/damaged-record.js';
-import { aws, awsFail, awsOk, restartS3, startS3, type S3Env } from './helpers/s3-env.js';
+import { awsDownload, fsckCli, hotFiles, readRecord, rewriteRecord, s3ForTest } from './helpers/damaged-record.js';
+import { aws, awsFail, awsOk, type S3Env } from './helpers/s3-env.js';
 
 type Rec = { key: string; segments: { kind: string; lengthBytes?: unknown }[] };
 
 function awsGet(env: S3Env, key: string): Buffer {
-  const file = path.join(env.home, 'got');
-  const r = aws(env, ['s3api', 'get-object', '--bucket', 'hot', '--key', key, file]);
-  assert.equal(r.status, 0, `get-object: ${r.stderr}`);
-  const bytes = fs.readFileSync(file);
-  fs.rmSync(file);
-  return bytes;
+  return awsDownload(env, (file) => ['s3api', 'get-object', '--bucket', 'hot', '--key', key, file], 'get-object');
 }
 
 test('a damaged record of a 1024-byte S3 key is quarantined (its quarantine key stays under LMDB\'s limit), with the damaged records after it', async (t) => {
-  let env = await startS3();
-  const dataDir = env.daemon.dataDir;
-  t.after(() => killAndRemove(env, dataDir));
+  const s3 = await s3ForTest(t);
+  let { env } = s3;
+  const { dataDir } = s3;
   awsOk(env, ['s3api', 'create-bucket', '--bucket', 'hot']);
   const body = path.join(env.home, 'body');
   const kept = crypto.randomBytes(256 * 1024);
@@ -55,7 +50,7 @@ test('a damaged record of a 1024-byte S3 key is quarantined (its quarantine key 
   assert.ok(long, 'the long-key record is in the quarantine');
   assert.ok(Buffer.from(long.raw, 'base64').equals(raw), 'raw bytes kept');
 
-  env = await restartS3(env);
+  env = await s3.restart();
   assert.equal(hotFiles(dataDir).size, 1, "the two quarantined records' files swept");
   assert.ok(awsGet(env, 'kept').equals(kept));
   assert.equal(awsFail(env, ['s3api', 'head-object', '--bucket', 'hot', '--key', longKey]).httpStatus, 404);

@@ -8,31 +8,23 @@
 // with the daemon stopped.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
-import path from 'node:path';
 import { PutObjectCommand } from '@aws-sdk/client-s3';
 import { OBJECTS_DB } from '../src/dataplane/objects/cold-segments.js';
 import { MiB, api, patternBytes } from './helpers/cold.js';
-import { fsckCli, hotFiles, killAndRemove, putKeptAndVictim, readRecord, rewriteRecord, startEcS3 } from './helpers/damaged-record.js';
-import { aws, awsFail, createColdBucket, restartS3, startS3, type S3Env } from './helpers/s3-env.js';
+import { awsDownload, fsckCli, hotFiles, killAndRemove, readRecord, rewriteRecord, s3WithKeptAndVictim, startEcS3 } from './helpers/damaged-record.js';
+import { aws, awsFail, createColdBucket, restartS3, type S3Env } from './helpers/s3-env.js';
 
 type Seg = { kind: string; fileId?: unknown; lengthBytes?: unknown; stripes?: unknown[] };
 type Rec = { key: string; segments: Seg[] };
 
 function awsGet(env: S3Env, bucket: string, key: string): Buffer {
-  const file = path.join(env.home, 'got');
-  const r = aws(env, ['s3', 'cp', `s3://${bucket}/${key}`, file]);
-  assert.equal(r.status, 0, `aws s3 cp ${key}: ${r.stderr}`);
-  const bytes = fs.readFileSync(file);
-  fs.rmSync(file);
-  return bytes;
+  return awsDownload(env, (file) => ['s3', 'cp', `s3://${bucket}/${key}`, file], `aws s3 cp ${key}`);
 }
 
 test("a quarantined damaged hot record naming a good object's file: the next start's sweep keeps that file, deletes only the victim's own", async (t) => {
-  let env = await startS3();
-  const dataDir = env.daemon.dataDir;
-  t.after(() => killAndRemove(env, dataDir));
-  const kept = await putKeptAndVictim(env, 'hot', 256 * 1024);
+  const s3 = await s3WithKeptAndVictim(t);
+  let { env } = s3;
+  const { dataDir, kept } = s3;
   assert.equal(await env.daemon.stop(), 0);
   const keptSeg = (await readRecord<Rec>(dataDir, OBJECTS_DB, (v) => v.key === 'kept')).value.segments[0]!;
   assert.equal(keptSeg.kind, 'hot');
@@ -43,7 +35,7 @@ test("a quarantined damaged hot record naming a good object's file: the next sta
   assert.match(q.stderr, /quarantined damaged S3 index record \(objects\) hot\/victim/);
   const before = hotFiles(dataDir);
   assert.equal(before.size, 2);
-  env = await restartS3(env);
+  env = await s3.restart();
   const after = hotFiles(dataDir);
   assert.equal(after.size, 1, 'only the victim file (named by no record now) swept');
   assert.ok([...after.values()][0]!.equals([...before.values()].find((b) => b.length === kept.length && b.equals(kept)) ?? Buffer.alloc(0)), "kept's file is the one left");

@@ -11,28 +11,20 @@
 // stopped.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
-import path from 'node:path';
 import { MetaStore } from '../src/dataplane/meta/store.js';
 import { OBJECTS_DB } from '../src/dataplane/objects/cold-segments.js';
 import { QUARANTINE_DB, type QuarantinedRecord } from '../src/dataplane/objects/quarantine.js';
-import { fsckCli, hotFiles, killAndRemove, putKeptAndVictim, putRawValue, readRecord } from './helpers/damaged-record.js';
-import { aws, awsFail, restartS3, startS3, type S3Env } from './helpers/s3-env.js';
+import { awsDownload, fsckCli, hotFiles, putRawValue, readRecord, s3WithKeptAndVictim } from './helpers/damaged-record.js';
+import { aws, awsFail, type S3Env } from './helpers/s3-env.js';
 
 function awsGet(env: S3Env, key: string): Buffer {
-  const file = path.join(env.home, 'got');
-  const r = aws(env, ['s3', 'cp', `s3://hot/${key}`, file]);
-  assert.equal(r.status, 0, `aws s3 cp ${key}: ${r.stderr}`);
-  const bytes = fs.readFileSync(file);
-  fs.rmSync(file);
-  return bytes;
+  return awsDownload(env, (file) => ['s3', 'cp', `s3://hot/${key}`, file], `aws s3 cp ${key}`);
 }
 
 test('a record whose bytes no longer decode: fsck reports it (exit 1), --quarantine-damaged moves it raw, the daemon then serves the others', async (t) => {
-  let env = await startS3();
-  const dataDir = env.daemon.dataDir;
-  t.after(() => killAndRemove(env, dataDir));
-  const kept = await putKeptAndVictim(env, 'hot', 256 * 1024);
+  const s3 = await s3WithKeptAndVictim(t);
+  let { env } = s3;
+  const { dataDir, kept } = s3;
   assert.equal(await env.daemon.stop(), 0);
   const victim = await readRecord<{ key: string }>(dataDir, OBJECTS_DB, (v) => v.key === 'victim');
   const torn = victim.raw.subarray(0, victim.raw.length >> 1);
@@ -61,7 +53,7 @@ test('a record whose bytes no longer decode: fsck reports it (exit 1), --quarant
   assert.equal(listed.status, 0, listed.stderr);
   assert.ok(Buffer.from((JSON.parse(listed.stdout) as { raw: string }[])[0]!.raw, 'base64').equals(torn));
 
-  env = await restartS3(env);
+  env = await s3.restart();
   assert.ok(awsGet(env, 'kept').equals(kept), 'kept reads back');
   assert.equal(awsFail(env, ['s3api', 'head-object', '--bucket', 'hot', '--key', 'victim']).httpStatus, 404);
   assert.equal(hotFiles(dataDir).size, 1, "the victim's file swept (named by no record)");

@@ -21,8 +21,8 @@ import { DeleteObjectCommand, GetObjectCommand, PutObjectCommand } from '@aws-sd
 import { OBJECTS_DB } from '../src/dataplane/objects/cold-segments.js';
 import { COLD_POOLS, MiB, api, patternBytes, segmentFiles } from './helpers/cold.js';
 import { waitForLog } from './helpers/control-loop.js';
-import { hotFiles, killAndRemove, putKeptAndVictim, putRawValue, readRecord, startEcS3, tearRecord } from './helpers/damaged-record.js';
-import { aws, awsFail, awsOk, createColdBucket, restartS3, scrapeMetrics, startS3, type S3Env } from './helpers/s3-env.js';
+import { hotFiles, killAndRemove, putRawValue, readRecord, s3WithKeptAndVictim, startEcS3, tearRecord } from './helpers/damaged-record.js';
+import { aws, awsFail, awsOk, createColdBucket, restartS3, scrapeMetrics, type S3Env } from './helpers/s3-env.js';
 
 function gauge(text: string, db: string): number | undefined {
   const name = `couchestor_index_damaged_records{db="${db}"} `;
@@ -35,14 +35,13 @@ function listedKeys(env: S3Env): string[] {
 }
 
 test('an object record whose bytes do not decode: the daemon starts and serves the others; GET/HEAD 500 naming it, listed, counted, named once, DELETE frees nothing', async (t) => {
-  let env = await startS3();
-  const dataDir = env.daemon.dataDir;
-  t.after(() => killAndRemove(env, dataDir));
-  const kept = await putKeptAndVictim(env, 'hot', 256 * 1024);
+  const s3 = await s3WithKeptAndVictim(t);
+  let { env } = s3;
+  const { dataDir, kept } = s3;
   assert.equal(await env.daemon.stop(), 0);
   await tearRecord<{ key: string }>(dataDir, OBJECTS_DB, (v) => v.key === 'victim');
 
-  env = await restartS3(env);
+  env = await s3.restart();
   const file = path.join(env.home, 'got');
   const cp = aws(env, ['s3', 'cp', 's3://hot/kept', file]);
   assert.equal(cp.status, 0, cp.stderr);

@@ -1,5 +1,5 @@
 // Damaged-index-record test setup: S3 daemons (EC policy + config in a temp data dir, or a hot victim beside a kept object), one LMDB record rewritten with the daemon stopped,
-// teardown, the record's stored bytes, a record's bytes torn (no longer decoding), `couchestor fsck` flags run on the data dir; and daemon-less: a temp MetaStore, an ObjectStore on it, index keys and bucket records written through LMDB.
+// teardown (s3ForTest / s3WithKeptAndVictim: a restartable daemon torn down after the test), an object downloaded by the aws cli, the record's stored bytes, a record's bytes torn (no longer decoding), `couchestor fsck` flags run on the data dir; and daemon-less: a temp MetaStore, an ObjectStore on it, index keys and bucket records written through LMDB.
 import { CreateBucketCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -14,7 +14,7 @@ import { ObjectStore } from '../../src/dataplane/objects/store.js';
 import type { VolumeManager } from '../../src/dataplane/volumes/manager.js';
 import { open } from 'lmdb';
 import { CLI } from './daemon.js';
-import { startS3, type S3Env } from './s3-env.js';
+import { aws, restartS3, startS3, type S3Env } from './s3-env.js';
 
 /** A new temp data dir (`prefix`) holding the standard EC policy and `config` as couchestor.yaml, and a daemon started on it. */
 export async function startEcS3(prefix: string, config: string): Promise<{ dataDir: string; env: S3Env }> {
@@ -137,4 +137,43 @@ export async function tearRecord<V>(dataDir: string, db: string, pick: (v: V) =>
   const torn = rec.raw.subarray(0, rec.raw.length >> 1);
   await putRawValue(dataDir, db, rec.key, torn);
   return { key: rec.key, torn };
+}
+
+/** An S3 daemon for a test that restarts it: `restart` is restartS3 on the latest env. After the test the latest daemon is killed, its data dir and aws HOME removed. */
+export interface S3Run {
+  env: S3Env;
+  dataDir: string;
+  restart(): Promise<S3Env>;
+}
+
+/** startS3 (or `start`) for the length of the test `t`; see S3Run. */
+export async function s3ForTest(t: TestContext, start: () => Promise<S3Env> = () => startS3()): Promise<S3Run> {
+  const first = await start();
+  const run: S3Run = {
+    env: first,
+    dataDir: first.daemon.dataDir,
+    async restart() {
+      run.env = await restartS3(run.env);
+      return run.env;
+    },
+  };
+  t.after(() => killAndRemove(run.env, run.dataDir));
+  return run;
+}
+
+/** s3ForTest, then putKeptAndVictim in hot bucket 'hot', 256 KiB each: `kept` is kept's bytes. */
+export async function s3WithKeptAndVictim(t: TestContext): Promise<S3Run & { kept: Buffer }> {
+  const run = await s3ForTest(t);
+  const kept = await putKeptAndVictim(run.env, 'hot', 256 * 1024);
+  return Object.assign(run, { kept });
+}
+
+/** Downloads through the aws cli to a file in the env's HOME (`args` given its path) and returns its bytes; the cli must exit 0 (`what` leads the message). */
+export function awsDownload(env: S3Env, args: (file: string) => string[], what: string): Buffer {
+  const file = path.join(env.home, 'got');
+  const r = aws(env, args(file));
+  assert.equal(r.status, 0, `${what}: ${r.stderr}`);
+  const bytes = fs.readFileSync(file);
+  fs.rmSync(file);
+  return bytes;
 }
