@@ -12,12 +12,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import path from 'node:path';
 import { JOURNAL_HEADER_BYTES, RecordType, checkJournalDir, scanJournalFile } from '../src/dataplane/journal/journal.js';
-import { tempDir } from './helpers/cold.js';
-import { journalFiles, openTestJournal, tinyFileSystem } from './helpers/journal.js';
-import { PowerLossFs, seededRandom } from './helpers/power-loss-fs.js';
-import { stderrLines } from './helpers/stderr.js';
+import { journalFiles, modelledTinyJournal, powerCutNow, replayedWrites, stopModelledJournal } from './helpers/journal.js';
 
 const PAGE_BYTES = 4096;
 /** Write A (flushed) is one page of payload; B's fills the head to two pages, so close's marker needs a page the full file system lacks. */
@@ -27,14 +23,8 @@ const B_BYTES = 2 * PAGE_BYTES - 2 * JOURNAL_HEADER_BYTES - A_BYTES;
 test("close's pending sync marker fails for want of room: every file is still fdatasynced, the unflushed write survives a power cut, the next open replays it", async (t) => {
   // The marker's 50 ms timer never fires: close writes it.
   t.mock.timers.enable({ apis: ['setTimeout'] });
-  const plfs = PowerLossFs.install(t);
-  const tiny = await tinyFileSystem(t, 64 * 1024, 'couchestor-review-close-marker-fails-');
-  const dir = path.join(tiny.dir, 'j');
-  fs.mkdirSync(dir);
-  const model = plfs.track(dir);
-  t.after(() => model.untrack());
-  const rng = seededRandom(13);
-  const j = openTestJournal(dir);
+  const mj = await modelledTinyJournal(t, 'couchestor-review-close-marker-fails-', 13);
+  const { plfs, tiny, dir, rng, j } = mj;
   const a = Buffer.alloc(A_BYTES, 0xa1);
   const b = Buffer.alloc(B_BYTES, 0xb2);
   await plfs.pumpUntil(j.append(RecordType.Write, 1, 0, A_BYTES, a), rng);
@@ -48,9 +38,7 @@ test("close's pending sync marker fails for want of room: every file is still fd
   assert.equal(fs.statSync(head!).size, 2 * PAGE_BYTES, 'the head ends on a page boundary, no marker after B (the case under test)');
   tiny.fill(head!);
 
-  const closeFrom = plfs.mark();
-  const { lines } = await stderrLines(() => plfs.pumpUntil(j.close(), rng));
-  await plfs.drain(rng);
+  const { lines, syncsOf } = await stopModelledJournal(mj);
   assert.equal(fs.statSync(head!).size, 2 * PAGE_BYTES, "close's marker found room after all");
   assert.match(j.failed?.message ?? '', new RegExp(tiny.fullErrorCode), "the marker's failure is latched");
   assert.ok(
@@ -58,19 +46,14 @@ test("close's pending sync marker fails for want of room: every file is still fd
     `close did not report the missing end:\n${lines.join('\n')}`,
   );
   // Before: no barrier at all from close (the marker's failure skipped every fdatasync).
-  const headIno = model.current.get(path.basename(head!));
-  const closeSyncs = model.barriers.filter((s) => s.issue > closeFrom && s.target === headIno && s.complete !== undefined);
+  const closeSyncs = syncsOf(head!);
   assert.ok(closeSyncs.length >= 1, "close did not fdatasync the head after its marker failed");
 
   // A power cut right after the stop, losing everything not made durable.
-  const into = tempDir(t, 'couchestor-review-close-marker-fails-cut-');
-  model.crashState(plfs.clock, seededRandom(5), into, 'lose');
-  const [cutHead] = journalFiles(into);
+  const { into, head: cutHead } = powerCutNow(t, mj, 'couchestor-review-close-marker-fails-cut-');
   assert.equal(scanJournalFile(cutHead!).ended, false, 'the head has no end: the next start sees no clean stop');
   assert.deepEqual(checkJournalDir(into).damaged, []);
-  const j2 = openTestJournal(into);
-  t.after(() => j2.close());
-  const replayed = (j2.extents(1, 0) ?? []).map((e) => ({ offsetBytes: e.offsetBytes, data: e.data }));
+  const replayed = replayedWrites(t, into, 1);
   assert.deepEqual(replayed, [
     { offsetBytes: 0, data: a },
     { offsetBytes: PAGE_BYTES, data: b },

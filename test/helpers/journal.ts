@@ -11,6 +11,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Journal, JOURNAL_HEADER_BYTES, JOURNAL_SPARE_FILES, parseJournalFileName, RecordType } from '../../src/dataplane/journal/journal.js';
+import { PowerLossFs, seededRandom, type DirModel } from './power-loss-fs.js';
+import { stderrLines } from './stderr.js';
 
 export const MiB = 1024 * 1024;
 /** The write size the journal tests use (one 4 KiB block). */
@@ -352,4 +354,63 @@ export function holdFdatasyncs(): { held: HeldFdatasync[]; heldCount: (n: number
     heldChanged();
   }) as typeof fs.fdatasync;
   return { held, heldCount };
+}
+
+/** A journal (directory `j`) on a tinyFileSystem of 64 KiB named `prefix`, its directory modelled by a PowerLossFs. */
+export interface ModelledTinyJournal {
+  plfs: PowerLossFs;
+  tiny: TinyFileSystem;
+  dir: string;
+  model: DirModel;
+  rng: () => number;
+  j: Journal;
+}
+
+/**
+ * Opens a ModelledTinyJournal: the PowerLossFs installed (uninstalled when `t` ends), the journal's directory tracked
+ * from empty, and `rng` seeded with `seed` for the pumps.
+ */
+export async function modelledTinyJournal(t: FullFileSystemContext, prefix: string, seed: number): Promise<ModelledTinyJournal> {
+  const plfs = PowerLossFs.install(t);
+  const tiny = await tinyFileSystem(t, 64 * 1024, prefix);
+  const dir = path.join(tiny.dir, 'j');
+  fs.mkdirSync(dir);
+  const model = plfs.track(dir);
+  t.after(() => model.untrack());
+  return { plfs, tiny, dir, model, rng: seededRandom(seed), j: openTestJournal(dir) };
+}
+
+/**
+ * A clean stop of `mj`'s journal, pumped to the end: `lines` is what it wrote to stderr, `closeFrom` the model's clock
+ * before it, and `syncsOf(file)` the fdatasyncs of `file` that completed since.
+ */
+export async function stopModelledJournal(mj: ModelledTinyJournal): Promise<{ lines: string[]; syncsOf: (file: string) => DirModel['barriers'] }> {
+  const { plfs, model, rng, j } = mj;
+  const closeFrom = plfs.mark();
+  const { lines } = await stderrLines(() => plfs.pumpUntil(j.close(), rng));
+  await plfs.drain(rng);
+  const syncsOf = (file: string) => {
+    const ino = model.current.get(path.basename(file));
+    return model.barriers.filter((s) => s.issue > closeFrom && s.target === ino && s.complete !== undefined);
+  };
+  return { lines, syncsOf };
+}
+
+/**
+ * A power cut now, losing everything `mj`'s model holds not durable, into a temp dir named `prefix` (removed when `t`
+ * ends): returns that dir and its head journal file.
+ */
+export function powerCutNow(t: FullFileSystemContext, mj: ModelledTinyJournal, prefix: string): { into: string; head: string } {
+  const into = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  t.after(() => fs.rmSync(into, { recursive: true, force: true }));
+  mj.model.crashState(mj.plfs.clock, seededRandom(5), into, 'lose');
+  const [head] = journalFiles(into);
+  return { into, head: head! };
+}
+
+/** Opens the journal in `dir` (closed when `t` ends): volume `volumeId`'s replayed writes, offset and bytes. */
+export function replayedWrites(t: FullFileSystemContext, dir: string, volumeId: number): { offsetBytes: number; data: Buffer | null }[] {
+  const j = openTestJournal(dir);
+  t.after(() => j.close());
+  return (j.extents(volumeId, 0) ?? []).map((e) => ({ offsetBytes: e.offsetBytes, data: e.data }));
 }
