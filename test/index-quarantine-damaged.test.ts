@@ -13,13 +13,12 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { PutObjectCommand } from '@aws-sdk/client-s3';
 import { MetaStore } from '../src/dataplane/meta/store.js';
 import { OBJECTS_DB, PARTS_DB, UPLOADS_DB } from '../src/dataplane/objects/cold-segments.js';
 import { QUARANTINE_DB, type QuarantinedRecord } from '../src/dataplane/objects/quarantine.js';
 import { COLD_POOLS, MiB, api, patternBytes, segmentBytes } from './helpers/cold.js';
-import { awsDownload, fsckCli, hotFiles, killAndRemove, readRecord, rewriteRecord, s3WithKeptAndVictim, startEcS3 } from './helpers/damaged-record.js';
-import { aws, awsFail, awsOk, createColdBucket, restartS3, scrapeMetrics, type S3Env } from './helpers/s3-env.js';
+import { awsDownload, coldBucketModel, ecS3ForTest, fsckCli, hotFiles, readRecord, rewriteRecord, s3WithKeptAndVictim } from './helpers/damaged-record.js';
+import { aws, awsFail, awsOk, scrapeMetrics, type S3Env } from './helpers/s3-env.js';
 
 const CONFIG = `demoVolume: null\ncoldTier:\n  destageIntervalMs: 3600000\n  segmentSizeBytes: ${MiB}\n  compaction:\n    intervalMs: 0\n`;
 const VICTIM = 'victim';
@@ -55,16 +54,10 @@ function awsGet(env: S3Env, bucket: string, key: string): Buffer {
 }
 
 test('fsck --quarantine-damaged moves a damaged cold record out of the index: fsck exits 0, compaction passes and reclaims its segments, the others read back, the raw bytes are kept', async (t) => {
-  const started = await startEcS3('quarantine-damaged-', CONFIG);
-  const dataDir = started.dataDir;
-  let env = started.env;
-  t.after(() => killAndRemove(env, dataDir));
-  await createColdBucket(env, 'cold');
-  const model = new Map<string, Buffer>();
-  const put = async (key: string, bytes: Buffer) => {
-    await env.sdk.send(new PutObjectCommand({ Bucket: 'cold', Key: key, Body: bytes }));
-    model.set(key, bytes);
-  };
+  const s3 = await ecS3ForTest(t, 'quarantine-damaged-', CONFIG);
+  let { env } = s3;
+  const { dataDir } = s3;
+  const { model, put } = await coldBucketModel(s3);
   for (let i = 0; i < 3; i++) await put(`k${i}`, patternBytes(MiB, 0x5100 + i));
   await put(VICTIM, patternBytes(VICTIM_BYTES, 0x5200));
   for (let i = 3; i < 6; i++) await put(`k${i}`, patternBytes(MiB, 0x5100 + i));
@@ -81,7 +74,7 @@ test('fsck --quarantine-damaged moves a damaged cold record out of the index: fs
   const before = fsckDataDir(dataDir);
   assert.equal(before.status, 1, before.stderr);
   assert.equal(before.report.damagedRecordCount, 1, before.stdout);
-  env = await restartS3(env);
+  env = await s3.restart();
   const refused = await fetch(`http://${env.daemon.info.api.host}:${env.daemon.info.api.port}/v1/compact`, { method: 'POST' });
   assert.equal(refused.status, 500);
   assert.equal(((await refused.json()) as { error?: string }).error, 'CompactionRefused');
@@ -122,7 +115,7 @@ test('fsck --quarantine-damaged moves a damaged cold record out of the index: fs
   assert.equal(entries[0]!.key, damaged.key.toString('hex'));
 
   // Restarted: the gauge is 0, the pass compacts and pool bytes go down (the victim's stripes were counted dead).
-  env = await restartS3(env);
+  env = await s3.restart();
   assert.equal(gauge(await scrapeMetrics(env), 'objects'), 0);
   const bytesBefore = poolBytes(env);
   const r = await api<{ segmentsCompacted: number }>(env.daemon, 'POST', '/v1/compact');

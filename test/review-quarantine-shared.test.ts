@@ -8,11 +8,10 @@
 // with the daemon stopped.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { PutObjectCommand } from '@aws-sdk/client-s3';
 import { OBJECTS_DB } from '../src/dataplane/objects/cold-segments.js';
 import { MiB, api, patternBytes } from './helpers/cold.js';
-import { awsDownload, fsckCli, hotFiles, killAndRemove, readRecord, rewriteRecord, s3WithKeptAndVictim, startEcS3 } from './helpers/damaged-record.js';
-import { aws, awsFail, createColdBucket, restartS3, type S3Env } from './helpers/s3-env.js';
+import { awsDownload, coldBucketModel, ecS3ForTest, fsckCli, hotFiles, readRecord, rewriteRecord, s3WithKeptAndVictim } from './helpers/damaged-record.js';
+import { aws, awsFail, type S3Env } from './helpers/s3-env.js';
 
 type Seg = { kind: string; fileId?: unknown; lengthBytes?: unknown; stripes?: unknown[] };
 type Rec = { key: string; segments: Seg[] };
@@ -46,16 +45,10 @@ test("a quarantined damaged hot record naming a good object's file: the next sta
 const CONFIG = `demoVolume: null\ncoldTier:\n  destageIntervalMs: 3600000\n  segmentSizeBytes: ${MiB}\n  compaction:\n    intervalMs: 0\n`;
 
 test("a quarantined damaged cold record naming a good object's stripes beside its own: compaction reclaims only the victim's own, the good object reads back byte-exact", async (t) => {
-  const started = await startEcS3('review-quarantine-shared-', CONFIG);
-  const dataDir = started.dataDir;
-  let env = started.env;
-  t.after(() => killAndRemove(env, dataDir));
-  await createColdBucket(env, 'cold');
-  const model = new Map<string, Buffer>();
-  const put = async (key: string, bytes: Buffer) => {
-    await env.sdk.send(new PutObjectCommand({ Bucket: 'cold', Key: key, Body: bytes }));
-    model.set(key, bytes);
-  };
+  const s3 = await ecS3ForTest(t, 'review-quarantine-shared-', CONFIG);
+  let { env } = s3;
+  const { dataDir } = s3;
+  const { model, put } = await coldBucketModel(s3);
   await put('kept', patternBytes(3 * MiB, 0x7100));
   await put('victim', patternBytes(6 * MiB, 0x7200));
   await put('after', patternBytes(MiB, 0x7300));
@@ -69,7 +62,7 @@ test("a quarantined damaged cold record naming a good object's stripes beside it
   assert.equal(q.status, 0, q.stderr);
   assert.match(q.stderr, /quarantined damaged S3 index record \(objects\) cold\/victim: segments\[1\]\.kind is "c0ld"/);
 
-  env = await restartS3(env);
+  env = await s3.restart();
   const r = await api<{ segmentsCompacted: number }>(env.daemon, 'POST', '/v1/compact');
   assert.ok(r.segmentsCompacted > 0, `the victim's own segments compacted: ${JSON.stringify(r)}`);
   for (const [key, bytes] of model) assert.ok(awsGet(env, 'cold', key).equals(bytes), `${key} byte-exact after the pass`);
@@ -78,6 +71,6 @@ test("a quarantined damaged cold record naming a good object's stripes beside it
   assert.equal(fsck.status, 0, fsck.stderr);
   const report = JSON.parse(fsck.stdout) as { stripes: { Failed: number; Degraded: number; Healthy: number } };
   assert.equal(report.stripes.Failed + report.stripes.Degraded, 0, fsck.stdout);
-  env = await restartS3(env);
+  env = await s3.restart();
   for (const [key, bytes] of model) assert.ok(awsGet(env, 'cold', key).equals(bytes), `${key} byte-exact after a restart`);
 });

@@ -21,8 +21,8 @@ import { DeleteObjectCommand, GetObjectCommand, PutObjectCommand } from '@aws-sd
 import { OBJECTS_DB } from '../src/dataplane/objects/cold-segments.js';
 import { COLD_POOLS, MiB, api, patternBytes, segmentFiles } from './helpers/cold.js';
 import { waitForLog } from './helpers/control-loop.js';
-import { hotFiles, killAndRemove, putRawValue, readRecord, s3WithKeptAndVictim, startEcS3, tearRecord } from './helpers/damaged-record.js';
-import { aws, awsFail, awsOk, createColdBucket, restartS3, scrapeMetrics, type S3Env } from './helpers/s3-env.js';
+import { ecS3ForTest, hotFiles, putRawValue, readRecord, s3WithKeptAndVictim, tearRecord } from './helpers/damaged-record.js';
+import { aws, awsFail, awsOk, createColdBucket, scrapeMetrics, type S3Env } from './helpers/s3-env.js';
 
 function gauge(text: string, db: string): number | undefined {
   const name = `couchestor_index_damaged_records{db="${db}"} `;
@@ -74,10 +74,9 @@ test('an object record whose bytes do not decode: the daemon starts and serves t
 });
 
 test('compaction with a cold object record whose bytes do not decode refuses, names it and deletes no segment; the bytes restored, the next pass compacts', async (t) => {
-  const started = await startEcS3('undecodable-compaction-', `demoVolume: null\ncoldTier:\n  destageIntervalMs: 3600000\n  segmentSizeBytes: ${MiB}\n  compaction:\n    intervalMs: 0\n`);
-  const dataDir = started.dataDir;
-  let env = started.env;
-  t.after(() => killAndRemove(env, dataDir));
+  const s3 = await ecS3ForTest(t, 'undecodable-compaction-', `demoVolume: null\ncoldTier:\n  destageIntervalMs: 3600000\n  segmentSizeBytes: ${MiB}\n  compaction:\n    intervalMs: 0\n`);
+  let { env } = s3;
+  const { dataDir } = s3;
   await createColdBucket(env, 'cold');
   const model = new Map<string, Buffer>();
   for (let i = 0; i < 12; i++) {
@@ -92,7 +91,7 @@ test('compaction with a cold object record whose bytes do not decode refuses, na
   assert.equal(await env.daemon.stop(), 0);
   const original = await readRecord<{ key: string }>(dataDir, OBJECTS_DB, (v) => v.key === 'o1');
   await tearRecord<{ key: string }>(dataDir, OBJECTS_DB, (v) => v.key === 'o1');
-  env = await restartS3(env);
+  env = await s3.restart();
   const segments = () => Array.from({ length: COLD_POOLS }, (_, i) => segmentFiles(env.daemon, i)).flat();
   const before = segments();
   for (let pass = 1; pass <= 2; pass++) {
@@ -113,7 +112,7 @@ test('compaction with a cold object record whose bytes do not decode refuses, na
   // The stored bytes put back: the pass compacts and the record's object reads back whole.
   assert.equal(await env.daemon.stop(), 0);
   await putRawValue(dataDir, OBJECTS_DB, original.key, original.raw);
-  env = await restartS3(env);
+  env = await s3.restart();
   const r = await api<{ segmentsCompacted: number }>(env.daemon, 'POST', '/v1/compact');
   assert.ok(r.segmentsCompacted > 0, JSON.stringify(r));
   const got = await env.sdk.send(new GetObjectCommand({ Bucket: 'cold', Key: 'o1' }));

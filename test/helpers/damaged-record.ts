@@ -1,5 +1,5 @@
 // Damaged-index-record test setup: S3 daemons (EC policy + config in a temp data dir, or a hot victim beside a kept object), one LMDB record rewritten with the daemon stopped,
-// teardown (s3ForTest / s3WithKeptAndVictim: a restartable daemon torn down after the test), an object downloaded by the aws cli, the record's stored bytes, a record's bytes torn (no longer decoding), `couchestor fsck` flags run on the data dir; and daemon-less: a temp MetaStore, an ObjectStore on it, index keys and bucket records written through LMDB.
+// teardown (s3ForTest / s3WithKeptAndVictim / ecS3ForTest: a restartable daemon torn down after the test; coldBucketModel: a cold bucket and its model), an object downloaded by the aws cli, the record's stored bytes, a record's bytes torn (no longer decoding), `couchestor fsck` flags run on the data dir; and daemon-less: a temp MetaStore, an ObjectStore on it, index keys and bucket records written through LMDB.
 import { CreateBucketCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -14,7 +14,7 @@ import { ObjectStore } from '../../src/dataplane/objects/store.js';
 import type { VolumeManager } from '../../src/dataplane/volumes/manager.js';
 import { open } from 'lmdb';
 import { CLI } from './daemon.js';
-import { aws, restartS3, startS3, type S3Env } from './s3-env.js';
+import { aws, createColdBucket, restartS3, startS3, type S3Env } from './s3-env.js';
 
 /** A new temp data dir (`prefix`) holding the standard EC policy and `config` as couchestor.yaml, and a daemon started on it. */
 export async function startEcS3(prefix: string, config: string): Promise<{ dataDir: string; env: S3Env }> {
@@ -176,4 +176,20 @@ export function awsDownload(env: S3Env, args: (file: string) => string[], what: 
   const bytes = fs.readFileSync(file);
   fs.rmSync(file);
   return bytes;
+}
+
+/** s3ForTest on startEcS3(`prefix`, `config`). */
+export function ecS3ForTest(t: TestContext, prefix: string, config: string): Promise<S3Run> {
+  return s3ForTest(t, async () => (await startEcS3(prefix, config)).env);
+}
+
+/** Creates cold bucket 'cold'; `put` stores an object in it (SDK, the run's current daemon) and its bytes in `model`. */
+export async function coldBucketModel(run: S3Run): Promise<{ model: Map<string, Buffer>; put: (key: string, bytes: Buffer) => Promise<void> }> {
+  await createColdBucket(run.env, 'cold');
+  const model = new Map<string, Buffer>();
+  const put = async (key: string, bytes: Buffer) => {
+    await run.env.sdk.send(new PutObjectCommand({ Bucket: 'cold', Key: key, Body: bytes }));
+    model.set(key, bytes);
+  };
+  return { model, put };
 }
