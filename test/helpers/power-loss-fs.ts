@@ -20,6 +20,16 @@ import fs from 'node:fs';
 import path from 'node:path';
 
 /** A seeded PRNG (mulberry32): uniform in [0, 1). */
+/** Whether `p` has settled (fulfilled or rejected), read when the caller asks. */
+function settledFlag(p: Promise<unknown>): () => boolean {
+  let settled = false;
+  p.then(
+    () => (settled = true),
+    () => (settled = true),
+  );
+  return () => settled;
+}
+
 export function seededRandom(seed: number): () => number {
   let a = seed >>> 0;
   return () => {
@@ -307,13 +317,9 @@ export class PowerLossFs {
 
   /** Completes queued calls (random order) until `p` settles; throws if the queue runs dry first. */
   async pumpUntil<T>(p: Promise<T>, rng: () => number): Promise<T> {
-    let settled = false;
-    p.then(
-      () => (settled = true),
-      () => (settled = true),
-    );
+    const settled = settledFlag(p);
     await turn();
-    while (!settled) {
+    while (!settled()) {
       if (!this.runOne(rng)) throw new Error('power-loss fs: nothing queued, and the awaited call has not settled');
       await turn();
     }
@@ -328,13 +334,9 @@ export class PowerLossFs {
    * the caller has run yet): a test takes its crash-state cuts there.
    */
   async pumpBeside<T>(p: Promise<T>, rng: () => number, between?: () => void): Promise<T> {
-    let settled = false;
-    p.then(
-      () => (settled = true),
-      () => (settled = true),
-    );
+    const settled = settledFlag(p);
     await turn();
-    while (!settled) {
+    while (!settled()) {
       if (this.runOne(rng)) between?.();
       await turn();
     }
