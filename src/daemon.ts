@@ -18,7 +18,6 @@ import { PrometheusHeat } from './control/prometheus-heat.js';
 import { healthChecks, metricsSource } from './control/observe.js';
 import { parsePolicyYaml } from './dataplane/ec/policy.js';
 import { SegmentCompactor, registerCompactionMetrics } from './dataplane/ec/compaction.js';
-import { segmentFilesBytes } from './dataplane/ec/segment-store.js';
 import { forgetRemovedPoolRebuilds } from './dataplane/ec/reconstruction.js';
 import { DataDirLock, DataDirLocked, readLockHolder } from './data-dir-lock.js';
 import { prepareHotPool } from './dataplane/objects/hot-segments.js';
@@ -113,29 +112,17 @@ export function poolDirs(cfg: DaemonConfig): string[] {
  * lock (lockPools: a second data directory naming it is kept out, and one that
  * took it meanwhile keeps it offline here) and, for a hot pool, the S3 objects/
  * fan-out (prepareHotPool; without it every PUT placed there answered 503).
- * Pool.isOnline is the one gate every use passes (placement, the stripe store,
- * volume opens, /readyz): wrapped on this instance until the pool is adopted.
+ * Pool.isOnline, the one gate every use passes (placement, the stripe store,
+ * volume opens, /readyz), runs this once the directory is there (Pool.adoptWhenBack).
  */
 function adoptWhenBack(pool: Pool, dataDir: string): void {
-  const online = pool.isOnline.bind(pool);
   let locked = false;
-  let refusedLogged = false;
-  pool.isOnline = () => {
-    if (!online()) return false;
-    try {
-      const lock = DataDirLock.heldFor(dataDir);
-      if (lock && !locked) lock.lockPools([pool.rec.path], lock.role);
-      locked = true;
-      if (pool.rec.tier === 'hot') prepareHotPool(pool);
-    } catch (err) {
-      if (!refusedLogged) log.error('pool directory back, but the pool stays offline', { pool: pool.name, path: pool.rec.path, err: (err as Error).message });
-      refusedLogged = true;
-      return false;
-    }
-    delete (pool as { isOnline?: unknown }).isOnline; // the class's method again
-    log.info('pool directory back: the pool is online again', { pool: pool.name, path: pool.rec.path });
-    return true;
-  };
+  pool.adoptWhenBack(() => {
+    const lock = DataDirLock.heldFor(dataDir);
+    if (lock && !locked) lock.lockPools([pool.rec.path], lock.role);
+    locked = true;
+    if (pool.rec.tier === 'hot') prepareHotPool(pool);
+  });
 }
 
 /** Opens the metadata and (re)registers the configured pools. */
@@ -200,7 +187,6 @@ export async function openManager(cfg: DaemonConfig, opts: { coldTier: boolean }
   // of the configuration stays a cold pool in the index: kept.)
   await forgetRemovedPoolRebuilds(manager.meta, cfg.pools.filter((p) => p.tier === 'cold').map((p) => p.name));
   if (opts.coldTier) {
-    await countColdPoolUsage(manager);
     try {
       await startConfiguredColdTier(cfg, manager);
     } catch (err) {
@@ -208,6 +194,11 @@ export async function openManager(cfg: DaemonConfig, opts: { coldTier: boolean }
       await manager.close().catch(() => undefined);
       throw err;
     }
+    // Each cold pool's usedBytes from its segment files: the index holds no total and
+    // appends only add to it, so without this it read 0 after a restart until the first
+    // compaction pass (never with compaction off). The segment stores know their files'
+    // sizes once open (offline `pools list` counts the same files: segmentFilesBytes).
+    await manager.cold?.stripes.refreshPoolUsage().catch((err: unknown) => log.warn('cold pool usage not counted at start (set by the next compaction pass)', { err: String(err) }));
   }
   return manager;
 }
@@ -246,25 +237,6 @@ export async function highestDestagedSeqSliced(manager: VolumeManager, sliceEntr
     await new Promise<void>((resolve) => setImmediate(resolve));
   }
   return highest;
-}
-
-/**
- * Sets each online cold pool's usedBytes to its segment files' bytes (one
- * stat per file, async): the index holds no total, appends only add to it and
- * compaction passes set it (StripeStore.refreshPoolUsage), so without this it
- * read 0 after a restart until the first pass (never with compaction off).
- * Before the cold tier starts, when nothing appends. Offline `pools list`
- * counts the same way (segmentFilesBytes).
- */
-export async function countColdPoolUsage(manager: VolumeManager): Promise<void> {
-  for (const pool of manager.pools.values()) {
-    if (pool.rec.tier !== 'cold' || !pool.isOnline()) continue;
-    try {
-      pool.usedBytes = await segmentFilesBytes(path.join(pool.rec.path, 'segments'));
-    } catch (err) {
-      log.warn('cold pool usage not counted at start (set by the next compaction pass)', { pool: pool.name, err: String(err) });
-    }
-  }
 }
 
 /** Starts the erasure-coded tier when the policy file exists and enough cold pools do (openManager's last step). */

@@ -1,8 +1,9 @@
 // Review finding (r11, session 10), seen reviewing 1117d8c (offline `pools
 // list` counts a cold pool's usage from its segment files): the running
 // daemon's own figure for a cold pool was 0 after a restart until the first
-// compaction pass (never with compaction off). Fixed: openManager counts it
-// at start (daemon.ts countColdPoolUsage, shared with offline `pools list`).
+// compaction pass (never with compaction off). Fixed: openManager sets it
+// once the cold tier has started (StripeStore.refreshPoolUsage, from the
+// segment stores' file sizes; offline `pools list` counts the same files).
 // Real daemon processes.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';

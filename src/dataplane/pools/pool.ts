@@ -6,6 +6,7 @@ import path from 'node:path';
 import { NoSpace, PoolOffline } from '../errors.js';
 import type { PoolRecord } from '../meta/store.js';
 import { ensureDurableDir } from '../dir-sync.js';
+import { log } from '../../log.js';
 
 export class Pool {
   usedBytes = 0;
@@ -24,14 +25,38 @@ export class Pool {
     return path.join(this.volumesDir, `${volumeId}.dat`);
   }
 
-  /** True when the directory exists and is writable. */
+  /** Set by adoptWhenBack: run once before the pool counts as online again. */
+  private adopt: (() => void) | null = null;
+  private adoptRefusedLogged = false;
+
+  /**
+   * A pool offline at start (its directory missing): `adopt` runs the first
+   * time the directory is there, before the pool counts as online (the daemon
+   * locks it then). While `adopt` throws, the pool stays offline (logged once).
+   */
+  adoptWhenBack(adopt: () => void): void {
+    this.adopt = adopt;
+  }
+
+  /** True when the directory exists and is writable (and, after adoptWhenBack, has been adopted). */
   isOnline(): boolean {
     try {
       accessSync(this.rec.path, constants.W_OK | constants.R_OK);
-      return true;
     } catch {
       return false;
     }
+    if (this.adopt !== null) {
+      try {
+        this.adopt();
+      } catch (err) {
+        if (!this.adoptRefusedLogged) log.error('pool directory back, but the pool stays offline', { pool: this.name, path: this.rec.path, err: (err as Error).message });
+        this.adoptRefusedLogged = true;
+        return false;
+      }
+      this.adopt = null;
+      log.info('pool directory back: the pool is online again', { pool: this.name, path: this.rec.path });
+    }
+    return true;
   }
 
   assertOnline(): void {
