@@ -6,7 +6,7 @@ import type { Socket } from 'node:net';
 import { NotFound } from '../errors.js';
 import type { Volume } from '../volumes/volume.js';
 import { payloadPool } from './buffer-pool.js';
-import { nbdErrno } from './errors.js';
+import { ExportUnavailable, nbdErrno, unavailableReason } from './errors.js';
 import * as P from './protocol.js';
 import { log } from '../../log.js';
 
@@ -490,7 +490,8 @@ export class NbdConnection {
   /**
    * The export's volume, or the error message for the client: a name with no
    * volume is "unknown export", a volume that cannot be opened (its pool
-   * offline, its file failing) is "not available" with the cause, so the
+   * offline, its file failing) is "not available" with the pool and the
+   * kind of failure (not the host's paths: those go to the log), so the
    * client's side says why and not that the export does not exist. Both are
    * NBD_REP_ERR_UNKNOWN, which proto.md defines as "the requested export is
    * not available"; the other codes make libnbd say something false
@@ -502,8 +503,10 @@ export class NbdConnection {
       return this.exports.resolve(name);
     } catch (err) {
       if (err instanceof NotFound) return `unknown export ${quoteName(name)}`;
-      const why = (err as Error).message;
-      log.warn('nbd: export unavailable', { name: quoteName(name), err: why });
+      // The client is told the pool and the kind of failure; the cause, with the host's paths, goes to the log.
+      const cause = err instanceof ExportUnavailable ? err.cause : err;
+      log.warn('nbd: export unavailable', { name: quoteName(name), err: (cause as Error).message });
+      const why = err instanceof ExportUnavailable ? err.message : unavailableReason(err, undefined);
       return `export ${quoteName(name)} is not available: ${why}`;
     }
   }

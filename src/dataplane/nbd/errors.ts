@@ -1,5 +1,6 @@
-// The one place storage errors become NBD error numbers.
-import { InvalidArgument, NoSpace, OutOfRange, PoolOffline, ReadOnly, VolumeFailed, isErrno } from '../errors.js';
+// The one place storage errors become what an NBD client is told: error
+// numbers in transmission, and the reason an export is not available.
+import { InvalidArgument, NoSpace, NotFound, OutOfRange, PoolOffline, ReadOnly, StorageError, VolumeFailed, isErrno } from '../errors.js';
 import { SlowZero } from '../volumes/volume.js';
 import { EINVAL, EIO, ENOSPC, ENOTSUP, EPERM } from './protocol.js';
 
@@ -10,4 +11,28 @@ export function nbdErrno(err: unknown): number {
   if (err instanceof SlowZero) return ENOTSUP;
   if (err instanceof VolumeFailed || err instanceof PoolOffline) return EIO;
   return EIO;
+}
+
+/**
+ * An export whose volume exists but cannot be opened. Its message is what
+ * a network client is told (the pool and the class of failure); the cause,
+ * with the host's paths, is for the daemon's log only.
+ */
+export class ExportUnavailable extends StorageError {
+  override name = 'ExportUnavailable';
+}
+
+/**
+ * Why the volume cannot be opened, for a client: the pool (`pool`, where
+ * the open failed) and the kind of failure, never an error's own message
+ * (PoolOffline's and errno errors' name directories and files of the host).
+ */
+export function unavailableReason(err: unknown, pool: string | undefined): string {
+  const on = pool === undefined ? 'its pool' : `pool ${pool}`;
+  if (err instanceof PoolOffline) return `${on} is offline (its directory is missing or not writable)`;
+  // The volume exists (the caller checked), so what is not found is a pool of its files.
+  if (err instanceof NotFound) return `${on} is not configured`;
+  const code = (err as NodeJS.ErrnoException | null)?.code;
+  if (typeof code === 'string' && /^E[A-Z0-9]+$/.test(code)) return `${on}: I/O error ${code}`;
+  return `${on}: the volume cannot be opened (${err instanceof Error ? err.name : 'error'}; the server log has the details)`;
 }

@@ -6,6 +6,7 @@ import { NotFound } from '../errors.js';
 import type { VolumeManager } from '../volumes/manager.js';
 import type { Volume } from '../volumes/volume.js';
 import { NbdConnection, type ExportResolver } from './connection.js';
+import { ExportUnavailable, unavailableReason } from './errors.js';
 import { log } from '../../log.js';
 
 export const DEFAULT_NBD_PORT = 10809;
@@ -24,17 +25,46 @@ export class NbdServer implements ExportResolver {
   private readonly servers: net.Server[] = [];
   private readonly sockets = new Set<net.Socket>();
   private readonly connections = new Set<NbdConnection>();
+  /** Volumes the last lists left out (logged once until listed again); bounded by the volume count. */
+  private readonly unlisted = new Set<string>();
 
   constructor(private readonly opts: NbdServerOptions) {}
 
+  /**
+   * The export's open volume. NotFound when no volume has the name;
+   * ExportUnavailable (what the client may be told, the cause for the log)
+   * when it has but cannot be opened.
+   */
   resolve(name: string): Volume {
     const target = name === '' ? this.opts.defaultExport : name;
     if (!target) throw new NotFound('no default export configured');
-    return this.opts.manager.openVolume(target);
+    const manager = this.opts.manager;
+    if (!manager.getVolumeRecord(target)) throw new NotFound(`no volume named ${target}`);
+    try {
+      return manager.openVolume(target);
+    } catch (err) {
+      throw new ExportUnavailable(unavailableReason(err, manager.openFailure(target)?.pool), { cause: err });
+    }
   }
 
+  /**
+   * NBD_OPT_LIST: the exports a client can open now. A volume that cannot be
+   * opened (its pool offline) is left out: clients probe every listed export
+   * (nbdinfo --list sends NBD_OPT_INFO/GO to each and exits 1, its --json
+   * output left unterminated, when one is refused), and the list should not
+   * name what the next option is refused for. Asked by name it is refused
+   * with the reason; the operator sees it in `couchestor volumes list` /
+   * health and in the log line below (once each time it drops out).
+   */
   list(): { name: string; description: string }[] {
-    return this.opts.manager.listVolumes().map((v) => ({ name: v.name, description: this.description(v.name) }));
+    const { volumes, unavailable } = this.opts.manager.availableVolumes();
+    for (const u of unavailable) {
+      if (this.unlisted.has(u.volume)) continue;
+      this.unlisted.add(u.volume);
+      log.warn('nbd: export left out of the export list: its volume cannot be opened', { name: u.volume, pool: u.pool, err: u.error });
+    }
+    for (const v of volumes) this.unlisted.delete(v.name);
+    return volumes.map((v) => ({ name: v.name, description: this.description(v.name) }));
   }
 
   description(name: string): string {
