@@ -58,9 +58,28 @@ export interface DaemonConfig {
     heatSampleIntervalMs: number;
     heatSource: { type: 'local' } | { type: 'prometheus'; url: string; metrics: 'seed' | 'couchestor' };
   };
+  /**
+   * On Kubernetes: StoragePolicies and the cold tier's ErasureCodingPolicy are
+   * custom resources (the policies directory and coldTier.ecPolicyFile are not
+   * read), status written back per node. kubeconfig null: the pod's service
+   * account; nodeName null: env NODE_NAME, else the host name.
+   */
+  kubernetes: KubernetesConfig;
   /** Created at first start when the daemon has no volumes at all. */
   demoVolume: { name: string; sizeBytes: number } | null;
   defaultExport: string;
+}
+
+export interface KubernetesConfig {
+  enabled: boolean;
+  kubeconfig: string | null;
+  nodeName: string | null;
+  /** The ErasureCodingPolicy custom resource the cold tier runs (read once, at start). */
+  ecPolicyName: string;
+  /** Least time between two rounds of status writes to the apiserver. */
+  statusWriteIntervalMs: number;
+  /** How long a start waits for the apiserver's first list (the cold tier's policy) before going on without it. */
+  startSyncTimeoutMs: number;
 }
 
 export const CONFIG_FILE = 'couchestor.yaml';
@@ -93,6 +112,7 @@ export function embeddedDefault(dataDir: string): DaemonConfig {
       heatSampleIntervalMs: 1_000,
       heatSource: { type: 'local' },
     },
+    kubernetes: { enabled: false, kubeconfig: null, nodeName: null, ecPolicyName: 'standard-ec', statusWriteIntervalMs: 2_000, startSyncTimeoutMs: 30_000 },
     demoVolume: { name: 'demo', sizeBytes: 1024 ** 3 },
     defaultExport: 'demo',
   };
@@ -128,14 +148,16 @@ export function loadConfig(dataDir: string): DaemonConfig {
     coldTier: { ...def.coldTier, ...raw.coldTier, compaction: { ...def.coldTier.compaction, ...raw.coldTier?.compaction } },
     control: { ...def.control, ...raw.control },
     cache: { ...def.cache, ...raw.cache },
+    kubernetes: { ...def.kubernetes, ...raw.kubernetes },
   };
   if (cfg.control.heatSource?.type === 'prometheus' && (cfg.control.heatSource as { metrics?: unknown }).metrics === undefined) {
     cfg.control.heatSource = { ...cfg.control.heatSource, metrics: 'seed' };
   }
   validateConfig(cfg, file);
-  // The erasure-coding policy is part of the embedded default: written when absent.
+  // The erasure-coding policy is part of the embedded default: written when absent
+  // (not on Kubernetes, where it is a custom resource and the file is not read).
   const ec = path.resolve(abs, cfg.coldTier.ecPolicyFile);
-  if (!fs.existsSync(ec)) {
+  if (!cfg.kubernetes.enabled && !fs.existsSync(ec)) {
     ensureDurableDir(path.dirname(ec));
     writeFileDurableSync(ec, DEFAULT_EC_POLICY_YAML);
   }
@@ -175,7 +197,7 @@ function readConfigFile(file: string): Record<string, any> {
     }
   };
   known('', raw, Object.keys(topLevel));
-  for (const section of ['nbd', 'api', 'metrics', 's3', 'coldTier', 'cache', 'control'] as const) known(section, raw[section], Object.keys(def[section]));
+  for (const section of ['nbd', 'api', 'metrics', 's3', 'coldTier', 'cache', 'control', 'kubernetes'] as const) known(section, raw[section], Object.keys(def[section]));
   const coldTier = raw.coldTier as Record<string, unknown> | null | undefined;
   known('coldTier.compaction', coldTier?.compaction, Object.keys(def.coldTier.compaction));
   const control = raw.control as Record<string, unknown> | null | undefined;
@@ -276,6 +298,16 @@ export function validateConfig(cfg: DaemonConfig, where = 'config'): void {
     if (typeof hs!.url !== 'string' || !/^https?:\/\/[^\s/]+/.test(hs!.url)) fail(`control.heatSource.url must be the Prometheus server's http(s) URL, got ${describe(hs!.url)}`);
     if (hs!.metrics !== 'seed' && hs!.metrics !== 'couchestor') fail(`control.heatSource.metrics must be seed or couchestor, got ${describe(hs!.metrics)}`);
   }
+  const k = cfg.kubernetes;
+  if (!isMapping(k)) fail(`kubernetes must be a mapping, got ${describe(k)}`);
+  if (typeof k.enabled !== 'boolean') fail(`kubernetes.enabled must be true or false, got ${describe(k.enabled)}`);
+  if (k.kubeconfig !== null) str('kubernetes.kubeconfig', k.kubeconfig);
+  if (k.nodeName !== null) str('kubernetes.nodeName', k.nodeName);
+  // The name is a key of status.nodes and of the CR's JSON merge patch.
+  if (k.nodeName !== null && !/^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/.test(k.nodeName)) fail(`kubernetes.nodeName must be a Kubernetes node name (lowercase DNS subdomain), got ${describe(k.nodeName)}`);
+  str('kubernetes.ecPolicyName', k.ecPolicyName);
+  int('kubernetes.statusWriteIntervalMs', k.statusWriteIntervalMs, 100, MAX_TIMER_MS, 'milliseconds');
+  int('kubernetes.startSyncTimeoutMs', k.startSyncTimeoutMs, 100, 600_000, 'milliseconds');
   if (cfg.demoVolume !== null) {
     if (!isMapping(cfg.demoVolume)) fail(`demoVolume must be null or a mapping (name, sizeBytes), got ${describe(cfg.demoVolume)}`);
     str('demoVolume.name', cfg.demoVolume.name);

@@ -106,7 +106,12 @@ export function retryBackoffMs(failures: number, intervalMs: number, cooldownPer
 }
 
 export interface ControlLoopOptions {
-  policiesDir: string;
+  /** StoragePolicy YAML files, re-read every pass (filePolicySource); unused when `policies` is given. */
+  policiesDir?: string;
+  /** Where the StoragePolicies come from (on Kubernetes: the custom resources); default the files of policiesDir. */
+  policies?: PolicySource;
+  /** Called after every pass with the policies' status (the Kubernetes status writer). Must not block. */
+  onPass?: (status: PolicyStatus[]) => void;
   intervalMs: number;
   /** Preservation mode: migrations keep the old copy (RELEASE skipped). */
   preservationMode: boolean;
@@ -119,6 +124,75 @@ export interface ControlLoopOptions {
    * sleeping (a loaded machine cannot then stretch a pass past one).
    */
   clock?: () => number;
+}
+
+/**
+ * One StoragePolicy as its source holds it: the document's text (YAML or
+ * JSON) for parseStoragePolicy, or why it could not be read (text null).
+ */
+export interface PolicyDocument {
+  /** Status key: the policy's name, or `file:PATH` for a file that is no policy of its own. */
+  key: string;
+  /** Where it comes from: its file, or its custom resource (`storagepolicies/NAME`). */
+  file: string;
+  name: string;
+  text: string | null;
+  error: string | null;
+}
+
+/**
+ * Where a pass reads the StoragePolicies: the policies directory's files, or
+ * on Kubernetes the custom resources (an informer's cache). Called at the
+ * start of every pass: it must answer from what it holds, never wait on I/O
+ * that can hang (an apiserver).
+ */
+export interface PolicySource {
+  documents(): PolicyDocument[];
+}
+
+/**
+ * The StoragePolicy files of `dir`. One that cannot be read (a dangling link,
+ * a file removed between the listing and the read) or names a policy an
+ * earlier file (by file name) already names is an Error entry of its own.
+ */
+export function filePolicySource(dir: string): PolicySource {
+  return {
+    documents() {
+      let files: string[] = [];
+      try {
+        files = fs.readdirSync(dir).filter((f) => /\.ya?ml$/.test(f)).sort();
+      } catch {
+        return [];
+      }
+      const out: PolicyDocument[] = [];
+      const byName = new Map<string, string>();
+      for (const f of files) {
+        const file = path.join(dir, f);
+        const fallbackName = path.basename(f).replace(/\.ya?ml$/, '');
+        let text: string;
+        try {
+          text = fs.readFileSync(file, 'utf8');
+        } catch (err) {
+          out.push({ key: `file:${file}`, file, text: null, error: `cannot read ${file}: ${(err as Error).message}`, name: fallbackName });
+          continue;
+        }
+        const parsed = parseDocument(text);
+        // Other kinds (ErasureCodingPolicy) share the directory. A file YAML cannot
+        // parse is a StoragePolicy when a kind line says so (its error is reported).
+        if (parsed.ok ? (parsed.doc as { kind?: unknown } | null)?.kind !== POLICY_KIND : !/^kind:\s*["']?StoragePolicy["']?\s*(#.*)?$/m.test(text)) continue;
+        const docName = parsed.ok ? (parsed.doc as { metadata?: { name?: unknown } } | null)?.metadata?.name : undefined;
+        const name = typeof docName === 'string' && docName !== '' ? docName : fallbackName;
+        const first = byName.get(name);
+        if (first !== undefined) {
+          out.push({ key: `file:${file}`, file, text: null, error: `metadata.name ${name} is already the name of the StoragePolicy in ${first}: give each policy its own name (this file is ignored)`, name });
+          continue;
+        }
+        byName.set(name, file);
+        out.push({ key: name, file, text, error: null, name });
+      }
+      return out;
+    },
+  };
 }
 
 interface LoadedPolicy {
@@ -160,6 +234,7 @@ export class ControlLoop {
   private readonly failures = new Map<string, FailureBackoff>();
   private timer: NodeJS.Timeout | null = null;
   private passRunning: Promise<void> | null = null;
+  private nextPass: Promise<void> | null = null;
   private stopped = false;
   readonly totals = { succeeded: 0, failed: 0, aborted: 0 };
   /** Volumes passes skipped because they could not be opened (one per volume per pass). */
@@ -168,12 +243,15 @@ export class ControlLoop {
   private skippedThisPass = new Map<string, string>();
 
   private readonly now: () => number;
+  private readonly source: PolicySource;
 
   constructor(
     private readonly manager: VolumeManager,
     private readonly opts: ControlLoopOptions,
   ) {
     this.now = opts.clock ?? Date.now;
+    if (opts.policies === undefined && opts.policiesDir === undefined) throw new Error('ControlLoop: policiesDir or policies is required');
+    this.source = opts.policies ?? filePolicySource(opts.policiesDir!);
     this.lastMigrated = manager.meta.openDB<number, string>('control-last-migrated');
   }
 
@@ -192,6 +270,7 @@ export class ControlLoop {
   async stop(): Promise<void> {
     this.stopped = true;
     if (this.timer) clearTimeout(this.timer);
+    await this.nextPass?.catch(() => undefined);
     await this.passRunning;
     // In-flight migrations finish (they are online and safe to complete).
     await Promise.allSettled([...this.inFlight.values()]);
@@ -210,6 +289,23 @@ export class ControlLoop {
     await Promise.allSettled([...this.inFlight.values()]);
   }
 
+  /**
+   * A pass that reads the policies after this call: a running pass read them
+   * before (a policy changed meanwhile), so the pass runs after it. Concurrent
+   * callers share it. Nothing after stop().
+   */
+  reconcileAgain(): Promise<void> {
+    if (this.stopped) return Promise.resolve();
+    if (!this.passRunning) return this.reconcile();
+    this.nextPass ??= this.passRunning
+      .catch(() => undefined)
+      .then(() => {
+        this.nextPass = null;
+        return this.stopped ? undefined : this.reconcile();
+      });
+    return this.nextPass;
+  }
+
   /** One pass; concurrent callers share it. */
   reconcile(): Promise<void> {
     if (!this.passRunning) this.passRunning = this.pass().finally(() => (this.passRunning = null));
@@ -217,50 +313,25 @@ export class ControlLoop {
   }
 
   /**
-   * The StoragePolicy files of the policies directory, each parsed and
-   * checked. One that cannot be read (a dangling link, a file removed between
-   * the listing and the read) or names a policy an earlier file (by file
-   * name) already names is an Error entry of its own: it affects nothing else,
+   * The source's StoragePolicies, each parsed and checked against this
+   * node's pools and ErasureCodingPolicies. One the source could not read, or
+   * that is invalid, is an Error entry of its own: it affects nothing else,
    * and the pass goes on with the others.
    */
   private loadPolicies(): LoadedPolicy[] {
-    let files: string[] = [];
-    try {
-      files = fs.readdirSync(this.opts.policiesDir).filter((f) => /\.ya?ml$/.test(f)).sort();
-    } catch {
-      return [];
-    }
     const out: LoadedPolicy[] = [];
-    const byName = new Map<string, string>();
-    for (const f of files) {
-      const file = path.join(this.opts.policiesDir, f);
-      const fallbackName = path.basename(f).replace(/\.ya?ml$/, '');
-      let text: string;
-      try {
-        text = fs.readFileSync(file, 'utf8');
-      } catch (err) {
-        out.push({ key: `file:${file}`, file, policy: null, error: `cannot read ${file}: ${(err as Error).message}`, name: fallbackName });
+    for (const d of this.source.documents()) {
+      if (d.text === null) {
+        out.push({ key: d.key, file: d.file, policy: null, error: d.error, name: d.name });
         continue;
       }
-      const parsed = parseDocument(text);
-      // Other kinds (ErasureCodingPolicy) share the directory. A file YAML cannot
-      // parse is a StoragePolicy when a kind line says so (its error is reported).
-      if (parsed.ok ? (parsed.doc as { kind?: unknown } | null)?.kind !== POLICY_KIND : !/^kind:\s*["']?StoragePolicy["']?\s*(#.*)?$/m.test(text)) continue;
-      const docName = parsed.ok ? (parsed.doc as { metadata?: { name?: unknown } } | null)?.metadata?.name : undefined;
-      const name = typeof docName === 'string' && docName !== '' ? docName : fallbackName;
-      const first = byName.get(name);
-      if (first !== undefined) {
-        out.push({ key: `file:${file}`, file, policy: null, error: `metadata.name ${name} is already the name of the StoragePolicy in ${first}: give each policy its own name (this file is ignored)`, name });
-        continue;
-      }
-      byName.set(name, file);
       try {
-        const policy = parseStoragePolicy(text);
+        const policy = parseStoragePolicy(d.text);
         const pools = [...this.manager.pools.values()].map((p) => ({ name: p.name, labels: p.rec.labels }));
         checkAgainst(policy, pools, this.opts.ecPolicyNames());
-        out.push({ key: name, file, policy, error: null, name });
+        out.push({ key: d.key, file: d.file, policy, error: null, name: d.name });
       } catch (err) {
-        out.push({ key: name, file, policy: null, error: (err as Error).message, name });
+        out.push({ key: d.key, file: d.file, policy: null, error: (err as Error).message, name: d.name });
       }
     }
     return out;
@@ -300,6 +371,7 @@ export class ControlLoop {
     this.skippedThisPass = new Map();
     try {
       await this.policiesPass();
+      this.reportStatus();
     } finally {
       // One line a pass, however many policies (and decide() calls) met the volume.
       if (this.skippedThisPass.size > 0) {
@@ -542,6 +614,8 @@ export class ControlLoop {
       .finally(() => {
         st.active.delete(name);
         this.inFlight.delete(name);
+        // A move's end changes the policy's counts: handed on without waiting for the next pass.
+        this.reportStatus();
       });
     this.inFlight.set(name, run);
   }
@@ -572,6 +646,16 @@ export class ControlLoop {
     if (to !== 'cold' && vol.poolsInUse().every((p) => p.name === rec.poolName)) return this.opts.preservationMode;
     const kept = rec.keptFilePools;
     return vol.openFilePools().some((p) => kept.includes(p));
+  }
+
+  /** Hands the status to onPass (the Kubernetes status writer, which compares and coalesces). */
+  private reportStatus(): void {
+    if (!this.opts.onPass) return;
+    try {
+      this.opts.onPass(this.status());
+    } catch (err) {
+      log.warn('policy status not handed on', { err: (err as Error).message });
+    }
   }
 
   private finish(st: PolicyState, h: HistoryEntry, retryInMs?: number): void {
