@@ -257,3 +257,27 @@ export async function objectExists(env: S3Env, bucket: string, key: string): Pro
     throw err;
   }
 }
+
+/** The hot pool's object data files (pools/hot-0/objects/<dir>/<file>), sorted: what uploads leave on disk. */
+export function hotObjectFiles(dataDir: string): string[] {
+  const root = path.join(dataDir, 'pools', 'hot-0', 'objects');
+  const out: string[] = [];
+  for (const sub of fs.existsSync(root) ? fs.readdirSync(root) : []) for (const f of fs.readdirSync(path.join(root, sub))) out.push(path.join(root, sub, f));
+  return out.sort();
+}
+
+/**
+ * Bytes the cold pools' segments hold for stripes still in use: their sizes
+ * less the bytes told dead (GET /v1/compaction). What a write left behind on
+ * the cold tier; compaction, which drops dead bytes, leaves it unchanged.
+ */
+export function coldLiveBytes(env: S3Env): Promise<number> {
+  const { host, port } = env.daemon.info.api;
+  return new Promise<number>((resolve, reject) => {
+    http.get({ host, port, path: '/v1/compaction', agent: false }, (res) => {
+      let t = '';
+      res.on('data', (d: Buffer) => (t += d.toString()));
+      res.on('end', () => resolve((JSON.parse(t) as { segments: { sizeBytes: number; deadBytes: number }[] }).segments.reduce((sum, s) => sum + s.sizeBytes - s.deadBytes, 0)));
+    }).on('error', reject);
+  });
+}

@@ -20,6 +20,7 @@ import {
   NoSuitablePool,
   NotEmpty,
   PartTooSmall,
+  StorageError,
   TooLarge,
 } from '../errors.js';
 import type { VolumeManager } from '../volumes/manager.js';
@@ -144,6 +145,43 @@ export class DamagedPartRecord extends InvalidPart {
 }
 
 /**
+ * A conditional write (S3 If-None-Match: * / If-Match on PutObject, CopyObject,
+ * CompleteMultipartUpload), judged against the key's current version inside
+ * the index transaction that installs the new one (flip), never by a read
+ * before the upload: of writers racing on one key exactly one create (or one
+ * compare-and-swap) wins, whatever their body sizes and tiers.
+ * `absent`: only if the key has no object, a damaged record included.
+ * `etagIn`: only if the current version's ETag (unquoted, lowercase) is one of
+ * `etags`, '*' matching any; a key with no object is NoSuchObject (S3: 404
+ * NoSuchKey), a damaged record matches nothing.
+ */
+export type WriteCondition = { kind: 'absent' } | { kind: 'etagIn'; etags: readonly string[] };
+
+/** A WriteCondition did not hold: nothing was written, the current version stays. */
+export class PreconditionFailed extends StorageError {
+  override name = 'PreconditionFailed';
+  constructor(
+    /** The request header whose condition failed (S3's Condition element). */
+    readonly condition: 'If-None-Match' | 'If-Match',
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+function judgeWriteCondition(cond: WriteCondition, current: unknown, bucket: string, key: string): void {
+  if (cond.kind === 'absent') {
+    if (current !== undefined) throw new PreconditionFailed('If-None-Match', `${bucket}/${key} exists (If-None-Match: * writes only a key that has no object)`);
+    return;
+  }
+  if (current === undefined) throw new NoSuchObject(`${bucket}/${key} has no object to match If-Match against`);
+  const etag = typeof current === 'object' && current !== null ? (current as { etag?: unknown }).etag : undefined;
+  if (typeof etag !== 'string' || !cond.etags.some((e) => e === '*' || e === etag)) {
+    throw new PreconditionFailed('If-Match', `the ETag of ${bucket}/${key} is not one If-Match names`);
+  }
+}
+
+/**
  * What is wrong with a stored part record as multipart reads it (ListParts,
  * CompleteMultipartUpload), or null: recordDamage (its segment), or a field
  * those answer or sum unreadable (a record damaged into null, say).
@@ -173,6 +211,8 @@ export interface PutOptions {
   expectedMd5?: Buffer;
   /** The new version's tags (an overwrite never keeps the old version's). */
   tags?: Tag[];
+  /** Install the new version only if this holds (judged in the flip; refused: its bytes are freed). */
+  condition?: WriteCondition;
 }
 
 /** `tags` as a record field: only a non-empty set is stored, so untagged records stay as before. */
@@ -747,7 +787,7 @@ export class ObjectStore {
         ...tagField(opts.tags),
       };
       const built = rec;
-      old = await this.flip(bucket, key, () => built);
+      old = await this.flip(bucket, key, () => built, opts.condition);
       if (seg.kind === 'cold') settleColdSegment(seg); // referenced now: compaction may move its stripes
     } catch (err) {
       await this.freeSegments([seg]);
@@ -786,7 +826,7 @@ export class ObjectStore {
     this.inlineBytes += lengthBytes;
     let old: ObjectRecord | undefined;
     try {
-      old = await this.flip(bucket, key, () => rec);
+      old = await this.flip(bucket, key, () => rec, opts.condition);
     } catch (err) {
       this.inlineBytes -= lengthBytes;
       throw err;
@@ -796,17 +836,21 @@ export class ObjectStore {
   }
 
   /**
-   * One transaction: checks the bucket still exists, runs `build`, installs
-   * its record. `build` may throw to abort, but only before it writes:
-   * lmdb-js keeps writes made before a throw (checked: it does not roll back).
+   * One transaction: checks the bucket still exists and `condition` against
+   * the key's current record, runs `build`, installs its record. Writes are
+   * serialised, so the condition is judged against what no other write can
+   * change before this one commits. `build` may throw to abort, but only
+   * before it writes: lmdb-js keeps writes made before a throw (checked: it
+   * does not roll back); so the condition is judged before `build` runs.
    */
-  private async flip(bucket: BucketRecord, key: string, build: () => ObjectRecord): Promise<ObjectRecord | undefined> {
+  private async flip(bucket: BucketRecord, key: string, build: () => ObjectRecord, condition?: WriteCondition): Promise<ObjectRecord | undefined> {
     const k = objectKey(bucket.id, key);
     const old = await this.manager.meta.transaction(() => {
       const b = this.buckets.get(bucket.name);
       if (!b || b.id !== bucket.id) throw new NoSuchBucket(`bucket ${bucket.name} was deleted during the upload`);
-      const rec = build();
       const prev = this.objects.get(k);
+      if (condition !== undefined) judgeWriteCondition(condition, prev, bucket.name, key);
+      const rec = build();
       this.objects.put(k, rec);
       return prev;
     });
@@ -959,9 +1003,11 @@ export class ObjectStore {
   /**
    * Stitches the listed parts into one object version (no bytes are copied:
    * the parts' segments become the object's) and drops the upload, in one
-   * transaction. Parts uploaded but not listed are freed.
+   * transaction. Parts uploaded but not listed are freed. A `condition` that
+   * does not hold changes nothing: the upload and its parts stay, to be
+   * completed again or aborted (as S3 keeps the upload on a 412).
    */
-  async completeUpload(bucketName: string, key: string, uploadId: string, list: { partNumber: number; etag: string }[]): Promise<ObjectRecord> {
+  async completeUpload(bucketName: string, key: string, uploadId: string, list: { partNumber: number; etag: string }[], condition?: WriteCondition): Promise<ObjectRecord> {
     const bucket = this.getBucket(bucketName);
     const upload = this.getUpload(bucketName, key, uploadId);
     if (list.length === 0) throw new InvalidArgument('CompleteMultipartUpload lists no parts');
@@ -1017,7 +1063,7 @@ export class ObjectStore {
         ...tagField(upload.tags),
       };
       return rec;
-    }).catch((err: unknown) => {
+    }, condition).catch((err: unknown) => {
       unused.length = 0;
       throw err;
     });

@@ -21,7 +21,7 @@ import {
   MetadataFailed,
   TooLarge,
 } from '../errors.js';
-import { DamagedPartRecord } from '../objects/store.js';
+import { DamagedPartRecord, PreconditionFailed } from '../objects/store.js';
 import { XML_HEADER, tag } from './xml.js';
 
 export class S3Error extends Error {
@@ -49,6 +49,7 @@ export function toS3Error(err: unknown, ctx: ErrorContext): S3Error {
   const withBucket: Record<string, string> = ctx.bucket !== undefined ? { BucketName: ctx.bucket } : {};
   if (err instanceof NoSuchBucket) return new S3Error('NoSuchBucket', 404, 'The specified bucket does not exist', withBucket);
   if (err instanceof NoSuchObject) return new S3Error('NoSuchKey', 404, 'The specified key does not exist.', ctx.key !== undefined ? { Key: ctx.key } : {});
+  if (err instanceof PreconditionFailed) return new S3Error('PreconditionFailed', 412, 'At least one of the pre-conditions you specified did not hold', { Condition: err.condition });
   if (err instanceof NoSuchUpload) return new S3Error('NoSuchUpload', 404, 'The specified upload does not exist. The upload ID may be invalid, or the upload may have been aborted or completed.');
   if (err instanceof AlreadyExists) return new S3Error('BucketAlreadyOwnedByYou', 409, 'Your previous request to create the named bucket succeeded and you already own it.', withBucket);
   if (err instanceof NotEmpty) return new S3Error('BucketNotEmpty', 409, 'The bucket you tried to delete is not empty', withBucket);

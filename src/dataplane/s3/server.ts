@@ -10,7 +10,7 @@ import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest }
 import { log } from '../../log.js';
 import { nativeAddonPath } from '../../native-addon.js';
 import type { PieceSink } from '../objects/hot-segments.js';
-import { MAX_PART_NUMBER, partDamage, type BucketTier, type ContentHeaders, type ListedUpload, type ObjectRecord, type ObjectStore, type PartRecord, type Tag } from '../objects/store.js';
+import { MAX_PART_NUMBER, partDamage, type BucketTier, type ContentHeaders, type ListedUpload, type ObjectRecord, type ObjectStore, type PartRecord, type Tag, type WriteCondition } from '../objects/store.js';
 import type { AccessKey } from './credentials.js';
 import { S3Error, errorXml, toS3Error } from './errors.js';
 import { hasBodyChecksum, idleBounded, missingDecodedLength, parseQuery, splitTarget, uriDecode, verifiedBody, verifyRequest, awsUriEncode, type PayloadMode } from './sigv4.js';
@@ -150,15 +150,37 @@ function checkVersionId(versionId: string | undefined, argumentName: string): vo
   if (versionId !== undefined && versionId !== 'null') throw new S3Error('InvalidArgument', 400, 'Invalid version id specified', { ArgumentName: argumentName, ArgumentValue: versionId });
 }
 /**
- * Conditional writes and deletes (S3 since 2024: If-None-Match / If-Match on
- * PutObject and CompleteMultipartUpload, If-Match on DeleteObject): CoucheStor
- * does not evaluate them, and ignored they would overwrite or delete
- * unconditionally (If-None-Match: * is a create-only write), so they are refused.
+ * Conditional deletes (S3: If-Match, x-amz-if-match-last-modified-time and
+ * x-amz-if-match-size on DeleteObject): CoucheStor does not evaluate them, and
+ * ignored they would delete unconditionally, so they are refused. The two
+ * x-amz-if-match-* headers condition only deletes: on a write they are refused too.
  */
-const CONDITIONAL_WRITE_HEADERS = ['if-match', 'if-none-match', 'x-amz-if-match-last-modified-time', 'x-amz-if-match-size'] as const;
-function refuseConditionalWrite(raw: IncomingMessage, operation: string): void {
-  const h = CONDITIONAL_WRITE_HEADERS.find((n) => raw.headers[n] !== undefined);
+const CONDITIONAL_DELETE_HEADERS = ['if-match', 'if-none-match', 'x-amz-if-match-last-modified-time', 'x-amz-if-match-size'] as const;
+function refuseConditionalDelete(raw: IncomingMessage, operation: string, headers: readonly string[] = CONDITIONAL_DELETE_HEADERS): void {
+  const h = headers.find((n) => raw.headers[n] !== undefined);
   if (h !== undefined) throw new S3Error('NotImplemented', 501, `Conditional requests (${h} on ${operation}) are not supported by CoucheStor; nothing was written or deleted.`);
+}
+const notImplementedHeader = (h: string, why: string) => new S3Error('NotImplemented', 501, `A header you provided implies functionality that is not implemented: ${why}`, { Header: h });
+/**
+ * The conditional write of a PutObject, CopyObject or CompleteMultipartUpload
+ * (S3 since 2024), judged by the store in the transaction that installs the
+ * object (store.ts WriteCondition). As S3: If-None-Match takes only `*`
+ * (create only; exists: 412), If-Match an ETag list (another ETag: 412, no
+ * object: 404 NoSuchKey); If-None-Match with an ETag, or both headers at
+ * once, is 501 NotImplemented. Nothing is ever written unconditionally in
+ * place of a condition.
+ */
+function writeCondition(raw: IncomingMessage, operation: string): WriteCondition | undefined {
+  refuseConditionalDelete(raw, operation, ['x-amz-if-match-last-modified-time', 'x-amz-if-match-size']);
+  const ifMatch = header(raw, 'if-match');
+  const ifNoneMatch = header(raw, 'if-none-match');
+  if (ifMatch !== undefined && ifNoneMatch !== undefined) throw notImplementedHeader('If-Match', `${operation} with both If-Match and If-None-Match`);
+  if (ifNoneMatch !== undefined) {
+    if (ifNoneMatch.trim() !== '*') throw notImplementedHeader('If-None-Match', `${operation} with If-None-Match other than *`);
+    return { kind: 'absent' };
+  }
+  if (ifMatch !== undefined) return { kind: 'etagIn', etags: ifMatch.split(',').map((e) => e.trim().replace(/^W\//, '').replace(/"/g, '').toLowerCase()) };
+  return undefined;
 }
 /** Listings served by listObjects: ListObjects (v1), ListObjectsV2, ListObjectVersions. */
 type ListingKind = 'v1' | 'v2' | 'versions';
@@ -782,26 +804,19 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
         return getObject(ctx, bucket, key, true);
       case 'PUT':
         if (uploadId !== undefined) return uploadPart(ctx, bucket, key, uploadId);
-        if (header(raw, 'x-amz-copy-source') !== undefined) {
-          refuseConditionalWrite(raw, 'CopyObject');
-          return copyObject(ctx, bucket, key);
-        }
-        refuseConditionalWrite(raw, 'PutObject');
-        return putObject(ctx, bucket, key);
+        if (header(raw, 'x-amz-copy-source') !== undefined) return copyObject(ctx, bucket, key, writeCondition(raw, 'CopyObject'));
+        return putObject(ctx, bucket, key, writeCondition(raw, 'PutObject'));
       case 'DELETE':
         if (uploadId !== undefined) {
           await store.abortUpload(bucket, key, uploadId);
           return reply.code(204).send();
         }
-        refuseConditionalWrite(raw, 'DeleteObject');
+        refuseConditionalDelete(raw, 'DeleteObject');
         await store.deleteObject(bucket, key);
         return reply.code(204).send();
       case 'POST':
         if (ctx.query.has('uploads')) return createUpload(ctx, bucket, key);
-        if (uploadId !== undefined) {
-          refuseConditionalWrite(raw, 'CompleteMultipartUpload');
-          return completeUpload(ctx, bucket, key, uploadId);
-        }
+        if (uploadId !== undefined) return completeUpload(ctx, bucket, key, uploadId, writeCondition(raw, 'CompleteMultipartUpload'));
         break;
     }
     throw methodNotAllowed();
@@ -1091,7 +1106,7 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
     }
   }
 
-  async function putObject(ctx: Ctx, bucket: string, key: string) {
+  async function putObject(ctx: Ctx, bucket: string, key: string, condition: WriteCondition | undefined) {
     const { contentHeaders, userMeta } = objectHeadersFrom(ctx.raw);
     const expectedMd5 = contentMd5(ctx.raw);
     store.getBucket(bucket);
@@ -1103,6 +1118,7 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
       expectedBytes: expectedLength(ctx.raw, ctx.payload),
       expectedMd5,
       tags,
+      condition,
     });
     return ctx.reply.code(200).header('etag', etagHeader(rec.etag)).send();
   }
@@ -1125,7 +1141,7 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
     checkPreconditions((h) => header(ctx.raw, `x-amz-copy-source-${h}`), rec, 412);
   }
 
-  async function copyObject(ctx: Ctx, bucket: string, key: string) {
+  async function copyObject(ctx: Ctx, bucket: string, key: string, condition: WriteCondition | undefined) {
     const src = copySource(ctx);
     const directive = header(ctx.raw, 'x-amz-metadata-directive') ?? 'COPY';
     if (directive !== 'COPY' && directive !== 'REPLACE') throw new S3Error('InvalidArgument', 400, 'Unknown metadata directive.', { ArgumentName: 'x-amz-metadata-directive' });
@@ -1146,7 +1162,7 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
       const meta = directive === 'REPLACE' ? objectHeadersFrom(ctx.raw) : { contentHeaders: srcRec.contentHeaders, userMeta: srcRec.userMeta };
       const body = handle.read(0, srcRec.sizeBytes);
       handedOff = true;
-      const rec = await store.putObject(bucket, key, body, { ...meta, expectedBytes: srcRec.sizeBytes, tags: replacedTags ?? srcRec.tags });
+      const rec = await store.putObject(bucket, key, body, { ...meta, expectedBytes: srcRec.sizeBytes, tags: replacedTags ?? srcRec.tags, condition });
       return sendXml(ctx.reply, 200, `${XML_HEADER}<CopyObjectResult xmlns="${S3_NS}">${tag('LastModified', iso(rec.lastModifiedMs))}${tag('ETag', etagHeader(rec.etag))}</CopyObjectResult>`);
     } finally {
       if (!handedOff) handle.release();
@@ -1251,7 +1267,7 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
     }
   }
 
-  async function completeUpload(ctx: Ctx, bucket: string, key: string, uploadId: string) {
+  async function completeUpload(ctx: Ctx, bucket: string, key: string, uploadId: string, condition: WriteCondition | undefined) {
     store.getUpload(bucket, key, uploadId);
     let listed = 0;
     const root = await readXmlBody(ctx, {
@@ -1271,7 +1287,7 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
     if (list.length === 0) throw new S3Error('MalformedXML', 400, MALFORMED_XML);
     // A part whose record is damaged (ListParts lists it with DAMAGED_PART_ETAG) is refused by the
     // store, whatever ETag is given: 400 InvalidPart naming the damage (store.ts DamagedPartRecord).
-    const rec = await store.completeUpload(bucket, key, uploadId, list);
+    const rec = await store.completeUpload(bucket, key, uploadId, list, condition);
     const location = `http://${header(ctx.raw, 'host') ?? 'localhost'}/${bucket}/${awsUriEncode(key, true)}`;
     return sendXml(ctx.reply, 200, `${XML_HEADER}<CompleteMultipartUploadResult xmlns="${S3_NS}">${tag('Location', location)}${tag('Bucket', bucket)}${tag('Key', key)}${tag('ETag', etagHeader(rec.etag))}</CompleteMultipartUploadResult>`);
   }
