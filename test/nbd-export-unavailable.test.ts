@@ -7,29 +7,13 @@
 // on its debug channel (LIBNBD_DEBUG=1 / h.set_debug). NBD_OPT_LIST leaves it
 // out, so `nbdinfo --list` (which probes every listed export and exits 1 when
 // one is refused) lists the others and exits 0.
-import { test, type TestContext } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import fs from 'node:fs';
-import path from 'node:path';
-import { CLIENT_ENV, TestDaemon } from './helpers/daemon.js';
-import { startWarmDaemon } from './helpers/hot-warm.js';
+import { CLIENT_ENV } from './helpers/daemon.js';
+import { warmPoolGoneAtStart } from './helpers/missing-pool.js';
 import { OPT, RawNbd, REP, goData } from './helpers/nbd-client.js';
 import { waitForLog } from './helpers/control-loop.js';
-
-/** A daemon with hot volume `good` and warm volume `v`, restarted with warm-0's directory moved away; `remount` puts it back. */
-async function warmPoolGoneAtStart(t: TestContext): Promise<{ d: TestDaemon; remount: () => void }> {
-  const d0 = await startWarmDaemon();
-  let d = d0;
-  t.after(() => d.cleanup());
-  d.createVolume('good', '4M');
-  d.createVolume('v', '4M', '--tier', 'warm');
-  const warm0 = path.join(d.dataDir, 'pools', 'warm-0');
-  assert.equal(await d.stop(), 0);
-  fs.renameSync(warm0, `${warm0}.unmounted`);
-  d = await TestDaemon.start({ dataDir: d0.dataDir });
-  return { d, remount: () => fs.renameSync(`${warm0}.unmounted`, warm0) };
-}
 
 const REASON = 'pool warm-0 is offline (its directory is missing or not writable)';
 

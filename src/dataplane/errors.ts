@@ -22,9 +22,10 @@ export class NoSuitablePool extends StorageError {
 
 /**
  * Too few pools of a tier are online for what is asked (a stripe needs
- * data+parity distinct cold pools): a NoSuitablePool whose cause is
- * availability, not space. It passes once the pools are back (mounted), so
- * the API answers 503, not NoSuitablePool's 507.
+ * data+parity distinct cold pools, a hot or warm volume one pool of its
+ * tier): a NoSuitablePool whose cause is availability, not space. It passes
+ * once the pools are back (mounted), so the API answers 503, not
+ * NoSuitablePool's 507.
  */
 export class TooFewOnlinePools extends NoSuitablePool {
   override name = 'TooFewOnlinePools';

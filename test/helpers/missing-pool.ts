@@ -1,13 +1,14 @@
 // Missing-pool / journal-pool test setup: a cold daemon (with volume c1, or a configuration of its own) beside a
 // temp work dir, every daemon started on its data dir removed after the test; acknowledged writes left in the
 // cold tier's journal; `pools:` YAML for the six default cold pools after the hot/warm ones a test lists; a start
-// that may be refused.
+// that may be refused; a warm daemon started with its warm pool's directory gone.
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { TestContext } from 'node:test';
 import { TestDaemon, run } from './daemon.js';
 import { patternBytes, startColdDaemon, startWithColdVolume } from './cold.js';
+import { startWarmDaemon } from './hot-warm.js';
 
 export interface DaemonWork {
   /** A temp directory for the test's files (nbdcopy sources, exports read back). */
@@ -96,4 +97,51 @@ export function startOrError(dataDir: string): Promise<TestDaemon | Error> {
     (wrongly) => wrongly,
     (err: Error) => err,
   );
+}
+
+/**
+ * A warm daemon (hot-0, warm-0, cold-0..5) with hot volume `good` and warm volume `v` (4 MiB each), restarted with
+ * warm-0's directory moved away (a disk not mounted); `remount` puts it back. Removed after the test.
+ */
+export async function warmPoolGoneAtStart(t: TestContext): Promise<{ d: TestDaemon; remount: () => void }> {
+  const d0 = await startWarmDaemon();
+  let d = d0;
+  t.after(() => d.cleanup());
+  d.createVolume('good', '4M');
+  d.createVolume('v', '4M', '--tier', 'warm');
+  const warm0 = path.join(d.dataDir, 'pools', 'warm-0');
+  if ((await d.stop()) !== 0) throw new Error(`daemon stop failed:\n${d.stderr}`);
+  fs.renameSync(warm0, `${warm0}.unmounted`);
+  d = await TestDaemon.start({ dataDir: d0.dataDir });
+  return { d, remount: () => fs.renameSync(`${warm0}.unmounted`, warm0) };
+}
+
+/**
+ * "Unmounts" pool directory `dir`: its contents (the disk) move to `${dir}.disk` and an empty directory, the
+ * mount point, stays at `dir`.
+ */
+export function unmountPool(dir: string): void {
+  fs.renameSync(dir, `${dir}.disk`);
+  fs.mkdirSync(dir);
+}
+
+/** "Mounts" the disk unmountPool moved aside back at `dir`; throws if anything was written into the empty mount point. */
+export function mountPool(dir: string): void {
+  const written = fs.readdirSync(dir);
+  if (written.length > 0) throw new Error(`written into the empty mount point ${dir}: ${written.join(', ')}`);
+  fs.rmdirSync(dir);
+  fs.renameSync(`${dir}.disk`, dir);
+}
+
+/** /readyz of `d`: its status and reasons. */
+export async function readyz(d: TestDaemon): Promise<{ status: number; reasons: string[] }> {
+  const res = await fetch(`http://127.0.0.1:${d.info.api.port}/readyz`);
+  return { status: res.status, reasons: ((await res.json()) as { reasons: string[] }).reasons };
+}
+
+/** The value of couchestor_pool_online for `pool` in one /metrics scrape of `d` (undefined: no series). */
+export async function poolOnlineGauge(d: TestDaemon, pool: string): Promise<number | undefined> {
+  const text = await (await fetch(`http://127.0.0.1:${d.info.metrics.port}/metrics`)).text();
+  const line = text.split('\n').find((l) => l.startsWith('couchestor_pool_online{') && l.includes(`pool="${pool}"`));
+  return line === undefined ? undefined : Number(line.split(' ').at(-1));
 }

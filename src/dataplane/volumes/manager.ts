@@ -2,7 +2,7 @@
 // and the cache of open Volume objects shared by every front-end connection.
 import fs from 'node:fs';
 import path from 'node:path';
-import { AlreadyExists, InvalidArgument, NoSuitablePool, NotFound, PoolOffline } from '../errors.js';
+import { AlreadyExists, InvalidArgument, NoSuitablePool, NotFound, PoolOffline, TooFewOnlinePools } from '../errors.js';
 import { ChunkState, MetaStore, VOLUME_NAME_RE, type PoolRecord, type Tier, type VolumeRecord } from '../meta/store.js';
 import { Pool } from '../pools/pool.js';
 import { Volume, type ColdTier } from './volume.js';
@@ -241,7 +241,12 @@ export class VolumeManager {
       if (p.rec.tier !== tier || !p.isOnline()) continue;
       if (!best || p.freeBytes() > best.freeBytes()) best = p;
     }
-    if (!best) throw new NoSuitablePool(`no online pool with tier=${tier}`);
+    if (!best) {
+      const offline = [...this.pools.values()].filter((p) => p.rec.tier === tier).map((p) => p.name);
+      // Pools of the tier there but offline: availability (503), passes once they are back; none configured: 507.
+      if (offline.length > 0) throw new TooFewOnlinePools(`no online pool with tier=${tier} (${offline.join(', ')} offline)`);
+      throw new NoSuitablePool(`no pool with tier=${tier}`);
+    }
     if (best.freeBytes() < Math.min(needBytes, DEFAULT_CHUNK_SIZE_BYTES)) {
       throw new NoSuitablePool(`no pool with tier=${tier} has room (largest free: ${best.freeBytes()} bytes)`);
     }

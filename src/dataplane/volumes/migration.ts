@@ -293,8 +293,8 @@ export function analyzeMigration(manager: VolumeManager, vol: Volume, to: Tier):
 
 /**
  * ANALYZE: the pool whose file a move to hot/warm fills (null for cold), or
- * why the move cannot start (a TooFewOnlinePools when too few cold pools are
- * online: that passes once they are back). The volume's current pool is kept
+ * why the move cannot start (a TooFewOnlinePools when too few pools of the
+ * tier are online: that passes once they are back). The volume's current pool is kept
  * when it is of the target tier, online and has room (cold -> hot promotes in
  * place); otherwise the online pool of that tier with the most free space
  * that fits every chunk to copy.
@@ -322,7 +322,7 @@ export function planMigration(manager: VolumeManager, vol: Volume, to: Tier): { 
   const candidates = [...manager.pools.values()].filter((p) => p.rec.tier === to);
   if (candidates.length === 0) return `no pool with tier=${to}`;
   const online = candidates.filter((p) => p.isOnline());
-  if (online.length === 0) return `no online pool with tier=${to} (${candidates.map((p) => p.name).join(', ')} offline)`;
+  if (online.length === 0) return new TooFewOnlinePools(`no online pool with tier=${to} (${candidates.map((p) => p.name).join(', ')} offline)`);
   let best: Pool | null = null;
   for (const p of online) {
     if (p.freeBytes() < vol.chunksNotIn(p) * cs) continue;
