@@ -16,12 +16,14 @@ import { HeatTracker } from './control/heat.js';
 import { ControlLoop } from './control/loop.js';
 import { PrometheusHeat } from './control/prometheus-heat.js';
 import { healthChecks, metricsSource } from './control/observe.js';
-import { parsePolicyYaml } from './dataplane/ec/policy.js';
+import { parsePolicyYaml, type ErasureCodingPolicy } from './dataplane/ec/policy.js';
 import { SegmentCompactor, registerCompactionMetrics } from './dataplane/ec/compaction.js';
 import { forgetRemovedPoolRebuilds } from './dataplane/ec/reconstruction.js';
 import { DataDirLock, DataDirLocked, readLockHolder } from './data-dir-lock.js';
 import { prepareHotPool } from './dataplane/objects/hot-segments.js';
 import type { Pool } from './dataplane/pools/pool.js';
+import { KubePolicies, readyWithPolicySource, registerKubeMetrics, type ColdPolicyChoice } from './control/kube/index.js';
+import { dirEntries } from './dataplane/pools/identity.js';
 
 export const STATE_FILE = 'daemon.json';
 
@@ -102,7 +104,9 @@ function hasIndexOpen(pid: number, dataDir: string): boolean | null {
  * locks) a new pool's, and leaves a known pool's missing directory missing.
  */
 export function poolDirs(cfg: DaemonConfig): string[] {
-  return cfg.pools.map((p) => resolvePoolPath(cfg, p)).filter((dir) => fs.existsSync(dir));
+  // Nor one with nothing in it: an unmounted disk's mount point must not get a lock file
+  // (which would pass for a pool of an earlier version's layout: pools/identity.ts).
+  return cfg.pools.map((p) => resolvePoolPath(cfg, p)).filter((dir) => fs.existsSync(dir) && dirEntries(dir).length > 0);
 }
 
 /**
@@ -119,14 +123,23 @@ function adoptWhenBack(pool: Pool, dataDir: string): void {
   let locked = false;
   pool.adoptWhenBack(() => {
     const lock = DataDirLock.heldFor(dataDir);
-    if (lock && !locked) lock.lockPools([pool.rec.path], lock.role);
+    try {
+      if (lock && !locked) lock.lockPools([pool.rec.path], lock.role);
+    } catch (err) {
+      // Locked at start already (a directory present but not the pool then: poolDirs took it).
+      if (!(err instanceof DataDirLocked && err.holderPid === process.pid)) throw err;
+    }
     locked = true;
     if (pool.rec.tier === 'hot') prepareHotPool(pool);
   });
 }
 
-/** Opens the metadata and (re)registers the configured pools. */
-export async function openManager(cfg: DaemonConfig, opts: { coldTier: boolean } = { coldTier: true }): Promise<VolumeManager> {
+/**
+ * Opens the metadata and (re)registers the configured pools. `coldPolicy`: where
+ * the cold tier's ErasureCodingPolicy comes from instead of coldTier.ecPolicyFile
+ * (on Kubernetes, the custom resource).
+ */
+export async function openManager(cfg: DaemonConfig, opts: { coldTier: boolean; coldPolicy?: (coldPoolCount: number) => Promise<ColdPolicyChoice> } = { coldTier: true }): Promise<VolumeManager> {
   refuseAliasedPools(cfg);
   const manager = VolumeManager.open(cfg.dataDir);
   // The hot pool holding the cold tier's journal (manager.journalPool).
@@ -145,10 +158,10 @@ export async function openManager(cfg: DaemonConfig, opts: { coldTier: boolean }
         if (known !== undefined && path.resolve(known.rec.path) === dir) {
           const replaced =
             p.tier === 'cold'
-              ? `make the directory and run \`couchestor rebuild ${p.name}\``
+              ? `make the directory (empty) and run \`couchestor pools replace ${p.name}\` (its shards are rebuilt from parity)`
               : p.name === journalPool
-                ? "make the directory and an empty journal/ in it (the cold tier's journal it held is lost: the acknowledged writes to cold volumes not yet destaged; serve refuses to start until journal/ is there; and the volume files it held: their volumes stay unavailable)"
-                : 'make the directory (the volume files it held are lost: their volumes stay unavailable)';
+                ? `make the directory (empty) and run \`couchestor pools replace ${p.name} --discard-volumes\`, then make an empty journal/ in it (the cold tier's journal it held is lost: the acknowledged writes to cold volumes not yet destaged; serve refuses to start until journal/ is there; and the volume files it held: their volumes read as I/O errors)`
+                : `make the directory (empty) and run \`couchestor pools replace ${p.name}\` (with --discard-volumes when volumes had data only there: they then read as I/O errors)`;
           log.warn(`pool directory missing: the pool is offline (not made again); mount its disk; for a replaced disk, ${replaced}`, { pool: p.name, path: dir });
           adoptWhenBack(known, cfg.dataDir);
           continue;
@@ -165,14 +178,28 @@ export async function openManager(cfg: DaemonConfig, opts: { coldTier: boolean }
           continue;
         }
         created.push(dir);
+      } else if (known !== undefined && path.resolve(known.rec.path) === dir && known.offlineButPresent()) {
+        // There, but not the pool (pools/identity.ts): an unmounted disk's empty mount point,
+        // another pool's disk, another node's. Offline as a missing one, its record untouched
+        // (capacity: auto would be the wrong filesystem's); used once its identity is there.
+        log.warn(`pool directory is not the pool: the pool is offline; ${known.offlineReason() ?? 'its identity does not match'}`, { pool: p.name, path: dir });
+        adoptWhenBack(known, cfg.dataDir);
+        continue;
+      } else if (known === undefined && dirEntries(dir).length === 0) {
+        created.push(dir); // a new pool in an empty directory: not locked by poolDirs
       }
-      await manager.putPool({
+      const pool = await manager.putPool({
         name: p.name,
         tier: p.tier,
         path: dir,
         capacityBytes: poolCapacityBytes(cfg, p),
         labels: { tier: p.tier, ...p.labels },
       });
+      // A known pool given a new path that exists: its identity there decides.
+      if (known !== undefined && pool.offlineButPresent()) {
+        log.warn(`pool directory at the pool's new path is not the pool: the pool is offline; ${pool.offlineReason() ?? ''}`, { pool: p.name, path: dir });
+        adoptWhenBack(pool, cfg.dataDir);
+      }
     }
     // A new pool's directory, made just now: locked as the existing ones were (poolDirs), before anything uses it.
     const lock = DataDirLock.heldFor(cfg.dataDir);
@@ -188,7 +215,7 @@ export async function openManager(cfg: DaemonConfig, opts: { coldTier: boolean }
   await forgetRemovedPoolRebuilds(manager.meta, cfg.pools.filter((p) => p.tier === 'cold').map((p) => p.name));
   if (opts.coldTier) {
     try {
-      await startConfiguredColdTier(cfg, manager);
+      await startConfiguredColdTier(cfg, manager, opts.coldPolicy);
     } catch (err) {
       // A journal that refuses to open (JournalCorrupt): the process exits with the message, the index closed.
       await manager.close().catch(() => undefined);
@@ -239,15 +266,31 @@ export async function highestDestagedSeqSliced(manager: VolumeManager, sliceEntr
   return highest;
 }
 
-/** Starts the erasure-coded tier when the policy file exists and enough cold pools do (openManager's last step). */
-export async function startConfiguredColdTier(cfg: DaemonConfig, manager: VolumeManager): Promise<void> {
-  const file = path.resolve(cfg.dataDir, cfg.coldTier.ecPolicyFile);
-  if (!fs.existsSync(file)) {
-    log.warn('cold tier disabled: no erasure-coding policy file', { file });
-    return;
-  }
+/**
+ * Starts the erasure-coded tier when the policy file exists (or `coldPolicy`,
+ * the custom resource, is there and valid) and enough cold pools do
+ * (openManager's last step).
+ */
+export async function startConfiguredColdTier(cfg: DaemonConfig, manager: VolumeManager, coldPolicy?: (coldPoolCount: number) => Promise<ColdPolicyChoice>): Promise<void> {
   const coldPools = cfg.pools.filter((p) => p.tier === 'cold').length;
-  const policy = parsePolicyYaml(fs.readFileSync(file, 'utf8'), coldPools);
+  let policy: ErasureCodingPolicy;
+  if (coldPolicy) {
+    // A policy the cluster does not give (apiserver unreachable, no such resource, invalid here) is said in its status; the daemon serves on.
+    const chosen = await coldPolicy(coldPools);
+    if ('disabled' in chosen) {
+      log.warn(`cold tier disabled: ${chosen.disabled}`);
+      return;
+    }
+    policy = chosen.policy;
+    log.info('cold tier policy from the cluster', { ecPolicy: policy.name, dataShards: policy.dataShards, parityShards: policy.parityShards, stripeSizeBytes: policy.stripeSizeBytes });
+  } else {
+    const file = path.resolve(cfg.dataDir, cfg.coldTier.ecPolicyFile);
+    if (!fs.existsSync(file)) {
+      log.warn('cold tier disabled: no erasure-coding policy file', { file });
+      return;
+    }
+    policy = parsePolicyYaml(fs.readFileSync(file, 'utf8'), coldPools);
+  }
   const highestDestagedSeq = await highestDestagedSeqSliced(manager);
   manager.startColdTier(policy, {
     intervalMs: cfg.coldTier.destageIntervalMs,
@@ -286,6 +329,7 @@ export class Daemon {
     readonly state: DaemonState,
     readonly compactor: SegmentCompactor | null,
     private readonly lock: DataDirLock,
+    readonly kube: KubePolicies | null,
   ) {}
 
   /**
@@ -326,8 +370,15 @@ export class Daemon {
   }
 
   private static async startSteps(cfg: DaemonConfig, started: Array<() => unknown>, lock: DataDirLock): Promise<Daemon> {
-    const manager = await openManager(cfg);
+    // On Kubernetes the policies are custom resources: their list + watch starts first (the cold tier's comes from it).
+    const kube = cfg.kubernetes.enabled ? new KubePolicies(cfg.kubernetes) : null;
+    if (kube) {
+      kube.start();
+      started.push(() => kube.stop());
+    }
+    const manager = await openManager(cfg, { coldTier: true, ...(kube ? { coldPolicy: (n: number) => kube.coldPolicy(n) } : {}) });
     started.push(() => manager.close());
+    kube?.attach(manager);
     if (PAUSE_START_AFTER_OPEN) await pauseStart('after-open');
     // Before any front end serves: a RELEASE a kill cut short (not fsck, which must not change anything).
     await manager.finishInterruptedReleases();
@@ -347,11 +398,11 @@ export class Daemon {
     started.push(() => heat.stop());
     const hs = cfg.control.heatSource;
     const loop = new ControlLoop(manager, {
-      policiesDir: path.resolve(cfg.dataDir, cfg.control.policiesDir),
+      ...(kube ? { policies: kube.source, onPass: (s) => kube.afterPass(s) } : { policiesDir: path.resolve(cfg.dataDir, cfg.control.policiesDir) }),
       intervalMs: cfg.control.reconcileIntervalMs,
       preservationMode: cfg.control.preservationMode,
       heat: hs.type === 'prometheus' ? new PrometheusHeat(hs.url, hs.metrics) : heat,
-      ecPolicyNames: () => (manager.cold ? [manager.cold.policy.name] : []),
+      ecPolicyNames: kube ? () => kube.ecPolicyNames() : () => (manager.cold ? [manager.cold.policy.name] : []),
     });
     const compactor = startCompaction(cfg, manager);
     if (compactor) started.push(() => compactor.stop()); // runs before the manager closes (reverse order)
@@ -360,7 +411,8 @@ export class Daemon {
     if (compactor) registerCompactionRoutes(api, compactor);
     // Probes share the admin API's port (8081 by default, as DESIGN.md says).
     let open = true;
-    registerHealthRoutes(api, healthChecks(manager, () => open));
+    const checks = healthChecks(manager, () => open);
+    registerHealthRoutes(api, kube ? { ...checks, ready: readyWithPolicySource(checks.ready, kube) } : checks);
     api.addHook('onClose', async () => {
       open = false;
     });
@@ -368,6 +420,7 @@ export class Daemon {
     const registry = createMetrics(metricsSource(manager, heat, migrations));
     if (cache) registerCacheMetrics(cache, registry);
     if (compactor) registerCompactionMetrics(compactor, registry);
+    if (kube) registerKubeMetrics(kube, registry);
     const metrics = await listening('metrics', cfg.metrics.port, startMetricsServer({ host: cfg.listenHost, port: cfg.metrics.port, registry }));
     started.push(() => metrics.close());
     await listening('admin API', cfg.api.port, api.listen({ port: cfg.api.port, host: cfg.listenHost }));
@@ -384,11 +437,14 @@ export class Daemon {
     };
     fs.writeFileSync(path.join(cfg.dataDir, STATE_FILE), JSON.stringify(state));
     loop.start();
-    return new Daemon(cfg, manager, nbd, api, s3, metrics, heat, loop, cache, state, compactor, lock);
+    // A policy's spec changed (or one came or went): a pass now, not at the next interval.
+    if (kube) kube.onSpecChange = () => void loop.reconcileAgain().catch((err: unknown) => log.error('control loop pass failed', { err: (err as Error).message }));
+    return new Daemon(cfg, manager, nbd, api, s3, metrics, heat, loop, cache, state, compactor, lock, kube);
   }
 
   async stop(): Promise<void> {
     await this.loop.stop();
+    await this.kube?.stop();
     await this.nbd.close();
     // Pool rebuilds stop before the admin API closes: closing waits for in-flight requests, and a
     // rebuild request (one queued behind the retry timer's run) would run to its end, starting a

@@ -1,0 +1,185 @@
+// The daemon's few calls to the Kubernetes apiserver (list, watch, JSON merge
+// patch of a status), over node:http(s) with the kubeconfig's (or service
+// account's) server, TLS and credentials. Every call has a deadline: a hung
+// apiserver must never hold the control loop or the data path.
+import http from 'node:http';
+import https from 'node:https';
+import readline from 'node:readline';
+import { loadAccess, type ApiServerAccess } from './kubeconfig.js';
+
+export const GROUP = 'storage.billyronks.io';
+export const VERSION = 'v1';
+
+/** A non-2xx answer; `code` the HTTP status (410 Gone, 404 Not Found, 403 Forbidden, ...). */
+export class KubeApiError extends Error {
+  override name = 'KubeApiError';
+  constructor(
+    readonly code: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** The parts of an object every kind has that this daemon reads. */
+export interface KubeObject {
+  apiVersion?: string;
+  kind?: string;
+  metadata: { name: string; uid?: string; resourceVersion?: string; generation?: number };
+  spec?: unknown;
+  status?: unknown;
+}
+
+export interface KubeList<T> {
+  metadata: { resourceVersion: string };
+  items: T[];
+}
+
+export type WatchEventType = 'ADDED' | 'MODIFIED' | 'DELETED' | 'BOOKMARK' | 'ERROR';
+
+/** A watch in progress: `ended` resolves when the server closes it, rejects on an error. */
+export interface RunningWatch {
+  ended: Promise<void>;
+  abort(): void;
+}
+
+/** Bound on one JSON answer (a list of every policy): more is refused, not buffered. */
+const MAX_RESPONSE_BYTES = 32 * 1024 * 1024;
+
+export class KubeClient {
+  private readonly agent: http.Agent;
+
+  private constructor(private readonly access: ApiServerAccess) {
+    // Keep-alive: one TLS handshake for the many small status writes.
+    this.agent = access.server.startsWith('https:')
+      ? new https.Agent({ keepAlive: true, maxSockets: 8, ca: access.ca, cert: access.cert, key: access.key, rejectUnauthorized: access.rejectUnauthorized, ...(access.servername ? { servername: access.servername } : {}) })
+      : new http.Agent({ keepAlive: true, maxSockets: 8 });
+  }
+
+  /** From a kubeconfig file, or (null) the pod's service account. */
+  static load(kubeconfig: string | null): KubeClient {
+    return new KubeClient(loadAccess(kubeconfig));
+  }
+
+  get server(): string {
+    return this.access.server;
+  }
+
+  close(): void {
+    this.agent.destroy();
+  }
+
+  /** One request with a JSON answer, failing with KubeApiError on a non-2xx status and after timeoutMs. */
+  async request<T>(method: string, path: string, opts: { body?: unknown; contentType?: string; timeoutMs: number }): Promise<T> {
+    const req = this.open(method, path, opts.contentType, opts.timeoutMs);
+    return new Promise<T>((resolve, reject) => {
+      req.on('error', reject);
+      req.on('response', (res) => {
+        const chunks: Buffer[] = [];
+        let bytes = 0;
+        res.on('data', (c: Buffer) => {
+          bytes += c.length;
+          if (bytes > MAX_RESPONSE_BYTES) req.destroy(new Error(`${method} ${path}: answer larger than ${MAX_RESPONSE_BYTES} bytes`));
+          else chunks.push(c);
+        });
+        res.on('error', reject);
+        res.on('end', () => {
+          const text = Buffer.concat(chunks).toString('utf8');
+          const code = res.statusCode ?? 0;
+          if (code < 200 || code > 299) {
+            reject(new KubeApiError(code, `${method} ${path}: ${code} ${statusMessage(text) ?? res.statusMessage ?? ''}`.trim()));
+            return;
+          }
+          try {
+            resolve((text ? JSON.parse(text) : undefined) as T);
+          } catch (err) {
+            reject(new Error(`${method} ${path}: answer is not JSON: ${(err as Error).message}`));
+          }
+        });
+      });
+      req.end(opts.body === undefined ? undefined : JSON.stringify(opts.body));
+    });
+  }
+
+  /**
+   * A watch from `resourceVersion`: each event line is handed to onEvent.
+   * The server ends it after timeoutSeconds; no byte for idleTimeoutMs
+   * (a dead connection, bookmarks come more often) aborts it with an error.
+   */
+  async watch(path: string, resourceVersion: string, opts: { timeoutSeconds: number; idleTimeoutMs: number }, onEvent: (type: WatchEventType, object: KubeObject) => void): Promise<RunningWatch> {
+    const q = new URLSearchParams({ watch: '1', resourceVersion, allowWatchBookmarks: 'true', timeoutSeconds: String(opts.timeoutSeconds) });
+    const req = this.open('GET', `${path}?${q}`, undefined, opts.idleTimeoutMs);
+    let abort: () => void = () => req.destroy();
+    const ended = new Promise<void>((resolve, reject) => {
+      let aborted = false;
+      abort = () => {
+        aborted = true;
+        req.destroy();
+        resolve();
+      };
+      req.on('error', (err) => (aborted ? resolve() : reject(err)));
+      req.on('response', (res) => {
+        const code = res.statusCode ?? 0;
+        if (code !== 200) {
+          const chunks: Buffer[] = [];
+          res.on('data', (c: Buffer) => chunks.length < 64 && chunks.push(c));
+          res.on('end', () => reject(new KubeApiError(code, `watch ${path}: ${code} ${statusMessage(Buffer.concat(chunks).toString('utf8')) ?? ''}`.trim())));
+          res.on('error', reject);
+          return;
+        }
+        const lines = readline.createInterface({ input: res, crlfDelay: Infinity });
+        // readline re-emits its input's error (the apiserver gone mid-watch: ECONNRESET) as its own:
+        // unhandled, it ended the process. The response's own handler below reports it.
+        lines.on('error', () => undefined);
+        lines.on('line', (line) => {
+          if (line === '') return;
+          let ev: { type: WatchEventType; object: KubeObject };
+          try {
+            ev = JSON.parse(line) as typeof ev;
+          } catch {
+            req.destroy(new Error(`watch ${path}: event is not JSON`));
+            return;
+          }
+          if (ev.type === 'ERROR') {
+            // A Status object: 410 Gone when resourceVersion is too old (relist).
+            const st = ev.object as unknown as { code?: number; message?: string };
+            req.destroy(new KubeApiError(st.code ?? 500, `watch ${path}: ${st.code ?? ''} ${st.message ?? 'error event'}`));
+            return;
+          }
+          onEvent(ev.type, ev.object);
+        });
+        res.on('error', (err) => (aborted ? resolve() : reject(err)));
+        res.on('end', () => resolve());
+        res.on('close', () => (res.complete ? resolve() : aborted ? resolve() : reject(new Error(`watch ${path}: connection closed`))));
+      });
+      req.end();
+    });
+    return { ended, abort: () => abort() };
+  }
+
+  /** A request with the kubeconfig's TLS and credentials (token files are read again each time). */
+  private open(method: string, path: string, contentType: string | undefined, timeoutMs: number): http.ClientRequest {
+    const url = new URL(this.server + path);
+    const headers: Record<string, string> = { accept: 'application/json' };
+    const auth = this.access.authorization();
+    if (auth) headers.authorization = auth;
+    if (contentType) headers['content-type'] = contentType;
+    const req = (url.protocol === 'https:' ? https : http).request(url, { method, headers, agent: this.agent });
+    // Idle time on the socket: a request's deadline, a watch's silence bound.
+    req.setTimeout(timeoutMs, () => req.destroy(new Error(`${method} ${url.pathname}: no answer within ${timeoutMs} ms`)));
+    return req;
+  }
+}
+
+function statusMessage(text: string): string | undefined {
+  try {
+    const st = JSON.parse(text) as { message?: unknown };
+    return typeof st.message === 'string' ? st.message : undefined;
+  } catch {
+    return text.slice(0, 200) || undefined;
+  }
+}
+
+export function resourcePath(plural: string, name?: string, sub?: 'status'): string {
+  return `/apis/${GROUP}/${VERSION}/${plural}${name !== undefined ? `/${encodeURIComponent(name)}` : ''}${sub ? `/${sub}` : ''}`;
+}

@@ -1,0 +1,318 @@
+// The daemon on Kubernetes: StoragePolicies and ErasureCodingPolicies are
+// custom resources (group storage.billyronks.io/v1, cluster-scoped), read
+// through list + watch caches, and each node writes its own entry of their
+// status (status.nodes.<nodeName>, deploy/README.md "Status").
+import os from 'node:os';
+import { Counter, Gauge, type Registry } from 'prom-client';
+import type { KubernetesConfig } from '../../config.js';
+import type { VolumeManager } from '../../dataplane/volumes/manager.js';
+import { EC_API_VERSION, EC_KIND, parsePolicyYaml, type ErasureCodingPolicy } from '../../dataplane/ec/policy.js';
+import { log } from '../../log.js';
+import type { HealthProbe } from '../health/index.js';
+import type { Condition, PolicyDocument, PolicySource, PolicyStatus } from '../loop.js';
+import { POLICY_API_VERSION, POLICY_KIND } from '../policy.js';
+import { KubeClient, type KubeObject } from './client.js';
+import { Informer } from './informer.js';
+import { StatusWriter, type StatusWriteResult } from './status.js';
+
+export const STORAGE_POLICIES = 'storagepolicies';
+export const EC_POLICIES = 'erasurecodingpolicies';
+
+/** Bounds of the status entry (the CRDs' maxItems / maxLength). */
+const MAX_DECISIONS = 20;
+const MAX_HISTORY = 10;
+const MAX_REASON_CHARS = 1024;
+const MAX_DECISION_REASON_CHARS = 512;
+const MAX_CONDITION_REASON_CHARS = 128;
+
+/** What the daemon took from the cluster for its cold tier at start. */
+export type ColdPolicyChoice = { policy: ErasureCodingPolicy; generation: number | undefined } | { disabled: string };
+
+export class KubePolicies {
+  readonly nodeName: string;
+  private readonly client: KubeClient;
+  readonly storagePolicies: Informer;
+  readonly ecPolicies: Informer;
+  readonly writer: StatusWriter;
+  private manager: VolumeManager | null = null;
+  /** The cold tier's policy as the daemon started it (a later change of the CR takes effect at the next start). */
+  private cold: ColdPolicyChoice | null = null;
+  /** The ErasureCodingPolicies' conditions as last computed (their lastTransitionTime); one entry per policy in the cache. */
+  private readonly ecConditions = new Map<string, Condition[]>();
+  private passTimer: NodeJS.Timeout | null = null;
+  /** Asked for a control-loop pass (a spec changed); set by the daemon once the loop exists. */
+  onSpecChange: () => void = () => undefined;
+
+  constructor(private readonly cfg: KubernetesConfig) {
+    this.nodeName = cfg.nodeName ?? process.env.NODE_NAME ?? os.hostname();
+    this.client = KubeClient.load(cfg.kubeconfig);
+    // Status writes do not change metadata.generation: only a spec change asks for a pass.
+    const changed = (kind: 'set' | 'delete', obj: KubeObject, plural: string, seen: Map<string, number | undefined>) => {
+      const gen = obj.metadata.generation;
+      if (kind === 'delete') {
+        seen.delete(obj.metadata.name);
+        this.writer.forget(plural, obj.metadata.name);
+        if (plural === EC_POLICIES) this.ecConditions.delete(obj.metadata.name);
+      } else if (seen.has(obj.metadata.name) && seen.get(obj.metadata.name) === gen) {
+        return;
+      } else {
+        seen.set(obj.metadata.name, gen);
+      }
+      // One pass for a burst of changes (a relist hands every object at once).
+      this.passTimer ??= setTimeout(() => {
+        this.passTimer = null;
+        this.onSpecChange();
+      }, 50);
+    };
+    const spGen = new Map<string, number | undefined>();
+    const ecGen = new Map<string, number | undefined>();
+    this.storagePolicies = new Informer(this.client, STORAGE_POLICIES, (k, o) => changed(k, o, STORAGE_POLICIES, spGen));
+    this.ecPolicies = new Informer(this.client, EC_POLICIES, (k, o) => changed(k, o, EC_POLICIES, ecGen));
+    this.writer = new StatusWriter(this.client, this.nodeName, cfg.statusWriteIntervalMs);
+  }
+
+  start(): void {
+    log.info('on Kubernetes: policies are the StoragePolicy and ErasureCodingPolicy custom resources (the policies directory and coldTier.ecPolicyFile are not read)', {
+      server: this.client.server,
+      node: this.nodeName,
+      ecPolicy: this.cfg.ecPolicyName,
+    });
+    this.storagePolicies.start();
+    this.ecPolicies.start();
+  }
+
+  async stop(): Promise<void> {
+    this.onSpecChange = () => undefined;
+    if (this.passTimer) clearTimeout(this.passTimer);
+    await Promise.all([this.storagePolicies.stop(), this.ecPolicies.stop(), this.writer.stop()]);
+    this.client.close();
+  }
+
+  /**
+   * The cold tier's ErasureCodingPolicy (kubernetes.ecPolicyName), once the
+   * first list is in, waiting at most startSyncTimeoutMs: else the reason the
+   * cold tier starts without one. Read once: the daemon runs it until restart.
+   */
+  async coldPolicy(coldPoolCount: number): Promise<ColdPolicyChoice> {
+    const name = this.cfg.ecPolicyName;
+    const synced = await this.ecPolicies.waitSynced(this.cfg.startSyncTimeoutMs);
+    if (!synced) {
+      this.cold = { disabled: `ErasureCodingPolicy ${name} not read: the apiserver (${this.client.server}) did not answer within ${this.cfg.startSyncTimeoutMs} ms (${this.ecPolicies.lastError ?? 'no answer'}); restart the daemon once it is reachable` };
+    } else {
+      const obj = this.ecPolicies.get(name);
+      if (!obj) {
+        this.cold = { disabled: `ErasureCodingPolicy ${name} not found` };
+      } else {
+        try {
+          this.cold = { policy: parsePolicyYaml(ecText(obj), coldPoolCount), generation: obj.metadata.generation };
+        } catch (err) {
+          this.cold = { disabled: `ErasureCodingPolicy ${name} is invalid on this node: ${(err as Error).message}` };
+        }
+      }
+    }
+    return this.cold;
+  }
+
+  /** The manager whose cold tier and pools the ErasureCodingPolicy status describes. */
+  attach(manager: VolumeManager): void {
+    this.manager = manager;
+  }
+
+  /** metadata.generation of each StoragePolicy as the last pass read it: the status's observedGeneration. */
+  private readonly readGenerations = new Map<string, number | undefined>();
+
+  /** The loop's policy source: the StoragePolicy cache, by name (first match wins in name order, as files go by file name). */
+  readonly source: PolicySource = {
+    documents: (): PolicyDocument[] => {
+      const objs = this.storagePolicies.list().sort((a, b) => (a.metadata.name < b.metadata.name ? -1 : a.metadata.name > b.metadata.name ? 1 : 0));
+      this.readGenerations.clear();
+      for (const o of objs) this.readGenerations.set(o.metadata.name, o.metadata.generation);
+      return objs.map((o) => ({
+          key: o.metadata.name,
+          file: `${STORAGE_POLICIES}/${o.metadata.name}`,
+          name: o.metadata.name,
+          // The parser reads YAML, of which JSON is a part; the object as the apiserver keeps it, with its own kind.
+          text: JSON.stringify({ apiVersion: o.apiVersion ?? POLICY_API_VERSION, kind: o.kind ?? POLICY_KIND, metadata: { name: o.metadata.name }, spec: o.spec }),
+          error: null,
+        }));
+    },
+  };
+
+  /** The ErasureCodingPolicies a StoragePolicy's ecPolicyRef may name: every one in the cluster. */
+  ecPolicyNames(): string[] {
+    return this.ecPolicies.list().map((o) => o.metadata.name);
+  }
+
+  /** Why /readyz fails: the policy source has not listed yet. */
+  notReadyReasons(): string[] {
+    const out: string[] = [];
+    for (const inf of [this.storagePolicies, this.ecPolicies]) {
+      if (!inf.synced) out.push(`policy source not synced: ${inf.plural} not listed yet from the apiserver${inf.lastError ? ` (${inf.lastError})` : ''}`);
+    }
+    return out;
+  }
+
+  /** After a control-loop pass (and a migration's end): this node's entries, written when they changed. */
+  afterPass(statuses: PolicyStatus[]): void {
+    for (const s of statuses) {
+      const obj = this.storagePolicies.get(s.name);
+      // A state kept for running moves of a policy deleted meanwhile (loop "gone:" key): nothing to write.
+      if (!obj || s.file !== `${STORAGE_POLICIES}/${s.name}`) continue;
+      const { entry, compareKey } = storagePolicyEntry(s, this.readGenerations.get(s.name) ?? obj.metadata.generation);
+      this.writer.set(STORAGE_POLICIES, s.name, entry, compareKey, nodeEntry(obj, this.nodeName));
+    }
+    this.writeEcStatus();
+  }
+
+  private writeEcStatus(): void {
+    const now = new Date().toISOString();
+    for (const obj of this.ecPolicies.list()) {
+      const name = obj.metadata.name;
+      const prev = nodeEntry(obj, this.nodeName);
+      // Ours from the last computation (the cache lags our writes), else as a previous run left them.
+      const prevConditions = this.ecConditions.get(name) ?? ((Array.isArray(prev?.conditions) ? prev.conditions : []) as Condition[]);
+      const conditions: Condition[] = [];
+      const cond = (type: string, status: 'True' | 'False', reason: string, message: string) => {
+        const was = prevConditions.find((c) => c.type === type);
+        conditions.push({ type, status, reason: clip(reason, MAX_CONDITION_REASON_CHARS), message: clip(message, MAX_REASON_CHARS), lastTransitionTime: was && was.status === status ? was.lastTransitionTime : now });
+      };
+      const coldPools = this.manager ? [...this.manager.pools.values()].filter((p) => p.rec.tier === 'cold').length : 0;
+      let spec: ErasureCodingPolicy | null = null;
+      let invalid: string | null = null;
+      try {
+        spec = parsePolicyYaml(ecText(obj), coldPools);
+      } catch (err) {
+        invalid = (err as Error).message;
+      }
+      const running = this.manager?.cold?.policy;
+      const entry: Record<string, unknown> = { coldPools, observedGeneration: obj.metadata.generation ?? 0 };
+      if (running && running.name === name) {
+        entry.phase = 'Active';
+        entry.activeDataShards = running.dataShards;
+        entry.activeParityShards = running.parityShards;
+        const c = this.manager!.cold!.reconstructor.counts();
+        entry.stripes = { healthy: c.Healthy, degraded: c.Degraded, rebuilding: c.Reconstructing, unrecoverable: c.Failed };
+        if (invalid) cond('Valid', 'False', 'InvalidSpec', `${invalid}; the node keeps running the spec it started with`);
+        else cond('Valid', 'True', 'SpecValid', 'policy is valid on this node');
+        const same = spec !== null && sameCoding(spec, running);
+        if (same) cond('Applied', 'True', 'Running', `the cold tier writes ${running.dataShards}+${running.parityShards} stripes with this spec`);
+        else cond('Applied', 'False', 'RestartRequired', `the spec changed since the daemon started (running ${describeCoding(running)}${spec ? `, spec ${describeCoding(spec)}` : ''}): new stripes use the new spec after the next start; existing stripes keep their own k+m`);
+        const bad = c.Failed > 0 ? `${c.Failed} stripes unrecoverable` : c.Degraded + c.Reconstructing > 0 ? `${c.Degraded} degraded, ${c.Reconstructing} rebuilding` : '';
+        cond('StripesHealthy', bad ? 'False' : 'True', bad ? (c.Failed > 0 ? 'Unrecoverable' : 'Degraded') : 'AllHealthy', bad || 'every stripe healthy');
+      } else if (invalid) {
+        entry.phase = 'Invalid';
+        entry.reason = clip(invalid, MAX_REASON_CHARS);
+        cond('Valid', 'False', 'InvalidSpec', invalid);
+      } else {
+        entry.phase = 'Unused';
+        cond('Valid', 'True', 'SpecValid', 'policy is valid on this node');
+        if (name === this.cfg.ecPolicyName && this.cold && 'disabled' in this.cold) {
+          entry.reason = clip(`the cold tier did not start with it: ${this.cold.disabled}`, MAX_REASON_CHARS);
+          cond('Applied', 'False', 'NotStarted', entry.reason as string);
+        }
+      }
+      entry.conditions = conditions;
+      this.ecConditions.set(name, conditions);
+      // lastUpdateTime is left out of the comparison: a write only when something else changed.
+      const compareKey = JSON.stringify(entry);
+      entry.lastUpdateTime = now;
+      this.writer.set(EC_POLICIES, name, entry, compareKey, prev);
+    }
+  }
+}
+
+/** The StoragePolicy status entry of this node, and the part whose change is worth a write. */
+export function storagePolicyEntry(s: PolicyStatus, generation: number | undefined): { entry: Record<string, unknown>; compareKey: string } {
+  // Not "stay" first, then by volume: the 20 kept are the ones a reader wants.
+  const decisions = [...s.decisions].sort((a, b) => Number(a.action === 'stay') - Number(b.action === 'stay') || (a.volume < b.volume ? -1 : a.volume > b.volume ? 1 : 0)).slice(0, MAX_DECISIONS);
+  const entry: Record<string, unknown> = {
+    phase: s.phase,
+    ...(s.reason !== undefined ? { reason: clip(s.reason, MAX_REASON_CHARS) } : {}),
+    observedGeneration: generation ?? 0,
+    watchedVolumes: s.watchedVolumes,
+    hotVolumes: s.hotVolumes,
+    warmVolumes: s.warmVolumes,
+    coldVolumes: s.coldVolumes,
+    activeMigrations: s.activeMigrations,
+    totalMigrations: s.totalMigrations,
+    conditions: s.conditions.slice(0, 8).map((c) => ({ ...c, reason: clip(c.reason, MAX_CONDITION_REASON_CHARS), message: clip(c.message, MAX_REASON_CHARS) })),
+    decisionsTotal: s.decisions.length,
+    decisions: decisions.map((d) => ({ volume: d.volume, currentTier: d.currentTier, targetTier: d.targetTier, iops: d.iops, action: d.action, reason: clip(d.reason, MAX_DECISION_REASON_CHARS) })),
+    migrationHistory: s.migrationHistory.slice(-MAX_HISTORY).map((h) => ({ ...h, ...(h.error !== undefined ? { error: clip(h.error, MAX_DECISION_REASON_CHARS) } : {}) })),
+  };
+  // A decision's IOPS and reason (which quotes them) change every pass: compared by what it decided.
+  const compareKey = JSON.stringify({ ...entry, decisions: decisions.map((d) => [d.volume, d.currentTier, d.targetTier, d.action]) });
+  entry.lastReconcileTime = s.lastReconcileTime;
+  return { entry, compareKey };
+}
+
+function nodeEntry(obj: KubeObject, node: string): Record<string, unknown> | undefined {
+  const nodes = (obj.status as { nodes?: Record<string, unknown> } | undefined)?.nodes;
+  const e = nodes?.[node];
+  return e !== null && typeof e === 'object' && !Array.isArray(e) ? (e as Record<string, unknown>) : undefined;
+}
+
+function ecText(obj: KubeObject): string {
+  return JSON.stringify({ apiVersion: obj.apiVersion ?? EC_API_VERSION, kind: obj.kind ?? EC_KIND, metadata: { name: obj.metadata.name }, spec: obj.spec });
+}
+
+function sameCoding(a: ErasureCodingPolicy, b: ErasureCodingPolicy): boolean {
+  return (
+    a.dataShards === b.dataShards &&
+    a.parityShards === b.parityShards &&
+    a.stripeSizeBytes === b.stripeSizeBytes &&
+    a.compression === b.compression &&
+    a.scrubbingEnabled === b.scrubbingEnabled &&
+    a.scrubIntervalMs === b.scrubIntervalMs
+  );
+}
+
+function describeCoding(p: ErasureCodingPolicy): string {
+  return `${p.dataShards}+${p.parityShards}, ${p.stripeSizeBytes}-byte stripes, compression ${p.compression}`;
+}
+
+function clip(s: string, max: number): string {
+  return s.length <= max ? s : `${s.slice(0, max - 3)}...`;
+}
+
+/** /readyz with the policy source's reasons added. */
+export function readyWithPolicySource(ready: HealthProbe, kube: KubePolicies): HealthProbe {
+  return async () => {
+    const r = await ready();
+    const extra = kube.notReadyReasons();
+    return extra.length === 0 ? r : { ok: false, reasons: [...r.reasons, ...extra] };
+  };
+}
+
+/** couchestor_kube_* on /metrics. */
+export function registerKubeMetrics(kube: KubePolicies, registry: Registry): void {
+  new Counter({
+    name: 'couchestor_kube_watch_restarts_total',
+    help: 'Kubernetes watches started again, by resource and why (expired: 410 Gone, relisted; error: failed, retried with backoff; closed: ended by the server, resumed)',
+    labelNames: ['resource', 'reason'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const inf of [kube.storagePolicies, kube.ecPolicies]) for (const [reason, n] of Object.entries(inf.restarts)) this.inc({ resource: inf.plural, reason }, n);
+    },
+  });
+  new Counter({
+    name: 'couchestor_kube_status_writes_total',
+    help: "Status writes (this node's entry) to the apiserver by result (ok; failed: retried with backoff; gone: the resource was deleted; rejected: refused, not retried until the status changes)",
+    labelNames: ['result'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const [result, n] of Object.entries(kube.writer.writes) as [StatusWriteResult, number][]) this.inc({ result }, n);
+    },
+  });
+  new Gauge({
+    name: 'couchestor_kube_policy_source_synced',
+    help: 'Whether the resource has been listed from the apiserver (1) or not yet (0)',
+    labelNames: ['resource'],
+    registers: [registry],
+    collect() {
+      for (const inf of [kube.storagePolicies, kube.ecPolicies]) this.set({ resource: inf.plural }, inf.synced ? 1 : 0);
+    },
+  });
+}
