@@ -27,6 +27,12 @@ test('a volume whose pool is offline: the client is told it is not available and
   // The host's filesystem layout is not told to a network client.
   assert.ok(!info.stderr.includes(d.dataDir), info.stderr);
   assert.doesNotMatch(info.stderr, /server error message: unknown export "v"/);
+  // qemu-img prints the server's message as it is.
+  const qemu = spawnSync('qemu-img', ['info', d.exportUri('v')], { encoding: 'utf8', env: CLIENT_ENV });
+  assert.notEqual(qemu.status, 0);
+  assert.match(qemu.stderr, /Requested export not available/);
+  assert.ok(qemu.stderr.includes(`server reported: export "v" is not available: ${REASON}\n`), qemu.stderr);
+  assert.ok(!qemu.stderr.includes(d.dataDir), qemu.stderr);
   const unknown = spawnSync('nbdinfo', [d.exportUri('nosuch')], { encoding: 'utf8', env: { ...CLIENT_ENV, LIBNBD_DEBUG: '1' } });
   assert.notEqual(unknown.status, 0);
   assert.match(unknown.stderr, /server error message: unknown export "nosuch"/);
