@@ -23,6 +23,7 @@ import {
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
+import { readRecord, rewriteRecord, s3WithKeptAndVictim } from './helpers/damaged-record.js';
 import { coldLiveBytes, createColdBucket, hotObjectFiles, signedRequest, startS3, type S3Env } from './helpers/s3-env.js';
 
 const KiB = 1024;
@@ -42,6 +43,11 @@ async function settles(what: string, cond: () => Promise<boolean>, timeoutMs = 5
     if (Date.now() > deadline) throw new Error(`timed out waiting for: ${what}`);
     await new Promise((r) => setTimeout(r, 20));
   }
+}
+
+async function get2(env: S3Env, key: string) {
+  const r = await env.sdk.send(new GetObjectCommand({ Bucket: 'hot', Key: key }));
+  return { etag: r.ETag!.replaceAll('"', ''), bytes: Buffer.from(await r.Body!.transformToByteArray()) };
 }
 
 /** [HTTP status, S3 error code] of a call that failed; [200, 'OK'] when it succeeded. */
@@ -219,6 +225,21 @@ describe('s3 conditional writes: If-None-Match: * and If-Match, judged when the 
     assert.equal(sized.status, 501, sized.body);
     assert.equal((await get('hot', 'combo')).bytes.toString(), 'original');
     assert.deepEqual(await outcome(get('hot', 'combo-new')), [404, 'NoSuchKey']);
+  });
+
+  it('a damaged index record exists for If-None-Match: * and matches no If-Match, even by its stored ETag: 412, the record left for fsck', async (t) => {
+    const run = await s3WithKeptAndVictim(t);
+    const victim = await get2(run.env, 'victim');
+    await run.env.daemon.kill();
+    await rewriteRecord<{ key: string }>(run.dataDir, 's3-objects', (v) => v.key === 'victim', (v) => ({ ...v, segments: 'torn' }), 'the victim record');
+    const env2 = await run.restart();
+    for (const cond of [{ IfNoneMatch: '*' }, { IfMatch: quoted(victim.etag) }, { IfMatch: '*' }]) {
+      assert.deepEqual(await outcome(env2.sdk.send(new PutObjectCommand({ Bucket: 'hot', Key: 'victim', Body: 'replacement', ...cond }))), [412, 'PreconditionFailed'], JSON.stringify(cond));
+    }
+    assert.ok((await get2(env2, 'kept')).bytes.equals(run.kept));
+    await env2.daemon.kill();
+    const stored = await readRecord<{ key: string; segments: unknown }>(run.dataDir, 's3-objects', (v) => v.key === 'victim', 'the victim record');
+    assert.equal(stored.value.segments, 'torn', 'a refused write replaced the damaged record');
   });
 
   it('DeleteObject If-Match (a conditional delete, not evaluated) is 501 NotImplemented, the object kept', async () => {

@@ -175,7 +175,8 @@ function judgeWriteCondition(cond: WriteCondition, current: unknown, bucket: str
     return;
   }
   if (current === undefined) throw new NoSuchObject(`${bucket}/${key} has no object to match If-Match against`);
-  const etag = typeof current === 'object' && current !== null ? (current as { etag?: unknown }).etag : undefined;
+  // A damaged record (recordDamage) matches nothing, even by an ETag field that still reads: what it stores cannot be trusted.
+  const etag = recordDamage(current, 'segments') === null ? (current as { etag?: unknown }).etag : undefined;
   if (typeof etag !== 'string' || !cond.etags.some((e) => e === '*' || e === etag)) {
     throw new PreconditionFailed('If-Match', `the ETag of ${bucket}/${key} is not one If-Match names`);
   }
