@@ -3,11 +3,13 @@
 // kubeRequest is one raw API call (status code and body as the apiserver sent
 // them: the tests assert 422 / 403 and their messages, and patch with
 // merge-patch+json); createObject maps a manifest's kind to its API path.
+// Plain node:https, no @kubernetes/client-node: its undici 8 does not load on
+// Node 20 (zlib.createZstdDecompress), so this helper takes the fixture's
+// server, CA and token (or anything with a client-node KubeConfig's methods).
 import fs from 'node:fs';
 import https from 'node:https';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { KubeConfig } from '@kubernetes/client-node';
 import YAML from 'yaml';
 
 /** deploy/ of the repository (the build is one level below the root: dist/ or .NAME-dist/). */
@@ -34,6 +36,26 @@ export function loadManifests(file: string): KubeObject[] {
     .filter((o): o is KubeObject => o !== null);
 }
 
+/** Who calls which apiserver: the fixture's server, caPem (its self-signed serving cert) and a bearer token. */
+export interface KubeAccess {
+  server: string;
+  caPem: string;
+  token: string;
+}
+
+/** The part of a @kubernetes/client-node KubeConfig this helper uses (structural: nothing of client-node is loaded). */
+export interface KubeConfigLike {
+  getCurrentCluster(): { server: string } | null;
+  applyToHTTPSOptions(opts: https.RequestOptions): Promise<void>;
+}
+
+export type KubeTarget = KubeAccess | KubeConfigLike;
+
+/** A fixture's user as a KubeAccess: access(kube) is the admin, access(kube, 'user') an unprivileged user. */
+export function access(kube: { server: string; caPem: string; userToken(name: string): string }, user = 'admin'): KubeAccess {
+  return { server: kube.server, caPem: kube.caPem, token: kube.userToken(user) };
+}
+
 export interface KubeResponse<T = any> { // eslint-disable-line @typescript-eslint/no-explicit-any -- a JSON body, checked by the caller
   status: number;
   body: T;
@@ -47,20 +69,30 @@ const REQUEST_TIMEOUT_MS = 30_000;
 /**
  * One API request as the user of `kc` (its token, client certificate and CA).
  * A JSON body is sent as `contentType` (default application/json; PATCH takes
- * application/merge-patch+json). Resolves with any status: the caller asserts it.
+ * application/merge-patch+json; `accept` may ask for a Table, as kubectl get
+ * does). Resolves with any status: the caller asserts it.
  */
 export async function kubeRequest(
-  kc: KubeConfig,
+  kc: KubeTarget,
   method: string,
   apiPath: string,
   body?: unknown,
   contentType = 'application/json',
+  accept = 'application/json',
 ): Promise<KubeResponse> {
-  const cluster = kc.getCurrentCluster();
-  if (!cluster) throw new Error('kubeRequest: the KubeConfig has no current cluster');
-  const url = new URL(apiPath, cluster.server);
-  const opts: https.RequestOptions = { method, headers: { Accept: 'application/json' } };
-  await kc.applyToHTTPSOptions(opts);
+  const opts: https.RequestOptions = { method, headers: { Accept: accept } };
+  let server: string;
+  if ('token' in kc) {
+    server = kc.server;
+    opts.ca = kc.caPem;
+    Object.assign(opts.headers!, { Authorization: `Bearer ${kc.token}` });
+  } else {
+    const cluster = kc.getCurrentCluster();
+    if (!cluster) throw new Error('kubeRequest: the KubeConfig has no current cluster');
+    server = cluster.server;
+    await kc.applyToHTTPSOptions(opts);
+  }
+  const url = new URL(apiPath, server);
   const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
   if (payload) Object.assign(opts.headers!, { 'Content-Type': contentType, 'Content-Length': payload.length });
   return new Promise<KubeResponse>((resolve, reject) => {
@@ -120,7 +152,7 @@ export function collectionPath(obj: KubeObject): string {
  * error, as `kubectl apply` does by default.
  */
 export function createObject(
-  kc: KubeConfig,
+  kc: KubeTarget,
   obj: KubeObject,
   opts: { dryRun?: boolean; fieldValidation?: 'Ignore' | 'Warn' | 'Strict' } = {},
 ): Promise<KubeResponse> {
@@ -136,11 +168,11 @@ const ESTABLISHED_TIMEOUT_MS = 30_000;
 const POLL_MS = 50;
 
 /**
- * Creates every CRD of deploy/crds (replaces one that exists) as the user of
- * `kc` (an admin), and resolves once each is Established (its API served).
+ * Creates every CRD of deploy/crds (replaces one that exists) as `kc` (an
+ * admin: access(kube)), and resolves once each is Established (its API served).
  * Returns the CRDs' names.
  */
-export async function applyCrds(kc: KubeConfig): Promise<string[]> {
+export async function applyCrds(kc: KubeTarget): Promise<string[]> {
   const files = fs.readdirSync(CRD_DIR).filter((f) => f.endsWith('.yaml')).sort();
   const crds = files.flatMap((f) => loadManifests(path.join(CRD_DIR, f)));
   const crdPath = '/apis/apiextensions.k8s.io/v1/customresourcedefinitions';
@@ -160,7 +192,7 @@ export async function applyCrds(kc: KubeConfig): Promise<string[]> {
 }
 
 /** Polls the CRD until its Established condition is True (NamesAccepted False fails at once). */
-export async function waitEstablished(kc: KubeConfig, name: string, timeoutMs = ESTABLISHED_TIMEOUT_MS): Promise<void> {
+export async function waitEstablished(kc: KubeTarget, name: string, timeoutMs = ESTABLISHED_TIMEOUT_MS): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   let last = '';
   for (;;) {
