@@ -307,6 +307,14 @@ export function registerKubeMetrics(kube: KubePolicies, registry: Registry): voi
     },
   });
   new Gauge({
+    name: 'couchestor_kube_status_writes_pending',
+    help: "Status entries of this node that differ from what was last written (waiting for the next write round, or for the apiserver)",
+    registers: [registry],
+    collect() {
+      this.set(kube.writer.pending());
+    },
+  });
+  new Gauge({
     name: 'couchestor_kube_policy_source_synced',
     help: 'Whether the resource has been listed from the apiserver (1) or not yet (0)',
     labelNames: ['resource'],

@@ -1,0 +1,184 @@
+// The daemon on Kubernetes in tests: a real `couchestor serve` with
+// kubernetes.enabled against the real apiserver of test/helpers/kube.ts, its
+// custom resources created, patched and read through the daemon's own
+// KubeClient (node:https with the fixture's kubeconfig), and polls with a
+// deadline on the status the daemons write.
+import fs from 'node:fs';
+import path from 'node:path';
+import YAML from 'yaml';
+import type { KubeConfig } from '@kubernetes/client-node';
+import { KubeApiError, KubeClient, resourcePath, type KubeObject } from '../../src/control/kube/client.js';
+import { TestDaemon } from './daemon.js';
+import { HEAT_SAMPLE_INTERVAL_MS, HIGH_IOPS, LOW_IOPS, WINDOW_MS } from './control-loop.js';
+
+export const SP = 'storagepolicies';
+export const ECP = 'erasurecodingpolicies';
+const API_VERSION = 'storage.billyronks.io/v1';
+
+export interface KubeDaemonOptions {
+  kubeconfig: string;
+  nodeName: string;
+  ecPolicyName?: string;
+  /** Cold pools of the node (default 3: a 2+1 policy). */
+  coldPools?: number;
+  startSyncTimeoutMs?: number;
+  dataDir?: string;
+}
+
+/** couchestor.yaml of a daemon on Kubernetes: hot-0 and cold-0..N-1, no demo volume, passes when asked or on a policy change, fast heat sampling and status writes. */
+export function kubeDaemonConfig(o: KubeDaemonOptions): string {
+  const cold = o.coldPools ?? 3;
+  return YAML.stringify({
+    demoVolume: null,
+    pools: [
+      { name: 'hot-0', tier: 'hot', path: 'pools/hot-0', capacity: 'auto' },
+      ...Array.from({ length: cold }, (_, i) => ({ name: `cold-${i}`, tier: 'cold', path: `pools/cold-${i}`, capacity: 'auto' })),
+    ],
+    control: { reconcileIntervalMs: 3_600_000, heatSampleIntervalMs: HEAT_SAMPLE_INTERVAL_MS },
+    kubernetes: {
+      enabled: true,
+      kubeconfig: o.kubeconfig,
+      nodeName: o.nodeName,
+      ecPolicyName: o.ecPolicyName ?? 'ec21',
+      statusWriteIntervalMs: 200,
+      startSyncTimeoutMs: o.startSyncTimeoutMs ?? 20_000,
+    },
+  });
+}
+
+export async function startKubeDaemon(o: KubeDaemonOptions): Promise<TestDaemon> {
+  const dataDir = o.dataDir ?? fs.mkdtempSync('/tmp/couchestor-kube-');
+  fs.mkdirSync(path.join(dataDir, 'policies'), { recursive: true });
+  return TestDaemon.start({ dataDir, config: kubeDaemonConfig(o) });
+}
+
+/** The test's own client (admin): creates, patches, deletes and reads the custom resources. */
+export class Cluster {
+  readonly client: KubeClient;
+  constructor(kubeconfig: string) {
+    this.client = KubeClient.load(kubeconfig);
+  }
+
+  create(plural: string, kind: string, name: string, spec: Record<string, unknown>): Promise<KubeObject> {
+    return this.client.request<KubeObject>('POST', resourcePath(plural), { body: { apiVersion: API_VERSION, kind, metadata: { name }, spec }, timeoutMs: 10_000 });
+  }
+
+  patchSpec(plural: string, name: string, spec: Record<string, unknown>): Promise<KubeObject> {
+    return this.client.request<KubeObject>('PATCH', resourcePath(plural, name), { body: { spec }, contentType: 'application/merge-patch+json', timeoutMs: 10_000 });
+  }
+
+  async delete(plural: string, name: string): Promise<void> {
+    await this.client.request('DELETE', resourcePath(plural, name), { timeoutMs: 10_000 });
+  }
+
+  get(plural: string, name: string): Promise<KubeObject> {
+    return this.client.request<KubeObject>('GET', resourcePath(plural, name), { timeoutMs: 10_000 });
+  }
+
+  /** status.nodes.<node> of the resource, or undefined (none yet, or the resource is gone). */
+  async nodeStatus(plural: string, name: string, node: string): Promise<NodeStatus | undefined> {
+    try {
+      return ((await this.get(plural, name)).status as { nodes?: Record<string, NodeStatus> } | undefined)?.nodes?.[node];
+    } catch (err) {
+      if (err instanceof KubeApiError && err.code === 404) return undefined;
+      throw err;
+    }
+  }
+
+  close(): void {
+    this.client.close();
+  }
+}
+
+export interface NodeStatus {
+  phase: string;
+  reason?: string;
+  observedGeneration?: number;
+  conditions?: { type: string; status: string; reason: string; message: string }[];
+  decisions?: { volume: string; action: string; targetTier: string | null; reason: string }[];
+  migrationHistory?: { volume: string; from: string; to: string; result: string }[];
+  activeDataShards?: number;
+  activeParityShards?: number;
+  coldPools?: number;
+  stripes?: { healthy: number; degraded: number; rebuilding: number; unrecoverable: number };
+  [k: string]: unknown;
+}
+
+/** A StoragePolicy spec: the control-loop tests' watermarks and heat window; `spec` entries override (undefined deletes). */
+export function spSpec(spec: Record<string, unknown> = {}): Record<string, unknown> {
+  const base: Record<string, unknown> = {
+    highWatermarkIOPS: HIGH_IOPS,
+    lowWatermarkIOPS: LOW_IOPS,
+    samplingWindow: `${WINDOW_MS / 1000}s`,
+    cooldownPeriod: '0s',
+    hotPoolSelector: { matchLabels: { tier: 'hot' } },
+    coldPoolSelector: { matchLabels: { tier: 'cold' } },
+    maxConcurrentMigrations: 2,
+    enabled: true,
+    dryRun: false,
+  };
+  for (const [k, v] of Object.entries(spec)) {
+    if (v === undefined) delete base[k];
+    else base[k] = v;
+  }
+  return base;
+}
+
+/**
+ * Polls `probe` until it returns something other than undefined, at most
+ * timeoutMs; the error names `what` and the last value seen.
+ */
+export async function until<T>(what: string, probe: () => Promise<T | undefined> | T | undefined, timeoutMs = 20_000, everyMs = 100): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  for (;;) {
+    try {
+      const v = await probe();
+      if (v !== undefined) return v;
+    } catch (err) {
+      last = err;
+    }
+    if (Date.now() > deadline) throw new Error(`${what}: not within ${timeoutMs} ms${last !== undefined ? ` (last error: ${(last as Error).message ?? String(last)})` : ''}`);
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
+}
+
+/** Polls the resource's status.nodes.<node> until `ok` holds; returns it. */
+export function untilNodeStatus(cluster: Cluster, plural: string, name: string, node: string, ok: (s: NodeStatus) => boolean, timeoutMs = 20_000): Promise<NodeStatus> {
+  let seen: NodeStatus | undefined;
+  return until(
+    `${plural}/${name} status.nodes.${node}`,
+    async () => {
+      seen = await cluster.nodeStatus(plural, name, node);
+      return seen && ok(seen) ? seen : undefined;
+    },
+    timeoutMs,
+  ).catch((err: Error) => {
+    throw new Error(`${err.message}; last seen: ${JSON.stringify(seen)}`);
+  });
+}
+
+export function condition(s: NodeStatus, type: string): { status: string; reason: string; message: string } | undefined {
+  return s.conditions?.find((c) => c.type === type);
+}
+
+/**
+ * What applyCrds / createObject (helpers/kube-manifests.ts) use of a
+ * @kubernetes/client-node KubeConfig, for `user` of the fixture: that package
+ * cannot be loaded under Node 20 (its undici 8 needs Node >= 22.19).
+ */
+export function kcLike(kube: { server: string; caPem: string; userToken(name: string): string }, user = 'admin'): KubeConfig {
+  return {
+    getCurrentCluster: () => ({ name: 'fixture', server: kube.server, skipTLSVerify: false }),
+    applyToHTTPSOptions: async (opts: { ca?: string; headers?: Record<string, unknown> }) => {
+      opts.ca = kube.caPem;
+      opts.headers = { ...opts.headers, Authorization: `Bearer ${kube.userToken(user)}` };
+    },
+  } as unknown as KubeConfig;
+}
+
+/** GET url (no auth): status and body. */
+export async function httpGet(url: string): Promise<{ status: number; body: string }> {
+  const res = await fetch(url);
+  return { status: res.status, body: await res.text() };
+}

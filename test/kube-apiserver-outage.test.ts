@@ -1,0 +1,91 @@
+// The daemon on Kubernetes when the apiserver goes away: restarted under a
+// running daemon, the watch resumes (a StoragePolicy created after the
+// restart is picked up) and the data path never stopped; down at the
+// daemon's start, the daemon still serves NBD and S3, /readyz says the policy
+// source has not synced, and the cold tier is off with the reason logged.
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { startKube, type KubeEnv } from './helpers/kube.js';
+import { applyCrds } from './helpers/kube-manifests.js';
+import { nbdsh, type TestDaemon } from './helpers/daemon.js';
+import { createVolume, metric, scrape } from './helpers/control-loop.js';
+import { awsOk, startS3 } from './helpers/s3-env.js';
+import { Cluster, ECP, httpGet, kcLike, kubeDaemonConfig, SP, spSpec, startKubeDaemon, untilNodeStatus } from './helpers/kube-daemon.js';
+
+let kube: KubeEnv;
+let cluster: Cluster;
+const daemons: TestDaemon[] = [];
+
+before(async () => {
+  kube = await startKube();
+  await applyCrds(kcLike(kube));
+  cluster = new Cluster(kube.kubeconfig());
+  await cluster.create(ECP, 'ErasureCodingPolicy', 'ec21', { dataShards: 2, parityShards: 1 });
+});
+
+after(async () => {
+  for (const d of daemons) await d.cleanup();
+  cluster?.close();
+  await kube?.stop();
+});
+
+/** A write then a read back over NBD (nbdsh): the data path answers. */
+function nbdRoundTrip(d: TestDaemon, volumeName: string, fill: number): void {
+  const out = nbdsh(`h.connect_uri(${JSON.stringify(d.exportUri(volumeName))})\nh.pwrite(bytes([${fill}]) * 65536, 0)\nh.flush()\nprint(h.pread(65536, 0) == bytes([${fill}]) * 65536)`);
+  assert.equal(out.trim(), 'True');
+}
+
+test('the apiserver restarted under a running daemon: the watch resumes, a CR created after the restart is picked up, NBD served throughout', async () => {
+  const d = await startKubeDaemon({ kubeconfig: kube.kubeconfig(), nodeName: 'node-a' });
+  daemons.push(d);
+  await cluster.create(SP, 'StoragePolicy', 'before-restart', spSpec());
+  await untilNodeStatus(cluster, SP, 'before-restart', 'node-a', (s) => s.phase === 'Active');
+  await createVolume(d, 'v', 1024 * 1024);
+
+  await kube.restartApiserver();
+  nbdRoundTrip(d, 'v', 7);
+  await cluster.create(SP, 'StoragePolicy', 'after-restart', spSpec({ dryRun: true }));
+  // The watch's retry backoff is at most 10 s.
+  const s = await untilNodeStatus(cluster, SP, 'after-restart', 'node-a', (x) => x.phase === 'DryRun', 30_000);
+  assert.equal(s.observedGeneration, 1);
+  const m = await scrape(d);
+  const restarts = ['expired', 'error', 'closed'].reduce((n, reason) => n + (metric(m, 'couchestor_kube_watch_restarts_total', { resource: 'storagepolicies', reason }) ?? 0), 0);
+  assert.ok(restarts >= 1, `watch restarts counted: ${restarts}`);
+  assert.equal((await httpGet(`http://127.0.0.1:${d.info.api.port}/readyz`)).status, 200, 'listed once: stays ready through the outage');
+  nbdRoundTrip(d, 'v', 9);
+});
+
+test('an apiserver down at start: the daemon serves NBD and S3, /readyz says the policy source is not synced, the cold tier is off with the reason', async () => {
+  // A kubeconfig naming a port nothing listens on: the apiserver is down.
+  const port = await new Promise<number>((resolve) => {
+    const srv = net.createServer().listen(0, '127.0.0.1', () => {
+      const p = (srv.address() as net.AddressInfo).port;
+      srv.close(() => resolve(p));
+    });
+  });
+  const down = path.join(kube.dir, 'kubeconfig-down.yaml');
+  fs.writeFileSync(down, fs.readFileSync(kube.kubeconfig(), 'utf8').replace(kube.server, `https://127.0.0.1:${port}`));
+  const env = await startS3({ config: kubeDaemonConfig({ kubeconfig: down, nodeName: 'node-down', startSyncTimeoutMs: 1500 }) });
+  daemons.push(env.daemon);
+  const d = env.daemon;
+  assert.match(d.stderr, /cold tier disabled: ErasureCodingPolicy ec21 not read: the apiserver \(https:\/\/127\.0\.0\.1:\d+\) did not answer within 1500 ms/);
+
+  const ready = await httpGet(`http://127.0.0.1:${d.info.api.port}/readyz`);
+  assert.equal(ready.status, 503);
+  const reasons = (JSON.parse(ready.body) as { reasons: string[] }).reasons;
+  assert.ok(reasons.some((r) => /policy source not synced: storagepolicies not listed yet from the apiserver/.test(r)), JSON.stringify(reasons));
+  assert.equal(metric(await scrape(d), 'couchestor_kube_policy_source_synced', { resource: 'storagepolicies' }), 0);
+
+  await createVolume(d, 'v', 1024 * 1024);
+  nbdRoundTrip(d, 'v', 5);
+  awsOk(env, ['s3', 'mb', 's3://bucket']);
+  const file = path.join(env.home, 'obj.txt');
+  fs.writeFileSync(file, 'served without the apiserver\n');
+  awsOk(env, ['s3', 'cp', file, 's3://bucket/obj.txt']);
+  awsOk(env, ['s3', 'cp', 's3://bucket/obj.txt', path.join(env.home, 'back.txt')]);
+  assert.equal(fs.readFileSync(path.join(env.home, 'back.txt'), 'utf8'), 'served without the apiserver\n');
+  fs.rmSync(env.home, { recursive: true, force: true });
+});
