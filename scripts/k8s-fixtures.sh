@@ -25,9 +25,26 @@ ETCD_VERSION=v3.7.3
 DIR=${COUCHESTOR_FIXTURES_DIR:-/var/cache/couchestor-fixtures}
 
 # Cheaper builds: no cgo (static binaries, no C toolchain), no debug info or
-# symbol table, no VCS stamping; use the local Go, never fetch a toolchain.
-export CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS=-buildvcs=false
+# symbol table, no VCS stamping.
+export CGO_ENABLED=0 GOFLAGS=-buildvcs=false
 LDFLAGS_BASE="-s -w"
+
+# Both go.mod files say go 1.26.0. A Go >= 1.21 that is older fetches the 1.26
+# toolchain from the module proxy by itself (GOTOOLCHAIN=auto); Debian's
+# golang-go (1.19) cannot, so it is not used.
+need_go() {
+  if ! command -v go >/dev/null && [[ -x /usr/local/go/bin/go ]]; then PATH=/usr/local/go/bin:$PATH; fi
+  if ! command -v go >/dev/null; then
+    echo "k8s-fixtures: no Go toolchain: install Go >= 1.21 (https://go.dev/dl, e.g. into /usr/local/go)" >&2
+    exit 1
+  fi
+  local v
+  v=$(go env GOVERSION)
+  if [[ $v =~ ^go1\.([0-9]+) ]] && ((BASH_REMATCH[1] < 21)); then
+    echo "k8s-fixtures: $v is too old to fetch the Go 1.26 toolchain these builds need: install Go >= 1.21" >&2
+    exit 1
+  fi
+}
 
 mkdir -p "$DIR"
 work=$(mktemp -d)
@@ -99,6 +116,7 @@ built() { # name version function
     echo "k8s-fixtures: $DIR/$1 $2 already built"
     return
   fi
+  need_go
   local t0=$SECONDS
   echo "k8s-fixtures: building $1 $2 into $DIR ..."
   "$3"
