@@ -1,0 +1,564 @@
+// deploy/ on a real kube-apiserver (test/helpers/kube.ts, one for the file):
+// the CRDs are accepted and Established; the example CRs are accepted and
+// pass our own parsers, with the apiserver's defaults equal to the parsers';
+// every spec the parsers refuse the apiserver refuses too (422 naming the
+// field), and the edge values both accept; status is per node (two nodes'
+// merge patches both survive), spec and status are written apart; the
+// ClusterRole lets the daemon read and write status, not specs; the
+// DaemonSet, ServiceAccount, Namespace and ConfigMap pass a server-side dry run.
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import YAML from 'yaml';
+import { startKube, type KubeEnv } from './helpers/kube.js';
+import {
+  access,
+  applyCrds,
+  createObject,
+  DEPLOY_DIR,
+  ECP_PATH,
+  GROUP,
+  kubeRequest,
+  loadManifests,
+  SP_PATH,
+  type KubeAccess,
+  type KubeObject,
+  type KubeResponse,
+} from './helpers/kube-manifests.js';
+import { checkAgainst, parseStoragePolicy } from '../src/control/policy.js';
+import { InvalidPolicy, parsePolicyYaml, validatePolicy, type ErasureCodingPolicySpec } from '../src/dataplane/ec/policy.js';
+import { loadConfig, type DaemonConfig } from '../src/config.js';
+
+let kube: KubeEnv;
+let admin: KubeAccess;
+
+before(async () => {
+  kube = await startKube();
+  admin = access(kube);
+  await applyCrds(admin);
+});
+
+after(async () => {
+  await kube?.stop();
+});
+
+/** The fixture's unprivileged user (no bindings of its own). */
+const UNPRIVILEGED = 'user';
+
+/** Enough cold pools that k+m never limits a spec the table means to test otherwise. */
+const MANY_COLD_POOLS = 20;
+
+const apiVersion = `${GROUP}/v1`;
+const sp = (name: string, spec: Record<string, unknown>): KubeObject => ({ apiVersion, kind: 'StoragePolicy', metadata: { name }, spec });
+const ecp = (name: string, spec: Record<string, unknown>): KubeObject => ({ apiVersion, kind: 'ErasureCodingPolicy', metadata: { name }, spec });
+
+const SP_MINIMAL = {
+  highWatermarkIOPS: 100,
+  lowWatermarkIOPS: 10,
+  hotPoolSelector: { matchLabels: { tier: 'hot' } },
+  coldPoolSelector: { matchLabels: { tier: 'cold' } },
+};
+const ECP_MINIMAL = { dataShards: 4, parityShards: 2 };
+
+/** Our parser on the object as the daemon gets it (a YAML document of the resource). */
+function parseSp(obj: KubeObject) {
+  return parseStoragePolicy(YAML.stringify(obj));
+}
+function parseEcp(obj: KubeObject) {
+  return parsePolicyYaml(YAML.stringify(obj), MANY_COLD_POOLS);
+}
+
+let seq = 0;
+const uniq = (base: string) => `${base}-${++seq}`;
+
+test('the CRDs of deploy/crds are accepted, Established, cluster-scoped, with sp / ecp and a status subresource', async () => {
+  // before() applied them (applyCrds waits for Established); discovery says what they serve
+  // (updated a moment after Established, by its own controller: polled).
+  let res: KubeResponse | undefined;
+  await pollUntil(async () => {
+    res = await kubeRequest(admin, 'GET', `/apis/${GROUP}/v1`);
+    return res.status === 200 && res.body.resources?.length === 4;
+  }, 'discovery lists both kinds and their status');
+  const byName = new Map<string, { namespaced: boolean; shortNames?: string[]; categories?: string[]; kind: string }>(
+    res!.body.resources.map((r: { name: string }) => [r.name, r]),
+  );
+  for (const [plural, kind, short] of [['storagepolicies', 'StoragePolicy', 'sp'], ['erasurecodingpolicies', 'ErasureCodingPolicy', 'ecp']] as const) {
+    const r = byName.get(plural);
+    assert.ok(r, `${plural} served`);
+    assert.equal(r.kind, kind);
+    assert.equal(r.namespaced, false, `${plural} is cluster-scoped`);
+    assert.deepEqual(r.shortNames, [short]);
+    assert.deepEqual(r.categories, ['couchestor']);
+    assert.ok(byName.has(`${plural}/status`), `${plural}/status subresource`);
+  }
+});
+
+test('every example CR is accepted (strict field validation) and its spec passes our parser', async () => {
+  const dir = path.join(DEPLOY_DIR, 'examples');
+  const files = fs.readdirSync(dir).filter((f) => f.endsWith('.yaml'));
+  const kinds = new Set<string>();
+  for (const f of files) {
+    for (const obj of loadManifests(path.join(dir, f))) {
+      kinds.add(obj.kind);
+      const parsedFile = obj.kind === 'StoragePolicy' ? parseSp(obj) : parseEcp(obj);
+      const res = await createObject(admin, obj, { fieldValidation: 'Strict' });
+      assert.equal(res.status, 201, `${f}: ${JSON.stringify(res.body.message)}`);
+      assert.deepEqual(res.warnings, [], `${f}: no warning`);
+      // As stored (defaults applied), the daemon parses the same policy.
+      const stored = res.body as KubeObject;
+      assert.deepEqual(obj.kind === 'StoragePolicy' ? parseSp(stored) : parseEcp(stored), parsedFile, f);
+    }
+  }
+  assert.deepEqual([...kinds].sort(), ['ErasureCodingPolicy', 'StoragePolicy']);
+});
+
+test('the apiserver writes the parsers\' defaults: a minimal spec stored parses as the minimal spec does', async () => {
+  const s = sp(uniq('minimal'), SP_MINIMAL);
+  const sRes = await createObject(admin, s);
+  assert.equal(sRes.status, 201, JSON.stringify(sRes.body.message));
+  assert.deepEqual(sRes.body.spec, {
+    ...SP_MINIMAL,
+    samplingWindow: '1h',
+    cooldownPeriod: '24h',
+    maxConcurrentMigrations: 2,
+    enabled: true,
+    dryRun: false,
+  });
+  assert.deepEqual(parseSp(sRes.body), parseSp(s));
+  const e = ecp(uniq('minimal'), ECP_MINIMAL);
+  const eRes = await createObject(admin, e);
+  assert.equal(eRes.status, 201, JSON.stringify(eRes.body.message));
+  assert.deepEqual(eRes.body.spec, {
+    ...ECP_MINIMAL,
+    stripeSizeBytes: 1048576,
+    algorithm: 'ReedSolomon',
+    compression: 'none',
+    scrubbingEnabled: true,
+    scrubInterval: '24h',
+  });
+  assert.deepEqual(parseEcp(eRes.body), parseEcp(e));
+});
+
+/**
+ * Specs our parsers refuse. `field`: the path the apiserver's 422 names (and
+ * the EC parser's InvalidPolicy.field; the StoragePolicy parser's message
+ * names its last part).
+ */
+const REFUSED: { what: string; obj: KubeObject; field: string }[] = [
+  { what: 'negative high watermark', obj: sp('x', { ...SP_MINIMAL, highWatermarkIOPS: -1 }), field: 'spec.highWatermarkIOPS' },
+  { what: 'negative low watermark', obj: sp('x', { ...SP_MINIMAL, lowWatermarkIOPS: -5 }), field: 'spec.lowWatermarkIOPS' },
+  { what: 'low above high', obj: sp('x', { ...SP_MINIMAL, lowWatermarkIOPS: 600, highWatermarkIOPS: 500 }), field: 'spec.lowWatermarkIOPS' },
+  { what: 'low equal to high', obj: sp('x', { ...SP_MINIMAL, lowWatermarkIOPS: 500, highWatermarkIOPS: 500 }), field: 'spec.lowWatermarkIOPS' },
+  { what: 'watermark as a string', obj: sp('x', { ...SP_MINIMAL, highWatermarkIOPS: '5000' }), field: 'spec.highWatermarkIOPS' },
+  { what: 'no high watermark', obj: sp('x', { ...SP_MINIMAL, highWatermarkIOPS: undefined }), field: 'spec.highWatermarkIOPS' },
+  { what: 'no hot pool selector', obj: sp('x', { ...SP_MINIMAL, hotPoolSelector: undefined }), field: 'spec.hotPoolSelector' },
+  { what: 'duration in words', obj: sp('x', { ...SP_MINIMAL, samplingWindow: '1 hour' }), field: 'spec.samplingWindow' },
+  { what: 'duration without a unit', obj: sp('x', { ...SP_MINIMAL, samplingWindow: '30' }), field: 'spec.samplingWindow' },
+  { what: 'sampling window below 1s', obj: sp('x', { ...SP_MINIMAL, samplingWindow: '500ms' }), field: 'spec.samplingWindow' },
+  { what: 'sampling window of zero', obj: sp('x', { ...SP_MINIMAL, samplingWindow: '0h0m0s' }), field: 'spec.samplingWindow' },
+  { what: 'unknown duration unit', obj: sp('x', { ...SP_MINIMAL, cooldownPeriod: '1y' }), field: 'spec.cooldownPeriod' },
+  { what: 'no concurrent migration', obj: sp('x', { ...SP_MINIMAL, maxConcurrentMigrations: 0 }), field: 'spec.maxConcurrentMigrations' },
+  { what: 'too many concurrent migrations', obj: sp('x', { ...SP_MINIMAL, maxConcurrentMigrations: 65 }), field: 'spec.maxConcurrentMigrations' },
+  { what: 'fractional concurrent migrations', obj: sp('x', { ...SP_MINIMAL, maxConcurrentMigrations: 1.5 }), field: 'spec.maxConcurrentMigrations' },
+  { what: 'enabled as a string', obj: sp('x', { ...SP_MINIMAL, enabled: 'yes' }), field: 'spec.enabled' },
+  { what: 'dryRun as a number', obj: sp('x', { ...SP_MINIMAL, dryRun: 1 }), field: 'spec.dryRun' },
+  { what: 'label value not a string', obj: sp('x', { ...SP_MINIMAL, hotPoolSelector: { matchLabels: { tier: 1 } } }), field: 'spec.hotPoolSelector.matchLabels.tier' },
+  { what: 'selector with matchExpressions', obj: sp('x', { ...SP_MINIMAL, coldPoolSelector: { matchLabels: {}, matchExpressions: [{ key: 'tier', operator: 'In', values: ['cold'] }] } }), field: 'spec.coldPoolSelector.matchExpressions' },
+  { what: 'selector without matchLabels', obj: sp('x', { ...SP_MINIMAL, coldPoolSelector: {} }), field: 'spec.coldPoolSelector.matchLabels' },
+  { what: 'ecPolicyRef not a name', obj: sp('x', { ...SP_MINIMAL, ecPolicyRef: 5 }), field: 'spec.ecPolicyRef' },
+  { what: 'k below 2', obj: ecp('x', { ...ECP_MINIMAL, dataShards: 1 }), field: 'spec.dataShards' },
+  { what: 'k above 16', obj: ecp('x', { ...ECP_MINIMAL, dataShards: 17 }), field: 'spec.dataShards' },
+  { what: 'fractional k', obj: ecp('x', { ...ECP_MINIMAL, dataShards: 2.5 }), field: 'spec.dataShards' },
+  { what: 'm of 0', obj: ecp('x', { ...ECP_MINIMAL, parityShards: 0 }), field: 'spec.parityShards' },
+  { what: 'm above 4', obj: ecp('x', { ...ECP_MINIMAL, parityShards: 5 }), field: 'spec.parityShards' },
+  { what: 'no m', obj: ecp('x', { dataShards: 4 }), field: 'spec.parityShards' },
+  { what: 'stripe not a multiple of k x 4096', obj: ecp('x', { ...ECP_MINIMAL, stripeSizeBytes: 1_000_000 }), field: 'spec.stripeSizeBytes' },
+  { what: 'default stripe (1 MiB) not a multiple for k = 3', obj: ecp('x', { dataShards: 3, parityShards: 1 }), field: 'spec.stripeSizeBytes' },
+  { what: 'stripe above 64 MiB', obj: ecp('x', { ...ECP_MINIMAL, stripeSizeBytes: 128 * 1024 * 1024 }), field: 'spec.stripeSizeBytes' },
+  { what: 'stripe below one block per data shard', obj: ecp('x', { ...ECP_MINIMAL, stripeSizeBytes: 4096 }), field: 'spec.stripeSizeBytes' },
+  { what: 'unknown algorithm', obj: ecp('x', { ...ECP_MINIMAL, algorithm: 'Cauchy' }), field: 'spec.algorithm' },
+  { what: 'unknown compression', obj: ecp('x', { ...ECP_MINIMAL, compression: 'gzip' }), field: 'spec.compression' },
+  { what: 'scrub interval below 1m', obj: ecp('x', { ...ECP_MINIMAL, scrubInterval: '30s' }), field: 'spec.scrubInterval' },
+  { what: 'scrub interval of 59999ms', obj: ecp('x', { ...ECP_MINIMAL, scrubInterval: '59999ms' }), field: 'spec.scrubInterval' },
+  { what: 'scrub interval in words', obj: ecp('x', { ...ECP_MINIMAL, scrubInterval: '24 hours' }), field: 'spec.scrubInterval' },
+  { what: 'scrubbingEnabled as a string', obj: ecp('x', { ...ECP_MINIMAL, scrubbingEnabled: 'true' }), field: 'spec.scrubbingEnabled' },
+];
+
+/** Edge values both must accept (a CEL rule or pattern stricter than the parser fails here). */
+const ACCEPTED: { what: string; obj: KubeObject }[] = [
+  ...['1s', '1000ms', '0h1s', '1h30m', '7d', '1m', '90s'].map((w) => ({ what: `samplingWindow ${w}`, obj: sp('x', { ...SP_MINIMAL, samplingWindow: w }) })),
+  ...['0s', '10m', '2d12h'].map((w) => ({ what: `cooldownPeriod ${w}`, obj: sp('x', { ...SP_MINIMAL, cooldownPeriod: w }) })),
+  { what: 'low 0, high 0.5', obj: sp('x', { ...SP_MINIMAL, lowWatermarkIOPS: 0, highWatermarkIOPS: 0.5 }) },
+  { what: 'empty matchLabels (every pool)', obj: sp('x', { ...SP_MINIMAL, hotPoolSelector: { matchLabels: {} } }) },
+  { what: 'every selector, 64 migrations', obj: sp('x', { ...SP_MINIMAL, warmPoolSelector: { matchLabels: { tier: 'warm' } }, volumeSelector: { matchLabels: { app: 'db' } }, maxConcurrentMigrations: 64, ecPolicyRef: 'standard-ec' }) },
+  ...['1m', '60s', '60000ms', '90s', '1h', '7d', '1d0h'].map((w) => ({ what: `scrubInterval ${w}`, obj: ecp('x', { ...ECP_MINIMAL, scrubInterval: w }) })),
+  { what: 'k = 3, stripe 84 x 12 KiB', obj: ecp('x', { dataShards: 3, parityShards: 1, stripeSizeBytes: 84 * 3 * 4096 }) },
+  { what: 'k = 16, m = 4, stripe 64 MiB, lz4', obj: ecp('x', { dataShards: 16, parityShards: 4, stripeSizeBytes: 64 * 1024 * 1024, compression: 'lz4' }) },
+  { what: 'k = 2, stripe 8 KiB', obj: ecp('x', { dataShards: 2, parityShards: 1, stripeSizeBytes: 8192 }) },
+];
+
+/** A fresh name per case, undefined fields dropped (JSON has no undefined). */
+function named(obj: KubeObject): KubeObject {
+  return JSON.parse(JSON.stringify({ ...obj, metadata: { name: uniq(obj.kind === 'StoragePolicy' ? 'sp' : 'ecp') } })) as KubeObject;
+}
+
+test('every spec the parsers refuse, the apiserver refuses with 422 naming the field', async () => {
+  const disagreements: string[] = [];
+  for (const c of REFUSED) {
+    const obj = named(c.obj);
+    const last = c.field.split('.').pop()!;
+    // Our parser first: each case is a thing it refuses, naming the field.
+    try {
+      if (obj.kind === 'StoragePolicy') parseSp(obj);
+      else validatePolicy(obj.metadata.name, obj.spec as ErasureCodingPolicySpec, MANY_COLD_POOLS);
+      disagreements.push(`${c.what}: the parser accepts it`);
+    } catch (err) {
+      const msg = (err as Error).message;
+      if (err instanceof InvalidPolicy ? err.field !== c.field : !msg.includes(last)) disagreements.push(`${c.what}: the parser's error does not name ${c.field}: ${msg}`);
+    }
+    const res = await createObject(admin, obj);
+    if (res.status !== 422) {
+      disagreements.push(`${c.what}: apiserver answered ${res.status}`);
+      continue;
+    }
+    const causes: { field?: string; message?: string }[] = res.body.details?.causes ?? [];
+    if (!causes.some((k) => k.field === c.field)) {
+      disagreements.push(`${c.what}: 422 names ${JSON.stringify(causes.map((k) => k.field))}, not ${c.field}: ${res.body.message}`);
+    }
+    if (!String(res.body.message).includes(c.field)) disagreements.push(`${c.what}: message does not name ${c.field}: ${res.body.message}`);
+  }
+  assert.deepEqual(disagreements, []);
+});
+
+test('the edge values the parsers accept, the apiserver accepts', async () => {
+  const disagreements: string[] = [];
+  for (const c of ACCEPTED) {
+    const obj = named(c.obj);
+    try {
+      if (obj.kind === 'StoragePolicy') parseSp(obj);
+      else parseEcp(obj);
+    } catch (err) {
+      disagreements.push(`${c.what}: the parser refuses it: ${(err as Error).message}`);
+    }
+    const res = await createObject(admin, obj, { fieldValidation: 'Strict' });
+    if (res.status !== 201) disagreements.push(`${c.what}: apiserver answered ${res.status}: ${res.body.message}`);
+  }
+  assert.deepEqual(disagreements, []);
+});
+
+test('an unknown spec field: refused under strict field validation (kubectl), pruned with a warning otherwise', async () => {
+  const obj = named(sp('x', { ...SP_MINIMAL, ecPolicyref: 'standard-ec' }));
+  assert.throws(() => parseSp(obj), /spec\.ecPolicyref is not a StoragePolicy field/);
+  const strict = await createObject(admin, obj, { fieldValidation: 'Strict' });
+  assert.equal(strict.status, 400);
+  assert.match(strict.body.message, /unknown field "spec\.ecPolicyref"/);
+  const warn = await createObject(admin, obj);
+  assert.equal(warn.status, 201);
+  assert.ok(warn.warnings.some((w) => /unknown field \\?"spec\.ecPolicyref\\?"/.test(w)), JSON.stringify(warn.warnings));
+  assert.equal('ecPolicyref' in warn.body.spec, false, 'pruned');
+});
+
+/** A node's StoragePolicy status entry at its bounds' edge, shaped as deploy/README.md says. */
+function spNodeEntry(node: string, decisions = 20) {
+  const now = new Date().toISOString();
+  return {
+    phase: 'DryRun',
+    observedGeneration: 1,
+    lastReconcileTime: now,
+    watchedVolumes: decisions,
+    hotVolumes: 1,
+    warmVolumes: 0,
+    coldVolumes: decisions - 1,
+    activeMigrations: 0,
+    totalMigrations: { succeeded: 3, failed: 1, aborted: 0 },
+    conditions: [
+      { type: 'Valid', status: 'True', reason: 'SpecValid', message: 'policy is valid', lastTransitionTime: now },
+      { type: 'HeatSourceAvailable', status: 'True', reason: 'Reading', message: 'heat readings available', lastTransitionTime: now },
+    ],
+    decisionsTotal: decisions,
+    decisions: Array.from({ length: decisions }, (_, i) => ({
+      volume: `${node}-vol-${i}`,
+      currentTier: 'cold',
+      targetTier: i === 0 ? 'hot' : null,
+      iops: i === 0 ? 6000.5 : null,
+      action: i === 0 ? 'would-migrate' : 'no-data',
+      reason: i === 0 ? '6000.5 IOPS >= 5000 (dryRun)' : 'no heat reading yet',
+    })),
+    migrationHistory: [
+      { volume: `${node}-vol-0`, from: 'hot', to: 'cold', result: 'failed', startedAt: now, finishedAt: now, bytesCopied: 1048576, error: 'target pool cold-3 offline' },
+    ],
+  };
+}
+
+const mergePatch = 'application/merge-patch+json';
+
+test('status is per node: two nodes\' merge patches both survive; status and spec are written apart', async () => {
+  const name = uniq('status');
+  const created = await createObject(admin, sp(name, SP_MINIMAL));
+  assert.equal(created.status, 201);
+  const spec = created.body.spec;
+  const statusPath = `${SP_PATH}/${name}/status`;
+  const a = spNodeEntry('node-a');
+  const b = spNodeEntry('node-b', 3);
+  const pa = await kubeRequest(admin, 'PATCH', statusPath, { status: { nodes: { 'node-a': a } } }, mergePatch);
+  assert.equal(pa.status, 200, JSON.stringify(pa.body.message));
+  const pb = await kubeRequest(admin, 'PATCH', statusPath, { status: { nodes: { 'node-b': b } } }, mergePatch);
+  assert.equal(pb.status, 200, JSON.stringify(pb.body.message));
+  let got = await kubeRequest(admin, 'GET', `${SP_PATH}/${name}`);
+  assert.deepEqual(Object.keys(got.body.status.nodes).sort(), ['node-a', 'node-b']);
+  // A merge patch drops nulls, in list items too: a decision's targetTier / iops null is read back absent.
+  assert.equal('targetTier' in got.body.status.nodes['node-a'].decisions[1], false);
+  assert.deepEqual(got.body.status.nodes['node-a'], withoutNulls(a), 'node-a untouched by node-b\'s patch');
+  assert.deepEqual(got.body.status.nodes['node-b'], withoutNulls(b));
+  // A status write changed no spec (and no generation).
+  assert.deepEqual(got.body.spec, spec);
+  assert.equal(got.body.metadata.generation, 1);
+
+  // Through /status a spec change is ignored; through the resource a status change is.
+  const viaStatus = await kubeRequest(admin, 'PATCH', statusPath, { spec: { dryRun: true }, status: { nodes: { 'node-a': { phase: 'Active' } } } }, mergePatch);
+  assert.equal(viaStatus.status, 200);
+  assert.equal(viaStatus.body.spec.dryRun, false, 'spec untouched by a /status write');
+  assert.equal(viaStatus.body.status.nodes['node-a'].phase, 'Active');
+  const viaSpec = await kubeRequest(admin, 'PATCH', `${SP_PATH}/${name}`, { spec: { dryRun: true }, status: { nodes: { 'node-b': null, 'node-c': { phase: 'Error' } } } }, mergePatch);
+  assert.equal(viaSpec.status, 200);
+  assert.equal(viaSpec.body.spec.dryRun, true);
+  assert.equal(viaSpec.body.metadata.generation, 2);
+  assert.deepEqual(Object.keys(viaSpec.body.status.nodes).sort(), ['node-a', 'node-b'], 'status untouched by a spec write');
+
+  // A node leaving removes its own entry; a field cleared with null goes.
+  const gone = await kubeRequest(admin, 'PATCH', statusPath, { status: { nodes: { 'node-b': null, 'node-a': { lastReconcileTime: null } } } }, mergePatch);
+  assert.equal(gone.status, 200);
+  got = await kubeRequest(admin, 'GET', `${SP_PATH}/${name}`);
+  assert.deepEqual(Object.keys(got.body.status.nodes), ['node-a']);
+  assert.equal('lastReconcileTime' in got.body.status.nodes['node-a'], false);
+  assert.deepEqual(got.body.status.nodes['node-a'].decisions, withoutNulls(a).decisions);
+});
+
+/** The value as a merge patch stores it: null members of objects dropped, at every depth. */
+function withoutNulls<T>(v: T): T {
+  return JSON.parse(JSON.stringify(v, (_k, x) => (x !== null && typeof x === 'object' && !Array.isArray(x) ? Object.fromEntries(Object.entries(x).filter(([, y]) => y !== null)) : x))) as T;
+}
+
+test('status bounds are enforced: 21 decisions, an unknown phase, a bad time are refused with 422 naming the field', async () => {
+  const name = uniq('bounds');
+  assert.equal((await createObject(admin, sp(name, SP_MINIMAL))).status, 201);
+  const statusPath = `${SP_PATH}/${name}/status`;
+  const cases: [unknown, string][] = [
+    [spNodeEntry('n', 21), 'status.nodes.n.decisions'],
+    [{ phase: 'Running' }, 'status.nodes.n.phase'],
+    [{ phase: 'Active', lastReconcileTime: 'yesterday' }, 'status.nodes.n.lastReconcileTime'],
+    [{ phase: 'Active', conditions: [{ type: 'Valid', status: 'Yes', lastTransitionTime: new Date().toISOString() }] }, 'status.nodes.n.conditions[0].status'],
+    [{ watchedVolumes: 1 }, 'status.nodes.n.phase'],
+  ];
+  for (const [entry, field] of cases) {
+    const res = await kubeRequest(admin, 'PATCH', statusPath, { status: { nodes: { n: entry } } }, mergePatch);
+    assert.equal(res.status, 422, `${field}: ${res.status} ${JSON.stringify(res.body.message)}`);
+    assert.ok(String(res.body.message).includes(field), `${field}: ${res.body.message}`);
+  }
+  const got = await kubeRequest(admin, 'GET', `${SP_PATH}/${name}`);
+  assert.equal(got.body.status, undefined, 'nothing written');
+});
+
+test('ErasureCodingPolicy status per node: phase, stripes by health; an unknown phase is refused', async () => {
+  const name = uniq('ecstatus');
+  assert.equal((await createObject(admin, ecp(name, ECP_MINIMAL))).status, 201);
+  const statusPath = `${ECP_PATH}/${name}/status`;
+  const now = new Date().toISOString();
+  const active = {
+    phase: 'Active',
+    observedGeneration: 1,
+    activeDataShards: 4,
+    activeParityShards: 2,
+    coldPools: 6,
+    stripes: { healthy: 1000, degraded: 2, rebuilding: 1, unrecoverable: 0 },
+    lastUpdateTime: now,
+    conditions: [{ type: 'Valid', status: 'True', reason: 'SpecValid', message: '4+2 on 6 cold pools', lastTransitionTime: now }],
+  };
+  const invalid = { phase: 'Invalid', reason: 'dataShards + parityShards = 6 needs that many cold pools, only 3 available', coldPools: 3 };
+  assert.equal((await kubeRequest(admin, 'PATCH', statusPath, { status: { nodes: { a: active } } }, mergePatch)).status, 200);
+  assert.equal((await kubeRequest(admin, 'PATCH', statusPath, { status: { nodes: { b: invalid } } }, mergePatch)).status, 200);
+  const got = await kubeRequest(admin, 'GET', `${ECP_PATH}/${name}`);
+  assert.deepEqual(got.body.status.nodes, { a: active, b: invalid });
+  const bad = await kubeRequest(admin, 'PATCH', statusPath, { status: { nodes: { c: { phase: 'Degraded' } } } }, mergePatch);
+  assert.equal(bad.status, 422);
+  assert.match(bad.body.message, /status\.nodes\.c\.phase/);
+});
+
+test('kubectl get columns: watermarks, EC policy, k+m', async () => {
+  const name = uniq('columns');
+  assert.equal((await createObject(admin, sp(name, { ...SP_MINIMAL, ecPolicyRef: 'standard-ec' }))).status, 201);
+  const t1 = await tableOf(admin, `${SP_PATH}/${name}`);
+  const cols = t1.columnDefinitions.map((c) => c.name);
+  assert.deepEqual(cols, ['Name', 'High', 'Low', 'Window', 'EC', 'Enabled', 'DryRun', 'Age']);
+  assert.deepEqual(t1.rows[0]!.cells.slice(0, 7), [name, 100, 10, '1h', 'standard-ec', true, false]);
+  const ename = uniq('columns');
+  assert.equal((await createObject(admin, ecp(ename, ECP_MINIMAL))).status, 201);
+  const t2 = await tableOf(admin, `${ECP_PATH}/${ename}`);
+  assert.deepEqual(t2.columnDefinitions.map((c) => c.name), ['Name', 'K', 'M', 'Stripe', 'Compression', 'Scrub', 'Age']);
+  assert.deepEqual(t2.rows[0]!.cells.slice(0, 6), [ename, 4, 2, 1048576, 'none', '24h']);
+});
+
+/** GET as a meta.k8s.io Table: the server-side printing kubectl get shows. */
+async function tableOf(kc: KubeAccess, p: string): Promise<{ columnDefinitions: { name: string }[]; rows: { cells: unknown[] }[] }> {
+  const res = await kubeRequest(kc, 'GET', p, undefined, undefined, 'application/json;as=Table;v=v1;g=meta.k8s.io');
+  assert.equal(res.status, 200, JSON.stringify(res.body));
+  return res.body;
+}
+
+/** The manifests of one deploy/ file by kind. */
+function manifest(file: string, kind: string): KubeObject {
+  const obj = loadManifests(path.join(DEPLOY_DIR, file)).find((o) => o.kind === kind);
+  assert.ok(obj, `${file} has a ${kind}`);
+  return obj;
+}
+
+test('Namespace, ServiceAccount, ConfigMap and DaemonSet pass a server-side dry-run create; nothing is stored', async () => {
+  // The namespaced objects need their namespace to exist (admission): created for real.
+  const ns = manifest('namespace.yaml', 'Namespace');
+  const nsDry = await createObject(admin, ns, { dryRun: true, fieldValidation: 'Strict' });
+  assert.equal(nsDry.status, 201, JSON.stringify(nsDry.body.message));
+  await ensureCreated(admin, ns);
+  for (const [file, kind] of [['rbac.yaml', 'ServiceAccount'], ['configmap.yaml', 'ConfigMap'], ['daemonset.yaml', 'DaemonSet']] as const) {
+    const obj = manifest(file, kind);
+    const res = await createObject(admin, obj, { dryRun: true, fieldValidation: 'Strict' });
+    assert.equal(res.status, 201, `${file} ${kind}: ${JSON.stringify(res.body.message)}`);
+    if (kind !== 'DaemonSet') assert.deepEqual(res.warnings, [], `${file} ${kind}`);
+    else {
+      // The namespace warns at "restricted": what the pod needs beyond it, and nothing else
+      // (no privilege, no capability, no escalation, seccomp set).
+      assert.equal(res.warnings.length, 1, JSON.stringify(res.warnings));
+      const beyond = [...res.warnings[0]!.matchAll(/(?:^|, |: )([a-zA-Z!= 0-9]+?) \(/g)].map((m) => m[1]);
+      assert.deepEqual(beyond, ['hostPort', 'restricted volume types', 'runAsNonRoot != true', 'runAsUser=0'], res.warnings[0]);
+    }
+    const stored = await kubeRequest(admin, 'GET', `${collectionPathOf(obj)}/${obj.metadata.name}`);
+    assert.equal(stored.status, 404, `${kind} not stored by a dry run`);
+  }
+});
+
+function collectionPathOf(obj: KubeObject): string {
+  const ns = obj.metadata.namespace!;
+  return obj.kind === 'DaemonSet' ? `/apis/apps/v1/namespaces/${ns}/daemonsets` : `/api/v1/namespaces/${ns}/${obj.kind.toLowerCase()}s`;
+}
+
+async function ensureCreated(kc: KubeAccess, obj: KubeObject): Promise<void> {
+  const res = await createObject(kc, obj);
+  assert.ok(res.status === 201 || res.status === 409, `${obj.kind} ${obj.metadata.name}: ${res.status} ${JSON.stringify(res.body.message)}`);
+}
+
+test('the DaemonSet: NODE_NAME from the node, NBD and S3 host ports, probes on 8081, grace above the 10 s NBD drain, not privileged', () => {
+  const ds = manifest('daemonset.yaml', 'DaemonSet') as any; // eslint-disable-line @typescript-eslint/no-explicit-any -- a manifest read field by field
+  const pod = ds.spec.template.spec;
+  const c = pod.containers[0];
+  assert.deepEqual(c.env.find((e: { name: string }) => e.name === 'NODE_NAME').valueFrom, { fieldRef: { fieldPath: 'spec.nodeName' } });
+  const ports = Object.fromEntries(c.ports.map((p: { name: string; containerPort: number; hostPort?: number }) => [p.name, [p.containerPort, p.hostPort ?? null]]));
+  assert.deepEqual(ports, { nbd: [10809, 10809], s3: [9000, 9000], api: [8081, null], metrics: [8080, null] });
+  assert.equal(c.livenessProbe.httpGet.path, '/healthz');
+  assert.equal(c.readinessProbe.httpGet.path, '/readyz');
+  assert.equal(c.startupProbe.httpGet.path, '/healthz');
+  assert.equal(ds.spec.template.metadata.annotations['prometheus.io/port'], '8080');
+  assert.ok(pod.terminationGracePeriodSeconds > 10);
+  assert.deepEqual(ds.spec.updateStrategy, { type: 'RollingUpdate', rollingUpdate: { maxUnavailable: 1 } });
+  assert.equal(c.securityContext.privileged, false);
+  assert.equal(pod.hostNetwork, undefined);
+  assert.equal(pod.serviceAccountName, manifest('rbac.yaml', 'ServiceAccount').metadata.name);
+  const dataMount = c.volumeMounts.find((m: { mountPath: string }) => m.mountPath === '/var/lib/couchestor');
+  const dataVol = pod.volumes.find((v: { name: string }) => v.name === dataMount.name);
+  assert.equal(dataVol.hostPath.path, '/var/lib/couchestor');
+  assert.deepEqual(c.command.slice(-2), ['--data-dir', '/var/lib/couchestor']);
+});
+
+test('the ConfigMap\'s couchestor.yaml loads; the example StoragePolicy\'s selectors and EC policy fit its pools', (t) => {
+  const cm = manifest('configmap.yaml', 'ConfigMap') as KubeObject & { data: Record<string, string> };
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kube-manifests-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  fs.writeFileSync(path.join(dir, 'couchestor.yaml'), cm.data['couchestor.yaml']!);
+  const cfg: DaemonConfig = loadConfig(dir);
+  assert.equal(cfg.listenHost, '0.0.0.0');
+  assert.equal(cfg.demoVolume, null);
+  assert.equal(cfg.kubernetes.enabled, true);
+  assert.equal(cfg.kubernetes.kubeconfig, null, 'the pod\'s ServiceAccount');
+  assert.equal(cfg.kubernetes.nodeName, null, 'NODE_NAME from the DaemonSet');
+  const pools = cfg.pools.map((p) => ({ name: p.name, labels: { tier: p.tier, ...p.labels } }));
+  const coldPools = cfg.pools.filter((p) => p.tier === 'cold').length;
+  const ec = parsePolicyYaml(fs.readFileSync(path.join(DEPLOY_DIR, 'examples/standard-ec.yaml'), 'utf8'), coldPools);
+  assert.equal(ec.name, cfg.kubernetes.ecPolicyName);
+  const policy = parseStoragePolicy(fs.readFileSync(path.join(DEPLOY_DIR, 'examples/tiering.yaml'), 'utf8'));
+  checkAgainst(policy, pools, [ec.name]);
+});
+
+test('RBAC: the ClusterRole lets the daemon list, watch, get and patch status; it refuses spec writes (403)', async () => {
+  await ensureCreated(admin, manifest('namespace.yaml', 'Namespace'));
+  for (const obj of loadManifests(path.join(DEPLOY_DIR, 'rbac.yaml'))) {
+    const res = await createObject(admin, obj, { fieldValidation: 'Strict' });
+    assert.equal(res.status, 201, `${obj.kind}: ${JSON.stringify(res.body.message)}`);
+  }
+  const role = manifest('rbac.yaml', 'ClusterRole');
+  const name = uniq('rbac');
+  assert.equal((await createObject(admin, sp(name, SP_MINIMAL))).status, 201);
+  const user = access(kube, UNPRIVILEGED);
+  // Before the binding: nothing.
+  assert.equal((await kubeRequest(user, 'GET', SP_PATH)).status, 403);
+  const binding: KubeObject = {
+    apiVersion: 'rbac.authorization.k8s.io/v1',
+    kind: 'ClusterRoleBinding',
+    metadata: { name: 'couchestor-test-user' },
+    roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: role.metadata.name },
+    subjects: [{ apiGroup: 'rbac.authorization.k8s.io', kind: 'User', name: UNPRIVILEGED }],
+  };
+  assert.equal((await createObject(admin, binding)).status, 201);
+  // The authorizer follows bindings through an informer: poll until the grant shows.
+  await pollUntil(async () => (await kubeRequest(user, 'GET', SP_PATH)).status === 200, 'the binding takes effect');
+  for (const p of [SP_PATH, ECP_PATH, `${SP_PATH}/${name}`, `${SP_PATH}/${name}/status`]) {
+    assert.equal((await kubeRequest(user, 'GET', p)).status, 200, `GET ${p}`);
+  }
+  const watch = await kubeRequest(user, 'GET', `${SP_PATH}?watch=true&timeoutSeconds=1`);
+  assert.equal(watch.status, 200, 'watch');
+  assert.match(String(watch.body), /"type":"ADDED"/, 'the watch streams the policy');
+  const patched = await kubeRequest(user, 'PATCH', `${SP_PATH}/${name}/status`, { status: { nodes: { 'node-a': { phase: 'Active' } } } }, mergePatch);
+  assert.equal(patched.status, 200, JSON.stringify(patched.body.message));
+  const refused: [string, string, unknown?][] = [
+    ['PATCH', `${SP_PATH}/${name}`, { spec: { dryRun: true } }],
+    ['DELETE', `${SP_PATH}/${name}`],
+    ['POST', SP_PATH, sp(uniq('by-user'), SP_MINIMAL)],
+    ['POST', ECP_PATH, ecp(uniq('by-user'), ECP_MINIMAL)],
+    ['GET', '/api/v1/namespaces/couchestor-system/secrets'],
+    ['GET', '/api/v1/configmaps'],
+  ];
+  for (const [method, p, body] of refused) {
+    const res = await kubeRequest(user, method, p, body, method === 'PATCH' ? mergePatch : undefined);
+    assert.equal(res.status, 403, `${method} ${p}: ${res.status}`);
+  }
+  const after = await kubeRequest(admin, 'GET', `${SP_PATH}/${name}`);
+  assert.equal(after.body.spec.dryRun, false);
+});
+
+test('RBAC: the DaemonSet\'s ServiceAccount, through rbac.yaml\'s own binding, reads policies and writes status only', async () => {
+  // rbac.yaml was created by the test above; a token for its ServiceAccount as the kubelet would mount it.
+  const sa = manifest('rbac.yaml', 'ServiceAccount');
+  const ns = sa.metadata.namespace!;
+  const tr = await kubeRequest(admin, 'POST', `/api/v1/namespaces/${ns}/serviceaccounts/${sa.metadata.name}/token`, {
+    apiVersion: 'authentication.k8s.io/v1',
+    kind: 'TokenRequest',
+    spec: { expirationSeconds: 3600 },
+  });
+  assert.equal(tr.status, 201, JSON.stringify(tr.body.message));
+  const daemon: KubeAccess = { server: kube.server, caPem: kube.caPem, token: tr.body.status.token };
+  const name = uniq('sa');
+  assert.equal((await createObject(admin, ecp(name, ECP_MINIMAL))).status, 201);
+  await pollUntil(async () => (await kubeRequest(daemon, 'GET', ECP_PATH)).status === 200, 'the ServiceAccount can list');
+  assert.equal((await kubeRequest(daemon, 'GET', SP_PATH)).status, 200);
+  const st = await kubeRequest(daemon, 'PATCH', `${ECP_PATH}/${name}/status`, { status: { nodes: { 'node-a': { phase: 'Unused' } } } }, mergePatch);
+  assert.equal(st.status, 200, JSON.stringify(st.body.message));
+  assert.equal((await kubeRequest(daemon, 'PATCH', `${ECP_PATH}/${name}`, { spec: { parityShards: 1 } }, mergePatch)).status, 403);
+  assert.equal((await kubeRequest(daemon, 'GET', `/api/v1/namespaces/${ns}/secrets`)).status, 403);
+});
+
+async function pollUntil(cond: () => Promise<boolean>, what: string, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
