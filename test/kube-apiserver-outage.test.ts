@@ -9,11 +9,11 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { startKube, type KubeEnv } from './helpers/kube.js';
-import { applyCrds } from './helpers/kube-manifests.js';
+import { access, applyCrds } from './helpers/kube-manifests.js';
 import { nbdsh, type TestDaemon } from './helpers/daemon.js';
 import { createVolume, metric, scrape } from './helpers/control-loop.js';
 import { awsOk, startS3 } from './helpers/s3-env.js';
-import { Cluster, ECP, httpGet, kcLike, kubeDaemonConfig, SP, spSpec, startKubeDaemon, untilNodeStatus } from './helpers/kube-daemon.js';
+import { Cluster, ECP, httpGet, kubeDaemonConfig, SP, spSpec, startKubeDaemon, untilNodeStatus } from './helpers/kube-daemon.js';
 
 let kube: KubeEnv;
 let cluster: Cluster;
@@ -21,14 +21,13 @@ const daemons: TestDaemon[] = [];
 
 before(async () => {
   kube = await startKube();
-  await applyCrds(kcLike(kube));
-  cluster = new Cluster(kube.kubeconfig());
+  await applyCrds(access(kube));
+  cluster = new Cluster(kube);
   await cluster.create(ECP, 'ErasureCodingPolicy', 'ec21', { dataShards: 2, parityShards: 1 });
 });
 
 after(async () => {
   for (const d of daemons) await d.cleanup();
-  cluster?.close();
   await kube?.stop();
 });
 

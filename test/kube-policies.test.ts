@@ -10,10 +10,10 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { startKube, type KubeEnv } from './helpers/kube.js';
-import { applyCrds, createObject, DEPLOY_DIR, loadManifests } from './helpers/kube-manifests.js';
+import { access, applyCrds, createObject, DEPLOY_DIR, loadManifests } from './helpers/kube-manifests.js';
 import type { TestDaemon } from './helpers/daemon.js';
 import { coldStatus, createVolume, loadJob, metric, nbdcopyIn, nbdcopyOut, randomFile, reconcile, scrape, sleep, status, volume, WINDOW_SETTLE_MS, type FioJob } from './helpers/control-loop.js';
-import { Cluster, condition, ECP, kcLike, SP, spSpec, startKubeDaemon, until, untilNodeStatus } from './helpers/kube-daemon.js';
+import { Cluster, condition, ECP, SP, spSpec, startKubeDaemon, until, untilNodeStatus } from './helpers/kube-daemon.js';
 
 const MiB = 1024 * 1024;
 let kube: KubeEnv;
@@ -30,8 +30,8 @@ async function daemon(nodeName: string, user?: string): Promise<TestDaemon> {
 
 before(async () => {
   kube = await startKube();
-  await applyCrds(kcLike(kube));
-  cluster = new Cluster(kube.kubeconfig());
+  await applyCrds(access(kube));
+  cluster = new Cluster(kube);
   // Before the daemon starts: its cold tier's policy is read once, at start.
   await cluster.create(ECP, 'ErasureCodingPolicy', 'ec21', { dataShards: 2, parityShards: 1 });
   await cluster.create(ECP, 'ErasureCodingPolicy', 'ec42', { dataShards: 4, parityShards: 2 });
@@ -40,7 +40,6 @@ before(async () => {
 
 after(async () => {
   for (const d of daemons) await d.cleanup();
-  cluster?.close();
   await kube?.stop();
 });
 
@@ -177,9 +176,9 @@ test('two daemons with different node names write two entries that both survive 
 
 test("a daemon whose user is bound only to deploy/rbac.yaml's ClusterRole works: no 403", async () => {
   const role = loadManifests(path.join(DEPLOY_DIR, 'rbac.yaml')).find((o) => o.kind === 'ClusterRole')!;
-  const created = await createObject(kcLike(kube), role);
+  const created = await createObject(access(kube), role);
   assert.ok(created.status === 201 || created.status === 409, JSON.stringify(created.body));
-  const binding = await createObject(kcLike(kube), {
+  const binding = await createObject(access(kube), {
     apiVersion: 'rbac.authorization.k8s.io/v1',
     kind: 'ClusterRoleBinding',
     metadata: { name: 'couchestor-test-user' },

@@ -1,13 +1,11 @@
 // The daemon on Kubernetes in tests: a real `couchestor serve` with
 // kubernetes.enabled against the real apiserver of test/helpers/kube.ts, its
-// custom resources created, patched and read through the daemon's own
-// KubeClient (node:https with the fixture's kubeconfig), and polls with a
-// deadline on the status the daemons write.
+// custom resources created, patched and read through the fixture's requests,
+// and polls with a deadline on the status the daemons write.
 import fs from 'node:fs';
 import path from 'node:path';
 import YAML from 'yaml';
-import type { KubeConfig } from '@kubernetes/client-node';
-import { KubeApiError, KubeClient, resourcePath, type KubeObject } from '../../src/control/kube/client.js';
+import type { KubeEnv } from './kube.js';
 import { TestDaemon } from './daemon.js';
 import { HEAT_SAMPLE_INTERVAL_MS, HIGH_IOPS, LOW_IOPS, WINDOW_MS } from './control-loop.js';
 
@@ -52,27 +50,33 @@ export async function startKubeDaemon(o: KubeDaemonOptions): Promise<TestDaemon>
   return TestDaemon.start({ dataDir, config: kubeDaemonConfig(o) });
 }
 
-/** The test's own client (admin): creates, patches, deletes and reads the custom resources. */
+/**
+ * The test's side (admin): creates, patches, deletes and reads the custom
+ * resources through the fixture's own requests (not the daemon's client).
+ */
 export class Cluster {
-  readonly client: KubeClient;
-  constructor(kubeconfig: string) {
-    this.client = KubeClient.load(kubeconfig);
+  constructor(private readonly kube: KubeEnv) {}
+
+  private async call(method: string, apiPath: string, body?: unknown, contentType?: string): Promise<KubeObject> {
+    const res = await this.kube.request(method, apiPath, { ...(body !== undefined ? { body } : {}), ...(contentType ? { contentType } : {}) });
+    if (res.status < 200 || res.status > 299) throw new ClusterError(res.status, `${method} ${apiPath}: ${res.status} ${JSON.stringify(res.body)}`);
+    return res.body as KubeObject;
   }
 
   create(plural: string, kind: string, name: string, spec: Record<string, unknown>): Promise<KubeObject> {
-    return this.client.request<KubeObject>('POST', resourcePath(plural), { body: { apiVersion: API_VERSION, kind, metadata: { name }, spec }, timeoutMs: 10_000 });
+    return this.call('POST', resourcePath(plural), { apiVersion: API_VERSION, kind, metadata: { name }, spec });
   }
 
   patchSpec(plural: string, name: string, spec: Record<string, unknown>): Promise<KubeObject> {
-    return this.client.request<KubeObject>('PATCH', resourcePath(plural, name), { body: { spec }, contentType: 'application/merge-patch+json', timeoutMs: 10_000 });
+    return this.call('PATCH', resourcePath(plural, name), { spec }, 'application/merge-patch+json');
   }
 
   async delete(plural: string, name: string): Promise<void> {
-    await this.client.request('DELETE', resourcePath(plural, name), { timeoutMs: 10_000 });
+    await this.call('DELETE', resourcePath(plural, name));
   }
 
   get(plural: string, name: string): Promise<KubeObject> {
-    return this.client.request<KubeObject>('GET', resourcePath(plural, name), { timeoutMs: 10_000 });
+    return this.call('GET', resourcePath(plural, name));
   }
 
   /** status.nodes.<node> of the resource, or undefined (none yet, or the resource is gone). */
@@ -80,14 +84,30 @@ export class Cluster {
     try {
       return ((await this.get(plural, name)).status as { nodes?: Record<string, NodeStatus> } | undefined)?.nodes?.[node];
     } catch (err) {
-      if (err instanceof KubeApiError && err.code === 404) return undefined;
+      if (err instanceof ClusterError && err.code === 404) return undefined;
       throw err;
     }
   }
+}
 
-  close(): void {
-    this.client.close();
+class ClusterError extends Error {
+  constructor(
+    readonly code: number,
+    message: string,
+  ) {
+    super(message);
   }
+}
+
+/** /apis/storage.billyronks.io/v1/PLURAL[/NAME] */
+function resourcePath(plural: string, name?: string): string {
+  return `/apis/storage.billyronks.io/v1/${plural}${name !== undefined ? `/${encodeURIComponent(name)}` : ''}`;
+}
+
+interface KubeObject {
+  metadata: { name: string; generation?: number };
+  spec?: unknown;
+  status?: unknown;
 }
 
 export interface NodeStatus {
@@ -160,21 +180,6 @@ export function untilNodeStatus(cluster: Cluster, plural: string, name: string, 
 
 export function condition(s: NodeStatus, type: string): { status: string; reason: string; message: string } | undefined {
   return s.conditions?.find((c) => c.type === type);
-}
-
-/**
- * What applyCrds / createObject (helpers/kube-manifests.ts) use of a
- * @kubernetes/client-node KubeConfig, for `user` of the fixture: that package
- * cannot be loaded under Node 20 (its undici 8 needs Node >= 22.19).
- */
-export function kcLike(kube: { server: string; caPem: string; userToken(name: string): string }, user = 'admin'): KubeConfig {
-  return {
-    getCurrentCluster: () => ({ name: 'fixture', server: kube.server, skipTLSVerify: false }),
-    applyToHTTPSOptions: async (opts: { ca?: string; headers?: Record<string, unknown> }) => {
-      opts.ca = kube.caPem;
-      opts.headers = { ...opts.headers, Authorization: `Bearer ${kube.userToken(user)}` };
-    },
-  } as unknown as KubeConfig;
 }
 
 /** GET url (no auth): status and body. */
