@@ -182,6 +182,8 @@ const REFUSED: { what: string; obj: KubeObject; field: string }[] = [
   { what: 'unknown compression', obj: ecp('x', { ...ECP_MINIMAL, compression: 'gzip' }), field: 'spec.compression' },
   { what: 'scrub interval below 1m', obj: ecp('x', { ...ECP_MINIMAL, scrubInterval: '30s' }), field: 'spec.scrubInterval' },
   { what: 'scrub interval of 59999ms', obj: ecp('x', { ...ECP_MINIMAL, scrubInterval: '59999ms' }), field: 'spec.scrubInterval' },
+  { what: 'scrub interval of zero days and 59s', obj: ecp('x', { ...ECP_MINIMAL, scrubInterval: '0d59s' }), field: 'spec.scrubInterval' },
+  { what: 'sampling window of zero days', obj: sp('x', { ...SP_MINIMAL, samplingWindow: '0d' }), field: 'spec.samplingWindow' },
   { what: 'scrub interval in words', obj: ecp('x', { ...ECP_MINIMAL, scrubInterval: '24 hours' }), field: 'spec.scrubInterval' },
   { what: 'scrubbingEnabled as a string', obj: ecp('x', { ...ECP_MINIMAL, scrubbingEnabled: 'true' }), field: 'spec.scrubbingEnabled' },
 ];
@@ -193,7 +195,8 @@ const ACCEPTED: { what: string; obj: KubeObject }[] = [
   { what: 'low 0, high 0.5', obj: sp('x', { ...SP_MINIMAL, lowWatermarkIOPS: 0, highWatermarkIOPS: 0.5 }) },
   { what: 'empty matchLabels (every pool)', obj: sp('x', { ...SP_MINIMAL, hotPoolSelector: { matchLabels: {} } }) },
   { what: 'every selector, 64 migrations', obj: sp('x', { ...SP_MINIMAL, warmPoolSelector: { matchLabels: { tier: 'warm' } }, volumeSelector: { matchLabels: { app: 'db' } }, maxConcurrentMigrations: 64, ecPolicyRef: 'standard-ec' }) },
-  ...['1m', '60s', '60000ms', '90s', '1h', '7d', '1d0h'].map((w) => ({ what: `scrubInterval ${w}`, obj: ecp('x', { ...ECP_MINIMAL, scrubInterval: w }) })),
+  ...['0d2s', '00d1500ms', '0d0h1s'].map((w) => ({ what: `samplingWindow ${w} (zero days)`, obj: sp('x', { ...SP_MINIMAL, samplingWindow: w }) })),
+  ...['1m', '60s', '60000ms', '90s', '1h', '7d', '1d0h', '0d61s', '10d'].map((w) => ({ what: `scrubInterval ${w}`, obj: ecp('x', { ...ECP_MINIMAL, scrubInterval: w }) })),
   { what: 'k = 3, stripe 84 x 12 KiB', obj: ecp('x', { dataShards: 3, parityShards: 1, stripeSizeBytes: 84 * 3 * 4096 }) },
   { what: 'k = 16, m = 4, stripe 64 MiB, lz4', obj: ecp('x', { dataShards: 16, parityShards: 4, stripeSizeBytes: 64 * 1024 * 1024, compression: 'lz4' }) },
   { what: 'k = 2, stripe 8 KiB', obj: ecp('x', { dataShards: 2, parityShards: 1, stripeSizeBytes: 8192 }) },
@@ -246,6 +249,27 @@ test('the edge values the parsers accept, the apiserver accepts', async () => {
     if (res.status !== 201) disagreements.push(`${c.what}: apiserver answered ${res.status}: ${res.body.message}`);
   }
   assert.deepEqual(disagreements, []);
+});
+
+test('the differences deploy/README.md lists: whitespace around a duration, a duration beyond a safe integer of ms', async () => {
+  // [value, the parser accepts it, the apiserver accepts it]
+  const cases: [string, boolean, boolean][] = [
+    [' 1h', true, false],
+    ['1h ', true, false],
+    ['99999999999999999d', false, true],
+  ];
+  for (const [w, parserAccepts, apiserverAccepts] of cases) {
+    const obj = named(sp('x', { ...SP_MINIMAL, samplingWindow: w }));
+    let parsed = true;
+    try {
+      parseSp(obj);
+    } catch {
+      parsed = false;
+    }
+    assert.equal(parsed, parserAccepts, `parser on ${JSON.stringify(w)}`);
+    const res = await createObject(admin, obj);
+    assert.equal(res.status, apiserverAccepts ? 201 : 422, `apiserver on ${JSON.stringify(w)}: ${res.body.message}`);
+  }
 });
 
 test('an unknown spec field: refused under strict field validation (kubectl), pruned with a warning otherwise', async () => {
