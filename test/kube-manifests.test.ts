@@ -5,7 +5,8 @@
 // field), and the edge values both accept; status is per node (two nodes'
 // merge patches both survive), spec and status are written apart; the
 // ClusterRole lets the daemon read and write status, not specs; the
-// DaemonSet, ServiceAccount, Namespace and ConfigMap pass a server-side dry run.
+// DaemonSet, ServiceAccount, Namespace, ConfigMap and NetworkPolicy pass a
+// server-side dry run.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -16,6 +17,7 @@ import { startKube, type KubeEnv } from './helpers/kube.js';
 import {
   access,
   applyCrds,
+  collectionPath,
   createObject,
   DEPLOY_DIR,
   ECP_PATH,
@@ -438,13 +440,13 @@ function manifest(file: string, kind: string): KubeObject {
   return obj;
 }
 
-test('Namespace, ServiceAccount, ConfigMap and DaemonSet pass a server-side dry-run create; nothing is stored', async () => {
+test('Namespace, ServiceAccount, ConfigMap, DaemonSet and NetworkPolicy pass a server-side dry-run create; nothing is stored', async () => {
   // The namespaced objects need their namespace to exist (admission): created for real.
   const ns = manifest('namespace.yaml', 'Namespace');
   const nsDry = await createObject(admin, ns, { dryRun: true, fieldValidation: 'Strict' });
   assert.equal(nsDry.status, 201, JSON.stringify(nsDry.body.message));
   await ensureCreated(admin, ns);
-  for (const [file, kind] of [['rbac.yaml', 'ServiceAccount'], ['configmap.yaml', 'ConfigMap'], ['daemonset.yaml', 'DaemonSet']] as const) {
+  for (const [file, kind] of [['rbac.yaml', 'ServiceAccount'], ['configmap.yaml', 'ConfigMap'], ['daemonset.yaml', 'DaemonSet'], ['networkpolicy.yaml', 'NetworkPolicy']] as const) {
     const obj = manifest(file, kind);
     const res = await createObject(admin, obj, { dryRun: true, fieldValidation: 'Strict' });
     assert.equal(res.status, 201, `${file} ${kind}: ${JSON.stringify(res.body.message)}`);
@@ -456,15 +458,12 @@ test('Namespace, ServiceAccount, ConfigMap and DaemonSet pass a server-side dry-
       const beyond = [...res.warnings[0]!.matchAll(/(?:^|, |: )([a-zA-Z!= 0-9]+?) \(/g)].map((m) => m[1]);
       assert.deepEqual(beyond, ['hostPort', 'restricted volume types', 'runAsNonRoot != true', 'runAsUser=0'], res.warnings[0]);
     }
-    const stored = await kubeRequest(admin, 'GET', `${collectionPathOf(obj)}/${obj.metadata.name}`);
+    const stored = await kubeRequest(admin, 'GET', `${collectionPath(obj)}/${obj.metadata.name}`);
     assert.equal(stored.status, 404, `${kind} not stored by a dry run`);
   }
 });
 
-function collectionPathOf(obj: KubeObject): string {
-  const ns = obj.metadata.namespace!;
-  return obj.kind === 'DaemonSet' ? `/apis/apps/v1/namespaces/${ns}/daemonsets` : `/api/v1/namespaces/${ns}/${obj.kind.toLowerCase()}s`;
-}
+
 
 async function ensureCreated(kc: KubeAccess, obj: KubeObject): Promise<void> {
   const res = await createObject(kc, obj);
@@ -489,6 +488,10 @@ test('the DaemonSet: NODE_NAME from the node, NBD and S3 host ports, probes on 8
   assert.equal(pod.serviceAccountName, manifest('rbac.yaml', 'ServiceAccount').metadata.name);
   const dataMount = c.volumeMounts.find((m: { mountPath: string }) => m.mountPath === '/var/lib/couchestor');
   const dataVol = pod.volumes.find((v: { name: string }) => v.name === dataMount.name);
+  // The NetworkPolicy selects the DaemonSet's pods and lets in NBD, S3 and metrics, not the admin API (8081).
+  const np = manifest('networkpolicy.yaml', 'NetworkPolicy') as any; // eslint-disable-line @typescript-eslint/no-explicit-any -- a manifest read field by field
+  assert.deepEqual(np.spec.podSelector.matchLabels, ds.spec.template.metadata.labels);
+  assert.deepEqual(np.spec.ingress.flatMap((r: { ports: { port: string }[] }) => r.ports.map((p) => (ports as Record<string, number[]>)[p.port]![0])).sort(), [10809, 8080, 9000].sort());
   assert.equal(dataVol.hostPath.path, '/var/lib/couchestor');
   assert.deepEqual(c.command.slice(-2), ['--data-dir', '/var/lib/couchestor']);
 });

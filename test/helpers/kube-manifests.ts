@@ -131,6 +131,8 @@ export function collectionPath(obj: KubeObject): string {
       return core('configmaps');
     case 'apps/v1/DaemonSet':
       return `/apis/apps/v1/namespaces/${ns}/daemonsets`;
+    case 'networking.k8s.io/v1/NetworkPolicy':
+      return `/apis/networking.k8s.io/v1/namespaces/${ns}/networkpolicies`;
     case 'rbac.authorization.k8s.io/v1/ClusterRole':
       return '/apis/rbac.authorization.k8s.io/v1/clusterroles';
     case 'rbac.authorization.k8s.io/v1/ClusterRoleBinding':
