@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import https from 'node:https';
 import { after, before, test } from 'node:test';
+import { VersionApi } from '@kubernetes/client-node';
 import YAML from 'yaml';
 import { startKube, type KubeEnv } from './helpers/kube.js';
 
@@ -23,10 +24,12 @@ after(async () => {
 
 const widget = (name: string, size: unknown) => ({ apiVersion: `${GROUP}/v1`, kind: 'Widget', metadata: { name }, spec: { size } });
 
-test('kube fixture: apiserver answers its pinned version; the kubeconfig file carries server, CA and token', async () => {
+test('kube fixture: apiserver answers its pinned version (raw and via kc()); the kubeconfig file carries server, CA and token', async () => {
   const v = await kube.request('GET', '/version');
   assert.equal(v.status, 200);
   assert.equal(v.body.gitVersion, 'v1.37.2');
+  // The same through @kubernetes/client-node, verifying the serving cert against caData.
+  assert.equal((await kube.kc().makeApiClient(VersionApi).getCode()).gitVersion, 'v1.37.2');
 
   // What kubectl or client-node would read from kubeconfig(): TLS verified against its CA, the token authenticates.
   const cfg = YAML.parse(fs.readFileSync(kube.kubeconfig('nobody'), 'utf8'));

@@ -1,9 +1,8 @@
 // Test fixture: a real kube-apiserver over a real etcd (both built by
 // scripts/k8s-fixtures.sh into a cache outside the repo), on free loopback
 // ports in a fresh temp dir, with static-token users and RBAC.
-// Nothing of @kubernetes/client-node is loaded unless kc() is called: 2.0.1
-// pulls undici 8, which does not load on Node 20 (zlib.createZstdDecompress);
-// request() and watch() here are plain node:https.
+// request() and watch() are plain node:https, so tests see status codes and
+// bodies exactly as sent; kc() gives a @kubernetes/client-node KubeConfig.
 import crypto from 'node:crypto';
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
@@ -12,8 +11,7 @@ import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { createRequire } from 'node:module';
-import type { KubeConfig } from '@kubernetes/client-node';
+import { KubeConfig } from '@kubernetes/client-node';
 
 export const FIXTURES_DIR = process.env.COUCHESTOR_FIXTURES_DIR ?? '/var/cache/couchestor-fixtures';
 export const ADMIN_USER = 'admin';
@@ -40,7 +38,7 @@ export interface KubeEnv {
   kubeconfig(user?: string): string;
   /**
    * A @kubernetes/client-node KubeConfig for that user (default admin), trusting the serving cert
-   * (caData, no skipTLSVerify). Loads client-node on first call: throws on Node 20 while it pulls undici 8.
+   * (caData, no skipTLSVerify).
    */
   kc(user?: string): KubeConfig;
   /** As kc(), authenticating with any bearer token (e.g. a ServiceAccount's). */
@@ -251,8 +249,7 @@ export async function startKube(opts: KubeOptions = {}): Promise<KubeEnv> {
     return t;
   };
   const kcForToken = (t: string, name = 'token-user'): KubeConfig => {
-    const { KubeConfig: KC } = createRequire(import.meta.url)('@kubernetes/client-node') as typeof import('@kubernetes/client-node');
-    const kc = new KC();
+    const kc = new KubeConfig();
     kc.loadFromOptions({
       clusters: [{ name: 'fixture', server, caData }],
       users: [{ name, token: t }],
