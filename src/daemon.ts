@@ -22,7 +22,7 @@ import { forgetRemovedPoolRebuilds } from './dataplane/ec/reconstruction.js';
 import { DataDirLock, DataDirLocked, readLockHolder } from './data-dir-lock.js';
 import { prepareHotPool } from './dataplane/objects/hot-segments.js';
 import type { Pool } from './dataplane/pools/pool.js';
-import { KubePolicies, readyWithPolicySource, registerKubeMetrics, type ColdPolicyChoice } from './control/kube/index.js';
+import { KubePolicies, readColdPolicyOnce, readyWithPolicySource, registerKubeMetrics, type ColdPolicyChoice } from './control/kube/index.js';
 
 export const STATE_FILE = 'daemon.json';
 
@@ -252,6 +252,8 @@ export async function highestDestagedSeqSliced(manager: VolumeManager, sliceEntr
 export async function startConfiguredColdTier(cfg: DaemonConfig, manager: VolumeManager, coldPolicy?: (coldPoolCount: number) => Promise<ColdPolicyChoice>): Promise<void> {
   const coldPools = cfg.pools.filter((p) => p.tier === 'cold').length;
   let policy: ErasureCodingPolicy;
+  // An offline command on Kubernetes: the custom resource too (there is no policy file).
+  if (!coldPolicy && cfg.kubernetes.enabled) coldPolicy = (n) => readColdPolicyOnce(cfg.kubernetes, n);
   if (coldPolicy) {
     // A policy the cluster does not give (apiserver unreachable, no such resource, invalid here) is said in its status; the daemon serves on.
     const chosen = await coldPolicy(coldPools);

@@ -171,7 +171,11 @@ test('two daemons with different node names write two entries that both survive 
   // node-b's ErasureCodingPolicy entries beside node-a's.
   await untilNodeStatus(cluster, ECP, 'ec21', 'node-b', (x) => x.phase === 'Active');
   assert.equal((await cluster.nodeStatus(ECP, 'ec21', 'node-a'))?.phase, 'Active');
-  await nodeB.stop();
+  assert.equal(await nodeB.stop(), 0);
+  // Stopped, its data directory takes offline commands; the cold tier's policy comes from the cluster there too.
+  const r = nodeB.cli('volumes', 'create', 'offline-cold', '4M', '--tier', 'cold');
+  assert.equal(r.status, 0, r.stderr);
+  assert.doesNotMatch(r.stderr, /cold tier disabled/);
 });
 
 test("a daemon whose user is bound only to deploy/rbac.yaml's ClusterRole works: no 403", async () => {

@@ -221,6 +221,21 @@ export class KubePolicies {
   }
 }
 
+/**
+ * The cold tier's ErasureCodingPolicy read once from the cluster, for a
+ * process that runs no informers (an offline command on a node on Kubernetes,
+ * where no policy file is written).
+ */
+export async function readColdPolicyOnce(cfg: KubernetesConfig, coldPoolCount: number): Promise<ColdPolicyChoice> {
+  const kube = new KubePolicies(cfg);
+  kube.ecPolicies.start();
+  try {
+    return await kube.coldPolicy(coldPoolCount);
+  } finally {
+    await kube.stop();
+  }
+}
+
 /** The StoragePolicy status entry of this node, and the part whose change is worth a write. */
 export function storagePolicyEntry(s: PolicyStatus, generation: number | undefined): { entry: Record<string, unknown>; compareKey: string } {
   // Not "stay" first, then by volume: the 20 kept are the ones a reader wants.
