@@ -515,7 +515,7 @@ test('the ConfigMap\'s couchestor.yaml loads; the example StoragePolicy\'s selec
   checkAgainst(policy, pools, [ec.name]);
 });
 
-test('RBAC: the ClusterRole lets the daemon list, watch, get and patch status; it refuses spec writes (403)', async () => {
+test('RBAC: the ClusterRole lets the daemon list, watch, get and patch status; it refuses spec writes and a status PUT (403)', async () => {
   await ensureCreated(admin, manifest('namespace.yaml', 'Namespace'));
   for (const obj of loadManifests(path.join(DEPLOY_DIR, 'rbac.yaml'))) {
     const res = await createObject(admin, obj, { fieldValidation: 'Strict' });
@@ -545,8 +545,11 @@ test('RBAC: the ClusterRole lets the daemon list, watch, get and patch status; i
   assert.match(String(watch.body), /"type":"ADDED"/, 'the watch streams the policy');
   const patched = await kubeRequest(user, 'PATCH', `${SP_PATH}/${name}/status`, { status: { nodes: { 'node-a': { phase: 'Active' } } } }, mergePatch);
   assert.equal(patched.status, 200, JSON.stringify(patched.body.message));
+  const current = (await kubeRequest(admin, 'GET', `${SP_PATH}/${name}`)).body;
   const refused: [string, string, unknown?][] = [
     ['PATCH', `${SP_PATH}/${name}`, { spec: { dryRun: true } }],
+    // A PUT of the status would replace every node's entry: the daemon merge-patches its own.
+    ['PUT', `${SP_PATH}/${name}/status`, { ...current, status: { nodes: {} } }],
     ['DELETE', `${SP_PATH}/${name}`],
     ['POST', SP_PATH, sp(uniq('by-user'), SP_MINIMAL)],
     ['POST', ECP_PATH, ecp(uniq('by-user'), ECP_MINIMAL)],
