@@ -1,0 +1,57 @@
+// couchestor.yaml's kubernetes section is checked like the rest: a misspelt
+// setting or a bad value stops `couchestor serve` with one line naming the
+// file, the setting and the value; enabled with no kubeconfig outside a pod
+// (the service account it would use is not there), it says so and exits.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { CLI } from './helpers/daemon.js';
+
+const CASES: { yaml: string; message: RegExp }[] = [
+  { yaml: 'kubernetes: {enabled: yes please}', message: /kubernetes\.enabled must be true or false, got "yes please"$/ },
+  { yaml: 'kubernetes: {enabled: true, kubeConfig: /x}', message: /: kubernetes\.kubeConfig is not a setting \(known: enabled, kubeconfig, nodeName, ecPolicyName, statusWriteIntervalMs, startSyncTimeoutMs\)$/ },
+  { yaml: 'kubernetes: {nodeName: Node_A}', message: /kubernetes\.nodeName must be a Kubernetes node name \(lowercase DNS subdomain\), got "Node_A"$/ },
+  { yaml: 'kubernetes: {ecPolicyName: ""}', message: /kubernetes\.ecPolicyName must be a non-empty string, got ""$/ },
+  { yaml: 'kubernetes: {statusWriteIntervalMs: 0}', message: /kubernetes\.statusWriteIntervalMs must be a whole number of milliseconds from 100 to 2147483647, got 0$/ },
+  { yaml: 'kubernetes: {startSyncTimeoutMs: 1h}', message: /kubernetes\.startSyncTimeoutMs must be a whole number of milliseconds from 100 to 600000, got "1h"$/ },
+  { yaml: 'kubernetes: true', message: /: kubernetes must be a mapping, got true$/ },
+];
+
+function serve(dir: string, env: NodeJS.ProcessEnv = process.env) {
+  return spawnSync(process.execPath, [CLI, 'serve', '--data-dir', dir, '--nbd-port', '0', '--api-port', '0', '--s3-port', '0', '--metrics-port', '0'], { encoding: 'utf8', timeout: 30_000, env });
+}
+
+test('serve refuses a bad kubernetes section with one line naming the file, the setting and the value', (t) => {
+  for (const c of CASES) {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kube-config-'));
+    t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+    const file = path.join(dir, 'couchestor.yaml');
+    fs.writeFileSync(file, c.yaml + '\n');
+    const r = serve(dir);
+    assert.equal(r.status, 1, `${c.yaml}: exit ${r.status}, stderr ${r.stderr}`);
+    const lines = r.stderr.trimEnd().split('\n');
+    assert.equal(lines.length, 1, `${c.yaml}: one line:\n${r.stderr}`);
+    assert.ok(lines[0]!.startsWith(`couchestor: ${file}: `), lines[0]);
+    assert.match(lines[0]!, c.message, c.yaml);
+  }
+});
+
+test('enabled with kubeconfig null outside a pod: serve says there is no service account to use and exits', (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kube-config-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  fs.writeFileSync(path.join(dir, 'couchestor.yaml'), 'demoVolume: null\nkubernetes: {enabled: true}\n');
+  const env = { ...process.env };
+  delete env.KUBERNETES_SERVICE_HOST;
+  const r = serve(dir, env);
+  assert.equal(r.status, 1, r.stderr);
+  assert.doesNotMatch(r.stdout, /couchestor ready/);
+  assert.match(r.stderr, /kubernetes\.kubeconfig is null \(the pod's service account\) but KUBERNETES_SERVICE_HOST is not set: not in a pod; name a kubeconfig file/);
+  // Nor a kubeconfig that is not there.
+  fs.writeFileSync(path.join(dir, 'couchestor.yaml'), 'demoVolume: null\nkubernetes: {enabled: true, kubeconfig: /nonexistent/kubeconfig}\n');
+  const r2 = serve(dir, env);
+  assert.equal(r2.status, 1, r2.stderr);
+  assert.match(r2.stderr, /kubeconfig \/nonexistent\/kubeconfig: ENOENT/);
+});
