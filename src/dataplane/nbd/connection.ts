@@ -31,6 +31,14 @@ const enum Phase {
 /** Bounds on work a single client can queue before we stop reading its socket. */
 const MAX_INFLIGHT_REQUESTS = 128;
 const MAX_INFLIGHT_BYTES = 128 * 1024 * 1024;
+/**
+ * A client in the option phase that sends no complete option for this long is
+ * dropped (it holds one of MAX_CONNECTIONS). Counted from the last option, not
+ * from connect: `nbdinfo --list` haggles on one connection, ~4 options per
+ * export, and libnbd's small writes over TCP wait out the peer's delayed ACK
+ * (~200 ms each for NBD_OPT_LIST_META_CONTEXT, against nbdkit too), so a
+ * deadline from connect cut the listing of more than ~140 exports.
+ */
 const HANDSHAKE_TIMEOUT_MS = 30_000;
 /**
  * Replies queued in the socket beyond this mean the client is not reading:
@@ -448,6 +456,8 @@ export class NbdConnection {
 
   private onOption(opt: number, data: Buffer): void {
     if (this.phase !== Phase.Closed) this.setPhase(Phase.OptionHeader, P.OPTION_HEADER_BYTES);
+    // The client is haggling, not idle: the handshake deadline counts from here.
+    this.handshakeTimer?.refresh();
     switch (opt) {
       case P.OPT_EXPORT_NAME:
         return this.optExportName(data.toString('utf8'));
