@@ -5,13 +5,14 @@
 // source has not synced, and the cold tier is off with the reason logged.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { startKube, type KubeEnv } from './helpers/kube.js';
 import { access, applyCrds } from './helpers/kube-manifests.js';
 import { nbdsh, type TestDaemon } from './helpers/daemon.js';
-import { createVolume, metric, scrape } from './helpers/control-loop.js';
+import { createVolume, metric, reconcile, scrape } from './helpers/control-loop.js';
 import { awsOk, startS3 } from './helpers/s3-env.js';
 import { Cluster, ECP, httpGet, kubeDaemonConfig, SP, spSpec, startKubeDaemon, untilNodeStatus } from './helpers/kube-daemon.js';
 
@@ -55,6 +56,61 @@ test('the apiserver restarted under a running daemon: the watch resumes, a CR cr
   assert.ok(restarts >= 1, `watch restarts counted: ${restarts}`);
   assert.equal((await httpGet(`http://127.0.0.1:${d.info.api.port}/readyz`)).status, 200, 'listed once: stays ready through the outage');
   nbdRoundTrip(d, 'v', 9);
+});
+
+/** The fixture's kube-apiserver process (started by this test file's startKube). */
+function apiserverPid(server: string): number {
+  const port = new URL(server).port;
+  for (const pid of fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
+    let cmd = '';
+    try {
+      cmd = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+    } catch {
+      continue;
+    }
+    if (cmd.includes('kube-apiserver') && cmd.includes(`--secure-port=${port}\0`)) return Number(pid);
+  }
+  throw new Error(`no kube-apiserver on port ${port}`);
+}
+
+/** TCP connections the process holds to the apiserver's port (ss). */
+function connectionsTo(pid: number, server: string): number {
+  const port = new URL(server).port;
+  const out = spawnSync('ss', ['-tnpH', 'state', 'established', `dport = :${port}`], { encoding: 'utf8' }).stdout;
+  return out.split('\n').filter((l) => l.includes(`pid=${pid},`)).length;
+}
+
+test('a hung apiserver (SIGSTOP): passes and NBD go on, status writes wait one at a time (no pile-up), the newest entry is written once it answers', async () => {
+  const d = await startKubeDaemon({ kubeconfig: kube.kubeconfig(), nodeName: 'node-hung' });
+  daemons.push(d);
+  await cluster.create(SP, 'StoragePolicy', 'hung', spSpec({ volumeSelector: { matchLabels: { app: 'hung' } } }));
+  await untilNodeStatus(cluster, SP, 'hung', 'node-hung', (s) => s.phase === 'Active');
+  await createVolume(d, 'hv0', 1024 * 1024, { labels: { app: 'hung' } });
+  const pid = apiserverPid(kube.server);
+  process.kill(pid, 'SIGSTOP');
+  try {
+    // Each pass changes the status (one more volume each): a write is due after every one.
+    const t0 = Date.now();
+    for (let i = 1; i <= 20; i++) {
+      await createVolume(d, `hv${i}`, 1024 * 1024, { labels: { app: 'hung' } });
+      await reconcile(d, false);
+    }
+    const passesMs = Date.now() - t0;
+    nbdRoundTrip(d, 'hv0', 3);
+    const m = await scrape(d);
+    console.log(`20 passes with the apiserver hung: ${passesMs} ms; connections to it: ${connectionsTo(d.proc.pid!, kube.server)}; pending entries: ${metric(m, 'couchestor_kube_status_writes_pending')}`);
+    assert.ok(passesMs < 10_000, `20 passes (each with a volume created) took ${passesMs} ms with the apiserver hung`);
+    // Two watches and at most one status write: nothing queued up behind the hung one.
+    assert.ok(connectionsTo(d.proc.pid!, kube.server) <= 3, `connections: ${connectionsTo(d.proc.pid!, kube.server)}`);
+    // At most one entry per resource waits (3 StoragePolicies, 1 ErasureCodingPolicy), the newest, however many passes.
+    const pending = metric(m, 'couchestor_kube_status_writes_pending')!;
+    assert.ok(pending >= 1 && pending <= 4, `pending entries: ${pending}`);
+  } finally {
+    process.kill(pid, 'SIGCONT');
+  }
+  const s = await untilNodeStatus(cluster, SP, 'hung', 'node-hung', (x) => x.watchedVolumes === 21, 60_000);
+  assert.equal((s.decisions ?? []).length, 20, 'at most 20 decisions kept (21 made)');
+  assert.equal(s.decisionsTotal, 21);
 });
 
 test('an apiserver down at start: the daemon serves NBD and S3, /readyz says the policy source is not synced, the cold tier is off with the reason', async () => {
