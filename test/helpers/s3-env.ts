@@ -266,18 +266,28 @@ export function hotObjectFiles(dataDir: string): string[] {
   return out.sort();
 }
 
+/** The cold pools' segments as GET /v1/compaction lists them. */
+function coldSegments(env: S3Env): Promise<{ sizeBytes: number; deadBytes: number }[]> {
+  const { host, port } = env.daemon.info.api;
+  return new Promise((resolve, reject) => {
+    http.get({ host, port, path: '/v1/compaction', agent: false }, (res) => {
+      let t = '';
+      res.on('data', (d: Buffer) => (t += d.toString()));
+      res.on('end', () => resolve((JSON.parse(t) as { segments: { sizeBytes: number; deadBytes: number }[] }).segments));
+    }).on('error', reject);
+  });
+}
+
 /**
  * Bytes the cold pools' segments hold for stripes still in use: their sizes
  * less the bytes told dead (GET /v1/compaction). What a write left behind on
  * the cold tier; compaction, which drops dead bytes, leaves it unchanged.
  */
-export function coldLiveBytes(env: S3Env): Promise<number> {
-  const { host, port } = env.daemon.info.api;
-  return new Promise<number>((resolve, reject) => {
-    http.get({ host, port, path: '/v1/compaction', agent: false }, (res) => {
-      let t = '';
-      res.on('data', (d: Buffer) => (t += d.toString()));
-      res.on('end', () => resolve((JSON.parse(t) as { segments: { sizeBytes: number; deadBytes: number }[] }).segments.reduce((sum, s) => sum + s.sizeBytes - s.deadBytes, 0)));
-    }).on('error', reject);
-  });
+export async function coldLiveBytes(env: S3Env): Promise<number> {
+  return (await coldSegments(env)).reduce((sum, s) => sum + s.sizeBytes - s.deadBytes, 0);
+}
+
+/** Bytes the cold pools' segments hold, dead ones included: what every write to the cold tier adds to. */
+export async function coldSegmentBytes(env: S3Env): Promise<number> {
+  return (await coldSegments(env)).reduce((sum, s) => sum + s.sizeBytes, 0);
 }

@@ -837,6 +837,21 @@ export class ObjectStore {
   }
 
   /**
+   * Judges `condition` against the key's current version now, writing
+   * nothing: PreconditionFailed / NoSuchObject as the flip would throw them.
+   * A write whose condition already fails is refused before its body is
+   * stored (a copy reads no source byte, a PUT's body is read and dropped);
+   * one that passes here is judged again in the flip, which decides races.
+   * Refusing on this read is as correct as in the flip: the condition failed
+   * at an instant during the request.
+   */
+  checkWriteCondition(bucketName: string, key: string, condition: WriteCondition): void {
+    validateKey(key);
+    const bucket = this.getBucket(bucketName);
+    judgeWriteCondition(condition, this.objects.get(objectKey(bucket.id, key)), bucket.name, key);
+  }
+
+  /**
    * One transaction: checks the bucket still exists and `condition` against
    * the key's current record, runs `build`, installs its record. Writes are
    * serialised, so the condition is judged against what no other write can

@@ -10,7 +10,7 @@ import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest }
 import { log } from '../../log.js';
 import { nativeAddonPath } from '../../native-addon.js';
 import type { PieceSink } from '../objects/hot-segments.js';
-import { MAX_PART_NUMBER, partDamage, type BucketTier, type ContentHeaders, type ListedUpload, type ObjectRecord, type ObjectStore, type PartRecord, type Tag, type WriteCondition } from '../objects/store.js';
+import { MAX_PART_NUMBER, MAX_PUT_BYTES, partDamage, type BucketTier, type ContentHeaders, type ListedUpload, type ObjectRecord, type ObjectStore, type PartRecord, type Tag, type WriteCondition } from '../objects/store.js';
 import type { AccessKey } from './credentials.js';
 import { S3Error, errorXml, toS3Error } from './errors.js';
 import { hasBodyChecksum, idleBounded, missingDecodedLength, parseQuery, splitTarget, uriDecode, verifiedBody, verifyRequest, awsUriEncode, type PayloadMode } from './sigv4.js';
@@ -204,6 +204,19 @@ interface Ctx {
 /** The request body, decoded and verified for its payload mode, failing when the client stalls. */
 function requestBody(ctx: Ctx): AsyncGenerator<Buffer> {
   return verifiedBody(idleBounded(ctx.raw, ctx.bodyIdleTimeoutMs), ctx.payload, ctx.raw.headers);
+}
+
+/**
+ * Reads a refused PUT's body to its end and drops it, checked and bounded as
+ * a stored one (chunk signatures, idle timeout, MAX_PUT_BYTES), so the
+ * refusal is answered on a connection that stays usable.
+ */
+async function discardBody(ctx: Ctx): Promise<void> {
+  let bytes = 0;
+  for await (const piece of requestBody(ctx)) {
+    bytes += piece.length;
+    if (bytes > MAX_PUT_BYTES) throw new S3Error('EntityTooLarge', 400, 'Your proposed upload exceeds the maximum allowed size');
+  }
 }
 
 const etagHeader = (etag: string) => `"${etag}"`;
@@ -1112,6 +1125,16 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
     store.getBucket(bucket);
     checkAclHeaders(ctx.raw.headers);
     const tags = tagsOf(ctx);
+    if (condition !== undefined) {
+      try {
+        store.checkWriteCondition(bucket, key, condition);
+      } catch (err) {
+        // Refused before a byte is stored (no disk write, no space needed: a full pool
+        // still answers 412); the body is read to its end so the connection stays usable.
+        await discardBody(ctx);
+        throw err;
+      }
+    }
     const rec = await store.putObject(bucket, key, requestBody(ctx), {
       contentHeaders,
       userMeta,
@@ -1160,6 +1183,8 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
         throw new S3Error('InvalidRequest', 400, "This copy request is illegal because it is trying to copy an object to itself without changing the object's metadata, storage class, website redirect location or encryption attributes.");
       }
       const meta = directive === 'REPLACE' ? objectHeadersFrom(ctx.raw) : { contentHeaders: srcRec.contentHeaders, userMeta: srcRec.userMeta };
+      // A destination condition that already fails copies nothing (judged again in the flip).
+      if (condition !== undefined) store.checkWriteCondition(bucket, key, condition);
       const body = handle.read(0, srcRec.sizeBytes);
       handedOff = true;
       const rec = await store.putObject(bucket, key, body, { ...meta, expectedBytes: srcRec.sizeBytes, tags: replacedTags ?? srcRec.tags, condition });
