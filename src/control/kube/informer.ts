@@ -7,10 +7,16 @@ import { KubeApiError, resourcePath, type KubeClient, type KubeList, type KubeOb
 
 /** Deadline of one list request. */
 const LIST_TIMEOUT_MS = 10_000;
-/** The server ends a watch after this (with jitter): the client resumes it from the last resourceVersion. */
-const WATCH_TIMEOUT_S = 240;
-/** No byte for this long on a watch (bookmarks come about every minute): the connection is dead. */
-const WATCH_IDLE_TIMEOUT_MS = 150_000;
+/**
+ * The server ends a watch after this plus up to WATCH_JITTER_S: the client
+ * resumes it from the last resourceVersion (cheap: the apiserver's watch
+ * cache). Short, so that a connection silent for longer than the longest
+ * watch is dead (the apiserver sent bookmarks only every 2 minutes here).
+ */
+const WATCH_TIMEOUT_S = 60;
+const WATCH_JITTER_S = 30;
+/** No byte for this long on a watch, longer than any watch lasts: the connection is dead (no RST: a partition). */
+const WATCH_IDLE_TIMEOUT_MS = (WATCH_TIMEOUT_S + WATCH_JITTER_S + 30) * 1000;
 const RETRY_MIN_MS = 250;
 const RETRY_MAX_MS = 10_000;
 /** Bound on the cache: more objects of one kind than this are refused (a policy is a few hundred bytes). */
@@ -80,7 +86,7 @@ export class Informer<T extends KubeObject = KubeObject> {
     while (!this.stopped) {
       try {
         if (this.resourceVersion === null) await this.relist();
-        this.running = await this.client.watch(resourcePath(this.plural), this.resourceVersion!, { timeoutSeconds: WATCH_TIMEOUT_S + Math.floor(Math.random() * 60), idleTimeoutMs: WATCH_IDLE_TIMEOUT_MS }, (type, obj) => this.apply(type, obj as T));
+        this.running = await this.client.watch(resourcePath(this.plural), this.resourceVersion!, { timeoutSeconds: WATCH_TIMEOUT_S + Math.floor(Math.random() * WATCH_JITTER_S), idleTimeoutMs: WATCH_IDLE_TIMEOUT_MS }, (type, obj) => this.apply(type, obj as T));
         if (this.stopped) this.running.abort();
         await this.running.ended;
         this.running = null;
