@@ -29,6 +29,8 @@ export class ExportUnavailable extends StorageError {
  */
 export function unavailableReason(err: unknown, pool: string | undefined): string {
   const on = pool === undefined ? 'its pool' : `pool ${pool}`;
+  // The pool online, the volume's file on it gone (openOrCreate: with chunks in it, never made again empty).
+  if (err instanceof PoolOffline && isErrno(err.cause, 'ENOENT')) return `${on}: a data file of the volume is missing`;
   if (err instanceof PoolOffline) return `${on} is offline (its directory is missing or not writable)`;
   // The volume exists (the caller checked), so what is not found is a pool of its files.
   if (err instanceof NotFound) return `${on} is not configured`;

@@ -63,7 +63,7 @@ export class NbdServer implements ExportResolver {
    * index's chunk entries read, all on the event loop) made the first list
    * after a start with 10,000 volumes take 21-27 s with every other client
    * stalled. Only a volume that may not open (its pool offline or not
-   * configured, its last open failed) is opened to decide:
+   * configured, its file missing, its last open failed) is opened to decide:
    * that fails fast while the pool is out, and lists it again once the pool
    * is back (adopted by Pool.isOnline). A chunk left on a second pool by an
    * interrupted move, that pool offline, is listed and refused when asked.
@@ -82,7 +82,8 @@ export class NbdServer implements ExportResolver {
     };
     const out: { name: string; description: string }[] = [];
     for (const rec of manager.listVolumes()) {
-      const mayNotOpen = manager.openFailure(rec.name) !== undefined || !poolOnline(rec.poolName);
+      // Its file gone from an online pool (removed outside the daemon): one stat, ~2 us, against an open's fdatasync.
+      const mayNotOpen = manager.openFailure(rec.name) !== undefined || !poolOnline(rec.poolName) || !fs.existsSync(manager.pools.get(rec.poolName)!.volumeFile(rec.id));
       if (mayNotOpen) {
         try {
           manager.openVolume(rec.name);
