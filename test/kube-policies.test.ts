@@ -226,3 +226,51 @@ test('a volume whose heat passes the CR\'s high watermark moves cold -> hot, its
     for (const j of jobs) j.kill();
   }
 });
+
+/** Bytes the cold pools hold (the segment files' stripes). */
+async function coldUsedBytes(d: TestDaemon): Promise<number> {
+  const pools = (await (await fetch(`http://127.0.0.1:${d.info.api.port}/v1/pools`)).json()) as { tier: string; usedBytes: number }[];
+  return pools.filter((p) => p.tier === 'cold').reduce((n, p) => n + p.usedBytes, 0);
+}
+
+test('a changed k+m takes effect at the next start: 2+1 stripes stay readable, the cold tier runs 2+2, the status Applied again', async () => {
+  await cluster.create(ECP, 'ErasureCodingPolicy', 'ec-change', { dataShards: 2, parityShards: 1 });
+  const opts = { kubeconfig: kube.kubeconfig(), nodeName: 'node-d', ecPolicyName: 'ec-change', coldPools: 4 };
+  let d = await startKubeDaemon(opts);
+  daemons.push(d);
+  await createVolume(d, 'before', 4 * MiB, { tier: 'cold' });
+  const before = path.join(d.dataDir, 'before.bin');
+  randomFile(before, 2 * MiB);
+  nbdcopyIn(before, d.exportUri('before'));
+  assert.equal((await fetch(`http://127.0.0.1:${d.info.api.port}/v1/destage`, { method: 'POST' })).status, 200);
+  const used21 = await coldUsedBytes(d);
+  // Two 1 MiB stripes as 2+1: three 512 KiB shards each (and their headers).
+  assert.ok(used21 >= 3 * MiB && used21 < 3.5 * MiB, `2+1: ${used21} bytes on the cold pools`);
+
+  await cluster.patchSpec(ECP, 'ec-change', { parityShards: 2 });
+  const flagged = await untilNodeStatus(cluster, ECP, 'ec-change', 'node-d', (s) => condition(s, 'Applied')?.reason === 'RestartRequired');
+  assert.deepEqual({ phase: flagged.phase, k: flagged.activeDataShards, m: flagged.activeParityShards }, { phase: 'Active', k: 2, m: 1 });
+
+  assert.equal(await d.stop(), 0);
+  daemons.splice(daemons.indexOf(d), 1); // the restart below cleans the directory up
+  d = await startKubeDaemon({ ...opts, dataDir: d.dataDir });
+  daemons.push(d);
+  const policy = (await coldStatus(d) as unknown as { policy: { dataShards: number; parityShards: number } }).policy;
+  assert.deepEqual([policy.dataShards, policy.parityShards], [2, 2]);
+  const s = await untilNodeStatus(cluster, ECP, 'ec-change', 'node-d', (x) => x.activeParityShards === 2 && condition(x, 'Applied')?.status === 'True');
+  assert.equal(s.observedGeneration, 2);
+  // The 2+1 stripes read back; new data is striped and read back too.
+  assert.ok(nbdcopyOut(d.exportUri('before'), path.join(d.dataDir, 'out1.bin'), 2 * MiB).equals(fs.readFileSync(before)));
+  await createVolume(d, 'after', 4 * MiB, { tier: 'cold' });
+  const afterFile = path.join(d.dataDir, 'after.bin');
+  randomFile(afterFile, 2 * MiB);
+  nbdcopyIn(afterFile, d.exportUri('after'));
+  assert.equal((await fetch(`http://127.0.0.1:${d.info.api.port}/v1/destage`, { method: 'POST' })).status, 200);
+  assert.ok(nbdcopyOut(d.exportUri('after'), path.join(d.dataDir, 'out2.bin'), 2 * MiB).equals(fs.readFileSync(afterFile)));
+  // Two more stripes as 2+2: four shards each.
+  const added = (await coldUsedBytes(d)) - used21;
+  assert.ok(added >= 4 * MiB && added < 4.5 * MiB, `2+2: ${added} bytes added to the cold pools`);
+  await reconcile(d, false);
+  const counted = await untilNodeStatus(cluster, ECP, 'ec-change', 'node-d', (x) => (x.stripes?.healthy ?? 0) >= 4);
+  assert.deepEqual([counted.stripes!.degraded, counted.stripes!.unrecoverable], [0, 0]);
+});
