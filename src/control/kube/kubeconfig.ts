@@ -1,7 +1,9 @@
 // Where the apiserver is and how to authenticate: a kubeconfig file's current
-// context, or the pod's service account. Own code, not @kubernetes/client-node's
-// KubeConfig: that package (2.x) loads undici 8, which needs Node >= 22.19
-// and throws on import under the Node 20 this daemon runs on.
+// context (token, token file, client certificate, basic auth), or the pod's
+// service account. Own code, not @kubernetes/client-node's KubeConfig: the
+// daemon needs only this and node:https for its four calls (2.x of that
+// package, the dependency when this was written, threw at import under Node
+// 20); exec and auth-provider users are refused with a clear message.
 import fs from 'node:fs';
 import path from 'node:path';
 import YAML from 'yaml';
