@@ -29,6 +29,11 @@ commands:
                                      volume's old file)
   volumes delete NAME                delete a volume and its data
   pools list                         list pools with usage
+  pools replace NAME [--discard-volumes]
+                                     a new, empty disk for a dead pool (mounted at its path): gives it the
+                                     pool's new identity; a cold pool is rebuilt from parity; a hot/warm
+                                     pool whose volumes had data only there is refused unless
+                                     --discard-volumes (those volumes then read as I/O errors)
   hardware scan [--json] [--sys-root DIR] [--no-smart]
                                      discover NVMe/SAS/SATA drives, SMART, suggested tier
   status                             control loop: policies, phase, decisions with reasons, migrations
@@ -101,6 +106,7 @@ async function main(argv: string[]): Promise<number> {
       json: { type: 'boolean' },
       'quarantine-damaged': { type: 'boolean' },
       'list-quarantine': { type: 'boolean' },
+      'discard-volumes': { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -114,6 +120,7 @@ async function main(argv: string[]): Promise<number> {
   for (const flag of ['quarantine-damaged', 'list-quarantine'] as const) {
     if (values[flag] && cmd !== 'fsck') throw new UsageError(`--${flag} goes with fsck only (couchestor fsck --${flag})`);
   }
+  if (values['discard-volumes'] && !(cmd === 'pools' && sub === 'replace')) throw new UsageError('--discard-volumes goes with pools replace only');
   const dataDir = values['data-dir'] ?? process.env.COUCHESTOR_DATA_DIR ?? 'couchestor-data';
   switch (cmd) {
     case 'serve':
@@ -130,7 +137,15 @@ async function main(argv: string[]): Promise<number> {
     case 'volumes':
       return volumes(dataDir, sub, rest, values);
     case 'pools':
-      if (sub !== 'list') throw new UsageError('pools: expected "list"');
+      if (sub === 'replace') {
+        const name = rest[0];
+        if (name === undefined || rest.length > 1) throw new UsageError('pools replace: expected one pool name');
+        const discardVolumes = values['discard-volumes'] === true;
+        // Offline, no cold tier opened (the journal's pool replaced: it refuses to open); a cold
+        // pool's rebuild is then the next start's (its interrupted-rebuild record).
+        return print(await call(dataDir, 'POST', '/v1/pools/replace', { pool: name, discardVolumes }, (m) => m.replacePool(name, { discardVolumes }), 'pools replace', { coldTier: false }), values.json);
+      }
+      if (sub !== 'list') throw new UsageError('pools: expected "list" or "replace"');
       return print(await call(dataDir, 'GET', '/v1/pools', undefined, offlinePoolsList, 'pools list'), values.json);
     case 'fsck': {
       if (values['quarantine-damaged'] && values['list-quarantine']) throw new UsageError('fsck: --quarantine-damaged and --list-quarantine do not go together');
@@ -297,7 +312,7 @@ function requireDaemon(dataDir: string): void {
  * daemon still starting holds the lock: the command is refused, nothing opened.
  * `direct` null: the command needs a daemon (never opens the directory itself).
  */
-async function call<T>(dataDir: string, method: string, urlPath: string, body: unknown, direct: ((m: Manager) => Promise<T>) | null, role: string): Promise<T> {
+async function call<T>(dataDir: string, method: string, urlPath: string, body: unknown, direct: ((m: Manager) => Promise<T>) | null, role: string, opts: { coldTier?: boolean } = {}): Promise<T> {
   let st = readDaemonState(dataDir);
   let lock: DataDirLock | null = null;
   if (!st && direct === null) requireDaemon(dataDir); // throws: no daemon serves
@@ -321,7 +336,7 @@ async function call<T>(dataDir: string, method: string, urlPath: string, body: u
     // pool directories, and must work in the state it diagnoses (the journal's hot pool missing:
     // the cold tier refuses to open, and `pools list` is what tells the operator which disk to mount).
     // A write still opens it, and is refused there with that message.
-    const manager = await openLocked(dataDir, lock!, role, { coldTier: method !== 'GET' });
+    const manager = await openLocked(dataDir, lock!, role, { coldTier: opts.coldTier ?? method !== 'GET' });
     try {
       return await direct!(manager);
     } finally {
@@ -350,7 +365,8 @@ async function offlinePoolsList(m: Manager): Promise<(PoolRecord & { usedBytes: 
       const holds = p === journalPool ? "it holds the cold tier's journal (writes not yet destaged): the daemon does not start without it" : p.rec.tier === 'cold' ? 'its shards read degraded (or not at all) until it is back' : 'the volume files on it cannot be opened until it is back';
       // One the configuration no longer names (a retired pool: the index keeps every pool's record) may be gone for good.
       const advice = p !== journalPool && m.configuredPools !== null && !m.configuredPools.has(p.name) ? ' (the configuration no longer names it: `couchestor fsck` says whether anything is still on it)' : '. Mount its disk';
-      process.stderr.write(`couchestor: pool ${p.name} (${p.rec.tier}) is offline: its directory ${p.rec.path} is missing or not writable; ${holds}${advice}\n`);
+      const why = p.offlineButPresent() ? (p.offlineReason() ?? 'its directory is not the pool') : `its directory ${p.rec.path} is missing or not writable`;
+      process.stderr.write(`couchestor: pool ${p.name} (${p.rec.tier}) is offline: ${why}; ${holds}${p.offlineButPresent() ? '' : advice}\n`);
       if (p.rec.tier === 'cold') usedBytes = null;
     } else if (p.rec.tier === 'cold') {
       usedBytes = await segmentFilesBytes(path.join(p.rec.path, 'segments'));

@@ -23,6 +23,7 @@ import { DataDirLock, DataDirLocked, readLockHolder } from './data-dir-lock.js';
 import { prepareHotPool } from './dataplane/objects/hot-segments.js';
 import type { Pool } from './dataplane/pools/pool.js';
 import { KubePolicies, readColdPolicyOnce, readyWithPolicySource, registerKubeMetrics, type ColdPolicyChoice } from './control/kube/index.js';
+import { dirEntries } from './dataplane/pools/identity.js';
 
 export const STATE_FILE = 'daemon.json';
 
@@ -103,7 +104,9 @@ function hasIndexOpen(pid: number, dataDir: string): boolean | null {
  * locks) a new pool's, and leaves a known pool's missing directory missing.
  */
 export function poolDirs(cfg: DaemonConfig): string[] {
-  return cfg.pools.map((p) => resolvePoolPath(cfg, p)).filter((dir) => fs.existsSync(dir));
+  // Nor one with nothing in it: an unmounted disk's mount point must not get a lock file
+  // (which would pass for a pool of an earlier version's layout: pools/identity.ts).
+  return cfg.pools.map((p) => resolvePoolPath(cfg, p)).filter((dir) => fs.existsSync(dir) && dirEntries(dir).length > 0);
 }
 
 /**
@@ -120,7 +123,12 @@ function adoptWhenBack(pool: Pool, dataDir: string): void {
   let locked = false;
   pool.adoptWhenBack(() => {
     const lock = DataDirLock.heldFor(dataDir);
-    if (lock && !locked) lock.lockPools([pool.rec.path], lock.role);
+    try {
+      if (lock && !locked) lock.lockPools([pool.rec.path], lock.role);
+    } catch (err) {
+      // Locked at start already (a directory present but not the pool then: poolDirs took it).
+      if (!(err instanceof DataDirLocked && err.holderPid === process.pid)) throw err;
+    }
     locked = true;
     if (pool.rec.tier === 'hot') prepareHotPool(pool);
   });
@@ -150,10 +158,10 @@ export async function openManager(cfg: DaemonConfig, opts: { coldTier: boolean; 
         if (known !== undefined && path.resolve(known.rec.path) === dir) {
           const replaced =
             p.tier === 'cold'
-              ? `make the directory and run \`couchestor rebuild ${p.name}\``
+              ? `make the directory (empty) and run \`couchestor pools replace ${p.name}\` (its shards are rebuilt from parity)`
               : p.name === journalPool
-                ? "make the directory and an empty journal/ in it (the cold tier's journal it held is lost: the acknowledged writes to cold volumes not yet destaged; serve refuses to start until journal/ is there; and the volume files it held: their volumes stay unavailable)"
-                : 'make the directory (the volume files it held are lost: their volumes stay unavailable)';
+                ? `make the directory and an empty journal/ in it (the cold tier's journal it held is lost: the acknowledged writes to cold volumes not yet destaged; serve refuses to start until journal/ is there; and the volume files it held: their volumes read as I/O errors), running \`couchestor pools replace ${p.name} --discard-volumes\` on the empty directory before making journal/`
+                : `make the directory (empty) and run \`couchestor pools replace ${p.name}\` (with --discard-volumes when volumes had data only there: they then read as I/O errors)`;
           log.warn(`pool directory missing: the pool is offline (not made again); mount its disk; for a replaced disk, ${replaced}`, { pool: p.name, path: dir });
           adoptWhenBack(known, cfg.dataDir);
           continue;
@@ -170,14 +178,28 @@ export async function openManager(cfg: DaemonConfig, opts: { coldTier: boolean; 
           continue;
         }
         created.push(dir);
+      } else if (known !== undefined && path.resolve(known.rec.path) === dir && known.offlineButPresent()) {
+        // There, but not the pool (pools/identity.ts): an unmounted disk's empty mount point,
+        // another pool's disk, another node's. Offline as a missing one, its record untouched
+        // (capacity: auto would be the wrong filesystem's); used once its identity is there.
+        log.warn(`pool directory is not the pool: the pool is offline; ${known.offlineReason() ?? 'its identity does not match'}`, { pool: p.name, path: dir });
+        adoptWhenBack(known, cfg.dataDir);
+        continue;
+      } else if (known === undefined && dirEntries(dir).length === 0) {
+        created.push(dir); // a new pool in an empty directory: not locked by poolDirs
       }
-      await manager.putPool({
+      const pool = await manager.putPool({
         name: p.name,
         tier: p.tier,
         path: dir,
         capacityBytes: poolCapacityBytes(cfg, p),
         labels: { tier: p.tier, ...p.labels },
       });
+      // A known pool given a new path that exists: its identity there decides.
+      if (known !== undefined && pool.offlineButPresent()) {
+        log.warn(`pool directory at the pool's new path is not the pool: the pool is offline; ${pool.offlineReason() ?? ''}`, { pool: p.name, path: dir });
+        adoptWhenBack(pool, cfg.dataDir);
+      }
     }
     // A new pool's directory, made just now: locked as the existing ones were (poolDirs), before anything uses it.
     const lock = DataDirLock.heldFor(cfg.dataDir);

@@ -120,6 +120,9 @@ test('a pool lost while the daemon is down and replaced by an empty directory be
   try {
     await d.kill();
     loseAndReplacePool(d, 1);
+    // The new disk's empty directory is not the pool until `pools replace` gives it the pool's identity.
+    const replaced = d.cli('pools', 'replace', 'cold-1');
+    assert.equal(replaced.status, 0, replaced.stderr);
     d = await TestDaemon.start({ dataDir });
     assertSameBytes(readExport(d, 'c1', out), model, 'cold-1 replaced empty before start-up');
     assert.deepEqual((await scrub(d)).stripes, ALL_HEALTHY);

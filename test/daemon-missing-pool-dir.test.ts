@@ -72,7 +72,7 @@ test('a cold pool missing at start: reads degraded but byte-exact, destage waits
   const ready = await api<{ reasons: string[] }>(d, '/readyz');
   assert.equal(ready.status, 503);
   assert.deepEqual(ready.body.reasons, [`pool cold-2 missing (${cold2})`]);
-  assert.match(d.stderr, /pool directory missing: the pool is offline \(not made again\); mount its disk; for a replaced disk, make the directory and run `couchestor rebuild cold-2`.*pool=cold-2/);
+  assert.match(d.stderr, /pool directory missing: the pool is offline \(not made again\); mount its disk; for a replaced disk, make the directory \(empty\) and run `couchestor pools replace cold-2`.*pool=cold-2/);
   await dropCache(d);
   assertSameBytes(readExport(d, 'c1', path.join(work, 'out.bin')), model, 'c1 with cold-2 missing at start');
   const st = await coldStatus(d);
@@ -121,7 +121,7 @@ test('a warm pool missing at start: its volume fails to export (offline), no emp
   d = await TestDaemon.start({ dataDir: d0.dataDir });
 
   assert.equal(fs.existsSync(warm0), false, 'not made again');
-  assert.match(d.stderr, /pool directory missing: the pool is offline \(not made again\); mount its disk; for a replaced disk, make the directory \(the volume files it held are lost.*pool=warm-0/);
+  assert.match(d.stderr, /pool directory missing: the pool is offline \(not made again\); mount its disk; for a replaced disk, make the directory \(empty\) and run `couchestor pools replace warm-0` \(with --discard-volumes.*pool=warm-0/);
   const ready = await api<{ reasons: string[] }>(d, '/readyz');
   assert.equal(ready.status, 503);
   assert.deepEqual(ready.body.reasons, [`pool warm-0 missing (${warm0})`]);

@@ -43,7 +43,7 @@ function lostPoolBytes(dir: string): number {
   let bytes = 0;
   for (const rel of fs.readdirSync(path.join(dir, LOST), { recursive: true }) as string[]) {
     const st = fs.statSync(path.join(dir, LOST, rel));
-    if (st.isFile()) bytes += st.size;
+    if (st.isFile() && rel !== '.couchestor-pool') bytes += st.size; // the pool identity is not a rebuild's
   }
   return bytes;
 }

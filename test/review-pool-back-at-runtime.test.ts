@@ -47,9 +47,12 @@ test('a hot pool missing at start and made again (replaced disk) while the daemo
   assert.equal(fs.existsSync(hot1), false);
   assert.equal(await readyStatus(env.daemon), 503);
 
-  // The operator makes its directory on the new disk (README), the daemon running;
-  // another data directory holds it first: it stays offline here, said once.
+  // The operator makes its directory on the new disk and runs `pools replace` (README), the
+  // daemon running; another data directory holds it first: it stays offline here, said once.
   fs.mkdirSync(hot1);
+  assert.equal(await readyStatus(env.daemon), 503, 'an empty directory without the pool identity is not the pool');
+  const replaced = spawnSync(process.execPath, [CLI, 'pools', 'replace', 'hot-1', '--data-dir', dataDir], { encoding: 'utf8' });
+  assert.equal(replaced.status, 0, `pools replace hot-1: ${replaced.stderr}`);
   const otherHolder = fs.mkdtempSync(path.join(path.dirname(dataDir), 'review-pool-back-holder-'));
   t.after(() => fs.rmSync(otherHolder, { recursive: true, force: true }));
   const holder = DataDirLock.acquire(otherHolder, 'test');

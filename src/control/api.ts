@@ -160,6 +160,18 @@ export function buildApi(
       throw err;
     }
   });
+  // `couchestor pools replace`: a new, empty disk for a dead pool (VolumeManager.replacePool); a cold one is rebuilt before the answer.
+  app.post<{ Body: { pool?: string; discardVolumes?: boolean } }>('/v1/pools/replace', async (req, reply) => {
+    const pool = req.body?.pool;
+    if (typeof pool !== 'string' || pool === '' || (req.body.discardVolumes !== undefined && typeof req.body.discardVolumes !== 'boolean')) {
+      return reply.code(400).send({ error: 'InvalidArgument', message: 'body must be {"pool": "<pool name>", "discardVolumes"?: boolean}' });
+    }
+    const replaced = await manager.replacePool(pool, { discardVolumes: req.body.discardVolumes === true });
+    const cold = manager.cold;
+    if (replaced.tier !== 'cold' || cold === null) return replaced;
+    const report = await cold.reconstructor.rebuildPool(pool);
+    return { ...replaced, rebuild: report, stripes: cold.reconstructor.counts() };
+  });
   app.delete<{ Params: { name: string } }>('/v1/volumes/:name', async (req, reply) => {
     await manager.deleteVolume(req.params.name);
     reply.code(204);

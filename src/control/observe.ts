@@ -25,7 +25,7 @@ export function healthChecks(manager: VolumeManager, isOpen: () => boolean): Hea
       const reasons: string[] = [];
       if (!isOpen()) reasons.push('metadata not open');
       if (manager.meta.failed) reasons.push(manager.meta.failed.message);
-      for (const p of manager.pools.values()) if (!p.isOnline()) reasons.push(`pool ${p.name} missing (${p.rec.path})`);
+      for (const p of manager.pools.values()) if (!p.isOnline()) reasons.push(p.offlineButPresent() ? `pool ${p.name} offline (${p.rec.path}): ${p.offlineReason() ?? 'not the pool'}` : `pool ${p.name} missing (${p.rec.path})`);
       for (const v of manager.openVolumes()) if (v.failed) reasons.push(`volume ${v.name} failed: ${v.failed.message}`);
       return { ok: reasons.length === 0, reasons };
     },

@@ -398,6 +398,7 @@ function checkPoolDirs(manager: VolumeManager, report: FsckReport, progress: (li
     }
     // The daemon takes a pool it cannot write offline (Pool.isOnline: a file system remounted
     // read-only after a disk error): its volumes do not open, and the journal's stops serve.
+    if (problem === null && pool.offlineButPresent()) problem = `not the pool: ${pool.offlineReason() ?? 'its identity does not match'}`;
     if (problem === null && !pool.isOnline()) problem = 'directory not writable (a read-only file system?): the daemon takes the pool offline';
     if (problem === null) continue;
     out.set(pool.name, problem);
@@ -412,7 +413,7 @@ function checkPoolDirs(manager: VolumeManager, report: FsckReport, progress: (li
       pool === journalPool
         ? `the cold tier's journal: its acknowledged writes not yet destaged are unreachable until its disk is mounted (serve refuses to start); and ${files}`
         : pool.rec.tier === 'cold'
-          ? `shards of cold stripes: they read degraded (or not at all) until its disk is mounted (a replaced disk: make the directory and run \`couchestor rebuild ${pool.name}\`)`
+          ? `shards of cold stripes: they read degraded (or not at all) until its disk is mounted (a replaced disk: mount it, make the directory empty and run \`couchestor pools replace ${pool.name}\`)`
           : `${files}, until its disk is mounted`;
     report.unreachablePools.push({ pool: pool.name, tier: pool.rec.tier, path: dir, problem, holds });
     // One the configuration no longer names is told at the end, once what is on it is known (retiredPools).

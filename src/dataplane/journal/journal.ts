@@ -236,7 +236,7 @@ export const JOURNAL_DOWNGRADE_GUARD_LABEL = 'NOT-A-JOURNAL-FILE-keeps-builds-be
  * (only by hand: a number is never reused, a name never changes) are
  * refused: which one holds the journal's records cannot be told.
  */
-function journalFileEntries(dir: string): { name: string; no: number; nonce: number | null }[] {
+export function journalFileEntries(dir: string): { name: string; no: number; nonce: number | null }[] {
   const entries = fs
     .readdirSync(dir)
     .flatMap((name) => {
@@ -306,6 +306,17 @@ export class Journal {
   stalledReason: string | null = null;
   /** Called when live bytes cross the destage threshold. */
   onPressure: (() => void) | null = null;
+  /**
+   * Told of each journal file whose name became durable (before the sync
+   * that made it resolves: before any FLUSH counting its records is
+   * answered) and of each file about to be removed or made a spare (before
+   * its unlink or rename). The index keeps the set (VolumeManager, LMDB db
+   * `journal-files`), so an open can tell a journal whose files were taken
+   * away (`rm journal/*.log`, an old backup restored) from one that was
+   * destaged: a file recorded and missing held acknowledged writes.
+   * Both are synchronous and durable on return; a throw fails the journal.
+   */
+  fileLog: { named(no: number): void; removing(no: number): void } | null = null;
 
   private constructor(
     readonly dir: string,
@@ -503,6 +514,11 @@ export class Journal {
   }
 
   /** Spare files kept for reuse (names), oldest first. */
+  /** Numbers of the live journal files whose names are durable (fileLog's set, as this process knows it). */
+  namedFileNos(): number[] {
+    return [...this.files.values()].filter((f) => f.named).map((f) => f.no);
+  }
+
   get spareFiles(): readonly string[] {
     return this.spares;
   }
@@ -868,6 +884,13 @@ export class Journal {
           syncNewEntry(path.join(this.dir, f.name), f.fd).then(
             () => {
               f.named = true;
+              // Recorded before this sync resolves: no FLUSH counting the file's records is answered before.
+              try {
+                this.fileLog?.named(f.no);
+              } catch (err) {
+                this.fail(err as Error);
+                throw this.failure;
+              }
             },
             (err: Error) => {
               // Removed meanwhile (all its records destaged): its name is not needed.
@@ -1017,6 +1040,14 @@ export class Journal {
     // the file stays in `files`, so close() closes its descriptor.
     if (this.failure) return;
     if (f === this.head || f.liveBytes > 0 || f.removeHolds > 0) return;
+    // Out of the index's set first (durable), then unlinked or renamed: a crash between leaves the
+    // file there and unrecorded (replayed, every record destaged), never recorded and gone.
+    try {
+      this.fileLog?.removing(f.no);
+    } catch (err) {
+      this.fail(err as Error);
+      return;
+    }
     this.files.delete(f.no);
     this.removing.add(f);
     let removed!: () => void;
@@ -1234,7 +1265,11 @@ export class Journal {
   private async syncClosingMarker(f: JournalFile): Promise<boolean> {
     try {
       await new Promise<void>((resolve, reject) => fs.fdatasync(f.fd, (err) => (err ? reject(err) : resolve())));
-      if (!f.named) await syncNewEntry(path.join(this.dir, f.name), f.fd);
+      if (!f.named) {
+        await syncNewEntry(path.join(this.dir, f.name), f.fd);
+        f.named = true;
+        this.fileLog?.named(f.no);
+      }
       return true;
     } catch (err) {
       this.fail(err as Error);

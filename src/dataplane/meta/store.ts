@@ -3,6 +3,7 @@
 // await `durable()` which resolves once all earlier writes are synced.
 import { open, type RootDatabase, type Database } from 'lmdb';
 import { existsSync } from 'node:fs';
+import { randomUUID } from 'node:crypto';
 import { ensureDurableDir, syncDirSync } from '../dir-sync.js';
 import { MetadataFailed } from '../errors.js';
 import path from 'node:path';
@@ -17,6 +18,13 @@ export interface PoolRecord {
   tier: Tier;
   capacityBytes: number;
   labels: Record<string, string>;
+  /**
+   * The uuid in the pool directory's identity file (pools/identity.ts): the
+   * directory is this pool only while its identity names it. Absent: a record
+   * from a build before the identity (openManager writes one at start when the
+   * directory holds our layout).
+   */
+  uuid?: string;
 }
 
 export interface VolumeRecord {
@@ -47,6 +55,13 @@ export interface VolumeRecord {
    * and the volume's next move or `volumes release` writes the list.
    */
   keptFilePools?: string[];
+  /**
+   * Hot/warm pools replaced by `couchestor pools replace --discard-volumes`
+   * while chunks of this volume were only there: that data is gone, and the
+   * volume never opens again (reads are I/O errors, never zeros) until it is
+   * deleted.
+   */
+  lostOnPools?: string[];
 }
 
 /** Chunk states in the chunk map. Absent = never written (reads as zeros). */
@@ -123,7 +138,29 @@ export class MetaStore {
     readonly incompleteRebuilds: Database<IncompleteRebuildRecord, string>,
     /** Hot pool name -> the cold tier's journal directory made on it (journalMadeOn). */
     private readonly journalDirs: Database<string, string>,
+    /** 'id' -> this data directory's id (dataDirId), written in every pool identity. */
+    private readonly dataDirIdentity: Database<string, string>,
+    /**
+     * Journal file number -> 1 for every live journal file whose name is durable
+     * (Journal.fileLog): recorded before any FLUSH counting its records is
+     * answered, removed before the file is unlinked or made a spare. A recorded
+     * file missing at open held acknowledged writes (VolumeManager.refuseMissingJournalFiles).
+     */
+    readonly journalFiles: Database<number, number>,
   ) {}
+
+  /**
+   * This data directory's id, made (durably) the first time it is asked for.
+   * Every pool identity names it: a pool directory of another data directory
+   * (another node's disk) is never taken for one of ours.
+   */
+  dataDirId(): string {
+    const have = this.dataDirIdentity.get('id');
+    if (have !== undefined) return have;
+    const id = randomUUID();
+    this.dataDirIdentity.putSync('id', id);
+    return id;
+  }
 
   static open(dataDir: string): MetaStore {
     const dir = path.join(dataDir, 'meta');
@@ -145,6 +182,8 @@ export class MetaStore {
       root.openDB<number, [string, number]>({ name: 'segment-dead-bytes' }),
       root.openDB<IncompleteRebuildRecord, string>({ name: 'rebuild-incomplete' }),
       root.openDB<string, string>({ name: 'journal-dirs' }),
+      root.openDB<string, string>({ name: 'data-dir-identity' }),
+      root.openDB<number, number>({ name: 'journal-files' }),
     );
   }
 
@@ -166,6 +205,16 @@ export class MetaStore {
   markJournalMade(pool: string, dir: string): void {
     if (this.journalDirs.get(pool) === dir) return;
     this.journalDirs.putSync(pool, dir);
+  }
+
+  /** The cold tier's journal identity (journal/.couchestor-journal) recorded at its open, if any. */
+  journalId(): string | undefined {
+    return this.dataDirIdentity.get('journal-id');
+  }
+
+  /** Records the journal identity, durably, when it changed. */
+  setJournalId(id: string): void {
+    if (this.dataDirIdentity.get('journal-id') !== id) this.dataDirIdentity.putSync('journal-id', id);
   }
 
   /** Set once a commit failed (see durable). */

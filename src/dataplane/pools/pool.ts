@@ -1,17 +1,50 @@
 // A pool is a directory on some media with a tier label and a capacity.
 // Capacity is enforced logically (allocated chunks), so a full pool gives a
 // clean NoSpace before the filesystem itself fills.
-import { accessSync, constants, statfsSync } from 'node:fs';
+import { accessSync, constants, statSync, statfsSync } from 'node:fs';
 import path from 'node:path';
 import { NoSpace, PoolOffline } from '../errors.js';
 import type { PoolRecord } from '../meta/store.js';
 import { ensureDurableDir } from '../dir-sync.js';
 import { log } from '../../log.js';
+import { identityProblem, readPoolIdentity, writePoolIdentity } from './identity.js';
 
 export class Pool {
   usedBytes = 0;
+  /**
+   * The directory (dev:ino:birth) whose identity matched (identityProblem):
+   * not read again while the path is that directory. null: none yet.
+   */
+  private verifiedDir: string | null = null;
+  /** Why the last isOnline() said no: null while online. */
+  private offline: string | null = null;
 
-  constructor(readonly rec: PoolRecord) {}
+  /**
+   * `dataDirId` (MetaStore.dataDirId): with it and a record carrying a uuid,
+   * the directory counts only while its identity file names this pool of this
+   * data directory. Without either (a record from a build before the identity,
+   * not yet upgraded by openManager; a bare stripe store in tests) only the
+   * directory's presence counts, as before.
+   */
+  constructor(
+    private record: PoolRecord,
+    readonly dataDirId: string | null = null,
+  ) {}
+
+  get rec(): PoolRecord {
+    return this.record;
+  }
+
+  /**
+   * `pools replace`: the pool's directory now holds a new identity (`rec`
+   * carries its uuid). The next isOnline() checks it, then runs adoptWhenBack's
+   * hook (lock, hot pool layout) as for a directory come back.
+   */
+  replacedBy(rec: PoolRecord): void {
+    this.record = rec;
+    this.verifiedDir = null;
+    this.legacyUpgrade = null;
+  }
 
   get name(): string {
     return this.rec.name;
@@ -24,6 +57,13 @@ export class Pool {
   volumeFile(volumeId: number): string {
     return path.join(this.volumesDir, `${volumeId}.dat`);
   }
+
+  /**
+   * A pool of a build before the identity (VolumeManager.legacyPool): writes
+   * the identity (and the record's uuid) when the directory holds our layout;
+   * false while it does not. Cleared once it wrote it.
+   */
+  legacyUpgrade: (() => boolean) | null = null;
 
   /** Set by adoptWhenBack: run once before the pool counts as online again. */
   private adopt: (() => void) | null = null;
@@ -38,12 +78,31 @@ export class Pool {
     this.adopt = adopt;
   }
 
-  /** True when the directory exists and is writable (and, after adoptWhenBack, has been adopted). */
+  /**
+   * True when the directory exists and is writable, holds this pool's identity
+   * (checked until it matched once) and, after adoptWhenBack, has been adopted.
+   */
   isOnline(): boolean {
+    let dirKey: string;
     try {
+      const st = statSync(this.rec.path, { bigint: true });
       accessSync(this.rec.path, constants.W_OK | constants.R_OK);
+      dirKey = `${st.dev}:${st.ino}:${st.birthtimeNs}`;
     } catch {
+      this.offline = `directory ${this.rec.path} is missing or not writable`;
       return false;
+    }
+    if (this.verifiedDir !== dirKey && this.rec.uuid !== undefined && this.dataDirId !== null) {
+      // An empty mount point (disk not mounted), another pool's disk, or one of another node:
+      // offline with the same machinery as a missing directory, nothing written into it.
+      let problem = identityProblem(this.name, this.rec.uuid, this.dataDirId, this.rec.path);
+      if (problem !== null) problem = this.identityRepair(problem);
+      if (problem !== null) {
+        if (this.offline !== problem) log.error('pool directory is not the pool: the pool is offline', { pool: this.name, path: this.rec.path, why: problem });
+        this.offline = problem;
+        return false;
+      }
+      this.verifiedDir = dirKey;
     }
     if (this.adopt !== null) {
       try {
@@ -51,16 +110,59 @@ export class Pool {
       } catch (err) {
         if (!this.adoptRefusedLogged) log.error('pool directory back, but the pool stays offline', { pool: this.name, path: this.rec.path, err: (err as Error).message });
         this.adoptRefusedLogged = true;
+        this.offline = `directory ${this.rec.path} is back but not adopted: ${(err as Error).message}`;
         return false;
       }
       this.adopt = null;
       log.info('pool directory back: the pool is online again', { pool: this.name, path: this.rec.path });
     }
+    this.offline = null;
     return true;
   }
 
+  /**
+   * An identity missing where it may be written, or `problem` (null once
+   * written). A pool of an earlier version's layout gets one (legacyUpgrade).
+   * A pool this process had verified whose directory was replaced while it
+   * runs (removed and made again: the replace flow of the builds before
+   * `pools replace`, the scrub rebuilding onto it) gets its own again: the
+   * running daemon held the pool, so the new directory is its replacement.
+   * Never at a start: a directory without identity there is offline.
+   */
+  private identityRepair(problem: string): string | null {
+    const uuid = this.rec.uuid!;
+    try {
+      if (this.legacyUpgrade !== null) {
+        if (!this.legacyUpgrade()) return problem;
+        this.legacyUpgrade = null;
+      } else if (this.verifiedDir !== null && readPoolIdentity(this.rec.path) === null) {
+        writePoolIdentity(this.rec.path, { pool: this.name, poolUuid: uuid, dataDirId: this.dataDirId! });
+        log.warn('pool directory replaced while the daemon runs: taken as the pool\'s new disk (its identity written)', { pool: this.name, path: this.rec.path });
+      } else {
+        return problem;
+      }
+    } catch (err) {
+      return `${problem} (writing its identity failed: ${(err as Error).message})`;
+    }
+    return identityProblem(this.name, uuid, this.dataDirId!, this.rec.path);
+  }
+
+  /**
+   * Why the pool is offline (isOnline() asked now), or null when online.
+   * 'directory DIR is missing or not writable', or the identity problem.
+   */
+  offlineReason(): string | null {
+    return this.isOnline() ? null : this.offline;
+  }
+
+  /** Whether the pool is offline for a reason other than its directory missing or unwritable (identity, adoption). */
+  offlineButPresent(): boolean {
+    const why = this.offlineReason();
+    return why !== null && !why.endsWith('is missing or not writable');
+  }
+
   assertOnline(): void {
-    if (!this.isOnline()) throw new PoolOffline(`pool ${this.name}: directory ${this.rec.path} is missing or not writable`);
+    if (!this.isOnline()) throw new PoolOffline(`pool ${this.name}: ${this.offline ?? `directory ${this.rec.path} is missing or not writable`}`);
   }
 
   /**

@@ -2,11 +2,14 @@
 // and the cache of open Volume objects shared by every front-end connection.
 import fs from 'node:fs';
 import path from 'node:path';
-import { AlreadyExists, InvalidArgument, NoSuitablePool, NotFound, PoolOffline, TooFewOnlinePools } from '../errors.js';
+import { AlreadyExists, InvalidArgument, NoSuitablePool, NotFound, PoolOffline, TooFewOnlinePools, VolumeFailed } from '../errors.js';
 import { ChunkState, MetaStore, VOLUME_NAME_RE, type PoolRecord, type Tier, type VolumeRecord } from '../meta/store.js';
 import { Pool } from '../pools/pool.js';
+import { dirEntries, holdsPoolLayout, readPoolIdentity, writePoolIdentity, type PoolIdentity } from '../pools/identity.js';
+import { randomUUID } from 'node:crypto';
 import { Volume, type ColdTier } from './volume.js';
-import { Journal } from '../journal/journal.js';
+import { Journal, journalFileEntries } from '../journal/journal.js';
+import { JOURNAL_ID_FILE, ensureJournalId, readJournalId } from '../journal/journal-id.js';
 import { Destager, type DestagerOptions } from '../journal/destager.js';
 import { StripeStore, type StripeRef } from '../ec/stripe-store.js';
 import { Reconstructor } from '../ec/reconstruction.js';
@@ -59,9 +62,70 @@ export class VolumeManager {
   private readonly unopenable = new Map<string, { entry: UnavailableVolume; atMs: number }>();
   cold: (ColdTier & { destager: Destager; policy: ErasureCodingPolicy; reconstructor: Reconstructor }) | null = null;
 
+  /** This data directory's id (MetaStore.dataDirId), named in every pool identity. */
+  readonly dataDirId: string;
+
   constructor(readonly meta: MetaStore) {
-    for (const rec of meta.listPools()) this.pools.set(rec.name, new Pool(rec));
+    this.dataDirId = meta.dataDirId();
+    for (const rec of meta.listPools()) this.pools.set(rec.name, rec.uuid === undefined ? this.legacyPool(rec) : new Pool(rec, this.dataDirId));
+    // Each pool's identity checked now (an earlier version's gets one): a directory this process
+    // found to be the pool and that is later removed and made again is its replacement (the
+    // flow before `pools replace`: Pool.identityRepair); one not the pool now stays offline.
+    for (const p of this.pools.values()) p.isOnline();
     this.recomputeUsage();
+  }
+
+  /**
+   * A pool recorded by a build before the pool identity (no uuid): its
+   * directory gets an identity the first time it is seen holding our layout
+   * (holdsPoolLayout: the lock file, volumes/, journal/, segments/, objects/),
+   * file first, then the record. Seen empty (a disk not mounted, its mount
+   * point there) it is offline as one with an identity missing is, until its
+   * disk is back (or `pools replace`). The uuid is only in memory until then.
+   */
+  private legacyPool(rec: PoolRecord): Pool {
+    const dir = rec.path;
+    let found: PoolIdentity | null = null;
+    try {
+      found = readPoolIdentity(dir);
+    } catch {
+      // Judged by isOnline (identityProblem says why).
+    }
+    // An identity a crash left before its record (file first): this pool's, kept.
+    const uuid = found !== null && found.dataDirId === this.dataDirId && found.pool === rec.name ? found.poolUuid : randomUUID();
+    const pool = new Pool({ ...rec, uuid }, this.dataDirId);
+    pool.legacyUpgrade = () => {
+      if (readPoolIdentity(dir) === null) {
+        if (!holdsPoolLayout(dir)) return false;
+        writePoolIdentity(dir, { pool: rec.name, poolUuid: uuid, dataDirId: this.dataDirId });
+      }
+      // The same record with the uuid (the path, tier, capacity of the one in the index now).
+      const now = this.meta.pools.get(rec.name) ?? rec;
+      if (now.uuid === undefined) this.meta.pools.putSync(rec.name, { ...now, uuid });
+      log.info('pool directory from an earlier version: its pool identity is written', { pool: rec.name, path: dir, uuid });
+      return true;
+    };
+    return pool;
+  }
+
+  /**
+   * A pool new to the index: its directory's identity, written now (durable:
+   * file and directory fsync) unless one of this data directory is there (a
+   * crash between it and the record; a pool renamed in the configuration,
+   * same directory). Another data directory's identity is refused: that disk
+   * is another node's pool.
+   */
+  private newPoolUuid(rec: PoolRecord): string {
+    for (let attempt = 0; attempt < 2; attempt++) {
+      const found = readPoolIdentity(rec.path);
+      if (found !== null) {
+        if (found.dataDirId !== this.dataDirId) throw new InvalidArgument(`pool ${rec.name}: ${rec.path} holds the identity of pool ${found.pool} of another data directory (id ${found.dataDirId}): that disk belongs to another node's pool; give pool ${rec.name} an empty directory`);
+        return found.poolUuid;
+      }
+      const uuid = randomUUID();
+      if (writePoolIdentity(rec.path, { pool: rec.name, poolUuid: uuid, dataDirId: this.dataDirId })) return uuid;
+    }
+    throw new Error(`pool ${rec.name}: the pool identity in ${rec.path} kept changing while it was written`);
   }
 
   static open(dataDir: string): VolumeManager {
@@ -84,11 +148,18 @@ export class VolumeManager {
    */
   async putPool(rec: PoolRecord, opts: { makeDir?: boolean } = {}): Promise<Pool> {
     if (opts.makeDir !== false) ensureDurableDir(rec.path);
-    await this.meta.pools.put(rec.name, rec);
     const existing = this.pools.get(rec.name);
-    const pool = new Pool(rec);
+    const recorded = this.meta.pools.get(rec.name);
+    // The uuid stays the index's (the configuration does not carry it); a new pool's directory gets its identity first.
+    const uuid = rec.uuid ?? (recorded !== undefined ? recorded.uuid : this.newPoolUuid(rec));
+    const full: PoolRecord = uuid === undefined ? { ...rec } : { ...rec, uuid };
+    if (uuid === undefined) delete full.uuid;
+    await this.meta.pools.put(rec.name, full);
+    // A record from before the identity keeps the upgrade of legacyPool (its uuid in memory until written).
+    const pool = uuid === undefined ? this.legacyPool(full) : new Pool(full, this.dataDirId);
     if (existing) pool.usedBytes = existing.usedBytes;
     this.pools.set(rec.name, pool);
+    pool.isOnline(); // its identity checked now, as the constructor does
     return pool;
   }
 
@@ -155,7 +226,11 @@ export class VolumeManager {
     if (!hot) throw new NoSuitablePool('the journal needs a hot pool');
     if (hot.rec.tier !== 'hot') log.warn(`the cold tier's journal stays on pool ${hot.name}, now a ${hot.rec.tier} pool: it holds the acknowledged writes to cold volumes not yet destaged, and nothing moves them to another pool`, { pool: hot.name, path: this.journalDir() });
     // Its journal holds acknowledged writes not yet destaged: no start without it (openManager leaves a known pool's missing directory missing).
-    if (!hot.isOnline()) throw new PoolOffline(`pool ${hot.name} holds the cold tier's journal, and its directory ${hot.rec.path} is missing or not writable: mount its disk; a replaced disk's journal is lost (make the directory, and an empty journal/ in it, to start with an empty one)`);
+    if (!hot.isOnline()) {
+      // Present but not the pool (an empty mount point, another disk): no journal/ is made there.
+      if (hot.offlineButPresent()) throw new PoolOffline(`pool ${hot.name} holds the cold tier's journal, and its directory is not the pool: ${hot.offlineReason() ?? 'its identity does not match'}; the journal holds the acknowledged writes to cold volumes not yet destaged: mount the pool's disk (a replaced disk's journal is lost: \`couchestor pools replace ${hot.name} --discard-volumes\`, then an empty journal/ in it starts an empty one)`);
+      throw new PoolOffline(`pool ${hot.name} holds the cold tier's journal, and its directory ${hot.rec.path} is missing or not writable: mount its disk; a replaced disk's journal is lost (make the directory, and an empty journal/ in it after \`couchestor pools replace ${hot.name} --discard-volumes\`, to start with an empty one)`);
+    }
     const journalDir = this.journalDir()!;
     const journalExisted = fs.existsSync(journalDir);
     hot.ensureDirs();
@@ -167,6 +242,7 @@ export class VolumeManager {
     let highestDestagedSeq = opts.highestDestagedSeq ?? 0;
     if (opts.highestDestagedSeq === undefined) for (const h of this.highestDestagedSeqSlices(Number.MAX_SAFE_INTEGER)) highestDestagedSeq = h;
     if (!journalExisted) this.refuseLostJournal(hot.name, journalDir, highestDestagedSeq);
+    this.refuseMissingJournalFiles(hot.name, journalDir);
     const journal = Journal.open({
       dir: journalDir,
       chunkSizeBytes: policy.stripeSizeBytes,
@@ -177,6 +253,16 @@ export class VolumeManager {
     });
     // Its directory exists now: missing at a later start, it is a lost journal (refuseLostJournal).
     this.meta.markJournalMade(hot.name, journalDir);
+    // The index's set of journal files: the ones there now (replayed; one a crash left unrecorded
+    // included), then each named or removed as it happens (Journal.fileLog).
+    this.recordJournalFiles(journal.namedFileNos());
+    this.meta.setJournalId(ensureJournalId(journalDir, this.meta.journalId()));
+    journal.fileLog = {
+      named: (no) => this.meta.journalFiles.putSync(no, 1),
+      removing: (no) => {
+        if (this.meta.journalFiles.get(no) !== undefined) this.meta.journalFiles.removeSync(no);
+      },
+    };
     const destager = new Destager(journal, (id) => this.volumeById(id), opts);
     const reconstructor = new Reconstructor(
       stripes,
@@ -215,6 +301,52 @@ export class VolumeManager {
     );
   }
 
+  /**
+   * Throws when journal files the index recorded (Journal.fileLog: named,
+   * not yet removed after being fully destaged) are missing from `dir`: they
+   * held acknowledged writes to cold volumes not yet destaged, and an open
+   * without them drops those writes without a word (`rm journal/*.log`, an
+   * old backup of the journal restored, the wrong disk). An empty `journal/`
+   * made by the operator (no journal identity in it: JOURNAL_ID_FILE, which
+   * every open makes) is the accepted loss refuseLostJournal offers: its
+   * records are dropped and the open goes on. A journal identity other than
+   * the one the index recorded is another journal: refused.
+   */
+  refuseMissingJournalFiles(pool: string, dir: string): void {
+    const id = readJournalId(dir);
+    const recordedId = this.meta.journalId();
+    if (id !== null && recordedId !== undefined && id !== recordedId) {
+      throw new PoolOffline(`the cold tier's journal directory ${dir} on pool ${pool} holds another journal (id ${id}; the index's is ${recordedId}): the wrong disk or an old copy is there. Mount or restore the disk that holds this journal and start again; or, accepting the loss of the writes to cold volumes not yet destaged (their volumes read their older bytes), move ${dir} away and make an empty directory ${dir}: serve then starts with an empty journal`);
+    }
+    const recorded = [...this.meta.journalFiles.getKeys()];
+    if (recorded.length === 0) return;
+    const present = new Set(fs.existsSync(dir) ? journalFileEntries(dir).map((e) => e.no) : []);
+    const missing = recorded.filter((no) => !present.has(no));
+    if (missing.length === 0) return;
+    // The journal's identity (JOURNAL_ID_FILE, a dotfile: `rm journal/*` and `rm -r journal/*` leave it) says the
+    // directory is the journal that was in use; without it (and empty) it is the operator's new one.
+    if (!fs.existsSync(path.join(dir, JOURNAL_ID_FILE)) && present.size === 0) {
+      log.warn("the cold tier's journal directory was made again empty: the acknowledged writes to cold volumes not yet destaged in its lost files are dropped (their volumes read their older bytes)", { pool, dir, filesLost: missing.length });
+      this.recordJournalFiles([]);
+      return;
+    }
+    const names = missing.slice(0, 5).map((no) => `journal-${String(no).padStart(10, '0')}-*.log`);
+    throw new PoolOffline(
+      `the cold tier's journal in ${dir} on pool ${pool} is missing ${missing.length} of its files (${names.join(', ')}${missing.length > 5 ? ', ...' : ''}), which the index recorded and were not yet destaged: they hold acknowledged writes to cold volumes, and an open without them would drop those writes (were they removed, or is an older copy of the journal, or the wrong disk, there?). Restore them and start again; or, accepting the loss of those writes (their volumes read their older bytes), move ${dir} away and make an empty directory ${dir}: serve then starts with an empty journal`,
+    );
+  }
+
+  /** Makes the index's set of journal files exactly `nos` (one durable commit when it changes). */
+  private recordJournalFiles(nos: number[]): void {
+    const want = new Set(nos);
+    const have = [...this.meta.journalFiles.getKeys()];
+    if (have.length === want.size && have.every((no) => want.has(no))) return;
+    this.meta.journalFiles.transactionSync(() => {
+      for (const no of have) if (!want.has(no)) this.meta.journalFiles.removeSync(no);
+      for (const no of want) this.meta.journalFiles.putSync(no, 1);
+    });
+  }
+
   /** Every volume, opened (cold stripes are only known once a volume is open). */
   allVolumes(): Volume[] {
     return this.meta.listVolumes().map((r) => this.openVolume(r.name));
@@ -232,6 +364,72 @@ export class VolumeManager {
 
   getVolumeRecord(name: string): VolumeRecord | undefined {
     return this.meta.volumes.get(name);
+  }
+
+  /**
+   * `couchestor pools replace NAME`: the pool's disk died and a new, empty one
+   * is mounted at its path. Refused unless the directory is there and empty
+   * (a `lost+found` aside), and the pool is not online with its identity.
+   * A cold pool's shards are rebuilt from parity: the rebuild machinery learns
+   * every shard there is gone from an interrupted whole-pool rebuild record
+   * (the retry timer rebuilds the whole pool, checking each shard), run now
+   * when the cold tier is open (`rebuild`). A hot/warm pool holds single
+   * copies: a volume with chunks only there is refused unless
+   * `discardVolumes`, and is then marked lost (lostOnPools: it never opens,
+   * reads are I/O errors, never zeros, until deleted). Then a new identity is
+   * written into the directory (durable), the record gets its uuid, and the
+   * pool counts as online at its next use.
+   */
+  async replacePool(name: string, opts: { discardVolumes?: boolean } = {}): Promise<{ pool: string; tier: Tier; uuid: string; volumesLost: string[]; rebuild: 'queued' | 'none'; journalLost: boolean }> {
+    const pool = this.pools.get(name);
+    if (!pool) throw new NotFound(`no pool named ${name}`);
+    const dir = pool.rec.path;
+    if (!fs.existsSync(dir)) throw new InvalidArgument(`pool ${name}: directory ${dir} is missing: mount the new disk and make the directory (empty), then run \`couchestor pools replace ${name}\` again`);
+    if (pool.isOnline()) throw new InvalidArgument(`pool ${name} is online: ${dir} holds its identity; \`pools replace\` is for a new, empty disk replacing a dead one`);
+    const entries = dirEntries(dir).filter((n) => n !== 'lost+found');
+    if (entries.length > 0) {
+      throw new InvalidArgument(`pool ${name}: ${dir} is not empty (${entries.slice(0, 5).join(', ')}${entries.length > 5 ? ', ...' : ''}): \`pools replace\` takes a new, empty disk; ${pool.offlineReason() ?? ''}`);
+    }
+    const volumesLost: string[] = [];
+    let journalLost = false;
+    if (pool.rec.tier !== 'cold') {
+      for (const v of this.meta.listVolumes()) {
+        if ([...this.meta.volumeChunks(v.id)].some(({ entry }) => entry.state === ChunkState.Allocated && entry.pool === name)) volumesLost.push(v.name);
+      }
+      journalLost = this.meta.journalMadeOn(name);
+      if ((volumesLost.length > 0 || journalLost) && opts.discardVolumes !== true) {
+        const what = [
+          ...(volumesLost.length > 0 ? [`volumes ${volumesLost.join(', ')} have data only on it (${pool.rec.tier} pools hold single copies)`] : []),
+          ...(journalLost ? ["it held the cold tier's journal (the acknowledged writes to cold volumes not yet destaged)"] : []),
+        ];
+        throw new InvalidArgument(`pool ${name}: ${what.join('; ')}: replacing its disk loses that. If the old disk can be mounted, mount it instead; else run \`couchestor pools replace ${name} --discard-volumes\` (those volumes then read as I/O errors until deleted${journalLost ? '; serve refuses to start until an empty journal/ is made in the pool directory' : ''})`);
+      }
+    }
+    const uuid = randomUUID();
+    // The identity first (durable), then the index: a crash between leaves an identity the
+    // record does not name (offline, `pools replace` again after emptying the directory).
+    if (!writePoolIdentity(dir, { pool: name, poolUuid: uuid, dataDirId: this.dataDirId })) throw new InvalidArgument(`pool ${name}: an identity appeared in ${dir} meanwhile`);
+    const rec: PoolRecord = { ...pool.rec, uuid };
+    await this.meta.transaction(() => {
+      this.meta.pools.put(name, rec);
+      for (const v of volumesLost) {
+        const vr = this.meta.volumes.get(v);
+        if (vr) this.meta.volumes.put(v, { ...vr, lostOnPools: [...new Set([...(vr.lostOnPools ?? []), name])] });
+      }
+      // Every shard it held is gone: a whole-pool rebuild, as one cut (reconstruction.ts retryPool).
+      if (pool.rec.tier === 'cold') this.meta.incompleteRebuilds.put(name, { volumesSkipped: [], notRebuilt: 1, state: 'interrupted' });
+    });
+    await this.meta.durable();
+    for (const v of volumesLost) {
+      const open = this.open.get(v);
+      this.open.delete(v);
+      this.unopenable.delete(v);
+      if (open) await open.close().catch(() => undefined);
+    }
+    pool.replacedBy(rec);
+    if (pool.rec.tier !== 'cold') pool.usedBytes = 0;
+    log.warn('pool replaced: a new, empty disk with a new identity', { pool: name, path: dir, uuid, volumesLost: volumesLost.join(','), journalLost });
+    return { pool: name, tier: pool.rec.tier, uuid, volumesLost, rebuild: pool.rec.tier === 'cold' ? 'queued' : 'none', journalLost };
   }
 
   /** Picks the online pool of `tier` with the most free space that fits. */
@@ -403,6 +601,10 @@ export class VolumeManager {
   /** openVolume's work; `at.pool` names the pool being opened when it throws. */
   private openRecord(rec: VolumeRecord, at: { pool: string }): Volume {
     const name = rec.name;
+    if (rec.lostOnPools !== undefined && rec.lostOnPools.length > 0) {
+      at.pool = rec.lostOnPools[0]!;
+      throw new VolumeFailed(`volume ${name} lost its data on pool ${rec.lostOnPools.join(', ')}: the pool's disk was replaced (\`pools replace --discard-volumes\`); delete the volume (\`couchestor volumes delete ${name}\`)`);
+    }
     const states = new Uint8Array(Volume.chunkCount(rec.sizeBytes, rec.chunkSizeBytes));
     const chunkFile = new Uint8Array(states.length);
     // The placement pool's file first, then every other pool's file an
