@@ -63,7 +63,9 @@ export function toS3Error(err: unknown, ctx: ErrorContext): S3Error {
   if (err instanceof InvalidPart) return new S3Error('InvalidPart', 400, 'One or more of the specified parts could not be found. The part might not have been uploaded, or the specified entity tag might not have matched the part\'s entity tag.');
   if (err instanceof InvalidArgument) return new S3Error('InvalidArgument', 400, msg);
   if (err instanceof NoSpace) return new S3Error('ServiceUnavailable', 503, `no space: ${msg}`);
-  if (err instanceof NoSuitablePool || err instanceof PoolOffline || err instanceof MetadataFailed) return new S3Error('ServiceUnavailable', 503, msg);
+  // PoolOffline's message names the host's directories and files: the client is told the pool (the server logs the message).
+  if (err instanceof PoolOffline) return new S3Error('ServiceUnavailable', 503, `${/^pool ([^\s:]+)/.exec(msg)?.[0] ?? 'a storage pool'} is unavailable (offline, or its directory missing or replaced); the server log has the details`);
+  if (err instanceof NoSuitablePool || err instanceof MetadataFailed) return new S3Error('ServiceUnavailable', 503, msg);
   if (err instanceof Corrupt || err instanceof InsufficientShards) return new S3Error('InternalError', 500, `stored data is damaged: ${msg}`);
   return new S3Error('InternalError', 500, 'We encountered an internal error. Please try again.');
 }
