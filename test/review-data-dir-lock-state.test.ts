@@ -151,6 +151,10 @@ test('two data directories naming one pool directory (an absolute path): the sec
   assert.equal(fs.existsSync(path.join(second, 'meta')), false, 'the refused processes opened no index');
   assert.deepEqual(volumeNames(first.cli('volumes', 'list', '--json')), ['v1']);
   await first.stop();
+  // Its lock is free once the first daemon stopped; the directory is still the first data directory's pool (its
+  // identity, pools/identity.ts: it holds v1's file), so the second is refused for that, not for the lock.
   const r = cli(second, 'volumes', 'list', '--json');
-  assert.equal(r.status, 0, `the pool is free once the first daemon stopped: ${r.stderr}`);
+  assert.equal(r.status, 1, `the first data directory's pool taken by the second: ${r.stdout}`);
+  assert.doesNotMatch(r.stderr, inUse, 'the lock is free once the first daemon stopped');
+  assert.match(r.stderr, /pool hot-0: .*hot holds the identity of pool hot-0 of another data directory/);
 });
