@@ -24,11 +24,13 @@ export class ExportUnavailable extends StorageError {
 
 /**
  * Why the volume cannot be opened, for a client: the pool (`pool`, where
- * the open failed) and the kind of failure, never an error's own message
+ * the open failed; `poolPresent`: offline with its directory there) and the kind of failure, never an error's own message
  * (PoolOffline's and errno errors' name directories and files of the host).
  */
-export function unavailableReason(err: unknown, pool: string | undefined): string {
+export function unavailableReason(err: unknown, pool: string | undefined, poolPresent = false): string {
   const on = pool === undefined ? 'its pool' : `pool ${pool}`;
+  // Pool.offlineButPresent: the directory is there, but not as the pool (an empty mount point, another disk, not adopted).
+  if (err instanceof PoolOffline && poolPresent) return `${on} is offline (its directory is there but does not hold the pool: its disk not mounted, another disk, or in use elsewhere; the server log has the details)`;
   // The pool online, the volume's file on it gone (openOrCreate: with chunks in it, never made again empty).
   if (err instanceof PoolOffline && isErrno(err.cause, 'ENOENT')) return `${on}: a data file of the volume is missing`;
   if (err instanceof PoolOffline) return `${on} is offline (its directory is missing or not writable)`;

@@ -44,7 +44,9 @@ export class NbdServer implements ExportResolver {
     try {
       return manager.openVolume(target);
     } catch (err) {
-      throw new ExportUnavailable(unavailableReason(err, manager.openFailure(target)?.pool), { cause: err });
+      const pool = manager.openFailure(target)?.pool;
+      const present = pool !== undefined && (manager.pools.get(pool)?.offlineButPresent() ?? false);
+      throw new ExportUnavailable(unavailableReason(err, pool, present), { cause: err });
     }
   }
 
