@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { MiB, assertSameBytes, coldStatus, dropCache, readExport } from './helpers/cold.js';
+import { MiB, assertSameBytes, coldStatus, dropCache, fsckDataDir, readExport } from './helpers/cold.js';
 import { coldVolumeWithWork, startOrError, writeJournaled } from './helpers/missing-pool.js';
 
 test('journal log files removed (rm journal/*.log, and rm -r journal/*): serve refuses naming them; put back, the writes read back; an empty journal/ made by hand is the accepted loss', async (t) => {
@@ -29,6 +29,11 @@ test('journal log files removed (rm journal/*.log, and rm -r journal/*): serve r
   assert.ok(refused instanceof Error, 'serve must not start without the journal files holding acknowledged writes');
   assert.match(refused.message, /the cold tier's journal in .*journal on pool hot-0 is missing \d+ of its files \(journal-\d{10}-\*\.log.*which the index recorded and were not yet destaged/);
   assert.deepEqual(fs.readdirSync(journal).sort(), before, 'a refused start changes nothing in journal/');
+  // fsck says the same (journal.problem, exit 1) and changes nothing either.
+  const fsck = fsckDataDir(fx.dataDir);
+  assert.equal(fsck.status, 1, fsck.stdout);
+  assert.match(fsck.stderr, /journal: the cold tier's journal in .*journal on pool hot-0 is missing \d+ of its files/);
+  assert.deepEqual(fs.readdirSync(journal).sort(), before);
 
   // rm -r journal/* takes the rollback guard directory too: still refused (the journal identity is a dotfile).
   for (const n of fs.readdirSync(journal)) if (!n.startsWith('.')) fs.rmSync(path.join(journal, n), { recursive: true });

@@ -218,6 +218,10 @@ export async function fsck(manager: VolumeManager, progress: (line: string) => v
     // serve's rule (VolumeManager.refuseLostJournal): made there before, so missing now is a lost journal.
     report.journal.problem = `directory ${journalDir} is missing on pool ${journalPool!.name}, and cold volumes write through it: it was there before, and its acknowledged writes not yet destaged are gone if its disk was replaced or wiped (is the right disk mounted?); serve refuses to start (an empty journal/ made there accepts the loss)`;
     progress(`journal: ${report.journal.problem}`);
+  } else if (journalDir && manager.missingJournalFiles(journalPool!.name, journalDir)?.acceptedLoss === false) {
+    // serve's rule (VolumeManager.refuseMissingJournalFiles): files the index recorded, not yet destaged, are gone.
+    report.journal.problem = manager.missingJournalFiles(journalPool!.name, journalDir)!.problem;
+    progress(`journal: ${report.journal.problem}`);
   } else if (journalDir) {
     report.journal = { ...checkJournalDir(journalDir), problem: null };
     for (const d of report.journal.damaged) {

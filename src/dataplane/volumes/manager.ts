@@ -313,27 +313,41 @@ export class VolumeManager {
    * the one the index recorded is another journal: refused.
    */
   refuseMissingJournalFiles(pool: string, dir: string): void {
-    const id = readJournalId(dir);
-    const recordedId = this.meta.journalId();
-    if (id !== null && recordedId !== undefined && id !== recordedId) {
-      throw new PoolOffline(`the cold tier's journal directory ${dir} on pool ${pool} holds another journal (id ${id}; the index's is ${recordedId}): the wrong disk or an old copy is there. Mount or restore the disk that holds this journal and start again; or, accepting the loss of the writes to cold volumes not yet destaged (their volumes read their older bytes), move ${dir} away and make an empty directory ${dir}: serve then starts with an empty journal`);
-    }
-    const recorded = [...this.meta.journalFiles.getKeys()];
-    if (recorded.length === 0) return;
-    const present = new Set(fs.existsSync(dir) ? journalFileEntries(dir).map((e) => e.no) : []);
-    const missing = recorded.filter((no) => !present.has(no));
-    if (missing.length === 0) return;
-    // The journal's identity (JOURNAL_ID_FILE, a dotfile: `rm journal/*` and `rm -r journal/*` leave it) says the
-    // directory is the journal that was in use; without it (and empty) it is the operator's new one.
-    if (!fs.existsSync(path.join(dir, JOURNAL_ID_FILE)) && present.size === 0) {
-      log.warn("the cold tier's journal directory was made again empty: the acknowledged writes to cold volumes not yet destaged in its lost files are dropped (their volumes read their older bytes)", { pool, dir, filesLost: missing.length });
+    const found = this.missingJournalFiles(pool, dir);
+    if (found === null) return;
+    if (found.acceptedLoss) {
+      log.warn("the cold tier's journal directory was made again empty: the acknowledged writes to cold volumes not yet destaged in its lost files are dropped (their volumes read their older bytes)", { pool, dir, filesLost: found.missing });
       this.recordJournalFiles([]);
       return;
     }
+    throw new PoolOffline(found.problem);
+  }
+
+  /**
+   * What refuseMissingJournalFiles judges, without changing anything (fsck):
+   * null when nothing is missing; else the refusal's words, or acceptedLoss
+   * for an operator's empty journal/.
+   */
+  missingJournalFiles(pool: string, dir: string): { problem: string; missing: number; acceptedLoss: boolean } | null {
+    const id = readJournalId(dir);
+    const recordedId = this.meta.journalId();
+    if (id !== null && recordedId !== undefined && id !== recordedId) {
+      return { missing: 0, acceptedLoss: false, problem: `the cold tier's journal directory ${dir} on pool ${pool} holds another journal (id ${id}; the index's is ${recordedId}): the wrong disk or an old copy is there. Mount or restore the disk that holds this journal and start again; or, accepting the loss of the writes to cold volumes not yet destaged (their volumes read their older bytes), move ${dir} away and make an empty directory ${dir}: serve then starts with an empty journal` };
+    }
+    const recorded = [...this.meta.journalFiles.getKeys()];
+    if (recorded.length === 0) return null;
+    const present = new Set(fs.existsSync(dir) ? journalFileEntries(dir).map((e) => e.no) : []);
+    const missing = recorded.filter((no) => !present.has(no));
+    if (missing.length === 0) return null;
+    // The journal's identity (JOURNAL_ID_FILE, a dotfile: `rm journal/*` and `rm -r journal/*` leave it) says the
+    // directory is the journal that was in use; without it (and empty) it is the operator's new one.
+    const acceptedLoss = !fs.existsSync(path.join(dir, JOURNAL_ID_FILE)) && present.size === 0;
     const names = missing.slice(0, 5).map((no) => `journal-${String(no).padStart(10, '0')}-*.log`);
-    throw new PoolOffline(
-      `the cold tier's journal in ${dir} on pool ${pool} is missing ${missing.length} of its files (${names.join(', ')}${missing.length > 5 ? ', ...' : ''}), which the index recorded and were not yet destaged: they hold acknowledged writes to cold volumes, and an open without them would drop those writes (were they removed, or is an older copy of the journal, or the wrong disk, there?). Restore them and start again; or, accepting the loss of those writes (their volumes read their older bytes), move ${dir} away and make an empty directory ${dir}: serve then starts with an empty journal`,
-    );
+    return {
+      missing: missing.length,
+      acceptedLoss,
+      problem: `the cold tier's journal in ${dir} on pool ${pool} is missing ${missing.length} of its files (${names.join(', ')}${missing.length > 5 ? ', ...' : ''}), which the index recorded and were not yet destaged: they hold acknowledged writes to cold volumes, and an open without them would drop those writes (were they removed, or is an older copy of the journal, or the wrong disk, there?). Restore them and start again; or, accepting the loss of those writes (their volumes read their older bytes), move ${dir} away and make an empty directory ${dir}: serve then starts with an empty journal`,
+    };
   }
 
   /** Makes the index's set of journal files exactly `nos` (one durable commit when it changes). */
