@@ -40,10 +40,14 @@ export class NbdServer implements ExportResolver {
     const target = name === '' ? this.opts.defaultExport : name;
     if (!target) throw new NotFound('no default export configured');
     const manager = this.opts.manager;
-    if (!manager.getVolumeRecord(target)) throw new NotFound(`no volume named ${target}`);
+    const rec = manager.getVolumeRecord(target);
+    if (!rec) throw new NotFound(`no volume named ${target}`);
     try {
       return manager.openVolume(target);
     } catch (err) {
+      // Marked lost by `pools replace --discard-volumes`: it never opens again; the operator can only delete it.
+      const lost = rec.lostOnPools ?? [];
+      if (lost.length > 0) throw new ExportUnavailable(`its data was lost with pool ${lost.join(', ')}'s disk (replaced with \`pools replace --discard-volumes\`): it can only be deleted`, { cause: err });
       const pool = manager.openFailure(target)?.pool;
       const present = pool !== undefined && (manager.pools.get(pool)?.offlineButPresent() ?? false);
       throw new ExportUnavailable(unavailableReason(err, pool, present), { cause: err });
@@ -65,7 +69,7 @@ export class NbdServer implements ExportResolver {
    * index's chunk entries read, all on the event loop) made the first list
    * after a start with 10,000 volumes take 21-27 s with every other client
    * stalled. Only a volume that may not open (its pool offline or not
-   * configured, its file missing, its last open failed) is opened to decide:
+   * configured, its file missing, its data lost, its last open failed) is opened to decide:
    * that fails fast while the pool is out, and lists it again once the pool
    * is back (adopted by Pool.isOnline). A chunk left on a second pool by an
    * interrupted move, that pool offline, is listed and refused when asked.
@@ -85,7 +89,7 @@ export class NbdServer implements ExportResolver {
     const out: { name: string; description: string }[] = [];
     for (const rec of manager.listVolumes()) {
       // Its file gone from an online pool (removed outside the daemon): one stat, ~2 us, against an open's fdatasync.
-      const mayNotOpen = manager.openFailure(rec.name) !== undefined || !poolOnline(rec.poolName) || !fs.existsSync(manager.pools.get(rec.poolName)!.volumeFile(rec.id));
+      const mayNotOpen = manager.openFailure(rec.name) !== undefined || (rec.lostOnPools?.length ?? 0) > 0 || !poolOnline(rec.poolName) || !fs.existsSync(manager.pools.get(rec.poolName)!.volumeFile(rec.id));
       if (mayNotOpen) {
         try {
           manager.openVolume(rec.name);
