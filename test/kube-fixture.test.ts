@@ -1,8 +1,12 @@
 // The Kubernetes fixture (helpers/kube.ts) is a real apiserver: it serves its
 // version over TLS trusted from the fixture's CA, accepts a CRD and its
 // resources, rejects schema-invalid ones, enforces RBAC, streams watch events,
-// and keeps its data in etcd across an apiserver restart.
+// and keeps its data in etcd across an apiserver restart. A test process
+// killed without running its cleanup leaves neither etcd nor the apiserver
+// nor the temp dir behind.
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
 import fs from 'node:fs';
 import https from 'node:https';
 import { after, before, test } from 'node:test';
@@ -114,4 +118,56 @@ test('kube fixture: CRD and custom resource, schema enforced, RBAC enforced, wat
   const again = await kube.request('GET', `${WIDGETS}/w1`);
   assert.equal(again.status, 200, JSON.stringify(again.body));
   assert.equal(again.body.spec.size, 3);
+});
+
+/** Pids of the processes whose command line names `needle` (read from /proc). */
+function pidsNaming(needle: string): number[] {
+  const pids: number[] = [];
+  for (const e of fs.readdirSync('/proc')) {
+    if (!/^[0-9]+$/.test(e)) continue;
+    try {
+      const argv = fs.readFileSync(`/proc/${e}/cmdline`, 'utf8').split('\0');
+      if (argv.some((a) => a.includes(needle))) pids.push(Number(e));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return pids;
+}
+
+test('kube fixture: a test process killed (SIGKILL, or SIGTERM with no handler) leaves no etcd, no apiserver and no temp dir behind', async () => {
+  const helper = new URL('./helpers/kube.js', import.meta.url).href;
+  for (const signal of ['SIGKILL', 'SIGTERM'] as const) {
+    // A test file's process: starts the fixture, says where, then waits to be killed.
+    const child = spawn(process.execPath, ['--input-type=module', '-e', `
+      const { startKube } = await import(${JSON.stringify(helper)});
+      const kube = await startKube();
+      process.stdout.write(JSON.stringify({ dir: kube.dir }) + '\\n');
+      setInterval(() => undefined, 60_000);
+    `], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    child.stdout!.setEncoding('utf8').on('data', (c: string) => (out += c));
+    const started = Date.now();
+    while (!out.includes('\n')) {
+      assert.equal(child.exitCode, null, 'the child exited before the fixture started');
+      assert.ok(Date.now() - started < 120_000, 'fixture not started in the child within 120 s');
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const { dir } = JSON.parse(out) as { dir: string };
+    const fixture = () => [...pidsNaming(`--data-dir=${dir}/etcd`), ...pidsNaming(`--cert-dir=${dir}/certs`)];
+    try {
+      assert.equal(fixture().length, 2, `etcd and kube-apiserver running under ${dir}`);
+      const exited = once(child, 'exit');
+      child.kill(signal);
+      await exited;
+      const deadline = Date.now() + 30_000;
+      while (fixture().length > 0 || fs.existsSync(dir)) {
+        assert.ok(Date.now() < deadline, `${signal} of the test process: 30 s later still running ${JSON.stringify(fixture())}, temp dir ${fs.existsSync(dir) ? 'still there' : 'gone'}`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    } finally {
+      for (const pid of fixture()) process.kill(pid, 'SIGKILL');
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  }
 });

@@ -95,6 +95,23 @@ function binary(name: string): string {
   return p;
 }
 
+/**
+ * The fixture's watchdog (sh -c WATCHDOG_SH name DIR): one pid a line on stdin
+ * ("-PID": that one has exited; "done": stop() cleaned up, exit). At EOF
+ * without "done", SIGKILLs the pids it holds and removes DIR.
+ */
+const WATCHDOG_SH = `trap '' INT TERM HUP
+pids=' '
+while read -r line; do
+  case $line in
+    done) exit 0 ;;
+    -*) pids=$(printf '%s' "$pids" | sed "s/ \${line#-} / /") ;;
+    *) pids="$pids$line " ;;
+  esac
+done
+[ -n "\${pids# }" ] && kill -KILL $pids 2>/dev/null
+rm -rf "$1"`;
+
 async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const s = net.createServer();
@@ -161,10 +178,26 @@ export async function startKube(opts: KubeOptions = {}): Promise<KubeEnv> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-kube-'));
   const procs = new Set<ChildProcess>();
   // A test process that dies without stop() must not leave etcd or the apiserver behind.
+  // On a normal exit (an uncaught error, process.exit) this handler kills them:
   const reap = () => {
     for (const p of procs) p.kill('SIGKILL');
   };
   process.once('exit', reap);
+  // A SIGKILL or an unhandled SIGTERM of the test process runs no handler: a
+  // watchdog does it then. It reads the fixture's pids on a pipe from this
+  // process; when the pipe ends without "done" (this process is gone, however
+  // it died), it SIGKILLs them and removes the temp dir. Its own process group,
+  // ignoring INT/TERM/HUP: a Ctrl-C or a group kill of the test run reaches it
+  // without stopping it before it has cleaned up.
+  const watchdog = spawn('/bin/sh', ['-c', WATCHDOG_SH, 'couchestor-kube-watchdog', dir], { stdio: ['pipe', 'ignore', 'ignore'], detached: true });
+  watchdog.unref();
+  (watchdog.stdin as unknown as { unref(): void }).unref();
+  watchdog.stdin!.on('error', () => undefined); // the watchdog gone first: nothing to tell it
+  const guard = (p: ChildProcess) => {
+    watchdog.stdin!.write(`${p.pid}\n`);
+    p.once('exit', () => watchdog.stdin!.writable && watchdog.stdin!.write(`-${p.pid}\n`));
+  };
+  const dismissWatchdog = () => watchdog.stdin!.end('done\n');
 
   const tokens = new Map<string, string>();
   const token = () => crypto.randomBytes(24).toString('hex');
@@ -181,6 +214,7 @@ export async function startKube(opts: KubeOptions = {}): Promise<KubeEnv> {
   const cleanupOnError = async (err: unknown): Promise<never> => {
     for (const p of procs) await kill(p, 1000);
     process.off('exit', reap);
+    dismissWatchdog();
     fs.rmSync(dir, { recursive: true, force: true });
     throw err;
   };
@@ -201,6 +235,7 @@ export async function startKube(opts: KubeOptions = {}): Promise<KubeEnv> {
   ], { stdio: ['ignore', etcdFd, etcdFd] });
   fs.closeSync(etcdFd);
   procs.add(etcd);
+  guard(etcd);
   try {
     await waitReady('etcd', `${etcdUrl}/health`, {}, etcd, etcdLog, timeoutMs);
   } catch (err) {
@@ -230,6 +265,7 @@ export async function startKube(opts: KubeOptions = {}): Promise<KubeEnv> {
     apiserver = spawn(apiserverBin, apiArgs, { stdio: ['ignore', fd, fd] });
     fs.closeSync(fd);
     procs.add(apiserver);
+    guard(apiserver);
     const p = apiserver;
     p.once('exit', () => procs.delete(p));
     // The serving cert does not exist until the apiserver has written it: poll without CA checks, then load it.
@@ -373,6 +409,7 @@ export async function startKube(opts: KubeOptions = {}): Promise<KubeEnv> {
       await kill(apiserver);
       await kill(etcd);
       process.off('exit', reap);
+      dismissWatchdog();
       fs.rmSync(dir, { recursive: true, force: true });
     },
   };
