@@ -515,6 +515,56 @@ test('the ConfigMap\'s couchestor.yaml loads; the example StoragePolicy\'s selec
   checkAgainst(policy, pools, [ec.name]);
 });
 
+test('the DaemonSet puts the ConfigMap\'s couchestor.yaml into the data directory on the host (init container), not an empty subPath mount point the host-side CLI would take for defaults', async (t) => {
+  const ds = manifest('daemonset.yaml', 'DaemonSet') as any; // eslint-disable-line @typescript-eslint/no-explicit-any -- a manifest read field by field
+  const pod = ds.spec.template.spec;
+  const dataVol = pod.volumes.find((v: { hostPath?: { path: string } }) => v.hostPath?.path === '/var/lib/couchestor');
+  // No container mounts anything at a path inside the data directory: a subPath mount's target is
+  // created on the host (an empty file left there), and the file mounted is not the host's.
+  for (const c of [...(pod.initContainers ?? []), ...pod.containers]) {
+    for (const m of c.volumeMounts as { name: string; mountPath: string; subPath?: string }[]) {
+      assert.ok(!m.mountPath.startsWith('/var/lib/couchestor/'), `${c.name}: ${m.name} mounted inside the data directory at ${m.mountPath}`);
+    }
+  }
+  // Why it matters: the host's empty mount point loads as the embedded default, other pools than the ConfigMap's.
+  const cm = manifest('configmap.yaml', 'ConfigMap') as KubeObject & { data: Record<string, string> };
+  const emptyDir = fs.mkdtempSync(path.join(os.tmpdir(), 'kube-manifests-empty-'));
+  t.after(() => fs.rmSync(emptyDir, { recursive: true, force: true }));
+  fs.writeFileSync(path.join(emptyDir, 'couchestor.yaml'), '');
+  const cmDir = fs.mkdtempSync(path.join(os.tmpdir(), 'kube-manifests-cm-'));
+  t.after(() => fs.rmSync(cmDir, { recursive: true, force: true }));
+  fs.writeFileSync(path.join(cmDir, 'couchestor.yaml'), cm.data['couchestor.yaml']!);
+  const names = (dir: string) => loadConfig(dir).pools.map((p) => p.name);
+  assert.notDeepEqual(names(emptyDir), names(cmDir));
+
+  // The init container, run as the kubelet would (its command; the two paths, mounts in the pod, moved to temp dirs):
+  // the ConfigMap's file lands whole in the data directory; a second start with it unchanged writes nothing.
+  const init = (pod.initContainers ?? []).find((c: { name: string }) => c.name === 'config');
+  assert.ok(init, 'an init container "config"');
+  const cfgMount = init.volumeMounts.find((m: { name: string }) => m.name === 'config');
+  const dataMount = init.volumeMounts.find((m: { name: string }) => m.name === dataVol.name);
+  const argv = init.command as string[];
+  assert.deepEqual(argv.slice(-2), [`${cfgMount.mountPath}/couchestor.yaml`, `${dataMount.mountPath}/couchestor.yaml`]);
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), 'kube-manifests-pod-'));
+  t.after(() => fs.rmSync(root, { recursive: true, force: true }));
+  const [etc, data] = [path.join(root, 'etc'), path.join(root, 'data')];
+  fs.mkdirSync(etc);
+  fs.mkdirSync(data);
+  fs.writeFileSync(path.join(etc, 'couchestor.yaml'), cm.data['couchestor.yaml']!);
+  const { execFileSync } = await import('node:child_process');
+  const run = () => execFileSync(process.execPath, [...argv.slice(1, -2), path.join(etc, 'couchestor.yaml'), path.join(data, 'couchestor.yaml')], { encoding: 'utf8' });
+  assert.equal(argv[0], 'node');
+  assert.match(run(), /copied/);
+  assert.equal(fs.readFileSync(path.join(data, 'couchestor.yaml'), 'utf8'), cm.data['couchestor.yaml']);
+  assert.deepEqual(fs.readdirSync(data), ['couchestor.yaml'], 'no temp file left');
+  assert.deepEqual(names(data), names(cmDir));
+  assert.equal(run(), '', 'unchanged: not rewritten');
+  // The ConfigMap edited: the next start copies the new content over the old.
+  fs.writeFileSync(path.join(etc, 'couchestor.yaml'), cm.data['couchestor.yaml']!.replace('listenHost: 0.0.0.0', 'listenHost: 127.0.0.1'));
+  assert.match(run(), /copied/);
+  assert.equal(loadConfig(data).listenHost, '127.0.0.1');
+});
+
 test('RBAC: the ClusterRole lets the daemon list, watch, get and patch status; it refuses spec writes and a status PUT (403)', async () => {
   await ensureCreated(admin, manifest('namespace.yaml', 'Namespace'));
   for (const obj of loadManifests(path.join(DEPLOY_DIR, 'rbac.yaml'))) {
