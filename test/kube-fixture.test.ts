@@ -9,6 +9,7 @@ import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import fs from 'node:fs';
 import https from 'node:https';
+import net from 'node:net';
 import { after, before, test } from 'node:test';
 import { VersionApi } from '@kubernetes/client-node';
 import YAML from 'yaml';
@@ -169,5 +170,25 @@ test('kube fixture: a test process killed (SIGKILL, or SIGTERM with no handler) 
       for (const pid of fixture()) process.kill(pid, 'SIGKILL');
       fs.rmSync(dir, { recursive: true, force: true });
     }
+  }
+});
+
+test('kube fixture: a port taken between its pick and the bind (another fixture, any client) costs a retry on new ports, not a failed start', async () => {
+  // Two ports held by someone else, handed to the first attempt as if freePort() had just picked them.
+  const held = await Promise.all([0, 1].map(() => new Promise<net.Server>((resolve) => {
+    const s = net.createServer();
+    s.listen(0, '127.0.0.1', () => resolve(s));
+  })));
+  const [etcdClient, apiserver] = held.map((s) => (s.address() as net.AddressInfo).port);
+  let k: KubeEnv | undefined;
+  try {
+    k = await startKube({ firstPortsForTest: { etcdClient, apiserver } });
+    assert.notEqual(new URL(k.server).port, String(apiserver));
+    assert.match(fs.readFileSync(`${k.dir}/etcd.log`, 'utf8'), /address already in use/);
+    assert.match(k.apiserverLog(), /address already in use/);
+    assert.equal((await k.request('GET', '/version')).body.gitVersion, 'v1.37.2');
+  } finally {
+    await k?.stop();
+    for (const s of held) s.close();
   }
 });

@@ -21,6 +21,8 @@ export interface KubeOptions {
   users?: string[];
   /** Deadline for etcd and for the apiserver's /readyz, each start. Default 90 000 ms. */
   readyTimeoutMs?: number;
+  /** Tests of the fixture only: the ports the first start attempt uses (instead of free ones). */
+  firstPortsForTest?: { etcdClient?: number; apiserver?: number };
 }
 
 export interface KubeEnv {
@@ -111,6 +113,14 @@ while read -r line; do
 done
 [ -n "\${pids# }" ] && kill -KILL $pids 2>/dev/null
 rm -rf "$1"`;
+
+const PORT_ATTEMPTS = 3;
+
+/** A waitReady error of a process that exited because its port was taken (the log tail says so). */
+function portInUse(err: unknown): boolean {
+  const m = (err as Error).message;
+  return / exited \(/.test(m) && /address already in use/.test(m);
+}
 
 async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -221,31 +231,46 @@ export async function startKube(opts: KubeOptions = {}): Promise<KubeEnv> {
 
   // etcd: one member, loopback only; --unsafe-no-fsync because a test cluster
   // never survives a power cut, and fsync dominates its write latency.
-  const [clientPort, peerPort, apiPort] = [await freePort(), await freePort(), await freePort()];
-  const etcdUrl = `http://127.0.0.1:${clientPort}`;
-  const peerUrl = `http://127.0.0.1:${peerPort}`;
+  // Ports: free when picked, but another process (a second test file's fixture, any client's
+  // ephemeral port) may bind one before etcd or the apiserver does. A start that fails on
+  // "address already in use" is tried again on new ports (PORT_ATTEMPTS in all).
+  const firstPorts = opts.firstPortsForTest ?? {};
   const etcdLog = path.join(dir, 'etcd.log');
-  const etcdFd = fs.openSync(etcdLog, 'a');
-  const etcd = spawn(etcdBin, [
-    '--name=fixture', `--data-dir=${path.join(dir, 'etcd')}`,
-    `--listen-client-urls=${etcdUrl}`, `--advertise-client-urls=${etcdUrl}`,
-    `--listen-peer-urls=${peerUrl}`, `--initial-advertise-peer-urls=${peerUrl}`,
-    `--initial-cluster=fixture=${peerUrl}`, '--initial-cluster-state=new',
-    '--unsafe-no-fsync', '--log-level=warn',
-  ], { stdio: ['ignore', etcdFd, etcdFd] });
-  fs.closeSync(etcdFd);
-  procs.add(etcd);
-  guard(etcd);
-  try {
-    await waitReady('etcd', `${etcdUrl}/health`, {}, etcd, etcdLog, timeoutMs);
-  } catch (err) {
-    return cleanupOnError(err);
+  let etcdUrl = '';
+  let etcd!: ChildProcess;
+  for (let attempt = 1; ; attempt++) {
+    const clientPort = attempt === 1 && firstPorts.etcdClient ? firstPorts.etcdClient : await freePort();
+    const peerPort = await freePort();
+    etcdUrl = `http://127.0.0.1:${clientPort}`;
+    const peerUrl = `http://127.0.0.1:${peerPort}`;
+    fs.rmSync(path.join(dir, 'etcd'), { recursive: true, force: true }); // a failed attempt's member
+    const etcdFd = fs.openSync(etcdLog, 'a');
+    etcd = spawn(etcdBin, [
+      '--name=fixture', `--data-dir=${path.join(dir, 'etcd')}`,
+      `--listen-client-urls=${etcdUrl}`, `--advertise-client-urls=${etcdUrl}`,
+      `--listen-peer-urls=${peerUrl}`, `--initial-advertise-peer-urls=${peerUrl}`,
+      `--initial-cluster=fixture=${peerUrl}`, '--initial-cluster-state=new',
+      '--unsafe-no-fsync', '--log-level=warn',
+    ], { stdio: ['ignore', etcdFd, etcdFd] });
+    fs.closeSync(etcdFd);
+    procs.add(etcd);
+    guard(etcd);
+    const p = etcd;
+    p.once('exit', () => procs.delete(p));
+    try {
+      await waitReady('etcd', `${etcdUrl}/health`, {}, etcd, etcdLog, timeoutMs);
+      break;
+    } catch (err) {
+      if (attempt < PORT_ATTEMPTS && portInUse(err)) continue;
+      return cleanupOnError(err);
+    }
   }
 
-  const server = `https://127.0.0.1:${apiPort}`;
+  let apiPort = firstPorts.apiserver ?? (await freePort());
+  let server = '';
   const certDir = path.join(dir, 'certs');
   const apiLog = path.join(dir, 'kube-apiserver.log');
-  const apiArgs = [
+  const apiArgs = () => [
     `--etcd-servers=${etcdUrl}`,
     '--bind-address=127.0.0.1', '--advertise-address=127.0.0.1', `--secure-port=${apiPort}`,
     `--cert-dir=${certDir}`, // self-signs apiserver.crt/key on first start, reuses them after
@@ -261,8 +286,9 @@ export async function startKube(opts: KubeOptions = {}): Promise<KubeEnv> {
   ];
   let apiserver!: ChildProcess;
   const startApiserver = async () => {
+    server = `https://127.0.0.1:${apiPort}`;
     const fd = fs.openSync(apiLog, 'a');
-    apiserver = spawn(apiserverBin, apiArgs, { stdio: ['ignore', fd, fd] });
+    apiserver = spawn(apiserverBin, apiArgs(), { stdio: ['ignore', fd, fd] });
     fs.closeSync(fd);
     procs.add(apiserver);
     guard(apiserver);
@@ -271,10 +297,17 @@ export async function startKube(opts: KubeOptions = {}): Promise<KubeEnv> {
     // The serving cert does not exist until the apiserver has written it: poll without CA checks, then load it.
     await waitReady('kube-apiserver', `${server}/readyz`, { rejectUnauthorized: false, headers: { authorization: `Bearer ${tokens.get(ADMIN_USER)}` } }, apiserver, apiLog, timeoutMs);
   };
-  try {
-    await startApiserver();
-  } catch (err) {
-    return cleanupOnError(err);
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await startApiserver();
+      break;
+    } catch (err) {
+      if (attempt < PORT_ATTEMPTS && portInUse(err)) {
+        apiPort = await freePort();
+        continue;
+      }
+      return cleanupOnError(err);
+    }
   }
   const caPem = fs.readFileSync(path.join(certDir, 'apiserver.crt'), 'utf8');
   const caData = Buffer.from(caPem).toString('base64');
