@@ -373,7 +373,7 @@ export class Daemon {
 
   private static async startSteps(cfg: DaemonConfig, started: Array<() => unknown>, lock: DataDirLock): Promise<Daemon> {
     // On Kubernetes the policies are custom resources: their list + watch starts first (the cold tier's comes from it).
-    const kube = cfg.kubernetes.enabled ? new KubePolicies(cfg.kubernetes) : null;
+    const kube = cfg.kubernetes.enabled ? await KubePolicies.create(cfg.kubernetes) : null;
     if (kube) {
       kube.start();
       started.push(() => kube.stop());

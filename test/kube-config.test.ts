@@ -55,3 +55,16 @@ test('enabled with kubeconfig null outside a pod: serve says there is no service
   assert.equal(r2.status, 1, r2.stderr);
   assert.match(r2.stderr, /kubeconfig \/nonexistent\/kubeconfig: ENOENT/);
 });
+
+test('a kubeconfig that is not valid YAML: serve names the file and the line, never the text around it (a token)', (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kube-config-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const kubeconfig = path.join(dir, 'kubeconfig');
+  const token = 'eyJhbGciOiJSUzI1NiJ9.c2VjcmV0LXRva2VuLXRleHQ';
+  fs.writeFileSync(kubeconfig, ['apiVersion: v1', 'kind: Config', 'users:', '- name: u', `  user: {token: ${token}, x: [}`, ''].join('\n'));
+  fs.writeFileSync(path.join(dir, 'couchestor.yaml'), `demoVolume: null\nkubernetes: {enabled: true, kubeconfig: ${kubeconfig}}\n`);
+  const r = serve(dir);
+  assert.equal(r.status, 1, r.stderr);
+  assert.match(r.stderr, new RegExp(`kubeconfig ${kubeconfig}: not valid YAML \\(line 5, column \\d+\\)`));
+  assert.ok(!r.stderr.includes(token.slice(0, 12)) && !r.stdout.includes(token.slice(0, 12)), `the token printed:\n${r.stderr}`);
+});

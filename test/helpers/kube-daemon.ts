@@ -187,3 +187,24 @@ export async function httpGet(url: string): Promise<{ status: number; body: stri
   const res = await fetch(url);
   return { status: res.status, body: await res.text() };
 }
+
+/**
+ * A kubeconfig (file kubeconfig-NAME.yaml in dir) for the fixture's cluster
+ * whose user is `user` as a kubeconfig spells it: { tokenFile } (a rotated,
+ * projected token as mounted into a pod), { exec: ... } (EKS, GKE, AKS), ...
+ */
+export function kubeconfigWithUser(kube: { server: string; caData: string }, dir: string, name: string, user: Record<string, unknown>): string {
+  const file = path.join(dir, `kubeconfig-${name}.yaml`);
+  fs.writeFileSync(
+    file,
+    YAML.stringify({
+      apiVersion: 'v1',
+      kind: 'Config',
+      clusters: [{ name: 'fixture', cluster: { server: kube.server, 'certificate-authority-data': kube.caData } }],
+      users: [{ name, user }],
+      contexts: [{ name: 'fixture', context: { cluster: 'fixture', user: name } }],
+      'current-context': 'fixture',
+    }),
+  );
+  return file;
+}

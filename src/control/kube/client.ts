@@ -31,7 +31,7 @@ export interface KubeObject {
 }
 
 export interface KubeList<T> {
-  metadata: { resourceVersion: string };
+  metadata: { resourceVersion: string; continue?: string };
   items: T[];
 }
 
@@ -47,18 +47,14 @@ export interface RunningWatch {
 const MAX_RESPONSE_BYTES = 32 * 1024 * 1024;
 
 export class KubeClient {
-  private readonly agent: http.Agent;
+  private agent: http.Agent | null = null;
+  private closed = false;
 
-  private constructor(private readonly access: ApiServerAccess) {
-    // Keep-alive: one TLS handshake for the many small status writes.
-    this.agent = access.server.startsWith('https:')
-      ? new https.Agent({ keepAlive: true, maxSockets: 8, ca: access.ca, cert: access.cert, key: access.key, rejectUnauthorized: access.rejectUnauthorized, ...(access.servername ? { servername: access.servername } : {}) })
-      : new http.Agent({ keepAlive: true, maxSockets: 8 });
-  }
+  private constructor(private readonly access: ApiServerAccess) {}
 
   /** From a kubeconfig file, or (null) the pod's service account. */
-  static load(kubeconfig: string | null): KubeClient {
-    return new KubeClient(loadAccess(kubeconfig));
+  static async load(kubeconfig: string | null): Promise<KubeClient> {
+    return new KubeClient(await loadAccess(kubeconfig));
   }
 
   get server(): string {
@@ -66,12 +62,13 @@ export class KubeClient {
   }
 
   close(): void {
-    this.agent.destroy();
+    this.closed = true;
+    this.agent?.destroy();
   }
 
   /** One request with a JSON answer, failing with KubeApiError on a non-2xx status and after timeoutMs. */
   async request<T>(method: string, path: string, opts: { body?: unknown; contentType?: string; timeoutMs: number }): Promise<T> {
-    const req = this.open(method, path, opts.contentType, opts.timeoutMs);
+    const req = await this.open(method, path, opts.contentType, opts.timeoutMs);
     return new Promise<T>((resolve, reject) => {
       req.on('error', reject);
       req.on('response', (res) => {
@@ -108,7 +105,7 @@ export class KubeClient {
    */
   async watch(path: string, resourceVersion: string, opts: { timeoutSeconds: number; idleTimeoutMs: number }, onEvent: (type: WatchEventType, object: KubeObject) => void): Promise<RunningWatch> {
     const q = new URLSearchParams({ watch: '1', resourceVersion, allowWatchBookmarks: 'true', timeoutSeconds: String(opts.timeoutSeconds) });
-    const req = this.open('GET', `${path}?${q}`, undefined, opts.idleTimeoutMs);
+    const req = await this.open('GET', `${path}?${q}`, undefined, opts.idleTimeoutMs);
     let abort: () => void = () => req.destroy();
     const ended = new Promise<void>((resolve, reject) => {
       let aborted = false;
@@ -157,18 +154,25 @@ export class KubeClient {
     return { ended, abort: () => abort() };
   }
 
-  /** A request with the kubeconfig's TLS and credentials (token files are read again each time). */
-  private open(method: string, path: string, contentType: string | undefined, timeoutMs: number): http.ClientRequest {
+  /** A request with the kubeconfig's TLS and credentials (a token file or an exec plugin's token as it is now). */
+  private async open(method: string, path: string, contentType: string | undefined, timeoutMs: number): Promise<http.ClientRequest> {
     const url = new URL(this.server + path);
-    const headers: Record<string, string> = { accept: 'application/json' };
-    const auth = this.access.authorization();
-    if (auth) headers.authorization = auth;
+    // Credentials with a deadline too: an exec plugin that hangs must not hold the caller.
+    const [agent, auth] = await withDeadline(Promise.all([this.access.agent(), this.access.headers()]), timeoutMs, `${method} ${url.pathname}: no credentials within ${timeoutMs} ms`);
+    if (this.closed) throw new Error(`${method} ${url.pathname}: client closed`);
+    this.agent = agent;
+    const headers: Record<string, string> = { accept: 'application/json', ...auth };
     if (contentType) headers['content-type'] = contentType;
-    const req = (url.protocol === 'https:' ? https : http).request(url, { method, headers, agent: this.agent });
+    const req = (url.protocol === 'https:' ? https : http).request(url, { method, headers, agent });
     // Idle time on the socket: a request's deadline, a watch's silence bound.
     req.setTimeout(timeoutMs, () => req.destroy(new Error(`${method} ${url.pathname}: no answer within ${timeoutMs} ms`)));
     return req;
   }
+}
+
+function withDeadline<T>(p: Promise<T>, ms: number, message: string): Promise<T> {
+  let timer: NodeJS.Timeout;
+  return Promise.race([p, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(message)), ms)))]).finally(() => clearTimeout(timer));
 }
 
 function statusMessage(text: string): string | undefined {

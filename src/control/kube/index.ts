@@ -43,9 +43,17 @@ export class KubePolicies {
   /** Asked for a control-loop pass (a spec changed); set by the daemon once the loop exists. */
   onSpecChange: () => void = () => undefined;
 
-  constructor(private readonly cfg: KubernetesConfig) {
+  /** Loads the kubeconfig (or the service account): throws InvalidKubeconfig with the reason. */
+  static async create(cfg: KubernetesConfig): Promise<KubePolicies> {
+    return new KubePolicies(cfg, await KubeClient.load(cfg.kubeconfig));
+  }
+
+  private constructor(
+    private readonly cfg: KubernetesConfig,
+    client: KubeClient,
+  ) {
     this.nodeName = cfg.nodeName ?? process.env.NODE_NAME ?? os.hostname();
-    this.client = KubeClient.load(cfg.kubeconfig);
+    this.client = client;
     // Status writes do not change metadata.generation: only a spec change asks for a pass.
     const changed = (kind: 'set' | 'delete', obj: KubeObject, plural: string, seen: Map<string, number | undefined>) => {
       const gen = obj.metadata.generation;
@@ -66,8 +74,15 @@ export class KubePolicies {
     };
     const spGen = new Map<string, number | undefined>();
     const ecGen = new Map<string, number | undefined>();
-    this.storagePolicies = new Informer(this.client, STORAGE_POLICIES, (k, o) => changed(k, o, STORAGE_POLICIES, spGen));
-    this.ecPolicies = new Informer(this.client, EC_POLICIES, (k, o) => changed(k, o, EC_POLICIES, ecGen));
+    // Of the status only this node's entry is kept: the others' (up to thousands of nodes, ~1.5 MiB an object) are never read here.
+    // Of the metadata the fields read here (not managedFields, which grow with every writer).
+    const keep = (obj: KubeObject): KubeObject => {
+      const own = nodeEntry(obj, this.nodeName);
+      const { name, uid, resourceVersion, generation } = obj.metadata;
+      return { apiVersion: obj.apiVersion, kind: obj.kind, metadata: { name, uid, resourceVersion, generation }, spec: obj.spec, ...(own ? { status: { nodes: { [this.nodeName]: own } } } : {}) };
+    };
+    this.storagePolicies = new Informer(this.client, STORAGE_POLICIES, (k, o) => changed(k, o, STORAGE_POLICIES, spGen), keep);
+    this.ecPolicies = new Informer(this.client, EC_POLICIES, (k, o) => changed(k, o, EC_POLICIES, ecGen), keep);
     this.writer = new StatusWriter(this.client, this.nodeName, cfg.statusWriteIntervalMs);
   }
 
@@ -227,7 +242,7 @@ export class KubePolicies {
  * where no policy file is written).
  */
 export async function readColdPolicyOnce(cfg: KubernetesConfig, coldPoolCount: number): Promise<ColdPolicyChoice> {
-  const kube = new KubePolicies(cfg);
+  const kube = await KubePolicies.create(cfg);
   kube.ecPolicies.start();
   try {
     return await kube.coldPolicy(coldPoolCount);

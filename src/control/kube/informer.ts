@@ -5,8 +5,15 @@
 import { log } from '../../log.js';
 import { KubeApiError, resourcePath, type KubeClient, type KubeList, type KubeObject, type RunningWatch } from './client.js';
 
-/** Deadline of one list request. */
+/** Deadline of one list request (a page). */
 const LIST_TIMEOUT_MS = 10_000;
+/**
+ * Objects per list page. An object can be ~1.5 MiB (etcd's request bound: a
+ * policy's status holds every node's entry), so an unpaged list of a few
+ * dozen of them passed client.ts's 32 MiB answer bound and was refused on
+ * every try: the informer never synced. 16 of them fit in one answer.
+ */
+export const LIST_PAGE_SIZE = 16;
 /**
  * The server ends a watch after this plus up to WATCH_JITTER_S: the client
  * resumes it from the last resourceVersion (cheap: the apiserver's watch
@@ -45,6 +52,8 @@ export class Informer<T extends KubeObject = KubeObject> {
     readonly plural: string,
     /** Called after the cache changed (an object added, changed or gone; a relist). */
     private readonly onChange: (kind: 'set' | 'delete', obj: T) => void = () => undefined,
+    /** What of an object is kept in the cache (e.g. only this node's status entry): applied to every object listed or watched. */
+    private readonly keep: (obj: T) => T = (obj) => obj,
   ) {}
 
   start(): void {
@@ -115,8 +124,20 @@ export class Informer<T extends KubeObject = KubeObject> {
   }
 
   private async relist(): Promise<void> {
-    const list = await this.client.request<KubeList<T>>('GET', resourcePath(this.plural), { timeoutMs: LIST_TIMEOUT_MS });
-    if (list.items.length > MAX_CACHED_OBJECTS) throw new Error(`${list.items.length} ${this.plural}: more than the ${MAX_CACHED_OBJECTS} this daemon keeps`);
+    // Page by page, each page's answer bounded; one consistent snapshot (every page at the first one's resourceVersion).
+    const items: T[] = [];
+    let resourceVersion = '';
+    let cont: string | undefined;
+    do {
+      const q = new URLSearchParams({ limit: String(LIST_PAGE_SIZE), ...(cont ? { continue: cont } : {}) });
+      // A continue token that expired (410) fails the whole list: the caller's 410 handling lists again from the start.
+      const page = await this.client.request<KubeList<T>>('GET', `${resourcePath(this.plural)}?${q}`, { timeoutMs: LIST_TIMEOUT_MS });
+      for (const obj of page.items) items.push(this.keep(obj));
+      if (items.length > MAX_CACHED_OBJECTS) throw new Error(`more than the ${MAX_CACHED_OBJECTS} ${this.plural} this daemon keeps`);
+      resourceVersion = page.metadata.resourceVersion;
+      cont = page.metadata.continue || undefined;
+    } while (cont);
+    const list = { metadata: { resourceVersion }, items };
     const seen = new Set<string>();
     for (const obj of list.items) {
       seen.add(obj.metadata.name);
@@ -153,8 +174,9 @@ export class Informer<T extends KubeObject = KubeObject> {
       log.warn(`kubernetes: more than ${MAX_CACHED_OBJECTS} ${this.plural}: ignoring ${name}`);
       return;
     }
-    this.cache.set(name, obj);
-    this.onChange('set', obj);
+    const kept = this.keep(obj);
+    this.cache.set(name, kept);
+    this.onChange('set', kept);
   }
 
   private sleep(ms: number): Promise<void> {
