@@ -494,6 +494,8 @@ test('the DaemonSet: NODE_NAME from the node, NBD and S3 host ports, probes on 8
   assert.deepEqual(np.spec.ingress.flatMap((r: { ports: { port: string }[] }) => r.ports.map((p) => (ports as Record<string, number[]>)[p.port]![0])).sort(), [10809, 8080, 9000].sort());
   assert.equal(dataVol.hostPath.path, '/var/lib/couchestor');
   assert.deepEqual(c.command.slice(-2), ['--data-dir', '/var/lib/couchestor']);
+  // `kubectl exec POD -- couchestor <command>` finds the same data directory without --data-dir.
+  assert.equal(c.env.find((e: { name: string }) => e.name === 'COUCHESTOR_DATA_DIR').value, '/var/lib/couchestor');
 });
 
 test('the ConfigMap\'s couchestor.yaml loads; the example StoragePolicy\'s selectors and EC policy fit its pools', (t) => {
