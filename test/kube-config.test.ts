@@ -39,16 +39,25 @@ test('serve refuses a bad kubernetes section with one line naming the file, the 
   }
 });
 
-test('enabled with kubeconfig null outside a pod: serve says there is no service account to use and exits', (t) => {
+test('enabled with kubeconfig null outside a pod (or in one with no node name): serve says why and exits', (t) => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kube-config-'));
   t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
   fs.writeFileSync(path.join(dir, 'couchestor.yaml'), 'demoVolume: null\nkubernetes: {enabled: true}\n');
   const env = { ...process.env };
   delete env.KUBERNETES_SERVICE_HOST;
+  delete env.NODE_NAME;
   const r = serve(dir, env);
   assert.equal(r.status, 1, r.stderr);
   assert.doesNotMatch(r.stdout, /couchestor ready/);
   assert.match(r.stderr, /kubernetes\.kubeconfig is null \(the pod's service account\) but KUBERNETES_SERVICE_HOST is not set: not in a pod; name a kubeconfig file/);
+  // In a pod (KUBERNETES_SERVICE_HOST set) with no node name: the host name would be the pod's, a new status key per pod.
+  const r1 = serve(dir, { ...env, KUBERNETES_SERVICE_HOST: '127.0.0.1' });
+  assert.equal(r1.status, 1, r1.stderr);
+  assert.doesNotMatch(r1.stdout, /couchestor ready/);
+  assert.match(r1.stderr, /kubernetes\.nodeName is null and env NODE_NAME is not set: in a pod the host name is the pod's name/);
+  const r1b = serve(dir, { ...env, KUBERNETES_SERVICE_HOST: '127.0.0.1', NODE_NAME: 'Node_A' });
+  assert.equal(r1b.status, 1, r1b.stderr);
+  assert.match(r1b.stderr, /env NODE_NAME must be a Kubernetes node name \(lowercase DNS subdomain\), got "Node_A"/);
   // Nor a kubeconfig that is not there.
   fs.writeFileSync(path.join(dir, 'couchestor.yaml'), 'demoVolume: null\nkubernetes: {enabled: true, kubeconfig: /nonexistent/kubeconfig}\n');
   const r2 = serve(dir, env);

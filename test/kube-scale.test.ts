@@ -3,12 +3,15 @@
 // ~1.5 MiB bound. Listed in pages, the daemon syncs however many there are
 // (an unpaged list of ~33 MiB was refused on every try: never synced,
 // /readyz 503 for good), and it keeps only its own entry of each status.
+// Every status write goes to every node's watch, whole: a node writing to its
+// cold tier does not rewrite its ErasureCodingPolicy entry after every pass.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { startKube, type KubeEnv } from './helpers/kube.js';
 import { access, applyCrds } from './helpers/kube-manifests.js';
-import type { TestDaemon } from './helpers/daemon.js';
-import { Cluster, ECP, httpGet, SP, spSpec, startKubeDaemon, untilNodeStatus } from './helpers/kube-daemon.js';
+import { nbdsh, type TestDaemon } from './helpers/daemon.js';
+import { createVolume, metric, reconcile, scrape } from './helpers/control-loop.js';
+import { Cluster, ECP, httpGet, SP, spSpec, startKubeDaemon, until, untilNodeStatus } from './helpers/kube-daemon.js';
 
 let kube: KubeEnv;
 let cluster: Cluster;
@@ -59,4 +62,37 @@ test(`${POLICIES} StoragePolicies of ~1.25 MiB each (${OTHER_NODES} other nodes'
   const one = await cluster.get(SP, 'big-00');
   assert.equal(Object.keys((one.status as { nodes: Record<string, unknown> }).nodes).length, OTHER_NODES + 1);
   assert.doesNotMatch(d.stderr, /larger than/);
+});
+
+test('a node writing to its cold tier: the growing healthy stripe count alone rewrites its ErasureCodingPolicy entry only when it doubles, not after every pass', async () => {
+  const d = await startKubeDaemon({ kubeconfig: kube.kubeconfig(), nodeName: 'node-w' });
+  daemons.push(d);
+  const MiB = 1024 * 1024;
+  await createVolume(d, 'cv', 64 * MiB, { tier: 'cold' });
+  const scraped = async () => {
+    const m = await scrape(d);
+    return { ok: metric(m, 'couchestor_kube_status_writes_total', { result: 'ok' }) ?? 0, pending: metric(m, 'couchestor_kube_status_writes_pending'), healthy: metric(m, 'couchestor_stripes', { state: 'healthy' }) ?? 0 };
+  };
+  const settled = (what: string) => until(what, async () => {
+    const s = await scraped();
+    return s.pending === 0 ? s : undefined;
+  });
+  /** 2 MiB at `offset` (two 2+1 stripes once destaged), then a pass. */
+  const writeAndPass = async (offset: number) => {
+    nbdsh(`import os\nh.connect_uri(${JSON.stringify(d.exportUri('cv'))})\nh.pwrite(os.urandom(${2 * MiB}), ${offset})\nh.flush()`);
+    const destaged = await fetch(`http://127.0.0.1:${d.info.api.port}/v1/destage`, { method: 'POST' });
+    assert.equal(destaged.status, 200, await destaged.text());
+    await reconcile(d, false);
+  };
+  // 20 MiB: ~20 healthy stripes (between 16 and 31), written and settled.
+  for (let i = 0; i < 10; i++) await writeAndPass(i * 2 * MiB);
+  await untilNodeStatus(cluster, ECP, 'ec21', 'node-w', (s) => (s.stripes?.healthy ?? 0) >= 16);
+  const before = await settled('status writes settled');
+  // Four more passes, each with two more stripes (still below 32): nothing else changed.
+  for (let i = 10; i < 14; i++) await writeAndPass(i * 2 * MiB);
+  const after = await settled('status writes settled after the writes');
+  assert.ok(after.healthy >= before.healthy + 8 && after.healthy < 31, `stripes grew: ${before.healthy} -> ${after.healthy}`);
+  console.log(`status writes for 4 passes, stripes ${before.healthy} -> ${after.healthy}: ${after.ok - before.ok}`);
+  assert.equal(after.ok - before.ok, 0, 'a growing healthy count alone writes nothing until it doubles');
+  assert.equal((await cluster.nodeStatus(ECP, 'ec21', 'node-w'))?.phase, 'Active');
 });

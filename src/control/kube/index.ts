@@ -18,6 +18,9 @@ import { StatusWriter, type StatusWriteResult } from './status.js';
 export const STORAGE_POLICIES = 'storagepolicies';
 export const EC_POLICIES = 'erasurecodingpolicies';
 
+/** A Kubernetes node name (lowercase DNS subdomain), as config.ts checks kubernetes.nodeName. */
+const NODE_NAME_RE = /^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/;
+
 /** Bounds of the status entry (the CRDs' maxItems / maxLength). */
 const MAX_DECISIONS = 20;
 const MAX_HISTORY = 10;
@@ -45,6 +48,10 @@ export class KubePolicies {
 
   /** Loads the kubeconfig (or the service account): throws InvalidKubeconfig with the reason. */
   static async create(cfg: KubernetesConfig): Promise<KubePolicies> {
+    const env = process.env.NODE_NAME;
+    if (cfg.nodeName === null && env !== undefined && !NODE_NAME_RE.test(env)) throw new Error(`env NODE_NAME must be a Kubernetes node name (lowercase DNS subdomain), got ${JSON.stringify(env)}`);
+    // In a pod (no hostNetwork) the host name is the pod's: a new key in every status at every pod restart, the old ones left for good.
+    if (cfg.nodeName === null && !env && process.env.KUBERNETES_SERVICE_HOST) throw new Error("kubernetes.nodeName is null and env NODE_NAME is not set: in a pod the host name is the pod's name, which changes with every pod (each would leave its own status entries behind); set NODE_NAME from spec.nodeName (downward API, as deploy/daemonset.yaml does) or kubernetes.nodeName");
     return new KubePolicies(cfg, await KubeClient.load(cfg.kubeconfig));
   }
 
@@ -228,8 +235,12 @@ export class KubePolicies {
       }
       entry.conditions = conditions;
       this.ecConditions.set(name, conditions);
-      // lastUpdateTime is left out of the comparison: a write only when something else changed.
-      const compareKey = JSON.stringify(entry);
+      // lastUpdateTime is left out of the comparison: a write only when something else changed. The healthy
+      // stripe count grows with every stripe written: compared by its power of two (a write when it doubles, the
+      // exact figure at the 5-minute refresh), else a node writing to its cold tier rewrote this object, and
+      // sent it to every node's watch, after every pass. The unhealthy counts are compared exactly.
+      const stripes = entry.stripes as { healthy: number } | undefined;
+      const compareKey = JSON.stringify(stripes ? { ...entry, stripes: { ...stripes, healthy: Math.floor(Math.log2(stripes.healthy + 1)) } } : entry);
       entry.lastUpdateTime = now;
       this.writer.set(EC_POLICIES, name, entry, compareKey, prev);
     }
