@@ -258,6 +258,13 @@ export class Reconstructor {
      * such a volume's stripes are not looked at.
      */
     private readonly index: MetaStore | null = null,
+    /**
+     * The cold stripes of the volumes counts() covers. The daemon's
+     * (VolumeManager.coldStripeCount) opens no volume: this default, over
+     * availableVolumes(), opens every one (a file each, for good) and reads
+     * each one's chunk map on the event loop.
+     */
+    private readonly volumeStripeCount: () => number = () => availableVolumes().volumes.reduce((n, v) => n + v.stripes.size, 0),
   ) {
     this.maxQueued = opts.maxQueuedStripes ?? MAX_QUEUED_STRIPES;
     this.loadIncompleteRebuilds();
@@ -360,15 +367,16 @@ export class Reconstructor {
   }
 
   /**
-   * Stripe counts by state over every cold chunk of the volumes that open. A
-   * volume that cannot be opened (its pool offline) is left out, not fatal:
-   * the metrics scrape and the API call read the others' figures, and name
-   * it from VolumeManager.unavailableVolumes().
+   * Stripe counts by state over every cold chunk of the volumes (and holder
+   * sources). A volume known not to open (its pool offline) is left out, not
+   * fatal: the metrics scrape and the API call read the others' figures, and
+   * name it from VolumeManager.unavailableVolumes(). Runs at every scrape,
+   * API status call and control-loop pass: it opens no volume
+   * (volumeStripeCount).
    */
   counts(): Record<StripeState, number> {
     const out: Record<StripeState, number> = { Healthy: 0, Degraded: 0, Reconstructing: 0, Failed: 0 };
-    let cold = 0;
-    for (const v of this.availableVolumes().volumes) cold += v.stripes.size;
+    let cold = this.volumeStripeCount();
     for (const source of this.sources) cold += source.count();
     for (const s of this.states.values()) out[s.state]++;
     out.Healthy = Math.max(0, cold - out.Degraded - out.Reconstructing - out.Failed);

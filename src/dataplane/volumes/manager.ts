@@ -3,12 +3,14 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { AlreadyExists, InvalidArgument, NoSuitablePool, NotFound, PoolOffline, TooFewOnlinePools, VolumeFailed } from '../errors.js';
-import { ChunkState, MetaStore, VOLUME_NAME_RE, type PoolRecord, type Tier, type VolumeRecord } from '../meta/store.js';
+import { ChunkState, MetaStore, VOLUME_NAME_RE, type ChunkEntry, type PoolRecord, type Tier, type VolumeRecord } from '../meta/store.js';
 import { Pool } from '../pools/pool.js';
 import { dirEntries, holdsPoolLayout, readPoolIdentity, writePoolIdentity, type PoolIdentity } from '../pools/identity.js';
 import { randomUUID } from 'node:crypto';
 import { Volume, type ColdTier } from './volume.js';
 import { Journal, journalFileEntries } from '../journal/journal.js';
+import { hotObjectsOnPool, markHotObjectsLost } from '../objects/pool-objects.js';
+import { prepareHotPool } from '../objects/hot-segments.js';
 import { JOURNAL_ID_FILE, ensureJournalId, readJournalId } from '../journal/journal-id.js';
 import { Destager, type DestagerOptions } from '../journal/destager.js';
 import { StripeStore, type StripeRef } from '../ec/stripe-store.js';
@@ -60,6 +62,15 @@ export class VolumeManager {
   private readonly creating = new Set<string>();
   /** Volumes whose last open failed, by name, and when (at most one entry per volume; cleared by an open or a delete). */
   private readonly unopenable = new Map<string, { entry: UnavailableVolume; atMs: number }>();
+  /**
+   * Cold chunks (one stripe each) of volumes not open, by volume id, as the
+   * index holds them (coldStripeCount): counted by the start's scan
+   * (highestDestagedSeqSlices) or at first need, dropped when the volume
+   * opens (its `stripes` is the figure then) or is deleted. Nothing else
+   * changes a closed volume's Cold chunks: compaction and a rebuild move a
+   * stripe, the chunk stays Cold. At most one entry per volume record.
+   */
+  private readonly closedColdChunks = new Map<number, number>();
   cold: (ColdTier & { destager: Destager; policy: ErasureCodingPolicy; reconstructor: Reconstructor }) | null = null;
 
   /** This data directory's id (MetaStore.dataDirId), named in every pool identity. */
@@ -68,9 +79,8 @@ export class VolumeManager {
   constructor(readonly meta: MetaStore) {
     this.dataDirId = meta.dataDirId();
     for (const rec of meta.listPools()) this.pools.set(rec.name, rec.uuid === undefined ? this.legacyPool(rec) : new Pool(rec, this.dataDirId));
-    // Each pool's identity checked now (an earlier version's gets one): a directory this process
-    // found to be the pool and that is later removed and made again is its replacement (the
-    // flow before `pools replace`: Pool.identityRepair); one not the pool now stays offline.
+    // Each pool's identity checked now (an earlier version's gets one); one not the pool stays
+    // offline, now and whenever its directory changes while the daemon runs (Pool.identityRepair).
     for (const p of this.pools.values()) p.isOnline();
     this.recomputeUsage();
   }
@@ -95,9 +105,15 @@ export class VolumeManager {
     const uuid = found !== null && found.dataDirId === this.dataDirId && found.pool === rec.name ? found.poolUuid : randomUUID();
     const pool = new Pool({ ...rec, uuid }, this.dataDirId);
     pool.legacyUpgrade = () => {
-      if (readPoolIdentity(dir) === null) {
+      const there = readPoolIdentity(dir);
+      if (there === null) {
         if (!holdsPoolLayout(dir)) return false;
         writePoolIdentity(dir, { pool: rec.name, poolUuid: uuid, dataDirId: this.dataDirId });
+      } else if (there.dataDirId !== this.dataDirId || there.pool !== rec.name || there.poolUuid !== uuid) {
+        // Another pool's or another data directory's disk mounted here: not this pool, and its
+        // uuid is not recorded (recorded, the pool's own disk, mounted later without an
+        // identity, would never be upgraded: offline for good).
+        return false;
       }
       // The same record with the uuid (the path, tier, capacity of the one in the index now).
       const now = this.meta.pools.get(rec.name) ?? rec;
@@ -178,10 +194,14 @@ export class VolumeManager {
     for (const vol of this.meta.listVolumes()) {
       let from: [number, number] = [vol.id, 0];
       let exclusiveStart = false;
+      // The same entries give the volume's cold chunk count (closedColdChunks): no second scan.
+      const chunkCount = Volume.chunkCount(vol.sizeBytes, vol.chunkSizeBytes);
+      let cold = 0;
       for (;;) {
         let read = 0;
         for (const { key, value } of this.meta.chunks.getRange({ start: from, end: [vol.id + 1, 0], exclusiveStart, limit: sliceEntries })) {
           highest = Math.max(highest, value.destagedSeq ?? 0);
+          if (isColdChunk(key[1], value, chunkCount)) cold++;
           from = key;
           read++;
         }
@@ -189,6 +209,7 @@ export class VolumeManager {
         exclusiveStart = true;
         yield highest;
       }
+      if (!this.open.has(vol.name)) this.closedColdChunks.set(vol.id, cold);
     }
     yield highest;
   }
@@ -275,6 +296,7 @@ export class VolumeManager {
       },
       () => this.availableVolumes(),
       this.meta,
+      () => this.coldStripeCount(),
     );
     this.cold = { journal, stripes, destager, policy, reconstructor };
     destager.start();
@@ -394,29 +416,35 @@ export class VolumeManager {
    * written into the directory (durable), the record gets its uuid, and the
    * pool counts as online at its next use.
    */
-  async replacePool(name: string, opts: { discardVolumes?: boolean } = {}): Promise<{ pool: string; tier: Tier; uuid: string; volumesLost: string[]; rebuild: 'queued' | 'none'; journalLost: boolean }> {
+  async replacePool(name: string, opts: { discardVolumes?: boolean } = {}): Promise<{ pool: string; tier: Tier; uuid: string; volumesLost: string[]; objectsLost: number; rebuild: 'queued' | 'none'; journalLost: boolean }> {
     const pool = this.pools.get(name);
     if (!pool) throw new NotFound(`no pool named ${name}`);
     const dir = pool.rec.path;
     if (!fs.existsSync(dir)) throw new InvalidArgument(`pool ${name}: directory ${dir} is missing: mount the new disk and make the directory (empty), then run \`couchestor pools replace ${name}\` again`);
     if (pool.isOnline()) throw new InvalidArgument(`pool ${name} is online: ${dir} holds its identity; \`pools replace\` is for a new, empty disk replacing a dead one`);
-    const entries = dirEntries(dir).filter((n) => n !== 'lost+found');
+    // lost+found (mkfs), and an identity's temp file a power cut left while an earlier replace wrote it.
+    const entries = dirEntries(dir).filter((n) => n !== 'lost+found' && !/^\.couchestor-pool\.tmp-\d+$/.test(n));
     if (entries.length > 0) {
       throw new InvalidArgument(`pool ${name}: ${dir} is not empty (${entries.slice(0, 5).join(', ')}${entries.length > 5 ? ', ...' : ''}): \`pools replace\` takes a new, empty disk; ${pool.offlineReason() ?? ''}`);
     }
     const volumesLost: string[] = [];
     let journalLost = false;
+    // A hot pool also holds hot buckets' S3 object files (single copies, as volume files).
+    const objects = pool.rec.tier === 'hot' ? hotObjectsOnPool(this.meta, name) : { objects: [], parts: 0 };
+    const objectsLost = objects.objects.length + objects.parts;
     if (pool.rec.tier !== 'cold') {
       for (const v of this.meta.listVolumes()) {
         if ([...this.meta.volumeChunks(v.id)].some(({ entry }) => entry.state === ChunkState.Allocated && entry.pool === name)) volumesLost.push(v.name);
       }
       journalLost = this.meta.journalMadeOn(name);
-      if ((volumesLost.length > 0 || journalLost) && opts.discardVolumes !== true) {
+      if ((volumesLost.length > 0 || journalLost || objectsLost > 0) && opts.discardVolumes !== true) {
         const what = [
           ...(volumesLost.length > 0 ? [`volumes ${volumesLost.join(', ')} have data only on it (${pool.rec.tier} pools hold single copies)`] : []),
+          ...(objects.objects.length > 0 ? [`S3 objects ${objects.objects.slice(0, 5).join(', ')}${objects.objects.length > 5 ? `, ... (${objects.objects.length} in all)` : ''} have data only on it`] : []),
+          ...(objects.parts > 0 ? [`${objects.parts} uploaded parts of multipart uploads in progress are on it`] : []),
           ...(journalLost ? ["it held the cold tier's journal (the acknowledged writes to cold volumes not yet destaged)"] : []),
         ];
-        throw new InvalidArgument(`pool ${name}: ${what.join('; ')}: replacing its disk loses that. If the old disk can be mounted, mount it instead; else run \`couchestor pools replace ${name} --discard-volumes\` (those volumes then read as I/O errors until deleted${journalLost ? '; serve refuses to start until an empty journal/ is made in the pool directory' : ''})`);
+        throw new InvalidArgument(`pool ${name}: ${what.join('; ')}: replacing its disk loses that. If the old disk can be mounted, mount it instead; else run \`couchestor pools replace ${name} --discard-volumes\` (those volumes then read as I/O errors until deleted${objectsLost > 0 ? ', those objects answer an error until deleted' : ''}${journalLost ? '; serve refuses to start until an empty journal/ is made in the pool directory' : ''})`);
       }
     }
     const uuid = randomUUID();
@@ -430,6 +458,7 @@ export class VolumeManager {
         const vr = this.meta.volumes.get(v);
         if (vr) this.meta.volumes.put(v, { ...vr, lostOnPools: [...new Set([...(vr.lostOnPools ?? []), name])] });
       }
+      if (objectsLost > 0) markHotObjectsLost(this.meta, name);
       // Every shard it held is gone: a whole-pool rebuild, as one cut (reconstruction.ts retryPool).
       if (pool.rec.tier === 'cold') this.meta.incompleteRebuilds.put(name, { volumesSkipped: [], notRebuilt: 1, state: 'interrupted' });
     });
@@ -442,8 +471,11 @@ export class VolumeManager {
     }
     pool.replacedBy(rec);
     if (pool.rec.tier !== 'cold') pool.usedBytes = 0;
-    log.warn('pool replaced: a new, empty disk with a new identity', { pool: name, path: dir, uuid, volumesLost: volumesLost.join(','), journalLost });
-    return { pool: name, tier: pool.rec.tier, uuid, volumesLost, rebuild: pool.rec.tier === 'cold' ? 'queued' : 'none', journalLost };
+    // The S3 fan-out on the new disk: a hot pool online at start that lost its disk while the
+    // daemon runs has no adopt hook (daemon.ts adoptWhenBack) to make it; without it PUTs placed there answer 503.
+    if (pool.rec.tier === 'hot' && pool.isOnline()) prepareHotPool(pool);
+    log.warn('pool replaced: a new, empty disk with a new identity', { pool: name, path: dir, uuid, volumesLost: volumesLost.join(','), objectsLost, journalLost });
+    return { pool: name, tier: pool.rec.tier, uuid, volumesLost, objectsLost, rebuild: pool.rec.tier === 'cold' ? 'queued' : 'none', journalLost };
   }
 
   /** Picks the online pool of `tier` with the most free space that fits. */
@@ -584,6 +616,49 @@ export class VolumeManager {
   }
 
   /**
+   * The cold stripes of every volume (Reconstructor.counts: each metrics
+   * scrape, API status call and control-loop pass), opening none that is
+   * not known to fail: an open volume's from memory, a closed one's from
+   * the index (closedColdChunks). A volume that is lost, whose placement
+   * pool is offline (both fail before any file or chunk entry is read), or
+   * whose last open failed is tried as availableVolumes() does, and left
+   * out while it fails: unavailableVolumes() names it. Opening every volume
+   * here kept a file open per volume for good (10,001 volumes: 10,044 fds)
+   * and held the event loop 2-6.6 s at the first scrape.
+   */
+  coldStripeCount(): number {
+    let stripes = 0;
+    const online = new Map<string, boolean>();
+    for (const rec of this.meta.listVolumes()) {
+      let vol = this.open.get(rec.name);
+      if (vol === undefined) {
+        let placementOnline = online.get(rec.poolName);
+        if (placementOnline === undefined) online.set(rec.poolName, (placementOnline = this.pools.get(rec.poolName)?.isOnline() ?? false));
+        if (!placementOnline || (rec.lostOnPools?.length ?? 0) > 0 || this.unopenable.has(rec.name)) {
+          try {
+            vol = this.openVolume(rec.name);
+          } catch {
+            continue;
+          }
+        }
+      }
+      stripes += vol !== undefined ? vol.stripes.size : this.closedColdChunkCount(rec);
+    }
+    return stripes;
+  }
+
+  /** A closed volume's cold chunks: closedColdChunks, or read from its chunk map once. */
+  private closedColdChunkCount(rec: VolumeRecord): number {
+    const known = this.closedColdChunks.get(rec.id);
+    if (known !== undefined) return known;
+    const chunkCount = Volume.chunkCount(rec.sizeBytes, rec.chunkSizeBytes);
+    let cold = 0;
+    for (const { chunkIndex, entry } of this.meta.volumeChunks(rec.id)) if (isColdChunk(chunkIndex, entry, chunkCount)) cold++;
+    this.closedColdChunks.set(rec.id, cold);
+    return cold;
+  }
+
+  /**
    * Volumes that cannot be opened, with the pool and error. A failure
    * recorded more than UNAVAILABLE_RECHECK_MS ago is tried again first:
    * nothing else may have (a daemon without a cold tier has no stripe counts
@@ -681,6 +756,7 @@ export class VolumeManager {
       if (entry.preserved) vol.preserved.set(chunkIndex, entry.preserved);
     }
     this.open.set(name, vol);
+    this.closedColdChunks.delete(rec.id);
     return vol;
   }
 
@@ -810,6 +886,7 @@ export class VolumeManager {
     // Index first, bytes second: a crash in between leaves an orphan file
     // (reclaimed on create), never an index entry pointing at freed bytes.
     await this.meta.deleteVolume(rec);
+    this.closedColdChunks.delete(rec.id);
     // An open while the awaits above ran (a destager tick, a scrape, the
     // control loop) still found the record: it cached the volume (a new
     // volume of this name would then get the deleted one's file) or
@@ -889,4 +966,9 @@ function validateSize(sizeBytes: number): void {
     throw new InvalidArgument(`volume size must be a whole number of bytes between 1 and ${MAX_VOLUME_SIZE_BYTES}`);
   }
   if (sizeBytes % 512 !== 0) throw new InvalidArgument('volume size must be a multiple of 512 bytes');
+}
+
+/** A chunk entry that openRecord loads into the volume's `stripes` (coldStripeCount counts them without opening it). */
+function isColdChunk(chunkIndex: number, entry: ChunkEntry, chunkCount: number): boolean {
+  return chunkIndex < chunkCount && entry.state === ChunkState.Cold && entry.stripe !== undefined;
 }
