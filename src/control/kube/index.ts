@@ -67,7 +67,13 @@ export class KubePolicies {
       if (kind === 'delete') {
         seen.delete(obj.metadata.name);
         this.writer.forget(plural, obj.metadata.name);
-        if (plural === EC_POLICIES) this.ecConditions.delete(obj.metadata.name);
+        if (plural === EC_POLICIES) {
+          this.ecConditions.delete(obj.metadata.name);
+          // Nothing stops now, which is why it must be said: the next start finds no policy and runs no cold tier.
+          if (this.manager?.cold?.policy.name === obj.metadata.name) {
+            log.warn(`ErasureCodingPolicy ${obj.metadata.name} was deleted while the cold tier runs it: it keeps running until the daemon stops, but the next start will find no policy and start no cold tier (cold volumes unavailable) unless it is created again`, { node: this.nodeName });
+          }
+        }
       } else if (seen.has(obj.metadata.name) && seen.get(obj.metadata.name) === gen) {
         return;
       } else {
