@@ -12,9 +12,9 @@ import {
   MiB,
   allHealthy,
   assertSameBytes,
+  coldPoolDir,
   coldStatus,
   corruptSegments,
-  loseAndReplacePool,
   losePool,
   readBackWithPoolsLost,
   readExport,
@@ -119,8 +119,9 @@ test('a pool lost while the daemon is down and replaced by an empty directory be
   const out = path.join(work, 'out.bin');
   try {
     await d.kill();
-    loseAndReplacePool(d, 1);
-    // The new disk's empty directory is not the pool until `pools replace` gives it the pool's identity.
+    // cold-1's disk died; the new disk's empty directory is not the pool until `pools replace` gives it the pool's identity.
+    losePool(d, 1);
+    fs.mkdirSync(coldPoolDir(d, 1));
     const replaced = d.cli('pools', 'replace', 'cold-1');
     assert.equal(replaced.status, 0, replaced.stderr);
     d = await TestDaemon.start({ dataDir });

@@ -14,6 +14,7 @@ import { spawn } from 'node:child_process';
 import { migrateVolume } from '../src/dataplane/volumes/migration.js';
 import { CLIENT_ENV, TestDaemon } from './helpers/daemon.js';
 import { openColdTierManager, readVolume, writeVolume } from './helpers/volume.js';
+import { replacePoolDir } from './helpers/rebuild.js';
 import {
   MiB,
   allHealthy,
@@ -166,10 +167,8 @@ test('the rebuilt pool replaced again between its last write and the index flip:
   await migrateVolume(m, 'v', 'cold', { preserve: false });
   assert.equal(vol.stripes.size, stripesCount);
   const pool2 = path.join(dir, 'cold-2');
-  const swap = () => {
-    fs.rmSync(pool2, { recursive: true, force: true });
-    fs.mkdirSync(pool2);
-  };
+  // A new disk with the pool's identity (as `pools replace` gives it): an empty directory without it is offline.
+  const swap = () => replacePoolDir(dir, 'cold-2');
   swap();
   const cold = m.cold!;
   // The store the rebuild lands on (the same one: the directory has not changed since).

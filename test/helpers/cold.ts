@@ -11,6 +11,7 @@ import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { CLI, CLIENT_ENV, TestDaemon, run } from './daemon.js';
 import { DEFAULT_EC_POLICY_YAML } from '../../src/config.js';
+import { readPoolIdentity, writePoolIdentity, type PoolIdentity } from '../../src/dataplane/pools/identity.js';
 import { Pool } from '../../src/dataplane/pools/pool.js';
 import { SegmentCompactor } from '../../src/dataplane/ec/compaction.js';
 import { parsePolicyYaml } from '../../src/dataplane/ec/policy.js';
@@ -205,14 +206,26 @@ export function segmentBytes(d: TestDaemon, i: number): number {
   return segmentFiles(d, i).reduce((sum, f) => sum + fs.statSync(f).size, 0);
 }
 
+/** Pool identities (POOL/.couchestor-pool) of the pools losePool removed, by directory: what replacePool gives the new disk. */
+const lostIdentities = new Map<string, PoolIdentity>();
+
 /** Pool lost: its directory and every shard in it are gone. */
 export function losePool(d: TestDaemon, i: number): void {
-  fs.rmSync(coldPoolDir(d, i), { recursive: true, force: true });
+  const dir = coldPoolDir(d, i);
+  const identity = fs.existsSync(dir) ? readPoolIdentity(dir) : null;
+  if (identity !== null) lostIdentities.set(dir, identity);
+  fs.rmSync(dir, { recursive: true, force: true });
 }
 
-/** Pool replaced by an empty one at the same path. */
+/**
+ * Pool replaced by an empty one at the same path, given the pool's identity as `couchestor pools replace` gives a
+ * new disk (the daemon never takes a directory without it), without its rebuild: the tests start and watch that.
+ */
 export function replacePool(d: TestDaemon, i: number): void {
-  fs.mkdirSync(coldPoolDir(d, i), { recursive: true });
+  const dir = coldPoolDir(d, i);
+  fs.mkdirSync(dir, { recursive: true });
+  const identity = lostIdentities.get(dir);
+  if (identity !== undefined && readPoolIdentity(dir) === null) writePoolIdentity(dir, identity);
 }
 
 /** Pool lost, then replaced by an empty one at the same path (a disk swap). */

@@ -15,13 +15,22 @@ import { metricsSource } from '../../src/control/observe.js';
 import { HeatTracker } from '../../src/control/heat.js';
 import { ColdObjectHolders } from '../../src/dataplane/objects/cold-holders.js';
 import { OBJECTS_DB } from '../../src/dataplane/objects/cold-segments.js';
+import { readPoolIdentity, writePoolIdentity } from '../../src/dataplane/pools/identity.js';
 import type { TestDaemon } from './daemon.js';
 import { coldPairWithHot1Offline, openColdTierManager, tempDirClosing, writeVolume } from './volume.js';
 
-/** In process: cold pool `pool` (a directory under `dir`) lost with every shard in it, and replaced by an empty one at the same path. */
+/**
+ * In process: cold pool `pool` (a directory under `dir`) lost with every shard in it, and replaced by a new, empty
+ * one at the same path given the pool's identity, as `pools replace` gives it (the running daemon never takes a
+ * directory without it: an empty mount point). Without `pools replace`'s whole-pool rebuild record: these tests
+ * run the rebuild and assert its records themselves.
+ */
 export function replacePoolDir(dir: string, pool: string): void {
-  fs.rmSync(path.join(dir, pool), { recursive: true });
-  fs.mkdirSync(path.join(dir, pool));
+  const poolDir = path.join(dir, pool);
+  const identity = readPoolIdentity(poolDir);
+  fs.rmSync(poolDir, { recursive: true });
+  fs.mkdirSync(poolDir);
+  if (identity !== null) writePoolIdentity(poolDir, identity);
 }
 
 /**

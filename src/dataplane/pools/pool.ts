@@ -7,7 +7,7 @@ import { NoSpace, PoolOffline } from '../errors.js';
 import type { PoolRecord } from '../meta/store.js';
 import { ensureDurableDir } from '../dir-sync.js';
 import { log } from '../../log.js';
-import { identityProblem, readPoolIdentity, writePoolIdentity } from './identity.js';
+import { identityProblem } from './identity.js';
 
 export class Pool {
   usedBytes = 0;
@@ -78,6 +78,11 @@ export class Pool {
     this.adopt = adopt;
   }
 
+  /** Whether an adoptWhenBack hook waits to run (it makes the pool's layout itself). */
+  get adoptPending(): boolean {
+    return this.adopt !== null;
+  }
+
   /**
    * True when the directory exists and is writable, holds this pool's identity
    * (checked until it matched once) and, after adoptWhenBack, has been adopted.
@@ -122,29 +127,23 @@ export class Pool {
 
   /**
    * An identity missing where it may be written, or `problem` (null once
-   * written). A pool of an earlier version's layout gets one (legacyUpgrade).
-   * A pool this process had verified whose directory was replaced while it
-   * runs (removed and made again: the replace flow of the builds before
-   * `pools replace`, the scrub rebuilding onto it) gets its own again: the
-   * running daemon held the pool, so the new directory is its replacement.
-   * Never at a start: a directory without identity there is offline.
+   * written): only a pool of an earlier version's layout gets one
+   * (legacyUpgrade). A directory without identity is never taken for the
+   * pool, at a start or while the daemon runs: a disk that fails or is
+   * unmounted under the running daemon leaves its empty mount point, and
+   * adopting it would put new volume files, shards and hot S3 objects on the
+   * root filesystem, to vanish when the disk is mounted again. A new disk is
+   * given the pool's identity only by `couchestor pools replace`.
    */
   private identityRepair(problem: string): string | null {
-    const uuid = this.rec.uuid!;
+    if (this.legacyUpgrade === null) return problem;
     try {
-      if (this.legacyUpgrade !== null) {
-        if (!this.legacyUpgrade()) return problem;
-        this.legacyUpgrade = null;
-      } else if (this.verifiedDir !== null && readPoolIdentity(this.rec.path) === null) {
-        writePoolIdentity(this.rec.path, { pool: this.name, poolUuid: uuid, dataDirId: this.dataDirId! });
-        log.warn('pool directory replaced while the daemon runs: taken as the pool\'s new disk (its identity written)', { pool: this.name, path: this.rec.path });
-      } else {
-        return problem;
-      }
+      if (!this.legacyUpgrade()) return problem;
+      this.legacyUpgrade = null;
     } catch (err) {
       return `${problem} (writing its identity failed: ${(err as Error).message})`;
     }
-    return identityProblem(this.name, uuid, this.dataDirId!, this.rec.path);
+    return identityProblem(this.name, this.rec.uuid!, this.dataDirId!, this.rec.path);
   }
 
   /**
