@@ -15,6 +15,7 @@ import { MiB, assertSameBytes, dropCache, patternBytes, readExport, scrub } from
 import { coldVolumeWithWork, mountPool, readyz, unmountPool } from './helpers/missing-pool.js';
 import { startWarmDaemon } from './helpers/hot-warm.js';
 import { MetaStore } from '../src/dataplane/meta/store.js';
+import { aws, awsFail, startS3 } from './helpers/s3-env.js';
 
 function identityOf(dir: string): { pool: string; poolUuid: string; dataDirId: string } {
   return JSON.parse(fs.readFileSync(path.join(dir, '.couchestor-pool'), 'utf8')) as { pool: string; poolUuid: string; dataDirId: string };
@@ -133,5 +134,93 @@ test('pool directories of a build before the identity get one at start and carry
   mountPool(cold3);
   assert.equal((await readyz(d)).status, 200, 'cold-3 back: its layout is ours, its identity written');
   assert.equal(identityOf(cold3).pool, 'cold-3');
+  assert.equal((await scrub(d)).badStripes, 0);
+});
+
+const GiB = 1024 ** 3;
+// hot-1 the larger: placement (most free bytes) puts new hot objects there; the journal stays on hot-0.
+const HOT_CONFIG =
+  'demoVolume: null\npools:\n' +
+  `  - { name: hot-0, tier: hot, path: pools/hot-0, capacity: ${GiB} }\n` +
+  `  - { name: hot-1, tier: hot, path: pools/hot-1, capacity: ${4 * GiB} }\n` +
+  [0, 1, 2, 3, 4, 5].map((i) => `  - { name: cold-${i}, tier: cold, path: pools/cold-${i}, capacity: auto }\n`).join('');
+
+test('pools replace on a hot pool holding S3 objects (daemon running): refused naming them; with --discard-volumes GET answers that the data was lost, never bytes, until DELETE', async (t) => {
+  const env = await startS3({ config: HOT_CONFIG });
+  t.after(() => env.cleanup());
+  const d = env.daemon;
+  const hot1 = path.join(d.dataDir, 'pools', 'hot-1');
+  const body = patternBytes(2 * MiB, 0x2e4);
+  const src = path.join(env.home, 'obj.bin');
+  fs.writeFileSync(src, body);
+  assert.equal(aws(env, ['s3api', 'create-bucket', '--bucket', 'bkt']).status, 0);
+  assert.equal(aws(env, ['s3api', 'put-object', '--bucket', 'bkt', '--key', 'k0', '--body', src]).status, 0);
+  const objFiles = (dir: string) => fs.readdirSync(dir).flatMap((sub) => fs.readdirSync(path.join(dir, sub)).filter((f) => f.endsWith('.obj')));
+  assert.equal(objFiles(path.join(hot1, 'objects')).length, 1, 'k0 is stored on hot-1');
+
+  // hot-1's disk died; a new, empty one is mounted at its path.
+  fs.renameSync(hot1, `${hot1}.dead`);
+  t.after(() => fs.rmSync(`${hot1}.dead`, { recursive: true, force: true }));
+  fs.mkdirSync(hot1);
+  const refused = d.cli('pools', 'replace', 'hot-1');
+  assert.notEqual(refused.status, 0, refused.stdout);
+  assert.match(refused.stderr, /pool hot-1: S3 objects bkt\/k0 have data only on it: replacing its disk loses that\..*--discard-volumes.*those objects answer an error until deleted/);
+  assert.deepEqual(fs.readdirSync(hot1), [], 'a refused replace writes nothing');
+
+  const discarded = d.cli('pools', 'replace', 'hot-1', '--discard-volumes', '--json');
+  assert.equal(discarded.status, 0, discarded.stderr);
+  assert.equal((JSON.parse(discarded.stdout) as { objectsLost: number }).objectsLost, 1);
+  assert.equal((await readyz(d)).status, 200, 'hot-1 is the pool again');
+  const out = path.join(env.home, 'out.bin');
+  const lost = aws(env, ['s3api', 'get-object', '--bucket', 'bkt', '--key', 'k0', out]);
+  assert.notEqual(lost.status, 0, 'GET of the lost object fails');
+  assert.match(lost.stderr, /\(InternalError\).*the object's data was lost with pool hot-1's disk \(replaced with `pools replace --discard-volumes`\): it can only be deleted/);
+  assert.ok(!fs.existsSync(out) || fs.statSync(out).size === 0, 'no bytes of the lost object');
+
+  // The replaced pool takes new objects; the lost one is deleted.
+  assert.equal(aws(env, ['s3api', 'put-object', '--bucket', 'bkt', '--key', 'k1', '--body', src]).status, 0);
+  assert.equal(aws(env, ['s3api', 'get-object', '--bucket', 'bkt', '--key', 'k1', out]).status, 0);
+  assert.ok(fs.readFileSync(out).equals(body), 'k1 on the replaced pool reads back');
+  assert.equal(aws(env, ['s3api', 'delete-object', '--bucket', 'bkt', '--key', 'k0']).status, 0);
+  assert.equal(awsFail(env, ['s3api', 'get-object', '--bucket', 'bkt', '--key', 'k0', out]).code, 'NoSuchKey');
+});
+
+test('upgrade: a pool of a build before the identity whose path holds another data directory\'s disk at the first start stays offline, and its own disk mounted later gets its identity', async (t) => {
+  const fx = await coldVolumeWithWork(t, 'pools-replace-legacy-foreign-', 8 * MiB, 4 * MiB, 0x2e5);
+  const { work, model } = fx;
+  const pools = path.join(fx.dataDir, 'pools');
+  assert.equal(await fx.d.stop(), 0);
+  for (const n of ['hot-0', ...Array.from({ length: 6 }, (_, i) => `cold-${i}`)]) fs.rmSync(path.join(pools, n, '.couchestor-pool'));
+  const meta = MetaStore.open(fx.dataDir);
+  for (const rec of meta.listPools()) {
+    const { uuid: _uuid, ...old } = rec;
+    await meta.pools.put(rec.name, old);
+  }
+  await meta.durable();
+  await meta.close();
+  // cold-3's own disk aside; another node's pool disk (its identity) mounted at cold-3's path.
+  const cold3 = path.join(pools, 'cold-3');
+  fs.renameSync(cold3, `${cold3}.disk`);
+  fs.mkdirSync(cold3);
+  const foreign = { format: 1, pool: 'cold-9', poolUuid: '00000000-0000-4000-8000-000000000009', dataDirId: '00000000-0000-4000-8000-0000000000dd', createdMs: 1 };
+  fs.writeFileSync(path.join(cold3, '.couchestor-pool'), JSON.stringify(foreign) + '\n');
+  fs.mkdirSync(path.join(cold3, 'segments'));
+
+  let d = await fx.restart();
+  const ready = await readyz(d);
+  assert.equal(ready.status, 503);
+  assert.match(ready.reasons.join('\n'), /cold-3.*holds the identity of pool cold-9 of another data directory/);
+  assert.doesNotMatch(d.stderr, /its pool identity is written[^\n]*pool=cold-3/, 'another disk is not logged as upgraded');
+  assert.equal(await d.stop(), 0);
+
+  // The right disk is mounted (no identity yet: an earlier build made it): upgraded at the next start.
+  fs.rmSync(cold3, { recursive: true });
+  fs.renameSync(`${cold3}.disk`, cold3);
+  d = await fx.restart();
+  assert.equal((await readyz(d)).status, 200, `cold-3's own disk is taken:\n${d.stderr}`);
+  const recorded = new Map((await (await fetch(`http://127.0.0.1:${d.info.api.port}/v1/pools`)).json() as { name: string; uuid?: string }[]).map((p) => [p.name, p.uuid]));
+  assert.equal(identityOf(cold3).poolUuid, recorded.get('cold-3'));
+  await dropCache(d);
+  assertSameBytes(readExport(d, 'c1', path.join(work, 'out.bin')), model, 'c1 with cold-3 back');
   assert.equal((await scrub(d)).badStripes, 0);
 });

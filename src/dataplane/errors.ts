@@ -147,3 +147,8 @@ export class PartTooSmall extends StorageError {
 export class Corrupt extends StorageError {
   override name = 'Corrupt';
 }
+
+/** An S3 object whose data was on a hot pool replaced with `pools replace --discard-volumes`: gone, deletable. */
+export class ObjectDataLost extends StorageError {
+  override name = 'ObjectDataLost';
+}

@@ -20,6 +20,11 @@ export interface HotSegment {
   lengthBytes: number;
   /** CRC32C of each OBJECT_CHUNK_BYTES chunk of the file (the last may be short). */
   chunkCrc32c: number[];
+  /**
+   * The pool's disk died and was replaced (`pools replace --discard-volumes`,
+   * pool-objects.ts): the file is gone; a read answers ObjectDataLost.
+   */
+  lostWithPool?: string;
 }
 
 export interface WriteLimits {

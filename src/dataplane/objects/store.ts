@@ -19,11 +19,13 @@ import {
   NoSuchUpload,
   NoSuitablePool,
   NotEmpty,
+  ObjectDataLost,
   PartTooSmall,
   StorageError,
   TooLarge,
 } from '../errors.js';
 import type { VolumeManager } from '../volumes/manager.js';
+import type { Pool } from '../pools/pool.js';
 import { log } from '../../log.js';
 import { logDamagedRecords, objectStripeContext, openIndexDB, recordDamage, type DamagedRecord } from './cold-holders.js';
 import { uploadDamage } from './quarantine.js';
@@ -430,7 +432,7 @@ export class ObjectStore {
     const referenced = new Set<number>();
     const account = (seg: Segment) => {
       if (seg.kind === 'inline') store.inlineBytes += seg.lengthBytes;
-      if (seg.kind !== 'hot') return;
+      if (seg.kind !== 'hot' || seg.lostWithPool !== undefined) return;
       referenced.add(seg.fileId);
       const p = manager.pools.get(seg.pool);
       if (p) p.usedBytes += seg.lengthBytes;
@@ -649,8 +651,7 @@ export class ObjectStore {
       if (seg.kind === 'inline') {
         yield checkedInline(seg).subarray(from, from + len);
       } else if (seg.kind === 'hot') {
-        const pool = this.manager.pools.get(seg.pool);
-        if (!pool) throw new NoSuitablePool(`object data is on pool ${seg.pool}, which is not configured`);
+        const pool = this.hotPoolOf(seg);
         yield* readHotSegment(pool, seg, from, len);
       } else {
         yield* readColdSegment(this.requireStripes(), seg, from, len, (ref) => objectStripeContext(indexKeyHex, ref));
@@ -663,8 +664,7 @@ export class ObjectStore {
       if (seg.kind === 'inline') {
         await sink(checkedInline(seg).subarray(from, from + len), isLast);
       } else if (seg.kind === 'hot') {
-        const pool = this.manager.pools.get(seg.pool);
-        if (!pool) throw new NoSuitablePool(`object data is on pool ${seg.pool}, which is not configured`);
+        const pool = this.hotPoolOf(seg);
         await sendHotSegment(pool, seg, from, len, sink, isLast, this.active === 1);
       } else {
         // Stripe reads hand over their own buffers, so each piece is simply awaited.
@@ -676,6 +676,18 @@ export class ObjectStore {
         if (pending) await sink(pending, isLast);
       }
     }
+  }
+
+  /**
+   * The pool to read hot segment `seg` from: online (an offline pool's object
+   * answers 503, not a missing file's 500), and not lost with a replaced disk.
+   */
+  private hotPoolOf(seg: HotSegment): Pool {
+    if (seg.lostWithPool !== undefined) throw new ObjectDataLost(`the object's data was lost with pool ${seg.lostWithPool}'s disk (replaced with \`pools replace --discard-volumes\`): it can only be deleted`);
+    const pool = this.manager.pools.get(seg.pool);
+    if (!pool) throw new NoSuitablePool(`object data is on pool ${seg.pool}, which is not configured`);
+    pool.assertOnline();
+    return pool;
   }
 
   private requireStripes(): StripeStoreApi {

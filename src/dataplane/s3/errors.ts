@@ -17,6 +17,7 @@ import {
   NoSuitablePool,
   NotEmpty,
   PartTooSmall,
+  ObjectDataLost,
   PoolOffline,
   MetadataFailed,
   TooLarge,
@@ -66,6 +67,8 @@ export function toS3Error(err: unknown, ctx: ErrorContext): S3Error {
   // PoolOffline's message names the host's directories and files: the client is told the pool (the server logs the message).
   if (err instanceof PoolOffline) return new S3Error('ServiceUnavailable', 503, `${/^pool ([^\s:]+)/.exec(msg)?.[0] ?? 'a storage pool'} is unavailable (offline, or its directory missing or replaced); the server log has the details`);
   if (err instanceof NoSuitablePool || err instanceof MetadataFailed) return new S3Error('ServiceUnavailable', 503, msg);
+  // Said as it is (not "damaged", not retryable): the data went with a dead disk; DELETE removes the object.
+  if (err instanceof ObjectDataLost) return new S3Error('InternalError', 500, msg);
   if (err instanceof Corrupt || err instanceof InsufficientShards) return new S3Error('InternalError', 500, `stored data is damaged: ${msg}`);
   return new S3Error('InternalError', 500, 'We encountered an internal error. Please try again.');
 }

@@ -9,6 +9,8 @@ import { dirEntries, holdsPoolLayout, readPoolIdentity, writePoolIdentity, type 
 import { randomUUID } from 'node:crypto';
 import { Volume, type ColdTier } from './volume.js';
 import { Journal, journalFileEntries } from '../journal/journal.js';
+import { hotObjectsOnPool, markHotObjectsLost } from '../objects/pool-objects.js';
+import { prepareHotPool } from '../objects/hot-segments.js';
 import { JOURNAL_ID_FILE, ensureJournalId, readJournalId } from '../journal/journal-id.js';
 import { Destager, type DestagerOptions } from '../journal/destager.js';
 import { StripeStore, type StripeRef } from '../ec/stripe-store.js';
@@ -77,9 +79,8 @@ export class VolumeManager {
   constructor(readonly meta: MetaStore) {
     this.dataDirId = meta.dataDirId();
     for (const rec of meta.listPools()) this.pools.set(rec.name, rec.uuid === undefined ? this.legacyPool(rec) : new Pool(rec, this.dataDirId));
-    // Each pool's identity checked now (an earlier version's gets one): a directory this process
-    // found to be the pool and that is later removed and made again is its replacement (the
-    // flow before `pools replace`: Pool.identityRepair); one not the pool now stays offline.
+    // Each pool's identity checked now (an earlier version's gets one); one not the pool stays
+    // offline, now and whenever its directory changes while the daemon runs (Pool.identityRepair).
     for (const p of this.pools.values()) p.isOnline();
     this.recomputeUsage();
   }
@@ -104,9 +105,15 @@ export class VolumeManager {
     const uuid = found !== null && found.dataDirId === this.dataDirId && found.pool === rec.name ? found.poolUuid : randomUUID();
     const pool = new Pool({ ...rec, uuid }, this.dataDirId);
     pool.legacyUpgrade = () => {
-      if (readPoolIdentity(dir) === null) {
+      const there = readPoolIdentity(dir);
+      if (there === null) {
         if (!holdsPoolLayout(dir)) return false;
         writePoolIdentity(dir, { pool: rec.name, poolUuid: uuid, dataDirId: this.dataDirId });
+      } else if (there.dataDirId !== this.dataDirId || there.pool !== rec.name || there.poolUuid !== uuid) {
+        // Another pool's or another data directory's disk mounted here: not this pool, and its
+        // uuid is not recorded (recorded, the pool's own disk, mounted later without an
+        // identity, would never be upgraded: offline for good).
+        return false;
       }
       // The same record with the uuid (the path, tier, capacity of the one in the index now).
       const now = this.meta.pools.get(rec.name) ?? rec;
@@ -409,29 +416,35 @@ export class VolumeManager {
    * written into the directory (durable), the record gets its uuid, and the
    * pool counts as online at its next use.
    */
-  async replacePool(name: string, opts: { discardVolumes?: boolean } = {}): Promise<{ pool: string; tier: Tier; uuid: string; volumesLost: string[]; rebuild: 'queued' | 'none'; journalLost: boolean }> {
+  async replacePool(name: string, opts: { discardVolumes?: boolean } = {}): Promise<{ pool: string; tier: Tier; uuid: string; volumesLost: string[]; objectsLost: number; rebuild: 'queued' | 'none'; journalLost: boolean }> {
     const pool = this.pools.get(name);
     if (!pool) throw new NotFound(`no pool named ${name}`);
     const dir = pool.rec.path;
     if (!fs.existsSync(dir)) throw new InvalidArgument(`pool ${name}: directory ${dir} is missing: mount the new disk and make the directory (empty), then run \`couchestor pools replace ${name}\` again`);
     if (pool.isOnline()) throw new InvalidArgument(`pool ${name} is online: ${dir} holds its identity; \`pools replace\` is for a new, empty disk replacing a dead one`);
-    const entries = dirEntries(dir).filter((n) => n !== 'lost+found');
+    // lost+found (mkfs), and an identity's temp file a power cut left while an earlier replace wrote it.
+    const entries = dirEntries(dir).filter((n) => n !== 'lost+found' && !/^\.couchestor-pool\.tmp-\d+$/.test(n));
     if (entries.length > 0) {
       throw new InvalidArgument(`pool ${name}: ${dir} is not empty (${entries.slice(0, 5).join(', ')}${entries.length > 5 ? ', ...' : ''}): \`pools replace\` takes a new, empty disk; ${pool.offlineReason() ?? ''}`);
     }
     const volumesLost: string[] = [];
     let journalLost = false;
+    // A hot pool also holds hot buckets' S3 object files (single copies, as volume files).
+    const objects = pool.rec.tier === 'hot' ? hotObjectsOnPool(this.meta, name) : { objects: [], parts: 0 };
+    const objectsLost = objects.objects.length + objects.parts;
     if (pool.rec.tier !== 'cold') {
       for (const v of this.meta.listVolumes()) {
         if ([...this.meta.volumeChunks(v.id)].some(({ entry }) => entry.state === ChunkState.Allocated && entry.pool === name)) volumesLost.push(v.name);
       }
       journalLost = this.meta.journalMadeOn(name);
-      if ((volumesLost.length > 0 || journalLost) && opts.discardVolumes !== true) {
+      if ((volumesLost.length > 0 || journalLost || objectsLost > 0) && opts.discardVolumes !== true) {
         const what = [
           ...(volumesLost.length > 0 ? [`volumes ${volumesLost.join(', ')} have data only on it (${pool.rec.tier} pools hold single copies)`] : []),
+          ...(objects.objects.length > 0 ? [`S3 objects ${objects.objects.slice(0, 5).join(', ')}${objects.objects.length > 5 ? `, ... (${objects.objects.length} in all)` : ''} have data only on it`] : []),
+          ...(objects.parts > 0 ? [`${objects.parts} uploaded parts of multipart uploads in progress are on it`] : []),
           ...(journalLost ? ["it held the cold tier's journal (the acknowledged writes to cold volumes not yet destaged)"] : []),
         ];
-        throw new InvalidArgument(`pool ${name}: ${what.join('; ')}: replacing its disk loses that. If the old disk can be mounted, mount it instead; else run \`couchestor pools replace ${name} --discard-volumes\` (those volumes then read as I/O errors until deleted${journalLost ? '; serve refuses to start until an empty journal/ is made in the pool directory' : ''})`);
+        throw new InvalidArgument(`pool ${name}: ${what.join('; ')}: replacing its disk loses that. If the old disk can be mounted, mount it instead; else run \`couchestor pools replace ${name} --discard-volumes\` (those volumes then read as I/O errors until deleted${objectsLost > 0 ? ', those objects answer an error until deleted' : ''}${journalLost ? '; serve refuses to start until an empty journal/ is made in the pool directory' : ''})`);
       }
     }
     const uuid = randomUUID();
@@ -445,6 +458,7 @@ export class VolumeManager {
         const vr = this.meta.volumes.get(v);
         if (vr) this.meta.volumes.put(v, { ...vr, lostOnPools: [...new Set([...(vr.lostOnPools ?? []), name])] });
       }
+      if (objectsLost > 0) markHotObjectsLost(this.meta, name);
       // Every shard it held is gone: a whole-pool rebuild, as one cut (reconstruction.ts retryPool).
       if (pool.rec.tier === 'cold') this.meta.incompleteRebuilds.put(name, { volumesSkipped: [], notRebuilt: 1, state: 'interrupted' });
     });
@@ -457,8 +471,12 @@ export class VolumeManager {
     }
     pool.replacedBy(rec);
     if (pool.rec.tier !== 'cold') pool.usedBytes = 0;
-    log.warn('pool replaced: a new, empty disk with a new identity', { pool: name, path: dir, uuid, volumesLost: volumesLost.join(','), journalLost });
-    return { pool: name, tier: pool.rec.tier, uuid, volumesLost, rebuild: pool.rec.tier === 'cold' ? 'queued' : 'none', journalLost };
+    // The S3 fan-out on the new disk: a hot pool online at start that lost its disk while the
+    // daemon runs has no adopt hook (daemon.ts adoptWhenBack, which makes it) to run; without
+    // it PUTs placed there answer 503.
+    if (pool.rec.tier === 'hot' && !pool.adoptPending && pool.isOnline()) prepareHotPool(pool);
+    log.warn('pool replaced: a new, empty disk with a new identity', { pool: name, path: dir, uuid, volumesLost: volumesLost.join(','), objectsLost, journalLost });
+    return { pool: name, tier: pool.rec.tier, uuid, volumesLost, objectsLost, rebuild: pool.rec.tier === 'cold' ? 'queued' : 'none', journalLost };
   }
 
   /** Picks the online pool of `tier` with the most free space that fits. */
