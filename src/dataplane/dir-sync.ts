@@ -185,9 +185,13 @@ export function writeFileDurableSync(file: string, data: string, mode = 0o644): 
   try {
     fs.writeFileSync(fd, data);
     fs.fsyncSync(fd);
-  } finally {
+  } catch (err) {
+    // A full disk (ENOSPC) or an I/O error: no half-written temp file left beside `file`.
     fs.closeSync(fd);
+    fs.rmSync(tmp, { force: true });
+    throw err;
   }
+  fs.closeSync(fd);
   try {
     fs.linkSync(tmp, file);
   } catch (err) {

@@ -58,7 +58,12 @@ export function readPoolIdentity(dir: string): PoolIdentity | null {
  */
 export function writePoolIdentity(dir: string, id: Omit<PoolIdentity, 'format' | 'createdMs'>): boolean {
   const full: PoolIdentity = { format: POOL_IDENTITY_FORMAT, ...id, createdMs: Date.now() };
-  return writeFileDurableSync(identityFile(dir), JSON.stringify(full) + '\n', 0o644);
+  try {
+    return writeFileDurableSync(identityFile(dir), JSON.stringify(full) + '\n', 0o644);
+  } catch (err) {
+    // Said with the pool and its file (a bare "ENOSPC: no space left on device, write" named neither).
+    throw new Error(`pool ${id.pool}: its identity ${identityFile(dir)} cannot be written: ${(err as Error).message}`, { cause: err });
+  }
 }
 
 /** What `dir` holds besides nothing: the names in it (no identity among them when called for a legacy check). */
