@@ -266,6 +266,11 @@ export async function highestDestagedSeqSliced(manager: VolumeManager, sliceEntr
   return highest;
 }
 
+/** On Kubernetes: the cold tier's ErasureCodingPolicy as last read from the cluster, for a start while the apiserver is down. */
+function kubeEcCacheFile(cfg: DaemonConfig): string {
+  return path.resolve(cfg.dataDir, 'kube-ec-policy.json');
+}
+
 /**
  * Starts the erasure-coded tier when the policy file exists (or `coldPolicy`,
  * the custom resource, is there and valid) and enough cold pools do
@@ -275,7 +280,7 @@ export async function startConfiguredColdTier(cfg: DaemonConfig, manager: Volume
   const coldPools = cfg.pools.filter((p) => p.tier === 'cold').length;
   let policy: ErasureCodingPolicy;
   // An offline command on Kubernetes: the custom resource too (there is no policy file).
-  if (!coldPolicy && cfg.kubernetes.enabled) coldPolicy = (n) => readColdPolicyOnce(cfg.kubernetes, n);
+  if (!coldPolicy && cfg.kubernetes.enabled) coldPolicy = (n) => readColdPolicyOnce(cfg.kubernetes, n, kubeEcCacheFile(cfg));
   if (coldPolicy) {
     // A policy the cluster does not give (apiserver unreachable, no such resource, invalid here) is said in its status; the daemon serves on.
     const chosen = await coldPolicy(coldPools);
@@ -373,7 +378,7 @@ export class Daemon {
 
   private static async startSteps(cfg: DaemonConfig, started: Array<() => unknown>, lock: DataDirLock): Promise<Daemon> {
     // On Kubernetes the policies are custom resources: their list + watch starts first (the cold tier's comes from it).
-    const kube = cfg.kubernetes.enabled ? await KubePolicies.create(cfg.kubernetes) : null;
+    const kube = cfg.kubernetes.enabled ? await KubePolicies.create(cfg.kubernetes, { ecCacheFile: kubeEcCacheFile(cfg) }) : null;
     if (kube) {
       kube.start();
       started.push(() => kube.stop());

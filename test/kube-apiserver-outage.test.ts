@@ -12,7 +12,7 @@ import path from 'node:path';
 import { startKube, type KubeEnv } from './helpers/kube.js';
 import { access, applyCrds } from './helpers/kube-manifests.js';
 import { nbdsh, type TestDaemon } from './helpers/daemon.js';
-import { createVolume, metric, reconcile, scrape } from './helpers/control-loop.js';
+import { createVolume, metric, nbdcopyIn, nbdcopyOut, randomFile, reconcile, scrape } from './helpers/control-loop.js';
 import { awsOk, startS3 } from './helpers/s3-env.js';
 import { Cluster, ECP, httpGet, kubeDaemonConfig, SP, spSpec, startKubeDaemon, untilNodeStatus } from './helpers/kube-daemon.js';
 
@@ -143,4 +143,32 @@ test('an apiserver down at start: the daemon serves NBD and S3, /readyz says the
   awsOk(env, ['s3', 'cp', 's3://bucket/obj.txt', path.join(env.home, 'back.txt')]);
   assert.equal(fs.readFileSync(path.join(env.home, 'back.txt'), 'utf8'), 'served without the apiserver\n');
   fs.rmSync(env.home, { recursive: true, force: true });
+});
+
+test('a node restarted while the apiserver hangs (a reboot during a control-plane outage): the cold tier runs the ErasureCodingPolicy as last read, cold data reads back; once the apiserver answers, its status is Active', async () => {
+  const MiB = 1024 * 1024;
+  const opts = { kubeconfig: kube.kubeconfig(), nodeName: 'node-reboot', startSyncTimeoutMs: 1500 };
+  let d = await startKubeDaemon(opts);
+  daemons.push(d);
+  await createVolume(d, 'cv', 4 * MiB, { tier: 'cold' });
+  const src = path.join(d.dataDir, 'cold.bin');
+  randomFile(src, 2 * MiB);
+  nbdcopyIn(src, d.exportUri('cv'));
+  assert.equal((await fetch(`http://127.0.0.1:${d.info.api.port}/v1/destage`, { method: 'POST' })).status, 200);
+  assert.equal(await d.stop(), 0);
+
+  const pid = apiserverPid(kube.server);
+  process.kill(pid, 'SIGSTOP');
+  try {
+    d = await startKubeDaemon({ ...opts, dataDir: d.dataDir });
+    daemons.push(d);
+    assert.doesNotMatch(d.stderr, /cold tier disabled/);
+    assert.match(d.stderr, /ErasureCodingPolicy ec21 not read: the apiserver .* did not answer within 1500 ms .*the cold tier runs it as last read from the cluster/);
+    assert.ok(nbdcopyOut(d.exportUri('cv'), path.join(d.dataDir, 'out.bin'), 2 * MiB).equals(fs.readFileSync(src)), 'cold data read back');
+  } finally {
+    process.kill(pid, 'SIGCONT');
+  }
+  await reconcile(d, false);
+  const s = await untilNodeStatus(cluster, ECP, 'ec21', 'node-reboot', (x) => x.phase === 'Active', 60_000);
+  assert.equal(s.activeDataShards, 2);
 });

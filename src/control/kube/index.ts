@@ -2,6 +2,7 @@
 // custom resources (group storage.billyronks.io/v1, cluster-scoped), read
 // through list + watch caches, and each node writes its own entry of their
 // status (status.nodes.<nodeName>, deploy/README.md "Status").
+import fs from 'node:fs';
 import os from 'node:os';
 import { Counter, Gauge, type Registry } from 'prom-client';
 import type { KubernetesConfig } from '../../config.js';
@@ -47,17 +48,19 @@ export class KubePolicies {
   onSpecChange: () => void = () => undefined;
 
   /** Loads the kubeconfig (or the service account): throws InvalidKubeconfig with the reason. */
-  static async create(cfg: KubernetesConfig): Promise<KubePolicies> {
+  static async create(cfg: KubernetesConfig, opts: { ecCacheFile?: string } = {}): Promise<KubePolicies> {
     const env = process.env.NODE_NAME;
     if (cfg.nodeName === null && env !== undefined && !NODE_NAME_RE.test(env)) throw new Error(`env NODE_NAME must be a Kubernetes node name (lowercase DNS subdomain), got ${JSON.stringify(env)}`);
     // In a pod (no hostNetwork) the host name is the pod's: a new key in every status at every pod restart, the old ones left for good.
     if (cfg.nodeName === null && !env && process.env.KUBERNETES_SERVICE_HOST) throw new Error("kubernetes.nodeName is null and env NODE_NAME is not set: in a pod the host name is the pod's name, which changes with every pod (each would leave its own status entries behind); set NODE_NAME from spec.nodeName (downward API, as deploy/daemonset.yaml does) or kubernetes.nodeName");
-    return new KubePolicies(cfg, await KubeClient.load(cfg.kubeconfig));
+    return new KubePolicies(cfg, await KubeClient.load(cfg.kubeconfig), opts.ecCacheFile ?? null);
   }
 
   private constructor(
     private readonly cfg: KubernetesConfig,
     client: KubeClient,
+    /** The cold tier's ErasureCodingPolicy as last read from the cluster (the data directory): run when the apiserver does not answer at start. */
+    private readonly ecCacheFile: string | null,
   ) {
     this.nodeName = cfg.nodeName ?? process.env.NODE_NAME ?? os.hostname();
     this.client = client;
@@ -125,7 +128,15 @@ export class KubePolicies {
     const name = this.cfg.ecPolicyName;
     const synced = await this.ecPolicies.waitSynced(this.cfg.startSyncTimeoutMs);
     if (!synced) {
-      this.cold = { disabled: `ErasureCodingPolicy ${name} not read: the apiserver (${this.client.server}) did not answer within ${this.cfg.startSyncTimeoutMs} ms (${this.ecPolicies.lastError ?? 'no answer'}); restart the daemon once it is reachable` };
+      const why = `the apiserver (${this.client.server}) did not answer within ${this.cfg.startSyncTimeoutMs} ms (${this.ecPolicies.lastError ?? 'no answer'})`;
+      // A node that starts during a control-plane outage (a reboot) keeps its cold volumes: the spec it last read.
+      const cached = this.readEcCache(name, coldPoolCount);
+      if (cached) {
+        this.cold = cached;
+        log.warn(`ErasureCodingPolicy ${name} not read: ${why}; the cold tier runs it as last read from the cluster (${this.ecCacheFile}); a change made since takes effect at the next start`);
+      } else {
+        this.cold = { disabled: `ErasureCodingPolicy ${name} not read: ${why}; restart the daemon once it is reachable` };
+      }
     } else {
       const obj = this.ecPolicies.get(name);
       if (!obj) {
@@ -133,12 +144,45 @@ export class KubePolicies {
       } else {
         try {
           this.cold = { policy: parsePolicyYaml(ecText(obj), coldPoolCount), generation: obj.metadata.generation };
+          this.writeEcCache(obj);
         } catch (err) {
           this.cold = { disabled: `ErasureCodingPolicy ${name} is invalid on this node: ${(err as Error).message}` };
         }
       }
     }
     return this.cold;
+  }
+
+  private readEcCache(name: string, coldPoolCount: number): ColdPolicyChoice | null {
+    if (!this.ecCacheFile) return null;
+    try {
+      const obj = JSON.parse(fs.readFileSync(this.ecCacheFile, 'utf8')) as KubeObject;
+      if (obj.metadata?.name !== name) return null;
+      return { policy: parsePolicyYaml(ecText(obj), coldPoolCount), generation: obj.metadata.generation };
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') log.warn('the cached ErasureCodingPolicy cannot be used', { file: this.ecCacheFile, err: (err as Error).message });
+      return null;
+    }
+  }
+
+  /** Kept when it changed: written to a temp file, synced and renamed over the old (a crash leaves one or the other). */
+  private writeEcCache(obj: KubeObject): void {
+    if (!this.ecCacheFile) return;
+    const text = `${JSON.stringify({ apiVersion: obj.apiVersion, kind: obj.kind, metadata: { name: obj.metadata.name, generation: obj.metadata.generation }, spec: obj.spec })}\n`;
+    try {
+      if (fs.existsSync(this.ecCacheFile) && fs.readFileSync(this.ecCacheFile, 'utf8') === text) return;
+      const tmp = `${this.ecCacheFile}.tmp`;
+      const fd = fs.openSync(tmp, 'w');
+      try {
+        fs.writeSync(fd, text);
+        fs.fsyncSync(fd);
+      } finally {
+        fs.closeSync(fd);
+      }
+      fs.renameSync(tmp, this.ecCacheFile);
+    } catch (err) {
+      log.warn('cannot keep the ErasureCodingPolicy for a start without the apiserver', { file: this.ecCacheFile, err: (err as Error).message });
+    }
   }
 
   /** The manager whose cold tier and pools the ErasureCodingPolicy status describes. */
@@ -258,8 +302,8 @@ export class KubePolicies {
  * process that runs no informers (an offline command on a node on Kubernetes,
  * where no policy file is written).
  */
-export async function readColdPolicyOnce(cfg: KubernetesConfig, coldPoolCount: number): Promise<ColdPolicyChoice> {
-  const kube = await KubePolicies.create(cfg);
+export async function readColdPolicyOnce(cfg: KubernetesConfig, coldPoolCount: number, ecCacheFile?: string): Promise<ColdPolicyChoice> {
+  const kube = await KubePolicies.create(cfg, ecCacheFile ? { ecCacheFile } : {});
   kube.ecPolicies.start();
   try {
     return await kube.coldPolicy(coldPoolCount);
