@@ -1,6 +1,7 @@
 // A model of what a power cut keeps of a directory, for in-process crash-consistency tests of
-// the journal and of volume files: every call journal.ts, volume.ts and dir-sync.ts make through the `fs` module object on a
-// tracked directory is logged (writes, truncates, creates, unlinks, renames, fsync/fdatasync), and any
+// the journal, of volume files and of hot S3 object files: every call journal.ts, volume.ts,
+// dir-sync.ts and hot-segments.ts make through the `fs` module object (and fs.promises.open's
+// handles of a tracked file opened to write: writev, datasync, close) on a tracked directory is logged (writes, truncates, creates, unlinks, renames, fsync/fdatasync), and any
 // instant of that log can be turned into a crash state (DirModel.crashState: durable images, the
 // rest kept or lost per sector and per directory change).
 //
@@ -10,7 +11,8 @@
 // model only decides what of it would have survived.
 //
 // Determinism: the callback and promise calls on tracked descriptors (writev, fdatasync,
-// fsync, close, rm, fs.promises.open of the directory and its handle's sync/close) do not
+// fsync, close, rm, fs.promises.open of the directory and its handle's sync/close, of a file
+// and its handle's writev/datasync/close) do not
 // reach the thread pool: they are queued, and the test completes them one at a time in a
 // seeded random order (runOne), so one seed gives one interleaving, completion order
 // included (a writev issued first may complete last). fsync/fdatasync on tracked
@@ -178,14 +180,26 @@ export class DirModel {
         }
         landed.set(s, set);
       }
+      // The file as built so far: content[0, len), grown by doubling (a large file lost or kept
+      // sector by sector past its end would otherwise be copied once per sector).
       let content = Buffer.from(this.initialContent.get(ino) ?? Buffer.alloc(0));
+      let len = content.length;
+      const resize = (lengthBytes: number) => {
+        if (lengthBytes > content.length) {
+          const grown = Buffer.alloc(Math.max(lengthBytes, 2 * content.length));
+          content.copy(grown, 0, 0, len);
+          content = grown;
+        }
+        if (lengthBytes > len) content.fill(0, len, lengthBytes);
+        len = lengthBytes;
+      };
       const place = (posBytes: number, data: Buffer) => {
-        if (posBytes + data.length > content.length) content = Buffer.concat([content, Buffer.alloc(posBytes + data.length - content.length)]);
+        if (posBytes + data.length > len) resize(posBytes + data.length);
         data.copy(content, posBytes);
       };
       for (const o of fileOps) {
         if (o.k === 'trunc') {
-          if (durable(o, ino) || rng() < dirKeepP) content = o.lengthBytes <= content.length ? content.subarray(0, o.lengthBytes) : Buffer.concat([content, Buffer.alloc(o.lengthBytes - content.length)]);
+          if (durable(o, ino) || rng() < dirKeepP) resize(o.lengthBytes);
           continue;
         }
         if (durable(o, ino)) {
@@ -203,11 +217,11 @@ export class DirModel {
           if (landed.get(s)!.has(o)) {
             kept++;
             place(at, piece);
-          } else if (end > content.length && rng() < 0.3) {
+          } else if (end > len && rng() < 0.3) {
             // The size change without the data (a file system that extends before it writes): zeros
             // past the old end only; the bytes below it keep what they held (a durable write's).
             stats.zeroExtended++;
-            const from = Math.max(at, content.length);
+            const from = Math.max(at, len);
             place(from, Buffer.alloc(end - from));
           }
           at = end;
@@ -216,7 +230,7 @@ export class DirModel {
         else if (kept === 0) stats.writesLost++;
         else stats.writesTorn++;
       }
-      fs.writeFileSync(path.join(into, name), content);
+      fs.writeFileSync(path.join(into, name), content.subarray(0, len));
       stats.files++;
     }
     return stats;
@@ -237,6 +251,15 @@ interface Queued {
   run(): void;
   /** What the call does in the kernel, without telling the caller: run at a SIGKILL (kill). Unset: the call is dropped. */
   effect?: () => void;
+}
+
+/** A file handle as hot-segments.ts writes through it (writev, datasync, close), its calls queued like the others. */
+interface QueuedFileHandle {
+  fd: number;
+  writev(bufs: NodeJS.ArrayBufferView[], position?: number | null): Promise<{ bytesWritten: number; buffers: NodeJS.ArrayBufferView[] }>;
+  datasync(): Promise<void>;
+  sync(): Promise<void>;
+  close(): Promise<void>;
 }
 
 /** A directory handle as dir-sync.ts uses it (fd, sync, close), its calls queued like the others. */
@@ -642,9 +665,56 @@ export class PowerLossFs {
       m.ops.push({ k: 'rename', from: path.basename(a), to: path.basename(b), ino, issue: at, complete: at });
     }) as typeof fs.renameSync;
 
+    // A FileHandle of a tracked file as fs.promises.open returns it, for the calls writeHotSegment
+    // makes: writev at the handle's position (or a given one), datasync/sync, close; fd for fstat.
+    const never = () => new Promise<never>(() => undefined);
+    const queuedFileHandle = (fd: number): QueuedFileHandle => {
+      let positionBytes = 0;
+      return {
+        fd,
+        writev: (bufs: NodeJS.ArrayBufferView[], position?: number | null) => {
+          if (dead(fd)) return never();
+          const tf = this.fds.get(fd);
+          if (!tf || typeof tf.target !== 'number') throw new Error('power-loss fs: writev on a handle the model does not know');
+          const data = Buffer.concat(bufs.map((b) => Buffer.from(b.buffer, b.byteOffset, b.byteLength)));
+          const pos = typeof position === 'number' ? position : positionBytes;
+          if (typeof position !== 'number') positionBytes += data.length;
+          return new Promise((res, rej) => queuedWrite(tf.model, tf.target as number, pos, data, () => fs.writevSync(fd, bufs, pos), (err, n) => (err ? rej(err) : res({ bytesWritten: n, buffers: bufs }))));
+        },
+        datasync: () => handleSync(fd),
+        sync: () => handleSync(fd),
+        close: () => {
+          if (dead(fd)) return never();
+          return new Promise<void>((res, rej) => fs.close(fd, (err) => (err ? rej(err) : res())));
+        },
+      };
+    };
+    const handleSync = (fd: number): Promise<void> => {
+      if (dead(fd)) return never();
+      return new Promise<void>((res) => fs.fdatasync(fd, () => res()));
+    };
+
     fs.promises.open = ((p: fs.PathLike, flags?: string | number, mode?: fs.Mode) => {
       const m = this.modelOfDir(String(p));
-      if (!m) return real.promisesOpen(p, flags, mode);
+      if (!m) {
+        // A file in a tracked directory opened to write (hot-segments.ts writeHotSegment: 'wx',
+        // then writev, datasync, close): a queued handle whose calls are logged like the
+        // callback API's. Opened to read: the real handle (reads are not modelled).
+        const { creates, truncates } = openFlags(flags);
+        const writes = creates || truncates || (typeof flags === 'string' && flags.includes('+')) || (typeof flags === 'number' && (flags & (fs.constants.O_WRONLY | fs.constants.O_RDWR)) !== 0);
+        if (!writes || !this.modelOfFile(path.resolve(String(p)))) return real.promisesOpen(p, flags, mode);
+        return new Promise<QueuedFileHandle>((resolve, reject) =>
+          enqueue(() => {
+            let fd: number;
+            try {
+              fd = fs.openSync(p, flags ?? 'r', mode);
+            } catch (e) {
+              return reject(e as Error);
+            }
+            resolve(queuedFileHandle(fd));
+          }),
+        );
+      }
       return new Promise<QueuedDirHandle>((resolve, reject) =>
         enqueue(() => {
           let fd: number;
