@@ -12,7 +12,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { CLIENT_ENV, TestDaemon, run } from './helpers/daemon.js';
 import { MiB, assertSameBytes, dropCache, patternBytes, readExport, scrub } from './helpers/cold.js';
-import { coldVolumeWithWork, mountPool, readyz, unmountPool } from './helpers/missing-pool.js';
+import { coldVolumeWithWork, mountPool, readyz, unmountPool, writeJournaled } from './helpers/missing-pool.js';
 import { startWarmDaemon } from './helpers/hot-warm.js';
 import { MetaStore } from '../src/dataplane/meta/store.js';
 import { aws, awsFail, startS3 } from './helpers/s3-env.js';
@@ -223,4 +223,27 @@ test('upgrade: a pool of a build before the identity whose path holds another da
   await dropCache(d);
   assertSameBytes(readExport(d, 'c1', path.join(work, 'out.bin')), model, 'c1 with cold-3 back');
   assert.equal((await scrub(d)).badStripes, 0);
+});
+
+test('pools replace of the journal\'s pool is refused while the daemon runs (its journal open on the old disk), even with --discard-volumes; stopped, it goes on', async (t) => {
+  const fx = await coldVolumeWithWork(t, 'pools-replace-journal-', 8 * MiB, 4 * MiB, 0x2e6);
+  writeJournaled(fx.d, fx.work, fx.model, 2 * MiB, 0x2e7);
+  const hot0 = path.join(fx.dataDir, 'pools', 'hot-0');
+  // hot-0's disk died; a new, empty one is mounted at its path while the daemon runs.
+  fs.renameSync(hot0, `${hot0}.dead`);
+  fs.mkdirSync(hot0);
+  for (const args of [[], ['--discard-volumes']]) {
+    const refused = fx.d.cli('pools', 'replace', 'hot-0', ...args);
+    assert.notEqual(refused.status, 0, `replaced with the journal open (${args.join(' ')}):\n${refused.stdout}`);
+    assert.match(refused.stderr, /pool hot-0 holds the cold tier's journal, open in the running daemon: stop the daemon, then run `couchestor pools replace hot-0 --discard-volumes`/);
+  }
+  assert.deepEqual(fs.readdirSync(hot0), [], 'a refused replace writes nothing');
+  assert.equal(await fx.d.stop(), 0);
+
+  const replaced = fx.d.cli('pools', 'replace', 'hot-0', '--discard-volumes', '--json');
+  assert.equal(replaced.status, 0, replaced.stderr);
+  assert.equal((JSON.parse(replaced.stdout) as { journalLost: boolean }).journalLost, true);
+  fs.mkdirSync(path.join(hot0, 'journal'));
+  const d = await fx.restart();
+  assert.equal((await readyz(d)).status, 200);
 });

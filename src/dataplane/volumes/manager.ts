@@ -437,6 +437,11 @@ export class VolumeManager {
         if ([...this.meta.volumeChunks(v.id)].some(({ entry }) => entry.state === ChunkState.Allocated && entry.pool === name)) volumesLost.push(v.name);
       }
       journalLost = this.meta.journalMadeOn(name);
+      // The running cold tier's journal is open on the old disk: writes to cold volumes would go on
+      // being acknowledged into it after the replace, and dropped with it at the next start.
+      if (journalLost && this.cold !== null) {
+        throw new InvalidArgument(`pool ${name} holds the cold tier's journal, open in the running daemon: stop the daemon, then run \`couchestor pools replace ${name} --discard-volumes\` (serve then refuses to start until an empty journal/ is made in the pool directory: the writes to cold volumes not yet destaged are lost)`);
+      }
       if ((volumesLost.length > 0 || journalLost || objectsLost > 0) && opts.discardVolumes !== true) {
         const what = [
           ...(volumesLost.length > 0 ? [`volumes ${volumesLost.join(', ')} have data only on it (${pool.rec.tier} pools hold single copies)`] : []),
