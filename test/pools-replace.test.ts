@@ -183,6 +183,9 @@ test('pools replace on a hot pool holding S3 objects (daemon running): refused n
   assert.ok(fs.readFileSync(out).equals(body), 'k1 on the replaced pool reads back');
   assert.equal(aws(env, ['s3api', 'delete-object', '--bucket', 'bkt', '--key', 'k0']).status, 0);
   assert.equal(awsFail(env, ['s3api', 'get-object', '--bucket', 'bkt', '--key', 'k0', out]).code, 'NoSuchKey');
+  // The lost object's bytes were never counted on the new disk: its DELETE leaves k1's counted.
+  const listed = (await (await fetch(`http://127.0.0.1:${d.info.api.port}/v1/pools`)).json()) as { name: string; usedBytes: number }[];
+  assert.equal(listed.find((p) => p.name === 'hot-1')?.usedBytes, body.length, 'hot-1 counts k1 only');
 });
 
 test('upgrade: a pool of a build before the identity whose path holds another data directory\'s disk at the first start stays offline, and its own disk mounted later gets its identity', async (t) => {

@@ -738,7 +738,9 @@ export class ObjectStore {
           this.inlineBytes -= seg.lengthBytes;
         } else if (seg.kind === 'hot') {
           const pool = this.manager.pools.get(seg.pool);
-          if (pool) await freeHotSegment(pool, seg);
+          // A segment lost with its pool's disk (`pools replace --discard-volumes`) has no file, and its
+          // bytes are not counted on the new disk (replacePool set its usage to 0): nothing to free.
+          if (pool && seg.lostWithPool === undefined) await freeHotSegment(pool, seg);
         } else if (this.stripes) {
           freeColdSegment(this.stripes, seg);
         }
