@@ -4,9 +4,10 @@
 // is driven in process with a seeded random mix: PUTs of new keys and
 // overwrites (0 B to 3 MiB; inline in the index, or data files with and
 // without a declared length), deletes, CopyObject (openObject + putObject, as
-// the S3 front end does it), conditional PUTs (If-None-Match: *, If-Match,
-// judged in ObjectStore.flip), multipart create / upload part (overwrites of a
-// part included) / complete / abort. The hot pool's 256 fan-out directories
+// the S3 front end does it), conditional PUTs, copies and completions
+// (If-None-Match: *, If-Match, judged in ObjectStore.flip), two conditional
+// PUTs racing on one key (exactly one may win), multipart create / upload part
+// (overwrites of a part included) / complete / abort. The hot pool's 256 fan-out directories
 // are modelled.
 //
 // The index is LMDB, opened with overlappingSync off: a commit's promise
@@ -194,24 +195,24 @@ async function runSeed(t: { diagnostic(s: string): void; after(fn: () => unknown
   };
 
   /** A write to `key`: recorded at issue, settled at its answer (`expectOk` checks the model's verdict on conditions). */
-  async function keyWrite(key: string, what: string, val: Val, run: () => Promise<unknown>, expectOk = true, expectErr?: (e: unknown) => boolean): Promise<boolean> {
+  async function keyWrite(key: string, what: string, val: Val, run: () => Promise<unknown>, expectOk: boolean | 'either' = true, expectErr?: (e: unknown) => boolean): Promise<boolean> {
     const op: KeyOp = { issueAt: plfs.mark(), ackAt: Infinity, ok: false, val, what };
     keyOps.get(key)!.push(op);
     try {
       await run();
       op.ok = true;
     } catch (e) {
-      if (expectOk || !expectErr?.(e)) throw e;
+      if (expectOk === true || !expectErr?.(e)) throw e;
     }
     op.ackAt = plfs.mark();
-    assert.equal(op.ok, expectOk, `${what}: ${expectOk ? 'refused' : 'done'}, the model says otherwise`);
+    if (expectOk !== 'either') assert.equal(op.ok, expectOk, `${what}: ${expectOk ? 'refused' : 'done'}, the model says otherwise`);
     history.push({ at: op.ackAt, what: `${op.issueAt}-${op.ackAt} ${key}: ${what} ${op.ok ? 'ok' : 'refused'}` });
     if (cutRng() < 0.25) snap('acknowledged');
     return op.ok;
   }
 
   async function one(pick: number): Promise<void> {
-    if (pick < 40) {
+    if (pick < 38) {
       // PUT (new key or overwrite), a condition sometimes.
       const key = freeKey();
       if (key === undefined) return;
@@ -223,6 +224,29 @@ async function runSeed(t: { diagnostic(s: string): void; after(fn: () => unknown
         const declared = rng() < 0.85;
         count(condition ? `put-${condition.kind}` : n <= 16 * KiB && declared ? 'put-inline' : 'put-file');
         await keyWrite(key, `put ${n}${declared ? '' : ' (chunked)'}${condition ? ` if ${condition.kind}` : ''}`, { bytes, etag: md5hex(bytes) }, () => store.putObject('b', key, bodyOf(bytes, rng), { contentHeaders: {}, userMeta: {}, ...(declared ? { expectedBytes: n } : {}), ...(condition ? { condition } : {}) }), expectOk, expectErr);
+      } finally {
+        busy.delete(key);
+      }
+    } else if (pick < 44) {
+      // Two conditional PUTs racing on one key (both If-None-Match: * on an absent key, or both
+      // If-Match its current ETag): the flip lets exactly one install its version.
+      const key = freeKey();
+      if (key === undefined) return;
+      busy.add(key);
+      try {
+        const cur = current(key);
+        const condition: WriteCondition = cur === null ? { kind: 'absent' } : { kind: 'etagIn', etags: [cur.etag] };
+        count(`race-${condition.kind}`);
+        // At least 64 bytes of random data: distinct ETags (an empty body racing over an empty
+        // object keeps its ETag, and the other's If-Match on it rightly passes too; checked).
+        const sizes = [Math.max(64, size()), Math.max(64, size())];
+        const bodies = sizes.map((n) => bytesOf(n, rng));
+        const oks = await Promise.all(
+          bodies.map((bytes, i) =>
+            keyWrite(key, `race ${i} put ${bytes.length} if ${condition.kind}`, { bytes, etag: md5hex(bytes) }, () => store.putObject('b', key, bodyOf(bytes, rng), { contentHeaders: {}, userMeta: {}, expectedBytes: bytes.length, condition }), 'either', (e) => e instanceof PreconditionFailed),
+          ),
+        );
+        assert.equal(oks.filter(Boolean).length, 1, `two racing ${condition.kind} PUTs on ${key}: ${oks.filter(Boolean).length} won (sizes ${sizes.join(", ")}, current ${cur === null ? "absent" : `${cur.bytes.length} B ${cur.etag}`}, new ${bodies.map(md5hex).join(", ")})`);
       } finally {
         busy.delete(key);
       }
@@ -424,7 +448,7 @@ async function runSeed(t: { diagnostic(s: string): void; after(fn: () => unknown
         const same = (a: Val, b: Val) => (a === null ? b === null : b !== null && a.etag === b.etag && a.bytes.equals(b.bytes));
         const allowed = inflight === undefined ? [base] : [base, inflight];
         if (inflight !== undefined) {
-          const o = keyOps.get(key)!.find((x) => x.issueAt < cut && x.ackAt >= cut)!;
+          const o = keyOps.get(key)!.find((x) => x.issueAt < cut && x.ackAt >= cut && x.ok)!;
           const kind = `inflight-${o.what.split(' ')[0]}`;
           stats[kind] = (stats[kind] ?? 0) + 1;
           if (same(v, inflight) && !same(base, inflight)) stats['inflight-new'] = (stats['inflight-new'] ?? 0) + 1;
@@ -512,7 +536,7 @@ test('hot S3 objects under power cuts: every acknowledged PUT, copy, delete, con
   }
   // Coverage: the states lost and tore data, lost creates, undid unlinks (the sweep had work),
   // cut PUTs and copies in flight (some showing the new version), and part bytes were read back.
-  const need = ['writesLost', 'writesTorn', 'createsLost', 'unlinksUndone', 'swept', 'inflight-put', 'inflight-copy', 'inflight-new', 'parts-read-back', 'put-absent', 'put-etagIn', 'abort'];
+  const need = ['race-absent', 'writesLost', 'writesTorn', 'createsLost', 'unlinksUndone', 'swept', 'inflight-put', 'inflight-copy', 'inflight-new', 'parts-read-back', 'put-absent', 'put-etagIn', 'abort'];
   const floor = seeds.length > 1 ? need : ['createsLost', 'unlinksUndone', 'inflight-put'];
   assert.deepEqual(floor.filter((k) => !((total[k] ?? 0) > 0)), [], JSON.stringify(total));
 });
