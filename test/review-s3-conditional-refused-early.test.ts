@@ -6,12 +6,12 @@
 // space" instead of 412, a refused copy of a large object first copied all of
 // it, and every refused body on a cold bucket left dead stripes behind. The
 // flip still decides races (test/s3-conditional-writes.test.ts).
-import { CopyObjectCommand, CreateBucketCommand, GetObjectCommand, PutObjectCommand, type S3ServiceException } from '@aws-sdk/client-s3';
+import { CopyObjectCommand, GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import net from 'node:net';
 import { after, before, describe, it } from 'node:test';
-import { coldSegmentBytes, createColdBucket, hotObjectFiles, signer, startS3, type S3Env } from './helpers/s3-env.js';
+import { coldSegmentBytes, hotObjectFiles, outcome, signer, startS3HotAndCold, type S3Env } from './helpers/s3-env.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -23,17 +23,6 @@ ${[0, 1, 2, 3, 4, 5].map((i) => `  - { name: cold-${i}, tier: cold, path: pools/
 `;
 
 const md5 = (b: Buffer) => createHash('md5').update(b).digest('hex');
-
-async function outcome(p: Promise<unknown>): Promise<[number, string]> {
-  try {
-    await p;
-    return [200, 'OK'];
-  } catch (err) {
-    const e = err as S3ServiceException;
-    if (e.$metadata?.httpStatusCode === undefined) throw err;
-    return [e.$metadata.httpStatusCode, e.name];
-  }
-}
 
 /**
  * A signed PUT of `body` with `headers`, then a GET of the same key, on ONE
@@ -78,9 +67,7 @@ describe('s3 conditional writes: a condition that already fails stores nothing o
   const put = (bucket: string, key: string, body: Buffer, cond: object = {}) => env.sdk.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: body, ...cond }));
 
   before(async () => {
-    env = await startS3({ config: CONFIG });
-    await env.sdk.send(new CreateBucketCommand({ Bucket: 'hot' }));
-    await createColdBucket(env, 'cold');
+    env = await startS3HotAndCold({ config: CONFIG });
   });
   after(async () => {
     await env.cleanup();

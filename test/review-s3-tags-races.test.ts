@@ -24,7 +24,7 @@ import {
   PutObjectTaggingCommand,
   UploadPartCommand,
 } from '@aws-sdk/client-s3';
-import { createColdBucket, startS3, type S3Env } from './helpers/s3-env.js';
+import { startS3HotAndCold, type S3Env } from './helpers/s3-env.js';
 import { MiB, patternBytes } from './helpers/cold.js';
 
 const ROUNDS = 12;
@@ -36,9 +36,7 @@ const errName = (err: unknown) => (err as { name?: string }).name;
 describe('review: object and bucket tags racing overwrites, copies, completions and deletes', () => {
   let env: S3Env;
   before(async () => {
-    env = await startS3();
-    await env.sdk.send(new CreateBucketCommand({ Bucket: 'hot' }));
-    await createColdBucket(env, 'cold');
+    env = await startS3HotAndCold();
   });
   after(async () => {
     await env.cleanup();

@@ -11,20 +11,18 @@ import {
   AbortMultipartUploadCommand,
   CompleteMultipartUploadCommand,
   CopyObjectCommand,
-  CreateBucketCommand,
   CreateMultipartUploadCommand,
   DeleteObjectCommand,
   GetObjectCommand,
   ListPartsCommand,
   PutObjectCommand,
   UploadPartCommand,
-  type S3ServiceException,
 } from '@aws-sdk/client-s3';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import { readRecord, rewriteRecord, s3WithKeptAndVictim } from './helpers/damaged-record.js';
-import { coldLiveBytes, createColdBucket, hotObjectFiles, signedRequest, startS3, type S3Env } from './helpers/s3-env.js';
+import { coldLiveBytes, hotObjectFiles, outcome, signedRequest, startS3HotAndCold, type S3Env } from './helpers/s3-env.js';
 
 const KiB = 1024;
 /** Inline (in the index record), one hot data file / a few stripes, several stripes. */
@@ -50,18 +48,6 @@ async function get2(env: S3Env, key: string) {
   return { etag: r.ETag!.replaceAll('"', ''), bytes: Buffer.from(await r.Body!.transformToByteArray()) };
 }
 
-/** [HTTP status, S3 error code] of a call that failed; [200, 'OK'] when it succeeded. */
-async function outcome(p: Promise<unknown>): Promise<[number, string]> {
-  try {
-    await p;
-    return [200, 'OK'];
-  } catch (err) {
-    const e = err as S3ServiceException;
-    if (e.$metadata?.httpStatusCode === undefined) throw err;
-    return [e.$metadata.httpStatusCode, e.name];
-  }
-}
-
 describe('s3 conditional writes: If-None-Match: * and If-Match, judged when the object is installed', () => {
   let env: S3Env;
   const get = async (bucket: string, key: string) => {
@@ -71,9 +57,7 @@ describe('s3 conditional writes: If-None-Match: * and If-Match, judged when the 
   const put = (bucket: string, key: string, body: Buffer | string, cond: { IfNoneMatch?: string; IfMatch?: string } = {}) => env.sdk.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: body, ...cond }));
 
   before(async () => {
-    env = await startS3();
-    await env.sdk.send(new CreateBucketCommand({ Bucket: 'hot' }));
-    await createColdBucket(env, 'cold');
+    env = await startS3HotAndCold();
   });
   after(async () => {
     await env.cleanup();

@@ -1,7 +1,7 @@
 // S3 test harness: a real daemon, its generated credentials, the Debian aws
 // cli in an isolated HOME, an @aws-sdk/client-s3 client, and an independent
 // SigV4 signer (@smithy/signature-v4, the SDK's own) for hand-made requests.
-import { CreateBucketCommand, HeadObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { CreateBucketCommand, HeadObjectCommand, S3Client, type S3ServiceException } from '@aws-sdk/client-s3';
 import { SignatureV4 } from '@smithy/signature-v4';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -43,6 +43,26 @@ export async function startS3(opts: { dataDir?: string; config?: string } = {}):
       fs.rmSync(home, { recursive: true, force: true });
     },
   };
+}
+
+/** startS3 with two buckets: `hot` (hot tier) and `cold` (cold tier), the pair most S3 tests run each case on. */
+export async function startS3HotAndCold(opts: { dataDir?: string; config?: string } = {}): Promise<S3Env> {
+  const env = await startS3(opts);
+  await env.sdk.send(new CreateBucketCommand({ Bucket: 'hot' }));
+  await createColdBucket(env, 'cold');
+  return env;
+}
+
+/** [HTTP status, S3 error code] of an SDK call that failed; [200, 'OK'] when it succeeded. Errors with no HTTP answer are thrown. */
+export async function outcome(p: Promise<unknown>): Promise<[number, string]> {
+  try {
+    await p;
+    return [200, 'OK'];
+  } catch (err) {
+    const e = err as S3ServiceException;
+    if (e.$metadata?.httpStatusCode === undefined) throw err;
+    return [e.$metadata.httpStatusCode, e.name];
+  }
 }
 
 /** A SIGKILLed daemon's environment, restarted on the same data directory (the old one's cleanup would delete it). */
