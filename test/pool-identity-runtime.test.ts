@@ -12,9 +12,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { run } from './helpers/daemon.js';
 import { MiB, assertSameBytes, patternBytes, readExport } from './helpers/cold.js';
-import { mountPool, poolOnlineGauge, readyz, unmountPool } from './helpers/missing-pool.js';
+import { mountPool, poolOnlineGauge, readyz, s3ObjectOnHot1, unmountPool } from './helpers/missing-pool.js';
 import { startWarmDaemon } from './helpers/hot-warm.js';
-import { aws, awsFail, startS3 } from './helpers/s3-env.js';
+import { aws, awsFail } from './helpers/s3-env.js';
 
 test('a warm pool unmounted while the daemon runs: offline, no volume made on the empty mount point; mounted again, its volume reads back', async (t) => {
   const d = await startWarmDaemon();
@@ -45,22 +45,9 @@ test('a warm pool unmounted while the daemon runs: offline, no volume made on th
   assertSameBytes(readExport(d, 'v', path.join(work, 'out.bin')), model, 'v once warm-0 is mounted again');
 });
 
-const GiB = 1024 ** 3;
-const HOT_CONFIG =
-  'demoVolume: null\npools:\n' +
-  `  - { name: hot-0, tier: hot, path: pools/hot-0, capacity: ${GiB} }\n` +
-  `  - { name: hot-1, tier: hot, path: pools/hot-1, capacity: ${4 * GiB} }\n` +
-  [0, 1, 2, 3, 4, 5].map((i) => `  - { name: cold-${i}, tier: cold, path: pools/cold-${i}, capacity: auto }\n`).join('');
-
 test('a hot pool unmounted while the daemon runs: S3 PUTs are refused (503), none stored on the empty mount point; mounted again, the objects read back', async (t) => {
-  const env = await startS3({ config: HOT_CONFIG });
-  t.after(() => env.cleanup());
-  const hot1 = path.join(env.daemon.dataDir, 'pools', 'hot-1');
   const body = crypto.randomBytes(1024 * 1024);
-  const src = path.join(env.home, 'obj.bin');
-  fs.writeFileSync(src, body);
-  assert.equal(aws(env, ['s3api', 'create-bucket', '--bucket', 'bkt']).status, 0);
-  assert.equal(aws(env, ['s3api', 'put-object', '--bucket', 'bkt', '--key', 'before', '--body', src]).status, 0);
+  const { env, hot1, src } = await s3ObjectOnHot1(t, 'before', body);
 
   unmountPool(hot1);
   assert.equal((await readyz(env.daemon)).status, 503);

@@ -12,10 +12,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { CLIENT_ENV, TestDaemon, run } from './helpers/daemon.js';
 import { MiB, assertSameBytes, dropCache, patternBytes, readExport, scrub } from './helpers/cold.js';
-import { coldVolumeWithWork, mountPool, readyz, unmountPool, writeJournaled } from './helpers/missing-pool.js';
+import { asBeforePoolIdentity, coldVolumeWithWork, mountPool, readyz, s3ObjectOnHot1, unmountPool, writeJournaled } from './helpers/missing-pool.js';
 import { startWarmDaemon } from './helpers/hot-warm.js';
-import { MetaStore } from '../src/dataplane/meta/store.js';
-import { aws, awsFail, startS3 } from './helpers/s3-env.js';
+import { aws, awsFail } from './helpers/s3-env.js';
 
 function identityOf(dir: string): { pool: string; poolUuid: string; dataDirId: string } {
   return JSON.parse(fs.readFileSync(path.join(dir, '.couchestor-pool'), 'utf8')) as { pool: string; poolUuid: string; dataDirId: string };
@@ -108,14 +107,7 @@ test('pool directories of a build before the identity get one at start and carry
   const names = ['hot-0', ...Array.from({ length: 6 }, (_, i) => `cold-${i}`)];
   assert.equal(await fx.d.stop(), 0);
   // As an earlier build left them: no identity files, no uuid in the pool records.
-  for (const n of names) fs.rmSync(path.join(pools, n, '.couchestor-pool'));
-  const meta = MetaStore.open(fx.dataDir);
-  for (const rec of meta.listPools()) {
-    const { uuid: _uuid, ...old } = rec;
-    await meta.pools.put(rec.name, old);
-  }
-  await meta.durable();
-  await meta.close();
+  await asBeforePoolIdentity(fx.dataDir, names);
   // cold-3's disk is not mounted at the upgrade start.
   const cold3 = path.join(pools, 'cold-3');
   unmountPool(cold3);
@@ -137,24 +129,10 @@ test('pool directories of a build before the identity get one at start and carry
   assert.equal((await scrub(d)).badStripes, 0);
 });
 
-const GiB = 1024 ** 3;
-// hot-1 the larger: placement (most free bytes) puts new hot objects there; the journal stays on hot-0.
-const HOT_CONFIG =
-  'demoVolume: null\npools:\n' +
-  `  - { name: hot-0, tier: hot, path: pools/hot-0, capacity: ${GiB} }\n` +
-  `  - { name: hot-1, tier: hot, path: pools/hot-1, capacity: ${4 * GiB} }\n` +
-  [0, 1, 2, 3, 4, 5].map((i) => `  - { name: cold-${i}, tier: cold, path: pools/cold-${i}, capacity: auto }\n`).join('');
-
 test('pools replace on a hot pool holding S3 objects (daemon running): refused naming them; with --discard-volumes GET answers that the data was lost, never bytes, until DELETE', async (t) => {
-  const env = await startS3({ config: HOT_CONFIG });
-  t.after(() => env.cleanup());
-  const d = env.daemon;
-  const hot1 = path.join(d.dataDir, 'pools', 'hot-1');
   const body = patternBytes(2 * MiB, 0x2e4);
-  const src = path.join(env.home, 'obj.bin');
-  fs.writeFileSync(src, body);
-  assert.equal(aws(env, ['s3api', 'create-bucket', '--bucket', 'bkt']).status, 0);
-  assert.equal(aws(env, ['s3api', 'put-object', '--bucket', 'bkt', '--key', 'k0', '--body', src]).status, 0);
+  const { env, hot1, src } = await s3ObjectOnHot1(t, 'k0', body);
+  const d = env.daemon;
   const objFiles = (dir: string) => fs.readdirSync(dir).flatMap((sub) => fs.readdirSync(path.join(dir, sub)).filter((f) => f.endsWith('.obj')));
   assert.equal(objFiles(path.join(hot1, 'objects')).length, 1, 'k0 is stored on hot-1');
 
@@ -193,14 +171,7 @@ test('upgrade: a pool of a build before the identity whose path holds another da
   const { work, model } = fx;
   const pools = path.join(fx.dataDir, 'pools');
   assert.equal(await fx.d.stop(), 0);
-  for (const n of ['hot-0', ...Array.from({ length: 6 }, (_, i) => `cold-${i}`)]) fs.rmSync(path.join(pools, n, '.couchestor-pool'));
-  const meta = MetaStore.open(fx.dataDir);
-  for (const rec of meta.listPools()) {
-    const { uuid: _uuid, ...old } = rec;
-    await meta.pools.put(rec.name, old);
-  }
-  await meta.durable();
-  await meta.close();
+  await asBeforePoolIdentity(fx.dataDir, ['hot-0', ...Array.from({ length: 6 }, (_, i) => `cold-${i}`)]);
   // cold-3's own disk aside; another node's pool disk (its identity) mounted at cold-3's path.
   const cold3 = path.join(pools, 'cold-3');
   fs.renameSync(cold3, `${cold3}.disk`);

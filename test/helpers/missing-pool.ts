@@ -1,7 +1,9 @@
 // Missing-pool / journal-pool test setup: a cold daemon (with volume c1, or a configuration of its own) beside a
 // temp work dir, every daemon started on its data dir removed after the test; acknowledged writes left in the
 // cold tier's journal; `pools:` YAML for the six default cold pools after the hot/warm ones a test lists; a start
-// that may be refused; a warm daemon started with its warm pool's directory gone.
+// that may be refused; a warm daemon started with its warm pool's directory gone; an S3 object on the larger of two
+// hot pools; a data dir as a build before the pool identity left it.
+import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -9,6 +11,8 @@ import type { TestContext } from 'node:test';
 import { TestDaemon, run } from './daemon.js';
 import { patternBytes, startColdDaemon, startWithColdVolume } from './cold.js';
 import { startWarmDaemon } from './hot-warm.js';
+import { aws, startS3, type S3Env } from './s3-env.js';
+import { MetaStore } from '../../src/dataplane/meta/store.js';
 
 export interface DaemonWork {
   /** A temp directory for the test's files (nbdcopy sources, exports read back). */
@@ -144,4 +148,42 @@ export async function poolOnlineGauge(d: TestDaemon, pool: string): Promise<numb
   const text = await (await fetch(`http://127.0.0.1:${d.info.metrics.port}/metrics`)).text();
   const line = text.split('\n').find((l) => l.startsWith('couchestor_pool_online{') && l.includes(`pool="${pool}"`));
   return line === undefined ? undefined : Number(line.split(' ').at(-1));
+}
+
+const GiB = 1024 ** 3;
+/** hot-0 (1 GiB) and hot-1 (4 GiB), cold-0..5: hot-1 the larger, so placement (most free bytes) puts new hot objects there; the journal stays on hot-0. */
+const TWO_HOT_POOLS_CONFIG =
+  'demoVolume: null\npools:\n' +
+  `  - { name: hot-0, tier: hot, path: pools/hot-0, capacity: ${GiB} }\n` +
+  `  - { name: hot-1, tier: hot, path: pools/hot-1, capacity: ${4 * GiB} }\n` +
+  [0, 1, 2, 3, 4, 5].map((i) => `  - { name: cold-${i}, tier: cold, path: pools/cold-${i}, capacity: auto }\n`).join('');
+
+/**
+ * An S3 daemon on two hot pools (TWO_HOT_POOLS_CONFIG; removed after the test) with bucket `bkt` and object `key`
+ * PUT with `body` (from `src`, in env.home): placement stores it on hot-1, whose directory is `hot1`.
+ */
+export async function s3ObjectOnHot1(t: TestContext, key: string, body: Buffer): Promise<{ env: S3Env; hot1: string; src: string }> {
+  const env = await startS3({ config: TWO_HOT_POOLS_CONFIG });
+  t.after(() => env.cleanup());
+  const hot1 = path.join(env.daemon.dataDir, 'pools', 'hot-1');
+  const src = path.join(env.home, 'obj.bin');
+  fs.writeFileSync(src, body);
+  assert.equal(aws(env, ['s3api', 'create-bucket', '--bucket', 'bkt']).status, 0);
+  assert.equal(aws(env, ['s3api', 'put-object', '--bucket', 'bkt', '--key', key, '--body', src]).status, 0);
+  return { env, hot1, src };
+}
+
+/**
+ * The stopped daemon's data dir as a build before the pool identity left it: no identity file in pools/NAME for
+ * each of `pools`, no uuid in the index's pool records.
+ */
+export async function asBeforePoolIdentity(dataDir: string, pools: string[]): Promise<void> {
+  for (const n of pools) fs.rmSync(path.join(dataDir, 'pools', n, '.couchestor-pool'));
+  const meta = MetaStore.open(dataDir);
+  for (const rec of meta.listPools()) {
+    const { uuid: _uuid, ...old } = rec;
+    await meta.pools.put(rec.name, old);
+  }
+  await meta.durable();
+  await meta.close();
 }
