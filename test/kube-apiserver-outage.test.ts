@@ -9,28 +9,19 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { startKube, type KubeEnv } from './helpers/kube.js';
-import { access, applyCrds } from './helpers/kube-manifests.js';
+import type { KubeEnv } from './helpers/kube.js';
 import { nbdsh, type TestDaemon } from './helpers/daemon.js';
-import { createVolume, metric, nbdcopyIn, nbdcopyOut, randomFile, reconcile, scrape } from './helpers/control-loop.js';
+import { createVolume, metric, nbdcopyOut, reconcile, scrape } from './helpers/control-loop.js';
 import { awsOk, startS3 } from './helpers/s3-env.js';
-import { Cluster, ECP, httpGet, kubeDaemonConfig, SP, spSpec, startKubeDaemon, untilNodeStatus } from './helpers/kube-daemon.js';
+import { Cluster, destagedColdVolume, ECP, httpGet, kubeDaemonConfig, SP, spSpec, startKubeCluster, startKubeDaemon, stopKubeCluster, untilNodeStatus } from './helpers/kube-daemon.js';
 
 let kube: KubeEnv;
 let cluster: Cluster;
 const daemons: TestDaemon[] = [];
 
-before(async () => {
-  kube = await startKube();
-  await applyCrds(access(kube));
-  cluster = new Cluster(kube);
-  await cluster.create(ECP, 'ErasureCodingPolicy', 'ec21', { dataShards: 2, parityShards: 1 });
-});
+before(async () => ({ kube, cluster } = await startKubeCluster()));
 
-after(async () => {
-  for (const d of daemons) await d.cleanup();
-  await kube?.stop();
-});
+after(() => stopKubeCluster(kube, daemons));
 
 /** A write then a read back over NBD (nbdsh): the data path answers. */
 function nbdRoundTrip(d: TestDaemon, volumeName: string, fill: number): void {
@@ -58,7 +49,7 @@ test('the apiserver restarted under a running daemon: the watch resumes, a CR cr
   nbdRoundTrip(d, 'v', 9);
 });
 
-/** The fixture's kube-apiserver process (started by this test file's startKube). */
+/** The fixture's kube-apiserver process (started by this test file's startKubeCluster). */
 function apiserverPid(server: string): number {
   const port = new URL(server).port;
   for (const pid of fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
@@ -150,11 +141,7 @@ test('a node restarted while the apiserver hangs (a reboot during a control-plan
   const opts = { kubeconfig: kube.kubeconfig(), nodeName: 'node-reboot', startSyncTimeoutMs: 1500 };
   let d = await startKubeDaemon(opts);
   daemons.push(d);
-  await createVolume(d, 'cv', 4 * MiB, { tier: 'cold' });
-  const src = path.join(d.dataDir, 'cold.bin');
-  randomFile(src, 2 * MiB);
-  nbdcopyIn(src, d.exportUri('cv'));
-  assert.equal((await fetch(`http://127.0.0.1:${d.info.api.port}/v1/destage`, { method: 'POST' })).status, 200);
+  const src = await destagedColdVolume(d, 'cv', 'cold.bin');
   assert.equal(await d.stop(), 0);
 
   const pid = apiserverPid(kube.server);

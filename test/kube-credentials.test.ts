@@ -7,39 +7,24 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { startKube, type KubeEnv } from './helpers/kube.js';
-import { access, applyCrds, createObject, loadManifests } from './helpers/kube-manifests.js';
+import type { KubeEnv } from './helpers/kube.js';
+import { access, bindDeployClusterRole } from './helpers/kube-manifests.js';
 import type { TestDaemon } from './helpers/daemon.js';
-import { Cluster, ECP, httpGet, kubeconfigWithUser, SP, spSpec, startKubeDaemon, until, untilNodeStatus } from './helpers/kube-daemon.js';
-
-const DEPLOY_DIR = path.resolve(import.meta.dirname, '../../deploy');
+import { Cluster, httpGet, kubeconfigWithUser, SP, spSpec, startKubeCluster, startKubeDaemon, stopKubeCluster, until, untilNodeStatus } from './helpers/kube-daemon.js';
 
 let kube: KubeEnv;
 let cluster: Cluster;
 const daemons: TestDaemon[] = [];
 
 before(async () => {
-  kube = await startKube();
-  await applyCrds(access(kube));
-  cluster = new Cluster(kube);
-  await cluster.create(ECP, 'ErasureCodingPolicy', 'ec21', { dataShards: 2, parityShards: 1 });
+  ({ kube, cluster } = await startKubeCluster());
   // Every service account may do what deploy/rbac.yaml's ClusterRole allows.
-  const role = loadManifests(path.join(DEPLOY_DIR, 'rbac.yaml')).find((o) => o.kind === 'ClusterRole')!;
-  assert.equal((await createObject(access(kube), role)).status, 201);
-  const binding = await createObject(access(kube), {
-    apiVersion: 'rbac.authorization.k8s.io/v1',
-    kind: 'ClusterRoleBinding',
-    metadata: { name: 'couchestor-service-accounts' },
-    roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: role.metadata.name },
-    subjects: [{ apiGroup: 'rbac.authorization.k8s.io', kind: 'Group', name: 'system:serviceaccounts' }],
-  });
+  const { role, binding } = await bindDeployClusterRole(access(kube), 'couchestor-service-accounts', { kind: 'Group', name: 'system:serviceaccounts' });
+  assert.equal(role.status, 201);
   assert.equal(binding.status, 201, JSON.stringify(binding.body));
 });
 
-after(async () => {
-  for (const d of daemons) await d.cleanup();
-  await kube?.stop();
-});
+after(() => stopKubeCluster(kube, daemons));
 
 test('the token file is replaced and the old token revoked: the daemon reads the new one and carries on (status written with it), printing neither', async () => {
   const tokenDir = fs.mkdtempSync('/tmp/couchestor-kube-token-');

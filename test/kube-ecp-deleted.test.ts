@@ -7,39 +7,26 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { startKube, type KubeEnv } from './helpers/kube.js';
-import { access, applyCrds } from './helpers/kube-manifests.js';
+import type { KubeEnv } from './helpers/kube.js';
 import type { TestDaemon } from './helpers/daemon.js';
 import { coldStatus } from './helpers/cold.js';
-import { createVolume, nbdcopyIn, nbdcopyOut, randomFile, reconcile } from './helpers/control-loop.js';
-import { Cluster, ECP, startKubeDaemon, until, untilNodeStatus } from './helpers/kube-daemon.js';
+import { nbdcopyOut, reconcile } from './helpers/control-loop.js';
+import { Cluster, destagedColdVolume, ECP, startKubeCluster, startKubeDaemon, stopKubeCluster, until, untilNodeStatus } from './helpers/kube-daemon.js';
 
 const MiB = 1024 * 1024;
 let kube: KubeEnv;
 let cluster: Cluster;
 const daemons: TestDaemon[] = [];
 
-before(async () => {
-  kube = await startKube();
-  await applyCrds(access(kube));
-  cluster = new Cluster(kube);
-  await cluster.create(ECP, 'ErasureCodingPolicy', 'ec21', { dataShards: 2, parityShards: 1 });
-});
+before(async () => ({ kube, cluster } = await startKubeCluster()));
 
-after(async () => {
-  for (const d of daemons) await d.cleanup();
-  await kube?.stop();
-});
+after(() => stopKubeCluster(kube, daemons));
 
 test('the running ErasureCodingPolicy CR deleted: the cold tier carries on, the daemon warns about the next start; created again, status Active and a restart runs the cold tier', async () => {
   const opts = { kubeconfig: kube.kubeconfig(), nodeName: 'node-e' };
   let d = await startKubeDaemon(opts);
   daemons.push(d);
-  await createVolume(d, 'cv', 4 * MiB, { tier: 'cold' });
-  const src = path.join(d.dataDir, 'cold.bin');
-  randomFile(src, 2 * MiB);
-  nbdcopyIn(src, d.exportUri('cv'));
-  assert.equal((await fetch(`http://127.0.0.1:${d.info.api.port}/v1/destage`, { method: 'POST' })).status, 200);
+  const src = await destagedColdVolume(d, 'cv', 'cold.bin');
   await untilNodeStatus(cluster, ECP, 'ec21', 'node-e', (s) => s.phase === 'Active');
 
   await cluster.delete(ECP, 'ec21');

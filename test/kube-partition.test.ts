@@ -8,11 +8,10 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import net from 'node:net';
-import { startKube, type KubeEnv } from './helpers/kube.js';
-import { access, applyCrds } from './helpers/kube-manifests.js';
+import type { KubeEnv } from './helpers/kube.js';
 import { nbdsh, type TestDaemon } from './helpers/daemon.js';
 import { createVolume, metric, scrape } from './helpers/control-loop.js';
-import { Cluster, ECP, kubeconfigWithUser, SP, spSpec, startKubeDaemon, untilNodeStatus } from './helpers/kube-daemon.js';
+import { Cluster, kubeconfigWithUser, SP, spSpec, startKubeCluster, startKubeDaemon, stopKubeCluster, untilNodeStatus } from './helpers/kube-daemon.js';
 
 let kube: KubeEnv;
 let cluster: Cluster;
@@ -64,17 +63,11 @@ async function startRelay(target: number) {
   };
 }
 
-before(async () => {
-  kube = await startKube();
-  await applyCrds(access(kube));
-  cluster = new Cluster(kube);
-  await cluster.create(ECP, 'ErasureCodingPolicy', 'ec21', { dataShards: 2, parityShards: 1 });
-});
+before(async () => ({ kube, cluster } = await startKubeCluster()));
 
 after(async () => {
-  for (const d of daemons) await d.cleanup();
   for (const c of cleanups) c();
-  await kube?.stop();
+  await stopKubeCluster(kube, daemons);
 });
 
 test('a partition with no RST: the silent watch is dropped after 120 s and started again, a policy created meanwhile is followed, NBD served throughout', { timeout: 300_000 }, async () => {

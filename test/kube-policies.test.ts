@@ -9,11 +9,11 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { startKube, type KubeEnv } from './helpers/kube.js';
-import { access, applyCrds, createObject, DEPLOY_DIR, loadManifests } from './helpers/kube-manifests.js';
+import type { KubeEnv } from './helpers/kube.js';
+import { access, bindDeployClusterRole } from './helpers/kube-manifests.js';
 import type { TestDaemon } from './helpers/daemon.js';
 import { coldStatus, createVolume, loadJob, metric, nbdcopyIn, nbdcopyOut, randomFile, reconcile, scrape, sleep, status, volume, WINDOW_SETTLE_MS, type FioJob } from './helpers/control-loop.js';
-import { Cluster, condition, ECP, SP, spSpec, startKubeDaemon, until, untilNodeStatus } from './helpers/kube-daemon.js';
+import { Cluster, condition, destagedColdVolume, ECP, SP, spSpec, startKubeCluster, startKubeDaemon, stopKubeCluster, until, untilNodeStatus } from './helpers/kube-daemon.js';
 
 const MiB = 1024 * 1024;
 let kube: KubeEnv;
@@ -29,19 +29,13 @@ async function daemon(nodeName: string, user?: string): Promise<TestDaemon> {
 }
 
 before(async () => {
-  kube = await startKube();
-  await applyCrds(access(kube));
-  cluster = new Cluster(kube);
-  // Before the daemon starts: its cold tier's policy is read once, at start.
-  await cluster.create(ECP, 'ErasureCodingPolicy', 'ec21', { dataShards: 2, parityShards: 1 });
+  // ec21 and ec42 before the daemon starts: its cold tier's policy is read once, at start.
+  ({ kube, cluster } = await startKubeCluster());
   await cluster.create(ECP, 'ErasureCodingPolicy', 'ec42', { dataShards: 4, parityShards: 2 });
   nodeA = await daemon('node-a');
 });
 
-after(async () => {
-  for (const d of daemons) await d.cleanup();
-  await kube?.stop();
-});
+after(() => stopKubeCluster(kube, daemons));
 
 test('the cold tier runs the ErasureCodingPolicy CR it names (2+1 on 3 cold pools): status Active with stripes by health; one needing 6 pools is Invalid', async () => {
   const cold = await coldStatus(nodeA);
@@ -50,12 +44,7 @@ test('the cold tier runs the ErasureCodingPolicy CR it names (2+1 on 3 cold pool
   assert.match(nodeA.stderr, /cold tier policy from the cluster ecPolicy=ec21 dataShards=2 parityShards=1/);
 
   // Two stripes' worth written to a cold volume and destaged: the status counts them healthy.
-  await createVolume(nodeA, 'coldvol', 4 * MiB, { tier: 'cold' });
-  const src = path.join(nodeA.dataDir, 'cold.bin');
-  randomFile(src, 2 * MiB);
-  nbdcopyIn(src, nodeA.exportUri('coldvol'));
-  const destaged = await fetch(`http://127.0.0.1:${nodeA.info.api.port}/v1/destage`, { method: 'POST' });
-  assert.equal(destaged.status, 200, await destaged.text());
+  const src = await destagedColdVolume(nodeA, 'coldvol', 'cold.bin');
   await reconcile(nodeA, false);
   const ec21 = await untilNodeStatus(cluster, ECP, 'ec21', 'node-a', (s) => s.phase === 'Active' && (s.stripes?.healthy ?? 0) >= 2);
   assert.deepEqual(
@@ -179,16 +168,8 @@ test('two daemons with different node names write two entries that both survive 
 });
 
 test("a daemon whose user is bound only to deploy/rbac.yaml's ClusterRole works: no 403", async () => {
-  const role = loadManifests(path.join(DEPLOY_DIR, 'rbac.yaml')).find((o) => o.kind === 'ClusterRole')!;
-  const created = await createObject(access(kube), role);
+  const { role: created, binding } = await bindDeployClusterRole(access(kube), 'couchestor-test-user', { kind: 'User', name: 'user' });
   assert.ok(created.status === 201 || created.status === 409, JSON.stringify(created.body));
-  const binding = await createObject(access(kube), {
-    apiVersion: 'rbac.authorization.k8s.io/v1',
-    kind: 'ClusterRoleBinding',
-    metadata: { name: 'couchestor-test-user' },
-    roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: role.metadata.name },
-    subjects: [{ apiGroup: 'rbac.authorization.k8s.io', kind: 'User', name: 'user' }],
-  });
   assert.equal(binding.status, 201, JSON.stringify(binding.body));
   const nodeC = await daemon('node-c', 'user');
   await untilNodeStatus(cluster, SP, 'sp-a', 'node-c', (x) => x.phase === 'Active');
@@ -238,11 +219,7 @@ test('a changed k+m takes effect at the next start: 2+1 stripes stay readable, t
   const opts = { kubeconfig: kube.kubeconfig(), nodeName: 'node-d', ecPolicyName: 'ec-change', coldPools: 4 };
   let d = await startKubeDaemon(opts);
   daemons.push(d);
-  await createVolume(d, 'before', 4 * MiB, { tier: 'cold' });
-  const before = path.join(d.dataDir, 'before.bin');
-  randomFile(before, 2 * MiB);
-  nbdcopyIn(before, d.exportUri('before'));
-  assert.equal((await fetch(`http://127.0.0.1:${d.info.api.port}/v1/destage`, { method: 'POST' })).status, 200);
+  const before = await destagedColdVolume(d, 'before', 'before.bin');
   const used21 = await coldUsedBytes(d);
   // Two 1 MiB stripes as 2+1: three 512 KiB shards each (and their headers).
   assert.ok(used21 >= 3 * MiB && used21 < 3.5 * MiB, `2+1: ${used21} bytes on the cold pools`);
@@ -261,11 +238,7 @@ test('a changed k+m takes effect at the next start: 2+1 stripes stay readable, t
   assert.equal(s.observedGeneration, 2);
   // The 2+1 stripes read back; new data is striped and read back too.
   assert.ok(nbdcopyOut(d.exportUri('before'), path.join(d.dataDir, 'out1.bin'), 2 * MiB).equals(fs.readFileSync(before)));
-  await createVolume(d, 'after', 4 * MiB, { tier: 'cold' });
-  const afterFile = path.join(d.dataDir, 'after.bin');
-  randomFile(afterFile, 2 * MiB);
-  nbdcopyIn(afterFile, d.exportUri('after'));
-  assert.equal((await fetch(`http://127.0.0.1:${d.info.api.port}/v1/destage`, { method: 'POST' })).status, 200);
+  const afterFile = await destagedColdVolume(d, 'after', 'after.bin');
   assert.ok(nbdcopyOut(d.exportUri('after'), path.join(d.dataDir, 'out2.bin'), 2 * MiB).equals(fs.readFileSync(afterFile)));
   // Two more stripes as 2+2: four shards each.
   const added = (await coldUsedBytes(d)) - used21;

@@ -5,11 +5,10 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
-import { startKube, type KubeEnv } from './helpers/kube.js';
-import { access, applyCrds } from './helpers/kube-manifests.js';
+import type { KubeEnv } from './helpers/kube.js';
 import type { TestDaemon } from './helpers/daemon.js';
 import { metric, reconcile, scrape } from './helpers/control-loop.js';
-import { Cluster, ECP, SP, spSpec, startKubeDaemon, until, untilNodeStatus } from './helpers/kube-daemon.js';
+import { Cluster, SP, spSpec, startKubeCluster, startKubeDaemon, stopKubeCluster, until, untilNodeStatus } from './helpers/kube-daemon.js';
 
 let kube: KubeEnv;
 let cluster: Cluster;
@@ -33,16 +32,10 @@ async function etcd(path: string, body: unknown): Promise<Record<string, unknown
 
 before(async () => {
   etcdPort = await freePort();
-  kube = await startKube({ firstPortsForTest: { etcdClient: etcdPort } });
-  await applyCrds(access(kube));
-  cluster = new Cluster(kube);
-  await cluster.create(ECP, 'ErasureCodingPolicy', 'ec21', { dataShards: 2, parityShards: 1 });
+  ({ kube, cluster } = await startKubeCluster({ firstPortsForTest: { etcdClient: etcdPort } }));
 });
 
-after(async () => {
-  for (const d of daemons) await d.cleanup();
-  await kube?.stop();
-});
+after(() => stopKubeCluster(kube, daemons));
 
 test('apiserver restarted over a compacted etcd: the watch gets 410 Gone, the daemon lists again, a policy deleted and one created meanwhile are followed', async () => {
   const d = await startKubeDaemon({ kubeconfig: kube.kubeconfig(), nodeName: 'node-a' });

@@ -51,8 +51,8 @@ export function daemonConfig(o: DaemonConfigOptions = {}): string {
   });
 }
 
-/** A StoragePolicy document; `spec` entries override the test defaults (undefined deletes). */
-export function policyYaml(name: string, spec: Record<string, unknown> = {}): string {
+/** A StoragePolicy spec: the test defaults (watermarks, heat window, ecPolicyRef standard-ec); `spec` entries override (undefined deletes). */
+export function policySpec(spec: Record<string, unknown> = {}): Record<string, unknown> {
   const base: Record<string, unknown> = {
     highWatermarkIOPS: HIGH_IOPS,
     lowWatermarkIOPS: LOW_IOPS,
@@ -69,7 +69,12 @@ export function policyYaml(name: string, spec: Record<string, unknown> = {}): st
     if (v === undefined) delete base[k];
     else base[k] = v;
   }
-  return YAML.stringify({ apiVersion: 'storage.billyronks.io/v1', kind: 'StoragePolicy', metadata: { name }, spec: base });
+  return base;
+}
+
+/** A StoragePolicy document; `spec` entries override the test defaults (undefined deletes). */
+export function policyYaml(name: string, spec: Record<string, unknown> = {}): string {
+  return YAML.stringify({ apiVersion: 'storage.billyronks.io/v1', kind: 'StoragePolicy', metadata: { name }, spec: policySpec(spec) });
 }
 
 /** Starts a daemon whose policies directory holds exactly `policies` (file name -> YAML). */

@@ -1,13 +1,16 @@
 // The daemon on Kubernetes in tests: a real `couchestor serve` with
 // kubernetes.enabled against the real apiserver of test/helpers/kube.ts, its
 // custom resources created, patched and read through the fixture's requests,
-// and polls with a deadline on the status the daemons write.
+// and polls with a deadline on the status the daemons write. startKubeCluster /
+// stopKubeCluster: the cluster (CRDs, ErasureCodingPolicy ec21) of a test file.
+import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import YAML from 'yaml';
-import type { KubeEnv } from './kube.js';
 import { TestDaemon } from './daemon.js';
-import { HEAT_SAMPLE_INTERVAL_MS, HIGH_IOPS, LOW_IOPS, WINDOW_MS } from './control-loop.js';
+import { startKube, type KubeEnv, type KubeOptions } from './kube.js';
+import { access, applyCrds } from './kube-manifests.js';
+import { createVolume, HEAT_SAMPLE_INTERVAL_MS, nbdcopyIn, policySpec, randomFile } from './control-loop.js';
 
 export const SP = 'storagepolicies';
 export const ECP = 'erasurecodingpolicies';
@@ -44,10 +47,48 @@ export function kubeDaemonConfig(o: KubeDaemonOptions): string {
   });
 }
 
+/**
+ * The cluster a kube test file starts from: the fixture's apiserver (startKube), deploy/crds applied, and
+ * ErasureCodingPolicy ec21 (2+1, the cold tier policy kubeDaemonConfig names by default) created.
+ */
+export async function startKubeCluster(opts?: KubeOptions): Promise<{ kube: KubeEnv; cluster: Cluster }> {
+  const kube = await startKube(opts);
+  try {
+    await applyCrds(access(kube));
+    const cluster = new Cluster(kube);
+    await cluster.create(ECP, 'ErasureCodingPolicy', 'ec21', { dataShards: 2, parityShards: 1 });
+    return { kube, cluster };
+  } catch (err) {
+    await kube.stop();
+    throw err;
+  }
+}
+
+/** The end of a kube test file: every daemon it started cleaned up, then the cluster stopped. */
+export async function stopKubeCluster(kube: KubeEnv | undefined, daemons: TestDaemon[]): Promise<void> {
+  for (const d of daemons) await d.cleanup();
+  await kube?.stop();
+}
+
 export async function startKubeDaemon(o: KubeDaemonOptions): Promise<TestDaemon> {
   const dataDir = o.dataDir ?? fs.mkdtempSync('/tmp/couchestor-kube-');
   fs.mkdirSync(path.join(dataDir, 'policies'), { recursive: true });
   return TestDaemon.start({ dataDir, config: kubeDaemonConfig(o) });
+}
+
+/**
+ * Cold volume `volume` (4 MiB) on `d` with 2 MiB of random bytes (two 2+1 stripes) written from file `srcName` in
+ * its data dir, then destaged to stripes (POST /v1/destage); returns the file's path, to compare reads with.
+ */
+export async function destagedColdVolume(d: TestDaemon, volume: string, srcName: string): Promise<string> {
+  const MiB = 1024 * 1024;
+  await createVolume(d, volume, 4 * MiB, { tier: 'cold' });
+  const src = path.join(d.dataDir, srcName);
+  randomFile(src, 2 * MiB);
+  nbdcopyIn(src, d.exportUri(volume));
+  const destaged = await fetch(`http://127.0.0.1:${d.info.api.port}/v1/destage`, { method: 'POST' });
+  assert.equal(destaged.status, 200, await destaged.text());
+  return src;
 }
 
 /**
@@ -124,24 +165,9 @@ export interface NodeStatus {
   [k: string]: unknown;
 }
 
-/** A StoragePolicy spec: the control-loop tests' watermarks and heat window; `spec` entries override (undefined deletes). */
+/** A StoragePolicy CR's spec: the control-loop tests' watermarks and heat window, no ecPolicyRef; `spec` entries override (undefined deletes). */
 export function spSpec(spec: Record<string, unknown> = {}): Record<string, unknown> {
-  const base: Record<string, unknown> = {
-    highWatermarkIOPS: HIGH_IOPS,
-    lowWatermarkIOPS: LOW_IOPS,
-    samplingWindow: `${WINDOW_MS / 1000}s`,
-    cooldownPeriod: '0s',
-    hotPoolSelector: { matchLabels: { tier: 'hot' } },
-    coldPoolSelector: { matchLabels: { tier: 'cold' } },
-    maxConcurrentMigrations: 2,
-    enabled: true,
-    dryRun: false,
-  };
-  for (const [k, v] of Object.entries(spec)) {
-    if (v === undefined) delete base[k];
-    else base[k] = v;
-  }
-  return base;
+  return policySpec({ ecPolicyRef: undefined, ...spec });
 }
 
 /**

@@ -2,7 +2,8 @@
 // applyCrds installs deploy/crds/*.yaml and waits until they are Established;
 // kubeRequest is one raw API call (status code and body as the apiserver sent
 // them: the tests assert 422 / 403 and their messages, and patch with
-// merge-patch+json); createObject maps a manifest's kind to its API path.
+// merge-patch+json); createObject maps a manifest's kind to its API path;
+// bindDeployClusterRole gives a user or group deploy/rbac.yaml's ClusterRole.
 // Plain node:https, no @kubernetes/client-node: its undici 8 does not load on
 // Node 20 (zlib.createZstdDecompress), so this helper takes the fixture's
 // server, CA and token (or anything with a client-node KubeConfig's methods).
@@ -207,4 +208,21 @@ export async function waitEstablished(kc: KubeTarget, name: string, timeoutMs = 
     if (Date.now() > deadline) throw new Error(`CRD ${name} not Established after ${timeoutMs} ms (conditions: ${last})`);
     await new Promise((r) => setTimeout(r, POLL_MS));
   }
+}
+
+/**
+ * deploy/rbac.yaml's ClusterRole created, and bound by ClusterRoleBinding `bindingName` to `subject` (a User or a
+ * Group, e.g. system:serviceaccounts): both answers as the apiserver gave them, for the caller to assert.
+ */
+export async function bindDeployClusterRole(kc: KubeTarget, bindingName: string, subject: { kind: 'User' | 'Group'; name: string }): Promise<{ role: KubeResponse; binding: KubeResponse }> {
+  const clusterRole = loadManifests(path.join(DEPLOY_DIR, 'rbac.yaml')).find((o) => o.kind === 'ClusterRole')!;
+  const role = await createObject(kc, clusterRole);
+  const binding = await createObject(kc, {
+    apiVersion: 'rbac.authorization.k8s.io/v1',
+    kind: 'ClusterRoleBinding',
+    metadata: { name: bindingName },
+    roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: clusterRole.metadata.name },
+    subjects: [{ apiGroup: 'rbac.authorization.k8s.io', ...subject }],
+  });
+  return { role, binding };
 }
