@@ -185,7 +185,11 @@ function readConfigFile(file: string): Record<string, any> {
   } catch (err) {
     throw new InvalidArgument(`${file}: not valid YAML: ${(err as Error).message.split('\n')[0]}`);
   }
-  if (raw === null || raw === undefined) return {};
+  // Nothing in it (empty, only comments or whitespace, `null`): not "all defaults". The default
+  // pools (hot-0, cold-0..5 under the data directory) would replace the operator's without a
+  // word: the kubelet's empty file where a ConfigMap was mounted, an editor that truncated it.
+  // The first start writes the default itself (loadConfig), when there is no file.
+  if (raw === null || raw === undefined) throw new InvalidArgument(`${file}: holds no settings (empty, or only comments or null): not taken for the embedded default, whose pools (hot-0, cold-0..5 in the data directory) would stand in for the configured ones; restore it (or delete it: serve then writes the default)`);
   if (!isMapping(raw)) throw new InvalidArgument(`${file}: must be a YAML mapping of settings, got ${describe(raw)}`);
   const def = embeddedDefault('/');
   const { dataDir: _d, ...topLevel } = def;
