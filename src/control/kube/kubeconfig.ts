@@ -50,9 +50,16 @@ export async function loadAccess(kubeconfig: string | null): Promise<ApiServerAc
   const server = cluster.server.replace(/\/+$/, '');
   if (!/^https?:\/\//.test(server)) throw new InvalidKubeconfig(`kubeconfig ${kubeconfig}: server ${server} is not an http(s) URL`);
   let agent: Promise<http.Agent> | null = null;
+  // Both the agent (TLS material) and the headers come from here: its errors never quote what
+  // an exec plugin printed (the parser's message does, and it may be a token).
   const apply = async (): Promise<https.RequestOptions> => {
     const opts: https.RequestOptions = { headers: {} };
-    await kc.applyToHTTPSOptions(opts);
+    try {
+      await kc.applyToHTTPSOptions(opts);
+    } catch (err) {
+      if (err instanceof SyntaxError) throw new Error('the kubeconfig user\'s exec plugin printed something that is not an ExecCredential (JSON); not shown, it may hold a token');
+      throw new Error(`kubeconfig credentials: ${firstLine((err as Error).message).slice(0, 300)}`);
+    }
     return opts;
   };
   return {
@@ -70,14 +77,7 @@ export async function loadAccess(kubeconfig: string | null): Promise<ApiServerAc
       return agent;
     },
     async headers() {
-      let o: https.RequestOptions;
-      try {
-        o = await apply();
-      } catch (err) {
-        // An exec plugin's output that is not JSON: the parser's message quotes it, and it may be a token.
-        if (err instanceof SyntaxError) throw new Error('the kubeconfig user\'s exec plugin printed something that is not an ExecCredential (JSON); not shown, it may hold a token');
-        throw new Error(`kubeconfig credentials: ${firstLine((err as Error).message).slice(0, 300)}`);
-      }
+      const o = await apply();
       const out: Record<string, string> = {};
       for (const [k, v] of Object.entries(o.headers ?? {})) if (typeof v === 'string') out[k.toLowerCase()] = v.trim();
       // A token file written with a newline at its end: the header must not carry it.
