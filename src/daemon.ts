@@ -1,6 +1,7 @@
 // `couchestor serve`: opens the metadata, registers pools from the config,
 // starts the front ends, and shuts everything down cleanly on SIGTERM.
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { buildApi, registerCompactionRoutes } from './control/api.js';
@@ -139,13 +140,15 @@ function adoptWhenBack(pool: Pool, dataDir: string): void {
  * the cold tier's ErasureCodingPolicy comes from instead of coldTier.ecPolicyFile
  * (on Kubernetes, the custom resource).
  */
-export async function openManager(cfg: DaemonConfig, opts: { coldTier: boolean; coldPolicy?: (coldPoolCount: number) => Promise<ColdPolicyChoice> } = { coldTier: true }): Promise<VolumeManager> {
+export async function openManager(cfg: DaemonConfig, opts: { coldTier: boolean; coldPolicy?: (coldPoolCount: number) => Promise<ColdPolicyChoice>; progress?: StartProgress } = { coldTier: true }): Promise<VolumeManager> {
   refuseAliasedPools(cfg);
+  await opts.progress?.at('the index');
   const manager = VolumeManager.open(cfg.dataDir);
   // The hot pool holding the cold tier's journal (manager.journalPool).
   const journalPool = manager.journalPool()?.name;
   const created: string[] = [];
   try {
+    await opts.progress?.at('the pools');
     for (const p of cfg.pools) {
       const dir = resolvePoolPath(cfg, p);
       const known = manager.pools.get(p.name);
@@ -215,9 +218,10 @@ export async function openManager(cfg: DaemonConfig, opts: { coldTier: boolean; 
   await forgetRemovedPoolRebuilds(manager.meta, cfg.pools.filter((p) => p.tier === 'cold').map((p) => p.name));
   if (opts.coldTier) {
     try {
-      await startConfiguredColdTier(cfg, manager, opts.coldPolicy);
+      await startConfiguredColdTier(cfg, manager, opts.coldPolicy, opts.progress);
+      await opts.progress?.at('the cold pool usage');
     } catch (err) {
-      // A journal that refuses to open (JournalCorrupt): the process exits with the message, the index closed.
+      // A journal that refuses to open (JournalCorrupt), or a stop during the start: the index (and the cold tier) closed.
       await manager.close().catch(() => undefined);
       throw err;
     }
@@ -257,11 +261,12 @@ export const START_SCAN_SLICE_ENTRIES = 1024;
  * nothing in this process writes a chunk entry (no destager, no front end:
  * openManager's caller listens only after).
  */
-export async function highestDestagedSeqSliced(manager: VolumeManager, sliceEntries = START_SCAN_SLICE_ENTRIES): Promise<number> {
+export async function highestDestagedSeqSliced(manager: VolumeManager, sliceEntries = START_SCAN_SLICE_ENTRIES, progress?: StartProgress): Promise<number> {
   let highest = 0;
   for (const h of manager.highestDestagedSeqSlices(sliceEntries)) {
     highest = h;
     await new Promise<void>((resolve) => setImmediate(resolve));
+    progress?.throwIfStopped(); // a read-only scan: stopped between two slices
   }
   return highest;
 }
@@ -276,14 +281,17 @@ function kubeEcCacheFile(cfg: DaemonConfig): string {
  * the custom resource, is there and valid) and enough cold pools do
  * (openManager's last step).
  */
-export async function startConfiguredColdTier(cfg: DaemonConfig, manager: VolumeManager, coldPolicy?: (coldPoolCount: number) => Promise<ColdPolicyChoice>): Promise<void> {
+export async function startConfiguredColdTier(cfg: DaemonConfig, manager: VolumeManager, coldPolicy?: (coldPoolCount: number) => Promise<ColdPolicyChoice>, progress?: StartProgress): Promise<void> {
   const coldPools = cfg.pools.filter((p) => p.tier === 'cold').length;
   let policy: ErasureCodingPolicy;
   // An offline command on Kubernetes: the custom resource too (there is no policy file).
   if (!coldPolicy && cfg.kubernetes.enabled) coldPolicy = (n) => readColdPolicyOnce(cfg.kubernetes, n, kubeEcCacheFile(cfg));
+  await progress?.at('the cold tier policy');
   if (coldPolicy) {
     // A policy the cluster does not give (apiserver unreachable, no such resource, invalid here) is said in its status; the daemon serves on.
-    const chosen = await coldPolicy(coldPools);
+    // Up to kubernetes.startSyncTimeoutMs for the apiserver's first list: a stop ends the wait at once (it writes nothing).
+    const asked = coldPolicy(coldPools);
+    const chosen = progress ? await progress.until(asked) : await asked;
     if ('disabled' in chosen) {
       log.warn(`cold tier disabled: ${chosen.disabled}`);
       return;
@@ -298,7 +306,10 @@ export async function startConfiguredColdTier(cfg: DaemonConfig, manager: Volume
     }
     policy = parsePolicyYaml(fs.readFileSync(file, 'utf8'), coldPools);
   }
-  const highestDestagedSeq = await highestDestagedSeqSliced(manager);
+  await progress?.at('the scan for the highest destaged seq');
+  const highestDestagedSeq = await highestDestagedSeqSliced(manager, START_SCAN_SLICE_ENTRIES, progress);
+  // The replay runs in one go (synchronous): a stop asked meanwhile takes effect once it is done.
+  await progress?.at('the journal replay');
   manager.startColdTier(policy, {
     intervalMs: cfg.coldTier.destageIntervalMs,
     thresholdPercent: cfg.coldTier.destageThresholdPercent,
@@ -347,14 +358,18 @@ export class Daemon {
    * the index or the journal, also while this start is still replaying.
    * The daemon holds the lock until stop() or its death.
    */
-  static async start(cfg: DaemonConfig, opts: { lock?: DataDirLock } = {}): Promise<Daemon> {
+  static async start(cfg: DaemonConfig, opts: { lock?: DataDirLock; progress?: StartProgress } = {}): Promise<Daemon> {
     const lock = opts.lock ?? DataDirLock.acquire(cfg.dataDir, 'serve', SERVE_LOCKED_ADVICE);
+    const progress = opts.progress ?? new StartProgress();
     // What has started so far, undone in reverse order when a later step
     // fails (a port in use, say): the process then exits with the error
     // instead of hanging on half-open listeners and timers. The lock is
     // dropped last, once the index and journal are closed.
+    // A stop during the start (StartStopped, from progress.at() between two
+    // steps) is undone the same way.
     const started: Array<() => unknown> = [() => lock.release()];
     try {
+      await progress.at('the pool locks');
       // Pools may lie outside the data directory: each is locked too, before anything opens.
       lock.lockPools(poolDirs(cfg), 'serve');
       // A daemon of a version before the lock never takes it: while one still
@@ -369,35 +384,46 @@ export class Daemon {
       // this daemon when the pid is the same (a container restart, a reboot)
       // and send commands to the API it names while this start replays.
       fs.rmSync(path.join(cfg.dataDir, STATE_FILE), { force: true });
-      return await Daemon.startSteps(cfg, started, lock);
+      return await Daemon.startSteps(cfg, started, lock, progress);
     } catch (err) {
       for (const undo of started.reverse()) await Promise.resolve().then(undo).catch(() => undefined);
       throw err;
     }
   }
 
-  private static async startSteps(cfg: DaemonConfig, started: Array<() => unknown>, lock: DataDirLock): Promise<Daemon> {
+  private static async startSteps(cfg: DaemonConfig, started: Array<() => unknown>, lock: DataDirLock, progress: StartProgress): Promise<Daemon> {
     // On Kubernetes the policies are custom resources: their list + watch starts first (the cold tier's comes from it).
+    if (cfg.kubernetes.enabled) await progress.at('the Kubernetes client');
     const kube = cfg.kubernetes.enabled ? await KubePolicies.create(cfg.kubernetes, { ecCacheFile: kubeEcCacheFile(cfg) }) : null;
     if (kube) {
       kube.start();
-      started.push(() => kube.stop());
+      // Stopping it waits for a list in flight (up to 10 s against a hung apiserver). A stop
+      // during the start does not: the requests write nothing, and the process exits next.
+      started.push(() => (progress.stopRequested ? Promise.race([kube.stop(), new Promise((r) => setTimeout(r, KUBE_STOP_AT_START_MS).unref())]) : kube.stop()));
     }
-    const manager = await openManager(cfg, { coldTier: true, ...(kube ? { coldPolicy: (n: number) => kube.coldPolicy(n) } : {}) });
+    const manager = await openManager(cfg, { coldTier: true, progress, ...(kube ? { coldPolicy: (n: number) => kube.coldPolicy(n) } : {}) });
     started.push(() => manager.close());
     kube?.attach(manager);
-    if (PAUSE_START_AFTER_OPEN) await pauseStart('after-open');
+    if (PAUSE_START_AFTER_OPEN) {
+      await progress.at('the test pause after-open');
+      await progress.until(pauseStart('after-open'));
+    }
     // Before any front end serves: a RELEASE a kill cut short (not fsck, which must not change anything).
+    // Each volume's is whole or taken up again by the next start (as after a kill).
+    await progress.at('the interrupted releases');
     await manager.finishInterruptedReleases();
     if (cfg.demoVolume && manager.listVolumes().length === 0) {
+      await progress.at('the demo volume');
       await manager.createVolume({ name: cfg.demoVolume.name, sizeBytes: cfg.demoVolume.sizeBytes });
       log.info('created demo volume', { name: cfg.demoVolume.name, sizeBytes: cfg.demoVolume.sizeBytes });
     }
+    await progress.at('the NBD listeners');
     const nbd = new NbdServer({ manager, defaultExport: cfg.defaultExport });
     started.push(() => nbd.close());
     const tcp = await listening('NBD', cfg.nbd.port, nbd.listenTcp(cfg.nbd.port, cfg.listenHost));
     const socketPath = path.resolve(cfg.dataDir, cfg.nbd.socketPath);
     await nbd.listenUnix(socketPath);
+    await progress.at('the read cache');
     const cache = await startCache(cfg, manager);
     if (cache) started.push(() => cache.close());
     const heat = new HeatTracker(manager, 3_600_000, cfg.control.heatSampleIntervalMs);
@@ -428,6 +454,7 @@ export class Daemon {
     if (cache) registerCacheMetrics(cache, registry);
     if (compactor) registerCompactionMetrics(compactor, registry);
     if (kube) registerKubeMetrics(kube, registry);
+    await progress.at('the HTTP listeners');
     const metrics = await listening('metrics', cfg.metrics.port, startMetricsServer({ host: cfg.listenHost, port: cfg.metrics.port, registry }));
     started.push(() => metrics.close());
     await listening('admin API', cfg.api.port, api.listen({ port: cfg.api.port, host: cfg.listenHost }));
@@ -435,6 +462,8 @@ export class Daemon {
     // S3 front end (issue #6): hot buckets on the hot pools, cold buckets through the stripe store.
     const s3 = await listening('S3', cfg.s3.port, S3Frontend.start({ manager, dataDir: cfg.dataDir, host: cfg.listenHost, port: cfg.s3.port, stripes: manager.cold?.stripes, domains: cfg.s3.domains, bodyIdleTimeoutMs: cfg.s3.bodyIdleTimeoutMs, sendIdleTimeoutMs: cfg.s3.sendIdleTimeoutMs, registry }));
     started.push(() => s3.close());
+    // Last look: from here the daemon is ready and a stop is Daemon.stop().
+    await progress.at('ready');
     const state: DaemonState = {
       pid: process.pid,
       nbd: { host: tcp.address, port: tcp.port, socketPath },
@@ -469,6 +498,75 @@ export class Daemon {
   }
 }
 
+/**
+ * A stop (SIGTERM, SIGINT) asked for while the daemon starts. Carries the
+ * step that was running then; Daemon.start has closed what it had opened.
+ */
+export class StartStopped extends Error {
+  override name = 'StartStopped';
+  constructor(
+    readonly signal: string,
+    readonly step: string,
+  ) {
+    super(`stopped (${signal}) during start-up at ${step}; what it had opened is closed`);
+  }
+}
+
+/**
+ * Where a start is, and whether a stop was asked for. The start calls at()
+ * between two steps and ends there (StartStopped) once a stop was asked:
+ * every step is whole or taken up by the next start as after a kill (the
+ * pools' registration, the journal replay, an interrupted RELEASE), so none
+ * is cut in the middle. A step runs to its end (the journal replay runs in
+ * one go), except a wait that writes nothing (the apiserver's first list, a
+ * test pause: until()), which a stop ends at once.
+ */
+export class StartProgress {
+  step = 'the configuration';
+  private stopAsked: { signal: string; step: string } | null = null;
+  private readonly onStop = new Set<() => void>();
+
+  get stopRequested(): boolean {
+    return this.stopAsked !== null;
+  }
+
+  /** Asks the start to end at its next step; the first call counts. */
+  requestStop(signal: string): void {
+    if (this.stopAsked) return;
+    this.stopAsked = { signal, step: this.step };
+    for (const wake of this.onStop) wake();
+  }
+
+  /** Between two steps: throws StartStopped when a stop was asked, else `step` starts. */
+  async at(step: string): Promise<void> {
+    this.throwIfStopped();
+    this.step = step;
+    if (ANNOUNCE_START_STEPS) process.stdout.write(`couchestor start-step ${step}\n`);
+    if (PAUSE_START_AT_STEP === step) await this.until(pauseStart(`step ${step}`));
+  }
+
+  throwIfStopped(): void {
+    if (this.stopAsked) throw new StartStopped(this.stopAsked.signal, this.stopAsked.step);
+  }
+
+  /** `p`, or StartStopped as soon as a stop is asked: for a wait that writes nothing. */
+  until<T>(p: Promise<T>): Promise<T> {
+    this.throwIfStopped();
+    let wake: () => void = () => undefined;
+    const stopped = new Promise<never>((_, reject) => {
+      wake = () => reject(new StartStopped(this.stopAsked!.signal, this.stopAsked!.step));
+      this.onStop.add(wake);
+    });
+    return Promise.race([p, stopped]).finally(() => this.onStop.delete(wake));
+  }
+}
+
+/** How long a stop during the start waits for the Kubernetes informers' requests in flight to end. */
+const KUBE_STOP_AT_START_MS = 1_000;
+
+/** Test hook: with COUCHESTOR_TEST_START_STEPS=1, each step of the start prints `couchestor start-step STEP` on stdout as it begins. */
+const ANNOUNCE_START_STEPS = process.env.COUCHESTOR_TEST_START_STEPS === '1';
+
 const SERVE_LOCKED_ADVICE = 'one process at a time may open a data directory (a second daemon would replay and destage the same journal): stop it first, or serve another --data-dir';
 
 /**
@@ -479,6 +577,8 @@ const SERVE_LOCKED_ADVICE = 'one process at a time may open a data directory (a 
  * `couchestor paused start-after-open {"pid":N}` and waits for a signal.
  */
 const PAUSE_START_AFTER_OPEN = process.env.COUCHESTOR_TEST_PAUSE_START === 'after-open';
+/** With COUCHESTOR_TEST_PAUSE_START=step:STEP, the start stops for good as step STEP begins (`couchestor paused start-step STEP {"pid":N}`); a stop ends it. */
+const PAUSE_START_AT_STEP = process.env.COUCHESTOR_TEST_PAUSE_START?.startsWith('step:') ? process.env.COUCHESTOR_TEST_PAUSE_START.slice('step:'.length) : null;
 
 function pauseStart(point: string): Promise<never> {
   process.stdout.write(`couchestor paused start-${point} ${JSON.stringify({ pid: process.pid })}\n`);
@@ -502,20 +602,20 @@ function flagFor(what: string): string {
 }
 
 export async function serve(dataDir: string, overrides: (cfg: DaemonConfig) => void): Promise<void> {
-  // Before loadConfig, which may write the default configuration: a refused
-  // second daemon changes nothing in the directory.
-  const lock = DataDirLock.acquire(dataDir, 'serve', SERVE_LOCKED_ADVICE);
-  let cfg: DaemonConfig;
-  try {
-    cfg = loadConfig(dataDir);
-    overrides(cfg);
-  } catch (err) {
-    lock.release();
-    throw err;
-  }
-  const daemon = await Daemon.start(cfg, { lock });
+  // Handlers first of all: without one a SIGTERM during the start (a journal
+  // replay, a wait for the apiserver) killed the process wherever it was, or,
+  // as PID 1 in a container, was ignored until the grace period's SIGKILL.
+  // During the start a stop ends it at its next step (StartProgress); once
+  // ready, Daemon.stop().
+  const progress = new StartProgress();
+  let daemon: Daemon | null = null;
   let stopping = false;
   const stop = (sig: string) => {
+    if (!daemon) {
+      if (!progress.stopRequested) log.info('stopping during start-up: at the end of the step in progress', { signal: sig, step: progress.step });
+      progress.requestStop(sig);
+      return;
+    }
     if (stopping) return;
     stopping = true;
     log.info('stopping', { signal: sig });
@@ -527,10 +627,27 @@ export async function serve(dataDir: string, overrides: (cfg: DaemonConfig) => v
       },
     );
   };
-  // Handlers before the ready line: a SIGTERM sent the moment a supervisor
-  // reads "ready" must still shut down cleanly, not kill the process.
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
+  let cfg: DaemonConfig;
+  try {
+    // Before loadConfig, which may write the default configuration: a refused
+    // second daemon changes nothing in the directory.
+    const lock = DataDirLock.acquire(dataDir, 'serve', SERVE_LOCKED_ADVICE);
+    try {
+      cfg = loadConfig(dataDir);
+      overrides(cfg);
+    } catch (err) {
+      lock.release();
+      throw err;
+    }
+    daemon = await Daemon.start(cfg, { lock, progress });
+  } catch (err) {
+    if (!(err instanceof StartStopped)) throw err;
+    // Exit status as a shell reports a process killed by that signal (143 for SIGTERM): not 0, the daemon never served.
+    process.stderr.write(`couchestor: ${err.message}\n`);
+    process.exit(128 + (os.constants.signals[err.signal as NodeJS.Signals] ?? 15));
+  }
   // One machine-readable line on stdout: tests and scripts wait for it.
   process.stdout.write(`couchestor ready ${JSON.stringify(daemon.state)}\n`);
   log.info('serving', { dataDir: cfg.dataDir, nbd: `${daemon.state.nbd.host}:${daemon.state.nbd.port}`, socket: daemon.state.nbd.socketPath, api: daemon.state.api.port, s3: daemon.state.s3.port });

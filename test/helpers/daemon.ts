@@ -165,3 +165,56 @@ export async function killDuringWrites(daemon: TestDaemon, loops: ((ack: () => v
   const stopped = await Promise.all(running);
   return { acked, stopped };
 }
+
+/** A `serve` watched through its start: its stdout lines as they come, its exit. */
+export interface StartingDaemon {
+  proc: ChildProcess;
+  /** stderr so far. */
+  stderr(): string;
+  /** Resolves with the first stdout line (seen so far or later) that `re` matches; rejects if the process exits first. */
+  line(re: RegExp): Promise<string>;
+  /** Resolves at the exit: code (or signal), stderr, and when (performance.now()). */
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string; atMs: number }>;
+}
+
+/**
+ * Spawns `serve` on `dataDir` (ephemeral ports) with `env` added, e.g. the
+ * start's test hooks (COUCHESTOR_TEST_PAUSE_START=after-open,
+ * COUCHESTOR_TEST_START_STEPS=1); `wrap` runs it under another command
+ * (`['unshare', '-fp', '--mount-proc']`: PID 1 of a new pid namespace).
+ * Killed (SIGKILL) when the test process exits, if still running.
+ */
+export function spawnServe(dataDir: string, opts: { env?: NodeJS.ProcessEnv; wrap?: string[] } = {}): StartingDaemon {
+  const argv = [process.execPath, CLI, 'serve', '--data-dir', dataDir, '--nbd-port', '0', '--api-port', '0', '--metrics-port', '0', '--s3-port', '0'];
+  const [cmd, ...args] = [...(opts.wrap ?? []), ...argv];
+  const proc = spawn(cmd!, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } });
+  const reap = () => proc.kill('SIGKILL');
+  process.once('exit', reap);
+  let stderr = '';
+  proc.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));
+  const lines: string[] = [];
+  const waiters: { re: RegExp; resolve: (l: string) => void }[] = [];
+  readline.createInterface({ input: proc.stdout! }).on('line', (l) => {
+    lines.push(l);
+    for (const w of [...waiters]) if (w.re.test(l)) (waiters.splice(waiters.indexOf(w), 1), w.resolve(l));
+  });
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string; atMs: number }>((resolve) => {
+    proc.once('close', (code, signal) => {
+      process.off('exit', reap);
+      resolve({ code, signal, stderr, atMs: performance.now() });
+    });
+  });
+  return {
+    proc,
+    stderr: () => stderr,
+    exited,
+    line(re: RegExp): Promise<string> {
+      const seen = lines.find((l) => re.test(l));
+      if (seen !== undefined) return Promise.resolve(seen);
+      return new Promise((resolve, reject) => {
+        waiters.push({ re, resolve });
+        void exited.then((e) => reject(new Error(`serve exited (${e.code ?? e.signal}) before a line matching ${re}:\n${lines.join('\n')}\n${e.stderr}`)));
+      });
+    },
+  };
+}
