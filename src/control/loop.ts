@@ -236,6 +236,8 @@ export class ControlLoop {
   private passRunning: Promise<void> | null = null;
   private nextPass: Promise<void> | null = null;
   private stopped = false;
+  /** Aborted by stop(): the moves in flight end at their next chunk (MigrationAborted). */
+  private readonly stopMigrations = new AbortController();
   readonly totals = { succeeded: 0, failed: 0, aborted: 0 };
   /** Volumes passes skipped because they could not be opened (one per volume per pass). */
   volumesSkipped = 0;
@@ -267,12 +269,20 @@ export class ControlLoop {
     this.timer = setTimeout(tick, 0);
   }
 
+  /**
+   * Ends the loop: no new pass, and the moves in flight are aborted at their
+   * next chunk (each chunk's COPY + VERIFY + SWITCH is whole): the volume
+   * stays on its old tier, the chunks already moved stay where they are and
+   * the next start's passes move the rest. Letting a move of a big volume
+   * run to its end held the daemon's stop past any grace period (a pod's
+   * 60 s), and the kill that followed cut it anyway.
+   */
   async stop(): Promise<void> {
     this.stopped = true;
     if (this.timer) clearTimeout(this.timer);
+    this.stopMigrations.abort();
     await this.nextPass?.catch(() => undefined);
     await this.passRunning;
-    // In-flight migrations finish (they are online and safe to complete).
     await Promise.allSettled([...this.inFlight.values()]);
   }
 
@@ -576,7 +586,7 @@ export class ControlLoop {
     const from = rec.tier;
     const preserve = this.preserveFor(name, to);
     log.info('migration started', { policy: p.name, volume: name, from, to, preservationMode: preserve });
-    const run = migrateVolume(this.manager, name, to, { preserve, onProgress: (pr) => (last = pr) })
+    const run = migrateVolume(this.manager, name, to, { preserve, onProgress: (pr) => (last = pr), signal: this.stopMigrations.signal })
       .then(
         async (done) => {
           this.failures.delete(name);
@@ -588,7 +598,7 @@ export class ControlLoop {
           // backoff when the move failed: a target that keeps failing (a
           // pool's volumes/ unusable, a read error) must not be copied to,
           // and logged, every pass. Not after an abort: an abort is asked
-          // for (the loop itself never aborts a move; the emergency stop
+          // for (the loop aborts a move only at its stop; the emergency stop
           // lets moves finish and starts none), it says nothing of whether
           // the move can succeed.
           const aborted = err.name === 'MigrationAborted';
