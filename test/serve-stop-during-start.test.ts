@@ -115,7 +115,7 @@ test('SIGTERM during the replay of a big journal: the replay ends, the start sto
   await startsCleanWith(dataDir, written);
 });
 
-test('PID 1 of a pid namespace (a container): SIGTERM during the start ends it (Node ignores SIGTERM there without a handler)', { timeout: 120_000 }, async () => {
+test('PID 1 of a pid namespace (a container): SIGTERM during the start ends it (Node ignores SIGTERM there without a handler)', { timeout: 120_000, skip: process.getuid?.() !== 0 && 'unshare -p needs root' }, async () => {
   const { dataDir, written } = await dirWithJournal(4 * MiB);
   const s = spawnServe(dataDir, { env: { COUCHESTOR_TEST_PAUSE_START: 'after-open' }, wrap: ['unshare', '-fp', '--mount-proc'] });
   const paused = await s.line(/^couchestor paused start-after-open /);
