@@ -316,8 +316,14 @@ export class ControlLoop {
     return this.nextPass;
   }
 
-  /** One pass; concurrent callers share it. */
+  /**
+   * One pass; concurrent callers share it. Nothing after stop(): a pass asked
+   * for then (POST /v1/reconcile while Daemon.stop closes NBD and the rebuilds
+   * before the admin API) would start moves that stop() no longer waits for,
+   * running beside the close of the manager and the index.
+   */
   reconcile(): Promise<void> {
+    if (this.stopped) return Promise.resolve();
     if (!this.passRunning) this.passRunning = this.pass().finally(() => (this.passRunning = null));
     return this.passRunning;
   }
@@ -579,6 +585,8 @@ export class ControlLoop {
   }
 
   private startMigration(p: StoragePolicy, st: PolicyState, name: string, to: Tier): void {
+    // A pass that was running when stop() came: it would start a move only to abort it at once (a SWITCH of the tier and its revert).
+    if (this.stopped) return;
     st.active.add(name);
     const startedAt = new Date().toISOString();
     let last: MigrationProgress | null = null;
