@@ -9,7 +9,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { TestDaemon } from './helpers/daemon.js';
-import { coldStatus, createVolume, decisionFor, nbdcopyIn, nbdcopyOut, policyNamed, policyYaml, randomFile, reconcile, sleep, startControlDaemon, volume, WINDOW_SETTLE_MS, writePolicy } from './helpers/control-loop.js';
+import { bigMoveToColdUnderWay, nbdcopyOut, policyNamed, policyYaml, reconcile, sleep, volume, WINDOW_SETTLE_MS, writePolicy } from './helpers/control-loop.js';
 
 const MiB = 1024 * 1024;
 // ~40 MB/s hot -> cold here (test/control-emergency-stop): the move takes several seconds.
@@ -21,24 +21,11 @@ function sha256(b: Buffer): string {
 
 test('SIGTERM mid-migration (hot -> cold, 256 MiB): the move is aborted at its next chunk, exit 0; the volume is hot again and reads back; the next move copies the rest only', { timeout: 300_000 }, async (t) => {
   const spec = { maxConcurrentMigrations: 1 };
-  let d = await startControlDaemon({ policies: { 'tiering.yaml': policyYaml('tiering', spec) } });
-  t.after(() => d.cleanup());
-  await createVolume(d, 'big', BIG_BYTES);
-  const src = path.join(d.dataDir, '..', `${path.basename(d.dataDir)}-big.bin`);
-  t.after(() => fs.rmSync(src, { force: true }));
-  randomFile(src, BIG_BYTES);
+  const started = await bigMoveToColdUnderWay(t, BIG_BYTES, spec);
+  let d = started.d;
+  const src = started.src;
+  t.after(() => d.cleanup()); // the daemon restarted below
   const want = sha256(fs.readFileSync(src));
-  nbdcopyIn(src, d.exportUri('big'));
-  await sleep(WINDOW_SETTLE_MS);
-
-  const p = policyNamed(await reconcile(d, false), 'tiering');
-  assert.equal(decisionFor(p, 'big').action, 'migrate', decisionFor(p, 'big').reason);
-  // A chunk striped: the move is under way.
-  const deadline = Date.now() + 60_000;
-  while ((await coldStatus(d)).stripesWritten < 1) {
-    assert.ok(Date.now() < deadline, 'the move striped no chunk in 60 s');
-    await new Promise((r) => setTimeout(r, 50));
-  }
   // No move at the next start's first pass: what this one left is asserted first.
   writePolicy(d, 'tiering.yaml', policyYaml('tiering', { ...spec, enabled: false }));
   const sentMs = performance.now();

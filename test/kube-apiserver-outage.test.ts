@@ -13,7 +13,7 @@ import type { KubeEnv } from './helpers/kube.js';
 import { nbdsh, type TestDaemon } from './helpers/daemon.js';
 import { createVolume, metric, nbdcopyOut, reconcile, scrape } from './helpers/control-loop.js';
 import { awsOk, startS3 } from './helpers/s3-env.js';
-import { Cluster, destagedColdVolume, ECP, httpGet, kubeDaemonConfig, SP, spSpec, startKubeCluster, startKubeDaemon, stopKubeCluster, untilNodeStatus } from './helpers/kube-daemon.js';
+import { apiserverPid, Cluster, destagedColdVolume, ECP, httpGet, kubeDaemonConfig, SP, spSpec, startKubeCluster, startKubeDaemon, stopKubeCluster, untilNodeStatus } from './helpers/kube-daemon.js';
 
 let kube: KubeEnv;
 let cluster: Cluster;
@@ -48,21 +48,6 @@ test('the apiserver restarted under a running daemon: the watch resumes, a CR cr
   assert.equal((await httpGet(`http://127.0.0.1:${d.info.api.port}/readyz`)).status, 200, 'listed once: stays ready through the outage');
   nbdRoundTrip(d, 'v', 9);
 });
-
-/** The fixture's kube-apiserver process (started by this test file's startKubeCluster). */
-function apiserverPid(server: string): number {
-  const port = new URL(server).port;
-  for (const pid of fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
-    let cmd = '';
-    try {
-      cmd = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8');
-    } catch {
-      continue;
-    }
-    if (cmd.includes('kube-apiserver') && cmd.includes(`--secure-port=${port}\0`)) return Number(pid);
-  }
-  throw new Error(`no kube-apiserver on port ${port}`);
-}
 
 /** TCP connections the process holds to the apiserver's port (ss). */
 function connectionsTo(pid: number, server: string): number {

@@ -13,7 +13,7 @@ import { startKube, type KubeEnv } from './helpers/kube.js';
 import { access, applyCrds } from './helpers/kube-manifests.js';
 import { spawnServe, type TestDaemon } from './helpers/daemon.js';
 import { createVolume, nbdcopyIn, nbdcopyOut, randomFile } from './helpers/control-loop.js';
-import { Cluster, ECP, startKubeDaemon } from './helpers/kube-daemon.js';
+import { apiserverPid, Cluster, ECP, startKubeDaemon } from './helpers/kube-daemon.js';
 
 const MiB = 1024 * 1024;
 let kube: KubeEnv;
@@ -29,21 +29,6 @@ after(async () => {
   for (const d of daemons) await d.cleanup();
   await kube?.stop();
 });
-
-/** The kube-apiserver process serving `server` (as test/kube-apiserver-outage finds it). */
-function apiserverPid(server: string): number {
-  const port = new URL(server).port;
-  for (const pid of fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
-    let cmd = '';
-    try {
-      cmd = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8');
-    } catch {
-      continue;
-    }
-    if (cmd.includes('kube-apiserver') && cmd.includes(`--secure-port=${port}\0`)) return Number(pid);
-  }
-  throw new Error(`no kube-apiserver on port ${port}`);
-}
 
 test('SIGTERM while the start waits 30 s for a hung apiserver (SIGSTOP): exit 143 within 5 s naming the step; the next start reads the cold data back', { timeout: 180_000 }, async () => {
   const opts = { kubeconfig: kube.kubeconfig(), nodeName: 'node-stop', startSyncTimeoutMs: 30_000 };

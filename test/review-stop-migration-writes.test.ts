@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { TestDaemon } from './helpers/daemon.js';
-import { coldStatus, createVolume, decisionFor, nbdcopyIn, nbdcopyOut, policyNamed, policyYaml, randomFile, reconcile, sleep, startControlDaemon, volume, WINDOW_SETTLE_MS, writePolicy } from './helpers/control-loop.js';
+import { bigMoveToColdUnderWay, nbdcopyOut, policyYaml, volume, writePolicy } from './helpers/control-loop.js';
 import { expectedAfterBlocks, startBlockWriter } from './helpers/nbd-writer.js';
 
 const MiB = 1024 * 1024;
@@ -16,23 +16,12 @@ const BIG_BYTES = 128 * MiB;
 
 test('SIGTERM mid-migration (hot -> cold) with a client writing and flushing: exit 0, the volume hot again and every acknowledged byte reads back', { timeout: 300_000 }, async (t) => {
   const spec = { maxConcurrentMigrations: 1 };
-  let d = await startControlDaemon({ policies: { 'tiering.yaml': policyYaml('tiering', spec) } });
-  t.after(() => d.cleanup());
-  await createVolume(d, 'big', BIG_BYTES);
-  const src = path.join(d.dataDir, '..', `${path.basename(d.dataDir)}-big.bin`);
-  t.after(() => fs.rmSync(src, { force: true }));
-  randomFile(src, BIG_BYTES);
+  const started = await bigMoveToColdUnderWay(t, BIG_BYTES, spec);
+  let d = started.d;
+  const src = started.src;
+  t.after(() => d.cleanup()); // the daemon restarted below
   const base = fs.readFileSync(src);
-  nbdcopyIn(src, d.exportUri('big'));
-  await sleep(WINDOW_SETTLE_MS);
-
-  const p = policyNamed(await reconcile(d, false), 'tiering');
-  assert.equal(decisionFor(p, 'big').action, 'migrate', decisionFor(p, 'big').reason);
   const deadline = Date.now() + 60_000;
-  while ((await coldStatus(d)).stripesWritten < 1) {
-    assert.ok(Date.now() < deadline, 'the move striped no chunk in 60 s');
-    await new Promise((r) => setTimeout(r, 50));
-  }
   const w = startBlockWriter(d.exportUri('big'));
   t.after(() => w.kill());
   while (w.acked < 4) {

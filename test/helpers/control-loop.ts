@@ -339,3 +339,27 @@ export function verifyJob(uri: string, offsetBytes: number, lengthBytes: number)
 export function fioFill(uri: string, lengthBytes: number): void {
   run('fio', ['--name=fill', '--ioengine=nbd', `--uri=${uri}`, '--rw=write', '--bs=1M', '--iodepth=4', `--size=${lengthBytes}`, '--output-format=terse']);
 }
+
+/**
+ * A control daemon moving volume `big` (`bytes` of random data, read back from the returned
+ * `src` file) hot -> cold under policy `tiering` (`spec`), returned once the move has striped
+ * a chunk: a stop now lands mid-migration. The daemon and the file are cleaned up after `t`.
+ */
+export async function bigMoveToColdUnderWay(t: { after(fn: () => unknown): void }, bytes: number, spec: Record<string, unknown>): Promise<{ d: TestDaemon; src: string }> {
+  const d = await startControlDaemon({ policies: { 'tiering.yaml': policyYaml('tiering', spec) } });
+  t.after(() => d.cleanup());
+  await createVolume(d, 'big', bytes);
+  const src = path.join(d.dataDir, '..', `${path.basename(d.dataDir)}-big.bin`);
+  t.after(() => fs.rmSync(src, { force: true }));
+  randomFile(src, bytes);
+  nbdcopyIn(src, d.exportUri('big'));
+  await sleep(WINDOW_SETTLE_MS);
+  const p = policyNamed(await reconcile(d, false), 'tiering');
+  if (decisionFor(p, 'big').action !== 'migrate') throw new Error(`no move decided: ${decisionFor(p, 'big').reason}`);
+  const deadline = Date.now() + 60_000;
+  while ((await coldStatus(d)).stripesWritten < 1) {
+    if (Date.now() >= deadline) throw new Error('the move striped no chunk in 60 s');
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return { d, src };
+}

@@ -234,3 +234,18 @@ export function kubeconfigWithUser(kube: { server: string; caData: string }, dir
   );
   return file;
 }
+
+/** The fixture's kube-apiserver process serving `server` (found by its --secure-port in /proc), e.g. to SIGSTOP it. */
+export function apiserverPid(server: string): number {
+  const port = new URL(server).port;
+  for (const pid of fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
+    let cmd = '';
+    try {
+      cmd = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+    } catch {
+      continue;
+    }
+    if (cmd.includes('kube-apiserver') && cmd.includes(`--secure-port=${port}\0`)) return Number(pid);
+  }
+  throw new Error(`no kube-apiserver on port ${port}`);
+}
