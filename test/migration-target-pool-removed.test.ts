@@ -1,7 +1,7 @@
 // A cold pool disappears while a hot -> cold migration copies: 4+2 placement
 // needs six online cold pools, so the migration fails; the volume stays
 // online on hot with its bytes intact, and once the pool is back a later pass
-// retries and succeeds.
+// retries and succeeds (after `couchestor pools replace` of the new, empty directory).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -56,8 +56,14 @@ test('cold pool removed mid-migration: fails with the reason, stays hot and byte
   assert.match(blocked.reason, /needs 6 online cold pools, 5 online/);
   assert.equal(p.migrationHistory.length, 1);
 
-  // Pool back (an empty directory, as after replacing a disk): the next pass retries and succeeds.
+  // A new empty disk at the pool's path is not the pool until `couchestor pools replace` says so
+  // (pool identity: an empty directory could as well be the mount point of a disk not mounted).
   fs.mkdirSync(gone);
+  p = policyNamed(await reconcile(d, true), 'tiering');
+  assert.equal(decisionFor(p, 'vol').action, 'blocked', decisionFor(p, 'vol').reason);
+  // Replaced (the shards it held rebuilt from parity): the next pass retries and succeeds.
+  const replaced = d.cli('pools', 'replace', 'cold-3');
+  assert.equal(replaced.status, 0, replaced.stderr);
   p = policyNamed(await reconcile(d, true), 'tiering');
   assert.equal(decisionFor(p, 'vol').action, 'migrate', decisionFor(p, 'vol').reason);
   assert.deepEqual(p.migrationHistory.map((x) => `${x.from}->${x.to}:${x.result}`), ['hot->cold:failed', 'hot->cold:succeeded']);
