@@ -20,6 +20,7 @@ import { healthChecks, metricsSource } from './control/observe.js';
 import { parsePolicyYaml, type ErasureCodingPolicy } from './dataplane/ec/policy.js';
 import { SegmentCompactor, registerCompactionMetrics } from './dataplane/ec/compaction.js';
 import { forgetRemovedPoolRebuilds } from './dataplane/ec/reconstruction.js';
+import { stopMigrations } from './dataplane/volumes/migration.js';
 import { DataDirLock, DataDirLocked, readLockHolder } from './data-dir-lock.js';
 import { prepareHotPool } from './dataplane/objects/hot-segments.js';
 import type { Pool } from './dataplane/pools/pool.js';
@@ -478,20 +479,36 @@ export class Daemon {
     return new Daemon(cfg, manager, nbd, api, s3, metrics, heat, loop, cache, state, compactor, lock, kube);
   }
 
+  /** What stop() is waiting for now (null before the stop): the second signal's log line names it. */
+  stopStep: string | null = null;
+
   async stop(): Promise<void> {
-    await this.loop.stop();
+    const step = (what: string) => (this.stopStep = what);
+    // Every move is aborted at its next chunk, the admin API's (`volumes migrate`) as the control
+    // loop's; both wait for them to end (the volume back on its old tier) before anything closes.
+    step('the migrations in flight (aborted at their next chunk)');
+    await Promise.all([stopMigrations(this.manager), this.loop.stop()]);
+    step('the Kubernetes client');
     await this.kube?.stop();
+    step('the NBD clients (their requests in flight, up to 10 s)');
     await this.nbd.close();
     // Pool rebuilds stop before the admin API closes: closing waits for in-flight requests, and a
     // rebuild request (one queued behind the retry timer's run) would run to its end, starting a
     // whole-pool rebuild during the stop. Cut, the run is recorded (interrupted); the queued one is refused.
+    step('the pool rebuild');
     await this.manager.cold?.reconstructor.stop();
+    step('the admin API (its requests in flight)');
     await this.api.close();
+    step('the S3 clients (their requests in flight)');
     await this.s3.close();
+    step('the metrics server');
     await this.metrics.close();
     this.heat.stop();
+    step('the segment compaction');
     await this.compactor?.stop(); // before the stripe store closes under it
+    step('the close of the volumes, the destager, the journal and the index');
     await this.manager.close();
+    step('the close of the read cache');
     await this.cache?.close();
     fs.rmSync(path.join(this.cfg.dataDir, STATE_FILE), { force: true });
     this.lock.release(); // last: nothing of this daemon touches the directory any more
@@ -587,6 +604,33 @@ function pauseStart(point: string): Promise<never> {
   return new Promise<never>(() => undefined);
 }
 
+/**
+ * The second signal: exits at once, 128 + its number (143 for SIGTERM, as a
+ * stop during the start and a shell's report of a process killed by it),
+ * whatever the stop was waiting for. It skips nothing the durability
+ * contract needs. An acknowledged write is durable before its answer: an
+ * NBD FLUSH or FUA write only after its fdatasync (the journal's group
+ * commit, the volume file's), an S3 PUT's 200 only after its data is synced
+ * and its index record committed. So the stop's waits are for what was
+ * never promised: NBD requests in flight (unanswered writes may be lost, as
+ * in any crash), a copy (an aborted or cut move keeps the old copy: the
+ * index flips a chunk only after its new copy is durable, and frees the old
+ * only after the flip), a destage (the journal keeps its records until
+ * their stripe is committed), the close of the index (LMDB's copy-on-write
+ * commit with two meta pages: a process ending mid-commit leaves the last
+ * commit, which a reader was shown only once durable). What is lost is
+ * cheap: the read cache's L2 (marked unclean while open: the next start
+ * empties it) and heat (in memory only). The kernel drops the data
+ * directory's and pools' locks with the process; the next start removes the
+ * daemon.json left behind, replays the journal, finishes or undoes an
+ * interrupted move or RELEASE: as after a SIGKILL, which the crash tests
+ * cover.
+ */
+function exitNow(sig: string, first: string, waitingFor: string): never {
+  log.warn('second signal: exiting now, without waiting for the stop to end; every acknowledged write is durable already, the next start recovers the rest as after a crash', { signal: sig, first, waitingFor });
+  process.exit(128 + (os.constants.signals[sig as NodeJS.Signals] ?? 15));
+}
+
 /** Names the listener in a bind failure: "S3 port 9000: listen EADDRINUSE ...". */
 async function listening<T>(what: string, port: number, bound: Promise<T>): Promise<T> {
   try {
@@ -606,19 +650,21 @@ export async function serve(dataDir: string, overrides: (cfg: DaemonConfig) => v
   // replay, a wait for the apiserver) killed the process wherever it was, or,
   // as PID 1 in a container, was ignored until the grace period's SIGKILL.
   // During the start a stop ends it at its next step (StartProgress); once
-  // ready, Daemon.stop().
+  // ready, Daemon.stop(). A second signal while stopping, during the start or
+  // after it, is the operator's "now" (a second Ctrl-C, `docker stop` after
+  // one): exitNow, which says what that skips and why nothing acknowledged is lost.
   const progress = new StartProgress();
   let daemon: Daemon | null = null;
-  let stopping = false;
+  let firstSignal: string | null = null;
   const stop = (sig: string) => {
+    if (firstSignal !== null) exitNow(sig, firstSignal, daemon ? (daemon.stopStep ?? 'the start of the stop') : `the end of the start-up step ${progress.step}`);
+    firstSignal = sig;
     if (!daemon) {
-      if (!progress.stopRequested) log.info('stopping during start-up: at the end of the step in progress', { signal: sig, step: progress.step });
+      log.info('stopping during start-up: at the end of the step in progress (a second signal exits now)', { signal: sig, step: progress.step });
       progress.requestStop(sig);
       return;
     }
-    if (stopping) return;
-    stopping = true;
-    log.info('stopping', { signal: sig });
+    log.info('stopping (a second signal exits now)', { signal: sig });
     daemon.stop().then(
       () => process.exit(0),
       (err) => {

@@ -5,7 +5,7 @@ import { PoolRebuildBusy, UnknownPool } from '../dataplane/ec/reconstruction.js'
 import Fastify, { type FastifyInstance } from 'fastify';
 import { AlreadyExists, DestageStalled, InvalidArgument, MigrationInProgress, NoSpace, NoSuitablePool, NotFound, PoolOffline, TooFewOnlinePools } from '../dataplane/errors.js';
 import type { VolumeManager } from '../dataplane/volumes/manager.js';
-import { migrateVolume } from '../dataplane/volumes/migration.js';
+import { MigrationAborted, migrateVolume } from '../dataplane/volumes/migration.js';
 import type { Tier } from '../dataplane/meta/store.js';
 import type { ControlLoop } from './loop.js';
 import type { CacheManager } from '../dataplane/cache/index.js';
@@ -14,6 +14,9 @@ export function httpStatusFor(err: unknown): number {
   if (err instanceof InvalidArgument) return 400;
   if (err instanceof NotFound) return 404;
   if (err instanceof AlreadyExists || err instanceof MigrationInProgress) return 409;
+  // A move aborted (or refused) because the daemon is stopping (stopMigrations): 409, as the rebuild's
+  // "the daemon is stopping" (PoolRebuildBusy) is; the message says to ask again once it is back.
+  if (err instanceof MigrationAborted) return 409;
   // Before NoSuitablePool (its base class): too few pools online is an availability problem, not "no space".
   if (err instanceof TooFewOnlinePools) return 503;
   if (err instanceof NoSuitablePool || err instanceof NoSpace) return 507;
@@ -85,7 +88,8 @@ export function buildApi(
     { schema: { body: { type: 'object', required: ['sizeBytes'], additionalProperties: false, properties: { sizeBytes: { type: 'integer', minimum: 1 } } } } },
     async (req) => manager.resizeVolume(req.params.name, req.body.sizeBytes),
   );
-  // Moves a volume to another tier now (online); returns when done.
+  // Moves a volume to another tier now (online); returns when done. A stop of the daemon aborts it at its
+  // next chunk (the volume stays on its old tier): 409 with "the daemon is stopping".
   app.post<{ Params: { name: string }; Body: { tier: Tier; preserve?: boolean } }>(
     '/v1/volumes/:name/migrate',
     { schema: { body: { type: 'object', required: ['tier'], additionalProperties: false, properties: { tier: { type: 'string', enum: ['hot', 'warm', 'cold'] }, preserve: { type: 'boolean' } } } } },

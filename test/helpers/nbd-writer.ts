@@ -1,7 +1,8 @@
 // A real NBD client (libnbd's Python binding) writing 1 MiB block after block,
 // each written then flushed, for stop and crash tests: block i holds the byte
 // (i*7+1)%256 at (i MiB) modulo the export's size, and `acked` is the last
-// block whose flush the server acknowledged.
+// block whose flush the server acknowledged. And a client that never reads
+// its replies (startStuckReader), which holds a daemon's stop.
 import { spawn } from 'node:child_process';
 import { CLIENT_ENV } from './daemon.js';
 
@@ -70,4 +71,42 @@ export function expectedAfterBlocks(base: Buffer, acked: number, back: Buffer): 
     back.copy(want, off, off, off + MiB);
   }
   return want;
+}
+
+const STUCK_READER = `
+import nbd, sys, time
+h = nbd.NBD()
+h.connect_uri(sys.argv[1])
+n = int(sys.argv[2])
+size = h.get_size()
+bufs = []
+for i in range(n):
+    b = nbd.Buffer(1024 * 1024)
+    h.aio_pread(b, (i * 1024 * 1024) % size)
+    bufs.append(b)
+print('sent', n, flush=True)
+time.sleep(3600)
+`;
+
+/**
+ * A real NBD client (libnbd) that sends `reads` 1 MiB READs and never reads
+ * a reply: the server's replies fill the socket, so a daemon's stop waits
+ * out the NBD drain's whole grace period (10 s) for them. Resolves once the
+ * reads are sent; kill() ends it.
+ */
+export async function startStuckReader(uri: string, reads = 256): Promise<{ kill(): void }> {
+  const r = spawn('python3', ['-c', STUCK_READER, uri, String(reads)], { env: CLIENT_ENV, stdio: ['ignore', 'pipe', 'pipe'] });
+  const reap = () => r.kill('SIGKILL');
+  process.once('exit', reap);
+  r.once('close', () => process.off('exit', reap));
+  let out = '';
+  await new Promise<void>((resolve, reject) => {
+    r.stdout!.on('data', (b: Buffer) => {
+      out += b.toString();
+      if (out.includes('sent')) resolve();
+    });
+    r.stderr!.on('data', (b: Buffer) => (out += b.toString()));
+    r.once('close', (code) => reject(new Error(`the stuck reader exited (${code}) before sending its reads: ${out}`)));
+  });
+  return { kill: () => r.kill('SIGKILL') };
 }

@@ -336,33 +336,72 @@ export function planMigration(manager: VolumeManager, vol: Volume, to: Tier): { 
 }
 
 
-/** Volumes with a migration running, per manager: one migration of a volume at a time. */
-const running = new WeakMap<VolumeManager, Set<string>>();
+/**
+ * The moves of one manager: the volumes with one running (one migration of
+ * a volume at a time), each move's promise (stopMigrations waits for them),
+ * and the stop that aborts them all.
+ */
+interface ManagerMoves {
+  names: Set<string>;
+  inFlight: Set<Promise<unknown>>;
+  stop: AbortController;
+}
+const moves = new WeakMap<VolumeManager, ManagerMoves>();
+
+function movesOf(manager: VolumeManager): ManagerMoves {
+  let m = moves.get(manager);
+  if (m === undefined) moves.set(manager, (m = { names: new Set(), inFlight: new Set(), stop: new AbortController() }));
+  return m;
+}
 
 /** Whether a migration of `name` is running (started by the API, the CLI or the control loop). */
 export function migrationRunning(manager: VolumeManager, name: string): boolean {
-  return running.get(manager)?.has(name) ?? false;
+  return moves.get(manager)?.names.has(name) ?? false;
+}
+
+/**
+ * The daemon's stop (Daemon.stop): every move running on `manager`, whoever
+ * started it (`couchestor volumes migrate` through the admin API, the
+ * control loop), is aborted at its next chunk, as the control loop's stop
+ * aborts its own: each chunk's COPY + VERIFY + SWITCH is whole, the volume
+ * goes back to its old tier (an aborted move to cold releases or punches
+ * the ranges it destaged first), the chunks already moved stay where they
+ * are and a later move copies only the rest. No move starts from here on
+ * (MigrationAborted, "the daemon is stopping"). Resolves once every move has
+ * ended, its abort path included: none runs on beside the close of the
+ * front ends and the index. Before, a move asked for through the API ran to
+ * its end: one of a big volume held the stop for its whole copy, until the
+ * kubelet's SIGKILL cut it after the pod's grace period.
+ */
+export async function stopMigrations(manager: VolumeManager): Promise<void> {
+  const m = movesOf(manager);
+  m.stop.abort();
+  await Promise.allSettled([...m.inFlight]);
 }
 
 /**
  * Moves volume `name` to tier `to` online. One migration of a volume at a
  * time: two at once (the API and the control loop, say) would race each
  * other's placement and RELEASE, so a second is refused with
- * MigrationInProgress (409 on the API) until the first ends.
+ * MigrationInProgress (409 on the API) until the first ends. After
+ * stopMigrations (the daemon stopping), refused with MigrationAborted.
  */
 export async function migrateVolume(manager: VolumeManager, name: string, to: Tier, opts: MigrateOptions): Promise<MigrationProgress> {
-  let names = running.get(manager);
-  if (names === undefined) running.set(manager, (names = new Set()));
-  if (names.has(name)) throw new MigrationInProgress(`a migration of volume ${name} is already running; wait for it to end`);
-  names.add(name);
+  const m = movesOf(manager);
+  if (m.stop.signal.aborted) throw new MigrationAborted(`the daemon is stopping: the migration of ${name} to ${to} was not started; ask again once it is back`);
+  if (m.names.has(name)) throw new MigrationInProgress(`a migration of volume ${name} is already running; wait for it to end`);
+  m.names.add(name);
+  const run = migrateVolumeOnce(manager, name, to, opts, m.stop.signal);
+  m.inFlight.add(run);
   try {
-    return await migrateVolumeOnce(manager, name, to, opts);
+    return await run;
   } finally {
-    names.delete(name);
+    m.inFlight.delete(run);
+    m.names.delete(name);
   }
 }
 
-async function migrateVolumeOnce(manager: VolumeManager, name: string, to: Tier, opts: MigrateOptions): Promise<MigrationProgress> {
+async function migrateVolumeOnce(manager: VolumeManager, name: string, to: Tier, opts: MigrateOptions, stopping: AbortSignal): Promise<MigrationProgress> {
   const vol = manager.openVolume(name);
   const from = vol.rec.tier;
   const progress: MigrationProgress = { volume: name, from, to, phase: 'Analyze', chunksTotal: 0, chunksDone: 0, bytesCopied: 0, startedMs: Date.now() };
@@ -420,7 +459,7 @@ async function migrateVolumeOnce(manager: VolumeManager, name: string, to: Tier,
       const failed: { err: unknown }[] = [];
       const worker = async () => {
         while (next < todo.length && failed.length === 0) {
-          if (opts.signal?.aborted) throw new MigrationAborted(`migration of ${name} aborted`);
+          if (opts.signal?.aborted || stopping.aborted) throw new MigrationAborted(`migration of ${name} aborted`);
           const c = todo[next++]!;
           // A client write may have promoted this chunk since the list was
           // made. Promoting it again would re-copy the whole chunk from the
@@ -491,10 +530,19 @@ async function migrateVolumeOnce(manager: VolumeManager, name: string, to: Tier,
     // once the tier is reverted.
     else await vol.releaseOtherFiles(opts.preserve).catch(() => undefined);
     progress.phase = err instanceof MigrationAborted ? 'Aborted' : 'Failed';
-    progress.error = (err as Error).message;
     progress.finishedMs = Date.now();
+    // Aborted by the daemon's stop: what the caller (`couchestor volumes migrate`, the API's 409) is told.
+    const stopped = err instanceof MigrationAborted && stopping.aborted;
+    const thrown = stopped
+      ? new MigrationAborted(
+          `the daemon is stopping: the migration of ${name} to ${to} was aborted after ${progress.chunksDone} of ${progress.chunksTotal} chunks; ` +
+            `${name} stays ${from} on its old copy, every acknowledged write in it (the chunks already moved stay readable where they are); ` +
+            `ask again once the daemon is back (\`couchestor volumes migrate ${name} ${to}\`): only the chunks not moved yet are copied`,
+        )
+      : err;
+    progress.error = (thrown as Error).message;
     report();
-    throw err;
+    throw thrown;
   } finally {
     vol.preserveOnSwitch = false;
   }
