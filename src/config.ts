@@ -80,6 +80,11 @@ export interface KubernetesConfig {
   statusWriteIntervalMs: number;
   /** How long a start waits for the apiserver's first list (the cold tier's policy) before going on without it. */
   startSyncTimeoutMs: number;
+  /**
+   * A watch with no byte for this long is dead (a partition that sent no RST) and started again.
+   * Watches are asked to end after half to three quarters of it, so a live one is never taken for dead.
+   */
+  watchSilenceTimeoutMs: number;
 }
 
 export const CONFIG_FILE = 'couchestor.yaml';
@@ -112,7 +117,7 @@ export function embeddedDefault(dataDir: string): DaemonConfig {
       heatSampleIntervalMs: 1_000,
       heatSource: { type: 'local' },
     },
-    kubernetes: { enabled: false, kubeconfig: null, nodeName: null, ecPolicyName: 'standard-ec', statusWriteIntervalMs: 2_000, startSyncTimeoutMs: 30_000 },
+    kubernetes: { enabled: false, kubeconfig: null, nodeName: null, ecPolicyName: 'standard-ec', statusWriteIntervalMs: 2_000, startSyncTimeoutMs: 30_000, watchSilenceTimeoutMs: 120_000 },
     demoVolume: { name: 'demo', sizeBytes: 1024 ** 3 },
     defaultExport: 'demo',
   };
@@ -312,6 +317,8 @@ export function validateConfig(cfg: DaemonConfig, where = 'config'): void {
   str('kubernetes.ecPolicyName', k.ecPolicyName);
   int('kubernetes.statusWriteIntervalMs', k.statusWriteIntervalMs, 100, MAX_TIMER_MS, 'milliseconds');
   int('kubernetes.startSyncTimeoutMs', k.startSyncTimeoutMs, 100, 600_000, 'milliseconds');
+  // From 4 s (watches of 2 s) to an hour (watches of 30-45 min).
+  int('kubernetes.watchSilenceTimeoutMs', k.watchSilenceTimeoutMs, 4_000, 3_600_000, 'milliseconds');
   if (cfg.demoVolume !== null) {
     if (!isMapping(cfg.demoVolume)) fail(`demoVolume must be null or a mapping (name, sizeBytes), got ${describe(cfg.demoVolume)}`);
     str('demoVolume.name', cfg.demoVolume.name);

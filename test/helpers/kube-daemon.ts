@@ -23,6 +23,8 @@ export interface KubeDaemonOptions {
   /** Cold pools of the node (default 3: a 2+1 policy). */
   coldPools?: number;
   startSyncTimeoutMs?: number;
+  /** kubernetes.watchSilenceTimeoutMs (default: the daemon's, 120 s). */
+  watchSilenceTimeoutMs?: number;
   dataDir?: string;
 }
 
@@ -43,6 +45,7 @@ export function kubeDaemonConfig(o: KubeDaemonOptions): string {
       ecPolicyName: o.ecPolicyName ?? 'ec21',
       statusWriteIntervalMs: 200,
       startSyncTimeoutMs: o.startSyncTimeoutMs ?? 20_000,
+      ...(o.watchSilenceTimeoutMs === undefined ? {} : { watchSilenceTimeoutMs: o.watchSilenceTimeoutMs }),
     },
   });
 }

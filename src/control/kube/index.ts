@@ -97,8 +97,8 @@ export class KubePolicies {
       const { name, uid, resourceVersion, generation } = obj.metadata;
       return { apiVersion: obj.apiVersion, kind: obj.kind, metadata: { name, uid, resourceVersion, generation }, spec: obj.spec, ...(own ? { status: { nodes: { [this.nodeName]: own } } } : {}) };
     };
-    this.storagePolicies = new Informer(this.client, STORAGE_POLICIES, (k, o) => changed(k, o, STORAGE_POLICIES, spGen), keep);
-    this.ecPolicies = new Informer(this.client, EC_POLICIES, (k, o) => changed(k, o, EC_POLICIES, ecGen), keep);
+    this.storagePolicies = new Informer(this.client, STORAGE_POLICIES, cfg.watchSilenceTimeoutMs, (k, o) => changed(k, o, STORAGE_POLICIES, spGen), keep);
+    this.ecPolicies = new Informer(this.client, EC_POLICIES, cfg.watchSilenceTimeoutMs, (k, o) => changed(k, o, EC_POLICIES, ecGen), keep);
     this.writer = new StatusWriter(this.client, this.nodeName, cfg.statusWriteIntervalMs);
   }
 

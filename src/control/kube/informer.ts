@@ -15,15 +15,17 @@ const LIST_TIMEOUT_MS = 10_000;
  */
 export const LIST_PAGE_SIZE = 16;
 /**
- * The server ends a watch after this plus up to WATCH_JITTER_S: the client
- * resumes it from the last resourceVersion (cheap: the apiserver's watch
- * cache). Short, so that a connection silent for longer than the longest
- * watch is dead (the apiserver sent bookmarks only every 2 minutes here).
+ * The server is asked to end a watch after half to three quarters of the
+ * silence bound (60-90 s for the default 120 s; random, so the watches of many
+ * nodes do not come back all at once): the client resumes it from the last
+ * resourceVersion (cheap: the apiserver's watch cache). Every watch ends
+ * before the bound, so a watch with no byte for that long is dead (no RST: a
+ * partition), not quiet (the apiserver sent bookmarks only every 2 minutes here).
  */
-const WATCH_TIMEOUT_S = 60;
-const WATCH_JITTER_S = 30;
-/** No byte for this long on a watch, longer than any watch lasts: the connection is dead (no RST: a partition). */
-const WATCH_IDLE_TIMEOUT_MS = (WATCH_TIMEOUT_S + WATCH_JITTER_S + 30) * 1000;
+function watchTimeoutSeconds(silenceTimeoutMs: number): number {
+  const from = Math.max(1, Math.floor(silenceTimeoutMs / 2000));
+  return from + Math.floor(Math.random() * Math.max(1, Math.floor(silenceTimeoutMs / 4000)));
+}
 const RETRY_MIN_MS = 250;
 const RETRY_MAX_MS = 10_000;
 /** Bound on the cache: more objects of one kind than this are refused (a policy is a few hundred bytes). */
@@ -50,6 +52,8 @@ export class Informer<T extends KubeObject = KubeObject> {
   constructor(
     private readonly client: KubeClient,
     readonly plural: string,
+    /** No byte on a watch for this long: dead, started again (kubernetes.watchSilenceTimeoutMs). */
+    private readonly watchSilenceTimeoutMs: number,
     /** Called after the cache changed (an object added, changed or gone; a relist). */
     private readonly onChange: (kind: 'set' | 'delete', obj: T) => void = () => undefined,
     /** What of an object is kept in the cache (e.g. only this node's status entry): applied to every object listed or watched. */
@@ -95,7 +99,7 @@ export class Informer<T extends KubeObject = KubeObject> {
     while (!this.stopped) {
       try {
         if (this.resourceVersion === null) await this.relist();
-        this.running = await this.client.watch(resourcePath(this.plural), this.resourceVersion!, { timeoutSeconds: WATCH_TIMEOUT_S + Math.floor(Math.random() * WATCH_JITTER_S), idleTimeoutMs: WATCH_IDLE_TIMEOUT_MS }, (type, obj) => this.apply(type, obj as T));
+        this.running = await this.client.watch(resourcePath(this.plural), this.resourceVersion!, { timeoutSeconds: watchTimeoutSeconds(this.watchSilenceTimeoutMs), idleTimeoutMs: this.watchSilenceTimeoutMs }, (type, obj) => this.apply(type, obj as T));
         if (this.stopped) this.running.abort();
         await this.running.ended;
         this.running = null;
