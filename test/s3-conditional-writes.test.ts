@@ -6,13 +6,12 @@
 // wins and its bytes are what is stored; a refused body leaves no data file
 // (hot) and no stripe in use (cold). Refused multipart completions keep
 // the upload. Combinations S3 does not implement are 501, never applied
-// unconditionally; so are conditional deletes, which CoucheStor does not evaluate.
+// unconditionally. Conditional deletes: s3-conditional-deletes.test.ts.
 import {
   AbortMultipartUploadCommand,
   CompleteMultipartUploadCommand,
   CopyObjectCommand,
   CreateMultipartUploadCommand,
-  DeleteObjectCommand,
   GetObjectCommand,
   ListPartsCommand,
   PutObjectCommand,
@@ -224,11 +223,5 @@ describe('s3 conditional writes: If-None-Match: * and If-Match, judged when the 
     await env2.daemon.kill();
     const stored = await readRecord<{ key: string; segments: unknown }>(run.dataDir, 's3-objects', (v) => v.key === 'victim', 'the victim record');
     assert.equal(stored.value.segments, 'torn', 'a refused write replaced the damaged record');
-  });
-
-  it('DeleteObject If-Match (a conditional delete, not evaluated) is 501 NotImplemented, the object kept', async () => {
-    await put('hot', 'd', 'kept');
-    assert.deepEqual(await outcome(env.sdk.send(new DeleteObjectCommand({ Bucket: 'hot', Key: 'd', IfMatch: '"0123456789abcdef0123456789abcdef"' }))), [501, 'NotImplemented']);
-    assert.equal((await get('hot', 'd')).bytes.toString(), 'kept');
   });
 });

@@ -173,10 +173,10 @@ describe('DeleteObjects and CompleteMultipartUpload bodies', () => {
     assert.match(elements.body, /more than 6002 elements/);
     const wrongRoot = await raw(env, 'POST', `/${B}`, { delete: '' }, Buffer.from(`<Tagging>${keep}</Tagging>`));
     assert.deepEqual([wrongRoot.status, errorCode(wrongRoot.body)], [400, 'MalformedXML']);
-    // A conditional delete is not ignored (that would delete unconditionally): an Error for its key.
+    // A conditional delete is judged (ignored, it would delete unconditionally): another ETag is an Error for its key.
     const conditional = await raw(env, 'POST', `/${B}`, { delete: '' }, Buffer.from(`<Delete><Object><Key>kept</Key><ETag>"0123"</ETag></Object></Delete>`));
     assert.equal(conditional.status, 200);
-    assert.match(conditional.body, /<Error><Key>kept<\/Key><Code>NotImplemented<\/Code>/);
+    assert.match(conditional.body, /<Error><Key>kept<\/Key><Code>PreconditionFailed<\/Code>/);
     assert.equal(await exists('kept'), true);
     assert.equal(await exists('probe'), true);
   });

@@ -147,6 +147,51 @@ export class DamagedPartRecord extends InvalidPart {
 }
 
 /**
+ * CompleteMultipartUpload names a part whose bytes were on a hot pool whose
+ * disk was replaced with `pools replace --discard-volumes`
+ * (HotSegment.lostWithPool): InvalidPart (S3 400) saying which part and why,
+ * before anything is published; the upload is kept, so the client can upload
+ * that part again and complete.
+ */
+export class LostPart extends InvalidPart {
+  override name = 'LostPart';
+  constructor(
+    readonly uploadId: string,
+    readonly partNumber: number,
+    readonly pool: string,
+  ) {
+    super(
+      `One or more of the specified parts could not be found: part ${partNumber}'s data was ${lostWith([pool])}. Upload part ${partNumber} again, then complete the upload again (the upload and its other parts are kept).`,
+    );
+  }
+}
+
+/** "lost with pool P's disk (...)": how a loss by `pools replace --discard-volumes` is said to S3 clients. */
+function lostWith(pools: readonly string[]): string {
+  const disks = pools.length === 1 ? `pool ${pools[0]}'s disk` : `the disks of pools ${pools.join(', ')}`;
+  return `lost with ${disks} (replaced with \`pools replace --discard-volumes\`)`;
+}
+
+/** The pools whose replaced disks took bytes of `segments` (HotSegment.lostWithPool), each once; [] when none. */
+export function lostPools(segments: readonly Segment[]): string[] {
+  const pools: string[] = [];
+  for (const s of segments) if (s.kind === 'hot' && s.lostWithPool !== undefined && !pools.includes(s.lostWithPool)) pools.push(s.lostWithPool);
+  return pools;
+}
+
+/**
+ * Refuses an object any of whose bytes were lost with a replaced disk: every
+ * path that presents the object as data (GET of any range or part, HEAD,
+ * GetObjectAttributes, a copy or part copy from it) answers the loss, never
+ * the old size and ETag as if it were whole. Its index record is intact: it
+ * is listed, and DELETE removes it.
+ */
+export function assertObjectDataKept(rec: ObjectRecord): void {
+  const pools = lostPools(rec.segments);
+  if (pools.length > 0) throw new ObjectDataLost(`the object's data was ${lostWith(pools)}: it can only be deleted`);
+}
+
+/**
  * A conditional write (S3 If-None-Match: * / If-Match on PutObject, CopyObject,
  * CompleteMultipartUpload), judged against the key's current version inside
  * the index transaction that installs the new one (flip), never by a read
@@ -159,12 +204,29 @@ export class DamagedPartRecord extends InvalidPart {
  */
 export type WriteCondition = { kind: 'absent' } | { kind: 'etagIn'; etags: readonly string[] };
 
-/** A WriteCondition did not hold: nothing was written, the current version stays. */
+/**
+ * A conditional delete (S3 DeleteObject If-Match, x-amz-if-match-size,
+ * x-amz-if-match-last-modified-time; DeleteObjects' ETag, Size,
+ * LastModifiedTime), judged against the key's current version inside the
+ * index transaction that removes it: of deletes and conditional writes racing
+ * on one version exactly one wins. Every condition given must hold. A key
+ * with no object is NoSuchObject (S3: 404 NoSuchKey) when `etags` is given,
+ * else nothing to delete (204); a damaged record matches nothing.
+ */
+export interface DeleteCondition {
+  /** ETags (unquoted, lowercase), '*' matching any. */
+  etags?: readonly string[];
+  /** Compared in whole seconds (Last-Modified's precision). */
+  lastModifiedMs?: number;
+  sizeBytes?: number;
+}
+
+/** A WriteCondition or DeleteCondition did not hold: nothing was written or deleted, the current version stays. */
 export class PreconditionFailed extends StorageError {
   override name = 'PreconditionFailed';
   constructor(
     /** The request header whose condition failed (S3's Condition element). */
-    readonly condition: 'If-None-Match' | 'If-Match',
+    readonly condition: 'If-None-Match' | 'If-Match' | 'x-amz-if-match-size' | 'x-amz-if-match-last-modified-time',
     message: string,
   ) {
     super(message);
@@ -182,6 +244,26 @@ function judgeWriteCondition(cond: WriteCondition, current: unknown, bucket: str
   if (typeof etag !== 'string' || !cond.etags.some((e) => e === '*' || e === etag)) {
     throw new PreconditionFailed('If-Match', `the ETag of ${bucket}/${key} is not one If-Match names`);
   }
+}
+
+/** Throws unless `cond` holds for the key's current record `current` (DeleteCondition); false: no object, nothing to delete. */
+function judgeDeleteCondition(cond: DeleteCondition, current: unknown, bucket: string, key: string): boolean {
+  if (current === undefined) {
+    if (cond.etags !== undefined) throw new NoSuchObject(`${bucket}/${key} has no object to match If-Match against`);
+    return false;
+  }
+  // A damaged record (recordDamage) matches nothing, even by fields that still read: what it stores cannot be trusted.
+  const rec = recordDamage(current, 'segments') === null ? (current as ObjectRecord) : undefined;
+  if (cond.etags !== undefined && (rec === undefined || !cond.etags.some((e) => e === '*' || e === rec.etag))) {
+    throw new PreconditionFailed('If-Match', `the ETag of ${bucket}/${key} is not one If-Match names`);
+  }
+  if (cond.sizeBytes !== undefined && rec?.sizeBytes !== cond.sizeBytes) {
+    throw new PreconditionFailed('x-amz-if-match-size', `${bucket}/${key} is not ${cond.sizeBytes} bytes`);
+  }
+  if (cond.lastModifiedMs !== undefined && (rec === undefined || Math.floor(rec.lastModifiedMs / 1000) !== Math.floor(cond.lastModifiedMs / 1000))) {
+    throw new PreconditionFailed('x-amz-if-match-last-modified-time', `${bucket}/${key} was not last modified at ${new Date(cond.lastModifiedMs).toISOString()}`);
+  }
+  return true;
 }
 
 /**
@@ -597,6 +679,7 @@ export class ObjectStore {
    */
   openObject(bucket: string, key: string): ObjectHandle {
     const rec = this.headObject(bucket, key);
+    assertObjectDataKept(rec);
     // Every stripe read names this object's holder key, so a degraded read queues its stripe (cold-holders.ts).
     const indexKeyHex = objectKey(this.getBucket(bucket).id, key).toString('hex');
     this.pins.set(rec.versionId, (this.pins.get(rec.versionId) ?? 0) + 1);
@@ -683,7 +766,8 @@ export class ObjectStore {
    * answers 503, not a missing file's 500), and not lost with a replaced disk.
    */
   private hotPoolOf(seg: HotSegment): Pool {
-    if (seg.lostWithPool !== undefined) throw new ObjectDataLost(`the object's data was lost with pool ${seg.lostWithPool}'s disk (replaced with \`pools replace --discard-volumes\`): it can only be deleted`);
+    // openObject refuses a lost object; this is a disk replaced while the handle was open.
+    if (seg.lostWithPool !== undefined) throw new ObjectDataLost(`the object's data was ${lostWith([seg.lostWithPool])}: it can only be deleted`);
     const pool = this.manager.pools.get(seg.pool);
     if (!pool) throw new NoSuitablePool(`object data is on pool ${seg.pool}, which is not configured`);
     pool.assertOnline();
@@ -888,13 +972,22 @@ export class ObjectStore {
     return old;
   }
 
-  /** Returns whether an object was there (S3 answers 204 either way). */
-  async deleteObject(bucketName: string, key: string): Promise<boolean> {
+  /**
+   * Returns whether an object was there (S3 answers 204 either way). A
+   * `condition` is judged in the transaction that removes the key
+   * (PreconditionFailed / NoSuchObject: nothing deleted).
+   */
+  async deleteObject(bucketName: string, key: string, condition?: DeleteCondition): Promise<boolean> {
     const bucket = this.getBucket(bucketName);
-    if (Buffer.byteLength(key) > MAX_KEY_BYTES) return false;
+    if (Buffer.byteLength(key) > MAX_KEY_BYTES) {
+      if (condition?.etags !== undefined) throw new NoSuchObject(`no object ${key} in bucket ${bucketName}`);
+      return false;
+    }
     const k = objectKey(bucket.id, key);
     const old = await this.manager.meta.transaction(() => {
       const prev = this.objects.get(k);
+      // Judged before the remove: lmdb-js keeps writes made before a throw.
+      if (condition !== undefined && !judgeDeleteCondition(condition, prev, bucket.name, key)) return undefined;
       // A record damaged into null (or 0, "") is removed too: the client's only way to clear it.
       if (prev !== undefined) this.objects.remove(k);
       return prev;
@@ -1067,6 +1160,9 @@ export class ObjectStore {
         const p = stored.get(want.partNumber)?.part;
         const damage = p !== undefined ? partDamage(p) : null;
         if (damage !== null) throw new DamagedPartRecord(uploadId, want.partNumber, damage);
+        // Its bytes went with a replaced disk: published, the object would answer 500 to every GET.
+        const lost = p !== undefined ? lostPools([p.segment])[0] : undefined;
+        if (lost !== undefined) throw new LostPart(uploadId, want.partNumber, lost);
         if (!p || p.etag !== want.etag.replace(/"/g, '').toLowerCase()) throw new InvalidPart(`part ${want.partNumber} was not uploaded or its ETag differs`);
         if (i < list.length - 1 && p.sizeBytes < MIN_PART_BYTES) throw new PartTooSmall(`part ${want.partNumber} is ${p.sizeBytes} bytes; all parts but the last need at least ${MIN_PART_BYTES}`);
         segments.push(p.segment);

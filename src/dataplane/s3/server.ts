@@ -10,7 +10,7 @@ import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest }
 import { log } from '../../log.js';
 import { nativeAddonPath } from '../../native-addon.js';
 import type { PieceSink } from '../objects/hot-segments.js';
-import { MAX_PART_NUMBER, MAX_PUT_BYTES, partDamage, type BucketTier, type ContentHeaders, type ListedUpload, type ObjectRecord, type ObjectStore, type PartRecord, type Tag, type WriteCondition } from '../objects/store.js';
+import { MAX_PART_NUMBER, MAX_PUT_BYTES, assertObjectDataKept, lostPools, partDamage, type BucketTier, type DeleteCondition, type ContentHeaders, type ListedUpload, type ObjectRecord, type ObjectStore, type PartRecord, type Tag, type WriteCondition } from '../objects/store.js';
 import type { AccessKey } from './credentials.js';
 import { S3Error, errorXml, toS3Error } from './errors.js';
 import { hasBodyChecksum, idleBounded, missingDecodedLength, parseQuery, splitTarget, uriDecode, verifiedBody, verifyRequest, awsUriEncode, type PayloadMode } from './sigv4.js';
@@ -61,8 +61,6 @@ const MAX_DELETE_OBJECTS = 1000;
  */
 const DELETE_OBJECT_BUDGET_BYTES = 8 * 1024;
 const MAX_DELETE_BODY_BYTES = MAX_DELETE_OBJECTS * DELETE_OBJECT_BUDGET_BYTES + 4096;
-/** DeleteObjects' per-object conditions (S3 deletes only if they match): CoucheStor refuses the entry. */
-const CONDITIONAL_DELETE_FIELDS = ['ETag', 'LastModifiedTime', 'Size'] as const;
 /** Delete, Quiet, and per Object: Key, VersionId, ETag, LastModifiedTime, Size. */
 const MAX_DELETE_ELEMENTS = 2 + MAX_DELETE_OBJECTS * 6;
 /**
@@ -150,15 +148,52 @@ function checkVersionId(versionId: string | undefined, argumentName: string): vo
   if (versionId !== undefined && versionId !== 'null') throw new S3Error('InvalidArgument', 400, 'Invalid version id specified', { ArgumentName: argumentName, ArgumentValue: versionId });
 }
 /**
- * Conditional deletes (S3: If-Match, x-amz-if-match-last-modified-time and
- * x-amz-if-match-size on DeleteObject): CoucheStor does not evaluate them, and
- * ignored they would delete unconditionally, so they are refused. The two
- * x-amz-if-match-* headers condition only deletes: on a write they are refused too.
+ * Refuses a conditional header CoucheStor does not evaluate on `operation`:
+ * ignored, it would write or delete unconditionally. If-None-Match on a
+ * DeleteObject (S3 defines none), and the two x-amz-if-match-* headers, which
+ * condition only deletes, on a write.
  */
-const CONDITIONAL_DELETE_HEADERS = ['if-match', 'if-none-match', 'x-amz-if-match-last-modified-time', 'x-amz-if-match-size'] as const;
-function refuseConditionalDelete(raw: IncomingMessage, operation: string, headers: readonly string[] = CONDITIONAL_DELETE_HEADERS): void {
+function refuseConditionalHeaders(raw: IncomingMessage, operation: string, headers: readonly string[]): void {
   const h = headers.find((n) => raw.headers[n] !== undefined);
   if (h !== undefined) throw new S3Error('NotImplemented', 501, `Conditional requests (${h} on ${operation}) are not supported by CoucheStor; nothing was written or deleted.`);
+}
+/** An If-Match value or DeleteObjects ETag: a comma-separated list, quoted or bare, W/ ignored, '*' for any; lowercase. */
+const etagList = (v: string) => v.split(',').map((e) => e.trim().replace(/^W\//, '').replace(/"/g, '').toLowerCase());
+/**
+ * A conditional delete's size and time values (x-amz-if-match-size,
+ * x-amz-if-match-last-modified-time; DeleteObjects' Size, LastModifiedTime),
+ * or `bad(name)` thrown for one that is not a byte count or a date (HTTP or ISO 8601).
+ */
+function deleteConditionValues(etag: string | undefined, size: string | undefined, time: string | undefined, bad: (what: string) => Error): DeleteCondition {
+  const cond: DeleteCondition = {};
+  if (etag !== undefined) cond.etags = etagList(etag);
+  if (size !== undefined) {
+    if (!/^\d{1,16}$/.test(size.trim())) throw bad('size');
+    cond.sizeBytes = Number(size.trim());
+  }
+  if (time !== undefined) {
+    const ms = Date.parse(time.trim());
+    if (Number.isNaN(ms)) throw bad('time');
+    cond.lastModifiedMs = ms;
+  }
+  return cond;
+}
+/**
+ * DeleteObject's conditions (S3 since 2025: If-Match, x-amz-if-match-size,
+ * x-amz-if-match-last-modified-time; AWS takes the last two on directory
+ * buckets only, CoucheStor on every bucket), judged by the store in the
+ * transaction that deletes (store.ts DeleteCondition). If-None-Match: 501.
+ */
+function deleteCondition(raw: IncomingMessage): DeleteCondition | undefined {
+  refuseConditionalHeaders(raw, 'DeleteObject', ['if-none-match']);
+  const etag = header(raw, 'if-match');
+  const size = header(raw, 'x-amz-if-match-size');
+  const time = header(raw, 'x-amz-if-match-last-modified-time');
+  if (etag === undefined && size === undefined && time === undefined) return undefined;
+  return deleteConditionValues(etag, size, time, (what) => {
+    const name = what === 'size' ? 'x-amz-if-match-size' : 'x-amz-if-match-last-modified-time';
+    return new S3Error('InvalidArgument', 400, `${name} must be ${what === 'size' ? 'a size in bytes' : 'a date (HTTP date or ISO 8601)'}`, { ArgumentName: name, ArgumentValue: header(raw, name)! });
+  });
 }
 const notImplementedHeader = (h: string, why: string) => new S3Error('NotImplemented', 501, `A header you provided implies functionality that is not implemented: ${why}`, { Header: h });
 /**
@@ -171,7 +206,7 @@ const notImplementedHeader = (h: string, why: string) => new S3Error('NotImpleme
  * place of a condition.
  */
 function writeCondition(raw: IncomingMessage, operation: string): WriteCondition | undefined {
-  refuseConditionalDelete(raw, operation, ['x-amz-if-match-last-modified-time', 'x-amz-if-match-size']);
+  refuseConditionalHeaders(raw, operation, ['x-amz-if-match-last-modified-time', 'x-amz-if-match-size']);
   const ifMatch = header(raw, 'if-match');
   const ifNoneMatch = header(raw, 'if-none-match');
   if (ifMatch !== undefined && ifNoneMatch !== undefined) throw notImplementedHeader('If-Match', `${operation} with both If-Match and If-None-Match`);
@@ -179,7 +214,7 @@ function writeCondition(raw: IncomingMessage, operation: string): WriteCondition
     if (ifNoneMatch.trim() !== '*') throw notImplementedHeader('If-None-Match', `${operation} with If-None-Match other than *`);
     return { kind: 'absent' };
   }
-  if (ifMatch !== undefined) return { kind: 'etagIn', etags: ifMatch.split(',').map((e) => e.trim().replace(/^W\//, '').replace(/"/g, '').toLowerCase()) };
+  if (ifMatch !== undefined) return { kind: 'etagIn', etags: etagList(ifMatch) };
   return undefined;
 }
 /** Listings served by listObjects: ListObjects (v1), ListObjectsV2, ListObjectVersions. */
@@ -220,6 +255,15 @@ async function discardBody(ctx: Ctx): Promise<void> {
 }
 
 const etagHeader = (etag: string) => `"${etag}"`;
+/** Text as a header value: characters outside printable ASCII (a key's, say) percent-encoded as UTF-8. */
+const headerSafe = (text: string) =>
+  text.replace(/[^\x20-\x7e]/gu, (c) => {
+    try {
+      return encodeURIComponent(c);
+    } catch {
+      return '?'; // a lone surrogate has no UTF-8
+    }
+  });
 const iso = (ms: number) => new Date(ms).toISOString();
 const httpDate = (ms: number) => new Date(ms).toUTCString();
 
@@ -544,6 +588,14 @@ function partRange(rec: ObjectRecord, partNumber: number): { start: number; end:
  * a stored part's, and CompleteMultipartUpload refuses it (store.ts DamagedPartRecord).
  */
 const DAMAGED_PART_ETAG = 'damaged-part-record';
+/**
+ * The ETag ListParts gives a part whose bytes were lost with a replaced disk
+ * (`pools replace --discard-volumes`): not hex, so a client resuming an upload
+ * by comparing its parts' MD5s with the listed ETags (s3cmd --continue-put)
+ * uploads that part again instead of skipping it; CompleteMultipartUpload
+ * refuses the part whatever ETag it is given (store.ts LostPart).
+ */
+const LOST_PART_ETAG = 'lost-part-data';
 
 /** Store page length right after a seek past a rolled-up prefix (listUploads): most such seeks land on another prefix. */
 const UPLOADS_AFTER_SEEK = 16;
@@ -747,7 +799,16 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
     }
     // A body we did not read: close rather than drain gigabytes for keep-alive.
     if (!req.raw.complete) reply.header('connection', 'close');
-    if (s3err.status === 304 || req.method === 'HEAD') return reply.code(s3err.status).send();
+    if (s3err.status === 304) return reply.code(304).send();
+    if (req.method === 'HEAD') {
+      // No body to carry the error: its code and message go in headers, under AWS's names (its
+      // website endpoint's) and MinIO's (which minio-go, minio-js and mc read), so a HEAD of a
+      // lost or damaged object says why, not a bare 500.
+      const message = headerSafe(s3err.message);
+      reply.header('x-amz-error-code', s3err.code).header('x-amz-error-message', message);
+      reply.header('x-minio-error-code', s3err.code).header('x-minio-error-desc', `"${message}"`);
+      return reply.code(s3err.status).send();
+    }
     const resource = splitTarget(req.url).rawPath;
     return sendXml(reply, s3err.status, errorXml(s3err, resource, reply.getHeader('x-amz-request-id') as string));
   });
@@ -824,8 +885,7 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
           await store.abortUpload(bucket, key, uploadId);
           return reply.code(204).send();
         }
-        refuseConditionalDelete(raw, 'DeleteObject');
-        await store.deleteObject(bucket, key);
+        await store.deleteObject(bucket, key, deleteCondition(raw));
         return reply.code(204).send();
       case 'POST':
         if (ctx.query.has('uploads')) return createUpload(ctx, bucket, key);
@@ -895,6 +955,8 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
         await store.setObjectTags(bucket, key, []);
         return reply.code(204).send();
       case 'GET attributes':
+        // Its ETag and size with a 200 would present a lost object as whole (tags and ACL are metadata, kept).
+        assertObjectDataKept(rec);
         return getObjectAttributes(ctx, rec);
     }
     return sharedSubresource(ctx, sub);
@@ -1214,22 +1276,24 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
     const quiet = child(root, 'Quiet')?.text.trim() === 'true';
     const objects = children(root, 'Object');
     if (objects.length === 0 || objects.length > MAX_DELETE_OBJECTS) throw tooMany();
-    // The whole body is judged before the first delete: a refusal deletes nothing. Two Keys (or VersionIds) in one Object name no one key.
-    for (const o of objects) {
-      if (children(o, 'Key').length !== 1 || children(o, 'VersionId').length > 1) throw new S3Error('MalformedXML', 400, 'Each Object needs one Key (and at most one VersionId).');
-    }
+    // The whole body is judged before the first delete: a refusal deletes nothing. Two Keys (or
+    // VersionIds, or conditions of one kind) in one Object name no one key or condition.
+    const malformed = () => new S3Error('MalformedXML', 400, 'Each Object needs one Key, and at most one VersionId, ETag, Size and LastModifiedTime (Size a byte count, LastModifiedTime a date).');
+    const conditions = objects.map((o) => {
+      if (children(o, 'Key').length !== 1 || ['VersionId', 'ETag', 'Size', 'LastModifiedTime'].some((n) => children(o, n).length > 1)) throw malformed();
+      // Per-object conditional delete (S3 since 2025), judged in the transaction that deletes the key.
+      const [etag, size, time] = (['ETag', 'Size', 'LastModifiedTime'] as const).map((n) => child(o, n)?.text);
+      return etag === undefined && size === undefined && time === undefined ? undefined : deleteConditionValues(etag, size, time, malformed);
+    });
     let out = '';
-    for (const o of objects) {
+    for (const [i, o] of objects.entries()) {
       const k = child(o, 'Key')!.text;
       // Echoed as given, as S3 does; only "null" (the one version there is) is deleted.
       const versionId = child(o, 'VersionId')?.text;
       try {
         checkKey(k);
         checkVersionId(versionId, 'VersionId');
-        // A conditional delete ignored would be an unconditional one: refused for its key, the object kept.
-        const condition = CONDITIONAL_DELETE_FIELDS.find((f) => child(o, f) !== undefined);
-        if (condition !== undefined) throw new S3Error('NotImplemented', 501, `Conditional deletes (${condition} in DeleteObjects) are not supported by CoucheStor; the object was not deleted.`);
-        await store.deleteObject(bucket, k);
+        await store.deleteObject(bucket, k, conditions[i]);
         if (!quiet) out += `<Deleted>${tag('Key', k)}${tag('VersionId', versionId)}</Deleted>`;
       } catch (err) {
         const e = toS3Error(err, { bucket, key: k });
@@ -1335,13 +1399,16 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
     const maxParts = parseIntParam(ctx.query.get('max-parts'), 'max-parts', 1000, 1000);
     const page = store.listParts(bucket, key, uploadId, marker, maxParts);
     const damaged: string[] = [];
+    const lost: number[] = [];
     let initiatedMs: number | undefined;
     const items = page.parts
       .map(({ partNumber, record }) => {
         const damage = partDamage(record);
         if (damage === null) {
           const p = record as PartRecord;
-          return `<Part>${tag('PartNumber', partNumber)}${tag('LastModified', iso(p.lastModifiedMs))}${tag('ETag', etagHeader(p.etag))}${tag('Size', p.sizeBytes)}</Part>`;
+          const isLost = lostPools([p.segment]).length > 0;
+          if (isLost) lost.push(partNumber);
+          return `<Part>${tag('PartNumber', partNumber)}${tag('LastModified', iso(p.lastModifiedMs))}${tag('ETag', etagHeader(isLost ? LOST_PART_ETAG : p.etag))}${tag('Size', p.sizeBytes)}</Part>`;
         }
         damaged.push(`part ${partNumber}: ${damage}`);
         const r = (typeof record === 'object' && record !== null ? record : {}) as Partial<PartRecord>;
@@ -1358,6 +1425,10 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
         uploadId,
         damaged,
       });
+    }
+    if (lost.length > 0) {
+      ctx.reply.header('x-couchestor-lost-parts', String(lost.length));
+      log.warn(`s3: ListParts listed parts whose data was lost with a replaced disk (pools replace --discard-volumes) with ETag "${LOST_PART_ETAG}"; CompleteMultipartUpload refuses them until they are uploaded again`, { bucket, key, uploadId, parts: lost });
     }
     // max-parts 0 asks for nothing and gets it, not a page a client would ask again for ever (as max-keys 0).
     const isTruncated = maxParts > 0 && page.isTruncated;
