@@ -18,7 +18,7 @@ import { CLI, nbdsh, TestDaemon } from './helpers/daemon.js';
 import { cliJson, coldStatus, createVolume, nbdcopyIn, nbdcopyOut, randomFile, startControlDaemon, volume } from './helpers/control-loop.js';
 
 const MiB = 1024 * 1024;
-const BIG_BYTES = 192 * MiB;
+const BIG_BYTES = 256 * MiB;
 
 /** `couchestor volumes migrate NAME TIER` run in the background: its exit code and output. */
 function migrateInBackground(dataDir: string, name: string, tier: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
@@ -37,7 +37,7 @@ function migrateInBackground(dataDir: string, name: string, tier: string): Promi
   );
 }
 
-test('SIGTERM during `couchestor volumes migrate big cold` (192 MiB): the move aborted, the CLI told the daemon is stopping, a prompt exit 0; after a restart big is hot and reads back, and the move asked again completes copying the rest only', { timeout: 120_000 }, async (t) => {
+test('SIGTERM during `couchestor volumes migrate big cold` (256 MiB): the move aborted, the CLI told the daemon is stopping, a prompt exit 0; after a restart big is hot and reads back, and the move asked again completes copying the rest only', { timeout: 120_000 }, async (t) => {
   // No policy: only the API moves anything.
   let d = await startControlDaemon({ policies: {} });
   t.after(() => d.cleanup());
@@ -64,10 +64,11 @@ test('SIGTERM during `couchestor volumes migrate big cold` (192 MiB): the move a
   assert.equal(cli.code, 1, `the CLI: ${cli.stdout}${cli.stderr}`);
   const aborted = /^couchestor: the daemon is stopping: the migration of big to cold was aborted after (\d+) of \d+ chunks; big stays hot on its old copy/m.exec(cli.stderr);
   assert.ok(aborted, cli.stderr);
-  // As an aborted move to cold of the loop's: the ranges of the chunks it striped are punched out of the hot file.
+  // As an aborted move to cold of the loop's: the ranges of the chunks it striped are punched out of the hot file
+  // (st_blocks also counts the file system's extent blocks, which the holes add: 64 KiB of slack).
   const file = path.join(d.dataDir, 'pools', 'hot-0', 'volumes', `${bigId}.dat`);
   const allocatedBytes = fs.statSync(file).blocks * 512;
-  assert.ok(Number(aborted[1]) > 0 && allocatedBytes <= BIG_BYTES - Number(aborted[1]) * MiB, `${file}: ${allocatedBytes} bytes allocated after ${aborted[1]} chunks striped`);
+  assert.ok(Number(aborted[1]) > 0 && allocatedBytes <= BIG_BYTES - Number(aborted[1]) * MiB + 64 * 1024, `${file}: ${allocatedBytes} bytes allocated after ${aborted[1]} chunks striped`);
 
   d = await TestDaemon.start({ dataDir: d.dataDir });
   assert.equal((await volume(d, 'big')).tier, 'hot', 'the aborted move left the volume on its old tier');
