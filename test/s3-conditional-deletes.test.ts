@@ -1,12 +1,13 @@
 // Conditional deletes (S3 since 2025): If-Match (an ETag list or *) on
 // DeleteObject, x-amz-if-match-size and x-amz-if-match-last-modified-time, and
-// DeleteObjects' per-object ETag, Size and LastModifiedTime, on a hot and a
+// DeleteObjects' per-object ETag, Size and LastModifiedTime, and
+// AbortMultipartUpload's x-amz-if-match-initiated-time, on a hot and a
 // cold bucket, through @aws-sdk/client-s3 (the Debian aws cli 2.9 has no
 // delete-object --if-match; aws-cli 1.45 answered the same by hand). The
 // condition is judged inside the index transaction that removes the key: of
 // conditional deletes and conditional overwrites racing on one version
 // exactly one wins, and the key ends as that winner left it.
-import { DeleteObjectCommand, DeleteObjectsCommand, GetObjectCommand, HeadObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
+import { AbortMultipartUploadCommand, CreateMultipartUploadCommand, DeleteObjectCommand, DeleteObjectsCommand, GetObjectCommand, HeadObjectCommand, ListMultipartUploadsCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
@@ -124,6 +125,21 @@ describe('s3 conditional deletes: If-Match, size and last-modified conditions, j
       }
     });
   }
+
+  it('AbortMultipartUpload x-amz-if-match-initiated-time: another time is 412 and the upload kept, its own aborts it, no upload is 204; If-Match on an abort is 501', async () => {
+    const { UploadId } = await env.sdk.send(new CreateMultipartUploadCommand({ Bucket: 'cold', Key: 'up' }));
+    const listed = async () => (await env.sdk.send(new ListMultipartUploadsCommand({ Bucket: 'cold', Prefix: 'up' }))).Uploads ?? [];
+    const initiated = (await listed()).find((u) => u.UploadId === UploadId)!.Initiated!;
+    const abort = (at: Date) => env.sdk.send(new AbortMultipartUploadCommand({ Bucket: 'cold', Key: 'up', UploadId, IfMatchInitiatedTime: at }));
+    assert.deepEqual(await outcome(abort(new Date(initiated.getTime() - 60_000))), [412, 'PreconditionFailed']);
+    const matched = await signedRequest(env, 'DELETE', '/cold/up', { uploadId: UploadId! }, '', { 'if-match': '*' });
+    assert.equal(matched.status, 501, matched.body);
+    assert.deepEqual((await listed()).map((u) => u.UploadId), [UploadId], 'a refused abort dropped the upload');
+    assert.deepEqual(await outcome(abort(initiated)), [200, 'OK']);
+    assert.deepEqual(await listed(), []);
+    assert.deepEqual(await outcome(abort(initiated)), [200, 'OK'], 'no such upload, with the condition: 204 (as S3)');
+    assert.deepEqual(await outcome(env.sdk.send(new AbortMultipartUploadCommand({ Bucket: 'cold', Key: 'up', UploadId }))), [404, 'NoSuchUpload']);
+  });
 
   it('If-None-Match on a DELETE (S3 defines none) stays 501 NotImplemented, a size that is not a number 400 InvalidArgument: nothing deleted', async () => {
     await put('hot', 'kept', 'kept');

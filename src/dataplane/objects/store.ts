@@ -226,7 +226,7 @@ export class PreconditionFailed extends StorageError {
   override name = 'PreconditionFailed';
   constructor(
     /** The request header whose condition failed (S3's Condition element). */
-    readonly condition: 'If-None-Match' | 'If-Match' | 'x-amz-if-match-size' | 'x-amz-if-match-last-modified-time',
+    readonly condition: 'If-None-Match' | 'If-Match' | 'x-amz-if-match-size' | 'x-amz-if-match-last-modified-time' | 'x-amz-if-match-initiated-time',
     message: string,
   ) {
     super(message);
@@ -1199,16 +1199,32 @@ export class ObjectStore {
     return rec;
   }
 
-  async abortUpload(bucketName: string, key: string, uploadId: string): Promise<void> {
+  /**
+   * Drops the upload and its parts. `ifInitiatedMs` (S3's
+   * x-amz-if-match-initiated-time): only if the upload was initiated in that
+   * second, judged in the transaction that drops it (PreconditionFailed: kept;
+   * a damaged record matches nothing); with it, no such upload is no error
+   * (false), as S3 answers 204.
+   */
+  async abortUpload(bucketName: string, key: string, uploadId: string, ifInitiatedMs?: number): Promise<boolean> {
     const bucket = this.getBucket(bucketName);
+    const conditional = ifInitiatedMs !== undefined;
+    if (!/^[0-9a-f]{32}$/.test(uploadId) && conditional) return false;
     // A damaged upload record is removed with its parts too: the client's one way to clear it.
-    this.getUpload(bucketName, key, uploadId, 'allow');
+    if (!conditional) this.getUpload(bucketName, key, uploadId, 'allow');
     const freed: Segment[] = [];
-    await this.manager.meta.transaction(() => {
+    const aborted = await this.manager.meta.transaction(() => {
       const uk = uploadKey(bucket.id, key, uploadId);
       const upload = this.uploads.get(uk);
-      if (upload === undefined) throw new NoSuchUpload(`multipart upload ${uploadId} was completed or aborted`);
+      if (upload === undefined) {
+        if (conditional) return false;
+        throw new NoSuchUpload(`multipart upload ${uploadId} was completed or aborted`);
+      }
       const damage = uploadDamage(upload, uk);
+      // Judged before the first remove: lmdb-js keeps writes made before a throw.
+      if (conditional && (damage !== null || Math.floor(upload.initiatedMs / 1000) !== Math.floor(ifInitiatedMs / 1000))) {
+        throw new PreconditionFailed('x-amz-if-match-initiated-time', `multipart upload ${uploadId} was not initiated at ${new Date(ifInitiatedMs).toISOString()}`);
+      }
       if (damage !== null) log.warn('object store: aborted a multipart upload whose record is damaged', { bucket: bucketName, key, uploadId, damage });
       for (const { key: pk, value } of this.parts.getRange({ start: partKey(uploadId, 0), end: partKey(uploadId, 0xffff) })) {
         // A damaged part record is dropped and frees nothing it names (as retire() for an object):
@@ -1218,10 +1234,13 @@ export class ObjectStore {
         this.parts.remove(pk);
       }
       this.uploads.remove(uk);
+      return true;
     });
+    if (!aborted) return false;
     await this.manager.meta.durable();
     this.openUploads--;
     await this.freeSegments(freed);
+    return true;
   }
 
   /**

@@ -195,6 +195,19 @@ function deleteCondition(raw: IncomingMessage): DeleteCondition | undefined {
     return new S3Error('InvalidArgument', 400, `${name} must be ${what === 'size' ? 'a size in bytes' : 'a date (HTTP date or ISO 8601)'}`, { ArgumentName: name, ArgumentValue: header(raw, name)! });
   });
 }
+/**
+ * AbortMultipartUpload's x-amz-if-match-initiated-time (AWS: directory
+ * buckets; CoucheStor: every bucket), judged by the store in the transaction
+ * that drops the upload. If-Match / If-None-Match (S3 defines none here): 501.
+ */
+function abortCondition(raw: IncomingMessage): number | undefined {
+  refuseConditionalHeaders(raw, 'AbortMultipartUpload', ['if-match', 'if-none-match', 'x-amz-if-match-size', 'x-amz-if-match-last-modified-time']);
+  const v = header(raw, 'x-amz-if-match-initiated-time');
+  if (v === undefined) return undefined;
+  const ms = Date.parse(v.trim());
+  if (Number.isNaN(ms)) throw new S3Error('InvalidArgument', 400, 'x-amz-if-match-initiated-time must be a date (HTTP date or ISO 8601)', { ArgumentName: 'x-amz-if-match-initiated-time', ArgumentValue: v });
+  return ms;
+}
 const notImplementedHeader = (h: string, why: string) => new S3Error('NotImplemented', 501, `A header you provided implies functionality that is not implemented: ${why}`, { Header: h });
 /**
  * The conditional write of a PutObject, CopyObject or CompleteMultipartUpload
@@ -882,7 +895,7 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
         return putObject(ctx, bucket, key, writeCondition(raw, 'PutObject'));
       case 'DELETE':
         if (uploadId !== undefined) {
-          await store.abortUpload(bucket, key, uploadId);
+          await store.abortUpload(bucket, key, uploadId, abortCondition(raw));
           return reply.code(204).send();
         }
         await store.deleteObject(bucket, key, deleteCondition(raw));
