@@ -1,10 +1,16 @@
 // Heat: per-volume read/write IOPS over a sliding window, sampled from the
-// dataplane's own counters (nothing is added to the I/O path).
+// dataplane's own counters (nothing is added to the I/O path). The samples
+// are also kept in the index, coarser (heat.ts persist()), so a restart reads
+// the window from before it instead of starting every window again.
+import type { Database } from 'lmdb';
 import type { VolumeManager } from '../dataplane/volumes/manager.js';
+import type { VolumeCounters } from '../dataplane/volumes/volume.js';
+import { log } from '../log.js';
 import type { HeatReading, HeatSource } from './loop.js';
 
 interface Sample {
   atMs: number;
+  /** Cumulative ops of the volume (its id) since the tracker first counted it, across restarts and reopens. */
   readOps: number;
   writeOps: number;
 }
@@ -18,11 +24,55 @@ interface Sample {
  */
 export const MAX_SAMPLES_PER_VOLUME = 3600;
 
+/**
+ * Bound on samples kept in the index per volume (HEAT_SAMPLES_DB), thinned
+ * by age past it like the memory's (to 3/4 of it): at most 128 entries of
+ * about 40 bytes (key [volumeId, atMs], value [readOps, writeOps], LMDB's
+ * node header), so <= ~5 KiB a volume and <= ~520 MiB for 100,000 volumes
+ * busy over their whole window; an idle volume holds 1 or 2.
+ */
+export const MAX_PERSISTED_SAMPLES_PER_VOLUME = 128;
+
+/** Samples are written to the index at every pass (refresh) and at least this often by the sampler (a Prometheus heat source, long pass intervals), and at stop. */
+export const PERSIST_INTERVAL_MS = 30_000;
+
+/** [volumeId, atMs] -> [readOps, writeOps]: the persisted samples (keyed by id: a new volume under a deleted one's name starts cold). */
+export const HEAT_SAMPLES_DB = 'control-heat-samples';
+/** 'retainMs' -> the longest window a pass asked for, so a restart does not cut a 7 d window's samples to the default hour. */
+export const HEAT_STATE_DB = 'control-heat-state';
+
+/** What the tracker knows of one volume besides its samples. */
+interface Tracked {
+  volumeId: number;
+  /**
+   * The volume's counters as last read (this process's ops: 0 at a start).
+   * They only grow while the process runs, also across a close and reopen
+   * (the manager keeps a closed volume's counters and hands them to its next
+   * open); a drop is read as counters that started again from 0.
+   */
+  rawReadOps: number;
+  rawWriteOps: number;
+  /** Cumulative ops (Sample's), continued from the index after a restart. */
+  readOps: number;
+  writeOps: number;
+  /** The newest sample in the index, and how many the index holds for this volume. */
+  persisted: Sample | null;
+  persistedCount: number;
+}
+
 export class HeatTracker implements HeatSource {
   private readonly samples = new Map<string, Sample[]>();
+  private readonly tracked = new Map<string, Tracked>();
+  /** Ids whose samples the index still holds though the volume is gone (deleted, or its name taken by a new volume). */
+  private readonly gone = new Set<number>();
+  private readonly samplesDb: Database<[number, number], [number, number]>;
+  private readonly stateDb: Database<number, string>;
+  private storedRetainMs: number | undefined;
+  private lastPersistMs = -Infinity;
+  private persisting: Promise<void> | null = null;
   private timer: NodeJS.Timeout | null = null;
 
-  /** Longest window kept; older samples are dropped. Grows to the longest window a pass asks for. */
+  /** Longest window kept; older samples are dropped. Grows to the longest window a pass asks for (and is kept in the index). */
   retainMs: number;
 
   constructor(
@@ -30,7 +80,20 @@ export class HeatTracker implements HeatSource {
     retainMs: number,
     readonly sampleIntervalMs: number,
   ) {
-    this.retainMs = retainMs;
+    this.samplesDb = manager.meta.openDB<[number, number], [number, number]>(HEAT_SAMPLES_DB);
+    this.stateDb = manager.meta.openDB<number, string>(HEAT_STATE_DB);
+    this.storedRetainMs = this.stateDb.get('retainMs');
+    this.retainMs = Math.max(retainMs, this.storedRetainMs ?? 0);
+    // Volumes deleted while the daemon was down: one seek per volume id held.
+    const ids = new Set(manager.listVolumes().map((v) => v.id));
+    for (let key = this.firstKeyFrom(0); key !== undefined; key = this.firstKeyFrom(key[0] + 1)) {
+      if (!ids.has(key[0])) this.gone.add(key[0]);
+    }
+  }
+
+  private firstKeyFrom(volumeId: number): [number, number] | undefined {
+    for (const key of this.samplesDb.getKeys({ start: [volumeId, 0], limit: 1 })) return key;
+    return undefined;
   }
 
   async refresh(windowMs?: number, _volumes?: string[], nowMs = Date.now()): Promise<void> {
@@ -38,13 +101,16 @@ export class HeatTracker implements HeatSource {
     // covered: keep that much from now on (the reading is unknown until then).
     if (windowMs !== undefined && windowMs > this.retainMs) this.retainMs = windowMs;
     this.sample(nowMs);
+    // Once per pass: the other policies' refreshes of the same pass add nothing.
+    if (nowMs - this.lastPersistMs >= this.sampleIntervalMs) await this.persist(nowMs);
   }
 
   /**
    * Time-weighted average IOPS over the window. Unknown (null) until the
    * samples cover the window, so a volume is not judged cold just because
-   * the daemon has only been up for a minute (samples are kept in memory: a
-   * restart starts every window again).
+   * the daemon has only been up for a minute. After a restart the samples
+   * from the index cover the time before it; the time the daemon was down
+   * reads as no I/O (none was served here).
    */
   read(volume: string, windowMs: number, nowMs = Date.now()): HeatReading {
     const list = this.samples.get(volume);
@@ -68,40 +134,166 @@ export class HeatTracker implements HeatSource {
     while (i < list.length - 2 && list[i + 1]!.atMs <= from) i++;
     if (list[i]!.atMs < from && i + 1 < list.length - 1 && list[i + 1]!.atMs - from <= Math.max(this.sampleIntervalMs, windowMs / 256)) i++;
     const a = list[i]!;
-    const coveredMs = b.atMs - a.atMs;
+    // `a` before the window's start and the next sample after it: the ops
+    // between the two are taken as spread evenly over that span, so the
+    // reading starts at the window's start. Exact for an idle run (equal
+    // counters: the index keeps only its ends) and for the time the daemon
+    // was down (no op); for the index's coarser samples (one per pass) it
+    // counts the share of the span inside the window, not all of it.
+    const next = list[i + 1]!;
+    let startMs = a.atMs;
+    let startOps = a.readOps + a.writeOps;
+    if (a.atMs < from && next.atMs > from) {
+      startOps += ((from - a.atMs) / (next.atMs - a.atMs)) * (next.readOps + next.writeOps - startOps);
+      startMs = from;
+    }
+    const coveredMs = b.atMs - startMs;
     if (coveredMs <= 0) return { iops: null, why: 'no samples yet' };
-    return { iops: (b.readOps - a.readOps + b.writeOps - a.writeOps) / (coveredMs / 1000) };
+    return { iops: (b.readOps + b.writeOps - startOps) / (coveredMs / 1000) };
   }
 
   start(): void {
     this.sample();
-    this.timer = setInterval(() => this.sample(), this.sampleIntervalMs);
+    this.timer = setInterval(() => {
+      const nowMs = Date.now();
+      this.sample(nowMs);
+      if (nowMs - this.lastPersistMs >= PERSIST_INTERVAL_MS) void this.persist(nowMs);
+    }, this.sampleIntervalMs);
     this.timer.unref();
   }
 
+  /** Stops sampling; a last sample goes to the index (synchronously: the daemon closes the index next), so a restart continues from the stop. */
   stop(): void {
     if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+    try {
+      const nowMs = Date.now();
+      this.sample(nowMs);
+      const batch = this.batch();
+      if (batch) this.samplesDb.transactionSync(() => this.write(batch, nowMs));
+    } catch (err) {
+      log.warn('heat samples not kept in the index at stop; the next start reads the window from the last pass', { err: (err as Error).message });
+    }
   }
 
   sample(nowMs = Date.now()): void {
     const live = new Set<string>();
-    const open = new Map(this.manager.openVolumes().map((v) => [v.name, v.counters]));
+    const open = new Map(this.manager.openVolumes().map((v) => [v.name, v]));
     // Every volume, not only the open ones: a volume no client has opened
-    // since the daemon started has served 0 ops (its counters start at 0 when
-    // it opens), and must not stay "no data" forever, or an idle volume is
-    // never moved to cold after a restart.
+    // since the daemon started has served 0 ops since, and must not stay
+    // "no data" forever, or an idle volume is never moved to cold after a
+    // restart.
     for (const rec of this.manager.listVolumes()) {
-      const c = open.get(rec.name) ?? { readOps: 0, writeOps: 0 };
       live.add(rec.name);
+      let t = this.tracked.get(rec.name);
       let list = this.samples.get(rec.name);
-      // Counters going backwards: a new volume under a deleted one's name.
-      const last = list?.[list.length - 1];
-      if (!list || (last && (c.readOps < last.readOps || c.writeOps < last.writeOps))) this.samples.set(rec.name, (list = []));
-      list.push({ atMs: nowMs, readOps: c.readOps, writeOps: c.writeOps });
+      if (t && t.volumeId !== rec.id) {
+        // A new volume under a deleted one's name: none of its heat.
+        this.gone.add(t.volumeId);
+        t = undefined;
+      }
+      if (!t || !list) {
+        ({ t, list } = this.restore(rec.id, nowMs));
+        this.tracked.set(rec.name, t);
+        this.samples.set(rec.name, list);
+      }
+      const v = open.get(rec.name);
+      count(t, v !== undefined && v.rec.id === rec.id ? v.counters : null);
+      list.push({ atMs: nowMs, readOps: t.readOps, writeOps: t.writeOps });
       while (list.length > 2 && nowMs - list[1]!.atMs > this.retainMs) list.shift();
-      if (list.length > MAX_SAMPLES_PER_VOLUME) this.samples.set(rec.name, thin(list, nowMs));
+      if (list.length > MAX_SAMPLES_PER_VOLUME) this.samples.set(rec.name, thin(list, nowMs, Math.floor((MAX_SAMPLES_PER_VOLUME * 3) / 4)));
     }
-    for (const name of this.samples.keys()) if (!live.has(name)) this.samples.delete(name);
+    for (const [name, t] of this.tracked) {
+      if (live.has(name)) continue;
+      this.gone.add(t.volumeId);
+      this.tracked.delete(name);
+      this.samples.delete(name);
+    }
+  }
+
+  /** Volume `volumeId`'s samples from the index (none for a volume it never saw), its cumulative ops continued from the newest. */
+  private restore(volumeId: number, nowMs: number): { t: Tracked; list: Sample[] } {
+    const list: Sample[] = [];
+    let persisted: Sample | null = null;
+    let persistedCount = 0;
+    for (const { key, value } of this.samplesDb.getRange({ start: [volumeId, 0], end: [volumeId + 1, 0] })) {
+      persisted = { atMs: key[1], readOps: value[0], writeOps: value[1] };
+      persistedCount++;
+      // A sample "from the future" (the clock was set back): not a start of any window.
+      if (persisted.atMs <= nowMs) list.push(persisted);
+    }
+    const t: Tracked = { volumeId, rawReadOps: 0, rawWriteOps: 0, readOps: persisted?.readOps ?? 0, writeOps: persisted?.writeOps ?? 0, persisted, persistedCount };
+    return { t, list };
+  }
+
+  /**
+   * Writes what the index lacks in one transaction: per volume whose counters
+   * moved since its newest sample there, that sample's idle run's last sample
+   * (where the I/O started) and the newest one; an idle volume costs nothing.
+   * So at most 2 entries per busy volume per call, one call per pass (and per
+   * PERSIST_INTERVAL_MS, and at stop). A failed write loses only that
+   * batch's resolution (logged); the next one carries on.
+   */
+  persist(nowMs = Date.now()): Promise<void> {
+    if (this.persisting) return this.persisting;
+    const batch = this.batch();
+    this.lastPersistMs = nowMs;
+    if (!batch) return Promise.resolve();
+    this.persisting = this.samplesDb
+      .transaction(() => this.write(batch, nowMs))
+      .catch((err: unknown) => log.warn('heat samples not kept in the index this pass', { err: (err as Error).message }))
+      .finally(() => (this.persisting = null));
+    return this.persisting;
+  }
+
+  /** What persist() writes: taken synchronously, so the samples the batch names are the ones counted. */
+  private batch(): { writes: { t: Tracked; out: Sample[] }[]; gone: number[]; retainMs: number | null } | null {
+    const writes: { t: Tracked; out: Sample[] }[] = [];
+    for (const [name, t] of this.tracked) {
+      const list = this.samples.get(name)!;
+      const last = list[list.length - 1];
+      const p = t.persisted;
+      if (last === undefined || (p !== null && (last.atMs <= p.atMs || (last.readOps === p.readOps && last.writeOps === p.writeOps)))) continue;
+      const out: Sample[] = [];
+      if (p === null) {
+        if (list.length > 1) out.push(list[0]!);
+      } else {
+        // Counters never fall: the samples equal to `p` after it are its idle run.
+        let k = list.length - 2;
+        while (k >= 0 && list[k]!.atMs > p.atMs && (list[k]!.readOps !== p.readOps || list[k]!.writeOps !== p.writeOps)) k--;
+        if (k >= 0 && list[k]!.atMs > p.atMs) out.push(list[k]!);
+      }
+      out.push(last);
+      t.persisted = last;
+      t.persistedCount += out.length;
+      writes.push({ t, out });
+    }
+    const gone = [...this.gone];
+    this.gone.clear();
+    const retainMs = this.retainMs !== this.storedRetainMs ? this.retainMs : null;
+    this.storedRetainMs = this.retainMs;
+    return writes.length === 0 && gone.length === 0 && retainMs === null ? null : { writes, gone, retainMs };
+  }
+
+  /** Inside a write transaction. */
+  private write(batch: NonNullable<ReturnType<HeatTracker['batch']>>, nowMs: number): void {
+    const db = this.samplesDb;
+    for (const id of batch.gone) for (const key of db.getKeys({ start: [id, 0], end: [id + 1, 0] })) db.remove(key);
+    for (const { t, out } of batch.writes) {
+      for (const s of out) db.put([t.volumeId, s.atMs], [s.readOps, s.writeOps]);
+      if (t.persistedCount <= MAX_PERSISTED_SAMPLES_PER_VOLUME) continue;
+      // Past the bound: older than the retention goes (but the newest of those,
+      // the window's start), the rest is thinned by age, as in memory.
+      const range = { start: [t.volumeId, 0] as [number, number], end: [t.volumeId + 1, 0] as [number, number] };
+      let list: Sample[] = [...db.getRange(range)].map(({ key, value }) => ({ atMs: key[1], readOps: value[0], writeOps: value[1] }));
+      const all = list;
+      while (list.length > 2 && nowMs - list[1]!.atMs > this.retainMs) list = list.slice(1);
+      list = thin(list, nowMs, Math.floor((MAX_PERSISTED_SAMPLES_PER_VOLUME * 3) / 4));
+      const keep = new Set(list.map((s) => s.atMs));
+      for (const s of all) if (!keep.has(s.atMs)) db.remove([t.volumeId, s.atMs]);
+      t.persistedCount = list.length;
+    }
+    if (batch.retainMs !== null) this.stateDb.put('retainMs', batch.retainMs);
   }
 
   /** Read and write IOPS over the last minute, for metrics (0 until two samples exist). */
@@ -120,7 +312,21 @@ export class HeatTracker implements HeatSource {
 }
 
 /**
- * Thins `list` to at most 3/4 of MAX_SAMPLES_PER_VOLUME samples, spaced by
+ * Adds the ops `counters` (the open volume's; null when it is not open, so
+ * it served none) show since the last call to `t`'s cumulative counts.
+ * Counters below the last reading started again from 0 (a reopen in a build
+ * that does not carry them over): all they show is new.
+ */
+function count(t: Tracked, counters: VolumeCounters | null): void {
+  if (counters === null) return;
+  t.readOps += counters.readOps >= t.rawReadOps ? counters.readOps - t.rawReadOps : counters.readOps;
+  t.writeOps += counters.writeOps >= t.rawWriteOps ? counters.writeOps - t.rawWriteOps : counters.writeOps;
+  t.rawReadOps = counters.readOps;
+  t.rawWriteOps = counters.writeOps;
+}
+
+/**
+ * Thins `list` to at most `target` samples, spaced by
  * age: walking from the newest, a sample is dropped only when the next older
  * one is within `relGap` x (its age) of the last kept one, so kept neighbours
  * at age A are at most relGap x A apart (or as far as they already were).
@@ -128,14 +334,14 @@ export class HeatTracker implements HeatSource {
  * reading (a rate between two kept samples, exact since counters only grow)
  * is diluted by that fraction at most. The newest and oldest samples stay;
  * samples younger than sampleInterval / relGap all stay. relGap starts at
- * 1/1024 and doubles until the result fits (1/256 for 7 d of 1 s samples).
+ * 1/1024 and doubles until the result fits (1/256 for 7 d of 1 s samples in
+ * memory; in the index, 1/32 for an hour of 30 s passes, 1/16 for 7 d).
  *
  * (Halving the older half at each thinning, as 5c57729 did, decayed the old
  * end geometrically: after a day of 1 s samples one sample was left hours
  * before the next, and a 6 h window read from it, about a day back.)
  */
-function thin(list: Sample[], nowMs: number): Sample[] {
-  const target = Math.floor((MAX_SAMPLES_PER_VOLUME * 3) / 4);
+function thin(list: Sample[], nowMs: number, target: number): Sample[] {
   for (let relGap = 1 / 1024; ; relGap *= 2) {
     let kept = list[list.length - 1]!;
     const out: Sample[] = [kept];
