@@ -6,12 +6,16 @@
 // fsck) and the volume reads back byte-exact with two other pools lost.
 // Before, nothing was written until the rebuild ended: after the restart the
 // pool was not listed and nothing rebuilt it (the cold tier stayed at reduced
-// redundancy, silently). Real daemon processes, real SIGKILL.
+// redundancy, silently). Real daemon processes, real SIGKILL, landed while
+// the rebuild is held mid-way by the daemon's test hook
+// (COUCHESTOR_TEST_PAUSE_POOL_REBUILD): raced against a 32-stripe rebuild by
+// polling the pool's size, the kill could come after its end under load.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { POOL_REBUILD_GROUPS_AT_ONCE, SCRUB_GROUP_STRIPES } from '../src/dataplane/ec/reconstruction.js';
 import { TestDaemon } from './helpers/daemon.js';
 import {
   MiB,
@@ -25,14 +29,18 @@ import {
   scrub,
   segmentBytes,
   startWithColdVolume,
-  untilPoolBytes,
 } from './helpers/cold.js';
 import { poolGauge, type ListedRebuild } from './helpers/rebuild.js';
 
-const STRIPES = 32;
+/**
+ * A group more than the held rebuild writes at most (a group per worker), so that group at least
+ * has no record on the pool at the kill: written ones can sit exactly where the old references
+ * point (same order, same sizes) and then verify without a flip.
+ */
+const STRIPES = (POOL_REBUILD_GROUPS_AT_ONCE + 1) * SCRUB_GROUP_STRIPES;
 const LOST = 2;
-/** Attempts at landing the kill while the rebuild is writing (a rebuild of 32 stripes can end first). */
-const ATTEMPTS = 5;
+/** The held rebuild's first group written: seconds at most. */
+const PAUSE_WAIT_MS = 60_000;
 /** The daemon's retry interval is 10 s: its first pass after the restart, with room for a loaded box. */
 const TIMER_WAIT_MS = 60_000;
 
@@ -43,7 +51,7 @@ interface ColdListing {
 
 test('SIGKILL during a whole-pool rebuild of a pool with no entry: listed after the restart, and the retry timer rebuilds the whole pool', async (t) => {
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'rebuild-crash-listed-'));
-  let { d, model } = await startWithColdVolume(work, STRIPES * MiB, STRIPES * MiB, 0x3c71);
+  let { d, model } = await startWithColdVolume(work, STRIPES * MiB, STRIPES * MiB, 0x3c71, { COUCHESTOR_TEST_PAUSE_POOL_REBUILD: '1' });
   t.after(async () => {
     await d.cleanup();
     fs.rmSync(work, { recursive: true, force: true });
@@ -51,29 +59,25 @@ test('SIGKILL during a whole-pool rebuild of a pool with no entry: listed after 
   assert.deepEqual((await coldStatus(d)).stripes, allHealthy(STRIPES));
   assert.deepEqual((await api<ColdListing>(d, 'GET', '/v1/cold')).incompleteRebuilds, [], 'no entry before');
 
-  // Kill once the rebuild has written its first shard record on the replaced pool (its flips
-  // come after the window's sync: none yet). If it finished first, lose the pool again.
-  let degraded = 0;
-  for (let attempt = 0; attempt < ATTEMPTS && degraded === 0; attempt++) {
-    loseAndReplacePool(d, LOST);
-    let settled = false;
-    const pending = rebuildPool(d, LOST).then(
-      () => 'finished',
-      () => 'killed',
-    ).finally(() => (settled = true));
-    await untilPoolBytes(d, LOST, 1, () => settled);
-    await d.kill();
-    const outcome = await pending;
-    const { report, stdout } = fsck(d);
-    assert.equal(report.halfWrittenStripes, 0, stdout);
-    assert.equal(report.stripes.Failed, 0, stdout);
-    for (const b of report.badShards) assert.equal(b.pool, `cold-${LOST}`, stdout);
-    degraded = report.stripes.Degraded;
-    t.diagnostic(`attempt ${attempt}: rebuild ${outcome}, ${degraded} stripes still without their cold-${LOST} shard`);
-    d = await TestDaemon.start({ dataDir: d.dataDir });
-  }
-  // Without a kill that left stripes unrebuilt, what follows proves nothing.
-  assert.ok(degraded > 0, 'a kill landed while the rebuild was writing');
+  // Killed once the rebuild has written its first group of shard records on the replaced pool
+  // (held there by the hook; its flips come after the window's sync: none yet).
+  loseAndReplacePool(d, LOST);
+  const pending = rebuildPool(d, LOST).then(
+    () => 'finished',
+    () => 'killed',
+  );
+  assert.equal(await d.line(/^couchestor paused pool-rebuild /, PAUSE_WAIT_MS), `couchestor paused pool-rebuild {"pool":"cold-${LOST}"}`);
+  assert.ok(segmentBytes(d, LOST) > 0, 'shard records written on the pool before the kill');
+  await d.kill();
+  assert.equal(await pending, 'killed');
+  const { report, stdout } = fsck(d);
+  assert.equal(report.halfWrittenStripes, 0, stdout);
+  assert.equal(report.stripes.Failed, 0, stdout);
+  for (const b of report.badShards) assert.equal(b.pool, `cold-${LOST}`, stdout);
+  const degraded = report.stripes.Degraded;
+  t.diagnostic(`killed mid-rebuild: ${degraded} of ${STRIPES} stripes still without their cold-${LOST} shard, ${segmentBytes(d, LOST)} bytes on the pool`);
+  assert.ok(degraded >= SCRUB_GROUP_STRIPES, `stripes still without their cold-${LOST} shard after the kill: ${stdout}`);
+  d = await TestDaemon.start({ dataDir: d.dataDir }); // without the hook
 
   // After the restart: listed (API and gauge), before the timer's first pass (10 s after start).
   const listing = await api<ColdListing>(d, 'GET', '/v1/cold');

@@ -52,13 +52,14 @@ export interface ScrubResult {
 /**
  * Starts a daemon in a fresh data directory with `config` as couchestor.yaml.
  * A config written before first start means the embedded default policy file
- * is not written either, so the default 4+2 policy is written here.
+ * is not written either, so the default 4+2 policy is written here. `env`:
+ * added to the daemon's (test hooks).
  */
-export async function startColdDaemon(config: string = MANUAL_DESTAGE_CONFIG): Promise<TestDaemon> {
+export async function startColdDaemon(config: string = MANUAL_DESTAGE_CONFIG, env?: NodeJS.ProcessEnv): Promise<TestDaemon> {
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-cold-'));
   fs.mkdirSync(path.join(dataDir, 'policies'));
   fs.writeFileSync(path.join(dataDir, 'policies', 'standard-ec.yaml'), DEFAULT_EC_POLICY_YAML);
-  return TestDaemon.start({ dataDir, config });
+  return TestDaemon.start({ dataDir, config, env });
 }
 
 /**
@@ -324,10 +325,10 @@ export async function writeColdVolume(d: TestDaemon, name: string, model: Buffer
  * Starts a daemon (startColdDaemon()) holding cold volume 'c1' of
  * `volumeBytes`: its first `patternLengthBytes` are patternBytes(seed), the
  * rest zero; written and destaged by writeColdVolume(). Returns the daemon
- * and the volume's expected bytes.
+ * and the volume's expected bytes. `env`: as startColdDaemon's.
  */
-export async function startWithColdVolume(work: string, volumeBytes: number, patternLengthBytes: number, seed: number): Promise<{ d: TestDaemon; model: Buffer }> {
-  const d = await startColdDaemon();
+export async function startWithColdVolume(work: string, volumeBytes: number, patternLengthBytes: number, seed: number, env?: NodeJS.ProcessEnv): Promise<{ d: TestDaemon; model: Buffer }> {
+  const d = await startColdDaemon(MANUAL_DESTAGE_CONFIG, env);
   const model = Buffer.alloc(volumeBytes);
   patternBytes(patternLengthBytes, seed).copy(model);
   try {

@@ -24,32 +24,45 @@ export interface DaemonInfo {
 
 export class TestDaemon {
   stderr = '';
+  /** stdout lines after the ready line, and who waits for one (line()). */
+  private readonly lines: string[] = [];
+  private readonly lineWaiters: { re: RegExp; resolve: (l: string) => void }[] = [];
   private constructor(
     readonly dataDir: string,
     readonly proc: ChildProcess,
     readonly info: DaemonInfo,
   ) {}
 
-  /** Starts a daemon; `dataDir` is reused for restart tests. */
-  static async start(opts: { dataDir?: string; config?: string; args?: string[] } = {}): Promise<TestDaemon> {
+  /**
+   * Starts a daemon; `dataDir` is reused for restart tests. `env` is added to
+   * the daemon's environment (test hooks such as COUCHESTOR_TEST_PAUSE_POOL_REBUILD=1).
+   */
+  static async start(opts: { dataDir?: string; config?: string; args?: string[]; env?: NodeJS.ProcessEnv } = {}): Promise<TestDaemon> {
     const dataDir = opts.dataDir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-test-'));
     if (opts.config !== undefined && !fs.existsSync(path.join(dataDir, 'couchestor.yaml'))) {
       fs.writeFileSync(path.join(dataDir, 'couchestor.yaml'), opts.config);
     }
     const proc = spawn(process.execPath, [CLI, 'serve', '--data-dir', dataDir, '--nbd-port', '0', '--api-port', '0', '--metrics-port', '0', '--s3-port', '0', ...(opts.args ?? [])], {
       stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, ...opts.env },
     });
     let stderr = '';
+    let d: TestDaemon | null = null;
+    let ready = false;
+    const early: string[] = []; // after the ready line, before d exists
     proc.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
     const info = await new Promise<DaemonInfo>((resolve, reject) => {
       const rl = readline.createInterface({ input: proc.stdout! });
       rl.on('line', (line) => {
+        if (d !== null) return d.gotLine(line);
+        if (ready) return void early.push(line);
         const m = /^couchestor ready (.*)$/.exec(line);
-        if (m) resolve(JSON.parse(m[1]!) as DaemonInfo);
+        if (m) (ready = true), resolve(JSON.parse(m[1]!) as DaemonInfo);
       });
       proc.once('exit', (code, sig) => reject(new Error(`daemon exited (${code ?? sig}) before ready:\n${stderr}`)));
     });
-    const d = new TestDaemon(dataDir, proc, info);
+    d = new TestDaemon(dataDir, proc, info);
+    for (const l of early) d.gotLine(l);
     // A test process that dies without running its cleanup (uncaught error,
     // process.exit) must not leave an orphan daemon behind.
     const reap = () => proc.kill('SIGKILL');
@@ -58,6 +71,37 @@ export class TestDaemon {
     proc.stderr!.on('data', (b: Buffer) => (d.stderr += b.toString()));
     d.stderr = stderr;
     return d;
+  }
+
+  private gotLine(line: string): void {
+    this.lines.push(line);
+    for (const w of [...this.lineWaiters]) if (w.re.test(line)) w.resolve(line);
+  }
+
+  /**
+   * Resolves with the first stdout line after the ready line (seen so far or
+   * later) that `re` matches, e.g. a test hook's `couchestor paused ...`;
+   * rejects if the daemon exits first or none comes within `timeoutMs`.
+   */
+  line(re: RegExp, timeoutMs: number): Promise<string> {
+    const seen = this.lines.find((l) => re.test(l));
+    if (seen !== undefined) return Promise.resolve(seen);
+    if (this.proc.exitCode !== null || this.proc.signalCode !== null) return Promise.reject(new Error(`daemon exited before a line matching ${re}:\n${this.stderr}`));
+    return new Promise((resolve, reject) => {
+      const done = (err: Error | null, line?: string) => {
+        clearTimeout(timer);
+        this.proc.off('exit', exited);
+        const i = this.lineWaiters.indexOf(waiter);
+        if (i >= 0) this.lineWaiters.splice(i, 1);
+        if (err) reject(err);
+        else resolve(line!);
+      };
+      const waiter = { re, resolve: (l: string) => done(null, l) };
+      const exited = (code: number | null, sig: string | null) => done(new Error(`daemon exited (${code ?? sig}) before a line matching ${re}:\n${this.stderr}`));
+      const timer = setTimeout(() => done(new Error(`no line matching ${re} within ${timeoutMs} ms on the daemon's stdout`)), timeoutMs);
+      this.lineWaiters.push(waiter);
+      this.proc.once('exit', exited);
+    });
   }
 
   /** Base URL of the daemon's S3 endpoint (path-style). */

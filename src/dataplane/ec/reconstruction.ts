@@ -56,6 +56,18 @@ export const MAX_LANDING_BYTES = 64 * 1024 * 1024;
 export const QUEUE_FLIP_BATCH_STRIPES = 64;
 
 /**
+ * Test hook (test/review-rebuild-stop-while-queued): with
+ * COUCHESTOR_TEST_PAUSE_POOL_REBUILD=1 in the daemon's environment, a
+ * whole-pool rebuild that has written its first group of shards prints
+ * `couchestor paused pool-rebuild {"pool":...}` on stdout and holds its
+ * workers until the reconstructor is stopped, which then cuts the run as it
+ * cuts any (a run of a few hundred ms could end between two polls of
+ * GET /v1/cold under load). Read once at start; unset, it costs one boolean
+ * test per group.
+ */
+const PAUSE_POOL_REBUILD = process.env.COUCHESTOR_TEST_PAUSE_POOL_REBUILD === '1';
+
+/**
  * Stripes held by something other than a volume's chunk map (cold S3 objects
  * and multipart parts: objects/cold-holders.ts), registered with
  * Reconstructor.addSource. Pool rebuild, scrub and the queue treat their
@@ -235,6 +247,8 @@ export class Reconstructor {
   private timers: NodeJS.Timeout[] = [];
   private scrubbing: Promise<ScrubReport> | null = null;
   private stopped = false;
+  /** Resolved by stop(): what PAUSE_POOL_REBUILD holds a run until (made on first use). */
+  private stopSignal: { stopped: Promise<void>; resolve: () => void } | null = null;
   rebuiltStripes = 0;
   lastScrub: ScrubReport | null = null;
   /** Holder sources besides the volumes (bounded: one per front end). */
@@ -1192,6 +1206,7 @@ export class Reconstructor {
     let window: SyncWindow | null = null;
     const flushes: Promise<void>[] = [];
     let workers: Promise<void>[] = [];
+    let paused: Promise<void> | null = null; // PAUSE_POOL_REBUILD
     // A run that throws part way (an index read failing): its workers, writes, flushes and
     // slow-path stripes settle, and its last window is flushed as at a normal end (synced, then
     // flipped; flushWindow never rejects: a failed sync or flip leaves its stripes Degraded).
@@ -1333,6 +1348,7 @@ export class Reconstructor {
             }
             // Bounds the record buffers held (they are recycled once written).
             await landing.add(written, lengthBytes);
+            if (PAUSE_POOL_REBUILD && only === null) await (paused ??= this.pauseRebuild(poolName, written));
           }
         } catch (err) {
           for (const g of taking ?? []) this.rebuildFailed(holder.label, g.entry, err);
@@ -1551,8 +1567,22 @@ export class Reconstructor {
   private readonly spareScratch: Buffer[] = [];
   private scratchTimer: NodeJS.Timeout | undefined;
 
+  /** PAUSE_POOL_REBUILD: once `written` (a run's first group) is on the pool, says so on stdout and waits for stop(). */
+  private async pauseRebuild(pool: string, written: Promise<void>): Promise<void> {
+    await written; // never rejects (writeLost)
+    if (this.stopped) return;
+    if (this.stopSignal === null) {
+      let resolve!: () => void;
+      const stopped = new Promise<void>((r) => (resolve = r));
+      this.stopSignal = { stopped, resolve };
+    }
+    process.stdout.write(`couchestor paused pool-rebuild ${JSON.stringify({ pool })}\n`);
+    await this.stopSignal.stopped;
+  }
+
   async stop(): Promise<void> {
     this.stopped = true;
+    this.stopSignal?.resolve();
     for (const t of this.timers) clearInterval(t);
     await this.running;
     await this.scrubbing;
