@@ -442,7 +442,8 @@ export class Daemon {
     if (compactor) started.push(() => compactor.stop()); // runs before the manager closes (reverse order)
     const api = buildApi(manager, loop, cache);
     started.push(() => api.close());
-    if (compactor) registerCompactionRoutes(api, compactor);
+    let daemon: Daemon | null = null; // set once started: the compaction route asks whether its stop has begun
+    if (compactor) registerCompactionRoutes(api, compactor, () => daemon?.stopStep != null);
     // Probes share the admin API's port (8081 by default, as DESIGN.md says).
     let open = true;
     const checks = healthChecks(manager, () => open);
@@ -476,7 +477,8 @@ export class Daemon {
     loop.start();
     // A policy's spec changed (or one came or went): a pass now, not at the next interval.
     if (kube) kube.onSpecChange = () => void loop.reconcileAgain().catch((err: unknown) => log.error('control loop pass failed', { err: (err as Error).message }));
-    return new Daemon(cfg, manager, nbd, api, s3, metrics, heat, loop, cache, state, compactor, lock, kube);
+    daemon = new Daemon(cfg, manager, nbd, api, s3, metrics, heat, loop, cache, state, compactor, lock, kube);
+    return daemon;
   }
 
   /** What stop() is waiting for now (null before the stop): the second signal's log line names it. */
@@ -497,6 +499,11 @@ export class Daemon {
     // whole-pool rebuild during the stop. Cut, the run is recorded (interrupted); the queued one is refused.
     step('the pool rebuild');
     await this.manager.cold?.reconstructor.stop();
+    // Compaction too, for the same reason: a pass asked for with `couchestor compact` (unthrottled, as
+    // long as the copy of every live record of the segments over the dead fraction) held the API's
+    // close to its end. Stopped, the pass ends after its current batch; the request is answered 409.
+    step('the segment compaction');
+    await this.compactor?.stop(); // before the stripe store closes under it
     step('the admin API (its requests in flight)');
     await this.api.close();
     step('the S3 clients (their requests in flight)');
@@ -504,8 +511,6 @@ export class Daemon {
     step('the metrics server');
     await this.metrics.close();
     this.heat.stop();
-    step('the segment compaction');
-    await this.compactor?.stop(); // before the stripe store closes under it
     step('the close of the volumes, the destager, the journal and the index');
     await this.manager.close();
     step('the close of the read cache');

@@ -186,9 +186,24 @@ export function buildApi(
 /**
  * GET /v1/compaction: segment compaction counters and every cold segment's
  * size and dead bytes; POST /v1/compact: one pass now, unthrottled, returns
- * what it reclaimed (`couchestor compact`).
+ * what it reclaimed (`couchestor compact`). `stopping`: whether the daemon's
+ * stop has begun. The stop ends a pass after its current batch
+ * (SegmentCompactor.stop(), before the admin API closes); the pass the
+ * request ran is then answered 409, "the daemon is stopping", not 200 with
+ * a part of the work passed off as the whole.
  */
-export function registerCompactionRoutes(app: FastifyInstance, compactor: SegmentCompactor): void {
+export function registerCompactionRoutes(app: FastifyInstance, compactor: SegmentCompactor, stopping: () => boolean = () => false): void {
   app.get('/v1/compaction', async () => ({ ...compactor.stats(), segments: await compactor.segments() }));
-  app.post('/v1/compact', async () => ({ ...(await compactor.runOnce({ unthrottled: true })), ...compactor.stats() }));
+  app.post('/v1/compact', async (_req, reply) => {
+    const report = await compactor.runOnce({ unthrottled: true });
+    if (stopping()) {
+      return reply.code(409).send({
+        error: 'DaemonStopping',
+        message:
+          `the daemon is stopping: the compaction pass ended after its current batch (${report.segmentsCompacted} segments compacted, ${report.reclaimedBytes} bytes reclaimed); ` +
+          'nothing is lost (the copies it had made are reclaimed by a later pass); run `couchestor compact` again once the daemon is back',
+      });
+    }
+    return { ...report, ...compactor.stats() };
+  });
 }
