@@ -538,8 +538,9 @@ export class ControlLoop {
       // mid-COPY leaves a cold volume with chunks still in its hot file
       // (hasChunksOffPlacement is false for cold): nothing else moves them
       // (the destager takes only journaled chunks), so the loop finishes it.
-      const vol = this.manager.openVolume(name);
-      if (tier === 'cold' ? vol.chunksOnFile().length === 0 : !vol.hasChunksOffPlacement()) {
+      // Asked of every volume at every pass: a closed one is answered from the index, not opened.
+      const left = this.manager.unfinishedMove(name);
+      if (tier === 'cold' ? left.chunksOnFile === 0 : !left.offPlacement) {
         // Where a failed move would have put it (a `migrate` from the CLI or
         // the API did it): that failure says nothing of the next move here.
         if (this.failures.get(name)?.target === tier) this.failures.delete(name);
@@ -547,7 +548,7 @@ export class ControlLoop {
       }
       why =
         tier === 'cold'
-          ? `${why}; already cold, but an interrupted move left ${vol.chunksOnFile().length} chunks in its file: finishing it`
+          ? `${why}; already cold, but an interrupted move left ${left.chunksOnFile} chunks in its file: finishing it`
           : `${why}; already ${tier}, but an interrupted move left chunks on other pools: finishing it`;
     }
     if (!p.enabled) return { ...base, targetTier: target, iops, action: 'disabled', reason: `${why}; policy disabled (emergency stop): nothing new starts` };
@@ -557,8 +558,8 @@ export class ControlLoop {
       const leftS = Math.ceil((p.cooldownPeriodMs - (nowMs - last)) / 1000);
       return { ...base, targetTier: target, iops, action: 'cooldown', reason: `${why}; in cooldown for ${leftS}s more` };
     }
-    const vol = this.manager.openVolume(name);
-    const blocked = analyzeMigration(this.manager, vol, target);
+    // Borrowed for the look (closed again after it unless something holds it): a move that starts opens it for itself.
+    const { blocked, volumeId } = this.manager.withVolume(name, (vol) => ({ blocked: analyzeMigration(this.manager, vol, target), volumeId: vol.rec.id }));
     if (blocked) {
       // ANALYZE now names what is wrong (a cold pool missing, no room): once
       // it passes again something changed (the pool is back), which is worth
@@ -567,7 +568,7 @@ export class ControlLoop {
       return { ...base, targetTier: target, iops, action: 'blocked', reason: `${why}; cannot move: ${blocked}` };
     }
     const failed = this.failures.get(name);
-    if (failed !== undefined && failed.volumeId === vol.rec.id && failed.target === target && nowMs < failed.retryAtMs) {
+    if (failed !== undefined && failed.volumeId === volumeId && failed.target === target && nowMs < failed.retryAtMs) {
       const inS = seconds(failed.retryAtMs - nowMs);
       return {
         ...base,

@@ -51,6 +51,7 @@ export function metricsSource(manager: VolumeManager, heat: HeatTracker, migrati
       return c ? { healthy: c.Healthy, degraded: c.Degraded, rebuilding: c.Reconstructing, unrecoverable: c.Failed } : {};
     },
     unavailableVolumes: () => manager.unavailableVolumes(),
+    openVolumes: () => manager.openCounts(),
     // Found by stripes()' count of the object stripes (read before this in a scrape).
     damagedIndexRecords: () => damagedIndexRecords(manager.meta),
     // Without a cold tier (no policy file, say) the index still holds the last list: [] would

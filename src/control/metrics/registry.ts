@@ -84,6 +84,12 @@ export interface MetricsSource {
    * timerFailures). Optional: without it (or without a cold tier), 0.
    */
   reconstructionFailures?(): ReconstructionFailures;
+  /**
+   * Volumes open now, by what holds them (VolumeManager.openCounts): pinned by
+   * a client or work that keeps it (NBD, API, migration, destager), lent to a
+   * background pass only, or neither. Optional: without it, no series.
+   */
+  openVolumes?(): { pinned: number; lent: number; idle: number };
 }
 
 /** Failures the reconstructor counted since start: logged, retried next interval. */
@@ -120,6 +126,7 @@ interface Snapshot {
   /** Null: the source does not report rebuilds (no series at all, not 0s). */
   incompleteRebuilds: IncompleteRebuild[] | null;
   reconstructionFailures: ReconstructionFailures;
+  openVolumes: { pinned: number; lent: number; idle: number } | null;
 }
 
 const EMPTY_SNAPSHOT: Snapshot = {
@@ -134,6 +141,7 @@ const EMPTY_SNAPSHOT: Snapshot = {
   damagedIndexRecords: null,
   incompleteRebuilds: null,
   reconstructionFailures: { poolRetryFailures: 0, timerFailures: 0 },
+  openVolumes: null,
 };
 
 /**
@@ -163,6 +171,7 @@ class SnapshotRegistry extends Registry {
       damagedIndexRecords: source.damagedIndexRecords?.() ?? null,
       incompleteRebuilds: source.incompleteRebuilds ? [...source.incompleteRebuilds()] : null,
       reconstructionFailures: source.reconstructionFailures?.() ?? EMPTY_SNAPSHOT.reconstructionFailures,
+      openVolumes: source.openVolumes?.() ?? null,
     };
   }
 
@@ -309,6 +318,20 @@ export function createMetrics(source: MetricsSourceRef): Registry {
     collect() {
       this.reset();
       this.inc(registry.snapshot().reconstructionFailures.timerFailures);
+    },
+  });
+  new Gauge({
+    name: 'couchestor_open_volumes',
+    help: 'Volumes open now (a file descriptor or more each, and the chunk map in memory), by what holds them: "pinned" by a client or work that keeps it (an NBD connection, an API request, a migration, the destager), "lent" to a background pass (scrub, pool rebuild, control loop) only, "idle" held by neither (closed at its next release). Bounded by what is in use, not by the volumes that exist.',
+    labelNames: ['held'],
+    registers,
+    collect() {
+      this.reset();
+      const o = registry.snapshot().openVolumes;
+      if (o === null) return;
+      this.set({ held: 'pinned' }, o.pinned);
+      this.set({ held: 'lent' }, o.lent);
+      this.set({ held: 'idle' }, o.idle);
     },
   });
   new Gauge({

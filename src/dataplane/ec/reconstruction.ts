@@ -4,7 +4,7 @@
 import { InsufficientShards, NoSuitablePool } from '../errors.js';
 import { log } from '../../log.js';
 import type { Volume } from '../volumes/volume.js';
-import type { UnavailableVolume, VolumeListing } from '../volumes/manager.js';
+import type { UnavailableVolume } from '../volumes/manager.js';
 import { ChunkState, type IncompleteRebuildRecord, type MetaStore, type VolumeRecord } from '../meta/store.js';
 import type { SegmentStore } from './segment-store.js';
 import { StripeStore, type InspectedStripe, type LostShardJob, type PreparedRebuild, type StripeContext, type StripeRef } from './stripe-store.js';
@@ -261,11 +261,22 @@ export class Reconstructor {
     private readonly allVolumes: () => Volume[],
     private readonly opts: ReconstructionOptions,
     /**
-     * The volumes that open and those that cannot (their pool offline): the
-     * stripe counts and the scrub go on without the latter. Default: every
-     * volume of allVolumes, none unavailable.
+     * The volumes as the scrub and the pool rebuilds take them (the daemon's:
+     * VolumeManager.volumesForPass, borrowVolume, giveBack): a closed volume
+     * is read from the index or borrowed for the time its stripes are worked
+     * on, so a pass leaves open only what clients and work in flight hold.
+     * Default: every volume of allVolumes, open.
      */
-    private readonly availableVolumes: () => VolumeListing = () => ({ volumes: allVolumes(), unavailable: [] }),
+    private readonly volumes: PassVolumeSource = {
+      list: () => ({ open: allVolumes(), closed: [], unavailable: [] }),
+      borrow: (name) => {
+        const vol = allVolumes().find((v) => v.name === name);
+        if (vol === undefined) throw new Error(`no volume named ${name}`);
+        return vol;
+      },
+      giveBack: () => undefined,
+      openFailure: () => undefined,
+    },
     /**
      * The index: the scrub reads the chunk map of a volume that cannot be
      * opened from it, to verify that volume's stripes (read-only). Null:
@@ -275,10 +286,9 @@ export class Reconstructor {
     /**
      * The cold stripes of the volumes counts() covers. The daemon's
      * (VolumeManager.coldStripeCount) opens no volume: this default, over
-     * availableVolumes(), opens every one (a file each, for good) and reads
-     * each one's chunk map on the event loop.
+     * allVolumes(), is for tests whose volumes are all open.
      */
-    private readonly volumeStripeCount: () => number = () => availableVolumes().volumes.reduce((n, v) => n + v.stripes.size, 0),
+    private readonly volumeStripeCount: () => number = () => allVolumes().reduce((n, v) => n + v.stripes.size, 0),
   ) {
     this.maxQueued = opts.maxQueuedStripes ?? MAX_QUEUED_STRIPES;
     this.loadIncompleteRebuilds();
@@ -704,15 +714,18 @@ export class Reconstructor {
     // A volume that cannot be opened (its pool offline) is skipped and named
     // in the report: the others are still scrubbed. Thrown from here it ended
     // the whole pass, every interval, until the pool came back.
-    const listing = this.availableVolumes();
+    const listing = this.volumes.list();
     report.volumesSkipped = listing.unavailable;
     this.scrubVolumesSkipped += listing.unavailable.length;
     if (listing.unavailable.length > 0) {
       log.warn('scrub skips volumes that cannot be opened; the next scrub tries them again', { volumes: listing.unavailable.map((u) => `${u.volume}@${u.pool}: ${u.error}`).join('; ') });
     }
-    for (const vol of listing.volumes) {
-      scans.push(() => ({ todo: [...vol.stripes], entryFor: (c) => ({ key: `${vol.rec.id}:${c}`, make: () => ({ ctx: { volumeId: vol.rec.id, chunkIndex: c } }) }) }));
-    }
+    const entryOf = (volumeId: number) => (c: number) => ({ key: `${volumeId}:${c}`, make: () => ({ ctx: { volumeId, chunkIndex: c } }) });
+    for (const vol of listing.open) scans.push(() => ({ todo: [...vol.stripes], entryFor: entryOf(vol.rec.id) }));
+    // A closed volume's stripes from its chunk map in the index (what opening it would load),
+    // read at its turn; opened only to repair one (the queue's rebuild opens it). Opening each
+    // to scrub it kept every volume open for good: a descriptor and a chunk map per volume.
+    for (const rec of listing.closed) scans.push(() => ({ todo: this.indexStripes(rec), entryFor: entryOf(rec.id) }));
     for (const u of listing.unavailable) {
       const rec = this.index?.volumes.get(u.volume);
       if (rec === undefined) continue;
@@ -1084,8 +1097,9 @@ export class Reconstructor {
     // An operator's rebuild queued behind the timer's goes first.
     const busy = () => this.poolRebuild !== null || this.nextRebuild !== null;
     if (this.skippedByRebuild.size === 0 || busy()) return { reports, failures };
-    const listing = this.availableVolumes();
-    const opened = new Set(listing.volumes.map((v) => v.name));
+    // Which of them open: the open ones and the closed ones not known to fail (a rebuild borrows each at its turn).
+    const listing = this.volumes.list();
+    const opened = new Set([...listing.open.map((v) => v.name), ...listing.closed.map((r) => r.name)]);
     const unopened = new Set(listing.unavailable.map((u) => u.volume));
     for (const [pool, entry] of [...this.skippedByRebuild]) {
       if (this.stopped || busy()) break;
@@ -1206,6 +1220,19 @@ export class Reconstructor {
     let window: SyncWindow | null = null;
     const flushes: Promise<void>[] = [];
     let workers: Promise<void>[] = [];
+    // Loans of the volumes whose stripes a window holds (giveBackAfterFlips below), ended once it is flushed.
+    const windowLoans = new Map<SyncWindow, (() => void)[]>();
+    /** Flushes a window (flushWindow, into `flushes`; only with a target), then ends the loans waiting for it. */
+    const flushOf = (w: SyncWindow): void => {
+      const flushed = this.flushWindow(poolName, target!, w, report);
+      flushes.push(flushed);
+      const loans = windowLoans.get(w) ?? [];
+      windowLoans.delete(w);
+      const giveBack = () => {
+        for (const r of loans) r();
+      };
+      void flushed.then(giveBack, giveBack);
+    };
     let paused: Promise<void> | null = null; // PAUSE_POOL_REBUILD
     // A run that throws part way (an index read failing): its workers, writes, flushes and
     // slow-path stripes settle, and its last window is flushed as at a normal end (synced, then
@@ -1221,7 +1248,7 @@ export class Reconstructor {
       await landing.drain();
       const last = window as SyncWindow | null;
       window = null;
-      if (last !== null && target !== null) flushes.push(this.flushWindow(poolName, target, last, report));
+      if (last !== null && target !== null) flushOf(last);
       await Promise.allSettled([...flushes, ...slow]);
       for (const e of this.states.values()) if (e.poolRebuild === report) delete e.poolRebuild;
     };
@@ -1229,8 +1256,7 @@ export class Reconstructor {
     // parts): all take the same batched path, listed one holder at a time.
     // A volume that cannot be opened is skipped (named, logged once), not fatal: one offline
     // hot pool must not hold back every other volume's redundancy.
-    const listing = this.availableVolumes();
-    const volumes = only === null ? listing.volumes : listing.volumes.filter((v) => only.has(v.name));
+    const listing = this.volumes.list();
     for (const u of only === null ? listing.unavailable : listing.unavailable.filter((x) => only.has(x.volume))) {
       // Its chunk map in the index says whether it has anything on the pool: a closed volume
       // lands no new stripe, so one with none (a hot volume, say) holds nothing back. Deleted
@@ -1248,123 +1274,152 @@ export class Reconstructor {
         volumes: report.volumesSkipped.map((u) => `${u.volume}@${u.pool} (${u.stripes ?? 'unknown'} stripes): ${u.error}`).join('; '),
       });
     }
-    const holders: RebuildHolder[] = [...volumes.map((vol) => this.volumeHolder(vol)), ...(only === null ? [...this.sources].map((source) => this.sourceHolder(source)) : [])];
-    for (const holder of holders) {
-      // Which shards are gone is decided before anything of this holder lands on the pool
-      // (a rebuilt record may reuse the place an old reference names), by reading: a record
-      // another holder's rebuild put at a stale place fails the identity check.
-      const jobs: HolderJob[] = [];
-      // Listed up front: no LMDB read transaction stays open across the awaits below.
-      for (const [key, ref] of [...holder.list()]) {
-        const lost = ref.shards.findIndex((sh) => sh.pool === poolName);
-        if (lost < 0) continue;
-        report.stripesChecked++;
-        if (holder.isSource) report.objectStripesChecked++;
-        // Outside every segment the pool's store has: gone, no read needed (the common case).
-        const present = target !== null && target.contains(this.stripes.resolve(ref.shards[lost]!)) && (await this.stripes.shardPresent(ref, lost));
-        if (present) continue;
-        jobs.push({ ref, lost, key, at: ref.shards[lost]!.segment * 2 ** 40 + ref.shards[lost]!.offsetBytes });
+    // Each volume at its turn: an open one borrowed (kept open until its flips are done), a
+    // closed one only when its chunk map in the index has a stripe with a shard on the pool (a
+    // closed volume lands no new stripe), then given back: the run holds open the volumes of the
+    // stripes it has in flight, not every volume (each kept open for good before).
+    type Turn = { holder: RebuildHolder } | { volume: string; closed: VolumeRecord | null };
+    const turns: Turn[] = [
+      ...listing.open.filter((v) => only === null || only.has(v.name)).map((v) => ({ volume: v.name, closed: null })),
+      ...listing.closed.filter((r) => only === null || only.has(r.name)).map((r) => ({ volume: r.name, closed: r })),
+      ...(only === null ? [...this.sources].map((source) => ({ holder: this.sourceHolder(source) })) : []),
+    ];
+    // A loan ends once the flips of its stripes are done: those of the windows flushing, and of the one being filled.
+    const giveBackAfterFlips = (vol: Volume) => {
+      const before = Promise.allSettled([...flushes]);
+      const giveBack = () => void before.then(() => this.volumes.giveBack(vol));
+      const w = window as SyncWindow | null;
+      if (w === null) return giveBack();
+      const loans = windowLoans.get(w);
+      if (loans === undefined) windowLoans.set(w, [giveBack]);
+      else loans.push(giveBack);
+    };
+    for (const turn of turns) {
+      let lent: Volume | null = null;
+      if ('volume' in turn) {
+        lent = this.lendForRebuild(turn.volume, turn.closed, poolName, report);
+        if (lent === null) continue;
       }
-      // Write order on the lost pool is write order on the survivors: their records are back to back.
-      jobs.sort((a, b) => a.at - b.at);
-      let next = 0;
-      const worker = async () => {
-        let scratch: Buffer | undefined;
-        // The group being taken (entries set Reconstructing, not handed on yet): a throw there returns them.
-        let taking: { entry: QueuedStripe }[] | null = null;
-        try {
-          while (next < jobs.length && !this.stopped) {
-            const group: { job: HolderJob; key: string; entry: QueuedStripe; keepQueued: boolean }[] = [];
-            taking = group;
-            while (next < jobs.length && group.length < SCRUB_GROUP_STRIPES) {
-              const job = jobs[next++]!;
-              const key = holder.queueKey(job.key);
-              const cur = this.states.get(key);
-              if (cur?.state === 'Reconstructing') {
-                cur.poolRebuild = report; // a pass has it: counted here once it lands
-                continue;
-              }
-              const now = holder.current(job.key);
-              if (now === undefined) continue; // gone (trimmed, promoted, deleted)
-              if (!holder.same(now, job.ref)) {
-                // Rewritten, or its records moved by compaction, since it was listed: the
-                // queue's pass checks the current stripe in full (and drops it if whole).
-                holder.requeue(job.key, `pool ${poolName} lost; stripe changed while the rebuild ran`);
-                const queued = this.states.get(key);
-                if (queued !== undefined) queued.poolRebuild = report;
-                continue;
-              }
-              if (!cur && this.states.size >= this.maxQueued + POOL_REBUILD_GROUPS_AT_ONCE * SCRUB_GROUP_STRIPES) {
-                report.notRebuilt++; // queue full: the next rebuild or scrub finds it
-                continue;
-              }
-              const entry: QueuedStripe = cur ?? { ...holder.entry(job.key), state: 'Degraded', reason: `pool ${poolName} lost` };
-              entry.state = 'Reconstructing';
-              entry.poolRebuild = report; // a pass that finishes it (pool offline, flip superseded, slow path) counts it
-              this.states.set(key, entry); // bounded: at most the groups in flight beyond the queue's own entries
-              // Another shard on a pool that is offline now (not a source): that one is gone too.
-              // Kept queued for it while the queue is at most half full: entries the rebuild adds
-              // must not crowd out its own in-flight stripes (beyond it the scrub finds them).
-              const otherLost = job.ref.shards.some((sh, i) => i !== job.lost && !sourceRank.has(sh.pool));
-              group.push({ job, key, entry, keepQueued: cur !== undefined || (otherLost && this.states.size < this.maxQueued / 2) });
-            }
-            taking = null;
-            if (group.length === 0) continue;
-            if (target === null) {
-              // Nowhere to land on the pool itself: the pass places these elsewhere.
-              for (const g of group) g.entry.state = 'Degraded';
-              continue;
-            }
-            let prepared: (PreparedRebuild | null)[];
-            try {
-              // Scratch only where the JS path needs it (compressed records): the native kernel reads into its own.
-              prepared = await this.stripes.prepareLostShards(group.map((g) => g.job), sourceRank, (bytes) => (scratch = this.scratchFor(scratch, bytes)));
-            } catch (err) {
-              for (const g of group) this.rebuildFailed(holder.label, g.entry, err);
-              continue;
-            }
-            const fast: LandingStripe[] = [];
-            prepared.forEach((p, t) => {
-              const g = group[t]!;
-              if (p !== null) {
-                fast.push({ ...g, holder, prepared: p });
-                return;
-              }
-              // A source was missing or bad: read every survivor, decode from the good ones.
-              report.slowPathStripes++;
-              g.entry.state = 'Degraded';
-              g.entry.reason = `pool ${poolName} lost; a survivor failed verification`;
-              slow.push(this.rebuildOne(g.key, g.entry));
-            });
-            if (fast.length === 0) continue;
-            const lengthBytes = fast.reduce((sum, f) => sum + f.prepared.lengthBytes, 0);
-            const w = (window ??= { token: this.stripes.beginWrite(), bytes: 0, writes: [], landed: [] });
-            const written = this.writeLost(holder.label, poolName, target, w, fast);
-            w.writes.push(written);
-            w.bytes += lengthBytes;
-            if (w.bytes >= REBUILD_SYNC_BYTES) {
-              window = null;
-              flushes.push(this.flushWindow(poolName, target, w, report));
-            }
-            // Bounds the record buffers held (they are recycled once written).
-            await landing.add(written, lengthBytes);
-            if (PAUSE_POOL_REBUILD && only === null) await (paused ??= this.pauseRebuild(poolName, written));
-          }
-        } catch (err) {
-          for (const g of taking ?? []) this.rebuildFailed(holder.label, g.entry, err);
-          throw err;
-        } finally {
-          this.returnScratch(scratch);
+      const holder = lent !== null ? this.volumeHolder(lent) : (turn as { holder: RebuildHolder }).holder;
+      try {
+        // Which shards are gone is decided before anything of this holder lands on the pool
+        // (a rebuilt record may reuse the place an old reference names), by reading: a record
+        // another holder's rebuild put at a stale place fails the identity check.
+        const jobs: HolderJob[] = [];
+        // Listed up front: no LMDB read transaction stays open across the awaits below.
+        for (const [key, ref] of [...holder.list()]) {
+          const lost = ref.shards.findIndex((sh) => sh.pool === poolName);
+          if (lost < 0) continue;
+          report.stripesChecked++;
+          if (holder.isSource) report.objectStripesChecked++;
+          // Outside every segment the pool's store has: gone, no read needed (the common case).
+          const present = target !== null && target.contains(this.stripes.resolve(ref.shards[lost]!)) && (await this.stripes.shardPresent(ref, lost));
+          if (present) continue;
+          jobs.push({ ref, lost, key, at: ref.shards[lost]!.segment * 2 ** 40 + ref.shards[lost]!.offsetBytes });
         }
-      };
-      workers = Array.from({ length: POOL_REBUILD_GROUPS_AT_ONCE }, worker);
-      await Promise.all(workers);
-      if (this.stopped) break;
+        // Write order on the lost pool is write order on the survivors: their records are back to back.
+        jobs.sort((a, b) => a.at - b.at);
+        let next = 0;
+        const worker = async () => {
+          let scratch: Buffer | undefined;
+          // The group being taken (entries set Reconstructing, not handed on yet): a throw there returns them.
+          let taking: { entry: QueuedStripe }[] | null = null;
+          try {
+            while (next < jobs.length && !this.stopped) {
+              const group: { job: HolderJob; key: string; entry: QueuedStripe; keepQueued: boolean }[] = [];
+              taking = group;
+              while (next < jobs.length && group.length < SCRUB_GROUP_STRIPES) {
+                const job = jobs[next++]!;
+                const key = holder.queueKey(job.key);
+                const cur = this.states.get(key);
+                if (cur?.state === 'Reconstructing') {
+                  cur.poolRebuild = report; // a pass has it: counted here once it lands
+                  continue;
+                }
+                const now = holder.current(job.key);
+                if (now === undefined) continue; // gone (trimmed, promoted, deleted)
+                if (!holder.same(now, job.ref)) {
+                  // Rewritten, or its records moved by compaction, since it was listed: the
+                  // queue's pass checks the current stripe in full (and drops it if whole).
+                  holder.requeue(job.key, `pool ${poolName} lost; stripe changed while the rebuild ran`);
+                  const queued = this.states.get(key);
+                  if (queued !== undefined) queued.poolRebuild = report;
+                  continue;
+                }
+                if (!cur && this.states.size >= this.maxQueued + POOL_REBUILD_GROUPS_AT_ONCE * SCRUB_GROUP_STRIPES) {
+                  report.notRebuilt++; // queue full: the next rebuild or scrub finds it
+                  continue;
+                }
+                const entry: QueuedStripe = cur ?? { ...holder.entry(job.key), state: 'Degraded', reason: `pool ${poolName} lost` };
+                entry.state = 'Reconstructing';
+                entry.poolRebuild = report; // a pass that finishes it (pool offline, flip superseded, slow path) counts it
+                this.states.set(key, entry); // bounded: at most the groups in flight beyond the queue's own entries
+                // Another shard on a pool that is offline now (not a source): that one is gone too.
+                // Kept queued for it while the queue is at most half full: entries the rebuild adds
+                // must not crowd out its own in-flight stripes (beyond it the scrub finds them).
+                const otherLost = job.ref.shards.some((sh, i) => i !== job.lost && !sourceRank.has(sh.pool));
+                group.push({ job, key, entry, keepQueued: cur !== undefined || (otherLost && this.states.size < this.maxQueued / 2) });
+              }
+              taking = null;
+              if (group.length === 0) continue;
+              if (target === null) {
+                // Nowhere to land on the pool itself: the pass places these elsewhere.
+                for (const g of group) g.entry.state = 'Degraded';
+                continue;
+              }
+              let prepared: (PreparedRebuild | null)[];
+              try {
+                // Scratch only where the JS path needs it (compressed records): the native kernel reads into its own.
+                prepared = await this.stripes.prepareLostShards(group.map((g) => g.job), sourceRank, (bytes) => (scratch = this.scratchFor(scratch, bytes)));
+              } catch (err) {
+                for (const g of group) this.rebuildFailed(holder.label, g.entry, err);
+                continue;
+              }
+              const fast: LandingStripe[] = [];
+              prepared.forEach((p, t) => {
+                const g = group[t]!;
+                if (p !== null) {
+                  fast.push({ ...g, holder, prepared: p });
+                  return;
+                }
+                // A source was missing or bad: read every survivor, decode from the good ones.
+                report.slowPathStripes++;
+                g.entry.state = 'Degraded';
+                g.entry.reason = `pool ${poolName} lost; a survivor failed verification`;
+                slow.push(this.rebuildOne(g.key, g.entry));
+              });
+              if (fast.length === 0) continue;
+              const lengthBytes = fast.reduce((sum, f) => sum + f.prepared.lengthBytes, 0);
+              const w = (window ??= { token: this.stripes.beginWrite(), bytes: 0, writes: [], landed: [] });
+              const written = this.writeLost(holder.label, poolName, target, w, fast);
+              w.writes.push(written);
+              w.bytes += lengthBytes;
+              if (w.bytes >= REBUILD_SYNC_BYTES) {
+                window = null;
+                flushOf(w);
+              }
+              // Bounds the record buffers held (they are recycled once written).
+              await landing.add(written, lengthBytes);
+              if (PAUSE_POOL_REBUILD && only === null) await (paused ??= this.pauseRebuild(poolName, written));
+            }
+          } catch (err) {
+            for (const g of taking ?? []) this.rebuildFailed(holder.label, g.entry, err);
+            throw err;
+          } finally {
+            this.returnScratch(scratch);
+          }
+        };
+        workers = Array.from({ length: POOL_REBUILD_GROUPS_AT_ONCE }, worker);
+        await Promise.all(workers);
+        if (this.stopped) break;
+      } finally {
+        if (lent !== null) giveBackAfterFlips(lent);
+      }
     }
     await landing.drain();
     const last = window as SyncWindow | null;
     window = null; // handed on: a throw after this must not have settle() flush it again
-    if (last !== null && target !== null) flushes.push(this.flushWindow(poolName, target, last, report));
+    if (last !== null && target !== null) flushOf(last);
     await Promise.all(flushes);
     await Promise.all(slow); // counted by land() through the entries' poolRebuild tag
     // Stripes superseded while landing, or left for other pools, and those that found no pool
@@ -1409,6 +1464,32 @@ export class Reconstructor {
     report.durationMs = Date.now() - started;
     log.info('pool rebuild finished', { ...report });
     return report;
+  }
+
+  /**
+   * A volume of a pool rebuild, borrowed for its turn (given back once the
+   * flips of its stripes are done), or null when it has nothing to do: a
+   * closed one (`closed`: its record as listed) whose chunk map in the index
+   * has no stripe with a shard on the pool is not opened; one deleted since
+   * it was listed is passed over; one that no longer opens is skipped as
+   * those listed unavailable are (named in the report with its stripes there).
+   */
+  private lendForRebuild(name: string, closed: VolumeRecord | null, poolName: string, report: PoolRebuildReport): Volume | null {
+    const onPool = (rec: VolumeRecord) => this.indexStripes(rec).filter(([, ref]) => ref.shards.some((sh) => sh.pool === poolName)).length;
+    if (closed !== null && this.index !== null && onPool(closed) === 0) return null;
+    try {
+      return this.volumes.borrow(name);
+    } catch (err) {
+      const rec = this.index?.volumes.get(name);
+      if (this.index !== null && rec === undefined) return null; // deleted meanwhile
+      const stripes = rec === undefined ? null : onPool(rec);
+      if (stripes === 0) return null;
+      const u = this.volumes.openFailure(name) ?? { volume: name, pool: rec?.poolName ?? '', error: (err as Error).message };
+      report.volumesSkipped.push({ ...u, stripes });
+      report.stripesSkipped += stripes ?? 0;
+      log.warn('pool rebuild skips a volume that no longer opens; the pool stays not fully rebuilt until it opens (retried every retry interval, or rebuild again)', { pool: poolName, volume: name, stripes: stripes ?? 'unknown', err: u.error });
+      return null;
+    }
   }
 
   /** A volume's chunk map as a pool rebuild sees it (keys are chunk indexes as strings). */
@@ -1648,6 +1729,20 @@ interface LandingStripe {
 }
 
 /** A pool rebuild's writes since its last sync, and the write session that keeps compaction off them. */
+/**
+ * How the scrub and the pool rebuilds reach the volumes (the daemon's
+ * VolumeManager: volumesForPass, borrowVolume, giveBack, openFailure).
+ */
+export interface PassVolumeSource {
+  /** Every volume: the open ones, the closed ones (records: their chunk maps are in the index) and those that cannot be opened now; opens none that may open. */
+  list(): { open: Volume[]; closed: VolumeRecord[]; unavailable: UnavailableVolume[] };
+  /** The volume, open until given back; throws as an open does. */
+  borrow(name: string): Volume;
+  giveBack(vol: Volume): void;
+  /** The recorded failure of the volume's last open, if it failed. */
+  openFailure(name: string): UnavailableVolume | undefined;
+}
+
 interface SyncWindow {
   token: number;
   bytes: number;

@@ -7,7 +7,7 @@ import { ChunkState, MetaStore, VOLUME_NAME_RE, type ChunkEntry, type PoolRecord
 import { Pool } from '../pools/pool.js';
 import { dirEntries, holdsPoolLayout, readPoolIdentity, writePoolIdentity, type PoolIdentity } from '../pools/identity.js';
 import { randomUUID } from 'node:crypto';
-import { Volume, type ColdTier } from './volume.js';
+import { Volume, type ColdTier, type VolumeCounters } from './volume.js';
 import { Journal, journalFileEntries } from '../journal/journal.js';
 import { hotObjectsOnPool, markHotObjectsLost } from '../objects/pool-objects.js';
 import { prepareHotPool } from '../objects/hot-segments.js';
@@ -33,12 +33,6 @@ export interface UnavailableVolume {
   error: string;
 }
 
-/** The volumes that opened, and those that did not. */
-export interface VolumeListing {
-  volumes: Volume[];
-  unavailable: UnavailableVolume[];
-}
-
 export interface CreateVolumeOptions {
   name: string;
   sizeBytes: number;
@@ -53,7 +47,27 @@ export class VolumeManager {
   readonly pools = new Map<string, Pool>();
   /** The pools the daemon's configuration names (set at start, daemon.ts openManager); null: not known, every pool record counts. Records of others stay in the index. */
   configuredPools: ReadonlySet<string> | null = null;
+  /**
+   * The open volumes, by name. A volume stays open while something holds it:
+   * pinned (openVolume, volumeById: an NBD connection, an API request, a
+   * migration, the destager, the rebuild queue; until it is deleted or the
+   * daemon stops), or lent to a background pass (borrowVolume, until it gives
+   * it back); a failed one stays for good (EIO until a restart, never reopened
+   * silently). Once nothing holds it the last giveBack closes it (when it is
+   * quiet: Volume.quiet). So the open volumes, their descriptors and chunk
+   * maps, are what clients and work in flight use, not every volume the
+   * scrub, a pool rebuild or the control loop looked at.
+   */
   private readonly open = new Map<string, Volume>();
+  /** Ids of the open volumes pinned by openVolume (at most one entry per open volume). */
+  private readonly pinned = new Set<number>();
+  /** Loans of background passes per volume id (at most one entry per open volume). */
+  private readonly loans = new Map<number, number>();
+  /**
+   * I/O counters of volumes closed after a loan, by id, while not zero: the
+   * heat tracker reads counters that only grow. At most one per volume record.
+   */
+  private readonly closedCounters = new Map<number, VolumeCounters>();
   /**
    * Names of volumes being created: createVolume awaits its file's directory
    * sync before the record lands, and a second create of the name meanwhile
@@ -294,7 +308,12 @@ export class VolumeManager {
         scrubIntervalMs: policy.scrubbingEnabled ? policy.scrubIntervalMs : 0,
         scrubStripesPerSecond: 200,
       },
-      () => this.availableVolumes(),
+      {
+        list: () => this.volumesForPass(),
+        borrow: (name) => this.borrowVolume(name),
+        giveBack: (vol) => this.giveBack(vol),
+        openFailure: (name) => this.openFailure(name),
+      },
       this.meta,
       () => this.coldStripeCount(),
     );
@@ -383,13 +402,22 @@ export class VolumeManager {
     });
   }
 
-  /** Every volume, opened (cold stripes are only known once a volume is open). */
+  /** Every volume, opened and pinned (for good): only for tools and tests; the daemon's passes use volumesForPass. */
   allVolumes(): Volume[] {
     return this.meta.listVolumes().map((r) => this.openVolume(r.name));
   }
 
+  /**
+   * The open Volume of id `id`, pinned as openVolume's (the destager and the
+   * rebuild queue hold on to it across awaits: one lent to a pass and closed
+   * under them would flip a stripe in the index behind a reopened copy).
+   */
   volumeById(id: number): Volume | null {
-    for (const v of this.open.values()) if (v.rec.id === id) return v;
+    for (const v of this.open.values()) {
+      if (v.rec.id !== id) continue;
+      this.pinned.add(id);
+      return v;
+    }
     const rec = this.meta.listVolumes().find((v) => v.id === id);
     return rec ? this.openVolume(rec.name) : null;
   }
@@ -471,6 +499,7 @@ export class VolumeManager {
     for (const v of volumesLost) {
       const open = this.open.get(v);
       this.open.delete(v);
+      if (open) this.pinned.delete(open.rec.id);
       this.unopenable.delete(v);
       if (open) await open.close().catch(() => undefined);
     }
@@ -584,8 +613,95 @@ export class VolumeManager {
     return p;
   }
 
-  /** The shared open Volume for `name`, opening it on first use. */
+  /**
+   * The shared open Volume for `name`, opening it on first use, pinned: it
+   * stays open until the volume is deleted or the daemon stops. For clients
+   * and work that uses the volume beyond one call; a background pass that
+   * looks at a volume borrows it instead (borrowVolume).
+   */
   openVolume(name: string): Volume {
+    const vol = this.openShared(name);
+    this.pinned.add(vol.rec.id);
+    return vol;
+  }
+
+  /**
+   * The shared open Volume for `name` (opened if needed, as openVolume), lent
+   * to a background pass: it stays open until every loan of it is given back
+   * (giveBack), then closes unless something else holds it (see `open`).
+   */
+  borrowVolume(name: string): Volume {
+    const vol = this.openShared(name);
+    this.loans.set(vol.rec.id, (this.loans.get(vol.rec.id) ?? 0) + 1);
+    return vol;
+  }
+
+  /** Ends one loan of `vol` (borrowVolume); the last one closes it when nothing else holds it. */
+  giveBack(vol: Volume): void {
+    const id = vol.rec.id;
+    const n = this.loans.get(id);
+    if (n === undefined) {
+      // A bookkeeping bug, not worth the daemon (the callers run it from promise callbacks): kept open.
+      log.error('volume given back more often than it was lent; left open', { volume: vol.name });
+      return;
+    }
+    if (n > 1) {
+      this.loans.set(id, n - 1);
+      return;
+    }
+    this.loans.delete(id);
+    this.closeIfUnheld(vol);
+  }
+
+  /** borrowVolume, fn, giveBack. */
+  withVolume<T>(name: string, fn: (vol: Volume) => T): T {
+    const vol = this.borrowVolume(name);
+    try {
+      return fn(vol);
+    } finally {
+      this.giveBack(vol);
+    }
+  }
+
+  /**
+   * The open volumes by what holds them: pinned (lent too or not), lent only,
+   * and neither (idle: not yet quiet, or with journal records, when their last
+   * loan ended; closed at a later one).
+   */
+  openCounts(): { pinned: number; lent: number; idle: number } {
+    let pinned = 0;
+    let lent = 0;
+    for (const v of this.open.values()) {
+      if (this.pinned.has(v.rec.id)) pinned++;
+      else if (this.loans.has(v.rec.id)) lent++;
+    }
+    return { pinned, lent, idle: this.open.size - pinned - lent };
+  }
+
+  /**
+   * Closes `vol` when nothing holds it: not pinned, not lent, not failed (a
+   * failed volume answers EIO until the daemon restarts; reopened it would
+   * serve again), and quiet (nothing in flight, nothing written that is not
+   * durable: closing a file with writes not yet synced would lose their
+   * write-back error, which only descriptors open at the time see). The
+   * journal's records of a cold volume are not the volume's: the destager
+   * opens it (pinned) to destage them; kept open meanwhile, it saves that
+   * reopen. One not quiet yet stays open unpinned: the next loan's end looks again.
+   */
+  private closeIfUnheld(vol: Volume): void {
+    const id = vol.rec.id;
+    if (this.open.get(vol.name) !== vol || this.pinned.has(id) || this.loans.has(id) || vol.failed !== null || !vol.quiet()) return;
+    if (this.cold?.journal.hasVolume(id)) return;
+    this.open.delete(vol.name);
+    // Its cold chunks as the index has them (coldStripeCount): its in-memory map mirrors them.
+    this.closedColdChunks.set(id, vol.stripes.size);
+    const c = vol.counters;
+    if (c.readOps + c.writeOps + c.readBytes + c.writeBytes > 0) this.closedCounters.set(id, { ...c });
+    vol.close().catch((err: Error) => log.warn('closing a volume nothing holds failed', { volume: vol.name, err: err.message }));
+  }
+
+  /** The shared open Volume for `name`, opening it on first use; neither pinned nor lent. */
+  private openShared(name: string): Volume {
     const cached = this.open.get(name);
     // A failed volume stays failed (EIO) until the daemon restarts: never reopen it silently.
     if (cached) return cached;
@@ -603,22 +719,48 @@ export class VolumeManager {
   }
 
   /**
-   * Every volume that opens, and for each one that does not (its pool
-   * offline, a file failing with EIO) what failed: what the scrub, the
-   * stripe counts and the metrics go on with, so one volume that cannot be
-   * opened costs only its own figures.
+   * Every volume as a background pass (the scrub, a pool rebuild) takes them,
+   * opening none that may open: the open ones; the closed ones, by record
+   * (nothing but compaction, same bytes elsewhere, and a delete changes a
+   * closed volume's chunk map: the index answers for it, and a pass borrows
+   * one it must work on: borrowVolume); and those that cannot be opened now,
+   * with the pool and error: a volume that may not open (mayNotOpen) is tried
+   * (and closed again). Opening every volume here (availableVolumes before)
+   * kept each open for good after the first scrub: a descriptor and a chunk
+   * map per volume, until EMFILE.
    */
-  availableVolumes(): VolumeListing {
-    const volumes: Volume[] = [];
+  volumesForPass(): { open: Volume[]; closed: VolumeRecord[]; unavailable: UnavailableVolume[] } {
+    const open: Volume[] = [];
+    const closed: VolumeRecord[] = [];
     const unavailable: UnavailableVolume[] = [];
-    for (const r of this.meta.listVolumes()) {
-      try {
-        volumes.push(this.openVolume(r.name));
-      } catch (err) {
-        unavailable.push(this.unopenable.get(r.name)?.entry ?? { volume: r.name, pool: r.poolName, error: (err as Error).message });
+    const online = new Map<string, boolean>();
+    for (const rec of this.meta.listVolumes()) {
+      const vol = this.open.get(rec.name);
+      if (vol !== undefined) open.push(vol);
+      else if (!this.mayNotOpen(rec, online)) closed.push(rec);
+      else {
+        try {
+          this.giveBack(this.borrowVolume(rec.name));
+          closed.push(rec);
+        } catch (err) {
+          unavailable.push(this.unopenable.get(rec.name)?.entry ?? { volume: rec.name, pool: rec.poolName, error: (err as Error).message });
+        }
       }
     }
-    return { volumes, unavailable };
+    return { open, closed, unavailable };
+  }
+
+  /**
+   * Whether a closed volume may fail to open: lost, its placement pool
+   * offline (both fail before any file or chunk entry is read), its file
+   * missing (one stat), or its last open failed. `online` caches the pools'
+   * state for one pass over the volumes.
+   */
+  private mayNotOpen(rec: VolumeRecord, online: Map<string, boolean>): boolean {
+    if ((rec.lostOnPools?.length ?? 0) > 0 || this.unopenable.has(rec.name)) return true;
+    let placementOnline = online.get(rec.poolName);
+    if (placementOnline === undefined) online.set(rec.poolName, (placementOnline = this.pools.get(rec.poolName)?.isOnline() ?? false));
+    return !placementOnline || !fs.existsSync(this.pools.get(rec.poolName)!.volumeFile(rec.id));
   }
 
   /**
@@ -627,7 +769,7 @@ export class VolumeManager {
    * not known to fail: an open volume's from memory, a closed one's from
    * the index (closedColdChunks). A volume that is lost, whose placement
    * pool is offline (both fail before any file or chunk entry is read), or
-   * whose last open failed is tried as availableVolumes() does, and left
+   * whose last open failed is tried (and closed again), and left
    * out while it fails: unavailableVolumes() names it. Opening every volume
    * here kept a file open per volume for good (10,001 volumes: 10,044 fds)
    * and held the event loop 2-6.6 s at the first scrape.
@@ -641,11 +783,13 @@ export class VolumeManager {
         let placementOnline = online.get(rec.poolName);
         if (placementOnline === undefined) online.set(rec.poolName, (placementOnline = this.pools.get(rec.poolName)?.isOnline() ?? false));
         if (!placementOnline || (rec.lostOnPools?.length ?? 0) > 0 || this.unopenable.has(rec.name)) {
+          // Tried (and closed again: nothing holds it), left out while it fails.
           try {
-            vol = this.openVolume(rec.name);
+            this.giveBack(this.borrowVolume(rec.name));
           } catch {
             continue;
           }
+          vol = this.open.get(rec.name);
         }
       }
       stripes += vol !== undefined ? vol.stripes.size : this.closedColdChunkCount(rec);
@@ -680,12 +824,43 @@ export class VolumeManager {
         continue;
       }
       try {
-        this.openVolume(name);
+        this.giveBack(this.borrowVolume(name));
       } catch {
         // Recorded again, with this failure.
       }
     }
     return [...this.unopenable.values()].map((u) => u.entry);
+  }
+
+  /**
+   * What a move of the volume to its own tier still has to do (a move a kill
+   * cut or an abort left): for a cold volume, its chunks still in a file
+   * (Allocated); for a hot or warm one, whether a chunk is off its placement
+   * file (on a stripe, in another pool's file, or journaled). From the open
+   * volume; a closed one from the index, opening nothing (nothing changes a
+   * closed volume's chunk map but compaction and a delete): the control loop
+   * asks it of every volume at every pass. One that may not open, or a
+   * hot/warm one with journal records, is borrowed for the answer (an open
+   * that fails throws, as openVolume's).
+   */
+  unfinishedMove(name: string): { chunksOnFile: number; offPlacement: boolean } {
+    const rec = this.meta.volumes.get(name);
+    if (!rec) throw new NotFound(`no volume named ${name}`);
+    const fromVolume = (vol: Volume) => ({ chunksOnFile: vol.chunksOnFile().length, offPlacement: vol.hasChunksOffPlacement() });
+    const open = this.open.get(name);
+    if (open !== undefined) return fromVolume(open);
+    if (this.mayNotOpen(rec, new Map()) || (rec.tier !== 'cold' && (this.cold?.journal.hasVolume(rec.id) ?? false))) return this.withVolume(name, fromVolume);
+    const chunkCount = Volume.chunkCount(rec.sizeBytes, rec.chunkSizeBytes);
+    let chunksOnFile = 0;
+    let offPlacement = false;
+    for (const { chunkIndex, entry } of this.meta.volumeChunks(rec.id)) {
+      if (chunkIndex >= chunkCount) continue;
+      if (entry.state === ChunkState.Allocated) {
+        chunksOnFile++;
+        if (entry.pool !== rec.poolName) offPlacement = true;
+      } else if (entry.state === ChunkState.Cold) offPlacement = true;
+    }
+    return { chunksOnFile, offPlacement: rec.tier !== 'cold' && offPlacement };
   }
 
   /** The recorded failure of the last open of `name`, if it failed (no new attempt). */
@@ -761,6 +936,9 @@ export class VolumeManager {
       if (entry.state === ChunkState.Cold && entry.stripe) vol.stripes.set(chunkIndex, entry.stripe);
       if (entry.preserved) vol.preserved.set(chunkIndex, entry.preserved);
     }
+    const counters = this.closedCounters.get(rec.id);
+    if (counters !== undefined) Object.assign(vol.counters, counters);
+    this.closedCounters.delete(rec.id);
     this.open.set(name, vol);
     this.closedColdChunks.delete(rec.id);
     return vol;
@@ -877,6 +1055,7 @@ export class VolumeManager {
     if (!rec) throw new NotFound(`no volume named ${name}`);
     const vol = this.open.get(name);
     this.open.delete(name);
+    this.pinned.delete(rec.id);
     this.unopenable.delete(name);
     if (vol) await vol.close();
     // Allocated chunks per pool: a volume may have chunks in two pools' files.
@@ -893,6 +1072,7 @@ export class VolumeManager {
     // (reclaimed on create), never an index entry pointing at freed bytes.
     await this.meta.deleteVolume(rec);
     this.closedColdChunks.delete(rec.id);
+    this.closedCounters.delete(rec.id);
     // An open while the awaits above ran (a destager tick, a scrape, the
     // control loop) still found the record: it cached the volume (a new
     // volume of this name would then get the deleted one's file) or
@@ -901,6 +1081,7 @@ export class VolumeManager {
     this.unopenable.delete(name);
     const late = this.open.get(name)?.rec.id === rec.id ? this.open.get(name)! : null;
     if (late) this.open.delete(name);
+    this.pinned.delete(rec.id);
     this.cold?.journal.dropVolume(rec.id);
     for (const ref of stripes) this.cold?.stripes.free(ref);
     for (const [pool, n] of allocated) this.pools.get(pool)?.release(n * rec.chunkSizeBytes);
@@ -919,6 +1100,7 @@ export class VolumeManager {
       await v.close();
     }
     this.open.clear();
+    this.pinned.clear();
     if (this.cold) {
       await this.cold.journal.close();
       await this.cold.stripes.close();

@@ -1458,7 +1458,9 @@ export class Volume {
    * compaction moved the stripe, and point the index at a stale copy).
    */
   async replaceStripe(c: number, expected: StripeRef, next: StripeRef): Promise<boolean> {
-    if (this.stripes.get(c) !== expected) {
+    // Closed (deleted, or closed once nothing held it): a flip in the index now would be behind
+    // the back of a copy opened since, whose next destage would free the rebuilt stripe.
+    if (this.closed || this.stripes.get(c) !== expected) {
       // Superseded meanwhile (rewritten, discarded, promoted, moved by
       // compaction, or the volume deleted): no flip, so the records the
       // rebuild just wrote are referenced by nothing and are dead, counted
@@ -1684,6 +1686,21 @@ export class Volume {
       this.chunkWrites = writes;
     }
     this.rec = { ...this.rec, sizeBytes: newSizeBytes };
+  }
+
+  /**
+   * Nothing in flight (requests, chunk copies and zeroing, destages,
+   * RELEASE's truncate or file removals, a tier switch) and nothing written
+   * that is not durable (every file synced since its last mutation, the chunk
+   * map committed durably): a close now waits for nothing and loses nothing,
+   * and a later open sees what this one saw. The manager closes a volume
+   * nothing holds only then (VolumeManager.closeIfUnheld). A file's first
+   * mutation is its open (openOrCreate synced it just before).
+   */
+  quiet(): boolean {
+    if (this.closed || this.ops > 0 || this.gate !== null || this.fileMutations > 0 || this.fileReads > 0 || this.metaDirty || this.preserveOnSwitch) return false;
+    if (this.preparing.size > 0 || this.destaging.size > 0 || this.truncating !== null || this.unlinking.size > 0) return false;
+    return this.files.every((f) => f.syncing.size === 0 && f.shrinkSync === undefined && (f.mutations === f.syncedMutations || f.mutations === 1));
   }
 
   async close(): Promise<void> {
