@@ -141,6 +141,53 @@ describe('s3 conditional deletes: If-Match, size and last-modified conditions, j
     assert.deepEqual(await outcome(env.sdk.send(new AbortMultipartUploadCommand({ Bucket: 'cold', Key: 'up', UploadId }))), [404, 'NoSuchUpload']);
   });
 
+  it('a time that is not an HTTP-date or an ISO 8601 time with a zone is 400 (DeleteObjects: MalformedXML; an abort: 400), never judged as some other time; each such form is taken', async () => {
+    await put('hot', 't', 'timed');
+    const lm = (await env.sdk.send(new HeadObjectCommand({ Bucket: 'hot', Key: 't' }))).LastModified!;
+    const { UploadId } = await env.sdk.send(new CreateMultipartUploadCommand({ Bucket: 'hot', Key: 't-up' }));
+    const at = new Date(lm);
+    const pad = (n: number) => String(n).padStart(2, '0');
+    // V8's Date.parse reads each of these as a date: "1" as 2001-01-01, a date with junk after it as another day.
+    for (const bad of ['1', '12', '2026', `${at.toUTCString()} junk`, `${at.toUTCString()}, ${at.toUTCString()}`, '11/28/2026', at.toISOString().replace('Z', ''), at.toISOString().slice(0, 10)]) {
+      const r = await signedRequest(env, 'DELETE', '/hot/t', {}, '', { 'x-amz-if-match-last-modified-time': bad });
+      assert.equal(r.status, 400, `${JSON.stringify(bad)}: ${r.body}`);
+      assert.match(r.body, /<Code>InvalidArgument<\/Code>/);
+      const abort = await signedRequest(env, 'DELETE', '/hot/t-up', { uploadId: UploadId! }, '', { 'x-amz-if-match-initiated-time': bad });
+      assert.equal(abort.status, 400, `abort ${JSON.stringify(bad)}: ${abort.body}`);
+      const xml = `<Delete><Object><Key>t</Key><LastModifiedTime>${bad}</LastModifiedTime></Object></Delete>`;
+      const many = await signedRequest(env, 'POST', '/hot', { delete: '' }, xml, { 'content-md5': createHash('md5').update(xml).digest('base64') });
+      assert.equal(many.status, 400, `DeleteObjects ${JSON.stringify(bad)}: ${many.body}`);
+      assert.match(many.body, /<Code>MalformedXML<\/Code>/);
+    }
+    assert.ok(await exists('hot', 't'), 'a refused DELETE deleted');
+    assert.equal(((await env.sdk.send(new ListMultipartUploadsCommand({ Bucket: 'hot', Prefix: 't-up' }))).Uploads ?? []).length, 1, 'a refused abort dropped the upload');
+    // Every HTTP-date form (IMF-fixdate, also with a 1-digit day or a numeric zone as RFC 1123 allows; RFC 850;
+    // asctime) and ISO 8601 with a zone, each naming the Last-Modified of a version PUT for it.
+    const forms = (when: Date) => {
+      const [day, mon] = [when.toUTCString().slice(0, 3), when.toUTCString().slice(8, 11)];
+      const [d, y] = [when.getUTCDate(), when.getUTCFullYear()];
+      const hms = `${pad(when.getUTCHours())}:${pad(when.getUTCMinutes())}:${pad(when.getUTCSeconds())}`;
+      const longDay = { Mon: 'Monday', Tue: 'Tuesday', Wed: 'Wednesday', Thu: 'Thursday', Fri: 'Friday', Sat: 'Saturday', Sun: 'Sunday' }[day]!;
+      return [
+        when.toUTCString(),
+        `${day}, ${d} ${mon} ${y} ${hms} GMT`,
+        `${day}, ${pad(d)} ${mon} ${y} ${hms} +0000`,
+        `${longDay}, ${pad(d)}-${mon}-${String(y).slice(2)} ${hms} GMT`,
+        `${day} ${mon} ${String(d).padStart(2, ' ')} ${hms} ${y}`,
+        when.toISOString(),
+        when.toISOString().replace(/\.\d{3}Z$/, 'Z'),
+        `${new Date(when.getTime() + 3_600_000).toISOString().slice(0, 19)}+01:00`,
+      ];
+    };
+    for (let i = 0; i < forms(lm).length; i++) {
+      await put('hot', 't', 'timed');
+      const when = forms((await env.sdk.send(new HeadObjectCommand({ Bucket: 'hot', Key: 't' }))).LastModified!)[i]!;
+      const r = await signedRequest(env, 'DELETE', '/hot/t', {}, '', { 'x-amz-if-match-last-modified-time': when });
+      assert.equal(r.status, 204, `${JSON.stringify(when)}: ${r.body}`);
+      assert.equal(await exists('hot', 't'), false, `${JSON.stringify(when)} did not delete`);
+    }
+  });
+
   it('If-None-Match on a DELETE (S3 defines none) stays 501 NotImplemented, a size that is not a number 400 InvalidArgument: nothing deleted', async () => {
     await put('hot', 'kept', 'kept');
     const none = await signedRequest(env, 'DELETE', '/hot/kept', {}, '', { 'if-none-match': '*' });

@@ -157,6 +157,64 @@ function refuseConditionalHeaders(raw: IncomingMessage, operation: string, heade
   const h = headers.find((n) => raw.headers[n] !== undefined);
   if (h !== undefined) throw new S3Error('NotImplemented', 501, `Conditional requests (${h} on ${operation}) are not supported by CoucheStor; nothing was written or deleted.`);
 }
+const MONTHS = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec'];
+const MONTH = MONTHS.join('|');
+const WEEKDAY = 'Mon|Tue|Wed|Thu|Fri|Sat|Sun';
+const IMF_DATE = new RegExp(`^(?:${WEEKDAY}), (\\d{1,2}) (${MONTH}) (\\d{4}) (\\d\\d):(\\d\\d):(\\d\\d) (GMT|UTC|[+-]\\d{4})$`);
+const RFC850_DATE = new RegExp(`^(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday), (\\d\\d)-(${MONTH})-(\\d\\d) (\\d\\d):(\\d\\d):(\\d\\d) GMT$`);
+const ASCTIME_DATE = new RegExp(`^(?:${WEEKDAY}) (${MONTH}) ([ \\d]\\d) (\\d\\d):(\\d\\d):(\\d\\d) (\\d{4})$`);
+const ISO_TIME = /^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(\.\d{1,9})?(Z|[+-]\d\d:?\d\d)$/i;
+/** A zone (GMT, UTC, Z, +hhmm, -hh:mm) as minutes east of UTC; NaN for hours over 23 or minutes over 59. */
+function zoneOffsetMinutes(zone: string): number {
+  const z = zone.replace(':', '');
+  if (z[0] !== '+' && z[0] !== '-') return 0;
+  const [hours, minutes] = [Number(z.slice(1, 3)), Number(z.slice(3, 5))];
+  if (hours > 23 || minutes > 59) return NaN;
+  return (z[0] === '-' ? -1 : 1) * (hours * 60 + minutes);
+}
+/**
+ * A conditional delete's time (x-amz-if-match-last-modified-time,
+ * x-amz-if-match-initiated-time, DeleteObjects' LastModifiedTime) in ms since
+ * the epoch, or undefined when `text` is not one: an HTTP-date (RFC 9110
+ * 5.6.7: IMF-fixdate, as the SDKs and the aws cli send it, also with a 1-digit
+ * day or a numeric zone as RFC 1123 writes it; the obsolete RFC 850 and
+ * asctime forms), or ISO 8601 with a zone (as S3's listings give times). Not
+ * Date.parse: V8 reads "1", "12", "11/28/2026" or a date with junk after it
+ * as some date, so a malformed value was judged as another time (412) where
+ * it must be refused (400), and a time with no zone is read in the server's.
+ */
+function parseTimestampMs(text: string): number | undefined {
+  const t = text.trim();
+  let y: number, mo: number, d: number, h: number, mi: number, s: number;
+  let fractionMs = 0;
+  let zoneMinutes = 0;
+  let m: RegExpExecArray | null;
+  const month = (name: string) => MONTHS.indexOf(name);
+  if ((m = IMF_DATE.exec(t))) {
+    [d, mo, y, h, mi, s] = [Number(m[1]), month(m[2]!), Number(m[3]), Number(m[4]), Number(m[5]), Number(m[6])];
+    zoneMinutes = zoneOffsetMinutes(m[7]!);
+  } else if ((m = RFC850_DATE.exec(t))) {
+    // A 2-digit year: the century that puts it at most 50 years ahead (RFC 9110 5.6.7).
+    const yy = Number(m[3]);
+    const now = new Date().getUTCFullYear();
+    y = Math.floor(now / 100) * 100 + yy;
+    if (y > now + 50) y -= 100;
+    [d, mo, h, mi, s] = [Number(m[1]), month(m[2]!), Number(m[4]), Number(m[5]), Number(m[6])];
+  } else if ((m = ASCTIME_DATE.exec(t))) {
+    [mo, d, h, mi, s, y] = [month(m[1]!), Number(m[2]!.trim()), Number(m[3]), Number(m[4]), Number(m[5]), Number(m[6])];
+  } else if ((m = ISO_TIME.exec(t))) {
+    [y, mo, d, h, mi, s] = [Number(m[1]), Number(m[2]) - 1, Number(m[3]), Number(m[4]), Number(m[5]), Number(m[6])];
+    if (m[7] !== undefined) fractionMs = Math.floor(Number(`0${m[7]}`) * 1000);
+    zoneMinutes = zoneOffsetMinutes(m[8]!);
+  } else {
+    return undefined;
+  }
+  // Fields out of range (Feb 30, 24:00, a 99 minute offset) are refused, not rolled over.
+  const at = new Date(Date.UTC(y, mo, d, h, mi, s));
+  if (y < 1000 || at.getUTCFullYear() !== y || at.getUTCMonth() !== mo || at.getUTCDate() !== d || at.getUTCHours() !== h || at.getUTCMinutes() !== mi || at.getUTCSeconds() !== s) return undefined;
+  if (Number.isNaN(zoneMinutes)) return undefined;
+  return at.getTime() + fractionMs - zoneMinutes * 60_000;
+}
 /** An If-Match value or DeleteObjects ETag: a comma-separated list, quoted or bare, W/ ignored, '*' for any; lowercase. */
 const etagList = (v: string) => v.split(',').map((e) => e.trim().replace(/^W\//, '').replace(/"/g, '').toLowerCase());
 /**
@@ -172,8 +230,8 @@ function deleteConditionValues(etag: string | undefined, size: string | undefine
     cond.sizeBytes = Number(size.trim());
   }
   if (time !== undefined) {
-    const ms = Date.parse(time.trim());
-    if (Number.isNaN(ms)) throw bad('time');
+    const ms = parseTimestampMs(time);
+    if (ms === undefined) throw bad('time');
     cond.lastModifiedMs = ms;
   }
   return cond;
@@ -204,8 +262,8 @@ function abortCondition(raw: IncomingMessage): number | undefined {
   refuseConditionalHeaders(raw, 'AbortMultipartUpload', ['if-match', 'if-none-match', 'x-amz-if-match-size', 'x-amz-if-match-last-modified-time']);
   const v = header(raw, 'x-amz-if-match-initiated-time');
   if (v === undefined) return undefined;
-  const ms = Date.parse(v.trim());
-  if (Number.isNaN(ms)) throw new S3Error('InvalidArgument', 400, 'x-amz-if-match-initiated-time must be a date (HTTP date or ISO 8601)', { ArgumentName: 'x-amz-if-match-initiated-time', ArgumentValue: v });
+  const ms = parseTimestampMs(v);
+  if (ms === undefined) throw new S3Error('InvalidArgument', 400, 'x-amz-if-match-initiated-time must be a date (HTTP date or ISO 8601)', { ArgumentName: 'x-amz-if-match-initiated-time', ArgumentValue: v });
   return ms;
 }
 const notImplementedHeader = (h: string, why: string) => new S3Error('NotImplemented', 501, `A header you provided implies functionality that is not implemented: ${why}`, { Header: h });
