@@ -948,6 +948,11 @@ export class VolumeManager {
     return [...this.open.values()];
   }
 
+  /** The I/O counters of closed volumes that served I/O since the start, by volume id (the heat tracker's reading of a volume not open). */
+  closedVolumeCounters(): ReadonlyMap<number, Readonly<VolumeCounters>> {
+    return this.closedCounters;
+  }
+
   async resizeVolume(name: string, newSizeBytes: number): Promise<VolumeRecord> {
     validateSize(newSizeBytes);
     const rec = this.meta.volumes.get(name);
