@@ -150,3 +150,29 @@ test(`the index keeps at most ${MAX_PERSISTED_SAMPLES_PER_VOLUME} samples a volu
     assert.ok(Math.abs(r.iops! - w) <= 0.03 * w, `${windowMs / 1000}s window read ${r.iops} IOPS, want ${w}`);
   }
 });
+
+test('a volume a background pass opened and closed again keeps the ops it served: counted at the next sample, kept across a restart', async (t) => {
+  let m: VolumeManager | null = null;
+  const dir = tempDirClosing(t, 'heat-kept-closed-', () => m ?? { close: async () => undefined });
+  m = await openManager(dir);
+  await m.createVolume({ name: 'c', sizeBytes: MiB });
+  const t0 = Date.now() - 60_000;
+  const heat = new HeatTracker(m, 60_000, SAMPLE_MS);
+  heat.sample(t0);
+  // Lent to a pass (as a pool rebuild borrows one), read through, given back: closed (nothing holds it).
+  const lent = m.borrowVolume('c');
+  for (let i = 0; i < 30; i++) await readVolume(lent, i * 4096, 4096);
+  m.giveBack(lent);
+  assert.ok(!m.openVolumes().some((v) => v.name === 'c'), 'closed once given back');
+  heat.sample(t0 + 2_000);
+  assert.equal(heat.read('c', 2_000, t0 + 2_000).iops, 15, 'the 30 reads of the closed volume, over 2 s');
+  // Opened again (its counters carried over): only the new reads are new.
+  await reads(m, 'c', 10);
+  await heat.refresh(10_000, ['c'], t0 + 4_000);
+  assert.equal(heat.read('c', 4_000, t0 + 4_000).iops, 10, '40 reads over 4 s');
+  await m.close();
+  m = await openManager(dir);
+  const after = new HeatTracker(m, 60_000, SAMPLE_MS);
+  after.sample(t0 + 5_000);
+  assert.equal(after.read('c', 5_000, t0 + 5_000).iops, 8, '40 reads over 5 s after the restart');
+});

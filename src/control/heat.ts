@@ -27,9 +27,10 @@ export const MAX_SAMPLES_PER_VOLUME = 3600;
 /**
  * Bound on samples kept in the index per volume (HEAT_SAMPLES_DB), thinned
  * by age past it like the memory's (to 3/4 of it): at most 128 entries of
- * about 40 bytes (key [volumeId, atMs], value [readOps, writeOps], LMDB's
- * node header), so <= ~5 KiB a volume and <= ~520 MiB for 100,000 volumes
- * busy over their whole window; an idle volume holds 1 or 2.
+ * about 44 bytes each in the index's pages (key [volumeId, atMs], value
+ * [readOps, writeOps], LMDB's node header and page fill: bench/heat-refresh),
+ * so <= ~5.5 KiB a volume and <= ~540 MiB for 100,000 volumes busy over
+ * their whole window; an idle volume holds 1 or 2 (~9 MiB for 100,000).
  */
 export const MAX_PERSISTED_SAMPLES_PER_VOLUME = 128;
 
@@ -47,8 +48,9 @@ interface Tracked {
   /**
    * The volume's counters as last read (this process's ops: 0 at a start).
    * They only grow while the process runs, also across a close and reopen
-   * (the manager keeps a closed volume's counters and hands them to its next
-   * open); a drop is read as counters that started again from 0.
+   * (the manager keeps a closed volume's counters, closedVolumeCounters, and
+   * hands them to its next open); a drop is read as counters that started
+   * again from 0.
    */
   rawReadOps: number;
   rawWriteOps: number;
@@ -191,6 +193,8 @@ export class HeatTracker implements HeatSource {
   sample(nowMs = Date.now()): void {
     const live = new Set<string>();
     const open = new Map(this.manager.openVolumes().map((v) => [v.name, v]));
+    // A volume closed once nothing held it (a background pass's loan): its counters as at the close.
+    const closed = this.manager.closedVolumeCounters();
     // The first sample reads the whole index; later ones see only volumes made since (nothing kept) or a tracker made again.
     const kept = this.loaded ? null : this.loadKept();
     this.loaded = true;
@@ -213,7 +217,7 @@ export class HeatTracker implements HeatSource {
         this.samples.set(rec.name, list);
       }
       const v = open.get(rec.name);
-      count(t, v !== undefined && v.rec.id === rec.id ? v.counters : null);
+      count(t, v !== undefined && v.rec.id === rec.id ? v.counters : (closed.get(rec.id) ?? null));
       list.push({ atMs: nowMs, readOps: t.readOps, writeOps: t.writeOps });
       while (list.length > 2 && nowMs - list[1]!.atMs > this.retainMs) list.shift();
       if (list.length > MAX_SAMPLES_PER_VOLUME) this.samples.set(rec.name, thin(list, nowMs, Math.floor((MAX_SAMPLES_PER_VOLUME * 3) / 4)));
@@ -322,8 +326,9 @@ export class HeatTracker implements HeatSource {
 }
 
 /**
- * Adds the ops `counters` (the open volume's; null when it is not open, so
- * it served none) show since the last call to `t`'s cumulative counts.
+ * Adds the ops `counters` (the open volume's, or a closed one's as at its
+ * close; null: not opened since the start, it served none) show since the
+ * last call to `t`'s cumulative counts.
  * Counters below the last reading started again from 0 (a reopen in a build
  * that does not carry them over): all they show is new.
  */
