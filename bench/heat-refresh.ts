@@ -84,13 +84,16 @@ async function main(): Promise<void> {
       for (const v of vols) v.counters.readOps += 10;
     });
     (self as HeatTracker).stop();
-    const bytes = fs.statSync(path.join(dir, 'meta', 'meta', 'data.mdb')).size;
-    const rows = m.meta.openDB(HEAT_SAMPLES_DB).getCount();
+    const heatDb = m.meta.openDB(HEAT_SAMPLES_DB);
+    const rows = heatDb.getCount();
+    // Pages of the heat db's tree (leaf + branch + overflow) x the page size: its share of the index file.
+    const st = heatDb.getStats() as { pageSize: number; treeBranchPageCount: number; treeLeafPageCount: number; overflowPages: number };
+    const bytes = st.pageSize * (st.treeBranchPageCount + st.treeLeafPageCount + st.overflowPages);
     const t0 = performance.now();
     const fresh = new HeatTracker(m, WINDOW_MS, 1_000);
     fresh.sample(nowMs + PASS_MS);
     const restoreMs = performance.now() - t0;
-    console.log(`restart: a fresh tracker's first sample (reads back ${rows} kept samples of ${count} volumes) ${restoreMs.toFixed(0)} ms; index file ${(bytes / MiB).toFixed(1)} MiB`);
+    console.log(`restart: a fresh tracker's first sample (reads back ${rows} kept samples of ${count} volumes) ${restoreMs.toFixed(0)} ms; heat samples db ${(bytes / MiB).toFixed(2)} MiB (${(bytes / rows).toFixed(0)} bytes a sample)`);
     await m.close();
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
