@@ -131,5 +131,13 @@ test('an S3 object and parts lost with a replaced hot disk: HEAD, attributes, ra
   assert.equal(md5(bytes), md5(part1));
   // The lost object still answers its loss (it is not healed by the new disk); DELETE removes it.
   assert.deepEqual((await refusal(sdk.send(new GetObjectCommand({ Bucket: 'bkt', Key: 'k0' })))).slice(0, 2), [500, 'InternalError']);
+  // A PUT over it makes it whole again (README: "until DELETE or a new PUT over them"); the hot pools
+  // count only bytes on their disks now: the new k0 and mp's part, nothing for what was lost.
+  const fresh = patternBytes(MiB, 0x53c);
+  await sdk.send(new PutObjectCommand({ Bucket: 'bkt', Key: 'k0', Body: fresh }));
+  assert.equal((await sdk.send(new HeadObjectCommand({ Bucket: 'bkt', Key: 'k0' }))).ContentLength, fresh.length);
+  assert.equal(md5(Buffer.from(await (await sdk.send(new GetObjectCommand({ Bucket: 'bkt', Key: 'k0' }))).Body!.transformToByteArray())), md5(fresh));
+  const pools = JSON.parse(d.cli('pools', 'list', '--json').stdout) as { name: string; usedBytes: number }[];
+  assert.equal(pools.filter((p) => p.name.startsWith('hot-')).reduce((sum, p) => sum + p.usedBytes, 0), fresh.length + part1.length, JSON.stringify(pools));
   t.diagnostic(`${Date.now() - started} ms`);
 });
