@@ -2,6 +2,7 @@
 // admin API when there is one, else straight to the metadata on disk.
 import fs from 'node:fs';
 import http from 'node:http';
+import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { loadConfig, parseSize } from './config.js';
@@ -12,7 +13,7 @@ import { runHardwareScanCli } from './control/hardware/index.js';
 import { fsck, fsckFoundDamage } from './dataplane/fsck.js';
 import { listQuarantine, quarantineDamagedRecords } from './dataplane/objects/quarantine.js';
 import { salvageJournalDir } from './dataplane/journal/journal.js';
-import { migrateVolume } from './dataplane/volumes/migration.js';
+import { MigrationAborted, migrateVolume, stopMigrations, type MigrationProgress } from './dataplane/volumes/migration.js';
 import type { PolicyStatus } from './control/loop.js';
 import { DataDirLock, DataDirLocked, readLockHolder } from './data-dir-lock.js';
 
@@ -79,6 +80,20 @@ serve options:
 SIZE takes bytes or K/M/G/T suffixes (binary): 1G, 512M.`;
 
 class UsageError extends Error {}
+
+/** A command ended by a signal it handles (an offline `volumes migrate`): exit 128 + the signal's number, as a shell reports. */
+class Interrupted extends Error {
+  constructor(
+    message: string,
+    readonly signal: NodeJS.Signals,
+  ) {
+    super(message);
+  }
+}
+
+function signalExitCode(sig: NodeJS.Signals): number {
+  return 128 + (os.constants.signals[sig] ?? 15);
+}
 
 async function main(argv: string[]): Promise<number> {
   // The hardware scanner parses its own flags (--json, --sys-root, --no-smart).
@@ -435,6 +450,42 @@ function apiErrorMessage(method: string, urlPath: string, status: number, text: 
   return msg.trim() !== '' ? msg : `the daemon answered ${method} ${urlPath} with HTTP ${status} and no message`;
 }
 
+/**
+ * `volumes migrate` with no daemon: the move runs in this process. Ctrl-C
+ * (SIGINT) or SIGTERM aborts it at its next chunk, as a daemon's stop does
+ * (stopMigrations: the volume back on its old tier, the chunks moved kept),
+ * and the command exits 128 + the signal once the index is closed. Without
+ * this the signal killed the process mid-COPY: crash-safe, but the record
+ * kept the target tier and the next start's control loop finished the move
+ * the operator had cancelled. A second signal exits at once (as after a
+ * kill: the next start finishes or undoes the move).
+ */
+async function migrateOffline(m: Manager, name: string, tier: 'hot' | 'warm' | 'cold', preserve: boolean): Promise<MigrationProgress> {
+  let stoppedBy: NodeJS.Signals | null = null;
+  const onSignal = (sig: NodeJS.Signals) => {
+    if (stoppedBy !== null) {
+      process.stderr.write(`couchestor: second signal (${sig}): exiting now, the move cut where it was; the next start finishes or undoes it\n`);
+      process.exit(signalExitCode(sig));
+    }
+    stoppedBy = sig;
+    process.stderr.write(`couchestor: ${sig}: aborting the migration of ${name} at its next chunk (a second signal exits now)\n`);
+    void stopMigrations(m, { why: `interrupted (${sig})`, askAgain: '' });
+  };
+  const onInt = () => onSignal('SIGINT');
+  const onTerm = () => onSignal('SIGTERM');
+  process.on('SIGINT', onInt);
+  process.on('SIGTERM', onTerm);
+  try {
+    return await migrateVolume(m, name, tier, { preserve });
+  } catch (err) {
+    if (stoppedBy !== null && err instanceof MigrationAborted) throw new Interrupted(err.message, stoppedBy);
+    throw err;
+  } finally {
+    process.off('SIGINT', onInt);
+    process.off('SIGTERM', onTerm);
+  }
+}
+
 async function volumes(dataDir: string, sub: string | undefined, args: string[], values: Record<string, unknown>): Promise<number> {
   switch (sub) {
     case 'list': {
@@ -466,7 +517,7 @@ async function volumes(dataDir: string, sub: string | undefined, args: string[],
       const [name, tier] = args;
       if (!name || !tier || !['hot', 'warm', 'cold'].includes(tier)) throw new UsageError('volumes migrate NAME hot|warm|cold [--preserve]');
       const body = { tier: tier as 'hot' | 'warm' | 'cold', preserve: Boolean(values.preserve) };
-      return print(await call(dataDir, 'POST', `/v1/volumes/${encodeURIComponent(name)}/migrate`, body, (m) => migrateVolume(m, name, body.tier, { preserve: body.preserve }), 'volumes migrate'), values.json);
+      return print(await call(dataDir, 'POST', `/v1/volumes/${encodeURIComponent(name)}/migrate`, body, (m) => migrateOffline(m, name, body.tier, body.preserve), 'volumes migrate'), values.json);
     }
     case 'release': {
       const [name] = args;
@@ -530,6 +581,6 @@ main(process.argv.slice(2)).then(
   (err: Error) => {
     process.stderr.write(`couchestor: ${err.message}\n`);
     if (err instanceof UsageError) process.stderr.write(USAGE + '\n');
-    process.exitCode = err instanceof UsageError ? 2 : 1;
+    process.exitCode = err instanceof UsageError ? 2 : err instanceof Interrupted ? signalExitCode(err.signal) : 1;
   },
 );

@@ -1,13 +1,13 @@
 // Shared harness of the control-loop and migration tests: a real daemon with a
 // fast heat window, StoragePolicy files, the `couchestor` CLI's JSON output,
 // a /metrics scraper, and fio / nbdcopy as the real clients.
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import YAML from 'yaml';
 import type { Decision, PolicyStatus } from '../../src/control/loop.js';
 import type { VolumeRecord } from '../../src/dataplane/meta/store.js';
-import { CLIENT_ENV, run, TestDaemon } from './daemon.js';
+import { CLI, CLIENT_ENV, run, TestDaemon } from './daemon.js';
 
 /** Heat window of every test policy: short, so a volume cools down in seconds. */
 export const WINDOW_MS = 2_000;
@@ -341,18 +341,46 @@ export function fioFill(uri: string, lengthBytes: number): void {
 }
 
 /**
+ * A control daemon with `policies` holding hot volume `big` (id `bigId`) of `bytes` random
+ * bytes, written with nbdcopy (flushed) from the returned `src` file. The daemon and the file
+ * are cleaned up after `t`.
+ */
+export async function bigHotVolume(t: { after(fn: () => unknown): void }, bytes: number, policies: Record<string, string> = {}): Promise<{ d: TestDaemon; src: string; bigId: number }> {
+  const d = await startControlDaemon({ policies });
+  t.after(() => d.cleanup());
+  const bigId = (await createVolume(d, 'big', bytes)).id;
+  const src = path.join(d.dataDir, '..', `${path.basename(d.dataDir)}-big.bin`);
+  t.after(() => fs.rmSync(src, { force: true }));
+  randomFile(src, bytes);
+  nbdcopyIn(src, d.exportUri('big'));
+  return { d, src, bigId };
+}
+
+/** `couchestor ARGS...` run in the background: the process (to signal it) and its exit code and output. */
+export function cliInBackground(...args: string[]): { proc: ChildProcess; done: Promise<{ code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }> } {
+  const proc = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const reap = () => proc.kill('SIGKILL');
+  process.once('exit', reap);
+  let stdout = '';
+  let stderr = '';
+  proc.stdout!.on('data', (b: Buffer) => (stdout += b.toString()));
+  proc.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));
+  const done = new Promise<{ code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }>((resolve) =>
+    proc.once('close', (code, signal) => {
+      process.off('exit', reap);
+      resolve({ code, signal, stdout, stderr });
+    }),
+  );
+  return { proc, done };
+}
+
+/**
  * A control daemon moving volume `big` (`bytes` of random data, read back from the returned
  * `src` file) hot -> cold under policy `tiering` (`spec`), returned once the move has striped
  * a chunk: a stop now lands mid-migration. The daemon and the file are cleaned up after `t`.
  */
 export async function bigMoveToColdUnderWay(t: { after(fn: () => unknown): void }, bytes: number, spec: Record<string, unknown>): Promise<{ d: TestDaemon; src: string }> {
-  const d = await startControlDaemon({ policies: { 'tiering.yaml': policyYaml('tiering', spec) } });
-  t.after(() => d.cleanup());
-  await createVolume(d, 'big', bytes);
-  const src = path.join(d.dataDir, '..', `${path.basename(d.dataDir)}-big.bin`);
-  t.after(() => fs.rmSync(src, { force: true }));
-  randomFile(src, bytes);
-  nbdcopyIn(src, d.exportUri('big'));
+  const { d, src } = await bigHotVolume(t, bytes, { 'tiering.yaml': policyYaml('tiering', spec) });
   await sleep(WINDOW_SETTLE_MS);
   const p = policyNamed(await reconcile(d, false), 'tiering');
   if (decisionFor(p, 'big').action !== 'migrate') throw new Error(`no move decided: ${decisionFor(p, 'big').reason}`);

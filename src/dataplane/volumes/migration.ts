@@ -345,12 +345,14 @@ interface ManagerMoves {
   names: Set<string>;
   inFlight: Set<Promise<unknown>>;
   stop: AbortController;
+  /** Why they were stopped (the start of the MigrationAborted message) and when to ask again. */
+  stopReason: { why: string; askAgain: string };
 }
 const moves = new WeakMap<VolumeManager, ManagerMoves>();
 
 function movesOf(manager: VolumeManager): ManagerMoves {
   let m = moves.get(manager);
-  if (m === undefined) moves.set(manager, (m = { names: new Set(), inFlight: new Set(), stop: new AbortController() }));
+  if (m === undefined) moves.set(manager, (m = { names: new Set(), inFlight: new Set(), stop: new AbortController(), stopReason: { why: '', askAgain: '' } }));
   return m;
 }
 
@@ -371,10 +373,13 @@ export function migrationRunning(manager: VolumeManager, name: string): boolean 
  * ended, its abort path included: none runs on beside the close of the
  * front ends and the index. Before, a move asked for through the API ran to
  * its end: one of a big volume held the stop for its whole copy, until the
- * kubelet's SIGKILL cut it after the pod's grace period.
+ * kubelet's SIGKILL cut it after the pod's grace period. `reason`: the
+ * message's start and when to ask again (an offline `couchestor volumes
+ * migrate` interrupted by Ctrl-C: "interrupted (SIGINT)", at once).
  */
-export async function stopMigrations(manager: VolumeManager): Promise<void> {
+export async function stopMigrations(manager: VolumeManager, reason = { why: 'the daemon is stopping', askAgain: 'once the daemon is back' }): Promise<void> {
   const m = movesOf(manager);
+  if (!m.stop.signal.aborted) m.stopReason = reason;
   m.stop.abort();
   await Promise.allSettled([...m.inFlight]);
 }
@@ -388,10 +393,10 @@ export async function stopMigrations(manager: VolumeManager): Promise<void> {
  */
 export async function migrateVolume(manager: VolumeManager, name: string, to: Tier, opts: MigrateOptions): Promise<MigrationProgress> {
   const m = movesOf(manager);
-  if (m.stop.signal.aborted) throw new MigrationAborted(`the daemon is stopping: the migration of ${name} to ${to} was not started; ask again once it is back`);
+  if (m.stop.signal.aborted) throw new MigrationAborted(`${m.stopReason.why}: the migration of ${name} to ${to} was not started; ask again${m.stopReason.askAgain ? ' ' + m.stopReason.askAgain : ''}`);
   if (m.names.has(name)) throw new MigrationInProgress(`a migration of volume ${name} is already running; wait for it to end`);
   m.names.add(name);
-  const run = migrateVolumeOnce(manager, name, to, opts, m.stop.signal);
+  const run = migrateVolumeOnce(manager, name, to, opts, m);
   m.inFlight.add(run);
   try {
     return await run;
@@ -401,7 +406,8 @@ export async function migrateVolume(manager: VolumeManager, name: string, to: Ti
   }
 }
 
-async function migrateVolumeOnce(manager: VolumeManager, name: string, to: Tier, opts: MigrateOptions, stopping: AbortSignal): Promise<MigrationProgress> {
+async function migrateVolumeOnce(manager: VolumeManager, name: string, to: Tier, opts: MigrateOptions, m: ManagerMoves): Promise<MigrationProgress> {
+  const stopping = m.stop.signal;
   const vol = manager.openVolume(name);
   const from = vol.rec.tier;
   const progress: MigrationProgress = { volume: name, from, to, phase: 'Analyze', chunksTotal: 0, chunksDone: 0, bytesCopied: 0, startedMs: Date.now() };
@@ -531,13 +537,14 @@ async function migrateVolumeOnce(manager: VolumeManager, name: string, to: Tier,
     else await vol.releaseOtherFiles(opts.preserve).catch(() => undefined);
     progress.phase = err instanceof MigrationAborted ? 'Aborted' : 'Failed';
     progress.finishedMs = Date.now();
-    // Aborted by the daemon's stop: what the caller (`couchestor volumes migrate`, the API's 409) is told.
+    // Aborted by stopMigrations (the daemon's stop, an offline `volumes migrate` interrupted): what
+    // the caller (`couchestor volumes migrate`, the API's 409) is told.
     const stopped = err instanceof MigrationAborted && stopping.aborted;
     const thrown = stopped
       ? new MigrationAborted(
-          `the daemon is stopping: the migration of ${name} to ${to} was aborted after ${progress.chunksDone} of ${progress.chunksTotal} chunks; ` +
+          `${m.stopReason.why}: the migration of ${name} to ${to} was aborted after ${progress.chunksDone} of ${progress.chunksTotal} chunks; ` +
             `${name} stays ${from} on its old copy, every acknowledged write in it (the chunks already moved stay readable where they are); ` +
-            `ask again once the daemon is back (\`couchestor volumes migrate ${name} ${to}\`): only the chunks not moved yet are copied`,
+            `ask again${m.stopReason.askAgain ? ' ' + m.stopReason.askAgain : ''} (\`couchestor volumes migrate ${name} ${to}\`): only the chunks not moved yet are copied`,
         )
       : err;
     progress.error = (thrown as Error).message;
