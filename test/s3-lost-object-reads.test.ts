@@ -23,6 +23,7 @@ import {
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
+import http from 'node:http';
 import path from 'node:path';
 import { test } from 'node:test';
 import { MiB, patternBytes } from './helpers/cold.js';
@@ -86,6 +87,23 @@ test('an S3 object and parts lost with a replaced hot disk: HEAD, attributes, ra
   const said = /'x-amz-error-message': (?:'([^']*)'|"([^"]*)")/.exec(head.stderr);
   assert.match(said?.[1] ?? said?.[2] ?? '', LOST);
   assert.match(head.stderr, /'x-minio-error-code': 'InternalError'/);
+  // The message is percent-encoded where a header cannot carry it as is, and so is '%': it decodes back
+  // exactly (here an Authorization header's service the message quotes; a key or pool name can be as odd).
+  const odd = await new Promise<http.IncomingMessage>((resolve, reject) => {
+    const u = new URL(env.endpoint);
+    const credential = `${env.accessKeyId}/20261128/us-east-1/s3 caf\u00e9 100%/aws4_request`;
+    const authorization = `AWS4-HMAC-SHA256 Credential=${credential}, SignedHeaders=host;x-amz-date, Signature=${'0'.repeat(64)}`;
+    const r = http.request({ host: u.hostname, port: u.port, method: 'HEAD', path: '/bkt/k0', agent: false, headers: { authorization, 'x-amz-date': '20261128T000000Z' } }, (res) => {
+      res.resume();
+      resolve(res);
+    });
+    r.on('error', reject);
+    r.end();
+  });
+  assert.equal(odd.statusCode, 400);
+  const oddMessage = odd.headers['x-amz-error-message'] as string;
+  assert.match(decodeURIComponent(oddMessage), /incorrect service "s3 café 100%"/);
+  assert.equal(odd.headers['x-minio-error-desc'], `"${oddMessage}"`);
   assert.equal((await sdk.send(new HeadObjectCommand({ Bucket: 'bkt', Key: 'inline' }))).ContentLength, small.length, 'an inline object is not lost');
   // (The SDK reads no code from a HEAD without a body: 'Unknown'.)
   assert.equal((await outcome(sdk.send(new HeadObjectCommand({ Bucket: 'bkt', Key: 'k0', Range: 'bytes=0-0' }))))[0], 500);

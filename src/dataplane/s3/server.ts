@@ -326,9 +326,12 @@ async function discardBody(ctx: Ctx): Promise<void> {
 }
 
 const etagHeader = (etag: string) => `"${etag}"`;
-/** Text as a header value: characters outside printable ASCII (a key's, say) percent-encoded as UTF-8. */
+/**
+ * Text as a header value: characters outside printable ASCII (a key's, say) percent-encoded as
+ * UTF-8, and '%' itself, so that decodeURIComponent gives the text back (a bare "100%" made it throw).
+ */
 const headerSafe = (text: string) =>
-  text.replace(/[^\x20-\x7e]/gu, (c) => {
+  text.replace(/[^\x20-\x24\x26-\x7e]/gu, (c) => {
     try {
       return encodeURIComponent(c);
     } catch {
