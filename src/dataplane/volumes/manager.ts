@@ -85,6 +85,13 @@ export class VolumeManager {
    * stripe, the chunk stays Cold. At most one entry per volume record.
    */
   private readonly closedColdChunks = new Map<number, number>();
+  /**
+   * unfinishedMove's answer for volumes not open, by volume id, read from the
+   * index at first need (the control loop asks at every pass), dropped when
+   * the volume opens or is deleted: as for closedColdChunks, nothing else
+   * changes a closed volume's chunk states. At most one entry per volume record.
+   */
+  private readonly closedMoveLeft = new Map<number, { chunksOnFile: number; offPlacement: boolean }>();
   cold: (ColdTier & { destager: Destager; policy: ErasureCodingPolicy; reconstructor: Reconstructor }) | null = null;
 
   /** This data directory's id (MetaStore.dataDirId), named in every pool identity. */
@@ -850,6 +857,8 @@ export class VolumeManager {
     const open = this.open.get(name);
     if (open !== undefined) return fromVolume(open);
     if (this.mayNotOpen(rec, new Map()) || (rec.tier !== 'cold' && (this.cold?.journal.hasVolume(rec.id) ?? false))) return this.withVolume(name, fromVolume);
+    const known = this.closedMoveLeft.get(rec.id);
+    if (known !== undefined) return known;
     const chunkCount = Volume.chunkCount(rec.sizeBytes, rec.chunkSizeBytes);
     let chunksOnFile = 0;
     let offPlacement = false;
@@ -860,7 +869,9 @@ export class VolumeManager {
         if (entry.pool !== rec.poolName) offPlacement = true;
       } else if (entry.state === ChunkState.Cold) offPlacement = true;
     }
-    return { chunksOnFile, offPlacement: rec.tier !== 'cold' && offPlacement };
+    const left = { chunksOnFile, offPlacement: rec.tier !== 'cold' && offPlacement };
+    this.closedMoveLeft.set(rec.id, left);
+    return left;
   }
 
   /** The recorded failure of the last open of `name`, if it failed (no new attempt). */
@@ -941,6 +952,7 @@ export class VolumeManager {
     this.closedCounters.delete(rec.id);
     this.open.set(name, vol);
     this.closedColdChunks.delete(rec.id);
+    this.closedMoveLeft.delete(rec.id);
     return vol;
   }
 
@@ -1077,6 +1089,7 @@ export class VolumeManager {
     // (reclaimed on create), never an index entry pointing at freed bytes.
     await this.meta.deleteVolume(rec);
     this.closedColdChunks.delete(rec.id);
+    this.closedMoveLeft.delete(rec.id);
     this.closedCounters.delete(rec.id);
     // An open while the awaits above ran (a destager tick, a scrape, the
     // control loop) still found the record: it cached the volume (a new
