@@ -40,8 +40,10 @@ function fds(pid: number): { all: number; volumeFiles: number } {
 }
 
 test(`a scrub, a pool rebuild and a control-loop pass over ${VOLUMES} volumes keep the descriptors at their baseline; a volume an NBD client holds stays open and serves`, async (t) => {
-  // Destaged only when the test asks: the stripe counts below are exact.
-  let d = await startControlDaemon({ policies: { 'all.yaml': policyYaml('all') }, config: { destageIntervalMs: 3_600_000 } });
+  // Destaged only when the test asks: the stripe counts below are exact. Every volume reads
+  // cold to the policy (the client's I/O too, far below the watermarks): each stays where it is.
+  const policy = policyYaml('all', { lowWatermarkIOPS: 1_000_000, highWatermarkIOPS: 2_000_000 });
+  let d = await startControlDaemon({ policies: { 'all.yaml': policy }, config: { destageIntervalMs: 3_600_000 } });
   t.after(() => d.cleanup());
   await createVolume(d, 'held', 4 * MiB, { tier: 'cold' });
   assert.equal(await d.stop(), 0);
@@ -97,6 +99,7 @@ test(`a scrub, a pool rebuild and a control-loop pass over ${VOLUMES} volumes ke
   assert.equal(decisionFor(all, 'v0').action, 'stay', JSON.stringify(decisionFor(all, 'v0')));
   assert.match(decisionFor(all, `v${VOLUMES - 1}`).reason, /already cold/);
   assert.equal(all.decisions.length, VOLUMES + 1);
+  assert.equal(decisionFor(all, 'held').action, 'stay', JSON.stringify(decisionFor(all, 'held')));
   const afterPass = fds(pid);
   assert.equal(afterPass.volumeFiles, 1, 'the control-loop pass left volume files open');
   assert.ok(afterPass.all <= base.all + SLACK_FDS, `descriptors ${base.all} -> ${afterPass.all} after the pass`);
