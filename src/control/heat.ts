@@ -27,10 +27,10 @@ export const MAX_SAMPLES_PER_VOLUME = 3600;
 /**
  * Bound on samples kept in the index per volume (HEAT_SAMPLES_DB), thinned
  * by age past it like the memory's (to 3/4 of it): at most 128 entries of
- * about 44 bytes each in the index's pages (key [volumeId, atMs], value
+ * 44-54 bytes each in the index's pages (key [volumeId, atMs], value
  * [readOps, writeOps], LMDB's node header and page fill: bench/heat-refresh),
- * so <= ~5.5 KiB a volume and <= ~540 MiB for 100,000 volumes busy over
- * their whole window; an idle volume holds 1 or 2 (~9 MiB for 100,000).
+ * so <= ~7 KiB a volume and <= ~660 MiB for 100,000 volumes busy over their
+ * whole window; an idle volume holds 1 or 2 (~10 MiB for 100,000).
  */
 export const MAX_PERSISTED_SAMPLES_PER_VOLUME = 128;
 
