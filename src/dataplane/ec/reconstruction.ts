@@ -1284,9 +1284,10 @@ export class Reconstructor {
       ...listing.closed.filter((r) => only === null || only.has(r.name)).map((r) => ({ volume: r.name, closed: r })),
       ...(only === null ? [...this.sources].map((source) => ({ holder: this.sourceHolder(source) })) : []),
     ];
-    // A loan ends once the flips of its stripes are done: those of the windows flushing, and of the one being filled.
+    // A loan ends once the flips of its stripes are done: those of the windows flushing, and of the one being
+    // filled; and its workers have all settled (one that threw ends Promise.all while the others still run).
     const giveBackAfterFlips = (vol: Volume) => {
-      const before = Promise.allSettled([...flushes]);
+      const before = Promise.allSettled([...flushes, ...workers]);
       const giveBack = () => void before.then(() => this.volumes.giveBack(vol));
       const w = window as SyncWindow | null;
       if (w === null) return giveBack();
