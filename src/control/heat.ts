@@ -2,7 +2,7 @@
 // dataplane's own counters (nothing is added to the I/O path). The samples
 // are also kept in the index, coarser (heat.ts persist()), so a restart reads
 // the window from before it instead of starting every window again.
-import type { Database } from 'lmdb';
+import type { Database, Key, RangeOptions } from 'lmdb';
 import type { VolumeManager } from '../dataplane/volumes/manager.js';
 import type { VolumeCounters } from '../dataplane/volumes/volume.js';
 import { log } from '../log.js';
@@ -37,6 +37,18 @@ export const MAX_PERSISTED_SAMPLES_PER_VOLUME = 128;
 /** Samples are written to the index at every pass (refresh) and at least this often by the sampler (a Prometheus heat source, long pass intervals), and at stop. */
 export const PERSIST_INTERVAL_MS = 30_000;
 
+/**
+ * How far ahead of the clock a kept sample may be (the clock set back: NTP
+ * stepping it at a boot, a VM restored) and still have the samples before it
+ * read: the ops after the last sample at or before now are then counted from
+ * it to now (at most this much too early in the window). Further ahead, the
+ * volume's kept samples are dropped and its window starts again (no-data
+ * until covered, no move): read with the clock's new times, the ops of the
+ * whole step would land in the time after the last sample before the step,
+ * a cold volume read up to twice as busy over a window as long as the step.
+ */
+export const CLOCK_BACK_TOLERANCE_MS = PERSIST_INTERVAL_MS;
+
 /** [volumeId, atMs] -> [readOps, writeOps]: the persisted samples (keyed by id: a new volume under a deleted one's name starts cold). */
 export const HEAT_SAMPLES_DB = 'control-heat-samples';
 /** 'retainMs' -> the longest window a pass asked for, so a restart does not cut a 7 d window's samples to the default hour. */
@@ -67,6 +79,10 @@ export class HeatTracker implements HeatSource {
   private readonly tracked = new Map<string, Tracked>();
   /** Ids whose samples the index still holds though the volume is gone (deleted, or its name taken by a new volume). */
   private readonly gone = new Set<number>();
+  /** Volume id -> the time from which its kept samples go (ahead of a clock set back, CLOCK_BACK_TOLERANCE_MS; 0: all). */
+  private readonly dropFrom = new Map<number, number>();
+  /** Keys of entries that are not samples of this build (another layout, a damaged value): removed at the next write. */
+  private unreadable: Key[] = [];
   private readonly samplesDb: Database<[number, number], [number, number]>;
   private readonly stateDb: Database<number, string>;
   private storedRetainMs: number | undefined;
@@ -86,7 +102,7 @@ export class HeatTracker implements HeatSource {
   ) {
     this.samplesDb = manager.meta.openDB<[number, number], [number, number]>(HEAT_SAMPLES_DB);
     this.stateDb = manager.meta.openDB<number, string>(HEAT_STATE_DB);
-    this.storedRetainMs = this.stateDb.get('retainMs');
+    this.storedRetainMs = keptRetainMs(this.stateDb);
     this.retainMs = Math.max(retainMs, this.storedRetainMs ?? 0);
   }
 
@@ -97,15 +113,69 @@ export class HeatTracker implements HeatSource {
    */
   private loadKept(): Map<number, Sample[]> {
     const ids = new Set(this.manager.listVolumes().map((v) => v.id));
+    const kept = this.readKept();
+    for (const id of kept.keys()) {
+      if (ids.has(id)) continue;
+      this.gone.add(id);
+      kept.delete(id);
+    }
+    return kept;
+  }
+
+  /**
+   * The kept samples in `range` (all: undefined), by volume id, in time order.
+   * An entry that is not a sample of this build (another build's layout, a
+   * value that does not decode) is left out, logged and removed at the next
+   * write; none of them stops a start. A volume whose counters fall from one
+   * sample to the next (a damaged value: which one is not known) keeps none
+   * (its window starts again): read, they would give it negative IOPS
+   * ("cold") or a damaged count's ("hot"), and a wrong move is a whole copy.
+   */
+  private readKept(range?: RangeOptions): Map<number, Sample[]> {
     const kept = new Map<number, Sample[]>();
-    for (const { key, value } of this.samplesDb.getRange()) {
-      if (!ids.has(key[0])) {
-        this.gone.add(key[0]);
-        continue;
+    const unreadable: Key[] = [];
+    const falling = new Set<number>();
+    const add = (key: Key, value: unknown): void => {
+      const s = asSample(key, value);
+      if (s === null) return void unreadable.push(key);
+      let list = kept.get(s.volumeId);
+      if (list === undefined) kept.set(s.volumeId, (list = []));
+      const prev = list[list.length - 1];
+      if (prev !== undefined && (s.readOps < prev.readOps || s.writeOps < prev.writeOps)) falling.add(s.volumeId);
+      list.push({ atMs: s.atMs, readOps: s.readOps, writeOps: s.writeOps });
+    };
+    try {
+      for (const { key, value } of this.samplesDb.getRange(range)) add(key, value);
+    } catch {
+      // A value that does not decode ends the cursor: read entry by entry.
+      kept.clear();
+      unreadable.length = 0;
+      try {
+        for (const key of this.samplesDb.getKeys(range)) {
+          let value: unknown;
+          try {
+            value = this.samplesDb.get(key as [number, number]);
+          } catch {
+            unreadable.push(key);
+            continue;
+          }
+          add(key, value);
+        }
+      } catch (err) {
+        log.warn('heat samples in the index unreadable; every window starts again', { err: (err as Error).message });
+        return new Map();
       }
-      let list = kept.get(key[0]);
-      if (list === undefined) kept.set(key[0], (list = []));
-      list.push({ atMs: key[1], readOps: value[0], writeOps: value[1] });
+    }
+    if (unreadable.length > 0) {
+      log.warn('heat samples in the index not of this build dropped (another layout or damaged)', { entries: unreadable.length, first: JSON.stringify(unreadable[0]) });
+      this.unreadable.push(...unreadable);
+    }
+    if (falling.size > 0) {
+      log.warn('heat samples in the index with falling counters (damaged) dropped: those volumes\' windows start again', { volumes: falling.size, first: [...falling][0] });
+      for (const id of falling) {
+        kept.delete(id);
+        this.dropFrom.set(id, 0);
+      }
     }
     return kept;
   }
@@ -116,7 +186,7 @@ export class HeatTracker implements HeatSource {
     if (windowMs !== undefined && windowMs > this.retainMs) this.retainMs = windowMs;
     this.sample(nowMs);
     // Once per pass: the other policies' refreshes of the same pass add nothing.
-    if (nowMs - this.lastPersistMs >= this.sampleIntervalMs) await this.persist(nowMs);
+    if (this.persistDue(nowMs, this.sampleIntervalMs)) await this.persist(nowMs);
   }
 
   /**
@@ -171,9 +241,14 @@ export class HeatTracker implements HeatSource {
     this.timer = setInterval(() => {
       const nowMs = Date.now();
       this.sample(nowMs);
-      if (nowMs - this.lastPersistMs >= PERSIST_INTERVAL_MS) void this.persist(nowMs);
+      if (this.persistDue(nowMs, PERSIST_INTERVAL_MS)) void this.persist(nowMs);
     }, this.sampleIntervalMs);
     this.timer.unref();
+  }
+
+  /** Whether `intervalMs` passed since the last write to the index, or the clock went back behind it (else nothing is kept until it is past it again). */
+  private persistDue(nowMs: number, intervalMs: number): boolean {
+    return nowMs - this.lastPersistMs >= intervalMs || nowMs < this.lastPersistMs;
   }
 
   /** Stops sampling; a last sample goes to the index (synchronously: the daemon closes the index next), so a restart continues from the stop. */
@@ -212,12 +287,14 @@ export class HeatTracker implements HeatSource {
         t = undefined;
       }
       if (!t || !list) {
-        ({ t, list } = this.restore(rec.id, nowMs, kept));
+        ({ t, list } = this.restore(rec.id, kept));
         this.tracked.set(rec.name, t);
-        this.samples.set(rec.name, list);
       }
+      const newest = list[list.length - 1];
+      if (newest !== undefined && newest.atMs > nowMs) list = this.clockSetBack(t, list, nowMs, newest.atMs - nowMs);
       const v = open.get(rec.name);
       count(t, v !== undefined && v.rec.id === rec.id ? v.counters : (closed.get(rec.id) ?? null));
+      this.samples.set(rec.name, list);
       list.push({ atMs: nowMs, readOps: t.readOps, writeOps: t.writeOps });
       while (list.length > 2 && nowMs - list[1]!.atMs > this.retainMs) list.shift();
       if (list.length > MAX_SAMPLES_PER_VOLUME) this.samples.set(rec.name, thin(list, nowMs, Math.floor((MAX_SAMPLES_PER_VOLUME * 3) / 4)));
@@ -231,13 +308,30 @@ export class HeatTracker implements HeatSource {
   }
 
   /** Volume `volumeId`'s samples from the index (none for a volume it never saw), its cumulative ops continued from the newest. */
-  private restore(volumeId: number, nowMs: number, kept: Map<number, Sample[]> | null): { t: Tracked; list: Sample[] } {
-    const stored = kept !== null ? (kept.get(volumeId) ?? []) : [...this.samplesDb.getRange({ start: [volumeId, 0], end: [volumeId + 1, 0] })].map(({ key, value }) => ({ atMs: key[1], readOps: value[0], writeOps: value[1] }));
+  private restore(volumeId: number, kept: Map<number, Sample[]> | null): { t: Tracked; list: Sample[] } {
+    const stored = kept !== null ? (kept.get(volumeId) ?? []) : (this.readKept({ start: [volumeId, 0], end: [volumeId + 1, 0] }).get(volumeId) ?? []);
     const persisted = stored[stored.length - 1] ?? null;
-    // A sample "from the future" (the clock was set back): not a start of any window.
-    const list = persisted !== null && persisted.atMs > nowMs ? stored.filter((x) => x.atMs <= nowMs) : stored;
     const t: Tracked = { volumeId, rawReadOps: 0, rawWriteOps: 0, readOps: persisted?.readOps ?? 0, writeOps: persisted?.writeOps ?? 0, persisted, persistedCount: stored.length };
-    return { t, list };
+    return { t, list: stored };
+  }
+
+  /**
+   * The clock is behind `list`'s newest sample by `aheadMs` (set back, or the
+   * index's samples are from a clock that was ahead): the samples after
+   * `nowMs` go, in memory and in the index, and past CLOCK_BACK_TOLERANCE_MS
+   * all of them (the window starts again). The cumulative counts go on from
+   * the newest, so the series never falls.
+   */
+  private clockSetBack(t: Tracked, list: Sample[], nowMs: number, aheadMs: number): Sample[] {
+    const all = aheadMs > CLOCK_BACK_TOLERANCE_MS;
+    if (all) log.warn('heat samples ahead of the clock (set back?): this volume\'s window starts again', { volumeId: t.volumeId, aheadMs });
+    const fromMs = all ? 0 : nowMs + 1;
+    this.dropFrom.set(t.volumeId, Math.min(fromMs, this.dropFrom.get(t.volumeId) ?? Infinity));
+    const left = all ? [] : list.filter((x) => x.atMs <= nowMs);
+    // What the index holds after the drop is not known here: the next write puts this list's ends again.
+    t.persisted = null;
+    t.persistedCount = left.length;
+    return left;
   }
 
   /**
@@ -261,7 +355,7 @@ export class HeatTracker implements HeatSource {
   }
 
   /** What persist() writes: taken synchronously, so the samples the batch names are the ones counted. */
-  private batch(): { writes: { t: Tracked; out: Sample[] }[]; gone: number[]; retainMs: number | null } | null {
+  private batch(): { writes: { t: Tracked; out: Sample[] }[]; gone: number[]; dropFrom: [number, number][]; unreadable: Key[]; retainMs: number | null } | null {
     const writes: { t: Tracked; out: Sample[] }[] = [];
     for (const [name, t] of this.tracked) {
       const list = this.samples.get(name)!;
@@ -284,22 +378,29 @@ export class HeatTracker implements HeatSource {
     }
     const gone = [...this.gone];
     this.gone.clear();
+    const dropFrom = [...this.dropFrom];
+    this.dropFrom.clear();
+    const unreadable = this.unreadable;
+    this.unreadable = [];
     const retainMs = this.retainMs !== this.storedRetainMs ? this.retainMs : null;
     this.storedRetainMs = this.retainMs;
-    return writes.length === 0 && gone.length === 0 && retainMs === null ? null : { writes, gone, retainMs };
+    return writes.length === 0 && gone.length === 0 && dropFrom.length === 0 && unreadable.length === 0 && retainMs === null ? null : { writes, gone, dropFrom, unreadable, retainMs };
   }
 
   /** Inside a write transaction. */
   private write(batch: NonNullable<ReturnType<HeatTracker['batch']>>, nowMs: number): void {
     const db = this.samplesDb;
+    for (const key of batch.unreadable) db.remove(key as [number, number]);
     for (const id of batch.gone) for (const key of db.getKeys({ start: [id, 0], end: [id + 1, 0] })) db.remove(key);
+    for (const [id, fromMs] of batch.dropFrom) for (const key of db.getKeys({ start: [id, fromMs], end: [id + 1, 0] })) db.remove(key);
     for (const { t, out } of batch.writes) {
       for (const s of out) db.put([t.volumeId, s.atMs], [s.readOps, s.writeOps]);
       if (t.persistedCount <= MAX_PERSISTED_SAMPLES_PER_VOLUME) continue;
       // Past the bound: older than the retention goes (but the newest of those,
       // the window's start), the rest is thinned by age, as in memory.
       const range = { start: [t.volumeId, 0] as [number, number], end: [t.volumeId + 1, 0] as [number, number] };
-      let list: Sample[] = [...db.getRange(range)].map(({ key, value }) => ({ atMs: key[1], readOps: value[0], writeOps: value[1] }));
+      let list: Sample[] = this.readKept(range).get(t.volumeId) ?? [];
+      if (list.length === 0) continue; // unreadable: dropped at the next write
       const all = list;
       while (list.length > 2 && nowMs - list[1]!.atMs > this.retainMs) list = list.slice(1);
       list = thin(list, nowMs, Math.floor((MAX_PERSISTED_SAMPLES_PER_VOLUME * 3) / 4));
@@ -323,6 +424,29 @@ export class HeatTracker implements HeatSource {
     if (secs <= 0) return { readIops: 0, writeIops: 0 };
     return { readIops: (b.readOps - a.readOps) / secs, writeIops: (b.writeOps - a.writeOps) / secs };
   }
+}
+
+/** A kept entry as a sample, or null when it is not one of this build's (key [volumeId, atMs], value [readOps, writeOps], whole numbers). */
+function asSample(key: Key, value: unknown): (Sample & { volumeId: number }) | null {
+  if (!Array.isArray(key) || key.length !== 2 || !Array.isArray(value) || value.length !== 2) return null;
+  const [volumeId, atMs] = key as unknown[];
+  const [readOps, writeOps] = value as unknown[];
+  const whole = (x: unknown): x is number => Number.isSafeInteger(x) && (x as number) >= 0;
+  if (!whole(volumeId) || !whole(atMs) || !whole(readOps) || !whole(writeOps)) return null;
+  return { volumeId, atMs, readOps, writeOps };
+}
+
+/** The kept retention (HEAT_STATE_DB), if it is one (a whole number of ms); anything else is ignored, logged. */
+function keptRetainMs(db: Database<number, string>): number | undefined {
+  let v: unknown;
+  try {
+    v = db.get('retainMs');
+  } catch (err) {
+    v = (err as Error).message;
+  }
+  if (v === undefined || (Number.isSafeInteger(v) && (v as number) > 0)) return v as number | undefined;
+  log.warn('heat retention in the index not of this build, ignored (rewritten at the next write)', { value: JSON.stringify(v) });
+  return undefined;
 }
 
 /**
