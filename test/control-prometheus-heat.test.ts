@@ -6,8 +6,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
+import type { TestDaemon } from './helpers/daemon.js';
 import { decisionFor, HIGH_IOPS, loadJob, policyNamed, policyYaml, reconcile, sleep, startControlDaemon, status, volume, waitForLog, type FioJob, createVolume } from './helpers/control-loop.js';
 
 // rate() needs two scrapes inside the window: 1 s scrapes, 4 s window.
@@ -15,47 +15,65 @@ const SCRAPE_INTERVAL_S = 1;
 const WINDOW_S = 4;
 const PROMETHEUS_WAIT_MS = 30_000;
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const port = (srv.address() as net.AddressInfo).port;
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
+/**
+ * A real Prometheus on a port it binds itself (127.0.0.1:0, read back from its
+ * "Listening on" log line: a port picked here and bound later could be taken
+ * in between, e.g. by one of the daemon's own ephemeral listeners), started
+ * with nothing to scrape; scrape() points it at the daemon and reloads it.
+ */
 class PrometheusServer {
   private log = '';
   private readonly exited: Promise<void>;
   private readonly proc;
+  private readonly config: string;
 
-  constructor(dir: string, port: number, target: string) {
+  constructor(dir: string) {
     fs.mkdirSync(dir, { recursive: true });
-    const config = path.join(dir, 'prometheus.yml');
-    fs.writeFileSync(
-      config,
-      `global:\n  scrape_interval: ${SCRAPE_INTERVAL_S}s\n  evaluation_interval: ${SCRAPE_INTERVAL_S}s\nscrape_configs:\n  - job_name: couchestor\n    static_configs:\n      - targets: ['${target}']\n`,
-    );
-    this.proc = spawn('prometheus', [`--config.file=${config}`, `--storage.tsdb.path=${path.join(dir, 'tsdb')}`, `--web.listen-address=127.0.0.1:${port}`, '--log.level=info'], { stdio: ['ignore', 'ignore', 'pipe'] });
+    this.config = path.join(dir, 'prometheus.yml');
+    this.writeConfig(null);
+    this.proc = spawn('prometheus', [`--config.file=${this.config}`, `--storage.tsdb.path=${path.join(dir, 'tsdb')}`, '--web.listen-address=127.0.0.1:0', '--log.level=info'], { stdio: ['ignore', 'ignore', 'pipe'] });
     this.proc.stderr.on('data', (b: Buffer) => (this.log += b.toString()));
     this.exited = new Promise((r) => this.proc.once('exit', () => r()));
   }
 
-  /** Resolves on Prometheus' own "ready" log line. */
-  ready(): Promise<void> {
+  private writeConfig(target: string | null): void {
+    const scrape = target === null ? 'scrape_configs: []\n' : `scrape_configs:\n  - job_name: couchestor\n    static_configs:\n      - targets: ['${target}']\n`;
+    fs.writeFileSync(this.config, `global:\n  scrape_interval: ${SCRAPE_INTERVAL_S}s\n  evaluation_interval: ${SCRAPE_INTERVAL_S}s\n${scrape}`);
+  }
+
+  /** Resolves once `found` holds of the log (checked as stderr arrives); rejects if Prometheus exits first. */
+  private logged<T>(found: (log: string) => T | null): Promise<T> {
     return new Promise((resolve, reject) => {
+      const onExit = (code: number | null) => reject(new Error(`prometheus exited (${code}):\n${this.log}`));
       const check = () => {
-        if (/Server is ready to receive web requests/.test(this.log)) {
+        const v = found(this.log);
+        if (v !== null) {
           this.proc.stderr.off('data', check);
-          resolve();
+          this.proc.off('exit', onExit);
+          resolve(v);
         }
       };
       this.proc.stderr.on('data', check);
-      this.proc.once('exit', (code) => reject(new Error(`prometheus exited (${code}):\n${this.log}`)));
+      this.proc.once('exit', onExit);
       check();
     });
+  }
+
+  /** Waits for Prometheus' own "ready" log line; returns its base URL (the port it bound, from its "Listening on" line). */
+  ready(): Promise<string> {
+    return this.logged((log) => {
+      const address = /msg="Listening on" address=(127\.0\.0\.1:\d+)/.exec(log)?.[1];
+      return address !== undefined && /Server is ready to receive web requests/.test(log) ? `http://${address}` : null;
+    });
+  }
+
+  /** Scrapes `target` from now on: the config rewritten, SIGHUP, and its reload logged. */
+  async scrape(target: string): Promise<void> {
+    const reloads = (log: string) => log.match(/Completed loading of configuration file/g)?.length ?? 0;
+    const before = reloads(this.log);
+    this.writeConfig(target);
+    this.proc.kill('SIGHUP');
+    await this.logged((log) => (reloads(log) > before ? true : null));
   }
 
   async stop(): Promise<void> {
@@ -71,20 +89,24 @@ async function promQuery(url: string, q: string): Promise<{ metric: Record<strin
 }
 
 test('Prometheus as the heat source: load seen through rate() moves a cold volume hot; Prometheus down -> HeatSourceAvailable=False, nothing moves', async (t) => {
-  const promPort = await freePort();
-  const promUrl = `http://127.0.0.1:${promPort}`;
-  const d = await startControlDaemon({
-    policies: { 'tiering.yaml': policyYaml('tiering', { samplingWindow: `${WINDOW_S}s` }) },
-    config: { heatSource: { type: 'prometheus', url: promUrl, metrics: 'couchestor' } },
-  });
-  const prom = new PrometheusServer(path.join(d.dataDir, 'prometheus'), promPort, `127.0.0.1:${d.info.metrics.port}`);
+  // Prometheus first, so the daemon's config can name its URL; then told to scrape the daemon.
+  const dataDir = fs.mkdtempSync('/tmp/couchestor-ctl-');
+  const prom = new PrometheusServer(path.join(dataDir, 'prometheus'));
+  let daemon: TestDaemon | null = null;
   let load: FioJob | null = null;
   t.after(async () => {
     load?.kill();
     await prom.stop();
-    await d.cleanup();
+    if (daemon) await daemon.cleanup();
+    else fs.rmSync(dataDir, { recursive: true, force: true });
   });
-  await prom.ready();
+  const promUrl = await prom.ready();
+  const d = (daemon = await startControlDaemon({
+    dataDir,
+    policies: { 'tiering.yaml': policyYaml('tiering', { samplingWindow: `${WINDOW_S}s` }) },
+    config: { heatSource: { type: 'prometheus', url: promUrl, metrics: 'couchestor' } },
+  }));
+  await prom.scrape(`127.0.0.1:${d.info.metrics.port}`);
   await createVolume(d, 'pv', 16 * 1024 * 1024, { tier: 'cold' });
   assert.equal((await volume(d, 'pv')).tier, 'cold');
   load = loadJob(d.exportUri('pv'), 0, 16 * 1024 * 1024);
