@@ -13,7 +13,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { TestDaemon } from './helpers/daemon.js';
-import { MiB, allHealthy, assertSameBytes, corruptSegments, destage, patternBytes, readExport, rebuildPool, scrub, startWithColdVolume } from './helpers/cold.js';
+import { MiB, allHealthy, assertSameBytes, coldStatus, corruptSegments, createVolume as createColdVolume, destage, patternBytes, readExport, rebuildPool, scrub, startColdDaemon, startWithColdVolume } from './helpers/cold.js';
 import { createVolume, decisionFor, metric, policyNamed, policyYaml, reconcile, scrape, startControlDaemon } from './helpers/control-loop.js';
 import { addVolumesLike } from './helpers/many-volumes.js';
 import { RawNbd } from './helpers/nbd-client.js';
@@ -37,6 +37,13 @@ function fds(pid: number): { all: number; volumeFiles: number } {
     if (/\/volumes\/\d+\.dat$/.test(target)) volumeFiles++;
   }
   return { all, volumeFiles };
+}
+
+/** Waits (up to 5 s) until the daemon has `want` volume files open: a volume given back is closed right after (its close awaits its files' close). */
+async function untilVolumeFiles(pid: number, want: number, what: string): Promise<void> {
+  const deadline = Date.now() + 5_000;
+  while (fds(pid).volumeFiles !== want && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  assert.equal(fds(pid).volumeFiles, want, what);
 }
 
 test(`a scrub, a pool rebuild and a control-loop pass over ${VOLUMES} volumes keep the descriptors at their baseline; a volume an NBD client holds stays open and serves`, async (t) => {
@@ -138,8 +145,39 @@ test('a scrub repairs the damaged stripes of a volume nothing holds open, listed
   assert.equal(report.stripesChecked, 3, JSON.stringify(report));
   assert.equal(report.badStripes, 3, JSON.stringify(report));
   assert.deepEqual(report.stripes, allHealthy(3));
+  await untilVolumeFiles(d.info.pid, 0, 'the repair left the volume open');
   const again = await scrub(d);
   assert.equal(again.stripesChecked, 3);
   assert.equal(again.badStripes, 0, 'repaired: a second scrub finds nothing');
   assertSameBytes(readExport(d, 'c1', path.join(work, 'out.bin')), model, 'read back after the repair');
+});
+
+test('the destager closes the volumes it opened once their journal records are destaged (restart with records left)', async (t) => {
+  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'closed-destage-'));
+  let d = await startColdDaemon();
+  t.after(async () => {
+    await d.cleanup();
+    fs.rmSync(work, { recursive: true, force: true });
+  });
+  // Each volume written and flushed by a client: its records stay in the journal (destaged only when asked).
+  const VOLS = 3;
+  const models: Buffer[] = [];
+  for (let i = 0; i < VOLS; i++) {
+    await createColdVolume(d, `j${i}`, 2 * MiB, 'cold');
+    const nbd = await RawNbd.connect({ path: d.info.nbd.socketPath });
+    await nbd.handshake(`j${i}`);
+    const model = Buffer.alloc(2 * MiB);
+    patternBytes(64 * 1024, 20 + i).copy(model, i * 4096);
+    assert.equal((await nbd.writeAt(i * 4096, model.subarray(i * 4096, i * 4096 + 64 * 1024))).error, 0);
+    assert.equal((await nbd.flush()).error, 0);
+    await nbd.disconnect();
+    models.push(model);
+  }
+  assert.equal(await d.stop(), 0);
+  d = await TestDaemon.start({ dataDir: d.dataDir });
+  assert.equal(fds(d.info.pid).volumeFiles, 0, 'premise: no volume open after the start');
+  await destage(d);
+  assert.equal((await coldStatus(d)).journalBytes, 0, 'premise: the journal is drained');
+  await untilVolumeFiles(d.info.pid, 0, 'the destager left the volumes it destaged open');
+  for (let i = 0; i < VOLS; i++) assertSameBytes(readExport(d, `j${i}`, path.join(work, `j${i}.bin`)), models[i]!, `j${i} read back after its close`);
 });

@@ -257,7 +257,14 @@ export class Reconstructor {
 
   constructor(
     private readonly stripes: StripeStore,
-    private readonly volumeById: (id: number) => Volume | null,
+    /**
+     * The volume of an id, lent until given back (the daemon's:
+     * VolumeManager.borrowById; given back through `volumes.giveBack`): the
+     * queue holds the volumes of its entries (queueVolume) and gives each
+     * back once no entry of it is queued (giveBackQueueLoans). Null: no
+     * volume has that id (deleted).
+     */
+    private readonly borrowById: (id: number) => Volume | null,
     private readonly allVolumes: () => Volume[],
     private readonly opts: ReconstructionOptions,
     /**
@@ -322,10 +329,54 @@ export class Reconstructor {
       const { source, key } = entry.holder;
       return { label: `${source.prefix}:${key}`, ref: source.current(key), replace: (expected, next) => source.replace(key, expected, next) };
     }
-    const vol = this.volumeById(entry.ctx.volumeId);
+    const vol = this.queueVolume(entry.ctx.volumeId);
     if (!vol) return null;
     const c = entry.ctx.chunkIndex;
     return { label: `${vol.name}:${c}`, ref: vol.stripes.get(c), replace: (expected, next) => vol.replaceStripe(c, expected, next) };
+  }
+
+  /**
+   * The volumes the queue's entries are worked through, by id, each lent
+   * once (borrowById) until no entry of it is queued (giveBackQueueLoans):
+   * a stripe's rebuild holds its volume from its target to its flip (a
+   * volume closed under it would have the flip refused, or made behind a
+   * copy opened since). At most one per volume with queued entries.
+   */
+  private readonly queueLoans = new Map<number, Volume>();
+
+  /** The volume of id `id` for a queued stripe, lent to the queue (queueLoans); null: deleted. */
+  private queueVolume(id: number): Volume | null {
+    const vol = this.borrowById(id);
+    const held = this.queueLoans.get(id);
+    if (vol === null) {
+      if (held !== undefined) this.volumes.giveBack(held);
+      this.queueLoans.delete(id);
+      return null;
+    }
+    // One loan per id: this one given back when the volume is held already (or the held one, closed since by a delete).
+    if (held === vol) this.volumes.giveBack(vol);
+    else {
+      if (held !== undefined) this.volumes.giveBack(held);
+      this.queueLoans.set(id, vol);
+    }
+    return vol;
+  }
+
+  /**
+   * Ends the queue's loan of every volume none of whose stripes is queued
+   * any more (rebuilt, dropped): its rebuilds and flips are done (an entry
+   * leaves the queue only after its flip). One with entries waiting (for a
+   * pool, Failed) stays lent. After each queue pass, scrub and pool rebuild.
+   */
+  private giveBackQueueLoans(): void {
+    if (this.queueLoans.size === 0) return;
+    const queued = new Set<number>();
+    for (const e of this.states.values()) if (e.holder === undefined) queued.add(e.ctx.volumeId);
+    for (const [id, vol] of [...this.queueLoans]) {
+      if (queued.has(id)) continue;
+      this.queueLoans.delete(id);
+      this.volumes.giveBack(vol);
+    }
   }
 
   start(): void {
@@ -420,7 +471,10 @@ export class Reconstructor {
       });
       return this.followUp;
     }
-    this.running = this.pass().finally(() => (this.running = null));
+    this.running = this.pass().finally(() => {
+      this.running = null;
+      this.giveBackQueueLoans();
+    });
     return this.running;
   }
   private followUp: Promise<void> | null = null;
@@ -1435,7 +1489,7 @@ export class Reconstructor {
     for (const { ctx, holder } of left) {
       let ref: StripeRef | undefined;
       try {
-        ref = holder ? holder.source.current(holder.key) : this.volumeById(ctx.volumeId)?.stripes.get(ctx.chunkIndex);
+        ref = holder ? holder.source.current(holder.key) : this.queueVolume(ctx.volumeId)?.stripes.get(ctx.chunkIndex);
       } catch {
         report.notRebuilt++; // its volume stopped opening meanwhile: not looked at, not rebuilt
         continue;
@@ -1443,6 +1497,7 @@ export class Reconstructor {
       const i = ref?.shards.findIndex((sh) => sh.pool === poolName) ?? -1;
       if (ref !== undefined && i >= 0 && !(await this.stripes.shardPresent(ref, i))) report.notRebuilt++;
     }
+    this.giveBackQueueLoans(); // those the look above borrowed
     // A retry of skipped volumes looked at nothing else: stripes the last whole-pool rebuild
     // left not rebuilt are still missing their shard as far as it knows (counted on).
     const carried = only === null ? 0 : (this.skippedByRebuild.get(poolName)?.notRebuilt ?? 0);

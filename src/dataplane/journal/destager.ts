@@ -59,7 +59,14 @@ export class Destager {
 
   constructor(
     private readonly journal: Journal,
-    private readonly volumeById: (id: number) => Volume | null,
+    /**
+     * The volume of an id, lent until given back (VolumeManager.borrowById,
+     * giveBack): a pass holds each volume it destages until its workers are
+     * done, then gives it back, and the last record destaged lets it close
+     * (pinned for good before: every volume with records after a restart).
+     * borrow returns null for an id no volume has (deleted).
+     */
+    private readonly volumes: { borrow: (id: number) => Volume | null; giveBack: (vol: Volume) => void },
     private readonly opts: DestagerOptions,
   ) {
     journal.onPressure = () => {
@@ -124,9 +131,13 @@ export class Destager {
     const pinnedBytes = minFileNo === Infinity ? 0 : (maxFileNo - minFileNo) * this.journal.fileBytes;
     const pinned = pinnedBytes >= (this.journal.capacityBytes * this.opts.thresholdPercent) / 100;
     const full = idle || pinned || ++this.ticksSinceFullPass >= FULL_PASS_EVERY_INTERVALS;
-    if (!full && this.collect('ripe').length === 0) {
-      this.ticksDeferred++;
-      return Promise.resolve();
+    if (!full) {
+      const { work, lent } = this.collect('ripe');
+      for (const vol of lent) this.volumes.giveBack(vol); // a look only: the pass below takes them again
+      if (work.length === 0) {
+        this.ticksDeferred++;
+        return Promise.resolve();
+      }
     }
     return this.kick(full ? 'all' : 'ripe');
   }
@@ -156,15 +167,17 @@ export class Destager {
   /**
    * Chunks to destage: every dirty one, or only ripe ones (see tick()).
    * Rebuilds `skipped`; counting and logging them is the pass's (tick()
-   * also calls this to look, and a tick must log once).
+   * also calls this to look, and a tick must log once). Every volume in
+   * `lent` is borrowed once: the caller gives each back.
    */
-  private collect(scope: PassScope): [Volume, number][] {
+  private collect(scope: PassScope): { work: [Volume, number][]; lent: Volume[] } {
     const work: [Volume, number][] = [];
+    const lent: Volume[] = [];
     const skipped = new Map<number, string>();
     for (const id of this.journal.dirtyVolumes()) {
       let vol: Volume | null;
       try {
-        vol = this.volumeById(id);
+        vol = this.volumes.borrow(id);
       } catch (err) {
         // A volume that cannot be opened (its pool offline, a file unreadable)
         // keeps its records in the journal for a later pass; the other
@@ -174,6 +187,7 @@ export class Destager {
         continue;
       }
       if (!vol) continue;
+      lent.push(vol);
       const every = scope === 'all' || vol.rec.tier !== 'cold';
       for (const c of this.journal.dirtyChunks(id)) {
         if (!every) {
@@ -189,7 +203,7 @@ export class Destager {
       }
     }
     this.skipped = skipped;
-    return work;
+    return { work, lent };
   }
 
   /** A pass's account of the volumes its collect() could not open: counted, the reason kept, one log line (rate limited). */
@@ -229,7 +243,7 @@ export class Destager {
 
   private async pass(scope: PassScope): Promise<void> {
     const errorsBefore = this.errors;
-    const work = this.collect(scope);
+    const { work, lent } = this.collect(scope);
     this.noteSkipped();
     let next = 0;
     const worker = async () => {
@@ -246,7 +260,15 @@ export class Destager {
         }
       }
     };
-    await Promise.all(Array.from({ length: this.opts.concurrency }, worker));
+    const workers = Array.from({ length: this.opts.concurrency }, worker);
+    try {
+      await Promise.all(workers);
+    } finally {
+      // After every worker: one that threw ended Promise.all with the others still destaging
+      // (workers catch their errors, but a loan must never end under a destage in flight).
+      await Promise.allSettled(workers);
+      for (const vol of lent) this.volumes.giveBack(vol);
+    }
     // A full pass took every dirty chunk of every volume: none skipped or
     // failed means nothing is stalled now, and a full journal's ENOSPC must
     // not name an old cause (a pool that is back). A ripe pass leaves chunks

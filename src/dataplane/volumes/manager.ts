@@ -49,10 +49,10 @@ export class VolumeManager {
   configuredPools: ReadonlySet<string> | null = null;
   /**
    * The open volumes, by name. A volume stays open while something holds it:
-   * pinned (openVolume, volumeById: an NBD connection, an API request, a
-   * migration, the destager, the rebuild queue; until it is deleted or the
-   * daemon stops), or lent to a background pass (borrowVolume, until it gives
-   * it back); a failed one stays for good (EIO until a restart, never reopened
+   * pinned (openVolume: an NBD connection, an API request, a migration;
+   * until it is deleted or the daemon stops), or lent to a background pass
+   * (borrowVolume, borrowById: the scrub, a pool rebuild, the control loop's
+   * look, the destager, the rebuild queue; until it gives it back); a failed one stays for good (EIO until a restart, never reopened
    * silently). Once nothing holds it the last giveBack closes it (when it is
    * quiet: Volume.quiet). So the open volumes, their descriptors and chunk
    * maps, are what clients and work in flight use, not every volume the
@@ -305,10 +305,10 @@ export class VolumeManager {
         if (this.meta.journalFiles.get(no) !== undefined) this.meta.journalFiles.removeSync(no);
       },
     };
-    const destager = new Destager(journal, (id) => this.volumeById(id), opts);
+    const destager = new Destager(journal, { borrow: (id) => this.borrowById(id), giveBack: (vol) => this.giveBack(vol) }, opts);
     const reconstructor = new Reconstructor(
       stripes,
-      (id) => this.volumeById(id),
+      (id) => this.borrowById(id),
       () => this.allVolumes(),
       {
         retryIntervalMs: 10_000,
@@ -415,18 +415,17 @@ export class VolumeManager {
   }
 
   /**
-   * The open Volume of id `id`, pinned as openVolume's (the destager and the
-   * rebuild queue hold on to it across awaits: one lent to a pass and closed
-   * under them would flip a stripe in the index behind a reopened copy).
+   * The Volume of id `id` (opened if needed), lent as borrowVolume's: the
+   * destager and the rebuild queue hold it across awaits (a destage, a
+   * stripe's rebuild and flip) and give it back once done with it
+   * (giveBack). Pinned here before, every volume with journal records after
+   * a restart, and every volume a scrub repaired a stripe of, stayed open for
+   * good. Null when no volume has that id (deleted).
    */
-  volumeById(id: number): Volume | null {
-    for (const v of this.open.values()) {
-      if (v.rec.id !== id) continue;
-      this.pinned.add(id);
-      return v;
-    }
+  borrowById(id: number): Volume | null {
+    for (const v of this.open.values()) if (v.rec.id === id) return this.borrowVolume(v.name);
     const rec = this.meta.listVolumes().find((v) => v.id === id);
-    return rec ? this.openVolume(rec.name) : null;
+    return rec ? this.borrowVolume(rec.name) : null;
   }
 
   listVolumes(): VolumeRecord[] {
