@@ -37,15 +37,20 @@ import {
 const STRIPES = 48;
 const VOLUME_BYTES = STRIPES * MiB;
 
-async function coldVolume(work: string, seed: number): Promise<{ d: TestDaemon; model: Buffer }> {
-  const started = await startWithColdVolume(work, VOLUME_BYTES, VOLUME_BYTES, seed);
+async function coldVolume(work: string, seed: number, env?: NodeJS.ProcessEnv): Promise<{ d: TestDaemon; model: Buffer }> {
+  const started = await startWithColdVolume(work, VOLUME_BYTES, VOLUME_BYTES, seed, env);
   assert.equal((await coldStatus(started.d)).stripes.Healthy, STRIPES);
   return started;
 }
 
 test('SIGKILL during a pool rebuild: fsck finds no half-written or failed stripe, only cold-2 shards missing; the next rebuild completes byte-exact', async (t) => {
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'review-rebuild-crash-'));
-  let { d, model } = await coldVolume(work, 0x51c1);
+  // The first daemon holds a whole-pool rebuild once its first group is written (the
+  // test hook): round 0 is killed there, so at least one kill lands mid-rebuild however
+  // the machine is loaded (polling the pool's size, a rebuild of a few hundred ms could
+  // finish between two polls: seen at load 10 overshooting to the last byte). The
+  // daemons of later rounds start without it: their kills land at random points.
+  let { d, model } = await coldVolume(work, 0x51c1, { COUCHESTOR_TEST_PAUSE_POOL_REBUILD: '1' });
   const rand = prng(0x6b11);
   try {
     const fullBytes = segmentBytes(d, 2);
@@ -62,10 +67,12 @@ test('SIGKILL during a pool rebuild: fsck finds no half-written or failed stripe
         () => 'finished',
         () => 'killed',
       ).finally(() => (settled = true));
-      await untilPoolBytes(d, 2, killAtBytes, () => settled);
+      if (round === 0) await d.line(/^couchestor paused pool-rebuild \{"pool":"cold-2"\}$/, 120_000);
+      else await untilPoolBytes(d, 2, killAtBytes, () => settled);
       const landedBytes = segmentBytes(d, 2) - startBytes;
       await d.kill();
       const outcome = await pending;
+      if (round === 0) assert.ok(landedBytes > 0 && outcome === 'killed', `round 0 killed at the held rebuild: ${landedBytes} bytes landed, rebuild ${outcome}`);
       if (landedBytes > 0 && outcome === 'killed') midRebuildKills++;
       t.diagnostic(`round ${round}: kill at ${landedBytes} bytes written this round (target ${killAtBytes - startBytes}) of ${fullBytes}, rebuild ${outcome}`);
 

@@ -22,9 +22,12 @@ export interface S3Env {
   cleanup(): Promise<void>;
 }
 
-/** `config`: a couchestor.yaml for a new data directory (merged over the embedded default, e.g. `s3: {bodyIdleTimeoutMs: 2000}`). */
-export async function startS3(opts: { dataDir?: string; config?: string } = {}): Promise<S3Env> {
-  const daemon = await TestDaemon.start({ dataDir: opts.dataDir, config: opts.config });
+/**
+ * `config`: a couchestor.yaml for a new data directory (merged over the embedded default, e.g. `s3: {bodyIdleTimeoutMs: 2000}`);
+ * `env`: added to the daemon's environment (test hooks such as COUCHESTOR_TEST_PAUSE_POOL_REBUILD=1).
+ */
+export async function startS3(opts: { dataDir?: string; config?: string; env?: NodeJS.ProcessEnv } = {}): Promise<S3Env> {
+  const daemon = await TestDaemon.start({ dataDir: opts.dataDir, config: opts.config, env: opts.env });
   const creds = JSON.parse(fs.readFileSync(path.join(daemon.dataDir, 's3-credentials.json'), 'utf8')) as { keys: { accessKeyId: string; secretAccessKey: string }[] };
   const { accessKeyId, secretAccessKey } = creds.keys[0]!;
   const home = fs.mkdtempSync(path.join(os.tmpdir(), 's3-home-'));
