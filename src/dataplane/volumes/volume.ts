@@ -112,6 +112,13 @@ export class Volume {
   /** Chunks whose stale region is being zeroed before first use. */
   private readonly preparing = new Map<number, Promise<void>>();
   private metaDirty = false;
+  /**
+   * Chunk-map writes (indexWrite) not yet committed: lmdb-js applies a put
+   * at its commit, so until then a read of the index (a later open of this
+   * volume) sees the entry as it was. metaDirty does not cover them: a
+   * FLUSH clears it as it starts. quiet() waits for both.
+   */
+  private indexWritesPending = 0;
   private readonly commit = new GroupCommit(() => this.syncOnce());
   /**
    * Open data files; files[allocIdx] is the placement pool's (rec.poolName),
@@ -969,10 +976,15 @@ export class Volume {
    * every later one) fails rather than report the chunk's writes durable.
    */
   private indexWrite(p: Promise<unknown>): void {
-    p.then(undefined, (err: Error) => {
-      this.failure ??= new VolumeFailed(`volume ${this.name}: writing its chunk map failed (${err.message}); volume taken offline`);
-      log.error('volume: chunk map write failed; volume taken offline', { volume: this.name, err: err.message });
-    });
+    this.indexWritesPending++;
+    p.then(
+      () => void this.indexWritesPending--,
+      (err: Error) => {
+        this.indexWritesPending--;
+        this.failure ??= new VolumeFailed(`volume ${this.name}: writing its chunk map failed (${err.message}); volume taken offline`);
+        log.error('volume: chunk map write failed; volume taken offline', { volume: this.name, err: err.message });
+      },
+    );
   }
 
   /**
@@ -1692,13 +1704,14 @@ export class Volume {
    * Nothing in flight (requests, chunk copies and zeroing, destages,
    * RELEASE's truncate or file removals, a tier switch) and nothing written
    * that is not durable (every file synced since its last mutation, the chunk
-   * map committed durably): a close now waits for nothing and loses nothing,
-   * and a later open sees what this one saw. The manager closes a volume
+   * map committed durably: no change since the last FLUSH, and every write
+   * of it committed, indexWritesPending): a close now waits for nothing and
+   * loses nothing, and a later open sees what this one saw. The manager closes a volume
    * nothing holds only then (VolumeManager.closeIfUnheld). A file's first
    * mutation is its open (openOrCreate synced it just before).
    */
   quiet(): boolean {
-    if (this.closed || this.ops > 0 || this.gate !== null || this.fileMutations > 0 || this.fileReads > 0 || this.metaDirty || this.preserveOnSwitch) return false;
+    if (this.closed || this.ops > 0 || this.gate !== null || this.fileMutations > 0 || this.fileReads > 0 || this.metaDirty || this.indexWritesPending > 0 || this.preserveOnSwitch) return false;
     if (this.preparing.size > 0 || this.destaging.size > 0 || this.truncating !== null || this.unlinking.size > 0) return false;
     return this.files.every((f) => f.syncing.size === 0 && f.shrinkSync === undefined && (f.mutations === f.syncedMutations || f.mutations === 1));
   }
