@@ -16,6 +16,7 @@ import { salvageJournalDir } from './dataplane/journal/journal.js';
 import { MigrationAborted, migrateVolume, stopMigrations, type MigrationProgress } from './dataplane/volumes/migration.js';
 import type { PolicyStatus } from './control/loop.js';
 import { DataDirLock, DataDirLocked, readLockHolder } from './data-dir-lock.js';
+import { endBySignal } from './end-by-signal.js';
 
 const USAGE = `usage: couchestor <command> [options]
 
@@ -457,15 +458,16 @@ function apiErrorMessage(method: string, urlPath: string, status: number, text: 
  * and the command exits 128 + the signal once the index is closed. Without
  * this the signal killed the process mid-COPY: crash-safe, but the record
  * kept the target tier and the next start's control loop finished the move
- * the operator had cancelled. A second signal exits at once (as after a
- * kill: the next start finishes or undoes the move).
+ * the operator had cancelled. A second signal ends it at once, by that
+ * signal (as after a kill: the next start finishes or undoes the move).
  */
 async function migrateOffline(m: Manager, name: string, tier: 'hot' | 'warm' | 'cold', preserve: boolean): Promise<MigrationProgress> {
   let stoppedBy: NodeJS.Signals | null = null;
   const onSignal = (sig: NodeJS.Signals) => {
     if (stoppedBy !== null) {
       process.stderr.write(`couchestor: second signal (${sig}): exiting now, the move cut where it was; the next start finishes or undoes it\n`);
-      process.exit(signalExitCode(sig));
+      // By the signal (130 / 143 as a shell reports it), not process.exit: its wait for LMDB's write thread, in a chunk's flip, could hang for good (end-by-signal.ts).
+      endBySignal(sig);
     }
     stoppedBy = sig;
     process.stderr.write(`couchestor: ${sig}: aborting the migration of ${name} at its next chunk (a second signal exits now)\n`);

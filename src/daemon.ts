@@ -22,6 +22,7 @@ import { SegmentCompactor, registerCompactionMetrics } from './dataplane/ec/comp
 import { forgetRemovedPoolRebuilds } from './dataplane/ec/reconstruction.js';
 import { stopMigrations } from './dataplane/volumes/migration.js';
 import { DataDirLock, DataDirLocked, readLockHolder } from './data-dir-lock.js';
+import { endBySignal } from './end-by-signal.js';
 import { prepareHotPool } from './dataplane/objects/hot-segments.js';
 import type { Pool } from './dataplane/pools/pool.js';
 import { KubePolicies, readColdPolicyOnce, readyWithPolicySource, registerKubeMetrics, type ColdPolicyChoice } from './control/kube/index.js';
@@ -602,6 +603,16 @@ const PAUSE_START_AFTER_OPEN = process.env.COUCHESTOR_TEST_PAUSE_START === 'afte
 /** With COUCHESTOR_TEST_PAUSE_START=step:STEP, the start stops for good as step STEP begins (`couchestor paused start-step STEP {"pid":N}`); a stop ends it. */
 const PAUSE_START_AT_STEP = process.env.COUCHESTOR_TEST_PAUSE_START?.startsWith('step:') ? process.env.COUCHESTOR_TEST_PAUSE_START.slice('step:'.length) : null;
 
+/**
+ * Test hook: with COUCHESTOR_TEST_INDEX_WRITE_AT_SECOND_SIGNAL=1, a second
+ * signal to a started daemon first queues an index transaction and ends it
+ * at the next turn of the event loop: what a second signal meets when it
+ * lands while a commit is queued (an S3 PUT's index flip, a destage's, the
+ * heat samples'), as it often does on a busy node. Found so by a loop of
+ * stops with NBD writers and S3 PUTs (1 hang in 33), and made certain here.
+ */
+const INDEX_WRITE_AT_SECOND_SIGNAL = process.env.COUCHESTOR_TEST_INDEX_WRITE_AT_SECOND_SIGNAL === '1';
+
 function pauseStart(point: string): Promise<never> {
   process.stdout.write(`couchestor paused start-${point} ${JSON.stringify({ pid: process.pid })}\n`);
   // A bare promise holds no handle: the process would end (exit 13). The timer holds it.
@@ -610,9 +621,9 @@ function pauseStart(point: string): Promise<never> {
 }
 
 /**
- * The second signal: exits at once, 128 + its number (143 for SIGTERM, as a
- * stop during the start and a shell's report of a process killed by it),
- * whatever the stop was waiting for. It skips nothing the durability
+ * The second signal: the process ends at once, by that signal (a shell and
+ * the container runtime report 128 + its number: 143 for SIGTERM, as a stop
+ * during the start exits), whatever the stop was waiting for. It skips nothing the durability
  * contract needs. An acknowledged write is durable before its answer: an
  * NBD FLUSH or FUA write only after its fdatasync (the journal's group
  * commit, the volume file's), an S3 PUT's 200 only after its data is synced
@@ -633,7 +644,8 @@ function pauseStart(point: string): Promise<never> {
  */
 function exitNow(sig: string, first: string, waitingFor: string): never {
   log.warn('second signal: exiting now, without waiting for the stop to end; every acknowledged write is durable already, the next start recovers the rest as after a crash', { signal: sig, first, waitingFor });
-  process.exit(128 + (os.constants.signals[sig as NodeJS.Signals] ?? 15));
+  // By the signal, not process.exit(128 + n), which could hang for good on LMDB's write thread (see end-by-signal.ts).
+  endBySignal(sig as NodeJS.Signals);
 }
 
 /** Names the listener in a bind failure: "S3 port 9000: listen EADDRINUSE ...". */
@@ -662,7 +674,16 @@ export async function serve(dataDir: string, overrides: (cfg: DaemonConfig) => v
   let daemon: Daemon | null = null;
   let firstSignal: string | null = null;
   const stop = (sig: string) => {
-    if (firstSignal !== null) exitNow(sig, firstSignal, daemon ? (daemon.stopStep ?? 'the start of the stop') : `the end of the start-up step ${progress.step}`);
+    if (firstSignal !== null) {
+      const first = firstSignal;
+      const now = () => exitNow(sig, first, daemon ? (daemon.stopStep ?? 'the start of the stop') : `the end of the start-up step ${progress.step}`);
+      if (INDEX_WRITE_AT_SECOND_SIGNAL && daemon) {
+        void daemon.manager.meta.transaction(() => undefined);
+        setImmediate(now);
+        return;
+      }
+      now();
+    }
     firstSignal = sig;
     if (!daemon) {
       log.info('stopping during start-up: at the end of the step in progress (a second signal exits now)', { signal: sig, step: progress.step });
