@@ -28,8 +28,15 @@ const CHUNKS = 8;
 const ON_FILE = 4;
 /** Written during the move (journal): the chunk left when the move aborts. */
 const JOURNALED_CHUNK = 6;
-/** Bound on a wait that must not depend on the held truncate: past it, the client is stuck behind it. */
-const STUCK_AFTER_MS = 3000;
+/**
+ * Bound on a wait that must not depend on the held truncate: past it, the
+ * client is stuck behind it (a wrong build waits for good, so only it waits
+ * the bound out; a right one never does). Not a few seconds: these waits are
+ * real work (an aborted move reaching its truncate, a destage pass), up to
+ * 0.8 s here at load 13-14, which a slower or busier machine can stretch
+ * past a 3 s bound with nothing stuck.
+ */
+const STUCK_AFTER_MS = 30_000;
 
 type FtruncateCb = (err: NodeJS.ErrnoException | null) => void;
 const realFtruncate = fs.ftruncate;
