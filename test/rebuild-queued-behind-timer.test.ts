@@ -11,7 +11,7 @@ import fs from 'node:fs';
 import { PoolRebuildBusy, type PoolRebuildReport } from '../src/dataplane/ec/reconstruction.js';
 import { buildApi } from '../src/control/api.js';
 import { readVolume } from './helpers/volume.js';
-import { pairWithSkippedRebuild, replacePoolDir } from './helpers/rebuild.js';
+import { holdNextRebuildGroup, pairWithSkippedRebuild, replacePoolDir } from './helpers/rebuild.js';
 
 test("an operator's rebuild of another pool waits for the retry timer's rebuild, then runs; a third pool is refused", async (t) => {
   // a on hot-1 (offline), b on hot-0: two stripes each. cold-2 is lost; its rebuild skips a.
@@ -23,7 +23,11 @@ test("an operator's rebuild of another pool waits for the retry timer's rebuild,
   fs.renameSync(`${hot1}.gone`, hot1);
   replacePoolDir(dir, 'cold-3');
 
-  // The retry timer's step for skipped volumes starts its rebuild of cold-2 (a's stripes).
+  // The retry timer's step for skipped volumes starts its rebuild of cold-2 (a's stripes),
+  // held at its first group until the API has been asked below (the API's start and a GET
+  // took about as long as this two-stripe run, within 30-50 ms at load 11-13: unheld, the
+  // run could end before the GET and the operator's cold-3 run be the one listed).
+  const held = holdNextRebuildGroup(m);
   const order: string[] = [];
   const timerRun = r.retrySkippedVolumes().then((reports) => (order.push('timer'), reports));
   assert.deepEqual(r.rebuildRunning(), { pool: 'cold-2', wholePool: false, startedBy: 'timer', queued: null });
@@ -40,6 +44,9 @@ test("an operator's rebuild of another pool waits for the retry timer's rebuild,
   const refused = await app.inject({ method: 'POST', url: '/v1/rebuild', payload: { pool: 'cold-5' } });
   assert.equal(refused.statusCode, 409, refused.body);
   assert.match(refused.body, /retry timer.*cold-3 is queued/);
+  await held.reached;
+  assert.deepEqual(order, [], 'nothing ended while the timer\'s run was held');
+  held.release();
 
   const [timerReports, report, res] = await Promise.all([timerRun, asked, askedByApi]);
   assert.deepEqual(order, ['timer', 'operator'], "the operator's rebuild ran after the timer's");

@@ -34,6 +34,30 @@ export function replacePoolDir(dir: string, pool: string): void {
 }
 
 /**
+ * Holds the next group a pool rebuild reads its sources for (the stripe
+ * store's prepareLostShards, which every group of a run goes through before
+ * it lands anything, on the fast path or the slow one) until release(): the
+ * run cannot end meanwhile, so its running state can be observed across
+ * awaits (an HTTP round trip, the API's start) without racing its end.
+ * `reached` resolves when the held call is made. Later calls pass through.
+ */
+export function holdNextRebuildGroup(m: VolumeManager): { reached: Promise<void>; release(): void } {
+  const stripes = m.cold!.stripes;
+  const prepare = stripes.prepareLostShards.bind(stripes);
+  let reachedR!: () => void;
+  let releaseR!: () => void;
+  const reached = new Promise<void>((r) => (reachedR = r));
+  const gate = new Promise<void>((r) => (releaseR = r));
+  stripes.prepareLostShards = (async (...args: Parameters<typeof prepare>) => {
+    stripes.prepareLostShards = prepare;
+    reachedR();
+    await gate;
+    return prepare(...args);
+  }) as typeof prepare;
+  return { reached, release: () => releaseR() };
+}
+
+/**
  * coldPairWithHot1Offline in a temp dir named `prefix`... (its manager closed
  * and the dir removed when `t` ends), then cold-2 lost and replaced, and a
  * whole-pool rebuild of cold-2 run: `first` is its report (it skips a: hot-1
