@@ -91,6 +91,8 @@ export class HeatTracker implements HeatSource {
   private readonly gone = new Set<number>();
   /** Volume id -> the time from which its kept samples go (ahead of a clock set back, CLOCK_BACK_TOLERANCE_MS; 0: all). */
   private readonly dropFrom = new Map<number, number>();
+  /** Volumes whose samples a clock set back dropped in this sample (logged once at its end). */
+  private setBack = { volumes: 0, aheadMs: 0 };
   /** Keys of entries that are not samples of this build (another layout, a damaged value): removed at the next write. */
   private unreadable: Key[] = [];
   private readonly samplesDb: Database<[number, number], [number, number]>;
@@ -304,6 +306,11 @@ export class HeatTracker implements HeatSource {
       while (list.length > 2 && nowMs - list[1]!.atMs > this.retainMs) list.shift();
       if (list.length > MAX_SAMPLES_PER_VOLUME) this.samples.set(rec.name, thin(list, nowMs, Math.floor((MAX_SAMPLES_PER_VOLUME * 3) / 4)));
     }
+    if (this.setBack.volumes > 0) {
+      // One line a sample, not one a volume.
+      log.warn('heat samples ahead of the clock (set back?): these volumes\' windows start again', this.setBack);
+      this.setBack = { volumes: 0, aheadMs: 0 };
+    }
     for (const [name, t] of this.tracked) {
       if (live.has(name)) continue;
       this.gone.add(t.volumeId);
@@ -329,7 +336,7 @@ export class HeatTracker implements HeatSource {
    */
   private clockSetBack(t: Tracked, list: Sample[], nowMs: number, aheadMs: number): Sample[] {
     const all = aheadMs > CLOCK_BACK_TOLERANCE_MS;
-    if (all) log.warn('heat samples ahead of the clock (set back?): this volume\'s window starts again', { volumeId: t.volumeId, aheadMs });
+    if (all) this.setBack = { volumes: this.setBack.volumes + 1, aheadMs: Math.max(this.setBack.aheadMs, aheadMs) };
     const fromMs = all ? 0 : nowMs + 1;
     this.dropFrom.set(t.volumeId, Math.min(fromMs, this.dropFrom.get(t.volumeId) ?? Infinity));
     const left = all ? [] : list.filter((x) => x.atMs <= nowMs);
