@@ -135,8 +135,8 @@ test('Prometheus as the heat source: load seen through rate() moves a cold volum
 
   // Prometheus goes away. The volume is now idle (so it would be moved to
   // cold if the loop guessed); after a window, passes make no migration.
-  // (The daemon's first pass, before Prometheus was up, already warned once:
-  // count only this outage's warnings.)
+  // (Passes before this, e.g. the first at start, before Prometheus scraped the
+  // daemon, may have warned too: count only this outage's warnings.)
   await sleep(0);
   const logBeforeOutage = d.stderr.length;
   await prom.stop();
