@@ -489,8 +489,13 @@ export class Daemon {
     const step = (what: string) => (this.stopStep = what);
     // Every move is aborted at its next chunk, the admin API's (`volumes migrate`) as the control
     // loop's; both wait for them to end (the volume back on its old tier) before anything closes.
-    step('the migrations in flight (aborted at their next chunk)');
-    await Promise.all([stopMigrations(this.manager), this.loop.stop()]);
+    // The segment compaction stops with them: a pass (the background one, or one asked for with
+    // `couchestor compact`: unthrottled, as long as the copy of every live record of the segments
+    // over the dead fraction) ends after its current batch, and none starts (the request: 409).
+    // Stopped later (after the NBD drain, up to 10 s), a pass ran on whole during the stop, one
+    // asked for during it too, and was answered 409 as if cut. Before the stripe store closes.
+    step('the migrations in flight (aborted at their next chunk) and the segment compaction (ended after its current batch)');
+    await Promise.all([stopMigrations(this.manager), this.loop.stop(), this.compactor?.stop()]);
     step('the Kubernetes client');
     await this.kube?.stop();
     step('the NBD clients (their requests in flight, up to 10 s)');
@@ -500,11 +505,6 @@ export class Daemon {
     // whole-pool rebuild during the stop. Cut, the run is recorded (interrupted); the queued one is refused.
     step('the pool rebuild');
     await this.manager.cold?.reconstructor.stop();
-    // Compaction too, for the same reason: a pass asked for with `couchestor compact` (unthrottled, as
-    // long as the copy of every live record of the segments over the dead fraction) held the API's
-    // close to its end. Stopped, the pass ends after its current batch; the request is answered 409.
-    step('the segment compaction');
-    await this.compactor?.stop(); // before the stripe store closes under it
     step('the admin API (its requests in flight)');
     await this.api.close();
     step('the S3 clients (their requests in flight)');

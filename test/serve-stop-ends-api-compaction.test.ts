@@ -12,6 +12,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { nbdsh, TestDaemon } from './helpers/daemon.js';
 import { api, assertSameBytes, destage, MiB, patternBytes, readExport, startColdDaemon, writeColdVolume } from './helpers/cold.js';
+import { waitForLog } from './helpers/control-loop.js';
+import { startStuckReader } from './helpers/nbd-writer.js';
 
 const VOLUME_MIB = 64;
 /** 1 MiB segments hold three 256 KiB shard records; no background pass. */
@@ -22,18 +24,29 @@ interface CompactReport {
   copiedBytes: number;
 }
 
-test('SIGTERM during `couchestor compact`: the pass ends after its batch, 409 the daemon is stopping, a prompt exit 0; after a restart the volume reads back and the pass asked again completes', { timeout: 120_000 }, async (t) => {
-  let d = await startColdDaemon(CONFIG);
+/**
+ * A cold daemon with volume `c` (`mib` MiB, destaged), two chunks of every three written again
+ * and destaged: each old segment 2/3 dead, its third record for a pass to copy. Returns the
+ * daemon and the volume's bytes now.
+ */
+async function coldVolumeToCompact(t: { after(fn: () => unknown): void }, mib = VOLUME_MIB): Promise<{ d: TestDaemon; model: Buffer }> {
+  const d = await startColdDaemon(CONFIG);
   t.after(() => d.cleanup());
-  const model = patternBytes(VOLUME_MIB * MiB, 11);
+  const model = patternBytes(mib * MiB, 11);
   await writeColdVolume(d, 'c', model, d.dataDir); // destaged
-  // Two chunks of every three written again: each old segment is 2/3 dead, its third record to copy.
-  const again = patternBytes(VOLUME_MIB * MiB, 12);
-  for (let c = 0; c < VOLUME_MIB; c++) if (c % 3 !== 0) again.copy(model, c * MiB, c * MiB, (c + 1) * MiB);
+  const again = patternBytes(mib * MiB, 12);
+  for (let c = 0; c < mib; c++) if (c % 3 !== 0) again.copy(model, c * MiB, c * MiB, (c + 1) * MiB);
   const src = path.join(d.dataDir, 'again.bin');
   fs.writeFileSync(src, model);
-  nbdsh([`h.connect_uri(${JSON.stringify(d.exportUri('c'))})`, `src = open(${JSON.stringify(src)}, 'rb').read()`, `for c in range(${VOLUME_MIB}):`, `  if c % 3: h.pwrite(src[c * ${MiB}:(c + 1) * ${MiB}], c * ${MiB})`, 'h.flush()'].join('\n'));
+  nbdsh([`h.connect_uri(${JSON.stringify(d.exportUri('c'))})`, `src = open(${JSON.stringify(src)}, 'rb').read()`, `for c in range(${mib}):`, `  if c % 3: h.pwrite(src[c * ${MiB}:(c + 1) * ${MiB}], c * ${MiB})`, 'h.flush()'].join('\n'));
   await destage(d);
+  return { d, model };
+}
+
+test('SIGTERM during `couchestor compact`: the pass ends after its batch, 409 the daemon is stopping, a prompt exit 0; after a restart the volume reads back and the pass asked again completes', { timeout: 120_000 }, async (t) => {
+  const first = await coldVolumeToCompact(t);
+  let d = first.d;
+  const model = first.model;
 
   // POST /v1/compact, as `couchestor compact` sends it (the CLI prints the answer's message: test serve-stop-aborts-api-migration).
   const compact = fetch(`http://127.0.0.1:${d.info.api.port}/v1/compact`, { method: 'POST' }).then(async (r) => ({ status: r.status, body: (await r.json()) as { message?: string } }));
@@ -62,4 +75,39 @@ test('SIGTERM during `couchestor compact`: the pass ends after its batch, 409 th
   const stripes = (await api<{ stripes: { Healthy: number; Degraded: number; Failed: number } }>(d, 'GET', '/v1/cold')).stripes;
   assert.deepEqual([stripes.Healthy, stripes.Degraded, stripes.Failed], [VOLUME_MIB, 0, 0], JSON.stringify(stripes));
   assert.equal(await d.stop(), 0);
+});
+
+test('`couchestor compact` and a stop held by an NBD client: the pass in flight ends after its batch, not after the NBD drain; one asked for during the stop is not started (409); the rest is done by the pass after a restart', { timeout: 120_000 }, async (t) => {
+  // Before, the compactor was stopped only after the NBD drain (up to 10 s for a client that does
+  // not read its replies) and the pool rebuild's stop: until then a pass ran on whole, the one in
+  // flight at the SIGTERM as one asked for during the stop, and each was answered 409 "ended after
+  // its current batch" with all of its work done.
+  const { d } = await coldVolumeToCompact(t, 32);
+  const stuck = await startStuckReader(d.exportUri('c'));
+  t.after(() => stuck.kill());
+  const compact = () => fetch(`http://127.0.0.1:${d.info.api.port}/v1/compact`, { method: 'POST' }).then(async (r) => ({ status: r.status, body: (await r.json()) as { message?: string } }));
+  const inFlight = compact();
+  const deadline = Date.now() + 30_000;
+  while (!(await api<{ running: boolean }>(d, 'GET', '/v1/compaction')).running) {
+    assert.ok(Date.now() < deadline, 'no compaction pass ran in 30 s');
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) => d.proc.once('exit', (code, signal) => r({ code, signal })));
+  d.proc.kill('SIGTERM');
+  await waitForLog(d, /INFO stopping \(a second signal exits now\) signal=SIGTERM/);
+  const cut = await inFlight;
+  assert.equal(cut.status, 409, JSON.stringify(cut.body));
+  assert.match(cut.body.message ?? '', /^the daemon is stopping: the compaction pass ended after its current batch/);
+  const during = await compact();
+  assert.equal(during.status, 409, JSON.stringify(during.body));
+  assert.equal(during.body.message, 'the daemon is stopping: no compaction pass was started; run `couchestor compact` again once the daemon is back');
+  d.proc.kill('SIGTERM'); // the second: the NBD drain is not what this test waits for
+  await exited;
+  stuck.kill();
+
+  const again = await TestDaemon.start({ dataDir: d.dataDir });
+  t.after(() => again.kill());
+  const done = await api<CompactReport>(again, 'POST', '/v1/compact');
+  assert.ok(done.segmentsCompacted > 0 && done.copiedBytes > 0, `the pass after the restart found nothing left: the stop's pass ran whole (${cut.body.message}); now ${JSON.stringify(done)}`);
+  assert.equal(await again.stop(), 0, again.stderr);
 });

@@ -188,13 +188,18 @@ export function buildApi(
  * size and dead bytes; POST /v1/compact: one pass now, unthrottled, returns
  * what it reclaimed (`couchestor compact`). `stopping`: whether the daemon's
  * stop has begun. The stop ends a pass after its current batch
- * (SegmentCompactor.stop(), before the admin API closes); the pass the
- * request ran is then answered 409, "the daemon is stopping", not 200 with
- * a part of the work passed off as the whole.
+ * (SegmentCompactor.stop(), its first step); the pass the request ran is
+ * then answered 409, "the daemon is stopping", not 200 with a part of the
+ * work passed off as the whole, and one asked for afterwards is not started
+ * (409).
  */
 export function registerCompactionRoutes(app: FastifyInstance, compactor: SegmentCompactor, stopping: () => boolean = () => false): void {
   app.get('/v1/compaction', async () => ({ ...compactor.stats(), segments: await compactor.segments() }));
   app.post('/v1/compact', async (_req, reply) => {
+    // Asked for once the stop has begun (the compactor stopped with it): no pass starts.
+    if (stopping()) {
+      return reply.code(409).send({ error: 'DaemonStopping', message: 'the daemon is stopping: no compaction pass was started; run `couchestor compact` again once the daemon is back' });
+    }
     const report = await compactor.runOnce({ unthrottled: true });
     if (stopping()) {
       return reply.code(409).send({
