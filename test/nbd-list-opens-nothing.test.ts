@@ -60,11 +60,24 @@ h.opt_abort()
   }
   assert.equal(volumeFds(d2.proc.pid!), before, 'the list opened volume files');
 
-  // The export asked for opens (one file), and nbdinfo --list, which probes each, sees them all.
-  const one = spawnSync('nbdinfo', ['--size', d2.unixUri('l7')], { encoding: 'utf8', env: CLIENT_ENV });
+  // The export asked for opens (one file) while its client holds it, closed once the client has gone;
+  // nbdinfo --list, which probes each, sees them all.
+  const pid = d2.proc.pid!;
+  const held = `import os, re
+print(h.get_size())
+n = 0
+for f in os.listdir('/proc/${pid}/fd'):
+    try:
+        n += 1 if re.search(r'/volumes/[^/]+$', os.readlink('/proc/${pid}/fd/' + f)) else 0
+    except OSError:
+        pass
+print(n)`;
+  const one = spawnSync('nbdsh', ['-u', d2.unixUri('l7'), '-c', held], { encoding: 'utf8', env: CLIENT_ENV });
   assert.equal(one.status, 0, one.stderr);
-  assert.equal(one.stdout.trim(), String(1 << 20));
-  assert.equal(volumeFds(d2.proc.pid!), before + 1);
+  assert.deepEqual(one.stdout.trim().split('\n'), [String(1 << 20), String(before + 1)]);
+  const deadline = Date.now() + 5_000;
+  while (volumeFds(pid) !== before && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  assert.equal(volumeFds(pid), before, 'the volume stayed open after its client left');
   const list = spawnSync('nbdinfo', ['--list', '--json', `nbd+unix:///?socket=${d2.info.nbd.socketPath}`], { encoding: 'utf8', env: CLIENT_ENV });
   assert.equal(list.status, 0, list.stderr);
   assert.equal((JSON.parse(list.stdout) as { exports: unknown[] }).exports.length, VOLUMES + 1);

@@ -35,8 +35,14 @@ export function healthChecks(manager: VolumeManager, isOpen: () => boolean): Hea
 export function metricsSource(manager: VolumeManager, heat: HeatTracker, migrations: () => MigrationStats): MetricsSource {
   return {
     *volumes() {
-      for (const v of manager.openVolumes()) {
-        yield { volume: v.name, tier: v.rec.tier, ...v.counters, ...heat.iops(v.name) };
+      // Every volume, open or not: a volume closes once nothing holds it (its NBD clients gone), and
+      // its series must not vanish then (a closed one's counters are those it had when it closed).
+      const open = new Map(manager.openVolumes().map((v) => [v.name, v]));
+      const closed = manager.closedVolumeCounters();
+      for (const rec of manager.listVolumes()) {
+        const v = open.get(rec.name);
+        const counters = v?.counters ?? closed.get(rec.id) ?? { readOps: 0, writeOps: 0, readBytes: 0, writeBytes: 0 };
+        yield { volume: rec.name, tier: (v?.rec ?? rec).tier, ...counters, ...heat.iops(rec.name) };
       }
     },
     *pools() {

@@ -11,8 +11,13 @@ import * as P from './protocol.js';
 import { log } from '../../log.js';
 
 export interface ExportResolver {
-  /** Opens the export; throws NotFound for an unknown name. */
+  /**
+   * Opens the export and lends its volume to the connection until release();
+   * throws NotFound for an unknown name.
+   */
   resolve(name: string): Volume;
+  /** Ends a loan resolve() made (the last one closes the volume when nothing else holds it). */
+  release(vol: Volume): void;
   list(): { name: string; description: string }[];
   description(name: string): string;
 }
@@ -117,6 +122,16 @@ export class NbdConnection {
   private structured = false;
   private metaAllocation = false;
   private volume: Volume | null = null;
+  /**
+   * The volume this connection holds a loan of (ExportResolver.resolve), at
+   * most one: the export an option named last (NBD_OPT_INFO, GO,
+   * EXPORT_NAME, a meta-context query), then the transmission's. Given back
+   * once the socket has closed and nothing is in flight (releaseVolume),
+   * however the connection ended: before, every export a client ever
+   * opened stayed open (a descriptor and a chunk map each) until the daemon stopped.
+   */
+  private lent: Volume | null = null;
+  private socketClosed = false;
   private exportFlags = 0;
   // Current option / request being parsed.
   private optCode = 0;
@@ -176,8 +191,10 @@ export class NbdConnection {
     socket.on('close', () => {
       this.resolveClosed();
       this.phase = Phase.Closed;
+      this.socketClosed = true;
       if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
       this.onClose();
+      this.releaseVolume();
     });
     socket.on('drain', () => this.maybeResume());
     this.handshakeTimer = setTimeout(() => this.fatal('handshake timed out'), HANDSHAKE_TIMEOUT_MS);
@@ -510,7 +527,12 @@ export class NbdConnection {
    */
   private lookup(name: string): Volume | string {
     try {
-      return this.exports.resolve(name);
+      const vol = this.exports.resolve(name);
+      // One loan per connection: the previous option's, given back after this one is taken (the same volume stays open).
+      const before = this.lent;
+      this.lent = vol;
+      if (before !== null) this.exports.release(before);
+      return vol;
     } catch (err) {
       if (err instanceof NotFound) return `unknown export ${quoteName(name)}`;
       // The client is told the pool and the kind of failure; the cause, with the host's paths, goes to the log.
@@ -885,6 +907,21 @@ export class NbdConnection {
     this.inflightBytes -= bytes;
     this.maybeResume();
     this.maybeFinishDisconnect();
+    if (this.socketClosed) this.releaseVolume();
+  }
+
+  /**
+   * Gives the volume's loan back once the socket has closed (NBD_CMD_DISC,
+   * NBD_OPT_ABORT, the client's reset, a protocol error, a handshake
+   * timeout, a daemon stop) and every request it had in flight has
+   * completed: a client's reset does not cut its requests short, and a
+   * volume given back under them would not be quiet (stays open, idle).
+   */
+  private releaseVolume(): void {
+    if (this.lent === null || this.inflight !== 0) return;
+    const vol = this.lent;
+    this.lent = null;
+    this.exports.release(vol);
   }
 
   private maybeResume(): void {

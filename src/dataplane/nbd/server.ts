@@ -28,13 +28,17 @@ export class NbdServer implements ExportResolver {
   private readonly connections = new Set<NbdConnection>();
   /** Volumes the last lists left out (logged once until listed again); bounded by the volume count. */
   private readonly unlisted = new Set<string>();
+  /** Loans being given back after a FLUSH (release), one per closed connection at most; close() waits for them. */
+  private readonly releasing = new Set<Promise<void>>();
 
   constructor(private readonly opts: NbdServerOptions) {}
 
   /**
-   * The export's open volume. NotFound when no volume has the name;
-   * ExportUnavailable (what the client may be told, the cause for the log)
-   * when it has but cannot be opened.
+   * The export's open volume, lent to the connection until release() (one
+   * Volume per volume, shared by all its connections: a FLUSH on one covers
+   * the writes of all, as NBD_FLAG_CAN_MULTI_CONN promises). NotFound when
+   * no volume has the name; ExportUnavailable (what the client may be told,
+   * the cause for the log) when it has but cannot be opened.
    */
   resolve(name: string): Volume {
     const target = name === '' ? this.opts.defaultExport : name;
@@ -43,7 +47,7 @@ export class NbdServer implements ExportResolver {
     const rec = manager.getVolumeRecord(target);
     if (!rec) throw new NotFound(`no volume named ${target}`);
     try {
-      return manager.openVolume(target);
+      return manager.borrowVolume(target);
     } catch (err) {
       // Marked lost by `pools replace --discard-volumes`: it never opens again; the operator can only delete it.
       const lost = rec.lostOnPools ?? [];
@@ -52,6 +56,28 @@ export class NbdServer implements ExportResolver {
       const present = pool !== undefined && (manager.pools.get(pool)?.offlineButPresent() ?? false);
       throw new ExportUnavailable(unavailableReason(err, pool, present), { cause: err });
     }
+  }
+
+  /**
+   * Ends a connection's loan of `vol`. The last loan closes the volume when
+   * nothing else holds it and it is quiet (VolumeManager.closeIfUnheld); one
+   * with writes no FLUSH covered yet (a client that disconnects without
+   * one: nbdsh, a killed VM) is made durable first, so it closes too rather
+   * than staying open for good. Its write-back error is not lost that way:
+   * a failed sync takes the volume offline (failed volumes stay open, EIO
+   * until a restart). A failed or deleted volume is given back as it is.
+   */
+  release(vol: Volume): void {
+    const manager = this.opts.manager;
+    if (vol.failed !== null || vol.quiet()) return manager.giveBack(vol);
+    const done = vol
+      .flush()
+      .catch((err: Error) => log.debug('nbd: flush at a connection close failed', { volume: vol.name, err: err.message }))
+      .then(() => {
+        this.releasing.delete(done);
+        manager.giveBack(vol);
+      });
+    this.releasing.add(done);
   }
 
   /**
@@ -92,7 +118,8 @@ export class NbdServer implements ExportResolver {
       const mayNotOpen = manager.openFailure(rec.name) !== undefined || (rec.lostOnPools?.length ?? 0) > 0 || !poolOnline(rec.poolName) || !fs.existsSync(manager.pools.get(rec.poolName)!.volumeFile(rec.id));
       if (mayNotOpen) {
         try {
-          manager.openVolume(rec.name);
+          // Tried, and closed again when nothing holds it (a pinned open kept every listed volume open).
+          manager.giveBack(manager.borrowVolume(rec.name));
         } catch (err) {
           if (!this.unlisted.has(rec.name)) {
             this.unlisted.add(rec.name);
@@ -180,6 +207,8 @@ export class NbdServer implements ExportResolver {
     clearTimeout(timer);
     for (const s of this.sockets) s.destroy();
     await listenersClosed;
+    // Loans given back after their FLUSH (the manager closes every volume next).
+    await Promise.allSettled([...this.releasing]);
   }
 }
 

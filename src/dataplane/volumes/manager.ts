@@ -972,8 +972,14 @@ export class VolumeManager {
       throw new InvalidArgument(`volume ${name} is ${rec.sizeBytes} bytes; shrinking to ${newSizeBytes} would drop data and is refused`);
     }
     // Through the open volume: its record is also rewritten by a tier switch
-    // (setTier), and both must go through its quiesce gate.
-    return this.openVolume(name).resize(newSizeBytes);
+    // (setTier), and both must go through its quiesce gate. Lent for the call
+    // (pinned, every volume ever resized stayed open until the daemon stopped).
+    const vol = this.borrowVolume(name);
+    try {
+      return await vol.resize(newSizeBytes);
+    } finally {
+      this.giveBack(vol);
+    }
   }
 
   /**
@@ -981,12 +987,17 @@ export class VolumeManager {
    * volume (old stripes; the old file of a cold volume).
    */
   async releasePreserved(name: string): Promise<{ volume: string; stripesFreed: number; fileReleased: boolean }> {
-    const vol = this.openVolume(name);
-    const r = await vol.releasePreserved();
-    // Files a preserving hot <-> warm move kept: those of pools whose file
-    // the volume does not have open.
-    const filesRemoved = await vol.removeKeptFiles([...this.pools.values()].filter((p) => p.rec.tier !== 'cold'));
-    return { volume: name, ...r, fileReleased: r.fileReleased || filesRemoved > 0 };
+    // Lent for the call, as resizeVolume.
+    const vol = this.borrowVolume(name);
+    try {
+      const r = await vol.releasePreserved();
+      // Files a preserving hot <-> warm move kept: those of pools whose file
+      // the volume does not have open.
+      const filesRemoved = await vol.removeKeptFiles([...this.pools.values()].filter((p) => p.rec.tier !== 'cold'));
+      return { volume: name, ...r, fileReleased: r.fileReleased || filesRemoved > 0 };
+    } finally {
+      this.giveBack(vol);
+    }
   }
 
   /**
