@@ -106,3 +106,17 @@ test('Ctrl-C (SIGINT) during an offline `couchestor volumes migrate big cold` (2
   assertAbortedAndPunched(cli.stderr, 'interrupted \\(SIGINT\\)', d.dataDir, bigId);
   await restartedHotThenMovedAgain(d.dataDir, src, base, stopMs, (d2) => t.after(() => d2.kill()));
 });
+
+test('SIGTERM during `couchestor volumes migrate big cold --preserve`: the command it says to run again keeps --preserve (was: without it, which would release the hot copy the operator meant to keep)', { timeout: 120_000 }, async (t) => {
+  const { d } = await bigHotVolume(t, 128 * MiB);
+  const migrate = cliInBackground('volumes', 'migrate', 'big', 'cold', '--preserve', '--data-dir', d.dataDir).done;
+  const deadline = Date.now() + 60_000;
+  while ((await coldStatus(d)).stripesWritten < 1) {
+    assert.ok(Date.now() < deadline, 'the move striped no chunk in 60 s');
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  assert.equal(await d.stop(), 0, d.stderr);
+  const cli = await migrate;
+  assert.equal(cli.code, 1, `the CLI: ${cli.stdout}${cli.stderr}`);
+  assert.match(cli.stderr, /^couchestor: the daemon is stopping: the migration of big to cold was aborted after \d+ of \d+ chunks; .*; ask again once the daemon is back \(`couchestor volumes migrate big cold --preserve`\)/m);
+});

@@ -544,7 +544,8 @@ async function migrateVolumeOnce(manager: VolumeManager, name: string, to: Tier,
       ? new MigrationAborted(
           `${m.stopReason.why}: the migration of ${name} to ${to} was aborted after ${progress.chunksDone} of ${progress.chunksTotal} chunks; ` +
             `${name} stays ${from} on its old copy, every acknowledged write in it (the chunks already moved stay readable where they are); ` +
-            `ask again${m.stopReason.askAgain ? ' ' + m.stopReason.askAgain : ''} (\`couchestor volumes migrate ${name} ${to}\`): only the chunks not moved yet are copied`,
+            // The command as asked (--preserve kept: without it the move asked again would free the copy this one keeps).
+            `ask again${m.stopReason.askAgain ? ' ' + m.stopReason.askAgain : ''} (\`couchestor volumes migrate ${name} ${to}${opts.preserve ? ' --preserve' : ''}\`): only the chunks not moved yet are copied`,
         )
       : err;
     progress.error = (thrown as Error).message;
