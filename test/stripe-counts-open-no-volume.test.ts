@@ -14,6 +14,7 @@ import path from 'node:path';
 import { TestDaemon, run } from './helpers/daemon.js';
 import { MiB, allHealthy, coldStatus, createVolume, destage, patternBytes, startColdDaemon } from './helpers/cold.js';
 import { metric, scrape } from './helpers/control-loop.js';
+import { RawNbd } from './helpers/nbd-client.js';
 
 /** Empty cold volumes beside the ones written: each one opened holds its file's descriptor. */
 const EMPTY_VOLUMES = 60;
@@ -74,6 +75,10 @@ test('a metrics scrape and GET /v1/cold open no volume, and their stripe counts 
 
   // A volume opened and written (its figure from memory now), one deleted (closed: from the index before).
   await write('c', 4 * MiB, 3);
+  // A client holds c (a volume closes once nothing holds it): open through the counts and its delete.
+  const holder = await RawNbd.connect({ path: d.info.nbd.socketPath });
+  t.after(() => holder.close());
+  await holder.handshake('c');
   await destage(d);
   const open = volumeFilesOpen(d);
   assert.equal(open, 1, 'premise: c is open');
