@@ -11,6 +11,8 @@
 // shell, Docker and Kubernetes report it as 128 + the signal's number (143
 // for SIGTERM, 130 for SIGINT). stderr is written synchronously on Linux
 // (file, pipe or terminal), so every line logged before is out.
+import os from 'node:os';
+
 /**
  * Ends this process by `sig` now. The listeners of SIGTERM and SIGINT are
  * removed first, which gives both back their default action (end the
@@ -18,6 +20,11 @@
  * 5 s later, it is somehow still running.
  */
 export function endBySignal(sig: NodeJS.Signals): never {
+  // PID 1 of a pid namespace (a container running `node` itself, as deploy/daemonset.yaml does):
+  // the kernel drops the signals it sends itself without a handler, SIGKILL included. There the exit
+  // is process.exit's, as before, which a queued LMDB commit can still hold (until the runtime's
+  // SIGKILL, from outside the namespace: what a kubelet or `docker stop` sends after its grace).
+  if (process.pid === 1) process.exit(128 + (os.constants.signals[sig] ?? 15));
   process.removeAllListeners('SIGTERM');
   process.removeAllListeners('SIGINT');
   process.kill(process.pid, sig);
