@@ -661,10 +661,12 @@ export class ControlLoop {
   private preserveFor(name: string, to: Tier): boolean {
     const rec = this.manager.getVolumeRecord(name);
     if (rec === undefined || rec.tier !== to || rec.keptFilePools === undefined) return this.opts.preservationMode;
-    const vol = this.manager.openVolume(name);
-    if (to !== 'cold' && vol.poolsInUse().every((p) => p.name === rec.poolName)) return this.opts.preservationMode;
+    // Borrowed for the look (pinned, it stayed open for good); the move that follows borrows it for its run.
     const kept = rec.keptFilePools;
-    return vol.openFilePools().some((p) => kept.includes(p));
+    return this.manager.withVolume(name, (vol) => {
+      if (to !== 'cold' && vol.poolsInUse().every((p) => p.name === rec.poolName)) return this.opts.preservationMode;
+      return vol.openFilePools().some((p) => kept.includes(p));
+    });
   }
 
   /** Hands the status to onPass (the Kubernetes status writer, which compares and coalesces). */

@@ -406,9 +406,25 @@ export async function migrateVolume(manager: VolumeManager, name: string, to: Ti
   }
 }
 
+/**
+ * The move, with the volume lent to it (VolumeManager.borrowVolume) for its
+ * whole run and given back at its end, done or not: pinned (openVolume), every
+ * volume the control loop ever moved stayed open until the daemon stopped (a
+ * descriptor and a chunk map each). Made durable first (the last SWITCHes'
+ * chunk map), so the last loan closes it when nothing else holds it.
+ */
 async function migrateVolumeOnce(manager: VolumeManager, name: string, to: Tier, opts: MigrateOptions, m: ManagerMoves): Promise<MigrationProgress> {
+  const vol = manager.borrowVolume(name);
+  try {
+    return await migrateLent(manager, vol, name, to, opts, m);
+  } finally {
+    if (vol.failed === null && !vol.quiet()) await vol.flush().catch(() => undefined);
+    manager.giveBack(vol);
+  }
+}
+
+async function migrateLent(manager: VolumeManager, vol: Volume, name: string, to: Tier, opts: MigrateOptions, m: ManagerMoves): Promise<MigrationProgress> {
   const stopping = m.stop.signal;
-  const vol = manager.openVolume(name);
   const from = vol.rec.tier;
   const progress: MigrationProgress = { volume: name, from, to, phase: 'Analyze', chunksTotal: 0, chunksDone: 0, bytesCopied: 0, startedMs: Date.now() };
   const report = () => opts.onProgress?.({ ...progress });
