@@ -49,11 +49,12 @@ export class VolumeManager {
   configuredPools: ReadonlySet<string> | null = null;
   /**
    * The open volumes, by name. A volume stays open while something holds it:
-   * pinned (openVolume: an NBD connection, an API request, a migration;
-   * until it is deleted or the daemon stops), or lent to a background pass
-   * (borrowVolume, borrowById: the scrub, a pool rebuild, the control loop's
-   * look, the destager, the rebuild queue; until it gives it back); a failed one stays for good (EIO until a restart, never reopened
-   * silently). Once nothing holds it the last giveBack closes it (when it is
+   * lent (borrowVolume, borrowById: an NBD connection, an API call, a
+   * migration, the scrub, a pool rebuild, the control loop's look, the
+   * destager, the rebuild queue; until each gives it back) or pinned
+   * (openVolume: the start's finishing of an interrupted RELEASE, tools and
+   * tests; until it is deleted or the daemon stops); a failed one stays for
+   * good (EIO until a restart, never reopened silently). Once nothing holds it the last giveBack closes it (when it is
    * quiet: Volume.quiet). So the open volumes, their descriptors and chunk
    * maps, are what clients and work in flight use, not every volume the
    * scrub, a pool rebuild or the control loop looked at.
