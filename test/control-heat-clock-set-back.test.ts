@@ -12,20 +12,13 @@
 // and reads; sample times are explicit.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import path from 'node:path';
 import { VolumeManager } from '../src/dataplane/volumes/manager.js';
 import { CLOCK_BACK_TOLERANCE_MS, HEAT_SAMPLES_DB, HeatTracker } from '../src/control/heat.js';
-import { readVolume, tempDirClosing } from './helpers/volume.js';
+import { readVolume, tempDirClosing, openHotManager } from './helpers/volume.js';
 
 const MiB = 1024 * 1024;
 const MIN_MS = 60_000;
 const HOUR_MS = 3_600_000;
-
-async function openManager(dir: string): Promise<VolumeManager> {
-  const m = VolumeManager.open(path.join(dir, 'meta'));
-  await m.putPool({ name: 'hot-0', path: path.join(dir, 'hot-0'), tier: 'hot', capacityBytes: 64 * MiB, labels: { tier: 'hot' } });
-  return m;
-}
 
 async function reads(m: VolumeManager, n: number): Promise<void> {
   const vol = m.openVolume('v');
@@ -38,7 +31,7 @@ function keptTimes(m: VolumeManager, id: number): number[] {
 
 /** v read 10 times every 10 min for 2 h (1/60 IOPS), kept at each pass; returns the manager (closed) and the time of the last pass. */
 async function twoBusyHours(dir: string, t0: number): Promise<{ id: number; endMs: number }> {
-  const m = await openManager(dir);
+  const m = await openHotManager(dir);
   const { id } = await m.createVolume({ name: 'v', sizeBytes: MiB });
   const heat = new HeatTracker(m, HOUR_MS, 1_000);
   heat.sample(t0);
@@ -57,7 +50,7 @@ test('a restart with the clock set back 1 h: no reading until the window is cove
   const { id, endMs } = await twoBusyHours(dir, t0);
 
   // Down 1 min, and the clock 1 h behind: it reads endMs - 59 min.
-  m = await openManager(dir);
+  m = await openHotManager(dir);
   const nowMs = endMs - HOUR_MS + MIN_MS;
   const after = new HeatTracker(m, HOUR_MS, 1_000);
   after.sample(nowMs);
@@ -69,7 +62,7 @@ test('a restart with the clock set back 1 h: no reading until the window is cove
   await m.close();
 
   // Another restart 1 min later: the 10 reads since the step are there.
-  m = await openManager(dir);
+  m = await openHotManager(dir);
   const third = new HeatTracker(m, HOUR_MS, 1_000);
   const thenMs = nowMs + 11 * MIN_MS;
   third.sample(thenMs);
@@ -79,7 +72,7 @@ test('a restart with the clock set back 1 h: no reading until the window is cove
 test('the clock set back 1 h while the daemon runs: no reading until covered again, then the new samples only', async (t) => {
   let m: VolumeManager | null = null;
   const dir = tempDirClosing(t, 'heat-clock-back-running-', () => m ?? { close: async () => undefined });
-  m = await openManager(dir);
+  m = await openHotManager(dir);
   const { id } = await m.createVolume({ name: 'v', sizeBytes: MiB });
   const t0 = Date.now() - 10 * HOUR_MS;
   const heat = new HeatTracker(m, HOUR_MS, 1_000);
@@ -105,7 +98,7 @@ test(`a restart with the clock set back less than ${CLOCK_BACK_TOLERANCE_MS / 10
   const t0 = Date.now() - 10 * HOUR_MS;
   const { id, endMs } = await twoBusyHours(dir, t0);
 
-  m = await openManager(dir);
+  m = await openHotManager(dir);
   const nowMs = endMs - 5_000; // restarted within the second, the clock 5 s back
   const after = new HeatTracker(m, HOUR_MS, 1_000);
   after.sample(nowMs);

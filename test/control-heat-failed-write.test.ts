@@ -9,20 +9,13 @@
 // injected once in the tracker's own index handle; sample times are explicit.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import path from 'node:path';
 import { VolumeManager } from '../src/dataplane/volumes/manager.js';
 import { HeatTracker } from '../src/control/heat.js';
-import { readVolume, tempDirClosing } from './helpers/volume.js';
+import { readVolume, tempDirClosing, openHotManager } from './helpers/volume.js';
 
 const MiB = 1024 * 1024;
 const MIN_MS = 60_000;
 const HOUR_MS = 3_600_000;
-
-async function openManager(dir: string): Promise<VolumeManager> {
-  const m = VolumeManager.open(path.join(dir, 'meta'));
-  await m.putPool({ name: 'hot-0', path: path.join(dir, 'hot-0'), tier: 'hot', capacityBytes: 64 * MiB, labels: { tier: 'hot' } });
-  return m;
-}
 
 /** The tracker's next write to the index throws inside its transaction, once. */
 function failNextHeatWrite(heat: HeatTracker): void {
@@ -37,7 +30,7 @@ function failNextHeatWrite(heat: HeatTracker): void {
 test('a failed heat write is written again by the next: after a restart a volume busy for its last 10 min reads so, not spread over the idle hour', async (t) => {
   let m: VolumeManager | null = null;
   const dir = tempDirClosing(t, 'heat-failed-write-', () => m ?? { close: async () => undefined });
-  m = await openManager(dir);
+  m = await openHotManager(dir);
   await m.createVolume({ name: 'v', sizeBytes: MiB });
   const vol = m.openVolume('v');
   const reads = async (n: number) => {
@@ -56,7 +49,7 @@ test('a failed heat write is written again by the next: after a restart a volume
   assert.equal(heat.read('v', 10 * MIN_MS, t0 + 60 * MIN_MS).iops, 1, 'before the restart: 600 reads over the last 10 min');
   await m.close();
 
-  m = await openManager(dir);
+  m = await openHotManager(dir);
   const after = new HeatTracker(m, HOUR_MS, 1_000);
   after.sample(t0 + 61 * MIN_MS);
   // 51-61 min: 9 of the 10 busy minutes (540 reads, spread evenly between kept samples) and 1 min down.

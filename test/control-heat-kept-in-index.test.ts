@@ -11,21 +11,14 @@
 // null ("no samples yet") for a whole window.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import path from 'node:path';
 import { VolumeManager } from '../src/dataplane/volumes/manager.js';
 import { HEAT_SAMPLES_DB, HeatTracker, MAX_PERSISTED_SAMPLES_PER_VOLUME } from '../src/control/heat.js';
-import { readVolume, tempDirClosing } from './helpers/volume.js';
+import { readVolume, tempDirClosing, openHotManager } from './helpers/volume.js';
 
 const MiB = 1024 * 1024;
 const SAMPLE_MS = 100;
 
 /** A manager over `dir` with one hot pool (its record re-put at each open, as the daemon's start does). */
-async function openManager(dir: string): Promise<VolumeManager> {
-  const m = VolumeManager.open(path.join(dir, 'meta'));
-  await m.putPool({ name: 'hot-0', path: path.join(dir, 'hot-0'), tier: 'hot', capacityBytes: 64 * MiB, labels: { tier: 'hot' } });
-  return m;
-}
-
 async function reads(m: VolumeManager, name: string, n: number): Promise<void> {
   const vol = m.openVolume(name);
   for (let i = 0; i < n; i++) await readVolume(vol, (i % 256) * 4096, 4096);
@@ -39,7 +32,7 @@ function persistedKeys(m: VolumeManager, id: number): [number, number][] {
 test('after a restart the reading covers the window from before it: counters start at 0 again, the series continues, the time down reads as no I/O', async (t) => {
   let m: VolumeManager | null = null;
   const dir = tempDirClosing(t, 'heat-kept-restart-', () => m ?? { close: async () => undefined });
-  m = await openManager(dir);
+  m = await openHotManager(dir);
   await m.createVolume({ name: 'v', sizeBytes: MiB });
   const t0 = Date.now() - 60_000;
   const before = new HeatTracker(m, 60_000, SAMPLE_MS);
@@ -53,7 +46,7 @@ test('after a restart the reading covers the window from before it: counters sta
   await m.close();
 
   // The restart: a new process's counters (the volume opens with 0), 2 s down.
-  m = await openManager(dir);
+  m = await openHotManager(dir);
   const after = new HeatTracker(m, 60_000, SAMPLE_MS);
   after.sample(t0 + 12_000);
   await reads(m, 'v', 10);
@@ -72,7 +65,7 @@ test('after a restart the reading covers the window from before it: counters sta
   // The restored series goes on being kept: a third process reads all of it too.
   await after.persist(t0 + 14_000);
   await m.close();
-  m = await openManager(dir);
+  m = await openHotManager(dir);
   const third = new HeatTracker(m, 60_000, SAMPLE_MS);
   third.sample(t0 + 15_000);
   assert.equal(third.read('v', 15_000, t0 + 15_000).iops, 90 / 15);
@@ -81,7 +74,7 @@ test('after a restart the reading covers the window from before it: counters sta
 test('a volume deleted and created again under its name has none of the old heat, in memory or in the index, also deleted while the daemon was down', async (t) => {
   let m: VolumeManager | null = null;
   const dir = tempDirClosing(t, 'heat-kept-recreated-', () => m ?? { close: async () => undefined });
-  m = await openManager(dir);
+  m = await openHotManager(dir);
   const old = await m.createVolume({ name: 'v', sizeBytes: MiB });
   const gone = await m.createVolume({ name: 'w', sizeBytes: MiB });
   const t0 = Date.now() - 60_000;
@@ -108,7 +101,7 @@ test('a volume deleted and created again under its name has none of the old heat
   await m.close();
 
   // w deleted while no tracker runs (the daemon down): the next start drops its samples.
-  m = await openManager(dir);
+  m = await openHotManager(dir);
   await m.deleteVolume('w');
   const next = new HeatTracker(m, 60_000, SAMPLE_MS);
   next.sample(t0 + 8_000);
@@ -122,7 +115,7 @@ test('a volume deleted and created again under its name has none of the old heat
 test(`the index keeps at most ${MAX_PERSISTED_SAMPLES_PER_VOLUME} samples a volume, thinned by age: a 1 h reading after a restart stays within 3 %`, async (t) => {
   let m: VolumeManager | null = null;
   const dir = tempDirClosing(t, 'heat-kept-bound-', () => m ?? { close: async () => undefined });
-  m = await openManager(dir);
+  m = await openHotManager(dir);
   const rec = await m.createVolume({ name: 'v', sizeBytes: MiB });
   const HOUR_MS = 3_600_000;
   const PASS_MS = 10_000;
@@ -138,7 +131,7 @@ test(`the index keeps at most ${MAX_PERSISTED_SAMPLES_PER_VOLUME} samples a volu
   }
   assert.ok(most <= MAX_PERSISTED_SAMPLES_PER_VOLUME, `the index held ${most} samples of v`);
   await m.close();
-  m = await openManager(dir);
+  m = await openHotManager(dir);
   const after = new HeatTracker(m, HOUR_MS, 1_000);
   const end = t0 + HOUR_MS + 1_000;
   after.sample(end);
@@ -154,7 +147,7 @@ test(`the index keeps at most ${MAX_PERSISTED_SAMPLES_PER_VOLUME} samples a volu
 test('a volume a background pass opened and closed again keeps the ops it served: counted at the next sample, kept across a restart', async (t) => {
   let m: VolumeManager | null = null;
   const dir = tempDirClosing(t, 'heat-kept-closed-', () => m ?? { close: async () => undefined });
-  m = await openManager(dir);
+  m = await openHotManager(dir);
   await m.createVolume({ name: 'c', sizeBytes: MiB });
   const t0 = Date.now() - 60_000;
   const heat = new HeatTracker(m, 60_000, SAMPLE_MS);
@@ -171,7 +164,7 @@ test('a volume a background pass opened and closed again keeps the ops it served
   await heat.refresh(10_000, ['c'], t0 + 4_000);
   assert.equal(heat.read('c', 4_000, t0 + 4_000).iops, 10, '40 reads over 4 s');
   await m.close();
-  m = await openManager(dir);
+  m = await openHotManager(dir);
   const after = new HeatTracker(m, 60_000, SAMPLE_MS);
   after.sample(t0 + 5_000);
   assert.equal(after.read('c', 5_000, t0 + 5_000).iops, 8, '40 reads over 5 s after the restart');

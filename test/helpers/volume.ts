@@ -25,6 +25,13 @@ const MiB = 1024 * 1024;
 /** The default 4+2 policy's pool count: cold-0 .. cold-5. */
 const COLD_POOLS = 6;
 
+/** A manager over `<dir>/meta` with one 64 MiB hot pool, hot-0 (the heat tests' index and pool). */
+export async function openHotManager(dir: string): Promise<VolumeManager> {
+  const m = VolumeManager.open(path.join(dir, 'meta'));
+  await m.putPool({ name: 'hot-0', path: path.join(dir, 'hot-0'), tier: 'hot', capacityBytes: 64 * MiB, labels: { tier: 'hot' } });
+  return m;
+}
+
 /** Opens a VolumeManager in `dir/meta` (adding hot-0 and cold-0..5 when `create`) with the cold tier started and destaging left to explicit destager.drain()/migration calls. */
 export async function openColdTierManager(dir: string, create = true): Promise<VolumeManager> {
   const m = VolumeManager.open(path.join(dir, 'meta'));
