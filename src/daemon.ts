@@ -9,6 +9,7 @@ import { loadConfig, poolCapacityBytes, refuseAliasedPools, resolvePoolPath, typ
 import { NbdServer } from './dataplane/nbd/server.js';
 import { S3Frontend } from './dataplane/s3/frontend.js';
 import { VolumeManager } from './dataplane/volumes/manager.js';
+import { isLmdbCommitFailure, type MetaStore } from './dataplane/meta/store.js';
 import { log } from './log.js';
 import { CacheManager, registerCacheMetrics } from './dataplane/cache/index.js';
 import { registerHealthRoutes, type RunningHttpServer } from './control/health/index.js';
@@ -404,6 +405,8 @@ export class Daemon {
       started.push(() => (progress.stopRequested ? Promise.race([kube.stop(), new Promise((r) => setTimeout(r, KUBE_STOP_AT_START_MS).unref())]) : kube.stop()));
     }
     const manager = await openManager(cfg, { coldTier: true, progress, ...(kube ? { coldPolicy: (n: number) => kube.coldPolicy(n) } : {}) });
+    // Removed after the index has closed (the stop runs these in reverse): its last commits may fail too.
+    started.push(survivingIndexCommitFailures(manager.meta));
     started.push(() => manager.close());
     kube?.attach(manager);
     if (PAUSE_START_AFTER_OPEN) {
@@ -646,6 +649,31 @@ function exitNow(sig: string, first: string, waitingFor: string): never {
   log.warn('second signal: exiting now, without waiting for the stop to end; every acknowledged write is durable already, the next start recovers the rest as after a crash', { signal: sig, first, waitingFor });
   // By the signal, not process.exit(128 + n), which could hang for good on LMDB's write thread (see end-by-signal.ts).
   endBySignal(sig as NodeJS.Signals);
+}
+
+/**
+ * A failed index commit (the metadata disk full, MDB_MAP_FULL) leaves
+ * rejections lmdb-js made that no caller can handle (isLmdbCommitFailure);
+ * Node 20 ends the process on them. Instead the index is latched failed
+ * (MetaStore.commitFailed): every later FLUSH that needs it and every S3
+ * write fails with MetadataFailed, /readyz and /healthz name it, reads and
+ * other volumes go on. Any other unhandled rejection is rethrown, which
+ * ends the process as Node's default does. Returns the remover.
+ */
+function survivingIndexCommitFailures(meta: MetaStore): () => void {
+  let logged: Error | null = null;
+  const onUnhandled = (reason: unknown, promise: Promise<unknown>) => {
+    if (!isLmdbCommitFailure(reason, promise)) throw reason;
+    meta.commitFailed(reason);
+    // Logged once the cause is latched too (lmdb-js's writer error carries it in commitError), once per latch.
+    void Promise.allSettled([(reason as { commitError?: unknown }).commitError]).then(() => {
+      if (meta.failed === logged) return;
+      logged = meta.failed;
+      log.error('metadata index: a commit failed; writes that need the index fail until the daemon restarts', { err: logged!.message });
+    });
+  };
+  process.on('unhandledRejection', onUnhandled);
+  return () => process.off('unhandledRejection', onUnhandled);
 }
 
 /** Names the listener in a bind failure: "S3 port 9000: listen EADDRINUSE ...". */

@@ -217,8 +217,10 @@ export class MetaStore {
     if (this.dataDirIdentity.get('journal-id') !== id) this.dataDirIdentity.putSync('journal-id', id);
   }
 
-  /** Set once a commit failed (see durable). */
+  /** Set once a commit failed (see durable, commitFailed). */
   private commitFailure: Error | null = null;
+  /** Whether commitFailure names the cause (lmdb-js's own error says only "see commitError"). */
+  private commitCauseKnown = false;
 
   /**
    * Resolves once every write issued before the call is durable. After a
@@ -232,11 +234,26 @@ export class MetaStore {
     try {
       await this.root.flushed;
     } catch (err) {
-      // Typed, and saying what to do: S3 answers it 503 (not "try again"),
-      // the health probes report it (see `failed`).
-      this.commitFailure ??= new MetadataFailed(`metadata index commit failed (${(err as Error).message}); restart the daemon`);
-      throw this.commitFailure;
+      this.commitFailed(err);
+      throw this.commitFailure!;
     }
+  }
+
+  /**
+   * Latches a failed index commit (see durable): every later durable()
+   * rejects with it and the health probes report it. Typed, and saying what
+   * to do: S3 answers it 503 (not "try again"). `err` is what a writer of
+   * the commit was rejected with, or its cause; lmdb-js's writer error
+   * carries the cause in a second promise (commitError), handled here (left
+   * unhandled it ends the process) and named in the latch once it settles.
+   */
+  commitFailed(err: unknown): void {
+    const commitError = lmdbCommitErrorOf(err);
+    if (commitError) commitError.then(undefined, (cause: unknown) => this.commitFailed(cause));
+    const known = !commitError;
+    if (this.commitFailure && (this.commitCauseKnown || !known)) return;
+    this.commitFailure = new MetadataFailed(`metadata index commit failed (${(err as Error | null)?.message ?? String(err)}); restart the daemon`);
+    this.commitCauseKnown = known;
   }
 
   /** The latched commit failure (see durable), or null. */
@@ -251,10 +268,16 @@ export class MetaStore {
 
   /**
    * Runs `fn` in one write transaction. lmdb-js does NOT roll back writes
-   * made before `fn` throws: do every check first, then write.
+   * made before `fn` throws: do every check first, then write. A failed
+   * commit rejects with the latched MetadataFailed (commitFailed), not
+   * lmdb-js's "Commit failed (see commitError for details)".
    */
   transaction<T>(fn: () => T): Promise<T> {
-    return this.root.transaction(fn);
+    return this.root.transaction(fn).catch((err: unknown) => {
+      if (!lmdbCommitErrorOf(err)) throw err;
+      this.commitFailed(err);
+      throw this.commitFailure!;
+    });
   }
 
   nextVolumeId(): number {
@@ -294,4 +317,27 @@ export class MetaStore {
   async close(): Promise<void> {
     await this.root.close();
   }
+}
+
+/** lmdb-js's writer error for a failed commit ("Commit failed (see commitError for details)"): its commitError promise, else null. */
+function lmdbCommitErrorOf(err: unknown): PromiseLike<unknown> | null {
+  const commitError = (err as { commitError?: unknown } | null)?.commitError;
+  return err instanceof Error && typeof (commitError as PromiseLike<unknown> | undefined)?.then === 'function' ? (commitError as PromiseLike<unknown>) : null;
+}
+
+/**
+ * Whether an unhandled rejection is lmdb-js reporting a failed index commit,
+ * the only ones a daemon survives (its process handler latches the index,
+ * MetaStore.commitFailed, and rethrows anything else). lmdb-js makes two
+ * kinds no caller may hold: the promise a write returned, when the writer
+ * did not await it (Volume.setChunk's is handled, a compaction pass's
+ * dead-bytes hint is not), rejected with "Commit failed (see commitError for
+ * details)" and the cause in `commitError`; and that commitError promise
+ * itself, awaited by no one (lmdb-js issue #368), rejected with the cause: an
+ * Error with lmdb's numeric code (an errno such as 28 ENOSPC, or MDB_MAP_FULL
+ * -30792), on a promise carrying its own `reject`.
+ */
+export function isLmdbCommitFailure(reason: unknown, promise: Promise<unknown>): boolean {
+  if (lmdbCommitErrorOf(reason) && /^Commit failed\b/.test((reason as Error).message)) return true;
+  return reason instanceof Error && typeof (reason as { code?: unknown }).code === 'number' && typeof (promise as { reject?: unknown }).reject === 'function';
 }

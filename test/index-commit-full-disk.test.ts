@@ -1,0 +1,114 @@
+// The index's disk full (meta/ on a small tmpfs, filled): a failed LMDB
+// commit no longer ends the daemon. lmdb-js rejects promises no caller can
+// handle (the write's own, when nobody awaits it, and its commitError), and
+// Node 20 exited on them (code 1) at the first write that needed the index.
+// Now the index is latched failed: the NBD FLUSH that needed it answers EIO,
+// an S3 PUT 503 naming the index, /readyz 503 with the cause, a log line;
+// another volume and an object already there still read. Stopped, given
+// room and restarted, everything acknowledged reads back. Fails before the
+// fix (the daemon exits 1 at the FLUSH).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { CreateBucketCommand, GetObjectCommand, PutObjectCommand, type S3ServiceException } from '@aws-sdk/client-s3';
+import { nbdsh, TestDaemon } from './helpers/daemon.js';
+import { readyz } from './helpers/missing-pool.js';
+import { tinyFileSystem } from './helpers/journal.js';
+import { outcome, sdkClient } from './helpers/s3-env.js';
+
+const MiB = 1024 * 1024;
+/** Batches of 64 fresh chunks the test writes and FLUSHes, at most, with the index's disk full. */
+const BATCHES = 15;
+
+test('the index disk full: the daemon stays up, the write that needs the index fails, /readyz says why, reads go on; with room, a restart reads back all acknowledged', async (t) => {
+  const tiny = await tinyFileSystem(t, 24 * MiB, 'index-full-');
+  // The daemon is another process: only a real mount (root, as CI runs) is seen by it.
+  assert.equal(tiny.kind, 'mount', `needs a tmpfs the daemon (another process) sees (run as root); got ${tiny.kind}`);
+  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'index-full-data-'));
+  t.after(() => fs.rmSync(dataDir, { recursive: true, force: true }));
+  fs.symlinkSync(tiny.dir, path.join(dataDir, 'meta'));
+  fs.writeFileSync(path.join(dataDir, 'couchestor.yaml'), 'demoVolume: null\n');
+
+  let d = await TestDaemon.start({ dataDir });
+  t.after(() => d.kill());
+  const creds = JSON.parse(fs.readFileSync(path.join(dataDir, 's3-credentials.json'), 'utf8')) as { keys: { accessKeyId: string; secretAccessKey: string }[] };
+  const s3 = () => sdkClient(d.s3Endpoint, creds.keys[0]!.accessKeyId, creds.keys[0]!.secretAccessKey);
+  let sdk = s3();
+  t.after(() => sdk.destroy());
+  d.createVolume('v', '1G');
+  d.createVolume('w', '8M');
+  // Acknowledged before the disk fills: a FLUSHed block on each volume, an object.
+  nbdsh(`h.connect_uri(${JSON.stringify(d.exportUri('v'))}); h.pwrite(b"\\xa1" * 4096, 0); h.flush()`);
+  nbdsh(`h.connect_uri(${JSON.stringify(d.exportUri('w'))}); h.pwrite(b"\\xb2" * 4096, 0); h.flush()`);
+  await sdk.send(new CreateBucketCommand({ Bucket: 'index-full' }));
+  const body = Buffer.alloc(64 * 1024, 0xc3);
+  await sdk.send(new PutObjectCommand({ Bucket: 'index-full', Key: 'kept', Body: body }));
+  assert.equal((await readyz(d)).status, 200);
+
+  tiny.fill(path.join(tiny.dir, 'data.mdb'));
+  // Writes to chunks never written need chunk-map entries. LMDB reuses its freed pages first, so
+  // the first FLUSHes may still commit: batches of 64 chunks, each FLUSHed, until a write or
+  // FLUSH fails (the volume goes offline once its chunk-map write fails).
+  const flushed = nbdsh(
+    [
+      `h.connect_uri(${JSON.stringify(d.exportUri('v'))})`,
+      'for batch in range(BATCHES):',
+      '    try:',
+      '        for i in range(64): h.pwrite(bytes([batch + 1]) * 4096, (1 + batch * 64 + i) * 1048576)',
+      '        h.flush()',
+      '    except nbd.Error as e:',
+      '        print("batch", batch, "errno", e.errno)',
+      '        break',
+      'else:',
+      '    print("all flushed")',
+    ].join('\n').replace('BATCHES', String(BATCHES)),
+  ).trim();
+  const failedAt = /^batch (\d+) errno (EIO|ENOSPC)$/.exec(flushed);
+  assert.ok(failedAt, `every FLUSH succeeded, or one failed wrongly, with the index's disk full: ${flushed}`);
+  const acked = Number(failedAt[1]);
+  assert.equal(d.proc.exitCode, null, `the daemon exited (${d.proc.exitCode}):\n${d.stderr}`);
+  const ready = await readyz(d);
+  assert.equal(ready.status, 503);
+  assert.match(ready.reasons.join('\n'), /metadata index commit failed \(No space left on device/);
+
+  const put = await sdk.send(new PutObjectCommand({ Bucket: 'index-full', Key: 'new', Body: body })).then(
+    () => assert.fail('an S3 PUT succeeded with the index failed'),
+    (e: S3ServiceException) => e,
+  );
+  assert.deepEqual([put.$metadata.httpStatusCode, put.name], [503, 'ServiceUnavailable'], `an S3 PUT with the index failed: ${put.message}`);
+  assert.match(put.message, /metadata index commit failed/);
+  // Reads go on: the other volume's acknowledged block, the object already there.
+  assert.equal(nbdsh(`h.connect_uri(${JSON.stringify(d.exportUri('w'))}); print(h.pread(4096, 0) == b"\\xb2" * 4096)`).trim(), 'True');
+  const got = await sdk.send(new GetObjectCommand({ Bucket: 'index-full', Key: 'kept' }));
+  assert.ok(Buffer.from(await got.Body!.transformToByteArray()).equals(body), 'the object read back wrong while the index was full');
+  assert.equal(d.proc.exitCode, null, `the daemon exited (${d.proc.exitCode}):\n${d.stderr}`);
+
+  // Checked late: the daemon's stderr reaches this process apart from its HTTP answers.
+  assert.match(d.stderr, /ERROR metadata index: a commit failed.*No space left on device/);
+
+  // Room again; a restart: everything acknowledged is there. Killed, not stopped: acknowledged
+  // means durable at any instant, and lmdb-js's native write-error path may have overrun a heap
+  // buffer (mdb.c: a sprintf of up to ~125 bytes into malloc(100)), which glibc can catch at the
+  // close's frees and abort on ("corrupted size vs. prev_size"): not what this test is about.
+  fs.rmSync(path.join(tiny.dir, 'filler'));
+  await d.kill();
+  sdk.destroy();
+  d = await TestDaemon.start({ dataDir });
+  sdk = s3();
+  assert.equal((await readyz(d)).status, 200);
+  const back = nbdsh(
+    [
+      `h.connect_uri(${JSON.stringify(d.exportUri('v'))})`,
+      'print(h.pread(4096, 0) == b"\\xa1" * 4096)',
+      // The batches whose FLUSH succeeded while the disk was full.
+      `print(all(h.pread(4096, (1 + b * 64 + i) * 1048576) == bytes([b + 1]) * 4096 for b in range(${acked}) for i in range(64)))`,
+      `h2 = nbd.NBD(); h2.connect_uri(${JSON.stringify(d.exportUri('w'))}); print(h2.pread(4096, 0) == b"\\xb2" * 4096)`,
+    ].join('\n'),
+  );
+  assert.deepEqual(back.trim().split('\n'), ['True', 'True', 'True'], 'acknowledged blocks read back after the restart (v block 0, v batches FLUSHed while full, w block 0)');
+  const kept = await sdk.send(new GetObjectCommand({ Bucket: 'index-full', Key: 'kept' }));
+  assert.ok(Buffer.from(await kept.Body!.transformToByteArray()).equals(body));
+  assert.deepEqual(await outcome(sdk.send(new GetObjectCommand({ Bucket: 'index-full', Key: 'new' }))), [404, 'NoSuchKey']);
+});
