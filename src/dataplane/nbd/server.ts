@@ -15,6 +15,23 @@ export const DEFAULT_NBD_PORT = 10809;
 export const MAX_CONNECTIONS = 1024;
 /** Bound on how long a shutdown waits for in-flight requests to be answered. */
 const SHUTDOWN_GRACE_MS = 10_000;
+/**
+ * A closed connection's loan is kept this many times what the volume's open
+ * cost (resolve), at most LINGER_MAX_MS: a client that reconnects within it
+ * (qemu-img info then convert, nbdinfo then nbdcopy) finds the volume open.
+ * An open reads the whole chunk map from the index on the event loop (~110 ms
+ * for 100,000 entries, every client stalled meanwhile); paid at each connect,
+ * as once a volume closes with its last client, a client reconnecting in a
+ * row spent most of its time there. Kept a multiple of the open cost, the
+ * reopens cost at most 1/LINGER_PER_OPEN_MS of the time such a client takes;
+ * a cheap volume (an open under 5 ms) closes at once as before.
+ */
+const LINGER_PER_OPEN_MS = 20;
+const LINGER_MAX_MS = 2_000;
+/** Below this a volume is given back at once: its open (< 5 ms) is not worth keeping it for. */
+const LINGER_MIN_MS = 100;
+/** Bound on the loans kept so (the oldest is given back first): the open volumes they hold. */
+const MAX_LINGERING = 64;
 
 export interface NbdServerOptions {
   manager: VolumeManager;
@@ -30,6 +47,11 @@ export class NbdServer implements ExportResolver {
   private readonly unlisted = new Set<string>();
   /** Loans being given back after a FLUSH (release), one per closed connection at most; close() waits for them. */
   private readonly releasing = new Set<Promise<void>>();
+  /** What the last open of a volume by resolve() cost, in ms (a cached one is not counted); weak: gone with the Volume. */
+  private readonly openCostMs = new WeakMap<Volume, number>();
+  /** Loans of closed connections kept a while (LINGER_PER_OPEN_MS), at most one per volume and MAX_LINGERING in all; oldest first. */
+  private readonly lingering = new Map<Volume, NodeJS.Timeout>();
+  private closing = false;
 
   constructor(private readonly opts: NbdServerOptions) {}
 
@@ -47,7 +69,11 @@ export class NbdServer implements ExportResolver {
     const rec = manager.getVolumeRecord(target);
     if (!rec) throw new NotFound(`no volume named ${target}`);
     try {
-      return manager.borrowVolume(target);
+      const t0 = performance.now();
+      const vol = manager.borrowVolume(target);
+      const ms = performance.now() - t0;
+      if (ms >= 1) this.openCostMs.set(vol, ms);
+      return vol;
     } catch (err) {
       // Marked lost by `pools replace --discard-volumes`: it never opens again; the operator can only delete it.
       const lost = rec.lostOnPools ?? [];
@@ -66,18 +92,48 @@ export class NbdServer implements ExportResolver {
    * than staying open for good. Its write-back error is not lost that way:
    * a failed sync takes the volume offline (failed volumes stay open, EIO
    * until a restart). A failed or deleted volume is given back as it is.
+   * The loan ends at once or, for a volume whose open was costly, a while
+   * later (keepBriefly).
    */
   release(vol: Volume): void {
-    const manager = this.opts.manager;
-    if (vol.failed !== null || vol.quiet()) return manager.giveBack(vol);
+    if (vol.failed !== null || vol.quiet()) return this.keepBriefly(vol);
     const done = vol
       .flush()
       .catch((err: Error) => log.debug('nbd: flush at a connection close failed', { volume: vol.name, err: err.message }))
       .then(() => {
         this.releasing.delete(done);
-        manager.giveBack(vol);
+        this.keepBriefly(vol);
       });
     this.releasing.add(done);
+  }
+
+  /**
+   * Gives a closed connection's loan back after LINGER_PER_OPEN_MS times
+   * what the volume's open cost (at once for a cheap one, a failed one, or
+   * while the server closes). One such loan per volume: a later one replaces
+   * it (the earlier is given back, the volume stays held).
+   */
+  private keepBriefly(vol: Volume): void {
+    const manager = this.opts.manager;
+    const lingerMs = Math.min(LINGER_MAX_MS, LINGER_PER_OPEN_MS * (this.openCostMs.get(vol) ?? 0));
+    if (this.closing || vol.failed !== null || lingerMs < LINGER_MIN_MS) return manager.giveBack(vol);
+    const before = this.lingering.get(vol);
+    if (before !== undefined) {
+      clearTimeout(before);
+      this.lingering.delete(vol);
+      manager.giveBack(vol);
+    } else if (this.lingering.size >= MAX_LINGERING) {
+      const [oldest, timer] = this.lingering.entries().next().value as [Volume, NodeJS.Timeout];
+      clearTimeout(timer);
+      this.lingering.delete(oldest);
+      manager.giveBack(oldest);
+    }
+    const timer = setTimeout(() => {
+      this.lingering.delete(vol);
+      manager.giveBack(vol);
+    }, lingerMs);
+    timer.unref();
+    this.lingering.set(vol, timer);
   }
 
   /**
@@ -200,6 +256,7 @@ export class NbdServer implements ExportResolver {
    * is left after SHUTDOWN_GRACE_MS (a client not reading its replies).
    */
   async close(): Promise<void> {
+    this.closing = true;
     const listenersClosed = Promise.all(this.servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
     let timer: NodeJS.Timeout | undefined;
     const grace = new Promise<void>((r) => (timer = setTimeout(r, SHUTDOWN_GRACE_MS)));
@@ -209,6 +266,11 @@ export class NbdServer implements ExportResolver {
     await listenersClosed;
     // Loans given back after their FLUSH (the manager closes every volume next).
     await Promise.allSettled([...this.releasing]);
+    for (const [vol, timer] of this.lingering) {
+      clearTimeout(timer);
+      this.opts.manager.giveBack(vol);
+    }
+    this.lingering.clear();
   }
 }
 
