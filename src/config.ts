@@ -85,6 +85,11 @@ export interface KubernetesConfig {
    * Watches are asked to end after half to three quarters of it, so a live one is never taken for dead.
    */
   watchSilenceTimeoutMs: number;
+  /**
+   * A node's entry in a policy's status (status.nodes.<node>) is removed once its Node object is gone and the
+   * entry's time is older than this. The entry of a node that exists is never removed.
+   */
+  departedNodeEntryTimeoutMs: number;
 }
 
 export const CONFIG_FILE = 'couchestor.yaml';
@@ -117,7 +122,7 @@ export function embeddedDefault(dataDir: string): DaemonConfig {
       heatSampleIntervalMs: 1_000,
       heatSource: { type: 'local' },
     },
-    kubernetes: { enabled: false, kubeconfig: null, nodeName: null, ecPolicyName: 'standard-ec', statusWriteIntervalMs: 2_000, startSyncTimeoutMs: 30_000, watchSilenceTimeoutMs: 120_000 },
+    kubernetes: { enabled: false, kubeconfig: null, nodeName: null, ecPolicyName: 'standard-ec', statusWriteIntervalMs: 2_000, startSyncTimeoutMs: 30_000, watchSilenceTimeoutMs: 120_000, departedNodeEntryTimeoutMs: 3_600_000 },
     demoVolume: { name: 'demo', sizeBytes: 1024 ** 3 },
     defaultExport: 'demo',
   };
@@ -319,6 +324,8 @@ export function validateConfig(cfg: DaemonConfig, where = 'config'): void {
   int('kubernetes.startSyncTimeoutMs', k.startSyncTimeoutMs, 100, 600_000, 'milliseconds');
   // From 4 s (watches of 2 s) to an hour (watches of 30-45 min).
   int('kubernetes.watchSilenceTimeoutMs', k.watchSilenceTimeoutMs, 4_000, 3_600_000, 'milliseconds');
+  // From 1 s (tests) to a month: an existing node's entry is never removed, whatever the bound.
+  int('kubernetes.departedNodeEntryTimeoutMs', k.departedNodeEntryTimeoutMs, 1_000, 31 * 86_400_000, 'milliseconds');
   if (cfg.demoVolume !== null) {
     if (!isMapping(cfg.demoVolume)) fail(`demoVolume must be null or a mapping (name, sizeBytes), got ${describe(cfg.demoVolume)}`);
     str('demoVolume.name', cfg.demoVolume.name);

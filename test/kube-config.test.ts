@@ -12,13 +12,15 @@ import { CLI } from './helpers/daemon.js';
 
 const CASES: { yaml: string; message: RegExp }[] = [
   { yaml: 'kubernetes: {enabled: yes please}', message: /kubernetes\.enabled must be true or false, got "yes please"$/ },
-  { yaml: 'kubernetes: {enabled: true, kubeConfig: /x}', message: /: kubernetes\.kubeConfig is not a setting \(known: enabled, kubeconfig, nodeName, ecPolicyName, statusWriteIntervalMs, startSyncTimeoutMs, watchSilenceTimeoutMs\)$/ },
+  { yaml: 'kubernetes: {enabled: true, kubeConfig: /x}', message: /: kubernetes\.kubeConfig is not a setting \(known: enabled, kubeconfig, nodeName, ecPolicyName, statusWriteIntervalMs, startSyncTimeoutMs, watchSilenceTimeoutMs, departedNodeEntryTimeoutMs\)$/ },
   { yaml: 'kubernetes: {nodeName: Node_A}', message: /kubernetes\.nodeName must be a Kubernetes node name \(lowercase DNS subdomain\), got "Node_A"$/ },
   { yaml: 'kubernetes: {ecPolicyName: ""}', message: /kubernetes\.ecPolicyName must be a non-empty string, got ""$/ },
   { yaml: 'kubernetes: {statusWriteIntervalMs: 0}', message: /kubernetes\.statusWriteIntervalMs must be a whole number of milliseconds from 100 to 2147483647, got 0$/ },
   { yaml: 'kubernetes: {startSyncTimeoutMs: 1h}', message: /kubernetes\.startSyncTimeoutMs must be a whole number of milliseconds from 100 to 600000, got "1h"$/ },
   { yaml: 'kubernetes: {watchSilenceTimeoutMs: 1000}', message: /kubernetes\.watchSilenceTimeoutMs must be a whole number of milliseconds from 4000 to 3600000, got 1000$/ },
   { yaml: 'kubernetes: {watchSilenceTimeoutMs: 2m}', message: /kubernetes\.watchSilenceTimeoutMs must be a whole number of milliseconds from 4000 to 3600000, got "2m"$/ },
+  { yaml: 'kubernetes: {departedNodeEntryTimeoutMs: 500}', message: /kubernetes\.departedNodeEntryTimeoutMs must be a whole number of milliseconds from 1000 to 2678400000, got 500$/ },
+  { yaml: 'kubernetes: {departedNodeEntryTimeoutMs: 1h}', message: /kubernetes\.departedNodeEntryTimeoutMs must be a whole number of milliseconds from 1000 to 2678400000, got "1h"$/ },
   { yaml: 'kubernetes: true', message: /: kubernetes must be a mapping, got true$/ },
 ];
 

@@ -25,6 +25,8 @@ export interface KubeDaemonOptions {
   startSyncTimeoutMs?: number;
   /** kubernetes.watchSilenceTimeoutMs (default: the daemon's, 120 s). */
   watchSilenceTimeoutMs?: number;
+  /** kubernetes.departedNodeEntryTimeoutMs (default: the daemon's, 1 h). */
+  departedNodeEntryTimeoutMs?: number;
   dataDir?: string;
 }
 
@@ -46,6 +48,7 @@ export function kubeDaemonConfig(o: KubeDaemonOptions): string {
       statusWriteIntervalMs: 200,
       startSyncTimeoutMs: o.startSyncTimeoutMs ?? 20_000,
       ...(o.watchSilenceTimeoutMs === undefined ? {} : { watchSilenceTimeoutMs: o.watchSilenceTimeoutMs }),
+      ...(o.departedNodeEntryTimeoutMs === undefined ? {} : { departedNodeEntryTimeoutMs: o.departedNodeEntryTimeoutMs }),
     },
   });
 }

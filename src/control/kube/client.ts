@@ -49,6 +49,11 @@ const MAX_RESPONSE_BYTES = 32 * 1024 * 1024;
 export class KubeClient {
   private agent: http.Agent | null = null;
   private closed = false;
+  /** Bumped by each credentials re-read: a 401 to a request sent before it needs no re-read of its own. */
+  private credentialsGeneration = 0;
+  private reloading: Promise<void> | null = null;
+  /** Credential re-reads after a 401 (ok: read; failed: could not be read), for /metrics and tests. */
+  readonly credentialReloads = { ok: 0, failed: 0 };
 
   private constructor(private readonly access: ApiServerAccess) {}
 
@@ -66,8 +71,46 @@ export class KubeClient {
     this.agent?.destroy();
   }
 
-  /** One request with a JSON answer, failing with KubeApiError on a non-2xx status and after timeoutMs. */
+  /**
+   * One request with a JSON answer, failing with KubeApiError on a non-2xx status and after timeoutMs.
+   * A 401 (a rotated service-account token, an exec plugin's token that expired early) re-reads the
+   * credentials once, past the library's caches, and sends the request once more; a second 401 is
+   * the caller's error (its backoff), never a loop.
+   */
   async request<T>(method: string, path: string, opts: { body?: unknown; contentType?: string; timeoutMs: number }): Promise<T> {
+    const generation = this.credentialsGeneration;
+    try {
+      return await this.requestOnce<T>(method, path, opts);
+    } catch (err) {
+      if (!(err instanceof KubeApiError) || err.code !== 401 || this.closed) throw err;
+      try {
+        await this.reloadCredentials(generation, opts.timeoutMs);
+      } catch (reloadErr) {
+        throw new KubeApiError(401, `${err.message}; the credentials could not be read again: ${(reloadErr as Error).message}`);
+      }
+      return await this.requestOnce<T>(method, path, opts);
+    }
+  }
+
+  /** The credentials read again, once for every request that got a 401 with the ones in use (not again for one sent before the last re-read). */
+  private async reloadCredentials(generation: number, timeoutMs: number): Promise<void> {
+    if (generation !== this.credentialsGeneration) return;
+    this.reloading ??= withDeadline(this.access.reload(), timeoutMs, `no credentials within ${timeoutMs} ms`)
+      .then(
+        () => {
+          this.credentialReloads.ok++;
+          this.credentialsGeneration++;
+        },
+        (err: unknown) => {
+          this.credentialReloads.failed++;
+          throw err;
+        },
+      )
+      .finally(() => (this.reloading = null));
+    await this.reloading;
+  }
+
+  private async requestOnce<T>(method: string, path: string, opts: { body?: unknown; contentType?: string; timeoutMs: number }): Promise<T> {
     const req = await this.open(method, path, opts.contentType, opts.timeoutMs);
     return new Promise<T>((resolve, reject) => {
       req.on('error', reject);

@@ -14,6 +14,7 @@ import type { Condition, PolicyDocument, PolicySource, PolicyStatus } from '../l
 import { POLICY_API_VERSION, POLICY_KIND } from '../policy.js';
 import { KubeClient, type KubeObject } from './client.js';
 import { Informer } from './informer.js';
+import { DepartedNodePruner, ENTRY_TIME_FIELDS, statusNodes } from './prune.js';
 import { StatusWriter, type StatusWriteResult } from './status.js';
 
 export const STORAGE_POLICIES = 'storagepolicies';
@@ -38,6 +39,7 @@ export class KubePolicies {
   readonly storagePolicies: Informer;
   readonly ecPolicies: Informer;
   readonly writer: StatusWriter;
+  readonly pruner: DepartedNodePruner;
   private manager: VolumeManager | null = null;
   /** The cold tier's policy as the daemon started it (a later change of the CR takes effect at the next start). */
   private cold: ColdPolicyChoice | null = null;
@@ -90,16 +92,32 @@ export class KubePolicies {
     };
     const spGen = new Map<string, number | undefined>();
     const ecGen = new Map<string, number | undefined>();
-    // Of the status only this node's entry is kept: the others' (up to thousands of nodes, ~1.5 MiB an object) are never read here.
+    // Of the status this node's entry is kept whole; of the others' (up to thousands of nodes, ~1.5 MiB an object) only
+    // their time, which the pruner of departed nodes' entries reads (a name and a timestamp: ~100 bytes a node).
     // Of the metadata the fields read here (not managedFields, which grow with every writer).
     const keep = (obj: KubeObject): KubeObject => {
-      const own = nodeEntry(obj, this.nodeName);
+      const nodes: Record<string, unknown> = {};
+      for (const [node, e] of Object.entries(statusNodes(obj))) {
+        if (node === this.nodeName) {
+          if (e !== null && typeof e === 'object' && !Array.isArray(e)) nodes[node] = e;
+          continue;
+        }
+        const times: Record<string, unknown> = {};
+        if (e !== null && typeof e === 'object') for (const f of ENTRY_TIME_FIELDS) if (typeof (e as Record<string, unknown>)[f] === 'string') times[f] = (e as Record<string, unknown>)[f];
+        nodes[node] = times;
+      }
       const { name, uid, resourceVersion, generation } = obj.metadata;
-      return { apiVersion: obj.apiVersion, kind: obj.kind, metadata: { name, uid, resourceVersion, generation }, spec: obj.spec, ...(own ? { status: { nodes: { [this.nodeName]: own } } } : {}) };
+      return { apiVersion: obj.apiVersion, kind: obj.kind, metadata: { name, uid, resourceVersion, generation }, spec: obj.spec, ...(Object.keys(nodes).length > 0 ? { status: { nodes } } : {}) };
     };
     this.storagePolicies = new Informer(this.client, STORAGE_POLICIES, cfg.watchSilenceTimeoutMs, (k, o) => changed(k, o, STORAGE_POLICIES, spGen), keep);
     this.ecPolicies = new Informer(this.client, EC_POLICIES, cfg.watchSilenceTimeoutMs, (k, o) => changed(k, o, EC_POLICIES, ecGen), keep);
     this.writer = new StatusWriter(this.client, this.nodeName, cfg.statusWriteIntervalMs);
+    this.pruner = new DepartedNodePruner(this.client, this.nodeName, cfg.departedNodeEntryTimeoutMs, [this.storagePolicies, this.ecPolicies]);
+  }
+
+  /** The apiserver client's credential re-reads after a 401 (/metrics, tests). */
+  get credentialReloads(): { ok: number; failed: number } {
+    return this.client.credentialReloads;
   }
 
   start(): void {
@@ -110,12 +128,13 @@ export class KubePolicies {
     });
     this.storagePolicies.start();
     this.ecPolicies.start();
+    this.pruner.start();
   }
 
   async stop(): Promise<void> {
     this.onSpecChange = () => undefined;
     if (this.passTimer) clearTimeout(this.passTimer);
-    await Promise.all([this.storagePolicies.stop(), this.ecPolicies.stop(), this.writer.stop()]);
+    await Promise.all([this.storagePolicies.stop(), this.ecPolicies.stop(), this.writer.stop(), this.pruner.stop()]);
     this.client.close();
   }
 
@@ -403,6 +422,25 @@ export function registerKubeMetrics(kube: KubePolicies, registry: Registry): voi
     registers: [registry],
     collect() {
       this.set(kube.writer.pending());
+    },
+  });
+  new Counter({
+    name: 'couchestor_kube_departed_node_entries_pruned_total',
+    help: "Status entries of departed nodes (their Node object gone, their time older than kubernetes.departedNodeEntryTimeoutMs) this node removed",
+    registers: [registry],
+    collect() {
+      this.reset();
+      this.inc(kube.pruner.pruned);
+    },
+  });
+  new Counter({
+    name: 'couchestor_kube_credential_reloads_total',
+    help: 'Credentials read again after a 401 from the apiserver (ok; failed: could not be read), each followed by one more try of the request',
+    labelNames: ['result'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const [result, n] of Object.entries(kube.credentialReloads)) this.inc({ result }, n);
     },
   });
   new Gauge({

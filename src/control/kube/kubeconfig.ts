@@ -19,6 +19,13 @@ export interface ApiServerAccess {
   agent(): Promise<http.Agent>;
   /** The credential headers of one request (Authorization, Impersonate-User): an exec plugin's or a token file's current token. */
   headers(): Promise<Record<string, string>>;
+  /**
+   * Reads the credentials again now (the kubeconfig or the service account, a
+   * token file, a new exec plugin run), past the library's caches (a token file
+   * every 60 s, an exec token until its stated expiry): after a 401. The agent
+   * is kept unless its TLS material changed (a client certificate rotated).
+   */
+  reload(): Promise<void>;
 }
 
 export class InvalidKubeconfig extends Error {
@@ -32,6 +39,64 @@ export class InvalidKubeconfig extends Error {
  * no other command and no daemon off Kubernetes should pay.
  */
 export async function loadAccess(kubeconfig: string | null): Promise<ApiServerAccess> {
+  let kc = await loadKubeConfig(kubeconfig);
+  const cluster = kc.getCurrentCluster();
+  if (!cluster) throw new InvalidKubeconfig(`kubeconfig ${kubeconfig}: no current-context (or it names no context or no cluster)`);
+  const server = cluster.server.replace(/\/+$/, '');
+  if (!/^https?:\/\//.test(server)) throw new InvalidKubeconfig(`kubeconfig ${kubeconfig}: server ${server} is not an http(s) URL`);
+  let agent: Promise<http.Agent> | null = null;
+  /** The TLS material the agent was made with: a reload makes a new agent only when it changed. */
+  let agentTls: string | null = null;
+  // Both the agent (TLS material) and the headers come from here: its errors never quote what
+  // an exec plugin printed (the parser's message does, and it may be a token).
+  const apply = async (): Promise<https.RequestOptions> => {
+    const opts: https.RequestOptions = { headers: {} };
+    try {
+      await kc.applyToHTTPSOptions(opts);
+    } catch (err) {
+      if (err instanceof SyntaxError) throw new Error('the kubeconfig user\'s exec plugin printed something that is not an ExecCredential (JSON); not shown, it may hold a token');
+      throw new Error(`kubeconfig credentials: ${firstLine((err as Error).message).slice(0, 300)}`);
+    }
+    return opts;
+  };
+  const tlsOf = (o: https.RequestOptions): string => JSON.stringify([o.ca, o.cert, o.key, o.rejectUnauthorized, o.servername].map((x) => (Buffer.isBuffer(x) ? x.toString('base64') : x ?? null)));
+  return {
+    server,
+    agent() {
+      agent ??= apply().then((o) => {
+        agentTls = tlsOf(o);
+        // A proxy: the library's agent for it. Else one of ours with keep-alive (one TLS handshake for the many status writes).
+        return cluster.proxyUrl
+          ? (o.agent as http.Agent)
+          : server.startsWith('https:')
+            ? new https.Agent({ keepAlive: true, maxSockets: 8, ca: o.ca, cert: o.cert, key: o.key, rejectUnauthorized: o.rejectUnauthorized ?? true, ...(o.servername ? { servername: o.servername } : {}) })
+            : new http.Agent({ keepAlive: true, maxSockets: 8 });
+      });
+      agent.catch(() => (agent = null));
+      return agent;
+    },
+    async headers() {
+      const o = await apply();
+      const out: Record<string, string> = {};
+      for (const [k, v] of Object.entries(o.headers ?? {})) if (typeof v === 'string') out[k.toLowerCase()] = v.trim();
+      // A token file written with a newline at its end: the header must not carry it.
+      if (o.auth) out.authorization = `Basic ${Buffer.from(o.auth).toString('base64')}`;
+      return out;
+    },
+    async reload() {
+      const next = await loadKubeConfig(kubeconfig);
+      // The same server: a kubeconfig edited to point elsewhere takes effect at the next start, as before.
+      kc = next;
+      if (agent !== null && agentTls !== null) {
+        const o = await apply();
+        if (tlsOf(o) !== agentTls) agent = null;
+      }
+    },
+  };
+}
+
+/** A KubeConfig from a kubeconfig file, or (null) the pod's service account, checked. */
+async function loadKubeConfig(kubeconfig: string | null): Promise<KubeConfig> {
   const { KubeConfig } = await import('@kubernetes/client-node');
   const kc = new KubeConfig();
   if (kubeconfig === null) {
@@ -45,46 +110,7 @@ export async function loadAccess(kubeconfig: string | null): Promise<ApiServerAc
   } else {
     fromFile(kc, kubeconfig);
   }
-  const cluster = kc.getCurrentCluster();
-  if (!cluster) throw new InvalidKubeconfig(`kubeconfig ${kubeconfig}: no current-context (or it names no context or no cluster)`);
-  const server = cluster.server.replace(/\/+$/, '');
-  if (!/^https?:\/\//.test(server)) throw new InvalidKubeconfig(`kubeconfig ${kubeconfig}: server ${server} is not an http(s) URL`);
-  let agent: Promise<http.Agent> | null = null;
-  // Both the agent (TLS material) and the headers come from here: its errors never quote what
-  // an exec plugin printed (the parser's message does, and it may be a token).
-  const apply = async (): Promise<https.RequestOptions> => {
-    const opts: https.RequestOptions = { headers: {} };
-    try {
-      await kc.applyToHTTPSOptions(opts);
-    } catch (err) {
-      if (err instanceof SyntaxError) throw new Error('the kubeconfig user\'s exec plugin printed something that is not an ExecCredential (JSON); not shown, it may hold a token');
-      throw new Error(`kubeconfig credentials: ${firstLine((err as Error).message).slice(0, 300)}`);
-    }
-    return opts;
-  };
-  return {
-    server,
-    agent() {
-      agent ??= apply().then((o) =>
-        // A proxy: the library's agent for it. Else one of ours with keep-alive (one TLS handshake for the many status writes).
-        cluster.proxyUrl
-          ? (o.agent as http.Agent)
-          : server.startsWith('https:')
-            ? new https.Agent({ keepAlive: true, maxSockets: 8, ca: o.ca, cert: o.cert, key: o.key, rejectUnauthorized: o.rejectUnauthorized ?? true, ...(o.servername ? { servername: o.servername } : {}) })
-            : new http.Agent({ keepAlive: true, maxSockets: 8 }),
-      );
-      agent.catch(() => (agent = null));
-      return agent;
-    },
-    async headers() {
-      const o = await apply();
-      const out: Record<string, string> = {};
-      for (const [k, v] of Object.entries(o.headers ?? {})) if (typeof v === 'string') out[k.toLowerCase()] = v.trim();
-      // A token file written with a newline at its end: the header must not carry it.
-      if (o.auth) out.authorization = `Basic ${Buffer.from(o.auth).toString('base64')}`;
-      return out;
-    },
-  };
+  return kc;
 }
 
 function fromFile(kc: KubeConfig, file: string): void {
