@@ -15,35 +15,19 @@ import path from 'node:path';
 import { TestDaemon } from './helpers/daemon.js';
 import { MiB, allHealthy, assertSameBytes, coldStatus, corruptSegments, createVolume as createColdVolume, destage, patternBytes, readExport, rebuildPool, scrub, startColdDaemon, startWithColdVolume } from './helpers/cold.js';
 import { createVolume, decisionFor, metric, policyNamed, policyYaml, reconcile, scrape, startControlDaemon } from './helpers/control-loop.js';
-import { addVolumesLike } from './helpers/many-volumes.js';
+import { addVolumesLike, processFds } from './helpers/many-volumes.js';
 import { RawNbd } from './helpers/nbd-client.js';
 
 const VOLUMES = 2_000;
 /** Descriptors a pass may leave beside the baseline (sockets of the API calls, a segment file): not one per volume. */
 const SLACK_FDS = 40;
 
-/** The daemon's descriptors, and those on volume files (pools/<pool>/volumes/<id>.dat), from /proc. */
-function fds(pid: number): { all: number; volumeFiles: number } {
-  let all = 0;
-  let volumeFiles = 0;
-  for (const fd of fs.readdirSync(`/proc/${pid}/fd`)) {
-    let target: string;
-    try {
-      target = fs.readlinkSync(`/proc/${pid}/fd/${fd}`);
-    } catch {
-      continue; // closed meanwhile
-    }
-    all++;
-    if (/\/volumes\/\d+\.dat$/.test(target)) volumeFiles++;
-  }
-  return { all, volumeFiles };
-}
 
 /** Waits (up to 5 s) until the daemon has `want` volume files open: a volume given back is closed right after (its close awaits its files' close). */
 async function untilVolumeFiles(pid: number, want: number, what: string): Promise<void> {
   const deadline = Date.now() + 5_000;
-  while (fds(pid).volumeFiles !== want && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-  assert.equal(fds(pid).volumeFiles, want, what);
+  while (processFds(pid).volumeFiles !== want && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  assert.equal(processFds(pid).volumeFiles, want, what);
 }
 
 test(`a scrub, a pool rebuild and a control-loop pass over ${VOLUMES} volumes keep the descriptors at their baseline; a volume an NBD client holds stays open and serves`, async (t) => {
@@ -70,7 +54,7 @@ test(`a scrub, a pool rebuild and a control-loop pass over ${VOLUMES} volumes ke
   await write(0, 2 * MiB);
   await destage(d);
   await write(2 * MiB, MiB);
-  const base = fds(pid);
+  const base = processFds(pid);
   assert.equal(base.volumeFiles, 1, 'premise: only the held volume is open');
 
   // The client's I/O goes on through every pass: each block read back as written.
@@ -90,14 +74,14 @@ test(`a scrub, a pool rebuild and a control-loop pass over ${VOLUMES} volumes ke
   const report = await scrub(d);
   assert.equal(report.stripesChecked, 2, JSON.stringify(report));
   assert.equal(report.badStripes, 0);
-  const afterScrub = fds(pid);
+  const afterScrub = processFds(pid);
   t.diagnostic(`${VOLUMES + 1} volumes: fds ${base.all} before the scrub, ${afterScrub.all} after; scrub ${report.durationMs} ms`);
   assert.equal(afterScrub.volumeFiles, 1, 'the scrub left volume files open');
   assert.ok(afterScrub.all <= base.all + SLACK_FDS, `descriptors ${base.all} -> ${afterScrub.all} after the scrub`);
 
   const rebuilt = await rebuildPool(d, 0);
   assert.equal(rebuilt.stripesChecked, 2, JSON.stringify(rebuilt));
-  assert.equal(fds(pid).volumeFiles, 1, 'the pool rebuild left volume files open');
+  assert.equal(processFds(pid).volumeFiles, 1, 'the pool rebuild left volume files open');
 
   // A pass that looks at every volume: the heat window (2 s) covered, each idle cold volume stays cold.
   const deadline = Date.now() + 10_000;
@@ -107,7 +91,7 @@ test(`a scrub, a pool rebuild and a control-loop pass over ${VOLUMES} volumes ke
   assert.match(decisionFor(all, `v${VOLUMES - 1}`).reason, /already cold/);
   assert.equal(all.decisions.length, VOLUMES + 1);
   assert.equal(decisionFor(all, 'held').action, 'stay', JSON.stringify(decisionFor(all, 'held')));
-  const afterPass = fds(pid);
+  const afterPass = processFds(pid);
   assert.equal(afterPass.volumeFiles, 1, 'the control-loop pass left volume files open');
   assert.ok(afterPass.all <= base.all + SLACK_FDS, `descriptors ${base.all} -> ${afterPass.all} after the pass`);
   const text = await scrape(d);
@@ -138,7 +122,7 @@ test('a scrub repairs the damaged stripes of a volume nothing holds open, listed
   assert.equal(await d.stop(), 0);
   corruptSegments(d, 2, 300, 5);
   d = await TestDaemon.start({ dataDir: d.dataDir });
-  assert.equal(fds(d.info.pid).volumeFiles, 0, 'premise: no volume open');
+  assert.equal(processFds(d.info.pid).volumeFiles, 0, 'premise: no volume open');
   const report = await scrub(d);
   assert.equal(report.stripesChecked, 3, JSON.stringify(report));
   assert.equal(report.badStripes, 3, JSON.stringify(report));
@@ -173,7 +157,7 @@ test('the destager closes the volumes it opened once their journal records are d
   }
   assert.equal(await d.stop(), 0);
   d = await TestDaemon.start({ dataDir: d.dataDir });
-  assert.equal(fds(d.info.pid).volumeFiles, 0, 'premise: no volume open after the start');
+  assert.equal(processFds(d.info.pid).volumeFiles, 0, 'premise: no volume open after the start');
   await destage(d);
   assert.equal((await coldStatus(d)).journalBytes, 0, 'premise: the journal is drained');
   await untilVolumeFiles(d.info.pid, 0, 'the destager left the volumes it destaged open');

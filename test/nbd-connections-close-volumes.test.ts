@@ -15,7 +15,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { TestDaemon, nbdsh } from './helpers/daemon.js';
 import { metric, scrape } from './helpers/control-loop.js';
-import { addVolumesLike } from './helpers/many-volumes.js';
+import { addVolumesLike, processFds } from './helpers/many-volumes.js';
 import { OPT, RawNbd } from './helpers/nbd-client.js';
 
 const VOLUMES = 100;
@@ -28,22 +28,6 @@ const CONFIG = `pools:
 ${[0, 1, 2, 3, 4, 5].map((i) => `  - { name: cold-${i}, tier: cold, path: pools/cold-${i}, capacity: auto }\n`).join('')}demoVolume: null
 `;
 
-/** The daemon's descriptors, and those on volume files, from /proc. */
-function fds(pid: number): { all: number; volumeFiles: number } {
-  let all = 0;
-  let volumeFiles = 0;
-  for (const fd of fs.readdirSync(`/proc/${pid}/fd`)) {
-    let target: string;
-    try {
-      target = fs.readlinkSync(`/proc/${pid}/fd/${fd}`);
-    } catch {
-      continue; // closed meanwhile
-    }
-    all++;
-    if (/\/volumes\/\d+\.dat$/.test(target)) volumeFiles++;
-  }
-  return { all, volumeFiles };
-}
 
 async function openVolumes(d: TestDaemon): Promise<{ pinned: number; lent: number; idle: number }> {
   const text = await scrape(d);
@@ -60,7 +44,7 @@ async function settlesTo(d: TestDaemon, want: { pinned: number; lent: number; id
   const deadline = Date.now() + 5_000;
   for (;;) {
     const open = await openVolumes(d);
-    const f = fds(d.info.pid);
+    const f = processFds(d.info.pid);
     if ((open.pinned === want.pinned && open.lent === want.lent && open.idle === want.idle && f.volumeFiles === files) || Date.now() > deadline) {
       assert.deepEqual({ ...open, volumeFiles: f.volumeFiles }, { ...want, volumeFiles: files });
       return f;

@@ -39,3 +39,20 @@ export async function addVolumesLike(dataDir: string, template: string, prefix: 
     await meta.close();
   }
 }
+
+/** A process's descriptors, and those on volume files (pools/<pool>/volumes/<id>.dat), from /proc. */
+export function processFds(pid: number): { all: number; volumeFiles: number } {
+  let all = 0;
+  let volumeFiles = 0;
+  for (const fd of fs.readdirSync(`/proc/${pid}/fd`)) {
+    let target: string;
+    try {
+      target = fs.readlinkSync(`/proc/${pid}/fd/${fd}`);
+    } catch {
+      continue; // closed meanwhile
+    }
+    all++;
+    if (/\/volumes\/\d+\.dat$/.test(target)) volumeFiles++;
+  }
+  return { all, volumeFiles };
+}
