@@ -52,7 +52,7 @@ test('the token file replaced and the old token revoked: the first 401 re-reads 
   fs.renameSync(`${tokenFile}.new`, tokenFile);
   const t1Sa = await kube.request('DELETE', '/api/v1/namespaces/default/serviceaccounts/r401-1');
   assert.equal(t1Sa.status, 200);
-  await until('the old token refused', async () => ((await kube.request('GET', `/apis/storage.billyronks.io/v1/${SP}`, { token: t1 })).status === 401 ? true : undefined), 10_000, 100);
+  await until('the old token refused', async () => ((await kube.request('GET', `/apis/storage.billyronks.io/v1/${SP}`, { token: t1 })).status === 401 ? true : undefined), 30_000, 100);
 
   // The daemon's watch (opened with the old token) sees the new policy; its status write gets a 401, re-reads
   // the token file and goes through: seconds, where the library re-reads the file only every 60 s.

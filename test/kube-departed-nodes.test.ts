@@ -44,20 +44,15 @@ async function nodeKeys(plural: string, name: string): Promise<string[]> {
 test('a deleted Node loses its status entries once older than the bound; an existing silent node keeps its entry', async () => {
   for (const n of ['node-a', 'node-b', 'node-c']) await createNode(n);
   await cluster.create(SP, 'StoragePolicy', 'prune-sp', spSpec());
-  const a = await startKubeDaemon({ kubeconfig: kube.kubeconfig(), nodeName: 'node-a', departedNodeEntryTimeoutMs: BOUND_MS });
-  daemons.push(a);
-  const b = await startKubeDaemon({ kubeconfig: kube.kubeconfig(), nodeName: 'node-b', departedNodeEntryTimeoutMs: BOUND_MS });
-  daemons.push(b);
-  for (const n of ['node-a', 'node-b']) {
-    await untilNodeStatus(cluster, SP, 'prune-sp', n, (s) => s.phase === 'Active');
-    await untilNodeStatus(cluster, ECP, 'ec21', n, (s) => s.phase === 'Active');
-  }
+  const [a, b] = await Promise.all(['node-a', 'node-b'].map((nodeName) => startKubeDaemon({ kubeconfig: kube.kubeconfig(), nodeName, departedNodeEntryTimeoutMs: BOUND_MS })));
+  daemons.push(a!, b!);
+  await Promise.all(['node-a', 'node-b'].flatMap((n) => [untilNodeStatus(cluster, SP, 'prune-sp', n, (s) => s.phase === 'Active'), untilNodeStatus(cluster, ECP, 'ec21', n, (s) => s.phase === 'Active')]));
   // node-c exists but has said nothing since 2020 (down): never pruned while its Node object exists.
   await oldEntry(SP, 'prune-sp', 'node-c');
   await oldEntry(ECP, 'ec21', 'node-c');
 
   // node-b drained and deleted: its daemon gone, then its Node object.
-  await b.stop();
+  await b!.stop();
   const bLast = Date.parse(String((await cluster.nodeStatus(SP, 'prune-sp', 'node-b'))!.lastReconcileTime));
   assert.equal((await kube.request('DELETE', '/api/v1/nodes/node-b')).status, 200);
   const t0 = Date.now();
@@ -74,9 +69,9 @@ test('a deleted Node loses its status entries once older than the bound; an exis
   const stale = await kube.request('PATCH', `/apis/storage.billyronks.io/v1/${SP}/prune-sp/status`, { body: { metadata: { resourceVersion: '1' }, status: { nodes: { 'node-a': null } } }, contentType: 'application/merge-patch+json' });
   assert.equal(stale.status, 409, JSON.stringify(stale.body));
   assert.deepEqual(await nodeKeys(SP, 'prune-sp'), ['node-a', 'node-c']);
-  const metrics = await (await fetch(`http://127.0.0.1:${a.info.metrics.port}/metrics`)).text();
+  const metrics = await (await fetch(`http://127.0.0.1:${a!.info.metrics.port}/metrics`)).text();
   assert.match(metrics, /^couchestor_kube_departed_node_entries_pruned_total [1-9]/m);
-  await a.stop();
+  await a!.stop();
 });
 
 test('a daemon whose ClusterRole has no get on nodes says so once and removes nothing', async () => {
