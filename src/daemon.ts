@@ -639,7 +639,8 @@ function pauseStart(point: string): Promise<never> {
  * commit with two meta pages: a process ending mid-commit leaves the last
  * commit, which a reader was shown only once durable). What is lost is
  * cheap: the read cache's L2 (marked unclean while open: the next start
- * empties it) and heat (in memory only). The kernel drops the data
+ * empties it) and the heat counted since its last write to the index (one a
+ * pass, at most 30 s apart). The kernel drops the data
  * directory's and pools' locks with the process; the next start removes the
  * daemon.json left behind, replays the journal, finishes or undoes an
  * interrupted move or RELEASE: as after a SIGKILL, which the crash tests
