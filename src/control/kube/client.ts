@@ -148,6 +148,7 @@ export class KubeClient {
    */
   async watch(path: string, resourceVersion: string, opts: { timeoutSeconds: number; idleTimeoutMs: number }, onEvent: (type: WatchEventType, object: KubeObject) => void): Promise<RunningWatch> {
     const q = new URLSearchParams({ watch: '1', resourceVersion, allowWatchBookmarks: 'true', timeoutSeconds: String(opts.timeoutSeconds) });
+    const generation = this.credentialsGeneration;
     const req = await this.open('GET', `${path}?${q}`, undefined, opts.idleTimeoutMs);
     let abort: () => void = () => req.destroy();
     const ended = new Promise<void>((resolve, reject) => {
@@ -163,7 +164,17 @@ export class KubeClient {
         if (code !== 200) {
           const chunks: Buffer[] = [];
           res.on('data', (c: Buffer) => chunks.length < 64 && chunks.push(c));
-          res.on('end', () => reject(new KubeApiError(code, `watch ${path}: ${code} ${statusMessage(Buffer.concat(chunks).toString('utf8')) ?? ''}`.trim())));
+          res.on('end', () => {
+            const err = new KubeApiError(code, `watch ${path}: ${code} ${statusMessage(Buffer.concat(chunks).toString('utf8')) ?? ''}`.trim());
+            if (code !== 401 || this.closed) return reject(err);
+            // A watch reopened with a token revoked since (rotated, expired early): the credentials are read again, as
+            // request() does, before the caller's retry. Else the retry would send the library's cached token (a token
+            // file's for up to 60 s, an exec plugin's until its stated expiry) and fail until then.
+            this.reloadCredentials(generation, opts.idleTimeoutMs).then(
+              () => reject(err),
+              (reloadErr: unknown) => reject(new KubeApiError(401, `${err.message}; the credentials could not be read again: ${(reloadErr as Error).message}`)),
+            );
+          });
           res.on('error', reject);
           return;
         }
