@@ -35,6 +35,12 @@ export class DepartedNodePruner {
   private stopped = false;
   /** An entry with no time field we can read: aged from when this node first saw it. */
   private readonly firstSeen = new Map<string, number>();
+  /**
+   * Nodes a GET found present, and until when that answer stands (one bound): a node that exists but
+   * stays silent (down, the DaemonSet moved off it) is asked about once a bound, not every round by
+   * every node (N nodes x M silent ones a minute against the apiserver, for good).
+   */
+  private readonly present = new Map<string, number>();
   private nodesForbiddenLogged = false;
   private failingLogged = false;
   /** Entries removed by this node (tests, /metrics). */
@@ -90,14 +96,21 @@ export class DepartedNodePruner {
       }
     }
     for (const key of this.firstSeen.keys()) if (!seen.has(key)) this.firstSeen.delete(key);
+    const staleNodes = new Set(stale.map((s) => s.node));
+    for (const [node, until] of this.present) if (until <= now || !staleNodes.has(node)) this.present.delete(node);
     if (stale.length === 0) return;
 
     const gone = new Map<string, boolean>();
-    for (const node of new Set(stale.map((s) => s.node))) {
+    for (const node of staleNodes) {
       if (this.stopped) return;
+      if (this.present.has(node)) {
+        gone.set(node, false);
+        continue;
+      }
       try {
         await this.client.request('GET', `/api/v1/nodes/${encodeURIComponent(node)}`, { timeoutMs: REQUEST_TIMEOUT_MS });
         gone.set(node, false);
+        this.present.set(node, Date.now() + this.boundMs);
       } catch (err) {
         const code = err instanceof KubeApiError ? err.code : 0;
         if (code === 404) {
