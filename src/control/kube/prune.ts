@@ -1,6 +1,6 @@
 // Removes the status entries of departed nodes (status.nodes.<node> of a
 // StoragePolicy or ErasureCodingPolicy whose Node object is gone: drained and
-// deleted, renamed, the DaemonSet moved off it). Without it they stayed for
+// deleted, renamed; not a node the DaemonSet moved off: its Node exists). Without it they stayed for
 // good: `kubectl get` showed dead nodes as if they reported, and the object
 // grew toward etcd's 1.5 MiB bound with node churn.
 //
