@@ -1,12 +1,17 @@
 // The departed-node pruner (src/control/kube/prune.ts) asks about a node that exists but stays silent (down, or
 // the DaemonSet moved off it: its entries are kept) once a bound, not every round: every node of the cluster
 // runs it, so a GET per silent node per round was N x M requests a minute against the apiserver, for good.
-// Counted by the real apiserver's own apiserver_request_total.
+// Counted by the real apiserver's own apiserver_request_total. And a status key that cannot be a Node name
+// (".", "", "Worker-1": a hand edit, an old daemon's host name) is never looked up: "." was GET
+// /api/v1/nodes/. = a LIST of nodes, refused (403) under deploy/rbac.yaml's get-only role, which stopped
+// every round there ("lacks get on nodes" logged) and so no departed node was ever pruned.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
 import type { KubeEnv } from './helpers/kube.js';
+import { access, bindDeployClusterRole } from './helpers/kube-manifests.js';
 import type { TestDaemon } from './helpers/daemon.js';
-import { Cluster, SP, spSpec, startKubeCluster, startKubeDaemon, stopKubeCluster, untilNodeStatus } from './helpers/kube-daemon.js';
+import { Cluster, kubeconfigWithUser, SP, spSpec, startKubeCluster, startKubeDaemon, stopKubeCluster, until, untilNodeStatus } from './helpers/kube-daemon.js';
 
 let kube: KubeEnv;
 let cluster: Cluster;
@@ -47,4 +52,27 @@ test('a silent node that exists is looked up once a bound, not every round', asy
   assert.ok(gets >= 1 && gets <= 3, `${gets} GETs of node-silent in ${3 * BOUND_MS} ms`);
   assert.ok(Object.keys(((await cluster.get(SP, 'gets-sp')).status as { nodes: Record<string, unknown> }).nodes).includes('node-silent'), 'kept: its Node exists');
   await d.stop();
+});
+
+test('a status key that cannot be a Node name is not looked up: it does not stop the pruning of the others', async () => {
+  const { role, binding } = await bindDeployClusterRole(access(kube), 'couchestor-service-accounts', { kind: 'Group', name: 'system:serviceaccounts' });
+  assert.equal(role.status, 201);
+  assert.equal(binding.status, 201, JSON.stringify(binding.body));
+  const dir = fs.mkdtempSync('/tmp/couchestor-kube-prune-');
+  try {
+    await cluster.create(SP, 'StoragePolicy', 'keys-sp', spSpec());
+    const long = { phase: 'Active', lastReconcileTime: '2020-01-01T00:00:00Z' };
+    // node-gone has no Node object: a departed node. '.' sorts first: looked at first.
+    const old = await kube.request('PATCH', `/apis/storage.billyronks.io/v1/${SP}/keys-sp/status`, { body: { status: { nodes: { '.': long, 'node-gone': long } } }, contentType: 'application/merge-patch+json' });
+    assert.equal(old.status, 200, JSON.stringify(old.body));
+    const token = await kube.serviceAccountToken('default', 'keys');
+    const d = await startKubeDaemon({ kubeconfig: kubeconfigWithUser(kube, dir, 'keys', { token }), nodeName: 'node-k', departedNodeEntryTimeoutMs: 1_000 });
+    daemons.push(d);
+    const keys = async () => Object.keys(((await cluster.get(SP, 'keys-sp')).status as { nodes: Record<string, unknown> }).nodes).sort();
+    await until('both pruned', async () => ((await keys()).join() === 'node-k' ? true : undefined), 10_000, 100);
+    assert.doesNotMatch(d.stderr, /cannot read Node objects/);
+    await d.stop();
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 });

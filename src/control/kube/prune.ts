@@ -21,6 +21,12 @@ import { KubeApiError, resourcePath, type KubeClient, type KubeObject } from './
 import type { Informer } from './informer.js';
 
 const REQUEST_TIMEOUT_MS = 10_000;
+/**
+ * What a Node's name can be (a lowercase DNS subdomain, as index.ts checks this node's). A status key that is not
+ * (".", "", an old daemon's upper-case host name) has no Node, and is never looked up: "." made the GET
+ * /api/v1/nodes/. (a LIST of nodes, refused under a get-only role, which stopped every round).
+ */
+const NODE_NAME_RE = /^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/;
 /** A round every half bound, at most every minute, at least every 0.5 s. */
 export function pruneIntervalMs(boundMs: number): number {
   return Math.min(60_000, Math.max(500, Math.floor(boundMs / 2)));
@@ -103,6 +109,10 @@ export class DepartedNodePruner {
     const gone = new Map<string, boolean>();
     for (const node of staleNodes) {
       if (this.stopped) return;
+      if (!NODE_NAME_RE.test(node)) {
+        gone.set(node, true);
+        continue;
+      }
       if (this.present.has(node)) {
         gone.set(node, false);
         continue;
