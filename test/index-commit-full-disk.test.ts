@@ -12,7 +12,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { CreateBucketCommand, GetObjectCommand, PutObjectCommand, type S3ServiceException } from '@aws-sdk/client-s3';
+import { CreateBucketCommand, CreateMultipartUploadCommand, GetObjectCommand, PutObjectCommand, type S3ServiceException } from '@aws-sdk/client-s3';
 import { nbdsh, TestDaemon } from './helpers/daemon.js';
 import { readyz } from './helpers/missing-pool.js';
 import { tinyFileSystem } from './helpers/journal.js';
@@ -79,6 +79,12 @@ test('the index disk full: the daemon stays up, the write that needs the index f
   );
   assert.deepEqual([put.$metadata.httpStatusCode, put.name], [503, 'ServiceUnavailable'], `an S3 PUT with the index failed: ${put.message}`);
   assert.match(put.message, /metadata index commit failed/);
+  // A write awaited on its own (not in a transaction): was lmdb-js's "Commit failed", answered 500 "try again".
+  const mp = await sdk.send(new CreateMultipartUploadCommand({ Bucket: 'index-full', Key: 'mp' })).then(
+    () => assert.fail('an S3 CreateMultipartUpload succeeded with the index failed'),
+    (e: S3ServiceException) => e,
+  );
+  assert.deepEqual([mp.$metadata.httpStatusCode, mp.name], [503, 'ServiceUnavailable'], `CreateMultipartUpload with the index failed: ${mp.message}`);
   // Reads go on: the other volume's acknowledged block, the object already there.
   assert.equal(nbdsh(`h.connect_uri(${JSON.stringify(d.exportUri('w'))}); print(h.pread(4096, 0) == b"\\xb2" * 4096)`).trim(), 'True');
   const got = await sdk.send(new GetObjectCommand({ Bucket: 'index-full', Key: 'kept' }));
@@ -92,8 +98,17 @@ test('the index disk full: the daemon stays up, the write that needs the index f
   // means durable at any instant, and lmdb-js's native write-error path may have overrun a heap
   // buffer (mdb.c: a sprintf of up to ~125 bytes into malloc(100)), which glibc can catch at the
   // close's frees and abort on ("corrupted size vs. prev_size"): not what this test is about.
-  fs.rmSync(path.join(tiny.dir, 'filler'));
   await d.kill();
+  // The offline CLI on the still-full index: a clear error naming the cause (was lmdb-js's "Commit failed
+  // (see commitError ...)" and Node's unhandled-rejection trace). It exits 1, or glibc aborts it after (the
+  // mdb.c overflow above); LMDB may reuse a freed page and commit: then 0.
+  const offline = d.cli('volumes', 'create', 'offline', '8M');
+  if (offline.status !== 0) {
+    assert.ok(offline.status === 1 || offline.signal === 'SIGABRT', `the offline CLI ended ${offline.status ?? offline.signal}:\n${offline.stderr}`);
+    assert.match(offline.stderr, /^couchestor: metadata index commit failed \(No space left on device/m);
+    assert.doesNotMatch(offline.stderr, /Node\.js v|triggerUncaughtException|see commitError/, 'the CLI ended on an unhandled rejection');
+  }
+  fs.rmSync(path.join(tiny.dir, 'filler'));
   sdk.destroy();
   d = await TestDaemon.start({ dataDir });
   sdk = s3();

@@ -147,7 +147,33 @@ export class MetaStore {
      * file missing at open held acknowledged writes (VolumeManager.refuseMissingJournalFiles).
      */
     readonly journalFiles: Database<number, number>,
-  ) {}
+  ) {
+    for (const db of [pools, volumes, chunks, counters, segmentDeadBytes, incompleteRebuilds, journalDirs, dataDirIdentity, journalFiles] as object[]) this.latchingWrites(db);
+  }
+
+  /**
+   * A failed commit rejects `db`'s put and remove with the latched
+   * MetadataFailed (commitFailed), as transaction() and durable() do, not
+   * lmdb-js's "Commit failed (see commitError for details)", whose
+   * commitError nobody handles: an awaited write then answered S3 500
+   * "try again" (CreateMultipartUpload) and the offline CLI ended on an
+   * unhandled rejection. One wrapper per Database (lmdb-js hands out one
+   * object per name).
+   */
+  private latchingWrites<D extends object>(db: D): D {
+    if (latching.has(db)) return db;
+    latching.add(db);
+    const w = db as unknown as Record<'put' | 'remove', (...args: unknown[]) => unknown>;
+    for (const m of ['put', 'remove'] as const) {
+      const write = w[m].bind(db);
+      w[m] = (...args: unknown[]) => {
+        const done = write(...args);
+        if (typeof (done as PromiseLike<unknown> | undefined)?.then !== 'function') return done;
+        return (done as Promise<unknown>).then(undefined, (err: unknown) => this.rejectLatched(err));
+      };
+    }
+    return db;
+  }
 
   /**
    * This data directory's id, made (durably) the first time it is asked for.
@@ -253,6 +279,7 @@ export class MetaStore {
     const known = !commitError;
     if (this.commitFailure && (this.commitCauseKnown || !known)) return;
     this.commitFailure = new MetadataFailed(`metadata index commit failed (${(err as Error | null)?.message ?? String(err)}); restart the daemon`);
+    latched.add(this.commitFailure);
     this.commitCauseKnown = known;
   }
 
@@ -263,7 +290,7 @@ export class MetaStore {
 
   /** A named sub-database for another part of the store (objects, stripes, ...). */
   openDB<V, K extends import('lmdb').Key = string>(name: string): Database<V, K> {
-    return this.root.openDB<V, K>({ name });
+    return this.latchingWrites(this.root.openDB<V, K>({ name }));
   }
 
   /**
@@ -273,11 +300,22 @@ export class MetaStore {
    * lmdb-js's "Commit failed (see commitError for details)".
    */
   transaction<T>(fn: () => T): Promise<T> {
-    return this.root.transaction(fn).catch((err: unknown) => {
-      if (!lmdbCommitErrorOf(err)) throw err;
-      this.commitFailed(err);
-      throw this.commitFailure!;
-    });
+    return this.root.transaction(fn).catch((err: unknown) => this.rejectLatched(err));
+  }
+
+  /**
+   * Rethrows `err`, or, for lmdb-js's "Commit failed" writer error, latches
+   * it (commitFailed) and throws the latch once its cause is known (lmdb-js
+   * rejects commitError in the same commit's callback): a client or the
+   * CLI reads "metadata index commit failed (No space left on device ...)",
+   * not "(Commit failed (see commitError for details))".
+   */
+  private async rejectLatched(err: unknown): Promise<never> {
+    const commitError = lmdbCommitErrorOf(err);
+    if (!commitError) throw err;
+    this.commitFailed(err);
+    await Promise.allSettled([commitError]);
+    throw this.commitFailure!;
   }
 
   nextVolumeId(): number {
@@ -319,6 +357,11 @@ export class MetaStore {
   }
 }
 
+/** Databases whose writes MetaStore.latchingWrites wraps. */
+const latching = new WeakSet<object>();
+/** Every MetadataFailed commitFailed latched: a write nobody awaited rejects with one (isLmdbCommitFailure). */
+const latched = new WeakSet<Error>();
+
 /** lmdb-js's writer error for a failed commit ("Commit failed (see commitError for details)"): its commitError promise, else null. */
 function lmdbCommitErrorOf(err: unknown): PromiseLike<unknown> | null {
   const commitError = (err as { commitError?: unknown } | null)?.commitError;
@@ -335,9 +378,12 @@ function lmdbCommitErrorOf(err: unknown): PromiseLike<unknown> | null {
  * details)" and the cause in `commitError`; and that commitError promise
  * itself, awaited by no one (lmdb-js issue #368), rejected with the cause: an
  * Error with lmdb's numeric code (an errno such as 28 ENOSPC, or MDB_MAP_FULL
- * -30792), on a promise carrying its own `reject`.
+ * -30792), on a promise carrying its own `reject`. A write made on a
+ * MetaStore's Database rejects instead with the latched MetadataFailed
+ * (latchingWrites), accepted too.
  */
 export function isLmdbCommitFailure(reason: unknown, promise: Promise<unknown>): boolean {
+  if (reason instanceof Error && latched.has(reason)) return true;
   if (lmdbCommitErrorOf(reason) && /^Commit failed\b/.test((reason as Error).message)) return true;
   return reason instanceof Error && typeof (reason as { code?: unknown }).code === 'number' && typeof (promise as { reject?: unknown }).reject === 'function';
 }
