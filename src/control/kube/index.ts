@@ -55,6 +55,10 @@ export class KubePolicies {
     if (cfg.nodeName === null && env !== undefined && !NODE_NAME_RE.test(env)) throw new Error(`env NODE_NAME must be a Kubernetes node name (lowercase DNS subdomain), got ${JSON.stringify(env)}`);
     // In a pod (no hostNetwork) the host name is the pod's: a new key in every status at every pod restart, the old ones left for good.
     if (cfg.nodeName === null && !env && process.env.KUBERNETES_SERVICE_HOST) throw new Error("kubernetes.nodeName is null and env NODE_NAME is not set: in a pod the host name is the pod's name, which changes with every pod (each would leave its own status entries behind); set NODE_NAME from spec.nodeName (downward API, as deploy/daemonset.yaml does) or kubernetes.nodeName");
+    // Off a pod: the host name, lower-cased as the kubelet names its Node (else "Worker-1" wrote a key no Node has,
+    // and the other nodes' pruner took this live node for departed). One that cannot be a Node name is refused.
+    const host = os.hostname().trim().toLowerCase();
+    if (cfg.nodeName === null && !env && !NODE_NAME_RE.test(host)) throw new Error(`kubernetes.nodeName is null, env NODE_NAME is not set and the host name ${JSON.stringify(os.hostname())} is not a Kubernetes node name (lowercase DNS subdomain): set kubernetes.nodeName or env NODE_NAME to this node's Node name`);
     return new KubePolicies(cfg, await KubeClient.load(cfg.kubeconfig), opts.ecCacheFile ?? null);
   }
 
@@ -64,7 +68,7 @@ export class KubePolicies {
     /** The cold tier's ErasureCodingPolicy as last read from the cluster (the data directory): run when the apiserver does not answer at start. */
     private readonly ecCacheFile: string | null,
   ) {
-    this.nodeName = cfg.nodeName ?? process.env.NODE_NAME ?? os.hostname();
+    this.nodeName = cfg.nodeName ?? (process.env.NODE_NAME || os.hostname().trim().toLowerCase());
     this.client = client;
     // Status writes do not change metadata.generation: only a spec change asks for a pass.
     const changed = (kind: 'set' | 'delete', obj: KubeObject, plural: string, seen: Map<string, number | undefined>) => {
