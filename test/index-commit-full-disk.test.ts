@@ -85,6 +85,18 @@ test('the index disk full: the daemon stays up, the write that needs the index f
     (e: S3ServiceException) => e,
   );
   assert.deepEqual([mp.$metadata.httpStatusCode, mp.name], [503, 'ServiceUnavailable'], `CreateMultipartUpload with the index failed: ${mp.message}`);
+  // Latched, S3 writes are refused before LMDB tries to commit again (each failed commit was lmdb-js's stderr
+  // print and another failed page write, mdb.c's overflow): 4 more PUTs add no "Write error" (1 allowed: a
+  // background heat write). A request's log line follows its commit attempt's print on the same stderr.
+  const writeErrors = () => (d.stderr.match(/Write error: /g) ?? []).length;
+  const putsFailed = () => (d.stderr.match(/s3: request failed method=PUT/g) ?? []).length;
+  const [errorsBefore, putsBefore] = [writeErrors(), putsFailed()];
+  for (let i = 0; i < 4; i++) assert.deepEqual(await outcome(sdk.send(new PutObjectCommand({ Bucket: 'index-full', Key: `again-${i}`, Body: body }))), [503, 'ServiceUnavailable']);
+  for (const deadline = Date.now() + 5000; putsFailed() < putsBefore + 4; ) {
+    assert.ok(Date.now() < deadline, `the 4 refused PUTs were not logged:\n${d.stderr}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  assert.ok(writeErrors() - errorsBefore <= 1, `refused PUTs still tried to commit (${writeErrors() - errorsBefore} failed page writes)`);
   // Reads go on: the other volume's acknowledged block, the object already there.
   assert.equal(nbdsh(`h.connect_uri(${JSON.stringify(d.exportUri('w'))}); print(h.pread(4096, 0) == b"\\xb2" * 4096)`).trim(), 'True');
   const got = await sdk.send(new GetObjectCommand({ Bucket: 'index-full', Key: 'kept' }));

@@ -152,18 +152,24 @@ export class MetaStore {
   }
 
   /**
-   * A failed commit rejects `db`'s put and remove with the latched
+   * A failed commit rejects `db`'s put, remove and transaction with the latched
    * MetadataFailed (commitFailed), as transaction() and durable() do, not
    * lmdb-js's "Commit failed (see commitError for details)", whose
    * commitError nobody handles: an awaited write then answered S3 500
    * "try again" (CreateMultipartUpload) and the offline CLI ended on an
    * unhandled rejection. One wrapper per Database (lmdb-js hands out one
-   * object per name).
+   * object per name). Its transaction(), like MetaStore.transaction(), is
+   * refused once latched: each further failed commit was lmdb-js's stderr
+   * print and another failed page write (mdb.c's overflow, see daemon.ts).
    */
   private latchingWrites<D extends object>(db: D): D {
     if (latching.has(db)) return db;
     latching.add(db);
-    const w = db as unknown as Record<'put' | 'remove', (...args: unknown[]) => unknown>;
+    const w = db as unknown as Record<'put' | 'remove' | 'transaction', (...args: unknown[]) => unknown>;
+    const transaction = w.transaction.bind(db);
+    // As MetaStore.transaction: refused once latched (nothing written), a failed commit rejects with the latch.
+    w.transaction = (...args: unknown[]) =>
+      this.commitFailure ? Promise.reject(this.commitFailure) : (transaction(...args) as Promise<unknown>).then(undefined, (err: unknown) => this.rejectLatched(err));
     for (const m of ['put', 'remove'] as const) {
       const write = w[m].bind(db);
       w[m] = (...args: unknown[]) => {
@@ -300,6 +306,8 @@ export class MetaStore {
    * lmdb-js's "Commit failed (see commitError for details)".
    */
   transaction<T>(fn: () => T): Promise<T> {
+    // Latched: refused before any write (lmdb-js would try to commit again, a native error print and a failed page write each).
+    if (this.commitFailure) return Promise.reject(this.commitFailure);
     return this.root.transaction(fn).catch((err: unknown) => this.rejectLatched(err));
   }
 
