@@ -3,6 +3,13 @@
 // kubelet rotated, an exec plugin's token that expired early) costs one refused request,
 // not the library's 60 s re-read period plus backoff; a token that stays bad is retried
 // once per try and the tries back off (never a loop of requests).
+//
+// A watch refused with 401 re-reads the credentials (src/control/kube/client.ts), as a request does.
+// A watch is reopened every minute or so; once the token it was opened with is revoked (a rotated
+// token file, an exec plugin's token that expired early) the reopen is a 401. Before, only
+// request() re-read on a 401: the informers retried the watch with the library's cached token
+// (a token file re-read every 60 s, an exec token until its stated expiry, up to hours) and,
+// on a quiet node (no status write due for 5 min), saw no policy change meanwhile.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -86,5 +93,34 @@ test('a token that stays bad: each try is retried once after a re-read, and the 
   assert.match(d.stderr, /401/);
   const ready = await fetch(`http://127.0.0.1:${d.info.api.port}/readyz`);
   assert.equal(ready.status, 503);
+  await d.stop();
+});
+
+test('a watch reopened after its token was revoked gets a 401, re-reads the token file and sees the next policy within seconds', async () => {
+  const dir = fs.mkdtempSync('/tmp/couchestor-kube-w401-');
+  dirs.push(dir);
+  const tokenFile = path.join(dir, 'token');
+  const t1 = await kube.serviceAccountToken('default', 'w401-1');
+  fs.writeFileSync(tokenFile, t1);
+  await cluster.create(SP, 'StoragePolicy', 'w401-a', spSpec());
+  // Watches of 2-3 s: reopened often, so the revoked token is refused within seconds.
+  const d = await startKubeDaemon({ kubeconfig: kubeconfigWithUser(kube, dir, 'rotating', { tokenFile }), nodeName: 'node-w401', watchSilenceTimeoutMs: 4_000 });
+  daemons.push(d);
+  await untilNodeStatus(cluster, SP, 'w401-a', 'node-w401', (s) => s.phase === 'Active');
+
+  const t2 = await kube.serviceAccountToken('default', 'w401-2');
+  fs.writeFileSync(`${tokenFile}.new`, t2);
+  fs.renameSync(`${tokenFile}.new`, tokenFile);
+  assert.equal((await kube.request('DELETE', '/api/v1/namespaces/default/serviceaccounts/w401-1')).status, 200);
+  await until('the old token refused', async () => ((await kube.request('GET', `/apis/storage.billyronks.io/v1/${SP}`, { token: t1 })).status === 401 ? true : undefined), 30_000, 100);
+
+  // Nothing else asks the apiserver now (the status is written; the next refresh is minutes away): only the
+  // watches' reopens meet the 401, and they must re-read the token themselves.
+  await until('a credentials re-read after a watch 401', async () => ((await reloads(d)).ok >= 1 ? true : undefined), 10_000, 100);
+  const t0 = Date.now();
+  await cluster.create(SP, 'StoragePolicy', 'w401-b', spSpec({ dryRun: true }));
+  await untilNodeStatus(cluster, SP, 'w401-b', 'node-w401', (x) => x.phase === 'DryRun', 8_000);
+  assert.ok(Date.now() - t0 < 8_000);
+  for (const t of [t1, t2]) assert.ok(!d.stderr.includes(t), 'no token in the daemon log');
   await d.stop();
 });
