@@ -209,6 +209,19 @@ function damagedRecord(meta: MetaStore, db: 'objects' | 'parts', key: Buffer, pr
  * references cannot be told, so no segment is copied or deleted until the
  * record is repaired or removed (fsck names it).
  */
+/**
+ * Test hook (test/cold-segment-compaction's SIGKILL case): with
+ * COUCHESTOR_TEST_PAUSE_COMPACTION=POINT in the daemon's environment, the
+ * first pass to reach POINT prints `couchestor paused compaction POINT
+ * {"pool":...,"segment":N}` on stdout and holds there until stop() (a kill
+ * then lands mid-pass for certain; polling `running` could see a pass end
+ * first). POINT: `before-flip` (a batch copied to the head, not flipped),
+ * `after-flip` (the first batch's index flip made), `before-delete` (every
+ * copy flipped, the final look found the segment unreferenced). Read once at
+ * start; unset, it costs one comparison per batch and per deletion.
+ */
+const PAUSE_COMPACTION_AT = process.env.COUCHESTOR_TEST_PAUSE_COMPACTION ?? null;
+
 export class CompactionRefused extends Error {
   override name = 'CompactionRefused';
   constructor(readonly damaged: DamagedIndexRecord) {
@@ -234,6 +247,16 @@ export class SegmentCompactor {
   private running: Promise<PassReport> | null = null;
   private stopped = false;
   private wakeSleep: (() => void) | null = null;
+  /** PAUSE_COMPACTION_AT: taken by the first pass to reach the point; resolved by stop(). */
+  private testPause: { held: Promise<void>; release: () => void } | null = null;
+  /**
+   * Test hook for in-process tests (compaction-sliced-under-writes,
+   * review-compaction-final-look-moved-ref): awaited between a look's objects
+   * scan and its parts scan, with the look's snapshot kind, so a reference
+   * moving from a part to its object lands there for certain. Null (always,
+   * outside those tests): one null test per look.
+   */
+  betweenObjectsAndParts: ((snapshot: 'per-slice' | 'snapshot') => Promise<void>) | null = null;
   private recounted = false;
   /**
    * Dead places on pools whose store may hold stale places, checked before
@@ -320,6 +343,7 @@ export class SegmentCompactor {
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
     this.wakeSleep?.();
+    this.testPause?.release();
     await this.running?.catch(() => undefined);
     // A recount called directly (not from a pass) holds a read snapshot until it ends.
     await this.recounting?.catch(() => undefined);
@@ -544,6 +568,7 @@ export class SegmentCompactor {
     const volumeIds = [...this.meta.volumes.getRange(snapshot === 'per-slice' ? {} : { transaction: snapshot })].map((e) => e.value.id);
     for (const id of volumeIds) await scan(this.meta.chunks, [id, 0], [id + 1, 0], (key, entry) => visitChunk(id, key[1], entry, visit));
     await scan(this.objects, ALL_OBJECT_KEYS.start, undefined, (key, value) => visitObject(this.meta, key, value, visit));
+    if (this.betweenObjectsAndParts !== null) await this.betweenObjectsAndParts(snapshot === 'per-slice' ? 'per-slice' : 'snapshot');
     await scan(this.parts, ALL_OBJECT_KEYS.start, undefined, (key, value) => visitPart(this.meta, key, value, visit));
   }
 
@@ -962,6 +987,7 @@ export class SegmentCompactor {
           defer(c);
           continue;
         }
+        if (PAUSE_COMPACTION_AT === 'before-delete') await this.pauseAt('before-delete', c.pool, c.segment);
         if (this.stopped) {
           defer(c);
           continue;
@@ -1015,9 +1041,11 @@ export class SegmentCompactor {
       const result = await store.compactSegment(segment, batch);
       corrupt += result.corrupt.length;
       if (result.relocations.length > 0) {
+        if (PAUSE_COMPACTION_AT === 'before-flip') await this.pauseAt('before-flip', pool, segment);
         this.stripes.addForwards(pool, result.relocations);
         await this.flip(pool, segment, result.relocations, holders);
         for (const r of result.relocations) copiedBytes += r.to.lengthBytes;
+        if (PAUSE_COMPACTION_AT === 'after-flip') await this.pauseAt('after-flip', pool, segment);
       }
       if (!unthrottled) await this.throttle(startMs, copiedBytes);
     }
@@ -1118,6 +1146,15 @@ export class SegmentCompactor {
         }
       }
     }
+  }
+
+  /** PAUSE_COMPACTION_AT: the first pass here says so on stdout and waits for stop(); later ones (none before a stop) go on. */
+  private async pauseAt(point: string, pool: string, segment: number): Promise<void> {
+    if (this.testPause !== null || this.stopped) return;
+    let release!: () => void;
+    this.testPause = { held: new Promise<void>((r) => (release = r)), release };
+    process.stdout.write(`couchestor paused compaction ${point} ${JSON.stringify({ pool, segment })}\n`);
+    await this.testPause.held;
   }
 
   /** Sleeps so the copy rate stays under maxBytesPerSecond; stop() cuts it short. */
