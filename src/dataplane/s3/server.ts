@@ -174,7 +174,8 @@ function zoneOffsetMinutes(zone: string): number {
 }
 /**
  * A conditional delete's time (x-amz-if-match-last-modified-time,
- * x-amz-if-match-initiated-time, DeleteObjects' LastModifiedTime) in ms since
+ * x-amz-if-match-initiated-time, DeleteObjects' LastModifiedTime) or a read's
+ * (If-Modified-Since, If-Unmodified-Since and their copy-source forms) in ms since
  * the epoch, or undefined when `text` is not one: an HTTP-date (RFC 9110
  * 5.6.7: IMF-fixdate, as the SDKs and the aws cli send it, also with a 1-digit
  * day or a numeric zone as RFC 1123 writes it; the obsolete RFC 850 and
@@ -215,8 +216,18 @@ function parseTimestampMs(text: string): number | undefined {
   if (Number.isNaN(zoneMinutes)) return undefined;
   return at.getTime() + fractionMs - zoneMinutes * 60_000;
 }
-/** An If-Match value or DeleteObjects ETag: a comma-separated list, quoted or bare, W/ ignored, '*' for any; lowercase. */
-const etagList = (v: string) => v.split(',').map((e) => e.trim().replace(/^W\//, '').replace(/"/g, '').toLowerCase());
+/**
+ * An If-Match / If-None-Match value or DeleteObjects ETag: a comma-separated
+ * list, quoted or bare, W/ ignored, lowercase; a bare `*` is the wildcard
+ * (any current object). A quoted `"*"` is an entity tag whose value is `*`
+ * (RFC 9110 8.8.3: `*` is the wildcard only unquoted), which no object has:
+ * it is kept quoted, so it never equals an ETag nor the wildcard.
+ */
+const etagList = (v: string) =>
+  v.split(',').map((e) => {
+    const t = e.trim().replace(/^W\//, '');
+    return t === '"*"' ? t : t.replace(/"/g, '').toLowerCase();
+  });
 /**
  * A conditional delete's size and time values (x-amz-if-match-size,
  * x-amz-if-match-last-modified-time; DeleteObjects' Size, LastModifiedTime),
@@ -572,13 +583,15 @@ function setObjectHeaders(reply: FastifyReply, rec: ObjectRecord, query: Map<str
 }
 
 function etagMatches(list: string, etag: string): boolean {
-  return list.split(',').some((e) => {
-    const t = e.trim().replace(/^W\//, '').replace(/"/g, '');
-    return t === '*' || t === etag;
-  });
+  return etagList(list).some((t) => t === '*' || t === etag);
 }
 
-/** RFC 7232 as S3 applies it: 412 for If-Match/If-Unmodified-Since, 304 for If-None-Match/If-Modified-Since. */
+/**
+ * RFC 9110 13.1 as S3 applies it: 412 for If-Match/If-Unmodified-Since, 304
+ * for If-None-Match/If-Modified-Since. A date that is not an HTTP-date (or
+ * ISO 8601 with a zone, parseTimestampMs) makes its condition ignored
+ * (13.1.3, 13.1.4), not read as whatever Date.parse makes of it ("1" as 2001).
+ */
 function checkPreconditions(get: (h: string) => string | undefined, rec: ObjectRecord, notModifiedStatus: number): void {
   const lastModifiedS = Math.floor(rec.lastModifiedMs / 1000);
   const ifMatch = get('if-match');
@@ -588,14 +601,14 @@ function checkPreconditions(get: (h: string) => string | undefined, rec: ObjectR
   if (ifMatch !== undefined) {
     if (!etagMatches(ifMatch, rec.etag)) throw new S3Error('PreconditionFailed', 412, 'At least one of the pre-conditions you specified did not hold', { Condition: 'If-Match' });
   } else if (ifUnmodified !== undefined) {
-    const t = Date.parse(ifUnmodified);
-    if (!Number.isNaN(t) && lastModifiedS > Math.floor(t / 1000)) throw new S3Error('PreconditionFailed', 412, 'At least one of the pre-conditions you specified did not hold', { Condition: 'If-Unmodified-Since' });
+    const t = parseTimestampMs(ifUnmodified);
+    if (t !== undefined && lastModifiedS > Math.floor(t / 1000)) throw new S3Error('PreconditionFailed', 412, 'At least one of the pre-conditions you specified did not hold', { Condition: 'If-Unmodified-Since' });
   }
   if (ifNoneMatch !== undefined) {
     if (etagMatches(ifNoneMatch, rec.etag)) throw new S3Error(notModifiedStatus === 304 ? 'NotModified' : 'PreconditionFailed', notModifiedStatus, notModifiedStatus === 304 ? 'Not Modified' : 'At least one of the pre-conditions you specified did not hold');
   } else if (ifModified !== undefined) {
-    const t = Date.parse(ifModified);
-    if (!Number.isNaN(t) && lastModifiedS <= Math.floor(t / 1000)) throw new S3Error(notModifiedStatus === 304 ? 'NotModified' : 'PreconditionFailed', notModifiedStatus, notModifiedStatus === 304 ? 'Not Modified' : 'At least one of the pre-conditions you specified did not hold');
+    const t = parseTimestampMs(ifModified);
+    if (t !== undefined && lastModifiedS <= Math.floor(t / 1000)) throw new S3Error(notModifiedStatus === 304 ? 'NotModified' : 'PreconditionFailed', notModifiedStatus, notModifiedStatus === 304 ? 'Not Modified' : 'At least one of the pre-conditions you specified did not hold');
   }
 }
 
