@@ -7,7 +7,7 @@
 // same process and after a restart. In process, real components: the
 // VolumeManager with its cold tier (journal, destager, stripe store, 1 MiB
 // segments), the ObjectStore and the SegmentCompactor, one entry a slice.
-import { test, type TestContext } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -20,7 +20,7 @@ import type { ObjectStore } from '../src/dataplane/objects/store.js';
 import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
 import type { Volume } from '../src/dataplane/volumes/volume.js';
 import { bodyOf, MiB, readObject } from './helpers/cold.js';
-import { observeIndexRanges, openCompactionTier, readVolume, writeVolume, type IndexRangeHooks } from './helpers/volume.js';
+import { openCompactionTier, readVolume, writeVolume } from './helpers/volume.js';
 
 const VOLUME_CHUNKS = 12;
 /** Rounds of concurrent work; compaction passes run back to back until the last one ends. */
@@ -146,28 +146,9 @@ test('writes, overwrites, deletes and multipart completions between the slices o
   await assertAllReadBack(tier.m, tier.store, volumeBytes, models, 'after a pass on the restarted tier');
 });
 
-/** Index padding: object records of a bucket id no bucket has, holding no stripe (only scans read them). */
-const PADDING_OBJECTS = 20_000;
-const PADDING_BUCKET_ID = 0xfffffff0;
-
-/** Attempts at the timing below before the test gives up as inconclusive (each in a fresh directory). */
-const MOVED_REF_ATTEMPTS = 3;
-
 test('a multipart completion landing between the slices of the first look (parts scanned after the objects): the final look keeps the segment, then a later pass compacts it', async (t) => {
-  for (let attempt = 1; attempt <= MOVED_REF_ATTEMPTS; attempt++) {
-    if (await movedReferenceCase(t)) return;
-    t.diagnostic(`attempt ${attempt}: the completion committed after the first look's parts scan (load); the bytes still read back; trying again`);
-  }
-  assert.fail(`the completion never landed between the objects and the parts scans of the first look in ${MOVED_REF_ATTEMPTS} attempts: the case tested nothing (raise PADDING_OBJECTS)`);
-});
-
-/** One attempt: false when the completion's timing missed the window (nothing proven, bytes still checked). */
-async function movedReferenceCase(t: TestContext): Promise<boolean> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'couchestor-compaction-moved-ref-'));
-  // The compactor's objects and parts databases, observed (the real LMDB databases behind them).
-  const ranges: IndexRangeHooks = { objects: null, parts: null };
-  const observe = observeIndexRanges(ranges);
-  let tier = await openTier(dir, true, observe);
+  let tier = await openTier(dir, true);
   t.after(async () => {
     await tier.close();
     fs.rmSync(dir, { recursive: true, force: true });
@@ -184,37 +165,20 @@ async function movedReferenceCase(t: TestContext): Promise<boolean> {
     listed.push({ partNumber: i + 1, etag: rec.etag });
   }
   assert.equal(await store.deleteObject('cold', 'dead'), true);
-  const objects = m.meta.openDB<{ segments: unknown[] }, Buffer>(OBJECTS_DB);
-  await m.meta.transaction(() => {
-    for (let i = 0; i < PADDING_OBJECTS; i++) {
-      const key = Buffer.concat([Buffer.from([1, 0, 0, 0, 0]), Buffer.from(`pad-${i}`)]);
-      key.writeUInt32BE(PADDING_BUCKET_ID, 1);
-      void objects.put(key, { segments: [] });
-    }
-  });
-  await tier.compactor.recount(); // now, not in the pass: the completion is timed against the pass's first look
+  await tier.compactor.recount(); // now, not in the pass: the pass's first look is the first call of the hook below
 
-  // The completion starts at the first look's first slice of objects ('a-mp' sorts before every padding key,
-  // so the objects scan has passed its place) and commits while the padding is read: the parts are gone
-  // by the time the parts database is scanned. The first look misses part 1's records in the segment.
-  let completion: Promise<unknown> | null = null;
-  let completed = false;
-  let completedBeforePartsScan: boolean | null = null;
-  ranges.objects = () => {
-    ranges.objects = null;
-    completion = store.completeUpload('cold', 'a-mp', upload.uploadId, listed).then(() => (completed = true));
-  };
-  ranges.parts = () => {
-    if (completion !== null && completedBeforePartsScan === null) completedBeforePartsScan = completed;
+  // The completion runs between the first look's objects scan and its parts scan (test hook: the look
+  // awaits it there), so the parts are gone by the time the parts database is scanned: the first look
+  // misses part 1's records in the segment, and only the final look (one snapshot) can keep it.
+  const looks: string[] = [];
+  tier.compactor.betweenObjectsAndParts = async (snapshot) => {
+    looks.push(snapshot);
+    if (looks.length === 1) await store.completeUpload('cold', 'a-mp', upload.uploadId, listed);
   };
   const first = await tier.compactor.runOnce({ unthrottled: true });
-  ranges.parts = null;
-  await completion;
+  tier.compactor.betweenObjectsAndParts = null;
+  assert.deepEqual(looks, ['per-slice', 'snapshot'], 'the pass took a first look (per slice), then a final look (one snapshot)');
   const models = new Map([['a-mp', Buffer.concat(parts)]]);
-  if (completedBeforePartsScan !== true) {
-    await assertObjectsReadBack(m, store, models, 'after a pass the completion did not race');
-    return false;
-  }
   t.diagnostic(`first pass ${JSON.stringify(first)}`);
   assert.ok(first.segmentsDeferred >= 1, 'the segment whose look missed the moved references stays');
   await assertObjectsReadBack(m, store, models, 'after the pass the completion raced');
@@ -231,8 +195,7 @@ async function movedReferenceCase(t: TestContext): Promise<boolean> {
   await tier.close();
   tier = await openTier(dir, false);
   await assertObjectsReadBack(tier.m, tier.store, models, 'after the next pass and a restart');
-  return true;
-}
+});
 
 async function assertObjectsReadBack(m: VolumeManager, store: ObjectStore, models: Map<string, Buffer>, when: string): Promise<void> {
   for (const [key, bytes] of models) assert.ok((await readObject(store, 'cold', key)).equals(bytes), `${when}: object ${key} reads back byte-exact`);

@@ -15,7 +15,6 @@ import { VolumeManager } from '../../src/dataplane/volumes/manager.js';
 import { HeatTracker } from '../../src/control/heat.js';
 import { SegmentCompactor } from '../../src/dataplane/ec/compaction.js';
 import { ObjectStore } from '../../src/dataplane/objects/store.js';
-import { OBJECTS_DB, PARTS_DB } from '../../src/dataplane/objects/cold-segments.js';
 import { parseJournalFileName } from '../../src/dataplane/journal/journal.js';
 import { parsePolicyYaml } from '../../src/dataplane/ec/policy.js';
 import { DEFAULT_EC_POLICY_YAML } from '../../src/config.js';
@@ -70,32 +69,6 @@ export async function openCompactionTier(dir: string, create: boolean, wrapIndex
       await m.close();
     })());
   return { m, compactor, store, close };
-}
-
-/** Called before each getRange of the compactor's objects / parts database (null: none). */
-export type IndexRangeHooks = { objects: (() => void) | null; parts: (() => void) | null };
-
-/**
- * An openCompactionTier `wrapIndex` that calls `hooks` before each getRange
- * of the compactor's objects and parts databases (the real LMDB databases
- * behind a Proxy): what the sliced-compaction tests time their races by.
- */
-export function observeIndexRanges(hooks: IndexRangeHooks): (m: VolumeManager) => void {
-  return (m) => {
-    const open = m.meta.openDB.bind(m.meta);
-    m.meta.openDB = ((name: string) => {
-      const db = open(name);
-      const hook = name === OBJECTS_DB ? () => hooks.objects?.() : name === PARTS_DB ? () => hooks.parts?.() : null;
-      if (hook === null) return db;
-      return new Proxy(db, {
-        get(target, prop) {
-          const v = Reflect.get(target, prop, target) as unknown;
-          if (prop === 'getRange') return (...args: unknown[]) => (hook(), (v as (...a: unknown[]) => unknown).apply(target, args));
-          return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
-        },
-      });
-    }) as typeof m.meta.openDB;
-  };
 }
 
 /** Adds pool hot-1 (in `dir`) and creates cold volume `name` placed on it, so the tests can take that pool away alone; returns hot-1's path. */
