@@ -7,7 +7,7 @@ import { ChunkState, MetaStore, VOLUME_NAME_RE, type ChunkEntry, type PoolRecord
 import { Pool } from '../pools/pool.js';
 import { dirEntries, holdsPoolLayout, readPoolIdentity, writePoolIdentity, type PoolIdentity } from '../pools/identity.js';
 import { randomUUID } from 'node:crypto';
-import { Volume, type ColdTier, type VolumeCounters } from './volume.js';
+import { STATUS_GROUP_SHIFT, Volume, holdsData, statusGroupsFor, type ColdTier, type VolumeCounters } from './volume.js';
 import { Journal, journalFileEntries } from '../journal/journal.js';
 import { hotObjectsOnPool, markHotObjectsLost } from '../objects/pool-objects.js';
 import { prepareHotPool } from '../objects/hot-segments.js';
@@ -898,9 +898,12 @@ export class VolumeManager {
     // each time, all on the event loop (review-offline-failed-open-cost).
     filePools[0]!.assertOnline();
     const entries = [...this.meta.volumeChunks(rec.id)];
+    // Chunks holding data per group, for BLOCK_STATUS (Volume.blockStatus): counted here, not by a walk of every chunk.
+    const dataPerGroup = statusGroupsFor(states.length);
     for (const { chunkIndex, entry } of entries) {
       if (chunkIndex >= states.length) continue;
       states[chunkIndex] = entry.state;
+      if (holdsData(entry.state)) dataPerGroup[chunkIndex >> STATUS_GROUP_SHIFT]!++;
       if (entry.state !== ChunkState.Allocated) continue;
       let i = filePools.findIndex((p) => p.name === entry.pool);
       if (i < 0) {
@@ -935,7 +938,7 @@ export class VolumeManager {
     at.pool = rec.poolName;
     let vol: Volume;
     try {
-      vol = new Volume(rec, files, this.meta, states, chunkFile, this.cold);
+      vol = new Volume(rec, files, this.meta, states, chunkFile, this.cold, dataPerGroup);
     } catch (err) {
       // The constructor fstat()s each file (EIO on a failing disk): without
       // this the descriptors leaked on every retry (the destager's, each tick).
