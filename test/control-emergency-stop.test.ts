@@ -3,17 +3,17 @@
 // starts for another misplaced volume.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { decisionFor, fioFill, metric, policyNamed, policyYaml, reconcile, scrape, sleep, startControlDaemon, status, volume, WINDOW_SETTLE_MS, writePolicy, createVolume } from './helpers/control-loop.js';
+import { decisionFor, fioFill, heldMove, HOLD_MIGRATION_ENV, metric, policyNamed, policyYaml, reconcile, releaseMove, scrape, sleep, startControlDaemon, status, volume, WINDOW_SETTLE_MS, writePolicy, createVolume } from './helpers/control-loop.js';
 
 const MiB = 1024 * 1024;
-// Large enough that the migration takes seconds here (~40 MB/s hot -> cold),
-// so the policy flip lands while it runs.
+// The move holds after its first chunk (test hook HOLD_MIGRATION_ENV) until
+// released, so the policy flip lands while it runs whatever the load.
 const BIG_BYTES = 256 * MiB;
 
 test('enabled: false mid-migration: in-flight finishes, phase Disabled, no new migration starts', async (t) => {
   // One migration at a time, so pass 1 starts `a-big` only and `b-other` waits.
   const spec = { maxConcurrentMigrations: 1 };
-  const d = await startControlDaemon({ policies: { 'tiering.yaml': policyYaml('tiering', spec) } });
+  const d = await startControlDaemon({ policies: { 'tiering.yaml': policyYaml('tiering', spec) }, env: HOLD_MIGRATION_ENV });
   t.after(() => d.cleanup());
   await createVolume(d, 'a-big', BIG_BYTES);
   await createVolume(d, 'b-other', 8 * MiB);
@@ -24,6 +24,7 @@ test('enabled: false mid-migration: in-flight finishes, phase Disabled, no new m
   let p = policyNamed(await reconcile(d, false), 'tiering');
   assert.equal(decisionFor(p, 'a-big').action, 'migrate', decisionFor(p, 'a-big').reason);
   assert.equal(decisionFor(p, 'b-other').action, 'concurrency-limit', decisionFor(p, 'b-other').reason);
+  await heldMove(d, 'a-big');
 
   writePolicy(d, 'tiering.yaml', policyYaml('tiering', { ...spec, enabled: false }));
   p = policyNamed(await reconcile(d, false), 'tiering');
@@ -36,7 +37,8 @@ test('enabled: false mid-migration: in-flight finishes, phase Disabled, no new m
   assert.equal(other.targetTier, 'cold');
   assert.match(other.reason, /policy disabled \(emergency stop\)/);
 
-  // Wait for the in-flight migration; the pass that precedes the wait starts nothing.
+  // Let it run on, and wait for it; the pass that precedes the wait starts nothing.
+  releaseMove(d);
   p = policyNamed(await reconcile(d, true), 'tiering');
   assert.equal(p.phase, 'Disabled');
   assert.deepEqual(

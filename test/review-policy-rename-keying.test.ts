@@ -9,7 +9,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { TestDaemon } from './helpers/daemon.js';
-import { createVolume, decisionFor, fioFill, policyNamed, policyYaml, reconcile, sleep, startControlDaemon, status, volume, WINDOW_SETTLE_MS, writePolicy } from './helpers/control-loop.js';
+import { createVolume, decisionFor, fioFill, heldMove, HOLD_MIGRATION_ENV, policyNamed, policyYaml, reconcile, releaseMove, sleep, startControlDaemon, status, volume, WINDOW_SETTLE_MS, writePolicy } from './helpers/control-loop.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 128 * MiB;
@@ -27,6 +27,7 @@ async function oneMoveRunning(d: TestDaemon, name: string): Promise<{ started: s
   assert.equal(started.length, 1, JSON.stringify(first.decisions));
   const other = started[0] === 'm1' ? 'm2' : 'm1';
   assert.equal(decisionFor(first, other).action, 'concurrency-limit');
+  await heldMove(d, started[0]!); // held (test hook) until assertLimitHeld's second pass has run
   return { started: started[0]!, other };
 }
 
@@ -37,13 +38,14 @@ async function assertLimitHeld(d: TestDaemon, renamed: string, started: string, 
   assert.equal(running.action, 'migrating', `the first move must still run for this test to mean anything: ${JSON.stringify(p.decisions)}`);
   assert.equal(decisionFor(p, other).action, 'concurrency-limit', JSON.stringify(p.decisions));
   assert.ok((await status(d)).activeMigrations <= 1);
+  releaseMove(d);
   for (let i = 0; i < 10 && (await volume(d, other)).tier !== 'cold'; i++) await reconcile(d, true);
   const done = policyNamed((await status(d)).policies, renamed);
   assert.deepEqual(done.migrationHistory.map((h) => `${h.volume}:${h.result}`).sort(), ['m1:succeeded', 'm2:succeeded'], 'one history across the rename');
 }
 
 test('renamed in its file while another file takes the old name: the renamed policy keeps its running move', async (t) => {
-  const d = await startControlDaemon({ policies: { 'tiering.yaml': policyYaml('tiering', { maxConcurrentMigrations: 1 }) } });
+  const d = await startControlDaemon({ policies: { 'tiering.yaml': policyYaml('tiering', { maxConcurrentMigrations: 1 }) }, env: HOLD_MIGRATION_ENV });
   t.after(() => d.cleanup());
   const { started, other } = await oneMoveRunning(d, 'tiering');
   writePolicy(d, 'tiering.yaml', policyYaml('tiering-b', { maxConcurrentMigrations: 1 }));
@@ -55,6 +57,7 @@ test('renamed in its file while another file takes the old name: the renamed pol
 test('two files swap their policy names: each file keeps its own running moves', async (t) => {
   const d = await startControlDaemon({
     policies: { 'a.yaml': policyYaml('pa', { maxConcurrentMigrations: 1 }), 'b.yaml': policyYaml('pb', { maxConcurrentMigrations: 1, ...NOTHING }) },
+    env: HOLD_MIGRATION_ENV,
   });
   t.after(() => d.cleanup());
   const { started, other } = await oneMoveRunning(d, 'pa');

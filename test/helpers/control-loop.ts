@@ -78,11 +78,31 @@ export function policyYaml(name: string, spec: Record<string, unknown> = {}): st
 }
 
 /** Starts a daemon whose policies directory holds exactly `policies` (file name -> YAML). */
-export async function startControlDaemon(opts: { policies: Record<string, string>; config?: DaemonConfigOptions; args?: string[]; dataDir?: string }): Promise<TestDaemon> {
+export async function startControlDaemon(opts: { policies: Record<string, string>; config?: DaemonConfigOptions; args?: string[]; dataDir?: string; env?: NodeJS.ProcessEnv }): Promise<TestDaemon> {
   const dataDir = opts.dataDir ?? fs.mkdtempSync('/tmp/couchestor-ctl-');
   fs.mkdirSync(path.join(dataDir, 'policies'), { recursive: true });
   for (const [file, text] of Object.entries(opts.policies)) fs.writeFileSync(path.join(dataDir, 'policies', file), text);
-  return TestDaemon.start({ dataDir, config: daemonConfig(opts.config), args: opts.args });
+  return TestDaemon.start({ dataDir, config: daemonConfig(opts.config), args: opts.args, env: opts.env });
+}
+
+/**
+ * The daemon env of the migration hold (test hook COUCHESTOR_TEST_HOLD_MIGRATION):
+ * the first move holds after its first chunk, so it is still running at the
+ * next pass or at a stop whatever the load; heldMove() waits for it,
+ * releaseMove() lets it run to its end.
+ */
+export const HOLD_MIGRATION_ENV = { COUCHESTOR_TEST_HOLD_MIGRATION: '1' };
+
+/** Resolves once the held move of `volume` (HOLD_MIGRATION_ENV) has switched its first chunk and holds. */
+export async function heldMove(d: TestDaemon, volume: string): Promise<void> {
+  const line = await d.line(/^couchestor held migration /, 120_000);
+  const held = (JSON.parse(line.slice('couchestor held migration '.length)) as { volume: string }).volume;
+  if (held !== volume) throw new Error(`the move held is ${held}'s, not ${volume}'s`);
+}
+
+/** Lets the held move run on (SIGUSR2: the hold's release; moves after it are not held). */
+export function releaseMove(d: TestDaemon): void {
+  d.proc.kill('SIGUSR2');
 }
 
 /** Replaces a policy file atomically (the loop never reads a half-written file). */
@@ -345,8 +365,8 @@ export function fioFill(uri: string, lengthBytes: number): void {
  * bytes, written with nbdcopy (flushed) from the returned `src` file. The daemon and the file
  * are cleaned up after `t`.
  */
-export async function bigHotVolume(t: { after(fn: () => unknown): void }, bytes: number, policies: Record<string, string> = {}): Promise<{ d: TestDaemon; src: string; bigId: number }> {
-  const d = await startControlDaemon({ policies });
+export async function bigHotVolume(t: { after(fn: () => unknown): void }, bytes: number, policies: Record<string, string> = {}, env?: NodeJS.ProcessEnv): Promise<{ d: TestDaemon; src: string; bigId: number }> {
+  const d = await startControlDaemon({ policies, env });
   t.after(() => d.cleanup());
   const bigId = (await createVolume(d, 'big', bytes)).id;
   const src = path.join(d.dataDir, '..', `${path.basename(d.dataDir)}-big.bin`);
@@ -380,14 +400,12 @@ export function cliInBackground(...args: string[]): { proc: ChildProcess; done: 
  * a chunk: a stop now lands mid-migration. The daemon and the file are cleaned up after `t`.
  */
 export async function bigMoveToColdUnderWay(t: { after(fn: () => unknown): void }, bytes: number, spec: Record<string, unknown>): Promise<{ d: TestDaemon; src: string }> {
-  const { d, src } = await bigHotVolume(t, bytes, { 'tiering.yaml': policyYaml('tiering', spec) });
+  // The move holds after its first chunk (test hook) until the stop aborts it: still running at the stop, whatever the load.
+  const { d, src } = await bigHotVolume(t, bytes, { 'tiering.yaml': policyYaml('tiering', spec) }, HOLD_MIGRATION_ENV);
   await sleep(WINDOW_SETTLE_MS);
   const p = policyNamed(await reconcile(d, false), 'tiering');
   if (decisionFor(p, 'big').action !== 'migrate') throw new Error(`no move decided: ${decisionFor(p, 'big').reason}`);
-  const deadline = Date.now() + 60_000;
-  while ((await coldStatus(d)).stripesWritten < 1) {
-    if (Date.now() >= deadline) throw new Error('the move striped no chunk in 60 s');
-    await new Promise((r) => setTimeout(r, 50));
-  }
+  await heldMove(d, 'big');
+  if ((await coldStatus(d)).stripesWritten < 1) throw new Error('the move held striped no chunk');
   return { d, src };
 }

@@ -90,6 +90,34 @@ const PAUSE_BEFORE_RELEASE = process.env.COUCHESTOR_TEST_PAUSE_BEFORE_RELEASE ==
  */
 const PAUSE_BEFORE_PUNCH = process.env.COUCHESTOR_TEST_PAUSE_BEFORE_PUNCH === '1';
 
+/**
+ * Test hook (control tests that need a move still running at a later pass
+ * or at a stop: control-emergency-stop, review-policy-rename-keying,
+ * control-stop-aborts-migration): with COUCHESTOR_TEST_HOLD_MIGRATION=1, the
+ * first move of the process, once its first chunk is switched, prints
+ * `couchestor held migration {"volume":...}` and holds its workers until the
+ * daemon gets SIGUSR2 (then it runs to its end, as later moves do) or the
+ * move is aborted. Read once at start; unset, one boolean test per chunk.
+ */
+const HOLD_MIGRATION = process.env.COUCHESTOR_TEST_HOLD_MIGRATION === '1';
+let migrationHeld: { volume: string; wake: Promise<void>; over: boolean } | null = null;
+
+function holdMigration(volume: string, signals: readonly (AbortSignal | undefined)[]): Promise<void> {
+  if (migrationHeld === null) {
+    let release!: () => void;
+    const released = new Promise<void>((r) => (release = r));
+    const held = { volume, wake: released, over: false };
+    // One listener per signal for the whole hold (its workers share it), not one per chunk.
+    for (const s of signals) if (s !== undefined) s.addEventListener('abort', () => release(), { once: true });
+    if (signals.some((s) => s?.aborted)) release();
+    process.once('SIGUSR2', () => ((held.over = true), release()));
+    migrationHeld = held;
+    process.stdout.write(`couchestor held migration ${JSON.stringify({ volume })}\n`);
+  }
+  if (migrationHeld.volume !== volume || migrationHeld.over) return Promise.resolve();
+  return migrationHeld.wake;
+}
+
 function pauseForKill(volume: string, point: 'before-release' | 'before-punch' = 'before-release'): Promise<never> {
   process.stdout.write(`couchestor paused ${point} ${JSON.stringify({ volume })}\n`);
   // A promise holds no handle: a process with nothing else pending (a bare
@@ -494,6 +522,7 @@ async function migrateLent(manager: VolumeManager, vol: Volume, name: string, to
           progress.chunksDone++;
           progress.bytesCopied += vol.rec.chunkSizeBytes;
           if (progress.chunksDone % 16 === 0) report();
+          if (HOLD_MIGRATION) await holdMigration(name, [opts.signal, stopping]);
         }
       };
       const guarded = () => worker().catch((err: unknown) => void failed.push({ err }));
