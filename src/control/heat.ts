@@ -1,5 +1,7 @@
 // Heat: per-volume read/write IOPS over a sliding window, sampled from the
-// dataplane's own counters (nothing is added to the I/O path). The samples
+// dataplane's own counters (nothing is added to the I/O path). A tick reads
+// only the volumes whose counters can have moved, and a sample is taken only
+// when they did: an idle volume costs nothing a tick (tick(), view()). The samples
 // are also kept in the index, coarser (heat.ts persist()), so a restart reads
 // the window from before it instead of starting every window again.
 import type { Database, Key, RangeOptions } from 'lmdb';
@@ -20,9 +22,13 @@ interface Sample {
  * that samples are spaced in proportion to their age: a reading over any
  * window starts within a small fraction of the window before its start, for
  * a 1 min and a 7 d window alike, and the oldest sample (the retention's
- * start) is kept.
+ * start) is kept. 512 (thinned to 384): the last ~64 s stay 1 s apart (the
+ * metrics' 1 min IOPS exact), a reading starts at most ~1/64 of a 1 h window
+ * early, ~1/32 of a 24 h one (3600 before: 1 h unthinned). A sample is ~74
+ * bytes of heap, so <= ~38 KiB a busy volume (3600: ~260 KiB, 26 GiB for
+ * 100,000 busy volumes); an idle volume holds 1 or 2 (visit()).
  */
-export const MAX_SAMPLES_PER_VOLUME = 3600;
+export const MAX_SAMPLES_PER_VOLUME = 512;
 
 /**
  * Bound on samples kept in the index per volume (HEAT_SAMPLES_DB), thinned
@@ -33,6 +39,17 @@ export const MAX_SAMPLES_PER_VOLUME = 3600;
  * whole window; an idle volume holds 1 or 2 (~10 MiB for 100,000).
  */
 export const MAX_PERSISTED_SAMPLES_PER_VOLUME = 128;
+
+/**
+ * How often the sampler's tick walks every volume in the index (sample())
+ * at least: to see volumes deleted (their kept samples go). A tick that sees
+ * another count of volumes than the last walk (one made or deleted) walks
+ * too, so a new volume's window starts at once. The ticks between read only the volumes
+ * whose counters can have moved (open ones, and closed ones whose counters
+ * at their close are not the ones last read): an idle volume costs nothing
+ * there. A control-loop pass (refresh) and stop() walk every volume too.
+ */
+export const FULL_SAMPLE_INTERVAL_MS = 30_000;
 
 /** Samples are written to the index at every pass (refresh) and at least this often by the sampler (a Prometheus heat source, long pass intervals), and at stop. */
 export const PERSIST_INTERVAL_MS = 30_000;
@@ -87,6 +104,19 @@ interface Tracked {
 export class HeatTracker implements HeatSource {
   private readonly samples = new Map<string, Sample[]>();
   private readonly tracked = new Map<string, Tracked>();
+  /** Volume id -> name of each tracked volume (the closed volumes' counters are by id). */
+  private readonly names = new Map<number, string>();
+  /**
+   * The time of the last sample (a tick or sample()): every tracked volume's
+   * counters were read then, and a volume whose last sample is older served
+   * no I/O since it (an idle run): its samples stop at its last change, and
+   * the readings take one more at this time with the same counts (view()).
+   * So an idle volume holds 1 or 2 samples, not one a second.
+   */
+  private lastTickMs: number | null = null;
+  private lastFullMs = -Infinity;
+  /** Volumes in the index at the last walk: another count at a tick (one made or deleted) walks again. */
+  private walkedVolumes = -1;
   /** Ids whose samples the index still holds though the volume is gone (deleted, or its name taken by a new volume). */
   private readonly gone = new Set<number>();
   /** Volume id -> the time from which its kept samples go (ahead of a clock set back, CLOCK_BACK_TOLERANCE_MS; 0: all). */
@@ -204,14 +234,14 @@ export class HeatTracker implements HeatSource {
    * reads as no I/O (none was served here).
    */
   read(volume: string, windowMs: number, nowMs = Date.now()): HeatReading {
-    const list = this.samples.get(volume);
+    const list = this.view(volume);
     if (!list || list.length < 2) return { iops: null, why: 'no samples yet' };
     const from = nowMs - windowMs;
-    const b = list[list.length - 1]!;
+    const b = list.at(list.length - 1);
     // The samples reach back to the window's start (within one sample interval;
     // thinning keeps the oldest sample, so the count never cuts the window short).
-    if (list[0]!.atMs > from + this.sampleIntervalMs) {
-      return { iops: null, why: `heat measured over ${Math.round((b.atMs - list[0]!.atMs) / 1000)}s of a ${Math.round(windowMs / 1000)}s window` };
+    if (list.at(0).atMs > from + this.sampleIntervalMs) {
+      return { iops: null, why: `heat measured over ${Math.round((b.atMs - list.at(0).atMs) / 1000)}s of a ${Math.round(windowMs / 1000)}s window` };
     }
     // From the first sample inside the window when it is close to the window's
     // start (within one sample interval, or 1/256 of the window: thinned samples
@@ -221,17 +251,20 @@ export class HeatTracker implements HeatSource {
     // sparser than the window (a long sample interval, or one sample taken just
     // before the window and the next ones now) the first sample inside is at
     // the window's end, and a reading from it covers almost nothing.
-    let i = 0;
-    while (i < list.length - 2 && list[i + 1]!.atMs <= from) i++;
-    if (list[i]!.atMs < from && i + 1 < list.length - 1 && list[i + 1]!.atMs - from <= Math.max(this.sampleIntervalMs, windowMs / 256)) i++;
-    const a = list[i]!;
+    // Not when the two are the ends of an idle run (equal counts: an idle volume's samples stop
+    // at its last change, view()): between them the interpolation below is exact, and starts
+    // at the window's start as the samples a second of that run did.
+    let i = lastAtOrBefore(list, from);
+    const moved = (x: Sample, y: Sample): boolean => x.readOps !== y.readOps || x.writeOps !== y.writeOps;
+    if (list.at(i).atMs < from && i + 1 < list.length - 1 && list.at(i + 1).atMs - from <= Math.max(this.sampleIntervalMs, windowMs / 256) && moved(list.at(i), list.at(i + 1))) i++;
+    const a = list.at(i);
     // `a` before the window's start and the next sample after it: the ops
     // between the two are taken as spread evenly over that span, so the
     // reading starts at the window's start. Exact for an idle run (equal
     // counters: the index keeps only its ends) and for the time the daemon
     // was down (no op); for the index's coarser samples (one per pass) it
     // counts the share of the span inside the window, not all of it.
-    const next = list[i + 1]!;
+    const next = list.at(i + 1);
     let startMs = a.atMs;
     let startOps = a.readOps + a.writeOps;
     if (a.atMs < from && next.atMs > from) {
@@ -243,11 +276,25 @@ export class HeatTracker implements HeatSource {
     return { iops: (b.readOps + b.writeOps - startOps) / (coveredMs / 1000) };
   }
 
+  /**
+   * A volume's samples as the readings see them: those kept, and when it has
+   * been idle since the last of them, one more at the last tick with the
+   * same counts (the end of its idle run). Not copied: at(i).
+   */
+  private view(volume: string): { length: number; at(i: number): Sample } | undefined {
+    const list = this.samples.get(volume);
+    if (list === undefined) return undefined;
+    const last = list[list.length - 1];
+    if (last === undefined || this.lastTickMs === null || this.lastTickMs <= last.atMs) return { length: list.length, at: (i) => list[i]! };
+    const tail: Sample = { atMs: this.lastTickMs, readOps: last.readOps, writeOps: last.writeOps };
+    return { length: list.length + 1, at: (i) => (i < list.length ? list[i]! : tail) };
+  }
+
   start(): void {
     this.sample();
     this.timer = setInterval(() => {
       const nowMs = Date.now();
-      this.sample(nowMs);
+      this.tick(nowMs);
       if (this.persistDue(nowMs, PERSIST_INTERVAL_MS)) void this.persist(nowMs);
     }, this.sampleIntervalMs);
     this.timer.unref();
@@ -272,6 +319,30 @@ export class HeatTracker implements HeatSource {
     }
   }
 
+  /**
+   * The sampler's tick: every volume (sample()) once per FULL_SAMPLE_INTERVAL_MS
+   * (and at the first tick, and when the clock went back), else only the
+   * volumes whose counters can have moved since the last tick: the open ones
+   * and the closed ones whose counters (as at their close) are not the ones
+   * last read. An idle volume, open or not, gets no sample (view()).
+   */
+  tick(nowMs = Date.now()): void {
+    // A volume made (or deleted) since the walk: walk now, so a new volume's window starts at once as before.
+    const volumes = volumeCount(this.manager);
+    if (!this.loaded || nowMs - this.lastFullMs >= FULL_SAMPLE_INTERVAL_MS || this.lastTickMs === null || nowMs < this.lastTickMs || volumes !== this.walkedVolumes) return this.sample(nowMs);
+    for (const v of this.manager.openVolumes()) this.visit(v.name, v.rec.id, v.counters, nowMs, null);
+    for (const [id, c] of this.manager.closedVolumeCounters()) {
+      const name = this.names.get(id);
+      const t = name === undefined ? undefined : this.tracked.get(name);
+      // Not tracked: made since the last walk, opened and closed since; the next walk starts its window.
+      if (t === undefined || t.volumeId !== id || (c.readOps === t.rawReadOps && c.writeOps === t.rawWriteOps)) continue;
+      this.visit(name!, id, c, nowMs, null);
+    }
+    this.logSetBack();
+    this.lastTickMs = nowMs;
+  }
+
+  /** A sample of every volume in the index (a tick, a control-loop pass's refresh, stop()). */
   sample(nowMs = Date.now()): void {
     const live = new Set<string>();
     const open = new Map(this.manager.openVolumes().map((v) => [v.name, v]));
@@ -284,38 +355,62 @@ export class HeatTracker implements HeatSource {
     // since the daemon started has served 0 ops since, and must not stay
     // "no data" forever, or an idle volume is never moved to cold after a
     // restart.
-    for (const rec of this.manager.listVolumes()) {
+    const volumes = this.manager.listVolumes();
+    this.walkedVolumes = volumes.length;
+    for (const rec of volumes) {
       live.add(rec.name);
-      let t = this.tracked.get(rec.name);
-      let list = this.samples.get(rec.name);
-      if (t && t.volumeId !== rec.id) {
-        // A new volume under a deleted one's name: none of its heat.
-        this.gone.add(t.volumeId);
-        t = undefined;
-      }
-      if (!t || !list) {
-        ({ t, list } = this.restore(rec.id, kept));
-        this.tracked.set(rec.name, t);
-      }
-      const newest = list[list.length - 1];
-      if (newest !== undefined && newest.atMs > nowMs) list = this.clockSetBack(t, list, nowMs, newest.atMs - nowMs);
       const v = open.get(rec.name);
-      count(t, v !== undefined && v.rec.id === rec.id ? v.counters : (closed.get(rec.id) ?? null));
-      this.samples.set(rec.name, list);
-      list.push({ atMs: nowMs, readOps: t.readOps, writeOps: t.writeOps });
-      while (list.length > 2 && nowMs - list[1]!.atMs > this.retainMs) list.shift();
-      if (list.length > MAX_SAMPLES_PER_VOLUME) this.samples.set(rec.name, thin(list, nowMs, Math.floor((MAX_SAMPLES_PER_VOLUME * 3) / 4)));
+      this.visit(rec.name, rec.id, v !== undefined && v.rec.id === rec.id ? v.counters : (closed.get(rec.id) ?? null), nowMs, kept);
     }
-    if (this.setBack.volumes > 0) {
-      // One line a sample, not one a volume.
-      log.warn('heat samples ahead of the clock (set back?): these volumes\' windows start again', this.setBack);
-      this.setBack = { volumes: 0, aheadMs: 0 };
-    }
+    this.logSetBack();
     for (const [name, t] of this.tracked) {
       if (live.has(name)) continue;
       this.gone.add(t.volumeId);
       this.tracked.delete(name);
+      this.names.delete(t.volumeId);
       this.samples.delete(name);
+    }
+    this.lastTickMs = nowMs;
+    this.lastFullMs = nowMs;
+  }
+
+  /**
+   * Reads volume `name`'s counters (null: not opened since the start) into
+   * its samples: a sample at `nowMs` when they moved since its last one,
+   * after one at the last tick (the end of the idle run before, where the
+   * I/O started: the index keeps it, batch()); none when they did not.
+   */
+  private visit(name: string, volumeId: number, counters: VolumeCounters | null, nowMs: number, kept: Map<number, Sample[]> | null): void {
+    let t = this.tracked.get(name);
+    let list = this.samples.get(name);
+    if (t && t.volumeId !== volumeId) {
+      // A new volume under a deleted one's name: none of its heat.
+      this.gone.add(t.volumeId);
+      this.names.delete(t.volumeId);
+      t = undefined;
+    }
+    if (!t || !list) {
+      ({ t, list } = this.restore(volumeId, kept));
+      this.tracked.set(name, t);
+      this.names.set(volumeId, name);
+      this.samples.set(name, list);
+    }
+    const newest = list[list.length - 1];
+    if (newest !== undefined && newest.atMs > nowMs) this.samples.set(name, (list = this.clockSetBack(t, list, nowMs, newest.atMs - nowMs)));
+    count(t, counters);
+    const last = list[list.length - 1];
+    if (last !== undefined && last.readOps === t.readOps && last.writeOps === t.writeOps) return;
+    if (last !== undefined && this.lastTickMs !== null && last.atMs < this.lastTickMs && this.lastTickMs < nowMs) list.push({ atMs: this.lastTickMs, readOps: last.readOps, writeOps: last.writeOps });
+    list.push({ atMs: nowMs, readOps: t.readOps, writeOps: t.writeOps });
+    while (list.length > 2 && nowMs - list[1]!.atMs > this.retainMs) list.shift();
+    if (list.length > MAX_SAMPLES_PER_VOLUME) this.samples.set(name, thin(list, nowMs, Math.floor((MAX_SAMPLES_PER_VOLUME * 3) / 4)));
+  }
+
+  private logSetBack(): void {
+    if (this.setBack.volumes > 0) {
+      // One line a sample, not one a volume.
+      log.warn('heat samples ahead of the clock (set back?): these volumes\' windows start again', this.setBack);
+      this.setBack = { volumes: 0, aheadMs: 0 };
     }
   }
 
@@ -395,18 +490,19 @@ export class HeatTracker implements HeatSource {
   private batch(): { writes: { t: Tracked; out: Sample[]; before: Sample | null }[]; gone: number[]; dropFrom: [number, number][]; unreadable: Key[]; retainMs: number | null } | null {
     const writes: { t: Tracked; out: Sample[]; before: Sample | null }[] = [];
     for (const [name, t] of this.tracked) {
-      const list = this.samples.get(name)!;
-      const last = list[list.length - 1];
+      // With the idle run's end (view()): the index gets the time up to which a new volume was idle, as before.
+      const list = this.view(name)!;
+      const last = list.length > 0 ? list.at(list.length - 1) : undefined;
       const p = t.persisted;
       if (last === undefined || (p !== null && (last.atMs <= p.atMs || (last.readOps === p.readOps && last.writeOps === p.writeOps)))) continue;
       const out: Sample[] = [];
       if (p === null) {
-        if (list.length > 1) out.push(list[0]!);
+        if (list.length > 1) out.push(list.at(0));
       } else {
         // Counters never fall: the samples equal to `p` after it are its idle run.
         let k = list.length - 2;
-        while (k >= 0 && list[k]!.atMs > p.atMs && (list[k]!.readOps !== p.readOps || list[k]!.writeOps !== p.writeOps)) k--;
-        if (k >= 0 && list[k]!.atMs > p.atMs) out.push(list[k]!);
+        while (k >= 0 && list.at(k).atMs > p.atMs && (list.at(k).readOps !== p.readOps || list.at(k).writeOps !== p.writeOps)) k--;
+        if (k >= 0 && list.at(k).atMs > p.atMs) out.push(list.at(k));
       }
       out.push(last);
       t.persisted = last;
@@ -458,19 +554,41 @@ export class HeatTracker implements HeatSource {
     if (batch.retainMs !== null) this.stateDb.put('retainMs', batch.retainMs);
   }
 
+  /** Samples held in memory: of `volume`, or of every volume (bench/metrics-scale's memory figure). */
+  samplesHeld(volume?: string): number {
+    if (volume !== undefined) return this.samples.get(volume)?.length ?? 0;
+    let n = 0;
+    for (const list of this.samples.values()) n += list.length;
+    return n;
+  }
+
   /** Read and write IOPS over the last minute, for metrics (0 until two samples exist). */
   iops(volume: string, windowMs = 60_000): { readIops: number; writeIops: number } {
-    const list = this.samples.get(volume);
+    const list = this.view(volume);
     if (!list || list.length < 2) return { readIops: 0, writeIops: 0 };
-    const from = Date.now() - windowMs;
-    let i = 0;
-    while (i < list.length - 2 && list[i + 1]!.atMs <= from) i++;
-    const a = list[i]!;
-    const b = list[list.length - 1]!;
+    const a = list.at(lastAtOrBefore(list, Date.now() - windowMs));
+    const b = list.at(list.length - 1);
     const secs = (b.atMs - a.atMs) / 1000;
     if (secs <= 0) return { readIops: 0, writeIops: 0 };
     return { readIops: (b.readOps - a.readOps) / secs, writeIops: (b.writeOps - a.writeOps) / secs };
   }
+}
+
+/** Volumes in the index now: LMDB's count of the db's entries (mdb_stat, ~10 us, no read of them). */
+function volumeCount(manager: VolumeManager): number {
+  return (manager.meta.volumes.getStats() as { entryCount: number }).entryCount;
+}
+
+/** The last index up to length - 2 whose sample is at or before `fromMs` (0 if none is): samples are in time order. */
+function lastAtOrBefore(list: { length: number; at(i: number): Sample }, fromMs: number): number {
+  let lo = 0;
+  let hi = list.length - 2;
+  while (lo < hi) {
+    const mid = (lo + hi + 1) >> 1;
+    if (list.at(mid).atMs <= fromMs) lo = mid;
+    else hi = mid - 1;
+  }
+  return lo;
 }
 
 /**

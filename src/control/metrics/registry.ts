@@ -2,7 +2,7 @@
 // (prefix couchestor_). Every project metric is read from a MetricsSource at
 // scrape time, so the I/O path only bumps its own plain counters.
 
-import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Registry, collectDefaultMetrics, type Metric } from 'prom-client';
 import type { Tier } from '../../dataplane/meta/store.js';
 
 export type MigrationResult = 'succeeded' | 'failed' | 'aborted';
@@ -179,14 +179,180 @@ class SnapshotRegistry extends Registry {
     return this.current ?? this.take();
   }
 
-  override metrics(): Promise<string> {
+  override async metrics(): Promise<string> {
+    return (await this.metricsChunks()).join('');
+  }
+
+  /**
+   * The exposition in pieces, in order (GET /metrics streams them: a 5 MB string is never
+   * built, nor encoded in one go): prom-client's text of each metric (collect() runs
+   * synchronously at the start of its getMetricsAsString, so all see this snapshot), and each
+   * per-volume family in slices (VolumeSeries).
+   */
+  async metricsChunks(): Promise<string[]> {
+    const format = (Registry.prototype as unknown as { getMetricsAsString(m: unknown): Promise<string> }).getMetricsAsString;
     this.current = this.take();
+    let pending: Promise<string | string[]>[];
     try {
-      return super.metrics();
+      const volumes = this.current.volumes;
+      pending = this.getMetricsAsArray().map((m: unknown) => (m instanceof VolumeFamily ? this.volumeSeries.family(volumes, m.spec) : format.call(this, m)));
     } finally {
       this.current = null;
     }
+    const parts = await Promise.all(pending);
+    const out: string[] = [];
+    parts.forEach((p, i) => {
+      if (i > 0) out.push('\n\n');
+      if (typeof p === 'string') out.push(p);
+      else for (const x of p) out.push(x);
+    });
+    out.push('\n');
+    return out;
   }
+
+  private readonly volumeSeries = new VolumeSeries();
+}
+
+/** Volumes formatted before a scrape yields the event loop (setImmediate): ~2-4 ms of work at most between yields. */
+export const VOLUMES_PER_SLICE = 1000;
+
+interface VolumeFamilySpec {
+  name: string;
+  help: string;
+  type: 'counter' | 'gauge';
+  /** Index of this family's lines in a volume's cached entry. */
+  index: number;
+}
+
+const VOLUME_FAMILIES: readonly VolumeFamilySpec[] = [
+  { name: 'couchestor_volume_read_ops_total', help: 'Read operations served per volume.', type: 'counter', index: 0 },
+  { name: 'couchestor_volume_write_ops_total', help: 'Write operations served per volume.', type: 'counter', index: 1 },
+  { name: 'couchestor_volume_read_bytes_total', help: 'Bytes read per volume.', type: 'counter', index: 2 },
+  { name: 'couchestor_volume_write_bytes_total', help: 'Bytes written per volume.', type: 'counter', index: 3 },
+  { name: 'couchestor_volume_iops', help: 'Current operations per second per volume and direction (the heat measure).', type: 'gauge', index: 4 },
+  { name: 'couchestor_volume_tier', help: 'Tier a volume is on: 1 for its current tier, 0 for the others.', type: 'gauge', index: 5 },
+];
+
+/**
+ * A per-volume family in the registry: it keeps prom-client's place for it (the order of the
+ * exposition) and its name; its text comes from SnapshotRegistry.getMetricsAsString. get()
+ * (prom-client's JSON form, getMetricsAsJSON: nothing here uses it) gives no values.
+ */
+class VolumeFamily {
+  readonly aggregator = 'sum';
+  constructor(readonly spec: VolumeFamilySpec) {}
+  get name(): string {
+    return this.spec.name;
+  }
+  get help(): string {
+    return this.spec.help;
+  }
+  get type(): string {
+    return this.spec.type;
+  }
+  get(): { name: string; help: string; type: string; aggregator: string; values: { labels: Record<string, string>; value: number }[] } {
+    const values: { labels: Record<string, string>; value: number }[] = [];
+    return { name: this.name, help: this.help, type: this.type, aggregator: this.aggregator, values };
+  }
+  reset(): void {}
+}
+
+/** One volume's last formatted values and lines (one string per family, a family's lines joined by newlines). */
+interface VolumeEntry {
+  tier: Tier;
+  readOps: number;
+  writeOps: number;
+  readBytes: number;
+  writeBytes: number;
+  readIops: number;
+  writeIops: number;
+  lines: string[];
+  /** The scrape that last saw the volume: entries of volumes gone since are dropped. */
+  seen: number;
+}
+
+/**
+ * The per-volume families' text, built once per scrape for all six families: a volume whose
+ * values did not change since the last scrape (an idle one) costs a comparison and its cached
+ * lines, not a re-format; the work is done in slices of VOLUMES_PER_SLICE volumes with the event
+ * loop free between them, so NBD and S3 requests are not held by a scrape of any size.
+ */
+class VolumeSeries {
+  private readonly cache = new Map<string, VolumeEntry>();
+  private scrapes = 0;
+  /** The last scrape's slices: their volumes' entries, and each family's text of them. */
+  private slices: { entries: VolumeEntry[]; texts: string[] }[] = [];
+  /** The build of the scrape under way (the families of one scrape share it), by its volumes array. */
+  private building: { volumes: VolumeCounters[]; text: Promise<string[][]> } | null = null;
+
+  /** A family's text in pieces: its header, then its lines a slice of volumes at a time. */
+  family(volumes: VolumeCounters[], spec: VolumeFamilySpec): Promise<string[]> {
+    if (this.building?.volumes !== volumes) this.building = { volumes, text: this.build(volumes) };
+    const header = `# HELP ${spec.name} ${escapeString(spec.help)}\n# TYPE ${spec.name} ${spec.type}`;
+    return this.building.text.then((texts) => [header, ...texts[spec.index]!.map((t) => `\n${t}`)]);
+  }
+
+  private async build(volumes: VolumeCounters[]): Promise<string[][]> {
+    const seen = ++this.scrapes;
+    // Each family's text, joined slice by slice and kept in those pieces: one join of every
+    // volume's lines held the loop ~200 ms at 20,000 volumes.
+    // A slice whose volumes' entries are the last scrape's (none changed: all idle) reuses its
+    // text too: an idle scrape allocates next to nothing (each one's ~5 MB of garbage at
+    // 10,000 volumes brought major GCs of 100+ ms).
+    const texts: string[][] = VOLUME_FAMILIES.map(() => []);
+    let n = 0;
+    for (let first = 0; first < volumes.length; first += VOLUMES_PER_SLICE, n++) {
+      if (first > 0) await new Promise<void>((resolve) => setImmediate(resolve));
+      const entries: VolumeEntry[] = [];
+      for (let i = first; i < Math.min(volumes.length, first + VOLUMES_PER_SLICE); i++) {
+        const v = volumes[i]!;
+        let e = this.cache.get(v.volume);
+        if (e === undefined || e.tier !== v.tier || e.readOps !== v.readOps || e.writeOps !== v.writeOps || e.readBytes !== v.readBytes || e.writeBytes !== v.writeBytes || !same(e.readIops, v.readIops) || !same(e.writeIops, v.writeIops)) {
+          e = { tier: v.tier, readOps: v.readOps, writeOps: v.writeOps, readBytes: v.readBytes, writeBytes: v.writeBytes, readIops: v.readIops, writeIops: v.writeIops, lines: format(v), seen };
+          this.cache.set(v.volume, e);
+        }
+        e.seen = seen;
+        entries.push(e);
+      }
+      let cached = this.slices[n];
+      if (cached === undefined || cached.entries.length !== entries.length || cached.entries.some((e, i) => e !== entries[i])) {
+        cached = { entries, texts: VOLUME_FAMILIES.map((_, f) => entries.map((e) => e.lines[f]!).join('\n')) };
+        this.slices[n] = cached;
+      }
+      for (let f = 0; f < texts.length; f++) texts[f]!.push(cached.texts[f]!);
+    }
+    this.slices.length = n;
+    if (this.cache.size > volumes.length && this.scrapes === seen) for (const [name, e] of this.cache) if (e.seen !== seen) this.cache.delete(name);
+    if (this.building?.volumes === volumes) this.building = null;
+    return texts;
+  }
+}
+
+function same(a: number, b: number): boolean {
+  return a === b || (Number.isNaN(a) && Number.isNaN(b));
+}
+
+/** A volume's lines of each family, as prom-client formats them (label value escaped, value by getValueAsString). */
+function format(v: VolumeCounters): string[] {
+  const l = `volume="${escapeString(v.volume).replace(/"/g, '\\"')}"`;
+  return [
+    `couchestor_volume_read_ops_total{${l}} ${value(v.readOps)}`,
+    `couchestor_volume_write_ops_total{${l}} ${value(v.writeOps)}`,
+    `couchestor_volume_read_bytes_total{${l}} ${value(v.readBytes)}`,
+    `couchestor_volume_write_bytes_total{${l}} ${value(v.writeBytes)}`,
+    `couchestor_volume_iops{${l},direction="read"} ${value(v.readIops)}\ncouchestor_volume_iops{${l},direction="write"} ${value(v.writeIops)}`,
+    TIERS.map((tier) => `couchestor_volume_tier{${l},tier="${tier}"} ${v.tier === tier ? 1 : 0}`).join('\n'),
+  ];
+}
+
+function escapeString(s: string): string {
+  return s.replace(/\\/g, '\\\\').replace(/\n/g, '\\n');
+}
+
+function value(x: number): string {
+  if (Number.isNaN(x)) return 'Nan';
+  if (!Number.isFinite(x)) return x < 0 ? '-Inf' : '+Inf';
+  return `${x}`;
 }
 
 export function createMetrics(source: MetricsSourceRef): Registry {
@@ -219,49 +385,10 @@ export function createMetrics(source: MetricsSourceRef): Registry {
     },
   });
 
-  const volumeCounter = (name: string, help: string, pick: (v: VolumeCounters) => number): void => {
-    new Counter({
-      name,
-      help,
-      labelNames: ['volume'],
-      registers,
-      collect() {
-        this.reset();
-        for (const v of registry.snapshot().volumes) this.inc({ volume: v.volume }, pick(v));
-      },
-    });
-  };
-  volumeCounter('couchestor_volume_read_ops_total', 'Read operations served per volume.', (v) => v.readOps);
-  volumeCounter('couchestor_volume_write_ops_total', 'Write operations served per volume.', (v) => v.writeOps);
-  volumeCounter('couchestor_volume_read_bytes_total', 'Bytes read per volume.', (v) => v.readBytes);
-  volumeCounter('couchestor_volume_write_bytes_total', 'Bytes written per volume.', (v) => v.writeBytes);
-
-  new Gauge({
-    name: 'couchestor_volume_iops',
-    help: 'Current operations per second per volume and direction (the heat measure).',
-    labelNames: ['volume', 'direction'],
-    registers,
-    collect() {
-      this.reset();
-      for (const v of registry.snapshot().volumes) {
-        this.set({ volume: v.volume, direction: 'read' }, v.readIops);
-        this.set({ volume: v.volume, direction: 'write' }, v.writeIops);
-      }
-    },
-  });
-  new Gauge({
-    name: 'couchestor_volume_tier',
-    help: 'Tier a volume is on: 1 for its current tier, 0 for the others.',
-    labelNames: ['volume', 'tier'],
-    registers,
-    collect() {
-      this.reset();
-      for (const v of registry.snapshot().volumes) {
-        for (const tier of TIERS) this.set({ volume: v.volume, tier }, v.tier === tier ? 1 : 0);
-      }
-    },
-  });
-
+  // Per-volume families: formatted by VolumeSeries (cached per volume, in slices that yield), not
+  // by prom-client, whose per-label-set hashing and formatting held the event loop ~390 ms a scrape
+  // at 10,000 volumes.
+  for (const f of VOLUME_FAMILIES) registry.registerMetric(new VolumeFamily(f) as unknown as Metric);
   new Gauge({
     name: 'couchestor_pool_capacity_bytes',
     help: 'Capacity of each pool.',

@@ -1,5 +1,6 @@
 // GET /metrics in the Prometheus text format, from a registry made by createMetrics().
 
+import { Readable } from 'node:stream';
 import Fastify, { type FastifyInstance } from 'fastify';
 import type { Registry } from 'prom-client';
 import { listen, type RunningHttpServer } from '../health/http.js';
@@ -16,9 +17,11 @@ export interface MetricsServerOptions {
 /** Adds GET /metrics to an existing fastify instance. */
 export function registerMetricsRoute(app: FastifyInstance, registry: Registry): void {
   app.get('/metrics', async (_req, reply) => {
-    let text: string;
+    let text: string | Readable;
     try {
-      text = await registry.metrics();
+      // Our registry's pieces, streamed (a scrape of 10,000 volumes is ~5 MB); any other registry's string.
+      const chunks = (registry as { metricsChunks?: () => Promise<string[]> }).metricsChunks;
+      text = chunks ? Readable.from(await chunks.call(registry)) : await registry.metrics();
     } catch (err) {
       // A source that throws must not take the endpoint down silently: say why.
       reply.code(500).type('text/plain; charset=utf-8');
