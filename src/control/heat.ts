@@ -42,14 +42,17 @@ export const MAX_PERSISTED_SAMPLES_PER_VOLUME = 128;
 
 /**
  * How often the sampler's tick walks every volume in the index (sample())
- * at least: to see volumes deleted (their kept samples go). A tick that sees
- * another count of volumes than the last walk (one made or deleted) walks
- * too, so a new volume's window starts at once. The ticks between read only the volumes
- * whose counters can have moved (open ones, and closed ones whose counters
- * at their close are not the ones last read): an idle volume costs nothing
- * there. A control-loop pass (refresh) and stop() walk every volume too.
+ * at least. A tick that sees another count of volumes than the last walk
+ * (one made or deleted: LMDB's entry count, ~10 us) walks at once, so a new
+ * volume's window starts and a deleted one's samples go as before; this
+ * bound is for a make and a delete within one tick (the count unchanged).
+ * The ticks between read only the volumes whose counters can have moved
+ * (open ones, and closed ones whose counters at their close are not the
+ * ones last read): an idle volume costs nothing there. A walk of 10,000
+ * volumes holds the event loop ~20-50 ms (their records decoded). A
+ * control-loop pass (refresh) and stop() walk every volume too.
  */
-export const FULL_SAMPLE_INTERVAL_MS = 30_000;
+export const FULL_SAMPLE_INTERVAL_MS = 300_000;
 
 /** Samples are written to the index at every pass (refresh) and at least this often by the sampler (a Prometheus heat source, long pass intervals), and at stop. */
 export const PERSIST_INTERVAL_MS = 30_000;

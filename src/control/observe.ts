@@ -32,17 +32,29 @@ export function healthChecks(manager: VolumeManager, isOpen: () => boolean): Hea
   };
 }
 
+/** Volume records read from the index at a time by the metrics source (a scrape's slice is 1,000). */
+const VOLUMES_PAGE = 500;
+
 export function metricsSource(manager: VolumeManager, heat: HeatTracker, migrations: () => MigrationStats): MetricsSource {
   return {
     *volumes() {
       // Every volume, open or not: a volume closes once nothing holds it (its NBD clients gone), and
       // its series must not vanish then (a closed one's counters are those it had when it closed).
+      // Read from the index a page at a time: the scrape takes them a slice at a time with the
+      // event loop free between (listVolumes() decoded 10,000 records in one go: ~20 ms).
       const open = new Map(manager.openVolumes().map((v) => [v.name, v]));
       const closed = manager.closedVolumeCounters();
-      for (const rec of manager.listVolumes()) {
-        const v = open.get(rec.name);
-        const counters = v?.counters ?? closed.get(rec.id) ?? { readOps: 0, writeOps: 0, readBytes: 0, writeBytes: 0 };
-        yield { volume: rec.name, tier: (v?.rec ?? rec).tier, ...counters, ...heat.iops(rec.name) };
+      for (let after: string | undefined, page = true; page; ) {
+        page = false;
+        // A page is read whole: no cursor stays open across the scrape's yields.
+        for (const { key, value: rec } of [...manager.meta.volumes.getRange({ start: after, limit: VOLUMES_PAGE + 1 })]) {
+          if (key === after) continue;
+          after = key;
+          page = true;
+          const v = open.get(rec.name);
+          const counters = v?.counters ?? closed.get(rec.id) ?? { readOps: 0, writeOps: 0, readBytes: 0, writeBytes: 0 };
+          yield { volume: rec.name, tier: (v?.rec ?? rec).tier, ...counters, ...heat.iops(rec.name) };
+        }
       }
     },
     *pools() {
