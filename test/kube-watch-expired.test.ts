@@ -4,7 +4,6 @@
 // created) comes with that list; the loop follows.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import net from 'node:net';
 import type { KubeEnv } from './helpers/kube.js';
 import type { TestDaemon } from './helpers/daemon.js';
 import { metric, reconcile, scrape } from './helpers/control-loop.js';
@@ -12,27 +11,18 @@ import { Cluster, SP, spSpec, startKubeCluster, startKubeDaemon, stopKubeCluster
 
 let kube: KubeEnv;
 let cluster: Cluster;
-let etcdPort: number;
 const daemons: TestDaemon[] = [];
-
-async function freePort(): Promise<number> {
-  const srv = net.createServer().listen(0, '127.0.0.1');
-  await new Promise((r) => srv.once('listening', r));
-  const port = (srv.address() as net.AddressInfo).port;
-  await new Promise((r) => srv.close(r));
-  return port;
-}
 
 /** etcd's JSON gateway (v3): a call on the fixture's etcd. */
 async function etcd(path: string, body: unknown): Promise<Record<string, unknown>> {
-  const res = await fetch(`http://127.0.0.1:${etcdPort}${path}`, { method: 'POST', body: JSON.stringify(body) });
+  // The fixture's own etcd URL: a port picked here could be taken before etcd binds it, and the fixture then starts etcd on another.
+  const res = await fetch(`${kube.etcdUrl}${path}`, { method: 'POST', body: JSON.stringify(body) });
   assert.equal(res.status, 200, `etcd ${path}: ${res.status} ${await res.clone().text()}`);
   return (await res.json()) as Record<string, unknown>;
 }
 
 before(async () => {
-  etcdPort = await freePort();
-  ({ kube, cluster } = await startKubeCluster({ firstPortsForTest: { etcdClient: etcdPort } }));
+  ({ kube, cluster } = await startKubeCluster());
 });
 
 after(() => stopKubeCluster(kube, daemons));

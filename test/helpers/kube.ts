@@ -59,6 +59,8 @@ export interface KubeEnv {
   serviceAccountToken(namespace: string, name: string): Promise<string>;
   /** The temp dir (etcd data, certs, logs, kubeconfigs); removed by stop(). */
   dir: string;
+  /** etcd's client URL, on the port the start settled on (a port taken meanwhile is tried again on another). */
+  etcdUrl: string;
   /** The apiserver's log so far (all starts). */
   apiserverLog(): string;
   /** Stops the apiserver and starts it again on the same port and certs; etcd keeps running. */
@@ -431,6 +433,7 @@ export async function startKube(opts: KubeOptions = {}): Promise<KubeEnv> {
       }
     },
     dir,
+    etcdUrl,
     apiserverLog: () => fs.readFileSync(apiLog, 'utf8'),
     async restartApiserver() {
       await kill(apiserver);
