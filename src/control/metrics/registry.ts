@@ -201,13 +201,21 @@ class SnapshotRegistry extends Registry {
       this.current = null;
     }
     const parts = await Promise.all(pending);
+    // Pieces of >= 64 KiB (a write each when streamed), not one per metric and separator.
     const out: string[] = [];
+    let piece = '';
+    const add = (x: string): void => {
+      piece += x;
+      if (piece.length < 65_536) return;
+      out.push(piece);
+      piece = '';
+    };
     parts.forEach((p, i) => {
-      if (i > 0) out.push('\n\n');
-      if (typeof p === 'string') out.push(p);
-      else for (const x of p) out.push(x);
+      if (i > 0) add('\n\n');
+      if (typeof p === 'string') add(p);
+      else for (const x of p) add(x);
     });
-    out.push('\n');
+    out.push(`${piece}\n`);
     return out;
   }
 
