@@ -10,6 +10,7 @@ import { NbdServer } from './dataplane/nbd/server.js';
 import { S3Frontend } from './dataplane/s3/frontend.js';
 import { VolumeManager } from './dataplane/volumes/manager.js';
 import { isLmdbCommitFailure, type MetaStore } from './dataplane/meta/store.js';
+import { unpatchedLmdbReason } from './dataplane/meta/lmdb-build.js';
 import { log } from './log.js';
 import { CacheManager, registerCacheMetrics } from './dataplane/cache/index.js';
 import { registerHealthRoutes, type RunningHttpServer } from './control/health/index.js';
@@ -749,6 +750,8 @@ export async function serve(dataDir: string, overrides: (cfg: DaemonConfig) => v
     process.stderr.write(`couchestor: ${err.message}\n`);
     process.exit(128 + (os.constants.signals[err.signal as NodeJS.Signals] ?? 15));
   }
+  const lmdbProblem = unpatchedLmdbReason('self');
+  if (lmdbProblem) log.warn('the index runs an unpatched lmdb-js: a failed page write (full or failing metadata disk) overflows a heap buffer; reinstall (npm ci) without PREBUILDS_ONLY/LMDB_PREBUILD', { reason: lmdbProblem });
   // One machine-readable line on stdout: tests and scripts wait for it.
   process.stdout.write(`couchestor ready ${JSON.stringify(daemon.state)}\n`);
   log.info('serving', { dataDir: cfg.dataDir, nbd: `${daemon.state.nbd.host}:${daemon.state.nbd.port}`, socket: daemon.state.nbd.socketPath, api: daemon.state.api.port, s3: daemon.state.s3.port });
