@@ -2,12 +2,13 @@
 // erasure-coded stripe through the StripeStore (src/dataplane/ec/stripe-store.ts).
 // The StripeStore is passed in by the daemon; without a cold tier, cold
 // buckets are refused at creation (ObjectStore checks `stripes` is present).
-import { IncompleteBody, TooLarge } from '../errors.js';
+import { IncompleteBody, InsufficientShards, TooLarge } from '../errors.js';
+import type { SegmentStore } from '../ec/segment-store.js';
 import type { ReadContext, StripeRef, StripeStore } from '../ec/stripe-store.js';
 import { type ByteObserver, type WriteLimits } from './hot-segments.js';
 
 /** What cold objects need of the stripe store (the daemon passes its StripeStore). */
-export type StripeStoreApi = Pick<StripeStore, 'policy' | 'writeStripe' | 'readStripe' | 'free' | 'beginWrite' | 'endWrite' | 'hold'>;
+export type StripeStoreApi = Pick<StripeStore, 'policy' | 'writeStripe' | 'readStripe' | 'free' | 'beginWrite' | 'endWrite' | 'hold' | 'segmentStore' | 'resolve'>;
 export type { StripeRef };
 
 export interface ColdSegment {
@@ -112,6 +113,42 @@ export async function* readColdSegment(stripes: StripeStoreApi, seg: ColdSegment
     const data = await stripes.readStripe(ref, contextOf?.(ref));
     const chunkStart = i * chunkBytes;
     yield data.subarray(Math.max(offsetBytes, chunkStart) - chunkStart, Math.min(endBytes, chunkStart + data.length) - chunkStart);
+  }
+}
+
+/**
+ * Refuses (InsufficientShards, S3 500 as a GET of it answers) segments one
+ * of whose stripes has more shards gone than its parity repairs, judged from
+ * what the daemon knows without reading a shard: a shard is gone when its
+ * pool is unknown or offline (directory missing or not writable, disk not
+ * mounted: a stat), or when its place (compaction forwards followed) lies
+ * outside what the pool's current segment store has written (a disk
+ * replaced by an empty one, not yet rebuilt). A shard that is there but
+ * damaged is found by the read (or the scrub), not here. Cost: one store
+ * look-up per distinct pool, then in-memory extents per shard.
+ */
+export async function assertColdShardsKnownKept(stripes: StripeStoreApi, segments: readonly { kind: string }[]): Promise<void> {
+  const pools = new Set<string>();
+  for (const ref of coldStripeRefs(segments)) for (const s of ref.shards) pools.add(s.pool);
+  const stores = new Map<string, SegmentStore | null>();
+  for (const pool of pools) stores.set(pool, await stripes.segmentStore(pool));
+  let stripeIndex = 0;
+  for (const ref of coldStripeRefs(segments)) {
+    let gone = 0;
+    for (const s of ref.shards) {
+      const st = stores.get(s.pool)!;
+      if (st !== null && (st.written(s) || st.written(stripes.resolve(s)))) continue;
+      gone++;
+    }
+    if (gone > ref.parityShards) {
+      const why = ref.shards.flatMap((s) => {
+        const st = stores.get(s.pool)!;
+        if (st === null) return [`${s.pool} (offline)`];
+        return st.written(s) || st.written(stripes.resolve(s)) ? [] : [`${s.pool} (replaced, not rebuilt)`];
+      });
+      throw new InsufficientShards(`stripe ${stripeIndex} of the object lost ${gone} of ${ref.shards.length} shards (can repair ${ref.parityShards}): on pools ${[...new Set(why)].join(', ')}`);
+    }
+    stripeIndex++;
   }
 }
 

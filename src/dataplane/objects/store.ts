@@ -29,7 +29,7 @@ import type { Pool } from '../pools/pool.js';
 import { log } from '../../log.js';
 import { logDamagedRecords, objectStripeContext, openIndexDB, recordDamage, type DamagedRecord } from './cold-holders.js';
 import { uploadDamage } from './quarantine.js';
-import { OBJECTS_DB, PARTS_DB, UPLOADS_DB, coldStripeRefs, freeColdSegment, readColdSegment, settleColdSegment, writeColdSegment, type ColdSegment, type StripeStoreApi } from './cold-segments.js';
+import { OBJECTS_DB, PARTS_DB, UPLOADS_DB, assertColdShardsKnownKept, coldStripeRefs, freeColdSegment, readColdSegment, settleColdSegment, writeColdSegment, type ColdSegment, type StripeStoreApi } from './cold-segments.js';
 import { OffloadedMd5 } from './md5-offload.js';
 import { freeHotSegment, listHotFileIds, prepareHotPool, readHotSegment, sendHotSegment, writeHotSegment, type HotSegment, type PieceSink, type WriteLimits } from './hot-segments.js';
 
@@ -671,6 +671,18 @@ export class ObjectStore {
     const damage = recordDamage(rec, 'segments');
     if (damage !== null) throw new Corrupt(`the index record of ${bucket}/${key} is damaged (${damage}); \`couchestor fsck\` lists such records`);
     return rec;
+  }
+
+  /**
+   * Refuses a cold object a stripe of which has more shards known gone than
+   * parity repairs (cold-segments.ts assertColdShardsKnownKept), as a GET of
+   * it would: every path that presents the object as data (GET, HEAD,
+   * GetObjectAttributes, copies from it) asks this, so none answers 200 with
+   * the old size and ETag where a GET answers 500. Hot and inline objects: at once.
+   */
+  async assertShardsKnownKept(rec: ObjectRecord): Promise<void> {
+    if (this.stripes === undefined || !rec.segments.some((s) => s.kind === 'cold')) return;
+    await assertColdShardsKnownKept(this.stripes, rec.segments);
   }
 
   /**

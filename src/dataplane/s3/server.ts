@@ -1044,6 +1044,7 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
       case 'GET attributes':
         // Its ETag and size with a 200 would present a lost object as whole (tags and ACL are metadata, kept).
         assertObjectDataKept(rec);
+        await store.assertShardsKnownKept(rec);
         return getObjectAttributes(ctx, rec);
     }
     return sharedSubresource(ctx, sub);
@@ -1229,6 +1230,8 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
     let handedOff = false;
     try {
       const rec = handle.rec;
+      // A cold object with a stripe known unreadable: 500 before any header, HEAD as GET.
+      await store.assertShardsKnownKept(rec);
       // A 304 still names the version the client has (RFC 7232 4.1).
       reply.header('etag', etagHeader(rec.etag)).header('last-modified', httpDate(rec.lastModifiedMs));
       checkPreconditions((h) => header(raw, h), rec, 304);
@@ -1327,6 +1330,7 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
     let handedOff = false;
     try {
       const srcRec = handle.rec;
+      await store.assertShardsKnownKept(srcRec);
       copySourcePreconditions(ctx, srcRec);
       if (src.bucket === bucket && src.key === key && directive === 'COPY' && tagDirective === 'COPY') {
         throw new S3Error('InvalidRequest', 400, "This copy request is illegal because it is trying to copy an object to itself without changing the object's metadata, storage class, website redirect location or encryption attributes.");
@@ -1424,6 +1428,7 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
     let handedOff = false;
     try {
       const srcRec = handle.rec;
+      await store.assertShardsKnownKept(srcRec);
       copySourcePreconditions(ctx, srcRec);
       let start = 0;
       let length = srcRec.sizeBytes;
