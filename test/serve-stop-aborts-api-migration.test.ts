@@ -17,7 +17,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { MigrationProgress } from '../src/dataplane/volumes/migration.js';
 import { nbdsh, TestDaemon } from './helpers/daemon.js';
-import { bigHotVolume, cliInBackground, cliJson, coldStatus, nbdcopyOut, volume } from './helpers/control-loop.js';
+import { bigHotVolume, cliInBackground, cliJson, coldStatus, heldMove, HOLD_MIGRATION_ENV, nbdcopyOut, volume } from './helpers/control-loop.js';
 import { segmentBytes } from './helpers/cold.js';
 
 const MiB = 1024 * 1024;
@@ -63,15 +63,13 @@ async function restartedHotThenMovedAgain(dataDir: string, src: string, base: Bu
 
 test('SIGTERM during `couchestor volumes migrate big cold` (256 MiB): the move aborted, the CLI told the daemon is stopping, a prompt exit 0; after a restart big is hot and reads back, and the move asked again completes copying the rest only', { timeout: 120_000 }, async (t) => {
   // No policy: only the API moves anything.
-  const { d, src, bigId } = await bigHotVolume(t, BIG_BYTES);
+  // The move holds after its first chunk (test hook) until the stop aborts it: under way at the stop whatever the load.
+  const { d, src, bigId } = await bigHotVolume(t, BIG_BYTES, {}, HOLD_MIGRATION_ENV);
   const base = fs.readFileSync(src);
 
   const migrate = cliInBackground('volumes', 'migrate', 'big', 'cold', '--data-dir', d.dataDir).done;
-  const deadline = Date.now() + 60_000;
-  while ((await coldStatus(d)).stripesWritten < 1) {
-    assert.ok(Date.now() < deadline, 'the move striped no chunk in 60 s');
-    await new Promise((r) => setTimeout(r, 20));
-  }
+  await heldMove(d, 'big');
+  assert.ok((await coldStatus(d)).stripesWritten >= 1, 'the move striped a chunk');
   assert.equal((await volume(d, 'big')).tier, 'cold', 'the move is under way when the stop comes');
   const sentMs = performance.now();
   assert.equal(await d.stop(), 0, d.stderr);
@@ -108,13 +106,9 @@ test('Ctrl-C (SIGINT) during an offline `couchestor volumes migrate big cold` (2
 });
 
 test('SIGTERM during `couchestor volumes migrate big cold --preserve`: the command it says to run again keeps --preserve (was: without it, which would release the hot copy the operator meant to keep)', { timeout: 120_000 }, async (t) => {
-  const { d } = await bigHotVolume(t, 128 * MiB);
+  const { d } = await bigHotVolume(t, 128 * MiB, {}, HOLD_MIGRATION_ENV);
   const migrate = cliInBackground('volumes', 'migrate', 'big', 'cold', '--preserve', '--data-dir', d.dataDir).done;
-  const deadline = Date.now() + 60_000;
-  while ((await coldStatus(d)).stripesWritten < 1) {
-    assert.ok(Date.now() < deadline, 'the move striped no chunk in 60 s');
-    await new Promise((r) => setTimeout(r, 20));
-  }
+  await heldMove(d, 'big'); // held (test hook) until the stop aborts it
   assert.equal(await d.stop(), 0, d.stderr);
   const cli = await migrate;
   assert.equal(cli.code, 1, `the CLI: ${cli.stdout}${cli.stderr}`);
