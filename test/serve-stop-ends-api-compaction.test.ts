@@ -17,6 +17,9 @@ import { startStuckReader } from './helpers/nbd-writer.js';
 
 const VOLUME_MIB = 64;
 /** 1 MiB segments hold three 256 KiB shard records; no background pass. */
+/** Test hook: the daemon's first compaction pass holds before its first index flip until the stop (say so on stdout). */
+const PAUSE_AT_FIRST_FLIP = { COUCHESTOR_TEST_PAUSE_COMPACTION: 'before-flip' };
+const PAUSED = /^couchestor paused compaction before-flip /;
 const CONFIG = 'demoVolume: null\ncoldTier:\n  destageIntervalMs: 3600000\n  segmentSizeBytes: 1048576\n  compaction:\n    intervalMs: 0\n';
 
 interface CompactReport {
@@ -30,7 +33,8 @@ interface CompactReport {
  * daemon and the volume's bytes now.
  */
 async function coldVolumeToCompact(t: { after(fn: () => unknown): void }, mib = VOLUME_MIB): Promise<{ d: TestDaemon; model: Buffer }> {
-  const d = await startColdDaemon(CONFIG);
+  // Its first pass holds at its first flip (test hook) until the stop: in flight at the SIGTERM whatever the load.
+  const d = await startColdDaemon(CONFIG, PAUSE_AT_FIRST_FLIP);
   t.after(() => d.cleanup());
   const model = patternBytes(mib * MiB, 11);
   await writeColdVolume(d, 'c', model, d.dataDir); // destaged
@@ -50,11 +54,8 @@ test('SIGTERM during `couchestor compact`: the pass ends after its batch, 409 th
 
   // POST /v1/compact, as `couchestor compact` sends it (the CLI prints the answer's message: test serve-stop-aborts-api-migration).
   const compact = fetch(`http://127.0.0.1:${d.info.api.port}/v1/compact`, { method: 'POST' }).then(async (r) => ({ status: r.status, body: (await r.json()) as { message?: string } }));
-  const deadline = Date.now() + 30_000;
-  while (!(await api<{ running: boolean }>(d, 'GET', '/v1/compaction')).running) {
-    assert.ok(Date.now() < deadline, 'no compaction pass ran in 30 s');
-    await new Promise((r) => setTimeout(r, 5));
-  }
+  await d.line(PAUSED, 30_000);
+  assert.ok((await api<{ running: boolean }>(d, 'GET', '/v1/compaction')).running, 'the pass runs');
   const sentMs = performance.now();
   assert.equal(await d.stop(), 0, d.stderr);
   const stopMs = performance.now() - sentMs;
@@ -87,11 +88,8 @@ test('`couchestor compact` and a stop held by an NBD client: the pass in flight 
   t.after(() => stuck.kill());
   const compact = () => fetch(`http://127.0.0.1:${d.info.api.port}/v1/compact`, { method: 'POST' }).then(async (r) => ({ status: r.status, body: (await r.json()) as { message?: string } }));
   const inFlight = compact();
-  const deadline = Date.now() + 30_000;
-  while (!(await api<{ running: boolean }>(d, 'GET', '/v1/compaction')).running) {
-    assert.ok(Date.now() < deadline, 'no compaction pass ran in 30 s');
-    await new Promise((r) => setTimeout(r, 5));
-  }
+  await d.line(PAUSED, 30_000);
+  assert.ok((await api<{ running: boolean }>(d, 'GET', '/v1/compaction')).running, 'the pass runs');
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) => d.proc.once('exit', (code, signal) => r({ code, signal })));
   d.proc.kill('SIGTERM');
   await waitForLog(d, /INFO stopping \(a second signal exits now\) signal=SIGTERM/);
