@@ -632,6 +632,11 @@ export class Journal {
     return [...(this.index.get(volumeId)?.keys() ?? [])];
   }
 
+  /** How many chunks of a volume have journaled data (dirtyChunks' length, without making the list). */
+  dirtyChunkCount(volumeId: number): number {
+    return this.index.get(volumeId)?.size ?? 0;
+  }
+
   dirtyVolumes(): number[] {
     return [...this.index.keys()];
   }
