@@ -205,12 +205,8 @@ function damagedRecord(meta: MetaStore, db: 'objects' | 'parts', key: Buffer, pr
 }
 
 /**
- * A compaction pass refused because an S3 index record is damaged: what it
- * references cannot be told, so no segment is copied or deleted until the
- * record is repaired or removed (fsck names it).
- */
-/**
- * Test hook (test/cold-segment-compaction's SIGKILL case): with
+ * Test hook (test/cold-segment-compaction's SIGKILL case,
+ * serve-stop-ends-api-compaction): with
  * COUCHESTOR_TEST_PAUSE_COMPACTION=POINT in the daemon's environment, the
  * first pass to reach POINT prints `couchestor paused compaction POINT
  * {"pool":...,"segment":N}` on stdout and holds there until stop() (a kill
@@ -222,6 +218,11 @@ function damagedRecord(meta: MetaStore, db: 'objects' | 'parts', key: Buffer, pr
  */
 const PAUSE_COMPACTION_AT = process.env.COUCHESTOR_TEST_PAUSE_COMPACTION ?? null;
 
+/**
+ * A compaction pass refused because an S3 index record is damaged: what it
+ * references cannot be told, so no segment is copied or deleted until the
+ * record is repaired or removed (fsck names it).
+ */
 export class CompactionRefused extends Error {
   override name = 'CompactionRefused';
   constructor(readonly damaged: DamagedIndexRecord) {

@@ -91,9 +91,10 @@ const PAUSE_BEFORE_RELEASE = process.env.COUCHESTOR_TEST_PAUSE_BEFORE_RELEASE ==
 const PAUSE_BEFORE_PUNCH = process.env.COUCHESTOR_TEST_PAUSE_BEFORE_PUNCH === '1';
 
 /**
- * Test hook (control tests that need a move still running at a later pass
- * or at a stop: control-emergency-stop, review-policy-rename-keying,
- * control-stop-aborts-migration): with COUCHESTOR_TEST_HOLD_MIGRATION=1, the
+ * Test hook (tests that need a move still running at a later pass or at a
+ * stop: control-emergency-stop, review-policy-rename-keying, the users of
+ * test/helpers/control-loop.ts bigMoveToColdUnderWay, and
+ * serve-stop-aborts-api-migration): with COUCHESTOR_TEST_HOLD_MIGRATION=1, the
  * first move of the process, once its first chunk is switched, prints
  * `couchestor held migration {"volume":...}` and holds its workers until the
  * daemon gets SIGUSR2 (then it runs to its end, as later moves do) or the
