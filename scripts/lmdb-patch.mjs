@@ -7,9 +7,11 @@
 // Fails the install, loudly, when the installed lmdb is not the version the
 // patch is for (port or drop the patch first), when a hunk does not match,
 // or when the built binary is not the one lmdb would load. Idempotent: on
-// an `npm install` over a patched, built tree it checks and does nothing.
+// an `npm install` over a patched, built tree it checks and does nothing; over
+// a tree patched and built with an earlier revision of the patch, it redoes both.
 // A few hunks as exact text, so no patch(1) or git is needed at install.
 import { spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import { createRequire } from 'node:module';
 import os from 'node:os';
@@ -37,31 +39,57 @@ if (installed !== VERSION) {
   );
 }
 
-// Each hunk's old text (context and - lines) must occur exactly once, or its new text
-// (context and + lines) exactly once: patched already.
+// The patched files are made from pristine copies kept beside them (<file>.couchestor-orig), so
+// a later revision of the patch applies over an earlier one: `npm install` on a tree patched
+// before then redoes the patch and rebuilds. A tree with no pristine copy (never patched, or
+// patched before they were kept) gets one by undoing this patch's hunks found in it.
+const patchText = fs.readFileSync(patchFile, 'utf8');
+const count = (text, s) => text.split(s).length - 1;
+const sources = createHash('sha256').update(patchText);
 let changed = 0;
-for (const filePatch of fs.readFileSync(patchFile, 'utf8').split(/^--- a\//m).slice(1)) {
+for (const filePatch of patchText.split(/^--- a\//m).slice(1)) {
   const file = path.join(lmdbDir, filePatch.slice(0, filePatch.indexOf('\n')));
-  const original = fs.readFileSync(file, 'utf8');
-  let text = original;
-  for (const hunk of filePatch.split(/^@@.*\n/m).slice(1)) {
-    const lines = hunk.replace(/\n$/, '').split('\n');
-    const side = (keep) => lines.filter((l) => l[0] === ' ' || l[0] === keep).map((l) => l.slice(1)).join('\n');
-    const [before, after] = [side('-'), side('+')];
-    const count = (s) => text.split(s).length - 1;
-    if (count(before) === 1) {
-      text = text.replace(before, () => after);
-      changed++;
-    } else if (count(after) !== 1) {
-      fail(`a hunk of ${path.relative(root, patchFile)} does not match ${path.relative(root, file)}:\n${hunk}`);
+  const pristineFile = `${file}.couchestor-orig`;
+  const current = fs.readFileSync(file, 'utf8');
+  const hunks = filePatch
+    .split(/^@@.*\n/m)
+    .slice(1)
+    .map((hunk) => {
+      const lines = hunk.replace(/\n$/, '').split('\n');
+      const side = (keep) => lines.filter((l) => l[0] === ' ' || l[0] === keep).map((l) => l.slice(1)).join('\n');
+      return { hunk, before: side('-'), after: side('+') };
+    });
+  const kept = fs.existsSync(pristineFile);
+  let pristine = kept ? fs.readFileSync(pristineFile, 'utf8') : current;
+  if (!kept) for (const { before, after } of hunks) if (count(pristine, before) === 0 && count(pristine, after) === 1) pristine = pristine.replace(after, () => before);
+  let text = pristine;
+  for (const { hunk, before, after } of hunks) {
+    if (count(text, before) !== 1) {
+      fail(
+        `a hunk of ${path.relative(root, patchFile)} does not match ${path.relative(root, kept ? pristineFile : file)}:\n${hunk}\n` +
+          'If an earlier revision of the patch was applied there, reinstall lmdb-js: rm -rf node_modules/lmdb && npm install',
+      );
     }
+    text = text.replace(before, () => after);
   }
-  if (text !== original) fs.writeFileSync(file, text);
+  if (!kept) fs.writeFileSync(pristineFile, pristine);
+  if (text !== current) {
+    fs.writeFileSync(file, text);
+    changed++;
+  }
+  sources.update(text);
 }
 
-const builtPatched = () => fs.existsSync(binary) && fs.readFileSync(binary).includes(MARKER);
+// build/couchestor-patch: the hash of the patch and the patched files the binary was built from
+// (node-gyp rebuild clears build/ first). A binary without it but with the marker was built by
+// an earlier version of this script from these very files if none changed now.
+const stampFile = path.join(lmdbDir, 'build', 'couchestor-patch');
+const stamp = sources.digest('hex');
+const hasMarker = () => fs.existsSync(binary) && fs.readFileSync(binary).includes(MARKER);
+const stamped = () => fs.existsSync(stampFile) && fs.readFileSync(stampFile, 'utf8') === stamp;
+if (hasMarker() && changed === 0 && !fs.existsSync(stampFile)) fs.writeFileSync(stampFile, stamp);
 const started = Date.now();
-const build = changed > 0 || !builtPatched();
+const build = !(hasMarker() && stamped());
 if (build) {
   // npm names its bundled node-gyp in npm_config_node_gyp for lifecycle scripts; run by hand, npm's own.
   const npmGyp = path.join(path.dirname(process.execPath), '..', 'lib', 'node_modules', 'npm', 'node_modules', 'node-gyp', 'bin', 'node-gyp.js');
@@ -72,14 +100,18 @@ if (build) {
   const r = spawnSync(cmd, [...args, 'rebuild', `--jobs=${jobs}`], { cwd: lmdbDir, encoding: 'utf8', maxBuffer: 64 << 20 });
   if (r.status !== 0) {
     process.stderr.write(`${r.stdout ?? ''}${r.stderr ?? ''}`);
-    fail(`building lmdb from source failed (node-gyp rebuild in node_modules/lmdb: ${r.error ?? `exit ${r.status}`})`);
+    fail(
+      `building lmdb from source failed (node-gyp rebuild in node_modules/lmdb: ${r.error ?? `exit ${r.status}`}); it needs python3, make, ` +
+        "a C/C++ compiler and Node's headers (npm_config_nodedir=/usr with Debian's nodejs, else node-gyp downloads them from nodejs.org)",
+    );
   }
+  if (hasMarker()) fs.writeFileSync(stampFile, stamp);
 }
-if (!builtPatched()) fail(`${path.relative(root, binary)} was not built from the patched source`);
+if (!hasMarker()) fail(`${path.relative(root, binary)} was not built from the patched source`);
 // What lmdb itself will load (its native.js: node-gyp-build-optional-packages on its own directory).
 const loads = createRequire(path.join(lmdbDir, 'package.json'))('node-gyp-build-optional-packages').path(lmdbDir);
 if (path.resolve(loads) !== binary) fail(`lmdb would load ${loads}, not the patched ${path.relative(root, binary)}`);
 console.log(
-  `lmdb-patch: lmdb ${VERSION} ${changed ? `patched (${changed} hunks)` : 'patched already'}, ` +
+  `lmdb-patch: lmdb ${VERSION} ${changed ? `patched (${changed} file${changed === 1 ? '' : 's'})` : 'patched already'}, ` +
     `${build ? `built from source in ${((Date.now() - started) / 1000).toFixed(0)} s` : 'built already'}; lmdb loads ${path.relative(root, binary)}`,
 );
