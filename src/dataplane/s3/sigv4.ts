@@ -191,6 +191,9 @@ export function verifyRequest(req: RequestToVerify, secretFor: (accessKeyId: str
     if (t - nowMs > MAX_CLOCK_SKEW_MS) throw new S3Error('AccessDenied', 403, 'Request is not valid yet');
     payloadHash = q.get('X-Amz-Content-Sha256') ?? 'UNSIGNED-PAYLOAD';
     queryForSig = params.filter(([k]) => k !== 'X-Amz-Signature');
+  } else if (params.some(([k]) => k === 'AWSAccessKeyId') && params.some(([k]) => k === 'Signature')) {
+    // A Signature Version 2 presigned URL (s3cmd signurl, boto's generate_url): refused as V2 headers are, not as unsigned.
+    throw new S3Error('AccessDenied', 403, 'Signature Version 2 presigned URLs (AWSAccessKeyId, Signature, Expires) are not supported; presign with AWS Signature Version 4 (aws s3 presign, rclone link).');
   } else {
     throw new S3Error('AccessDenied', 403, 'Access Denied: the request is not signed');
   }
