@@ -2,15 +2,13 @@
 // (scripts/lmdb-patch.mjs, patches/lmdb+3.5.6.patch: mdb.c's heap overflow on a failed
 // page write), never the unpatched prebuilt @lmdb/lmdb-<platform> one.
 import fs from 'node:fs';
+import { lmdbBinariesOf as mappedLmdbBinaries } from '../../src/dataplane/meta/lmdb-build.js';
 
-/** The lmdb .node files mapped into process `pid` (its /proc/<pid>/maps). */
+/** The lmdb .node files mapped into process `pid` (its /proc/<pid>/maps; src/dataplane/meta/lmdb-build.ts). */
 export function lmdbBinariesOf(pid: number | 'self'): string[] {
-  const paths = fs
-    .readFileSync(`/proc/${pid}/maps`, 'utf8')
-    .split('\n')
-    .map((l) => l.slice(l.indexOf('/')))
-    .filter((p) => /\/(lmdb|@lmdb\/lmdb-[^/]+)\/.*\.node$/.test(p));
-  return [...new Set(paths)];
+  const found = mappedLmdbBinaries(pid);
+  if (found === null) throw new Error(`/proc/${pid}/maps cannot be read: which lmdb-js binary process ${pid} runs is unknown`);
+  return found;
 }
 
 /** Asserts process `pid` runs the patched source build of lmdb-js and no other lmdb binary. */

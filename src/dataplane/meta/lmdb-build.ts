@@ -20,8 +20,18 @@ export function lmdbBinariesOf(pid: number | 'self'): string[] | null {
   const paths = maps
     .split('\n')
     .map((l) => l.slice(l.indexOf('/')))
-    .filter((p) => /\/(lmdb|@lmdb\/lmdb-[^/]+)\/.*\.node$/.test(p));
+    .filter(isLmdbBinary);
   return [...new Set(paths)];
+}
+
+/**
+ * Whether `file` is an lmdb-js native binary: its source build
+ * (lmdb/build/Release or Debug), a prebuilt package's (@lmdb/lmdb-<platform>/)
+ * or its prebuilds/ directory's. Judged by the last directories only: a
+ * checkout under a directory named lmdb has every addon under ".../lmdb/...".
+ */
+export function isLmdbBinary(file: string): boolean {
+  return /\/(lmdb\/build\/(Release|Debug)|@lmdb\/lmdb-[^/]+|lmdb\/prebuilds\/[^/]+)\/[^/]+\.node$/.test(file);
 }
 
 /**
