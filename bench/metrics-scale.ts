@@ -15,46 +15,18 @@
 // long). Then fio (ioengine nbd, libnbd) 4 KiB random reads of `real`, queue
 // depth 1, for fioSeconds: p50/p99/p99.99 completion latency (the heat
 // sampler runs every second meanwhile). And the daemon's RSS after it.
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { addVolumesLike } from '../test/helpers/many-volumes.js';
+import { median, serve, stop, type Ready } from './serve.js';
 
 const MiB = 1024 * 1024;
 const here = path.dirname(fileURLToPath(import.meta.url));
 const selfDist = path.resolve(here, '..');
 const PATH = `/usr/bin:${process.env.PATH ?? ''}`;
-
-interface Ready {
-  pid: number;
-  nbd: { port: number };
-  api: { port: number };
-  metrics: { port: number };
-}
-
-async function serve(dist: string, dataDir: string): Promise<{ proc: ChildProcess; ready: Ready }> {
-  const proc = spawn(process.execPath, [path.join(dist, 'src/cli.js'), 'serve', '--data-dir', dataDir, '--nbd-port', '0', '--api-port', '0', '--metrics-port', '0', '--s3-port', '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let stderr = '';
-  proc.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));
-  const ready = await new Promise<Ready>((resolve, reject) => {
-    readline.createInterface({ input: proc.stdout! }).on('line', (line) => {
-      const m = /^couchestor ready (.*)$/.exec(line);
-      if (m) resolve(JSON.parse(m[1]!) as Ready);
-    });
-    proc.once('exit', (code) => reject(new Error(`serve exited ${code}:\n${stderr}`)));
-  });
-  return { proc, ready };
-}
-
-async function stop(proc: ChildProcess): Promise<void> {
-  if (proc.exitCode !== null) return;
-  const exited = new Promise((r) => proc.once('exit', r));
-  proc.kill('SIGTERM');
-  await exited;
-}
 
 function rssMiB(pid: number): number {
   const m = /^VmRSS:\s+(\d+) kB$/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
@@ -136,11 +108,6 @@ async function once(dist: string, dataDir: string, fioSeconds: number): Promise<
   } finally {
     await stop(proc);
   }
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)]!;
 }
 
 async function main(): Promise<void> {
