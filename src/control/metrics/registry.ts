@@ -267,14 +267,7 @@ class VolumeFamily {
 }
 
 /** One volume's last formatted values and lines (one string per family, a family's lines joined by newlines). */
-interface VolumeEntry {
-  tier: Tier;
-  readOps: number;
-  writeOps: number;
-  readBytes: number;
-  writeBytes: number;
-  readIops: number;
-  writeIops: number;
+interface VolumeEntry extends Omit<VolumeCounters, 'volume'> {
   lines: string[];
   /** The scrape that last saw the volume: entries of volumes gone since are dropped. */
   seen: number;
