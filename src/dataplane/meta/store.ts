@@ -149,6 +149,49 @@ export class MetaStore {
     readonly journalFiles: Database<number, number>,
   ) {
     for (const db of [pools, volumes, chunks, counters, segmentDeadBytes, incompleteRebuilds, journalDirs, dataDirIdentity, journalFiles] as object[]) this.latchingWrites(db);
+    this.countingChunkWrites(chunks);
+  }
+
+  /** Writes to the chunk maps of watched volumes (watchChunkWrites), by volume id: at most one entry per volume being opened. */
+  private readonly chunkWritesSeen = new Map<number, { writes: number; watchers: number }>();
+
+  /**
+   * Counts every put and remove of `volumeId`'s chunk entries from now until
+   * done(): a volume opened a slice at a time (VolumeManager.openSliced)
+   * knows whether its map changed while it read it. Counted when the write
+   * is made, before it commits: a write queued before the watch is not
+   * counted (the caller awaits a commit after starting it for those).
+   */
+  watchChunkWrites(volumeId: number): { writes(): number; done(): void } {
+    let w = this.chunkWritesSeen.get(volumeId);
+    if (w === undefined) this.chunkWritesSeen.set(volumeId, (w = { writes: 0, watchers: 0 }));
+    const watched = w;
+    watched.watchers++;
+    const from = watched.writes;
+    let ended = false;
+    return {
+      writes: () => watched.writes - from,
+      done: () => {
+        if (ended) return;
+        ended = true;
+        if (--watched.watchers === 0) this.chunkWritesSeen.delete(volumeId);
+      },
+    };
+  }
+
+  private countingChunkWrites(chunks: Database<ChunkEntry, [number, number]>): void {
+    const w = chunks as unknown as Record<'put' | 'remove', (...args: unknown[]) => unknown>;
+    for (const m of ['put', 'remove'] as const) {
+      const write = w[m].bind(chunks);
+      w[m] = (...args: unknown[]) => {
+        if (this.chunkWritesSeen.size > 0) {
+          const key = args[0];
+          const seen = Array.isArray(key) ? this.chunkWritesSeen.get(key[0] as number) : undefined;
+          if (seen !== undefined) seen.writes++;
+        }
+        return write(...args);
+      };
+    }
   }
 
   /**
@@ -342,9 +385,9 @@ export class MetaStore {
     return [...this.volumes.getRange()].map((e) => e.value);
   }
 
-  /** Chunk entries of one volume, in chunk order. */
-  *volumeChunks(volumeId: number): Iterable<{ chunkIndex: number; entry: ChunkEntry }> {
-    for (const { key, value } of this.chunks.getRange({ start: [volumeId, 0], end: [volumeId + 1, 0] })) {
+  /** Chunk entries of one volume, in chunk order: from chunk `fromChunk` on, at most `limit` of them (a slice of the map: VolumeManager.openSliced). */
+  *volumeChunks(volumeId: number, fromChunk = 0, limit?: number): Iterable<{ chunkIndex: number; entry: ChunkEntry }> {
+    for (const { key, value } of this.chunks.getRange({ start: [volumeId, fromChunk], end: [volumeId + 1, 0], ...(limit !== undefined ? { limit } : {}) })) {
       yield { chunkIndex: key[1], entry: value };
     }
   }

@@ -16,6 +16,13 @@ export interface ExportResolver {
    * throws NotFound for an unknown name.
    */
   resolve(name: string): Volume;
+  /**
+   * Settles once the export's volume is open, when it is not yet (its
+   * chunk map is read a slice at a time, the event loop free between two);
+   * null when resolve() would not wait. The option naming it is answered
+   * after that, no further input read meanwhile.
+   */
+  prepare?(name: string): Promise<unknown> | null;
   /** Ends a loan resolve() made (the last one closes the volume when nothing else holds it). */
   release(vol: Volume): void;
   list(): { name: string; description: string }[];
@@ -165,6 +172,8 @@ export class NbdConnection {
   private inflight = 0;
   private inflightBytes = 0;
   private paused = false;
+  /** An option waits for its export's volume to open (ExportResolver.prepare): no input is parsed meanwhile. */
+  private opening = false;
   private disconnecting = false;
   private handshakeTimer: NodeJS.Timeout | null;
   /** Resolves when the socket has closed (see shutdown). */
@@ -197,7 +206,7 @@ export class NbdConnection {
       this.releaseVolume();
     });
     socket.on('drain', () => this.maybeResume());
-    this.handshakeTimer = setTimeout(() => this.fatal('handshake timed out'), HANDSHAKE_TIMEOUT_MS);
+    this.handshakeTimer = this.handshakeDeadline();
     const hello = Buffer.alloc(18);
     hello.writeBigUInt64BE(P.NBDMAGIC, 0);
     hello.writeBigUInt64BE(P.IHAVEOPT, 8);
@@ -223,6 +232,10 @@ export class NbdConnection {
     this.socket.resume();
     this.maybeFinishDisconnect();
     return this.closed;
+  }
+
+  private handshakeDeadline(): NodeJS.Timeout {
+    return setTimeout(() => this.fatal('handshake timed out'), HANDSHAKE_TIMEOUT_MS);
   }
 
   /** Drops the client after a protocol violation we cannot recover from. */
@@ -373,7 +386,7 @@ export class NbdConnection {
 
   private pump(): void {
     for (;;) {
-      if (this.phase === Phase.Closed || this.disconnecting) return;
+      if (this.phase === Phase.Closed || this.disconnecting || this.opening) return;
       if (this.phase === Phase.OptionDiscard || this.phase === Phase.WriteDiscard) {
         this.discardLeft -= this.skip(this.discardLeft);
         if (this.discardLeft > 0) return;
@@ -471,7 +484,10 @@ export class NbdConnection {
     this.sendOptionReply(opt, type, wireString(message));
   }
 
-  private onOption(opt: number, data: Buffer): void {
+  private onOption(opt: number, data: Buffer, prepared = false): void {
+    const name = prepared || this.exports.prepare === undefined ? null : optionExportName(opt, data);
+    const ready = name === null ? null : this.exports.prepare!(name);
+    if (ready !== null) return this.afterOpen(ready, name!, opt, data);
     if (this.phase !== Phase.Closed) this.setPhase(Phase.OptionHeader, P.OPTION_HEADER_BYTES);
     // The client is haggling, not idle: the handshake deadline counts from here.
     this.handshakeTimer?.refresh();
@@ -512,6 +528,41 @@ export class NbdConnection {
       default:
         return this.replyOptionError(opt, P.REP_ERR_UNSUP, `option ${opt} is not supported`);
     }
+  }
+
+  /**
+   * Answers option `opt` once its export's volume is open (`ready`): a big
+   * volume's open yields to the event loop between slices of its chunk map,
+   * and this connection parses nothing meanwhile. The handshake deadline
+   * does not run while the daemon is the one working. A client gone
+   * meanwhile: the volume it had opened is taken and given back, so it
+   * closes as one lent and released does (it lingers when costly).
+   */
+  private afterOpen(ready: Promise<unknown>, name: string, opt: number, data: Buffer): void {
+    // A view of the server's read buffer may be overwritten by the next read.
+    const own = Buffer.from(data);
+    this.opening = true;
+    if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
+    const go = (): void => {
+      this.opening = false;
+      if (this.phase === Phase.Closed || this.disconnecting) {
+        try {
+          this.exports.release(this.exports.resolve(name));
+        } catch {
+          // Not open (failed, deleted): nothing to give back.
+        }
+        return;
+      }
+      this.handshakeTimer = this.handshakeDeadline();
+      this.socket.cork();
+      try {
+        this.onOption(opt, own, true);
+      } finally {
+        this.socket.uncork();
+      }
+      this.pump();
+    };
+    ready.then(go, go);
   }
 
   /**
@@ -1128,4 +1179,14 @@ function quoteName(name: string): string {
 function writeUInt64(buf: Buffer, value: number, pos: number): void {
   buf.writeUInt32BE(Math.floor(value / 0x100000000), pos);
   buf.writeUInt32BE(value >>> 0, pos + 4);
+}
+
+/** The export an option names, for those that open it (EXPORT_NAME, INFO, GO, the meta-context ones); null for others or bad data (the option's own checks answer that). */
+function optionExportName(opt: number, data: Buffer): string | null {
+  if (opt === P.OPT_EXPORT_NAME) return data.toString('utf8');
+  if (opt !== P.OPT_INFO && opt !== P.OPT_GO && opt !== P.OPT_LIST_META_CONTEXT && opt !== P.OPT_SET_META_CONTEXT) return null;
+  if (data.length < 4) return null;
+  const nameLen = data.readUInt32BE(0);
+  if (nameLen > data.length - 4) return null;
+  return data.toString('utf8', 4, 4 + nameLen);
 }

@@ -75,6 +75,10 @@ export class VolumeManager {
    * must not pass the exists check. One entry per create in flight.
    */
   private readonly creating = new Set<string>();
+  /** Opens in progress (openSliced), by name: a second open of the name meanwhile shares the first. At most one per volume record. */
+  private readonly opening = new Map<string, Promise<Volume>>();
+  /** Set by close(): an open in progress gives up at its next slice. */
+  private closing = false;
   /** Volumes whose last open failed, by name, and when (at most one entry per volume; cleared by an open or a delete). */
   private readonly unopenable = new Map<string, { entry: UnavailableVolume; atMs: number }>();
   /**
@@ -881,48 +885,89 @@ export class VolumeManager {
 
   /** openVolume's work; `at.pool` names the pool being opened when it throws. */
   private openRecord(rec: VolumeRecord, at: { pool: string }): Volume {
-    const name = rec.name;
+    const t0 = performance.now();
+    const load = this.startChunkMapLoad(rec, at);
+    this.loadChunkEntries(load, this.meta.volumeChunks(rec.id), at);
+    return this.finishOpen(rec, load, at, t0);
+  }
+
+  /**
+   * The checks that fail an open before its chunk map is read, and the
+   * empty load: a lost volume, an offline placement pool (the read of every
+   * chunk entry, ~1.4 ms per 1,000, is not repeated on every retry: while
+   * the pool is out the destager tries again every tick, the scrape, the
+   * scrub and the control loop each time; review-offline-failed-open-cost).
+   */
+  private startChunkMapLoad(rec: VolumeRecord, at: { pool: string }): ChunkMapLoad {
     if (rec.lostOnPools !== undefined && rec.lostOnPools.length > 0) {
       at.pool = rec.lostOnPools[0]!;
-      throw new VolumeFailed(`volume ${name} lost its data on pool ${rec.lostOnPools.join(', ')}: the pool's disk was replaced (\`pools replace --discard-volumes\`); delete the volume (\`couchestor volumes delete ${name}\`)`);
+      throw new VolumeFailed(`volume ${rec.name} lost its data on pool ${rec.lostOnPools.join(', ')}: the pool's disk was replaced (\`pools replace --discard-volumes\`); delete the volume (\`couchestor volumes delete ${rec.name}\`)`);
     }
-    const states = new Uint8Array(Volume.chunkCount(rec.sizeBytes, rec.chunkSizeBytes));
-    const chunkFile = new Uint8Array(states.length);
     // The placement pool's file first, then every other pool's file an
     // Allocated chunk is in (a hot <-> warm move interrupted by a crash or
     // an abort leaves chunks on both sides).
-    const filePools = [this.poolByName(rec.poolName)];
-    // An offline placement pool fails the open before the read of every
-    // chunk entry (~1.4 ms per 1,000): while the pool is out the destager
-    // tries again every tick, the scrape, the scrub and the control loop
-    // each time, all on the event loop (review-offline-failed-open-cost).
-    filePools[0]!.assertOnline();
-    const entries = [...this.meta.volumeChunks(rec.id)];
-    // Chunks holding data per group, for BLOCK_STATUS (Volume.blockStatus): counted here, not by a walk of every chunk.
-    const dataPerGroup = statusGroupsFor(states.length);
-    for (const { chunkIndex, entry } of entries) {
-      if (chunkIndex >= states.length) continue;
-      states[chunkIndex] = entry.state;
-      if (holdsData(entry.state)) dataPerGroup[chunkIndex >> STATUS_GROUP_SHIFT]!++;
-      if (entry.state !== ChunkState.Allocated) continue;
+    const placement = this.poolByName(rec.poolName);
+    placement.assertOnline();
+    const states = new Uint8Array(Volume.chunkCount(rec.sizeBytes, rec.chunkSizeBytes));
+    return {
+      states,
+      chunkFile: new Uint8Array(states.length),
+      // Chunks holding data per group, for BLOCK_STATUS (Volume.blockStatus): counted here, not by a walk of every chunk.
+      dataPerGroup: statusGroupsFor(states.length),
+      filePools: [placement],
+      placementHoldsChunks: false,
+      stripes: new Map(),
+      preserved: new Map(),
+      lastChunk: -1,
+    };
+  }
+
+  /** Adds chunk entries (in any number of calls, each entry once) to `load` (lastChunk: the last one's index); returns how many it read. */
+  private loadChunkEntries(load: ChunkMapLoad, entries: Iterable<{ chunkIndex: number; entry: ChunkEntry }>, at: { pool: string }): number {
+    const { states, chunkFile, dataPerGroup, filePools } = load;
+    const n = states.length;
+    let read = 0;
+    for (const { chunkIndex: c, entry } of entries) {
+      read++;
+      load.lastChunk = c;
+      if (c >= n) continue;
+      const state = entry.state;
+      states[c] = state;
+      if (holdsData(state)) dataPerGroup[c >> STATUS_GROUP_SHIFT]!++;
+      if (entry.preserved) load.preserved.set(c, entry.preserved);
+      if (state === ChunkState.Cold) {
+        if (entry.stripe) load.stripes.set(c, entry.stripe);
+        continue;
+      }
+      if (state !== ChunkState.Allocated) continue;
+      if (entry.pool === filePools[0]!.name) {
+        load.placementHoldsChunks = true;
+        continue;
+      }
       let i = filePools.findIndex((p) => p.name === entry.pool);
       if (i < 0) {
         at.pool = entry.pool;
         filePools.push(this.poolByName(entry.pool));
         i = filePools.length - 1;
       }
-      chunkFile[chunkIndex] = i;
+      chunkFile[c] = i;
     }
+    return read;
+  }
+
+  /** Opens the files of a read chunk map and makes the Volume, registered open; closes every descriptor it opened when it throws. */
+  private finishOpen(rec: VolumeRecord, load: ChunkMapLoad, at: { pool: string }, t0: number): Volume {
+    const name = rec.name;
     const files: { pool: Pool; fd: number }[] = [];
     try {
-      for (let i = 0; i < filePools.length; i++) {
-        const pool = filePools[i]!;
+      for (let i = 0; i < load.filePools.length; i++) {
+        const pool = load.filePools[i]!;
         at.pool = pool.name;
         pool.ensureDirs();
         // A file the index has chunks in is never made again empty: its
         // chunks would read as zeros, no error (pool disk replaced, file
         // removed by hand). Only one no chunk is in yet may be created.
-        const holdsChunks = i > 0 || entries.some(({ chunkIndex, entry }) => chunkIndex < states.length && entry.state === ChunkState.Allocated && entry.pool === pool.name);
+        const holdsChunks = i > 0 || load.placementHoldsChunks;
         files.push({ pool, fd: openOrCreate(pool.volumeFile(rec.id), holdsChunks ? `volume ${rec.name} has chunks in it on pool ${pool.name}` : null) });
       }
     } catch (err) {
@@ -938,18 +983,14 @@ export class VolumeManager {
     at.pool = rec.poolName;
     let vol: Volume;
     try {
-      vol = new Volume(rec, files, this.meta, states, chunkFile, this.cold, dataPerGroup);
+      vol = new Volume(rec, files, this.meta, load.states, load.chunkFile, this.cold, load.dataPerGroup, { stripes: load.stripes, preserved: load.preserved });
     } catch (err) {
       // The constructor fstat()s each file (EIO on a failing disk): without
       // this the descriptors leaked on every retry (the destager's, each tick).
       for (const f of files) fs.closeSync(f.fd);
       throw err;
     }
-    for (const { chunkIndex, entry } of entries) {
-      if (chunkIndex >= states.length) continue;
-      if (entry.state === ChunkState.Cold && entry.stripe) vol.stripes.set(chunkIndex, entry.stripe);
-      if (entry.preserved) vol.preserved.set(chunkIndex, entry.preserved);
-    }
+    vol.openCostMs = performance.now() - t0;
     const counters = this.closedCounters.get(rec.id);
     if (counters !== undefined) Object.assign(vol.counters, counters);
     this.closedCounters.delete(rec.id);
@@ -957,6 +998,124 @@ export class VolumeManager {
     this.closedColdChunks.delete(rec.id);
     this.closedMoveLeft.delete(rec.id);
     return vol;
+  }
+
+  /**
+   * Opens `name` if it is not open, its chunk map read OPEN_SLICE_MS of the
+   * event loop at a time (openSliced); null when there is nothing to wait
+   * for (open already, or no such volume). Never rejects: resolves with the
+   * Volume, or null when the open failed (the caller's borrowVolume then
+   * throws the failure). For work that must not hold the event loop while
+   * a big volume opens (an NBD client's negotiation waits on it).
+   */
+  prepareOpen(name: string): Promise<Volume | null> | null {
+    if (this.open.has(name) || this.meta.volumes.get(name) === undefined) return null;
+    return this.openSharedAsync(name).then(
+      (v) => v,
+      () => null,
+    );
+  }
+
+  /** borrowVolume, the open (if it is not open) read a slice at a time (openSliced). */
+  async borrowVolumeAsync(name: string): Promise<Volume> {
+    for (;;) {
+      const vol = await this.openSharedAsync(name);
+      // Closed again by a loan that ended before this continuation ran: open it again.
+      if (this.open.get(name) !== vol) continue;
+      this.loans.set(vol.rec.id, (this.loans.get(vol.rec.id) ?? 0) + 1);
+      return vol;
+    }
+  }
+
+  /** The shared open Volume for `name`, as openShared, an open read a slice at a time; concurrent calls share one open. */
+  private openSharedAsync(name: string): Promise<Volume> {
+    const cached = this.open.get(name);
+    if (cached) return Promise.resolve(cached);
+    let p = this.opening.get(name);
+    if (p === undefined) {
+      p = this.openSliced(name).finally(() => this.opening.delete(name));
+      this.opening.set(name, p);
+    }
+    return p;
+  }
+
+  /**
+   * openShared's open, with the volume's chunk map read a slice at a time:
+   * at most ~OPEN_SLICE_MS of the event loop, then a yield (a map of 1M
+   * entries held it ~4 s in one go, every NBD and S3 client of the daemon
+   * stalled). The files are opened and the Volume made after the last
+   * slice, synchronously, so an open given up (a delete, a close of the
+   * manager) leaves no descriptor.
+   *
+   * Between two slices the index may change: nothing changes a closed
+   * volume's chunk map but compaction (a stripe moved), a delete, and an
+   * open of it meanwhile by a synchronous caller (borrowVolume: its writes,
+   * then maybe closed again). MetaStore.watchChunkWrites counts each write
+   * to the map from before the read; one counted means the read may have
+   * missed it (or half of a transaction), and the map is read again (twice
+   * at most, then in one go: always right). A volume opened meanwhile is
+   * used as it is; a record deleted or changed (its size, pool or tier)
+   * ends the read (NotFound, or again).
+   */
+  private async openSliced(name: string): Promise<Volume> {
+    for (let attempt = 1; ; attempt++) {
+      const rec = this.meta.volumes.get(name);
+      if (!rec) throw new NotFound(`no volume named ${name}`);
+      const t0 = performance.now();
+      const at = { pool: rec.poolName };
+      const watch = this.meta.watchChunkWrites(rec.id);
+      let load: ChunkMapLoad;
+      try {
+        try {
+          load = this.startChunkMapLoad(rec, at);
+        } catch (err) {
+          this.unopenable.set(name, { entry: { volume: name, pool: at.pool, error: (err as Error).message }, atMs: Date.now() });
+          throw err;
+        }
+        // Writes queued before the watch (a compaction flip whose transaction
+        // ran, not yet committed) land before the first slice reads.
+        await this.meta.transaction(() => undefined).catch(() => undefined);
+        for (;;) {
+          if (this.closing) throw new VolumeFailed(`volume ${name} was not opened: the daemon is stopping`);
+          const sliceStart = performance.now();
+          let done = false;
+          // Ranges of OPEN_SLICE_ENTRIES until OPEN_SLICE_MS is spent, each a fresh one from the last key read (no cursor held across a yield).
+          do {
+            const read = this.loadChunkEntries(load, this.meta.volumeChunks(rec.id, load.lastChunk + 1, OPEN_SLICE_ENTRIES), at);
+            if (read < OPEN_SLICE_ENTRIES) {
+              done = true;
+              break;
+            }
+          } while (performance.now() - sliceStart < OPEN_SLICE_MS);
+          if (done) break;
+          await new Promise<void>((resolve) => setImmediate(resolve));
+        }
+      } catch (err) {
+        watch.done();
+        throw err;
+      }
+      const writes = watch.writes();
+      watch.done();
+      // From here to the end synchronous: nothing changes the index or `open` meanwhile.
+      if (this.closing) throw new VolumeFailed(`volume ${name} was not opened: the daemon is stopping`);
+      const cached = this.open.get(name);
+      if (cached) return cached;
+      const now = this.meta.volumes.get(name);
+      if (now === undefined || now.id !== rec.id) throw new NotFound(`no volume named ${name}`);
+      const changed = now.sizeBytes !== rec.sizeBytes || now.chunkSizeBytes !== rec.chunkSizeBytes || now.poolName !== rec.poolName || now.tier !== rec.tier || (now.lostOnPools?.length ?? 0) !== (rec.lostOnPools?.length ?? 0);
+      if (writes > 0 || changed) {
+        if (attempt < OPEN_SLICED_ATTEMPTS) continue;
+        return this.openShared(name);
+      }
+      try {
+        const vol = this.finishOpen(now, load, at, t0);
+        this.unopenable.delete(name);
+        return vol;
+      } catch (err) {
+        this.unopenable.set(name, { entry: { volume: name, pool: at.pool, error: (err as Error).message }, atMs: Date.now() });
+        throw err;
+      }
+    }
   }
 
   openVolumes(): Volume[] {
@@ -1123,6 +1282,9 @@ export class VolumeManager {
   }
 
   async close(): Promise<void> {
+    this.closing = true;
+    // Their next slice gives up: none reads the index after it closes, none opens a file after the loop below.
+    await Promise.allSettled([...this.opening.values()]);
     if (this.cold) {
       await this.cold.reconstructor.stop();
       await this.cold.destager.stop();
@@ -1192,3 +1354,29 @@ function validateSize(sizeBytes: number): void {
 function isColdChunk(chunkIndex: number, entry: ChunkEntry, chunkCount: number): boolean {
   return chunkIndex < chunkCount && entry.state === ChunkState.Cold && entry.stripe !== undefined;
 }
+
+/** What an open reads from a volume's chunk map before it opens its files (VolumeManager.loadChunkEntries). */
+interface ChunkMapLoad {
+  states: Uint8Array;
+  /** Index in filePools of every Allocated chunk's file. */
+  chunkFile: Uint8Array;
+  dataPerGroup: Uint32Array;
+  /** The placement pool's first, then each other pool an Allocated chunk is in. */
+  filePools: Pool[];
+  /** Whether an Allocated chunk is in the placement pool's file (never made again empty then: openOrCreate). */
+  placementHoldsChunks: boolean;
+  stripes: Map<number, StripeRef>;
+  preserved: Map<number, StripeRef>;
+  /** The last chunk entry's index read so far; -1 before the first. */
+  lastChunk: number;
+}
+
+/**
+ * An open reading a chunk map a slice at a time (openSliced) reads ranges of
+ * OPEN_SLICE_ENTRIES entries until OPEN_SLICE_MS of the event loop is spent,
+ * then yields; ~1 us per entry, so one range is ~2-4 ms.
+ */
+const OPEN_SLICE_ENTRIES = 2048;
+const OPEN_SLICE_MS = 8;
+/** Reads of a chunk map that changed under them before the open reads it in one go (openSliced). */
+const OPEN_SLICED_ATTEMPTS = 3;

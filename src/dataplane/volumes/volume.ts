@@ -166,13 +166,15 @@ export class Volume {
   /** Data chunks per group of 2^STATUS_GROUP_SHIFT (see statusGroups): counted by the open; null, built at the first blockStatus. */
   private dataPerGroup: Uint32Array | null = null;
   /** Stripe of every chunk in state Cold. */
-  readonly stripes = new Map<number, StripeRef>();
+  readonly stripes: Map<number, StripeRef>;
   /**
    * Old stripes kept by a cold -> hot migration in preservation mode (the
    * index entry's `preserved`), per chunk: at most one per chunk, so bounded
    * by the chunk count. Freed by releasePreserved() or a volume delete.
    */
-  readonly preserved = new Map<number, StripeRef>();
+  readonly preserved: Map<number, StripeRef>;
+  /** Wall time its open took in ms (VolumeManager: the chunk map's read, the files' opens), set by the manager. */
+  openCostMs = 0;
   /** Set by a preserving migration while it runs: a SWITCH keeps the chunk's old stripe. */
   preserveOnSwitch = false;
   private readonly destaging = new Map<number, Promise<boolean>>();
@@ -219,7 +221,11 @@ export class Volume {
     chunkFile: Uint8Array,
     private readonly cold: ColdTier | null,
     dataPerGroup: Uint32Array | null = null,
+    /** Its Cold chunks' stripes and the preserved ones, as the open read them from the index (taken, not copied). */
+    maps: { stripes: Map<number, StripeRef>; preserved: Map<number, StripeRef> } | null = null,
   ) {
+    this.stripes = maps?.stripes ?? new Map();
+    this.preserved = maps?.preserved ?? new Map();
     if (files.length === 0 || files.length > MAX_VOLUME_FILES || files[0]!.pool.name !== rec.poolName) throw new InvalidArgument(`volume ${rec.name}: bad file set`);
     this.files = files.map((f) => ({ pool: f.pool, fd: f.fd, staleBelowBytes: fs.fstatSync(f.fd).size, mutations: 1, syncedMutations: 0, syncing: new Set() }));
     this.chunkState = chunkState;
