@@ -1,7 +1,7 @@
 // Health probes and the metrics source of a running daemon, read from the
 // dataplane through its public objects at probe/scrape time.
 import type { HealthChecks } from './health/index.js';
-import type { MetricsSource } from './metrics/index.js';
+import type { MetricsSource, VolumeCounters } from './metrics/index.js';
 import type { HeatTracker } from './heat.js';
 import type { VolumeManager } from '../dataplane/volumes/manager.js';
 import { listedIncomplete } from '../dataplane/ec/reconstruction.js';
@@ -42,19 +42,25 @@ export function metricsSource(manager: VolumeManager, heat: HeatTracker, migrati
       // its series must not vanish then (a closed one's counters are those it had when it closed).
       // Read from the index a page at a time: the scrape takes them a slice at a time with the
       // event loop free between (listVolumes() decoded 10,000 records in one go: ~20 ms).
-      const open = new Map(manager.openVolumes().map((v) => [v.name, v]));
-      const closed = manager.closedVolumeCounters();
       for (let after: string | undefined, page = true; page; ) {
         page = false;
-        // A page is read whole: no cursor stays open across the scrape's yields.
-        for (const { key, value: rec } of [...manager.meta.volumes.getRange({ start: after, limit: VOLUMES_PAGE + 1 })]) {
+        // A page is read whole: no cursor stays open across the scrape's yields. Its volumes' values
+        // are read at once too, the open ones with the closed ones' counters: a volume opened between
+        // two slices takes its counters off the closed map (an open map taken at the scrape's start
+        // missed it: its totals read 0 in that scrape, a counter reset to Prometheus).
+        const records = [...manager.meta.volumes.getRange({ start: after, limit: VOLUMES_PAGE + 1 })];
+        const open = new Map(manager.openVolumes().map((v) => [v.name, v]));
+        const closed = manager.closedVolumeCounters();
+        const out: VolumeCounters[] = [];
+        for (const { key, value: rec } of records) {
           if (key === after) continue;
           after = key;
           page = true;
           const v = open.get(rec.name);
           const counters = v?.counters ?? closed.get(rec.id) ?? { readOps: 0, writeOps: 0, readBytes: 0, writeBytes: 0 };
-          yield { volume: rec.name, tier: (v?.rec ?? rec).tier, ...counters, ...heat.iops(rec.name) };
+          out.push({ volume: rec.name, tier: (v?.rec ?? rec).tier, readOps: counters.readOps, writeOps: counters.writeOps, readBytes: counters.readBytes, writeBytes: counters.writeBytes, ...heat.iops(rec.name) });
         }
+        yield* out;
       }
     },
     *pools() {
