@@ -30,16 +30,7 @@ WORK=${WORK:-/tmp/nbd-work/big-sparse}
 DIST=${DIST:-dist}
 export PATH="/usr/bin:/bin:$PATH"   # Debian's python3 / libnbd, not pyenv's
 
-[ -n "${NO_BUILD:-}" ] || npx tsc -p tsconfig.json --outDir "$DIST" >/dev/null || true
-rm -rf "$WORK"
-mkdir -p "$WORK"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+source bench/common.sh   # builds DIST, an empty $WORK, PIDS killed and $WORK removed on exit
 
 # start_daemon DIR DIST: a daemon with one hot pool (and six cold ones), no demo volume; prints its ready line.
 start_daemon() {

@@ -31,16 +31,7 @@ export PATH="/usr/bin:/bin:$PATH"   # Debian's python3 / libnbd, not pyenv's
 command -v fio >/dev/null && command -v nbdkit >/dev/null && command -v nbdcopy >/dev/null || {
   echo "needs fio, nbdkit and nbdcopy (apt-get install fio nbdkit libnbd-bin)" >&2; exit 1; }
 
-[ -n "${NO_BUILD:-}" ] || npx tsc -p tsconfig.json --outDir "$DIST" >/dev/null || true   # emits even with others' type errors; NO_BUILD=1 runs DIST as it is
-rm -rf "$WORK"
-mkdir -p "$WORK"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+source bench/common.sh   # builds DIST, an empty $WORK, PIDS killed and $WORK removed on exit
 
 free_port() { node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})'; }
 
