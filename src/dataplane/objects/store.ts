@@ -11,6 +11,7 @@ import {
   Corrupt,
   DigestMismatch,
   IncompleteBody,
+  InsufficientShards,
   InvalidArgument,
   InvalidPart,
   InvalidPartOrder,
@@ -163,6 +164,25 @@ export class LostPart extends InvalidPart {
     super(
       `One or more of the specified parts could not be found: part ${partNumber}'s data was ${lostWith([pool])}. Upload part ${partNumber} again, then complete the upload again (the upload and its other parts are kept).`,
     );
+  }
+}
+
+/**
+ * CompleteMultipartUpload names a cold part one of whose stripes has more
+ * shards known gone than parity repairs (cold-segments.ts
+ * assertColdShardsKnownKept): InvalidPart (S3 400) saying which part and
+ * why, before anything is published; the upload is kept, so the client can
+ * upload that part again and complete. Published, every GET of the object
+ * would answer 500.
+ */
+export class UnreadablePart extends InvalidPart {
+  override name = 'UnreadablePart';
+  constructor(
+    readonly uploadId: string,
+    readonly partNumber: number,
+    why: string,
+  ) {
+    super(`One or more of the specified parts could not be found: part ${partNumber}'s data cannot be read: ${why}. Upload part ${partNumber} again, then complete the upload again (the upload and its other parts are kept).`);
   }
 }
 
@@ -1148,6 +1168,19 @@ export class ObjectStore {
     if (list.length === 0) throw new InvalidArgument('CompleteMultipartUpload lists no parts');
     for (let i = 1; i < list.length; i++) {
       if (list[i]!.partNumber <= list[i - 1]!.partNumber) throw new InvalidPartOrder('parts must be listed in ascending part number order');
+    }
+    // Cold parts with a stripe known unreadable (async, so before the flip's synchronous checks).
+    if (this.stripes !== undefined) {
+      for (const want of list) {
+        const p = this.parts.get(partKey(uploadId, want.partNumber));
+        if (p == null || partDamage(p) !== null || p.segment.kind !== 'cold') continue;
+        try {
+          await assertColdShardsKnownKept(this.stripes, [p.segment]);
+        } catch (err) {
+          if (err instanceof InsufficientShards) throw new UnreadablePart(uploadId, want.partNumber, err.message);
+          throw err;
+        }
+      }
     }
     const versionId = await this.allocId();
     const unused: Segment[] = [];

@@ -22,7 +22,7 @@ import {
   MetadataFailed,
   TooLarge,
 } from '../errors.js';
-import { DamagedPartRecord, LostPart, PreconditionFailed } from '../objects/store.js';
+import { DamagedPartRecord, LostPart, PreconditionFailed, UnreadablePart } from '../objects/store.js';
 import { XML_HEADER, tag } from './xml.js';
 
 export class S3Error extends Error {
@@ -61,7 +61,7 @@ export function toS3Error(err: unknown, ctx: ErrorContext): S3Error {
   if (err instanceof InvalidPartOrder) return new S3Error('InvalidPartOrder', 400, 'The list of parts was not in ascending order. The parts list must be specified in order by part number.');
   // Before InvalidPart (their superclass): say which part and what is wrong with it (a damaged
   // record; data lost with a replaced disk), so the client uploads that part again.
-  if (err instanceof DamagedPartRecord || err instanceof LostPart) return new S3Error('InvalidPart', 400, msg, { UploadId: err.uploadId, PartNumber: String(err.partNumber) });
+  if (err instanceof DamagedPartRecord || err instanceof LostPart || err instanceof UnreadablePart) return new S3Error('InvalidPart', 400, msg, { UploadId: err.uploadId, PartNumber: String(err.partNumber) });
   if (err instanceof InvalidPart) return new S3Error('InvalidPart', 400, 'One or more of the specified parts could not be found. The part might not have been uploaded, or the specified entity tag might not have matched the part\'s entity tag.');
   if (err instanceof InvalidArgument) return new S3Error('InvalidArgument', 400, msg);
   if (err instanceof NoSpace) return new S3Error('ServiceUnavailable', 503, `no space: ${msg}`);
