@@ -565,8 +565,14 @@ export class HeatTracker implements HeatSource {
     return n;
   }
 
-  /** Read and write IOPS over the last minute, for metrics (0 until two samples exist). */
-  iops(volume: string, windowMs = 60_000): { readIops: number; writeIops: number } {
+  /**
+   * Read and write IOPS over the last minute, for metrics (0 until two samples exist). With
+   * `volumeId` (the index's record), 0 when the samples under that name are another volume's: one
+   * deleted and made again under its name since the last walk (the tick walks when the count of
+   * volumes changes, and a delete with a make leaves it), whose samples stay until the next walk.
+   */
+  iops(volume: string, volumeId?: number, windowMs = 60_000): { readIops: number; writeIops: number } {
+    if (volumeId !== undefined && this.tracked.get(volume)?.volumeId !== volumeId) return { readIops: 0, writeIops: 0 };
     const list = this.view(volume);
     if (!list || list.length < 2) return { readIops: 0, writeIops: 0 };
     const a = list.at(lastAtOrBefore(list, Date.now() - windowMs));

@@ -58,7 +58,7 @@ export function metricsSource(manager: VolumeManager, heat: HeatTracker, migrati
           page = true;
           const v = open.get(rec.name);
           const counters = v?.counters ?? closed.get(rec.id) ?? { readOps: 0, writeOps: 0, readBytes: 0, writeBytes: 0 };
-          out.push({ volume: rec.name, tier: (v?.rec ?? rec).tier, readOps: counters.readOps, writeOps: counters.writeOps, readBytes: counters.readBytes, writeBytes: counters.writeBytes, ...heat.iops(rec.name) });
+          out.push({ volume: rec.name, tier: (v?.rec ?? rec).tier, readOps: counters.readOps, writeOps: counters.writeOps, readBytes: counters.readBytes, writeBytes: counters.writeBytes, ...heat.iops(rec.name, rec.id) });
         }
         yield* out;
       }
