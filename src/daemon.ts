@@ -5,7 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { buildApi, registerCompactionRoutes } from './control/api.js';
-import { loadConfig, poolCapacityBytes, refuseAliasedPools, resolvePoolPath, type DaemonConfig } from './config.js';
+import { CONFIG_FILE, loadConfig, poolCapacityBytes, refuseAliasedPools, resolvePoolPath, type DaemonConfig } from './config.js';
 import { NbdServer } from './dataplane/nbd/server.js';
 import { S3Frontend } from './dataplane/s3/frontend.js';
 import { VolumeManager } from './dataplane/volumes/manager.js';
@@ -111,7 +111,17 @@ function hasIndexOpen(pid: number, dataDir: string): boolean | null {
 export function poolDirs(cfg: DaemonConfig): string[] {
   // Nor one with nothing in it: an unmounted disk's mount point must not get a lock file
   // (which would pass for a pool of an earlier version's layout: pools/identity.ts).
-  return cfg.pools.map((p) => resolvePoolPath(cfg, p)).filter((dir) => fs.existsSync(dir) && dirEntries(dir).length > 0);
+  // Nor a path that is not a directory (a file where the pool's directory was: the pool is
+  // offline, fsck lists it unreachable; listing it threw a bare ENOTDIR from every command).
+  return cfg.pools.map((p) => resolvePoolPath(cfg, p)).filter((dir) => isDirectory(dir) && dirEntries(dir).length > 0);
+}
+
+function isDirectory(dir: string): boolean {
+  try {
+    return fs.statSync(dir).isDirectory();
+  } catch {
+    return false;
+  }
 }
 
 /**
@@ -153,6 +163,13 @@ export async function openManager(cfg: DaemonConfig, opts: { coldTier: boolean; 
   const created: string[] = [];
   try {
     await opts.progress?.at('the pools');
+    // A new pool whose path is a file: refused before any pool is made (a known one is offline, as a missing one).
+    for (const p of cfg.pools) {
+      const dir = resolvePoolPath(cfg, p);
+      if (!manager.pools.has(p.name) && fs.existsSync(dir) && !isDirectory(dir)) {
+        throw new Error(`${path.join(cfg.dataDir, CONFIG_FILE)}: pool ${p.name}: its path ${dir} is not a directory: give each pool a directory (made when missing)`);
+      }
+    }
     for (const p of cfg.pools) {
       const dir = resolvePoolPath(cfg, p);
       const known = manager.pools.get(p.name);
