@@ -58,6 +58,13 @@ const HANDSHAKE_TIMEOUT_MS = 30_000;
  * exceeds the stream's highWaterMark, so that is not the signal to use.)
  */
 const MAX_UNSENT_REPLY_BYTES = 64 * 1024 * 1024;
+/**
+ * What a CACHE reads at a time, and counts against MAX_INFLIGHT_BYTES for
+ * as long as it runs (seconds for a few GiB, more for cold data): 32 MiB
+ * each, two long CACHEs and a burst of READs held the connection's reading
+ * until a CACHE ended (review-nbd-big-cache-long). A 1 MiB chunk or stripe.
+ */
+const CACHE_STEP_BYTES = 1024 * 1024;
 
 /**
  * Idle fast path: a READ or (non-FUA) WRITE of at most SYNC_MAX_BYTES on a
@@ -773,7 +780,7 @@ export class NbdConnection {
     // (WRITE payload, READ data, CACHE's one step), or for TRIM and WRITE_ZEROES the
     // work they queue (rangeCost), not the range they cover. Each path ends
     // with the same count.
-    const cost = payload ? payload.length : type === P.CMD_READ ? length : type === P.CMD_CACHE ? Math.min(length, P.MAX_PAYLOAD_BYTES) : type === P.CMD_TRIM || type === P.CMD_WRITE_ZEROES ? rangeCost(vol, offset, length) : 0;
+    const cost = payload ? payload.length : type === P.CMD_READ ? length : type === P.CMD_CACHE ? Math.min(length, CACHE_STEP_BYTES) : type === P.CMD_TRIM || type === P.CMD_WRITE_ZEROES ? rangeCost(vol, offset, length) : 0;
     this.begin(cost);
     switch (type) {
       case P.CMD_READ:
@@ -899,35 +906,39 @@ export class NbdConnection {
 
   /**
    * Advisory prefetch: reads the range's data (holes skipped) so it is warm
-   * in the page cache, at most MAX_PAYLOAD_BYTES at a time into one buffer.
-   * A CACHE longer than the maximum block size was EINVAL (the spec allows
-   * that; nbdkit serves it, and so do we now).
+   * in the page cache, CACHE_STEP_BYTES at a time into one buffer. A CACHE
+   * longer than the maximum block size was EINVAL (the spec allows that;
+   * nbdkit serves it, and so do we now). After NBD_CMD_DISC or at a daemon
+   * stop it ends at its next step, with success: it only warms, and read on
+   * to its end it held the close (a daemon stop waited out its grace, then
+   * dropped the connection).
    */
   private doCache(vol: Volume, cookie: Buffer, offset: number, length: number): void {
-    const step = Math.min(length, P.MAX_PAYLOAD_BYTES);
+    const step = Math.min(length, CACHE_STEP_BYTES);
     const scratch = payloadPool.get(step);
     const end = offset + length;
     let pos = offset;
+    // End of the base:allocation data extent pos is in (asked once per extent, not per step).
+    let dataEnd = offset;
     const next = (err: Error | null): void => {
-      if (err !== null || pos >= end || this.socket.destroyed) {
-        payloadPool.release(scratch);
-        this.finish(cookie, err, step);
-        return;
-      }
-      // Holes hold nothing to warm: skipped (one extent of base:allocation at a time).
-      let n = 0;
-      while (pos < end) {
-        const [e] = vol.blockStatus(pos, Math.min(step, end - pos), 1);
-        if (e === undefined || e.flags === 0) {
-          n = e?.lengthBytes ?? Math.min(step, end - pos);
-          break;
+      if (err === null && pos < end && !this.socket.destroyed && !this.disconnecting) {
+        // Holes hold nothing to warm: skipped.
+        while (pos >= dataEnd && pos < end) {
+          const [e] = vol.blockStatus(pos, end - pos, 1);
+          if (e === undefined) dataEnd = end;
+          else if (e.flags === 0) dataEnd = pos + e.lengthBytes;
+          else pos += e.lengthBytes;
         }
-        pos += e.lengthBytes;
+        if (pos < end) {
+          const at = pos;
+          const n = Math.min(step, dataEnd - pos);
+          pos += n;
+          vol.read(at, n, scratch, 0, next);
+          return;
+        }
       }
-      if (n === 0) return next(null);
-      const at = pos;
-      pos += n;
-      vol.read(at, n, scratch, 0, next);
+      payloadPool.release(scratch);
+      this.finish(cookie, err, step);
     };
     next(null);
   }
