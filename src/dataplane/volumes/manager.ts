@@ -1011,16 +1011,23 @@ export class VolumeManager {
    * Opens `name` if it is not open, its chunk map read OPEN_SLICE_MS of the
    * event loop at a time (openSliced); null when there is nothing to wait
    * for (open already, or no such volume). Never rejects: resolves with the
-   * Volume, or null when the open failed (the caller's borrowVolume then
-   * throws the failure). For work that must not hold the event loop while
-   * a big volume opens (an NBD client's negotiation waits on it).
+   * Volume lent (borrowVolume's loan: the caller gives it back, giveBack),
+   * or null when the open failed (the caller's borrowVolume then throws the
+   * failure). For work that must not hold the event loop while a big
+   * volume opens (an NBD client's negotiation waits on it).
    */
   prepareOpen(name: string): Promise<Volume | null> | null {
     if (this.open.has(name) || this.meta.volumes.get(name) === undefined) return null;
-    return this.openSharedAsync(name).then(
+    // A loan, not a bare open: nothing else holds a volume opened here, and only a giveBack closes one.
+    return this.borrowVolumeAsync(name).then(
       (v) => v,
       () => null,
     );
+  }
+
+  /** Whether `name` is open (borrowVolume takes it without an open). */
+  isOpen(name: string): boolean {
+    return this.open.has(name);
   }
 
   /** borrowVolume, the open (if it is not open) read a slice at a time (openSliced). */
@@ -1144,8 +1151,8 @@ export class VolumeManager {
     // Through the open volume: its record is also rewritten by a tier switch
     // (setTier), and both must go through its quiesce gate. Lent for the call
     // (pinned, every volume ever resized stayed open until the daemon stopped).
-    // Opened a slice at a time (openSliced): an API call on a big closed volume stalls no client.
-    const vol = await this.borrowVolumeAsync(name);
+    // Opened a slice at a time (openSliced): an API call on a big closed volume stalls no client; an open one taken in this turn.
+    const vol = this.open.has(name) ? this.borrowVolume(name) : await this.borrowVolumeAsync(name);
     try {
       return await vol.resize(newSizeBytes);
     } finally {
@@ -1159,7 +1166,7 @@ export class VolumeManager {
    */
   async releasePreserved(name: string): Promise<{ volume: string; stripesFreed: number; fileReleased: boolean }> {
     // Lent for the call, and opened, as resizeVolume.
-    const vol = await this.borrowVolumeAsync(name);
+    const vol = this.open.has(name) ? this.borrowVolume(name) : await this.borrowVolumeAsync(name);
     try {
       const r = await vol.releasePreserved();
       // Files a preserving hot <-> warm move kept: those of pools whose file

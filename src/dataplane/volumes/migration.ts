@@ -443,7 +443,9 @@ export async function migrateVolume(manager: VolumeManager, name: string, to: Ti
  * chunk map), so the last loan closes it when nothing else holds it.
  */
 async function migrateVolumeOnce(manager: VolumeManager, name: string, to: Tier, opts: MigrateOptions, m: ManagerMoves): Promise<MigrationProgress> {
-  const vol = manager.borrowVolume(name);
+  // A closed volume's chunk map read a slice at a time (VolumeManager.openSliced): a move of a big volume stalls no client.
+  // An open one taken in this turn, as before: the move's first steps run before writes queued after the call.
+  const vol = manager.isOpen(name) ? manager.borrowVolume(name) : await manager.borrowVolumeAsync(name);
   try {
     return await migrateLent(manager, vol, name, to, opts, m);
   } finally {
