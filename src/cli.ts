@@ -499,6 +499,11 @@ async function volumes(dataDir: string, sub: string | undefined, args: string[],
     case 'create': {
       const [name, size] = args;
       if (!name || !size) throw new UsageError('volumes create NAME SIZE');
+      // Checked here, as migrate's: through the daemon the API's schema answered "body/tier must be
+      // equal to one of the allowed values", offline "no pool with tier=lukewarm".
+      if (values.tier !== undefined && !['hot', 'warm', 'cold'].includes(values.tier as string)) {
+        throw new UsageError(`volumes create: --tier must be hot, warm or cold, got ${JSON.stringify(values.tier)}`);
+      }
       const body = {
         name,
         sizeBytes: parseSize(size),

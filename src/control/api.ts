@@ -31,7 +31,8 @@ const volumeBody = {
   additionalProperties: false,
   properties: {
     name: { type: 'string', minLength: 1, maxLength: 128 },
-    sizeBytes: { type: 'integer', minimum: 1 },
+    // No minimum here: createVolume's check names the range (the schema's said "body/sizeBytes must be >= 1").
+    sizeBytes: { type: 'integer' },
     tier: { type: 'string', enum: ['hot', 'warm', 'cold'] },
     pool: { type: 'string' },
     readOnly: { type: 'boolean' },
@@ -57,9 +58,12 @@ export function buildApi(
     if (closing) reply.header('connection', 'close');
   });
   app.setErrorHandler((err, _req, reply) => {
-    const e = err as Error & { statusCode?: number; validation?: unknown };
+    const e = err as Error & { statusCode?: number; validation?: { params?: { allowedValues?: unknown } }[] };
     const status = e.validation ? 400 : (e.statusCode ?? httpStatusFor(err));
-    reply.code(status).send({ error: e.name, message: e.message });
+    // "must be equal to one of the allowed values" says which ones (hot, warm, cold).
+    const allowed = e.validation?.[0]?.params?.allowedValues;
+    const message = Array.isArray(allowed) ? `${e.message}: ${allowed.map((v) => JSON.stringify(v)).join(', ')}` : e.message;
+    reply.code(status).send({ error: e.name, message });
   });
   const requireCold = () => {
     if (!manager.cold) throw new NotFound('the cold tier is not running');
