@@ -20,9 +20,11 @@ export interface ExportResolver {
    * Settles once the export's volume is open, when it is not yet (its
    * chunk map is read a slice at a time, the event loop free between two);
    * null when resolve() would not wait. The option naming it is answered
-   * after that, no further input read meanwhile.
+   * after that, no further input read meanwhile. Resolves with a loan of
+   * the volume (given back with release() once the option is answered:
+   * an option refused by its own checks takes none), null when it failed.
    */
-  prepare?(name: string): Promise<unknown> | null;
+  prepare?(name: string): Promise<Volume | null> | null;
   /** Ends a loan resolve() made (the last one closes the volume when nothing else holds it). */
   release(vol: Volume): void;
   list(): { name: string; description: string }[];
@@ -494,7 +496,7 @@ export class NbdConnection {
   private onOption(opt: number, data: Buffer, prepared = false): void {
     const name = prepared || this.exports.prepare === undefined ? null : optionExportName(opt, data);
     const ready = name === null ? null : this.exports.prepare!(name);
-    if (ready !== null) return this.afterOpen(ready, name!, opt, data);
+    if (ready !== null) return this.afterOpen(ready, opt, data);
     if (this.phase !== Phase.Closed) this.setPhase(Phase.OptionHeader, P.OPTION_HEADER_BYTES);
     // The client is haggling, not idle: the handshake deadline counts from here.
     this.handshakeTimer?.refresh();
@@ -541,35 +543,36 @@ export class NbdConnection {
    * Answers option `opt` once its export's volume is open (`ready`): a big
    * volume's open yields to the event loop between slices of its chunk map,
    * and this connection parses nothing meanwhile. The handshake deadline
-   * does not run while the daemon is the one working. A client gone
-   * meanwhile: the volume it had opened is taken and given back, so it
-   * closes as one lent and released does (it lingers when costly).
+   * does not run while the daemon is the one working. The open's loan is
+   * given back once the option is answered (the option takes its own when
+   * it uses the volume), or at once when the client is gone meanwhile: the
+   * volume closes as one lent and released does (it lingers when costly).
+   * Without it, an option refused by its own checks (SET_META_CONTEXT
+   * before STRUCTURED_REPLY, a bad INFO) left the volume open for good, and
+   * a client gone before a failed open had it opened again in one go.
    */
-  private afterOpen(ready: Promise<unknown>, name: string, opt: number, data: Buffer): void {
+  private afterOpen(ready: Promise<Volume | null>, opt: number, data: Buffer): void {
     // A view of the server's read buffer may be overwritten by the next read.
     const own = Buffer.from(data);
     this.opening = true;
     if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
-    const go = (): void => {
+    const go = (held: Volume | null): void => {
       this.opening = false;
-      if (this.phase === Phase.Closed || this.disconnecting) {
-        try {
-          this.exports.release(this.exports.resolve(name));
-        } catch {
-          // Not open (failed, deleted): nothing to give back.
-        }
-        return;
-      }
-      this.handshakeTimer = this.handshakeDeadline();
-      this.socket.cork();
       try {
-        this.onOption(opt, own, true);
+        if (this.phase === Phase.Closed || this.disconnecting) return;
+        this.handshakeTimer = this.handshakeDeadline();
+        this.socket.cork();
+        try {
+          this.onOption(opt, own, true);
+        } finally {
+          this.socket.uncork();
+        }
+        this.pump();
       } finally {
-        this.socket.uncork();
+        if (held !== null) this.exports.release(held);
       }
-      this.pump();
     };
-    ready.then(go, go);
+    ready.then(go, () => go(null));
   }
 
   /**

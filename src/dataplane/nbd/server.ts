@@ -89,14 +89,16 @@ export class NbdServer implements ExportResolver {
    * slice at a time (VolumeManager.prepareOpen): the connection answers
    * the option once it settles, and other clients are served meanwhile
    * (read in one go, a volume of 1M chunk entries held the event loop ~4 s).
+   * Resolves with a loan of the volume (release() it), null when the open failed.
    */
-  prepare(name: string): Promise<unknown> | null {
+  prepare(name: string): Promise<Volume | null> | null {
     const target = name === '' ? this.opts.defaultExport : name;
     if (!target) return null;
     const opening = this.opts.manager.prepareOpen(target);
     if (opening === null) return null;
     return opening.then((vol) => {
       if (vol !== null && vol.openCostMs >= 1) this.openCostMs.set(vol, vol.openCostMs);
+      return vol;
     });
   }
 
