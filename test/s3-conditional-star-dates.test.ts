@@ -99,3 +99,29 @@ test('GET/HEAD If-Modified-Since and If-Unmodified-Since: a value that is not an
   assert.deepEqual(await send(sdk, new CopyObjectCommand({ Bucket: 'bkt', Key: 'c', CopySource: 'bkt/k' }), { 'x-amz-copy-source-if-unmodified-since': '1' }), [200, 'OK'], 'x-amz-copy-source-if-unmodified-since: 1');
   t.diagnostic(`${Date.now() - started} ms`);
 });
+
+test('If-Match compares strongly: a weak W/"etag" never matches (GET, HEAD, PUT, CopyObject, copy source, DeleteObject); If-None-Match weakly (W/ matches: 304); lists with spaces', async (t) => {
+  const started = Date.now();
+  const env = await startS3();
+  t.after(() => env.cleanup());
+  const sdk = env.sdk;
+  await sdk.send(new CreateBucketCommand({ Bucket: 'bkt' }));
+  const { ETag } = await sdk.send(new PutObjectCommand({ Bucket: 'bkt', Key: 'k', Body: 'v1' }));
+  const weak = { 'if-match': `W/${ETag!}` };
+  // RFC 9110 13.1.1: If-Match uses the strong comparison (8.8.3.2), under which a weak tag matches nothing.
+  assert.deepEqual(await send(sdk, new GetObjectCommand({ Bucket: 'bkt', Key: 'k' }), weak), [412, 'PreconditionFailed'], 'GET If-Match W/');
+  assert.equal((await send(sdk, new HeadObjectCommand({ Bucket: 'bkt', Key: 'k' }), weak))[0], 412, 'HEAD If-Match W/');
+  assert.deepEqual(await send(sdk, new PutObjectCommand({ Bucket: 'bkt', Key: 'k', Body: 'v2' }), weak), [412, 'PreconditionFailed'], 'PUT If-Match W/');
+  assert.deepEqual(await send(sdk, new CopyObjectCommand({ Bucket: 'bkt', Key: 'k', CopySource: 'bkt/k', MetadataDirective: 'REPLACE' }), weak), [412, 'PreconditionFailed'], 'CopyObject If-Match W/');
+  assert.deepEqual(await send(sdk, new CopyObjectCommand({ Bucket: 'bkt', Key: 'c', CopySource: 'bkt/k' }), { 'x-amz-copy-source-if-match': `W/${ETag!}` }), [412, 'PreconditionFailed'], 'x-amz-copy-source-if-match W/');
+  assert.deepEqual(await send(sdk, new DeleteObjectCommand({ Bucket: 'bkt', Key: 'k' }), weak), [412, 'PreconditionFailed'], 'DeleteObject If-Match W/');
+  // The same tag strong in a list with spaces around its members matches.
+  const list = { 'if-match': `  "0123" ,  W/${ETag!} ,\t${ETag!}  ` };
+  assert.deepEqual(await send(sdk, new GetObjectCommand({ Bucket: 'bkt', Key: 'k' }), list), [200, 'OK'], 'GET If-Match list');
+  // If-None-Match uses the weak comparison (13.1.2): W/"etag" matches the object's ETag.
+  assert.equal((await send(sdk, new GetObjectCommand({ Bucket: 'bkt', Key: 'k' }), { 'if-none-match': `"0123", W/${ETag!}` }))[0], 304, 'GET If-None-Match W/');
+  assert.equal((await send(sdk, new HeadObjectCommand({ Bucket: 'bkt', Key: 'k' }), { 'if-none-match': '*' }))[0], 304, 'HEAD If-None-Match *');
+  assert.equal(Buffer.from(await (await sdk.send(new GetObjectCommand({ Bucket: 'bkt', Key: 'k' }))).Body!.transformToByteArray()).toString(), 'v1', 'nothing written or deleted');
+  assert.equal((await outcome(sdk.send(new HeadObjectCommand({ Bucket: 'bkt', Key: 'c' }))))[0], 404, 'no copy made');
+  t.diagnostic(`${Date.now() - started} ms`);
+});

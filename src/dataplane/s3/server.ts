@@ -218,14 +218,19 @@ function parseTimestampMs(text: string): number | undefined {
 }
 /**
  * An If-Match / If-None-Match value or DeleteObjects ETag: a comma-separated
- * list, quoted or bare, W/ ignored, lowercase; a bare `*` is the wildcard
- * (any current object). A quoted `"*"` is an entity tag whose value is `*`
- * (RFC 9110 8.8.3: `*` is the wildcard only unquoted), which no object has:
- * it is kept quoted, so it never equals an ETag nor the wildcard.
+ * list, quoted or bare, lowercase; a bare `*` is the wildcard (any current
+ * object). A quoted `"*"` is an entity tag whose value is `*` (RFC 9110
+ * 8.8.3: `*` is the wildcard only unquoted), which no object has: it is kept
+ * quoted, so it never equals an ETag nor the wildcard. A weak tag (`W/"x"`)
+ * matches nothing under the strong comparison If-Match uses (13.1.1, 8.8.3.2:
+ * kept with its W/, which no ETag has); under the weak comparison of
+ * If-None-Match (13.1.2, `weak`) its W/ is dropped.
  */
-const etagList = (v: string) =>
+const etagList = (v: string, weak = false) =>
   v.split(',').map((e) => {
-    const t = e.trim().replace(/^W\//, '');
+    const s = e.trim();
+    if (!weak && s.startsWith('W/')) return s;
+    const t = s.replace(/^W\//, '');
     return t === '"*"' ? t : t.replace(/"/g, '').toLowerCase();
   });
 /**
@@ -582,8 +587,9 @@ function setObjectHeaders(reply: FastifyReply, rec: ObjectRecord, query: Map<str
   }
 }
 
-function etagMatches(list: string, etag: string): boolean {
-  return etagList(list).some((t) => t === '*' || t === etag);
+/** `list` (If-Match: strong comparison; If-None-Match: `weak`) names `etag` or is the wildcard. */
+function etagMatches(list: string, etag: string, weak = false): boolean {
+  return etagList(list, weak).some((t) => t === '*' || t === etag);
 }
 
 /**
@@ -605,7 +611,7 @@ function checkPreconditions(get: (h: string) => string | undefined, rec: ObjectR
     if (t !== undefined && lastModifiedS > Math.floor(t / 1000)) throw new S3Error('PreconditionFailed', 412, 'At least one of the pre-conditions you specified did not hold', { Condition: 'If-Unmodified-Since' });
   }
   if (ifNoneMatch !== undefined) {
-    if (etagMatches(ifNoneMatch, rec.etag)) throw new S3Error(notModifiedStatus === 304 ? 'NotModified' : 'PreconditionFailed', notModifiedStatus, notModifiedStatus === 304 ? 'Not Modified' : 'At least one of the pre-conditions you specified did not hold');
+    if (etagMatches(ifNoneMatch, rec.etag, true)) throw new S3Error(notModifiedStatus === 304 ? 'NotModified' : 'PreconditionFailed', notModifiedStatus, notModifiedStatus === 304 ? 'Not Modified' : 'At least one of the pre-conditions you specified did not hold');
   } else if (ifModified !== undefined) {
     const t = parseTimestampMs(ifModified);
     if (t !== undefined && lastModifiedS <= Math.floor(t / 1000)) throw new S3Error(notModifiedStatus === 304 ? 'NotModified' : 'PreconditionFailed', notModifiedStatus, notModifiedStatus === 304 ? 'Not Modified' : 'At least one of the pre-conditions you specified did not hold');
