@@ -207,11 +207,12 @@ test('BLOCK_STATUS answers match a per-chunk oracle through writes, zeroes, trim
         vol = m.borrowVolume('v');
         return 'restart';
       case 'lend': {
-        // The loan given back closes the volume once quiet; lent again, it is opened from the index.
+        // The loan given back closes the volume once quiet; lent again, it is
+        // opened from the index a slice at a time (as NBD, the API and moves open).
         await vol.flush();
         const before = vol;
         m.giveBack(vol);
-        vol = m.borrowVolume('v');
+        vol = await m.borrowVolumeAsync('v');
         return `lend (${vol === before ? 'stayed open' : 'reopened'})`;
       }
     }
