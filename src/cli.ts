@@ -295,6 +295,12 @@ const STARTING_ADVICE = 'it is starting or stopping: its API is not up (daemon.j
  * another offline command. `why` says what racing it would break.
  */
 function lockOffline(dataDir: string, role: string, why?: string): DataDirLock {
+  // A mistyped --data-dir (or the default ./couchestor-data in the wrong directory) was made into a
+  // new data directory (configuration, index, seven pools): `volumes list` then listed none, and
+  // fsck on it reported clean. Only serve makes a data directory.
+  if (!fs.existsSync(dataDir)) {
+    throw new Error(`no data directory at ${path.resolve(dataDir)}: ${role} works on an existing one (check --data-dir or $COUCHESTOR_DATA_DIR; \`couchestor serve\` makes a new one)`);
+  }
   const because = why ? ` (${why})` : '';
   return DataDirLock.acquire(dataDir, role, (holder) => (holder === 'serve' ? STARTING_ADVICE : 'wait for it to finish') + because);
 }
