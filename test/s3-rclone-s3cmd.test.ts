@@ -1,11 +1,14 @@
 // Two more real S3 clients against a real daemon, on a hot and a cold
 // bucket, run as users run them: rclone (copy, lsjson, check --download,
 // cat with a range, sync deleting, server-side copy, deletefile, purge;
-// 0 B, 1 B, 5 MiB and a 70 MiB multipart file) and s3cmd (mb, put with a
+// 0 B, 1 B, 1 MiB and a 12 MiB multipart file) and s3cmd (mb, put with a
 // multipart upload, get, ls/la, info, sync both ways, setacl, del
 // --recursive, signurl). Both are configured only by flags and environment
 // (no config file is read or written). Bytes must round trip exactly and
-// listings name what is there.
+// listings name what is there. A public ACL (s3cmd put -P, setacl
+// --acl-public, rclone --s3-acl public-read) fails at once with 400
+// AccessControlListNotSupported, as S3 with ACLs disabled answers (a 501
+// had s3cmd retry for ~45 s).
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
@@ -25,15 +28,18 @@ function run(env: S3Env, cmd: string, args: string[], extra: NodeJS.ProcessEnv =
   return { status: r.status, stdout: r.stdout.toString(), stderr: r.stderr.toString(), out: r.stdout };
 }
 
+/** The remote `cs:` (the daemon), from the environment only. */
+const rcloneEnv = (env: S3Env): NodeJS.ProcessEnv => ({
+  RCLONE_CONFIG_CS_TYPE: 's3',
+  RCLONE_CONFIG_CS_PROVIDER: 'Other',
+  RCLONE_CONFIG_CS_ACCESS_KEY_ID: env.accessKeyId,
+  RCLONE_CONFIG_CS_SECRET_ACCESS_KEY: env.secretAccessKey,
+  RCLONE_CONFIG_CS_ENDPOINT: env.endpoint,
+  RCLONE_CONFIG_CS_REGION: 'us-east-1',
+});
+
 function rclone(env: S3Env, ...args: string[]): { stdout: string; out: Buffer } {
-  const r = run(env, '/usr/bin/rclone', ['--config', '/dev/null', '--retries', '1', '--low-level-retries', '1', ...args], {
-    RCLONE_CONFIG_CS_TYPE: 's3',
-    RCLONE_CONFIG_CS_PROVIDER: 'Other',
-    RCLONE_CONFIG_CS_ACCESS_KEY_ID: env.accessKeyId,
-    RCLONE_CONFIG_CS_SECRET_ACCESS_KEY: env.secretAccessKey,
-    RCLONE_CONFIG_CS_ENDPOINT: env.endpoint,
-    RCLONE_CONFIG_CS_REGION: 'us-east-1',
-  });
+  const r = run(env, '/usr/bin/rclone', ['--config', '/dev/null', '--retries', '1', '--low-level-retries', '1', ...args], rcloneEnv(env));
   assert.equal(r.status, 0, `rclone ${args.join(' ')}:\n${r.stderr}`);
   return r;
 }
@@ -54,25 +60,32 @@ test('rclone and s3cmd on a hot and a cold bucket: bytes round trip, listings, m
   t.after(() => fs.rmSync(work, { recursive: true, force: true }));
   const src = path.join(work, 'src');
   fs.mkdirSync(src);
-  const files: Record<string, Buffer> = { empty: Buffer.alloc(0), one: Buffer.from('x'), five: randomBytes(5 * MiB), big: randomBytes(70 * MiB) };
+  // big: three 5 MiB parts, the last one short (the smallest multipart upload and copy with S3's 5 MiB part minimum).
+  const files: Record<string, Buffer> = { empty: Buffer.alloc(0), one: Buffer.from('x'), mid: randomBytes(MiB + 7), big: randomBytes(12 * MiB + 3) };
   for (const [name, bytes] of Object.entries(files)) fs.writeFileSync(path.join(src, name), bytes);
 
   for (const bucket of ['hot', 'cold']) {
-    // rclone: 16 MiB chunks, so the 70 MiB file is a 5-part multipart upload (to the cold bucket; the hot one
-    // gets it by a server-side multipart copy below: 25 s for the whole test on the loaded 2-core machine).
+    // rclone: 5 MiB chunks, so the 12 MiB file is a 3-part multipart upload (to the cold bucket; the hot one
+    // gets it by a server-side multipart copy below).
     const only = bucket === 'hot' ? ['--exclude', 'big'] : [];
     const want = Object.entries(files).filter(([n]) => bucket === 'cold' || n !== 'big');
-    rclone(env, 'copy', src, `cs:${bucket}/dir`, '--s3-chunk-size', '16M', '--s3-upload-cutoff', '16M', ...only);
+    rclone(env, 'copy', src, `cs:${bucket}/dir`, '--s3-chunk-size', '5M', '--s3-upload-cutoff', '5M', ...only);
     const listed = JSON.parse(rclone(env, 'lsjson', '--hash', `cs:${bucket}/dir`).stdout) as { Name: string; Size: number; Hashes?: { md5?: string } }[];
     assert.deepEqual(listed.map((e) => [e.Name, e.Size]).sort(), want.map(([n, b]) => [n, b.length]).sort(), `${bucket}: rclone lsjson`);
     for (const e of listed) assert.equal(e.Hashes?.md5, md5(files[e.Name]!), `${bucket}/${e.Name}: md5 as rclone reads it (its metadata for the multipart one)`);
     rclone(env, 'check', '--download', src, `cs:${bucket}/dir`, ...only);
-    assert.ok(rclone(env, 'cat', '--offset', String(3 * MiB + 7), '--count', '1000', `cs:${bucket}/dir/five`).out.equals(files.five!.subarray(3 * MiB + 7, 3 * MiB + 1007)), `${bucket}: ranged cat`);
+    assert.ok(rclone(env, 'cat', '--offset', String(MiB - 3), '--count', '1000', `cs:${bucket}/dir/mid`).out.equals(files.mid!.subarray(MiB - 3)), `${bucket}: ranged cat`);
     if (bucket === 'cold') {
-      // Server-side multipart copy (UploadPartCopy, 32 MiB parts) of the 70 MiB object from the cold bucket to the hot one.
-      rclone(env, 'copyto', `cs:cold/dir/big`, `cs:hot/bigcopy`, '--s3-copy-cutoff', '32M');
+      // Server-side multipart copy (UploadPartCopy, 5 MiB parts) of the 12 MiB object from the cold bucket to the hot one.
+      rclone(env, 'copyto', `cs:cold/dir/big`, `cs:hot/bigcopy`, '--s3-copy-cutoff', '5M');
       assert.equal(md5(rclone(env, 'cat', `cs:hot/bigcopy`).out), md5(files.big!), 'server-side multipart copy cold -> hot');
       rclone(env, 'deletefile', `cs:hot/bigcopy`);
+    }
+    if (bucket === 'hot') {
+      // A public ACL: refused at once by name (--retries 1 or not: a 4xx is not retried).
+      const r = run(env, '/usr/bin/rclone', ['--config', '/dev/null', 'copyto', path.join(src, 'one'), 'cs:hot/public', '--s3-acl', 'public-read'], rcloneEnv(env));
+      assert.notEqual(r.status, 0, 'rclone --s3-acl public-read');
+      assert.match(r.stderr, /AccessControlListNotSupported/, 'rclone --s3-acl public-read names the refusal');
     }
     // sync deletes what the source no longer has.
     const less = path.join(work, `less-${bucket}`);
@@ -86,23 +99,22 @@ test('rclone and s3cmd on a hot and a cold bucket: bytes round trip, listings, m
   t.diagnostic(`rclone done: ${Date.now() - started} ms`);
 
   // s3cmd: its own bucket (hot), and the cold one.
-  const mpFile = path.join(work, 'twelve');
-  fs.writeFileSync(mpFile, files.big!.subarray(0, 12 * MiB));
+  const mpFile = path.join(src, 'big'); // 12 MiB + 3: 3 parts
   s3cmd(env, ['mb', 's3://s3cmd-hot']);
   for (const bucket of ['s3cmd-hot', 'cold']) {
     // 5 MiB chunks: a 12 MiB file goes up in 3 parts (the last one short).
-    const mp = files.big!.subarray(0, 12 * MiB);
+    const mp = files.big!;
     s3cmd(env, ['put', '--multipart-chunk-size-mb=5', mpFile, `s3://${bucket}/mp/big`]);
     s3cmd(env, ['sync', `${src}/`, `s3://${bucket}/sync/`, '--exclude', 'big']);
     const ls = s3cmd(env, ['ls', '--recursive', `s3://${bucket}`]).stdout;
     const rows = ls.split('\n').filter(Boolean).map((l) => l.trim().split(/\s+/)).map((f) => [f[3], Number(f[2])]);
-    assert.deepEqual(rows, [[`s3://${bucket}/mp/big`, mp.length], [`s3://${bucket}/sync/empty`, 0], [`s3://${bucket}/sync/five`, 5 * MiB], [`s3://${bucket}/sync/one`, 1]], `${bucket}: s3cmd ls --recursive`);
+    assert.deepEqual(rows, [[`s3://${bucket}/mp/big`, mp.length], [`s3://${bucket}/sync/empty`, 0], [`s3://${bucket}/sync/mid`, files.mid!.length], [`s3://${bucket}/sync/one`, 1]], `${bucket}: s3cmd ls --recursive`);
     if (bucket === 'cold') assert.match(s3cmd(env, ['info', `s3://${bucket}/mp/big`]).stdout, new RegExp(`File size: ${mp.length}[\\s\\S]*MD5 sum:\\s+${md5(mp)}`), `${bucket}: info`);
     const got = path.join(work, `got-${bucket}`);
     s3cmd(env, ['get', `s3://${bucket}/mp/big`, path.join(got, 'big')]);
     assert.equal(md5(fs.readFileSync(path.join(got, 'big'))), md5(mp), `${bucket}: s3cmd get`);
     s3cmd(env, ['sync', `s3://${bucket}/sync/`, `${got}/sync/`]);
-    for (const n of ['empty', 'one', 'five']) assert.ok(fs.readFileSync(path.join(got, 'sync', n)).equals(files[n]!), `${bucket}: s3cmd sync down ${n}`);
+    for (const n of ['empty', 'one', 'mid']) assert.ok(fs.readFileSync(path.join(got, 'sync', n)).equals(files[n]!), `${bucket}: s3cmd sync down ${n}`);
     s3cmd(env, ['del', '--recursive', '--force', `s3://${bucket}/sync/`]);
     assert.deepEqual(s3cmd(env, ['ls', '--recursive', `s3://${bucket}`]).stdout.trim().split(/\s+/).slice(2), [String(mp.length), `s3://${bucket}/mp/big`], `${bucket}: after del --recursive`);
   }
@@ -112,7 +124,12 @@ test('rclone and s3cmd on a hot and a cold bucket: bytes round trip, listings, m
   s3cmd(env, ['setacl', '--acl-private', 's3://cold/mp/big']);
   const pub = s3cmd(env, ['setacl', '--acl-public', 's3://cold/mp/big'], false);
   assert.notEqual(pub.status, 0);
-  assert.match(pub.stderr, /NotImplemented.*CoucheStor supports only the owner FULL_CONTROL/, 'a public ACL refused by name');
+  assert.match(pub.stderr, /AccessControlListNotSupported.*The bucket does not allow ACLs: CoucheStor supports only the owner FULL_CONTROL/, 'a public ACL refused by name');
+  // put -P (public-read): one 400, not retried (a 501 was, for ~45 s), nothing stored.
+  const putPublic = s3cmd(env, ['put', '-P', path.join(src, 'one'), 's3://cold/public'], false);
+  assert.notEqual(putPublic.status, 0, 's3cmd put -P');
+  assert.match(putPublic.stderr, /AccessControlListNotSupported/, 's3cmd put -P names the refusal');
+  assert.doesNotMatch(putPublic.stderr, /Retrying/, 's3cmd put -P is not retried');
   s3cmd(env, ['cp', 's3://cold/mp/big', 's3://cold/copied']);
   s3cmd(env, ['del', 's3://cold/copied']);
   // s3cmd signurl makes Signature Version 2 presigned URLs: refused as such, not as "not signed".
@@ -122,5 +139,6 @@ test('rclone and s3cmd on a hot and a cold bucket: bytes round trip, listings, m
   assert.match(await res.text(), /<Code>AccessDenied<\/Code><Message>Signature Version 2 presigned URLs \(AWSAccessKeyId, Signature, Expires\) are not supported/);
   s3cmd(env, ['rb', '--recursive', '--force', 's3://s3cmd-hot']);
   assert.doesNotMatch(s3cmd(env, ['ls']).stdout, /s3cmd-hot/);
+  assert.deepEqual(s3cmd(env, ['ls', '--recursive', 's3://cold']).stdout.trim().split(/\s+/).slice(2), [String(files.big!.length), 's3://cold/mp/big'], 'no public object stored');
   t.diagnostic(`${Date.now() - started} ms`);
 });

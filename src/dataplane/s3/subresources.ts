@@ -88,7 +88,14 @@ export const UNSUPPORTED: Readonly<Record<string, () => S3Error>> = {
  * daemon, so the bucket owner is every object's owner too.
  */
 const OWNER_ONLY_CANNED = new Set(['private', 'bucket-owner-full-control', 'bucket-owner-read']);
-const ACL_REFUSAL = 'CoucheStor supports only the owner FULL_CONTROL access control policy (canned ACL private); grants to other users or groups are not supported.';
+const ACL_REFUSAL = 'The bucket does not allow ACLs: CoucheStor supports only the owner FULL_CONTROL access control policy (canned ACL private); grants to other users or groups are not supported.';
+/**
+ * An ACL granting anyone but the owner: 400 AccessControlListNotSupported,
+ * what S3 answers on a bucket with ACLs disabled (ObjectOwnership
+ * BucketOwnerEnforced, the default since 2023), not a 501 that s3cmd, the
+ * SDKs and the aws cli take for a server fault and retry (s3cmd put -P: ~45 s).
+ */
+const aclNotSupported = (message: string) => new S3Error('AccessControlListNotSupported', 400, message);
 
 /** The one ACL there is: the owner with FULL_CONTROL (what MinIO answers, with the owner named). */
 export function aclXml(ownerId: string, displayName: string): string {
@@ -100,9 +107,9 @@ export function aclXml(ownerId: string, displayName: string): string {
 export function checkAclHeaders(headers: Readonly<Record<string, string | string[] | undefined>>): void {
   const canned = headers['x-amz-acl'];
   if (canned !== undefined && !OWNER_ONLY_CANNED.has(String(canned).trim())) {
-    throw new S3Error('NotImplemented', 501, `The canned ACL ${String(canned)} is not supported by CoucheStor; only private (owner FULL_CONTROL) is.`);
+    throw aclNotSupported(`The bucket does not allow ACLs: the canned ACL ${String(canned)} is not supported by CoucheStor; only private (owner FULL_CONTROL) is.`);
   }
-  for (const h of Object.keys(headers)) if (h.startsWith('x-amz-grant-')) throw new S3Error('NotImplemented', 501, ACL_REFUSAL);
+  for (const h of Object.keys(headers)) if (h.startsWith('x-amz-grant-')) throw aclNotSupported(ACL_REFUSAL);
 }
 
 /** An AccessControlPolicy body: accepted when every grant is FULL_CONTROL to the owner (PutBucketAcl round-trips GetBucketAcl). */
@@ -113,6 +120,6 @@ export function checkAclBody(root: XmlElement, ownerId: string): void {
   for (const g of grants) {
     const grantee = child(g, 'Grantee');
     const id = grantee === undefined ? undefined : child(grantee, 'ID')?.text.trim();
-    if (child(g, 'Permission')?.text.trim() !== 'FULL_CONTROL' || id !== ownerId) throw new S3Error('NotImplemented', 501, ACL_REFUSAL);
+    if (child(g, 'Permission')?.text.trim() !== 'FULL_CONTROL' || id !== ownerId) throw aclNotSupported(ACL_REFUSAL);
   }
 }
