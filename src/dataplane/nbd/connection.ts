@@ -556,10 +556,13 @@ export class NbdConnection {
     const own = Buffer.from(data);
     this.opening = true;
     if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
+    // Not read meanwhile either: what a client sent was kept in memory until the open ended, unbounded.
+    this.socket.pause();
     const go = (held: Volume | null): void => {
       this.opening = false;
       try {
         if (this.phase === Phase.Closed || this.disconnecting) return;
+        if (!this.paused) this.socket.resume();
         this.handshakeTimer = this.handshakeDeadline();
         this.socket.cork();
         try {
