@@ -8,7 +8,7 @@ import type { ReadContext, StripeRef, StripeStore } from '../ec/stripe-store.js'
 import { type ByteObserver, type WriteLimits } from './hot-segments.js';
 
 /** What cold objects need of the stripe store (the daemon passes its StripeStore). */
-export type StripeStoreApi = Pick<StripeStore, 'policy' | 'writeStripe' | 'readStripe' | 'free' | 'beginWrite' | 'endWrite' | 'hold' | 'segmentStore' | 'resolve'>;
+export type StripeStoreApi = Pick<StripeStore, 'policy' | 'writeStripe' | 'readStripe' | 'free' | 'beginWrite' | 'endWrite' | 'hold' | 'segmentStore' | 'resolve' | 'mayHoldStalePlaces' | 'holdsShard'>;
 export type { StripeRef };
 
 export interface ColdSegment {
@@ -119,13 +119,18 @@ export async function* readColdSegment(stripes: StripeStoreApi, seg: ColdSegment
 /**
  * Refuses (InsufficientShards, S3 500 as a GET of it answers) segments one
  * of whose stripes has more shards gone than its parity repairs, judged from
- * what the daemon knows without reading a shard: a shard is gone when its
- * pool is unknown or offline (directory missing or not writable, disk not
- * mounted: a stat), or when its place (compaction forwards followed) lies
- * outside what the pool's current segment store has written (a disk
- * replaced by an empty one, not yet rebuilt). A shard that is there but
- * damaged is found by the read (or the scrub), not here. Cost: one store
- * look-up per distinct pool, then in-memory extents per shard.
+ * what the daemon knows without reading a shard's data: a shard is gone when
+ * its pool is unknown or offline (directory missing or not writable, disk
+ * not mounted: a stat), or when its place (compaction forwards followed)
+ * lies outside what the pool's current segment store has written (a disk
+ * replaced by an empty one, not yet rebuilt). On a pool whose store was
+ * opened empty in this process after holding records (replaced:
+ * mayHoldStalePlaces), a place inside what is written may be another
+ * record's, written since: there the shard's 64-byte header is read
+ * (holdsShard), as a read checks it. A shard that is there but damaged is
+ * found by the read (or the scrub), not here. Cost: one store look-up per
+ * distinct pool, then in-memory extents per shard; a header read per shard
+ * only on a replaced pool.
  */
 export async function assertColdShardsKnownKept(stripes: StripeStoreApi, segments: readonly { kind: string }[]): Promise<void> {
   const pools = new Set<string>();
@@ -134,19 +139,18 @@ export async function assertColdShardsKnownKept(stripes: StripeStoreApi, segment
   for (const pool of pools) stores.set(pool, await stripes.segmentStore(pool));
   let stripeIndex = 0;
   for (const ref of coldStripeRefs(segments)) {
-    let gone = 0;
-    for (const s of ref.shards) {
+    const why: string[] = [];
+    for (const [index, s] of ref.shards.entries()) {
       const st = stores.get(s.pool)!;
-      if (st !== null && (st.written(s) || st.written(stripes.resolve(s)))) continue;
-      gone++;
+      if (st === null) {
+        why.push(`${s.pool} (offline)`);
+        continue;
+      }
+      const at = st.written(s) ? s : stripes.resolve(s);
+      if (!st.written(at) || (stripes.mayHoldStalePlaces(s.pool) && (await stripes.holdsShard(at, { ref, index })) !== true)) why.push(`${s.pool} (replaced, not rebuilt)`);
     }
-    if (gone > ref.parityShards) {
-      const why = ref.shards.flatMap((s) => {
-        const st = stores.get(s.pool)!;
-        if (st === null) return [`${s.pool} (offline)`];
-        return st.written(s) || st.written(stripes.resolve(s)) ? [] : [`${s.pool} (replaced, not rebuilt)`];
-      });
-      throw new InsufficientShards(`stripe ${stripeIndex} of the object lost ${gone} of ${ref.shards.length} shards (can repair ${ref.parityShards}): on pools ${[...new Set(why)].join(', ')}`);
+    if (why.length > ref.parityShards) {
+      throw new InsufficientShards(`stripe ${stripeIndex} of the object lost ${why.length} of ${ref.shards.length} shards (can repair ${ref.parityShards}): on pools ${[...new Set(why)].join(', ')}`);
     }
     stripeIndex++;
   }
