@@ -33,7 +33,13 @@ export function registerMetricsRoute(app: FastifyInstance, registry: Registry): 
 }
 
 export async function startMetricsServer(options: MetricsServerOptions): Promise<RunningHttpServer> {
-  const app = Fastify({ logger: false });
+  // A close (the daemon's stop) cuts every connection, a scrape in flight too: a scrape is built
+  // over many turns of the event loop and streamed, so the close would wait for it: forever for a
+  // client that stopped reading, and for one that read it whole, until the keep-alive timeout
+  // (72 s) after its end, the connection being busy when the close began. The stop hung there until
+  // the orchestrator's SIGKILL. (Sent in one turn, as before streaming, a scrape had always ended
+  // by then and its idle connection was cut.)
+  const app = Fastify({ logger: false, forceCloseConnections: true });
   registerMetricsRoute(app, options.registry);
   return listen(app, options.host ?? '0.0.0.0', options.port ?? DEFAULT_METRICS_PORT);
 }
