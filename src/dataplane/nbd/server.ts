@@ -94,7 +94,13 @@ export class NbdServer implements ExportResolver {
   prepare(name: string): Promise<Volume | null> | null {
     const target = name === '' ? this.opts.defaultExport : name;
     if (!target) return null;
-    const opening = this.opts.manager.prepareOpen(target);
+    let opening: Promise<Volume | null> | null;
+    try {
+      opening = this.opts.manager.prepareOpen(target);
+    } catch {
+      // A name the index cannot look up (longer than an LMDB key): the option's own lookup answers the client.
+      return null;
+    }
     if (opening === null) return null;
     return opening.then((vol) => {
       if (vol !== null && vol.openCostMs >= 1) this.openCostMs.set(vol, vol.openCostMs);
