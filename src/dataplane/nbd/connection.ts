@@ -265,7 +265,16 @@ export class NbdConnection {
    * pooled buffer as they arrive).
    */
   onSocketRead(d: Buffer, transient: boolean): void {
-    this.consume(d, transient);
+    try {
+      this.consume(d, transient);
+    } catch (err) {
+      // A bug met while parsing this client's bytes: that client is dropped (its
+      // unanswered requests were never acknowledged), the daemon and the others go on.
+      log.error('nbd: internal error handling a client: connection dropped', { err: (err as Error).stack ?? String(err) });
+      this.phase = Phase.Closed;
+      this.socket.destroy();
+      return;
+    }
     if (POLL_AFTER_REPLY_NS > 0n && !this.polling) this.pollForNext();
   }
 
