@@ -119,8 +119,8 @@ const MAX_DURABLE_DIRS = 4096;
  */
 export function ensureDurableDir(dir: string): void {
   const abs = path.resolve(dir);
-  // The first directory created (recursive mkdir), or undefined if none was.
-  const first = fs.mkdirSync(abs, { recursive: true });
+  // The first directory created, or undefined if none was.
+  const first = mkdirpSync(abs);
   if (first !== undefined) {
     const created: string[] = [];
     for (let d = abs; ; d = path.dirname(d)) {
@@ -139,6 +139,47 @@ export function ensureDurableDir(dir: string): void {
   const real = fs.realpathSync(abs);
   syncParentOf(real, fs.lstatSync(real));
   remember(st);
+}
+
+/**
+ * fs.mkdirSync(abs, { recursive: true }), returning the first directory it
+ * created (undefined: none), without Node's endless loop: where mkdir answers
+ * ENOENT under an existing parent (a path in /proc or /sys: a pool path
+ * mistyped there), Node 20 makes the parent, finds it there and tries the
+ * child again forever, holding the event loop (serve never started, never
+ * answered SIGTERM). Here each missing level is made once, top down, and an
+ * error is thrown as mkdir gives it (ENOENT, ENOTDIR, EACCES, EEXIST for a
+ * file at `abs`).
+ */
+function mkdirpSync(abs: string): string | undefined {
+  const missing: string[] = [];
+  for (let d = abs; ; ) {
+    try {
+      fs.statSync(d);
+      break;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      missing.push(d);
+      const parent = path.dirname(d);
+      if (parent === d) break;
+      d = parent;
+    }
+  }
+  if (missing.length === 0) {
+    if (!fs.statSync(abs).isDirectory()) fs.mkdirSync(abs); // throws EEXIST, as the recursive mkdir did
+    return undefined;
+  }
+  let first: string | undefined;
+  for (const d of missing.reverse()) {
+    try {
+      fs.mkdirSync(d);
+      first ??= d;
+    } catch (err) {
+      // Made meanwhile by another process: fine while it is a directory.
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST' || !fs.statSync(d).isDirectory()) throw err;
+    }
+  }
+  return first;
 }
 
 /**
