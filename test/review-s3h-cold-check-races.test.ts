@@ -80,7 +80,7 @@ test('the cold loss check refuses no healthy object: checks right after PUTs, be
     for (let round = 0; round < rounds; round++) await Promise.all(keys.map((k) => put(k, round)));
   };
   const checkers = [checker(), checker()];
-  await writers(4);
+  await writers(3);
   // Compaction passes with writes and checks of handles opened before each pass's copies.
   let copiedBytes = 0;
   let segmentsCompacted = 0;
