@@ -152,29 +152,33 @@ export class MetaStore {
     this.countingChunkWrites(chunks);
   }
 
-  /** Writes to the chunk maps of watched volumes (watchChunkWrites), by volume id: at most one entry per volume being opened. */
-  private readonly chunkWritesSeen = new Map<number, { writes: number; watchers: number }>();
+  /** Watchers of writes to chunk maps (watchChunkWrites), by volume id: at most one entry per volume being opened. */
+  private readonly chunkWatchers = new Map<number, Set<ChunkWriteWatcher>>();
 
   /**
-   * Counts every put and remove of `volumeId`'s chunk entries from now until
-   * done(): a volume opened a slice at a time (VolumeManager.openSliced)
-   * knows whether its map changed while it read it. Counted when the write
-   * is made, before it commits: a write queued before the watch is not
-   * counted (the caller awaits a commit after starting it for those).
+   * Keeps the chunk of every put and remove of `volumeId`'s chunk entries
+   * from now until done() (takeChunks): a volume opened a slice at a time
+   * (VolumeManager.openSliced) knows which entries changed while it read
+   * its map, to read them again. Kept when the write is made, before it
+   * commits: a write queued before the watch is not kept (the caller awaits
+   * a commit after starting it for those).
    */
-  watchChunkWrites(volumeId: number): { writes(): number; done(): void } {
-    let w = this.chunkWritesSeen.get(volumeId);
-    if (w === undefined) this.chunkWritesSeen.set(volumeId, (w = { writes: 0, watchers: 0 }));
-    const watched = w;
-    watched.watchers++;
-    const from = watched.writes;
-    let ended = false;
+  watchChunkWrites(volumeId: number): { takeChunks(): number[] | null; done(): void } {
+    let set = this.chunkWatchers.get(volumeId);
+    if (set === undefined) this.chunkWatchers.set(volumeId, (set = new Set()));
+    const watchers = set;
+    const w: ChunkWriteWatcher = { chunks: new Set() };
+    watchers.add(w);
     return {
-      writes: () => watched.writes - from,
+      // The chunks written since the last take (null: more than WATCHED_CHUNKS_MAX of them).
+      takeChunks: () => {
+        const taken = w.chunks === null ? null : [...w.chunks];
+        w.chunks = new Set();
+        return taken;
+      },
       done: () => {
-        if (ended) return;
-        ended = true;
-        if (--watched.watchers === 0) this.chunkWritesSeen.delete(volumeId);
+        if (!watchers.delete(w)) return;
+        if (watchers.size === 0 && this.chunkWatchers.get(volumeId) === watchers) this.chunkWatchers.delete(volumeId);
       },
     };
   }
@@ -184,10 +188,12 @@ export class MetaStore {
     for (const m of ['put', 'remove'] as const) {
       const write = w[m].bind(chunks);
       w[m] = (...args: unknown[]) => {
-        if (this.chunkWritesSeen.size > 0) {
+        if (this.chunkWatchers.size > 0) {
           const key = args[0];
-          const seen = Array.isArray(key) ? this.chunkWritesSeen.get(key[0] as number) : undefined;
-          if (seen !== undefined) seen.writes++;
+          const watchers = Array.isArray(key) ? this.chunkWatchers.get(key[0] as number) : undefined;
+          if (watchers !== undefined) {
+            for (const w of watchers) if (w.chunks !== null && w.chunks.add((key as [number, number])[1]).size > WATCHED_CHUNKS_MAX) w.chunks = null;
+          }
         }
         return write(...args);
       };
@@ -438,3 +444,11 @@ export function isLmdbCommitFailure(reason: unknown, promise: Promise<unknown>):
   if (lmdbCommitErrorOf(reason) && /^Commit failed\b/.test((reason as Error).message)) return true;
   return reason instanceof Error && typeof (reason as { code?: unknown }).code === 'number' && typeof (promise as { reject?: unknown }).reject === 'function';
 }
+
+/** One watchChunkWrites: the chunks written since its last take (null past WATCHED_CHUNKS_MAX). */
+interface ChunkWriteWatcher {
+  chunks: Set<number> | null;
+}
+
+/** Distinct chunks a watcher keeps before it says "too many" (VolumeManager.openSliced then reads the whole map again). */
+const WATCHED_CHUNKS_MAX = 65_536;

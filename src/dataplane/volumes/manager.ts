@@ -931,35 +931,57 @@ export class VolumeManager {
 
   /** Adds chunk entries (in any number of calls, each entry once) to `load` (lastChunk: the last one's index); returns how many it read. */
   private loadChunkEntries(load: ChunkMapLoad, entries: Iterable<{ chunkIndex: number; entry: ChunkEntry }>, at: { pool: string }): number {
-    const { states, chunkFile, dataPerGroup, filePools } = load;
-    const n = states.length;
+    const n = load.states.length;
     let read = 0;
     for (const { chunkIndex: c, entry } of entries) {
       read++;
       load.lastChunk = c;
       if (c >= n) continue;
-      const state = entry.state;
-      states[c] = state;
-      if (holdsData(state)) dataPerGroup[c >> STATUS_GROUP_SHIFT]!++;
-      if (entry.preserved) load.preserved.set(c, entry.preserved);
-      if (state === ChunkState.Cold) {
-        if (entry.stripe) load.stripes.set(c, entry.stripe);
-        continue;
-      }
-      if (state !== ChunkState.Allocated) continue;
-      if (entry.pool === filePools[0]!.name) {
-        load.placementHoldsChunks = true;
-        continue;
-      }
-      let i = filePools.findIndex((p) => p.name === entry.pool);
-      if (i < 0) {
-        at.pool = entry.pool;
-        filePools.push(this.poolByName(entry.pool));
-        i = filePools.length - 1;
-      }
-      chunkFile[c] = i;
+      this.applyChunkEntry(load, c, entry, at);
     }
     return read;
+  }
+
+  /**
+   * Chunk `c`'s entry read again (openSliced: written while the map was
+   * read): what loadChunkEntries counted for the one read before is undone,
+   * then `entry` (undefined: none now) is added. An Allocated chunk of the
+   * placement pool removed leaves placementHoldsChunks set: the file is then
+   * only opened, not made, which is the careful side.
+   */
+  private reloadChunkEntry(load: ChunkMapLoad, c: number, entry: ChunkEntry | undefined, at: { pool: string }): void {
+    if (c >= load.states.length) return;
+    if (holdsData(load.states[c]!)) load.dataPerGroup[c >> STATUS_GROUP_SHIFT]!--;
+    load.states[c] = ChunkState.Unallocated;
+    load.chunkFile[c] = 0;
+    load.stripes.delete(c);
+    load.preserved.delete(c);
+    if (entry !== undefined) this.applyChunkEntry(load, c, entry, at);
+  }
+
+  /** One chunk entry added to `load` (c below the chunk count; not added before, or undone: reloadChunkEntry). */
+  private applyChunkEntry(load: ChunkMapLoad, c: number, entry: ChunkEntry, at: { pool: string }): void {
+    const { states, chunkFile, dataPerGroup, filePools } = load;
+    const state = entry.state;
+    states[c] = state;
+    if (holdsData(state)) dataPerGroup[c >> STATUS_GROUP_SHIFT]!++;
+    if (entry.preserved) load.preserved.set(c, entry.preserved);
+    if (state === ChunkState.Cold) {
+      if (entry.stripe) load.stripes.set(c, entry.stripe);
+      return;
+    }
+    if (state !== ChunkState.Allocated) return;
+    if (entry.pool === filePools[0]!.name) {
+      load.placementHoldsChunks = true;
+      return;
+    }
+    let i = filePools.findIndex((p) => p.name === entry.pool);
+    if (i < 0) {
+      at.pool = entry.pool;
+      filePools.push(this.poolByName(entry.pool));
+      i = filePools.length - 1;
+    }
+    chunkFile[c] = i;
   }
 
   /** Opens the files of a read chunk map and makes the Volume, registered open; closes every descriptor it opened when it throws. */
@@ -1064,10 +1086,13 @@ export class VolumeManager {
    * Between two slices the index may change: nothing changes a closed
    * volume's chunk map but compaction (a stripe moved), a delete, and an
    * open of it meanwhile by a synchronous caller (borrowVolume: its writes,
-   * then maybe closed again). MetaStore.watchChunkWrites counts each write
-   * to the map from before the read; one counted means the read may have
-   * missed it (or half of a transaction), and the map is read again (twice
-   * at most, then in one go: always right). A volume opened meanwhile is
+   * then maybe closed again). MetaStore.watchChunkWrites keeps the chunk of
+   * each write to the map from before the read; one kept means the read may
+   * have missed it (or half of a transaction), so each entry
+   * written is read again after its write commits (in rounds, until a round
+   * sees no new write). Past OPEN_REREAD_ROUNDS or WATCHED_CHUNKS_MAX
+   * entries written, the map is read again whole (twice at most, then in
+   * one go: always right). A volume opened meanwhile is
    * used as it is; a record deleted or changed (its size, pool or tier)
    * ends the read (NotFound, or again).
    */
@@ -1079,6 +1104,7 @@ export class VolumeManager {
       const at = { pool: rec.poolName };
       const watch = this.meta.watchChunkWrites(rec.id);
       let load: ChunkMapLoad;
+      let stale = false;
       try {
         try {
           load = this.startChunkMapLoad(rec, at);
@@ -1104,11 +1130,27 @@ export class VolumeManager {
           if (done) break;
           await new Promise<void>((resolve) => setImmediate(resolve));
         }
+        // The entries written while the map was read (compaction's flips of a
+        // cold volume's stripes come every few ms while a pass runs): each read
+        // again once its write has committed, until a look finds none new. Read
+        // again whole, the open of a big cold volume during a compaction pass
+        // was redone twice and then made in one go (1M entries: ~2 s, 0.5-0.7 s
+        // of it holding the event loop).
+        for (let round = 1; ; round++) {
+          const written = watch.takeChunks();
+          if (written !== null && written.length === 0) break;
+          if (written === null || round > OPEN_REREAD_ROUNDS) {
+            stale = true;
+            break;
+          }
+          await this.meta.transaction(() => undefined).catch(() => undefined);
+          if (this.closing) throw new VolumeFailed(`volume ${name} was not opened: the daemon is stopping`);
+          for (const c of written) this.reloadChunkEntry(load, c, this.meta.chunks.get([rec.id, c]), at);
+        }
       } catch (err) {
         watch.done();
         throw err;
       }
-      const writes = watch.writes();
       watch.done();
       // From here to the end synchronous: nothing changes the index or `open` meanwhile.
       if (this.closing) throw new VolumeFailed(`volume ${name} was not opened: the daemon is stopping`);
@@ -1117,7 +1159,7 @@ export class VolumeManager {
       const now = this.meta.volumes.get(name);
       if (now === undefined || now.id !== rec.id) throw new NotFound(`no volume named ${name}`);
       const changed = now.sizeBytes !== rec.sizeBytes || now.chunkSizeBytes !== rec.chunkSizeBytes || now.poolName !== rec.poolName || now.tier !== rec.tier || (now.lostOnPools?.length ?? 0) !== (rec.lostOnPools?.length ?? 0);
-      if (writes > 0 || changed) {
+      if (stale || changed) {
         if (attempt < OPEN_SLICED_ATTEMPTS) continue;
         return this.openShared(name);
       }
@@ -1397,3 +1439,5 @@ const OPEN_SLICE_ENTRIES = 1024;
 const OPEN_SLICE_MS = 4;
 /** Reads of a chunk map that changed under them before the open reads it in one go (openSliced). */
 const OPEN_SLICED_ATTEMPTS = 3;
+/** Rounds of entries written during a sliced read read again (openSliced) before the map is read again whole. */
+const OPEN_REREAD_ROUNDS = 20;
