@@ -4,7 +4,7 @@
 // buckets are refused at creation (ObjectStore checks `stripes` is present).
 import { IncompleteBody, InsufficientShards, TooLarge } from '../errors.js';
 import type { SegmentStore } from '../ec/segment-store.js';
-import type { ReadContext, StripeRef, StripeStore } from '../ec/stripe-store.js';
+import type { ReadContext, ShardRef, StripeRef, StripeStore } from '../ec/stripe-store.js';
 import { type ByteObserver, type WriteLimits } from './hot-segments.js';
 
 /** What cold objects need of the stripe store (the daemon passes its StripeStore). */
@@ -129,8 +129,9 @@ export async function* readColdSegment(stripes: StripeStoreApi, seg: ColdSegment
  * record's, written since: there the shard's 64-byte header is read
  * (holdsShard), as a read checks it. A shard that is there but damaged is
  * found by the read (or the scrub), not here. Cost: one store look-up per
- * distinct pool, then in-memory extents per shard; a header read per shard
- * only on a replaced pool.
+ * distinct pool, then in-memory extents per shard; header reads only on a
+ * replaced pool, and only for a stripe those places could make unreadable
+ * (none while at most parity-many of its shards are on replaced pools).
  */
 export async function assertColdShardsKnownKept(stripes: StripeStoreApi, segments: readonly { kind: string }[]): Promise<void> {
   const pools = new Set<string>();
@@ -140,6 +141,8 @@ export async function assertColdShardsKnownKept(stripes: StripeStoreApi, segment
   let stripeIndex = 0;
   for (const ref of coldStripeRefs(segments)) {
     const why: string[] = [];
+    // Places on a replaced pool's store: header-checked only when their loss could decide the stripe.
+    const unsure: { index: number; at: ShardRef }[] = [];
     for (const [index, s] of ref.shards.entries()) {
       const st = stores.get(s.pool)!;
       if (st === null) {
@@ -147,7 +150,11 @@ export async function assertColdShardsKnownKept(stripes: StripeStoreApi, segment
         continue;
       }
       const at = st.written(s) ? s : stripes.resolve(s);
-      if (!st.written(at) || (stripes.mayHoldStalePlaces(s.pool) && (await stripes.holdsShard(at, { ref, index })) !== true)) why.push(`${s.pool} (replaced, not rebuilt)`);
+      if (!st.written(at)) why.push(`${s.pool} (replaced, not rebuilt)`);
+      else if (stripes.mayHoldStalePlaces(s.pool)) unsure.push({ index, at });
+    }
+    if (why.length + unsure.length > ref.parityShards) {
+      for (const { index, at } of unsure) if ((await stripes.holdsShard(at, { ref, index })) !== true) why.push(`${at.pool} (replaced, not rebuilt)`);
     }
     if (why.length > ref.parityShards) {
       throw new InsufficientShards(`stripe ${stripeIndex} of the object lost ${why.length} of ${ref.shards.length} shards (can repair ${ref.parityShards}): on pools ${[...new Set(why)].join(', ')}`);
