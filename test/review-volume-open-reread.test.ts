@@ -10,6 +10,7 @@
 // BLOCK_STATUS (per-group counts) included.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
 import path from 'node:path';
 import { VolumeManager } from '../src/dataplane/volumes/manager.js';
 import { ChunkState } from '../src/dataplane/meta/store.js';
@@ -92,5 +93,41 @@ test('entries written during a sliced open (one per range read) are read again, 
     }
   }
   assert.deepEqual(got, expected);
+  mgr.giveBack(vol);
+});
+
+test('chunks moved off a second pool during a sliced open, its file removed: the open does not ask for that file', async (t) => {
+  let m: VolumeManager | null = null;
+  const dir = tempDirClosing(t, 'couchestor-open-reread-pools-', () => m!);
+  m = VolumeManager.open(dir);
+  for (const name of ['hot-0', 'hot-1']) await m.putPool({ name, path: path.join(dir, name), tier: 'hot', capacityBytes: 1024 * MiB, labels: { tier: 'hot' } });
+  const rec = await m.createVolume({ name: 'mv', sizeBytes: 20_000 * CHUNK_BYTES, tier: 'hot', pool: 'hot-0', chunkSizeBytes: CHUNK_BYTES });
+  const first = m;
+  // Chunks 0-99 in hot-1's file (an interrupted move left them there), the rest in hot-0's.
+  await first.meta.transaction(() => {
+    for (let c = 0; c < 20_000; c++) void first.meta.chunks.put([rec.id, c], { state: ChunkState.Allocated, pool: c < 100 ? 'hot-1' : 'hot-0' });
+  });
+  const hot1 = first.pools.get('hot-1')!;
+  hot1.ensureDirs();
+  fs.writeFileSync(hot1.volumeFile(rec.id), Buffer.alloc(0));
+  await m.close();
+  m = VolumeManager.open(dir);
+  const mgr = m;
+  // Once chunks 0-99 were read: moved to hot-0 (as a move finishing them does) and hot-1's file removed.
+  const volumeChunks = mgr.meta.volumeChunks.bind(mgr.meta);
+  let moved = false;
+  mgr.meta.volumeChunks = (volumeId: number, fromChunk = 0, limit?: number) => {
+    if (volumeId === rec.id && fromChunk > 0 && !moved) {
+      moved = true;
+      for (let c = 0; c < 100; c++) void mgr.meta.chunks.put([rec.id, c], { state: ChunkState.Allocated, pool: 'hot-0' });
+      fs.rmSync(hot1.volumeFile(rec.id));
+    }
+    return volumeChunks(volumeId, fromChunk, limit);
+  };
+  const vol = await mgr.borrowVolumeAsync('mv');
+  mgr.meta.volumeChunks = volumeChunks;
+  assert.ok(moved);
+  assert.deepEqual(vol.openFilePools(), ['hot-0']);
+  assert.deepEqual(vol.poolsInUse().map((p) => p.name), ['hot-0']);
   mgr.giveBack(vol);
 });
