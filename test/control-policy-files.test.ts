@@ -6,7 +6,9 @@
 // quoted `kind: "StoragePolicy"` was skipped without a word, and one
 // unreadable file failed the whole pass (`reconcile` answered 500, no policy
 // decided anything). Now each is its own status entry with the reason, and
-// the other policies decide as before.
+// the other policies decide as before. So are a misspelt kind (skipped
+// without a word) and a misspelt top-level field (`specs:` left a policy of
+// defaults that selected every volume).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -29,6 +31,9 @@ test('duplicate policy names, a quoted kind and a dangling link: each reported o
       'a-first.yaml': policyYaml('tiering', selectVolume('good')),
       'b-copy.yaml': policyYaml('tiering', selectVolume('other')),
       'c-quoted.yaml': policyYaml('quoted', selectVolume('third')).replace('kind: StoragePolicy', 'kind: "StoragePolicy" # quoted'),
+      // A misspelt kind, and a misspelt `spec:` (which left a policy of defaults, selecting every volume).
+      'e-kind-typo.yaml': policyYaml('typo', selectVolume('good')).replace('kind: StoragePolicy', 'kind: StoragePolicyy'),
+      'f-specs.yaml': policyYaml('specs', selectVolume('good')).replace(/^spec:/m, 'specs:'),
     },
   });
   t.after(() => d.cleanup());
@@ -57,6 +62,15 @@ test('duplicate policy names, a quoted kind and a dangling link: each reported o
   assert.equal(dangling.phase, 'Error');
   assert.match(dangling.reason ?? '', /cannot read .*d-dangling\.yaml: ENOENT/);
 
+  // A kind that is neither StoragePolicy nor ErasureCodingPolicy, and an unknown top-level field: errors naming them.
+  const kindTypo = fromFile(all, 'e-kind-typo.yaml');
+  assert.equal(kindTypo.phase, 'Error');
+  assert.match(kindTypo.reason ?? '', /kind StoragePolicyy is neither StoragePolicy nor ErasureCodingPolicy: this file is ignored/);
+  const specs = fromFile(all, 'f-specs.yaml');
+  assert.equal(specs.phase, 'Error');
+  assert.match(specs.reason ?? '', /specs is not a StoragePolicy field \(apiVersion, kind, metadata, spec, status\)/);
+  assert.deepEqual(specs.decisions, []);
+
   // The human-readable status names both entries of the name.
   const text = d.cli('status');
   assert.equal(text.status, 0, text.stderr);
@@ -64,6 +78,8 @@ test('duplicate policy names, a quoted kind and a dangling link: each reported o
 
   // Fixed (renamed, link removed): the next pass has three valid policies and no error entries.
   fs.rmSync(path.join(d.dataDir, 'policies', 'd-dangling.yaml'));
+  fs.rmSync(path.join(d.dataDir, 'policies', 'e-kind-typo.yaml'));
+  fs.rmSync(path.join(d.dataDir, 'policies', 'f-specs.yaml'));
   fs.writeFileSync(path.join(d.dataDir, 'policies', 'b-copy.yaml'), policyYaml('tiering-other', selectVolume('other')));
   const fixed = await reconcile(d, false);
   assert.deepEqual(fixed.map((p) => `${p.name}:${p.phase}`).sort(), ['quoted:DryRun', 'tiering-other:DryRun', 'tiering:DryRun']);

@@ -12,6 +12,7 @@ import { analyzeMigration, migrateVolume, migrationRunning, type MigrationProgre
 import { log } from '../log.js';
 import YAML from 'yaml';
 import { checkAgainst, matches, parseStoragePolicy, POLICY_KIND, type StoragePolicy } from './policy.js';
+import { EC_KIND } from '../dataplane/ec/policy.js';
 
 export interface HeatReading {
   /** Read + write operations per second averaged over the window; null when unknown. */
@@ -179,7 +180,13 @@ export function filePolicySource(dir: string): PolicySource {
         const parsed = parseDocument(text);
         // Other kinds (ErasureCodingPolicy) share the directory. A file YAML cannot
         // parse is a StoragePolicy when a kind line says so (its error is reported).
-        if (parsed.ok ? (parsed.doc as { kind?: unknown } | null)?.kind !== POLICY_KIND : !/^kind:\s*["']?StoragePolicy["']?\s*(#.*)?$/m.test(text)) continue;
+        const kind = parsed.ok ? (parsed.doc as { kind?: unknown } | null)?.kind : undefined;
+        if (typeof kind === 'string' && kind !== POLICY_KIND && kind !== EC_KIND) {
+          // A misspelt kind was skipped without a word: the operator's policy silently not applied.
+          out.push({ key: `file:${file}`, file, text: null, error: `kind ${kind} is neither ${POLICY_KIND} nor ${EC_KIND}: this file is ignored`, name: fallbackName });
+          continue;
+        }
+        if (parsed.ok ? kind !== POLICY_KIND : !/^kind:\s*["']?StoragePolicy["']?\s*(#.*)?$/m.test(text)) continue;
         const docName = parsed.ok ? (parsed.doc as { metadata?: { name?: unknown } } | null)?.metadata?.name : undefined;
         const name = typeof docName === 'string' && docName !== '' ? docName : fallbackName;
         const first = byName.get(name);

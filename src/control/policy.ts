@@ -95,6 +95,9 @@ function duration(v: unknown, field: string, fallback: string, minMs = 0): numbe
  */
 export const MIN_SAMPLING_WINDOW_MS = 1000;
 
+/** A StoragePolicy document's top-level fields, as a custom resource has them (status: written by the control loop). */
+const TOP_LEVEL: ReadonlySet<string> = new Set(['apiVersion', 'kind', 'metadata', 'spec', 'status']);
+
 /** Parses one StoragePolicy document (schema checks only; see checkAgainst for pool/EC checks). */
 export function parseStoragePolicy(text: string): StoragePolicy {
   let doc: Record<string, unknown>;
@@ -106,6 +109,10 @@ export function parseStoragePolicy(text: string): StoragePolicy {
   if (!doc || typeof doc !== 'object') throw new InvalidStoragePolicy('must be a YAML mapping');
   if (doc.apiVersion !== POLICY_API_VERSION) throw new InvalidStoragePolicy(`apiVersion must be ${POLICY_API_VERSION}`);
   if (doc.kind !== POLICY_KIND) throw new InvalidStoragePolicy(`kind must be ${POLICY_KIND}`);
+  // A misspelt `spec:` would otherwise leave a policy of defaults, selecting every volume.
+  for (const k of Object.keys(doc)) {
+    if (!TOP_LEVEL.has(k)) throw new InvalidStoragePolicy(`${k} is not a StoragePolicy field (${[...TOP_LEVEL].join(', ')})`);
+  }
   const name = (doc.metadata as { name?: unknown } | undefined)?.name;
   if (typeof name !== 'string' || name === '') throw new InvalidStoragePolicy('metadata.name is required');
   const spec = (doc.spec ?? {}) as Record<string, unknown>;
