@@ -89,7 +89,8 @@ export function buildApi(
   );
   app.patch<{ Params: { name: string }; Body: { sizeBytes: number } }>(
     '/v1/volumes/:name',
-    { schema: { body: { type: 'object', required: ['sizeBytes'], additionalProperties: false, properties: { sizeBytes: { type: 'integer', minimum: 1 } } } } },
+    // No minimum: resizeVolume's check names the range, as createVolume's does (the schema said "body/sizeBytes must be >= 1").
+    { schema: { body: { type: 'object', required: ['sizeBytes'], additionalProperties: false, properties: { sizeBytes: { type: 'integer' } } } } },
     async (req) => manager.resizeVolume(req.params.name, req.body.sizeBytes),
   );
   // Moves a volume to another tier now (online); returns when done. A stop of the daemon aborts it at its
