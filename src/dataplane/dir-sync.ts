@@ -176,10 +176,26 @@ function mkdirpSync(abs: string): string | undefined {
       first ??= d;
     } catch (err) {
       // Made meanwhile by another process: fine while it is a directory.
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST' || !fs.statSync(d).isDirectory()) throw err;
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST' || !statDanglingNamed(d).isDirectory()) throw err;
     }
   }
   return first;
+}
+
+/**
+ * fs.statSync(d) for a name mkdir found taken; a symbolic link to nothing
+ * (made to an unmounted disk's path) otherwise threw a bare "ENOENT: no such
+ * file or directory, stat 'D'", naming a path `ls` shows there: this ENOENT
+ * names the link's target.
+ */
+function statDanglingNamed(d: string): fs.Stats {
+  try {
+    return fs.statSync(d);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT' || !fs.lstatSync(d).isSymbolicLink()) throw err;
+    const target = path.resolve(path.dirname(d), fs.readlinkSync(d));
+    throw Object.assign(new Error(`ENOENT: ${d} is a symbolic link to ${target}, which does not exist (a disk not mounted?): make that directory or fix the link`), { code: 'ENOENT', path: d });
+  }
 }
 
 /**
