@@ -8,7 +8,7 @@ import readline from 'node:readline';
 
 export interface Ready {
   pid: number;
-  nbd: { port: number };
+  nbd: { port: number; socketPath: string };
   api: { port: number };
   metrics: { port: number };
 }

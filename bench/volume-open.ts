@@ -18,16 +18,16 @@
 //    open) with the event loop's longest hold (a 1 ms timer's largest lateness
 //    plus the gap measured by perf_hooks' event-loop delay histogram), and
 //    VolumeManager.open's start-up time (its pool-usage scan of every entry).
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
-import readline from 'node:readline';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { bigChunkMap } from '../test/helpers/big-chunk-map.js';
 import { RawNbd } from '../test/helpers/nbd-client.js';
+import { median, serve, stop } from './serve.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const selfDist = path.resolve(here, '..');
@@ -37,33 +37,6 @@ const CONFIG = `pools:
   - { name: hot-0, tier: hot, path: pools/hot-0, capacity: auto }
 ${[0, 1, 2, 3, 4, 5].map((i) => `  - { name: cold-${i}, tier: cold, path: pools/cold-${i}, capacity: auto }\n`).join('')}demoVolume: null
 `;
-
-interface Ready {
-  pid: number;
-  nbd: { port: number; socketPath: string };
-  api: { port: number };
-}
-
-async function serve(dist: string, dataDir: string): Promise<{ proc: ChildProcess; ready: Ready }> {
-  const proc = spawn(process.execPath, [path.join(dist, 'src/cli.js'), 'serve', '--data-dir', dataDir, '--nbd-port', '0', '--api-port', '0', '--metrics-port', '0', '--s3-port', '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let stderr = '';
-  proc.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));
-  const ready = await new Promise<Ready>((resolve, reject) => {
-    readline.createInterface({ input: proc.stdout! }).on('line', (line) => {
-      const m = /^couchestor ready (.*)$/.exec(line);
-      if (m) resolve(JSON.parse(m[1]!) as Ready);
-    });
-    proc.once('exit', (code) => reject(new Error(`serve exited ${code}:\n${stderr}`)));
-  });
-  return { proc, ready };
-}
-
-async function stop(proc: ChildProcess): Promise<void> {
-  if (proc.exitCode !== null) return;
-  const exited = new Promise((r) => proc.once('exit', r));
-  proc.kill('SIGTERM');
-  await exited;
-}
 
 function cli(dist: string, dataDir: string, ...args: string[]): void {
   const r = spawnSync(process.execPath, [path.join(dist, 'src/cli.js'), ...args, '--data-dir', dataDir], { encoding: 'utf8' });
@@ -109,7 +82,6 @@ function prober(once: () => Promise<unknown>): { stop: () => Promise<number>; re
   };
 }
 
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 async function daemonRun(dist: string, dataDir: string): Promise<{ openMs: number; healthzMs: number; nbdMs: number; healthzBaseMs: number; nbdBaseMs: number }> {

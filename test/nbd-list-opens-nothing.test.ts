@@ -11,21 +11,12 @@ import fs from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { CLIENT_ENV, TestDaemon } from './helpers/daemon.js';
 import { startNbdTestDaemon } from './helpers/nbd-client.js';
+import { processFds } from './helpers/many-volumes.js';
 
 const VOLUMES = 40;
 
 /** Descriptors of the daemon's volume files (pools/<pool>/volumes/<id>...). */
-function volumeFds(pid: number): number {
-  let n = 0;
-  for (const fd of fs.readdirSync(`/proc/${pid}/fd`)) {
-    try {
-      if (/\/volumes\/[^/]+$/.test(fs.readlinkSync(`/proc/${pid}/fd/${fd}`))) n++;
-    } catch {
-      // Closed meanwhile.
-    }
-  }
-  return n;
-}
+const volumeFds = (pid: number): number => processFds(pid).volumeFiles;
 
 test('NBD_OPT_LIST (nbdsh opt_list) lists every volume without opening one; opening is left to the export asked for', async (t) => {
   const d = await startNbdTestDaemon();

@@ -11,15 +11,10 @@ import { metricsSource } from '../src/control/observe.js';
 import { HeatTracker } from '../src/control/heat.js';
 import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
 import { openHotManager, readVolume, tempDirClosing } from './helpers/volume.js';
+import { metric } from './helpers/control-loop.js';
 
 const MiB = 1024 * 1024;
 
-function value(text: string, series: string): string | undefined {
-  const at = text.indexOf(`\n${series} `);
-  if (at < 0) return undefined;
-  const from = at + series.length + 2;
-  return text.slice(from, text.indexOf('\n', from));
-}
 
 test('a volume deleted and made again under its name within one heat tick shows no IOPS of the deleted one', async (t) => {
   let m: VolumeManager | null = null;
@@ -38,7 +33,7 @@ test('a volume deleted and made again under its name within one heat tick shows 
   }
   m.giveBack(vol);
   const busy = await registry.metrics();
-  assert.ok(Number(value(busy, 'couchestor_volume_iops{volume="x",direction="read"}')) > 10, 'x read busy');
+  assert.ok((metric(busy, 'couchestor_volume_iops', { volume: 'x', direction: 'read' }) ?? 0) > 10, 'x read busy');
 
   // Deleted and made again before the next tick: the count of volumes is unchanged.
   await m.deleteVolume('x');
@@ -46,7 +41,7 @@ test('a volume deleted and made again under its name within one heat tick shows 
   assert.notEqual(made.id, vol.rec.id);
   heat.tick(t0 + 6_000);
   const after = await registry.metrics();
-  assert.equal(value(after, 'couchestor_volume_iops{volume="x",direction="read"}'), '0', 'the new x served nothing');
-  assert.equal(value(after, 'couchestor_volume_read_ops_total{volume="x"}'), '0');
+  assert.equal(metric(after, 'couchestor_volume_iops', { volume: 'x', direction: 'read' }), 0, 'the new x served nothing');
+  assert.equal(metric(after, 'couchestor_volume_read_ops_total', { volume: 'x' }), 0);
   heat.stop();
 });

@@ -16,15 +16,10 @@ import { VOLUMES_PER_SLICE } from '../src/control/metrics/registry.js';
 import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
 import { addVolumesLike } from './helpers/many-volumes.js';
 import { openHotManager, readVolume, tempDirClosing, writeVolume } from './helpers/volume.js';
+import { metric } from './helpers/control-loop.js';
 
 const MiB = 1024 * 1024;
 
-function value(text: string, series: string): string | undefined {
-  const at = text.indexOf(`\n${series} `);
-  if (at < 0) return undefined;
-  const from = at + series.length + 2;
-  return text.slice(from, text.indexOf('\n', from));
-}
 
 test('a closed volume opened between the slices of a scrape keeps its counters in it (no dip to 0)', async (t) => {
   let m: VolumeManager | null = null;
@@ -49,15 +44,15 @@ test('a closed volume opened between the slices of a scrape keeps its counters i
   m.giveBack(vol);
   assert.ok(m.closedVolumeCounters().has(id), 'zz closed with its counters kept');
   const before = await registry.metrics();
-  assert.equal(value(before, 'couchestor_volume_write_ops_total{volume="zz"}'), '1');
+  assert.equal(metric(before, 'couchestor_volume_write_ops_total', { volume: 'zz' }), 1);
 
   // A scrape starts (its first slice is read synchronously), then a client opens zz before its slice.
   const scrape = registry.metrics();
   vol = m.borrowVolume('zz');
   const during = await scrape;
-  assert.equal(value(during, 'couchestor_volume_write_ops_total{volume="zz"}'), '1', 'zz opened mid-scrape: write_ops_total');
-  assert.equal(value(during, 'couchestor_volume_read_ops_total{volume="zz"}'), '1', 'zz opened mid-scrape: read_ops_total');
-  assert.equal(value(during, 'couchestor_volume_write_bytes_total{volume="zz"}'), '8192');
+  assert.equal(metric(during, 'couchestor_volume_write_ops_total', { volume: 'zz' }), 1, 'zz opened mid-scrape: write_ops_total');
+  assert.equal(metric(during, 'couchestor_volume_read_ops_total', { volume: 'zz' }), 1, 'zz opened mid-scrape: read_ops_total');
+  assert.equal(metric(during, 'couchestor_volume_write_bytes_total', { volume: 'zz' }), 8192);
   m.giveBack(vol);
   heat.stop();
 });

@@ -14,17 +14,10 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { OPT, REP, RawNbd, goData, metaContextData, startNbdTestDaemon } from './helpers/nbd-client.js';
+import { processFds } from './helpers/many-volumes.js';
 
 /** Descriptors the daemon holds on volume files. */
-function volumeFds(pid: number): number {
-  return fs.readdirSync(`/proc/${pid}/fd`).filter((fd) => {
-    try {
-      return /\/volumes\/\d+\.dat$/.test(fs.readlinkSync(`/proc/${pid}/fd/${fd}`));
-    } catch {
-      return false;
-    }
-  }).length;
-}
+const volumeFds = (pid: number): number => processFds(pid).volumeFiles;
 
 async function noVolumeFdWithin(pid: number, ms: number): Promise<number> {
   const deadline = Date.now() + ms;

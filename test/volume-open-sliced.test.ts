@@ -11,6 +11,7 @@ import fs from 'node:fs';
 import { spawn } from 'node:child_process';
 import { TestDaemon, nbdsh, CLIENT_ENV } from './helpers/daemon.js';
 import { bigChunkMap } from './helpers/big-chunk-map.js';
+import { processFds } from './helpers/many-volumes.js';
 
 const CHUNKS = 400_000;
 const CHUNK_BYTES = 4096;
@@ -54,15 +55,7 @@ async function daemonWithBigVolume(t: { after: (fn: () => Promise<void>) => void
 }
 
 /** Descriptors the daemon holds on volume files. */
-function volumeFds(pid: number): number {
-  return fs.readdirSync(`/proc/${pid}/fd`).filter((fd) => {
-    try {
-      return /\/volumes\/\d+\.dat$/.test(fs.readlinkSync(`/proc/${pid}/fd/${fd}`));
-    } catch {
-      return false;
-    }
-  }).length;
-}
+const volumeFds = (pid: number): number => processFds(pid).volumeFiles;
 
 /** Runs nbdsh in the background; resolves with its exit code and output. */
 function nbdshAsync(script: string): Promise<{ code: number | null; out: string }> {
