@@ -488,7 +488,7 @@ export class ControlLoop {
     for (const v of vols) {
       let d: Decision;
       try {
-        d = await this.decide(p, st, v.name, v.tier, heatOk, claimed);
+        d = this.decide(p, st, v.name, v.tier, heatOk, claimed);
       } catch (err) {
         // A volume that cannot be opened (its pool offline, a file failing
         // with EIO) gets no move this pass; the later volumes still get their
@@ -512,7 +512,7 @@ export class ControlLoop {
     s.decisions = decisions;
   }
 
-  private async decide(p: StoragePolicy, st: PolicyState, name: string, tier: Tier, heatOk: boolean, claimed: Map<string, string>): Promise<Decision> {
+  private decide(p: StoragePolicy, st: PolicyState, name: string, tier: Tier, heatOk: boolean, claimed: Map<string, string>): Decision {
     const base = { volume: name, currentTier: tier };
     const owner = claimed.get(name);
     if (owner) return { ...base, targetTier: null, iops: null, action: 'stay', reason: `managed by policy ${owner} (first match wins)` };
@@ -566,10 +566,7 @@ export class ControlLoop {
       return { ...base, targetTier: target, iops, action: 'cooldown', reason: `${why}; in cooldown for ${leftS}s more` };
     }
     // Borrowed for the look (closed again after it unless something holds it): a move that starts opens it for itself.
-    // A closed volume is opened a slice at a time: a blocked move is looked at again every pass.
-    const { blocked, volumeId } = await this.manager.withVolumeAsync(name, (vol) => ({ blocked: analyzeMigration(this.manager, vol, target), volumeId: vol.rec.id }));
-    // A move asked for meanwhile (the API, the CLI) while the open yielded.
-    if (this.inFlight.has(name) || migrationRunning(this.manager, name)) return { ...base, targetTier: null, iops: null, action: 'migrating', reason: 'a migration of this volume is in progress' };
+    const { blocked, volumeId } = this.manager.withVolume(name, (vol) => ({ blocked: analyzeMigration(this.manager, vol, target), volumeId: vol.rec.id }));
     if (blocked) {
       // ANALYZE now names what is wrong (a cold pool missing, no room): once
       // it passes again something changed (the pool is back), which is worth

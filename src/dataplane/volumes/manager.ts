@@ -682,20 +682,6 @@ export class VolumeManager {
   }
 
   /**
-   * withVolume with a closed volume opened a slice at a time (borrowVolumeAsync):
-   * a look at a big closed volume stalls no client (1M chunk entries read in
-   * one go held the event loop ~0.9 s). An open volume is taken in this turn.
-   */
-  async withVolumeAsync<T>(name: string, fn: (vol: Volume) => T): Promise<T> {
-    const vol = this.open.has(name) ? this.borrowVolume(name) : await this.borrowVolumeAsync(name);
-    try {
-      return fn(vol);
-    } finally {
-      this.giveBack(vol);
-    }
-  }
-
-  /**
    * The open volumes by what holds them: pinned (lent too or not), lent only,
    * and neither (idle: not yet quiet, or with journal records, when their last
    * loan ended; closed at a later one).
