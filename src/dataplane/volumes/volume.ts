@@ -731,8 +731,12 @@ export class Volume {
     this.fileMutations++;
     const file = this.files[0]!;
     try {
-      const n = fs.writeSync(file.fd, data, 0, data.length, offsetBytes);
-      if (n !== data.length) throw new Error(`short write: ${n} of ${data.length} bytes`);
+      // A short write is retried for the rest: on a full disk the retry fails with ENOSPC, which the client is told.
+      for (let done = 0; done < data.length; ) {
+        const n = fs.writeSync(file.fd, data, done, data.length - done, offsetBytes + done);
+        if (n === 0) throw new Error(`write returned 0 of ${data.length - done} bytes`);
+        done += n;
+      }
     } finally {
       file.mutations++;
       this.fileMutationDone();
@@ -810,12 +814,11 @@ export class Volume {
     for (let c = first + 1; c <= last; c++) if (this.chunkFile[c] !== fileIdx) oneFile = false;
     if (oneFile) {
       const file = this.files[fileIdx]!;
-      fs.write(file.fd, data, 0, data.length, offsetBytes, (err, n) => {
+      writeFully(file.fd, data, offsetBytes, (err) => {
         // Before the callback: a FLUSH it leads to must see the file dirty.
         file.mutations++;
         landed();
         if (err) return cb(err);
-        if (n !== data.length) return cb(new Error(`short write: ${n} of ${data.length} bytes`));
         if (!fua) return cb(null);
         this.flush().then(() => cb(null), cb);
       });
@@ -1944,11 +1947,25 @@ function readAll(fd: number, dst: Buffer, at: number, lengthBytes: number, posit
 /** Writes buf at positionBytes of the file; counted in its `mutations` when it completes, even failed. */
 function writeAll(file: VolumeFile, buf: Buffer, positionBytes: number): Promise<void> {
   return new Promise((resolve, reject) => {
-    fs.write(file.fd, buf, 0, buf.length, positionBytes, (err, n) => {
+    writeFully(file.fd, buf, positionBytes, (err) => {
       file.mutations++;
       if (err) return reject(err);
-      if (n !== buf.length) return reject(new Error(`short write: ${n} of ${buf.length}`));
       resolve();
     });
+  });
+}
+
+/**
+ * Writes all of buf at positionBytes, retrying a short write for the rest.
+ * A write that reaches a full disk lands in part and returns its count; only
+ * the next one fails, with ENOSPC, which is what the client must be told
+ * (NBD_ENOSPC, not EIO).
+ */
+function writeFully(fd: number, buf: Buffer, positionBytes: number, cb: (err: Error | null) => void, doneBytes = 0): void {
+  fs.write(fd, buf, doneBytes, buf.length - doneBytes, positionBytes + doneBytes, (err, n) => {
+    if (err) return cb(err);
+    if (doneBytes + n === buf.length) return cb(null);
+    if (n === 0) return cb(new Error(`write returned 0 of ${buf.length - doneBytes} bytes`));
+    writeFully(fd, buf, positionBytes, cb, doneBytes + n);
   });
 }
