@@ -125,3 +125,36 @@ test('If-Match compares strongly: a weak W/"etag" never matches (GET, HEAD, PUT,
   assert.equal((await outcome(sdk.send(new HeadObjectCommand({ Bucket: 'bkt', Key: 'c' }))))[0], 404, 'no copy made');
   t.diagnostic(`${Date.now() - started} ms`);
 });
+
+test('a * inside a list (`*, "x"`) is not the wildcard: If-Match holds only for a listed ETag (GET, HEAD, PUT, CopyObject, copy source, CompleteMultipartUpload, DeleteObject), If-None-Match compares the listed tags', async (t) => {
+  const started = Date.now();
+  const env = await startS3();
+  t.after(() => env.cleanup());
+  const sdk = env.sdk;
+  await sdk.send(new CreateBucketCommand({ Bucket: 'bkt' }));
+  const { ETag } = await sdk.send(new PutObjectCommand({ Bucket: 'bkt', Key: 'k', Body: 'v1' }));
+  // RFC 9110 13.1.1: If-Match = "*" / #entity-tag: the wildcard only alone. In a list it names no ETag.
+  const starList = { 'if-match': '*, "0123"' };
+  assert.deepEqual(await send(sdk, new GetObjectCommand({ Bucket: 'bkt', Key: 'k' }), starList), [412, 'PreconditionFailed'], 'GET If-Match *, "0123"');
+  assert.equal((await send(sdk, new HeadObjectCommand({ Bucket: 'bkt', Key: 'k' }), { 'if-match': '"0123",*' }))[0], 412, 'HEAD If-Match "0123",*');
+  assert.deepEqual(await send(sdk, new PutObjectCommand({ Bucket: 'bkt', Key: 'k', Body: 'v2' }), starList), [412, 'PreconditionFailed'], 'PUT If-Match *, "0123"');
+  assert.deepEqual(await send(sdk, new CopyObjectCommand({ Bucket: 'bkt', Key: 'k', CopySource: 'bkt/k', MetadataDirective: 'REPLACE' }), starList), [412, 'PreconditionFailed'], 'CopyObject If-Match *, "0123"');
+  assert.deepEqual(await send(sdk, new CopyObjectCommand({ Bucket: 'bkt', Key: 'c', CopySource: 'bkt/k' }), { 'x-amz-copy-source-if-match': '*, "0123"' }), [412, 'PreconditionFailed'], 'x-amz-copy-source-if-match *, "0123"');
+  const { UploadId } = await sdk.send(new CreateMultipartUploadCommand({ Bucket: 'bkt', Key: 'k' }));
+  const part = await sdk.send(new UploadPartCommand({ Bucket: 'bkt', Key: 'k', UploadId, PartNumber: 1, Body: 'part' }));
+  const complete = () => new CompleteMultipartUploadCommand({ Bucket: 'bkt', Key: 'k', UploadId, MultipartUpload: { Parts: [{ PartNumber: 1, ETag: part.ETag }] } });
+  assert.deepEqual(await send(sdk, complete(), starList), [412, 'PreconditionFailed'], 'CompleteMultipartUpload If-Match *, "0123"');
+  assert.deepEqual(await send(sdk, new DeleteObjectCommand({ Bucket: 'bkt', Key: 'k' }), starList), [412, 'PreconditionFailed'], 'DeleteObject If-Match *, "0123"');
+  // If-None-Match: the list's tags are compared, the * among them matches nothing.
+  assert.deepEqual(await send(sdk, new GetObjectCommand({ Bucket: 'bkt', Key: 'k' }), { 'if-none-match': '*, "0123"' }), [200, 'OK'], 'GET If-None-Match *, "0123"');
+  assert.deepEqual(await send(sdk, new CopyObjectCommand({ Bucket: 'bkt', Key: 'c', CopySource: 'bkt/k' }), { 'x-amz-copy-source-if-none-match': '*, "0123"' }), [200, 'OK'], 'x-amz-copy-source-if-none-match *, "0123"');
+  assert.equal((await send(sdk, new GetObjectCommand({ Bucket: 'bkt', Key: 'k' }), { 'if-none-match': `*, ${ETag!}` }))[0], 304, 'GET If-None-Match *, ETag');
+  // A write's If-None-Match takes only a lone * (as S3): a list is refused, not taken as *.
+  assert.equal((await send(sdk, new PutObjectCommand({ Bucket: 'bkt', Key: 'new', Body: 'n' }), { 'if-none-match': '*, "0123"' }))[0], 501, 'PUT If-None-Match *, "0123"');
+  assert.equal(Buffer.from(await (await sdk.send(new GetObjectCommand({ Bucket: 'bkt', Key: 'k' }))).Body!.transformToByteArray()).toString(), 'v1', 'nothing written or deleted');
+  // The object's ETag in the list still matches, the * beside it ignored.
+  const withEtag = { 'if-match': `*, ${ETag!}` };
+  assert.deepEqual(await send(sdk, new GetObjectCommand({ Bucket: 'bkt', Key: 'k' }), withEtag), [200, 'OK'], 'GET If-Match *, ETag');
+  assert.deepEqual(await send(sdk, complete(), withEtag), [200, 'OK'], 'CompleteMultipartUpload If-Match *, ETag');
+  t.diagnostic(`${Date.now() - started} ms`);
+});

@@ -218,21 +218,28 @@ function parseTimestampMs(text: string): number | undefined {
 }
 /**
  * An If-Match / If-None-Match value or DeleteObjects ETag: a comma-separated
- * list, quoted or bare, lowercase; a bare `*` is the wildcard (any current
- * object). A quoted `"*"` is an entity tag whose value is `*` (RFC 9110
+ * list, quoted or bare, lowercase; a bare `*` alone is the wildcard (any
+ * current object). A quoted `"*"` is an entity tag whose value is `*` (RFC 9110
  * 8.8.3: `*` is the wildcard only unquoted), which no object has: it is kept
- * quoted, so it never equals an ETag nor the wildcard. A weak tag (`W/"x"`)
+ * quoted, so it never equals an ETag nor the wildcard. A `*` inside a list
+ * (`*, "x"`) is not the wildcard either (13.1.1: `"*" / #entity-tag`, the
+ * wildcard only alone): it is kept as `"*"`, matching nothing, and the list's
+ * other tags are compared as usual. A weak tag (`W/"x"`)
  * matches nothing under the strong comparison If-Match uses (13.1.1, 8.8.3.2:
  * kept with its W/, which no ETag has); under the weak comparison of
  * If-None-Match (13.1.2, `weak`) its W/ is dropped.
  */
-const etagList = (v: string, weak = false) =>
-  v.split(',').map((e) => {
+const etagList = (v: string, weak = false) => {
+  const items = v.split(',');
+  const listed = items.filter((e) => e.trim() !== '').length;
+  return items.map((e) => {
     const s = e.trim();
     if (!weak && s.startsWith('W/')) return s;
     const t = s.replace(/^W\//, '');
+    if (t === '*' && listed > 1) return '"*"';
     return t === '"*"' ? t : t.replace(/"/g, '').toLowerCase();
   });
+};
 /**
  * A conditional delete's size and time values (x-amz-if-match-size,
  * x-amz-if-match-last-modified-time; DeleteObjects' Size, LastModifiedTime),
