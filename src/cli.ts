@@ -29,7 +29,8 @@ commands:
                                      move a volume to hot|warm|cold now, online (--preserve keeps the old copy)
   volumes release NAME               free the old copies preserving migrations kept (stripes; a cold
                                      volume's old file)
-  volumes delete NAME                delete a volume and its data
+  volumes delete NAME [--force]      delete a volume and its data; refused while NBD clients have it open
+                                     (--force: disconnect them first, their requests in flight answered)
   pools list                         list pools with usage
   pools replace NAME [--discard-volumes]
                                      a new, empty disk for a dead pool (mounted at its path): gives it the
@@ -123,6 +124,7 @@ async function main(argv: string[]): Promise<number> {
       'quarantine-damaged': { type: 'boolean' },
       'list-quarantine': { type: 'boolean' },
       'discard-volumes': { type: 'boolean' },
+      force: { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -137,6 +139,7 @@ async function main(argv: string[]): Promise<number> {
     if (values[flag] && cmd !== 'fsck') throw new UsageError(`--${flag} goes with fsck only (couchestor fsck --${flag})`);
   }
   if (values['discard-volumes'] && !(cmd === 'pools' && sub === 'replace')) throw new UsageError('--discard-volumes goes with pools replace only');
+  if (values.force && !(cmd === 'volumes' && sub === 'delete')) throw new UsageError('--force goes with volumes delete only');
   const dataDir = values['data-dir'] ?? process.env.COUCHESTOR_DATA_DIR ?? 'couchestor-data';
   switch (cmd) {
     case 'serve':
@@ -539,8 +542,10 @@ async function volumes(dataDir: string, sub: string | undefined, args: string[],
     }
     case 'delete': {
       const [name] = args;
-      if (!name) throw new UsageError('volumes delete NAME');
-      await call(dataDir, 'DELETE', `/v1/volumes/${encodeURIComponent(name)}`, undefined, (m) => m.deleteVolume(name), 'volumes delete');
+      if (!name) throw new UsageError('volumes delete NAME [--force]');
+      // Offline no daemon serves: no client has it open, --force changes nothing.
+      const force = values.force === true;
+      await call(dataDir, 'DELETE', `/v1/volumes/${encodeURIComponent(name)}${force ? '?force=true' : ''}`, undefined, (m) => m.deleteVolume(name, { force }), 'volumes delete');
       process.stdout.write(`deleted ${name}\n`);
       return 0;
     }

@@ -3,7 +3,7 @@
 import type { SegmentCompactor } from '../dataplane/ec/compaction.js';
 import { PoolRebuildBusy, UnknownPool } from '../dataplane/ec/reconstruction.js';
 import Fastify, { type FastifyInstance } from 'fastify';
-import { AlreadyExists, DestageStalled, InvalidArgument, MigrationInProgress, NoSpace, NoSuitablePool, NotFound, PoolOffline, TooFewOnlinePools } from '../dataplane/errors.js';
+import { AlreadyExists, DestageStalled, InvalidArgument, MigrationInProgress, NoSpace, NoSuitablePool, NotFound, PoolOffline, TooFewOnlinePools, VolumeInUse } from '../dataplane/errors.js';
 import type { VolumeManager } from '../dataplane/volumes/manager.js';
 import { MigrationAborted, migrateVolume } from '../dataplane/volumes/migration.js';
 import type { Tier } from '../dataplane/meta/store.js';
@@ -13,7 +13,7 @@ import type { CacheManager } from '../dataplane/cache/index.js';
 export function httpStatusFor(err: unknown): number {
   if (err instanceof InvalidArgument) return 400;
   if (err instanceof NotFound) return 404;
-  if (err instanceof AlreadyExists || err instanceof MigrationInProgress) return 409;
+  if (err instanceof AlreadyExists || err instanceof MigrationInProgress || err instanceof VolumeInUse) return 409;
   // A move aborted (or refused) because the daemon is stopping (stopMigrations): 409, as the rebuild's
   // "the daemon is stopping" (PoolRebuildBusy) is; the message says to ask again once it is back.
   if (err instanceof MigrationAborted) return 409;
@@ -181,10 +181,21 @@ export function buildApi(
     const report = await cold.reconstructor.rebuildPool(pool);
     return { ...replaced, rebuild: report, stripes: cold.reconstructor.counts() };
   });
-  app.delete<{ Params: { name: string } }>('/v1/volumes/:name', async (req, reply) => {
-    await manager.deleteVolume(req.params.name);
-    reply.code(204);
-  });
+  // Refused (409, VolumeInUse, with the NBD clients' count and addresses) while NBD clients have the
+  // volume open; ?force=true disconnects them first (their requests in flight answered) and deletes.
+  app.delete<{ Params: { name: string }; Querystring: { force?: 'true' | 'false' } }>(
+    '/v1/volumes/:name',
+    { schema: { querystring: { type: 'object', additionalProperties: false, properties: { force: { type: 'string', enum: ['true', 'false'] } } } } },
+    async (req, reply) => {
+      try {
+        await manager.deleteVolume(req.params.name, { force: req.query.force === 'true' });
+      } catch (err) {
+        if (err instanceof VolumeInUse) return reply.code(409).send({ error: err.name, message: err.message, volume: err.volume, nbdClients: err.nbdClients.length, peers: err.nbdClients });
+        throw err;
+      }
+      reply.code(204);
+    },
+  );
   return app;
 }
 

@@ -65,6 +65,22 @@ export class MigrationInProgress extends StorageError {
   override name = 'MigrationInProgress';
 }
 
+/**
+ * A volume is in use by clients and the operation (a delete) would pull it
+ * from under them: the NBD clients' peer addresses ('unix' for one on the
+ * Unix socket). 409 on the API; `--force` / `?force=true` disconnects them first.
+ */
+export class VolumeInUse extends StorageError {
+  override name = 'VolumeInUse';
+  constructor(
+    message: string,
+    readonly volume: string,
+    readonly nbdClients: readonly string[],
+  ) {
+    super(message);
+  }
+}
+
 export class ReadOnly extends StorageError {
   override name = 'ReadOnly';
 }

@@ -2,7 +2,9 @@
 // tests can send malformed input, pipeline requests and model durability.
 // Written from the NBD protocol document, independent of src/dataplane/nbd.
 import net from 'node:net';
-import { TestDaemon } from './daemon.js';
+import { spawn } from 'node:child_process';
+import readline from 'node:readline';
+import { CLIENT_ENV, TestDaemon } from './daemon.js';
 
 export const NBDMAGIC = 0x4e42444d41474943n;
 export const IHAVEOPT = 0x49484156454f5054n;
@@ -42,6 +44,56 @@ ${[0, 1, 2, 3, 4, 5].map((i) => `  - { name: cold-${i}, tier: cold, path: pools/
   const daemon = await TestDaemon.start({ config });
   daemon.createVolume('vol', '64M', '--tier', 'hot');
   return daemon;
+}
+
+/** An nbdsh process holding one libnbd connection open between the test's steps (attachedNbdsh). */
+export interface AttachedNbdsh {
+  /** Evaluates a python expression (`h` is the handle, `hashlib` imported): its repr, or `error: <message>` for an nbd.Error. */
+  step(expr: string): Promise<string>;
+  /** Ends stdin (nbdsh exits, its socket closed) and resolves with its exit code. */
+  close(): Promise<number | null>;
+}
+
+/**
+ * A real libnbd client that stays connected to `uri` while the test acts on
+ * the daemon: nbdsh connects, runs `setup` (python statements), and then
+ * evaluates one line at a time from stdin (step), so the test orders the
+ * client's requests against its own calls without sleeps.
+ */
+export async function attachedNbdsh(uri: string, setup = ''): Promise<AttachedNbdsh> {
+  const script = `
+import sys, hashlib
+h.connect_uri(${JSON.stringify(uri)})
+exec(${JSON.stringify(setup)})
+print('ready', flush=True)
+for line in sys.stdin:
+    try:
+        print(repr(eval(line)), flush=True)
+    except nbd.Error as e:
+        print('error: ' + str(e), flush=True)
+`;
+  const p = spawn('nbdsh', ['-c', script], { env: CLIENT_ENV, stdio: ['pipe', 'pipe', 'pipe'] });
+  let stderr = '';
+  p.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+  const exited = new Promise<number | null>((resolve) => p.once('close', (code) => resolve(code)));
+  const lines = readline.createInterface({ input: p.stdout! })[Symbol.asyncIterator]();
+  const next = async (): Promise<string> => {
+    const r = await lines.next();
+    if (r.done === true) throw new Error(`nbdsh exited (${await exited}) before answering: ${stderr}`);
+    return r.value as string;
+  };
+  const first = await next();
+  if (first !== 'ready') throw new Error(`nbdsh setup printed ${JSON.stringify(first)}: ${stderr}`);
+  return {
+    step: (expr) => {
+      p.stdin!.write(expr + '\n');
+      return next();
+    },
+    close: () => {
+      p.stdin!.end();
+      return exited;
+    },
+  };
 }
 
 /** Lets the event loop run so the next socket write leaves as its own segment. */

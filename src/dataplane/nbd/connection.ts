@@ -183,6 +183,8 @@ export class NbdConnection {
   private paused = false;
   /** An option waits for its export's volume to open (ExportResolver.prepare): no input is parsed meanwhile. */
   private opening = false;
+  /** The export name (as the client sent it) of the option waiting on its open, while `opening`. */
+  private openingExport: string | null = null;
   private disconnecting = false;
   private handshakeTimer: NodeJS.Timeout | null;
   /** Resolves when the socket has closed (see shutdown). */
@@ -230,9 +232,9 @@ export class NbdConnection {
    * (as after NBD_CMD_DISC). A client still haggling is dropped at once.
    * The caller bounds the wait (NbdServer.close).
    */
-  shutdown(): Promise<void> {
+  shutdown(reason = 'server shutting down'): Promise<void> {
     if (this.phase === Phase.Closed || !this.volume) {
-      this.fatal('server shutting down');
+      this.fatal(reason);
       return this.closed;
     }
     this.disconnecting = true;
@@ -241,6 +243,37 @@ export class NbdConnection {
     this.socket.resume();
     this.maybeFinishDisconnect();
     return this.closed;
+  }
+
+  /** Drops the client at once, whatever its phase (a shutdown() that did not end in time: a client not reading its replies). */
+  drop(reason: string): void {
+    if (this.socket.destroyed) return;
+    log.warn('nbd: closing connection', { reason, remote: this.socket.remoteAddress ?? 'unix' });
+    this.phase = Phase.Closed;
+    this.socket.destroy();
+  }
+
+  /**
+   * What this connection holds of an export while its socket is open: the
+   * volume it has a loan of (an option named it, or its transmission's), or
+   * the name (as sent; '' for the default export) of the export an option
+   * waits to open (afterOpen). Null when neither, or when it is closed or
+   * closing with nothing in flight. A delete of the volume is refused while
+   * one holds it (VolumeManager.deleteVolume).
+   */
+  exportInUse(): { volume: string } | { exportName: string } | null {
+    // Closed with nothing in flight (after NBD_CMD_DISC, a drop): done with it, its socket closing.
+    if (this.socketClosed || (this.phase === Phase.Closed && this.inflight === 0)) return null;
+    if (this.lent !== null) return { volume: this.lent.name };
+    if (this.openingExport !== null) return { exportName: this.openingExport };
+    return null;
+  }
+
+  /** The client's address and port ('unix' on the Unix socket). */
+  peer(): string {
+    const addr = this.socket.remoteAddress;
+    if (addr === undefined) return 'unix';
+    return addr.includes(':') ? `[${addr}]:${this.socket.remotePort}` : `${addr}:${this.socket.remotePort}`;
   }
 
   private handshakeDeadline(): NodeJS.Timeout {
@@ -505,7 +538,7 @@ export class NbdConnection {
   private onOption(opt: number, data: Buffer, prepared = false): void {
     const name = prepared || this.exports.prepare === undefined ? null : optionExportName(opt, data);
     const ready = name === null ? null : this.exports.prepare!(name);
-    if (ready !== null) return this.afterOpen(ready, opt, data);
+    if (ready !== null) return this.afterOpen(ready, opt, data, name!);
     if (this.phase !== Phase.Closed) this.setPhase(Phase.OptionHeader, P.OPTION_HEADER_BYTES);
     // The client is haggling, not idle: the handshake deadline counts from here.
     this.handshakeTimer?.refresh();
@@ -560,15 +593,17 @@ export class NbdConnection {
    * before STRUCTURED_REPLY, a bad INFO) left the volume open for good, and
    * a client gone before a failed open had it opened again in one go.
    */
-  private afterOpen(ready: Promise<Volume | null>, opt: number, data: Buffer): void {
+  private afterOpen(ready: Promise<Volume | null>, opt: number, data: Buffer, exportName: string): void {
     // A view of the server's read buffer may be overwritten by the next read.
     const own = Buffer.from(data);
     this.opening = true;
+    this.openingExport = exportName;
     if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
     // Not read meanwhile either: what a client sent was kept in memory until the open ended, unbounded.
     this.socket.pause();
     const go = (held: Volume | null): void => {
       this.opening = false;
+      this.openingExport = null;
       try {
         if (this.phase === Phase.Closed || this.disconnecting) return;
         if (!this.paused) this.socket.resume();

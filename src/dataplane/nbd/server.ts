@@ -4,7 +4,7 @@ import net from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { NotFound } from '../errors.js';
 import type { VolumeRecord } from '../meta/store.js';
-import type { VolumeManager } from '../volumes/manager.js';
+import type { VolumeClients, VolumeManager } from '../volumes/manager.js';
 import type { Volume } from '../volumes/volume.js';
 import { NbdConnection, type ExportResolver } from './connection.js';
 import { ExportUnavailable, unavailableReason } from './errors.js';
@@ -13,7 +13,7 @@ import { log } from '../../log.js';
 export const DEFAULT_NBD_PORT = 10809;
 /** Bound on concurrent client connections; further ones are refused. */
 export const MAX_CONNECTIONS = 1024;
-/** Bound on how long a shutdown waits for in-flight requests to be answered. */
+/** Bound on how long a shutdown (or a forced volume delete's disconnect) waits for in-flight requests to be answered. */
 const SHUTDOWN_GRACE_MS = 10_000;
 /**
  * A closed connection's loan is kept this many times what the volume's open
@@ -39,7 +39,7 @@ export interface NbdServerOptions {
   defaultExport?: string;
 }
 
-export class NbdServer implements ExportResolver {
+export class NbdServer implements ExportResolver, VolumeClients {
   private readonly servers: net.Server[] = [];
   private readonly sockets = new Set<net.Socket>();
   private readonly connections = new Set<NbdConnection>();
@@ -52,8 +52,51 @@ export class NbdServer implements ExportResolver {
   /** Loans of closed connections kept a while (LINGER_PER_OPEN_MS), at most one per volume and MAX_LINGERING in all; oldest first. */
   private readonly lingering = new Map<Volume, NodeJS.Timeout>();
   private closing = false;
+  /** Ends this server's registration with the manager (deleteVolume asks it about a volume's clients). */
+  private readonly unregisterClients: () => void;
 
-  constructor(private readonly opts: NbdServerOptions) {}
+  constructor(private readonly opts: NbdServerOptions) {
+    this.unregisterClients = opts.manager.addVolumeClients(this);
+  }
+
+  /** The volume `name` as sent names ('' the default export), undefined when none. */
+  private target(name: string): string | undefined {
+    return name === '' ? this.opts.defaultExport : name;
+  }
+
+  /** The open connections that hold volume `name`'s export or are opening it (NbdConnection.exportInUse). */
+  private connectionsOf(name: string): NbdConnection[] {
+    return [...this.connections].filter((c) => {
+      const use = c.exportInUse();
+      if (use === null) return false;
+      return 'volume' in use ? use.volume === name : this.target(use.exportName) === name;
+    });
+  }
+
+  clientsOf(name: string): string[] {
+    return this.connectionsOf(name).map((c) => c.peer());
+  }
+
+  /**
+   * A forced delete's disconnect of volume `name`'s clients, as close() does
+   * for all: no further request read, those in flight answered, then the
+   * socket closed (the client sees the connection end, never a reply it
+   * did not get whole); one still haggling is dropped at once. Whatever is
+   * left after SHUTDOWN_GRACE_MS (a client not reading its replies) is
+   * dropped. Resolves once every one is closed and its loan given back.
+   */
+  async disconnectClients(name: string): Promise<void> {
+    const conns = this.connectionsOf(name);
+    if (conns.length === 0) return;
+    let timer: NodeJS.Timeout | undefined;
+    const grace = new Promise<void>((r) => (timer = setTimeout(r, SHUTDOWN_GRACE_MS)));
+    await Promise.race([Promise.all(conns.map((c) => c.shutdown(`volume ${name} is being deleted`))), grace]);
+    clearTimeout(timer);
+    for (const c of conns) c.drop(`volume ${name} is being deleted`);
+    await Promise.all(conns.map((c) => c.closed));
+    // Their loans' FLUSHes (release): done before the delete closes the volume.
+    await Promise.allSettled([...this.releasing]);
+  }
 
   /**
    * The export's open volume, lent to the connection until release() (one
@@ -63,11 +106,12 @@ export class NbdServer implements ExportResolver {
    * the cause for the log) when it has but cannot be opened.
    */
   resolve(name: string): Volume {
-    const target = name === '' ? this.opts.defaultExport : name;
+    const target = this.target(name);
     if (!target) throw new NotFound('no default export configured');
     const manager = this.opts.manager;
     const rec = manager.getVolumeRecord(target);
-    if (!rec) throw new NotFound(`no volume named ${target}`);
+    // One being deleted is gone already to a client (deleteVolume: never lent a volume it then pulls).
+    if (!rec || manager.isBeingDeleted(target)) throw new NotFound(`no volume named ${target}`);
     try {
       const t0 = performance.now();
       const vol = manager.borrowVolume(target);
@@ -92,8 +136,8 @@ export class NbdServer implements ExportResolver {
    * Resolves with a loan of the volume (release() it), null when the open failed.
    */
   prepare(name: string): Promise<Volume | null> | null {
-    const target = name === '' ? this.opts.defaultExport : name;
-    if (!target) return null;
+    const target = this.target(name);
+    if (!target || this.opts.manager.isBeingDeleted(target)) return null;
     let opening: Promise<Volume | null> | null;
     try {
       opening = this.opts.manager.prepareOpen(target);
@@ -194,6 +238,7 @@ export class NbdServer implements ExportResolver {
     };
     const out: { name: string; description: string }[] = [];
     for (const rec of manager.listVolumes()) {
+      if (manager.isBeingDeleted(rec.name)) continue;
       // Its file gone from an online pool (removed outside the daemon): one stat, ~2 us, against an open's fdatasync.
       const mayNotOpen = manager.openFailure(rec.name) !== undefined || (rec.lostOnPools?.length ?? 0) > 0 || !poolOnline(rec.poolName) || !fs.existsSync(manager.pools.get(rec.poolName)!.volumeFile(rec.id));
       if (mayNotOpen) {
@@ -281,6 +326,7 @@ export class NbdServer implements ExportResolver {
    */
   async close(): Promise<void> {
     this.closing = true;
+    this.unregisterClients();
     const listenersClosed = Promise.all(this.servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
     let timer: NodeJS.Timeout | undefined;
     const grace = new Promise<void>((r) => (timer = setTimeout(r, SHUTDOWN_GRACE_MS)));

@@ -2,7 +2,7 @@
 // and the cache of open Volume objects shared by every front-end connection.
 import fs from 'node:fs';
 import path from 'node:path';
-import { AlreadyExists, InvalidArgument, NoSuitablePool, NotFound, PoolOffline, TooFewOnlinePools, VolumeFailed } from '../errors.js';
+import { AlreadyExists, InvalidArgument, NoSuitablePool, NotFound, PoolOffline, TooFewOnlinePools, VolumeFailed, VolumeInUse } from '../errors.js';
 import { ChunkState, MetaStore, VOLUME_NAME_RE, type ChunkEntry, type PoolRecord, type Tier, type VolumeRecord } from '../meta/store.js';
 import { Pool } from '../pools/pool.js';
 import { dirEntries, holdsPoolLayout, readPoolIdentity, writePoolIdentity, type PoolIdentity } from '../pools/identity.js';
@@ -41,6 +41,25 @@ export interface CreateVolumeOptions {
   readOnly?: boolean;
   chunkSizeBytes?: number;
   labels?: Record<string, string>;
+}
+
+/**
+ * A front end whose clients open volumes (the NBD server registers itself:
+ * addVolumeClients): what deleteVolume asks before it pulls a volume.
+ */
+export interface VolumeClients {
+  /** Peer addresses ('unix' for a Unix-socket client) of the clients that have volume `name` open or are opening it. */
+  clientsOf(name: string): string[];
+  /**
+   * Ends those clients' connections as a daemon stop does (their requests in
+   * flight answered, then the socket closed); resolves once they are closed.
+   */
+  disconnectClients(name: string): Promise<void>;
+}
+
+export interface DeleteVolumeOptions {
+  /** Disconnect the volume's clients first instead of refusing (VolumeInUse). */
+  force?: boolean;
 }
 
 export class VolumeManager {
@@ -97,6 +116,14 @@ export class VolumeManager {
    * changes a closed volume's chunk states. At most one entry per volume record.
    */
   private readonly closedMoveLeft = new Map<number, { chunksOnFile: number; offPlacement: boolean }>();
+  /** The front ends whose clients deleteVolume asks about (one per NBD server). */
+  private readonly clientSources = new Set<VolumeClients>();
+  /**
+   * Names of volumes a delete has taken (past its in-use check) until it
+   * ends: a front end refuses an open of one as an unknown name
+   * (isBeingDeleted). At most one entry per volume record.
+   */
+  private readonly deleting = new Set<string>();
   cold: (ColdTier & { destager: Destager; policy: ErasureCodingPolicy; reconstructor: Reconstructor }) | null = null;
 
   /** This data directory's id (MetaStore.dataDirId), named in every pool identity. */
@@ -1300,9 +1327,54 @@ export class VolumeManager {
     return { filesRemoved, filesTruncated, bytesPunched };
   }
 
-  async deleteVolume(name: string): Promise<void> {
+  /** Registers a front end deleteVolume asks about the volume's clients; returns its unregistering. */
+  addVolumeClients(source: VolumeClients): () => void {
+    this.clientSources.add(source);
+    return () => this.clientSources.delete(source);
+  }
+
+  /** Whether a delete of `name` is running: a front end answers an open of it as of an unknown name. */
+  isBeingDeleted(name: string): boolean {
+    return this.deleting.has(name);
+  }
+
+  /**
+   * Deletes volume `name` and its data. Refused (VolumeInUse: 409 on the
+   * API) while an NBD client has its export open or is opening it, as RBD
+   * refuses an image with watchers: before, the delete went ahead and the
+   * client's next request failed with EIO. With `force` those clients are
+   * disconnected first (requests in flight answered, then the socket
+   * closed). From the check on, in the same turn, an open of the export is
+   * refused as of an unknown name (isBeingDeleted), so a client never gets
+   * a volume the delete then pulls. Not refused: a migration of it (it ends
+   * at its next step, as before), the control loop's and background
+   * passes' loans.
+   */
+  async deleteVolume(name: string, opts: DeleteVolumeOptions = {}): Promise<void> {
     const rec = this.meta.volumes.get(name);
     if (!rec) throw new NotFound(`no volume named ${name}`);
+    if (this.deleting.has(name)) throw new VolumeInUse(`volume ${name} is being deleted already`, name, []);
+    const clients = [...this.clientSources].flatMap((c) => c.clientsOf(name));
+    if (clients.length > 0 && opts.force !== true) {
+      const n = clients.length;
+      throw new VolumeInUse(`volume ${name} is in use: ${n} NBD client${n === 1 ? ' has' : 's have'} it open (${clients.join(', ')}); disconnect ${n === 1 ? 'it' : 'them'} first, or delete with --force (?force=true) to disconnect ${n === 1 ? 'it' : 'them'}`, name, clients);
+    }
+    this.deleting.add(name);
+    try {
+      if (clients.length > 0) {
+        log.info('deleting a volume in use: disconnecting its NBD clients', { volume: name, clients: clients.join(',') });
+        await Promise.all([...this.clientSources].map((c) => c.disconnectClients(name)));
+      }
+      // Rewritten meanwhile by a tier switch (a migration's): the record as it is now.
+      const now = this.meta.volumes.get(name);
+      if (now === undefined || now.id !== rec.id) throw new NotFound(`no volume named ${name}`);
+      await this.deleteRecord(name, now);
+    } finally {
+      this.deleting.delete(name);
+    }
+  }
+
+  private async deleteRecord(name: string, rec: VolumeRecord): Promise<void> {
     const vol = this.open.get(name);
     this.open.delete(name);
     this.pinned.delete(rec.id);
