@@ -260,14 +260,27 @@ async function startCache(cfg: DaemonConfig, manager: VolumeManager): Promise<Ca
   const c = cfg.cache;
   if (!manager.cold || c.l1CapacityBytes <= 0) return null;
   const hot = [...manager.pools.values()].find((p) => p.rec.tier === 'hot');
-  const cm = new CacheManager({
-    l1CapacityBytes: c.l1CapacityBytes,
-    l2: hot && c.l2CapacityBytes > 0 ? { path: path.join(hot.rec.path, 'cache', 'l2.cache'), capacityBytes: c.l2CapacityBytes, minEntryBytes: c.l2MinEntryBytes } : undefined,
-    l3: manager.cold.stripes.l3,
-    ...(c.lz4ThresholdBytes ? { lz4ThresholdBytes: c.lz4ThresholdBytes } : {}),
-  });
-  if (hot) fs.mkdirSync(path.join(hot.rec.path, 'cache'), { recursive: true });
-  await cm.open();
+  const l2Path = hot && path.join(hot.rec.path, 'cache', 'l2.cache');
+  const cacheWith = (l2: boolean) =>
+    new CacheManager({
+      l1CapacityBytes: c.l1CapacityBytes,
+      l2: l2 && l2Path && c.l2CapacityBytes > 0 ? { path: l2Path, capacityBytes: c.l2CapacityBytes, minEntryBytes: c.l2MinEntryBytes } : undefined,
+      l3: manager.cold!.stripes.l3,
+      ...(c.lz4ThresholdBytes ? { lz4ThresholdBytes: c.lz4ThresholdBytes } : {}),
+    });
+  let cm = cacheWith(true);
+  try {
+    if (hot) fs.mkdirSync(path.join(hot.rec.path, 'cache'), { recursive: true });
+    await cm.open();
+  } catch (err) {
+    // L2 is only a cache: a hot pool with no room for its file (ENOSPC: a small disk, or one
+    // filled by volumes) must not stop the daemon, nor keep the space the journal needs.
+    const code = (err as NodeJS.ErrnoException | null)?.code;
+    if (l2Path === undefined || typeof code !== 'string') throw err;
+    log.warn('read cache: L2 not used, its file cannot be made on the hot pool (L1 only; free space or lower cache.l2CapacityBytes)', { pool: hot!.rec.name, path: l2Path, capacityBytes: c.l2CapacityBytes, err: String(err) });
+    cm = cacheWith(false);
+    await cm.open();
+  }
   manager.cold.stripes.useCache(cm);
   return cm;
 }

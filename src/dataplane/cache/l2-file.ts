@@ -109,8 +109,14 @@ export class L2File {
         // New or resized: zero-fill so later page faults never hit ENOSPC (SIGBUS on mmap).
         ftruncateSync(fd, 0);
         const zeros = Buffer.alloc(Math.min(ZERO_FILL_CHUNK_BYTES, this.capacityBytes));
-        for (let pos = 0; pos < this.capacityBytes; pos += zeros.length) {
-          writeSync(fd, zeros, 0, Math.min(zeros.length, this.capacityBytes - pos), pos);
+        try {
+          for (let pos = 0; pos < this.capacityBytes; pos += zeros.length) {
+            writeSync(fd, zeros, 0, Math.min(zeros.length, this.capacityBytes - pos), pos);
+          }
+        } catch (err) {
+          // No room for it (ENOSPC): give back what was filled, the pool's other users (the journal) need it.
+          ftruncateSync(fd, 0);
+          throw err;
         }
         created = true;
       }
