@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import { execFile, spawnSync } from 'node:child_process';
 import { CLIENT_ENV, TestDaemon } from './helpers/daemon.js';
-import { OPT, REP, RawNbd, attachedNbdsh, goData } from './helpers/nbd-client.js';
+import { ConnectionClosed, OPT, REP, RawNbd, attachedNbdsh, goData } from './helpers/nbd-client.js';
 import { openHotManager, tempManager } from './helpers/volume.js';
 import { NbdServer } from '../src/dataplane/nbd/server.js';
 import { VolumeInUse } from '../src/dataplane/errors.js';
@@ -104,7 +104,7 @@ test('delete --force disconnects the clients (their connection ends), deletes th
   assert.equal(misuse.status, 2, 'a --force elsewhere is refused');
 });
 
-test('a client opening the export while a delete runs gets NBD_REP_ERR_UNKNOWN; one holding it (NBD_OPT_INFO) makes the delete refuse; ?force-style delete ends its connection', async (t) => {
+test('a client opening the export while a delete runs gets NBD_REP_ERR_UNKNOWN; one holding it (NBD_OPT_INFO) makes the delete refuse; a forced delete answers the reads in flight, then ends the connections', async (t) => {
   const { m } = await tempManager(t, 'couchestor-del-race-', openHotManager);
   await m.createVolume({ name: 'v', sizeBytes: MiB });
   await m.createVolume({ name: 'w', sizeBytes: MiB });
@@ -152,7 +152,30 @@ test('a client opening the export while a delete runs gets NBD_REP_ERR_UNKNOWN; 
     assert.equal((await c.readOptionReplies()).at(-1)!.type, REP.ACK);
     await assert.rejects(m.deleteVolume('w'), (err: unknown) => err instanceof VolumeInUse && err.nbdClients.length === 1 && /^127\.0\.0\.1:\d+$/.test(err.nbdClients[0]!));
     assert.ok(m.getVolumeRecord('w'), 'a refused delete keeps the volume');
+
+    // A client in transmission with reads in flight: a forced delete answers
+    // what the server has read (right bytes, no EIO), then ends the connection.
+    const io = await RawNbd.connect({ port });
+    await io.handshake('w');
+    const data = crypto.randomBytes(MiB);
+    assert.equal((await io.writeAt(0, data)).error, 0);
+    assert.equal((await io.flush()).error, 0);
+    const reads = Array.from({ length: 32 }, (_, i) => io.readAt(i * 32768, 32768).then((r) => ({ i, r }), (err: Error) => ({ i, err })));
+    await reads[0];
     await m.deleteVolume('w', { force: true });
+    let answered = 0;
+    for (const got of await Promise.all(reads)) {
+      if ('err' in got) {
+        assert.ok(got.err instanceof ConnectionClosed, `read ${got.i}: ${got.err.message}`);
+        continue;
+      }
+      assert.equal(got.r.error, 0, `read ${got.i} answered an error`);
+      assert.ok(got.r.data.equals(data.subarray(got.i * 32768, (got.i + 1) * 32768)), `read ${got.i}: wrong bytes`);
+      answered++;
+    }
+    assert.ok(answered >= 1);
+    t.diagnostic(`reads answered before the connection ended: ${answered} of ${reads.length}`);
+    await io.closed;
     await c.closed;
     assert.equal(m.getVolumeRecord('w'), undefined);
   } finally {
