@@ -281,6 +281,10 @@ async function startCache(cfg: DaemonConfig, manager: VolumeManager): Promise<Ca
     cm = cacheWith(false);
     await cm.open();
   }
+  const l2 = cm.stats().l2;
+  if (l2 !== undefined && l2.corruptions > 0) {
+    log.warn('read cache: L2 records failing their checksum dropped at start (the hot pool disk may be failing)', { path: l2Path, dropped: l2.corruptions, kept: l2.recoveredEntries });
+  }
   manager.cold.stripes.useCache(cm);
   return cm;
 }

@@ -329,13 +329,16 @@ export class L2File {
   private recover(): void {
     type Found = RecordRef;
     const found: Found[] = [];
+    let damaged = 0;
     for (let s = 0; s < this.segments.length; s++) {
       const seg = this.segments[s]!;
       const base = s * SEGMENT_BYTES;
       let at = s === 0 ? L2_SUPERBLOCK_BYTES : 0;
       while (at + L2_HEADER_BYTES <= seg.length) {
         const rec = this.parseRecord(seg, at);
-        if (rec === undefined) {
+        if (rec === undefined || rec === 'damaged') {
+          // Marked DEAD, so the next start does not count it again.
+          if (rec === 'damaged') damaged++, seg.writeUInt32LE(RECORD_DEAD, at);
           at += L2_RECORD_ALIGN_BYTES;
           continue;
         }
@@ -347,6 +350,8 @@ export class L2File {
     for (const f of found) if (newest === undefined || f.seq > newest.seq) newest = f;
     this.format();
     this.fileId = Buffer.from(this.segments[0]!.subarray(16, 24));
+    // Dropped, as a read drops one: counted, so the corruption metric (and the daemon's log) tell of a failing disk.
+    this.counters.corruptions += damaged;
     if (newest === undefined) return;
     this.nextSeq = newest.seq + 1;
     this.headOffset = newest.offset + newest.recordBytes;
@@ -366,17 +371,23 @@ export class L2File {
     this.counters.recoveredEntries = this.index.size;
   }
 
-  private parseRecord(seg: Buffer, at: number): RecordRef | undefined {
+  /**
+   * The record at `at`; undefined where none starts; 'damaged' for one that
+   * starts there (a LIVE magic and this file's id) but fails its lengths or
+   * CRC32C.
+   */
+  private parseRecord(seg: Buffer, at: number): RecordRef | 'damaged' | undefined {
     const magic = seg.readUInt32LE(at);
     if (magic !== RECORD_LIVE && magic !== RECORD_DEAD) return undefined;
     if (!seg.subarray(at + 8, at + 16).equals(this.segments[0]!.subarray(16, 24))) return undefined;
+    const bad = magic === RECORD_LIVE ? 'damaged' : undefined;
     const keyBytes = seg.readUInt16LE(at + 24);
     const storedBytes = seg.readUInt32LE(at + 28);
     const recordBytes = seg.readUInt32LE(at + 36);
-    if (keyBytes > L2_MAX_KEY_BYTES || recordBytes % L2_RECORD_ALIGN_BYTES !== 0) return undefined;
-    if (recordBytes < L2_HEADER_BYTES + keyBytes + storedBytes || at + recordBytes > seg.length) return undefined;
+    if (keyBytes > L2_MAX_KEY_BYTES || recordBytes % L2_RECORD_ALIGN_BYTES !== 0) return bad;
+    if (recordBytes < L2_HEADER_BYTES + keyBytes + storedBytes || at + recordBytes > seg.length) return bad;
     const end = at + L2_HEADER_BYTES + keyBytes + storedBytes;
-    if (crc32c(seg.subarray(at + 8, end)) !== seg.readUInt32LE(at + 4)) return undefined;
+    if (crc32c(seg.subarray(at + 8, end)) !== seg.readUInt32LE(at + 4)) return bad;
     const seq = seg.readUInt32LE(at + 16) + seg.readUInt32LE(at + 20) * 4294967296;
     const key = seg.toString('utf8', at + L2_HEADER_BYTES, at + L2_HEADER_BYTES + keyBytes);
     return { key, offset: at, recordBytes, storedBytes, keyBytes, live: magic === RECORD_LIVE, seq };
