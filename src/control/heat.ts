@@ -9,13 +9,7 @@ import type { VolumeManager } from '../dataplane/volumes/manager.js';
 import type { VolumeCounters } from '../dataplane/volumes/volume.js';
 import { log } from '../log.js';
 import type { HeatReading, HeatSource } from './loop.js';
-
-interface Sample {
-  atMs: number;
-  /** Cumulative ops of the volume (its id) since the tracker first counted it, across restarts and reopens. */
-  readOps: number;
-  writeOps: number;
-}
+import { SampleSeries, thinIndices, type Sample, type SampleList, type SampleStore } from './heat-samples.js';
 
 /**
  * Bound on samples kept per volume. Past it the list is thinned (thin()) so
@@ -24,9 +18,10 @@ interface Sample {
  * a 1 min and a 7 d window alike, and the oldest sample (the retention's
  * start) is kept. 512 (thinned to 384): the last ~64 s stay 1 s apart (the
  * metrics' 1 min IOPS exact), a reading starts at most ~1/64 of a 1 h window
- * early, ~1/32 of a 24 h one (3600 before: 1 h unthinned). A sample is ~74
- * bytes of heap, so <= ~38 KiB a busy volume (3600: ~260 KiB, 26 GiB for
- * 100,000 busy volumes); an idle volume holds 1 or 2 (visit()).
+ * early, ~1/32 of a 24 h one (3600 before: 1 h unthinned). A sample is 12
+ * bytes (heat-samples.ts; 24 past its compact range), so ~6 KiB a busy
+ * volume with the array's slack, ~0.6 GiB for 100,000 busy volumes (as
+ * objects, ~74 bytes a sample: ~3.7 GiB); an idle volume holds 1 or 2 (visit()).
  */
 export const MAX_SAMPLES_PER_VOLUME = 512;
 
@@ -105,7 +100,8 @@ interface Tracked {
 }
 
 export class HeatTracker implements HeatSource {
-  private readonly samples = new Map<string, Sample[]>();
+  /** Volume name -> its samples (time order, cumulative ops: Sample), packed (heat-samples.ts). */
+  private readonly samples = new Map<string, SampleStore>();
   private readonly tracked = new Map<string, Tracked>();
   /** Volume id -> name of each tracked volume (the closed volumes' counters are by id). */
   private readonly names = new Map<number, string>();
@@ -240,11 +236,12 @@ export class HeatTracker implements HeatSource {
     const list = this.view(volume);
     if (!list || list.length < 2) return { iops: null, why: 'no samples yet' };
     const from = nowMs - windowMs;
-    const b = list.at(list.length - 1);
+    const b = list.length - 1;
+    const bOps = list.readOps(b) + list.writeOps(b);
     // The samples reach back to the window's start (within one sample interval;
     // thinning keeps the oldest sample, so the count never cuts the window short).
-    if (list.at(0).atMs > from + this.sampleIntervalMs) {
-      return { iops: null, why: `heat measured over ${Math.round((b.atMs - list.at(0).atMs) / 1000)}s of a ${Math.round(windowMs / 1000)}s window` };
+    if (list.atMs(0) > from + this.sampleIntervalMs) {
+      return { iops: null, why: `heat measured over ${Math.round((list.atMs(b) - list.atMs(0)) / 1000)}s of a ${Math.round(windowMs / 1000)}s window` };
     }
     // From the first sample inside the window when it is close to the window's
     // start (within one sample interval, or 1/256 of the window: thinned samples
@@ -258,39 +255,44 @@ export class HeatTracker implements HeatSource {
     // at its last change, view()): between them the interpolation below is exact, and starts
     // at the window's start as the samples a second of that run did.
     let i = lastAtOrBefore(list, from);
-    const moved = (x: Sample, y: Sample): boolean => x.readOps !== y.readOps || x.writeOps !== y.writeOps;
-    if (list.at(i).atMs < from && i + 1 < list.length - 1 && list.at(i + 1).atMs - from <= Math.max(this.sampleIntervalMs, windowMs / 256) && moved(list.at(i), list.at(i + 1))) i++;
-    const a = list.at(i);
+    const moved = (x: number, y: number): boolean => list.readOps(x) !== list.readOps(y) || list.writeOps(x) !== list.writeOps(y);
+    if (list.atMs(i) < from && i + 1 < list.length - 1 && list.atMs(i + 1) - from <= Math.max(this.sampleIntervalMs, windowMs / 256) && moved(i, i + 1)) i++;
+    const aMs = list.atMs(i);
     // `a` before the window's start and the next sample after it: the ops
     // between the two are taken as spread evenly over that span, so the
     // reading starts at the window's start. Exact for an idle run (equal
     // counters: the index keeps only its ends) and for the time the daemon
     // was down (no op); for the index's coarser samples (one per pass) it
     // counts the share of the span inside the window, not all of it.
-    const next = list.at(i + 1);
-    let startMs = a.atMs;
-    let startOps = a.readOps + a.writeOps;
-    if (a.atMs < from && next.atMs > from) {
-      startOps += ((from - a.atMs) / (next.atMs - a.atMs)) * (next.readOps + next.writeOps - startOps);
+    const nextMs = list.atMs(i + 1);
+    let startMs = aMs;
+    let startOps = list.readOps(i) + list.writeOps(i);
+    if (aMs < from && nextMs > from) {
+      startOps += ((from - aMs) / (nextMs - aMs)) * (list.readOps(i + 1) + list.writeOps(i + 1) - startOps);
       startMs = from;
     }
-    const coveredMs = b.atMs - startMs;
+    const coveredMs = list.atMs(b) - startMs;
     if (coveredMs <= 0) return { iops: null, why: 'no samples yet' };
-    return { iops: (b.readOps + b.writeOps - startOps) / (coveredMs / 1000) };
+    return { iops: (bOps - startOps) / (coveredMs / 1000) };
   }
 
   /**
    * A volume's samples as the readings see them: those kept, and when it has
    * been idle since the last of them, one more at the last tick with the
-   * same counts (the end of its idle run). Not copied: at(i).
+   * same counts (the end of its idle run). Not copied.
    */
-  private view(volume: string): { length: number; at(i: number): Sample } | undefined {
+  private view(volume: string): SampleList | undefined {
     const list = this.samples.get(volume);
     if (list === undefined) return undefined;
-    const last = list[list.length - 1];
-    if (last === undefined || this.lastTickMs === null || this.lastTickMs <= last.atMs) return { length: list.length, at: (i) => list[i]! };
-    const tail: Sample = { atMs: this.lastTickMs, readOps: last.readOps, writeOps: last.writeOps };
-    return { length: list.length + 1, at: (i) => (i < list.length ? list[i]! : tail) };
+    const n = list.length;
+    if (n === 0 || this.lastTickMs === null || this.lastTickMs <= list.atMs(n - 1)) return list;
+    const tailMs = this.lastTickMs;
+    return {
+      length: n + 1,
+      atMs: (i) => (i < n ? list.atMs(i) : tailMs),
+      readOps: (i) => list.readOps(i < n ? i : n - 1),
+      writeOps: (i) => list.writeOps(i < n ? i : n - 1),
+    };
   }
 
   start(): void {
@@ -398,15 +400,19 @@ export class HeatTracker implements HeatSource {
       this.names.set(volumeId, name);
       this.samples.set(name, list);
     }
-    const newest = list[list.length - 1];
-    if (newest !== undefined && newest.atMs > nowMs) this.samples.set(name, (list = this.clockSetBack(t, list, nowMs, newest.atMs - nowMs)));
+    if (list.length > 0 && list.atMs(list.length - 1) > nowMs) this.clockSetBack(t, list, nowMs, list.atMs(list.length - 1) - nowMs);
     count(t, counters);
-    const last = list[list.length - 1];
-    if (last !== undefined && last.readOps === t.readOps && last.writeOps === t.writeOps) return;
-    if (last !== undefined && this.lastTickMs !== null && last.atMs < this.lastTickMs && this.lastTickMs < nowMs) list.push({ atMs: this.lastTickMs, readOps: last.readOps, writeOps: last.writeOps });
-    list.push({ atMs: nowMs, readOps: t.readOps, writeOps: t.writeOps });
-    while (list.length > 2 && nowMs - list[1]!.atMs > this.retainMs) list.shift();
-    if (list.length > MAX_SAMPLES_PER_VOLUME) this.samples.set(name, thin(list, nowMs, Math.floor((MAX_SAMPLES_PER_VOLUME * 3) / 4)));
+    const n = list.length;
+    if (n > 0) {
+      const lastMs = list.atMs(n - 1);
+      const lastRead = list.readOps(n - 1);
+      const lastWrite = list.writeOps(n - 1);
+      if (lastRead === t.readOps && lastWrite === t.writeOps) return;
+      if (this.lastTickMs !== null && lastMs < this.lastTickMs && this.lastTickMs < nowMs) list.push(this.lastTickMs, lastRead, lastWrite);
+    }
+    list.push(nowMs, t.readOps, t.writeOps);
+    while (list.length > 2 && nowMs - list.atMs(1) > this.retainMs) list.shift();
+    if (list.length > MAX_SAMPLES_PER_VOLUME) list.thin(nowMs, Math.floor((MAX_SAMPLES_PER_VOLUME * 3) / 4));
   }
 
   private logSetBack(): void {
@@ -418,11 +424,16 @@ export class HeatTracker implements HeatSource {
   }
 
   /** Volume `volumeId`'s samples from the index (none for a volume it never saw), its cumulative ops continued from the newest. */
-  private restore(volumeId: number, kept: Map<number, Sample[]> | null): { t: Tracked; list: Sample[] } {
+  private restore(volumeId: number, kept: Map<number, Sample[]> | null): { t: Tracked; list: SampleStore } {
     const stored = kept !== null ? (kept.get(volumeId) ?? []) : (this.readKept({ start: [volumeId, 0], end: [volumeId + 1, 0] }).get(volumeId) ?? []);
     const persisted = stored[stored.length - 1] ?? null;
     const t: Tracked = { volumeId, rawReadOps: 0, rawWriteOps: 0, readOps: persisted?.readOps ?? 0, writeOps: persisted?.writeOps ?? 0, persisted, persistedCount: stored.length };
-    return { t, list: stored };
+    return { t, list: this.newSamples(stored) };
+  }
+
+  /** A volume's in-memory samples, holding `stored` (time order). A seam for test/heat-compact-samples (a reference store of plain objects). */
+  protected newSamples(stored: readonly Sample[]): SampleStore {
+    return SampleSeries.of(stored, MAX_SAMPLES_PER_VOLUME + 2);
   }
 
   /**
@@ -432,16 +443,16 @@ export class HeatTracker implements HeatSource {
    * all of them (the window starts again). The cumulative counts go on from
    * the newest, so the series never falls.
    */
-  private clockSetBack(t: Tracked, list: Sample[], nowMs: number, aheadMs: number): Sample[] {
+  private clockSetBack(t: Tracked, list: SampleStore, nowMs: number, aheadMs: number): void {
     const all = aheadMs > CLOCK_BACK_TOLERANCE_MS;
     if (all) this.setBack = { volumes: this.setBack.volumes + 1, aheadMs: Math.max(this.setBack.aheadMs, aheadMs) };
     const fromMs = all ? 0 : nowMs + 1;
     this.dropFrom.set(t.volumeId, Math.min(fromMs, this.dropFrom.get(t.volumeId) ?? Infinity));
-    const left = all ? [] : list.filter((x) => x.atMs <= nowMs);
+    if (all) list.clear();
+    else list.keepAtOrBefore(nowMs);
     // What the index holds after the drop is not known here: the next write puts this list's ends again.
     t.persisted = null;
-    t.persistedCount = left.length;
-    return left;
+    t.persistedCount = list.length;
   }
 
   /**
@@ -495,17 +506,18 @@ export class HeatTracker implements HeatSource {
     for (const [name, t] of this.tracked) {
       // With the idle run's end (view()): the index gets the time up to which a new volume was idle, as before.
       const list = this.view(name)!;
-      const last = list.length > 0 ? list.at(list.length - 1) : undefined;
+      const n = list.length;
       const p = t.persisted;
-      if (last === undefined || (p !== null && (last.atMs <= p.atMs || (last.readOps === p.readOps && last.writeOps === p.writeOps)))) continue;
+      if (n === 0 || (p !== null && (list.atMs(n - 1) <= p.atMs || (list.readOps(n - 1) === p.readOps && list.writeOps(n - 1) === p.writeOps)))) continue;
+      const last = sampleAt(list, n - 1);
       const out: Sample[] = [];
       if (p === null) {
-        if (list.length > 1) out.push(list.at(0));
+        if (n > 1) out.push(sampleAt(list, 0));
       } else {
         // Counters never fall: the samples equal to `p` after it are its idle run.
-        let k = list.length - 2;
-        while (k >= 0 && list.at(k).atMs > p.atMs && (list.at(k).readOps !== p.readOps || list.at(k).writeOps !== p.writeOps)) k--;
-        if (k >= 0 && list.at(k).atMs > p.atMs) out.push(list.at(k));
+        let k = n - 2;
+        while (k >= 0 && list.atMs(k) > p.atMs && (list.readOps(k) !== p.readOps || list.writeOps(k) !== p.writeOps)) k--;
+        if (k >= 0 && list.atMs(k) > p.atMs) out.push(sampleAt(list, k));
       }
       out.push(last);
       t.persisted = last;
@@ -575,11 +587,11 @@ export class HeatTracker implements HeatSource {
     if (volumeId !== undefined && this.tracked.get(volume)?.volumeId !== volumeId) return { readIops: 0, writeIops: 0 };
     const list = this.view(volume);
     if (!list || list.length < 2) return { readIops: 0, writeIops: 0 };
-    const a = list.at(lastAtOrBefore(list, Date.now() - windowMs));
-    const b = list.at(list.length - 1);
-    const secs = (b.atMs - a.atMs) / 1000;
+    const a = lastAtOrBefore(list, Date.now() - windowMs);
+    const b = list.length - 1;
+    const secs = (list.atMs(b) - list.atMs(a)) / 1000;
     if (secs <= 0) return { readIops: 0, writeIops: 0 };
-    return { readIops: (b.readOps - a.readOps) / secs, writeIops: (b.writeOps - a.writeOps) / secs };
+    return { readIops: (list.readOps(b) - list.readOps(a)) / secs, writeIops: (list.writeOps(b) - list.writeOps(a)) / secs };
   }
 }
 
@@ -589,15 +601,19 @@ function volumeCount(manager: VolumeManager): number {
 }
 
 /** The last index up to length - 2 whose sample is at or before `fromMs` (0 if none is): samples are in time order. */
-function lastAtOrBefore(list: { length: number; at(i: number): Sample }, fromMs: number): number {
+function lastAtOrBefore(list: SampleList, fromMs: number): number {
   let lo = 0;
   let hi = list.length - 2;
   while (lo < hi) {
     const mid = (lo + hi + 1) >> 1;
-    if (list.at(mid).atMs <= fromMs) lo = mid;
+    if (list.atMs(mid) <= fromMs) lo = mid;
     else hi = mid - 1;
   }
   return lo;
+}
+
+function sampleAt(list: SampleList, i: number): Sample {
+  return { atMs: list.atMs(i), readOps: list.readOps(i), writeOps: list.writeOps(i) };
 }
 
 /**
@@ -649,35 +665,7 @@ function count(t: Tracked, counters: VolumeCounters | null): void {
   t.rawWriteOps = counters.writeOps;
 }
 
-/**
- * Thins `list` to at most `target` samples, spaced by
- * age: walking from the newest, a sample is dropped only when the next older
- * one is within `relGap` x (its age) of the last kept one, so kept neighbours
- * at age A are at most relGap x A apart (or as far as they already were).
- * A window of length W then starts at most about relGap x W early: its
- * reading (a rate between two kept samples, exact since counters only grow)
- * is diluted by that fraction at most. The newest and oldest samples stay;
- * samples younger than sampleInterval / relGap all stay. relGap starts at
- * 1/1024 and doubles until the result fits (in memory: 1/256 for 7 d of 1 s
- * samples; in the index, one sample a pass: none for 1 h of 30 s passes, 1/16
- * for 1 h of 10 s passes, 1/8 for 24 h and 1/4 for 7 d of 30 s passes; read()
- * interpolates between kept samples, so that gap matters only as far as the
- * load within it was uneven).
- *
- * (Halving the older half at each thinning, as 5c57729 did, decayed the old
- * end geometrically: after a day of 1 s samples one sample was left hours
- * before the next, and a 6 h window read from it, about a day back.)
- */
+/** `list` thinned to at most `target` samples, spaced by age (thinIndices). */
 function thin(list: Sample[], nowMs: number, target: number): Sample[] {
-  for (let relGap = 1 / 1024; ; relGap *= 2) {
-    let kept = list[list.length - 1]!;
-    const out: Sample[] = [kept];
-    for (let i = list.length - 2; i > 0; i--) {
-      if (kept.atMs - list[i - 1]!.atMs <= relGap * (nowMs - kept.atMs)) continue;
-      kept = list[i]!;
-      out.push(kept);
-    }
-    out.push(list[0]!);
-    if (out.length <= target || relGap >= 1) return out.reverse();
-  }
+  return thinIndices(list.length, (i) => list[i]!.atMs, nowMs, target).map((i) => list[i]!);
 }
