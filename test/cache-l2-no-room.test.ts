@@ -17,7 +17,8 @@ import { smallDisk } from './helpers/small-pool.js';
 
 test('an L2 file that does not fit on the hot pool: the daemon starts with L1 only, says so, frees the space; cold writes, destage and reads carry on', async (t) => {
   let d: TestDaemon | null = null;
-  const disk = smallDisk(t, 'cache-l2-no-room-', 16 * MiB, async () => {
+  const disk = await smallDisk(t, 'cache-l2-no-room-', 16 * MiB);
+  t.after(async () => {
     await d?.cleanup();
   });
   d = await startColdDaemon(poolsYaml(['hot-0', 'hot', disk.poolDir]) + MANUAL_DESTAGE_CONFIG);

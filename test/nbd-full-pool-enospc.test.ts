@@ -3,8 +3,8 @@
 // write at the full point); every write answered before it reads back,
 // before and after a restart; a volume on another pool carries on; once
 // space is freed the same writes succeed. Real daemon, real libnbd client
-// (nbdsh), the pool on a small tmpfs (root; unmounted after the test in
-// every outcome).
+// (nbdsh), the pool on a small tmpfs (root; helpers/small-pool, unmounted
+// after the test in every outcome).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { TestDaemon } from './helpers/daemon.js';
@@ -18,7 +18,8 @@ const sha = (fill: string, bytes: number) => `hashlib.sha256(b'${fill}' * ${byte
 test('a full hot pool: ENOSPC for the short write at the full point and after it, acknowledged writes intact, another pool carries on, writes succeed once space is freed', async (t) => {
   let d: TestDaemon | null = null;
   const clients: AttachedNbdsh[] = [];
-  const disk = smallDisk(t, 'nbd-full-pool-', 8 * MiB, async () => {
+  const disk = await smallDisk(t, 'nbd-full-pool-', 8 * MiB);
+  t.after(async () => {
     for (const c of clients) await c.close();
     await d?.cleanup();
   });

@@ -1,21 +1,14 @@
-// Full-disk fixtures: a small tmpfs mounted in a temp dir as a pool's disk (needs root), filled to a
-// chosen free space with a filler file the test can delete to free it again.
+// Full-disk fixtures for a daemon: a pool directory on a small tmpfs (journal.ts's tinyFileSystem, the
+// `mount` kind: the daemon is another process, so root), filled to a chosen free space with a filler file
+// the test can delete to free it again.
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import type { TestContext } from 'node:test';
-
-function run(cmd: string, args: string[]): void {
-  const r = spawnSync(cmd, args, { encoding: 'utf8' });
-  assert.equal(r.status, 0, `${cmd} ${args.join(' ')}: ${r.error?.message ?? ''}${r.stderr}`);
-}
+import { tinyFileSystem } from './journal.js';
 
 export interface SmallDisk {
-  /** The mount point (a fresh tmpfs of sizeBytes). */
-  mount: string;
-  /** A directory inside it for a pool (as README advises: not the mount point itself). */
+  /** A directory on it for a pool (as README advises: not the mount point itself). */
   poolDir: string;
   /** Bytes free on it now (statfs). */
   freeBytes(): number;
@@ -25,32 +18,18 @@ export interface SmallDisk {
   freeFiller(): void;
 }
 
-/**
- * A tmpfs of `sizeBytes` mounted at a temp dir (`prefix`), with `pool/` in it. When `t` ends (any
- * outcome), once `beforeUnmount` (e.g. killing the daemon holding files there) has run: unmounted, removed.
- */
-export function smallDisk(t: TestContext, prefix: string, sizeBytes: number, beforeUnmount: () => Promise<void> | void): SmallDisk {
-  const mount = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
-  let mounted = false;
-  t.after(async () => {
-    try {
-      await beforeUnmount();
-    } finally {
-      if (mounted) run('umount', ['-l', mount]);
-      fs.rmSync(mount, { recursive: true, force: true });
-    }
-  });
-  run('mount', ['-t', 'tmpfs', '-o', `size=${sizeBytes},mode=0755`, 'couchestor-test-small', mount]);
-  mounted = true;
-  const poolDir = path.join(mount, 'pool');
+/** A tmpfs of `sizeBytes` (temp dir `prefix`...) with `pool/` in it; lazily unmounted and removed when `t` ends. */
+export async function smallDisk(t: TestContext, prefix: string, sizeBytes: number): Promise<SmallDisk> {
+  const tiny = await tinyFileSystem(t, sizeBytes, prefix);
+  assert.equal(tiny.kind, 'mount', `needs a tmpfs the daemon (another process) sees (run as root); got ${tiny.kind}`);
+  const poolDir = path.join(tiny.dir, 'pool');
   fs.mkdirSync(poolDir);
-  const filler = path.join(mount, 'filler');
+  const filler = path.join(tiny.dir, 'pool-filler');
   const freeBytes = () => {
-    const s = fs.statfsSync(mount);
+    const s = fs.statfsSync(tiny.dir);
     return s.bavail * s.bsize;
   };
   return {
-    mount,
     poolDir,
     freeBytes,
     leaveFree(bytes) {
