@@ -86,8 +86,8 @@ export interface KubernetesConfig {
    */
   watchSilenceTimeoutMs: number;
   /**
-   * A node's entry in a policy's status (status.nodes.<node>) is removed once its Node object is gone and the
-   * entry's time is older than this. The entry of a node that exists is never removed.
+   * A node's status objects (StoragePolicyNodeStatus, ErasureCodingPolicyNodeStatus) are removed once its Node
+   * object is gone and their last report is older than this. Those of a node that exists are never removed.
    */
   departedNodeEntryTimeoutMs: number;
 }
@@ -317,7 +317,7 @@ export function validateConfig(cfg: DaemonConfig, where = 'config'): void {
   if (typeof k.enabled !== 'boolean') fail(`kubernetes.enabled must be true or false, got ${describe(k.enabled)}`);
   if (k.kubeconfig !== null) str('kubernetes.kubeconfig', k.kubeconfig);
   if (k.nodeName !== null) str('kubernetes.nodeName', k.nodeName);
-  // The name is a key of status.nodes and of the CR's JSON merge patch.
+  // The name is the Node's: the departed-node pruner looks it up, and it names the node's status objects.
   if (k.nodeName !== null && !/^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/.test(k.nodeName)) fail(`kubernetes.nodeName must be a Kubernetes node name (lowercase DNS subdomain), got ${describe(k.nodeName)}`);
   str('kubernetes.ecPolicyName', k.ecPolicyName);
   int('kubernetes.statusWriteIntervalMs', k.statusWriteIntervalMs, 100, MAX_TIMER_MS, 'milliseconds');

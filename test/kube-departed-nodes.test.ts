@@ -1,8 +1,8 @@
-// Departed nodes' status entries are pruned (src/control/kube/prune.ts): a
-// node whose Node object is gone and whose entry is older than
-// kubernetes.departedNodeEntryTimeoutMs loses its status.nodes.<node> of every
-// policy; a node that exists keeps its entry however silent; a daemon that may
-// not read Node objects says so once and prunes nothing. Against the real
+// Departed nodes' status objects are pruned (src/control/kube/prune.ts): a
+// node whose Node object is gone and whose last report is older than
+// kubernetes.departedNodeEntryTimeoutMs loses its node-status object of every
+// policy; a node that exists keeps its objects however silent; a daemon that
+// may not read Node objects says so once and prunes nothing. Against the real
 // apiserver, Node objects created through the API (the fixture has no kubelet).
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -10,7 +10,8 @@ import fs from 'node:fs';
 import type { KubeEnv } from './helpers/kube.js';
 import { access, bindDeployClusterRole } from './helpers/kube-manifests.js';
 import type { TestDaemon } from './helpers/daemon.js';
-import { Cluster, ECP, kubeconfigWithUser, SP, spSpec, startKubeCluster, startKubeDaemon, stopKubeCluster, until, untilNodeStatus } from './helpers/kube-daemon.js';
+import { Cluster, ECP, kubeconfigWithUser, nodeStatusPlural, SP, spSpec, startKubeCluster, startKubeDaemon, stopKubeCluster, until, untilNodeStatus } from './helpers/kube-daemon.js';
+import { nodeStatusName } from '../src/control/kube/status.js';
 
 let kube: KubeEnv;
 let cluster: Cluster;
@@ -29,19 +30,17 @@ async function createNode(name: string): Promise<void> {
   assert.equal(res.status, 201, JSON.stringify(res.body));
 }
 
-/** An entry written as a node that reported long ago and went silent. */
+/** The node-status object of a node that reported long ago and went silent. */
 async function oldEntry(plural: string, name: string, node: string): Promise<void> {
   const entry = plural === SP ? { phase: 'Active', lastReconcileTime: LONG_AGO } : { phase: 'Unused', lastUpdateTime: LONG_AGO };
-  const res = await kube.request('PATCH', `/apis/storage.billyronks.io/v1/${plural}/${name}/status`, { body: { status: { nodes: { [node]: entry } } }, contentType: 'application/merge-patch+json' });
-  assert.equal(res.status, 200, JSON.stringify(res.body));
+  await cluster.writeNodeStatus(plural, name, node, entry, LONG_AGO);
 }
 
-async function nodeKeys(plural: string, name: string): Promise<string[]> {
-  const obj = await cluster.get(plural, name);
-  return Object.keys((obj.status as { nodes?: Record<string, unknown> } | undefined)?.nodes ?? {}).sort();
+function nodeKeys(plural: string, name: string): Promise<string[]> {
+  return cluster.statusNodes(plural, name);
 }
 
-test('a deleted Node loses its status entries once older than the bound; an existing silent node keeps its entry', async () => {
+test('a deleted Node loses its status objects once older than the bound; an existing silent node keeps its own', async () => {
   for (const n of ['node-a', 'node-b', 'node-c']) await createNode(n);
   await cluster.create(SP, 'StoragePolicy', 'prune-sp', spSpec());
   const [a, b] = await Promise.all(['node-a', 'node-b'].map((nodeName) => startKubeDaemon({ kubeconfig: kube.kubeconfig(), nodeName, departedNodeEntryTimeoutMs: BOUND_MS })));
@@ -53,7 +52,7 @@ test('a deleted Node loses its status entries once older than the bound; an exis
 
   // node-b drained and deleted: its daemon gone, then its Node object.
   await b!.stop();
-  const bLast = Date.parse(String((await cluster.nodeStatus(SP, 'prune-sp', 'node-b'))!.lastReconcileTime));
+  const bLast = Date.parse((await cluster.nodeStatusObject(SP, 'prune-sp', 'node-b'))!.metadata.annotations!['storage.billyronks.io/last-report-time']!);
   assert.equal((await kube.request('DELETE', '/api/v1/nodes/node-b')).status, 200);
   const t0 = Date.now();
 
@@ -62,11 +61,11 @@ test('a deleted Node loses its status entries once older than the bound; an exis
   const removedAt = Date.now();
   assert.ok(removedAt - bLast >= BOUND_MS, `removed ${removedAt - bLast} ms after its last write: before the bound`);
   assert.ok(removedAt - t0 <= 3 * BOUND_MS + 2_000, `removed ${removedAt - t0} ms after the Node was deleted`);
-  // node-c's entry was as stale as node-b's in the rounds that removed node-b's, and stays: its Node exists.
+  // node-c's objects were as stale as node-b's in the rounds that removed node-b's, and stay: its Node exists.
   assert.deepEqual(await nodeKeys(SP, 'prune-sp'), ['node-a', 'node-c']);
   assert.deepEqual(await nodeKeys(ECP, 'ec21'), ['node-a', 'node-c']);
-  // The removal's guard against a node that came back meanwhile: a merge patch on an older resourceVersion is refused.
-  const stale = await kube.request('PATCH', `/apis/storage.billyronks.io/v1/${SP}/prune-sp/status`, { body: { metadata: { resourceVersion: '1' }, status: { nodes: { 'node-a': null } } }, contentType: 'application/merge-patch+json' });
+  // The removal's guard against a node that came back meanwhile: a delete on an older resourceVersion is refused.
+  const stale = await kube.request('DELETE', `/apis/storage.billyronks.io/v1/${nodeStatusPlural(SP)}/${nodeStatusName('prune-sp', 'node-a')}`, { body: { apiVersion: 'v1', kind: 'DeleteOptions', preconditions: { resourceVersion: '1' } } });
   assert.equal(stale.status, 409, JSON.stringify(stale.body));
   assert.deepEqual(await nodeKeys(SP, 'prune-sp'), ['node-a', 'node-c']);
   const metrics = await (await fetch(`http://127.0.0.1:${a!.info.metrics.port}/metrics`)).text();
@@ -75,14 +74,14 @@ test('a deleted Node loses its status entries once older than the bound; an exis
 });
 
 test('a daemon whose ClusterRole has no get on nodes says so once and removes nothing', async () => {
-  // A role with only what the daemon needed before the pruner: its policies, and their status.
+  // A role with only what the daemon needs but the pruner: its policies, and its node-status objects.
   const role = {
     apiVersion: 'rbac.authorization.k8s.io/v1',
     kind: 'ClusterRole',
     metadata: { name: 'couchestor-no-nodes' },
     rules: [
       { apiGroups: ['storage.billyronks.io'], resources: ['storagepolicies', 'erasurecodingpolicies'], verbs: ['get', 'list', 'watch'] },
-      { apiGroups: ['storage.billyronks.io'], resources: ['storagepolicies/status', 'erasurecodingpolicies/status'], verbs: ['get', 'patch'] },
+      { apiGroups: ['storage.billyronks.io'], resources: ['storagepolicynodestatuses', 'erasurecodingpolicynodestatuses'], verbs: ['get', 'list', 'create', 'patch', 'delete'] },
     ],
   };
   assert.equal((await kube.request('POST', '/apis/rbac.authorization.k8s.io/v1/clusterroles', { body: role })).status, 201);

@@ -2,9 +2,11 @@
 // the CRDs are accepted and Established; the example CRs are accepted and
 // pass our own parsers, with the apiserver's defaults equal to the parsers';
 // every spec the parsers refuse the apiserver refuses too (422 naming the
-// field), and the edge values both accept; status is per node (two nodes'
-// merge patches both survive), spec and status are written apart; the
-// ClusterRole lets the daemon read and write status, not specs; the
+// field), and the edge values both accept; status is an object per policy
+// and node (StoragePolicyNodeStatus, ErasureCodingPolicyNodeStatus), the
+// policy itself untouched by it and an old status.nodes dropped; the
+// ClusterRole lets the daemon read policies and write its status objects, not
+// specs; the
 // DaemonSet, ServiceAccount, Namespace, ConfigMap and NetworkPolicy pass a
 // server-side dry run.
 import { after, before, test } from 'node:test';
@@ -30,6 +32,7 @@ import {
   type KubeResponse,
 } from './helpers/kube-manifests.js';
 import { checkAgainst, parseStoragePolicy } from '../src/control/policy.js';
+import { nodeStatusName } from '../src/control/kube/status.js';
 import { InvalidPolicy, parsePolicyYaml, validatePolicy, type ErasureCodingPolicySpec } from '../src/dataplane/ec/policy.js';
 import { loadConfig, type DaemonConfig } from '../src/config.js';
 
@@ -75,14 +78,14 @@ function parseEcp(obj: KubeObject) {
 let seq = 0;
 const uniq = (base: string) => `${base}-${++seq}`;
 
-test('the CRDs of deploy/crds are accepted, Established, cluster-scoped, with sp / ecp and a status subresource', async () => {
+test('the CRDs of deploy/crds are accepted, Established, cluster-scoped: sp / ecp with a status subresource, spns / ecpns', async () => {
   // before() applied them (applyCrds waits for Established); discovery says what they serve
   // (updated a moment after Established, by its own controller: polled).
   let res: KubeResponse | undefined;
   await pollUntil(async () => {
     res = await kubeRequest(admin, 'GET', `/apis/${GROUP}/v1`);
-    return res.status === 200 && res.body.resources?.length === 4;
-  }, 'discovery lists both kinds and their status');
+    return res.status === 200 && res.body.resources?.length === 6;
+  }, 'discovery lists the four kinds and the policies\' status');
   const byName = new Map<string, { namespaced: boolean; shortNames?: string[]; categories?: string[]; kind: string }>(
     res!.body.resources.map((r: { name: string }) => [r.name, r]),
   );
@@ -94,6 +97,15 @@ test('the CRDs of deploy/crds are accepted, Established, cluster-scoped, with sp
     assert.deepEqual(r.shortNames, [short]);
     assert.deepEqual(r.categories, ['couchestor']);
     assert.ok(byName.has(`${plural}/status`), `${plural}/status subresource`);
+  }
+  for (const [plural, kind, short] of [['storagepolicynodestatuses', 'StoragePolicyNodeStatus', 'spns'], ['erasurecodingpolicynodestatuses', 'ErasureCodingPolicyNodeStatus', 'ecpns']] as const) {
+    const r = byName.get(plural);
+    assert.ok(r, `${plural} served`);
+    assert.equal(r.kind, kind);
+    assert.equal(r.namespaced, false, `${plural} is cluster-scoped`);
+    assert.deepEqual(r.shortNames, [short]);
+    assert.deepEqual(r.categories, ['couchestor']);
+    assert.ok(!byName.has(`${plural}/status`), `${plural}: no status subresource (the daemon writes the object whole)`);
   }
 });
 
@@ -319,78 +331,85 @@ function spNodeEntry(node: string, decisions = 20) {
 }
 
 const mergePatch = 'application/merge-patch+json';
+const SPNS_PATH = `/apis/${GROUP}/v1/storagepolicynodestatuses`;
+const ECPNS_PATH = `/apis/${GROUP}/v1/erasurecodingpolicynodestatuses`;
 
-test('status is per node: two nodes\' merge patches both survive; status and spec are written apart', async () => {
+/** A node-status object as the daemon's writer makes it (src/control/kube/status.ts), owned by the policy. */
+function nodeStatusObj(kind: 'StoragePolicy' | 'ErasureCodingPolicy', policy: KubeObject, node: string, status: unknown): KubeObject {
+  return {
+    apiVersion,
+    kind: `${kind}NodeStatus`,
+    metadata: {
+      name: nodeStatusName(policy.metadata.name, node),
+      labels: { 'storage.billyronks.io/policy': policy.metadata.name, 'storage.billyronks.io/node': node },
+      ownerReferences: [{ apiVersion, kind, name: policy.metadata.name, uid: (policy.metadata as { uid?: string }).uid }],
+    },
+    spec: { policy: policy.metadata.name, node },
+    status,
+  } as KubeObject;
+}
+
+test('status is an object per policy and node: two nodes\' objects side by side, found by label; the policy untouched; an old status.nodes dropped', async () => {
   const name = uniq('status');
   const created = await createObject(admin, sp(name, SP_MINIMAL));
   assert.equal(created.status, 201);
-  const spec = created.body.spec;
-  const statusPath = `${SP_PATH}/${name}/status`;
-  const a = spNodeEntry('node-a');
-  const b = spNodeEntry('node-b', 3);
-  const pa = await kubeRequest(admin, 'PATCH', statusPath, { status: { nodes: { 'node-a': a } } }, mergePatch);
-  assert.equal(pa.status, 200, JSON.stringify(pa.body.message));
-  const pb = await kubeRequest(admin, 'PATCH', statusPath, { status: { nodes: { 'node-b': b } } }, mergePatch);
-  assert.equal(pb.status, 200, JSON.stringify(pb.body.message));
-  let got = await kubeRequest(admin, 'GET', `${SP_PATH}/${name}`);
-  assert.deepEqual(Object.keys(got.body.status.nodes).sort(), ['node-a', 'node-b']);
-  // A merge patch drops nulls, in list items too: a decision's targetTier / iops null is read back absent.
-  assert.equal('targetTier' in got.body.status.nodes['node-a'].decisions[1], false);
-  assert.deepEqual(got.body.status.nodes['node-a'], withoutNulls(a), 'node-a untouched by node-b\'s patch');
-  assert.deepEqual(got.body.status.nodes['node-b'], withoutNulls(b));
-  // A status write changed no spec (and no generation).
-  assert.deepEqual(got.body.spec, spec);
-  assert.equal(got.body.metadata.generation, 1);
+  const rv = created.body.metadata.resourceVersion;
+  const a = withoutNulls(spNodeEntry('node-a'));
+  const b = withoutNulls(spNodeEntry('node-b', 3));
+  for (const [node, entry] of [['node-a', a], ['node-b', b]] as const) {
+    const res = await createObject(admin, nodeStatusObj('StoragePolicy', created.body, node, entry), { fieldValidation: 'Strict' });
+    assert.equal(res.status, 201, JSON.stringify(res.body.message));
+  }
+  const listed = await kubeRequest(admin, 'GET', `${SPNS_PATH}?labelSelector=${encodeURIComponent(`storage.billyronks.io/policy=${name}`)}`);
+  assert.equal(listed.status, 200);
+  assert.deepEqual(listed.body.items.map((o: { spec: { node: string } }) => o.spec.node).sort(), ['node-a', 'node-b']);
+  assert.deepEqual(listed.body.items.find((o: { spec: { node: string } }) => o.spec.node === 'node-a').status, a);
+  assert.deepEqual(listed.body.items.find((o: { spec: { node: string } }) => o.spec.node === 'node-b').status, b);
+  // The policy did not change: no watcher of the policies heard of either write.
+  const got = await kubeRequest(admin, 'GET', `${SP_PATH}/${name}`);
+  assert.equal(got.body.metadata.resourceVersion, rv);
+  assert.equal(got.body.status, undefined);
 
-  // Through /status a spec change is ignored; through the resource a status change is.
-  const viaStatus = await kubeRequest(admin, 'PATCH', statusPath, { spec: { dryRun: true }, status: { nodes: { 'node-a': { phase: 'Active' } } } }, mergePatch);
-  assert.equal(viaStatus.status, 200);
-  assert.equal(viaStatus.body.spec.dryRun, false, 'spec untouched by a /status write');
-  assert.equal(viaStatus.body.status.nodes['node-a'].phase, 'Active');
-  const viaSpec = await kubeRequest(admin, 'PATCH', `${SP_PATH}/${name}`, { spec: { dryRun: true }, status: { nodes: { 'node-b': null, 'node-c': { phase: 'Error' } } } }, mergePatch);
-  assert.equal(viaSpec.status, 200);
-  assert.equal(viaSpec.body.spec.dryRun, true);
-  assert.equal(viaSpec.body.metadata.generation, 2);
-  assert.deepEqual(Object.keys(viaSpec.body.status.nodes).sort(), ['node-a', 'node-b'], 'status untouched by a spec write');
+  // The schema's enums do not list null: a null targetTier is refused (the daemon's writer drops null members).
+  const withNull = await createObject(admin, nodeStatusObj('StoragePolicy', created.body, 'node-c', spNodeEntry('node-c')));
+  assert.equal(withNull.status, 422, JSON.stringify(withNull.body.message));
+  assert.match(withNull.body.message, /status\.decisions\[1\]\.targetTier/);
 
-  // A node leaving removes its own entry; a field cleared with null goes.
-  const gone = await kubeRequest(admin, 'PATCH', statusPath, { status: { nodes: { 'node-b': null, 'node-a': { lastReconcileTime: null } } } }, mergePatch);
-  assert.equal(gone.status, 200);
-  got = await kubeRequest(admin, 'GET', `${SP_PATH}/${name}`);
-  assert.deepEqual(Object.keys(got.body.status.nodes), ['node-a']);
-  assert.equal('lastReconcileTime' in got.body.status.nodes['node-a'], false);
-  assert.deepEqual(got.body.status.nodes['node-a'].decisions, withoutNulls(a).decisions);
+  // An older version's entry in the policy's own status: not in the schema, so not kept (nor shown).
+  const old = await kubeRequest(admin, 'PATCH', `${SP_PATH}/${name}/status`, { status: { nodes: { 'node-a': { phase: 'Active' } } } }, mergePatch);
+  assert.equal(old.status, 200, JSON.stringify(old.body.message));
+  assert.equal(old.body.status?.nodes, undefined);
+  assert.equal((await kubeRequest(admin, 'GET', `${SP_PATH}/${name}`)).body.status?.nodes, undefined);
 });
 
-/** The value as a merge patch stores it: null members of objects dropped, at every depth. */
+/** The value as the daemon's writer stores it: null members of objects dropped, at every depth. */
 function withoutNulls<T>(v: T): T {
   return JSON.parse(JSON.stringify(v, (_k, x) => (x !== null && typeof x === 'object' && !Array.isArray(x) ? Object.fromEntries(Object.entries(x).filter(([, y]) => y !== null)) : x))) as T;
 }
 
 test('status bounds are enforced: 21 decisions, an unknown phase, a bad time are refused with 422 naming the field', async () => {
   const name = uniq('bounds');
-  assert.equal((await createObject(admin, sp(name, SP_MINIMAL))).status, 201);
-  const statusPath = `${SP_PATH}/${name}/status`;
+  const policy = await createObject(admin, sp(name, SP_MINIMAL));
+  assert.equal(policy.status, 201);
   const cases: [unknown, string][] = [
-    [spNodeEntry('n', 21), 'status.nodes.n.decisions'],
-    [{ phase: 'Running' }, 'status.nodes.n.phase'],
-    [{ phase: 'Active', lastReconcileTime: 'yesterday' }, 'status.nodes.n.lastReconcileTime'],
-    [{ phase: 'Active', conditions: [{ type: 'Valid', status: 'Yes', lastTransitionTime: new Date().toISOString() }] }, 'status.nodes.n.conditions[0].status'],
-    [{ watchedVolumes: 1 }, 'status.nodes.n.phase'],
+    [withoutNulls(spNodeEntry('n', 21)), 'status.decisions'],
+    [{ phase: 'Running' }, 'status.phase'],
+    [{ phase: 'Active', lastReconcileTime: 'yesterday' }, 'status.lastReconcileTime'],
+    [{ phase: 'Active', conditions: [{ type: 'Valid', status: 'Yes', lastTransitionTime: new Date().toISOString() }] }, 'status.conditions[0].status'],
+    [{ watchedVolumes: 1 }, 'status.phase'],
   ];
   for (const [entry, field] of cases) {
-    const res = await kubeRequest(admin, 'PATCH', statusPath, { status: { nodes: { n: entry } } }, mergePatch);
+    const res = await createObject(admin, nodeStatusObj('StoragePolicy', policy.body, 'n', entry));
     assert.equal(res.status, 422, `${field}: ${res.status} ${JSON.stringify(res.body.message)}`);
     assert.ok(String(res.body.message).includes(field), `${field}: ${res.body.message}`);
   }
-  const got = await kubeRequest(admin, 'GET', `${SP_PATH}/${name}`);
-  assert.equal(got.body.status, undefined, 'nothing written');
+  assert.equal((await kubeRequest(admin, 'GET', `${SPNS_PATH}/${nodeStatusName(name, 'n')}`)).status, 404, 'nothing written');
 });
 
 test('ErasureCodingPolicy status per node: phase, stripes by health; an unknown phase is refused', async () => {
   const name = uniq('ecstatus');
-  assert.equal((await createObject(admin, ecp(name, ECP_MINIMAL))).status, 201);
-  const statusPath = `${ECP_PATH}/${name}/status`;
+  const policy = await createObject(admin, ecp(name, ECP_MINIMAL));
+  assert.equal(policy.status, 201);
   const now = new Date().toISOString();
   const active = {
     phase: 'Active',
@@ -403,13 +422,17 @@ test('ErasureCodingPolicy status per node: phase, stripes by health; an unknown 
     conditions: [{ type: 'Valid', status: 'True', reason: 'SpecValid', message: '4+2 on 6 cold pools', lastTransitionTime: now }],
   };
   const invalid = { phase: 'Invalid', reason: 'dataShards + parityShards = 6 needs that many cold pools, only 3 available', coldPools: 3 };
-  assert.equal((await kubeRequest(admin, 'PATCH', statusPath, { status: { nodes: { a: active } } }, mergePatch)).status, 200);
-  assert.equal((await kubeRequest(admin, 'PATCH', statusPath, { status: { nodes: { b: invalid } } }, mergePatch)).status, 200);
-  const got = await kubeRequest(admin, 'GET', `${ECP_PATH}/${name}`);
-  assert.deepEqual(got.body.status.nodes, { a: active, b: invalid });
-  const bad = await kubeRequest(admin, 'PATCH', statusPath, { status: { nodes: { c: { phase: 'Degraded' } } } }, mergePatch);
+  for (const [node, entry] of [['a', active], ['b', invalid]] as const) {
+    assert.equal((await createObject(admin, nodeStatusObj('ErasureCodingPolicy', policy.body, node, entry), { fieldValidation: 'Strict' })).status, 201);
+    assert.deepEqual((await kubeRequest(admin, 'GET', `${ECPNS_PATH}/${nodeStatusName(name, node)}`)).body.status, entry);
+  }
+  const bad = await createObject(admin, nodeStatusObj('ErasureCodingPolicy', policy.body, 'c', { phase: 'Degraded' }));
   assert.equal(bad.status, 422);
-  assert.match(bad.body.message, /status\.nodes\.c\.phase/);
+  assert.match(bad.body.message, /status\.phase/);
+  // kubectl get ecpns: the node's phase, k+m and unhealthy stripes.
+  const t = await tableOf(admin, `${ECPNS_PATH}/${nodeStatusName(name, 'a')}`);
+  assert.deepEqual(t.columnDefinitions.map((c) => c.name), ['Name', 'Policy', 'Node', 'Phase', 'K', 'M', 'Degraded', 'Unrecoverable', 'Updated', 'Reason']);
+  assert.deepEqual(t.rows[0]!.cells.slice(1, 8), [name, 'a', 'Active', 4, 2, 2, 0]);
 });
 
 test('kubectl get columns: watermarks, EC policy, k+m', async () => {
@@ -424,6 +447,11 @@ test('kubectl get columns: watermarks, EC policy, k+m', async () => {
   const t2 = await tableOf(admin, `${ECP_PATH}/${ename}`);
   assert.deepEqual(t2.columnDefinitions.map((c) => c.name), ['Name', 'K', 'M', 'Stripe', 'Compression', 'Scrub', 'Age']);
   assert.deepEqual(t2.rows[0]!.cells.slice(0, 6), [ename, 4, 2, 1048576, 'none', '24h']);
+  // kubectl get spns: each node's phase and volume counts (the policy's own columns name no node).
+  assert.equal((await createObject(admin, nodeStatusObj('StoragePolicy', (await kubeRequest(admin, 'GET', `${SP_PATH}/${name}`)).body, 'node-a', { phase: 'DryRun', hotVolumes: 3, warmVolumes: 0, coldVolumes: 7, activeMigrations: 1 }))).status, 201);
+  const t3 = await tableOf(admin, `${SPNS_PATH}/${nodeStatusName(name, 'node-a')}`);
+  assert.deepEqual(t3.columnDefinitions.map((c) => c.name), ['Name', 'Policy', 'Node', 'Phase', 'Hot', 'Warm', 'Cold', 'Moving', 'Reconciled', 'Reason']);
+  assert.deepEqual(t3.rows[0]!.cells.slice(1, 8), [name, 'node-a', 'DryRun', 3, 0, 7, 1]);
 });
 
 /** GET as a meta.k8s.io Table: the server-side printing kubectl get shows. */
@@ -568,7 +596,7 @@ test('the DaemonSet puts the ConfigMap\'s couchestor.yaml into the data director
   assert.equal(loadConfig(data).listenHost, '127.0.0.1');
 });
 
-test('RBAC: the ClusterRole lets the daemon list, watch, get and patch status; it refuses spec writes and a status PUT (403)', async () => {
+test('RBAC: the ClusterRole lets the daemon list, watch and get policies and write node-status objects; it refuses spec and policy status writes (403)', async () => {
   await ensureCreated(admin, manifest('namespace.yaml', 'Namespace'));
   for (const obj of loadManifests(path.join(DEPLOY_DIR, 'rbac.yaml'))) {
     const res = await createObject(admin, obj, { fieldValidation: 'Strict' });
@@ -590,19 +618,30 @@ test('RBAC: the ClusterRole lets the daemon list, watch, get and patch status; i
   assert.equal((await createObject(admin, binding)).status, 201);
   // The authorizer follows bindings through an informer: poll until the grant shows.
   await pollUntil(async () => (await kubeRequest(user, 'GET', SP_PATH)).status === 200, 'the binding takes effect');
-  for (const p of [SP_PATH, ECP_PATH, `${SP_PATH}/${name}`, `${SP_PATH}/${name}/status`]) {
+  for (const p of [SP_PATH, ECP_PATH, `${SP_PATH}/${name}`]) {
     assert.equal((await kubeRequest(user, 'GET', p)).status, 200, `GET ${p}`);
   }
   const watch = await kubeRequest(user, 'GET', `${SP_PATH}?watch=true&timeoutSeconds=1`);
   assert.equal(watch.status, 200, 'watch');
   assert.match(String(watch.body), /"type":"ADDED"/, 'the watch streams the policy');
-  const patched = await kubeRequest(user, 'PATCH', `${SP_PATH}/${name}/status`, { status: { nodes: { 'node-a': { phase: 'Active' } } } }, mergePatch);
-  assert.equal(patched.status, 200, JSON.stringify(patched.body.message));
+  // Its node-status object: created, patched whole (JSON patch), listed metadata-only (the pruner), deleted.
   const current = (await kubeRequest(admin, 'GET', `${SP_PATH}/${name}`)).body;
+  const obj = nodeStatusObj('StoragePolicy', current, 'node-a', { phase: 'Active' });
+  assert.equal((await kubeRequest(user, 'POST', SPNS_PATH, obj)).status, 201);
+  const patched = await kubeRequest(user, 'PATCH', `${SPNS_PATH}/${obj.metadata.name}`, [{ op: 'add', path: '/status', value: { phase: 'DryRun' } }], 'application/json-patch+json');
+  assert.equal(patched.status, 200, JSON.stringify(patched.body.message));
+  assert.equal(patched.body.status.phase, 'DryRun');
+  const meta = await kubeRequest(user, 'GET', SPNS_PATH, undefined, undefined, 'application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1');
+  assert.equal(meta.status, 200);
+  assert.equal(meta.body.kind, 'PartialObjectMetadataList');
+  assert.equal((await kubeRequest(user, 'DELETE', `${SPNS_PATH}/${obj.metadata.name}`)).status, 200);
   const refused: [string, string, unknown?][] = [
     ['PATCH', `${SP_PATH}/${name}`, { spec: { dryRun: true } }],
-    // A PUT of the status would replace every node's entry: the daemon merge-patches its own.
-    ['PUT', `${SP_PATH}/${name}/status`, { ...current, status: { nodes: {} } }],
+    // The policy's own status is no longer written by the daemons.
+    ['PATCH', `${SP_PATH}/${name}/status`, { status: { observedGeneration: 1 } }],
+    ['PUT', `${SP_PATH}/${name}/status`, current],
+    ['GET', `${SP_PATH}/${name}/status`],
+    ['GET', `${SPNS_PATH}?watch=true&timeoutSeconds=1`],
     ['DELETE', `${SP_PATH}/${name}`],
     ['POST', SP_PATH, sp(uniq('by-user'), SP_MINIMAL)],
     ['POST', ECP_PATH, ecp(uniq('by-user'), ECP_MINIMAL)],
@@ -617,7 +656,7 @@ test('RBAC: the ClusterRole lets the daemon list, watch, get and patch status; i
   assert.equal(after.body.spec.dryRun, false);
 });
 
-test('RBAC: the DaemonSet\'s ServiceAccount, through rbac.yaml\'s own binding, reads policies and writes status only', async () => {
+test('RBAC: the DaemonSet\'s ServiceAccount, through rbac.yaml\'s own binding, reads policies and writes node-status objects only', async () => {
   // rbac.yaml was created by the test above; a token for its ServiceAccount as the kubelet would mount it.
   const sa = manifest('rbac.yaml', 'ServiceAccount');
   const ns = sa.metadata.namespace!;
@@ -629,11 +668,13 @@ test('RBAC: the DaemonSet\'s ServiceAccount, through rbac.yaml\'s own binding, r
   assert.equal(tr.status, 201, JSON.stringify(tr.body.message));
   const daemon: KubeAccess = { server: kube.server, caPem: kube.caPem, token: tr.body.status.token };
   const name = uniq('sa');
-  assert.equal((await createObject(admin, ecp(name, ECP_MINIMAL))).status, 201);
+  const policy = await createObject(admin, ecp(name, ECP_MINIMAL));
+  assert.equal(policy.status, 201);
   await pollUntil(async () => (await kubeRequest(daemon, 'GET', ECP_PATH)).status === 200, 'the ServiceAccount can list');
   assert.equal((await kubeRequest(daemon, 'GET', SP_PATH)).status, 200);
-  const st = await kubeRequest(daemon, 'PATCH', `${ECP_PATH}/${name}/status`, { status: { nodes: { 'node-a': { phase: 'Unused' } } } }, mergePatch);
-  assert.equal(st.status, 200, JSON.stringify(st.body.message));
+  const st = await kubeRequest(daemon, 'POST', ECPNS_PATH, nodeStatusObj('ErasureCodingPolicy', policy.body, 'node-a', { phase: 'Unused' }));
+  assert.equal(st.status, 201, JSON.stringify(st.body.message));
+  assert.equal((await kubeRequest(daemon, 'PATCH', `${ECP_PATH}/${name}/status`, { status: {} }, mergePatch)).status, 403);
   assert.equal((await kubeRequest(daemon, 'PATCH', `${ECP_PATH}/${name}`, { spec: { parityShards: 1 } }, mergePatch)).status, 403);
   assert.equal((await kubeRequest(daemon, 'GET', `/api/v1/namespaces/${ns}/secrets`)).status, 403);
 });

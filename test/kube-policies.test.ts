@@ -2,7 +2,7 @@
 // kube-apiserver + etcd (test/helpers/kube.ts) with deploy/crds applied: the
 // cold tier runs the ErasureCodingPolicy CR it names, StoragePolicy CRs are
 // the control loop's policies (created, updated, invalid, deleted while it
-// runs), each node writes its own status.nodes entry and only when it changed,
+// runs), each node writes its own node-status object and only when it changed,
 // a node bound only to deploy/rbac.yaml's ClusterRole works, and a volume
 // whose heat passes a CR's high watermark is moved hot.
 import { after, before, test } from 'node:test';
@@ -70,7 +70,7 @@ test('the cold tier runs the ErasureCodingPolicy CR it names (2+1 on 3 cold pool
   assert.ok(nbdcopyOut(nodeA.exportUri('coldvol'), path.join(nodeA.dataDir, 'out.bin'), 2 * MiB).equals(fs.readFileSync(src)));
 });
 
-test('a StoragePolicy CR created after the daemon starts is picked up (a pass on the change): status.nodes.node-a with phase and a Valid condition', async () => {
+test('a StoragePolicy CR created after the daemon starts is picked up (a pass on the change): node-a\'s StoragePolicyNodeStatus with phase and a Valid condition', async () => {
   await cluster.create(SP, 'StoragePolicy', 'sp-a', spSpec({ dryRun: true, volumeSelector: { matchLabels: { app: 'a' } } }));
   // No pass asked for: the reconcile interval is an hour, the change itself starts one.
   const s = await untilNodeStatus(cluster, SP, 'sp-a', 'node-a', (x) => x.phase === 'DryRun');
@@ -80,6 +80,11 @@ test('a StoragePolicy CR created after the daemon starts is picked up (a pass on
     { status: 'True', reason: 'SpecValid' },
   );
   assert.equal(typeof s.lastReconcileTime, 'string');
+  // Its own object, found by its labels and owned by the policy (deleting the policy garbage-collects it).
+  const obj = (await cluster.nodeStatusObject(SP, 'sp-a', 'node-a'))!;
+  assert.deepEqual(obj.metadata.labels, { 'storage.billyronks.io/policy': 'sp-a', 'storage.billyronks.io/node': 'node-a' });
+  assert.deepEqual(obj.metadata.ownerReferences?.map((o) => [o.kind, o.name, o.uid]), [['StoragePolicy', 'sp-a', (await cluster.get(SP, 'sp-a')).metadata.uid]]);
+  assert.deepEqual(await cluster.statusNodes(SP, 'sp-a'), ['node-a']);
   const loop = (await status(nodeA)).policies.find((p) => p.name === 'sp-a');
   assert.ok(loop, 'the loop runs sp-a');
   assert.equal(loop.file, 'storagepolicies/sp-a');
@@ -119,10 +124,13 @@ test('a spec the CRD lets through but the node refuses (a selector naming no poo
   assert.equal(condition(fixed, 'Valid')?.status, 'True');
 });
 
-test('a deleted StoragePolicy CR leaves the loop', async () => {
+test('a deleted StoragePolicy CR leaves the loop, and the node deletes its node-status object of it', async () => {
   assert.ok((await status(nodeA)).policies.some((p) => p.name === 'sp-bad'));
+  assert.ok(await cluster.nodeStatusObject(SP, 'sp-bad', 'node-a'));
   await cluster.delete(SP, 'sp-bad');
   await until('sp-bad gone from the loop', async () => ((await status(nodeA)).policies.some((p) => p.name === 'sp-bad') ? undefined : true));
+  // The fixture runs no garbage collector (no kube-controller-manager): the node's own delete did it.
+  await until('node-a\'s object of sp-bad deleted', async () => ((await cluster.nodeStatusObject(SP, 'sp-bad', 'node-a')) ? undefined : true));
   assert.ok((await status(nodeA)).policies.some((p) => p.name === 'sp-a'), 'sp-a stays');
 });
 
@@ -149,14 +157,15 @@ test('status is written when it changes, not every pass: 20 passes with nothing 
   assert.equal(metric(await scrape(nodeA), 'couchestor_kube_status_writes_total', { result: 'failed' }), 0);
 });
 
-test('two daemons with different node names write two entries that both survive each other\'s writes', async () => {
+test('two daemons with different node names write two node-status objects; the policy itself carries neither', async () => {
   const nodeB = await daemon('node-b');
   const both = await untilNodeStatus(cluster, SP, 'sp-a', 'node-b', (x) => x.phase === 'Active');
   assert.equal(both.observedGeneration, 5);
   await cluster.patchSpec(SP, 'sp-a', { cooldownPeriod: '2s' });
   for (const node of ['node-a', 'node-b']) await untilNodeStatus(cluster, SP, 'sp-a', node, (x) => x.observedGeneration === 6);
-  const nodes = ((await cluster.get(SP, 'sp-a')).status as { nodes: Record<string, { observedGeneration: number }> }).nodes;
-  assert.deepEqual(Object.keys(nodes).sort(), ['node-a', 'node-b']);
+  assert.deepEqual(await cluster.statusNodes(SP, 'sp-a'), ['node-a', 'node-b']);
+  // The policy itself carries no node's status: nothing a node writes reaches the other nodes' policy watches.
+  assert.deepEqual((await cluster.get(SP, 'sp-a')).status ?? {}, {});
   // node-b's ErasureCodingPolicy entries beside node-a's.
   await untilNodeStatus(cluster, ECP, 'ec21', 'node-b', (x) => x.phase === 'Active');
   assert.equal((await cluster.nodeStatus(ECP, 'ec21', 'node-a'))?.phase, 'Active');

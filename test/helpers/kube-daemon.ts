@@ -1,7 +1,8 @@
 // The daemon on Kubernetes in tests: a real `couchestor serve` with
 // kubernetes.enabled against the real apiserver of test/helpers/kube.ts, its
 // custom resources created, patched and read through the fixture's requests,
-// and polls with a deadline on the status the daemons write. startKubeCluster /
+// and polls with a deadline on the status the daemons write (each node's its
+// own object per policy: StoragePolicyNodeStatus, ErasureCodingPolicyNodeStatus). startKubeCluster /
 // stopKubeCluster: the cluster (CRDs, ErasureCodingPolicy ec21) of a test file.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -10,6 +11,7 @@ import YAML from 'yaml';
 import { TestDaemon } from './daemon.js';
 import { startKube, type KubeEnv, type KubeOptions } from './kube.js';
 import { access, applyCrds } from './kube-manifests.js';
+import { NODE_STATUS_KINDS, nodeStatusName } from '../../src/control/kube/status.js';
 import { createVolume, HEAT_SAMPLE_INTERVAL_MS, nbdcopyIn, policySpec, randomFile } from './control-loop.js';
 
 export const SP = 'storagepolicies';
@@ -126,13 +128,55 @@ export class Cluster {
     return this.call('GET', resourcePath(plural, name));
   }
 
-  /** status.nodes.<node> of the resource, or undefined (none yet, or the resource is gone). */
+  /** `node`'s status of policy plural/name (the status of its node-status object), or undefined (none yet, or gone). */
   async nodeStatus(plural: string, name: string, node: string): Promise<NodeStatus | undefined> {
+    return (await this.nodeStatusObject(plural, name, node))?.status as NodeStatus | undefined;
+  }
+
+  /** `node`'s node-status object of policy plural/name (StoragePolicyNodeStatus, ...), or undefined. */
+  async nodeStatusObject(plural: string, name: string, node: string): Promise<KubeObject | undefined> {
     try {
-      return ((await this.get(plural, name)).status as { nodes?: Record<string, NodeStatus> } | undefined)?.nodes?.[node];
+      return await this.get(nodeStatusPlural(plural), nodeStatusName(name, node));
     } catch (err) {
       if (err instanceof ClusterError && err.code === 404) return undefined;
       throw err;
+    }
+  }
+
+  /** The nodes that have a node-status object for policy plural/name (found by its labels, as kubectl -l does), sorted. */
+  async statusNodes(plural: string, name: string): Promise<string[]> {
+    const q = new URLSearchParams({ labelSelector: `storage.billyronks.io/policy=${name}` });
+    const list = (await this.call('GET', `${resourcePath(nodeStatusPlural(plural))}?${q}`)) as unknown as { items: { spec: { node: string } }[] };
+    return list.items.map((o) => o.spec.node).sort();
+  }
+
+  /**
+   * A node-status object as a node that last wrote at `reportTime` would have left it (no daemon: a simulated
+   * node). Its labels, annotations and ownerReference as the daemon's writer sets them.
+   */
+  async writeNodeStatus(plural: string, name: string, node: string, status: Record<string, unknown>, reportTime = new Date().toISOString()): Promise<KubeObject> {
+    const kinds = NODE_STATUS_KINDS[plural]!;
+    const owner = await this.get(plural, name);
+    // A name no Node can have ('.', 'Worker-1': a hand-made object) makes no object name or label value of its own.
+    const valid = /^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/.test(node);
+    const obj = {
+      apiVersion: API_VERSION,
+      kind: kinds.kind,
+      metadata: {
+        name: valid ? nodeStatusName(name, node) : `${name}.hand-made.${Buffer.from(node).toString('hex')}`,
+        labels: { 'storage.billyronks.io/policy': name, ...(valid ? { 'storage.billyronks.io/node': node } : {}) },
+        annotations: { 'storage.billyronks.io/node': node, 'storage.billyronks.io/last-report-time': reportTime },
+        ownerReferences: [{ apiVersion: API_VERSION, kind: kinds.ownerKind, name, uid: (owner.metadata as { uid: string }).uid }],
+      },
+      spec: { policy: name, node },
+      status,
+    };
+    try {
+      return await this.call('POST', resourcePath(kinds.plural), obj);
+    } catch (err) {
+      if (!(err instanceof ClusterError && err.code === 409)) throw err;
+      const ops = [{ op: 'add', path: '/metadata/annotations', value: obj.metadata.annotations }, { op: 'add', path: '/status', value: status }];
+      return this.call('PATCH', resourcePath(kinds.plural, obj.metadata.name), ops, 'application/json-patch+json');
     }
   }
 }
@@ -146,13 +190,18 @@ class ClusterError extends Error {
   }
 }
 
+/** The plural of the node-status kind of a policy kind: storagepolicies -> storagepolicynodestatuses. */
+export function nodeStatusPlural(plural: string): string {
+  return NODE_STATUS_KINDS[plural]!.plural;
+}
+
 /** /apis/storage.billyronks.io/v1/PLURAL[/NAME] */
 function resourcePath(plural: string, name?: string): string {
   return `/apis/storage.billyronks.io/v1/${plural}${name !== undefined ? `/${encodeURIComponent(name)}` : ''}`;
 }
 
 interface KubeObject {
-  metadata: { name: string; generation?: number };
+  metadata: { name: string; generation?: number; uid?: string; resourceVersion?: string; labels?: Record<string, string>; annotations?: Record<string, string>; ownerReferences?: { kind: string; name: string; uid: string }[] };
   spec?: unknown;
   status?: unknown;
 }
@@ -195,11 +244,11 @@ export async function until<T>(what: string, probe: () => Promise<T | undefined>
   }
 }
 
-/** Polls the resource's status.nodes.<node> until `ok` holds; returns it. */
+/** Polls `node`'s status of the policy (its node-status object) until `ok` holds; returns it. */
 export function untilNodeStatus(cluster: Cluster, plural: string, name: string, node: string, ok: (s: NodeStatus) => boolean, timeoutMs = 20_000): Promise<NodeStatus> {
   let seen: NodeStatus | undefined;
   return until(
-    `${plural}/${name} status.nodes.${node}`,
+    `${plural}/${name}: ${node}'s status`,
     async () => {
       seen = await cluster.nodeStatus(plural, name, node);
       return seen && ok(seen) ? seen : undefined;

@@ -144,6 +144,10 @@ export function collectionPath(obj: KubeObject): string {
       return SP_PATH;
     case `${GROUP}/v1/ErasureCodingPolicy`:
       return ECP_PATH;
+    case `${GROUP}/v1/StoragePolicyNodeStatus`:
+      return `/apis/${GROUP}/v1/storagepolicynodestatuses`;
+    case `${GROUP}/v1/ErasureCodingPolicyNodeStatus`:
+      return `/apis/${GROUP}/v1/erasurecodingpolicynodestatuses`;
     default:
       throw new Error(`collectionPath: no path known for ${obj.apiVersion} ${obj.kind}`);
   }

@@ -334,7 +334,12 @@ export async function startKube(opts: KubeOptions = {}): Promise<KubeEnv> {
     new Promise((resolve, reject) => {
       const payload = o.body === undefined ? undefined : typeof o.body === 'string' ? o.body : JSON.stringify(o.body);
       const headers: Record<string, string> = { authorization: bearer(o), accept: 'application/json' };
-      if (payload !== undefined) headers['content-type'] = o.contentType ?? 'application/json';
+      // With its length: Node sends a DELETE's body unframed (no chunking for DELETE), and the apiserver reads none
+      // (a DeleteOptions' preconditions were ignored: the delete done unconditionally).
+      if (payload !== undefined) {
+        headers['content-type'] = o.contentType ?? 'application/json';
+        headers['content-length'] = String(Buffer.byteLength(payload));
+      }
       const req = https.request(`${server}${apiPath}`, { method, ca: caPem, headers }, (res) => {
         const chunks: Buffer[] = [];
         res.on('data', (c: Buffer) => chunks.push(c));

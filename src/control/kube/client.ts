@@ -1,5 +1,5 @@
-// The daemon's few calls to the Kubernetes apiserver (list, watch, JSON merge
-// patch of a status), over node:http(s) with the kubeconfig's (or service
+// The daemon's few calls to the Kubernetes apiserver (list, watch, its own
+// node-status objects, Node lookups), over node:http(s) with the kubeconfig's (or service
 // account's) server, TLS and credentials. Every call has a deadline: a hung
 // apiserver must never hold the control loop or the data path.
 import http from 'node:http';
@@ -25,7 +25,7 @@ export class KubeApiError extends Error {
 export interface KubeObject {
   apiVersion?: string;
   kind?: string;
-  metadata: { name: string; uid?: string; resourceVersion?: string; generation?: number };
+  metadata: { name: string; uid?: string; resourceVersion?: string; generation?: number; annotations?: Record<string, string> };
   spec?: unknown;
   status?: unknown;
 }
@@ -77,7 +77,7 @@ export class KubeClient {
    * credentials once, past the library's caches, and sends the request once more; a second 401 is
    * the caller's error (its backoff), never a loop.
    */
-  async request<T>(method: string, path: string, opts: { body?: unknown; contentType?: string; timeoutMs: number }): Promise<T> {
+  async request<T>(method: string, path: string, opts: { body?: unknown; contentType?: string; accept?: string; timeoutMs: number }): Promise<T> {
     const generation = this.credentialsGeneration;
     try {
       return await this.requestOnce<T>(method, path, opts);
@@ -110,8 +110,12 @@ export class KubeClient {
     await this.reloading;
   }
 
-  private async requestOnce<T>(method: string, path: string, opts: { body?: unknown; contentType?: string; timeoutMs: number }): Promise<T> {
-    const req = await this.open(method, path, opts.contentType, opts.timeoutMs);
+  private async requestOnce<T>(method: string, path: string, opts: { body?: unknown; contentType?: string; accept?: string; timeoutMs: number }): Promise<T> {
+    const payload = opts.body === undefined ? undefined : JSON.stringify(opts.body);
+    const req = await this.open(method, path, opts.contentType ?? (payload === undefined ? undefined : 'application/json'), opts.timeoutMs, opts.accept);
+    // With its length: Node sends a DELETE's body unframed (no chunking for DELETE) and the apiserver reads
+    // none, so a DeleteOptions' preconditions were dropped and the delete done unconditionally.
+    if (payload !== undefined) req.setHeader('content-length', Buffer.byteLength(payload));
     return new Promise<T>((resolve, reject) => {
       req.on('error', reject);
       req.on('response', (res) => {
@@ -137,7 +141,7 @@ export class KubeClient {
           }
         });
       });
-      req.end(opts.body === undefined ? undefined : JSON.stringify(opts.body));
+      req.end(payload);
     });
   }
 
@@ -209,13 +213,13 @@ export class KubeClient {
   }
 
   /** A request with the kubeconfig's TLS and credentials (a token file or an exec plugin's token as it is now). */
-  private async open(method: string, path: string, contentType: string | undefined, timeoutMs: number): Promise<http.ClientRequest> {
+  private async open(method: string, path: string, contentType: string | undefined, timeoutMs: number, accept = 'application/json'): Promise<http.ClientRequest> {
     const url = new URL(this.server + path);
     // Credentials with a deadline too: an exec plugin that hangs must not hold the caller.
     const [agent, auth] = await withDeadline(Promise.all([this.access.agent(), this.access.headers()]), timeoutMs, `${method} ${url.pathname}: no credentials within ${timeoutMs} ms`);
     if (this.closed) throw new Error(`${method} ${url.pathname}: client closed`);
     this.agent = agent;
-    const headers: Record<string, string> = { accept: 'application/json', ...auth };
+    const headers: Record<string, string> = { accept, ...auth };
     if (contentType) headers['content-type'] = contentType;
     const req = (url.protocol === 'https:' ? https : http).request(url, { method, headers, agent });
     // Idle time on the socket: a request's deadline, a watch's silence bound.

@@ -1,7 +1,9 @@
 // The daemon on Kubernetes: StoragePolicies and ErasureCodingPolicies are
 // custom resources (group storage.billyronks.io/v1, cluster-scoped), read
-// through list + watch caches, and each node writes its own entry of their
-// status (status.nodes.<nodeName>, deploy/README.md "Status").
+// through list + watch caches. Each node writes its status of each policy
+// into an object of its own (StoragePolicyNodeStatus, ErasureCodingPolicy-
+// NodeStatus, one per policy and node), which no daemon watches: a node's
+// write reaches no other node (deploy/README.md "Status").
 import fs from 'node:fs';
 import os from 'node:os';
 import { Counter, Gauge, type Registry } from 'prom-client';
@@ -14,7 +16,7 @@ import type { Condition, PolicyDocument, PolicySource, PolicyStatus } from '../l
 import { POLICY_API_VERSION, POLICY_KIND } from '../policy.js';
 import { KubeClient, type KubeObject } from './client.js';
 import { Informer } from './informer.js';
-import { DepartedNodePruner, ENTRY_TIME_FIELDS, statusNodes } from './prune.js';
+import { DepartedNodePruner } from './prune.js';
 import { StatusWriter, type StatusWriteResult } from './status.js';
 
 export const STORAGE_POLICIES = 'storagepolicies';
@@ -96,27 +98,16 @@ export class KubePolicies {
     };
     const spGen = new Map<string, number | undefined>();
     const ecGen = new Map<string, number | undefined>();
-    // Of the status this node's entry is kept whole; of the others' (up to thousands of nodes, ~1.5 MiB an object) only
-    // their time, which the pruner of departed nodes' entries reads (a name and a timestamp: ~100 bytes a node).
-    // Of the metadata the fields read here (not managedFields, which grow with every writer).
+    // The fields read here: not the status (the daemons no longer write one; an old version's status.nodes is
+    // dropped by the CRD's schema) nor managedFields (they grow with every writer).
     const keep = (obj: KubeObject): KubeObject => {
-      const nodes: Record<string, unknown> = {};
-      for (const [node, e] of Object.entries(statusNodes(obj))) {
-        if (node === this.nodeName) {
-          if (e !== null && typeof e === 'object' && !Array.isArray(e)) nodes[node] = e;
-          continue;
-        }
-        const times: Record<string, unknown> = {};
-        if (e !== null && typeof e === 'object') for (const f of ENTRY_TIME_FIELDS) if (typeof (e as Record<string, unknown>)[f] === 'string') times[f] = (e as Record<string, unknown>)[f];
-        nodes[node] = times;
-      }
       const { name, uid, resourceVersion, generation } = obj.metadata;
-      return { apiVersion: obj.apiVersion, kind: obj.kind, metadata: { name, uid, resourceVersion, generation }, spec: obj.spec, ...(Object.keys(nodes).length > 0 ? { status: { nodes } } : {}) };
+      return { apiVersion: obj.apiVersion, kind: obj.kind, metadata: { name, uid, resourceVersion, generation }, spec: obj.spec };
     };
     this.storagePolicies = new Informer(this.client, STORAGE_POLICIES, cfg.watchSilenceTimeoutMs, (k, o) => changed(k, o, STORAGE_POLICIES, spGen), keep);
     this.ecPolicies = new Informer(this.client, EC_POLICIES, cfg.watchSilenceTimeoutMs, (k, o) => changed(k, o, EC_POLICIES, ecGen), keep);
     this.writer = new StatusWriter(this.client, this.nodeName, cfg.statusWriteIntervalMs);
-    this.pruner = new DepartedNodePruner(this.client, this.nodeName, cfg.departedNodeEntryTimeoutMs, [this.storagePolicies, this.ecPolicies]);
+    this.pruner = new DepartedNodePruner(this.client, this.nodeName, cfg.departedNodeEntryTimeoutMs);
   }
 
   /** The apiserver client's credential re-reads after a 401 (/metrics, tests). */
@@ -254,7 +245,7 @@ export class KubePolicies {
       // A state kept for running moves of a policy deleted meanwhile (loop "gone:" key): nothing to write.
       if (!obj || s.file !== `${STORAGE_POLICIES}/${s.name}`) continue;
       const { entry, compareKey } = storagePolicyEntry(s, this.readGenerations.get(s.name) ?? obj.metadata.generation);
-      this.writer.set(STORAGE_POLICIES, s.name, entry, compareKey, nodeEntry(obj, this.nodeName));
+      this.writer.set(STORAGE_POLICIES, s.name, obj.metadata.uid, entry, compareKey);
     }
     this.writeEcStatus();
   }
@@ -263,9 +254,8 @@ export class KubePolicies {
     const now = new Date().toISOString();
     for (const obj of this.ecPolicies.list()) {
       const name = obj.metadata.name;
-      const prev = nodeEntry(obj, this.nodeName);
-      // Ours from the last computation (the cache lags our writes), else as a previous run left them.
-      const prevConditions = this.ecConditions.get(name) ?? ((Array.isArray(prev?.conditions) ? prev.conditions : []) as Condition[]);
+      // Ours from the last computation (a restart starts the transition times again).
+      const prevConditions = this.ecConditions.get(name) ?? [];
       const conditions: Condition[] = [];
       const cond = (type: string, status: 'True' | 'False', reason: string, message: string) => {
         const was = prevConditions.find((c) => c.type === type);
@@ -315,7 +305,7 @@ export class KubePolicies {
       const stripes = entry.stripes as { healthy: number } | undefined;
       const compareKey = JSON.stringify(stripes ? { ...entry, stripes: { ...stripes, healthy: Math.floor(Math.log2(stripes.healthy + 1)) } } : entry);
       entry.lastUpdateTime = now;
-      this.writer.set(EC_POLICIES, name, entry, compareKey, prev);
+      this.writer.set(EC_POLICIES, name, obj.metadata.uid, entry, compareKey);
     }
   }
 }
@@ -358,12 +348,6 @@ export function storagePolicyEntry(s: PolicyStatus, generation: number | undefin
   const compareKey = JSON.stringify({ ...entry, decisions: decisions.map((d) => [d.volume, d.currentTier, d.targetTier, d.action]) });
   entry.lastReconcileTime = s.lastReconcileTime;
   return { entry, compareKey };
-}
-
-function nodeEntry(obj: KubeObject, node: string): Record<string, unknown> | undefined {
-  const nodes = (obj.status as { nodes?: Record<string, unknown> } | undefined)?.nodes;
-  const e = nodes?.[node];
-  return e !== null && typeof e === 'object' && !Array.isArray(e) ? (e as Record<string, unknown>) : undefined;
 }
 
 function ecText(obj: KubeObject): string {
@@ -412,7 +396,7 @@ export function registerKubeMetrics(kube: KubePolicies, registry: Registry): voi
   });
   new Counter({
     name: 'couchestor_kube_status_writes_total',
-    help: "Status writes (this node's entry) to the apiserver by result (ok; failed: retried with backoff; gone: the resource was deleted; rejected: refused, not retried until the status changes)",
+    help: "Status writes (this node's StoragePolicyNodeStatus / ErasureCodingPolicyNodeStatus objects) to the apiserver by result (ok; failed: retried with backoff; gone: the object of a deleted policy deleted; rejected: refused, not retried until the status changes)",
     labelNames: ['result'],
     registers: [registry],
     collect() {
@@ -430,7 +414,7 @@ export function registerKubeMetrics(kube: KubePolicies, registry: Registry): voi
   });
   new Counter({
     name: 'couchestor_kube_departed_node_entries_pruned_total',
-    help: "Status entries of departed nodes (their Node object gone, their time older than kubernetes.departedNodeEntryTimeoutMs) this node removed",
+    help: "Node-status objects of departed nodes (their Node object gone, their report time older than kubernetes.departedNodeEntryTimeoutMs) this node removed",
     registers: [registry],
     collect() {
       this.reset();

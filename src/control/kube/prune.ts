@@ -1,30 +1,32 @@
-// Removes the status entries of departed nodes (status.nodes.<node> of a
-// StoragePolicy or ErasureCodingPolicy whose Node object is gone: drained and
-// deleted, renamed; not a node the DaemonSet moved off: its Node exists). Without it they stayed for
-// good: `kubectl get` showed dead nodes as if they reported, and the object
-// grew toward etcd's 1.5 MiB bound with node churn.
+// Removes the node-status objects of departed nodes (StoragePolicyNodeStatus and
+// ErasureCodingPolicyNodeStatus of a node whose Node object is gone: drained and
+// deleted, renamed; not a node the DaemonSet moved off: its Node exists).
+// Without it they stayed for good: `kubectl get spns` showed dead nodes as if
+// they reported. (A policy's deletion removes its objects: ownerReferences, and
+// each node deletes its own, status.ts.)
 //
-// An entry is removed when its node's Node object is gone (GET 404) AND its
-// time (lastReconcileTime / lastUpdateTime) is older than
-// kubernetes.departedNodeEntryTimeoutMs. A node that exists is never pruned,
-// however long it has been silent (a node down reports nothing for a while).
+// An object is removed when its node's Node object is gone (GET 404) AND its
+// last-report-time annotation is older than kubernetes.departedNodeEntryTimeoutMs.
+// A node that exists is never pruned, however long it has been silent.
 //
-// Every node runs this; there is no leader. The removal is a JSON merge patch
-// setting the entry to null with the object's resourceVersion as a
-// precondition: null on a key already gone changes nothing, and a patch based
-// on an older view (the node came back and wrote its entry meanwhile) is
-// refused (409 Conflict) instead of removing a live entry. So several nodes
-// doing it at once cost a few requests, never a wrong removal. The node GETs
-// are made only for entries already older than the bound, which is rare.
+// Every node runs this; there is no leader. A round lists both kinds
+// metadata-only (no status: ~1 KiB an object), paged. So that the cluster as a
+// whole lists about PRUNE_LISTS_PER_INTERVAL times an interval however many
+// nodes there are, a node's own interval grows with the node count it saw. The
+// removal is a DELETE with the object's resourceVersion as a precondition: an
+// object written since the list (the node is back) makes it a 409, and another
+// pruner's removal a 404. So several nodes doing it at once cost a few
+// requests, never a wrong removal. The Node GETs are made only for objects
+// already older than the bound, which is rare.
 import { log } from '../../log.js';
-import { KubeApiError, resourcePath, type KubeClient, type KubeObject } from './client.js';
-import type { Informer } from './informer.js';
+import { KubeApiError, resourcePath, type KubeClient, type KubeList, type KubeObject } from './client.js';
+import { NODE_ANNOTATION, NODE_STATUS_KINDS, REPORT_TIME_ANNOTATION } from './status.js';
 
 const REQUEST_TIMEOUT_MS = 10_000;
 /**
- * What a Node's name can be (a lowercase DNS subdomain, as index.ts checks this node's). A status key that is not
- * (".", "", an old daemon's upper-case host name) has no Node, and is never looked up: "." made the GET
- * /api/v1/nodes/. (a LIST of nodes, refused under a get-only role, which stopped every round).
+ * What a Node's name can be (a lowercase DNS subdomain, as index.ts checks this node's). A node annotation that is
+ * not (".", "", an old daemon's upper-case host name, a hand-made object) has no Node, and is never looked up: "."
+ * made the GET /api/v1/nodes/. (a LIST of nodes, refused under a get-only role, which stopped every round).
  */
 const NODE_NAME_RE = /^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/;
 /** A round every half bound, at most every minute, at least every 0.5 s. */
@@ -32,41 +34,45 @@ export function pruneIntervalMs(boundMs: number): number {
   return Math.min(60_000, Math.max(500, Math.floor(boundMs / 2)));
 }
 
-/** The time fields an entry may have: the StoragePolicy's and the ErasureCodingPolicy's. */
-export const ENTRY_TIME_FIELDS = ['lastReconcileTime', 'lastUpdateTime'] as const;
+/** The cluster's pruners list about this many times a pruneIntervalMs, together. */
+const PRUNE_LISTS_PER_INTERVAL = 3;
+/** Objects per list page (metadata only: ~1 KiB each). */
+const LIST_PAGE_SIZE = 500;
+/** A list of PartialObjectMetadata: no spec, no status. */
+const METADATA_ONLY = 'application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json';
 
 export class DepartedNodePruner {
   private timer: NodeJS.Timeout | null = null;
   private running: Promise<void> | null = null;
   private stopped = false;
-  /** An entry with no time field we can read: aged from when this node first saw it. */
+  /** An object with no report time we can read: aged from when this node first saw it. */
   private readonly firstSeen = new Map<string, number>();
   /**
    * Nodes a GET found present, and until when that answer stands (one bound): a node that exists but
-   * stays silent (down, the DaemonSet moved off it) is asked about once a bound, not every round by
-   * every node (N nodes x M silent ones a minute against the apiserver, for good).
+   * stays silent (down, the DaemonSet moved off it) is asked about once a bound, not every round.
    */
   private readonly present = new Map<string, number>();
+  /** Distinct nodes the last list named: this node's interval is stretched by them (see the file's head). */
+  private nodesSeen = 0;
   private nodesForbiddenLogged = false;
   private failingLogged = false;
-  /** Entries removed by this node (tests, /metrics). */
+  /** Objects removed by this node (tests, /metrics). */
   pruned = 0;
 
   constructor(
     private readonly client: KubeClient,
     private readonly nodeName: string,
     private readonly boundMs: number,
-    private readonly informers: Informer[],
   ) {}
 
   start(): void {
     if (this.stopped || this.timer) return;
     // Jittered: the nodes of a cluster do not all look at once.
-    const every = pruneIntervalMs(this.boundMs);
+    const every = pruneIntervalMs(this.boundMs) * Math.max(1, this.nodesSeen / PRUNE_LISTS_PER_INTERVAL);
     this.timer = setTimeout(() => {
       this.timer = null;
       this.running = this.round()
-        .catch((err: unknown) => log.warn('pruning departed nodes\' status entries failed', { err: (err as Error).message }))
+        .catch((err: unknown) => this.logFailure(err))
         .finally(() => {
           this.running = null;
           this.start();
@@ -81,26 +87,45 @@ export class DepartedNodePruner {
     await this.running;
   }
 
-  /** One look at every cached policy: the entries older than the bound whose Node is gone are removed. */
+  /** Every node-status object, metadata only (paged). */
+  private async listAll(): Promise<{ plural: string; obj: KubeObject }[]> {
+    const out: { plural: string; obj: KubeObject }[] = [];
+    for (const { plural } of Object.values(NODE_STATUS_KINDS)) {
+      let cont: string | undefined;
+      do {
+        if (this.stopped) return out;
+        const q = new URLSearchParams({ limit: String(LIST_PAGE_SIZE), ...(cont ? { continue: cont } : {}) });
+        const page = await this.client.request<KubeList<KubeObject>>('GET', `${resourcePath(plural)}?${q}`, { accept: METADATA_ONLY, timeoutMs: REQUEST_TIMEOUT_MS });
+        for (const obj of page.items) out.push({ plural, obj });
+        cont = page.metadata.continue || undefined;
+      } while (cont);
+    }
+    return out;
+  }
+
+  /** One look at every node-status object: those older than the bound whose Node is gone are removed. */
   async round(): Promise<void> {
+    const all = await this.listAll();
     const now = Date.now();
     const stale: { plural: string; obj: KubeObject; node: string }[] = [];
     const seen = new Set<string>();
-    for (const inf of this.informers) {
-      for (const obj of inf.list()) {
-        for (const [node, entry] of Object.entries(statusNodes(obj))) {
-          if (node === this.nodeName) continue;
-          const key = `${inf.plural}/${obj.metadata.name}/${node}`;
-          seen.add(key);
-          let at = entryTimeMs(entry);
-          if (at === null) {
-            if (!this.firstSeen.has(key)) this.firstSeen.set(key, now);
-            at = this.firstSeen.get(key)!;
-          }
-          if (now - at > this.boundMs) stale.push({ plural: inf.plural, obj, node });
-        }
+    const nodes = new Set<string>();
+    for (const { plural, obj } of all) {
+      const node = obj.metadata.annotations?.[NODE_ANNOTATION];
+      // Not one of ours (no node named): left alone.
+      if (node === undefined) continue;
+      nodes.add(node);
+      if (node === this.nodeName) continue;
+      const key = `${plural}/${obj.metadata.name}`;
+      seen.add(key);
+      let at = timeMs(obj.metadata.annotations?.[REPORT_TIME_ANNOTATION]);
+      if (at === null) {
+        if (!this.firstSeen.has(key)) this.firstSeen.set(key, now);
+        at = this.firstSeen.get(key)!;
       }
+      if (now - at > this.boundMs) stale.push({ plural, obj, node });
     }
+    this.nodesSeen = nodes.size;
     for (const key of this.firstSeen.keys()) if (!seen.has(key)) this.firstSeen.delete(key);
     const staleNodes = new Set(stale.map((s) => s.node));
     for (const [node, until] of this.present) if (until <= now || !staleNodes.has(node)) this.present.delete(node);
@@ -130,7 +155,7 @@ export class DepartedNodePruner {
         if (code === 403) {
           if (!this.nodesForbiddenLogged) {
             this.nodesForbiddenLogged = true;
-            log.warn("cannot read Node objects (the ClusterRole lacks get on nodes, deploy/rbac.yaml): departed nodes' status entries are not pruned", { node: this.nodeName, err: (err as Error).message });
+            log.warn("cannot read Node objects (the ClusterRole lacks get on nodes, deploy/rbac.yaml): departed nodes' status objects are not pruned", { node: this.nodeName, err: (err as Error).message });
           }
           return;
         }
@@ -144,18 +169,16 @@ export class DepartedNodePruner {
       if (this.stopped || !gone.get(s.node)) continue;
       const name = s.obj.metadata.name;
       try {
-        await this.client.request('PATCH', resourcePath(s.plural, name, 'status'), {
-          // The resourceVersion the entry was judged on: a newer write (the node is back) makes this a 409.
-          body: { metadata: { resourceVersion: s.obj.metadata.resourceVersion }, status: { nodes: { [s.node]: null } } },
-          contentType: 'application/merge-patch+json',
+        await this.client.request('DELETE', resourcePath(s.plural, name), {
+          // The resourceVersion the object was judged on: a newer write (the node is back) makes this a 409.
+          body: { apiVersion: 'v1', kind: 'DeleteOptions', preconditions: { resourceVersion: s.obj.metadata.resourceVersion } },
           timeoutMs: REQUEST_TIMEOUT_MS,
         });
         this.pruned++;
-        log.info('removed the status entry of a departed node (its Node object is gone)', { resource: `${s.plural}/${name}`, departed: s.node, boundMs: this.boundMs });
+        log.info('removed the status object of a departed node (its Node object is gone)', { resource: `${s.plural}/${name}`, departed: s.node, boundMs: this.boundMs });
       } catch (err) {
         const code = err instanceof KubeApiError ? err.code : 0;
-        // 409: the object changed since the cache's view (another node pruned it, or the node is back): looked at again next round.
-        // 404: the policy is gone.
+        // 409: written since the list (the node is back): looked at again next round. 404: another node removed it.
         if (code === 409 || code === 404) continue;
         this.logFailure(err);
         return;
@@ -171,19 +194,7 @@ export class DepartedNodePruner {
   }
 }
 
-export function statusNodes(obj: KubeObject): Record<string, unknown> {
-  const nodes = (obj.status as { nodes?: unknown } | undefined)?.nodes;
-  return nodes !== null && typeof nodes === 'object' && !Array.isArray(nodes) ? (nodes as Record<string, unknown>) : {};
-}
-
-/** The newest time an entry states, or null. */
-export function entryTimeMs(entry: unknown): number | null {
-  if (entry === null || typeof entry !== 'object') return null;
-  let best: number | null = null;
-  for (const f of ENTRY_TIME_FIELDS) {
-    const v = (entry as Record<string, unknown>)[f];
-    const t = typeof v === 'string' ? Date.parse(v) : NaN;
-    if (Number.isFinite(t) && (best === null || t > best)) best = t;
-  }
-  return best;
+function timeMs(v: string | undefined): number | null {
+  const t = v === undefined ? NaN : Date.parse(v);
+  return Number.isFinite(t) ? t : null;
 }
