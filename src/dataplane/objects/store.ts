@@ -112,6 +112,12 @@ export interface ObjectRecord {
   partNumbers?: number[];
   /** Object tags; absent (never written empty) when the object has none. */
   tags?: Tag[];
+  /**
+   * The S3 storage class the object was written with (x-amz-storage-class),
+   * recorded only: it picks no tier. Absent for STANDARD, and on records
+   * written before it was kept: both read as STANDARD.
+   */
+  storageClass?: string;
 }
 
 export interface UploadRecord {
@@ -123,6 +129,8 @@ export interface UploadRecord {
   userMeta: Record<string, string>;
   /** Tags the completed object gets (x-amz-tagging on CreateMultipartUpload). */
   tags?: Tag[];
+  /** The completed object's storage class (ObjectRecord.storageClass); absent: STANDARD. */
+  storageClass?: string;
 }
 
 /**
@@ -318,11 +326,18 @@ export interface PutOptions {
   tags?: Tag[];
   /** Install the new version only if this holds (judged in the flip; refused: its bytes are freed). */
   condition?: WriteCondition;
+  /** The new version's storage class (ObjectRecord.storageClass); absent or STANDARD: none stored. */
+  storageClass?: string;
 }
 
 /** `tags` as a record field: only a non-empty set is stored, so untagged records stay as before. */
 function tagField(tags: Tag[] | undefined): { tags?: Tag[] } {
   return tags !== undefined && tags.length > 0 ? { tags } : {};
+}
+
+/** `storageClass` as a record field: STANDARD is not stored, so such records stay as before. */
+function storageClassField(storageClass: string | undefined): { storageClass?: string } {
+  return storageClass !== undefined && storageClass !== 'STANDARD' ? { storageClass } : {};
 }
 
 export interface ListOptions {
@@ -916,6 +931,7 @@ export class ObjectStore {
         userMeta: opts.userMeta,
         segments: [seg],
         ...tagField(opts.tags),
+        ...storageClassField(opts.storageClass),
       };
       const built = rec;
       old = await this.flip(bucket, key, () => built, opts.condition);
@@ -952,6 +968,7 @@ export class ObjectStore {
       userMeta: opts.userMeta,
       segments: [seg],
       ...tagField(opts.tags),
+      ...storageClassField(opts.storageClass),
     };
     // Counted before the commit so concurrent small PUTs cannot overshoot the cap.
     this.inlineBytes += lengthBytes;
@@ -1077,11 +1094,11 @@ export class ObjectStore {
 
   // ---- multipart --------------------------------------------------------
 
-  async createUpload(bucketName: string, key: string, contentHeaders: ContentHeaders, userMeta: Record<string, string>, tags?: Tag[]): Promise<UploadRecord> {
+  async createUpload(bucketName: string, key: string, contentHeaders: ContentHeaders, userMeta: Record<string, string>, tags?: Tag[], storageClass?: string): Promise<UploadRecord> {
     validateKey(key);
     const bucket = this.getBucket(bucketName);
     if (this.openUploads >= MAX_OPEN_UPLOADS) throw new TooLarge(`too many multipart uploads in progress (limit ${MAX_OPEN_UPLOADS})`);
-    const rec: UploadRecord = { uploadId: randomBytes(16).toString('hex'), bucket: bucketName, key, initiatedMs: Date.now(), contentHeaders, userMeta, ...tagField(tags) };
+    const rec: UploadRecord = { uploadId: randomBytes(16).toString('hex'), bucket: bucketName, key, initiatedMs: Date.now(), contentHeaders, userMeta, ...tagField(tags), ...storageClassField(storageClass) };
     this.openUploads++;
     try {
       await this.uploads.put(uploadKey(bucket.id, key, rec.uploadId), rec);
@@ -1232,6 +1249,7 @@ export class ObjectStore {
         segments,
         partNumbers: list.map((p) => p.partNumber),
         ...tagField(upload.tags),
+        ...storageClassField(upload.storageClass),
       };
       return rec;
     }, condition).catch((err: unknown) => {

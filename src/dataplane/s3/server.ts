@@ -289,6 +289,23 @@ function abortCondition(raw: IncomingMessage): number | undefined {
   if (ms === undefined) throw new S3Error('InvalidArgument', 400, 'x-amz-if-match-initiated-time must be a date (HTTP date or ISO 8601)', { ArgumentName: 'x-amz-if-match-initiated-time', ArgumentValue: v });
   return ms;
 }
+/**
+ * The storage classes AWS S3 takes in x-amz-storage-class (PutObject,
+ * CopyObject, CreateMultipartUpload). CoucheStor records the class with the
+ * object and gives it back (HEAD/GET for any but STANDARD, the listings); it
+ * picks no tier: that is the bucket's (x-couchestor-tier), and every class is
+ * read at once, with no restore.
+ */
+const STORAGE_CLASSES: ReadonlySet<string> = new Set(['STANDARD', 'REDUCED_REDUNDANCY', 'STANDARD_IA', 'ONEZONE_IA', 'INTELLIGENT_TIERING', 'GLACIER', 'DEEP_ARCHIVE', 'GLACIER_IR', 'OUTPOSTS', 'EXPRESS_ONEZONE', 'SNOW']);
+/** x-amz-storage-class of a write: absent is undefined (STANDARD); a class S3 does not define is 400 InvalidStorageClass, nothing written. */
+function storageClassOf(raw: IncomingMessage): string | undefined {
+  const v = header(raw, 'x-amz-storage-class');
+  if (v === undefined) return undefined;
+  if (!STORAGE_CLASSES.has(v)) throw new S3Error('InvalidStorageClass', 400, 'The storage class you specified is not valid', { StorageClassRequested: v });
+  return v;
+}
+/** A record's storage class as answered: STANDARD when none is stored (or the field is damaged). */
+const classOf = (rec: { storageClass?: unknown }): string => (typeof rec.storageClass === 'string' ? rec.storageClass : 'STANDARD');
 const notImplementedHeader = (h: string, why: string) => new S3Error('NotImplemented', 501, `A header you provided implies functionality that is not implemented: ${why}`, { Header: h });
 /**
  * The conditional write of a PutObject, CopyObject or CompleteMultipartUpload
@@ -588,6 +605,8 @@ function setObjectHeaders(reply: FastifyReply, rec: ObjectRecord, query: Map<str
   for (const [n, v] of Object.entries(rec.userMeta)) reply.header(`x-amz-meta-${n}`, v);
   if (rec.segments.length > 1 || rec.etag.includes('-')) reply.header('x-amz-mp-parts-count', String(rec.segments.length));
   if (rec.tags !== undefined && rec.tags.length > 0) reply.header('x-amz-tagging-count', String(rec.tags.length));
+  // As S3: sent for every class but STANDARD.
+  if (classOf(rec) !== 'STANDARD') reply.header('x-amz-storage-class', classOf(rec));
   for (const [q, h] of Object.entries(RESPONSE_OVERRIDES)) {
     const v = query.get(q);
     if (v !== undefined) reply.header(h, v);
@@ -1086,7 +1105,7 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
    * stored chunk, not the object checksum S3 means. ObjectParts only for a
    * completed multipart upload (S3 omits it for a single PUT): its part
    * count, and each part's position (its partNumber for GetObject) and size.
-   * StorageClass is STANDARD, as the listings say. Preconditions as
+   * StorageClass is the object's (STANDARD when none was given). Preconditions as
    * HeadObject (304/412).
    */
   function getObjectAttributes(ctx: Ctx, rec: ObjectRecord) {
@@ -1118,7 +1137,7 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
       for (let i = first; i < end; i++) parts += `<Part>${tag('PartNumber', i + 1)}${tag('Size', rec.segments[i]!.lengthBytes)}</Part>`;
       body += `<ObjectParts>${parts}</ObjectParts>`;
     }
-    if (wanted.has('StorageClass')) body += tag('StorageClass', 'STANDARD');
+    if (wanted.has('StorageClass')) body += tag('StorageClass', classOf(rec));
     if (wanted.has('ObjectSize')) body += tag('ObjectSize', rec.sizeBytes);
     return sendXml(reply, 200, `${XML_HEADER}<GetObjectAttributesResponse xmlns="${S3_NS}">${body}</GetObjectAttributesResponse>`);
   }
@@ -1197,7 +1216,7 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
     const page = store.list(bucket, { prefix, delimiter, after, maxKeys });
     if (kind === 'versions') {
       const versions = page.objects
-        .map((o) => `<Version>${tag('Key', enc(o.key))}${tag('VersionId', 'null')}${tag('IsLatest', true)}${tag('LastModified', iso(o.lastModifiedMs))}${tag('ETag', etagHeader(o.etag))}${tag('Size', o.sizeBytes)}${ownerXml}${tag('StorageClass', 'STANDARD')}</Version>`)
+        .map((o) => `<Version>${tag('Key', enc(o.key))}${tag('VersionId', 'null')}${tag('IsLatest', true)}${tag('LastModified', iso(o.lastModifiedMs))}${tag('ETag', etagHeader(o.etag))}${tag('Size', o.sizeBytes)}${ownerXml}${tag('StorageClass', classOf(o))}</Version>`)
         .join('');
       const prefixes = page.commonPrefixes.map((p) => `<CommonPrefixes>${tag('Prefix', enc(p))}</CommonPrefixes>`).join('');
       let head = `${tag('Name', bucket)}${tag('Prefix', enc(prefix))}${tag('KeyMarker', enc(after))}${tag('VersionIdMarker', q.get('version-id-marker') ?? '')}`;
@@ -1210,7 +1229,7 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
     }
     const fetchOwner = !v2 || q.get('fetch-owner') === 'true';
     const contents = page.objects
-      .map((o) => `<Contents>${tag('Key', enc(o.key))}${tag('LastModified', iso(o.lastModifiedMs))}${tag('ETag', etagHeader(o.etag))}${tag('Size', o.sizeBytes)}${fetchOwner ? ownerXml : ''}${tag('StorageClass', 'STANDARD')}</Contents>`)
+      .map((o) => `<Contents>${tag('Key', enc(o.key))}${tag('LastModified', iso(o.lastModifiedMs))}${tag('ETag', etagHeader(o.etag))}${tag('Size', o.sizeBytes)}${fetchOwner ? ownerXml : ''}${tag('StorageClass', classOf(o))}</Contents>`)
       .join('');
     const prefixes = page.commonPrefixes.map((p) => `<CommonPrefixes>${tag('Prefix', enc(p))}</CommonPrefixes>`).join('');
     let head = `${tag('Name', bucket)}${tag('Prefix', enc(prefix))}`;
@@ -1289,6 +1308,7 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
     const expectedMd5 = contentMd5(ctx.raw);
     store.getBucket(bucket);
     checkAclHeaders(ctx.raw.headers);
+    const storageClass = storageClassOf(ctx.raw);
     const tags = tagsOf(ctx);
     if (condition !== undefined) {
       try {
@@ -1307,6 +1327,7 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
       expectedMd5,
       tags,
       condition,
+      storageClass,
     });
     return ctx.reply.code(200).header('etag', etagHeader(rec.etag)).send();
   }
@@ -1337,6 +1358,8 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
     if (tagDirective !== 'COPY' && tagDirective !== 'REPLACE') throw new S3Error('InvalidArgument', 400, 'Unknown tag directive.', { ArgumentName: 'x-amz-tagging-directive' });
     store.getBucket(bucket);
     checkAclHeaders(ctx.raw.headers);
+    // As S3: the copy's class is the one asked for, STANDARD if none (not the source's).
+    const storageClass = storageClassOf(ctx.raw);
     // REPLACE without x-amz-tagging: the copy has no tags (as S3 and MinIO).
     const replacedTags = tagDirective === 'REPLACE' ? (tagsOf(ctx) ?? []) : undefined;
     const handle = store.openObject(src.bucket, src.key);
@@ -1345,7 +1368,7 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
       const srcRec = handle.rec;
       await store.assertShardsKnownKept(srcRec);
       copySourcePreconditions(ctx, srcRec);
-      if (src.bucket === bucket && src.key === key && directive === 'COPY' && tagDirective === 'COPY') {
+      if (src.bucket === bucket && src.key === key && directive === 'COPY' && tagDirective === 'COPY' && storageClass === undefined) {
         throw new S3Error('InvalidRequest', 400, "This copy request is illegal because it is trying to copy an object to itself without changing the object's metadata, storage class, website redirect location or encryption attributes.");
       }
       const meta = directive === 'REPLACE' ? objectHeadersFrom(ctx.raw) : { contentHeaders: srcRec.contentHeaders, userMeta: srcRec.userMeta };
@@ -1353,7 +1376,7 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
       if (condition !== undefined) store.checkWriteCondition(bucket, key, condition);
       const body = handle.read(0, srcRec.sizeBytes);
       handedOff = true;
-      const rec = await store.putObject(bucket, key, body, { ...meta, expectedBytes: srcRec.sizeBytes, tags: replacedTags ?? srcRec.tags, condition });
+      const rec = await store.putObject(bucket, key, body, { ...meta, expectedBytes: srcRec.sizeBytes, tags: replacedTags ?? srcRec.tags, condition, storageClass });
       return sendXml(ctx.reply, 200, `${XML_HEADER}<CopyObjectResult xmlns="${S3_NS}">${tag('LastModified', iso(rec.lastModifiedMs))}${tag('ETag', etagHeader(rec.etag))}</CopyObjectResult>`);
     } finally {
       if (!handedOff) handle.release();
@@ -1412,7 +1435,7 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
   async function createUpload(ctx: Ctx, bucket: string, key: string) {
     const { contentHeaders, userMeta } = objectHeadersFrom(ctx.raw);
     checkAclHeaders(ctx.raw.headers);
-    const up = await store.createUpload(bucket, key, contentHeaders, userMeta, tagsOf(ctx));
+    const up = await store.createUpload(bucket, key, contentHeaders, userMeta, tagsOf(ctx), storageClassOf(ctx.raw));
     return sendXml(ctx.reply, 200, `${XML_HEADER}<InitiateMultipartUploadResult xmlns="${S3_NS}">${tag('Bucket', bucket)}${tag('Key', key)}${tag('UploadId', up.uploadId)}</InitiateMultipartUploadResult>`);
   }
 
@@ -1541,7 +1564,7 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
     return sendXml(
       ctx.reply,
       200,
-      `${XML_HEADER}<ListPartsResult xmlns="${S3_NS}">${tag('Bucket', bucket)}${tag('Key', key)}${tag('UploadId', uploadId)}<Initiator>${tag('ID', ownerId)}${tag('DisplayName', 'couchestor')}</Initiator>${ownerXml}${tag('StorageClass', 'STANDARD')}${tag('PartNumberMarker', marker)}${tag('NextPartNumberMarker', next)}${tag('MaxParts', maxParts)}${tag('IsTruncated', isTruncated)}${items}</ListPartsResult>`,
+      `${XML_HEADER}<ListPartsResult xmlns="${S3_NS}">${tag('Bucket', bucket)}${tag('Key', key)}${tag('UploadId', uploadId)}<Initiator>${tag('ID', ownerId)}${tag('DisplayName', 'couchestor')}</Initiator>${ownerXml}${tag('StorageClass', classOf(store.getUpload(bucket, key, uploadId)))}${tag('PartNumberMarker', marker)}${tag('NextPartNumberMarker', next)}${tag('MaxParts', maxParts)}${tag('IsTruncated', isTruncated)}${items}</ListPartsResult>`,
     );
   }
 
@@ -1625,7 +1648,7 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
       });
     }
     const items = uploads
-      .map((u) => `<Upload>${tag('Key', enc(u.key))}${tag('UploadId', u.uploadId)}<Initiator>${tag('ID', ownerId)}${tag('DisplayName', 'couchestor')}</Initiator>${ownerXml}${tag('StorageClass', 'STANDARD')}${tag('Initiated', iso(u.initiatedMs))}</Upload>`)
+      .map((u) => `<Upload>${tag('Key', enc(u.key))}${tag('UploadId', u.uploadId)}<Initiator>${tag('ID', ownerId)}${tag('DisplayName', 'couchestor')}</Initiator>${ownerXml}${tag('StorageClass', classOf(u))}${tag('Initiated', iso(u.initiatedMs))}</Upload>`)
       .join('');
     const commonPrefixes = prefixes.map((p) => `<CommonPrefixes>${tag('Prefix', enc(p))}</CommonPrefixes>`).join('');
     let head = `${tag('Bucket', bucket)}${tag('KeyMarker', enc(keyMarker))}${tag('UploadIdMarker', uploadIdMarker)}`;
