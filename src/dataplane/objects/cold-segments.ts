@@ -132,12 +132,34 @@ export async function* readColdSegment(stripes: StripeStoreApi, seg: ColdSegment
  * distinct pool, then in-memory extents per shard; header reads only on a
  * replaced pool, and only for a stripe those places could make unreadable
  * (none while at most parity-many of its shards are on replaced pools).
+ *
+ * `since` carries that knowledge across restarts: `writtenMs` is when the
+ * segments' stripes were written (at the latest), and `replacedSince(pool)`
+ * when the pool's current disk replaced one the index may still name places
+ * of (pool-disks.ts, kept in the index; 0: none). A shard on a pool whose
+ * disk took over at or after `writtenMs` is unsure as on a store replaced in
+ * this process. A stripe rebuilt onto that disk since is unsure too (its
+ * object keeps its time): its headers are read, and found its own, when more
+ * than parity-many of its shards are so (3 of 4+2 pools replaced since the
+ * object was written).
  */
-export async function assertColdShardsKnownKept(stripes: StripeStoreApi, segments: readonly { kind: string }[]): Promise<void> {
+export async function assertColdShardsKnownKept(
+  stripes: StripeStoreApi,
+  segments: readonly { kind: string }[],
+  since?: { writtenMs: number; replacedSince: (pool: string, store: SegmentStore, openedEmpty: boolean) => number },
+): Promise<void> {
   const pools = new Set<string>();
   for (const ref of coldStripeRefs(segments)) for (const s of ref.shards) pools.add(s.pool);
   const stores = new Map<string, SegmentStore | null>();
   for (const pool of pools) stores.set(pool, await stripes.segmentStore(pool));
+  // Pools whose places of these segments may be another record's: replaced in this process, or (since) after the data was written.
+  const stale = new Set<string>();
+  for (const [pool, st] of stores) {
+    if (st === null) continue;
+    const openedEmpty = stripes.mayHoldStalePlaces(pool);
+    const replacedMs = since === undefined ? 0 : since.replacedSince(pool, st, openedEmpty);
+    if (openedEmpty || (replacedMs > 0 && since!.writtenMs <= replacedMs)) stale.add(pool);
+  }
   let stripeIndex = 0;
   for (const ref of coldStripeRefs(segments)) {
     const why: string[] = [];
@@ -151,7 +173,7 @@ export async function assertColdShardsKnownKept(stripes: StripeStoreApi, segment
       }
       const at = st.written(s) ? s : stripes.resolve(s);
       if (!st.written(at)) why.push(`${s.pool} (replaced, not rebuilt)`);
-      else if (stripes.mayHoldStalePlaces(s.pool)) unsure.push({ index, at });
+      else if (stale.has(s.pool)) unsure.push({ index, at });
     }
     if (why.length + unsure.length > ref.parityShards) {
       for (const { index, at } of unsure) if ((await stripes.holdsShard(at, { ref, index })) !== true) why.push(`${at.pool} (replaced, not rebuilt)`);

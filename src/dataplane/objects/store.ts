@@ -32,6 +32,7 @@ import { logDamagedRecords, objectStripeContext, openIndexDB, recordDamage, type
 import { uploadDamage } from './quarantine.js';
 import { OBJECTS_DB, PARTS_DB, UPLOADS_DB, assertColdShardsKnownKept, coldStripeRefs, freeColdSegment, readColdSegment, settleColdSegment, writeColdSegment, type ColdSegment, type StripeStoreApi } from './cold-segments.js';
 import { OffloadedMd5 } from './md5-offload.js';
+import { PoolDisks } from './pool-disks.js';
 import { freeHotSegment, listHotFileIds, prepareHotPool, readHotSegment, sendHotSegment, writeHotSegment, type HotSegment, type PieceSink, type WriteLimits } from './hot-segments.js';
 
 /**
@@ -118,6 +119,14 @@ export interface ObjectRecord {
    * written before it was kept: both read as STANDARD.
    */
   storageClass?: string;
+  /**
+   * A completed multipart upload's initiation: its parts' bytes were written
+   * after it (lastModifiedMs is the completion). Absent on single PUTs and
+   * copies (written by lastModifiedMs), and on multipart records written
+   * before it was kept (their data's time unknown: cold-segments.ts
+   * assertColdShardsKnownKept then takes any disk replacement as after it).
+   */
+  partsFromMs?: number;
 }
 
 export interface UploadRecord {
@@ -538,7 +547,15 @@ export class ObjectStore {
     this.uploads = openIndexDB<UploadRecord>(meta, UPLOADS_DB);
     this.parts = openIndexDB<PartRecord>(meta, PARTS_DB);
     this.counters = meta.openDB<number, string>('s3-counters');
+    const coldPath = (name: string) => {
+      const p = manager.pools.get(name);
+      return p?.rec.tier === 'cold' ? p.rec.path : undefined;
+    };
+    this.poolDisks = stripes === undefined ? undefined : new PoolDisks(meta, coldPath);
   }
+
+  /** Cold pools' disks as last seen, kept across restarts (pool-disks.ts): undefined without a cold tier. */
+  private readonly poolDisks: PoolDisks | undefined;
 
   /**
    * Opens the object index, accounts its bytes to the pools, and removes
@@ -546,6 +563,8 @@ export class ObjectStore {
    */
   static async open(manager: VolumeManager, stripes?: StripeStoreApi): Promise<ObjectStore> {
     const store = new ObjectStore(manager, stripes);
+    // Before any check: a cold pool whose disk was replaced while the daemon was down is known as such.
+    store.poolDisks?.recordAll([...manager.pools.values()].filter((p) => p.rec.tier === 'cold').map((p) => p.name));
     const referenced = new Set<number>();
     const account = (seg: Segment) => {
       if (seg.kind === 'inline') store.inlineBytes += seg.lengthBytes;
@@ -717,7 +736,16 @@ export class ObjectStore {
    */
   async assertShardsKnownKept(rec: ObjectRecord): Promise<void> {
     if (this.stripes === undefined || !rec.segments.some((s) => s.kind === 'cold')) return;
-    await assertColdShardsKnownKept(this.stripes, rec.segments);
+    // When the stripes were written at the latest: a multipart object's parts after its upload began.
+    const multipart = rec.partNumbers !== undefined || rec.etag.includes('-');
+    const writtenMs = multipart ? (rec.partsFromMs ?? 0) : rec.lastModifiedMs;
+    await assertColdShardsKnownKept(this.stripes, rec.segments, this.sinceCheck(writtenMs));
+  }
+
+  /** assertColdShardsKnownKept's knowledge of disks replaced after `writtenMs` (pool-disks.ts). */
+  private sinceCheck(writtenMs: number) {
+    const disks = this.poolDisks;
+    return disks === undefined ? undefined : { writtenMs, replacedSince: (pool: string, store: object, openedEmpty: boolean) => disks.replacedSince(pool, store, openedEmpty) };
   }
 
   /**
@@ -1192,7 +1220,7 @@ export class ObjectStore {
         const p = this.parts.get(partKey(uploadId, want.partNumber));
         if (p == null || partDamage(p) !== null || p.segment.kind !== 'cold') continue;
         try {
-          await assertColdShardsKnownKept(this.stripes, [p.segment]);
+          await assertColdShardsKnownKept(this.stripes, [p.segment], this.sinceCheck(p.lastModifiedMs));
         } catch (err) {
           if (err instanceof InsufficientShards) throw new UnreadablePart(uploadId, want.partNumber, err.message);
           throw err;
@@ -1250,6 +1278,7 @@ export class ObjectStore {
         partNumbers: list.map((p) => p.partNumber),
         ...tagField(upload.tags),
         ...storageClassField(upload.storageClass),
+        partsFromMs: upload.initiatedMs,
       };
       return rec;
     }, condition).catch((err: unknown) => {
