@@ -245,6 +245,8 @@ test('a changed k+m takes effect at the next start: 2+1 stripes stay readable, t
   assert.deepEqual([policy.dataShards, policy.parityShards], [2, 2]);
   const s = await untilNodeStatus(cluster, ECP, 'ec-change', 'node-d', (x) => x.activeParityShards === 2 && condition(x, 'Applied')?.status === 'True');
   assert.equal(s.observedGeneration, 2);
+  // Valid stayed True across the restart: its transition time is the first run's (read back from node-d's object).
+  assert.equal((condition(s, 'Valid') as { lastTransitionTime?: string } | undefined)?.lastTransitionTime, (condition(flagged, 'Valid') as { lastTransitionTime?: string } | undefined)?.lastTransitionTime);
   // The 2+1 stripes read back; new data is striped and read back too.
   assert.ok(nbdcopyOut(d.exportUri('before'), path.join(d.dataDir, 'out1.bin'), 2 * MiB).equals(fs.readFileSync(before)));
   const afterFile = await destagedColdVolume(d, 'after', 'after.bin');

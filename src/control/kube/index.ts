@@ -14,10 +14,10 @@ import { log } from '../../log.js';
 import type { HealthProbe } from '../health/index.js';
 import type { Condition, PolicyDocument, PolicySource, PolicyStatus } from '../loop.js';
 import { POLICY_API_VERSION, POLICY_KIND } from '../policy.js';
-import { KubeClient, type KubeObject } from './client.js';
+import { KubeClient, resourcePath, type KubeList, type KubeObject } from './client.js';
 import { Informer } from './informer.js';
 import { DepartedNodePruner } from './prune.js';
-import { StatusWriter, type StatusWriteResult } from './status.js';
+import { labelValue, NODE_LABEL, NODE_STATUS_KINDS, StatusWriter, type StatusWriteResult } from './status.js';
 
 export const STORAGE_POLICIES = 'storagepolicies';
 export const EC_POLICIES = 'erasurecodingpolicies';
@@ -25,6 +25,8 @@ export const EC_POLICIES = 'erasurecodingpolicies';
 /** A Kubernetes node name (lowercase DNS subdomain), as config.ts checks kubernetes.nodeName. */
 const NODE_NAME_RE = /^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/;
 
+/** Deadline of the one read of this node's own status objects at start. */
+const OWN_STATUS_READ_TIMEOUT_MS = 10_000;
 /** Bounds of the status entry (the CRDs' maxItems / maxLength). */
 const MAX_DECISIONS = 20;
 const MAX_HISTORY = 10;
@@ -48,6 +50,8 @@ export class KubePolicies {
   /** The ErasureCodingPolicies' conditions as last computed (their lastTransitionTime); one entry per policy in the cache. */
   private readonly ecConditions = new Map<string, Condition[]>();
   private passTimer: NodeJS.Timeout | null = null;
+  /** This node's ErasureCodingPolicy conditions as its last run left them, read once at start (loadOwnConditions). */
+  private ownConditionsLoaded: Promise<void> = Promise.resolve();
   /** Asked for a control-loop pass (a spec changed); set by the daemon once the loop exists. */
   onSpecChange: () => void = () => undefined;
 
@@ -124,6 +128,27 @@ export class KubePolicies {
     this.storagePolicies.start();
     this.ecPolicies.start();
     this.pruner.start();
+    this.ownConditionsLoaded = this.loadOwnConditions();
+  }
+
+  /**
+   * The conditions of this node's ErasureCodingPolicyNodeStatus objects, as its last run wrote them: a condition
+   * that did not change keeps its lastTransitionTime across a restart. One list (this node's label), at start.
+   */
+  private async loadOwnConditions(): Promise<void> {
+    try {
+      const q = new URLSearchParams({ labelSelector: `${NODE_LABEL}=${labelValue(this.nodeName)}` });
+      const list = await this.client.request<KubeList<KubeObject>>('GET', `${resourcePath(NODE_STATUS_KINDS[EC_POLICIES]!.plural)}?${q}`, { timeoutMs: OWN_STATUS_READ_TIMEOUT_MS });
+      for (const o of list.items) {
+        const spec = o.spec as { policy?: unknown; node?: unknown } | undefined;
+        const conditions = (o.status as { conditions?: unknown } | undefined)?.conditions;
+        if (spec?.node !== this.nodeName || typeof spec.policy !== 'string' || !Array.isArray(conditions)) continue;
+        if (!this.ecConditions.has(spec.policy)) this.ecConditions.set(spec.policy, conditions as Condition[]);
+      }
+    } catch (err) {
+      // The conditions start again (their lastTransitionTime now): nothing else depends on them.
+      log.info('could not read this node\'s ErasureCodingPolicy status objects: their conditions start again', { node: this.nodeName, err: (err as Error).message });
+    }
   }
 
   async stop(): Promise<void> {
@@ -247,14 +272,15 @@ export class KubePolicies {
       const { entry, compareKey } = storagePolicyEntry(s, this.readGenerations.get(s.name) ?? obj.metadata.generation);
       this.writer.set(STORAGE_POLICIES, s.name, obj.metadata.uid, entry, compareKey);
     }
-    this.writeEcStatus();
+    // Once the last run's conditions are in (at once, after the first pass).
+    void this.ownConditionsLoaded.then(() => this.writeEcStatus());
   }
 
   private writeEcStatus(): void {
     const now = new Date().toISOString();
     for (const obj of this.ecPolicies.list()) {
       const name = obj.metadata.name;
-      // Ours from the last computation (a restart starts the transition times again).
+      // Ours from the last computation, or as the last run left them (loadOwnConditions).
       const prevConditions = this.ecConditions.get(name) ?? [];
       const conditions: Condition[] = [];
       const cond = (type: string, status: 'True' | 'False', reason: string, message: string) => {
