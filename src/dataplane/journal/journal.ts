@@ -78,8 +78,19 @@ const END_FLAG_OFFSET = 6;
 const MARKER_DELAY_MS = 50;
 export const DEFAULT_JOURNAL_FILE_BYTES = 64 * 1024 * 1024;
 export const DEFAULT_JOURNAL_CAPACITY_BYTES = 256 * 1024 * 1024;
-/** How long a write waits for journal space before failing with ENOSPC. */
-export const JOURNAL_FULL_TIMEOUT_MS = 30_000;
+/** How long a write waits for journal space before failing with ENOSPC (a test may shorten it). */
+export const JOURNAL_FULL_TIMEOUT_MS = Number(process.env.COUCHESTOR_TEST_JOURNAL_FULL_TIMEOUT_MS ?? 30_000);
+/**
+ * Room an append leaves on the journal's file system beyond its own record
+ * (a rotation's new file, end record and markers; a tmpfs's page rounding).
+ * A write that found the disk full failed the whole journal (every cold
+ * volume's writes EIO until a restart); an append that would not leave
+ * this much waits, as for a full journal, and then fails alone (ENOSPC).
+ */
+export const JOURNAL_ROOM_MARGIN_BYTES = 1024 * 1024;
+/** The free space is measured again once the estimate nears this, or after JOURNAL_ROOM_MEASURE_MS. */
+const JOURNAL_ROOM_RECHECK_BYTES = 64 * 1024 * 1024;
+const JOURNAL_ROOM_MEASURE_MS = 1000;
 /**
  * How many destaged journal files are kept as spares (recycled, as
  * PostgreSQL recycles WAL segments) instead of unlinked. A rotation renames
@@ -302,6 +313,10 @@ export class Journal {
   private readonly commit = new GroupCommit(() => this.syncOnce());
   private failure: Error | null = null;
   private spaceWaiters: (() => void)[] = [];
+  /** Free bytes of the journal's file system as last measured, less what was appended since (roomFor). */
+  private roomBytes = 0;
+  private roomMeasuredMs = -Infinity;
+  private roomMarginBytes: number | null = JOURNAL_ROOM_MARGIN_BYTES;
   /** Why destaging last failed (shown in the ENOSPC message of a full journal). */
   stalledReason: string | null = null;
   /** Called when live bytes cross the destage threshold. */
@@ -344,12 +359,15 @@ export class Journal {
      * next replay (a flushed write lost after a crash).
      */
     highestDestagedSeq?: number;
+    /** Room an append must leave on the disk (JOURNAL_ROOM_MARGIN_BYTES); null: no check (tests of the short-write path). */
+    roomMarginBytes?: number | null;
   }): Journal {
     // The directory's own name: syncNewEntry on each journal file covers
     // the file's name in it, not the directory's in the pool.
     ensureDurableDir(opts.dir);
     ensureDowngradeGuard(opts.dir);
     const j = new Journal(opts.dir, opts.chunkSizeBytes, opts.fileBytes ?? DEFAULT_JOURNAL_FILE_BYTES, opts.capacityBytes ?? DEFAULT_JOURNAL_CAPACITY_BYTES);
+    j.roomMarginBytes = opts.roomMarginBytes === undefined ? JOURNAL_ROOM_MARGIN_BYTES : opts.roomMarginBytes;
     const entries = journalFileEntries(opts.dir);
     j.adoptSpares();
     const nos = entries.map((e) => e.no);
@@ -614,6 +632,29 @@ export class Journal {
     }
   }
 
+  /**
+   * Whether the journal's file system has room for `recordBytes` more and
+   * JOURNAL_ROOM_MARGIN_BYTES: an estimate (the last statfs less what was
+   * appended since), measured again when it nears the edge or has aged.
+   * Spare files count as room: a rotation overwrites one in place.
+   */
+  private roomFor(recordBytes: number): boolean {
+    if (this.roomMarginBytes === null) return true;
+    const nowMs = Date.now();
+    if (this.roomBytes - recordBytes < JOURNAL_ROOM_RECHECK_BYTES || nowMs - this.roomMeasuredMs >= JOURNAL_ROOM_MEASURE_MS) {
+      let st: fs.StatsFs;
+      try {
+        st = fs.statfsSync(this.dir);
+      } catch {
+        return true; // not measurable: the write itself tells (as before this check)
+      }
+      // A file system that reports no size (ramfs, some FUSE) cannot be judged: the write itself tells.
+      this.roomBytes = st.blocks === 0 ? Number.MAX_SAFE_INTEGER : st.bavail * st.bsize + this.spareBytes;
+      this.roomMeasuredMs = nowMs;
+    }
+    return this.roomBytes - recordBytes >= this.roomMarginBytes;
+  }
+
   get bytesLive(): number {
     return this.liveBytes;
   }
@@ -664,14 +705,17 @@ export class Journal {
     const recordBytes = JOURNAL_HEADER_BYTES + (data ? data.length : 0);
     if (recordBytes > this.capacityBytes) throw new NoSpace('record larger than the journal');
     const deadlineMs = Date.now() + JOURNAL_FULL_TIMEOUT_MS;
-    while (this.liveBytes + recordBytes > this.capacityBytes) {
+    let noRoom = false;
+    while (this.liveBytes + recordBytes > this.capacityBytes || (noRoom = !this.roomFor(recordBytes))) {
       this.onPressure?.();
       const leftMs = deadlineMs - Date.now();
       // Destaging may be impossible (too many cold pools lost): the client gets
       // ENOSPC after a bound instead of a write that never completes.
+      if (leftMs <= 0 && noRoom) throw new NoSpace(`no room for the journal on its disk (${this.roomBytes} bytes free) and none freed${this.stalledReason ? `: ${this.stalledReason}` : ''}`);
       if (leftMs <= 0) throw new NoSpace(`journal full (${this.liveBytes} of ${this.capacityBytes} bytes) and destaging is not freeing space${this.stalledReason ? `: ${this.stalledReason}` : ''}`);
       await new Promise<void>((r) => {
-        const timer = setTimeout(r, leftMs);
+        // Room freed on the disk by others (a file deleted) wakes nobody: measured again each JOURNAL_ROOM_MEASURE_MS.
+        const timer = setTimeout(r, noRoom ? Math.min(leftMs, JOURNAL_ROOM_MEASURE_MS) : leftMs);
         this.spaceWaiters.push(() => {
           clearTimeout(timer);
           r();
@@ -679,7 +723,9 @@ export class Journal {
       });
       if (this.failure) throw this.failure;
       if (this.closing) throw new JournalClosed();
+      noRoom = false;
     }
+    this.roomBytes -= recordBytes;
     // Spares are in the capacity, but never hold a write back: they go
     // first. After the wait (a file recycled during it was checked against
     // the live bytes without this record), with nothing awaited before the
