@@ -262,9 +262,11 @@ export class Reconstructor {
      * VolumeManager.borrowById; given back through `volumes.giveBack`): the
      * queue holds the volumes of its entries (queueVolume) and gives each
      * back once no entry of it is queued (giveBackQueueLoans). Null: no
-     * volume has that id (deleted).
+     * volume has that id (deleted). The daemon's opens a closed volume a
+     * slice at a time (a promise): a queued stripe of a big closed volume
+     * holds the event loop no longer than a slice.
      */
-    private readonly borrowById: (id: number) => Volume | null,
+    private readonly borrowById: (id: number) => Volume | null | Promise<Volume | null>,
     private readonly allVolumes: () => Volume[],
     private readonly opts: ReconstructionOptions,
     /**
@@ -324,12 +326,12 @@ export class Reconstructor {
     void this.process();
   }
 
-  private targetOf(entry: QueuedStripe): RebuildTarget | null {
+  private async targetOf(entry: QueuedStripe): Promise<RebuildTarget | null> {
     if (entry.holder) {
       const { source, key } = entry.holder;
       return { label: `${source.prefix}:${key}`, ref: source.current(key), replace: (expected, next) => source.replace(key, expected, next) };
     }
-    const vol = this.queueVolume(entry.ctx.volumeId);
+    const vol = await this.queueVolume(entry.ctx.volumeId);
     if (!vol) return null;
     const c = entry.ctx.chunkIndex;
     return { label: `${vol.name}:${c}`, ref: vol.stripes.get(c), replace: (expected, next) => vol.replaceStripe(c, expected, next) };
@@ -345,8 +347,8 @@ export class Reconstructor {
   private readonly queueLoans = new Map<number, Volume>();
 
   /** The volume of id `id` for a queued stripe, lent to the queue (queueLoans); null: deleted. */
-  private queueVolume(id: number): Volume | null {
-    const vol = this.borrowById(id);
+  private async queueVolume(id: number): Promise<Volume | null> {
+    const vol = await this.borrowById(id);
     const held = this.queueLoans.get(id);
     if (vol === null) {
       if (held !== undefined) this.volumes.giveBack(held);
@@ -663,7 +665,7 @@ export class Reconstructor {
   ): Promise<{ target: RebuildTarget; ref: StripeRef; prepared: PreparedRebuild } | null> {
     let target: RebuildTarget | null;
     try {
-      target = this.targetOf(entry);
+      target = await this.targetOf(entry);
     } catch (err) {
       // Its volume cannot be opened now (its hot pool offline): the stripe waits for it as one
       // waits for a pool, retried by the timer. Thrown from here it failed the whole pass, and
@@ -1489,7 +1491,7 @@ export class Reconstructor {
     for (const { ctx, holder } of left) {
       let ref: StripeRef | undefined;
       try {
-        ref = holder ? holder.source.current(holder.key) : this.queueVolume(ctx.volumeId)?.stripes.get(ctx.chunkIndex);
+        ref = holder ? holder.source.current(holder.key) : (await this.queueVolume(ctx.volumeId))?.stripes.get(ctx.chunkIndex);
       } catch {
         report.notRebuilt++; // its volume stopped opening meanwhile: not looked at, not rebuilt
         continue;

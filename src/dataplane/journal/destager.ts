@@ -64,9 +64,11 @@ export class Destager {
      * giveBack): a pass holds each volume it destages until its workers are
      * done, then gives it back, and the last record destaged lets it close
      * (pinned for good before: every volume with records after a restart).
-     * borrow returns null for an id no volume has (deleted).
+     * borrow returns null for an id no volume has (deleted); the daemon's
+     * opens a closed volume a slice at a time (a promise), so a pass that
+     * opens a big volume holds the event loop no longer than a slice.
      */
-    private readonly volumes: { borrow: (id: number) => Volume | null; giveBack: (vol: Volume) => void },
+    private readonly volumes: { borrow: (id: number) => Volume | null | Promise<Volume | null>; giveBack: (vol: Volume) => void },
     private readonly opts: DestagerOptions,
   ) {
     journal.onPressure = () => {
@@ -96,6 +98,8 @@ export class Destager {
    * the pass it started (if any) ends.
    */
   tick(): Promise<void> {
+    // A look still opening volumes (a big closed one, a slice at a time) answers for this tick too: looks never pile up.
+    if (this.looking !== null) return this.looking.then(() => undefined);
     let maxSeq = 0;
     // Journal files spanned by live records (extents are in seq order, files
     // numbered in write order): a file is removed only once every record in
@@ -131,15 +135,22 @@ export class Destager {
     const pinnedBytes = minFileNo === Infinity ? 0 : (maxFileNo - minFileNo) * this.journal.fileBytes;
     const pinned = pinnedBytes >= (this.journal.capacityBytes * this.opts.thresholdPercent) / 100;
     const full = idle || pinned || ++this.ticksSinceFullPass >= FULL_PASS_EVERY_INTERVALS;
-    if (!full) {
-      const { work, lent } = this.collect('ripe');
-      for (const vol of lent) this.volumes.giveBack(vol); // a look only: the pass below takes them again
-      if (work.length === 0) {
-        this.ticksDeferred++;
-        return Promise.resolve();
-      }
-    }
-    return this.kick(full ? 'all' : 'ripe');
+    if (full) return this.kick('all');
+    const look = this.lookRipe().finally(() => (this.looking = null));
+    this.looking = look;
+    return look.then((due) => (due ? this.kick('ripe') : undefined));
+  }
+
+  /** A tick's look at ripe chunks in progress (lookRipe). */
+  private looking: Promise<boolean> | null = null;
+
+  /** Whether a ripe pass has work (tick()); counts the tick deferred when not. */
+  private async lookRipe(): Promise<boolean> {
+    const { work, lent } = await this.collect('ripe');
+    for (const vol of lent) this.volumes.giveBack(vol); // a look only: the pass below takes them again
+    if (work.length > 0) return true;
+    this.ticksDeferred++;
+    return false;
   }
 
   /**
@@ -168,16 +179,18 @@ export class Destager {
    * Chunks to destage: every dirty one, or only ripe ones (see tick()).
    * Rebuilds `skipped`; counting and logging them is the pass's (tick()
    * also calls this to look, and a tick must log once). Every volume in
-   * `lent` is borrowed once: the caller gives each back.
+   * `lent` is borrowed once: the caller gives each back. A closed volume is
+   * opened a slice at a time (the daemon's borrow), one volume after another.
    */
-  private collect(scope: PassScope): { work: [Volume, number][]; lent: Volume[] } {
+  private async collect(scope: PassScope): Promise<{ work: [Volume, number][]; lent: Volume[] }> {
     const work: [Volume, number][] = [];
     const lent: Volume[] = [];
     const skipped = new Map<number, string>();
     for (const id of this.journal.dirtyVolumes()) {
+      if (this.stopped) break;
       let vol: Volume | null;
       try {
-        vol = this.volumes.borrow(id);
+        vol = await this.volumes.borrow(id);
       } catch (err) {
         // A volume that cannot be opened (its pool offline, a file unreadable)
         // keeps its records in the journal for a later pass; the other
@@ -243,7 +256,7 @@ export class Destager {
 
   private async pass(scope: PassScope): Promise<void> {
     const errorsBefore = this.errors;
-    const { work, lent } = this.collect(scope);
+    const { work, lent } = await this.collect(scope);
     this.noteSkipped();
     let next = 0;
     const worker = async () => {
