@@ -10,10 +10,9 @@ import crypto from 'node:crypto';
 import { execFile, spawnSync } from 'node:child_process';
 import { CLIENT_ENV, TestDaemon } from './helpers/daemon.js';
 import { ConnectionClosed, OPT, REP, RawNbd, attachedNbdsh, goData } from './helpers/nbd-client.js';
-import { openHotManager, tempManager } from './helpers/volume.js';
+import { holdIndexDelete, openHotManager, tempManager } from './helpers/volume.js';
 import { NbdServer } from '../src/dataplane/nbd/server.js';
 import { VolumeInUse } from '../src/dataplane/errors.js';
-import type { VolumeRecord } from '../src/dataplane/meta/store.js';
 
 const MiB = 1024 * 1024;
 /** What the clients write at 4 KiB and read back: 64 KiB of 0xab. */
@@ -112,19 +111,9 @@ test('a client opening the export while a delete runs gets NBD_REP_ERR_UNKNOWN; 
   const { port } = await nbd.listenTcp(0);
   try {
     // The delete held at its index write (past its in-use check, the record still there).
-    const meta = m.meta as unknown as { deleteVolume(rec: VolumeRecord): Promise<void> };
-    const deleteRecord = meta.deleteVolume.bind(meta);
-    let entered!: () => void;
-    const atIndex = new Promise<void>((r) => (entered = r));
-    let release!: () => void;
-    const gate = new Promise<void>((r) => (release = r));
-    meta.deleteVolume = async (rec) => {
-      entered();
-      await gate;
-      return deleteRecord(rec);
-    };
+    const held = holdIndexDelete(m);
     const deleting = m.deleteVolume('v');
-    await atIndex;
+    await held.atIndex;
     // A real client (nbdinfo) and the exact reply (a raw NBD_OPT_GO).
     const during = await new Promise<{ code: number; stderr: string }>((resolve) => {
       execFile('nbdinfo', [`nbd://127.0.0.1:${port}/v`], { env: CLIENT_ENV }, (err, _out, stderr) => resolve({ code: err === null ? 0 : ((err as { code?: number }).code ?? -1), stderr }));
@@ -135,9 +124,9 @@ test('a client opening the export while a delete runs gets NBD_REP_ERR_UNKNOWN; 
     raw.sendOption(OPT.GO, goData('v'));
     const go = (await raw.readOptionReplies()).at(-1)!;
     raw.close();
-    release();
+    held.release();
     await deleting;
-    meta.deleteVolume = deleteRecord;
+    held.restore();
     assert.notEqual(during.code, 0, 'nbdinfo was lent the volume being deleted');
     assert.match(during.stderr, UNKNOWN_EXPORT_V);
     assert.equal(go.type, REP.ERR_UNKNOWN, `NBD_OPT_GO answered 0x${go.type.toString(16)} ${go.data.toString()}`);

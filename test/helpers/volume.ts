@@ -19,6 +19,7 @@ import { parseJournalFileName } from '../../src/dataplane/journal/journal.js';
 import { parsePolicyYaml } from '../../src/dataplane/ec/policy.js';
 import { DEFAULT_EC_POLICY_YAML } from '../../src/config.js';
 import type { Volume } from '../../src/dataplane/volumes/volume.js';
+import type { VolumeRecord } from '../../src/dataplane/meta/store.js';
 
 const MiB = 1024 * 1024;
 /** The default 4+2 policy's pool count: cold-0 .. cold-5. */
@@ -250,4 +251,25 @@ export function durableBetweenPutAndRm(events: string[]): { put: number; rm: num
   const rm = events.indexOf('rm-journal-file');
   const durableBetween = events.slice(put + 1, rm).some((e, i, between) => e.startsWith('durable-start') && between.slice(i + 1).includes(e.replace('start', 'done')));
   return { put, rm, durableBetween };
+}
+
+/**
+ * Holds manager `m`'s next volume delete at its index write (past its in-use
+ * check, isBeingDeleted true, the record still there): `atIndex` resolves
+ * once it got there, `release()` lets it go on, `restore()` puts the real
+ * index delete back (call it once the delete is released).
+ */
+export function holdIndexDelete(m: VolumeManager): { atIndex: Promise<void>; release: () => void; restore: () => void } {
+  const meta = m.meta as unknown as { deleteVolume(rec: VolumeRecord): Promise<void> };
+  const real = meta.deleteVolume.bind(meta);
+  let entered!: () => void;
+  const atIndex = new Promise<void>((r) => (entered = r));
+  let release!: () => void;
+  const gate = new Promise<void>((r) => (release = r));
+  meta.deleteVolume = async (rec) => {
+    entered();
+    await gate;
+    return real(rec);
+  };
+  return { atIndex, release, restore: () => (meta.deleteVolume = real) };
 }

@@ -1240,8 +1240,10 @@ export class VolumeManager {
     // (setTier), and both must go through its quiesce gate. Lent for the call
     // (pinned, every volume ever resized stayed open until the daemon stopped).
     // Opened a slice at a time (openSliced): an API call on a big closed volume stalls no client; an open one taken in this turn.
+    this.refuseBeingDeleted(name);
     const vol = this.open.has(name) ? this.borrowVolume(name) : await this.borrowVolumeAsync(name);
     try {
+      this.refuseBeingDeleted(name);
       return await vol.resize(newSizeBytes);
     } finally {
       this.giveBack(vol);
@@ -1254,8 +1256,10 @@ export class VolumeManager {
    */
   async releasePreserved(name: string): Promise<{ volume: string; stripesFreed: number; fileReleased: boolean }> {
     // Lent for the call, and opened, as resizeVolume.
+    this.refuseBeingDeleted(name);
     const vol = this.open.has(name) ? this.borrowVolume(name) : await this.borrowVolumeAsync(name);
     try {
+      this.refuseBeingDeleted(name);
       const r = await vol.releasePreserved();
       // Files a preserving hot <-> warm move kept: those of pools whose file
       // the volume does not have open.
@@ -1352,6 +1356,16 @@ export class VolumeManager {
   /** Whether a delete of `name` is running: a front end answers an open of it as of an unknown name. */
   isBeingDeleted(name: string): boolean {
     return this.deleting.has(name);
+  }
+
+  /**
+   * A resize or release of a volume a delete has taken (isBeingDeleted: a
+   * forced one waits up to 10 s for its clients) is refused (VolumeInUse,
+   * 409): it went ahead and answered as done, and the volume was gone a
+   * moment later. Checked again once the caller's open yielded.
+   */
+  private refuseBeingDeleted(name: string): void {
+    if (this.deleting.has(name)) throw new VolumeInUse(`volume ${name} is being deleted`, name, []);
   }
 
   /**

@@ -1,0 +1,49 @@
+// Review of 645e1b4 (volume delete refuses an export in use): from its in-use
+// check to its end a delete has taken the volume (isBeingDeleted: the NBD
+// server answers it as an unknown export). A forced delete stays there up to
+// 10 s while its clients are disconnected. A resize or a release asked
+// meanwhile went ahead and was answered as done (PATCH 200 with the new size),
+// and the volume was gone a moment later: both are refused now, 409
+// VolumeInUse "volume v is being deleted"; once a delete fails they work again.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { buildApi } from '../src/control/api.js';
+import { holdIndexDelete, openHotManager, tempManager } from './helpers/volume.js';
+
+const MiB = 1024 * 1024;
+
+test('a resize or release of a volume a delete has taken is refused (409) and the delete goes on; after a failed delete they pass', async (t) => {
+  const { m } = await tempManager(t, 'couchestor-rdel-window-', openHotManager);
+  const api = buildApi(m);
+  t.after(() => api.close());
+  await m.createVolume({ name: 'v', sizeBytes: MiB });
+  // Open (as with a client's writes): the resize takes it in this turn.
+  m.giveBack(m.borrowVolume('v'));
+
+  const held = holdIndexDelete(m);
+  const deleting = m.deleteVolume('v');
+  await held.atIndex;
+  assert.ok(m.isBeingDeleted('v'));
+  const resize = await api.inject({ method: 'PATCH', url: '/v1/volumes/v', payload: { sizeBytes: 2 * MiB } });
+  assert.equal(resize.statusCode, 409, `resize during the delete: ${resize.statusCode} ${resize.body}`);
+  assert.match(resize.json<{ message: string }>().message, /^volume v is being deleted$/);
+  const release = await api.inject({ method: 'POST', url: '/v1/volumes/v/release' });
+  assert.equal(release.statusCode, 409, `release during the delete: ${release.statusCode} ${release.body}`);
+  held.release();
+  await deleting;
+  held.restore();
+  assert.equal(m.getVolumeRecord('v'), undefined);
+  assert.equal((await api.inject({ method: 'PATCH', url: '/v1/volumes/v', payload: { sizeBytes: 2 * MiB } })).statusCode, 404);
+
+  // A delete that fails at its index write gives the volume back: resized as asked.
+  await m.createVolume({ name: 'v', sizeBytes: MiB });
+  const meta = m.meta as unknown as { deleteVolume(rec: unknown): Promise<void> };
+  const real = meta.deleteVolume;
+  meta.deleteVolume = () => Promise.reject(Object.assign(new Error('MDB_MAP_FULL: index full (injected)'), { code: 'ENOSPC' }));
+  await assert.rejects(m.deleteVolume('v'), /index full/);
+  meta.deleteVolume = real;
+  assert.equal(m.isBeingDeleted('v'), false);
+  const after = await api.inject({ method: 'PATCH', url: '/v1/volumes/v', payload: { sizeBytes: 2 * MiB } });
+  assert.equal(after.statusCode, 200, after.body);
+  assert.equal(after.json<{ sizeBytes: number }>().sizeBytes, 2 * MiB);
+});
