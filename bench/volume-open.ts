@@ -2,7 +2,7 @@
 // a peer build (the code before a change, compiled apart), on the same data
 // directories, builds alternated, medians of `runs`.
 //
-//   node .X-dist/bench/volume-open.js <peer dist dir> [runs=3] [entries=100000,1000000]
+//   node .X-dist/bench/volume-open.js <peer dist dir> [runs=3] [entries=100000,1000000] [open|destage]
 //
 // Per entry count: a data directory with volumes `big` (that many Allocated
 // chunk entries of 4 KiB, written into the index with the daemon stopped:
@@ -18,6 +18,16 @@
 //    open) with the event loop's longest hold (a 1 ms timer's largest lateness
 //    plus the gap measured by perf_hooks' event-loop delay histogram), and
 //    VolumeManager.open's start-up time (its pool-usage scan of every entry).
+// And a destage of a closed cold volume `cbig` of that many chunk entries
+// (1 MiB chunks, trimmed: Discarded) with a 4 KiB record of chunk 0 in the
+// journal (the state after a restart: every volume with records is closed),
+// which the destager opens (VolumeManager.borrowById):
+//  - daemon: the record written over NBD, the daemon restarted, then POST
+//    /v1/destage (`couchestor destage`) timed, with the slowest GET
+//    /healthz during it (probed back to back; unloaded: before it);
+//  - in process: the build's VolumeManager with its cold tier started
+//    (destager by hand), the record written, the manager opened again, and
+//    destager.drain() timed with the event loop's longest hold (as above).
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
@@ -26,16 +36,21 @@ import path from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { bigChunkMap } from '../test/helpers/big-chunk-map.js';
+import { ChunkState } from '../src/dataplane/meta/store.js';
 import { RawNbd } from '../test/helpers/nbd-client.js';
 import { median, serve, stop } from './serve.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const selfDist = path.resolve(here, '..');
 const CHUNK_BYTES = 4096;
+/** The cold volume's chunk: the default policy's stripe (the journal's chunk). */
+const COLD_CHUNK_BYTES = 1024 * 1024;
 
 const CONFIG = `pools:
   - { name: hot-0, tier: hot, path: pools/hot-0, capacity: auto }
 ${[0, 1, 2, 3, 4, 5].map((i) => `  - { name: cold-${i}, tier: cold, path: pools/cold-${i}, capacity: auto }\n`).join('')}demoVolume: null
+coldTier:
+  destageIntervalMs: 3600000
 `;
 
 function cli(dist: string, dataDir: string, ...args: string[]): void {
@@ -140,11 +155,94 @@ async function inProcess(dist: string, dataDir: string, self: boolean): Promise<
   }
 }
 
+/** Measures the event loop's longest hold over `work` (a 1 ms timer's largest lateness, and perf_hooks' histogram). */
+async function holdDuring<T>(work: () => Promise<T>): Promise<{ ms: number; holdMs: number }> {
+  let hold = 0;
+  let last = performance.now();
+  const timer = setInterval(() => {
+    const now = performance.now();
+    hold = Math.max(hold, now - last - 1);
+    last = now;
+  }, 1);
+  const h = monitorEventLoopDelay({ resolution: 1 });
+  h.enable();
+  await sleep(5);
+  hold = 0;
+  h.reset();
+  last = performance.now();
+  const t0 = performance.now();
+  await work();
+  const ms = performance.now() - t0;
+  await sleep(5);
+  clearInterval(timer);
+  h.disable();
+  return { ms, holdMs: Math.max(hold, h.max / 1e6) };
+}
+
+/** The daemon's destage of `cbig` after a restart (its record written over NBD first): its time and the slowest /healthz during it. */
+async function daemonDestageRun(dist: string, dataDir: string): Promise<{ destageMs: number; healthzMs: number; healthzBaseMs: number }> {
+  const first = await serve(dist, dataDir);
+  try {
+    const c = await RawNbd.connect({ path: first.ready.nbd.socketPath });
+    await c.handshake('cbig');
+    if ((await c.writeAt(0, Buffer.alloc(4096, 0x5a))).error !== 0 || (await c.flush()).error !== 0) throw new Error('write to cbig failed');
+    await c.disconnect();
+  } finally {
+    await stop(first.proc);
+  }
+  const { proc, ready } = await serve(dist, dataDir);
+  try {
+    const h = prober(() => healthz(ready.api.port));
+    await sleep(1000);
+    const healthzBaseMs = h.reset();
+    const t0 = performance.now();
+    const res = await fetch(`http://127.0.0.1:${ready.api.port}/v1/destage`, { method: 'POST' });
+    await res.arrayBuffer();
+    if (!res.ok) throw new Error(`destage: HTTP ${res.status}`);
+    const destageMs = performance.now() - t0;
+    const healthzMs = await h.stop();
+    return { destageMs, healthzMs, healthzBaseMs };
+  } finally {
+    await stop(proc);
+  }
+}
+
+/** The build's destager, in process, destaging `cbig`'s record with the volume closed: its time and the event loop's longest hold. */
+async function inProcessDestage(dist: string, dataDir: string): Promise<{ destageMs: number; holdMs: number }> {
+  const { VolumeManager } = (await import(pathToFileURL(path.join(dist, 'src/dataplane/volumes/manager.js')).href)) as typeof import('../src/dataplane/volumes/manager.js');
+  const { parsePolicyYaml } = (await import(pathToFileURL(path.join(dist, 'src/dataplane/ec/policy.js')).href)) as typeof import('../src/dataplane/ec/policy.js');
+  const { DEFAULT_EC_POLICY_YAML } = (await import(pathToFileURL(path.join(dist, 'src/config.js')).href)) as typeof import('../src/config.js');
+  const start = () => {
+    const m = VolumeManager.open(dataDir);
+    m.startColdTier(parsePolicyYaml(DEFAULT_EC_POLICY_YAML, 6), { intervalMs: 3_600_000, thresholdPercent: 90, concurrency: 2 });
+    return m;
+  };
+  let m = start();
+  try {
+    const vol = await m.borrowVolumeAsync('cbig');
+    await new Promise<void>((resolve, reject) => vol.write(0, Buffer.alloc(4096, 0x6b), false, (err) => (err ? reject(err) : resolve())));
+    await vol.flush();
+    m.giveBack(vol);
+  } finally {
+    await m.close();
+  }
+  m = start();
+  try {
+    if (m.isOpen('cbig')) throw new Error('cbig is open after the restart');
+    const r = await holdDuring(() => m.cold!.destager.drain());
+    return { destageMs: r.ms, holdMs: r.holdMs };
+  } finally {
+    await m.close();
+  }
+}
+
 async function main(): Promise<void> {
   const peerDist = process.argv[2];
   if (!peerDist) throw new Error('usage: volume-open.js <peer dist dir> [runs=3] [entries=100000,1000000]');
   const runs = Number(process.argv[3] ?? 3);
   const counts = (process.argv[4] ?? '100000,1000000').split(',').map(Number);
+  // Which measures: 'open' (the NBD open of big), 'destage' (the destage of cbig); both by default.
+  const only = new Set((process.argv[5] ?? '').split(',').filter((x) => x !== ''));
   const builds: [string, string][] = [
     ['this', selfDist],
     ['peer', path.resolve(peerDist)],
@@ -158,19 +256,38 @@ async function main(): Promise<void> {
       await stop(proc);
       cli(selfDist, dataDir, 'volumes', 'create', 'big', '4M', '--tier', 'hot');
       cli(selfDist, dataDir, 'volumes', 'create', 'small', '4M', '--tier', 'hot');
+      cli(selfDist, dataDir, 'volumes', 'create', 'cbig', '2M', '--tier', 'cold');
       await bigChunkMap(dataDir, 'big', { chunks: entries, chunkBytes: CHUNK_BYTES });
+      await bigChunkMap(dataDir, 'cbig', { chunks: entries, chunkBytes: COLD_CHUNK_BYTES, state: ChunkState.Discarded });
       const daemon = new Map<string, Awaited<ReturnType<typeof daemonRun>>[]>();
       const proc2 = new Map<string, Awaited<ReturnType<typeof inProcess>>[]>();
+      const destage = new Map<string, Awaited<ReturnType<typeof daemonDestageRun>>[]>();
+      const destage2 = new Map<string, Awaited<ReturnType<typeof inProcessDestage>>[]>();
       for (let i = 0; i < runs; i++) {
         for (const [name, dist] of builds) {
-          daemon.set(name, [...(daemon.get(name) ?? []), await daemonRun(dist, dataDir)]);
-          proc2.set(name, [...(proc2.get(name) ?? []), await inProcess(dist, dataDir, name === 'this')]);
+          if (!only.has('destage')) {
+            daemon.set(name, [...(daemon.get(name) ?? []), await daemonRun(dist, dataDir)]);
+            proc2.set(name, [...(proc2.get(name) ?? []), await inProcess(dist, dataDir, name === 'this')]);
+          }
+          if (!only.has('open')) {
+            destage.set(name, [...(destage.get(name) ?? []), await daemonDestageRun(dist, dataDir)]);
+            destage2.set(name, [...(destage2.get(name) ?? []), await inProcessDestage(dist, dataDir)]);
+          }
         }
       }
       for (const [name] of builds) {
-        const d = daemon.get(name)!;
-        const p = proc2.get(name)!;
+        const d = daemon.get(name) ?? [];
+        const p = proc2.get(name) ?? [];
         const f = (xs: number[]) => median(xs).toFixed(1);
+        const dd = destage.get(name) ?? [];
+        const dp = destage2.get(name) ?? [];
+        if (dd.length > 0) {
+          console.log(
+            `${entries} entries ${name}: destage of the closed cold volume: daemon ${f(dd.map((x) => x.destageMs))} ms, slowest healthz during it ${f(dd.map((x) => x.healthzMs))} ms (unloaded ${f(dd.map((x) => x.healthzBaseMs))} ms); ` +
+              `in process ${f(dp.map((x) => x.destageMs))} ms, longest event-loop hold ${f(dp.map((x) => x.holdMs))} ms`,
+          );
+        }
+        if (d.length === 0) continue;
         console.log(
           `${entries} entries ${name}: daemon open ${f(d.map((x) => x.openMs))} ms, slowest during it: healthz ${f(d.map((x) => x.healthzMs))} ms, nbd read ${f(d.map((x) => x.nbdMs))} ms (unloaded ${f(d.map((x) => x.healthzBaseMs))} / ${f(d.map((x) => x.nbdBaseMs))} ms); ` +
             `in process: open ${f(p.map((x) => x.openMs))} ms, longest event-loop hold ${f(p.map((x) => x.holdMs))} ms, VolumeManager.open ${f(p.map((x) => x.startMs))} ms`,
