@@ -452,6 +452,8 @@ export class Daemon {
     // Each volume's is whole or taken up again by the next start (as after a kill).
     await progress.at('the interrupted releases');
     await manager.finishInterruptedReleases();
+    // Deletes a stop or crash cut short (a "deleting" mark): finished in the background, the daemon serving meanwhile.
+    void manager.resumeDeletes();
     if (cfg.demoVolume && manager.listVolumes().length === 0) {
       await progress.at('the demo volume');
       await manager.createVolume({ name: cfg.demoVolume.name, sizeBytes: cfg.demoVolume.sizeBytes });

@@ -188,7 +188,7 @@ export function buildApi(
     { schema: { querystring: { type: 'object', additionalProperties: false, properties: { force: { type: 'string', enum: ['true', 'false'] } } } } },
     async (req, reply) => {
       try {
-        await manager.deleteVolume(req.params.name, { force: req.query.force === 'true' });
+        await manager.deleteVolume(req.params.name, { force: req.query.force === 'true', background: true });
       } catch (err) {
         if (err instanceof VolumeInUse) return reply.code(409).send({ error: err.name, message: err.message, volume: err.volume, nbdClients: err.nbdClients.length, peers: err.nbdClients });
         throw err;

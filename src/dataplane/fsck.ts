@@ -80,6 +80,14 @@ export interface FsckReport {
    * are never reused); not damage (no data is lost), like orphan records. All
    * counted, the first MAX_ORPHAN_FILES_LISTED listed.
    */
+  /**
+   * Volumes deleted whose chunk map and files the daemon is still removing
+   * (a "deleting" mark: VolumeManager.deleteVolume returns once the volume
+   * is out of the namespace; a mark a stop or crash left is finished at the
+   * next start). Not damage: their entries are not checked, the records
+   * they name are not orphans, their files not orphan files.
+   */
+  deletingVolumes: { volume: string; id: number; chunkEntriesLeft: number }[];
   orphanVolumeFileCount: number;
   orphanVolumeFileBytes: number;
   orphanVolumeFiles: { path: string; sizeBytes: number }[];
@@ -195,6 +203,7 @@ export async function fsck(manager: VolumeManager, progress: (line: string) => v
     preservedVolumeFileBytes: 0,
     leftoverVolumeFiles: 0,
     leftoverVolumeFileBytes: 0,
+    deletingVolumes: [],
     orphanVolumeFileCount: 0,
     orphanVolumeFileBytes: 0,
     orphanVolumeFiles: [],
@@ -302,6 +311,18 @@ export async function fsck(manager: VolumeManager, progress: (line: string) => v
         check(vol.name, chunkIndex, entry.preserved);
       }
     }
+  }
+  // Being deleted: what their entries name is neither checked nor an orphan (the daemon frees it batch by batch).
+  for (const rec of manager.meta.listDeletingVolumes()) {
+    let left = 0;
+    for (const { entry } of manager.meta.volumeChunks(rec.id)) {
+      left++;
+      for (const ref of [entry.state === ChunkState.Cold ? entry.stripe : undefined, entry.preserved]) {
+        for (const s of ref?.shards ?? []) referenced.add(locKey(s.pool, s.segment, s.offsetBytes));
+      }
+    }
+    report.deletingVolumes.push({ volume: rec.name, id: rec.id, chunkEntriesLeft: left });
+    progress(`volume ${rec.name} (id ${rec.id}) is being deleted: ${left} chunk entries left (the daemon removes them in the background)`);
   }
   // Cold S3 objects and multipart parts: `volume` names them "s3:<index key, hex>".
   const objects = manager.meta.openDB<{ segments: { kind: string }[] }, Buffer>(OBJECTS_DB);
@@ -504,6 +525,7 @@ const VOLUME_FILE_RE = /^([1-9][0-9]*)\.dat$/;
  */
 function scanVolumeDirs(manager: VolumeManager, report: FsckReport, progress: (line: string) => void): void {
   const volumes = new Map(manager.listVolumes().map((v) => [v.id, v]));
+  const deleting = new Set(manager.meta.listDeletingVolumes().map((v) => v.id));
   // Pools (by name) each volume's Allocated chunks are in, from the index.
   const used = new Map<number, Set<string>>();
   for (const v of volumes.values()) {
@@ -527,6 +549,10 @@ function scanVolumeDirs(manager: VolumeManager, report: FsckReport, progress: (l
       const st = fs.lstatSync(file, { throwIfNoEntry: false });
       if (!st || !st.isFile()) continue;
       const vol = volumes.get(Number(m[1]));
+      if (!vol && deleting.has(Number(m[1]))) {
+        progress(`pool ${pool.name}: ${file} (${st.size} bytes) belongs to a volume being deleted (the daemon removes it)`);
+        continue;
+      }
       if (!vol) {
         report.orphanVolumeFileCount++;
         report.orphanVolumeFileBytes += st.size;

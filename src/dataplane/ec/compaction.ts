@@ -248,6 +248,9 @@ export class SegmentCompactor {
   private running: Promise<PassReport> | null = null;
   private stopped = false;
   private wakeSleep: (() => void) | null = null;
+  /** Called by stop(): a pass waiting for volume deletes under way (passNow) ends then, not once they end. */
+  private stopRequested!: () => void;
+  private readonly stopRequest = new Promise<void>((resolve) => (this.stopRequested = resolve));
   /** PAUSE_COMPACTION_AT: taken by the first pass to reach the point; resolved by stop(). */
   private testPause: { held: Promise<void>; release: () => void } | null = null;
   /**
@@ -341,6 +344,7 @@ export class SegmentCompactor {
   /** Stops the job: a pass in progress ends after its current batch (its copies become orphans, reclaimed later). */
   async stop(): Promise<void> {
     this.stopped = true;
+    this.stopRequested();
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
     this.wakeSleep?.();
@@ -511,7 +515,8 @@ export class SegmentCompactor {
    * the forwards), but no index entry is flipped for them.
    */
   private forEachRef(visit: (ref: StripeRef, holder: Holder | null) => void): void {
-    for (const vol of this.meta.listVolumes()) {
+    // A volume being deleted: its entries name places until a batch removes them (MetaStore.removeDeletingChunks).
+    for (const vol of [...this.meta.listVolumes(), ...this.meta.listDeletingVolumes()]) {
       for (const { chunkIndex, entry } of this.meta.volumeChunks(vol.id)) visitChunk(vol.id, chunkIndex, entry, visit);
     }
     for (const { key, value } of this.objects.getRange(ALL_OBJECT_KEYS)) visitObject(this.meta, key, value, visit);
@@ -541,7 +546,7 @@ export class SegmentCompactor {
    * missed. Only callers that tolerate that use it (the recount's hints;
    * liveIn's first look, behind the final look from one snapshot).
    */
-  private async forEachIndexRefSliced(snapshot: Transaction | 'per-slice', visit: (ref: StripeRef, holder: Holder | null) => void): Promise<void> {
+  private async forEachIndexRefSliced(snapshot: Transaction | 'per-slice', visit: (ref: StripeRef, holder: Holder | null) => void, withDeleting = false): Promise<void> {
     const slice = this.opts.recountSliceEntries;
     let sinceYield = 0;
     const scan = async <K extends Key, V>(db: Database<V, K>, start: K, end: K | undefined, each: (key: K, value: V) => void): Promise<void> => {
@@ -567,6 +572,8 @@ export class SegmentCompactor {
       }
     };
     const volumeIds = [...this.meta.volumes.getRange(snapshot === 'per-slice' ? {} : { transaction: snapshot })].map((e) => e.value.id);
+    // The recount's: a volume being deleted is referenced until a batch removes its entries and frees them (told dead then, once).
+    if (withDeleting) for (const rec of this.meta.listDeletingVolumes(snapshot === 'per-slice' ? undefined : snapshot)) volumeIds.push(rec.id);
     for (const id of volumeIds) await scan(this.meta.chunks, [id, 0], [id + 1, 0], (key, entry) => visitChunk(id, key[1], entry, visit));
     await scan(this.objects, ALL_OBJECT_KEYS.start, undefined, (key, value) => visitObject(this.meta, key, value, visit));
     if (this.betweenObjectsAndParts !== null) await this.betweenObjectsAndParts(snapshot === 'per-slice' ? 'per-slice' : 'snapshot');
@@ -637,7 +644,7 @@ export class SegmentCompactor {
     const since: SinceRecount = { freed: [], overflowBytes: new Map(), replaced: new Set() };
     this.sinceRecount = since;
     try {
-      await this.forEachIndexRefSliced('per-slice', visit);
+      await this.forEachIndexRefSliced('per-slice', visit, true);
     } finally {
       this.sinceRecount = null;
     }
@@ -707,6 +714,9 @@ export class SegmentCompactor {
 
   private async passNow(unthrottled: boolean): Promise<PassReport> {
     const report: PassReport = { segmentsCompacted: 0, reclaimedBytes: 0, copiedBytes: 0, segmentsDeferred: 0 };
+    // Volume deletes under way first: what they free is told dead batch by batch (MetaStore.deletesSettled).
+    await Promise.race([this.meta.deletesSettled(), this.stopRequest]);
+    if (this.stopped) return report;
     if (!this.recounted) await this.recount();
     const candidates: Candidate[] = [];
     const stores = await this.coldStores();

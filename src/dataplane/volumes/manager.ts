@@ -60,7 +60,24 @@ export interface VolumeClients {
 export interface DeleteVolumeOptions {
   /** Disconnect the volume's clients first instead of refusing (VolumeInUse). */
   force?: boolean;
+  /**
+   * Return once the volume is out of the namespace and its "deleting" mark
+   * durable; the chunk map and its data are removed in the background (the
+   * API's delete). Without it the call returns once all of it is removed.
+   */
+  background?: boolean;
 }
+
+/** Chunk entries a delete removes per index transaction (~3 ms of event loop each; removeChunkMap). */
+const DELETE_BATCH_ENTRIES = 1024;
+/**
+ * Crash-test hook (test/volume-delete-batched): with
+ * COUCHESTOR_TEST_PAUSE_DELETE_AFTER_BATCHES=N, a delete's chunk-map
+ * removal, once N batches are committed and freed, prints `couchestor paused
+ * delete {"volume":...}` on stdout and waits for good, so the test SIGKILLs
+ * it mid-removal. Read once at start.
+ */
+const PAUSE_DELETE_AFTER_BATCHES = Number(process.env.COUCHESTOR_TEST_PAUSE_DELETE_AFTER_BATCHES ?? 0);
 
 export class VolumeManager {
   readonly pools = new Map<string, Pool>();
@@ -124,6 +141,8 @@ export class VolumeManager {
    * (isBeingDeleted). At most one entry per volume record.
    */
   private readonly deleting = new Set<string>();
+  /** Chunk-map removals of deleted volumes running (removeChunkMap), by volume id. */
+  private readonly removals = new Map<number, Promise<void>>();
   cold: (ColdTier & { destager: Destager; policy: ErasureCodingPolicy; reconstructor: Reconstructor }) | null = null;
 
   /** This data directory's id (MetaStore.dataDirId), named in every pool identity. */
@@ -1398,30 +1417,25 @@ export class VolumeManager {
       // Rewritten meanwhile by a tier switch (a migration's): the record as it is now.
       const now = this.meta.volumes.get(name);
       if (now === undefined || now.id !== rec.id) throw new NotFound(`no volume named ${name}`);
-      await this.deleteRecord(name, now);
+      await this.deleteRecord(name, now, { background: opts.background === true });
     } finally {
       this.deleting.delete(name);
     }
   }
 
-  private async deleteRecord(name: string, rec: VolumeRecord): Promise<void> {
+  /**
+   * Takes volume `rec` out of the namespace and returns; its chunk map and
+   * what it names go in the background (removeChunkMap). Step 1 is one
+   * small transaction (MetaStore.deleteVolume): the name lookup is gone
+   * (API, NBD, list) and may be reused at once by a new volume (a new id),
+   * and a durable "deleting <id>" mark is left for a restart to finish.
+   */
+  private async deleteRecord(name: string, rec: VolumeRecord, opts: { background?: boolean } = {}): Promise<void> {
     const vol = this.open.get(name);
     this.open.delete(name);
     this.pinned.delete(rec.id);
     this.unopenable.delete(name);
     if (vol) await vol.close();
-    // Allocated chunks per pool: a volume may have chunks in two pools' files.
-    const allocated = new Map<string, number>();
-    // Stripes from the index, not vol.stripes: a volume not open has them too.
-    const stripes: StripeRef[] = [];
-    for (const { entry } of this.meta.volumeChunks(rec.id)) {
-      if (entry.state === ChunkState.Allocated) allocated.set(entry.pool, (allocated.get(entry.pool) ?? 0) + 1);
-      else if (entry.state === ChunkState.Cold && entry.stripe) stripes.push(entry.stripe);
-      // Old copies kept by a preserving migration go with the volume.
-      if (entry.preserved) stripes.push(entry.preserved);
-    }
-    // Index first, bytes second: a crash in between leaves an orphan file
-    // (reclaimed on create), never an index entry pointing at freed bytes.
     await this.meta.deleteVolume(rec);
     this.closedColdChunks.delete(rec.id);
     this.closedMoveLeft.delete(rec.id);
@@ -1430,21 +1444,89 @@ export class VolumeManager {
     // control loop) still found the record: it cached the volume (a new
     // volume of this name would then get the deleted one's file) or
     // recorded its failure again (reported unavailable for good). Taken out
-    // here, closed last: its close waits for its I/O, the frees below must not.
+    // here, closed before the map's removal starts: its writes land first.
     this.unopenable.delete(name);
     const late = this.open.get(name)?.rec.id === rec.id ? this.open.get(name)! : null;
     if (late) this.open.delete(name);
     this.pinned.delete(rec.id);
     this.cold?.journal.dropVolume(rec.id);
-    for (const ref of stripes) this.cold?.stripes.free(ref);
-    for (const [pool, n] of allocated) this.pools.get(pool)?.release(n * rec.chunkSizeBytes);
-    // Every pool's file: chunks of an interrupted move, or one kept by preservation mode.
-    for (const pool of this.pools.values()) if (pool.rec.tier !== 'cold') fs.rmSync(pool.volumeFile(rec.id), { force: true });
+    // The files now: nothing reads them once the record is gone (durable above).
+    this.removeVolumeFiles(rec.id);
     if (late) await late.close();
+    const removal = this.removeChunkMap(rec);
+    if (opts.background !== true) await removal;
+    else removal.catch((err: Error) => log.error('removing a deleted volume\'s chunk map failed; the next start finishes it', { volume: name, id: rec.id, err: err.message }));
+  }
+
+  /** Every hot/warm pool's file of volume `id`: chunks of an interrupted move, or one kept by preservation mode. */
+  private removeVolumeFiles(id: number): void {
+    for (const pool of this.pools.values()) if (pool.rec.tier !== 'cold') fs.rmSync(pool.volumeFile(id), { force: true });
+  }
+
+  /**
+   * A delete's chunk-map removal (step 2, then 3): DELETE_BATCH_ENTRIES
+   * entries per transaction (MetaStore.removeDeletingChunks; ~3 ms of event
+   * loop each), the event loop turning between two; after each commit the
+   * bytes the batch named are freed (stripes told dead to compaction, pool
+   * space given back). The last batch removes the mark. Stops at close()
+   * (the mark stays: the next start finishes it). One per volume id.
+   * `resumed`: a mark found at start, whose chunks the pools' usage never
+   * counted (recomputeUsage counts listed volumes), so none is given back.
+   */
+  private removeChunkMap(rec: VolumeRecord, opts: { resumed?: boolean } = {}): Promise<void> {
+    const running = this.removals.get(rec.id);
+    if (running !== undefined) return running;
+    const removal = (async () => {
+      let entries = 0;
+      for (;;) {
+        if (this.closing) return;
+        const { removed, done } = await this.meta.removeDeletingChunks(rec.id, DELETE_BATCH_ENTRIES);
+        entries += removed.length;
+        const allocated = new Map<string, number>();
+        for (const entry of removed) {
+          if (entry.state === ChunkState.Allocated) allocated.set(entry.pool, (allocated.get(entry.pool) ?? 0) + 1);
+          else if (entry.state === ChunkState.Cold && entry.stripe) this.cold?.stripes.free(entry.stripe);
+          // Old copies kept by a preserving migration go with the volume.
+          if (entry.preserved) this.cold?.stripes.free(entry.preserved);
+        }
+        // A resumed delete's chunks were never counted: the start's usage counts listed volumes only (recomputeUsage).
+        if (opts.resumed !== true) for (const [pool, n] of allocated) this.pools.get(pool)?.release(n * rec.chunkSizeBytes);
+        if (done) break;
+        if (PAUSE_DELETE_AFTER_BATCHES > 0 && entries >= PAUSE_DELETE_AFTER_BATCHES * DELETE_BATCH_ENTRIES) {
+          process.stdout.write(`couchestor paused delete ${JSON.stringify({ volume: rec.name, id: rec.id, entriesRemoved: entries })}\n`);
+          await new Promise<never>(() => undefined);
+        }
+        await new Promise<void>((resolve) => setImmediate(resolve));
+      }
+      log.info('deleted volume: its chunk map is removed', { volume: rec.name, id: rec.id, chunkEntries: entries });
+    })().finally(() => this.removals.delete(rec.id));
+    this.removals.set(rec.id, removal);
+    this.meta.removalRunning(removal);
+    return removal;
+  }
+
+  /**
+   * Finishes, in the background, every delete a stop or crash cut short
+   * (a "deleting" mark left in the index): the files first, then the chunk
+   * map a batch at a time. The daemon serves meanwhile; the volume is out of
+   * the namespace already. A failure is logged and the mark stays for the
+   * next start. Returns the removals (tests and the offline CLI await them).
+   */
+  resumeDeletes(): Promise<void> {
+    const recs = this.meta.listDeletingVolumes();
+    if (recs.length > 0) log.info('finishing deletes a stop or crash cut short', { volumes: recs.map((r) => `${r.name}(${r.id})`).join(',') });
+    return Promise.all(
+      recs.map((rec) => {
+        this.removeVolumeFiles(rec.id);
+        return this.removeChunkMap(rec, { resumed: true }).catch((err: Error) => log.error('finishing a volume delete failed; the next start tries again', { volume: rec.name, id: rec.id, err: err.message }));
+      }),
+    ).then(() => undefined);
   }
 
   async close(): Promise<void> {
     this.closing = true;
+    // Each stops before its next batch; the mark stays for the next start.
+    await Promise.allSettled([...this.removals.values()]);
     // Their next slice gives up: none reads the index after it closes, none opens a file after the loop below.
     await Promise.allSettled([...this.opening.values()]);
     if (this.cold) {
