@@ -49,3 +49,25 @@ test('pools replaced beyond parity and written again, then a restart: HEAD and G
   }
   t.diagnostic(`${Date.now() - started} ms`);
 });
+
+test('pools replaced beyond parity while the daemon was down, written again with nothing looking at the lost object, then another restart: HEAD of it answers 500', async (t) => {
+  const started = Date.now();
+  let env = await startS3HotAndCold();
+  t.after(() => env.cleanup());
+  const body = patternBytes(2 * MiB + 5, 0x7a);
+  await env.sdk.send(new PutObjectCommand({ Bucket: 'cold', Key: 'k', Body: body }));
+  assert.equal(await env.daemon.stop(), 0);
+  // The disks swapped while no daemon ran: the next start finds other disks than it recorded.
+  for (const i of [0, 1, 2]) loseAndReplacePool(env.daemon, i);
+  env = await restartS3(env);
+  const news = [0, 1, 2, 3].map((i) => patternBytes(2 * MiB + 5, i + 10));
+  for (const [i, b] of news.entries()) await env.sdk.send(new PutObjectCommand({ Bucket: 'cold', Key: `new-${i}`, Body: b }));
+  // No request looks at k before the next restart: only the disks recorded at each start tell it.
+  await env.daemon.kill();
+  env = await restartS3(env);
+  await dropCache(env.daemon);
+  assert.equal((await outcome(env.sdk.send(new HeadObjectCommand({ Bucket: 'cold', Key: 'k' }))))[0], 500, 'HEAD after the second start');
+  assert.deepEqual(await outcome(env.sdk.send(new GetObjectCommand({ Bucket: 'cold', Key: 'k' })).then((r) => r.Body!.transformToByteArray())), [500, 'InternalError'], 'GET');
+  assert.equal((await env.sdk.send(new HeadObjectCommand({ Bucket: 'cold', Key: 'new-0' }))).ContentLength, news[0]!.length, 'HEAD new-0');
+  t.diagnostic(`${Date.now() - started} ms`);
+});
