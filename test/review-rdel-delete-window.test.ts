@@ -5,10 +5,17 @@
 // meanwhile went ahead and was answered as done (PATCH 200 with the new size),
 // and the volume was gone a moment later: both are refused now, 409
 // VolumeInUse "volume v is being deleted"; once a delete fails they work again.
+// And the NBD server's close (a daemon stop: its clients' requests in flight
+// answered, up to 10 s) took it out of the delete's in-use check first: a
+// delete then went ahead and the request in flight was answered EIO
+// ("volume v was closed"); it stays in until its clients are gone.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { buildApi } from '../src/control/api.js';
 import { holdIndexDelete, openHotManager, tempManager } from './helpers/volume.js';
+import { RawNbd } from './helpers/nbd-client.js';
+import { NbdServer } from '../src/dataplane/nbd/server.js';
+import { VolumeInUse } from '../src/dataplane/errors.js';
 
 const MiB = 1024 * 1024;
 
@@ -46,4 +53,39 @@ test('a resize or release of a volume a delete has taken is refused (409) and th
   const after = await api.inject({ method: 'PATCH', url: '/v1/volumes/v', payload: { sizeBytes: 2 * MiB } });
   assert.equal(after.statusCode, 200, after.body);
   assert.equal(after.json<{ sizeBytes: number }>().sizeBytes, 2 * MiB);
+});
+
+test('while the NBD server drains its clients (a daemon stop) a delete of a volume one still has requests in flight on is refused, and the request is answered', async (t) => {
+  const { m } = await tempManager(t, 'couchestor-rdel-stop-', openHotManager);
+  await m.createVolume({ name: 'v', sizeBytes: MiB });
+  const nbd = new NbdServer({ manager: m });
+  const { port } = await nbd.listenTcp(0);
+  let closing: Promise<void> | null = null;
+  t.after(() => closing ?? nbd.close());
+  const c = await RawNbd.connect({ port });
+  await c.handshake('v');
+  assert.equal((await c.writeAt(0, Buffer.alloc(65536, 0x5a))).error, 0);
+  // The client's FLUSH held in flight until the test lets it go.
+  const vol = m.openVolumes().find((x) => x.name === 'v')!;
+  const realFlush = vol.flush.bind(vol);
+  let entered!: () => void;
+  const inFlush = new Promise<void>((r) => (entered = r));
+  let letGo!: () => void;
+  const gate = new Promise<void>((r) => (letGo = r));
+  vol.flush = () => {
+    entered();
+    return gate.then(realFlush);
+  };
+  const flush = c.flush();
+  await inFlush;
+  // The stop's NBD step: no further request read, the FLUSH in flight to be answered.
+  closing = nbd.close();
+  await assert.rejects(m.deleteVolume('v'), (err: unknown) => err instanceof VolumeInUse && err.nbdClients.length === 1, 'deleted under a request in flight');
+  letGo();
+  assert.equal((await flush).error, 0, 'the FLUSH in flight answered an error');
+  await closing;
+  await c.closed;
+  // The client gone: the delete passes.
+  await m.deleteVolume('v');
+  assert.equal(m.getVolumeRecord('v'), undefined);
 });

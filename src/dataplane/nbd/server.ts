@@ -326,7 +326,6 @@ export class NbdServer implements ExportResolver, VolumeClients {
    */
   async close(): Promise<void> {
     this.closing = true;
-    this.unregisterClients();
     const listenersClosed = Promise.all(this.servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
     let timer: NodeJS.Timeout | undefined;
     const grace = new Promise<void>((r) => (timer = setTimeout(r, SHUTDOWN_GRACE_MS)));
@@ -341,6 +340,10 @@ export class NbdServer implements ExportResolver, VolumeClients {
       this.opts.manager.giveBack(vol);
     }
     this.lingering.clear();
+    // Last: while the clients drain, a delete still sees those with requests
+    // in flight (refused, or --force waits for them); unregistered first, one
+    // went ahead and the volume was closed under them.
+    this.unregisterClients();
   }
 }
 
