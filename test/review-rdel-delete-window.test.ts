@@ -4,7 +4,8 @@
 // 10 s while its clients are disconnected. A resize or a release asked
 // meanwhile went ahead and was answered as done (PATCH 200 with the new size),
 // and the volume was gone a moment later: both are refused now, 409
-// VolumeInUse "volume v is being deleted"; once a delete fails they work again.
+// VolumeInUse "volume v is being deleted", as a migrate through the API
+// (answered 200 Done); once a delete fails they work again.
 // And the NBD server's close (a daemon stop: its clients' requests in flight
 // answered, up to 10 s) took it out of the delete's in-use check first: a
 // delete then went ahead and the request in flight was answered EIO
@@ -12,7 +13,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { buildApi } from '../src/control/api.js';
-import { holdIndexDelete, openHotManager, tempManager } from './helpers/volume.js';
+import { holdIndexDelete, openColdTierManager, openHotManager, tempManager } from './helpers/volume.js';
 import { RawNbd } from './helpers/nbd-client.js';
 import { NbdServer } from '../src/dataplane/nbd/server.js';
 import { VolumeInUse } from '../src/dataplane/errors.js';
@@ -87,5 +88,22 @@ test('while the NBD server drains its clients (a daemon stop) a delete of a volu
   await c.closed;
   // The client gone: the delete passes.
   await m.deleteVolume('v');
+  assert.equal(m.getVolumeRecord('v'), undefined);
+});
+
+test('a migrate asked through the API while a delete has the volume is refused (409), not answered Done', async (t) => {
+  const { m } = await tempManager(t, 'couchestor-rdel-migrate-', openColdTierManager);
+  const api = buildApi(m);
+  t.after(() => api.close());
+  await m.createVolume({ name: 'v', sizeBytes: 4 * MiB });
+  const held = holdIndexDelete(m);
+  const deleting = m.deleteVolume('v');
+  await held.atIndex;
+  const move = await api.inject({ method: 'POST', url: '/v1/volumes/v/migrate', payload: { tier: 'cold' } });
+  assert.equal(move.statusCode, 409, `migrate during the delete: ${move.statusCode} ${move.body}`);
+  assert.match(move.json<{ message: string }>().message, /^volume v is being deleted$/);
+  held.release();
+  await deleting;
+  held.restore();
   assert.equal(m.getVolumeRecord('v'), undefined);
 });

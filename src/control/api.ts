@@ -98,7 +98,12 @@ export function buildApi(
   app.post<{ Params: { name: string }; Body: { tier: Tier; preserve?: boolean } }>(
     '/v1/volumes/:name/migrate',
     { schema: { body: { type: 'object', required: ['tier'], additionalProperties: false, properties: { tier: { type: 'string', enum: ['hot', 'warm', 'cold'] }, preserve: { type: 'boolean' } } } } },
-    async (req) => migrateVolume(manager, req.params.name, req.body.tier, { preserve: req.body.preserve ?? false }),
+    async (req) => {
+      // A volume a delete has taken (a forced one waits up to 10 s for its clients): refused as its resize
+      // is, not answered Done and then gone.
+      if (manager.isBeingDeleted(req.params.name)) throw new VolumeInUse(`volume ${req.params.name} is being deleted`, req.params.name, []);
+      return migrateVolume(manager, req.params.name, req.body.tier, { preserve: req.body.preserve ?? false });
+    },
   );
   // Frees what preserving migrations kept for the volume (old stripes; a cold volume's old file).
   app.post<{ Params: { name: string } }>('/v1/volumes/:name/release', async (req) => manager.releasePreserved(req.params.name));
