@@ -62,7 +62,12 @@ test('while the NBD server drains its clients (a daemon stop) a delete of a volu
   const nbd = new NbdServer({ manager: m });
   const { port } = await nbd.listenTcp(0);
   let closing: Promise<void> | null = null;
-  t.after(() => closing ?? nbd.close());
+  // A failed assertion leaves the FLUSH held: let it go, or the close waits on it for good.
+  let letGo: () => void = () => undefined;
+  t.after(() => {
+    letGo();
+    return closing ?? nbd.close();
+  });
   const c = await RawNbd.connect({ port });
   await c.handshake('v');
   assert.equal((await c.writeAt(0, Buffer.alloc(65536, 0x5a))).error, 0);
@@ -71,7 +76,6 @@ test('while the NBD server drains its clients (a daemon stop) a delete of a volu
   const realFlush = vol.flush.bind(vol);
   let entered!: () => void;
   const inFlush = new Promise<void>((r) => (entered = r));
-  let letGo!: () => void;
   const gate = new Promise<void>((r) => (letGo = r));
   vol.flush = () => {
     entered();
