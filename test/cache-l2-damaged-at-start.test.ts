@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { TestDaemon, nbdsh } from './helpers/daemon.js';
-import { MiB, destage, startColdDaemon } from './helpers/cold.js';
+import { MiB, createVolume, destage, startColdDaemon } from './helpers/cold.js';
 import { metric } from './helpers/control-loop.js';
 
 const STRIPES = 6;
@@ -27,7 +27,7 @@ async function cacheMetrics(d: TestDaemon): Promise<{ corruptions: number; entri
 test('an L2 file damaged while stopped: the daemon starts, drops and counts the bad records and logs it; reads stay byte-exact; the next start counts nothing', async (t) => {
   let d = await startColdDaemon(CONFIG);
   t.after(() => d.cleanup());
-  d.createVolume('c1', `${STRIPES}M`, '--tier', 'cold');
+  await createVolume(d, 'c1', STRIPES * MiB, 'cold');
   nbdsh(`h.connect_uri(${JSON.stringify(d.exportUri('c1'))})\nfor i in range(${STRIPES}): h.pwrite(bytes([i + 1]) * ${MiB}, i * ${MiB})\nh.flush()`);
   await destage(d);
   assert.equal(sameAsWritten(d.exportUri('c1')), 'True');

@@ -11,7 +11,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { TestDaemon, nbdsh } from './helpers/daemon.js';
-import { MANUAL_DESTAGE_CONFIG, MiB, api, destage, dropCache, startColdDaemon } from './helpers/cold.js';
+import { MANUAL_DESTAGE_CONFIG, MiB, api, createVolume, destage, dropCache, startColdDaemon } from './helpers/cold.js';
 import { poolsYaml } from './helpers/missing-pool.js';
 import { smallDisk } from './helpers/small-pool.js';
 
@@ -28,7 +28,7 @@ test('an L2 file that does not fit on the hot pool: the daemon starts with L1 on
   const stats = await api<{ l1: unknown; l2?: unknown }>(d, 'GET', '/v1/cache');
   assert.ok(stats.l1 !== undefined && stats.l2 === undefined, `L1 only: ${JSON.stringify(stats)}`);
 
-  d.createVolume('c1', '8M', '--tier', 'cold');
+  await createVolume(d, 'c1', 8 * MiB, 'cold');
   const uri = d.exportUri('c1');
   nbdsh(`h.connect_uri(${JSON.stringify(uri)}); h.pwrite(b'Z' * ${MiB}, ${MiB}); h.flush()`);
   await destage(d);

@@ -12,7 +12,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { TestDaemon } from './helpers/daemon.js';
 import { attachedNbdsh, type AttachedNbdsh } from './helpers/nbd-client.js';
-import { MANUAL_DESTAGE_CONFIG, MiB, startColdDaemon } from './helpers/cold.js';
+import { MANUAL_DESTAGE_CONFIG, MiB, createVolume, startColdDaemon } from './helpers/cold.js';
 import { poolsYaml } from './helpers/missing-pool.js';
 import { smallDisk } from './helpers/small-pool.js';
 
@@ -28,8 +28,8 @@ test('the journal pool full: cold writes get ENOSPC, the journal is not failed, 
     await d?.cleanup();
   });
   d = await startColdDaemon(poolsYaml(['hot-0', 'hot', disk.poolDir]) + MANUAL_DESTAGE_CONFIG + 'cache:\n  l2CapacityBytes: 0\n', ENV);
-  d.createVolume('c1', '16M', '--tier', 'cold');
-  d.createVolume('c2', '16M', '--tier', 'cold');
+  await createVolume(d, 'c1', 16 * MiB, 'cold');
+  await createVolume(d, 'c2', 16 * MiB, 'cold');
   const c1 = await attachedNbdsh(d.exportUri('c1'));
   clients.push(c1);
   const c2 = await attachedNbdsh(d.exportUri('c2'));

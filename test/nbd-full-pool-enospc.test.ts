@@ -8,6 +8,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { TestDaemon } from './helpers/daemon.js';
+import { api } from './helpers/cold.js';
 import { attachedNbdsh, type AttachedNbdsh } from './helpers/nbd-client.js';
 import { poolsYaml } from './helpers/missing-pool.js';
 import { smallDisk } from './helpers/small-pool.js';
@@ -26,8 +27,9 @@ test('a full hot pool: ENOSPC for the short write at the full point and after it
   d = await TestDaemon.start({
     config: poolsYaml(['hot-0', 'hot'], ['hot-small', 'hot', disk.poolDir]) + 'demoVolume: null\n',
   });
-  d.createVolume('full', '16M', '--tier', 'hot', '--pool', 'hot-small');
-  d.createVolume('other', '16M', '--tier', 'hot', '--pool', 'hot-0');
+  // Through the admin API: a CLI process costs ~1 s of start-up on a loaded box.
+  await api(d, 'POST', '/v1/volumes', { name: 'full', sizeBytes: 16 * MiB, tier: 'hot', pool: 'hot-small' });
+  await api(d, 'POST', '/v1/volumes', { name: 'other', sizeBytes: 16 * MiB, tier: 'hot', pool: 'hot-0' });
   const full = await attachedNbdsh(d.exportUri('full'));
   clients.push(full);
   const other = await attachedNbdsh(d.exportUri('other'));
