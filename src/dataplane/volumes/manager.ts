@@ -1525,13 +1525,17 @@ export class VolumeManager {
 
   async close(): Promise<void> {
     this.closing = true;
+    // The destager stopped first, in this turn: a pass waiting for a volume's open (given up
+    // below at its next slice) then ends it as a stop, not as a volume that cannot be opened.
+    const destagerStopped = this.cold?.destager.stop() ?? Promise.resolve();
+    destagerStopped.catch(() => undefined); // awaited below; handled meanwhile
     // Each stops before its next batch; the mark stays for the next start.
     await Promise.allSettled([...this.removals.values()]);
     // Their next slice gives up: none reads the index after it closes, none opens a file after the loop below.
     await Promise.allSettled([...this.opening.values()]);
     if (this.cold) {
       await this.cold.reconstructor.stop();
-      await this.cold.destager.stop();
+      await destagerStopped;
     }
     for (const v of this.open.values()) {
       if (!v.failed) await v.flush().catch(() => undefined);

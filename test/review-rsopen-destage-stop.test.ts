@@ -1,0 +1,69 @@
+// Review of 594401b (the destager opens a closed volume a slice at a time):
+// a stop while a destage pass waits for such an open. The manager gives the
+// open up at its next slice ("the daemon is stopping"); the destager took
+// that for a volume that cannot be opened: a WARN "destage skipped volumes
+// that cannot be opened" at the stop, the failure counted in its errors and
+// volumesSkipped (couchestor_destage_errors_total) and left as the journal's
+// stalled reason. A stop is none of that: the records stay in the journal
+// and the next start destages them.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import path from 'node:path';
+import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
+import { ChunkState } from '../src/dataplane/meta/store.js';
+import { log } from '../src/log.js';
+import { openColdTierManager, readVolume, tempDirClosing, writeVolume } from './helpers/volume.js';
+import { bigChunkMap } from './helpers/big-chunk-map.js';
+import { patternBytes } from './helpers/cold.js';
+
+const MiB = 1024 * 1024;
+/** Chunk entries: ~20 ranges of 1,024, so the open yields a few times. */
+const CHUNKS = 20_000;
+
+test('a stop while the destager opens a closed volume a slice at a time is not a volume that cannot be opened; the records destage at the next start', async (t) => {
+  let m: VolumeManager | null = null;
+  const dir = tempDirClosing(t, 'couchestor-rsopen-stop-', () => m!);
+  m = await openColdTierManager(dir);
+  await m.createVolume({ name: 'big', sizeBytes: 2 * MiB, tier: 'cold' });
+  const data = patternBytes(MiB, 7);
+  const vol = m.borrowVolume('big');
+  const id = vol.rec.id;
+  await writeVolume(vol, MiB, data);
+  await vol.flush();
+  m.giveBack(vol);
+  await m.close();
+  await bigChunkMap(path.join(dir, 'meta'), 'big', { chunks: CHUNKS, chunkBytes: MiB, state: ChunkState.Discarded });
+  m = await openColdTierManager(dir, false);
+  const stopping = m;
+  assert.ok(!stopping.isOpen('big') && stopping.cold!.journal.hasVolume(id), 'premise: closed, its record in the journal');
+
+  const warned: string[] = [];
+  const warn = log.warn;
+  log.warn = (msg, fields) => {
+    warned.push(msg);
+    warn(msg, fields);
+  };
+  t.after(() => (log.warn = warn));
+  // The stop lands at the open's second read of the map (the first one done).
+  const volumeChunks = stopping.meta.volumeChunks.bind(stopping.meta);
+  let closed: Promise<void> | null = null;
+  stopping.meta.volumeChunks = (volumeId: number, fromChunk = 0, limit?: number) => {
+    if (fromChunk > 0 && closed === null) closed = stopping.close();
+    return volumeChunks(volumeId, fromChunk, limit);
+  };
+  await stopping.cold!.destager.kick();
+  assert.ok(closed !== null, 'the stop came while the map was read');
+  await closed;
+  const d = stopping.cold!.destager;
+  assert.deepEqual({ errors: d.errors, volumesSkipped: d.volumesSkipped, stalledReason: stopping.cold!.journal.stalledReason }, { errors: 0, volumesSkipped: 0, stalledReason: null });
+  assert.deepEqual(warned.filter((w) => w.startsWith('destage')), [], 'no destage warning at the stop');
+
+  m = await openColdTierManager(dir, false);
+  assert.ok(m.cold!.journal.hasVolume(id), 'the record stayed in the journal');
+  await m.cold!.destager.drain();
+  assert.ok(!m.cold!.journal.hasVolume(id));
+  const back = await m.borrowVolumeAsync('big');
+  assert.equal(back.chunkState[1], ChunkState.Cold);
+  assert.ok((await readVolume(back, MiB, MiB)).equals(data));
+  m.giveBack(back);
+});
