@@ -4,6 +4,7 @@
 // starts and stops daemons the same way.
 import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import readline from 'node:readline';
 
 export interface Ready {
@@ -40,4 +41,58 @@ export async function stop(proc: ChildProcess): Promise<void> {
 export function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.floor(s.length / 2)]!;
+}
+
+export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Runs `once` back to back until stop(); the slowest call's ms (reset() takes it and starts again). */
+export function prober(once: () => Promise<unknown>): { stop: () => Promise<number>; reset: () => number; count: () => number } {
+  let running = true;
+  let worst = 0;
+  let n = 0;
+  const loop = (async () => {
+    while (running) {
+      const t0 = performance.now();
+      await once();
+      worst = Math.max(worst, performance.now() - t0);
+      n++;
+    }
+  })();
+  return {
+    stop: async () => {
+      running = false;
+      await loop;
+      return worst;
+    },
+    reset: () => {
+      const w = worst;
+      worst = 0;
+      return w;
+    },
+    count: () => n,
+  };
+}
+
+/** Measures the event loop's longest hold over `work` (a 1 ms timer's largest lateness, and perf_hooks' histogram). */
+export async function holdDuring<T>(work: () => Promise<T>): Promise<{ ms: number; holdMs: number; result: T }> {
+  let hold = 0;
+  let last = performance.now();
+  const timer = setInterval(() => {
+    const now = performance.now();
+    hold = Math.max(hold, now - last - 1);
+    last = now;
+  }, 1);
+  const h = monitorEventLoopDelay({ resolution: 1 });
+  h.enable();
+  await sleep(5);
+  hold = 0;
+  h.reset();
+  last = performance.now();
+  const t0 = performance.now();
+  const result = await work();
+  const ms = performance.now() - t0;
+  await sleep(5);
+  clearInterval(timer);
+  h.disable();
+  return { ms, holdMs: Math.max(hold, h.max / 1e6), result };
 }

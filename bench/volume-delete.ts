@@ -25,7 +25,7 @@ import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { bigChunkMap } from '../test/helpers/big-chunk-map.js';
 import { RawNbd } from '../test/helpers/nbd-client.js';
-import { median, serve, stop } from './serve.js';
+import { holdDuring, median, prober, serve, sleep, stop } from './serve.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const selfDist = path.resolve(here, '..');
@@ -51,33 +51,6 @@ function request(port: number, method: string, urlPath: string): Promise<number>
     req.end();
   });
 }
-
-/** Runs `once` back to back until stop(); the slowest call's ms. */
-function prober(once: () => Promise<unknown>): { stop: () => Promise<number>; reset: () => number } {
-  let running = true;
-  let worst = 0;
-  const loop = (async () => {
-    while (running) {
-      const t0 = performance.now();
-      await once();
-      worst = Math.max(worst, performance.now() - t0);
-    }
-  })();
-  return {
-    stop: async () => {
-      running = false;
-      await loop;
-      return worst;
-    },
-    reset: () => {
-      const w = worst;
-      worst = 0;
-      return w;
-    },
-  };
-}
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 interface DaemonResult {
   answerMs: number;
@@ -131,23 +104,8 @@ async function inProcess(dist: string, dataDir: string): Promise<{ deleteMs: num
   const { VolumeManager } = (await import(pathToFileURL(path.join(dist, 'src/dataplane/volumes/manager.js')).href)) as typeof import('../src/dataplane/volumes/manager.js');
   const m = VolumeManager.open(dataDir);
   try {
-    // The largest lateness of a 1 ms timer: the longest the event loop was held.
-    let hold = 0;
-    let last = performance.now();
-    const timer = setInterval(() => {
-      const now = performance.now();
-      hold = Math.max(hold, now - last - 1);
-      last = now;
-    }, 1);
-    await sleep(5);
-    hold = 0;
-    last = performance.now();
-    const t0 = performance.now();
-    await m.deleteVolume('big');
-    const deleteMs = performance.now() - t0;
-    await sleep(5);
-    clearInterval(timer);
-    return { deleteMs, holdMs: hold };
+    const r = await holdDuring(() => m.deleteVolume('big'));
+    return { deleteMs: r.ms, holdMs: r.holdMs };
   } finally {
     await m.close();
   }

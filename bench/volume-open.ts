@@ -33,12 +33,11 @@ import fs from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
-import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { bigChunkMap } from '../test/helpers/big-chunk-map.js';
 import { ChunkState } from '../src/dataplane/meta/store.js';
 import { RawNbd } from '../test/helpers/nbd-client.js';
-import { median, serve, stop } from './serve.js';
+import { holdDuring, median, prober, serve, sleep, stop } from './serve.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const selfDist = path.resolve(here, '..');
@@ -68,36 +67,6 @@ function healthz(port: number): Promise<void> {
       .on('error', reject);
   });
 }
-
-/** Runs `once` back to back until stop(); the slowest call's ms. */
-function prober(once: () => Promise<unknown>): { stop: () => Promise<number>; reset: () => number; count: () => number } {
-  let running = true;
-  let worst = 0;
-  let n = 0;
-  const loop = (async () => {
-    while (running) {
-      const t0 = performance.now();
-      await once();
-      worst = Math.max(worst, performance.now() - t0);
-      n++;
-    }
-  })();
-  return {
-    stop: async () => {
-      running = false;
-      await loop;
-      return worst;
-    },
-    reset: () => {
-      const w = worst;
-      worst = 0;
-      return w;
-    },
-    count: () => n,
-  };
-}
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 async function daemonRun(dist: string, dataDir: string): Promise<{ openMs: number; healthzMs: number; nbdMs: number; healthzBaseMs: number; nbdBaseMs: number }> {
   const { proc, ready } = await serve(dist, dataDir);
@@ -129,54 +98,11 @@ async function inProcess(dist: string, dataDir: string, self: boolean): Promise<
   const m = VolumeManager.open(dataDir);
   const startMs = performance.now() - t0;
   try {
-    // The largest lateness of a 1 ms timer: the longest the event loop was held.
-    let hold = 0;
-    let last = performance.now();
-    const timer = setInterval(() => {
-      const now = performance.now();
-      hold = Math.max(hold, now - last - 1);
-      last = now;
-    }, 1);
-    const h = monitorEventLoopDelay({ resolution: 1 });
-    h.enable();
-    await sleep(5);
-    hold = 0;
-    last = performance.now();
-    const t1 = performance.now();
-    const vol = self ? await m.borrowVolumeAsync('big') : m.openVolume('big');
-    const openMs = performance.now() - t1;
-    await sleep(5);
-    clearInterval(timer);
-    h.disable();
-    void vol;
-    return { startMs, openMs, holdMs: Math.max(hold, h.max / 1e6) };
+    const r = await holdDuring(() => (self ? m.borrowVolumeAsync('big') : Promise.resolve(m.openVolume('big'))));
+    return { startMs, openMs: r.ms, holdMs: r.holdMs };
   } finally {
     await m.close();
   }
-}
-
-/** Measures the event loop's longest hold over `work` (a 1 ms timer's largest lateness, and perf_hooks' histogram). */
-async function holdDuring<T>(work: () => Promise<T>): Promise<{ ms: number; holdMs: number }> {
-  let hold = 0;
-  let last = performance.now();
-  const timer = setInterval(() => {
-    const now = performance.now();
-    hold = Math.max(hold, now - last - 1);
-    last = now;
-  }, 1);
-  const h = monitorEventLoopDelay({ resolution: 1 });
-  h.enable();
-  await sleep(5);
-  hold = 0;
-  h.reset();
-  last = performance.now();
-  const t0 = performance.now();
-  await work();
-  const ms = performance.now() - t0;
-  await sleep(5);
-  clearInterval(timer);
-  h.disable();
-  return { ms, holdMs: Math.max(hold, h.max / 1e6) };
 }
 
 /** The daemon's destage of `cbig` after a restart (its record written over NBD first): its time and the slowest /healthz during it. */
