@@ -22,7 +22,7 @@ import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { VolumeManager } from '../src/dataplane/volumes/manager.js';
 import type { VolumeCounters } from '../src/dataplane/volumes/volume.js';
-import type { VolumeRecord } from '../src/dataplane/meta/store.js';
+import { addVolumesLike } from '../test/helpers/many-volumes.js';
 
 const MiB = 1024 * 1024;
 const WINDOW_MS = 3_600_000;
@@ -99,16 +99,9 @@ async function child(heatJs: string, dir: string, ticks: number): Promise<void> 
 async function makeIndex(dir: string, count: number): Promise<void> {
   const m = VolumeManager.open(path.join(dir, 'meta'));
   await m.putPool({ name: 'hot-0', path: path.join(dir, 'hot-0'), tier: 'hot', capacityBytes: 1024 * 1024 * MiB, labels: { tier: 'hot' } });
-  const like = await m.createVolume({ name: 'v0', sizeBytes: MiB });
-  // Straight into the index (as test/helpers/many-volumes.ts): each with its empty file.
-  await m.meta.transaction(() => {
-    for (let i = 1; i < count; i++) {
-      const rec: VolumeRecord = { ...like, name: `v${i}`, id: m.meta.nextVolumeId(), createdMs: Date.now() };
-      fs.closeSync(fs.openSync(path.join(dir, 'hot-0', 'volumes', `${rec.id}.dat`), 'w', 0o600));
-      m.meta.volumes.put(rec.name, rec);
-    }
-  });
+  await m.createVolume({ name: 'v0', sizeBytes: MiB });
   await m.close();
+  await addVolumesLike(path.join(dir, 'meta'), 'v0', 'w', count - 1);
 }
 
 function runChild(heatJs: string, dir: string, ticks: number): RunResult {

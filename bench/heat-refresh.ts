@@ -17,7 +17,7 @@ import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { VolumeManager } from '../src/dataplane/volumes/manager.js';
 import { HEAT_SAMPLES_DB, HeatTracker } from '../src/control/heat.js';
-import type { VolumeRecord } from '../src/dataplane/meta/store.js';
+import { addVolumesLike } from '../test/helpers/many-volumes.js';
 
 interface Tracker {
   refresh(windowMs?: number, volumes?: string[], nowMs?: number): Promise<void>;
@@ -42,17 +42,12 @@ async function main(): Promise<void> {
   const Peer = ((await import(pathToFileURL(path.resolve(peerPath)).href)) as { HeatTracker: TrackerClass }).HeatTracker;
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'heat-refresh-bench-'));
   try {
+    const setup = VolumeManager.open(path.join(dir, 'meta'));
+    await setup.putPool({ name: 'hot-0', path: path.join(dir, 'hot-0'), tier: 'hot', capacityBytes: 1024 * 1024 * MiB, labels: { tier: 'hot' } });
+    await setup.createVolume({ name: 'v0', sizeBytes: MiB });
+    await setup.close();
+    await addVolumesLike(path.join(dir, 'meta'), 'v0', 'w', count - 1);
     const m = VolumeManager.open(path.join(dir, 'meta'));
-    await m.putPool({ name: 'hot-0', path: path.join(dir, 'hot-0'), tier: 'hot', capacityBytes: 1024 * 1024 * MiB, labels: { tier: 'hot' } });
-    const like = await m.createVolume({ name: 'v0', sizeBytes: MiB });
-    // The others straight into the index (as test/helpers/many-volumes.ts): each with its empty file.
-    await m.meta.transaction(() => {
-      for (let i = 1; i < count; i++) {
-        const rec: VolumeRecord = { ...like, name: `v${i}`, id: m.meta.nextVolumeId(), createdMs: Date.now() };
-        fs.closeSync(fs.openSync(path.join(dir, 'hot-0', 'volumes', `${rec.id}.dat`), 'w', 0o600));
-        m.meta.volumes.put(rec.name, rec);
-      }
-    });
     const names = m.meta.listVolumes().map((v) => v.name);
     let nowMs = Date.now() - 10 * WINDOW_MS;
     const self: Tracker = new HeatTracker(m, WINDOW_MS, 1_000);
