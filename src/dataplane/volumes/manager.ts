@@ -1451,16 +1451,32 @@ export class VolumeManager {
     this.pinned.delete(rec.id);
     this.cold?.journal.dropVolume(rec.id);
     // The files now: nothing reads them once the record is gone (durable above).
-    this.removeVolumeFiles(rec.id);
+    this.removeVolumeFiles(rec);
     if (late) await late.close();
     const removal = this.removeChunkMap(rec);
     if (opts.background !== true) await removal;
     else removal.catch((err: Error) => log.error('removing a deleted volume\'s chunk map failed; the next start finishes it', { volume: name, id: rec.id, err: err.message }));
   }
 
-  /** Every hot/warm pool's file of volume `id`: chunks of an interrupted move, or one kept by preservation mode. */
-  private removeVolumeFiles(id: number): void {
-    for (const pool of this.pools.values()) if (pool.rec.tier !== 'cold') fs.rmSync(pool.volumeFile(id), { force: true });
+  /**
+   * Every hot/warm pool's file of volume `rec`: chunks of an interrupted
+   * move, or one kept by preservation mode. One that cannot be removed (its
+   * disk read-only or failing) is logged and left, an orphan volume file
+   * fsck lists: thrown, it answered the delete 500 with the volume already
+   * gone and its map's removal never started, and every later start threw
+   * it from resumeDeletes (the daemon did not start while the disk stayed
+   * read-only; test review-rbdel-readonly-pool).
+   */
+  private removeVolumeFiles(rec: VolumeRecord): void {
+    for (const pool of this.pools.values()) {
+      if (pool.rec.tier === 'cold') continue;
+      const file = pool.volumeFile(rec.id);
+      try {
+        fs.rmSync(file, { force: true });
+      } catch (err) {
+        log.warn("a deleted volume's file could not be removed; left in place (fsck lists it as an orphan volume file)", { volume: rec.name, id: rec.id, pool: pool.name, file, err: (err as Error).message });
+      }
+    }
   }
 
   /**
@@ -1517,7 +1533,7 @@ export class VolumeManager {
     if (recs.length > 0) log.info('finishing deletes a stop or crash cut short', { volumes: recs.map((r) => `${r.name}(${r.id})`).join(',') });
     return Promise.all(
       recs.map((rec) => {
-        this.removeVolumeFiles(rec.id);
+        this.removeVolumeFiles(rec);
         return this.removeChunkMap(rec, { resumed: true }).catch((err: Error) => log.error('finishing a volume delete failed; the next start tries again', { volume: rec.name, id: rec.id, err: err.message }));
       }),
     ).then(() => undefined);
