@@ -9,6 +9,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
+import { performance } from 'node:perf_hooks';
 import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
 import { ChunkState } from '../src/dataplane/meta/store.js';
 import { log } from '../src/log.js';
@@ -19,6 +20,8 @@ import { patternBytes } from './helpers/cold.js';
 const MiB = 1024 * 1024;
 /** Chunk entries: ~20 ranges of 1,024, so the open yields a few times. */
 const CHUNKS = 20_000;
+/** The deleted volume's map: ~49 ranges of 1,024. */
+const DELETED_CHUNKS = 50_000;
 
 test('a stop while the destager opens a closed volume a slice at a time is not a volume that cannot be opened; the records destage at the next start', async (t) => {
   let m: VolumeManager | null = null;
@@ -66,4 +69,44 @@ test('a stop while the destager opens a closed volume a slice at a time is not a
   assert.equal(back.chunkState[1], ChunkState.Cold);
   assert.ok((await readVolume(back, MiB, MiB)).equals(data));
   m.giveBack(back);
+});
+
+test('a closed volume deleted while the destager opens it a slice at a time: the open gives up at its next slice, not after the whole map', async (t) => {
+  let m: VolumeManager | null = null;
+  const dir = tempDirClosing(t, 'couchestor-rsopen-del-', () => m!);
+  m = await openColdTierManager(dir);
+  await m.createVolume({ name: 'big', sizeBytes: 2 * MiB, tier: 'cold' });
+  const vol = m.borrowVolume('big');
+  const id = vol.rec.id;
+  await writeVolume(vol, MiB, patternBytes(MiB, 3));
+  await vol.flush();
+  m.giveBack(vol);
+  await m.close();
+  await bigChunkMap(path.join(dir, 'meta'), 'big', { chunks: DELETED_CHUNKS, chunkBytes: MiB, state: ChunkState.Discarded });
+  m = await openColdTierManager(dir, false);
+  const mm = m;
+  const volumeChunks = mm.meta.volumeChunks.bind(mm.meta);
+  // Reads of its map by the open, and those made once the delete had dropped the name.
+  let reads = 0;
+  let readsAfterDelete = 0;
+  let deleting: Promise<void> | null = null;
+  mm.meta.volumeChunks = (volumeId: number, fromChunk = 0, limit?: number) => {
+    if (volumeId === id) {
+      reads++;
+      if (mm.meta.volumes.get('big') === undefined) readsAfterDelete++;
+      if (fromChunk > 0 && deleting === null) deleting = mm.deleteVolume('big');
+      // ~1 ms a range: the map's ~49 take longer than the delete's name drop (one small commit).
+      else if (deleting !== null) for (const until = performance.now() + 1; performance.now() < until; );
+    }
+    return volumeChunks(volumeId, fromChunk, limit);
+  };
+  await mm.cold!.destager.kick();
+  assert.ok(deleting !== null, 'the delete came while the map was read');
+  await deleting;
+  // Without the per-slice look the whole map was read, most of it after the name was gone (30-45 reads).
+  assert.equal(readsAfterDelete, 0, `the open read the map on after the delete (${readsAfterDelete} of ${reads} reads)`);
+  assert.equal(mm.cold!.destager.errors, 0);
+  assert.equal(mm.cold!.destager.volumesSkipped, 0);
+  assert.ok(!mm.cold!.journal.hasVolume(id));
+  assert.equal(mm.getVolumeRecord('big'), undefined);
 });

@@ -1190,6 +1190,9 @@ export class VolumeManager {
           } while (performance.now() - sliceStart < OPEN_SLICE_MS);
           if (done) break;
           await new Promise<void>((resolve) => setImmediate(resolve));
+          // Deleted meanwhile (or its name taken by a new volume): given up here, not after the
+          // whole map (a 1M-entry map read on for ~1-2 s beside the delete's own removal of it).
+          if (this.meta.volumes.get(name)?.id !== rec.id) throw new NotFound(`no volume named ${name}`);
         }
         // The entries written while the map was read (compaction's flips of a
         // cold volume's stripes come every few ms while a pass runs): each read
