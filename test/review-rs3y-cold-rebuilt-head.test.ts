@@ -13,7 +13,7 @@ test('cold pools replaced and rebuilt one at a time, new objects written between
   const started = Date.now();
   let env = await startS3HotAndCold();
   t.after(() => env.cleanup());
-  const body = patternBytes(2 * MiB + 5, 0x51);
+  const body = patternBytes(MiB + 5, 0x51);
   await env.sdk.send(new PutObjectCommand({ Bucket: 'cold', Key: 'k', Body: body }));
   const { UploadId } = await env.sdk.send(new CreateMultipartUploadCommand({ Bucket: 'cold', Key: 'mp' }));
   const part = await env.sdk.send(new UploadPartCommand({ Bucket: 'cold', Key: 'mp', UploadId, PartNumber: 1, Body: body }));
@@ -22,7 +22,7 @@ test('cold pools replaced and rebuilt one at a time, new objects written between
     loseAndReplacePool(env.daemon, i);
     const r = await rebuildPool(env.daemon, i);
     assert.equal(r.notRebuilt, 0, JSON.stringify(r));
-    await env.sdk.send(new PutObjectCommand({ Bucket: 'cold', Key: `new-${i}`, Body: patternBytes(2 * MiB + 5, i) }));
+    await env.sdk.send(new PutObjectCommand({ Bucket: 'cold', Key: `new-${i}`, Body: patternBytes(MiB + 5, i) }));
   }
   const check = async (when: string) => {
     for (const key of ['k', 'mp']) {
