@@ -3,9 +3,12 @@
 // open up at its next slice ("the daemon is stopping"); the destager took
 // that for a volume that cannot be opened: a WARN "destage skipped volumes
 // that cannot be opened" at the stop, the failure counted in its errors and
-// volumesSkipped (couchestor_destage_errors_total) and left as the journal's
+// volumesSkipped and left as the journal's
 // stalled reason. A stop is none of that: the records stay in the journal
-// and the next start destages them.
+// and the next start destages them. (errors and volumesSkipped are the
+// destager's in-process counters; the WARN line was what a user saw.) And a
+// delete meanwhile: the open read on through the rest of the map (the one
+// the delete was removing) before it noticed; now it ends at its next slice.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
