@@ -42,7 +42,8 @@ const UINT32_MAX = 0xffff_ffff;
  * oldest sample kept (retention drops the old ones, so that is rare: once
  * per such span); one that still does not fit (a retention longer than the
  * span, a fraction, a value below the base) turns the volume's list into
- * float64 absolute values for good (until clear()): exact for any number.
+ * float64 absolute values, exact for any number, until the samples held fit
+ * offsets again (narrow(), at the next thinning or move) or none are held.
  *
  * Storage is a deque in one array: samples at [head, head + length), the
  * array grown by doubling up to `maxLength` (HeatTracker's cap, 514: 512 +
@@ -95,14 +96,15 @@ export class SampleSeries implements SampleStore {
   push(atMs: number, readOps: number, writeOps: number): void {
     if (this.length === 0) {
       this.head = 0;
-      if (!this.wide) {
-        this.baseAtMs = atMs;
-        this.baseReadOps = readOps;
-        this.baseWriteOps = writeOps;
-      }
+      // Nothing held: offsets again, from this sample (a float64 list goes back to 12 bytes a sample).
+      if (this.wide) this.data = new Uint32Array(this.data.length);
+      this.baseAtMs = atMs;
+      this.baseReadOps = readOps;
+      this.baseWriteOps = writeOps;
     }
-    if (!this.fits(atMs, readOps, writeOps)) this.rebase(atMs, readOps, writeOps);
+    // Room first: makeRoom() may turn float64 values back to offsets (narrow()), which this sample must then fit.
     if ((this.head + this.length) * FIELDS === this.data.length) this.makeRoom();
+    if (!this.fits(atMs, readOps, writeOps)) this.rebase(atMs, readOps, writeOps);
     const k = (this.head + this.length) * FIELDS;
     this.data[k] = atMs - this.baseAtMs;
     this.data[k + 1] = readOps - this.baseReadOps;
@@ -134,6 +136,7 @@ export class SampleSeries implements SampleStore {
     // Ascending, keep[j] >= j: moved forward in place.
     for (let j = 0; j < keep.length; j++) this.move(keep[j]!, j);
     this.length = keep.length;
+    if (this.wide) this.narrow();
   }
 
   /** Sample `from` to slot `to` (to <= from), both from the head. */
@@ -153,6 +156,10 @@ export class SampleSeries implements SampleStore {
 
   /** The array is full at its end: move the samples to its front, or grow it. */
   private makeRoom(): void {
+    if (this.wide) {
+      this.narrow();
+      if ((this.head + this.length) * FIELDS < this.data.length) return;
+    }
     const d = this.data;
     const capacity = d.length / FIELDS;
     if (this.head > 0 && (this.length * 2 <= capacity || capacity >= this.maxLength)) {
@@ -195,6 +202,39 @@ export class SampleSeries implements SampleStore {
       this.data[i * FIELDS + 1] = x.readOps - this.baseReadOps;
       this.data[i * FIELDS + 2] = x.writeOps - this.baseWriteOps;
     }
+  }
+
+  /**
+   * Float64 values that fit offsets again (the one that did not went: shifted
+   * out past the retention, thinned, filtered) back to uint32 offsets from
+   * the lowest values held, in an array of the same capacity; else nothing
+   * changes. Tried where the samples are moved anyway (thin(), makeRoom()):
+   * otherwise a volume idle for 50 days (its oldest sample that old) and then
+   * busy stayed at 24 bytes a sample for as long as the daemon ran.
+   */
+  private narrow(): void {
+    const n = this.length;
+    if (n === 0) return; // push() starts the offsets again
+    let atMs = Infinity;
+    let readOps = Infinity;
+    let writeOps = Infinity;
+    for (let i = 0; i < n; i++) {
+      atMs = Math.min(atMs, this.atMs(i));
+      readOps = Math.min(readOps, this.readOps(i));
+      writeOps = Math.min(writeOps, this.writeOps(i));
+    }
+    for (let i = 0; i < n; i++) if (!offsetFits(this.atMs(i), atMs) || !offsetFits(this.readOps(i), readOps) || !offsetFits(this.writeOps(i), writeOps)) return;
+    const out = new Uint32Array(this.data.length);
+    for (let i = 0; i < n; i++) {
+      out[i * FIELDS] = this.atMs(i) - atMs;
+      out[i * FIELDS + 1] = this.readOps(i) - readOps;
+      out[i * FIELDS + 2] = this.writeOps(i) - writeOps;
+    }
+    this.data = out;
+    this.head = 0;
+    this.baseAtMs = atMs;
+    this.baseReadOps = readOps;
+    this.baseWriteOps = writeOps;
   }
 }
 
