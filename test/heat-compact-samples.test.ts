@@ -10,9 +10,12 @@
 //   the reference store, both fed the same random run: busy and idle
 //   volumes (open ones and closed ones' counters), runs long enough to pass
 //   the 512-sample cap and thin, the clock set back (within the tolerance
-//   and past it), volumes deleted and made again under their name, index
-//   writes and restarts. Every sample, every reading (read() over several
-//   windows, iops(), samplesHeld()) and the index's kept samples equal.
+//   and past it, onto a kept sample's time), stepped ahead (past the
+//   retention: the packed array shifted and compacted; past the uint32
+//   offsets' 49.7 days: re-based, float64), volumes deleted and made again
+//   under their name, index writes and restarts. Every sample, every reading
+//   (read() over several windows, iops(), samplesHeld()) and the index's
+//   kept samples equal.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -147,7 +150,7 @@ interface Script {
     ticks: number;
     /** Per volume slot: ops added before each tick (0: idle). */
     load: number[];
-    event: { kind: 'none' | 'persist' | 'refresh' | 'restart' | 'delete' | 'create' | 'back'; slot: number; backMs: number; windowMs: number };
+    event: { kind: 'none' | 'persist' | 'refresh' | 'restart' | 'delete' | 'create' | 'back' | 'skip'; slot: number; backMs: number; skipMs: number; windowMs: number };
   }[];
 }
 
@@ -159,10 +162,14 @@ test('a HeatTracker with packed samples keeps and reads what it did with objects
     ticks: fc.oneof({ weight: 3, arbitrary: fc.integer({ min: 1, max: 40 }) }, { weight: 1, arbitrary: fc.integer({ min: 300, max: 700 }) }),
     load: fc.array(fc.oneof({ weight: 2, arbitrary: fc.constant(0) }, { weight: 3, arbitrary: fc.integer({ min: 1, max: 50 }) }, { weight: 1, arbitrary: fc.constant(2 ** 31) }), { minLength: SLOTS, maxLength: SLOTS }),
     event: fc.record({
-      kind: fc.constantFrom('none', 'none', 'persist', 'refresh', 'restart', 'delete', 'create', 'back'),
+      kind: fc.constantFrom('none', 'persist', 'refresh', 'restart', 'delete', 'create', 'back', 'back', 'skip', 'skip'),
       slot: fc.integer({ min: 0, max: SLOTS - 1 }),
-      // Within CLOCK_BACK_TOLERANCE_MS (30 s: the samples after now go) or past it (all go).
-      backMs: fc.constantFrom(1_500, 20_000, 45_000, 600_000),
+      // Within CLOCK_BACK_TOLERANCE_MS (30 s: the samples after now go) or past it (all go). 2 s and
+      // 20 s: the next tick lands on a busy volume's sample (kept: at or before now), 1.5 s between two.
+      backMs: fc.constantFrom(1_500, 2_000, 2_000, 20_000, 45_000, 600_000),
+      // The daemon down or the clock stepped ahead: past the retention (the samples before go, shift(),
+      // and the packed array is compacted as the next ones come), or past the uint32 offsets' 49.7 days.
+      skipMs: fc.constantFrom(7_200_000, 7_200_000, 50 * 86_400_000),
       windowMs: fc.constantFrom(60_000, 3_600_000, 7_200_000),
     }),
   });
@@ -239,6 +246,7 @@ async function runBoth(script: Script): Promise<void> {
       if (e.kind === 'persist') for (const s of sides) await s.heat.persist(nowMs);
       else if (e.kind === 'refresh') for (const s of sides) await s.heat.refresh(e.windowMs, undefined, nowMs);
       else if (e.kind === 'back') nowMs -= e.backMs;
+      else if (e.kind === 'skip') nowMs += e.skipMs;
       else if (e.kind === 'restart') {
         // As a daemon killed after a pass's write (stop() would sample at the real clock, a month ahead of this one).
         for (const [i, s] of sides.entries()) {
