@@ -65,6 +65,10 @@ export function toS3Error(err: unknown, ctx: ErrorContext): S3Error {
   if (err instanceof InvalidPart) return new S3Error('InvalidPart', 400, 'One or more of the specified parts could not be found. The part might not have been uploaded, or the specified entity tag might not have matched the part\'s entity tag.');
   if (err instanceof InvalidArgument) return new S3Error('InvalidArgument', 400, msg);
   if (err instanceof NoSpace) return new S3Error('ServiceUnavailable', 503, `no space: ${msg}`);
+  // A pool that fills under a write (the pool's check saw room; the disk's own errno at the
+  // write): the same answer as NoSpace, not a 500 (the aws cli's retries of a 500 only refill
+  // the disk). The errno's message names host paths: the log has it, the client the cause.
+  if (isNoSpaceErrno(err)) return new S3Error('ServiceUnavailable', 503, 'no space: a storage pool is full (ENOSPC); the server log has the details');
   // PoolOffline's message names the host's directories and files: the client is told the pool (the server logs the message).
   if (err instanceof PoolOffline) return new S3Error('ServiceUnavailable', 503, `${/^pool ([^\s:]+)/.exec(msg)?.[0] ?? 'a storage pool'} is unavailable (offline, or its directory missing or replaced); the server log has the details`);
   if (err instanceof NoSuitablePool || err instanceof MetadataFailed) return new S3Error('ServiceUnavailable', 503, msg);
@@ -72,6 +76,12 @@ export function toS3Error(err: unknown, ctx: ErrorContext): S3Error {
   if (err instanceof ObjectDataLost) return new S3Error('InternalError', 500, msg);
   if (err instanceof Corrupt || err instanceof InsufficientShards) return new S3Error('InternalError', 500, `stored data is damaged: ${msg}`);
   return new S3Error('InternalError', 500, 'We encountered an internal error. Please try again.');
+}
+
+/** A raw ENOSPC / EDQUOT from the file system (fs calls' errors carry the errno name in `code`). */
+function isNoSpaceErrno(err: unknown): boolean {
+  const code = (err as NodeJS.ErrnoException | null)?.code;
+  return code === 'ENOSPC' || code === 'EDQUOT';
 }
 
 export function errorXml(err: S3Error, resource: string, requestId: string): string {
