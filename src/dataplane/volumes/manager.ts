@@ -231,7 +231,8 @@ export class VolumeManager {
     for (const p of this.pools.values()) p.usedBytes = 0;
     for (const v of this.meta.listVolumes()) {
       for (const { entry } of this.meta.volumeChunks(v.id)) {
-        if (entry.state === ChunkState.Allocated) { const p = this.pools.get(entry.pool); if (p) p.usedBytes += v.chunkSizeBytes; }
+        // Not a chunk on a pool its disk was replaced under (lostOnPools): the new disk does not hold it.
+        if (entry.state === ChunkState.Allocated && v.lostOnPools?.includes(entry.pool) !== true) { const p = this.pools.get(entry.pool); if (p) p.usedBytes += v.chunkSizeBytes; }
       }
     }
   }
@@ -1509,7 +1510,8 @@ export class VolumeManager {
           if (entry.preserved) this.cold?.stripes.free(entry.preserved);
         }
         // A resumed delete's chunks were never counted: the start's usage counts listed volumes only (recomputeUsage).
-        if (opts.resumed !== true) for (const [pool, n] of allocated) this.pools.get(pool)?.release(n * rec.chunkSizeBytes);
+        // Nor a lost volume's on a replaced pool's new disk (replacePool set its usage to 0; test review-rbdel-lost-pool-usage).
+        if (opts.resumed !== true) for (const [pool, n] of allocated) if (rec.lostOnPools?.includes(pool) !== true) this.pools.get(pool)?.release(n * rec.chunkSizeBytes);
         if (done) break;
         if (PAUSE_DELETE_AFTER_BATCHES > 0 && entries >= PAUSE_DELETE_AFTER_BATCHES * DELETE_BATCH_ENTRIES) {
           process.stdout.write(`couchestor paused delete ${JSON.stringify({ volume: rec.name, id: rec.id, entriesRemoved: entries })}\n`);
