@@ -113,3 +113,45 @@ test('a closed volume deleted while the destager opens it a slice at a time: the
   assert.ok(!mm.cold!.journal.hasVolume(id));
   assert.equal(mm.getVolumeRecord('big'), undefined);
 });
+
+test('a drain during a delete waits for no destage of the deleted volume: not "destage made no progress"', async (t) => {
+  let m: VolumeManager | null = null;
+  const dir = tempDirClosing(t, 'couchestor-rsopen-drain-', () => m!);
+  m = await openColdTierManager(dir);
+  await m.createVolume({ name: 'gone', sizeBytes: 2 * MiB, tier: 'cold' });
+  const vol = m.borrowVolume('gone');
+  const id = vol.rec.id;
+  await writeVolume(vol, 0, patternBytes(MiB, 4));
+  await vol.flush();
+  m.giveBack(vol);
+  // The delete held after its name-dropping transaction, at the wait for it to be durable:
+  // no volume has the id, and its records are still in the journal (dropped after the wait).
+  const mm = m;
+  const durable = mm.meta.durable.bind(mm.meta);
+  let release!: () => void;
+  const held = new Promise<void>((resolve) => (release = resolve));
+  let atDurable!: () => void;
+  const reached = new Promise<void>((resolve) => (atDurable = resolve));
+  let first = true;
+  mm.meta.durable = async () => {
+    if (first) {
+      first = false;
+      atDurable();
+      await held;
+    }
+    return durable();
+  };
+  const deleting = mm.deleteVolume('gone');
+  await reached;
+  assert.equal(mm.getVolumeRecord('gone'), undefined, 'premise: the name is gone');
+  assert.ok(mm.cold!.journal.hasVolume(id), 'premise: its records still journaled');
+  const drained = await mm.cold!.destager.drain().then(
+    () => 'ok',
+    (err: Error) => err.message,
+  );
+  release();
+  await deleting;
+  assert.equal(drained, 'ok');
+  assert.ok(!mm.cold!.journal.hasVolume(id), 'its records dropped by the delete');
+  assert.equal(mm.cold!.destager.errors, 0);
+});

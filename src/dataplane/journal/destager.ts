@@ -141,6 +141,9 @@ export class Destager {
     return look.then((due) => (due ? this.kick('ripe') : undefined));
   }
 
+  /** Dirty volumes the last pass's collect() found deleted (no volume has the id): drain() waits for none of them. */
+  private lastPassGone = new Set<number>();
+
   /** A tick's look at ripe chunks in progress (lookRipe). */
   private looking: Promise<boolean> | null = null;
 
@@ -182,10 +185,11 @@ export class Destager {
    * `lent` is borrowed once: the caller gives each back. A closed volume is
    * opened a slice at a time (the daemon's borrow), one volume after another.
    */
-  private async collect(scope: PassScope): Promise<{ work: [Volume, number][]; lent: Volume[] }> {
+  private async collect(scope: PassScope): Promise<{ work: [Volume, number][]; lent: Volume[]; gone: Set<number> }> {
     const work: [Volume, number][] = [];
     const lent: Volume[] = [];
     const skipped = new Map<number, string>();
+    const gone = new Set<number>();
     for (const id of this.journal.dirtyVolumes()) {
       if (this.stopped) break;
       let vol: Volume | null;
@@ -204,7 +208,10 @@ export class Destager {
         skipped.set(id, `volume id ${id} cannot be opened: ${(err as Error).message}`);
         continue;
       }
-      if (!vol) continue;
+      if (!vol) {
+        gone.add(id);
+        continue;
+      }
       lent.push(vol);
       const every = scope === 'all' || vol.rec.tier !== 'cold';
       for (const c of this.journal.dirtyChunks(id)) {
@@ -221,7 +228,7 @@ export class Destager {
       }
     }
     this.skipped = skipped;
-    return { work, lent };
+    return { work, lent, gone };
   }
 
   /** A pass's account of the volumes its collect() could not open: counted, the reason kept, one log line (rate limited). */
@@ -253,7 +260,12 @@ export class Destager {
       const before = this.stripesDestaged;
       this.lastError = null;
       await this.kick();
-      if (this.stripesDestaged === before && this.journal.dirtyVolumes().length > 0) {
+      // Records of a volume the pass found deleted go with its delete (journal.dropVolume, once
+      // the delete's index write is durable), not with a destage: not a stall (a drain during a
+      // delete failed "destage made no progress: nothing destageable"; test review-rsopen-destage-stop).
+      const left = this.journal.dirtyVolumes().filter((id) => !this.lastPassGone.has(id));
+      if (left.length === 0) return;
+      if (this.stripesDestaged === before) {
         throw new DestageStalled(`destage made no progress: ${this.lastError ?? 'nothing destageable'}`);
       }
     }
@@ -261,7 +273,8 @@ export class Destager {
 
   private async pass(scope: PassScope): Promise<void> {
     const errorsBefore = this.errors;
-    const { work, lent } = await this.collect(scope);
+    const { work, lent, gone } = await this.collect(scope);
+    this.lastPassGone = gone;
     this.noteSkipped();
     let next = 0;
     const worker = async () => {
