@@ -66,11 +66,14 @@ export async function loadAccess(kubeconfig: string | null): Promise<ApiServerAc
       agent ??= apply().then((o) => {
         agentTls = tlsOf(o);
         // A proxy: the library's agent for it. Else one of ours with keep-alive (one TLS handshake for the many status writes).
+        // At most one idle connection kept: besides the two watches, requests mostly go one at a time (status writes,
+        // a prune round), and without a bound a burst at start (both lists, this node's own status read, a first
+        // write) left every socket it opened connected for good, idle, to the apiserver from every node.
         return cluster.proxyUrl
           ? (o.agent as http.Agent)
           : server.startsWith('https:')
-            ? new https.Agent({ keepAlive: true, maxSockets: 8, ca: o.ca, cert: o.cert, key: o.key, rejectUnauthorized: o.rejectUnauthorized ?? true, ...(o.servername ? { servername: o.servername } : {}) })
-            : new http.Agent({ keepAlive: true, maxSockets: 8 });
+            ? new https.Agent({ keepAlive: true, maxSockets: 8, maxFreeSockets: 1, ca: o.ca, cert: o.cert, key: o.key, rejectUnauthorized: o.rejectUnauthorized ?? true, ...(o.servername ? { servername: o.servername } : {}) })
+            : new http.Agent({ keepAlive: true, maxSockets: 8, maxFreeSockets: 1 });
       });
       agent.catch(() => (agent = null));
       return agent;
