@@ -100,6 +100,9 @@ export class StatusWriter {
     const key = `${plural}/${name}`;
     const cur = this.items.get(key);
     if (cur) {
+      // The policy re-created under the same name (a relist shows only the new uid): the ownerReference must follow,
+      // else a garbage collector deletes the object as the dependent of the policy that is gone.
+      if (cur.uid !== uid) cur.writtenKey = null;
       cur.entry = entry;
       cur.compareKey = compareKey;
       cur.uid = uid;
