@@ -5,7 +5,10 @@
 // the replace tells the operator to do) gave their space back out of the
 // new disk's count, under-counting what the volumes written there since
 // use; a start before that delete counted the lost chunks on the new disk.
-// Neither counts them now (recomputeUsage, removeChunkMap).
+// Neither counts them now (recomputeUsage, removeChunkMap). Likewise a delete
+// whose chunk-map removal (a batch at a time, seconds for a big map) runs
+// across a replace of the pool: the batches after it gave the old disk's
+// chunks back out of the new disk's count.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -58,4 +61,43 @@ test('a volume lost on a replaced hot pool is not counted in the new disk\'s usa
   await m.deleteVolume('lost');
   assert.equal([...m.meta.volumeChunks(lost.id)].length, 0);
   assert.equal(m.pools.get('hot-1')!.usedBytes, 3 * MiB, 'the new volume\'s chunks stay counted');
+});
+
+test('a delete whose chunk-map removal runs across a replace of the pool gives back none of the new disk\'s space', async (t) => {
+  const CHUNKS = 3000; // 3 batches
+  let m: VolumeManager | null = null;
+  const dir = tempDirClosing(t, 'couchestor-rbdel-replaced-', () => m!);
+  m = await openColdTierManager(dir);
+  const mgr = m;
+  const hot1 = path.join(dir, 'hot-1');
+  await mgr.putPool({ name: 'hot-1', path: hot1, tier: 'hot', capacityBytes: 1024 * MiB, labels: { tier: 'hot' } });
+  const big = await mgr.createVolume({ name: 'big', sizeBytes: CHUNKS * MiB, tier: 'hot', pool: 'hot-1' });
+  // Its map as written chunks (the space counted as the start's count would).
+  await mgr.meta.transaction(() => {
+    for (let i = 0; i < CHUNKS; i++) void mgr.meta.chunks.put([big.id, i], { state: ChunkState.Allocated, pool: 'hot-1' });
+  });
+  mgr.pools.get('hot-1')!.usedBytes += CHUNKS * MiB;
+  // After the removal's first batch commits: hot-1's disk dies and is replaced, a new volume is written there.
+  const meta = mgr.meta as unknown as { removeDeletingChunks: (id: number, limit: number) => Promise<unknown> };
+  const real = meta.removeDeletingChunks;
+  t.after(() => (meta.removeDeletingChunks = real));
+  let batches = 0;
+  meta.removeDeletingChunks = async (id: number, limit: number) => {
+    const got = await real.call(mgr.meta, id, limit);
+    if (++batches === 1) {
+      fs.renameSync(hot1, `${hot1}.dead`);
+      fs.mkdirSync(hot1);
+      const r = await mgr.replacePool('hot-1');
+      assert.deepEqual(r.volumesLost, [], 'the volume being deleted is not lost: it is out of the namespace');
+      await mgr.createVolume({ name: 'fresh', sizeBytes: 8 * MiB, tier: 'hot', pool: 'hot-1' });
+      await write(mgr, 'fresh', 0, Buffer.alloc(3 * MiB, 0x22));
+      await mgr.openVolume('fresh').flush();
+      assert.equal(mgr.pools.get('hot-1')!.usedBytes, 3 * MiB);
+    }
+    return got;
+  };
+  await mgr.deleteVolume('big');
+  assert.ok(batches >= 3, `premise: the removal took ${batches} batches`);
+  assert.equal([...mgr.meta.volumeChunks(big.id)].length, 0);
+  assert.equal(mgr.pools.get('hot-1')!.usedBytes, 3 * MiB, 'the new volume\'s chunks stay counted');
 });

@@ -1496,6 +1496,8 @@ export class VolumeManager {
   private removeChunkMap(rec: VolumeRecord, opts: { resumed?: boolean } = {}): Promise<void> {
     const running = this.removals.get(rec.id);
     if (running !== undefined) return running;
+    // Each pool's disk as the removal starts: one replaced meanwhile (replacePool set its usage to 0) does not hold these chunks.
+    const disks = new Map([...this.pools.values()].map((p) => [p.name, p.rec.uuid]));
     const removal = (async () => {
       let entries = 0;
       for (;;) {
@@ -1510,8 +1512,14 @@ export class VolumeManager {
           if (entry.preserved) this.cold?.stripes.free(entry.preserved);
         }
         // A resumed delete's chunks were never counted: the start's usage counts listed volumes only (recomputeUsage).
-        // Nor a lost volume's on a replaced pool's new disk (replacePool set its usage to 0; test review-rbdel-lost-pool-usage).
-        if (opts.resumed !== true) for (const [pool, n] of allocated) if (rec.lostOnPools?.includes(pool) !== true) this.pools.get(pool)?.release(n * rec.chunkSizeBytes);
+        // Nor chunks on a pool whose disk was replaced (replacePool set its usage to 0), before the delete
+        // (lostOnPools) or during its removal (another uuid): the new disk holds none (test review-rbdel-lost-pool-usage).
+        if (opts.resumed !== true) {
+          for (const [name, n] of allocated) {
+            const pool = this.pools.get(name);
+            if (pool !== undefined && rec.lostOnPools?.includes(name) !== true && pool.rec.uuid === disks.get(name)) pool.release(n * rec.chunkSizeBytes);
+          }
+        }
         if (done) break;
         if (PAUSE_DELETE_AFTER_BATCHES > 0 && entries >= PAUSE_DELETE_AFTER_BATCHES * DELETE_BATCH_ENTRIES) {
           process.stdout.write(`couchestor paused delete ${JSON.stringify({ volume: rec.name, id: rec.id, entriesRemoved: entries })}\n`);
