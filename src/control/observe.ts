@@ -26,6 +26,12 @@ export function healthChecks(manager: VolumeManager, isOpen: () => boolean): Hea
       if (!isOpen()) reasons.push('metadata not open');
       if (manager.meta.failed) reasons.push(manager.meta.failed.message);
       for (const p of manager.pools.values()) if (!p.isOnline()) reasons.push(p.offlineButPresent() ? `pool ${p.name} offline (${p.rec.path}): ${p.offlineReason() ?? 'not the pool'}` : `pool ${p.name} missing (${p.rec.path})`);
+      // A cold pool whose segment store latched a write failure: online (its directory is fine) but destaging
+      // to it fails. A full disk's clears at the next write once there is room; any other needs a restart.
+      for (const p of manager.pools.values()) {
+        const failed = p.rec.tier === 'cold' ? manager.cold?.stripes.writeFailure(p.name) : undefined;
+        if (failed) reasons.push(`pool ${p.name} takes no writes (${p.rec.path}): a write failed: ${failed.error.message}; ${failed.clearsWithRoom ? 'retried at the next write once the disk has room' : 'restart the daemon'}`);
+      }
       for (const v of manager.openVolumes()) if (v.failed) reasons.push(`volume ${v.name} failed: ${v.failed.message}`);
       return { ok: reasons.length === 0, reasons };
     },
@@ -64,7 +70,7 @@ export function metricsSource(manager: VolumeManager, heat: HeatTracker, migrati
       }
     },
     *pools() {
-      for (const p of manager.pools.values()) yield { pool: p.name, tier: p.rec.tier, capacityBytes: p.rec.capacityBytes, usedBytes: p.usedBytes, configured: manager.configuredPools?.has(p.name) ?? true, online: p.isOnline() };
+      for (const p of manager.pools.values()) yield { pool: p.name, tier: p.rec.tier, capacityBytes: p.rec.capacityBytes, usedBytes: p.usedBytes, configured: manager.configuredPools?.has(p.name) ?? true, online: p.isOnline(), ...(p.rec.tier === 'cold' && manager.cold ? { writeFailed: manager.cold.stripes.writeFailure(p.name) !== undefined } : {}) };
     },
     migrations,
     degradedReadsTotal: () => manager.cold?.stripes.counters.degradedReads ?? 0,

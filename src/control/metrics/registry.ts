@@ -34,6 +34,8 @@ export interface PoolUsage {
   configured?: boolean;
   /** Pool.isOnline(), the check /readyz makes (directory there, readable and writable). Absent: not known (no couchestor_pool_online series). */
   online?: boolean;
+  /** A cold pool whose segment store refuses writes after one failed (the /readyz reason says why). Absent: not a cold pool (no series). */
+  writeFailed?: boolean;
 }
 
 export interface MigrationCounters {
@@ -429,6 +431,16 @@ export function createMetrics(source: MetricsSourceRef): Registry {
     collect() {
       this.reset();
       for (const p of registry.snapshot().pools) if (p.online !== undefined) this.set({ pool: p.pool, tier: p.tier }, p.online ? 1 : 0);
+    },
+  });
+  new Gauge({
+    name: 'couchestor_pool_write_failed',
+    help: 'Cold pools only: 1 while the pool\'s segment store refuses writes because one failed (destaging to it fails; /readyz answers 503 naming it and the error). A full disk\'s (ENOSPC) clears at the next write once the disk has room; any other needs a restart. The pool may still read as online.',
+    labelNames: ['pool', 'tier'],
+    registers,
+    collect() {
+      this.reset();
+      for (const p of registry.snapshot().pools) if (p.writeFailed !== undefined) this.set({ pool: p.pool, tier: p.tier }, p.writeFailed ? 1 : 0);
     },
   });
 

@@ -8,9 +8,13 @@
 // take it past segmentSizeBytes. A segment whose tail is not a clean chain of
 // records after a crash is never appended to again (nor truncated: the bad
 // tail could hide bit-rot before durable records): open() starts a new head.
+// A write that found the disk full (ENOSPC/EDQUOT) fails the store as any
+// write failure does, until the next append or sync finds room: then the head
+// is sealed as it is and a new one started, as open() after a restart would
+// (reopenAfterNoSpace); a failed fdatasync stays failed until a new store.
 // One SegmentStore per directory at a time (not locked here: the caller owns
 // its pools); two would interleave records.
-import { open as fsOpen, readdir, stat, unlink, type FileHandle } from "node:fs/promises";
+import { open as fsOpen, readdir, stat, statfs, unlink, type FileHandle } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { PoolOffline as StoragePoolOffline, StorageError } from "../errors.js";
 import { startWriteback } from "./codec.js";
@@ -85,6 +89,8 @@ export interface SegmentStoreStats {
   readonly bytesAppended: number;
   /** Segment read handles held open now (at most MAX_CACHED_READ_HANDLES). */
   readonly readHandles: number;
+  /** Times a store failed by a full disk started a new head once there was room (reopenAfterNoSpace). */
+  readonly reopensAfterNoSpace: number;
 }
 
 export interface SegmentStoreOptions {
@@ -147,6 +153,19 @@ const OFFLINE_CODES = new Set(["ENOENT", "ENOTDIR", "EIO", "ENXIO", "ENODEV", "E
 
 function errorCode(error: unknown): string | undefined {
   return (error as NodeJS.ErrnoException | undefined)?.code;
+}
+
+/**
+ * Errors of a write (writev) or a segment creation that found the disk full:
+ * nothing of the failed batch was acknowledged and the page cache holds what
+ * was written, so the store may start a new head once there is room (see
+ * reopenAfterNoSpace). Not an fdatasync's: after one fails the state of the
+ * written pages is unknown and the store stays failed until it is reopened.
+ */
+const noSpaceWrites = new WeakSet<object>();
+function markIfNoSpace(error: unknown): void {
+  const code = errorCode(error);
+  if ((code === "ENOSPC" || code === "EDQUOT") && typeof error === "object" && error !== null) noSpaceWrites.add(error);
 }
 
 function segmentFileName(segment: number): string {
@@ -250,8 +269,13 @@ export class SegmentStore {
   private flushing: Promise<void> | undefined;
   private drainWaiters: Array<() => void> = [];
   private failure: Error | undefined;
+  /** The failure was a full disk on a write (noSpaceWrites): the next append or sync tries reopenAfterNoSpace. */
+  private failureIsNoSpace = false;
+  /** The reopen in progress; the appends and syncs that arrive meanwhile wait for it. */
+  private reopening: Promise<void> | undefined;
   private closed = false;
   private commits = 0;
+  private reopens = 0;
   private recordsAppended = 0;
   private bytesAppended = 0;
   /** Directories whose new entries (a created head segment, a created pool directory) the next commit must make durable. */
@@ -381,6 +405,7 @@ export class SegmentStore {
    * tail ends the segment cleanly (open() starts a new head).
    */
   async append(records: Buffer[], opts: { durable?: boolean } = {}): Promise<SegmentLocation[]> {
+    if (this.failureIsNoSpace) await this.reopenIfRoom(records.reduce((sum, r) => sum + r.length, 0));
     this.assertUsable();
     let bytes = 0;
     for (const [i, record] of records.entries()) {
@@ -413,6 +438,7 @@ export class SegmentStore {
 
   /** Resolves once every record appended (written) before the call is durable. */
   async sync(): Promise<void> {
+    if (this.failureIsNoSpace) await this.reopenIfRoom(0);
     this.assertUsable();
     await new Promise<SegmentLocation[]>((resolve, reject) => {
       this.pending.push({ records: [], bytes: 0, sync: true, resolve, reject });
@@ -424,10 +450,80 @@ export class SegmentStore {
     if (this.closed) throw new SegmentStoreMisuse(`segment store ${this.poolDir} is closed`);
     if (this.headFh === undefined) throw new SegmentStoreMisuse(`segment store ${this.poolDir} was opened read-only`);
     if (this.failure !== undefined) {
-      throw new PoolOffline(this.poolDir, `an earlier write failed (${this.failure.message}); reopen the store`, {
+      const next = this.failureIsNoSpace ? "retried on the next write once the disk has room" : "reopen the store (restart the daemon)";
+      throw new PoolOffline(this.poolDir, `an earlier write failed (${this.failure.message}); ${next}`, {
         cause: this.failure,
       });
     }
+  }
+
+  /**
+   * The write failure that stops this store's appends, if any (latched: see
+   * flushLoop). A full disk's (ENOSPC/EDQUOT on a write) clears itself at the
+   * next append or sync once the disk has room; any other needs a new store.
+   */
+  get writeFailure(): { error: Error; clearsWithRoom: boolean } | undefined {
+    return this.failure === undefined ? undefined : { error: this.failure, clearsWithRoom: this.failureIsNoSpace };
+  }
+
+  private async reopenIfRoom(needBytes: number): Promise<void> {
+    this.reopening ??= this.reopenAfterNoSpace(needBytes).finally(() => {
+      this.reopening = undefined;
+    });
+    await this.reopening;
+  }
+
+  /**
+   * After a write found the disk full, what open() after a restart does, in
+   * place: the head (holding whatever part of the failed batch landed, never
+   * acknowledged nor referenced) is made durable as it is and sealed, and a
+   * new segment becomes the head. Made durable because earlier unsynced
+   * appends (a rebuild's, resolved as written) are in it and their caller's
+   * sync() must cover them; if that fdatasync fails the store stays failed
+   * for good. Tried only once the disk has room for the append that asks
+   * (statfs), so a full disk does not get a new empty segment per attempt.
+   */
+  private async reopenAfterNoSpace(needBytes: number): Promise<void> {
+    while (this.flushing !== undefined) await this.flushing;
+    if (!this.failureIsNoSpace || this.closed) return;
+    try {
+      const disk = await statfs(this.poolDir);
+      if (disk.bavail * disk.bsize < Math.max(needBytes, disk.bsize)) return;
+    } catch {
+      return; // the directory's trouble is the next attempt's to report
+    }
+    const old = this.headFh!;
+    let sealedBytes: number;
+    try {
+      await Promise.all(this.writebacks);
+      await old.datasync();
+      sealedBytes = (await old.stat()).size;
+    } catch (error) {
+      this.failure = error as Error;
+      this.failureIsNoSpace = false;
+      return;
+    }
+    let fh: FileHandle;
+    try {
+      fh = await SegmentStore.createSegment(this.poolDir, this.head + 1);
+    } catch {
+      return; // still no room for a new file: stays failed, tried again next time
+    }
+    if (this.closed) {
+      await fh.close();
+      return;
+    }
+    await old.close().catch(() => undefined);
+    this.sizes.set(this.head, sealedBytes);
+    this.head += 1;
+    this.headFh = fh;
+    this.headDurableBytes = 0;
+    this.headWrittenBytes = 0;
+    this.sizes.set(this.head, 0);
+    this.namesToSync.add(this.poolDir);
+    this.failure = undefined;
+    this.failureIsNoSpace = false;
+    this.reopens++;
   }
 
   private async flushLoop(): Promise<void> {
@@ -446,9 +542,12 @@ export class SegmentStore {
         }
       } catch (error) {
         // After a failed write or fdatasync the file contents are unknown and a
-        // retried fsync can falsely succeed, so the store refuses further writes.
+        // retried fsync can falsely succeed, so the store refuses further writes
+        // (a full disk's write until there is room: reopenAfterNoSpace).
         this.failure = error as Error;
-        const offline = new PoolOffline(this.poolDir, `write failed: ${(error as Error).message}`, { cause: error });
+        this.failureIsNoSpace = noSpaceWrites.has(error as object);
+        const retry = this.failureIsNoSpace ? "; retried on the next write once the disk has room" : "";
+        const offline = new PoolOffline(this.poolDir, `write failed: ${(error as Error).message}${retry}`, { cause: error });
         for (const p of this.pending) {
           this.pendingBytes -= p.bytes;
           p.reject(offline);
@@ -492,7 +591,10 @@ export class SegmentStore {
   private async commitGroup(group: Buffer[], startBytes: number, endBytes: number, sync: boolean): Promise<void> {
     const fh = this.headFh!; // assertUsable() admitted this write
     if (group.length > 0) {
-      await writeAllAt(fh, group, startBytes);
+      await writeAllAt(fh, group, startBytes).catch((error: unknown) => {
+        markIfNoSpace(error);
+        throw error;
+      });
       this.headWrittenBytes = endBytes;
       this.recordsAppended += group.length;
       this.bytesAppended += endBytes - startBytes;
@@ -517,7 +619,10 @@ export class SegmentStore {
 
   private async roll(): Promise<void> {
     const next = this.head + 1;
-    const fh = await SegmentStore.createSegment(this.poolDir, next);
+    const fh = await SegmentStore.createSegment(this.poolDir, next).catch((error: unknown) => {
+      markIfNoSpace(error);
+      throw error;
+    });
     this.namesToSync.add(this.poolDir);
     await Promise.all(this.writebacks); // they name the old head's descriptor
     await this.headFh!.close();
@@ -800,7 +905,7 @@ export class SegmentStore {
 
   /** Counters since open(), for metrics. */
   stats(): SegmentStoreStats {
-    return { commits: this.commits, recordsAppended: this.recordsAppended, bytesAppended: this.bytesAppended, readHandles: this.readHandles.size };
+    return { commits: this.commits, recordsAppended: this.recordsAppended, bytesAppended: this.bytesAppended, readHandles: this.readHandles.size, reopensAfterNoSpace: this.reopens };
   }
 
   /** Segments with their sizes, oldest first; the last one is the head. */
@@ -904,6 +1009,7 @@ export class SegmentStore {
     if (this.closed) return;
     this.closed = true; // new appends are refused; queued ones still complete
     while (this.flushing !== undefined) await this.flushing;
+    await this.reopening?.catch(() => undefined); // it may be swapping the head
     await Promise.all([...this.readHandles.keys()].map((segment) => this.retireRead(segment)));
     await Promise.all(this.writebacks);
     await this.headFh?.close();

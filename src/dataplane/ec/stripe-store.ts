@@ -139,6 +139,8 @@ export class StripeStore {
   /** Called after a degraded read so reconstruction can be queued. */
   onDegraded: ((ref: StripeRef, health: StripeHealth, ctx: ReadContext | undefined) => void) | null = null;
   private readonly stores = new Map<string, Promise<SegmentStore | null>>();
+  /** The stores of `stores` that have opened, for synchronous looks (writeFailure: /readyz, metrics). */
+  private readonly opened = new Map<string, SegmentStore>();
   /** Inode of each pool directory when its store was opened: a replaced pool gets a fresh store. */
   private readonly storeIno = new Map<string, number>();
   private lastDegradedLogMs = 0;
@@ -229,6 +231,7 @@ export class StripeStore {
       const old = s;
       void old.then((st) => st?.close()).catch(() => undefined);
       this.stores.delete(pool.name);
+      this.opened.delete(pool.name);
       s = undefined;
     }
     if (!s) {
@@ -244,6 +247,7 @@ export class StripeStore {
               if (fresh && this.poolMarked(pool.name)) this.freshStores.add(pool.name);
               else this.freshStores.delete(pool.name);
               if (fresh || (prevIno !== undefined && ino !== null && ino !== prevIno)) this.onStoreReplaced?.(pool.name, fresh);
+              if (this.stores.get(pool.name) === s) this.opened.set(pool.name, st);
               return st;
             })
             .catch((err: Error) => {
@@ -1236,6 +1240,14 @@ export class StripeStore {
     return pool === undefined ? null : this.store(pool);
   }
 
+  /**
+   * Why the pool's open segment store takes no writes, if it does not (a
+   * write failed: SegmentStore.writeFailure); undefined too while none is open.
+   */
+  writeFailure(poolName: string): { error: Error; clearsWithRoom: boolean } | undefined {
+    return this.opened.get(poolName)?.writeFailure;
+  }
+
   /** Sets each cold pool's usedBytes to the bytes of its segment files (appends and compaction change it). */
   async refreshPoolUsage(): Promise<void> {
     for (const pool of this.pools()) {
@@ -1251,6 +1263,7 @@ export class StripeStore {
       await store?.close();
     }
     this.stores.clear();
+    this.opened.clear();
   }
 }
 
