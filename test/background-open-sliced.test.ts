@@ -16,6 +16,7 @@ import { ChunkState } from '../src/dataplane/meta/store.js';
 import { openColdTierManager, readVolume, tempDirClosing, writeVolume } from './helpers/volume.js';
 import { bigChunkMap } from './helpers/big-chunk-map.js';
 import { patternBytes } from './helpers/cold.js';
+import { damageShardInPlace } from './helpers/rebuild.js';
 
 const MiB = 1024 * 1024;
 /** Chunk entries of the cold volume: ~100 slices of 1,024; one go ~0.1 s. */
@@ -135,16 +136,7 @@ test(`the rebuild queue opens a closed volume of ${CHUNKS} chunk entries a slice
   // Chunk 0's shard on cold-2 damaged in place: the rebuild writes it again elsewhere.
   const bad = before.shards.find((s) => s.pool === 'cold-2')!;
   const pools = new Map(m.meta.listPools().map((p) => [p.name, p.path]));
-  const segFile = path.join(pools.get('cold-2')!, 'segments', `seg-${String(bad.segment).padStart(12, '0')}.cseg`);
-  const fd = fs.openSync(segFile, 'r+');
-  try {
-    const b = Buffer.alloc(1);
-    fs.readSync(fd, b, 0, 1, bad.offsetBytes + 200);
-    b[0] = b[0]! ^ 0x5a;
-    fs.writeSync(fd, b, 0, 1, bad.offsetBytes + 200);
-  } finally {
-    fs.closeSync(fd);
-  }
+  damageShardInPlace(pools.get('cold-2')!, bad);
   const w = watchOpen(m);
   const rc = m.cold!.reconstructor;
   rc.enqueue({ volumeId: id, chunkIndex: 0 }, 'test: damaged shard on cold-2');

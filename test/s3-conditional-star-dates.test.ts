@@ -20,7 +20,7 @@ import {
   type S3Client,
 } from '@aws-sdk/client-s3';
 import assert from 'node:assert/strict';
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import { outcome, startS3 } from './helpers/s3-env.js';
 
 /** Sends `command` with `headers` set exactly as given (added at the build step, so signed like any header). */
@@ -37,13 +37,18 @@ function withHeaders<C extends { middlewareStack: { add: (...a: never[]) => void
 
 const send = (sdk: S3Client, command: unknown, headers: Record<string, string>) => outcome(sdk.send(withHeaders(command as Parameters<S3Client['send']>[0], headers)));
 
-test('a quoted "*" is an ETag, not the wildcard, on reads, writes, copies, completes and deletes; a bare * still is', async (t) => {
-  const started = Date.now();
+/** A daemon (cleaned up after `t`) with bucket `bkt` holding `k` = "v1"; its SDK client and k's ETag. */
+async function bucketWithObject(t: TestContext): Promise<{ sdk: S3Client; ETag: string }> {
   const env = await startS3();
   t.after(() => env.cleanup());
-  const sdk = env.sdk;
-  await sdk.send(new CreateBucketCommand({ Bucket: 'bkt' }));
-  await sdk.send(new PutObjectCommand({ Bucket: 'bkt', Key: 'k', Body: 'v1' }));
+  await env.sdk.send(new CreateBucketCommand({ Bucket: 'bkt' }));
+  const { ETag } = await env.sdk.send(new PutObjectCommand({ Bucket: 'bkt', Key: 'k', Body: 'v1' }));
+  return { sdk: env.sdk, ETag: ETag! };
+}
+
+test('a quoted "*" is an ETag, not the wildcard, on reads, writes, copies, completes and deletes; a bare * still is', async (t) => {
+  const started = Date.now();
+  const { sdk } = await bucketWithObject(t);
   const quoted = { 'if-match': '"*"' };
   assert.deepEqual(await send(sdk, new GetObjectCommand({ Bucket: 'bkt', Key: 'k' }), quoted), [412, 'PreconditionFailed'], 'GET If-Match "*"');
   assert.equal((await send(sdk, new HeadObjectCommand({ Bucket: 'bkt', Key: 'k' }), quoted))[0], 412, 'HEAD If-Match "*"');
@@ -70,11 +75,7 @@ test('a quoted "*" is an ETag, not the wildcard, on reads, writes, copies, compl
 
 test('GET/HEAD If-Modified-Since and If-Unmodified-Since: a value that is not an HTTP-date is ignored; HTTP-dates in all three forms are honoured', async (t) => {
   const started = Date.now();
-  const env = await startS3();
-  t.after(() => env.cleanup());
-  const sdk = env.sdk;
-  await sdk.send(new CreateBucketCommand({ Bucket: 'bkt' }));
-  await sdk.send(new PutObjectCommand({ Bucket: 'bkt', Key: 'k', Body: 'v1' }));
+  const { sdk } = await bucketWithObject(t);
   const get = (headers: Record<string, string>) => send(sdk, new GetObjectCommand({ Bucket: 'bkt', Key: 'k' }), headers);
   const head = async (headers: Record<string, string>) => (await send(sdk, new HeadObjectCommand({ Bucket: 'bkt', Key: 'k' }), headers))[0];
   // Date.parse reads these as 2001, 2024-01-01 and 2099-12-31 (local time): not HTTP-dates, so no condition.
@@ -102,24 +103,20 @@ test('GET/HEAD If-Modified-Since and If-Unmodified-Since: a value that is not an
 
 test('If-Match compares strongly: a weak W/"etag" never matches (GET, HEAD, PUT, CopyObject, copy source, DeleteObject); If-None-Match weakly (W/ matches: 304); lists with spaces', async (t) => {
   const started = Date.now();
-  const env = await startS3();
-  t.after(() => env.cleanup());
-  const sdk = env.sdk;
-  await sdk.send(new CreateBucketCommand({ Bucket: 'bkt' }));
-  const { ETag } = await sdk.send(new PutObjectCommand({ Bucket: 'bkt', Key: 'k', Body: 'v1' }));
-  const weak = { 'if-match': `W/${ETag!}` };
+  const { sdk, ETag } = await bucketWithObject(t);
+  const weak = { 'if-match': `W/${ETag}` };
   // RFC 9110 13.1.1: If-Match uses the strong comparison (8.8.3.2), under which a weak tag matches nothing.
   assert.deepEqual(await send(sdk, new GetObjectCommand({ Bucket: 'bkt', Key: 'k' }), weak), [412, 'PreconditionFailed'], 'GET If-Match W/');
   assert.equal((await send(sdk, new HeadObjectCommand({ Bucket: 'bkt', Key: 'k' }), weak))[0], 412, 'HEAD If-Match W/');
   assert.deepEqual(await send(sdk, new PutObjectCommand({ Bucket: 'bkt', Key: 'k', Body: 'v2' }), weak), [412, 'PreconditionFailed'], 'PUT If-Match W/');
   assert.deepEqual(await send(sdk, new CopyObjectCommand({ Bucket: 'bkt', Key: 'k', CopySource: 'bkt/k', MetadataDirective: 'REPLACE' }), weak), [412, 'PreconditionFailed'], 'CopyObject If-Match W/');
-  assert.deepEqual(await send(sdk, new CopyObjectCommand({ Bucket: 'bkt', Key: 'c', CopySource: 'bkt/k' }), { 'x-amz-copy-source-if-match': `W/${ETag!}` }), [412, 'PreconditionFailed'], 'x-amz-copy-source-if-match W/');
+  assert.deepEqual(await send(sdk, new CopyObjectCommand({ Bucket: 'bkt', Key: 'c', CopySource: 'bkt/k' }), { 'x-amz-copy-source-if-match': `W/${ETag}` }), [412, 'PreconditionFailed'], 'x-amz-copy-source-if-match W/');
   assert.deepEqual(await send(sdk, new DeleteObjectCommand({ Bucket: 'bkt', Key: 'k' }), weak), [412, 'PreconditionFailed'], 'DeleteObject If-Match W/');
   // The same tag strong in a list with spaces around its members matches.
-  const list = { 'if-match': `  "0123" ,  W/${ETag!} ,\t${ETag!}  ` };
+  const list = { 'if-match': `  "0123" ,  W/${ETag} ,\t${ETag}  ` };
   assert.deepEqual(await send(sdk, new GetObjectCommand({ Bucket: 'bkt', Key: 'k' }), list), [200, 'OK'], 'GET If-Match list');
   // If-None-Match uses the weak comparison (13.1.2): W/"etag" matches the object's ETag.
-  assert.equal((await send(sdk, new GetObjectCommand({ Bucket: 'bkt', Key: 'k' }), { 'if-none-match': `"0123", W/${ETag!}` }))[0], 304, 'GET If-None-Match W/');
+  assert.equal((await send(sdk, new GetObjectCommand({ Bucket: 'bkt', Key: 'k' }), { 'if-none-match': `"0123", W/${ETag}` }))[0], 304, 'GET If-None-Match W/');
   assert.equal((await send(sdk, new HeadObjectCommand({ Bucket: 'bkt', Key: 'k' }), { 'if-none-match': '*' }))[0], 304, 'HEAD If-None-Match *');
   assert.equal(Buffer.from(await (await sdk.send(new GetObjectCommand({ Bucket: 'bkt', Key: 'k' }))).Body!.transformToByteArray()).toString(), 'v1', 'nothing written or deleted');
   assert.equal((await outcome(sdk.send(new HeadObjectCommand({ Bucket: 'bkt', Key: 'c' }))))[0], 404, 'no copy made');
@@ -128,11 +125,7 @@ test('If-Match compares strongly: a weak W/"etag" never matches (GET, HEAD, PUT,
 
 test('a * inside a list (`*, "x"`) is not the wildcard: If-Match holds only for a listed ETag (GET, HEAD, PUT, CopyObject, copy source, CompleteMultipartUpload, DeleteObject), If-None-Match compares the listed tags', async (t) => {
   const started = Date.now();
-  const env = await startS3();
-  t.after(() => env.cleanup());
-  const sdk = env.sdk;
-  await sdk.send(new CreateBucketCommand({ Bucket: 'bkt' }));
-  const { ETag } = await sdk.send(new PutObjectCommand({ Bucket: 'bkt', Key: 'k', Body: 'v1' }));
+  const { sdk, ETag } = await bucketWithObject(t);
   // RFC 9110 13.1.1: If-Match = "*" / #entity-tag: the wildcard only alone. In a list it names no ETag.
   const starList = { 'if-match': '*, "0123"' };
   assert.deepEqual(await send(sdk, new GetObjectCommand({ Bucket: 'bkt', Key: 'k' }), starList), [412, 'PreconditionFailed'], 'GET If-Match *, "0123"');
@@ -148,12 +141,12 @@ test('a * inside a list (`*, "x"`) is not the wildcard: If-Match holds only for 
   // If-None-Match: the list's tags are compared, the * among them matches nothing.
   assert.deepEqual(await send(sdk, new GetObjectCommand({ Bucket: 'bkt', Key: 'k' }), { 'if-none-match': '*, "0123"' }), [200, 'OK'], 'GET If-None-Match *, "0123"');
   assert.deepEqual(await send(sdk, new CopyObjectCommand({ Bucket: 'bkt', Key: 'c', CopySource: 'bkt/k' }), { 'x-amz-copy-source-if-none-match': '*, "0123"' }), [200, 'OK'], 'x-amz-copy-source-if-none-match *, "0123"');
-  assert.equal((await send(sdk, new GetObjectCommand({ Bucket: 'bkt', Key: 'k' }), { 'if-none-match': `*, ${ETag!}` }))[0], 304, 'GET If-None-Match *, ETag');
+  assert.equal((await send(sdk, new GetObjectCommand({ Bucket: 'bkt', Key: 'k' }), { 'if-none-match': `*, ${ETag}` }))[0], 304, 'GET If-None-Match *, ETag');
   // A write's If-None-Match takes only a lone * (as S3): a list is refused, not taken as *.
   assert.equal((await send(sdk, new PutObjectCommand({ Bucket: 'bkt', Key: 'new', Body: 'n' }), { 'if-none-match': '*, "0123"' }))[0], 501, 'PUT If-None-Match *, "0123"');
   assert.equal(Buffer.from(await (await sdk.send(new GetObjectCommand({ Bucket: 'bkt', Key: 'k' }))).Body!.transformToByteArray()).toString(), 'v1', 'nothing written or deleted');
   // The object's ETag in the list still matches, the * beside it ignored.
-  const withEtag = { 'if-match': `*, ${ETag!}` };
+  const withEtag = { 'if-match': `*, ${ETag}` };
   assert.deepEqual(await send(sdk, new GetObjectCommand({ Bucket: 'bkt', Key: 'k' }), withEtag), [200, 'OK'], 'GET If-Match *, ETag');
   assert.deepEqual(await send(sdk, complete(), withEtag), [200, 'OK'], 'CompleteMultipartUpload If-Match *, ETag');
   t.diagnostic(`${Date.now() - started} ms`);

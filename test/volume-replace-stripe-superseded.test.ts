@@ -14,6 +14,7 @@ import type { ShardRef, StripeRef } from '../src/dataplane/ec/stripe-store.js';
 import { migrateVolume } from '../src/dataplane/volumes/migration.js';
 import { openColdTierManager, readVolume, writeVolume } from './helpers/volume.js';
 import { patternBytes } from './helpers/cold.js';
+import { damageShardInPlace } from './helpers/rebuild.js';
 
 const MiB = 1024 * 1024;
 const at = (s: ShardRef) => `${s.pool}/${s.segment}/${s.offsetBytes}`;
@@ -36,16 +37,7 @@ test('a volume stripe rebuilt while its chunk is overwritten: the unflipped rebu
 
   // Damage chunk 0's shard on cold-2 in place: the rebuild writes a new record for it (appended: another place).
   const bad = stale.shards.find((s) => s.pool === 'cold-2')!;
-  const segFile = path.join(dir, 'cold-2', 'segments', `seg-${String(bad.segment).padStart(12, '0')}.cseg`);
-  const fd = fs.openSync(segFile, 'r+');
-  try {
-    const b = Buffer.alloc(1);
-    fs.readSync(fd, b, 0, 1, bad.offsetBytes + 200);
-    b[0] = b[0]! ^ 0x5a;
-    fs.writeSync(fd, b, 0, 1, bad.offsetBytes + 200);
-  } finally {
-    fs.closeSync(fd);
-  }
+  damageShardInPlace(path.join(dir, 'cold-2'), bad);
 
   const dead: string[] = [];
   cold.stripes.onShardsDead = (shards) => dead.push(...shards.map(at));

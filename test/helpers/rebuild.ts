@@ -182,3 +182,17 @@ export async function shardsPresentOn(m: VolumeManager, pool: string, names: str
   }
   return { present, stripes };
 }
+
+/** Flips one byte of a shard's record in its segment file on `poolDir` (200 bytes in: its payload), so the shard fails its CRC and a rebuild writes it again elsewhere. */
+export function damageShardInPlace(poolDir: string, shard: { segment: number; offsetBytes: number }): void {
+  const segFile = path.join(poolDir, 'segments', `seg-${String(shard.segment).padStart(12, '0')}.cseg`);
+  const fd = fs.openSync(segFile, 'r+');
+  try {
+    const b = Buffer.alloc(1);
+    fs.readSync(fd, b, 0, 1, shard.offsetBytes + 200);
+    b[0] = b[0]! ^ 0x5a;
+    fs.writeSync(fd, b, 0, 1, shard.offsetBytes + 200);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
