@@ -509,7 +509,13 @@ export class Journal {
    * and it holds no record anyone needs.
    */
   private dropSparesFor(needBytes: number): void {
-    while (this.spares.length > 0 && this.liveBytes + needBytes + this.spareBytes > this.capacityBytes) {
+    void this.dropSpares(() => this.liveBytes + needBytes + this.spareBytes > this.capacityBytes);
+  }
+
+  /** Deletes spares, oldest first, while `more()` (see dropSparesFor); resolves once their unlinks are done. */
+  private dropSpares(more: () => boolean): Promise<void> {
+    const unlinks: Promise<void>[] = [];
+    while (this.spares.length > 0 && more()) {
       const name = this.shiftSpare()!;
       const dropped = path.join(this.dir, name.replace('journal-spare-', 'journal-drop-'));
       try {
@@ -527,8 +533,10 @@ export class Journal {
         }),
       );
       this.removals.add(unlinked);
+      unlinks.push(unlinked);
       void unlinked.then(() => this.removals.delete(unlinked));
     }
+    return Promise.all(unlinks).then(() => undefined);
   }
 
   /** Spare files kept for reuse (names), oldest first. */
@@ -636,7 +644,9 @@ export class Journal {
    * Whether the journal's file system has room for `recordBytes` more and
    * JOURNAL_ROOM_MARGIN_BYTES: an estimate (the last statfs less what was
    * appended since), measured again when it nears the edge or has aged.
-   * Spare files count as room: a rotation overwrites one in place.
+   * Spare files are no room: an append goes into the head, past any blocks
+   * it holds, never into a spare (counted, a full disk with a spare kept
+   * failed the journal); append() gives them back to the disk instead.
    */
   private roomFor(recordBytes: number): boolean {
     if (this.roomMarginBytes === null) return true;
@@ -649,7 +659,7 @@ export class Journal {
         return true; // not measurable: the write itself tells (as before this check)
       }
       // A file system that reports no size (ramfs, some FUSE) cannot be judged: the write itself tells.
-      this.roomBytes = st.blocks === 0 ? Number.MAX_SAFE_INTEGER : st.bavail * st.bsize + this.spareBytes;
+      this.roomBytes = st.blocks === 0 ? Number.MAX_SAFE_INTEGER : st.bavail * st.bsize;
       this.roomMeasuredMs = nowMs;
     }
     return this.roomBytes - recordBytes >= this.roomMarginBytes;
@@ -708,6 +718,15 @@ export class Journal {
     let noRoom = false;
     while (this.liveBytes + recordBytes > this.capacityBytes || (noRoom = !this.roomFor(recordBytes))) {
       this.onPressure?.();
+      if (noRoom && this.spares.length > 0) {
+        // Blocks on the disk the head cannot write into: given back (as a write needing their capacity does), then measured again.
+        await this.dropSpares(() => true);
+        if (this.failure) throw this.failure;
+        if (this.closing) throw new JournalClosed();
+        this.roomMeasuredMs = -Infinity;
+        noRoom = false;
+        continue;
+      }
       const leftMs = deadlineMs - Date.now();
       // Destaging may be impossible (too many cold pools lost): the client gets
       // ENOSPC after a bound instead of a write that never completes.
