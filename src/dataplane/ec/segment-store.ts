@@ -496,7 +496,11 @@ export class SegmentStore {
     let sealedBytes: number;
     try {
       await Promise.all(this.writebacks);
-      await old.datasync();
+      // The names too (a segment a roll created for those appends): sync() on
+      // the new, empty head returns at once, so this is what covers them.
+      const dirs = [...this.namesToSync];
+      await Promise.all([old.datasync(), ...dirs.map((dir) => SegmentStore.syncDir(dir))]);
+      for (const dir of dirs) this.namesToSync.delete(dir);
       sealedBytes = (await old.stat()).size;
     } catch (error) {
       this.failure = error as Error;
@@ -994,7 +998,10 @@ export class SegmentStore {
 
   /** Delete a sealed segment (after the index no longer points into it). */
   async removeSegment(segment: number): Promise<void> {
-    this.assertUsable();
+    // Writes nothing to the head, so a store failed by a full disk still
+    // takes it: compaction removing dead segments is how that disk gets room.
+    if (!this.failureIsNoSpace) this.assertUsable();
+    else if (this.closed) throw new SegmentStoreMisuse(`segment store ${this.poolDir} is closed`);
     if (segment === this.head) throw new SegmentStoreMisuse(`segment ${segment} is the head; it cannot be removed`);
     if (!this.sizes.has(segment)) throw new ShardNotFound(`segment ${segment} does not exist in ${this.poolDir}`);
     void this.retireRead(segment);
