@@ -94,3 +94,29 @@ test('after ENOSPC, compaction can still remove a dead sealed segment, and that 
   assert.ok((await store.read(at2!)).shard.equals(r2.shard), 'the acknowledged record before the failure');
   assert.ok((await store.read(at4!)).shard.equals(r4.shard));
 });
+
+// Compaction copying a segment's live records out is a write like any other:
+// once there is room it reopens the store as an append does. Before, its first
+// check refused ("an earlier write failed (ENOSPC...)") even with the disk
+// freed, so a pool whose only writer was compaction (nothing left to destage)
+// stayed failed, and /readyz 503, until a restart.
+test('after ENOSPC and room again, compactSegment reopens the store and copies out', async (t) => {
+  const disk = await smallDisk(t, 'rseg-nospace-compact-', 4 * 1024 * KiB);
+  const dir = path.join(disk.poolDir, 'segments');
+  fs.mkdirSync(dir);
+  const r0 = record(0);
+  const store = await SegmentStore.open(dir, { segmentSizeBytes: 2 * r0.bytes.length });
+  t.after(() => store.close());
+  const [at0] = await store.append([r0.bytes, record(1).bytes]);
+  await store.append([record(2).bytes]); // rolls: segment at0 is sealed
+
+  disk.leaveFree(32 * KiB);
+  await assert.rejects(store.append([record(3).bytes]), (err: Error) => err instanceof PoolOffline && /ENOSPC/.test(err.message));
+  disk.freeFiller();
+
+  const result = await store.compactSegment(at0!.segment, [at0!]);
+  assert.equal(store.writeFailure, undefined);
+  assert.equal(store.stats().reopensAfterNoSpace, 1);
+  assert.equal(result.relocations.length, 1);
+  assert.ok((await store.read(result.relocations[0]!.to)).shard.equals(r0.shard));
+});

@@ -944,6 +944,7 @@ export class SegmentStore {
    * then calls removeSegment(): old bytes are freed only after the flip.
    */
   async compactSegment(segment: number, live: SegmentLocation[] | LivenessCheck): Promise<CompactionResult> {
+    if (this.failureIsNoSpace) await this.reopenIfRoom(0); // a write like append's
     this.assertUsable();
     if (segment === this.head) throw new SegmentStoreMisuse(`segment ${segment} is the head; it cannot be compacted`);
     if (!this.sizes.has(segment)) throw new ShardNotFound(`segment ${segment} does not exist in ${this.poolDir}`);
