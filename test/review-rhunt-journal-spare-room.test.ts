@@ -11,9 +11,12 @@
 // helpers/small-pool).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { JOURNAL_HEADER_BYTES, RecordType } from '../src/dataplane/journal/journal.js';
-import { MiB, block, BLOCK_BYTES, openTestJournal, sparedJournal } from './helpers/journal.js';
-import { smallDisk } from './helpers/small-pool.js';
+
+// The journal's wait for room, shortened (read when journal.js loads: imported after this).
+process.env.COUCHESTOR_TEST_JOURNAL_FULL_TIMEOUT_MS = '300';
+const { JOURNAL_HEADER_BYTES, RecordType } = await import('../src/dataplane/journal/journal.js');
+const { MiB, block, BLOCK_BYTES, openTestJournal, sparedJournal } = await import('./helpers/journal.js');
+const { smallDisk } = await import('./helpers/small-pool.js');
 
 /** The spares' files: two of ~2 MiB (blocks the next open's head reuses, and one kept). */
 const SPARE_FILE_BYTES = 2 * MiB;
@@ -41,5 +44,30 @@ test('a full journal disk with a spare kept: the spare is given back and the wri
   assert.equal(j.bytesLive, 11 * (JOURNAL_HEADER_BYTES + RECORD_DATA_BYTES));
   // And the journal still takes writes, while room lasts.
   await j.append(RecordType.Write, 1, 0, BLOCK_BYTES, block(0));
+  await j.sync();
+});
+
+// The free space is measured again once the last statfs is 10 ms old (and
+// near 64 MiB free, as before), less the appends in flight. Measured once a
+// second, another writer of the disk (a hot volume under fio) taking the
+// room in that second left the estimate stale: the check passed, the writev
+// hit ENOSPC and the journal failed.
+test('the disk filled by another writer right after an append: the next append waits for room and fails alone; the journal is not failed', async (t) => {
+  const disk = await smallDisk(t, 'review-rhunt-journal-stale-room-', 96 * MiB);
+  const j = openTestJournal(disk.poolDir, { fileBytes: 8 * MiB, capacityBytes: 32 * MiB });
+  t.after(() => j.close());
+  await j.append(RecordType.Write, 1, 0, BLOCK_BYTES, block(0));
+  await j.sync();
+  // A hot volume's writes take the disk: less left than the next record.
+  disk.leaveFree(128 * 1024);
+  // Past the 10 ms a measurement is trusted (the fill itself may take less): time is the condition here.
+  await new Promise((r) => setTimeout(r, 20));
+  const started = Date.now();
+  // Before: the estimate (~90 MiB from the first append's statfs) let it through: ENOSPC, journal failed.
+  await assert.rejects(j.append(RecordType.Write, 1, MiB, RECORD_DATA_BYTES, Buffer.alloc(RECORD_DATA_BYTES, 7)), { name: 'NoSpace' });
+  t.diagnostic(`refused after ${Date.now() - started} ms`);
+  await j.sync();
+  disk.freeFiller();
+  await j.append(RecordType.Write, 1, MiB, RECORD_DATA_BYTES, Buffer.alloc(RECORD_DATA_BYTES, 7));
   await j.sync();
 });
