@@ -4,21 +4,14 @@
 // after the test in every outcome.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { encodeShardRecord } from '../src/dataplane/ec/shard-record.js';
 import { PoolOffline, SegmentStore } from '../src/dataplane/ec/segment-store.js';
+import { shardRecord } from './helpers/shard-record.js';
 import { smallDisk } from './helpers/small-pool.js';
 
 const KiB = 1024;
-const owner = Buffer.from('00112233445566778899aabbccddeeff', 'hex');
-
-function record(chunkIndex: number): { bytes: Buffer; shard: Buffer } {
-  const shard = randomBytes(64 * KiB);
-  const bytes = encodeShardRecord({ ownerId: owner, chunkIndex, stripeGeneration: 1, shardIndex: 0, dataShards: 4, parityShards: 2 }, shard);
-  return { bytes, shard };
-}
+const record = (chunkIndex: number) => shardRecord(chunkIndex, 64 * KiB);
 
 // A pool rebuild appends unsynced (durable: false) and references the records
 // only after a later sync() resolves. Here its unsynced append rolled to a new
