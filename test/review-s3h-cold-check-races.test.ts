@@ -9,42 +9,13 @@
 // MetaStore, StripeStore, segment files, ObjectStore and SegmentCompactor.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
-import path from 'node:path';
-import { DEFAULT_EC_POLICY_YAML } from '../src/config.js';
-import { SegmentCompactor } from '../src/dataplane/ec/compaction.js';
-import { parsePolicyYaml } from '../src/dataplane/ec/policy.js';
-import { StripeStore } from '../src/dataplane/ec/stripe-store.js';
-import { MetaStore } from '../src/dataplane/meta/store.js';
-import { ObjectStore } from '../src/dataplane/objects/store.js';
-import { Pool } from '../src/dataplane/pools/pool.js';
-import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
-import { bodyOf, MiB, patternBytes, readObject, tempDir } from './helpers/cold.js';
-
-async function openAt(dir: string) {
-  const meta = MetaStore.open(dir);
-  const pools = Array.from({ length: 6 }, (_, i) => {
-    const p = path.join(dir, `dir-${i}`);
-    fs.mkdirSync(p, { recursive: true });
-    return new Pool({ name: `cold-${i}`, path: p, tier: 'cold', capacityBytes: 1024 * MiB, labels: {} });
-  });
-  for (const p of pools) await meta.pools.put(p.name, p.rec);
-  const stripes = new StripeStore(() => pools, parsePolicyYaml(DEFAULT_EC_POLICY_YAML, 6));
-  stripes.segmentOptions = { segmentSizeBytes: MiB }; // segments roll and seal all the time
-  const compactor = new SegmentCompactor(stripes, meta, () => [], { intervalMs: 0 });
-  const store = await ObjectStore.open({ meta, pools: new Map() } as unknown as VolumeManager, stripes);
-  const close = async () => {
-    await compactor.stop();
-    await stripes.close();
-    await meta.close();
-  };
-  return { meta, stripes, compactor, store, close };
-}
+import { bodyOf, patternBytes, readObject, tempDir } from './helpers/cold.js';
+import { openColdObjectStore } from './helpers/cold-object-store.js';
 
 test('the cold loss check refuses no healthy object: checks right after PUTs, beside PUTs rolling segments, across compaction moves, after a reopen', async (t) => {
   const started = Date.now();
   const dir = tempDir(t, 'couchestor-review-s3h-cold-check-');
-  let tier = await openAt(dir);
+  let tier = await openColdObjectStore(dir);
   t.after(() => tier.close());
   await tier.store.createBucket('cold', 'cold');
   const keys = Array.from({ length: 8 }, (_, i) => `k${i}`);
@@ -111,7 +82,7 @@ test('the cold loss check refuses no healthy object: checks right after PUTs, be
   assert.ok(copiedBytes > 0 && segmentsCompacted > 0, `compaction copied ${copiedBytes} bytes of ${segmentsCompacted} segments`);
   // Reopened (a restart): extents read from the segment files.
   await tier.close();
-  tier = await openAt(dir);
+  tier = await openColdObjectStore(dir);
   for (const k of keys) {
     await check(k, 'after a reopen');
     assert.ok((await readObject(tier.store, 'cold', k)).equals(bodies.get(k)!), `${k} reads back`);
