@@ -11,6 +11,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { TestDaemon, nbdsh } from './helpers/daemon.js';
+import { PY_ALLOCATION_MAP } from './helpers/nbd-client.js';
 import { MetaStore } from '../src/dataplane/meta/store.js';
 
 const GiB = 1024 ** 3;
@@ -60,38 +61,12 @@ def cpu_ms():
     f = open('/proc/${d.info.pid}/stat').read().rsplit(')', 1)[1].split()
     return (int(f[11]) + int(f[12])) * 1000 // os.sysconf('SC_CLK_TCK')
 
-got = []
-def cb(meta, off, entries, err):
-    assert meta == nbd.CONTEXT_BASE_ALLOCATION
-    for i in range(0, len(entries), 2):
-        got.append([entries[i], entries[i + 1] & 3])
-    return 0
-
-def map_once():
-    got.clear()
-    off = 0
-    requests = 0
-    while off < size:
-        n = min(size - off, (1 << 32) - 4096)
-        first = len(got)
-        h.block_status(n, off, cb)
-        covered = sum(e[0] for e in got[first:])
-        assert 0 < covered <= n, (off, n, covered)
-        off += covered
-        requests += 1
-    merged = []
-    for n, f in got:
-        if merged and merged[-1][1] == f:
-            merged[-1][0] += n
-        else:
-            merged.append([n, f])
-    return merged, requests
-
+${PY_ALLOCATION_MAP}
 c0 = cpu_ms()
 requests = 0
 maps = []
 for _ in range(${MAPS}):
-    m, r = map_once()
+    m, r = allocation_map(h, size)
     maps.append(m)
     requests += r
 cpu = cpu_ms() - c0

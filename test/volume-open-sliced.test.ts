@@ -12,6 +12,7 @@ import { spawn } from 'node:child_process';
 import { TestDaemon, nbdsh, CLIENT_ENV } from './helpers/daemon.js';
 import { bigChunkMap } from './helpers/big-chunk-map.js';
 import { processFds } from './helpers/many-volumes.js';
+import { PY_ALLOCATION_MAP } from './helpers/nbd-client.js';
 
 const CHUNKS = 400_000;
 const CHUNK_BYTES = 4096;
@@ -109,22 +110,8 @@ for c, b in ${JSON.stringify(MARKS)}:
     want = bytes([b]) * C if c % ${RUN} < ${DATA} else bytes(C)
     assert big.pread(C, c * C) == want, c
 # The map: runs of ${DATA} data chunks, then ${RUN - DATA} holes.
-got = []
-def cb(meta, off, entries, err):
-    for i in range(0, len(entries), 2):
-        got.append((entries[i], entries[i + 1] & 3))
-    return 0
-off = 0
-while off < size:
-    first = len(got)
-    big.block_status(min(size - off, (1 << 32) - 4096), off, cb)
-    off += sum(e[0] for e in got[first:])
-merged = []
-for n, f in got:
-    if merged and merged[-1][1] == f:
-        merged[-1][0] += n
-    else:
-        merged.append([n, f])
+${PY_ALLOCATION_MAP}
+merged, _ = allocation_map(big, size)
 want = []
 for k in range(${CHUNKS / RUN}):
     want.append([${DATA} * C, 0])

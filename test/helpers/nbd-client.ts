@@ -6,6 +6,40 @@ import { spawn } from 'node:child_process';
 import readline from 'node:readline';
 import { CLIENT_ENV, TestDaemon } from './daemon.js';
 
+/**
+ * Python for nbdsh scripts (libnbd's `nbd` module in scope): `allocation_map(h, size)` walks
+ * base:allocation over [0, size) with BLOCK_STATUS requests of at most 4 GiB - 4 KiB, each
+ * request covering something and nothing past what it asked, and returns the extents merged
+ * into runs of equal flags ([length, flags & 3] lists) and the number of requests. Interpolate it
+ * at column 0.
+ */
+export const PY_ALLOCATION_MAP = `
+def allocation_map(h, size):
+    got = []
+    def cb(meta, off, entries, err):
+        assert meta == nbd.CONTEXT_BASE_ALLOCATION
+        for i in range(0, len(entries), 2):
+            got.append([entries[i], entries[i + 1] & 3])
+        return 0
+    off = 0
+    requests = 0
+    while off < size:
+        n = min(size - off, (1 << 32) - 4096)
+        first = len(got)
+        h.block_status(n, off, cb)
+        covered = sum(e[0] for e in got[first:])
+        assert 0 < covered <= n, (off, n, covered)
+        off += covered
+        requests += 1
+    merged = []
+    for n, f in got:
+        if merged and merged[-1][1] == f:
+            merged[-1][0] += n
+        else:
+            merged.append([n, f])
+    return merged, requests
+`;
+
 export const NBDMAGIC = 0x4e42444d41474943n;
 export const IHAVEOPT = 0x49484156454f5054n;
 export const OPT_REPLY_MAGIC = 0x3e889045565a9n;
