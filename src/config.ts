@@ -182,6 +182,17 @@ const DOMAIN_RE = /^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /**
+ * What the apiserver takes as a Node's name (and so as this node's status objects' annotation and name part): an
+ * RFC 1123 DNS subdomain, as Kubernetes' IsDNS1123Subdomain checks it (no bound per label). The old check let
+ * "a..b", "a.-b" and "a-.b" through, and every status write then got 422.
+ */
+const KUBE_NODE_NAME_RE = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
+export const KUBE_NODE_NAME_RULE = "an RFC 1123 DNS subdomain: at most 253 characters, lowercase letters, digits, '-' and '.', each '.'-separated part starting and ending with a letter or digit";
+export function isKubeNodeName(name: string): boolean {
+  return name.length <= 253 && KUBE_NODE_NAME_RE.test(name);
+}
+
+/**
  * Reads and parses couchestor.yaml: a YAML mapping whose sections and
  * settings are all known ones. A misspelt name (`cntrol:`, `reconcileInterval:`)
  * would otherwise be ignored and its default used without a word; the error
@@ -318,7 +329,7 @@ export function validateConfig(cfg: DaemonConfig, where = 'config'): void {
   if (k.kubeconfig !== null) str('kubernetes.kubeconfig', k.kubeconfig);
   if (k.nodeName !== null) str('kubernetes.nodeName', k.nodeName);
   // The name is the Node's: the departed-node pruner looks it up, and it names the node's status objects.
-  if (k.nodeName !== null && !/^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/.test(k.nodeName)) fail(`kubernetes.nodeName must be a Kubernetes node name (lowercase DNS subdomain), got ${describe(k.nodeName)}`);
+  if (k.nodeName !== null && !isKubeNodeName(k.nodeName)) fail(`kubernetes.nodeName must be a Kubernetes node name (${KUBE_NODE_NAME_RULE}), got ${describe(k.nodeName)}`);
   str('kubernetes.ecPolicyName', k.ecPolicyName);
   int('kubernetes.statusWriteIntervalMs', k.statusWriteIntervalMs, 100, MAX_TIMER_MS, 'milliseconds');
   int('kubernetes.startSyncTimeoutMs', k.startSyncTimeoutMs, 100, 600_000, 'milliseconds');

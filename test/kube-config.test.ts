@@ -13,7 +13,12 @@ import { CLI } from './helpers/daemon.js';
 const CASES: { yaml: string; message: RegExp }[] = [
   { yaml: 'kubernetes: {enabled: yes please}', message: /kubernetes\.enabled must be true or false, got "yes please"$/ },
   { yaml: 'kubernetes: {enabled: true, kubeConfig: /x}', message: /: kubernetes\.kubeConfig is not a setting \(known: enabled, kubeconfig, nodeName, ecPolicyName, statusWriteIntervalMs, startSyncTimeoutMs, watchSilenceTimeoutMs, departedNodeEntryTimeoutMs\)$/ },
-  { yaml: 'kubernetes: {nodeName: Node_A}', message: /kubernetes\.nodeName must be a Kubernetes node name \(lowercase DNS subdomain\), got "Node_A"$/ },
+  { yaml: 'kubernetes: {nodeName: Node_A}', message: /kubernetes\.nodeName must be a Kubernetes node name \(an RFC 1123 DNS subdomain: at most 253 characters, lowercase letters, digits, '-' and '\.', each '\.'-separated part starting and ending with a letter or digit\), got "Node_A"$/ },
+  // Names the old check took and the apiserver refuses (422 on every status write): an empty part, a part starting
+  // or ending with '-'.
+  { yaml: 'kubernetes: {nodeName: a..b}', message: /kubernetes\.nodeName must be a Kubernetes node name \(an RFC 1123 DNS subdomain: .*\), got "a\.\.b"$/ },
+  { yaml: 'kubernetes: {nodeName: a.-b}', message: /kubernetes\.nodeName must be a Kubernetes node name \(an RFC 1123 DNS subdomain: .*\), got "a\.-b"$/ },
+  { yaml: 'kubernetes: {nodeName: worker-.example}', message: /kubernetes\.nodeName must be a Kubernetes node name \(an RFC 1123 DNS subdomain: .*\), got "worker-\.example"$/ },
   { yaml: 'kubernetes: {ecPolicyName: ""}', message: /kubernetes\.ecPolicyName must be a non-empty string, got ""$/ },
   { yaml: 'kubernetes: {statusWriteIntervalMs: 0}', message: /kubernetes\.statusWriteIntervalMs must be a whole number of milliseconds from 100 to 2147483647, got 0$/ },
   { yaml: 'kubernetes: {startSyncTimeoutMs: 1h}', message: /kubernetes\.startSyncTimeoutMs must be a whole number of milliseconds from 100 to 600000, got "1h"$/ },
@@ -61,7 +66,12 @@ test('enabled with kubeconfig null outside a pod (or in one with no node name): 
   assert.match(r1.stderr, /kubernetes\.nodeName is null and env NODE_NAME is not set: in a pod the host name is the pod's name/);
   const r1b = serve(dir, { ...env, KUBERNETES_SERVICE_HOST: '127.0.0.1', NODE_NAME: 'Node_A' });
   assert.equal(r1b.status, 1, r1b.stderr);
-  assert.match(r1b.stderr, /env NODE_NAME must be a Kubernetes node name \(lowercase DNS subdomain\), got "Node_A"/);
+  assert.match(r1b.stderr, /env NODE_NAME must be a Kubernetes node name \(an RFC 1123 DNS subdomain: .*\), got "Node_A"/);
+  // One the old check took, refused by the apiserver.
+  const r1c = serve(dir, { ...env, KUBERNETES_SERVICE_HOST: '127.0.0.1', NODE_NAME: 'a..b' });
+  assert.equal(r1c.status, 1, r1c.stderr);
+  assert.doesNotMatch(r1c.stdout, /couchestor ready/);
+  assert.match(r1c.stderr, /env NODE_NAME must be a Kubernetes node name \(an RFC 1123 DNS subdomain: .*\), got "a\.\.b"/);
   // Nor a kubeconfig that is not there.
   fs.writeFileSync(path.join(dir, 'couchestor.yaml'), 'demoVolume: null\nkubernetes: {enabled: true, kubeconfig: /nonexistent/kubeconfig}\n');
   const r2 = serve(dir, env);

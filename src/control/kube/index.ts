@@ -7,7 +7,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import { Counter, Gauge, type Registry } from 'prom-client';
-import type { KubernetesConfig } from '../../config.js';
+import { isKubeNodeName, KUBE_NODE_NAME_RULE, type KubernetesConfig } from '../../config.js';
 import type { VolumeManager } from '../../dataplane/volumes/manager.js';
 import { EC_API_VERSION, EC_KIND, parsePolicyYaml, type ErasureCodingPolicy } from '../../dataplane/ec/policy.js';
 import { log } from '../../log.js';
@@ -21,9 +21,6 @@ import { labelValue, NODE_LABEL, NODE_STATUS_KINDS, StatusWriter, type StatusWri
 
 export const STORAGE_POLICIES = 'storagepolicies';
 export const EC_POLICIES = 'erasurecodingpolicies';
-
-/** A Kubernetes node name (lowercase DNS subdomain), as config.ts checks kubernetes.nodeName. */
-const NODE_NAME_RE = /^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/;
 
 /** Deadline of the one read of this node's own status objects at start. */
 const OWN_STATUS_READ_TIMEOUT_MS = 10_000;
@@ -58,13 +55,13 @@ export class KubePolicies {
   /** Loads the kubeconfig (or the service account): throws InvalidKubeconfig with the reason. */
   static async create(cfg: KubernetesConfig, opts: { ecCacheFile?: string } = {}): Promise<KubePolicies> {
     const env = process.env.NODE_NAME;
-    if (cfg.nodeName === null && env !== undefined && !NODE_NAME_RE.test(env)) throw new Error(`env NODE_NAME must be a Kubernetes node name (lowercase DNS subdomain), got ${JSON.stringify(env)}`);
+    if (cfg.nodeName === null && env !== undefined && !isKubeNodeName(env)) throw new Error(`env NODE_NAME must be a Kubernetes node name (${KUBE_NODE_NAME_RULE}), got ${JSON.stringify(env)}`);
     // In a pod (no hostNetwork) the host name is the pod's: a new key in every status at every pod restart, the old ones left for good.
     if (cfg.nodeName === null && !env && process.env.KUBERNETES_SERVICE_HOST) throw new Error("kubernetes.nodeName is null and env NODE_NAME is not set: in a pod the host name is the pod's name, which changes with every pod (each would leave its own status entries behind); set NODE_NAME from spec.nodeName (downward API, as deploy/daemonset.yaml does) or kubernetes.nodeName");
     // Off a pod: the host name, lower-cased as the kubelet names its Node (else "Worker-1" wrote a key no Node has,
     // and the other nodes' pruner took this live node for departed). One that cannot be a Node name is refused.
     const host = os.hostname().trim().toLowerCase();
-    if (cfg.nodeName === null && !env && !NODE_NAME_RE.test(host)) throw new Error(`kubernetes.nodeName is null, env NODE_NAME is not set and the host name ${JSON.stringify(os.hostname())} is not a Kubernetes node name (lowercase DNS subdomain): set kubernetes.nodeName or env NODE_NAME to this node's Node name`);
+    if (cfg.nodeName === null && !env && !isKubeNodeName(host)) throw new Error(`kubernetes.nodeName is null, env NODE_NAME is not set and the host name ${JSON.stringify(os.hostname())} is not a Kubernetes node name (${KUBE_NODE_NAME_RULE}): set kubernetes.nodeName or env NODE_NAME to this node's Node name`);
     return new KubePolicies(cfg, await KubeClient.load(cfg.kubeconfig), opts.ecCacheFile ?? null);
   }
 

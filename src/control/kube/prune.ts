@@ -18,17 +18,12 @@
 // pruner's removal a 404. So several nodes doing it at once cost a few
 // requests, never a wrong removal. The Node GETs are made only for objects
 // already older than the bound, which is rare.
+import { isKubeNodeName } from '../../config.js';
 import { log } from '../../log.js';
 import { KubeApiError, resourcePath, type KubeClient, type KubeList, type KubeObject } from './client.js';
 import { NODE_ANNOTATION, NODE_STATUS_KINDS, REPORT_TIME_ANNOTATION } from './status.js';
 
 const REQUEST_TIMEOUT_MS = 10_000;
-/**
- * What a Node's name can be (a lowercase DNS subdomain, as index.ts checks this node's). A node annotation that is
- * not (".", "", an old daemon's upper-case host name, a hand-made object) has no Node, and is never looked up: "."
- * made the GET /api/v1/nodes/. (a LIST of nodes, refused under a get-only role, which stopped every round).
- */
-const NODE_NAME_RE = /^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/;
 /** A round every half bound, at most every minute, at least every 0.5 s. */
 export function pruneIntervalMs(boundMs: number): number {
   return Math.min(60_000, Math.max(500, Math.floor(boundMs / 2)));
@@ -134,7 +129,9 @@ export class DepartedNodePruner {
     const gone = new Map<string, boolean>();
     for (const node of staleNodes) {
       if (this.stopped) return;
-      if (!NODE_NAME_RE.test(node)) {
+      // Not a Node's name (isKubeNodeName: ".", "", an old daemon's upper-case host name, a hand-made object): it has
+      // no Node and is never looked up ("." made the GET /api/v1/nodes/. a LIST of nodes, refused under a get-only role).
+      if (!isKubeNodeName(node)) {
         gone.set(node, true);
         continue;
       }
