@@ -97,6 +97,13 @@ const POLL_MAX_REQUESTS = 16;
 const pollBuffer = Buffer.allocUnsafeSlow(64 * 1024);
 /** Bound on reads of leftover input before a disconnect's close (see closeAfterFinish). */
 const MAX_DRAIN_READS = 64;
+/**
+ * Input queued while an option waits for its export's volume to open (afterOpen), at most (give or take one read):
+ * past it the socket is not read until the open ends. Read and not paused outright, so that a client that hangs up
+ * meanwhile is seen at once (its socket closes, a delete no longer counts it), not when the open ends (seconds for a
+ * map of 300k entries); bounded, as an unread socket was, against a client that sends on (review-volume-open-flood).
+ */
+const OPENING_MAX_QUEUED_BYTES = 64 * 1024;
 
 /**
  * What a TRIM or WRITE_ZEROES weighs against MAX_INFLIGHT_BYTES per chunk it
@@ -364,6 +371,7 @@ export class NbdConnection {
       this.inInputBatch = false;
       this.socket.uncork();
     }
+    if (this.opening && this.queuedBytes >= OPENING_MAX_QUEUED_BYTES) this.socket.pause();
     if (transient && this.chunks.length > 0) {
       const rest = this.chunks.length === 1 ? Buffer.from(this.chunks[0]!) : Buffer.concat(this.chunks);
       this.chunks.length = 0;
@@ -599,8 +607,8 @@ export class NbdConnection {
     this.opening = true;
     this.openingExport = exportName;
     if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
-    // Not read meanwhile either: what a client sent was kept in memory until the open ended, unbounded.
-    this.socket.pause();
+    // Read meanwhile up to a bound (consume), not paused outright: a client that hangs up is seen at once.
+    if (this.queuedBytes >= OPENING_MAX_QUEUED_BYTES) this.socket.pause();
     const go = (held: Volume | null): void => {
       this.opening = false;
       this.openingExport = null;
