@@ -9,6 +9,7 @@ import { TIERS, type Tier } from './dataplane/meta/store.js';
 import { filesystemFreeBytes } from './dataplane/pools/pool.js';
 import { ensureDurableDir, writeFileDurableSync } from './dataplane/dir-sync.js';
 import { DEFAULT_STORAGE_POLICY_YAML } from './control/policy.js';
+import { DEFAULT_INFLIGHT_BUDGET_BYTES } from './dataplane/inflight-budget.js';
 
 export interface PoolConfig {
   name: string;
@@ -47,6 +48,12 @@ export interface DaemonConfig {
     /** Segment compaction (space reclaim), see src/dataplane/ec/compaction.ts; intervalMs 0 = only on request. */
     compaction: { intervalMs: number; deadFraction: number; maxBytesPerSecond: number };
   };
+  /**
+   * inflightBytes: bytes all NBD requests in flight may hold at once (WRITE
+   * payloads, READ data; see src/dataplane/inflight-budget.ts). Past it,
+   * connections stop reading requests until bytes come back, in turn.
+   */
+  limits: { inflightBytes: number };
   /** Read cache in front of the cold tier; l1CapacityBytes 0 turns it off. */
   cache: { l1CapacityBytes: number; l2CapacityBytes: number; l2MinEntryBytes: number; lz4ThresholdBytes: number | null };
   control: {
@@ -114,6 +121,7 @@ export function embeddedDefault(dataDir: string): DaemonConfig {
       segmentSizeBytes: 256 * 1024 * 1024,
       compaction: { intervalMs: 30_000, deadFraction: 0.5, maxBytesPerSecond: 64 * 1024 * 1024 },
     },
+    limits: { inflightBytes: DEFAULT_INFLIGHT_BUDGET_BYTES },
     cache: { l1CapacityBytes: 128 * 1024 * 1024, l2CapacityBytes: 64 * 1024 * 1024, l2MinEntryBytes: 64 * 1024, lz4ThresholdBytes: null },
     control: {
       policiesDir: 'policies',
@@ -158,6 +166,7 @@ export function loadConfig(dataDir: string): DaemonConfig {
     coldTier: { ...def.coldTier, ...raw.coldTier, compaction: { ...def.coldTier.compaction, ...raw.coldTier?.compaction } },
     control: { ...def.control, ...raw.control },
     cache: { ...def.cache, ...raw.cache },
+    limits: { ...def.limits, ...raw.limits },
     kubernetes: { ...def.kubernetes, ...raw.kubernetes },
   };
   if (cfg.control.heatSource?.type === 'prometheus' && (cfg.control.heatSource as { metrics?: unknown }).metrics === undefined) {
@@ -222,7 +231,7 @@ function readConfigFile(file: string): Record<string, any> {
     }
   };
   known('', raw, Object.keys(topLevel));
-  for (const section of ['nbd', 'api', 'metrics', 's3', 'coldTier', 'cache', 'control', 'kubernetes'] as const) known(section, raw[section], Object.keys(def[section]));
+  for (const section of ['nbd', 'api', 'metrics', 's3', 'coldTier', 'cache', 'limits', 'control', 'kubernetes'] as const) known(section, raw[section], Object.keys(def[section]));
   const coldTier = raw.coldTier as Record<string, unknown> | null | undefined;
   known('coldTier.compaction', coldTier?.compaction, Object.keys(def.coldTier.compaction));
   const control = raw.control as Record<string, unknown> | null | undefined;
@@ -310,6 +319,9 @@ export function validateConfig(cfg: DaemonConfig, where = 'config'): void {
   int('cache.l2CapacityBytes', c.l2CapacityBytes, 0, Number.MAX_SAFE_INTEGER, 'bytes', '0: no L2');
   int('cache.l2MinEntryBytes', c.l2MinEntryBytes, 0, Number.MAX_SAFE_INTEGER, 'bytes');
   if (c.lz4ThresholdBytes !== null) int('cache.lz4ThresholdBytes', c.lz4ThresholdBytes, 0, Number.MAX_SAFE_INTEGER, 'bytes', 'or null: no compression');
+  // Below 1 MiB most requests would run one at a time across the daemon (one larger than the budget always runs, alone).
+  if (!isMapping(cfg.limits)) fail(`limits must be a mapping (inflightBytes), got ${describe(cfg.limits)}`);
+  int('limits.inflightBytes', cfg.limits.inflightBytes, MIN_INFLIGHT_BYTES, Number.MAX_SAFE_INTEGER, 'bytes');
   const ctl = cfg.control;
   str('control.policiesDir', ctl.policiesDir);
   // 0 (or a string, which the timer reads as 1 ms) would run passes back to back.
@@ -354,6 +366,9 @@ export function validateConfig(cfg: DaemonConfig, where = 'config'): void {
     if (!Number.isInteger(v) || v < 0 || v > 65535) fail(`${k} must be a port number, got ${describe(v)}`);
   }
 }
+
+/** The smallest limits.inflightBytes. */
+export const MIN_INFLIGHT_BYTES = 1024 * 1024;
 
 /** The smallest coldTier.journalCapacityBytes: a few 1 MiB chunk records. */
 export const MIN_JOURNAL_CAPACITY_BYTES = 4 * 1024 * 1024;

@@ -7,6 +7,7 @@ import type { FastifyInstance } from 'fastify';
 import { buildApi, registerCompactionRoutes } from './control/api.js';
 import { CONFIG_FILE, loadConfig, poolCapacityBytes, refuseAliasedPools, resolvePoolPath, type DaemonConfig } from './config.js';
 import { NbdServer } from './dataplane/nbd/server.js';
+import { inflightBudget } from './dataplane/inflight-budget.js';
 import { S3Frontend } from './dataplane/s3/frontend.js';
 import { VolumeManager } from './dataplane/volumes/manager.js';
 import { isLmdbCommitFailure, type MetaStore } from './dataplane/meta/store.js';
@@ -460,6 +461,7 @@ export class Daemon {
       log.info('created demo volume', { name: cfg.demoVolume.name, sizeBytes: cfg.demoVolume.sizeBytes });
     }
     await progress.at('the NBD listeners');
+    inflightBudget.setCapacity(cfg.limits.inflightBytes);
     const nbd = new NbdServer({ manager, defaultExport: cfg.defaultExport });
     started.push(() => nbd.close());
     const tcp = await listening('NBD', cfg.nbd.port, nbd.listenTcp(cfg.nbd.port, cfg.listenHost));

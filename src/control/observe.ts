@@ -6,6 +6,7 @@ import type { HeatTracker } from './heat.js';
 import type { VolumeManager } from '../dataplane/volumes/manager.js';
 import { listedIncomplete } from '../dataplane/ec/reconstruction.js';
 import { damagedIndexRecords } from '../dataplane/objects/cold-holders.js';
+import { inflightBudget } from '../dataplane/inflight-budget.js';
 
 export interface MigrationStats {
   completedTotal: { succeeded: number; failed: number; aborted: number };
@@ -82,6 +83,7 @@ export function metricsSource(manager: VolumeManager, heat: HeatTracker, migrati
     },
     unavailableVolumes: () => manager.unavailableVolumes(),
     openVolumes: () => manager.openCounts(),
+    nbdInflight: () => ({ usedBytes: inflightBudget.usedBytes, capacityBytes: inflightBudget.capacityBytes, peakBytes: inflightBudget.peakBytes, pausesTotal: inflightBudget.pausesTotal }),
     // Found by stripes()' count of the object stripes (read before this in a scrape).
     damagedIndexRecords: () => damagedIndexRecords(manager.meta),
     // Without a cold tier (no policy file, say) the index still holds the last list: [] would

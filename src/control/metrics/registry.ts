@@ -92,6 +92,21 @@ export interface MetricsSource {
    * background pass only, or neither. Optional: without it, no series.
    */
   openVolumes?(): { pinned: number; lent: number; idle: number };
+  /**
+   * The daemon-wide budget of bytes NBD requests in flight hold (InflightBudget,
+   * limits.inflightBytes). Optional: without it, no series.
+   */
+  nbdInflight?(): NbdInflight;
+}
+
+/** InflightBudget's figures, read at each scrape. */
+export interface NbdInflight {
+  usedBytes: number;
+  capacityBytes: number;
+  /** The most in use at once since start. */
+  peakBytes: number;
+  /** Requests that had to wait for the budget (their connection stopped reading meanwhile). */
+  pausesTotal: number;
 }
 
 /** Failures the reconstructor counted since start: logged, retried next interval. */
@@ -130,6 +145,7 @@ interface Snapshot {
   incompleteRebuilds: IncompleteRebuild[] | null;
   reconstructionFailures: ReconstructionFailures;
   openVolumes: { pinned: number; lent: number; idle: number } | null;
+  nbdInflight: NbdInflight | null;
 }
 
 const EMPTY_SNAPSHOT: Snapshot = {
@@ -145,6 +161,7 @@ const EMPTY_SNAPSHOT: Snapshot = {
   incompleteRebuilds: null,
   reconstructionFailures: { poolRetryFailures: 0, timerFailures: 0 },
   openVolumes: null,
+  nbdInflight: null,
 };
 
 /**
@@ -175,6 +192,7 @@ class SnapshotRegistry extends Registry {
       incompleteRebuilds: source.incompleteRebuilds ? [...source.incompleteRebuilds()] : null,
       reconstructionFailures: source.reconstructionFailures?.() ?? EMPTY_SNAPSHOT.reconstructionFailures,
       openVolumes: source.openVolumes?.() ?? null,
+      nbdInflight: source.nbdInflight?.() ?? null,
     };
   }
 
@@ -483,6 +501,31 @@ export function createMetrics(source: MetricsSourceRef): Registry {
       this.set({ held: 'pinned' }, o.pinned);
       this.set({ held: 'lent' }, o.lent);
       this.set({ held: 'idle' }, o.idle);
+    },
+  });
+  const nbdInflightGauge = (name: string, help: string, pick: (n: NbdInflight) => number): void => {
+    new Gauge({
+      name,
+      help,
+      registers,
+      collect() {
+        this.reset();
+        const n = registry.snapshot().nbdInflight;
+        if (n !== null) this.set(pick(n));
+      },
+    });
+  };
+  nbdInflightGauge('couchestor_nbd_inflight_bytes', 'Bytes NBD requests in flight hold now, across all connections (WRITE payloads from their header on, READ data until handed to the socket, CACHE steps, the work TRIM and WRITE_ZEROES queue), counted against limits.inflightBytes.', (n) => n.usedBytes);
+  nbdInflightGauge('couchestor_nbd_inflight_limit_bytes', 'The daemon-wide bound on couchestor_nbd_inflight_bytes (limits.inflightBytes). A request larger than it runs alone.', (n) => n.capacityBytes);
+  nbdInflightGauge('couchestor_nbd_inflight_peak_bytes', 'The most couchestor_nbd_inflight_bytes has been since start: at most the limit, or one request when it alone is larger.', (n) => n.peakBytes);
+  new Counter({
+    name: 'couchestor_nbd_inflight_pauses_total',
+    help: 'NBD requests that waited for the daemon-wide bound (limits.inflightBytes): their connection stopped reading until bytes came back, in turn. Growing steadily: the bound is what limits NBD throughput.',
+    registers,
+    collect() {
+      this.reset();
+      const n = registry.snapshot().nbdInflight;
+      if (n !== null) this.inc(n.pausesTotal);
     },
   });
   new Gauge({

@@ -5,6 +5,7 @@ import fs from 'node:fs';
 import type { Socket } from 'node:net';
 import { NotFound } from '../errors.js';
 import type { Volume } from '../volumes/volume.js';
+import { inflightBudget, type BudgetWaiter } from '../inflight-budget.js';
 import { payloadPool } from './buffer-pool.js';
 import { ExportUnavailable, nbdErrno, unavailableReason } from './errors.js';
 import * as P from './protocol.js';
@@ -31,6 +32,16 @@ export interface ExportResolver {
   description(name: string): string;
 }
 
+/** Where a connection stands with the daemon-wide inflightBudget (see admitBudget). */
+const enum Budget {
+  /** Not waiting. */
+  None,
+  /** Queued: the socket is not read until granted. */
+  Queued,
+  /** Granted (the bytes are counted), the request not yet resumed (afterBudgetGrant runs next). */
+  Granted,
+}
+
 const enum Phase {
   ClientFlags,
   OptionHeader,
@@ -42,7 +53,10 @@ const enum Phase {
   Closed,
 }
 
-/** Bounds on work a single client can queue before we stop reading its socket. */
+/**
+ * Bounds on work a single client can queue before we stop reading its socket.
+ * Across all clients, inflightBudget (limits.inflightBytes) bounds the bytes.
+ */
 const MAX_INFLIGHT_REQUESTS = 128;
 const MAX_INFLIGHT_BYTES = 128 * 1024 * 1024;
 /**
@@ -136,7 +150,7 @@ const ALLOWED_FLAGS: Record<number, number> = {
   [P.CMD_BLOCK_STATUS]: P.CMD_FLAG_REQ_ONE | P.CMD_FLAG_FUA,
 };
 
-export class NbdConnection {
+export class NbdConnection implements BudgetWaiter {
   private phase = Phase.ClientFlags;
   private readonly chunks: Buffer[] = [];
   private queuedBytes = 0;
@@ -187,7 +201,16 @@ export class NbdConnection {
   private discardLeft = 0;
   private inflight = 0;
   private inflightBytes = 0;
+  /**
+   * Not reading new requests for this connection's own reasons: its cap
+   * (MAX_INFLIGHT_*) or a client not reading replies. A WRITE payload
+   * already admitted is still received meanwhile (see syncReading).
+   */
   private paused = false;
+  /** Waiting for the daemon-wide budget (a reason of its own, not `paused`): for the request parsed last, of budgetWaitBytes. */
+  private budget = Budget.None;
+  budgetWaitBytes = 0;
+  private readonly afterGrant = (): void => this.afterBudgetGrant();
   /** An option waits for its export's volume to open (ExportResolver.prepare): no input is parsed meanwhile. */
   private opening = false;
   /** The export name (as the client sent it) of the option waiting on its open, while `opening`. */
@@ -220,6 +243,7 @@ export class NbdConnection {
       this.phase = Phase.Closed;
       this.socketClosed = true;
       if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
+      this.dropBudget();
       this.onClose();
       this.releaseVolume();
     });
@@ -245,6 +269,8 @@ export class NbdConnection {
       return this.closed;
     }
     this.disconnecting = true;
+    // A request not admitted yet, or a payload that will not be read to its end now (input is dropped): their bytes go back.
+    this.dropBudget();
     // Keep reading (input is dropped, see consume) so the client's close is seen and 'close' fires.
     this.paused = false;
     this.socket.resume();
@@ -333,7 +359,7 @@ export class NbdConnection {
     this.polling = true;
     try {
       for (let served = 0; served < POLL_MAX_REQUESTS; served++) {
-        if (!this.lastReplyDirect || this.inflight !== 0 || daemonInflight !== 0 || this.chunks.length !== 0 || this.phase !== Phase.RequestHeader || this.paused) return;
+        if (!this.lastReplyDirect || this.inflight !== 0 || daemonInflight !== 0 || this.chunks.length !== 0 || this.phase !== Phase.RequestHeader || this.paused || this.budget !== Budget.None) return;
         const fd = socketFd(this.socket);
         if (fd < 0) return;
         const target = this.nextReadBuffer(pollBuffer);
@@ -458,15 +484,18 @@ export class NbdConnection {
         }
         continue;
       }
-      if (this.paused) return;
+      if (this.budget !== Budget.None) return;
       if (this.phase === Phase.WritePayload) {
+        // Received even while paused: its budget bytes are held until it is in.
         if (!this.fillPayload()) return;
         const payload = this.payload!;
         this.payload = null;
         this.setPhase(Phase.RequestHeader, P.REQUEST_HEADER_BYTES);
         this.dispatch(this.reqType, this.reqFlags, this.reqCookie, this.reqOffset, this.reqLength, payload);
+        if (this.paused) this.syncReading();
         continue;
       }
+      if (this.paused) return;
       if (this.queuedBytes < this.need) return;
       const buf = this.take(this.need);
       switch (this.phase) {
@@ -787,12 +816,76 @@ export class NbdConnection {
       }
       if (this.reqLength > 0) {
         this.headerOnlyRead = this.reqLength >= DIRECT_READ_MIN_BYTES;
-        this.payload = payloadPool.get(this.reqLength);
-        this.payloadFilled = 0;
-        return this.setPhase(Phase.WritePayload, this.reqLength);
+        // Counted before the buffer exists: a payload waiting for the budget has none.
+        if (!this.admitBudget(this.reqLength)) return;
+        return this.receivePayload();
       }
     }
     this.dispatch(this.reqType, this.reqFlags, this.reqCookie, this.reqOffset, this.reqLength, null);
+  }
+
+  /** The WRITE whose header was read last is admitted: its payload is read into a pooled buffer. */
+  private receivePayload(): void {
+    this.payload = payloadPool.get(this.reqLength);
+    this.payloadFilled = 0;
+    this.setPhase(Phase.WritePayload, this.reqLength);
+  }
+
+  /**
+   * Takes `bytes` of the daemon-wide budget for the request parsed last, or
+   * queues for them (false): the socket is not read until they are granted
+   * (afterBudgetGrant then carries on with that request).
+   */
+  private admitBudget(bytes: number): boolean {
+    if (inflightBudget.acquire(bytes, this)) return true;
+    this.budget = Budget.Queued;
+    this.budgetWaitBytes = bytes;
+    this.socket.pause();
+    return false;
+  }
+
+  /** BudgetWaiter: the bytes are counted; the request goes on in a microtask (not inside whoever released them). */
+  budgetGranted(): void {
+    this.budget = Budget.Granted;
+    queueMicrotask(this.afterGrant);
+  }
+
+  private afterBudgetGrant(): void {
+    if (this.budget !== Budget.Granted) return; // dropped meanwhile (dropBudget gave the bytes back)
+    this.budget = Budget.None;
+    if (this.phase === Phase.Closed || this.disconnecting) {
+      inflightBudget.release(this.budgetWaitBytes);
+      return;
+    }
+    this.syncReading();
+    this.socket.cork();
+    try {
+      if (this.reqType === P.CMD_WRITE) this.receivePayload();
+      else this.execute(this.reqType, this.reqFlags, this.reqCookie, this.reqOffset, this.reqLength, null, this.budgetWaitBytes);
+      this.pump();
+    } finally {
+      this.socket.uncork();
+    }
+  }
+
+  /** Gives back what this connection holds of the budget outside requests in flight: a queued or granted wait, a payload being received. */
+  private dropBudget(): void {
+    if (this.budget === Budget.Queued) inflightBudget.cancel(this);
+    else if (this.budget === Budget.Granted) inflightBudget.release(this.budgetWaitBytes);
+    this.budget = Budget.None;
+    if (this.payload !== null) {
+      inflightBudget.release(this.payload.length);
+      this.payload = null;
+    }
+  }
+
+  /**
+   * Reads the socket unless waiting for the budget, opening an export, or
+   * paused (its own cap, replies not read) with no admitted payload to receive.
+   */
+  private syncReading(): void {
+    if (this.opening || this.budget !== Budget.None || (this.paused && this.payload === null)) this.socket.pause();
+    else this.socket.resume();
   }
 
   private validate(type: number, flags: number, offset: number, length: number): [number, string] | null {
@@ -830,15 +923,25 @@ export class NbdConnection {
     }
     const invalid = this.validate(type, flags, offset, length);
     if (invalid) {
-      if (payload) payloadPool.release(payload);
+      if (payload) {
+        payloadPool.release(payload);
+        inflightBudget.release(payload.length);
+      }
       return this.reply(cookie, invalid[0], invalid[1]);
     }
-    const fua = (flags & P.CMD_FLAG_FUA) !== 0;
-    // Counted against MAX_INFLIGHT_BYTES: the buffers the request holds
+    // Counted against MAX_INFLIGHT_BYTES and the daemon-wide budget: the buffers the request holds
     // (WRITE payload, READ data, CACHE's one step), or for TRIM and WRITE_ZEROES the
     // work they queue (rangeCost), not the range they cover. Each path ends
-    // with the same count.
+    // with the same count (end releases it). A WRITE's payload took its budget before it was read.
     const cost = payload ? payload.length : type === P.CMD_READ ? length : type === P.CMD_CACHE ? Math.min(length, CACHE_STEP_BYTES) : type === P.CMD_TRIM || type === P.CMD_WRITE_ZEROES ? rangeCost(vol, offset, length) : 0;
+    if (payload === null && cost > 0 && !this.admitBudget(cost)) return;
+    this.execute(type, flags, cookie, offset, length, payload, cost);
+  }
+
+  /** Runs a valid, admitted request (its `cost` counted in the budget). */
+  private execute(type: number, flags: number, cookie: Buffer, offset: number, length: number, payload: Buffer | null, cost: number): void {
+    const vol = this.volume!;
+    const fua = (flags & P.CMD_FLAG_FUA) !== 0;
     this.begin(cost);
     switch (type) {
       case P.CMD_READ:
@@ -1035,7 +1138,7 @@ export class NbdConnection {
     this.inflightBytes += bytes;
     if (!this.paused && (this.inflight >= MAX_INFLIGHT_REQUESTS || this.inflightBytes >= MAX_INFLIGHT_BYTES)) {
       this.paused = true;
-      this.socket.pause();
+      this.syncReading();
     }
   }
 
@@ -1054,6 +1157,7 @@ export class NbdConnection {
     daemonInflight--;
     this.inflight--;
     this.inflightBytes -= bytes;
+    inflightBudget.release(bytes);
     this.maybeResume();
     this.maybeFinishDisconnect();
     if (this.socketClosed) this.releaseVolume();
@@ -1077,7 +1181,7 @@ export class NbdConnection {
     if (!this.paused || this.phase === Phase.Closed) return;
     if (this.inflight < MAX_INFLIGHT_REQUESTS / 2 && this.inflightBytes < MAX_INFLIGHT_BYTES / 2 && this.socket.writableLength <= MAX_UNSENT_REPLY_BYTES / 2) {
       this.paused = false;
-      this.socket.resume();
+      this.syncReading();
       this.pump();
     }
   }
@@ -1177,9 +1281,9 @@ export class NbdConnection {
     // The callback runs once the bytes are handed to the kernel, or with an error if the socket dies first.
     this.socket.write(buf, sent);
     if (this.socket.writableLength > MAX_UNSENT_REPLY_BYTES && !this.paused) {
-      // The client is not reading replies: stop reading its requests.
+      // The client is not reading replies: stop reading its requests (a payload being received is read to its end first).
       this.paused = true;
-      this.socket.pause();
+      this.syncReading();
     }
   }
 
