@@ -195,6 +195,20 @@ export function scrapeMetrics(env: S3Env): Promise<string> {
   });
 }
 
+/** The value of series `name` (with `pool`: its {pool="..."} series) in one scrape of the daemon's /metrics; undefined: no such series. */
+export async function scrapeValue(env: S3Env, name: string, pool?: string): Promise<number | undefined> {
+  const prefix = pool === undefined ? `${name} ` : `${name}{pool="${pool}"} `;
+  const line = (await scrapeMetrics(env)).split('\n').find((l) => l.startsWith(prefix));
+  return line === undefined ? undefined : Number(line.slice(prefix.length));
+}
+
+/** couchestor_s3_cold_pools_unverified of cold-0..cold-5 (-1: no series), from one scrape each. */
+export async function coldPoolsUnverified(env: S3Env): Promise<number[]> {
+  const out: number[] = [];
+  for (let i = 0; i < 6; i++) out.push((await scrapeValue(env, 'couchestor_s3_cold_pools_unverified', `cold-${i}`)) ?? -1);
+  return out;
+}
+
 /** A hand-made request's answer. status -1: none (the connection failed or was cut first). */
 export interface RawAnswer {
   status: number;

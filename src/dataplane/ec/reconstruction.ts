@@ -113,6 +113,15 @@ export interface StripeHolderSource {
    * flips rewrote a large object's whole record once per stripe.
    */
   replaceMany?(flips: readonly HolderFlip[]): Promise<boolean[]>;
+  /** A whole-pool rebuild of `pool` lands on `store` (told before it lists anything). */
+  poolRebuildStarting?(pool: string, store: object): void;
+  /**
+   * The rebuild of `pool` that landed on `store` completed, and `store` is
+   * still the pool's: every stripe with a shard there holds it there, the
+   * flips and the pool's incomplete-list entry durable. Awaited; a throw is
+   * logged (the rebuild's answer stands).
+   */
+  poolRebuilt?(pool: string, store: object): Promise<void>;
 }
 
 /** One compare-and-swap of a holder's stripe: `expected` becomes `next` at `key`. */
@@ -1267,6 +1276,7 @@ export class Reconstructor {
     report.retryOfSkipped = only !== null;
     // A retry of skipped volumes has its entry already: a crash during it leaves the pool listed.
     if (only === null) run.markedRunning = await this.markRunning(poolName);
+    if (only === null && target !== null) for (const source of this.sources) source.poolRebuildStarting?.(poolName, target);
     // Sources: the other online pools in a fixed order, so every stripe reads
     // the same k pools and each pool's records are read back to back.
     const sourceRank = new Map<string, number>();
@@ -1508,6 +1518,12 @@ export class Reconstructor {
       // What is left: a whole-pool rebuild's replaces the last; a retry keeps the volumes still closed.
       const left = { volumes: new Set(report.volumesSkipped.map((u) => u.volume)), notRebuilt: carried + report.notRebuilt, store: target };
       await this.setIncomplete(poolName, left.volumes.size > 0 || left.notRebuilt > 0 ? left : null);
+      // Replaced again during the run (another store now): its disk is not the one rebuilt.
+      if (report.complete && target !== null && (await this.stripes.segmentStore(poolName)) === target) {
+        for (const source of this.sources) {
+          await source.poolRebuilt?.(poolName, target).catch((err: Error) => log.warn('a holder source failed to take note of a complete pool rebuild', { pool: poolName, source: source.prefix, err: err.message }));
+        }
+      }
     } else if (only === null) {
       // Cut by a stop (close: stop() waits for this, the index still open): the pool is not fully
       // rebuilt, and without an entry it read as rebuilt after the restart. How many stripes are

@@ -4,12 +4,14 @@
 // compare-and-swap per stripe inside one LMDB transaction per batch, each
 // record written once per batch. Also owns the check of a stored object or
 // part record's shape and the report of damaged ones (count(): metrics, API).
+// Tells the object store's pool-disks record of complete pool rebuilds.
 import type { Database } from 'lmdb';
 import { log } from '../../log.js';
 import type { MetaStore } from '../meta/store.js';
 import { sameStripeAt, type HolderFlip, type StripeHolderSource } from '../ec/reconstruction.js';
 import type { HolderStripeContext, StripeRef, StripeStore } from '../ec/stripe-store.js';
 import { ALL_OBJECT_KEYS, OBJECTS_DB, PARTS_DB, UPLOADS_DB, type ColdSegment } from './cold-segments.js';
+import type { PoolDisks } from './pool-disks.js';
 
 /** The source's prefix: queue keys "s3:<holder key>", and what reads name in their context. */
 export const COLD_OBJECT_SOURCE = 's3';
@@ -51,6 +53,8 @@ export class ColdObjectHolders implements StripeHolderSource {
   constructor(
     private readonly meta: MetaStore,
     private readonly stripes: Pick<StripeStore, 'releaseReplaced'>,
+    /** The object store's record of cold pools' disks (ObjectStore.coldPoolDisks): told of whole-pool rebuilds, so a complete one ends its pool's distrust. */
+    private readonly disks?: Pick<PoolDisks, 'rebuildStarting' | 'rebuilt'>,
   ) {
     this.objects = openIndexDB<RecordWithSegments>(meta, OBJECTS_DB);
     this.parts = openIndexDB<PartWithSegment>(meta, PARTS_DB);
@@ -129,6 +133,14 @@ export class ColdObjectHolders implements StripeHolderSource {
   /** "bucket/key" of a damaged record, from its index key (the bucket's name looked up; the record itself may be unreadable). */
   describe(d: DamagedRecord): string {
     return describeIndexKey(this.meta, d.db, d.key);
+  }
+
+  poolRebuildStarting(pool: string, store: object): void {
+    this.disks?.rebuildStarting(pool, store);
+  }
+
+  async poolRebuilt(pool: string, store: object): Promise<void> {
+    await this.disks?.rebuilt(pool, store);
   }
 
   current(key: string): StripeRef | undefined {

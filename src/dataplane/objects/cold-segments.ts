@@ -141,13 +141,15 @@ export async function* readColdSegment(stripes: StripeStoreApi, seg: ColdSegment
  * this process. A stripe rebuilt onto that disk since is unsure too (its
  * object keeps its time): its headers are read, and found its own, when more
  * than parity-many of its shards are so (3 of 4+2 pools replaced since the
- * object was written).
+ * object was written), until a whole-pool rebuild onto that disk completes
+ * (pool-disks.ts rebuilt: the pool is then sure again, also for a store
+ * opened empty in this process). Resolves to the number of headers read.
  */
 export async function assertColdShardsKnownKept(
   stripes: StripeStoreApi,
   segments: readonly { kind: string }[],
   since?: { writtenMs: number; replacedSince: (pool: string, store: SegmentStore, openedEmpty: boolean) => number },
-): Promise<void> {
+): Promise<number> {
   const pools = new Set<string>();
   for (const ref of coldStripeRefs(segments)) for (const s of ref.shards) pools.add(s.pool);
   const stores = new Map<string, SegmentStore | null>();
@@ -157,9 +159,11 @@ export async function assertColdShardsKnownKept(
   for (const [pool, st] of stores) {
     if (st === null) continue;
     const openedEmpty = stripes.mayHoldStalePlaces(pool);
-    const replacedMs = since === undefined ? 0 : since.replacedSince(pool, st, openedEmpty);
-    if (openedEmpty || (replacedMs > 0 && since!.writtenMs <= replacedMs)) stale.add(pool);
+    // Data written at or before this time is unsure on the pool (pool-disks.ts: until a complete rebuild onto its disk).
+    const unsureUpToMs = since === undefined ? (openedEmpty ? Number.MAX_SAFE_INTEGER : 0) : since.replacedSince(pool, st, openedEmpty);
+    if (unsureUpToMs > 0 && (since?.writtenMs ?? 0) <= unsureUpToMs) stale.add(pool);
   }
+  let headerReads = 0;
   let stripeIndex = 0;
   for (const ref of coldStripeRefs(segments)) {
     const why: string[] = [];
@@ -176,13 +180,17 @@ export async function assertColdShardsKnownKept(
       else if (stale.has(s.pool)) unsure.push({ index, at });
     }
     if (why.length + unsure.length > ref.parityShards) {
-      for (const { index, at } of unsure) if ((await stripes.holdsShard(at, { ref, index })) !== true) why.push(`${at.pool} (replaced, not rebuilt)`);
+      for (const { index, at } of unsure) {
+        headerReads++;
+        if ((await stripes.holdsShard(at, { ref, index })) !== true) why.push(`${at.pool} (replaced, not rebuilt)`);
+      }
     }
     if (why.length > ref.parityShards) {
       throw new InsufficientShards(`stripe ${stripeIndex} of the object lost ${why.length} of ${ref.shards.length} shards (can repair ${ref.parityShards}): on pools ${[...new Set(why)].join(', ')}`);
     }
     stripeIndex++;
   }
+  return headerReads;
 }
 
 export function freeColdSegment(stripes: StripeStoreApi, seg: ColdSegment): void {

@@ -739,7 +739,15 @@ export class ObjectStore {
     // When the stripes were written at the latest: a multipart object's parts after its upload began.
     const multipart = rec.partNumbers !== undefined || rec.etag.includes('-');
     const writtenMs = multipart ? (rec.partsFromMs ?? 0) : rec.lastModifiedMs;
-    await assertColdShardsKnownKept(this.stripes, rec.segments, this.sinceCheck(writtenMs));
+    this.coldHeaderReads += await assertColdShardsKnownKept(this.stripes, rec.segments, this.sinceCheck(writtenMs));
+  }
+
+  /** Shard headers read by the lost-shard checks (assertColdShardsKnownKept) of HEAD, GET, copies and completions: couchestor_s3_cold_header_reads_total. */
+  coldHeaderReads = 0;
+
+  /** Cold pools' disks as the object store judges them (pool-disks.ts): undefined without a cold tier. */
+  get coldPoolDisks(): PoolDisks | undefined {
+    return this.poolDisks;
   }
 
   /** assertColdShardsKnownKept's knowledge of disks replaced after `writtenMs` (pool-disks.ts). */
@@ -1220,7 +1228,7 @@ export class ObjectStore {
         const p = this.parts.get(partKey(uploadId, want.partNumber));
         if (p == null || partDamage(p) !== null || p.segment.kind !== 'cold') continue;
         try {
-          await assertColdShardsKnownKept(this.stripes, [p.segment], this.sinceCheck(p.lastModifiedMs));
+          this.coldHeaderReads += await assertColdShardsKnownKept(this.stripes, [p.segment], this.sinceCheck(p.lastModifiedMs));
         } catch (err) {
           if (err instanceof InsufficientShards) throw new UnreadablePart(uploadId, want.partNumber, err.message);
           throw err;

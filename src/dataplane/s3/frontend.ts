@@ -2,7 +2,7 @@
 // store over the manager's pools (and the cold tier's stripe store when it
 // runs), the listening fastify server, and its couchestor_s3_* metrics.
 import type { FastifyInstance } from 'fastify';
-import { Counter, type Registry } from 'prom-client';
+import { Counter, Gauge, type Registry } from 'prom-client';
 import { log } from '../../log.js';
 import { ColdObjectHolders } from '../objects/cold-holders.js';
 import type { StripeStoreApi } from '../objects/cold-segments.js';
@@ -14,7 +14,26 @@ import { buildS3Server, type S3ServerStats } from './server.js';
 /** Read by the daemon of session 6 only; settings live in couchestor.yaml (s3.bodyIdleTimeoutMs). */
 const RETIRED_BODY_IDLE_ENV = 'COUCHESTOR_S3_BODY_IDLE_TIMEOUT_MS';
 
-function registerS3Metrics(stats: S3ServerStats, registry: Registry): void {
+function registerS3Metrics(stats: S3ServerStats, registry: Registry, store: ObjectStore): void {
+  new Counter({
+    name: 'couchestor_s3_cold_header_reads_total',
+    help: "Shard headers read to tell whether a cold object is lost beyond parity (HEAD, GET, copies, completions): only on pools whose disk was replaced after the object was written and not fully rebuilt since, and only for stripes those pools could make unreadable. 0 on the fast path.",
+    registers: [registry],
+    collect() {
+      this.reset();
+      this.inc(store.coldHeaderReads);
+    },
+  });
+  new Gauge({
+    name: 'couchestor_s3_cold_pools_unverified',
+    help: "Cold pools whose disk replaced one the index may name places of and that no complete whole-pool rebuild onto that disk has verified since (1): cold objects written before it took over are header-checked there (couchestor_s3_cold_header_reads_total). 0 for the other cold pools known to the object store.",
+    labelNames: ['pool'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const [pool, unverified] of store.coldPoolDisks?.unverifiedPools() ?? []) this.set({ pool }, unverified ? 1 : 0);
+    },
+  });
   // The server keeps plain totals; each scrape sets them (the registry.ts pattern).
   new Counter({
     name: 'couchestor_s3_idle_timeouts_total',
@@ -62,14 +81,14 @@ export class S3Frontend {
     let removeHolders = () => {};
     const cold = opts.manager.cold;
     if (cold && opts.stripes) {
-      const holders = new ColdObjectHolders(opts.manager.meta, cold.stripes);
+      const holders = new ColdObjectHolders(opts.manager.meta, cold.stripes, store.coldPoolDisks);
       removeHolders = cold.reconstructor.addSource(holders);
     }
     if (process.env[RETIRED_BODY_IDLE_ENV] !== undefined) {
       log.warn(`s3: ${RETIRED_BODY_IDLE_ENV} is no longer read: set s3.bodyIdleTimeoutMs in couchestor.yaml`, { bodyIdleTimeoutMs: opts.bodyIdleTimeoutMs });
     }
     const stats: S3ServerStats = { requestIdleTimeouts: 0, responseIdleTimeouts: 0 };
-    if (opts.registry) registerS3Metrics(stats, opts.registry);
+    if (opts.registry) registerS3Metrics(stats, opts.registry, store);
     const server = buildS3Server({ store, keys, domains: opts.domains, bodyIdleTimeoutMs: opts.bodyIdleTimeoutMs, sendIdleTimeoutMs: opts.sendIdleTimeoutMs, stats });
     try {
       await server.listen({ port: opts.port, host: opts.host });
