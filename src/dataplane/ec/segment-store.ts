@@ -15,6 +15,7 @@
 // One SegmentStore per directory at a time (not locked here: the caller owns
 // its pools); two would interleave records.
 import { open as fsOpen, readdir, stat, statfs, unlink, type FileHandle } from "node:fs/promises";
+import { constants as osConstants } from "node:os";
 import { dirname, join } from "node:path";
 import { PoolOffline as StoragePoolOffline, StorageError } from "../errors.js";
 import { startWriteback } from "./codec.js";
@@ -165,7 +166,27 @@ function errorCode(error: unknown): string | undefined {
 const noSpaceWrites = new WeakSet<object>();
 function markIfNoSpace(error: unknown): void {
   const code = errorCode(error);
-  if ((code === "ENOSPC" || code === "EDQUOT") && typeof error === "object" && error !== null) noSpaceWrites.add(error);
+  if ((code === "ENOSPC" || isQuotaExceeded(error)) && typeof error === "object" && error !== null) {
+    noSpaceWrites.add(error);
+    const e = error as NodeJS.ErrnoException;
+    // Said as such in the store's failure (/readyz, the log) and seen by the front ends' ENOSPC mapping.
+    if (e.code !== "ENOSPC" && e.code !== "EDQUOT") {
+      e.code = "EDQUOT";
+      e.message = `EDQUOT: disk quota exceeded${e.syscall ? `, ${e.syscall}` : ""}`;
+    }
+  }
+}
+
+/**
+ * A quota's EDQUOT (a user or project quota, a btrfs qgroup limit). Node 20's
+ * libuv has no name for errno 122: its `code` is "Unknown system error -122",
+ * so a check of `code` alone never saw it and the store stayed failed until a
+ * restart however much room the quota got back.
+ */
+const EDQUOT_ERRNO = -osConstants.errno.EDQUOT;
+function isQuotaExceeded(error: unknown): boolean {
+  const e = error as NodeJS.ErrnoException | undefined;
+  return e?.code === "EDQUOT" || e?.errno === EDQUOT_ERRNO;
 }
 
 function segmentFileName(segment: number): string {
@@ -482,6 +503,10 @@ export class SegmentStore {
    * sync() must cover them; if that fdatasync fails the store stays failed
    * for good. Tried only once the disk has room for the append that asks
    * (statfs), so a full disk does not get a new empty segment per attempt.
+   * statfs does not see a quota (EDQUOT: it shows the disk's room), so a
+   * head that holds nothing of the failed write (its size is what was
+   * written before it) is not sealed but kept, as it is clean: a pool over
+   * its quota gets no new segment per attempt either (before, one each).
    */
   private async reopenAfterNoSpace(needBytes: number): Promise<void> {
     while (this.flushing !== undefined) await this.flushing;
@@ -505,6 +530,15 @@ export class SegmentStore {
     } catch (error) {
       this.failure = error as Error;
       this.failureIsNoSpace = false;
+      return;
+    }
+    if (sealedBytes === this.headWrittenBytes) {
+      // Nothing of the failed write landed: the head ends with a whole record and stays the head.
+      this.headDurableBytes = this.headWrittenBytes;
+      this.sizes.set(this.head, sealedBytes);
+      this.failure = undefined;
+      this.failureIsNoSpace = false;
+      this.reopens++;
       return;
     }
     let fh: FileHandle;
