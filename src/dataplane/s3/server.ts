@@ -953,6 +953,9 @@ export function buildS3Server(opts: S3ServerOptions): FastifyInstance {
     }
     (req as FastifyRequest & { s3ctx?: object }).s3ctx = { bucket, key };
     const auth = verifyRequest({ method: raw.method ?? 'GET', url: raw.url ?? '/', headers: raw.headers }, (id) => secrets.get(id), Date.now());
+    // A presigned URL's x-amz-* query parameters are its headers (sigv4.ts presignedHeaders):
+    // from here on they are read, checked and refused exactly as sent headers are.
+    for (const [name, value] of auth.queryHeaders) raw.headers[name] = value;
     // An aws-chunked body's wire length is not the object's: without the decoded
     // length nothing bounds or checks what the body decodes to (S3: 411, MinIO too).
     if (auth.payload.kind === 'chunked' && header(raw, 'x-amz-decoded-content-length') === undefined) throw missingDecodedLength();

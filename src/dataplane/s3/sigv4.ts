@@ -33,6 +33,12 @@ export type PayloadMode =
 export interface AuthResult {
   accessKeyId: string;
   payload: PayloadMode;
+  /**
+   * A presigned request's header parameters (queryHeaders below): lowercase
+   * header name -> value as a header carries it. The caller reads them as the
+   * request's headers; empty for the Authorization-header form.
+   */
+  queryHeaders: ReadonlyMap<string, string>;
 }
 
 export interface RequestToVerify {
@@ -189,7 +195,8 @@ export function verifyRequest(req: RequestToVerify, secretFor: (accessKeyId: str
     const t = parseAmzDate(amzDate);
     if (nowMs > t + expiresS * 1000) throw new S3Error('AccessDenied', 403, 'Request has expired', { 'X-Amz-Expires': expires });
     if (t - nowMs > MAX_CLOCK_SKEW_MS) throw new S3Error('AccessDenied', 403, 'Request is not valid yet');
-    payloadHash = q.get('X-Amz-Content-Sha256') ?? 'UNSIGNED-PAYLOAD';
+    // The SDKs' own name for it, or hoisted from the header as @smithy/signature-v4 does (lowercase).
+    payloadHash = q.get('X-Amz-Content-Sha256') ?? q.get('x-amz-content-sha256') ?? 'UNSIGNED-PAYLOAD';
     queryForSig = params.filter(([k]) => k !== 'X-Amz-Signature');
   } else if (params.some(([k]) => k === 'AWSAccessKeyId') && params.some(([k]) => k === 'Signature')) {
     // A Signature Version 2 presigned URL (s3cmd signurl, boto's generate_url): refused as V2 headers are, not as unsigned.
@@ -217,7 +224,56 @@ export function verifyRequest(req: RequestToVerify, secretFor: (accessKeyId: str
   if (!sameSignature(p.signature, sign(strictUri)) && (strictUri === rawPath || !sameSignature(p.signature, sign(rawPath)))) {
     throw new S3Error('SignatureDoesNotMatch', 403, 'The request signature we calculated does not match the signature you provided. Check your key and signing method.');
   }
-  return { accessKeyId: p.accessKeyId, payload: payloadMode(payloadHash, { signingKey: key, amzDate: p.amzDate, scope, seedSignature: p.signature }) };
+  const queryHeaders = presigned && auth === undefined ? presignedHeaders(params, req.headers, p.signedHeaders) : NO_QUERY_HEADERS;
+  return { accessKeyId: p.accessKeyId, payload: payloadMode(payloadHash, { signingKey: key, amzDate: p.amzDate, scope, seedSignature: p.signature }), queryHeaders };
+}
+
+const NO_QUERY_HEADERS: ReadonlyMap<string, string> = new Map();
+/** The query authentication's own parameters (any case): never read as headers. */
+const QUERY_AUTH_PARAMS: ReadonlySet<string> = new Set(['x-amz-algorithm', 'x-amz-credential', 'x-amz-date', 'x-amz-expires', 'x-amz-signedheaders', 'x-amz-signature', 'x-amz-security-token', 'x-amz-content-sha256']);
+const HEADER_NAME_RE = /^[a-z0-9!#$%&'*+.^_`|~-]+$/;
+/** What Node accepts in a header value it sends (a stored x-amz-meta-* value is sent back on GET/HEAD). */
+const HEADER_VALUE_RE = /^[\t\x20-\x7e\x80-\xff]*$/;
+
+/**
+ * The headers a presigned request carries in its query string, as S3 reads
+ * them. SigV4 requires every x-amz-* header to be signed, and a URL handed
+ * to someone else cannot make them send headers, so the SDKs that hoist
+ * (aws-sdk-js v2 and v3, aws-sdk-ruby, aws-sdk-go v1) move x-amz-* headers
+ * into the query, where the signature covers them (canonical query string),
+ * and S3 applies them as the headers (x-amz-meta-*, x-amz-storage-class,
+ * x-amz-tagging, x-amz-acl, x-amz-copy-source, ...). Rules, as S3 answers:
+ * an x-amz-* header that is not in X-Amz-SignedHeaders is 403 AccessDenied
+ * (HeadersNotSigned), so the holder of a URL cannot add one (a copy source,
+ * say); a name given both ways (aws-sdk-js v2 signs x-amz-* headers and also
+ * puts them in the query) must have the same value, else 400: both are
+ * signed and which one S3 would take is undocumented, so neither is
+ * guessed. Only x-amz-* names: Content-Type and the like in a query are
+ * not read as headers (S3 documents no such thing). Values arrive
+ * percent-decoded UTF-8 and are handed on as the bytes a header would carry
+ * (Node reads header bytes as latin1).
+ */
+function presignedHeaders(params: [string, string][], headers: IncomingHttpHeaders, signedHeaders: string[]): Map<string, string> {
+  const unsigned = Object.keys(headers).filter((h) => h.startsWith('x-amz-') && !signedHeaders.includes(h));
+  if (unsigned.length > 0) throw new S3Error('AccessDenied', 403, 'There were headers present in the request which were not signed', { HeadersNotSigned: unsigned.join(', ') });
+  const out = new Map<string, string>();
+  for (const [k, v] of params) {
+    const name = k.toLowerCase();
+    if (!name.startsWith('x-amz-') || QUERY_AUTH_PARAMS.has(name)) continue;
+    const value = Buffer.from(v, 'utf8').toString('latin1');
+    if (!HEADER_NAME_RE.test(name) || !HEADER_VALUE_RE.test(value)) {
+      throw new S3Error('InvalidArgument', 400, `The query parameter ${JSON.stringify(k)} of a presigned URL stands for a header, and is not a valid one.`, { ArgumentName: k });
+    }
+    const prev = out.get(name);
+    out.set(name, prev === undefined ? value : `${prev},${value}`);
+  }
+  for (const [name, value] of out) {
+    const sent = headerValue(headers, name);
+    if (sent !== undefined && sent.trim() !== value.trim()) {
+      throw new S3Error('InvalidArgument', 400, `${name} is given both in the presigned URL's query and as a header, with different values.`, { ArgumentName: name });
+    }
+  }
+  return out;
 }
 
 function dateHeaderAsAmz(date: string | undefined): string {
