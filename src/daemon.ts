@@ -30,6 +30,7 @@ import { prepareHotPool } from './dataplane/objects/hot-segments.js';
 import type { Pool } from './dataplane/pools/pool.js';
 import { KubePolicies, readColdPolicyOnce, readyWithPolicySource, registerKubeMetrics, type ColdPolicyChoice } from './control/kube/index.js';
 import { dirEntries } from './dataplane/pools/identity.js';
+import { JOURNAL_ROOM_MARGIN_BYTES } from './dataplane/journal/journal.js';
 
 export const STATE_FILE = 'daemon.json';
 
@@ -262,10 +263,11 @@ async function startCache(cfg: DaemonConfig, manager: VolumeManager): Promise<Ca
   if (!manager.cold || c.l1CapacityBytes <= 0) return null;
   const hot = [...manager.pools.values()].find((p) => p.rec.tier === 'hot');
   const l2Path = hot && path.join(hot.rec.path, 'cache', 'l2.cache');
+  const l2CapacityBytes = hot && c.l2CapacityBytes > 0 ? l2CapacityBesideJournal(c.l2CapacityBytes, hot, manager) : 0;
   const cacheWith = (l2: boolean) =>
     new CacheManager({
       l1CapacityBytes: c.l1CapacityBytes,
-      l2: l2 && l2Path && c.l2CapacityBytes > 0 ? { path: l2Path, capacityBytes: c.l2CapacityBytes, minEntryBytes: c.l2MinEntryBytes } : undefined,
+      l2: l2 && l2Path && l2CapacityBytes > 0 ? { path: l2Path, capacityBytes: l2CapacityBytes, minEntryBytes: c.l2MinEntryBytes } : undefined,
       l3: manager.cold!.stripes.l3,
       ...(c.lz4ThresholdBytes ? { lz4ThresholdBytes: c.lz4ThresholdBytes } : {}),
     });
@@ -288,6 +290,50 @@ async function startCache(cfg: DaemonConfig, manager: VolumeManager): Promise<Ca
   }
   manager.cold.stripes.useCache(cm);
   return cm;
+}
+
+/** An L2 file smaller than this is not made: a handful of chunks, not worth its mapping. */
+const MIN_USEFUL_L2_BYTES = 1024 * 1024;
+
+/**
+ * The L2 file's size: cache.l2CapacityBytes, less what it would take of the
+ * journal's room when both are on one file system: the journal's capacity not
+ * yet on disk, and the room each append leaves (JOURNAL_ROOM_MARGIN_BYTES).
+ * Zero-filled at start, an L2 file that fit but left less than that made
+ * every cold write wait for room (JOURNAL_FULL_TIMEOUT_MS, 30 s) and then
+ * fail with ENOSPC. Smaller than asked (or none): said once at start. A file
+ * system that reports no size (ramfs) cannot be judged, as in the journal's
+ * own check: the size asked.
+ */
+function l2CapacityBesideJournal(wantBytes: number, hot: Pool, manager: VolumeManager): number {
+  const journal = manager.cold?.journal;
+  const journalDir = manager.journalDir();
+  if (!journal || journalDir === null) return wantBytes;
+  const l2Path = path.join(hot.rec.path, 'cache', 'l2.cache');
+  let freeBytes: number;
+  try {
+    if (fs.statSync(journalDir).dev !== fs.statSync(hot.rec.path).dev) return wantBytes;
+    const st = fs.statfsSync(hot.rec.path);
+    if (st.blocks === 0) return wantBytes;
+    // The file a previous run left is given back to the disk when it is made again.
+    const existingBytes = fs.statSync(l2Path, { throwIfNoEntry: false })?.size ?? 0;
+    freeBytes = st.bavail * st.bsize + existingBytes;
+  } catch {
+    return wantBytes; // not measurable: the fill itself tells (ENOSPC: L1 only)
+  }
+  const journalRoomBytes = Math.max(0, journal.capacityBytes - journal.bytesLive - journal.bytesSpare) + JOURNAL_ROOM_MARGIN_BYTES;
+  const roomBytes = Math.max(0, freeBytes - journalRoomBytes);
+  if (roomBytes >= wantBytes) return wantBytes;
+  const sizes = { pool: hot.rec.name, path: l2Path, configuredBytes: wantBytes, freeBytes, journalRoomBytes };
+  if (roomBytes < MIN_USEFUL_L2_BYTES) {
+    log.warn("read cache: L2 not used: the hot pool's free space is the journal's room (L1 only; free space, or lower coldTier.journalCapacityBytes)", sizes);
+    // A previous run's file is room too.
+    fs.rmSync(l2Path, { force: true });
+    return 0;
+  }
+  const capacityBytes = Math.floor(roomBytes / MIN_USEFUL_L2_BYTES) * MIN_USEFUL_L2_BYTES;
+  log.warn("read cache: L2 made smaller than cache.l2CapacityBytes: the rest of the hot pool's free space is the journal's room", { ...sizes, capacityBytes });
+  return capacityBytes;
 }
 
 /** Chunk entries the start's scan for the highest destagedSeq reads between two yields to the event loop. */

@@ -8,7 +8,7 @@
 // such parameters were signed but ignored: the object was stored without
 // its metadata, class or tags, and a refused value (a class, an ACL, an
 // unsupported condition, a bad checksum) was not refused. One daemon.
-import { CreateBucketCommand, GetObjectTaggingCommand, HeadObjectCommand } from '@aws-sdk/client-s3';
+import { CompleteMultipartUploadCommand, CreateBucketCommand, GetObjectTaggingCommand, HeadObjectCommand, UploadPartCommand } from '@aws-sdk/client-s3';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -111,6 +111,8 @@ const SPECS: Record<string, Spec> = {
   ...Object.fromEntries(REFUSED.map((c, i) => [`refused-${i}`, { op: 'put_object', params: { Bucket: 'pre', Key: `refused-${i}` }, add: { [c.header]: c.value } }])),
   // Signed as a header (botocore's way) and in the query too (aws-sdk-js v2's way).
   'both-same': { op: 'put_object', params: { Bucket: 'pre', Key: 'both-same', Metadata: { k: 'v' } }, hoist: false, extraQuery: { 'x-amz-meta-k': 'v' } },
+  copy: { op: 'copy_object', params: { Bucket: 'pre', Key: 'copied', CopySource: 'pre/copy-src', MetadataDirective: 'REPLACE', Metadata: { m: 'new' }, TaggingDirective: 'REPLACE', Tagging: 'c=d' } },
+  mpu: { op: 'create_multipart_upload', params: { Bucket: 'pre', Key: 'multi', Metadata: { part: 'ed' }, StorageClass: 'ONEZONE_IA' } },
   'both-differs': { op: 'put_object', params: { Bucket: 'pre', Key: 'both-differs', Metadata: { k: 'w' } }, hoist: false, extraQuery: { 'x-amz-meta-k': 'v' } },
 };
 
@@ -217,6 +219,27 @@ describe('presigned URLs with x-amz-* headers in the query', () => {
       assert.equal(await objectExists(env, 'pre', `refused-${i}`), false);
     }
     assert.equal(await objectExists(env, 'pre', 'refused-header'), false);
+  });
+
+  it('a presigned CopyObject and CreateMultipartUpload take x-amz-copy-source, the directives, metadata, class and tagging from the query', async () => {
+    assert.equal((await signedRequest(env, 'PUT', '/pre/copy-src', {}, 'copy me', { 'x-amz-meta-m': 'old' })).status, 200);
+    assert.equal(query(url('copy')).get('x-amz-copy-source'), 'pre/copy-src');
+    const c = curl('PUT', url('copy'));
+    assert.equal(c.status, 200, c.body);
+    assert.match(c.body, /<CopyObjectResult[ >]/);
+    const head = await env.sdk.send(new HeadObjectCommand({ Bucket: 'pre', Key: 'copied' }));
+    assert.deepEqual(head.Metadata, { m: 'new' });
+    assert.equal(head.ContentLength, 7);
+    assert.deepEqual((await env.sdk.send(new GetObjectTaggingCommand({ Bucket: 'pre', Key: 'copied' }))).TagSet, [{ Key: 'c', Value: 'd' }]);
+
+    const created = curl('POST', url('mpu'));
+    assert.equal(created.status, 200, created.body);
+    const uploadId = /<UploadId>([^<]+)<\/UploadId>/.exec(created.body)![1]!;
+    const part = await env.sdk.send(new UploadPartCommand({ Bucket: 'pre', Key: 'multi', UploadId: uploadId, PartNumber: 1, Body: 'one part' }));
+    await env.sdk.send(new CompleteMultipartUploadCommand({ Bucket: 'pre', Key: 'multi', UploadId: uploadId, MultipartUpload: { Parts: [{ PartNumber: 1, ETag: part.ETag }] } }));
+    const mh = await env.sdk.send(new HeadObjectCommand({ Bucket: 'pre', Key: 'multi' }));
+    assert.deepEqual(mh.Metadata, { part: 'ed' });
+    assert.equal(mh.StorageClass, 'ONEZONE_IA');
   });
 
   it('a name in the query and as a signed header: the same value is taken (aws-sdk-js v2 sends both), a different one is 400', async () => {
