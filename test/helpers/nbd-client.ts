@@ -71,14 +71,14 @@ const REPLY_FLAG_DONE = 1;
 
 /**
  * Starts a daemon with one hot pool and the six cold pools the default 4+2 policy needs (no demo volume), serving a 64 MiB hot volume `vol`.
- * `extraConfig`: more couchestor.yaml lines (whole top-level sections, e.g. `limits: { inflightBytes: 8388608 }`).
+ * `extraConfig`: more couchestor.yaml lines (whole top-level sections, e.g. `limits: { inflightBytes: 8388608 }`); `env`: added to the daemon's.
  */
-export async function startNbdTestDaemon(extraConfig = ''): Promise<TestDaemon> {
+export async function startNbdTestDaemon(extraConfig = '', env?: NodeJS.ProcessEnv): Promise<TestDaemon> {
   const config = `pools:
   - { name: hot-0, tier: hot, path: pools/hot-0, capacity: auto }
 ${[0, 1, 2, 3, 4, 5].map((i) => `  - { name: cold-${i}, tier: cold, path: pools/cold-${i}, capacity: auto }\n`).join('')}demoVolume: null
 ${extraConfig}`;
-  const daemon = await TestDaemon.start({ config });
+  const daemon = await TestDaemon.start({ config, env });
   daemon.createVolume('vol', '64M', '--tier', 'hot');
   return daemon;
 }

@@ -69,6 +69,16 @@ const MAX_INFLIGHT_BYTES = 128 * 1024 * 1024;
  */
 const HANDSHAKE_TIMEOUT_MS = 30_000;
 /**
+ * A WRITE payload of at least DIRECT_READ_MIN_BYTES that receives no byte
+ * for this long (checked every this long: cut after one to two periods) drops
+ * its client: the payload's bytes are counted in the daemon-wide budget from
+ * its header on, and a client that sent headers and then stalled (a 32 MiB
+ * one each) held them for good, every other client waiting. Smaller payloads
+ * are not watched (a timer refresh per request on the 4 KiB path; they hold
+ * less than 64 KiB each). COUCHESTOR_NBD_PAYLOAD_STALL_MS overrides it (tests).
+ */
+const PAYLOAD_STALL_MS = Number(process.env.COUCHESTOR_NBD_PAYLOAD_STALL_MS ?? 30_000);
+/**
  * Replies queued in the socket beyond this mean the client is not reading:
  * stop reading its requests until they drain. (Any single large read reply
  * exceeds the stream's highWaterMark, so that is not the signal to use.)
@@ -211,6 +221,10 @@ export class NbdConnection implements BudgetWaiter {
   private budget = Budget.None;
   budgetWaitBytes = 0;
   private readonly afterGrant = (): void => this.afterBudgetGrant();
+  /** See PAYLOAD_STALL_MS: made at the first watched payload, refreshed at each. */
+  private payloadWatch: NodeJS.Timeout | null = null;
+  /** payloadFilled when the watch last looked. */
+  private payloadWatchFilled = 0;
   /** An option waits for its export's volume to open (ExportResolver.prepare): no input is parsed meanwhile. */
   private opening = false;
   /** The export name (as the client sent it) of the option waiting on its open, while `opening`. */
@@ -243,6 +257,7 @@ export class NbdConnection implements BudgetWaiter {
       this.phase = Phase.Closed;
       this.socketClosed = true;
       if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
+      if (this.payloadWatch) clearTimeout(this.payloadWatch);
       this.dropBudget();
       this.onClose();
       this.releaseVolume();
@@ -829,6 +844,22 @@ export class NbdConnection implements BudgetWaiter {
     this.payload = payloadPool.get(this.reqLength);
     this.payloadFilled = 0;
     this.setPhase(Phase.WritePayload, this.reqLength);
+    if (this.reqLength >= DIRECT_READ_MIN_BYTES) {
+      this.payloadWatchFilled = 0;
+      if (this.payloadWatch === null) this.payloadWatch = setTimeout(() => this.checkPayload(), PAYLOAD_STALL_MS).unref();
+      else this.payloadWatch.refresh();
+    }
+  }
+
+  /** The payload watch (PAYLOAD_STALL_MS): a payload that got no byte since the last look drops its client. */
+  private checkPayload(): void {
+    if (this.phase !== Phase.WritePayload || this.payload === null || this.payload.length < DIRECT_READ_MIN_BYTES) return;
+    if (this.payloadFilled > this.payloadWatchFilled) {
+      this.payloadWatchFilled = this.payloadFilled;
+      this.payloadWatch!.refresh();
+      return;
+    }
+    this.fatal(`write payload stalled: no byte of it for ${PAYLOAD_STALL_MS} ms (${this.payloadFilled} of ${this.payload.length} received)`);
   }
 
   /**
