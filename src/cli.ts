@@ -500,9 +500,12 @@ async function migrateOffline(m: Manager, name: string, tier: 'hot' | 'warm' | '
 async function volumes(dataDir: string, sub: string | undefined, args: string[], values: Record<string, unknown>): Promise<number> {
   switch (sub) {
     case 'list': {
-      const list = await call<VolumeRecord[]>(dataDir, 'GET', '/v1/volumes', undefined, async (m) => m.listVolumes(), 'volumes list');
+      const list = await call<(VolumeRecord & { error?: string })[]>(dataDir, 'GET', '/v1/volumes', undefined, async (m) => m.listVolumesWithErrors(), 'volumes list');
       if (values.json) return print(list, true);
-      process.stdout.write(table(['NAME', 'SIZE_BYTES', 'TIER', 'POOL', 'RO'], list.map((v) => [v.name, String(v.sizeBytes), v.tier, v.poolName, v.readOnly ? 'yes' : 'no'])));
+      // A volume that cannot be opened now is listed with why (the column only when one is).
+      const errors = list.some((v) => v.error !== undefined);
+      const head = ['NAME', 'SIZE_BYTES', 'TIER', 'POOL', 'RO', ...(errors ? ['ERROR'] : [])];
+      process.stdout.write(table(head, list.map((v) => [v.name, String(v.sizeBytes), v.tier, v.poolName, v.readOnly ? 'yes' : 'no', ...(errors ? [v.error ?? ''] : [])])));
       return 0;
     }
     case 'create': {

@@ -7,50 +7,17 @@
 // as NBD's open): the event loop turns while the map is read, an NBD open of
 // the same volume meanwhile shares that open, and a delete meanwhile is a
 // deleted volume to the destager, not one that "cannot be opened".
-import { test, type TestContext } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
-import path from 'node:path';
 import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
 import { ChunkState } from '../src/dataplane/meta/store.js';
-import { openColdTierManager, readVolume, tempDirClosing, writeVolume } from './helpers/volume.js';
-import { bigChunkMap } from './helpers/big-chunk-map.js';
-import { patternBytes } from './helpers/cold.js';
+import { readVolume } from './helpers/volume.js';
+import { closedBigColdVolume } from './helpers/big-chunk-map.js';
 import { damageShardInPlace } from './helpers/rebuild.js';
 
 const MiB = 1024 * 1024;
 /** Chunk entries of the cold volume: ~100 slices of 1,024; one go ~0.1 s. */
 const CHUNKS = 100_000;
-
-/**
- * A manager (cold tier, destager by hand) whose cold volume `big` is closed,
- * with CHUNKS chunk entries: chunk 0 destaged (a stripe), chunk 1 written
- * and left in the journal when `journaled`, the rest trimmed (Discarded).
- */
-async function closedBigColdVolume(t: TestContext, journaled: boolean): Promise<{ m: VolumeManager; id: number; chunk0: Buffer; chunk1: Buffer }> {
-  let m: VolumeManager | null = null;
-  const dir = tempDirClosing(t, 'couchestor-background-open-', () => m!);
-  m = await openColdTierManager(dir);
-  await m.createVolume({ name: 'big', sizeBytes: 2 * MiB, tier: 'cold' });
-  const chunk0 = patternBytes(MiB, 1);
-  const chunk1 = patternBytes(MiB, 2);
-  const vol = m.borrowVolume('big');
-  const id = vol.rec.id;
-  await writeVolume(vol, 0, chunk0);
-  await vol.flush();
-  await m.cold!.destager.drain();
-  if (journaled) {
-    await writeVolume(vol, MiB, chunk1);
-    await vol.flush();
-  }
-  m.giveBack(vol);
-  await m.close();
-  await bigChunkMap(path.join(dir, 'meta'), 'big', { chunks: CHUNKS, chunkBytes: MiB, state: ChunkState.Discarded });
-  m = await openColdTierManager(dir, false);
-  assert.ok(!m.isOpen('big'), 'premise: the volume is closed after the restart');
-  assert.equal(m.cold!.journal.hasVolume(id), journaled, 'premise: its journal records');
-  return { m, id, chunk0, chunk1 };
-}
 
 /** Counts the chunk-map reads of `m`'s index (first: those from chunk 0, one per open) and the event-loop turns until stop(). */
 function watchOpen(m: VolumeManager): { reads: () => number; firstReads: () => number; turns: () => number; stop: () => void } {
@@ -82,7 +49,7 @@ function watchOpen(m: VolumeManager): { reads: () => number; firstReads: () => n
 }
 
 test(`the destager opens a closed volume of ${CHUNKS} chunk entries a slice at a time, sharing the open with an NBD client's`, async (t) => {
-  const { m, id, chunk0, chunk1 } = await closedBigColdVolume(t, true);
+  const { m, id, chunk0, chunk1 } = await closedBigColdVolume(t, true, CHUNKS);
   const w = watchOpen(m);
   const drained = m.cold!.destager.drain();
   // What an NBD client's option does for the same volume (NbdServer.prepare): the open in progress, shared.
@@ -107,7 +74,7 @@ test(`the destager opens a closed volume of ${CHUNKS} chunk entries a slice at a
 });
 
 test('a volume deleted while the destager opens it a slice at a time is a deleted volume, not one that cannot be opened', async (t) => {
-  const { m, id } = await closedBigColdVolume(t, true);
+  const { m, id } = await closedBigColdVolume(t, true, CHUNKS);
   const w = watchOpen(m);
   // The delete starts at the open's second slice (its first read already).
   const volumeChunks = m.meta.volumeChunks;
@@ -131,7 +98,7 @@ test('a volume deleted while the destager opens it a slice at a time is a delete
 });
 
 test(`the rebuild queue opens a closed volume of ${CHUNKS} chunk entries a slice at a time to rebuild its stripe, and closes it after`, async (t) => {
-  const { m, id, chunk0 } = await closedBigColdVolume(t, false);
+  const { m, id, chunk0 } = await closedBigColdVolume(t, false, CHUNKS);
   const before = m.meta.chunks.get([id, 0])!.stripe!;
   // Chunk 0's shard on cold-2 damaged in place: the rebuild writes it again elsewhere.
   const bad = before.shards.find((s) => s.pool === 'cold-2')!;

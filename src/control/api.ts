@@ -72,7 +72,8 @@ export function buildApi(
   app.get('/v1/pools', async () =>
     [...manager.pools.values()].map((p) => ({ ...p.rec, usedBytes: p.usedBytes, online: p.isOnline() })),
   );
-  app.get('/v1/volumes', async () => manager.listVolumes());
+  // Every volume; one that cannot be opened now with `error` and `errorPool` (tried a slice at a time: no big map read holds the loop).
+  app.get('/v1/volumes', async () => manager.listVolumesWithErrors());
   app.get<{ Params: { name: string } }>('/v1/volumes/:name', async (req) => {
     const rec = manager.getVolumeRecord(req.params.name);
     if (!rec) throw new NotFound(`no volume named ${req.params.name}`);
@@ -143,7 +144,7 @@ export function buildApi(
       ...cold.stripes.counters,
       stripes: cold.reconstructor.counts(),
       // Volumes whose stripes the counts leave out: they cannot be opened (pool offline, EIO).
-      unavailableVolumes: manager.unavailableVolumes(),
+      unavailableVolumes: await manager.unavailableVolumesAsync(),
       unhealthy: cold.reconstructor.unhealthy().slice(0, 100),
       lastScrub: cold.reconstructor.lastScrub,
       // Pools whose last rebuild skipped volumes that could not be opened: not fully rebuilt yet.
@@ -156,7 +157,7 @@ export function buildApi(
   app.post('/v1/scrub', async () => {
     const cold = requireCold();
     const report = await cold.reconstructor.scrub();
-    return { ...report, stripes: cold.reconstructor.counts(), unavailableVolumes: manager.unavailableVolumes() };
+    return { ...report, stripes: cold.reconstructor.counts(), unavailableVolumes: await manager.unavailableVolumesAsync() };
   });
   // Rebuilds onto a lost/replaced cold pool the shards it no longer holds (k survivors read per stripe); returns when durable.
   // 200 with complete: false and volumesSkipped when volumes that cannot be opened were skipped (the others are rebuilt).
@@ -166,7 +167,7 @@ export function buildApi(
     if (typeof pool !== 'string' || pool === '') return reply.code(400).send({ error: 'body must be {"pool": "<cold pool name>"}' });
     try {
       const report = await cold.reconstructor.rebuildPool(pool);
-      return { ...report, stripes: cold.reconstructor.counts(), unavailableVolumes: manager.unavailableVolumes() };
+      return { ...report, stripes: cold.reconstructor.counts(), unavailableVolumes: await manager.unavailableVolumesAsync() };
     } catch (err) {
       // `message` is what the couchestor command prints for a failed call.
       if (err instanceof UnknownPool) return reply.code(404).send({ error: err.name, message: err.message });

@@ -2,9 +2,19 @@
 // chunk entries (as a disk written through at small chunks would have)
 // without writing them through NBD first. The volume's file is sized to hold
 // them (sparse: its Allocated chunks read as zeros until bytes are put there).
+// Also: a closed big cold volume in a cold-tier manager, and what a pass over
+// it is measured with (the event loop's slowest gap beside a one-go read).
+import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
+import { performance } from 'node:perf_hooks';
+import type { TestContext } from 'node:test';
 import { ChunkState, MetaStore } from '../../src/dataplane/meta/store.js';
+import type { VolumeManager } from '../../src/dataplane/volumes/manager.js';
+import { openColdTierManager, tempDirClosing, writeVolume } from './volume.js';
+import { patternBytes } from './cold.js';
+
+const MiB = 1024 * 1024;
 
 /**
  * Gives volume `name` of the stopped daemon at `dataDir` `chunks` chunks of
@@ -36,4 +46,74 @@ export async function bigChunkMap(dataDir: string, name: string, opts: { chunks:
   } finally {
     await meta.close();
   }
+}
+
+/**
+ * A manager (cold tier, destager by hand) whose cold volume `big` is closed,
+ * with `chunks` chunk entries: chunk 0 destaged (a stripe), chunk 1 written
+ * and left in the journal when `journaled`, the rest trimmed (Discarded).
+ */
+export async function closedBigColdVolume(t: TestContext, journaled: boolean, chunks: number): Promise<{ m: VolumeManager; dir: string; id: number; chunk0: Buffer; chunk1: Buffer }> {
+  let m: VolumeManager | null = null;
+  const dir = tempDirClosing(t, 'couchestor-background-open-', () => m!);
+  m = await openColdTierManager(dir);
+  await m.createVolume({ name: 'big', sizeBytes: 2 * MiB, tier: 'cold' });
+  const chunk0 = patternBytes(MiB, 1);
+  const chunk1 = patternBytes(MiB, 2);
+  const vol = m.borrowVolume('big');
+  const id = vol.rec.id;
+  await writeVolume(vol, 0, chunk0);
+  await vol.flush();
+  await m.cold!.destager.drain();
+  if (journaled) {
+    await writeVolume(vol, MiB, chunk1);
+    await vol.flush();
+  }
+  m.giveBack(vol);
+  await m.close();
+  await bigChunkMap(path.join(dir, 'meta'), 'big', { chunks, chunkBytes: MiB, state: ChunkState.Discarded });
+  m = await openColdTierManager(dir, false);
+  assert.ok(!m.isOpen('big'), 'premise: the volume is closed after the restart');
+  assert.equal(m.cold!.journal.hasVolume(id), journaled, 'premise: its journal records');
+  return { m, dir, id, chunk0, chunk1 };
+}
+
+/** Milliseconds of one synchronous read of volume `id`'s whole chunk map (the second of two: the first warms the pages). */
+export function oneGoReadMs(m: VolumeManager, id: number, chunks: number): number {
+  let ms = 0;
+  for (let i = 0; i < 2; i++) {
+    const t0 = performance.now();
+    let n = 0;
+    for (const _ of m.meta.volumeChunks(id)) n++;
+    ms = performance.now() - t0;
+    assert.equal(n, chunks);
+  }
+  return ms;
+}
+
+/** The slowest gap between two turns of the event loop (setImmediate) until stop(). */
+export function watchGaps(): { stop: () => number } {
+  let last = performance.now();
+  let slowest = 0;
+  let on = true;
+  const tick = () => {
+    const now = performance.now();
+    slowest = Math.max(slowest, now - last);
+    last = now;
+    if (on) setImmediate(tick);
+  };
+  setImmediate(tick);
+  return {
+    stop: () => {
+      on = false;
+      return Math.max(slowest, performance.now() - last);
+    },
+  };
+}
+
+/** Asserts the slowest gap is well under (half) a one-go read of the map: what a pass reading it in one go holds at least. */
+export function assertNoLongHold(t: TestContext, slowestMs: number, oneGoMs: number, what: string): void {
+  t.diagnostic(`${what}: slowest event-loop gap ${slowestMs.toFixed(1)} ms; one-go read ${oneGoMs.toFixed(1)} ms`);
+  assert.ok(oneGoMs > 40, `premise: a one-go read of the map is long enough to tell (${oneGoMs.toFixed(1)} ms)`);
+  assert.ok(slowestMs < oneGoMs / 2, `${what}: slowest event-loop gap ${slowestMs.toFixed(1)} ms, a one-go read of the map ${oneGoMs.toFixed(1)} ms`);
 }

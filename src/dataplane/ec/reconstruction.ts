@@ -17,6 +17,9 @@ export const MAX_QUEUED_STRIPES = 100_000;
 export const REBUILD_CONCURRENCY = 4;
 /** Distinct errors of one pool's retries logged (Reconstructor.logRetryFailure); later ones are only counted. */
 const MAX_RETRY_ERRORS_LOGGED = 8;
+/** indexStripes reads a closed volume's chunk map this many entries at a time, for up to INDEX_SLICE_MS of the event loop between two yields. */
+const INDEX_SLICE_ENTRIES = 1024;
+const INDEX_SLICE_MS = 4;
 /**
  * An unthrottled (operator) scrub reads stripes in groups of this many (each
  * pool's records of a group in one read where they sit back to back, see
@@ -775,11 +778,12 @@ export class Reconstructor {
     // `readOnly`: a volume that cannot be opened, its stripes listed from the index: verified and
     // damage reported, nothing queued or rebuilt (the flip goes through the open volume).
     type Scan = { todo: [number, StripeRef][]; entryFor: (c: number) => { key: string; make: () => Pick<QueuedStripe, 'ctx' | 'holder'> }; readOnly?: VolumeRecord };
-    const scans: (() => Scan)[] = [];
+    const scans: (() => Scan | Promise<Scan>)[] = [];
     // A volume that cannot be opened (its pool offline) is skipped and named
     // in the report: the others are still scrubbed. Thrown from here it ended
     // the whole pass, every interval, until the pool came back.
-    const listing = this.volumes.list();
+    const listed = this.volumes.list();
+    const listing = listed instanceof Promise ? await listed : listed;
     report.volumesSkipped = listing.unavailable;
     this.scrubVolumesSkipped += listing.unavailable.length;
     if (listing.unavailable.length > 0) {
@@ -790,12 +794,12 @@ export class Reconstructor {
     // A closed volume's stripes from its chunk map in the index (what opening it would load),
     // read at its turn; opened only to repair one (the queue's rebuild opens it). Opening each
     // to scrub it kept every volume open for good: a descriptor and a chunk map per volume.
-    for (const rec of listing.closed) scans.push(() => ({ todo: this.indexStripes(rec), entryFor: entryOf(rec.id) }));
+    for (const rec of listing.closed) scans.push(async () => ({ todo: await this.indexStripes(rec), entryFor: entryOf(rec.id) }));
     for (const u of listing.unavailable) {
       const rec = this.index?.volumes.get(u.volume);
       if (rec === undefined) continue;
       const entryFor = (c: number) => ({ key: `${rec.id}:${c}`, make: () => ({ ctx: { volumeId: rec.id, chunkIndex: c } }) });
-      scans.push(() => ({ todo: this.indexStripes(rec), entryFor, readOnly: rec }));
+      scans.push(async () => ({ todo: await this.indexStripes(rec), entryFor, readOnly: rec }));
     }
     for (const source of this.sources) {
       scans.push(() => {
@@ -817,7 +821,7 @@ export class Reconstructor {
       });
     }
     for (const scan of scans) {
-      const { todo, entryFor, readOnly } = scan();
+      const { todo, entryFor, readOnly } = await scan();
       let i = 0;
       const groupStripes = rateLimited ? 1 : SCRUB_GROUP_STRIPES;
       const worker = async () => {
@@ -867,19 +871,34 @@ export class Reconstructor {
   }
 
   /**
-   * The Cold chunks of a volume that cannot be opened, with their stripes, as
-   * its chunk map in the index holds them now (what opening it would load:
-   * VolumeManager.openRecord). Nothing writes that map while the volume is
-   * closed but compaction (same bytes at another place: reads follow it) and
-   * a delete.
+   * The Cold chunks of a closed volume (or one that cannot be opened), with
+   * their stripes, as its chunk map in the index holds them now (what opening
+   * it would load: VolumeManager.openRecord), read INDEX_SLICE_ENTRIES at a
+   * time for up to INDEX_SLICE_MS, then a yield to the event loop: read in
+   * one go, a 1M-entry map held it ~1 s at each scrub and pool rebuild.
+   * Nothing writes that map while the volume is closed but compaction (same
+   * bytes at another place: reads follow it, and a stripe is compared with
+   * the index's before it is flipped) and a delete (its entries go: the
+   * stripes listed are then not the volume's, and nothing is flipped).
    */
-  private indexStripes(rec: VolumeRecord): [number, StripeRef][] {
+  private async indexStripes(rec: VolumeRecord): Promise<[number, StripeRef][]> {
     const chunks = Math.ceil(rec.sizeBytes / rec.chunkSizeBytes);
     const out: [number, StripeRef][] = [];
-    for (const { chunkIndex, entry } of this.index!.volumeChunks(rec.id)) {
-      if (chunkIndex < chunks && entry.state === ChunkState.Cold && entry.stripe !== undefined) out.push([chunkIndex, entry.stripe]);
+    let from = 0;
+    for (;;) {
+      const sliceStart = performance.now();
+      let read: number;
+      do {
+        read = 0;
+        for (const { chunkIndex, entry } of this.index!.volumeChunks(rec.id, from, INDEX_SLICE_ENTRIES)) {
+          read++;
+          from = chunkIndex + 1;
+          if (chunkIndex < chunks && entry.state === ChunkState.Cold && entry.stripe !== undefined) out.push([chunkIndex, entry.stripe]);
+        }
+      } while (read === INDEX_SLICE_ENTRIES && performance.now() - sliceStart < INDEX_SLICE_MS);
+      if (read < INDEX_SLICE_ENTRIES || this.stopped) return out;
+      await new Promise<void>((resolve) => setImmediate(resolve));
     }
-    return out;
   }
 
   /**
@@ -1163,7 +1182,8 @@ export class Reconstructor {
     const busy = () => this.poolRebuild !== null || this.nextRebuild !== null;
     if (this.skippedByRebuild.size === 0 || busy()) return { reports, failures };
     // Which of them open: the open ones and the closed ones not known to fail (a rebuild borrows each at its turn).
-    const listing = this.volumes.list();
+    const listed = this.volumes.list();
+    const listing = listed instanceof Promise ? await listed : listed;
     const opened = new Set([...listing.open.map((v) => v.name), ...listing.closed.map((r) => r.name)]);
     const unopened = new Set(listing.unavailable.map((u) => u.volume));
     for (const [pool, entry] of [...this.skippedByRebuild]) {
@@ -1322,13 +1342,14 @@ export class Reconstructor {
     // parts): all take the same batched path, listed one holder at a time.
     // A volume that cannot be opened is skipped (named, logged once), not fatal: one offline
     // hot pool must not hold back every other volume's redundancy.
-    const listing = this.volumes.list();
+    const listed = this.volumes.list();
+    const listing = listed instanceof Promise ? await listed : listed;
     for (const u of only === null ? listing.unavailable : listing.unavailable.filter((x) => only.has(x.volume))) {
       // Its chunk map in the index says whether it has anything on the pool: a closed volume
       // lands no new stripe, so one with none (a hot volume, say) holds nothing back. Deleted
       // meanwhile: nothing either. Without the index: not known, skipped.
       const rec = this.index?.volumes.get(u.volume);
-      const stripes = this.index === null ? null : rec === undefined ? 0 : this.indexStripes(rec).filter(([, ref]) => ref.shards.some((sh) => sh.pool === poolName)).length;
+      const stripes = this.index === null ? null : rec === undefined ? 0 : (await this.indexStripes(rec)).filter(([, ref]) => ref.shards.some((sh) => sh.pool === poolName)).length;
       if (stripes === 0) continue;
       report.volumesSkipped.push({ ...u, stripes });
       report.stripesSkipped += stripes ?? 0;
@@ -1364,7 +1385,7 @@ export class Reconstructor {
     for (const turn of turns) {
       let lent: Volume | null = null;
       if ('volume' in turn) {
-        lent = this.lendForRebuild(turn.volume, turn.closed, poolName, report);
+        lent = await this.lendForRebuild(turn.volume, turn.closed, poolName, report);
         if (lent === null) continue;
       }
       const holder = lent !== null ? this.volumeHolder(lent) : (turn as { holder: RebuildHolder }).holder;
@@ -1548,15 +1569,16 @@ export class Reconstructor {
    * it was listed is passed over; one that no longer opens is skipped as
    * those listed unavailable are (named in the report with its stripes there).
    */
-  private lendForRebuild(name: string, closed: VolumeRecord | null, poolName: string, report: PoolRebuildReport): Volume | null {
-    const onPool = (rec: VolumeRecord) => this.indexStripes(rec).filter(([, ref]) => ref.shards.some((sh) => sh.pool === poolName)).length;
-    if (closed !== null && this.index !== null && onPool(closed) === 0) return null;
+  private async lendForRebuild(name: string, closed: VolumeRecord | null, poolName: string, report: PoolRebuildReport): Promise<Volume | null> {
+    const onPool = async (rec: VolumeRecord) => (await this.indexStripes(rec)).filter(([, ref]) => ref.shards.some((sh) => sh.pool === poolName)).length;
+    if (closed !== null && this.index !== null && (await onPool(closed)) === 0) return null;
     try {
-      return this.volumes.borrow(name);
+      // The daemon's opens a closed volume a slice at a time (VolumeManager.borrowForPass).
+      return await this.volumes.borrow(name);
     } catch (err) {
       const rec = this.index?.volumes.get(name);
       if (this.index !== null && rec === undefined) return null; // deleted meanwhile
-      const stripes = rec === undefined ? null : onPool(rec);
+      const stripes = rec === undefined ? null : await onPool(rec);
       if (stripes === 0) return null;
       const u = this.volumes.openFailure(name) ?? { volume: name, pool: rec?.poolName ?? '', error: (err as Error).message };
       report.volumesSkipped.push({ ...u, stripes });
@@ -1807,11 +1829,17 @@ interface LandingStripe {
  * How the scrub and the pool rebuilds reach the volumes (the daemon's
  * VolumeManager: volumesForPass, borrowVolume, giveBack, openFailure).
  */
+export interface PassVolumes {
+  open: Volume[];
+  closed: VolumeRecord[];
+  unavailable: UnavailableVolume[];
+}
+
 export interface PassVolumeSource {
   /** Every volume: the open ones, the closed ones (records: their chunk maps are in the index) and those that cannot be opened now; opens none that may open. */
-  list(): { open: Volume[]; closed: VolumeRecord[]; unavailable: UnavailableVolume[] };
-  /** The volume, open until given back; throws as an open does. */
-  borrow(name: string): Volume;
+  list(): PassVolumes | Promise<PassVolumes>;
+  /** The volume, open until given back; throws (rejects) as an open does. The daemon's opens a closed one a slice at a time (a promise). */
+  borrow(name: string): Volume | Promise<Volume>;
   giveBack(vol: Volume): void;
   /** The recorded failure of the volume's last open, if it failed. */
   openFailure(name: string): UnavailableVolume | undefined;

@@ -14,7 +14,7 @@ import { prepareHotPool } from '../objects/hot-segments.js';
 import { JOURNAL_ID_FILE, ensureJournalId, readJournalId } from '../journal/journal-id.js';
 import { Destager, type DestagerOptions } from '../journal/destager.js';
 import { StripeStore, type StripeRef } from '../ec/stripe-store.js';
-import { Reconstructor } from '../ec/reconstruction.js';
+import { Reconstructor, type PassVolumes } from '../ec/reconstruction.js';
 import type { ErasureCodingPolicy } from '../ec/policy.js';
 import { log } from '../../log.js';
 import { ensureDurableDir, syncNewEntry, syncNewEntrySync } from '../dir-sync.js';
@@ -117,6 +117,8 @@ export class VolumeManager {
   private closing = false;
   /** Volumes whose last open failed, by name, and when (at most one entry per volume; cleared by an open or a delete). */
   private readonly unopenable = new Map<string, { entry: UnavailableVolume; atMs: number }>();
+  /** Volumes tryOpenNow is trying in the background (one try each at a time). */
+  private readonly tryingInBackground = new Set<string>();
   /**
    * Cold chunks (one stripe each) of volumes not open, by volume id, as the
    * index holds them (coldStripeCount): counted by the start's scan
@@ -376,7 +378,7 @@ export class VolumeManager {
       },
       {
         list: () => this.volumesForPass(),
-        borrow: (name) => this.borrowVolume(name),
+        borrow: (name) => this.borrowForPass(name),
         giveBack: (vol) => this.giveBack(vol),
         openFailure: (name) => this.openFailure(name),
       },
@@ -804,31 +806,123 @@ export class VolumeManager {
    * opening none that may open: the open ones; the closed ones, by record
    * (nothing but compaction, same bytes elsewhere, and a delete changes a
    * closed volume's chunk map: the index answers for it, and a pass borrows
-   * one it must work on: borrowVolume); and those that cannot be opened now,
+   * one it must work on: borrowForPass); and those that cannot be opened now,
    * with the pool and error: a volume that may not open (mayNotOpen) is tried
-   * (and closed again). Opening every volume here (availableVolumes before)
-   * kept each open for good after the first scrub: a descriptor and a chunk
-   * map per volume, until EMFILE.
+   * (and closed again): now when that is quick (quickToTry), else after the
+   * others with its chunk map read a slice at a time (tryOpen), the listing
+   * then a promise (read in one go, a volume of 1M entries whose last open
+   * failed held the event loop seconds at every scrub). Answered in this turn
+   * otherwise: the retry timer's rebuild is running once its call returns
+   * (rebuildRunning). Opening every volume here (availableVolumes
+   * before) kept each open for good after the first scrub: a descriptor and a
+   * chunk map per volume, until EMFILE.
    */
-  volumesForPass(): { open: Volume[]; closed: VolumeRecord[]; unavailable: UnavailableVolume[] } {
-    const open: Volume[] = [];
-    const closed: VolumeRecord[] = [];
-    const unavailable: UnavailableVolume[] = [];
+  volumesForPass(): PassVolumes | Promise<PassVolumes> {
+    const listed: PassVolumes = { open: [], closed: [], unavailable: [] };
+    const online = new Map<string, boolean>();
+    // Tried after the others, a slice at a time (a promise): the pass waits for those only.
+    const big: VolumeRecord[] = [];
+    for (const rec of this.meta.listVolumes()) {
+      const vol = this.open.get(rec.name);
+      if (vol !== undefined) listed.open.push(vol);
+      else if (!this.mayNotOpen(rec, online)) listed.closed.push(rec);
+      else if (!this.quickToTry(rec)) big.push(rec);
+      else {
+        const failure = this.tryOpenNow(rec);
+        if (failure === undefined) listed.closed.push(rec);
+        else listed.unavailable.push(failure as UnavailableVolume);
+      }
+    }
+    if (big.length === 0) return listed;
+    return (async () => {
+      for (const rec of big) {
+        const failure = await this.tryOpen(rec.name);
+        if (failure === undefined) listed.closed.push(rec);
+        else if (failure !== null) listed.unavailable.push(failure);
+        // null: deleted while it was tried.
+      }
+      return listed;
+    })();
+  }
+
+  /**
+   * A volume lent to a background pass (a pool rebuild's turn): an open one
+   * in this turn, a closed one opened a slice at a time, sharing an open in
+   * progress (borrowVolumeAsync): read in one go, the rebuild's open of a
+   * 1M-entry volume held the event loop seconds.
+   */
+  borrowForPass(name: string): Volume | Promise<Volume> {
+    return this.open.has(name) ? this.borrowVolume(name) : this.borrowVolumeAsync(name);
+  }
+
+  /**
+   * Tries to open `name` (then closes it again when nothing holds it), its
+   * chunk map read a slice at a time: undefined when it opened, its failure
+   * (as recorded: pool and error) when not, null when no volume has that
+   * name (deleted meanwhile).
+   */
+  async tryOpen(name: string): Promise<UnavailableVolume | undefined | null> {
+    try {
+      this.giveBack(await this.borrowForPass(name));
+      return undefined;
+    } catch (err) {
+      const rec = this.meta.volumes.get(name);
+      if (rec === undefined) return null;
+      return this.unopenable.get(name)?.entry ?? { volume: name, pool: rec.poolName, error: (err as Error).message };
+    }
+  }
+
+  /**
+   * tryOpen for a caller that cannot wait (a metrics scrape, the stripe
+   * counts): a volume whose chunk map is small (at most TRY_NOW_MAX_CHUNKS
+   * chunks: a few ms), or that fails before its map is read (lost, its
+   * placement pool offline), is tried now; a bigger one is tried in the
+   * background, a slice at a time (shared with any open of it in progress),
+   * and 'pending' returned: the caller answers from what is known (its last
+   * failure) until that try ends.
+   */
+  private tryOpenNow(rec: VolumeRecord): UnavailableVolume | undefined | 'pending' {
+    if (!this.quickToTry(rec)) {
+      if (!this.tryingInBackground.has(rec.name)) {
+        this.tryingInBackground.add(rec.name);
+        void this.tryOpen(rec.name).finally(() => this.tryingInBackground.delete(rec.name));
+      }
+      return 'pending';
+    }
+    try {
+      this.giveBack(this.borrowVolume(rec.name));
+      return undefined;
+    } catch (err) {
+      return this.unopenable.get(rec.name)?.entry ?? { volume: rec.name, pool: rec.poolName, error: (err as Error).message };
+    }
+  }
+
+  /** Whether an open of `rec` is short enough to try in one go: a small chunk map, or one that fails before its map is read (lost, placement pool offline). */
+  private quickToTry(rec: VolumeRecord): boolean {
+    return Volume.chunkCount(rec.sizeBytes, rec.chunkSizeBytes) <= TRY_NOW_MAX_CHUNKS || (rec.lostOnPools?.length ?? 0) > 0 || !(this.pools.get(rec.poolName)?.isOnline() ?? false);
+  }
+
+  /**
+   * Every volume's record, with `error` (and `errorPool`) for one that cannot
+   * be opened now (GET /v1/volumes, `couchestor volumes list`): listed, not
+   * left out, and the listing never fails for it. Opens nothing that is not
+   * known to fail: a volume that may not open (mayNotOpen: lost, placement
+   * pool offline, file missing, last open failed) is tried, a slice at a
+   * time (tryOpen), so a big map read never holds the event loop; an open
+   * volume that failed since (EIO until a restart) shows why.
+   */
+  async listVolumesWithErrors(): Promise<(VolumeRecord & { error?: string; errorPool?: string })[]> {
+    const out: (VolumeRecord & { error?: string; errorPool?: string })[] = [];
     const online = new Map<string, boolean>();
     for (const rec of this.meta.listVolumes()) {
       const vol = this.open.get(rec.name);
-      if (vol !== undefined) open.push(vol);
-      else if (!this.mayNotOpen(rec, online)) closed.push(rec);
-      else {
-        try {
-          this.giveBack(this.borrowVolume(rec.name));
-          closed.push(rec);
-        } catch (err) {
-          unavailable.push(this.unopenable.get(rec.name)?.entry ?? { volume: rec.name, pool: rec.poolName, error: (err as Error).message });
-        }
-      }
+      let failure: UnavailableVolume | undefined | null;
+      if (vol !== undefined) failure = vol.failed !== null ? { volume: rec.name, pool: rec.poolName, error: vol.failed.message } : undefined;
+      else if (this.mayNotOpen(rec, online)) failure = await this.tryOpen(rec.name);
+      if (failure === null) continue; // deleted while it was tried
+      out.push(failure === undefined ? rec : { ...rec, error: failure.error, errorPool: failure.pool });
     }
-    return { open, closed, unavailable };
+    return out;
   }
 
   /**
@@ -864,12 +958,8 @@ export class VolumeManager {
         let placementOnline = online.get(rec.poolName);
         if (placementOnline === undefined) online.set(rec.poolName, (placementOnline = this.pools.get(rec.poolName)?.isOnline() ?? false));
         if (!placementOnline || (rec.lostOnPools?.length ?? 0) > 0 || this.unopenable.has(rec.name)) {
-          // Tried (and closed again: nothing holds it), left out while it fails.
-          try {
-            this.giveBack(this.borrowVolume(rec.name));
-          } catch {
-            continue;
-          }
+          // Tried (and closed again: nothing holds it), left out while it fails (or a try of a big map is under way).
+          if (this.tryOpenNow(rec) !== undefined) continue;
           vol = this.open.get(rec.name);
         }
       }
@@ -904,11 +994,19 @@ export class VolumeManager {
         this.unopenable.delete(name);
         continue;
       }
-      try {
-        this.giveBack(this.borrowVolume(name));
-      } catch {
-        // Recorded again, with this failure.
-      }
+      // Recorded again when it fails; a big map is tried in the background (its last failure listed meanwhile).
+      this.tryOpenNow(this.meta.volumes.get(name)!);
+    }
+    return [...this.unopenable.values()].map((u) => u.entry);
+  }
+
+  /** unavailableVolumes for a caller that can wait (the API): a volume due a new try is tried a slice at a time, and answered after. */
+  async unavailableVolumesAsync(): Promise<UnavailableVolume[]> {
+    const nowMs = Date.now();
+    for (const [name, u] of [...this.unopenable]) {
+      if (nowMs - u.atMs < UNAVAILABLE_RECHECK_MS) continue;
+      if (!this.meta.volumes.get(name)) this.unopenable.delete(name);
+      else await this.tryOpen(name);
     }
     return [...this.unopenable.values()].map((u) => u.entry);
   }
@@ -1218,6 +1316,12 @@ export class VolumeManager {
         }
       } catch (err) {
         watch.done();
+        // A chunk map that cannot be read (damaged: an entry naming no pool, one that does not decode)
+        // is recorded as openShared's failures are: the listing, the passes and NBD name it.
+        // (Its record still there: a NotFound of a deleted volume is not a failure of it.)
+        if (!this.closing && this.meta.volumes.get(name)?.id === rec.id) {
+          this.unopenable.set(name, { entry: { volume: name, pool: at.pool, error: (err as Error).message }, atMs: Date.now() });
+        }
         throw err;
       }
       watch.done();
@@ -1687,6 +1791,8 @@ function recountFiles(load: ChunkMapLoad): void {
  */
 const OPEN_SLICE_ENTRIES = 1024;
 const OPEN_SLICE_MS = 4;
+/** tryOpenNow tries a volume of at most this many chunks in one go (~1.4 ms per 1,000 entries read); a bigger one a slice at a time. */
+const TRY_NOW_MAX_CHUNKS = 4096;
 /** Reads of a chunk map that changed under them before the open reads it in one go (openSliced). */
 const OPEN_SLICED_ATTEMPTS = 3;
 /** Rounds of entries written during a sliced read read again (openSliced) before the map is read again whole. */
