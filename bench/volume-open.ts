@@ -2,7 +2,7 @@
 // a peer build (the code before a change, compiled apart), on the same data
 // directories, builds alternated, medians of `runs`.
 //
-//   node .X-dist/bench/volume-open.js <peer dist dir> [runs=3] [entries=100000,1000000] [open|destage]
+//   node .X-dist/bench/volume-open.js <peer dist dir> [runs=3] [entries=100000,1000000] [open,destage,scrub,rebuild]
 //
 // Per entry count: a data directory with volumes `big` (that many Allocated
 // chunk entries of 4 KiB, written into the index with the daemon stopped:
@@ -28,6 +28,14 @@
 //  - in process: the build's VolumeManager with its cold tier started
 //    (destager by hand), the record written, the manager opened again, and
 //    destager.drain() timed with the event loop's longest hold (as above).
+// And the background passes over `cbig` closed, its chunk 0 destaged (a
+// stripe with a shard on every cold pool): a scrub (POST /v1/scrub; in
+// process Reconstructor.scrub) and a pool rebuild of cold-0 (POST
+// /v1/rebuild; its shards are all there, but the rebuild reads the closed
+// volume's map for stripes on the pool and opens it to look at them), each
+// timed with the slowest GET /healthz during it (daemon) or the event
+// loop's longest hold (in process), on a daemon / manager just started (the
+// volume closed).
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
@@ -162,13 +170,73 @@ async function inProcessDestage(dist: string, dataDir: string): Promise<{ destag
   }
 }
 
+/** `cbig`'s chunk 0 written over NBD and destaged (a stripe), the daemon stopped: what the scrub and rebuild measures need. */
+async function destagedChunk0(dist: string, dataDir: string): Promise<void> {
+  const { proc, ready } = await serve(dist, dataDir);
+  try {
+    const c = await RawNbd.connect({ path: ready.nbd.socketPath });
+    await c.handshake('cbig');
+    if ((await c.writeAt(0, Buffer.alloc(4096, 0x3c))).error !== 0 || (await c.flush()).error !== 0) throw new Error('write to cbig failed');
+    await c.disconnect();
+    const res = await fetch(`http://127.0.0.1:${ready.api.port}/v1/destage`, { method: 'POST' });
+    await res.arrayBuffer();
+    if (!res.ok) throw new Error(`destage: HTTP ${res.status}`);
+  } finally {
+    await stop(proc);
+  }
+}
+
+type Pass = 'scrub' | 'rebuild';
+const PASS_REQUEST: Record<Pass, { path: string; body?: string }> = { scrub: { path: '/v1/scrub' }, rebuild: { path: '/v1/rebuild', body: JSON.stringify({ pool: 'cold-0' }) } };
+
+/** A scrub or a rebuild of cold-0 by a daemon just started (cbig closed): its time and the slowest /healthz during it. */
+async function daemonPassRun(dist: string, dataDir: string, pass: Pass): Promise<{ passMs: number; healthzMs: number; healthzBaseMs: number }> {
+  const { proc, ready } = await serve(dist, dataDir);
+  try {
+    const h = prober(() => healthz(ready.api.port));
+    await sleep(1000);
+    const healthzBaseMs = h.reset();
+    const t0 = performance.now();
+    const req = PASS_REQUEST[pass];
+    const res = await fetch(`http://127.0.0.1:${ready.api.port}${req.path}`, { method: 'POST', ...(req.body ? { body: req.body, headers: { 'content-type': 'application/json' } } : {}) });
+    const report = (await res.json()) as { stripesChecked?: number };
+    if (!res.ok) throw new Error(`${pass}: HTTP ${res.status} ${JSON.stringify(report)}`);
+    if (!((report.stripesChecked ?? 0) >= 1)) throw new Error(`${pass} looked at no stripe: ${JSON.stringify(report)}`);
+    const passMs = performance.now() - t0;
+    const healthzMs = await h.stop();
+    return { passMs, healthzMs, healthzBaseMs };
+  } finally {
+    await stop(proc);
+  }
+}
+
+/** The build's Reconstructor, in process, scrubbing or rebuilding cold-0 with cbig closed: its time and the event loop's longest hold. */
+async function inProcessPass(dist: string, dataDir: string, pass: Pass): Promise<{ passMs: number; holdMs: number }> {
+  const { VolumeManager } = (await import(pathToFileURL(path.join(dist, 'src/dataplane/volumes/manager.js')).href)) as typeof import('../src/dataplane/volumes/manager.js');
+  const { parsePolicyYaml } = (await import(pathToFileURL(path.join(dist, 'src/dataplane/ec/policy.js')).href)) as typeof import('../src/dataplane/ec/policy.js');
+  const { DEFAULT_EC_POLICY_YAML } = (await import(pathToFileURL(path.join(dist, 'src/config.js')).href)) as typeof import('../src/config.js');
+  const m = VolumeManager.open(dataDir);
+  try {
+    m.startColdTier(parsePolicyYaml(DEFAULT_EC_POLICY_YAML, 6), { intervalMs: 3_600_000, thresholdPercent: 90, concurrency: 2 });
+    if (m.isOpen('cbig')) throw new Error('cbig is open after the start');
+    const rc = m.cold!.reconstructor;
+    const r = await holdDuring<{ stripesChecked: number }>(() => (pass === 'scrub' ? rc.scrub() : rc.rebuildPool('cold-0')));
+    if (!(r.result.stripesChecked >= 1)) throw new Error(`${pass} looked at no stripe`);
+    return { passMs: r.ms, holdMs: r.holdMs };
+  } finally {
+    await m.close();
+  }
+}
+
 async function main(): Promise<void> {
   const peerDist = process.argv[2];
   if (!peerDist) throw new Error('usage: volume-open.js <peer dist dir> [runs=3] [entries=100000,1000000]');
   const runs = Number(process.argv[3] ?? 3);
   const counts = (process.argv[4] ?? '100000,1000000').split(',').map(Number);
-  // Which measures: 'open' (the NBD open of big), 'destage' (the destage of cbig); both by default.
+  // Which measures: 'open' (the NBD open of big), 'destage' (the destage of cbig), 'scrub', 'rebuild' (passes over cbig); all by default.
   const only = new Set((process.argv[5] ?? '').split(',').filter((x) => x !== ''));
+  const want = (what: string) => only.size === 0 || only.has(what);
+  const passes = (['scrub', 'rebuild'] as const).filter(want);
   const builds: [string, string][] = [
     ['this', selfDist],
     ['peer', path.resolve(peerDist)],
@@ -189,17 +257,32 @@ async function main(): Promise<void> {
       const proc2 = new Map<string, Awaited<ReturnType<typeof inProcess>>[]>();
       const destage = new Map<string, Awaited<ReturnType<typeof daemonDestageRun>>[]>();
       const destage2 = new Map<string, Awaited<ReturnType<typeof inProcessDestage>>[]>();
+      const passD = new Map<string, Awaited<ReturnType<typeof daemonPassRun>>[]>();
+      const passP = new Map<string, Awaited<ReturnType<typeof inProcessPass>>[]>();
+      if (passes.length > 0) await destagedChunk0(selfDist, dataDir);
       for (let i = 0; i < runs; i++) {
-        for (const [name, dist] of builds) {
-          if (!only.has('destage')) {
+        // Builds alternated: which goes first swaps every run.
+        for (const [name, dist] of i % 2 === 0 ? builds : [...builds].reverse()) {
+          for (const pass of passes) {
+            passD.set(`${name} ${pass}`, [...(passD.get(`${name} ${pass}`) ?? []), await daemonPassRun(dist, dataDir, pass)]);
+            passP.set(`${name} ${pass}`, [...(passP.get(`${name} ${pass}`) ?? []), await inProcessPass(dist, dataDir, pass)]);
+          }
+          if (want('open')) {
             daemon.set(name, [...(daemon.get(name) ?? []), await daemonRun(dist, dataDir)]);
             proc2.set(name, [...(proc2.get(name) ?? []), await inProcess(dist, dataDir, name === 'this')]);
           }
-          if (!only.has('open')) {
+          if (want('destage')) {
             destage.set(name, [...(destage.get(name) ?? []), await daemonDestageRun(dist, dataDir)]);
             destage2.set(name, [...(destage2.get(name) ?? []), await inProcessDestage(dist, dataDir)]);
           }
         }
+      }
+      for (const pass of passes) {
+        const ratio = (pick: (n: string) => number[]) => (median(pick('this')) / median(pick('peer'))).toFixed(3);
+        console.log(
+          `${entries} entries ${pass}, this/peer: slowest healthz ${ratio((n) => passD.get(`${n} ${pass}`)!.map((x) => x.healthzMs))}, daemon time ${ratio((n) => passD.get(`${n} ${pass}`)!.map((x) => x.passMs))}, ` +
+            `in-process hold ${ratio((n) => passP.get(`${n} ${pass}`)!.map((x) => x.holdMs))}, in-process time ${ratio((n) => passP.get(`${n} ${pass}`)!.map((x) => x.passMs))}`,
+        );
       }
       for (const [name] of builds) {
         const d = daemon.get(name) ?? [];
@@ -207,6 +290,14 @@ async function main(): Promise<void> {
         const f = (xs: number[]) => median(xs).toFixed(1);
         const dd = destage.get(name) ?? [];
         const dp = destage2.get(name) ?? [];
+        for (const pass of passes) {
+          const pd = passD.get(`${name} ${pass}`)!;
+          const pp = passP.get(`${name} ${pass}`)!;
+          console.log(
+            `${entries} entries ${name}: ${pass} with the cold volume closed: daemon ${f(pd.map((x) => x.passMs))} ms, slowest healthz during it ${f(pd.map((x) => x.healthzMs))} ms (unloaded ${f(pd.map((x) => x.healthzBaseMs))} ms); ` +
+              `in process ${f(pp.map((x) => x.passMs))} ms, longest event-loop hold ${f(pp.map((x) => x.holdMs))} ms`,
+          );
+        }
         if (dd.length > 0) {
           console.log(
             `${entries} entries ${name}: destage of the closed cold volume: daemon ${f(dd.map((x) => x.destageMs))} ms, slowest healthz during it ${f(dd.map((x) => x.healthzMs))} ms (unloaded ${f(dd.map((x) => x.healthzBaseMs))} ms); ` +
