@@ -242,14 +242,15 @@ export class NbdServer implements ExportResolver, VolumeClients {
       // Its file gone from an online pool (removed outside the daemon): one stat, ~2 us, against an open's fdatasync.
       const mayNotOpen = manager.openFailure(rec.name) !== undefined || (rec.lostOnPools?.length ?? 0) > 0 || !poolOnline(rec.poolName) || !fs.existsSync(manager.pools.get(rec.poolName)!.volumeFile(rec.id));
       if (mayNotOpen) {
-        try {
-          // Tried, and closed again when nothing holds it (a pinned open kept every listed volume open).
-          manager.giveBack(manager.borrowVolume(rec.name));
-        } catch (err) {
+        // Tried, and closed again when nothing holds it (a pinned open kept every listed volume open). A big
+        // chunk map is tried in the background, a slice at a time (read in one go, a 1M-entry map held the
+        // event loop seconds at every list): answered by its last try meanwhile.
+        const tried = manager.tryOpenNow(rec);
+        const failure = tried === 'pending' ? manager.openFailure(rec.name) : tried;
+        if (failure !== undefined) {
           if (!this.unlisted.has(rec.name)) {
             this.unlisted.add(rec.name);
-            const failure = manager.openFailure(rec.name);
-            log.warn('nbd: export left out of the export list: its volume cannot be opened', { name: rec.name, pool: failure?.pool ?? rec.poolName, err: failure?.error ?? (err as Error).message });
+            log.warn('nbd: export left out of the export list: its volume cannot be opened', { name: rec.name, pool: failure.pool, err: failure.error });
           }
           continue;
         }

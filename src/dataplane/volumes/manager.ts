@@ -874,14 +874,14 @@ export class VolumeManager {
 
   /**
    * tryOpen for a caller that cannot wait (a metrics scrape, the stripe
-   * counts): a volume whose chunk map is small (at most TRY_NOW_MAX_CHUNKS
+   * counts, NBD_OPT_LIST): a volume whose chunk map is small (at most TRY_NOW_MAX_CHUNKS
    * chunks: a few ms), or that fails before its map is read (lost, its
    * placement pool offline), is tried now; a bigger one is tried in the
    * background, a slice at a time (shared with any open of it in progress),
    * and 'pending' returned: the caller answers from what is known (its last
    * failure) until that try ends.
    */
-  private tryOpenNow(rec: VolumeRecord): UnavailableVolume | undefined | 'pending' {
+  tryOpenNow(rec: VolumeRecord): UnavailableVolume | undefined | 'pending' {
     if (!this.quickToTry(rec)) {
       if (!this.tryingInBackground.has(rec.name)) {
         this.tryingInBackground.add(rec.name);
