@@ -1,5 +1,6 @@
 // Typed errors raised by the storage code. Each front end maps them to its
 // wire codes at one boundary (NBD errno in nbd/errors.ts, S3 XML in s3/).
+import { constants as osConstants } from 'node:os';
 
 export class StorageError extends Error {
   override name = 'StorageError';
@@ -110,6 +111,21 @@ export class InsufficientShards extends StorageError {
 
 export function isErrno(err: unknown, code: string): boolean {
   return typeof err === 'object' && err !== null && (err as NodeJS.ErrnoException).code === code;
+}
+
+/**
+ * A quota's EDQUOT (a user or project quota, a btrfs qgroup limit). Node 20's
+ * libuv has no name for errno 122: its `code` is "Unknown system error -122",
+ * so a check of `code` alone never sees it; its `errno` is -122.
+ */
+const EDQUOT_ERRNO = -osConstants.errno.EDQUOT;
+export function isQuotaExceeded(err: unknown): boolean {
+  return isErrno(err, 'EDQUOT') || (typeof err === 'object' && err !== null && (err as NodeJS.ErrnoException).errno === EDQUOT_ERRNO);
+}
+
+/** The file system's own "no room": ENOSPC, or EDQUOT (see isQuotaExceeded). */
+export function isNoSpaceErrno(err: unknown): boolean {
+  return isErrno(err, 'ENOSPC') || isQuotaExceeded(err);
 }
 
 // --- object store (src/dataplane/objects) -------------------------------

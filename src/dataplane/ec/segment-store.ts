@@ -15,9 +15,8 @@
 // One SegmentStore per directory at a time (not locked here: the caller owns
 // its pools); two would interleave records.
 import { open as fsOpen, readdir, stat, statfs, unlink, type FileHandle } from "node:fs/promises";
-import { constants as osConstants } from "node:os";
 import { dirname, join } from "node:path";
-import { PoolOffline as StoragePoolOffline, StorageError } from "../errors.js";
+import { PoolOffline as StoragePoolOffline, StorageError, isNoSpaceErrno } from "../errors.js";
 import { startWriteback } from "./codec.js";
 import {
   CorruptShard,
@@ -165,8 +164,7 @@ function errorCode(error: unknown): string | undefined {
  */
 const noSpaceWrites = new WeakSet<object>();
 function markIfNoSpace(error: unknown): void {
-  const code = errorCode(error);
-  if ((code === "ENOSPC" || isQuotaExceeded(error)) && typeof error === "object" && error !== null) {
+  if (isNoSpaceErrno(error) && typeof error === "object" && error !== null) {
     noSpaceWrites.add(error);
     const e = error as NodeJS.ErrnoException;
     // Said as such in the store's failure (/readyz, the log) and seen by the front ends' ENOSPC mapping.
@@ -175,18 +173,6 @@ function markIfNoSpace(error: unknown): void {
       e.message = `EDQUOT: disk quota exceeded${e.syscall ? `, ${e.syscall}` : ""}`;
     }
   }
-}
-
-/**
- * A quota's EDQUOT (a user or project quota, a btrfs qgroup limit). Node 20's
- * libuv has no name for errno 122: its `code` is "Unknown system error -122",
- * so a check of `code` alone never saw it and the store stayed failed until a
- * restart however much room the quota got back.
- */
-const EDQUOT_ERRNO = -osConstants.errno.EDQUOT;
-function isQuotaExceeded(error: unknown): boolean {
-  const e = error as NodeJS.ErrnoException | undefined;
-  return e?.code === "EDQUOT" || e?.errno === EDQUOT_ERRNO;
 }
 
 function segmentFileName(segment: number): string {

@@ -1,12 +1,12 @@
 // The one place storage errors become what an NBD client is told: error
 // numbers in transmission, and the reason an export is not available.
-import { InvalidArgument, NoSpace, NotFound, OutOfRange, PoolOffline, ReadOnly, StorageError, VolumeFailed, isErrno } from '../errors.js';
+import { InvalidArgument, NoSpace, NotFound, OutOfRange, PoolOffline, ReadOnly, StorageError, VolumeFailed, isErrno, isNoSpaceErrno } from '../errors.js';
 import { SlowZero } from '../volumes/volume.js';
 import { EINVAL, EIO, ENOSPC, ENOTSUP, EPERM } from './protocol.js';
 
 export function nbdErrno(err: unknown): number {
   if (err instanceof OutOfRange || err instanceof InvalidArgument) return EINVAL;
-  if (err instanceof NoSpace || isErrno(err, 'ENOSPC') || isErrno(err, 'EDQUOT')) return ENOSPC;
+  if (err instanceof NoSpace || isNoSpaceErrno(err)) return ENOSPC;
   if (err instanceof ReadOnly || isErrno(err, 'EROFS')) return EPERM;
   if (err instanceof SlowZero) return ENOTSUP;
   if (err instanceof VolumeFailed || err instanceof PoolOffline) return EIO;

@@ -21,6 +21,7 @@ import {
   PoolOffline,
   MetadataFailed,
   TooLarge,
+  isNoSpaceErrno,
 } from '../errors.js';
 import { DamagedPartRecord, LostPart, PreconditionFailed, UnreadablePart } from '../objects/store.js';
 import { XML_HEADER, tag } from './xml.js';
@@ -76,12 +77,6 @@ export function toS3Error(err: unknown, ctx: ErrorContext): S3Error {
   if (err instanceof ObjectDataLost) return new S3Error('InternalError', 500, msg);
   if (err instanceof Corrupt || err instanceof InsufficientShards) return new S3Error('InternalError', 500, `stored data is damaged: ${msg}`);
   return new S3Error('InternalError', 500, 'We encountered an internal error. Please try again.');
-}
-
-/** A raw ENOSPC / EDQUOT from the file system (fs calls' errors carry the errno name in `code`). */
-function isNoSpaceErrno(err: unknown): boolean {
-  const code = (err as NodeJS.ErrnoException | null)?.code;
-  return code === 'ENOSPC' || code === 'EDQUOT';
 }
 
 export function errorXml(err: S3Error, resource: string, requestId: string): string {
