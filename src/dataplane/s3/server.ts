@@ -128,12 +128,21 @@ const OBJECT_MUTATION_PARAMS: ReadonlySet<string> = new Set(['uploads', 'uploadI
 /** On a bucket the multipart and version parameters mean nothing: DELETE /bucket?uploadId=... (a key lost by the client) is not a DeleteBucket. */
 const BUCKET_MUTATION_PARAMS: ReadonlySet<string> = new Set(['uploads', 'x-id']);
 const isMutation = (method: string | undefined) => method === 'PUT' || method === 'POST' || method === 'DELETE';
+/**
+ * aws-sdk-js v2's SigV4 presigner (signers/v4.js updateForPresigned) copies these
+ * request headers into the query of the URL, signed there: a getSignedUrl
+ * ('putObject', { ContentType }) URL carries Content-Type=..., and S3 takes it.
+ * Not subresources (exact case, and only beside X-Amz-Algorithm); not read as
+ * headers either: the request's own headers are (docs/s3.md).
+ */
+const PRESIGNED_V2_QUERY_HEADERS: ReadonlySet<string> = new Set(['Content-Type', 'Content-MD5', 'Cache-Control']);
 
 /** A query parameter a mutation does not act on: refused rather than ignored (see OBJECT_MUTATION_PARAMS). */
 function checkMutationQuery(method: string | undefined, query: ReadonlyMap<string, string>, allowed: ReadonlySet<string>): void {
   if (!isMutation(method)) return;
   for (const name of query.keys()) {
     if (allowed.has(name) || /^x-amz-/i.test(name)) continue;
+    if (PRESIGNED_V2_QUERY_HEADERS.has(name) && query.has('X-Amz-Algorithm')) continue;
     throw new S3Error('InvalidArgument', 400, `CoucheStor does not act on the query parameter ${JSON.stringify(name)} of a ${method}: refused rather than ignored, so that a misspelt subresource never writes or deletes data (subresource names are case-sensitive).`, { ArgumentName: name });
   }
 }
