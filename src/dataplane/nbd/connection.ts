@@ -122,12 +122,24 @@ const pollBuffer = Buffer.allocUnsafeSlow(64 * 1024);
 /** Bound on reads of leftover input before a disconnect's close (see closeAfterFinish). */
 const MAX_DRAIN_READS = 64;
 /**
- * Input queued while an option waits for its export's volume to open (afterOpen), at most (give or take one read):
- * past it the socket is not read until the open ends. Read and not paused outright, so that a client that hangs up
- * meanwhile is seen at once (its socket closes, a delete no longer counts it), not when the open ends (seconds for a
- * map of 300k entries); bounded, as an unread socket was, against a client that sends on (review-volume-open-flood).
+ * Input queued while an option waits for its export's volume to open (afterOpen), at most (reads stop at it, see
+ * nextReadBuffer; give or take one read on the 'data' fallback): at it the socket is not read until the open ends.
+ * Read and not paused outright, so that a client that hangs up meanwhile is seen at once (its socket closes, a
+ * delete no longer counts it), not when the open ends (seconds for a map of 300k entries); bounded, as an unread
+ * socket was, against a client that sends on (review-volume-open-flood, nbd-opening-input-bound).
  */
-const OPENING_MAX_QUEUED_BYTES = 64 * 1024;
+// Not less than the largest option's data: the handshake's reads stop at it (handshakeReadBuffer), so one must fit.
+const OPENING_MAX_QUEUED_BYTES = P.MAX_OPTION_BYTES;
+
+/**
+ * Where a read in the handshake lands (nextReadBuffer; the server's first read, chosen before the connection
+ * exists): no further than OPENING_MAX_QUEUED_BYTES queued. The read that brings an option which then waits on its
+ * open may bring what the client sent after it: a whole shared read (256 KiB) held up to 4x the bound (~220 KiB
+ * per connection over the Unix socket).
+ */
+export function handshakeReadBuffer(shared: Buffer, queuedBytes = 0): Buffer {
+  return shared.subarray(0, Math.max(1, OPENING_MAX_QUEUED_BYTES - queuedBytes));
+}
 
 /**
  * What a TRIM or WRITE_ZEROES weighs against MAX_INFLIGHT_BYTES per chunk it
@@ -430,6 +442,7 @@ export class NbdConnection implements BudgetWaiter {
   nextReadBuffer(shared: Buffer): Buffer {
     const p = this.payload;
     this.directTarget = null;
+    if (this.phase < Phase.RequestHeader) return handshakeReadBuffer(shared, this.queuedBytes);
     if (this.chunks.length !== 0) return shared;
     if (this.phase === Phase.WritePayload && p && p.length - this.payloadFilled >= DIRECT_READ_MIN_BYTES) {
       return (this.directTarget = p.subarray(this.payloadFilled));

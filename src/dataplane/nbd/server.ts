@@ -6,7 +6,7 @@ import { NotFound } from '../errors.js';
 import type { VolumeRecord } from '../meta/store.js';
 import type { VolumeClients, VolumeManager } from '../volumes/manager.js';
 import type { Volume } from '../volumes/volume.js';
-import { NbdConnection, type ExportResolver } from './connection.js';
+import { NbdConnection, handshakeReadBuffer, type ExportResolver } from './connection.js';
 import { ExportUnavailable, unavailableReason } from './errors.js';
 import { log } from '../../log.js';
 
@@ -283,7 +283,7 @@ export class NbdServer implements ExportResolver, VolumeClients {
     let conn: NbdConnection | null = null;
     const socket = withOwnReadBuffer(
       raw,
-      (shared) => conn?.nextReadBuffer(shared) ?? shared,
+      (shared) => conn?.nextReadBuffer(shared) ?? handshakeReadBuffer(shared),
       (bytes) => conn!.onSocketRead(bytes, true),
     );
     this.sockets.add(socket);
