@@ -21,11 +21,12 @@ import { quotaDisk } from './helpers/quota-disk.js';
 test('a hot pool over its quota: NBD WRITE gets ENOSPC and S3 PUT 503 no space, as on a full disk, not EIO / 500', { skip: process.getuid?.() !== 0 && 'mounts a btrfs image (root)' }, async (t) => {
   let nbd: AttachedNbdsh | null = null;
   let d: TestDaemon | null = null;
-  const disk = quotaDisk(t, 'hot-quota-', 24 * MiB);
+  // Registered first, so run first: the daemon stops before the pool's file system is unmounted.
   t.after(async () => {
     await nbd?.close();
     await d?.cleanup();
   });
+  const disk = quotaDisk(t, 'hot-quota-', 24 * MiB);
   // No L2 file on the pool: the quota is the volume's and the objects'.
   d = await TestDaemon.start({ config: poolsYaml(['hot-q', 'hot', disk.poolDir]) + 'cache: { l2CapacityBytes: 0 }\ndemoVolume: null\n' });
   await api(d, 'POST', '/v1/volumes', { name: 'q', sizeBytes: 64 * MiB, tier: 'hot', pool: 'hot-q' });
