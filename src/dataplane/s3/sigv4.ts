@@ -195,8 +195,14 @@ export function verifyRequest(req: RequestToVerify, secretFor: (accessKeyId: str
     const t = parseAmzDate(amzDate);
     if (nowMs > t + expiresS * 1000) throw new S3Error('AccessDenied', 403, 'Request has expired', { 'X-Amz-Expires': expires });
     if (t - nowMs > MAX_CLOCK_SKEW_MS) throw new S3Error('AccessDenied', 403, 'Request is not valid yet');
-    // The SDKs' own name for it, or hoisted from the header as @smithy/signature-v4 does (lowercase).
-    payloadHash = q.get('X-Amz-Content-Sha256') ?? q.get('x-amz-content-sha256') ?? 'UNSIGNED-PAYLOAD';
+    // The SDKs' own name for it, or hoisted from the header as @smithy/signature-v4 does (lowercase);
+    // else the header, when signed: aws-sdk-go never hoists a caller's X-Amz-Content-Sha256 (it is
+    // one of its requiredSignedHeaders) and signs the payload line with it (aws-sdk-go#1976), as S3 takes.
+    payloadHash =
+      q.get('X-Amz-Content-Sha256') ??
+      q.get('x-amz-content-sha256') ??
+      (p.signedHeaders.includes('x-amz-content-sha256') ? headerValue(req.headers, 'x-amz-content-sha256') : undefined) ??
+      'UNSIGNED-PAYLOAD';
     queryForSig = params.filter(([k]) => k !== 'X-Amz-Signature');
   } else if (params.some(([k]) => k === 'AWSAccessKeyId') && params.some(([k]) => k === 'Signature')) {
     // A Signature Version 2 presigned URL (s3cmd signurl, boto's generate_url): refused as V2 headers are, not as unsigned.
