@@ -500,7 +500,7 @@ async function migrateOffline(m: Manager, name: string, tier: 'hot' | 'warm' | '
 async function volumes(dataDir: string, sub: string | undefined, args: string[], values: Record<string, unknown>): Promise<number> {
   switch (sub) {
     case 'list': {
-      const list = await call<(VolumeRecord & { error?: string })[]>(dataDir, 'GET', '/v1/volumes', undefined, async (m) => m.listVolumesWithErrors(), 'volumes list');
+      const list = await call<(VolumeRecord & { error?: string })[]>(dataDir, 'GET', '/v1/volumes', undefined, async (m) => m.listVolumesWithErrors({ readOnly: true }), 'volumes list');
       if (values.json) return print(list, true);
       // A volume that cannot be opened now is listed with why (the column only when one is).
       const errors = list.some((v) => v.error !== undefined);

@@ -910,15 +910,19 @@ export class VolumeManager {
    * pool offline, file missing, last open failed) is tried, a slice at a
    * time (tryOpen), so a big map read never holds the event loop; an open
    * volume that failed since (EIO until a restart) shows why.
+   * `readOnly` (the offline `couchestor volumes list`, a read): nothing is
+   * opened, made or written; such a volume is judged from its chunk map and
+   * files (readOnlyOpenFailure). Tried, an open made its missing file again
+   * (and the pool's directories).
    */
-  async listVolumesWithErrors(): Promise<(VolumeRecord & { error?: string; errorPool?: string })[]> {
+  async listVolumesWithErrors(opts: { readOnly?: boolean } = {}): Promise<(VolumeRecord & { error?: string; errorPool?: string })[]> {
     const out: (VolumeRecord & { error?: string; errorPool?: string })[] = [];
     const online = new Map<string, boolean>();
     for (const rec of this.meta.listVolumes()) {
       const vol = this.open.get(rec.name);
       let failure: UnavailableVolume | undefined | null;
       if (vol !== undefined) failure = vol.failed !== null ? { volume: rec.name, pool: rec.poolName, error: vol.failed.message } : undefined;
-      else if (this.mayNotOpen(rec, online)) failure = await this.tryOpen(rec.name);
+      else if (this.mayNotOpen(rec, online)) failure = opts.readOnly === true ? await this.readOnlyOpenFailure(rec) : await this.tryOpen(rec.name);
       if (failure === null) continue; // deleted while it was tried
       out.push(failure === undefined ? rec : { ...rec, error: failure.error, errorPool: failure.pool });
     }
@@ -936,6 +940,42 @@ export class VolumeManager {
     let placementOnline = online.get(rec.poolName);
     if (placementOnline === undefined) online.set(rec.poolName, (placementOnline = this.pools.get(rec.poolName)?.isOnline() ?? false));
     return !placementOnline || !fs.existsSync(this.pools.get(rec.poolName)!.volumeFile(rec.id));
+  }
+
+  /**
+   * What an open of closed volume `rec` would fail with, found without
+   * opening it: its chunk map read a slice at a time (startChunkMapLoad,
+   * loadChunkEntries: the index only), then each file the map has chunks in
+   * looked for (finishOpen would refuse it missing: openOrCreate); undefined
+   * when the open would go ahead (a missing file no chunk is in it would
+   * make). Null when it was deleted meanwhile. Nothing is opened or written.
+   */
+  private async readOnlyOpenFailure(rec: VolumeRecord): Promise<UnavailableVolume | undefined | null> {
+    const at = { pool: rec.poolName };
+    try {
+      const load = this.startChunkMapLoad(rec, at);
+      for (;;) {
+        const sliceStart = performance.now();
+        let done = false;
+        do {
+          if (this.loadChunkEntries(load, this.meta.volumeChunks(rec.id, load.lastChunk + 1, OPEN_SLICE_ENTRIES), at) < OPEN_SLICE_ENTRIES) done = true;
+        } while (!done && performance.now() - sliceStart < OPEN_SLICE_MS);
+        if (done) break;
+        await new Promise<void>((resolve) => setImmediate(resolve));
+        if (this.meta.volumes.get(rec.name)?.id !== rec.id) return null;
+      }
+      for (let i = 0; i < load.filePools.length; i++) {
+        const pool = load.filePools[i]!;
+        at.pool = pool.name;
+        const file = pool.volumeFile(rec.id);
+        if ((i > 0 || load.placementHoldsChunks) && !fs.existsSync(file)) {
+          throw new PoolOffline(`volume file ${file} is missing but volume ${rec.name} has chunks in it on pool ${pool.name} (disk replaced or file removed outside the daemon?): not made again empty`);
+        }
+      }
+      return undefined;
+    } catch (err) {
+      return { volume: rec.name, pool: at.pool, error: (err as Error).message };
+    }
   }
 
   /**
