@@ -32,8 +32,8 @@ export async function openHotManager(dir: string): Promise<VolumeManager> {
   return m;
 }
 
-/** Opens a VolumeManager in `dir/meta` (adding hot-0 and cold-0..5 when `create`) with the cold tier started and destaging left to explicit destager.drain()/migration calls. */
-export async function openColdTierManager(dir: string, create = true): Promise<VolumeManager> {
+/** Opens a VolumeManager in `dir/meta` (adding hot-0 and cold-0..5 when `create`) with the cold tier started and destaging left to explicit destager.drain()/migration calls (and the journal's threshold: `tier` may set it and the journal's size). */
+export async function openColdTierManager(dir: string, create = true, tier: { journalCapacityBytes?: number; thresholdPercent?: number } = {}): Promise<VolumeManager> {
   const m = VolumeManager.open(path.join(dir, 'meta'));
   if (create) {
     const capacityBytes = 1024 * MiB;
@@ -43,7 +43,7 @@ export async function openColdTierManager(dir: string, create = true): Promise<V
     }
   }
   // An hour: tests call the destager's entry points themselves, at the moment they choose.
-  m.startColdTier(parsePolicyYaml(DEFAULT_EC_POLICY_YAML, COLD_POOLS), { intervalMs: 3_600_000, thresholdPercent: 90, concurrency: 2 });
+  m.startColdTier(parsePolicyYaml(DEFAULT_EC_POLICY_YAML, COLD_POOLS), { intervalMs: 3_600_000, thresholdPercent: 90, concurrency: 2, ...tier });
   return m;
 }
 
