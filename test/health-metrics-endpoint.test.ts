@@ -266,6 +266,29 @@ test('before the store is open (source ref returns null) project metrics read ze
   }
 });
 
+test('the NBD in-flight budget: its four samples when the source reports it, no series (not a 0 limit) when it does not', async () => {
+  class WithBudget extends CounterBoard {
+    nbdInflight() {
+      return { usedBytes: 2 * 1024 * 1024, capacityBytes: 8 * 1024 * 1024, peakBytes: 8 * 1024 * 1024, pausesTotal: 57 };
+    }
+  }
+  const board = new WithBudget();
+  const server = await startMetricsServer({ host: HOST, port: 0, registry: createMetrics(board) });
+  try {
+    const lines = parseExposition((await scrape(server.port)).text).samples.map((s) => s.line).filter((l) => l.startsWith('couchestor_nbd_inflight'));
+    assert.deepEqual(lines, [
+      'couchestor_nbd_inflight_bytes 2097152',
+      'couchestor_nbd_inflight_limit_bytes 8388608',
+      'couchestor_nbd_inflight_peak_bytes 8388608',
+      'couchestor_nbd_inflight_pauses_total 57',
+    ]);
+  } finally {
+    await server.close();
+  }
+  const without = parseExposition(await createMetrics(new CounterBoard()).metrics()).samples.filter((s) => s.name.startsWith('couchestor_nbd_inflight'));
+  assert.deepEqual(without, []);
+});
+
 test('one scrape reads each source method once, however many metrics derive from it', async () => {
   const board = loadedBoard();
   const calls = { volumes: 0, pools: 0, migrations: 0 };

@@ -511,7 +511,9 @@ export function createMetrics(source: MetricsSourceRef): Registry {
       collect() {
         this.reset();
         const n = registry.snapshot().nbdInflight;
-        if (n !== null) this.set(pick(n));
+        // reset() leaves an unlabelled 0: a limit of 0 is no limit anyone set.
+        if (n === null) this.remove();
+        else this.set(pick(n));
       },
     });
   };
@@ -525,7 +527,8 @@ export function createMetrics(source: MetricsSourceRef): Registry {
     collect() {
       this.reset();
       const n = registry.snapshot().nbdInflight;
-      if (n !== null) this.inc(n.pausesTotal);
+      if (n === null) this.remove();
+      else this.inc(n.pausesTotal);
     },
   });
   new Gauge({
