@@ -14,18 +14,20 @@ import { log } from '../../log.js';
 export interface ExportResolver {
   /**
    * Opens the export and lends its volume to the connection until release();
-   * throws NotFound for an unknown name.
+   * throws NotFound for an unknown name. `failedOpen`: the failure of the
+   * open prepare() waited on, answered as the open's (not opened again).
    */
-  resolve(name: string): Volume;
+  resolve(name: string, failedOpen?: unknown): Volume;
   /**
    * Settles once the export's volume is open, when it is not yet (its
    * chunk map is read a slice at a time, the event loop free between two);
    * null when resolve() would not wait. The option naming it is answered
    * after that, no further input read meanwhile. Resolves with a loan of
    * the volume (given back with release() once the option is answered:
-   * an option refused by its own checks takes none), null when it failed.
+   * an option refused by its own checks takes none); rejects with the
+   * open's failure (handed to resolve()).
    */
-  prepare?(name: string): Promise<Volume | null> | null;
+  prepare?(name: string): Promise<Volume> | null;
   /** Ends a loan resolve() made (the last one closes the volume when nothing else holds it). */
   release(vol: Volume): void;
   list(): { name: string; description: string }[];
@@ -241,6 +243,8 @@ export class NbdConnection implements BudgetWaiter {
   private opening = false;
   /** The export name (as the client sent it) of the option waiting on its open, while `opening`. */
   private openingExport: string | null = null;
+  /** The failure of the open the option being answered waited on (afterOpen), for its lookup; undefined otherwise. */
+  private preparedFailure: unknown = undefined;
   private disconnecting = false;
   private handshakeTimer: NodeJS.Timeout | null;
   /** Resolves when the socket has closed (see shutdown). */
@@ -658,7 +662,7 @@ export class NbdConnection implements BudgetWaiter {
    * before STRUCTURED_REPLY, a bad INFO) left the volume open for good, and
    * a client gone before a failed open had it opened again in one go.
    */
-  private afterOpen(ready: Promise<Volume | null>, opt: number, data: Buffer, exportName: string): void {
+  private afterOpen(ready: Promise<Volume>, opt: number, data: Buffer, exportName: string): void {
     // A view of the server's read buffer may be overwritten by the next read.
     const own = Buffer.from(data);
     this.opening = true;
@@ -666,7 +670,7 @@ export class NbdConnection implements BudgetWaiter {
     if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
     // Read meanwhile up to a bound (consume), not paused outright: a client that hangs up is seen at once.
     if (this.queuedBytes >= OPENING_MAX_QUEUED_BYTES) this.socket.pause();
-    const go = (held: Volume | null): void => {
+    const go = (held: Volume | null, failure?: unknown): void => {
       this.opening = false;
       this.openingExport = null;
       try {
@@ -674,9 +678,12 @@ export class NbdConnection implements BudgetWaiter {
         if (!this.paused) this.socket.resume();
         this.handshakeTimer = this.handshakeDeadline();
         this.socket.cork();
+        // The open failed: the option's lookup answers with that failure (resolve), not an open in one go.
+        this.preparedFailure = held === null ? (failure ?? new Error('the open failed')) : undefined;
         try {
           this.onOption(opt, own, true);
         } finally {
+          this.preparedFailure = undefined;
           this.socket.uncork();
         }
         this.pump();
@@ -684,7 +691,7 @@ export class NbdConnection implements BudgetWaiter {
         if (held !== null) this.exports.release(held);
       }
     };
-    ready.then(go, () => go(null));
+    ready.then(go, (err: unknown) => go(null, err));
   }
 
   /**
@@ -700,7 +707,7 @@ export class NbdConnection implements BudgetWaiter {
    */
   private lookup(name: string): Volume | string {
     try {
-      const vol = this.exports.resolve(name);
+      const vol = this.exports.resolve(name, this.preparedFailure);
       // One loan per connection: the previous option's, given back after this one is taken (the same volume stays open).
       const before = this.lent;
       this.lent = vol;

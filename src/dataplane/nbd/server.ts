@@ -105,7 +105,7 @@ export class NbdServer implements ExportResolver, VolumeClients {
    * no volume has the name; ExportUnavailable (what the client may be told,
    * the cause for the log) when it has but cannot be opened.
    */
-  resolve(name: string): Volume {
+  resolve(name: string, failedOpen?: unknown): Volume {
     const target = this.target(name);
     if (!target) throw new NotFound('no default export configured');
     const manager = this.opts.manager;
@@ -113,6 +113,11 @@ export class NbdServer implements ExportResolver, VolumeClients {
     // One being deleted is gone already to a client (deleteVolume: never lent a volume it then pulls).
     if (!rec || manager.isBeingDeleted(target)) throw new NotFound(`no volume named ${target}`);
     try {
+      // The open prepare() waited on failed (a chunk map that cannot be read, a pool offline): its failure is
+      // the answer. Opened again here in one go, a big map was read whole again to fail the same way, the
+      // event loop held (~1.4 ms per 1,000 entries) at every connect. Only a failure the manager recorded
+      // as this volume's (openFailure): not a delete or a stop, nor the name taken by a new volume meanwhile.
+      if (failedOpen !== undefined && manager.openFailure(target) !== undefined) throw failedOpen;
       const t0 = performance.now();
       const vol = manager.borrowVolume(target);
       const ms = performance.now() - t0;
@@ -133,12 +138,13 @@ export class NbdServer implements ExportResolver, VolumeClients {
    * slice at a time (VolumeManager.prepareOpen): the connection answers
    * the option once it settles, and other clients are served meanwhile
    * (read in one go, a volume of 1M chunk entries held the event loop ~4 s).
-   * Resolves with a loan of the volume (release() it), null when the open failed.
+   * Resolves with a loan of the volume (release() it); rejects with the
+   * open's failure, which the option's resolve() answers with.
    */
-  prepare(name: string): Promise<Volume | null> | null {
+  prepare(name: string): Promise<Volume> | null {
     const target = this.target(name);
     if (!target || this.opts.manager.isBeingDeleted(target)) return null;
-    let opening: Promise<Volume | null> | null;
+    let opening: Promise<Volume> | null;
     try {
       opening = this.opts.manager.prepareOpen(target);
     } catch {
@@ -147,7 +153,7 @@ export class NbdServer implements ExportResolver, VolumeClients {
     }
     if (opening === null) return null;
     return opening.then((vol) => {
-      if (vol !== null && vol.openCostMs >= 1) this.openCostMs.set(vol, vol.openCostMs);
+      if (vol.openCostMs >= 1) this.openCostMs.set(vol, vol.openCostMs);
       return vol;
     });
   }

@@ -1232,19 +1232,17 @@ export class VolumeManager {
   /**
    * Opens `name` if it is not open, its chunk map read OPEN_SLICE_MS of the
    * event loop at a time (openSliced); null when there is nothing to wait
-   * for (open already, or no such volume). Never rejects: resolves with the
-   * Volume lent (borrowVolume's loan: the caller gives it back, giveBack),
-   * or null when the open failed (the caller's borrowVolume then throws the
-   * failure). For work that must not hold the event loop while a big
-   * volume opens (an NBD client's negotiation waits on it).
+   * for (open already, or no such volume). Resolves with the Volume lent
+   * (borrowVolume's loan: the caller gives it back, giveBack), or rejects
+   * with the open's failure: the caller answers with it (a borrowVolume
+   * then opened the volume again in one go, its whole map read again only
+   * to fail the same way). For work that must not hold the event loop while
+   * a big volume opens (an NBD client's negotiation waits on it).
    */
-  prepareOpen(name: string): Promise<Volume | null> | null {
+  prepareOpen(name: string): Promise<Volume> | null {
     if (this.open.has(name) || this.meta.volumes.get(name) === undefined) return null;
     // A loan, not a bare open: nothing else holds a volume opened here, and only a giveBack closes one.
-    return this.borrowVolumeAsync(name).then(
-      (v) => v,
-      () => null,
-    );
+    return this.borrowVolumeAsync(name);
   }
 
   /** Whether `name` is open (borrowVolume takes it without an open). */
