@@ -908,11 +908,12 @@ export class NbdConnection implements BudgetWaiter {
       inflightBudget.release(this.budgetWaitBytes);
       return;
     }
-    this.syncReading();
     this.socket.cork();
     try {
       if (this.reqType === P.CMD_WRITE) this.receivePayload();
       else this.execute(this.reqType, this.reqFlags, this.reqCookie, this.reqOffset, this.reqLength, null, this.budgetWaitBytes);
+      // After the payload is set: a connection paused meanwhile (replies left unread) still reads an admitted payload.
+      this.syncReading();
       this.pump();
     } finally {
       this.socket.uncork();
