@@ -6,14 +6,16 @@
 // volume again in one go: the whole map read again, synchronously, only to
 // fail the same way (~1.4 ms per 1,000 entries: seconds for 1M, every client
 // of the daemon waiting, at each connect). The failure just recorded answers
-// the client instead. The slowest event-loop gap is measured against one
-// synchronous read of the same map in this process.
+// the client instead. Asserted: no read of the whole map in one call (the
+// one-go open's) during the option, and the slowest event-loop gap below one
+// synchronous read of the same map in this process (the gap alone is noisy
+// under load: a loaded machine stalls a process ~100-250 ms now and then).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { ChunkState } from '../src/dataplane/meta/store.js';
 import { NbdServer } from '../src/dataplane/nbd/server.js';
-import { assertNoLongHold, closedBigColdVolume, oneGoReadMs, watchGaps } from './helpers/big-chunk-map.js';
+import { closedBigColdVolume, oneGoReadMs, watchGaps } from './helpers/big-chunk-map.js';
 import { OPT, REP, RawNbd, goData } from './helpers/nbd-client.js';
 
 const CHUNKS = 150_000;
@@ -27,19 +29,30 @@ test(`NBD_OPT_GO on a closed volume of ${CHUNKS} chunk entries whose map cannot 
   const socketPath = path.join(dir, 'nbd.sock');
   await nbd.listenUnix(socketPath);
   const oneGoMs = oneGoReadMs(m, id, CHUNKS);
+  // Reads of the volume's map in one call (no limit: what a one-go open does); a sliced open reads ranges.
+  let wholeReads = 0;
+  const volumeChunks = m.meta.volumeChunks.bind(m.meta);
+  m.meta.volumeChunks = (volumeId: number, fromChunk = 0, limit?: number) => {
+    if (volumeId === id && limit === undefined) wholeReads++;
+    return volumeChunks(volumeId, fromChunk, limit);
+  };
+  t.after(() => (m.meta.volumeChunks = volumeChunks));
 
   for (const round of [1, 2]) {
     const c = await RawNbd.connect({ path: socketPath });
     t.after(() => c.close());
     await c.greeting();
     c.sendClientFlags(3);
+    wholeReads = 0;
     const gaps = watchGaps();
     c.sendOption(OPT.GO, goData('big'));
     const reply = await c.readOptionReply();
     const slowest = gaps.stop();
+    assert.equal(wholeReads, 0, `round ${round}: the map was read again in one go`);
     assert.equal(reply.type, REP.ERR_UNKNOWN, `round ${round}: refused as not available`);
     assert.equal(reply.data.toString('utf8'), 'export "big" is not available: pool gone-pool is not configured', `round ${round}: the open's failure, as before`);
-    assertNoLongHold(t, slowest, oneGoMs, `NBD_OPT_GO after a failed open, round ${round}`);
+    t.diagnostic(`round ${round}: slowest event-loop gap ${slowest.toFixed(1)} ms; one-go read ${oneGoMs.toFixed(1)} ms`);
+    assert.ok(slowest < oneGoMs, `round ${round}: slowest event-loop gap ${slowest.toFixed(1)} ms, a one-go read of the map ${oneGoMs.toFixed(1)} ms`);
     assert.match(m.openFailure('big')?.error ?? '', /gone-pool/);
     assert.ok(!m.isOpen('big'));
     c.close();
