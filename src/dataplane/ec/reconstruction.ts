@@ -1534,12 +1534,23 @@ export class Reconstructor {
     // A retry of skipped volumes looked at nothing else: stripes the last whole-pool rebuild
     // left not rebuilt are still missing their shard as far as it knows (counted on).
     const carried = only === null ? 0 : (this.skippedByRebuild.get(poolName)?.notRebuilt ?? 0);
-    report.complete = !this.stopped && report.volumesSkipped.length === 0 && report.notRebuilt === 0 && carried === 0;
-    if (!this.stopped) {
+    // Replaced (or lost) during the run: another store now. The stripes it found holding their
+    // shard on the disk it started with were passed over as present, and what it flipped before
+    // the replacement went there too: gone with that disk, counted nowhere. Answered complete,
+    // the pool's entry was dropped (also the one `pools replace` had just written) and nothing
+    // rebuilt them (review-rrepl: rebuild-pool-replaced-mid-run). Listed as cut instead: the
+    // retry timer rebuilds the whole pool onto the disk there now.
+    const replacedDuring = target !== null && (await this.stripes.segmentStore(poolName)) !== target;
+    report.complete = !this.stopped && !replacedDuring && report.volumesSkipped.length === 0 && report.notRebuilt === 0 && carried === 0;
+    if (!this.stopped && replacedDuring) {
+      const was = this.skippedByRebuild.get(poolName);
+      const volumes = new Set([...(was?.volumes ?? []), ...report.volumesSkipped.map((u) => u.volume)]);
+      await this.setIncomplete(poolName, { volumes, notRebuilt: Math.max(1, carried + report.notRebuilt), store: STORE_UNKNOWN, interrupted: true });
+    } else if (!this.stopped) {
       // What is left: a whole-pool rebuild's replaces the last; a retry keeps the volumes still closed.
       const left = { volumes: new Set(report.volumesSkipped.map((u) => u.volume)), notRebuilt: carried + report.notRebuilt, store: target };
       await this.setIncomplete(poolName, left.volumes.size > 0 || left.notRebuilt > 0 ? left : null);
-      // Replaced again during the run (another store now): its disk is not the one rebuilt.
+      // Replaced again since the look above (another store now): its disk is not the one rebuilt.
       if (report.complete && target !== null && (await this.stripes.segmentStore(poolName)) === target) {
         for (const source of this.sources) {
           await source.poolRebuilt?.(poolName, target).catch((err: Error) => log.warn('a holder source failed to take note of a complete pool rebuild', { pool: poolName, source: source.prefix, err: err.message }));
