@@ -141,8 +141,13 @@ export class StripeStore {
   private readonly stores = new Map<string, Promise<SegmentStore | null>>();
   /** The stores of `stores` that have opened, for synchronous looks (writeFailure: /readyz, metrics). */
   private readonly opened = new Map<string, SegmentStore>();
-  /** Inode of each pool directory when its store was opened: a replaced pool gets a fresh store. */
-  private readonly storeIno = new Map<string, number>();
+  /**
+   * Device, inode and birth time of each pool directory when its store was
+   * opened (dirKey): a replaced pool gets a fresh store. Not the inode alone:
+   * a new file system mounted there has the same root inode number as the
+   * last one (tmpfs 1, ext4 2), and the old disk's store was kept.
+   */
+  private readonly storeIno = new Map<string, string>();
   private lastDegradedLogMs = 0;
   private suppressedDegradedLogs = 0;
   private rotation = 0;
@@ -224,7 +229,7 @@ export class StripeStore {
   /** The pool's segment store; null while the pool is offline (retried on next use). */
   private store(pool: Pool): Promise<SegmentStore | null> {
     let s = this.stores.get(pool.name);
-    const ino = dirIno(pool.rec.path);
+    const ino = dirKey(pool.rec.path);
     const prevIno = this.storeIno.get(pool.name);
     if (s && ino !== prevIno) {
       // The directory was removed or replaced: the old store's files are gone.
@@ -1323,9 +1328,11 @@ function shardPlace(s: ShardRef): string {
   return `${s.pool}/${s.segment}/${s.offsetBytes}`;
 }
 
-function dirIno(dir: string): number | null {
+/** A directory's device, inode and birth time (as Pool.isOnline tells it), or null when it cannot be read. */
+function dirKey(dir: string): string | null {
   try {
-    return statSync(dir).ino;
+    const st = statSync(dir, { bigint: true });
+    return `${st.dev}:${st.ino}:${st.birthtimeNs}`;
   } catch {
     return null;
   }
