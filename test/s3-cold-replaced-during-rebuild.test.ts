@@ -1,6 +1,6 @@
-// A cold pool replaced again while its rebuild runs: the rebuild may still
-// answer complete (it landed on the disk it started with), but the disk there
-// now is not the one it rebuilt, so the object store keeps distrusting the pool
+// A cold pool replaced again while its rebuild runs: the rebuild answers not
+// complete (the disk there now is not the one it landed on: the pool is listed
+// interrupted, 94d2afc), and the object store keeps distrusting the pool
 // for older objects (objects/pool-disks.ts), in this process and after a
 // reopen; a complete rebuild onto the new disk ends it. In process with the
 // real ObjectStore, stripe store, segment files, LMDB index, ColdObjectHolders
@@ -60,6 +60,7 @@ test('a cold pool replaced again during its rebuild stays unverified (in process
   held.release();
   const report = await running;
   t.diagnostic(`rebuild across the second replacement: ${JSON.stringify({ complete: report.complete, notRebuilt: report.notRebuilt, stripesRebuilt: report.stripesRebuilt })}`);
+  assert.equal(report.complete, false, 'replaced again during the rebuild: not complete');
   assert.equal(unverified(), true, 'replaced again during the rebuild: still unverified');
 
   await tier.close();
