@@ -9,7 +9,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ChunkState } from '../src/dataplane/meta/store.js';
-import { assertNoLongHold, closedBigColdVolume, oneGoReadMs, watchGaps } from './helpers/big-chunk-map.js';
+import { assertNoLongHold, closedBigColdVolume, countWholeMapReads, oneGoReadMs, watchGaps } from './helpers/big-chunk-map.js';
 
 const MiB = 1024 * 1024;
 /** Chunk entries of the big cold volume: one go ~0.15-0.4 s here. */
@@ -33,11 +33,12 @@ test('a volume whose map cannot be read is listed with its error, the others sti
   // Repaired: the stripe counts (a /metrics scrape) and the listing try it again, a slice at a time.
   await m.meta.chunks.put([id, CHUNKS - 1], good);
   const oneGoMs = oneGoReadMs(m, id, CHUNKS);
+  const wholeMapReads = countWholeMapReads(t, m, id);
   const gaps = watchGaps();
   const before = m.cold!.reconstructor.counts();
   const relisted = await m.listVolumesWithErrors();
   const slowest = gaps.stop();
-  assertNoLongHold(t, slowest, oneGoMs, 'stripe counts and listing');
+  assertNoLongHold(t, slowest, oneGoMs, 'stripe counts and listing', wholeMapReads);
   assert.deepEqual(relisted.map((v) => [v.name, v.error]), [['big', undefined], ['small', undefined]]);
   assert.equal(m.openFailure('big'), undefined);
   assert.equal(before.Healthy, 0, 'left out of the counts while its try was under way');

@@ -78,17 +78,40 @@ export async function closedBigColdVolume(t: TestContext, journaled: boolean, ch
   return { m, dir, id, chunk0, chunk1 };
 }
 
-/** Milliseconds of one synchronous read of volume `id`'s whole chunk map (the second of two: the first warms the pages). */
+/**
+ * Milliseconds of one synchronous read of volume `id`'s whole chunk map: the
+ * slower of the second and third of three reads (the first warms the pages).
+ * The slower, not the last: a test compares a pass's slowest event-loop gap
+ * with it, and one quick sample on a loaded machine made that flaky.
+ */
 export function oneGoReadMs(m: VolumeManager, id: number, chunks: number): number {
   let ms = 0;
-  for (let i = 0; i < 2; i++) {
+  for (let i = 0; i < 3; i++) {
     const t0 = performance.now();
     let n = 0;
     for (const _ of m.meta.volumeChunks(id)) n++;
-    ms = performance.now() - t0;
+    if (i > 0) ms = Math.max(ms, performance.now() - t0);
     assert.equal(n, chunks);
   }
   return ms;
+}
+
+/**
+ * Counts reads of volume `id`'s whole chunk map in one call (volumeChunks
+ * with no limit: what a one-go open or pass does; a sliced one reads ranges)
+ * from now until the test ends.
+ */
+export function countWholeMapReads(t: TestContext, m: VolumeManager, id: number): { readonly count: number } {
+  const counter = { count: 0 };
+  const volumeChunks = m.meta.volumeChunks.bind(m.meta);
+  m.meta.volumeChunks = (volumeId: number, fromChunk = 0, limit?: number) => {
+    if (volumeId === id && limit === undefined) counter.count++;
+    return volumeChunks(volumeId, fromChunk, limit);
+  };
+  t.after(() => {
+    m.meta.volumeChunks = volumeChunks;
+  });
+  return counter;
 }
 
 /** The slowest gap between two turns of the event loop (setImmediate) until stop(). */
@@ -111,9 +134,15 @@ export function watchGaps(): { stop: () => number } {
   };
 }
 
-/** Asserts the slowest gap is well under (half) a one-go read of the map: what a pass reading it in one go holds at least. */
-export function assertNoLongHold(t: TestContext, slowestMs: number, oneGoMs: number, what: string): void {
-  t.diagnostic(`${what}: slowest event-loop gap ${slowestMs.toFixed(1)} ms; one-go read ${oneGoMs.toFixed(1)} ms`);
+/**
+ * Asserts the pass read the map in slices (no whole-map read: the property
+ * itself, counted) and that its slowest event-loop gap stays under a one-go
+ * read of the map, what a pass reading it in one go holds at least. (Under
+ * half a one-go read, as this first asked, failed at load: 149 vs 267 ms.)
+ */
+export function assertNoLongHold(t: TestContext, slowestMs: number, oneGoMs: number, what: string, wholeMapReads: { readonly count: number }): void {
+  t.diagnostic(`${what}: slowest event-loop gap ${slowestMs.toFixed(1)} ms; one-go read ${oneGoMs.toFixed(1)} ms; whole-map reads ${wholeMapReads.count}`);
+  assert.equal(wholeMapReads.count, 0, `${what}: the volume's chunk map read in one go ${wholeMapReads.count} time(s)`);
   assert.ok(oneGoMs > 40, `premise: a one-go read of the map is long enough to tell (${oneGoMs.toFixed(1)} ms)`);
-  assert.ok(slowestMs < oneGoMs / 2, `${what}: slowest event-loop gap ${slowestMs.toFixed(1)} ms, a one-go read of the map ${oneGoMs.toFixed(1)} ms`);
+  assert.ok(slowestMs < oneGoMs, `${what}: slowest event-loop gap ${slowestMs.toFixed(1)} ms, a one-go read of the map ${oneGoMs.toFixed(1)} ms`);
 }
