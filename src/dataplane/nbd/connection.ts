@@ -71,13 +71,15 @@ const MAX_INFLIGHT_BYTES = 128 * 1024 * 1024;
  */
 const HANDSHAKE_TIMEOUT_MS = 30_000;
 /**
- * A WRITE payload of at least DIRECT_READ_MIN_BYTES that receives no byte
- * for this long (checked every this long: cut after one to two periods) drops
- * its client: the payload's bytes are counted in the daemon-wide budget from
- * its header on, and a client that sent headers and then stalled (a 32 MiB
- * one each) held them for good, every other client waiting. Smaller payloads
- * are not watched (a timer refresh per request on the 4 KiB path; they hold
- * less than 64 KiB each). COUCHESTOR_NBD_PAYLOAD_STALL_MS overrides it (tests).
+ * A WRITE payload that receives no byte for this long (checked every this
+ * long: cut after one to two periods) drops its client: the payload's bytes
+ * are counted in the daemon-wide budget from its header on, and a client that
+ * sent headers and then stalled (a 32 MiB one each) held them for good, every
+ * other client waiting. Any size: 16 clients each stalled in a 64 KiB - 1
+ * payload held a 1 MiB budget (the least limits.inflightBytes) for good, and
+ * 1,024 (MAX_CONNECTIONS) one under 64 MiB. Watched only once a payload is
+ * left incomplete by the input at hand (a 4 KiB WRITE arriving whole with its
+ * header costs no timer work). COUCHESTOR_NBD_PAYLOAD_STALL_MS overrides it (tests).
  */
 const PAYLOAD_STALL_MS = Number(process.env.COUCHESTOR_NBD_PAYLOAD_STALL_MS ?? 30_000);
 /**
@@ -237,6 +239,8 @@ export class NbdConnection implements BudgetWaiter {
   private readonly afterGrant = (): void => this.afterBudgetGrant();
   /** See PAYLOAD_STALL_MS: made at the first watched payload, refreshed at each. */
   private payloadWatch: NodeJS.Timeout | null = null;
+  /** The payload being received is watched (it was left incomplete once). */
+  private payloadWatched = false;
   /** payloadFilled when the watch last looked. */
   private payloadWatchFilled = 0;
   /** An option waits for its export's volume to open (ExportResolver.prepare): no input is parsed meanwhile. */
@@ -519,7 +523,10 @@ export class NbdConnection implements BudgetWaiter {
       if (this.budget !== Budget.None) return;
       if (this.phase === Phase.WritePayload) {
         // Received even while paused: its budget bytes are held until it is in.
-        if (!this.fillPayload()) return;
+        if (!this.fillPayload()) {
+          if (!this.payloadWatched) this.watchPayload();
+          return;
+        }
         const payload = this.payload!;
         this.payload = null;
         this.setPhase(Phase.RequestHeader, P.REQUEST_HEADER_BYTES);
@@ -864,16 +871,20 @@ export class NbdConnection implements BudgetWaiter {
     this.payload = payloadPool.get(this.reqLength);
     this.payloadFilled = 0;
     this.setPhase(Phase.WritePayload, this.reqLength);
-    if (this.reqLength >= DIRECT_READ_MIN_BYTES) {
-      this.payloadWatchFilled = 0;
-      if (this.payloadWatch === null) this.payloadWatch = setTimeout(() => this.checkPayload(), PAYLOAD_STALL_MS).unref();
-      else this.payloadWatch.refresh();
-    }
+    this.payloadWatched = false;
+  }
+
+  /** Starts the payload watch (PAYLOAD_STALL_MS) for the payload being received, left incomplete by the input at hand. */
+  private watchPayload(): void {
+    this.payloadWatched = true;
+    this.payloadWatchFilled = this.payloadFilled;
+    if (this.payloadWatch === null) this.payloadWatch = setTimeout(() => this.checkPayload(), PAYLOAD_STALL_MS).unref();
+    else this.payloadWatch.refresh();
   }
 
   /** The payload watch (PAYLOAD_STALL_MS): a payload that got no byte since the last look drops its client. */
   private checkPayload(): void {
-    if (this.phase !== Phase.WritePayload || this.payload === null || this.payload.length < DIRECT_READ_MIN_BYTES) return;
+    if (this.phase !== Phase.WritePayload || this.payload === null || !this.payloadWatched) return;
     if (this.payloadFilled > this.payloadWatchFilled) {
       this.payloadWatchFilled = this.payloadFilled;
       this.payloadWatch!.refresh();
