@@ -356,6 +356,16 @@ export class NbdConnection implements BudgetWaiter {
     this.socket.destroy();
   }
 
+  /**
+   * A bug met while handling this client's bytes: that client is dropped (its
+   * unanswered requests were never acknowledged), the daemon and the others go on.
+   */
+  private dropOnInternalError(err: unknown): void {
+    log.error('nbd: internal error handling a client: connection dropped', { err: (err as Error).stack ?? String(err) });
+    this.phase = Phase.Closed;
+    this.socket.destroy();
+  }
+
   // ---- input buffering -------------------------------------------------
 
   /**
@@ -369,11 +379,7 @@ export class NbdConnection implements BudgetWaiter {
     try {
       this.consume(d, transient);
     } catch (err) {
-      // A bug met while parsing this client's bytes: that client is dropped (its
-      // unanswered requests were never acknowledged), the daemon and the others go on.
-      log.error('nbd: internal error handling a client: connection dropped', { err: (err as Error).stack ?? String(err) });
-      this.phase = Phase.Closed;
-      this.socket.destroy();
+      this.dropOnInternalError(err);
       return;
     }
     if (POLL_AFTER_REPLY_NS > 0n && !this.polling) this.pollForNext();
@@ -926,6 +932,9 @@ export class NbdConnection implements BudgetWaiter {
       // After the payload is set: a connection paused meanwhile (replies left unread) still reads an admitted payload.
       this.syncReading();
       this.pump();
+    } catch (err) {
+      // Run from a microtask: uncaught, a bug here would end the daemon, not this client.
+      this.dropOnInternalError(err);
     } finally {
       this.socket.uncork();
     }
