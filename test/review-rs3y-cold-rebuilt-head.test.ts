@@ -3,21 +3,17 @@
 // stripe. Three of 4+2 pools then hold disks that took over after the
 // objects were written: HEAD must still answer 200 (a healthy object reported
 // lost is the worst outcome), before and after a restart.
-import { CompleteMultipartUploadCommand, CreateMultipartUploadCommand, GetObjectCommand, HeadObjectCommand, PutObjectCommand, UploadPartCommand } from '@aws-sdk/client-s3';
+import { GetObjectCommand, HeadObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { MiB, dropCache, loseAndReplacePool, patternBytes, rebuildPool } from './helpers/cold.js';
-import { outcome, restartS3, startS3HotAndCold } from './helpers/s3-env.js';
+import { outcome, restartS3, startS3WithColdObjects } from './helpers/s3-env.js';
 
 test('cold pools replaced and rebuilt one at a time, new objects written between: HEAD of the older objects stays 200 and GET reads them, before and after a restart', async (t) => {
   const started = Date.now();
-  let env = await startS3HotAndCold();
-  t.after(() => env.cleanup());
   const body = patternBytes(MiB + 5, 0x51);
-  await env.sdk.send(new PutObjectCommand({ Bucket: 'cold', Key: 'k', Body: body }));
-  const { UploadId } = await env.sdk.send(new CreateMultipartUploadCommand({ Bucket: 'cold', Key: 'mp' }));
-  const part = await env.sdk.send(new UploadPartCommand({ Bucket: 'cold', Key: 'mp', UploadId, PartNumber: 1, Body: body }));
-  await env.sdk.send(new CompleteMultipartUploadCommand({ Bucket: 'cold', Key: 'mp', UploadId, MultipartUpload: { Parts: [{ PartNumber: 1, ETag: part.ETag }] } }));
+  let env = await startS3WithColdObjects(body, { multipart: true });
+  t.after(() => env.cleanup());
   for (const i of [0, 1, 2]) {
     loseAndReplacePool(env.daemon, i);
     const r = await rebuildPool(env.daemon, i);

@@ -6,14 +6,13 @@ import { GetObjectCommand, HeadObjectCommand, PutObjectCommand } from '@aws-sdk/
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { MiB, dropCache, loseAndReplacePool, patternBytes, rebuildPool } from './helpers/cold.js';
-import { coldPoolsUnverified, outcome, restartS3, startS3HotAndCold } from './helpers/s3-env.js';
+import { coldPoolsUnverified, outcome, restartS3, startS3WithColdObjects } from './helpers/s3-env.js';
 
 test('an object lost beyond parity keeps HEAD and GET 500 after another pool is verified by its rebuild and after a restart; its pools stay unverified', async (t) => {
   const started = Date.now();
-  let env = await startS3HotAndCold();
-  t.after(() => env.cleanup());
   const body = patternBytes(MiB + 5, 0x62);
-  await env.sdk.send(new PutObjectCommand({ Bucket: 'cold', Key: 'k', Body: body }));
+  let env = await startS3WithColdObjects(body, { multipart: false });
+  t.after(() => env.cleanup());
   // cold-0 replaced and rebuilt: verified again, k's shard there is back.
   loseAndReplacePool(env.daemon, 0);
   assert.equal((await rebuildPool(env.daemon, 0)).notRebuilt, 0);

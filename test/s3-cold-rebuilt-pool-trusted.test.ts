@@ -3,23 +3,19 @@
 // replacement reads no shard header again (couchestor_s3_cold_header_reads_total),
 // in the process that rebuilt and after a restart. (A pool whose rebuild left
 // stripes not rebuilt stays distrusted: s3-cold-lost-pool-unverified.)
-import { CompleteMultipartUploadCommand, CreateMultipartUploadCommand, GetObjectCommand, HeadObjectCommand, PutObjectCommand, UploadPartCommand } from '@aws-sdk/client-s3';
+import { GetObjectCommand, HeadObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { MiB, dropCache, loseAndReplacePool, patternBytes, rebuildPool } from './helpers/cold.js';
-import { coldPoolsUnverified, restartS3, scrapeValue, startS3HotAndCold, type S3Env } from './helpers/s3-env.js';
+import { coldPoolsUnverified, restartS3, scrapeValue, startS3WithColdObjects, type S3Env } from './helpers/s3-env.js';
 
 const headerReads = (env: S3Env) => scrapeValue(env, 'couchestor_s3_cold_header_reads_total');
 
 test('three of 4+2 cold pools replaced and fully rebuilt: HEAD of older objects reads no shard header, 200 with the bytes, before and after a restart', async (t) => {
   const started = Date.now();
-  let env = await startS3HotAndCold();
-  t.after(() => env.cleanup());
   const body = patternBytes(MiB + 5, 0x61);
-  await env.sdk.send(new PutObjectCommand({ Bucket: 'cold', Key: 'k', Body: body }));
-  const { UploadId } = await env.sdk.send(new CreateMultipartUploadCommand({ Bucket: 'cold', Key: 'mp' }));
-  const part = await env.sdk.send(new UploadPartCommand({ Bucket: 'cold', Key: 'mp', UploadId, PartNumber: 1, Body: body }));
-  await env.sdk.send(new CompleteMultipartUploadCommand({ Bucket: 'cold', Key: 'mp', UploadId, MultipartUpload: { Parts: [{ PartNumber: 1, ETag: part.ETag }] } }));
+  let env = await startS3WithColdObjects(body, { multipart: true });
+  t.after(() => env.cleanup());
   for (const i of [0, 1, 2]) {
     loseAndReplacePool(env.daemon, i);
     // New objects land at the old shards' places on the new disks (a header check would be needed without the rebuild).

@@ -1,7 +1,7 @@
 // S3 test harness: a real daemon, its generated credentials, the Debian aws
 // cli in an isolated HOME, an @aws-sdk/client-s3 client, and an independent
 // SigV4 signer (@smithy/signature-v4, the SDK's own) for hand-made requests.
-import { CreateBucketCommand, HeadObjectCommand, S3Client, type S3ServiceException } from '@aws-sdk/client-s3';
+import { CompleteMultipartUploadCommand, CreateBucketCommand, CreateMultipartUploadCommand, HeadObjectCommand, PutObjectCommand, S3Client, UploadPartCommand, type S3ServiceException } from '@aws-sdk/client-s3';
 import { SignatureV4 } from '@smithy/signature-v4';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -53,6 +53,29 @@ export async function startS3HotAndCold(opts: { dataDir?: string; config?: strin
   const env = await startS3(opts);
   await env.sdk.send(new CreateBucketCommand({ Bucket: 'hot' }));
   await createColdBucket(env, 'cold');
+  return env;
+}
+
+/**
+ * startS3HotAndCold() with `body` stored in bucket 'cold' as object 'k' and,
+ * with `multipart`, as 'mp' too (one part, completed): the cold objects a
+ * test then loses or rebuilds pools under. If a write fails the daemon is
+ * cleaned up here; otherwise the caller cleans it up (after a restartS3, the
+ * new environment's).
+ */
+export async function startS3WithColdObjects(body: Buffer, opts: { multipart: boolean }): Promise<S3Env> {
+  const env = await startS3HotAndCold();
+  try {
+    await env.sdk.send(new PutObjectCommand({ Bucket: 'cold', Key: 'k', Body: body }));
+    if (opts.multipart) {
+      const { UploadId } = await env.sdk.send(new CreateMultipartUploadCommand({ Bucket: 'cold', Key: 'mp' }));
+      const part = await env.sdk.send(new UploadPartCommand({ Bucket: 'cold', Key: 'mp', UploadId, PartNumber: 1, Body: body }));
+      await env.sdk.send(new CompleteMultipartUploadCommand({ Bucket: 'cold', Key: 'mp', UploadId, MultipartUpload: { Parts: [{ PartNumber: 1, ETag: part.ETag }] } }));
+    }
+  } catch (err) {
+    await env.cleanup();
+    throw err;
+  }
   return env;
 }
 
