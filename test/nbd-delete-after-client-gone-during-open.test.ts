@@ -8,12 +8,8 @@
 // running, and the open, when it ends, lends the gone client nothing.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import path from 'node:path';
-import { NbdServer } from '../src/dataplane/nbd/server.js';
-import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
-import { bigChunkMap } from './helpers/big-chunk-map.js';
+import { nbdOverBigHotVolume } from './helpers/big-chunk-map.js';
 import { OPT, REP, RawNbd, goData } from './helpers/nbd-client.js';
-import { openHotManager, tempDirClosing } from './helpers/volume.js';
 
 const CHUNKS = 300_000;
 const CHUNK_BYTES = 4096;
@@ -28,16 +24,7 @@ async function until(cond: () => boolean, what: string, timeoutMs = 20_000): Pro
 }
 
 test(`a client that hangs up while its export's volume (${CHUNKS} chunk entries) opens stops counting at once: a delete right after is not refused`, async (t) => {
-  let m: VolumeManager | null = null;
-  const dir = tempDirClosing(t, 'couchestor-nbd-del-gone-', () => m!);
-  m = await openHotManager(dir);
-  await m.createVolume({ name: 'big', sizeBytes: CHUNK_BYTES });
-  await m.close();
-  await bigChunkMap(path.join(dir, 'meta'), 'big', { chunks: CHUNKS, chunkBytes: CHUNK_BYTES });
-  m = await openHotManager(dir);
-  const manager = m;
-  const nbd = new NbdServer({ manager });
-  t.after(() => nbd.close());
+  const { manager, nbd } = await nbdOverBigHotVolume(t, 'couchestor-nbd-del-gone-', CHUNKS, CHUNK_BYTES);
   const { port } = await nbd.listenTcp(0);
 
   const c = await RawNbd.connect({ port });

@@ -11,11 +11,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import type net from 'node:net';
 import path from 'node:path';
-import { NbdServer } from '../src/dataplane/nbd/server.js';
-import type { VolumeManager } from '../src/dataplane/volumes/manager.js';
-import { bigChunkMap } from './helpers/big-chunk-map.js';
+import { nbdOverBigHotVolume } from './helpers/big-chunk-map.js';
 import { CMD, OPT, REP, RawNbd, SIMPLE_REPLY_MAGIC, goData } from './helpers/nbd-client.js';
-import { openHotManager, tempDirClosing } from './helpers/volume.js';
 
 const CHUNKS = 300_000;
 const CHUNK_BYTES = 4096;
@@ -24,16 +21,7 @@ const BOUND_BYTES = 64 * 1024;
 const READS = 8000;
 
 test(`input a client sends while its export's volume (${CHUNKS} chunk entries) opens is read up to 64 KiB, then served in order once the open ends`, async (t) => {
-  let m: VolumeManager | null = null;
-  const dir = tempDirClosing(t, 'couchestor-nbd-open-bound-', () => m!);
-  m = await openHotManager(dir);
-  await m.createVolume({ name: 'big', sizeBytes: CHUNK_BYTES });
-  await m.close();
-  await bigChunkMap(path.join(dir, 'meta'), 'big', { chunks: CHUNKS, chunkBytes: CHUNK_BYTES });
-  m = await openHotManager(dir);
-  const manager = m;
-  const nbd = new NbdServer({ manager });
-  t.after(() => nbd.close());
+  const { dir, manager, nbd } = await nbdOverBigHotVolume(t, 'couchestor-nbd-open-bound-', CHUNKS, CHUNK_BYTES);
   // The Unix socket: its reads fill the shared buffer further than loopback TCP's.
   const socketPath = path.join(dir, 'nbd.sock');
   await nbd.listenUnix(socketPath);

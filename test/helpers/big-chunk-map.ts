@@ -2,16 +2,18 @@
 // chunk entries (as a disk written through at small chunks would have)
 // without writing them through NBD first. The volume's file is sized to hold
 // them (sparse: its Allocated chunks read as zeros until bytes are put there).
-// Also: a closed big cold volume in a cold-tier manager, and what a pass over
-// it is measured with (the event loop's slowest gap beside a one-go read).
+// Also: a hot manager whose big volume is closed, with an NbdServer on it; a
+// closed big cold volume in a cold-tier manager, and what a pass over it is
+// measured with (the event loop's slowest gap beside a one-go read).
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import type { TestContext } from 'node:test';
 import { ChunkState, MetaStore } from '../../src/dataplane/meta/store.js';
+import { NbdServer } from '../../src/dataplane/nbd/server.js';
 import type { VolumeManager } from '../../src/dataplane/volumes/manager.js';
-import { openColdTierManager, tempDirClosing, writeVolume } from './volume.js';
+import { openColdTierManager, openHotManager, tempDirClosing, writeVolume } from './volume.js';
 import { patternBytes } from './cold.js';
 
 const MiB = 1024 * 1024;
@@ -46,6 +48,27 @@ export async function bigChunkMap(dataDir: string, name: string, opts: { chunks:
   } finally {
     await meta.close();
   }
+}
+
+/**
+ * A hot manager (openHotManager) in a fresh temp dir (`prefix` names it)
+ * whose volume `big` has `chunks` chunk entries of `chunkBytes`
+ * (bigChunkMap, the manager stopped), opened again so that `big` is closed:
+ * its first open reads that map. And an NbdServer on it, not listening yet.
+ * The manager is closed and the dir removed after `t`, then the server closed.
+ */
+export async function nbdOverBigHotVolume(t: TestContext, prefix: string, chunks: number, chunkBytes: number): Promise<{ dir: string; manager: VolumeManager; nbd: NbdServer }> {
+  let m: VolumeManager | null = null;
+  const dir = tempDirClosing(t, prefix, () => m!);
+  m = await openHotManager(dir);
+  await m.createVolume({ name: 'big', sizeBytes: chunkBytes });
+  await m.close();
+  await bigChunkMap(path.join(dir, 'meta'), 'big', { chunks, chunkBytes });
+  m = await openHotManager(dir);
+  const manager = m;
+  const nbd = new NbdServer({ manager });
+  t.after(() => nbd.close());
+  return { dir, manager, nbd };
 }
 
 /**
