@@ -7,11 +7,11 @@
 // installed): Content-Type unsigned (v2 never signs it) and in the query,
 // Content-MD5, Cache-Control and x-amz-meta-* signed as headers and in the
 // query. One daemon.
-import { CreateBucketCommand, HeadObjectCommand } from '@aws-sdk/client-s3';
+import { HeadObjectCommand } from '@aws-sdk/client-s3';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { after, before, describe, it } from 'node:test';
-import { errorCode, objectExists, rawRequest, signedRequest, signer, startS3, type S3Env } from './helpers/s3-env.js';
+import { describe, it } from 'node:test';
+import { errorCode, objectExists, rawRequest, s3WithBucketForSuite, signedRequest, signer, type S3Env } from './helpers/s3-env.js';
 
 const BODY = 'a v2 upload';
 const MD5 = createHash('md5').update(BODY).digest('base64');
@@ -44,16 +44,10 @@ const put = (env: S3Env, target: string) =>
   rawRequest(env, 'PUT', target, { 'content-type': 'image/png', 'content-md5': MD5, 'cache-control': 'max-age=60', 'x-amz-meta-k': 'v', 'content-length': String(BODY.length) }, (r) => r.end(BODY));
 
 describe('presigned URLs of aws-sdk-js v2', () => {
-  let env: S3Env;
-  before(async () => {
-    env = await startS3();
-    await env.sdk.send(new CreateBucketCommand({ Bucket: 'pre' }));
-  });
-  after(async () => {
-    await env?.cleanup();
-  });
+  const s3 = s3WithBucketForSuite('pre');
 
   it('a PUT URL with Content-Type, Content-MD5 and Cache-Control in its query stores the object; the same names elsewhere are still refused', async () => {
+    const env = s3();
     const target = await v2PresignedPut(env, '/pre/v2', { 'Content-Type': 'image/png', 'Content-MD5': MD5, 'Cache-Control': 'max-age=60', 'x-amz-meta-k': 'v' });
     const r = await put(env, target);
     assert.equal(r.status, 200, r.body);

@@ -5,11 +5,11 @@
 // whoever holds the URL must upload exactly those bytes; S3 takes such a URL.
 // Made here with @smithy/signature-v4 the same way (the header unhoisted,
 // hence signed; the payload line from it). One daemon.
-import { CreateBucketCommand, GetObjectCommand } from '@aws-sdk/client-s3';
+import { GetObjectCommand } from '@aws-sdk/client-s3';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { after, before, describe, it } from 'node:test';
-import { errorCode, objectExists, rawRequest, signer, startS3, type S3Env } from './helpers/s3-env.js';
+import { describe, it } from 'node:test';
+import { errorCode, objectExists, rawRequest, s3WithBucketForSuite, signer, type S3Env } from './helpers/s3-env.js';
 
 const BODY = 'exactly these bytes';
 const HASH = createHash('sha256').update(BODY).digest('hex');
@@ -28,16 +28,10 @@ const put = (env: S3Env, target: string, body: string) =>
   rawRequest(env, 'PUT', target, { 'x-amz-content-sha256': HASH, 'content-length': String(Buffer.byteLength(body)) }, (r) => r.end(body));
 
 describe('presigned URL with a signed x-amz-content-sha256 header', () => {
-  let env: S3Env;
-  before(async () => {
-    env = await startS3();
-    await env.sdk.send(new CreateBucketCommand({ Bucket: 'pre' }));
-  });
-  after(async () => {
-    await env?.cleanup();
-  });
+  const s3 = s3WithBucketForSuite('pre');
 
   it('the signed hash is the payload hash: the bytes it names are stored, other bytes are 400 XAmzContentSHA256Mismatch', async () => {
+    const env = s3();
     const ok = await put(env, await presignedPutWithHashHeader(env, '/pre/exact'), BODY);
     assert.equal(ok.status, 200, ok.body);
     const got = await env.sdk.send(new GetObjectCommand({ Bucket: 'pre', Key: 'exact' }));

@@ -10,6 +10,7 @@ import fs from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
+import { after, before } from 'node:test';
 import { TestDaemon } from './daemon.js';
 
 export interface S3Env {
@@ -46,6 +47,23 @@ export async function startS3(opts: { dataDir?: string; config?: string; env?: N
       fs.rmSync(home, { recursive: true, force: true });
     },
   };
+}
+
+/**
+ * Called in a describe(): one daemon (startS3) with bucket `bucket` (hot
+ * tier), started before the block's tests and cleaned up after them. The
+ * returned function gives its environment (from a test, once started).
+ */
+export function s3WithBucketForSuite(bucket: string): () => S3Env {
+  let env: S3Env | undefined;
+  before(async () => {
+    env = await startS3();
+    await env.sdk.send(new CreateBucketCommand({ Bucket: bucket }));
+  });
+  after(async () => {
+    await env?.cleanup();
+  });
+  return () => env!;
 }
 
 /** startS3 with two buckets: `hot` (hot tier) and `cold` (cold tier), the pair most S3 tests run each case on. */
