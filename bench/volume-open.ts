@@ -141,17 +141,31 @@ async function daemonDestageRun(dist: string, dataDir: string): Promise<{ destag
   }
 }
 
-/** The build's destager, in process, destaging `cbig`'s record with the volume closed: its time and the event loop's longest hold. */
-async function inProcessDestage(dist: string, dataDir: string): Promise<{ destageMs: number; holdMs: number }> {
+/**
+ * The build's (`dist`) VolumeManager opener for the in-process measures: a
+ * data directory's manager with its cold tier started (default 4+2 policy,
+ * destager by hand: an hour's interval), closed again if the start fails.
+ */
+async function coldTierOpener(dist: string): Promise<(dataDir: string) => Promise<import('../src/dataplane/volumes/manager.js').VolumeManager>> {
   const { VolumeManager } = (await import(pathToFileURL(path.join(dist, 'src/dataplane/volumes/manager.js')).href)) as typeof import('../src/dataplane/volumes/manager.js');
   const { parsePolicyYaml } = (await import(pathToFileURL(path.join(dist, 'src/dataplane/ec/policy.js')).href)) as typeof import('../src/dataplane/ec/policy.js');
   const { DEFAULT_EC_POLICY_YAML } = (await import(pathToFileURL(path.join(dist, 'src/config.js')).href)) as typeof import('../src/config.js');
-  const start = () => {
+  return async (dataDir) => {
     const m = VolumeManager.open(dataDir);
-    m.startColdTier(parsePolicyYaml(DEFAULT_EC_POLICY_YAML, 6), { intervalMs: 3_600_000, thresholdPercent: 90, concurrency: 2 });
+    try {
+      m.startColdTier(parsePolicyYaml(DEFAULT_EC_POLICY_YAML, 6), { intervalMs: 3_600_000, thresholdPercent: 90, concurrency: 2 });
+    } catch (err) {
+      await m.close();
+      throw err;
+    }
     return m;
   };
-  let m = start();
+}
+
+/** The build's destager, in process, destaging `cbig`'s record with the volume closed: its time and the event loop's longest hold. */
+async function inProcessDestage(dist: string, dataDir: string): Promise<{ destageMs: number; holdMs: number }> {
+  const start = await coldTierOpener(dist);
+  let m = await start(dataDir);
   try {
     const vol = await m.borrowVolumeAsync('cbig');
     await new Promise<void>((resolve, reject) => vol.write(0, Buffer.alloc(4096, 0x6b), false, (err) => (err ? reject(err) : resolve())));
@@ -160,7 +174,7 @@ async function inProcessDestage(dist: string, dataDir: string): Promise<{ destag
   } finally {
     await m.close();
   }
-  m = start();
+  m = await start(dataDir);
   try {
     if (m.isOpen('cbig')) throw new Error('cbig is open after the restart');
     const r = await holdDuring(() => m.cold!.destager.drain());
@@ -212,12 +226,8 @@ async function daemonPassRun(dist: string, dataDir: string, pass: Pass): Promise
 
 /** The build's Reconstructor, in process, scrubbing or rebuilding cold-0 with cbig closed: its time and the event loop's longest hold. */
 async function inProcessPass(dist: string, dataDir: string, pass: Pass): Promise<{ passMs: number; holdMs: number }> {
-  const { VolumeManager } = (await import(pathToFileURL(path.join(dist, 'src/dataplane/volumes/manager.js')).href)) as typeof import('../src/dataplane/volumes/manager.js');
-  const { parsePolicyYaml } = (await import(pathToFileURL(path.join(dist, 'src/dataplane/ec/policy.js')).href)) as typeof import('../src/dataplane/ec/policy.js');
-  const { DEFAULT_EC_POLICY_YAML } = (await import(pathToFileURL(path.join(dist, 'src/config.js')).href)) as typeof import('../src/config.js');
-  const m = VolumeManager.open(dataDir);
+  const m = await (await coldTierOpener(dist))(dataDir);
   try {
-    m.startColdTier(parsePolicyYaml(DEFAULT_EC_POLICY_YAML, 6), { intervalMs: 3_600_000, thresholdPercent: 90, concurrency: 2 });
     if (m.isOpen('cbig')) throw new Error('cbig is open after the start');
     const rc = m.cold!.reconstructor;
     const r = await holdDuring<{ stripesChecked: number }>(() => (pass === 'scrub' ? rc.scrub() : rc.rebuildPool('cold-0')));
