@@ -113,6 +113,28 @@ async function inProcess(dist: string, dataDir: string, self: boolean): Promise<
   }
 }
 
+/**
+ * A daemon of the build on `dataDir` probed with GET /healthz back to back
+ * from its start: a second unloaded (the slowest probe then: healthzBaseMs),
+ * then `measure(apiPort)` timed (ms) with the slowest probe during it
+ * (healthzMs). The daemon is stopped after.
+ */
+async function timedWithHealthz(dist: string, dataDir: string, measure: (apiPort: number) => Promise<void>): Promise<{ ms: number; healthzMs: number; healthzBaseMs: number }> {
+  const { proc, ready } = await serve(dist, dataDir);
+  try {
+    const h = prober(() => healthz(ready.api.port));
+    await sleep(1000);
+    const healthzBaseMs = h.reset();
+    const t0 = performance.now();
+    await measure(ready.api.port);
+    const ms = performance.now() - t0;
+    const healthzMs = await h.stop();
+    return { ms, healthzMs, healthzBaseMs };
+  } finally {
+    await stop(proc);
+  }
+}
+
 /** The daemon's destage of `cbig` after a restart (its record written over NBD first): its time and the slowest /healthz during it. */
 async function daemonDestageRun(dist: string, dataDir: string): Promise<{ destageMs: number; healthzMs: number; healthzBaseMs: number }> {
   const first = await serve(dist, dataDir);
@@ -124,21 +146,12 @@ async function daemonDestageRun(dist: string, dataDir: string): Promise<{ destag
   } finally {
     await stop(first.proc);
   }
-  const { proc, ready } = await serve(dist, dataDir);
-  try {
-    const h = prober(() => healthz(ready.api.port));
-    await sleep(1000);
-    const healthzBaseMs = h.reset();
-    const t0 = performance.now();
-    const res = await fetch(`http://127.0.0.1:${ready.api.port}/v1/destage`, { method: 'POST' });
+  const { ms: destageMs, healthzMs, healthzBaseMs } = await timedWithHealthz(dist, dataDir, async (apiPort) => {
+    const res = await fetch(`http://127.0.0.1:${apiPort}/v1/destage`, { method: 'POST' });
     await res.arrayBuffer();
     if (!res.ok) throw new Error(`destage: HTTP ${res.status}`);
-    const destageMs = performance.now() - t0;
-    const healthzMs = await h.stop();
-    return { destageMs, healthzMs, healthzBaseMs };
-  } finally {
-    await stop(proc);
-  }
+  });
+  return { destageMs, healthzMs, healthzBaseMs };
 }
 
 /**
@@ -205,23 +218,14 @@ const PASS_REQUEST: Record<Pass, { path: string; body?: string }> = { scrub: { p
 
 /** A scrub or a rebuild of cold-0 by a daemon just started (cbig closed): its time and the slowest /healthz during it. */
 async function daemonPassRun(dist: string, dataDir: string, pass: Pass): Promise<{ passMs: number; healthzMs: number; healthzBaseMs: number }> {
-  const { proc, ready } = await serve(dist, dataDir);
-  try {
-    const h = prober(() => healthz(ready.api.port));
-    await sleep(1000);
-    const healthzBaseMs = h.reset();
-    const t0 = performance.now();
-    const req = PASS_REQUEST[pass];
-    const res = await fetch(`http://127.0.0.1:${ready.api.port}${req.path}`, { method: 'POST', ...(req.body ? { body: req.body, headers: { 'content-type': 'application/json' } } : {}) });
+  const req = PASS_REQUEST[pass];
+  const { ms: passMs, healthzMs, healthzBaseMs } = await timedWithHealthz(dist, dataDir, async (apiPort) => {
+    const res = await fetch(`http://127.0.0.1:${apiPort}${req.path}`, { method: 'POST', ...(req.body ? { body: req.body, headers: { 'content-type': 'application/json' } } : {}) });
     const report = (await res.json()) as { stripesChecked?: number };
     if (!res.ok) throw new Error(`${pass}: HTTP ${res.status} ${JSON.stringify(report)}`);
     if (!((report.stripesChecked ?? 0) >= 1)) throw new Error(`${pass} looked at no stripe: ${JSON.stringify(report)}`);
-    const passMs = performance.now() - t0;
-    const healthzMs = await h.stop();
-    return { passMs, healthzMs, healthzBaseMs };
-  } finally {
-    await stop(proc);
-  }
+  });
+  return { passMs, healthzMs, healthzBaseMs };
 }
 
 /** The build's Reconstructor, in process, scrubbing or rebuilding cold-0 with cbig closed: its time and the event loop's longest hold. */
