@@ -156,9 +156,16 @@ export class Destager {
     return false;
   }
 
-  /** Live journal bytes at or past the threshold (thresholdPercent of capacity). */
+  /**
+   * Live journal bytes at or past the threshold (thresholdPercent of capacity),
+   * or an append waiting for room: the threshold alone missed a journal full
+   * under it (a record larger than capacity less the threshold: 1 MiB records
+   * in a 4 MiB journal at 90%, any record at 100%; a full disk), and such a
+   * writer waited for the interval timer (an hour in tests) or failed with
+   * ENOSPC after JOURNAL_FULL_TIMEOUT_MS (test destager-writers-wait-for-room).
+   */
   private overThreshold(): boolean {
-    return this.journal.bytesLive >= (this.journal.capacityBytes * this.opts.thresholdPercent) / 100;
+    return this.journal.writersWaitingForRoom > 0 || this.journal.bytesLive >= (this.journal.capacityBytes * this.opts.thresholdPercent) / 100;
   }
 
   /**

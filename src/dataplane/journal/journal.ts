@@ -327,8 +327,10 @@ export class Journal {
   private roomMarginBytes: number | null = JOURNAL_ROOM_MARGIN_BYTES;
   /** Why destaging last failed (shown in the ENOSPC message of a full journal). */
   stalledReason: string | null = null;
-  /** Called when live bytes cross the destage threshold. */
+  /** Called when live bytes cross the destage threshold, and by each append waiting for room (writersWaitingForRoom > 0 then). */
   onPressure: (() => void) | null = null;
+  /** Appends waiting for room (journal full, or its disk): each asks for a pass by onPressure whatever the threshold. */
+  private roomWaits = 0;
   /**
    * Told of each journal file whose name became durable (before the sync
    * that made it resolves: before any FLUSH counting its records is
@@ -680,6 +682,11 @@ export class Journal {
     return this.liveBytes;
   }
 
+  /** Appends waiting for room now (see onPressure). */
+  get writersWaitingForRoom(): number {
+    return this.roomWaits;
+  }
+
   get failed(): Error | null {
     return this.failure;
   }
@@ -727,33 +734,43 @@ export class Journal {
     if (recordBytes > this.capacityBytes) throw new NoSpace('record larger than the journal');
     const deadlineMs = Date.now() + JOURNAL_FULL_TIMEOUT_MS;
     let noRoom = false;
-    while (this.liveBytes + recordBytes > this.capacityBytes || (noRoom = !this.roomFor(recordBytes))) {
-      this.onPressure?.();
-      if (noRoom && this.spares.length > 0) {
-        // Blocks on the disk the head cannot write into: given back (as a write needing their capacity does), then measured again.
-        await this.dropSpares(() => true);
+    let waiting = false;
+    try {
+      while (this.liveBytes + recordBytes > this.capacityBytes || (noRoom = !this.roomFor(recordBytes))) {
+        // Counted before onPressure and until the loop is left: a destager judging at a pass's end
+        // whether to run another sees this append waiting even when the journal is under its threshold
+        // (a record larger than capacity less the threshold, a full disk), or a pass never followed the wait.
+        if (!waiting) this.roomWaits++;
+        waiting = true;
+        this.onPressure?.();
+        if (noRoom && this.spares.length > 0) {
+          // Blocks on the disk the head cannot write into: given back (as a write needing their capacity does), then measured again.
+          await this.dropSpares(() => true);
+          if (this.failure) throw this.failure;
+          if (this.closing) throw new JournalClosed();
+          this.roomMeasuredMs = -Infinity;
+          noRoom = false;
+          continue;
+        }
+        const leftMs = deadlineMs - Date.now();
+        // Destaging may be impossible (too many cold pools lost): the client gets
+        // ENOSPC after a bound instead of a write that never completes.
+        if (leftMs <= 0 && noRoom) throw new NoSpace(`no room for the journal on its disk (${this.roomBytes} bytes free) and none freed${this.stalledReason ? `: ${this.stalledReason}` : ''}`);
+        if (leftMs <= 0) throw new NoSpace(`journal full (${this.liveBytes} of ${this.capacityBytes} bytes) and destaging is not freeing space${this.stalledReason ? `: ${this.stalledReason}` : ''}`);
+        await new Promise<void>((r) => {
+          // Room freed on the disk by others (a file deleted) wakes nobody: measured again each JOURNAL_ROOM_MEASURE_MS.
+          const timer = setTimeout(r, noRoom ? Math.min(leftMs, JOURNAL_ROOM_MEASURE_MS) : leftMs);
+          this.spaceWaiters.push(() => {
+            clearTimeout(timer);
+            r();
+          });
+        });
         if (this.failure) throw this.failure;
         if (this.closing) throw new JournalClosed();
-        this.roomMeasuredMs = -Infinity;
         noRoom = false;
-        continue;
       }
-      const leftMs = deadlineMs - Date.now();
-      // Destaging may be impossible (too many cold pools lost): the client gets
-      // ENOSPC after a bound instead of a write that never completes.
-      if (leftMs <= 0 && noRoom) throw new NoSpace(`no room for the journal on its disk (${this.roomBytes} bytes free) and none freed${this.stalledReason ? `: ${this.stalledReason}` : ''}`);
-      if (leftMs <= 0) throw new NoSpace(`journal full (${this.liveBytes} of ${this.capacityBytes} bytes) and destaging is not freeing space${this.stalledReason ? `: ${this.stalledReason}` : ''}`);
-      await new Promise<void>((r) => {
-        // Room freed on the disk by others (a file deleted) wakes nobody: measured again each JOURNAL_ROOM_MEASURE_MS.
-        const timer = setTimeout(r, noRoom ? Math.min(leftMs, JOURNAL_ROOM_MEASURE_MS) : leftMs);
-        this.spaceWaiters.push(() => {
-          clearTimeout(timer);
-          r();
-        });
-      });
-      if (this.failure) throw this.failure;
-      if (this.closing) throw new JournalClosed();
-      noRoom = false;
+    } finally {
+      if (waiting) this.roomWaits--;
     }
     this.roomBytes -= recordBytes;
     // Spares are in the capacity, but never hold a write back: they go
