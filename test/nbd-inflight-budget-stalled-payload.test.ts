@@ -6,7 +6,7 @@
 // sends slowly but steadily is not.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { run, type TestDaemon } from './helpers/daemon.js';
+import { nbdshWriteReadBack, type TestDaemon } from './helpers/daemon.js';
 import { CMD, RawNbd, startNbdTestDaemon } from './helpers/nbd-client.js';
 
 const MiB = 1024 * 1024;
@@ -49,13 +49,7 @@ test('a payload sent slowly but steadily (16 KiB every 150 ms) is received; one 
 
   // Another client's write waits for those bytes, then goes through once the stalled client is dropped.
   const t0 = Date.now();
-  const out = run('nbdsh', ['-c', `
-h.connect_uri(${JSON.stringify(daemon.exportUri('vol'))})
-h.pwrite(b"\\x77" * (2 * 1024 * 1024), 16 * 1024 * 1024)
-assert h.pread(2 * 1024 * 1024, 16 * 1024 * 1024) == b"\\x77" * (2 * 1024 * 1024)
-print("ok")
-`], { timeoutMs: 8_000 });
-  assert.match(out, /^ok$/m);
+  nbdshWriteReadBack(daemon.exportUri('vol'), 0x77, 2 * MiB, 16 * MiB);
   await stalled.closed; // the server closed it
   await assert.rejects(never);
   assert.ok(Date.now() - t0 < 5_000, `the other client waited ${Date.now() - t0} ms`);

@@ -167,6 +167,22 @@ export function nbdsh(script: string): string {
 }
 
 /**
+ * One nbdsh client writes `length` bytes of `byte` at `offset` of `uri` and
+ * reads them back (throws if they differ, or if it takes over `timeoutMs`:
+ * it waited for something the daemon never gave back).
+ */
+export function nbdshWriteReadBack(uri: string, byte: number, length: number, offset: number, timeoutMs = 8_000): void {
+  const bytes = `b"\\x${byte.toString(16).padStart(2, '0')}" * ${length}`;
+  const out = run('nbdsh', ['-c', `
+h.connect_uri(${JSON.stringify(uri)})
+h.pwrite(${bytes}, ${offset})
+assert h.pread(${length}, ${offset}) == ${bytes}
+print("ok")
+`], { timeoutMs });
+  if (!/^ok$/m.test(out)) throw new Error(`nbdsh write and read back at ${offset}: ${out}`);
+}
+
+/**
  * Crash tests start a daemon, SIGKILL it and start it again on the same data
  * directory. Returns the start function (`launch` defaults to a plain
  * TestDaemon.start); every daemon it starts is cleaned up after the file's tests.
