@@ -34,8 +34,13 @@ nbdcopy --flush $W/fill.img "nbd+unix:///c?socket=$SOCK"
 for _ in $(seq 100); do [ -S $W/nk.sock ] && break; sleep 0.1; done
 nbdcopy --flush $W/fill.img "nbd+unix:///?socket=$W/nk.sock"; rm $W/fill.img
 node $DIST/src/cli.js destage --data-dir $W/data >/dev/null
-# CPU ticks (utime + stime, 100 a second) and bytes the daemon caused to be written.
-snap() { echo "$(awk '{print $14+$15}' /proc/$PID/stat) $(awk '/^write_bytes/{print $2}' /proc/$PID/io)"; }
+# CPU ticks (utime + stime, 100 a second), bytes the daemon caused to be written (write_bytes) and
+# bytes it passed to write calls (wchar). write_bytes counts page-cache folios as they are dirtied,
+# whole: on a kernel with large folios (ext4 from 6.16, here 6.18) a 4 KiB write + fdatasync into a
+# page cached as a 2 MiB folio counts 2 MiB while the disk gets ~8 KiB (journal files recycled after
+# the fill's 1 MiB records), so it overstates disk writes many times at a flush per write (qd1 run:
+# 6.6 GiB write_bytes, 1.3 GiB wchar): wchar is the daemon's own figure (docs/cold-writes.md).
+snap() { echo "$(awk '{print $14+$15}' /proc/$PID/stat) $(awk '/^write_bytes/{print $2}' /proc/$PID/io) $(awk '/^wchar/{print $2}' /proc/$PID/io)"; }
 stripes() { node $DIST/src/cli.js cold --json --data-dir $W/data 2>/dev/null | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).stripesWritten))'; }
 runfio() { fio --name=j --ioengine=nbd --uri="$1" $JOB --size=${SZ}M --runtime=$RUNTIME --time_based --randrepeat=0 --norandommap --output-format=json 2>/dev/null | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{const j=JSON.parse(s.slice(s.indexOf("{"))).jobs[0];console.log(j.write.iops.toFixed(0), (j.write.io_bytes/1048576).toFixed(0))})'; }
 S0=$(stripes); A=$(snap)
@@ -48,5 +53,5 @@ node -e '
 const [a,b,c]=[process.argv[1],process.argv[2],process.argv[3]].map(s=>s.split(" ").map(Number));
 const [r, nk] = [process.argv[4].split(" "), process.argv[5].split(" ")];
 const tck=100;
-console.log(`iops ${r[0]} (${r[1]} MiB)  nbdkit ${nk[0]}  ratio ${(r[0]/nk[0]).toFixed(2)} | run: cpu ${((b[0]-a[0])/tck).toFixed(1)} s, written ${((b[1]-a[1])/1048576).toFixed(0)} MiB, stripes ${process.argv[7]-process.argv[6]} | drain: cpu ${((c[0]-b[0])/tck).toFixed(1)} s, written ${((c[1]-b[1])/1048576).toFixed(0)} MiB, stripes ${process.argv[8]-process.argv[7]} | written per client MiB ${((c[1]-a[1])/1048576/r[1]).toFixed(1)}, cpu s per client MiB ${((c[0]-a[0])/tck/r[1]).toFixed(3)} | load ${require("fs").readFileSync("/proc/loadavg","utf8").split(" ").slice(0,3).join(" ")}`);
+console.log(`iops ${r[0]} (${r[1]} MiB)  nbdkit ${nk[0]}  ratio ${(r[0]/nk[0]).toFixed(2)} | run: cpu ${((b[0]-a[0])/tck).toFixed(1)} s, written ${((b[1]-a[1])/1048576).toFixed(0)} MiB, stripes ${process.argv[7]-process.argv[6]} | drain: cpu ${((c[0]-b[0])/tck).toFixed(1)} s, written ${((c[1]-b[1])/1048576).toFixed(0)} MiB, stripes ${process.argv[8]-process.argv[7]} | written per client MiB ${((c[1]-a[1])/1048576/r[1]).toFixed(1)} (write calls ${((c[2]-a[2])/1048576/r[1]).toFixed(1)}), cpu s per client MiB ${((c[0]-a[0])/tck/r[1]).toFixed(3)} | load ${require("fs").readFileSync("/proc/loadavg","utf8").split(" ").slice(0,3).join(" ")}`);
 ' "$A" "$B" "$C" "$R" "$NKR" "$S0" "$S1" "$S2"
