@@ -309,7 +309,25 @@ export class Destager {
     }
   }
 
+  /**
+   * A pass that throws past its per-chunk catches (a bug in collecting the
+   * work) is counted and logged like a failed destage, and the journal keeps
+   * its records for the next pass. Its promise was dropped by kick()'s
+   * follow-up and the interval timer (`void`): rejected, it would have ended
+   * the daemon (an unhandled rejection).
+   */
   private async pass(scope: PassScope): Promise<void> {
+    try {
+      await this.passOnce(scope);
+    } catch (err) {
+      this.errors++;
+      this.lastError = (err as Error).message;
+      this.journal.stalledReason = this.lastError;
+      log.error('destage pass failed; the journal keeps the data, the next pass retries', { scope, err: (err as Error).stack ?? String(err) });
+    }
+  }
+
+  private async passOnce(scope: PassScope): Promise<void> {
     const errorsBefore = this.errors;
     const { work, lent, gone } = await this.collect(scope);
     this.lastPassGone = gone;
