@@ -263,7 +263,7 @@ async function startCache(cfg: DaemonConfig, manager: VolumeManager): Promise<Ca
   if (!manager.cold || c.l1CapacityBytes <= 0) return null;
   const hot = [...manager.pools.values()].find((p) => p.rec.tier === 'hot');
   const l2Path = hot && path.join(hot.rec.path, 'cache', 'l2.cache');
-  const l2CapacityBytes = hot && c.l2CapacityBytes > 0 ? l2CapacityBesideJournal(c.l2CapacityBytes, hot, manager) : 0;
+  const l2CapacityBytes = hot && l2Path && c.l2CapacityBytes > 0 ? l2CapacityBesideJournal(c.l2CapacityBytes, hot, l2Path, manager) : 0;
   const cacheWith = (l2: boolean) =>
     new CacheManager({
       l1CapacityBytes: c.l1CapacityBytes,
@@ -305,11 +305,10 @@ const MIN_USEFUL_L2_BYTES = 1024 * 1024;
  * system that reports no size (ramfs) cannot be judged, as in the journal's
  * own check: the size asked.
  */
-function l2CapacityBesideJournal(wantBytes: number, hot: Pool, manager: VolumeManager): number {
+function l2CapacityBesideJournal(wantBytes: number, hot: Pool, l2Path: string, manager: VolumeManager): number {
   const journal = manager.cold?.journal;
   const journalDir = manager.journalDir();
   if (!journal || journalDir === null) return wantBytes;
-  const l2Path = path.join(hot.rec.path, 'cache', 'l2.cache');
   let freeBytes: number;
   try {
     if (fs.statSync(journalDir).dev !== fs.statSync(hot.rec.path).dev) return wantBytes;
